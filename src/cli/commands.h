@@ -1,0 +1,9 @@
+// One register_* per subcommand; each adds its options and a callback that calls the library.
+#pragma once
+#include <CLI/CLI.hpp>
+
+namespace mslm::cli {
+
+void register_info(CLI::App& app);
+
+}  // namespace mslm::cli

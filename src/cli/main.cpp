@@ -1,0 +1,32 @@
+#include <CLI/CLI.hpp>
+#include <fmt/format.h>
+
+#include <cstdio>
+
+#include "cli/commands.h"
+#include "core/error.h"
+#include "core/thread_pool.h"
+
+int main(int argc, char** argv) {
+    CLI::App app{"mamba-slm: train, run and export hybrid Mamba-Transformer small language models"};
+    app.require_subcommand(1);
+    int threads = 0;
+    app.add_option("--threads", threads, "CPU threads for the kernels (default: all cores, or MSLM_THREADS)")
+        ->check(CLI::PositiveNumber);
+    mslm::cli::register_info(app);
+    app.parse_complete_callback([&] {
+        if (threads > 0) mslm::set_num_threads(threads);
+    });
+    try {
+        app.parse(argc, argv);
+    } catch (const CLI::ParseError& e) {
+        return app.exit(e);
+    } catch (const mslm::Error& e) {
+        std::fprintf(stderr, "mamba-slm: error: %s\n", e.what());
+        return 1;
+    } catch (const std::exception& e) {
+        std::fprintf(stderr, "mamba-slm: internal error: %s\n", e.what());
+        return 2;
+    }
+    return 0;
+}

@@ -1,0 +1,21 @@
+#pragma once
+#include <cstdint>
+
+namespace mslm::ops {
+
+// Causal depthwise conv1d over time, channels last, as Mamba uses it (PyTorch Conv1d with
+// groups = C, padding K − 1, output cut to the first T steps):
+//   out[b, t, c] = bias[c] + Σ_k w[c, k] · x[b, t − (K − 1) + k, c]   (x before t = 0 is 0)
+// then SiLU when `silu`. x (B, T, C) with row stride ld_x between tokens (it is often a slice of
+// a wider projection); out (B, T, C) contiguous; w (C, K); bias (C) or null.
+// pre (B, T, C) receives the pre-activation when `silu` and pre != null (the backward needs it;
+// pass null to recompute).
+template <typename T>
+void conv1d_causal_forward(T* out, T* pre, const T* x, int64_t ld_x, const T* w, const T* bias, int64_t B, int64_t Tn,
+                           int64_t C, int64_t K, bool silu);
+// dx uses the same row stride as x. Any of dx, dw, dbias may be null.
+template <typename T>
+void conv1d_causal_backward(T* dx, T* dw, T* dbias, const T* dout, const T* x, int64_t ld_x, const T* w,
+                            const T* bias, int64_t B, int64_t Tn, int64_t C, int64_t K, bool silu);
+
+}  // namespace mslm::ops

@@ -1,0 +1,40 @@
+// Mamba-2 state-space duality (SSD). Per head h (of H, head_dim P), group g = h / (H / G):
+//   dt = softplus(dt_raw + dt_bias)        A = −exp(A_log)   (a scalar per head)
+//   S_t = exp(dt_t · A) · S_{t−1} + dt_t · x_t ⊗ B_t      S: (P, N)
+//   y_t = S_t · C_t + D · x_t
+// `ssd_forward` uses the chunked algorithm (intra-chunk quadratic form + inter-chunk state
+// passing); `ssd_forward_sequential` is the plain recurrence kept as the test reference.
+#pragma once
+#include <cstdint>
+
+namespace mslm::ops {
+
+struct SsdDims {
+    int64_t batch, seqlen, n_heads, head_dim, n_groups, d_state, chunk_size;
+};
+
+template <typename T>
+struct SsdInputs {
+    const T* x;        int64_t ld_x;   // (B, T, H, P), row stride ld_x between tokens
+    const T* dt;       int64_t ld_dt;  // (B, T, H), before bias and softplus
+    const T* dt_bias;                  // (H) or null
+    const T* A_log;                    // (H)
+    const T* Bm;       int64_t ld_B;   // (B, T, G, N)
+    const T* Cm;       int64_t ld_C;   // (B, T, G, N)
+    const T* D;                        // (H) or null
+};
+
+template <typename T>
+struct SsdGrads {
+    T* dx; T* ddt; T* ddt_bias; T* dA_log; T* dB; T* dC; T* dD;
+};
+
+// y (B, T, H, P) contiguous; h0 / h_last (B, H, P, N) or null.
+template <typename T>
+void ssd_forward(T* y, T* h_last, const SsdInputs<T>& in, const T* h0, const SsdDims& dims);
+template <typename T>
+void ssd_forward_sequential(T* y, T* h_last, const SsdInputs<T>& in, const T* h0, const SsdDims& dims);
+template <typename T>
+void ssd_backward(const SsdGrads<T>& grads, const T* dy, const SsdInputs<T>& in, const T* h0, const SsdDims& dims);
+
+}  // namespace mslm::ops
