@@ -5,5 +5,6 @@
 namespace mslm::cli {
 
 void register_info(CLI::App& app);
+void register_quickstart(CLI::App& app);
 
 }  // namespace mslm::cli

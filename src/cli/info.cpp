@@ -1,12 +1,32 @@
-#include "cli/commands.h"
-
 #include <fmt/format.h>
+#include <fmt/ranges.h>
+
+#include "cli/commands.h"
+#include "model/config.h"
+#include "model/info.h"
 
 namespace mslm::cli {
 
 void register_info(CLI::App& app) {
     auto* cmd = app.add_subcommand("info", "Show a model's layers, parameter count and memory estimates");
-    cmd->callback([] { fmt::print("mamba-slm\n"); });
+    struct Args {
+        std::string preset, model;
+        int64_t batch = 8, seq_len = 0;
+    };
+    auto args = std::make_shared<Args>();
+    auto* p = cmd->add_option("--preset", args->preset, "A built-in configuration: " + fmt::format("{}", fmt::join(preset_names(), ", ")));
+    auto* m = cmd->add_option("--model", args->model, "A model directory or a config.json");
+    p->excludes(m);
+    cmd->add_option("--batch", args->batch, "Batch size for the training memory estimate")->check(CLI::PositiveNumber);
+    cmd->add_option("--seq-len", args->seq_len, "Sequence length for the estimates (default: the model's max_seq_len)")
+        ->check(CLI::PositiveNumber);
+    cmd->callback([args] {
+        if (args->preset.empty() && args->model.empty()) throw CLI::RequiredError("--preset or --model");
+        ModelConfig cfg = args->model.empty() ? preset(args->preset) : load_config(args->model);
+        int64_t T = args->seq_len ? args->seq_len : cfg.max_seq_len;
+        fmt::print("model       {}\n", args->model.empty() ? "preset " + args->preset : args->model);
+        fmt::print("{}", describe_model(cfg, args->batch, T));
+    });
 }
 
 }  // namespace mslm::cli

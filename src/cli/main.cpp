@@ -14,6 +14,7 @@ int main(int argc, char** argv) {
     app.add_option("--threads", threads, "CPU threads for the kernels (default: all cores, or MSLM_THREADS)")
         ->check(CLI::PositiveNumber);
     mslm::cli::register_info(app);
+    mslm::cli::register_quickstart(app);
     app.parse_complete_callback([&] {
         if (threads > 0) mslm::set_num_threads(threads);
     });

@@ -1,0 +1,106 @@
+// CPU throughput of HybridLM: forward and forward+backward tokens per second for presets,
+// sequence lengths and thread counts. Prints a markdown table for docs/PERFORMANCE.md.
+//   bench_model [--presets tiny,30m,130m] [--seq-lens 256,1024] [--threads 1,0] [--batch 1]
+//               [--min-seconds 2]
+// A thread count of 0 means all cores.
+#include <fmt/format.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <cstring>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "core/rng.h"
+#include "core/thread_pool.h"
+#include "model/config.h"
+#include "model/hybrid_lm.h"
+#include "model/info.h"
+
+using namespace mslm;
+
+namespace {
+
+std::vector<std::string> split(const std::string& s) {
+    std::vector<std::string> out;
+    std::stringstream ss(s);
+    std::string item;
+    while (std::getline(ss, item, ',')) out.push_back(item);
+    return out;
+}
+
+// Runs fn repeatedly (after one warm-up call) until min_seconds have passed; returns seconds/call.
+template <typename Fn>
+double time_per_call(Fn&& fn, double min_seconds) {
+    fn();
+    int calls = 0;
+    auto start = std::chrono::steady_clock::now();
+    double elapsed = 0;
+    do {
+        fn();
+        ++calls;
+        elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    } while (elapsed < min_seconds);
+    return elapsed / calls;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    std::string presets = "tiny,30m,130m", seq_lens = "256,1024", threads = "1,0";
+    int64_t batch = 1;
+    double min_seconds = 2.0;
+    for (int i = 1; i < argc; ++i) {
+        auto next = [&] {
+            if (i + 1 >= argc) {
+                fmt::print(stderr, "{} needs a value\n", argv[i]);
+                std::exit(1);
+            }
+            return std::string(argv[++i]);
+        };
+        std::string a = argv[i];
+        if (a == "--presets") presets = next();
+        else if (a == "--seq-lens") seq_lens = next();
+        else if (a == "--threads") threads = next();
+        else if (a == "--batch") batch = std::stoll(next());
+        else if (a == "--min-seconds") min_seconds = std::stod(next());
+        else {
+            fmt::print("usage: bench_model [--presets a,b] [--seq-lens 256,1024] [--threads 1,0] [--batch B] "
+                       "[--min-seconds S]\n");
+            return a == "--help" || a == "-h" ? 0 : 1;
+        }
+    }
+    fmt::print("| preset | params | T | batch | threads | forward tok/s | fwd+bwd tok/s |\n");
+    fmt::print("|---|---|---|---|---|---|---|\n");
+    for (const auto& name : split(presets)) {
+        ModelConfig cfg = preset(name);
+        HybridLM<float> model(cfg);
+        model.init(0);
+        for (const auto& ts : split(seq_lens)) {
+            int64_t T = std::stoll(ts);
+            Rng rng(1);
+            std::vector<int32_t> ids(batch * T), targets(batch * T);
+            for (auto& x : ids) x = static_cast<int32_t>(rng.below(cfg.vocab_size));
+            for (auto& x : targets) x = static_cast<int32_t>(rng.below(cfg.vocab_size));
+            for (const auto& th : split(threads)) {
+                int n = std::stoi(th);
+                set_num_threads(n > 0 ? n : static_cast<int>(std::thread::hardware_concurrency()));
+                double fwd = time_per_call([&] { model.forward(ids.data(), targets.data(), batch, T); }, min_seconds);
+                double fb = time_per_call(
+                    [&] {
+                        model.params().zero_grad();
+                        model.forward(ids.data(), targets.data(), batch, T);
+                        model.backward();
+                    },
+                    min_seconds);
+                double tokens = static_cast<double>(batch * T);
+                fmt::print("| {} | {} | {} | {} | {} | {:.0f} | {:.0f} |\n", name, format_count(model.num_params()), T,
+                           batch, num_threads(), tokens / fwd, tokens / fb);
+                std::fflush(stdout);
+            }
+        }
+    }
+    return 0;
+}

@@ -1,0 +1,166 @@
+#include "model/hybrid_lm.h"
+
+#include <cmath>
+#include <cstring>
+
+#include <fmt/format.h>
+
+#include "nn/attention.h"
+#include "nn/mamba1.h"
+#include "nn/mamba2.h"
+#include "ops/cross_entropy.h"
+#include "ops/embedding.h"
+#include "ops/linear.h"
+
+namespace mslm {
+
+template <typename T>
+HybridLM<T>::HybridLM(const ModelConfig& cfg) : cfg_(cfg) {
+    cfg_.validate();
+    const int64_t D = cfg.d_model;
+    embed_ = params_.add("embed.weight", {cfg.vocab_size, D}, true);
+    for (int64_t l = 0; l < cfg.n_layers; ++l) {
+        std::string p = fmt::format("layers.{}", l);
+        Layer layer;
+        layer.kind = cfg.layers[l];
+        layer.norm = Norm<T>(params_, p + ".norm", cfg.norm, D, cfg.norm_eps);
+        if (layer.kind == LayerKind::Attention) {
+            layer.mixer = std::make_unique<AttentionMixer<T>>(params_, p + ".mixer", cfg);
+        } else if (cfg.mamba.version == 1) {
+            layer.mixer = std::make_unique<Mamba1Mixer<T>>(params_, p + ".mixer", cfg);
+        } else {
+            layer.mixer = std::make_unique<Mamba2Mixer<T>>(params_, p + ".mixer", cfg);
+        }
+        if (cfg.mlp.kind != MlpKind::None) {
+            layer.mlp_norm = Norm<T>(params_, p + ".mlp_norm", cfg.norm, D, cfg.norm_eps);
+            layer.mlp = std::make_unique<Mlp<T>>(params_, p + ".mlp", cfg);
+        }
+        layers_.push_back(std::move(layer));
+    }
+    final_norm_ = Norm<T>(params_, "final_norm", cfg.norm, D, cfg.norm_eps);
+    lm_head_ = cfg.tie_embeddings ? embed_ : params_.add("lm_head.weight", {cfg.vocab_size, D}, true);
+    params_.allocate();
+}
+
+template <typename T>
+HybridLM<T>::~HybridLM() = default;
+
+template <typename T>
+void HybridLM<T>::init(uint64_t seed) {
+    Rng rng(seed);
+    const int residuals_per_layer = cfg_.mlp.kind == MlpKind::None ? 1 : 2;
+    InitContext ctx{rng, cfg_.initializer_range,
+                    1.0 / std::sqrt(static_cast<double>(residuals_per_layer * cfg_.n_layers))};
+    T* e = params_.value(embed_);
+    for (int64_t i = 0; i < cfg_.vocab_size * cfg_.d_model; ++i) e[i] = static_cast<T>(rng.normal(0.0, ctx.std));
+    for (auto& layer : layers_) {
+        layer.norm.init();
+        layer.mixer->init(ctx);
+        if (layer.mlp) {
+            layer.mlp_norm.init();
+            layer.mlp->init(ctx);
+        }
+    }
+    final_norm_.init();
+    if (lm_head_ != embed_) {
+        T* w = params_.value(lm_head_);
+        for (int64_t i = 0; i < cfg_.vocab_size * cfg_.d_model; ++i) w[i] = static_cast<T>(rng.normal(0.0, ctx.std));
+    }
+}
+
+template <typename T>
+T HybridLM<T>::forward(const int32_t* ids, const int32_t* targets, int64_t B, int64_t Tn) {
+    MSLM_CHECK(B > 0 && Tn > 0, "forward: empty batch ({} x {})", B, Tn);
+    MSLM_CHECK(Tn <= cfg_.max_seq_len, "sequence length {} exceeds the model's max_seq_len {}", Tn, cfg_.max_seq_len);
+    const int64_t N = B * Tn, D = cfg_.d_model, V = cfg_.vocab_size, L = cfg_.n_layers;
+    B_ = B;
+    T_ = Tn;
+    ids_.assign(ids, ids + N);
+    targets_.clear();
+    if (targets) targets_.assign(targets, targets + N);
+    res_.resize((L + 1) * N * D);
+    const bool has_mlp = cfg_.mlp.kind != MlpKind::None;
+    mid_.resize(has_mlp ? L * N * D : 0);
+    ln1_.resize(L * N * D);
+    ln2_.resize(has_mlp ? L * N * D : 0);
+    hf_.resize(N * D);
+    logits_.resize(N * V);
+    tmp_.resize(N * D);
+
+    ops::embedding_forward(res_.data(), ids, params_.value(embed_), N, V, D);  // (N) => (N, D)
+    for (int64_t l = 0; l < L; ++l) {
+        Layer& layer = layers_[l];
+        const T* x = res_.data() + l * N * D;
+        T* ln1 = ln1_.data() + l * N * D;
+        T* mid = layer.mlp ? mid_.data() + l * N * D : res_.data() + (l + 1) * N * D;
+        layer.norm.forward(ln1, x, N);
+        layer.mixer->forward(tmp_.data(), ln1, B, Tn);
+        for (int64_t i = 0; i < N * D; ++i) mid[i] = x[i] + tmp_[i];
+        if (layer.mlp) {
+            T* ln2 = ln2_.data() + l * N * D;
+            T* y = res_.data() + (l + 1) * N * D;
+            layer.mlp_norm.forward(ln2, mid, N);
+            layer.mlp->forward(tmp_.data(), ln2, N);
+            for (int64_t i = 0; i < N * D; ++i) y[i] = mid[i] + tmp_[i];
+        }
+    }
+    final_norm_.forward(hf_.data(), res_.data() + L * N * D, N);
+    ops::linear_forward(logits_.data(), hf_.data(), params_.value(lm_head_), static_cast<const T*>(nullptr), N, D, V);
+
+    count_ = 0;
+    if (!targets) return T(0);
+    losses_.resize(N);
+    lse_.resize(N);
+    count_ = ops::cross_entropy_forward(losses_.data(), lse_.data(), logits_.data(), targets, N, V);
+    T sum = T(0);
+    for (int64_t i = 0; i < N; ++i) sum += losses_[i];
+    return count_ ? sum / static_cast<T>(count_) : T(0);
+}
+
+template <typename T>
+void HybridLM<T>::backward() {
+    MSLM_CHECK(!targets_.empty(), "backward needs a forward with targets");
+    const int64_t N = B_ * T_, D = cfg_.d_model, V = cfg_.vocab_size, L = cfg_.n_layers;
+    if (count_ == 0) return;
+    g_res_.assign(static_cast<size_t>(N * D), T(0));
+    g_ln_.resize(N * D);
+
+    T* dlogits = logits_.data();  // in place: the logits are not needed any more
+    ops::cross_entropy_backward(dlogits, logits_.data(), lse_.data(), targets_.data(), N, V,
+                                T(1) / static_cast<T>(count_));
+    std::fill(g_ln_.begin(), g_ln_.end(), T(0));
+    ops::linear_backward(g_ln_.data(), params_.grad(lm_head_), static_cast<T*>(nullptr), dlogits, hf_.data(),
+                         params_.value(lm_head_), N, D, V);
+    final_norm_.backward(g_res_.data(), g_ln_.data(), res_.data() + L * N * D, N);
+    for (int64_t l = L - 1; l >= 0; --l) {
+        Layer& layer = layers_[l];
+        // g_res_ holds d loss / d (residual leaving layer l); the skip connections pass it through
+        // unchanged and each sublayer adds its input gradient on top.
+        if (layer.mlp) {
+            std::fill(g_ln_.begin(), g_ln_.end(), T(0));
+            layer.mlp->backward(g_ln_.data(), g_res_.data());
+            layer.mlp_norm.backward(g_res_.data(), g_ln_.data(), mid_.data() + l * N * D, N);
+        }
+        std::fill(g_ln_.begin(), g_ln_.end(), T(0));
+        layer.mixer->backward(g_ln_.data(), g_res_.data());
+        layer.norm.backward(g_res_.data(), g_ln_.data(), res_.data() + l * N * D, N);
+    }
+    ops::embedding_backward(params_.grad(embed_), g_res_.data(), ids_.data(), N, V, D);
+}
+
+template <typename T>
+std::string HybridLM<T>::summary() const {
+    std::string s;
+    for (size_t l = 0; l < layers_.size(); ++l) {
+        s += fmt::format("  layer {:>2}  {}", l, layers_[l].mixer->describe());
+        if (layers_[l].mlp) s += " + " + layers_[l].mlp->describe();
+        s += "\n";
+    }
+    return s;
+}
+
+
+template class HybridLM<float>;
+template class HybridLM<double>;
+
+}  // namespace mslm

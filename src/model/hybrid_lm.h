@@ -1,0 +1,75 @@
+// HybridLM: embedding → blocks (x += mixer(norm(x)); x += mlp(norm(x)) when the config has an
+// MLP) → final norm → LM head (tied to the embedding by default) → cross-entropy.
+// forward and backward read as mirror lists of layer calls; every buffer is sized once for a
+// (batch, length) and reused.
+#pragma once
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "model/config.h"
+#include "nn/mixer.h"
+#include "nn/mlp.h"
+#include "nn/norm.h"
+#include "nn/parameters.h"
+
+namespace mslm {
+
+template <typename T>
+class HybridLM {
+public:
+    explicit HybridLM(const ModelConfig& cfg);
+    HybridLM(const HybridLM&) = delete;
+    HybridLM& operator=(const HybridLM&) = delete;
+    ~HybridLM();
+
+    const ModelConfig& config() const { return cfg_; }
+    Parameters<T>& params() { return params_; }
+    const Parameters<T>& params() const { return params_; }
+
+    // mamba_ssm-style initialisation (see DESIGN §4), deterministic in the seed.
+    void init(uint64_t seed);
+
+    // ids, targets (B, T); targets may be null (no loss) and use −100 for positions that do not
+    // count; target t is the token that logits at position t should predict (already shifted).
+    // Returns the mean cross-entropy over counted positions (0 when none count).
+    T forward(const int32_t* ids, const int32_t* targets, int64_t B, int64_t Tn);
+    // (B, T, V) logits of the last forward. backward() overwrites them with their gradient.
+    const T* logits() const { return logits_.data(); }
+    // Hidden states after the final norm (B, T, D) of the last forward.
+    const T* final_hidden() const { return hf_.data(); }
+    // Gradient of the last forward's loss: accumulates into params().grad(). Needs targets.
+    void backward();
+
+    int64_t num_params() const { return params_.total_unique(); }
+    std::string summary() const;  // one line per layer
+
+private:
+    struct Layer {
+        LayerKind kind;
+        Norm<T> norm;
+        std::unique_ptr<Mixer<T>> mixer;
+        Norm<T> mlp_norm;
+        std::unique_ptr<Mlp<T>> mlp;
+    };
+
+    ModelConfig cfg_;
+    Parameters<T> params_;
+    size_t embed_ = kNoParam, lm_head_ = kNoParam;
+    std::vector<Layer> layers_;
+    Norm<T> final_norm_;
+
+    // Activations of the last forward (N = B·T rows).
+    int64_t B_ = 0, T_ = 0, count_ = 0;
+    std::vector<int32_t> ids_, targets_;
+    std::vector<T> res_;     // (L + 1, N, D) residual stream entering each layer, and the output
+    std::vector<T> mid_;     // (L, N, D) residual after the mixer (layers with an MLP)
+    std::vector<T> ln1_;     // (L, N, D) mixer inputs
+    std::vector<T> ln2_;     // (L, N, D) MLP inputs
+    std::vector<T> hf_;      // (N, D) final norm output
+    std::vector<T> logits_;  // (N, V)
+    std::vector<T> losses_, lse_;  // (N)
+    std::vector<T> tmp_, g_res_, g_ln_;
+};
+
+}  // namespace mslm

@@ -1,0 +1,44 @@
+#include "nn/linear.h"
+
+#include "ops/linear.h"
+
+namespace mslm {
+
+template <typename T>
+Linear<T>::Linear(Parameters<T>& params, const std::string& name, int64_t in, int64_t out, bool bias)
+    : p_(&params), in_(in), out_(out) {
+    w_ = params.add(name + ".weight", {out, in}, true);
+    if (bias) b_ = params.add(name + ".bias", {out}, false);
+}
+
+template <typename T>
+void Linear<T>::forward(T* y, const T* x, int64_t N) const {
+    ops::linear_forward(y, x, p_->value(w_), b_ == kNoParam ? nullptr : p_->value(b_), N, in_, out_);
+}
+
+template <typename T>
+void Linear<T>::backward(T* dx, const T* dy, const T* x, int64_t N) const {
+    ops::linear_backward(dx, p_->grad(w_), b_ == kNoParam ? nullptr : p_->grad(b_), dy, x, p_->value(w_), N, in_,
+                         out_);
+}
+
+template <typename T>
+void Linear<T>::init_normal(Rng& rng, double std) {
+    T* w = p_->value(w_);
+    for (int64_t i = 0; i < in_ * out_; ++i) w[i] = static_cast<T>(rng.normal(0.0, std));
+    if (b_ != kNoParam)
+        for (int64_t i = 0; i < out_; ++i) p_->value(b_)[i] = T(0);
+}
+
+template <typename T>
+void Linear<T>::init_uniform(Rng& rng, double bound) {
+    T* w = p_->value(w_);
+    for (int64_t i = 0; i < in_ * out_; ++i) w[i] = static_cast<T>(rng.uniform(-bound, bound));
+    if (b_ != kNoParam)
+        for (int64_t i = 0; i < out_; ++i) p_->value(b_)[i] = T(0);
+}
+
+template class Linear<float>;
+template class Linear<double>;
+
+}  // namespace mslm

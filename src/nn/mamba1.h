@@ -1,0 +1,45 @@
+// Mamba-1 mixer (selective scan, S6), with Jamba's optional RMSNorm on dt, B and C.
+#pragma once
+#include <vector>
+
+#include "model/config.h"
+#include "nn/linear.h"
+#include "nn/mixer.h"
+#include "nn/norm.h"
+
+namespace mslm {
+
+template <typename T>
+class Mamba1Mixer : public Mixer<T> {
+public:
+    Mamba1Mixer(Parameters<T>& params, const std::string& prefix, const ModelConfig& cfg);
+    void forward(T* out, const T* x, int64_t B, int64_t Tn) override;
+    void backward(T* dx, const T* dout) override;
+    void init(InitContext& ctx) override;
+    std::string describe() const override;
+    static int64_t saved_per_token(const ModelConfig& cfg);
+
+private:
+    Parameters<T>* p_;
+    int64_t d_model_, d_inner_, d_state_, d_conv_, dt_rank_;
+    double dt_min_, dt_max_, dt_floor_;
+    Linear<T> in_proj_, x_proj_, dt_proj_, out_proj_;
+    size_t conv_w_, conv_b_ = kNoParam, A_log_, D_;
+    bool bc_norm_;
+    Norm<T> dt_norm_, B_norm_, C_norm_;
+
+    // Saved by forward (B·T rows each).
+    const T* x_ = nullptr;
+    int64_t B_ = 0, T_ = 0;
+    std::vector<T> xz_;      // (N, 2·Din)  [x | z] from in_proj
+    std::vector<T> xc_;      // (N, Din)    conv + SiLU output, the scan input u
+    std::vector<T> xc_pre_;  // (N, Din)    conv output before SiLU
+    std::vector<T> xdbl_;    // (N, R + 2S) [dt | B | C] from x_proj
+    std::vector<T> dbc_;     // (N, R + 2S) normed [dt | B | C] (only with bc_norm)
+    std::vector<T> dt_raw_;  // (N, Din)    dt_proj(dt) without its bias
+    std::vector<T> y_;       // (N, Din)    gated scan output
+    // Backward scratch.
+    std::vector<T> g_y_, g_dt_raw_, g_xdbl_, g_dbc_, g_xc_, g_xz_;
+};
+
+}  // namespace mslm

@@ -1,0 +1,60 @@
+#include "nn/parameters.h"
+
+#include <cstring>
+
+#include "core/error.h"
+
+namespace mslm {
+
+template <typename T>
+size_t Parameters<T>::add(const std::string& name, const Shape& shape, bool decay) {
+    MSLM_CHECK(!values_, "parameter {} registered after allocation", name);
+    MSLM_CHECK(!contains(name), "parameter {} registered twice", name);
+    int64_t n = 1;
+    for (int64_t d : shape) n *= d;
+    // Keep each parameter 64-byte aligned so kernels can use aligned vector loads on it.
+    constexpr int64_t kAlign = static_cast<int64_t>(kCpuAlignment / sizeof(T));
+    int64_t offset = (total_ + kAlign - 1) / kAlign * kAlign;
+    specs_.push_back({name, shape, decay, static_cast<size_t>(offset), n});
+    total_ = offset + n;
+    return specs_.size() - 1;
+}
+
+template <typename T>
+void Parameters<T>::allocate() {
+    values_ = make_aligned<T>(static_cast<size_t>(total_));
+    grads_ = make_aligned<T>(static_cast<size_t>(total_));
+    std::memset(values_.get(), 0, sizeof(T) * static_cast<size_t>(total_));
+    zero_grad();
+}
+
+template <typename T>
+void Parameters<T>::zero_grad() {
+    std::memset(grads_.get(), 0, sizeof(T) * static_cast<size_t>(total_));
+}
+
+template <typename T>
+bool Parameters<T>::contains(const std::string& name) const {
+    for (const auto& s : specs_)
+        if (s.name == name) return true;
+    return false;
+}
+
+template <typename T>
+size_t Parameters<T>::find(const std::string& name) const {
+    for (size_t i = 0; i < specs_.size(); ++i)
+        if (specs_[i].name == name) return i;
+    fail("the model has no parameter named {}", name);
+}
+
+template <typename T>
+int64_t Parameters<T>::total_unique() const {
+    int64_t n = 0;
+    for (const auto& s : specs_) n += s.numel;
+    return n;
+}
+
+template class Parameters<float>;
+template class Parameters<double>;
+
+}  // namespace mslm

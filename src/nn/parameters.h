@@ -1,0 +1,52 @@
+// All parameters of a model in one allocation and all their gradients in another (llm.c style):
+// modules register named tensors at construction, then `allocate()` lays them out back to back
+// and modules read their pointers by index.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "core/allocator.h"
+#include "core/tensor.h"
+
+namespace mslm {
+
+struct ParamSpec {
+    std::string name;  // native name, e.g. "layers.3.mixer.in_proj.weight"
+    Shape shape;
+    bool decay;        // AdamW weight decay applies (false for norms, biases, A_log, D, dt bias)
+    size_t offset;     // in elements, into the value and gradient buffers
+    int64_t numel;
+};
+
+template <typename T>
+class Parameters {
+public:
+    // Registers a parameter; returns its index. Must come before allocate().
+    size_t add(const std::string& name, const Shape& shape, bool decay);
+    void allocate();  // values uninitialised, gradients zero
+
+    T* value(size_t i) { return values_.get() + specs_[i].offset; }
+    const T* value(size_t i) const { return values_.get() + specs_[i].offset; }
+    T* grad(size_t i) { return grads_.get() + specs_[i].offset; }
+    const T* grad(size_t i) const { return grads_.get() + specs_[i].offset; }
+
+    const std::vector<ParamSpec>& specs() const { return specs_; }
+    size_t find(const std::string& name) const;  // throws naming the parameter when absent
+    bool contains(const std::string& name) const;
+    int64_t total() const { return total_; }  // buffer length, alignment padding included
+    int64_t total_unique() const;             // sum of parameter sizes
+    T* values() { return values_.get(); }
+    T* grads() { return grads_.get(); }
+    void zero_grad();
+
+private:
+    std::vector<ParamSpec> specs_;
+    int64_t total_ = 0;
+    AlignedBuffer<T> values_{nullptr, aligned_free};
+    AlignedBuffer<T> grads_{nullptr, aligned_free};
+};
+
+constexpr size_t kNoParam = static_cast<size_t>(-1);
+
+}  // namespace mslm

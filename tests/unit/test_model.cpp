@@ -1,0 +1,222 @@
+#include <gtest/gtest.h>
+
+#include <nlohmann/json.hpp>
+
+#include <cmath>
+
+#include "core/error.h"
+#include "gradcheck.h"
+#include "model/config.h"
+#include "model/hybrid_lm.h"
+#include "model/info.h"
+
+using namespace mslm;
+
+namespace {
+
+// Small configs that together cover every module option the model has.
+ModelConfig small_hybrid_mamba2() {
+    ModelConfig c;
+    c.vocab_size = 23;
+    c.d_model = 12;
+    c.n_layers = 3;
+    c.layers = parse_layer_pattern("MAM");
+    c.mamba.version = 2;
+    c.mamba.d_state = 4;
+    c.mamba.head_dim = 4;
+    c.mamba.n_groups = 2;
+    c.mamba.chunk_size = 4;
+    c.attention.n_heads = 4;
+    c.attention.n_kv_heads = 2;
+    c.attention.rotary_dim = 2;  // partial rotary
+    c.mlp = {MlpKind::SwiGLU, 10, false};
+    c.max_seq_len = 64;
+    return c;
+}
+
+ModelConfig small_mamba1_jamba_like() {
+    ModelConfig c;
+    c.vocab_size = 19;
+    c.d_model = 10;
+    c.n_layers = 2;
+    c.layers = parse_layer_pattern("AM");
+    c.mamba.version = 1;
+    c.mamba.d_state = 3;
+    c.mamba.dt_rank = 2;
+    c.mamba.dt_bc_norm = true;
+    c.mamba.proj_bias = true;
+    c.attention.n_heads = 2;
+    c.attention.position = PositionKind::None;
+    c.attention.qkv_bias = true;
+    c.attention.out_bias = true;
+    c.mlp = {MlpKind::GELU, 7, true};
+    c.norm = NormKind::LayerNorm;
+    c.tie_embeddings = false;
+    c.max_seq_len = 64;
+    return c;
+}
+
+ModelConfig small_alibi_window() {
+    ModelConfig c = small_hybrid_mamba2();
+    c.layers = parse_layer_pattern("AMA");
+    c.attention.position = PositionKind::ALiBi;
+    c.attention.sliding_window = 3;
+    c.mlp = {MlpKind::GELUTanh, 9, false};
+    return c;
+}
+
+ModelConfig small_pure_mamba2() {
+    ModelConfig c = small_hybrid_mamba2();
+    c.layers = parse_layer_pattern("MM");
+    c.n_layers = 2;
+    c.mlp.kind = MlpKind::None;
+    c.mamba.norm_groups = 1;
+    return c;
+}
+
+std::vector<int32_t> random_ids(Rng& rng, int64_t n, int64_t vocab) {
+    std::vector<int32_t> v(static_cast<size_t>(n));
+    for (auto& x : v) x = static_cast<int32_t>(rng.below(static_cast<uint64_t>(vocab)));
+    return v;
+}
+
+// Perturbs every parameter a little so that no term of the model is trivially zero or one
+// (norm weights 1, biases 0, D 1 would hide mistakes in their gradients).
+template <typename T>
+void perturb(HybridLM<T>& m, Rng& rng, double scale) {
+    T* v = m.params().values();
+    for (const auto& s : m.params().specs())
+        for (int64_t i = 0; i < s.numel; ++i) v[s.offset + i] += static_cast<T>(scale * rng.normal());
+}
+
+void check_model_gradients(const ModelConfig& cfg, int64_t B, int64_t Tn) {
+    HybridLM<double> model(cfg);
+    model.init(1);
+    Rng rng(2);
+    perturb(model, rng, 0.05);
+    auto ids = random_ids(rng, B * Tn, cfg.vocab_size);
+    auto targets = random_ids(rng, B * Tn, cfg.vocab_size);
+    targets[1] = -100;  // an ignored position
+    model.params().zero_grad();
+    model.forward(ids.data(), targets.data(), B, Tn);
+    model.backward();
+    for (const auto& spec : model.params().specs()) {
+        const double* g = model.params().grads() + spec.offset;
+        std::vector<double> analytic(g, g + spec.numel);
+        double* w = model.params().values() + spec.offset;
+        std::vector<double> numeric(static_cast<size_t>(spec.numel));
+        const double h = 1e-5;
+        for (int64_t i = 0; i < spec.numel; ++i) {
+            double saved = w[i];
+            w[i] = saved + h;
+            double lp = model.forward(ids.data(), targets.data(), B, Tn);
+            w[i] = saved - h;
+            double lm = model.forward(ids.data(), targets.data(), B, Tn);
+            w[i] = saved;
+            numeric[i] = (lp - lm) / (2 * h);
+        }
+        // The model is a composition of smooth ops in double precision; the loss is O(log V) ≈ 3,
+        // so rounding error of the difference quotient is ~3 · 2.2e-16 / 1e-5 ≈ 1e-10 and the
+        // truncation error ~h² ≈ 1e-10. Entries below 1e-7 in magnitude are compared absolutely.
+        test::expect_gradient_close(spec.name, analytic, numeric, 1e-5, 1e-7);
+    }
+}
+
+}  // namespace
+
+TEST(ModelGradcheck, HybridMamba2RopeGqaSwiglu) { check_model_gradients(small_hybrid_mamba2(), 2, 7); }
+TEST(ModelGradcheck, Mamba1BcNormLayerNormGeluUntied) { check_model_gradients(small_mamba1_jamba_like(), 2, 5); }
+TEST(ModelGradcheck, AlibiSlidingWindowGeluTanh) { check_model_gradients(small_alibi_window(), 1, 9); }
+TEST(ModelGradcheck, PureMamba2NoMlp) { check_model_gradients(small_pure_mamba2(), 2, 6); }
+
+TEST(Model, ParameterCountFormulaMatchesRegisteredParameters) {
+    for (const ModelConfig& cfg : {small_hybrid_mamba2(), small_mamba1_jamba_like(), small_alibi_window(),
+                                   small_pure_mamba2(), preset("tiny"), preset("30m")}) {
+        HybridLM<float> model(cfg);
+        EXPECT_EQ(count_parameters(cfg).total(), model.num_params()) << cfg.layer_pattern();
+    }
+}
+
+TEST(Model, PresetSizesAreWhatTheirNamesSay) {
+    // The names promise an order of magnitude; check each lands within ±30% of it.
+    const std::pair<const char*, double> expected[] = {{"30m", 30e6},   {"130m", 130e6},        {"370m", 370e6},
+                                                       {"1b", 1e9},     {"mamba-130m", 130e6}, {"mamba2-130m", 130e6}};
+    for (auto [name, n] : expected) {
+        double got = static_cast<double>(count_parameters(preset(name)).total());
+        EXPECT_GT(got, 0.7 * n) << name;
+        EXPECT_LT(got, 1.3 * n) << name;
+    }
+}
+
+TEST(Model, InitialLossIsNearUniform) {
+    // With 0.02-std weights the logits are tiny, so the loss starts near log(V); allow 0.1 nats.
+    ModelConfig cfg = preset("tiny");
+    HybridLM<float> model(cfg);
+    model.init(0);
+    Rng rng(3);
+    auto ids = random_ids(rng, 2 * 32, cfg.vocab_size);
+    auto targets = random_ids(rng, 2 * 32, cfg.vocab_size);
+    float loss = model.forward(ids.data(), targets.data(), 2, 32);
+    EXPECT_NEAR(loss, std::log(static_cast<double>(cfg.vocab_size)), 0.1);
+}
+
+TEST(Model, FloatMatchesDouble) {
+    ModelConfig cfg = small_hybrid_mamba2();
+    HybridLM<double> md(cfg);
+    HybridLM<float> mf(cfg);
+    md.init(5);
+    Rng rng(6);
+    perturb(md, rng, 0.05);
+    for (size_t p = 0; p < md.params().specs().size(); ++p)
+        for (int64_t i = 0; i < md.params().specs()[p].numel; ++i)
+            mf.params().value(p)[i] = static_cast<float>(md.params().value(p)[i]);
+    auto ids = random_ids(rng, 2 * 11, cfg.vocab_size);
+    auto targets = random_ids(rng, 2 * 11, cfg.vocab_size);
+    double ld = md.forward(ids.data(), targets.data(), 2, 11);
+    float lf = mf.forward(ids.data(), targets.data(), 2, 11);
+    // fp32 carries ~7 digits; a few layers of O(1) activations lose at most a few more bits.
+    EXPECT_NEAR(lf, ld, 1e-5 * std::fabs(ld));
+    double worst = 0;
+    for (int64_t i = 0; i < 2 * 11 * cfg.vocab_size; ++i)
+        worst = std::max(worst, std::fabs(mf.logits()[i] - md.logits()[i]));
+    EXPECT_LT(worst, 1e-5);
+}
+
+TEST(Model, RejectsBadInput) {
+    ModelConfig cfg = preset("tiny");
+    HybridLM<float> model(cfg);
+    model.init(0);
+    std::vector<int32_t> ids(cfg.max_seq_len + 1, 1);
+    EXPECT_THROW(model.forward(ids.data(), nullptr, 1, cfg.max_seq_len + 1), Error);
+    ids[0] = static_cast<int32_t>(cfg.vocab_size);
+    EXPECT_THROW(model.forward(ids.data(), nullptr, 1, 4), Error);
+}
+
+TEST(Config, JsonRoundTripAndErrors) {
+    for (const auto& name : preset_names()) {
+        ModelConfig c = preset(name);
+        ModelConfig back = config_from_json(config_to_json(c), name);
+        EXPECT_EQ(config_to_json(back), config_to_json(c)) << name;
+    }
+    ModelConfig c2 = small_mamba1_jamba_like();
+    EXPECT_EQ(config_to_json(config_from_json(config_to_json(c2), "x")), config_to_json(c2));
+
+    nlohmann::json j = config_to_json(preset("tiny"));
+    j["d_modle"] = 5;
+    try {
+        config_from_json(j, "cfg.json");
+        FAIL() << "typo accepted";
+    } catch (const Error& e) {
+        EXPECT_NE(std::string(e.what()).find("unknown field \"d_modle\""), std::string::npos) << e.what();
+    }
+    j = config_to_json(preset("tiny"));
+    j["layers"] = "MMXA";
+    EXPECT_THROW(config_from_json(j, "cfg.json"), Error);
+    j = config_to_json(preset("tiny"));
+    j["n_layers"] = 5;
+    EXPECT_THROW(config_from_json(j, "cfg.json"), Error);
+    j = config_to_json(preset("tiny"));
+    j["attention"]["n_kv_heads"] = 3;
+    EXPECT_THROW(config_from_json(j, "cfg.json"), Error);
+    EXPECT_THROW(preset("nope"), Error);
+}
