@@ -3,6 +3,7 @@
 #include <nlohmann/json.hpp>
 
 #include <filesystem>
+#include <cmath>
 #include <fstream>
 #include <set>
 
@@ -90,6 +91,11 @@ void ModelConfig::validate() const {
                    attention.sliding_window);
     }
     if (mlp.kind != MlpKind::None) positive(mlp.d_ff, "mlp.d_ff");
+    MSLM_CHECK(embed_padding_idx >= -1 && embed_padding_idx < vocab_size,
+               "embed_padding_idx = {}: must be -1 (none) or a token id below vocab_size {}", embed_padding_idx,
+               vocab_size);
+    MSLM_CHECK(mamba.dt_limit_min >= 0 && mamba.dt_limit_min < mamba.dt_limit_max,
+               "mamba.dt_limit = [{}, {}]: need 0 <= min < max", mamba.dt_limit_min, mamba.dt_limit_max);
 }
 
 namespace {
@@ -186,6 +192,13 @@ ModelConfig config_from_json(const json& j, const std::string& source) {
         mr.get("dt_init_floor", mc.dt_init_floor);
         mr.get("A_init_min", mc.A_init_min);
         mr.get("A_init_max", mc.A_init_max);
+        if (const json* lim = mr.sub("dt_limit"); lim && !lim->is_null()) {
+            MSLM_CHECK(lim->is_array() && lim->size() == 2 && (*lim)[0].is_number() &&
+                           ((*lim)[1].is_number() || (*lim)[1].is_null()),
+                       "{}: mamba.dt_limit must be [min, max] (max null for none)", source);
+            mc.dt_limit_min = (*lim)[0].get<double>();
+            if (!(*lim)[1].is_null()) mc.dt_limit_max = (*lim)[1].get<double>();
+        }
         mr.get("conv_bias", mc.conv_bias);
         mr.get("proj_bias", mc.proj_bias);
         mr.get("dt_bc_norm", mc.dt_bc_norm);
@@ -228,6 +241,7 @@ ModelConfig config_from_json(const json& j, const std::string& source) {
     r.get("tie_embeddings", c.tie_embeddings);
     r.get("max_seq_len", c.max_seq_len);
     r.get("initializer_range", c.initializer_range);
+    r.get("embed_padding_idx", c.embed_padding_idx);
     r.finish();
     try {
         c.validate();
@@ -257,6 +271,8 @@ json config_to_json(const ModelConfig& c) {
             mj["A_init_min"] = m.A_init_min;
             mj["A_init_max"] = m.A_init_max;
             if (m.norm_groups) mj["norm_groups"] = m.norm_groups;
+            if (m.dt_limit_min > 0 || std::isfinite(m.dt_limit_max))
+                mj["dt_limit"] = {m.dt_limit_min, std::isfinite(m.dt_limit_max) ? json(m.dt_limit_max) : json(nullptr)};
         } else {
             mj["dt_rank"] = c.mamba_dt_rank();
             mj["dt_bc_norm"] = m.dt_bc_norm;
@@ -284,6 +300,7 @@ json config_to_json(const ModelConfig& c) {
     j["tie_embeddings"] = c.tie_embeddings;
     j["max_seq_len"] = c.max_seq_len;
     j["initializer_range"] = c.initializer_range;
+    if (c.embed_padding_idx >= 0) j["embed_padding_idx"] = c.embed_padding_idx;
     return j;
 }
 

@@ -4,6 +4,7 @@
 #include <nlohmann/json_fwd.hpp>
 
 #include <cstdint>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -26,6 +27,9 @@ struct MambaConfig {
     int64_t dt_rank = 0;      // Mamba-1; 0: ceil(d_model / 16)
     double dt_min = 0.001, dt_max = 0.1, dt_init_floor = 1e-4;
     double A_init_min = 1, A_init_max = 16;  // Mamba-2: A drawn in this range
+    // Mamba-2: dt is clamped to [dt_limit_min, dt_limit_max] after the softplus (HF's
+    // time_step_limit, mamba_ssm's dt_limit); the default is no clamp.
+    double dt_limit_min = 0, dt_limit_max = std::numeric_limits<double>::infinity();
     bool conv_bias = true;
     bool proj_bias = false;   // in_proj / out_proj bias
     bool dt_bc_norm = false;  // Mamba-1 (Jamba): RMSNorm on dt, B and C after x_proj
@@ -63,6 +67,9 @@ struct ModelConfig {
     bool tie_embeddings = true;
     int64_t max_seq_len = 4096;
     double initializer_range = 0.02;
+    // An embedding row that receives no gradient (PyTorch's padding_idx, as Jamba and Bamba set
+    // it to pad_token_id); −1: none.
+    int64_t embed_padding_idx = -1;
 
     // Derived sizes.
     int64_t mamba_d_inner() const { return mamba.d_inner ? mamba.d_inner : mamba.expand * d_model; }

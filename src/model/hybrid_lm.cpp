@@ -1,6 +1,7 @@
 #include "model/hybrid_lm.h"
 
 #include <cmath>
+#include <algorithm>
 #include <cstring>
 
 #include <fmt/format.h>
@@ -144,6 +145,11 @@ void HybridLM<T>::backward() {
         std::fill(g_ln_.begin(), g_ln_.end(), T(0));
         layer.mixer->backward(g_ln_.data(), g_res_.data());
         layer.norm.backward(g_res_.data(), g_ln_.data(), res_.data() + l * N * D, N);
+    }
+    if (cfg_.embed_padding_idx >= 0) {
+        // padding_idx semantics: the lookup of that row contributes no gradient.
+        for (int64_t n = 0; n < N; ++n)
+            if (ids_[n] == cfg_.embed_padding_idx) std::fill_n(g_res_.data() + n * D, D, T(0));
     }
     ops::embedding_backward(params_.grad(embed_), g_res_.data(), ids_.data(), N, V, D);
 }
