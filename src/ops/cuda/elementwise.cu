@@ -1,0 +1,309 @@
+// Elementwise CUDA kernels. All are memory bound: each thread moves 16 bytes per load (float4 or
+// 8 × bf16) when every pointer is 16-byte aligned and the row length allows it, and falls back to
+// one element per load otherwise. Loops are grid-stride over a grid sized to fill the GPU once.
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <initializer_list>
+
+#include "core/error.h"
+#include "ops/cuda/elementwise.h"
+
+namespace mslm::ops::cuda {
+
+namespace {
+
+// ---- storage <-> fp32 math
+
+__device__ __forceinline__ float to_f32(float v) {
+    return v;
+}
+__device__ __forceinline__ float to_f32(__nv_bfloat16 v) {
+    return __bfloat162float(v);
+}
+
+template <typename T>
+__device__ __forceinline__ T from_f32(float v);
+template <>
+__device__ __forceinline__ float from_f32<float>(float v) {
+    return v;
+}
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float v) {
+    return __float2bfloat16_rn(v);
+}
+
+// The public API names bf16 as uint16_t (core/dtype.h); kernels use the CUDA type.
+template <typename T>
+struct DeviceType {
+    using type = T;
+};
+template <>
+struct DeviceType<uint16_t> {
+    using type = __nv_bfloat16;
+};
+template <typename T>
+using device_t = typename DeviceType<T>::type;
+
+template <typename T>
+const char* dtype_label();
+template <>
+const char* dtype_label<float>() {
+    return "f32";
+}
+template <>
+const char* dtype_label<uint16_t>() {
+    return "bf16";
+}
+
+// ---- 16-byte packs
+
+template <typename T>
+constexpr int kVec = 16 / sizeof(T);  // 4 × f32, 8 × bf16
+
+template <typename T, int V>
+struct alignas(sizeof(T) * V) Pack {
+    T v[V];
+};
+
+template <int V, typename T>
+__device__ __forceinline__ Pack<T, V> load(const T* p) {
+    return *reinterpret_cast<const Pack<T, V>*>(p);
+}
+template <int V, typename T>
+__device__ __forceinline__ void store(T* p, const Pack<T, V>& pack) {
+    *reinterpret_cast<Pack<T, V>*>(p) = pack;
+}
+
+bool aligned16(const void* p) {
+    return reinterpret_cast<uintptr_t>(p) % 16 == 0;
+}
+
+// ---- math
+
+// σ(x) and 1 − σ(x), both without cancellation or overflow: with t = e^-|x| ∈ (0, 1],
+// 1/(1+t) is the larger of the two and t/(1+t) the smaller. (The textbook x / (1 + e^-x) makes
+// e^-x = inf for x < -88 and the backward's (1 − σ) cancels for large x.)
+struct SigmoidPair {
+    float s;  // σ(x)
+    float c;  // 1 − σ(x)
+};
+
+__device__ __forceinline__ SigmoidPair sigmoid_pair(float x) {
+    float t = expf(-fabsf(x));
+    float big = 1.0f / (1.0f + t);
+    float small = t * big;
+    return x >= 0.0f ? SigmoidPair{big, small} : SigmoidPair{small, big};
+}
+
+__device__ __forceinline__ float silu(float x) {
+    return x * sigmoid_pair(x).s;
+}
+
+// silu'(x) = σ + x·σ·(1 − σ)
+__device__ __forceinline__ float silu_grad(float x) {
+    SigmoidPair p = sigmoid_pair(x);
+    return p.s * (1.0f + x * p.c);
+}
+
+// ---- flat elementwise: y[i] = op(y[i], a[i], b[i]) for i < n
+
+struct SiluForwardOp {
+    static constexpr bool kReadsY = false, kReadsB = false;
+    __device__ float operator()(float, float x, float) const { return silu(x); }
+};
+struct SiluBackwardOp {  // y = dx, a = dout, b = x
+    static constexpr bool kReadsY = true, kReadsB = true;
+    __device__ float operator()(float dx, float dout, float x) const { return dx + dout * silu_grad(x); }
+};
+struct AxpyOp {
+    static constexpr bool kReadsY = true, kReadsB = false;
+    float alpha;
+    __device__ float operator()(float y, float x, float) const { return y + alpha * x; }
+};
+
+// Elements [i, i + V).
+template <int V, typename T, typename Op>
+__device__ __forceinline__ void map_pack(T* y, const T* a, const T* b, int64_t i, Op op) {
+    Pack<T, V> yp{}, ap = load<V>(a + i), bp{};
+    if constexpr (Op::kReadsY) yp = load<V>(y + i);
+    if constexpr (Op::kReadsB) bp = load<V>(b + i);
+#pragma unroll
+    for (int k = 0; k < V; ++k) yp.v[k] = from_f32<T>(op(to_f32(yp.v[k]), to_f32(ap.v[k]), to_f32(bp.v[k])));
+    store<V>(y + i, yp);
+}
+
+// V = kVec<T> needs y, a, b 16-byte aligned; the last n % V elements go one at a time.
+// No __restrict__: forward may run in place (y == a).
+template <int V, typename T, typename Op>
+__global__ void map_kernel(T* y, const T* a, const T* b, int64_t n, Op op) {
+    const int64_t first = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+    const int64_t stride = int64_t(gridDim.x) * blockDim.x;
+    const int64_t n_packs = n / V;
+    for (int64_t p = first; p < n_packs; p += stride) map_pack<V>(y, a, b, p * V, op);
+    if constexpr (V > 1) {
+        for (int64_t i = n_packs * V + first; i < n; i += stride) map_pack<1>(y, a, b, i, op);
+    }
+}
+
+// ---- SwiGLU over rows of [gate | up]. V > 1 needs V | F and aligned bases, so every row's
+// gate, up and out segments start on a 16-byte boundary.
+
+template <int V, typename T>
+__global__ void swiglu_forward_kernel(T* out, const T* gate_up, int64_t N, int64_t F) {
+    const int64_t packs_per_row = F / V;
+    const int64_t total = N * packs_per_row;
+    const int64_t stride = int64_t(gridDim.x) * blockDim.x;
+    for (int64_t p = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; p < total; p += stride) {
+        const int64_t row = p / packs_per_row;
+        const int64_t col = (p - row * packs_per_row) * V;
+        const T* gate = gate_up + row * 2 * F + col;
+        Pack<T, V> g = load<V>(gate), u = load<V>(gate + F), o;
+#pragma unroll
+        for (int k = 0; k < V; ++k) o.v[k] = from_f32<T>(silu(to_f32(g.v[k])) * to_f32(u.v[k]));
+        store<V>(out + row * F + col, o);
+    }
+}
+
+template <int V, typename T>
+__global__ void swiglu_backward_kernel(T* dgate_up, const T* dout, const T* gate_up, int64_t N, int64_t F) {
+    const int64_t packs_per_row = F / V;
+    const int64_t total = N * packs_per_row;
+    const int64_t stride = int64_t(gridDim.x) * blockDim.x;
+    for (int64_t p = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; p < total; p += stride) {
+        const int64_t row = p / packs_per_row;
+        const int64_t col = (p - row * packs_per_row) * V;
+        const int64_t at = row * 2 * F + col;
+        Pack<T, V> g = load<V>(gate_up + at), u = load<V>(gate_up + at + F);
+        Pack<T, V> dg = load<V>(dgate_up + at), du = load<V>(dgate_up + at + F);
+        Pack<T, V> d = load<V>(dout + row * F + col);
+#pragma unroll
+        for (int k = 0; k < V; ++k) {
+            const float gk = to_f32(g.v[k]), dk = to_f32(d.v[k]);
+            const SigmoidPair sp = sigmoid_pair(gk);
+            dg.v[k] = from_f32<T>(to_f32(dg.v[k]) + dk * to_f32(u.v[k]) * sp.s * (1.0f + gk * sp.c));
+            du.v[k] = from_f32<T>(to_f32(du.v[k]) + dk * gk * sp.s);
+        }
+        store<V>(dgate_up + at, dg);
+        store<V>(dgate_up + at + F, du);
+    }
+}
+
+// ---- launching
+
+constexpr int kThreads = 256;
+
+template <typename T>
+void check_cuda(cudaError_t err, const char* what, const char* kernel) {
+    MSLM_CHECK(err == cudaSuccess, "CUDA kernel {}<{}>: {}: {}", kernel, dtype_label<T>(), what,
+               cudaGetErrorString(err));
+}
+
+// Enough blocks for `work` threads, capped at what the device keeps resident at once
+// (2048 threads per SM on sm_80+): the grid-stride loops cover the rest.
+template <typename T>
+unsigned grid_size(int64_t work, const char* kernel) {
+    int device = 0, sms = 0;
+    check_cuda<T>(cudaGetDevice(&device), "cudaGetDevice", kernel);
+    check_cuda<T>(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device),
+                  "cudaDeviceGetAttribute", kernel);
+    const int64_t resident = int64_t(sms) * (2048 / kThreads);
+    return unsigned(std::clamp<int64_t>((work + kThreads - 1) / kThreads, 1, resident));
+}
+
+// Catches bad launch configurations at once; faults inside a kernel surface at the next
+// synchronising call.
+template <typename T>
+void check_launch(const char* kernel) {
+    check_cuda<T>(cudaGetLastError(), "launch", kernel);
+}
+
+template <typename T, typename Op>
+void launch_map(const char* kernel, T* y, const T* a, const T* b, int64_t n, Op op, void* stream) {
+    MSLM_CHECK(n >= 0, "CUDA kernel {}: negative size {}", kernel, n);
+    if (n == 0) return;
+    using D = device_t<T>;
+    constexpr int V = kVec<D>;
+    D* dy = reinterpret_cast<D*>(y);
+    const D* da = reinterpret_cast<const D*>(a);
+    const D* db = reinterpret_cast<const D*>(b);
+    const bool vec = aligned16(y) && aligned16(a) && (!Op::kReadsB || aligned16(b));
+    auto s = static_cast<cudaStream_t>(stream);
+    if (vec) {
+        map_kernel<V><<<grid_size<T>(n / V + n % V, kernel), kThreads, 0, s>>>(dy, da, db, n, op);
+    } else {
+        map_kernel<1><<<grid_size<T>(n, kernel), kThreads, 0, s>>>(dy, da, db, n, op);
+    }
+    check_launch<T>(kernel);
+}
+
+bool swiglu_vectorised(int64_t F, int vec, std::initializer_list<const void*> ptrs) {
+    return F % vec == 0 && std::all_of(ptrs.begin(), ptrs.end(), aligned16);
+}
+
+}  // namespace
+
+template <typename T>
+void silu_forward(T* out, const T* x, int64_t n, void* stream) {
+    launch_map("silu_forward", out, x, static_cast<const T*>(nullptr), n, SiluForwardOp{}, stream);
+}
+
+template <typename T>
+void silu_backward(T* dx, const T* dout, const T* x, int64_t n, void* stream) {
+    launch_map("silu_backward", dx, dout, x, n, SiluBackwardOp{}, stream);
+}
+
+template <typename T>
+void axpy(T* y, const T* x, int64_t n, float alpha, void* stream) {
+    launch_map("axpy", y, x, static_cast<const T*>(nullptr), n, AxpyOp{alpha}, stream);
+}
+
+template <typename T>
+void swiglu_forward(T* out, const T* gate_up, int64_t N, int64_t F, void* stream) {
+    const char* kernel = "swiglu_forward";
+    MSLM_CHECK(N >= 0 && F >= 0, "CUDA kernel {}: negative shape ({}, {})", kernel, N, F);
+    if (N == 0 || F == 0) return;
+    using D = device_t<T>;
+    constexpr int V = kVec<D>;
+    D* o = reinterpret_cast<D*>(out);
+    const D* gu = reinterpret_cast<const D*>(gate_up);
+    auto s = static_cast<cudaStream_t>(stream);
+    if (swiglu_vectorised(F, V, {out, gate_up})) {
+        swiglu_forward_kernel<V><<<grid_size<T>(N * (F / V), kernel), kThreads, 0, s>>>(o, gu, N, F);
+    } else {
+        swiglu_forward_kernel<1><<<grid_size<T>(N * F, kernel), kThreads, 0, s>>>(o, gu, N, F);
+    }
+    check_launch<T>(kernel);
+}
+
+template <typename T>
+void swiglu_backward(T* dgate_up, const T* dout, const T* gate_up, int64_t N, int64_t F, void* stream) {
+    const char* kernel = "swiglu_backward";
+    MSLM_CHECK(N >= 0 && F >= 0, "CUDA kernel {}: negative shape ({}, {})", kernel, N, F);
+    if (N == 0 || F == 0) return;
+    using D = device_t<T>;
+    constexpr int V = kVec<D>;
+    D* dgu = reinterpret_cast<D*>(dgate_up);
+    const D* d = reinterpret_cast<const D*>(dout);
+    const D* gu = reinterpret_cast<const D*>(gate_up);
+    auto s = static_cast<cudaStream_t>(stream);
+    if (swiglu_vectorised(F, V, {dgate_up, dout, gate_up})) {
+        swiglu_backward_kernel<V><<<grid_size<T>(N * (F / V), kernel), kThreads, 0, s>>>(dgu, d, gu, N, F);
+    } else {
+        swiglu_backward_kernel<1><<<grid_size<T>(N * F, kernel), kThreads, 0, s>>>(dgu, d, gu, N, F);
+    }
+    check_launch<T>(kernel);
+}
+
+#define MSLM_INSTANTIATE(T)                                                            \
+    template void silu_forward<T>(T*, const T*, int64_t, void*);                       \
+    template void silu_backward<T>(T*, const T*, const T*, int64_t, void*);            \
+    template void swiglu_forward<T>(T*, const T*, int64_t, int64_t, void*);            \
+    template void swiglu_backward<T>(T*, const T*, const T*, int64_t, int64_t, void*); \
+    template void axpy<T>(T*, const T*, int64_t, float, void*);
+MSLM_INSTANTIATE(float)
+MSLM_INSTANTIATE(uint16_t)
+#undef MSLM_INSTANTIATE
+
+}  // namespace mslm::ops::cuda
