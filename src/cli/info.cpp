@@ -4,6 +4,7 @@
 #include "cli/commands.h"
 #include "model/config.h"
 #include "model/info.h"
+#include "model/model_io.h"
 
 namespace mslm::cli {
 
@@ -15,16 +16,17 @@ void register_info(CLI::App& app) {
     };
     auto args = std::make_shared<Args>();
     auto* p = cmd->add_option("--preset", args->preset, "A built-in configuration: " + fmt::format("{}", fmt::join(preset_names(), ", ")));
-    auto* m = cmd->add_option("--model", args->model, "A model directory or a config.json");
+    auto* m = cmd->add_option("--model", args->model, "A model directory or config.json (native, or Hugging Face Mamba/Mamba2/Jamba/Bamba)");
     p->excludes(m);
     cmd->add_option("--batch", args->batch, "Batch size for the training memory estimate")->check(CLI::PositiveNumber);
     cmd->add_option("--seq-len", args->seq_len, "Sequence length for the estimates (default: the model's max_seq_len)")
         ->check(CLI::PositiveNumber);
     cmd->callback([args] {
         if (args->preset.empty() && args->model.empty()) throw CLI::RequiredError("--preset or --model");
-        ModelConfig cfg = args->model.empty() ? preset(args->preset) : load_config(args->model);
+        std::string format = "preset";
+        ModelConfig cfg = args->model.empty() ? preset(args->preset) : load_any_config(args->model, &format);
         int64_t T = args->seq_len ? args->seq_len : cfg.max_seq_len;
-        fmt::print("model       {}\n", args->model.empty() ? "preset " + args->preset : args->model);
+        fmt::print("model       {}\n", args->model.empty() ? "preset " + args->preset : args->model + " (" + format + ")");
         fmt::print("{}", describe_model(cfg, args->batch, T));
     });
 }

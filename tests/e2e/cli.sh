@@ -22,6 +22,9 @@ check "help lists subcommands" 0 "info" -- "$bin" --help
 check "info --help" 0 "--preset" -- "$bin" info --help
 check "info tiny" 0 "parameters" -- "$bin" info --preset tiny
 check "info 130m counts ~120M" 0 "parameters +1[0-9]{2}\.[0-9]M" -- "$bin" info --preset 130m --seq-len 1024
+fixtures="$(cd "$(dirname "$0")/../parity/fixtures" && pwd)"
+check "info on an HF Bamba dir" 0 "\(bamba\)" -- "$bin" info --model "$fixtures/hybrid"
+check "info on an HF Jamba dir" 0 "MAMA" -- "$bin" info --model "$fixtures/jamba"
 check "unknown preset" 1 "unknown preset \"nope\"" -- "$bin" info --preset nope
 check "missing model dir" 1 "cannot open" -- "$bin" info --model /nonexistent/dir
 check "no subcommand" 106 "subcommand" -- "$bin"

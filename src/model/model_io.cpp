@@ -1,0 +1,120 @@
+#include "model/model_io.h"
+
+#include <nlohmann/json.hpp>
+
+#include <filesystem>
+#include <fstream>
+#include <set>
+
+#include "core/safetensors.h"
+#include "model/hf_import.h"
+
+namespace mslm {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace {
+
+json read_json(const fs::path& p) {
+    std::ifstream in(p);
+    MSLM_CHECK(in.good(), "{}: cannot open (is this a model directory?)", p.string());
+    try {
+        return json::parse(in);
+    } catch (const json::parse_error& e) {
+        fail("{}: invalid JSON: {}", p.string(), e.what());
+    }
+}
+
+fs::path config_path(const std::string& dir) {
+    fs::path p(dir);
+    return fs::is_directory(p) ? p / "config.json" : p;
+}
+
+// Copies a file tensor (any float dtype) into `rows` rows of a native parameter.
+template <typename T>
+void copy_rows(const SafetensorsFile& file, const std::string& name, const Shape& expected, T* dst) {
+    const SafetensorsEntry& e = file.entry(name);
+    MSLM_CHECK(e.shape == expected, "{}: tensor '{}' has shape {}, the config needs {}", file.name(), name,
+               shape_str(e.shape), shape_str(expected));
+    Tensor t = file.get_f32(name);
+    const float* src = t.data<float>();
+    for (int64_t i = 0; i < t.numel(); ++i) dst[i] = static_cast<T>(src[i]);
+}
+
+}  // namespace
+
+ModelConfig load_any_config(const std::string& dir, std::string* format) {
+    fs::path p = config_path(dir);
+    json j = read_json(p);
+    std::string type = j.is_object() && j.contains("model_type") && j["model_type"].is_string()
+                           ? j["model_type"].get<std::string>()
+                           : "mamba_slm";
+    if (format) *format = type;
+    if (type == "mamba_slm") return config_from_json(j, p.string());
+    return config_from_hf(j, p.string());
+}
+
+template <typename T>
+std::unique_ptr<HybridLM<T>> load_model(const std::string& dir, LoadedModelInfo* info) {
+    std::string format;
+    ModelConfig cfg = load_any_config(dir, &format);
+    fs::path weights = config_path(dir).parent_path() / "model.safetensors";
+    MSLM_CHECK(fs::exists(weights), "{}: no model.safetensors beside the config (sharded checkpoints are not "
+               "supported yet)", weights.string());
+    SafetensorsFile file = SafetensorsFile::open(weights.string());
+    auto model = std::make_unique<HybridLM<T>>(cfg);
+    Parameters<T>& params = model->params();
+    std::set<std::string> used;
+    if (format == "mamba_slm") {
+        for (size_t i = 0; i < params.specs().size(); ++i) {
+            const ParamSpec& s = params.specs()[i];
+            MSLM_CHECK(file.contains(s.name), "{}: missing tensor '{}'", file.name(), s.name);
+            copy_rows(file, s.name, s.shape, params.value(i));
+            used.insert(s.name);
+        }
+    } else {
+        HfArch arch = hf_arch_from_model_type(format, config_path(dir).string());
+        std::vector<bool> filled(params.specs().size(), false);
+        for (const HfTensorMap& m : hf_tensor_map(arch, cfg, params.specs())) {
+            MSLM_CHECK(file.contains(m.hf_name), "{}: missing tensor '{}'", file.name(), m.hf_name);
+            size_t idx = params.find(m.native_name);
+            const ParamSpec& s = params.specs()[idx];
+            int64_t row = s.numel / s.shape[0];
+            copy_rows(file, m.hf_name, m.hf_shape, params.value(idx) + m.row_begin * row);
+            filled[idx] = true;
+            used.insert(m.hf_name);
+        }
+        for (size_t i = 0; i < filled.size(); ++i)
+            MSLM_CHECK(filled[i], "{}: nothing in the file maps to parameter '{}'", file.name(), params.specs()[i].name);
+    }
+    for (const auto& name : file.names())
+        MSLM_CHECK(used.count(name), "{}: unexpected tensor '{}' (not part of a {} model with this config)", file.name(),
+                   name, format);
+    if (info) *info = {format, config_path(dir).string(), weights.string()};
+    return model;
+}
+
+template <typename T>
+void save_model(const HybridLM<T>& model, const std::string& dir, DType dtype) {
+    MSLM_CHECK(dtype == DType::F32 || dtype == DType::BF16 || dtype == DType::F16,
+               "save_model: dtype {} is not a float type", dtype_name(dtype));
+    fs::create_directories(dir);
+    std::vector<std::pair<std::string, Tensor>> tensors;
+    const Parameters<T>& params = model.params();
+    for (size_t i = 0; i < params.specs().size(); ++i) {
+        const ParamSpec& s = params.specs()[i];
+        Tensor t = Tensor::empty(s.shape, dtype_of<T>());
+        std::copy(params.value(i), params.value(i) + s.numel, t.data<T>());
+        tensors.emplace_back(s.name, t.to(dtype));
+    }
+    save_safetensors((fs::path(dir) / "model.safetensors").string(), tensors, {{"format", "mamba_slm"}});
+    save_config(model.config(), (fs::path(dir) / "config.json").string());
+}
+
+template std::unique_ptr<HybridLM<float>> load_model<float>(const std::string&, LoadedModelInfo*);
+template std::unique_ptr<HybridLM<double>> load_model<double>(const std::string&, LoadedModelInfo*);
+template void save_model<float>(const HybridLM<float>&, const std::string&, DType);
+template void save_model<double>(const HybridLM<double>&, const std::string&, DType);
+
+}  // namespace mslm

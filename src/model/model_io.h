@@ -1,0 +1,30 @@
+// Model directories: the native layout (config.json with model_type "mamba_slm" +
+// model.safetensors with native names) and Hugging Face directories (their config.json +
+// model.safetensors, mapped through hf_import). Loading checks that every parameter is present
+// exactly once with the right shape and that nothing is left over.
+#pragma once
+#include <memory>
+#include <string>
+
+#include "core/dtype.h"
+#include "model/hybrid_lm.h"
+
+namespace mslm {
+
+struct LoadedModelInfo {
+    std::string format;  // "mamba_slm" or the HF model_type
+    std::string config_path, weights_path;
+};
+
+// Reads a model directory's config (native or HF) without loading weights.
+ModelConfig load_any_config(const std::string& dir, std::string* format = nullptr);
+
+template <typename T>
+std::unique_ptr<HybridLM<T>> load_model(const std::string& dir, LoadedModelInfo* info = nullptr);
+
+// Writes config.json + model.safetensors (native names) atomically file by file. `dtype` is F32,
+// BF16 or F16.
+template <typename T>
+void save_model(const HybridLM<T>& model, const std::string& dir, DType dtype = DType::F32);
+
+}  // namespace mslm
