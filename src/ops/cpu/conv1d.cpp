@@ -97,13 +97,15 @@ void conv1d_causal_backward(T* dx, T* dw, T* dbias, const T* dout, const T* x, i
     });
 }
 
-#define MSLM_INSTANTIATE(T)                                                                                 \
-    template void conv1d_causal_forward<T>(T*, T*, const T*, int64_t, const T*, const T*, int64_t, int64_t, \
-                                           int64_t, int64_t, bool);                                         \
-    template void conv1d_causal_backward<T>(T*, T*, T*, const T*, const T*, int64_t, const T*, const T*,    \
-                                            int64_t, int64_t, int64_t, int64_t, bool);
-MSLM_INSTANTIATE(float)
-MSLM_INSTANTIATE(double)
-#undef MSLM_INSTANTIATE
+template void conv1d_causal_forward<float>(float*, float*, const float*, int64_t, const float*, const float*,
+                                           int64_t, int64_t, int64_t, int64_t, bool);
+template void conv1d_causal_forward<double>(double*, double*, const double*, int64_t, const double*,
+                                            const double*, int64_t, int64_t, int64_t, int64_t, bool);
+template void conv1d_causal_backward<float>(float*, float*, float*, const float*, const float*, int64_t,
+                                            const float*, const float*, int64_t, int64_t, int64_t, int64_t,
+                                            bool);
+template void conv1d_causal_backward<double>(double*, double*, double*, const double*, const double*, int64_t,
+                                             const double*, const double*, int64_t, int64_t, int64_t, int64_t,
+                                             bool);
 
 }  // namespace mslm::ops

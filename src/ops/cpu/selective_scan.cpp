@@ -185,13 +185,15 @@ void selective_scan_backward(const SelectiveScanGrads<T>& grads, const T* dy,
     }
 }
 
-#define MSLM_INSTANTIATE(T)                                                                  \
-    template void selective_scan_forward<T>(T*, T*, const SelectiveScanInputs<T>&, const T*, \
-                                            const ScanDims&);                                \
-    template void selective_scan_backward<T>(const SelectiveScanGrads<T>&, const T*,         \
-                                             const SelectiveScanInputs<T>&, const T*, const ScanDims&);
-MSLM_INSTANTIATE(float)
-MSLM_INSTANTIATE(double)
-#undef MSLM_INSTANTIATE
+template void selective_scan_forward<float>(float*, float*, const SelectiveScanInputs<float>&, const float*,
+                                            const ScanDims&);
+template void selective_scan_forward<double>(double*, double*, const SelectiveScanInputs<double>&,
+                                             const double*, const ScanDims&);
+template void selective_scan_backward<float>(const SelectiveScanGrads<float>&, const float*,
+                                             const SelectiveScanInputs<float>&, const float*,
+                                             const ScanDims&);
+template void selective_scan_backward<double>(const SelectiveScanGrads<double>&, const double*,
+                                              const SelectiveScanInputs<double>&, const double*,
+                                              const ScanDims&);
 
 }  // namespace mslm::ops

@@ -392,13 +392,15 @@ void ssd_backward(const SsdGrads<T>& grads, const T* dy, const SsdInputs<T>& in,
         }
 }
 
-#define MSLM_INSTANTIATE(T)                                                                         \
-    template void ssd_forward<T>(T*, T*, const SsdInputs<T>&, const T*, const SsdDims&);            \
-    template void ssd_forward_sequential<T>(T*, T*, const SsdInputs<T>&, const T*, const SsdDims&); \
-    template void ssd_backward<T>(const SsdGrads<T>&, const T*, const SsdInputs<T>&, const T*,      \
+template void ssd_forward<float>(float*, float*, const SsdInputs<float>&, const float*, const SsdDims&);
+template void ssd_forward<double>(double*, double*, const SsdInputs<double>&, const double*, const SsdDims&);
+template void ssd_forward_sequential<float>(float*, float*, const SsdInputs<float>&, const float*,
+                                            const SsdDims&);
+template void ssd_forward_sequential<double>(double*, double*, const SsdInputs<double>&, const double*,
+                                             const SsdDims&);
+template void ssd_backward<float>(const SsdGrads<float>&, const float*, const SsdInputs<float>&, const float*,
                                   const SsdDims&);
-MSLM_INSTANTIATE(float)
-MSLM_INSTANTIATE(double)
-#undef MSLM_INSTANTIATE
+template void ssd_backward<double>(const SsdGrads<double>&, const double*, const SsdInputs<double>&,
+                                   const double*, const SsdDims&);
 
 }  // namespace mslm::ops
