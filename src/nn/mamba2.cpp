@@ -29,7 +29,9 @@ Mamba2Mixer<T>::Mamba2Mixer(Parameters<T>& params, const std::string& prefix, co
       dt_floor_(cfg.mamba.dt_init_floor),
       A_min_(cfg.mamba.A_init_min),
       A_max_(cfg.mamba.A_init_max),
-      eps_(static_cast<T>(cfg.norm_eps)) {
+      eps_(static_cast<T>(cfg.norm_eps)),
+      dt_limit_min_(static_cast<T>(cfg.mamba.dt_limit_min)),
+      dt_limit_max_(static_cast<T>(cfg.mamba.dt_limit_max)) {
     const bool bias = cfg.mamba.proj_bias;
     in_proj_ = Linear<T>(params, prefix + ".in_proj", d_model_, proj_width(), bias);
     conv_w_ = params.add(prefix + ".conv1d.weight", {conv_dim(), d_conv_}, true);
@@ -39,6 +41,17 @@ Mamba2Mixer<T>::Mamba2Mixer(Parameters<T>& params, const std::string& prefix, co
     D_ = params.add(prefix + ".D", {n_heads_}, false);
     norm_w_ = params.add(prefix + ".norm.weight", {d_inner_}, false);
     out_proj_ = Linear<T>(params, prefix + ".out_proj", d_inner_, d_model_, bias);
+}
+
+template <typename T>
+ops::SsdInputs<T> Mamba2Mixer<T>::ssd_inputs() const {
+    // The scan reads x, B, C from the conv output [x | B | C] and dt from the tail of in_proj's.
+    const int64_t Din = d_inner_, GS = n_groups_ * d_state_, W = proj_width(), C = conv_dim();
+    ops::SsdInputs<T> in{xbc_.data(),       C, zxbcdt_.data() + Din + C, W, p_->value(dt_bias_), p_->value(A_log_),
+                         xbc_.data() + Din, C, xbc_.data() + Din + GS,   C, p_->value(D_)};
+    in.dt_min = dt_limit_min_;
+    in.dt_max = dt_limit_max_;
+    return in;
 }
 
 template <typename T>
@@ -58,8 +71,7 @@ void Mamba2Mixer<T>::forward(T* out, const T* x, int64_t B, int64_t Tn) {
     in_proj_.forward(zxbcdt_.data(), x, N);  // (N, D) => (N, W) = [z | xBC | dt]
     ops::conv1d_causal_forward(xbc_.data(), xbc_pre_.data(), zxbcdt_.data() + Din, W, p_->value(conv_w_),
                                conv_b_ == kNoParam ? nullptr : p_->value(conv_b_), B, Tn, C, d_conv_, true);
-    ops::SsdInputs<T> in{xbc_.data(),         C, zxbcdt_.data() + Din + C, W, p_->value(dt_bias_), p_->value(A_log_),
-                         xbc_.data() + Din,   C, xbc_.data() + Din + GS,   C, p_->value(D_)};
+    ops::SsdInputs<T> in = ssd_inputs();
     ops::ssd_forward(y_.data(), static_cast<T*>(nullptr), in, static_cast<const T*>(nullptr),
                      ops::SsdDims{B, Tn, n_heads_, head_dim_, n_groups_, d_state_, chunk_});
     for (int64_t n = 0; n < N; ++n) std::memcpy(z_.data() + n * Din, zxbcdt_.data() + n * W, sizeof(T) * Din);
@@ -85,8 +97,7 @@ void Mamba2Mixer<T>::backward(T* dx, const T* dout) {
     for (int64_t n = 0; n < N; ++n)
         for (int64_t c = 0; c < Din; ++c) g_zxbcdt_[n * W + c] += g_z_[n * Din + c];
 
-    ops::SsdInputs<T> in{xbc_.data(),       C, zxbcdt_.data() + Din + C, W, p_->value(dt_bias_), p_->value(A_log_),
-                         xbc_.data() + Din, C, xbc_.data() + Din + GS,   C, p_->value(D_)};
+    ops::SsdInputs<T> in = ssd_inputs();
     ops::SsdGrads<T> grads{g_xbc_.data(),          g_zxbcdt_.data() + Din + C, p_->grad(dt_bias_), p_->grad(A_log_),
                            g_xbc_.data() + Din,    g_xbc_.data() + Din + GS,   p_->grad(D_)};
     ops::ssd_backward(grads, g_y_.data(), in, static_cast<const T*>(nullptr),

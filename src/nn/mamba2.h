@@ -6,6 +6,7 @@
 #include "model/config.h"
 #include "nn/linear.h"
 #include "nn/mixer.h"
+#include "ops/ssd.h"
 
 namespace mslm {
 
@@ -22,11 +23,12 @@ public:
 private:
     int64_t proj_width() const { return 2 * d_inner_ + 2 * n_groups_ * d_state_ + n_heads_; }
     int64_t conv_dim() const { return d_inner_ + 2 * n_groups_ * d_state_; }
+    ops::SsdInputs<T> ssd_inputs() const;
 
     Parameters<T>* p_;
     int64_t d_model_, d_inner_, d_state_, d_conv_, n_heads_, head_dim_, n_groups_, norm_groups_, chunk_;
     double dt_min_, dt_max_, dt_floor_, A_min_, A_max_;
-    T eps_;
+    T eps_, dt_limit_min_, dt_limit_max_;
     Linear<T> in_proj_, out_proj_;
     size_t conv_w_, conv_b_ = kNoParam, dt_bias_, A_log_, D_, norm_w_;
 

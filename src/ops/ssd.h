@@ -1,11 +1,12 @@
 // Mamba-2 state-space duality (SSD). Per head h (of H, head_dim P), group g = h / (H / G):
-//   dt = softplus(dt_raw + dt_bias)        A = −exp(A_log)   (a scalar per head)
+//   dt = clamp(softplus(dt_raw + dt_bias), dt_min, dt_max)   A = −exp(A_log)  (a scalar per head)
 //   S_t = exp(dt_t · A) · S_{t−1} + dt_t · x_t ⊗ B_t      S: (P, N)
 //   y_t = S_t · C_t + D · x_t
 // `ssd_forward` uses the chunked algorithm (intra-chunk quadratic form + inter-chunk state
 // passing); `ssd_forward_sequential` is the plain recurrence kept as the test reference.
 #pragma once
 #include <cstdint>
+#include <limits>
 
 namespace mslm::ops {
 
@@ -22,6 +23,10 @@ struct SsdInputs {
     const T* Bm;       int64_t ld_B;   // (B, T, G, N)
     const T* Cm;       int64_t ld_C;   // (B, T, G, N)
     const T* D;                        // (H) or null
+    // dt is clamped to [dt_min, dt_max] after the softplus (HF time_step_limit); the gradient is
+    // zero where the clamp is active.
+    T dt_min = T(0);
+    T dt_max = std::numeric_limits<T>::infinity();
 };
 
 template <typename T>

@@ -24,6 +24,17 @@ template <typename T>
 T softplus_grad(T v) {
     return v > T(20) ? T(1) : sigmoid(v);
 }
+// dt = clamp(softplus(raw + bias), dt_min, dt_max), with torch.clamp's gradient: zero where the
+// clamp is active, the boundary values themselves included in the pass-through range.
+template <typename T>
+T dt_value(const SsdInputs<T>& in, T v) {
+    return std::clamp(softplus(v), in.dt_min, in.dt_max);
+}
+template <typename T>
+T dt_grad(const SsdInputs<T>& in, T v) {
+    const T s = softplus(v);
+    return s < in.dt_min || s > in.dt_max ? T(0) : softplus_grad(v);
+}
 
 // The backward splits the heads of each group into at most this many contiguous sets; each
 // (batch, group, set) task sums its heads' contributions to dB and dC (shared by the group) into
@@ -65,7 +76,7 @@ void chunk_decay(T* dtv, T* cum, T* tail, const SsdInputs<T>& in, const Chunk<T>
                  T A) {
     T run = 0;
     for (int64_t t = 0; t < ch.L; ++t) {
-        dtv[t] = softplus(in.dt[(ch.row0 + t) * in.ld_dt + h] + bias);
+        dtv[t] = dt_value(in, in.dt[(ch.row0 + t) * in.ld_dt + h] + bias);
         run += dtv[t] * A;
         cum[t] = run;
     }
@@ -124,7 +135,7 @@ void ssd_forward_sequential(T* y, T* h_last, const SsdInputs<T>& in, const T* h0
                 std::fill(S.begin(), S.end(), T(0));
             for (int64_t t = 0; t < Tn; ++t) {
                 const int64_t row = b * Tn + t;
-                const T dtv = softplus(in.dt[row * in.ld_dt + h] + bias);
+                const T dtv = dt_value(in, in.dt[row * in.ld_dt + h] + bias);
                 const T decay = std::exp(dtv * A);
                 const T* xt = in.x + row * in.ld_x + h * P;
                 const T* Bt = in.Bm + row * in.ld_B + g * N;
@@ -355,7 +366,7 @@ void ssd_backward(const SsdGrads<T>& grads, const T* dy, const SsdInputs<T>& in,
                             for (int64_t p = 0; p < P; ++p) dxt[p] += dtv[t] * dxdt[t * P + p] + Dh * dyt[p];
                         }
                         for (int64_t p = 0; p < P; ++p) dD_acc += dyt[p] * xt[p];
-                        const T draw = ddtv * softplus_grad(in.dt[row * in.ld_dt + h] + bias);
+                        const T draw = ddtv * dt_grad(in, in.dt[row * in.ld_dt + h] + bias);
                         if (grads.ddt) grads.ddt[row * in.ld_dt + h] += draw;
                         dbias_acc += draw;
                     }
