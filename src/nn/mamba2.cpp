@@ -59,7 +59,7 @@ void Mamba2Mixer<T>::forward(T* out, const T* x, int64_t B, int64_t Tn) {
     x_ = x;
     B_ = B;
     T_ = Tn;
-    const int64_t N = B * Tn, Din = d_inner_, GS = n_groups_ * d_state_, W = proj_width(), C = conv_dim();
+    const int64_t N = B * Tn, Din = d_inner_, W = proj_width(), C = conv_dim();
     zxbcdt_.resize(N * W);
     xbc_.resize(N * C);
     xbc_pre_.resize(N * C);
