@@ -13,6 +13,7 @@
 #include <thread>
 #include <vector>
 
+#include "core/blas_setup.h"
 #include "core/rng.h"
 #include "core/thread_pool.h"
 #include "model/config.h"
@@ -49,6 +50,7 @@ double time_per_call(Fn&& fn, double min_seconds) {
 }  // namespace
 
 int main(int argc, char** argv) {
+    select_blas_kernels(argc, argv);
     std::string presets = "tiny,30m,130m", seq_lens = "256,1024", threads = "1,0";
     int64_t batch = 1;
     double min_seconds = 2.0;
@@ -72,6 +74,7 @@ int main(int argc, char** argv) {
             return a == "--help" || a == "-h" ? 0 : 1;
         }
     }
+    fmt::print("# mamba-slm bench_model, fp32 CPU, OpenBLAS kernels: {}\n", blas_core_name());
     fmt::print("| preset | params | T | batch | threads | forward tok/s | fwd+bwd tok/s |\n");
     fmt::print("|---|---|---|---|---|---|---|\n");
     for (const auto& name : split(presets)) {

@@ -4,10 +4,12 @@
 #include <cstdio>
 
 #include "cli/commands.h"
+#include "core/blas_setup.h"
 #include "core/error.h"
 #include "core/thread_pool.h"
 
 int main(int argc, char** argv) {
+    mslm::select_blas_kernels(argc, argv);
     CLI::App app{"mamba-slm: train, run and export hybrid Mamba-Transformer small language models"};
     app.require_subcommand(1);
     int threads = 0;

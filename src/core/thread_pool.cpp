@@ -116,7 +116,7 @@ ThreadPool& pool() {
     if (!g_pool) {
         int n = g_requested > 0 ? g_requested : default_threads();
         g_pool = std::make_unique<ThreadPool>(n);
-        openblas_set_num_threads(n);
+        openblas_set_num_threads(1);  // gemm.cpp splits products over this pool instead
     }
     return *g_pool;
 }
