@@ -19,82 +19,117 @@ namespace {
 
 thread_local bool tl_in_worker = false;
 
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+}
+
+// A fork-join pool tuned for many short parallel regions (a small model's forward pass runs
+// thousands of them): workers spin briefly on a generation counter before sleeping, and only
+// sleeping workers cost a futex wake. Work is claimed through one 64-bit word holding
+// (generation, task count, next index), so a worker that wakes late can never claim a task of a
+// newer region with the previous region's function.
 class ThreadPool {
 public:
     explicit ThreadPool(int n) : n_threads_(n) {
-        for (int i = 1; i < n; ++i) workers_.emplace_back([this, i] { worker_loop(i); });
+        for (int i = 1; i < n; ++i) workers_.emplace_back([this] { worker_loop(); });
     }
     ~ThreadPool() {
         {
             std::lock_guard<std::mutex> lock(mu_);
-            stop_ = true;
+            stop_.store(true);
         }
         cv_.notify_all();
         for (auto& w : workers_) w.join();
     }
     int size() const { return n_threads_; }
 
-    // Runs task(i) for i in [0, n_tasks) on the caller and the workers.
+    // Runs task(i) for i in [0, n_tasks) on the caller and the workers; n_tasks <= 65535.
     void run(int n_tasks, const std::function<void(int)>& task) {
         std::lock_guard<std::mutex> run_lock(run_mu_);  // one parallel region at a time
+        task_ = &task;
+        error_ = nullptr;
+        pending_.store(n_tasks, std::memory_order_relaxed);
+        const uint64_t gen = (generation_.load(std::memory_order_relaxed) + 1) & 0xffffffffu;
+        claim_.store(pack(gen, n_tasks, 0), std::memory_order_release);
+        generation_.store(gen, std::memory_order_release);
         {
             std::lock_guard<std::mutex> lock(mu_);
-            task_ = &task;
-            n_tasks_ = n_tasks;
-            next_.store(0);
-            pending_ = n_tasks;
-            error_ = nullptr;
-            ++generation_;
+            if (sleepers_ > 0) cv_.notify_all();
         }
-        cv_.notify_all();
         tl_in_worker = true;
-        drain();
+        drain(gen);
         tl_in_worker = false;
-        std::unique_lock<std::mutex> lock(mu_);
-        done_cv_.wait(lock, [this] { return pending_ == 0; });
+        for (int spins = 0; pending_.load(std::memory_order_acquire) != 0; ++spins) {
+            if (spins < 4096)
+                cpu_relax();
+            else
+                std::this_thread::yield();
+        }
         task_ = nullptr;
         if (error_) std::rethrow_exception(error_);
     }
 
 private:
-    void drain() {
+    static uint64_t pack(uint64_t gen, uint64_t n, uint64_t idx) { return gen << 32 | n << 16 | idx; }
+
+    // Claims and runs tasks of generation `gen` until none are left.
+    void drain(uint64_t gen) {
+        uint64_t state = claim_.load(std::memory_order_acquire);
         for (;;) {
-            int i = next_.fetch_add(1);
-            if (i >= n_tasks_) return;
+            const uint64_t g = state >> 32, n = state >> 16 & 0xffff, idx = state & 0xffff;
+            if (g != gen || idx >= n) return;
+            if (!claim_.compare_exchange_weak(state, pack(g, n, idx + 1), std::memory_order_acq_rel,
+                                              std::memory_order_acquire))
+                continue;
             try {
-                (*task_)(i);
+                (*task_)(static_cast<int>(idx));
             } catch (...) {
-                std::lock_guard<std::mutex> lock(mu_);
+                std::lock_guard<std::mutex> lock(error_mu_);
                 if (!error_) error_ = std::current_exception();
             }
-            std::lock_guard<std::mutex> lock(mu_);
-            if (--pending_ == 0) done_cv_.notify_all();
+            pending_.fetch_sub(1, std::memory_order_acq_rel);
+            state = claim_.load(std::memory_order_acquire);
         }
     }
-    void worker_loop(int) {
+
+    void worker_loop() {
         tl_in_worker = true;
-        uint64_t seen = 0;
+        uint64_t seen = generation_.load(std::memory_order_acquire);
         for (;;) {
-            {
+            uint64_t gen;
+            int spins = 0;
+            while ((gen = generation_.load(std::memory_order_acquire)) == seen) {
+                if (stop_.load(std::memory_order_relaxed)) return;
+                if (++spins < 2048) {
+                    cpu_relax();
+                    continue;
+                }
                 std::unique_lock<std::mutex> lock(mu_);
-                cv_.wait(lock, [&] { return stop_ || (generation_ != seen && task_ != nullptr); });
-                if (stop_) return;
-                seen = generation_;
+                ++sleepers_;
+                cv_.wait(lock, [&] {
+                    return stop_.load(std::memory_order_relaxed) ||
+                           generation_.load(std::memory_order_acquire) != seen;
+                });
+                --sleepers_;
+                spins = 0;
             }
-            drain();
+            seen = gen;
+            drain(gen);
         }
     }
 
     int n_threads_;
     std::vector<std::thread> workers_;
-    std::mutex mu_, run_mu_;
-    std::condition_variable cv_, done_cv_;
+    std::mutex run_mu_, mu_, error_mu_;
+    std::condition_variable cv_;
+    int sleepers_ = 0;
+    std::atomic<bool> stop_{false};
+    std::atomic<uint64_t> generation_{0};
+    std::atomic<uint64_t> claim_{0};
+    std::atomic<int> pending_{0};
     const std::function<void(int)>* task_ = nullptr;
-    int n_tasks_ = 0;
-    std::atomic<int> next_{0};
-    int pending_ = 0;
-    uint64_t generation_ = 0;
-    bool stop_ = false;
     std::exception_ptr error_;
 };
 
@@ -141,7 +176,7 @@ void parallel_for(int64_t n, const std::function<void(int64_t, int64_t)>& fn, in
         return;
     }
     ThreadPool& p = pool();
-    int64_t chunks = std::min<int64_t>(max_chunks, p.size());
+    int64_t chunks = std::min<int64_t>({max_chunks, p.size(), 65535});
     if (chunks == 1) {
         fn(0, n);
         return;
