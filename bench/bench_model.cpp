@@ -5,6 +5,7 @@
 // A thread count of 0 means all cores.
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
@@ -79,6 +80,7 @@ int main(int argc, char** argv) {
     fmt::print("|---|---|---|---|---|---|---|\n");
     for (const auto& name : split(presets)) {
         ModelConfig cfg = preset(name);
+        for (const auto& ts : split(seq_lens)) cfg.max_seq_len = std::max<int64_t>(cfg.max_seq_len, std::stoll(ts));
         HybridLM<float> model(cfg);
         model.init(0);
         for (const auto& ts : split(seq_lens)) {
