@@ -70,13 +70,12 @@ void Mamba1Mixer<T>::forward(T* out, const T* x, int64_t B, int64_t Tn) {
     const int64_t N = B * Tn, Din = d_inner_, S = d_state_, R = dt_rank_, W = R + 2 * S;
     xz_.resize(N * 2 * Din);
     xc_.resize(N * Din);
-    xc_pre_.resize(N * Din);
     xdbl_.resize(N * W);
     dt_raw_.resize(N * Din);
     y_.resize(N * Din);
 
     in_proj_.forward(xz_.data(), x, N);  // (N, D) => (N, 2·Din)
-    ops::conv1d_causal_forward(xc_.data(), xc_pre_.data(), xz_.data(), 2 * Din, p_->value(conv_w_),
+    ops::conv1d_causal_forward(xc_.data(), static_cast<T*>(nullptr), xz_.data(), 2 * Din, p_->value(conv_w_),
                                conv_b_ == kNoParam ? nullptr : p_->value(conv_b_), B, Tn, Din, d_conv_, true);
     x_proj_.forward(xdbl_.data(), xc_.data(), N);  // (N, Din) => (N, R + 2S)
     const T* dbc = xdbl_.data();
@@ -84,21 +83,24 @@ void Mamba1Mixer<T>::forward(T* out, const T* x, int64_t B, int64_t Tn) {
         // Jamba normalises dt, B and C separately: gather each into a contiguous block, norm it,
         // and lay the results out as [dt | B | C] again.
         dbc_.resize(N * W);
-        std::vector<T> tmp(N * std::max(R, S)), normed(N * std::max(R, S));
+        scratch_a_.resize(N * std::max(R, S));
+        scratch_b_.resize(N * std::max(R, S));
+        T* tmp = scratch_a_.data();
+        T* normed = scratch_b_.data();
         const int64_t widths[3] = {R, S, S}, starts[3] = {0, R, R + S};
         Norm<T>* norms[3] = {&dt_norm_, &B_norm_, &C_norm_};
         for (int i = 0; i < 3; ++i) {
-            gather_cols(tmp.data(), xdbl_.data(), N, W, starts[i], widths[i]);
-            norms[i]->forward(normed.data(), tmp.data(), N);
+            gather_cols(tmp, xdbl_.data(), N, W, starts[i], widths[i]);
+            norms[i]->forward(normed, tmp, N);
             for (int64_t n = 0; n < N; ++n)
-                std::memcpy(dbc_.data() + n * W + starts[i], normed.data() + n * widths[i], sizeof(T) * widths[i]);
+                std::memcpy(dbc_.data() + n * W + starts[i], normed + n * widths[i], sizeof(T) * widths[i]);
         }
         dbc = dbc_.data();
     }
-    // dt_proj without bias on the strided dt columns: gather them first.
-    std::vector<T> dt(N * R);
-    gather_cols(dt.data(), dbc, N, W, 0, R);
-    ops::linear_forward(dt_raw_.data(), dt.data(), p_->value(dt_proj_.weight_index()), static_cast<const T*>(nullptr), N,
+    // dt_proj without bias on the strided dt columns: gather them first (kept for the backward).
+    dt_.resize(N * R);
+    gather_cols(dt_.data(), dbc, N, W, 0, R);
+    ops::linear_forward(dt_raw_.data(), dt_.data(), p_->value(dt_proj_.weight_index()), static_cast<const T*>(nullptr), N,
                         R, Din);
     ops::SelectiveScanInputs<T> in{xc_.data(), Din,   dt_raw_.data(), Din, p_->value(dt_proj_.bias_index()),
                                    p_->value(A_log_), dbc + R,       W,   dbc + R + S,                       W,
@@ -133,22 +135,27 @@ void Mamba1Mixer<T>::backward(T* dx, const T* dout) {
     ops::selective_scan_backward(grads, g_y_.data(), in, static_cast<const T*>(nullptr), ops::ScanDims{B, Tn, Din, S});
 
     // dt_proj (no bias here: its bias gradient came from the scan).
-    std::vector<T> dt(N * R), g_dt(N * R, T(0));
-    gather_cols(dt.data(), dbc, N, W, 0, R);
-    ops::linear_backward(g_dt.data(), p_->grad(dt_proj_.weight_index()), static_cast<T*>(nullptr), g_dt_raw_.data(),
-                         dt.data(), p_->value(dt_proj_.weight_index()), N, R, Din);
-    scatter_add_cols(g_dbc, g_dt.data(), N, W, 0, R);
+    zero(scratch_a_, N * R);
+    ops::linear_backward(scratch_a_.data(), p_->grad(dt_proj_.weight_index()), static_cast<T*>(nullptr),
+                         g_dt_raw_.data(), dt_.data(), p_->value(dt_proj_.weight_index()), N, R, Din);
+    scatter_add_cols(g_dbc, scratch_a_.data(), N, W, 0, R);
 
     if (bc_norm_) {
-        std::vector<T> xin(N * std::max(R, S)), gout(N * std::max(R, S)), gin(N * std::max(R, S));
+        const size_t n = static_cast<size_t>(N * std::max(R, S));
+        scratch_a_.resize(n);
+        scratch_b_.resize(n);
+        scratch_c_.resize(n);
+        T* xin = scratch_a_.data();
+        T* gout = scratch_b_.data();
+        T* gin = scratch_c_.data();
         const int64_t widths[3] = {R, S, S}, starts[3] = {0, R, R + S};
         Norm<T>* norms[3] = {&dt_norm_, &B_norm_, &C_norm_};
         for (int i = 0; i < 3; ++i) {
-            gather_cols(xin.data(), xdbl_.data(), N, W, starts[i], widths[i]);
-            gather_cols(gout.data(), g_dbc, N, W, starts[i], widths[i]);
-            std::fill(gin.begin(), gin.end(), T(0));
-            norms[i]->backward(gin.data(), gout.data(), xin.data(), N);
-            scatter_add_cols(g_xdbl_.data(), gin.data(), N, W, starts[i], widths[i]);
+            gather_cols(xin, xdbl_.data(), N, W, starts[i], widths[i]);
+            gather_cols(gout, g_dbc, N, W, starts[i], widths[i]);
+            std::fill(gin, gin + n, T(0));
+            norms[i]->backward(gin, gout, xin, N);
+            scatter_add_cols(g_xdbl_.data(), gin, N, W, starts[i], widths[i]);
         }
     }
     x_proj_.backward(g_xc_.data(), g_xdbl_.data(), xc_.data(), N);
@@ -198,7 +205,7 @@ std::string Mamba1Mixer<T>::describe() const {
 template <typename T>
 int64_t Mamba1Mixer<T>::saved_per_token(const ModelConfig& cfg) {
     const int64_t Din = cfg.mamba_d_inner(), W = cfg.mamba_dt_rank() + 2 * cfg.mamba.d_state;
-    return 2 * Din + 4 * Din + W + (cfg.mamba.dt_bc_norm ? W : 0);  // xz, xc, xc_pre, dt_raw, y, xdbl, dbc
+    return 2 * Din + 3 * Din + W + (cfg.mamba.dt_bc_norm ? W : 0) + cfg.mamba_dt_rank();  // xz, xc, dt_raw, y, xdbl, dbc, dt
 }
 
 template class Mamba1Mixer<float>;

@@ -33,13 +33,14 @@ private:
     int64_t B_ = 0, T_ = 0;
     std::vector<T> xz_;      // (N, 2·Din)  [x | z] from in_proj
     std::vector<T> xc_;      // (N, Din)    conv + SiLU output, the scan input u
-    std::vector<T> xc_pre_;  // (N, Din)    conv output before SiLU
     std::vector<T> xdbl_;    // (N, R + 2S) [dt | B | C] from x_proj
     std::vector<T> dbc_;     // (N, R + 2S) normed [dt | B | C] (only with bc_norm)
+    std::vector<T> dt_;      // (N, R)      the (normed) dt columns, contiguous: dt_proj's input
     std::vector<T> dt_raw_;  // (N, Din)    dt_proj(dt) without its bias
     std::vector<T> y_;       // (N, Din)    gated scan output
     // Backward scratch.
     std::vector<T> g_y_, g_dt_raw_, g_xdbl_, g_dbc_, g_xc_, g_xz_;
+    std::vector<T> scratch_a_, scratch_b_, scratch_c_;
 };
 
 }  // namespace mslm

@@ -62,14 +62,13 @@ void Mamba2Mixer<T>::forward(T* out, const T* x, int64_t B, int64_t Tn) {
     const int64_t N = B * Tn, Din = d_inner_, W = proj_width(), C = conv_dim();
     zxbcdt_.resize(N * W);
     xbc_.resize(N * C);
-    xbc_pre_.resize(N * C);
     y_.resize(N * Din);
     z_.resize(N * Din);
     rstd_.resize(N * norm_groups_);
     yn_.resize(N * Din);
 
     in_proj_.forward(zxbcdt_.data(), x, N);  // (N, D) => (N, W) = [z | xBC | dt]
-    ops::conv1d_causal_forward(xbc_.data(), xbc_pre_.data(), zxbcdt_.data() + Din, W, p_->value(conv_w_),
+    ops::conv1d_causal_forward(xbc_.data(), static_cast<T*>(nullptr), zxbcdt_.data() + Din, W, p_->value(conv_w_),
                                conv_b_ == kNoParam ? nullptr : p_->value(conv_b_), B, Tn, C, d_conv_, true);
     ops::SsdInputs<T> in = ssd_inputs();
     ops::ssd_forward(y_.data(), static_cast<T*>(nullptr), in, static_cast<const T*>(nullptr),
@@ -139,7 +138,7 @@ template <typename T>
 int64_t Mamba2Mixer<T>::saved_per_token(const ModelConfig& cfg) {
     const int64_t Din = cfg.mamba_d_inner(), GS = cfg.mamba.n_groups * cfg.mamba.d_state;
     const int64_t W = 2 * Din + 2 * GS + cfg.mamba_n_heads(), C = Din + 2 * GS;
-    return W + 2 * C + 3 * Din + cfg.mamba_norm_groups();  // zxbcdt, xbc, xbc_pre, y, z, yn, rstd
+    return W + C + 3 * Din + cfg.mamba_norm_groups();  // zxbcdt, xbc, y, z, yn, rstd
 }
 
 template class Mamba2Mixer<float>;

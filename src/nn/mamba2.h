@@ -36,7 +36,6 @@ private:
     int64_t B_ = 0, T_ = 0;
     std::vector<T> zxbcdt_;   // (N, 2·Din + 2·G·S + H)
     std::vector<T> xbc_;      // (N, Din + 2·G·S) conv + SiLU
-    std::vector<T> xbc_pre_;  // (N, Din + 2·G·S) before SiLU
     std::vector<T> y_;        // (N, Din) scan output (with D skip)
     std::vector<T> z_;        // (N, Din) contiguous gate
     std::vector<T> rstd_;     // (N, norm groups)

@@ -8,8 +8,8 @@ namespace mslm::ops {
 //   out[b, t, c] = bias[c] + Σ_k w[c, k] · x[b, t − (K − 1) + k, c]   (x before t = 0 is 0)
 // then SiLU when `silu`. x (B, T, C) with row stride ld_x between tokens (it is often a slice of
 // a wider projection); out (B, T, C) contiguous; w (C, K); bias (C) or null.
-// pre (B, T, C) receives the pre-activation when `silu` and pre != null (the backward needs it;
-// pass null to recompute).
+// pre (B, T, C) receives the pre-activation when `silu` and pre != null; the backward does not
+// need it (it recomputes the K-tap sum, cheaper than keeping (B, T, C) values alive).
 template <typename T>
 void conv1d_causal_forward(T* out, T* pre, const T* x, int64_t ld_x, const T* w, const T* bias, int64_t B, int64_t Tn,
                            int64_t C, int64_t K, bool silu);

@@ -8,7 +8,9 @@
 #include "gradcheck.h"
 #include "model/config.h"
 #include "model/hybrid_lm.h"
+#include "core/safetensors.h"
 #include "model/info.h"
+#include "model/model_io.h"
 
 using namespace mslm;
 
@@ -223,4 +225,66 @@ TEST(Config, JsonRoundTripAndErrors) {
     j["attention"]["n_kv_heads"] = 3;
     EXPECT_THROW(config_from_json(j, "cfg.json"), Error);
     EXPECT_THROW(preset("nope"), Error);
+}
+
+TEST(ModelIo, NativeDirectoryRoundTrip) {
+    const std::string dir = testing::TempDir() + "/mslm_model_io";
+    ModelConfig cfg = small_mamba1_jamba_like();
+    HybridLM<float> model(cfg);
+    model.init(9);
+    save_model(model, dir);
+    LoadedModelInfo info;
+    auto back = load_model<float>(dir, &info);
+    EXPECT_EQ(info.format, "mamba_slm");
+    EXPECT_EQ(config_to_json(back->config()), config_to_json(cfg));
+    ASSERT_EQ(back->params().specs().size(), model.params().specs().size());
+    for (size_t p = 0; p < model.params().specs().size(); ++p)
+        for (int64_t i = 0; i < model.params().specs()[p].numel; ++i)
+            ASSERT_EQ(back->params().value(p)[i], model.params().value(p)[i]) << model.params().specs()[p].name;
+
+    // bf16 storage: 8 significant bits, so rounding to nearest moves a value by at most half an
+    // ulp = 2^-8 of the bottom of its binade, i.e. at most 2^-8 relative.
+    save_model(model, dir, DType::BF16);
+    auto half = load_model<float>(dir);
+    for (size_t p = 0; p < model.params().specs().size(); ++p)
+        for (int64_t i = 0; i < model.params().specs()[p].numel; ++i) {
+            float want = model.params().value(p)[i];
+            ASSERT_NEAR(half->params().value(p)[i], want, std::fabs(want) * 0x1.0p-8f);
+        }
+}
+
+TEST(ModelIo, LoadRejectsMissingExtraAndMisshapenTensors) {
+    const std::string dir = testing::TempDir() + "/mslm_model_io_bad";
+    ModelConfig cfg = small_pure_mamba2();
+    HybridLM<float> model(cfg);
+    model.init(1);
+    save_model(model, dir);
+    // Rewrite the weights with one tensor dropped, one added, or one with the wrong shape.
+    auto rewrite = [&](const std::string& drop, const std::string& add, const std::string& reshape) {
+        std::vector<std::pair<std::string, Tensor>> ts;
+        for (size_t p = 0; p < model.params().specs().size(); ++p) {
+            const ParamSpec& s = model.params().specs()[p];
+            if (s.name == drop) continue;
+            Shape shape = s.name == reshape ? Shape{s.numel} : s.shape;
+            if (s.name == reshape && s.shape.size() == 1) shape = {1, s.numel};
+            Tensor t = Tensor::zeros(shape, DType::F32);
+            ts.emplace_back(s.name, t);
+        }
+        if (!add.empty()) ts.emplace_back(add, Tensor::zeros({2}, DType::F32));
+        save_safetensors(dir + "/model.safetensors", ts);
+    };
+    auto expect_error = [&](const std::string& phrase) {
+        try {
+            load_model<float>(dir);
+            ADD_FAILURE() << "loaded a bad model; expected an error with: " << phrase;
+        } catch (const Error& e) {
+            EXPECT_NE(std::string(e.what()).find(phrase), std::string::npos) << e.what();
+        }
+    };
+    rewrite("layers.0.mixer.A_log", "", "");
+    expect_error("missing tensor 'layers.0.mixer.A_log'");
+    rewrite("", "extra.weight", "");
+    expect_error("unexpected tensor 'extra.weight'");
+    rewrite("", "", "layers.1.mixer.in_proj.weight");
+    expect_error("'layers.1.mixer.in_proj.weight' has shape");
 }
