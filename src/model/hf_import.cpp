@@ -90,6 +90,15 @@ void require_silu(const HfFields& h, const char* key) {
     MSLM_CHECK(act == "silu" || act == "swish", "{}: {} \"{}\" is not supported (only silu)", h.source(), key, act);
 }
 
+// An integer, or "auto" (0 here: ceil(d_model / 16), resolved by ModelConfig).
+int64_t dt_rank(const HfFields& h, const char* key) {
+    if (h.has(key) && h.at(key).is_string()) {
+        MSLM_CHECK(h.at(key) == "auto", "{}: {} must be an integer or \"auto\"", h.source(), key);
+        return 0;
+    }
+    return h.i(key, 0);
+}
+
 void apply_dt_limit(const HfFields& h, ModelConfig& c) {
     auto [lo, hi] = h.pair("time_step_limit", 0.0, std::numeric_limits<double>::infinity());
     c.mamba.dt_limit_min = lo;
@@ -118,11 +127,7 @@ ModelConfig config_from_hf(const json& j, const std::string& source) {
             c.mamba.d_conv = h.i("conv_kernel", 4);
             c.mamba.expand = h.i("expand", 2);
             c.mamba.d_inner = h.i("intermediate_size", c.mamba.expand * c.d_model);
-            if (h.has("time_step_rank") && h.at("time_step_rank").is_string()) {
-                MSLM_CHECK(h.at("time_step_rank") == "auto", "{}: time_step_rank must be an integer or \"auto\"", source);
-            } else {
-                c.mamba.dt_rank = h.i("time_step_rank", 0);
-            }
+            c.mamba.dt_rank = dt_rank(h, "time_step_rank");
             c.mamba.proj_bias = h.b("use_bias", false);
             c.mamba.conv_bias = h.b("use_conv_bias", true);
             c.norm_eps = h.f("layer_norm_epsilon", 1e-5);
@@ -161,11 +166,7 @@ ModelConfig config_from_hf(const json& j, const std::string& source) {
             c.mamba.d_state = h.i("mamba_d_state", 16);
             c.mamba.d_conv = h.i("mamba_d_conv", 4);
             c.mamba.expand = h.i("mamba_expand", 2);
-            if (h.has("mamba_dt_rank") && h.at("mamba_dt_rank").is_string()) {
-                MSLM_CHECK(h.at("mamba_dt_rank") == "auto", "{}: mamba_dt_rank must be an integer or \"auto\"", source);
-            } else {
-                c.mamba.dt_rank = h.i("mamba_dt_rank", 0);
-            }
+            c.mamba.dt_rank = dt_rank(h, "mamba_dt_rank");
             c.mamba.conv_bias = h.b("mamba_conv_bias", true);
             c.mamba.proj_bias = h.b("mamba_proj_bias", false);
             c.mamba.dt_bc_norm = true;

@@ -6,6 +6,7 @@
 #include <cmath>
 
 #include "core/thread_pool.h"
+#include "ops/cpu/scalar_math.h"
 
 namespace mslm::ops {
 namespace {
@@ -27,18 +28,6 @@ void elementwise(int64_t n, F f) {
             for (int64_t i = i0; i < i1; ++i) f(i);
         },
         kMinWork);
-}
-
-// 1 / (1 + e^−v): for very negative v the exponential overflows to inf and the result is a clean 0.
-template <typename T>
-T sigmoid(T v) {
-    return T(1) / (T(1) + std::exp(-v));
-}
-
-// d/dv silu(v) = σ(v) · (1 + v · (1 − σ(v))), given s = σ(v).
-template <typename T>
-T silu_grad(T v, T s) {
-    return s * (T(1) + v * (T(1) - s));
 }
 
 }  // namespace

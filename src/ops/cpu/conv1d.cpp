@@ -5,14 +5,10 @@
 #include <vector>
 
 #include "core/thread_pool.h"
+#include "ops/cpu/scalar_math.h"
 
 namespace mslm::ops {
 namespace {
-
-template <typename T>
-T sigmoid(T v) {
-    return T(1) / (T(1) + std::exp(-v));
-}
 
 // Channels per backward task. Fixed (not derived from the thread count) so that the order in
 // which dw and dbias are summed, and therefore their bits, does not depend on the machine.

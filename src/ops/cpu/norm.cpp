@@ -12,6 +12,7 @@
 
 #include "core/error.h"
 #include "core/thread_pool.h"
+#include "ops/cpu/scalar_math.h"
 
 namespace mslm::ops {
 namespace {
@@ -58,11 +59,6 @@ void column_sum(T* dst, int64_t N, int64_t D, int64_t segment, AddRow add_row) {
             }
         },
         std::max<int64_t>(kMinColumns, kMinWork / std::max<int64_t>(N, 1)));
-}
-
-template <typename T>
-T sigmoid(T v) {
-    return T(1) / (T(1) + std::exp(-v));
 }
 
 }  // namespace

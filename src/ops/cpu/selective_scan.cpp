@@ -5,23 +5,10 @@
 #include <vector>
 
 #include "core/thread_pool.h"
+#include "ops/cpu/scalar_math.h"
 
 namespace mslm::ops {
 namespace {
-
-template <typename T>
-T sigmoid(T v) {
-    return T(1) / (T(1) + std::exp(-v));
-}
-// PyTorch's softplus: the identity above 20, where log1p(exp(v)) equals v to within 2e-9.
-template <typename T>
-T softplus(T v) {
-    return v > T(20) ? v : std::log1p(std::exp(v));
-}
-template <typename T>
-T softplus_grad(T v) {
-    return v > T(20) ? T(1) : sigmoid(v);
-}
 
 // The backward splits the channels into this many contiguous groups; each (batch, group) task
 // sums its channels' contributions to dB and dC (shared by all channels) into its own (T, N)

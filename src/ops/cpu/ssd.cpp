@@ -7,23 +7,11 @@
 #include "core/error.h"
 #include "core/gemm.h"
 #include "core/thread_pool.h"
+#include "ops/cpu/scalar_math.h"
 
 namespace mslm::ops {
 namespace {
 
-template <typename T>
-T sigmoid(T v) {
-    return T(1) / (T(1) + std::exp(-v));
-}
-// PyTorch's softplus: the identity above 20, where log1p(exp(v)) equals v to within 2e-9.
-template <typename T>
-T softplus(T v) {
-    return v > T(20) ? v : std::log1p(std::exp(v));
-}
-template <typename T>
-T softplus_grad(T v) {
-    return v > T(20) ? T(1) : sigmoid(v);
-}
 // dt = clamp(softplus(raw + bias), dt_min, dt_max), with torch.clamp's gradient: zero where the
 // clamp is active, the boundary values themselves included in the pass-through range.
 template <typename T>
