@@ -6,8 +6,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 packages=(build-essential cmake ninja-build ccache pkg-config git
-          nlohmann-json3-dev libfmt-dev libcli11-dev libopenblas-dev libpcre2-dev
-          libgtest-dev libgmock-dev libbenchmark-dev python3 python3-venv)
+          nlohmann-json3-dev libfmt-dev libcli11-dev libopenblas-dev libpcre2-dev libutf8proc-dev
+          libzstd-dev zlib1g-dev libssl-dev
+          libgtest-dev libgmock-dev libbenchmark-dev python3 python3-venv python3-pip)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
