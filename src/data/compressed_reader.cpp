@@ -39,7 +39,7 @@ struct CompressedReader::Codec {
     bool z_ready = false;
     bool member_done = false;  // the current gzip member ended; another may follow
     ZSTD_DStream* zstd = nullptr;
-    size_t zstd_hint = 0;      // last result of a call that made progress; 0 = frame complete
+    size_t zstd_hint = 0;  // last result of a call that made progress; 0 = frame complete
 
     ~Codec() {
         if (z_ready) inflateEnd(&z);
@@ -91,9 +91,12 @@ bool CompressedReader::fill_input() {
 size_t CompressedReader::read(char* out, size_t n) {
     if (n == 0) return 0;
     switch (compression_) {
-        case Compression::Gzip: return read_gzip(out, n);
-        case Compression::Zstd: return read_zstd(out, n);
-        case Compression::None: break;
+        case Compression::Gzip:
+            return read_gzip(out, n);
+        case Compression::Zstd:
+            return read_zstd(out, n);
+        case Compression::None:
+            break;
     }
     if (!fill_input()) return 0;
     const size_t k = std::min(n, in_len_ - in_pos_);

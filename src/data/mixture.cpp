@@ -12,7 +12,8 @@ Mixture::Mixture(std::vector<SourceSpec> specs, MixtureOptions opt)
     MSLM_CHECK(!specs_.empty(), "mixture: no sources");
     double total = 0;
     for (const SourceSpec& s : specs_) {
-        MSLM_CHECK(std::isfinite(s.weight) && s.weight > 0, "mixture: source '{}' has weight {}; weights must be > 0",
+        MSLM_CHECK(std::isfinite(s.weight) && s.weight > 0,
+                   "mixture: source '{}' has weight {}; weights must be > 0",
                    s.name.empty() ? s.path : s.name, s.weight);
         if (opt_.round_robin) {
             MSLM_CHECK(s.weight == specs_[0].weight,
@@ -48,7 +49,8 @@ bool Mixture::next(Document& doc, int* source_index) {
         i = static_cast<size_t>(step_ % static_cast<int64_t>(n));
     } else {
         const double u = rng_.uniform();  // [0, 1): the bucket whose cumulative weight first exceeds it
-        i = static_cast<size_t>(std::upper_bound(cumulative_.begin(), cumulative_.end(), u) - cumulative_.begin());
+        i = static_cast<size_t>(std::upper_bound(cumulative_.begin(), cumulative_.end(), u) -
+                                cumulative_.begin());
     }
     ++step_;
     doc = std::move(ahead_[i]);
@@ -59,7 +61,8 @@ bool Mixture::next(Document& doc, int* source_index) {
         // The document just taken was this source's last: HF marks it exhausted here and, unless
         // the strategy stops, restarts it from its beginning.
         exhausted_once_[i] = true;
-        const bool all = std::all_of(exhausted_once_.begin(), exhausted_once_.end(), [](bool e) { return e; });
+        const bool all =
+            std::all_of(exhausted_once_.begin(), exhausted_once_.end(), [](bool e) { return e; });
         done_ = opt_.stopping == StoppingStrategy::FirstExhausted || all;
         if (!done_) {
             skipped_restarted_ += readers_[i]->skipped();

@@ -24,7 +24,9 @@ namespace mslm {
 
 namespace {
 
-std::string display_name(const SourceSpec& spec) { return spec.name.empty() ? spec.path : spec.name; }
+std::string display_name(const SourceSpec& spec) {
+    return spec.name.empty() ? spec.path : spec.name;
+}
 
 // ---------------------------------------------------------------------------------------------
 // Spec parsing
@@ -54,8 +56,12 @@ bool split_options(std::string_view s, std::vector<std::pair<std::string, std::s
 // ---------------------------------------------------------------------------------------------
 // Path resolution
 
-bool has_glob_chars(std::string_view s) { return s.find_first_of("*?[") != std::string_view::npos; }
-bool is_hidden(std::string_view name) { return !name.empty() && name[0] == '.'; }
+bool has_glob_chars(std::string_view s) {
+    return s.find_first_of("*?[") != std::string_view::npos;
+}
+bool is_hidden(std::string_view name) {
+    return !name.empty() && name[0] == '.';
+}
 
 // Index after the UTF-8 character that starts at s[i].
 size_t next_char(std::string_view s, size_t i) {
@@ -164,7 +170,8 @@ std::vector<std::string> resolve_glob(const std::string& pattern) {
     }
     const std::vector<std::string> rest(comps.begin() + static_cast<std::ptrdiff_t>(lit), comps.end());
     const bool deep = std::find(rest.begin(), rest.end(), "**") != rest.end();
-    const bool wants_hidden = std::any_of(rest.begin(), rest.end(), [](const auto& c) { return is_hidden(c); });
+    const bool wants_hidden =
+        std::any_of(rest.begin(), rest.end(), [](const auto& c) { return is_hidden(c); });
     const fs::path root = base.empty() ? fs::path(".") : fs::path(base);
 
     std::vector<std::string> files;
@@ -246,8 +253,9 @@ SourceFormat format_from_name(std::string_view file) {
 // Helpers shared by the readers
 
 bool is_blank(std::string_view s) {
-    return std::all_of(s.begin(), s.end(),
-                       [](char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f'; });
+    return std::all_of(s.begin(), s.end(), [](char c) {
+        return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f';
+    });
 }
 
 // "file:line", reusing the string's storage: line mode calls this once per line.
@@ -266,7 +274,8 @@ void apply_utf8(std::string& text, Utf8Policy policy, const std::string& path, i
     if (bad == std::string::npos) return;
     if (policy == Utf8Policy::Fail) {
         const auto newlines = std::count(text.begin(), text.begin() + static_cast<std::ptrdiff_t>(bad), '\n');
-        fail("{}:{}: invalid UTF-8 at byte offset {}", path, line + newlines, offset + static_cast<int64_t>(bad));
+        fail("{}:{}: invalid UTF-8 at byte offset {}", path, line + newlines,
+             offset + static_cast<int64_t>(bad));
     }
     utf8_replace_invalid(text);
 }
@@ -398,13 +407,17 @@ public:
 
 class TxtReader final : public FileReader {
 public:
-    TxtReader(const std::string& path, TxtSplit split, Utf8Policy utf8) : in_(path), split_(split), utf8_(utf8) {}
+    TxtReader(const std::string& path, TxtSplit split, Utf8Policy utf8)
+        : in_(path), split_(split), utf8_(utf8) {}
 
     bool next(Document& doc) override {
         switch (split_) {
-            case TxtSplit::File: return next_file(doc);
-            case TxtSplit::Line: return next_line(doc);
-            case TxtSplit::Block: return next_block(doc);
+            case TxtSplit::File:
+                return next_file(doc);
+            case TxtSplit::Line:
+                return next_line(doc);
+            case TxtSplit::Block:
+                return next_block(doc);
         }
         return false;
     }
@@ -685,8 +698,8 @@ private:
 // All files of one spec, in order.
 class SourceReader final : public DocumentReader {
 public:
-    SourceReader(SourceSpec spec, ReadOptions opt, std::vector<std::string> files, std::vector<SourceFormat> formats,
-                 std::vector<std::string> field_path)
+    SourceReader(SourceSpec spec, ReadOptions opt, std::vector<std::string> files,
+                 std::vector<SourceFormat> formats, std::vector<std::string> field_path)
         : spec_(std::move(spec)),
           opt_(opt),
           files_(std::move(files)),
@@ -723,10 +736,14 @@ private:
     std::unique_ptr<FileReader> open_file(size_t i) {
         const std::string& path = files_[i];
         switch (formats_[i]) {
-            case SourceFormat::Txt: return std::make_unique<TxtReader>(path, spec_.txt_split, opt_.utf8);
-            case SourceFormat::Jsonl: return std::make_unique<JsonlReader>(path, field_path_, spec_, opt_);
-            case SourceFormat::Json: return std::make_unique<JsonReader>(path, field_path_, spec_, opt_);
-            case SourceFormat::Auto: break;
+            case SourceFormat::Txt:
+                return std::make_unique<TxtReader>(path, spec_.txt_split, opt_.utf8);
+            case SourceFormat::Jsonl:
+                return std::make_unique<JsonlReader>(path, field_path_, spec_, opt_);
+            case SourceFormat::Json:
+                return std::make_unique<JsonReader>(path, field_path_, spec_, opt_);
+            case SourceFormat::Auto:
+                break;
         }
         fail("{}: no format", path);
     }
@@ -749,7 +766,8 @@ SourceSpec parse_source_spec(const std::string& text) {
     // with ':' in them still work; a trailing ':' ends a path that would otherwise look like options.
     std::vector<std::pair<std::string, std::string>> options;
     size_t cut = std::string::npos;
-    for (size_t i = text.rfind(':'); i != std::string::npos; i = i == 0 ? std::string::npos : text.rfind(':', i - 1)) {
+    for (size_t i = text.rfind(':'); i != std::string::npos;
+         i = i == 0 ? std::string::npos : text.rfind(':', i - 1)) {
         if (split_options(std::string_view(text).substr(i + 1), options)) {
             cut = i;
             break;
@@ -761,9 +779,11 @@ SourceSpec parse_source_spec(const std::string& text) {
     MSLM_CHECK(!spec.path.empty(), "source spec '{}': empty path", text);
 
     std::vector<std::string> seen;
-    for (const auto& [key, value] : options) {
-        MSLM_CHECK(std::find(seen.begin(), seen.end(), key) == seen.end(), "source spec '{}': key '{}' given twice",
-                   text, key);
+    for (const auto& option : options) {
+        const std::string& key = option.first;  // not a structured binding: lambdas capture it below
+        const std::string& value = option.second;
+        MSLM_CHECK(std::find(seen.begin(), seen.end(), key) == seen.end(),
+                   "source spec '{}': key '{}' given twice", text, key);
         seen.push_back(key);
         const auto bad_value = [&](std::string_view allowed) {
             fail("source spec '{}': bad {} '{}' (expected {})", text, key, value, allowed);
@@ -830,7 +850,8 @@ std::unique_ptr<DocumentReader> open_source(const SourceSpec& spec, const ReadOp
                    display_name(spec), f);
         formats.push_back(format);
     }
-    return std::make_unique<SourceReader>(spec, opt, std::move(files), std::move(formats), std::move(field_path));
+    return std::make_unique<SourceReader>(spec, opt, std::move(files), std::move(formats),
+                                          std::move(field_path));
 }
 
 }  // namespace mslm

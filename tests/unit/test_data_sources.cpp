@@ -93,12 +93,13 @@ void expect_error(const std::function<void()>& f, const std::vector<std::string>
     } catch (const Error& e) {
         const std::string msg = e.what();
         EXPECT_EQ(msg.find('\n'), std::string::npos) << msg;
-        for (const auto& p : phrases) EXPECT_NE(msg.find(p), std::string::npos) << "'" << p << "' not in: " << msg;
+        for (const auto& p : phrases)
+            EXPECT_NE(msg.find(p), std::string::npos) << "'" << p << "' not in: " << msg;
     }
 }
 
-void expect_read_error(const std::string& path, const std::string& options, const std::vector<std::string>& phrases,
-                       const ReadOptions& opt = {}) {
+void expect_read_error(const std::string& path, const std::string& options,
+                       const std::vector<std::string>& phrases, const ReadOptions& opt = {}) {
     expect_error([&] { read_texts(path, options, opt); }, phrases);
 }
 
@@ -230,7 +231,8 @@ TEST(DataSourceJsonl, DefaultFieldBlankLinesAndEscapes) {
 TEST(DataSourceJsonl, DottedField) {
     const std::string dir = test_dir();
     write_file(dir + "/a.jsonl",
-               "{\"text\": \"top\", \"meta\": {\"lang\": \"en\", \"text\": \"deep\", \"x\": {\"text\": \"deeper\"}}}\n"
+               "{\"text\": \"top\", \"meta\": {\"lang\": \"en\", \"text\": \"deep\", \"x\": {\"text\": "
+               "\"deeper\"}}}\n"
                "{\"meta\": [{\"text\": \"in array\"}], \"text\": \"t\"}\n");
     const std::string path = dir + "/a.jsonl";
     EXPECT_EQ(read_texts(path, "field=meta.text,split=line", {.utf8 = Utf8Policy::Replace, .skip_bad = true}),
@@ -242,8 +244,9 @@ TEST(DataSourceJsonl, DottedField) {
 
 TEST(DataSourceJson, TopLevelArray) {
     const std::string dir = test_dir();
-    write_file(dir + "/a.json", "\n[\n  {\"text\": \"one\", \"n\": [1, {\"text\": \"x\"}]},\n  {\"id\": \"]\",\n"
-                                "   \"text\": \"two, with ] and }\"}\n]\n");
+    write_file(dir + "/a.json",
+               "\n[\n  {\"text\": \"one\", \"n\": [1, {\"text\": \"x\"}]},\n  {\"id\": \"]\",\n"
+               "   \"text\": \"two, with ] and }\"}\n]\n");
     const auto docs = read_all(parse_source_spec(dir + "/a.json"));
     ASSERT_EQ(docs.size(), 2u);
     EXPECT_EQ(docs[0].text, "one");
@@ -257,9 +260,10 @@ TEST(DataSourceJson, TopLevelArray) {
 
 TEST(DataSourceJson, ObjectWithOneArrayMember) {
     const std::string dir = test_dir();
-    write_file(dir + "/a.json",
-               "{\"version\": \"1.0\", \"meta\": {\"n\": 2}, \"data\": [{\"body\": \"x\"}, {\"body\": \"y\"}],"
-               " \"license\": null}");
+    write_file(
+        dir + "/a.json",
+        "{\"version\": \"1.0\", \"meta\": {\"n\": 2}, \"data\": [{\"body\": \"x\"}, {\"body\": \"y\"}],"
+        " \"license\": null}");
     EXPECT_EQ(read_texts(dir + "/a.json", "field=body"), (Strings{"x", "y"}));
 }
 
@@ -313,7 +317,8 @@ TEST(DataSourceCompressed, LargeCompressedFileCrossesBufferBoundaries) {
     // 3 MB decompressed: several 1 MiB output chunks, lines split across them.
     const std::string dir = test_dir();
     std::string body;
-    for (int i = 0; body.size() < (3u << 20); ++i) body += fmt::format("{{\"text\": \"record {} {}\"}}\n", i, i * 7);
+    for (int i = 0; body.size() < (3u << 20); ++i)
+        body += fmt::format("{{\"text\": \"record {} {}\"}}\n", i, i * 7);
     write_file(dir + "/big.jsonl.gz", gzip_bytes(body));
     write_file(dir + "/big.jsonl.zst", zstd_bytes(body));
     const auto gz = read_texts(dir + "/big.jsonl.gz");
@@ -356,13 +361,15 @@ TEST(DataSourceCompressed, CorruptDataNamesTheFile) {
 
 TEST(DataSourcePaths, DirectoryIsRecursiveSortedWithoutHiddenFiles) {
     const std::string dir = test_dir();
-    for (const char* f : {"/b.txt", "/a.txt", "/sub/c.txt", "/sub/deeper/d.txt", "/.hidden.txt", "/.git/e.txt",
-                          "/sub/.f.txt"}) {
+    for (const char* f : {"/b.txt", "/a.txt", "/sub/c.txt", "/sub/deeper/d.txt", "/.hidden.txt",
+                          "/.git/e.txt", "/sub/.f.txt"}) {
         write_file(dir + f, std::string(f) + "\n");
     }
     auto reader = open_source(parse_source_spec(dir));
-    EXPECT_EQ(reader->files(), (Strings{dir + "/a.txt", dir + "/b.txt", dir + "/sub/c.txt", dir + "/sub/deeper/d.txt"}));
-    EXPECT_EQ(read_texts(dir + "/"), (Strings{"/a.txt\n", "/b.txt\n", "/sub/c.txt\n", "/sub/deeper/d.txt\n"}));
+    EXPECT_EQ(reader->files(),
+              (Strings{dir + "/a.txt", dir + "/b.txt", dir + "/sub/c.txt", dir + "/sub/deeper/d.txt"}));
+    EXPECT_EQ(read_texts(dir + "/"),
+              (Strings{"/a.txt\n", "/b.txt\n", "/sub/c.txt\n", "/sub/deeper/d.txt\n"}));
 }
 
 TEST(DataSourcePaths, GlobWithRecursion) {
@@ -371,12 +378,14 @@ TEST(DataSourcePaths, GlobWithRecursion) {
                           "/s/.u.jsonl", "/a1.jsonl", "/a2.jsonl", "/ab.jsonl", "/s/t/u/é.jsonl"}) {
         write_file(dir + f, "{\"text\": \"" + std::string(f) + "\"}\n");
     }
-    const auto files = [&](const std::string& pattern) { return open_source(parse_source_spec(pattern))->files(); };
-    EXPECT_EQ(files(dir + "/**/*.jsonl"), (Strings{dir + "/a1.jsonl", dir + "/a2.jsonl", dir + "/ab.jsonl",
-                                                   dir + "/s/t/u/é.jsonl", dir + "/s/t/w.jsonl", dir + "/s/y.jsonl",
-                                                   dir + "/x.jsonl", dir + "/z.jsonl"}));
-    EXPECT_EQ(files(dir + "/*.jsonl"),
-              (Strings{dir + "/a1.jsonl", dir + "/a2.jsonl", dir + "/ab.jsonl", dir + "/x.jsonl", dir + "/z.jsonl"}));
+    const auto files = [&](const std::string& pattern) {
+        return open_source(parse_source_spec(pattern))->files();
+    };
+    EXPECT_EQ(files(dir + "/**/*.jsonl"),
+              (Strings{dir + "/a1.jsonl", dir + "/a2.jsonl", dir + "/ab.jsonl", dir + "/s/t/u/é.jsonl",
+                       dir + "/s/t/w.jsonl", dir + "/s/y.jsonl", dir + "/x.jsonl", dir + "/z.jsonl"}));
+    EXPECT_EQ(files(dir + "/*.jsonl"), (Strings{dir + "/a1.jsonl", dir + "/a2.jsonl", dir + "/ab.jsonl",
+                                                dir + "/x.jsonl", dir + "/z.jsonl"}));
     EXPECT_EQ(files(dir + "/s/**"), (Strings{dir + "/s/t/u/é.jsonl", dir + "/s/t/w.jsonl", dir + "/s/t/w.txt",
                                              dir + "/s/y.jsonl"}));
     EXPECT_EQ(files(dir + "/a?.jsonl"), (Strings{dir + "/a1.jsonl", dir + "/a2.jsonl", dir + "/ab.jsonl"}));
@@ -410,22 +419,26 @@ TEST(DataSourcePaths, Errors) {
     const std::string dir = test_dir();
     expect_error([&] { open_source(parse_source_spec(dir + "/missing.txt")); },
                  {dir + "/missing.txt: no such file or directory"});
-    expect_error([&] { open_source(parse_source_spec(dir + "/**/*.jsonl")); }, {dir + "/**/*.jsonl: no files match"});
+    expect_error([&] { open_source(parse_source_spec(dir + "/**/*.jsonl")); },
+                 {dir + "/**/*.jsonl: no files match"});
     expect_error([&] { open_source(parse_source_spec(dir + "/nodir/*.txt")); }, {"no files match"});
     fs::create_directories(dir + "/empty");
-    expect_error([&] { open_source(parse_source_spec(dir + "/empty")); }, {dir + "/empty: directory has no files"});
+    expect_error([&] { open_source(parse_source_spec(dir + "/empty")); },
+                 {dir + "/empty: directory has no files"});
     write_file(dir + "/notes.csv", "a,b\n");
     expect_error([&] { open_source(parse_source_spec(dir + "/notes.csv:name=notes")); },
                  {"notes: cannot tell the format of '" + dir + "/notes.csv'"});
     EXPECT_NO_THROW(open_source(parse_source_spec(dir + "/notes.csv:format=txt")));
     fs::create_symlink(dir + "/gone.txt", dir + "/dangling.txt");
-    expect_error([&] { open_source(parse_source_spec(dir + "/dangling.txt")); }, {"dangling.txt: no such file"});
+    expect_error([&] { open_source(parse_source_spec(dir + "/dangling.txt")); },
+                 {"dangling.txt: no such file"});
     write_file(dir + "/j.jsonl", "{\"text\":\"a\"}\n");
     expect_error([&] { open_source(parse_source_spec(dir + "/j.jsonl:field=a..b")); }, {"bad field 'a..b'"});
     if (geteuid() != 0) {  // root reads anything: the permission case only exists for other users
         write_file(dir + "/locked.txt", "x");
         fs::permissions(dir + "/locked.txt", fs::perms::none);
-        expect_error([&] { open_source(parse_source_spec(dir + "/locked.txt")); }, {dir + "/locked.txt: cannot read"});
+        expect_error([&] { open_source(parse_source_spec(dir + "/locked.txt")); },
+                     {dir + "/locked.txt: cannot read"});
     }
     // A file that disappears between resolution and reading.
     write_file(dir + "/vanish.txt", "x");
@@ -457,7 +470,8 @@ TEST(DataSourceBadInput, EmptySourceFailsAtTheEnd) {
 TEST(DataSourceBadInput, MalformedJsonl) {
     const std::string dir = test_dir();
     const std::string path = dir + "/a.jsonl";
-    write_file(path, "{\"text\": \"ok\"}\n{\"text\": \"a\",}\n{\"text\": \"fine\"}\n[1, 2\n{\"text\": \"end\"}\n");
+    write_file(path,
+               "{\"text\": \"ok\"}\n{\"text\": \"a\",}\n{\"text\": \"fine\"}\n[1, 2\n{\"text\": \"end\"}\n");
     expect_read_error(path, "", {path + ":2: malformed JSON: column 14: syntax error"});
     auto reader = open_source(parse_source_spec(path), {.utf8 = Utf8Policy::Replace, .skip_bad = true});
     Strings got;
@@ -497,9 +511,12 @@ TEST(DataSourceBadInput, InvalidUtf8FailNamesLineAndOffset) {
     const std::string dir = test_dir();
     const ReadOptions strict{.utf8 = Utf8Policy::Fail, .skip_bad = false};
     write_file(dir + "/a.txt", "good line\nbad \xFF here\n");
-    expect_read_error(dir + "/a.txt", "split=line", {dir + "/a.txt:2: invalid UTF-8 at byte offset 14"}, strict);
-    expect_read_error(dir + "/a.txt", "split=block", {dir + "/a.txt:2: invalid UTF-8 at byte offset 14"}, strict);
-    expect_read_error(dir + "/a.txt", "split=file", {dir + "/a.txt:2: invalid UTF-8 at byte offset 14"}, strict);
+    expect_read_error(dir + "/a.txt", "split=line", {dir + "/a.txt:2: invalid UTF-8 at byte offset 14"},
+                      strict);
+    expect_read_error(dir + "/a.txt", "split=block", {dir + "/a.txt:2: invalid UTF-8 at byte offset 14"},
+                      strict);
+    expect_read_error(dir + "/a.txt", "split=file", {dir + "/a.txt:2: invalid UTF-8 at byte offset 14"},
+                      strict);
     write_file(dir + "/b.jsonl", "{\"text\": \"ok\"}\n{\"text\": \"\xC3\x28\"}\n");
     expect_read_error(dir + "/b.jsonl", "", {dir + "/b.jsonl:2: invalid UTF-8 at byte offset 25"}, strict);
     write_file(dir + "/c.json", "[{\"text\": \"ok\"},\n {\"text\":\n  \"\xED\xA0\x80\"}]");
@@ -526,21 +543,21 @@ TEST(DataSourceUtf8, MaximalSubpartsAsPython) {
     const std::string R = "\xEF\xBF\xBD";
     const std::vector<std::pair<std::string, std::string>> cases = {
         {"plain ascii", "plain ascii"},
-        {"a\x80" "b", "a" + R + "b"},
-        {"\xC0\xAF", R + R},                          // overlong lead C0: each byte alone
-        {"\xE0\x80\x80", R + R + R},                  // E0 needs A0..BF next
-        {"\xE0\xA0", R},                              // truncated 3-byte: one replacement
-        {"\xED\xA0\x80", R + R + R},                  // surrogate D800
-        {"\xF0\x9F\x98", R},                          // truncated 4-byte
-        {"\xF0\x9F\x98" "A", R + "A"},
-        {"\xF4\x90\x80\x80", R + R + R + R},          // above U+10FFFF
+        {"a\x80\x62", "a" + R + "b"},         // \x62 is b
+        {"\xC0\xAF", R + R},                  // overlong lead C0: each byte alone
+        {"\xE0\x80\x80", R + R + R},          // E0 needs A0..BF next
+        {"\xE0\xA0", R},                      // truncated 3-byte: one replacement
+        {"\xED\xA0\x80", R + R + R},          // surrogate D800
+        {"\xF0\x9F\x98", R},                  // truncated 4-byte
+        {"\xF0\x9F\x98\x41", R + "A"},        // \x41 is A
+        {"\xF4\x90\x80\x80", R + R + R + R},  // above U+10FFFF
         {"\xF5", R},
-        {"\xE2\x82\xAC", "\xE2\x82\xAC"},             // U+20AC
-        {"\xF0\x9F\x98\x80", "\xF0\x9F\x98\x80"},     // U+1F600
+        {"\xE2\x82\xAC", "\xE2\x82\xAC"},          // U+20AC
+        {"\xF0\x9F\x98\x80", "\xF0\x9F\x98\x80"},  // U+1F600
         {"\xC2", R},
         {"\xE1\x80\xC0", R + R},
         {"\xEF\xBF\xBD\xFF", R + R},
-        {"\xF1\x80\x80\xE1\x80\xC2" "A", R + R + R + "A"},
+        {"\xF1\x80\x80\xE1\x80\xC2\x41", R + R + R + "A"},
     };
     for (const auto& [in, want] : cases) {
         std::string s = in;
@@ -555,9 +572,9 @@ TEST(DataSourceUtf8, RandomBytesMatchPython) {
     if (std::system("python3 -c pass >/dev/null 2>&1") != 0) GTEST_SKIP() << "python3 not available";
     const std::string dir = test_dir();
     // Bytes at every boundary of the well-formed ranges, in random strings of 0..12 bytes.
-    const unsigned char alphabet[] = {0x41, 0x0A, 0x7F, 0x80, 0x8F, 0x90, 0x9F, 0xA0, 0xBF, 0xC0, 0xC1,
-                                      0xC2, 0xDF, 0xE0, 0xE1, 0xEC, 0xED, 0xEE, 0xEF, 0xF0, 0xF1, 0xF3,
-                                      0xF4, 0xF5, 0xF8, 0xFE, 0xFF};
+    const unsigned char alphabet[] = {0x41, 0x0A, 0x7F, 0x80, 0x8F, 0x90, 0x9F, 0xA0, 0xBF,
+                                      0xC0, 0xC1, 0xC2, 0xDF, 0xE0, 0xE1, 0xEC, 0xED, 0xEE,
+                                      0xEF, 0xF0, 0xF1, 0xF3, 0xF4, 0xF5, 0xF8, 0xFE, 0xFF};
     Rng rng(7);
     std::vector<std::string> inputs;
     std::string hex;
@@ -572,7 +589,8 @@ TEST(DataSourceUtf8, RandomBytesMatchPython) {
     write_file(dir + "/in.hex", hex);
     const std::string cmd = fmt::format(
         "python3 -c \"import sys\n"
-        "for l in open(sys.argv[1]): print(bytes.fromhex(l.strip()).decode('utf-8', 'replace').encode().hex())\" "
+        "for l in open(sys.argv[1]): print(bytes.fromhex(l.strip()).decode('utf-8', "
+        "'replace').encode().hex())\" "
         "{0}/in.hex > {0}/out.hex",
         dir);
     ASSERT_EQ(std::system(cmd.c_str()), 0);
@@ -611,7 +629,8 @@ TEST(DataSourceStreaming, LargeFileInBoundedMemory) {
         while (bytes < kTarget) {
             chunk.clear();
             for (int i = 0; i < 10000; ++i, ++lines) {
-                fmt::format_to(std::back_inserter(chunk), "document {:08d}: the quick brown fox jumps over it\n", lines);
+                fmt::format_to(std::back_inserter(chunk),
+                               "document {:08d}: the quick brown fox jumps over it\n", lines);
             }
             out.write(chunk.data(), static_cast<std::streamsize>(chunk.size()));
             bytes += static_cast<int64_t>(chunk.size());
@@ -624,7 +643,8 @@ TEST(DataSourceStreaming, LargeFileInBoundedMemory) {
     ASSERT_GE(pid, 0);
     if (pid == 0) {
         close(fds[0]);
-        struct rusage before{}, after{};
+        struct rusage before {
+        }, after{};
         getrusage(RUSAGE_SELF, &before);
         int64_t docs = 0, text_bytes = 0;
         try {

@@ -88,8 +88,8 @@ TEST(MixtureRoundRobin, AllExhaustedOversamples) {
     {
         Mixture mix({line_source(dir, "a", 3), line_source(dir, "b", 4), line_source(dir, "c", 5)},
                     round_robin(StoppingStrategy::AllExhausted));
-        EXPECT_EQ(drain(mix), (Strings{"a0", "b0", "c0", "a1", "b1", "c1", "a2", "b2", "c2", "a0", "b3", "c3", "a1",
-                                       "b0", "c4"}));
+        EXPECT_EQ(drain(mix), (Strings{"a0", "b0", "c0", "a1", "b1", "c1", "a2", "b2", "c2", "a0", "b3", "c3",
+                                       "a1", "b0", "c4"}));
     }
     {
         Mixture mix({line_source(dir, "a", 5), line_source(dir, "b", 4), line_source(dir, "c", 3)},
@@ -121,7 +121,8 @@ TEST(MixtureSampled, FirstExhaustedStopsAfterTheLastDocumentOfASource) {
     for (uint64_t seed = 0; seed < 20; ++seed) {
         MixtureOptions opt;
         opt.seed = seed;
-        Mixture mix({line_source(dir, "a", sizes[0]), line_source(dir, "b", sizes[1]), line_source(dir, "c", sizes[2])},
+        Mixture mix({line_source(dir, "a", sizes[0]), line_source(dir, "b", sizes[1]),
+                     line_source(dir, "c", sizes[2])},
                     opt);
         Document doc;
         int source = -1, last_source = -1;
@@ -133,7 +134,8 @@ TEST(MixtureSampled, FirstExhaustedStopsAfterTheLastDocumentOfASource) {
             ++total;
         }
         ASSERT_GE(last_source, 0);
-        EXPECT_EQ(mix.documents_from(last_source), sizes[static_cast<size_t>(last_source)]) << "seed " << seed;
+        EXPECT_EQ(mix.documents_from(last_source), sizes[static_cast<size_t>(last_source)])
+            << "seed " << seed;
         EXPECT_EQ(last, fmt::format("{}{}", static_cast<char>('a' + last_source),
                                     sizes[static_cast<size_t>(last_source)] - 1));
         int64_t sum = 0;
