@@ -69,6 +69,14 @@ void write_json_atomic(const std::string& path, const nlohmann::json& j) {
         ::unlink(tmp.c_str());
         fail("{}: cannot rename to {}: {}", tmp, path, std::strerror(err));
     }
+    // Make the renames in the directory durable (this one and the shards' before it). Best
+    // effort: some file systems refuse fsync on directories.
+    std::string dir = fs::path(path).parent_path().string();
+    int dfd = ::open(dir.empty() ? "." : dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd >= 0) {
+        ::fsync(dfd);
+        ::close(dfd);
+    }
 }
 
 SplitInfo manifest_split(const std::string& manifest_or_dir, const std::string& split) {

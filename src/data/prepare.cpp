@@ -18,6 +18,7 @@
 #include <optional>
 #include <regex>
 #include <thread>
+#include <unordered_map>
 
 #include "core/error.h"
 #include "core/thread_pool.h"
@@ -351,6 +352,8 @@ std::string sha256_file(const std::string& path) {
 
 std::vector<InputFile> describe_input_files(const std::vector<std::string>& paths,
                                             const std::vector<InputFile>& known, int64_t* hashed) {
+    std::unordered_map<std::string, const InputFile*> by_path;
+    for (const auto& k : known) by_path[k.path] = &k;
     std::vector<InputFile> out(paths.size());
     std::vector<size_t> to_hash;
     for (size_t i = 0; i < paths.size(); ++i) {
@@ -360,11 +363,9 @@ std::vector<InputFile> describe_input_files(const std::vector<std::string>& path
         f.path = paths[i];
         f.size = st.st_size;
         f.mtime_ns = int64_t{st.st_mtim.tv_sec} * 1'000'000'000 + st.st_mtim.tv_nsec;
-        for (const auto& k : known) {
-            if (k.path == f.path && k.size == f.size && k.mtime_ns == f.mtime_ns && !k.sha256.empty()) {
-                f.sha256 = k.sha256;
-                break;
-            }
+        auto it = by_path.find(f.path);
+        if (it != by_path.end() && it->second->size == f.size && it->second->mtime_ns == f.mtime_ns) {
+            f.sha256 = it->second->sha256;
         }
         if (f.sha256.empty()) to_hash.push_back(i);
     }
