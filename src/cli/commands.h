@@ -4,6 +4,7 @@
 
 namespace mslm::cli {
 
+void register_data(CLI::App& app);
 void register_info(CLI::App& app);
 void register_quickstart(CLI::App& app);
 

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# End-to-end checks of `mamba-slm data prepare`. $1 = path to the mamba-slm binary.
+set -uo pipefail
+bin="$1"
+tmp="$(mktemp -d)"
+trap 'rm -rf "$tmp"' EXIT
+fails=0
+check() {  # check NAME EXPECTED_STATUS PATTERN -- COMMAND...
+    local name="$1" want="$2" pattern="$3"
+    shift 4
+    local out status
+    out="$("$@" 2>&1)"
+    status=$?
+    if [ "$status" -ne "$want" ] || ! grep -qE -- "$pattern" <<<"$out"; then
+        echo "FAIL $name: status $status (want $want), output:"
+        echo "$out" | head -20
+        fails=$((fails + 1))
+    else
+        echo "ok   $name"
+    fi
+}
+mkdir -p "$tmp/corpus"
+printf 'first document' >"$tmp/corpus/a.txt"
+printf 'second' >"$tmp/corpus/b.txt"
+printf 'third one' >"$tmp/corpus/c.txt"
+prepare=("$bin" data prepare --source "$tmp/corpus" --tokenizer bytes --out "$tmp/shards" --val-fraction 0)
+# One document per file: 3 EOTs + 14 + 6 + 9 bytes = 32 tokens, in one uint16 shard.
+check "prepare bytes" 0 "train +3 documents +32 tokens +29 text bytes" -- "${prepare[@]}"
+check "shard and manifest written" 0 "train_000000.bin" -- ls "$tmp/shards"
+check "shard size: 1024 + 2 x 32 bytes" 0 "^1088$" -- stat -c %s "$tmp/shards/train_000000.bin"
+check "re-run reuses" 0 "reused the shards" -- "${prepare[@]}"
+touch "$tmp/corpus/b.txt"
+check "a newer mtime alone still reuses" 0 "reused the shards" -- "${prepare[@]}"
+printf 'changed' >"$tmp/corpus/b.txt"
+check "a changed file rebuilds" 0 "rebuilt: inputs changed" -- "${prepare[@]}"
+check "--force rebuilds" 0 "rebuilt: --force" -- "${prepare[@]}" --force
+check "no tokenizer.json support yet names the file" 1 "nope.json" -- \
+    "$bin" data prepare --source "$tmp/corpus" --tokenizer "$tmp/nope.json" --out "$tmp/other"
+check "bad --stopping" 105 "stopping" -- "${prepare[@]}" --stopping sometimes
+check "data prepare --help" 0 "--val-fraction" -- "$bin" data prepare --help
+[ "$fails" -eq 0 ] && echo "all passed" || echo "$fails failed"
+exit $((fails > 0))
