@@ -65,11 +65,10 @@ void RegexSplitter::split(std::string_view text, std::vector<std::string_view>& 
             out.push_back(text.substr(begin, end - begin));
             pos = end;
         } else {
-            // Empty match: step over one UTF-8 character so the scan always advances.
+            // Empty match: it splits the text there (HF drops the empty piece); step over one
+            // UTF-8 character so the scan always advances.
             pos = end + 1;
             while (pos < text.size() && (static_cast<unsigned char>(text[pos]) & 0xC0) == 0x80) ++pos;
-            if (pos > text.size()) break;
-            continue;
         }
         gap_start = end;
     }
