@@ -6,6 +6,7 @@
 #include <array>
 #include <atomic>
 #include <climits>
+#include <cstring>
 
 #include "core/error.h"
 #include "tokenizer/byte_level.h"
@@ -16,26 +17,148 @@ namespace {
 
 std::atomic<uint64_t> g_next_serial{1};
 
-// Per-thread word cache, shared by the last few models used on the thread. Ids live in one arena;
-// the whole cache is dropped when it grows past its cap (cheaper than LRU bookkeeping, and a
-// corpus's frequent words come back within a few thousand lines).
-struct WordCache {
-    struct Span {
-        uint32_t offset, length;
-    };
-    uint64_t owner = 0;
-    std::unordered_map<std::string, Span, BpeModel::StringHash, std::equal_to<>> map;
-    std::vector<int32_t> ids;
-    void clear() {
-        map.clear();
-        ids.clear();
-    }
-};
-
 constexpr size_t kMaxCachedWordBytes = 256;
 constexpr size_t kMaxCacheEntries = 1 << 17;
 constexpr size_t kCachesPerThread = 4;
 constexpr size_t kLinearMergeMaxSymbols = 64;
+
+uint64_t load_tail(const char* p, size_t n) {  // n < 8 bytes, without reading past them
+    uint64_t w = 0;
+    if (n >= 4) {
+        uint32_t lo, hi;
+        std::memcpy(&lo, p, 4);
+        std::memcpy(&hi, p + n - 4, 4);
+        w = static_cast<uint64_t>(hi) << 32 | lo;
+    } else if (n > 0) {
+        w = static_cast<uint64_t>(static_cast<unsigned char>(p[0])) << 16 |
+            static_cast<uint64_t>(static_cast<unsigned char>(p[n / 2])) << 8 | static_cast<unsigned char>(p[n - 1]);
+    }
+    return w;
+}
+
+uint64_t hash_bytes(std::string_view s) {
+    uint64_t h = 0x9E3779B97F4A7C15ull ^ s.size();
+    const size_t n = s.size();
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        uint64_t w;
+        std::memcpy(&w, s.data() + i, 8);
+        h = (h ^ w) * 0xBF58476D1CE4E5B9ull;
+        h ^= h >> 29;
+    }
+    uint64_t w;
+    if (i == n)
+        w = 0;
+    else if (n >= 8)
+        std::memcpy(&w, s.data() + n - 8, 8);  // the last 8 bytes, overlapping the loop's
+    else
+        w = load_tail(s.data(), n);
+    h = (h ^ w) * 0x94D049BB133111EBull;
+    h ^= h >> 32;
+    h *= 0xBF58476D1CE4E5B9ull;
+    return h ^ (h >> 29);
+}
+
+// Per-thread cache of word -> ids, shared by the last few models used on the thread: open
+// addressing over one array of 24-byte slots that hold words of up to 8 bytes and up to two ids
+// inline (most words of a text), longer ones in two arenas. A hit on a short word touches one
+// cache line, which the caller can prefetch (a node-based std::unordered_map spent most of encode
+// chasing pointers). The cache is dropped whole when full, which is cheaper than LRU bookkeeping;
+// a corpus's frequent words come back within a few thousand lines.
+class WordCache {
+public:
+    uint64_t owner = 0;
+
+    void clear() {
+        slots_.assign(1024, Slot{});
+        keys_.clear();
+        ids_.clear();
+        count_ = 0;
+    }
+    void prefetch(uint64_t h) const {
+        if (!slots_.empty()) __builtin_prefetch(&slots_[h & (slots_.size() - 1)]);
+    }
+    // Appends the cached ids of `word` to `out` and returns true, or returns false.
+    bool lookup(std::string_view word, uint64_t h, std::vector<int32_t>& out) const {
+        if (slots_.empty()) return false;
+        const size_t mask = slots_.size() - 1;
+        const auto tag = static_cast<uint32_t>(h >> 32);
+        const uint64_t inline_key = word.size() <= 8 ? pack(word) : 0;
+        for (size_t i = h & mask;; i = (i + 1) & mask) {
+            const Slot& s = slots_[i];
+            if (s.key_len == 0) return false;
+            if (s.tag != tag || s.key_len != word.size()) continue;
+            if (word.size() <= 8 ? s.key != inline_key
+                                 : std::memcmp(keys_.data() + s.key, word.data(), word.size()) != 0)
+                continue;
+            const int32_t* ids = s.ids_len <= 2 ? s.ids : ids_.data() + s.ids[0];
+            out.insert(out.end(), ids, ids + s.ids_len);
+            return true;
+        }
+    }
+    void insert(std::string_view word, uint64_t h, const int32_t* ids, size_t n) {
+        if (count_ >= kMaxCacheEntries || slots_.empty()) clear();
+        if (2 * (count_ + 1) > slots_.size()) grow();
+        Slot s;
+        s.tag = static_cast<uint32_t>(h >> 32);
+        s.hash_low = static_cast<uint32_t>(h);
+        s.key_len = static_cast<uint16_t>(word.size());
+        s.ids_len = static_cast<uint16_t>(n);
+        if (word.size() <= 8) {
+            s.key = pack(word);
+        } else {
+            s.key = keys_.size();
+            keys_.append(word);
+        }
+        if (n <= 2) {
+            std::copy(ids, ids + n, s.ids);
+        } else {
+            s.ids[0] = static_cast<int32_t>(ids_.size());
+            ids_.insert(ids_.end(), ids, ids + n);
+        }
+        place(s);
+        ++count_;
+    }
+
+private:
+    struct Slot {
+        uint32_t tag = 0, hash_low = 0;
+        uint64_t key = 0;                   // the word's bytes when it has at most 8, else its offset in keys_
+        uint16_t key_len = 0, ids_len = 0;  // key_len 0: empty slot (words are never empty)
+        int32_t ids[2] = {0, 0};            // the ids when at most 2, else ids[0] is their offset in ids_
+    };
+    // The bytes of a word of at most 8 bytes as one little-endian integer. Register loads only:
+    // a variable-length memcpy through the stack stalls store-to-load forwarding.
+    static uint64_t pack(std::string_view w) {
+        const char* p = w.data();
+        const size_t n = w.size();
+        if (n >= 4) {
+            uint32_t lo, hi;
+            std::memcpy(&lo, p, 4);
+            std::memcpy(&hi, p + n - 4, 4);  // overlaps lo when n < 8; the shared bytes agree
+            return lo | static_cast<uint64_t>(hi) << (8 * (n - 4));
+        }
+        uint64_t k = 0;
+        for (size_t i = 0; i < n; ++i) k |= static_cast<uint64_t>(static_cast<unsigned char>(p[i])) << (8 * i);
+        return k;
+    }
+    void place(const Slot& s) {
+        const size_t mask = slots_.size() - 1;
+        size_t i = (static_cast<uint64_t>(s.tag) << 32 | s.hash_low) & mask;
+        while (slots_[i].key_len != 0) i = (i + 1) & mask;
+        slots_[i] = s;
+    }
+    void grow() {
+        std::vector<Slot> old = std::move(slots_);
+        slots_.assign(old.size() * 2, Slot{});
+        for (const Slot& s : old)
+            if (s.key_len != 0) place(s);
+    }
+    std::vector<Slot> slots_;
+    std::string keys_;
+    std::vector<int32_t> ids_;
+    size_t count_ = 0;
+};
 
 WordCache& cache_for(uint64_t serial) {
     thread_local std::array<WordCache, kCachesPerThread> caches;
@@ -315,23 +438,35 @@ void BpeModel::encode_word_uncached(std::string_view word, std::vector<int32_t>&
 }
 
 void BpeModel::encode_word(std::string_view word, std::vector<int32_t>& out) const {
-    if (word.size() > kMaxCachedWordBytes) {
-        encode_word_uncached(word, out);
-        return;
-    }
+    encode_words(std::span<const std::string_view>(&word, 1), out);
+}
+
+void BpeModel::encode_words(std::span<const std::string_view> words, std::vector<int32_t>& out) const {
     WordCache& cache = cache_for(serial_);
-    auto it = cache.map.find(word);
-    if (it != cache.map.end()) {
-        const int32_t* p = cache.ids.data() + it->second.offset;
-        out.insert(out.end(), p, p + it->second.length);
-        return;
+    // Hashes run kAhead words in front of the lookups, so their slots are in cache when needed.
+    constexpr size_t kAhead = 8;
+    uint64_t hashes[kAhead];
+    const size_t n = words.size();
+    for (size_t i = 0; i < std::min(n, kAhead); ++i) {
+        hashes[i] = hash_bytes(words[i]);
+        cache.prefetch(hashes[i]);
     }
-    size_t start = out.size();
-    encode_word_uncached(word, out);
-    if (cache.map.size() >= kMaxCacheEntries) cache.clear();
-    auto offset = static_cast<uint32_t>(cache.ids.size());
-    cache.ids.insert(cache.ids.end(), out.begin() + static_cast<ptrdiff_t>(start), out.end());
-    cache.map.emplace(std::string(word), WordCache::Span{offset, static_cast<uint32_t>(out.size() - start)});
+    for (size_t i = 0; i < n; ++i) {
+        const std::string_view word = words[i];
+        const uint64_t h = hashes[i % kAhead];
+        if (i + kAhead < n) {
+            hashes[i % kAhead] = hash_bytes(words[i + kAhead]);
+            cache.prefetch(hashes[i % kAhead]);
+        }
+        if (word.size() > kMaxCachedWordBytes) {
+            encode_word_uncached(word, out);
+            continue;
+        }
+        if (cache.lookup(word, h, out)) continue;
+        size_t start = out.size();
+        encode_word_uncached(word, out);
+        cache.insert(word, h, out.data() + start, out.size() - start);
+    }
 }
 
 }  // namespace mslm

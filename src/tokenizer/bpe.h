@@ -5,6 +5,7 @@
 #pragma once
 #include <cstdint>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 #include <unordered_map>
@@ -36,6 +37,8 @@ public:
 
     // Appends the ids of one pre-token. Results are cached per thread.
     void encode_word(std::string_view word, std::vector<int32_t>& out) const;
+    // The same for consecutive pre-tokens, prefetching their cache slots ahead.
+    void encode_words(std::span<const std::string_view> words, std::vector<int32_t>& out) const;
 
     enum class MergeLoop { Auto, Linear, Heap };
     // Without the cache, with a chosen merge loop: the tests check that both loops agree.

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdlib>
+#include <cstring>
 #include <deque>
 #include <fstream>
 #include <sstream>
@@ -27,7 +28,9 @@ int32_t AddedTokenMatcher::child(int32_t node, unsigned char c) const {
 
 void AddedTokenMatcher::add(std::string_view pattern, int32_t token_index) {
     if (pattern.empty()) return;
-    first_byte_[static_cast<unsigned char>(pattern[0])] = true;
+    auto first = static_cast<unsigned char>(pattern[0]);
+    only_first_byte_ = empty() || only_first_byte_ == first ? first : -1;
+    first_byte_[first] = true;
     int32_t node = 0;
     for (unsigned char c : pattern) {
         int32_t next = child(node, c);
@@ -46,7 +49,13 @@ void AddedTokenMatcher::add(std::string_view pattern, int32_t token_index) {
 
 int32_t AddedTokenMatcher::find(std::string_view text, size_t pos, size_t* begin, size_t* end) const {
     for (size_t i = pos; i < text.size(); ++i) {
-        if (!first_byte_[static_cast<unsigned char>(text[i])]) continue;
+        if (only_first_byte_ >= 0) {  // usually '<': memchr skips to the candidates
+            const void* p = std::memchr(text.data() + i, only_first_byte_, text.size() - i);
+            if (!p) return -1;
+            i = static_cast<size_t>(static_cast<const char*>(p) - text.data());
+        } else if (!first_byte_[static_cast<unsigned char>(text[i])]) {
+            continue;
+        }
         int32_t node = 0, found = -1;
         size_t found_end = 0;
         for (size_t k = i; k < text.size(); ++k) {
@@ -122,11 +131,24 @@ void split_added_tokens(const Tokenizer::Impl& t, const AddedTokenMatcher& match
     if (start_offset < text.size()) emit(text.substr(start_offset), -1);
 }
 
-// Code points below U+0300 are all NFC-stable (NFC_Quick_Check=Yes), and any code point from
-// U+0300 up has a lead byte of 0xCC or more.
+// True when NFC may change `s`. Code points below U+0300 never change under NFC nor combine with
+// a neighbour, and their lead bytes are below 0xCC. Above, a character is stable when it is not a
+// mark, has combining class 0, no canonical decomposition and is not a Hangul jamo (the jamo and
+// the marks are the only characters that compose with what precedes them).
 bool may_change_under_nfc(std::string_view s) {
-    for (unsigned char c : s)
-        if (c >= 0xCC) return true;
+    for (size_t i = 0; i < s.size();) {
+        if (static_cast<unsigned char>(s[i]) < 0xCC) {
+            ++i;
+            continue;
+        }
+        uint32_t cp;
+        i += utf8::decode(s, i, &cp);
+        const utf8proc_property_t* p = utf8proc_get_property(static_cast<utf8proc_int32_t>(cp));
+        if (p->category == UTF8PROC_CATEGORY_MN || p->category == UTF8PROC_CATEGORY_MC ||
+            p->category == UTF8PROC_CATEGORY_ME || p->combining_class != 0 ||
+            (p->decomp_type == 0 && p->decomp_seqindex != UINT16_MAX) || (cp >= 0x1100 && cp <= 0x11FF))
+            return true;
+    }
     return false;
 }
 
@@ -200,7 +222,7 @@ void Tokenizer::Impl::encode_pre_tokens(std::string_view piece, std::vector<int3
         }
         std::swap(cur, next);
     }
-    for (std::string_view w : cur) model->encode_word(w, out);
+    model->encode_words(cur, out);
 }
 
 void Tokenizer::Impl::post_process(std::vector<int32_t>& out, size_t start) const {

@@ -33,6 +33,7 @@ private:
     int32_t child(int32_t node, unsigned char c) const;
     std::vector<Node> nodes_{Node{}};
     std::array<bool, 256> first_byte_{};
+    int only_first_byte_ = -1;  // the first byte of every pattern when they all share one, else -1
 };
 
 struct PreTokenizerStep {
