@@ -131,11 +131,13 @@ void split_added_tokens(const Tokenizer::Impl& t, const AddedTokenMatcher& match
     if (start_offset < text.size()) emit(text.substr(start_offset), -1);
 }
 
+}  // namespace
+
 // True when NFC may change `s`. Code points below U+0300 never change under NFC nor combine with
 // a neighbour, and their lead bytes are below 0xCC. Above, a character is stable when it is not a
 // mark, has combining class 0, no canonical decomposition and is not a Hangul jamo (the jamo and
 // the marks are the only characters that compose with what precedes them).
-bool may_change_under_nfc(std::string_view s) {
+bool nfc_may_change(std::string_view s) {
     for (size_t i = 0; i < s.size();) {
         if (static_cast<unsigned char>(s[i]) < 0xCC) {
             ++i;
@@ -151,8 +153,6 @@ bool may_change_under_nfc(std::string_view s) {
     }
     return false;
 }
-
-}  // namespace
 
 std::string nfc_normalize(std::string_view s) {
     utf8proc_uint8_t* dst = nullptr;
@@ -185,7 +185,7 @@ void Tokenizer::Impl::encode(std::string_view text, std::vector<int32_t>& out, b
 
 void Tokenizer::Impl::encode_normalized(std::string_view piece, std::vector<int32_t>& out) const {
     std::string normalized;
-    if (nfc && may_change_under_nfc(piece)) {
+    if (nfc && nfc_may_change(piece)) {
         normalized = nfc_normalize(piece);
         piece = normalized;
     }

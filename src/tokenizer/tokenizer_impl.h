@@ -100,5 +100,7 @@ std::shared_ptr<Tokenizer::Impl> build_tokenizer(const nlohmann::json& j, const 
 
 std::string sha256_hex(std::string_view data);
 std::string nfc_normalize(std::string_view s);
+// False only when NFC certainly leaves `s` as it is (a quick check that skips most text).
+bool nfc_may_change(std::string_view s);
 
 }  // namespace mslm

@@ -445,6 +445,24 @@ TEST(TokenizerUtf8, ReplacesLikePython) {
     EXPECT_EQ(utf8::incomplete_suffix("\x80\x80\x80"), 0u);
 }
 
+// The quick check may only skip text that NFC leaves alone: every code point it passes is stable
+// alone, after a starter, and before a combining mark the check then catches.
+TEST(TokenizerNfc, QuickCheckOnlySkipsStableText) {
+    const std::string firsts[] = {"a", "e", "A", "\u30a2", "\uac00", "\u0627", "\u0915", "\u00e9"};
+    for (uint32_t cp = 0x80; cp < 0x110000; ++cp) {
+        if (cp >= 0xD800 && cp < 0xE000) continue;
+        std::string c;
+        utf8::append_codepoint(cp, c);
+        if (nfc_may_change(c)) continue;
+        ASSERT_EQ(nfc_normalize(c), c) << std::hex << cp;
+        for (const std::string& f : firsts) ASSERT_EQ(nfc_normalize(f + c), f + c) << std::hex << cp;
+    }
+    EXPECT_TRUE(nfc_may_change("cafe\u0301"));
+    EXPECT_TRUE(nfc_may_change("\u212b"));                // Angstrom sign: a singleton decomposition
+    EXPECT_TRUE(nfc_may_change("\u1100\u1161"));          // Hangul jamo compose
+    EXPECT_FALSE(nfc_may_change("caf\u00e9 \u2013 \u201cquoted\u201d"));
+}
+
 TEST(TokenizerBpe, LinearAndHeapMergeLoopsAgree) {
     json j = json::parse(read_file(tokenizer_path("gpt2")));
     BpeModel::Vocab vocab;
