@@ -14,7 +14,7 @@ invalid UTF-8), then encoded with add_special_tokens=False.
 
 The `encode` / `batch` modes serve the C++ tests' live comparison: ids and text travel
 as files (uint32 little-endian ids; raw bytes; `batch` reads a JSON list of texts and writes, per
-text, the ids and both decodes of them).
+text, the ids without and with special tokens and both decodes).
 """
 import hashlib
 import json
@@ -148,7 +148,8 @@ def main():
         results = []
         for text in texts:
             ids = tok.encode(text, add_special_tokens=False).ids
-            results.append({"ids": ids, "decoded": tok.decode(ids, skip_special_tokens=False),
+            results.append({"ids": ids, "ids_special": tok.encode(text, add_special_tokens=True).ids,
+                            "decoded": tok.decode(ids, skip_special_tokens=False),
                             "decoded_skip": tok.decode(ids, skip_special_tokens=True)})
         with open(sys.argv[4], "w", encoding="utf-8") as f:
             json.dump(results, f)

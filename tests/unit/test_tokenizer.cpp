@@ -129,6 +129,7 @@ void expect_same_as_hf(const std::string& tokenizer_file, const Tokenizer& tok, 
         auto hf = results[i]["ids"].get<std::vector<int32_t>>();
         std::vector<int32_t> ours = tok.encode(texts[i]);
         EXPECT_EQ(ours, hf) << first_difference(tok, ours, hf);
+        EXPECT_EQ(tok.encode(texts[i], true), results[i]["ids_special"].get<std::vector<int32_t>>());
         EXPECT_EQ(tok.decode(ours), results[i]["decoded"].get<std::string>());
         EXPECT_EQ(tok.decode(ours, true), results[i]["decoded_skip"].get<std::string>());
     }
@@ -213,6 +214,46 @@ TEST(TokenizerParity, AddedTokenOptionsLive) {
                           {"a  <mask> b", "<mask>", "x\t\n <mask>[SEP]  \n y", "word words sword word_ word. 1word",
                            "cafe\u0301 caf\u00e9!", "<|endoftext|>x <|endoftext|>y", "\u00e9t\u00e9 e\u0301te\u0301",
                            "  [SEP]<mask>  <mask>  ", "\u3000<mask>\u00a0[SEP]\u2028", edge});
+        fs::remove(path);
+    }
+}
+
+// Pre-tokenizer, decoder and post-processor settings the fixtures do not use, against HF.
+TEST(TokenizerParity, PipelineVariantsLive) {
+    if (!have_hf()) GTEST_SKIP() << "python3 with `tokenizers` is not importable: live comparison skipped";
+    std::string edge;
+    utf8::append_lossy(read_file(corpus_path("edge_cases.txt")), edge);
+    const std::vector<std::string> texts = {"Hello world", " leading space", "a  b\n\nc", "x<|endoftext|>y z", edge, ""};
+    json gpt2 = json::parse(read_file(tokenizer_path("gpt2")));
+    json llama3 = json::parse(read_file(tokenizer_path("llama3")));
+    std::vector<json> variants;
+    json j = gpt2;
+    j["pre_tokenizer"]["add_prefix_space"] = true;
+    j["post_processor"] = {{"type", "RobertaProcessing"}, {"sep", {"<|endoftext|>", 0}}, {"cls", {"\u0120the", 261}},
+                           {"trim_offsets", true}, {"add_prefix_space", true}};
+    variants.push_back(j);
+    j = llama3;
+    j["pre_tokenizer"]["pretokenizers"][1]["add_prefix_space"] = true;
+    j["decoder"] = nullptr;  // tokens joined with spaces
+    j["post_processor"] = {{"type", "BertProcessing"}, {"sep", {"<|end_of_text|>", 1}}, {"cls", {"<|begin_of_text|>", 0}}};
+    variants.push_back(j);
+    j = llama3;
+    j["normalizer"] = {{"type", "Sequence"}, {"normalizers", json::array({{{"type", "NFC"}}})}};
+    j["pre_tokenizer"] = {{"type", "Sequence"},
+                          {"pretokenizers", json::array({{{"type", "Split"}, {"pattern", {{"String", " "}}},
+                                                          {"behavior", "Isolated"}, {"invert", false}},
+                                                         {{"type", "ByteLevel"}, {"add_prefix_space", false},
+                                                          {"trim_offsets", true}, {"use_regex", false}}})}};
+    variants.push_back(j);
+    j = gpt2;
+    j["pre_tokenizer"]["use_regex"] = false;  // whole texts are single words: long merges, no cache
+    j["post_processor"] = {{"type", "Sequence"}, {"processors", json::array({gpt2["post_processor"], llama3["post_processor"]})}};
+    variants.push_back(j);
+    for (size_t v = 0; v < variants.size(); ++v) {
+        SCOPED_TRACE("variant " + std::to_string(v));
+        std::string path = temp_path("variant.json");
+        write_file(path, variants[v].dump());
+        expect_same_as_hf(path, Tokenizer::load(path), texts);
         fs::remove(path);
     }
 }
