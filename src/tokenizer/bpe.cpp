@@ -465,7 +465,7 @@ void BpeModel::encode_words(std::span<const std::string_view> words, std::vector
         if (cache.lookup(word, h, out)) continue;
         size_t start = out.size();
         encode_word_uncached(word, out);
-        cache.insert(word, h, out.data() + start, out.size() - start);
+        if (out.size() - start <= UINT16_MAX) cache.insert(word, h, out.data() + start, out.size() - start);
     }
 }
 
