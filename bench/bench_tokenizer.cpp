@@ -39,7 +39,8 @@ double time_per_call(Fn&& fn, double min_seconds) {
 
 int main(int argc, char** argv) {
     std::string text_path = "../shared/data/wikitext2-valid.txt";
-    std::string tokenizers = "tests/parity/fixtures/tokenizers/gpt2.json,tests/parity/fixtures/tokenizers/llama3.json";
+    std::string tokenizers =
+        "tests/parity/fixtures/tokenizers/gpt2.json,tests/parity/fixtures/tokenizers/llama3.json";
     double min_seconds = 2.0;
     for (int i = 1; i < argc; ++i) {
         std::string a = argv[i];
@@ -50,7 +51,8 @@ int main(int argc, char** argv) {
         } else if (!a.empty() && a[0] != '-') {
             text_path = a;
         } else {
-            fmt::print(stderr, "usage: bench_tokenizer [TEXT_FILE] [--tokenizers a.json,b.json] [--min-seconds S]\n");
+            fmt::print(stderr,
+                       "usage: bench_tokenizer [TEXT_FILE] [--tokenizers a.json,b.json] [--min-seconds S]\n");
             return 2;
         }
     }
@@ -67,7 +69,8 @@ int main(int argc, char** argv) {
             lines.push_back(std::string_view(text).substr(i, j - i));
         }
         const double mb = static_cast<double>(text.size()) / 1e6;
-        fmt::print("text: {} ({:.2f} MB, {} lines); threads: {}\n\n", text_path, mb, lines.size(), num_threads());
+        fmt::print("text: {} ({:.2f} MB, {} lines); threads: {}\n\n", text_path, mb, lines.size(),
+                   num_threads());
         fmt::print("| tokenizer | implementation | 1 thread MB/s | {} threads MB/s | ids |\n", num_threads());
         fmt::print("| --- | --- | ---: | ---: | ---: |\n");
         std::stringstream names(tokenizers);

@@ -1,3 +1,5 @@
+#include "tokenizer/tokenizer.h"
+
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
@@ -6,13 +8,13 @@
 
 #include "cli/commands.h"
 #include "core/error.h"
-#include "tokenizer/tokenizer.h"
 
 namespace mslm::cli {
 
 // `mamba-slm tokenizer encode|decode`; `tokenizer train` comes from register_tokenizer_train.
 void register_tokenizer(CLI::App& app) {
-    auto* cmd = app.add_subcommand("tokenizer", "Encode, decode and train byte-level BPE tokenizers (HF tokenizer.json)");
+    auto* cmd = app.add_subcommand("tokenizer",
+                                   "Encode, decode and train byte-level BPE tokenizers (HF tokenizer.json)");
     cmd->require_subcommand(1);
 
     struct EncodeArgs {
@@ -23,7 +25,8 @@ void register_tokenizer(CLI::App& app) {
     auto* enc = cmd->add_subcommand("encode", "Print the ids of a text, space-separated");
     enc->add_option("--tokenizer", e->tokenizer, "tokenizer.json")->required();
     auto* text = enc->add_option("--text", e->text, "The text to encode");
-    auto* input = enc->add_option("--input", e->input, "A file to encode (its bytes; invalid UTF-8 becomes U+FFFD)");
+    auto* input =
+        enc->add_option("--input", e->input, "A file to encode (its bytes; invalid UTF-8 becomes U+FFFD)");
     text->excludes(input);
     enc->add_flag("--special", e->special, "Add the post-processor's special tokens (e.g. BOS)");
     enc->callback([e, text, input] {

@@ -31,7 +31,8 @@ uint64_t load_tail(const char* p, size_t n) {  // n < 8 bytes, without reading p
         w = static_cast<uint64_t>(hi) << 32 | lo;
     } else if (n > 0) {
         w = static_cast<uint64_t>(static_cast<unsigned char>(p[0])) << 16 |
-            static_cast<uint64_t>(static_cast<unsigned char>(p[n / 2])) << 8 | static_cast<unsigned char>(p[n - 1]);
+            static_cast<uint64_t>(static_cast<unsigned char>(p[n / 2])) << 8 |
+            static_cast<unsigned char>(p[n - 1]);
     }
     return w;
 }
@@ -123,7 +124,7 @@ public:
 private:
     struct Slot {
         uint32_t tag = 0, hash_low = 0;
-        uint64_t key = 0;                   // the word's bytes when it has at most 8, else its offset in keys_
+        uint64_t key = 0;  // the word's bytes when it has at most 8, else its offset in keys_
         uint16_t key_len = 0, ids_len = 0;  // key_len 0: empty slot (words are never empty)
         int32_t ids[2] = {0, 0};            // the ids when at most 2, else ids[0] is their offset in ids_
     };
@@ -139,7 +140,8 @@ private:
             return lo | static_cast<uint64_t>(hi) << (8 * (n - 4));
         }
         uint64_t k = 0;
-        for (size_t i = 0; i < n; ++i) k |= static_cast<uint64_t>(static_cast<unsigned char>(p[i])) << (8 * i);
+        for (size_t i = 0; i < n; ++i)
+            k |= static_cast<uint64_t>(static_cast<unsigned char>(p[i])) << (8 * i);
         return k;
     }
     void place(const Slot& s) {
@@ -216,13 +218,17 @@ BpeModel::BpeModel(Vocab vocab, Merges merges, BpeOptions options, bool byte_lev
     for (size_t rank = 0; rank < merges_.size(); ++rank) {
         const auto& [a, b] = merges_[rank];
         int32_t ia = token_to_id(a), ib = token_to_id(b);
-        MSLM_CHECK(ia >= 0, "{}: merge {} ('{}' '{}'): '{}' is not in the vocabulary", source_, rank, a, b, a);
-        MSLM_CHECK(ib >= 0, "{}: merge {} ('{}' '{}'): '{}' is not in the vocabulary", source_, rank, a, b, b);
-        MSLM_CHECK(b.size() >= prefix_len, "{}: merge {} ('{}' '{}'): '{}' is shorter than the subword prefix",
-                   source_, rank, a, b, b);
+        MSLM_CHECK(ia >= 0, "{}: merge {} ('{}' '{}'): '{}' is not in the vocabulary", source_, rank, a, b,
+                   a);
+        MSLM_CHECK(ib >= 0, "{}: merge {} ('{}' '{}'): '{}' is not in the vocabulary", source_, rank, a, b,
+                   b);
+        MSLM_CHECK(b.size() >= prefix_len,
+                   "{}: merge {} ('{}' '{}'): '{}' is shorter than the subword prefix", source_, rank, a, b,
+                   b);
         std::string merged = a + b.substr(prefix_len);
         int32_t im = token_to_id(merged);
-        MSLM_CHECK(im >= 0, "{}: merge {} ('{}' '{}'): '{}' is not in the vocabulary", source_, rank, a, b, merged);
+        MSLM_CHECK(im >= 0, "{}: merge {} ('{}' '{}'): '{}' is not in the vocabulary", source_, rank, a, b,
+                   merged);
         pairs_.insert(ia, ib, static_cast<int32_t>(rank), im);
     }
 
@@ -242,7 +248,8 @@ BpeModel::BpeModel(Vocab vocab, Merges merges, BpeOptions options, bool byte_lev
                 auto& table = byte_units_[first][last];
                 table.resize(256);
                 for (int b = 0; b < 256; ++b) {
-                    std::string s = (first ? "" : prefix) + std::string(byte_level::char_of(static_cast<uint8_t>(b))) +
+                    std::string s = (first ? "" : prefix) +
+                                    std::string(byte_level::char_of(static_cast<uint8_t>(b))) +
                                     (last ? suffix : "");
                     table[b] = lookup_unit(s);
                 }

@@ -98,7 +98,7 @@ private:
     BpeOptions options_;
     bool byte_level_;
     std::string source_;
-    int32_t unk_id_ = -1;  // -2: unk_token names a token that is not in the vocabulary
+    int32_t unk_id_ = -1;                     // -2: unk_token names a token that is not in the vocabulary
     std::vector<int32_t> byte_fallback_ids_;  // id of <0xNN> per byte, or -1
     // Byte-level: the start ids of byte b as the [first/last-in-word flags] character of a word.
     std::vector<UnitIds> byte_units_[2][2];

@@ -30,11 +30,17 @@ const Tables& tables() {
 
 }  // namespace
 
-uint32_t byte_to_codepoint(uint8_t b) { return tables().cp[b]; }
+uint32_t byte_to_codepoint(uint8_t b) {
+    return tables().cp[b];
+}
 
-int codepoint_to_byte(uint32_t cp) { return cp < 0x144 ? tables().byte[cp] : -1; }
+int codepoint_to_byte(uint32_t cp) {
+    return cp < 0x144 ? tables().byte[cp] : -1;
+}
 
-std::string_view char_of(uint8_t b) { return tables().utf8[b]; }
+std::string_view char_of(uint8_t b) {
+    return tables().utf8[b];
+}
 
 std::string encode(std::string_view bytes) {
     std::string out;

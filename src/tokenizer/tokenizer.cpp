@@ -22,7 +22,8 @@ namespace mslm {
 
 int32_t AddedTokenMatcher::child(int32_t node, unsigned char c) const {
     const auto& ch = nodes_[node].children;
-    auto it = std::lower_bound(ch.begin(), ch.end(), c, [](const auto& p, unsigned char v) { return p.first < v; });
+    auto it =
+        std::lower_bound(ch.begin(), ch.end(), c, [](const auto& p, unsigned char v) { return p.first < v; });
     return it != ch.end() && it->first == c ? it->second : -1;
 }
 
@@ -101,7 +102,8 @@ void split_added_tokens(const Tokenizer::Impl& t, const AddedTokenMatcher& match
         if (tok.single_word) {
             bool word_before = start > 0 && utf8::is_word_char(last_char(text.substr(0, start)));
             uint32_t next_cp = 0;
-            bool word_after = stop < text.size() && (utf8::decode(text, stop, &next_cp), utf8::is_word_char(next_cp));
+            bool word_after =
+                stop < text.size() && (utf8::decode(text, stop, &next_cp), utf8::is_word_char(next_cp));
             if (word_before || word_after) continue;
         }
         if (tok.lstrip) {
@@ -167,7 +169,8 @@ std::string nfc_normalize(std::string_view s) {
 
 // ---- encode ---------------------------------------------------------------------------------
 
-void Tokenizer::Impl::encode(std::string_view text, std::vector<int32_t>& out, bool add_special_tokens) const {
+void Tokenizer::Impl::encode(std::string_view text, std::vector<int32_t>& out,
+                             bool add_special_tokens) const {
     std::string repaired;
     if (!utf8::is_valid(text)) {
         utf8::append_lossy(text, repaired);
@@ -331,10 +334,14 @@ void apply_decoder(const DecoderStep& d, std::vector<std::string>& tokens) {
                     bounds.push_back(i);
                 bounds.push_back(t.size());
                 size_t nchars = bounds.size() - 1, lo = 0, hi = nchars;
-                auto char_at = [&](size_t k) { return std::string_view(t).substr(bounds[k], bounds[k + 1] - bounds[k]); };
-                for (size_t k = 0; k < static_cast<size_t>(d.start) && k < nchars && char_at(k) == d.content; ++k)
+                auto char_at = [&](size_t k) {
+                    return std::string_view(t).substr(bounds[k], bounds[k + 1] - bounds[k]);
+                };
+                for (size_t k = 0; k < static_cast<size_t>(d.start) && k < nchars && char_at(k) == d.content;
+                     ++k)
                     lo = k + 1;
-                for (size_t k = 0; k < static_cast<size_t>(d.stop) && k < nchars && char_at(nchars - 1 - k) == d.content;
+                for (size_t k = 0;
+                     k < static_cast<size_t>(d.stop) && k < nchars && char_at(nchars - 1 - k) == d.content;
                      ++k)
                     hi = nchars - 1 - k;
                 t = lo < hi ? t.substr(bounds[lo], bounds[hi] - bounds[lo]) : std::string();
@@ -388,7 +395,8 @@ std::string Tokenizer::Impl::decode(std::span<const int32_t> ids, bool skip_spec
 
 // ---- Tokenizer ------------------------------------------------------------------------------
 
-Tokenizer::Tokenizer(std::shared_ptr<const Impl> impl) : impl_(std::move(impl)), eot_id_(impl_->default_eot) {}
+Tokenizer::Tokenizer(std::shared_ptr<const Impl> impl)
+    : impl_(std::move(impl)), eot_id_(impl_->default_eot) {}
 
 Tokenizer Tokenizer::load(const std::string& path) {
     std::ifstream f(path, std::ios::binary);
@@ -417,7 +425,9 @@ void Tokenizer::save(const std::string& path) const {
     MSLM_CHECK(f, "{}: write error", path);
 }
 
-std::string Tokenizer::to_json(int indent) const { return indent < 0 ? impl_->canonical : impl_->to_json(indent); }
+std::string Tokenizer::to_json(int indent) const {
+    return indent < 0 ? impl_->canonical : impl_->to_json(indent);
+}
 
 std::vector<int32_t> Tokenizer::encode(std::string_view text, bool add_special_tokens) const {
     std::vector<int32_t> out;
@@ -429,7 +439,8 @@ void Tokenizer::encode_append(std::string_view text, std::vector<int32_t>& out) 
     impl_->encode(text, out, false);
 }
 
-void Tokenizer::encode_append(std::string_view text, std::vector<int32_t>& out, bool add_special_tokens) const {
+void Tokenizer::encode_append(std::string_view text, std::vector<int32_t>& out,
+                              bool add_special_tokens) const {
     impl_->encode(text, out, add_special_tokens);
 }
 
@@ -466,11 +477,13 @@ std::optional<std::string_view> Tokenizer::id_to_token(int32_t id) const {
     return std::string_view(*t);
 }
 
-int64_t Tokenizer::vocab_size() const { return impl_->vocab_size; }
+int64_t Tokenizer::vocab_size() const {
+    return impl_->vocab_size;
+}
 
 void Tokenizer::set_eot_id(int32_t id) {
-    MSLM_CHECK(id >= -1 && id < vocab_size(), "{}: eot id {} is outside the vocabulary (size {})", impl_->source, id,
-               vocab_size());
+    MSLM_CHECK(id >= -1 && id < vocab_size(), "{}: eot id {} is outside the vocabulary (size {})",
+               impl_->source, id, vocab_size());
     eot_id_ = id;
     eot_overridden_ = id != impl_->default_eot;
 }
@@ -480,9 +493,13 @@ std::string Tokenizer::fingerprint() const {
     return sha256_hex(impl_->canonical + "\neot_id=" + std::to_string(eot_id_));
 }
 
-const std::vector<AddedToken>& Tokenizer::added_tokens() const { return impl_->added; }
+const std::vector<AddedToken>& Tokenizer::added_tokens() const {
+    return impl_->added;
+}
 
-const std::string& Tokenizer::source_name() const { return impl_->source; }
+const std::string& Tokenizer::source_name() const {
+    return impl_->source;
+}
 
 // ---- StreamDecoder --------------------------------------------------------------------------
 

@@ -105,10 +105,10 @@ public:
 private:
     std::shared_ptr<const Tokenizer::Impl> impl_;
     bool skip_special_;
-    std::string pending_;        // byte-level path: bytes not yet returned
-    std::vector<int32_t> ids_;   // general path: window of ids re-decoded on each push
-    size_t prefix_index_ = 0;    // general path: ids_[0, prefix_index_) only give context
-    std::string prefix_;         // general path: decode of ids_[0, prefix_index_), already returned
+    std::string pending_;       // byte-level path: bytes not yet returned
+    std::vector<int32_t> ids_;  // general path: window of ids re-decoded on each push
+    size_t prefix_index_ = 0;   // general path: ids_[0, prefix_index_) only give context
+    std::string prefix_;        // general path: decode of ids_[0, prefix_index_), already returned
 };
 
 }  // namespace mslm

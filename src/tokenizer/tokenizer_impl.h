@@ -1,10 +1,9 @@
 // Internal state of Tokenizer, shared by tokenizer.cpp (encode, decode) and tokenizer_json.cpp
 // (tokenizer.json in and out). Immutable once built.
 #pragma once
-#include <nlohmann/json.hpp>
-
 #include <array>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <unordered_map>
 #include <unordered_set>
@@ -63,7 +62,7 @@ struct Tokenizer::Impl {
     std::string source;
     std::unique_ptr<BpeModel> model;
     std::vector<AddedToken> added;
-    BpeModel::Vocab added_by_content;              // content -> id
+    BpeModel::Vocab added_by_content;                 // content -> id
     std::unordered_map<int32_t, size_t> added_by_id;  // id -> index into `added`
     std::unordered_set<std::string> special_contents;
     AddedTokenMatcher raw_matcher, normalized_matcher;  // pattern -> index into `added`
@@ -74,7 +73,8 @@ struct Tokenizer::Impl {
     bool byte_level_decoder = false;  // the decoder is exactly ByteLevel: StreamDecoder works on bytes
     std::vector<PostProcessorStep> post_processors;
     // Parts written back unchanged by to_json (null when absent).
-    nlohmann::json truncation, padding, normalizer_json, pre_tokenizer_json, post_processor_json, decoder_json;
+    nlohmann::json truncation, padding, normalizer_json, pre_tokenizer_json, post_processor_json,
+        decoder_json;
     int32_t default_eot = -1;
     int64_t vocab_size = 0;
     std::string canonical;  // to_json() without indentation

@@ -12,7 +12,10 @@ namespace {
 using json = nlohmann::json;
 using ordered_json = nlohmann::ordered_json;
 
-std::string type_of(const json& j) { return j.is_object() && j.contains("type") && j["type"].is_string() ? j["type"].get<std::string>() : j.dump(); }
+std::string type_of(const json& j) {
+    return j.is_object() && j.contains("type") && j["type"].is_string() ? j["type"].get<std::string>()
+                                                                        : j.dump();
+}
 
 std::string escape_regex_literal(const std::string& s) {
     std::string out;
@@ -46,8 +49,9 @@ struct Builder {
             for (const auto& p : j.at("pretokenizers")) pre_tokenizer(p);
             return;
         }
-        MSLM_CHECK(t.pre_tokenizers.empty() || t.pre_tokenizers.back().kind != PreTokenizerStep::Kind::ByteLevel,
-                   "{}: unsupported pre_tokenizer: '{}' after ByteLevel (ByteLevel must come last)", source, type);
+        MSLM_CHECK(
+            t.pre_tokenizers.empty() || t.pre_tokenizers.back().kind != PreTokenizerStep::Kind::ByteLevel,
+            "{}: unsupported pre_tokenizer: '{}' after ByteLevel (ByteLevel must come last)", source, type);
         PreTokenizerStep step{};
         if (type == "ByteLevel") {
             step.kind = PreTokenizerStep::Kind::ByteLevel;
@@ -56,9 +60,11 @@ struct Builder {
         } else if (type == "Split") {
             step.kind = PreTokenizerStep::Kind::Split;
             std::string behavior = j.at("behavior").get<std::string>();
-            MSLM_CHECK(behavior == "Isolated", "{}: unsupported pre_tokenizer Split behavior '{}' (supported: Isolated)",
-                       source, behavior);
-            MSLM_CHECK(!j.value("invert", false), "{}: unsupported pre_tokenizer Split with invert: true", source);
+            MSLM_CHECK(behavior == "Isolated",
+                       "{}: unsupported pre_tokenizer Split behavior '{}' (supported: Isolated)", source,
+                       behavior);
+            MSLM_CHECK(!j.value("invert", false), "{}: unsupported pre_tokenizer Split with invert: true",
+                       source);
             const json& pattern = j.at("pattern");
             std::string regex;
             if (pattern.contains("Regex"))
@@ -66,7 +72,8 @@ struct Builder {
             else if (pattern.contains("String"))
                 regex = escape_regex_literal(pattern["String"].get<std::string>());
             else
-                fail("{}: pre_tokenizer Split: pattern must be {{\"Regex\": ...}} or {{\"String\": ...}}", source);
+                fail("{}: pre_tokenizer Split: pattern must be {{\"Regex\": ...}} or {{\"String\": ...}}",
+                     source);
             try {
                 step.regex = std::make_shared<RegexSplitter>(regex);
             } catch (const Error& e) {
@@ -100,13 +107,16 @@ struct Builder {
         } else if (type == "Replace") {
             d.kind = DecoderStep::Kind::Replace;
             const json& pattern = j.at("pattern");
-            MSLM_CHECK(pattern.contains("String"), "{}: unsupported decoder Replace with a Regex pattern", source);
+            MSLM_CHECK(pattern.contains("String"), "{}: unsupported decoder Replace with a Regex pattern",
+                       source);
             d.pattern = pattern["String"].get<std::string>();
             d.content = j.at("content").get<std::string>();
             MSLM_CHECK(!d.pattern.empty(), "{}: decoder Replace: empty pattern", source);
         } else {
-            fail("{}: unsupported decoder '{}' (supported: ByteLevel, ByteFallback, Fuse, Strip, Replace, Sequence)",
-                 source, type);
+            fail(
+                "{}: unsupported decoder '{}' (supported: ByteLevel, ByteFallback, Fuse, Strip, Replace, "
+                "Sequence)",
+                source, type);
         }
         t.decoders.push_back(std::move(d));
     }
@@ -139,20 +149,23 @@ struct Builder {
                 PostProcessorStep::Item it;
                 if (item.contains("Sequence")) {
                     std::string which = item["Sequence"].at("id").get<std::string>();
-                    MSLM_CHECK(which == "A", "{}: post_processor: single template uses sequence '{}'", source, which);
+                    MSLM_CHECK(which == "A", "{}: post_processor: single template uses sequence '{}'", source,
+                               which);
                     it.is_sequence = true;
                 } else {
                     std::string name = item.at("SpecialToken").at("id").get<std::string>();
-                    MSLM_CHECK(specials.contains(name), "{}: post_processor: special token '{}' has no entry", source,
-                               name);
+                    MSLM_CHECK(specials.contains(name), "{}: post_processor: special token '{}' has no entry",
+                               source, name);
                     it.ids = specials[name].at("ids").get<std::vector<int32_t>>();
                 }
                 p.items.push_back(std::move(it));
             }
         } else {
-            fail("{}: unsupported post_processor '{}' (supported: TemplateProcessing, ByteLevel, BertProcessing, "
-                 "RobertaProcessing, Sequence)",
-                 source, type);
+            fail(
+                "{}: unsupported post_processor '{}' (supported: TemplateProcessing, ByteLevel, "
+                "BertProcessing, "
+                "RobertaProcessing, Sequence)",
+                source, type);
         }
         t.post_processors.push_back(std::move(p));
     }
@@ -164,12 +177,13 @@ struct Builder {
 
     void model(const json& m) {
         MSLM_CHECK(m.is_object(), "{}: 'model' is missing or not an object", source);
-        std::string type = m.contains("type") ? m["type"].get<std::string>() : (m.contains("merges") ? "BPE" : "?");
+        std::string type =
+            m.contains("type") ? m["type"].get<std::string>() : (m.contains("merges") ? "BPE" : "?");
         MSLM_CHECK(type == "BPE", "{}: unsupported model type '{}' (only BPE is supported)", source, type);
         if (m.contains("dropout") && !m["dropout"].is_null())
             MSLM_CHECK(m["dropout"].get<double>() == 0.0,
-                       "{}: BPE dropout {} is not supported (encoding must be deterministic; use null)", source,
-                       m["dropout"].get<double>());
+                       "{}: BPE dropout {} is not supported (encoding must be deterministic; use null)",
+                       source, m["dropout"].get<double>());
         BpeOptions o;
         o.unk_token = optional_string(m, "unk_token");
         o.continuing_subword_prefix = optional_string(m, "continuing_subword_prefix");
@@ -197,12 +211,15 @@ struct Builder {
                            "{}: merge {} '{}' is not two tokens separated by one space", source, i, s);
                 merges.emplace_back(s.substr(0, sp), s.substr(sp + 1));
             } else {
-                MSLM_CHECK(x.is_array() && x.size() == 2, "{}: merge {} must be a pair of strings or \"a b\"", source, i);
+                MSLM_CHECK(x.is_array() && x.size() == 2, "{}: merge {} must be a pair of strings or \"a b\"",
+                           source, i);
                 merges.emplace_back(x[0].get<std::string>(), x[1].get<std::string>());
             }
         }
-        bool byte_level = !t.pre_tokenizers.empty() && t.pre_tokenizers.back().kind == PreTokenizerStep::Kind::ByteLevel;
-        t.model = std::make_unique<BpeModel>(std::move(vocab), std::move(merges), std::move(o), byte_level, source);
+        bool byte_level =
+            !t.pre_tokenizers.empty() && t.pre_tokenizers.back().kind == PreTokenizerStep::Kind::ByteLevel;
+        t.model =
+            std::make_unique<BpeModel>(std::move(vocab), std::move(merges), std::move(o), byte_level, source);
     }
 
     void added_tokens(const json& a) {
@@ -237,7 +254,8 @@ struct Builder {
                 if (!tok.normalized)
                     t.raw_matcher.add(tok.content, static_cast<int32_t>(i));
                 else
-                    t.normalized_matcher.add(t.nfc ? nfc_normalize(tok.content) : tok.content, static_cast<int32_t>(i));
+                    t.normalized_matcher.add(t.nfc ? nfc_normalize(tok.content) : tok.content,
+                                             static_cast<int32_t>(i));
             }
     }
 };
@@ -336,8 +354,9 @@ std::string Tokenizer::Impl::to_json(int indent) const {
     std::vector<std::pair<int32_t, const std::string*>> by_id;
     by_id.reserve(model->vocab().size());
     for (const auto& [token, id] : model->vocab()) by_id.emplace_back(id, &token);
-    std::sort(by_id.begin(), by_id.end(),
-              [](const auto& a, const auto& b) { return a.first != b.first ? a.first < b.first : *a.second < *b.second; });
+    std::sort(by_id.begin(), by_id.end(), [](const auto& a, const auto& b) {
+        return a.first != b.first ? a.first < b.first : *a.second < *b.second;
+    });
     ordered_json vocab = ordered_json::object();
     auto& entries = vocab.get_ref<ordered_json::object_t&>();
     entries.reserve(by_id.size());

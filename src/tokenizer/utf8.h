@@ -41,7 +41,9 @@ inline int decode(std::string_view s, size_t i, uint32_t* cp) {
 }
 
 // Byte length of the character whose lead byte is `lead` (valid UTF-8 assumed).
-inline int char_length(unsigned char lead) { return lead < 0x80 ? 1 : lead < 0xE0 ? 2 : lead < 0xF0 ? 3 : 4; }
+inline int char_length(unsigned char lead) {
+    return lead < 0x80 ? 1 : lead < 0xE0 ? 2 : lead < 0xF0 ? 3 : 4;
+}
 
 // Unicode White_Space (what Rust's char::is_whitespace and regex \s match).
 bool is_whitespace(uint32_t cp);

@@ -3,12 +3,11 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
-#include <nlohmann/json.hpp>
-
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <sstream>
 
 #include "core/error.h"
@@ -25,16 +24,23 @@ namespace {
 namespace fs = std::filesystem;
 using json = nlohmann::json;
 
-const char* const kCorpora[] = {"tinyshakespeare.txt", "wikitext2-test.txt", "wikitext2-valid.txt", "edge_cases.txt"};
+const char* const kCorpora[] = {"tinyshakespeare.txt", "wikitext2-test.txt", "wikitext2-valid.txt",
+                                "edge_cases.txt"};
 const char* const kTokenizers[] = {"gpt2", "llama3"};
 
 std::string data_dir() {
     if (const char* env = std::getenv("MSLM_DATA_DIR")) return env;
     return MSLM_DATA_DIR;
 }
-std::string fixture_dir() { return std::string(MSLM_FIXTURE_DIR) + "/tokenizers"; }
-std::string script() { return std::string(MSLM_FIXTURE_DIR) + "/../make_tokenizer_fixtures.py"; }
-std::string tokenizer_path(const std::string& name) { return fixture_dir() + "/" + name + ".json"; }
+std::string fixture_dir() {
+    return std::string(MSLM_FIXTURE_DIR) + "/tokenizers";
+}
+std::string script() {
+    return std::string(MSLM_FIXTURE_DIR) + "/../make_tokenizer_fixtures.py";
+}
+std::string tokenizer_path(const std::string& name) {
+    return fixture_dir() + "/" + name + ".json";
+}
 std::string corpus_path(const std::string& corpus) {
     return corpus == "edge_cases.txt" ? fixture_dir() + "/" + corpus : data_dir() + "/" + corpus;
 }
@@ -59,7 +65,8 @@ std::string temp_path(const std::string& name) {
 std::string ids_sha256(const std::vector<int32_t>& ids) {
     std::string bytes;
     for (int32_t id : ids)
-        for (int k = 0; k < 4; ++k) bytes.push_back(static_cast<char>(static_cast<uint32_t>(id) >> (8 * k) & 0xFF));
+        for (int k = 0; k < 4; ++k)
+            bytes.push_back(static_cast<char>(static_cast<uint32_t>(id) >> (8 * k) & 0xFF));
     return sha256_hex(bytes);
 }
 
@@ -91,14 +98,16 @@ std::vector<int32_t> hf_encode(const std::string& tokenizer, const std::string& 
     std::vector<int32_t> ids(bytes.size() / 4);
     for (size_t i = 0; i < ids.size(); ++i) {
         uint32_t v = 0;
-        for (int k = 0; k < 4; ++k) v |= static_cast<uint32_t>(static_cast<unsigned char>(bytes[4 * i + k])) << (8 * k);
+        for (int k = 0; k < 4; ++k)
+            v |= static_cast<uint32_t>(static_cast<unsigned char>(bytes[4 * i + k])) << (8 * k);
         ids[i] = static_cast<int32_t>(v);
     }
     return ids;
 }
 
 // Describes the first position where two id sequences differ, with the tokens around it.
-std::string first_difference(const Tokenizer& tok, const std::vector<int32_t>& ours, const std::vector<int32_t>& hf) {
+std::string first_difference(const Tokenizer& tok, const std::vector<int32_t>& ours,
+                             const std::vector<int32_t>& hf) {
     size_t n = std::min(ours.size(), hf.size()), i = 0;
     while (i < n && ours[i] == hf[i]) ++i;
     if (i == n && ours.size() == hf.size()) return "identical";
@@ -110,12 +119,13 @@ std::string first_difference(const Tokenizer& tok, const std::vector<int32_t>& o
         }
         return s;
     };
-    return "first difference at id " + std::to_string(i) + " (ours " + std::to_string(ours.size()) + " ids, HF " +
-           std::to_string(hf.size()) + ")\n  ours:" + show(ours) + "\n  HF:  " + show(hf);
+    return "first difference at id " + std::to_string(i) + " (ours " + std::to_string(ours.size()) +
+           " ids, HF " + std::to_string(hf.size()) + ")\n  ours:" + show(ours) + "\n  HF:  " + show(hf);
 }
 
 // Encodes each text with ours and HF's (one python run for all), compares ids and decodes.
-void expect_same_as_hf(const std::string& tokenizer_file, const Tokenizer& tok, const std::vector<std::string>& texts) {
+void expect_same_as_hf(const std::string& tokenizer_file, const Tokenizer& tok,
+                       const std::vector<std::string>& texts) {
     std::string in = temp_path("hf_texts.json"), out = temp_path("hf_results.json");
     write_file(in, json(texts).dump());
     std::string cmd = "python3 '" + script() + "' batch '" + tokenizer_file + "' '" + in + "' '" + out + "'";
@@ -146,7 +156,8 @@ TEST(TokenizerParity, MatchesRecordedHFEncodings) {
             std::vector<int32_t> ids = tok.encode(read_file(corpus_path(corpus)));
             auto first = e["first"].get<std::vector<int32_t>>();
             EXPECT_EQ(static_cast<int64_t>(ids.size()), e["count"].get<int64_t>());
-            EXPECT_EQ(std::vector<int32_t>(ids.begin(), ids.begin() + std::min(ids.size(), first.size())), first);
+            EXPECT_EQ(std::vector<int32_t>(ids.begin(), ids.begin() + std::min(ids.size(), first.size())),
+                      first);
             EXPECT_EQ(ids_sha256(ids), e["sha256"].get<std::string>());
         }
     }
@@ -166,7 +177,8 @@ TEST(TokenizerParity, MatchesRecordedHFDecodeAndSpecials) {
         with_special.resize(std::min(with_special.size(), first.size()));
         EXPECT_EQ(with_special, first);
     }
-    EXPECT_EQ(fixture("llama3").encode("hi", true).front(), fixture("llama3").token_to_id("<|begin_of_text|>"));
+    EXPECT_EQ(fixture("llama3").encode("hi", true).front(),
+              fixture("llama3").token_to_id("<|begin_of_text|>"));
 }
 
 TEST(TokenizerParity, LiveAgainstHF) {
@@ -189,8 +201,8 @@ TEST(TokenizerParity, AddedTokenOptionsLive) {
         SCOPED_TRACE(name);
         json j = json::parse(read_file(tokenizer_path(name)));
         int32_t next = static_cast<int32_t>(fixture(name).vocab_size());
-        auto add = [&](const std::string& content, bool lstrip, bool rstrip, bool single_word, bool normalized,
-                       bool special) {
+        auto add = [&](const std::string& content, bool lstrip, bool rstrip, bool single_word,
+                       bool normalized, bool special) {
             j["added_tokens"].push_back({{"id", next++},
                                          {"content", content},
                                          {"single_word", single_word},
@@ -202,7 +214,7 @@ TEST(TokenizerParity, AddedTokenOptionsLive) {
         add("<mask>", true, false, false, false, true);
         add("[SEP]", false, true, false, false, true);
         add("word", false, false, true, false, false);
-        add("caf\u00e9", false, false, false, true, false);  // matches decomposed input once NFC'd
+        add("caf\u00e9", false, false, false, true, false);       // matches decomposed input once NFC'd
         add("<|endoftext|>x", false, false, false, false, true);  // longest match wins over <|endoftext|>
         add("\u00e9t\u00e9", false, false, false, true, false);
         std::string path = temp_path(std::string(name) + "_added.json");
@@ -210,10 +222,11 @@ TEST(TokenizerParity, AddedTokenOptionsLive) {
         Tokenizer tok = Tokenizer::load(path);
         std::string edge;
         utf8::append_lossy(read_file(corpus_path("edge_cases.txt")), edge);
-        expect_same_as_hf(path, tok,
-                          {"a  <mask> b", "<mask>", "x\t\n <mask>[SEP]  \n y", "word words sword word_ word. 1word",
-                           "cafe\u0301 caf\u00e9!", "<|endoftext|>x <|endoftext|>y", "\u00e9t\u00e9 e\u0301te\u0301",
-                           "  [SEP]<mask>  <mask>  ", "\u3000<mask>\u00a0[SEP]\u2028", edge});
+        expect_same_as_hf(
+            path, tok,
+            {"a  <mask> b", "<mask>", "x\t\n <mask>[SEP]  \n y", "word words sword word_ word. 1word",
+             "cafe\u0301 caf\u00e9!", "<|endoftext|>x <|endoftext|>y", "\u00e9t\u00e9 e\u0301te\u0301",
+             "  [SEP]<mask>  <mask>  ", "\u3000<mask>\u00a0[SEP]\u2028", edge});
         fs::remove(path);
     }
 }
@@ -223,31 +236,41 @@ TEST(TokenizerParity, PipelineVariantsLive) {
     if (!have_hf()) GTEST_SKIP() << "python3 with `tokenizers` is not importable: live comparison skipped";
     std::string edge;
     utf8::append_lossy(read_file(corpus_path("edge_cases.txt")), edge);
-    const std::vector<std::string> texts = {"Hello world", " leading space", "a  b\n\nc", "x<|endoftext|>y z", edge, ""};
+    const std::vector<std::string> texts = {
+        "Hello world", " leading space", "a  b\n\nc", "x<|endoftext|>y z", edge, ""};
     json gpt2 = json::parse(read_file(tokenizer_path("gpt2")));
     json llama3 = json::parse(read_file(tokenizer_path("llama3")));
     std::vector<json> variants;
     json j = gpt2;
     j["pre_tokenizer"]["add_prefix_space"] = true;
-    j["post_processor"] = {{"type", "RobertaProcessing"}, {"sep", {"<|endoftext|>", 0}}, {"cls", {"\u0120the", 261}},
-                           {"trim_offsets", true}, {"add_prefix_space", true}};
+    j["post_processor"] = {{"type", "RobertaProcessing"},
+                           {"sep", {"<|endoftext|>", 0}},
+                           {"cls", {"\u0120the", 261}},
+                           {"trim_offsets", true},
+                           {"add_prefix_space", true}};
     variants.push_back(j);
     j = llama3;
     j["pre_tokenizer"]["pretokenizers"][1]["add_prefix_space"] = true;
     j["decoder"] = nullptr;  // tokens joined with spaces
-    j["post_processor"] = {{"type", "BertProcessing"}, {"sep", {"<|end_of_text|>", 1}}, {"cls", {"<|begin_of_text|>", 0}}};
+    j["post_processor"] = {
+        {"type", "BertProcessing"}, {"sep", {"<|end_of_text|>", 1}}, {"cls", {"<|begin_of_text|>", 0}}};
     variants.push_back(j);
     j = llama3;
     j["normalizer"] = {{"type", "Sequence"}, {"normalizers", json::array({{{"type", "NFC"}}})}};
     j["pre_tokenizer"] = {{"type", "Sequence"},
-                          {"pretokenizers", json::array({{{"type", "Split"}, {"pattern", {{"String", " "}}},
-                                                          {"behavior", "Isolated"}, {"invert", false}},
-                                                         {{"type", "ByteLevel"}, {"add_prefix_space", false},
-                                                          {"trim_offsets", true}, {"use_regex", false}}})}};
+                          {"pretokenizers", json::array({{{"type", "Split"},
+                                                          {"pattern", {{"String", " "}}},
+                                                          {"behavior", "Isolated"},
+                                                          {"invert", false}},
+                                                         {{"type", "ByteLevel"},
+                                                          {"add_prefix_space", false},
+                                                          {"trim_offsets", true},
+                                                          {"use_regex", false}}})}};
     variants.push_back(j);
     j = gpt2;
     j["pre_tokenizer"]["use_regex"] = false;  // whole texts are single words: long merges, no cache
-    j["post_processor"] = {{"type", "Sequence"}, {"processors", json::array({gpt2["post_processor"], llama3["post_processor"]})}};
+    j["post_processor"] = {{"type", "Sequence"},
+                           {"processors", json::array({gpt2["post_processor"], llama3["post_processor"]})}};
     variants.push_back(j);
     for (size_t v = 0; v < variants.size(); ++v) {
         SCOPED_TRACE("variant " + std::to_string(v));
@@ -262,29 +285,46 @@ TEST(TokenizerParity, PipelineVariantsLive) {
 // ignore_merges, and the ByteFallback/Fuse/Strip/Replace decoders, against HF.
 TEST(TokenizerParity, CharLevelModelOptionsLive) {
     if (!have_hf()) GTEST_SKIP() << "python3 with `tokenizers` is not importable: live comparison skipped";
-    json vocab = {{"<unk>", 0}, {"a", 1}, {"b", 2}, {"c", 3}, {"ab", 4}, {"abc", 5}, {"\u2581", 6}, {"\u2581a", 7},
-                  {"<0x78>", 8}, {"<0xC3>", 9}, {"<0xA9>", 10}, {"ca", 11}, {"cab", 12}, {"bb", 13}};
-    json merges = json::array({json::array({"a", "b"}), json::array({"ab", "c"}), json::array({"\u2581", "a"}),
-                               json::array({"c", "a"}), json::array({"ca", "b"})});
+    json vocab = {{"<unk>", 0},   {"a", 1},      {"b", 2},       {"c", 3},      {"ab", 4},
+                  {"abc", 5},     {"\u2581", 6}, {"\u2581a", 7}, {"<0x78>", 8}, {"<0xC3>", 9},
+                  {"<0xA9>", 10}, {"ca", 11},    {"cab", 12},    {"bb", 13}};
+    json merges =
+        json::array({json::array({"a", "b"}), json::array({"ab", "c"}), json::array({"\u2581", "a"}),
+                     json::array({"c", "a"}), json::array({"ca", "b"})});
     for (int variant = 0; variant < 4; ++variant) {
         SCOPED_TRACE(variant);
-        json model = {{"type", "BPE"},        {"dropout", nullptr},          {"unk_token", "<unk>"},
-                      {"continuing_subword_prefix", nullptr}, {"end_of_word_suffix", nullptr},
-                      {"fuse_unk", variant == 1}, {"byte_fallback", variant >= 2}, {"ignore_merges", variant == 3},
-                      {"vocab", vocab},       {"merges", merges}};
-        json decoder = {{"type", "Sequence"},
-                        {"decoders", json::array({{{"type", "Replace"}, {"pattern", {{"String", "\u2581"}}}, {"content", " "}},
-                                                  {{"type", "ByteFallback"}},
-                                                  {{"type", "Fuse"}},
-                                                  {{"type", "Strip"}, {"content", " "}, {"start", 1}, {"stop", 0}}})}};
-        json j = {{"version", "1.0"},       {"truncation", nullptr}, {"padding", nullptr},
-                  {"added_tokens", json::array()}, {"normalizer", nullptr}, {"pre_tokenizer", nullptr},
-                  {"post_processor", nullptr}, {"decoder", decoder}, {"model", model}};
+        json model = {{"type", "BPE"},
+                      {"dropout", nullptr},
+                      {"unk_token", "<unk>"},
+                      {"continuing_subword_prefix", nullptr},
+                      {"end_of_word_suffix", nullptr},
+                      {"fuse_unk", variant == 1},
+                      {"byte_fallback", variant >= 2},
+                      {"ignore_merges", variant == 3},
+                      {"vocab", vocab},
+                      {"merges", merges}};
+        json decoder = {
+            {"type", "Sequence"},
+            {"decoders",
+             json::array({{{"type", "Replace"}, {"pattern", {{"String", "\u2581"}}}, {"content", " "}},
+                          {{"type", "ByteFallback"}},
+                          {{"type", "Fuse"}},
+                          {{"type", "Strip"}, {"content", " "}, {"start", 1}, {"stop", 0}}})}};
+        json j = {{"version", "1.0"},
+                  {"truncation", nullptr},
+                  {"padding", nullptr},
+                  {"added_tokens", json::array()},
+                  {"normalizer", nullptr},
+                  {"pre_tokenizer", nullptr},
+                  {"post_processor", nullptr},
+                  {"decoder", decoder},
+                  {"model", model}};
         std::string path = temp_path("charlevel.json");
         write_file(path, j.dump());
         Tokenizer tok = Tokenizer::load(path);
         expect_same_as_hf(path, tok,
-                          {"abcab", "xxabzzc", "\u2581a\u2581abc", "cab\u00e9x", "zzz", "", "bbb", "\u00e9\u00e9z", "x\u00e9"});
+                          {"abcab", "xxabzzc", "\u2581a\u2581abc", "cab\u00e9x", "zzz", "", "bbb",
+                           "\u00e9\u00e9z", "x\u00e9"});
         fs::remove(path);
     }
 }
@@ -307,7 +347,8 @@ TEST(TokenizerRoundTrip, DecodeEncodeIsIdentityOnValidText) {
 }
 
 TEST(TokenizerRoundTrip, SaveLoadKeepsEncodingsAndHFLoadsIt) {
-    std::string text = read_file(corpus_path("edge_cases.txt")) + read_file(corpus_path("wikitext2-valid.txt")).substr(0, 100000);
+    std::string text = read_file(corpus_path("edge_cases.txt")) +
+                       read_file(corpus_path("wikitext2-valid.txt")).substr(0, 100000);
     for (const char* name : kTokenizers) {
         SCOPED_TRACE(name);
         const Tokenizer& tok = fixture(name);
@@ -351,7 +392,8 @@ TEST(TokenizerRoundTrip, BatchEqualsSequential) {
         const Tokenizer& tok = fixture(name);
         auto batch = tok.encode_batch(lines);
         ASSERT_EQ(batch.size(), lines.size());
-        for (size_t i = 0; i < lines.size(); ++i) ASSERT_EQ(batch[i], tok.encode(lines[i])) << name << " line " << i;
+        for (size_t i = 0; i < lines.size(); ++i)
+            ASSERT_EQ(batch[i], tok.encode(lines[i])) << name << " line " << i;
     }
 }
 
@@ -373,7 +415,9 @@ void check_stream(const Tokenizer& tok, const std::vector<int32_t>& ids) {
 }
 
 TEST(TokenizerStream, NeverReturnsInvalidUtf8) {
-    std::string text = "Emoji 😀😃😄 👍🏽👍🏿 👨‍👩‍👧‍👦 🏳️‍🌈 🇫🇷🇯🇵 ❤️ 🧑🏻‍💻 and 我爱自然语言处理 é";
+    std::string text =
+        "Emoji 😀😃😄 👍🏽👍🏿 👨‍👩‍👧‍👦 🏳️‍🌈 🇫🇷🇯🇵 ❤️ 🧑🏻‍💻 and 我爱自然语言处理 "
+        "é";
     for (const char* name : kTokenizers) {
         SCOPED_TRACE(name);
         const Tokenizer& tok = fixture(name);
@@ -387,13 +431,15 @@ TEST(TokenizerStream, NeverReturnsInvalidUtf8) {
 }
 
 TEST(TokenizerStream, GeneralDecoderPath) {
-    json j = {{"added_tokens", json::array()},
-              {"decoder", {{"type", "Sequence"}, {"decoders", json::array({{{"type", "ByteFallback"}}, {{"type", "Fuse"}}})}}},
-              {"model",
-               {{"type", "BPE"},
-                {"byte_fallback", true},
-                {"vocab", {{"a", 0}, {"<0xF0>", 1}, {"<0x9F>", 2}, {"<0x98>", 3}, {"<0x80>", 4}}},
-                {"merges", json::array()}}}};
+    json j = {
+        {"added_tokens", json::array()},
+        {"decoder",
+         {{"type", "Sequence"}, {"decoders", json::array({{{"type", "ByteFallback"}}, {{"type", "Fuse"}}})}}},
+        {"model",
+         {{"type", "BPE"},
+          {"byte_fallback", true},
+          {"vocab", {{"a", 0}, {"<0xF0>", 1}, {"<0x9F>", 2}, {"<0x98>", 3}, {"<0x80>", 4}}},
+          {"merges", json::array()}}}};
     Tokenizer tok = Tokenizer::from_json(j.dump());
     EXPECT_EQ(tok.decode(std::vector<int32_t>{0, 1, 2, 3, 4, 0}), "a😀a");
     check_stream(tok, {0, 1, 2, 3, 4, 0, 1, 2, 0});
@@ -423,7 +469,8 @@ TEST(TokenizerErrors, NameTheFileAndTheProblem) {
     j["normalizer"] = {{"type", "NFKC"}};
     expect_error(j.dump(), "unsupported normalizer 'NFKC'");
     j = base;
-    j["normalizer"] = {{"type", "Sequence"}, {"normalizers", json::array({{{"type", "NFC"}}, {{"type", "Lowercase"}}})}};
+    j["normalizer"] = {{"type", "Sequence"},
+                       {"normalizers", json::array({{{"type", "NFC"}}, {{"type", "Lowercase"}}})}};
     expect_error(j.dump(), "unsupported normalizer 'Lowercase'");
     j = base;
     j["pre_tokenizer"] = {{"type", "Whitespace"}};
@@ -471,13 +518,17 @@ TEST(TokenizerUtf8, ReplacesLikePython) {
         return out;
     };
     const std::string R = "\xEF\xBF\xBD";
-    EXPECT_EQ(lossy("a\xFF" "b"), "a" + R + "b");
-    EXPECT_EQ(lossy("\xE2\x82" "a"), R + "a");                  // truncated 3-byte: one U+FFFD
-    EXPECT_EQ(lossy("\xC0\xAF"), R + R);                          // overlong: C0 never starts a sequence
-    EXPECT_EQ(lossy("\xE0\x80\xAF"), R + R + R);                  // E0 needs A0..BF next
-    EXPECT_EQ(lossy("\xED\xA0\x80"), R + R + R);                  // surrogate
-    EXPECT_EQ(lossy("\xF4\x90\x80\x80"), R + R + R + R);          // above U+10FFFF
-    EXPECT_EQ(lossy("\xF0\x9F\x98"), R);                          // truncated 4-byte at the end
+    EXPECT_EQ(lossy("a\xFF"
+                    "b"),
+              "a" + R + "b");
+    EXPECT_EQ(lossy("\xE2\x82"
+                    "a"),
+              R + "a");                                   // truncated 3-byte: one U+FFFD
+    EXPECT_EQ(lossy("\xC0\xAF"), R + R);                  // overlong: C0 never starts a sequence
+    EXPECT_EQ(lossy("\xE0\x80\xAF"), R + R + R);          // E0 needs A0..BF next
+    EXPECT_EQ(lossy("\xED\xA0\x80"), R + R + R);          // surrogate
+    EXPECT_EQ(lossy("\xF4\x90\x80\x80"), R + R + R + R);  // above U+10FFFF
+    EXPECT_EQ(lossy("\xF0\x9F\x98"), R);                  // truncated 4-byte at the end
     EXPECT_EQ(lossy("\xF0\x9F\x98\x80"), "\xF0\x9F\x98\x80");
     EXPECT_EQ(utf8::incomplete_suffix("a\xF0\x9F\x98"), 3u);
     EXPECT_EQ(utf8::incomplete_suffix("a\xF0\x9F\x98\x80"), 0u);
@@ -499,8 +550,8 @@ TEST(TokenizerNfc, QuickCheckOnlySkipsStableText) {
         for (const std::string& f : firsts) ASSERT_EQ(nfc_normalize(f + c), f + c) << std::hex << cp;
     }
     EXPECT_TRUE(nfc_may_change("cafe\u0301"));
-    EXPECT_TRUE(nfc_may_change("\u212b"));                // Angstrom sign: a singleton decomposition
-    EXPECT_TRUE(nfc_may_change("\u1100\u1161"));          // Hangul jamo compose
+    EXPECT_TRUE(nfc_may_change("\u212b"));        // Angstrom sign: a singleton decomposition
+    EXPECT_TRUE(nfc_may_change("\u1100\u1161"));  // Hangul jamo compose
     EXPECT_FALSE(nfc_may_change("caf\u00e9 \u2013 \u201cquoted\u201d"));
 }
 
@@ -509,7 +560,8 @@ TEST(TokenizerBpe, LinearAndHeapMergeLoopsAgree) {
     BpeModel::Vocab vocab;
     for (const auto& [t, id] : j["model"]["vocab"].items()) vocab.emplace(t, id.get<int32_t>());
     BpeModel::Merges merges;
-    for (const auto& m : j["model"]["merges"]) merges.emplace_back(m[0].get<std::string>(), m[1].get<std::string>());
+    for (const auto& m : j["model"]["merges"])
+        merges.emplace_back(m[0].get<std::string>(), m[1].get<std::string>());
     BpeModel model(std::move(vocab), std::move(merges), BpeOptions{}, true, "gpt2.json");
     std::string text = read_file(corpus_path("wikitext2-valid.txt")).substr(0, 300000) +
                        read_file(corpus_path("edge_cases.txt"));
