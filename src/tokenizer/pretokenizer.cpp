@@ -13,6 +13,7 @@ const char* const kLlama3Pattern =
 
 struct RegexSplitter::Impl {
     pcre2_code* code = nullptr;
+    bool jit = false;
     ~Impl() {
         if (code) pcre2_code_free(code);
     }
@@ -28,7 +29,8 @@ RegexSplitter::RegexSplitter(const std::string& pattern) : impl_(std::make_uniqu
         pcre2_get_error_message(err, msg, sizeof msg);
         fail("regex /{}/: {} at offset {}", pattern, reinterpret_cast<const char*>(msg), offset);
     }
-    pcre2_jit_compile(impl_->code, PCRE2_JIT_COMPLETE);  // falls back to the interpreter if JIT is unavailable
+    // Falls back to the interpreter if JIT is unavailable.
+    impl_->jit = pcre2_jit_compile(impl_->code, PCRE2_JIT_COMPLETE) == 0;
 }
 
 RegexSplitter::~RegexSplitter() = default;
@@ -55,7 +57,9 @@ void RegexSplitter::split(std::string_view text, std::vector<std::string_view>& 
     const auto* subject = reinterpret_cast<PCRE2_SPTR>(text.data());
     size_t pos = 0, gap_start = 0;
     while (pos <= text.size()) {
-        int rc = pcre2_match(impl_->code, subject, text.size(), pos, PCRE2_NO_UTF_CHECK, md.data, nullptr);
+        // pcre2_jit_match skips pcre2_match's per-call checks: a tenth of encode time on short pieces.
+        int rc = impl_->jit ? pcre2_jit_match(impl_->code, subject, text.size(), pos, PCRE2_NO_UTF_CHECK, md.data, nullptr)
+                            : pcre2_match(impl_->code, subject, text.size(), pos, PCRE2_NO_UTF_CHECK, md.data, nullptr);
         if (rc == PCRE2_ERROR_NOMATCH) break;
         MSLM_CHECK(rc >= 0, "regex /{}/: match error {}", pattern_, rc);
         PCRE2_SIZE* ov = pcre2_get_ovector_pointer(md.data);
@@ -65,11 +69,10 @@ void RegexSplitter::split(std::string_view text, std::vector<std::string_view>& 
             out.push_back(text.substr(begin, end - begin));
             pos = end;
         } else {
-            // Empty match: step over one UTF-8 character so the scan always advances.
+            // Empty match: it splits the text there (HF drops the empty piece); step over one
+            // UTF-8 character so the scan always advances.
             pos = end + 1;
             while (pos < text.size() && (static_cast<unsigned char>(text[pos]) & 0xC0) == 0x80) ++pos;
-            if (pos > text.size()) break;
-            continue;
         }
         gap_start = end;
     }
