@@ -9,8 +9,7 @@ void register_info(CLI::App& app);
 void register_quickstart(CLI::App& app);
 // Adds `tokenizer` with encode/decode, and calls register_tokenizer_train for `tokenizer train`.
 void register_tokenizer(CLI::App& app);
-// Defined in tokenizer_train.cpp. Weak until the trainer is merged, so that the CLI links without
-// it (register_tokenizer skips the call when it is absent); remove [[gnu::weak]] then.
-[[gnu::weak]] void register_tokenizer_train(CLI::App* tokenizer_cmd);
+// Adds `train` to the `tokenizer` command (tokenizer_train.cpp).
+void register_tokenizer_train(CLI::App* tokenizer_cmd);
 
 }  // namespace mslm::cli

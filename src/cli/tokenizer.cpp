@@ -54,7 +54,7 @@ void register_tokenizer(CLI::App& app) {
     dec->add_flag("--skip-special", d->skip_special, "Leave out special tokens");
     dec->callback([d] { fmt::print("{}\n", Tokenizer::load(d->tokenizer).decode(d->ids, d->skip_special)); });
 
-    if (&register_tokenizer_train != nullptr) register_tokenizer_train(cmd);
+    register_tokenizer_train(cmd);
 }
 
 }  // namespace mslm::cli

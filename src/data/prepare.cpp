@@ -24,6 +24,7 @@
 #include "core/thread_pool.h"
 #include "data/manifest.h"
 #include "data/shard.h"
+#include "tokenizer/tokenizer.h"
 
 namespace mslm {
 
@@ -386,9 +387,7 @@ nlohmann::json input_file_json(const InputFile& f) {
 
 std::unique_ptr<TextEncoder> load_text_encoder(const std::string& spec) {
     if (spec == "bytes") return std::make_unique<ByteEncoder>();
-    // Lead's integration step (tokenizer merge): return Tokenizer::load(spec) from
-    // "tokenizer/tokenizer.h" here; it is not in this branch yet.
-    fail("{}: tokenizer.json loading not available in this build (use --tokenizer bytes)", spec);
+    return std::make_unique<Tokenizer>(Tokenizer::load(spec));
 }
 
 PrepareResult prepare_shards(DocumentStream& docs, const TextEncoder& encoder, const PrepareOptions& opt) {

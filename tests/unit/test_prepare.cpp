@@ -375,5 +375,8 @@ TEST_F(PrepareTest, SameInputsIgnoresOnlyMtimes) {
 
 TEST_F(PrepareTest, TextEncoderFactory) {
     EXPECT_EQ(load_text_encoder("bytes")->vocab_size(), 257);
-    EXPECT_THROW(load_text_encoder("tokenizer.json"), Error);
+    EXPECT_THROW(load_text_encoder("no-such-tokenizer.json"), Error);
+    auto gpt2 = load_text_encoder(std::string(MSLM_FIXTURE_DIR) + "/tokenizers/gpt2.json");
+    EXPECT_EQ(gpt2->vocab_size(), 4096);
+    EXPECT_GE(gpt2->eot_id(), 0);  // <|endoftext|> separates documents
 }
