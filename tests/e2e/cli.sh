@@ -25,6 +25,13 @@ check "info 130m counts ~120M" 0 "parameters +1[0-9]{2}\.[0-9]M" -- "$bin" info 
 fixtures="$(cd "$(dirname "$0")/../parity/fixtures" && pwd)"
 check "info on an HF Bamba dir" 0 "\(bamba\)" -- "$bin" info --model "$fixtures/hybrid"
 check "info on an HF Jamba dir" 0 "MAMA" -- "$bin" info --model "$fixtures/jamba"
+tok="$fixtures/tokenizers/gpt2.json"
+check "tokenizer encode" 0 "^[0-9]+( [0-9]+)+$" -- "$bin" tokenizer encode --tokenizer "$tok" --text "Hello world"
+ids="$("$bin" tokenizer encode --tokenizer "$tok" --text "Hello world, héllo 🙂" 2>/dev/null)"
+# shellcheck disable=SC2086
+check "tokenizer decode inverts encode" 0 "^Hello world, héllo 🙂$" -- "$bin" tokenizer decode --tokenizer "$tok" $ids
+check "tokenizer of an unsupported type" 1 "wordpiece.json" -- \
+    bash -c "printf '{\"model\": {\"type\": \"WordPiece\", \"vocab\": {}}}' > /tmp/wordpiece.json && \"$bin\" tokenizer encode --tokenizer /tmp/wordpiece.json --text hi"
 check "unknown preset" 1 "unknown preset \"nope\"" -- "$bin" info --preset nope
 check "missing model dir" 1 "cannot open" -- "$bin" info --model /nonexistent/dir
 check "no subcommand" 106 "subcommand" -- "$bin"

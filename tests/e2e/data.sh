@@ -34,7 +34,10 @@ check "a newer mtime alone still reuses" 0 "reused the shards" -- "${prepare[@]}
 printf 'changed' >"$tmp/corpus/b.txt"
 check "a changed file rebuilds" 0 "rebuilt: inputs changed" -- "${prepare[@]}"
 check "--force rebuilds" 0 "rebuilt: --force" -- "${prepare[@]}" --force
-check "no tokenizer.json support yet names the file" 1 "nope.json" -- \
+fixtures="$(cd "$(dirname "$0")/../parity/fixtures/tokenizers" && pwd)"
+check "prepare with a tokenizer.json" 0 "train +3 documents" -- \
+    "$bin" data prepare --source "$tmp/corpus" --tokenizer "$fixtures/gpt2.json" --out "$tmp/bpe" --val-fraction 0
+check "a missing tokenizer.json is named" 1 "nope.json" -- \
     "$bin" data prepare --source "$tmp/corpus" --tokenizer "$tmp/nope.json" --out "$tmp/other"
 check "bad --stopping" 105 "stopping" -- "${prepare[@]}" --stopping sometimes
 check "data prepare --help" 0 "--val-fraction" -- "$bin" data prepare --help

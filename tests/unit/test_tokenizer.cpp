@@ -16,6 +16,7 @@
 #include "tokenizer/pretokenizer.h"
 #include "tokenizer/tokenizer.h"
 #include "tokenizer/tokenizer_impl.h"
+#include "tokenizer/trainer.h"
 #include "tokenizer/utf8.h"
 
 namespace mslm {
@@ -599,6 +600,30 @@ TEST(TokenizerApi, VocabEotAndFingerprint) {
     std::vector<int32_t> appended = {7};
     gpt2.encode_append("hello", appended);
     EXPECT_EQ(appended.size(), 1 + gpt2.encode("hello").size());
+}
+
+
+// The trainer's output, loaded by our Tokenizer, encodes exactly as HF tokenizers encodes with the
+// same file (issue 3: "the file it writes loads in HF tokenizers and encodes identically").
+TEST(TokenizerTrainedFile, OursAndHfEncodeIdentically) {
+    if (!fs::exists(corpus_path("tinyshakespeare.txt"))) GTEST_SKIP() << "no corpora at " << data_dir();
+    for (auto kind : {BpeTrainerOptions::Pretokenizer::Gpt2, BpeTrainerOptions::Pretokenizer::Llama3}) {
+        BpeTrainerOptions opt;
+        opt.inputs = {corpus_path("tinyshakespeare.txt")};
+        opt.vocab_size = 1500;
+        opt.special_tokens = {"<|endoftext|>"};
+        opt.pretokenizer = kind;
+        const std::string file = temp_path("trained_tokenizer.json");
+        train_bpe_to_file(opt, file);
+        Tokenizer tok = Tokenizer::load(file);
+        EXPECT_EQ(tok.vocab_size(), 1500);
+        const std::vector<int32_t> ours = tok.encode(read_file(corpus_path("wikitext2-valid.txt")));
+        EXPECT_EQ(tok.decode(ours), read_file(corpus_path("wikitext2-valid.txt")));
+        if (!have_hf()) GTEST_SKIP() << "python3 with `tokenizers` is not importable: live comparison skipped";
+        const std::vector<int32_t> hf = hf_encode(file, corpus_path("wikitext2-valid.txt"));
+        EXPECT_EQ(ours, hf) << first_difference(tok, ours, hf);
+        fs::remove(file);
+    }
 }
 
 }  // namespace
