@@ -16,7 +16,7 @@
 
 #include "core/error.h"
 #include "data/compressed_reader.h"
-#include "data/utf8.h"
+#include "core/utf8.h"
 
 namespace fs = std::filesystem;
 
@@ -270,14 +270,14 @@ void strip_cr(std::string& line) {
 
 // Applies the policy to `text`, whose first byte is at (line, offset) of the decompressed file.
 void apply_utf8(std::string& text, Utf8Policy policy, const std::string& path, int64_t line, int64_t offset) {
-    const size_t bad = utf8_first_invalid(text);
+    const size_t bad = utf8::first_invalid(text);
     if (bad == std::string::npos) return;
     if (policy == Utf8Policy::Fail) {
         const auto newlines = std::count(text.begin(), text.begin() + static_cast<std::ptrdiff_t>(bad), '\n');
         fail("{}:{}: invalid UTF-8 at byte offset {}", path, line + newlines,
              offset + static_cast<int64_t>(bad));
     }
-    utf8_replace_invalid(text);
+    utf8::replace_invalid(text);
 }
 
 // SAX handler that keeps only the string at a dotted field path ("meta.text") of a top-level

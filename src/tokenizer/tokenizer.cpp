@@ -14,7 +14,7 @@
 #include "core/thread_pool.h"
 #include "tokenizer/byte_level.h"
 #include "tokenizer/tokenizer_impl.h"
-#include "tokenizer/utf8.h"
+#include "core/utf8.h"
 
 namespace mslm {
 

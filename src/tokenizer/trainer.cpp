@@ -20,6 +20,7 @@
 
 #include "core/error.h"
 #include "core/thread_pool.h"
+#include "core/utf8.h"
 #include "tokenizer/pretokenizer.h"
 
 namespace mslm {
@@ -611,55 +612,10 @@ std::string byte_level_encode(std::string_view bytes) {
 }
 
 size_t append_utf8_replacing(std::string_view in, bool at_end, std::string& out) {
-    static constexpr std::string_view kReplacement = "\xEF\xBF\xBD";
-    const auto* s = reinterpret_cast<const unsigned char*>(in.data());
-    const size_t n = in.size();
-    size_t i = 0, run = 0;  // [run, i) is valid text not yet appended
-    while (i < n) {
-        const unsigned char b = s[i];
-        if (b < 0x80) {
-            ++i;
-            continue;
-        }
-        // Lengths and second-byte ranges of well-formed sequences (Unicode Table 3-7).
-        int need = 0;
-        unsigned char lo = 0x80, hi = 0xBF;
-        if (b >= 0xC2 && b <= 0xDF) {
-            need = 1;
-        } else if (b == 0xE0) {
-            need = 2, lo = 0xA0;
-        } else if ((b >= 0xE1 && b <= 0xEC) || b == 0xEE || b == 0xEF) {
-            need = 2;
-        } else if (b == 0xED) {
-            need = 2, hi = 0x9F;
-        } else if (b == 0xF0) {
-            need = 3, lo = 0x90;
-        } else if (b >= 0xF1 && b <= 0xF3) {
-            need = 3;
-        } else if (b == 0xF4) {
-            need = 3, hi = 0x8F;
-        }
-        size_t j = i + 1;
-        int got = 0;
-        while (need > 0 && got < need && j < n) {
-            const unsigned char c = s[j];
-            if (c < (got == 0 ? lo : 0x80) || c > (got == 0 ? hi : 0xBF)) break;
-            ++j, ++got;
-        }
-        if (need > 0 && got == need) {
-            i = j;
-            continue;
-        }
-        if (need > 0 && j == n && !at_end) {  // may complete with the next block
-            out.append(in.substr(run, i - run));
-            return i;
-        }
-        out.append(in.substr(run, i - run));  // [i, j) is a maximal ill-formed subpart
-        out.append(kReplacement);
-        i = run = j;
-    }
-    out.append(in.substr(run));
-    return n;
+    // Hold back a trailing sequence that the next block may complete; repair the rest.
+    const size_t keep = at_end ? in.size() : in.size() - utf8::incomplete_suffix(in);
+    utf8::append_lossy(in.substr(0, keep), out);
+    return keep;
 }
 
 nlohmann::ordered_json train_bpe(const BpeTrainerOptions& opts, BpeTrainerStats* stats) {

@@ -3,21 +3,7 @@
 set -uo pipefail
 bin="$1"
 data="$(cd "$(dirname "$0")/../.." && pwd)/../shared/data/tinyshakespeare.txt"
-fails=0
-check() {  # check NAME EXPECTED_STATUS PATTERN -- COMMAND...
-    local name="$1" want="$2" pattern="$3"
-    shift 4
-    local out status
-    out="$("$@" 2>&1)"
-    status=$?
-    if [ "$status" -ne "$want" ] || ! grep -qE -- "$pattern" <<<"$out"; then
-        echo "FAIL $name: status $status (want $want), output:"
-        echo "$out" | head -20
-        fails=$((fails + 1))
-    else
-        echo "ok   $name"
-    fi
-}
+source "$(dirname "$0")/lib/check.sh"
 check "help lists subcommands" 0 "info" -- "$bin" --help
 check "info --help" 0 "--preset" -- "$bin" info --help
 check "info tiny" 0 "parameters" -- "$bin" info --preset tiny

@@ -4,21 +4,7 @@ set -uo pipefail
 bin="$1"
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
-fails=0
-check() {  # check NAME EXPECTED_STATUS PATTERN -- COMMAND...
-    local name="$1" want="$2" pattern="$3"
-    shift 4
-    local out status
-    out="$("$@" 2>&1)"
-    status=$?
-    if [ "$status" -ne "$want" ] || ! grep -qE -- "$pattern" <<<"$out"; then
-        echo "FAIL $name: status $status (want $want), output:"
-        echo "$out" | head -20
-        fails=$((fails + 1))
-    else
-        echo "ok   $name"
-    fi
-}
+source "$(dirname "$0")/lib/check.sh"
 mkdir -p "$tmp/corpus"
 printf 'first document' >"$tmp/corpus/a.txt"
 printf 'second' >"$tmp/corpus/b.txt"

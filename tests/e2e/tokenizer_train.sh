@@ -3,31 +3,13 @@
 set -uo pipefail
 bin="$1"
 data="${MSLM_DATA_DIR:-$(cd "$(dirname "$0")/../.." && pwd)/../shared/data}/tinyshakespeare.txt"
-if ! "$bin" tokenizer train --help >/dev/null 2>&1; then
-    echo "skip: this binary has no 'tokenizer train' command"
-    exit 0
-fi
 if [ ! -f "$data" ]; then
     echo "skip: $data not found"
     exit 0
 fi
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
-fails=0
-check() {  # check NAME EXPECTED_STATUS PATTERN -- COMMAND...
-    local name="$1" want="$2" pattern="$3"
-    shift 4
-    local out status
-    out="$("$@" 2>&1)"
-    status=$?
-    if [ "$status" -ne "$want" ] || ! grep -qE -- "$pattern" <<<"$out"; then
-        echo "FAIL $name: status $status (want $want), output:"
-        echo "$out" | head -20
-        fails=$((fails + 1))
-    else
-        echo "ok   $name"
-    fi
-}
+source "$(dirname "$0")/lib/check.sh"
 check "help names the options" 0 "--vocab-size" -- "$bin" tokenizer train --help
 check "trains" 0 "wrote .*tok.json: 600 tokens" -- \
     "$bin" tokenizer train --input "$data" --vocab-size 600 --special-tokens "<|endoftext|>" --out "$tmp/tok.json"

@@ -17,7 +17,7 @@
 #include "core/error.h"
 #include "core/rng.h"
 #include "data/source.h"
-#include "data/utf8.h"
+#include "core/utf8.h"
 
 using namespace mslm;
 namespace fs = std::filesystem;
@@ -561,11 +561,11 @@ TEST(DataSourceUtf8, MaximalSubpartsAsPython) {
     };
     for (const auto& [in, want] : cases) {
         std::string s = in;
-        utf8_replace_invalid(s);
+        utf8::replace_invalid(s);
         EXPECT_EQ(s, want) << "input bytes: " << testing::PrintToString(in);
-        EXPECT_EQ(utf8_first_invalid(in) == std::string::npos, in == want);
+        EXPECT_EQ(utf8::first_invalid(in) == std::string::npos, in == want);
     }
-    EXPECT_EQ(utf8_first_invalid("ok \xE2\x82\xAC then \xFF"), 12u);
+    EXPECT_EQ(utf8::first_invalid("ok \xE2\x82\xAC then \xFF"), 12u);
 }
 
 TEST(DataSourceUtf8, RandomBytesMatchPython) {
@@ -600,7 +600,7 @@ TEST(DataSourceUtf8, RandomBytesMatchPython) {
     for (; std::getline(out, line); ++i) {
         ASSERT_LT(i, inputs.size());
         std::string mine = inputs[i];
-        utf8_replace_invalid(mine);
+        utf8::replace_invalid(mine);
         std::string mine_hex;
         for (unsigned char c : mine) mine_hex += fmt::format("{:02x}", c);
         ASSERT_EQ(mine_hex, line) << "input " << i << ": " << testing::PrintToString(inputs[i]);

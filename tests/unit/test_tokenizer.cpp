@@ -17,7 +17,7 @@
 #include "tokenizer/tokenizer.h"
 #include "tokenizer/tokenizer_impl.h"
 #include "tokenizer/trainer.h"
-#include "tokenizer/utf8.h"
+#include "core/utf8.h"
 
 namespace mslm {
 namespace {

@@ -1,4 +1,5 @@
-// UTF-8 helpers with the exact replacement rules the tokenizer needs to match Python and Rust:
+// UTF-8 helpers with the exact replacement rules the tokenizer and the data sources need to match
+// Python and Rust:
 // an ill-formed sequence is replaced by one U+FFFD per maximal subpart (Unicode's recommended
 // practice, what bytes.decode('utf-8', errors='replace') and String::from_utf8_lossy do).
 #pragma once
@@ -11,8 +12,15 @@ namespace mslm::utf8 {
 
 bool is_valid(std::string_view s);
 
-// Appends `s` to `out` with every maximal ill-formed subpart replaced by U+FFFD.
-void append_lossy(std::string_view s, std::string& out);
+// Offset of the first byte of the first ill-formed sequence, or std::string_view::npos.
+size_t first_invalid(std::string_view s);
+
+// Appends `s` to `out` with every maximal ill-formed subpart replaced by U+FFFD; returns the
+// number of replacements.
+size_t append_lossy(std::string_view s, std::string& out);
+
+// In place: replaces every maximal ill-formed subpart of `s` by U+FFFD; returns the count.
+size_t replace_invalid(std::string& s);
 
 // Length of the tail of `s` that starts a well-formed sequence but stops before its end (0 when
 // `s` ends on a character boundary or with ill-formed bytes). A streaming decoder holds it back.

@@ -1,4 +1,4 @@
-#include "tokenizer/utf8.h"
+#include "core/utf8.h"
 
 #include <utf8proc.h>
 
@@ -68,8 +68,32 @@ bool is_valid(std::string_view s) {
     return true;
 }
 
-void append_lossy(std::string_view s, std::string& out) {
+size_t first_invalid(std::string_view s) {
+    size_t i = 0, n = s.size();
+    while (i < n) {
+        if (static_cast<unsigned char>(s[i]) < 0x80) {
+            ++i;
+            continue;
+        }
+        bool complete;
+        size_t len = scan_sequence(s, i, &complete);
+        if (!complete) return i;
+        i += len;
+    }
+    return std::string_view::npos;
+}
+
+size_t replace_invalid(std::string& s) {
+    if (first_invalid(s) == std::string_view::npos) return 0;
+    std::string out;
+    size_t count = append_lossy(s, out);
+    s.swap(out);
+    return count;
+}
+
+size_t append_lossy(std::string_view s, std::string& out) {
     out.reserve(out.size() + s.size());
+    size_t count = 0;
     size_t i = 0, n = s.size(), run = 0;  // [run, i) is valid and not yet copied
     while (i < n) {
         if (static_cast<unsigned char>(s[i]) < 0x80) {
@@ -84,10 +108,12 @@ void append_lossy(std::string_view s, std::string& out) {
         }
         out.append(s.data() + run, i - run);
         out.append(kReplacement);
+        ++count;
         i += len == 0 ? 1 : len;
         run = i;
     }
     out.append(s.data() + run, n - run);
+    return count;
 }
 
 size_t incomplete_suffix(std::string_view s) {
