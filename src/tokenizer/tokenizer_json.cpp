@@ -2,6 +2,7 @@
 #include <openssl/evp.h>
 
 #include <algorithm>
+#include <limits>
 
 #include "core/error.h"
 #include "tokenizer/tokenizer_impl.h"
@@ -15,6 +16,25 @@ using ordered_json = nlohmann::ordered_json;
 std::string type_of(const json& j) {
     return j.is_object() && j.contains("type") && j["type"].is_string() ? j["type"].get<std::string>()
                                                                         : j.dump();
+}
+
+// An integer field, read without undefined behaviour: nlohmann's get<int>() converts any number,
+// and an out-of-range float is UB (the fuzzer found an id of 1.9e30). Throws json::type_error so
+// the caller's handler names the file.
+template <typename I>
+I integer(const json& j) {
+    if (!j.is_number_integer())
+        throw json::type_error::create(302, "expected an integer, got " + j.dump(), &j);
+    if (j.is_number_unsigned()) {
+        const auto v = j.get<uint64_t>();
+        if (v > static_cast<uint64_t>(std::numeric_limits<I>::max()))
+            throw json::out_of_range::create(406, "integer " + j.dump() + " out of range", &j);
+        return static_cast<I>(v);
+    }
+    const auto v = j.get<int64_t>();
+    if (v < static_cast<int64_t>(std::numeric_limits<I>::min()) || v > static_cast<int64_t>(std::numeric_limits<I>::max()))
+        throw json::out_of_range::create(406, "integer " + j.dump() + " out of range", &j);
+    return static_cast<I>(v);
 }
 
 std::string escape_regex_literal(const std::string& s) {
@@ -102,8 +122,8 @@ struct Builder {
         } else if (type == "Strip") {
             d.kind = DecoderStep::Kind::Strip;
             d.content = j.at("content").get<std::string>();
-            d.start = j.at("start").get<int>();
-            d.stop = j.at("stop").get<int>();
+            d.start = integer<int>(j.at("start"));
+            d.stop = integer<int>(j.at("stop"));
         } else if (type == "Replace") {
             d.kind = DecoderStep::Kind::Replace;
             const json& pattern = j.at("pattern");
@@ -140,8 +160,8 @@ struct Builder {
             p.kind = PostProcessorStep::Kind::ByteLevel;
         } else if (type == "BertProcessing" || type == "RobertaProcessing") {
             p.kind = PostProcessorStep::Kind::Wrap;
-            p.before.push_back(j.at("cls").at(1).get<int32_t>());
-            p.after.push_back(j.at("sep").at(1).get<int32_t>());
+            p.before.push_back(integer<int32_t>(j.at("cls").at(1)));
+            p.after.push_back(integer<int32_t>(j.at("sep").at(1)));
         } else if (type == "TemplateProcessing") {
             p.kind = PostProcessorStep::Kind::Template;
             const json& specials = j.at("special_tokens");
@@ -196,7 +216,7 @@ struct Builder {
         const json& v = m.at("vocab");
         MSLM_CHECK(v.is_object(), "{}: model.vocab must be an object", source);
         vocab.reserve(v.size());
-        for (const auto& [token, id] : v.items()) vocab.emplace(token, id.get<int32_t>());
+        for (const auto& [token, id] : v.items()) vocab.emplace(token, integer<int32_t>(id));
 
         BpeModel::Merges merges;
         const json& ms = m.at("merges");
@@ -227,7 +247,7 @@ struct Builder {
         MSLM_CHECK(a.is_array(), "{}: added_tokens must be an array", source);
         for (const auto& x : a) {
             AddedToken tok;
-            tok.id = x.at("id").get<int32_t>();
+            tok.id = integer<int32_t>(x.at("id"));
             tok.content = x.at("content").get<std::string>();
             tok.single_word = x.value("single_word", false);
             tok.lstrip = x.value("lstrip", false);
