@@ -23,14 +23,18 @@ using nlohmann::json;
 
 namespace {
 
-constexpr const char* kFiles[] = {"config.json", "model.safetensors", "optimizer.safetensors", "trainer_state.json"};
+constexpr const char* kFiles[] = {"config.json", "model.safetensors", "optimizer.safetensors",
+                                  "trainer_state.json"};
 
-std::string step_dir_name(int64_t step) { return fmt::format("step_{:08d}", step); }
+std::string step_dir_name(int64_t step) {
+    return fmt::format("step_{:08d}", step);
+}
 
 // "step_<digits>" -> the step; anything else (including "step_00000100.tmp") -> nullopt.
 std::optional<int64_t> parse_step_dir(const std::string& name) {
     const std::string prefix = "step_";
-    if (name.size() <= prefix.size() || name.size() > prefix.size() + 18 || name.compare(0, prefix.size(), prefix) != 0)
+    if (name.size() <= prefix.size() || name.size() > prefix.size() + 18 ||
+        name.compare(0, prefix.size(), prefix) != 0)
         return std::nullopt;
     int64_t step = 0;
     for (size_t i = prefix.size(); i < name.size(); ++i) {
@@ -65,7 +69,9 @@ void fsync_dir(const fs::path& dir) {
     ::close(fd);
 }
 
-const char* non_finite_name(double v) { return std::isnan(v) ? "NaN" : "inf"; }
+const char* non_finite_name(double v) {
+    return std::isnan(v) ? "NaN" : "inf";
+}
 
 // The NaN/inf guard: a checkpoint that holds a non-finite value would be resumed from and poison
 // every later step, so it is refused before anything is written.
@@ -80,16 +86,18 @@ void check_finite(int64_t step, const CheckpointContents& c) {
     }
     std::set<std::string> names;
     for (const auto& [name, t] : c.optimizer) {
-        MSLM_CHECK(names.insert(name).second, "checkpoint at step {}: optimizer tensor '{}' given twice", step, name);
-        MSLM_CHECK(t.device() == Device::CPU, "checkpoint at step {}: optimizer tensor '{}' is not on the CPU", step,
-                   name);
+        MSLM_CHECK(names.insert(name).second, "checkpoint at step {}: optimizer tensor '{}' given twice",
+                   step, name);
+        MSLM_CHECK(t.device() == Device::CPU,
+                   "checkpoint at step {}: optimizer tensor '{}' is not on the CPU", step, name);
         DType d = t.dtype();
         if (d != DType::F32 && d != DType::F64 && d != DType::BF16 && d != DType::F16) continue;
         Tensor f = d == DType::F32 ? t.contiguous() : t.to(DType::F32);
         const float* v = f.data<float>();
         for (int64_t i = 0; i < f.numel(); ++i)
             if (!std::isfinite(v[i]))
-                fail("checkpoint at step {}: optimizer tensor '{}' holds {}", step, name, non_finite_name(v[i]));
+                fail("checkpoint at step {}: optimizer tensor '{}' holds {}", step, name,
+                     non_finite_name(v[i]));
     }
 }
 
@@ -152,11 +160,12 @@ std::string save_checkpoint(const std::string& run_dir, int64_t step, const Chec
     MSLM_CHECK(contents.model != nullptr, "checkpoint at step {}: no model given", step);
     MSLM_CHECK(step >= 0, "checkpoint: step {} is negative", step);
     MSLM_CHECK(keep_last >= 1, "checkpoint: keep_last must be at least 1, got {}", keep_last);
-    MSLM_CHECK(contents.trainer_state.is_object(), "checkpoint at step {}: trainer_state must be a JSON object",
-               step);
+    MSLM_CHECK(contents.trainer_state.is_object(),
+               "checkpoint at step {}: trainer_state must be a JSON object", step);
     if (contents.trainer_state.contains("step"))
         MSLM_CHECK(contents.trainer_state["step"] == step,
-                   "checkpoint at step {}: trainer_state says step {}", step, contents.trainer_state["step"].dump());
+                   "checkpoint at step {}: trainer_state says step {}", step,
+                   contents.trainer_state["step"].dump());
     check_finite(step, contents);
 
     const fs::path root = fs::path(run_dir) / "checkpoints";
@@ -198,7 +207,8 @@ std::string save_checkpoint(const std::string& run_dir, int64_t step, const Chec
 }
 
 std::optional<std::string> latest_checkpoint(const std::string& run_dir, std::vector<std::string>* skipped) {
-    std::vector<std::pair<int64_t, fs::path>> all = complete_checkpoints(fs::path(run_dir) / "checkpoints", skipped);
+    std::vector<std::pair<int64_t, fs::path>> all =
+        complete_checkpoints(fs::path(run_dir) / "checkpoints", skipped);
     if (all.empty()) return std::nullopt;
     return all.back().second.string();
 }
@@ -226,8 +236,8 @@ LoadedCheckpoint load_checkpoint(const std::string& dir) {
                "{}: expected an object with an integer \"step\"", state_path.string());
     int64_t step = state["step"].get<int64_t>();
     std::optional<int64_t> dir_step = parse_step_dir(d.filename().string());
-    MSLM_CHECK(!dir_step || *dir_step == step, "{}: says step {} but the directory is {}", state_path.string(), step,
-               d.filename().string());
+    MSLM_CHECK(!dir_step || *dir_step == step, "{}: says step {} but the directory is {}",
+               state_path.string(), step, d.filename().string());
 
     std::unique_ptr<HybridLM<float>> model = load_model<float>(dir);
     SafetensorsFile optimizer = SafetensorsFile::open((d / "optimizer.safetensors").string());

@@ -13,12 +13,11 @@
 #pragma once
 #include <cstdint>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
 #include <utility>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "core/safetensors.h"
 #include "core/tensor.h"
@@ -29,7 +28,8 @@ namespace mslm {
 struct CheckpointContents {
     const HybridLM<float>* model = nullptr;
     std::vector<std::pair<std::string, Tensor>> optimizer;  // CPU tensors, names unique
-    nlohmann::json trainer_state = nlohmann::json::object();  // an object; its "step", if any, must equal step
+    nlohmann::json trainer_state =
+        nlohmann::json::object();  // an object; its "step", if any, must equal step
 };
 
 // Writes <run_dir>/checkpoints/step_%08d/ atomically and returns its path. Then deletes the
@@ -44,7 +44,8 @@ std::string save_checkpoint(const std::string& run_dir, int64_t step, const Chec
 // that are not complete (a *.tmp left by a crash, or a step directory missing one of its files) are
 // skipped and, when `skipped` is given, appended to it so the caller can report them; nothing is
 // deleted here.
-std::optional<std::string> latest_checkpoint(const std::string& run_dir, std::vector<std::string>* skipped = nullptr);
+std::optional<std::string> latest_checkpoint(const std::string& run_dir,
+                                             std::vector<std::string>* skipped = nullptr);
 
 struct LoadedCheckpoint {
     std::unique_ptr<HybridLM<float>> model;

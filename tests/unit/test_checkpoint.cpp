@@ -1,5 +1,4 @@
 #include <gtest/gtest.h>
-
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -35,6 +34,7 @@ ModelConfig small_config() {
     c.mamba.chunk_size = 4;
     c.attention.n_heads = 4;
     c.attention.n_kv_heads = 2;
+    c.attention.rotary_dim = 2;
     c.mlp = {MlpKind::SwiGLU, 10, false};
     c.max_seq_len = 32;
     return c;
@@ -49,7 +49,8 @@ std::string fresh_dir(const std::string& name) {
 std::vector<float> snapshot(const HybridLM<float>& model) {
     std::vector<float> out;
     const Parameters<float>& p = model.params();
-    for (size_t i = 0; i < p.specs().size(); ++i) out.insert(out.end(), p.value(i), p.value(i) + p.specs()[i].numel);
+    for (size_t i = 0; i < p.specs().size(); ++i)
+        out.insert(out.end(), p.value(i), p.value(i) + p.specs()[i].numel);
     return out;
 }
 
@@ -69,7 +70,8 @@ std::vector<std::pair<std::string, Tensor>> optimizer_state(int64_t n, float sca
             {"adamw.count", Tensor::from_vector(std::vector<int64_t>{42}, {1})}};
 }
 
-void expect_optimizer_equal(const SafetensorsFile& file, const std::vector<std::pair<std::string, Tensor>>& want) {
+void expect_optimizer_equal(const SafetensorsFile& file,
+                            const std::vector<std::pair<std::string, Tensor>>& want) {
     ASSERT_EQ(file.names().size(), want.size());
     for (const auto& [name, t] : want) {
         ASSERT_TRUE(file.contains(name)) << name;
@@ -129,9 +131,11 @@ TEST(Checkpoint, KeepLastDeletesTheOldest) {
     HybridLM<float> model(small_config());
     model.init(4);
     fs::create_directories(run + "/checkpoints/step_00000001.tmp");  // a crash leftover: not ours to delete
-    for (int64_t step : {100, 200, 300, 400}) save_checkpoint(run, step, {&model, {}, trainer_state(step)}, 2);
+    for (int64_t step : {100, 200, 300, 400})
+        save_checkpoint(run, step, {&model, {}, trainer_state(step)}, 2);
     std::vector<std::string> names;
-    for (const auto& e : fs::directory_iterator(run + "/checkpoints")) names.push_back(e.path().filename().string());
+    for (const auto& e : fs::directory_iterator(run + "/checkpoints"))
+        names.push_back(e.path().filename().string());
     std::sort(names.begin(), names.end());
     EXPECT_EQ(names, (std::vector<std::string>{"step_00000001.tmp", "step_00000300", "step_00000400"}));
 
@@ -160,7 +164,7 @@ TEST(Checkpoint, LatestSkipsTmpAndIncompleteDirectories) {
     EXPECT_EQ(latest_checkpoint(run, &skipped), good);
     std::sort(skipped.begin(), skipped.end());
     EXPECT_EQ(skipped, (std::vector<std::string>{run + "/checkpoints/step_00000030",
-                                                  run + "/checkpoints/step_00000040.tmp"}));
+                                                 run + "/checkpoints/step_00000040.tmp"}));
     EXPECT_TRUE(fs::exists(run + "/checkpoints/step_00000040.tmp"));  // reported, not deleted
 }
 
@@ -276,7 +280,8 @@ TEST(Checkpoint, KillDuringWriteNeverLeavesAWrongCheckpoint) {
     const std::string calib = fresh_dir("kill_calibration");
     auto t0 = std::chrono::steady_clock::now();
     int status = write_in_child(calib, -1);
-    double write_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+    double write_ms =
+        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
     ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "the child could not write a checkpoint";
     fs::remove_all(calib);
     EXPECT_GE(write_ms, 50.0) << "the write is too quick for the kills to land inside it";
