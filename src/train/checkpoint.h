@@ -28,8 +28,8 @@ namespace mslm {
 struct CheckpointContents {
     const HybridLM<float>* model = nullptr;
     std::vector<std::pair<std::string, Tensor>> optimizer;  // CPU tensors, names unique
-    nlohmann::json trainer_state =
-        nlohmann::json::object();  // an object; its "step", if any, must equal step
+    // An object (rng, loader position, config, metrics, ...); its "step", if any, must equal step.
+    nlohmann::json trainer_state = nlohmann::json::object();
 };
 
 // Writes <run_dir>/checkpoints/step_%08d/ atomically and returns its path. Then deletes the
