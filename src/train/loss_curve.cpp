@@ -72,9 +72,8 @@ std::string escape_xml(const std::string& s) {
 std::string tick_label(double v, double spacing) {
     if (std::abs(v) >= 1e15 || spacing >= 1e15) return fmt::format("{:.6g}", v);
     const int decimals = spacing >= 1 ? 0 : static_cast<int>(std::ceil(-std::log10(spacing) - 1e-9));
-    std::string s = fmt::format("{:.{}f}", v, std::min(decimals, 15));
-    if (s == "-0" || s.find_first_not_of("-0.") == std::string::npos) s = "0";
-    return s;
+    const std::string s = fmt::format("{:.{}f}", v, std::min(decimals, 15));
+    return s.find_first_not_of("-0.") == std::string::npos ? std::string("0") : s;  // never "-0.00"
 }
 
 struct Axis {

@@ -83,7 +83,8 @@ MetricsLog::~MetricsLog() {
 void MetricsLog::write(const nlohmann::json& record) {
     MSLM_CHECK(record.is_object(), "{}: a metrics record must be a JSON object", path_);
     const auto type = record.find("type");
-    MSLM_CHECK(type != record.end() && type->is_string() && (*type == "train" || *type == "eval"),
+    const std::string type_name = type != record.end() && type->is_string() ? type->get<std::string>() : "";
+    MSLM_CHECK(type_name == "train" || type_name == "eval",
                "{}: a metrics record needs \"type\": \"train\" or \"eval\"", path_);
     const auto step = record.find("step");
     MSLM_CHECK(step != record.end() && step->is_number_integer(),
