@@ -28,8 +28,8 @@ std::vector<int32_t> read_bytes(const std::string& path) {
 }
 
 // Fills ids/targets (B, T) with random windows of `tokens` (targets = ids shifted by one).
-void sample_batch(Rng& rng, const std::vector<int32_t>& tokens, size_t begin, size_t end, int64_t B, int64_t Tn,
-                  std::vector<int32_t>& ids, std::vector<int32_t>& targets) {
+void sample_batch(Rng& rng, const std::vector<int32_t>& tokens, size_t begin, size_t end, int64_t B,
+                  int64_t Tn, std::vector<int32_t>& ids, std::vector<int32_t>& targets) {
     ids.resize(B * Tn);
     targets.resize(B * Tn);
     for (int64_t b = 0; b < B; ++b) {
@@ -46,7 +46,8 @@ void sample_batch(Rng& rng, const std::vector<int32_t>& tokens, size_t begin, si
 QuickstartResult run_quickstart(const QuickstartOptions& opt) {
     std::vector<int32_t> tokens = read_bytes(opt.data);
     const size_t split = tokens.size() * 9 / 10;  // last 10% held out
-    MSLM_CHECK(split > static_cast<size_t>(opt.seq_len) * 4 && tokens.size() - split > static_cast<size_t>(opt.seq_len) * 4,
+    MSLM_CHECK(split > static_cast<size_t>(opt.seq_len) * 4 &&
+                   tokens.size() - split > static_cast<size_t>(opt.seq_len) * 4,
                "{}: {} bytes is too short for sequences of {}", opt.data, tokens.size(), opt.seq_len);
 
     ModelConfig cfg = preset(opt.preset);
@@ -73,8 +74,8 @@ QuickstartResult run_quickstart(const QuickstartOptions& opt) {
 
     QuickstartResult res{};
     res.val_before = held_out_loss();
-    fmt::print("quickstart: held-out loss before training {:.4f} (uniform over bytes: {:.4f})\n", res.val_before,
-               std::log(256.0));
+    fmt::print("quickstart: held-out loss before training {:.4f} (uniform over bytes: {:.4f})\n",
+               res.val_before, std::log(256.0));
     Rng rng(opt.seed + 1);
     auto& params = model.params();
     auto start = std::chrono::steady_clock::now();
@@ -96,8 +97,8 @@ QuickstartResult run_quickstart(const QuickstartOptions& opt) {
             double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
             double tps = static_cast<double>(step * opt.batch * opt.seq_len) / secs;
             double eta = secs / static_cast<double>(step) * static_cast<double>(opt.steps - step);
-            fmt::print("step {:>5}/{}  loss {:.4f}  grad norm {:.3f}  {:.0f} tok/s  ETA {:.0f}s\n", step, opt.steps,
-                       loss, norm, tps, eta);
+            fmt::print("step {:>5}/{}  loss {:.4f}  grad norm {:.3f}  {:.0f} tok/s  ETA {:.0f}s\n", step,
+                       opt.steps, loss, norm, tps, eta);
             std::fflush(stdout);
             res.tokens_per_second = tps;
         }
