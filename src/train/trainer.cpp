@@ -1,0 +1,376 @@
+#include "train/trainer.h"
+
+#include <fmt/format.h>
+
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <limits>
+#include <numbers>
+
+#include "core/error.h"
+#include "data/manifest.h"
+#include "model/config.h"
+#include "model/model_io.h"
+#include "train/checkpoint.h"
+#include "train/loss_curve.h"
+#include "train/metrics.h"
+
+namespace mslm {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+// ---------------------------------------------------------------------------------------------
+// TrainConfig
+
+LrSchedule TrainConfig::schedule() const {
+    LrSchedule s;
+    s.kind = LrSchedule::parse_kind(lr_schedule);
+    s.lr = lr;
+    s.min_lr = min_lr;
+    s.warmup = warmup;
+    s.total = steps;
+    s.decay = decay;
+    return s;
+}
+
+void TrainConfig::validate() const {
+    const int sources = !model_preset.empty() + !model_config.empty() + !init_from.empty();
+    MSLM_CHECK(sources == 1, "train config: give exactly one of model.preset, model.config and model.init_from "
+               "({} given)", sources);
+    MSLM_CHECK(model_vocab_size >= 0, "train config: model.vocab_size must be >= 0");
+    MSLM_CHECK(init_from.empty() || model_vocab_size == 0,
+               "train config: model.vocab_size cannot override the vocabulary of model.init_from weights");
+    MSLM_CHECK(!data.empty(), "train config: data (a `data prepare` output directory) is required");
+    MSLM_CHECK(!run_dir.empty(), "train config: run_dir is required");
+    MSLM_CHECK(batch_size > 0, "train config: batch_size must be > 0 (got {})", batch_size);
+    MSLM_CHECK(seq_len > 0, "train config: seq_len must be > 0 (got {})", seq_len);
+    MSLM_CHECK(grad_accum > 0, "train config: grad_accum must be > 0 (got {})", grad_accum);
+    MSLM_CHECK(steps > 0, "train config: steps must be > 0 (got {})", steps);
+    MSLM_CHECK(grad_clip >= 0, "train config: grad_clip must be >= 0 (got {})", grad_clip);
+    MSLM_CHECK(eval_every >= 0 && eval_batches > 0 && log_every > 0 && checkpoint_every >= 0,
+               "train config: eval_every and checkpoint_every must be >= 0, eval_batches and log_every > 0");
+    MSLM_CHECK(keep_last > 0, "train config: keep_last must be > 0 (got {})", keep_last);
+    MSLM_CHECK(nan_policy == "skip" || nan_policy == "stop",
+               "train config: nan_policy must be \"skip\" or \"stop\" (got \"{}\")", nan_policy);
+    schedule().validate();
+}
+
+json train_config_to_json(const TrainConfig& c) {
+    return {
+        {"model", {{"preset", c.model_preset}, {"config", c.model_config}, {"init_from", c.init_from},
+                   {"vocab_size", c.model_vocab_size}}},
+        {"data", c.data},
+        {"run_dir", c.run_dir},
+        {"batch_size", c.batch_size},
+        {"seq_len", c.seq_len},
+        {"grad_accum", c.grad_accum},
+        {"steps", c.steps},
+        {"lr_schedule", c.lr_schedule},
+        {"lr", c.lr},
+        {"min_lr", c.min_lr},
+        {"warmup", c.warmup},
+        {"decay", c.decay},
+        {"weight_decay", c.weight_decay},
+        {"beta1", c.beta1},
+        {"beta2", c.beta2},
+        {"eps", c.eps},
+        {"grad_clip", c.grad_clip},
+        {"eval_every", c.eval_every},
+        {"eval_batches", c.eval_batches},
+        {"log_every", c.log_every},
+        {"checkpoint_every", c.checkpoint_every},
+        {"keep_last", c.keep_last},
+        {"seed", c.seed},
+        {"nan_policy", c.nan_policy},
+    };
+}
+
+namespace {
+
+// Every key of `given` must exist in `known` (the defaults), recursively for objects.
+void check_keys(const json& given, const json& known, const std::string& prefix, const std::string& source) {
+    MSLM_CHECK(given.is_object(), "{}: {} must be a JSON object", source, prefix.empty() ? "the config" : prefix);
+    for (auto it = given.begin(); it != given.end(); ++it) {
+        const std::string key = prefix.empty() ? it.key() : prefix + "." + it.key();
+        auto k = known.find(it.key());
+        MSLM_CHECK(k != known.end(), "{}: unknown key \"{}\"", source, key);
+        if (k->is_object()) check_keys(*it, *k, key, source);
+    }
+}
+
+template <typename V>
+void read(const json& j, const char* key, V& out, const std::string& source, const std::string& prefix = "") {
+    try {
+        out = j.at(key).get<V>();
+    } catch (const json::exception&) {
+        fail("{}: \"{}{}\" has the wrong type ({})", source, prefix, key, j.at(key).dump());
+    }
+}
+
+}  // namespace
+
+TrainConfig train_config_from_json(const json& given, const std::string& source) {
+    TrainConfig c;
+    json j = train_config_to_json(c);
+    check_keys(given, j, "", source);
+    j.merge_patch(given);
+    const json& m = j.at("model");
+    read(m, "preset", c.model_preset, source, "model.");
+    read(m, "config", c.model_config, source, "model.");
+    read(m, "init_from", c.init_from, source, "model.");
+    read(m, "vocab_size", c.model_vocab_size, source, "model.");
+    read(j, "data", c.data, source);
+    read(j, "run_dir", c.run_dir, source);
+    read(j, "batch_size", c.batch_size, source);
+    read(j, "seq_len", c.seq_len, source);
+    read(j, "grad_accum", c.grad_accum, source);
+    read(j, "steps", c.steps, source);
+    read(j, "lr_schedule", c.lr_schedule, source);
+    read(j, "lr", c.lr, source);
+    read(j, "min_lr", c.min_lr, source);
+    read(j, "warmup", c.warmup, source);
+    read(j, "decay", c.decay, source);
+    read(j, "weight_decay", c.weight_decay, source);
+    read(j, "beta1", c.beta1, source);
+    read(j, "beta2", c.beta2, source);
+    read(j, "eps", c.eps, source);
+    read(j, "grad_clip", c.grad_clip, source);
+    read(j, "eval_every", c.eval_every, source);
+    read(j, "eval_batches", c.eval_batches, source);
+    read(j, "log_every", c.log_every, source);
+    read(j, "checkpoint_every", c.checkpoint_every, source);
+    read(j, "keep_last", c.keep_last, source);
+    read(j, "seed", c.seed, source);
+    read(j, "nan_policy", c.nan_policy, source);
+    return c;
+}
+
+TrainConfig load_train_config(const std::string& path) {
+    std::ifstream in(path);
+    MSLM_CHECK(in, "{}: cannot open the train config", path);
+    json j;
+    try {
+        j = json::parse(in);
+    } catch (const json::parse_error& e) {
+        fail("{}: not valid JSON: {}", path, e.what());
+    }
+    return train_config_from_json(j, path);
+}
+
+void apply_override(TrainConfig& c, std::string_view key_value) {
+    const size_t eq = key_value.find('=');
+    MSLM_CHECK(eq != std::string_view::npos && eq > 0, "--set {}: expected key=value", key_value);
+    const std::string key(key_value.substr(0, eq));
+    const std::string text(key_value.substr(eq + 1));
+    json value = json::parse(text, nullptr, /*allow_exceptions=*/false);
+    if (value.is_discarded() || value.is_object() || value.is_array()) value = text;
+    json patch = json::object();
+    json* at = &patch;
+    size_t begin = 0;
+    for (size_t dot; (dot = key.find('.', begin)) != std::string::npos; begin = dot + 1)
+        at = &(*at)[key.substr(begin, dot - begin)];
+    (*at)[key.substr(begin)] = value;
+    json j = train_config_to_json(c);
+    check_keys(patch, j, "", fmt::format("--set {}", key_value));
+    j.merge_patch(patch);
+    c = train_config_from_json(j, fmt::format("--set {}", key_value));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Trainer
+
+namespace {
+
+bool weights_finite(const Parameters<float>& p) {
+    for (size_t i = 0; i < p.specs().size(); ++i)
+        for (int64_t k = 0; k < p.specs()[i].numel; ++k)
+            if (!std::isfinite(p.value(i)[k])) return false;
+    return true;
+}
+
+std::unique_ptr<HybridLM<float>> build_model(const TrainConfig& cfg) {
+    if (!cfg.init_from.empty()) return load_model<float>(cfg.init_from);
+    ModelConfig mc = cfg.model_preset.empty() ? load_config(cfg.model_config) : preset(cfg.model_preset);
+    if (cfg.model_vocab_size > 0) mc.vocab_size = cfg.model_vocab_size;
+    mc.validate();
+    auto model = std::make_unique<HybridLM<float>>(mc);
+    model->init(cfg.seed);
+    return model;
+}
+
+}  // namespace
+
+Trainer::Trainer(TrainConfig cfg, bool resume) : cfg_(std::move(cfg)) {
+    cfg_.validate();
+    schedule_ = cfg_.schedule();
+
+    std::optional<LoadedCheckpoint> ckpt;
+    if (resume) {
+        auto latest = latest_checkpoint(cfg_.run_dir);
+        MSLM_CHECK(latest, "train --resume: no complete checkpoint in {}", cfg_.run_dir);
+        ckpt = load_checkpoint(*latest);
+        model_ = std::move(ckpt->model);
+        resumed_ = true;
+    } else {
+        model_ = build_model(cfg_);
+    }
+
+    // Model against data, before any step.
+    const ModelConfig& mc = model_->config();
+    MSLM_CHECK(cfg_.seq_len <= mc.max_seq_len, "train: seq_len {} exceeds the model's max_seq_len {}",
+               cfg_.seq_len, mc.max_seq_len);
+    const json manifest = read_manifest(cfg_.data);
+    const int64_t data_vocab = manifest.at("tokenizer").at("vocab_size").get<int64_t>();
+    MSLM_CHECK(data_vocab <= mc.vocab_size,
+               "train: the data's tokenizer has {} tokens but the model's vocab_size is {} "
+               "(set model.vocab_size >= {})", data_vocab, mc.vocab_size, data_vocab);
+    const SplitInfo train_split = manifest_split(cfg_.data, "train");
+    const SplitInfo val_split = manifest_split(cfg_.data, "val");
+    bytes_per_token_ = val_split.bytes_per_token();
+
+    LoaderOptions lo{cfg_.batch_size, cfg_.seq_len, cfg_.seed, true, 0, 1};
+    train_ = std::make_unique<DataLoader>(DataLoader::from_manifest(cfg_.data, "train", lo));
+    MSLM_CHECK(train_->total_windows() > 0, "train: the train split of {} has {} tokens, fewer than one window "
+               "of seq_len + 1 = {}", cfg_.data, train_split.tokens, cfg_.seq_len + 1);
+    lo.shuffle = false;
+    val_ = std::make_unique<DataLoader>(DataLoader::from_manifest(cfg_.data, "val", lo));
+    MSLM_CHECK(val_->total_windows() > 0, "train: the val split of {} has {} tokens, fewer than one window "
+               "of seq_len + 1 = {}", cfg_.data, val_split.tokens, cfg_.seq_len + 1);
+
+    AdamWOptions ao;
+    ao.lr = cfg_.lr;
+    ao.beta1 = cfg_.beta1;
+    ao.beta2 = cfg_.beta2;
+    ao.eps = cfg_.eps;
+    ao.weight_decay = cfg_.weight_decay;
+    optimizer_ = std::make_unique<AdamW<float>>(model_->params(), ao);
+
+    if (ckpt) {
+        optimizer_->load_state([&](const std::string& name) { return ckpt->optimizer.get(name); });
+        const json& ts = ckpt->trainer_state;
+        train_->set_state(LoaderState::from_json(ts.at("loader")));
+        step_ = ckpt->step;
+        skipped_ = ts.value("skipped_steps", int64_t{0});
+        tokens_seen_ = ts.value("tokens_seen", int64_t{0});
+        MSLM_CHECK(step_ <= cfg_.steps, "train --resume: the checkpoint is at step {}, past steps = {}", step_,
+                   cfg_.steps);
+    }
+}
+
+Trainer::~Trainer() = default;
+
+double Trainer::evaluate() {
+    val_->reset();
+    Batch batch;
+    double sum = 0;
+    int64_t rows = 0;
+    for (int64_t i = 0; i < cfg_.eval_batches && val_->next(batch); ++i) {
+        // Weighted by rows: the last sequential batch may be short, and every target counts.
+        sum += static_cast<double>(model_->forward(batch.inputs.data(), batch.targets.data(), batch.rows,
+                                                   batch.seq_len)) * static_cast<double>(batch.rows);
+        rows += batch.rows;
+    }
+    return sum / static_cast<double>(rows);
+}
+
+std::string Trainer::checkpoint() {
+    MSLM_CHECK(weights_finite(model_->params()), "train: step {}: the weights are not finite; not checkpointing",
+               step_);
+    CheckpointContents c;
+    c.model = model_.get();
+    c.optimizer = optimizer_->state_tensors();
+    // The loader state carries the only random generator the loop draws from (the shuffle).
+    c.trainer_state = {{"step", step_},
+                       {"loader", train_->state().to_json()},
+                       {"config", train_config_to_json(cfg_)},
+                       {"tokens_seen", tokens_seen_},
+                       {"skipped_steps", skipped_}};
+    return save_checkpoint(cfg_.run_dir, step_, c, cfg_.keep_last);
+}
+
+TrainSummary Trainer::run() {
+    using Clock = std::chrono::steady_clock;
+    fs::create_directories(cfg_.run_dir);
+    MetricsLog log(cfg_.run_dir, resumed_);
+    ProgressPrinter progress(cfg_.steps);
+    Parameters<float>& params = model_->params();
+    const int64_t tokens_per_step = cfg_.batch_size * cfg_.seq_len * cfg_.grad_accum;
+    const float accum_scale = 1.0f / static_cast<float>(cfg_.grad_accum);
+
+    TrainSummary out;
+    out.val_loss = std::numeric_limits<double>::quiet_NaN();
+    Batch batch;
+    auto window_start = Clock::now();
+    int64_t window_steps = 0;
+    while (step_ < cfg_.steps) {
+        params.zero_grad();
+        // Each backward accumulates the gradient of its micro-batch's mean loss; scaling the sum
+        // by 1 / grad_accum afterwards gives the gradient of the mean over all grad_accum · B rows,
+        // as one batch that large would (every target counts, so micro-batch means weigh equally).
+        double loss = 0;
+        for (int64_t m = 0; m < cfg_.grad_accum; ++m) {
+            train_->next(batch);
+            loss += static_cast<double>(model_->forward(batch.inputs.data(), batch.targets.data(), batch.rows,
+                                                        batch.seq_len));
+            model_->backward();
+        }
+        loss /= static_cast<double>(cfg_.grad_accum);
+        if (cfg_.grad_accum > 1) {
+            float* g = params.grads();
+            for (int64_t i = 0; i < params.total(); ++i) g[i] *= accum_scale;
+        }
+        if (after_backward) after_backward(step_, params);
+
+        const double norm = cfg_.grad_clip > 0 ? clip_grad_norm(params, cfg_.grad_clip) : grad_norm(params);
+        const double lr = schedule_.lr_at(step_);
+        tokens_seen_ += tokens_per_step;
+        ++step_;
+        ++window_steps;
+        if (!std::isfinite(loss) || !std::isfinite(norm)) {
+            MSLM_CHECK(cfg_.nan_policy == "skip", "train: step {}: non-finite {} ({}); stopping (nan_policy "
+                       "\"stop\")", step_, std::isfinite(loss) ? "gradient norm" : "loss",
+                       std::isfinite(loss) ? norm : loss);
+            ++skipped_;
+            log.write({{"type", "skip"}, {"step", step_}, {"reason", std::isfinite(loss) ? "grad_norm" : "loss"}});
+            std::fprintf(stderr, "train: step %lld: non-finite %s, update skipped (%lld so far)\n",
+                         static_cast<long long>(step_), std::isfinite(loss) ? "gradient norm" : "loss",
+                         static_cast<long long>(skipped_));
+        } else {
+            optimizer_->step(params, static_cast<float>(lr));
+            out.last_loss = loss;
+        }
+
+        if (step_ % cfg_.log_every == 0 || step_ == cfg_.steps) {
+            const double seconds = std::chrono::duration<double>(Clock::now() - window_start).count();
+            const double tok_s = seconds > 0 ? static_cast<double>(window_steps * tokens_per_step) / seconds : 0.0;
+            if (std::isfinite(loss) && std::isfinite(norm)) {
+                log.write({{"type", "train"}, {"step", step_}, {"loss", loss}, {"lr", lr}, {"grad_norm", norm},
+                           {"tokens_per_s", tok_s}, {"tokens", tokens_seen_}});
+                progress.train_line(step_, loss, lr, norm, tok_s);
+            }
+            window_start = Clock::now();
+            window_steps = 0;
+        }
+        if ((cfg_.eval_every > 0 && step_ % cfg_.eval_every == 0) || step_ == cfg_.steps) {
+            const double val = evaluate();
+            const double bpb = bytes_per_token_ > 0 ? val / std::numbers::ln2 / bytes_per_token_ : 0.0;
+            log.write({{"type", "eval"}, {"step", step_}, {"loss", val}, {"ppl", std::exp(val)}, {"bpb", bpb}});
+            progress.eval_line(step_, val, std::exp(val), bpb);
+            out.val_loss = val;
+        }
+        if ((cfg_.checkpoint_every > 0 && step_ % cfg_.checkpoint_every == 0) || step_ == cfg_.steps)
+            out.checkpoint = checkpoint();
+    }
+
+    write_loss_curve_svg((fs::path(cfg_.run_dir) / "loss_curve.svg").string(),
+                         read_metric(log.path(), "train", "loss"), read_metric(log.path(), "eval", "loss"),
+                         fs::path(cfg_.run_dir).filename().string());
+    out.step = step_;
+    out.skipped_steps = skipped_;
+    return out;
+}
+
+}  // namespace mslm

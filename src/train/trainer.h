@@ -1,0 +1,99 @@
+// The training loop: a TrainConfig (JSON, with `--set key=value` overrides) names the model, the
+// prepared data and the run directory; Trainer validates everything before the first step, then
+// runs AdamW with gradient accumulation, clipping, a NaN policy, periodic eval and checkpoints,
+// and resumes bitwise from the latest checkpoint of the run directory.
+#pragma once
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <string_view>
+
+#include "data/loader.h"
+#include "model/hybrid_lm.h"
+#include "train/optimizer.h"
+#include "train/schedule.h"
+
+namespace mslm {
+
+struct TrainConfig {
+    // Model: exactly one of preset, config (a config.json or model dir) and init_from (a model dir
+    // with weights, native or HF). vocab_size > 0 overrides a preset's or config's vocabulary.
+    std::string model_preset, model_config, init_from;
+    int64_t model_vocab_size = 0;
+
+    std::string data;     // a `data prepare` output directory (manifest.json)
+    std::string run_dir;  // metrics.jsonl, checkpoints, loss_curve.svg
+
+    int64_t batch_size = 8;  // rows per micro-batch
+    int64_t seq_len = 256;
+    int64_t grad_accum = 1;  // micro-batches per step: a step sees batch_size · grad_accum rows
+    int64_t steps = 1000;
+
+    std::string lr_schedule = "cosine";  // constant | cosine | wsd
+    double lr = 3e-4, min_lr = 3e-5;
+    int64_t warmup = 0;
+    int64_t decay = 0;  // wsd: length of the final decay
+    double weight_decay = 0.1, beta1 = 0.9, beta2 = 0.95, eps = 1e-8;
+    double grad_clip = 1.0;  // global norm; 0: no clipping
+
+    int64_t eval_every = 100;  // 0: eval only at the end
+    int64_t eval_batches = 10;
+    int64_t log_every = 10;
+    int64_t checkpoint_every = 500;  // 0: only at the end
+    int keep_last = 3;
+    uint64_t seed = 0;
+    std::string nan_policy = "stop";  // skip: drop the step's update; stop: fail naming the step
+
+    LrSchedule schedule() const;
+    void validate() const;  // field-level rules; model and data checks happen in Trainer
+};
+
+nlohmann::json train_config_to_json(const TrainConfig& c);
+// Unknown keys and wrong types are errors naming the key and `source`.
+TrainConfig train_config_from_json(const nlohmann::json& j, const std::string& source);
+TrainConfig load_train_config(const std::string& path);
+// "key=value" with dotted keys for nested fields ("model.preset=tiny"); the value is read as JSON
+// when it parses (numbers, true/false), else as a string.
+void apply_override(TrainConfig& c, std::string_view key_value);
+
+struct TrainSummary {
+    int64_t step = 0;           // steps done, resumed ones included
+    int64_t skipped_steps = 0;  // non-finite steps dropped under nan_policy "skip"
+    double last_loss = 0;       // train loss of the last step
+    double val_loss = 0;        // last eval (NaN when there was none)
+    std::string checkpoint;     // the final checkpoint directory
+};
+
+class Trainer {
+public:
+    // Builds the model (or, with resume, loads the latest checkpoint of run_dir) and the loaders,
+    // and checks the model against the data; throws mslm::Error with the reason before any step.
+    Trainer(TrainConfig cfg, bool resume);
+    ~Trainer();
+
+    TrainSummary run();
+
+    HybridLM<float>& model() { return *model_; }
+    const TrainConfig& config() const { return cfg_; }
+    int64_t step() const { return step_; }
+
+    // Test hook: called after the step's backward passes, before clipping (e.g. to poison grads).
+    std::function<void(int64_t step, Parameters<float>& params)> after_backward;
+
+private:
+    double evaluate();
+    std::string checkpoint();
+
+    TrainConfig cfg_;
+    LrSchedule schedule_;
+    std::unique_ptr<HybridLM<float>> model_;
+    std::unique_ptr<AdamW<float>> optimizer_;
+    std::unique_ptr<DataLoader> train_, val_;
+    double bytes_per_token_ = 0;
+    bool resumed_ = false;
+    int64_t step_ = 0, skipped_ = 0, tokens_seen_ = 0;
+};
+
+}  // namespace mslm
