@@ -9,6 +9,8 @@ void register_info(CLI::App& app);
 void register_quickstart(CLI::App& app);
 // Adds `tokenizer` with encode/decode, and calls register_tokenizer_train for `tokenizer train`.
 void register_tokenizer(CLI::App& app);
+// `train --config FILE [--set k=v ...] [--resume]` (train.cpp).
+void register_train(CLI::App& app);
 // Adds `train` to the `tokenizer` command (tokenizer_train.cpp).
 void register_tokenizer_train(CLI::App* tokenizer_cmd);
 

@@ -19,6 +19,7 @@ int main(int argc, char** argv) {
     mslm::cli::register_info(app);
     mslm::cli::register_quickstart(app);
     mslm::cli::register_tokenizer(app);
+    mslm::cli::register_train(app);
     app.parse_complete_callback([&] {
         if (threads > 0) mslm::set_num_threads(threads);
     });
