@@ -160,6 +160,17 @@ TrainConfig load_train_config(const std::string& path) {
     return train_config_from_json(j, path);
 }
 
+namespace {
+
+// "model.preset" -> "/model/preset"
+json::json_pointer dotted_to_pointer(std::string key) {
+    for (char& ch : key)
+        if (ch == '.') ch = '/';
+    return json::json_pointer("/" + key);
+}
+
+}  // namespace
+
 void apply_override(TrainConfig& c, std::string_view key_value) {
     const size_t eq = key_value.find('=');
     MSLM_CHECK(eq != std::string_view::npos && eq > 0, "--set {}: expected key=value", key_value);
@@ -175,6 +186,7 @@ void apply_override(TrainConfig& c, std::string_view key_value) {
     (*at)[key.substr(begin)] = value;
     json j = train_config_to_json(c);
     check_keys(patch, j, "", fmt::format("--set {}", key_value));
+    if (j.at(dotted_to_pointer(key)).is_string()) (*at)[key.substr(begin)] = text;  // run_dir=123 stays text
     j.merge_patch(patch);
     c = train_config_from_json(j, fmt::format("--set {}", key_value));
 }
@@ -334,7 +346,6 @@ TrainSummary Trainer::run() {
                        "\"stop\")", step_, std::isfinite(loss) ? "gradient norm" : "loss",
                        std::isfinite(loss) ? norm : loss);
             ++skipped_;
-            log.write({{"type", "skip"}, {"step", step_}, {"reason", std::isfinite(loss) ? "grad_norm" : "loss"}});
             std::fprintf(stderr, "train: step %lld: non-finite %s, update skipped (%lld so far)\n",
                          static_cast<long long>(step_), std::isfinite(loss) ? "gradient norm" : "loss",
                          static_cast<long long>(skipped_));
@@ -348,7 +359,8 @@ TrainSummary Trainer::run() {
             const double tok_s = seconds > 0 ? static_cast<double>(window_steps * tokens_per_step) / seconds : 0.0;
             if (std::isfinite(loss) && std::isfinite(norm)) {
                 log.write({{"type", "train"}, {"step", step_}, {"loss", loss}, {"lr", lr}, {"grad_norm", norm},
-                           {"tokens_per_s", tok_s}, {"tokens", tokens_seen_}});
+                           {"tokens_per_s", tok_s}, {"tokens", tokens_seen_},
+                           {"skipped_steps", skipped_}});
                 progress.train_line(step_, loss, lr, norm, tok_s);
             }
             window_start = Clock::now();
