@@ -14,6 +14,7 @@
 #include <thread>
 #include <vector>
 
+#include "bench_util.h"
 #include "core/blas_setup.h"
 #include "core/rng.h"
 #include "core/thread_pool.h"
@@ -22,33 +23,6 @@
 #include "model/info.h"
 
 using namespace mslm;
-
-namespace {
-
-std::vector<std::string> split(const std::string& s) {
-    std::vector<std::string> out;
-    std::stringstream ss(s);
-    std::string item;
-    while (std::getline(ss, item, ',')) out.push_back(item);
-    return out;
-}
-
-// Runs fn repeatedly (after one warm-up call) until min_seconds have passed; returns seconds/call.
-template <typename Fn>
-double time_per_call(Fn&& fn, double min_seconds) {
-    fn();
-    int calls = 0;
-    auto start = std::chrono::steady_clock::now();
-    double elapsed = 0;
-    do {
-        fn();
-        ++calls;
-        elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    } while (elapsed < min_seconds);
-    return elapsed / calls;
-}
-
-}  // namespace
 
 int main(int argc, char** argv) {
     select_blas_kernels(argc, argv);
@@ -78,22 +52,22 @@ int main(int argc, char** argv) {
     fmt::print("# mamba-slm bench_model, fp32 CPU, OpenBLAS kernels: {}\n", blas_core_name());
     fmt::print("| preset | params | T | batch | threads | forward tok/s | fwd+bwd tok/s |\n");
     fmt::print("|---|---|---|---|---|---|---|\n");
-    for (const auto& name : split(presets)) {
+    for (const auto& name : bench::split_list(presets)) {
         ModelConfig cfg = preset(name);
-        for (const auto& ts : split(seq_lens)) cfg.max_seq_len = std::max<int64_t>(cfg.max_seq_len, std::stoll(ts));
+        for (const auto& ts : bench::split_list(seq_lens)) cfg.max_seq_len = std::max<int64_t>(cfg.max_seq_len, std::stoll(ts));
         HybridLM<float> model(cfg);
         model.init(0);
-        for (const auto& ts : split(seq_lens)) {
+        for (const auto& ts : bench::split_list(seq_lens)) {
             int64_t T = std::stoll(ts);
             Rng rng(1);
             std::vector<int32_t> ids(batch * T), targets(batch * T);
             for (auto& x : ids) x = static_cast<int32_t>(rng.below(cfg.vocab_size));
             for (auto& x : targets) x = static_cast<int32_t>(rng.below(cfg.vocab_size));
-            for (const auto& th : split(threads)) {
+            for (const auto& th : bench::split_list(threads)) {
                 int n = std::stoi(th);
                 set_num_threads(n > 0 ? n : static_cast<int>(std::thread::hardware_concurrency()));
-                double fwd = time_per_call([&] { model.forward(ids.data(), targets.data(), batch, T); }, min_seconds);
-                double fb = time_per_call(
+                double fwd = bench::time_per_call([&] { model.forward(ids.data(), targets.data(), batch, T); }, min_seconds);
+                double fb = bench::time_per_call(
                     [&] {
                         model.params().zero_grad();
                         model.forward(ids.data(), targets.data(), batch, T);

@@ -12,30 +12,12 @@
 #include <string>
 #include <vector>
 
+#include "bench_util.h"
 #include "core/error.h"
 #include "core/thread_pool.h"
 #include "tokenizer/tokenizer.h"
 
 using namespace mslm;
-
-namespace {
-
-// Runs fn repeatedly (after one warm-up call) until min_seconds have passed; returns seconds/call.
-template <typename Fn>
-double time_per_call(Fn&& fn, double min_seconds) {
-    fn();
-    int calls = 0;
-    auto start = std::chrono::steady_clock::now();
-    double elapsed = 0;
-    do {
-        fn();
-        ++calls;
-        elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    } while (elapsed < min_seconds);
-    return elapsed / calls;
-}
-
-}  // namespace
 
 int main(int argc, char** argv) {
     std::string text_path = "../shared/data/wikitext2-valid.txt";
@@ -77,14 +59,14 @@ int main(int argc, char** argv) {
         for (std::string path; std::getline(names, path, ',');) {
             Tokenizer tok = Tokenizer::load(path);
             size_t n_ids = 0;
-            double single = time_per_call(
+            double single = bench::time_per_call(
                 [&] {
                     std::vector<int32_t> ids;
                     for (std::string_view line : lines) tok.encode_append(line, ids);
                     n_ids = ids.size();
                 },
                 min_seconds);
-            double batch = time_per_call([&] { tok.encode_batch(lines); }, min_seconds);
+            double batch = bench::time_per_call([&] { tok.encode_batch(lines); }, min_seconds);
             std::string name = path.substr(path.find_last_of('/') + 1);
             fmt::print("| {} | mamba-slm | {:.1f} | {:.1f} | {} |\n", name, mb / single, mb / batch, n_ids);
         }

@@ -18,24 +18,14 @@
 #include "core/rng.h"
 #include "data/source.h"
 #include "core/utf8.h"
+#include "test_util.h"
 
 using namespace mslm;
 namespace fs = std::filesystem;
 
 namespace {
 
-// A fresh directory per test and process: tests of several worktrees share one /tmp.
-std::string test_dir() {
-    const auto* info = testing::UnitTest::GetInstance()->current_test_info();
-    std::string name = fmt::format("mslm_src_{}_{}_{}", info->test_suite_name(), info->name(), getpid());
-    for (char& c : name) {
-        if (c == '/') c = '_';
-    }
-    const fs::path dir = fs::path(testing::TempDir()) / name;
-    fs::remove_all(dir);
-    fs::create_directories(dir);
-    return dir.string();
-}
+std::string test_dir() { return test::fresh_test_dir("mslm_src"); }
 
 void write_file(const std::string& path, const std::string& bytes) {
     fs::create_directories(fs::path(path).parent_path());

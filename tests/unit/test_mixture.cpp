@@ -10,23 +10,14 @@
 
 #include "core/error.h"
 #include "data/mixture.h"
+#include "test_util.h"
 
 using namespace mslm;
 namespace fs = std::filesystem;
 
 namespace {
 
-std::string test_dir() {
-    const auto* info = testing::UnitTest::GetInstance()->current_test_info();
-    std::string name = fmt::format("mslm_mix_{}_{}_{}", info->test_suite_name(), info->name(), getpid());
-    for (char& c : name) {
-        if (c == '/') c = '_';
-    }
-    const fs::path dir = fs::path(testing::TempDir()) / name;
-    fs::remove_all(dir);
-    fs::create_directories(dir);
-    return dir.string();
-}
+std::string test_dir() { return test::fresh_test_dir("mslm_mix"); }
 
 // Source `label` with n line documents "label0", "label1", ...
 SourceSpec line_source(const std::string& dir, const std::string& label, int n, double weight = 1.0) {
