@@ -45,7 +45,9 @@ inline size_t scan_sequence(std::string_view s, size_t i, bool* complete) {
 
 }  // namespace
 
-bool is_valid(std::string_view s) {
+bool is_valid(std::string_view s) { return first_invalid(s) == std::string_view::npos; }
+
+size_t first_invalid(std::string_view s) {
     size_t i = 0, n = s.size();
     while (i < n) {
         // Eight ASCII bytes at a time: the common case.
@@ -56,21 +58,6 @@ bool is_valid(std::string_view s) {
             i += 8;
         }
         if (i >= n) break;
-        if (static_cast<unsigned char>(s[i]) < 0x80) {
-            ++i;
-            continue;
-        }
-        bool complete;
-        size_t len = scan_sequence(s, i, &complete);
-        if (!complete) return false;
-        i += len;
-    }
-    return true;
-}
-
-size_t first_invalid(std::string_view s) {
-    size_t i = 0, n = s.size();
-    while (i < n) {
         if (static_cast<unsigned char>(s[i]) < 0x80) {
             ++i;
             continue;
