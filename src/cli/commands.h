@@ -5,6 +5,7 @@
 namespace mslm::cli {
 
 void register_data(CLI::App& app);
+void register_generate(CLI::App& app);  // generate.cpp
 void register_info(CLI::App& app);
 void register_quickstart(CLI::App& app);
 // Adds `tokenizer` with encode/decode, and calls register_tokenizer_train for `tokenizer train`.

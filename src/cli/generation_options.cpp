@@ -1,0 +1,99 @@
+#include "cli/generation_options.h"
+
+#include <nlohmann/json.hpp>
+
+#include <csignal>
+#include <filesystem>
+
+#include "core/error.h"
+#include "model/model_io.h"
+
+namespace mslm::cli {
+
+namespace {
+
+struct FlagSpec {
+    const char* flag;
+    const char* key;  // GenerationConfig key (transformers' name)
+    const char* help;
+};
+
+constexpr FlagSpec kFlags[] = {
+    {"--max-new-tokens", "max_new_tokens", "Most tokens to generate (default 20, or generation_config.json)"},
+    {"--min-new-tokens", "min_new_tokens", "EOS is masked until this many tokens are generated"},
+    {"--max-time", "max_time", "Stop after this many seconds"},
+    {"--temperature", "temperature", "Sampling temperature"},
+    {"--top-k", "top_k", "Keep the k most likely tokens (0: all); contrastive search's candidates"},
+    {"--top-p", "top_p", "Nucleus sampling: keep the smallest set with this probability mass"},
+    {"--min-p", "min_p", "Drop tokens less likely than min_p times the most likely one"},
+    {"--typical-p", "typical_p", "Locally typical sampling mass"},
+    {"--epsilon-cutoff", "epsilon_cutoff", "Drop tokens with probability below epsilon"},
+    {"--eta-cutoff", "eta_cutoff", "Eta sampling cutoff"},
+    {"--repetition-penalty", "repetition_penalty", "CTRL repetition penalty over prompt and output (1: off)"},
+    {"--frequency-penalty", "frequency_penalty", "Subtract this times a token's count in the output"},
+    {"--presence-penalty", "presence_penalty", "Subtract this from tokens present in the output"},
+    {"--no-repeat-ngram-size", "no_repeat_ngram_size", "Never repeat an n-gram of this size"},
+    {"--bad-words-ids", "bad_words_ids", "Banned token sequences, JSON: [[12], [5, 7]]"},
+    {"--logit-bias", "logit_bias", "Additive biases, JSON: {\"12\": -5.0}"},
+    {"--eos-token-id", "eos_token_id", "End-of-sequence id(s): 2 or [2, 7]"},
+    {"--num-beams", "num_beams", "Beam search with this many beams"},
+    {"--length-penalty", "length_penalty", "Beam score = sum log p / length^penalty"},
+    {"--early-stopping", "early_stopping", "Beam search stop rule: true, false or never"},
+    {"--num-return-sequences", "num_return_sequences", "Sequences returned per prompt"},
+    {"--penalty-alpha", "penalty_alpha", "Contrastive search's degeneration penalty (with --top-k)"},
+    {"--seed", "seed", "Sampling seed (same seed, same output)"},
+};
+
+std::atomic<bool> g_interrupt{false};
+void (*g_previous)(int) = SIG_DFL;
+
+extern "C" void on_sigint(int) { g_interrupt.store(true); }
+
+}  // namespace
+
+void add_generation_flags(CLI::App* cmd, GenerationFlags& flags) {
+    for (const FlagSpec& f : kFlags) cmd->add_option(f.flag, flags.values[f.key], f.help)->group("Decoding");
+    cmd->add_flag("--sample", flags.sample, "Sample instead of greedy / beam search (do_sample)")->group("Decoding");
+    cmd->add_option("--stop", flags.stop, "Stop when the output contains this text (repeatable)")->group("Decoding");
+    cmd->add_option("--set", flags.sets, "Any generation_config key: --set key=value")->group("Decoding");
+}
+
+void apply_generation_flags(const GenerationFlags& flags, GenerationConfig& cfg) {
+    for (const auto& [key, value] : flags.values)
+        if (!value.empty()) cfg.set(key, value);
+    if (flags.sample) cfg.do_sample = true;
+    if (!flags.stop.empty()) cfg.stop_strings = flags.stop;
+    for (const std::string& kv : flags.sets) {
+        const size_t eq = kv.find('=');
+        MSLM_CHECK(eq != std::string::npos && eq > 0, "--set {}: expected key=value", kv);
+        cfg.set(kv.substr(0, eq), kv.substr(eq + 1));
+    }
+    cfg.validate();
+}
+
+LoadedGenerator load_generator(const std::string& dir, const std::string& tokenizer_path) {
+    namespace fs = std::filesystem;
+    LoadedGenerator g;
+    g.dir = dir;
+    g.model = load_model<float>(dir);
+    const std::string tok = tokenizer_path.empty() ? dir + "/tokenizer.json" : tokenizer_path;
+    if (!tokenizer_path.empty() || fs::exists(tok)) g.tokenizer = Tokenizer::load(tok);
+    const std::string gen = dir + "/generation_config.json";
+    if (fs::exists(gen)) g.config = GenerationConfig::load(gen);
+    if (g.config.eos_token_id.empty() && g.tokenizer && g.tokenizer->eot_id() >= 0)
+        g.config.eos_token_id = {g.tokenizer->eot_id()};
+    return g;
+}
+
+InterruptGuard::InterruptGuard() {
+    g_interrupt.store(false);
+    g_previous = std::signal(SIGINT, on_sigint);
+}
+
+InterruptGuard::~InterruptGuard() { std::signal(SIGINT, g_previous); }
+
+bool InterruptGuard::requested() { return g_interrupt.load(); }
+
+void InterruptGuard::reset() { g_interrupt.store(false); }
+
+}  // namespace mslm::cli

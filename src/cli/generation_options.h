@@ -1,0 +1,52 @@
+// What `generate` and `chat` share: loading a model directory (weights, tokenizer,
+// generation_config.json) and the decoding flags, each one a GenerationConfig key.
+#pragma once
+#include <CLI/CLI.hpp>
+
+#include <atomic>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "generate/config.h"
+#include "generate/generate.h"
+#include "model/hybrid_lm.h"
+#include "tokenizer/tokenizer.h"
+
+namespace mslm::cli {
+
+struct GenerationFlags {
+    std::map<std::string, std::string> values;  // config key -> flag value, for the flags given
+    std::vector<std::string> stop;              // --stop, repeatable
+    std::vector<std::string> sets;              // --set key=value
+    bool sample = false;
+};
+
+// Adds --max-new-tokens, --temperature, ..., --num-beams, --stop, --sample and --set to cmd.
+void add_generation_flags(CLI::App* cmd, GenerationFlags& flags);
+// Applies the flags that were given to cfg (through GenerationConfig::set), then validates.
+void apply_generation_flags(const GenerationFlags& flags, GenerationConfig& cfg);
+
+struct LoadedGenerator {
+    std::unique_ptr<HybridLM<float>> model;
+    std::optional<Tokenizer> tokenizer;
+    GenerationConfig config;  // the model's generation_config.json, or transformers' defaults
+    std::string dir;
+};
+
+// Loads DIR's model, its tokenizer.json (or tokenizer_path when given) and generation_config.json.
+LoadedGenerator load_generator(const std::string& dir, const std::string& tokenizer_path);
+
+// Ctrl-C while generating: the first press sets the flag (the reply stops at the next token); the
+// handler is installed for the lifetime of the guard.
+class InterruptGuard {
+public:
+    InterruptGuard();
+    ~InterruptGuard();
+    static bool requested();
+    static void reset();
+};
+
+}  // namespace mslm::cli

@@ -1,0 +1,38 @@
+#include "generate/lm.h"
+
+#include <algorithm>
+
+#include "core/error.h"
+
+namespace mslm {
+
+void HybridCausalLM::start(int64_t slots, int64_t max_len) {
+    if (!state_ || state_->slots() != slots || state_->max_len() != max_len) {
+        state_ = std::make_unique<InferenceState<float>>(model_.config(), slots, max_len);
+    } else {
+        state_->clear();
+    }
+}
+
+void HybridCausalLM::prefill(int64_t slot, std::span<const int32_t> ids, float* logits, float* hidden) {
+    MSLM_CHECK(state_, "prefill before start");
+    MSLM_CHECK(!ids.empty(), "prefill: empty prompt");
+    const auto n = static_cast<int64_t>(ids.size());
+    const int64_t V = vocab_size();
+    if (!hidden) {
+        model_.prefill(*state_, slot, ids.data(), n, logits, nullptr, false);
+        return;
+    }
+    all_logits_.resize(static_cast<size_t>(n * V));
+    model_.prefill(*state_, slot, ids.data(), n, all_logits_.data(), hidden, true);
+    std::copy_n(all_logits_.data() + (n - 1) * V, V, logits);
+}
+
+void HybridCausalLM::step(std::span<const int64_t> slots, std::span<const int32_t> tokens, float* logits,
+                          float* hidden) {
+    MSLM_CHECK(state_, "step before start");
+    MSLM_CHECK(slots.size() == tokens.size(), "step: {} slots but {} tokens", slots.size(), tokens.size());
+    model_.decode(*state_, slots.data(), tokens.data(), static_cast<int64_t>(slots.size()), logits, hidden);
+}
+
+}  // namespace mslm

@@ -1,0 +1,54 @@
+// What a decoding strategy needs from a language model: a batch of sequence slots that it fills
+// with prompts, advances one token per slot, reorders (beam search) and copies (forks). Keeping
+// the strategies behind this interface lets tests drive them with small exact models.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <vector>
+
+#include "model/hybrid_lm.h"
+#include "model/inference.h"
+
+namespace mslm {
+
+class CausalLM {
+public:
+    virtual ~CausalLM() = default;
+    virtual int64_t vocab_size() const = 0;
+    virtual int64_t hidden_size() const = 0;
+    virtual int64_t max_seq_len() const = 0;
+    // Room for `slots` empty sequences of at most max_len tokens each; earlier state is dropped.
+    virtual void start(int64_t slots, int64_t max_len) = 0;
+    // Feeds ids to `slot`, continuing its sequence. logits: (V) of the last position. hidden:
+    // (n, D) final hidden states of every fed position, or null when not needed.
+    virtual void prefill(int64_t slot, std::span<const int32_t> ids, float* logits, float* hidden) = 0;
+    // One token for each listed slot. logits (k, V); hidden (k, D) or null.
+    virtual void step(std::span<const int64_t> slots, std::span<const int32_t> tokens, float* logits,
+                      float* hidden) = 0;
+    // Slot i takes what slot src[i] held (src.size() == slots; repeats allowed).
+    virtual void reorder(std::span<const int64_t> src) = 0;
+    virtual void copy(int64_t src_slot, int64_t dst_slot) = 0;
+};
+
+// CausalLM over a HybridLM<float> and its InferenceState.
+class HybridCausalLM : public CausalLM {
+public:
+    explicit HybridCausalLM(HybridLM<float>& model) : model_(model) {}
+    int64_t vocab_size() const override { return model_.config().vocab_size; }
+    int64_t hidden_size() const override { return model_.config().d_model; }
+    int64_t max_seq_len() const override { return model_.config().max_seq_len; }
+    void start(int64_t slots, int64_t max_len) override;
+    void prefill(int64_t slot, std::span<const int32_t> ids, float* logits, float* hidden) override;
+    void step(std::span<const int64_t> slots, std::span<const int32_t> tokens, float* logits,
+              float* hidden) override;
+    void reorder(std::span<const int64_t> src) override { state_->reorder(src); }
+    void copy(int64_t src_slot, int64_t dst_slot) override { state_->copy(src_slot, dst_slot); }
+
+private:
+    HybridLM<float>& model_;
+    std::unique_ptr<InferenceState<float>> state_;
+    std::vector<float> all_logits_;  // (n, V) scratch when every position's hidden state is asked for
+};
+
+}  // namespace mslm
