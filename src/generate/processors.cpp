@@ -1,6 +1,7 @@
 #include "generate/processors.h"
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <limits>
 #include <map>
@@ -20,33 +21,76 @@ float max_logit(std::span<const float> logits) {
     return m;
 }
 
+// log Σ exp(x − m) over the unfiltered logits (−inf ones add 0; skipping them keeps the warpers
+// after top_k cheap).
+double log_sum_exp_shifted(std::span<const float> logits, double m) {
+    double sum = 0;
+    for (float x : logits) {
+        if (x > kNegInf) sum += std::exp(x - m);
+    }
+    return std::log(sum);
+}
+
 // log softmax in double; −inf stays −inf. A row that is all −inf has no distribution: all −inf.
 std::vector<double> log_softmax(std::span<const float> logits) {
     const double m = max_logit(logits);
     std::vector<double> out(logits.size(), -std::numeric_limits<double>::infinity());
     if (m == -std::numeric_limits<double>::infinity()) return out;
-    double sum = 0;
-    for (float x : logits) sum += std::exp(x - m);
-    const double log_sum = std::log(sum);
-    for (size_t i = 0; i < logits.size(); ++i) out[i] = logits[i] - m - log_sum;
+    const double log_sum = log_sum_exp_shifted(logits, m);
+    for (size_t i = 0; i < logits.size(); ++i) {
+        if (logits[i] > kNegInf) out[i] = logits[i] - m - log_sum;
+    }
     return out;
 }
 
 // The k-th largest logit (1-based; k is clamped to [1, size]).
 float kth_largest(std::span<const float> logits, int64_t k) {
     k = std::clamp<int64_t>(k, 1, static_cast<int64_t>(logits.size()));
+    if (k * 16 <= static_cast<int64_t>(logits.size())) {  // a heap of k: one compare for most logits
+        std::vector<float> top(static_cast<size_t>(k));
+        std::partial_sort_copy(logits.begin(), logits.end(), top.begin(), top.end(), std::greater<float>());
+        return top.back();
+    }
     std::vector<float> v(logits.begin(), logits.end());
     std::nth_element(v.begin(), v.begin() + (k - 1), v.end(), std::greater<float>());
     return v[k - 1];
 }
 
-// Token ids ordered by ascending key, ties in id order.
-template <typename Less>
-std::vector<int32_t> ascending_order(size_t n, Less less) {
-    std::vector<int32_t> order(n);
-    std::iota(order.begin(), order.end(), 0);
-    std::stable_sort(order.begin(), order.end(), less);
-    return order;
+// The tokens not yet filtered (finite logit). Filtered tokens have probability 0: they come first
+// in transformers' ascending order of top_p and last in typical_p's, and change neither the
+// cumulative sums nor the result, so the warpers leave them out.
+std::vector<int32_t> unfiltered(std::span<const float> logits) {
+    std::vector<int32_t> ids;
+    for (size_t i = 0; i < logits.size(); ++i) {
+        if (logits[i] > kNegInf) ids.push_back(static_cast<int32_t>(i));
+    }
+    return ids;
+}
+
+// A float's bits as an unsigned integer with the same order (−0 counts as +0).
+uint32_t ordered_bits(float x) {
+    const uint32_t u = std::bit_cast<uint32_t>(x + 0.0f);
+    return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+
+// Calls visit(j, ids[j]) for j = 0, 1, ... with ids in the order `before` (a strict total order)
+// until visit returns false. Only the visited part is sorted, in chunks of doubling size, so a walk
+// that stops after m tokens costs O(n log m) rather than a full sort (a chunk of at least half of
+// what is left sorts the rest). On return ids holds the visited tokens in order, then the others.
+template <typename T, typename Before, typename Visit>
+void walk_sorted(std::vector<T>& ids, Before before, Visit visit) {
+    for (size_t begin = 0, chunk = 64; begin < ids.size(); begin += chunk, chunk *= 2) {
+        if (2 * chunk >= ids.size() - begin) chunk = ids.size() - begin;
+        const size_t end = begin + chunk;
+        if (end == ids.size()) {
+            std::sort(ids.begin() + begin, ids.end(), before);
+        } else {
+            std::partial_sort(ids.begin() + begin, ids.begin() + end, ids.end(), before);
+        }
+        for (size_t j = begin; j < end; ++j) {
+            if (!visit(j, ids[j])) return;
+        }
+    }
 }
 
 // Epsilon and eta sampling: remove p < cutoff, except the min_tokens_to_keep largest logits (and
@@ -62,8 +106,14 @@ void remove_below(std::span<float> logits, const std::vector<double>& p, double 
 }  // namespace
 
 std::vector<double> softmax(std::span<const float> logits) {
-    std::vector<double> p = log_softmax(logits);
-    for (double& x : p) x = std::exp(x);
+    const double m = max_logit(logits);
+    std::vector<double> p(logits.size(), 0.0);
+    if (m == -std::numeric_limits<double>::infinity()) return p;
+    double sum = 0;
+    for (size_t i = 0; i < logits.size(); ++i) {
+        if (logits[i] > kNegInf) sum += p[i] = std::exp(logits[i] - m);
+    }
+    for (double& x : p) x /= sum;
     return p;
 }
 
@@ -81,16 +131,25 @@ void apply_top_k(std::span<float> logits, int64_t top_k, int64_t min_tokens_to_k
 
 void apply_top_p(std::span<float> logits, double top_p, int64_t min_tokens_to_keep) {
     const std::vector<double> p = softmax(logits);
-    const auto order =
-        ascending_order(logits.size(), [&](int32_t a, int32_t b) { return logits[a] < logits[b]; });
-    // The cumulative sum only grows: once it passes 1 − top_p every later token stays.
-    const int64_t removable = static_cast<int64_t>(logits.size()) - min_tokens_to_keep;
-    double cum = 0;
-    for (int64_t j = 0; j < removable; ++j) {
-        cum += p[order[j]];
-        if (cum > 1 - top_p) break;
-        logits[order[j]] = kNegInf;
+    // transformers removes, in ascending order, the tokens whose cumulative probability is
+    // <= 1 − top_p. That cumulative sum is 1 − (the mass of the more likely tokens), so walking in
+    // descending order a token stays while the mass before it is < top_p, and every later one
+    // goes. Ties: the higher id first, i.e. transformers' order under a stable ascending sort.
+    // The walk sorts (logit, id) packed in one integer: no indirection in the comparisons.
+    std::vector<uint64_t> keys;
+    for (size_t i = 0; i < logits.size(); ++i) {
+        if (logits[i] > kNegInf) keys.push_back(uint64_t{ordered_bits(logits[i])} << 32 | i);
     }
+    const size_t keep = static_cast<size_t>(std::max<int64_t>(min_tokens_to_keep, 0));
+    double before = 0;
+    size_t kept = 0;
+    walk_sorted(keys, std::greater<uint64_t>(), [&](size_t j, uint64_t key) {
+        if (j >= keep && before >= top_p) return false;
+        before += p[static_cast<uint32_t>(key)];
+        kept = j + 1;
+        return true;
+    });
+    for (size_t j = kept; j < keys.size(); ++j) logits[static_cast<uint32_t>(keys[j])] = kNegInf;
 }
 
 void apply_min_p(std::span<float> logits, double min_p, int64_t min_tokens_to_keep) {
@@ -116,21 +175,30 @@ void apply_typical_p(std::span<float> logits, double mass, int64_t min_tokens_to
     for (double lp : logp) {
         if (lp > -std::numeric_limits<double>::infinity()) entropy -= lp * std::exp(lp);  // 0·log 0 = 0
     }
-    std::vector<double> shifted(logits.size());  // |−log p − H|: +inf for removed tokens
+    std::vector<double> shifted(logits.size());  // |−log p − H|
     for (size_t i = 0; i < logits.size(); ++i) shifted[i] = std::abs(-logp[i] - entropy);
-    const auto order =
-        ascending_order(logits.size(), [&](int32_t a, int32_t b) { return shifted[a] < shifted[b]; });
-    // The first position where the cumulative mass reaches `mass` (the last one if it never does).
-    size_t last = 0;
+    // Sorted by ascending shifted score, the first position where the cumulative mass reaches
+    // `mass` (the last one if it never does) sets the cutoff; the first min_tokens_to_keep stay.
+    std::vector<int32_t> ids = unfiltered(logits);
+    if (ids.empty()) return;
+    const auto more_typical = [&](int32_t a, int32_t b) {
+        return shifted[a] < shifted[b] || (shifted[a] == shifted[b] && a < b);
+    };
+    const size_t keep = static_cast<size_t>(std::max<int64_t>(min_tokens_to_keep, 0));
+    size_t last = ids.size() - 1;
+    bool reached = false;
     double cum = 0;
-    for (size_t j = 0; j < order.size(); ++j) {
-        cum += std::exp(logp[order[j]]);
-        last += cum < mass;
-    }
-    last = std::min(last, order.size() - 1);
-    const double cutoff = shifted[order[last]];
-    for (size_t j = std::max<int64_t>(min_tokens_to_keep, 0); j < order.size(); ++j) {
-        if (shifted[order[j]] > cutoff) logits[order[j]] = kNegInf;
+    walk_sorted(ids, more_typical, [&](size_t j, int32_t id) {
+        cum += std::exp(logp[id]);
+        if (!reached && cum >= mass) {
+            reached = true;
+            last = j;
+        }
+        return !reached || j + 1 < keep;
+    });
+    const double cutoff = shifted[ids[last]];
+    for (size_t j = keep; j < ids.size(); ++j) {
+        if (shifted[ids[j]] > cutoff) logits[ids[j]] = kNegInf;
     }
 }
 
@@ -362,16 +430,19 @@ int32_t sample_token(std::span<const float> logits, Rng& rng) {
     }
     const double m = max_logit(logits);
     MSLM_CHECK(m > -std::numeric_limits<double>::infinity(), "sampling: every token is filtered out");
-    // Two passes over the same exp values: no buffer, and the running sum ends exactly at total.
+    // The running sum walks the same exp values in the same order as the total, so it ends exactly
+    // at total; tokens with weight 0 are never returned.
+    std::vector<double> e(logits.size(), 0.0);
     double total = 0;
-    for (float x : logits) total += std::exp(x - m);
+    for (size_t i = 0; i < logits.size(); ++i) {
+        if (logits[i] > kNegInf) total += e[i] = std::exp(logits[i] - m);
+    }
     const double target = rng.uniform() * total;
     double acc = 0;
     int32_t last = 0;
     for (size_t i = 0; i < logits.size(); ++i) {
-        const double e = std::exp(logits[i] - m);
-        if (e == 0) continue;
-        acc += e;
+        if (e[i] == 0) continue;
+        acc += e[i];
         last = static_cast<int32_t>(i);
         if (target < acc) return last;
     }

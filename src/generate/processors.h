@@ -16,7 +16,11 @@
 // Ties: top_k, epsilon and eta keep every token tied with the k-th largest logit, as transformers
 // does. Where transformers' outcome depends on the order torch's unstable sort or topk gives to
 // tied values (top_p; min_p's and typical_p's min_tokens_to_keep), ours is that of a stable sort:
-// top_p drops the lower of two tied ids first, min_tokens_to_keep keeps the lower id first.
+// top_p drops the lower of two tied ids first (so its min_tokens_to_keep keeps the higher one);
+// min_p's and typical_p's min_tokens_to_keep keep the lower id first.
+//
+// Cost: a few O(V) passes per processor. top_p and typical_p sort only the unfiltered tokens (k of
+// them after top_k), and only as far as they keep them.
 #pragma once
 #include <cstdint>
 #include <functional>

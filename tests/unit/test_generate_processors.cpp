@@ -3,13 +3,13 @@
 // min_new_tokens, stop strings, stopping criteria, the seeded sampler and generation_config.json.
 #include <gtest/gtest.h>
 
-#include <nlohmann/json.hpp>
-
 #include <cfloat>
 #include <chrono>
 #include <cmath>
 #include <fstream>
 #include <limits>
+#include <nlohmann/json.hpp>
+#include <numeric>
 #include <set>
 #include <thread>
 
@@ -205,6 +205,65 @@ TEST(GenerateProcessors, MatchTransformersFixture) {
     EXPECT_EQ(seen, all);
     EXPECT_GT(rows_checked, 200u);
     EXPECT_GT(removed, 5000u);  // the masks are not trivially empty
+}
+
+// top_p and typical_p sort only as far as they walk (walk_sorted in processors.cpp); the fixture's
+// 96 tokens always take the full-sort path. Here large rows take the partial one, against the
+// transformers formulation with one full stable sort. The two sum the same probabilities in
+// different orders (~1e-13 apart at most); seeded rows put no decision that close to a threshold.
+TEST(GenerateProcessors, PartialSortsMatchAFullSort) {
+    auto ref_top_p = [](std::vector<float> x, double top_p, int64_t keep) {
+        const std::vector<double> p = softmax(x);
+        std::vector<int32_t> order(x.size());
+        std::iota(order.begin(), order.end(), 0);
+        std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return x[a] < x[b]; });
+        double cum = 0;
+        for (size_t j = 0; j + keep < order.size(); ++j) {
+            cum += p[order[j]];
+            if (cum <= 1 - top_p) x[order[j]] = -kInf;
+        }
+        return x;
+    };
+    auto ref_typical = [](std::vector<float> x, double mass, int64_t keep) {
+        const std::vector<double> p = softmax(x);
+        double h = 0;
+        for (double q : p) h -= q > 0 ? q * std::log(q) : 0;
+        std::vector<double> shifted(x.size());
+        for (size_t i = 0; i < x.size(); ++i) shifted[i] = std::abs(-std::log(p[i]) - h);
+        std::vector<int32_t> order(x.size());
+        std::iota(order.begin(), order.end(), 0);
+        std::stable_sort(order.begin(), order.end(),
+                         [&](int32_t a, int32_t b) { return shifted[a] < shifted[b]; });
+        size_t last = 0;
+        double cum = 0;
+        for (int32_t i : order) last += (cum += p[i]) < mass;
+        const double cutoff = shifted[order[std::min(last, order.size() - 1)]];
+        for (size_t j = keep; j < order.size(); ++j) {
+            if (shifted[order[j]] > cutoff) x[order[j]] = -kInf;
+        }
+        return x;
+    };
+    Rng rng(7);
+    size_t kept_total = 0;
+    for (double scale : {0.5, 2.0, 6.0}) {
+        std::vector<float> x(5000);
+        for (float& v : x) v = static_cast<float>(rng.normal() * scale);
+        x[17] = -kInf;  // an already filtered token
+        for (double q : {0.3, 0.9, 0.99}) {
+            for (int64_t keep : {1, 300}) {
+                std::vector<float> ours = x;
+                apply_top_p(ours, q, keep);
+                EXPECT_EQ(ours, ref_top_p(x, q, keep))
+                    << "top_p " << q << " scale " << scale << " keep " << keep;
+                std::vector<float> typical = x;
+                apply_typical_p(typical, q, keep);
+                EXPECT_EQ(typical, ref_typical(x, q, keep))
+                    << "typical " << q << " scale " << scale << " keep " << keep;
+                kept_total += std::count_if(ours.begin(), ours.end(), [](float v) { return v > -kInf; });
+            }
+        }
+    }
+    EXPECT_GT(kept_total, 10000u);  // the walks went past the first chunks
 }
 
 // Ties at the top-p boundary: torch's order is unspecified; ours drops the lower id first.
