@@ -12,6 +12,7 @@ if [ ! -x "$venv/bin/python" ]; then
     "$venv/bin/pip" install -q torch transformers safetensors numpy
 fi
 "$venv/bin/python" tests/parity/make_hf_fixtures.py
+"$venv/bin/python" tests/parity/make_processor_fixtures.py
 "$venv/bin/python" tests/parity/verify_hf_mapping.py
 if git diff --quiet -- tests/parity/fixtures; then
     echo "parity: regenerated fixtures are byte-identical to the committed ones"
@@ -20,4 +21,4 @@ else
     git diff --stat -- tests/parity/fixtures
 fi
 scripts/setup.sh cpu
-build/cpu/mslm_tests --gtest_filter='HfParity*'
+build/cpu/mslm_tests --gtest_filter='HfParity*:GenerateProcessors.MatchTransformersFixture'

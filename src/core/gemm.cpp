@@ -46,14 +46,31 @@ void split_gemm(bool ta, bool tb, int M, int N, int K, T alpha, const T* A, int 
     }
 }
 
+// A product with one row of op(A) (a decoding step at batch 1) as a GEMV: OpenBLAS's GEMM would
+// first pack all of B, doubling the memory traffic of what is a pure streaming read of B.
+// c (1, N) = alpha · a (1, K) · op(B) + beta · c, with a's elements lda apart when A is transposed.
+template <typename T, typename Gemv>
+void one_row(bool ta, bool tb, int N, int K, T alpha, const T* A, int lda, const T* B, int ldb, T beta, T* C,
+             Gemv gemv) {
+    const int inc_a = ta ? lda : 1;
+    if (tb)  // B stored (N, K): c = B · a
+        gemv(CblasRowMajor, CblasNoTrans, N, K, alpha, B, ldb, A, inc_a, beta, C, 1);
+    else  // B stored (K, N): c = Bᵀ · a
+        gemv(CblasRowMajor, CblasTrans, K, N, alpha, B, ldb, A, inc_a, beta, C, 1);
+}
+
 }  // namespace
 
 template <>
 void gemm<float>(bool ta, bool tb, int M, int N, int K, float alpha, const float* A, int lda, const float* B, int ldb,
                  float beta, float* C, int ldc) {
     split_gemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc,
-               [](bool a, bool b, int m, int n, int k, float al, const float* pa, int la, const float* pb, int lb,
-                  float be, float* pc, int lc) {
+               [](bool a, bool b, int m, int n, int k, float al, const float* pa, int la, const float* pb,
+                  int lb, float be, float* pc, int lc) {
+                   if (m == 1) {
+                       one_row(a, b, n, k, al, pa, la, pb, lb, be, pc, cblas_sgemv);
+                       return;
+                   }
                    cblas_sgemm(CblasRowMajor, a ? CblasTrans : CblasNoTrans, b ? CblasTrans : CblasNoTrans, m, n, k,
                                al, pa, la, pb, lb, be, pc, lc);
                });
@@ -63,8 +80,12 @@ template <>
 void gemm<double>(bool ta, bool tb, int M, int N, int K, double alpha, const double* A, int lda, const double* B,
                   int ldb, double beta, double* C, int ldc) {
     split_gemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc,
-               [](bool a, bool b, int m, int n, int k, double al, const double* pa, int la, const double* pb, int lb,
-                  double be, double* pc, int lc) {
+               [](bool a, bool b, int m, int n, int k, double al, const double* pa, int la, const double* pb,
+                  int lb, double be, double* pc, int lc) {
+                   if (m == 1) {
+                       one_row(a, b, n, k, al, pa, la, pb, lb, be, pc, cblas_dgemv);
+                       return;
+                   }
                    cblas_dgemm(CblasRowMajor, a ? CblasTrans : CblasNoTrans, b ? CblasTrans : CblasNoTrans, m, n, k,
                                al, pa, la, pb, lb, be, pc, lc);
                });

@@ -155,6 +155,71 @@ void HybridLM<T>::backward() {
 }
 
 template <typename T>
+template <typename MixerCall>
+void HybridLM<T>::infer_rows(int64_t rows, int64_t out_rows, T* logits, T* hidden, MixerCall&& mixer_call) {
+    const int64_t D = cfg_.d_model, V = cfg_.vocab_size;
+    inf_ln_.resize(rows * D);
+    inf_tmp_.resize(rows * D);
+    T* x = inf_x_.data();  // (rows, D) residual stream
+    for (int64_t l = 0; l < cfg_.n_layers; ++l) {
+        Layer& layer = layers_[l];
+        layer.norm.apply(inf_ln_.data(), x, rows);
+        mixer_call(*layer.mixer, inf_tmp_.data(), inf_ln_.data(), l);
+        for (int64_t i = 0; i < rows * D; ++i) x[i] += inf_tmp_[i];
+        if (layer.mlp) {
+            layer.mlp_norm.apply(inf_ln_.data(), x, rows);
+            layer.mlp->apply(inf_tmp_.data(), inf_ln_.data(), rows);
+            for (int64_t i = 0; i < rows * D; ++i) x[i] += inf_tmp_[i];
+        }
+    }
+    // Only the rows asked for go through the final norm and the (V, D) LM head.
+    T* h = hidden;
+    if (!h) {
+        inf_h_.resize(out_rows * D);
+        h = inf_h_.data();
+    }
+    final_norm_.apply(h, x + (rows - out_rows) * D, out_rows);
+    if (logits)
+        ops::linear_forward(logits, h, params_.value(lm_head_), static_cast<const T*>(nullptr), out_rows, D,
+                            V);
+}
+
+template <typename T>
+void HybridLM<T>::prefill(InferenceState<T>& st, int64_t slot, const int32_t* ids, int64_t n, T* logits,
+                          T* hidden, bool all_positions) {
+    MSLM_CHECK(slot >= 0 && slot < st.slots(), "prefill: slot {} out of range [0, {})", slot, st.slots());
+    MSLM_CHECK(n > 0, "prefill: no tokens");
+    MSLM_CHECK(st.position(slot) + n <= st.max_len(),
+               "prefill: slot {} holds {} tokens; {} more exceed the state's max_len {}", slot,
+               st.position(slot), n, st.max_len());
+    const int64_t D = cfg_.d_model;
+    inf_x_.resize(n * D);  // (n, D)
+    ops::embedding_forward(inf_x_.data(), ids, params_.value(embed_), n, cfg_.vocab_size, D);
+    infer_rows(n, all_positions ? n : 1, logits, hidden, [&](Mixer<T>& mixer, T* out, const T* x, int64_t l) {
+        mixer.prefill(out, x, n, st, l, slot);
+    });
+    st.advance(slot, n);
+}
+
+template <typename T>
+void HybridLM<T>::decode(InferenceState<T>& st, const int64_t* slots, const int32_t* tokens, int64_t k,
+                         T* logits, T* hidden) {
+    MSLM_CHECK(k > 0 && k <= st.slots(), "decode: {} slots for a state of {}", k, st.slots());
+    for (int64_t i = 0; i < k; ++i) {
+        const int64_t s = slots[i];
+        MSLM_CHECK(s >= 0 && s < st.slots(), "decode: slot {} out of range [0, {})", s, st.slots());
+        MSLM_CHECK(st.position(s) < st.max_len(), "decode: slot {} is full (max_len {})", s, st.max_len());
+        for (int64_t j = 0; j < i; ++j) MSLM_CHECK(slots[j] != s, "decode: slot {} given twice", s);
+    }
+    const int64_t D = cfg_.d_model;
+    inf_x_.resize(k * D);  // (k, D)
+    ops::embedding_forward(inf_x_.data(), tokens, params_.value(embed_), k, cfg_.vocab_size, D);
+    infer_rows(k, k, logits, hidden,
+               [&](Mixer<T>& mixer, T* out, const T* x, int64_t l) { mixer.step(out, x, k, st, l, slots); });
+    for (int64_t i = 0; i < k; ++i) st.advance(slots[i], 1);
+}
+
+template <typename T>
 std::string HybridLM<T>::summary() const {
     std::string s;
     for (size_t l = 0; l < layers_.size(); ++l) {

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "model/config.h"
+#include "model/inference.h"
 #include "nn/mixer.h"
 #include "nn/mlp.h"
 #include "nn/norm.h"
@@ -41,6 +42,18 @@ public:
     // Gradient of the last forward's loss: accumulates into params().grad(). Needs targets.
     void backward();
 
+    // Inference (DESIGN §5), in buffers of its own: the activations a forward saved for backward
+    // are left alone.
+    // Consumes ids[0..n) of one sequence into `slot` (parallel form), continuing from its state.
+    // logits: (n, V) when all_positions else (1, V) for the last token; hidden: the final-norm
+    // output, (n, D) or (1, D) likewise. Either may be null.
+    void prefill(InferenceState<T>& st, int64_t slot, const int32_t* ids, int64_t n, T* logits, T* hidden,
+                 bool all_positions = false);
+    // One token for each of k distinct slots (recurrent step). logits (k, V), hidden (k, D), either
+    // may be null.
+    void decode(InferenceState<T>& st, const int64_t* slots, const int32_t* tokens, int64_t k, T* logits,
+                T* hidden);
+
     int64_t num_params() const { return params_.total_unique(); }
     std::string summary() const;  // one line per layer
 
@@ -70,6 +83,12 @@ private:
     std::vector<T> logits_;  // (N, V)
     std::vector<T> losses_, lse_;  // (N)
     std::vector<T> tmp_, g_res_, g_ln_;
+
+    // Inference: the blocks over `rows` rows of inf_x_ (prefill: one slot; decode: k slots), then
+    // the final norm and LM head over the last `out_rows` rows.
+    template <typename MixerCall>
+    void infer_rows(int64_t rows, int64_t out_rows, T* logits, T* hidden, MixerCall&& mixer_call);
+    std::vector<T> inf_x_, inf_ln_, inf_tmp_, inf_h_;  // (rows, D)
 };
 
 }  // namespace mslm

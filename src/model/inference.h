@@ -5,6 +5,7 @@
 // different lengths. Beam search reorders slots by index; prefix reuse copies one slot to another.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <span>
 #include <vector>
 
@@ -43,9 +44,17 @@ public:
     void advance(int64_t slot, int64_t n) { pos_[slot] += n; }
 
 private:
+    // Calls fn(buffer, per-slot block size, KV row size or 0 for a recurrent state) for every
+    // buffer of every layer.
+    void for_each_block(const std::function<void(std::vector<T>&, size_t, size_t)>& fn);
+    size_t used(size_t block, size_t kv_row, int64_t slot) const;  // elements of a slot's block in use
+
     int64_t slots_, max_len_, cache_len_;
     std::vector<int64_t> pos_;
     std::vector<LayerState> layers_;
+    std::vector<T> scratch_;  // reorder's copies of source slots, kept to avoid reallocating
+    std::vector<char> needed_;
+    std::vector<int64_t> pos_scratch_;
 };
 
 }  // namespace mslm

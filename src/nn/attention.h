@@ -16,6 +16,9 @@ public:
     AttentionMixer(Parameters<T>& params, const std::string& prefix, const ModelConfig& cfg);
     void forward(T* out, const T* x, int64_t B, int64_t Tn) override;
     void backward(T* dx, const T* dout) override;
+    void prefill(T* out, const T* x, int64_t n, InferenceState<T>& st, int64_t layer, int64_t slot) override;
+    void step(T* out, const T* x, int64_t k, InferenceState<T>& st, int64_t layer,
+              const int64_t* slots) override;
     void init(InitContext& ctx) override;
     std::string describe() const override;
     static int64_t saved_per_token(const ModelConfig& cfg);
@@ -35,6 +38,9 @@ private:
     std::vector<T> o_;    // (N, Hq·Dh)
     std::vector<T> lse_;  // (B, Hq, T)
     std::vector<T> g_o_, g_qkv_;
+    // Inference buffers, apart from the saved activations.
+    std::vector<T> inf_qkv_, inf_o_, inf_lse_, inf_k_, inf_v_, inf_scores_;
+    std::vector<int64_t> inf_pos_;
 };
 
 }  // namespace mslm

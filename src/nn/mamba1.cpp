@@ -166,6 +166,101 @@ void Mamba1Mixer<T>::backward(T* dx, const T* dout) {
 }
 
 template <typename T>
+const T* Mamba1Mixer<T>::infer_dt_bc(const T* xc, int64_t rows) {
+    const int64_t R = dt_rank_, S = d_state_, W = R + 2 * S;
+    inf_xdbl_.resize(rows * W);
+    x_proj_.forward(inf_xdbl_.data(), xc, rows);  // (rows, Din) => (rows, R + 2S)
+    const T* dbc = inf_xdbl_.data();
+    if (bc_norm_) {
+        inf_dbc_.resize(rows * W);
+        inf_a_.resize(rows * std::max(R, S));
+        inf_b_.resize(rows * std::max(R, S));
+        const int64_t widths[3] = {R, S, S}, starts[3] = {0, R, R + S};
+        Norm<T>* norms[3] = {&dt_norm_, &B_norm_, &C_norm_};
+        for (int i = 0; i < 3; ++i) {
+            gather_cols(inf_a_.data(), inf_xdbl_.data(), rows, W, starts[i], widths[i]);
+            norms[i]->apply(inf_b_.data(), inf_a_.data(), rows);
+            for (int64_t n = 0; n < rows; ++n)
+                std::memcpy(inf_dbc_.data() + n * W + starts[i], inf_b_.data() + n * widths[i],
+                            sizeof(T) * widths[i]);
+        }
+        dbc = inf_dbc_.data();
+    }
+    inf_dt_.resize(rows * R);
+    inf_dt_raw_.resize(rows * d_inner_);
+    gather_cols(inf_dt_.data(), dbc, rows, W, 0, R);
+    ops::linear_forward(inf_dt_raw_.data(), inf_dt_.data(), p_->value(dt_proj_.weight_index()),
+                        static_cast<const T*>(nullptr), rows, R, d_inner_);
+    return dbc;
+}
+
+template <typename T>
+ops::SelectiveScanInputs<T> Mamba1Mixer<T>::infer_scan_inputs(const T* xc, const T* dbc) const {
+    const int64_t Din = d_inner_, R = dt_rank_, S = d_state_, W = R + 2 * S;
+    return {.u = xc,
+            .ld_u = Din,
+            .delta = inf_dt_raw_.data(),
+            .ld_delta = Din,
+            .delta_bias = p_->value(dt_proj_.bias_index()),
+            .A_log = p_->value(A_log_),
+            .Bm = dbc + R,
+            .ld_B = W,
+            .Cm = dbc + R + S,
+            .ld_C = W,
+            .D = p_->value(D_),
+            .z = inf_xz_.data() + Din,
+            .ld_z = 2 * Din};
+}
+
+template <typename T>
+void Mamba1Mixer<T>::prefill(T* out, const T* x, int64_t n, InferenceState<T>& st, int64_t layer,
+                             int64_t slot) {
+    const int64_t Din = d_inner_, S = d_state_, K = d_conv_;
+    auto& ls = st.layer(layer);
+    T* window = ls.conv.data() + slot * (K - 1) * Din;  // (K − 1, Din)
+    T* h = ls.ssm.data() + slot * Din * S;              // (Din, S)
+    inf_xz_.resize(n * 2 * Din);
+    in_proj_.forward(inf_xz_.data(), x, n);  // (n, D) => (n, 2·Din)
+
+    // The conv continues from the saved window: it runs over [window | x] (K − 1 + n rows) and the
+    // last n outputs are kept. An empty slot's window is zero, exactly the training forward's
+    // padding, so one path serves a fresh prompt and a continuation.
+    inf_window_.resize((K - 1 + n) * Din);
+    std::copy_n(window, (K - 1) * Din, inf_window_.begin());
+    gather_cols(inf_window_.data() + (K - 1) * Din, inf_xz_.data(), n, 2 * Din, 0, Din);
+    std::copy_n(inf_window_.begin() + n * Din, (K - 1) * Din, window);
+    inf_xc_.resize((K - 1 + n) * Din);
+    ops::conv1d_causal_forward(inf_xc_.data(), static_cast<T*>(nullptr), inf_window_.data(), Din,
+                               p_->value(conv_w_), conv_b_ == kNoParam ? nullptr : p_->value(conv_b_), 1,
+                               K - 1 + n, Din, K, true);
+    const T* xc = inf_xc_.data() + (K - 1) * Din;  // (n, Din)
+
+    const T* dbc = infer_dt_bc(xc, n);
+    inf_y_.resize(n * Din);
+    // The scan starts from the slot's state and leaves its final state there (in place).
+    ops::selective_scan_forward(inf_y_.data(), h, infer_scan_inputs(xc, dbc), h, ops::ScanDims{1, n, Din, S});
+    out_proj_.forward(out, inf_y_.data(), n);  // (n, Din) => (n, D)
+}
+
+template <typename T>
+void Mamba1Mixer<T>::step(T* out, const T* x, int64_t k, InferenceState<T>& st, int64_t layer,
+                          const int64_t* slots) {
+    const int64_t Din = d_inner_;
+    auto& ls = st.layer(layer);
+    inf_xz_.resize(k * 2 * Din);
+    inf_xc_.resize(k * Din);
+    inf_y_.resize(k * Din);
+    in_proj_.forward(inf_xz_.data(), x, k);  // (k, D) => (k, 2·Din)
+    ops::conv1d_causal_update(inf_xc_.data(), ls.conv.data(), slots, inf_xz_.data(), 2 * Din,
+                              p_->value(conv_w_), conv_b_ == kNoParam ? nullptr : p_->value(conv_b_), k, Din,
+                              d_conv_, true);
+    const T* dbc = infer_dt_bc(inf_xc_.data(), k);
+    ops::selective_scan_update(inf_y_.data(), ls.ssm.data(), slots, infer_scan_inputs(inf_xc_.data(), dbc), k,
+                               Din, d_state_);
+    out_proj_.forward(out, inf_y_.data(), k);  // (k, Din) => (k, D)
+}
+
+template <typename T>
 void Mamba1Mixer<T>::init(InitContext& ctx) {
     Rng& rng = ctx.rng;
     in_proj_.init_normal(rng, ctx.std);

@@ -6,6 +6,7 @@
 #include "nn/linear.h"
 #include "nn/mixer.h"
 #include "nn/norm.h"
+#include "ops/selective_scan.h"
 
 namespace mslm {
 
@@ -15,11 +16,20 @@ public:
     Mamba1Mixer(Parameters<T>& params, const std::string& prefix, const ModelConfig& cfg);
     void forward(T* out, const T* x, int64_t B, int64_t Tn) override;
     void backward(T* dx, const T* dout) override;
+    void prefill(T* out, const T* x, int64_t n, InferenceState<T>& st, int64_t layer, int64_t slot) override;
+    void step(T* out, const T* x, int64_t k, InferenceState<T>& st, int64_t layer,
+              const int64_t* slots) override;
     void init(InitContext& ctx) override;
     std::string describe() const override;
     static int64_t saved_per_token(const ModelConfig& cfg);
 
 private:
+    // Inference: x_proj → (Jamba's norms) → dt_proj without bias over `rows` rows of the conv
+    // output xc (rows, Din), into the inference buffers; returns the [dt | B | C] rows (rows, R + 2S)
+    // the scan reads.
+    const T* infer_dt_bc(const T* xc, int64_t rows);
+    ops::SelectiveScanInputs<T> infer_scan_inputs(const T* xc, const T* dbc) const;
+
     Parameters<T>* p_;
     int64_t d_model_, d_inner_, d_state_, d_conv_, dt_rank_;
     double dt_min_, dt_max_, dt_floor_;
@@ -41,6 +51,9 @@ private:
     // Backward scratch.
     std::vector<T> g_y_, g_dt_raw_, g_xdbl_, g_dbc_, g_xc_, g_xz_;
     std::vector<T> scratch_a_, scratch_b_, scratch_c_;
+    // Inference buffers (prefill: n rows, step: k rows), apart from the saved activations.
+    std::vector<T> inf_xz_, inf_window_, inf_xc_, inf_xdbl_, inf_dbc_, inf_dt_, inf_dt_raw_, inf_y_, inf_a_,
+        inf_b_;
 };
 
 }  // namespace mslm

@@ -45,13 +45,23 @@ Mamba2Mixer<T>::Mamba2Mixer(Parameters<T>& params, const std::string& prefix, co
 
 template <typename T>
 ops::SsdInputs<T> Mamba2Mixer<T>::ssd_inputs() const {
+    return ssd_inputs(zxbcdt_.data(), xbc_.data());
+}
+
+template <typename T>
+ops::SsdInputs<T> Mamba2Mixer<T>::ssd_inputs(const T* zxbcdt, const T* xbc) const {
     // The scan reads x, B, C from the conv output [x | B | C] and dt from the tail of in_proj's.
     const int64_t Din = d_inner_, GS = n_groups_ * d_state_, W = proj_width(), C = conv_dim();
-    ops::SsdInputs<T> in{xbc_.data(),       C, zxbcdt_.data() + Din + C, W, p_->value(dt_bias_), p_->value(A_log_),
-                         xbc_.data() + Din, C, xbc_.data() + Din + GS,   C, p_->value(D_)};
+    ops::SsdInputs<T> in{xbc,       C, zxbcdt + Din + C, W, p_->value(dt_bias_), p_->value(A_log_),
+                         xbc + Din, C, xbc + Din + GS,   C, p_->value(D_)};
     in.dt_min = dt_limit_min_;
     in.dt_max = dt_limit_max_;
     return in;
+}
+
+template <typename T>
+ops::SsdDims Mamba2Mixer<T>::ssd_dims(int64_t batch, int64_t seqlen) const {
+    return ops::SsdDims{batch, seqlen, n_heads_, head_dim_, n_groups_, d_state_, chunk_};
 }
 
 template <typename T>
@@ -72,7 +82,7 @@ void Mamba2Mixer<T>::forward(T* out, const T* x, int64_t B, int64_t Tn) {
                                conv_b_ == kNoParam ? nullptr : p_->value(conv_b_), B, Tn, C, d_conv_, true);
     ops::SsdInputs<T> in = ssd_inputs();
     ops::ssd_forward(y_.data(), static_cast<T*>(nullptr), in, static_cast<const T*>(nullptr),
-                     ops::SsdDims{B, Tn, n_heads_, head_dim_, n_groups_, d_state_, chunk_});
+                     ssd_dims(B, Tn));
     for (int64_t n = 0; n < N; ++n) std::memcpy(z_.data() + n * Din, zxbcdt_.data() + n * W, sizeof(T) * Din);
     ops::gated_rmsnorm_forward(yn_.data(), rstd_.data(), y_.data(), z_.data(), p_->value(norm_w_), N, Din, norm_groups_,
                                eps_);
@@ -99,13 +109,72 @@ void Mamba2Mixer<T>::backward(T* dx, const T* dout) {
     ops::SsdInputs<T> in = ssd_inputs();
     ops::SsdGrads<T> grads{g_xbc_.data(),          g_zxbcdt_.data() + Din + C, p_->grad(dt_bias_), p_->grad(A_log_),
                            g_xbc_.data() + Din,    g_xbc_.data() + Din + GS,   p_->grad(D_)};
-    ops::ssd_backward(grads, g_y_.data(), in, static_cast<const T*>(nullptr),
-                      ops::SsdDims{B, Tn, n_heads_, head_dim_, n_groups_, d_state_, chunk_});
+    ops::ssd_backward(grads, g_y_.data(), in, static_cast<const T*>(nullptr), ssd_dims(B, Tn));
     ops::conv1d_causal_backward(g_zxbcdt_.data() + Din, p_->grad(conv_w_),
                                 conv_b_ == kNoParam ? nullptr : p_->grad(conv_b_), g_xbc_.data(), zxbcdt_.data() + Din,
                                 W, p_->value(conv_w_), conv_b_ == kNoParam ? nullptr : p_->value(conv_b_), B, Tn, C,
                                 d_conv_, true);
     in_proj_.backward(dx, g_zxbcdt_.data(), x_, N);
+}
+
+template <typename T>
+void Mamba2Mixer<T>::infer_output(T* out, int64_t rows) {
+    const int64_t Din = d_inner_, W = proj_width();
+    inf_z_.resize(rows * Din);
+    inf_rstd_.resize(rows * norm_groups_);
+    inf_yn_.resize(rows * Din);
+    for (int64_t n = 0; n < rows; ++n)
+        std::memcpy(inf_z_.data() + n * Din, inf_zxbcdt_.data() + n * W, sizeof(T) * Din);
+    ops::gated_rmsnorm_forward(inf_yn_.data(), inf_rstd_.data(), inf_y_.data(), inf_z_.data(),
+                               p_->value(norm_w_), rows, Din, norm_groups_, eps_);
+    out_proj_.forward(out, inf_yn_.data(), rows);  // (rows, Din) => (rows, D)
+}
+
+template <typename T>
+void Mamba2Mixer<T>::prefill(T* out, const T* x, int64_t n, InferenceState<T>& st, int64_t layer,
+                             int64_t slot) {
+    const int64_t Din = d_inner_, W = proj_width(), C = conv_dim(), K = d_conv_;
+    auto& ls = st.layer(layer);
+    T* window = ls.conv.data() + slot * (K - 1) * C;                // (K − 1, C)
+    T* h = ls.ssm.data() + slot * n_heads_ * head_dim_ * d_state_;  // (H, P, N)
+    inf_zxbcdt_.resize(n * W);
+    in_proj_.forward(inf_zxbcdt_.data(), x, n);  // (n, D) => (n, W) = [z | xBC | dt]
+
+    // The conv continues from the saved window: it runs over [window | xBC] (K − 1 + n rows) and
+    // the last n outputs are kept. An empty slot's window is zero, exactly the training forward's
+    // padding, so one path serves a fresh prompt and a continuation.
+    inf_window_.resize((K - 1 + n) * C);
+    std::copy_n(window, (K - 1) * C, inf_window_.begin());
+    for (int64_t t = 0; t < n; ++t)
+        std::memcpy(inf_window_.data() + (K - 1 + t) * C, inf_zxbcdt_.data() + t * W + Din, sizeof(T) * C);
+    std::copy_n(inf_window_.begin() + n * C, (K - 1) * C, window);
+    inf_xbc_.resize((K - 1 + n) * C);
+    ops::conv1d_causal_forward(inf_xbc_.data(), static_cast<T*>(nullptr), inf_window_.data(), C,
+                               p_->value(conv_w_), conv_b_ == kNoParam ? nullptr : p_->value(conv_b_), 1,
+                               K - 1 + n, C, K, true);
+    const T* xbc = inf_xbc_.data() + (K - 1) * C;  // (n, C)
+
+    // The chunked scan starts from the slot's state and leaves its final state there (in place).
+    inf_y_.resize(n * Din);
+    ops::ssd_forward(inf_y_.data(), h, ssd_inputs(inf_zxbcdt_.data(), xbc), h, ssd_dims(1, n));
+    infer_output(out, n);
+}
+
+template <typename T>
+void Mamba2Mixer<T>::step(T* out, const T* x, int64_t k, InferenceState<T>& st, int64_t layer,
+                          const int64_t* slots) {
+    const int64_t Din = d_inner_, W = proj_width(), C = conv_dim();
+    auto& ls = st.layer(layer);
+    inf_zxbcdt_.resize(k * W);
+    inf_xbc_.resize(k * C);
+    inf_y_.resize(k * Din);
+    in_proj_.forward(inf_zxbcdt_.data(), x, k);  // (k, D) => (k, W) = [z | xBC | dt]
+    ops::conv1d_causal_update(inf_xbc_.data(), ls.conv.data(), slots, inf_zxbcdt_.data() + Din, W,
+                              p_->value(conv_w_), conv_b_ == kNoParam ? nullptr : p_->value(conv_b_), k, C,
+                              d_conv_, true);
+    ops::ssd_update(inf_y_.data(), ls.ssm.data(), slots, ssd_inputs(inf_zxbcdt_.data(), inf_xbc_.data()),
+                    ssd_dims(k, 1));
+    infer_output(out, k);
 }
 
 template <typename T>

@@ -16,6 +16,9 @@ public:
     Mamba2Mixer(Parameters<T>& params, const std::string& prefix, const ModelConfig& cfg);
     void forward(T* out, const T* x, int64_t B, int64_t Tn) override;
     void backward(T* dx, const T* dout) override;
+    void prefill(T* out, const T* x, int64_t n, InferenceState<T>& st, int64_t layer, int64_t slot) override;
+    void step(T* out, const T* x, int64_t k, InferenceState<T>& st, int64_t layer,
+              const int64_t* slots) override;
     void init(InitContext& ctx) override;
     std::string describe() const override;
     static int64_t saved_per_token(const ModelConfig& cfg);
@@ -24,6 +27,11 @@ private:
     int64_t proj_width() const { return 2 * d_inner_ + 2 * n_groups_ * d_state_ + n_heads_; }
     int64_t conv_dim() const { return d_inner_ + 2 * n_groups_ * d_state_; }
     ops::SsdInputs<T> ssd_inputs() const;
+    // The scan's view of in_proj's output zxbcdt (rows, W) and the conv output xbc (rows, C).
+    ops::SsdInputs<T> ssd_inputs(const T* zxbcdt, const T* xbc) const;
+    ops::SsdDims ssd_dims(int64_t batch, int64_t seqlen) const;
+    // Inference tail: y (rows, Din) → gated norm with z from inf_zxbcdt_ → out_proj.
+    void infer_output(T* out, int64_t rows);
 
     Parameters<T>* p_;
     int64_t d_model_, d_inner_, d_state_, d_conv_, n_heads_, head_dim_, n_groups_, norm_groups_, chunk_;
@@ -41,6 +49,8 @@ private:
     std::vector<T> rstd_;     // (N, norm groups)
     std::vector<T> yn_;       // (N, Din) gated-normed output
     std::vector<T> g_yn_, g_y_, g_z_, g_xbc_, g_zxbcdt_;
+    // Inference buffers (prefill: n rows, step: k rows), apart from the saved activations.
+    std::vector<T> inf_zxbcdt_, inf_window_, inf_xbc_, inf_y_, inf_z_, inf_rstd_, inf_yn_;
 };
 
 }  // namespace mslm

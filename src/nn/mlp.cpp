@@ -33,18 +33,36 @@ template <typename T>
 void Mlp<T>::forward(T* out, const T* x, int64_t N) {
     x_ = x;
     N_ = N;
+    run(out, x, N, h_, a_);
+}
+
+template <typename T>
+void Mlp<T>::apply(T* out, const T* x, int64_t N) {
+    run(out, x, N, apply_h_, apply_a_);
+}
+
+template <typename T>
+void Mlp<T>::run(T* out, const T* x, int64_t N, std::vector<T>& h, std::vector<T>& a) {
     const int64_t F = d_ff_;
-    h_.resize(N * up_.out());
-    a_.resize(N * F);
-    up_.forward(h_.data(), x, N);
+    h.resize(N * up_.out());
+    a.resize(N * F);
+    up_.forward(h.data(), x, N);
     switch (kind_) {
-        case MlpKind::SwiGLU: ops::swiglu_forward(a_.data(), h_.data(), N, F); break;
-        case MlpKind::GELU: ops::gelu_forward(a_.data(), h_.data(), N * F); break;
-        case MlpKind::GELUTanh: ops::gelu_tanh_forward(a_.data(), h_.data(), N * F); break;
-        case MlpKind::ReLU: relu_forward(a_.data(), h_.data(), N * F); break;
+        case MlpKind::SwiGLU:
+            ops::swiglu_forward(a.data(), h.data(), N, F);
+            break;
+        case MlpKind::GELU:
+            ops::gelu_forward(a.data(), h.data(), N * F);
+            break;
+        case MlpKind::GELUTanh:
+            ops::gelu_tanh_forward(a.data(), h.data(), N * F);
+            break;
+        case MlpKind::ReLU:
+            relu_forward(a.data(), h.data(), N * F);
+            break;
         case MlpKind::None: break;
     }
-    down_.forward(out, a_.data(), N);
+    down_.forward(out, a.data(), N);
 }
 
 template <typename T>

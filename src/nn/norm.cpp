@@ -13,12 +13,22 @@ Norm<T>::Norm(Parameters<T>& params, const std::string& name, NormKind kind, int
 
 template <typename T>
 void Norm<T>::forward(T* y, const T* x, int64_t N) {
-    rstd_.resize(static_cast<size_t>(N));
+    run(y, x, N, mean_, rstd_);
+}
+
+template <typename T>
+void Norm<T>::apply(T* y, const T* x, int64_t N) {
+    run(y, x, N, apply_mean_, apply_rstd_);
+}
+
+template <typename T>
+void Norm<T>::run(T* y, const T* x, int64_t N, std::vector<T>& mean, std::vector<T>& rstd) {
+    rstd.resize(static_cast<size_t>(N));
     if (kind_ == NormKind::RMSNorm) {
-        ops::rmsnorm_forward(y, rstd_.data(), x, p_->value(w_), N, dim_, eps_);
+        ops::rmsnorm_forward(y, rstd.data(), x, p_->value(w_), N, dim_, eps_);
     } else {
-        mean_.resize(static_cast<size_t>(N));
-        ops::layernorm_forward(y, mean_.data(), rstd_.data(), x, p_->value(w_), p_->value(b_), N, dim_, eps_);
+        mean.resize(static_cast<size_t>(N));
+        ops::layernorm_forward(y, mean.data(), rstd.data(), x, p_->value(w_), p_->value(b_), N, dim_, eps_);
     }
 }
 

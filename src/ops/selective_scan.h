@@ -32,12 +32,20 @@ struct SelectiveScanGrads {
 };
 
 // y (B, T, Din) contiguous; h0 (B, Din, N) initial state or null (zeros); h_last (B, Din, N)
-// final state or null.
+// final state or null. h_last may be h0 (the state advanced in place).
 template <typename T>
 void selective_scan_forward(T* y, T* h_last, const SelectiveScanInputs<T>& in, const T* h0, const ScanDims& dims);
 // dy (B, T, Din) contiguous. Recomputes what it needs from the inputs (h0 must match forward).
 template <typename T>
 void selective_scan_backward(const SelectiveScanGrads<T>& grads, const T* dy, const SelectiveScanInputs<T>& in,
                              const T* h0, const ScanDims& dims);
+
+// One recurrent step for k sequences (mamba_ssm's `selective_state_update`): row i of the inputs
+// (k rows, strides as above) is the next token of the sequence whose state is h[slots[i]], h
+// (S, Din, N); slots must be distinct. Advances those states in place and writes y (k, Din) with
+// the arithmetic of one step of selective_scan_forward.
+template <typename T>
+void selective_scan_update(T* y, T* h, const int64_t* slots, const SelectiveScanInputs<T>& in, int64_t k,
+                           int64_t d_inner, int64_t d_state);
 
 }  // namespace mslm::ops

@@ -34,12 +34,20 @@ struct SsdGrads {
     T* dx; T* ddt; T* ddt_bias; T* dA_log; T* dB; T* dC; T* dD;
 };
 
-// y (B, T, H, P) contiguous; h0 / h_last (B, H, P, N) or null.
+// y (B, T, H, P) contiguous; h0 / h_last (B, H, P, N) or null; h_last may be h0 (the state
+// advanced in place).
 template <typename T>
 void ssd_forward(T* y, T* h_last, const SsdInputs<T>& in, const T* h0, const SsdDims& dims);
 template <typename T>
 void ssd_forward_sequential(T* y, T* h_last, const SsdInputs<T>& in, const T* h0, const SsdDims& dims);
 template <typename T>
 void ssd_backward(const SsdGrads<T>& grads, const T* dy, const SsdInputs<T>& in, const T* h0, const SsdDims& dims);
+
+// One recurrent step for k = dims.batch sequences (dims.seqlen and chunk_size are ignored): row i
+// of the inputs is the next token of the sequence whose state is h[slots[i]], h (S, H, P, N);
+// slots must be distinct. Advances those states in place and writes y (k, H, P) with the
+// arithmetic of one step of ssd_forward_sequential.
+template <typename T>
+void ssd_update(T* y, T* h, const int64_t* slots, const SsdInputs<T>& in, const SsdDims& dims);
 
 }  // namespace mslm::ops

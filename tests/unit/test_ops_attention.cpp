@@ -517,6 +517,111 @@ TEST(Attention, RejectsBadShapes) {
                  Error);
 }
 
+// ---- Inference: a query offset (prefill after a cached prefix) and decoding from a ring cache ----
+
+// Rows [t0, t0 + n) of each sequence of a (B, T, width) buffer with row stride ld, made contiguous
+// with the same stride.
+std::vector<double> rows_of(const std::vector<double>& x, int64_t B, int64_t T, int64_t ld, int64_t t0,
+                            int64_t n) {
+    std::vector<double> out;
+    for (int64_t b = 0; b < B; ++b)
+        out.insert(out.end(), x.begin() + (b * T + t0) * ld, x.begin() + (b * T + t0 + n) * ld);
+    return out;
+}
+
+// Queries m.. against all T keys with q_offset = m give rows m.. of the full forward: the same
+// tiles over the same keys, so in double the results agree to rounding (1e-12 as above).
+TEST(Attention, QueryOffsetMatchesLaterRowsOfFullSequence) {
+    Rng rng(40);
+    const Config configs[] = {{2, 70, 4, 2, 8},
+                              {1, 130, 6, 2, 16, 5, true},
+                              {2, 20, 3, 1, 8, 70, false, 2},
+                              {1, 9, 4, 4, 8, 3, true, 1}};
+    for (const Config& c : configs) {
+        Qkv x = random_qkv(c, rng);
+        const double scale = 0.4;
+        Result<double> full = run_forward<double>(c, x, scale);
+        for (int64_t m : {int64_t(1), c.T / 2, c.T - 1}) {
+            const int64_t n = c.T - m;
+            std::vector<double> q = rows_of(x.q, c.B, c.T, c.ld_q(), m, n);
+            std::vector<double> out(c.B * n * c.Hq * c.Dh), lse(c.B * c.Hq * n);
+            AttentionOptions<double> opt = options<double>(c, scale);
+            opt.q_offset = m;
+            attention_forward(out.data(), lse.data(), q.data(), c.ld_q(), x.k.data(), c.ld_kv(), x.v.data(),
+                              c.ld_kv(), AttentionDims{c.B, n, c.Hq, c.Hkv, c.Dh}, opt);
+            EXPECT_LT(max_abs_diff(out, rows_of(full.out, c.B, c.T, c.Hq * c.Dh, m, n)), 1e-12)
+                << c.name() << " m" << m;
+            for (int64_t b = 0; b < c.B; ++b)
+                for (int64_t h = 0; h < c.Hq; ++h)
+                    for (int64_t i = 0; i < n; ++i)
+                        EXPECT_NEAR(lse[(b * c.Hq + h) * n + i], full.lse[(b * c.Hq + h) * c.T + m + i],
+                                    1e-12);
+        }
+    }
+    std::vector<float> buf(64);
+    AttentionOptions<float> opt{1.0f};
+    opt.q_offset = 1;
+    EXPECT_THROW(
+        attention_backward(buf.data(), buf.data(), buf.data(), buf.data(), buf.data(), buf.data(), buf.data(),
+                           4, buf.data(), 4, buf.data(), 4, AttentionDims{1, 2, 1, 1, 4}, opt),
+        Error);
+}
+
+// Decoding token t of every sequence (its key and value written at ring row t % L of its slot
+// first) gives row t of the forward: windows shorter than, equal to and longer than the ring,
+// rings that wrap, GQA / MQA, ALiBi. A two-pass softmax against the online one: rounding only.
+TEST(Attention, DecodeFromRingCacheMatchesForward) {
+    Rng rng(41);
+    struct DecodeCase {
+        Config c;
+        int64_t L;  // ring length: ≥ the window when there is one, else ≥ T
+    };
+    const DecodeCase cases[] = {{{2, 20, 4, 2, 8}, 20},
+                                {{2, 20, 4, 2, 8, 5, true}, 5},
+                                {{1, 30, 6, 1, 8, 3, false, 2}, 7},
+                                {{3, 12, 3, 3, 4, 0, true}, 16},
+                                {{1, 25, 8, 2, 16, 9, true}, 9}};
+    for (const auto& [c, L] : cases) {
+        Qkv x = random_qkv(c, rng);
+        const double scale = 0.4;
+        Result<double> full = run_forward<double>(c, x, scale);
+        const int64_t S = 2 * c.B + 1, row = c.Hkv * c.Dh;
+        std::vector<double> kc(S * L * row), vc(S * L * row), scores(c.B * c.Hq * L), out(c.B * c.Hq * c.Dh),
+            q(c.B * c.ld_q());
+        std::vector<int64_t> slots(c.B), pos(c.B);
+        for (int64_t b = 0; b < c.B; ++b) slots[b] = S - 1 - 2 * b;
+        for (int64_t t = 0; t < c.T; ++t) {
+            for (int64_t b = 0; b < c.B; ++b) {
+                pos[b] = t;
+                const int64_t src = (b * c.T + t) * c.ld_kv(), dst = (slots[b] * L + t % L) * row;
+                std::copy_n(x.k.begin() + src, row, kc.begin() + dst);
+                std::copy_n(x.v.begin() + src, row, vc.begin() + dst);
+                std::copy_n(x.q.begin() + (b * c.T + t) * c.ld_q(), c.ld_q(), q.begin() + b * c.ld_q());
+            }
+            attention_decode(out.data(), scores.data(), q.data(), c.ld_q(), kc.data(), vc.data(),
+                             slots.data(), pos.data(), AttentionDims{c.B, L, c.Hq, c.Hkv, c.Dh},
+                             options<double>(c, scale));
+            EXPECT_LT(max_abs_diff(out, rows_of(full.out, c.B, c.T, c.Hq * c.Dh, t, 1)), 1e-12)
+                << c.name() << " L" << L << " t" << t;
+        }
+    }
+}
+
+// rope_apply_at with explicit positions is rope_apply row by row, bit for bit.
+TEST(Rope, AtPositionsMatchesBlockForm) {
+    const int64_t N = 5, H = 3, Dh = 8, rd = 6, ld = H * Dh + 2;
+    Rng rng(42);
+    std::vector<double> x = random_vector(rng, static_cast<size_t>(N * ld));
+    const int64_t pos[N] = {0, 17, 3, 3, 4000};
+    std::vector<double> got = x;
+    rope_apply_at(got.data(), ld, N, H, Dh, rd, 500.0, pos, false);
+    for (int64_t r = 0; r < N; ++r) {
+        std::vector<double> row(x.begin() + r * ld, x.begin() + (r + 1) * ld);
+        rope_apply(row.data(), ld, 1, 1, H, Dh, rd, 500.0, pos[r], false);
+        for (int64_t i = 0; i < ld; ++i) EXPECT_EQ(got[r * ld + i], row[i]);
+    }
+}
+
 // ---- ALiBi slopes --------------------------------------------------------------------------------
 
 TEST(Alibi, PowerOfTwoSlopesAreExact) {

@@ -909,4 +909,131 @@ TEST(SsdBackward, SameBitsForAnyThreadCount) {
     EXPECT_EQ(results[0], results[1]);
 }
 
+// ---------------------------------------------------------------------------------------------
+// Decoding steps (the *_update ops): feeding a sequence one token at a time, with the sequences of
+// a batch in scattered state slots, gives the forward's outputs and final state. Same arithmetic
+// in the same order as the forward (conv, selective scan) or the sequential SSD, so they agree to
+// a few ulps; kDoubleAlgoTol covers any contraction of a product into an FMA.
+
+// Sequence b of a batch of B lives in state slot slot_of(b) of 2·B + 1 slots.
+int64_t slot_of(int64_t b) {
+    return 2 * b + 1;
+}
+
+TEST(Conv1dUpdate, StepsMatchForward) {
+    for (const ConvCase& c : kConvCases) {
+        const ConvData<double> d = make_conv(c, 41);
+        const std::vector<double> want = d.forward();  // (B, T, C)
+        const int64_t S = 2 * c.B + 1, K = c.K;
+        std::vector<double> state(S * (K - 1) * c.C, 0.0), out(c.B * c.C), got(c.B * c.T * c.C);
+        std::vector<int64_t> slots(c.B);
+        for (int64_t b = 0; b < c.B; ++b) slots[b] = slot_of(b);
+        for (int64_t t = 0; t < c.T; ++t) {
+            // Row b of step t is x[b, t]: rows T·ld apart.
+            conv1d_causal_update(out.data(), state.data(), slots.data(), d.x.data() + t * c.ld, c.T * c.ld,
+                                 d.w.data(), opt(d.bias), c.B, c.C, K, c.silu);
+            for (int64_t b = 0; b < c.B; ++b)
+                std::copy_n(out.begin() + b * c.C, c.C, got.begin() + (b * c.T + t) * c.C);
+        }
+        EXPECT_LT(scaled_max_error(got, want), kDoubleAlgoTol) << describe(c);
+        // The window holds the last K − 1 inputs, zeros before the sequence start.
+        for (int64_t b = 0; b < c.B; ++b)
+            for (int64_t j = 0; j < K - 1; ++j) {
+                const int64_t t = c.T - (K - 1) + j;
+                for (int64_t ch = 0; ch < c.C; ++ch)
+                    ASSERT_EQ(state[(slot_of(b) * (K - 1) + j) * c.C + ch],
+                              t >= 0 ? d.x[(b * c.T + t) * c.ld + ch] : 0.0)
+                        << describe(c);
+            }
+    }
+}
+
+TEST(SelectiveScanUpdate, StepsMatchForward) {
+    for (const ScanCase& c : kScanCases) {
+        const ScanData<double> d = make_scan(c, 42);
+        std::vector<double> h_want;
+        const std::vector<double> want = d.forward(&h_want);  // (B, T, Din)
+        const int64_t S = 2 * c.B + 1, Din = c.Din, N = c.N;
+        std::vector<double> h(S * Din * N, 0.0), y(c.B * Din), got(c.B * c.T * Din);
+        std::vector<int64_t> slots(c.B);
+        for (int64_t b = 0; b < c.B; ++b) {
+            slots[b] = slot_of(b);
+            if (!d.h0.empty())
+                std::copy_n(d.h0.begin() + b * Din * N, Din * N, h.begin() + slots[b] * Din * N);
+        }
+        for (int64_t t = 0; t < c.T; ++t) {
+            // Row b of step t is token (b, t) of every sequence input: rows T·ld apart.
+            SelectiveScanInputs<double> in = d.inputs();
+            in.u += t * d.ld_u, in.ld_u *= c.T;
+            in.delta += t * d.ld_delta, in.ld_delta *= c.T;
+            in.Bm += t * d.ld_B, in.ld_B *= c.T;
+            in.Cm += t * d.ld_C, in.ld_C *= c.T;
+            if (in.z) in.z += t * d.ld_z, in.ld_z *= c.T;
+            selective_scan_update(y.data(), h.data(), slots.data(), in, c.B, Din, N);
+            for (int64_t b = 0; b < c.B; ++b)
+                std::copy_n(y.begin() + b * Din, Din, got.begin() + (b * c.T + t) * Din);
+        }
+        EXPECT_LT(scaled_max_error(got, want), kDoubleAlgoTol) << describe(c);
+        std::vector<double> h_got;
+        for (int64_t b = 0; b < c.B; ++b)
+            h_got.insert(h_got.end(), h.begin() + slots[b] * Din * N, h.begin() + (slots[b] + 1) * Din * N);
+        EXPECT_LT(scaled_max_error(h_got, h_want), kDoubleAlgoTol) << describe(c);
+    }
+}
+
+TEST(SsdUpdate, StepsMatchForward) {
+    for (const SsdCase& c : kSsdCases) {
+        const SsdData<double> d = make_ssd(c, 43);
+        std::vector<double> h_want;
+        const std::vector<double> want = d.forward(&h_want, true);  // (B, T, H, P)
+        const int64_t S = 2 * c.B + 1, HPN = c.H * c.P * c.N, HP = c.H * c.P;
+        std::vector<double> h(S * HPN, 0.0), y(c.B * HP), got(d.y_size());
+        std::vector<int64_t> slots(c.B);
+        for (int64_t b = 0; b < c.B; ++b) {
+            slots[b] = slot_of(b);
+            if (!d.h0.empty()) std::copy_n(d.h0.begin() + b * HPN, HPN, h.begin() + slots[b] * HPN);
+        }
+        SsdDims step_dims = d.dims;
+        step_dims.seqlen = 1;
+        for (int64_t t = 0; t < c.T; ++t) {
+            SsdInputs<double> in = d.inputs();
+            in.x += t * d.ld_x, in.ld_x *= c.T;
+            in.dt += t * d.ld_dt, in.ld_dt *= c.T;
+            in.Bm += t * d.ld_B, in.ld_B *= c.T;
+            in.Cm += t * d.ld_C, in.ld_C *= c.T;
+            ssd_update(y.data(), h.data(), slots.data(), in, step_dims);
+            for (int64_t b = 0; b < c.B; ++b)
+                std::copy_n(y.begin() + b * HP, HP, got.begin() + (b * c.T + t) * HP);
+        }
+        EXPECT_LT(scaled_max_error(got, want), kDoubleAlgoTol) << describe(c);
+        std::vector<double> h_got;
+        for (int64_t b = 0; b < c.B; ++b)
+            h_got.insert(h_got.end(), h.begin() + slots[b] * HPN, h.begin() + (slots[b] + 1) * HPN);
+        EXPECT_LT(scaled_max_error(h_got, h_want), kDoubleAlgoTol) << describe(c);
+    }
+}
+
+// Prefill advances a slot's state in place: h_last may be h0.
+TEST(SelectiveScanForward, StateInPlace) {
+    const ScanCase c{2, 9, 5, 4, 3, true, true, true, true};
+    const ScanData<double> d = make_scan(c, 44);
+    std::vector<double> h_want;
+    const std::vector<double> want = d.forward(&h_want);
+    std::vector<double> h = d.h0, y(want.size());
+    selective_scan_forward(y.data(), h.data(), d.inputs(), h.data(), d.dims);
+    EXPECT_EQ(y, want);
+    EXPECT_EQ(h, h_want);
+}
+
+TEST(SsdForward, StateInPlace) {
+    const SsdCase c{2, 11, 4, 3, 2, 4, 4, 2, true, true, true};
+    const SsdData<double> d = make_ssd(c, 45);
+    std::vector<double> h_want;
+    const std::vector<double> want = d.forward(&h_want);
+    std::vector<double> h = d.h0, y(want.size());
+    ssd_forward(y.data(), h.data(), d.inputs(), h.data(), d.dims);
+    EXPECT_EQ(y, want);
+    EXPECT_EQ(h, h_want);
+}
+
 }  // namespace

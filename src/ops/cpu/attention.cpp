@@ -52,6 +52,7 @@ void check_attention(const AttentionDims& d, int64_t ld_q, int64_t ld_k, int64_t
     MSLM_CHECK(std::max({ld_q, ld_k, ld_v, d.n_heads * d.head_dim}) <= INT_MAX,
                "attention: row strides (q {}, k {}, v {}) exceed the GEMM's int range", ld_q, ld_k, ld_v);
     MSLM_CHECK(opt.window >= 0, "attention: window {} is negative", opt.window);
+    MSLM_CHECK(opt.q_offset >= 0, "attention: q_offset {} is negative", opt.q_offset);
 }
 
 // Slope of each query head, zero without ALiBi.
@@ -98,6 +99,7 @@ void attention_forward(T* out, T* lse, const T* q, int64_t ld_q, const T* k, int
     check_attention(dims, ld_q, ld_k, ld_v, opt);
     const int64_t B = dims.batch, Tn = dims.seqlen, Hq = dims.n_heads, Dh = dims.head_dim;
     const int64_t group = Hq / dims.n_kv_heads;
+    const int64_t off = opt.q_offset, Tk = off + Tn;  // query row r is key position off + r
     const int64_t tq = query_tile(Dh);
     const int64_t n_blocks = (Tn + tq - 1) / tq;
     const std::vector<T> slopes = head_slopes<T>(Hq, opt.alibi);
@@ -111,21 +113,21 @@ void attention_forward(T* out, T* lse, const T* q, int64_t ld_q, const T* k, int
             const int64_t qb = task % n_blocks, h = (task / n_blocks) % Hq, b = task / (n_blocks * Hq);
             const int64_t i0 = qb * tq, bq = std::min(tq, Tn - i0);
             const T* q_blk = q + (b * Tn + i0) * ld_q + h * Dh;  // (bq, Dh) with row stride ld_q
-            const T* kh = k + b * Tn * ld_k + (h / group) * Dh;  // (T, Dh) with row stride ld_k
-            const T* vh = v + b * Tn * ld_v + (h / group) * Dh;
+            const T* kh = k + b * Tk * ld_k + (h / group) * Dh;  // (Tk, Dh) with row stride ld_k
+            const T* vh = v + b * Tk * ld_v + (h / group) * Dh;
             std::fill(acc.begin(), acc.end(), T(0));
             std::fill(row_max.begin(), row_max.end(), neg_inf);
             std::fill(row_sum.begin(), row_sum.end(), T(0));
 
             // Key tiles from the one holding the block's first visible key to the diagonal tile.
-            for (int64_t j0 = first_visible(i0, opt.window) / kKeyTile * kKeyTile; j0 < i0 + bq;
+            for (int64_t j0 = first_visible(off + i0, opt.window) / kKeyTile * kKeyTile; j0 < off + i0 + bq;
                  j0 += kKeyTile) {
-                const int64_t n = std::min(kKeyTile, Tn - j0);
+                const int64_t n = std::min(kKeyTile, Tk - j0);
                 // p (bq, n) = scale · q_blk · k_tileᵀ
                 gemm(false, true, to_int(bq), to_int(n), to_int(Dh), opt.scale, q_blk, to_int(ld_q),
                      kh + j0 * ld_k, to_int(ld_k), T(0), p.data(), to_int(n));
                 for (int64_t r = 0; r < bq; ++r) {
-                    const int64_t i = i0 + r;
+                    const int64_t i = off + i0 + r;
                     const auto [jb, je] = visible_in_tile(i, j0, n, opt.window);
                     T* pr = p.data() + r * n;
                     if (jb >= je) {  // nothing of this tile is visible: weight 0, the row's state stays
@@ -175,6 +177,8 @@ void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* out, const 
                         int64_t ld_q, const T* k, int64_t ld_k, const T* v, int64_t ld_v,
                         const AttentionDims& dims, const AttentionOptions<T>& opt) {
     check_attention(dims, ld_q, ld_k, ld_v, opt);
+    MSLM_CHECK(opt.q_offset == 0, "attention_backward: q_offset {} (a prefix of keys) is forward-only",
+               opt.q_offset);
     const int64_t B = dims.batch, Tn = dims.seqlen, Hq = dims.n_heads, Hkv = dims.n_kv_heads,
                   Dh = dims.head_dim;
     const int64_t group = Hq / Hkv, ld_o = Hq * Dh;
@@ -258,15 +262,75 @@ void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* out, const 
     });
 }
 
+// The decode kernel walks the visible keys of each (query, kv head) twice: scores for every query
+// head of the group (each cached key read once for the group), then the softmax-weighted sum of
+// the values. Exact two-pass softmax: the workspace holds a whole row, so no online rescaling.
 template <typename T>
-void rope_apply(T* x, int64_t ld, int64_t B, int64_t Tn, int64_t H, int64_t Dh, int64_t rotary_dim,
-                double theta, int64_t pos0, bool inverse) {
+void attention_decode(T* out, T* scores, const T* q, int64_t ld_q, const T* k_cache, const T* v_cache,
+                      const int64_t* slots, const int64_t* pos, const AttentionDims& dims,
+                      const AttentionOptions<T>& opt) {
+    check_attention(dims, ld_q, dims.n_kv_heads * dims.head_dim, dims.n_kv_heads * dims.head_dim, opt);
+    const int64_t k = dims.batch, L = dims.seqlen, Hq = dims.n_heads, Hkv = dims.n_kv_heads,
+                  Dh = dims.head_dim;
+    const int64_t group = Hq / Hkv, ld_kv = Hkv * Dh;
+    MSLM_CHECK(L > 0, "attention_decode: empty cache");
+    const std::vector<T> slopes = head_slopes<T>(Hq, opt.alibi);
+    parallel_for(k * Hkv, [&](int64_t begin, int64_t end) {
+        for (int64_t task = begin; task < end; ++task) {
+            const int64_t i = task / Hkv, hk = task % Hkv, p = pos[i];
+            const int64_t first = std::max<int64_t>(first_visible(p, opt.window), p - L + 1);
+            const int64_t n = p - first + 1;
+            const T* kc = k_cache + slots[i] * L * ld_kv + hk * Dh;  // (L, Dh) with row stride ld_kv
+            const T* vc = v_cache + slots[i] * L * ld_kv + hk * Dh;
+            const T* qg = q + i * ld_q + hk * group * Dh;  // (group, Dh)
+            T* sg = scores + (i * Hq + hk * group) * L;    // (group, L): column j is position first + j
+            for (int64_t j = 0; j < n; ++j) {
+                const T* kr = kc + (first + j) % L * ld_kv;
+                for (int64_t g = 0; g < group; ++g) {
+                    const T* qh = qg + g * Dh;
+                    T dot = 0;
+                    for (int64_t d = 0; d < Dh; ++d) dot += qh[d] * kr[d];
+                    sg[g * L + j] = opt.scale * dot - slopes[hk * group + g] * static_cast<T>(n - 1 - j);
+                }
+            }
+            for (int64_t g = 0; g < group; ++g) {
+                T* sr = sg + g * L;
+                const T m = *std::max_element(sr, sr + n);
+                T sum = 0;
+                for (int64_t j = 0; j < n; ++j) {
+                    sr[j] = std::exp(sr[j] - m);
+                    sum += sr[j];
+                }
+                const T inv = T(1) / sum;
+                for (int64_t j = 0; j < n; ++j) sr[j] *= inv;
+                std::fill_n(out + (i * Hq + hk * group + g) * Dh, Dh, T(0));
+            }
+            for (int64_t j = 0; j < n; ++j) {
+                const T* vr = vc + (first + j) % L * ld_kv;
+                for (int64_t g = 0; g < group; ++g) {
+                    const T w = sg[g * L + j];
+                    T* o = out + (i * Hq + hk * group + g) * Dh;
+                    for (int64_t d = 0; d < Dh; ++d) o[d] += w * vr[d];
+                }
+            }
+        }
+    });
+}
+
+namespace {
+
+// Rotates rows [0, N) of x in place; row r sits at position pos_of(r).
+template <typename T, typename PosOf>
+void rope_rows(T* x, int64_t ld, int64_t N, int64_t H, int64_t Dh, int64_t rotary_dim, double theta,
+               bool inverse, PosOf&& pos_of) {
     MSLM_CHECK(rotary_dim >= 0 && rotary_dim % 2 == 0 && rotary_dim <= Dh,
                "rope: rotary_dim {} must be even and at most head_dim {}", rotary_dim, Dh);
     MSLM_CHECK(ld >= H * Dh, "rope: row stride {} is shorter than a row of {} heads × {}", ld, H, Dh);
     const int64_t half = rotary_dim / 2;
     if (half == 0) return;
-    std::vector<double> inv_freq(static_cast<size_t>(half));
+    constexpr int64_t kMaxHalf = 512;  // head_dim ≤ 1024: stack buffers, no allocation per call
+    MSLM_CHECK(half <= kMaxHalf, "rope: rotary_dim {} above {}", rotary_dim, 2 * kMaxHalf);
+    double inv_freq[kMaxHalf];
     for (int64_t i = 0; i < half; ++i)
         inv_freq[i] = std::pow(theta, -2.0 * static_cast<double>(i) / static_cast<double>(rotary_dim));
     const double sign = inverse ? -1.0 : 1.0;
@@ -274,11 +338,11 @@ void rope_apply(T* x, int64_t ld, int64_t B, int64_t Tn, int64_t H, int64_t Dh, 
     // Angles reach pos radians (inv_freq_0 = 1); in double their rounding stays far below fp32
     // resolution even at positions of 10^5.
     parallel_for(
-        B * Tn,
+        N,
         [&](int64_t begin, int64_t end) {
-            std::vector<T> c(static_cast<size_t>(half)), sn(static_cast<size_t>(half));
+            T c[kMaxHalf], sn[kMaxHalf];
             for (int64_t row = begin; row < end; ++row) {
-                const double pos = static_cast<double>(pos0 + row % Tn);
+                const double pos = static_cast<double>(pos_of(row));
                 for (int64_t i = 0; i < half; ++i) {
                     const double angle = pos * inv_freq[i];
                     c[i] = static_cast<T>(std::cos(angle));
@@ -297,14 +361,32 @@ void rope_apply(T* x, int64_t ld, int64_t B, int64_t Tn, int64_t H, int64_t Dh, 
         16);
 }
 
-#define MSLM_INSTANTIATE(T)                                                                                \
-    template void attention_forward<T>(T*, T*, const T*, int64_t, const T*, int64_t, const T*, int64_t,    \
-                                       const AttentionDims&, const AttentionOptions<T>&);                  \
-    template void attention_backward<T>(T*, T*, T*, const T*, const T*, const T*, const T*, int64_t,       \
-                                        const T*, int64_t, const T*, int64_t, const AttentionDims&,        \
-                                        const AttentionOptions<T>&);                                       \
-    template void rope_apply<T>(T*, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, double, int64_t, \
-                                bool);
+}  // namespace
+
+template <typename T>
+void rope_apply(T* x, int64_t ld, int64_t B, int64_t Tn, int64_t H, int64_t Dh, int64_t rotary_dim,
+                double theta, int64_t pos0, bool inverse) {
+    rope_rows(x, ld, B * Tn, H, Dh, rotary_dim, theta, inverse, [&](int64_t row) { return pos0 + row % Tn; });
+}
+
+template <typename T>
+void rope_apply_at(T* x, int64_t ld, int64_t N, int64_t H, int64_t Dh, int64_t rotary_dim, double theta,
+                   const int64_t* pos, bool inverse) {
+    rope_rows(x, ld, N, H, Dh, rotary_dim, theta, inverse, [&](int64_t row) { return pos[row]; });
+}
+
+#define MSLM_INSTANTIATE(T)                                                                                 \
+    template void attention_forward<T>(T*, T*, const T*, int64_t, const T*, int64_t, const T*, int64_t,     \
+                                       const AttentionDims&, const AttentionOptions<T>&);                   \
+    template void attention_backward<T>(T*, T*, T*, const T*, const T*, const T*, const T*, int64_t,        \
+                                        const T*, int64_t, const T*, int64_t, const AttentionDims&,         \
+                                        const AttentionOptions<T>&);                                        \
+    template void attention_decode<T>(T*, T*, const T*, int64_t, const T*, const T*, const int64_t*,        \
+                                      const int64_t*, const AttentionDims&, const AttentionOptions<T>&);    \
+    template void rope_apply<T>(T*, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, double, int64_t,  \
+                                bool);                                                                      \
+    template void rope_apply_at<T>(T*, int64_t, int64_t, int64_t, int64_t, int64_t, double, const int64_t*, \
+                                   bool);
 MSLM_INSTANTIATE(float)
 MSLM_INSTANTIATE(double)
 #undef MSLM_INSTANTIATE

@@ -93,6 +93,33 @@ void conv1d_causal_backward(T* dx, T* dw, T* dbias, const T* dout, const T* x, i
     });
 }
 
+template <typename T>
+void conv1d_causal_update(T* out, T* state, const int64_t* slots, const T* x, int64_t ld_x, const T* w,
+                          const T* bias, int64_t k, int64_t C, int64_t K, bool silu) {
+    // Tasks own (row, channel block) pairs; channels of one row are independent.
+    const int64_t n_blocks = (C + kChannelBlock - 1) / kChannelBlock;
+    parallel_for(
+        k * n_blocks,
+        [&](int64_t begin, int64_t end) {
+            for (int64_t task = begin; task < end; ++task) {
+                const int64_t i = task / n_blocks, c0 = task % n_blocks * kChannelBlock;
+                const int64_t c1 = std::min(C, c0 + kChannelBlock);
+                T* win = state + slots[i] * (K - 1) * C;  // (K − 1, C)
+                const T* xr = x + i * ld_x;
+                T* o = out + i * C;
+                for (int64_t c = c0; c < c1; ++c) {
+                    T acc = bias ? bias[c] : T(0);
+                    for (int64_t j = 0; j < K - 1; ++j) acc += w[c * K + j] * win[j * C + c];
+                    acc += w[c * K + K - 1] * xr[c];
+                    o[c] = silu ? acc * sigmoid(acc) : acc;
+                    for (int64_t j = 0; j + 1 < K - 1; ++j) win[j * C + c] = win[(j + 1) * C + c];
+                    if (K > 1) win[(K - 2) * C + c] = xr[c];
+                }
+            }
+        },
+        std::max<int64_t>(1, 4096 / (kChannelBlock * K)));
+}
+
 template void conv1d_causal_forward<float>(float*, float*, const float*, int64_t, const float*, const float*,
                                            int64_t, int64_t, int64_t, int64_t, bool);
 template void conv1d_causal_forward<double>(double*, double*, const double*, int64_t, const double*,
@@ -103,5 +130,9 @@ template void conv1d_causal_backward<float>(float*, float*, float*, const float*
 template void conv1d_causal_backward<double>(double*, double*, double*, const double*, const double*, int64_t,
                                              const double*, const double*, int64_t, int64_t, int64_t, int64_t,
                                              bool);
+template void conv1d_causal_update<float>(float*, float*, const int64_t*, const float*, int64_t, const float*,
+                                          const float*, int64_t, int64_t, int64_t, bool);
+template void conv1d_causal_update<double>(double*, double*, const int64_t*, const double*, int64_t,
+                                           const double*, const double*, int64_t, int64_t, int64_t, bool);
 
 }  // namespace mslm::ops

@@ -172,6 +172,38 @@ void selective_scan_backward(const SelectiveScanGrads<T>& grads, const T* dy,
     }
 }
 
+template <typename T>
+void selective_scan_update(T* y, T* h, const int64_t* slots, const SelectiveScanInputs<T>& in, int64_t k,
+                           int64_t d_inner, int64_t d_state) {
+    const int64_t Din = d_inner, N = d_state;
+    parallel_for(
+        k * Din,
+        [&](int64_t begin, int64_t end) {
+            for (int64_t i = begin; i < end; ++i) {
+                const int64_t row = i / Din, d = i % Din;
+                T* hd = h + (slots[row] * Din + d) * N;  // (N)
+                const T dl =
+                    softplus(in.delta[row * in.ld_delta + d] + (in.delta_bias ? in.delta_bias[d] : T(0)));
+                const T u = in.u[row * in.ld_u + d];
+                const T* Bt = in.Bm + row * in.ld_B;
+                const T* Ct = in.Cm + row * in.ld_C;
+                const T* A_log = in.A_log + d * N;
+                T acc = 0;
+                for (int64_t n = 0; n < N; ++n) {
+                    hd[n] = std::exp(dl * -std::exp(A_log[n])) * hd[n] + dl * Bt[n] * u;
+                    acc += Ct[n] * hd[n];
+                }
+                if (in.D) acc += in.D[d] * u;
+                if (in.z) {
+                    const T z = in.z[row * in.ld_z + d];
+                    acc *= z * sigmoid(z);
+                }
+                y[row * Din + d] = acc;
+            }
+        },
+        64);
+}
+
 template void selective_scan_forward<float>(float*, float*, const SelectiveScanInputs<float>&, const float*,
                                             const ScanDims&);
 template void selective_scan_forward<double>(double*, double*, const SelectiveScanInputs<double>&,
@@ -182,5 +214,9 @@ template void selective_scan_backward<float>(const SelectiveScanGrads<float>&, c
 template void selective_scan_backward<double>(const SelectiveScanGrads<double>&, const double*,
                                               const SelectiveScanInputs<double>&, const double*,
                                               const ScanDims&);
+template void selective_scan_update<float>(float*, float*, const int64_t*, const SelectiveScanInputs<float>&,
+                                           int64_t, int64_t, int64_t);
+template void selective_scan_update<double>(double*, double*, const int64_t*,
+                                            const SelectiveScanInputs<double>&, int64_t, int64_t, int64_t);
 
 }  // namespace mslm::ops

@@ -391,6 +391,37 @@ void ssd_backward(const SsdGrads<T>& grads, const T* dy, const SsdInputs<T>& in,
         }
 }
 
+template <typename T>
+void ssd_update(T* y, T* h, const int64_t* slots, const SsdInputs<T>& in, const SsdDims& dims) {
+    check_dims(dims);
+    const int64_t k = dims.batch, H = dims.n_heads, P = dims.head_dim, N = dims.d_state;
+    const int64_t heads_per_group = H / dims.n_groups;
+    parallel_for(k * H, [&](int64_t begin, int64_t end) {
+        for (int64_t i = begin; i < end; ++i) {
+            const int64_t row = i / H, h_idx = i % H, g = h_idx / heads_per_group;
+            T* S = h + (slots[row] * H + h_idx) * P * N;  // (P, N)
+            const T dtv =
+                dt_value(in, in.dt[row * in.ld_dt + h_idx] + (in.dt_bias ? in.dt_bias[h_idx] : T(0)));
+            const T decay = std::exp(dtv * -std::exp(in.A_log[h_idx]));
+            const T Dh = in.D ? in.D[h_idx] : T(0);
+            const T* xt = in.x + row * in.ld_x + h_idx * P;
+            const T* Bt = in.Bm + row * in.ld_B + g * N;
+            const T* Ct = in.Cm + row * in.ld_C + g * N;
+            T* yt = y + i * P;
+            for (int64_t p = 0; p < P; ++p) {
+                T* Sp = S + p * N;
+                const T xdt = dtv * xt[p];
+                T acc = 0;
+                for (int64_t n = 0; n < N; ++n) {
+                    Sp[n] = decay * Sp[n] + xdt * Bt[n];
+                    acc += Sp[n] * Ct[n];
+                }
+                yt[p] = acc + Dh * xt[p];
+            }
+        }
+    });
+}
+
 template void ssd_forward<float>(float*, float*, const SsdInputs<float>&, const float*, const SsdDims&);
 template void ssd_forward<double>(double*, double*, const SsdInputs<double>&, const double*, const SsdDims&);
 template void ssd_forward_sequential<float>(float*, float*, const SsdInputs<float>&, const float*,
@@ -401,5 +432,7 @@ template void ssd_backward<float>(const SsdGrads<float>&, const float*, const Ss
                                   const SsdDims&);
 template void ssd_backward<double>(const SsdGrads<double>&, const double*, const SsdInputs<double>&,
                                    const double*, const SsdDims&);
+template void ssd_update<float>(float*, float*, const int64_t*, const SsdInputs<float>&, const SsdDims&);
+template void ssd_update<double>(double*, double*, const int64_t*, const SsdInputs<double>&, const SsdDims&);
 
 }  // namespace mslm::ops

@@ -1,0 +1,128 @@
+#include "model/inference.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include "core/error.h"
+
+namespace mslm {
+
+template <typename T>
+InferenceState<T>::InferenceState(const ModelConfig& cfg, int64_t slots, int64_t max_len)
+    : slots_(slots), max_len_(max_len) {
+    cfg.validate();
+    MSLM_CHECK(slots > 0, "inference state: {} slots (need at least 1)", slots);
+    MSLM_CHECK(max_len > 0, "inference state: max_len {} (need at least 1)", max_len);
+    MSLM_CHECK(max_len <= cfg.max_seq_len, "inference state: max_len {} is above the model's max_seq_len {}",
+               max_len, cfg.max_seq_len);
+    const int64_t window = cfg.attention.sliding_window;
+    cache_len_ = window > 0 ? std::min(window, max_len) : max_len;
+    pos_.assign(static_cast<size_t>(slots), 0);
+    layers_.resize(cfg.layers.size());
+    for (size_t l = 0; l < cfg.layers.size(); ++l) {
+        LayerState& s = layers_[l];
+        if (cfg.layers[l] == LayerKind::Attention) {
+            const int64_t row = cfg.attn_kv_heads() * cfg.attn_head_dim();
+            s.k.resize(static_cast<size_t>(slots * cache_len_ * row));
+            s.v.resize(s.k.size());
+            continue;
+        }
+        const int64_t Din = cfg.mamba_d_inner(), S = cfg.mamba.d_state;
+        const int64_t conv_channels = cfg.mamba.version == 1 ? Din : Din + 2 * cfg.mamba.n_groups * S;
+        s.conv.resize(static_cast<size_t>(slots * (cfg.mamba.d_conv - 1) * conv_channels));
+        // Mamba-2's (H, P, N) per slot has the same size as Mamba-1's (Din, N): H · P = Din.
+        s.ssm.resize(static_cast<size_t>(slots * Din * S));
+    }
+}
+
+template <typename T>
+void InferenceState<T>::clear() {
+    std::fill(pos_.begin(), pos_.end(), 0);
+    for (LayerState& s : layers_) {
+        std::fill(s.conv.begin(), s.conv.end(), T(0));
+        std::fill(s.ssm.begin(), s.ssm.end(), T(0));
+    }
+}
+
+template <typename T>
+void InferenceState<T>::clear(int64_t slot) {
+    MSLM_CHECK(slot >= 0 && slot < slots_, "inference state: slot {} out of range [0, {})", slot, slots_);
+    pos_[slot] = 0;
+    // The recurrent states are read as the initial state, so they must be zero. KV rows at or past
+    // a slot's position are never read: they need no clearing.
+    for (LayerState& s : layers_) {
+        const size_t conv = s.conv.size() / slots_, ssm = s.ssm.size() / slots_;
+        std::fill_n(s.conv.begin() + slot * conv, conv, T(0));
+        std::fill_n(s.ssm.begin() + slot * ssm, ssm, T(0));
+    }
+}
+
+template <typename T>
+void InferenceState<T>::for_each_block(const std::function<void(std::vector<T>&, size_t, size_t)>& fn) {
+    for (LayerState& s : layers_) {
+        if (!s.conv.empty()) fn(s.conv, s.conv.size() / slots_, 0);
+        if (!s.ssm.empty()) fn(s.ssm, s.ssm.size() / slots_, 0);
+        if (!s.k.empty()) {
+            const size_t row = s.k.size() / (slots_ * cache_len_);
+            fn(s.k, row * cache_len_, row);
+            fn(s.v, row * cache_len_, row);
+        }
+    }
+}
+
+template <typename T>
+size_t InferenceState<T>::used(size_t block, size_t kv_row, int64_t slot) const {
+    // A KV cache holds rows 0 .. min(position, cache_len) of a slot; the rest is never read.
+    return kv_row ? std::min(block, static_cast<size_t>(std::min(pos_[slot], cache_len_)) * kv_row) : block;
+}
+
+template <typename T>
+void InferenceState<T>::copy(int64_t src_slot, int64_t dst_slot) {
+    MSLM_CHECK(src_slot >= 0 && src_slot < slots_ && dst_slot >= 0 && dst_slot < slots_,
+               "inference state: copy from slot {} to slot {}: out of range [0, {})", src_slot, dst_slot,
+               slots_);
+    if (src_slot == dst_slot) return;
+    for_each_block([&](std::vector<T>& buf, size_t block, size_t kv_row) {
+        std::copy_n(buf.begin() + src_slot * block, used(block, kv_row, src_slot),
+                    buf.begin() + dst_slot * block);
+    });
+    pos_[dst_slot] = pos_[src_slot];
+}
+
+template <typename T>
+void InferenceState<T>::reorder(std::span<const int64_t> src) {
+    MSLM_CHECK(static_cast<int64_t>(src.size()) == slots_,
+               "inference state: reorder with {} indices for {} slots", src.size(), slots_);
+    for (int64_t s : src)
+        MSLM_CHECK(s >= 0 && s < slots_, "inference state: reorder index {} out of range [0, {})", s, slots_);
+    // Slots that some other slot copies from are saved first, so that a slot overwritten early can
+    // still be a source (permutations, forks).
+    std::vector<char>& needed = needed_;
+    needed.assign(static_cast<size_t>(slots_), 0);
+    for (int64_t i = 0; i < slots_; ++i)
+        if (src[i] != i) needed[src[i]] = 1;
+    for_each_block([&](std::vector<T>& buf, size_t block, size_t kv_row) {
+        scratch_.resize(buf.size());
+        for (int64_t s = 0; s < slots_; ++s)
+            if (needed[s])
+                std::copy_n(buf.begin() + s * block, used(block, kv_row, s), scratch_.begin() + s * block);
+        for (int64_t i = 0; i < slots_; ++i)
+            if (src[i] != i)
+                std::copy_n(scratch_.begin() + src[i] * block, used(block, kv_row, src[i]),
+                            buf.begin() + i * block);
+    });
+    pos_scratch_.assign(pos_.begin(), pos_.end());
+    for (int64_t i = 0; i < slots_; ++i) pos_[i] = pos_scratch_[src[i]];
+}
+
+template <typename T>
+size_t InferenceState<T>::bytes() const {
+    size_t n = 0;
+    for (const LayerState& s : layers_) n += s.conv.size() + s.ssm.size() + s.k.size() + s.v.size();
+    return n * sizeof(T);
+}
+
+template class InferenceState<float>;
+template class InferenceState<double>;
+
+}  // namespace mslm
