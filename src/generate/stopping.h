@@ -15,8 +15,8 @@ namespace mslm {
 
 // When several criteria hold at the same token, the first in this order is reported.
 enum class StopReason { None, Eos, StopString, MaxNewTokens, MaxTime };
-const char* stop_reason_name(
-    StopReason reason);  // "none", "eos", "stop_string", "max_new_tokens", "max_time"
+// "none", "eos", "stop_string", "max_new_tokens", "max_time".
+const char* stop_reason_name(StopReason reason);
 
 // Finds stop strings in generated text fed one token's text at a time (a StreamDecoder's deltas).
 // transformers stops when a stop string "is at the end" of the sequence, which allows the token
