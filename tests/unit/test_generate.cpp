@@ -50,16 +50,18 @@ TEST_P(GenerateParity, MatchesTransformers) {
         const GenerationConfig cfg = config_for(c["params"]);
         const std::vector<int32_t> prompt = c["prompt"].get<std::vector<int32_t>>();
         const std::string strategy = c["strategy"];
-        if (strategy == "greedy") EXPECT_EQ(strategy_for(cfg), Strategy::Greedy);
-        if (strategy == "beam") EXPECT_EQ(strategy_for(cfg), Strategy::BeamSearch);
-        if (strategy == "contrastive") EXPECT_EQ(strategy_for(cfg), Strategy::Contrastive);
+        const Strategy expected = strategy == "greedy" ? Strategy::Greedy
+                                  : strategy == "beam" ? Strategy::BeamSearch
+                                                       : Strategy::Contrastive;
+        EXPECT_EQ(strategy_for(cfg), expected);
         GenerationResult res = generate(lm, {prompt}, cfg);
         const auto& want = c["sequences"];
         ASSERT_EQ(res.sequences.size(), want.size());
         for (size_t i = 0; i < want.size(); ++i) {
             EXPECT_EQ(res.sequences[i].tokens, want[i].get<std::vector<int32_t>>()) << "sequence " << i;
-            if (c.contains("sequence_scores"))
+            if (c.contains("sequence_scores")) {
                 EXPECT_NEAR(res.sequences[i].score, c["sequence_scores"][i].get<double>(), 5e-3) << "sequence " << i;
+            }
             if (c.contains("step_scores")) {
                 const auto ws = c["step_scores"][i].get<std::vector<double>>();
                 ASSERT_EQ(res.sequences[i].token_scores.size(), ws.size());
