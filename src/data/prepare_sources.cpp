@@ -33,6 +33,8 @@ const char* split_name(TxtSplit s) {
             return "block";
         case TxtSplit::Line:
             return "line";
+        case TxtSplit::Percent:
+            return "fortune";
     }
     return "?";
 }

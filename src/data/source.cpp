@@ -418,6 +418,8 @@ public:
                 return next_line(doc);
             case TxtSplit::Block:
                 return next_block(doc);
+            case TxtSplit::Percent:
+                return next_entry(doc);
         }
         return false;
     }
@@ -465,6 +467,38 @@ private:
             } else {
                 start_line = line;
             }
+            doc.text += line_;
+        }
+        if (start_line == 0) return false;
+        set_origin(doc, in_.path(), start_line);
+        return true;
+    }
+
+    // Lines up to the next line that is only "%" (fortune's strfile format), joined by '\n'. Blank
+    // lines inside an entry belong to it; leading and trailing blank lines do not.
+    bool next_entry(Document& doc) {
+        doc.text.clear();
+        int64_t start_line = 0;
+        size_t pending_blank = 0;  // blank lines seen since the last text line of this entry
+        for (;;) {
+            const int64_t line = in_.line(), offset = in_.offset();
+            if (!in_.read_line(line_)) break;
+            strip_cr(line_);
+            if (line_ == "%") {
+                if (start_line > 0) break;
+                continue;
+            }
+            if (is_blank(line_)) {
+                if (start_line > 0) ++pending_blank;
+                continue;
+            }
+            apply_utf8(line_, utf8_, in_.path(), line, offset);
+            if (start_line > 0) {
+                doc.text.append(pending_blank + 1, '\n');
+            } else {
+                start_line = line;
+            }
+            pending_blank = 0;
             doc.text += line_;
         }
         if (start_line == 0) return false;
@@ -807,8 +841,10 @@ SourceSpec parse_source_spec(const std::string& text) {
                 spec.txt_split = TxtSplit::Block;
             } else if (value == "line") {
                 spec.txt_split = TxtSplit::Line;
+            } else if (value == "fortune") {
+                spec.txt_split = TxtSplit::Percent;
             } else {
-                bad_value("file, block or line");
+                bad_value("file, block, line or fortune");
             }
         } else if (key == "field") {
             if (value.empty()) bad_value("a field name or dotted path");

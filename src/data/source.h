@@ -10,7 +10,9 @@
 namespace mslm {
 
 enum class SourceFormat { Auto, Txt, Jsonl, Json };  // Auto: from the extension (before .gz/.zst)
-enum class TxtSplit { File, Block, Line };            // document per file / blank-line block / line
+// Document per file / blank-line block / line / entry of a fortune(6) file (entries between lines
+// holding only "%").
+enum class TxtSplit { File, Block, Line, Percent };
 enum class Utf8Policy { Replace, Fail };              // invalid UTF-8: U+FFFD (Python's errors="replace"), or an error
 
 struct SourceSpec {

@@ -190,6 +190,20 @@ TEST(DataSourceTxt, BlankLineBlocks) {
     EXPECT_EQ(docs[2].origin, dir + "/a.txt:11");
 }
 
+TEST(DataSourceTxt, FortuneEntries) {
+    const std::string dir = test_dir();
+    // Blank lines inside an entry stay; those around it, empty entries and CRLF do not.
+    write_file(dir + "/cookie", "%\nFirst saying,\n  by someone.\n%\n\nTwo\n\n\nparagraphs\n\n%\n%\r\nlast\r\n%\n");
+    const auto docs = read_all(parse_source_spec(dir + "/cookie:format=txt,split=fortune"));
+    ASSERT_EQ(docs.size(), 3u);
+    EXPECT_EQ(docs[0].text, "First saying,\n  by someone.");
+    EXPECT_EQ(docs[0].origin, dir + "/cookie:2");
+    EXPECT_EQ(docs[1].text, "Two\n\n\nparagraphs");
+    EXPECT_EQ(docs[1].origin, dir + "/cookie:6");
+    EXPECT_EQ(docs[2].text, "last");
+    EXPECT_EQ(parse_source_spec("a:split=fortune").txt_split, TxtSplit::Percent);
+}
+
 TEST(DataSourceTxt, LinePerDocument) {
     const std::string dir = test_dir();
     write_file(dir + "/a.txt", "\xEF\xBB\xBFone\n\n   \ntwo  \r\nthree");  // BOM, blank lines, CRLF
