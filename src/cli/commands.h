@@ -4,6 +4,7 @@
 
 namespace mslm::cli {
 
+void register_chat(CLI::App& app);      // chat.cpp
 void register_data(CLI::App& app);
 void register_generate(CLI::App& app);  // generate.cpp
 void register_info(CLI::App& app);

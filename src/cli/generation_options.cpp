@@ -45,7 +45,7 @@ constexpr FlagSpec kFlags[] = {
 };
 
 std::atomic<bool> g_interrupt{false};
-void (*g_previous)(int) = SIG_DFL;
+struct sigaction g_previous;
 
 extern "C" void on_sigint(int) { g_interrupt.store(true); }
 
@@ -87,10 +87,15 @@ LoadedGenerator load_generator(const std::string& dir, const std::string& tokeni
 
 InterruptGuard::InterruptGuard() {
     g_interrupt.store(false);
-    g_previous = std::signal(SIGINT, on_sigint);
+    // Without SA_RESTART, so that a blocking read() returns EINTR and an interactive prompt sees
+    // the Ctrl-C.
+    struct sigaction sa = {};
+    sa.sa_handler = on_sigint;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, &g_previous);
 }
 
-InterruptGuard::~InterruptGuard() { std::signal(SIGINT, g_previous); }
+InterruptGuard::~InterruptGuard() { sigaction(SIGINT, &g_previous, nullptr); }
 
 bool InterruptGuard::requested() { return g_interrupt.load(); }
 

@@ -39,8 +39,8 @@ struct LoadedGenerator {
 // Loads DIR's model, its tokenizer.json (or tokenizer_path when given) and generation_config.json.
 LoadedGenerator load_generator(const std::string& dir, const std::string& tokenizer_path);
 
-// Ctrl-C while generating: the first press sets the flag (the reply stops at the next token); the
-// handler is installed for the lifetime of the guard.
+// Ctrl-C while generating: a press sets the flag (the reply stops at the next token) instead of
+// ending the program; the handler is installed for the lifetime of the guard.
 class InterruptGuard {
 public:
     InterruptGuard();

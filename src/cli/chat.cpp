@@ -1,0 +1,244 @@
+// `mamba-slm chat`: an interactive conversation with a model directory. The conversation is
+// rendered with the model's chat template (ChatML when it has none) and re-encoded each turn;
+// replies stream as they are generated. Ctrl-C stops the reply, not the program.
+#include <fmt/format.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <ctime>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "cli/commands.h"
+#include "cli/generation_options.h"
+#include "core/error.h"
+#include "tokenizer/chat_template.h"
+
+namespace mslm::cli {
+
+namespace {
+
+struct ChatArgs {
+    std::string model, tokenizer, system, template_file;
+    GenerationFlags flags;
+};
+
+// Reads one line from standard input with read(2), so that Ctrl-C at the prompt interrupts the
+// wait (the SIGINT handler is installed without SA_RESTART). Returns false at end of input;
+// `interrupted` tells a Ctrl-C apart from a line.
+bool read_line(std::string& line, bool& interrupted) {
+    line.clear();
+    interrupted = false;
+    for (;;) {
+        char c;
+        const ssize_t n = ::read(STDIN_FILENO, &c, 1);
+        if (n == 1) {
+            if (c == '\n') return true;
+            line += c;
+            continue;
+        }
+        if (n < 0 && errno == EINTR) {
+            if (InterruptGuard::requested()) {
+                InterruptGuard::reset();
+                interrupted = true;
+                line.clear();
+                return true;
+            }
+            continue;
+        }
+        return !line.empty();  // end of input: a last line without '\n' still counts
+    }
+}
+
+std::string trim(std::string s) {
+    const size_t b = s.find_first_not_of(" \t\r");
+    const size_t e = s.find_last_not_of(" \t\r");
+    return b == std::string::npos ? std::string() : s.substr(b, e - b + 1);
+}
+
+void save_conversation(const std::string& path, const std::vector<ChatMessage>& messages) {
+    nlohmann::ordered_json j = nlohmann::ordered_json::array();
+    for (const auto& m : messages) j.push_back({{"role", m.role}, {"content", m.content}});
+    std::ofstream out(path);
+    MSLM_CHECK(out.good(), "{}: cannot write", path);
+    out << j.dump(2) << "\n";
+    MSLM_CHECK(out.good(), "{}: write failed", path);
+}
+
+const char* kHelp =
+    "  /reset              start a new conversation\n"
+    "  /set KEY VALUE      change a generation setting (temperature 0.7, top_p 0.9, max_new_tokens 128, ...)\n"
+    "  /show               print the generation settings\n"
+    "  /save [FILE]        write the conversation as JSON\n"
+    "  /quit               leave (or Ctrl-D); Ctrl-C stops a reply\n";
+
+void run_chat(ChatArgs& a) {
+    LoadedGenerator g = load_generator(a.model, a.tokenizer);
+    MSLM_CHECK(g.tokenizer, "{}: no tokenizer.json; chat needs one (--tokenizer FILE)", a.model);
+    const Tokenizer& tok = *g.tokenizer;
+    GenerationConfig cfg = g.config;
+    if (!cfg.max_new_tokens && !cfg.max_length) cfg.max_new_tokens = 256;
+    apply_generation_flags(a.flags, cfg);
+    const ChatTemplate tmpl = a.template_file.empty()
+                                  ? ChatTemplate::load_for_model(a.model)
+                                  : [&] {
+                                        std::ifstream in(a.template_file);
+                                        MSLM_CHECK(in.good(), "{}: cannot open the chat template", a.template_file);
+                                        std::stringstream ss;
+                                        ss << in.rdbuf();
+                                        return ChatTemplate(ss.str(), a.template_file);
+                                    }();
+
+    // The end of a turn: the template's end-of-turn token when the vocabulary has it (an EOS id),
+    // else its text as a stop string that is cut from the reply.
+    std::string end_of_turn;
+    for (const char* candidate : {"<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>"})
+        if (tmpl.text().find(candidate) != std::string::npos) {
+            end_of_turn = candidate;
+            break;
+        }
+    if (!end_of_turn.empty()) {
+        const int32_t id = tok.token_to_id(end_of_turn);
+        if (id >= 0) {
+            cfg.eos_token_id.push_back(id);
+        } else {
+            cfg.stop_strings.push_back(end_of_turn);
+        }
+    }
+
+    HybridCausalLM lm(*g.model);
+    std::vector<ChatMessage> history;
+    if (!a.system.empty()) history.push_back({"system", a.system});
+    fmt::print("mamba-slm chat: {} ({} parameters), template: {}\n", a.model, g.model->num_params(), tmpl.source());
+    fmt::print("Type a message. /help lists commands; Ctrl-C stops a reply, Ctrl-D or /quit leaves.\n");
+
+    InterruptGuard guard;  // also makes a Ctrl-C at the prompt end read() with EINTR
+
+    uint64_t turn = 0;
+    std::string line;
+    for (;;) {
+        fmt::print("> ");
+        std::fflush(stdout);
+        bool interrupted = false;
+        if (!read_line(line, interrupted)) break;
+        if (interrupted) {
+            fmt::print("\n");
+            continue;
+        }
+        line = trim(line);
+        if (line.empty()) continue;
+        if (line[0] == '/') {
+            std::istringstream in(line.substr(1));
+            std::string cmd;
+            in >> cmd;
+            try {
+                if (cmd == "quit" || cmd == "exit") break;
+                if (cmd == "help") {
+                    fmt::print("{}", kHelp);
+                } else if (cmd == "reset") {
+                    history.clear();
+                    if (!a.system.empty()) history.push_back({"system", a.system});
+                    fmt::print("(conversation cleared)\n");
+                } else if (cmd == "set") {
+                    std::string key, value;
+                    in >> key;
+                    std::getline(in, value);
+                    value = trim(value);
+                    MSLM_CHECK(!key.empty() && !value.empty(), "usage: /set KEY VALUE");
+                    GenerationConfig next = cfg;
+                    next.set(key, value);
+                    next.validate();
+                    cfg = next;
+                    fmt::print("({} = {})\n", key, cfg.to_json().at(key).dump());
+                } else if (cmd == "show") {
+                    fmt::print("{}\n", cfg.to_json().dump(2));
+                } else if (cmd == "save") {
+                    std::string path;
+                    in >> path;
+                    if (path.empty()) path = fmt::format("chat-{}.json", static_cast<long long>(std::time(nullptr)));
+                    save_conversation(path, history);
+                    fmt::print("(saved {} messages to {})\n", history.size(), path);
+                } else {
+                    fmt::print("unknown command /{}; /help lists them\n", cmd);
+                }
+            } catch (const Error& e) {
+                fmt::print("error: {}\n", e.what());
+            }
+            continue;
+        }
+
+        history.push_back({"user", line});
+        std::vector<int32_t> prompt;
+        try {
+            prompt = tok.encode(tmpl.render(history, true), false);
+        } catch (const Error& e) {
+            history.pop_back();
+            fmt::print("error: {}\n", e.what());
+            continue;
+        }
+        GenerationConfig turn_cfg = cfg;
+        if (!turn_cfg.seed) turn_cfg.seed = turn;
+        ++turn;
+        // The reply streams as it comes, held back by the longest stop string so that a stop
+        // string is never printed.
+        size_t hold = 0;
+        for (const auto& s : turn_cfg.stop_strings) hold = std::max(hold, s.size());
+        std::string reply;
+        size_t printed = 0;
+        GenerateHooks hooks;
+        hooks.tokenizer = &tok;
+        hooks.default_seed = turn;
+        hooks.on_token = [&](int64_t, int32_t, std::string_view text) {
+            reply += text;
+            const size_t safe = reply.size() > hold ? reply.size() - hold : 0;
+            if (safe > printed) {
+                std::fwrite(reply.data() + printed, 1, safe - printed, stdout);
+                std::fflush(stdout);
+                printed = safe;
+            }
+            return !InterruptGuard::requested();
+        };
+        InterruptGuard::reset();
+        GenerationResult res;
+        try {
+            res = generate(lm, {prompt}, turn_cfg, hooks);
+        } catch (const Error& e) {
+            history.pop_back();
+            fmt::print("\nerror: {}\n", e.what());
+            continue;
+        }
+        InterruptGuard::reset();
+        const GeneratedSequence& seq = res.sequences.at(0);
+        if (seq.stop_reason == StopReason::StopString) {
+            for (const auto& s : turn_cfg.stop_strings) {
+                const size_t at = reply.find(s);
+                if (at != std::string::npos) reply.resize(at);
+            }
+        } else if (seq.stop_reason == StopReason::Eos) {
+            reply = tok.decode(std::span<const int32_t>(seq.tokens).first(seq.tokens.size() - 1), true);
+        }
+        if (reply.size() > printed) std::fwrite(reply.data() + printed, 1, reply.size() - printed, stdout);
+        history.push_back({"assistant", reply});
+        const double tps = res.decode_seconds > 0 ? static_cast<double>(seq.tokens.size()) / res.decode_seconds : 0;
+        fmt::print("\n[{}prompt {} tokens, reply {} tokens, {:.1f} tok/s]\n", res.interrupted ? "interrupted; " : "",
+                   res.prompt_tokens, seq.tokens.size(), tps);
+    }
+    fmt::print("\n");
+}
+
+}  // namespace
+
+void register_chat(CLI::App& app) {
+    auto a = std::make_shared<ChatArgs>();
+    auto* cmd = app.add_subcommand("chat", "Talk to a model: multi-turn, streamed, with its chat template");
+    cmd->add_option("--model", a->model, "Model directory (with tokenizer.json)")->required();
+    cmd->add_option("--tokenizer", a->tokenizer, "tokenizer.json (default: the model directory's)");
+    cmd->add_option("--system", a->system, "System message at the start of the conversation");
+    cmd->add_option("--chat-template", a->template_file, "A Jinja chat template file instead of the model's");
+    add_generation_flags(cmd, a->flags);
+    cmd->callback([a] { run_chat(*a); });
+}
+
+}  // namespace mslm::cli
