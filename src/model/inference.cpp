@@ -97,14 +97,13 @@ void InferenceState<T>::reorder(std::span<const int64_t> src) {
         MSLM_CHECK(s >= 0 && s < slots_, "inference state: reorder index {} out of range [0, {})", s, slots_);
     // Slots that some other slot copies from are saved first, so that a slot overwritten early can
     // still be a source (permutations, forks).
-    std::vector<char>& needed = needed_;
-    needed.assign(static_cast<size_t>(slots_), 0);
+    needed_.assign(static_cast<size_t>(slots_), 0);
     for (int64_t i = 0; i < slots_; ++i)
-        if (src[i] != i) needed[src[i]] = 1;
+        if (src[i] != i) needed_[src[i]] = 1;
     for_each_block([&](std::vector<T>& buf, size_t block, size_t kv_row) {
         scratch_.resize(buf.size());
         for (int64_t s = 0; s < slots_; ++s)
-            if (needed[s])
+            if (needed_[s])
                 std::copy_n(buf.begin() + s * block, used(block, kv_row, s), scratch_.begin() + s * block);
         for (int64_t i = 0; i < slots_; ++i)
             if (src[i] != i)

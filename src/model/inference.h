@@ -53,7 +53,7 @@ private:
     std::vector<int64_t> pos_;
     std::vector<LayerState> layers_;
     std::vector<T> scratch_;  // reorder's copies of source slots, kept to avoid reallocating
-    std::vector<char> needed_;
+    std::vector<char> needed_;  // reorder: slots that another slot copies from
     std::vector<int64_t> pos_scratch_;
 };
 
