@@ -1,5 +1,7 @@
 #include "model/hybrid_lm.h"
 
+#include "nn/buffers.h"
+
 #include <cmath>
 #include <algorithm>
 #include <cstring>
@@ -81,29 +83,20 @@ T HybridLM<T>::forward(const int32_t* ids, const int32_t* targets, int64_t B, in
     if (targets) targets_.assign(targets, targets + N);
     res_.resize((L + 1) * N * D);
     const bool has_mlp = cfg_.mlp.kind != MlpKind::None;
-    mid_.resize(has_mlp ? L * N * D : 0);
-    ln1_.resize(L * N * D);
-    ln2_.resize(has_mlp ? L * N * D : 0);
+    // With activation checkpointing only the residual stream is kept per layer; a layer's norm
+    // outputs and mid-residual live in one layer's worth of buffers and are recomputed.
+    const int64_t kept = checkpointing_ ? 1 : L;
+    mid_.resize(has_mlp ? kept * N * D : 0);
+    ln1_.resize(kept * N * D);
+    ln2_.resize(has_mlp ? kept * N * D : 0);
     hf_.resize(N * D);
     logits_.resize(N * V);
     tmp_.resize(N * D);
 
     ops::embedding_forward(res_.data(), ids, params_.value(embed_), N, V, D);  // (N) => (N, D)
     for (int64_t l = 0; l < L; ++l) {
-        Layer& layer = layers_[l];
-        const T* x = res_.data() + l * N * D;
-        T* ln1 = ln1_.data() + l * N * D;
-        T* mid = layer.mlp ? mid_.data() + l * N * D : res_.data() + (l + 1) * N * D;
-        layer.norm.forward(ln1, x, N);
-        layer.mixer->forward(tmp_.data(), ln1, B, Tn);
-        for (int64_t i = 0; i < N * D; ++i) mid[i] = x[i] + tmp_[i];
-        if (layer.mlp) {
-            T* ln2 = ln2_.data() + l * N * D;
-            T* y = res_.data() + (l + 1) * N * D;
-            layer.mlp_norm.forward(ln2, mid, N);
-            layer.mlp->forward(tmp_.data(), ln2, N);
-            for (int64_t i = 0; i < N * D; ++i) y[i] = mid[i] + tmp_[i];
-        }
+        layer_forward(l);
+        if (checkpointing_) release_layer(l);
     }
     final_norm_.forward(hf_.data(), res_.data() + L * N * D, N);
     ops::linear_forward(logits_.data(), hf_.data(), params_.value(lm_head_), static_cast<const T*>(nullptr), N, D, V);
@@ -116,6 +109,58 @@ T HybridLM<T>::forward(const int32_t* ids, const int32_t* targets, int64_t B, in
     T sum = T(0);
     for (int64_t i = 0; i < N; ++i) sum += losses_[i];
     return count_ ? sum / static_cast<T>(count_) : T(0);
+}
+
+// Layer l of the training forward: residual l → norm → mixer → (+ norm → MLP) → residual l + 1.
+template <typename T>
+void HybridLM<T>::layer_forward(int64_t l) {
+    const int64_t N = B_ * T_, D = cfg_.d_model;
+    Layer& layer = layers_[l];
+    const T* x = res_.data() + l * N * D;
+    T* ln1 = ln1_.data() + (checkpointing_ ? 0 : l) * N * D;
+    T* mid = layer_mid(l);
+    layer.norm.forward(ln1, x, N);
+    layer.mixer->forward(tmp_.data(), ln1, B_, T_);
+    for (int64_t i = 0; i < N * D; ++i) mid[i] = x[i] + tmp_[i];
+    if (layer.mlp) {
+        T* ln2 = ln2_.data() + (checkpointing_ ? 0 : l) * N * D;
+        T* y = res_.data() + (l + 1) * N * D;
+        layer.mlp_norm.forward(ln2, mid, N);
+        layer.mlp->forward(tmp_.data(), ln2, N);
+        for (int64_t i = 0; i < N * D; ++i) y[i] = mid[i] + tmp_[i];
+    }
+}
+
+// The residual after layer l's mixer (layers without an MLP: the layer's output).
+template <typename T>
+T* HybridLM<T>::layer_mid(int64_t l) {
+    const int64_t N = B_ * T_, D = cfg_.d_model;
+    if (!layers_[l].mlp) return res_.data() + (l + 1) * N * D;
+    return mid_.data() + (checkpointing_ ? 0 : l) * N * D;
+}
+
+template <typename T>
+void HybridLM<T>::release_layer(int64_t l) {
+    layers_[l].mixer->release();
+    if (layers_[l].mlp) layers_[l].mlp->release();
+}
+
+template <typename T>
+void HybridLM<T>::set_activation_checkpointing(bool on) {
+    checkpointing_ = on;
+    targets_.clear();  // a forward must come between this and backward
+    if (on)
+        for (int64_t l = 0; l < cfg_.n_layers; ++l) release_layer(l);
+}
+
+template <typename T>
+size_t HybridLM<T>::activation_bytes() const {
+    size_t bytes = buffer_bytes(res_, mid_, ln1_, ln2_, hf_, logits_, losses_, lse_, tmp_, g_res_, g_ln_);
+    for (const Layer& layer : layers_) {
+        bytes += layer.mixer->activation_bytes();
+        if (layer.mlp) bytes += layer.mlp->activation_bytes();
+    }
+    return bytes;
 }
 
 template <typename T>
@@ -135,16 +180,18 @@ void HybridLM<T>::backward() {
     final_norm_.backward(g_res_.data(), g_ln_.data(), res_.data() + L * N * D, N);
     for (int64_t l = L - 1; l >= 0; --l) {
         Layer& layer = layers_[l];
+        if (checkpointing_) layer_forward(l);  // the same computation again: the same bits
         // g_res_ holds d loss / d (residual leaving layer l); the skip connections pass it through
         // unchanged and each sublayer adds its input gradient on top.
         if (layer.mlp) {
             std::fill(g_ln_.begin(), g_ln_.end(), T(0));
             layer.mlp->backward(g_ln_.data(), g_res_.data());
-            layer.mlp_norm.backward(g_res_.data(), g_ln_.data(), mid_.data() + l * N * D, N);
+            layer.mlp_norm.backward(g_res_.data(), g_ln_.data(), layer_mid(l), N);
         }
         std::fill(g_ln_.begin(), g_ln_.end(), T(0));
         layer.mixer->backward(g_ln_.data(), g_res_.data());
         layer.norm.backward(g_res_.data(), g_ln_.data(), res_.data() + l * N * D, N);
+        if (checkpointing_) release_layer(l);
     }
     if (cfg_.embed_padding_idx >= 0) {
         // padding_idx semantics: the lookup of that row contributes no gradient.

@@ -54,6 +54,14 @@ public:
     void decode(InferenceState<T>& st, const int64_t* slots, const int32_t* tokens, int64_t k, T* logits,
                 T* hidden);
 
+    // Activation checkpointing: forward keeps only the residual stream entering each layer and
+    // backward recomputes each layer's forward just before its backward, so the activations of
+    // one layer are alive at a time instead of all of them; gradients are bitwise the same.
+    void set_activation_checkpointing(bool on);
+    bool activation_checkpointing() const { return checkpointing_; }
+    // Bytes held by training activations and scratch (not parameters, not inference state).
+    size_t activation_bytes() const;
+
     int64_t num_params() const { return params_.total_unique(); }
     std::string summary() const;  // one line per layer
 
@@ -66,7 +74,12 @@ private:
         std::unique_ptr<Mlp<T>> mlp;
     };
 
+    void layer_forward(int64_t l);
+    T* layer_mid(int64_t l);
+    void release_layer(int64_t l);
+
     ModelConfig cfg_;
+    bool checkpointing_ = false;
     Parameters<T> params_;
     size_t embed_ = kNoParam, lm_head_ = kNoParam;
     std::vector<Layer> layers_;

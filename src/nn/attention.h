@@ -5,6 +5,7 @@
 
 #include "model/config.h"
 #include "nn/linear.h"
+#include "nn/buffers.h"
 #include "nn/mixer.h"
 #include "ops/attention.h"
 
@@ -21,6 +22,8 @@ public:
               const int64_t* slots) override;
     void init(InitContext& ctx) override;
     std::string describe() const override;
+    void release() override { free_buffers(qkv_, o_, lse_, g_o_, g_qkv_); }
+    size_t activation_bytes() const override { return buffer_bytes(qkv_, o_, lse_, g_o_, g_qkv_); }
     static int64_t saved_per_token(const ModelConfig& cfg);
 
 private:

@@ -4,6 +4,7 @@
 
 #include "model/config.h"
 #include "nn/linear.h"
+#include "nn/buffers.h"
 #include "nn/mixer.h"
 #include "nn/norm.h"
 #include "ops/selective_scan.h"
@@ -21,6 +22,8 @@ public:
               const int64_t* slots) override;
     void init(InitContext& ctx) override;
     std::string describe() const override;
+    void release() override { free_buffers(xz_, xc_, xdbl_, dbc_, dt_, dt_raw_, y_, g_y_, g_dt_raw_, g_xdbl_, g_dbc_, g_xc_, g_xz_, scratch_a_, scratch_b_, scratch_c_); }
+    size_t activation_bytes() const override { return buffer_bytes(xz_, xc_, xdbl_, dbc_, dt_, dt_raw_, y_, g_y_, g_dt_raw_, g_xdbl_, g_dbc_, g_xc_, g_xz_, scratch_a_, scratch_b_, scratch_c_); }
     static int64_t saved_per_token(const ModelConfig& cfg);
 
 private:

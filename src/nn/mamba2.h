@@ -5,6 +5,7 @@
 
 #include "model/config.h"
 #include "nn/linear.h"
+#include "nn/buffers.h"
 #include "nn/mixer.h"
 #include "ops/ssd.h"
 
@@ -21,6 +22,8 @@ public:
               const int64_t* slots) override;
     void init(InitContext& ctx) override;
     std::string describe() const override;
+    void release() override { free_buffers(zxbcdt_, xbc_, y_, z_, rstd_, yn_, g_yn_, g_y_, g_z_, g_xbc_, g_zxbcdt_); }
+    size_t activation_bytes() const override { return buffer_bytes(zxbcdt_, xbc_, y_, z_, rstd_, yn_, g_yn_, g_y_, g_z_, g_xbc_, g_zxbcdt_); }
     static int64_t saved_per_token(const ModelConfig& cfg);
 
 private:

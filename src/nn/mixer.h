@@ -38,6 +38,10 @@ public:
                       const int64_t* slots) = 0;
     virtual void init(InitContext& ctx) = 0;
     virtual std::string describe() const = 0;
+    // Training activations: what forward saved plus backward's scratch. release() frees them
+    // (activation checkpointing recomputes the forward before the backward).
+    virtual void release() = 0;
+    virtual size_t activation_bytes() const = 0;
 };
 
 }  // namespace mslm

@@ -3,6 +3,7 @@
 #include <vector>
 
 #include "model/config.h"
+#include "nn/buffers.h"
 #include "nn/linear.h"
 #include "nn/mixer.h"
 
@@ -15,6 +16,8 @@ public:
     void forward(T* out, const T* x, int64_t N);  // x, out (N, D); x must live until backward
     void backward(T* dx, const T* dout);
     void apply(T* out, const T* x, int64_t N);  // inference: forward in buffers of its own
+    void release() { free_buffers(h_, a_, g_a_, g_h_); }  // see Mixer::release
+    size_t activation_bytes() const { return buffer_bytes(h_, a_, g_a_, g_h_); }
     void init(InitContext& ctx);
     std::string describe() const;
     static int64_t saved_per_token(const ModelConfig& cfg);

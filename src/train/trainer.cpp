@@ -6,6 +6,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <set>
 #include <limits>
 #include <numbers>
 
@@ -85,6 +86,7 @@ json train_config_to_json(const TrainConfig& c) {
         {"keep_last", c.keep_last},
         {"seed", c.seed},
         {"nan_policy", c.nan_policy},
+        {"activation_checkpointing", c.activation_checkpointing},
     };
 }
 
@@ -145,6 +147,7 @@ TrainConfig train_config_from_json(const json& given, const std::string& source)
     read(j, "keep_last", c.keep_last, source);
     read(j, "seed", c.seed, source);
     read(j, "nan_policy", c.nan_policy, source);
+    read(j, "activation_checkpointing", c.activation_checkpointing, source);
     return c;
 }
 
@@ -215,6 +218,31 @@ std::unique_ptr<HybridLM<float>> build_model(const TrainConfig& cfg) {
 
 }  // namespace
 
+namespace {
+
+// A resumed run continues the same optimisation: everything that shapes the model, the data
+// stream or the update must be as the checkpoint recorded it. What only changes how long the run
+// goes, how often it reports, or how it spends memory may differ.
+void check_resume_config(const json& saved, const json& now, const std::string& run_dir) {
+    static const std::set<std::string> may_change = {
+        "/steps", "/eval_every", "/eval_batches", "/log_every", "/checkpoint_every", "/keep_last",
+        "/nan_policy", "/activation_checkpointing", "/run_dir"};
+    const json was = saved.flatten(), is = now.flatten();
+    std::string diffs;
+    for (auto it = is.begin(); it != is.end(); ++it) {
+        if (may_change.count(it.key())) continue;
+        auto w = was.find(it.key());
+        const std::string before = w == was.end() ? "(unset)" : w->dump();
+        if (w == was.end() || *w != *it)
+            diffs += fmt::format("{}{} {} -> {}", diffs.empty() ? "" : ", ", it.key().substr(1), before, it->dump());
+    }
+    MSLM_CHECK(diffs.empty(), "train --resume: the config differs from the one {} was started with: {}. Resume "
+               "with the same settings (only steps, eval/log/checkpoint intervals, keep_last, nan_policy and "
+               "activation_checkpointing may change), or start a new run_dir", run_dir, diffs);
+}
+
+}  // namespace
+
 Trainer::Trainer(TrainConfig cfg, bool resume) : cfg_(std::move(cfg)) {
     cfg_.validate();
     schedule_ = cfg_.schedule();
@@ -259,6 +287,7 @@ Trainer::Trainer(TrainConfig cfg, bool resume) : cfg_(std::move(cfg)) {
     ao.eps = cfg_.eps;
     ao.weight_decay = cfg_.weight_decay;
     optimizer_ = std::make_unique<AdamW<float>>(model_->params(), ao);
+    model_->set_activation_checkpointing(cfg_.activation_checkpointing);
 
     if (ckpt) {
         optimizer_->load_state([&](const std::string& name) { return ckpt->optimizer.get(name); });
@@ -269,6 +298,7 @@ Trainer::Trainer(TrainConfig cfg, bool resume) : cfg_(std::move(cfg)) {
         tokens_seen_ = ts.value("tokens_seen", int64_t{0});
         MSLM_CHECK(step_ <= cfg_.steps, "train --resume: the checkpoint is at step {}, past steps = {}", step_,
                    cfg_.steps);
+        check_resume_config(ts.at("config"), train_config_to_json(cfg_), cfg_.run_dir);
     }
 }
 

@@ -45,6 +45,9 @@ struct TrainConfig {
     int keep_last = 3;
     uint64_t seed = 0;
     std::string nan_policy = "stop";  // skip: drop the step's update; stop: fail naming the step
+    // Keep only each layer's input during forward and recompute the layer before its backward:
+    // activation memory of one layer instead of all, for about one more forward pass of compute.
+    bool activation_checkpointing = false;
 
     LrSchedule schedule() const;
     void validate() const;  // field-level rules; model and data checks happen in Trainer

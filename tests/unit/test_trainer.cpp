@@ -223,6 +223,43 @@ TEST(Trainer, ResumeIsBitwise) {
     EXPECT_TRUE(fs::exists(cfg.run_dir + "/loss_curve.svg"));
 }
 
+// Resuming with settings that shape the optimisation is refused, naming them; changing only how
+// long to go and how memory is spent is allowed, and activation checkpointing changes no bit.
+TEST(Trainer, ResumeChecksTheConfig) {
+    NEED_DATA();
+    TrainConfig straight_cfg = base_config("straight_ck");
+    Trainer straight(straight_cfg, false);
+    straight.run();
+
+    TrainConfig cfg = base_config("resume_cfg");
+    {
+        Trainer first(cfg, false);
+        first.after_backward = [](int64_t step, Parameters<float>&) {
+            if (step == 3) throw Crash();
+        };
+        EXPECT_THROW(first.run(), Crash);
+    }
+    TrainConfig changed = cfg;
+    changed.lr *= 2;
+    changed.batch_size += 1;
+    try {
+        Trainer t(changed, true);
+        ADD_FAILURE() << "resume with another lr and batch_size was accepted";
+    } catch (const Error& e) {
+        EXPECT_NE(std::string(e.what()).find("lr"), std::string::npos) << e.what();
+        EXPECT_NE(std::string(e.what()).find("batch_size 4 -> 5"), std::string::npos) << e.what();
+    }
+    TrainConfig allowed = cfg;
+    allowed.activation_checkpointing = true;
+    allowed.log_every = 2;
+    Trainer resumed(allowed, true);
+    EXPECT_TRUE(resumed.model().activation_checkpointing());
+    resumed.run();
+    const std::vector<float> wa = weights(straight.model()), wb = weights(resumed.model());
+    ASSERT_EQ(wa.size(), wb.size());
+    EXPECT_EQ(std::memcmp(wa.data(), wb.data(), wa.size() * sizeof(float)), 0);
+}
+
 // grad_accum = 2 with batch B sees the same 2B windows as one batch of 2B (the shuffled order does
 // not depend on the batch size), so the step's gradient and update must agree.
 TEST(Trainer, GradAccumulationMatchesLargerBatch) {
