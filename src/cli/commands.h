@@ -5,6 +5,8 @@
 namespace mslm::cli {
 
 void register_data(CLI::App& app);
+// `eval --model DIR --data DIR`: loss, perplexity and bits per byte on prepared shards (eval.cpp).
+void register_eval(CLI::App& app);
 void register_info(CLI::App& app);
 void register_quickstart(CLI::App& app);
 // Adds `tokenizer` with encode/decode, and calls register_tokenizer_train for `tokenizer train`.

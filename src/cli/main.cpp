@@ -16,6 +16,7 @@ int main(int argc, char** argv) {
     app.add_option("--threads", threads, "CPU threads for the kernels (default: all cores, or MSLM_THREADS)")
         ->check(CLI::PositiveNumber);
     mslm::cli::register_data(app);
+    mslm::cli::register_eval(app);
     mslm::cli::register_info(app);
     mslm::cli::register_quickstart(app);
     mslm::cli::register_tokenizer(app);
