@@ -6,6 +6,8 @@ namespace mslm::cli {
 
 void register_chat(CLI::App& app);      // chat.cpp
 void register_data(CLI::App& app);
+// `eval --model DIR --data DIR`: loss, perplexity and bits per byte on prepared shards (eval.cpp).
+void register_eval(CLI::App& app);
 void register_generate(CLI::App& app);  // generate.cpp
 void register_info(CLI::App& app);
 void register_quickstart(CLI::App& app);

@@ -17,6 +17,7 @@ int main(int argc, char** argv) {
         ->check(CLI::PositiveNumber);
     mslm::cli::register_chat(app);
     mslm::cli::register_data(app);
+    mslm::cli::register_eval(app);
     mslm::cli::register_generate(app);
     mslm::cli::register_info(app);
     mslm::cli::register_quickstart(app);

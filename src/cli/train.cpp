@@ -3,6 +3,7 @@
 #include <cstdio>
 
 #include "cli/commands.h"
+#include "model/model_io.h"
 #include "train/trainer.h"
 
 namespace mslm::cli {
@@ -12,7 +13,7 @@ namespace {
 struct TrainArgs {
     std::string config;
     std::vector<std::string> sets;
-    std::string data, run_dir;
+    std::string data, run_dir, save_init;
     int64_t steps = 0;
     bool resume = false;
 };
@@ -28,12 +29,21 @@ void register_train(CLI::App& app) {
     cmd->add_option("--run-dir", a->run_dir, "Same as --set run_dir=DIR");
     cmd->add_option("--steps", a->steps, "Same as --set steps=N")->check(CLI::PositiveNumber);
     cmd->add_flag("--resume", a->resume, "Continue from the latest checkpoint in run_dir");
+    cmd->add_option("--save-init", a->save_init,
+                    "Write the model the run would start from (model.* and seed) to this directory, and exit")
+        ->excludes("--resume");
     cmd->callback([a] {
         TrainConfig cfg = load_train_config(a->config);
         for (const std::string& s : a->sets) apply_override(cfg, s);
         if (!a->data.empty()) cfg.data = a->data;
         if (!a->run_dir.empty()) cfg.run_dir = a->run_dir;
         if (a->steps > 0) cfg.steps = a->steps;
+        if (!a->save_init.empty()) {
+            cfg.validate();
+            save_model(*build_initial_model(cfg), a->save_init);
+            std::printf("%s\n", fmt::format("wrote the initial model to {}", a->save_init).c_str());
+            return;
+        }
         Trainer trainer(cfg, a->resume);
         const TrainSummary s = trainer.run();
         std::printf("%s\n", fmt::format("trained to step {}: loss {:.4f}, val loss {:.4f}, {} skipped steps; "

@@ -8,7 +8,6 @@
 #include <fstream>
 #include <set>
 #include <limits>
-#include <numbers>
 
 #include "core/error.h"
 #include "data/manifest.h"
@@ -64,6 +63,7 @@ json train_config_to_json(const TrainConfig& c) {
         {"model", {{"preset", c.model_preset}, {"config", c.model_config}, {"init_from", c.init_from},
                    {"vocab_size", c.model_vocab_size}}},
         {"data", c.data},
+        {"val_data", c.val_data},
         {"run_dir", c.run_dir},
         {"batch_size", c.batch_size},
         {"seq_len", c.seq_len},
@@ -125,6 +125,7 @@ TrainConfig train_config_from_json(const json& given, const std::string& source)
     read(m, "init_from", c.init_from, source, "model.");
     read(m, "vocab_size", c.model_vocab_size, source, "model.");
     read(j, "data", c.data, source);
+    read(j, "val_data", c.val_data, source);
     read(j, "run_dir", c.run_dir, source);
     read(j, "batch_size", c.batch_size, source);
     read(j, "seq_len", c.seq_len, source);
@@ -206,7 +207,9 @@ bool weights_finite(const Parameters<float>& p) {
     return true;
 }
 
-std::unique_ptr<HybridLM<float>> build_model(const TrainConfig& cfg) {
+}  // namespace
+
+std::unique_ptr<HybridLM<float>> build_initial_model(const TrainConfig& cfg) {
     if (!cfg.init_from.empty()) return load_model<float>(cfg.init_from);
     ModelConfig mc = cfg.model_preset.empty() ? load_config(cfg.model_config) : preset(cfg.model_preset);
     if (cfg.model_vocab_size > 0) mc.vocab_size = cfg.model_vocab_size;
@@ -215,8 +218,6 @@ std::unique_ptr<HybridLM<float>> build_model(const TrainConfig& cfg) {
     model->init(cfg.seed);
     return model;
 }
-
-}  // namespace
 
 namespace {
 
@@ -255,7 +256,7 @@ Trainer::Trainer(TrainConfig cfg, bool resume) : cfg_(std::move(cfg)) {
         model_ = std::move(ckpt->model);
         resumed_ = true;
     } else {
-        model_ = build_model(cfg_);
+        model_ = build_initial_model(cfg_);
     }
 
     // Model against data, before any step.
@@ -268,7 +269,11 @@ Trainer::Trainer(TrainConfig cfg, bool resume) : cfg_(std::move(cfg)) {
                "train: the data's tokenizer has {} tokens but the model's vocab_size is {} "
                "(set model.vocab_size >= {})", data_vocab, mc.vocab_size, data_vocab);
     const SplitInfo train_split = manifest_split(cfg_.data, "train");
-    const SplitInfo val_split = manifest_split(cfg_.data, "val");
+    const std::string& val_dir = cfg_.val_data.empty() ? cfg_.data : cfg_.val_data;
+    if (!cfg_.val_data.empty())
+        MSLM_CHECK(read_manifest(val_dir).at("tokenizer") == manifest.at("tokenizer"),
+                   "train: val_data {} was prepared with another tokenizer than data {}", val_dir, cfg_.data);
+    const SplitInfo val_split = manifest_split(val_dir, "val");
     bytes_per_token_ = val_split.bytes_per_token();
 
     LoaderOptions lo{cfg_.batch_size, cfg_.seq_len, cfg_.seed, true, 0, 1};
@@ -276,9 +281,10 @@ Trainer::Trainer(TrainConfig cfg, bool resume) : cfg_(std::move(cfg)) {
     MSLM_CHECK(train_->total_windows() > 0, "train: the train split of {} has {} tokens, fewer than one window "
                "of seq_len + 1 = {}", cfg_.data, train_split.tokens, cfg_.seq_len + 1);
     lo.shuffle = false;
-    val_ = std::make_unique<DataLoader>(DataLoader::from_manifest(cfg_.data, "val", lo));
-    MSLM_CHECK(val_->total_windows() > 0, "train: the val split of {} has {} tokens, fewer than one window "
-               "of seq_len + 1 = {}", cfg_.data, val_split.tokens, cfg_.seq_len + 1);
+    MSLM_CHECK(val_split.tokens > cfg_.seq_len, "train: the val split of {} has {} tokens, fewer than one window "
+               "of seq_len + 1 = {} (val_data can name another directory)", val_dir, val_split.tokens,
+               cfg_.seq_len + 1);
+    val_ = std::make_unique<DataLoader>(DataLoader::from_manifest(val_dir, "val", lo));
 
     AdamWOptions ao;
     ao.lr = cfg_.lr;
@@ -304,18 +310,8 @@ Trainer::Trainer(TrainConfig cfg, bool resume) : cfg_(std::move(cfg)) {
 
 Trainer::~Trainer() = default;
 
-double Trainer::evaluate() {
-    val_->reset();
-    Batch batch;
-    double sum = 0;
-    int64_t rows = 0;
-    for (int64_t i = 0; i < cfg_.eval_batches && val_->next(batch); ++i) {
-        // Weighted by rows: the last sequential batch may be short, and every target counts.
-        sum += static_cast<double>(model_->forward(batch.inputs.data(), batch.targets.data(), batch.rows,
-                                                   batch.seq_len)) * static_cast<double>(batch.rows);
-        rows += batch.rows;
-    }
-    return sum / static_cast<double>(rows);
+EvalResult Trainer::evaluate() {
+    return evaluate_windows(*model_, *val_, cfg_.eval_batches, bytes_per_token_);
 }
 
 std::string Trainer::checkpoint() {
@@ -397,11 +393,11 @@ TrainSummary Trainer::run() {
             window_steps = 0;
         }
         if ((cfg_.eval_every > 0 && step_ % cfg_.eval_every == 0) || step_ == cfg_.steps) {
-            const double val = evaluate();
-            const double bpb = bytes_per_token_ > 0 ? val / std::numbers::ln2 / bytes_per_token_ : 0.0;
-            log.write({{"type", "eval"}, {"step", step_}, {"loss", val}, {"ppl", std::exp(val)}, {"bpb", bpb}});
-            progress.eval_line(step_, val, std::exp(val), bpb);
-            out.val_loss = val;
+            const EvalResult val = evaluate();
+            log.write({{"type", "eval"}, {"step", step_}, {"loss", val.loss}, {"ppl", val.ppl},
+                       {"bpb", val.bpb}});
+            progress.eval_line(step_, val.loss, val.ppl, val.bpb);
+            out.val_loss = val.loss;
         }
         if ((cfg_.checkpoint_every > 0 && step_ % cfg_.checkpoint_every == 0) || step_ == cfg_.steps)
             out.checkpoint = checkpoint();

@@ -11,6 +11,7 @@
 #include <string_view>
 
 #include "data/loader.h"
+#include "eval/perplexity.h"
 #include "model/hybrid_lm.h"
 #include "train/optimizer.h"
 #include "train/schedule.h"
@@ -24,6 +25,9 @@ struct TrainConfig {
     int64_t model_vocab_size = 0;
 
     std::string data;     // a `data prepare` output directory (manifest.json)
+    // Eval reads the val split of this directory instead of data's, e.g. a held-out tail prepared
+    // on its own with --val-fraction 1; it must come from the same tokenizer as data. "": data.
+    std::string val_data;
     std::string run_dir;  // metrics.jsonl, checkpoints, loss_curve.svg
 
     int64_t batch_size = 8;  // rows per micro-batch
@@ -61,6 +65,11 @@ TrainConfig load_train_config(const std::string& path);
 // when it parses (numbers, true/false), else as a string.
 void apply_override(TrainConfig& c, std::string_view key_value);
 
+// The model a fresh run of `c` starts from: model.init_from's weights, or the preset / config
+// initialised with `seed`. `train --save-init` writes it, so that another trainer (the PyTorch
+// reference in bench/reference) can start from the same weights.
+std::unique_ptr<HybridLM<float>> build_initial_model(const TrainConfig& c);
+
 struct TrainSummary {
     int64_t step = 0;           // steps done, resumed ones included
     int64_t skipped_steps = 0;  // non-finite steps dropped under nan_policy "skip"
@@ -86,7 +95,7 @@ public:
     std::function<void(int64_t step, Parameters<float>& params)> after_backward;
 
 private:
-    double evaluate();
+    EvalResult evaluate();
     std::string checkpoint();
 
     TrainConfig cfg_;

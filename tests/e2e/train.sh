@@ -20,6 +20,14 @@ check "train --help" 0 "--resume" -- "$bin" train --help
 check "train 10 steps" 0 "trained to step 10" -- "$bin" train --config "$tmp/train.json"
 check "checkpoints, metrics and curve written" 0 "loss_curve.svg" -- ls "$tmp/run"
 check "resume continues to 16" 0 "trained to step 16" -- "$bin" train --config "$tmp/train.json" --set steps=16 --resume
+check "--save-init writes the starting model" 0 "wrote the initial model" -- \
+    "$bin" train --config "$tmp/train.json" --save-init "$tmp/init"
+check "eval scores a checkpoint" 0 "bpb" -- \
+    "$bin" eval --model "$tmp/run/checkpoints/step_00000016" --data "$tmp/data" --seq-len 64
+check "eval --json, first batches" 0 '"windows":8' -- \
+    "$bin" eval --model "$tmp/init" --data "$tmp/data" --seq-len 64 --batch-size 4 --max-batches 2 --json
+check "eval refuses a window longer than the model's" 1 "max_seq_len" -- \
+    "$bin" eval --model "$tmp/init" --data "$tmp/data" --seq-len 100000
 check "unknown --set key is named" 1 "learning_rat" -- "$bin" train --config "$tmp/train.json" --set learning_rat=1
 check "sequence longer than the model's is refused before training" 1 "seq_len" -- \
     "$bin" train --config "$tmp/train.json" --set seq_len=100000 --set run_dir="$tmp/other"

@@ -5,13 +5,16 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <limits>
 #include <stdexcept>
 
 #include "core/error.h"
 #include "data/manifest.h"
 #include "data/prepare.h"
+#include "eval/perplexity.h"
 #include "model/config.h"
+#include "model/model_io.h"
 #include "train/checkpoint.h"
 #include "train/loss_curve.h"
 #include "train/trainer.h"
@@ -129,6 +132,7 @@ TEST(TrainerConfig, JsonRoundTripOverridesAndUnknownKeys) {
     c.model_preset = "tiny";
     c.model_vocab_size = 300;
     c.data = "d";
+    c.val_data = "v";
     c.run_dir = "r";
     c.grad_accum = 4;
     c.lr_schedule = "wsd";
@@ -373,4 +377,78 @@ TEST(Trainer, NanPolicySkipsOrStopsAndNeverCheckpointsNan) {
         LoadedCheckpoint ck = load_checkpoint(d);
         for (float x : weights(*ck.model)) ASSERT_TRUE(std::isfinite(x)) << d;
     }
+}
+
+// val_data: eval scores another directory's val split (a held-out part prepared on its own), a
+// data directory without a val split needs one, and a set from another tokenizer is refused.
+TEST(Trainer, ValDataIsWhatEvalScores) {
+    NEED_DATA();
+    const std::string dir = fresh_dir("val_data");
+    fs::create_directories(dir);
+    std::string text;
+    {
+        std::ifstream in(data_dir() + "/tinyshakespeare.txt", std::ios::binary);
+        text.assign(std::istreambuf_iterator<char>(in), {});
+    }
+    std::ofstream(dir + "/head.txt", std::ios::binary) << text.substr(0, 60000);
+    std::ofstream(dir + "/tail.txt", std::ios::binary) << text.substr(60000, 20000);
+    auto prepare = [&](const std::string& file, const std::string& out, double val_fraction,
+                       const std::string& tokenizer) {
+        PrepareOptions po;
+        po.out_dir = dir + "/" + out;
+        po.val_fraction = val_fraction;
+        po.progress = false;
+        prepare_from_sources({parse_source_spec(dir + "/" + file)}, MixtureOptions{}, *load_text_encoder(tokenizer),
+                             po);
+        return po.out_dir;
+    };
+    TrainConfig c = base_config("val_data_run");
+    c.data = prepare("head.txt", "train_only", 0.0, "bytes");
+    c.steps = 3;
+    try {
+        Trainer t(c, false);
+        FAIL() << "a data directory without val windows accepted";
+    } catch (const Error& e) {
+        EXPECT_NE(std::string(e.what()).find("val_data"), std::string::npos) << e.what();
+    }
+
+    c.val_data = prepare("tail.txt", "held_out", 1.0, "bytes");
+    Trainer t(c, false);
+    const TrainSummary s = t.run();
+    const CurvePoints bpb = read_metric(c.run_dir + "/metrics.jsonl", "eval", "bpb");
+    ASSERT_EQ(bpb.size(), 1u);
+    const double held_bytes_per_token = manifest_split(c.val_data, "val").bytes_per_token();
+    EXPECT_NEAR(bpb[0].second, s.val_loss / std::log(2.0) / held_bytes_per_token, 1e-9 * bpb[0].second);
+    DataLoader held = DataLoader::from_manifest(c.val_data, "val", {c.batch_size, c.seq_len, 0, false, 0, 1});
+    EXPECT_EQ(evaluate_windows(t.model(), held, c.eval_batches, held_bytes_per_token).loss, s.val_loss);
+
+    c.val_data = prepare("tail.txt", "other_tokenizer", 1.0, std::string(MSLM_FIXTURE_DIR) + "/tokenizers/gpt2.json");
+    c.run_dir = fresh_dir("val_data_other");
+    try {
+        Trainer other(c, false);
+        FAIL() << "val_data from another tokenizer accepted";
+    } catch (const Error& e) {
+        EXPECT_NE(std::string(e.what()).find("another tokenizer"), std::string::npos) << e.what();
+    }
+}
+
+// The model that --save-init writes is the one a run starts from: training from it with
+// model.init_from gives bitwise the same weights as training from the config and seed.
+TEST(Trainer, SavedInitialModelStartsTheSameRun) {
+    NEED_DATA();
+    TrainConfig c = base_config("from_seed");
+    c.steps = 3;
+    const std::string init = fresh_dir("saved_init");
+    save_model(*build_initial_model(c), init);
+    Trainer from_seed(c, false);
+    from_seed.run();
+
+    c.model_config.clear();
+    c.init_from = init;
+    c.run_dir = fresh_dir("from_saved");
+    Trainer from_saved(c, false);
+    from_saved.run();
+    const std::vector<float> a = weights(from_seed.model()), b = weights(from_saved.model());
+    ASSERT_EQ(a.size(), b.size());
+    EXPECT_EQ(std::memcmp(a.data(), b.data(), a.size() * sizeof(float)), 0);
 }
