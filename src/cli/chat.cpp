@@ -93,12 +93,19 @@ void run_chat(ChatArgs& a) {
 
     // The end of a turn: the template's end-of-turn token when the vocabulary has it (an EOS id),
     // else its text as a stop string that is cut from the reply.
+    // Found by rendering a short exchange and looking at what follows the assistant's text.
     std::string end_of_turn;
-    for (const char* candidate : {"<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>"})
-        if (tmpl.text().find(candidate) != std::string::npos) {
-            end_of_turn = candidate;
-            break;
-        }
+    try {
+        const std::string probe = tmpl.render({{"user", "Hi"}, {"assistant", "MSLM_REPLY"}}, false);
+        const size_t after = probe.find("MSLM_REPLY");
+        for (const char* candidate : {"<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|end_of_text|>"})
+            if (after != std::string::npos && probe.find(candidate, after) != std::string::npos) {
+                end_of_turn = candidate;
+                break;
+            }
+    } catch (const Error&) {
+        // A template that refuses this exchange still ends turns with EOS.
+    }
     if (!end_of_turn.empty()) {
         const int32_t id = tok.token_to_id(end_of_turn);
         if (id >= 0) {
