@@ -10,7 +10,10 @@
 
 #include "core/error.h"
 #include "generate/generate.h"
+#include "core/utf8.h"
 #include "model/model_io.h"
+#include "tokenizer/tokenizer.h"
+#include "tokenizer/trainer.h"
 
 namespace mslm {
 namespace {
@@ -177,6 +180,78 @@ TEST_F(GenerateContract, Errors) {
     cfg.max_new_tokens = 4;
     cfg.num_return_sequences = 2;  // greedy has one answer
     EXPECT_THROW(generate(*lm_, {a_}, cfg), Error);
+}
+
+}  // namespace
+}  // namespace mslm
+
+namespace mslm {
+namespace {
+
+// A CausalLM that always predicts the next token of a script: greedy decoding replays it.
+class ScriptedLM : public CausalLM {
+public:
+    ScriptedLM(std::vector<int32_t> script, int64_t vocab) : script_(std::move(script)), vocab_(vocab) {}
+    int64_t vocab_size() const override { return vocab_; }
+    int64_t hidden_size() const override { return 1; }
+    int64_t max_seq_len() const override { return 1 << 20; }
+    void start(int64_t slots, int64_t) override { pos_.assign(static_cast<size_t>(slots), 0); }
+    void prefill(int64_t slot, std::span<const int32_t> ids, float* logits, float* hidden) override {
+        pos_[slot] += static_cast<int64_t>(ids.size());
+        emit(slot, logits, hidden);
+    }
+    void step(std::span<const int64_t> slots, std::span<const int32_t>, float* logits, float* hidden) override {
+        for (size_t i = 0; i < slots.size(); ++i) {
+            pos_[slots[i]] += 1;
+            emit(slots[i], logits + i * vocab_, hidden ? hidden + i : nullptr);
+        }
+    }
+    void reorder(std::span<const int64_t> src) override {
+        std::vector<int64_t> old = pos_;
+        for (size_t i = 0; i < src.size(); ++i) pos_[i] = old[src[i]];
+    }
+    void copy(int64_t src, int64_t dst) override { pos_[dst] = pos_[src]; }
+
+private:
+    void emit(int64_t slot, float* logits, float* hidden) {
+        std::fill_n(logits, vocab_, 0.0f);
+        const auto next = static_cast<size_t>(pos_[slot] - 1);  // the prompt is one token
+        logits[script_[next % script_.size()]] = 10.0f;
+        if (hidden) hidden[0] = 1.0f;
+    }
+    std::vector<int32_t> script_;
+    int64_t vocab_;
+    std::vector<int64_t> pos_;
+};
+
+// Streaming hands out text deltas that never end inside a UTF-8 character, even when every byte
+// of a multi-byte character is its own token, and that add up to the decoded output.
+TEST(GenerateStreaming, DeltasAreWholeCharacters) {
+    const Tokenizer tok = Tokenizer::load(fixture("tokenizers/gpt2.json"));
+    const std::string text = "h\xC3\xA9llo \xE4\xB8\x96\xE7\x95\x8C \xF0\x9F\x98\x80!";  // "héllo 世界 😀!"
+    std::vector<int32_t> script;
+    for (unsigned char c : text) {
+        const int32_t id = tok.token_to_id(byte_level_encode(std::string(1, static_cast<char>(c))));
+        ASSERT_GE(id, 0);
+        script.push_back(id);
+    }
+    ScriptedLM lm(script, tok.vocab_size());
+    GenerationConfig cfg;
+    cfg.max_new_tokens = static_cast<int64_t>(script.size());
+    GenerateHooks hooks;
+    hooks.tokenizer = &tok;
+    std::string streamed;
+    int deltas = 0;
+    hooks.on_token = [&](int64_t, int32_t, std::string_view delta) {
+        EXPECT_TRUE(utf8::is_valid(delta)) << "delta " << deltas;
+        streamed += delta;
+        ++deltas;
+        return true;
+    };
+    GenerationResult res = generate(lm, {{script.back()}}, cfg, hooks);
+    EXPECT_EQ(res.sequences[0].tokens, script);
+    EXPECT_EQ(streamed, text);
+    EXPECT_EQ(streamed, tok.decode(res.sequences[0].tokens));
 }
 
 }  // namespace
