@@ -13,6 +13,8 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 "$venv/bin/python" tests/parity/make_hf_fixtures.py
 "$venv/bin/python" tests/parity/make_processor_fixtures.py
+"$venv/bin/python" tests/parity/make_generate_fixtures.py
+"$venv/bin/python" tests/parity/make_chat_template_fixtures.py
 "$venv/bin/python" tests/parity/verify_hf_mapping.py
 if git diff --quiet -- tests/parity/fixtures; then
     echo "parity: regenerated fixtures are byte-identical to the committed ones"
@@ -21,4 +23,4 @@ else
     git diff --stat -- tests/parity/fixtures
 fi
 scripts/setup.sh cpu
-build/cpu/mslm_tests --gtest_filter='HfParity*:GenerateProcessors.MatchTransformersFixture'
+build/cpu/mslm_tests --gtest_filter='HfParity*:GenerateProcessors.MatchTransformersFixture:*GenerateParity*:ChatTemplate*'

@@ -125,15 +125,13 @@ def load(name):
 
 
 # --------------------------------------------------------------------------------------------
+def reference_generate(model, prompt, **params):
+    return model.generate(torch.tensor([prompt]), do_sample=False, use_cache=False, output_scores=True,
+                          return_dict_in_generate=True, **params)
+
+
 def greedy_case(model, name, prompt, **params):
-    out = model.generate(
-        torch.tensor([prompt]),
-        do_sample=False,
-        use_cache=False,
-        output_scores=True,
-        return_dict_in_generate=True,
-        **params,
-    )
+    out = reference_generate(model, prompt, **params)
     new = out.sequences[0, len(prompt) :].tolist()
     scores = [float(s[0, t]) for s, t in zip(out.scores, new)]
     pad = params.get("pad_token_id")
@@ -144,14 +142,7 @@ def greedy_case(model, name, prompt, **params):
 
 
 def beam_case(model, name, prompt, **params):
-    out = model.generate(
-        torch.tensor([prompt]),
-        do_sample=False,
-        use_cache=False,
-        output_scores=True,
-        return_dict_in_generate=True,
-        **params,
-    )
+    out = reference_generate(model, prompt, **params)
     seqs = []
     for row, bi in zip(out.sequences, out.beam_indices):
         n = int((bi >= 0).sum())  # generated length of this hypothesis; the rest is padding

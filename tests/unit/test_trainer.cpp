@@ -125,6 +125,15 @@ struct Crash : std::runtime_error {
     Crash() : std::runtime_error("crash") {}
 };
 
+// A run killed after the step-`step` checkpoint (in the middle of the next step).
+void run_until_crash(const TrainConfig& cfg, int64_t step) {
+    Trainer first(cfg, false);
+    first.after_backward = [step](int64_t s, Parameters<float>&) {
+        if (s == step) throw Crash();
+    };
+    EXPECT_THROW(first.run(), Crash);
+}
+
 }  // namespace
 
 TEST(TrainerConfig, JsonRoundTripOverridesAndUnknownKeys) {
@@ -206,13 +215,7 @@ TEST(Trainer, ResumeIsBitwise) {
     straight.run();
 
     TrainConfig cfg = base_config("resumed");
-    {
-        Trainer first(cfg, false);
-        first.after_backward = [](int64_t step, Parameters<float>&) {
-            if (step == 3) throw Crash();
-        };
-        EXPECT_THROW(first.run(), Crash);
-    }
+    run_until_crash(cfg, 3);
     Trainer resumed(cfg, true);
     EXPECT_EQ(resumed.step(), 3);
     resumed.run();
@@ -236,13 +239,7 @@ TEST(Trainer, ResumeChecksTheConfig) {
     straight.run();
 
     TrainConfig cfg = base_config("resume_cfg");
-    {
-        Trainer first(cfg, false);
-        first.after_backward = [](int64_t step, Parameters<float>&) {
-            if (step == 3) throw Crash();
-        };
-        EXPECT_THROW(first.run(), Crash);
-    }
+    run_until_crash(cfg, 3);
     TrainConfig changed = cfg;
     changed.lr *= 2;
     changed.batch_size += 1;
