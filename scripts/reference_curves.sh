@@ -2,8 +2,9 @@
 # Reference training curves (docs/PERFORMANCE.md, "Reference training curves"): trains the tiny
 # and 30m presets on tinyshakespeare with `mamba-slm train` and with the PyTorch reference
 # bench/reference/torch_train.py from the same initial weights and the same batches, one after
-# the other, then scores the final models on the held-out tail and on WikiText-2 and compares the
-# curves.
+# the other, plus two yardsticks for "within noise": mamba-slm from the same weights moved by one
+# ulp, and (tiny) PyTorch from its own initialisation. Then compares the curves and scores the
+# final models on the held-out tail and on WikiText-2.
 #
 #   scripts/reference_curves.sh [PRESET ...]      (default: tiny 30m)
 #
@@ -55,9 +56,28 @@ JSON
 config tiny 600 2e-3 2e-4 30 50 20 10
 config 30m 60 1e-3 1e-4 6 20 6 2
 
+# mamba-slm from ${p}_init with every weight one float32 ulp larger, same batches: how far two
+# runs drift apart from a rounding-sized difference, the yardstick for the PyTorch difference.
+# Uses the loop's $p and $cfg.
+ulp() {
+    "$py" - "$work/${p}_init" "$work/${p}_init_ulp" <<'PY'
+import shutil, sys
+import numpy as np
+from safetensors.numpy import load_file, save_file
+src, dst = sys.argv[1:]
+shutil.copytree(src, dst, dirs_exist_ok=True)
+w = load_file(f"{src}/model.safetensors")
+save_file({k: np.nextafter(v, np.float32(np.inf)) for k, v in w.items()}, f"{dst}/model.safetensors")
+PY
+    /usr/bin/time -f "%e s wall" $run "$bin" --threads "$threads" train --config "$cfg" \
+        --set model.preset= --set model.vocab_size=0 --set model.init_from="$work/${p}_init_ulp" \
+        --set run_dir="$work/${p}_ours_ulp"
+}
+
 for p in "${presets[@]}"; do
     cfg="$work/$p.json"
-    rm -rf "$work/${p}_ours" "$work/${p}_torch" "$work/${p}_torch_reinit" "$work/${p}_init"
+    rm -rf "$work/${p}_ours" "$work/${p}_torch" "$work/${p}_torch_reinit" "$work/${p}_init" "$work/${p}_init_ulp" \
+        "$work/${p}_ours_ulp"
     "$bin" train --config "$cfg" --save-init "$work/${p}_init"
     echo "== $p: initial loss on the first batch (mamba-slm weights in PyTorch)"
     "$py" "$root/bench/reference/torch_train.py" --config "$cfg" --init "$work/${p}_init" --check
@@ -66,6 +86,8 @@ for p in "${presets[@]}"; do
     echo "== $p: PyTorch, same initial weights"
     /usr/bin/time -f "%e s wall" $run "$py" "$root/bench/reference/torch_train.py" --config "$cfg" \
         --init "$work/${p}_init" --out "$work/${p}_torch" --threads "$threads"
+    echo "== $p: mamba-slm again, every initial weight moved up by one ulp (the divergence rounding alone causes)"
+    ulp
     if [ "$p" = tiny ]; then
         echo "== $p: PyTorch, its own initialisation (same scheme, torch's generator, seed 2)"
         /usr/bin/time -f "%e s wall" $run "$py" "$root/bench/reference/torch_train.py" --config "$cfg" \
@@ -77,6 +99,10 @@ for p in "${presets[@]}"; do
     echo "== $p: curves"
     files=("$work/${p}_ours/metrics.jsonl" "$work/${p}_torch/metrics.jsonl")
     labels="mamba-slm,torch"
+    if [ -f "$work/${p}_ours_ulp/metrics.jsonl" ]; then
+        files+=("$work/${p}_ours_ulp/metrics.jsonl")
+        labels+=",mamba-slm (init +1 ulp)"
+    fi
     if [ -f "$work/${p}_torch_reinit/metrics.jsonl" ]; then
         files+=("$work/${p}_torch_reinit/metrics.jsonl")
         labels+=",torch (own init)"

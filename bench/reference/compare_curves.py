@@ -80,8 +80,9 @@ def svg(runs, labels, title, path):
     out.append(f'<text x="{(L + W - R) / 2}" y="554" text-anchor="middle">step</text>')
     for i, label in enumerate(labels):
         c, dash, ly = COLORS[i % len(COLORS)], ' stroke-dasharray="5,3"' if i else "", 44 + 16 * i
-        out.append(f'<line x1="{W - R - 220}" x2="{W - R - 195}" y1="{ly - 4}" y2="{ly - 4}" stroke="{c}"{dash}/>'
-                   f'<text x="{W - R - 190}" y="{ly}">{label} (line train, o val)</text>')
+        out.append(f'<line x1="{W - R - 200}" x2="{W - R - 175}" y1="{ly - 4}" y2="{ly - 4}" stroke="{c}"{dash}/>'
+                   f'<text x="{W - R - 170}" y="{ly}">{label}</text>')
+    out.append(f'<text x="{W - R - 200}" y="{44 + 16 * len(labels)}" fill="#555">lines train, circles val</text>')
     out.append("</svg>")
     with open(path, "w") as f:
         f.write("\n".join(out) + "\n")
