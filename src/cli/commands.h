@@ -10,6 +10,7 @@ void register_data(CLI::App& app);
 void register_eval(CLI::App& app);
 void register_generate(CLI::App& app);  // generate.cpp
 void register_info(CLI::App& app);
+void register_plot(CLI::App& app);  // plot.cpp
 void register_quickstart(CLI::App& app);
 // Adds `tokenizer` with encode/decode, and calls register_tokenizer_train for `tokenizer train`.
 void register_tokenizer(CLI::App& app);

@@ -25,13 +25,19 @@ using nlohmann::json;
 // ---------------------------------------------------------------------------------------------
 // TrainConfig
 
+int64_t TrainConfig::total_steps() const {
+    if (tokens <= 0) return steps;
+    const int64_t per_step = batch_size * seq_len * grad_accum;
+    return (tokens + per_step - 1) / per_step;
+}
+
 LrSchedule TrainConfig::schedule() const {
     LrSchedule s;
     s.kind = LrSchedule::parse_kind(lr_schedule);
     s.lr = lr;
     s.min_lr = min_lr;
     s.warmup = warmup;
-    s.total = steps;
+    s.total = total_steps();
     s.decay = decay;
     return s;
 }
@@ -49,6 +55,11 @@ void TrainConfig::validate() const {
     MSLM_CHECK(seq_len > 0, "train config: seq_len must be > 0 (got {})", seq_len);
     MSLM_CHECK(grad_accum > 0, "train config: grad_accum must be > 0 (got {})", grad_accum);
     MSLM_CHECK(steps > 0, "train config: steps must be > 0 (got {})", steps);
+    MSLM_CHECK(tokens >= 0, "train config: tokens must be >= 0 (got {})", tokens);
+    MSLM_CHECK(device == "cpu" || device == "cuda", "train config: device must be \"cpu\" or \"cuda\" (got \"{}\")",
+               device);
+    MSLM_CHECK(device == "cpu", "train config: device \"cuda\": this build trains on the CPU only (the CUDA "
+               "trainer is the CUDA backend's work, issue 6)");
     MSLM_CHECK(grad_clip >= 0, "train config: grad_clip must be >= 0 (got {})", grad_clip);
     MSLM_CHECK(eval_every >= 0 && eval_batches > 0 && log_every > 0 && checkpoint_every >= 0,
                "train config: eval_every and checkpoint_every must be >= 0, eval_batches and log_every > 0");
@@ -69,6 +80,8 @@ json train_config_to_json(const TrainConfig& c) {
         {"seq_len", c.seq_len},
         {"grad_accum", c.grad_accum},
         {"steps", c.steps},
+        {"tokens", c.tokens},
+        {"device", c.device},
         {"lr_schedule", c.lr_schedule},
         {"lr", c.lr},
         {"min_lr", c.min_lr},
@@ -131,6 +144,8 @@ TrainConfig train_config_from_json(const json& given, const std::string& source)
     read(j, "seq_len", c.seq_len, source);
     read(j, "grad_accum", c.grad_accum, source);
     read(j, "steps", c.steps, source);
+    read(j, "tokens", c.tokens, source);
+    read(j, "device", c.device, source);
     read(j, "lr_schedule", c.lr_schedule, source);
     read(j, "lr", c.lr, source);
     read(j, "min_lr", c.min_lr, source);
@@ -226,7 +241,7 @@ namespace {
 // goes, how often it reports, or how it spends memory may differ.
 void check_resume_config(const json& saved, const json& now, const std::string& run_dir) {
     static const std::set<std::string> may_change = {
-        "/steps", "/eval_every", "/eval_batches", "/log_every", "/checkpoint_every", "/keep_last",
+        "/steps", "/tokens", "/device", "/eval_every", "/eval_batches", "/log_every", "/checkpoint_every", "/keep_last",
         "/nan_policy", "/activation_checkpointing", "/run_dir"};
     const json was = saved.flatten(), is = now.flatten();
     std::string diffs;
@@ -246,6 +261,10 @@ void check_resume_config(const json& saved, const json& now, const std::string& 
 
 Trainer::Trainer(TrainConfig cfg, bool resume) : cfg_(std::move(cfg)) {
     cfg_.validate();
+    if (cfg_.tokens > 0) {
+        cfg_.steps = cfg_.total_steps();
+        cfg_.tokens = 0;  // resolved: from here on the run is a step count
+    }
     schedule_ = cfg_.schedule();
 
     std::optional<LoadedCheckpoint> ckpt;
@@ -329,6 +348,13 @@ std::string Trainer::checkpoint() {
     return save_checkpoint(cfg_.run_dir, step_, c, cfg_.keep_last);
 }
 
+// loss_curve.svg from metrics.jsonl: rewritten at every evaluation and at the end, so the picture
+// of a running job is never older than its last eval (`mamba-slm plot RUN_DIR` draws it any time).
+void Trainer::write_curve(const std::string& metrics_path) const {
+    write_loss_curve_svg((fs::path(cfg_.run_dir) / "loss_curve.svg").string(), read_metric(metrics_path, "train", "loss"),
+                         read_metric(metrics_path, "eval", "loss"), fs::path(cfg_.run_dir).filename().string());
+}
+
 TrainSummary Trainer::run() {
     using Clock = std::chrono::steady_clock;
     fs::create_directories(cfg_.run_dir);
@@ -397,15 +423,14 @@ TrainSummary Trainer::run() {
             log.write({{"type", "eval"}, {"step", step_}, {"loss", val.loss}, {"ppl", val.ppl},
                        {"bpb", val.bpb}});
             progress.eval_line(step_, val.loss, val.ppl, val.bpb);
+            write_curve(log.path());
             out.val_loss = val.loss;
         }
         if ((cfg_.checkpoint_every > 0 && step_ % cfg_.checkpoint_every == 0) || step_ == cfg_.steps)
             out.checkpoint = checkpoint();
     }
 
-    write_loss_curve_svg((fs::path(cfg_.run_dir) / "loss_curve.svg").string(),
-                         read_metric(log.path(), "train", "loss"), read_metric(log.path(), "eval", "loss"),
-                         fs::path(cfg_.run_dir).filename().string());
+    write_curve(log.path());
     out.step = step_;
     out.skipped_steps = skipped_;
     return out;

@@ -34,6 +34,10 @@ struct TrainConfig {
     int64_t seq_len = 256;
     int64_t grad_accum = 1;  // micro-batches per step: a step sees batch_size · grad_accum rows
     int64_t steps = 1000;
+    // A token budget instead of a step count: when > 0, steps becomes the fewest steps that see
+    // this many tokens (batch_size · seq_len · grad_accum per step).
+    int64_t tokens = 0;
+    std::string device = "cpu";  // the CUDA trainer is issue 6; "cuda" fails with that reason
 
     std::string lr_schedule = "cosine";  // constant | cosine | wsd
     double lr = 3e-4, min_lr = 3e-5;
@@ -53,6 +57,7 @@ struct TrainConfig {
     // activation memory of one layer instead of all, for about one more forward pass of compute.
     bool activation_checkpointing = false;
 
+    int64_t total_steps() const;  // steps, or what the token budget asks for
     LrSchedule schedule() const;
     void validate() const;  // field-level rules; model and data checks happen in Trainer
 };
@@ -97,6 +102,7 @@ public:
 private:
     EvalResult evaluate();
     std::string checkpoint();
+    void write_curve(const std::string& metrics_path) const;
 
     TrainConfig cfg_;
     LrSchedule schedule_;

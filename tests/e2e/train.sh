@@ -19,6 +19,13 @@ JSON
 check "train --help" 0 "--resume" -- "$bin" train --help
 check "train 10 steps" 0 "trained to step 10" -- "$bin" train --config "$tmp/train.json"
 check "checkpoints, metrics and curve written" 0 "loss_curve.svg" -- ls "$tmp/run"
+check "plot redraws the curve on demand" 0 "2 train and 2 validation points" -- \
+    "$bin" plot "$tmp/run" --out "$tmp/curve.svg"
+check "plot of a directory without metrics" 1 "no metrics.jsonl" -- "$bin" plot "$tmp"
+check "a token budget sets the steps" 0 "trained to step 3" -- "$bin" train --config "$tmp/train.json" \
+    --set tokens=700 --set run_dir="$tmp/tokens"
+check "device cuda is refused with the reason" 1 "issue 6" -- "$bin" train --config "$tmp/train.json" \
+    --set device=cuda --set run_dir="$tmp/cuda"
 check "resume continues to 16" 0 "trained to step 16" -- "$bin" train --config "$tmp/train.json" --set steps=16 --resume
 check "--save-init writes the starting model" 0 "wrote the initial model" -- \
     "$bin" train --config "$tmp/train.json" --save-init "$tmp/init"
