@@ -154,11 +154,9 @@ GenerationResult run_greedy_or_sample(CausalLM& lm, const std::vector<std::vecto
             out.score += log_prob_of(row, tok);
             q.ids.push_back(tok);
             std::string delta = q.text.push(tok);
-            StopReason why = q.stop.update(tok, delta);
+            const StopReason why = q.stop.update(tok, delta);
             if (hooks.on_token && !hooks.on_token(s, tok, delta)) {
                 res.interrupted = true;
-                why = StopReason::None;
-                for (auto& l : live) l.active = false;
                 break;
             }
             if (why != StopReason::None) {
