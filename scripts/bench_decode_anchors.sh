@@ -10,7 +10,8 @@
 #   scripts/bench_decode_anchors.sh table    # medians over the rounds as one markdown table
 #
 # Environment: PY (python with torch + transformers), WORK (default /tmp/mslm-anchors), PRESETS,
-# THREADS (default 1,2), RUNS (default 3), JOBS (build parallelism, default 2),
+# THREADS (default 1,2), RUNS (default 3), JOBS (build parallelism, default 2), QUIET_WAIT_MIN (before
+# each round, wait up to this many minutes, default 60, for the machine to be 90 % idle),
 # LLAMA_CPP_PYTHON_VERSION (default 0.3.36). bench_decode must be built (build/cpu, cmake --preset cpu).
 set -euo pipefail
 
@@ -54,8 +55,30 @@ models() {
     done
 }
 
+# Percent of the CPUs idle over the next 10 s (from /proc/stat).
+idle_percent() {
+    local a b
+    read -ra a < <(head -1 /proc/stat)
+    sleep 10
+    read -ra b < <(head -1 /proc/stat)
+    local total=0 i
+    for i in 1 2 3 4 5 6 7 8; do total=$((total + b[i] - a[i])); done
+    echo $((100 * (b[4] - a[4]) / (total > 0 ? total : 1)))
+}
+
+# Waits (up to QUIET_WAIT_MIN minutes, default 60) until the machine is at least 90 % idle.
+wait_for_quiet() {
+    local deadline=$((SECONDS + 60 * ${QUIET_WAIT_MIN:-60})) idle
+    while idle=$(idle_percent) && [ "$idle" -lt 90 ] && [ $SECONDS -lt $deadline ]; do
+        echo "waiting for a quiet machine: ${idle} % idle" >&2
+        sleep 20
+    done
+}
+
+# One round: for each preset, ours, llama.cpp and transformers back to back (the anchors of a row are
+# measured within minutes of it), after waiting for a quiet machine.
 run() {
-    local out
+    local out m p t g th sampler
     for r in $(seq 1 "$RUNS"); do
         out=$WORK/results/run$r
         mkdir -p "$out"
@@ -63,35 +86,38 @@ run() {
             date -u +%FT%TZ
             git -C "$ROOT" rev-parse --short HEAD
             lscpu | grep -E "Model name|^CPU\(s\)"
-            uptime
         } > "$out/machine.txt"
         # Load average every 30 s during the round: other people's jobs on a 2-core machine move these numbers.
         (while sleep 30; do uptime; done) > "$out/load.txt" &
-        local sampler=$!
-        "$BENCH_DECODE" --presets "$PRESETS" --threads "$THREADS" --prompt 512 --steps 64 \
-            | tee "$out/ours.md"
+        sampler=$!
         for m in ${PRESETS//,/ }; do
+            wait_for_quiet
+            echo "$m start: $(uptime)" >> "$out/machine.txt"
+            "$BENCH_DECODE" --presets "$m" --threads "$THREADS" --prompt 512 --steps 64 | tee -a "$out/ours.md"
             # bench_decode's prompt: 512, capped at half of max_seq_len (tiny: 256).
-            local p=512
+            p=512
             [ "$m" = tiny ] && p=128
             for t in f32 f16 q8_0; do
-                local g=$WORK/gguf/$m-$t.gguf
+                g=$WORK/gguf/$m-$t.gguf
                 # Prefill: the prompt from an empty state. Decode: 64 tokens after the prompt (-d), as
-                # bench_decode does. 5 repetitions each, after llama-bench's warm-up.
-                "$BIN/llama-bench" -m "$g" -t "$THREADS" -p $p -n 0 -r 5 -o jsonl > "$out/llama-pp-$m-$t.jsonl"
-                "$BIN/llama-bench" -m "$g" -t "$THREADS" -p 0 -n 64 -d $p -r 5 -o jsonl \
+                # bench_decode does. 3 repetitions each, after llama-bench's warm-up.
+                "$BIN/llama-bench" -m "$g" -t "$THREADS" -p $p -n 0 -r 3 -o jsonl > "$out/llama-pp-$m-$t.jsonl"
+                "$BIN/llama-bench" -m "$g" -t "$THREADS" -p 0 -n 64 -d $p -r 3 -o jsonl \
                     > "$out/llama-tg-$m-$t.jsonl"
-                # Batch 8: one shared prompt (-pps) copied to 8 sequences, then 64 steps of 8 tokens.
+                # Batch 8: one shared prompt (-pps) copied to 8 sequences, then 64 steps of 8 tokens. -kvu
+                # (one unified KV cache): without it batched-bench removes a dummy token from sequence 0
+                # after the copy, which recurrent state cannot undo, and the first decode fails.
                 for th in ${THREADS//,/ }; do
-                    "$BIN/llama-batched-bench" -m "$g" -t "$th" -tb "$th" -c $((8 * (p + 64))) -b 2048 -ub 512 \
-                        -pps -npp $p -ntg 64 -npl 8 --output-format jsonl 2>/dev/null \
-                        | grep '^{' > "$out/llama-b8-$m-$t-t$th.jsonl"
+                    "$BIN/llama-batched-bench" -m "$g" -t "$th" -tb "$th" -c $((p + 8 * 64)) -b 2048 -ub 512 \
+                        -pps -kvu -npp $p -ntg 64 -npl 8 --output-format jsonl 2>"$out/llama-b8.log" \
+                        | grep '^{' > "$out/llama-b8-$m-$t-t$th.jsonl" \
+                        || { echo "llama-batched-bench failed on $g, see $out/llama-b8.log" >&2; exit 1; }
                 done
             done
+            "$PY" "$ROOT/bench/reference/hf_generate_speed.py" --presets "$m" --threads "$THREADS" \
+                2>>"$out/hf.log" | tee -a "$out/hf.md"
+            echo "$m end: $(uptime)" >> "$out/machine.txt"
         done
-        "$PY" "$ROOT/bench/reference/hf_generate_speed.py" --presets "$PRESETS" --threads "$THREADS" \
-            | tee "$out/hf.md"
-        uptime >> "$out/machine.txt"
         kill "$sampler"
     done
 }

@@ -35,12 +35,14 @@ def main():
     runs = sorted(glob.glob(os.path.join(root, "run*")))
     cells = defaultdict(list)  # (source, model, precision, threads, what) -> values over rounds
     params = {}
-    loads = []
+    loads = defaultdict(list)  # "start" (each preset's start) / "during" (sampled every 30 s) -> 1-min loads
     for run in runs:
-        for line in open(os.path.join(run, "machine.txt")):
-            m = re.search(r"load average: ([\d.]+), ([\d.]+), ([\d.]+)", line)
-            if m:
-                loads.append(float(m.group(1)))
+        for name, what in (("machine.txt", "start"), ("load.txt", "during")):
+            path = os.path.join(run, name)
+            for line in open(path) if os.path.exists(path) else []:
+                m = re.search(r"load average: ([\d.]+)", line)
+                if m and (what == "during" or " start:" in line):
+                    loads[what].append(float(m.group(1)))
         for c in md_rows(os.path.join(run, "ours.md")):
             key = (c[0], "f32", int(c[2]))
             params[c[0]] = c[1]
@@ -72,8 +74,9 @@ def main():
 
     models = list(dict.fromkeys(k[1] for k in cells))
     threads = sorted({k[3] for k in cells})
-    print(f"Rounds: {len(runs)}; load average (1 min) at the start/end of the rounds: "
-          f"{', '.join(f'{x:.2f}' for x in loads)}\n")
+    print(f"Rounds: {len(runs)}. Load average (1 min) when a preset's block started: "
+          f"{min(loads['start']):.2f}–{max(loads['start']):.2f}; sampled every 30 s during the rounds: median "
+          f"{statistics.median(loads['during']):.2f}, max {max(loads['during']):.2f}.\n")
     print("| model | params | threads | llama.cpp precision | ours prefill | ours decode b=1 | ours decode b=8 | "
           "llama.cpp prefill | llama.cpp decode b=1 | llama.cpp decode b=8 | HF prefill | HF decode b=1 | "
           "HF decode b=8 | ours / llama.cpp prefill | ours / llama.cpp decode b=1 | ours / llama.cpp decode b=8 |")
