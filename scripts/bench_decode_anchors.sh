@@ -90,6 +90,7 @@ run() {
         # Load average every 30 s during the round: other people's jobs on a 2-core machine move these numbers.
         (while sleep 30; do uptime; done) > "$out/load.txt" &
         sampler=$!
+        trap 'kill $sampler 2>/dev/null' EXIT
         for m in ${PRESETS//,/ }; do
             wait_for_quiet
             echo "$m start: $(uptime)" >> "$out/machine.txt"

@@ -11,10 +11,12 @@ Prints rows in bench_decode's table format.
 
 prefill tok/s: one forward of the prompt (batch 1) with use_cache=True and logits_to_keep=1, which is
 what generate() runs first and what llama.cpp and bench_decode time (logits of the last position).
-decode tok/s at batch B: B * 63 / (t(generate 64 new tokens) - t(generate 1 new token)), greedy,
-use_cache=True, min_new_tokens = max_new_tokens so that no row stops early; the subtraction removes
-the prefill, so this is the per-step rate of the recurrent/KV-cache path after the same prompt
-bench_decode uses. Each timing is the median of --repeats runs after one warm-up.
+decode tok/s at batch B: one generate() of 64 new tokens (greedy, use_cache=True, min_new_tokens =
+max_new_tokens so that no row stops early) with a logits processor that only notes the time of each
+call: generate() calls it once after the prefill and once after each of the 63 decoding steps, so
+B * 63 / (last call - first call) is the per-step rate of the recurrent/KV-cache path after the same
+prompt bench_decode uses, without the prefill. Each figure is the median of --repeats runs after a
+warm-up.
 
     python bench/reference/hf_generate_speed.py --presets mamba-130m,mamba2-130m --threads 1,2
     python bench/reference/hf_generate_speed.py --save /tmp/hf_models --presets mamba-130m,mamba2-130m
@@ -63,6 +65,17 @@ def build(name):
     return model.float().eval(), p["vocab"], p["max_seq"]
 
 
+class StepClock(transformers.LogitsProcessor):
+    """Notes when generate() asks for the next token's scores; changes nothing."""
+
+    def __init__(self):
+        self.times = []
+
+    def __call__(self, input_ids, scores):
+        self.times.append(time.perf_counter())
+        return scores
+
+
 def median_seconds(fn, repeats):
     fn()
     times = []
@@ -109,18 +122,21 @@ def main():
                 with torch.no_grad():
                     model(input_ids=ids[1], use_cache=True, logits_to_keep=1)
 
-            def generate(b, n):
+            def decode_seconds(x, n):
+                clock = StepClock()
                 with torch.no_grad():
-                    out = model.generate(ids[b], attention_mask=torch.ones_like(ids[b]), max_new_tokens=n,
-                                         min_new_tokens=n, do_sample=False, use_cache=True, pad_token_id=0)
-                assert out.shape[1] == prompt + n
+                    out = model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=n, min_new_tokens=n,
+                                         do_sample=False, use_cache=True, pad_token_id=0,
+                                         logits_processor=transformers.LogitsProcessorList([clock]))
+                assert out.shape[1] == x.shape[1] + n and len(clock.times) == n
+                return clock.times[-1] - clock.times[0]
 
             t_prefill = median_seconds(prefill, a.repeats)
+            decode_seconds(ids[1][:, :16], 4)  # warm-up of the decoding path
             decode = []
             for b in batches:
-                t_one = median_seconds(lambda: generate(b, 1), a.repeats)
-                t_all = median_seconds(lambda: generate(b, steps), a.repeats)
-                decode.append(b * (steps - 1) / (t_all - t_one))
+                t = statistics.median(decode_seconds(ids[b], steps) for _ in range(a.repeats))
+                decode.append(b * (steps - 1) / t)
             print(f"| {name} (HF {type(model).__name__}) | {n_params / 1e6:.1f}M | {th} | {prompt} | "
                   f"{prompt / t_prefill:.0f} | " + " | ".join(f"{d:.1f}" for d in decode) + " |", flush=True)
 
