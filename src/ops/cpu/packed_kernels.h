@@ -1,0 +1,28 @@
+// Internal: the kernels behind ops::packed_linear_forward (ops/packed_linear.h). Each owns its
+// threading (parallel_for over output columns) and its CPU dispatch (target attributes, checked at
+// run time, so a build without -march=native still carries the AVX-512 / AMX paths).
+#pragma once
+#include <cstdint>
+#include <string>
+
+#include "ops/packed_linear.h"
+
+namespace mslm::ops::detail {
+
+// M < kPackedGemmMinRows (decoding): fp32 activations against widened bf16 weights; int8 activations
+// quantized per row against int8 weights. In packed_gemv.cpp.
+void packed_gemv_forward(float* y, const float* x, const PackedWeight& W, const float* b, int64_t M);
+std::string packed_gemv_description();
+
+// M >= kPackedGemmMinRows (prefill): bf16 × bf16 or int8 × int8 products with fp32 / int32
+// accumulation, on AMX tiles where the CPU and kernel allow. In packed_gemm.cpp.
+void packed_gemm_forward(float* y, const float* x, const PackedWeight& W, const float* b, int64_t M);
+std::string packed_gemm_description();
+
+// Per-row symmetric int8 quantization of activations: q = round(x / s) clamped to ±127,
+// s = absmax(row) / 127 (0 for a zero row, whose q are all 0). Shared by both kernels so that they
+// see the same quantized activations. Rows of x are `in` apart; rows of q are `ld` apart and zero
+// padded from `in` to `ld`.
+void quantize_rows_int8(int8_t* q, float* scale, const float* x, int64_t M, int64_t in, int64_t ld);
+
+}  // namespace mslm::ops::detail

@@ -1,0 +1,186 @@
+// Packing, the reference product and the dispatch of ops/packed_linear.h; the fast kernels live in
+// packed_gemv.cpp (decoding) and packed_gemm.cpp (prefill).
+#include "ops/packed_linear.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <vector>
+
+#include "core/error.h"
+#include "ops/cpu/packed_kernels.h"
+
+namespace mslm::ops {
+
+namespace {
+
+int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
+
+template <typename T>
+std::shared_ptr<T> aligned_zeroed(size_t count) {
+    const size_t bytes = std::max<size_t>(64, round_up(static_cast<int64_t>(count * sizeof(T)), 64));
+    void* p = std::aligned_alloc(64, bytes);
+    MSLM_CHECK(p != nullptr, "out of memory packing weights ({} bytes)", bytes);
+    std::memset(p, 0, bytes);
+    return std::shared_ptr<T>(static_cast<T*>(p), [](T* q) { std::free(q); });
+}
+
+// Round half to even, as torch.round and the vector conversions in the default rounding mode.
+inline int8_t quantize_one(float v, float inv_scale) {
+    const float r = std::nearbyint(v * inv_scale);
+    return static_cast<int8_t>(std::clamp(r, -127.0f, 127.0f));
+}
+
+}  // namespace
+
+const char* weight_format_name(WeightFormat f) {
+    switch (f) {
+        case WeightFormat::F32:
+            return "f32";
+        case WeightFormat::BF16:
+            return "bf16";
+        case WeightFormat::Int8:
+            return "int8";
+    }
+    return "?";
+}
+
+WeightFormat parse_weight_format(const std::string& s) {
+    if (s == "f32" || s == "fp32" || s == "float32") return WeightFormat::F32;
+    if (s == "bf16" || s == "bfloat16") return WeightFormat::BF16;
+    if (s == "int8") return WeightFormat::Int8;
+    throw Error(fmt::format("weight dtype '{}': expected f32, bf16 or int8", s));
+}
+
+uint16_t float_to_bf16(float f) {
+    uint32_t u;
+    std::memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x40);  // quiet NaN
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return static_cast<uint16_t>(u >> 16);
+}
+
+float bf16_to_float(uint16_t h) {
+    const uint32_t u = static_cast<uint32_t>(h) << 16;
+    float f;
+    std::memcpy(&f, &u, 4);
+    return f;
+}
+
+size_t PackedWeight::bytes() const {
+    const size_t elem = format == WeightFormat::Int8 ? 1 : format == WeightFormat::BF16 ? 2 : 4;
+    size_t n = static_cast<size_t>(out) * static_cast<size_t>(in) * elem;
+    if (format == WeightFormat::Int8) n += static_cast<size_t>(out) * (sizeof(float) + sizeof(int32_t));
+    return n;
+}
+
+PackedWeight pack_weight(const float* W, int64_t out, int64_t in, WeightFormat format) {
+    MSLM_CHECK(format == WeightFormat::BF16 || format == WeightFormat::Int8,
+               "pack_weight: format {} is not a packed format", weight_format_name(format));
+    MSLM_CHECK(out > 0 && in > 0, "pack_weight: empty weight ({} x {})", out, in);
+    PackedWeight p;
+    p.format = format;
+    p.out = out;
+    p.in = in;
+    p.ld = round_up(in, 64);
+    p.out_padded = round_up(out, 16);
+    const size_t count = static_cast<size_t>(p.out_padded) * static_cast<size_t>(p.ld);
+    if (format == WeightFormat::BF16) {
+        auto data = aligned_zeroed<uint16_t>(count);
+        for (int64_t r = 0; r < out; ++r)
+            for (int64_t c = 0; c < in; ++c) data.get()[r * p.ld + c] = float_to_bf16(W[r * in + c]);
+        p.data = data;
+    } else {
+        auto data = aligned_zeroed<int8_t>(count);
+        auto scale = aligned_zeroed<float>(static_cast<size_t>(p.out_padded));
+        auto sums = aligned_zeroed<int32_t>(static_cast<size_t>(p.out_padded));
+        for (int64_t r = 0; r < out; ++r) {
+            const float* w = W + r * in;
+            float amax = 0;
+            for (int64_t c = 0; c < in; ++c) amax = std::max(amax, std::fabs(w[c]));
+            const float s = amax / 127.0f;
+            scale.get()[r] = s;
+            if (s == 0) continue;
+            const float inv = 127.0f / amax;
+            int32_t sum = 0;
+            for (int64_t c = 0; c < in; ++c) {
+                const int8_t q = quantize_one(w[c], inv);
+                data.get()[r * p.ld + c] = q;
+                sum += q;
+            }
+            sums.get()[r] = sum;
+        }
+        p.data = data;
+        p.scale = scale;
+        p.row_sum = sums;
+    }
+    return p;
+}
+
+namespace detail {
+
+void quantize_rows_int8(int8_t* q, float* scale, const float* x, int64_t M, int64_t in, int64_t ld) {
+    for (int64_t m = 0; m < M; ++m) {
+        const float* xr = x + m * in;
+        int8_t* qr = q + m * ld;
+        float amax = 0;
+        for (int64_t c = 0; c < in; ++c) amax = std::max(amax, std::fabs(xr[c]));
+        scale[m] = amax / 127.0f;
+        if (amax == 0) {
+            std::memset(qr, 0, static_cast<size_t>(ld));
+            continue;
+        }
+        const float inv = 127.0f / amax;
+        for (int64_t c = 0; c < in; ++c) qr[c] = quantize_one(xr[c], inv);
+        std::memset(qr + in, 0, static_cast<size_t>(ld - in));
+    }
+}
+
+}  // namespace detail
+
+void packed_linear_reference(float* y, const float* x, const PackedWeight& W, const float* b, int64_t M,
+                             bool gemm_numerics) {
+    if (W.format == WeightFormat::BF16) {
+        std::vector<float> xr(static_cast<size_t>(W.in));
+        for (int64_t m = 0; m < M; ++m) {
+            for (int64_t c = 0; c < W.in; ++c)
+                xr[c] = gemm_numerics ? bf16_to_float(float_to_bf16(x[m * W.in + c])) : x[m * W.in + c];
+            for (int64_t n = 0; n < W.out; ++n) {
+                const uint16_t* w = W.bf16() + n * W.ld;
+                double acc = 0;
+                for (int64_t c = 0; c < W.in; ++c) acc += static_cast<double>(xr[c]) * bf16_to_float(w[c]);
+                y[m * W.out + n] = static_cast<float>(acc) + (b ? b[n] : 0.0f);
+            }
+        }
+        return;
+    }
+    MSLM_CHECK(W.format == WeightFormat::Int8, "packed_linear: format {} is not packed", weight_format_name(W.format));
+    std::vector<int8_t> q(static_cast<size_t>(W.ld));
+    float sx = 0;
+    for (int64_t m = 0; m < M; ++m) {
+        detail::quantize_rows_int8(q.data(), &sx, x + m * W.in, 1, W.in, W.ld);
+        for (int64_t n = 0; n < W.out; ++n) {
+            const int8_t* w = W.int8() + n * W.ld;
+            int64_t acc = 0;
+            for (int64_t c = 0; c < W.in; ++c) acc += static_cast<int32_t>(q[c]) * w[c];
+            y[m * W.out + n] = W.scale.get()[n] * sx * static_cast<float>(acc) + (b ? b[n] : 0.0f);
+        }
+    }
+}
+
+void packed_linear_forward(float* y, const float* x, const PackedWeight& W, const float* b, int64_t M) {
+    if (M <= 0) return;
+    MSLM_CHECK(W.format == WeightFormat::BF16 || W.format == WeightFormat::Int8,
+               "packed_linear: format {} is not packed", weight_format_name(W.format));
+    if (M < kPackedGemmMinRows)
+        detail::packed_gemv_forward(y, x, W, b, M);
+    else
+        detail::packed_gemm_forward(y, x, W, b, M);
+}
+
+std::string packed_kernels_description() {
+    return "decode " + detail::packed_gemv_description() + ", prefill " + detail::packed_gemm_description();
+}
+
+}  // namespace mslm::ops
