@@ -3,10 +3,12 @@
 // presets and thread counts. Random weights: the speed does not depend on them. Prints a
 // markdown table for docs/PERFORMANCE.md.
 //   bench_decode [--presets tiny,30m,130m,mamba-130m,mamba2-130m] [--threads 0] [--prompt 512]
-//                [--steps 64] [--min-seconds 2]
+//                [--steps 64] [--min-seconds 2] [--dtype f32,bf16,int8]
 // A thread count of 0 means all cores. The prompt is capped at half the preset's max_seq_len.
 // "weights GB/s" is the parameter bytes over the batch-1 step time: batch-1 decoding streams every
 // weight once per token, so this against the machine's memory bandwidth says how close it runs.
+// --dtype packs the matrix weights for inference (ops/packed_linear.h); "weights MB" is what one
+// batch-1 step streams.
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -24,6 +26,7 @@
 #include "model/hybrid_lm.h"
 #include "model/inference.h"
 #include "model/info.h"
+#include "ops/packed_linear.h"
 
 using namespace mslm;
 
@@ -66,7 +69,7 @@ double decode_step_seconds(HybridLM<float>& model, InferenceState<float>& st, in
 
 int main(int argc, char** argv) {
     select_blas_kernels(argc, argv);
-    std::string presets = "tiny,30m,130m,mamba-130m,mamba2-130m", threads = "0";
+    std::string presets = "tiny,30m,130m,mamba-130m,mamba2-130m", threads = "0", dtypes = "f32";
     int64_t prompt_arg = 512, steps_arg = 64;
     double min_seconds = 2.0;
     for (int i = 1; i < argc; ++i) {
@@ -88,19 +91,22 @@ int main(int argc, char** argv) {
             steps_arg = std::stoll(next());
         else if (a == "--min-seconds")
             min_seconds = std::stod(next());
+        else if (a == "--dtype")
+            dtypes = next();
         else {
             fmt::print(
                 "usage: bench_decode [--presets a,b] [--threads 1,0] [--prompt 512] [--steps 64] "
-                "[--min-seconds S]\n");
+                "[--min-seconds S] [--dtype f32,bf16,int8]\n");
             return a == "--help" || a == "-h" ? 0 : 1;
         }
     }
-    fmt::print("# mamba-slm bench_decode, fp32 CPU, OpenBLAS kernels: {}\n", blas_core_name());
+    fmt::print("# mamba-slm bench_decode, CPU; OpenBLAS kernels (f32): {}; packed kernels (bf16 / int8): {}\n",
+               blas_core_name(), ops::packed_kernels_description());
     fmt::print(
-        "| preset | params | threads | prompt | prefill tok/s | decode b=1 tok/s | decode b={} tok/s | "
-        "weights GB/s (b=1) | state MB/seq |\n",
+        "| preset | params | dtype | threads | prompt | prefill tok/s | decode b=1 tok/s | decode b={} tok/s | "
+        "weights MB | weights GB/s (b=1) | state MB/seq |\n",
         kMaxBatch);
-    fmt::print("|---|---|---|---|---|---|---|---|---|\n");
+    fmt::print("|---|---|---|---|---|---|---|---|---|---|---|\n");
     for (const auto& name : bench::split_list(presets)) {
         const ModelConfig cfg = preset(name);
         HybridLM<float> model(cfg);
@@ -113,6 +119,9 @@ int main(int argc, char** argv) {
         std::vector<int32_t> ids(prompt);
         for (auto& x : ids) x = static_cast<int32_t>(rng.below(cfg.vocab_size));
         std::vector<float> logits(cfg.vocab_size);
+        for (const auto& dt : bench::split_list(dtypes)) {
+        model.pack_weights(ops::parse_weight_format(dt));
+        const double weight_bytes = model.weight_bytes_per_token();
         for (const auto& th : bench::split_list(threads)) {
             const int n = std::stoi(th);
             set_num_threads(n > 0 ? n : static_cast<int>(std::thread::hardware_concurrency()));
@@ -124,12 +133,12 @@ int main(int argc, char** argv) {
                 min_seconds);
             const double step1 = decode_step_seconds(model, st, 1, steps, min_seconds, rng);
             const double step8 = decode_step_seconds(model, st, kMaxBatch, steps, min_seconds, rng);
-            const double weight_bytes = static_cast<double>(model.num_params()) * sizeof(float);
-            fmt::print("| {} | {} | {} | {} | {:.0f} | {:.1f} | {:.1f} | {:.1f} | {:.1f} |\n", name,
-                       format_count(model.num_params()), num_threads(), prompt, prompt / prefill, 1.0 / step1,
-                       kMaxBatch / step8, weight_bytes / step1 / 1e9,
+            fmt::print("| {} | {} | {} | {} | {} | {:.0f} | {:.1f} | {:.1f} | {:.0f} | {:.1f} | {:.1f} |\n", name,
+                       format_count(model.num_params()), dt, num_threads(), prompt, prompt / prefill, 1.0 / step1,
+                       kMaxBatch / step8, weight_bytes / 1e6, weight_bytes / step1 / 1e9,
                        static_cast<double>(st.bytes()) / st.slots() / 1e6);
             std::fflush(stdout);
+        }
         }
     }
     return 0;

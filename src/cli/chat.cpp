@@ -75,7 +75,7 @@ const char* kHelp =
     "  /quit               leave (or Ctrl-D); Ctrl-C stops a reply\n";
 
 void run_chat(ChatArgs& a) {
-    LoadedGenerator g = load_generator(a.model, a.tokenizer);
+    LoadedGenerator g = load_generator(a.model, a.tokenizer, a.flags.dtype);
     MSLM_CHECK(g.tokenizer, "{}: no tokenizer.json; chat needs one (--tokenizer FILE)", a.model);
     const Tokenizer& tok = *g.tokenizer;
     GenerationConfig cfg = g.config;

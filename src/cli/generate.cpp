@@ -54,7 +54,7 @@ std::string read_all(std::istream& in) {
 }
 
 void run_generate(GenerateArgs& a) {
-    LoadedGenerator g = load_generator(a.model, a.tokenizer);
+    LoadedGenerator g = load_generator(a.model, a.tokenizer, a.flags.dtype);
     GenerationConfig cfg = g.config;
     apply_generation_flags(a.flags, cfg);
 

@@ -56,6 +56,12 @@ void add_generation_flags(CLI::App* cmd, GenerationFlags& flags) {
     cmd->add_flag("--sample", flags.sample, "Sample instead of greedy / beam search (do_sample)")->group("Decoding");
     cmd->add_option("--stop", flags.stop, "Stop when the output contains this text (repeatable)")->group("Decoding");
     cmd->add_option("--set", flags.sets, "Any generation_config key: --set key=value")->group("Decoding");
+    cmd->add_option("--dtype", flags.dtype,
+                    "Weights for inference: f32 (exact), bf16 (half the bytes; prefill on AMX tiles where the "
+                    "CPU has them) or int8 (per-row absmax weights, per-token activations)")
+        ->group("Model")
+        ->check(CLI::IsMember({"f32", "fp32", "bf16", "int8"}))
+        ->default_str("f32");
 }
 
 void apply_generation_flags(const GenerationFlags& flags, GenerationConfig& cfg) {
@@ -71,11 +77,12 @@ void apply_generation_flags(const GenerationFlags& flags, GenerationConfig& cfg)
     cfg.validate();
 }
 
-LoadedGenerator load_generator(const std::string& dir, const std::string& tokenizer_path) {
+LoadedGenerator load_generator(const std::string& dir, const std::string& tokenizer_path, const std::string& dtype) {
     namespace fs = std::filesystem;
     LoadedGenerator g;
     g.dir = dir;
     g.model = load_model<float>(dir);
+    g.model->pack_weights(ops::parse_weight_format(dtype));
     const std::string tok = tokenizer_path.empty() ? dir + "/tokenizer.json" : tokenizer_path;
     if (!tokenizer_path.empty() || fs::exists(tok)) g.tokenizer = Tokenizer::load(tok);
     const std::string gen = dir + "/generation_config.json";

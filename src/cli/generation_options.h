@@ -22,9 +22,10 @@ struct GenerationFlags {
     std::vector<std::string> stop;              // --stop, repeatable
     std::vector<std::string> sets;              // --set key=value
     bool sample = false;
+    std::string dtype = "f32";                  // --dtype: weights for inference (f32, bf16, int8)
 };
 
-// Adds --max-new-tokens, --temperature, ..., --num-beams, --stop, --sample and --set to cmd.
+// Adds --max-new-tokens, --temperature, ..., --num-beams, --stop, --sample, --set and --dtype to cmd.
 void add_generation_flags(CLI::App* cmd, GenerationFlags& flags);
 // Applies the flags that were given to cfg (through GenerationConfig::set), then validates.
 void apply_generation_flags(const GenerationFlags& flags, GenerationConfig& cfg);
@@ -36,8 +37,10 @@ struct LoadedGenerator {
     std::string dir;
 };
 
-// Loads DIR's model, its tokenizer.json (or tokenizer_path when given) and generation_config.json.
-LoadedGenerator load_generator(const std::string& dir, const std::string& tokenizer_path);
+// Loads DIR's model, its tokenizer.json (or tokenizer_path when given) and generation_config.json,
+// and packs the weights to `dtype` (f32 | bf16 | int8).
+LoadedGenerator load_generator(const std::string& dir, const std::string& tokenizer_path,
+                               const std::string& dtype = "f32");
 
 // Ctrl-C while generating: a press sets the flag (the reply stops at the next token) instead of
 // ending the program; the handler is installed for the lifetime of the guard.

@@ -1,5 +1,7 @@
 #include "model/hybrid_lm.h"
 
+#include <type_traits>
+
 #include "nn/buffers.h"
 
 #include <cmath>
@@ -42,6 +44,7 @@ HybridLM<T>::HybridLM(const ModelConfig& cfg) : cfg_(cfg) {
     }
     final_norm_ = Norm<T>(params_, "final_norm", cfg.norm, D, cfg.norm_eps);
     lm_head_ = cfg.tie_embeddings ? embed_ : params_.add("lm_head.weight", {cfg.vocab_size, D}, true);
+    params_.mark_linear(lm_head_);  // packed for inference with the other matrix weights
     params_.allocate();
 }
 
@@ -99,7 +102,7 @@ T HybridLM<T>::forward(const int32_t* ids, const int32_t* targets, int64_t B, in
         if (checkpointing_) release_layer(l);
     }
     final_norm_.forward(hf_.data(), res_.data() + L * N * D, N);
-    ops::linear_forward(logits_.data(), hf_.data(), params_.value(lm_head_), static_cast<const T*>(nullptr), N, D, V);
+    lm_head_forward(logits_.data(), hf_.data(), N);
 
     count_ = 0;
     if (!targets) return T(0);
@@ -165,6 +168,8 @@ size_t HybridLM<T>::activation_bytes() const {
 
 template <typename T>
 void HybridLM<T>::backward() {
+    MSLM_CHECK(params_.weight_format() == ops::WeightFormat::F32, "backward through a model packed for inference ({} weights)",
+               ops::weight_format_name(params_.weight_format()));
     MSLM_CHECK(!targets_.empty(), "backward needs a forward with targets");
     const int64_t N = B_ * T_, D = cfg_.d_model, V = cfg_.vocab_size, L = cfg_.n_layers;
     if (count_ == 0) return;
@@ -204,7 +209,7 @@ void HybridLM<T>::backward() {
 template <typename T>
 template <typename MixerCall>
 void HybridLM<T>::infer_rows(int64_t rows, int64_t out_rows, T* logits, T* hidden, MixerCall&& mixer_call) {
-    const int64_t D = cfg_.d_model, V = cfg_.vocab_size;
+    const int64_t D = cfg_.d_model;
     inf_ln_.resize(rows * D);
     inf_tmp_.resize(rows * D);
     T* x = inf_x_.data();  // (rows, D) residual stream
@@ -226,9 +231,24 @@ void HybridLM<T>::infer_rows(int64_t rows, int64_t out_rows, T* logits, T* hidde
         h = inf_h_.data();
     }
     final_norm_.apply(h, x + (rows - out_rows) * D, out_rows);
-    if (logits)
-        ops::linear_forward(logits, h, params_.value(lm_head_), static_cast<const T*>(nullptr), out_rows, D,
-                            V);
+    if (logits) lm_head_forward(logits, h, out_rows);
+}
+
+template <typename T>
+void HybridLM<T>::lm_head_forward(T* logits, const T* h, int64_t rows) const {
+    if constexpr (std::is_same_v<T, float>) {
+        if (const ops::PackedWeight* pw = params_.packed(lm_head_)) {
+            ops::packed_linear_forward(logits, h, *pw, nullptr, rows);
+            return;
+        }
+    }
+    ops::linear_forward(logits, h, params_.value(lm_head_), static_cast<const T*>(nullptr), rows, cfg_.d_model,
+                        cfg_.vocab_size);
+}
+
+template <typename T>
+void HybridLM<T>::pack_weights(ops::WeightFormat format) {
+    params_.pack_linear_weights(format);
 }
 
 template <typename T>

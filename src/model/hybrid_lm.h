@@ -62,6 +62,18 @@ public:
     // Bytes held by training activations and scratch (not parameters, not inference state).
     size_t activation_bytes() const;
 
+    // Inference weights: packs every matrix weight (projections, MLP, LM head) into bf16 or int8
+    // (ops/packed_linear.h); forward, prefill and decode then read the packed copies. F32 goes back
+    // to the fp32 weights. backward() refuses a packed model.
+    void pack_weights(ops::WeightFormat format);
+    ops::WeightFormat weight_format() const { return params_.weight_format(); }
+    // Bytes a batch-1 decoding step streams: the packed copies plus the fp32 parameters without one
+    // (the embedding's one row per token aside when it is not tied).
+    double weight_bytes_per_token() const {
+        return static_cast<double>(params_.packed_bytes()) +
+               4.0 * static_cast<double>(num_params() - params_.packed_numel());
+    }
+
     int64_t num_params() const { return params_.total_unique(); }
     std::string summary() const;  // one line per layer
 
@@ -75,6 +87,7 @@ private:
     };
 
     void layer_forward(int64_t l);
+    void lm_head_forward(T* logits, const T* h, int64_t rows) const;
     T* layer_mid(int64_t l);
     void release_layer(int64_t l);
 

@@ -1,6 +1,10 @@
 #include "nn/linear.h"
 
+#include <type_traits>
+
+#include "core/error.h"
 #include "ops/linear.h"
+#include "ops/packed_linear.h"
 
 namespace mslm {
 
@@ -9,15 +13,24 @@ Linear<T>::Linear(Parameters<T>& params, const std::string& name, int64_t in, in
     : p_(&params), in_(in), out_(out) {
     w_ = params.add(name + ".weight", {out, in}, true);
     if (bias) b_ = params.add(name + ".bias", {out}, false);
+    params.mark_linear(w_);
 }
 
 template <typename T>
 void Linear<T>::forward(T* y, const T* x, int64_t N) const {
+    if constexpr (std::is_same_v<T, float>) {
+        if (const ops::PackedWeight* pw = p_->packed(w_)) {
+            ops::packed_linear_forward(y, x, *pw, b_ == kNoParam ? nullptr : p_->value(b_), N);
+            return;
+        }
+    }
     ops::linear_forward(y, x, p_->value(w_), b_ == kNoParam ? nullptr : p_->value(b_), N, in_, out_);
 }
 
 template <typename T>
 void Linear<T>::backward(T* dx, const T* dy, const T* x, int64_t N) const {
+    MSLM_CHECK(p_->packed(w_) == nullptr, "backward through a model packed for inference ({} weights)",
+               ops::weight_format_name(p_->weight_format()));
     ops::linear_backward(dx, p_->grad(w_), b_ == kNoParam ? nullptr : p_->grad(b_), dy, x, p_->value(w_), N, in_,
                          out_);
 }

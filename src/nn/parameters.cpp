@@ -1,6 +1,7 @@
 #include "nn/parameters.h"
 
 #include <cstring>
+#include <type_traits>
 
 #include "core/error.h"
 
@@ -51,6 +52,49 @@ template <typename T>
 int64_t Parameters<T>::total_unique() const {
     int64_t n = 0;
     for (const auto& s : specs_) n += s.numel;
+    return n;
+}
+
+template <typename T>
+void Parameters<T>::mark_linear(size_t i) {
+    MSLM_CHECK(i < specs_.size() && specs_[i].shape.size() == 2, "mark_linear: parameter {} is not a matrix", i);
+    for (size_t j : linear_)
+        if (j == i) return;
+    linear_.push_back(i);
+}
+
+template <typename T>
+void Parameters<T>::pack_linear_weights(ops::WeightFormat format) {
+    packed_.clear();
+    format_ = ops::WeightFormat::F32;
+    if (format == ops::WeightFormat::F32) return;
+    if constexpr (!std::is_same_v<T, float>) {
+        fail("{} weights need a float32 model", ops::weight_format_name(format));
+    } else {
+        MSLM_CHECK(values_, "pack_linear_weights before allocate()");
+        packed_.resize(specs_.size());
+        for (size_t i : linear_) {
+            const ParamSpec& s = specs_[i];
+            packed_[i] = std::make_unique<ops::PackedWeight>(
+                ops::pack_weight(value(i), s.shape[0], s.shape[1], format));
+        }
+        format_ = format;
+    }
+}
+
+template <typename T>
+size_t Parameters<T>::packed_bytes() const {
+    size_t n = 0;
+    for (const auto& p : packed_)
+        if (p) n += p->bytes();
+    return n;
+}
+
+template <typename T>
+int64_t Parameters<T>::packed_numel() const {
+    int64_t n = 0;
+    for (const auto& p : packed_)
+        if (p) n += p->out * p->in;
     return n;
 }
 

@@ -3,11 +3,13 @@
 // and modules read their pointers by index.
 #pragma once
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "core/allocator.h"
 #include "core/tensor.h"
+#include "ops/packed_linear.h"
 
 namespace mslm {
 
@@ -40,11 +42,28 @@ public:
     T* grads() { return grads_.get(); }
     void zero_grad();
 
+    // Inference-only packed copies (bf16 / int8, ops/packed_linear.h) of the weights that feed
+    // matrix products. Modules mark such weights at construction; `pack_linear_weights` makes the
+    // copies once (after loading), and from then on forward passes read them instead of the fp32
+    // values. The fp32 values stay (the embedding lookup of a tied head reads them; `unpack` goes
+    // back). Training must not run on a packed model: Linear::backward refuses.
+    void mark_linear(size_t i);
+    void pack_linear_weights(ops::WeightFormat format);  // F32 = unpack
+    const ops::PackedWeight* packed(size_t i) const {
+        return i < packed_.size() && packed_[i] ? packed_[i].get() : nullptr;
+    }
+    ops::WeightFormat weight_format() const { return format_; }
+    size_t packed_bytes() const;    // bytes of all packed copies
+    int64_t packed_numel() const;   // parameters that have a packed copy
+
 private:
     std::vector<ParamSpec> specs_;
     int64_t total_ = 0;
     AlignedBuffer<T> values_{nullptr, aligned_free};
     AlignedBuffer<T> grads_{nullptr, aligned_free};
+    std::vector<size_t> linear_;  // indices marked by mark_linear
+    std::vector<std::unique_ptr<ops::PackedWeight>> packed_;
+    ops::WeightFormat format_ = ops::WeightFormat::F32;
 };
 
 constexpr size_t kNoParam = static_cast<size_t>(-1);
