@@ -3,7 +3,7 @@
 // presets and thread counts. Random weights: the speed does not depend on them. Prints a
 // markdown table for docs/PERFORMANCE.md.
 //   bench_decode [--presets tiny,30m,130m,mamba-130m,mamba2-130m] [--threads 0] [--prompt 512]
-//                [--steps 64] [--min-seconds 2] [--dtype f32,bf16,int8]
+//                [--steps 64] [--min-seconds 2] [--dtype f32,bf16,int8] [--prefill-only]
 // A thread count of 0 means all cores. The prompt is capped at half the preset's max_seq_len.
 // "weights GB/s" is the parameter bytes over the batch-1 step time: batch-1 decoding streams every
 // weight once per token, so this against the machine's memory bandwidth says how close it runs.
@@ -13,6 +13,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdlib>
 #include <string>
 #include <thread>
@@ -70,6 +71,7 @@ double decode_step_seconds(HybridLM<float>& model, InferenceState<float>& st, in
 int main(int argc, char** argv) {
     select_blas_kernels(argc, argv);
     std::string presets = "tiny,30m,130m,mamba-130m,mamba2-130m", threads = "0", dtypes = "f32";
+    bool skip_decode = false;
     int64_t prompt_arg = 512, steps_arg = 64;
     double min_seconds = 2.0;
     for (int i = 1; i < argc; ++i) {
@@ -93,10 +95,12 @@ int main(int argc, char** argv) {
             min_seconds = std::stod(next());
         else if (a == "--dtype")
             dtypes = next();
+        else if (a == "--prefill-only")  // for profiling prefill
+            skip_decode = true;
         else {
             fmt::print(
                 "usage: bench_decode [--presets a,b] [--threads 1,0] [--prompt 512] [--steps 64] "
-                "[--min-seconds S] [--dtype f32,bf16,int8]\n");
+                "[--min-seconds S] [--dtype f32,bf16,int8] [--prefill-only]\n");
             return a == "--help" || a == "-h" ? 0 : 1;
         }
     }
@@ -131,8 +135,8 @@ int main(int argc, char** argv) {
                     model.prefill(st, 0, ids.data(), prompt, logits.data(), nullptr);
                 },
                 min_seconds);
-            const double step1 = decode_step_seconds(model, st, 1, steps, min_seconds, rng);
-            const double step8 = decode_step_seconds(model, st, kMaxBatch, steps, min_seconds, rng);
+            const double step1 = skip_decode ? NAN : decode_step_seconds(model, st, 1, steps, min_seconds, rng);
+            const double step8 = skip_decode ? NAN : decode_step_seconds(model, st, kMaxBatch, steps, min_seconds, rng);
             fmt::print("| {} | {} | {} | {} | {} | {:.0f} | {:.1f} | {:.1f} | {:.0f} | {:.1f} | {:.1f} |\n", name,
                        format_count(model.num_params()), dt, num_threads(), prompt, prompt / prefill, 1.0 / step1,
                        kMaxBatch / step8, weight_bytes / 1e6, weight_bytes / step1 / 1e9,

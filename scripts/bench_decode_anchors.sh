@@ -5,12 +5,13 @@
 # on the CPU (issue 5)".
 #
 #   scripts/bench_decode_anchors.sh setup    # download llama-cpp-python's sdist, build llama.cpp's tools
-#   scripts/bench_decode_anchors.sh models   # random HF models with our presets' shapes -> GGUF F32/F16/Q8_0
+#   scripts/bench_decode_anchors.sh models   # random HF models with our presets' shapes -> GGUF F32/F16/BF16/Q8_0
 #   scripts/bench_decode_anchors.sh run      # RUNS rounds of every bench, raw outputs in $WORK/results
 #   scripts/bench_decode_anchors.sh table    # medians over the rounds as one markdown table
 #
 # Environment: PY (python with torch + transformers), WORK (default /tmp/mslm-anchors), PRESETS,
-# THREADS (default 1,2), RUNS (default 3), JOBS (build parallelism, default 2), QUIET_WAIT_MIN (before
+# THREADS (default 1,2), RUNS (default 3), DTYPES (ours, default f32,bf16,int8), LLAMA_TYPES (default
+# "f32 f16 bf16 q8_0"), JOBS (build parallelism, default 2), QUIET_WAIT_MIN (before
 # each round, wait up to this many minutes, default 60, for the machine to be 90 % idle),
 # LLAMA_CPP_PYTHON_VERSION (default 0.3.36). bench_decode must be built (build/cpu, cmake --preset cpu).
 set -euo pipefail
@@ -21,6 +22,8 @@ WORK=$(realpath -m "${WORK:-/tmp/mslm-anchors}")
 PRESETS=${PRESETS:-tiny,30m,130m,mamba-130m,mamba2-130m}
 THREADS=${THREADS:-1,2}
 RUNS=${RUNS:-3}
+DTYPES=${DTYPES:-f32,bf16,int8}     # our inference weights (bench_decode --dtype)
+LLAMA_TYPES=${LLAMA_TYPES:-f32 f16 bf16 q8_0}
 JOBS=${JOBS:-2}
 VERSION=${LLAMA_CPP_PYTHON_VERSION:-0.3.36}
 SRC=$WORK/llama_cpp_python-$VERSION/vendor/llama.cpp
@@ -46,7 +49,7 @@ models() {
     mkdir -p "$WORK/hf" "$WORK/gguf"
     "$PY" "$ROOT/bench/reference/hf_generate_speed.py" --presets "$PRESETS" --save "$WORK/hf"
     for m in ${PRESETS//,/ }; do
-        for t in f32 f16; do
+        for t in f32 f16 bf16; do
             (cd "$SRC" && nice "$PY" convert_hf_to_gguf.py "$WORK/hf/$m" --outtype $t \
                 --outfile "$WORK/gguf/$m-$t.gguf")
         done
@@ -94,11 +97,12 @@ run() {
         for m in ${PRESETS//,/ }; do
             wait_for_quiet
             echo "$m start: $(uptime)" >> "$out/machine.txt"
-            "$BENCH_DECODE" --presets "$m" --threads "$THREADS" --prompt 512 --steps 64 | tee -a "$out/ours.md"
+            "$BENCH_DECODE" --presets "$m" --threads "$THREADS" --prompt 512 --steps 64 --dtype "$DTYPES" \
+                | tee -a "$out/ours.md"
             # bench_decode's prompt: 512, capped at half of max_seq_len (tiny: 256).
             p=512
             [ "$m" = tiny ] && p=128
-            for t in f32 f16 q8_0; do
+            for t in $LLAMA_TYPES; do
                 g=$WORK/gguf/$m-$t.gguf
                 # Prefill: the prompt from an empty state. Decode: 64 tokens after the prompt (-d), as
                 # bench_decode does. 3 repetitions each, after llama-bench's warm-up.

@@ -5,8 +5,9 @@ docs/PERFORMANCE.md: every cell is the median over the rounds.
 
     python bench/reference/decode_anchor_table.py /tmp/mslm-anchors/results
 
-Our weights are fp32, so only the F32 rows compare the same precision; the F16 and Q8_0 rows put
-llama.cpp's smaller weights beside our F32 numbers (their ratio column says so).
+Rows pair the same precision: our f32 weights with llama.cpp's F32, our bf16 with its BF16 and F16
+(16-bit weights, the same bytes per token), our int8 (per-row absmax weights, per-token int8
+activations) with its Q8_0 (per-32 block scales on weights and activations).
 """
 import glob
 import json
@@ -16,14 +17,18 @@ import statistics
 import sys
 from collections import defaultdict
 
-PRECISIONS = ["f32", "f16", "q8_0"]
+# (our dtype, llama.cpp precision) pairs, in table order.
+PAIRS = [("f32", "f32"), ("bf16", "bf16"), ("bf16", "f16"), ("int8", "q8_0")]
 
 
 def md_rows(path):
     for line in open(path):
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if len(cells) > 4 and re.fullmatch(r"\d+", cells[2]):
+        # ours: | preset | params | dtype | threads | ...; hf: | model | params | threads | ...
+        if len(cells) > 4 and re.fullmatch(r"\d+", cells[3]) and cells[2] in ("f32", "bf16", "int8"):
             yield cells
+        elif len(cells) > 4 and re.fullmatch(r"\d+", cells[2]):
+            yield cells[:2] + ["f32"] + cells[2:]
 
 
 def jsonl(path):
@@ -44,17 +49,17 @@ def main():
                 if m and (what == "during" or " start:" in line):
                     loads[what].append(float(m.group(1)))
         for c in md_rows(os.path.join(run, "ours.md")):
-            key = (c[0], "f32", int(c[2]))
+            key = (c[0], c[2], int(c[3]))
             params[c[0]] = c[1]
-            for what, v in zip(("pp", "b1", "b8"), c[4:7]):
+            for what, v in zip(("pp", "b1", "b8"), c[5:8]):
                 cells[("ours", *key, what)].append(float(v))
         if os.path.exists(os.path.join(run, "hf.md")):
             for c in md_rows(os.path.join(run, "hf.md")):
-                key = (c[0].split(" ")[0], "f32", int(c[2]))
-                for what, v in zip(("pp", "b1", "b8"), c[4:7]):
+                key = (c[0].split(" ")[0], "f32", int(c[3]))
+                for what, v in zip(("pp", "b1", "b8"), c[5:8]):
                     cells[("hf", *key, what)].append(float(v))
         for path in glob.glob(os.path.join(run, "llama-*.jsonl")):
-            m = re.fullmatch(r"llama-(pp|tg|b8)-(.+)-(f32|f16|q8_0)(?:-t\d+)?\.jsonl", os.path.basename(path))
+            m = re.fullmatch(r"llama-(pp|tg|b8)-(.+)-(f32|f16|bf16|q8_0)(?:-t\d+)?\.jsonl", os.path.basename(path))
             kind, model, prec = m.groups()
             for r in jsonl(path):
                 if kind == "b8":
@@ -77,27 +82,27 @@ def main():
     print(f"Rounds: {len(runs)}. Load average (1 min) when a preset's block started: "
           f"{min(loads['start']):.2f}–{max(loads['start']):.2f}; sampled every 30 s during the rounds: median "
           f"{statistics.median(loads['during']):.2f}, max {max(loads['during']):.2f}.\n")
-    print("| model | params | threads | llama.cpp precision | ours prefill | ours decode b=1 | ours decode b=8 | "
+    print("| model | params | threads | ours / llama.cpp precision | ours prefill | ours decode b=1 | ours decode b=8 | "
           "llama.cpp prefill | llama.cpp decode b=1 | llama.cpp decode b=8 | HF prefill | HF decode b=1 | "
           "HF decode b=8 | ours / llama.cpp prefill | ours / llama.cpp decode b=1 | ours / llama.cpp decode b=8 |")
     print("|---|---|---|---|" + "---:|" * 12)
     for model in models:
         for th in threads:
-            ours = [med("ours", model, "f32", th, w) for w in ("pp", "b1", "b8")]
             hf = [med("hf", model, "f32", th, w) for w in ("pp", "b1", "b8")]
-            for prec in PRECISIONS:
+            first = True
+            for mine, prec in PAIRS:
+                ours = [med("ours", model, mine, th, w) for w in ("pp", "b1", "b8")]
                 llama = [med("llama", model, prec, th, w) for w in ("pp", "b1", "b8")]
-                if all(x is None for x in llama) and prec != "f32":
+                if all(x is None for x in llama + ours):
                     continue
-                first = prec == "f32"
-                same = "" if first else " (ours F32)"
                 row = [model if first else "", params.get(model, "") if first else "", str(th) if first else "",
-                       prec.upper()]
-                row += [fmt(x) if first else "" for x in ours]
+                       f"{mine} / {prec.upper()}"]
+                row += [fmt(x) for x in ours]
                 row += [fmt(x) for x in llama]
                 row += [fmt(x) if first else "" for x in hf]
-                row += [ratio(a, b) + (same if a is not None and b is not None else "") for a, b in zip(ours, llama)]
+                row += [ratio(a, b) for a, b in zip(ours, llama)]
                 print("| " + " | ".join(row) + " |")
+                first = False
 
     # How much the rounds disagree: the largest (max - min) / median of any cell of each source.
     spread = defaultdict(float)
