@@ -1,16 +1,18 @@
 // Prefill products y = x · Wᵀ of the 130m model's linear layers, M tokens at once: fp32
 // (mslm::gemm, OpenBLAS) against the packed bf16 / int8 kernels of ops/packed_linear on AMX tiles and
-// on their fallback, at each thread count. Prints a markdown table of ms per product and GFLOP/s
+// on their fallbacks (int8: AVX-512 VNNI where the CPU has it, and portable loops), at each thread
+// count. Prints a markdown table of ms per product and GFLOP/s
 // (2·M·in·out flops, whatever the format; int8 counts its integer multiply-adds).
 //   bench_packed_gemm [--shapes 3352x768,768x1536,2048x768,768x2048,50280x768] [--tokens 512]
-//                     [--threads 1,2] [--kernels fp32,bf16-amx,int8-amx,bf16-fallback,int8-fallback]
-//                     [--min-seconds 1]
+//                     [--threads 1,2] [--min-seconds 1]
+//                     [--kernels fp32,bf16-amx,int8-amx,bf16-fallback,int8-fallback,int8-fallback-portable]
 // A thread count of 0 means all cores. Shapes are out×in. The time includes converting x to bf16 or
 // quantizing it (part of every product), not packing W (done once at load).
 #include <fmt/format.h>
 
 #include <cstdlib>
 #include <map>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -23,7 +25,8 @@
 #include "ops/cpu/packed_kernels.h"
 #include "ops/packed_linear.h"
 
-// Defined in src/ops/cpu/packed_gemm.cpp (the test hook): force "amx" or "fallback".
+// Defined in src/ops/cpu/packed_gemm.cpp (the test hook): force "amx", "fallback" or
+// "fallback-portable".
 namespace mslm::ops::detail {
 void packed_gemm_force_path(const char* name);
 bool packed_gemm_amx_available();
@@ -34,7 +37,7 @@ using namespace mslm;
 int main(int argc, char** argv) {
     select_blas_kernels(argc, argv);
     std::string shapes = "3352x768,768x1536,2048x768,768x2048,50280x768", threads = "1,2",
-                kernels = "fp32,bf16-amx,int8-amx,bf16-fallback,int8-fallback";
+                kernels = "fp32,bf16-amx,int8-amx,bf16-fallback,int8-fallback,int8-fallback-portable";
     int64_t M = 512;
     double min_seconds = 1.0;
     for (int i = 1; i < argc; ++i) {
@@ -59,7 +62,8 @@ int main(int argc, char** argv) {
         else {
             fmt::print(
                 "usage: bench_packed_gemm [--shapes 3352x768,768x1536] [--tokens 512] [--threads 1,2] "
-                "[--kernels fp32,bf16-amx,int8-amx,bf16-fallback,int8-fallback] [--min-seconds 1]\n");
+                "[--kernels fp32,bf16-amx,int8-amx,bf16-fallback,int8-fallback,int8-fallback-portable] "
+                "[--min-seconds 1]\n");
             return a == "--help" || a == "-h" ? 0 : 1;
         }
     }
@@ -69,14 +73,16 @@ int main(int argc, char** argv) {
             fmt::print(stderr, "no AMX on this machine: skipping {}\n", k);
             continue;
         }
-        if (k != "fp32" && k != "bf16-amx" && k != "int8-amx" && k != "bf16-fallback" &&
-            k != "int8-fallback") {
+        if (!std::set<std::string>{"fp32", "bf16-amx", "int8-amx", "bf16-fallback", "int8-fallback",
+                                   "int8-fallback-portable"}
+                 .contains(k)) {
             fmt::print(stderr, "unknown kernel {}\n", k);
             return 1;
         }
         names.push_back(k);
     }
-    fmt::print("# mamba-slm bench_packed_gemm, M = {} tokens, OpenBLAS kernels: {}\n", M, blas_core_name());
+    fmt::print("# mamba-slm bench_packed_gemm, M = {} tokens, OpenBLAS kernels: {}, packed: {}\n", M,
+               blas_core_name(), ops::detail::packed_gemm_description());
     fmt::print("| out × in | threads |");
     for (const auto& k : names) fmt::print(" {} ms | {} GFLOP/s |", k, k);
     fmt::print("\n|---|---|");

@@ -1,5 +1,6 @@
 // The prefill kernels of ops/packed_linear (M >= kPackedGemmMinRows rows of x) against
-// packed_linear_reference with gemm numerics: the AMX path and the fallback, bf16 and int8, odd
+// packed_linear_reference with gemm numerics: the AMX path and the fallbacks (with AVX-512 VNNI
+// where the CPU has it, and portable), bf16 and int8, odd
 // shapes (partial tiles of W rows, of tokens and of k), with and without bias, zero rows of x and
 // of W; the same bits for 1 and 2 threads.
 #include <gtest/gtest.h>
@@ -15,8 +16,9 @@
 #include "ops/cpu/packed_kernels.h"
 #include "ops/packed_linear.h"
 
-// Test hooks defined in src/ops/cpu/packed_gemm.cpp: force a path ("amx" | "fallback", nullptr for
-// the environment's choice, MSLM_PACKED_GEMM), and whether this machine offers AMX.
+// Test hooks defined in src/ops/cpu/packed_gemm.cpp: force a path ("amx" | "fallback" |
+// "fallback-portable", nullptr for the environment's choice, MSLM_PACKED_GEMM), and whether this
+// machine offers AMX.
 namespace mslm::ops::detail {
 void packed_gemm_force_path(const char* name);
 bool packed_gemm_amx_available();
@@ -28,7 +30,7 @@ using namespace mslm::ops;
 namespace {
 
 std::vector<const char*> paths() {
-    std::vector<const char*> p = {"fallback"};
+    std::vector<const char*> p = {"fallback", "fallback-portable"};
     if (detail::packed_gemm_amx_available()) p.push_back("amx");
     return p;
 }
@@ -196,6 +198,10 @@ TEST(PackedGemm, PathNames) {
     {
         ForcedPath forced("fallback");
         EXPECT_NE(detail::packed_gemm_description().find("fallback"), std::string::npos);
+    }
+    {
+        ForcedPath forced("fallback-portable");
+        EXPECT_NE(detail::packed_gemm_description().find("int32 loops"), std::string::npos);
     }
     if (detail::packed_gemm_amx_available()) {
         ForcedPath forced("amx");

@@ -25,18 +25,19 @@
 //         packed_linear_reference, so the two agree bit for bit.
 // The fallback keeps these numerics: bf16 through fp32 mslm::gemm (OpenBLAS) on x rounded to bf16
 // and W widened panel by panel (another fp32 summation order than the tiles'), int8 through exact
-// int32 dot products in plain loops.
+// int32 dot products (AVX-512 VNNI where the CPU has it, plain loops otherwise).
 //
 // Path: AMX when the CPU has AMX-TILE, AMX-BF16, AMX-INT8 and AVX-512F and the kernel grants the
-// tile data state (arch_prctl); MSLM_PACKED_GEMM=amx|fallback forces one (read once; amx on a
-// machine without it is an error). The AMX and AVX-512 code is compiled through target attributes
-// and only ever called after that check, so a build without -march=native carries it too.
+// tile data state (arch_prctl). MSLM_PACKED_GEMM=amx|fallback forces one (read once; amx on a
+// machine without it is an error); fallback-portable is the fallback without AVX-512 VNNI. The
+// AMX and AVX-512 code is compiled through target attributes and only called after a run-time
+// check, so a build without -march=native carries it too.
 #if defined(__x86_64__)
 #include <cpuid.h>
 #include <immintrin.h>
 #include <sys/syscall.h>
 #include <unistd.h>
-#define MSLM_PACKED_GEMM_AMX 1
+#define MSLM_PACKED_GEMM_X86 1
 #endif
 
 #include <algorithm>
@@ -68,7 +69,7 @@ int64_t ceil_div(int64_t v, int64_t m) {
 // ---------------------------------------------------------------------------------------------
 // Which path
 
-#ifdef MSLM_PACKED_GEMM_AMX
+#ifdef MSLM_PACKED_GEMM_X86
 bool cpu_has_amx() {
     unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
     if (!__get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx)) return false;
@@ -96,18 +97,22 @@ bool amx_usable() {
 }
 #endif
 
-enum class Path { Amx, Fallback };
+// Fallback: the best kernels without AMX; FallbackPortable: the same without AVX-512 VNNI (plain
+// loops for int8), so that tests cover the code older CPUs run.
+enum class Path { Amx, Fallback, FallbackPortable };
 struct PathChoice {
     Path path;
     const char* why;
 };
 
-// request: "amx", "fallback" or empty (the CPU decides); source names it in messages.
+// request: "amx", "fallback", "fallback-portable" or empty (the CPU decides); source names it in
+// messages.
 PathChoice choose_path(const char* request, const char* source) {
     const std::string r = request ? request : "";
     if (r.empty()) return amx_usable() ? PathChoice{Path::Amx, ""} : PathChoice{Path::Fallback, "no AMX"};
     if (r == "fallback") return {Path::Fallback, "forced"};
-    MSLM_CHECK(r == "amx", "{}={}: expected amx or fallback", source, r);
+    if (r == "fallback-portable") return {Path::FallbackPortable, "forced"};
+    MSLM_CHECK(r == "amx", "{}={}: expected amx, fallback or fallback-portable", source, r);
     MSLM_CHECK(amx_usable(),
                "{}=amx: this CPU or kernel does not offer AMX tiles (AMX-TILE, AMX-BF16, AMX-INT8 with "
                "AVX-512F, and arch_prctl(ARCH_REQ_XCOMP_PERM))",
@@ -125,7 +130,7 @@ std::atomic<int> g_forced{-1};
 
 PathChoice current_path() {
     const int f = g_forced.load(std::memory_order_relaxed);
-    if (f >= 0) return {static_cast<Path>(f), f == static_cast<int>(Path::Fallback) ? "forced" : ""};
+    if (f >= 0) return {static_cast<Path>(f), f == static_cast<int>(Path::Amx) ? "" : "forced"};
     return env_path();
 }
 
@@ -168,7 +173,7 @@ inline float dequantize(float scale_w, float sx, float acc, float bias) {
     return p + bias;
 }
 
-#ifdef MSLM_PACKED_GEMM_AMX
+#ifdef MSLM_PACKED_GEMM_X86
 // ---------------------------------------------------------------------------------------------
 // AMX. GCC 12's tile intrinsics declare no memory operands for tileloadd (and only 8 bytes of the
 // configuration for ldtilecfg), so the compiler may move them across the stores that fill the
@@ -491,7 +496,7 @@ void amx_forward(float* y, const float* x, const PackedWeight& W, const float* b
     p.token_chunks = row_blocks >= want ? 1 : std::min(p.token_blocks, ceil_div(want, row_blocks));
     parallel_for(row_blocks * p.token_chunks, [&](int64_t i0, int64_t i1) { amx_items<kInt8>(p, i0, i1); });
 }
-#endif  // MSLM_PACKED_GEMM_AMX
+#endif  // MSLM_PACKED_GEMM_X86
 
 // ---------------------------------------------------------------------------------------------
 // Fallback.
@@ -542,12 +547,58 @@ int32_t dot_int8(const int8_t* a, const int8_t* w, int64_t n) {
     return s;
 }
 
-// Exact int32 dot products in plain loops (the compiler vectorises them), 16 rows of W at a time
-// against every token, so the rows stay in L1.
-void fallback_int8(float* y, const float* x, const PackedWeight& W, const float* b, int64_t M) {
+// acc[t·4 + r] = Σ_k q_t[k]·w_r[k] for 4 tokens × 4 rows of W, rows ld bytes apart (ld a multiple of
+// 64), exact in int32. Plain loops the compiler vectorises.
+void dot4x4_portable(int32_t* acc, const int8_t* q, const int8_t* w, const int32_t* row_sum, int64_t ld) {
+    for (int t = 0; t < 4; ++t)
+        for (int r = 0; r < 4; ++r) acc[t * 4 + r] = dot_int8(q + t * ld, w + r * ld, ld);
+}
+
+#ifdef MSLM_PACKED_GEMM_X86
+bool cpu_has_avx512_vnni() {
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vnni");
+}
+
+// The same with AVX-512 VNNI. VPDPBUSD multiplies unsigned by signed bytes (4 products summed into
+// each int32 lane, without saturation), so the tokens go in as q + 128 (q ^ 0x80) and
+// 128·Σ_k w_r[k], the packed row sum, comes off at the end: exact as well.
+__attribute__((target("avx512f,avx512bw,avx512vnni"))) void dot4x4_vnni(int32_t* acc, const int8_t* q,
+                                                                        const int8_t* w,
+                                                                        const int32_t* row_sum, int64_t ld) {
+    __m512i sum[4][4];
+    for (auto& st : sum)
+        for (auto& v : st) v = _mm512_setzero_si512();
+    const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
+    for (int64_t k = 0; k < ld; k += 64) {
+        __m512i wv[4];
+        for (int r = 0; r < 4; ++r) wv[r] = _mm512_loadu_si512(w + r * ld + k);
+        for (int t = 0; t < 4; ++t) {
+            const __m512i xv = _mm512_xor_si512(_mm512_loadu_si512(q + t * ld + k), flip);
+            for (int r = 0; r < 4; ++r) sum[t][r] = _mm512_dpbusd_epi32(sum[t][r], xv, wv[r]);
+        }
+    }
+    for (int t = 0; t < 4; ++t)
+        for (int r = 0; r < 4; ++r) {
+            V16 v = reinterpret_cast<V16>(sum[t][r]);
+            v += __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7);
+            v += __builtin_shufflevector(v, v, 4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11);
+            v += __builtin_shufflevector(v, v, 2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13);
+            v += __builtin_shufflevector(v, v, 1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14);
+            acc[t * 4 + r] = v[0] - 128 * row_sum[r];
+        }
+}
+#endif
+
+// Exact int32 dot products, 4 tokens × 4 rows of W at a time (AVX-512 VNNI where the CPU has it and
+// `portable` is false, plain loops otherwise), one panel of 16 rows of W against every token so
+// that the panel stays in L1. Tokens are padded with zero rows to a multiple of 4 and W has zero
+// rows up to out_padded, so every block is whole; outputs past M or out are dropped.
+void fallback_int8(float* y, const float* x, const PackedWeight& W, const float* b, int64_t M,
+                   bool portable) {
     thread_local Scratch q_scratch, sx_scratch;
-    const int64_t ld = W.ld;
-    auto* q = static_cast<int8_t*>(q_scratch.get(static_cast<size_t>(M * ld)));
+    const int64_t ld = W.ld, M4 = round_up(M, 4);
+    auto* q = static_cast<int8_t*>(q_scratch.get(static_cast<size_t>(M4 * ld)));
     auto* sx = static_cast<float*>(sx_scratch.get(static_cast<size_t>(M) * sizeof(float)));
     parallel_for(
         M,
@@ -555,15 +606,25 @@ void fallback_int8(float* y, const float* x, const PackedWeight& W, const float*
             quantize_rows_int8(q + m0 * ld, sx + m0, x + m0 * W.in, m1 - m0, W.in, ld);
         },
         kTile);
+    std::memset(q + M * ld, 0, static_cast<size_t>((M4 - M) * ld));
+    auto dot4x4 = dot4x4_portable;
+#ifdef MSLM_PACKED_GEMM_X86
+    if (!portable && cpu_has_avx512_vnni()) dot4x4 = dot4x4_vnni;
+#endif
     parallel_for(ceil_div(W.out, kTile), [&](int64_t p0, int64_t p1) {
+        int32_t acc[16];
         for (int64_t p = p0; p < p1; ++p) {
-            const int64_t n0 = p * kTile, n1 = std::min(n0 + kTile, W.out);
-            for (int64_t m = 0; m < M; ++m)
-                for (int64_t n = n0; n < n1; ++n) {
-                    const int32_t acc = dot_int8(q + m * ld, W.int8() + n * ld, ld);
-                    y[m * W.out + n] =
-                        dequantize(W.scale.get()[n], sx[m], static_cast<float>(acc), b ? b[n] : 0.0f);
+            for (int64_t m0 = 0; m0 < M; m0 += 4) {
+                for (int64_t n0 = p * kTile; n0 < std::min((p + 1) * kTile, W.out); n0 += 4) {
+                    dot4x4(acc, q + m0 * ld, W.int8() + n0 * ld, W.row_sum.get() + n0, ld);
+                    for (int64_t t = 0; t < std::min<int64_t>(4, M - m0); ++t)
+                        for (int64_t r = 0; r < std::min<int64_t>(4, W.out - n0); ++r) {
+                            const int64_t m = m0 + t, n = n0 + r;
+                            y[m * W.out + n] = dequantize(
+                                W.scale.get()[n], sx[m], static_cast<float>(acc[t * 4 + r]), b ? b[n] : 0.0f);
+                        }
                 }
+            }
         }
     });
 }
@@ -575,8 +636,9 @@ void packed_gemm_forward(float* y, const float* x, const PackedWeight& W, const 
     MSLM_CHECK(W.format == WeightFormat::BF16 || W.format == WeightFormat::Int8,
                "packed_gemm: format {} is not packed", weight_format_name(W.format));
     const bool int8 = W.format == WeightFormat::Int8;
-#ifdef MSLM_PACKED_GEMM_AMX
-    if (current_path().path == Path::Amx) {
+    const Path path = current_path().path;
+#ifdef MSLM_PACKED_GEMM_X86
+    if (path == Path::Amx) {
         if (int8)
             amx_forward<true>(y, x, W, b, M);
         else
@@ -585,7 +647,7 @@ void packed_gemm_forward(float* y, const float* x, const PackedWeight& W, const 
     }
 #endif
     if (int8)
-        fallback_int8(y, x, W, b, M);
+        fallback_int8(y, x, W, b, M, path == Path::FallbackPortable);
     else
         fallback_bf16(y, x, W, b, M);
 }
@@ -593,11 +655,17 @@ void packed_gemm_forward(float* y, const float* x, const PackedWeight& W, const 
 std::string packed_gemm_description() {
     const PathChoice c = current_path();
     if (c.path == Path::Amx) return "amx (bf16, int8)";
-    return fmt::format("fallback ({}): bf16 via fp32 OpenBLAS, int8 via int32 loops", c.why);
+    bool vnni = false;
+#ifdef MSLM_PACKED_GEMM_X86
+    vnni = c.path == Path::Fallback && cpu_has_avx512_vnni();
+#endif
+    return fmt::format("fallback ({}): bf16 via fp32 OpenBLAS, int8 via {}", c.why,
+                       vnni ? "AVX-512 VNNI" : "int32 loops");
 }
 
-// Test hook (declared in tests/unit/test_packed_gemm.cpp): "amx" or "fallback" forces a path for
-// the process, as MSLM_PACKED_GEMM does; nullptr returns to the environment's choice.
+// Test hook (declared in tests/unit/test_packed_gemm.cpp and bench/bench_packed_gemm.cpp): "amx",
+// "fallback" or "fallback-portable" forces a path for the process, as MSLM_PACKED_GEMM does;
+// nullptr returns to the environment's choice.
 void packed_gemm_force_path(const char* name) {
     g_forced.store(name ? static_cast<int>(choose_path(name, "packed_gemm_force_path").path) : -1,
                    std::memory_order_relaxed);
