@@ -7,13 +7,19 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+#include <optional>
 #include <string>
 #include <vector>
 
+#include "core/error.h"
 #include "core/rng.h"
 #include "core/thread_pool.h"
 #include "gradcheck.h"
 #include "ops/conv1d.h"
+#include "ops/cpu/scalar_math.h"
 #include "ops/selective_scan.h"
 #include "ops/ssd.h"
 
@@ -1034,6 +1040,332 @@ TEST(SsdForward, StateInPlace) {
     ssd_forward(y.data(), h.data(), d.inputs(), h.data(), d.dims);
     EXPECT_EQ(y, want);
     EXPECT_EQ(h, h_want);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Vectorised float math (ops/cpu/scalar_math.h, namespace vec) and the selective scan's float
+// kernels. The AVX-512 and AVX2 code is compiled in through target attributes whatever the build's
+// -march, and each is tested where the CPU runs it.
+
+bool cpu_has_avx512() {
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+           __builtin_cpu_supports("fma");
+}
+bool cpu_has_avx2() {
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+}
+
+enum class VecFn { ExpNonpositive, Exp, Softplus, Sigmoid };
+
+template <class V>
+[[gnu::always_inline]] inline void apply_vec_fn(VecFn fn, V& out, const V& x) {
+    switch (fn) {
+        case VecFn::ExpNonpositive:
+            vec::exp_nonpositive(out, x);
+            break;
+        case VecFn::Exp:
+            vec::exp(out, x);
+            break;
+        case VecFn::Softplus:
+            vec::softplus(out, x);
+            break;
+        case VecFn::Sigmoid:
+            vec::sigmoid(out, x);
+            break;
+    }
+}
+
+// out[i] = fn(x[i]) for i < n, n a multiple of the width.
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma"))) void apply_avx512(VecFn fn, float* out,
+                                                                                    const float* x,
+                                                                                    size_t n) {
+    for (size_t i = 0; i < n; i += 16) {
+        vec::F<16> v, r{};
+        vec::load(v, x + i);
+        apply_vec_fn(fn, r, v);
+        vec::store(out + i, r);
+    }
+}
+
+__attribute__((target("avx2,fma"))) void apply_avx2(VecFn fn, float* out, const float* x, size_t n) {
+    for (size_t i = 0; i < n; i += 8) {
+        vec::F<8> v, r{};
+        vec::load(v, x + i);
+        apply_vec_fn(fn, r, v);
+        vec::store(out + i, r);
+    }
+}
+
+struct VecIsa {
+    const char* name;
+    bool available;
+    void (*apply)(VecFn, float*, const float*, size_t);
+};
+
+std::vector<VecIsa> vec_isas() {
+    return {{"avx512", cpu_has_avx512(), apply_avx512}, {"avx2", cpu_has_avx2(), apply_avx2}};
+}
+
+std::vector<float> apply(const VecIsa& isa, VecFn fn, std::vector<float> x) {
+    const size_t n = x.size();
+    x.resize((n + 15) / 16 * 16, 0.0f);
+    std::vector<float> out(x.size());
+    isa.apply(fn, out.data(), x.data(), x.size());
+    out.resize(n);
+    return out;
+}
+
+// Every stride-th float from lo up to hi (walking the floats in order, across 0 too).
+std::vector<float> float_range(float lo, float hi, int64_t stride) {
+    auto ordinal = [](float f) {
+        int32_t i;
+        std::memcpy(&i, &f, sizeof i);
+        return i < 0 ? -static_cast<int64_t>(i & 0x7fffffff) : static_cast<int64_t>(i);
+    };
+    auto from_ordinal = [](int64_t o) {
+        const int32_t i = o < 0 ? static_cast<int32_t>(-o) | INT32_MIN : static_cast<int32_t>(o);
+        float f;
+        std::memcpy(&f, &i, sizeof f);
+        return f;
+    };
+    std::vector<float> v;
+    for (int64_t o = ordinal(lo); o <= ordinal(hi); o += stride) v.push_back(from_ordinal(o));
+    return v;
+}
+
+// |got − want| in units of the float ulp at want (2^(e − 23) for want in [2^e, 2^(e+1))).
+double ulp_error(float got, double want) {
+    int e;
+    std::frexp(want, &e);
+    return std::fabs(static_cast<double>(got) - want) / std::ldexp(1.0, e - 24);
+}
+
+template <class Ref>
+double max_ulp_error(const std::vector<float>& x, const std::vector<float>& got, Ref ref) {
+    double worst = 0;
+    for (size_t i = 0; i < x.size(); ++i)
+        worst = std::max(worst, ulp_error(got[i], ref(static_cast<double>(x[i]))));
+    return worst;
+}
+
+// The exp error budget in ulps: 0.12 for the degree-7 Taylor polynomial, 0.5 for the rounding of
+// Horner's last step, under 0.5 for the earlier steps (each scaled by |r| ≤ 0.35 on its way to the
+// result), and next to nothing for the reduction (k·ln2_hi and x − k·ln2_hi exact) and for 2^k
+// (exact): under 1.2, asserted with a margin as 1.5. (0.94 measured over every float in [−87.34, 0].)
+constexpr double kExpUlps = 1.5;
+
+TEST(VecMath, ExpNonpositive) {
+    bool any = false;
+    for (const VecIsa& isa : vec_isas()) {
+        if (!isa.available) continue;
+        any = true;
+        SCOPED_TRACE(isa.name);
+        // About a million floats spread over the normal range of e^x, x ≤ 0 (ln FLT_MIN = −87.34).
+        const std::vector<float> x = float_range(-87.3365f, 0.0f, 1009);
+        const double err =
+            max_ulp_error(x, apply(isa, VecFn::ExpNonpositive, x), [](double v) { return std::exp(v); });
+        record(std::string("exp_nonpositive_ulps_") + isa.name, err);
+        EXPECT_LT(err, kExpUlps);
+
+        const float inf = std::numeric_limits<float>::infinity();
+        const std::vector<float> special = {0.0f,    -0.0f,  -87.7f, -88.0f,
+                                            -100.0f, -1e30f, -inf,   std::numeric_limits<float>::quiet_NaN()};
+        const std::vector<float> y = apply(isa, VecFn::ExpNonpositive, special);
+        EXPECT_EQ(y[0], 1.0f);
+        EXPECT_EQ(y[1], 1.0f);
+        for (size_t i = 2; i < 7; ++i) EXPECT_EQ(y[i], 0.0f) << special[i];  // underflow: exactly 0
+        EXPECT_TRUE(std::isnan(y[7]));
+        // Between −87.68 and ln FLT_MIN: 0 or a subnormal, within FLT_MIN of e^x either way.
+        const std::vector<float> band = float_range(-87.68f, -87.34f, 997);
+        const std::vector<float> yb = apply(isa, VecFn::ExpNonpositive, band);
+        for (size_t i = 0; i < band.size(); ++i)
+            EXPECT_LT(std::fabs(yb[i] - std::exp(static_cast<double>(band[i]))), 1.2e-38) << band[i];
+    }
+    if (!any) GTEST_SKIP() << "no AVX2 or AVX-512 on this CPU";
+}
+
+TEST(VecMath, ExpAnySign) {
+    bool any = false;
+    for (const VecIsa& isa : vec_isas()) {
+        if (!isa.available) continue;
+        any = true;
+        SCOPED_TRACE(isa.name);
+        const std::vector<float> x = float_range(-87.3365f, 88.376f, 4001);
+        const double err = max_ulp_error(x, apply(isa, VecFn::Exp, x), [](double v) { return std::exp(v); });
+        record(std::string("exp_ulps_") + isa.name, err);
+        EXPECT_LT(err, kExpUlps);
+        const float inf = std::numeric_limits<float>::infinity();
+        for (float big : apply(isa, VecFn::Exp, {88.4f, 89.0f, 1e30f, inf})) EXPECT_EQ(big, inf);
+    }
+    if (!any) GTEST_SKIP() << "no AVX2 or AVX-512 on this CPU";
+}
+
+// Relative error bounds, in ulps of the result (an error of q·2^-24 relative is at most q ulps).
+// sigmoid: e = e^−|v| off by ≤ 1 ulp (2^-23 relative), then 1 + e, the division and e·s round once
+// each: 2 + 3 = 5. softplus: e's 2^-23 reaches log1p(e) at most unscaled; 2 + e, the division, the
+// series (0.24 truncation, ~1 rounding) and 2s·p add 4.24 (in 2^-24); the final max(v, 0) + log1p(e)
+// sums two non-negative terms and rounds once: 2 + 4.24 + 1 ≈ 7.3.
+constexpr double kSigmoidUlps = 5.0, kSoftplusUlps = 7.3;
+
+TEST(VecMath, SoftplusAndSigmoid) {
+    bool any = false;
+    for (const VecIsa& isa : vec_isas()) {
+        if (!isa.available) continue;
+        any = true;
+        SCOPED_TRACE(isa.name);
+        const std::vector<float> xs = float_range(-80.0f, 20.0f, 2003);
+        const double err_softplus = max_ulp_error(xs, apply(isa, VecFn::Softplus, xs), softplus_ref);
+        const std::vector<float> xg = float_range(-80.0f, 80.0f, 2003);
+        const double err_sigmoid = max_ulp_error(xg, apply(isa, VecFn::Sigmoid, xg),
+                                                 [](double v) { return 1.0 / (1.0 + std::exp(-v)); });
+        record(std::string("softplus_ulps_") + isa.name, err_softplus);
+        record(std::string("sigmoid_ulps_") + isa.name, err_sigmoid);
+        EXPECT_LT(err_softplus, kSoftplusUlps);
+        EXPECT_LT(err_sigmoid, kSigmoidUlps);
+
+        const float inf = std::numeric_limits<float>::infinity();
+        const std::vector<float> special = {20.5f, 1e30f, inf, -200.0f, -inf};
+        const std::vector<float> sp = apply(isa, VecFn::Softplus, special);
+        EXPECT_EQ(sp[0], 20.5f);  // PyTorch's threshold: the identity above 20
+        EXPECT_EQ(sp[1], 1e30f);
+        EXPECT_EQ(sp[2], inf);
+        EXPECT_EQ(sp[3], 0.0f);
+        EXPECT_EQ(sp[4], 0.0f);
+        const std::vector<float> sg = apply(isa, VecFn::Sigmoid, {200.0f, inf, -200.0f, -inf});
+        EXPECT_EQ(sg, (std::vector<float>{1.0f, 1.0f, 0.0f, 0.0f}));
+    }
+    if (!any) GTEST_SKIP() << "no AVX2 or AVX-512 on this CPU";
+}
+
+// Runs fn(kernel) with MSLM_SCAN_KERNEL set to each float kernel of the selective scan that the
+// CPU has (src/ops/cpu/selective_scan.cpp), then restores the variable.
+template <class Fn>
+void for_each_scan_kernel(Fn fn) {
+    const char* env = std::getenv("MSLM_SCAN_KERNEL");
+    const std::optional<std::string> saved = env ? std::optional<std::string>(env) : std::nullopt;
+    for (const auto& [name, available] : {std::pair<const char*, bool>{"scalar", true},
+                                          {"avx2", cpu_has_avx2()},
+                                          {"avx512", cpu_has_avx512()}}) {
+        if (!available) continue;
+        setenv("MSLM_SCAN_KERNEL", name, 1);
+        SCOPED_TRACE(name);
+        fn(std::string(name));
+    }
+    if (saved)
+        setenv("MSLM_SCAN_KERNEL", saved->c_str(), 1);
+    else
+        unsetenv("MSLM_SCAN_KERNEL");
+}
+
+const ScanCase kKernelCases[] = {
+    {2, 40, 37, 16, 2, true, true, true, true},   // 37 channels: whole vector blocks and a tail of 5
+    {1, 70, 16, 16, 0, true, true, true, false},  // one AVX-512 block, two AVX2 ones; 3 passes of rows
+    {2, 33, 11, 5, 1, false, true, true, true},   // d_state 5: not a tile of the transposes
+    {1, 9, 5, 4, 3, true, false, false, false},   // bare, fewer channels than a vector
+};
+
+// The float kernels against the double loop on the same (float-representable) inputs, with
+// SelectiveScan.FloatMatchesDouble's argument and tolerance: the vector kernels differ from the
+// scalar float loop only in their exp (< 1.5 ulp, VecMath above), softplus (< 7.3) and sigmoid (< 5),
+// errors of a few u per term that the factor 4 of fp32_tolerance covers: an error ε in Δ reaches
+// e^(Δ·A) as Δ·|A|·e^(Δ·A)·ε ≤ ε/e. A quarter of the Δ are pushed far out, to cover exp's underflow
+// (Δ = 30: e^(30·A) = 0) and softplus's tails (raw −100: Δ = 0 in float).
+TEST(SelectiveScanKernels, FloatMatchesDouble) {
+    for_each_scan_kernel([](const std::string& kernel) {
+        int case_index = 0;
+        for (const ScanCase& c : kKernelCases) {
+            SCOPED_TRACE(describe(c));
+            ScanData<double> d = make_scan(c, 51);
+            for (size_t i = 0; i < d.delta.size(); i += 8) d.delta[i] = 30.0;
+            for (size_t i = 4; i < d.delta.size(); i += 8) d.delta[i] = -100.0;
+            d.round_inputs_to_float();
+            const ScanData<float> f = d.as<float>();
+            std::vector<double> h;
+            std::vector<float> h_f;
+            const std::vector<double> y = d.forward(&h);
+            const std::vector<float> y_f = f.forward(&h_f);
+            const double tol = fp32_tolerance(c.T + c.N);
+            const double ey = scaled_max_error(y_f, y), eh = scaled_max_error(h_f, h);
+            const std::string tag = kernel + "_case" + std::to_string(case_index++);
+            record("fp32_y_" + tag, ey);
+            record("fp32_h_last_" + tag, eh);
+            EXPECT_LT(ey, tol);
+            EXPECT_LT(eh, tol);
+        }
+    });
+}
+
+// The update promises the arithmetic of one forward step (ops/selective_scan.h): stepping through
+// a sequence gives the forward's bits, in float on every kernel.
+TEST(SelectiveScanKernels, UpdateStepsEqualForwardBits) {
+    for_each_scan_kernel([](const std::string&) {
+        for (const ScanCase& c : kKernelCases) {
+            SCOPED_TRACE(describe(c));
+            const ScanData<float> d = make_scan(c, 52).as<float>();
+            std::vector<float> h_want;
+            const std::vector<float> want = d.forward(&h_want);  // (B, T, Din)
+            const int64_t S = 2 * c.B + 1, Din = c.Din, N = c.N;
+            std::vector<float> h(S * Din * N, 0.0f), y(c.B * Din), got(c.B * c.T * Din);
+            std::vector<int64_t> slots(c.B);
+            for (int64_t b = 0; b < c.B; ++b) {
+                slots[b] = slot_of(b);
+                if (!d.h0.empty())
+                    std::copy_n(d.h0.begin() + b * Din * N, Din * N, h.begin() + slots[b] * Din * N);
+            }
+            for (int64_t t = 0; t < c.T; ++t) {
+                SelectiveScanInputs<float> in = d.inputs();
+                in.u += t * d.ld_u, in.ld_u *= c.T;
+                in.delta += t * d.ld_delta, in.ld_delta *= c.T;
+                in.Bm += t * d.ld_B, in.ld_B *= c.T;
+                in.Cm += t * d.ld_C, in.ld_C *= c.T;
+                if (in.z) in.z += t * d.ld_z, in.ld_z *= c.T;
+                selective_scan_update(y.data(), h.data(), slots.data(), in, c.B, Din, N);
+                for (int64_t b = 0; b < c.B; ++b)
+                    std::copy_n(y.begin() + b * Din, Din, got.begin() + (b * c.T + t) * Din);
+            }
+            EXPECT_EQ(got, want);
+            std::vector<float> h_got;
+            for (int64_t b = 0; b < c.B; ++b)
+                h_got.insert(h_got.end(), h.begin() + slots[b] * Din * N,
+                             h.begin() + (slots[b] + 1) * Din * N);
+            EXPECT_EQ(h_got, h_want);
+        }
+    });
+}
+
+TEST(SelectiveScanKernels, SameBitsForAnyThreadCount) {
+    ThreadCountGuard guard;
+    for_each_scan_kernel([](const std::string&) {
+        const ScanCase c{3, 20, 45, 16, 1, true, true, true, true};
+        const ScanData<float> d = make_scan(c, 53).as<float>();
+        std::vector<std::vector<float>> results;
+        for (int threads : {1, 3}) {
+            set_num_threads(threads);
+            std::vector<float> h_last;
+            std::vector<float> all = d.forward(&h_last);
+            all.insert(all.end(), h_last.begin(), h_last.end());
+            std::vector<float> y(c.B * c.Din);
+            std::vector<int64_t> slots = {2, 0, 1};
+            selective_scan_update(y.data(), h_last.data(), slots.data(), d.inputs(), c.B, c.Din, c.N);
+            all.insert(all.end(), y.begin(), y.end());
+            all.insert(all.end(), h_last.begin(), h_last.end());
+            results.push_back(all);
+        }
+        EXPECT_EQ(results[0], results[1]);
+    });
+}
+
+TEST(SelectiveScanKernels, UnknownKernelNameIsAnError) {
+    const ScanData<float> d = make_scan(kKernelCases[3], 54).as<float>();
+    const char* env = std::getenv("MSLM_SCAN_KERNEL");
+    const std::optional<std::string> saved = env ? std::optional<std::string>(env) : std::nullopt;
+    setenv("MSLM_SCAN_KERNEL", "avx1024", 1);
+    EXPECT_THROW(d.forward(), Error);
+    if (saved)
+        setenv("MSLM_SCAN_KERNEL", saved->c_str(), 1);
+    else
+        unsetenv("MSLM_SCAN_KERNEL");
 }
 
 }  // namespace

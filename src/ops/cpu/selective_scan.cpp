@@ -2,8 +2,14 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <string_view>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
+#include "core/error.h"
 #include "core/thread_pool.h"
 #include "ops/cpu/scalar_math.h"
 
@@ -17,11 +23,307 @@ namespace {
 // while giving 8 · B tasks to the pool.
 constexpr int64_t kChannelGroups = 8;
 
+// ---------------------------------------------------------------------------------------------
+// Float forward and update, vectorised over channels. Lane j of a vector is channel d0 + j of a
+// block of W channels, so a token's Δ, u, z and y are contiguous loads and stores, B_t[n] and
+// C_t[n] are broadcasts, and y = Σ_n C_n·h_n is summed over n in the scalar loop's order, with no
+// horizontal adds. exp, softplus and sigmoid are the vec:: versions (scalar_math.h; exp within 1 ulp,
+// softplus and sigmoid within a few, against libm's half ulp): with the rounding order inside a
+// term, the only differences from the scalar loop. Blocks are fixed by the channel index, so the
+// result does not depend on the thread count; forward and update run the same per-token code, so
+// an update step gives the bits of a forward step.
+
+enum class FloatKernel { Scalar, Avx2, Avx512 };
+
+// The best kernel the CPU runs, or a lower one named by MSLM_SCAN_KERNEL (scalar, avx2, avx512):
+// the tests compare them, the benchmark times them. A kernel the CPU lacks falls back to the best
+// it has. Read on every call (once per layer), so it can be changed between calls.
+FloatKernel float_kernel() {
+    static const FloatKernel best = [] {
+        if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+            __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+            __builtin_cpu_supports("fma"))
+            return FloatKernel::Avx512;
+        if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return FloatKernel::Avx2;
+        return FloatKernel::Scalar;
+    }();
+    const char* env = std::getenv("MSLM_SCAN_KERNEL");
+    if (!env) return best;
+    const std::string_view name = env;
+    FloatKernel want = FloatKernel::Scalar;
+    if (name == "avx512")
+        want = FloatKernel::Avx512;
+    else if (name == "avx2")
+        want = FloatKernel::Avx2;
+    else
+        MSLM_CHECK(name == "scalar", "MSLM_SCAN_KERNEL={}: expected scalar, avx2 or avx512", name);
+    return std::min(want, best);
+}
+
+// Channels [d0, d0 + nc) of a row into the lanes of v; lanes from nc on are 0 (nc < W only in the
+// last block of a d_inner that is not a multiple of W). The partial case goes through a buffer of
+// its own so that v, never address-taken, stays in a register.
+template <int W>
+[[gnu::always_inline]] inline void load_channels(vec::F<W>& v, const float* p, int64_t nc) {
+    if (nc == W) {
+        vec::load(v, p);
+    } else {
+        float lanes[W] = {};
+        std::memcpy(lanes, p, sizeof(float) * nc);
+        vec::load(v, lanes);
+    }
+}
+
+template <int W>
+[[gnu::always_inline]] inline void store_channels(float* p, const vec::F<W>& v, int64_t nc) {
+    if (nc == W) {
+        vec::store(p, v);
+    } else {
+        float lanes[W];
+        vec::store(lanes, v);
+        std::memcpy(p, lanes, sizeof(float) * nc);
+    }
+}
+
+// Transposes the W×W tile r (W vectors, one row each) in log2(W) stages; the stage at distance d
+// swaps the off-diagonal d×d blocks of each 2d×2d block, two shuffles per pair of rows.
+constexpr int lo_lane(int W, int d, int l) {
+    return (l & d) ? W + l - d : l;
+}
+constexpr int hi_lane(int W, int d, int l) {
+    return (l & d) ? W + l : l + d;
+}
+
+template <int W, int d, size_t... L>
+[[gnu::always_inline]] inline void swap_blocks(vec::F<W>& a, vec::F<W>& b, std::index_sequence<L...>) {
+    const vec::F<W> lo = __builtin_shufflevector(a, b, lo_lane(W, d, L)...);
+    const vec::F<W> hi = __builtin_shufflevector(a, b, hi_lane(W, d, L)...);
+    a = lo;
+    b = hi;
+}
+
+template <int W, int d = W / 2>
+[[gnu::always_inline]] inline void transpose(vec::F<W>* r) {
+    for (int i = 0; i < W; ++i)
+        if (!(i & d)) swap_blocks<W, d>(r[i], r[i + d], std::make_index_sequence<W>{});
+    if constexpr (d > 1) transpose<W, d / 2>(r);
+}
+
+// (nc, N) rows of `src` (channel-major, as the state and A_log are stored) to N vectors of W lanes
+// in `dst` (W·N floats), padding lanes zeroed; and back. Whole W×W tiles go through transpose.
+template <int W>
+[[gnu::always_inline]] inline void to_lanes(float* dst, const float* src, int64_t nc, int64_t N) {
+    if (nc == W && N % W == 0) {
+        for (int64_t n0 = 0; n0 < N; n0 += W) {
+            vec::F<W> r[W];
+            for (int j = 0; j < W; ++j) vec::load(r[j], src + j * N + n0);
+            transpose<W>(r);
+            for (int n = 0; n < W; ++n) vec::store(dst + (n0 + n) * W, r[n]);
+        }
+        return;
+    }
+    std::fill(dst, dst + W * N, 0.0f);
+    for (int64_t j = 0; j < nc; ++j)
+        for (int64_t n = 0; n < N; ++n) dst[n * W + j] = src[j * N + n];
+}
+
+template <int W>
+[[gnu::always_inline]] inline void from_lanes(float* dst, const float* src, int64_t nc, int64_t N) {
+    if (nc == W && N % W == 0) {
+        for (int64_t n0 = 0; n0 < N; n0 += W) {
+            vec::F<W> r[W];
+            for (int n = 0; n < W; ++n) vec::load(r[n], src + (n0 + n) * W);
+            transpose<W>(r);
+            for (int j = 0; j < W; ++j) vec::store(dst + j * N + n0, r[j]);
+        }
+        return;
+    }
+    for (int64_t j = 0; j < nc; ++j)
+        for (int64_t n = 0; n < N; ++n) dst[j * N + n] = src[n * W + j];
+}
+
+// A = −exp(A_log) for the block, (N) vectors in `A`. Padding lanes get −1, harmless: their u is 0.
+template <int W>
+[[gnu::always_inline]] inline void block_A(float* A, const float* A_log, int64_t d0, int64_t nc, int64_t N) {
+    to_lanes<W>(A, A_log + d0 * N, nc, N);
+    for (int64_t n = 0; n < N; ++n) {
+        vec::F<W> a;
+        vec::load(a, A + n * W);
+        vec::exp(a, a);
+        vec::store(A + n * W, -a);
+    }
+}
+
+// Rows per pass of scan_block: a pass first computes Δ, Δ·u, D·u and the gate of its rows, which
+// are independent across rows and so run at full throughput, then the recurrence, whose rows wait
+// on each other only through h. 32 rows keep the pass's buffers at 8 KB (W = 16), in L1.
+constexpr int64_t kRowsPerPass = 32;
+
+// Rows [row_begin, row_end) of one sequence through the block's channels [d0, d0 + nc): h, (N)
+// vectors, holds the state on entry and leaves it on exit; A, (N) vectors, from block_A.
+template <int W>
+[[gnu::always_inline]] inline void scan_block(float* y, float* h, const float* A,
+                                              const SelectiveScanInputs<float>& in, int64_t Din, int64_t N,
+                                              int64_t row_begin, int64_t row_end, int64_t d0, int64_t nc) {
+    using V = vec::F<W>;
+    alignas(64) float dl_buf[kRowsPerPass * W], dl_u_buf[kRowsPerPass * W], skip_buf[kRowsPerPass * W],
+        gate_buf[kRowsPerPass * W];  // (rows, W) each
+    V bias{}, D{};
+    if (in.delta_bias) load_channels<W>(bias, in.delta_bias + d0, nc);
+    if (in.D) load_channels<W>(D, in.D + d0, nc);
+    for (int64_t pass = row_begin; pass < row_end; pass += kRowsPerPass) {
+        const int64_t rows = std::min(kRowsPerPass, row_end - pass);
+        for (int64_t i = 0; i < rows; ++i) {
+            const int64_t row = pass + i;
+            V dl, u;
+            load_channels<W>(dl, in.delta + row * in.ld_delta + d0, nc);
+            vec::softplus(dl, dl + bias);
+            load_channels<W>(u, in.u + row * in.ld_u + d0, nc);
+            vec::store(dl_buf + i * W, dl);
+            vec::store(dl_u_buf + i * W, dl * u);
+            vec::store(skip_buf + i * W, D * u);
+            if (in.z) {
+                V z, s;
+                load_channels<W>(z, in.z + row * in.ld_z + d0, nc);
+                vec::sigmoid(s, z);
+                vec::store(gate_buf + i * W, z * s);
+            }
+        }
+        for (int64_t i = 0; i < rows; ++i) {
+            const int64_t row = pass + i;
+            V dl, dl_u;
+            vec::load(dl, dl_buf + i * W);
+            vec::load(dl_u, dl_u_buf + i * W);
+            const float* Bt = in.Bm + row * in.ld_B;  // (N)
+            const float* Ct = in.Cm + row * in.ld_C;  // (N)
+            V acc{};
+            for (int64_t n = 0; n < N; ++n) {
+                V a, hn, decay;
+                vec::load(a, A + n * W);
+                vec::load(hn, h + n * W);
+                vec::exp_nonpositive(decay, dl * a);
+                hn = decay * hn + dl_u * Bt[n];
+                acc += Ct[n] * hn;
+                vec::store(h + n * W, hn);
+            }
+            if (in.D) {
+                V skip;
+                vec::load(skip, skip_buf + i * W);
+                acc += skip;
+            }
+            if (in.z) {
+                V gate;
+                vec::load(gate, gate_buf + i * W);
+                acc *= gate;
+            }
+            store_channels<W>(y + row * Din + d0, acc, nc);
+        }
+    }
+}
+
+// Forward tasks [begin, end) of (batch, channel block).
+template <int W>
+[[gnu::always_inline]] inline void forward_tasks(float* y, float* h_last,
+                                                 const SelectiveScanInputs<float>& in, const float* h0,
+                                                 const ScanDims& dims, int64_t begin, int64_t end) {
+    const int64_t Tn = dims.seqlen, Din = dims.d_inner, N = dims.d_state;
+    const int64_t n_blocks = (Din + W - 1) / W;
+    std::vector<float> A(W * N), h(W * N);
+    for (int64_t task = begin; task < end; ++task) {
+        const int64_t b = task / n_blocks, d0 = task % n_blocks * W, nc = std::min<int64_t>(W, Din - d0);
+        block_A<W>(A.data(), in.A_log, d0, nc, N);
+        if (h0)
+            to_lanes<W>(h.data(), h0 + (b * Din + d0) * N, nc, N);
+        else
+            std::fill(h.begin(), h.end(), 0.0f);
+        scan_block<W>(y, h.data(), A.data(), in, Din, N, b * Tn, (b + 1) * Tn, d0, nc);
+        if (h_last) from_lanes<W>(h_last + (b * Din + d0) * N, h.data(), nc, N);
+    }
+}
+
+// Update tasks [begin, end) of channel blocks, each for all k rows.
+template <int W>
+[[gnu::always_inline]] inline void update_tasks(float* y, float* h, const int64_t* slots,
+                                                const SelectiveScanInputs<float>& in, int64_t k, int64_t Din,
+                                                int64_t N, int64_t begin, int64_t end) {
+    std::vector<float> A(W * N), hb(W * N);
+    for (int64_t blk = begin; blk < end; ++blk) {
+        const int64_t d0 = blk * W, nc = std::min<int64_t>(W, Din - d0);
+        block_A<W>(A.data(), in.A_log, d0, nc, N);
+        for (int64_t row = 0; row < k; ++row) {
+            float* hd = h + (slots[row] * Din + d0) * N;  // (nc, N)
+            to_lanes<W>(hb.data(), hd, nc, N);
+            scan_block<W>(y, hb.data(), A.data(), in, Din, N, row, row + 1, d0, nc);
+            from_lanes<W>(hd, hb.data(), nc, N);
+        }
+    }
+}
+
+#define MSLM_TARGET_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma")))
+#define MSLM_TARGET_AVX2 __attribute__((target("avx2,fma")))
+
+MSLM_TARGET_AVX512 void forward_tasks_avx512(float* y, float* h_last, const SelectiveScanInputs<float>& in,
+                                             const float* h0, const ScanDims& dims, int64_t begin,
+                                             int64_t end) {
+    forward_tasks<16>(y, h_last, in, h0, dims, begin, end);
+}
+
+MSLM_TARGET_AVX2 void forward_tasks_avx2(float* y, float* h_last, const SelectiveScanInputs<float>& in,
+                                         const float* h0, const ScanDims& dims, int64_t begin, int64_t end) {
+    forward_tasks<8>(y, h_last, in, h0, dims, begin, end);
+}
+
+MSLM_TARGET_AVX512 void update_tasks_avx512(float* y, float* h, const int64_t* slots,
+                                            const SelectiveScanInputs<float>& in, int64_t k, int64_t Din,
+                                            int64_t N, int64_t begin, int64_t end) {
+    update_tasks<16>(y, h, slots, in, k, Din, N, begin, end);
+}
+
+MSLM_TARGET_AVX2 void update_tasks_avx2(float* y, float* h, const int64_t* slots,
+                                        const SelectiveScanInputs<float>& in, int64_t k, int64_t Din,
+                                        int64_t N, int64_t begin, int64_t end) {
+    update_tasks<8>(y, h, slots, in, k, Din, N, begin, end);
+}
+
+#undef MSLM_TARGET_AVX512
+#undef MSLM_TARGET_AVX2
+
+// Runs the forward on the vector kernel `kernel`; false for Scalar (the caller's loop runs).
+bool forward_vectorised(FloatKernel kernel, float* y, float* h_last, const SelectiveScanInputs<float>& in,
+                        const float* h0, const ScanDims& dims) {
+    if (kernel == FloatKernel::Scalar) return false;
+    const int64_t W = kernel == FloatKernel::Avx512 ? 16 : 8;
+    const int64_t n_tasks = dims.batch * ((dims.d_inner + W - 1) / W);
+    parallel_for(n_tasks, [&](int64_t begin, int64_t end) {
+        if (kernel == FloatKernel::Avx512)
+            forward_tasks_avx512(y, h_last, in, h0, dims, begin, end);
+        else
+            forward_tasks_avx2(y, h_last, in, h0, dims, begin, end);
+    });
+    return true;
+}
+
+bool update_vectorised(FloatKernel kernel, float* y, float* h, const int64_t* slots,
+                       const SelectiveScanInputs<float>& in, int64_t k, int64_t Din, int64_t N) {
+    if (kernel == FloatKernel::Scalar) return false;
+    const int64_t W = kernel == FloatKernel::Avx512 ? 16 : 8;
+    parallel_for((Din + W - 1) / W, [&](int64_t begin, int64_t end) {
+        if (kernel == FloatKernel::Avx512)
+            update_tasks_avx512(y, h, slots, in, k, Din, N, begin, end);
+        else
+            update_tasks_avx2(y, h, slots, in, k, Din, N, begin, end);
+    });
+    return true;
+}
+
 }  // namespace
 
 template <typename T>
 void selective_scan_forward(T* y, T* h_last, const SelectiveScanInputs<T>& in, const T* h0,
                             const ScanDims& dims) {
+    if constexpr (std::is_same_v<T, float>) {
+        if (forward_vectorised(float_kernel(), y, h_last, in, h0, dims)) return;
+    }
     const int64_t Bn = dims.batch, Tn = dims.seqlen, Din = dims.d_inner, N = dims.d_state;
     parallel_for(Bn * Din, [&](int64_t begin, int64_t end) {
         std::vector<T> A(N), h(N);
@@ -175,6 +477,9 @@ void selective_scan_backward(const SelectiveScanGrads<T>& grads, const T* dy,
 template <typename T>
 void selective_scan_update(T* y, T* h, const int64_t* slots, const SelectiveScanInputs<T>& in, int64_t k,
                            int64_t d_inner, int64_t d_state) {
+    if constexpr (std::is_same_v<T, float>) {
+        if (update_vectorised(float_kernel(), y, h, slots, in, k, d_inner, d_state)) return;
+    }
     const int64_t Din = d_inner, N = d_state;
     parallel_for(
         k * Din,
