@@ -4,9 +4,11 @@
 
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 
 #include "core/thread_pool.h"
 #include "ops/cpu/scalar_math.h"
+#include "ops/cpu/vec_array.h"
 
 namespace mslm::ops {
 namespace {
@@ -111,7 +113,10 @@ void swiglu_forward(T* out, const T* gate_up, int64_t N, int64_t F) {
                 const T* gate = gate_up + n * 2 * F;  // (2F): [gate | up]
                 const T* up = gate + F;
                 T* o = out + n * F;
-                for (int64_t f = 0; f < F; ++f) o[f] = gate[f] * sigmoid(gate[f]) * up[f];
+                if constexpr (std::is_same_v<T, float>)
+                    vec_array::silu_mul(o, gate, up, F);
+                else
+                    for (int64_t f = 0; f < F; ++f) o[f] = gate[f] * sigmoid(gate[f]) * up[f];
             }
         },
         std::max<int64_t>(1, kMinWork / std::max<int64_t>(F, 1)));

@@ -2,10 +2,12 @@
 
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 #include <vector>
 
 #include "core/thread_pool.h"
 #include "ops/cpu/scalar_math.h"
+#include "ops/cpu/vec_array.h"
 
 namespace mslm::ops {
 namespace {
@@ -39,7 +41,10 @@ void conv1d_causal_forward(T* out, T* pre, const T* x, int64_t ld_x, const T* w,
                 }
                 if (!silu) continue;
                 if (pre) std::copy(o, o + C, pre + row * C);
-                for (int64_t c = 0; c < C; ++c) o[c] *= sigmoid(o[c]);
+                if constexpr (std::is_same_v<T, float>)
+                    vec_array::silu(o, o, C);
+                else
+                    for (int64_t c = 0; c < C; ++c) o[c] *= sigmoid(o[c]);
             }
         },
         16);

@@ -8,11 +8,13 @@
 
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 #include <vector>
 
 #include "core/error.h"
 #include "core/thread_pool.h"
 #include "ops/cpu/scalar_math.h"
+#include "ops/cpu/vec_array.h"
 
 namespace mslm::ops {
 namespace {
@@ -186,7 +188,12 @@ void gated_rmsnorm_forward(T* out, T* rstd, const T* x, const T* z, const T* w, 
                 const T* xr = x + n * D;
                 const T* zr = z + n * D;
                 T* o = out + n * D;
-                for (int64_t i = 0; i < D; ++i) o[i] = xr[i] * zr[i] * sigmoid(zr[i]);  // g = x·silu(z)
+                if constexpr (std::is_same_v<T, float>) {  // g = x·silu(z)
+                    vec_array::silu(o, zr, D);
+                    for (int64_t i = 0; i < D; ++i) o[i] *= xr[i];
+                } else {
+                    for (int64_t i = 0; i < D; ++i) o[i] = xr[i] * zr[i] * sigmoid(zr[i]);
+                }
                 for (int64_t k = 0; k < G; ++k) {
                     T* og = o + k * Dg;
                     const T* wg = w + k * Dg;

@@ -2,12 +2,14 @@
 
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 #include <vector>
 
 #include "core/error.h"
 #include "core/gemm.h"
 #include "core/thread_pool.h"
 #include "ops/cpu/scalar_math.h"
+#include "ops/cpu/vec_array.h"
 
 namespace mslm::ops {
 namespace {
@@ -81,11 +83,16 @@ template <typename T>
 void segsum_exp(T* Lm, const T* dtv, T A, int64_t L) {
     for (int64_t t = 0; t < L; ++t) {
         T seg = 0;
+        T* row = Lm + t * L;
         for (int64_t s = t; s >= 0; --s) {
-            Lm[t * L + s] = std::exp(seg);
+            row[s] = seg;  // the exponent first; exponentiated below
             seg += dtv[s] * A;
         }
-        std::fill(Lm + t * L + t + 1, Lm + (t + 1) * L, T(0));
+        if constexpr (std::is_same_v<T, float>)
+            vec_array::exp_nonpositive(row, row, t + 1);  // every segment sum is ≤ 0
+        else
+            for (int64_t s = 0; s <= t; ++s) row[s] = std::exp(row[s]);
+        std::fill(row + t + 1, row + L, T(0));
     }
 }
 
@@ -151,10 +158,23 @@ void ssd_forward(T* y, T* h_last, const SsdInputs<T>& in, const T* h0, const Ssd
     const int64_t Bn = dims.batch, Tn = dims.seqlen, H = dims.n_heads, P = dims.head_dim, N = dims.d_state;
     const int64_t Q = std::min(dims.chunk_size, std::max<int64_t>(Tn, 1));
     const int64_t ld_y = H * P;
+    // C Bᵀ of a chunk depends on the group, not the head: computed once here for all the group's
+    // heads (Mamba-2 models have one group, so this saves H − 1 of every H such products).
+    const int64_t G = dims.n_groups, heads_per_group = H / G, n_chunks = (Tn + Q - 1) / Q;
+    std::vector<T> CB(static_cast<size_t>(Bn * G * n_chunks * Q * Q));
+    parallel_for(Bn * G * n_chunks, [&](int64_t begin, int64_t end) {
+        for (int64_t i = begin; i < end; ++i) {
+            const int64_t b = i / (G * n_chunks), g = i / n_chunks % G, c = i % n_chunks;
+            const Chunk<T> ch = chunk_at(in, dims, b, g * heads_per_group, c * Q);
+            gemm<T>(false, true, int(ch.L), int(ch.L), int(N), T(1), ch.C, int(in.ld_C), ch.B, int(in.ld_B), T(0),
+                    CB.data() + i * Q * Q, int(ch.L));
+        }
+    });
     parallel_for(Bn * H, [&](int64_t begin, int64_t end) {
         std::vector<T> S(P * N), dtv(Q), cum(Q), tail(Q), M(Q * Q), Lm(Q * Q), W(Q * N);
         for (int64_t i = begin; i < end; ++i) {
             const int64_t b = i / H, h = i % H;
+            const T* CB_bg = CB.data() + (b * G + h / heads_per_group) * n_chunks * Q * Q;
             const T A = -std::exp(in.A_log[h]);
             const T bias = in.dt_bias ? in.dt_bias[h] : T(0);
             if (h0)
@@ -169,10 +189,9 @@ void ssd_forward(T* y, T* h_last, const SsdInputs<T>& in, const T* h0, const Ssd
                 segsum_exp(Lm.data(), dtv.data(), A, L);
 
                 // Within the chunk: Y = M X with M = (C Bᵀ ∘ exp(segsum)) · diag(dt), lower triangular.
-                gemm<T>(false, true, int(L), int(L), int(N), T(1), ch.C, int(in.ld_C), ch.B, int(in.ld_B),
-                        T(0), M.data(), int(L));
+                const T* CBc = CB_bg + (c0 / Q) * Q * Q;  // (L, L), row stride L
                 for (int64_t t = 0; t < L; ++t)
-                    for (int64_t s = 0; s < L; ++s) M[t * L + s] *= Lm[t * L + s] * dtv[s];
+                    for (int64_t s = 0; s < L; ++s) M[t * L + s] = CBc[t * L + s] * (Lm[t * L + s] * dtv[s]);
                 gemm<T>(false, false, int(L), int(P), int(L), T(1), M.data(), int(L), ch.x, int(in.ld_x),
                         T(0), Yc, int(ld_y));
 
