@@ -1,5 +1,8 @@
 #include "nn/mamba2.h"
 
+#include <cstdlib>
+#include <string>
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -11,6 +14,22 @@
 #include "ops/ssd.h"
 
 namespace mslm {
+
+namespace {
+
+// MSLM_SSD_PREFILL=chunked|recurrent (default recurrent), read once.
+bool ssd_prefill_chunked() {
+    static const bool chunked = [] {
+        const char* env = std::getenv("MSLM_SSD_PREFILL");
+        const std::string v = env ? env : "recurrent";
+        MSLM_CHECK(v == "chunked" || v == "recurrent", "MSLM_SSD_PREFILL={}: expected chunked or recurrent", v);
+        return v == "chunked";
+    }();
+    return chunked;
+}
+
+}  // namespace
+
 
 template <typename T>
 Mamba2Mixer<T>::Mamba2Mixer(Parameters<T>& params, const std::string& prefix, const ModelConfig& cfg)
@@ -154,9 +173,14 @@ void Mamba2Mixer<T>::prefill(T* out, const T* x, int64_t n, InferenceState<T>& s
                                K - 1 + n, C, K, true);
     const T* xbc = inf_xbc_.data() + (K - 1) * C;  // (n, C)
 
-    // The chunked scan starts from the slot's state and leaves its final state there (in place).
+    // The scan starts from the slot's state and leaves its final state there (in place). On the CPU
+    // the vectorised recurrence beats the chunked form (docs/PERFORMANCE.md, "Prefill: chunked or
+    // recurrent SSD"); MSLM_SSD_PREFILL=chunked selects the chunked one.
     inf_y_.resize(n * Din);
-    ops::ssd_forward(inf_y_.data(), h, ssd_inputs(inf_zxbcdt_.data(), xbc), h, ssd_dims(1, n));
+    if (ssd_prefill_chunked())
+        ops::ssd_forward(inf_y_.data(), h, ssd_inputs(inf_zxbcdt_.data(), xbc), h, ssd_dims(1, n));
+    else
+        ops::ssd_forward_recurrent(inf_y_.data(), h, ssd_inputs(inf_zxbcdt_.data(), xbc), h, ssd_dims(1, n));
     infer_output(out, n);
 }
 

@@ -40,6 +40,12 @@ template <typename T>
 void ssd_forward(T* y, T* h_last, const SsdInputs<T>& in, const T* h0, const SsdDims& dims);
 template <typename T>
 void ssd_forward_sequential(T* y, T* h_last, const SsdInputs<T>& in, const T* h0, const SsdDims& dims);
+// The recurrence again, vectorised over d_state for float where the CPU and d_state allow (else
+// ssd_forward_sequential): on a CPU this is the fastest prefill, about 2·P·N multiply-adds per token
+// and head against the chunked form's 2·P·(L + 2N) at its matrix-product efficiency (DESIGN §5 note
+// in docs/ARCHITECTURE.md). Same arithmetic per token as ssd_update, so prefill and decoding agree.
+template <typename T>
+void ssd_forward_recurrent(T* y, T* h_last, const SsdInputs<T>& in, const T* h0, const SsdDims& dims);
 template <typename T>
 void ssd_backward(const SsdGrads<T>& grads, const T* dy, const SsdInputs<T>& in, const T* h0, const SsdDims& dims);
 

@@ -892,6 +892,54 @@ TEST(Ssd, FloatMatchesDouble) {
     }
 }
 
+// The vectorised recurrence (ssd_forward_recurrent, and ssd_update's float path) against the double
+// sequential reference, at d_state values the vector kernels take (multiples of 8 and 16) and one
+// they do not (12: the scalar loop). Same bound as the chunked forward above: y_t sums (t + 1)·N
+// products plus P. Then the decode steps against that prefill: one token's arithmetic does not
+// depend on how tokens are grouped (blocks of 4 in prefill, 1 per step), so the bits are equal.
+TEST(Ssd, RecurrentFloatMatchesDoubleAndSteps) {
+    for (int64_t N : {8, 12, 16, 32}) {
+        for (int64_t Tn : {1, 5, 13}) {
+            const SsdCase c{2, Tn, 4, 8, 2, N, 16, 3, true, true, true};
+            SCOPED_TRACE(describe(c));
+            SsdData<double> d = make_ssd(c, 52);
+            for (auto* v : d.fields()) round_to_float(*v);
+            const SsdData<float> f = d.as<float>();
+            std::vector<double> h;
+            const std::vector<double> y = d.forward(&h, true);
+            std::vector<float> y_f(f.y_size()), h_f(f.state_size());
+            ssd_forward_recurrent(y_f.data(), h_f.data(), f.inputs(), f.h0.data(), f.dims);
+            const double tol = fp32_tolerance(c.T * c.N + c.P);
+            EXPECT_LT(scaled_max_error(y_f, y), tol);
+            EXPECT_LT(scaled_max_error(h_f, h), tol);
+            // In place, as prefill runs it.
+            std::vector<float> h_in = f.h0, y_in(f.y_size());
+            ssd_forward_recurrent(y_in.data(), h_in.data(), f.inputs(), h_in.data(), f.dims);
+            EXPECT_EQ(y_in, y_f);
+            EXPECT_EQ(h_in, h_f);
+            // Decode steps, slot b = batch row b.
+            const int64_t HP = c.H * c.P;
+            std::vector<float> hs = f.h0, ys(c.B * HP), got(f.y_size());
+            std::vector<int64_t> slots(c.B);
+            for (int64_t b = 0; b < c.B; ++b) slots[b] = b;
+            SsdDims step_dims = f.dims;
+            step_dims.seqlen = 1;
+            for (int64_t t = 0; t < c.T; ++t) {
+                SsdInputs<float> in = f.inputs();
+                in.x += t * f.ld_x, in.ld_x *= c.T;
+                in.dt += t * f.ld_dt, in.ld_dt *= c.T;
+                in.Bm += t * f.ld_B, in.ld_B *= c.T;
+                in.Cm += t * f.ld_C, in.ld_C *= c.T;
+                ssd_update(ys.data(), hs.data(), slots.data(), in, step_dims);
+                for (int64_t b = 0; b < c.B; ++b)
+                    std::copy_n(ys.begin() + b * HP, HP, got.begin() + (b * c.T + t) * HP);
+            }
+            EXPECT_EQ(got, y_f);
+            EXPECT_EQ(hs, h_f);
+        }
+    }
+}
+
 // Fixed task split and reduction order: the bits do not depend on the thread count. (These
 // GEMMs are far below OpenBLAS's threading threshold, so they run single-threaded either way.)
 TEST(SsdBackward, SameBitsForAnyThreadCount) {

@@ -110,6 +110,116 @@ void chunk_state_update(T* S, T* W, const Chunk<T>& ch, int64_t ld_x, int64_t ld
     gemm<T>(true, false, int(P), int(N), int(L), T(1), ch.x, int(ld_x), W, int(N), T(1), S, int(N));
 }
 
+// ---- The recurrence vectorised over the state dimension (float), for prefill and decode steps.
+// S (P, N) of one head advances over n tokens; every row of S is updated with W-wide vectors over
+// N and y_t[p] = Σ_n S[p, n]·C_t[n] is reduced from one vector accumulator. Needs N % W == 0.
+
+enum class SsdIsa { Scalar, Avx2, Avx512 };
+
+SsdIsa ssd_isa() {
+    static const SsdIsa chosen = [] {
+        __builtin_cpu_init();
+        if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
+            __builtin_cpu_supports("fma"))
+            return SsdIsa::Avx512;
+        if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return SsdIsa::Avx2;
+        return SsdIsa::Scalar;
+    }();
+    return chosen;
+}
+
+// Sum of the lanes by halving in registers (the same order for every call).
+[[gnu::always_inline]] inline float lane_total(const vec::F<4>& v) {
+    const vec::F<2> a = __builtin_shufflevector(v, v, 0, 1) + __builtin_shufflevector(v, v, 2, 3);
+    return a[0] + a[1];
+}
+[[gnu::always_inline]] inline float lane_total(const vec::F<8>& v) {
+    return lane_total(vec::F<4>(__builtin_shufflevector(v, v, 0, 1, 2, 3) + __builtin_shufflevector(v, v, 4, 5, 6, 7)));
+}
+[[gnu::always_inline]] inline float lane_total(const vec::F<16>& v) {
+    return lane_total(vec::F<8>(__builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7) +
+                                __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15)));
+}
+
+// Tokens [t, t + R) of one head: each vector of a row of S is loaded once, advanced through the R
+// tokens in registers and stored once, so the state's loads and stores are shared by R tokens.
+template <int W, int R>
+[[gnu::always_inline]] inline void recurrent_tokens(float* S, float* y, int64_t ld_y, const SsdInputs<float>& in,
+                                                    int64_t row, int64_t h, int64_t g, int64_t P, int64_t N,
+                                                    float A, float bias, float Dh) {
+    using V = vec::F<W>;
+    float dtv[R], decay[R];
+    const float *xt[R], *Bt[R], *Ct[R];
+    for (int r = 0; r < R; ++r) {
+        dtv[r] = dt_value(in, in.dt[(row + r) * in.ld_dt + h] + bias);
+        decay[r] = std::exp(dtv[r] * A);
+        xt[r] = in.x + (row + r) * in.ld_x + h * P;
+        Bt[r] = in.Bm + (row + r) * in.ld_B + g * N;
+        Ct[r] = in.Cm + (row + r) * in.ld_C + g * N;
+    }
+    for (int64_t p = 0; p < P; ++p) {
+        float* Sp = S + p * N;
+        float xdt[R];
+        for (int r = 0; r < R; ++r) xdt[r] = dtv[r] * xt[r][p];
+        V acc[R] = {};
+        for (int64_t k = 0; k < N; k += W) {
+            V sv;
+            vec::load(sv, Sp + k);
+            for (int r = 0; r < R; ++r) {
+                V bv, cv;
+                vec::load(bv, Bt[r] + k);
+                vec::load(cv, Ct[r] + k);
+                sv = decay[r] * sv + xdt[r] * bv;
+                acc[r] += sv * cv;
+            }
+            vec::store(Sp + k, sv);
+        }
+        for (int r = 0; r < R; ++r) y[r * ld_y + p] = lane_total(acc[r]) + Dh * xt[r][p];
+    }
+}
+
+// Rows [row0, row0 + n) of the inputs, head h of group g; y row t at y + t·ld_y. The arithmetic of
+// a token does not depend on how tokens are grouped, so prefill and single steps give the same bits.
+template <int W>
+[[gnu::always_inline]] inline void recurrent_head(float* S, float* y, int64_t ld_y, const SsdInputs<float>& in,
+                                                  int64_t row0, int64_t n, int64_t h, int64_t g, int64_t P,
+                                                  int64_t N) {
+    const float A = -std::exp(in.A_log[h]);
+    const float bias = in.dt_bias ? in.dt_bias[h] : 0.0f;
+    const float Dh = in.D ? in.D[h] : 0.0f;
+    int64_t t = 0;
+    for (; t + 4 <= n; t += 4)
+        recurrent_tokens<W, 4>(S, y + t * ld_y, ld_y, in, row0 + t, h, g, P, N, A, bias, Dh);
+    for (; t < n; ++t) recurrent_tokens<W, 1>(S, y + t * ld_y, ld_y, in, row0 + t, h, g, P, N, A, bias, Dh);
+}
+
+__attribute__((target("avx512f,avx512dq,avx512vl,avx512bw,fma"))) void recurrent_head_avx512(
+    float* S, float* y, int64_t ld_y, const SsdInputs<float>& in, int64_t row0, int64_t n, int64_t h, int64_t g,
+    int64_t P, int64_t N) {
+    recurrent_head<16>(S, y, ld_y, in, row0, n, h, g, P, N);
+}
+
+__attribute__((target("avx2,fma"))) void recurrent_head_avx2(float* S, float* y, int64_t ld_y,
+                                                             const SsdInputs<float>& in, int64_t row0, int64_t n,
+                                                             int64_t h, int64_t g, int64_t P, int64_t N) {
+    recurrent_head<8>(S, y, ld_y, in, row0, n, h, g, P, N);
+}
+
+// The vector kernel for this CPU and d_state, or null (then the scalar loops run).
+using RecurrentHead = void (*)(float*, float*, int64_t, const SsdInputs<float>&, int64_t, int64_t, int64_t, int64_t,
+                               int64_t, int64_t);
+RecurrentHead recurrent_kernel(int64_t N) {
+    switch (ssd_isa()) {
+        case SsdIsa::Avx512:
+            return N % 16 == 0 ? recurrent_head_avx512 : N % 8 == 0 ? recurrent_head_avx2 : nullptr;
+        case SsdIsa::Avx2:
+            return N % 8 == 0 ? recurrent_head_avx2 : nullptr;
+        case SsdIsa::Scalar:
+            break;
+    }
+    return nullptr;
+}
+
 }  // namespace
 
 template <typename T>
@@ -150,6 +260,34 @@ void ssd_forward_sequential(T* y, T* h_last, const SsdInputs<T>& in, const T* h0
             if (h_last) std::copy(S.begin(), S.end(), h_last + i * P * N);
         }
     });
+}
+
+template <typename T>
+void ssd_forward_recurrent(T* y, T* h_last, const SsdInputs<T>& in, const T* h0, const SsdDims& dims) {
+    RecurrentHead kernel = nullptr;
+    if constexpr (std::is_same_v<T, float>) kernel = recurrent_kernel(dims.d_state);
+    if (!kernel) return ssd_forward_sequential(y, h_last, in, h0, dims);
+    if constexpr (std::is_same_v<T, float>) {
+        check_dims(dims);
+        const int64_t Bn = dims.batch, Tn = dims.seqlen, H = dims.n_heads, P = dims.head_dim, N = dims.d_state;
+        const int64_t heads_per_group = H / dims.n_groups;
+        parallel_for(Bn * H, [&](int64_t begin, int64_t end) {
+            std::vector<float> S(P * N);
+            for (int64_t i = begin; i < end; ++i) {
+                const int64_t b = i / H, h = i % H;
+                // In place when the state is both the start and the end (h0 == h_last).
+                float* state = h_last && h0 == h_last ? h_last + i * P * N : S.data();
+                if (state == S.data()) {
+                    if (h0)
+                        std::copy(h0 + i * P * N, h0 + (i + 1) * P * N, S.begin());
+                    else
+                        std::fill(S.begin(), S.end(), 0.0f);
+                }
+                kernel(state, y + (b * Tn * H + h) * P, H * P, in, b * Tn, Tn, h, h / heads_per_group, P, N);
+                if (h_last && state == S.data()) std::copy(S.begin(), S.end(), h_last + i * P * N);
+            }
+        });
+    }
 }
 
 template <typename T>
@@ -415,6 +553,18 @@ void ssd_update(T* y, T* h, const int64_t* slots, const SsdInputs<T>& in, const 
     check_dims(dims);
     const int64_t k = dims.batch, H = dims.n_heads, P = dims.head_dim, N = dims.d_state;
     const int64_t heads_per_group = H / dims.n_groups;
+    if constexpr (std::is_same_v<T, float>) {
+        if (RecurrentHead kernel = recurrent_kernel(N)) {
+            parallel_for(k * H, [&](int64_t begin, int64_t end) {
+                for (int64_t i = begin; i < end; ++i) {
+                    const int64_t row = i / H, h_idx = i % H;
+                    kernel(h + (slots[row] * H + h_idx) * P * N, y + i * P, H * P, in, row, 1, h_idx,
+                           h_idx / heads_per_group, P, N);
+                }
+            });
+            return;
+        }
+    }
     parallel_for(k * H, [&](int64_t begin, int64_t end) {
         for (int64_t i = begin; i < end; ++i) {
             const int64_t row = i / H, h_idx = i % H, g = h_idx / heads_per_group;
@@ -447,6 +597,10 @@ template void ssd_forward_sequential<float>(float*, float*, const SsdInputs<floa
                                             const SsdDims&);
 template void ssd_forward_sequential<double>(double*, double*, const SsdInputs<double>&, const double*,
                                              const SsdDims&);
+template void ssd_forward_recurrent<float>(float*, float*, const SsdInputs<float>&, const float*,
+                                           const SsdDims&);
+template void ssd_forward_recurrent<double>(double*, double*, const SsdInputs<double>&, const double*,
+                                            const SsdDims&);
 template void ssd_backward<float>(const SsdGrads<float>&, const float*, const SsdInputs<float>&, const float*,
                                   const SsdDims&);
 template void ssd_backward<double>(const SsdGrads<double>&, const double*, const SsdInputs<double>&,
