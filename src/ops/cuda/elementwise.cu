@@ -8,104 +8,14 @@
 #include <initializer_list>
 
 #include "core/error.h"
+#include "ops/cuda/common.cuh"
 #include "ops/cuda/elementwise.h"
 
 namespace mslm::ops::cuda {
 
 namespace {
 
-// ---- storage <-> fp32 math
-
-__device__ __forceinline__ float to_f32(float v) {
-    return v;
-}
-__device__ __forceinline__ float to_f32(__nv_bfloat16 v) {
-    return __bfloat162float(v);
-}
-
-template <typename T>
-__device__ __forceinline__ T from_f32(float v);
-template <>
-__device__ __forceinline__ float from_f32<float>(float v) {
-    return v;
-}
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float v) {
-    return __float2bfloat16_rn(v);
-}
-
-// The public API names bf16 as uint16_t (core/dtype.h); kernels use the CUDA type.
-template <typename T>
-struct DeviceType {
-    using type = T;
-};
-template <>
-struct DeviceType<uint16_t> {
-    using type = __nv_bfloat16;
-};
-template <typename T>
-using device_t = typename DeviceType<T>::type;
-
-template <typename T>
-const char* dtype_label();
-template <>
-const char* dtype_label<float>() {
-    return "f32";
-}
-template <>
-const char* dtype_label<uint16_t>() {
-    return "bf16";
-}
-
-// ---- 16-byte packs
-
-template <typename T>
-constexpr int kVec = 16 / sizeof(T);  // 4 × f32, 8 × bf16
-
-template <typename T, int V>
-struct alignas(sizeof(T) * V) Pack {
-    T v[V];
-};
-
-template <int V, typename T>
-__device__ __forceinline__ Pack<T, V> load(const T* p) {
-    return *reinterpret_cast<const Pack<T, V>*>(p);
-}
-template <int V, typename T>
-__device__ __forceinline__ void store(T* p, const Pack<T, V>& pack) {
-    *reinterpret_cast<Pack<T, V>*>(p) = pack;
-}
-
-bool aligned16(const void* p) {
-    return reinterpret_cast<uintptr_t>(p) % 16 == 0;
-}
-
-// ---- math
-
-// σ(x) and 1 − σ(x), both without cancellation or overflow: with t = e^-|x| ∈ (0, 1],
-// 1/(1+t) is the larger of the two and t/(1+t) the smaller. (The textbook x / (1 + e^-x) makes
-// e^-x = inf for x < -88 and the backward's (1 − σ) cancels for large x.)
-struct SigmoidPair {
-    float s;  // σ(x)
-    float c;  // 1 − σ(x)
-};
-
-__device__ __forceinline__ SigmoidPair sigmoid_pair(float x) {
-    float t = expf(-fabsf(x));
-    float big = 1.0f / (1.0f + t);
-    float small = t * big;
-    return x >= 0.0f ? SigmoidPair{big, small} : SigmoidPair{small, big};
-}
-
-__device__ __forceinline__ float silu(float x) {
-    return x * sigmoid_pair(x).s;
-}
-
-// silu'(x) = σ + x·σ·(1 − σ)
-__device__ __forceinline__ float silu_grad(float x) {
-    SigmoidPair p = sigmoid_pair(x);
-    return p.s * (1.0f + x * p.c);
-}
+using namespace detail;
 
 // ---- flat elementwise: y[i] = op(y[i], a[i], b[i]) for i < n
 
@@ -188,35 +98,6 @@ __global__ void swiglu_backward_kernel(T* dgate_up, const T* dout, const T* gate
         store<V>(dgate_up + at, dg);
         store<V>(dgate_up + at + F, du);
     }
-}
-
-// ---- launching
-
-constexpr int kThreads = 256;
-
-template <typename T>
-void check_cuda(cudaError_t err, const char* what, const char* kernel) {
-    MSLM_CHECK(err == cudaSuccess, "CUDA kernel {}<{}>: {}: {}", kernel, dtype_label<T>(), what,
-               cudaGetErrorString(err));
-}
-
-// Enough blocks for `work` threads, capped at what the device keeps resident at once
-// (2048 threads per SM on sm_80+): the grid-stride loops cover the rest.
-template <typename T>
-unsigned grid_size(int64_t work, const char* kernel) {
-    int device = 0, sms = 0;
-    check_cuda<T>(cudaGetDevice(&device), "cudaGetDevice", kernel);
-    check_cuda<T>(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device),
-                  "cudaDeviceGetAttribute", kernel);
-    const int64_t resident = int64_t(sms) * (2048 / kThreads);
-    return unsigned(std::clamp<int64_t>((work + kThreads - 1) / kThreads, 1, resident));
-}
-
-// Catches bad launch configurations at once; faults inside a kernel surface at the next
-// synchronising call.
-template <typename T>
-void check_launch(const char* kernel) {
-    check_cuda<T>(cudaGetLastError(), "launch", kernel);
 }
 
 template <typename T, typename Op>
