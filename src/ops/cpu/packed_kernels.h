@@ -25,4 +25,15 @@ std::string packed_gemm_description();
 // padded from `in` to `ld`.
 void quantize_rows_int8(int8_t* q, float* scale, const float* x, int64_t M, int64_t in, int64_t ld);
 
+// y = (s_w · s_x) · float(acc) + b with exactly these two roundings: the empty asm keeps GCC's
+// default -ffp-contract=fast from fusing the product and the sum into one FMA, which would change
+// the last bit and make the kernels disagree with each other and with the reference.
+inline float dequantize_int8(float scale_w, float sx, int32_t acc, float bias) {
+    float p = scale_w * sx * static_cast<float>(acc);
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+    asm("" : "+x"(p));
+#endif
+    return p + bias;
+}
+
 }  // namespace mslm::ops::detail

@@ -124,8 +124,15 @@ void quantize_rows_int8(int8_t* q, float* scale, const float* x, int64_t M, int6
     for (int64_t m = 0; m < M; ++m) {
         const float* xr = x + m * in;
         int8_t* qr = q + m * ld;
+        // Eight running maxima (max is exact, so the grouping cannot change the result) instead of
+        // one dependency chain, which cost as much as the AMX product at M = 512, in = 1536.
+        float part[8] = {};
+        int64_t c0 = 0;
+        for (; c0 + 8 <= in; c0 += 8)
+            for (int j = 0; j < 8; ++j) part[j] = std::max(part[j], std::fabs(xr[c0 + j]));
         float amax = 0;
-        for (int64_t c = 0; c < in; ++c) amax = std::max(amax, std::fabs(xr[c]));
+        for (int64_t c = c0; c < in; ++c) amax = std::max(amax, std::fabs(xr[c]));
+        for (float v : part) amax = std::max(amax, v);
         scale[m] = amax / 127.0f;
         if (amax == 0) {
             std::memset(qr, 0, static_cast<size_t>(ld));
@@ -164,7 +171,8 @@ void packed_linear_reference(float* y, const float* x, const PackedWeight& W, co
             const int8_t* w = W.int8() + n * W.ld;
             int64_t acc = 0;
             for (int64_t c = 0; c < W.in; ++c) acc += static_cast<int32_t>(q[c]) * w[c];
-            y[m * W.out + n] = W.scale.get()[n] * sx * static_cast<float>(acc) + (b ? b[n] : 0.0f);
+            y[m * W.out + n] =
+                detail::dequantize_int8(W.scale.get()[n], sx, static_cast<int32_t>(acc), b ? b[n] : 0.0f);
         }
     }
 }
