@@ -155,16 +155,13 @@ inline void store_bf16(const Operands& o, int64_t n, int R, const float* sums) {
 }
 
 // The last step of an int8 product, for rows [n, n + R) of a block: y = s_w · s_x · acc + b, with
-// acc (M, R) the exact dot products, rounded as the reference rounds it: the product, then the sum. The empty
-// asm hides the product from the optimiser, which could otherwise contract it and the sum into one FMA where
-// the target has FMA (GCC does so in some inlining contexts and not in others) and round once instead of
-// twice; so the results equal packed_linear_reference bit for bit.
+// acc (M, R) the exact dot products, rounded as the reference rounds it (dequantize_int8: the product,
+// then the sum, never one FMA); so the results equal packed_linear_reference bit for bit.
 inline void store_int8(const Operands& o, int64_t n, int R, const int32_t* acc) {
     for (int64_t m = 0; m < o.M; ++m)
         for (int r = 0; r < R && n + r < o.out; ++r) {
-            float p = o.w_scale[n + r] * o.x_scale[m] * static_cast<float>(acc[m * R + r]);
-            asm("" : "+x"(p));
-            o.y[m * o.out + n + r] = p + (o.b ? o.b[n + r] : 0.0f);
+            o.y[m * o.out + n + r] =
+                dequantize_int8(o.w_scale[n + r], o.x_scale[m], acc[m * R + r], o.b ? o.b[n + r] : 0.0f);
         }
 }
 
