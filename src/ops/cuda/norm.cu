@@ -1,0 +1,525 @@
+// Norm kernels: one thread block per row (grid-stride over rows), threads striding over the row in
+// 16-byte packs (4 × f32, 8 × bf16) when every pointer is 16-byte aligned and the group width is a
+// multiple of the pack, one element at a time otherwise. Reductions over a row are block
+// reductions in a fixed order (ops/cuda/reduce.cuh). RMSNorm is the gated kernel with one group
+// and no gate.
+//
+// Backward: the same row kernel also accumulates this block's share of dw (db) in shared memory,
+// each thread owning the same columns in every row, and writes it to workspace row blockIdx.x;
+// column_sum_kernel then adds the partials into dw in block order.
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <initializer_list>
+
+#include "core/error.h"
+#include "ops/cuda/common.cuh"
+#include "ops/cuda/norm.h"
+#include "ops/cuda/reduce.cuh"
+
+namespace mslm::ops::cuda {
+
+namespace {
+
+using namespace detail;
+
+// Blocks of the backward passes, hence partial sums in the workspace: enough to fill an H200
+// (132 SMs) a few blocks deep, and fixed so results do not depend on the GPU.
+constexpr int64_t kMaxPartials = 512;
+constexpr int kSliceRows = 16;  // column_sum_kernel: threads summing slices of the partials of one column
+
+int64_t partials(int64_t N) {
+    return std::min(N, kMaxPartials);
+}
+
+bool all_aligned(std::initializer_list<const void*> ptrs) {
+    return std::all_of(ptrs.begin(), ptrs.end(), [](const void* p) { return p == nullptr || aligned16(p); });
+}
+
+void check_shape(const char* kernel, int64_t N, int64_t D, int64_t G = 1) {
+    MSLM_CHECK(N >= 0 && D >= 0, "CUDA kernel {}: negative shape ({}, {})", kernel, N, D);
+    MSLM_CHECK(D <= (int64_t(1) << 30), "CUDA kernel {}: rows of {} elements are too long", kernel, D);
+    MSLM_CHECK(G > 0 && D % G == 0, "CUDA kernel {}: {} channels do not split into {} equal groups", kernel, D,
+               G);
+}
+
+// Dynamic shared memory above the default 48 KiB needs an opt-in per kernel.
+template <typename T, typename Kernel>
+void allow_shared(Kernel kernel_fn, size_t bytes, const char* kernel) {
+    if (bytes <= 48 * 1024) return;
+    int device = 0, limit = 0;
+    check_cuda<T>(cudaGetDevice(&device), "cudaGetDevice", kernel);
+    check_cuda<T>(cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device),
+                  "cudaDeviceGetAttribute", kernel);
+    MSLM_CHECK(bytes <= size_t(limit), "CUDA kernel {}: rows too long for the parameter gradients' {} bytes of "
+               "shared memory (the GPU has {})", kernel, bytes, limit);
+    check_cuda<T>(cudaFuncSetAttribute(kernel_fn, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)),
+                  "cudaFuncSetAttribute", kernel);
+}
+
+template <int V, typename T>
+__device__ __forceinline__ void load_f32(float (&dst)[V], const T* p) {
+    const Pack<T, V> pack = load<V>(p);
+#pragma unroll
+    for (int e = 0; e < V; ++e) dst[e] = to_f32(pack.v[e]);
+}
+
+template <int V, typename T>
+__device__ __forceinline__ void store_f32(T* p, const float (&src)[V]) {
+    Pack<T, V> pack;
+#pragma unroll
+    for (int e = 0; e < V; ++e) pack.v[e] = from_f32<T>(src[e]);
+    store<V>(p, pack);
+}
+
+// ---- RMSNorm, residual + RMSNorm and gated RMSNorm forward.
+// The normalised value is g = x (plain), x·silu(z) (gated) or res + x rounded to T (residual,
+// stored back into res in the first pass and read back, by the same thread, in the second).
+
+enum class RmsKind { kPlain, kGated, kResidual };
+
+template <RmsKind K, int V, typename T>
+__device__ __forceinline__ void rms_input(float (&g)[V], T* res, const T* x, const T* z, int64_t i) {
+    load_f32<V>(g, x + i);
+    if constexpr (K == RmsKind::kGated) {
+        float zv[V];
+        load_f32<V>(zv, z + i);
+#pragma unroll
+        for (int e = 0; e < V; ++e) g[e] *= silu(zv[e]);
+    } else if constexpr (K == RmsKind::kResidual) {
+        Pack<T, V> r = load<V>(res + i);
+#pragma unroll
+        for (int e = 0; e < V; ++e) {
+            r.v[e] = from_f32<T>(to_f32(r.v[e]) + g[e]);
+            g[e] = to_f32(r.v[e]);
+        }
+        store<V>(res + i, r);
+    }
+}
+
+template <RmsKind K, int V, typename T>
+__global__ void rms_forward_kernel(T* out, float* rstd, T* res, const T* x, const T* z, const T* w, int64_t N,
+                                   int D, int G, float eps) {
+    __shared__ float scratch[32];
+    const int Dg = D / G, packs = Dg / V;
+    for (int64_t n = blockIdx.x; n < N; n += gridDim.x) {
+        for (int k = 0; k < G; ++k) {
+            const int64_t row = n * D + int64_t(k) * Dg;
+            float ss = 0.0f;
+            for (int p = threadIdx.x; p < packs; p += blockDim.x) {
+                float g[V];
+                rms_input<K, V>(g, res, x, z, row + int64_t(p) * V);
+#pragma unroll
+                for (int e = 0; e < V; ++e) ss += g[e] * g[e];
+            }
+            const float r = 1.0f / sqrtf(block_sum(ss, scratch) / float(Dg) + eps);
+            if (threadIdx.x == 0) rstd[n * G + k] = r;
+            for (int p = threadIdx.x; p < packs; p += blockDim.x) {
+                const int64_t i = row + int64_t(p) * V;
+                float g[V], wv[V];
+                if constexpr (K == RmsKind::kResidual) {
+                    load_f32<V>(g, res + i);
+                } else {
+                    rms_input<K, V>(g, res, x, z, i);
+                }
+                load_f32<V>(wv, w + k * Dg + p * V);
+#pragma unroll
+                for (int e = 0; e < V; ++e) g[e] = g[e] * r * wv[e];
+                store_f32<V>(out + i, g);
+            }
+        }
+    }
+}
+
+// ---- RMSNorm and gated RMSNorm backward. dw_partial (gridDim.x, D) or null.
+
+template <bool kGated, int V, typename T>
+__global__ void rms_backward_kernel(T* dx, T* dz, float* dw_partial, const T* dout, const T* x, const T* z,
+                                    const T* w, const float* rstd, int64_t N, int D, int G) {
+    extern __shared__ float acc[];  // (D): this block's Σ_n dout·ĝ, when dw_partial
+    __shared__ float scratch[32];
+    const int Dg = D / G, packs = Dg / V;
+    const bool want_dw = dw_partial != nullptr, want_dxz = dx != nullptr || dz != nullptr;
+    if (want_dw)
+        for (int i = threadIdx.x; i < D; i += blockDim.x) acc[i] = 0.0f;
+    __syncthreads();
+    for (int64_t n = blockIdx.x; n < N; n += gridDim.x) {
+        for (int k = 0; k < G; ++k) {
+            const int64_t row = n * D + int64_t(k) * Dg;
+            const float r = rstd[n * G + k];
+            float c = 0.0f;  // mean(h·ĝ) · rstd, folded as in the CPU reference
+            if (want_dxz) {
+                float sum = 0.0f;
+                for (int p = threadIdx.x; p < packs; p += blockDim.x) {
+                    const int64_t i = row + int64_t(p) * V;
+                    float h[V], g[V], wv[V];
+                    load_f32<V>(h, dout + i);
+                    rms_input<kGated ? RmsKind::kGated : RmsKind::kPlain, V>(g, static_cast<T*>(nullptr), x, z, i);
+                    load_f32<V>(wv, w + k * Dg + p * V);
+#pragma unroll
+                    for (int e = 0; e < V; ++e) sum += h[e] * wv[e] * g[e];
+                }
+                c = block_sum(sum, scratch) * r * r / float(Dg);
+            }
+            for (int p = threadIdx.x; p < packs; p += blockDim.x) {
+                const int64_t i = row + int64_t(p) * V;
+                const int col = k * Dg + p * V;
+                float h[V], xv[V], zv[V], wv[V];
+                load_f32<V>(h, dout + i);
+                load_f32<V>(xv, x + i);
+                if constexpr (kGated) load_f32<V>(zv, z + i);
+                if (want_dw) {
+#pragma unroll
+                    for (int e = 0; e < V; ++e) {
+                        const float g = kGated ? xv[e] * silu(zv[e]) : xv[e];
+                        acc[col + e] += h[e] * g * r;
+                    }
+                }
+                if (!want_dxz) continue;
+                load_f32<V>(wv, w + col);
+                float dg[V];
+                if constexpr (kGated) {
+#pragma unroll
+                    for (int e = 0; e < V; ++e) {
+                        const SigmoidPair sp = sigmoid_pair(zv[e]);
+                        const float silu_z = zv[e] * sp.s;
+                        dg[e] = r * (h[e] * wv[e] - xv[e] * silu_z * c);
+                        h[e] = dg[e] * xv[e] * sp.s * (1.0f + zv[e] * sp.c);  // dz's term, reusing h
+                        dg[e] *= silu_z;                                         // dx's term
+                    }
+                    if (dz) {
+                        float dzv[V];
+                        load_f32<V>(dzv, dz + i);
+#pragma unroll
+                        for (int e = 0; e < V; ++e) dzv[e] += h[e];
+                        store_f32<V>(dz + i, dzv);
+                    }
+                } else {
+#pragma unroll
+                    for (int e = 0; e < V; ++e) dg[e] = r * (h[e] * wv[e] - xv[e] * c);
+                }
+                if (dx) {
+                    float dxv[V];
+                    load_f32<V>(dxv, dx + i);
+#pragma unroll
+                    for (int e = 0; e < V; ++e) dxv[e] += dg[e];
+                    store_f32<V>(dx + i, dxv);
+                }
+            }
+        }
+    }
+    if (!want_dw) return;
+    __syncthreads();
+    for (int i = threadIdx.x; i < D; i += blockDim.x) dw_partial[int64_t(blockIdx.x) * D + i] = acc[i];
+}
+
+// ---- LayerNorm
+
+template <int V, typename T>
+__global__ void layernorm_forward_kernel(T* out, float* mean, float* rstd, const T* x, const T* w, const T* b,
+                                         int64_t N, int D, float eps) {
+    __shared__ float scratch[32];
+    const int packs = D / V;
+    for (int64_t n = blockIdx.x; n < N; n += gridDim.x) {
+        const T* xr = x + n * D;
+        float sum = 0.0f;
+        for (int p = threadIdx.x; p < packs; p += blockDim.x) {
+            float xv[V];
+            load_f32<V>(xv, xr + p * V);
+#pragma unroll
+            for (int e = 0; e < V; ++e) sum += xv[e];
+        }
+        const float m = block_sum(sum, scratch) / float(D);
+        // Two passes: the variance from centred values does not cancel catastrophically.
+        float ss = 0.0f;
+        for (int p = threadIdx.x; p < packs; p += blockDim.x) {
+            float xv[V];
+            load_f32<V>(xv, xr + p * V);
+#pragma unroll
+            for (int e = 0; e < V; ++e) ss += (xv[e] - m) * (xv[e] - m);
+        }
+        const float r = 1.0f / sqrtf(block_sum(ss, scratch) / float(D) + eps);
+        if (threadIdx.x == 0) {
+            mean[n] = m;
+            rstd[n] = r;
+        }
+        for (int p = threadIdx.x; p < packs; p += blockDim.x) {
+            float xv[V], wv[V], bv[V] = {};
+            load_f32<V>(xv, xr + p * V);
+            load_f32<V>(wv, w + p * V);
+            if (b) load_f32<V>(bv, b + p * V);
+#pragma unroll
+            for (int e = 0; e < V; ++e) xv[e] = (xv[e] - m) * r * wv[e] + bv[e];
+            store_f32<V>(out + n * D + p * V, xv);
+        }
+    }
+}
+
+// partial (2, gridDim.x, D): this block's Σ dout·x̂ then Σ dout; either half null when not wanted.
+template <int V, typename T>
+__global__ void layernorm_backward_kernel(T* dx, float* dw_partial, float* db_partial, const T* dout,
+                                          const T* x, const T* w, const float* mean, const float* rstd,
+                                          int64_t N, int D) {
+    extern __shared__ float acc[];  // (2, D): Σ dout·x̂, Σ dout
+    __shared__ float2 scratch[32];
+    const int packs = D / V;
+    const bool want_params = dw_partial != nullptr || db_partial != nullptr;
+    if (want_params)
+        for (int i = threadIdx.x; i < 2 * D; i += blockDim.x) acc[i] = 0.0f;
+    __syncthreads();
+    for (int64_t n = blockIdx.x; n < N; n += gridDim.x) {
+        const T* xr = x + n * D;
+        const T* gr = dout + n * D;
+        const float m = mean[n], r = rstd[n];
+        float mean_g = 0.0f, mean_gx = 0.0f;
+        if (dx) {
+            float2 sum = make_float2(0.0f, 0.0f);
+            for (int p = threadIdx.x; p < packs; p += blockDim.x) {
+                float h[V], xv[V], wv[V];
+                load_f32<V>(h, gr + p * V);
+                load_f32<V>(xv, xr + p * V);
+                load_f32<V>(wv, w + p * V);
+#pragma unroll
+                for (int e = 0; e < V; ++e) {
+                    sum.x += h[e] * wv[e];
+                    sum.y += h[e] * wv[e] * (xv[e] - m);
+                }
+            }
+            sum = block_sum(sum, scratch);
+            mean_g = sum.x / float(D);
+            mean_gx = sum.y * r / float(D);
+        }
+        for (int p = threadIdx.x; p < packs; p += blockDim.x) {
+            float h[V], xv[V];
+            load_f32<V>(h, gr + p * V);
+            load_f32<V>(xv, xr + p * V);
+            if (want_params) {
+#pragma unroll
+                for (int e = 0; e < V; ++e) {
+                    acc[p * V + e] += h[e] * (xv[e] - m) * r;
+                    acc[D + p * V + e] += h[e];
+                }
+            }
+            if (!dx) continue;
+            float wv[V], dxv[V];
+            load_f32<V>(wv, w + p * V);
+            load_f32<V>(dxv, dx + n * D + p * V);
+#pragma unroll
+            for (int e = 0; e < V; ++e) dxv[e] += r * (h[e] * wv[e] - mean_g - (xv[e] - m) * r * mean_gx);
+            store_f32<V>(dx + n * D + p * V, dxv);
+        }
+    }
+    if (!want_params) return;
+    __syncthreads();
+    for (int i = threadIdx.x; i < D; i += blockDim.x) {
+        if (dw_partial) dw_partial[int64_t(blockIdx.x) * D + i] = acc[i];
+        if (db_partial) db_partial[int64_t(blockIdx.x) * D + i] = acc[D + i];
+    }
+}
+
+// ---- dst (D) += Σ_p partial (P, D) over p, in a fixed order: thread (c, s) of a (32, kSliceRows)
+// block sums rows p ≡ s (mod kSliceRows) in increasing p, then thread (c, 0) adds the slices in
+// increasing s.
+
+template <typename T>
+__global__ void column_sum_kernel(T* dst, const float* partial, int64_t P, int D) {
+    __shared__ float slice[kSliceRows][33];
+    const int j = blockIdx.x * 32 + threadIdx.x;
+    float s = 0.0f;
+    if (j < D)
+        for (int64_t p = threadIdx.y; p < P; p += kSliceRows) s += partial[p * D + j];
+    slice[threadIdx.y][threadIdx.x] = s;
+    __syncthreads();
+    if (threadIdx.y != 0 || j >= D) return;
+    float total = 0.0f;
+#pragma unroll
+    for (int k = 0; k < kSliceRows; ++k) total += slice[k][threadIdx.x];
+    dst[j] = from_f32<T>(to_f32(dst[j]) + total);
+}
+
+template <typename T>
+void launch_column_sum(T* dst, const float* partial, int64_t P, int64_t D, cudaStream_t s) {
+    using Dev = device_t<T>;
+    const unsigned blocks = unsigned((D + 31) / 32);
+    column_sum_kernel<<<blocks, dim3(32, kSliceRows), 0, s>>>(reinterpret_cast<Dev*>(dst), partial, P, int(D));
+    check_launch<T>("norm column_sum");
+}
+
+template <typename T>
+T* dev(void* p) {
+    return static_cast<T*>(p);
+}
+
+template <RmsKind K, typename T>
+void launch_rms_forward(const char* kernel, T* out, float* rstd, T* res, const T* x, const T* z, const T* w,
+                        int64_t N, int64_t D, int64_t G, float eps, void* stream) {
+    check_shape(kernel, N, D, G);
+    if (N == 0 || D == 0) return;
+    using Dev = device_t<T>;
+    constexpr int V = kVec<Dev>;
+    const int64_t Dg = D / G;
+    const bool vec = Dg % V == 0 && all_aligned({out, res, x, z, w});
+    const int threads = row_threads(Dg, vec ? V : 1);
+    auto s = static_cast<cudaStream_t>(stream);
+    auto o = reinterpret_cast<Dev*>(out);
+    auto r = reinterpret_cast<Dev*>(res);
+    auto xd = reinterpret_cast<const Dev*>(x), zd = reinterpret_cast<const Dev*>(z),
+         wd = reinterpret_cast<const Dev*>(w);
+    const unsigned grid = row_grid<T>(N, threads, kernel);
+    if (vec) {
+        rms_forward_kernel<K, V><<<grid, threads, 0, s>>>(o, rstd, r, xd, zd, wd, N, int(D), int(G), eps);
+    } else {
+        rms_forward_kernel<K, 1><<<grid, threads, 0, s>>>(o, rstd, r, xd, zd, wd, N, int(D), int(G), eps);
+    }
+    check_launch<T>(kernel);
+}
+
+template <bool kGated, typename T>
+void launch_rms_backward(const char* kernel, T* dx, T* dz, T* dw, void* workspace, const T* dout, const T* x,
+                         const T* z, const T* w, const float* rstd, int64_t N, int64_t D, int64_t G,
+                         void* stream) {
+    check_shape(kernel, N, D, G);
+    if (N == 0 || D == 0 || (!dx && !dz && !dw)) return;
+    MSLM_CHECK(!dw || workspace, "CUDA kernel {}: dw needs a workspace", kernel);
+    using Dev = device_t<T>;
+    constexpr int V = kVec<Dev>;
+    const int64_t Dg = D / G, P = partials(N);
+    const bool vec = Dg % V == 0 && all_aligned({dx, dz, dout, x, z, w});
+    const int threads = row_threads(Dg, vec ? V : 1);
+    const size_t shared = dw ? size_t(D) * sizeof(float) : 0;
+    float* partial = dw ? dev<float>(workspace) : nullptr;
+    auto s = static_cast<cudaStream_t>(stream);
+    auto dxd = reinterpret_cast<Dev*>(dx), dzd = reinterpret_cast<Dev*>(dz);
+    auto g = reinterpret_cast<const Dev*>(dout), xd = reinterpret_cast<const Dev*>(x),
+         zd = reinterpret_cast<const Dev*>(z), wd = reinterpret_cast<const Dev*>(w);
+    if (vec) {
+        allow_shared<T>(rms_backward_kernel<kGated, V, Dev>, shared, kernel);
+        rms_backward_kernel<kGated, V>
+            <<<unsigned(P), threads, shared, s>>>(dxd, dzd, partial, g, xd, zd, wd, rstd, N, int(D), int(G));
+    } else {
+        allow_shared<T>(rms_backward_kernel<kGated, 1, Dev>, shared, kernel);
+        rms_backward_kernel<kGated, 1>
+            <<<unsigned(P), threads, shared, s>>>(dxd, dzd, partial, g, xd, zd, wd, rstd, N, int(D), int(G));
+    }
+    check_launch<T>(kernel);
+    if (dw) launch_column_sum(dw, partial, P, D, s);
+}
+
+}  // namespace
+
+size_t norm_backward_workspace_bytes(int64_t N, int64_t D) {
+    MSLM_CHECK(N >= 0 && D >= 0, "norm_backward_workspace_bytes: negative shape ({}, {})", N, D);
+    return size_t(2 * partials(N) * D) * sizeof(float);  // LayerNorm's dw and db partials
+}
+
+template <typename T>
+void rmsnorm_forward(T* out, float* rstd, const T* x, const T* w, int64_t N, int64_t D, float eps,
+                     void* stream) {
+    launch_rms_forward<RmsKind::kPlain>("rmsnorm_forward", out, rstd, static_cast<T*>(nullptr), x,
+                                        static_cast<const T*>(nullptr), w, N, D, 1, eps, stream);
+}
+
+template <typename T>
+void residual_rmsnorm_forward(T* out, float* rstd, T* res, const T* x, const T* w, int64_t N, int64_t D,
+                              float eps, void* stream) {
+    launch_rms_forward<RmsKind::kResidual>("residual_rmsnorm_forward", out, rstd, res, x,
+                                           static_cast<const T*>(nullptr), w, N, D, 1, eps, stream);
+}
+
+template <typename T>
+void gated_rmsnorm_forward(T* out, float* rstd, const T* x, const T* z, const T* w, int64_t N, int64_t D,
+                           int64_t G, float eps, void* stream) {
+    launch_rms_forward<RmsKind::kGated>("gated_rmsnorm_forward", out, rstd, static_cast<T*>(nullptr), x, z, w,
+                                        N, D, G, eps, stream);
+}
+
+template <typename T>
+void rmsnorm_backward(T* dx, T* dw, void* workspace, const T* dout, const T* x, const T* w, const float* rstd,
+                      int64_t N, int64_t D, void* stream) {
+    launch_rms_backward<false>("rmsnorm_backward", dx, static_cast<T*>(nullptr), dw, workspace, dout, x,
+                               static_cast<const T*>(nullptr), w, rstd, N, D, 1, stream);
+}
+
+template <typename T>
+void gated_rmsnorm_backward(T* dx, T* dz, T* dw, void* workspace, const T* dout, const T* x, const T* z,
+                            const T* w, const float* rstd, int64_t N, int64_t D, int64_t G, void* stream) {
+    launch_rms_backward<true>("gated_rmsnorm_backward", dx, dz, dw, workspace, dout, x, z, w, rstd, N, D, G,
+                              stream);
+}
+
+template <typename T>
+void layernorm_forward(T* out, float* mean, float* rstd, const T* x, const T* w, const T* b, int64_t N,
+                       int64_t D, float eps, void* stream) {
+    const char* kernel = "layernorm_forward";
+    check_shape(kernel, N, D);
+    if (N == 0 || D == 0) return;
+    using Dev = device_t<T>;
+    constexpr int V = kVec<Dev>;
+    const bool vec = D % V == 0 && all_aligned({out, x, w, b});
+    const int threads = row_threads(D, vec ? V : 1);
+    auto s = static_cast<cudaStream_t>(stream);
+    auto o = reinterpret_cast<Dev*>(out);
+    auto xd = reinterpret_cast<const Dev*>(x), wd = reinterpret_cast<const Dev*>(w),
+         bd = reinterpret_cast<const Dev*>(b);
+    const unsigned grid = row_grid<T>(N, threads, kernel);
+    if (vec) {
+        layernorm_forward_kernel<V><<<grid, threads, 0, s>>>(o, mean, rstd, xd, wd, bd, N, int(D), eps);
+    } else {
+        layernorm_forward_kernel<1><<<grid, threads, 0, s>>>(o, mean, rstd, xd, wd, bd, N, int(D), eps);
+    }
+    check_launch<T>(kernel);
+}
+
+template <typename T>
+void layernorm_backward(T* dx, T* dw, T* db, void* workspace, const T* dout, const T* x, const T* w,
+                        const float* mean, const float* rstd, int64_t N, int64_t D, void* stream) {
+    const char* kernel = "layernorm_backward";
+    check_shape(kernel, N, D);
+    if (N == 0 || D == 0 || (!dx && !dw && !db)) return;
+    MSLM_CHECK((!dw && !db) || workspace, "CUDA kernel {}: dw and db need a workspace", kernel);
+    using Dev = device_t<T>;
+    constexpr int V = kVec<Dev>;
+    const int64_t P = partials(N);
+    const bool vec = D % V == 0 && all_aligned({dx, dout, x, w});
+    const int threads = row_threads(D, vec ? V : 1);
+    const size_t shared = (dw || db) ? size_t(2 * D) * sizeof(float) : 0;
+    float* dw_partial = dw ? dev<float>(workspace) : nullptr;
+    float* db_partial = db ? dev<float>(workspace) + P * D : nullptr;
+    auto s = static_cast<cudaStream_t>(stream);
+    auto dxd = reinterpret_cast<Dev*>(dx);
+    auto g = reinterpret_cast<const Dev*>(dout), xd = reinterpret_cast<const Dev*>(x),
+         wd = reinterpret_cast<const Dev*>(w);
+    if (vec) {
+        allow_shared<T>(layernorm_backward_kernel<V, Dev>, shared, kernel);
+        layernorm_backward_kernel<V>
+            <<<unsigned(P), threads, shared, s>>>(dxd, dw_partial, db_partial, g, xd, wd, mean, rstd, N, int(D));
+    } else {
+        allow_shared<T>(layernorm_backward_kernel<1, Dev>, shared, kernel);
+        layernorm_backward_kernel<1>
+            <<<unsigned(P), threads, shared, s>>>(dxd, dw_partial, db_partial, g, xd, wd, mean, rstd, N, int(D));
+    }
+    check_launch<T>(kernel);
+    if (dw) launch_column_sum(dw, dw_partial, P, D, s);
+    if (db) launch_column_sum(db, db_partial, P, D, s);
+}
+
+#define MSLM_INSTANTIATE(T)                                                                                   \
+    template void rmsnorm_forward<T>(T*, float*, const T*, const T*, int64_t, int64_t, float, void*);         \
+    template void residual_rmsnorm_forward<T>(T*, float*, T*, const T*, const T*, int64_t, int64_t, float,    \
+                                              void*);                                                         \
+    template void rmsnorm_backward<T>(T*, T*, void*, const T*, const T*, const T*, const float*, int64_t,     \
+                                      int64_t, void*);                                                        \
+    template void layernorm_forward<T>(T*, float*, float*, const T*, const T*, const T*, int64_t, int64_t,    \
+                                       float, void*);                                                         \
+    template void layernorm_backward<T>(T*, T*, T*, void*, const T*, const T*, const T*, const float*,        \
+                                        const float*, int64_t, int64_t, void*);                               \
+    template void gated_rmsnorm_forward<T>(T*, float*, const T*, const T*, const T*, int64_t, int64_t,        \
+                                           int64_t, float, void*);                                            \
+    template void gated_rmsnorm_backward<T>(T*, T*, T*, void*, const T*, const T*, const T*, const T*,        \
+                                            const float*, int64_t, int64_t, int64_t, void*);
+MSLM_INSTANTIATE(float)
+MSLM_INSTANTIATE(uint16_t)
+#undef MSLM_INSTANTIATE
+
+}  // namespace mslm::ops::cuda
