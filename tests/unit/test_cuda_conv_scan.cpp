@@ -25,10 +25,10 @@
 // - scan backward. The reverse recurrence dh_{t−1} = e^a·(dh_t + dy·C) has the forward's form, so
 //   its error stays ≤ ~82u·(t + 1) of its magnitude; h carries the forward's ≤ 82u·(t + 1) (the
 //   local relative error above is ≤ 82u for the input ranges used: |a| ≤ 6.6, |raw + bias| ≤ 4.5).
-//   A gradient term multiplies a handful of such factors (≤ 164u·(T + 1) + 16u) and the sums add
-//   ≤ T steps and the partials over channel blocks (≤ Din) or the batch: rel = (192·(T + 1) + Din
-//   + B + 32)u of the magnitude sum of the gradient's terms — the "T·2^-24 of magnitude sums" of
-//   a recurrence whose decays are ≤ 1.
+//   A gradient term multiplies a handful of such factors (≤ 164u·(T + 1) + ~90u, exp(a)'s own
+//   ≤ 79u included) and the sums add ≤ T steps and the partials over channel blocks (≤ Din) or the
+//   batch: rel = (192·(T + 1) + Din + B + 128)u of the magnitude sum of the gradient's terms — the
+//   "T·2^-24 of magnitude sums" of a recurrence whose decays are ≤ 1.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -766,7 +766,7 @@ TYPED_TEST(CudaSelectiveScan, BackwardAccumulatesEveryGradient) {
                               abs_all(decode_all(g0.dC)),     abs_all(decode_all(g0.dA_log)),
                               abs_all(decode_all(g0.dD)),     abs_all(decode_all(g0.dbias))};
         const ScanScales sc = scan_backward_scales(s, dyd, init);
-        const double rel = (192.0 * (c.T + 1) + c.Din + c.B + 32) * kU;
+        const double rel = (192.0 * (c.T + 1) + c.Din + c.B + 128) * kU;
 
         DeviceScan<T> dev(s);
         DeviceBuffer<T> d_y(s.y_size()), d_dy(dy);

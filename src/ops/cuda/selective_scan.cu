@@ -33,10 +33,10 @@ using namespace detail;
 constexpr int kWarps = kThreads / 32;
 
 // PyTorch's softplus (beta 1, threshold 20), as ops/cpu/scalar_math.h.
-__device__ __forceinline__ float softplus(float v) {
+__device__ __forceinline__ float softplus_thresholded(float v) {
     return v > 20.0f ? v : log1pf(expf(v));
 }
-__device__ __forceinline__ float softplus_grad(float v) {
+__device__ __forceinline__ float softplus_thresholded_grad(float v) {
     return v > 20.0f ? 1.0f : sigmoid_pair(v).s;
 }
 
@@ -122,7 +122,7 @@ __device__ __forceinline__ Step load_step(const Inputs<D>& in, const Lane& l, in
         s.Bn = to_f32(in.Bm[row * in.ld_B + l.n]);
         s.Cn = to_f32(in.Cm[row * in.ld_C + l.n]);
     }
-    s.dl = softplus(s.raw);
+    s.dl = softplus_thresholded(s.raw);
     s.dec = expf(s.dl * A);
     return s;
 }
@@ -221,7 +221,7 @@ __global__ void __launch_bounds__(kThreads)
             const float du = fmaf(dy_ssm, Dd, group_sum(g * s.dl * s.Bn, G));
             dA = fmaf(g_exp, s.dl, dA);
             dh = g * s.dec;
-            const float ddelta = ddl * softplus_grad(s.raw);
+            const float ddelta = ddl * softplus_thresholded_grad(s.raw);
             dbias_acc += ddelta;
             if (l.valid && l.n == 0) {
                 if (gr.du) {
