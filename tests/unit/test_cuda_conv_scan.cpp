@@ -174,8 +174,8 @@ template <typename T>
         return ::testing::AssertionFailure() << "size " << got.size() << " vs " << want.size();
     for (size_t i = 0; i < got.size(); ++i) {
         if (decode(got[i]) != decode(want[i]))
-            return ::testing::AssertionFailure()
-                   << "[" << i << "] " << decode(got[i]) << " vs " << decode(want[i]) << " (not bitwise equal)";
+            return ::testing::AssertionFailure() << "[" << i << "] " << decode(got[i]) << " vs "
+                                                 << decode(want[i]) << " (not bitwise equal)";
     }
     return ::testing::AssertionSuccess();
 }
@@ -267,8 +267,8 @@ TYPED_TEST(CudaConv1d, ForwardMatchesCpu) {
         ConvData<T> d(c, rng);
         const int64_t n = c.B * c.T * c.C;
         std::vector<double> out(n), pre(n, 0.0);
-        ops::conv1d_causal_forward<double>(out.data(), pre.data(), d.xd.data(), c.ld_x, d.wd.data(), d.bias_ref(),
-                                           c.B, c.T, c.C, c.K, c.silu);
+        ops::conv1d_causal_forward<double>(out.data(), pre.data(), d.xd.data(), c.ld_x, d.wd.data(),
+                                           d.bias_ref(), c.B, c.T, c.C, c.K, c.silu);
         std::vector<double> scale_out(n);
         for (int64_t i = 0; i < n; ++i)
             scale_out[i] = c.silu ? 1.1 * d.scale_pre[i] + std::abs(out[i]) : d.scale_pre[i];
@@ -324,18 +324,18 @@ TYPED_TEST(CudaConv1d, BackwardAccumulatesEveryGradient) {
         DeviceBuffer<T> x(d.x), w(d.w), bias(d.bias), g_out(dout), g_x(dx0), g_w(dw0), g_b(dbias0);
         const size_t ws_bytes = ops::cuda::conv1d_causal_backward_workspace_bytes(c.B, c.T, c.C, c.K);
         DeviceBuffer<float> ws(ws_bytes / sizeof(float));
-        ops::cuda::conv1d_causal_backward(g_x.get(), g_w.get(), g_b.get(), g_out.get(), x.get(), c.ld_x, w.get(),
-                                          c.bias ? bias.get() : nullptr, c.B, c.T, c.C, c.K, c.silu, ws.get(),
-                                          ws_bytes);
+        ops::cuda::conv1d_causal_backward(g_x.get(), g_w.get(), g_b.get(), g_out.get(), x.get(), c.ld_x,
+                                          w.get(), c.bias ? bias.get() : nullptr, c.B, c.T, c.C, c.K, c.silu,
+                                          ws.get(), ws_bytes);
         EXPECT_TRUE(all_close(g_x.download(), dx, sdx, 32 * kU)) << "dx";
         EXPECT_TRUE(all_close(g_w.download(), dw, sdw, (64 + parts + 17) * kU)) << "dw";
         EXPECT_TRUE(all_close(g_b.download(), dbias, sdb, (64 + parts + 17) * kU)) << "dbias";
 
         // dx alone needs no workspace.
         DeviceBuffer<T> g_x2(dx0);
-        ops::cuda::conv1d_causal_backward<T>(g_x2.get(), nullptr, nullptr, g_out.get(), x.get(), c.ld_x, w.get(),
-                                             c.bias ? bias.get() : nullptr, c.B, c.T, c.C, c.K, c.silu, nullptr,
-                                             0);
+        ops::cuda::conv1d_causal_backward<T>(g_x2.get(), nullptr, nullptr, g_out.get(), x.get(), c.ld_x,
+                                             w.get(), c.bias ? bias.get() : nullptr, c.B, c.T, c.C, c.K,
+                                             c.silu, nullptr, 0);
         EXPECT_TRUE(all_equal(g_x2.download(), g_x.download())) << "dx alone";
     }
 #endif
@@ -354,8 +354,8 @@ TYPED_TEST(CudaConv1d, UpdateMatchesForwardBitwise) {
         const int64_t n = c.B * c.T * c.C, S = c.B + 2, W = c.K - 1;
         DeviceBuffer<T> x(d.x), w(d.w), bias(d.bias), out(n);
         const T* bias_p = c.bias ? bias.get() : nullptr;
-        ops::cuda::conv1d_causal_forward(out.get(), static_cast<T*>(nullptr), x.get(), c.ld_x, w.get(), bias_p,
-                                         c.B, c.T, c.C, c.K, c.silu);
+        ops::cuda::conv1d_causal_forward(out.get(), static_cast<T*>(nullptr), x.get(), c.ld_x, w.get(),
+                                         bias_p, c.B, c.T, c.C, c.K, c.silu);
         const auto want = out.download();
 
         std::vector<int64_t> slots(c.B);
@@ -398,7 +398,8 @@ TYPED_TEST(CudaConv1d, UpdateMatchesCpuFromAFullWindow) {
         for (int64_t K : {2, 4})
             for (bool silu_on : {false, true}) {
                 const int64_t k = 3, S = 5, W = K - 1, ld = C + 2;
-                SCOPED_TRACE("C " + std::to_string(C) + ", K " + std::to_string(K) + (silu_on ? ", silu" : ""));
+                SCOPED_TRACE("C " + std::to_string(C) + ", K " + std::to_string(K) +
+                             (silu_on ? ", silu" : ""));
                 const auto x = random_values<T>(rng, k * ld, -2.0, 2.0);
                 const auto w = random_values<T>(rng, C * K, -1.0, 1.0);
                 const auto bias = random_values<T>(rng, C, -1.0, 1.0);
@@ -406,8 +407,8 @@ TYPED_TEST(CudaConv1d, UpdateMatchesCpuFromAFullWindow) {
                 const std::vector<int64_t> slots = {3, 0, 4};
                 const auto xd = decode_all(x), wd = decode_all(w), bd = decode_all(bias);
                 std::vector<double> state = decode_all(state0), out(k * C);
-                ops::conv1d_causal_update<double>(out.data(), state.data(), slots.data(), xd.data(), ld, wd.data(),
-                                                  bd.data(), k, C, K, silu_on);
+                ops::conv1d_causal_update<double>(out.data(), state.data(), slots.data(), xd.data(), ld,
+                                                  wd.data(), bd.data(), k, C, K, silu_on);
                 std::vector<double> scale(k * C);
                 const auto sd = decode_all(state0);
                 for (int64_t i = 0; i < k; ++i)
@@ -419,11 +420,12 @@ TYPED_TEST(CudaConv1d, UpdateMatchesCpuFromAFullWindow) {
                     }
                 DeviceBuffer<T> d_x(x), d_w(w), d_b(bias), d_state(state0), d_out(k * C);
                 DeviceBuffer<int64_t> d_slots(slots);
-                ops::cuda::conv1d_causal_update(d_out.get(), d_state.get(), d_slots.get(), d_x.get(), ld, d_w.get(),
-                                                d_b.get(), k, C, K, silu_on);
+                ops::cuda::conv1d_causal_update(d_out.get(), d_state.get(), d_slots.get(), d_x.get(), ld,
+                                                d_w.get(), d_b.get(), k, C, K, silu_on);
                 EXPECT_TRUE(all_close(d_out.download(), out, scale, 16 * kU));
                 std::vector<T> want_state(state.size());
-                for (size_t i = 0; i < state.size(); ++i) want_state[i] = encode<T>(state[i]);  // copies: exact
+                for (size_t i = 0; i < state.size(); ++i)
+                    want_state[i] = encode<T>(state[i]);  // copies: exact
                 EXPECT_TRUE(all_equal(d_state.download(), want_state)) << "window";
             }
 #endif
@@ -432,10 +434,10 @@ TYPED_TEST(CudaConv1d, UpdateMatchesCpuFromAFullWindow) {
 TYPED_TEST(CudaConv1d, ChecksArguments) {
 #ifdef MSLM_HAVE_CUDA
     using T = TypeParam;
-    EXPECT_NO_THROW(ops::cuda::conv1d_causal_forward<T>(nullptr, nullptr, nullptr, 4, nullptr, nullptr, 0, 5, 4,
-                                                        4, true));
-    EXPECT_NO_THROW(ops::cuda::conv1d_causal_update<T>(nullptr, nullptr, nullptr, nullptr, 4, nullptr, nullptr, 0,
-                                                       4, 4, true));
+    EXPECT_NO_THROW(ops::cuda::conv1d_causal_forward<T>(nullptr, nullptr, nullptr, 4, nullptr, nullptr, 0, 5,
+                                                        4, 4, true));
+    EXPECT_NO_THROW(ops::cuda::conv1d_causal_update<T>(nullptr, nullptr, nullptr, nullptr, 4, nullptr,
+                                                       nullptr, 0, 4, 4, true));
     auto expect_error = [](auto&& fn, const char* kernel) {
         try {
             fn();
@@ -446,10 +448,13 @@ TYPED_TEST(CudaConv1d, ChecksArguments) {
     };
     DeviceBuffer<T> buf(64);
     T* p = buf.get();
-    expect_error([&] { ops::cuda::conv1d_causal_forward<T>(p, nullptr, p, 2, p, nullptr, 1, 2, 4, 2, false); },
-                 "conv1d_causal_forward");  // ld_x < C
     expect_error(
-        [&] { ops::cuda::conv1d_causal_backward<T>(p, p, p, p, p, 1, p, nullptr, 1, 2, 1, 9, false, p, 256); },
+        [&] { ops::cuda::conv1d_causal_forward<T>(p, nullptr, p, 2, p, nullptr, 1, 2, 4, 2, false); },
+        "conv1d_causal_forward");  // ld_x < C
+    expect_error(
+        [&] {
+            ops::cuda::conv1d_causal_backward<T>(p, p, p, p, p, 1, p, nullptr, 1, 2, 1, 9, false, p, 256);
+        },
         "conv1d_causal_backward");  // K above the maximum
     expect_error(
         [&] { ops::cuda::conv1d_causal_backward<T>(p, p, p, p, p, 4, p, nullptr, 1, 4, 4, 2, false, p, 8); },
@@ -464,8 +469,8 @@ struct ScanCase {
     int64_t B, T, Din, N;
     bool z, D, bias, h0, strided;
     std::string name() const {
-        return "B " + std::to_string(B) + ", T " + std::to_string(T) + ", Din " + std::to_string(Din) + ", N " +
-               std::to_string(N) + (z ? ", z" : "") + (D ? ", D" : "") + (bias ? ", bias" : "") +
+        return "B " + std::to_string(B) + ", T " + std::to_string(T) + ", Din " + std::to_string(Din) +
+               ", N " + std::to_string(N) + (z ? ", z" : "") + (D ? ", D" : "") + (bias ? ", bias" : "") +
                (h0 ? ", h0" : "") + (strided ? ", strided" : "");
     }
 };
@@ -524,9 +529,19 @@ struct ScanData {
     }
 
     ops::SelectiveScanInputs<double> ref_inputs() const {
-        return {ud.data(),  ld_u, deltad.data(), ld_delta, c.bias ? delta_biasd.data() : nullptr, A_logd.data(),
-                Bd.data(),  ld_B, Cd.data(),     ld_C,     c.D ? Dd.data() : nullptr,
-                c.z ? zd.data() : nullptr,       ld_z};
+        return {ud.data(),
+                ld_u,
+                deltad.data(),
+                ld_delta,
+                c.bias ? delta_biasd.data() : nullptr,
+                A_logd.data(),
+                Bd.data(),
+                ld_B,
+                Cd.data(),
+                ld_C,
+                c.D ? Dd.data() : nullptr,
+                c.z ? zd.data() : nullptr,
+                ld_z};
     }
     const double* ref_h0() const { return c.h0 ? h0d.data() : nullptr; }
     int64_t y_size() const { return c.B * c.T * c.Din; }
@@ -541,13 +556,31 @@ struct DeviceScan {
     const ScanData<T>& d;
 
     explicit DeviceScan(const ScanData<T>& data)
-        : u(data.u), delta(data.delta), delta_bias(data.delta_bias), A_log(data.A_log), Bm(data.Bm), Cm(data.Cm),
-          D(data.D), z(data.z), h0(data.h0), d(data) {}
+        : u(data.u),
+          delta(data.delta),
+          delta_bias(data.delta_bias),
+          A_log(data.A_log),
+          Bm(data.Bm),
+          Cm(data.Cm),
+          D(data.D),
+          z(data.z),
+          h0(data.h0),
+          d(data) {}
 
     ops::SelectiveScanInputs<T> inputs() const {
-        return {u.get(),  d.ld_u, delta.get(), d.ld_delta, d.c.bias ? delta_bias.get() : nullptr, A_log.get(),
-                Bm.get(), d.ld_B, Cm.get(),    d.ld_C,     d.c.D ? D.get() : nullptr,
-                d.c.z ? z.get() : nullptr,     d.ld_z};
+        return {u.get(),
+                d.ld_u,
+                delta.get(),
+                d.ld_delta,
+                d.c.bias ? delta_bias.get() : nullptr,
+                A_log.get(),
+                Bm.get(),
+                d.ld_B,
+                Cm.get(),
+                d.ld_C,
+                d.c.D ? D.get() : nullptr,
+                d.c.z ? z.get() : nullptr,
+                d.ld_z};
     }
     const float* h0_ptr() const { return d.c.h0 ? h0.get() : nullptr; }
 };
@@ -574,7 +607,8 @@ void scan_forward_bounds(const ScanData<T>& s, std::vector<double>& y_tol, std::
                 for (int64_t n = 0; n < c.N; ++n) {
                     const double a = dl * -std::exp(s.A_logd[d * c.N + n]), dec = std::exp(a);
                     const double in = std::abs(dl * s.Bd[row * s.ld_B + n] * u);
-                    const double local = (11.5 * std::abs(a) + 3) * kU * dec * M[n] + (std::abs(arg) + 7) * kU * in;
+                    const double local =
+                        (11.5 * std::abs(a) + 3) * kU * dec * M[n] + (std::abs(arg) + 7) * kU * in;
                     E[n] = dec * E[n] + local;
                     M[n] = dec * M[n] + in;
                     const double Cn = std::abs(s.Cd[row * s.ld_C + n]);
@@ -626,9 +660,11 @@ TYPED_TEST(CudaSelectiveScan, ChunkStatesAreThePrefixStates) {
     DeviceScan<T> dev(s);
     DeviceBuffer<T> d_y(s.y_size());
     DeviceBuffer<float> chunks(ops::cuda::selective_scan_chunk_states_size(s.dims)), h_last(s.state_size());
-    ops::cuda::selective_scan_forward(d_y.get(), h_last.get(), dev.inputs(), dev.h0_ptr(), s.dims, chunks.get());
+    ops::cuda::selective_scan_forward(d_y.get(), h_last.get(), dev.inputs(), dev.h0_ptr(), s.dims,
+                                      chunks.get());
     const auto all = chunks.download();
-    const int64_t per_chunk = c.Din * c.N, n_chunks = (c.T + ops::cuda::kScanChunk - 1) / ops::cuda::kScanChunk;
+    const int64_t per_chunk = c.Din * c.N,
+                  n_chunks = (c.T + ops::cuda::kScanChunk - 1) / ops::cuda::kScanChunk;
     ASSERT_EQ(all.size(), size_t(n_chunks * per_chunk));
     for (int64_t k = 0; k < n_chunks; ++k) {
         ScanDims prefix = s.dims;
@@ -669,7 +705,8 @@ ScanScales scan_backward_scales(const ScanData<T>& s, const std::vector<double>&
                 const double dl = softplus(arg_of(row)), u = std::abs(s.ud[row * s.ld_u + d]);
                 for (int64_t n = 0; n < N; ++n) {
                     dec[t * N + n] = std::exp(-dl * A[n]);
-                    M[(t + 1) * N + n] = dec[t * N + n] * M[t * N + n] + dl * std::abs(s.Bd[row * s.ld_B + n]) * u;
+                    M[(t + 1) * N + n] =
+                        dec[t * N + n] * M[t * N + n] + dl * std::abs(s.Bd[row * s.ld_B + n]) * u;
                 }
             }
             std::fill(G.begin(), G.end(), 0.0);
@@ -683,7 +720,8 @@ ScanScales scan_backward_scales(const ScanData<T>& s, const std::vector<double>&
                 if (c.z) {
                     const double z = s.zd[row * s.ld_z + d];
                     double ys = Dm * u;
-                    for (int64_t n = 0; n < N; ++n) ys += std::abs(s.Cd[row * s.ld_C + n]) * M[(t + 1) * N + n];
+                    for (int64_t n = 0; n < N; ++n)
+                        ys += std::abs(s.Cd[row * s.ld_C + n]) * M[(t + 1) * N + n];
                     r.dz[row * s.ld_z + d] += dys * ys * silu_grad_scale(z);
                     dys *= std::abs(silu(z));
                 }
@@ -732,10 +770,17 @@ template <typename T>
 struct ScanGradsDevice {
     DeviceBuffer<T> du, ddelta, dz, dB, dC, dA_log, dD, dbias;
     explicit ScanGradsDevice(const ScanGradsHost<T>& h)
-        : du(h.du), ddelta(h.ddelta), dz(h.dz), dB(h.dB), dC(h.dC), dA_log(h.dA_log), dD(h.dD), dbias(h.dbias) {}
+        : du(h.du),
+          ddelta(h.ddelta),
+          dz(h.dz),
+          dB(h.dB),
+          dC(h.dC),
+          dA_log(h.dA_log),
+          dD(h.dD),
+          dbias(h.dbias) {}
     ops::SelectiveScanGrads<T> grads(const ScanCase& c) const {
-        return {du.get(), ddelta.get(), c.bias ? dbias.get() : nullptr, dA_log.get(), dB.get(), dC.get(),
-                c.D ? dD.get() : nullptr, c.z ? dz.get() : nullptr};
+        return {du.get(), ddelta.get(), c.bias ? dbias.get() : nullptr, dA_log.get(),
+                dB.get(), dC.get(),     c.D ? dD.get() : nullptr,       c.z ? dz.get() : nullptr};
     }
 };
 
@@ -755,16 +800,16 @@ TYPED_TEST(CudaSelectiveScan, BackwardAccumulatesEveryGradient) {
         const auto dyd = decode_all(dy);
         const ScanGradsHost<T> g0(s, rng);
 
-        ScanScales ref{decode_all(g0.du),     decode_all(g0.ddelta), decode_all(g0.dz), decode_all(g0.dB),
-                       decode_all(g0.dC),     decode_all(g0.dA_log), decode_all(g0.dD), decode_all(g0.dbias)};
+        ScanScales ref{decode_all(g0.du), decode_all(g0.ddelta), decode_all(g0.dz), decode_all(g0.dB),
+                       decode_all(g0.dC), decode_all(g0.dA_log), decode_all(g0.dD), decode_all(g0.dbias)};
         ops::selective_scan_backward<double>(
             {ref.du.data(), ref.ddelta.data(), c.bias ? ref.dbias.data() : nullptr, ref.dA_log.data(),
              ref.dB.data(), ref.dC.data(), c.D ? ref.dD.data() : nullptr, c.z ? ref.dz.data() : nullptr},
             dyd.data(), s.ref_inputs(), s.ref_h0(), s.dims);
-        const ScanScales init{abs_all(decode_all(g0.du)),     abs_all(decode_all(g0.ddelta)),
-                              abs_all(decode_all(g0.dz)),     abs_all(decode_all(g0.dB)),
-                              abs_all(decode_all(g0.dC)),     abs_all(decode_all(g0.dA_log)),
-                              abs_all(decode_all(g0.dD)),     abs_all(decode_all(g0.dbias))};
+        const ScanScales init{abs_all(decode_all(g0.du)), abs_all(decode_all(g0.ddelta)),
+                              abs_all(decode_all(g0.dz)), abs_all(decode_all(g0.dB)),
+                              abs_all(decode_all(g0.dC)), abs_all(decode_all(g0.dA_log)),
+                              abs_all(decode_all(g0.dD)), abs_all(decode_all(g0.dbias))};
         const ScanScales sc = scan_backward_scales(s, dyd, init);
         const double rel = (192.0 * (c.T + 1) + c.Din + c.B + 128) * kU;
 
@@ -776,8 +821,8 @@ TYPED_TEST(CudaSelectiveScan, BackwardAccumulatesEveryGradient) {
         const size_t ws_bytes = ops::cuda::selective_scan_backward_workspace_bytes(s.dims);
         DeviceBuffer<float> ws(ws_bytes / sizeof(float));
         ScanGradsDevice<T> g(g0);
-        ops::cuda::selective_scan_backward(g.grads(c), d_dy.get(), dev.inputs(), chunks.get(), s.dims, ws.get(),
-                                           ws_bytes);
+        ops::cuda::selective_scan_backward(g.grads(c), d_dy.get(), dev.inputs(), chunks.get(), s.dims,
+                                           ws.get(), ws_bytes);
         EXPECT_TRUE(all_close(g.du.download(), ref.du, sc.du, rel)) << "du";
         EXPECT_TRUE(all_close(g.ddelta.download(), ref.ddelta, sc.ddelta, rel)) << "ddelta";
         EXPECT_TRUE(all_close(g.dB.download(), ref.dB, sc.dB, rel)) << "dB";
@@ -880,18 +925,19 @@ TYPED_TEST(CudaSelectiveScan, ChecksArguments) {
     for (int64_t N : {0, 17}) {
         expect_error(
             [&] {
-                ops::cuda::selective_scan_forward<T>(nullptr, nullptr, none, nullptr, ScanDims{1, 1, 1, N}, nullptr);
+                ops::cuda::selective_scan_forward<T>(nullptr, nullptr, none, nullptr, ScanDims{1, 1, 1, N},
+                                                     nullptr);
             },
             "selective_scan_forward");
     }
-    EXPECT_NO_THROW(ops::cuda::selective_scan_forward<T>(nullptr, nullptr, none, nullptr, ScanDims{0, 5, 8, 16},
-                                                         nullptr));
+    EXPECT_NO_THROW(ops::cuda::selective_scan_forward<T>(nullptr, nullptr, none, nullptr,
+                                                         ScanDims{0, 5, 8, 16}, nullptr));
     EXPECT_NO_THROW(ops::cuda::selective_scan_update<T>(nullptr, nullptr, nullptr, none, 0, 8, 16));
     DeviceBuffer<float> small(4);
     expect_error(
         [&] {
-            ops::cuda::selective_scan_backward<T>({}, nullptr, none, small.get(), ScanDims{1, 3, 8, 16}, small.get(),
-                                                  16);
+            ops::cuda::selective_scan_backward<T>({}, nullptr, none, small.get(), ScanDims{1, 3, 8, 16},
+                                                  small.get(), 16);
         },
         "selective_scan_backward");
 #endif

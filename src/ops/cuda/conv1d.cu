@@ -135,8 +135,9 @@ __global__ void conv_reduce_kernel(D* dw, D* dbias, const float* part, int64_t n
 }
 
 template <typename D>
-__global__ void conv_update_kernel(D* out, D* state, const int64_t* slots, const D* x, int64_t ld_x, const D* w,
-                                   const D* bias, int64_t C, int K, bool silu_out, int64_t total) {
+__global__ void conv_update_kernel(D* out, D* state, const int64_t* slots, const D* x, int64_t ld_x,
+                                   const D* w, const D* bias, int64_t C, int K, bool silu_out,
+                                   int64_t total) {
     const int64_t stride = int64_t(gridDim.x) * blockDim.x;
     for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += stride) {
         const int64_t row = i / C, c = i - row * C;
@@ -152,8 +153,8 @@ __global__ void conv_update_kernel(D* out, D* state, const int64_t* slots, const
 }
 
 void check_shape(const char* kernel, int64_t B, int64_t Tn, int64_t C, int64_t K, int64_t ld_x) {
-    MSLM_CHECK(B >= 0 && Tn >= 0 && C >= 0 && K >= 1, "CUDA kernel {}: bad shape B {}, T {}, C {}, K {}", kernel,
-               B, Tn, C, K);
+    MSLM_CHECK(B >= 0 && Tn >= 0 && C >= 0 && K >= 1, "CUDA kernel {}: bad shape B {}, T {}, C {}, K {}",
+               kernel, B, Tn, C, K);
     MSLM_CHECK(ld_x >= C, "CUDA kernel {}: row stride {} below the {} channels", kernel, ld_x, C);
 }
 
@@ -161,8 +162,8 @@ template <int K, typename T, typename D>
 void launch_backward(D* dx, float* part, const D* dout, const D* x, int64_t ld_x, const D* w, const D* bias,
                      int64_t B, int64_t Tn, int64_t C, bool silu_in, cudaStream_t s, const char* kernel) {
     const int64_t total = B * n_chunks(Tn) * C;
-    conv_backward_kernel<K><<<grid_size<T>(total, kernel), kThreads, 0, s>>>(dx, part, dout, x, ld_x, w,
-                                                                                 bias, Tn, C, silu_in, total);
+    conv_backward_kernel<K><<<grid_size<T>(total, kernel), kThreads, 0, s>>>(dx, part, dout, x, ld_x, w, bias,
+                                                                             Tn, C, silu_in, total);
 }
 
 }  // namespace
@@ -197,7 +198,8 @@ void conv1d_causal_backward(T* dx, T* dw, T* dbias, const T* dout, const T* x, i
     const bool need_part = dw || dbias;
     const size_t need = conv1d_causal_backward_workspace_bytes(B, Tn, C, K);
     MSLM_CHECK(!need_part || (workspace && workspace_bytes >= need),
-               "CUDA kernel {}: workspace of {} bytes, needs {}", kernel, workspace ? workspace_bytes : 0, need);
+               "CUDA kernel {}: workspace of {} bytes, needs {}", kernel, workspace ? workspace_bytes : 0,
+               need);
     using D = device_t<T>;
     D* ddx = reinterpret_cast<D*>(dx);
     float* part = need_part ? static_cast<float*>(workspace) : nullptr;
@@ -207,8 +209,8 @@ void conv1d_causal_backward(T* dx, T* dw, T* dbias, const T* dout, const T* x, i
     const D* dbias_in = reinterpret_cast<const D*>(bias);
     auto s = static_cast<cudaStream_t>(stream);
     switch (K) {
-#define MSLM_CONV_CASE(KK)                                                                                   \
-    case KK:                                                                                                 \
+#define MSLM_CONV_CASE(KK)                                                                                \
+    case KK:                                                                                              \
         launch_backward<KK, T>(ddx, part, ddout, dxin, ld_x, dw_in, dbias_in, B, Tn, C, silu, s, kernel); \
         break;
         MSLM_CONV_CASE(1)
@@ -243,12 +245,12 @@ void conv1d_causal_update(T* out, T* state, const int64_t* slots, const T* x, in
     check_launch<T>(kernel);
 }
 
-#define MSLM_INSTANTIATE(T)                                                                                   \
-    template void conv1d_causal_forward<T>(T*, T*, const T*, int64_t, const T*, const T*, int64_t, int64_t,   \
-                                           int64_t, int64_t, bool, void*);                                    \
-    template void conv1d_causal_backward<T>(T*, T*, T*, const T*, const T*, int64_t, const T*, const T*,      \
+#define MSLM_INSTANTIATE(T)                                                                                  \
+    template void conv1d_causal_forward<T>(T*, T*, const T*, int64_t, const T*, const T*, int64_t, int64_t,  \
+                                           int64_t, int64_t, bool, void*);                                   \
+    template void conv1d_causal_backward<T>(T*, T*, T*, const T*, const T*, int64_t, const T*, const T*,     \
                                             int64_t, int64_t, int64_t, int64_t, bool, void*, size_t, void*); \
-    template void conv1d_causal_update<T>(T*, T*, const int64_t*, const T*, int64_t, const T*, const T*,      \
+    template void conv1d_causal_update<T>(T*, T*, const int64_t*, const T*, int64_t, const T*, const T*,     \
                                           int64_t, int64_t, int64_t, bool, void*);
 MSLM_INSTANTIATE(float)
 MSLM_INSTANTIATE(uint16_t)

@@ -83,7 +83,7 @@ template <typename T>
 Inputs<device_t<T>> device_inputs(const SelectiveScanInputs<T>& in) {
     using D = device_t<T>;
     auto p = [](const T* q) { return reinterpret_cast<const D*>(q); };
-    return {p(in.u),  in.ld_u, p(in.delta), in.ld_delta, p(in.delta_bias), p(in.A_log), p(in.Bm),
+    return {p(in.u), in.ld_u,  p(in.delta), in.ld_delta, p(in.delta_bias), p(in.A_log), p(in.Bm),
             in.ld_B, p(in.Cm), in.ld_C,     p(in.D),     p(in.z),          in.ld_z};
 }
 
@@ -112,7 +112,8 @@ struct Step {
 };
 
 template <typename D>
-__device__ __forceinline__ Step load_step(const Inputs<D>& in, const Lane& l, int64_t row, float bias, float A) {
+__device__ __forceinline__ Step load_step(const Inputs<D>& in, const Lane& l, int64_t row, float bias,
+                                          float A) {
     Step s{0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
     if (l.valid) {
         s.raw = to_f32(in.delta[row * in.ld_delta + l.d]) + bias;
@@ -136,8 +137,8 @@ __device__ __forceinline__ float advance(float h, const Step& s) {
 // the state of row b is h_in / h_out[slot], slot = slots ? slots[b] : b.
 template <typename D>
 __global__ void __launch_bounds__(kThreads)
-    scan_forward_kernel(D* y, float* h_out, const float* h_in, const int64_t* slots, Inputs<D> in,
-                        int64_t Tn, int64_t Din, int N, int G, float* chunk_states, int64_t chunks) {
+    scan_forward_kernel(D* y, float* h_out, const float* h_in, const int64_t* slots, Inputs<D> in, int64_t Tn,
+                        int64_t Din, int N, int G, float* chunk_states, int64_t chunks) {
     const Lane l = lane_of(Din, N, G);
     const int64_t b = blockIdx.y;
     const int64_t slot = slots ? slots[b] : b;
@@ -178,7 +179,7 @@ template <typename D>
 __global__ void __launch_bounds__(kThreads)
     scan_backward_kernel(Grads<D> gr, const D* dy, Inputs<D> in, const float* chunk_states, int64_t Tn,
                          int64_t Din, int N, int G, int64_t chunks) {
-    __shared__ float hs[kScanChunk * kThreads];          // (chunk step, thread): h after each step
+    __shared__ float hs[kScanChunk * kThreads];         // (chunk step, thread): h after each step
     __shared__ float red[2][kWarps][2][kScanMaxState];  // per-warp dB, dC sums, two steps in flight
 
     const Lane l = lane_of(Din, N, G);
@@ -333,8 +334,8 @@ void launch_forward(const char* kernel, T* y, float* h_out, const float* h_in, c
     const dim3 grid(unsigned(channel_blocks(dims)), unsigned(B));
     using D = device_t<T>;
     scan_forward_kernel<<<grid, kThreads, 0, static_cast<cudaStream_t>(stream)>>>(
-        reinterpret_cast<D*>(y), h_out, h_in, slots, device_inputs(in), Tn, Din, int(N),
-        lanes_per_channel(N), chunk_states, n_chunks(Tn));
+        reinterpret_cast<D*>(y), h_out, h_in, slots, device_inputs(in), Tn, Din, int(N), lanes_per_channel(N),
+        chunk_states, n_chunks(Tn));
     check_launch<T>(kernel);
 }
 
@@ -351,8 +352,8 @@ size_t selective_scan_backward_workspace_bytes(const ScanDims& dims) {
 template <typename T>
 void selective_scan_forward(T* y, float* h_last, const SelectiveScanInputs<T>& in, const float* h0,
                             const ScanDims& dims, float* chunk_states, void* stream) {
-    launch_forward("selective_scan_forward", y, h_last, h0, nullptr, in, dims.batch, dims.seqlen, dims.d_inner,
-                   dims.d_state, chunk_states, stream);
+    launch_forward("selective_scan_forward", y, h_last, h0, nullptr, in, dims.batch, dims.seqlen,
+                   dims.d_inner, dims.d_state, chunk_states, stream);
 }
 
 template <typename T>
@@ -365,9 +366,9 @@ void selective_scan_update(T* y, float* h, const int64_t* slots, const Selective
 }
 
 template <typename T>
-void selective_scan_backward(const SelectiveScanGrads<T>& grads, const T* dy, const SelectiveScanInputs<T>& in,
-                             const float* chunk_states, const ScanDims& dims, void* workspace,
-                             size_t workspace_bytes, void* stream) {
+void selective_scan_backward(const SelectiveScanGrads<T>& grads, const T* dy,
+                             const SelectiveScanInputs<T>& in, const float* chunk_states,
+                             const ScanDims& dims, void* workspace, size_t workspace_bytes, void* stream) {
     const char* kernel = "selective_scan_backward";
     const int64_t B = dims.batch, Tn = dims.seqlen, Din = dims.d_inner, N = dims.d_state;
     check_dims<T>(kernel, B, Tn, Din, N);
@@ -399,12 +400,13 @@ void selective_scan_backward(const SelectiveScanGrads<T>& grads, const T* dy, co
     const char* reduce = "selective_scan_backward (reduce)";
     auto rows = [&](T* dst, int64_t ld, const float* part) {
         const int64_t total = B * Tn * N;
-        reduce_rows_kernel<<<grid_size<T>(total, reduce), kThreads, 0, s>>>(reinterpret_cast<D*>(dst), ld, part,
-                                                                            Tn, N, J, total);
+        reduce_rows_kernel<<<grid_size<T>(total, reduce), kThreads, 0, s>>>(reinterpret_cast<D*>(dst), ld,
+                                                                            part, Tn, N, J, total);
         check_launch<T>(reduce);
     };
     auto batch = [&](T* dst, const float* part, int64_t M) {
-        reduce_batch_kernel<<<grid_size<T>(M, reduce), kThreads, 0, s>>>(reinterpret_cast<D*>(dst), part, B, M);
+        reduce_batch_kernel<<<grid_size<T>(M, reduce), kThreads, 0, s>>>(reinterpret_cast<D*>(dst), part, B,
+                                                                         M);
         check_launch<T>(reduce);
     };
     if (grads.dB) rows(grads.dB, in.ld_B, gr.part_dB);
@@ -414,14 +416,14 @@ void selective_scan_backward(const SelectiveScanGrads<T>& grads, const T* dy, co
     if (need_dbias) batch(grads.ddelta_bias, gr.part_dbias, Din);
 }
 
-#define MSLM_INSTANTIATE(T)                                                                                    \
-    template void selective_scan_forward<T>(T*, float*, const SelectiveScanInputs<T>&, const float*,          \
-                                            const ScanDims&, float*, void*);                                   \
-    template void selective_scan_backward<T>(const SelectiveScanGrads<T>&, const T*,                           \
-                                             const SelectiveScanInputs<T>&, const float*, const ScanDims&,     \
-                                             void*, size_t, void*);                                            \
-    template void selective_scan_update<T>(T*, float*, const int64_t*, const SelectiveScanInputs<T>&, int64_t, \
-                                           int64_t, int64_t, void*);
+#define MSLM_INSTANTIATE(T)                                                                                \
+    template void selective_scan_forward<T>(T*, float*, const SelectiveScanInputs<T>&, const float*,       \
+                                            const ScanDims&, float*, void*);                               \
+    template void selective_scan_backward<T>(const SelectiveScanGrads<T>&, const T*,                       \
+                                             const SelectiveScanInputs<T>&, const float*, const ScanDims&, \
+                                             void*, size_t, void*);                                        \
+    template void selective_scan_update<T>(T*, float*, const int64_t*, const SelectiveScanInputs<T>&,      \
+                                           int64_t, int64_t, int64_t, void*);
 MSLM_INSTANTIATE(float)
 MSLM_INSTANTIATE(uint16_t)
 #undef MSLM_INSTANTIATE

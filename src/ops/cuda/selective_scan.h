@@ -38,9 +38,10 @@ size_t selective_scan_backward_workspace_bytes(const ScanDims& dims);
 
 // dy (B, T, Din) contiguous; chunk_states from the forward over the same inputs and h0.
 template <typename T>
-void selective_scan_backward(const SelectiveScanGrads<T>& grads, const T* dy, const SelectiveScanInputs<T>& in,
-                             const float* chunk_states, const ScanDims& dims, void* workspace,
-                             size_t workspace_bytes, void* stream = nullptr);
+void selective_scan_backward(const SelectiveScanGrads<T>& grads, const T* dy,
+                             const SelectiveScanInputs<T>& in, const float* chunk_states,
+                             const ScanDims& dims, void* workspace, size_t workspace_bytes,
+                             void* stream = nullptr);
 
 // One step for k sequences: row i of the inputs is the next token of the sequence whose state is
 // h[slots[i]], h (S, Din, N) fp32, slots distinct. Advances those states in place and writes y
