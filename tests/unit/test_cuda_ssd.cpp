@@ -153,18 +153,20 @@ double forward_rel(const Case& c) {
     return kU * double(2 * c.N + 2 * chunk_len(c) + 2 * n_chunks(c) + 512);
 }
 double backward_rel(const Case& c, bool sums_tokens) {
-    return 8 * kU * double(2 * c.N + 2 * chunk_len(c) + 2 * c.P + 2 * n_chunks(c) + 512 + (sums_tokens ? c.B * c.T : 0));
+    return 8 * kU *
+           double(2 * c.N + 2 * chunk_len(c) + 2 * c.P + 2 * n_chunks(c) + 512 +
+                  (sums_tokens ? c.B * c.T : 0));
 }
 
 const Case kCases[] = {
-    {2, 11, 4, 3, 2, 5, 4, 2, true, true, true},       // T not a multiple of Q, G = 2, strided
-    {1, 7, 3, 1, 1, 16, 16, 0, false, false, false},   // Q > T, 3 heads per group, P = 1, bare
-    {2, 9, 6, 3, 2, 16, 3, 1, true, false, true},      // T a multiple of Q, 3 heads per group
-    {2, 5, 2, 3, 2, 5, 1, 1, true, true, true},        // Q = 1: every token its own chunk
-    {1, 80, 2, 5, 2, 16, 33, 1, true, true, true},     // 1 head per group, Q = 33 straddles tiles
-    {2, 100, 2, 40, 2, 20, 64, 1, true, true, false},  // chunks of 64 and 36, P = 40 straddles tiles
-    {1, 70, 2, 64, 1, 128, 32, 3, true, true, true},   // Mamba-2 head_dim and d_state, 3 chunks
-    {1, 50, 3, 64, 1, 128, 256, 0, false, true, true}, // Q > T at full width
+    {2, 11, 4, 3, 2, 5, 4, 2, true, true, true},        // T not a multiple of Q, G = 2, strided
+    {1, 7, 3, 1, 1, 16, 16, 0, false, false, false},    // Q > T, 3 heads per group, P = 1, bare
+    {2, 9, 6, 3, 2, 16, 3, 1, true, false, true},       // T a multiple of Q, 3 heads per group
+    {2, 5, 2, 3, 2, 5, 1, 1, true, true, true},         // Q = 1: every token its own chunk
+    {1, 80, 2, 5, 2, 16, 33, 1, true, true, true},      // 1 head per group, Q = 33 straddles tiles
+    {2, 100, 2, 40, 2, 20, 64, 1, true, true, false},   // chunks of 64 and 36, P = 40 straddles tiles
+    {1, 70, 2, 64, 1, 128, 32, 3, true, true, true},    // Mamba-2 head_dim and d_state, 3 chunks
+    {1, 50, 3, 64, 1, 128, 256, 0, false, true, true},  // Q > T at full width
 };
 
 // Inputs as stored (T), the rows of x, dt, B, C padded by `pad` (and more) values of 1000.
@@ -192,7 +194,8 @@ Data<T> make_data(const Case& c, uint64_t seed) {
     d.c = c;
     d.dims = {c.B, c.T, c.H, c.P, c.G, c.N, c.Q};
     const int64_t rows = c.B * c.T;
-    d.ld_x = c.H * c.P + c.pad, d.ld_dt = c.H + 2 * c.pad, d.ld_B = c.G * c.N + c.pad, d.ld_C = c.G * c.N + 3 * c.pad;
+    d.ld_x = c.H * c.P + c.pad, d.ld_dt = c.H + 2 * c.pad, d.ld_B = c.G * c.N + c.pad,
+    d.ld_C = c.G * c.N + 3 * c.pad;
     d.x = padded_rows<T>(rng, rows, c.H * c.P, d.ld_x);
     std::vector<double> bias(c.H, 0.0);
     if (c.bias) {
@@ -305,7 +308,8 @@ template <typename T>
 ::testing::AssertionResult all_close(const std::vector<T>& got, const std::vector<double>& ref,
                                      const std::vector<double>& scale, double rel) {
     if (got.size() != ref.size() || got.size() != scale.size())
-        return ::testing::AssertionFailure() << "size " << got.size() << " vs " << ref.size() << ", " << scale.size();
+        return ::testing::AssertionFailure()
+               << "size " << got.size() << " vs " << ref.size() << ", " << scale.size();
     size_t misses = 0;
     double worst = 0.0;
     std::string first;
@@ -316,8 +320,8 @@ template <typename T>
         if (err <= tol) continue;  // false for NaN
         worst = std::max(worst, std::isnan(err) ? INFINITY : err / std::max(tol, 1e-300));
         if (++misses <= 5) {
-            first += "\n  [" + std::to_string(i) + "] got " + std::to_string(g) + ", want " + std::to_string(ref[i]) +
-                     " ± " + std::to_string(tol);
+            first += "\n  [" + std::to_string(i) + "] got " + std::to_string(g) + ", want " +
+                     std::to_string(ref[i]) + " ± " + std::to_string(tol);
         }
     }
     if (misses == 0) return ::testing::AssertionSuccess();
@@ -387,8 +391,8 @@ TYPED_TEST(CudaSsd, ForwardMatchesSequential) {
         // Without the optional outputs, with a caller's workspace: the same bits.
         DeviceBuffer<char> workspace(std::vector<char>(ops::cuda::ssd_forward_workspace_bytes(d.dims)));
         DeviceBuffer<T> y2(std::vector<T>(y_ref.size()));
-        ops::cuda::ssd_forward(y2.get(), static_cast<float*>(nullptr), dev.inputs(), dev.h0.get(), d.dims, nullptr,
-                               workspace.get());
+        ops::cuda::ssd_forward(y2.get(), static_cast<float*>(nullptr), dev.inputs(), dev.h0.get(), d.dims,
+                               nullptr, workspace.get());
         EXPECT_TRUE(same_bits(y2.download(), y_got)) << "y without h_last / chunk states";
     }
 #endif
@@ -410,14 +414,15 @@ TYPED_TEST(CudaSsd, BackwardMatchesReference) {
             dB(d.Bm.size()), dC(d.Cm.size()), dD(d.D.size());
         const std::vector<double> dy_d = decode_all(dy);
         auto opt = [](std::vector<double>& v) { return v.empty() ? nullptr : v.data(); };
-        ops::ssd_backward<double>({dx.data(), ddt.data(), opt(dbias), dA.data(), dB.data(), dC.data(), opt(dD)},
-                                  dy_d.data(), r.inputs(), r.h0_ptr(), r.dims);
+        ops::ssd_backward<double>(
+            {dx.data(), ddt.data(), opt(dbias), dA.data(), dB.data(), dC.data(), opt(dD)}, dy_d.data(),
+            r.inputs(), r.h0_ptr(), r.dims);
 
         // The GPU accumulates into gradients already holding values.
         const std::vector<T> gx = random_values<T>(rng, dx.size()), gdt = random_values<T>(rng, ddt.size()),
-                             gbias = random_values<T>(rng, dbias.size()), gA = random_values<T>(rng, dA.size()),
-                             gB = random_values<T>(rng, dB.size()), gC = random_values<T>(rng, dC.size()),
-                             gD = random_values<T>(rng, dD.size());
+                             gbias = random_values<T>(rng, dbias.size()),
+                             gA = random_values<T>(rng, dA.size()), gB = random_values<T>(rng, dB.size()),
+                             gC = random_values<T>(rng, dC.size()), gD = random_values<T>(rng, dD.size());
         DeviceData<T> dev(d);
         DeviceBuffer<T> d_dy(dy), d_y(std::vector<T>(dy.size()));
         DeviceBuffer<float> states(std::vector<float>(ops::cuda::ssd_chunk_states_numel(d.dims)));
@@ -443,7 +448,8 @@ TYPED_TEST(CudaSsd, BackwardMatchesReference) {
         EXPECT_TRUE(grad_close(got[5], gC, dC, backward_rel(c, false))) << "dC";
         EXPECT_TRUE(grad_close(got[6], gD, dD, backward_rel(c, true))) << "dD";
         // Deterministic, and the recomputed chunk states are the saved ones bit for bit.
-        for (size_t i = 0; i < got.size(); ++i) EXPECT_TRUE(same_bits(runs[1][i], got[i])) << "gradient " << i;
+        for (size_t i = 0; i < got.size(); ++i)
+            EXPECT_TRUE(same_bits(runs[1][i], got[i])) << "gradient " << i;
     }
 #endif
 }
@@ -469,7 +475,8 @@ TYPED_TEST(CudaSsd, UpdateMatchesForward) {
         std::vector<float> all(n_slots * HPN);
         for (float& v : all) v = static_cast<float>(rng.normal());
         d.h0.assign(c.B * HPN, 0.0f);  // the slots' states, gathered
-        for (int64_t i = 0; i < c.B; ++i) std::copy_n(all.begin() + slots[i] * HPN, HPN, d.h0.begin() + i * HPN);
+        for (int64_t i = 0; i < c.B; ++i)
+            std::copy_n(all.begin() + slots[i] * HPN, HPN, d.h0.begin() + i * HPN);
 
         std::vector<double> h_ref, h_scale;
         const std::vector<double> y_ref = reference(d, false, c.T).forward(&h_ref);
@@ -485,7 +492,8 @@ TYPED_TEST(CudaSsd, UpdateMatchesForward) {
             step.dims.seqlen = 1;
             auto rows = [&](const std::vector<T>& v, int64_t ld) {
                 std::vector<T> out(c.B * ld);
-                for (int64_t i = 0; i < c.B; ++i) std::copy_n(v.begin() + (i * c.T + t) * ld, ld, out.begin() + i * ld);
+                for (int64_t i = 0; i < c.B; ++i)
+                    std::copy_n(v.begin() + (i * c.T + t) * ld, ld, out.begin() + i * ld);
                 return out;
             };
             step.x = rows(d.x, d.ld_x), step.dt = rows(d.dt, d.ld_dt), step.Bm = rows(d.Bm, d.ld_B);
@@ -494,7 +502,8 @@ TYPED_TEST(CudaSsd, UpdateMatchesForward) {
             DeviceBuffer<T> y(std::vector<T>(c.B * HP));
             ops::cuda::ssd_update(y.get(), states.get(), d_slots.get(), dev.inputs(), step.dims);
             const std::vector<T> yt = y.download();
-            for (int64_t i = 0; i < c.B; ++i) std::copy_n(yt.begin() + i * HP, HP, y_got.begin() + (i * c.T + t) * HP);
+            for (int64_t i = 0; i < c.B; ++i)
+                std::copy_n(yt.begin() + i * HP, HP, y_got.begin() + (i * c.T + t) * HP);
         }
         EXPECT_TRUE(all_close(y_got, y_ref, y_scale, rel)) << "y";
 
@@ -503,7 +512,8 @@ TYPED_TEST(CudaSsd, UpdateMatchesForward) {
             const auto it = std::find(slots.begin(), slots.end(), s);
             std::vector<float> got(after.begin() + s * HPN, after.begin() + (s + 1) * HPN);
             if (it == slots.end()) {
-                EXPECT_TRUE(same_bits(got, std::vector<float>(all.begin() + s * HPN, all.begin() + (s + 1) * HPN)))
+                EXPECT_TRUE(
+                    same_bits(got, std::vector<float>(all.begin() + s * HPN, all.begin() + (s + 1) * HPN)))
                     << "slot " << s << " is not decoded and must not change";
                 continue;
             }
@@ -523,7 +533,8 @@ TYPED_TEST(CudaSsd, UpdateMatchesForward) {
         std::vector<double> gap_scale(y_scale.size());
         for (size_t i = 0; i < gap_scale.size(); ++i)
             gap_scale[i] = y_scale[i] + (kBf16<T> ? 0x1p-8 : kU) * std::abs(y_ref[i]) / gap_rel;
-        EXPECT_TRUE(all_close(y_fwd.download(), decode_all(y_got), gap_scale, gap_rel)) << "update vs forward";
+        EXPECT_TRUE(all_close(y_fwd.download(), decode_all(y_got), gap_scale, gap_rel))
+            << "update vs forward";
     }
 #endif
 }
@@ -553,7 +564,8 @@ TYPED_TEST(CudaSsd, StatePassingInPlace) {
                 std::copy_n(v.begin() + (b * c.T + t0) * ld, len * ld, out.begin() + b * len * ld);
             return out;
         };
-        part.x = rows(full.x, full.ld_x), part.dt = rows(full.dt, full.ld_dt), part.Bm = rows(full.Bm, full.ld_B);
+        part.x = rows(full.x, full.ld_x), part.dt = rows(full.dt, full.ld_dt),
+        part.Bm = rows(full.Bm, full.ld_B);
         part.Cm = rows(full.Cm, full.ld_C);
         DeviceData<T> dev(part);
         DeviceBuffer<T> y(std::vector<T>(c.B * len * HP));
@@ -580,12 +592,12 @@ TYPED_TEST(CudaSsd, EmptySequences) {
     ops::cuda::ssd_forward(static_cast<T*>(nullptr), h_last.get(), dev.inputs(), nullptr, d.dims);
     EXPECT_TRUE(same_bits(h_last.download(), std::vector<float>(d.h0.size(), 0.0f)));
     const ops::SsdGrads<T> none{};
-    EXPECT_NO_THROW(ops::cuda::ssd_backward(none, static_cast<const T*>(nullptr), dev.inputs(), dev.h0.get(), nullptr,
-                                            d.dims));
+    EXPECT_NO_THROW(ops::cuda::ssd_backward(none, static_cast<const T*>(nullptr), dev.inputs(), dev.h0.get(),
+                                            nullptr, d.dims));
     ops::SsdDims no_batch = d.dims;
     no_batch.batch = 0, no_batch.seqlen = 5;
-    EXPECT_NO_THROW(ops::cuda::ssd_forward(static_cast<T*>(nullptr), static_cast<float*>(nullptr), dev.inputs(),
-                                           nullptr, no_batch));
+    EXPECT_NO_THROW(ops::cuda::ssd_forward(static_cast<T*>(nullptr), static_cast<float*>(nullptr),
+                                           dev.inputs(), nullptr, no_batch));
     EXPECT_NO_THROW(ops::cuda::ssd_update(static_cast<T*>(nullptr), static_cast<float*>(nullptr), nullptr,
                                           dev.inputs(), no_batch));
 #endif
@@ -597,14 +609,16 @@ TEST(CudaSsdShapes, InvalidShapesThrowBeforeLaunch) {
     const ops::SsdDims good{2, 11, 4, 3, 2, 5, 4};
     ops::cuda::SsdInputs<float> in{};
     in.ld_x = 12, in.ld_dt = 4, in.ld_B = 10, in.ld_C = 10;
-    auto expect_error = [&](const ops::SsdDims& dims, const ops::cuda::SsdInputs<float>& inputs, const char* what) {
+    auto expect_error = [&](const ops::SsdDims& dims, const ops::cuda::SsdInputs<float>& inputs,
+                            const char* what) {
         try {
             ops::cuda::ssd_forward<float>(nullptr, nullptr, inputs, nullptr, dims);
             ADD_FAILURE() << "no error for " << what;
         } catch (const Error& e) {
             EXPECT_NE(std::string(e.what()).find("ssd_forward"), std::string::npos) << e.what();
         }
-        EXPECT_THROW(ops::cuda::ssd_backward<float>({}, nullptr, inputs, nullptr, nullptr, dims), Error) << what;
+        EXPECT_THROW(ops::cuda::ssd_backward<float>({}, nullptr, inputs, nullptr, nullptr, dims), Error)
+            << what;
     };
     ops::SsdDims bad = good;
     bad.n_groups = 3;

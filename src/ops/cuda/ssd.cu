@@ -37,14 +37,17 @@ struct Plan {
 };
 
 Plan make_plan(const SsdDims& d, const char* op) {
-    MSLM_CHECK(d.batch >= 0 && d.seqlen >= 0, "CUDA {}: negative batch {} or seqlen {}", op, d.batch, d.seqlen);
-    MSLM_CHECK(d.n_heads > 0 && d.head_dim > 0 && d.d_state > 0, "CUDA {}: heads {}, head_dim {}, d_state {} must be positive",
-               op, d.n_heads, d.head_dim, d.d_state);
+    MSLM_CHECK(d.batch >= 0 && d.seqlen >= 0, "CUDA {}: negative batch {} or seqlen {}", op, d.batch,
+               d.seqlen);
+    MSLM_CHECK(d.n_heads > 0 && d.head_dim > 0 && d.d_state > 0,
+               "CUDA {}: heads {}, head_dim {}, d_state {} must be positive", op, d.n_heads, d.head_dim,
+               d.d_state);
     MSLM_CHECK(d.chunk_size > 0, "CUDA {}: chunk_size {} must be positive", op, d.chunk_size);
-    MSLM_CHECK(d.n_groups > 0 && d.n_heads % d.n_groups == 0, "CUDA {}: {} heads do not split into {} groups", op,
-               d.n_heads, d.n_groups);
+    MSLM_CHECK(d.n_groups > 0 && d.n_heads % d.n_groups == 0, "CUDA {}: {} heads do not split into {} groups",
+               op, d.n_heads, d.n_groups);
     Plan p{};
-    p.batch = d.batch, p.seqlen = d.seqlen, p.H = d.n_heads, p.P = d.head_dim, p.G = d.n_groups, p.N = d.d_state;
+    p.batch = d.batch, p.seqlen = d.seqlen, p.H = d.n_heads, p.P = d.head_dim, p.G = d.n_groups,
+    p.N = d.d_state;
     p.Q = std::min(d.chunk_size, std::max<int64_t>(d.seqlen, 1));
     MSLM_CHECK(p.Q <= kMaxChunk, "CUDA {}: chunk length {} above the supported {}", op, p.Q, kMaxChunk);
     p.n_chunks = (d.seqlen + p.Q - 1) / p.Q;
@@ -55,8 +58,8 @@ Plan make_plan(const SsdDims& d, const char* op) {
 template <typename T>
 void check_strides(const SsdInputs<T>& in, const Plan& p, const char* op) {
     MSLM_CHECK(in.ld_x >= p.H * p.P && in.ld_dt >= p.H && in.ld_B >= p.G * p.N && in.ld_C >= p.G * p.N,
-               "CUDA {}: row strides (x {}, dt {}, B {}, C {}) below the row widths ({}, {}, {}, {})", op, in.ld_x,
-               in.ld_dt, in.ld_B, in.ld_C, p.H * p.P, p.H, p.G * p.N, p.G * p.N);
+               "CUDA {}: row strides (x {}, dt {}, B {}, C {}) below the row widths ({}, {}, {}, {})", op,
+               in.ld_x, in.ld_dt, in.ld_B, in.ld_C, p.H * p.P, p.H, p.G * p.N, p.G * p.N);
 }
 
 __host__ __device__ inline int64_t tiles(int64_t n) {
@@ -149,11 +152,16 @@ struct Args {
 template <typename S>
 Args<device_t<S>> make_args(const SsdInputs<S>& in, const Plan& p, const Workspace& ws) {
     using T = device_t<S>;
-    return {reinterpret_cast<const T*>(in.x), in.ld_x, reinterpret_cast<const T*>(in.dt), in.ld_dt,
-            reinterpret_cast<const T*>(in.dt_bias), reinterpret_cast<const T*>(in.A_log),
-            reinterpret_cast<const T*>(in.Bm), in.ld_B, reinterpret_cast<const T*>(in.Cm), in.ld_C,
-            reinterpret_cast<const T*>(in.D), in.dt_min, in.dt_max, p.batch, p.seqlen, p.H, p.P, p.G, p.N, p.Q,
-            p.n_chunks, p.heads_per_group, ws.dtv, ws.cum};
+    auto dev = [](const S* ptr) { return reinterpret_cast<const T*>(ptr); };
+    Args<T> a{};
+    a.x = dev(in.x), a.ld_x = in.ld_x, a.dt = dev(in.dt), a.ld_dt = in.ld_dt;
+    a.dt_bias = dev(in.dt_bias), a.A_log = dev(in.A_log), a.D = dev(in.D);
+    a.Bm = dev(in.Bm), a.ld_B = in.ld_B, a.Cm = dev(in.Cm), a.ld_C = in.ld_C;
+    a.dt_min = in.dt_min, a.dt_max = in.dt_max;
+    a.batch = p.batch, a.seqlen = p.seqlen, a.H = p.H, a.P = p.P, a.G = p.G, a.N = p.N, a.Q = p.Q;
+    a.n_chunks = p.n_chunks, a.heads_per_group = p.heads_per_group;
+    a.dtv = ws.dtv, a.cum = ws.cum;
+    return a;
 }
 
 // One chunk of one sequence: tokens [t0, t0 + L), flattened rows [row0, row0 + L).
@@ -282,8 +290,12 @@ __global__ void ssd_cb_kernel(Args<T> a, float* CB) {
     float acc[4] = {};
     tile_mma(
         acc, 0, a.N,
-        [&](int j, int64_t n) { return t0 + j < ch.L ? to_f32(a.Cm[(ch.row0 + t0 + j) * a.ld_C + col + n]) : 0.0f; },
-        [&](int64_t n, int j) { return s0 + j < ch.L ? to_f32(a.Bm[(ch.row0 + s0 + j) * a.ld_B + col + n]) : 0.0f; },
+        [&](int j, int64_t n) {
+            return t0 + j < ch.L ? to_f32(a.Cm[(ch.row0 + t0 + j) * a.ld_C + col + n]) : 0.0f;
+        },
+        [&](int64_t n, int j) {
+            return s0 + j < ch.L ? to_f32(a.Bm[(ch.row0 + s0 + j) * a.ld_B + col + n]) : 0.0f;
+        },
         sm);
     float* out = CB + bcg * a.Q * a.Q;
 #pragma unroll
@@ -324,7 +336,8 @@ __global__ void ssd_chunk_state_kernel(Args<T> a, const T* dy, float* out) {
         [&](int64_t t, int j) {
             if (n0 + j >= a.N) return 0.0f;
             const int64_t at = ch.row0 + t;
-            return kGrad ? to_f32(a.Cm[at * a.ld_C + g * a.N + n0 + j]) : to_f32(a.Bm[at * a.ld_B + g * a.N + n0 + j]);
+            return kGrad ? to_f32(a.Cm[at * a.ld_C + g * a.N + n0 + j])
+                         : to_f32(a.Bm[at * a.ld_B + g * a.N + n0 + j]);
         },
         sm);
     float* o = out + bch * a.P * a.N;
@@ -400,7 +413,8 @@ __global__ void ssd_output_kernel(Args<T> a, const float* CB, const float* state
     for (int i = 0; i < 4; ++i) {
         const int64_t t = t0 + tile_row(i), p = p0 + tile_col();
         if (t >= ch.L || p >= a.P) continue;
-        const float v = intra[i] + expf(static_cast<float>(cum[t])) * inter[i] + Dh * to_f32(x[t * a.ld_x + p]);
+        const float v =
+            intra[i] + expf(static_cast<float>(cum[t])) * inter[i] + Dh * to_f32(x[t * a.ld_x + p]);
         y[((ch.row0 + t) * a.H + h) * a.P + p] = from_f32<T>(v);
     }
 }
@@ -425,10 +439,10 @@ __global__ void ssd_backward_head_kernel(Args<T> a, const T* dy, const float* CB
     const int64_t bch = blockIdx.x, h = bch % a.H, c = bch / a.H % a.n_chunks, b = bch / (a.H * a.n_chunks);
     const Chunk ch = chunk_of(a, b, c);
     const int64_t L = ch.L, g = h / a.heads_per_group, bh = b * a.H + h;
-    float* dcum = vecs;          // (Q)
-    float* xdx = vecs + a.Q;     // (Q) ⟨x_t, dX̃_t⟩
-    float* qsum = xdx + a.Q;     // (Q) q_s
-    float* rsum = qsum + a.Q;    // (Q) ⟨dY_t, Z_t⟩
+    float* dcum = vecs;        // (Q)
+    float* xdx = vecs + a.Q;   // (Q) ⟨x_t, dX̃_t⟩
+    float* qsum = xdx + a.Q;   // (Q) q_s
+    float* rsum = qsum + a.Q;  // (Q) ⟨dY_t, Z_t⟩
     const double* cum = a.cum + bh * a.seqlen + ch.t0;
     const float* dtv = a.dtv + bh * a.seqlen + ch.t0;
     const float* cb = CB + ((b * a.n_chunks + c) * a.G + g) * a.Q * a.Q;
@@ -451,8 +465,11 @@ __global__ void ssd_backward_head_kernel(Args<T> a, const T* dy, const float* CB
         for (int64_t s0 = 0; s0 <= t0; s0 += kTile) {
             float acc[4] = {};
             tile_mma(
-                acc, 0, a.P, [&](int j, int64_t p) { return t0 + j < L ? to_f32(dYc[(t0 + j) * ld_y + p]) : 0.0f; },
-                [&](int64_t p, int j) { return s0 + j < L ? dtv[s0 + j] * to_f32(x[(s0 + j) * a.ld_x + p]) : 0.0f; },
+                acc, 0, a.P,
+                [&](int j, int64_t p) { return t0 + j < L ? to_f32(dYc[(t0 + j) * ld_y + p]) : 0.0f; },
+                [&](int64_t p, int j) {
+                    return s0 + j < L ? dtv[s0 + j] * to_f32(x[(s0 + j) * a.ld_x + p]) : 0.0f;
+                },
                 sm);
             float col = 0.0f;
 #pragma unroll
@@ -483,10 +500,12 @@ __global__ void ssd_backward_head_kernel(Args<T> a, const T* dy, const float* CB
                 mty, s0, L, [&](int j, int64_t t) { return s0 + j <= t ? M(t, s0 + j) : 0.0f; },
                 [&](int64_t t, int j) { return p0 + j < a.P ? to_f32(dYc[t * ld_y + p0 + j]) : 0.0f; }, sm);
             tile_mma(
-                v, 0, a.N, [&](int j, int64_t n) { return s0 + j < L ? to_f32(Bc[(s0 + j) * a.ld_B + n]) : 0.0f; },
+                v, 0, a.N,
+                [&](int j, int64_t n) { return s0 + j < L ? to_f32(Bc[(s0 + j) * a.ld_B + n]) : 0.0f; },
                 [&](int64_t n, int j) { return p0 + j < a.P ? dS[(p0 + j) * a.N + n] : 0.0f; }, sm);
             tile_mma(
-                z, 0, a.N, [&](int j, int64_t n) { return s0 + j < L ? to_f32(Cc[(s0 + j) * a.ld_C + n]) : 0.0f; },
+                z, 0, a.N,
+                [&](int j, int64_t n) { return s0 + j < L ? to_f32(Cc[(s0 + j) * a.ld_C + n]) : 0.0f; },
                 [&](int64_t n, int j) { return p0 + j < a.P ? S_in[(p0 + j) * a.N + n] : 0.0f; }, sm);
 #pragma unroll
             for (int i = 0; i < 4; ++i) {
@@ -576,8 +595,11 @@ __global__ void ssd_dcb_kernel(Args<T> a, const T* dy, float* dCB) {
         const T* dYc = dy + (ch.row0 * a.H + h) * a.P;
         float acc[4] = {};
         tile_mma(
-            acc, 0, a.P, [&](int j, int64_t p) { return t0 + j < ch.L ? to_f32(dYc[(t0 + j) * ld_y + p]) : 0.0f; },
-            [&](int64_t p, int j) { return s0 + j < ch.L ? dtv[s0 + j] * to_f32(x[(s0 + j) * a.ld_x + p]) : 0.0f; },
+            acc, 0, a.P,
+            [&](int j, int64_t p) { return t0 + j < ch.L ? to_f32(dYc[(t0 + j) * ld_y + p]) : 0.0f; },
+            [&](int64_t p, int j) {
+                return s0 + j < ch.L ? dtv[s0 + j] * to_f32(x[(s0 + j) * a.ld_x + p]) : 0.0f;
+            },
             sm);
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
@@ -598,8 +620,8 @@ __global__ void ssd_dcb_kernel(Args<T> a, const T* dy, float* dCB) {
 //   dB[s] += Σ_t dCB[t, s]·C_t + Σ_{h in g} decay_h,s·X̃_h,s·dS_h
 // Each output element has one thread, so the += needs no atomics.
 template <bool kDC, typename T>
-__global__ void ssd_dbc_kernel(Args<T> a, const T* dy, const float* dCB, const float* states, const float* dS_all,
-                               T* grad) {
+__global__ void ssd_dbc_kernel(Args<T> a, const T* dy, const float* dCB, const float* states,
+                               const float* dS_all, T* grad) {
     __shared__ TileSmem sm;
     const int64_t bcg = blockIdx.x, g = bcg % a.G, c = bcg / a.G % a.n_chunks, b = bcg / (a.G * a.n_chunks);
     const int64_t tn = tiles(a.N), r0 = blockIdx.y / tn * kTile, n0 = blockIdx.y % tn * kTile;
@@ -612,7 +634,8 @@ __global__ void ssd_dbc_kernel(Args<T> a, const T* dy, const float* dCB, const f
     float acc[4] = {};
     if constexpr (kDC) {
         tile_mma(
-            acc, 0, min(L, r0 + kTile), [&](int j, int64_t s) { return r0 + j < L && s <= r0 + j ? dcb[(r0 + j) * a.Q + s] : 0.0f; },
+            acc, 0, min(L, r0 + kTile),
+            [&](int j, int64_t s) { return r0 + j < L && s <= r0 + j ? dcb[(r0 + j) * a.Q + s] : 0.0f; },
             [&](int64_t s, int j) { return n0 + j < a.N ? to_f32(other[s * ld_other + n0 + j]) : 0.0f; }, sm);
     } else {
         tile_mma(
@@ -633,7 +656,8 @@ __global__ void ssd_dbc_kernel(Args<T> a, const T* dy, const float* dCB, const f
                 if constexpr (kDC) {
                     return expf(static_cast<float>(cum[r])) * to_f32(dy[((ch.row0 + r) * a.H + h) * a.P + p]);
                 } else {
-                    return exp_diff(cum_last, cum[r]) * dtv[r] * to_f32(a.x[(ch.row0 + r) * a.ld_x + h * a.P + p]);
+                    return exp_diff(cum_last, cum[r]) * dtv[r] *
+                           to_f32(a.x[(ch.row0 + r) * a.ld_x + h * a.P + p]);
                 }
             },
             [&](int64_t p, int j) { return n0 + j < a.N ? state[p * a.N + n0 + j] : 0.0f; }, sm);
@@ -695,16 +719,16 @@ __global__ void ssd_update_kernel(Args<T> a, T* y, float* h, const int64_t* slot
 // ---- launching
 
 dim3 tiled_grid(int64_t blocks, int64_t tile_count, const char* kernel) {
-    MSLM_CHECK(blocks <= INT_MAX && tile_count <= 65535, "CUDA kernel {}: grid ({}, {}) too large", kernel, blocks,
-               tile_count);
+    MSLM_CHECK(blocks <= INT_MAX && tile_count <= 65535, "CUDA kernel {}: grid ({}, {}) too large", kernel,
+               blocks, tile_count);
     return dim3(unsigned(blocks), unsigned(tile_count));
 }
 
 // Steps (1), (3) and (4) of the forward, which the backward repeats when not given chunk_states:
 // dtv, cum and the chunk states in the workspace (or in `states`), h_last if wanted.
 template <typename S>
-void state_pass(const Args<device_t<S>>& a, const Workspace& ws, float* states, const float* h0, float* h_last,
-                cudaStream_t stream) {
+void state_pass(const Args<device_t<S>>& a, const Workspace& ws, float* states, const float* h0,
+                float* h_last, cudaStream_t stream) {
     using T = device_t<S>;
     const int64_t bcn = a.batch * a.n_chunks;
     if (bcn > 0) {
@@ -717,16 +741,16 @@ void state_pass(const Args<device_t<S>>& a, const Workspace& ws, float* states, 
     }
     if (h_last || bcn > 0) {
         const int64_t total = a.batch * a.H * a.P * a.N;
-        ssd_state_pass_kernel<false><<<grid_size<S>(total, "ssd_state_pass"), kThreads, 0, stream>>>(a, states, h0,
-                                                                                                       h_last);
+        ssd_state_pass_kernel<false>
+            <<<grid_size<S>(total, "ssd_state_pass"), kThreads, 0, stream>>>(a, states, h0, h_last);
         check_launch<S>("ssd_state_pass");
     }
 }
 
 template <typename S>
 void launch_cb(const Args<device_t<S>>& a, float* CB, cudaStream_t stream) {
-    ssd_cb_kernel<<<tiled_grid(a.batch * a.n_chunks * a.G, tiles(a.Q) * tiles(a.Q), "ssd_cb"), kTileThreads, 0,
-                    stream>>>(a, CB);
+    ssd_cb_kernel<<<tiled_grid(a.batch * a.n_chunks * a.G, tiles(a.Q) * tiles(a.Q), "ssd_cb"), kTileThreads,
+                    0, stream>>>(a, CB);
     check_launch<S>("ssd_cb");
 }
 
@@ -761,8 +785,8 @@ void ssd_forward(S* y, float* h_last, const SsdInputs<S>& in, const float* h0, c
     state_pass<S>(a, ws, states, h0, h_last, s);
     if (p.n_chunks == 0) return;
     launch_cb<S>(a, ws.CB, s);
-    ssd_output_kernel<<<tiled_grid(p.batch * p.n_chunks * p.H, tiles(p.Q) * tiles(p.P), "ssd_output"), kTileThreads,
-                        0, s>>>(a, ws.CB, states, reinterpret_cast<device_t<S>*>(y));
+    ssd_output_kernel<<<tiled_grid(p.batch * p.n_chunks * p.H, tiles(p.Q) * tiles(p.P), "ssd_output"),
+                        kTileThreads, 0, s>>>(a, ws.CB, states, reinterpret_cast<device_t<S>*>(y));
     check_launch<S>("ssd_output");
 }
 
@@ -795,29 +819,32 @@ void ssd_backward(const SsdGrads<S>& grads, const S* dy, const SsdInputs<S>& in,
 
     // dS leaving each chunk: each chunk's pass-back, then the reverse pass.
     ssd_chunk_state_kernel<true>
-        <<<tiled_grid(bch, tiles(p.P) * tiles(p.N), "ssd_chunk_state_grad"), kTileThreads, 0, s>>>(a, dY, ws.dS);
+        <<<tiled_grid(bch, tiles(p.P) * tiles(p.N), "ssd_chunk_state_grad"), kTileThreads, 0, s>>>(a, dY,
+                                                                                                   ws.dS);
     check_launch<S>("ssd_chunk_state_grad");
     const int64_t total = p.batch * p.H * p.P * p.N;
-    ssd_state_pass_kernel<true><<<grid_size<S>(total, "ssd_state_pass_grad"), kThreads, 0, s>>>(a, ws.dS, nullptr,
-                                                                                                 nullptr);
+    ssd_state_pass_kernel<true>
+        <<<grid_size<S>(total, "ssd_state_pass_grad"), kThreads, 0, s>>>(a, ws.dS, nullptr, nullptr);
     check_launch<S>("ssd_state_pass_grad");
 
-    ssd_backward_head_kernel<<<tiled_grid(bch, 1, "ssd_backward_head"), kTileThreads, 4 * p.Q * sizeof(float), s>>>(
-        a, dY, ws.CB, states, ws.dS, reinterpret_cast<T*>(grads.dx), reinterpret_cast<T*>(grads.ddt), ws.part);
+    ssd_backward_head_kernel<<<tiled_grid(bch, 1, "ssd_backward_head"), kTileThreads, 4 * p.Q * sizeof(float),
+                               s>>>(a, dY, ws.CB, states, ws.dS, reinterpret_cast<T*>(grads.dx),
+                                    reinterpret_cast<T*>(grads.ddt), ws.part);
     check_launch<S>("ssd_backward_head");
 
     if (grads.dB || grads.dC) {
-        ssd_dcb_kernel<<<tiled_grid(bcg, tiles(p.Q) * tiles(p.Q), "ssd_dcb"), kTileThreads, 0, s>>>(a, dY, ws.dCB);
+        ssd_dcb_kernel<<<tiled_grid(bcg, tiles(p.Q) * tiles(p.Q), "ssd_dcb"), kTileThreads, 0, s>>>(a, dY,
+                                                                                                    ws.dCB);
         check_launch<S>("ssd_dcb");
         const dim3 grid = tiled_grid(bcg, tiles(p.Q) * tiles(p.N), "ssd_dbc");
         if (grads.dC) {
-            ssd_dbc_kernel<true><<<grid, kTileThreads, 0, s>>>(a, dY, ws.dCB, states, ws.dS,
-                                                                reinterpret_cast<T*>(grads.dC));
+            ssd_dbc_kernel<true>
+                <<<grid, kTileThreads, 0, s>>>(a, dY, ws.dCB, states, ws.dS, reinterpret_cast<T*>(grads.dC));
             check_launch<S>("ssd_dbc");
         }
         if (grads.dB) {
-            ssd_dbc_kernel<false><<<grid, kTileThreads, 0, s>>>(a, dY, ws.dCB, states, ws.dS,
-                                                                 reinterpret_cast<T*>(grads.dB));
+            ssd_dbc_kernel<false>
+                <<<grid, kTileThreads, 0, s>>>(a, dY, ws.dCB, states, ws.dS, reinterpret_cast<T*>(grads.dB));
             check_launch<S>("ssd_dbc");
         }
     }
@@ -830,7 +857,8 @@ void ssd_backward(const SsdGrads<S>& grads, const S* dy, const SsdInputs<S>& in,
 }
 
 template <typename S>
-void ssd_update(S* y, float* h, const int64_t* slots, const SsdInputs<S>& in, const SsdDims& dims, void* stream) {
+void ssd_update(S* y, float* h, const int64_t* slots, const SsdInputs<S>& in, const SsdDims& dims,
+                void* stream) {
     SsdDims one = dims;
     one.seqlen = 1, one.chunk_size = 1;
     const Plan p = make_plan(one, "ssd_update");
@@ -838,21 +866,22 @@ void ssd_update(S* y, float* h, const int64_t* slots, const SsdInputs<S>& in, co
     if (p.batch == 0) return;
     const auto a = make_args(in, p, Workspace{});
     const int64_t threads = p.batch * p.H * p.P * 32;
-    ssd_update_kernel<<<grid_size<S>(threads, "ssd_update"), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(
-        a, reinterpret_cast<device_t<S>*>(y), h, slots);
+    ssd_update_kernel<<<grid_size<S>(threads, "ssd_update"), kThreads, 0,
+                        static_cast<cudaStream_t>(stream)>>>(a, reinterpret_cast<device_t<S>*>(y), h, slots);
     check_launch<S>("ssd_update");
 }
 
-template void ssd_forward<float>(float*, float*, const SsdInputs<float>&, const float*, const SsdDims&, float*,
-                                 void*, void*);
-template void ssd_forward<uint16_t>(uint16_t*, float*, const SsdInputs<uint16_t>&, const float*, const SsdDims&,
-                                    float*, void*, void*);
+template void ssd_forward<float>(float*, float*, const SsdInputs<float>&, const float*, const SsdDims&,
+                                 float*, void*, void*);
+template void ssd_forward<uint16_t>(uint16_t*, float*, const SsdInputs<uint16_t>&, const float*,
+                                    const SsdDims&, float*, void*, void*);
 template void ssd_backward<float>(const SsdGrads<float>&, const float*, const SsdInputs<float>&, const float*,
                                   const float*, const SsdDims&, void*, void*);
 template void ssd_backward<uint16_t>(const SsdGrads<uint16_t>&, const uint16_t*, const SsdInputs<uint16_t>&,
                                      const float*, const float*, const SsdDims&, void*, void*);
-template void ssd_update<float>(float*, float*, const int64_t*, const SsdInputs<float>&, const SsdDims&, void*);
-template void ssd_update<uint16_t>(uint16_t*, float*, const int64_t*, const SsdInputs<uint16_t>&, const SsdDims&,
-                                   void*);
+template void ssd_update<float>(float*, float*, const int64_t*, const SsdInputs<float>&, const SsdDims&,
+                                void*);
+template void ssd_update<uint16_t>(uint16_t*, float*, const int64_t*, const SsdInputs<uint16_t>&,
+                                   const SsdDims&, void*);
 
 }  // namespace mslm::ops::cuda
