@@ -1,0 +1,887 @@
+// Mamba-2 SSD on CUDA: the chunked algorithm of ops/cpu/ssd.cpp split into kernels (ssd.h lists
+// the steps). Every matrix product goes through tile_mma, a shared-memory tiled fp32 product of one
+// 32 × 32 output tile per block whose operands come from loader lambdas; the loaders fold in the
+// decays, dt and the causal mask, so no scaled copy of an operand is ever stored.
+//
+// Within a chunk of length L, with cum_t the chunk-local Σ_{r ≤ t} dt_r·A (fp64), X̃ = diag(dt)·X,
+// Lm[t, s] = exp(cum_t − cum_s) for s ≤ t (else 0), M = C·Bᵀ ∘ Lm and decay_s = exp(cum_last − cum_s):
+//   Y     = M·X̃ + diag(exp(cum))·C·S_inᵀ + D·X
+//   S_out = exp(cum_last)·S_in + Σ_s decay_s·X̃_s ⊗ B_s
+// The backward mirrors ssd_backward of the CPU: with dS the gradient of the state leaving a chunk,
+// found by a reverse pass over the chunks (dS_in = exp(cum_last)·dS + Σ_t exp(cum_t)·dY_tᵀ ⊗ C_t),
+// every chunk's gradients are independent of the others'.
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <climits>
+
+#include "core/error.h"
+#include "ops/cuda/common.cuh"
+#include "ops/cuda/ssd.h"
+
+namespace mslm::ops::cuda {
+
+namespace {
+
+using namespace detail;
+
+// ---- shapes
+
+// The effective chunk length is capped so that the backward's per-chunk vectors (4·Q floats) fit
+// in shared memory next to the tiles; Mamba-2 uses 256.
+constexpr int64_t kMaxChunk = 1024;
+
+struct Plan {
+    int64_t batch, seqlen, H, P, G, N, Q, n_chunks, heads_per_group;
+};
+
+Plan make_plan(const SsdDims& d, const char* op) {
+    MSLM_CHECK(d.batch >= 0 && d.seqlen >= 0, "CUDA {}: negative batch {} or seqlen {}", op, d.batch,
+               d.seqlen);
+    MSLM_CHECK(d.n_heads > 0 && d.head_dim > 0 && d.d_state > 0,
+               "CUDA {}: heads {}, head_dim {}, d_state {} must be positive", op, d.n_heads, d.head_dim,
+               d.d_state);
+    MSLM_CHECK(d.chunk_size > 0, "CUDA {}: chunk_size {} must be positive", op, d.chunk_size);
+    MSLM_CHECK(d.n_groups > 0 && d.n_heads % d.n_groups == 0, "CUDA {}: {} heads do not split into {} groups",
+               op, d.n_heads, d.n_groups);
+    Plan p{};
+    p.batch = d.batch, p.seqlen = d.seqlen, p.H = d.n_heads, p.P = d.head_dim, p.G = d.n_groups,
+    p.N = d.d_state;
+    p.Q = std::min(d.chunk_size, std::max<int64_t>(d.seqlen, 1));
+    MSLM_CHECK(p.Q <= kMaxChunk, "CUDA {}: chunk length {} above the supported {}", op, p.Q, kMaxChunk);
+    p.n_chunks = (d.seqlen + p.Q - 1) / p.Q;
+    p.heads_per_group = p.H / p.G;
+    return p;
+}
+
+template <typename T>
+void check_strides(const SsdInputs<T>& in, const Plan& p, const char* op) {
+    MSLM_CHECK(in.ld_x >= p.H * p.P && in.ld_dt >= p.H && in.ld_B >= p.G * p.N && in.ld_C >= p.G * p.N,
+               "CUDA {}: row strides (x {}, dt {}, B {}, C {}) below the row widths ({}, {}, {}, {})", op,
+               in.ld_x, in.ld_dt, in.ld_B, in.ld_C, p.H * p.P, p.H, p.G * p.N, p.G * p.N);
+}
+
+__host__ __device__ inline int64_t tiles(int64_t n) {
+    return (n + 31) / 32;
+}
+
+// ---- workspace: [dtv | cum | CB | states] for the forward, then [dS | dCB | partial sums] for the
+// backward. Each piece starts on a 256-byte boundary.
+
+struct Workspace {
+    float* dtv;     // (B, H, T)                  dt after softplus and clamp
+    double* cum;    // (B, H, T)                  chunk-local cumulative Σ dt·A
+    float* CB;      // (B, n_chunks, G, Q, Q)      C·Bᵀ per chunk and group
+    float* states;  // (B, n_chunks, H, P, N)      chunk states, when the caller gives none
+    float* dS;      // (B, n_chunks, H, P, N)      d loss / d (state leaving the chunk)
+    float* dCB;     // (B, n_chunks, G, Q, Q)      d loss / d (C·Bᵀ), summed over the group's heads
+    float* part;    // (3, B, n_chunks, H)         per-chunk sums for dA_log, dD, ddt_bias
+};
+
+size_t layout(const Plan& p, bool backward, char* base, Workspace* ws) {
+    const int64_t bht = p.batch * p.H * p.seqlen;
+    const int64_t cb = p.batch * p.n_chunks * p.G * p.Q * p.Q;
+    const int64_t st = p.batch * p.n_chunks * p.H * p.P * p.N;
+    size_t at = 0;
+    auto take = [&](int64_t n, size_t elem) {
+        char* ptr = base ? base + at : nullptr;
+        at += (size_t(n) * elem + 255) / 256 * 256;
+        return ptr;
+    };
+    Workspace w{};
+    w.dtv = reinterpret_cast<float*>(take(bht, sizeof(float)));
+    w.cum = reinterpret_cast<double*>(take(bht, sizeof(double)));
+    w.CB = reinterpret_cast<float*>(take(cb, sizeof(float)));
+    w.states = reinterpret_cast<float*>(take(st, sizeof(float)));
+    if (backward) {
+        w.dS = reinterpret_cast<float*>(take(st, sizeof(float)));
+        w.dCB = reinterpret_cast<float*>(take(cb, sizeof(float)));
+        w.part = reinterpret_cast<float*>(take(3 * p.batch * p.n_chunks * p.H, sizeof(float)));
+    }
+    if (ws) *ws = w;
+    return at;
+}
+
+// Caller's workspace, or one allocated and freed on the stream.
+template <typename T>
+class Scratch {
+public:
+    Scratch(void* given, size_t bytes, cudaStream_t stream, const char* op) : stream_(stream) {
+        if (given || bytes == 0) {
+            ptr_ = given;
+            return;
+        }
+        check_cuda<T>(cudaMallocAsync(&ptr_, bytes, stream), "cudaMallocAsync", op);
+        owned_ = true;
+    }
+    ~Scratch() {
+        if (owned_) static_cast<void>(cudaFreeAsync(ptr_, stream_));
+    }
+    Scratch(const Scratch&) = delete;
+    Scratch& operator=(const Scratch&) = delete;
+    char* get() const { return static_cast<char*>(ptr_); }
+
+private:
+    void* ptr_ = nullptr;
+    cudaStream_t stream_;
+    bool owned_ = false;
+};
+
+// ---- the arguments every kernel reads, by value
+
+template <typename T>  // T: float or __nv_bfloat16
+struct Args {
+    const T* x;
+    int64_t ld_x;
+    const T* dt;
+    int64_t ld_dt;
+    const T* dt_bias;
+    const T* A_log;
+    const T* Bm;
+    int64_t ld_B;
+    const T* Cm;
+    int64_t ld_C;
+    const T* D;
+    float dt_min, dt_max;
+    int64_t batch, seqlen, H, P, G, N, Q, n_chunks, heads_per_group;
+    const float* dtv;   // (B, H, T)
+    const double* cum;  // (B, H, T)
+};
+
+template <typename S>
+Args<device_t<S>> make_args(const SsdInputs<S>& in, const Plan& p, const Workspace& ws) {
+    using T = device_t<S>;
+    auto dev = [](const S* ptr) { return reinterpret_cast<const T*>(ptr); };
+    Args<T> a{};
+    a.x = dev(in.x), a.ld_x = in.ld_x, a.dt = dev(in.dt), a.ld_dt = in.ld_dt;
+    a.dt_bias = dev(in.dt_bias), a.A_log = dev(in.A_log), a.D = dev(in.D);
+    a.Bm = dev(in.Bm), a.ld_B = in.ld_B, a.Cm = dev(in.Cm), a.ld_C = in.ld_C;
+    a.dt_min = in.dt_min, a.dt_max = in.dt_max;
+    a.batch = p.batch, a.seqlen = p.seqlen, a.H = p.H, a.P = p.P, a.G = p.G, a.N = p.N, a.Q = p.Q;
+    a.n_chunks = p.n_chunks, a.heads_per_group = p.heads_per_group;
+    a.dtv = ws.dtv, a.cum = ws.cum;
+    return a;
+}
+
+// One chunk of one sequence: tokens [t0, t0 + L), flattened rows [row0, row0 + L).
+struct Chunk {
+    int64_t b, c, t0, L, row0;
+};
+
+template <typename T>
+__device__ __forceinline__ Chunk chunk_of(const Args<T>& a, int64_t b, int64_t c) {
+    const int64_t t0 = c * a.Q;
+    return {b, c, t0, min(a.Q, a.seqlen - t0), b * a.seqlen + t0};
+}
+
+// ---- scalar math, as ops/cpu/scalar_math.h
+
+__device__ __forceinline__ float softplus(float v) {
+    return v > 20.0f ? v : log1pf(expf(v));
+}
+// dt = clamp(softplus(v), lo, hi); the gradient is zero where the clamp is active (torch.clamp).
+__device__ __forceinline__ float dt_value(float v, float lo, float hi) {
+    return fminf(fmaxf(softplus(v), lo), hi);
+}
+__device__ __forceinline__ float dt_grad(float v, float lo, float hi) {
+    const float s = softplus(v);
+    if (s < lo || s > hi) return 0.0f;
+    return v > 20.0f ? 1.0f : sigmoid_pair(v).s;
+}
+
+// exp of a segment sum, the difference taken in fp64: exact enough that only expf rounds.
+__device__ __forceinline__ float exp_diff(double hi, double lo) {
+    return expf(static_cast<float>(hi - lo));
+}
+
+template <typename T>
+__device__ __forceinline__ float head_A(const Args<T>& a, int64_t h) {
+    return -expf(to_f32(a.A_log[h]));
+}
+template <typename T>
+__device__ __forceinline__ float head_bias(const Args<T>& a, int64_t h) {
+    return a.dt_bias ? to_f32(a.dt_bias[h]) : 0.0f;
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;  // the same bits in every lane
+}
+
+// ---- the tiled product. A block of 256 threads owns a 32 × 32 output tile: thread (tx, ty) =
+// (threadIdx.x % 32, threadIdx.x / 32) holds rows ty + 8i (i < 4) of column tx, so a warp is one
+// row set and row sums are warp reductions.
+
+constexpr int kTile = 32;
+constexpr int kTileThreads = 256;
+static_assert(kTileThreads == kThreads, "the tiled kernels launch with common.cuh's block size");
+
+struct TileSmem {
+    float a[kTile][kTile + 1];  // a[k][row]
+    float b[kTile][kTile + 1];  // b[k][col]
+};
+
+__device__ __forceinline__ int tile_col() {
+    return threadIdx.x % kTile;
+}
+__device__ __forceinline__ int tile_row(int i) {
+    return threadIdx.x / kTile + 8 * i;
+}
+
+// acc[i] += Σ_{k ∈ [k_begin, k_end)} load_a(row, k) · load_b(k, col) with row = tile_row(i),
+// col = tile_col() (tile-local; the loaders add the tile origin and return 0 outside the operand).
+// Every thread of the block must call it with the same k range.
+template <class LoadA, class LoadB>
+__device__ __forceinline__ void tile_mma(float (&acc)[4], int64_t k_begin, int64_t k_end, const LoadA& load_a,
+                                         const LoadB& load_b, TileSmem& sm) {
+    const int tx = tile_col();
+    for (int64_t k0 = k_begin; k0 < k_end; k0 += kTile) {
+        for (int e = threadIdx.x; e < kTile * kTile; e += kTileThreads) {
+            const int k = e / kTile, j = e % kTile;
+            const bool in = k0 + k < k_end;
+            sm.a[k][j] = in ? load_a(j, k0 + k) : 0.0f;
+            sm.b[k][j] = in ? load_b(k0 + k, j) : 0.0f;
+        }
+        __syncthreads();
+#pragma unroll 8
+        for (int k = 0; k < kTile; ++k) {
+            const float bv = sm.b[k][tx];
+#pragma unroll
+            for (int i = 0; i < 4; ++i) acc[i] += sm.a[k][tile_row(i)] * bv;
+        }
+        __syncthreads();
+    }
+}
+
+// ---- (1) dt and the chunk-local cumulative sums, one thread per (b, h, chunk)
+
+template <typename T>
+__global__ void ssd_decay_kernel(Args<T> a, float* dtv, double* cum) {
+    const int64_t total = a.batch * a.H * a.n_chunks;
+    const int64_t stride = int64_t(gridDim.x) * blockDim.x;
+    for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += stride) {
+        const int64_t c = i % a.n_chunks, bh = i / a.n_chunks, h = bh % a.H, b = bh / a.H;
+        const float A = head_A(a, h), bias = head_bias(a, h);
+        const Chunk ch = chunk_of(a, b, c);
+        double run = 0.0;
+        for (int64_t t = 0; t < ch.L; ++t) {
+            const float d = dt_value(to_f32(a.dt[(ch.row0 + t) * a.ld_dt + h]) + bias, a.dt_min, a.dt_max);
+            const int64_t at = bh * a.seqlen + ch.t0 + t;
+            dtv[at] = d;
+            run += double(d * A);
+            cum[at] = run;
+        }
+    }
+}
+
+// ---- (2) CB (Q, Q) = C·Bᵀ per (b, chunk, group); grid (B·n_chunks·G, tiles²). Tiles wholly
+// above the diagonal are never read and not written.
+
+template <typename T>
+__global__ void ssd_cb_kernel(Args<T> a, float* CB) {
+    __shared__ TileSmem sm;
+    const int64_t bcg = blockIdx.x, g = bcg % a.G, c = bcg / a.G % a.n_chunks, b = bcg / (a.G * a.n_chunks);
+    const int64_t tq = tiles(a.Q), ti = blockIdx.y / tq, si = blockIdx.y % tq;
+    const Chunk ch = chunk_of(a, b, c);
+    if (si > ti || ti * kTile >= ch.L) return;
+    const int64_t t0 = ti * kTile, s0 = si * kTile, col = g * a.N;
+    float acc[4] = {};
+    tile_mma(
+        acc, 0, a.N,
+        [&](int j, int64_t n) {
+            return t0 + j < ch.L ? to_f32(a.Cm[(ch.row0 + t0 + j) * a.ld_C + col + n]) : 0.0f;
+        },
+        [&](int64_t n, int j) {
+            return s0 + j < ch.L ? to_f32(a.Bm[(ch.row0 + s0 + j) * a.ld_B + col + n]) : 0.0f;
+        },
+        sm);
+    float* out = CB + bcg * a.Q * a.Q;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        const int64_t t = t0 + tile_row(i), s = s0 + tile_col();
+        if (t < ch.L && s < ch.L) out[t * a.Q + s] = acc[i];
+    }
+}
+
+// ---- (3) per (b, chunk, head) a (P, N) sum over the chunk's tokens of w_t · X_t ⊗ Y_t; grid
+// (B·n_chunks·H, tiles(P)·tiles(N)), out (B, n_chunks, H, P, N).
+//   forward (kGrad false): X = x, Y = B, w_t = exp(cum_last − cum_t)·dt_t: the chunk's own end state
+//   backward (kGrad true): X = dy, Y = C, w_t = exp(cum_t): what the chunk's outputs pass back to
+//   the state entering it
+
+template <bool kGrad, typename T>
+__global__ void ssd_chunk_state_kernel(Args<T> a, const T* dy, float* out) {
+    __shared__ TileSmem sm;
+    const int64_t bch = blockIdx.x, h = bch % a.H, c = bch / a.H % a.n_chunks, b = bch / (a.H * a.n_chunks);
+    const int64_t tn = tiles(a.N), p0 = blockIdx.y / tn * kTile, n0 = blockIdx.y % tn * kTile;
+    const Chunk ch = chunk_of(a, b, c);
+    const int64_t g = h / a.heads_per_group, bh = b * a.H + h;
+    const double* cum = a.cum + bh * a.seqlen + ch.t0;
+    const float* dtv = a.dtv + bh * a.seqlen + ch.t0;
+    const double cum_last = cum[ch.L - 1];
+    float acc[4] = {};
+    tile_mma(
+        acc, 0, ch.L,
+        [&](int j, int64_t t) {
+            if (p0 + j >= a.P) return 0.0f;
+            const int64_t row = ch.row0 + t;
+            if constexpr (kGrad) {
+                return expf(static_cast<float>(cum[t])) * to_f32(dy[(row * a.H + h) * a.P + p0 + j]);
+            } else {
+                return exp_diff(cum_last, cum[t]) * dtv[t] * to_f32(a.x[row * a.ld_x + h * a.P + p0 + j]);
+            }
+        },
+        [&](int64_t t, int j) {
+            if (n0 + j >= a.N) return 0.0f;
+            const int64_t at = ch.row0 + t;
+            return kGrad ? to_f32(a.Cm[at * a.ld_C + g * a.N + n0 + j])
+                         : to_f32(a.Bm[at * a.ld_B + g * a.N + n0 + j]);
+        },
+        sm);
+    float* o = out + bch * a.P * a.N;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        const int64_t p = p0 + tile_row(i), n = n0 + tile_col();
+        if (p < a.P && n < a.N) o[p * a.N + n] = acc[i];
+    }
+}
+
+// ---- (4) the pass over the chunks, one thread per state element (b, h, p, n), in place on
+// `states` (B, n_chunks, H, P, N).
+//   forward: in, each chunk's own end state; out, the state entering each chunk. S starts at h0
+//   (or 0) and ends in h_last (which may be h0: the element is read before it is written).
+//   backward (kReverse): in, each chunk's pass-back to its entering state; out, dS leaving each
+//   chunk, walking from the last chunk (where it is 0) to the first.
+
+template <bool kReverse, typename T>
+__global__ void ssd_state_pass_kernel(Args<T> a, float* states, const float* h0, float* h_last) {
+    const int64_t PN = a.P * a.N, total = a.batch * a.H * PN;
+    const int64_t stride = int64_t(gridDim.x) * blockDim.x;
+    for (int64_t e = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; e < total; e += stride) {
+        const int64_t pn = e % PN, bh = e / PN, h = bh % a.H, b = bh / a.H;
+        float S = h0 ? h0[e] : 0.0f;
+        for (int64_t step = 0; step < a.n_chunks; ++step) {
+            const int64_t c = kReverse ? a.n_chunks - 1 - step : step;
+            const int64_t at = ((b * a.n_chunks + c) * a.H + h) * PN + pn;
+            const Chunk ch = chunk_of(a, b, c);
+            const float own = states[at];
+            states[at] = S;
+            S = expf(static_cast<float>(a.cum[bh * a.seqlen + ch.t0 + ch.L - 1])) * S + own;
+        }
+        if (h_last) h_last[e] = S;
+    }
+}
+
+// ---- (5) Y per (b, chunk, head); grid (B·n_chunks·H, tiles(Q)·tiles(P)).
+
+template <typename T>
+__global__ void ssd_output_kernel(Args<T> a, const float* CB, const float* states, T* y) {
+    __shared__ TileSmem sm;
+    const int64_t bch = blockIdx.x, h = bch % a.H, c = bch / a.H % a.n_chunks, b = bch / (a.H * a.n_chunks);
+    const int64_t tp = tiles(a.P), t0 = blockIdx.y / tp * kTile, p0 = blockIdx.y % tp * kTile;
+    const Chunk ch = chunk_of(a, b, c);
+    if (t0 >= ch.L) return;
+    const int64_t g = h / a.heads_per_group, bh = b * a.H + h;
+    const double* cum = a.cum + bh * a.seqlen + ch.t0;
+    const float* dtv = a.dtv + bh * a.seqlen + ch.t0;
+    const float* cb = CB + ((b * a.n_chunks + c) * a.G + g) * a.Q * a.Q;
+    const float* S_in = states + bch * a.P * a.N;  // (P, N)
+    const T* x = a.x + ch.row0 * a.ld_x + h * a.P;
+
+    // Within the chunk: M·X̃, s ≤ t.
+    float intra[4] = {};
+    tile_mma(
+        intra, 0, min(ch.L, t0 + kTile),
+        [&](int j, int64_t s) {
+            const int64_t t = t0 + j;
+            return t < ch.L && s <= t ? cb[t * a.Q + s] * exp_diff(cum[t], cum[s]) * dtv[s] : 0.0f;
+        },
+        [&](int64_t s, int j) { return p0 + j < a.P ? to_f32(x[s * a.ld_x + p0 + j]) : 0.0f; }, sm);
+    // From earlier chunks: C·S_inᵀ, scaled by exp(cum_t) below.
+    float inter[4] = {};
+    tile_mma(
+        inter, 0, a.N,
+        [&](int j, int64_t n) {
+            return t0 + j < ch.L ? to_f32(a.Cm[(ch.row0 + t0 + j) * a.ld_C + g * a.N + n]) : 0.0f;
+        },
+        [&](int64_t n, int j) { return p0 + j < a.P ? S_in[(p0 + j) * a.N + n] : 0.0f; }, sm);
+
+    const float Dh = a.D ? to_f32(a.D[h]) : 0.0f;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        const int64_t t = t0 + tile_row(i), p = p0 + tile_col();
+        if (t >= ch.L || p >= a.P) continue;
+        const float v =
+            intra[i] + expf(static_cast<float>(cum[t])) * inter[i] + Dh * to_f32(x[t * a.ld_x + p]);
+        y[((ch.row0 + t) * a.H + h) * a.P + p] = from_f32<T>(v);
+    }
+}
+
+// ---- backward, per (b, chunk, head), one block looping over the chunk's tiles (grid
+// B·n_chunks·H). With dM = dY·X̃ᵀ, E = dM ∘ M (s < t), V = B·dSᵀ, Z = C·S_inᵀ:
+//   dX̃     = Mᵀ·dY + diag(decay)·V
+//   dcum_t = Σ_s E[t, s] − Σ_t' E[t', t] + exp(cum_t)·⟨dY_t, Z_t⟩ − q_t (t < L−1)
+//            + [t = L−1]·(Σ_{s<L−1} q_s + exp(cum_last)·⟨dS, S_in⟩),   q_s = decay_s·⟨X̃_s, V_s⟩
+//   da_t = Σ_{t' ≥ t} dcum_t' (the gradient of dt_t·A), ddt_t = da_t·A + ⟨x_t, dX̃_t⟩
+// It writes dx and ddt (each row of a head has one block) and per-chunk sums for dA_log, dD and
+// ddt_bias; dB and dC, shared by a group's heads, come from ssd_dcb_kernel and ssd_dbc_kernel.
+// Dynamic shared memory: 4·Q floats.
+
+template <typename T>
+__global__ void ssd_backward_head_kernel(Args<T> a, const T* dy, const float* CB, const float* states,
+                                         const float* dS_all, T* dx, T* ddt, float* part) {
+    __shared__ TileSmem sm;
+    __shared__ float colbuf[8][kTile];
+    __shared__ float red[kTileThreads];
+    extern __shared__ float vecs[];
+    const int64_t bch = blockIdx.x, h = bch % a.H, c = bch / a.H % a.n_chunks, b = bch / (a.H * a.n_chunks);
+    const Chunk ch = chunk_of(a, b, c);
+    const int64_t L = ch.L, g = h / a.heads_per_group, bh = b * a.H + h;
+    float* dcum = vecs;        // (Q)
+    float* xdx = vecs + a.Q;   // (Q) ⟨x_t, dX̃_t⟩
+    float* qsum = xdx + a.Q;   // (Q) q_s
+    float* rsum = qsum + a.Q;  // (Q) ⟨dY_t, Z_t⟩
+    const double* cum = a.cum + bh * a.seqlen + ch.t0;
+    const float* dtv = a.dtv + bh * a.seqlen + ch.t0;
+    const float* cb = CB + ((b * a.n_chunks + c) * a.G + g) * a.Q * a.Q;
+    const float* S_in = states + bch * a.P * a.N;  // (P, N)
+    const float* dS = dS_all + bch * a.P * a.N;    // (P, N)
+    const T* x = a.x + ch.row0 * a.ld_x + h * a.P;
+    const T* dYc = dy + (ch.row0 * a.H + h) * a.P;  // row stride H·P
+    const T* Bc = a.Bm + ch.row0 * a.ld_B + g * a.N;
+    const T* Cc = a.Cm + ch.row0 * a.ld_C + g * a.N;
+    const int64_t ld_y = a.H * a.P;
+    const int tx = tile_col(), ty = threadIdx.x / kTile;
+    const double cum_last = cum[L - 1];
+    auto M = [&](int64_t t, int64_t s) { return cb[t * a.Q + s] * exp_diff(cum[t], cum[s]); };  // s ≤ t
+
+    for (int64_t t = threadIdx.x; t < L; t += blockDim.x) dcum[t] = xdx[t] = qsum[t] = rsum[t] = 0.0f;
+    __syncthreads();
+
+    // dcum from E: row sums add, column sums subtract.
+    for (int64_t t0 = 0; t0 < L; t0 += kTile)
+        for (int64_t s0 = 0; s0 <= t0; s0 += kTile) {
+            float acc[4] = {};
+            tile_mma(
+                acc, 0, a.P,
+                [&](int j, int64_t p) { return t0 + j < L ? to_f32(dYc[(t0 + j) * ld_y + p]) : 0.0f; },
+                [&](int64_t p, int j) {
+                    return s0 + j < L ? dtv[s0 + j] * to_f32(x[(s0 + j) * a.ld_x + p]) : 0.0f;
+                },
+                sm);
+            float col = 0.0f;
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+                const int64_t t = t0 + tile_row(i), s = s0 + tx;
+                const float e = s < t && t < L ? acc[i] * M(t, s) : 0.0f;
+                col += e;
+                const float row = warp_sum(e);
+                if (tx == 0 && t < L) dcum[t] += row;
+            }
+            colbuf[ty][tx] = col;
+            __syncthreads();
+            if (ty == 0 && s0 + tx < L) {
+                float sum = 0.0f;
+                for (int w = 0; w < 8; ++w) sum += colbuf[w][tx];
+                dcum[s0 + tx] -= sum;
+            }
+            __syncthreads();
+        }
+
+    // Per (token, p) tile: dX̃, then dx, and the row sums ⟨x, dX̃⟩, q and ⟨dY, Z⟩.
+    const float Dh = a.D ? to_f32(a.D[h]) : 0.0f;
+    float dD_acc = 0.0f;
+    for (int64_t s0 = 0; s0 < L; s0 += kTile)
+        for (int64_t p0 = 0; p0 < a.P; p0 += kTile) {
+            float mty[4] = {}, v[4] = {}, z[4] = {};
+            tile_mma(
+                mty, s0, L, [&](int j, int64_t t) { return s0 + j <= t ? M(t, s0 + j) : 0.0f; },
+                [&](int64_t t, int j) { return p0 + j < a.P ? to_f32(dYc[t * ld_y + p0 + j]) : 0.0f; }, sm);
+            tile_mma(
+                v, 0, a.N,
+                [&](int j, int64_t n) { return s0 + j < L ? to_f32(Bc[(s0 + j) * a.ld_B + n]) : 0.0f; },
+                [&](int64_t n, int j) { return p0 + j < a.P ? dS[(p0 + j) * a.N + n] : 0.0f; }, sm);
+            tile_mma(
+                z, 0, a.N,
+                [&](int j, int64_t n) { return s0 + j < L ? to_f32(Cc[(s0 + j) * a.ld_C + n]) : 0.0f; },
+                [&](int64_t n, int j) { return p0 + j < a.P ? S_in[(p0 + j) * a.N + n] : 0.0f; }, sm);
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+                const int64_t s = s0 + tile_row(i), p = p0 + tx;
+                float r_xdx = 0.0f, r_q = 0.0f, r_z = 0.0f;
+                if (s < L && p < a.P) {
+                    const float decay = exp_diff(cum_last, cum[s]);
+                    const float xv = to_f32(x[s * a.ld_x + p]), dyv = to_f32(dYc[s * ld_y + p]);
+                    const float dxt = mty[i] + decay * v[i];
+                    r_xdx = xv * dxt;
+                    r_q = decay * (dtv[s] * xv) * v[i];
+                    r_z = dyv * z[i];
+                    dD_acc += dyv * xv;
+                    if (dx) {
+                        T* d = dx + (ch.row0 + s) * a.ld_x + h * a.P + p;
+                        *d = from_f32<T>(to_f32(*d) + dtv[s] * dxt + Dh * dyv);
+                    }
+                }
+                r_xdx = warp_sum(r_xdx), r_q = warp_sum(r_q), r_z = warp_sum(r_z);
+                if (tx == 0 && s < L) {
+                    xdx[s] += r_xdx;
+                    qsum[s] += r_q;
+                    rsum[s] += r_z;
+                }
+            }
+        }
+
+    // ⟨dS, S_in⟩ and Σ dY·x over the block, reduced in a fixed tree.
+    float dss = 0.0f;
+    for (int64_t e = threadIdx.x; e < a.P * a.N; e += blockDim.x) dss += dS[e] * S_in[e];
+    auto block_sum = [&](float v) {
+        __syncthreads();
+        red[threadIdx.x] = v;
+        __syncthreads();
+        for (int w = kTileThreads / 2; w > 0; w >>= 1) {
+            if (int(threadIdx.x) < w) red[threadIdx.x] += red[threadIdx.x + w];
+            __syncthreads();
+        }
+        return red[0];
+    };
+    dss = block_sum(dss);
+    const float dD_sum = block_sum(dD_acc);
+
+    if (threadIdx.x != 0) return;
+    float tail_q = 0.0f;
+    for (int64_t t = 0; t < L; ++t) {
+        dcum[t] += expf(static_cast<float>(cum[t])) * rsum[t];
+        if (t < L - 1) {
+            dcum[t] -= qsum[t];
+            tail_q += qsum[t];
+        }
+    }
+    dcum[L - 1] += tail_q + expf(static_cast<float>(cum_last)) * dss;
+    const float A = head_A(a, h), bias = head_bias(a, h);
+    float da = 0.0f, dA_acc = 0.0f, dbias_acc = 0.0f;
+    for (int64_t t = L - 1; t >= 0; --t) {
+        da += dcum[t];
+        const float ddtv = da * A + xdx[t];
+        dA_acc += da * dtv[t];
+        const int64_t at = (ch.row0 + t) * a.ld_dt + h;
+        const float draw = ddtv * dt_grad(to_f32(a.dt[at]) + bias, a.dt_min, a.dt_max);
+        if (ddt) ddt[at] = from_f32<T>(to_f32(ddt[at]) + draw);
+        dbias_acc += draw;
+    }
+    const int64_t n_part = a.batch * a.n_chunks * a.H;
+    part[bch] = dA_acc;
+    part[n_part + bch] = dD_sum;
+    part[2 * n_part + bch] = dbias_acc;
+}
+
+// dCB (Q, Q) per (b, chunk, group) = Σ_{h in g} (dY_h·X̃_hᵀ) ∘ Lm_h on s ≤ t, heads in order;
+// grid (B·n_chunks·G, tiles²). As for CB, tiles above the diagonal are neither written nor read.
+template <typename T>
+__global__ void ssd_dcb_kernel(Args<T> a, const T* dy, float* dCB) {
+    __shared__ TileSmem sm;
+    const int64_t bcg = blockIdx.x, g = bcg % a.G, c = bcg / a.G % a.n_chunks, b = bcg / (a.G * a.n_chunks);
+    const int64_t tq = tiles(a.Q), ti = blockIdx.y / tq, si = blockIdx.y % tq;
+    const Chunk ch = chunk_of(a, b, c);
+    if (si > ti || ti * kTile >= ch.L) return;
+    const int64_t t0 = ti * kTile, s0 = si * kTile, ld_y = a.H * a.P;
+    float dcb[4] = {};
+    for (int64_t h = g * a.heads_per_group; h < (g + 1) * a.heads_per_group; ++h) {
+        const int64_t bh = b * a.H + h;
+        const double* cum = a.cum + bh * a.seqlen + ch.t0;
+        const float* dtv = a.dtv + bh * a.seqlen + ch.t0;
+        const T* x = a.x + ch.row0 * a.ld_x + h * a.P;
+        const T* dYc = dy + (ch.row0 * a.H + h) * a.P;
+        float acc[4] = {};
+        tile_mma(
+            acc, 0, a.P,
+            [&](int j, int64_t p) { return t0 + j < ch.L ? to_f32(dYc[(t0 + j) * ld_y + p]) : 0.0f; },
+            [&](int64_t p, int j) {
+                return s0 + j < ch.L ? dtv[s0 + j] * to_f32(x[(s0 + j) * a.ld_x + p]) : 0.0f;
+            },
+            sm);
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            const int64_t t = t0 + tile_row(i), s = s0 + tile_col();
+            if (s <= t && t < ch.L) dcb[i] += acc[i] * exp_diff(cum[t], cum[s]);
+        }
+    }
+    float* out = dCB + bcg * a.Q * a.Q;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        const int64_t t = t0 + tile_row(i), s = s0 + tile_col();
+        if (t < ch.L && s < ch.L) out[t * a.Q + s] = dcb[i];  // 0 above the diagonal
+    }
+}
+
+// dC (kDC) or dB of one (b, chunk, group), grid (B·n_chunks·G, tiles(Q)·tiles(N)); rows are tokens:
+//   dC[t] += Σ_s dCB[t, s]·B_s + Σ_{h in g} exp(cum_h,t)·dY_h,t·S_in,h
+//   dB[s] += Σ_t dCB[t, s]·C_t + Σ_{h in g} decay_h,s·X̃_h,s·dS_h
+// Each output element has one thread, so the += needs no atomics.
+template <bool kDC, typename T>
+__global__ void ssd_dbc_kernel(Args<T> a, const T* dy, const float* dCB, const float* states,
+                               const float* dS_all, T* grad) {
+    __shared__ TileSmem sm;
+    const int64_t bcg = blockIdx.x, g = bcg % a.G, c = bcg / a.G % a.n_chunks, b = bcg / (a.G * a.n_chunks);
+    const int64_t tn = tiles(a.N), r0 = blockIdx.y / tn * kTile, n0 = blockIdx.y % tn * kTile;
+    const Chunk ch = chunk_of(a, b, c);
+    if (r0 >= ch.L) return;
+    const int64_t L = ch.L, ld_y = a.H * a.P;
+    const float* dcb = dCB + bcg * a.Q * a.Q;
+    const T* other = kDC ? a.Bm + ch.row0 * a.ld_B + g * a.N : a.Cm + ch.row0 * a.ld_C + g * a.N;
+    const int64_t ld_other = kDC ? a.ld_B : a.ld_C;
+    float acc[4] = {};
+    if constexpr (kDC) {
+        tile_mma(
+            acc, 0, min(L, r0 + kTile),
+            [&](int j, int64_t s) { return r0 + j < L && s <= r0 + j ? dcb[(r0 + j) * a.Q + s] : 0.0f; },
+            [&](int64_t s, int j) { return n0 + j < a.N ? to_f32(other[s * ld_other + n0 + j]) : 0.0f; }, sm);
+    } else {
+        tile_mma(
+            acc, r0, L, [&](int j, int64_t t) { return r0 + j <= t ? dcb[t * a.Q + r0 + j] : 0.0f; },
+            [&](int64_t t, int j) { return n0 + j < a.N ? to_f32(other[t * ld_other + n0 + j]) : 0.0f; }, sm);
+    }
+    for (int64_t h = g * a.heads_per_group; h < (g + 1) * a.heads_per_group; ++h) {
+        const int64_t bh = b * a.H + h, bch = (b * a.n_chunks + ch.c) * a.H + h;
+        const double* cum = a.cum + bh * a.seqlen + ch.t0;
+        const float* dtv = a.dtv + bh * a.seqlen + ch.t0;
+        const float* state = kDC ? states + bch * a.P * a.N : dS_all + bch * a.P * a.N;  // (P, N)
+        const double cum_last = cum[L - 1];
+        tile_mma(
+            acc, 0, a.P,
+            [&](int j, int64_t p) {
+                const int64_t r = r0 + j;
+                if (r >= L) return 0.0f;
+                if constexpr (kDC) {
+                    return expf(static_cast<float>(cum[r])) * to_f32(dy[((ch.row0 + r) * a.H + h) * a.P + p]);
+                } else {
+                    return exp_diff(cum_last, cum[r]) * dtv[r] *
+                           to_f32(a.x[(ch.row0 + r) * a.ld_x + h * a.P + p]);
+                }
+            },
+            [&](int64_t p, int j) { return n0 + j < a.N ? state[p * a.N + n0 + j] : 0.0f; }, sm);
+    }
+    const int64_t ld = kDC ? a.ld_C : a.ld_B;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        const int64_t r = r0 + tile_row(i), n = n0 + tile_col();
+        if (r >= L || n >= a.N) continue;
+        T* d = grad + (ch.row0 + r) * ld + g * a.N + n;
+        *d = from_f32<T>(to_f32(*d) + acc[i]);
+    }
+}
+
+// dA_log, dD, ddt_bias (H): the per-chunk sums added over (b, chunk) in order, one thread per head.
+template <typename T>
+__global__ void ssd_param_grad_kernel(Args<T> a, const float* part, T* dA_log, T* dD, T* ddt_bias) {
+    const int64_t h = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+    if (h >= a.H) return;
+    const int64_t n_part = a.batch * a.n_chunks * a.H;
+    float sA = 0.0f, sD = 0.0f, sbias = 0.0f;
+    for (int64_t bc = 0; bc < a.batch * a.n_chunks; ++bc) {
+        sA += part[bc * a.H + h];
+        sD += part[n_part + bc * a.H + h];
+        sbias += part[2 * n_part + bc * a.H + h];
+    }
+    // A = −exp(A_log), so dA/dA_log = A.
+    if (dA_log) dA_log[h] = from_f32<T>(to_f32(dA_log[h]) + sA * head_A(a, h));
+    if (dD && a.D) dD[h] = from_f32<T>(to_f32(dD[h]) + sD);
+    if (ddt_bias && a.dt_bias) ddt_bias[h] = from_f32<T>(to_f32(ddt_bias[h]) + sbias);
+}
+
+// ---- decode: one warp per (row, head, p), lanes over N.
+
+template <typename T>
+__global__ void ssd_update_kernel(Args<T> a, T* y, float* h, const int64_t* slots) {
+    const int lane = threadIdx.x % 32;
+    const int64_t total = a.batch * a.H * a.P;
+    const int64_t n_warps = int64_t(gridDim.x) * blockDim.x / 32;
+    for (int64_t w = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) / 32; w < total; w += n_warps) {
+        const int64_t p = w % a.P, ih = w / a.P, hh = ih % a.H, i = ih / a.H, g = hh / a.heads_per_group;
+        const float dtv = dt_value(to_f32(a.dt[i * a.ld_dt + hh]) + head_bias(a, hh), a.dt_min, a.dt_max);
+        const float decay = expf(dtv * head_A(a, hh));
+        const float xp = to_f32(a.x[i * a.ld_x + hh * a.P + p]), xdt = dtv * xp;
+        float* S = h + ((slots[i] * a.H + hh) * a.P + p) * a.N;
+        const T* Bt = a.Bm + i * a.ld_B + g * a.N;
+        const T* Ct = a.Cm + i * a.ld_C + g * a.N;
+        float acc = 0.0f;
+        for (int64_t n = lane; n < a.N; n += 32) {
+            const float s = decay * S[n] + xdt * to_f32(Bt[n]);
+            S[n] = s;
+            acc += s * to_f32(Ct[n]);
+        }
+        acc = warp_sum(acc);
+        if (lane == 0) y[(i * a.H + hh) * a.P + p] = from_f32<T>(acc + (a.D ? to_f32(a.D[hh]) : 0.0f) * xp);
+    }
+}
+
+// ---- launching
+
+dim3 tiled_grid(int64_t blocks, int64_t tile_count, const char* kernel) {
+    MSLM_CHECK(blocks <= INT_MAX && tile_count <= 65535, "CUDA kernel {}: grid ({}, {}) too large", kernel,
+               blocks, tile_count);
+    return dim3(unsigned(blocks), unsigned(tile_count));
+}
+
+// Steps (1), (3) and (4) of the forward, which the backward repeats when not given chunk_states:
+// dtv, cum and the chunk states in the workspace (or in `states`), h_last if wanted.
+template <typename S>
+void state_pass(const Args<device_t<S>>& a, const Workspace& ws, float* states, const float* h0,
+                float* h_last, cudaStream_t stream) {
+    using T = device_t<S>;
+    const int64_t bcn = a.batch * a.n_chunks;
+    if (bcn > 0) {
+        ssd_decay_kernel<<<grid_size<S>(bcn * a.H, "ssd_decay"), kThreads, 0, stream>>>(a, ws.dtv, ws.cum);
+        check_launch<S>("ssd_decay");
+        ssd_chunk_state_kernel<false>
+            <<<tiled_grid(bcn * a.H, tiles(a.P) * tiles(a.N), "ssd_chunk_state"), kTileThreads, 0, stream>>>(
+                a, static_cast<const T*>(nullptr), states);
+        check_launch<S>("ssd_chunk_state");
+    }
+    if (h_last || bcn > 0) {
+        const int64_t total = a.batch * a.H * a.P * a.N;
+        ssd_state_pass_kernel<false>
+            <<<grid_size<S>(total, "ssd_state_pass"), kThreads, 0, stream>>>(a, states, h0, h_last);
+        check_launch<S>("ssd_state_pass");
+    }
+}
+
+template <typename S>
+void launch_cb(const Args<device_t<S>>& a, float* CB, cudaStream_t stream) {
+    ssd_cb_kernel<<<tiled_grid(a.batch * a.n_chunks * a.G, tiles(a.Q) * tiles(a.Q), "ssd_cb"), kTileThreads,
+                    0, stream>>>(a, CB);
+    check_launch<S>("ssd_cb");
+}
+
+}  // namespace
+
+int64_t ssd_chunk_states_numel(const SsdDims& dims) {
+    const Plan p = make_plan(dims, "ssd_chunk_states_numel");
+    return p.batch * p.n_chunks * p.H * p.P * p.N;
+}
+
+size_t ssd_forward_workspace_bytes(const SsdDims& dims) {
+    return layout(make_plan(dims, "ssd_forward_workspace_bytes"), false, nullptr, nullptr);
+}
+
+size_t ssd_backward_workspace_bytes(const SsdDims& dims) {
+    return layout(make_plan(dims, "ssd_backward_workspace_bytes"), true, nullptr, nullptr);
+}
+
+template <typename S>
+void ssd_forward(S* y, float* h_last, const SsdInputs<S>& in, const float* h0, const SsdDims& dims,
+                 float* chunk_states, void* workspace, void* stream) {
+    const Plan p = make_plan(dims, "ssd_forward");
+    check_strides(in, p, "ssd_forward");
+    if (p.batch == 0) return;
+    auto s = static_cast<cudaStream_t>(stream);
+    const size_t bytes = layout(p, false, nullptr, nullptr);
+    Scratch<S> scratch(workspace, bytes, s, "ssd_forward");
+    Workspace ws{};
+    layout(p, false, scratch.get(), &ws);
+    const auto a = make_args(in, p, ws);
+    float* states = chunk_states ? chunk_states : ws.states;
+    state_pass<S>(a, ws, states, h0, h_last, s);
+    if (p.n_chunks == 0) return;
+    launch_cb<S>(a, ws.CB, s);
+    ssd_output_kernel<<<tiled_grid(p.batch * p.n_chunks * p.H, tiles(p.Q) * tiles(p.P), "ssd_output"),
+                        kTileThreads, 0, s>>>(a, ws.CB, states, reinterpret_cast<device_t<S>*>(y));
+    check_launch<S>("ssd_output");
+}
+
+template <typename S>
+void ssd_backward(const SsdGrads<S>& grads, const S* dy, const SsdInputs<S>& in, const float* h0,
+                  const float* chunk_states, const SsdDims& dims, void* workspace, void* stream) {
+    using T = device_t<S>;
+    const Plan p = make_plan(dims, "ssd_backward");
+    check_strides(in, p, "ssd_backward");
+    if (p.batch == 0 || p.n_chunks == 0) return;
+    auto s = static_cast<cudaStream_t>(stream);
+    const size_t bytes = layout(p, true, nullptr, nullptr);
+    Scratch<S> scratch(workspace, bytes, s, "ssd_backward");
+    Workspace ws{};
+    layout(p, true, scratch.get(), &ws);
+    const auto a = make_args(in, p, ws);
+    const T* dY = reinterpret_cast<const T*>(dy);
+    const int64_t bch = p.batch * p.n_chunks * p.H, bcg = p.batch * p.n_chunks * p.G;
+
+    // Forward quantities: dt, cum, C·Bᵀ and the states entering each chunk.
+    const float* states = chunk_states;
+    if (chunk_states) {
+        ssd_decay_kernel<<<grid_size<S>(bch, "ssd_decay"), kThreads, 0, s>>>(a, ws.dtv, ws.cum);
+        check_launch<S>("ssd_decay");
+    } else {
+        state_pass<S>(a, ws, ws.states, h0, nullptr, s);
+        states = ws.states;
+    }
+    launch_cb<S>(a, ws.CB, s);
+
+    // dS leaving each chunk: each chunk's pass-back, then the reverse pass.
+    ssd_chunk_state_kernel<true>
+        <<<tiled_grid(bch, tiles(p.P) * tiles(p.N), "ssd_chunk_state_grad"), kTileThreads, 0, s>>>(a, dY,
+                                                                                                   ws.dS);
+    check_launch<S>("ssd_chunk_state_grad");
+    const int64_t total = p.batch * p.H * p.P * p.N;
+    ssd_state_pass_kernel<true>
+        <<<grid_size<S>(total, "ssd_state_pass_grad"), kThreads, 0, s>>>(a, ws.dS, nullptr, nullptr);
+    check_launch<S>("ssd_state_pass_grad");
+
+    ssd_backward_head_kernel<<<tiled_grid(bch, 1, "ssd_backward_head"), kTileThreads, 4 * p.Q * sizeof(float),
+                               s>>>(a, dY, ws.CB, states, ws.dS, reinterpret_cast<T*>(grads.dx),
+                                    reinterpret_cast<T*>(grads.ddt), ws.part);
+    check_launch<S>("ssd_backward_head");
+
+    if (grads.dB || grads.dC) {
+        ssd_dcb_kernel<<<tiled_grid(bcg, tiles(p.Q) * tiles(p.Q), "ssd_dcb"), kTileThreads, 0, s>>>(a, dY,
+                                                                                                    ws.dCB);
+        check_launch<S>("ssd_dcb");
+        const dim3 grid = tiled_grid(bcg, tiles(p.Q) * tiles(p.N), "ssd_dbc");
+        if (grads.dC) {
+            ssd_dbc_kernel<true>
+                <<<grid, kTileThreads, 0, s>>>(a, dY, ws.dCB, states, ws.dS, reinterpret_cast<T*>(grads.dC));
+            check_launch<S>("ssd_dbc");
+        }
+        if (grads.dB) {
+            ssd_dbc_kernel<false>
+                <<<grid, kTileThreads, 0, s>>>(a, dY, ws.dCB, states, ws.dS, reinterpret_cast<T*>(grads.dB));
+            check_launch<S>("ssd_dbc");
+        }
+    }
+    if (grads.dA_log || grads.dD || grads.ddt_bias) {
+        ssd_param_grad_kernel<<<unsigned((p.H + kThreads - 1) / kThreads), kThreads, 0, s>>>(
+            a, ws.part, reinterpret_cast<T*>(grads.dA_log), reinterpret_cast<T*>(grads.dD),
+            reinterpret_cast<T*>(grads.ddt_bias));
+        check_launch<S>("ssd_param_grad");
+    }
+}
+
+template <typename S>
+void ssd_update(S* y, float* h, const int64_t* slots, const SsdInputs<S>& in, const SsdDims& dims,
+                void* stream) {
+    SsdDims one = dims;
+    one.seqlen = 1, one.chunk_size = 1;
+    const Plan p = make_plan(one, "ssd_update");
+    check_strides(in, p, "ssd_update");
+    if (p.batch == 0) return;
+    const auto a = make_args(in, p, Workspace{});
+    const int64_t threads = p.batch * p.H * p.P * 32;
+    ssd_update_kernel<<<grid_size<S>(threads, "ssd_update"), kThreads, 0,
+                        static_cast<cudaStream_t>(stream)>>>(a, reinterpret_cast<device_t<S>*>(y), h, slots);
+    check_launch<S>("ssd_update");
+}
+
+template void ssd_forward<float>(float*, float*, const SsdInputs<float>&, const float*, const SsdDims&,
+                                 float*, void*, void*);
+template void ssd_forward<uint16_t>(uint16_t*, float*, const SsdInputs<uint16_t>&, const float*,
+                                    const SsdDims&, float*, void*, void*);
+template void ssd_backward<float>(const SsdGrads<float>&, const float*, const SsdInputs<float>&, const float*,
+                                  const float*, const SsdDims&, void*, void*);
+template void ssd_backward<uint16_t>(const SsdGrads<uint16_t>&, const uint16_t*, const SsdInputs<uint16_t>&,
+                                     const float*, const float*, const SsdDims&, void*, void*);
+template void ssd_update<float>(float*, float*, const int64_t*, const SsdInputs<float>&, const SsdDims&,
+                                void*);
+template void ssd_update<uint16_t>(uint16_t*, float*, const int64_t*, const SsdInputs<uint16_t>&,
+                                   const SsdDims&, void*);
+
+}  // namespace mslm::ops::cuda

@@ -1,0 +1,645 @@
+// CUDA Mamba-2 SSD (ops/cuda/ssd.h) against the CPU reference in double (ops/ssd.h:
+// ssd_forward_sequential, ssd_backward, on the decoded inputs: for bf16 the very bf16 values the
+// kernels read). Every GPU test exists in every build and skips, saying why, without CUDA or a GPU;
+// CudaSsdShapes needs only a CUDA build (its checks throw before any launch).
+//
+// Inputs follow the CPU tests (test_ops_ssm.cpp): x, B, C, h0 ~ N(0, 1), dt after softplus in
+// [0.001, 0.5], A = −exp(A_log) in [−16, −1], D in [0.5, 1.5]; padded rows hold 1000, so a kernel
+// that reads padding fails loudly.
+//
+// Tolerances, with u = 2^-24 the fp32 unit roundoff. A sum of n rounded fp32 terms errs by at most
+// n·u·Σ|terms| (recursive summation); `scale` below is Σ|terms| for each output, computed by the
+// reference itself on |x|, |B|, |C|, |D|, |h0| (every decay and dt is positive already), so the bound
+// holds without knowing how much the terms cancel.
+// - Forward (y, h_last, chunk states). The longest fp32 chain of an output is C·Bᵀ (N terms), the
+//   intra-chunk sum (≤ Q), the chunk's own state (≤ Q), the state carried through n_chunks chunks
+//   (one multiply-add each) and C·S (N terms): (2N + 2Q + 2·n_chunks)·u. Each a_t = dt·A is off
+//   by ≤ 11u relative (softplus = log1pf(expf) ≤ 3 ulp, A = −expf(A_log) ≤ 2 ulp, the product),
+//   and the fp64 segment sum z = Σ a_t is rounded once to fp32, so the decay e^-z errs by ≤ 12u·z
+//   relative; terms decayed below e^-24 ≈ 4e-11 do not register at fp32 resolution, so that is
+//   ≤ 12·24 u = 288u. The products and the expf of each factor (≤ 2 ulp) add a few u more: 512u
+//   in all for the constant part.
+// - Backward. The same chains plus P (dY·X̃ᵀ and friends) per element; the gradients mix terms of
+//   both signs (dcum adds row sums and subtracts column sums of dY·X̃ᵀ ∘ M), so rather than a
+//   per-element Σ|terms| we measure against max |gradient| of each tensor and allow 8× the chain
+//   length for that cancellation. dA_log, ddt_bias and dD also sum over every token: + B·T.
+// - Decode. T single steps: each y is an N-term dot (N·u), the state takes two roundings per step
+//   (≤ 4u·T over T steps relative to its magnitude) and the same 512u constant.
+// - bf16 outputs (y, and gradients stored as bf16 after the +=) round once more: 2^-8·|result|;
+//   fp32 gradients round the += once: 2^-24·|result|.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+#include "core/cuda_device.h"
+#include "core/dtype.h"
+#include "core/error.h"
+#include "core/rng.h"
+#include "ops/ssd.h"
+
+#ifdef MSLM_HAVE_CUDA
+#include "ops/cuda/ssd.h"
+#endif
+
+namespace {
+
+using namespace mslm;
+
+template <typename T>
+class CudaSsd : public ::testing::Test {
+protected:
+    void SetUp() override {
+        if (!cuda_available()) GTEST_SKIP() << "no CUDA GPU: " << cuda_device_summary();
+    }
+};
+
+struct DtypeNames {
+    template <typename T>
+    static std::string GetName(int) {
+        return std::is_same_v<T, float> ? "f32" : "bf16";
+    }
+};
+using Dtypes = ::testing::Types<float, uint16_t>;  // uint16_t: bf16 bits, as in core/dtype.h
+TYPED_TEST_SUITE(CudaSsd, Dtypes, DtypeNames);
+
+#ifdef MSLM_HAVE_CUDA
+
+constexpr double kU = 0x1p-24;
+
+template <typename T>
+constexpr bool kBf16 = std::is_same_v<T, uint16_t>;
+
+template <typename T>
+T encode(double v) {
+    if constexpr (kBf16<T>) {
+        return f32_to_bf16(static_cast<float>(v));
+    } else {
+        return static_cast<float>(v);
+    }
+}
+
+template <typename T>
+double decode(T v) {
+    if constexpr (kBf16<T>) {
+        return bf16_to_f32(v);
+    } else {
+        return v;
+    }
+}
+
+template <typename T>
+std::vector<double> decode_all(const std::vector<T>& v) {
+    std::vector<double> out(v.size());
+    for (size_t i = 0; i < v.size(); ++i) out[i] = decode(v[i]);
+    return out;
+}
+
+double inv_softplus(double y) {
+    return y + std::log(-std::expm1(-y));
+}
+
+// A device copy of `host` (nothing for an empty vector: get() is null).
+template <typename T>
+class DeviceBuffer {
+public:
+    explicit DeviceBuffer(const std::vector<T>& host) : n_(host.size()) {
+        if (n_ == 0) return;
+        data_ = static_cast<T*>(cuda_malloc(n_ * sizeof(T)));
+        cuda_copy(data_, host.data(), n_ * sizeof(T), CopyKind::HostToDevice);
+    }
+    ~DeviceBuffer() {
+        if (data_) cuda_free(data_);
+    }
+    DeviceBuffer(const DeviceBuffer&) = delete;
+    DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+
+    T* get() const { return data_; }
+    std::vector<T> download() const {
+        std::vector<T> host(n_);
+        if (n_) cuda_copy(host.data(), data_, n_ * sizeof(T), CopyKind::DeviceToHost);
+        return host;
+    }
+
+private:
+    T* data_ = nullptr;
+    size_t n_;
+};
+
+struct Case {
+    int64_t B, T, H, P, G, N, Q, pad;
+    bool bias, D, h0;
+};
+
+std::string describe(const Case& c) {
+    return "B=" + std::to_string(c.B) + " T=" + std::to_string(c.T) + " H=" + std::to_string(c.H) +
+           " P=" + std::to_string(c.P) + " G=" + std::to_string(c.G) + " N=" + std::to_string(c.N) +
+           " Q=" + std::to_string(c.Q) + " pad=" + std::to_string(c.pad) + " bias=" + std::to_string(c.bias) +
+           " D=" + std::to_string(c.D) + " h0=" + std::to_string(c.h0);
+}
+
+int64_t chunk_len(const Case& c) {
+    return std::min(c.Q, std::max<int64_t>(c.T, 1));
+}
+int64_t n_chunks(const Case& c) {
+    return (c.T + chunk_len(c) - 1) / chunk_len(c);
+}
+double forward_rel(const Case& c) {
+    return kU * double(2 * c.N + 2 * chunk_len(c) + 2 * n_chunks(c) + 512);
+}
+double backward_rel(const Case& c, bool sums_tokens) {
+    return 8 * kU *
+           double(2 * c.N + 2 * chunk_len(c) + 2 * c.P + 2 * n_chunks(c) + 512 +
+                  (sums_tokens ? c.B * c.T : 0));
+}
+
+const Case kCases[] = {
+    {2, 11, 4, 3, 2, 5, 4, 2, true, true, true},        // T not a multiple of Q, G = 2, strided
+    {1, 7, 3, 1, 1, 16, 16, 0, false, false, false},    // Q > T, 3 heads per group, P = 1, bare
+    {2, 9, 6, 3, 2, 16, 3, 1, true, false, true},       // T a multiple of Q, 3 heads per group
+    {2, 5, 2, 3, 2, 5, 1, 1, true, true, true},         // Q = 1: every token its own chunk
+    {1, 80, 2, 5, 2, 16, 33, 1, true, true, true},      // 1 head per group, Q = 33 straddles tiles
+    {2, 100, 2, 40, 2, 20, 64, 1, true, true, false},   // chunks of 64 and 36, P = 40 straddles tiles
+    {1, 70, 2, 64, 1, 128, 32, 3, true, true, true},    // Mamba-2 head_dim and d_state, 3 chunks
+    {1, 50, 3, 64, 1, 128, 256, 0, false, true, true},  // Q > T at full width
+};
+
+// Inputs as stored (T), the rows of x, dt, B, C padded by `pad` (and more) values of 1000.
+template <typename T>
+struct Data {
+    Case c{};
+    ops::SsdDims dims{};
+    int64_t ld_x = 0, ld_dt = 0, ld_B = 0, ld_C = 0;
+    std::vector<T> x, dt, dt_bias, A_log, Bm, Cm, D;  // empty = absent
+    std::vector<float> h0;                            // (B, H, P, N) fp32, empty = absent
+};
+
+template <typename T>
+std::vector<T> padded_rows(Rng& rng, int64_t rows, int64_t width, int64_t ld) {
+    std::vector<T> v(rows * ld, encode<T>(1000.0));
+    for (int64_t r = 0; r < rows; ++r)
+        for (int64_t j = 0; j < width; ++j) v[r * ld + j] = encode<T>(rng.normal());
+    return v;
+}
+
+template <typename T>
+Data<T> make_data(const Case& c, uint64_t seed) {
+    Rng rng(seed);
+    Data<T> d;
+    d.c = c;
+    d.dims = {c.B, c.T, c.H, c.P, c.G, c.N, c.Q};
+    const int64_t rows = c.B * c.T;
+    d.ld_x = c.H * c.P + c.pad, d.ld_dt = c.H + 2 * c.pad, d.ld_B = c.G * c.N + c.pad,
+    d.ld_C = c.G * c.N + 3 * c.pad;
+    d.x = padded_rows<T>(rng, rows, c.H * c.P, d.ld_x);
+    std::vector<double> bias(c.H, 0.0);
+    if (c.bias) {
+        for (auto& b : bias) b = inv_softplus(std::exp(rng.uniform(std::log(0.001), std::log(0.1))));
+        for (double b : bias) d.dt_bias.push_back(encode<T>(b));
+    }
+    d.dt.assign(rows * d.ld_dt, encode<T>(1000.0));
+    for (int64_t r = 0; r < rows; ++r)
+        for (int64_t h = 0; h < c.H; ++h)
+            d.dt[r * d.ld_dt + h] =
+                encode<T>(inv_softplus(std::exp(rng.uniform(std::log(0.001), std::log(0.5)))) - bias[h]);
+    for (int64_t h = 0; h < c.H; ++h) d.A_log.push_back(encode<T>(std::log(rng.uniform(1.0, 16.0))));
+    d.Bm = padded_rows<T>(rng, rows, c.G * c.N, d.ld_B);
+    d.Cm = padded_rows<T>(rng, rows, c.G * c.N, d.ld_C);
+    if (c.D)
+        for (int64_t h = 0; h < c.H; ++h) d.D.push_back(encode<T>(rng.uniform(0.5, 1.5)));
+    if (c.h0)
+        for (int64_t i = 0; i < c.B * c.H * c.P * c.N; ++i) d.h0.push_back(static_cast<float>(rng.normal()));
+    return d;
+}
+
+// The decoded inputs in double for the CPU reference, restricted to the first `len` tokens of each
+// sequence; with `magnitudes`, |x|, |B|, |C|, |D| and |h0|, whose outputs are the Σ|terms| scales.
+struct Reference {
+    ops::SsdDims dims{};
+    int64_t ld_x = 0, ld_dt = 0, ld_B = 0, ld_C = 0;
+    std::vector<double> x, dt, dt_bias, A_log, Bm, Cm, D, h0;
+
+    ops::SsdInputs<double> inputs() const {
+        return {.x = x.data(),
+                .ld_x = ld_x,
+                .dt = dt.data(),
+                .ld_dt = ld_dt,
+                .dt_bias = dt_bias.empty() ? nullptr : dt_bias.data(),
+                .A_log = A_log.data(),
+                .Bm = Bm.data(),
+                .ld_B = ld_B,
+                .Cm = Cm.data(),
+                .ld_C = ld_C,
+                .D = D.empty() ? nullptr : D.data()};
+    }
+    const double* h0_ptr() const { return h0.empty() ? nullptr : h0.data(); }
+    // y (B, len, H, P) and h_last (B, H, P, N) by the sequential recurrence.
+    std::vector<double> forward(std::vector<double>* h_last) const {
+        std::vector<double> y(dims.batch * dims.seqlen * dims.n_heads * dims.head_dim);
+        h_last->assign(dims.batch * dims.n_heads * dims.head_dim * dims.d_state, 0.0);
+        ops::ssd_forward_sequential<double>(y.data(), h_last->data(), inputs(), h0_ptr(), dims);
+        return y;
+    }
+};
+
+template <typename T>
+Reference reference(const Data<T>& d, bool magnitudes, int64_t len) {
+    const Case& c = d.c;
+    auto rows = [&](const std::vector<T>& v, int64_t ld, bool absolute) {
+        std::vector<double> out(c.B * len * ld);
+        for (int64_t b = 0; b < c.B; ++b)
+            for (int64_t t = 0; t < len; ++t)
+                for (int64_t j = 0; j < ld; ++j) {
+                    const double value = decode(v[(b * c.T + t) * ld + j]);
+                    out[(b * len + t) * ld + j] = absolute ? std::abs(value) : value;
+                }
+        return out;
+    };
+    auto values = [&](const std::vector<T>& v, bool absolute) {
+        std::vector<double> out = decode_all(v);
+        if (absolute)
+            for (double& x : out) x = std::abs(x);
+        return out;
+    };
+    Reference r;
+    r.dims = d.dims;
+    r.dims.seqlen = len;
+    r.ld_x = d.ld_x, r.ld_dt = d.ld_dt, r.ld_B = d.ld_B, r.ld_C = d.ld_C;
+    r.x = rows(d.x, d.ld_x, magnitudes);
+    r.dt = rows(d.dt, d.ld_dt, false);
+    r.dt_bias = values(d.dt_bias, false);
+    r.A_log = values(d.A_log, false);
+    r.Bm = rows(d.Bm, d.ld_B, magnitudes);
+    r.Cm = rows(d.Cm, d.ld_C, magnitudes);
+    r.D = values(d.D, magnitudes);
+    for (float v : d.h0) r.h0.push_back(magnitudes ? std::abs(double(v)) : double(v));
+    return r;
+}
+
+template <typename T>
+struct DeviceData {
+    explicit DeviceData(const Data<T>& d)
+        : d_(d), x(d.x), dt(d.dt), dt_bias(d.dt_bias), A_log(d.A_log), Bm(d.Bm), Cm(d.Cm), D(d.D), h0(d.h0) {}
+    ops::cuda::SsdInputs<T> inputs() const {
+        return {.x = x.get(),
+                .ld_x = d_.ld_x,
+                .dt = dt.get(),
+                .ld_dt = d_.ld_dt,
+                .dt_bias = dt_bias.get(),
+                .A_log = A_log.get(),
+                .Bm = Bm.get(),
+                .ld_B = d_.ld_B,
+                .Cm = Cm.get(),
+                .ld_C = d_.ld_C,
+                .D = D.get()};
+    }
+    const Data<T>& d_;
+    DeviceBuffer<T> x, dt, dt_bias, A_log, Bm, Cm, D;
+    DeviceBuffer<float> h0;
+};
+
+// |got − ref| ≤ rel · scale + (2^-8 for bf16, else 2^-24) · |ref|; reports the worst misses.
+template <typename T>
+::testing::AssertionResult all_close(const std::vector<T>& got, const std::vector<double>& ref,
+                                     const std::vector<double>& scale, double rel) {
+    if (got.size() != ref.size() || got.size() != scale.size())
+        return ::testing::AssertionFailure()
+               << "size " << got.size() << " vs " << ref.size() << ", " << scale.size();
+    size_t misses = 0;
+    double worst = 0.0;
+    std::string first;
+    for (size_t i = 0; i < got.size(); ++i) {
+        const double g = decode(got[i]);
+        const double tol = rel * scale[i] + (kBf16<T> ? 0x1p-8 : kU) * std::abs(ref[i]);
+        const double err = std::abs(g - ref[i]);
+        if (err <= tol) continue;  // false for NaN
+        worst = std::max(worst, std::isnan(err) ? INFINITY : err / std::max(tol, 1e-300));
+        if (++misses <= 5) {
+            first += "\n  [" + std::to_string(i) + "] got " + std::to_string(g) + ", want " +
+                     std::to_string(ref[i]) + " ± " + std::to_string(tol);
+        }
+    }
+    if (misses == 0) return ::testing::AssertionSuccess();
+    return ::testing::AssertionFailure() << misses << " of " << got.size() << " outside tolerance (worst "
+                                         << worst << "× the tolerance):" << first;
+}
+
+// Gradient check: got = g0 + delta, to within rel · max|delta| of the tensor.
+template <typename T>
+::testing::AssertionResult grad_close(const std::vector<T>& got, const std::vector<T>& g0,
+                                      const std::vector<double>& delta, double rel) {
+    double peak = 0.0;
+    for (double v : delta) peak = std::max(peak, std::abs(v));
+    std::vector<double> ref(delta.size()), scale(delta.size(), peak);
+    for (size_t i = 0; i < delta.size(); ++i) ref[i] = decode(g0[i]) + delta[i];
+    return all_close(got, ref, scale, rel);
+}
+
+template <typename T>
+std::vector<T> random_values(Rng& rng, size_t n) {
+    std::vector<T> v(n);
+    for (auto& x : v) x = encode<T>(rng.uniform(-1.0, 1.0));
+    return v;
+}
+
+template <typename T>
+bool same_bits(const std::vector<T>& a, const std::vector<T>& b) {
+    return a.size() == b.size() && (a.empty() || std::memcmp(a.data(), b.data(), a.size() * sizeof(T)) == 0);
+}
+
+#endif  // MSLM_HAVE_CUDA
+
+TYPED_TEST(CudaSsd, ForwardMatchesSequential) {
+#ifdef MSLM_HAVE_CUDA
+    using T = TypeParam;
+    uint64_t seed = 100;
+    for (const Case& c : kCases) {
+        SCOPED_TRACE(describe(c));
+        const Data<T> d = make_data<T>(c, seed++);
+        std::vector<double> h_ref, h_scale;
+        const std::vector<double> y_ref = reference(d, false, c.T).forward(&h_ref);
+        const std::vector<double> y_scale = reference(d, true, c.T).forward(&h_scale);
+        const double rel = forward_rel(c);
+
+        DeviceData<T> dev(d);
+        DeviceBuffer<T> y(std::vector<T>(y_ref.size()));
+        DeviceBuffer<float> h_last(std::vector<float>(h_ref.size()));
+        DeviceBuffer<float> states(std::vector<float>(ops::cuda::ssd_chunk_states_numel(d.dims)));
+        ops::cuda::ssd_forward(y.get(), h_last.get(), dev.inputs(), dev.h0.get(), d.dims, states.get());
+        const std::vector<T> y_got = y.download();
+        EXPECT_TRUE(all_close(y_got, y_ref, y_scale, rel)) << "y";
+        EXPECT_TRUE(all_close(h_last.download(), h_ref, h_scale, rel)) << "h_last";
+
+        // Entry c of the chunk states is the state after the first c·Q tokens.
+        const int64_t Q = chunk_len(c), nc = n_chunks(c), HPN = c.H * c.P * c.N;
+        const std::vector<float> got_states = states.download();
+        for (int64_t ci = 0; ci < nc; ++ci) {
+            std::vector<double> s_ref, s_scale;
+            reference(d, false, ci * Q).forward(&s_ref);
+            reference(d, true, ci * Q).forward(&s_scale);
+            std::vector<float> got(c.B * HPN);
+            for (int64_t b = 0; b < c.B; ++b)
+                std::copy_n(got_states.begin() + (b * nc + ci) * HPN, HPN, got.begin() + b * HPN);
+            EXPECT_TRUE(all_close(got, s_ref, s_scale, rel)) << "chunk state " << ci;
+        }
+
+        // Without the optional outputs, with a caller's workspace: the same bits.
+        DeviceBuffer<char> workspace(std::vector<char>(ops::cuda::ssd_forward_workspace_bytes(d.dims)));
+        DeviceBuffer<T> y2(std::vector<T>(y_ref.size()));
+        ops::cuda::ssd_forward(y2.get(), static_cast<float*>(nullptr), dev.inputs(), dev.h0.get(), d.dims,
+                               nullptr, workspace.get());
+        EXPECT_TRUE(same_bits(y2.download(), y_got)) << "y without h_last / chunk states";
+    }
+#endif
+}
+
+TYPED_TEST(CudaSsd, BackwardMatchesReference) {
+#ifdef MSLM_HAVE_CUDA
+    using T = TypeParam;
+    uint64_t seed = 200;
+    for (const Case& c : kCases) {
+        SCOPED_TRACE(describe(c));
+        const Data<T> d = make_data<T>(c, seed++);
+        Rng rng(seed * 7);
+        const std::vector<T> dy = random_values<T>(rng, c.B * c.T * c.H * c.P);
+
+        // Reference gradients (zero-initialised, so they are the deltas).
+        const Reference r = reference(d, false, c.T);
+        std::vector<double> dx(d.x.size()), ddt(d.dt.size()), dbias(d.dt_bias.size()), dA(d.A_log.size()),
+            dB(d.Bm.size()), dC(d.Cm.size()), dD(d.D.size());
+        const std::vector<double> dy_d = decode_all(dy);
+        auto opt = [](std::vector<double>& v) { return v.empty() ? nullptr : v.data(); };
+        ops::ssd_backward<double>(
+            {dx.data(), ddt.data(), opt(dbias), dA.data(), dB.data(), dC.data(), opt(dD)}, dy_d.data(),
+            r.inputs(), r.h0_ptr(), r.dims);
+
+        // The GPU accumulates into gradients already holding values.
+        const std::vector<T> gx = random_values<T>(rng, dx.size()), gdt = random_values<T>(rng, ddt.size()),
+                             gbias = random_values<T>(rng, dbias.size()),
+                             gA = random_values<T>(rng, dA.size()), gB = random_values<T>(rng, dB.size()),
+                             gC = random_values<T>(rng, dC.size()), gD = random_values<T>(rng, dD.size());
+        DeviceData<T> dev(d);
+        DeviceBuffer<T> d_dy(dy), d_y(std::vector<T>(dy.size()));
+        DeviceBuffer<float> states(std::vector<float>(ops::cuda::ssd_chunk_states_numel(d.dims)));
+        ops::cuda::ssd_forward(d_y.get(), static_cast<float*>(nullptr), dev.inputs(), dev.h0.get(), d.dims,
+                               states.get());
+
+        std::vector<std::vector<T>> runs[2];
+        for (int run = 0; run < 2; ++run) {
+            DeviceBuffer<T> a(gx), b(gdt), e(gbias), f(gA), g(gB), h(gC), k(gD);
+            const ops::SsdGrads<T> grads{a.get(), b.get(), e.get(), f.get(), g.get(), h.get(), k.get()};
+            // Run 0 from the saved chunk states, run 1 recomputing them.
+            ops::cuda::ssd_backward(grads, d_dy.get(), dev.inputs(), dev.h0.get(),
+                                    run == 0 ? states.get() : nullptr, d.dims);
+            runs[run] = {a.download(), b.download(), e.download(), f.download(),
+                         g.download(), h.download(), k.download()};
+        }
+        const auto& got = runs[0];
+        EXPECT_TRUE(grad_close(got[0], gx, dx, backward_rel(c, false))) << "dx";
+        EXPECT_TRUE(grad_close(got[1], gdt, ddt, backward_rel(c, false))) << "ddt";
+        EXPECT_TRUE(grad_close(got[2], gbias, dbias, backward_rel(c, true))) << "ddt_bias";
+        EXPECT_TRUE(grad_close(got[3], gA, dA, backward_rel(c, true))) << "dA_log";
+        EXPECT_TRUE(grad_close(got[4], gB, dB, backward_rel(c, false))) << "dB";
+        EXPECT_TRUE(grad_close(got[5], gC, dC, backward_rel(c, false))) << "dC";
+        EXPECT_TRUE(grad_close(got[6], gD, dD, backward_rel(c, true))) << "dD";
+        // Deterministic, and the recomputed chunk states are the saved ones bit for bit.
+        for (size_t i = 0; i < got.size(); ++i)
+            EXPECT_TRUE(same_bits(runs[1][i], got[i])) << "gradient " << i;
+    }
+#endif
+}
+
+// k sequences decoded one token at a time through ssd_update, their states in slots {3, 0, 4} of
+// 5: against the CPU recurrence and against the GPU chunked forward over the whole sequences.
+TYPED_TEST(CudaSsd, UpdateMatchesForward) {
+#ifdef MSLM_HAVE_CUDA
+    using T = TypeParam;
+    const Case cases[] = {
+        {3, 6, 4, 3, 2, 5, 4, 1, true, true, true},
+        {3, 5, 6, 1, 2, 16, 2, 0, false, false, true},
+        {3, 4, 3, 64, 1, 128, 256, 2, true, true, true},
+    };
+    const std::vector<int64_t> slots = {3, 0, 4};
+    const int64_t n_slots = 5;
+    uint64_t seed = 300;
+    for (const Case& c : cases) {
+        SCOPED_TRACE(describe(c));
+        Data<T> d = make_data<T>(c, seed++);
+        const int64_t HPN = c.H * c.P * c.N, HP = c.H * c.P;
+        Rng rng(seed * 11);
+        std::vector<float> all(n_slots * HPN);
+        for (float& v : all) v = static_cast<float>(rng.normal());
+        d.h0.assign(c.B * HPN, 0.0f);  // the slots' states, gathered
+        for (int64_t i = 0; i < c.B; ++i)
+            std::copy_n(all.begin() + slots[i] * HPN, HPN, d.h0.begin() + i * HPN);
+
+        std::vector<double> h_ref, h_scale;
+        const std::vector<double> y_ref = reference(d, false, c.T).forward(&h_ref);
+        const std::vector<double> y_scale = reference(d, true, c.T).forward(&h_scale);
+        const double rel = kU * double(c.N + 4 * c.T + 512);
+
+        DeviceBuffer<float> states(all);
+        DeviceBuffer<int64_t> d_slots(slots);
+        std::vector<T> y_got(y_ref.size());
+        for (int64_t t = 0; t < c.T; ++t) {
+            // Row i of this step is token t of sequence i.
+            Data<T> step = d;
+            step.dims.seqlen = 1;
+            auto rows = [&](const std::vector<T>& v, int64_t ld) {
+                std::vector<T> out(c.B * ld);
+                for (int64_t i = 0; i < c.B; ++i)
+                    std::copy_n(v.begin() + (i * c.T + t) * ld, ld, out.begin() + i * ld);
+                return out;
+            };
+            step.x = rows(d.x, d.ld_x), step.dt = rows(d.dt, d.ld_dt), step.Bm = rows(d.Bm, d.ld_B);
+            step.Cm = rows(d.Cm, d.ld_C);
+            DeviceData<T> dev(step);
+            DeviceBuffer<T> y(std::vector<T>(c.B * HP));
+            ops::cuda::ssd_update(y.get(), states.get(), d_slots.get(), dev.inputs(), step.dims);
+            const std::vector<T> yt = y.download();
+            for (int64_t i = 0; i < c.B; ++i)
+                std::copy_n(yt.begin() + i * HP, HP, y_got.begin() + (i * c.T + t) * HP);
+        }
+        EXPECT_TRUE(all_close(y_got, y_ref, y_scale, rel)) << "y";
+
+        const std::vector<float> after = states.download();
+        for (int64_t s = 0; s < n_slots; ++s) {
+            const auto it = std::find(slots.begin(), slots.end(), s);
+            std::vector<float> got(after.begin() + s * HPN, after.begin() + (s + 1) * HPN);
+            if (it == slots.end()) {
+                EXPECT_TRUE(
+                    same_bits(got, std::vector<float>(all.begin() + s * HPN, all.begin() + (s + 1) * HPN)))
+                    << "slot " << s << " is not decoded and must not change";
+                continue;
+            }
+            const int64_t i = it - slots.begin();
+            const std::vector<double> want(h_ref.begin() + i * HPN, h_ref.begin() + (i + 1) * HPN),
+                scale(h_scale.begin() + i * HPN, h_scale.begin() + (i + 1) * HPN);
+            EXPECT_TRUE(all_close(got, want, scale, rel)) << "state of slot " << s;
+        }
+
+        // The chunked forward on the same sequences: both within their tolerances of the reference.
+        DeviceData<T> dev(d);
+        DeviceBuffer<T> y_fwd(std::vector<T>(y_ref.size()));
+        ops::cuda::ssd_forward(y_fwd.get(), static_cast<float*>(nullptr), dev.inputs(), dev.h0.get(), d.dims);
+        // Their gap: both relative tolerances on the scale, and the update's own output rounding
+        // (all_close adds the forward's), folded into the scale.
+        const double gap_rel = rel + forward_rel(c);
+        std::vector<double> gap_scale(y_scale.size());
+        for (size_t i = 0; i < gap_scale.size(); ++i)
+            gap_scale[i] = y_scale[i] + (kBf16<T> ? 0x1p-8 : kU) * std::abs(y_ref[i]) / gap_rel;
+        EXPECT_TRUE(all_close(y_fwd.download(), decode_all(y_got), gap_scale, gap_rel))
+            << "update vs forward";
+    }
+#endif
+}
+
+// The first 7 tokens with h_last, then the other 12 from that state advanced in place (h0 ==
+// h_last): the split falls inside a chunk (Q = 4), and both halves must match the whole sequence.
+TYPED_TEST(CudaSsd, StatePassingInPlace) {
+#ifdef MSLM_HAVE_CUDA
+    using T = TypeParam;
+    const Case c{2, 19, 4, 3, 2, 16, 4, 1, true, true, true};
+    const Data<T> full = make_data<T>(c, 400);
+    std::vector<double> h_ref, h_scale;
+    const std::vector<double> y_ref = reference(full, false, c.T).forward(&h_ref);
+    const std::vector<double> y_scale = reference(full, true, c.T).forward(&h_scale);
+    const double rel = forward_rel(c) + kU * 64;  // + the two halves' extra chunk boundaries
+
+    DeviceBuffer<float> state(full.h0);
+    const int64_t HP = c.H * c.P;
+    std::vector<T> y_got(y_ref.size());
+    const std::pair<int64_t, int64_t> halves[] = {{0, 7}, {7, 12}};  // (first token, length)
+    for (const auto& [t0, len] : halves) {
+        Data<T> part = full;
+        part.dims.seqlen = len;
+        auto rows = [&](const std::vector<T>& v, int64_t ld) {
+            std::vector<T> out(c.B * len * ld);
+            for (int64_t b = 0; b < c.B; ++b)
+                std::copy_n(v.begin() + (b * c.T + t0) * ld, len * ld, out.begin() + b * len * ld);
+            return out;
+        };
+        part.x = rows(full.x, full.ld_x), part.dt = rows(full.dt, full.ld_dt),
+        part.Bm = rows(full.Bm, full.ld_B);
+        part.Cm = rows(full.Cm, full.ld_C);
+        DeviceData<T> dev(part);
+        DeviceBuffer<T> y(std::vector<T>(c.B * len * HP));
+        ops::cuda::ssd_forward(y.get(), state.get(), dev.inputs(), state.get(), part.dims);
+        const std::vector<T> yp = y.download();
+        for (int64_t b = 0; b < c.B; ++b)
+            std::copy_n(yp.begin() + b * len * HP, len * HP, y_got.begin() + (b * c.T + t0) * HP);
+    }
+    EXPECT_TRUE(all_close(y_got, y_ref, y_scale, rel)) << "y";
+    EXPECT_TRUE(all_close(state.download(), h_ref, h_scale, rel)) << "final state";
+#endif
+}
+
+// T = 0: h_last is h0 (or zeros) and nothing else happens; B = 0 is a no-op.
+TYPED_TEST(CudaSsd, EmptySequences) {
+#ifdef MSLM_HAVE_CUDA
+    using T = TypeParam;
+    const Case c{2, 0, 4, 3, 2, 5, 4, 0, true, true, true};
+    const Data<T> d = make_data<T>(c, 500);
+    DeviceData<T> dev(d);
+    DeviceBuffer<float> h_last(std::vector<float>(d.h0.size(), 7.0f));
+    ops::cuda::ssd_forward(static_cast<T*>(nullptr), h_last.get(), dev.inputs(), dev.h0.get(), d.dims);
+    EXPECT_TRUE(same_bits(h_last.download(), d.h0));
+    ops::cuda::ssd_forward(static_cast<T*>(nullptr), h_last.get(), dev.inputs(), nullptr, d.dims);
+    EXPECT_TRUE(same_bits(h_last.download(), std::vector<float>(d.h0.size(), 0.0f)));
+    const ops::SsdGrads<T> none{};
+    EXPECT_NO_THROW(ops::cuda::ssd_backward(none, static_cast<const T*>(nullptr), dev.inputs(), dev.h0.get(),
+                                            nullptr, d.dims));
+    ops::SsdDims no_batch = d.dims;
+    no_batch.batch = 0, no_batch.seqlen = 5;
+    EXPECT_NO_THROW(ops::cuda::ssd_forward(static_cast<T*>(nullptr), static_cast<float*>(nullptr),
+                                           dev.inputs(), nullptr, no_batch));
+    EXPECT_NO_THROW(ops::cuda::ssd_update(static_cast<T*>(nullptr), static_cast<float*>(nullptr), nullptr,
+                                          dev.inputs(), no_batch));
+#endif
+}
+
+// Shape checks throw before touching the GPU, so they run in any CUDA build.
+TEST(CudaSsdShapes, InvalidShapesThrowBeforeLaunch) {
+#ifdef MSLM_HAVE_CUDA
+    const ops::SsdDims good{2, 11, 4, 3, 2, 5, 4};
+    ops::cuda::SsdInputs<float> in{};
+    in.ld_x = 12, in.ld_dt = 4, in.ld_B = 10, in.ld_C = 10;
+    auto expect_error = [&](const ops::SsdDims& dims, const ops::cuda::SsdInputs<float>& inputs,
+                            const char* what) {
+        try {
+            ops::cuda::ssd_forward<float>(nullptr, nullptr, inputs, nullptr, dims);
+            ADD_FAILURE() << "no error for " << what;
+        } catch (const Error& e) {
+            EXPECT_NE(std::string(e.what()).find("ssd_forward"), std::string::npos) << e.what();
+        }
+        EXPECT_THROW(ops::cuda::ssd_backward<float>({}, nullptr, inputs, nullptr, nullptr, dims), Error)
+            << what;
+    };
+    ops::SsdDims bad = good;
+    bad.n_groups = 3;
+    expect_error(bad, in, "4 heads in 3 groups");
+    bad = good;
+    bad.chunk_size = 0;
+    expect_error(bad, in, "chunk_size 0");
+    bad = good;
+    bad.seqlen = 5000, bad.chunk_size = 2048;
+    expect_error(bad, in, "chunk of 2048");
+    ops::cuda::SsdInputs<float> narrow = in;
+    narrow.ld_B = 9;
+    expect_error(good, narrow, "ld_B below G·N");
+
+    // (B, n_chunks, H, P, N) = (2, 3, 4, 3, 5); a backward workspace also serves the forward.
+    EXPECT_EQ(ops::cuda::ssd_chunk_states_numel(good), 2 * 3 * 4 * 3 * 5);
+    EXPECT_GE(ops::cuda::ssd_backward_workspace_bytes(good), ops::cuda::ssd_forward_workspace_bytes(good));
+    EXPECT_GT(ops::cuda::ssd_forward_workspace_bytes(good), 0u);
+#else
+    GTEST_SKIP() << "built without CUDA";
+#endif
+}
+
+}  // namespace
