@@ -254,15 +254,17 @@ struct ForwardRef {
 
 ForwardRef forward_reference(const Case& c, const Layout& lay, const std::vector<double>& x) {
     ForwardRef r;
-    const size_t n_out = static_cast<size_t>(c.B * c.T * c.Hq * c.Dh), n_lse = static_cast<size_t>(c.B * c.Hq * c.T);
+    const size_t n_out = static_cast<size_t>(c.B * c.T * c.Hq * c.Dh),
+                 n_lse = static_cast<size_t>(c.B * c.Hq * c.T);
     r.out.assign(n_out, 0.0);
     r.lse.assign(n_lse, 0.0);
     ops::AttentionOptions<double> opt{static_cast<double>(c.scale())};
     opt.window = c.window;
     opt.alibi = c.alibi;
     opt.q_offset = c.q_offset;
-    ops::attention_forward<double>(r.out.data(), r.lse.data(), x.data() + lay.q_at, lay.ld_q, x.data() + lay.k_at,
-                                   lay.ld_k, x.data() + lay.v_at, lay.ld_v, c.dims(), opt);
+    ops::attention_forward<double>(r.out.data(), r.lse.data(), x.data() + lay.q_at, lay.ld_q,
+                                   x.data() + lay.k_at, lay.ld_k, x.data() + lay.v_at, lay.ld_v, c.dims(),
+                                   opt);
 
     r.out_tol.assign(n_out, 0.0);
     r.lse_tol.assign(n_lse, 0.0);
@@ -328,7 +330,8 @@ TYPED_TEST(CudaAttention, ForwardMatchesCpu) {
         opt.alibi = c.alibi;
         opt.q_offset = c.q_offset;
         ops::cuda::attention_forward<T>(d_out.get(), d_lse.get(), d_x.get() + lay.q_at, lay.ld_q,
-                                        d_x.get() + lay.k_at, lay.ld_k, d_x.get() + lay.v_at, lay.ld_v, c.dims(), opt);
+                                        d_x.get() + lay.k_at, lay.ld_k, d_x.get() + lay.v_at, lay.ld_v,
+                                        c.dims(), opt);
         EXPECT_TRUE(all_close(decode_all(d_out.download()), ref.out, ref.out_tol, kOutRounding<T>)) << "out";
         EXPECT_TRUE(all_close(decode_all(d_lse.download()), ref.lse, ref.lse_tol, 0.0)) << "lse";
     }
@@ -349,15 +352,17 @@ TYPED_TEST(CudaAttention, BackwardMatchesCpuAndAccumulates) {
         std::transform(fwd.lse.begin(), fwd.lse.end(), lse.begin(),
                        [](double v) { return static_cast<double>(static_cast<float>(v)); });
         const std::vector<double> dout = random_values<T>(rng, out.size(), -1.0, 1.0);
-        const std::vector<double> grad0 = random_values<T>(rng, lay.size, -1.0, 1.0);  // gradients already there
+        const std::vector<double> grad0 =
+            random_values<T>(rng, lay.size, -1.0, 1.0);  // gradients already there
 
         std::vector<double> grad = grad0;
         ops::AttentionOptions<double> ropt{static_cast<double>(c.scale())};
         ropt.window = c.window;
         ropt.alibi = c.alibi;
-        ops::attention_backward<double>(grad.data() + lay.q_at, grad.data() + lay.k_at, grad.data() + lay.v_at,
-                                        dout.data(), out.data(), lse.data(), x.data() + lay.q_at, lay.ld_q,
-                                        x.data() + lay.k_at, lay.ld_k, x.data() + lay.v_at, lay.ld_v, c.dims(), ropt);
+        ops::attention_backward<double>(grad.data() + lay.q_at, grad.data() + lay.k_at,
+                                        grad.data() + lay.v_at, dout.data(), out.data(), lse.data(),
+                                        x.data() + lay.q_at, lay.ld_q, x.data() + lay.k_at, lay.ld_k,
+                                        x.data() + lay.v_at, lay.ld_v, c.dims(), ropt);
 
         // Bounds (header comment), in the layout of the gradient buffer.
         std::vector<double> tol(lay.size, 0.0);
@@ -391,12 +396,13 @@ TYPED_TEST(CudaAttention, BackwardMatchesCpuAndAccumulates) {
                         const double p = std::exp(s - lse_i);
                         const double eps = kU * ((c.Dh + 4) * a + std::abs(s - lse_i) + 4);
                         const double ds = p * (dp - delta);
-                        const double dds = p * (std::abs(dp - delta) * (eps + 2 * kU) + c.Dh * kU * (dp_mag + delta_mag));
+                        const double dds =
+                            p * (std::abs(dp - delta) * (eps + 2 * kU) + c.Dh * kU * (dp_mag + delta_mag));
                         for (int64_t d = 0; d < c.Dh; ++d) {
-                            tol[lay.q(c, b, i, h, d)] +=
-                                scale * (dds + (n + 2) * kU * std::abs(ds)) * std::abs(x[lay.k(c, b, j, hk, d)]);
-                            tol[lay.k(c, b, j, hk, d)] +=
-                                scale * (dds + (N + 2) * kU * std::abs(ds)) * std::abs(x[lay.q(c, b, i, h, d)]);
+                            tol[lay.q(c, b, i, h, d)] += scale * (dds + (n + 2) * kU * std::abs(ds)) *
+                                                         std::abs(x[lay.k(c, b, j, hk, d)]);
+                            tol[lay.k(c, b, j, hk, d)] += scale * (dds + (N + 2) * kU * std::abs(ds)) *
+                                                          std::abs(x[lay.q(c, b, i, h, d)]);
                             tol[lay.v(c, b, j, hk, d)] += p * std::abs(dout[row + d]) * (eps + (N + 2) * kU);
                         }
                     }
@@ -412,10 +418,10 @@ TYPED_TEST(CudaAttention, BackwardMatchesCpuAndAccumulates) {
         ops::cuda::AttentionOptions opt{c.scale()};
         opt.window = c.window;
         opt.alibi = c.alibi;
-        ops::cuda::attention_backward<T>(d_grad.get() + lay.q_at, d_grad.get() + lay.k_at, d_grad.get() + lay.v_at,
-                                         d_dout.get(), d_out.get(), d_lse.get(), d_x.get() + lay.q_at, lay.ld_q,
-                                         d_x.get() + lay.k_at, lay.ld_k, d_x.get() + lay.v_at, lay.ld_v, c.dims(),
-                                         opt);
+        ops::cuda::attention_backward<T>(d_grad.get() + lay.q_at, d_grad.get() + lay.k_at,
+                                         d_grad.get() + lay.v_at, d_dout.get(), d_out.get(), d_lse.get(),
+                                         d_x.get() + lay.q_at, lay.ld_q, d_x.get() + lay.k_at, lay.ld_k,
+                                         d_x.get() + lay.v_at, lay.ld_v, c.dims(), opt);
         // The whole buffer: dq, dk and dv in their slices, the pads untouched.
         EXPECT_TRUE(all_close(decode_all(d_grad.download()), grad, tol, kOutRounding<T>));
 
@@ -448,12 +454,13 @@ TYPED_TEST(CudaAttention, BackwardSkipsNullGradients) {
     // Only dk: dq and dv slices keep their bits; the full-gradient test covers the values.
     DeviceBuffer<T> d_grad(encode_all<T>(grad0));
     ops::cuda::attention_backward<T>(nullptr, d_grad.get() + lay.k_at, nullptr, d_dout.get(), d_out.get(),
-                                     d_lse.get(), d_x.get() + lay.q_at, lay.ld_q, d_x.get() + lay.k_at, lay.ld_k,
-                                     d_x.get() + lay.v_at, lay.ld_v, c.dims(), opt);
+                                     d_lse.get(), d_x.get() + lay.q_at, lay.ld_q, d_x.get() + lay.k_at,
+                                     lay.ld_k, d_x.get() + lay.v_at, lay.ld_v, c.dims(), opt);
     const std::vector<T> got = d_grad.download(), before = encode_all<T>(grad0);
     size_t changed_elsewhere = 0, changed_dk = 0;
     for (int64_t t = 0; t < c.T; ++t) {
-        for (int64_t d = 0; d < c.Hq * c.Dh; ++d) changed_elsewhere += got[lay.q(c, 0, t, 0, d)] != before[lay.q(c, 0, t, 0, d)];
+        for (int64_t d = 0; d < c.Hq * c.Dh; ++d)
+            changed_elsewhere += got[lay.q(c, 0, t, 0, d)] != before[lay.q(c, 0, t, 0, d)];
         for (int64_t d = 0; d < c.Hkv * c.Dh; ++d) {
             changed_elsewhere += got[lay.v(c, 0, t, 0, d)] != before[lay.v(c, 0, t, 0, d)];
             changed_dk += got[lay.k(c, 0, t, 0, d)] != before[lay.k(c, 0, t, 0, d)];
@@ -494,10 +501,12 @@ TYPED_TEST(CudaAttention, DecodeMatchesForwardAndCpuDecode) {
         // Query i decodes sequence seq_of[i] at position pos[i], from cache slot slot_of[i].
         const int64_t nq = s.B;
         const std::vector<int64_t> seq_of = {1, 2, 0}, slot_of = {2, 0, 1};
-        const std::vector<int64_t> pos = {s.T - 1, std::min<int64_t>(s.T - 1, dc.L + 2), std::min<int64_t>(s.T - 1, 3)};
+        const std::vector<int64_t> pos = {s.T - 1, std::min<int64_t>(s.T - 1, dc.L + 2),
+                                          std::min<int64_t>(s.T - 1, 3)};
         const int64_t ld_q = s.Hq * s.Dh + 5, ld_kv = s.Hkv * s.Dh;
         std::vector<double> q(static_cast<size_t>(nq * ld_q), 0.0);
-        std::vector<double> kc(static_cast<size_t>(s.B * dc.L * ld_kv), std::numeric_limits<double>::quiet_NaN());
+        std::vector<double> kc(static_cast<size_t>(s.B * dc.L * ld_kv),
+                               std::numeric_limits<double>::quiet_NaN());
         std::vector<double> vc = kc;
         std::vector<double> want(static_cast<size_t>(nq * s.Hq * s.Dh)), want_tol(want.size());
         for (int64_t i = 0; i < nq; ++i) {
@@ -512,7 +521,8 @@ TYPED_TEST(CudaAttention, DecodeMatchesForwardAndCpuDecode) {
             for (int64_t pj = std::max<int64_t>(0, p - eff.window + 1); pj <= p; ++pj)
                 for (int64_t h = 0; h < s.Hkv; ++h)
                     for (int64_t d = 0; d < s.Dh; ++d) {
-                        const size_t at = static_cast<size_t>((slot * dc.L + pj % dc.L) * ld_kv + h * s.Dh + d);
+                        const size_t at =
+                            static_cast<size_t>((slot * dc.L + pj % dc.L) * ld_kv + h * s.Dh + d);
                         kc[at] = x[lay.k(eff, b, pj, h, d)];
                         vc[at] = x[lay.v(eff, b, pj, h, d)];
                     }
@@ -549,8 +559,9 @@ TYPED_TEST(CudaAttention, EmptyIsANoOp) {
                                                     {0, 5, 4, 1, 64}, opt));
     EXPECT_NO_THROW(ops::cuda::attention_forward<T>(nullptr, nullptr, nullptr, 256, nullptr, 64, nullptr, 64,
                                                     {2, 0, 4, 1, 64}, opt));
-    EXPECT_NO_THROW(ops::cuda::attention_backward<T>(nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr,
-                                                     256, nullptr, 64, nullptr, 64, {2, 0, 4, 1, 64}, opt));
+    EXPECT_NO_THROW(ops::cuda::attention_backward<T>(nullptr, nullptr, nullptr, nullptr, nullptr, nullptr,
+                                                     nullptr, 256, nullptr, 64, nullptr, 64, {2, 0, 4, 1, 64},
+                                                     opt));
     EXPECT_NO_THROW(ops::cuda::attention_decode<T>(nullptr, nullptr, 256, nullptr, nullptr, nullptr, nullptr,
                                                    {0, 16, 4, 1, 64}, opt));
     EXPECT_NO_THROW(ops::cuda::rope_apply<T>(nullptr, 64, 0, 5, 1, 64, 64, 1e4, 0, false));
@@ -573,14 +584,15 @@ TEST(CudaAttentionShapeChecks, RejectWhatTheKernelsDoNotTake) {
     };
     const auto fwd = [&](ops::AttentionDims d, int64_t ld_q, int64_t ld_kv, ops::cuda::AttentionOptions o) {
         return [=] {
-            ops::cuda::attention_forward<T>(nullptr, nullptr, nullptr, ld_q, nullptr, ld_kv, nullptr, ld_kv, d, o);
+            ops::cuda::attention_forward<T>(nullptr, nullptr, nullptr, ld_q, nullptr, ld_kv, nullptr, ld_kv,
+                                            d, o);
         };
     };
-    throws_naming(fwd({1, 4, 6, 4, 64}, 384, 256, opt), "attention_forward");       // 6 % 4 heads
-    throws_naming(fwd({1, 4, 4, 4, 256}, 1024, 1024, opt), "attention_forward");    // head_dim 256
-    throws_naming(fwd({1, 4, 4, 4, 64}, 255, 256, opt), "attention_forward");       // short q rows
-    throws_naming(fwd({-1, 4, 4, 4, 64}, 256, 256, opt), "attention_forward");      // negative batch
-    throws_naming(fwd({1, 4, 4, 4, 0}, 256, 256, opt), "attention_forward");        // head_dim 0
+    throws_naming(fwd({1, 4, 6, 4, 64}, 384, 256, opt), "attention_forward");     // 6 % 4 heads
+    throws_naming(fwd({1, 4, 4, 4, 256}, 1024, 1024, opt), "attention_forward");  // head_dim 256
+    throws_naming(fwd({1, 4, 4, 4, 64}, 255, 256, opt), "attention_forward");     // short q rows
+    throws_naming(fwd({-1, 4, 4, 4, 64}, 256, 256, opt), "attention_forward");    // negative batch
+    throws_naming(fwd({1, 4, 4, 4, 0}, 256, 256, opt), "attention_forward");      // head_dim 0
     auto bad = opt;
     bad.window = -1;
     throws_naming(fwd({1, 4, 4, 4, 64}, 256, 256, bad), "attention_forward");
@@ -588,8 +600,8 @@ TEST(CudaAttentionShapeChecks, RejectWhatTheKernelsDoNotTake) {
     bad.q_offset = 3;
     throws_naming(
         [&] {
-            ops::cuda::attention_backward<T>(nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, 256,
-                                             nullptr, 256, nullptr, 256, {1, 4, 4, 4, 64}, bad);
+            ops::cuda::attention_backward<T>(nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr,
+                                             256, nullptr, 256, nullptr, 256, {1, 4, 4, 4, 64}, bad);
         },
         "attention_backward");
     throws_naming(
@@ -598,8 +610,10 @@ TEST(CudaAttentionShapeChecks, RejectWhatTheKernelsDoNotTake) {
                                            {1, 0, 4, 4, 64}, opt);
         },
         "attention_decode");  // empty cache
-    throws_naming([&] { ops::cuda::rope_apply<T>(nullptr, 64, 1, 4, 1, 64, 63, 1e4, 0, false); }, "rope_apply");
-    throws_naming([&] { ops::cuda::rope_apply<T>(nullptr, 63, 1, 4, 1, 64, 64, 1e4, 0, false); }, "rope_apply");
+    throws_naming([&] { ops::cuda::rope_apply<T>(nullptr, 64, 1, 4, 1, 64, 63, 1e4, 0, false); },
+                  "rope_apply");
+    throws_naming([&] { ops::cuda::rope_apply<T>(nullptr, 63, 1, 4, 1, 64, 64, 1e4, 0, false); },
+                  "rope_apply");
     throws_naming([&] { ops::cuda::rope_apply_at<T>(nullptr, 64, 1, 1, 64, 66, 1e4, nullptr, false); },
                   "rope_apply_at");
 #else
@@ -615,7 +629,8 @@ struct RopeCase {
 
     std::string name(bool inverse) const {
         std::string s = "B" + std::to_string(B);
-        for (const auto& [key, value] : {std::pair{" T", T}, {" H", H}, {" Dh", Dh}, {" rotary", rotary_dim}, {" pos0 ", pos0}}) {
+        for (const auto& [key, value] :
+             {std::pair{" T", T}, {" H", H}, {" Dh", Dh}, {" rotary", rotary_dim}, {" pos0 ", pos0}}) {
             s += key;
             s += std::to_string(value);
         }
@@ -631,8 +646,9 @@ const RopeCase kRopeCases[] = {
 };
 
 // x rotated by the CPU reference in double, and the bound of the header comment.
-void rope_reference(std::vector<double>& x, std::vector<double>& tol, const std::vector<double>& x0, int64_t ld,
-                    int64_t N, int64_t Tn, const RopeCase& c, const std::vector<int64_t>* pos, bool inverse) {
+void rope_reference(std::vector<double>& x, std::vector<double>& tol, const std::vector<double>& x0,
+                    int64_t ld, int64_t N, int64_t Tn, const RopeCase& c, const std::vector<int64_t>* pos,
+                    bool inverse) {
     x = x0;
     if (pos) {
         ops::rope_apply_at<double>(x.data(), ld, N, c.H, c.Dh, c.rotary_dim, c.theta, pos->data(), inverse);
@@ -642,11 +658,14 @@ void rope_reference(std::vector<double>& x, std::vector<double>& tol, const std:
     tol.assign(x.size(), 0.0);
     const int64_t half = c.rotary_dim / 2;
     for (int64_t r = 0; r < N; ++r) {
-        const double p = pos ? static_cast<double>((*pos)[static_cast<size_t>(r)]) : static_cast<double>(c.pos0 + r % Tn);
+        const double p =
+            pos ? static_cast<double>((*pos)[static_cast<size_t>(r)]) : static_cast<double>(c.pos0 + r % Tn);
         for (int64_t h = 0; h < c.H; ++h)
             for (int64_t i = 0; i < half; ++i) {
-                const double angle = p * std::pow(c.theta, -2.0 * static_cast<double>(i) / static_cast<double>(c.rotary_dim));
-                const size_t a = static_cast<size_t>(r * ld + h * c.Dh + i), b = a + static_cast<size_t>(half);
+                const double angle =
+                    p * std::pow(c.theta, -2.0 * static_cast<double>(i) / static_cast<double>(c.rotary_dim));
+                const size_t a = static_cast<size_t>(r * ld + h * c.Dh + i),
+                             b = a + static_cast<size_t>(half);
                 const double mag = std::abs(x0[a] * std::cos(angle)) + std::abs(x0[b] * std::sin(angle)) +
                                    std::abs(x0[b] * std::cos(angle)) + std::abs(x0[a] * std::sin(angle));
                 tol[a] = tol[b] = 4 * kU * mag;
@@ -668,7 +687,8 @@ TYPED_TEST(CudaRope, ForwardAndInverseMatchCpu) {
             std::vector<double> want, tol;
             rope_reference(want, tol, x0, ld, N, c.T, c, nullptr, inverse);
             DeviceBuffer<T> d_x(encode_all<T>(x0));
-            ops::cuda::rope_apply<T>(d_x.get(), ld, c.B, c.T, c.H, c.Dh, c.rotary_dim, c.theta, c.pos0, inverse);
+            ops::cuda::rope_apply<T>(d_x.get(), ld, c.B, c.T, c.H, c.Dh, c.rotary_dim, c.theta, c.pos0,
+                                     inverse);
             EXPECT_TRUE(all_close(decode_all(d_x.download()), want, tol, kOutRounding<T>));
         }
     }
@@ -690,7 +710,8 @@ TYPED_TEST(CudaRope, AtOwnPositionsMatchesCpu) {
             rope_reference(want, tol, x0, ld, N, 1, c, &pos, inverse);
             DeviceBuffer<T> d_x(encode_all<T>(x0));
             DeviceBuffer<int64_t> d_pos(pos);
-            ops::cuda::rope_apply_at<T>(d_x.get(), ld, N, c.H, c.Dh, c.rotary_dim, c.theta, d_pos.get(), inverse);
+            ops::cuda::rope_apply_at<T>(d_x.get(), ld, N, c.H, c.Dh, c.rotary_dim, c.theta, d_pos.get(),
+                                        inverse);
             EXPECT_TRUE(all_close(decode_all(d_x.download()), want, tol, kOutRounding<T>));
         }
     }

@@ -86,7 +86,8 @@ __device__ __forceinline__ float warp_sum(float x) {
 // tile (R, DP + 1) = rows row0 .. row0 + R − 1 of one head (`head` points at row 0, row stride ld),
 // zero for rows ≥ n_rows and channels ≥ head_dim.
 template <int R, int DP, typename D>
-__device__ void load_tile(float* tile, const D* head, int64_t ld, int64_t row0, int64_t n_rows, int head_dim) {
+__device__ void load_tile(float* tile, const D* head, int64_t ld, int64_t row0, int64_t n_rows,
+                          int head_dim) {
     for (int idx = threadIdx.x; idx < R * DP; idx += kTileThreads) {
         const int r = idx / DP, d = idx % DP;
         float x = 0.0f;
@@ -129,10 +130,10 @@ template <int DP, int BQ, int BK, typename D>
 __global__ void __launch_bounds__(kTileThreads) attention_forward_kernel(AttnParams<D> a) {
     constexpr int RM = BQ / kRowGroups, CN = BK / 16, DN = DP / 16, LD = DP + 1, LP = BK + 1;
     extern __shared__ float smem[];
-    float* sQ = smem;           // (BQ, LD)
-    float* sK = sQ + BQ * LD;   // (BK, LD)
-    float* sV = sK + BK * LD;   // (BK, LD)
-    float* sP = sV + BK * LD;   // (BQ, LP) weights of the current key tile
+    float* sQ = smem;          // (BQ, LD)
+    float* sK = sQ + BQ * LD;  // (BK, LD)
+    float* sV = sK + BK * LD;  // (BK, LD)
+    float* sP = sV + BK * LD;  // (BQ, LP) weights of the current key tile
     const int tr = threadIdx.x / 16, tc = threadIdx.x % 16;
     const int64_t i0 = int64_t(gridDim.x - 1 - blockIdx.x) * BQ;
     const int h = blockIdx.y, hk = h / a.group, Dh = a.head_dim;
@@ -256,8 +257,9 @@ __device__ void load_row_stats(float* s_lse, float* s_delta, const AttnParams<D>
 template <int RM, int CN, int DP, typename D>
 __device__ __forceinline__ void weights_and_ds(float (&p)[RM][CN], float (&ds)[RM][CN], const float* sQ,
                                                const float* sdO, const float* sK, const float* sV,
-                                               const float* s_lse, const float* s_delta, int64_t i0, int64_t j0,
-                                               float slope, const AttnParams<D>& a, int tr, int tc) {
+                                               const float* s_lse, const float* s_delta, int64_t i0,
+                                               int64_t j0, float slope, const AttnParams<D>& a, int tr,
+                                               int tc) {
     tile_dot<RM, CN, DP>(p, sQ, sK, tr, tc);
     tile_dot<RM, CN, DP>(ds, sdO, sV, tr, tc);
 #pragma unroll
@@ -268,7 +270,8 @@ __device__ __forceinline__ void weights_and_ds(float (&p)[RM][CN], float (&ds)[R
         for (int j = 0; j < CN; ++j) {
             const int64_t pos_j = j0 + tc + 16 * j;
             const bool vis = pos_i < a.T && visible(pos_i, pos_j, a.window);
-            p[i][j] = vis ? expf(a.scale * p[i][j] - slope * static_cast<float>(pos_i - pos_j) - s_lse[r]) : 0.0f;
+            p[i][j] =
+                vis ? expf(a.scale * p[i][j] - slope * static_cast<float>(pos_i - pos_j) - s_lse[r]) : 0.0f;
             ds[i][j] = p[i][j] * (ds[i][j] - s_delta[r]);
         }
     }
@@ -288,12 +291,12 @@ __global__ void __launch_bounds__(kTileThreads) attention_backward_dkdv_kernel(A
     constexpr int BQ = kBwdQ, BK = kBwdK, RM = BQ / kRowGroups, CN = BK / 16, KR = BK / kRowGroups,
                   DN = DP / 16, LD = DP + 1, LP = BK + 1;
     extern __shared__ float smem[];
-    float* sK = smem;            // (BK, LD)
-    float* sV = sK + BK * LD;    // (BK, LD)
-    float* sQ = sV + BK * LD;    // (BQ, LD)
-    float* sdO = sQ + BQ * LD;   // (BQ, LD)
-    float* sP = sdO + BQ * LD;   // (BQ, LP)
-    float* sdS = sP + BQ * LP;   // (BQ, LP)
+    float* sK = smem;           // (BK, LD)
+    float* sV = sK + BK * LD;   // (BK, LD)
+    float* sQ = sV + BK * LD;   // (BQ, LD)
+    float* sdO = sQ + BQ * LD;  // (BQ, LD)
+    float* sP = sdO + BQ * LD;  // (BQ, LP)
+    float* sdS = sP + BQ * LP;  // (BQ, LP)
     float* s_lse = sdS + BQ * LP;
     float* s_delta = s_lse + BQ;
     const int tr = threadIdx.x / 16, tc = threadIdx.x % 16;
@@ -392,11 +395,11 @@ __global__ void __launch_bounds__(kTileThreads) attention_backward_dq_kernel(Att
     constexpr int BQ = kBwdQ, BK = kBwdK, RM = BQ / kRowGroups, CN = BK / 16, DN = DP / 16, LD = DP + 1,
                   LP = BK + 1;
     extern __shared__ float smem[];
-    float* sQ = smem;            // (BQ, LD)
-    float* sdO = sQ + BQ * LD;   // (BQ, LD)
-    float* sK = sdO + BQ * LD;   // (BK, LD)
-    float* sV = sK + BK * LD;    // (BK, LD)
-    float* sdS = sV + BK * LD;   // (BQ, LP)
+    float* sQ = smem;           // (BQ, LD)
+    float* sdO = sQ + BQ * LD;  // (BQ, LD)
+    float* sK = sdO + BQ * LD;  // (BK, LD)
+    float* sV = sK + BK * LD;   // (BK, LD)
+    float* sdS = sV + BK * LD;  // (BQ, LP)
     float* s_lse = sdS + BQ * LP;
     float* s_delta = s_lse + BQ;
     const int tr = threadIdx.x / 16, tc = threadIdx.x % 16;
@@ -548,8 +551,8 @@ __global__ void __launch_bounds__(kTileThreads)
 // One thread per (row, pair i), all heads of the row: the angle is computed once, in double, as
 // the CPU does; the rotation is fp32.
 template <typename D>
-__global__ void rope_kernel(D* x, int64_t ld, int64_t N, int64_t Tn, int H, int Dh, int rotary_dim, double theta,
-                            int64_t pos0, const int64_t* pos, bool inverse) {
+__global__ void rope_kernel(D* x, int64_t ld, int64_t N, int64_t Tn, int H, int Dh, int rotary_dim,
+                            double theta, int64_t pos0, const int64_t* pos, bool inverse) {
     const int half = rotary_dim / 2;
     const int64_t work = N * half;
     const int64_t stride = int64_t(gridDim.x) * blockDim.x;
@@ -577,20 +580,22 @@ template <typename T>
 void check_attention(const char* kernel, const AttentionDims& d, int64_t ld_q, int64_t ld_k, int64_t ld_v,
                      const AttentionOptions& opt) {
     MSLM_CHECK(d.batch >= 0 && d.seqlen >= 0 && d.head_dim > 0 && d.n_heads > 0 && d.n_kv_heads > 0,
-               "CUDA kernel {}<{}>: bad dims (B={}, T={}, Hq={}, Hkv={}, Dh={})", kernel, dtype_label<T>(), d.batch,
-               d.seqlen, d.n_heads, d.n_kv_heads, d.head_dim);
-    MSLM_CHECK(d.n_heads % d.n_kv_heads == 0, "CUDA kernel {}<{}>: {} query heads are not a multiple of {} kv heads",
-               kernel, dtype_label<T>(), d.n_heads, d.n_kv_heads);
+               "CUDA kernel {}<{}>: bad dims (B={}, T={}, Hq={}, Hkv={}, Dh={})", kernel, dtype_label<T>(),
+               d.batch, d.seqlen, d.n_heads, d.n_kv_heads, d.head_dim);
+    MSLM_CHECK(d.n_heads % d.n_kv_heads == 0,
+               "CUDA kernel {}<{}>: {} query heads are not a multiple of {} kv heads", kernel,
+               dtype_label<T>(), d.n_heads, d.n_kv_heads);
     MSLM_CHECK(d.head_dim <= kAttentionMaxHeadDim, "CUDA kernel {}<{}>: head_dim {} above {}", kernel,
                dtype_label<T>(), d.head_dim, kAttentionMaxHeadDim);
     MSLM_CHECK(ld_q >= d.n_heads * d.head_dim && ld_k >= d.n_kv_heads * d.head_dim &&
                    ld_v >= d.n_kv_heads * d.head_dim,
-               "CUDA kernel {}<{}>: row strides (q {}, k {}, v {}) are shorter than a row", kernel, dtype_label<T>(),
-               ld_q, ld_k, ld_v);
+               "CUDA kernel {}<{}>: row strides (q {}, k {}, v {}) are shorter than a row", kernel,
+               dtype_label<T>(), ld_q, ld_k, ld_v);
     // Grid limits: heads and batch go to grid.y and grid.z.
     MSLM_CHECK(d.n_heads <= 65535 && d.batch <= 65535, "CUDA kernel {}<{}>: {} heads or batch {} above 65535",
                kernel, dtype_label<T>(), d.n_heads, d.batch);
-    MSLM_CHECK(opt.window >= 0, "CUDA kernel {}<{}>: window {} is negative", kernel, dtype_label<T>(), opt.window);
+    MSLM_CHECK(opt.window >= 0, "CUDA kernel {}<{}>: window {} is negative", kernel, dtype_label<T>(),
+               opt.window);
     MSLM_CHECK(opt.q_offset >= 0, "CUDA kernel {}<{}>: q_offset {} is negative", kernel, dtype_label<T>(),
                opt.q_offset);
 }
@@ -610,8 +615,9 @@ void with_padded_head_dim(int64_t head_dim, F&& f) {
 template <typename T, typename D>
 void launch_tiles(const char* kernel, void (*fn)(AttnParams<D>), dim3 grid, size_t smem, cudaStream_t stream,
                   const AttnParams<D>& a) {
-    check_cuda<T>(cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)),
-                  "cudaFuncSetAttribute", kernel);
+    check_cuda<T>(
+        cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)),
+        "cudaFuncSetAttribute", kernel);
     fn<<<grid, kTileThreads, smem, stream>>>(a);
     check_launch<T>(kernel);
 }
@@ -644,23 +650,24 @@ void check_rope(const char* kernel, int64_t ld, int64_t N, int64_t H, int64_t Dh
     MSLM_CHECK(N >= 0 && H >= 0 && Dh >= 0, "CUDA kernel {}<{}>: negative shape (N={}, H={}, Dh={})", kernel,
                dtype_label<T>(), N, H, Dh);
     MSLM_CHECK(rotary_dim >= 0 && rotary_dim % 2 == 0 && rotary_dim <= Dh,
-               "CUDA kernel {}<{}>: rotary_dim {} must be even and at most head_dim {}", kernel, dtype_label<T>(),
-               rotary_dim, Dh);
-    MSLM_CHECK(ld >= H * Dh, "CUDA kernel {}<{}>: row stride {} is shorter than a row of {} heads × {}", kernel,
-               dtype_label<T>(), ld, H, Dh);
+               "CUDA kernel {}<{}>: rotary_dim {} must be even and at most head_dim {}", kernel,
+               dtype_label<T>(), rotary_dim, Dh);
+    MSLM_CHECK(ld >= H * Dh, "CUDA kernel {}<{}>: row stride {} is shorter than a row of {} heads × {}",
+               kernel, dtype_label<T>(), ld, H, Dh);
     MSLM_CHECK(H <= INT_MAX && Dh <= INT_MAX, "CUDA kernel {}<{}>: {} heads × {} too large", kernel,
                dtype_label<T>(), H, Dh);
 }
 
 template <typename T>
 void launch_rope(const char* kernel, T* x, int64_t ld, int64_t N, int64_t Tn, int64_t H, int64_t Dh,
-                 int64_t rotary_dim, double theta, int64_t pos0, const int64_t* pos, bool inverse, void* stream) {
+                 int64_t rotary_dim, double theta, int64_t pos0, const int64_t* pos, bool inverse,
+                 void* stream) {
     using D = device_t<T>;
     const int64_t work = N * (rotary_dim / 2);
     if (work == 0 || H == 0) return;
     rope_kernel<<<grid_size<T>(work, kernel), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(
-        reinterpret_cast<D*>(x), ld, N, Tn, static_cast<int>(H), static_cast<int>(Dh), static_cast<int>(rotary_dim),
-        theta, pos0, pos, inverse);
+        reinterpret_cast<D*>(x), ld, N, Tn, static_cast<int>(H), static_cast<int>(Dh),
+        static_cast<int>(rotary_dim), theta, pos0, pos, inverse);
     check_launch<T>(kernel);
 }
 
@@ -680,20 +687,21 @@ void attention_forward(T* out, float* lse, const T* q, int64_t ld_q, const T* k,
     with_padded_head_dim(dims.head_dim, [&](auto dp) {
         constexpr int DP = decltype(dp)::value;
         constexpr int BQ = 64, BK = DP == 128 ? 32 : 64;  // DP = 128: fp32 tiles of 75 KB
-        const dim3 grid(static_cast<unsigned>((dims.seqlen + BQ - 1) / BQ), static_cast<unsigned>(dims.n_heads),
-                        static_cast<unsigned>(dims.batch));
-        launch_tiles<T>(kernel, attention_forward_kernel<DP, BQ, BK, D>, grid, forward_smem<DP, BQ, BK>(), s, a);
+        const dim3 grid(static_cast<unsigned>((dims.seqlen + BQ - 1) / BQ),
+                        static_cast<unsigned>(dims.n_heads), static_cast<unsigned>(dims.batch));
+        launch_tiles<T>(kernel, attention_forward_kernel<DP, BQ, BK, D>, grid, forward_smem<DP, BQ, BK>(), s,
+                        a);
     });
 }
 
 template <typename T>
 void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* out, const float* lse, const T* q,
-                        int64_t ld_q, const T* k, int64_t ld_k, const T* v, int64_t ld_v, const AttentionDims& dims,
-                        const AttentionOptions& opt, void* stream) {
+                        int64_t ld_q, const T* k, int64_t ld_k, const T* v, int64_t ld_v,
+                        const AttentionDims& dims, const AttentionOptions& opt, void* stream) {
     const char* kernel = "attention_backward";
     check_attention<T>(kernel, dims, ld_q, ld_k, ld_v, opt);
-    MSLM_CHECK(opt.q_offset == 0, "CUDA kernel {}<{}>: q_offset {} (a prefix of keys) is forward-only", kernel,
-               dtype_label<T>(), opt.q_offset);
+    MSLM_CHECK(opt.q_offset == 0, "CUDA kernel {}<{}>: q_offset {} (a prefix of keys) is forward-only",
+               kernel, dtype_label<T>(), opt.q_offset);
     if (dims.batch == 0 || dims.seqlen == 0) return;
     using D = device_t<T>;
     AttnParams<D> a = params(q, ld_q, k, ld_k, v, ld_v, dims, opt);
@@ -722,8 +730,9 @@ void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* out, const 
 }
 
 template <typename T>
-void attention_decode(T* out, const T* q, int64_t ld_q, const T* k_cache, const T* v_cache, const int64_t* slots,
-                      const int64_t* pos, const AttentionDims& dims, const AttentionOptions& opt, void* stream) {
+void attention_decode(T* out, const T* q, int64_t ld_q, const T* k_cache, const T* v_cache,
+                      const int64_t* slots, const int64_t* pos, const AttentionDims& dims,
+                      const AttentionOptions& opt, void* stream) {
     const char* kernel = "attention_decode";
     const int64_t ld_kv = dims.n_kv_heads * dims.head_dim;
     check_attention<T>(kernel, dims, ld_q, ld_kv, ld_kv, opt);
@@ -737,19 +746,20 @@ void attention_decode(T* out, const T* q, int64_t ld_q, const T* k_cache, const 
     with_padded_head_dim(dims.head_dim, [&](auto dp) {
         constexpr int DP = decltype(dp)::value;
         attention_decode_kernel<DP, D><<<grid, kTileThreads, 0, s>>>(
-            reinterpret_cast<D*>(out), reinterpret_cast<const D*>(q), ld_q, reinterpret_cast<const D*>(k_cache),
-            reinterpret_cast<const D*>(v_cache), slots, pos, dims.seqlen, static_cast<int>(dims.n_heads),
-            static_cast<int>(dims.n_kv_heads), static_cast<int>(dims.head_dim), opt.scale, opt.window, opt.alibi);
+            reinterpret_cast<D*>(out), reinterpret_cast<const D*>(q), ld_q,
+            reinterpret_cast<const D*>(k_cache), reinterpret_cast<const D*>(v_cache), slots, pos, dims.seqlen,
+            static_cast<int>(dims.n_heads), static_cast<int>(dims.n_kv_heads),
+            static_cast<int>(dims.head_dim), opt.scale, opt.window, opt.alibi);
     });
     check_launch<T>(kernel);
 }
 
 template <typename T>
-void rope_apply(T* x, int64_t ld, int64_t B, int64_t Tn, int64_t H, int64_t Dh, int64_t rotary_dim, double theta,
-                int64_t pos0, bool inverse, void* stream) {
+void rope_apply(T* x, int64_t ld, int64_t B, int64_t Tn, int64_t H, int64_t Dh, int64_t rotary_dim,
+                double theta, int64_t pos0, bool inverse, void* stream) {
     const char* kernel = "rope_apply";
-    MSLM_CHECK(B >= 0 && Tn >= 0, "CUDA kernel {}<{}>: negative shape (B={}, T={})", kernel, dtype_label<T>(), B,
-               Tn);
+    MSLM_CHECK(B >= 0 && Tn >= 0, "CUDA kernel {}<{}>: negative shape (B={}, T={})", kernel, dtype_label<T>(),
+               B, Tn);
     check_rope<T>(kernel, ld, B * Tn, H, Dh, rotary_dim);
     launch_rope(kernel, x, ld, B * Tn, Tn, H, Dh, rotary_dim, theta, pos0, nullptr, inverse, stream);
 }
@@ -762,18 +772,18 @@ void rope_apply_at(T* x, int64_t ld, int64_t N, int64_t H, int64_t Dh, int64_t r
     launch_rope(kernel, x, ld, N, 1, H, Dh, rotary_dim, theta, 0, pos, inverse, stream);
 }
 
-#define MSLM_INSTANTIATE(T)                                                                                       \
-    template void attention_forward<T>(T*, float*, const T*, int64_t, const T*, int64_t, const T*, int64_t,       \
-                                       const AttentionDims&, const AttentionOptions&, void*);                     \
-    template void attention_backward<T>(T*, T*, T*, const T*, const T*, const float*, const T*, int64_t,          \
-                                        const T*, int64_t, const T*, int64_t, const AttentionDims&,               \
-                                        const AttentionOptions&, void*);                                          \
-    template void attention_decode<T>(T*, const T*, int64_t, const T*, const T*, const int64_t*, const int64_t*, \
-                                      const AttentionDims&, const AttentionOptions&, void*);                      \
-    template void rope_apply<T>(T*, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, double, int64_t, bool,  \
-                                void*);                                                                           \
-    template void rope_apply_at<T>(T*, int64_t, int64_t, int64_t, int64_t, int64_t, double, const int64_t*, bool, \
-                                   void*);
+#define MSLM_INSTANTIATE(T)                                                                                  \
+    template void attention_forward<T>(T*, float*, const T*, int64_t, const T*, int64_t, const T*, int64_t,  \
+                                       const AttentionDims&, const AttentionOptions&, void*);                \
+    template void attention_backward<T>(T*, T*, T*, const T*, const T*, const float*, const T*, int64_t,     \
+                                        const T*, int64_t, const T*, int64_t, const AttentionDims&,          \
+                                        const AttentionOptions&, void*);                                     \
+    template void attention_decode<T>(T*, const T*, int64_t, const T*, const T*, const int64_t*,             \
+                                      const int64_t*, const AttentionDims&, const AttentionOptions&, void*); \
+    template void rope_apply<T>(T*, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, double, int64_t,   \
+                                bool, void*);                                                                \
+    template void rope_apply_at<T>(T*, int64_t, int64_t, int64_t, int64_t, int64_t, double, const int64_t*,  \
+                                   bool, void*);
 MSLM_INSTANTIATE(float)
 MSLM_INSTANTIATE(uint16_t)
 #undef MSLM_INSTANTIATE

@@ -32,15 +32,16 @@ constexpr int64_t kAttentionMaxHeadDim = 128;
 // out (B, T, Hq, Dh) contiguous; lse (B, Hq, T) fp32.
 template <typename T>
 void attention_forward(T* out, float* lse, const T* q, int64_t ld_q, const T* k, int64_t ld_k, const T* v,
-                       int64_t ld_v, const AttentionDims& dims, const AttentionOptions& opt, void* stream = nullptr);
+                       int64_t ld_v, const AttentionDims& dims, const AttentionOptions& opt,
+                       void* stream = nullptr);
 
 // dq, dk, dv (each may be nullptr to skip it) use the strides of q, k, v and are accumulated (+=);
 // dout and out (B, T, Hq, Dh) contiguous; lse as saved by the forward. q_offset must be 0.
 // Deterministic: no atomics, every gradient element is summed by one thread in a fixed order.
 template <typename T>
 void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* out, const float* lse, const T* q,
-                        int64_t ld_q, const T* k, int64_t ld_k, const T* v, int64_t ld_v, const AttentionDims& dims,
-                        const AttentionOptions& opt, void* stream = nullptr);
+                        int64_t ld_q, const T* k, int64_t ld_k, const T* v, int64_t ld_v,
+                        const AttentionDims& dims, const AttentionOptions& opt, void* stream = nullptr);
 
 // One query per sequence against its KV cache; dims.batch = number of queries, dims.seqlen = L.
 // Row i of q (row stride ld_q) is the token at position pos[i] ≥ 0 of the sequence in cache slot
@@ -48,16 +49,16 @@ void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* out, const 
 // query's own key and value already written. The query sees positions
 // max(0, pos − L + 1, pos − window + 1) .. pos. out (k, Hq, Dh). slots and pos in GPU memory.
 template <typename T>
-void attention_decode(T* out, const T* q, int64_t ld_q, const T* k_cache, const T* v_cache, const int64_t* slots,
-                      const int64_t* pos, const AttentionDims& dims, const AttentionOptions& opt,
-                      void* stream = nullptr);
+void attention_decode(T* out, const T* q, int64_t ld_q, const T* k_cache, const T* v_cache,
+                      const int64_t* slots, const int64_t* pos, const AttentionDims& dims,
+                      const AttentionOptions& opt, void* stream = nullptr);
 
 // Rotary embedding in place, as ops::rope_apply: x (B, T, H, Dh) row stride ld, positions pos0 + t,
 // HF rotate_half pairs (i, i + rotary_dim/2) in the first rotary_dim channels; `inverse` turns
 // back (the backward, applied to the gradient). Angles are computed in double, the rotation in fp32.
 template <typename T>
-void rope_apply(T* x, int64_t ld, int64_t B, int64_t Tn, int64_t H, int64_t Dh, int64_t rotary_dim, double theta,
-                int64_t pos0, bool inverse, void* stream = nullptr);
+void rope_apply(T* x, int64_t ld, int64_t B, int64_t Tn, int64_t H, int64_t Dh, int64_t rotary_dim,
+                double theta, int64_t pos0, bool inverse, void* stream = nullptr);
 // The same for N rows at their own positions pos (N, in GPU memory).
 template <typename T>
 void rope_apply_at(T* x, int64_t ld, int64_t N, int64_t H, int64_t Dh, int64_t rotary_dim, double theta,
