@@ -1,0 +1,791 @@
+// Attention on CUDA cores, FlashAttention-2 style: a block owns a tile of queries (forward, dq) or
+// of keys (dk/dv), streams the other side through shared memory in tiles, and never forms a T × T
+// matrix. Tiles are fp32 in shared memory (bf16 is decoded on load), rows padded by one float so
+// that the column walks below hit 32 different banks. Head dims are zero-padded to DP ∈ {32, 64,
+// 128}: zero channels add nothing to q·k and produce output channels that are never stored.
+//
+// Thread layout of every tile kernel (128 threads): thread t owns the rows tr·RM .. tr·RM + RM − 1
+// (tr = t / 16) and the columns tc, tc + 16, ... (tc = t % 16). The 16 threads of a row group
+// are one half-warp, so row maxima and sums reduce with four xor-shuffles.
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <climits>
+#include <cmath>
+#include <type_traits>
+
+#include "core/error.h"
+#include "ops/cuda/attention.h"
+#include "ops/cuda/common.cuh"
+
+namespace mslm::ops::cuda {
+
+namespace {
+
+using namespace detail;
+
+constexpr int kTileThreads = 128;
+constexpr int kRowGroups = kTileThreads / 16;  // 8 row groups of 16 threads
+constexpr int kWarps = kTileThreads / 32;
+constexpr unsigned kFullMask = 0xffffffffu;
+
+// Backward tiles: 64 queries × 32 keys (keeps dk and dv of a 32-key tile in registers).
+constexpr int kBwdQ = 64, kBwdK = 32;
+
+template <typename D>
+struct AttnParams {
+    const D* q;
+    const D* k;
+    const D* v;
+    int64_t ld_q, ld_k, ld_v;
+    int64_t T, Tk, q_offset, window;  // Tk = q_offset + T keys per sequence
+    int Hq, group, head_dim;
+    float scale;
+    bool alibi;
+    // forward
+    D* out;
+    float* lse;
+    // backward
+    D* dq;
+    D* dk;
+    D* dv;
+    const D* dout;
+    const D* o;
+    const float* lse_in;
+};
+
+// ops::alibi_slopes, evaluated in double and rounded once, as the CPU rounds its double slopes.
+__device__ float alibi_slope(int h, int n_heads) {
+    int m = 1;
+    while (m * 2 <= n_heads) m *= 2;
+    const double e = h < m ? -8.0 * (h + 1) / m : -8.0 * (2 * (h - m) + 1) / (2 * m);
+    return static_cast<float>(exp2(e));
+}
+
+__device__ __forceinline__ bool visible(int64_t i, int64_t j, int64_t window) {
+    return j <= i && (window == 0 || i - j < window);
+}
+
+__device__ __forceinline__ float half_warp_max(float x) {
+#pragma unroll
+    for (int o = 8; o > 0; o >>= 1) x = fmaxf(x, __shfl_xor_sync(kFullMask, x, o));
+    return x;
+}
+__device__ __forceinline__ float half_warp_sum(float x) {
+#pragma unroll
+    for (int o = 8; o > 0; o >>= 1) x += __shfl_xor_sync(kFullMask, x, o);
+    return x;
+}
+__device__ __forceinline__ float warp_sum(float x) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(kFullMask, x, o);
+    return x;
+}
+
+// tile (R, DP + 1) = rows row0 .. row0 + R − 1 of one head (`head` points at row 0, row stride ld),
+// zero for rows ≥ n_rows and channels ≥ head_dim.
+template <int R, int DP, typename D>
+__device__ void load_tile(float* tile, const D* head, int64_t ld, int64_t row0, int64_t n_rows,
+                          int head_dim) {
+    for (int idx = threadIdx.x; idx < R * DP; idx += kTileThreads) {
+        const int r = idx / DP, d = idx % DP;
+        float x = 0.0f;
+        if (row0 + r < n_rows && d < head_dim) x = to_f32(head[(row0 + r) * ld + d]);
+        tile[r * (DP + 1) + d] = x;
+    }
+}
+
+// s (RM, CN) = A_rows · B_colsᵀ over DP channels, A and B tiles with row length DP + 1.
+template <int RM, int CN, int DP>
+__device__ __forceinline__ void tile_dot(float (&s)[RM][CN], const float* a, const float* b, int tr, int tc) {
+    constexpr int LD = DP + 1;
+#pragma unroll
+    for (int i = 0; i < RM; ++i)
+#pragma unroll
+        for (int j = 0; j < CN; ++j) s[i][j] = 0.0f;
+#pragma unroll 4
+    for (int d = 0; d < DP; ++d) {
+        float ad[RM], bd[CN];
+#pragma unroll
+        for (int i = 0; i < RM; ++i) ad[i] = a[(tr * RM + i) * LD + d];
+#pragma unroll
+        for (int j = 0; j < CN; ++j) bd[j] = b[(tc + 16 * j) * LD + d];
+#pragma unroll
+        for (int i = 0; i < RM; ++i)
+#pragma unroll
+            for (int j = 0; j < CN; ++j) s[i][j] = fmaf(ad[i], bd[j], s[i][j]);
+    }
+}
+
+// ---- forward
+
+template <int DP, int BQ, int BK>
+constexpr size_t forward_smem() {
+    return sizeof(float) * (size_t(BQ) * (DP + 1) + 2 * size_t(BK) * (DP + 1) + size_t(BQ) * (BK + 1));
+}
+
+// grid (query tiles, Hq, B). The last query tiles see the most keys and start first.
+template <int DP, int BQ, int BK, typename D>
+__global__ void __launch_bounds__(kTileThreads) attention_forward_kernel(AttnParams<D> a) {
+    constexpr int RM = BQ / kRowGroups, CN = BK / 16, DN = DP / 16, LD = DP + 1, LP = BK + 1;
+    extern __shared__ float smem[];
+    float* sQ = smem;          // (BQ, LD)
+    float* sK = sQ + BQ * LD;  // (BK, LD)
+    float* sV = sK + BK * LD;  // (BK, LD)
+    float* sP = sV + BK * LD;  // (BQ, LP) weights of the current key tile
+    const int tr = threadIdx.x / 16, tc = threadIdx.x % 16;
+    const int64_t i0 = int64_t(gridDim.x - 1 - blockIdx.x) * BQ;
+    const int h = blockIdx.y, hk = h / a.group, Dh = a.head_dim;
+    const int64_t b = blockIdx.z;
+    const float slope = a.alibi ? alibi_slope(h, a.Hq) : 0.0f;
+    const D* kh = a.k + b * a.Tk * a.ld_k + hk * Dh;  // (Tk, Dh) row stride ld_k
+    const D* vh = a.v + b * a.Tk * a.ld_v + hk * Dh;
+
+    load_tile<BQ, DP>(sQ, a.q + b * a.T * a.ld_q + h * Dh, a.ld_q, i0, a.T, Dh);
+
+    float acc[RM][DN], m[RM], l[RM];  // unnormalised outputs, running max and sum of each row
+#pragma unroll
+    for (int i = 0; i < RM; ++i) {
+        m[i] = -INFINITY;
+        l[i] = 0.0f;
+#pragma unroll
+        for (int jd = 0; jd < DN; ++jd) acc[i][jd] = 0.0f;
+    }
+
+    // Key tiles from the one holding the first row's first visible key to the last row's own key.
+    const int64_t pos_first = a.q_offset + i0, pos_last = a.q_offset + min(i0 + BQ, a.T) - 1;
+    const int64_t j_begin = (a.window > 0 ? max(int64_t(0), pos_first - a.window + 1) : 0) / BK * BK;
+    for (int64_t j0 = j_begin; j0 <= pos_last; j0 += BK) {
+        __syncthreads();  // sQ written; the previous tile's sK, sV, sP consumed
+        load_tile<BK, DP>(sK, kh, a.ld_k, j0, a.Tk, Dh);
+        load_tile<BK, DP>(sV, vh, a.ld_v, j0, a.Tk, Dh);
+        __syncthreads();
+
+        float s[RM][CN];
+        tile_dot<RM, CN, DP>(s, sQ, sK, tr, tc);
+#pragma unroll
+        for (int i = 0; i < RM; ++i) {
+            const int r = tr * RM + i;
+            const int64_t pos_i = a.q_offset + i0 + r;
+            const bool row_ok = i0 + r < a.T;
+            float mx = -INFINITY;
+#pragma unroll
+            for (int j = 0; j < CN; ++j) {
+                const int64_t pos_j = j0 + tc + 16 * j;
+                s[i][j] = row_ok && visible(pos_i, pos_j, a.window)
+                              ? a.scale * s[i][j] - slope * static_cast<float>(pos_i - pos_j)
+                              : -INFINITY;
+                mx = fmaxf(mx, s[i][j]);
+            }
+            mx = half_warp_max(mx);
+            const float m_new = fmaxf(m[i], mx);
+            // A row that has seen nothing yet keeps acc = l = 0: subtract 0 instead of −inf.
+            const float m_use = m_new == -INFINITY ? 0.0f : m_new;
+            const float alpha = expf(m[i] - m_use);
+            float sum = 0.0f;
+#pragma unroll
+            for (int j = 0; j < CN; ++j) {
+                const float p = expf(s[i][j] - m_use);
+                sP[r * LP + tc + 16 * j] = p;
+                sum += p;
+            }
+            sum = half_warp_sum(sum);
+            l[i] = l[i] * alpha + sum;
+            m[i] = m_new;
+#pragma unroll
+            for (int jd = 0; jd < DN; ++jd) acc[i][jd] *= alpha;
+        }
+        __syncwarp();  // a row group reads only the sP rows its own half-warp wrote
+
+        // acc (RM, DN) += p (RM, BK) · v_tile (BK, DN)
+#pragma unroll 4
+        for (int c = 0; c < BK; ++c) {
+            float pc[RM], vd[DN];
+#pragma unroll
+            for (int i = 0; i < RM; ++i) pc[i] = sP[(tr * RM + i) * LP + c];
+#pragma unroll
+            for (int jd = 0; jd < DN; ++jd) vd[jd] = sV[c * LD + tc + 16 * jd];
+#pragma unroll
+            for (int i = 0; i < RM; ++i)
+#pragma unroll
+                for (int jd = 0; jd < DN; ++jd) acc[i][jd] = fmaf(pc[i], vd[jd], acc[i][jd]);
+        }
+    }
+
+    // Every valid row sees at least itself, so l ≥ 1 and m is finite.
+#pragma unroll
+    for (int i = 0; i < RM; ++i) {
+        const int64_t row = i0 + tr * RM + i;
+        if (row >= a.T) continue;
+        const float inv = 1.0f / l[i];
+        D* o = a.out + ((b * a.T + row) * a.Hq + h) * Dh;
+#pragma unroll
+        for (int jd = 0; jd < DN; ++jd) {
+            const int d = tc + 16 * jd;
+            if (d < Dh) o[d] = from_f32<D>(acc[i][jd] * inv);
+        }
+        if (tc == 0) a.lse[(b * a.Hq + h) * a.T + row] = m[i] + logf(l[i]);
+    }
+}
+
+// ---- backward
+
+// lse_i and D_i = dout_i · out_i (fp32, one warp per row) of query rows i0 .. i0 + kBwdQ − 1, zero
+// beyond T.
+template <typename D>
+__device__ void load_row_stats(float* s_lse, float* s_delta, const AttnParams<D>& a, int64_t b, int h,
+                               int64_t i0) {
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    for (int r = warp; r < kBwdQ; r += kWarps) {
+        const int64_t i = i0 + r;
+        float sum = 0.0f;
+        if (i < a.T) {
+            const int64_t at = ((b * a.T + i) * a.Hq + h) * a.head_dim;
+            for (int d = lane; d < a.head_dim; d += 32) sum += to_f32(a.dout[at + d]) * to_f32(a.o[at + d]);
+        }
+        sum = warp_sum(sum);
+        if (lane == 0) {
+            s_delta[r] = sum;
+            s_lse[r] = i < a.T ? a.lse_in[(b * a.Hq + h) * a.T + i] : 0.0f;
+        }
+    }
+}
+
+// From the tiles of queries i0 + (RM rows of this thread) and keys j0 + (CN columns): the weights
+//   p = exp(scale · q·k − slope · (i − j) − lse_i)  (0 where masked) and ds = p · (dout·v − D_i).
+template <int RM, int CN, int DP, typename D>
+__device__ __forceinline__ void weights_and_ds(float (&p)[RM][CN], float (&ds)[RM][CN], const float* sQ,
+                                               const float* sdO, const float* sK, const float* sV,
+                                               const float* s_lse, const float* s_delta, int64_t i0,
+                                               int64_t j0, float slope, const AttnParams<D>& a, int tr,
+                                               int tc) {
+    tile_dot<RM, CN, DP>(p, sQ, sK, tr, tc);
+    tile_dot<RM, CN, DP>(ds, sdO, sV, tr, tc);
+#pragma unroll
+    for (int i = 0; i < RM; ++i) {
+        const int r = tr * RM + i;
+        const int64_t pos_i = i0 + r;
+#pragma unroll
+        for (int j = 0; j < CN; ++j) {
+            const int64_t pos_j = j0 + tc + 16 * j;
+            const bool vis = pos_i < a.T && visible(pos_i, pos_j, a.window);
+            p[i][j] =
+                vis ? expf(a.scale * p[i][j] - slope * static_cast<float>(pos_i - pos_j) - s_lse[r]) : 0.0f;
+            ds[i][j] = p[i][j] * (ds[i][j] - s_delta[r]);
+        }
+    }
+}
+
+template <int DP>
+constexpr size_t backward_dkdv_smem() {
+    return sizeof(float) * (2 * size_t(kBwdK) * (DP + 1) + 2 * size_t(kBwdQ) * (DP + 1) +
+                            2 * size_t(kBwdQ) * (kBwdK + 1) + 2 * kBwdQ);
+}
+
+// grid (key tiles, Hkv, B). A block owns dk and dv of kBwdK keys of one KV head and walks, head
+// by head of the group and tile by tile, the queries that can see them:
+//   dv_j += Σ_i p_ij dout_i,  dk_j += scale · Σ_i ds_ij q_i.
+template <int DP, typename D>
+__global__ void __launch_bounds__(kTileThreads) attention_backward_dkdv_kernel(AttnParams<D> a) {
+    constexpr int BQ = kBwdQ, BK = kBwdK, RM = BQ / kRowGroups, CN = BK / 16, KR = BK / kRowGroups,
+                  DN = DP / 16, LD = DP + 1, LP = BK + 1;
+    extern __shared__ float smem[];
+    float* sK = smem;           // (BK, LD)
+    float* sV = sK + BK * LD;   // (BK, LD)
+    float* sQ = sV + BK * LD;   // (BQ, LD)
+    float* sdO = sQ + BQ * LD;  // (BQ, LD)
+    float* sP = sdO + BQ * LD;  // (BQ, LP)
+    float* sdS = sP + BQ * LP;  // (BQ, LP)
+    float* s_lse = sdS + BQ * LP;
+    float* s_delta = s_lse + BQ;
+    const int tr = threadIdx.x / 16, tc = threadIdx.x % 16;
+    const int64_t j0 = int64_t(blockIdx.x) * BK;
+    const int hk = blockIdx.y, Dh = a.head_dim;
+    const int64_t b = blockIdx.z;
+    const int64_t ld_o = int64_t(a.Hq) * Dh;
+
+    load_tile<BK, DP>(sK, a.k + b * a.T * a.ld_k + hk * Dh, a.ld_k, j0, a.T, Dh);
+    load_tile<BK, DP>(sV, a.v + b * a.T * a.ld_v + hk * Dh, a.ld_v, j0, a.T, Dh);
+
+    float dk[KR][DN], dv[KR][DN];  // rows j0 + tr·KR + i, channels tc + 16·jd
+#pragma unroll
+    for (int i = 0; i < KR; ++i)
+#pragma unroll
+        for (int jd = 0; jd < DN; ++jd) dk[i][jd] = dv[i][jd] = 0.0f;
+
+    // Queries that see a key of the tile: from its first key to its last key + window − 1.
+    const int64_t i_end = a.window > 0 ? min(a.T, j0 + BK - 1 + a.window) : a.T;
+    for (int g = 0; g < a.group; ++g) {
+        const int h = hk * a.group + g;
+        const float slope = a.alibi ? alibi_slope(h, a.Hq) : 0.0f;
+        for (int64_t i0 = j0; i0 < i_end; i0 += BQ) {
+            __syncthreads();  // the previous tiles are consumed
+            load_tile<BQ, DP>(sQ, a.q + b * a.T * a.ld_q + h * Dh, a.ld_q, i0, a.T, Dh);
+            load_tile<BQ, DP>(sdO, a.dout + b * a.T * ld_o + h * Dh, ld_o, i0, a.T, Dh);
+            load_row_stats(s_lse, s_delta, a, b, h, i0);
+            __syncthreads();
+
+            float p[RM][CN], ds[RM][CN];
+            weights_and_ds<RM, CN, DP>(p, ds, sQ, sdO, sK, sV, s_lse, s_delta, i0, j0, slope, a, tr, tc);
+#pragma unroll
+            for (int i = 0; i < RM; ++i)
+#pragma unroll
+                for (int j = 0; j < CN; ++j) {
+                    sP[(tr * RM + i) * LP + tc + 16 * j] = p[i][j];
+                    sdS[(tr * RM + i) * LP + tc + 16 * j] = ds[i][j];
+                }
+            __syncthreads();
+
+            // dv (KR, DN) += pᵀ · dout_tile;  dk (KR, DN) += dsᵀ · q_tile
+#pragma unroll 2
+            for (int r = 0; r < BQ; ++r) {
+                float pr[KR], dsr[KR], od[DN], qd[DN];
+#pragma unroll
+                for (int i = 0; i < KR; ++i) {
+                    pr[i] = sP[r * LP + tr * KR + i];
+                    dsr[i] = sdS[r * LP + tr * KR + i];
+                }
+#pragma unroll
+                for (int jd = 0; jd < DN; ++jd) {
+                    od[jd] = sdO[r * LD + tc + 16 * jd];
+                    qd[jd] = sQ[r * LD + tc + 16 * jd];
+                }
+#pragma unroll
+                for (int i = 0; i < KR; ++i)
+#pragma unroll
+                    for (int jd = 0; jd < DN; ++jd) {
+                        dv[i][jd] = fmaf(pr[i], od[jd], dv[i][jd]);
+                        dk[i][jd] = fmaf(dsr[i], qd[jd], dk[i][jd]);
+                    }
+            }
+        }
+    }
+
+#pragma unroll
+    for (int i = 0; i < KR; ++i) {
+        const int64_t j = j0 + tr * KR + i;
+        if (j >= a.T) continue;
+#pragma unroll
+        for (int jd = 0; jd < DN; ++jd) {
+            const int d = tc + 16 * jd;
+            if (d >= Dh) continue;
+            if (a.dk) {
+                D* x = a.dk + (b * a.T + j) * a.ld_k + hk * Dh + d;
+                *x = from_f32<D>(to_f32(*x) + a.scale * dk[i][jd]);
+            }
+            if (a.dv) {
+                D* x = a.dv + (b * a.T + j) * a.ld_v + hk * Dh + d;
+                *x = from_f32<D>(to_f32(*x) + dv[i][jd]);
+            }
+        }
+    }
+}
+
+template <int DP>
+constexpr size_t backward_dq_smem() {
+    return sizeof(float) * (2 * size_t(kBwdQ) * (DP + 1) + 2 * size_t(kBwdK) * (DP + 1) +
+                            size_t(kBwdQ) * (kBwdK + 1) + 2 * kBwdQ);
+}
+
+// grid (query tiles, Hq, B): dq_i += scale · Σ_j ds_ij k_j over the visible key tiles, recomputing
+// p and ds as the dk/dv kernel does (the price of not accumulating dq with atomics).
+template <int DP, typename D>
+__global__ void __launch_bounds__(kTileThreads) attention_backward_dq_kernel(AttnParams<D> a) {
+    constexpr int BQ = kBwdQ, BK = kBwdK, RM = BQ / kRowGroups, CN = BK / 16, DN = DP / 16, LD = DP + 1,
+                  LP = BK + 1;
+    extern __shared__ float smem[];
+    float* sQ = smem;           // (BQ, LD)
+    float* sdO = sQ + BQ * LD;  // (BQ, LD)
+    float* sK = sdO + BQ * LD;  // (BK, LD)
+    float* sV = sK + BK * LD;   // (BK, LD)
+    float* sdS = sV + BK * LD;  // (BQ, LP)
+    float* s_lse = sdS + BQ * LP;
+    float* s_delta = s_lse + BQ;
+    const int tr = threadIdx.x / 16, tc = threadIdx.x % 16;
+    const int64_t i0 = int64_t(gridDim.x - 1 - blockIdx.x) * BQ;
+    const int h = blockIdx.y, hk = h / a.group, Dh = a.head_dim;
+    const int64_t b = blockIdx.z;
+    const float slope = a.alibi ? alibi_slope(h, a.Hq) : 0.0f;
+    const int64_t ld_o = int64_t(a.Hq) * Dh;
+    const D* kh = a.k + b * a.T * a.ld_k + hk * Dh;
+    const D* vh = a.v + b * a.T * a.ld_v + hk * Dh;
+
+    load_tile<BQ, DP>(sQ, a.q + b * a.T * a.ld_q + h * Dh, a.ld_q, i0, a.T, Dh);
+    load_tile<BQ, DP>(sdO, a.dout + b * a.T * ld_o + h * Dh, ld_o, i0, a.T, Dh);
+    load_row_stats(s_lse, s_delta, a, b, h, i0);
+
+    float dq[RM][DN];
+#pragma unroll
+    for (int i = 0; i < RM; ++i)
+#pragma unroll
+        for (int jd = 0; jd < DN; ++jd) dq[i][jd] = 0.0f;
+
+    const int64_t j_begin = (a.window > 0 ? max(int64_t(0), i0 - a.window + 1) : 0) / BK * BK;
+    const int64_t j_last = min(i0 + BQ, a.T) - 1;
+    for (int64_t j0 = j_begin; j0 <= j_last; j0 += BK) {
+        __syncthreads();  // sQ, sdO and the row stats written; the previous sK, sV, sdS consumed
+        load_tile<BK, DP>(sK, kh, a.ld_k, j0, a.T, Dh);
+        load_tile<BK, DP>(sV, vh, a.ld_v, j0, a.T, Dh);
+        __syncthreads();
+
+        float p[RM][CN], ds[RM][CN];
+        weights_and_ds<RM, CN, DP>(p, ds, sQ, sdO, sK, sV, s_lse, s_delta, i0, j0, slope, a, tr, tc);
+#pragma unroll
+        for (int i = 0; i < RM; ++i)
+#pragma unroll
+            for (int j = 0; j < CN; ++j) sdS[(tr * RM + i) * LP + tc + 16 * j] = ds[i][j];
+        __syncwarp();  // a row group reads only the sdS rows its own half-warp wrote
+
+        // dq (RM, DN) += ds (RM, BK) · k_tile (BK, DN)
+#pragma unroll 4
+        for (int c = 0; c < BK; ++c) {
+            float dsc[RM], kd[DN];
+#pragma unroll
+            for (int i = 0; i < RM; ++i) dsc[i] = sdS[(tr * RM + i) * LP + c];
+#pragma unroll
+            for (int jd = 0; jd < DN; ++jd) kd[jd] = sK[c * LD + tc + 16 * jd];
+#pragma unroll
+            for (int i = 0; i < RM; ++i)
+#pragma unroll
+                for (int jd = 0; jd < DN; ++jd) dq[i][jd] = fmaf(dsc[i], kd[jd], dq[i][jd]);
+        }
+    }
+
+#pragma unroll
+    for (int i = 0; i < RM; ++i) {
+        const int64_t row = i0 + tr * RM + i;
+        if (row >= a.T) continue;
+#pragma unroll
+        for (int jd = 0; jd < DN; ++jd) {
+            const int d = tc + 16 * jd;
+            if (d >= Dh) continue;
+            D* x = a.dq + (b * a.T + row) * a.ld_q + h * Dh + d;
+            *x = from_f32<D>(to_f32(*x) + a.scale * dq[i][jd]);
+        }
+    }
+}
+
+// ---- decode
+
+// grid (Hq, queries). Warp w takes the visible keys w, w + 4, ... with an online softmax, lanes
+// splitting the channels (one warp-wide dot product per key); the four partial softmaxes are
+// merged at the end. Cached keys are read once per query head (not once per group): decode is
+// one query per sequence, so this stays a read of the cache per head.
+template <int DP, typename D>
+__global__ void __launch_bounds__(kTileThreads)
+    attention_decode_kernel(D* out, const D* q, int64_t ld_q, const D* k_cache, const D* v_cache,
+                            const int64_t* slots, const int64_t* pos, int64_t L, int Hq, int Hkv, int Dh,
+                            float scale, int64_t window, bool alibi) {
+    constexpr int DL = DP / 32;
+    __shared__ float s_m[kWarps], s_l[kWarps], s_acc[kWarps][DP];
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int h = blockIdx.x, hk = h / (Hq / Hkv);
+    const int64_t i = blockIdx.y, p = pos[i];
+    const int64_t first = max(max(int64_t(0), p - L + 1), window > 0 ? p - window + 1 : int64_t(0));
+    const int64_t n = p - first + 1;
+    const float slope = alibi ? alibi_slope(h, Hq) : 0.0f;
+    const int64_t ld_kv = int64_t(Hkv) * Dh;
+    const D* kc = k_cache + slots[i] * L * ld_kv + hk * Dh;  // (L, Dh) row stride ld_kv
+    const D* vc = v_cache + slots[i] * L * ld_kv + hk * Dh;
+
+    float qv[DL], acc[DL];
+#pragma unroll
+    for (int e = 0; e < DL; ++e) {
+        const int d = lane + 32 * e;
+        qv[e] = d < Dh ? to_f32(q[i * ld_q + int64_t(h) * Dh + d]) : 0.0f;
+        acc[e] = 0.0f;
+    }
+    float m = -INFINITY, l = 0.0f;
+    for (int64_t jj = warp; jj < n; jj += kWarps) {
+        const int64_t pj = first + jj;
+        const D* kr = kc + (pj % L) * ld_kv;
+        const D* vr = vc + (pj % L) * ld_kv;
+        float dot = 0.0f;
+#pragma unroll
+        for (int e = 0; e < DL; ++e) {
+            const int d = lane + 32 * e;
+            if (d < Dh) dot = fmaf(qv[e], to_f32(kr[d]), dot);
+        }
+        dot = warp_sum(dot);
+        const float s = scale * dot - slope * static_cast<float>(p - pj);
+        const float m_new = fmaxf(m, s);
+        const float alpha = expf(m - m_new), w = expf(s - m_new);  // alpha = 0 on the first key
+        l = l * alpha + w;
+#pragma unroll
+        for (int e = 0; e < DL; ++e) {
+            const int d = lane + 32 * e;
+            acc[e] = acc[e] * alpha + (d < Dh ? w * to_f32(vr[d]) : 0.0f);
+        }
+        m = m_new;
+    }
+    if (lane == 0) {
+        s_m[warp] = m;
+        s_l[warp] = l;
+    }
+#pragma unroll
+    for (int e = 0; e < DL; ++e) s_acc[warp][lane + 32 * e] = acc[e];
+    __syncthreads();
+
+    // Warp 0 has the first key (n ≥ 1 for pos ≥ 0), so mx is finite; warps without keys weigh 0.
+    float mx = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) mx = fmaxf(mx, s_m[w]);
+    float weight[kWarps], total = 0.0f;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) {
+        weight[w] = s_m[w] == -INFINITY ? 0.0f : expf(s_m[w] - mx);
+        total += weight[w] * s_l[w];
+    }
+    const float inv = 1.0f / total;
+    for (int d = threadIdx.x; d < Dh; d += kTileThreads) {
+        float o = 0.0f;
+#pragma unroll
+        for (int w = 0; w < kWarps; ++w) o += weight[w] * s_acc[w][d];
+        out[(i * Hq + h) * Dh + d] = from_f32<D>(o * inv);
+    }
+}
+
+// ---- rope
+
+// One thread per (row, pair i), all heads of the row: the angle is computed once, in double, as
+// the CPU does; the rotation is fp32.
+template <typename D>
+__global__ void rope_kernel(D* x, int64_t ld, int64_t N, int64_t Tn, int H, int Dh, int rotary_dim,
+                            double theta, int64_t pos0, const int64_t* pos, bool inverse) {
+    const int half = rotary_dim / 2;
+    const int64_t work = N * half;
+    const int64_t stride = int64_t(gridDim.x) * blockDim.x;
+    for (int64_t w = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; w < work; w += stride) {
+        const int64_t row = w / half;
+        const int i = static_cast<int>(w % half);
+        const double position = static_cast<double>(pos ? pos[row] : pos0 + row % Tn);
+        const double angle = position * pow(theta, -2.0 * i / rotary_dim);
+        double sn, cs;
+        sincos(angle, &sn, &cs);
+        const float c = static_cast<float>(cs), s = static_cast<float>(inverse ? -sn : sn);
+        D* xr = x + row * ld + i;
+        for (int hh = 0; hh < H; ++hh) {
+            D* xh = xr + int64_t(hh) * Dh;
+            const float x0 = to_f32(xh[0]), x1 = to_f32(xh[half]);
+            xh[0] = from_f32<D>(x0 * c - x1 * s);
+            xh[half] = from_f32<D>(x1 * c + x0 * s);
+        }
+    }
+}
+
+// ---- host side
+
+template <typename T>
+void check_attention(const char* kernel, const AttentionDims& d, int64_t ld_q, int64_t ld_k, int64_t ld_v,
+                     const AttentionOptions& opt) {
+    MSLM_CHECK(d.batch >= 0 && d.seqlen >= 0 && d.head_dim > 0 && d.n_heads > 0 && d.n_kv_heads > 0,
+               "CUDA kernel {}<{}>: bad dims (B={}, T={}, Hq={}, Hkv={}, Dh={})", kernel, dtype_label<T>(),
+               d.batch, d.seqlen, d.n_heads, d.n_kv_heads, d.head_dim);
+    MSLM_CHECK(d.n_heads % d.n_kv_heads == 0,
+               "CUDA kernel {}<{}>: {} query heads are not a multiple of {} kv heads", kernel,
+               dtype_label<T>(), d.n_heads, d.n_kv_heads);
+    MSLM_CHECK(d.head_dim <= kAttentionMaxHeadDim, "CUDA kernel {}<{}>: head_dim {} above {}", kernel,
+               dtype_label<T>(), d.head_dim, kAttentionMaxHeadDim);
+    MSLM_CHECK(ld_q >= d.n_heads * d.head_dim && ld_k >= d.n_kv_heads * d.head_dim &&
+                   ld_v >= d.n_kv_heads * d.head_dim,
+               "CUDA kernel {}<{}>: row strides (q {}, k {}, v {}) are shorter than a row", kernel,
+               dtype_label<T>(), ld_q, ld_k, ld_v);
+    // Grid limits: heads and batch go to grid.y and grid.z.
+    MSLM_CHECK(d.n_heads <= 65535 && d.batch <= 65535, "CUDA kernel {}<{}>: {} heads or batch {} above 65535",
+               kernel, dtype_label<T>(), d.n_heads, d.batch);
+    MSLM_CHECK(opt.window >= 0, "CUDA kernel {}<{}>: window {} is negative", kernel, dtype_label<T>(),
+               opt.window);
+    MSLM_CHECK(opt.q_offset >= 0, "CUDA kernel {}<{}>: q_offset {} is negative", kernel, dtype_label<T>(),
+               opt.q_offset);
+}
+
+// Calls f with std::integral_constant<int, DP>, the padded head dim.
+template <typename F>
+void with_padded_head_dim(int64_t head_dim, F&& f) {
+    if (head_dim <= 32) {
+        f(std::integral_constant<int, 32>{});
+    } else if (head_dim <= 64) {
+        f(std::integral_constant<int, 64>{});
+    } else {
+        f(std::integral_constant<int, 128>{});
+    }
+}
+
+template <typename T, typename D>
+void launch_tiles(const char* kernel, void (*fn)(AttnParams<D>), dim3 grid, size_t smem, cudaStream_t stream,
+                  const AttnParams<D>& a) {
+    check_cuda<T>(
+        cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)),
+        "cudaFuncSetAttribute", kernel);
+    fn<<<grid, kTileThreads, smem, stream>>>(a);
+    check_launch<T>(kernel);
+}
+
+template <typename T>
+AttnParams<device_t<T>> params(const T* q, int64_t ld_q, const T* k, int64_t ld_k, const T* v, int64_t ld_v,
+                               const AttentionDims& dims, const AttentionOptions& opt) {
+    using D = device_t<T>;
+    AttnParams<D> a{};
+    a.q = reinterpret_cast<const D*>(q);
+    a.k = reinterpret_cast<const D*>(k);
+    a.v = reinterpret_cast<const D*>(v);
+    a.ld_q = ld_q;
+    a.ld_k = ld_k;
+    a.ld_v = ld_v;
+    a.T = dims.seqlen;
+    a.Tk = opt.q_offset + dims.seqlen;
+    a.q_offset = opt.q_offset;
+    a.window = opt.window;
+    a.Hq = static_cast<int>(dims.n_heads);
+    a.group = static_cast<int>(dims.n_heads / dims.n_kv_heads);
+    a.head_dim = static_cast<int>(dims.head_dim);
+    a.scale = opt.scale;
+    a.alibi = opt.alibi;
+    return a;
+}
+
+template <typename T>
+void check_rope(const char* kernel, int64_t ld, int64_t N, int64_t H, int64_t Dh, int64_t rotary_dim) {
+    MSLM_CHECK(N >= 0 && H >= 0 && Dh >= 0, "CUDA kernel {}<{}>: negative shape (N={}, H={}, Dh={})", kernel,
+               dtype_label<T>(), N, H, Dh);
+    MSLM_CHECK(rotary_dim >= 0 && rotary_dim % 2 == 0 && rotary_dim <= Dh,
+               "CUDA kernel {}<{}>: rotary_dim {} must be even and at most head_dim {}", kernel,
+               dtype_label<T>(), rotary_dim, Dh);
+    MSLM_CHECK(ld >= H * Dh, "CUDA kernel {}<{}>: row stride {} is shorter than a row of {} heads × {}",
+               kernel, dtype_label<T>(), ld, H, Dh);
+    MSLM_CHECK(H <= INT_MAX && Dh <= INT_MAX, "CUDA kernel {}<{}>: {} heads × {} too large", kernel,
+               dtype_label<T>(), H, Dh);
+}
+
+template <typename T>
+void launch_rope(const char* kernel, T* x, int64_t ld, int64_t N, int64_t Tn, int64_t H, int64_t Dh,
+                 int64_t rotary_dim, double theta, int64_t pos0, const int64_t* pos, bool inverse,
+                 void* stream) {
+    using D = device_t<T>;
+    const int64_t work = N * (rotary_dim / 2);
+    if (work == 0 || H == 0) return;
+    rope_kernel<<<grid_size<T>(work, kernel), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(
+        reinterpret_cast<D*>(x), ld, N, Tn, static_cast<int>(H), static_cast<int>(Dh),
+        static_cast<int>(rotary_dim), theta, pos0, pos, inverse);
+    check_launch<T>(kernel);
+}
+
+}  // namespace
+
+template <typename T>
+void attention_forward(T* out, float* lse, const T* q, int64_t ld_q, const T* k, int64_t ld_k, const T* v,
+                       int64_t ld_v, const AttentionDims& dims, const AttentionOptions& opt, void* stream) {
+    const char* kernel = "attention_forward";
+    check_attention<T>(kernel, dims, ld_q, ld_k, ld_v, opt);
+    if (dims.batch == 0 || dims.seqlen == 0) return;
+    using D = device_t<T>;
+    AttnParams<D> a = params(q, ld_q, k, ld_k, v, ld_v, dims, opt);
+    a.out = reinterpret_cast<D*>(out);
+    a.lse = lse;
+    auto s = static_cast<cudaStream_t>(stream);
+    with_padded_head_dim(dims.head_dim, [&](auto dp) {
+        constexpr int DP = decltype(dp)::value;
+        constexpr int BQ = 64, BK = DP == 128 ? 32 : 64;  // DP = 128: fp32 tiles of 75 KB
+        const dim3 grid(static_cast<unsigned>((dims.seqlen + BQ - 1) / BQ),
+                        static_cast<unsigned>(dims.n_heads), static_cast<unsigned>(dims.batch));
+        launch_tiles<T>(kernel, attention_forward_kernel<DP, BQ, BK, D>, grid, forward_smem<DP, BQ, BK>(), s,
+                        a);
+    });
+}
+
+template <typename T>
+void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* out, const float* lse, const T* q,
+                        int64_t ld_q, const T* k, int64_t ld_k, const T* v, int64_t ld_v,
+                        const AttentionDims& dims, const AttentionOptions& opt, void* stream) {
+    const char* kernel = "attention_backward";
+    check_attention<T>(kernel, dims, ld_q, ld_k, ld_v, opt);
+    MSLM_CHECK(opt.q_offset == 0, "CUDA kernel {}<{}>: q_offset {} (a prefix of keys) is forward-only",
+               kernel, dtype_label<T>(), opt.q_offset);
+    if (dims.batch == 0 || dims.seqlen == 0) return;
+    using D = device_t<T>;
+    AttnParams<D> a = params(q, ld_q, k, ld_k, v, ld_v, dims, opt);
+    a.dq = reinterpret_cast<D*>(dq);
+    a.dk = reinterpret_cast<D*>(dk);
+    a.dv = reinterpret_cast<D*>(dv);
+    a.dout = reinterpret_cast<const D*>(dout);
+    a.o = reinterpret_cast<const D*>(out);
+    a.lse_in = lse;
+    auto s = static_cast<cudaStream_t>(stream);
+    with_padded_head_dim(dims.head_dim, [&](auto dp) {
+        constexpr int DP = decltype(dp)::value;
+        if (dk || dv) {
+            const dim3 grid(static_cast<unsigned>((dims.seqlen + kBwdK - 1) / kBwdK),
+                            static_cast<unsigned>(dims.n_kv_heads), static_cast<unsigned>(dims.batch));
+            launch_tiles<T>("attention_backward_dkdv", attention_backward_dkdv_kernel<DP, D>, grid,
+                            backward_dkdv_smem<DP>(), s, a);
+        }
+        if (dq) {
+            const dim3 grid(static_cast<unsigned>((dims.seqlen + kBwdQ - 1) / kBwdQ),
+                            static_cast<unsigned>(dims.n_heads), static_cast<unsigned>(dims.batch));
+            launch_tiles<T>("attention_backward_dq", attention_backward_dq_kernel<DP, D>, grid,
+                            backward_dq_smem<DP>(), s, a);
+        }
+    });
+}
+
+template <typename T>
+void attention_decode(T* out, const T* q, int64_t ld_q, const T* k_cache, const T* v_cache,
+                      const int64_t* slots, const int64_t* pos, const AttentionDims& dims,
+                      const AttentionOptions& opt, void* stream) {
+    const char* kernel = "attention_decode";
+    const int64_t ld_kv = dims.n_kv_heads * dims.head_dim;
+    check_attention<T>(kernel, dims, ld_q, ld_kv, ld_kv, opt);
+    MSLM_CHECK(dims.seqlen > 0, "CUDA kernel {}<{}>: empty cache", kernel, dtype_label<T>());
+    MSLM_CHECK(dims.batch <= 65535, "CUDA kernel {}<{}>: {} queries above 65535", kernel, dtype_label<T>(),
+               dims.batch);
+    if (dims.batch == 0) return;
+    using D = device_t<T>;
+    auto s = static_cast<cudaStream_t>(stream);
+    const dim3 grid(static_cast<unsigned>(dims.n_heads), static_cast<unsigned>(dims.batch));
+    with_padded_head_dim(dims.head_dim, [&](auto dp) {
+        constexpr int DP = decltype(dp)::value;
+        attention_decode_kernel<DP, D><<<grid, kTileThreads, 0, s>>>(
+            reinterpret_cast<D*>(out), reinterpret_cast<const D*>(q), ld_q,
+            reinterpret_cast<const D*>(k_cache), reinterpret_cast<const D*>(v_cache), slots, pos, dims.seqlen,
+            static_cast<int>(dims.n_heads), static_cast<int>(dims.n_kv_heads),
+            static_cast<int>(dims.head_dim), opt.scale, opt.window, opt.alibi);
+    });
+    check_launch<T>(kernel);
+}
+
+template <typename T>
+void rope_apply(T* x, int64_t ld, int64_t B, int64_t Tn, int64_t H, int64_t Dh, int64_t rotary_dim,
+                double theta, int64_t pos0, bool inverse, void* stream) {
+    const char* kernel = "rope_apply";
+    MSLM_CHECK(B >= 0 && Tn >= 0, "CUDA kernel {}<{}>: negative shape (B={}, T={})", kernel, dtype_label<T>(),
+               B, Tn);
+    check_rope<T>(kernel, ld, B * Tn, H, Dh, rotary_dim);
+    launch_rope(kernel, x, ld, B * Tn, Tn, H, Dh, rotary_dim, theta, pos0, nullptr, inverse, stream);
+}
+
+template <typename T>
+void rope_apply_at(T* x, int64_t ld, int64_t N, int64_t H, int64_t Dh, int64_t rotary_dim, double theta,
+                   const int64_t* pos, bool inverse, void* stream) {
+    const char* kernel = "rope_apply_at";
+    check_rope<T>(kernel, ld, N, H, Dh, rotary_dim);
+    launch_rope(kernel, x, ld, N, 1, H, Dh, rotary_dim, theta, 0, pos, inverse, stream);
+}
+
+#define MSLM_INSTANTIATE(T)                                                                                  \
+    template void attention_forward<T>(T*, float*, const T*, int64_t, const T*, int64_t, const T*, int64_t,  \
+                                       const AttentionDims&, const AttentionOptions&, void*);                \
+    template void attention_backward<T>(T*, T*, T*, const T*, const T*, const float*, const T*, int64_t,     \
+                                        const T*, int64_t, const T*, int64_t, const AttentionDims&,          \
+                                        const AttentionOptions&, void*);                                     \
+    template void attention_decode<T>(T*, const T*, int64_t, const T*, const T*, const int64_t*,             \
+                                      const int64_t*, const AttentionDims&, const AttentionOptions&, void*); \
+    template void rope_apply<T>(T*, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, double, int64_t,   \
+                                bool, void*);                                                                \
+    template void rope_apply_at<T>(T*, int64_t, int64_t, int64_t, int64_t, int64_t, double, const int64_t*,  \
+                                   bool, void*);
+MSLM_INSTANTIATE(float)
+MSLM_INSTANTIATE(uint16_t)
+#undef MSLM_INSTANTIATE
+
+}  // namespace mslm::ops::cuda
