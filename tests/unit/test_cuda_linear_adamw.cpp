@@ -81,10 +81,12 @@ void column_major_gemm(const ops::cuda::detail::ColumnMajorGemm& g) {
 
 TEST(CudaLinearMapping, ColumnMajorGemmsReproduceTheRowMajorReference) {
     Rng rng(11);
-    for (auto [N, I, O] : {std::tuple<int64_t, int64_t, int64_t>{1, 1, 1}, {3, 5, 4}, {1, 7, 2}, {6, 1, 3},
-                           {4, 3, 1}}) {
-        SCOPED_TRACE("(N, I, O) = (" + std::to_string(N) + ", " + std::to_string(I) + ", " + std::to_string(O) + ")");
-        const auto x = random_doubles(rng, N * I), W = random_doubles(rng, O * I), dout = random_doubles(rng, N * O);
+    for (auto [N, I, O] :
+         {std::tuple<int64_t, int64_t, int64_t>{1, 1, 1}, {3, 5, 4}, {1, 7, 2}, {6, 1, 3}, {4, 3, 1}}) {
+        SCOPED_TRACE("(N, I, O) = (" + std::to_string(N) + ", " + std::to_string(I) + ", " +
+                     std::to_string(O) + ")");
+        const auto x = random_doubles(rng, N * I), W = random_doubles(rng, O * I),
+                   dout = random_doubles(rng, N * O);
 
         std::vector<double> out(N * O), ref(N * O);
         ops::linear_forward<double>(ref.data(), x.data(), W.data(), nullptr, N, I, O);
@@ -92,7 +94,8 @@ TEST(CudaLinearMapping, ColumnMajorGemmsReproduceTheRowMajorReference) {
         EXPECT_TRUE(near(out, ref)) << "forward";
 
         std::vector<double> dx(N * I), dW(O * I), dx_ref(N * I), dW_ref(O * I);
-        ops::linear_backward<double>(dx_ref.data(), dW_ref.data(), nullptr, dout.data(), x.data(), W.data(), N, I, O);
+        ops::linear_backward<double>(dx_ref.data(), dW_ref.data(), nullptr, dout.data(), x.data(), W.data(),
+                                     N, I, O);
         column_major_gemm(ops::cuda::detail::linear_dx_gemm(dx.data(), dout.data(), W.data(), N, I, O));
         column_major_gemm(ops::cuda::detail::linear_dW_gemm(dW.data(), dout.data(), x.data(), N, I, O));
         EXPECT_TRUE(near(dx, dx_ref)) << "dx";
@@ -230,10 +233,12 @@ private:
 
 // The argued bound of the header comment for sums of K products plus one term.
 template <typename T>
-std::vector<double> linear_tolerance(const std::vector<double>& ref, const std::vector<double>& scale, int64_t K) {
+std::vector<double> linear_tolerance(const std::vector<double>& ref, const std::vector<double>& scale,
+                                     int64_t K) {
     const double rel = (kBf16<T> ? 2.0 : 1.0) * double(K + 2) * kU;
     std::vector<double> tol(ref.size());
-    for (size_t i = 0; i < ref.size(); ++i) tol[i] = rel * scale[i] + (kBf16<T> ? 0x1p-8 * std::abs(ref[i]) : 0.0);
+    for (size_t i = 0; i < ref.size(); ++i)
+        tol[i] = rel * scale[i] + (kBf16<T> ? 0x1p-8 * std::abs(ref[i]) : 0.0);
     return tol;
 }
 
@@ -248,8 +253,8 @@ template <typename T>
         const double g = decode(got[i]);
         if (std::abs(g - ref[i]) <= tol[i]) continue;  // false for NaN
         if (++misses <= 5)
-            first += "\n  [" + std::to_string(i) + "] got " + std::to_string(g) + ", want " + std::to_string(ref[i]) +
-                     " ± " + std::to_string(tol[i]);
+            first += "\n  [" + std::to_string(i) + "] got " + std::to_string(g) + ", want " +
+                     std::to_string(ref[i]) + " ± " + std::to_string(tol[i]);
     }
     if (misses == 0) return ::testing::AssertionSuccess();
     return ::testing::AssertionFailure() << misses << " of " << got.size() << " outside tolerance:" << first;
@@ -269,9 +274,11 @@ const int64_t kWidths[] = {1, 7, 64, 769};
 template <typename T>
 void check_linear(Rng& rng, int64_t N, int64_t I, int64_t O, bool bias, size_t offset, int only_grad = -1) {
     SCOPED_TRACE(where(N, I, O, bias, offset));
-    const auto x = random_values<T>(rng, N * I), W = random_values<T>(rng, O * I), b = random_values<T>(rng, O);
+    const auto x = random_values<T>(rng, N * I), W = random_values<T>(rng, O * I),
+               b = random_values<T>(rng, O);
     const auto dout = random_values<T>(rng, N * O);
-    const auto dx0 = random_values<T>(rng, N * I), dW0 = random_values<T>(rng, O * I), db0 = random_values<T>(rng, O);
+    const auto dx0 = random_values<T>(rng, N * I), dW0 = random_values<T>(rng, O * I),
+               db0 = random_values<T>(rng, O);
     const auto xd = decoded(x), Wd = decoded(W), bd = decoded(b), doutd = decoded(dout);
     const auto xa = magnitudes(xd), Wa = magnitudes(Wd), ba = magnitudes(bd), douta = magnitudes(doutd);
 
@@ -289,8 +296,10 @@ void check_linear(Rng& rng, int64_t N, int64_t I, int64_t O, bool bias, size_t o
                                want_db ? db_d.get() : nullptr, dout_d.get(), x_d.get(), W_d.get(), N, I, O);
     std::vector<double> dx = decoded(dx0), dW = decoded(dW0), db = decoded(db0);
     std::vector<double> dx_s = magnitudes(dx), dW_s = magnitudes(dW), db_s = magnitudes(db);
-    ops::linear_backward<double>(dx.data(), dW.data(), db.data(), doutd.data(), xd.data(), Wd.data(), N, I, O);
-    ops::linear_backward<double>(dx_s.data(), dW_s.data(), db_s.data(), douta.data(), xa.data(), Wa.data(), N, I, O);
+    ops::linear_backward<double>(dx.data(), dW.data(), db.data(), doutd.data(), xd.data(), Wd.data(), N, I,
+                                 O);
+    ops::linear_backward<double>(dx_s.data(), dW_s.data(), db_s.data(), douta.data(), xa.data(), Wa.data(), N,
+                                 I, O);
     if (want_dx) {
         EXPECT_TRUE(all_close(dx_d.download(), dx, linear_tolerance<T>(dx, dx_s, O))) << "dx";
     } else {
@@ -323,7 +332,8 @@ TYPED_TEST(CudaLinear, ForwardAndBackwardOverOddShapes) {
 TYPED_TEST(CudaLinear, MisalignedPointers) {
 #ifdef MSLM_HAVE_CUDA
     Rng rng(2);
-    for (auto [N, I, O] : {std::tuple<int64_t, int64_t, int64_t>{17, 64, 64}, {3, 7, 769}, {256, 769, 7}, {1, 64, 1}})
+    for (auto [N, I, O] :
+         {std::tuple<int64_t, int64_t, int64_t>{17, 64, 64}, {3, 7, 769}, {256, 769, 7}, {1, 64, 1}})
         check_linear<TypeParam>(rng, N, I, O, true, 1);
 #endif
 }
@@ -361,7 +371,8 @@ TYPED_TEST(CudaLinear, Deterministic) {
     using T = TypeParam;
     Rng rng(5);
     const int64_t N = 256, I = 769, O = 64;
-    const auto x = random_values<T>(rng, N * I), W = random_values<T>(rng, O * I), b = random_values<T>(rng, O);
+    const auto x = random_values<T>(rng, N * I), W = random_values<T>(rng, O * I),
+               b = random_values<T>(rng, O);
     const auto dout = random_values<T>(rng, N * O);
     DeviceBuffer<T> x_d(x), W_d(W), b_d(b), dout_d(dout);
     std::vector<std::vector<T>> runs[2];
@@ -401,7 +412,8 @@ struct AdamWBounds {
 
 void adamw_bounds(AdamWBounds& B, const std::vector<double>& g, const std::vector<double>& m0,
                   const std::vector<double>& m1, const std::vector<double>& v1, const std::vector<double>& p0,
-                  const std::vector<double>& p1, const ops::cuda::AdamWScalars& s, double beta1, double beta2) {
+                  const std::vector<double>& p1, const ops::cuda::AdamWScalars& s, double beta1,
+                  double beta2) {
     const double c1 = s.one_minus_beta1, step = s.step_size;
     for (size_t i = 0; i < g.size(); ++i) {
         B.m[i] = beta1 * B.m[i] + 2 * kU * (2 * c1 * std::abs(g[i] - m0[i]) + std::abs(m1[i]));
@@ -413,16 +425,17 @@ void adamw_bounds(AdamWBounds& B, const std::vector<double>& g, const std::vecto
     }
 }
 
-::testing::AssertionResult within(const char* what, const std::vector<double>& got, const std::vector<double>& want,
-                                  const std::vector<double>& bound) {
+::testing::AssertionResult within(const char* what, const std::vector<double>& got,
+                                  const std::vector<double>& want, const std::vector<double>& bound) {
     size_t misses = 0;
     std::string first;
     for (size_t i = 0; i < got.size(); ++i) {
         const double tol = 2 * bound[i];
         if (std::abs(got[i] - want[i]) <= tol) continue;
         if (++misses <= 5)
-            first += "\n  " + std::string(what) + "[" + std::to_string(i) + "] got " + std::to_string(got[i]) +
-                     ", want " + std::to_string(want[i]) + " ± " + std::to_string(tol);
+            first += "\n  " + std::string(what) + "[" + std::to_string(i) + "] got " +
+                     std::to_string(got[i]) + ", want " + std::to_string(want[i]) + " ± " +
+                     std::to_string(tol);
     }
     if (misses == 0) return ::testing::AssertionSuccess();
     return ::testing::AssertionFailure() << misses << " of " << got.size() << " outside tolerance:" << first;
@@ -477,7 +490,8 @@ void check_adamw(const AdamWCase& c) {
     for (const ParamSpec& s : specs)
         for (int64_t i = 0; i < s.numel; ++i) params.values()[s.offset + i] = float(rng.uniform(-1, 1));
 
-    const AdamWOptions options{.lr = 0, .beta1 = 0.9, .beta2 = 0.95, .eps = 1e-8, .weight_decay = c.weight_decay};
+    const AdamWOptions options{
+        .lr = 0, .beta1 = 0.9, .beta2 = 0.95, .eps = 1e-8, .weight_decay = c.weight_decay};
     AdamW<float> opt(params, options);
 
     DeviceBuffer<float> p_d(std::vector<float>(params.values(), params.values() + total), c.offset);
@@ -485,7 +499,8 @@ void check_adamw(const AdamWCase& c) {
     DeviceBuffer<uint16_t> pbf16_d(std::vector<uint16_t>(total), c.offset);
     DeviceBuffer<uint8_t> mask_d(ops::cuda::adamw_decay_mask(specs, total), c.offset);
     DeviceBuffer<G> g_d(std::vector<G>(total), c.offset);
-    DeviceBuffer<double> norm_d(std::vector<double>(1)), partials_d(std::vector<double>(ops::cuda::kGradNormPartials));
+    DeviceBuffer<double> norm_d(std::vector<double>(1)),
+        partials_d(std::vector<double>(ops::cuda::kGradNormPartials));
     DeviceBuffer<float> scale_d(std::vector<float>(1));
 
     const size_t n = size_t(params.total_unique());
@@ -505,7 +520,8 @@ void check_adamw(const AdamWCase& c) {
         const float* scale = nullptr;
         if (c.max_norm > 0) {
             const double norm = clip_grad_norm(params, c.max_norm);
-            ops::cuda::clip_grad_norm(norm_d.get(), scale_d.get(), g_d.get(), total, c.max_norm, partials_d.get());
+            ops::cuda::clip_grad_norm(norm_d.get(), scale_d.get(), g_d.get(), total, c.max_norm,
+                                      partials_d.get());
             EXPECT_NEAR(norm_d.download()[0], norm, 1e-12 * norm);
             const double coef = c.max_norm / (norm + 1e-6);
             // The norms agree to ~1e-16: the fp32 factors are equal unless one straddles a rounding
@@ -518,9 +534,10 @@ void check_adamw(const AdamWCase& c) {
         const std::vector<double> p0 = param_elements(specs, params.values());
         const std::vector<double> m0 = cpu_state(opt, "m");
         opt.step(params, lr);
-        const auto s = ops::cuda::adamw_scalars(lr, options.beta1, options.beta2, options.eps, options.weight_decay,
-                                                step);
-        ops::cuda::adamw_step(p_d.get(), pbf16_d.get(), m_d.get(), v_d.get(), g_d.get(), mask_d.get(), total, s, scale);
+        const auto s = ops::cuda::adamw_scalars(lr, options.beta1, options.beta2, options.eps,
+                                                options.weight_decay, step);
+        ops::cuda::adamw_step(p_d.get(), pbf16_d.get(), m_d.get(), v_d.get(), g_d.get(), mask_d.get(), total,
+                              s, scale);
 
         const std::vector<double> p1 = param_elements(specs, params.values());
         const std::vector<double> m1 = cpu_state(opt, "m"), v1 = cpu_state(opt, "v");
@@ -557,7 +574,7 @@ TYPED_TEST(CudaAdamW, MatchesCpuWithDecayMask) {
 
 TYPED_TEST(CudaAdamW, MatchesCpuWithClipping) {
 #ifdef MSLM_HAVE_CUDA
-    check_adamw<TypeParam>({0.1, 20.0, 0});   // clips every step
+    check_adamw<TypeParam>({0.1, 20.0, 0});    // clips every step
     check_adamw<TypeParam>({0.1, 1000.0, 0});  // never clips: the factor is exactly 1
 #endif
 }
@@ -576,7 +593,8 @@ TYPED_TEST(CudaAdamW, GradNormIsDeterministicAndMatchesTheCpu) {
 #ifdef MSLM_HAVE_CUDA
     using G = TypeParam;
     Rng rng(7);
-    DeviceBuffer<double> norm_d(std::vector<double>(1)), partials_d(std::vector<double>(ops::cuda::kGradNormPartials));
+    DeviceBuffer<double> norm_d(std::vector<double>(1)),
+        partials_d(std::vector<double>(ops::cuda::kGradNormPartials));
     DeviceBuffer<float> scale_d(std::vector<float>(1));
     for (int64_t n : {int64_t(0), int64_t(1), int64_t(7), int64_t(1000), int64_t(1000003)}) {
         SCOPED_TRACE("n = " + std::to_string(n));
@@ -601,7 +619,8 @@ TYPED_TEST(CudaAdamW, GradNormIsDeterministicAndMatchesTheCpu) {
 TYPED_TEST(CudaAdamW, NonFiniteNormDoesNotScale) {
 #ifdef MSLM_HAVE_CUDA
     using G = TypeParam;
-    DeviceBuffer<double> norm_d(std::vector<double>(1)), partials_d(std::vector<double>(ops::cuda::kGradNormPartials));
+    DeviceBuffer<double> norm_d(std::vector<double>(1)),
+        partials_d(std::vector<double>(ops::cuda::kGradNormPartials));
     DeviceBuffer<float> scale_d(std::vector<float>(1));
     for (double bad : {std::numeric_limits<double>::quiet_NaN(), std::numeric_limits<double>::infinity()}) {
         std::vector<G> g(100, encode<G>(0.5));

@@ -76,7 +76,7 @@ bool aligned_to(const void* p, size_t bytes) {
 
 // ---- gradient norm
 
-constexpr int kNormThreads = 256;   // pass 1, per block
+constexpr int kNormThreads = 256;  // pass 1, per block
 constexpr int kNormBlocks = int(kGradNormPartials);
 static_assert(kNormBlocks == 1024, "pass 2 runs one block of kNormBlocks threads (at most 1024)");
 
@@ -138,8 +138,9 @@ void launch_norm(const char* kernel, double* norm, float* scale, const G* grads,
 }  // namespace
 
 template <typename G>
-void adamw_step(float* params, uint16_t* params_bf16, float* m, float* v, const G* grads, const uint8_t* decay_mask,
-                int64_t n, const AdamWScalars& s, const float* grad_scale, void* stream) {
+void adamw_step(float* params, uint16_t* params_bf16, float* m, float* v, const G* grads,
+                const uint8_t* decay_mask, int64_t n, const AdamWScalars& s, const float* grad_scale,
+                void* stream) {
     const char* kernel = "adamw_step";
     MSLM_CHECK(n >= 0, "CUDA kernel {}: negative size {}", kernel, n);
     if (n == 0) return;
@@ -152,11 +153,11 @@ void adamw_step(float* params, uint16_t* params_bf16, float* m, float* v, const 
                      aligned_to(decay_mask, V) && aligned_to(params_bf16, V * sizeof(uint16_t));
     auto st = static_cast<cudaStream_t>(stream);
     if (vec) {
-        adamw_kernel<V><<<grid_size<G>(n / V + n % V, kernel), kThreads, 0, st>>>(params, pb, m, v, g, decay_mask,
-                                                                                  n, s, grad_scale);
+        adamw_kernel<V><<<grid_size<G>(n / V + n % V, kernel), kThreads, 0, st>>>(
+            params, pb, m, v, g, decay_mask, n, s, grad_scale);
     } else {
-        adamw_kernel<1><<<grid_size<G>(n, kernel), kThreads, 0, st>>>(params, pb, m, v, g, decay_mask, n, s,
-                                                                     grad_scale);
+        adamw_kernel<1>
+            <<<grid_size<G>(n, kernel), kThreads, 0, st>>>(params, pb, m, v, g, decay_mask, n, s, grad_scale);
     }
     check_launch<G>(kernel);
 }
@@ -175,8 +176,8 @@ void clip_grad_norm(double* norm, float* scale, const G* grads, int64_t n, doubl
 
 template void adamw_step<float>(float*, uint16_t*, float*, float*, const float*, const uint8_t*, int64_t,
                                 const AdamWScalars&, const float*, void*);
-template void adamw_step<uint16_t>(float*, uint16_t*, float*, float*, const uint16_t*, const uint8_t*, int64_t,
-                                   const AdamWScalars&, const float*, void*);
+template void adamw_step<uint16_t>(float*, uint16_t*, float*, float*, const uint16_t*, const uint8_t*,
+                                   int64_t, const AdamWScalars&, const float*, void*);
 template void grad_norm<float>(double*, const float*, int64_t, double*, void*);
 template void grad_norm<uint16_t>(double*, const uint16_t*, int64_t, double*, void*);
 template void clip_grad_norm<float>(double*, float*, const float*, int64_t, double, double*, void*);

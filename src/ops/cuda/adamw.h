@@ -25,7 +25,7 @@ struct AdamWScalars {
     float decay;            // 1 − lr·wd
     float one_minus_beta1;  // 1 − β1
     float beta2, one_minus_beta2;
-    float step_size;        // lr / (1 − β1^t)
+    float step_size;              // lr / (1 − β1^t)
     float bias_correction2_sqrt;  // √(1 − β2^t)
     float eps;
     bool decay_on;  // weight_decay ≠ 0

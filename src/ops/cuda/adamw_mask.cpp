@@ -12,8 +12,8 @@ std::vector<uint8_t> adamw_decay_mask(const std::vector<ParamSpec>& specs, int64
     std::vector<uint8_t> mask(static_cast<size_t>(total), 0);
     for (const ParamSpec& s : specs) {
         MSLM_CHECK(s.numel >= 0 && static_cast<int64_t>(s.offset) + s.numel <= total,
-                   "adamw_decay_mask: parameter {} ({} elements at {}) ends past the buffer's {}", s.name, s.numel,
-                   s.offset, total);
+                   "adamw_decay_mask: parameter {} ({} elements at {}) ends past the buffer's {}", s.name,
+                   s.numel, s.offset, total);
         if (s.decay) std::fill_n(mask.begin() + static_cast<std::ptrdiff_t>(s.offset), s.numel, uint8_t(1));
     }
     return mask;

@@ -46,8 +46,20 @@ uint32_t alignment(const void* p) {
 }
 
 // Everything the algorithm choice depends on.
-using AlgoKey = std::tuple<int, int, bool, bool, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, uint32_t,
-                           uint32_t, uint32_t, uint32_t, uint32_t>;
+struct AlgoKey {
+    int device;
+    cudaDataType_t type;
+    bool trans_a, trans_b;
+    int64_t m, n, k, lda, ldb, ldd;
+    cublasLtEpilogue_t epilogue;
+    uint32_t align_a, align_b, align_d, align_bias;
+
+    auto tie() const {
+        return std::tie(device, type, trans_a, trans_b, m, n, k, lda, ldb, ldd, epilogue, align_a, align_b,
+                        align_d, align_bias);
+    }
+    bool operator<(const AlgoKey& other) const { return tie() < other.tie(); }
+};
 
 // The process's cuBLASLt state: a handle per device, a workspace per device and stream (two
 // streams running matmuls at once must not share one), and the algorithm per AlgoKey (nullopt:
@@ -129,20 +141,20 @@ bool acceptable(const cublasLtMatmulHeuristicResult_t& r) {
 // D = op(A) · op(B) + beta · D (+ bias along D's rows with epilogue BIAS), alpha = 1, fp32
 // accumulation. Returns false, having launched nothing, when cuBLASLt has no acceptable algorithm.
 template <typename T>
-bool try_matmul(const char* op, const ColumnMajorGemm& g, float beta, cublasLtEpilogue_t epilogue, const T* bias,
-                cudaStream_t stream) {
+bool try_matmul(const char* op, const ColumnMajorGemm& g, float beta, cublasLtEpilogue_t epilogue,
+                const T* bias, cudaStream_t stream) {
     int device = 0;
     check_cuda<T>(cudaGetDevice(&device), "cudaGetDevice", op);
     const LtContext::Session session = LtContext::instance().session<T>(device, stream, op);
 
     MatmulDesc desc;
-    check_cublas<T>(cublasLtMatmulDescCreate(&desc.h, CUBLAS_COMPUTE_32F, CUDA_R_32F), "cublasLtMatmulDescCreate",
-                    op);
+    check_cublas<T>(cublasLtMatmulDescCreate(&desc.h, CUBLAS_COMPUTE_32F, CUDA_R_32F),
+                    "cublasLtMatmulDescCreate", op);
     const cublasOperation_t ta = g.trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
     const cublasOperation_t tb = g.trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
     auto set_desc = [&](cublasLtMatmulDescAttributes_t attr, const void* value, size_t size) {
-        check_cublas<T>(cublasLtMatmulDescSetAttribute(desc.h, attr, value, size), "cublasLtMatmulDescSetAttribute",
-                        op);
+        check_cublas<T>(cublasLtMatmulDescSetAttribute(desc.h, attr, value, size),
+                        "cublasLtMatmulDescSetAttribute", op);
     };
     set_desc(CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta));
     set_desc(CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb));
@@ -160,9 +172,9 @@ bool try_matmul(const char* op, const ColumnMajorGemm& g, float beta, cublasLtEp
     layout(d, g.m, g.n, g.ldd);
 
     const uint32_t align_a = alignment(g.a), align_b = alignment(g.b), align_d = alignment(g.d);
-    const AlgoKey key{device,  int(kDataType<T>), g.trans_a, g.trans_b, g.m,     g.n,     g.k,
-                      g.lda,   g.ldb,           g.ldd,     uint32_t(epilogue), align_a, align_b, align_d,
-                      alignment(bias)};
+    const AlgoKey key{device,   kDataType<T>, g.trans_a, g.trans_b, g.m,
+                      g.n,      g.k,          g.lda,     g.ldb,     g.ldd,
+                      epilogue, align_a,      align_b,   align_d,   alignment(bias)};
     const std::optional<cublasLtMatmulAlgo_t> algo = LtContext::instance().algo(key, [&] {
         Preference pref;
         check_cublas<T>(cublasLtMatmulPreferenceCreate(&pref.h), "cublasLtMatmulPreferenceCreate", op);
@@ -197,8 +209,8 @@ bool try_matmul(const char* op, const ColumnMajorGemm& g, float beta, cublasLtEp
     if (!algo) return false;
 
     const float alpha = 1.0f;
-    check_cublas<T>(cublasLtMatmul(session.handle, desc.h, &alpha, g.a, a.h, g.b, b.h, &beta, g.d, d.h, g.d, d.h,
-                                   &*algo, session.workspace, kWorkspaceBytes, stream),
+    check_cublas<T>(cublasLtMatmul(session.handle, desc.h, &alpha, g.a, a.h, g.b, b.h, &beta, g.d, d.h, g.d,
+                                   d.h, &*algo, session.workspace, kWorkspaceBytes, stream),
                     "cublasLtMatmul", op);
     return true;
 }
@@ -206,7 +218,8 @@ bool try_matmul(const char* op, const ColumnMajorGemm& g, float beta, cublasLtEp
 template <typename T>
 void matmul(const char* op, const ColumnMajorGemm& g, float beta, cudaStream_t stream) {
     MSLM_CHECK(try_matmul<T>(op, g, beta, CUBLASLT_EPILOGUE_DEFAULT, nullptr, stream),
-               "cuBLASLt {}<{}>: no algorithm for (m, n, k) = ({}, {}, {})", op, dtype_label<T>(), g.m, g.n, g.k);
+               "cuBLASLt {}<{}>: no algorithm for (m, n, k) = ({}, {}, {})", op, dtype_label<T>(), g.m, g.n,
+               g.k);
 }
 
 // out (N, O) = b broadcast over rows, or 0 when b is null.
@@ -233,7 +246,8 @@ __global__ void bias_grad_kernel(D* db, const D* dout, int64_t N, int64_t O) {
     partial[threadIdx.y][threadIdx.x] = sum;
     __syncthreads();
     for (int half = kRowPhases / 2; half > 0; half /= 2) {
-        if (int(threadIdx.y) < half) partial[threadIdx.y][threadIdx.x] += partial[threadIdx.y + half][threadIdx.x];
+        if (int(threadIdx.y) < half)
+            partial[threadIdx.y][threadIdx.x] += partial[threadIdx.y + half][threadIdx.x];
         __syncthreads();
     }
     if (threadIdx.y == 0 && o < O) db[o] = from_f32<D>(to_f32(db[o]) + partial[0][threadIdx.x]);
@@ -246,15 +260,16 @@ void check_sizes(const char* op, int64_t N, int64_t I, int64_t O) {
 }  // namespace
 
 template <typename T>
-void linear_forward(T* out, const T* x, const T* W, const T* b, int64_t N, int64_t I, int64_t O, void* stream) {
+void linear_forward(T* out, const T* x, const T* W, const T* b, int64_t N, int64_t I, int64_t O,
+                    void* stream) {
     const char* op = "linear_forward";
     check_sizes(op, N, I, O);
     if (N == 0 || O == 0) return;
     using D = device_t<T>;
     auto s = static_cast<cudaStream_t>(stream);
     auto broadcast = [&] {
-        broadcast_rows_kernel<<<grid_size<T>(N * O, op), kThreads, 0, s>>>(reinterpret_cast<D*>(out),
-                                                                            reinterpret_cast<const D*>(b), N, O);
+        broadcast_rows_kernel<<<grid_size<T>(N * O, op), kThreads, 0, s>>>(
+            reinterpret_cast<D*>(out), reinterpret_cast<const D*>(b), N, O);
         check_launch<T>("broadcast_rows");
     };
     if (I == 0) {  // an empty sum: out = b, or 0
@@ -274,8 +289,8 @@ void linear_forward(T* out, const T* x, const T* W, const T* b, int64_t N, int64
 }
 
 template <typename T>
-void linear_backward(T* dx, T* dW, T* db, const T* dout, const T* x, const T* W, int64_t N, int64_t I, int64_t O,
-                     void* stream) {
+void linear_backward(T* dx, T* dW, T* db, const T* dout, const T* x, const T* W, int64_t N, int64_t I,
+                     int64_t O, void* stream) {
     const char* op = "linear_backward";
     check_sizes(op, N, I, O);
     auto s = static_cast<cudaStream_t>(stream);
@@ -286,17 +301,18 @@ void linear_backward(T* dx, T* dW, T* db, const T* dout, const T* x, const T* W,
         using D = device_t<T>;
         const dim3 block(kColumns, kRowPhases);
         const auto blocks = unsigned((O + kColumns - 1) / kColumns);
-        bias_grad_kernel<<<blocks, block, 0, s>>>(reinterpret_cast<D*>(db), reinterpret_cast<const D*>(dout), N, O);
+        bias_grad_kernel<<<blocks, block, 0, s>>>(reinterpret_cast<D*>(db), reinterpret_cast<const D*>(dout),
+                                                  N, O);
         check_launch<T>("bias_grad");
     }
 }
 
-template void linear_forward<float>(float*, const float*, const float*, const float*, int64_t, int64_t, int64_t,
-                                    void*);
+template void linear_forward<float>(float*, const float*, const float*, const float*, int64_t, int64_t,
+                                    int64_t, void*);
 template void linear_forward<uint16_t>(uint16_t*, const uint16_t*, const uint16_t*, const uint16_t*, int64_t,
                                        int64_t, int64_t, void*);
-template void linear_backward<float>(float*, float*, float*, const float*, const float*, const float*, int64_t,
-                                     int64_t, int64_t, void*);
+template void linear_backward<float>(float*, float*, float*, const float*, const float*, const float*,
+                                     int64_t, int64_t, int64_t, void*);
 template void linear_backward<uint16_t>(uint16_t*, uint16_t*, uint16_t*, const uint16_t*, const uint16_t*,
                                         const uint16_t*, int64_t, int64_t, int64_t, void*);
 
