@@ -1,0 +1,74 @@
+// nn.Linear on the GPU through cuBLASLt, with the semantics of ops/linear.h (the CPU reference):
+// PyTorch's row-major layout, W (O, I), b (O), and backward accumulates (+=) into every gradient.
+//
+// Plain C++ header (no CUDA includes); the definitions exist only in builds with MSLM_HAVE_CUDA.
+// T is `float`, or `uint16_t` for bf16 (raw bits, as in core/dtype.h). Products accumulate in fp32
+// (CUBLAS_COMPUTE_32F: true fp32 for f32 inputs, never TF32), and every output is rounded once to
+// T; split-K algorithms that would add partial sums in bf16 are refused. `stream` is a
+// cudaStream_t, nullptr the default stream. Launches are asynchronous; a failing call throws
+// mslm::Error naming the op. Buffers must not overlap. Repeating a call on the same device with
+// the same shapes and pointer alignments gives bitwise the same result.
+//
+// cuBLASLt state (a handle per device, a 32 MiB workspace per device and stream, and the
+// algorithm chosen per shape) is created on first use, behind a mutex, and kept for the life of
+// the process.
+#pragma once
+#include <cstdint>
+
+namespace mslm::ops::cuda {
+
+// out (N, O) = x (N, I) · W (O, I)ᵀ + b (O); b may be null. The bias is added in fp32 to the fp32
+// accumulator (cuBLASLt's BIAS epilogue) before the one rounding to T.
+template <typename T>
+void linear_forward(T* out, const T* x, const T* W, const T* b, int64_t N, int64_t I, int64_t O,
+                    void* stream = nullptr);
+
+// dx (N, I) += dout (N, O) · W; dW (O, I) += doutᵀ · x; db (O) += Σ_n dout. Any of dx, dW, db may
+// be null. x is read only for dW, W only for dx. db is a fixed-order fp32 column sum (our kernel,
+// deterministic), added to db once.
+template <typename T>
+void linear_backward(T* dx, T* dW, T* db, const T* dout, const T* x, const T* W, int64_t N, int64_t I,
+                     int64_t O, void* stream = nullptr);
+
+namespace detail {
+
+// The row-major -> column-major mapping, as data so that it can be checked on a machine without a
+// GPU. A row-major (r, c) matrix with row stride c is, byte for byte, the column-major (c, r)
+// matrix with leading dimension c: its transpose. So a row-major product Y = P · Q is computed as
+// the column-major Yᵀ = Qᵀ · Pᵀ, where each transpose is free (a reinterpretation) or an op flag.
+//
+// One call: D (m, n) = op(A) (m, k) · op(B) (k, n) [+ D], all column-major; op(X) is X or Xᵀ; A is
+// stored (k, m) with leading dimension lda when trans_a, else (m, k); B likewise; D is (m, n) with
+// leading dimension ldd.
+struct ColumnMajorGemm {
+    const void* a;
+    const void* b;
+    void* d;
+    bool trans_a, trans_b;
+    int64_t m, n, k;
+    int64_t lda, ldb, ldd;
+};
+
+// out (N, O) = x · Wᵀ  <=>  outᵀ (O, N) = W (O, I) · xᵀ (I, N), where W's buffer is column-major
+// Wᵀ (I, O) (transposed by the op) and x's buffer is column-major xᵀ (I, N) as is. The bias runs
+// along D's rows (m = O), which is what cuBLASLt's BIAS epilogue broadcasts.
+inline ColumnMajorGemm linear_forward_gemm(void* out, const void* x, const void* W, int64_t N, int64_t I,
+                                           int64_t O) {
+    return {W, x, out, true, false, O, N, I, I, I, O};
+}
+
+// dx (N, I) = dout · W  <=>  dxᵀ (I, N) = Wᵀ (I, O) · doutᵀ (O, N): both buffers as they are.
+inline ColumnMajorGemm linear_dx_gemm(void* dx, const void* dout, const void* W, int64_t N, int64_t I,
+                                      int64_t O) {
+    return {W, dout, dx, false, false, I, N, O, I, O, I};
+}
+
+// dW (O, I) = doutᵀ · x  <=>  dWᵀ (I, O) = xᵀ (I, N) · dout (N, O), dout's buffer being
+// column-major doutᵀ (O, N), transposed by the op.
+inline ColumnMajorGemm linear_dW_gemm(void* dW, const void* dout, const void* x, int64_t N, int64_t I,
+                                      int64_t O) {
+    return {x, dout, dW, false, true, I, O, N, I, O, I};
+}
+
+}  // namespace detail
+}  // namespace mslm::ops::cuda
