@@ -93,7 +93,7 @@ run() {
         # Load average every 30 s during the round: other people's jobs on a 2-core machine move these numbers.
         (while sleep 30; do uptime; done) > "$out/load.txt" &
         sampler=$!
-        trap 'kill $sampler 2>/dev/null' EXIT
+        trap 'kill ${sampler:-} 2>/dev/null || true' EXIT
         for m in ${PRESETS//,/ }; do
             wait_for_quiet
             echo "$m start: $(uptime)" >> "$out/machine.txt"

@@ -3,6 +3,7 @@
 // exactly what an independent pass (same mixture, same tokenizer, the documented split rule)
 // produces.
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <cstdlib>
 #include <filesystem>
@@ -59,7 +60,7 @@ TEST(DataPipeline, SharedCorporaRoundTripThroughShardsAndLoader) {
     ASSERT_GE(tok.eot_id(), 0);
 
     PrepareOptions po;
-    po.out_dir = testing::TempDir() + "/mslm_pipeline_shards";
+    po.out_dir = testing::TempDir() + "/mslm_pipeline_shards_" + std::to_string(getpid());  // one per process (ctest -j)
     po.val_fraction = 0.02;
     po.shard_tokens = 50'000;  // several shards, documents spanning shard boundaries
     po.seed = 3;

@@ -1,4 +1,5 @@
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <cmath>
 #include <cstdlib>
@@ -41,7 +42,7 @@ const std::string& shakespeare_bytes() {
         const std::string src = data_dir() + "/tinyshakespeare.txt";
         if (!fs::exists(src)) return std::string();
         PrepareOptions po;
-        po.out_dir = testing::TempDir() + "/mslm_trainer_data";
+        po.out_dir = testing::TempDir() + "/mslm_trainer_data_" + std::to_string(getpid());  // one per process: ctest -j runs tests side by side
         po.val_fraction = 0.05;
         po.seed = 1;
         po.progress = false;
@@ -68,7 +69,7 @@ const std::string& small_model_config() {
         c.attention.n_kv_heads = 2;
         c.mlp = {MlpKind::SwiGLU, 64, false};
         c.max_seq_len = 64;
-        std::string p = testing::TempDir() + "/mslm_trainer_model_config.json";
+        std::string p = testing::TempDir() + "/mslm_trainer_model_config_" + std::to_string(getpid()) + ".json";
         save_config(c, p);
         return p;
     }();
@@ -170,7 +171,7 @@ TEST(TrainerConfig, JsonRoundTripOverridesAndUnknownKeys) {
     } catch (const Error& e) {
         EXPECT_NE(std::string(e.what()).find("unknown key \"batchsize\""), std::string::npos) << e.what();
     }
-    const std::string path = testing::TempDir() + "/mslm_trainer_cfg.json";
+    const std::string path = testing::TempDir() + "/mslm_trainer_cfg_" + std::to_string(getpid()) + ".json";
     std::ofstream(path) << j.dump(2);
     EXPECT_EQ(train_config_to_json(load_train_config(path)), j);
 }
