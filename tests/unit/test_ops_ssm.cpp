@@ -722,6 +722,27 @@ const SsdCase kSsdCases[] = {
     {2, 5, 2, 3, 2, 2, 1, 1, true, true, true},      // Q = 1: every step its own chunk
 };
 
+// d's sequence decoded one token at a time with ssd_update: batch row b lives in state slot
+// slots[b] of h (S, H, P, N), advanced in place. Returns y (B, T, H, P) as the forward lays it out.
+template <typename T>
+std::vector<T> ssd_steps(const SsdData<T>& d, std::vector<T>& h, const std::vector<int64_t>& slots) {
+    const int64_t Bn = d.dims.batch, Tn = d.dims.seqlen, HP = d.dims.n_heads * d.dims.head_dim;
+    std::vector<T> y(Bn * HP), got(d.y_size());
+    SsdDims step_dims = d.dims;
+    step_dims.seqlen = 1;
+    for (int64_t t = 0; t < Tn; ++t) {
+        // Row b of step t is token (b, t) of every sequence input: rows T·ld apart.
+        SsdInputs<T> in = d.inputs();
+        in.x += t * d.ld_x, in.ld_x *= Tn;
+        in.dt += t * d.ld_dt, in.ld_dt *= Tn;
+        in.Bm += t * d.ld_B, in.ld_B *= Tn;
+        in.Cm += t * d.ld_C, in.ld_C *= Tn;
+        ssd_update(y.data(), h.data(), slots.data(), in, step_dims);
+        for (int64_t b = 0; b < Bn; ++b) std::copy_n(y.begin() + b * HP, HP, got.begin() + (b * Tn + t) * HP);
+    }
+    return got;
+}
+
 TEST(SsdForward, SequentialMatchesQuadraticForm) {
     int case_index = 0;
     for (const SsdCase& c : kSsdCases) {
@@ -918,23 +939,10 @@ TEST(Ssd, RecurrentFloatMatchesDoubleAndSteps) {
             EXPECT_EQ(y_in, y_f);
             EXPECT_EQ(h_in, h_f);
             // Decode steps, slot b = batch row b.
-            const int64_t HP = c.H * c.P;
-            std::vector<float> hs = f.h0, ys(c.B * HP), got(f.y_size());
+            std::vector<float> hs = f.h0;
             std::vector<int64_t> slots(c.B);
             for (int64_t b = 0; b < c.B; ++b) slots[b] = b;
-            SsdDims step_dims = f.dims;
-            step_dims.seqlen = 1;
-            for (int64_t t = 0; t < c.T; ++t) {
-                SsdInputs<float> in = f.inputs();
-                in.x += t * f.ld_x, in.ld_x *= c.T;
-                in.dt += t * f.ld_dt, in.ld_dt *= c.T;
-                in.Bm += t * f.ld_B, in.ld_B *= c.T;
-                in.Cm += t * f.ld_C, in.ld_C *= c.T;
-                ssd_update(ys.data(), hs.data(), slots.data(), in, step_dims);
-                for (int64_t b = 0; b < c.B; ++b)
-                    std::copy_n(ys.begin() + b * HP, HP, got.begin() + (b * c.T + t) * HP);
-            }
-            EXPECT_EQ(got, y_f);
+            EXPECT_EQ(ssd_steps(f, hs, slots), y_f);
             EXPECT_EQ(hs, h_f);
         }
     }
@@ -1040,26 +1048,14 @@ TEST(SsdUpdate, StepsMatchForward) {
         const SsdData<double> d = make_ssd(c, 43);
         std::vector<double> h_want;
         const std::vector<double> want = d.forward(&h_want, true);  // (B, T, H, P)
-        const int64_t S = 2 * c.B + 1, HPN = c.H * c.P * c.N, HP = c.H * c.P;
-        std::vector<double> h(S * HPN, 0.0), y(c.B * HP), got(d.y_size());
+        const int64_t S = 2 * c.B + 1, HPN = c.H * c.P * c.N;
+        std::vector<double> h(S * HPN, 0.0);
         std::vector<int64_t> slots(c.B);
         for (int64_t b = 0; b < c.B; ++b) {
             slots[b] = slot_of(b);
             if (!d.h0.empty()) std::copy_n(d.h0.begin() + b * HPN, HPN, h.begin() + slots[b] * HPN);
         }
-        SsdDims step_dims = d.dims;
-        step_dims.seqlen = 1;
-        for (int64_t t = 0; t < c.T; ++t) {
-            SsdInputs<double> in = d.inputs();
-            in.x += t * d.ld_x, in.ld_x *= c.T;
-            in.dt += t * d.ld_dt, in.ld_dt *= c.T;
-            in.Bm += t * d.ld_B, in.ld_B *= c.T;
-            in.Cm += t * d.ld_C, in.ld_C *= c.T;
-            ssd_update(y.data(), h.data(), slots.data(), in, step_dims);
-            for (int64_t b = 0; b < c.B; ++b)
-                std::copy_n(y.begin() + b * HP, HP, got.begin() + (b * c.T + t) * HP);
-        }
-        EXPECT_LT(scaled_max_error(got, want), kDoubleAlgoTol) << describe(c);
+        EXPECT_LT(scaled_max_error(ssd_steps(d, h, slots), want), kDoubleAlgoTol) << describe(c);
         std::vector<double> h_got;
         for (int64_t b = 0; b < c.B; ++b)
             h_got.insert(h_got.end(), h.begin() + slots[b] * HPN, h.begin() + (slots[b] + 1) * HPN);
