@@ -2,9 +2,12 @@
 #include <fmt/ranges.h>
 
 #include "cli/commands.h"
+#include "core/cuda_device.h"
+#include "core/thread_pool.h"
 #include "model/config.h"
 #include "model/info.h"
 #include "model/model_io.h"
+#include "ops/packed_linear.h"
 
 namespace mslm::cli {
 
@@ -28,6 +31,11 @@ void register_info(CLI::App& app) {
         int64_t T = args->seq_len ? args->seq_len : cfg.max_seq_len;
         fmt::print("model       {}\n", args->model.empty() ? "preset " + args->preset : args->model + " (" + format + ")");
         fmt::print("{}", describe_model(cfg, args->batch, T));
+        // Where it would run: the CPU pool and its packed-weight kernels, and the GPU if any.
+        fmt::print("machine     CPU {} threads; bf16/int8 kernels: {}\n", num_threads(),
+                   ops::packed_kernels_description());
+        fmt::print("            GPU {}\n", cuda_available() ? cuda_device_summary()
+                                                            : "none (" + cuda_device_summary() + ")");
     });
 }
 
