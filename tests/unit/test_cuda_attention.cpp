@@ -37,6 +37,7 @@
 #include "core/dtype.h"
 #include "core/error.h"
 #include "core/rng.h"
+#include "cuda_test_util.h"
 #include "ops/attention.h"
 
 #ifdef MSLM_HAVE_CUDA
@@ -48,60 +49,28 @@ namespace {
 using namespace mslm;
 
 template <typename T>
-class CudaAttention : public ::testing::Test {
-protected:
-    void SetUp() override {
-        if (!cuda_available()) GTEST_SKIP() << "no CUDA GPU: " << cuda_device_summary();
-    }
-};
+class CudaAttention : public test::CudaTest {};
 template <typename T>
-class CudaRope : public CudaAttention<T> {};
+class CudaRope : public test::CudaTest {};
 
-struct DtypeNames {
-    template <typename T>
-    static std::string GetName(int) {
-        return std::is_same_v<T, float> ? "f32" : "bf16";
-    }
-};
-using Dtypes = ::testing::Types<float, uint16_t>;  // uint16_t: bf16 bits, as in core/dtype.h
-TYPED_TEST_SUITE(CudaAttention, Dtypes, DtypeNames);
-TYPED_TEST_SUITE(CudaRope, Dtypes, DtypeNames);
+TYPED_TEST_SUITE(CudaAttention, test::Dtypes, test::DtypeNames);
+TYPED_TEST_SUITE(CudaRope, test::Dtypes, test::DtypeNames);
 
 #ifdef MSLM_HAVE_CUDA
 
-constexpr double kU = 0x1p-24;
-
-template <typename T>
-constexpr bool kBf16 = std::is_same_v<T, uint16_t>;
-
-template <typename T>
-T encode(double v) {
-    if constexpr (kBf16<T>) {
-        return f32_to_bf16(static_cast<float>(v));
-    } else {
-        return static_cast<float>(v);
-    }
-}
-
-template <typename T>
-double decode(T v) {
-    if constexpr (kBf16<T>) {
-        return bf16_to_f32(v);
-    } else {
-        return v;
-    }
-}
+// test::random_values and test::all_close are not taken: here inputs are kept as the doubles the
+// kernel will read, and tolerances are computed per element (see the header comment).
+using test::decode;
+using test::decode_all;
+using test::DeviceBuffer;
+using test::encode;
+using test::kBf16;
+using test::kU;
 
 template <typename T>
 std::vector<T> encode_all(const std::vector<double>& x) {
     std::vector<T> out(x.size());
     std::transform(x.begin(), x.end(), out.begin(), encode<T>);
-    return out;
-}
-template <typename T>
-std::vector<double> decode_all(const std::vector<T>& x) {
-    std::vector<double> out(x.size());
-    std::transform(x.begin(), x.end(), out.begin(), decode<T>);
     return out;
 }
 
@@ -113,46 +82,14 @@ std::vector<double> random_values(Rng& rng, size_t n, double lo, double hi) {
     return v;
 }
 
-template <typename T>
-class DeviceBuffer {
-public:
-    explicit DeviceBuffer(const std::vector<T>& host) : n_(host.size()) {
-        data_ = static_cast<T*>(cuda_malloc(std::max<size_t>(n_, 1) * sizeof(T)));
-        if (n_) cuda_copy(data_, host.data(), n_ * sizeof(T), CopyKind::HostToDevice);
-    }
-    ~DeviceBuffer() { cuda_free(data_); }
-    DeviceBuffer(const DeviceBuffer&) = delete;
-    DeviceBuffer& operator=(const DeviceBuffer&) = delete;
-
-    T* get() const { return data_; }
-    std::vector<T> download() const {
-        std::vector<T> host(n_);
-        if (n_) cuda_copy(host.data(), data_, n_ * sizeof(T), CopyKind::DeviceToHost);
-        return host;
-    }
-
-private:
-    T* data_;
-    size_t n_;
-};
-
 // |got − ref| ≤ tol + rounding·|ref|; reports the first few misses.
 ::testing::AssertionResult all_close(const std::vector<double>& got, const std::vector<double>& ref,
                                      const std::vector<double>& tol, double rounding) {
-    if (got.size() != ref.size())
-        return ::testing::AssertionFailure() << "size " << got.size() << " vs " << ref.size();
-    size_t misses = 0;
-    std::string first;
-    for (size_t i = 0; i < got.size(); ++i) {
-        const double t = tol[i] + rounding * std::abs(ref[i]);
-        if (std::abs(got[i] - ref[i]) <= t) continue;  // false for NaN
-        if (++misses <= 5) {
-            first += "\n  [" + std::to_string(i) + "] got " + std::to_string(got[i]) + ", want " +
-                     std::to_string(ref[i]) + " ± " + std::to_string(t);
-        }
-    }
-    if (misses == 0) return ::testing::AssertionSuccess();
-    return ::testing::AssertionFailure() << misses << " of " << got.size() << " outside tolerance:" << first;
+    if (tol.size() != ref.size())
+        return ::testing::AssertionFailure() << "size " << tol.size() << " vs " << ref.size();
+    std::vector<double> t(ref.size());
+    for (size_t i = 0; i < ref.size(); ++i) t[i] = tol[i] + rounding * std::abs(ref[i]);
+    return test::all_within(got, ref, t);
 }
 
 template <typename T>

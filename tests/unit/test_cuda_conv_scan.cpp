@@ -43,6 +43,7 @@
 #include "core/dtype.h"
 #include "core/error.h"
 #include "core/rng.h"
+#include "cuda_test_util.h"
 #include "ops/conv1d.h"
 #include "ops/selective_scan.h"
 
@@ -56,117 +57,18 @@ namespace {
 using namespace mslm;
 
 template <typename T>
-class CudaConv1d : public ::testing::Test {
-protected:
-    void SetUp() override {
-        if (!cuda_available()) GTEST_SKIP() << "no CUDA GPU: " << cuda_device_summary();
-    }
-};
+class CudaConv1d : public test::CudaTest {};
 
 template <typename T>
-class CudaSelectiveScan : public ::testing::Test {
-protected:
-    void SetUp() override {
-        if (!cuda_available()) GTEST_SKIP() << "no CUDA GPU: " << cuda_device_summary();
-    }
-};
+class CudaSelectiveScan : public test::CudaTest {};
 
-struct DtypeNames {
-    template <typename T>
-    static std::string GetName(int) {
-        return std::is_same_v<T, float> ? "f32" : "bf16";
-    }
-};
-using Dtypes = ::testing::Types<float, uint16_t>;  // uint16_t: bf16 bits, as in core/dtype.h
-TYPED_TEST_SUITE(CudaConv1d, Dtypes, DtypeNames);
-TYPED_TEST_SUITE(CudaSelectiveScan, Dtypes, DtypeNames);
+TYPED_TEST_SUITE(CudaConv1d, test::Dtypes, test::DtypeNames);
+TYPED_TEST_SUITE(CudaSelectiveScan, test::Dtypes, test::DtypeNames);
 
 #ifdef MSLM_HAVE_CUDA
 
+using namespace mslm::test;
 using ops::ScanDims;
-
-constexpr double kU = 0x1p-24;
-
-template <typename T>
-constexpr bool kBf16 = std::is_same_v<T, uint16_t>;
-
-template <typename T>
-T encode(double v) {
-    if constexpr (kBf16<T>) {
-        return f32_to_bf16(static_cast<float>(v));
-    } else {
-        return static_cast<float>(v);
-    }
-}
-
-template <typename T>
-double decode(T v) {
-    if constexpr (kBf16<T>) {
-        return bf16_to_f32(v);
-    } else {
-        return v;
-    }
-}
-
-template <typename T>
-std::vector<T> random_values(Rng& rng, size_t n, double lo, double hi) {
-    std::vector<T> v(n);
-    for (auto& x : v) x = encode<T>(rng.uniform(lo, hi));
-    return v;
-}
-
-template <typename T>
-std::vector<double> decode_all(const std::vector<T>& v) {
-    std::vector<double> out(v.size());
-    for (size_t i = 0; i < v.size(); ++i) out[i] = decode(v[i]);
-    return out;
-}
-
-template <typename T>
-class DeviceBuffer {
-public:
-    explicit DeviceBuffer(const std::vector<T>& host)
-        : data_(static_cast<T*>(cuda_malloc(std::max<size_t>(host.size(), 1) * sizeof(T)))), n_(host.size()) {
-        if (n_) cuda_copy(data_, host.data(), n_ * sizeof(T), CopyKind::HostToDevice);
-    }
-    explicit DeviceBuffer(size_t n) : DeviceBuffer(std::vector<T>(n)) {}
-    ~DeviceBuffer() { cuda_free(data_); }
-    DeviceBuffer(const DeviceBuffer&) = delete;
-    DeviceBuffer& operator=(const DeviceBuffer&) = delete;
-
-    T* get() const { return data_; }
-    std::vector<T> download() const {
-        std::vector<T> host(n_);
-        if (n_) cuda_copy(host.data(), data_, n_ * sizeof(T), CopyKind::DeviceToHost);
-        return host;
-    }
-
-private:
-    T* data_;
-    size_t n_;
-};
-
-// |got − ref| ≤ rel · scale, + 2^-8 · |ref| for bf16; reports the first few misses.
-template <typename T>
-::testing::AssertionResult all_close(const std::vector<T>& got, const std::vector<double>& ref,
-                                     const std::vector<double>& scale, double rel) {
-    if (got.size() != ref.size() || scale.size() != ref.size())
-        return ::testing::AssertionFailure() << "size " << got.size() << " vs " << ref.size();
-    size_t misses = 0;
-    std::string first;
-    for (size_t i = 0; i < got.size(); ++i) {
-        const double g = decode(got[i]);
-        double tol = rel * scale[i];
-        if constexpr (kBf16<T>) tol += 0x1p-8 * std::abs(ref[i]);
-        if (std::abs(g - ref[i]) <= tol) continue;  // false for NaN
-        if (++misses <= 5) {
-            first += "\n  [" + std::to_string(i) + "] got " + std::to_string(g) + ", want " +
-                     std::to_string(ref[i]) + " ± " + std::to_string(tol);
-        }
-    }
-    if (misses == 0) return ::testing::AssertionSuccess();
-    return ::testing::AssertionFailure() << misses << " of " << got.size() << " outside tolerance:" << first;
-}
 
 template <typename T>
 ::testing::AssertionResult all_equal(const std::vector<T>& got, const std::vector<T>& want) {

@@ -24,6 +24,7 @@
 #include "core/dtype.h"
 #include "core/error.h"
 #include "core/rng.h"
+#include "cuda_test_util.h"
 
 #ifdef MSLM_HAVE_CUDA
 #include <cuda_runtime.h>
@@ -36,82 +37,16 @@ namespace {
 using namespace mslm;
 
 template <typename T>
-class CudaElementwise : public ::testing::Test {
-protected:
-    void SetUp() override {
-        if (!cuda_available()) GTEST_SKIP() << "no CUDA GPU: " << cuda_device_summary();
-    }
-};
+class CudaElementwise : public test::CudaTest {};
 
-struct DtypeNames {
-    template <typename T>
-    static std::string GetName(int) {
-        return std::is_same_v<T, float> ? "f32" : "bf16";
-    }
-};
-using Dtypes = ::testing::Types<float, uint16_t>;  // uint16_t: bf16 bits, as in core/dtype.h
-TYPED_TEST_SUITE(CudaElementwise, Dtypes, DtypeNames);
+TYPED_TEST_SUITE(CudaElementwise, test::Dtypes, test::DtypeNames);
 
 #ifdef MSLM_HAVE_CUDA
 
-template <typename T>
-constexpr bool kBf16 = std::is_same_v<T, uint16_t>;
+using namespace mslm::test;
 
-constexpr double kF32Ulps = 8;
-
-template <typename T>
-T encode(double v) {
-    if constexpr (kBf16<T>) {
-        return f32_to_bf16(static_cast<float>(v));
-    } else {
-        return static_cast<float>(v);
-    }
-}
-
-template <typename T>
-double decode(T v) {
-    if constexpr (kBf16<T>) {
-        return bf16_to_f32(v);
-    } else {
-        return v;
-    }
-}
-
-template <typename T>
-std::vector<T> random_values(Rng& rng, size_t n, double lo, double hi) {
-    std::vector<T> v(n);
-    for (auto& x : v) x = encode<T>(rng.uniform(lo, hi));
-    return v;
-}
-
-// A device copy of `host` placed `offset` elements past a cudaMalloc base (256-byte aligned):
-// offset 0 takes the 16-byte vector path, offset 1 misaligns the pointer and forces the
-// one-element path.
-template <typename T>
-class DeviceBuffer {
-public:
-    DeviceBuffer(const std::vector<T>& host, size_t offset)
-        : base_(cuda_malloc((host.size() + offset) * sizeof(T))),
-          data_(static_cast<T*>(base_) + offset),
-          n_(host.size()) {
-        cuda_copy(data_, host.data(), n_ * sizeof(T), CopyKind::HostToDevice);
-    }
-    ~DeviceBuffer() { cuda_free(base_); }
-    DeviceBuffer(const DeviceBuffer&) = delete;
-    DeviceBuffer& operator=(const DeviceBuffer&) = delete;
-
-    T* get() const { return data_; }
-    std::vector<T> download() const {
-        std::vector<T> host(n_);
-        cuda_copy(host.data(), data_, n_ * sizeof(T), CopyKind::DeviceToHost);
-        return host;
-    }
-
-private:
-    void* base_;
-    T* data_;
-    size_t n_;
-};
+// 8 ulp of scale, ulp = FLT_EPSILON = 2^-23 (see the header comment).
+constexpr double kF32Rel = 8 * FLT_EPSILON;
 
 double sigmoid(double x) {
     return 1.0 / (1.0 + std::exp(-x));
@@ -125,29 +60,6 @@ double silu_grad(double x) {
 // Sum of the magnitudes of silu'(x)'s terms σ and x·σ·(1 − σ).
 double silu_grad_scale(double x) {
     return sigmoid(x) * (1.0 + std::abs(x * (1.0 - sigmoid(x))));
-}
-
-// |got − ref| ≤ rel · scale + floor, + 2^-8 · |ref| for bf16; reports the first few misses.
-template <typename T>
-::testing::AssertionResult all_close(const std::vector<T>& got, const std::vector<double>& ref,
-                                     const std::vector<double>& scale, double rel = kF32Ulps * FLT_EPSILON,
-                                     double floor = 0.0) {
-    if (got.size() != ref.size())
-        return ::testing::AssertionFailure() << "size " << got.size() << " vs " << ref.size();
-    size_t misses = 0;
-    std::string first;
-    for (size_t i = 0; i < got.size(); ++i) {
-        const double g = decode(got[i]);
-        double tol = rel * scale[i] + floor;
-        if constexpr (kBf16<T>) tol += 0x1p-8 * std::abs(ref[i]);
-        if (std::abs(g - ref[i]) <= tol) continue;  // false for NaN
-        if (++misses <= 5) {
-            first += "\n  [" + std::to_string(i) + "] got " + std::to_string(g) + ", want " +
-                     std::to_string(ref[i]) + " ± " + std::to_string(tol);
-        }
-    }
-    if (misses == 0) return ::testing::AssertionSuccess();
-    return ::testing::AssertionFailure() << misses << " of " << got.size() << " outside tolerance:" << first;
 }
 
 const int64_t kSizes[] = {1, 7, 8, 1000, 1000003};
@@ -183,10 +95,10 @@ TYPED_TEST(CudaElementwise, SiluForward) {
 
             DeviceBuffer<T> dx(x, offset), dout(std::vector<T>(n), offset);
             ops::cuda::silu_forward(dout.get(), dx.get(), n);
-            EXPECT_TRUE(all_close(dout.download(), ref, scale));
+            EXPECT_TRUE(all_close(dout.download(), ref, scale, kF32Rel));
 
             ops::cuda::silu_forward(dx.get(), dx.get(), n);  // in place
-            EXPECT_TRUE(all_close(dx.download(), ref, scale)) << "in place";
+            EXPECT_TRUE(all_close(dx.download(), ref, scale, kF32Rel)) << "in place";
         }
     }
 #endif
@@ -210,7 +122,7 @@ TYPED_TEST(CudaElementwise, SiluBackwardAccumulates) {
             }
             DeviceBuffer<T> d_x(x, offset), d_dout(dout, offset), d_dx(dx0, offset);
             ops::cuda::silu_backward(d_dx.get(), d_dout.get(), d_x.get(), n);
-            EXPECT_TRUE(all_close(d_dx.download(), ref, scale));
+            EXPECT_TRUE(all_close(d_dx.download(), ref, scale, kF32Rel));
         }
     }
 #endif
@@ -235,7 +147,7 @@ TYPED_TEST(CudaElementwise, SwigluForward) {
             }
             DeviceBuffer<T> d_gate_up(gate_up, offset), d_out(std::vector<T>(N * F), offset);
             ops::cuda::swiglu_forward(d_out.get(), d_gate_up.get(), N, F);
-            EXPECT_TRUE(all_close(d_out.download(), ref, scale));
+            EXPECT_TRUE(all_close(d_out.download(), ref, scale, kF32Rel));
         }
     }
 #endif
@@ -267,7 +179,7 @@ TYPED_TEST(CudaElementwise, SwigluBackwardAccumulates) {
             }
             DeviceBuffer<T> d_gate_up(gate_up, offset), d_dout(dout, offset), d_dgate_up(dgate_up0, offset);
             ops::cuda::swiglu_backward(d_dgate_up.get(), d_dout.get(), d_gate_up.get(), N, F);
-            EXPECT_TRUE(all_close(d_dgate_up.download(), ref, scale));
+            EXPECT_TRUE(all_close(d_dgate_up.download(), ref, scale, kF32Rel));
         }
     }
 #endif
@@ -290,7 +202,7 @@ TYPED_TEST(CudaElementwise, Axpy) {
                 }
                 DeviceBuffer<T> d_x(x, offset), d_y(y0, offset);
                 ops::cuda::axpy(d_y.get(), d_x.get(), n, alpha);
-                EXPECT_TRUE(all_close(d_y.download(), ref, scale));
+                EXPECT_TRUE(all_close(d_y.download(), ref, scale, kF32Rel));
             }
         }
     }
@@ -323,8 +235,8 @@ TYPED_TEST(CudaElementwise, ExtremeInputsStayFinite) {
         d_dx(std::vector<T>(n), 0);
     ops::cuda::silu_forward(d_out.get(), d_x.get(), n);
     ops::cuda::silu_backward(d_dx.get(), d_dout.get(), d_x.get(), n);
-    EXPECT_TRUE(all_close(d_out.download(), fwd, fwd_scale, 0x1p-16, FLT_MIN));
-    EXPECT_TRUE(all_close(d_dx.download(), bwd, bwd_scale, 0x1p-16, FLT_MIN));
+    EXPECT_TRUE(all_close(d_out.download(), fwd, fwd_scale, 0x1p-16, kBf16<T>, FLT_MIN));
+    EXPECT_TRUE(all_close(d_dx.download(), bwd, bwd_scale, 0x1p-16, kBf16<T>, FLT_MIN));
 #endif
 }
 
@@ -346,7 +258,7 @@ TYPED_TEST(CudaElementwise, RunsOnGivenStream) {
     ops::cuda::silu_forward(d_out.get(), d_x.get(), n, stream);
     EXPECT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
     EXPECT_EQ(cudaStreamDestroy(stream), cudaSuccess);
-    EXPECT_TRUE(all_close(d_out.download(), ref, scale));
+    EXPECT_TRUE(all_close(d_out.download(), ref, scale, kF32Rel));
 #endif
 }
 

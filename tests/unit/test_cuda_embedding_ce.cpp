@@ -26,11 +26,11 @@
 #include "core/cuda_device.h"
 #include "core/error.h"
 #include "core/rng.h"
+#include "cuda_test_util.h"
 #include "ops/cross_entropy.h"
 #include "ops/embedding.h"
 
 #ifdef MSLM_HAVE_CUDA
-#include "cuda_test_util.h"
 #include "ops/cuda/cross_entropy.h"
 #include "ops/cuda/embedding.h"
 #endif
@@ -40,24 +40,12 @@ namespace {
 using namespace mslm;
 
 template <typename T>
-class CudaEmbedding : public ::testing::Test {
-protected:
-    void SetUp() override {
-        if (!cuda_available()) GTEST_SKIP() << "no CUDA GPU: " << cuda_device_summary();
-    }
-};
+class CudaEmbedding : public test::CudaTest {};
 template <typename T>
-class CudaCrossEntropy : public CudaEmbedding<T> {};
+class CudaCrossEntropy : public test::CudaTest {};
 
-struct DtypeNames {
-    template <typename T>
-    static std::string GetName(int) {
-        return std::is_same_v<T, float> ? "f32" : "bf16";
-    }
-};
-using Dtypes = ::testing::Types<float, uint16_t>;  // uint16_t: bf16 bits, as in core/dtype.h
-TYPED_TEST_SUITE(CudaEmbedding, Dtypes, DtypeNames);
-TYPED_TEST_SUITE(CudaCrossEntropy, Dtypes, DtypeNames);
+TYPED_TEST_SUITE(CudaEmbedding, test::Dtypes, test::DtypeNames);
+TYPED_TEST_SUITE(CudaCrossEntropy, test::Dtypes, test::DtypeNames);
 
 #ifdef MSLM_HAVE_CUDA
 

@@ -33,6 +33,7 @@
 #include "core/dtype.h"
 #include "core/error.h"
 #include "core/rng.h"
+#include "cuda_test_util.h"
 #include "nn/parameters.h"
 #include "ops/cuda/adamw.h"
 #include "ops/cuda/linear.h"
@@ -42,8 +43,6 @@
 namespace {
 
 using namespace mslm;
-
-constexpr double kU = 0x1p-24;  // fp32 unit roundoff
 
 std::vector<double> random_doubles(Rng& rng, size_t n, double lo = -1.0, double hi = 1.0) {
     std::vector<double> v(n);
@@ -130,106 +129,24 @@ TEST(CudaLinearChecks, RejectsNegativeSizesBeforeTouchingTheGpu) {
 
 // ---- GPU tests
 
-struct DtypeNames {
-    template <typename T>
-    static std::string GetName(int) {
-        return std::is_same_v<T, float> ? "f32" : "bf16";
-    }
-};
-using Dtypes = ::testing::Types<float, uint16_t>;  // uint16_t: bf16 bits, as in core/dtype.h
-
 template <typename T>
-class CudaLinear : public ::testing::Test {
-protected:
-    void SetUp() override {
-        if (!cuda_available()) GTEST_SKIP() << "no CUDA GPU: " << cuda_device_summary();
-    }
-};
-TYPED_TEST_SUITE(CudaLinear, Dtypes, DtypeNames);
+class CudaLinear : public test::CudaTest {};
+TYPED_TEST_SUITE(CudaLinear, test::Dtypes, test::DtypeNames);
 
 // T here is the gradient type; parameters and state are fp32.
 template <typename T>
-class CudaAdamW : public ::testing::Test {
-protected:
-    void SetUp() override {
-        if (!cuda_available()) GTEST_SKIP() << "no CUDA GPU: " << cuda_device_summary();
-    }
-};
-TYPED_TEST_SUITE(CudaAdamW, Dtypes, DtypeNames);
+class CudaAdamW : public test::CudaTest {};
+TYPED_TEST_SUITE(CudaAdamW, test::Dtypes, test::DtypeNames);
 
 #ifdef MSLM_HAVE_CUDA
 
-template <typename T>
-constexpr bool kBf16 = std::is_same_v<T, uint16_t>;
-
-template <typename T>
-T encode(double v) {
-    if constexpr (kBf16<T>) {
-        return f32_to_bf16(static_cast<float>(v));
-    } else {
-        return static_cast<float>(v);
-    }
-}
-
-template <typename T>
-double decode(T v) {
-    if constexpr (kBf16<T>) {
-        return bf16_to_f32(v);
-    } else {
-        return v;
-    }
-}
-
-template <typename T>
-std::vector<T> random_values(Rng& rng, size_t n, double lo = -1.0, double hi = 1.0) {
-    std::vector<T> v(n);
-    for (auto& x : v) x = encode<T>(rng.uniform(lo, hi));
-    return v;
-}
-
-template <typename T>
-std::vector<double> decoded(const std::vector<T>& v) {
-    std::vector<double> d(v.size());
-    for (size_t i = 0; i < v.size(); ++i) d[i] = decode(v[i]);
-    return d;
-}
+using namespace mslm::test;
 
 std::vector<double> magnitudes(const std::vector<double>& v) {
     std::vector<double> a(v.size());
     for (size_t i = 0; i < v.size(); ++i) a[i] = std::abs(v[i]);
     return a;
 }
-
-// A device copy of `host` placed `offset` elements past a cudaMalloc base (256-byte aligned):
-// offset 1 misaligns every pointer, which cuBLASLt's heuristic and the AdamW kernel must handle.
-template <typename T>
-class DeviceBuffer {
-public:
-    DeviceBuffer(const std::vector<T>& host, size_t offset = 0)
-        : base_(cuda_malloc((host.size() + offset) * sizeof(T))),
-          data_(static_cast<T*>(base_) + offset),
-          n_(host.size()) {
-        upload(host);
-    }
-    ~DeviceBuffer() { cuda_free(base_); }
-    DeviceBuffer(const DeviceBuffer&) = delete;
-    DeviceBuffer& operator=(const DeviceBuffer&) = delete;
-
-    T* get() const { return data_; }
-    void upload(const std::vector<T>& host) {
-        if (n_) cuda_copy(data_, host.data(), n_ * sizeof(T), CopyKind::HostToDevice);
-    }
-    std::vector<T> download() const {
-        std::vector<T> host(n_);
-        if (n_) cuda_copy(host.data(), data_, n_ * sizeof(T), CopyKind::DeviceToHost);
-        return host;
-    }
-
-private:
-    void* base_;
-    T* data_;
-    size_t n_;
-};
 
 // The argued bound of the header comment for sums of K products plus one term.
 template <typename T>
@@ -240,24 +157,6 @@ std::vector<double> linear_tolerance(const std::vector<double>& ref, const std::
     for (size_t i = 0; i < ref.size(); ++i)
         tol[i] = rel * scale[i] + (kBf16<T> ? 0x1p-8 * std::abs(ref[i]) : 0.0);
     return tol;
-}
-
-template <typename T>
-::testing::AssertionResult all_close(const std::vector<T>& got, const std::vector<double>& ref,
-                                     const std::vector<double>& tol) {
-    if (got.size() != ref.size())
-        return ::testing::AssertionFailure() << "size " << got.size() << " vs " << ref.size();
-    size_t misses = 0;
-    std::string first;
-    for (size_t i = 0; i < got.size(); ++i) {
-        const double g = decode(got[i]);
-        if (std::abs(g - ref[i]) <= tol[i]) continue;  // false for NaN
-        if (++misses <= 5)
-            first += "\n  [" + std::to_string(i) + "] got " + std::to_string(g) + ", want " +
-                     std::to_string(ref[i]) + " ± " + std::to_string(tol[i]);
-    }
-    if (misses == 0) return ::testing::AssertionSuccess();
-    return ::testing::AssertionFailure() << misses << " of " << got.size() << " outside tolerance:" << first;
 }
 
 std::string where(int64_t N, int64_t I, int64_t O, bool bias, size_t offset = 0) {
@@ -279,7 +178,7 @@ void check_linear(Rng& rng, int64_t N, int64_t I, int64_t O, bool bias, size_t o
     const auto dout = random_values<T>(rng, N * O);
     const auto dx0 = random_values<T>(rng, N * I), dW0 = random_values<T>(rng, O * I),
                db0 = random_values<T>(rng, O);
-    const auto xd = decoded(x), Wd = decoded(W), bd = decoded(b), doutd = decoded(dout);
+    const auto xd = decode_all(x), Wd = decode_all(W), bd = decode_all(b), doutd = decode_all(dout);
     const auto xa = magnitudes(xd), Wa = magnitudes(Wd), ba = magnitudes(bd), douta = magnitudes(doutd);
 
     DeviceBuffer<T> x_d(x, offset), W_d(W, offset), b_d(b, offset), out_d(std::vector<T>(N * O), offset);
@@ -287,31 +186,31 @@ void check_linear(Rng& rng, int64_t N, int64_t I, int64_t O, bool bias, size_t o
     std::vector<double> ref(N * O), scale(N * O);
     ops::linear_forward<double>(ref.data(), xd.data(), Wd.data(), bias ? bd.data() : nullptr, N, I, O);
     ops::linear_forward<double>(scale.data(), xa.data(), Wa.data(), bias ? ba.data() : nullptr, N, I, O);
-    EXPECT_TRUE(all_close(out_d.download(), ref, linear_tolerance<T>(ref, scale, I))) << "forward";
+    EXPECT_TRUE(all_within(out_d.download(), ref, linear_tolerance<T>(ref, scale, I))) << "forward";
 
     DeviceBuffer<T> dout_d(dout, offset), dx_d(dx0, offset), dW_d(dW0, offset), db_d(db0, offset);
     const bool want_dx = only_grad < 0 || only_grad == 0, want_dW = only_grad < 0 || only_grad == 1,
                want_db = only_grad < 0 || only_grad == 2;
     ops::cuda::linear_backward(want_dx ? dx_d.get() : nullptr, want_dW ? dW_d.get() : nullptr,
                                want_db ? db_d.get() : nullptr, dout_d.get(), x_d.get(), W_d.get(), N, I, O);
-    std::vector<double> dx = decoded(dx0), dW = decoded(dW0), db = decoded(db0);
+    std::vector<double> dx = decode_all(dx0), dW = decode_all(dW0), db = decode_all(db0);
     std::vector<double> dx_s = magnitudes(dx), dW_s = magnitudes(dW), db_s = magnitudes(db);
     ops::linear_backward<double>(dx.data(), dW.data(), db.data(), doutd.data(), xd.data(), Wd.data(), N, I,
                                  O);
     ops::linear_backward<double>(dx_s.data(), dW_s.data(), db_s.data(), douta.data(), xa.data(), Wa.data(), N,
                                  I, O);
     if (want_dx) {
-        EXPECT_TRUE(all_close(dx_d.download(), dx, linear_tolerance<T>(dx, dx_s, O))) << "dx";
+        EXPECT_TRUE(all_within(dx_d.download(), dx, linear_tolerance<T>(dx, dx_s, O))) << "dx";
     } else {
         EXPECT_TRUE(dx_d.download() == dx0) << "dx was not asked for";
     }
     if (want_dW) {
-        EXPECT_TRUE(all_close(dW_d.download(), dW, linear_tolerance<T>(dW, dW_s, N))) << "dW";
+        EXPECT_TRUE(all_within(dW_d.download(), dW, linear_tolerance<T>(dW, dW_s, N))) << "dW";
     } else {
         EXPECT_TRUE(dW_d.download() == dW0) << "dW was not asked for";
     }
     if (want_db) {
-        EXPECT_TRUE(all_close(db_d.download(), db, linear_tolerance<T>(db, db_s, N))) << "db";
+        EXPECT_TRUE(all_within(db_d.download(), db, linear_tolerance<T>(db, db_s, N))) << "db";
     } else {
         EXPECT_TRUE(db_d.download() == db0) << "db was not asked for";
     }

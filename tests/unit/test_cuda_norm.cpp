@@ -26,12 +26,12 @@
 #include "core/cuda_device.h"
 #include "core/error.h"
 #include "core/rng.h"
+#include "cuda_test_util.h"
 #include "ops/norm.h"
 
 #ifdef MSLM_HAVE_CUDA
 #include <cuda_runtime.h>
 
-#include "cuda_test_util.h"
 #include "ops/cuda/norm.h"
 #endif
 
@@ -40,24 +40,12 @@ namespace {
 using namespace mslm;
 
 template <typename T>
-class CudaNorm : public ::testing::Test {
-protected:
-    void SetUp() override {
-        if (!cuda_available()) GTEST_SKIP() << "no CUDA GPU: " << cuda_device_summary();
-    }
-};
+class CudaNorm : public test::CudaTest {};
 template <typename T>
-class CudaGatedNorm : public CudaNorm<T> {};
+class CudaGatedNorm : public test::CudaTest {};
 
-struct DtypeNames {
-    template <typename T>
-    static std::string GetName(int) {
-        return std::is_same_v<T, float> ? "f32" : "bf16";
-    }
-};
-using Dtypes = ::testing::Types<float, uint16_t>;  // uint16_t: bf16 bits, as in core/dtype.h
-TYPED_TEST_SUITE(CudaNorm, Dtypes, DtypeNames);
-TYPED_TEST_SUITE(CudaGatedNorm, Dtypes, DtypeNames);
+TYPED_TEST_SUITE(CudaNorm, test::Dtypes, test::DtypeNames);
+TYPED_TEST_SUITE(CudaGatedNorm, test::Dtypes, test::DtypeNames);
 
 #ifdef MSLM_HAVE_CUDA
 

@@ -41,6 +41,7 @@
 #include "core/dtype.h"
 #include "core/error.h"
 #include "core/rng.h"
+#include "cuda_test_util.h"
 #include "ops/ssd.h"
 
 #ifdef MSLM_HAVE_CUDA
@@ -52,84 +53,32 @@ namespace {
 using namespace mslm;
 
 template <typename T>
-class CudaSsd : public ::testing::Test {
-protected:
-    void SetUp() override {
-        if (!cuda_available()) GTEST_SKIP() << "no CUDA GPU: " << cuda_device_summary();
-    }
-};
+class CudaSsd : public test::CudaTest {};
 
-struct DtypeNames {
-    template <typename T>
-    static std::string GetName(int) {
-        return std::is_same_v<T, float> ? "f32" : "bf16";
-    }
-};
-using Dtypes = ::testing::Types<float, uint16_t>;  // uint16_t: bf16 bits, as in core/dtype.h
-TYPED_TEST_SUITE(CudaSsd, Dtypes, DtypeNames);
+TYPED_TEST_SUITE(CudaSsd, test::Dtypes, test::DtypeNames);
 
 #ifdef MSLM_HAVE_CUDA
 
-constexpr double kU = 0x1p-24;
-
-template <typename T>
-constexpr bool kBf16 = std::is_same_v<T, uint16_t>;
-
-template <typename T>
-T encode(double v) {
-    if constexpr (kBf16<T>) {
-        return f32_to_bf16(static_cast<float>(v));
-    } else {
-        return static_cast<float>(v);
-    }
-}
-
-template <typename T>
-double decode(T v) {
-    if constexpr (kBf16<T>) {
-        return bf16_to_f32(v);
-    } else {
-        return v;
-    }
-}
-
-template <typename T>
-std::vector<double> decode_all(const std::vector<T>& v) {
-    std::vector<double> out(v.size());
-    for (size_t i = 0; i < v.size(); ++i) out[i] = decode(v[i]);
-    return out;
-}
+// test::all_close is not taken: this file's all_close also allows one fp32 rounding of the result
+// and reports the worst miss.
+using test::decode;
+using test::decode_all;
+using test::DeviceBuffer;
+using test::encode;
+using test::kBf16;
+using test::kU;
+using test::random_values;
 
 double inv_softplus(double y) {
     return y + std::log(-std::expm1(-y));
 }
 
-// A device copy of `host` (nothing for an empty vector: get() is null).
+// The kernels take null for an absent optional input or gradient (an empty host vector here) and
+// for the tensors of an empty sequence.
 template <typename T>
-class DeviceBuffer {
-public:
-    explicit DeviceBuffer(const std::vector<T>& host) : n_(host.size()) {
-        if (n_ == 0) return;
-        data_ = static_cast<T*>(cuda_malloc(n_ * sizeof(T)));
-        cuda_copy(data_, host.data(), n_ * sizeof(T), CopyKind::HostToDevice);
-    }
-    ~DeviceBuffer() {
-        if (data_) cuda_free(data_);
-    }
-    DeviceBuffer(const DeviceBuffer&) = delete;
-    DeviceBuffer& operator=(const DeviceBuffer&) = delete;
-
-    T* get() const { return data_; }
-    std::vector<T> download() const {
-        std::vector<T> host(n_);
-        if (n_) cuda_copy(host.data(), data_, n_ * sizeof(T), CopyKind::DeviceToHost);
-        return host;
-    }
-
-private:
-    T* data_ = nullptr;
-    size_t n_;
-};
+T* or_null(const DeviceBuffer<T>& b) {
+    return b.size() > 0 ? b.get() : nullptr;
+}
 
 struct Case {
     int64_t B, T, H, P, G, N, Q, pad;
@@ -286,17 +235,17 @@ struct DeviceData {
     explicit DeviceData(const Data<T>& d)
         : d_(d), x(d.x), dt(d.dt), dt_bias(d.dt_bias), A_log(d.A_log), Bm(d.Bm), Cm(d.Cm), D(d.D), h0(d.h0) {}
     ops::cuda::SsdInputs<T> inputs() const {
-        return {.x = x.get(),
+        return {.x = or_null(x),
                 .ld_x = d_.ld_x,
-                .dt = dt.get(),
+                .dt = or_null(dt),
                 .ld_dt = d_.ld_dt,
-                .dt_bias = dt_bias.get(),
-                .A_log = A_log.get(),
-                .Bm = Bm.get(),
+                .dt_bias = or_null(dt_bias),
+                .A_log = or_null(A_log),
+                .Bm = or_null(Bm),
                 .ld_B = d_.ld_B,
-                .Cm = Cm.get(),
+                .Cm = or_null(Cm),
                 .ld_C = d_.ld_C,
-                .D = D.get()};
+                .D = or_null(D)};
     }
     const Data<T>& d_;
     DeviceBuffer<T> x, dt, dt_bias, A_log, Bm, Cm, D;
@@ -341,13 +290,6 @@ template <typename T>
 }
 
 template <typename T>
-std::vector<T> random_values(Rng& rng, size_t n) {
-    std::vector<T> v(n);
-    for (auto& x : v) x = encode<T>(rng.uniform(-1.0, 1.0));
-    return v;
-}
-
-template <typename T>
 bool same_bits(const std::vector<T>& a, const std::vector<T>& b) {
     return a.size() == b.size() && (a.empty() || std::memcmp(a.data(), b.data(), a.size() * sizeof(T)) == 0);
 }
@@ -370,7 +312,7 @@ TYPED_TEST(CudaSsd, ForwardMatchesSequential) {
         DeviceBuffer<T> y(std::vector<T>(y_ref.size()));
         DeviceBuffer<float> h_last(std::vector<float>(h_ref.size()));
         DeviceBuffer<float> states(std::vector<float>(ops::cuda::ssd_chunk_states_numel(d.dims)));
-        ops::cuda::ssd_forward(y.get(), h_last.get(), dev.inputs(), dev.h0.get(), d.dims, states.get());
+        ops::cuda::ssd_forward(y.get(), h_last.get(), dev.inputs(), or_null(dev.h0), d.dims, states.get());
         const std::vector<T> y_got = y.download();
         EXPECT_TRUE(all_close(y_got, y_ref, y_scale, rel)) << "y";
         EXPECT_TRUE(all_close(h_last.download(), h_ref, h_scale, rel)) << "h_last";
@@ -391,8 +333,8 @@ TYPED_TEST(CudaSsd, ForwardMatchesSequential) {
         // Without the optional outputs, with a caller's workspace: the same bits.
         DeviceBuffer<char> workspace(std::vector<char>(ops::cuda::ssd_forward_workspace_bytes(d.dims)));
         DeviceBuffer<T> y2(std::vector<T>(y_ref.size()));
-        ops::cuda::ssd_forward(y2.get(), static_cast<float*>(nullptr), dev.inputs(), dev.h0.get(), d.dims,
-                               nullptr, workspace.get());
+        ops::cuda::ssd_forward(y2.get(), static_cast<float*>(nullptr), dev.inputs(), or_null(dev.h0), d.dims,
+                               nullptr, or_null(workspace));
         EXPECT_TRUE(same_bits(y2.download(), y_got)) << "y without h_last / chunk states";
     }
 #endif
@@ -426,15 +368,16 @@ TYPED_TEST(CudaSsd, BackwardMatchesReference) {
         DeviceData<T> dev(d);
         DeviceBuffer<T> d_dy(dy), d_y(std::vector<T>(dy.size()));
         DeviceBuffer<float> states(std::vector<float>(ops::cuda::ssd_chunk_states_numel(d.dims)));
-        ops::cuda::ssd_forward(d_y.get(), static_cast<float*>(nullptr), dev.inputs(), dev.h0.get(), d.dims,
+        ops::cuda::ssd_forward(d_y.get(), static_cast<float*>(nullptr), dev.inputs(), or_null(dev.h0), d.dims,
                                states.get());
 
         std::vector<std::vector<T>> runs[2];
         for (int run = 0; run < 2; ++run) {
             DeviceBuffer<T> a(gx), b(gdt), e(gbias), f(gA), g(gB), h(gC), k(gD);
-            const ops::SsdGrads<T> grads{a.get(), b.get(), e.get(), f.get(), g.get(), h.get(), k.get()};
+            const ops::SsdGrads<T> grads{or_null(a), or_null(b), or_null(e), or_null(f),
+                                         or_null(g), or_null(h), or_null(k)};
             // Run 0 from the saved chunk states, run 1 recomputing them.
-            ops::cuda::ssd_backward(grads, d_dy.get(), dev.inputs(), dev.h0.get(),
+            ops::cuda::ssd_backward(grads, d_dy.get(), dev.inputs(), or_null(dev.h0),
                                     run == 0 ? states.get() : nullptr, d.dims);
             runs[run] = {a.download(), b.download(), e.download(), f.download(),
                          g.download(), h.download(), k.download()};
@@ -526,7 +469,8 @@ TYPED_TEST(CudaSsd, UpdateMatchesForward) {
         // The chunked forward on the same sequences: both within their tolerances of the reference.
         DeviceData<T> dev(d);
         DeviceBuffer<T> y_fwd(std::vector<T>(y_ref.size()));
-        ops::cuda::ssd_forward(y_fwd.get(), static_cast<float*>(nullptr), dev.inputs(), dev.h0.get(), d.dims);
+        ops::cuda::ssd_forward(y_fwd.get(), static_cast<float*>(nullptr), dev.inputs(), or_null(dev.h0),
+                               d.dims);
         // Their gap: both relative tolerances on the scale, and the update's own output rounding
         // (all_close adds the forward's), folded into the scale.
         const double gap_rel = rel + forward_rel(c);
@@ -587,13 +531,13 @@ TYPED_TEST(CudaSsd, EmptySequences) {
     const Data<T> d = make_data<T>(c, 500);
     DeviceData<T> dev(d);
     DeviceBuffer<float> h_last(std::vector<float>(d.h0.size(), 7.0f));
-    ops::cuda::ssd_forward(static_cast<T*>(nullptr), h_last.get(), dev.inputs(), dev.h0.get(), d.dims);
+    ops::cuda::ssd_forward(static_cast<T*>(nullptr), h_last.get(), dev.inputs(), or_null(dev.h0), d.dims);
     EXPECT_TRUE(same_bits(h_last.download(), d.h0));
     ops::cuda::ssd_forward(static_cast<T*>(nullptr), h_last.get(), dev.inputs(), nullptr, d.dims);
     EXPECT_TRUE(same_bits(h_last.download(), std::vector<float>(d.h0.size(), 0.0f)));
     const ops::SsdGrads<T> none{};
-    EXPECT_NO_THROW(ops::cuda::ssd_backward(none, static_cast<const T*>(nullptr), dev.inputs(), dev.h0.get(),
-                                            nullptr, d.dims));
+    EXPECT_NO_THROW(ops::cuda::ssd_backward(none, static_cast<const T*>(nullptr), dev.inputs(),
+                                            or_null(dev.h0), nullptr, d.dims));
     ops::SsdDims no_batch = d.dims;
     no_batch.batch = 0, no_batch.seqlen = 5;
     EXPECT_NO_THROW(ops::cuda::ssd_forward(static_cast<T*>(nullptr), static_cast<float*>(nullptr),
