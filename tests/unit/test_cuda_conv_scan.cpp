@@ -160,6 +160,8 @@ struct ConvData {
     const double* bias_ref() const { return c.bias ? biasd.data() : nullptr; }
 };
 
+#endif  // MSLM_HAVE_CUDA
+
 TYPED_TEST(CudaConv1d, ForwardMatchesCpu) {
 #ifdef MSLM_HAVE_CUDA
     using T = TypeParam;
@@ -243,8 +245,12 @@ TYPED_TEST(CudaConv1d, BackwardAccumulatesEveryGradient) {
 #endif
 }
 
+#ifdef MSLM_HAVE_CUDA
+
 // Feeding the tokens one at a time through the update gives the forward's bits, and leaves the last
 // K − 1 inputs (zeros before the start) in the window.
+#endif  // MSLM_HAVE_CUDA
+
 TYPED_TEST(CudaConv1d, UpdateMatchesForwardBitwise) {
 #ifdef MSLM_HAVE_CUDA
     using T = TypeParam;
@@ -363,6 +369,8 @@ TYPED_TEST(CudaConv1d, ChecksArguments) {
         "conv1d_causal_backward");  // workspace too small
 #endif
 }
+
+#ifdef MSLM_HAVE_CUDA
 
 // ---------------------------------------------------------------------------------------------
 // selective scan
@@ -528,6 +536,8 @@ void scan_forward_bounds(const ScanData<T>& s, std::vector<double>& y_tol, std::
         }
 }
 
+#endif  // MSLM_HAVE_CUDA
+
 TYPED_TEST(CudaSelectiveScan, ForwardMatchesCpu) {
 #ifdef MSLM_HAVE_CUDA
     using T = TypeParam;
@@ -551,8 +561,12 @@ TYPED_TEST(CudaSelectiveScan, ForwardMatchesCpu) {
 #endif
 }
 
+#ifdef MSLM_HAVE_CUDA
+
 // The chunk states are the states a forward over the prefix ends in (same kernel, same bits), and
 // the state advanced in place (h_last = h0) is the state written elsewhere.
+#endif  // MSLM_HAVE_CUDA
+
 TYPED_TEST(CudaSelectiveScan, ChunkStatesAreThePrefixStates) {
 #ifdef MSLM_HAVE_CUDA
     using T = TypeParam;
@@ -579,6 +593,8 @@ TYPED_TEST(CudaSelectiveScan, ChunkStatesAreThePrefixStates) {
     }
 #endif
 }
+
+#ifdef MSLM_HAVE_CUDA
 
 // The gradients' magnitude sums: the reference backward's formulas on |·|, with the forward's
 // magnitude recurrence M for |h|, plus |initial value|.
@@ -691,6 +707,8 @@ std::vector<double> abs_all(std::vector<double> v) {
     return v;
 }
 
+#endif  // MSLM_HAVE_CUDA
+
 TYPED_TEST(CudaSelectiveScan, BackwardAccumulatesEveryGradient) {
 #ifdef MSLM_HAVE_CUDA
     using T = TypeParam;
@@ -755,8 +773,12 @@ TYPED_TEST(CudaSelectiveScan, BackwardAccumulatesEveryGradient) {
 #endif
 }
 
+#ifdef MSLM_HAVE_CUDA
+
 // k updates give the bits of a k-step forward, through slots in any order, and leave the other
 // slots alone.
+#endif  // MSLM_HAVE_CUDA
+
 TYPED_TEST(CudaSelectiveScan, UpdateMatchesForwardBitwise) {
 #ifdef MSLM_HAVE_CUDA
     using T = TypeParam;
@@ -844,7 +866,5 @@ TYPED_TEST(CudaSelectiveScan, ChecksArguments) {
         "selective_scan_backward");
 #endif
 }
-
-#endif  // MSLM_HAVE_CUDA
 
 }  // namespace
