@@ -75,6 +75,7 @@ struct Planner {
 struct CudaParam {
     bf16* w = nullptr;
     bf16* g = nullptr;
+    float* g32 = nullptr;  // the fp32 gradient itself (matrix weights: linear_backward_dW_f32 adds into it)
 };
 
 struct CudaNormParams {
@@ -171,7 +172,7 @@ CudaHybridLM::CudaHybridLM(const ModelConfig& cfg) : cfg_(cfg), impl_(std::make_
     auto param = [&](const std::string& name) {
         auto it = offsets.find(name);
         if (it == offsets.end()) return CudaParam{};
-        return CudaParam{m.params_bf16 + it->second, m.staged + it->second};
+        return CudaParam{m.params_bf16 + it->second, m.staged + it->second, m.grads + it->second};
     };
     auto norm = [&](const std::string& name) { return CudaNormParams{param(name + ".weight"), param(name + ".bias")}; };
 
@@ -365,6 +366,14 @@ void CudaHybridLM::plan(int64_t B, int64_t T) {
 
 namespace {
 
+// A projection's backward: dx += dout · W; the weight's gradient accumulates in fp32 straight into
+// the fp32 gradients (no bf16 staging); the bias's (if any) is staged.
+void linear_backward(bf16* dx, const CudaParam& w, const CudaParam& b, const bf16* dout, const bf16* x, int64_t N,
+                     int64_t I, int64_t O) {
+    kc::linear_backward(dx, static_cast<bf16*>(nullptr), b.g, dout, x, w.w, N, I, O);
+    kc::linear_backward_dW_f32(w.g32, dout, x, N, I, O);
+}
+
 struct Ctx {
     const ModelConfig& cfg;
     CudaHybridLM::Impl& m;
@@ -427,7 +436,7 @@ void mamba2_backward(const Ctx& c, CudaHybridLM::Impl::Layer& L, bf16* dx, const
     for (auto [p, n] : std::initializer_list<std::pair<bf16*, int64_t>>{
              {g_yn, N * Din}, {g_y, N * Din}, {g_z, N * Din}, {g_xbc, N * C}, {g_zxbcdt, N * W}})
         zero(p, sizeof(bf16) * n);
-    kc::linear_backward(g_yn, L.out_w.g, L.out_b.g, dout, L.yn, L.out_w.w, N, Din, D);
+    linear_backward(g_yn, L.out_w, L.out_b, dout, L.yn, N, Din, D);
     kc::gated_rmsnorm_backward(g_y, g_z, L.gnorm_w.g, c.m.ws, g_yn, L.y, L.z, L.gnorm_w.w, L.g_rstd, N, Din,
                                c.cfg.mamba_norm_groups());
     copy_cols(g_zxbcdt, W, g_z, Din, N, Din);  // z's columns receive nothing else
@@ -436,7 +445,7 @@ void mamba2_backward(const Ctx& c, CudaHybridLM::Impl::Layer& L, bf16* dx, const
     kc::ssd_backward(grads, g_y, ssd_inputs(c, L), nullptr, L.states, ssd_dims(c), c.m.ws);
     kc::conv1d_causal_backward(g_zxbcdt + Din, L.conv_w.g, L.conv_b.g, g_xbc, L.zxbcdt + Din, W, L.conv_w.w,
                                L.conv_b.w, c.B, c.T, C, c.cfg.mamba.d_conv, true, c.m.ws, c.m.ws_bytes);
-    kc::linear_backward(dx, L.in_w.g, L.in_b.g, g_zxbcdt, L.ln1, L.in_w.w, N, D, W);
+    linear_backward(dx, L.in_w, L.in_b, g_zxbcdt, L.ln1, N, D, W);
 }
 
 ops::SelectiveScanInputs<bf16> scan_inputs(const Ctx& c, const CudaHybridLM::Impl::Layer& L) {
@@ -468,17 +477,17 @@ void mamba1_backward(const Ctx& c, CudaHybridLM::Impl::Layer& L, bf16* dx, const
     for (auto [p, n] : std::initializer_list<std::pair<bf16*, int64_t>>{
              {g_y, N * Din}, {g_dt_raw, N * Din}, {g_xdbl, N * W}, {g_xc, N * Din}, {g_xz, N * 2 * Din}, {g_dt, N * R}})
         zero(p, sizeof(bf16) * n);
-    kc::linear_backward(g_y, L.out_w.g, L.out_b.g, dout, L.y, L.out_w.w, N, Din, D);
+    linear_backward(g_y, L.out_w, L.out_b, dout, L.y, N, Din, D);
     const ops::SelectiveScanGrads<bf16> grads{g_xc,      g_dt_raw,          L.dtp_b.g, L.A_log.g, g_xdbl + R,
                                               g_xdbl + R + S, L.D.g, g_xz + Din};
     const ops::ScanDims dims{c.B, c.T, Din, S};
     kc::selective_scan_backward(grads, g_y, scan_inputs(c, L), L.states, dims, c.m.ws, c.m.ws_bytes);
-    kc::linear_backward(g_dt, L.dtp_w.g, static_cast<bf16*>(nullptr), g_dt_raw, L.dt, L.dtp_w.w, N, R, Din);
+    linear_backward(g_dt, L.dtp_w, CudaParam{}, g_dt_raw, L.dt, N, R, Din);
     copy_cols(g_xdbl, W, g_dt, R, N, R);  // dt's columns receive nothing else
-    kc::linear_backward(g_xc, L.x_w.g, static_cast<bf16*>(nullptr), g_xdbl, L.xc, L.x_w.w, N, Din, W);
+    linear_backward(g_xc, L.x_w, CudaParam{}, g_xdbl, L.xc, N, Din, W);
     kc::conv1d_causal_backward(g_xz, L.conv_w.g, L.conv_b.g, g_xc, L.xz, 2 * Din, L.conv_w.w, L.conv_b.w, c.B, c.T,
                                Din, c.cfg.mamba.d_conv, true, c.m.ws, c.m.ws_bytes);
-    kc::linear_backward(dx, L.in_w.g, L.in_b.g, g_xz, L.ln1, L.in_w.w, N, D, 2 * Din);
+    linear_backward(dx, L.in_w, L.in_b, g_xz, L.ln1, N, D, 2 * Din);
 }
 
 kc::AttentionOptions attention_options(const ModelConfig& cfg) {
@@ -513,7 +522,7 @@ void attention_backward(const Ctx& c, CudaHybridLM::Impl::Layer& L, bf16* dx, co
     bf16 *g_o = c.m.scratch[0], *g_qkv = c.m.scratch[1];
     zero(g_o, sizeof(bf16) * N * Hq * Dh);
     zero(g_qkv, sizeof(bf16) * N * W);
-    kc::linear_backward(g_o, L.o_w.g, L.o_b.g, dout, L.o, L.o_w.w, N, Hq * Dh, D);
+    linear_backward(g_o, L.o_w, L.o_b, dout, L.o, N, Hq * Dh, D);
     const bf16* q = L.qkv;
     const bf16* k = q + Hq * Dh;
     const bf16* v = k + Hkv * Dh;
@@ -526,7 +535,7 @@ void attention_backward(const Ctx& c, CudaHybridLM::Impl::Layer& L, bf16* dx, co
         kc::rope_apply(dq, W, c.B, c.T, Hq, Dh, cfg.attn_rotary_dim(), cfg.attention.rope_theta, 0, true);
         kc::rope_apply(dk, W, c.B, c.T, Hkv, Dh, cfg.attn_rotary_dim(), cfg.attention.rope_theta, 0, true);
     }
-    kc::linear_backward(dx, L.qkv_w.g, L.qkv_b.g, g_qkv, L.ln1, L.qkv_w.w, N, D, W);
+    linear_backward(dx, L.qkv_w, L.qkv_b, g_qkv, L.ln1, N, D, W);
 }
 
 void mixer_forward(const Ctx& c, CudaHybridLM::Impl::Layer& L, bf16* out) {
@@ -560,9 +569,9 @@ void mlp_backward(const Ctx& c, CudaHybridLM::Impl::Layer& L, bf16* dx, const bf
     bf16 *g_a = c.m.scratch[0], *g_h = c.m.scratch[1];
     zero(g_a, sizeof(bf16) * N * F);
     zero(g_h, sizeof(bf16) * N * 2 * F);
-    kc::linear_backward(g_a, L.down_w.g, L.down_b.g, dout, L.a, L.down_w.w, N, F, D);
+    linear_backward(g_a, L.down_w, L.down_b, dout, L.a, N, F, D);
     kc::swiglu_backward(g_h, g_a, L.h, N, F);
-    kc::linear_backward(dx, L.up_w.g, L.up_b.g, g_h, L.ln2, L.up_w.w, N, D, 2 * F);
+    linear_backward(dx, L.up_w, L.up_b, g_h, L.ln2, N, D, 2 * F);
 }
 
 }  // namespace
@@ -626,7 +635,7 @@ void CudaHybridLM::backward() {
     kc::cross_entropy_backward(dlogits, m.logits, m.lse, m.targets, N, V, 1.0f / static_cast<float>(count_),
                                &m.status[1]);
     zero(m.g_ln, sizeof(bf16) * N * D);
-    kc::linear_backward(m.g_ln, m.lm_head.g, static_cast<bf16*>(nullptr), dlogits, m.hf, m.lm_head.w, N, D, V);
+    linear_backward(m.g_ln, m.lm_head, CudaParam{}, dlogits, m.hf, N, D, V);
     norm_backward(c, m.final_norm, m.g_res, m.g_ln, m.res + L * N * D, m.final_mean, m.final_rstd);
     for (int64_t l = L - 1; l >= 0; --l) {
         Impl::Layer& layer = m.layers[l];

@@ -5,9 +5,11 @@
 // Precision (llm.c style): fp32 master parameters in one device buffer laid out exactly as
 // Parameters<float> (same specs, offsets, padding) plus a bf16 copy that forward and backward
 // read; activations bf16; SSM states and norm statistics fp32 (the kernels' choice); loss fp32.
-// Gradients are fp32 and accumulate (+=) over backward calls: each backward computes every
-// parameter's gradient into a bf16 staging copy of the flat buffer (one rounding per element, two
-// for a tied embedding: LM head and lookup) and adds it to the fp32 gradients at the end.
+// Gradients are fp32 and accumulate (+=) over backward calls: cuBLASLt adds the matrix weights'
+// gradients (projections, MLP, LM head) into them directly in fp32 (ops::cuda::linear_backward_dW_f32);
+// the kernels of the other parameters (norms, conv, SSM parameters, biases, the embedding lookup)
+// write bf16, so each backward stages those in a bf16 copy of the flat buffer (one rounding per
+// element) and adds it to the fp32 gradients at the end.
 //
 // Activations are planned once per (B, T): every buffer's size is computed up front and carved out
 // of one allocation (memory_bytes reports the total).
