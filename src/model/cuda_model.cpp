@@ -3,6 +3,7 @@
 #ifdef MSLM_HAVE_CUDA
 
 #include <cuda_runtime.h>
+#include <fmt/format.h>
 
 #include <algorithm>
 #include <array>
@@ -11,8 +12,6 @@
 #include <map>
 #include <string>
 #include <utility>
-
-#include <fmt/format.h>
 
 #include "core/dtype.h"
 #include "core/error.h"
@@ -88,26 +87,26 @@ struct CudaHybridLM::Impl {
         CudaNormParams norm, mlp_norm;
         // Mamba (both versions) and projections of every mixer.
         CudaParam in_w, in_b, conv_w, conv_b, dt_bias, A_log, D, gnorm_w, out_w, out_b;
-        CudaParam x_w, dtp_w, dtp_b;   // Mamba-1
-        CudaParam qkv_w, qkv_b, o_w, o_b;  // attention
+        CudaParam x_w, dtp_w, dtp_b;           // Mamba-1
+        CudaParam qkv_w, qkv_b, o_w, o_b;      // attention
         CudaParam up_w, up_b, down_w, down_b;  // MLP
         // Saved activations (N = B·T rows).
-        bf16 *ln1 = nullptr, *ln2 = nullptr, *mid = nullptr;  // (N, D)
-        float *mean1 = nullptr, *rstd1 = nullptr, *mean2 = nullptr, *rstd2 = nullptr;  // (N)
+        bf16 *ln1 = nullptr, *ln2 = nullptr, *mid = nullptr;                                // (N, D)
+        float *mean1 = nullptr, *rstd1 = nullptr, *mean2 = nullptr, *rstd2 = nullptr;       // (N)
         bf16 *zxbcdt = nullptr, *xbc = nullptr, *y = nullptr, *z = nullptr, *yn = nullptr;  // Mamba-2
         float* g_rstd = nullptr;  // (N, norm groups)
         float* states = nullptr;  // chunk states of the scan / SSD
         bf16 *xz = nullptr, *xc = nullptr, *xdbl = nullptr, *dt = nullptr, *dt_raw = nullptr;  // Mamba-1
-        bf16* qkv = nullptr;  // attention (N, (Hq + 2·Hkv)·Dh), q and k rotated
-        bf16* o = nullptr;    // (N, Hq·Dh)
-        float* lse = nullptr;  // (B, Hq, T)
+        bf16* qkv = nullptr;              // attention (N, (Hq + 2·Hkv)·Dh), q and k rotated
+        bf16* o = nullptr;                // (N, Hq·Dh)
+        float* lse = nullptr;             // (B, Hq, T)
         bf16 *h = nullptr, *a = nullptr;  // MLP (N, 2F), (N, F)
     };
 
     float* params = nullptr;  // (total) fp32 master values
     bf16* params_bf16 = nullptr;
-    float* grads = nullptr;   // (total) fp32
-    bf16* staged = nullptr;   // (total) one backward's gradients
+    float* grads = nullptr;             // (total) fp32
+    bf16* staged = nullptr;             // (total) one backward's gradients
     kc::IndexStatus* status = nullptr;  // [0] embedding, [1] cross-entropy
 
     CudaParam embed, lm_head;
@@ -117,15 +116,15 @@ struct CudaHybridLM::Impl {
     // The activation plan.
     char* act = nullptr;
     int32_t *ids = nullptr, *targets = nullptr;  // (N)
-    bf16* res = nullptr;     // (L + 1, N, D) residual stream entering each layer, and the output
-    bf16* hf = nullptr;      // (N, D) final norm output
+    bf16* res = nullptr;  // (L + 1, N, D) residual stream entering each layer, and the output
+    bf16* hf = nullptr;   // (N, D) final norm output
     float *final_mean = nullptr, *final_rstd = nullptr;
-    bf16* logits = nullptr;  // (N, V); backward turns them into their gradient
+    bf16* logits = nullptr;                   // (N, V); backward turns them into their gradient
     float *losses = nullptr, *lse = nullptr;  // (N)
-    bf16* tmp = nullptr;     // (N, D) a sublayer's output
-    bf16 *g_res = nullptr, *g_ln = nullptr;  // (N, D)
-    std::array<bf16*, 6> scratch{};  // a sublayer's backward buffers, shared by all layers
-    void* ws = nullptr;      // kernels' workspace, shared
+    bf16* tmp = nullptr;                      // (N, D) a sublayer's output
+    bf16 *g_res = nullptr, *g_ln = nullptr;   // (N, D)
+    std::array<bf16*, 6> scratch{};           // a sublayer's backward buffers, shared by all layers
+    void* ws = nullptr;                       // kernels' workspace, shared
     size_t ws_bytes = 0;
 };
 
@@ -145,7 +144,8 @@ CudaHybridLM::CudaHybridLM(const ModelConfig& cfg) : cfg_(cfg), impl_(std::make_
         fail("not supported on CUDA yet: Mamba-1 dt_bc_norm");
     if (cfg_.count(LayerKind::Mamba) && cfg_.mamba.version == 1 && cfg_.mamba.d_state > kc::kScanMaxState)
         fail("not supported on CUDA yet: Mamba-1 d_state {} > {}", cfg_.mamba.d_state, kc::kScanMaxState);
-    if (cfg_.count(LayerKind::Mamba) && cfg_.mamba.version == 1 && cfg_.mamba.d_conv > kc::kConv1dBackwardMaxK)
+    if (cfg_.count(LayerKind::Mamba) && cfg_.mamba.version == 1 &&
+        cfg_.mamba.d_conv > kc::kConv1dBackwardMaxK)
         fail("not supported on CUDA yet: d_conv {} > {}", cfg_.mamba.d_conv, kc::kConv1dBackwardMaxK);
     if (cfg_.embed_padding_idx >= 0) fail("not supported on CUDA yet: embed_padding_idx");
     if (cfg_.count(LayerKind::Attention) && cfg_.attn_head_dim() > kc::kAttentionMaxHeadDim)
@@ -174,7 +174,9 @@ CudaHybridLM::CudaHybridLM(const ModelConfig& cfg) : cfg_(cfg), impl_(std::make_
         if (it == offsets.end()) return CudaParam{};
         return CudaParam{m.params_bf16 + it->second, m.staged + it->second, m.grads + it->second};
     };
-    auto norm = [&](const std::string& name) { return CudaNormParams{param(name + ".weight"), param(name + ".bias")}; };
+    auto norm = [&](const std::string& name) {
+        return CudaNormParams{param(name + ".weight"), param(name + ".bias")};
+    };
 
     m.embed = param("embed.weight");
     m.lm_head = cfg_.tie_embeddings ? m.embed : param("lm_head.weight");
@@ -220,16 +222,18 @@ CudaHybridLM::CudaHybridLM(const ModelConfig& cfg) : cfg_(cfg), impl_(std::make_
 
 CudaHybridLM::~CudaHybridLM() {
     Impl& m = *impl_;
-    for (void* p : {static_cast<void*>(m.params), static_cast<void*>(m.params_bf16), static_cast<void*>(m.grads),
-                    static_cast<void*>(m.staged), static_cast<void*>(m.status), static_cast<void*>(m.act)})
+    for (void* p :
+         {static_cast<void*>(m.params), static_cast<void*>(m.params_bf16), static_cast<void*>(m.grads),
+          static_cast<void*>(m.staged), static_cast<void*>(m.status), static_cast<void*>(m.act)})
         if (p) cudaFree(p);  // errors at teardown are not actionable
 }
 
 void CudaHybridLM::upload(const HybridLM<float>& cpu) {
     const Parameters<float>& p = cpu.params();
-    MSLM_CHECK(p.total() == total_ && p.specs().size() == specs_.size(),
-               "CudaHybridLM::upload: the CPU model's parameters ({} elements) do not match this config's ({})",
-               p.total(), total_);
+    MSLM_CHECK(
+        p.total() == total_ && p.specs().size() == specs_.size(),
+        "CudaHybridLM::upload: the CPU model's parameters ({} elements) do not match this config's ({})",
+        p.total(), total_);
     const float* values = const_cast<Parameters<float>&>(p).values();
     std::vector<bf16> half(static_cast<size_t>(total_));
     for (int64_t i = 0; i < total_; ++i) half[i] = f32_to_bf16(values[i]);
@@ -244,13 +248,15 @@ void CudaHybridLM::zero_grad() {
 
 void CudaHybridLM::download_grads(std::vector<float>& flat) const {
     flat.resize(static_cast<size_t>(total_));
-    check(cudaMemcpy(flat.data(), impl_->grads, sizeof(float) * total_, cudaMemcpyDeviceToHost), "download grads");
+    check(cudaMemcpy(flat.data(), impl_->grads, sizeof(float) * total_, cudaMemcpyDeviceToHost),
+          "download grads");
 }
 
 void CudaHybridLM::download_logits(std::vector<float>& out) const {
     const int64_t n = B_ * T_ * cfg_.vocab_size;
     std::vector<bf16> half(static_cast<size_t>(n));
-    check(cudaMemcpy(half.data(), impl_->logits, sizeof(bf16) * n, cudaMemcpyDeviceToHost), "download logits");
+    check(cudaMemcpy(half.data(), impl_->logits, sizeof(bf16) * n, cudaMemcpyDeviceToHost),
+          "download logits");
     out.resize(static_cast<size_t>(n));
     for (int64_t i = 0; i < n; ++i) out[i] = bf16_to_f32(half[i]);
 }
@@ -274,11 +280,11 @@ void CudaHybridLM::plan(int64_t B, int64_t T) {
     const int64_t F = cfg_.mlp.d_ff, K = cfg_.mamba.d_conv;
     const int64_t Din = cfg_.mamba_d_inner(), S = cfg_.mamba.d_state, GS = cfg_.mamba.n_groups * S;
     const int64_t W2 = 2 * Din + 2 * GS + cfg_.mamba_n_heads(), C2 = Din + 2 * GS;  // Mamba-2 widths
-    const int64_t R = cfg_.mamba_dt_rank(), Wx = R + 2 * S;                          // Mamba-1
+    const int64_t R = cfg_.mamba_dt_rank(), Wx = R + 2 * S;                         // Mamba-1
     const int64_t Hq = cfg_.attention.n_heads, Dh = cfg_.attn_head_dim();
     const int64_t Wq = (Hq + 2 * cfg_.attn_kv_heads()) * Dh;
-    const kc::SsdDims ssd_dims{B, T, cfg_.mamba_n_heads(), cfg_.mamba.head_dim, cfg_.mamba.n_groups, S,
-                               cfg_.mamba.chunk_size};
+    const kc::SsdDims ssd_dims{
+        B, T, cfg_.mamba_n_heads(), cfg_.mamba.head_dim, cfg_.mamba.n_groups, S, cfg_.mamba.chunk_size};
     const ops::ScanDims scan_dims{B, T, Din, S};
 
     // Backward scratch per sublayer kind; the shared buffers take the largest.
@@ -286,17 +292,20 @@ void CudaHybridLM::plan(int64_t B, int64_t T) {
     auto need = [&](std::array<int64_t, 6> n) {
         for (size_t i = 0; i < n.size(); ++i) scratch[i] = std::max(scratch[i], n[i]);
     };
-    size_t ws = std::max(kc::norm_backward_workspace_bytes(N, D), kc::embedding_backward_workspace_bytes(N, V));
+    size_t ws =
+        std::max(kc::norm_backward_workspace_bytes(N, D), kc::embedding_backward_workspace_bytes(N, V));
     for (const Impl::Layer& layer : m.layers) {
         if (layer.kind == LayerKind::Attention) {
             need({N * Hq * Dh, N * Wq, 0, 0, 0, 0});  // g_o, g_qkv
         } else if (cfg_.mamba.version == 1) {
-            need({N * Din, N * Din, N * Wx, N * Din, N * 2 * Din, N * R});  // g_y, g_dt_raw, g_xdbl, g_xc, g_xz, g_dt
+            need({N * Din, N * Din, N * Wx, N * Din, N * 2 * Din,
+                  N * R});  // g_y, g_dt_raw, g_xdbl, g_xc, g_xz, g_dt
             ws = std::max({ws, kc::selective_scan_backward_workspace_bytes(scan_dims),
                            kc::conv1d_causal_backward_workspace_bytes(B, T, Din, K)});
         } else {
             need({N * Din, N * Din, N * Din, N * C2, N * W2, 0});  // g_yn, g_y, g_z, g_xbc, g_zxbcdt
-            ws = std::max({ws, kc::norm_backward_workspace_bytes(N, Din), kc::ssd_backward_workspace_bytes(ssd_dims),
+            ws = std::max({ws, kc::norm_backward_workspace_bytes(N, Din),
+                           kc::ssd_backward_workspace_bytes(ssd_dims),
                            kc::ssd_forward_workspace_bytes(ssd_dims),
                            kc::conv1d_causal_backward_workspace_bytes(B, T, C2, K)});
         }
@@ -368,8 +377,8 @@ namespace {
 
 // A projection's backward: dx += dout · W; the weight's gradient accumulates in fp32 straight into
 // the fp32 gradients (no bf16 staging); the bias's (if any) is staged.
-void linear_backward(bf16* dx, const CudaParam& w, const CudaParam& b, const bf16* dout, const bf16* x, int64_t N,
-                     int64_t I, int64_t O) {
+void linear_backward(bf16* dx, const CudaParam& w, const CudaParam& b, const bf16* dout, const bf16* x,
+                     int64_t N, int64_t I, int64_t O) {
     kc::linear_backward(dx, static_cast<bf16*>(nullptr), b.g, dout, x, w.w, N, I, O);
     kc::linear_backward_dW_f32(w.g32, dout, x, N, I, O);
 }
@@ -389,8 +398,8 @@ void norm_forward(const Ctx& c, const CudaNormParams& p, bf16* out, float* mean,
 }
 
 // dx += norm's input gradient; the weight (and bias) gradients go to the staged buffer.
-void norm_backward(const Ctx& c, const CudaNormParams& p, bf16* dx, const bf16* dout, const bf16* x, const float* mean,
-                   const float* rstd) {
+void norm_backward(const Ctx& c, const CudaNormParams& p, bf16* dx, const bf16* dout, const bf16* x,
+                   const float* mean, const float* rstd) {
     if (c.cfg.norm == NormKind::RMSNorm)
         kc::rmsnorm_backward(dx, p.w.g, c.m.ws, dout, x, p.w.w, rstd, c.N, c.cfg.d_model);
     else
@@ -398,7 +407,12 @@ void norm_backward(const Ctx& c, const CudaNormParams& p, bf16* dx, const bf16* 
 }
 
 kc::SsdDims ssd_dims(const Ctx& c) {
-    return {c.B, c.T, c.cfg.mamba_n_heads(), c.cfg.mamba.head_dim, c.cfg.mamba.n_groups, c.cfg.mamba.d_state,
+    return {c.B,
+            c.T,
+            c.cfg.mamba_n_heads(),
+            c.cfg.mamba.head_dim,
+            c.cfg.mamba.n_groups,
+            c.cfg.mamba.d_state,
             c.cfg.mamba.chunk_size};
 }
 
@@ -406,8 +420,8 @@ kc::SsdInputs<bf16> ssd_inputs(const Ctx& c, const CudaHybridLM::Impl::Layer& L)
     // The SSD reads x, B, C from the conv output [x | B | C] and dt from the tail of in_proj's.
     const int64_t Din = c.cfg.mamba_d_inner(), GS = c.cfg.mamba.n_groups * c.cfg.mamba.d_state;
     const int64_t C = Din + 2 * GS, W = 2 * Din + 2 * GS + c.cfg.mamba_n_heads();
-    kc::SsdInputs<bf16> in{L.xbc,        C, L.zxbcdt + Din + C, W, L.dt_bias.w, L.A_log.w,
-                           L.xbc + Din,  C, L.xbc + Din + GS,   C, L.D.w};
+    kc::SsdInputs<bf16> in{L.xbc,       C, L.zxbcdt + Din + C, W, L.dt_bias.w, L.A_log.w,
+                           L.xbc + Din, C, L.xbc + Din + GS,   C, L.D.w};
     in.dt_min = static_cast<float>(c.cfg.mamba.dt_limit_min);
     in.dt_max = static_cast<float>(c.cfg.mamba.dt_limit_max);
     return in;
@@ -418,8 +432,8 @@ void mamba2_forward(const Ctx& c, CudaHybridLM::Impl::Layer& L, bf16* out) {
     const int64_t GS = c.cfg.mamba.n_groups * c.cfg.mamba.d_state, C = Din + 2 * GS;
     const int64_t W = 2 * Din + 2 * GS + c.cfg.mamba_n_heads();
     kc::linear_forward(L.zxbcdt, L.ln1, L.in_w.w, L.in_b.w, N, D, W);  // (N, D) => (N, W) = [z | xBC | dt]
-    kc::conv1d_causal_forward(L.xbc, static_cast<bf16*>(nullptr), L.zxbcdt + Din, W, L.conv_w.w, L.conv_b.w, c.B,
-                              c.T, C, c.cfg.mamba.d_conv, true);
+    kc::conv1d_causal_forward(L.xbc, static_cast<bf16*>(nullptr), L.zxbcdt + Din, W, L.conv_w.w, L.conv_b.w,
+                              c.B, c.T, C, c.cfg.mamba.d_conv, true);
     kc::ssd_forward(L.y, nullptr, ssd_inputs(c, L), nullptr, ssd_dims(c), L.states, c.m.ws);
     copy_cols(L.z, Din, L.zxbcdt, W, N, Din);
     kc::gated_rmsnorm_forward(L.yn, L.g_rstd, L.y, L.z, L.gnorm_w.w, N, Din, c.cfg.mamba_norm_groups(),
@@ -449,18 +463,20 @@ void mamba2_backward(const Ctx& c, CudaHybridLM::Impl::Layer& L, bf16* dx, const
 }
 
 ops::SelectiveScanInputs<bf16> scan_inputs(const Ctx& c, const CudaHybridLM::Impl::Layer& L) {
-    const int64_t Din = c.cfg.mamba_d_inner(), S = c.cfg.mamba.d_state, R = c.cfg.mamba_dt_rank(), W = R + 2 * S;
-    return {L.xc, Din, L.dt_raw, Din, L.dtp_b.w, L.A_log.w, L.xdbl + R, W, L.xdbl + R + S, W, L.D.w,
-            L.xz + Din, 2 * Din};
+    const int64_t Din = c.cfg.mamba_d_inner(), S = c.cfg.mamba.d_state, R = c.cfg.mamba_dt_rank(),
+                  W = R + 2 * S;
+    return {L.xc,           Din, L.dt_raw, Din,        L.dtp_b.w, L.A_log.w, L.xdbl + R, W,
+            L.xdbl + R + S, W,   L.D.w,    L.xz + Din, 2 * Din};
 }
 
 void mamba1_forward(const Ctx& c, CudaHybridLM::Impl::Layer& L, bf16* out) {
     const int64_t N = c.N, D = c.cfg.d_model, Din = c.cfg.mamba_d_inner(), S = c.cfg.mamba.d_state;
     const int64_t R = c.cfg.mamba_dt_rank(), W = R + 2 * S;
     kc::linear_forward(L.xz, L.ln1, L.in_w.w, L.in_b.w, N, D, 2 * Din);  // (N, D) => (N, 2·Din) = [x | z]
-    kc::conv1d_causal_forward(L.xc, static_cast<bf16*>(nullptr), L.xz, 2 * Din, L.conv_w.w, L.conv_b.w, c.B, c.T,
-                              Din, c.cfg.mamba.d_conv, true);
-    kc::linear_forward(L.xdbl, L.xc, L.x_w.w, static_cast<const bf16*>(nullptr), N, Din, W);  // => [dt | B | C]
+    kc::conv1d_causal_forward(L.xc, static_cast<bf16*>(nullptr), L.xz, 2 * Din, L.conv_w.w, L.conv_b.w, c.B,
+                              c.T, Din, c.cfg.mamba.d_conv, true);
+    kc::linear_forward(L.xdbl, L.xc, L.x_w.w, static_cast<const bf16*>(nullptr), N, Din,
+                       W);  // => [dt | B | C]
     copy_cols(L.dt, R, L.xdbl, W, N, R);
     // dt_proj without its bias: the scan adds it (in fp32) before the softplus.
     kc::linear_forward(L.dt_raw, L.dt, L.dtp_w.w, static_cast<const bf16*>(nullptr), N, R, Din);
@@ -474,19 +490,23 @@ void mamba1_backward(const Ctx& c, CudaHybridLM::Impl::Layer& L, bf16* dx, const
     const int64_t R = c.cfg.mamba_dt_rank(), W = R + 2 * S;
     auto& s = c.m.scratch;
     bf16 *g_y = s[0], *g_dt_raw = s[1], *g_xdbl = s[2], *g_xc = s[3], *g_xz = s[4], *g_dt = s[5];
-    for (auto [p, n] : std::initializer_list<std::pair<bf16*, int64_t>>{
-             {g_y, N * Din}, {g_dt_raw, N * Din}, {g_xdbl, N * W}, {g_xc, N * Din}, {g_xz, N * 2 * Din}, {g_dt, N * R}})
+    for (auto [p, n] : std::initializer_list<std::pair<bf16*, int64_t>>{{g_y, N * Din},
+                                                                        {g_dt_raw, N * Din},
+                                                                        {g_xdbl, N * W},
+                                                                        {g_xc, N * Din},
+                                                                        {g_xz, N * 2 * Din},
+                                                                        {g_dt, N * R}})
         zero(p, sizeof(bf16) * n);
     linear_backward(g_y, L.out_w, L.out_b, dout, L.y, N, Din, D);
-    const ops::SelectiveScanGrads<bf16> grads{g_xc,      g_dt_raw,          L.dtp_b.g, L.A_log.g, g_xdbl + R,
-                                              g_xdbl + R + S, L.D.g, g_xz + Din};
+    const ops::SelectiveScanGrads<bf16> grads{g_xc,       g_dt_raw,       L.dtp_b.g, L.A_log.g,
+                                              g_xdbl + R, g_xdbl + R + S, L.D.g,     g_xz + Din};
     const ops::ScanDims dims{c.B, c.T, Din, S};
     kc::selective_scan_backward(grads, g_y, scan_inputs(c, L), L.states, dims, c.m.ws, c.m.ws_bytes);
     linear_backward(g_dt, L.dtp_w, CudaParam{}, g_dt_raw, L.dt, N, R, Din);
     copy_cols(g_xdbl, W, g_dt, R, N, R);  // dt's columns receive nothing else
     linear_backward(g_xc, L.x_w, CudaParam{}, g_xdbl, L.xc, N, Din, W);
-    kc::conv1d_causal_backward(g_xz, L.conv_w.g, L.conv_b.g, g_xc, L.xz, 2 * Din, L.conv_w.w, L.conv_b.w, c.B, c.T,
-                               Din, c.cfg.mamba.d_conv, true, c.m.ws, c.m.ws_bytes);
+    kc::conv1d_causal_backward(g_xz, L.conv_w.g, L.conv_b.g, g_xc, L.xz, 2 * Din, L.conv_w.w, L.conv_b.w, c.B,
+                               c.T, Din, c.cfg.mamba.d_conv, true, c.m.ws, c.m.ws_bytes);
     linear_backward(dx, L.in_w, L.in_b, g_xz, L.ln1, N, D, 2 * Din);
 }
 
@@ -529,8 +549,8 @@ void attention_backward(const Ctx& c, CudaHybridLM::Impl::Layer& L, bf16* dx, co
     bf16* dq = g_qkv;
     bf16* dk = dq + Hq * Dh;
     bf16* dv = dk + Hkv * Dh;
-    kc::attention_backward(dq, dk, dv, g_o, L.o, L.lse, q, W, k, W, v, W, ops::AttentionDims{c.B, c.T, Hq, Hkv, Dh},
-                           attention_options(cfg));
+    kc::attention_backward(dq, dk, dv, g_o, L.o, L.lse, q, W, k, W, v, W,
+                           ops::AttentionDims{c.B, c.T, Hq, Hkv, Dh}, attention_options(cfg));
     if (cfg.attention.position == PositionKind::RoPE) {
         kc::rope_apply(dq, W, c.B, c.T, Hq, Dh, cfg.attn_rotary_dim(), cfg.attention.rope_theta, 0, true);
         kc::rope_apply(dk, W, c.B, c.T, Hkv, Dh, cfg.attn_rotary_dim(), cfg.attention.rope_theta, 0, true);
@@ -578,14 +598,16 @@ void mlp_backward(const Ctx& c, CudaHybridLM::Impl::Layer& L, bf16* dx, const bf
 
 float CudaHybridLM::forward(const int32_t* ids, const int32_t* targets, int64_t B, int64_t T) {
     MSLM_CHECK(B > 0 && T > 0, "forward: empty batch ({} x {})", B, T);
-    MSLM_CHECK(T <= cfg_.max_seq_len, "sequence length {} exceeds the model's max_seq_len {}", T, cfg_.max_seq_len);
+    MSLM_CHECK(T <= cfg_.max_seq_len, "sequence length {} exceeds the model's max_seq_len {}", T,
+               cfg_.max_seq_len);
     plan(B, T);
     Impl& m = *impl_;
     const int64_t N = B * T, D = cfg_.d_model, V = cfg_.vocab_size, L = cfg_.n_layers;
     const Ctx c{cfg_, m, B, T, N};
     has_targets_ = targets != nullptr;
     check(cudaMemcpy(m.ids, ids, sizeof(int32_t) * N, cudaMemcpyHostToDevice), "upload ids");
-    if (targets) check(cudaMemcpy(m.targets, targets, sizeof(int32_t) * N, cudaMemcpyHostToDevice), "upload targets");
+    if (targets)
+        check(cudaMemcpy(m.targets, targets, sizeof(int32_t) * N, cudaMemcpyHostToDevice), "upload targets");
 
     kc::embedding_forward(m.res, m.ids, m.embed.w, N, V, D, &m.status[0]);  // (N) => (N, D)
     kc::embedding_check(&m.status[0], V);

@@ -12,8 +12,10 @@ namespace mslm::cuda_model_detail {
 
 namespace {
 
-__global__ void accumulate_bf16_kernel(float* __restrict__ dst, const __nv_bfloat16* __restrict__ src, int64_t n) {
-    for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+__global__ void accumulate_bf16_kernel(float* __restrict__ dst, const __nv_bfloat16* __restrict__ src,
+                                       int64_t n) {
+    for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
+         i += int64_t(gridDim.x) * blockDim.x)
         dst[i] += ops::cuda::detail::to_f32(src[i]);
 }
 
@@ -24,7 +26,8 @@ void accumulate_bf16(float* dst, const uint16_t* src, int64_t n, void* stream) {
     using namespace ops::cuda::detail;
     if (n <= 0) return;
     const char* kernel = "accumulate_bf16";
-    accumulate_bf16_kernel<<<grid_size<uint16_t>(n, kernel), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(
+    accumulate_bf16_kernel<<<grid_size<uint16_t>(n, kernel), kThreads, 0,
+                             static_cast<cudaStream_t>(stream)>>>(
         dst, reinterpret_cast<const __nv_bfloat16*>(src), n);
     check_launch<uint16_t>(kernel);
 }

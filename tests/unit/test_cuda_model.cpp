@@ -8,11 +8,12 @@
 // on the way back (projection outputs, conv, scan, norm, residual; their gradients). Rounding errors
 // are independent, so the relative L2 error of a gradient tensor grows like √(number of roundings
 // on its path): through L ≤ 4 layers and the head, √(2·10·4 + 10) · 2^-9.8 ≈ 0.011; the gradient's
-// own staging in bf16 (parameters other than matrix weights) adds one more 2^-9.8. We bound it by 3e-2 (a factor ~3 of headroom for the
-// non-uniform sensitivity of the SSM recurrences: dt and A enter through exponentials), and ask
-// for cosine similarity > 0.999, which a wrong term (a missed gradient path, a wrong stride)
-// fails by far. The loss, a mean of N log-softmaxes over bf16 logits of magnitude ≲ 1: each logit
-// carries a ~√(10·L)·2^-9.8 relative error, so the loss moves by far less than 2e-2 relative.
+// own staging in bf16 (parameters other than matrix weights) adds one more 2^-9.8. We bound it
+// by 3e-2 (a factor ~3 of headroom for the non-uniform sensitivity of the SSM recurrences: dt and
+// A enter through exponentials), and ask for cosine similarity > 0.999, which a wrong term (a
+// missed gradient path, a wrong stride) fails by far. The loss, a mean of N log-softmaxes over
+// bf16 logits of magnitude ≲ 1: each logit carries a ~√(10·L)·2^-9.8 relative error, so the loss
+// moves by far less than 2e-2 relative.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -28,8 +29,8 @@
 #include "model/config.h"
 #include "model/cuda_model.h"
 #include "model/hybrid_lm.h"
-#include "ops/cuda/linear.h"
 #include "ops/cross_entropy.h"
+#include "ops/cuda/linear.h"
 
 namespace {
 
@@ -158,7 +159,8 @@ void compare_with_cpu(const ModelConfig& cfg, int64_t B, int64_t T, uint64_t see
     std::vector<float> grads2;
     gpu.download_grads(grads2);
     EXPECT_EQ(std::memcmp(&again, &loss, sizeof(float)), 0) << "loss " << again << " vs " << loss;
-    EXPECT_EQ(std::memcmp(grads.data(), grads2.data(), sizeof(float) * grads.size()), 0) << "gradients differ";
+    EXPECT_EQ(std::memcmp(grads.data(), grads2.data(), sizeof(float) * grads.size()), 0)
+        << "gradients differ";
 
     // Gradients accumulate: a second backward without zero_grad doubles them, up to the fp32
     // roundings of the additions (cuBLASLt adds the product into the fp32 weight gradient itself).
@@ -241,11 +243,13 @@ TEST_F(CudaModel, LinearBackwardDWF32Accumulates) {
             for (int64_t i = 0; i < z.I; ++i) {
                 double ref = dW[o * z.I + i], mag = std::abs(ref);
                 for (int64_t n = 0; n < z.N; ++n) {
-                    const double p = static_cast<double>(bf16_to_f32(dout[n * z.O + o])) * bf16_to_f32(x[n * z.I + i]);
+                    const double p =
+                        static_cast<double>(bf16_to_f32(dout[n * z.O + o])) * bf16_to_f32(x[n * z.I + i]);
                     ref += p;
                     mag += std::abs(p);
                 }
-                ASSERT_NEAR(got[o * z.I + i], ref, (z.N + 1) * 0x1p-24 * mag + 1e-30) << "(o, i) = (" << o << ", " << i << ")";
+                ASSERT_NEAR(got[o * z.I + i], ref, (z.N + 1) * 0x1p-24 * mag + 1e-30)
+                    << "(o, i) = (" << o << ", " << i << ")";
             }
         }
     }
