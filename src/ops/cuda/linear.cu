@@ -356,6 +356,17 @@ void linear_backward(T* dx, T* dW, T* db, const T* dout, const T* x, const T* W,
     }
 }
 
+void linear_backward_dW_f32(float* dW, const uint16_t* dout, const uint16_t* x, int64_t N, int64_t I, int64_t O,
+                            void* stream) {
+    const char* op = "linear_backward_dW_f32";
+    check_sizes(op, N, I, O);
+    if (N == 0 || I == 0 || O == 0) return;  // dW += 0 or empty
+    const ColumnMajorGemm g = linear_dW_gemm(dW, dout, x, N, I, O);
+    MSLM_CHECK(try_matmul<uint16_t>(op, g, 1.0f, CUBLASLT_EPILOGUE_DEFAULT, nullptr, static_cast<cudaStream_t>(stream),
+                                    true),
+               "cuBLASLt {}: no algorithm for (m, n, k) = ({}, {}, {}) with an fp32 output", op, g.m, g.n, g.k);
+}
+
 template void linear_forward<float>(float*, const float*, const float*, const float*, int64_t, int64_t,
                                     int64_t, void*);
 template void linear_forward<uint16_t>(uint16_t*, const uint16_t*, const uint16_t*, const uint16_t*, int64_t,

@@ -30,6 +30,12 @@ template <typename T>
 void linear_backward(T* dx, T* dW, T* db, const T* dout, const T* x, const T* W, int64_t N, int64_t I,
                      int64_t O, void* stream = nullptr);
 
+// dW (O, I) += doutᵀ · x in fp32, from bf16 dout (N, O) and x (N, I) (uint16_t bits): the fp32
+// gradient of a bf16 layer's weight, accumulated by cuBLASLt itself (beta = 1, fp32 C and D), so
+// the product is never rounded to bf16. dW is fp32 in GPU memory.
+void linear_backward_dW_f32(float* dW, const uint16_t* dout, const uint16_t* x, int64_t N, int64_t I, int64_t O,
+                            void* stream = nullptr);
+
 namespace detail {
 
 // The row-major -> column-major mapping, as data so that it can be checked on a machine without a

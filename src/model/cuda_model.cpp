@@ -1,0 +1,682 @@
+#include "model/cuda_model.h"
+
+#ifdef MSLM_HAVE_CUDA
+
+#include <cuda_runtime.h>
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <initializer_list>
+#include <map>
+#include <string>
+#include <utility>
+
+#include "core/dtype.h"
+#include "core/error.h"
+#include "model/hybrid_lm.h"
+#include "ops/cuda/attention.h"
+#include "ops/cuda/conv1d.h"
+#include "ops/cuda/cross_entropy.h"
+#include "ops/cuda/elementwise.h"
+#include "ops/cuda/embedding.h"
+#include "ops/cuda/linear.h"
+#include "ops/cuda/norm.h"
+#include "ops/cuda/selective_scan.h"
+#include "ops/cuda/ssd.h"
+
+namespace mslm {
+
+namespace cuda_model_detail {
+void accumulate_bf16(float* dst, const uint16_t* src, int64_t n, void* stream);  // cuda_model_kernels.cu
+}
+
+namespace {
+
+namespace kc = ops::cuda;
+using bf16 = uint16_t;  // bf16 bits, as in core/dtype.h
+
+void check(cudaError_t err, const char* what) {
+    MSLM_CHECK(err == cudaSuccess, "CudaHybridLM: {}: {}", what, cudaGetErrorString(err));
+}
+
+void zero(void* p, size_t bytes) {
+    if (bytes) check(cudaMemsetAsync(p, 0, bytes, nullptr), "cudaMemsetAsync");
+}
+
+// Columns [0, cols) of the (N, ld_src) matrix src into the (N, ld_dst) matrix dst.
+void copy_cols(bf16* dst, int64_t ld_dst, const bf16* src, int64_t ld_src, int64_t N, int64_t cols) {
+    check(cudaMemcpy2DAsync(dst, sizeof(bf16) * ld_dst, src, sizeof(bf16) * ld_src, sizeof(bf16) * cols, N,
+                            cudaMemcpyDeviceToDevice, nullptr),
+          "cudaMemcpy2DAsync");
+}
+
+void copy(bf16* dst, const bf16* src, int64_t n) {
+    check(cudaMemcpyAsync(dst, src, sizeof(bf16) * n, cudaMemcpyDeviceToDevice, nullptr), "cudaMemcpyAsync");
+}
+
+// One activation plan: run once without a base to measure, then with the allocation to place.
+struct Planner {
+    char* base = nullptr;
+    size_t offset = 0;
+    template <typename P>
+    void take(P*& p, int64_t n) {
+        offset = (offset + 255) / 256 * 256;
+        p = base ? reinterpret_cast<P*>(base + offset) : nullptr;
+        offset += sizeof(P) * static_cast<size_t>(std::max<int64_t>(n, 0));
+    }
+};
+
+}  // namespace
+
+// A parameter's bf16 copy (read by the kernels) and its bf16 staged gradient; null when absent.
+struct CudaParam {
+    bf16* w = nullptr;
+    bf16* g = nullptr;
+    float* g32 = nullptr;  // the fp32 gradient itself (matrix weights: linear_backward_dW_f32 adds into it)
+};
+
+struct CudaNormParams {
+    CudaParam w, b;
+};
+
+struct CudaHybridLM::Impl {
+    struct Layer {
+        LayerKind kind;
+        CudaNormParams norm, mlp_norm;
+        // Mamba (both versions) and projections of every mixer.
+        CudaParam in_w, in_b, conv_w, conv_b, dt_bias, A_log, D, gnorm_w, out_w, out_b;
+        CudaParam x_w, dtp_w, dtp_b;           // Mamba-1
+        CudaParam qkv_w, qkv_b, o_w, o_b;      // attention
+        CudaParam up_w, up_b, down_w, down_b;  // MLP
+        // Saved activations (N = B·T rows).
+        bf16 *ln1 = nullptr, *ln2 = nullptr, *mid = nullptr;                                // (N, D)
+        float *mean1 = nullptr, *rstd1 = nullptr, *mean2 = nullptr, *rstd2 = nullptr;       // (N)
+        bf16 *zxbcdt = nullptr, *xbc = nullptr, *y = nullptr, *z = nullptr, *yn = nullptr;  // Mamba-2
+        float* g_rstd = nullptr;  // (N, norm groups)
+        float* states = nullptr;  // chunk states of the scan / SSD
+        bf16 *xz = nullptr, *xc = nullptr, *xdbl = nullptr, *dt = nullptr, *dt_raw = nullptr;  // Mamba-1
+        bf16* qkv = nullptr;              // attention (N, (Hq + 2·Hkv)·Dh), q and k rotated
+        bf16* o = nullptr;                // (N, Hq·Dh)
+        float* lse = nullptr;             // (B, Hq, T)
+        bf16 *h = nullptr, *a = nullptr;  // MLP (N, 2F), (N, F)
+    };
+
+    float* params = nullptr;  // (total) fp32 master values
+    bf16* params_bf16 = nullptr;
+    float* grads = nullptr;             // (total) fp32
+    bf16* staged = nullptr;             // (total) one backward's gradients
+    kc::IndexStatus* status = nullptr;  // [0] embedding, [1] cross-entropy
+
+    CudaParam embed, lm_head;
+    CudaNormParams final_norm;
+    std::vector<Layer> layers;
+
+    // The activation plan.
+    char* act = nullptr;
+    int32_t *ids = nullptr, *targets = nullptr;  // (N)
+    bf16* res = nullptr;  // (L + 1, N, D) residual stream entering each layer, and the output
+    bf16* hf = nullptr;   // (N, D) final norm output
+    float *final_mean = nullptr, *final_rstd = nullptr;
+    bf16* logits = nullptr;                   // (N, V); backward turns them into their gradient
+    float *losses = nullptr, *lse = nullptr;  // (N)
+    bf16* tmp = nullptr;                      // (N, D) a sublayer's output
+    bf16 *g_res = nullptr, *g_ln = nullptr;   // (N, D)
+    std::array<bf16*, 6> scratch{};           // a sublayer's backward buffers, shared by all layers
+    void* ws = nullptr;                       // kernels' workspace, shared
+    size_t ws_bytes = 0;
+};
+
+namespace {
+
+void malloc_into(void** p, size_t bytes) {
+    check(cudaMalloc(p, std::max<size_t>(bytes, 256)), "cudaMalloc");
+}
+
+}  // namespace
+
+CudaHybridLM::CudaHybridLM(const ModelConfig& cfg) : cfg_(cfg), impl_(std::make_unique<Impl>()) {
+    cfg_.validate();
+    if (cfg_.mlp.kind != MlpKind::None && cfg_.mlp.kind != MlpKind::SwiGLU)
+        fail("not supported on CUDA yet: MLP kind other than SwiGLU (no GELU / ReLU kernels)");
+    if (cfg_.count(LayerKind::Mamba) && cfg_.mamba.version == 1 && cfg_.mamba.dt_bc_norm)
+        fail("not supported on CUDA yet: Mamba-1 dt_bc_norm");
+    if (cfg_.count(LayerKind::Mamba) && cfg_.mamba.version == 1 && cfg_.mamba.d_state > kc::kScanMaxState)
+        fail("not supported on CUDA yet: Mamba-1 d_state {} > {}", cfg_.mamba.d_state, kc::kScanMaxState);
+    if (cfg_.count(LayerKind::Mamba) && cfg_.mamba.version == 1 &&
+        cfg_.mamba.d_conv > kc::kConv1dBackwardMaxK)
+        fail("not supported on CUDA yet: d_conv {} > {}", cfg_.mamba.d_conv, kc::kConv1dBackwardMaxK);
+    if (cfg_.embed_padding_idx >= 0) fail("not supported on CUDA yet: embed_padding_idx");
+    if (cfg_.count(LayerKind::Attention) && cfg_.attn_head_dim() > kc::kAttentionMaxHeadDim)
+        fail("not supported on CUDA yet: head_dim {} > {}", cfg_.attn_head_dim(), kc::kAttentionMaxHeadDim);
+
+    // The layout is HybridLM<float>'s, by construction: its constructor registers the parameters.
+    {
+        HybridLM<float> layout(cfg_);
+        specs_ = layout.params().specs();
+        total_ = layout.params().total();
+    }
+    Impl& m = *impl_;
+    malloc_into(reinterpret_cast<void**>(&m.params), sizeof(float) * total_);
+    malloc_into(reinterpret_cast<void**>(&m.params_bf16), sizeof(bf16) * total_);
+    malloc_into(reinterpret_cast<void**>(&m.grads), sizeof(float) * total_);
+    malloc_into(reinterpret_cast<void**>(&m.staged), sizeof(bf16) * total_);
+    malloc_into(reinterpret_cast<void**>(&m.status), 2 * sizeof(kc::IndexStatus));
+    zero(m.params, sizeof(float) * total_);
+    zero(m.params_bf16, sizeof(bf16) * total_);
+    zero(m.grads, sizeof(float) * total_);
+
+    std::map<std::string, size_t> offsets;
+    for (const ParamSpec& s : specs_) offsets[s.name] = s.offset;
+    auto param = [&](const std::string& name) {
+        auto it = offsets.find(name);
+        if (it == offsets.end()) return CudaParam{};
+        return CudaParam{m.params_bf16 + it->second, m.staged + it->second, m.grads + it->second};
+    };
+    auto norm = [&](const std::string& name) {
+        return CudaNormParams{param(name + ".weight"), param(name + ".bias")};
+    };
+
+    m.embed = param("embed.weight");
+    m.lm_head = cfg_.tie_embeddings ? m.embed : param("lm_head.weight");
+    m.final_norm = norm("final_norm");
+    for (int64_t l = 0; l < cfg_.n_layers; ++l) {
+        const std::string p = fmt::format("layers.{}", l), x = p + ".mixer.";
+        Impl::Layer L;
+        L.kind = cfg_.layers[l];
+        L.norm = norm(p + ".norm");
+        if (L.kind == LayerKind::Attention) {
+            L.qkv_w = param(x + "qkv_proj.weight");
+            L.qkv_b = param(x + "qkv_proj.bias");
+            L.o_w = param(x + "o_proj.weight");
+            L.o_b = param(x + "o_proj.bias");
+        } else {
+            L.in_w = param(x + "in_proj.weight");
+            L.in_b = param(x + "in_proj.bias");
+            L.conv_w = param(x + "conv1d.weight");
+            L.conv_b = param(x + "conv1d.bias");
+            L.A_log = param(x + "A_log");
+            L.D = param(x + "D");
+            L.out_w = param(x + "out_proj.weight");
+            L.out_b = param(x + "out_proj.bias");
+            if (cfg_.mamba.version == 1) {
+                L.x_w = param(x + "x_proj.weight");
+                L.dtp_w = param(x + "dt_proj.weight");
+                L.dtp_b = param(x + "dt_proj.bias");
+            } else {
+                L.dt_bias = param(x + "dt_bias");
+                L.gnorm_w = param(x + "norm.weight");
+            }
+        }
+        if (cfg_.mlp.kind != MlpKind::None) {
+            L.mlp_norm = norm(p + ".mlp_norm");
+            L.up_w = param(p + ".mlp.gate_up_proj.weight");
+            L.up_b = param(p + ".mlp.gate_up_proj.bias");
+            L.down_w = param(p + ".mlp.down_proj.weight");
+            L.down_b = param(p + ".mlp.down_proj.bias");
+        }
+        m.layers.push_back(L);
+    }
+}
+
+CudaHybridLM::~CudaHybridLM() {
+    Impl& m = *impl_;
+    for (void* p :
+         {static_cast<void*>(m.params), static_cast<void*>(m.params_bf16), static_cast<void*>(m.grads),
+          static_cast<void*>(m.staged), static_cast<void*>(m.status), static_cast<void*>(m.act)})
+        if (p) cudaFree(p);  // errors at teardown are not actionable
+}
+
+void CudaHybridLM::upload(const HybridLM<float>& cpu) {
+    const Parameters<float>& p = cpu.params();
+    MSLM_CHECK(
+        p.total() == total_ && p.specs().size() == specs_.size(),
+        "CudaHybridLM::upload: the CPU model's parameters ({} elements) do not match this config's ({})",
+        p.total(), total_);
+    const float* values = const_cast<Parameters<float>&>(p).values();
+    std::vector<bf16> half(static_cast<size_t>(total_));
+    for (int64_t i = 0; i < total_; ++i) half[i] = f32_to_bf16(values[i]);
+    check(cudaMemcpy(impl_->params, values, sizeof(float) * total_, cudaMemcpyHostToDevice), "upload values");
+    check(cudaMemcpy(impl_->params_bf16, half.data(), sizeof(bf16) * total_, cudaMemcpyHostToDevice),
+          "upload bf16 values");
+}
+
+void CudaHybridLM::zero_grad() {
+    zero(impl_->grads, sizeof(float) * total_);
+}
+
+void CudaHybridLM::download_grads(std::vector<float>& flat) const {
+    flat.resize(static_cast<size_t>(total_));
+    check(cudaMemcpy(flat.data(), impl_->grads, sizeof(float) * total_, cudaMemcpyDeviceToHost),
+          "download grads");
+}
+
+void CudaHybridLM::download_logits(std::vector<float>& out) const {
+    const int64_t n = B_ * T_ * cfg_.vocab_size;
+    std::vector<bf16> half(static_cast<size_t>(n));
+    check(cudaMemcpy(half.data(), impl_->logits, sizeof(bf16) * n, cudaMemcpyDeviceToHost),
+          "download logits");
+    out.resize(static_cast<size_t>(n));
+    for (int64_t i = 0; i < n; ++i) out[i] = bf16_to_f32(half[i]);
+}
+
+size_t CudaHybridLM::memory_bytes() const {
+    return static_cast<size_t>(total_) * (2 * sizeof(float) + 2 * sizeof(bf16)) + act_bytes_ +
+           2 * sizeof(kc::IndexStatus);
+}
+
+// Every activation and scratch buffer of a (B, T) step, sized up front and carved out of one
+// allocation.
+void CudaHybridLM::plan(int64_t B, int64_t T) {
+    if (B == B_ && T == T_ && impl_->act) return;
+    Impl& m = *impl_;
+    if (m.act) check(cudaFree(m.act), "cudaFree");
+    m.act = nullptr;
+    B_ = B;
+    T_ = T;
+    const int64_t N = B * T, D = cfg_.d_model, V = cfg_.vocab_size, L = cfg_.n_layers;
+    const bool has_mlp = cfg_.mlp.kind != MlpKind::None, layernorm = cfg_.norm == NormKind::LayerNorm;
+    const int64_t F = cfg_.mlp.d_ff, K = cfg_.mamba.d_conv;
+    const int64_t Din = cfg_.mamba_d_inner(), S = cfg_.mamba.d_state, GS = cfg_.mamba.n_groups * S;
+    const int64_t W2 = 2 * Din + 2 * GS + cfg_.mamba_n_heads(), C2 = Din + 2 * GS;  // Mamba-2 widths
+    const int64_t R = cfg_.mamba_dt_rank(), Wx = R + 2 * S;                         // Mamba-1
+    const int64_t Hq = cfg_.attention.n_heads, Dh = cfg_.attn_head_dim();
+    const int64_t Wq = (Hq + 2 * cfg_.attn_kv_heads()) * Dh;
+    const kc::SsdDims ssd_dims{
+        B, T, cfg_.mamba_n_heads(), cfg_.mamba.head_dim, cfg_.mamba.n_groups, S, cfg_.mamba.chunk_size};
+    const ops::ScanDims scan_dims{B, T, Din, S};
+
+    // Backward scratch per sublayer kind; the shared buffers take the largest.
+    std::array<int64_t, 6> scratch{};
+    auto need = [&](std::array<int64_t, 6> n) {
+        for (size_t i = 0; i < n.size(); ++i) scratch[i] = std::max(scratch[i], n[i]);
+    };
+    size_t ws =
+        std::max(kc::norm_backward_workspace_bytes(N, D), kc::embedding_backward_workspace_bytes(N, V));
+    for (const Impl::Layer& layer : m.layers) {
+        if (layer.kind == LayerKind::Attention) {
+            need({N * Hq * Dh, N * Wq, 0, 0, 0, 0});  // g_o, g_qkv
+        } else if (cfg_.mamba.version == 1) {
+            need({N * Din, N * Din, N * Wx, N * Din, N * 2 * Din,
+                  N * R});  // g_y, g_dt_raw, g_xdbl, g_xc, g_xz, g_dt
+            ws = std::max({ws, kc::selective_scan_backward_workspace_bytes(scan_dims),
+                           kc::conv1d_causal_backward_workspace_bytes(B, T, Din, K)});
+        } else {
+            need({N * Din, N * Din, N * Din, N * C2, N * W2, 0});  // g_yn, g_y, g_z, g_xbc, g_zxbcdt
+            ws = std::max({ws, kc::norm_backward_workspace_bytes(N, Din),
+                           kc::ssd_backward_workspace_bytes(ssd_dims),
+                           kc::ssd_forward_workspace_bytes(ssd_dims),
+                           kc::conv1d_causal_backward_workspace_bytes(B, T, C2, K)});
+        }
+    }
+    if (has_mlp) need({N * F, N * 2 * F, 0, 0, 0, 0});  // g_a, g_h
+    m.ws_bytes = ws;
+
+    auto place = [&](Planner& p) {
+        p.take(m.ids, N);
+        p.take(m.targets, N);
+        p.take(m.res, (L + 1) * N * D);
+        p.take(m.hf, N * D);
+        p.take(m.final_mean, layernorm ? N : 0);
+        p.take(m.final_rstd, N);
+        p.take(m.logits, N * V);
+        p.take(m.losses, N);
+        p.take(m.lse, N);
+        p.take(m.tmp, N * D);
+        p.take(m.g_res, N * D);
+        p.take(m.g_ln, N * D);
+        for (size_t i = 0; i < scratch.size(); ++i) p.take(m.scratch[i], scratch[i]);
+        char* w = nullptr;
+        p.take(w, static_cast<int64_t>(ws));
+        m.ws = w;
+        for (Impl::Layer& layer : m.layers) {
+            p.take(layer.ln1, N * D);
+            p.take(layer.mean1, layernorm ? N : 0);
+            p.take(layer.rstd1, N);
+            if (has_mlp) {
+                p.take(layer.mid, N * D);
+                p.take(layer.ln2, N * D);
+                p.take(layer.mean2, layernorm ? N : 0);
+                p.take(layer.rstd2, N);
+                p.take(layer.h, N * 2 * F);
+                p.take(layer.a, N * F);
+            }
+            if (layer.kind == LayerKind::Attention) {
+                p.take(layer.qkv, N * Wq);
+                p.take(layer.o, N * Hq * Dh);
+                p.take(layer.lse, B * Hq * T);
+            } else if (cfg_.mamba.version == 1) {
+                p.take(layer.xz, N * 2 * Din);
+                p.take(layer.xc, N * Din);
+                p.take(layer.xdbl, N * Wx);
+                p.take(layer.dt, N * R);
+                p.take(layer.dt_raw, N * Din);
+                p.take(layer.y, N * Din);
+                p.take(layer.states, static_cast<int64_t>(kc::selective_scan_chunk_states_size(scan_dims)));
+            } else {
+                p.take(layer.zxbcdt, N * W2);
+                p.take(layer.xbc, N * C2);
+                p.take(layer.y, N * Din);
+                p.take(layer.z, N * Din);
+                p.take(layer.yn, N * Din);
+                p.take(layer.g_rstd, N * cfg_.mamba_norm_groups());
+                p.take(layer.states, kc::ssd_chunk_states_numel(ssd_dims));
+            }
+        }
+    };
+    Planner measure;
+    place(measure);
+    act_bytes_ = measure.offset;
+    malloc_into(reinterpret_cast<void**>(&m.act), act_bytes_);
+    Planner assign{m.act};
+    place(assign);
+}
+
+namespace {
+
+// A projection's backward: dx += dout · W; the weight's gradient accumulates in fp32 straight into
+// the fp32 gradients (no bf16 staging); the bias's (if any) is staged.
+void linear_backward(bf16* dx, const CudaParam& w, const CudaParam& b, const bf16* dout, const bf16* x,
+                     int64_t N, int64_t I, int64_t O) {
+    kc::linear_backward(dx, static_cast<bf16*>(nullptr), b.g, dout, x, w.w, N, I, O);
+    kc::linear_backward_dW_f32(w.g32, dout, x, N, I, O);
+}
+
+struct Ctx {
+    const ModelConfig& cfg;
+    CudaHybridLM::Impl& m;
+    int64_t B, T, N;
+};
+
+void norm_forward(const Ctx& c, const CudaNormParams& p, bf16* out, float* mean, float* rstd, const bf16* x) {
+    const auto eps = static_cast<float>(c.cfg.norm_eps);
+    if (c.cfg.norm == NormKind::RMSNorm)
+        kc::rmsnorm_forward(out, rstd, x, p.w.w, c.N, c.cfg.d_model, eps);
+    else
+        kc::layernorm_forward(out, mean, rstd, x, p.w.w, p.b.w, c.N, c.cfg.d_model, eps);
+}
+
+// dx += norm's input gradient; the weight (and bias) gradients go to the staged buffer.
+void norm_backward(const Ctx& c, const CudaNormParams& p, bf16* dx, const bf16* dout, const bf16* x,
+                   const float* mean, const float* rstd) {
+    if (c.cfg.norm == NormKind::RMSNorm)
+        kc::rmsnorm_backward(dx, p.w.g, c.m.ws, dout, x, p.w.w, rstd, c.N, c.cfg.d_model);
+    else
+        kc::layernorm_backward(dx, p.w.g, p.b.g, c.m.ws, dout, x, p.w.w, mean, rstd, c.N, c.cfg.d_model);
+}
+
+kc::SsdDims ssd_dims(const Ctx& c) {
+    return {c.B,
+            c.T,
+            c.cfg.mamba_n_heads(),
+            c.cfg.mamba.head_dim,
+            c.cfg.mamba.n_groups,
+            c.cfg.mamba.d_state,
+            c.cfg.mamba.chunk_size};
+}
+
+kc::SsdInputs<bf16> ssd_inputs(const Ctx& c, const CudaHybridLM::Impl::Layer& L) {
+    // The SSD reads x, B, C from the conv output [x | B | C] and dt from the tail of in_proj's.
+    const int64_t Din = c.cfg.mamba_d_inner(), GS = c.cfg.mamba.n_groups * c.cfg.mamba.d_state;
+    const int64_t C = Din + 2 * GS, W = 2 * Din + 2 * GS + c.cfg.mamba_n_heads();
+    kc::SsdInputs<bf16> in{L.xbc,       C, L.zxbcdt + Din + C, W, L.dt_bias.w, L.A_log.w,
+                           L.xbc + Din, C, L.xbc + Din + GS,   C, L.D.w};
+    in.dt_min = static_cast<float>(c.cfg.mamba.dt_limit_min);
+    in.dt_max = static_cast<float>(c.cfg.mamba.dt_limit_max);
+    return in;
+}
+
+void mamba2_forward(const Ctx& c, CudaHybridLM::Impl::Layer& L, bf16* out) {
+    const int64_t N = c.N, D = c.cfg.d_model, Din = c.cfg.mamba_d_inner();
+    const int64_t GS = c.cfg.mamba.n_groups * c.cfg.mamba.d_state, C = Din + 2 * GS;
+    const int64_t W = 2 * Din + 2 * GS + c.cfg.mamba_n_heads();
+    kc::linear_forward(L.zxbcdt, L.ln1, L.in_w.w, L.in_b.w, N, D, W);  // (N, D) => (N, W) = [z | xBC | dt]
+    kc::conv1d_causal_forward(L.xbc, static_cast<bf16*>(nullptr), L.zxbcdt + Din, W, L.conv_w.w, L.conv_b.w,
+                              c.B, c.T, C, c.cfg.mamba.d_conv, true);
+    kc::ssd_forward(L.y, nullptr, ssd_inputs(c, L), nullptr, ssd_dims(c), L.states, c.m.ws);
+    copy_cols(L.z, Din, L.zxbcdt, W, N, Din);
+    kc::gated_rmsnorm_forward(L.yn, L.g_rstd, L.y, L.z, L.gnorm_w.w, N, Din, c.cfg.mamba_norm_groups(),
+                              static_cast<float>(c.cfg.norm_eps));
+    kc::linear_forward(out, L.yn, L.out_w.w, L.out_b.w, N, Din, D);  // (N, Din) => (N, D)
+}
+
+void mamba2_backward(const Ctx& c, CudaHybridLM::Impl::Layer& L, bf16* dx, const bf16* dout) {
+    const int64_t N = c.N, D = c.cfg.d_model, Din = c.cfg.mamba_d_inner();
+    const int64_t GS = c.cfg.mamba.n_groups * c.cfg.mamba.d_state, C = Din + 2 * GS;
+    const int64_t W = 2 * Din + 2 * GS + c.cfg.mamba_n_heads();
+    auto& s = c.m.scratch;
+    bf16 *g_yn = s[0], *g_y = s[1], *g_z = s[2], *g_xbc = s[3], *g_zxbcdt = s[4];
+    for (auto [p, n] : std::initializer_list<std::pair<bf16*, int64_t>>{
+             {g_yn, N * Din}, {g_y, N * Din}, {g_z, N * Din}, {g_xbc, N * C}, {g_zxbcdt, N * W}})
+        zero(p, sizeof(bf16) * n);
+    linear_backward(g_yn, L.out_w, L.out_b, dout, L.yn, N, Din, D);
+    kc::gated_rmsnorm_backward(g_y, g_z, L.gnorm_w.g, c.m.ws, g_yn, L.y, L.z, L.gnorm_w.w, L.g_rstd, N, Din,
+                               c.cfg.mamba_norm_groups());
+    copy_cols(g_zxbcdt, W, g_z, Din, N, Din);  // z's columns receive nothing else
+    const kc::SsdGrads<bf16> grads{g_xbc,       g_zxbcdt + Din + C, L.dt_bias.g, L.A_log.g,
+                                   g_xbc + Din, g_xbc + Din + GS,   L.D.g};
+    kc::ssd_backward(grads, g_y, ssd_inputs(c, L), nullptr, L.states, ssd_dims(c), c.m.ws);
+    kc::conv1d_causal_backward(g_zxbcdt + Din, L.conv_w.g, L.conv_b.g, g_xbc, L.zxbcdt + Din, W, L.conv_w.w,
+                               L.conv_b.w, c.B, c.T, C, c.cfg.mamba.d_conv, true, c.m.ws, c.m.ws_bytes);
+    linear_backward(dx, L.in_w, L.in_b, g_zxbcdt, L.ln1, N, D, W);
+}
+
+ops::SelectiveScanInputs<bf16> scan_inputs(const Ctx& c, const CudaHybridLM::Impl::Layer& L) {
+    const int64_t Din = c.cfg.mamba_d_inner(), S = c.cfg.mamba.d_state, R = c.cfg.mamba_dt_rank(),
+                  W = R + 2 * S;
+    return {L.xc,           Din, L.dt_raw, Din,        L.dtp_b.w, L.A_log.w, L.xdbl + R, W,
+            L.xdbl + R + S, W,   L.D.w,    L.xz + Din, 2 * Din};
+}
+
+void mamba1_forward(const Ctx& c, CudaHybridLM::Impl::Layer& L, bf16* out) {
+    const int64_t N = c.N, D = c.cfg.d_model, Din = c.cfg.mamba_d_inner(), S = c.cfg.mamba.d_state;
+    const int64_t R = c.cfg.mamba_dt_rank(), W = R + 2 * S;
+    kc::linear_forward(L.xz, L.ln1, L.in_w.w, L.in_b.w, N, D, 2 * Din);  // (N, D) => (N, 2·Din) = [x | z]
+    kc::conv1d_causal_forward(L.xc, static_cast<bf16*>(nullptr), L.xz, 2 * Din, L.conv_w.w, L.conv_b.w, c.B,
+                              c.T, Din, c.cfg.mamba.d_conv, true);
+    kc::linear_forward(L.xdbl, L.xc, L.x_w.w, static_cast<const bf16*>(nullptr), N, Din,
+                       W);  // => [dt | B | C]
+    copy_cols(L.dt, R, L.xdbl, W, N, R);
+    // dt_proj without its bias: the scan adds it (in fp32) before the softplus.
+    kc::linear_forward(L.dt_raw, L.dt, L.dtp_w.w, static_cast<const bf16*>(nullptr), N, R, Din);
+    kc::selective_scan_forward(L.y, nullptr, scan_inputs(c, L), nullptr, ops::ScanDims{c.B, c.T, Din, S},
+                               L.states);
+    kc::linear_forward(out, L.y, L.out_w.w, L.out_b.w, N, Din, D);  // (N, Din) => (N, D)
+}
+
+void mamba1_backward(const Ctx& c, CudaHybridLM::Impl::Layer& L, bf16* dx, const bf16* dout) {
+    const int64_t N = c.N, D = c.cfg.d_model, Din = c.cfg.mamba_d_inner(), S = c.cfg.mamba.d_state;
+    const int64_t R = c.cfg.mamba_dt_rank(), W = R + 2 * S;
+    auto& s = c.m.scratch;
+    bf16 *g_y = s[0], *g_dt_raw = s[1], *g_xdbl = s[2], *g_xc = s[3], *g_xz = s[4], *g_dt = s[5];
+    for (auto [p, n] : std::initializer_list<std::pair<bf16*, int64_t>>{{g_y, N * Din},
+                                                                        {g_dt_raw, N * Din},
+                                                                        {g_xdbl, N * W},
+                                                                        {g_xc, N * Din},
+                                                                        {g_xz, N * 2 * Din},
+                                                                        {g_dt, N * R}})
+        zero(p, sizeof(bf16) * n);
+    linear_backward(g_y, L.out_w, L.out_b, dout, L.y, N, Din, D);
+    const ops::SelectiveScanGrads<bf16> grads{g_xc,       g_dt_raw,       L.dtp_b.g, L.A_log.g,
+                                              g_xdbl + R, g_xdbl + R + S, L.D.g,     g_xz + Din};
+    const ops::ScanDims dims{c.B, c.T, Din, S};
+    kc::selective_scan_backward(grads, g_y, scan_inputs(c, L), L.states, dims, c.m.ws, c.m.ws_bytes);
+    linear_backward(g_dt, L.dtp_w, CudaParam{}, g_dt_raw, L.dt, N, R, Din);
+    copy_cols(g_xdbl, W, g_dt, R, N, R);  // dt's columns receive nothing else
+    linear_backward(g_xc, L.x_w, CudaParam{}, g_xdbl, L.xc, N, Din, W);
+    kc::conv1d_causal_backward(g_xz, L.conv_w.g, L.conv_b.g, g_xc, L.xz, 2 * Din, L.conv_w.w, L.conv_b.w, c.B,
+                               c.T, Din, c.cfg.mamba.d_conv, true, c.m.ws, c.m.ws_bytes);
+    linear_backward(dx, L.in_w, L.in_b, g_xz, L.ln1, N, D, 2 * Din);
+}
+
+kc::AttentionOptions attention_options(const ModelConfig& cfg) {
+    kc::AttentionOptions opt{};
+    opt.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(cfg.attn_head_dim())));
+    opt.window = cfg.attention.sliding_window;
+    opt.alibi = cfg.attention.position == PositionKind::ALiBi;
+    return opt;
+}
+
+void attention_forward(const Ctx& c, CudaHybridLM::Impl::Layer& L, bf16* out) {
+    const ModelConfig& cfg = c.cfg;
+    const int64_t N = c.N, D = cfg.d_model, Hq = cfg.attention.n_heads, Hkv = cfg.attn_kv_heads();
+    const int64_t Dh = cfg.attn_head_dim(), W = (Hq + 2 * Hkv) * Dh;
+    kc::linear_forward(L.qkv, L.ln1, L.qkv_w.w, L.qkv_b.w, N, D, W);  // (N, D) => (N, (Hq + 2·Hkv)·Dh)
+    bf16* q = L.qkv;
+    bf16* k = q + Hq * Dh;
+    bf16* v = k + Hkv * Dh;
+    if (cfg.attention.position == PositionKind::RoPE) {
+        kc::rope_apply(q, W, c.B, c.T, Hq, Dh, cfg.attn_rotary_dim(), cfg.attention.rope_theta, 0, false);
+        kc::rope_apply(k, W, c.B, c.T, Hkv, Dh, cfg.attn_rotary_dim(), cfg.attention.rope_theta, 0, false);
+    }
+    kc::attention_forward(L.o, L.lse, q, W, k, W, v, W, ops::AttentionDims{c.B, c.T, Hq, Hkv, Dh},
+                          attention_options(cfg));
+    kc::linear_forward(out, L.o, L.o_w.w, L.o_b.w, N, Hq * Dh, D);
+}
+
+void attention_backward(const Ctx& c, CudaHybridLM::Impl::Layer& L, bf16* dx, const bf16* dout) {
+    const ModelConfig& cfg = c.cfg;
+    const int64_t N = c.N, D = cfg.d_model, Hq = cfg.attention.n_heads, Hkv = cfg.attn_kv_heads();
+    const int64_t Dh = cfg.attn_head_dim(), W = (Hq + 2 * Hkv) * Dh;
+    bf16 *g_o = c.m.scratch[0], *g_qkv = c.m.scratch[1];
+    zero(g_o, sizeof(bf16) * N * Hq * Dh);
+    zero(g_qkv, sizeof(bf16) * N * W);
+    linear_backward(g_o, L.o_w, L.o_b, dout, L.o, N, Hq * Dh, D);
+    const bf16* q = L.qkv;
+    const bf16* k = q + Hq * Dh;
+    const bf16* v = k + Hkv * Dh;
+    bf16* dq = g_qkv;
+    bf16* dk = dq + Hq * Dh;
+    bf16* dv = dk + Hkv * Dh;
+    kc::attention_backward(dq, dk, dv, g_o, L.o, L.lse, q, W, k, W, v, W,
+                           ops::AttentionDims{c.B, c.T, Hq, Hkv, Dh}, attention_options(cfg));
+    if (cfg.attention.position == PositionKind::RoPE) {
+        kc::rope_apply(dq, W, c.B, c.T, Hq, Dh, cfg.attn_rotary_dim(), cfg.attention.rope_theta, 0, true);
+        kc::rope_apply(dk, W, c.B, c.T, Hkv, Dh, cfg.attn_rotary_dim(), cfg.attention.rope_theta, 0, true);
+    }
+    linear_backward(dx, L.qkv_w, L.qkv_b, g_qkv, L.ln1, N, D, W);
+}
+
+void mixer_forward(const Ctx& c, CudaHybridLM::Impl::Layer& L, bf16* out) {
+    if (L.kind == LayerKind::Attention)
+        attention_forward(c, L, out);
+    else if (c.cfg.mamba.version == 1)
+        mamba1_forward(c, L, out);
+    else
+        mamba2_forward(c, L, out);
+}
+
+void mixer_backward(const Ctx& c, CudaHybridLM::Impl::Layer& L, bf16* dx, const bf16* dout) {
+    if (L.kind == LayerKind::Attention)
+        attention_backward(c, L, dx, dout);
+    else if (c.cfg.mamba.version == 1)
+        mamba1_backward(c, L, dx, dout);
+    else
+        mamba2_backward(c, L, dx, dout);
+}
+
+// SwiGLU: (N, D) => gate_up (N, 2F) => a (N, F) => (N, D).
+void mlp_forward(const Ctx& c, CudaHybridLM::Impl::Layer& L, bf16* out) {
+    const int64_t N = c.N, D = c.cfg.d_model, F = c.cfg.mlp.d_ff;
+    kc::linear_forward(L.h, L.ln2, L.up_w.w, L.up_b.w, N, D, 2 * F);
+    kc::swiglu_forward(L.a, L.h, N, F);
+    kc::linear_forward(out, L.a, L.down_w.w, L.down_b.w, N, F, D);
+}
+
+void mlp_backward(const Ctx& c, CudaHybridLM::Impl::Layer& L, bf16* dx, const bf16* dout) {
+    const int64_t N = c.N, D = c.cfg.d_model, F = c.cfg.mlp.d_ff;
+    bf16 *g_a = c.m.scratch[0], *g_h = c.m.scratch[1];
+    zero(g_a, sizeof(bf16) * N * F);
+    zero(g_h, sizeof(bf16) * N * 2 * F);
+    linear_backward(g_a, L.down_w, L.down_b, dout, L.a, N, F, D);
+    kc::swiglu_backward(g_h, g_a, L.h, N, F);
+    linear_backward(dx, L.up_w, L.up_b, g_h, L.ln2, N, D, 2 * F);
+}
+
+}  // namespace
+
+float CudaHybridLM::forward(const int32_t* ids, const int32_t* targets, int64_t B, int64_t T) {
+    MSLM_CHECK(B > 0 && T > 0, "forward: empty batch ({} x {})", B, T);
+    MSLM_CHECK(T <= cfg_.max_seq_len, "sequence length {} exceeds the model's max_seq_len {}", T,
+               cfg_.max_seq_len);
+    plan(B, T);
+    Impl& m = *impl_;
+    const int64_t N = B * T, D = cfg_.d_model, V = cfg_.vocab_size, L = cfg_.n_layers;
+    const Ctx c{cfg_, m, B, T, N};
+    has_targets_ = targets != nullptr;
+    check(cudaMemcpy(m.ids, ids, sizeof(int32_t) * N, cudaMemcpyHostToDevice), "upload ids");
+    if (targets)
+        check(cudaMemcpy(m.targets, targets, sizeof(int32_t) * N, cudaMemcpyHostToDevice), "upload targets");
+
+    kc::embedding_forward(m.res, m.ids, m.embed.w, N, V, D, &m.status[0]);  // (N) => (N, D)
+    kc::embedding_check(&m.status[0], V);
+    for (int64_t l = 0; l < L; ++l) {
+        Impl::Layer& layer = m.layers[l];
+        const bf16* x = m.res + l * N * D;
+        bf16* next = m.res + (l + 1) * N * D;
+        bf16* mid = layer.mid ? layer.mid : next;  // the residual after the mixer
+        norm_forward(c, layer.norm, layer.ln1, layer.mean1, layer.rstd1, x);
+        mixer_forward(c, layer, m.tmp);
+        copy(mid, x, N * D);
+        kc::axpy(mid, m.tmp, N * D, 1.0f);
+        if (layer.mid) {
+            norm_forward(c, layer.mlp_norm, layer.ln2, layer.mean2, layer.rstd2, mid);
+            mlp_forward(c, layer, m.tmp);
+            copy(next, mid, N * D);
+            kc::axpy(next, m.tmp, N * D, 1.0f);
+        }
+    }
+    norm_forward(c, m.final_norm, m.hf, m.final_mean, m.final_rstd, m.res + L * N * D);
+    kc::linear_forward(m.logits, m.hf, m.lm_head.w, static_cast<const bf16*>(nullptr), N, D, V);  // => (N, V)
+
+    count_ = 0;
+    if (!targets) {
+        check(cudaDeviceSynchronize(), "forward");
+        return 0.0f;
+    }
+    kc::cross_entropy_forward(m.losses, m.lse, m.logits, m.targets, N, V, &m.status[1]);
+    count_ = kc::cross_entropy_check(&m.status[1], V);
+    std::vector<float> losses(static_cast<size_t>(N));
+    check(cudaMemcpy(losses.data(), m.losses, sizeof(float) * N, cudaMemcpyDeviceToHost), "download losses");
+    double sum = 0;
+    for (float x : losses) sum += x;
+    return count_ ? static_cast<float>(sum / static_cast<double>(count_)) : 0.0f;
+}
+
+void CudaHybridLM::backward() {
+    MSLM_CHECK(has_targets_, "backward needs a forward with targets");
+    if (count_ == 0) return;
+    Impl& m = *impl_;
+    const int64_t N = B_ * T_, D = cfg_.d_model, V = cfg_.vocab_size, L = cfg_.n_layers;
+    const Ctx c{cfg_, m, B_, T_, N};
+    zero(m.staged, sizeof(bf16) * total_);
+    zero(m.g_res, sizeof(bf16) * N * D);
+
+    bf16* dlogits = m.logits;  // in place: the logits are not needed any more
+    kc::cross_entropy_backward(dlogits, m.logits, m.lse, m.targets, N, V, 1.0f / static_cast<float>(count_),
+                               &m.status[1]);
+    zero(m.g_ln, sizeof(bf16) * N * D);
+    linear_backward(m.g_ln, m.lm_head, CudaParam{}, dlogits, m.hf, N, D, V);
+    norm_backward(c, m.final_norm, m.g_res, m.g_ln, m.res + L * N * D, m.final_mean, m.final_rstd);
+    for (int64_t l = L - 1; l >= 0; --l) {
+        Impl::Layer& layer = m.layers[l];
+        // g_res holds d loss / d (residual leaving layer l); the skip connections pass it through
+        // unchanged and each sublayer adds its input gradient on top.
+        if (layer.mid) {
+            zero(m.g_ln, sizeof(bf16) * N * D);
+            mlp_backward(c, layer, m.g_ln, m.g_res);
+            norm_backward(c, layer.mlp_norm, m.g_res, m.g_ln, layer.mid, layer.mean2, layer.rstd2);
+        }
+        zero(m.g_ln, sizeof(bf16) * N * D);
+        mixer_backward(c, layer, m.g_ln, m.g_res);
+        norm_backward(c, layer.norm, m.g_res, m.g_ln, m.res + l * N * D, layer.mean1, layer.rstd1);
+    }
+    kc::embedding_backward(m.embed.g, m.ws, m.g_res, m.ids, N, V, D, &m.status[0]);
+    cuda_model_detail::accumulate_bf16(m.grads, m.staged, total_, nullptr);
+    check(cudaDeviceSynchronize(), "backward");
+}
+
+}  // namespace mslm
+
+#endif  // MSLM_HAVE_CUDA
