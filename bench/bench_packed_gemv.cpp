@@ -5,7 +5,8 @@
 // 243 MB in bf16, 121 MB in int8). A pass runs every product in order, as a decoding step does, so
 // a weight comes back only after all the others have streamed through the caches. Each figure is the
 // median over passes. "read GB/s" is the yardstick: a streaming sum over a buffer of the same size
-// with the same threads (bench_read_bandwidth's loop), the most a pass could reach.
+// with the same threads (bench_read_bandwidth's loop), the most a pass could reach, run after each
+// pass so that both see the same load on a shared machine.
 //   bench_packed_gemv [--formats f32,bf16,int8] [--batch 1,8] [--threads 1,2] [--layers 12]
 //                     [--min-seconds 1]
 #include <fmt/format.h>
@@ -58,17 +59,17 @@ struct Weight {
 struct Result {
     std::vector<double> us;   // per shape: median µs per product
     std::vector<double> gbs;  // per shape: weight GB/s
-    double pass_gbs = 0, read_gbs = 0;
+    double pass_gbs = 0, read_gbs = 0, ratio = 0;
     size_t pass_bytes = 0;
 };
 
-// bench_read_bandwidth's loop: 64 independent accumulators per thread over its contiguous part, so
-// the loads bound it, not the latency of a running sum. Median seconds per pass.
-double read_gbs(const std::vector<float>& buf, double min_seconds) {
+// Seconds to sum buf with the pool, each thread over its contiguous part with 64 independent
+// accumulators (bench_read_bandwidth's loop): the loads bound it, not the latency of a running sum.
+double read_seconds(const std::vector<float>& buf) {
     const int64_t n = static_cast<int64_t>(buf.size()), parts = num_threads();
     std::vector<float> partial(static_cast<size_t>(parts));
-    std::vector<double> passes;
-    auto sum = [&](int64_t b, int64_t e) {
+    const auto start = std::chrono::steady_clock::now();
+    parallel_for(parts, [&](int64_t b, int64_t e) {
         for (int64_t p = b; p < e; ++p) {
             const float* x = buf.data() + n * p / parts;
             const int64_t len = n * (p + 1) / parts - n * p / parts;
@@ -79,17 +80,14 @@ double read_gbs(const std::vector<float>& buf, double min_seconds) {
             for (; i < len; ++i) acc[0] += x[i];
             for (float a : acc) partial[p] += a;
         }
-    };
-    parallel_for(parts, sum);  // warm-up
-    for (auto start = std::chrono::steady_clock::now();
-         passes.size() < 5 || seconds_since(start) < min_seconds;) {
-        const auto t0 = std::chrono::steady_clock::now();
-        parallel_for(parts, sum);
-        passes.push_back(seconds_since(t0));
-    }
-    return static_cast<double>(n) * sizeof(float) / median(passes) / 1e9;
+    });
+    const double t = seconds_since(start);
+    if (partial[0] < 0) std::abort();  // keeps the sums alive
+    return t;
 }
 
+// Passes over the model alternate with reads of a buffer as large, so that both see the same load
+// on a shared machine; "pass / read" is the median of the per-pair ratios.
 Result run(const std::vector<Weight>& model, ops::WeightFormat format, int64_t M, double min_seconds,
            const std::vector<float>& read_buf) {
     const size_t n_shapes = kLayerShapes.size() + 1;
@@ -110,9 +108,10 @@ Result run(const std::vector<Weight>& model, ops::WeightFormat format, int64_t M
         else
             ops::packed_linear_forward(y.data(), x.data(), w.packed, nullptr, M);
     };
-    for (const auto& w : model) product(w);               // warm-up pass
+    for (const auto& w : model) product(w);  // warm-up
+    read_seconds(read_buf);
     std::vector<std::vector<double>> shape_us(n_shapes);  // per shape, per pass: mean µs per product
-    std::vector<double> pass_seconds;
+    std::vector<double> pass_seconds, read_secs, ratios;
     for (auto start = std::chrono::steady_clock::now();
          pass_seconds.size() < 5 || seconds_since(start) < min_seconds;) {
         std::vector<double> total(n_shapes, 0.0);
@@ -125,6 +124,7 @@ Result run(const std::vector<Weight>& model, ops::WeightFormat format, int64_t M
             ++count[w.shape_index];
         }
         pass_seconds.push_back(seconds_since(pass_start));
+        read_secs.push_back(read_seconds(read_buf));
         for (size_t s = 0; s < n_shapes; ++s) shape_us[s].push_back(1e6 * total[s] / count[s]);
     }
     Result r;
@@ -135,8 +135,12 @@ Result run(const std::vector<Weight>& model, ops::WeightFormat format, int64_t M
                                      [&](const Weight& w) { return w.shape_index == static_cast<int>(s); });
         r.gbs.push_back(static_cast<double>(it->bytes) / r.us.back() / 1e3);
     }
+    const double read_bytes = static_cast<double>(read_buf.size() * sizeof(float));
+    for (size_t i = 0; i < pass_seconds.size(); ++i)
+        ratios.push_back(static_cast<double>(r.pass_bytes) / pass_seconds[i] / (read_bytes / read_secs[i]));
     r.pass_gbs = static_cast<double>(r.pass_bytes) / median(pass_seconds) / 1e9;
-    r.read_gbs = read_gbs(read_buf, min_seconds / 2);
+    r.read_gbs = read_bytes / median(read_secs) / 1e9;
+    r.ratio = median(ratios);
     return r;
 }
 
@@ -230,7 +234,7 @@ int main(int argc, char** argv) {
             for (const auto& th : bench::split_list(threads)) {
                 const Result& r = results[f + "/" + b + "/" + th];
                 fmt::print("| {} | {:.0f} | {} | {} | {:.1f} | {:.1f} | {:.0f}% |\n", f, r.pass_bytes / 1e6,
-                           b, th, r.pass_gbs, r.read_gbs, 100 * r.pass_gbs / r.read_gbs);
+                           b, th, r.pass_gbs, r.read_gbs, 100 * r.ratio);
             }
     return 0;
 }

@@ -228,6 +228,36 @@ TEST(PackedGemv, Int8ActivationsRoundHalfToEven) {
     }
 }
 
+// The kernels quantize x with their own vector code; against quantize_rows_int8 column by column:
+// with W = 127 · I (scale exactly 1, q = 127 · I) every output is s_x · (127 · q_x), exact, so
+// y = s_x · 127 · q_x holds only if both the scale and each quantized value are the same.
+TEST(PackedGemv, Int8QuantizationMatchesQuantizeRowsInt8) {
+    Rng rng(12);
+    const int64_t M = 3;
+    for (int64_t in : {1, 17, 77, 200}) {
+        std::vector<float> eye(static_cast<size_t>(in * in), 0.0f);
+        for (int64_t i = 0; i < in; ++i) eye[i * in + i] = 127.0f;
+        const PackedWeight W = pack_weight(eye.data(), in, in, WeightFormat::Int8);
+        auto x = random_normal(static_cast<size_t>(M * in), rng);
+        for (int64_t i = 0; i < in; ++i) {  // rows of very different magnitudes
+            x[in + i] *= 1e-3f;
+            x[2 * in + i] *= 1e3f;
+        }
+        std::vector<int8_t> q(static_cast<size_t>(M * W.ld));
+        std::vector<float> sx(M);
+        detail::quantize_rows_int8(q.data(), sx.data(), x.data(), M, in, W.ld);
+        for (const auto& path : supported_paths()) {
+            std::vector<float> y(static_cast<size_t>(M * in));
+            ForcedPath forced(path);
+            packed_linear_forward(y.data(), x.data(), W, nullptr, M);
+            for (int64_t m = 0; m < M; ++m)
+                for (int64_t i = 0; i < in; ++i)
+                    ASSERT_EQ(y[m * in + i], sx[m] * static_cast<float>(127 * q[m * W.ld + i]))
+                        << path << " in=" << in << " m=" << m << " i=" << i;
+        }
+    }
+}
+
 // Large enough to be split over the pool: the same bits for 1 and 2 threads on every path.
 TEST(PackedGemv, SameBitsForAnyThreadCount) {
     const int saved = num_threads();
