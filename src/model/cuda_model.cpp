@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <cstring>
 #include <initializer_list>
 #include <map>
 #include <string>
@@ -16,6 +17,7 @@
 #include "core/dtype.h"
 #include "core/error.h"
 #include "model/hybrid_lm.h"
+#include "ops/cuda/adamw.h"
 #include "ops/cuda/attention.h"
 #include "ops/cuda/conv1d.h"
 #include "ops/cuda/cross_entropy.h"
@@ -25,11 +27,14 @@
 #include "ops/cuda/norm.h"
 #include "ops/cuda/selective_scan.h"
 #include "ops/cuda/ssd.h"
+#include "train/optimizer.h"
 
 namespace mslm {
 
 namespace cuda_model_detail {
-void accumulate_bf16(float* dst, const uint16_t* src, int64_t n, void* stream);  // cuda_model_kernels.cu
+// cuda_model_kernels.cu
+void accumulate_bf16(float* dst, const uint16_t* src, int64_t n, void* stream);
+void scale_f32(float* x, float s, int64_t n, void* stream);
 }
 
 namespace {
@@ -108,6 +113,12 @@ struct CudaHybridLM::Impl {
     float* grads = nullptr;             // (total) fp32
     bf16* staged = nullptr;             // (total) one backward's gradients
     kc::IndexStatus* status = nullptr;  // [0] embedding, [1] cross-entropy
+    // Optimizer: state (total) fp32, decay mask (total), the norm, clip factor and its scratch.
+    float *opt_m = nullptr, *opt_v = nullptr;
+    uint8_t* decay_mask = nullptr;
+    double* norm = nullptr;         // (1)
+    float* clip_scale = nullptr;    // (1)
+    double* partials = nullptr;     // (kGradNormPartials)
 
     CudaParam embed, lm_head;
     CudaNormParams final_norm;
@@ -224,7 +235,9 @@ CudaHybridLM::~CudaHybridLM() {
     Impl& m = *impl_;
     for (void* p :
          {static_cast<void*>(m.params), static_cast<void*>(m.params_bf16), static_cast<void*>(m.grads),
-          static_cast<void*>(m.staged), static_cast<void*>(m.status), static_cast<void*>(m.act)})
+          static_cast<void*>(m.staged), static_cast<void*>(m.status), static_cast<void*>(m.act),
+          static_cast<void*>(m.opt_m), static_cast<void*>(m.opt_v), static_cast<void*>(m.decay_mask),
+          static_cast<void*>(m.norm), static_cast<void*>(m.clip_scale), static_cast<void*>(m.partials)})
         if (p) cudaFree(p);  // errors at teardown are not actionable
 }
 
@@ -244,6 +257,117 @@ void CudaHybridLM::upload(const HybridLM<float>& cpu) {
 
 void CudaHybridLM::zero_grad() {
     zero(impl_->grads, sizeof(float) * total_);
+    clip_pending_ = false;
+}
+
+void CudaHybridLM::upload_grads(const std::vector<float>& flat) {
+    MSLM_CHECK(static_cast<int64_t>(flat.size()) == total_, "CudaHybridLM::upload_grads: {} values for {}",
+               flat.size(), total_);
+    check(cudaMemcpy(impl_->grads, flat.data(), sizeof(float) * total_, cudaMemcpyHostToDevice), "upload grads");
+}
+
+void CudaHybridLM::download_params(HybridLM<float>& cpu) const {
+    Parameters<float>& p = cpu.params();
+    MSLM_CHECK(p.total() == total_ && p.specs().size() == specs_.size(),
+               "CudaHybridLM::download_params: the CPU model's parameters ({} elements) do not match this "
+               "config's ({})", p.total(), total_);
+    check(cudaMemcpy(p.values(), impl_->params, sizeof(float) * total_, cudaMemcpyDeviceToHost),
+          "download values");
+}
+
+void CudaHybridLM::select_device(int index) {
+    int n = 0;
+    check(cudaGetDeviceCount(&n), "cudaGetDeviceCount");
+    MSLM_CHECK(index >= 0 && index < n, "CUDA device {} does not exist ({} visible)", index, n);
+    check(cudaSetDevice(index), "cudaSetDevice");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Optimizer
+
+void CudaHybridLM::upload_optimizer_state(const AdamW<float>& cpu) {
+    Impl& m = *impl_;
+    const size_t n = static_cast<size_t>(total_);
+    std::vector<float> mv(2 * n, 0.0f);  // [m | v] in the flat layout, padding zero
+    std::map<std::string, const Tensor*> by_name;
+    const auto tensors = cpu.state_tensors();
+    for (const auto& [name, t] : tensors) by_name[name] = &t;
+    for (size_t which = 0; which < 2; ++which)
+        for (const ParamSpec& s : specs_) {
+            const std::string name = fmt::format("adamw.{}.{}", which == 0 ? "m" : "v", s.name);
+            auto it = by_name.find(name);
+            MSLM_CHECK(it != by_name.end() && it->second->dtype() == DType::F32 && it->second->numel() == s.numel,
+                       "CudaHybridLM::upload_optimizer_state: the optimizer has no fp32 {} of {} elements",
+                       name, s.numel);
+            std::memcpy(mv.data() + which * n + s.offset, it->second->raw(), sizeof(float) * s.numel);
+        }
+    if (!m.opt_m) {
+        malloc_into(reinterpret_cast<void**>(&m.opt_m), sizeof(float) * n);
+        malloc_into(reinterpret_cast<void**>(&m.opt_v), sizeof(float) * n);
+        malloc_into(reinterpret_cast<void**>(&m.decay_mask), n);
+        malloc_into(reinterpret_cast<void**>(&m.norm), sizeof(double));
+        malloc_into(reinterpret_cast<void**>(&m.clip_scale), sizeof(float));
+        malloc_into(reinterpret_cast<void**>(&m.partials), sizeof(double) * kc::kGradNormPartials);
+        const std::vector<uint8_t> mask = kc::adamw_decay_mask(specs_, total_);
+        check(cudaMemcpy(m.decay_mask, mask.data(), n, cudaMemcpyHostToDevice), "upload decay mask");
+    }
+    check(cudaMemcpy(m.opt_m, mv.data(), sizeof(float) * n, cudaMemcpyHostToDevice), "upload adamw.m");
+    check(cudaMemcpy(m.opt_v, mv.data() + n, sizeof(float) * n, cudaMemcpyHostToDevice), "upload adamw.v");
+    const AdamWOptions& o = cpu.options();
+    beta1_ = o.beta1;
+    beta2_ = o.beta2;
+    eps_ = o.eps;
+    weight_decay_ = o.weight_decay;
+    opt_step_ = cpu.step_count();
+}
+
+void CudaHybridLM::download_optimizer_state(AdamW<float>& cpu) const {
+    const Impl& m = *impl_;
+    MSLM_CHECK(m.opt_m, "CudaHybridLM::download_optimizer_state: no optimizer state (upload_optimizer_state first)");
+    const size_t n = static_cast<size_t>(total_);
+    std::vector<float> mv(2 * n);
+    check(cudaMemcpy(mv.data(), m.opt_m, sizeof(float) * n, cudaMemcpyDeviceToHost), "download adamw.m");
+    check(cudaMemcpy(mv.data() + n, m.opt_v, sizeof(float) * n, cudaMemcpyDeviceToHost), "download adamw.v");
+    std::map<std::string, Tensor> tensors;
+    for (size_t which = 0; which < 2; ++which)
+        for (const ParamSpec& s : specs_) {
+            Tensor t = Tensor::empty(s.shape, DType::F32);
+            std::memcpy(t.raw(), mv.data() + which * n + s.offset, sizeof(float) * s.numel);
+            tensors.emplace(fmt::format("adamw.{}.{}", which == 0 ? "m" : "v", s.name), std::move(t));
+        }
+    tensors.emplace("adamw.step", Tensor::from_vector(std::vector<int64_t>{opt_step_}, Shape{}));
+    cpu.load_state([&](const std::string& name) {
+        auto it = tensors.find(name);
+        return it == tensors.end() ? Tensor() : it->second;
+    });
+}
+
+void CudaHybridLM::scale_grads(float s) {
+    cuda_model_detail::scale_f32(impl_->grads, s, total_, nullptr);
+}
+
+double CudaHybridLM::clip_grad_norm(double max_norm) {
+    Impl& m = *impl_;
+    MSLM_CHECK(m.norm, "CudaHybridLM::clip_grad_norm: no optimizer (upload_optimizer_state first)");
+    if (max_norm > 0)
+        kc::clip_grad_norm(m.norm, m.clip_scale, m.grads, total_, max_norm, m.partials);
+    else
+        kc::grad_norm(m.norm, m.grads, total_, m.partials);
+    clip_pending_ = max_norm > 0;
+    double norm = 0;
+    check(cudaMemcpy(&norm, m.norm, sizeof(double), cudaMemcpyDeviceToHost), "download grad norm");
+    return norm;
+}
+
+void CudaHybridLM::optimizer_step(float lr) {
+    Impl& m = *impl_;
+    MSLM_CHECK(m.opt_m, "CudaHybridLM::optimizer_step: no optimizer state (upload_optimizer_state first)");
+    MSLM_CHECK(std::isfinite(lr) && lr >= 0, "AdamW: learning rate {} is invalid", lr);
+    ++opt_step_;
+    const kc::AdamWScalars s = kc::adamw_scalars(lr, beta1_, beta2_, eps_, weight_decay_, opt_step_);
+    kc::adamw_step<float>(m.params, m.params_bf16, m.opt_m, m.opt_v, m.grads, m.decay_mask, total_, s,
+                          clip_pending_ ? m.clip_scale : nullptr);
+    check(cudaDeviceSynchronize(), "optimizer step");
 }
 
 void CudaHybridLM::download_grads(std::vector<float>& flat) const {
@@ -262,8 +386,9 @@ void CudaHybridLM::download_logits(std::vector<float>& out) const {
 }
 
 size_t CudaHybridLM::memory_bytes() const {
+    const size_t optimizer = impl_->opt_m ? static_cast<size_t>(total_) * (2 * sizeof(float) + 1) : 0;
     return static_cast<size_t>(total_) * (2 * sizeof(float) + 2 * sizeof(bf16)) + act_bytes_ +
-           2 * sizeof(kc::IndexStatus);
+           2 * sizeof(kc::IndexStatus) + optimizer;
 }
 
 // Every activation and scratch buffer of a (B, T) step, sized up front and carved out of one

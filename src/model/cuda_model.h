@@ -14,6 +14,12 @@
 // Activations are planned once per (B, T): every buffer's size is computed up front and carved out
 // of one allocation (memory_bytes reports the total).
 //
+// Training (train/trainer.cpp): AdamW runs on the device buffers with train/optimizer.h's semantics
+// through ops/cuda/adamw.h's kernels — fp32 state m and v in the flat layout, the clip factor of
+// clip_grad_norm applied inside the step, the bf16 copy rewritten by it. The state moves to and
+// from an AdamW<float> (upload/download_optimizer_state), so checkpoints hold exactly the tensors
+// the CPU trainer writes and either trainer resumes the other's run.
+//
 // Plain C++ header (no CUDA includes). The class exists only in builds with MSLM_HAVE_CUDA.
 // Supported: RMSNorm or LayerNorm, Mamba-1 (without dt/B/C norms) and Mamba-2 mixers, attention
 // (RoPE, ALiBi or none; GQA; sliding window), SwiGLU MLP or none, projection biases, tied or separate
@@ -32,6 +38,8 @@ namespace mslm {
 
 template <typename T>
 class HybridLM;
+template <typename T>
+class AdamW;
 
 class CudaHybridLM {
 public:
@@ -54,6 +62,30 @@ public:
     void zero_grad();
     // flat (params_total()) = the fp32 gradients, in the layout of Parameters<float>::grads().
     void download_grads(std::vector<float>& flat) const;
+    // Replaces the fp32 gradients with flat (params_total()), e.g. after a host-side hook.
+    void upload_grads(const std::vector<float>& flat);
+    // The fp32 master values into cpu's parameters (same config): for eval, checkpoints, generation.
+    void download_params(HybridLM<float>& cpu) const;
+
+    // The optimizer's options, m, v and step count from cpu (built for this layout; a fresh one
+    // holds zeros). Must precede optimizer_step.
+    void upload_optimizer_state(const AdamW<float>& cpu);
+    // m, v and the step count into cpu, whose state_tensors() are then what the CPU trainer saves.
+    void download_optimizer_state(AdamW<float>& cpu) const;
+    // gradients *= s, in fp32 (the trainer's 1 / grad_accum).
+    void scale_grads(float s);
+    // The gradients' global L2 norm (double, deterministic); with max_norm > 0 also the factor the
+    // next optimizer_step multiplies the gradients by, as torch's clip_grad_norm_ (1 when the norm
+    // is not finite). Synchronises.
+    double clip_grad_norm(double max_norm);
+    // One AdamW step at learning rate lr (the fp32 value AdamW<float>::step receives), with the
+    // clip factor of the last clip_grad_norm(max_norm > 0) since zero_grad, if any.
+    void optimizer_step(float lr);
+    int64_t optimizer_step_count() const { return opt_step_; }
+
+    // Makes GPU `index` current for this thread (before constructing); throws naming the count.
+    static void select_device(int index);
+
     // (B, T, V) logits of the last forward, decoded from bf16 (before backward overwrites them).
     void download_logits(std::vector<float>& out) const;
 
@@ -74,6 +106,10 @@ private:
     size_t act_bytes_ = 0;
     int64_t B_ = 0, T_ = 0, count_ = 0;
     bool has_targets_ = false;
+    // Optimizer (allocated by upload_optimizer_state).
+    double beta1_ = 0, beta2_ = 0, eps_ = 0, weight_decay_ = 0;
+    int64_t opt_step_ = 0;
+    bool clip_pending_ = false;
 };
 
 }  // namespace mslm

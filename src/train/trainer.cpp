@@ -2,16 +2,20 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <set>
 #include <limits>
+#include <vector>
 
+#include "core/cuda_device.h"
 #include "core/error.h"
 #include "data/manifest.h"
 #include "model/config.h"
+#include "model/cuda_model.h"
 #include "model/model_io.h"
 #include "train/checkpoint.h"
 #include "train/loss_curve.h"
@@ -24,6 +28,22 @@ using nlohmann::json;
 
 // ---------------------------------------------------------------------------------------------
 // TrainConfig
+
+namespace {
+
+// -1 for "cpu", N for "cuda:N", 0 for "cuda".
+int cuda_device_index(const std::string& device) {
+    if (device == "cpu") return -1;
+    if (device == "cuda") return 0;
+    const std::string prefix = "cuda:";
+    const std::string digits = device.rfind(prefix, 0) == 0 ? device.substr(prefix.size()) : "";
+    MSLM_CHECK(!digits.empty() && digits.size() <= 4 &&
+                   digits.find_first_not_of("0123456789") == std::string::npos,
+               "train config: device must be \"cpu\", \"cuda\" or \"cuda:N\" (got \"{}\")", device);
+    return std::stoi(digits);
+}
+
+}  // namespace
 
 int64_t TrainConfig::total_steps() const {
     if (tokens <= 0) return steps;
@@ -56,10 +76,11 @@ void TrainConfig::validate() const {
     MSLM_CHECK(grad_accum > 0, "train config: grad_accum must be > 0 (got {})", grad_accum);
     MSLM_CHECK(steps > 0, "train config: steps must be > 0 (got {})", steps);
     MSLM_CHECK(tokens >= 0, "train config: tokens must be >= 0 (got {})", tokens);
-    MSLM_CHECK(device == "cpu" || device == "cuda", "train config: device must be \"cpu\" or \"cuda\" (got \"{}\")",
-               device);
-    MSLM_CHECK(device == "cpu", "train config: device \"cuda\": this build trains on the CPU only (the CUDA "
-               "trainer is the CUDA backend's work, issue 6)");
+    [[maybe_unused]] const int gpu = cuda_device_index(device);  // throws unless cpu, cuda, cuda:N
+#ifndef MSLM_HAVE_CUDA
+    MSLM_CHECK(gpu < 0, "train config: device \"{}\": this build of mamba-slm has no CUDA support; train on "
+               "\"cpu\", or build with CUDA (cmake --preset cuda)", device);
+#endif
     MSLM_CHECK(grad_clip >= 0, "train config: grad_clip must be >= 0 (got {})", grad_clip);
     MSLM_CHECK(eval_every >= 0 && eval_batches > 0 && log_every > 0 && checkpoint_every >= 0,
                "train config: eval_every and checkpoint_every must be >= 0, eval_batches and log_every > 0");
@@ -259,8 +280,64 @@ void check_resume_config(const json& saved, const json& now, const std::string& 
 
 }  // namespace
 
+// Device cuda: the model and AdamW live on the GPU for the steps; model_ and optimizer_ stay the
+// run's record, refreshed by sync_from_gpu before eval and checkpoints.
+#ifdef MSLM_HAVE_CUDA
+struct Trainer::Gpu {
+    CudaHybridLM model;
+
+    Gpu(const HybridLM<float>& cpu, const AdamW<float>& optimizer) : model(cpu.config()) {
+        model.upload(cpu);
+        model.upload_optimizer_state(optimizer);
+    }
+    // The step's gradients, as the CPU loop computes them; returns the mean loss.
+    double forward_backward(DataLoader& train, Batch& batch, int64_t grad_accum) {
+        model.zero_grad();
+        double loss = 0;
+        for (int64_t m = 0; m < grad_accum; ++m) {
+            train.next(batch);
+            loss += static_cast<double>(model.forward(batch.inputs.data(), batch.targets.data(), batch.rows,
+                                                      batch.seq_len));
+            model.backward();
+        }
+        if (grad_accum > 1) model.scale_grads(1.0f / static_cast<float>(grad_accum));
+        return loss / static_cast<double>(grad_accum);
+    }
+    void hook(Parameters<float>& params, const std::function<void(Parameters<float>&)>& fn) {
+        std::vector<float> flat;
+        model.download_grads(flat);
+        std::copy(flat.begin(), flat.end(), params.grads());
+        fn(params);
+        std::copy(params.grads(), params.grads() + params.total(), flat.begin());
+        model.upload_grads(flat);
+    }
+    double clip(double max_norm) { return model.clip_grad_norm(max_norm); }
+    void step(float lr) { model.optimizer_step(lr); }
+    void download(HybridLM<float>& cpu, AdamW<float>* optimizer) {
+        model.download_params(cpu);
+        if (optimizer) model.download_optimizer_state(*optimizer);
+    }
+};
+#else
+struct Trainer::Gpu {  // never built: TrainConfig::validate refuses device cuda in this build
+    [[noreturn]] static void absent() { fail("this build of mamba-slm has no CUDA support"); }
+    double forward_backward(DataLoader&, Batch&, int64_t) { absent(); }
+    void hook(Parameters<float>&, const std::function<void(Parameters<float>&)>&) { absent(); }
+    double clip(double) { absent(); }
+    void step(float) { absent(); }
+    void download(HybridLM<float>&, AdamW<float>*) { absent(); }
+};
+#endif
+
 Trainer::Trainer(TrainConfig cfg, bool resume) : cfg_(std::move(cfg)) {
     cfg_.validate();
+    const int gpu_index = cuda_device_index(cfg_.device);
+    if (gpu_index >= 0)
+        MSLM_CHECK(cuda_available(), "train: device \"{}\": {}; train on \"cpu\" or on a machine with a GPU",
+                   cfg_.device, cuda_device_summary());
+#ifdef MSLM_HAVE_CUDA
+    if (gpu_index >= 0) CudaHybridLM::select_device(gpu_index);
+#endif
     if (cfg_.tokens > 0) {
         cfg_.steps = cfg_.total_steps();
         cfg_.tokens = 0;  // resolved: from here on the run is a step count
@@ -325,15 +402,25 @@ Trainer::Trainer(TrainConfig cfg, bool resume) : cfg_(std::move(cfg)) {
                    cfg_.steps);
         check_resume_config(ts.at("config"), train_config_to_json(cfg_), cfg_.run_dir);
     }
+#ifdef MSLM_HAVE_CUDA
+    // The GPU keeps every activation of a step (no activation checkpointing there yet).
+    if (gpu_index >= 0) gpu_ = std::make_unique<Gpu>(*model_, *optimizer_);
+#endif
 }
 
 Trainer::~Trainer() = default;
 
+void Trainer::sync_from_gpu(bool optimizer_state) {
+    if (gpu_) gpu_->download(*model_, optimizer_state ? optimizer_.get() : nullptr);
+}
+
 EvalResult Trainer::evaluate() {
+    sync_from_gpu(false);
     return evaluate_windows(*model_, *val_, cfg_.eval_batches, bytes_per_token_);
 }
 
 std::string Trainer::checkpoint() {
+    sync_from_gpu(true);
     MSLM_CHECK(weights_finite(model_->params()), "train: step {}: the weights are not finite; not checkpointing",
                step_);
     CheckpointContents c;
@@ -370,25 +457,32 @@ TrainSummary Trainer::run() {
     auto window_start = Clock::now();
     int64_t window_steps = 0;
     while (step_ < cfg_.steps) {
-        params.zero_grad();
-        // Each backward accumulates the gradient of its micro-batch's mean loss; scaling the sum
-        // by 1 / grad_accum afterwards gives the gradient of the mean over all grad_accum · B rows,
-        // as one batch that large would (every target counts, so micro-batch means weigh equally).
-        double loss = 0;
-        for (int64_t m = 0; m < cfg_.grad_accum; ++m) {
-            train_->next(batch);
-            loss += static_cast<double>(model_->forward(batch.inputs.data(), batch.targets.data(), batch.rows,
-                                                        batch.seq_len));
-            model_->backward();
+        double loss = 0, norm = 0;
+        if (gpu_) {
+            loss = gpu_->forward_backward(*train_, batch, cfg_.grad_accum);
+            if (after_backward)
+                gpu_->hook(params, [&](Parameters<float>& p) { after_backward(step_, p); });
+            norm = gpu_->clip(cfg_.grad_clip);
+        } else {
+            params.zero_grad();
+            // Each backward accumulates the gradient of its micro-batch's mean loss; scaling the sum
+            // by 1 / grad_accum afterwards gives the gradient of the mean over all grad_accum · B
+            // rows, as one batch that large would (every target counts, so micro-batch means weigh
+            // equally).
+            for (int64_t m = 0; m < cfg_.grad_accum; ++m) {
+                train_->next(batch);
+                loss += static_cast<double>(model_->forward(batch.inputs.data(), batch.targets.data(),
+                                                            batch.rows, batch.seq_len));
+                model_->backward();
+            }
+            loss /= static_cast<double>(cfg_.grad_accum);
+            if (cfg_.grad_accum > 1) {
+                float* g = params.grads();
+                for (int64_t i = 0; i < params.total(); ++i) g[i] *= accum_scale;
+            }
+            if (after_backward) after_backward(step_, params);
+            norm = cfg_.grad_clip > 0 ? clip_grad_norm(params, cfg_.grad_clip) : grad_norm(params);
         }
-        loss /= static_cast<double>(cfg_.grad_accum);
-        if (cfg_.grad_accum > 1) {
-            float* g = params.grads();
-            for (int64_t i = 0; i < params.total(); ++i) g[i] *= accum_scale;
-        }
-        if (after_backward) after_backward(step_, params);
-
-        const double norm = cfg_.grad_clip > 0 ? clip_grad_norm(params, cfg_.grad_clip) : grad_norm(params);
         const double lr = schedule_.lr_at(step_);
         tokens_seen_ += tokens_per_step;
         ++step_;
@@ -402,7 +496,10 @@ TrainSummary Trainer::run() {
                          static_cast<long long>(step_), std::isfinite(loss) ? "gradient norm" : "loss",
                          static_cast<long long>(skipped_));
         } else {
-            optimizer_->step(params, static_cast<float>(lr));
+            if (gpu_)
+                gpu_->step(static_cast<float>(lr));
+            else
+                optimizer_->step(params, static_cast<float>(lr));
             out.last_loss = loss;
         }
 
@@ -431,6 +528,7 @@ TrainSummary Trainer::run() {
     }
 
     write_curve(log.path());
+    sync_from_gpu(true);  // model() and the optimizer hold the run's final state on either device
     out.step = step_;
     out.skipped_steps = skipped_;
     return out;

@@ -37,7 +37,10 @@ struct TrainConfig {
     // A token budget instead of a step count: when > 0, steps becomes the fewest steps that see
     // this many tokens (batch_size · seq_len · grad_accum per step).
     int64_t tokens = 0;
-    std::string device = "cpu";  // the CUDA trainer is issue 6; "cuda" fails with that reason
+    // "cpu", or "cuda" / "cuda:N" (GPU 0 / N; builds with CUDA): the steps run on the GPU
+    // (model/cuda_model.h, bf16 activations, fp32 masters and AdamW state); eval and checkpoints
+    // download the weights and optimizer state into the CPU model and optimizer and run as on CPU.
+    std::string device = "cpu";
 
     std::string lr_schedule = "cosine";  // constant | cosine | wsd
     double lr = 3e-4, min_lr = 3e-5;
@@ -97,18 +100,24 @@ public:
     int64_t step() const { return step_; }
 
     // Test hook: called after the step's backward passes, before clipping (e.g. to poison grads).
+    // On device cuda the GPU's gradients are downloaded into params for it and uploaded after it
+    // (params' values are then those of the last eval or checkpoint).
     std::function<void(int64_t step, Parameters<float>& params)> after_backward;
 
 private:
     EvalResult evaluate();
     std::string checkpoint();
     void write_curve(const std::string& metrics_path) const;
+    void sync_from_gpu(bool optimizer_state);  // device cuda: the GPU's state into model_ (and optimizer_)
+
+    struct Gpu;  // the GPU model and optimizer of device cuda (trainer.cpp); null on cpu
 
     TrainConfig cfg_;
     LrSchedule schedule_;
     std::unique_ptr<HybridLM<float>> model_;
     std::unique_ptr<AdamW<float>> optimizer_;
     std::unique_ptr<DataLoader> train_, val_;
+    std::unique_ptr<Gpu> gpu_;
     double bytes_per_token_ = 0;
     bool resumed_ = false;
     int64_t step_ = 0, skipped_ = 0, tokens_seen_ = 0;
