@@ -62,7 +62,7 @@ ModelConfig mamba2_hybrid() {
 }
 
 // Mamba-1 layers with attention (ALiBi, sliding window), LayerNorm, biases everywhere, untied head.
-ModelConfig mamba1_hybrid() {
+[[maybe_unused]] ModelConfig mamba1_hybrid() {
     ModelConfig c;
     c.vocab_size = 97;
     c.d_model = 64;
@@ -84,7 +84,7 @@ ModelConfig mamba1_hybrid() {
 }
 
 // Pure Mamba-2 without MLP: two groups of B/C, one norm group, partial rotary unused.
-ModelConfig mamba2_grouped() {
+[[maybe_unused]] ModelConfig mamba2_grouped() {
     ModelConfig c = mamba2_hybrid();
     c.layers = parse_layer_pattern("MM");
     c.n_layers = 2;
