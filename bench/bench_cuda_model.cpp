@@ -60,12 +60,18 @@ int main(int argc, char** argv) {
     double peak_tflops = 790;  // bf16 dense matmul measured on the H200 (docs/PERFORMANCE.md)
     for (int i = 1; i + 1 < argc; i += 2) {
         const std::string a = argv[i];
-        if (a == "--presets") presets = argv[i + 1];
-        else if (a == "--shapes") shapes = argv[i + 1];
-        else if (a == "--steps") steps = std::stoi(argv[i + 1]);
-        else if (a == "--peak-tflops") peak_tflops = std::stod(argv[i + 1]);
+        if (a == "--presets")
+            presets = argv[i + 1];
+        else if (a == "--shapes")
+            shapes = argv[i + 1];
+        else if (a == "--steps")
+            steps = std::stoi(argv[i + 1]);
+        else if (a == "--peak-tflops")
+            peak_tflops = std::stod(argv[i + 1]);
         else {
-            std::fprintf(stderr, "usage: bench_cuda_model [--presets a,b] [--shapes BxT,...] [--steps N] [--peak-tflops F]\n");
+            std::fprintf(
+                stderr,
+                "usage: bench_cuda_model [--presets a,b] [--shapes BxT,...] [--steps N] [--peak-tflops F]\n");
             return 1;
         }
     }
@@ -73,15 +79,19 @@ int main(int argc, char** argv) {
         std::printf("bench_cuda_model: skipped, %s\n", cuda_device_summary().c_str());
         return 0;
     }
-    fmt::print("# mamba-slm bench_cuda_model on {}: forward + backward, bf16 activations, fp32 masters/grads\n",
-               cuda_device_summary());
-    fmt::print("| preset | params | B x T | tokens/s | ms/step | model TFLOP/s | MFU vs {:.0f} | device memory GiB |\n",
-               peak_tflops);
+    fmt::print(
+        "# mamba-slm bench_cuda_model on {}: forward + backward, bf16 activations, fp32 masters/grads\n",
+        cuda_device_summary());
+    fmt::print(
+        "| preset | params | B x T | tokens/s | ms/step | model TFLOP/s | MFU vs {:.0f} | device memory GiB "
+        "|\n",
+        peak_tflops);
     fmt::print("|---|---|---|---|---|---|---|---|\n");
     for (const auto& name : bench::split_list(presets)) {
         ModelConfig cfg = preset(name);
         for (const auto& shape : bench::split_list(shapes))  // room for the longest sequence
-            cfg.max_seq_len = std::max<int64_t>(cfg.max_seq_len, std::stoll(shape.substr(shape.find('x') + 1)));
+            cfg.max_seq_len =
+                std::max<int64_t>(cfg.max_seq_len, std::stoll(shape.substr(shape.find('x') + 1)));
         HybridLM<float> cpu(cfg);
         cpu.init(0);
         // Matrix parameters: everything registered as a linear weight (the packed set).

@@ -104,10 +104,12 @@ int main(int argc, char** argv) {
             return a == "--help" || a == "-h" ? 0 : 1;
         }
     }
-    fmt::print("# mamba-slm bench_decode, CPU; OpenBLAS kernels (f32): {}; packed kernels (bf16 / int8): {}\n",
-               blas_core_name(), ops::packed_kernels_description());
     fmt::print(
-        "| preset | params | dtype | threads | prompt | prefill tok/s | decode b=1 tok/s | decode b={} tok/s | "
+        "# mamba-slm bench_decode, CPU; OpenBLAS kernels (f32): {}; packed kernels (bf16 / int8): {}\n",
+        blas_core_name(), ops::packed_kernels_description());
+    fmt::print(
+        "| preset | params | dtype | threads | prompt | prefill tok/s | decode b=1 tok/s | decode b={} tok/s "
+        "| "
         "weights MB | weights GB/s (b=1) | state MB/seq |\n",
         kMaxBatch);
     fmt::print("|---|---|---|---|---|---|---|---|---|---|---|\n");
@@ -124,25 +126,28 @@ int main(int argc, char** argv) {
         for (auto& x : ids) x = static_cast<int32_t>(rng.below(cfg.vocab_size));
         std::vector<float> logits(cfg.vocab_size);
         for (const auto& dt : bench::split_list(dtypes)) {
-        model.pack_weights(ops::parse_weight_format(dt));
-        const double weight_bytes = model.weight_bytes_per_token();
-        for (const auto& th : bench::split_list(threads)) {
-            const int n = std::stoi(th);
-            set_num_threads(n > 0 ? n : static_cast<int>(std::thread::hardware_concurrency()));
-            const double prefill = bench::time_per_call(
-                [&] {
-                    st.clear(0);
-                    model.prefill(st, 0, ids.data(), prompt, logits.data(), nullptr);
-                },
-                min_seconds);
-            const double step1 = skip_decode ? NAN : decode_step_seconds(model, st, 1, steps, min_seconds, rng);
-            const double step8 = skip_decode ? NAN : decode_step_seconds(model, st, kMaxBatch, steps, min_seconds, rng);
-            fmt::print("| {} | {} | {} | {} | {} | {:.0f} | {:.1f} | {:.1f} | {:.0f} | {:.1f} | {:.1f} |\n", name,
-                       format_count(model.num_params()), dt, num_threads(), prompt, prompt / prefill, 1.0 / step1,
-                       kMaxBatch / step8, weight_bytes / 1e6, weight_bytes / step1 / 1e9,
-                       static_cast<double>(st.bytes()) / st.slots() / 1e6);
-            std::fflush(stdout);
-        }
+            model.pack_weights(ops::parse_weight_format(dt));
+            const double weight_bytes = model.weight_bytes_per_token();
+            for (const auto& th : bench::split_list(threads)) {
+                const int n = std::stoi(th);
+                set_num_threads(n > 0 ? n : static_cast<int>(std::thread::hardware_concurrency()));
+                const double prefill = bench::time_per_call(
+                    [&] {
+                        st.clear(0);
+                        model.prefill(st, 0, ids.data(), prompt, logits.data(), nullptr);
+                    },
+                    min_seconds);
+                const double step1 =
+                    skip_decode ? NAN : decode_step_seconds(model, st, 1, steps, min_seconds, rng);
+                const double step8 =
+                    skip_decode ? NAN : decode_step_seconds(model, st, kMaxBatch, steps, min_seconds, rng);
+                fmt::print(
+                    "| {} | {} | {} | {} | {} | {:.0f} | {:.1f} | {:.1f} | {:.0f} | {:.1f} | {:.1f} |\n",
+                    name, format_count(model.num_params()), dt, num_threads(), prompt, prompt / prefill,
+                    1.0 / step1, kMaxBatch / step8, weight_bytes / 1e6, weight_bytes / step1 / 1e9,
+                    static_cast<double>(st.bytes()) / st.slots() / 1e6);
+                std::fflush(stdout);
+            }
         }
     }
     return 0;

@@ -57,7 +57,8 @@ int64_t Parameters<T>::total_unique() const {
 
 template <typename T>
 void Parameters<T>::mark_linear(size_t i) {
-    MSLM_CHECK(i < specs_.size() && specs_[i].shape.size() == 2, "mark_linear: parameter {} is not a matrix", i);
+    MSLM_CHECK(i < specs_.size() && specs_[i].shape.size() == 2, "mark_linear: parameter {} is not a matrix",
+               i);
     for (size_t j : linear_)
         if (j == i) return;
     linear_.push_back(i);

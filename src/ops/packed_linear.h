@@ -44,12 +44,12 @@ constexpr int64_t kPackedGemmMinRows = 16;
 
 struct PackedWeight {
     WeightFormat format = WeightFormat::BF16;
-    int64_t out = 0, in = 0;     // logical shape (out, in)
-    int64_t ld = 0;              // row stride in elements: in rounded up to a multiple of 64
-    int64_t out_padded = 0;      // out rounded up to a multiple of 16 (the extra rows are zero)
-    std::shared_ptr<void> data;  // out_padded × ld elements (uint16 bf16 bits or int8), 64-byte aligned
-    std::shared_ptr<float> scale;     // Int8: out_padded per-row scales (absmax / 127; 0 for a zero row)
-    std::shared_ptr<int32_t> row_sum; // Int8: out_padded sums of the quantized row
+    int64_t out = 0, in = 0;       // logical shape (out, in)
+    int64_t ld = 0;                // row stride in elements: in rounded up to a multiple of 64
+    int64_t out_padded = 0;        // out rounded up to a multiple of 16 (the extra rows are zero)
+    std::shared_ptr<void> data;    // out_padded × ld elements (uint16 bf16 bits or int8), 64-byte aligned
+    std::shared_ptr<float> scale;  // Int8: out_padded per-row scales (absmax / 127; 0 for a zero row)
+    std::shared_ptr<int32_t> row_sum;  // Int8: out_padded sums of the quantized row
 
     const uint16_t* bf16() const { return static_cast<const uint16_t*>(data.get()); }
     const int8_t* int8() const { return static_cast<const int8_t*>(data.get()); }

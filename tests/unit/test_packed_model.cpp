@@ -80,7 +80,8 @@ std::vector<float> decode_logits(HybridLM<float>& m, const std::vector<int32_t>&
     std::vector<float> out((n - first + 1) * V);
     m.prefill(st, 0, ids.data(), first, out.data(), nullptr);
     const int64_t slot = 0;
-    for (int64_t t = first; t < n; ++t) m.decode(st, &slot, &ids[t], 1, out.data() + (t - first + 1) * V, nullptr);
+    for (int64_t t = first; t < n; ++t)
+        m.decode(st, &slot, &ids[t], 1, out.data() + (t - first + 1) * V, nullptr);
     return out;
 }
 
@@ -92,7 +93,8 @@ double rms(const float* a, size_t n) {
 
 double rel_rms_diff(const float* a, const float* b, size_t n) {
     double s = 0;
-    for (size_t i = 0; i < n; ++i) s += (static_cast<double>(a[i]) - b[i]) * (static_cast<double>(a[i]) - b[i]);
+    for (size_t i = 0; i < n; ++i)
+        s += (static_cast<double>(a[i]) - b[i]) * (static_cast<double>(a[i]) - b[i]);
     return std::sqrt(s / static_cast<double>(n)) / rms(b, n);
 }
 
@@ -104,20 +106,21 @@ TEST(PackedModel, LogitsCloseToFp32) {
         m.init(3);
         const auto ids = random_ids(40, c.cfg.vocab_size, 5);
         const auto ref = prefill_logits(m, ids);
-        for (auto [format, tol] : {std::pair{ops::WeightFormat::BF16, 2e-2}, std::pair{ops::WeightFormat::Int8, 8e-2}}) {
+        for (auto [format, tol] :
+             {std::pair{ops::WeightFormat::BF16, 2e-2}, std::pair{ops::WeightFormat::Int8, 8e-2}}) {
             m.pack_weights(format);
             ASSERT_EQ(m.weight_format(), format);
             const auto got = prefill_logits(m, ids);
             const double err = rel_rms_diff(got.data(), ref.data(), ref.size());
             EXPECT_LT(err, tol) << c.name << " " << ops::weight_format_name(format);
-            EXPECT_GT(err, 0.0) << c.name << " " << ops::weight_format_name(format) << ": packed weights unused";
+            EXPECT_GT(err, 0.0) << c.name << " " << ops::weight_format_name(format)
+                                << ": packed weights unused";
             // Decoding (GEMV kernels) against the same model's prefill (GEMM kernels): int8 runs the
             // same integer products in both, so they agree like the fp32 model does (1e-5); bf16
             // prefill also rounds activations, decoding does not, so they differ by that rounding.
             const auto dec = decode_logits(m, ids, 20);
             const int64_t V = c.cfg.vocab_size;
-            const double step_err =
-                rel_rms_diff(dec.data(), got.data() + 19 * V, dec.size());
+            const double step_err = rel_rms_diff(dec.data(), got.data() + 19 * V, dec.size());
             EXPECT_LT(step_err, format == ops::WeightFormat::Int8 ? 1e-5 : 2e-2)
                 << c.name << " " << ops::weight_format_name(format);
         }

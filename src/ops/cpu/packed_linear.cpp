@@ -15,7 +15,9 @@ namespace mslm::ops {
 
 namespace {
 
-int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
+int64_t round_up(int64_t v, int64_t m) {
+    return (v + m - 1) / m * m;
+}
 
 template <typename T>
 std::shared_ptr<T> aligned_zeroed(size_t count) {
@@ -162,7 +164,8 @@ void packed_linear_reference(float* y, const float* x, const PackedWeight& W, co
         }
         return;
     }
-    MSLM_CHECK(W.format == WeightFormat::Int8, "packed_linear: format {} is not packed", weight_format_name(W.format));
+    MSLM_CHECK(W.format == WeightFormat::Int8, "packed_linear: format {} is not packed",
+               weight_format_name(W.format));
     std::vector<int8_t> q(static_cast<size_t>(W.ld));
     float sx = 0;
     for (int64_t m = 0; m < M; ++m) {

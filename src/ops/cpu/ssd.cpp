@@ -134,7 +134,8 @@ SsdIsa ssd_isa() {
     return a[0] + a[1];
 }
 [[gnu::always_inline]] inline float lane_total(const vec::F<8>& v) {
-    return lane_total(vec::F<4>(__builtin_shufflevector(v, v, 0, 1, 2, 3) + __builtin_shufflevector(v, v, 4, 5, 6, 7)));
+    return lane_total(
+        vec::F<4>(__builtin_shufflevector(v, v, 0, 1, 2, 3) + __builtin_shufflevector(v, v, 4, 5, 6, 7)));
 }
 [[gnu::always_inline]] inline float lane_total(const vec::F<16>& v) {
     return lane_total(vec::F<8>(__builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7) +
@@ -144,9 +145,10 @@ SsdIsa ssd_isa() {
 // Tokens [t, t + R) of one head: each vector of a row of S is loaded once, advanced through the R
 // tokens in registers and stored once, so the state's loads and stores are shared by R tokens.
 template <int W, int R>
-[[gnu::always_inline]] inline void recurrent_tokens(float* S, float* y, int64_t ld_y, const SsdInputs<float>& in,
-                                                    int64_t row, int64_t h, int64_t g, int64_t P, int64_t N,
-                                                    float A, float bias, float Dh) {
+[[gnu::always_inline]] inline void recurrent_tokens(float* S, float* y, int64_t ld_y,
+                                                    const SsdInputs<float>& in, int64_t row, int64_t h,
+                                                    int64_t g, int64_t P, int64_t N, float A, float bias,
+                                                    float Dh) {
     using V = vec::F<W>;
     float dtv[R], decay[R];
     const float *xt[R], *Bt[R], *Ct[R];
@@ -181,9 +183,9 @@ template <int W, int R>
 // Rows [row0, row0 + n) of the inputs, head h of group g; y row t at y + t·ld_y. The arithmetic of
 // a token does not depend on how tokens are grouped, so prefill and single steps give the same bits.
 template <int W>
-[[gnu::always_inline]] inline void recurrent_head(float* S, float* y, int64_t ld_y, const SsdInputs<float>& in,
-                                                  int64_t row0, int64_t n, int64_t h, int64_t g, int64_t P,
-                                                  int64_t N) {
+[[gnu::always_inline]] inline void recurrent_head(float* S, float* y, int64_t ld_y,
+                                                  const SsdInputs<float>& in, int64_t row0, int64_t n,
+                                                  int64_t h, int64_t g, int64_t P, int64_t N) {
     const float A = -std::exp(in.A_log[h]);
     const float bias = in.dt_bias ? in.dt_bias[h] : 0.0f;
     const float Dh = in.D ? in.D[h] : 0.0f;
@@ -194,20 +196,21 @@ template <int W>
 }
 
 __attribute__((target("avx512f,avx512dq,avx512vl,avx512bw,fma"))) void recurrent_head_avx512(
-    float* S, float* y, int64_t ld_y, const SsdInputs<float>& in, int64_t row0, int64_t n, int64_t h, int64_t g,
-    int64_t P, int64_t N) {
+    float* S, float* y, int64_t ld_y, const SsdInputs<float>& in, int64_t row0, int64_t n, int64_t h,
+    int64_t g, int64_t P, int64_t N) {
     recurrent_head<16>(S, y, ld_y, in, row0, n, h, g, P, N);
 }
 
 __attribute__((target("avx2,fma"))) void recurrent_head_avx2(float* S, float* y, int64_t ld_y,
-                                                             const SsdInputs<float>& in, int64_t row0, int64_t n,
-                                                             int64_t h, int64_t g, int64_t P, int64_t N) {
+                                                             const SsdInputs<float>& in, int64_t row0,
+                                                             int64_t n, int64_t h, int64_t g, int64_t P,
+                                                             int64_t N) {
     recurrent_head<8>(S, y, ld_y, in, row0, n, h, g, P, N);
 }
 
 // The vector kernel for this CPU and d_state, or null (then the scalar loops run).
-using RecurrentHead = void (*)(float*, float*, int64_t, const SsdInputs<float>&, int64_t, int64_t, int64_t, int64_t,
-                               int64_t, int64_t);
+using RecurrentHead = void (*)(float*, float*, int64_t, const SsdInputs<float>&, int64_t, int64_t, int64_t,
+                               int64_t, int64_t, int64_t);
 RecurrentHead recurrent_kernel(int64_t N) {
     switch (ssd_isa()) {
         case SsdIsa::Avx512:
@@ -269,7 +272,8 @@ void ssd_forward_recurrent(T* y, T* h_last, const SsdInputs<T>& in, const T* h0,
     if (!kernel) return ssd_forward_sequential(y, h_last, in, h0, dims);
     if constexpr (std::is_same_v<T, float>) {
         check_dims(dims);
-        const int64_t Bn = dims.batch, Tn = dims.seqlen, H = dims.n_heads, P = dims.head_dim, N = dims.d_state;
+        const int64_t Bn = dims.batch, Tn = dims.seqlen, H = dims.n_heads, P = dims.head_dim,
+                      N = dims.d_state;
         const int64_t heads_per_group = H / dims.n_groups;
         parallel_for(Bn * H, [&](int64_t begin, int64_t end) {
             std::vector<float> S(P * N);
@@ -304,8 +308,8 @@ void ssd_forward(T* y, T* h_last, const SsdInputs<T>& in, const T* h0, const Ssd
         for (int64_t i = begin; i < end; ++i) {
             const int64_t b = i / (G * n_chunks), g = i / n_chunks % G, c = i % n_chunks;
             const Chunk<T> ch = chunk_at(in, dims, b, g * heads_per_group, c * Q);
-            gemm<T>(false, true, int(ch.L), int(ch.L), int(N), T(1), ch.C, int(in.ld_C), ch.B, int(in.ld_B), T(0),
-                    CB.data() + i * Q * Q, int(ch.L));
+            gemm<T>(false, true, int(ch.L), int(ch.L), int(N), T(1), ch.C, int(in.ld_C), ch.B, int(in.ld_B),
+                    T(0), CB.data() + i * Q * Q, int(ch.L));
         }
     });
     parallel_for(Bn * H, [&](int64_t begin, int64_t end) {

@@ -14,7 +14,8 @@ enum class Isa { Scalar, Avx2, Avx512 };
 Isa isa() {
     static const Isa chosen = [] {
         __builtin_cpu_init();
-        if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("fma"))
+        if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
+            __builtin_cpu_supports("fma"))
             return Isa::Avx512;
         if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return Isa::Avx2;
         return Isa::Scalar;
@@ -36,7 +37,8 @@ template <int W, int K, class Op>
     }
     if (i < n) {
         float lanes[K][W] = {}, res[W];
-        for (int k = 0; k < K; ++k) std::memcpy(lanes[k], x[k] + i, sizeof(float) * static_cast<size_t>(n - i));
+        for (int k = 0; k < K; ++k)
+            std::memcpy(lanes[k], x[k] + i, sizeof(float) * static_cast<size_t>(n - i));
         V in[K], out;
         for (int k = 0; k < K; ++k) vec::load(in[k], lanes[k]);
         op(out, in);
@@ -69,12 +71,24 @@ template <int W>
 #define MSLM_AVX512 __attribute__((target("avx512f,avx512dq,avx512vl,avx512bw,fma")))
 #define MSLM_AVX2 __attribute__((target("avx2,fma")))
 
-MSLM_AVX512 void exp_avx512(float* y, const float* x, int64_t n) { exp_w<16>(y, x, n); }
-MSLM_AVX2 void exp_avx2(float* y, const float* x, int64_t n) { exp_w<8>(y, x, n); }
-MSLM_AVX512 void silu_avx512(float* y, const float* x, int64_t n) { silu_w<16>(y, x, n); }
-MSLM_AVX2 void silu_avx2(float* y, const float* x, int64_t n) { silu_w<8>(y, x, n); }
-MSLM_AVX512 void silu_mul_avx512(float* y, const float* g, const float* u, int64_t n) { silu_mul_w<16>(y, g, u, n); }
-MSLM_AVX2 void silu_mul_avx2(float* y, const float* g, const float* u, int64_t n) { silu_mul_w<8>(y, g, u, n); }
+MSLM_AVX512 void exp_avx512(float* y, const float* x, int64_t n) {
+    exp_w<16>(y, x, n);
+}
+MSLM_AVX2 void exp_avx2(float* y, const float* x, int64_t n) {
+    exp_w<8>(y, x, n);
+}
+MSLM_AVX512 void silu_avx512(float* y, const float* x, int64_t n) {
+    silu_w<16>(y, x, n);
+}
+MSLM_AVX2 void silu_avx2(float* y, const float* x, int64_t n) {
+    silu_w<8>(y, x, n);
+}
+MSLM_AVX512 void silu_mul_avx512(float* y, const float* g, const float* u, int64_t n) {
+    silu_mul_w<16>(y, g, u, n);
+}
+MSLM_AVX2 void silu_mul_avx2(float* y, const float* g, const float* u, int64_t n) {
+    silu_mul_w<8>(y, g, u, n);
+}
 
 }  // namespace
 

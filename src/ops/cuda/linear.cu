@@ -174,9 +174,8 @@ bool try_matmul(const char* op, const ColumnMajorGemm& g, float beta, cublasLtEp
     layout(d, d_type, g.m, g.n, g.ldd);
 
     const uint32_t align_a = alignment(g.a), align_b = alignment(g.b), align_d = alignment(g.d);
-    const AlgoKey key{device, kDataType<T>, d_type,  g.trans_a, g.trans_b, g.m,     g.n,
-                      g.k,    g.lda,        g.ldb,   g.ldd,     epilogue,  align_a, align_b,
-                      align_d, alignment(bias)};
+    const AlgoKey key{device, kDataType<T>, d_type, g.trans_a, g.trans_b, g.m,     g.n,     g.k,
+                      g.lda,  g.ldb,        g.ldd,  epilogue,  align_a,   align_b, align_d, alignment(bias)};
     const std::optional<cublasLtMatmulAlgo_t> algo = LtContext::instance().algo(key, [&] {
         Preference pref;
         check_cublas<T>(cublasLtMatmulPreferenceCreate(&pref.h), "cublasLtMatmulPreferenceCreate", op);
@@ -229,7 +228,8 @@ void matmul(const char* op, const ColumnMajorGemm& g, float beta, cudaStream_t s
 // gives at most 0.5). So for bf16 the product goes to an fp32 buffer and this kernel adds the bias
 // or the old value and rounds once: out[i] = bf16(acc[i] + b[i % O]) or bf16(out[i] + acc[i]).
 template <typename D>
-__global__ void round_once_kernel(D* out, const float* acc, const D* bias, int64_t n, int64_t O, bool accumulate) {
+__global__ void round_once_kernel(D* out, const float* acc, const D* bias, int64_t n, int64_t O,
+                                  bool accumulate) {
     const int64_t stride = int64_t(gridDim.x) * blockDim.x;
     for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
         float v = acc[i];
@@ -356,15 +356,16 @@ void linear_backward(T* dx, T* dW, T* db, const T* dout, const T* x, const T* W,
     }
 }
 
-void linear_backward_dW_f32(float* dW, const uint16_t* dout, const uint16_t* x, int64_t N, int64_t I, int64_t O,
-                            void* stream) {
+void linear_backward_dW_f32(float* dW, const uint16_t* dout, const uint16_t* x, int64_t N, int64_t I,
+                            int64_t O, void* stream) {
     const char* op = "linear_backward_dW_f32";
     check_sizes(op, N, I, O);
     if (N == 0 || I == 0 || O == 0) return;  // dW += 0 or empty
     const ColumnMajorGemm g = linear_dW_gemm(dW, dout, x, N, I, O);
-    MSLM_CHECK(try_matmul<uint16_t>(op, g, 1.0f, CUBLASLT_EPILOGUE_DEFAULT, nullptr, static_cast<cudaStream_t>(stream),
-                                    true),
-               "cuBLASLt {}: no algorithm for (m, n, k) = ({}, {}, {}) with an fp32 output", op, g.m, g.n, g.k);
+    MSLM_CHECK(try_matmul<uint16_t>(op, g, 1.0f, CUBLASLT_EPILOGUE_DEFAULT, nullptr,
+                                    static_cast<cudaStream_t>(stream), true),
+               "cuBLASLt {}: no algorithm for (m, n, k) = ({}, {}, {}) with an fp32 output", op, g.m, g.n,
+               g.k);
 }
 
 template void linear_forward<float>(float*, const float*, const float*, const float*, int64_t, int64_t,
