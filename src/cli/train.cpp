@@ -13,7 +13,7 @@ namespace {
 struct TrainArgs {
     std::string config;
     std::vector<std::string> sets;
-    std::string data, run_dir, save_init;
+    std::string data, run_dir, save_init, device;
     int64_t steps = 0;
     bool resume = false;
 };
@@ -28,6 +28,7 @@ void register_train(CLI::App& app) {
     cmd->add_option("--data", a->data, "Same as --set data=DIR");
     cmd->add_option("--run-dir", a->run_dir, "Same as --set run_dir=DIR");
     cmd->add_option("--steps", a->steps, "Same as --set steps=N")->check(CLI::PositiveNumber);
+    cmd->add_option("--device", a->device, "Same as --set device=D: cpu, cuda or cuda:N");
     cmd->add_flag("--resume", a->resume, "Continue from the latest checkpoint in run_dir");
     cmd->add_option("--save-init", a->save_init,
                     "Write the model the run would start from (model.* and seed) to this directory, and exit")
@@ -38,6 +39,7 @@ void register_train(CLI::App& app) {
         if (!a->data.empty()) cfg.data = a->data;
         if (!a->run_dir.empty()) cfg.run_dir = a->run_dir;
         if (a->steps > 0) cfg.steps = a->steps;
+        if (!a->device.empty()) cfg.device = a->device;
         if (!a->save_init.empty()) {
             cfg.validate();
             save_model(*build_initial_model(cfg), a->save_init);
