@@ -97,17 +97,30 @@ void CudaCausalLM::prefill(int64_t slot, std::span<const int32_t> ids, float* lo
 void CudaCausalLM::step(std::span<const int64_t> slots, std::span<const int32_t> tokens, float* logits,
                         float* hidden) {
     MSLM_CHECK(slots.size() == tokens.size(), "step: {} slots but {} tokens", slots.size(), tokens.size());
-    const int64_t V = vocab_size(), D = hidden_size();
+    if (slots.empty()) return;
+    const int64_t V = vocab_size(), D = hidden_size(), k = static_cast<int64_t>(slots.size());
+    int64_t longest = 0;
     for (size_t i = 0; i < slots.size(); ++i) {
         check_slot(slots[i], "step");
         for (size_t j = 0; j < i; ++j) MSLM_CHECK(slots[j] != slots[i], "step: slot {} listed twice", slots[i]);
-        std::vector<int32_t>& h = history_[slots[i]];
+        const std::vector<int32_t>& h = history_[slots[i]];
         MSLM_CHECK(static_cast<int64_t>(h.size()) < max_len_, "step: slot {} is full ({} tokens)", slots[i],
                    max_len_);
-        h.push_back(tokens[i]);
-        const auto n = static_cast<int64_t>(h.size());
-        run(slots[i], n - 1, logits + static_cast<int64_t>(i) * V,
-            hidden ? hidden + static_cast<int64_t>(i) * D : nullptr);
+        longest = std::max(longest, static_cast<int64_t>(h.size()) + 1);
+    }
+    // One forward for the k slots: row b holds slot b's history (with the new token), padded with 0
+    // to the common length T; its logits are read at its own last position.
+    const int64_t T = padded_length(longest, max_seq_len());
+    padded_.assign(static_cast<size_t>(k * T), 0);
+    for (int64_t b = 0; b < k; ++b) {
+        std::vector<int32_t>& h = history_[slots[b]];
+        h.push_back(tokens[b]);
+        std::copy(h.begin(), h.end(), padded_.begin() + b * T);
+    }
+    gpu_->forward(padded_.data(), nullptr, k, T);
+    for (int64_t b = 0; b < k; ++b) {
+        const auto n = static_cast<int64_t>(history_[slots[b]].size());
+        gpu_->download_rows(b * T + n - 1, 1, logits + b * V, hidden ? hidden + b * D : nullptr);
     }
 }
 

@@ -3,10 +3,11 @@
 //
 // First version, correct by construction rather than fast: each slot keeps its token history on
 // the host, and every prefill / step runs CudaHybridLM's full (training) forward on that slot's
-// whole sequence (B = 1, T = its length rounded up to a multiple of kPadTo, padded with token 0 —
-// the model is causal, so the padding never reaches the rows that are read) and downloads the
-// logits (and final-norm hidden states) of the rows asked for. Cost per step is O(length), so a
-// generation is O(length²); reorder / copy are host-side copies of the histories. The recurrent
+// whole sequence (T = its length rounded up to a multiple of kPadTo, padded with token 0 — the model
+// is causal, so the padding never reaches the rows that are read; a step runs its k slots as one
+// (k, T) batch) and downloads the logits (and final-norm hidden states) of the rows asked for.
+// Cost per step is O(length), so a generation is O(length²); reorder / copy are host-side copies
+// of the histories. The recurrent
 // device state (conv windows, fp32 SSM states, bf16 KV ring buffers) driven by the decode kernels
 // (conv1d_causal_update, ssd_update, selective_scan update, attention_decode) is the follow-up.
 //
