@@ -7,14 +7,16 @@
 // is causal, so the padding never reaches the rows that are read; a step runs its k slots as one
 // (k, T) batch) and downloads the logits (and final-norm hidden states) of the rows asked for.
 // Cost per step is O(length), so a generation is O(length²); reorder / copy are host-side copies
-// of the histories. The recurrent
-// device state (conv windows, fp32 SSM states, bf16 KV ring buffers) driven by the decode kernels
-// (conv1d_causal_update, ssd_update, selective_scan update, attention_decode) is the follow-up.
+// of the histories. The recurrent device state (conv windows, fp32 SSM states, bf16 KV ring
+// buffers) driven by the decode kernels (conv1d_causal_update, ssd_update, selective_scan update,
+// attention_decode) is the follow-up.
 //
 // Numerics: bf16 weights and activations, fp32 accumulation and SSM states (CudaHybridLM's); logits
 // come back to the host as fp32 decoded from bf16.
 //
-// Plain C++ header (no CUDA includes). In a build without MSLM_HAVE_CUDA the constructor throws.
+// Plain C++ header (no CUDA includes). CudaCausalLM's members are defined only in builds with
+// MSLM_HAVE_CUDA; elsewhere make_causal_lm refuses "cuda" (parse_inference_device, padded_length
+// and make_causal_lm exist in every build).
 #pragma once
 #include <cstdint>
 #include <memory>
