@@ -15,13 +15,15 @@ int parse_inference_device(const std::string& device) {
     if (device == "cuda") return 0;
     const std::string prefix = "cuda:";
     const std::string digits = device.rfind(prefix, 0) == 0 ? device.substr(prefix.size()) : "";
-    MSLM_CHECK(!digits.empty() && digits.size() <= 4 && digits.find_first_not_of("0123456789") == std::string::npos,
-               "--device must be \"cpu\", \"cuda\" or \"cuda:N\" (got \"{}\")", device);
+    MSLM_CHECK(
+        !digits.empty() && digits.size() <= 4 && digits.find_first_not_of("0123456789") == std::string::npos,
+        "--device must be \"cpu\", \"cuda\" or \"cuda:N\" (got \"{}\")", device);
     return std::stoi(digits);
 }
 
 int64_t CudaCausalLM::padded_length(int64_t n, int64_t max_seq_len) {
-    MSLM_CHECK(n > 0 && n <= max_seq_len, "CudaCausalLM: sequence of {} tokens (max_seq_len {})", n, max_seq_len);
+    MSLM_CHECK(n > 0 && n <= max_seq_len, "CudaCausalLM: sequence of {} tokens (max_seq_len {})", n,
+               max_seq_len);
     return std::min(max_seq_len, (n + kPadTo - 1) / kPadTo * kPadTo);
 }
 
@@ -31,8 +33,10 @@ std::unique_ptr<CausalLM> make_causal_lm(HybridLM<float>& model, const std::stri
 #ifdef MSLM_HAVE_CUDA
     return std::make_unique<CudaCausalLM>(model, gpu);
 #else
-    fail("--device {}: this build of mamba-slm has no CUDA support; use --device cpu, or build with CUDA "
-         "(cmake --preset cuda)", device);
+    fail(
+        "--device {}: this build of mamba-slm has no CUDA support; use --device cpu, or build with CUDA "
+        "(cmake --preset cuda)",
+        device);
 #endif
 }
 
@@ -46,9 +50,15 @@ CudaCausalLM::CudaCausalLM(const HybridLM<float>& model, int device) {
 
 CudaCausalLM::~CudaCausalLM() = default;
 
-int64_t CudaCausalLM::vocab_size() const { return gpu_->config().vocab_size; }
-int64_t CudaCausalLM::hidden_size() const { return gpu_->config().d_model; }
-int64_t CudaCausalLM::max_seq_len() const { return gpu_->config().max_seq_len; }
+int64_t CudaCausalLM::vocab_size() const {
+    return gpu_->config().vocab_size;
+}
+int64_t CudaCausalLM::hidden_size() const {
+    return gpu_->config().d_model;
+}
+int64_t CudaCausalLM::max_seq_len() const {
+    return gpu_->config().max_seq_len;
+}
 
 void CudaCausalLM::start(int64_t slots, int64_t max_len) {
     MSLM_CHECK(slots > 0, "CudaCausalLM: {} slots (need at least 1)", slots);
@@ -60,8 +70,8 @@ void CudaCausalLM::start(int64_t slots, int64_t max_len) {
 
 void CudaCausalLM::check_slot(int64_t slot, const char* what) const {
     MSLM_CHECK(!history_.empty(), "{} before start", what);
-    MSLM_CHECK(slot >= 0 && slot < static_cast<int64_t>(history_.size()), "{}: slot {} out of range [0, {})", what,
-               slot, history_.size());
+    MSLM_CHECK(slot >= 0 && slot < static_cast<int64_t>(history_.size()), "{}: slot {} out of range [0, {})",
+               what, slot, history_.size());
 }
 
 void CudaCausalLM::run(int64_t slot, int64_t first, float* logits, float* hidden) {
@@ -102,7 +112,8 @@ void CudaCausalLM::step(std::span<const int64_t> slots, std::span<const int32_t>
     int64_t longest = 0;
     for (size_t i = 0; i < slots.size(); ++i) {
         check_slot(slots[i], "step");
-        for (size_t j = 0; j < i; ++j) MSLM_CHECK(slots[j] != slots[i], "step: slot {} listed twice", slots[i]);
+        for (size_t j = 0; j < i; ++j)
+            MSLM_CHECK(slots[j] != slots[i], "step: slot {} listed twice", slots[i]);
         const std::vector<int32_t>& h = history_[slots[i]];
         MSLM_CHECK(static_cast<int64_t>(h.size()) < max_len_, "step: slot {} is full ({} tokens)", slots[i],
                    max_len_);
@@ -126,10 +137,11 @@ void CudaCausalLM::step(std::span<const int64_t> slots, std::span<const int32_t>
 
 void CudaCausalLM::reorder(std::span<const int64_t> src) {
     MSLM_CHECK(!history_.empty(), "reorder before start");
-    MSLM_CHECK(src.size() == history_.size(), "reorder with {} indices for {} slots", src.size(), history_.size());
+    MSLM_CHECK(src.size() == history_.size(), "reorder with {} indices for {} slots", src.size(),
+               history_.size());
     for (int64_t s : src)
-        MSLM_CHECK(s >= 0 && s < static_cast<int64_t>(history_.size()), "reorder index {} out of range [0, {})", s,
-                   history_.size());
+        MSLM_CHECK(s >= 0 && s < static_cast<int64_t>(history_.size()),
+                   "reorder index {} out of range [0, {})", s, history_.size());
     std::vector<std::vector<int32_t>> next(history_.size());
     for (size_t i = 0; i < src.size(); ++i) next[i] = history_[src[i]];
     history_ = std::move(next);

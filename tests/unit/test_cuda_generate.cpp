@@ -18,7 +18,9 @@
 namespace mslm {
 namespace {
 
-std::string fixture(const std::string& name) { return std::string(MSLM_FIXTURE_DIR) + "/" + name; }
+std::string fixture(const std::string& name) {
+    return std::string(MSLM_FIXTURE_DIR) + "/" + name;
+}
 
 #define SKIP_WITHOUT_GPU() \
     if (!cuda_available()) GTEST_SKIP() << "no CUDA GPU: " << cuda_device_summary()
@@ -36,7 +38,9 @@ constexpr int kNewTokens = 16;
 // kernel (a wrong position, state or head changes logits by O(1) of their scale).
 constexpr double kRelTol = 0.06;
 
-int32_t argmax(const float* x, int64_t n) { return static_cast<int32_t>(std::max_element(x, x + n) - x); }
+int32_t argmax(const float* x, int64_t n) {
+    return static_cast<int32_t>(std::max_element(x, x + n) - x);
+}
 
 // The CPU's gap between its top two logits at a step, relative to the step's largest |logit|: below
 // 2·kRelTol the GPU may legitimately pick the other token (each logit may move by kRelTol).
@@ -69,7 +73,7 @@ class CudaGenerate : public ::testing::TestWithParam<std::string> {};
 
 // Teacher-forced on the CPU's greedy tokens, so that both models see the same inputs at every step:
 // every step's logits agree within kRelTol; the argmax agrees wherever the CPU's top-2 gap leaves no
-// room for a bf16 flip. On `trained` every step must qualify (a trained model has clear winners).
+// room for a bf16 flip (on `trained`: at every step).
 TEST_P(CudaGenerate, GreedyLogitsAndTokensMatchCpu) {
     SKIP_WITHOUT_GPU();
     const std::string name = GetParam();
@@ -103,25 +107,25 @@ TEST_P(CudaGenerate, GreedyLogitsAndTokensMatchCpu) {
         const double scale = max_abs(lc);
         double err = 0;
         for (int64_t i = 0; i < V; ++i) err = std::max(err, std::fabs(double(lc[i]) - double(lg[i])));
-        EXPECT_LE(err, kRelTol * scale) << name << " step " << step << ": max |logit diff| " << err
-                                        << " vs scale " << scale;
+        EXPECT_LE(err, kRelTol * scale)
+            << name << " step " << step << ": max |logit diff| " << err << " vs scale " << scale;
         const int32_t want = argmax(lc.data(), V);
-        if (top2_gap(lc) >= 2 * kRelTol * scale) {
+        // On `trained` the tokens must agree at every step (the requirement); elsewhere
+        // where the gap leaves no room for a bf16 flip.
+        const bool tie = top2_gap(lc) < 2 * kRelTol * scale;
+        if (tie && first_tie < 0) first_tie = step;
+        if (!tie || name == "trained") {
             EXPECT_EQ(argmax(lg.data(), V), want) << name << " step " << step;
-        } else if (first_tie < 0) {
-            first_tie = step;
         }
         const std::vector<int32_t> tok{want};
         cpu.step(slot0, tok, lc.data(), nullptr);
         gpu->step(slot0, tok, lg.data(), nullptr);
     }
-    if (name == "trained") {
-        EXPECT_LT(first_tie, 0) << "trained: a near-tie at step " << first_tie;
-    } else if (first_tie >= 0) {
-        std::printf("[ INFO     ] %s: CPU top-2 gap below 2·%.2f of the logit scale at step %d: tokens compared "
-                    "only where the gap is larger\n",
-                    name.c_str(), kRelTol, first_tie);
-    }
+    if (first_tie >= 0)
+        std::printf("[ INFO     ] %s: CPU top-2 gap below 2·%.2f of the logit scale from step %d on: %s\n",
+                    name.c_str(), kRelTol, first_tie,
+                    name == "trained" ? "tokens still required equal"
+                                      : "tokens compared only where the gap is larger");
 }
 
 // generate() end to end: greedy tokens on the GPU equal the CPU's (trained and hybrid, 16 new
@@ -176,7 +180,8 @@ TEST(CudaGenerateSlots, CopyAndReorderFollowTheCpu) {
     for (int64_t s = 0; s < 3; ++s) {
         const std::vector<float> c(lc.begin() + s * V, lc.begin() + (s + 1) * V);
         double err = 0;
-        for (int64_t i = 0; i < V; ++i) err = std::max(err, std::fabs(double(lc[s * V + i]) - double(lg[s * V + i])));
+        for (int64_t i = 0; i < V; ++i)
+            err = std::max(err, std::fabs(double(lc[s * V + i]) - double(lg[s * V + i])));
         EXPECT_LE(err, kRelTol * max_abs(c)) << "slot " << s;
     }
 }
