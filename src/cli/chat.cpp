@@ -13,6 +13,7 @@
 
 #include "cli/commands.h"
 #include "cli/generation_options.h"
+#include "model/cuda_inference.h"
 #include "core/error.h"
 #include "tokenizer/chat_template.h"
 
@@ -115,7 +116,8 @@ void run_chat(ChatArgs& a) {
         }
     }
 
-    HybridCausalLM lm(*g.model);
+    const std::unique_ptr<CausalLM> lm_ptr = make_causal_lm(*g.model, a.flags.device);
+    CausalLM& lm = *lm_ptr;
     std::vector<ChatMessage> history;
     if (!a.system.empty()) history.push_back({"system", a.system});
     fmt::print("mamba-slm chat: {} ({} parameters), template: {}\n", a.model, g.model->num_params(), tmpl.source());

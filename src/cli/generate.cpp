@@ -14,6 +14,7 @@
 
 #include "cli/commands.h"
 #include "cli/generation_options.h"
+#include "model/cuda_inference.h"
 #include "core/error.h"
 
 namespace mslm::cli {
@@ -95,7 +96,8 @@ void run_generate(GenerateArgs& a) {
         return !InterruptGuard::requested();
     };
     if (streaming && a.echo) fmt::print("{}", g.tokenizer ? g.tokenizer->decode(prompts[0]) : std::string());
-    HybridCausalLM lm(*g.model);
+    const std::unique_ptr<CausalLM> lm_ptr = make_causal_lm(*g.model, a.flags.device);
+    CausalLM& lm = *lm_ptr;
     GenerationResult res = generate(lm, prompts, cfg, hooks);
 
     auto text_of = [&](const std::vector<int32_t>& ids) {

@@ -62,6 +62,11 @@ void add_generation_flags(CLI::App* cmd, GenerationFlags& flags) {
         ->group("Model")
         ->check(CLI::IsMember({"f32", "fp32", "bf16", "int8"}))
         ->default_str("f32");
+    cmd->add_option("--device", flags.device,
+                    "Where to decode: cpu, cuda or cuda:N (the GPU keeps bf16 weights and activations; "
+                    "--dtype applies to the CPU only)")
+        ->group("Model")
+        ->default_str("cpu");
 }
 
 void apply_generation_flags(const GenerationFlags& flags, GenerationConfig& cfg) {

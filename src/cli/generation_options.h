@@ -23,9 +23,11 @@ struct GenerationFlags {
     std::vector<std::string> sets;              // --set key=value
     bool sample = false;
     std::string dtype = "f32";                  // --dtype: weights for inference (f32, bf16, int8)
+    std::string device = "cpu";                 // --device: cpu | cuda | cuda:N
 };
 
-// Adds --max-new-tokens, --temperature, ..., --num-beams, --stop, --sample, --set and --dtype to cmd.
+// Adds --max-new-tokens, --temperature, ..., --num-beams, --stop, --sample, --set, --dtype and --device
+// to cmd.
 void add_generation_flags(CLI::App* cmd, GenerationFlags& flags);
 // Applies the flags that were given to cfg (through GenerationConfig::set), then validates.
 void apply_generation_flags(const GenerationFlags& flags, GenerationConfig& cfg);

@@ -385,6 +385,18 @@ void CudaHybridLM::download_logits(std::vector<float>& out) const {
     for (int64_t i = 0; i < n; ++i) out[i] = bf16_to_f32(half[i]);
 }
 
+void CudaHybridLM::download_rows(int64_t row, int64_t n, float* out, float* hidden) const {
+    MSLM_CHECK(row >= 0 && n >= 0 && row + n <= B_ * T_, "CudaHybridLM::download_rows: rows [{}, {}) of {}", row,
+               row + n, B_ * T_);
+    auto rows = [&](const bf16* src, int64_t width, float* dst, const char* what) {
+        std::vector<bf16> half(static_cast<size_t>(n * width));
+        check(cudaMemcpy(half.data(), src + row * width, sizeof(bf16) * n * width, cudaMemcpyDeviceToHost), what);
+        for (size_t i = 0; i < half.size(); ++i) dst[i] = bf16_to_f32(half[i]);
+    };
+    rows(impl_->logits, cfg_.vocab_size, out, "download logits rows");
+    if (hidden) rows(impl_->hf, cfg_.d_model, hidden, "download hidden rows");
+}
+
 size_t CudaHybridLM::memory_bytes() const {
     const size_t optimizer = impl_->opt_m ? static_cast<size_t>(total_) * (2 * sizeof(float) + 1) : 0;
     return static_cast<size_t>(total_) * (2 * sizeof(float) + 2 * sizeof(bf16)) + act_bytes_ +

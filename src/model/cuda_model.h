@@ -88,6 +88,9 @@ public:
 
     // (B, T, V) logits of the last forward, decoded from bf16 (before backward overwrites them).
     void download_logits(std::vector<float>& out) const;
+    // Rows [row, row + n) of the last forward's (B·T, V) logits, decoded from bf16, into out (n, V);
+    // and of its (B·T, D) final-norm output into hidden (n, D) when hidden is non-null (inference).
+    void download_rows(int64_t row, int64_t n, float* out, float* hidden) const;
 
     // Bytes of device memory held: parameters (fp32 + bf16), gradients (fp32 + bf16 staging) and
     // the activation plan of the last (B, T).
