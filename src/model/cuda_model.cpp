@@ -87,6 +87,7 @@ struct CudaNormParams {
 };
 
 struct CudaHybridLM::Impl {
+    std::vector<int32_t> host_ids;  // the last forward's ids: backward zeroes the padding rows
     struct Layer {
         LayerKind kind;
         CudaNormParams norm, mlp_norm;
@@ -158,7 +159,6 @@ CudaHybridLM::CudaHybridLM(const ModelConfig& cfg) : cfg_(cfg), impl_(std::make_
     if (cfg_.count(LayerKind::Mamba) && cfg_.mamba.version == 1 &&
         cfg_.mamba.d_conv > kc::kConv1dBackwardMaxK)
         fail("not supported on CUDA yet: d_conv {} > {}", cfg_.mamba.d_conv, kc::kConv1dBackwardMaxK);
-    if (cfg_.embed_padding_idx >= 0) fail("not supported on CUDA yet: embed_padding_idx");
     if (cfg_.count(LayerKind::Attention) && cfg_.attn_head_dim() > kc::kAttentionMaxHeadDim)
         fail("not supported on CUDA yet: head_dim {} > {}", cfg_.attn_head_dim(), kc::kAttentionMaxHeadDim);
 
@@ -743,6 +743,7 @@ float CudaHybridLM::forward(const int32_t* ids, const int32_t* targets, int64_t 
     const Ctx c{cfg_, m, B, T, N};
     has_targets_ = targets != nullptr;
     check(cudaMemcpy(m.ids, ids, sizeof(int32_t) * N, cudaMemcpyHostToDevice), "upload ids");
+    m.host_ids.assign(ids, ids + N);
     if (targets)
         check(cudaMemcpy(m.targets, targets, sizeof(int32_t) * N, cudaMemcpyHostToDevice), "upload targets");
 
@@ -809,6 +810,10 @@ void CudaHybridLM::backward() {
         mixer_backward(c, layer, m.g_ln, m.g_res);
         norm_backward(c, layer.norm, m.g_res, m.g_ln, m.res + l * N * D, layer.mean1, layer.rstd1);
     }
+    if (cfg_.embed_padding_idx >= 0)  // padding_idx: that row's lookups contribute no gradient (as on the CPU)
+        for (int64_t n = 0; n < N; ++n)
+            if (m.host_ids[n] == cfg_.embed_padding_idx)
+                check(cudaMemsetAsync(m.g_res + n * D, 0, sizeof(bf16) * D), "zero padding rows");
     kc::embedding_backward(m.embed.g, m.ws, m.g_res, m.ids, N, V, D, &m.status[0]);
     cuda_model_detail::accumulate_bf16(m.grads, m.staged, total_, nullptr);
     check(cudaDeviceSynchronize(), "backward");

@@ -23,7 +23,7 @@
 // Plain C++ header (no CUDA includes). The class exists only in builds with MSLM_HAVE_CUDA.
 // Supported: RMSNorm or LayerNorm, Mamba-1 (without dt/B/C norms) and Mamba-2 mixers, attention
 // (RoPE, ALiBi or none; GQA; sliding window), SwiGLU MLP or none, projection biases, tied or separate
-// LM head. Not yet: GELU / ReLU MLPs, Mamba-1's dt_bc_norm, embed_padding_idx — the constructor
+// LM head, embed_padding_idx. Not yet: GELU / ReLU MLPs, Mamba-1's dt_bc_norm — the constructor
 // throws "not supported on CUDA yet: ...".
 #pragma once
 #include <cstddef>

@@ -128,12 +128,15 @@ TEST_P(CudaGenerate, GreedyLogitsAndTokensMatchCpu) {
                                       : "tokens compared only where the gap is larger");
 }
 
-// generate() end to end: greedy tokens on the GPU equal the CPU's (trained and hybrid, 16 new
-// tokens), two prompts of different lengths in one batch.
+// generate() end to end: greedy tokens on the GPU equal the CPU's (16 new tokens), two prompts of
+// different lengths in one batch, on the trained fixture. The random-weight fixtures have top-2
+// logit gaps below bf16's error from the first step (the teacher-forced test above reports them:
+// hybrid's first near-tie is at step 0, and on the H200 its free-running bf16 greedy path did
+// leave the CPU's there), so exact tokens are only a fair demand of the trained model.
 TEST_P(CudaGenerate, GreedyGenerateEqualsCpu) {
     SKIP_WITHOUT_GPU();
     const std::string name = GetParam();
-    if (name != "trained" && name != "hybrid") GTEST_SKIP() << name << ": covered by the teacher-forced test";
+    if (name != "trained") GTEST_SKIP() << name << ": random weights, near-ties; covered by the teacher-forced test";
     auto model = load_model<float>(fixture(name));
     auto gpu = make_causal_lm(*model, "cuda");
     HybridCausalLM cpu(*model);

@@ -92,6 +92,7 @@ ModelConfig mamba2_hybrid() {
     c.mamba.norm_groups = 1;
     c.mamba.chunk_size = 16;
     c.mlp.kind = MlpKind::None;
+    c.embed_padding_idx = 5;  // lookups of id 5 give no embedding gradient, as on the CPU
     return c;
 }
 
@@ -263,9 +264,7 @@ TEST(CudaModelConfig, RejectsUnsupportedOptions) {
     gelu.mlp.kind = MlpKind::GELU;
     ModelConfig bc_norm = mamba1_hybrid();
     bc_norm.mamba.dt_bc_norm = true;
-    ModelConfig padding = mamba2_hybrid();
-    padding.embed_padding_idx = 0;
-    for (const ModelConfig& c : {gelu, bc_norm, padding}) {
+    for (const ModelConfig& c : {gelu, bc_norm}) {
         try {
             CudaHybridLM m(c);
             ADD_FAILURE() << "accepted an unsupported config";
