@@ -26,7 +26,7 @@ status=${PIPESTATUS[0]}
 set -e
 passed=$(grep -cE '^\[ +OK +\]' "$LOG" || true)
 failed=$(grep -E '^\[ +FAILED +\] [A-Za-z]' "$LOG" | sed -E 's/^\[ +FAILED +\] //; s/[ ,].*//' | sort -u || true)
-skipped=$(grep -cE '^\[ +SKIPPED +\] [A-Za-z]' "$LOG" || true)
+skipped=$(grep -cE '^\[ +SKIPPED +\] [A-Za-z].*\([0-9]+ ms\)$' "$LOG" || true)  # not the summary's list
 echo
 echo "GPU test suite ($FILTER): $passed passed, $(printf '%s' "$failed" | grep -c . || true) failed, $skipped skipped; full log: $LOG"
 [ -n "$failed" ] && printf 'failed: %s\n' $failed  # one name a line (names have no spaces)
