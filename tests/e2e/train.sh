@@ -24,8 +24,13 @@ check "plot redraws the curve on demand" 0 "2 train and 2 validation points" -- 
 check "plot of a directory without metrics" 1 "no metrics.jsonl" -- "$bin" plot "$tmp"
 check "a token budget sets the steps" 0 "trained to step 3" -- "$bin" train --config "$tmp/train.json" \
     --set tokens=700 --set run_dir="$tmp/tokens"
-check "device cuda is refused with the reason" 1 "issue 6" -- "$bin" train --config "$tmp/train.json" \
-    --set device=cuda --set run_dir="$tmp/cuda"
+# Without a GPU (or without CUDA in the build) device cuda stops before any work, saying which.
+if "$bin" info --preset tiny | grep -q "GPU none"; then
+    check "device cuda is refused with the reason" 1 "no CUDA (support|device)" -- "$bin" train \
+        --config "$tmp/train.json" --device cuda --set run_dir="$tmp/cuda"
+else
+    echo "skip device cuda refusal: this machine has a GPU"
+fi
 check "resume continues to 16" 0 "trained to step 16" -- "$bin" train --config "$tmp/train.json" --set steps=16 --resume
 check "--save-init writes the starting model" 0 "wrote the initial model" -- \
     "$bin" train --config "$tmp/train.json" --save-init "$tmp/init"
