@@ -1010,32 +1010,40 @@ TEST(Conv1dUpdate, StepsMatchForward) {
     }
 }
 
+// d's sequence decoded one token at a time with selective_scan_update: batch row b lives in state
+// slot slots[b] of h (S, Din, N), advanced in place. Returns y (B, T, Din) as the forward lays it out.
+template <typename T>
+std::vector<T> scan_steps(const ScanData<T>& d, std::vector<T>& h, const std::vector<int64_t>& slots) {
+    const int64_t Bn = d.dims.batch, Tn = d.dims.seqlen, Din = d.dims.d_inner;
+    std::vector<T> y(Bn * Din), got(Bn * Tn * Din);
+    for (int64_t t = 0; t < Tn; ++t) {
+        // Row b of step t is token (b, t) of every sequence input: rows T·ld apart.
+        SelectiveScanInputs<T> in = d.inputs();
+        in.u += t * d.ld_u, in.ld_u *= Tn;
+        in.delta += t * d.ld_delta, in.ld_delta *= Tn;
+        in.Bm += t * d.ld_B, in.ld_B *= Tn;
+        in.Cm += t * d.ld_C, in.ld_C *= Tn;
+        if (in.z) in.z += t * d.ld_z, in.ld_z *= Tn;
+        selective_scan_update(y.data(), h.data(), slots.data(), in, Bn, Din, d.dims.d_state);
+        for (int64_t b = 0; b < Bn; ++b) std::copy_n(y.begin() + b * Din, Din, got.begin() + (b * Tn + t) * Din);
+    }
+    return got;
+}
+
 TEST(SelectiveScanUpdate, StepsMatchForward) {
     for (const ScanCase& c : kScanCases) {
         const ScanData<double> d = make_scan(c, 42);
         std::vector<double> h_want;
         const std::vector<double> want = d.forward(&h_want);  // (B, T, Din)
         const int64_t S = 2 * c.B + 1, Din = c.Din, N = c.N;
-        std::vector<double> h(S * Din * N, 0.0), y(c.B * Din), got(c.B * c.T * Din);
+        std::vector<double> h(S * Din * N, 0.0);
         std::vector<int64_t> slots(c.B);
         for (int64_t b = 0; b < c.B; ++b) {
             slots[b] = slot_of(b);
             if (!d.h0.empty())
                 std::copy_n(d.h0.begin() + b * Din * N, Din * N, h.begin() + slots[b] * Din * N);
         }
-        for (int64_t t = 0; t < c.T; ++t) {
-            // Row b of step t is token (b, t) of every sequence input: rows T·ld apart.
-            SelectiveScanInputs<double> in = d.inputs();
-            in.u += t * d.ld_u, in.ld_u *= c.T;
-            in.delta += t * d.ld_delta, in.ld_delta *= c.T;
-            in.Bm += t * d.ld_B, in.ld_B *= c.T;
-            in.Cm += t * d.ld_C, in.ld_C *= c.T;
-            if (in.z) in.z += t * d.ld_z, in.ld_z *= c.T;
-            selective_scan_update(y.data(), h.data(), slots.data(), in, c.B, Din, N);
-            for (int64_t b = 0; b < c.B; ++b)
-                std::copy_n(y.begin() + b * Din, Din, got.begin() + (b * c.T + t) * Din);
-        }
-        EXPECT_LT(scaled_max_error(got, want), kDoubleAlgoTol) << describe(c);
+        EXPECT_LT(scaled_max_error(scan_steps(d, h, slots), want), kDoubleAlgoTol) << describe(c);
         std::vector<double> h_got;
         for (int64_t b = 0; b < c.B; ++b)
             h_got.insert(h_got.end(), h.begin() + slots[b] * Din * N, h.begin() + (slots[b] + 1) * Din * N);
@@ -1350,25 +1358,14 @@ TEST(SelectiveScanKernels, UpdateStepsEqualForwardBits) {
             std::vector<float> h_want;
             const std::vector<float> want = d.forward(&h_want);  // (B, T, Din)
             const int64_t S = 2 * c.B + 1, Din = c.Din, N = c.N;
-            std::vector<float> h(S * Din * N, 0.0f), y(c.B * Din), got(c.B * c.T * Din);
+            std::vector<float> h(S * Din * N, 0.0f);
             std::vector<int64_t> slots(c.B);
             for (int64_t b = 0; b < c.B; ++b) {
                 slots[b] = slot_of(b);
                 if (!d.h0.empty())
                     std::copy_n(d.h0.begin() + b * Din * N, Din * N, h.begin() + slots[b] * Din * N);
             }
-            for (int64_t t = 0; t < c.T; ++t) {
-                SelectiveScanInputs<float> in = d.inputs();
-                in.u += t * d.ld_u, in.ld_u *= c.T;
-                in.delta += t * d.ld_delta, in.ld_delta *= c.T;
-                in.Bm += t * d.ld_B, in.ld_B *= c.T;
-                in.Cm += t * d.ld_C, in.ld_C *= c.T;
-                if (in.z) in.z += t * d.ld_z, in.ld_z *= c.T;
-                selective_scan_update(y.data(), h.data(), slots.data(), in, c.B, Din, N);
-                for (int64_t b = 0; b < c.B; ++b)
-                    std::copy_n(y.begin() + b * Din, Din, got.begin() + (b * c.T + t) * Din);
-            }
-            EXPECT_EQ(got, want);
+            EXPECT_EQ(scan_steps(d, h, slots), want);
             std::vector<float> h_got;
             for (int64_t b = 0; b < c.B; ++b)
                 h_got.insert(h_got.end(), h.begin() + slots[b] * Din * N,
