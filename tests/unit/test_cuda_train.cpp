@@ -32,16 +32,14 @@
 #include "train/checkpoint.h"
 #include "train/loss_curve.h"
 #include "train/trainer.h"
+#include "train_test_util.h"
 
 using namespace mslm;
 namespace fs = std::filesystem;
 
 namespace {
 
-std::string data_dir() {
-    const char* env = std::getenv("MSLM_DATA_DIR");
-    return env ? env : MSLM_DATA_DIR;
-}
+using test::data_dir;
 
 std::string tmp(const std::string& name) {
     return testing::TempDir() + "/mslm_cuda_train_" + name + "_" + std::to_string(getpid());
@@ -55,41 +53,13 @@ std::string fresh_dir(const std::string& name) {
 
 // tinyshakespeare as bytes (vocab 257 with EOT), prepared once per process; "" when absent.
 const std::string& shakespeare_bytes() {
-    static const std::string dir = [] {
-        const std::string src = data_dir() + "/tinyshakespeare.txt";
-        if (!fs::exists(src)) return std::string();
-        PrepareOptions po;
-        po.out_dir = tmp("data");
-        po.val_fraction = 0.05;
-        po.seed = 1;
-        po.progress = false;
-        auto enc = load_text_encoder("bytes");
-        prepare_from_sources({parse_source_spec(src + ":split=block")}, MixtureOptions{}, *enc, po);
-        return po.out_dir;
-    }();
+    // one directory per process: ctest -j runs tests side by side
+    static const std::string dir = test::prepare_shakespeare_bytes(tmp("data"));
     return dir;
 }
 
-// test_trainer.cpp's small hybrid (Mamba-2 + attention, SwiGLU) over the 257 byte tokens.
 const std::string& small_model_config() {
-    static const std::string path = [] {
-        ModelConfig c;
-        c.vocab_size = 257;
-        c.d_model = 32;
-        c.n_layers = 2;
-        c.layers = parse_layer_pattern("MA");
-        c.mamba.version = 2;
-        c.mamba.d_state = 8;
-        c.mamba.head_dim = 16;
-        c.mamba.chunk_size = 16;
-        c.attention.n_heads = 4;
-        c.attention.n_kv_heads = 2;
-        c.mlp = {MlpKind::SwiGLU, 64, false};
-        c.max_seq_len = 64;
-        const std::string p = tmp("model_config") + ".json";
-        save_config(c, p);
-        return p;
-    }();
+    static const std::string path = test::write_small_model_config(tmp("model_config") + ".json");
     return path;
 }
 
