@@ -163,16 +163,6 @@ inline uint16_t to_bf16(float f) {
 
 constexpr int64_t kTile = 16;  // rows of a tile: rows of W in an A tile, tokens in a B tile
 
-// (s_w · s_x) · acc rounded to fp32, then + bias: the expression and roundings of
-// packed_linear_reference. The empty asm hides the product from the optimiser so that GCC's default
-// -ffp-contract=fast cannot fuse it with the sum into one FMA (one rounding fewer, another last
-// bit). store_block does the same on vectors.
-inline float dequantize(float scale_w, float sx, float acc, float bias) {
-    float p = scale_w * sx * acc;
-    asm("" : "+m"(p));
-    return p + bias;
-}
-
 #ifdef MSLM_PACKED_GEMM_X86
 // ---------------------------------------------------------------------------------------------
 // AMX. GCC 12's tile intrinsics declare no memory operands for tileloadd (and only 8 bytes of the
@@ -402,7 +392,7 @@ __attribute__((target("avx512f"), always_inline)) inline void store_block(const 
             const int64_t m = m0 + ib * kTile + t;
             __m512 v[2] = {};
             for (int a = 0; a < (cols > kTile ? 2 : 1); ++a) {
-                if constexpr (kInt8) {  // as dequantize()
+                if constexpr (kInt8) {  // as dequantize_int8 (packed_kernels.h), on vectors
                     __m512 prod = scale[a] * p.sx[m] * __builtin_convertvector(rows[a][t], __m512);
                     asm("" : "+v"(prod));
                     v[a] = prod + bias[a];
@@ -619,8 +609,8 @@ void fallback_int8(float* y, const float* x, const PackedWeight& W, const float*
                     for (int64_t t = 0; t < std::min<int64_t>(4, M - m0); ++t)
                         for (int64_t r = 0; r < std::min<int64_t>(4, W.out - n0); ++r) {
                             const int64_t m = m0 + t, n = n0 + r;
-                            y[m * W.out + n] = dequantize(
-                                W.scale.get()[n], sx[m], static_cast<float>(acc[t * 4 + r]), b ? b[n] : 0.0f);
+                            y[m * W.out + n] =
+                                dequantize_int8(W.scale.get()[n], sx[m], acc[t * 4 + r], b ? b[n] : 0.0f);
                         }
                 }
             }
