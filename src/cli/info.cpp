@@ -5,6 +5,7 @@
 #include "core/cuda_device.h"
 #include "core/thread_pool.h"
 #include "model/config.h"
+#include "model/cuda_inference.h"
 #include "model/info.h"
 #include "model/model_io.h"
 #include "ops/packed_linear.h"
@@ -36,6 +37,15 @@ void register_info(CLI::App& app) {
                    ops::packed_kernels_description());
         fmt::print("            GPU {}\n", cuda_available() ? cuda_device_summary()
                                                             : "none (" + cuda_device_summary() + ")");
+#ifdef MSLM_HAVE_CUDA
+        // The GPU decoder's allocations (one per category, from the caching allocator).
+        const CudaDecoderMemory one = CudaCausalLM::plan(cfg, 1, T), many = CudaCausalLM::plan(cfg, args->batch, T);
+        fmt::print("GPU decode  weights {} (bf16); state {} per sequence of {} tokens, {} for {}; scratch {} ({} rows)\n",
+                   format_bytes(static_cast<int64_t>(one.weights)), format_bytes(static_cast<int64_t>(one.state)), T,
+                   format_bytes(static_cast<int64_t>(many.state)), args->batch,
+                   format_bytes(static_cast<int64_t>(many.scratch)),
+                   std::max<int64_t>(args->batch, std::min<int64_t>(CudaCausalLM::kPrefillChunk, T)));
+#endif
     });
 }
 

@@ -5,7 +5,26 @@
 #include "core/error.h"
 
 #ifdef MSLM_HAVE_CUDA
+#include <cuda_runtime.h>
+#include <fmt/format.h>
+
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <set>
+
+#include "core/caching_allocator.h"
+#include "core/dtype.h"
 #include "model/cuda_model.h"
+#include "ops/cuda/attention.h"
+#include "ops/cuda/conv1d.h"
+#include "ops/cuda/elementwise.h"
+#include "ops/cuda/embedding.h"
+#include "ops/cuda/linear.h"
+#include "ops/cuda/norm.h"
+#include "ops/cuda/selective_scan.h"
+#include "ops/cuda/ssd.h"
 #endif
 
 namespace mslm {
@@ -19,12 +38,6 @@ int parse_inference_device(const std::string& device) {
         !digits.empty() && digits.size() <= 4 && digits.find_first_not_of("0123456789") == std::string::npos,
         "--device must be \"cpu\", \"cuda\" or \"cuda:N\" (got \"{}\")", device);
     return std::stoi(digits);
-}
-
-int64_t CudaCausalLM::padded_length(int64_t n, int64_t max_seq_len) {
-    MSLM_CHECK(n > 0 && n <= max_seq_len, "CudaCausalLM: sequence of {} tokens (max_seq_len {})", n,
-               max_seq_len);
-    return std::min(max_seq_len, (n + kPadTo - 1) / kPadTo * kPadTo);
 }
 
 std::unique_ptr<CausalLM> make_causal_lm(HybridLM<float>& model, const std::string& device) {
@@ -42,115 +55,746 @@ std::unique_ptr<CausalLM> make_causal_lm(HybridLM<float>& model, const std::stri
 
 #ifdef MSLM_HAVE_CUDA
 
-CudaCausalLM::CudaCausalLM(const HybridLM<float>& model, int device) {
-    CudaHybridLM::select_device(device);
-    gpu_ = std::make_unique<CudaHybridLM>(model.config());
-    gpu_->upload(model);
+namespace cuda_decoder_detail {
+// cuda_decoder_kernels.cu
+void kv_append(uint16_t* k_cache, uint16_t* v_cache, const uint16_t* k_src, const uint16_t* v_src, int64_t ld,
+               const int64_t* slots, const int64_t* pos, int64_t k, int64_t L, int64_t width, void* stream);
+void gather_blocks(void* dst, const void* src, const int64_t* idx, int64_t n, size_t block_bytes, void* stream);
+}  // namespace cuda_decoder_detail
+
+namespace {
+
+namespace kc = ops::cuda;
+using bf16 = uint16_t;
+
+void check(cudaError_t err, const char* what) {
+    MSLM_CHECK(err == cudaSuccess, "CudaCausalLM: {}: {}", what, cudaGetErrorString(err));
 }
 
-CudaCausalLM::~CudaCausalLM() = default;
+// Sizes every buffer of one category, then carves them out of one block: run once without a base
+// to measure, then with the block to place (the same calls in the same order).
+struct Carver {
+    char* base = nullptr;
+    size_t offset = 0;
+    template <typename P>
+    void take(P*& p, int64_t n) {
+        offset = (offset + 255) / 256 * 256;
+        p = base ? reinterpret_cast<P*>(base + offset) : nullptr;
+        offset += sizeof(P) * static_cast<size_t>(std::max<int64_t>(n, 0));
+    }
+};
+
+struct Widths {
+    int64_t D, V, Din, S, GS, H, P, G, K, C2, W2, R, Wx, Hq, Hkv, Dh, Wq, KVW, F, conv_c, proj;
+    explicit Widths(const ModelConfig& c) {
+        D = c.d_model;
+        V = c.vocab_size;
+        Din = c.mamba_d_inner();
+        S = c.mamba.d_state;
+        G = c.mamba.n_groups;
+        GS = G * S;
+        H = c.mamba_n_heads();
+        P = c.mamba.head_dim;
+        K = c.mamba.d_conv;
+        C2 = Din + 2 * GS;
+        W2 = 2 * Din + 2 * GS + H;
+        R = c.mamba_dt_rank();
+        Wx = R + 2 * S;
+        Hq = c.attention.n_heads;
+        Hkv = c.attn_kv_heads();
+        Dh = c.attn_head_dim();
+        Wq = (Hq + 2 * Hkv) * Dh;
+        KVW = Hkv * Dh;
+        F = c.mlp.d_ff;
+        const bool mamba = c.count(LayerKind::Mamba) > 0, attn = c.count(LayerKind::Attention) > 0;
+        const bool v1 = c.mamba.version == 1;
+        conv_c = mamba ? (v1 ? Din : C2) : 0;
+        proj = std::max(mamba ? (v1 ? 2 * Din : W2) : 0, attn ? Wq : 0);
+    }
+};
+
+int64_t cache_len_for(const ModelConfig& cfg, int64_t max_len) {
+    const int64_t w = cfg.attention.sliding_window;
+    return w > 0 ? std::min(max_len, w) : max_len;
+}
+
+// Rows of the wrap buffer (an ordered copy of the window plus a prefill piece), 0 when the ring
+// never wraps.
+int64_t wrap_rows(const ModelConfig& cfg, int64_t max_len, int64_t rows) {
+    const int64_t Lc = cache_len_for(cfg, max_len);
+    return cfg.count(LayerKind::Attention) && Lc < max_len ? cfg.attention.sliding_window - 1 + rows : 0;
+}
+
+}  // namespace
+
+struct CudaCausalLM::Impl {
+    struct Layer {
+        LayerKind kind;
+        const bf16 *norm_w = nullptr, *norm_b = nullptr, *mlp_norm_w = nullptr, *mlp_norm_b = nullptr;
+        const bf16 *in_w = nullptr, *in_b = nullptr, *conv_w = nullptr, *conv_b = nullptr, *dt_bias = nullptr,
+                   *A_log = nullptr, *D = nullptr, *gnorm_w = nullptr, *out_w = nullptr, *out_b = nullptr;
+        const bf16 *x_w = nullptr, *dtp_w = nullptr, *dtp_b = nullptr;
+        const bf16 *qkv_w = nullptr, *qkv_b = nullptr, *o_w = nullptr, *o_b = nullptr;
+        const bf16 *up_w = nullptr, *up_b = nullptr, *down_w = nullptr, *down_b = nullptr;
+        // State (per slot blocks).
+        bf16* conv = nullptr;   // (S, K − 1, conv channels)
+        float* ssm = nullptr;   // (S, H, P, N) or (S, Din, N)
+        bf16 *kc = nullptr, *vc = nullptr;  // (S, cache_len, Hkv, Dh)
+    };
+
+    CachingAllocator* alloc = nullptr;
+    cudaStream_t stream = nullptr;
+    bf16* weights = nullptr;
+    const bf16 *embed = nullptr, *lm_head = nullptr, *final_w = nullptr, *final_b = nullptr;
+    std::vector<Layer> layers;
+    int64_t total = 0;
+
+    // State and scratch blocks (from the caching allocator).
+    char* state = nullptr;
+    size_t state_bytes = 0;
+    size_t conv_block = 0, ssm_block = 0, kv_block = 0;  // bytes per slot
+    char* scratch = nullptr;
+    size_t scratch_bytes = 0;
+    int64_t rows = 0;  // scratch capacity
+    // Scratch buffers.
+    int64_t* slots = nullptr;  // (rows) then pos (rows) then ids (rows): one upload
+    int64_t* pos = nullptr;
+    int32_t* ids = nullptr;
+    bf16 *res = nullptr, *ln = nullptr, *tmp = nullptr, *proj = nullptr, *xin = nullptr, *conv_out = nullptr;
+    bf16 *y = nullptr, *z = nullptr, *yn = nullptr, *xdbl = nullptr, *dt = nullptr, *dt_raw = nullptr, *o = nullptr;
+    bf16 *h = nullptr, *a = nullptr, *hf = nullptr, *kt = nullptr, *vt = nullptr;
+    float *mean = nullptr, *rstd = nullptr, *g_rstd = nullptr, *lse = nullptr, *logits = nullptr;
+    void* ws = nullptr;
+    // Pinned host staging: [slots | pos | ids] as on the device, the logits and the hidden rows.
+    char* host = nullptr;
+    size_t host_bytes = 0;
+    float* host_logits = nullptr;
+    bf16* host_hidden = nullptr;
+
+    bool graphs = true;
+    std::map<int64_t, cudaGraphExec_t> graph;
+    std::set<int64_t> warmed;
+
+    void drop_graphs() {
+        for (auto& [k, g] : graph) cudaGraphExecDestroy(g);
+        graph.clear();
+        warmed.clear();
+    }
+    void release() {
+        drop_graphs();
+        if (state) alloc->deallocate(state);
+        if (scratch) alloc->deallocate(scratch);
+        if (host) cudaFreeHost(host);
+        state = scratch = host = nullptr;
+        state_bytes = scratch_bytes = host_bytes = 0;
+    }
+};
+
+namespace {
+
+// Scratch of one layer for `rows` rows, every buffer the prefill or the step needs.
+template <typename Impl>
+void carve_scratch(Carver& cv, Impl& m, const ModelConfig& cfg, int64_t rows, int64_t wrap, int64_t slots) {
+    const Widths w(cfg);
+    const int64_t N = rows;
+    cv.take(m.slots, 3 * N);  // [slots | pos | ids], uploaded at once from the same host layout
+    if (m.slots) {
+        m.pos = m.slots + N;
+        m.ids = reinterpret_cast<int32_t*>(m.slots + 2 * N);
+    }
+    cv.take(m.res, N * w.D);
+    cv.take(m.ln, N * w.D);
+    cv.take(m.tmp, N * w.D);
+    cv.take(m.hf, N * w.D);
+    cv.take(m.mean, N);
+    cv.take(m.rstd, N);
+    cv.take(m.proj, N * w.proj);
+    cv.take(m.xin, (N + w.K - 1) * w.conv_c);
+    cv.take(m.conv_out, (N + w.K - 1) * w.conv_c);
+    const int64_t inner = std::max(w.Din, w.Hq * w.Dh);
+    cv.take(m.y, N * inner);
+    cv.take(m.z, N * w.Din);
+    cv.take(m.yn, N * w.Din);
+    cv.take(m.g_rstd, N * cfg.mamba_norm_groups());
+    cv.take(m.xdbl, cfg.mamba.version == 1 ? N * w.Wx : 0);
+    cv.take(m.dt, cfg.mamba.version == 1 ? N * w.R : 0);
+    cv.take(m.dt_raw, cfg.mamba.version == 1 ? N * w.Din : 0);
+    cv.take(m.o, N * w.Hq * w.Dh);
+    cv.take(m.lse, N * w.Hq);
+    cv.take(m.kt, wrap * w.KVW);
+    cv.take(m.vt, wrap * w.KVW);
+    const bool mlp = cfg.mlp.kind != MlpKind::None;
+    cv.take(m.h, mlp ? N * 2 * w.F : 0);
+    cv.take(m.a, mlp ? N * w.F : 0);
+    cv.take(m.logits, std::max<int64_t>(slots, 1) * w.V);
+    size_t ws = 0;
+    if (cfg.count(LayerKind::Mamba) && cfg.mamba.version == 2)
+        ws = kc::ssd_forward_workspace_bytes(
+            kc::SsdDims{1, N, w.H, w.P, w.G, w.S, cfg.mamba.chunk_size});
+    char* p = nullptr;
+    cv.take(p, static_cast<int64_t>(ws));
+    m.ws = p;
+}
+
+struct StateSizes {
+    size_t conv = 0, ssm = 0, kv = 0;  // bytes per slot and layer
+};
+
+StateSizes state_sizes(const ModelConfig& cfg, int64_t max_len) {
+    const Widths w(cfg);
+    StateSizes s;
+    s.conv = sizeof(bf16) * static_cast<size_t>((w.K - 1) * w.conv_c);
+    s.ssm = sizeof(float) * static_cast<size_t>(cfg.mamba.version == 1 ? w.Din * w.S : w.H * w.P * w.S);
+    s.kv = sizeof(bf16) * static_cast<size_t>(cache_len_for(cfg, max_len) * w.KVW);
+    return s;
+}
+
+size_t aligned(size_t n) {
+    return (n + 255) / 256 * 256;
+}
+
+size_t state_total(const ModelConfig& cfg, int64_t slots, int64_t max_len) {
+    const StateSizes s = state_sizes(cfg, max_len);
+    const auto S = static_cast<size_t>(slots);
+    return cfg.count(LayerKind::Mamba) * (aligned(S * s.conv) + aligned(S * s.ssm)) +
+           cfg.count(LayerKind::Attention) * 2 * aligned(S * s.kv);
+}
+
+void copy2d(void* dst, int64_t ld_dst, const void* src, int64_t ld_src, int64_t rows, int64_t cols,
+            cudaStream_t s) {
+    if (rows <= 0 || cols <= 0) return;
+    check(cudaMemcpy2DAsync(dst, sizeof(bf16) * ld_dst, src, sizeof(bf16) * ld_src, sizeof(bf16) * cols, rows,
+                            cudaMemcpyDeviceToDevice, s),
+          "cudaMemcpy2DAsync");
+}
+
+void copy_bytes(void* dst, const void* src, size_t bytes, cudaStream_t s) {
+    if (bytes) check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, s), "cudaMemcpyAsync");
+}
+
+kc::AttentionOptions attention_options(const ModelConfig& cfg, int64_t q_offset) {
+    kc::AttentionOptions opt{};
+    opt.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(cfg.attn_head_dim())));
+    opt.window = cfg.attention.sliding_window;
+    opt.alibi = cfg.attention.position == PositionKind::ALiBi;
+    opt.q_offset = q_offset;
+    return opt;
+}
+
+}  // namespace
+
+CudaDecoderMemory CudaCausalLM::plan(const ModelConfig& cfg, int64_t slots, int64_t max_len) {
+    CudaDecoderMemory mem;
+    {
+        HybridLM<float> layout(cfg);
+        mem.weights = sizeof(bf16) * static_cast<size_t>(layout.params().total());
+    }
+    mem.state = state_total(cfg, slots, max_len);
+    Impl probe;
+    Carver cv;
+    const int64_t rows = std::max<int64_t>(slots, std::min<int64_t>(kPrefillChunk, max_len));
+    carve_scratch(cv, probe, cfg, rows, wrap_rows(cfg, max_len, rows), slots);
+    mem.scratch = cv.offset;
+    return mem;
+}
+
+CudaCausalLM::CudaCausalLM(const HybridLM<float>& model, int device)
+    : cfg_(model.config()), impl_(std::make_unique<Impl>()), device_(device) {
+    cfg_.validate();
+    if (cfg_.mlp.kind != MlpKind::None && cfg_.mlp.kind != MlpKind::SwiGLU)
+        fail("not supported on CUDA yet: MLP kind other than SwiGLU (no GELU / ReLU kernels)");
+    if (cfg_.count(LayerKind::Mamba) && cfg_.mamba.version == 1 && cfg_.mamba.dt_bc_norm)
+        fail("not supported on CUDA yet: Mamba-1 dt_bc_norm");
+    if (cfg_.count(LayerKind::Mamba) && cfg_.mamba.version == 1 && cfg_.mamba.d_state > kc::kScanMaxState)
+        fail("not supported on CUDA yet: Mamba-1 d_state {} > {}", cfg_.mamba.d_state, kc::kScanMaxState);
+    if (cfg_.count(LayerKind::Attention) && cfg_.attn_head_dim() > kc::kAttentionMaxHeadDim)
+        fail("not supported on CUDA yet: head_dim {} > {}", cfg_.attn_head_dim(), kc::kAttentionMaxHeadDim);
+    CudaHybridLM::select_device(device);
+    Impl& m = *impl_;
+    m.alloc = &cuda_caching_allocator(device);
+    const char* graphs = std::getenv("MSLM_CUDA_GRAPHS");
+    m.graphs = !(graphs && std::string(graphs) == "0");
+    check(cudaStreamCreateWithFlags(&m.stream, cudaStreamNonBlocking), "cudaStreamCreate");
+
+    const Parameters<float>& p = model.params();
+    m.total = p.total();
+    std::vector<bf16> half(static_cast<size_t>(m.total));
+    const float* values = const_cast<Parameters<float>&>(p).values();
+    for (int64_t i = 0; i < m.total; ++i) half[i] = f32_to_bf16(values[i]);
+    m.weights = static_cast<bf16*>(m.alloc->allocate(sizeof(bf16) * m.total));
+    check(cudaMemcpy(m.weights, half.data(), sizeof(bf16) * m.total, cudaMemcpyHostToDevice), "upload weights");
+
+    std::map<std::string, size_t> offsets;
+    for (const ParamSpec& s : p.specs()) offsets[s.name] = s.offset;
+    auto param = [&](const std::string& name) -> const bf16* {
+        auto it = offsets.find(name);
+        return it == offsets.end() ? nullptr : m.weights + it->second;
+    };
+    m.embed = param("embed.weight");
+    m.lm_head = cfg_.tie_embeddings ? m.embed : param("lm_head.weight");
+    m.final_w = param("final_norm.weight");
+    m.final_b = param("final_norm.bias");
+    for (int64_t l = 0; l < cfg_.n_layers; ++l) {
+        const std::string pre = fmt::format("layers.{}", l), x = pre + ".mixer.";
+        Impl::Layer L;
+        L.kind = cfg_.layers[l];
+        L.norm_w = param(pre + ".norm.weight");
+        L.norm_b = param(pre + ".norm.bias");
+        if (L.kind == LayerKind::Attention) {
+            L.qkv_w = param(x + "qkv_proj.weight");
+            L.qkv_b = param(x + "qkv_proj.bias");
+            L.o_w = param(x + "o_proj.weight");
+            L.o_b = param(x + "o_proj.bias");
+        } else {
+            L.in_w = param(x + "in_proj.weight");
+            L.in_b = param(x + "in_proj.bias");
+            L.conv_w = param(x + "conv1d.weight");
+            L.conv_b = param(x + "conv1d.bias");
+            L.A_log = param(x + "A_log");
+            L.D = param(x + "D");
+            L.out_w = param(x + "out_proj.weight");
+            L.out_b = param(x + "out_proj.bias");
+            L.x_w = param(x + "x_proj.weight");
+            L.dtp_w = param(x + "dt_proj.weight");
+            L.dtp_b = param(x + "dt_proj.bias");
+            L.dt_bias = param(x + "dt_bias");
+            L.gnorm_w = param(x + "norm.weight");
+        }
+        if (cfg_.mlp.kind != MlpKind::None) {
+            L.mlp_norm_w = param(pre + ".mlp_norm.weight");
+            L.mlp_norm_b = param(pre + ".mlp_norm.bias");
+            L.up_w = param(pre + ".mlp.gate_up_proj.weight");
+            L.up_b = param(pre + ".mlp.gate_up_proj.bias");
+            L.down_w = param(pre + ".mlp.down_proj.weight");
+            L.down_b = param(pre + ".mlp.down_proj.bias");
+        }
+        m.layers.push_back(L);
+    }
+}
+
+CudaCausalLM::~CudaCausalLM() {
+    Impl& m = *impl_;
+    if (m.stream) cudaStreamSynchronize(m.stream);  // errors at teardown are not actionable
+    m.release();
+    if (m.weights) m.alloc->deallocate(m.weights);
+    if (m.stream) cudaStreamDestroy(m.stream);
+}
 
 int64_t CudaCausalLM::vocab_size() const {
-    return gpu_->config().vocab_size;
+    return cfg_.vocab_size;
 }
 int64_t CudaCausalLM::hidden_size() const {
-    return gpu_->config().d_model;
+    return cfg_.d_model;
 }
 int64_t CudaCausalLM::max_seq_len() const {
-    return gpu_->config().max_seq_len;
+    return cfg_.max_seq_len;
+}
+int64_t CudaCausalLM::position(int64_t slot) const {
+    check_slot(slot, "position");
+    return pos_[slot];
+}
+
+CudaDecoderMemory CudaCausalLM::memory() const {
+    return {sizeof(bf16) * static_cast<size_t>(impl_->total), impl_->state_bytes, impl_->scratch_bytes};
 }
 
 void CudaCausalLM::start(int64_t slots, int64_t max_len) {
-    MSLM_CHECK(slots > 0, "CudaCausalLM: {} slots (need at least 1)", slots);
+    MSLM_CHECK(slots > 0 && slots <= 65535, "CudaCausalLM: {} slots (need 1 to 65535)", slots);
     MSLM_CHECK(max_len > 0 && max_len <= max_seq_len(), "CudaCausalLM: max_len {} outside [1, {}]", max_len,
                max_seq_len());
-    history_.assign(static_cast<size_t>(slots), {});
+    Impl& m = *impl_;
+    check(cudaStreamSynchronize(m.stream), "start");
+    m.release();
+    slots_ = slots;
     max_len_ = max_len;
+    cache_len_ = cache_len_for(cfg_, max_len);
+    pos_.assign(static_cast<size_t>(slots), 0);
+
+    // State: per layer, its blocks for every slot, zeroed (the empty sequence).
+    const StateSizes sz = state_sizes(cfg_, max_len);
+    m.conv_block = sz.conv;
+    m.ssm_block = sz.ssm;
+    m.kv_block = sz.kv;
+    m.state_bytes = state_total(cfg_, slots, max_len);
+    m.state = static_cast<char*>(m.alloc->allocate(m.state_bytes));
+    check(cudaMemsetAsync(m.state, 0, m.state_bytes, m.stream), "zero state");
+    Carver st{m.state};
+    const auto S = static_cast<int64_t>(slots);
+    for (Impl::Layer& L : m.layers) {
+        if (L.kind == LayerKind::Attention) {
+            st.take(L.kc, S * static_cast<int64_t>(sz.kv / sizeof(bf16)));
+            st.take(L.vc, S * static_cast<int64_t>(sz.kv / sizeof(bf16)));
+        } else {
+            st.take(L.conv, S * static_cast<int64_t>(sz.conv / sizeof(bf16)));
+            st.take(L.ssm, S * static_cast<int64_t>(sz.ssm / sizeof(float)));
+        }
+    }
+
+    m.rows = std::max<int64_t>(slots, std::min<int64_t>(kPrefillChunk, max_len));
+    const int64_t wrap = wrap_rows(cfg_, max_len, m.rows);
+    Carver measure;
+    carve_scratch(measure, m, cfg_, m.rows, wrap, slots);
+    m.scratch_bytes = measure.offset;
+    m.scratch = static_cast<char*>(m.alloc->allocate(m.scratch_bytes));
+    Carver place{m.scratch};
+    carve_scratch(place, m, cfg_, m.rows, wrap, slots);
+
+    m.host_bytes = 3 * sizeof(int64_t) * static_cast<size_t>(m.rows) +
+                   sizeof(float) * static_cast<size_t>(S * cfg_.vocab_size) +
+                   sizeof(bf16) * static_cast<size_t>(m.rows * cfg_.d_model);
+    void* host = nullptr;
+    check(cudaMallocHost(&host, m.host_bytes), "cudaMallocHost");
+    m.host = static_cast<char*>(host);
+    m.host_logits = reinterpret_cast<float*>(m.host + 3 * sizeof(int64_t) * m.rows);
+    m.host_hidden = reinterpret_cast<bf16*>(m.host_logits + S * cfg_.vocab_size);
 }
 
 void CudaCausalLM::check_slot(int64_t slot, const char* what) const {
-    MSLM_CHECK(!history_.empty(), "{} before start", what);
-    MSLM_CHECK(slot >= 0 && slot < static_cast<int64_t>(history_.size()), "{}: slot {} out of range [0, {})",
-               what, slot, history_.size());
+    MSLM_CHECK(slots_ > 0, "{} before start", what);
+    MSLM_CHECK(slot >= 0 && slot < slots_, "{}: slot {} out of range [0, {})", what, slot, slots_);
 }
 
-void CudaCausalLM::run(int64_t slot, int64_t first, float* logits, float* hidden) {
-    const std::vector<int32_t>& h = history_[slot];
-    const auto n = static_cast<int64_t>(h.size());
-    const int64_t T = padded_length(n, max_seq_len());
-    padded_.assign(static_cast<size_t>(T), 0);
-    std::copy(h.begin(), h.end(), padded_.begin());
-    gpu_->forward(padded_.data(), nullptr, 1, T);
-    gpu_->download_rows(first, n - first, logits, hidden);
+namespace {
+
+struct Run {
+    const ModelConfig& cfg;
+    CudaCausalLM::Impl& m;
+    Widths w;
+    cudaStream_t s;
+    int64_t N;  // rows
+
+    void norm(bf16* out, const bf16* x, const bf16* w_, const bf16* b_) const {
+        const auto eps = static_cast<float>(cfg.norm_eps);
+        if (cfg.norm == NormKind::RMSNorm)
+            kc::rmsnorm_forward(out, m.rstd, x, w_, N, w.D, eps, s);
+        else
+            kc::layernorm_forward(out, m.mean, m.rstd, x, w_, b_, N, w.D, eps, s);
+    }
+
+    void mlp(const CudaCausalLM::Impl::Layer& L) const {
+        kc::linear_forward(m.h, m.ln, L.up_w, L.up_b, N, w.D, 2 * w.F, s);
+        kc::swiglu_forward(m.a, m.h, N, w.F, s);
+        kc::linear_forward(m.tmp, m.a, L.down_w, L.down_b, N, w.F, w.D, s);
+    }
+
+    kc::SsdInputs<bf16> ssd_in(const CudaCausalLM::Impl::Layer& L, const bf16* xbc) const {
+        kc::SsdInputs<bf16> in{xbc,       w.C2, m.proj + w.Din + w.C2, w.W2, L.dt_bias, L.A_log,
+                               xbc + w.Din, w.C2, xbc + w.Din + w.GS,   w.C2, L.D};
+        in.dt_min = static_cast<float>(cfg.mamba.dt_limit_min);
+        in.dt_max = static_cast<float>(cfg.mamba.dt_limit_max);
+        return in;
+    }
+    kc::SsdDims ssd_dims(int64_t batch, int64_t T) const {
+        return {batch, T, w.H, w.P, w.G, w.S, cfg.mamba.chunk_size};
+    }
+    ops::SelectiveScanInputs<bf16> scan_in(const CudaCausalLM::Impl::Layer& L, const bf16* xc) const {
+        return {xc,          w.Din, m.dt_raw, w.Din, L.dtp_b, L.A_log, m.xdbl + w.R, w.Wx,
+                m.xdbl + w.R + w.S, w.Wx, L.D, m.proj + w.Din, 2 * w.Din};
+    }
+    // Mamba-1 after the conv: x_proj, dt_proj (without its bias: the scan adds it).
+    void mamba1_projections(const CudaCausalLM::Impl::Layer& L, const bf16* xc) const {
+        kc::linear_forward(m.xdbl, xc, L.x_w, static_cast<const bf16*>(nullptr), N, w.Din, w.Wx, s);
+        copy2d(m.dt, w.R, m.xdbl, w.Wx, N, w.R, s);
+        kc::linear_forward(m.dt_raw, m.dt, L.dtp_w, static_cast<const bf16*>(nullptr), N, w.R, w.Din, s);
+    }
+    // Mamba-2 after the SSD: gated norm with z, out_proj.
+    void mamba2_output(const CudaCausalLM::Impl::Layer& L) const {
+        copy2d(m.z, w.Din, m.proj, w.W2, N, w.Din, s);
+        kc::gated_rmsnorm_forward(m.yn, m.g_rstd, m.y, m.z, L.gnorm_w, N, w.Din, cfg.mamba_norm_groups(),
+                                  static_cast<float>(cfg.norm_eps), s);
+        kc::linear_forward(m.tmp, m.yn, L.out_w, L.out_b, N, w.Din, w.D, s);
+    }
+
+    // The step's mixer for N = k rows (slots and positions in m.slots / m.pos).
+    void mixer_step(const CudaCausalLM::Impl::Layer& L, int64_t cache_len) const {
+        if (L.kind == LayerKind::Attention) {
+            kc::linear_forward(m.proj, m.ln, L.qkv_w, L.qkv_b, N, w.D, w.Wq, s);
+            bf16* q = m.proj;
+            bf16* k = q + w.Hq * w.Dh;
+            bf16* v = k + w.KVW;
+            if (cfg.attention.position == PositionKind::RoPE) {
+                kc::rope_apply_at(q, w.Wq, N, w.Hq, w.Dh, cfg.attn_rotary_dim(), cfg.attention.rope_theta, m.pos,
+                                  false, s);
+                kc::rope_apply_at(k, w.Wq, N, w.Hkv, w.Dh, cfg.attn_rotary_dim(), cfg.attention.rope_theta, m.pos,
+                                  false, s);
+            }
+            cuda_decoder_detail::kv_append(L.kc, L.vc, k, v, w.Wq, m.slots, m.pos, N, cache_len, w.KVW, s);
+            kc::attention_decode(m.o, q, w.Wq, L.kc, L.vc, m.slots, m.pos,
+                                 ops::AttentionDims{N, cache_len, w.Hq, w.Hkv, w.Dh}, attention_options(cfg, 0), s);
+            kc::linear_forward(m.tmp, m.o, L.o_w, L.o_b, N, w.Hq * w.Dh, w.D, s);
+        } else if (cfg.mamba.version == 1) {
+            kc::linear_forward(m.proj, m.ln, L.in_w, L.in_b, N, w.D, 2 * w.Din, s);  // [x | z]
+            kc::conv1d_causal_update(m.conv_out, L.conv, m.slots, m.proj, 2 * w.Din, L.conv_w, L.conv_b, N, w.Din,
+                                     w.K, true, s);
+            mamba1_projections(L, m.conv_out);
+            kc::selective_scan_update(m.y, L.ssm, m.slots, scan_in(L, m.conv_out), N, w.Din, w.S, s);
+            kc::linear_forward(m.tmp, m.y, L.out_w, L.out_b, N, w.Din, w.D, s);
+        } else {
+            kc::linear_forward(m.proj, m.ln, L.in_w, L.in_b, N, w.D, w.W2, s);  // [z | xBC | dt]
+            kc::conv1d_causal_update(m.conv_out, L.conv, m.slots, m.proj + w.Din, w.W2, L.conv_w, L.conv_b, N,
+                                     w.C2, w.K, true, s);
+            kc::ssd_update(m.y, L.ssm, m.slots, ssd_in(L, m.conv_out), ssd_dims(N, 1), s);
+            mamba2_output(L);
+        }
+    }
+
+    // The causal conv over [slot's window | N new inputs (columns of m.proj from col0, C wide)],
+    // leaving the last K − 1 inputs as the window. Returns the N outputs (row stride C).
+    const bf16* conv_prefill(const CudaCausalLM::Impl::Layer& L, int64_t slot, int64_t col0, int64_t ld,
+                             int64_t C) const {
+        const int64_t K1 = w.K - 1;
+        bf16* window = L.conv + slot * K1 * C;
+        copy_bytes(m.xin, window, sizeof(bf16) * K1 * C, s);
+        copy2d(m.xin + K1 * C, C, m.proj + col0, ld, N, C, s);
+        kc::conv1d_causal_forward(m.conv_out, static_cast<bf16*>(nullptr), m.xin, C, L.conv_w, L.conv_b, 1,
+                                  K1 + N, C, w.K, true, s);
+        copy_bytes(window, m.xin + N * C, sizeof(bf16) * K1 * C, s);
+        return m.conv_out + K1 * C;
+    }
+
+    // Ring rows of positions [first, first + n) <=> a contiguous (n, KVW) buffer.
+    void ring_copy(bf16* ring, bf16* lin, int64_t first, int64_t n, int64_t Lc, bool to_ring) const {
+        int64_t done = 0;
+        while (done < n) {
+            const int64_t row = (first + done) % Lc, run = std::min(n - done, Lc - row);
+            if (to_ring)
+                copy_bytes(ring + row * w.KVW, lin + done * w.KVW, sizeof(bf16) * run * w.KVW, s);
+            else
+                copy_bytes(lin + done * w.KVW, ring + row * w.KVW, sizeof(bf16) * run * w.KVW, s);
+            done += run;
+        }
+    }
+
+    void mixer_prefill(const CudaCausalLM::Impl::Layer& L, int64_t slot, int64_t p0, int64_t Lc) const {
+        if (L.kind == LayerKind::Attention) {
+            kc::linear_forward(m.proj, m.ln, L.qkv_w, L.qkv_b, N, w.D, w.Wq, s);
+            bf16* q = m.proj;
+            bf16* k = q + w.Hq * w.Dh;
+            bf16* v = k + w.KVW;
+            if (cfg.attention.position == PositionKind::RoPE) {
+                kc::rope_apply(q, w.Wq, 1, N, w.Hq, w.Dh, cfg.attn_rotary_dim(), cfg.attention.rope_theta, p0, false,
+                               s);
+                kc::rope_apply(k, w.Wq, 1, N, w.Hkv, w.Dh, cfg.attn_rotary_dim(), cfg.attention.rope_theta, p0,
+                               false, s);
+            }
+            bf16* kr = L.kc + slot * Lc * w.KVW;
+            bf16* vr = L.vc + slot * Lc * w.KVW;
+            const ops::AttentionDims dims{1, N, w.Hq, w.Hkv, w.Dh};
+            if (p0 + N <= Lc) {  // the ring holds positions 0 .. p0 + N − 1 in order
+                copy2d(kr + p0 * w.KVW, w.KVW, k, w.Wq, N, w.KVW, s);
+                copy2d(vr + p0 * w.KVW, w.KVW, v, w.Wq, N, w.KVW, s);
+                kc::attention_forward(m.o, m.lse, q, w.Wq, kr, w.KVW, vr, w.KVW, dims, attention_options(cfg, p0), s);
+            } else {  // wraps (sliding window): attend over an ordered copy of the window and the piece
+                const int64_t prior = std::min(p0, cfg.attention.sliding_window - 1);
+                ring_copy(kr, m.kt, p0 - prior, prior, Lc, false);
+                ring_copy(vr, m.vt, p0 - prior, prior, Lc, false);
+                copy2d(m.kt + prior * w.KVW, w.KVW, k, w.Wq, N, w.KVW, s);
+                copy2d(m.vt + prior * w.KVW, w.KVW, v, w.Wq, N, w.KVW, s);
+                kc::attention_forward(m.o, m.lse, q, w.Wq, m.kt, w.KVW, m.vt, w.KVW, dims,
+                                      attention_options(cfg, prior), s);
+                const int64_t keep = std::min(N, Lc);  // only the last Lc positions stay in the ring
+                ring_copy(kr, m.kt + (prior + N - keep) * w.KVW, p0 + N - keep, keep, Lc, true);
+                ring_copy(vr, m.vt + (prior + N - keep) * w.KVW, p0 + N - keep, keep, Lc, true);
+            }
+            kc::linear_forward(m.tmp, m.o, L.o_w, L.o_b, N, w.Hq * w.Dh, w.D, s);
+        } else if (cfg.mamba.version == 1) {
+            kc::linear_forward(m.proj, m.ln, L.in_w, L.in_b, N, w.D, 2 * w.Din, s);
+            const bf16* xc = conv_prefill(L, slot, 0, 2 * w.Din, w.Din);
+            mamba1_projections(L, xc);
+            float* h = L.ssm + slot * w.Din * w.S;
+            kc::selective_scan_forward(m.y, h, scan_in(L, xc), h, ops::ScanDims{1, N, w.Din, w.S}, nullptr, s);
+            kc::linear_forward(m.tmp, m.y, L.out_w, L.out_b, N, w.Din, w.D, s);
+        } else {
+            kc::linear_forward(m.proj, m.ln, L.in_w, L.in_b, N, w.D, w.W2, s);
+            const bf16* xbc = conv_prefill(L, slot, w.Din, w.W2, w.C2);
+            float* h = L.ssm + slot * w.H * w.P * w.S;
+            kc::ssd_forward(m.y, h, ssd_in(L, xbc), h, ssd_dims(1, N), nullptr, m.ws, s);
+            mamba2_output(L);
+        }
+    }
+
+    // Embedding through the final norm, with `mixer` running each layer's mixer on m.ln => m.tmp.
+    template <typename Mixer>
+    void body(Mixer&& mixer) const {
+        kc::embedding_forward(m.res, m.ids, m.embed, N, w.V, w.D, static_cast<kc::IndexStatus*>(nullptr), s);
+        for (const CudaCausalLM::Impl::Layer& L : m.layers) {
+            norm(m.ln, m.res, L.norm_w, L.norm_b);
+            mixer(L);
+            kc::axpy(m.res, m.tmp, N * w.D, 1.0f, s);
+            if (L.up_w) {
+                norm(m.ln, m.res, L.mlp_norm_w, L.mlp_norm_b);
+                mlp(L);
+                kc::axpy(m.res, m.tmp, N * w.D, 1.0f, s);
+            }
+        }
+        norm(m.hf, m.res, m.final_w, m.final_b);
+    }
+};
+
+void check_ids(const ModelConfig& cfg, const int32_t* ids, int64_t n, const char* what) {
+    for (int64_t i = 0; i < n; ++i)
+        MSLM_CHECK(ids[i] >= 0 && ids[i] < cfg.vocab_size, "{}: token id {} outside the vocabulary [0, {})", what,
+                   ids[i], cfg.vocab_size);
+}
+
+}  // namespace
+
+void CudaCausalLM::download(int64_t logit_rows, float* logits, int64_t hidden_rows, float* hidden) {
+    Impl& m = *impl_;
+    const int64_t V = cfg_.vocab_size, D = cfg_.d_model;
+    if (logits)
+        check(cudaMemcpyAsync(m.host_logits, m.logits, sizeof(float) * logit_rows * V, cudaMemcpyDeviceToHost,
+                              m.stream),
+              "download logits");
+    if (hidden)
+        check(cudaMemcpyAsync(m.host_hidden, m.hf, sizeof(bf16) * hidden_rows * D, cudaMemcpyDeviceToHost, m.stream),
+              "download hidden");
+    check(cudaStreamSynchronize(m.stream), "decode");
+    if (logits) std::memcpy(logits, m.host_logits, sizeof(float) * logit_rows * V);
+    if (hidden)
+        for (int64_t i = 0; i < hidden_rows * D; ++i) hidden[i] = bf16_to_f32(m.host_hidden[i]);
 }
 
 void CudaCausalLM::prefill(int64_t slot, std::span<const int32_t> ids, float* logits, float* hidden) {
     check_slot(slot, "prefill");
     MSLM_CHECK(!ids.empty(), "prefill: empty prompt");
-    std::vector<int32_t>& h = history_[slot];
-    MSLM_CHECK(static_cast<int64_t>(h.size() + ids.size()) <= max_len_,
-               "prefill: slot {} holds {} tokens; {} more exceed the state's max_len {}", slot, h.size(),
-               ids.size(), max_len_);
-    const auto first = static_cast<int64_t>(h.size());
-    h.insert(h.end(), ids.begin(), ids.end());
-    const auto n = static_cast<int64_t>(h.size());
-    if (!hidden) {
-        run(slot, n - 1, logits, nullptr);
-        return;
+    const auto n = static_cast<int64_t>(ids.size());
+    MSLM_CHECK(pos_[slot] + n <= max_len_, "prefill: slot {} holds {} tokens; {} more exceed the state's max_len {}",
+               slot, pos_[slot], n, max_len_);
+    check_ids(cfg_, ids.data(), n, "prefill");
+    for (int64_t done = 0; done < n;) {
+        const int64_t piece = std::min(n - done, impl_->rows);
+        const bool last = done + piece == n;
+        prefill_piece(slot, ids.data() + done, piece, last ? logits : nullptr,
+                      hidden ? hidden + done * cfg_.d_model : nullptr);
+        done += piece;
     }
-    // Every fed position's hidden state, the last position's logits.
-    std::vector<float> all(static_cast<size_t>((n - first) * vocab_size()));
-    run(slot, first, all.data(), hidden);
-    std::copy_n(all.data() + (n - first - 1) * vocab_size(), vocab_size(), logits);
+}
+
+void CudaCausalLM::prefill_piece(int64_t slot, const int32_t* ids, int64_t n, float* logits, float* hidden) {
+    Impl& m = *impl_;
+    const int64_t p0 = pos_[slot];
+    auto* host_ids = reinterpret_cast<int32_t*>(m.host + 2 * sizeof(int64_t) * m.rows);
+    std::memcpy(host_ids, ids, sizeof(int32_t) * n);
+    check(cudaMemcpyAsync(m.ids, host_ids, sizeof(int32_t) * n, cudaMemcpyHostToDevice, m.stream), "upload ids");
+    const Run r{cfg_, m, Widths(cfg_), m.stream, n};
+    r.body([&](const Impl::Layer& L) { r.mixer_prefill(L, slot, p0, cache_len_); });
+    if (logits)
+        kc::linear_forward_f32_out(m.logits, m.hf + (n - 1) * cfg_.d_model, m.lm_head, 1, cfg_.d_model,
+                                   cfg_.vocab_size, m.stream);
+    download(1, logits, n, hidden);  // waits for the stream
+    pos_[slot] += n;
+}
+
+void CudaCausalLM::run_step(int64_t k) {
+    Impl& m = *impl_;
+    const Run r{cfg_, m, Widths(cfg_), m.stream, k};
+    r.body([&](const Impl::Layer& L) { r.mixer_step(L, cache_len_); });
+    kc::linear_forward_f32_out(m.logits, m.hf, m.lm_head, k, cfg_.d_model, cfg_.vocab_size, m.stream);
 }
 
 void CudaCausalLM::step(std::span<const int64_t> slots, std::span<const int32_t> tokens, float* logits,
                         float* hidden) {
     MSLM_CHECK(slots.size() == tokens.size(), "step: {} slots but {} tokens", slots.size(), tokens.size());
     if (slots.empty()) return;
-    const int64_t V = vocab_size(), D = hidden_size(), k = static_cast<int64_t>(slots.size());
-    int64_t longest = 0;
-    for (size_t i = 0; i < slots.size(); ++i) {
+    Impl& m = *impl_;
+    const auto k = static_cast<int64_t>(slots.size());
+    MSLM_CHECK(k <= slots_, "step: {} slots listed, {} exist", k, slots_);
+    check_ids(cfg_, tokens.data(), k, "step");
+    auto* host_slots = reinterpret_cast<int64_t*>(m.host);
+    int64_t* host_pos = host_slots + m.rows;
+    auto* host_ids = reinterpret_cast<int32_t*>(host_pos + m.rows);
+    for (int64_t i = 0; i < k; ++i) {
         check_slot(slots[i], "step");
-        for (size_t j = 0; j < i; ++j)
-            MSLM_CHECK(slots[j] != slots[i], "step: slot {} listed twice", slots[i]);
-        const std::vector<int32_t>& h = history_[slots[i]];
-        MSLM_CHECK(static_cast<int64_t>(h.size()) < max_len_, "step: slot {} is full ({} tokens)", slots[i],
-                   max_len_);
-        longest = std::max(longest, static_cast<int64_t>(h.size()) + 1);
+        for (int64_t j = 0; j < i; ++j) MSLM_CHECK(slots[j] != slots[i], "step: slot {} listed twice", slots[i]);
+        MSLM_CHECK(pos_[slots[i]] < max_len_, "step: slot {} is full ({} tokens)", slots[i], max_len_);
+        host_slots[i] = slots[i];
+        host_pos[i] = pos_[slots[i]];
+        host_ids[i] = tokens[i];
     }
-    // One forward for the k slots: row b holds slot b's history (with the new token), padded with 0
-    // to the common length T; its logits are read at its own last position.
-    const int64_t T = padded_length(longest, max_seq_len());
-    padded_.assign(static_cast<size_t>(k * T), 0);
-    for (int64_t b = 0; b < k; ++b) {
-        std::vector<int32_t>& h = history_[slots[b]];
-        h.push_back(tokens[b]);
-        std::copy(h.begin(), h.end(), padded_.begin() + b * T);
+    // One upload: [slots | pos | ids] are laid out alike on both sides.
+    check(cudaMemcpyAsync(m.slots, host_slots, 3 * sizeof(int64_t) * m.rows, cudaMemcpyHostToDevice, m.stream),
+          "upload step");
+    if (!m.graphs) {
+        run_step(k);
+    } else if (auto it = m.graph.find(k); it != m.graph.end()) {
+        check(cudaGraphLaunch(it->second, m.stream), "cudaGraphLaunch");
+    } else if (!m.warmed.count(k)) {
+        run_step(k);  // the first step of this size runs eagerly: cuBLASLt picks its algorithms
+        m.warmed.insert(k);
+    } else {
+        cudaGraph_t graph = nullptr;
+        check(cudaStreamBeginCapture(m.stream, cudaStreamCaptureModeThreadLocal), "cudaStreamBeginCapture");
+        try {
+            run_step(k);
+        } catch (...) {
+            cudaStreamEndCapture(m.stream, &graph);
+            if (graph) cudaGraphDestroy(graph);
+            throw;
+        }
+        check(cudaStreamEndCapture(m.stream, &graph), "cudaStreamEndCapture");
+        cudaGraphExec_t exec = nullptr;
+        const cudaError_t err = cudaGraphInstantiate(&exec, graph, 0);
+        cudaGraphDestroy(graph);
+        check(err, "cudaGraphInstantiate");
+        m.graph.emplace(k, exec);
+        check(cudaGraphLaunch(exec, m.stream), "cudaGraphLaunch");
     }
-    gpu_->forward(padded_.data(), nullptr, k, T);
-    for (int64_t b = 0; b < k; ++b) {
-        const auto n = static_cast<int64_t>(history_[slots[b]].size());
-        gpu_->download_rows(b * T + n - 1, 1, logits + b * V, hidden ? hidden + b * D : nullptr);
-    }
+    download(k, logits, k, hidden);
+    for (int64_t i = 0; i < k; ++i) ++pos_[slots[i]];
 }
 
 void CudaCausalLM::reorder(std::span<const int64_t> src) {
-    MSLM_CHECK(!history_.empty(), "reorder before start");
-    MSLM_CHECK(src.size() == history_.size(), "reorder with {} indices for {} slots", src.size(),
-               history_.size());
-    for (int64_t s : src)
-        MSLM_CHECK(s >= 0 && s < static_cast<int64_t>(history_.size()),
-                   "reorder index {} out of range [0, {})", s, history_.size());
-    std::vector<std::vector<int32_t>> next(history_.size());
-    for (size_t i = 0; i < src.size(); ++i) next[i] = history_[src[i]];
-    history_ = std::move(next);
+    MSLM_CHECK(slots_ > 0, "reorder before start");
+    MSLM_CHECK(static_cast<int64_t>(src.size()) == slots_, "reorder with {} indices for {} slots", src.size(),
+               slots_);
+    for (int64_t s : src) MSLM_CHECK(s >= 0 && s < slots_, "reorder index {} out of range [0, {})", s, slots_);
+    Impl& m = *impl_;
+    bool identity = true;
+    for (int64_t i = 0; i < slots_; ++i) identity = identity && src[i] == i;
+    if (identity) return;
+    auto* host_idx = reinterpret_cast<int64_t*>(m.host);  // the staging area's slots part (rows ≥ slots)
+    check(cudaStreamSynchronize(m.stream), "reorder");     // the staging area may still be uploading
+    std::copy(src.begin(), src.end(), host_idx);
+    check(cudaMemcpyAsync(m.slots, host_idx, sizeof(int64_t) * slots_, cudaMemcpyHostToDevice, m.stream),
+          "upload reorder");
+    const size_t biggest = std::max({m.conv_block, m.ssm_block, m.kv_block});
+    void* tmp = m.alloc->allocate(biggest * static_cast<size_t>(slots_));
+    auto permute = [&](void* buf, size_t block) {
+        if (!buf || !block) return;
+        cuda_decoder_detail::gather_blocks(tmp, buf, m.slots, slots_, block, m.stream);
+        copy_bytes(buf, tmp, block * static_cast<size_t>(slots_), m.stream);
+    };
+    for (Impl::Layer& L : m.layers) {
+        permute(L.conv, m.conv_block);
+        permute(L.ssm, m.ssm_block);
+        permute(L.kc, m.kv_block);
+        permute(L.vc, m.kv_block);
+    }
+    check(cudaStreamSynchronize(m.stream), "reorder");
+    m.alloc->deallocate(tmp);
+    std::vector<int64_t> pos(slots_);
+    for (int64_t i = 0; i < slots_; ++i) pos[i] = pos_[src[i]];
+    pos_ = std::move(pos);
 }
 
 void CudaCausalLM::copy(int64_t src_slot, int64_t dst_slot) {
     check_slot(src_slot, "copy");
     check_slot(dst_slot, "copy");
-    if (src_slot != dst_slot) history_[dst_slot] = history_[src_slot];
+    if (src_slot == dst_slot) return;
+    Impl& m = *impl_;
+    auto block = [&](void* buf, size_t bytes) {
+        if (!buf || !bytes) return;
+        char* b = static_cast<char*>(buf);
+        copy_bytes(b + dst_slot * bytes, b + src_slot * bytes, bytes, m.stream);
+    };
+    for (Impl::Layer& L : m.layers) {
+        block(L.conv, m.conv_block);
+        block(L.ssm, m.ssm_block);
+        block(L.kc, m.kv_block);
+        block(L.vc, m.kv_block);
+    }
+    pos_[dst_slot] = pos_[src_slot];
 }
 
 #endif  // MSLM_HAVE_CUDA

@@ -1,22 +1,34 @@
-// CudaCausalLM: the CausalLM slot interface (generate/lm.h) on one GPU, over a CudaHybridLM's
-// uploaded bf16 weights, so that `generate` and `chat` run with --device cuda.
+// CudaCausalLM: the CausalLM slot interface (generate/lm.h) on one GPU — a stateful decoder with
+// the same algorithm as the CPU's HybridCausalLM: prefill in the parallel (chunked) form, then O(1)
+// recurrent steps per token for the Mamba layers and a KV cache for attention.
 //
-// First version, correct by construction rather than fast: each slot keeps its token history on
-// the host, and every prefill / step runs CudaHybridLM's full (training) forward on that slot's
-// whole sequence (T = its length rounded up to a multiple of kPadTo, padded with token 0 — the model
-// is causal, so the padding never reaches the rows that are read; a step runs its k slots as one
-// (k, T) batch) and downloads the logits (and final-norm hidden states) of the rows asked for.
-// Cost per step is O(length), so a generation is O(length²); reorder / copy are host-side copies
-// of the histories. The recurrent device state (conv windows, fp32 SSM states, bf16 KV ring
-// buffers) driven by the decode kernels (conv1d_causal_update, ssd_update, selective_scan update,
-// attention_decode) is the follow-up.
+// Device memory, each category one allocation from the device's caching allocator
+// (core/caching_allocator.h), so a decoder re-started per request reuses its blocks:
+//   weights  the bf16 copy of every parameter, in Parameters<float>'s flat layout (no fp32 copy);
+//   state    per Mamba layer the conv window (slots, d_conv − 1, conv channels) bf16 and the SSM
+//            state fp32 ((slots, H, P, N) Mamba-2, (slots, d_inner, N) Mamba-1); per attention
+//            layer key and value ring buffers (slots, cache_len, Hkv, head_dim) bf16, cache_len =
+//            max_len, or min(max_len, window) with a sliding window (position p at row p % cache_len);
+//   scratch  one layer's activations for max(slots, kPrefillChunk) rows, reused by every layer.
+// state_bytes / scratch_bytes / weight_bytes report them (`mamba-slm info` prints the plan).
 //
-// Numerics: bf16 weights and activations, fp32 accumulation and SSM states (CudaHybridLM's); logits
-// come back to the host as fp32 decoded from bf16.
+// Prefill runs the training forward's kernels on the new tokens only, continuing the slot's state:
+// the conv reads [window | new inputs] and keeps the last d_conv − 1 inputs; the SSD and the scan
+// start from the slot's fp32 state and leave the final one in place; attention writes the new keys
+// and values into the ring and attends with q_offset = the slot's position (over an ordered copy of
+// the window when the ring wraps). Prompts longer than kPrefillChunk run in pieces.
+// A step advances k slots by one token with the decode kernels (conv1d_causal_update, ssd_update,
+// selective_scan_update, attention_decode), all k rows in one launch each; with MSLM_CUDA_GRAPHS
+// unset or 1 the step is captured once per k as a CUDA graph and replayed (one launch per token).
+// reorder / copy move the slots' state blocks on the device.
+//
+// Numerics: bf16 weights and activations, fp32 accumulation and SSM states; logits are computed in
+// fp32 from the bf16 final-norm output (no bf16 rounding of the logits), hidden states come back
+// decoded from bf16.
 //
 // Plain C++ header (no CUDA includes). CudaCausalLM's members are defined only in builds with
-// MSLM_HAVE_CUDA; elsewhere make_causal_lm refuses "cuda" (parse_inference_device, padded_length
-// and make_causal_lm exist in every build).
+// MSLM_HAVE_CUDA; elsewhere make_causal_lm refuses "cuda" (parse_inference_device and
+// make_causal_lm exist in every build).
 #pragma once
 #include <cstdint>
 #include <memory>
@@ -25,16 +37,19 @@
 #include <vector>
 
 #include "generate/lm.h"
+#include "model/config.h"
 
 namespace mslm {
 
-class CudaHybridLM;
+struct CudaDecoderMemory {
+    size_t weights = 0, state = 0, scratch = 0;
+};
 
 class CudaCausalLM : public CausalLM {
 public:
-    static constexpr int64_t kPadTo = 64;
+    static constexpr int64_t kPrefillChunk = 2048;
 
-    // Uploads model's fp32 parameters to GPU `device` (made current for this thread).
+    // Uploads model's parameters as bf16 to GPU `device` (made current for this thread).
     CudaCausalLM(const HybridLM<float>& model, int device = 0);
     ~CudaCausalLM() override;
 
@@ -48,19 +63,27 @@ public:
     void reorder(std::span<const int64_t> src) override;
     void copy(int64_t src_slot, int64_t dst_slot) override;
 
-    // The padded forward length for a sequence of n tokens (host-side, testable without a GPU).
-    static int64_t padded_length(int64_t n, int64_t max_seq_len);
+    int64_t position(int64_t slot) const;  // tokens the slot holds
+    CudaDecoderMemory memory() const;      // bytes held now (state and scratch: after start)
+    // The plan for a config without building anything: weights, and state and scratch for
+    // `slots` sequences of max_len tokens (host arithmetic; needs no GPU).
+    static CudaDecoderMemory plan(const ModelConfig& cfg, int64_t slots, int64_t max_len);
+
+    struct Impl;
 
 private:
     void check_slot(int64_t slot, const char* what) const;
-    // Runs the forward on slot's history and writes the logits (and hidden rows, when non-null) of
-    // positions [first, length).
-    void run(int64_t slot, int64_t first, float* logits, float* hidden);
+    void prefill_piece(int64_t slot, const int32_t* ids, int64_t n, float* logits, float* hidden);
+    void run_step(int64_t k);  // the step's kernels on the staged ids / slots / positions
+    // The first logit_rows logits rows and hidden_rows final-norm rows into the caller's arrays (each
+    // when non-null); waits for the stream.
+    void download(int64_t logit_rows, float* logits, int64_t hidden_rows, float* hidden);
 
-    std::unique_ptr<CudaHybridLM> gpu_;
-    std::vector<std::vector<int32_t>> history_;
-    int64_t max_len_ = 0;
-    std::vector<int32_t> padded_;
+    ModelConfig cfg_;
+    std::unique_ptr<Impl> impl_;
+    int device_ = 0;
+    int64_t slots_ = 0, max_len_ = 0, cache_len_ = 0;
+    std::vector<int64_t> pos_;
 };
 
 // "cpu" => -1, "cuda" => 0, "cuda:N" => N; anything else throws.

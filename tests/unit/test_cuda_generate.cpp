@@ -189,17 +189,13 @@ TEST(CudaGenerateSlots, CopyAndReorderFollowTheCpu) {
     }
 }
 
-// Host-side: the device flag and the padded forward length (runs without a GPU).
-TEST(CudaGenerateHost, DeviceFlagAndPadding) {
+// Host-side: the device flag (runs without a GPU).
+TEST(CudaGenerateHost, DeviceFlag) {
     EXPECT_EQ(parse_inference_device("cpu"), -1);
     EXPECT_EQ(parse_inference_device("cuda"), 0);
     EXPECT_EQ(parse_inference_device("cuda:3"), 3);
     EXPECT_THROW(parse_inference_device("gpu"), Error);
     EXPECT_THROW(parse_inference_device("cuda:"), Error);
-    EXPECT_EQ(CudaCausalLM::padded_length(1, 1000), CudaCausalLM::kPadTo);
-    EXPECT_EQ(CudaCausalLM::padded_length(64, 1000), 64);
-    EXPECT_EQ(CudaCausalLM::padded_length(65, 100), 100);
-    EXPECT_THROW(CudaCausalLM::padded_length(0, 100), Error);
 #ifndef MSLM_HAVE_CUDA
     auto model = load_model<float>(fixture("trained"));
     EXPECT_THROW(make_causal_lm(*model, "cuda"), Error);

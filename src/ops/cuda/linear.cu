@@ -368,6 +368,21 @@ void linear_backward_dW_f32(float* dW, const uint16_t* dout, const uint16_t* x, 
                g.k);
 }
 
+void linear_forward_f32_out(float* out, const uint16_t* x, const uint16_t* W, int64_t N, int64_t I, int64_t O,
+                            void* stream) {
+    const char* op = "linear_forward_f32_out";
+    check_sizes(op, N, I, O);
+    if (N == 0 || O == 0) return;
+    auto s = static_cast<cudaStream_t>(stream);
+    if (I == 0) {  // an empty sum
+        check_cuda<uint16_t>(cudaMemsetAsync(out, 0, sizeof(float) * size_t(N * O), s), "cudaMemsetAsync", op);
+        return;
+    }
+    const ColumnMajorGemm g = linear_forward_gemm(out, x, W, N, I, O);
+    MSLM_CHECK(try_matmul<uint16_t>(op, g, 0.0f, CUBLASLT_EPILOGUE_DEFAULT, nullptr, s, true),
+               "cuBLASLt {}: no algorithm for (m, n, k) = ({}, {}, {}) with an fp32 output", op, g.m, g.n, g.k);
+}
+
 template void linear_forward<float>(float*, const float*, const float*, const float*, int64_t, int64_t,
                                     int64_t, void*);
 template void linear_forward<uint16_t>(uint16_t*, const uint16_t*, const uint16_t*, const uint16_t*, int64_t,

@@ -23,6 +23,10 @@ template <typename T>
 void linear_forward(T* out, const T* x, const T* W, const T* b, int64_t N, int64_t I, int64_t O,
                     void* stream = nullptr);
 
+// out (N, O) = x (N, I) · W (O, I)ᵀ from bf16 x and W (uint16_t bits), accumulated and stored in fp32
+// without a bf16 rounding: inference's logits, which sampling and beam scores read.
+void linear_forward_f32_out(float* out, const uint16_t* x, const uint16_t* W, int64_t N, int64_t I, int64_t O,
+                            void* stream = nullptr);
 // dx (N, I) += dout (N, O) · W; dW (O, I) += doutᵀ · x; db (O) += Σ_n dout. Any of dx, dW, db may
 // be null. x is read only for dW, W only for dx. db is a fixed-order fp32 column sum (our kernel,
 // deterministic), added to db once.

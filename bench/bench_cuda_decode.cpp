@@ -1,0 +1,135 @@
+// GPU inference throughput of the stateful decoder (model/cuda_inference.h) through the CausalLM
+// interface that generate() uses — every step's fp32 logits come back to the host, as they do in
+// generation: prefill tokens/s for one prompt of T tokens, and decode tokens/s at batch 1 and at
+// batch B (aggregate). Random weights: the speed does not depend on them. Prints a markdown table.
+//   bench_cuda_decode [--presets 130m,30m,mamba2-130m,mamba-130m] [--prompt 2048] [--steps 256]
+//                     [--batch 64] [--min-seconds 2]
+// "bytes/token" is what one batch-1 step must read at least: every bf16 weight once, plus each
+// Mamba layer's state read and written (conv window bf16, SSM state fp32) and the attention layers'
+// KV rows of the prompt; "limit tok/s" is the H200's ~4.3 TB/s copy bandwidth over it.
+// MSLM_CUDA_GRAPHS=0 measures the eager step (one launch per kernel) instead of the graph replay.
+#include <fmt/format.h>
+
+#include <chrono>
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "bench_util.h"
+#include "core/cuda_device.h"
+#include "core/rng.h"
+#include "model/config.h"
+#include "model/cuda_inference.h"
+#include "model/hybrid_lm.h"
+#include "model/info.h"
+
+using namespace mslm;
+
+int main(int argc, char** argv) {
+    std::string presets = "130m,30m,mamba2-130m,mamba-130m";
+    int64_t prompt_arg = 2048, steps = 256, batch = 64;
+    double min_seconds = 2.0;
+    for (int i = 1; i < argc; ++i) {
+        auto next = [&] {
+            if (i + 1 >= argc) {
+                fmt::print(stderr, "{} needs a value\n", argv[i]);
+                std::exit(1);
+            }
+            return std::string(argv[++i]);
+        };
+        const std::string a = argv[i];
+        if (a == "--presets")
+            presets = next();
+        else if (a == "--prompt")
+            prompt_arg = std::stoll(next());
+        else if (a == "--steps")
+            steps = std::stoll(next());
+        else if (a == "--batch")
+            batch = std::stoll(next());
+        else if (a == "--min-seconds")
+            min_seconds = std::stod(next());
+        else {
+            fmt::print(
+                "usage: bench_cuda_decode [--presets a,b] [--prompt 2048] [--steps 256] [--batch 64] "
+                "[--min-seconds S]\n");
+            return a == "--help" || a == "-h" ? 0 : 1;
+        }
+    }
+#ifndef MSLM_HAVE_CUDA
+    fmt::print("bench_cuda_decode: built without CUDA\n");
+    return 0;
+#else
+    if (!cuda_available()) {
+        fmt::print("bench_cuda_decode: no CUDA GPU ({})\n", cuda_device_summary());
+        return 0;
+    }
+    const char* graphs = std::getenv("MSLM_CUDA_GRAPHS");
+    fmt::print("# mamba-slm bench_cuda_decode, {}; CUDA graphs {}\n", cuda_device_summary(),
+               graphs && std::string(graphs) == "0" ? "off" : "on");
+    fmt::print(
+        "| preset | params | prompt | prefill tok/s | decode b=1 tok/s | b=1 ms/token | decode b={} tok/s | "
+        "bytes/token (b=1) | limit tok/s @4.3TB/s | of limit |\n",
+        batch);
+    fmt::print("|---|---|---|---|---|---|---|---|---|---|\n");
+    for (const auto& name : bench::split_list(presets)) {
+        const ModelConfig cfg = preset(name);
+        HybridLM<float> model(cfg);
+        model.init(0);
+        const int64_t prompt = std::min(prompt_arg, cfg.max_seq_len - steps);
+        CudaCausalLM gpu(model);
+        Rng rng(1);
+        std::vector<int32_t> ids(prompt);
+        for (auto& x : ids) x = static_cast<int32_t>(rng.below(cfg.vocab_size));
+        const int64_t V = cfg.vocab_size;
+        std::vector<float> logits(static_cast<size_t>(batch * V));
+
+        gpu.start(1, prompt + steps);
+        const double prefill = bench::time_per_call(
+            [&] {
+                gpu.start(1, prompt + steps);
+                gpu.prefill(0, ids, logits.data(), nullptr);
+            },
+            min_seconds);
+
+        // Decode: `steps` steps per round after the prompt, rounds until min_seconds.
+        auto decode = [&](int64_t k) {
+            std::vector<int64_t> slots(k);
+            std::vector<int32_t> toks(k);
+            for (int64_t s = 0; s < k; ++s) slots[s] = s;
+            double elapsed = 0;
+            int64_t done = 0;
+            for (int round = 0; elapsed < min_seconds || round < 2; ++round) {
+                gpu.start(k, prompt + steps);
+                for (int64_t s = 0; s < k; ++s)
+                    gpu.prefill(s, std::vector<int32_t>(ids.begin(), ids.begin() + 16), logits.data(), nullptr);
+                const auto t0 = std::chrono::steady_clock::now();
+                for (int64_t t = 0; t < steps - 16; ++t) {
+                    for (auto& x : toks) x = static_cast<int32_t>(rng.below(V));
+                    gpu.step(slots, toks, logits.data(), nullptr);
+                }
+                const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+                if (round > 0) {  // round 0 warms up (algorithm choice, graph capture)
+                    elapsed += dt;
+                    done += steps - 16;
+                }
+            }
+            return elapsed / static_cast<double>(done);
+        };
+        const double step1 = decode(1), stepB = decode(batch);
+
+        // The least a batch-1 step reads: the weights once, the recurrent states read + written, the
+        // KV rows attended (about the prompt's length, for the attention layers).
+        const CudaDecoderMemory one = CudaCausalLM::plan(cfg, 1, prompt + steps);
+        const int64_t attn = cfg.count(LayerKind::Attention);
+        const double kv_rows = 2.0 * 2 * cfg.attn_kv_heads() * cfg.attn_head_dim() * static_cast<double>(attn);
+        const double mamba_state = static_cast<double>(one.state) - kv_rows * (prompt + steps);
+        const double bytes = static_cast<double>(one.weights) + 2 * mamba_state + kv_rows * (prompt + 16);
+        const double limit = 4.3e12 / bytes;
+        fmt::print("| {} | {} | {} | {:.0f} | {:.0f} | {:.3f} | {:.0f} | {:.1f} MB | {:.0f} | {:.0f}% |\n", name,
+                   format_count(model.num_params()), prompt, prompt / prefill, 1.0 / step1, 1e3 * step1,
+                   batch / stepB, bytes / 1e6, limit, 100.0 / step1 / limit);
+        std::fflush(stdout);
+    }
+    return 0;
+#endif
+}
