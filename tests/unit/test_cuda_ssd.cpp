@@ -177,11 +177,11 @@ const Case kCases[] = {
 // sizes 64 and 256 with odd T (a short last chunk), head_dim 64 and 32 (half a tile), d_state 16
 // (half a k step), 64 and 128, one and two groups.
 const Case kTileCases[] = {
-    {1, 301, 4, 64, 2, 16, 64, 1, true, true, true},      // chunks 4 × 64 + 45, N = 16, 2 heads per group
-    {2, 263, 2, 32, 1, 64, 256, 0, true, true, true},     // chunks 256 + 7, P = 32
-    {1, 517, 2, 64, 2, 128, 256, 2, false, true, true},   // chunks 2 × 256 + 5, 1 head per group
-    {2, 129, 3, 32, 1, 128, 64, 1, true, false, false},   // chunks 64, 64, 1; 3 heads per group
-    {1, 77, 2, 64, 1, 64, 256, 0, true, true, true},      // Q > T: one chunk of 77, straddling tiles
+    {1, 301, 4, 64, 2, 16, 64, 1, true, true, true},     // chunks 4 × 64 + 45, N = 16, 2 heads per group
+    {2, 263, 2, 32, 1, 64, 256, 0, true, true, true},    // chunks 256 + 7, P = 32
+    {1, 517, 2, 64, 2, 128, 256, 2, false, true, true},  // chunks 2 × 256 + 5, 1 head per group
+    {2, 129, 3, 32, 1, 128, 64, 1, true, false, false},  // chunks 64, 64, 1; 3 heads per group
+    {1, 77, 2, 64, 1, 64, 256, 0, true, true, true},     // Q > T: one chunk of 77, straddling tiles
 };
 
 // Inputs as stored (T), the rows of x, dt, B, C padded by `pad` (and more) values of 1000.

@@ -28,7 +28,8 @@ namespace detail {
 //   C, D (16 × 8, fp32):   d[0] = D[grp][2q]   d[1] = D[grp][2q+1]
 //                          d[2] = D[grp+8][2q] d[3] = D[grp+8][2q+1]
 // (q = quad.) The products are exact in fp32; the hardware adds them into D with fp32 precision.
-__device__ __forceinline__ void mma_m16n8k16_bf16(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+__device__ __forceinline__ void mma_m16n8k16_bf16(float (&d)[4], const uint32_t (&a)[4],
+                                                  const uint32_t (&b)[2]) {
     asm volatile(
         "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
         "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
