@@ -1,7 +1,13 @@
 // Mamba-2 SSD on CUDA: the chunked algorithm of ops/cpu/ssd.cpp split into kernels (ssd.h lists
-// the steps). Every matrix product goes through tile_mma, a shared-memory tiled fp32 product of one
-// 32 × 32 output tile per block whose operands come from loader lambdas; the loaders fold in the
-// decays, dt and the causal mask, so no scaled copy of an operand is ever stored.
+// the steps). Every matrix product goes through a tiled product whose operands come from loader
+// lambdas; the loaders fold in the decays, dt and the causal mask, so no scaled copy of an operand
+// is ever stored. Two engines:
+//   tile_mma   shared-memory tiled fp32 FMA, one 32 × 32 output tile per block: every product of
+//              the f32 instantiation, and the bf16 products not listed below;
+//   block_mma  (mma.cuh) tensor cores, one 64 × 64 output tile per block, the loaders' fp32 values
+//              rounded once to bf16, fp32 accumulation: for bf16 storage, C·Bᵀ (step 2, forward
+//              and backward) and the whole of step 5's products, (C·Bᵀ ∘ exp(segsum))·diag(dt)·X
+//              and C·S_inᵀ. MSLM_SSD_TC=0 in the environment selects tile_mma for those too.
 //
 // Within a chunk of length L, with cum_t the chunk-local Σ_{r ≤ t} dt_r·A (fp64), X̃ = diag(dt)·X,
 // Lm[t, s] = exp(cum_t − cum_s) for s ≤ t (else 0), M = C·Bᵀ ∘ Lm and decay_s = exp(cum_last − cum_s):
@@ -15,9 +21,13 @@
 
 #include <algorithm>
 #include <climits>
+#include <cstdlib>
+#include <string_view>
+#include <type_traits>
 
 #include "core/error.h"
 #include "ops/cuda/common.cuh"
+#include "ops/cuda/mma.cuh"
 #include "ops/cuda/ssd.h"
 
 namespace mslm::ops::cuda {
@@ -419,6 +429,96 @@ __global__ void ssd_output_kernel(Args<T> a, const float* CB, const float* state
     }
 }
 
+// ---- tensor-core versions of (2) and (5), for bf16 storage: the same loaders as ssd_cb_kernel and
+// ssd_output_kernel, 64 × 64 output tiles of block_mma (128 threads). Every operand value but two
+// is a bf16 input and passes through exactly; the two rounded once to bf16 are the decayed score
+// M[t, s]·dt_s, formed in fp32 as in ssd_output_kernel, and the fp32 state S_in of C·S_inᵀ.
+
+__host__ __device__ inline int64_t mma_tiles(int64_t n) {
+    return (n + kMmaM - 1) / kMmaM;
+}
+static_assert(kMmaM == kMmaN, "C·Bᵀ tiles are square: tile (ti, si) with si > ti lies above the diagonal");
+
+// CB (Q, Q) = C·Bᵀ per (b, chunk, group); grid (B·n_chunks·G, mma_tiles(Q)²).
+template <typename T>
+__global__ void __launch_bounds__(kMmaThreads) ssd_cb_tc_kernel(Args<T> a, float* CB) {
+    __shared__ MmaSmem sm;
+    const int64_t bcg = blockIdx.x, g = bcg % a.G, c = bcg / a.G % a.n_chunks, b = bcg / (a.G * a.n_chunks);
+    const int64_t tq = mma_tiles(a.Q), ti = blockIdx.y / tq, si = blockIdx.y % tq;
+    const Chunk ch = chunk_of(a, b, c);
+    if (si > ti || ti * kMmaM >= ch.L) return;
+    const int64_t t0 = ti * kMmaM, s0 = si * kMmaN, col = g * a.N;
+    MmaAcc acc{};
+    block_mma<true>(
+        acc, 0, a.N,
+        [&](int j, int64_t n) {
+            return t0 + j < ch.L ? to_f32(a.Cm[(ch.row0 + t0 + j) * a.ld_C + col + n]) : 0.0f;
+        },
+        [&](int64_t n, int j) {
+            return s0 + j < ch.L ? to_f32(a.Bm[(ch.row0 + s0 + j) * a.ld_B + col + n]) : 0.0f;
+        },
+        sm);
+    float* out = CB + bcg * a.Q * a.Q;
+#pragma unroll
+    for (int i = 0; i < 2; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j)
+#pragma unroll
+            for (int r = 0; r < 4; ++r) {
+                const int64_t t = t0 + mma_row(i, r), s = s0 + mma_col(j, r);
+                if (t < ch.L && s < ch.L) out[t * a.Q + s] = acc.c[i][j][r];
+            }
+}
+
+// Y per (b, chunk, head); grid (B·n_chunks·H, mma_tiles(Q)·mma_tiles(P)).
+template <typename T>
+__global__ void __launch_bounds__(kMmaThreads)
+    ssd_output_tc_kernel(Args<T> a, const float* CB, const float* states, T* y) {
+    __shared__ MmaSmem sm;
+    const int64_t bch = blockIdx.x, h = bch % a.H, c = bch / a.H % a.n_chunks, b = bch / (a.H * a.n_chunks);
+    const int64_t tp = mma_tiles(a.P), t0 = blockIdx.y / tp * kMmaM, p0 = blockIdx.y % tp * kMmaN;
+    const Chunk ch = chunk_of(a, b, c);
+    if (t0 >= ch.L) return;
+    const int64_t g = h / a.heads_per_group, bh = b * a.H + h;
+    const double* cum = a.cum + bh * a.seqlen + ch.t0;
+    const float* dtv = a.dtv + bh * a.seqlen + ch.t0;
+    const float* cb = CB + ((b * a.n_chunks + c) * a.G + g) * a.Q * a.Q;
+    const float* S_in = states + bch * a.P * a.N;  // (P, N)
+    const T* x = a.x + ch.row0 * a.ld_x + h * a.P;
+
+    // Within the chunk: (M·diag(dt))·X, s ≤ t; the score M[t, s]·dt_s rounded once to bf16.
+    MmaAcc intra{};
+    block_mma<false>(
+        intra, 0, min(ch.L, t0 + kMmaM),
+        [&](int j, int64_t s) {
+            const int64_t t = t0 + j;
+            return t < ch.L && s <= t ? cb[t * a.Q + s] * exp_diff(cum[t], cum[s]) * dtv[s] : 0.0f;
+        },
+        [&](int64_t s, int j) { return p0 + j < a.P ? to_f32(x[s * a.ld_x + p0 + j]) : 0.0f; }, sm);
+    // From earlier chunks: C·S_inᵀ, S_in rounded once to bf16, scaled by exp(cum_t) below.
+    MmaAcc inter{};
+    block_mma<true>(
+        inter, 0, a.N,
+        [&](int j, int64_t n) {
+            return t0 + j < ch.L ? to_f32(a.Cm[(ch.row0 + t0 + j) * a.ld_C + g * a.N + n]) : 0.0f;
+        },
+        [&](int64_t n, int j) { return p0 + j < a.P ? S_in[(p0 + j) * a.N + n] : 0.0f; }, sm);
+
+    const float Dh = a.D ? to_f32(a.D[h]) : 0.0f;
+#pragma unroll
+    for (int i = 0; i < 2; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j)
+#pragma unroll
+            for (int r = 0; r < 4; ++r) {
+                const int64_t t = t0 + mma_row(i, r), p = p0 + mma_col(j, r);
+                if (t >= ch.L || p >= a.P) continue;
+                const float v = intra.c[i][j][r] + expf(static_cast<float>(cum[t])) * inter.c[i][j][r] +
+                                Dh * to_f32(x[t * a.ld_x + p]);
+                y[((ch.row0 + t) * a.H + h) * a.P + p] = from_f32<T>(v);
+            }
+}
+
 // ---- backward, per (b, chunk, head), one block looping over the chunk's tiles (grid
 // B·n_chunks·H). With dM = dY·X̃ᵀ, E = dM ∘ M (s < t), V = B·dSᵀ, Z = C·S_inᵀ:
 //   dX̃     = Mᵀ·dY + diag(decay)·V
@@ -747,10 +847,30 @@ void state_pass(const Args<device_t<S>>& a, const Workspace& ws, float* states, 
     }
 }
 
+// Tensor cores for bf16 storage unless MSLM_SSD_TC=0 (read at every call, for ablations); f32
+// always takes the fp32 kernels.
 template <typename S>
-void launch_cb(const Args<device_t<S>>& a, float* CB, cudaStream_t stream) {
-    ssd_cb_kernel<<<tiled_grid(a.batch * a.n_chunks * a.G, tiles(a.Q) * tiles(a.Q), "ssd_cb"), kTileThreads,
-                    0, stream>>>(a, CB);
+bool use_tensor_cores() {
+    if constexpr (!std::is_same_v<S, uint16_t>) {
+        return false;
+    } else {
+        const char* v = std::getenv("MSLM_SSD_TC");
+        return v == nullptr || std::string_view(v) != "0";
+    }
+}
+
+template <typename S>
+void launch_cb(const Args<device_t<S>>& a, float* CB, bool tc, cudaStream_t stream) {
+    const int64_t bcg = a.batch * a.n_chunks * a.G;
+    if constexpr (std::is_same_v<S, uint16_t>) {
+        if (tc) {
+            ssd_cb_tc_kernel<<<tiled_grid(bcg, mma_tiles(a.Q) * mma_tiles(a.Q), "ssd_cb_tc"), kMmaThreads, 0,
+                               stream>>>(a, CB);
+            check_launch<S>("ssd_cb_tc");
+            return;
+        }
+    }
+    ssd_cb_kernel<<<tiled_grid(bcg, tiles(a.Q) * tiles(a.Q), "ssd_cb"), kTileThreads, 0, stream>>>(a, CB);
     check_launch<S>("ssd_cb");
 }
 
@@ -784,9 +904,20 @@ void ssd_forward(S* y, float* h_last, const SsdInputs<S>& in, const float* h0, c
     float* states = chunk_states ? chunk_states : ws.states;
     state_pass<S>(a, ws, states, h0, h_last, s);
     if (p.n_chunks == 0) return;
-    launch_cb<S>(a, ws.CB, s);
-    ssd_output_kernel<<<tiled_grid(p.batch * p.n_chunks * p.H, tiles(p.Q) * tiles(p.P), "ssd_output"),
-                        kTileThreads, 0, s>>>(a, ws.CB, states, reinterpret_cast<device_t<S>*>(y));
+    const bool tc = use_tensor_cores<S>();
+    launch_cb<S>(a, ws.CB, tc, s);
+    const int64_t bch = p.batch * p.n_chunks * p.H;
+    auto* out = reinterpret_cast<device_t<S>*>(y);
+    if constexpr (std::is_same_v<S, uint16_t>) {
+        if (tc) {
+            ssd_output_tc_kernel<<<tiled_grid(bch, mma_tiles(p.Q) * mma_tiles(p.P), "ssd_output_tc"),
+                                   kMmaThreads, 0, s>>>(a, ws.CB, states, out);
+            check_launch<S>("ssd_output_tc");
+            return;
+        }
+    }
+    ssd_output_kernel<<<tiled_grid(bch, tiles(p.Q) * tiles(p.P), "ssd_output"), kTileThreads, 0, s>>>(
+        a, ws.CB, states, out);
     check_launch<S>("ssd_output");
 }
 
@@ -815,7 +946,7 @@ void ssd_backward(const SsdGrads<S>& grads, const S* dy, const SsdInputs<S>& in,
         state_pass<S>(a, ws, ws.states, h0, nullptr, s);
         states = ws.states;
     }
-    launch_cb<S>(a, ws.CB, s);
+    launch_cb<S>(a, ws.CB, use_tensor_cores<S>(), s);
 
     // dS leaving each chunk: each chunk's pass-back, then the reverse pass.
     ssd_chunk_state_kernel<true>

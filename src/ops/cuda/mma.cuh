@@ -1,0 +1,124 @@
+// Tensor-core products for the CUDA kernels (include from .cu files only; sm_80+): bf16 operands,
+// fp32 accumulation, through mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32.
+//
+// block_mma is the tensor-core twin of a shared-memory tiled product: a block of kMmaThreads
+// threads owns one kMmaM × kMmaN fp32 output tile, and the operands come from loader lambdas that
+// return fp32 values, rounded once to bf16 (round to nearest even) as they are staged in shared
+// memory, kMmaK deep. A bf16 value passes through exactly; a loader that folds in a scale (a decay,
+// a mask) has its fp32 result rounded once.
+#pragma once
+#include <cuda_bf16.h>
+
+#include <cstdint>
+
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+#error "ops/cuda/mma.cuh needs sm_80 or newer (bf16 mma.sync)"
+#endif
+
+namespace mslm::ops::cuda {
+namespace detail {
+
+// D += A·B for one 16 × 8 × 16 tile, held by the 32 lanes of a warp. With lane = 4·grp + quad
+// (grp = lane / 4 in [0, 8), quad = lane % 4), the fragments are (PTX ISA, "Matrix Fragments for
+// mma.m16n8k16 with floating point type"; each .b32 register packs two bf16, the lower index in
+// the low half):
+//   A (16 × 16, row-major):  a[0] = A[grp][2q, 2q+1]      a[1] = A[grp+8][2q, 2q+1]
+//                            a[2] = A[grp][2q+8, 2q+9]    a[3] = A[grp+8][2q+8, 2q+9]
+//   B (16 × 8, "col": k fastest):  b[0] = B[2q, 2q+1][grp]   b[1] = B[2q+8, 2q+9][grp]
+//   C, D (16 × 8, fp32):   d[0] = D[grp][2q]   d[1] = D[grp][2q+1]
+//                          d[2] = D[grp+8][2q] d[3] = D[grp+8][2q+1]
+// (q = quad.) The products are exact in fp32; the hardware adds them into D with fp32 precision.
+__device__ __forceinline__ void mma_m16n8k16_bf16(float (&d)[4], const uint32_t (&a)[4],
+                                                  const uint32_t (&b)[2]) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
+        "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+// ---- the block tile. 4 warps in a 2 × 2 grid, each a 32 × 32 quarter of the 64 × 64 output: 2
+// m16 tiles by 4 n8 tiles of the instruction above.
+
+constexpr int kMmaM = 64, kMmaN = 64, kMmaK = 32, kMmaThreads = 128;
+// Shared rows are kMmaK + 8 bf16 (20 words) long: the fragment loads of a warp, words
+// 20·grp + q + const, then fall in 32 distinct banks.
+constexpr int kMmaLd = kMmaK + 8;
+
+struct alignas(16) MmaSmem {
+    __nv_bfloat16 a[kMmaM][kMmaLd];  // a[row][k]
+    __nv_bfloat16 b[kMmaN][kMmaLd];  // b[col][k]: the "col" layout of the B fragment
+};
+
+// acc.c[i][j][r]: fragment register r of m16 tile i and n8 tile j of this warp's quarter; its
+// place in the block tile is (mma_row(i, r), mma_col(j, r)).
+struct MmaAcc {
+    float c[2][4][4];
+};
+
+__device__ __forceinline__ int mma_row(int i, int r) {
+    const int warp = threadIdx.x / 32, grp = threadIdx.x % 32 / 4;
+    return warp / 2 * 32 + i * 16 + grp + 8 * (r / 2);
+}
+__device__ __forceinline__ int mma_col(int j, int r) {
+    const int warp = threadIdx.x / 32, quad = threadIdx.x % 4;
+    return warp % 2 * 32 + j * 8 + 2 * quad + r % 2;
+}
+
+// dst[r][k] = bf16(load(r, k0 + k)) for k0 + k < k_end, else 0, for r < R and k < kMmaK. kKFast:
+// consecutive threads take consecutive k (global memory contiguous along k), else consecutive r.
+template <bool kKFast, int R, class Load>
+__device__ __forceinline__ void mma_stage(__nv_bfloat16 (&dst)[R][kMmaLd], int64_t k0, int64_t k_end,
+                                          const Load& load) {
+    for (int e = threadIdx.x; e < R * kMmaK; e += kMmaThreads) {
+        const int r = kKFast ? e / kMmaK : e % R, k = kKFast ? e % kMmaK : e / R;
+        dst[r][k] = __float2bfloat16_rn(k0 + k < k_end ? load(r, k0 + k) : 0.0f);
+    }
+}
+
+__device__ __forceinline__ uint32_t smem_pair(const __nv_bfloat16* p) {
+    return *reinterpret_cast<const uint32_t*>(p);  // two bf16, p[0] in the low half; p 4-byte aligned
+}
+
+// acc += Σ_{k ∈ [k_begin, k_end)} bf16(load_a(row, k)) · bf16(load_b(k, col)) over the block tile
+// (row < kMmaM, col < kMmaN, tile-local; the loaders add the tile origin and return 0 outside the
+// operand). kBKFast: how load_b is contiguous in global memory (A is read along k). Every thread
+// of the block must call it with the same k range.
+template <bool kBKFast, class LoadA, class LoadB>
+__device__ __forceinline__ void block_mma(MmaAcc& acc, int64_t k_begin, int64_t k_end, const LoadA& load_a,
+                                          const LoadB& load_b, MmaSmem& sm) {
+    const int warp = threadIdx.x / 32, grp = threadIdx.x % 32 / 4, quad = threadIdx.x % 4;
+    const int row0 = warp / 2 * 32, col0 = warp % 2 * 32;
+    for (int64_t k0 = k_begin; k0 < k_end; k0 += kMmaK) {
+        mma_stage<true>(sm.a, k0, k_end, load_a);
+        mma_stage<kBKFast>(sm.b, k0, k_end, [&](int c, int64_t k) { return load_b(k, c); });
+        __syncthreads();
+#pragma unroll
+        for (int kk = 0; kk < kMmaK; kk += 16) {
+            const int ka = kk + 2 * quad;  // the fragments' k pairs: ka, ka + 1 and ka + 8, ka + 9
+            uint32_t a[2][4], b[4][2];
+#pragma unroll
+            for (int i = 0; i < 2; ++i) {
+                const int r = row0 + i * 16 + grp;
+                a[i][0] = smem_pair(&sm.a[r][ka]);
+                a[i][1] = smem_pair(&sm.a[r + 8][ka]);
+                a[i][2] = smem_pair(&sm.a[r][ka + 8]);
+                a[i][3] = smem_pair(&sm.a[r + 8][ka + 8]);
+            }
+#pragma unroll
+            for (int j = 0; j < 4; ++j) {
+                const int c = col0 + j * 8 + grp;
+                b[j][0] = smem_pair(&sm.b[c][ka]);
+                b[j][1] = smem_pair(&sm.b[c][ka + 8]);
+            }
+#pragma unroll
+            for (int i = 0; i < 2; ++i)
+#pragma unroll
+                for (int j = 0; j < 4; ++j) mma_m16n8k16_bf16(acc.c[i][j], a[i], b[j]);
+        }
+        __syncthreads();
+    }
+}
+
+}  // namespace detail
+}  // namespace mslm::ops::cuda
