@@ -96,6 +96,8 @@ def main():
     ap.add_argument("--mamba-shape", default="2x1024")
     ap.add_argument("--mamba-steps", type=int, default=3)
     ap.add_argument("--decode-tokens", type=int, default=64)
+    ap.add_argument("--prefill-tokens", type=int, default=2048)
+    ap.add_argument("--inference-only", action="store_true", help="only the Mamba2ForCausalLM generate() and prefill anchors")
     args = ap.parse_args()
     torch.manual_seed(0)
     torch.backends.cuda.matmul.allow_tf32 = True
@@ -104,7 +106,7 @@ def main():
     print("|---|---|---|---|---|")
     gpt = GPT().cuda()
     n = sum(p.numel() for p in gpt.parameters())
-    for shape in args.shapes.split(","):
+    for shape in ([] if args.inference_only else args.shapes.split(",")):
         B, T = (int(v) for v in shape.split("x"))
         rate, sec, mem = train_rate(gpt, 50304, B, T, args.steps, True)
         print(f"| GPT-2 {n / 1e6:.0f}M, SDPA, compiled, fused AdamW | {B}x{T} | {rate:,.0f} | {sec * 1e3:.1f} | {mem:.2f} |",
@@ -127,8 +129,9 @@ def main():
         def forward(self, idx, tgt):
             return self.inner(input_ids=idx, labels=tgt).loss
 
-    rate, sec, mem = train_rate(Wrap(m), 50288, B, T, args.mamba_steps, False)
-    print(f"| transformers Mamba2ForCausalLM {n / 1e6:.0f}M (torch path) | {B}x{T} | {rate:,.0f} | {sec * 1e3:.0f} | {mem:.2f} |",
+    if not args.inference_only:
+        rate, sec, mem = train_rate(Wrap(m), 50288, B, T, args.mamba_steps, False)
+        print(f"| transformers Mamba2ForCausalLM {n / 1e6:.0f}M (torch path) | {B}x{T} | {rate:,.0f} | {sec * 1e3:.0f} | {mem:.2f} |",
           flush=True)
 
     m = m.to(torch.bfloat16).eval()
@@ -143,6 +146,17 @@ def main():
         sec = time.perf_counter() - t0
     new = out.shape[1] - prompt.shape[1]
     print(f"\nMamba2ForCausalLM bf16 generate(), batch 1, greedy: {new / sec:.1f} tokens/s ({new} tokens, 16-token prompt)")
+    long = torch.randint(0, 50288, (1, args.prefill_tokens), device="cuda")
+    with torch.no_grad():
+        m(input_ids=long)  # warm-up
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        reps = 3
+        for _ in range(reps):
+            m(input_ids=long)
+        torch.cuda.synchronize()
+        sec = (time.perf_counter() - t0) / reps
+    print(f"Mamba2ForCausalLM bf16 forward (prefill) of {args.prefill_tokens} tokens, batch 1: {args.prefill_tokens / sec:,.0f} tokens/s", flush=True)
 
 
 if __name__ == "__main__":

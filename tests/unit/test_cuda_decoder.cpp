@@ -215,7 +215,7 @@ TEST_P(CudaDecoder, FollowsTheCpuDecoder) {
 std::string case_name(const testing::TestParamInfo<Case>& info) {
     return info.param.name;
 }
-INSTANTIATE_TEST_SUITE_P(Mixers, CudaDecoder, testing::ValuesIn(kCases), case_name);
+INSTANTIATE_TEST_SUITE_P(CudaDecoderMixers, CudaDecoder, testing::ValuesIn(kCases), case_name);
 
 // A prompt longer than one prefill piece (kPrefillChunk) runs in pieces that carry the state.
 TEST(CudaDecoderLong, PromptLongerThanAPrefillPiece) {
