@@ -16,6 +16,7 @@
 
 #include "core/caching_allocator.h"
 #include "core/dtype.h"
+#include "model/cuda_decoder_kernels.h"
 #include "model/cuda_model.h"
 #include "ops/cuda/attention.h"
 #include "ops/cuda/conv1d.h"
@@ -56,7 +57,7 @@ std::unique_ptr<CausalLM> make_causal_lm(HybridLM<float>& model, const std::stri
 #ifdef MSLM_HAVE_CUDA
 
 namespace cuda_decoder_detail {
-// cuda_decoder_kernels.cu
+// cuda_decoder_kernels.cu (the rest is in cuda_decoder_kernels.h)
 void kv_append(uint16_t* k_cache, uint16_t* v_cache, const uint16_t* k_src, const uint16_t* v_src, int64_t ld,
                const int64_t* slots, const int64_t* pos, int64_t k, int64_t L, int64_t width, void* stream);
 void gather_blocks(void* dst, const void* src, const int64_t* idx, int64_t n, size_t block_bytes, void* stream);
@@ -172,6 +173,7 @@ struct CudaCausalLM::Impl {
     bf16* host_hidden = nullptr;
 
     bool graphs = true;
+    bool fused = true;  // decode_gemv for the step's products (MSLM_DECODE_FUSED=0: cuBLASLt + separate kernels)
     std::map<int64_t, cudaGraphExec_t> graph;
     std::set<int64_t> warmed;
 
@@ -314,6 +316,8 @@ CudaCausalLM::CudaCausalLM(const HybridLM<float>& model, int device)
     m.alloc = &cuda_caching_allocator(device);
     const char* graphs = std::getenv("MSLM_CUDA_GRAPHS");
     m.graphs = !(graphs && std::string(graphs) == "0");
+    const char* fused = std::getenv("MSLM_DECODE_FUSED");
+    m.fused = !(fused && std::string(fused) == "0");
     check(cudaStreamCreateWithFlags(&m.stream, cudaStreamNonBlocking), "cudaStreamCreate");
 
     const Parameters<float>& p = model.params();
@@ -505,37 +509,159 @@ struct Run {
         kc::linear_forward(m.tmp, m.yn, L.out_w, L.out_b, N, w.Din, w.D, s);
     }
 
-    // The step's mixer for N = k rows (slots and positions in m.slots / m.pos).
-    void mixer_step(const CudaCausalLM::Impl::Layer& L, int64_t cache_len) const {
-        if (L.kind == LayerKind::Attention) {
-            kc::linear_forward(m.proj, m.ln, L.qkv_w, L.qkv_b, N, w.D, w.Wq, s);
-            bf16* q = m.proj;
-            bf16* k = q + w.Hq * w.Dh;
-            bf16* v = k + w.KVW;
-            if (cfg.attention.position == PositionKind::RoPE) {
-                kc::rope_apply_at(q, w.Wq, N, w.Hq, w.Dh, cfg.attn_rotary_dim(), cfg.attention.rope_theta, m.pos,
-                                  false, s);
-                kc::rope_apply_at(k, w.Wq, N, w.Hkv, w.Dh, cfg.attn_rotary_dim(), cfg.attention.rope_theta, m.pos,
-                                  false, s);
-            }
-            cuda_decoder_detail::kv_append(L.kc, L.vc, k, v, w.Wq, m.slots, m.pos, N, cache_len, w.KVW, s);
-            kc::attention_decode(m.o, q, w.Wq, L.kc, L.vc, m.slots, m.pos,
-                                 ops::AttentionDims{N, cache_len, w.Hq, w.Hkv, w.Dh}, attention_options(cfg, 0), s);
-            kc::linear_forward(m.tmp, m.o, L.o_w, L.o_b, N, w.Hq * w.Dh, w.D, s);
-        } else if (cfg.mamba.version == 1) {
-            kc::linear_forward(m.proj, m.ln, L.in_w, L.in_b, N, w.D, 2 * w.Din, s);  // [x | z]
-            kc::conv1d_causal_update(m.conv_out, L.conv, m.slots, m.proj, 2 * w.Din, L.conv_w, L.conv_b, N, w.Din,
-                                     w.K, true, s);
-            mamba1_projections(L, m.conv_out);
-            kc::selective_scan_update(m.y, L.ssm, m.slots, scan_in(L, m.conv_out), N, w.Din, w.S, s);
-            kc::linear_forward(m.tmp, m.y, L.out_w, L.out_b, N, w.Din, w.D, s);
-        } else {
-            kc::linear_forward(m.proj, m.ln, L.in_w, L.in_b, N, w.D, w.W2, s);  // [z | xBC | dt]
-            kc::conv1d_causal_update(m.conv_out, L.conv, m.slots, m.proj + w.Din, w.W2, L.conv_w, L.conv_b, N,
-                                     w.C2, w.K, true, s);
-            kc::ssd_update(m.y, L.ssm, m.slots, ssd_in(L, m.conv_out), ssd_dims(N, 1), s);
-            mamba2_output(L);
+    // A decode-step product through the fused kernel (cuda_decoder_kernels.h) when it takes the
+    // shape and MSLM_DECODE_FUSED is not 0; otherwise the same function unfused: the norm kernel,
+    // cuBLASLt, then the epilogue's kernel.
+    void gemv(cuda_decoder_detail::DecodeGemv a) const {
+        using cuda_decoder_detail::DecodeEpilogue;
+        using cuda_decoder_detail::DecodeNorm;
+        a.k = N;
+        if (m.fused && cuda_decoder_detail::decode_gemv_supported(a)) {
+            cuda_decoder_detail::decode_gemv(a, s);
+            return;
         }
+        const bf16* x = a.x;
+        if (a.norm == DecodeNorm::RMS || a.norm == DecodeNorm::Layer) {
+            MSLM_CHECK(a.ld_x == a.I && a.I == w.D, "decode gemv: a norm prologue reads the residual stream");
+            norm(m.ln, a.x, a.norm_w, a.norm_b);
+            x = m.ln;
+            if (a.x_out) copy_bytes(a.x_out, m.ln, sizeof(bf16) * N * a.I, s);
+        } else if (a.norm == DecodeNorm::Gated) {
+            MSLM_CHECK(a.ld_x == a.I, "decode gemv: the gated norm reads contiguous rows");
+            copy2d(m.z, a.I, a.z, a.ld_z, N, a.I, s);
+            kc::gated_rmsnorm_forward(m.yn, m.g_rstd, a.x, m.z, a.norm_w, N, a.I, a.groups, a.eps, s);
+            x = m.yn;
+        } else if (a.ld_x != a.I) {  // only Mamba-1's dt columns of x_proj's output are strided
+            MSLM_CHECK(a.I == w.R, "decode gemv: strided input of width {}", a.I);
+            copy2d(m.dt, a.I, a.x, a.ld_x, N, a.I, s);
+            x = m.dt;
+        }
+        switch (a.epi) {
+            case DecodeEpilogue::Store:
+                MSLM_CHECK(a.ld_out == a.O, "decode gemv: contiguous output expected");
+                kc::linear_forward(a.out, x, a.W, a.bias, N, a.I, a.O, s);
+                break;
+            case DecodeEpilogue::Residual:
+                kc::linear_forward(m.tmp, x, a.W, a.bias, N, a.I, a.O, s);
+                kc::axpy(a.out, m.tmp, N * a.O, 1.0f, s);
+                break;
+            case DecodeEpilogue::SwiGLU:
+                kc::linear_forward(m.h, x, a.W, a.bias, N, a.I, 2 * a.O, s);
+                kc::swiglu_forward(a.out, m.h, N, a.O, s);
+                break;
+            case DecodeEpilogue::F32:
+                kc::linear_forward_f32_out(a.out32, x, a.W, N, a.I, a.O, s);
+                break;
+        }
+    }
+
+    cuda_decoder_detail::DecodeGemv normed(const bf16* nw, const bf16* nb) const {
+        cuda_decoder_detail::DecodeGemv a;
+        a.x = m.res;
+        a.ld_x = w.D;
+        a.I = w.D;
+        a.norm = cfg.norm == NormKind::RMSNorm ? cuda_decoder_detail::DecodeNorm::RMS
+                                               : cuda_decoder_detail::DecodeNorm::Layer;
+        a.norm_w = nw;
+        a.norm_b = nb;
+        a.eps = static_cast<float>(cfg.norm_eps);
+        return a;
+    }
+    static cuda_decoder_detail::DecodeGemv plain(const bf16* x, int64_t ld_x, int64_t I) {
+        cuda_decoder_detail::DecodeGemv a;
+        a.x = x;
+        a.ld_x = ld_x;
+        a.I = I;
+        return a;
+    }
+    static void store(cuda_decoder_detail::DecodeGemv& a, const bf16* W, const bf16* b, int64_t O, bf16* out) {
+        a.W = W;
+        a.bias = b;
+        a.O = O;
+        a.out = out;
+        a.ld_out = O;
+        a.epi = cuda_decoder_detail::DecodeEpilogue::Store;
+    }
+    void residual(cuda_decoder_detail::DecodeGemv& a, const bf16* W, const bf16* b) const {
+        store(a, W, b, w.D, m.res);
+        a.epi = cuda_decoder_detail::DecodeEpilogue::Residual;
+    }
+
+    // One decode step for N = k rows (slots and positions in m.slots / m.pos): embedding through
+    // the logits (m.logits fp32, m.hf the final-norm rows).
+    void step(int64_t cache_len) const {
+        using cuda_decoder_detail::DecodeGemv;
+        kc::embedding_forward(m.res, m.ids, m.embed, N, w.V, w.D, static_cast<kc::IndexStatus*>(nullptr), s);
+        for (const CudaCausalLM::Impl::Layer& L : m.layers) {
+            DecodeGemv in = normed(L.norm_w, L.norm_b);
+            if (L.kind == LayerKind::Attention) {
+                store(in, L.qkv_w, L.qkv_b, w.Wq, m.proj);
+                gemv(in);
+                bf16* q = m.proj;
+                bf16* k = q + w.Hq * w.Dh;
+                bf16* v = k + w.KVW;
+                if (cfg.attention.position == PositionKind::RoPE) {
+                    kc::rope_apply_at(q, w.Wq, N, w.Hq, w.Dh, cfg.attn_rotary_dim(), cfg.attention.rope_theta,
+                                      m.pos, false, s);
+                    kc::rope_apply_at(k, w.Wq, N, w.Hkv, w.Dh, cfg.attn_rotary_dim(), cfg.attention.rope_theta,
+                                      m.pos, false, s);
+                }
+                cuda_decoder_detail::kv_append(L.kc, L.vc, k, v, w.Wq, m.slots, m.pos, N, cache_len, w.KVW, s);
+                kc::attention_decode(m.o, q, w.Wq, L.kc, L.vc, m.slots, m.pos,
+                                     ops::AttentionDims{N, cache_len, w.Hq, w.Hkv, w.Dh},
+                                     attention_options(cfg, 0), s);
+                DecodeGemv out = plain(m.o, w.Hq * w.Dh, w.Hq * w.Dh);
+                residual(out, L.o_w, L.o_b);
+                gemv(out);
+            } else if (cfg.mamba.version == 1) {
+                store(in, L.in_w, L.in_b, 2 * w.Din, m.proj);  // [x | z]
+                gemv(in);
+                kc::conv1d_causal_update(m.conv_out, L.conv, m.slots, m.proj, 2 * w.Din, L.conv_w, L.conv_b, N,
+                                         w.Din, w.K, true, s);
+                DecodeGemv xp = plain(m.conv_out, w.Din, w.Din);
+                store(xp, L.x_w, nullptr, w.Wx, m.xdbl);  // [dt | B | C]
+                gemv(xp);
+                DecodeGemv dp = plain(m.xdbl, w.Wx, w.R);  // dt_proj without its bias: the scan adds it
+                store(dp, L.dtp_w, nullptr, w.Din, m.dt_raw);
+                gemv(dp);
+                kc::selective_scan_update(m.y, L.ssm, m.slots, scan_in(L, m.conv_out), N, w.Din, w.S, s);
+                DecodeGemv out = plain(m.y, w.Din, w.Din);
+                residual(out, L.out_w, L.out_b);
+                gemv(out);
+            } else {
+                store(in, L.in_w, L.in_b, w.W2, m.proj);  // [z | xBC | dt]
+                gemv(in);
+                kc::conv1d_causal_update(m.conv_out, L.conv, m.slots, m.proj + w.Din, w.W2, L.conv_w, L.conv_b, N,
+                                         w.C2, w.K, true, s);
+                kc::ssd_update(m.y, L.ssm, m.slots, ssd_in(L, m.conv_out), ssd_dims(N, 1), s);
+                DecodeGemv out = plain(m.y, w.Din, w.Din);  // gated norm with z, then out_proj
+                out.norm = cuda_decoder_detail::DecodeNorm::Gated;
+                out.z = m.proj;
+                out.ld_z = w.W2;
+                out.groups = cfg.mamba_norm_groups();
+                out.norm_w = L.gnorm_w;
+                out.eps = static_cast<float>(cfg.norm_eps);
+                residual(out, L.out_w, L.out_b);
+                gemv(out);
+            }
+            if (L.up_w) {
+                DecodeGemv up = normed(L.mlp_norm_w, L.mlp_norm_b);
+                store(up, L.up_w, L.up_b, w.F, m.a);
+                up.epi = cuda_decoder_detail::DecodeEpilogue::SwiGLU;
+                gemv(up);
+                DecodeGemv down = plain(m.a, w.F, w.F);
+                residual(down, L.down_w, L.down_b);
+                gemv(down);
+            }
+        }
+        DecodeGemv head = normed(m.final_w, m.final_b);
+        head.W = m.lm_head;
+        head.O = w.V;
+        head.epi = cuda_decoder_detail::DecodeEpilogue::F32;
+        head.out32 = m.logits;
+        head.ld_out = w.V;
+        head.x_out = m.hf;
+        gemv(head);
     }
 
     // The causal conv over [slot's window | N new inputs (columns of m.proj from col0, C wide)],
@@ -689,8 +815,7 @@ void CudaCausalLM::prefill_piece(int64_t slot, const int32_t* ids, int64_t n, fl
 void CudaCausalLM::run_step(int64_t k) {
     Impl& m = *impl_;
     const Run r{cfg_, m, Widths(cfg_), m.stream, k};
-    r.body([&](const Impl::Layer& L) { r.mixer_step(L, cache_len_); });
-    kc::linear_forward_f32_out(m.logits, m.hf, m.lm_head, k, cfg_.d_model, cfg_.vocab_size, m.stream);
+    r.step(cache_len_);
 }
 
 void CudaCausalLM::step(std::span<const int64_t> slots, std::span<const int32_t> tokens, float* logits,

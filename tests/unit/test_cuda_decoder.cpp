@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdlib>
 #include <memory>
@@ -16,7 +17,9 @@
 #include "core/rng.h"
 #include "generate/lm.h"
 #include "model/config.h"
+#include "model/cuda_decoder_kernels.h"
 #include "model/cuda_inference.h"
+#include "cuda_test_util.h"
 #include "model/hybrid_lm.h"
 
 namespace mslm {
@@ -167,12 +170,14 @@ class CudaDecoder : public testing::TestWithParam<Case> {};
 // Three slots at different positions: slot 0 prefilled in one call, slot 1 in three (each continuing
 // the conv windows, SSM states and KV rings), slot 2 with one token; then batched steps over all of
 // them and over a subset, a copy and a beam-style reorder, every logit row against the CPU.
-TEST_P(CudaDecoder, FollowsTheCpuDecoder) {
-    SKIP_WITHOUT_GPU();
-    const ModelConfig cfg = GetParam().make();
+// Run with the fused step products (decode_gemv, the default) and without (MSLM_DECODE_FUSED=0).
+void follow_the_cpu(const ModelConfig& cfg, const char* fused) {
+    SCOPED_TRACE(std::string("MSLM_DECODE_FUSED=") + fused);
     auto model = random_model(cfg);
     HybridCausalLM cpu(*model);
+    setenv("MSLM_DECODE_FUSED", fused, 1);
     CudaCausalLM gpu(*model);
+    unsetenv("MSLM_DECODE_FUSED");
     const int64_t V = cfg.vocab_size, D = cfg.d_model;
     Rng rng(7);
     cpu.start(3, cfg.max_seq_len);
@@ -212,10 +217,177 @@ TEST_P(CudaDecoder, FollowsTheCpuDecoder) {
     both_step({2}, "step after the late prefill");
 }
 
+TEST_P(CudaDecoder, FollowsTheCpuDecoder) {
+    SKIP_WITHOUT_GPU();
+    follow_the_cpu(GetParam().make(), "1");
+    follow_the_cpu(GetParam().make(), "0");
+}
+
 std::string case_name(const testing::TestParamInfo<Case>& info) {
     return info.param.name;
 }
 INSTANTIATE_TEST_SUITE_P(CudaDecoderMixers, CudaDecoder, testing::ValuesIn(kCases), case_name);
+
+
+// decode_gemv, the decode step's fused product, against a double reference over the same bf16
+// inputs, for every prologue and epilogue, k = 1..8 rows and widths at and off the 256-wide lane
+// stride. Reference: the normalised row as the kernel stores it (bf16 of the exact value), the
+// product in double. Tolerance per output: the normalised inputs may round to the neighbouring
+// bf16 (the kernel's statistics are fp32 sums in another order): ≤ 2^-8 of Σ|w·x̂|; fp32
+// accumulation ≤ I·2^-24 of the same sum; then the output's own roundings (one bf16 rounding of
+// the product, 2^-8 of |value|, and for residual / SwiGLU the second rounding of the sum or
+// product, 2^-8 of its magnitude). F32 outputs take no rounding.
+void check_decode_gemv(cuda_decoder_detail::DecodeNorm norm, cuda_decoder_detail::DecodeEpilogue epi, int64_t k,
+                       int64_t I, int64_t O, bool bias, uint64_t seed) {
+    using namespace cuda_decoder_detail;
+    using test::decode;
+    Rng rng(seed);
+    const int64_t w_rows = epi == DecodeEpilogue::SwiGLU ? 2 * O : O, ld_x = I + 8, groups = 2;
+    const auto x = test::random_values<uint16_t>(rng, k * ld_x, -2, 2);
+    const auto W = test::random_values<uint16_t>(rng, w_rows * I);
+    const auto b = test::random_values<uint16_t>(rng, w_rows);
+    const auto nw = test::random_values<uint16_t>(rng, I, 0.5, 1.5), nb = test::random_values<uint16_t>(rng, I);
+    const auto z = test::random_values<uint16_t>(rng, k * ld_x, -3, 3);
+    const auto res = test::random_values<uint16_t>(rng, k * O, -4, 4);
+    test::DeviceBuffer<uint16_t> dx(x), dW(W), db(b), dnw(nw), dnb(nb), dz(z), dout(res), dxo(k * I);
+    test::DeviceBuffer<float> dout32(std::vector<float>(k * O));
+    DecodeGemv a;
+    a.x = dx.get();
+    a.ld_x = ld_x;
+    a.W = dW.get();
+    a.bias = bias ? db.get() : nullptr;
+    a.k = k;
+    a.I = I;
+    a.O = O;
+    a.norm = norm;
+    a.norm_w = dnw.get();
+    a.norm_b = norm == DecodeNorm::Layer ? dnb.get() : nullptr;
+    a.eps = 1e-5f;
+    a.z = dz.get();
+    a.ld_z = ld_x;
+    a.groups = groups;
+    a.x_out = norm == DecodeNorm::None ? nullptr : dxo.get();
+    a.epi = epi;
+    a.out = dout.get();
+    a.out32 = dout32.get();
+    a.ld_out = O;
+    ASSERT_TRUE(decode_gemv_supported(a));
+    decode_gemv(a, nullptr);
+    cuda_synchronize();
+
+    // Reference.
+    std::vector<double> xn(k * I), ref(k * O), tol(k * O);
+    for (int64_t r = 0; r < k; ++r) {
+        const uint16_t* row = x.data() + r * ld_x;
+        std::vector<double> v(I);
+        for (int64_t i = 0; i < I; ++i) v[i] = decode(row[i]);
+        if (norm == DecodeNorm::RMS || norm == DecodeNorm::Layer) {
+            double mean = 0;
+            if (norm == DecodeNorm::Layer) {
+                for (double t : v) mean += t;
+                mean /= I;
+            }
+            double ss = 0;
+            for (double t : v) ss += (t - mean) * (t - mean);
+            const double rstd = 1 / std::sqrt(ss / I + 1e-5);
+            for (int64_t i = 0; i < I; ++i)
+                v[i] = (v[i] - mean) * rstd * decode(nw[i]) + (norm == DecodeNorm::Layer ? decode(nb[i]) : 0.0);
+        } else if (norm == DecodeNorm::Gated) {
+            const int64_t width = I / groups;
+            for (int64_t g0 = 0; g0 < I; g0 += width) {
+                double ss = 0;
+                for (int64_t i = g0; i < g0 + width; ++i) {
+                    const double zz = decode(z[r * ld_x + i]);
+                    v[i] *= zz / (1 + std::exp(-zz));
+                    ss += v[i] * v[i];
+                }
+                const double rstd = 1 / std::sqrt(ss / width + 1e-5);
+                for (int64_t i = g0; i < g0 + width; ++i) v[i] *= rstd * decode(nw[i]);
+            }
+        }
+        if (norm != DecodeNorm::None)
+            for (auto& t : v) t = decode(f32_to_bf16(static_cast<float>(t)));
+        std::copy(v.begin(), v.end(), xn.begin() + r * I);
+        for (int64_t o = 0; o < O; ++o) {
+            auto dot = [&](int64_t wr, double& mag) {
+                double d = bias ? decode(b[wr]) : 0.0;
+                mag = std::fabs(d);
+                for (int64_t i = 0; i < I; ++i) {
+                    d += decode(W[wr * I + i]) * v[i];
+                    mag += std::fabs(decode(W[wr * I + i]) * v[i]);
+                }
+                return d;
+            };
+            double mag = 0, mag2 = 0;
+            const double g = dot(o, mag);
+            const double in_err = (norm == DecodeNorm::None ? 0.0 : 0x1p-8) * mag + I * test::kU * mag;
+            double want = g, t = in_err;
+            switch (epi) {
+                case DecodeEpilogue::Store: t += 0x1p-8 * std::fabs(g); break;
+                case DecodeEpilogue::F32: break;
+                case DecodeEpilogue::Residual:
+                    want = decode(res[r * O + o]) + g;
+                    t += 0x1p-8 * std::fabs(g) + 0x1p-8 * std::fabs(want);
+                    break;
+                case DecodeEpilogue::SwiGLU: {
+                    const double u = dot(O + o, mag2);
+                    const double sg = g / (1 + std::exp(-g));
+                    want = sg * u;
+                    // d(silu)/dg ≤ 1.1; each input's error (in_err + one rounding) scales by the other factor
+                    t = (in_err + 0x1p-8 * std::fabs(g)) * 1.1 * std::fabs(u) +
+                        ((norm == DecodeNorm::None ? 0.0 : 0x1p-8) * mag2 + I * test::kU * mag2 + 0x1p-8 * std::fabs(u)) *
+                            std::fabs(sg) +
+                        0x1p-8 * std::fabs(want);
+                    break;
+                }
+            }
+            ref[r * O + o] = want;
+            tol[r * O + o] = 1.01 * t + 1e-30;
+        }
+    }
+    const std::string what = "k=" + std::to_string(k) + " I=" + std::to_string(I) + " O=" + std::to_string(O);
+    if (epi == DecodeEpilogue::F32)
+        EXPECT_TRUE(test::all_within(dout32.download(), ref, tol)) << what;
+    else
+        EXPECT_TRUE(test::all_within(dout.download(), ref, tol)) << what;
+    if (a.x_out) {  // the normalised rows: within one bf16 step of the reference's
+        std::vector<double> t(k * I);
+        for (int64_t i = 0; i < k * I; ++i) t[i] = 0x1p-8 * std::fabs(xn[i]) * 1.01 + 1e-30;
+        EXPECT_TRUE(test::all_within(dxo.download(), xn, t)) << what << " x_out";
+    }
+}
+
+TEST(CudaDecodeGemv, EveryPrologueAndEpilogueMatchesTheReference) {
+    SKIP_WITHOUT_GPU();
+    using namespace cuda_decoder_detail;
+    uint64_t seed = 1;
+    for (DecodeNorm norm : {DecodeNorm::None, DecodeNorm::RMS, DecodeNorm::Layer, DecodeNorm::Gated})
+        for (DecodeEpilogue epi :
+             {DecodeEpilogue::Store, DecodeEpilogue::Residual, DecodeEpilogue::SwiGLU, DecodeEpilogue::F32})
+            for (auto [k, I, O] : {std::array<int64_t, 3>{1, 768, 37}, std::array<int64_t, 3>{3, 264, 70},
+                                   std::array<int64_t, 3>{8, 1040, 9}, std::array<int64_t, 3>{5, 16, 300}}) {
+                const bool bias = seed % 2 == 0;
+                check_decode_gemv(norm, epi, k, I, O, bias, seed);
+                ++seed;
+            }
+}
+
+TEST(CudaDecodeGemv, RefusesShapesItDoesNotTake) {
+    using namespace cuda_decoder_detail;
+    DecodeGemv a;
+    a.k = 1;
+    a.I = 12;  // not a multiple of 8
+    a.O = 4;
+    a.W = reinterpret_cast<const uint16_t*>(uintptr_t(256));
+    EXPECT_FALSE(decode_gemv_supported(a));
+    a.I = 16;
+    EXPECT_TRUE(decode_gemv_supported(a));
+    a.k = 9;
+    EXPECT_FALSE(decode_gemv_supported(a));
+    a.k = 1;
+    a.W = reinterpret_cast<const uint16_t*>(uintptr_t(258));  // not 16-byte aligned
+    EXPECT_FALSE(decode_gemv_supported(a));
+}
 
 // A prompt longer than one prefill piece (kPrefillChunk) runs in pieces that carry the state.
 TEST(CudaDecoderLong, PromptLongerThanAPrefillPiece) {

@@ -1,0 +1,49 @@
+// The decode step's own kernels (cuda_decoder_kernels.cu), used by CudaCausalLM
+// (model/cuda_inference.h). Plain C++ header; the definitions exist only in builds with CUDA.
+//
+// decode_gemv: out = epilogue(norm(x) · Wᵀ (+ b)) for k ≤ kDecodeGemvMaxRows input rows — the
+// batch-1..8 step is a weight stream, so one kernel reads each bf16 weight row once (16-byte loads,
+// a warp per output row, fp32 accumulation) and fuses what sits on either side of the product:
+//   prologue  none, RMSNorm, LayerNorm, or Mamba-2's gated RMSNorm (x · silu(z) over groups), each
+//             block normalising the rows itself (they are small) and rounding them to bf16 as the
+//             norm kernel would store them;
+//   epilogue  store bf16; add into a residual stream (round(v + b), then round(res + that), the
+//             two roundings of the unfused linear + axpy); SwiGLU over the row pairs (o, O + o) of
+//             a fused gate_up weight (each rounded, then silu(g)·u rounded); or store fp32 (logits).
+// Every stored value is computed in fp32 and rounded once, as the unfused kernels do; the sums run
+// in a different order than cuBLASLt's, so results agree with the unfused path to bf16 rounding,
+// not bit for bit.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+
+namespace mslm::cuda_decoder_detail {
+
+constexpr int64_t kDecodeGemvMaxRows = 8;
+constexpr size_t kDecodeGemvMaxSmem = 200 * 1024;  // the staged (k, I) bf16 input rows
+
+enum class DecodeNorm { None, RMS, Layer, Gated };
+enum class DecodeEpilogue { Store, Residual, SwiGLU, F32 };
+
+struct DecodeGemv {
+    const uint16_t* x = nullptr;  // (k, I) bf16, row stride ld_x
+    int64_t ld_x = 0;
+    const uint16_t* W = nullptr;  // (O, I), or (2·O, I) [gate | up] for SwiGLU
+    const uint16_t* bias = nullptr;  // (O) or (2·O), or null
+    int64_t k = 0, I = 0, O = 0;
+    DecodeNorm norm = DecodeNorm::None;
+    const uint16_t *norm_w = nullptr, *norm_b = nullptr;  // (I)
+    float eps = 0;
+    const uint16_t* z = nullptr;  // gated: (k, I), row stride ld_z
+    int64_t ld_z = 0, groups = 1;
+    uint16_t* x_out = nullptr;  // (k, I) contiguous: the normalised rows, or null
+    DecodeEpilogue epi = DecodeEpilogue::Store;
+    uint16_t* out = nullptr;  // bf16 outputs (k, O), row stride ld_out
+    float* out32 = nullptr;   // F32 outputs (k, O), row stride ld_out
+    int64_t ld_out = 0;
+};
+
+bool decode_gemv_supported(const DecodeGemv& a);
+void decode_gemv(const DecodeGemv& a, void* stream);
+
+}  // namespace mslm::cuda_decoder_detail
