@@ -127,52 +127,93 @@ __device__ __forceinline__ void dot_row(float (&acc)[kDecodeGemvMaxRows], const 
     }
 }
 
+// Σ over the block of v[r] for the rows r < k: warp sums, then the warps' partials through shared
+// memory. Every thread gets the totals. (Loops unrolled over the maximum so v stays in registers.)
+__device__ __forceinline__ void block_sums(float (&v)[kDecodeGemvMaxRows], int k, float* red) {
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+#pragma unroll
+    for (int r = 0; r < kDecodeGemvMaxRows; ++r) {
+        if (r >= k) break;
+        const float w = warp_sum(v[r]);
+        if (lane == 0) red[r * kGemvWarps + warp] = w;
+    }
+    __syncthreads();
+#pragma unroll
+    for (int r = 0; r < kDecodeGemvMaxRows; ++r) {
+        if (r >= k) break;
+        float t = 0;
+#pragma unroll
+        for (int q = 0; q < kGemvWarps; ++q) t += red[r * kGemvWarps + q];
+        v[r] = t;
+    }
+    __syncthreads();
+}
+
 __global__ void __launch_bounds__(kGemvWarps * 32) decode_gemv_kernel(DecodeGemv a) {
     extern __shared__ __align__(16) uint16_t xs[];  // (k, I) the (normalised) input rows, bf16
+    __shared__ float red[kDecodeGemvMaxRows * kGemvWarps];
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int k = int(a.k);
     const int64_t I = a.I;
-    // Prologue: stage the input rows, normalised as the unfused path's norm kernel would store them.
-    for (int64_t e = threadIdx.x; e < a.k * I; e += blockDim.x) {
-        const int64_t r = e / I, i = e - r * I;
-        xs[e] = a.x[r * a.ld_x + i];
+    constexpr int threads = kGemvWarps * 32;
+    // Prologue: stage the input rows, normalised as the unfused path's norm kernel would store them;
+    // every thread handles the columns tid, tid + 256, ... of every row, statistics by block sums.
+#pragma unroll
+    for (int r = 0; r < kDecodeGemvMaxRows; ++r) {
+        if (r >= k) break;
+        for (int64_t i = threadIdx.x; i < I; i += threads) xs[r * I + i] = a.x[r * a.ld_x + i];
     }
-    __syncthreads();
-    if (a.norm != DecodeNorm::None && warp < k) {  // warp r normalises row r
-        uint16_t* row = xs + warp * I;
-        const float eps = a.eps;
-        if (a.norm == DecodeNorm::RMS) {
-            float ss = 0;
-            for (int64_t i = lane; i < I; i += 32) ss += bf(row[i]) * bf(row[i]);
-            const float rstd = rsqrtf(warp_sum(ss) / float(I) + eps);
-            for (int64_t i = lane; i < I; i += 32) row[i] = to_bf(bf(row[i]) * rstd * bf(a.norm_w[i]));
-        } else if (a.norm == DecodeNorm::Layer) {
-            float s = 0;
-            for (int64_t i = lane; i < I; i += 32) s += bf(row[i]);
-            const float mean = warp_sum(s) / float(I);
-            float ss = 0;
-            for (int64_t i = lane; i < I; i += 32) {
-                const float d = bf(row[i]) - mean;
-                ss += d * d;
+    if (a.norm == DecodeNorm::RMS || a.norm == DecodeNorm::Layer) {
+        float mean[kDecodeGemvMaxRows] = {}, ss[kDecodeGemvMaxRows] = {};
+        if (a.norm == DecodeNorm::Layer) {
+#pragma unroll
+            for (int r = 0; r < kDecodeGemvMaxRows; ++r) {
+                if (r >= k) break;
+                for (int64_t i = threadIdx.x; i < I; i += threads) mean[r] += bf(xs[r * I + i]);
             }
-            const float rstd = rsqrtf(warp_sum(ss) / float(I) + eps);
-            for (int64_t i = lane; i < I; i += 32) {
-                const float v = (bf(row[i]) - mean) * rstd * bf(a.norm_w[i]);
-                row[i] = to_bf(a.norm_b ? v + bf(a.norm_b[i]) : v);
+            block_sums(mean, k, red);
+#pragma unroll
+            for (int r = 0; r < kDecodeGemvMaxRows; ++r) mean[r] /= float(I);
+        }
+#pragma unroll
+        for (int r = 0; r < kDecodeGemvMaxRows; ++r) {
+            if (r >= k) break;
+            for (int64_t i = threadIdx.x; i < I; i += threads) {
+                const float d = bf(xs[r * I + i]) - mean[r];
+                ss[r] += d * d;
             }
-        } else {  // gated: g = x · silu(z), RMS over each of `groups` contiguous groups
-            const uint16_t* z = a.z + warp * a.ld_z;
-            const int64_t width = I / a.groups;
-            for (int64_t g0 = 0; g0 < I; g0 += width) {
-                float ss = 0;
-                for (int64_t i = g0 + lane; i < g0 + width; i += 32) {
-                    const float g = bf(row[i]) * silu(bf(z[i]));
-                    ss += g * g;
+        }
+        block_sums(ss, k, red);
+#pragma unroll
+        for (int r = 0; r < kDecodeGemvMaxRows; ++r) {
+            if (r >= k) break;
+            const float rstd = rsqrtf(ss[r] / float(I) + a.eps);
+            for (int64_t i = threadIdx.x; i < I; i += threads) {
+                float v = (bf(xs[r * I + i]) - mean[r]) * rstd * bf(a.norm_w[i]);
+                if (a.norm_b) v += bf(a.norm_b[i]);
+                xs[r * I + i] = to_bf(v);
+            }
+        }
+    } else if (a.norm == DecodeNorm::Gated) {  // g = x · silu(z), RMS over each of `groups` groups
+        const int64_t width = I / a.groups;
+        for (int64_t g0 = 0; g0 < I; g0 += width) {  // one group at a time
+            float ss[kDecodeGemvMaxRows] = {};
+#pragma unroll
+            for (int r = 0; r < kDecodeGemvMaxRows; ++r) {
+                if (r >= k) break;
+                for (int64_t i = g0 + threadIdx.x; i < g0 + width; i += threads) {
+                    const float v = bf(xs[r * I + i]) * silu(bf(a.z[r * a.ld_z + i]));
+                    ss[r] += v * v;
                 }
-                const float rstd = rsqrtf(warp_sum(ss) / float(width) + eps);
-                for (int64_t i = g0 + lane; i < g0 + width; i += 32) {
-                    const float g = bf(row[i]) * silu(bf(z[i]));
-                    row[i] = to_bf(g * rstd * bf(a.norm_w[i]));
+            }
+            block_sums(ss, k, red);
+#pragma unroll
+            for (int r = 0; r < kDecodeGemvMaxRows; ++r) {
+                if (r >= k) break;
+                const float rstd = rsqrtf(ss[r] / float(width) + a.eps);
+                for (int64_t i = g0 + threadIdx.x; i < g0 + width; i += threads) {
+                    const float v = bf(xs[r * I + i]) * silu(bf(a.z[r * a.ld_z + i]));
+                    xs[r * I + i] = to_bf(v * rstd * bf(a.norm_w[i]));
                 }
             }
         }
@@ -245,10 +286,13 @@ void decode_gemv(const DecodeGemv& a, void* stream) {
         MSLM_CHECK(err == cudaSuccess, "decode_gemv: cudaFuncSetAttribute: {}", cudaGetErrorString(err));
         configured_device = device;
     }
-    int sms = 0;
-    cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
-    const int64_t blocks = std::min<int64_t>((a.O + kGemvWarps - 1) / kGemvWarps, int64_t(sms) * 8);
+    int sms = 0, resident = 0;
     const size_t smem = size_t(a.k * a.I) * sizeof(uint16_t);
+    cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+    cudaOccupancyMaxActiveBlocksPerMultiprocessor(&resident, decode_gemv_kernel, kGemvWarps * 32, smem);
+    // One wave: every block pays the prologue once, then strides over the rows.
+    const int64_t blocks =
+        std::min<int64_t>((a.O + kGemvWarps - 1) / kGemvWarps, int64_t(sms) * std::max(resident, 1));
     decode_gemv_kernel<<<unsigned(blocks), kGemvWarps * 32, smem, static_cast<cudaStream_t>(stream)>>>(a);
     check("decode_gemv");
 }
