@@ -57,6 +57,11 @@ void copy_cols(bf16* dst, int64_t ld_dst, const bf16* src, int64_t ld_src, int64
           "cudaMemcpy2DAsync");
 }
 
+// The MLP's up projection width: SwiGLU's fused gate_up (2F), a plain MLP's fc1 (F).
+int64_t mlp_up_width(const ModelConfig& cfg) {
+    return cfg.mlp.kind == MlpKind::SwiGLU ? 2 * cfg.mlp.d_ff : cfg.mlp.d_ff;
+}
+
 void copy(bf16* dst, const bf16* src, int64_t n) {
     check(cudaMemcpyAsync(dst, src, sizeof(bf16) * n, cudaMemcpyDeviceToDevice, nullptr), "cudaMemcpyAsync");
 }
@@ -94,6 +99,7 @@ struct CudaHybridLM::Impl {
         // Mamba (both versions) and projections of every mixer.
         CudaParam in_w, in_b, conv_w, conv_b, dt_bias, A_log, D, gnorm_w, out_w, out_b;
         CudaParam x_w, dtp_w, dtp_b;           // Mamba-1
+        CudaParam dt_norm_w, B_norm_w, C_norm_w;  // Mamba-1 dt_bc_norm (RMSNorm weights)
         CudaParam qkv_w, qkv_b, o_w, o_b;      // attention
         CudaParam up_w, up_b, down_w, down_b;  // MLP
         // Saved activations (N = B·T rows).
@@ -103,10 +109,15 @@ struct CudaHybridLM::Impl {
         float* g_rstd = nullptr;  // (N, norm groups)
         float* states = nullptr;  // chunk states of the scan / SSD
         bf16 *xz = nullptr, *xc = nullptr, *xdbl = nullptr, *dt = nullptr, *dt_raw = nullptr;  // Mamba-1
+        // Mamba-1 dt_bc_norm: x_proj's dt, B, C columns gathered into three contiguous blocks
+        // (N, R), (N, S), (N, S) (the norms' inputs); normed B and C as two (N, S) blocks (normed dt
+        // is `dt`); the three norms' rstd (3, N).
+        bf16 *dbc_in = nullptr, *bc = nullptr;
+        float* dbc_rstd = nullptr;
         bf16* qkv = nullptr;              // attention (N, (Hq + 2·Hkv)·Dh), q and k rotated
         bf16* o = nullptr;                // (N, Hq·Dh)
         float* lse = nullptr;             // (B, Hq, T)
-        bf16 *h = nullptr, *a = nullptr;  // MLP (N, 2F), (N, F)
+        bf16 *h = nullptr, *a = nullptr;  // MLP (N, up width), (N, F)
     };
 
     float* params = nullptr;  // (total) fp32 master values
@@ -135,7 +146,7 @@ struct CudaHybridLM::Impl {
     float *losses = nullptr, *lse = nullptr;  // (N)
     bf16* tmp = nullptr;                      // (N, D) a sublayer's output
     bf16 *g_res = nullptr, *g_ln = nullptr;   // (N, D)
-    std::array<bf16*, 6> scratch{};           // a sublayer's backward buffers, shared by all layers
+    std::array<bf16*, 8> scratch{};           // a sublayer's backward buffers, shared by all layers
     void* ws = nullptr;                       // kernels' workspace, shared
     size_t ws_bytes = 0;
 };
@@ -150,10 +161,6 @@ void malloc_into(void** p, size_t bytes) {
 
 CudaHybridLM::CudaHybridLM(const ModelConfig& cfg) : cfg_(cfg), impl_(std::make_unique<Impl>()) {
     cfg_.validate();
-    if (cfg_.mlp.kind != MlpKind::None && cfg_.mlp.kind != MlpKind::SwiGLU)
-        fail("not supported on CUDA yet: MLP kind other than SwiGLU (no GELU / ReLU kernels)");
-    if (cfg_.count(LayerKind::Mamba) && cfg_.mamba.version == 1 && cfg_.mamba.dt_bc_norm)
-        fail("not supported on CUDA yet: Mamba-1 dt_bc_norm");
     if (cfg_.count(LayerKind::Mamba) && cfg_.mamba.version == 1 && cfg_.mamba.d_state > kc::kScanMaxState)
         fail("not supported on CUDA yet: Mamba-1 d_state {} > {}", cfg_.mamba.d_state, kc::kScanMaxState);
     if (cfg_.count(LayerKind::Mamba) && cfg_.mamba.version == 1 &&
@@ -215,6 +222,9 @@ CudaHybridLM::CudaHybridLM(const ModelConfig& cfg) : cfg_(cfg), impl_(std::make_
                 L.x_w = param(x + "x_proj.weight");
                 L.dtp_w = param(x + "dt_proj.weight");
                 L.dtp_b = param(x + "dt_proj.bias");
+                L.dt_norm_w = param(x + "dt_norm.weight");  // absent (null) without dt_bc_norm
+                L.B_norm_w = param(x + "B_norm.weight");
+                L.C_norm_w = param(x + "C_norm.weight");
             } else {
                 L.dt_bias = param(x + "dt_bias");
                 L.gnorm_w = param(x + "norm.weight");
@@ -222,10 +232,13 @@ CudaHybridLM::CudaHybridLM(const ModelConfig& cfg) : cfg_(cfg), impl_(std::make_
         }
         if (cfg_.mlp.kind != MlpKind::None) {
             L.mlp_norm = norm(p + ".mlp_norm");
-            L.up_w = param(p + ".mlp.gate_up_proj.weight");
-            L.up_b = param(p + ".mlp.gate_up_proj.bias");
-            L.down_w = param(p + ".mlp.down_proj.weight");
-            L.down_b = param(p + ".mlp.down_proj.bias");
+            const bool gated = cfg_.mlp.kind == MlpKind::SwiGLU;  // nn/mlp.cpp's names
+            const std::string up = p + (gated ? ".mlp.gate_up_proj" : ".mlp.fc1");
+            const std::string down = p + (gated ? ".mlp.down_proj" : ".mlp.fc2");
+            L.up_w = param(up + ".weight");
+            L.up_b = param(up + ".bias");
+            L.down_w = param(down + ".weight");
+            L.down_b = param(down + ".bias");
         }
         m.layers.push_back(L);
     }
@@ -414,10 +427,11 @@ void CudaHybridLM::plan(int64_t B, int64_t T) {
     T_ = T;
     const int64_t N = B * T, D = cfg_.d_model, V = cfg_.vocab_size, L = cfg_.n_layers;
     const bool has_mlp = cfg_.mlp.kind != MlpKind::None, layernorm = cfg_.norm == NormKind::LayerNorm;
-    const int64_t F = cfg_.mlp.d_ff, K = cfg_.mamba.d_conv;
+    const int64_t F = cfg_.mlp.d_ff, U = mlp_up_width(cfg_), K = cfg_.mamba.d_conv;
     const int64_t Din = cfg_.mamba_d_inner(), S = cfg_.mamba.d_state, GS = cfg_.mamba.n_groups * S;
     const int64_t W2 = 2 * Din + 2 * GS + cfg_.mamba_n_heads(), C2 = Din + 2 * GS;  // Mamba-2 widths
     const int64_t R = cfg_.mamba_dt_rank(), Wx = R + 2 * S;                         // Mamba-1
+    const bool bc_norm = cfg_.mamba.version == 1 && cfg_.mamba.dt_bc_norm;
     const int64_t Hq = cfg_.attention.n_heads, Dh = cfg_.attn_head_dim();
     const int64_t Wq = (Hq + 2 * cfg_.attn_kv_heads()) * Dh;
     const kc::SsdDims ssd_dims{
@@ -425,29 +439,33 @@ void CudaHybridLM::plan(int64_t B, int64_t T) {
     const ops::ScanDims scan_dims{B, T, Din, S};
 
     // Backward scratch per sublayer kind; the shared buffers take the largest.
-    std::array<int64_t, 6> scratch{};
-    auto need = [&](std::array<int64_t, 6> n) {
+    std::array<int64_t, 8> scratch{};
+    auto need = [&](std::array<int64_t, 8> n) {
         for (size_t i = 0; i < n.size(); ++i) scratch[i] = std::max(scratch[i], n[i]);
     };
     size_t ws =
         std::max(kc::norm_backward_workspace_bytes(N, D), kc::embedding_backward_workspace_bytes(N, V));
     for (const Impl::Layer& layer : m.layers) {
         if (layer.kind == LayerKind::Attention) {
-            need({N * Hq * Dh, N * Wq, 0, 0, 0, 0});  // g_o, g_qkv
+            need({N * Hq * Dh, N * Wq, 0, 0, 0, 0, 0, 0});  // g_o, g_qkv
         } else if (cfg_.mamba.version == 1) {
-            need({N * Din, N * Din, N * Wx, N * Din, N * 2 * Din,
-                  N * R});  // g_y, g_dt_raw, g_xdbl, g_xc, g_xz, g_dt
+            // g_y, g_dt_raw, g_xdbl, g_xc, g_xz, g_dt; with dt_bc_norm also g_bc, g_norm_in
+            need({N * Din, N * Din, N * Wx, N * Din, N * 2 * Din, N * R, bc_norm ? N * 2 * S : 0,
+                  bc_norm ? N * std::max(R, S) : 0});
             ws = std::max({ws, kc::selective_scan_backward_workspace_bytes(scan_dims),
                            kc::conv1d_causal_backward_workspace_bytes(B, T, Din, K)});
+            if (bc_norm)
+                ws = std::max(
+                    {ws, kc::norm_backward_workspace_bytes(N, R), kc::norm_backward_workspace_bytes(N, S)});
         } else {
-            need({N * Din, N * Din, N * Din, N * C2, N * W2, 0});  // g_yn, g_y, g_z, g_xbc, g_zxbcdt
+            need({N * Din, N * Din, N * Din, N * C2, N * W2, 0, 0, 0});  // g_yn, g_y, g_z, g_xbc, g_zxbcdt
             ws = std::max({ws, kc::norm_backward_workspace_bytes(N, Din),
                            kc::ssd_backward_workspace_bytes(ssd_dims),
                            kc::ssd_forward_workspace_bytes(ssd_dims),
                            kc::conv1d_causal_backward_workspace_bytes(B, T, C2, K)});
         }
     }
-    if (has_mlp) need({N * F, N * 2 * F, 0, 0, 0, 0});  // g_a, g_h
+    if (has_mlp) need({N * F, N * U, 0, 0, 0, 0, 0, 0});  // g_a, g_h
     m.ws_bytes = ws;
 
     auto place = [&](Planner& p) {
@@ -476,7 +494,7 @@ void CudaHybridLM::plan(int64_t B, int64_t T) {
                 p.take(layer.ln2, N * D);
                 p.take(layer.mean2, layernorm ? N : 0);
                 p.take(layer.rstd2, N);
-                p.take(layer.h, N * 2 * F);
+                p.take(layer.h, N * U);
                 p.take(layer.a, N * F);
             }
             if (layer.kind == LayerKind::Attention) {
@@ -491,6 +509,11 @@ void CudaHybridLM::plan(int64_t B, int64_t T) {
                 p.take(layer.dt_raw, N * Din);
                 p.take(layer.y, N * Din);
                 p.take(layer.states, static_cast<int64_t>(kc::selective_scan_chunk_states_size(scan_dims)));
+                if (bc_norm) {
+                    p.take(layer.dbc_in, N * Wx);
+                    p.take(layer.bc, N * 2 * S);
+                    p.take(layer.dbc_rstd, 3 * N);
+                }
             } else {
                 p.take(layer.zxbcdt, N * W2);
                 p.take(layer.xbc, N * C2);
@@ -599,11 +622,34 @@ void mamba2_backward(const Ctx& c, CudaHybridLM::Impl::Layer& L, bf16* dx, const
     linear_backward(dx, L.in_w, L.in_b, g_zxbcdt, L.ln1, N, D, W);
 }
 
+// The scan reads B and C from x_proj's output [dt | B | C], or, with dt_bc_norm, from the normed
+// (N, S) blocks of L.bc.
 ops::SelectiveScanInputs<bf16> scan_inputs(const Ctx& c, const CudaHybridLM::Impl::Layer& L) {
-    const int64_t Din = c.cfg.mamba_d_inner(), S = c.cfg.mamba.d_state, R = c.cfg.mamba_dt_rank(),
+    const int64_t N = c.N, Din = c.cfg.mamba_d_inner(), S = c.cfg.mamba.d_state, R = c.cfg.mamba_dt_rank(),
                   W = R + 2 * S;
+    if (c.cfg.mamba.dt_bc_norm)
+        return {L.xc, Din,          L.dt_raw, Din,   L.dtp_b.w,  L.A_log.w, L.bc,
+                S,    L.bc + N * S, S,        L.D.w, L.xz + Din, 2 * Din};
     return {L.xc,           Din, L.dt_raw, Din,        L.dtp_b.w, L.A_log.w, L.xdbl + R, W,
             L.xdbl + R + S, W,   L.D.w,    L.xz + Din, 2 * Din};
+}
+
+// Mamba-1 dt_bc_norm (Jamba): dt, B and C, the column blocks [0, R), [R, R + S), [R + S, W) of
+// x_proj's output, each through its own RMSNorm. Block i of L.dbc_in (the norm's input, gathered
+// contiguous) starts at N · start; its output is L.dt, L.bc or L.bc + N·S.
+struct DtBcNorm {
+    int64_t start, width;
+    const CudaParam* w;
+    bf16* in;
+    bf16* out;
+    float* rstd;
+};
+
+std::array<DtBcNorm, 3> dt_bc_norms(const Ctx& c, CudaHybridLM::Impl::Layer& L) {
+    const int64_t N = c.N, S = c.cfg.mamba.d_state, R = c.cfg.mamba_dt_rank();
+    return {DtBcNorm{0, R, &L.dt_norm_w, L.dbc_in, L.dt, L.dbc_rstd},
+            DtBcNorm{R, S, &L.B_norm_w, L.dbc_in + N * R, L.bc, L.dbc_rstd + N},
+            DtBcNorm{R + S, S, &L.C_norm_w, L.dbc_in + N * (R + S), L.bc + N * S, L.dbc_rstd + 2 * N}};
 }
 
 void mamba1_forward(const Ctx& c, CudaHybridLM::Impl::Layer& L, bf16* out) {
@@ -614,7 +660,14 @@ void mamba1_forward(const Ctx& c, CudaHybridLM::Impl::Layer& L, bf16* out) {
                               c.T, Din, c.cfg.mamba.d_conv, true);
     kc::linear_forward(L.xdbl, L.xc, L.x_w.w, static_cast<const bf16*>(nullptr), N, Din,
                        W);  // => [dt | B | C]
-    copy_cols(L.dt, R, L.xdbl, W, N, R);
+    if (c.cfg.mamba.dt_bc_norm) {
+        for (const DtBcNorm& n : dt_bc_norms(c, L)) {  // the norms need contiguous rows: gather first
+            copy_cols(n.in, n.width, L.xdbl + n.start, W, N, n.width);
+            kc::rmsnorm_forward(n.out, n.rstd, n.in, n.w->w, N, n.width, static_cast<float>(c.cfg.norm_eps));
+        }
+    } else {
+        copy_cols(L.dt, R, L.xdbl, W, N, R);
+    }
     // dt_proj without its bias: the scan adds it (in fp32) before the softplus.
     kc::linear_forward(L.dt_raw, L.dt, L.dtp_w.w, static_cast<const bf16*>(nullptr), N, R, Din);
     kc::selective_scan_forward(L.y, nullptr, scan_inputs(c, L), nullptr, ops::ScanDims{c.B, c.T, Din, S},
@@ -626,21 +679,39 @@ void mamba1_backward(const Ctx& c, CudaHybridLM::Impl::Layer& L, bf16* dx, const
     const int64_t N = c.N, D = c.cfg.d_model, Din = c.cfg.mamba_d_inner(), S = c.cfg.mamba.d_state;
     const int64_t R = c.cfg.mamba_dt_rank(), W = R + 2 * S;
     auto& s = c.m.scratch;
+    const bool bc_norm = c.cfg.mamba.dt_bc_norm;
     bf16 *g_y = s[0], *g_dt_raw = s[1], *g_xdbl = s[2], *g_xc = s[3], *g_xz = s[4], *g_dt = s[5];
+    bf16 *g_bc = s[6], *g_norm_in = s[7];  // dt_bc_norm: (N, 2S) as L.bc; (N, max(R, S))
     for (auto [p, n] : std::initializer_list<std::pair<bf16*, int64_t>>{{g_y, N * Din},
                                                                         {g_dt_raw, N * Din},
                                                                         {g_xdbl, N * W},
                                                                         {g_xc, N * Din},
                                                                         {g_xz, N * 2 * Din},
-                                                                        {g_dt, N * R}})
+                                                                        {g_dt, N * R},
+                                                                        {g_bc, bc_norm ? N * 2 * S : 0}})
         zero(p, sizeof(bf16) * n);
     linear_backward(g_y, L.out_w, L.out_b, dout, L.y, N, Din, D);
-    const ops::SelectiveScanGrads<bf16> grads{g_xc,       g_dt_raw,       L.dtp_b.g, L.A_log.g,
-                                              g_xdbl + R, g_xdbl + R + S, L.D.g,     g_xz + Din};
+    // dB and dC laid out like the scan's B and C (scan_inputs).
+    bf16* g_B = bc_norm ? g_bc : g_xdbl + R;
+    bf16* g_C = bc_norm ? g_bc + N * S : g_xdbl + R + S;
+    const ops::SelectiveScanGrads<bf16> grads{g_xc, g_dt_raw, L.dtp_b.g, L.A_log.g,
+                                              g_B,  g_C,      L.D.g,     g_xz + Din};
     const ops::ScanDims dims{c.B, c.T, Din, S};
     kc::selective_scan_backward(grads, g_y, scan_inputs(c, L), L.states, dims, c.m.ws, c.m.ws_bytes);
     linear_backward(g_dt, L.dtp_w, CudaParam{}, g_dt_raw, L.dt, N, R, Din);
-    copy_cols(g_xdbl, W, g_dt, R, N, R);  // dt's columns receive nothing else
+    if (bc_norm) {
+        // Each norm's input gradient fills its columns of g_xdbl, which receive nothing else.
+        const std::array<const bf16*, 3> g_out{g_dt, g_bc, g_bc + N * S};  // as the norms' outputs
+        const std::array<DtBcNorm, 3> norms = dt_bc_norms(c, L);
+        for (size_t i = 0; i < norms.size(); ++i) {
+            const DtBcNorm& n = norms[i];
+            zero(g_norm_in, sizeof(bf16) * N * n.width);
+            kc::rmsnorm_backward(g_norm_in, n.w->g, c.m.ws, g_out[i], n.in, n.w->w, n.rstd, N, n.width);
+            copy_cols(g_xdbl + n.start, W, g_norm_in, n.width, N, n.width);
+        }
+    } else {
+        copy_cols(g_xdbl, W, g_dt, R, N, R);  // dt's columns receive nothing else
+    }
     linear_backward(g_xc, L.x_w, CudaParam{}, g_xdbl, L.xc, N, Din, W);
     kc::conv1d_causal_backward(g_xz, L.conv_w.g, L.conv_b.g, g_xc, L.xz, 2 * Din, L.conv_w.w, L.conv_b.w, c.B,
                                c.T, Din, c.cfg.mamba.d_conv, true, c.m.ws, c.m.ws_bytes);
@@ -713,22 +784,53 @@ void mixer_backward(const Ctx& c, CudaHybridLM::Impl::Layer& L, bf16* dx, const 
         mamba2_backward(c, L, dx, dout);
 }
 
-// SwiGLU: (N, D) => gate_up (N, 2F) => a (N, F) => (N, D).
+// SwiGLU: (N, D) => gate_up (N, 2F) => a (N, F) => (N, D); a plain MLP (GELU, GELU tanh, ReLU):
+// (N, D) => fc1 h (N, F) => a (N, F) => fc2 (N, D). h and a are saved for backward.
 void mlp_forward(const Ctx& c, CudaHybridLM::Impl::Layer& L, bf16* out) {
     const int64_t N = c.N, D = c.cfg.d_model, F = c.cfg.mlp.d_ff;
-    kc::linear_forward(L.h, L.ln2, L.up_w.w, L.up_b.w, N, D, 2 * F);
-    kc::swiglu_forward(L.a, L.h, N, F);
+    kc::linear_forward(L.h, L.ln2, L.up_w.w, L.up_b.w, N, D, mlp_up_width(c.cfg));
+    switch (c.cfg.mlp.kind) {
+        case MlpKind::SwiGLU:
+            kc::swiglu_forward(L.a, L.h, N, F);
+            break;
+        case MlpKind::GELU:
+            kc::gelu_forward(L.a, L.h, N * F);
+            break;
+        case MlpKind::GELUTanh:
+            kc::gelu_tanh_forward(L.a, L.h, N * F);
+            break;
+        case MlpKind::ReLU:
+            kc::relu_forward(L.a, L.h, N * F);
+            break;
+        case MlpKind::None:
+            break;
+    }
     kc::linear_forward(out, L.a, L.down_w.w, L.down_b.w, N, F, D);
 }
 
 void mlp_backward(const Ctx& c, CudaHybridLM::Impl::Layer& L, bf16* dx, const bf16* dout) {
-    const int64_t N = c.N, D = c.cfg.d_model, F = c.cfg.mlp.d_ff;
+    const int64_t N = c.N, D = c.cfg.d_model, F = c.cfg.mlp.d_ff, U = mlp_up_width(c.cfg);
     bf16 *g_a = c.m.scratch[0], *g_h = c.m.scratch[1];
     zero(g_a, sizeof(bf16) * N * F);
-    zero(g_h, sizeof(bf16) * N * 2 * F);
+    zero(g_h, sizeof(bf16) * N * U);
     linear_backward(g_a, L.down_w, L.down_b, dout, L.a, N, F, D);
-    kc::swiglu_backward(g_h, g_a, L.h, N, F);
-    linear_backward(dx, L.up_w, L.up_b, g_h, L.ln2, N, D, 2 * F);
+    switch (c.cfg.mlp.kind) {
+        case MlpKind::SwiGLU:
+            kc::swiglu_backward(g_h, g_a, L.h, N, F);
+            break;
+        case MlpKind::GELU:
+            kc::gelu_backward(g_h, g_a, L.h, N * F);
+            break;
+        case MlpKind::GELUTanh:
+            kc::gelu_tanh_backward(g_h, g_a, L.h, N * F);
+            break;
+        case MlpKind::ReLU:
+            kc::relu_backward(g_h, g_a, L.h, N * F);
+            break;
+        case MlpKind::None:
+            break;
+    }
+    linear_backward(dx, L.up_w, L.up_b, g_h, L.ln2, N, D, U);
 }
 
 }  // namespace

@@ -21,10 +21,12 @@
 // the CPU trainer writes and either trainer resumes the other's run.
 //
 // Plain C++ header (no CUDA includes). The class exists only in builds with MSLM_HAVE_CUDA.
-// Supported: RMSNorm or LayerNorm, Mamba-1 (without dt/B/C norms) and Mamba-2 mixers, attention
-// (RoPE, ALiBi or none; GQA; sliding window), SwiGLU MLP or none, projection biases, tied or separate
-// LM head, embed_padding_idx. Not yet: GELU / ReLU MLPs, Mamba-1's dt_bc_norm — the constructor
-// throws "not supported on CUDA yet: ...".
+// Supported: every option of HybridLM — RMSNorm or LayerNorm, Mamba-1 (with or without Jamba's
+// dt/B/C norms) and Mamba-2 mixers, attention (RoPE, ALiBi or none; GQA; sliding window), SwiGLU,
+// GELU, GELU tanh or ReLU MLP or none, projection biases, tied or separate LM head,
+// embed_padding_idx — within the kernels' limits (ops/cuda/*.h): Mamba-1 d_state ≤ kScanMaxState and
+// d_conv ≤ kConv1dBackwardMaxK, attention head_dim ≤ kAttentionMaxHeadDim. Beyond them the
+// constructor throws "not supported on CUDA yet: ...".
 #pragma once
 #include <cstddef>
 #include <cstdint>

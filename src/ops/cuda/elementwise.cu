@@ -27,6 +27,63 @@ struct SiluBackwardOp {  // y = dx, a = dout, b = x
     static constexpr bool kReadsY = true, kReadsB = true;
     __device__ float operator()(float dx, float dout, float x) const { return dx + dout * silu_grad(x); }
 };
+// GELU, exact form, as x · Φ(x) with Φ(x) = erfc(−x/√2) / 2: the textbook (1 + erf(x/√2)) / 2
+// cancels for x < 0 and loses every significant bit of Φ below x ≈ −5.3 in fp32; erfc keeps them.
+constexpr float kInvSqrt2 = 0.70710678118654752440f;    // 1/√2
+constexpr float kInvSqrt2Pi = 0.39894228040143267794f;  // 1/√(2π)
+
+__device__ __forceinline__ float gelu_cdf(float x) {
+    return 0.5f * erfcf(-x * kInvSqrt2);
+}
+struct GeluForwardOp {
+    static constexpr bool kReadsY = false, kReadsB = false;
+    __device__ float operator()(float, float x, float) const { return x * gelu_cdf(x); }
+};
+struct GeluBackwardOp {  // y = dx, a = dout, b = x; gelu'(x) = Φ(x) + x · φ(x)
+    static constexpr bool kReadsY = true, kReadsB = true;
+    __device__ float operator()(float dx, float dout, float x) const {
+        const float pdf = kInvSqrt2Pi * expf(-0.5f * x * x);
+        return dx + dout * (gelu_cdf(x) + x * pdf);
+    }
+};
+
+// GELU, tanh form, as x · σ(2u): (1 + tanh(u)) / 2 = σ(2u), and sigmoid_pair keeps σ and 1 − σ
+// free of cancellation (the textbook 1 + tanh(u) loses every bit of it for u ≲ −9).
+// gelu_tanh'(x) = σ(2u) + 2x · σ(2u) · (1 − σ(2u)) · u'(x), u'(x) = √(2/π) · (1 + 3 · 0.044715 x²).
+constexpr float kSqrt2OverPi = 0.79788456080286535588f;  // √(2/π)
+constexpr float kGeluCubic = 0.044715f;
+
+__device__ __forceinline__ float gelu_tanh_u(float x) {
+    return kSqrt2OverPi * (x + kGeluCubic * x * x * x);
+}
+struct GeluTanhForwardOp {
+    static constexpr bool kReadsY = false, kReadsB = false;
+    __device__ float operator()(float, float x, float) const {
+        return x * sigmoid_pair(2.0f * gelu_tanh_u(x)).s;
+    }
+};
+struct GeluTanhBackwardOp {  // y = dx, a = dout, b = x
+    static constexpr bool kReadsY = true, kReadsB = true;
+    __device__ float operator()(float dx, float dout, float x) const {
+        // Beyond |x| = 20, |2u| > 600 makes σ(2u) exactly 0 or 1 in fp32 and the gradient exactly
+        // 0 or 1; the clamp gives that value without x³ overflowing into inf · 0 = NaN.
+        const float xc = fminf(fmaxf(x, -20.0f), 20.0f);
+        const SigmoidPair p = sigmoid_pair(2.0f * gelu_tanh_u(xc));
+        const float du = kSqrt2OverPi * (1.0f + 3.0f * kGeluCubic * xc * xc);
+        return dx + dout * (p.s + 2.0f * xc * p.s * p.c * du);
+    }
+};
+
+// ReLU as nn/mlp.cpp: x > 0 is false for NaN, which gives 0 and no gradient.
+struct ReluForwardOp {
+    static constexpr bool kReadsY = false, kReadsB = false;
+    __device__ float operator()(float, float x, float) const { return x > 0.0f ? x : 0.0f; }
+};
+struct ReluBackwardOp {  // y = dx, a = dout, b = x
+    static constexpr bool kReadsY = true, kReadsB = true;
+    __device__ float operator()(float dx, float dout, float x) const { return x > 0.0f ? dx + dout : dx; }
+};
+
 struct AxpyOp {
     static constexpr bool kReadsY = true, kReadsB = false;
     float alpha;
@@ -136,6 +193,36 @@ void silu_backward(T* dx, const T* dout, const T* x, int64_t n, void* stream) {
 }
 
 template <typename T>
+void gelu_forward(T* out, const T* x, int64_t n, void* stream) {
+    launch_map("gelu_forward", out, x, static_cast<const T*>(nullptr), n, GeluForwardOp{}, stream);
+}
+
+template <typename T>
+void gelu_backward(T* dx, const T* dout, const T* x, int64_t n, void* stream) {
+    launch_map("gelu_backward", dx, dout, x, n, GeluBackwardOp{}, stream);
+}
+
+template <typename T>
+void gelu_tanh_forward(T* out, const T* x, int64_t n, void* stream) {
+    launch_map("gelu_tanh_forward", out, x, static_cast<const T*>(nullptr), n, GeluTanhForwardOp{}, stream);
+}
+
+template <typename T>
+void gelu_tanh_backward(T* dx, const T* dout, const T* x, int64_t n, void* stream) {
+    launch_map("gelu_tanh_backward", dx, dout, x, n, GeluTanhBackwardOp{}, stream);
+}
+
+template <typename T>
+void relu_forward(T* out, const T* x, int64_t n, void* stream) {
+    launch_map("relu_forward", out, x, static_cast<const T*>(nullptr), n, ReluForwardOp{}, stream);
+}
+
+template <typename T>
+void relu_backward(T* dx, const T* dout, const T* x, int64_t n, void* stream) {
+    launch_map("relu_backward", dx, dout, x, n, ReluBackwardOp{}, stream);
+}
+
+template <typename T>
 void axpy(T* y, const T* x, int64_t n, float alpha, void* stream) {
     launch_map("axpy", y, x, static_cast<const T*>(nullptr), n, AxpyOp{alpha}, stream);
 }
@@ -180,6 +267,12 @@ void swiglu_backward(T* dgate_up, const T* dout, const T* gate_up, int64_t N, in
 #define MSLM_INSTANTIATE(T)                                                            \
     template void silu_forward<T>(T*, const T*, int64_t, void*);                       \
     template void silu_backward<T>(T*, const T*, const T*, int64_t, void*);            \
+    template void gelu_forward<T>(T*, const T*, int64_t, void*);                       \
+    template void gelu_backward<T>(T*, const T*, const T*, int64_t, void*);            \
+    template void gelu_tanh_forward<T>(T*, const T*, int64_t, void*);                  \
+    template void gelu_tanh_backward<T>(T*, const T*, const T*, int64_t, void*);       \
+    template void relu_forward<T>(T*, const T*, int64_t, void*);                       \
+    template void relu_backward<T>(T*, const T*, const T*, int64_t, void*);            \
     template void swiglu_forward<T>(T*, const T*, int64_t, int64_t, void*);            \
     template void swiglu_backward<T>(T*, const T*, const T*, int64_t, int64_t, void*); \
     template void axpy<T>(T*, const T*, int64_t, float, void*);

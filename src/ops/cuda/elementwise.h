@@ -1,4 +1,4 @@
-// CUDA elementwise kernels: SiLU, SwiGLU and the residual axpy, on buffers in GPU memory. The
+// CUDA elementwise kernels: SiLU, GELU, ReLU, SwiGLU and the residual axpy, on buffers in GPU memory. The
 // semantics are those of ops/activation.h (the CPU reference): same layouts, and backward
 // accumulates (+=) into every gradient it produces.
 //
@@ -18,6 +18,25 @@ template <typename T>
 void silu_forward(T* out, const T* x, int64_t n, void* stream = nullptr);
 template <typename T>
 void silu_backward(T* dx, const T* dout, const T* x, int64_t n, void* stream = nullptr);
+
+// GELU, exact (erf) form: out (n) = x · Φ(x); out may be x. Backward: dx (n) += dout · (Φ(x) + x · φ(x)).
+template <typename T>
+void gelu_forward(T* out, const T* x, int64_t n, void* stream = nullptr);
+template <typename T>
+void gelu_backward(T* dx, const T* dout, const T* x, int64_t n, void* stream = nullptr);
+
+// GELU, tanh approximation (gelu_pytorch_tanh): out (n) = x/2 · (1 + tanh(u)),
+// u = √(2/π) · (x + 0.044715 x³); out may be x. Backward: dx (n) += dout · d out / dx.
+template <typename T>
+void gelu_tanh_forward(T* out, const T* x, int64_t n, void* stream = nullptr);
+template <typename T>
+void gelu_tanh_backward(T* dx, const T* dout, const T* x, int64_t n, void* stream = nullptr);
+
+// out (n) = x > 0 ? x : 0 (NaN gives 0, as nn/mlp.cpp); out may be x. Backward: dx (n) += x > 0 ? dout : 0.
+template <typename T>
+void relu_forward(T* out, const T* x, int64_t n, void* stream = nullptr);
+template <typename T>
+void relu_backward(T* dx, const T* dout, const T* x, int64_t n, void* stream = nullptr);
 
 // out (N, F) = silu(gate) · up, gate_up (N, 2F) holding [gate | up] per row.
 // Backward: dgate_up (N, 2F) += [dout · up · silu'(gate) | dout · silu(gate)].
