@@ -135,6 +135,7 @@ struct CudaCausalLM::Impl {
         const bf16 *in_w = nullptr, *in_b = nullptr, *conv_w = nullptr, *conv_b = nullptr, *dt_bias = nullptr,
                    *A_log = nullptr, *D = nullptr, *gnorm_w = nullptr, *out_w = nullptr, *out_b = nullptr;
         const bf16 *x_w = nullptr, *dtp_w = nullptr, *dtp_b = nullptr;
+        const bf16 *dt_norm_w = nullptr, *B_norm_w = nullptr, *C_norm_w = nullptr;  // Mamba-1 dt_bc_norm
         const bf16 *qkv_w = nullptr, *qkv_b = nullptr, *o_w = nullptr, *o_b = nullptr;
         const bf16 *up_w = nullptr, *up_b = nullptr, *down_w = nullptr, *down_b = nullptr;
         // State (per slot blocks).
@@ -163,7 +164,7 @@ struct CudaCausalLM::Impl {
     int32_t* ids = nullptr;
     bf16 *res = nullptr, *ln = nullptr, *tmp = nullptr, *proj = nullptr, *xin = nullptr, *conv_out = nullptr;
     bf16 *y = nullptr, *z = nullptr, *yn = nullptr, *xdbl = nullptr, *dt = nullptr, *dt_raw = nullptr, *o = nullptr;
-    bf16 *h = nullptr, *a = nullptr, *hf = nullptr, *kt = nullptr, *vt = nullptr;
+    bf16 *h = nullptr, *a = nullptr, *hf = nullptr, *kt = nullptr, *vt = nullptr, *bc_in = nullptr, *bc = nullptr;
     float *mean = nullptr, *rstd = nullptr, *g_rstd = nullptr, *lse = nullptr, *logits = nullptr;
     void* ws = nullptr;
     // Pinned host staging: [slots | pos | ids] as on the device, the logits and the hidden rows.
@@ -221,12 +222,15 @@ void carve_scratch(Carver& cv, Impl& m, const ModelConfig& cfg, int64_t rows, in
     cv.take(m.xdbl, cfg.mamba.version == 1 ? N * w.Wx : 0);
     cv.take(m.dt, cfg.mamba.version == 1 ? N * w.R : 0);
     cv.take(m.dt_raw, cfg.mamba.version == 1 ? N * w.Din : 0);
+    const bool bc_norm = cfg.mamba.version == 1 && cfg.mamba.dt_bc_norm;
+    cv.take(m.bc_in, bc_norm ? N * std::max(w.R, w.S) : 0);  // one block of [dt | B | C], contiguous
+    cv.take(m.bc, bc_norm ? N * (w.R + 2 * w.S) : 0);        // the normed blocks, each contiguous
     cv.take(m.o, N * w.Hq * w.Dh);
     cv.take(m.lse, N * w.Hq);
     cv.take(m.kt, wrap * w.KVW);
     cv.take(m.vt, wrap * w.KVW);
     const bool mlp = cfg.mlp.kind != MlpKind::None;
-    cv.take(m.h, mlp ? N * 2 * w.F : 0);
+    cv.take(m.h, mlp ? N * (cfg.mlp.kind == MlpKind::SwiGLU ? 2 : 1) * w.F : 0);
     cv.take(m.a, mlp ? N * w.F : 0);
     cv.take(m.logits, std::max<int64_t>(slots, 1) * w.V);
     size_t ws = 0;
@@ -303,10 +307,6 @@ CudaDecoderMemory CudaCausalLM::plan(const ModelConfig& cfg, int64_t slots, int6
 CudaCausalLM::CudaCausalLM(const HybridLM<float>& model, int device)
     : cfg_(model.config()), impl_(std::make_unique<Impl>()), device_(device) {
     cfg_.validate();
-    if (cfg_.mlp.kind != MlpKind::None && cfg_.mlp.kind != MlpKind::SwiGLU)
-        fail("not supported on CUDA yet: MLP kind other than SwiGLU (no GELU / ReLU kernels)");
-    if (cfg_.count(LayerKind::Mamba) && cfg_.mamba.version == 1 && cfg_.mamba.dt_bc_norm)
-        fail("not supported on CUDA yet: Mamba-1 dt_bc_norm");
     if (cfg_.count(LayerKind::Mamba) && cfg_.mamba.version == 1 && cfg_.mamba.d_state > kc::kScanMaxState)
         fail("not supported on CUDA yet: Mamba-1 d_state {} > {}", cfg_.mamba.d_state, kc::kScanMaxState);
     if (cfg_.count(LayerKind::Attention) && cfg_.attn_head_dim() > kc::kAttentionMaxHeadDim)
@@ -361,16 +361,22 @@ CudaCausalLM::CudaCausalLM(const HybridLM<float>& model, int device)
             L.x_w = param(x + "x_proj.weight");
             L.dtp_w = param(x + "dt_proj.weight");
             L.dtp_b = param(x + "dt_proj.bias");
+            L.dt_norm_w = param(x + "dt_norm.weight");
+            L.B_norm_w = param(x + "B_norm.weight");
+            L.C_norm_w = param(x + "C_norm.weight");
             L.dt_bias = param(x + "dt_bias");
             L.gnorm_w = param(x + "norm.weight");
         }
         if (cfg_.mlp.kind != MlpKind::None) {
             L.mlp_norm_w = param(pre + ".mlp_norm.weight");
             L.mlp_norm_b = param(pre + ".mlp_norm.bias");
-            L.up_w = param(pre + ".mlp.gate_up_proj.weight");
-            L.up_b = param(pre + ".mlp.gate_up_proj.bias");
-            L.down_w = param(pre + ".mlp.down_proj.weight");
-            L.down_b = param(pre + ".mlp.down_proj.bias");
+            const bool gated = cfg_.mlp.kind == MlpKind::SwiGLU;
+            const std::string up = pre + (gated ? ".mlp.gate_up_proj" : ".mlp.fc1");
+            const std::string down = pre + (gated ? ".mlp.down_proj" : ".mlp.fc2");
+            L.up_w = param(up + ".weight");
+            L.up_b = param(up + ".bias");
+            L.down_w = param(down + ".weight");
+            L.down_b = param(down + ".bias");
         }
         m.layers.push_back(L);
     }
@@ -475,11 +481,44 @@ struct Run {
             kc::layernorm_forward(out, m.mean, m.rstd, x, w_, b_, N, w.D, eps, s);
     }
 
+    // a (N, F) = the MLP's activation of h (N, F): GELU, GELU-tanh or ReLU (plain MLPs).
+    void activation(bf16* a, const bf16* h) const {
+        switch (cfg.mlp.kind) {
+            case MlpKind::GELU: kc::gelu_forward(a, h, N * w.F, s); break;
+            case MlpKind::GELUTanh: kc::gelu_tanh_forward(a, h, N * w.F, s); break;
+            case MlpKind::ReLU: kc::relu_forward(a, h, N * w.F, s); break;
+            default: fail("CudaCausalLM: no activation for this MLP kind");
+        }
+    }
+
     void mlp(const CudaCausalLM::Impl::Layer& L) const {
-        kc::linear_forward(m.h, m.ln, L.up_w, L.up_b, N, w.D, 2 * w.F, s);
-        kc::swiglu_forward(m.a, m.h, N, w.F, s);
+        if (cfg.mlp.kind == MlpKind::SwiGLU) {
+            kc::linear_forward(m.h, m.ln, L.up_w, L.up_b, N, w.D, 2 * w.F, s);
+            kc::swiglu_forward(m.a, m.h, N, w.F, s);
+        } else {
+            kc::linear_forward(m.h, m.ln, L.up_w, L.up_b, N, w.D, w.F, s);
+            activation(m.a, m.h);
+        }
         kc::linear_forward(m.tmp, m.a, L.down_w, L.down_b, N, w.F, w.D, s);
     }
+
+    // Mamba-1 dt_bc_norm (Jamba): RMSNorm of x_proj's dt, B and C column blocks, each gathered
+    // contiguous first, into m.bc = [dt (N, R) | B (N, S) | C (N, S)].
+    void dt_bc_norm(const CudaCausalLM::Impl::Layer& L) const {
+        const auto eps = static_cast<float>(cfg.norm_eps);
+        const struct {
+            int64_t col, width;
+            const bf16* weight;
+            bf16* out;
+        } blocks[3] = {{0, w.R, L.dt_norm_w, m.bc},
+                       {w.R, w.S, L.B_norm_w, m.bc + N * w.R},
+                       {w.R + w.S, w.S, L.C_norm_w, m.bc + N * (w.R + w.S)}};
+        for (const auto& b : blocks) {
+            copy2d(m.bc_in, b.width, m.xdbl + b.col, w.Wx, N, b.width, s);
+            kc::rmsnorm_forward(b.out, m.rstd, m.bc_in, b.weight, N, b.width, eps, s);
+        }
+    }
+    bool bc_norm() const { return cfg.mamba.version == 1 && cfg.mamba.dt_bc_norm; }
 
     kc::SsdInputs<bf16> ssd_in(const CudaCausalLM::Impl::Layer& L, const bf16* xbc) const {
         kc::SsdInputs<bf16> in{xbc,       w.C2, m.proj + w.Din + w.C2, w.W2, L.dt_bias, L.A_log,
@@ -491,15 +530,25 @@ struct Run {
     kc::SsdDims ssd_dims(int64_t batch, int64_t T) const {
         return {batch, T, w.H, w.P, w.G, w.S, cfg.mamba.chunk_size};
     }
+    // The scan reads B and C from x_proj's output [dt | B | C], or from the normed blocks.
     ops::SelectiveScanInputs<bf16> scan_in(const CudaCausalLM::Impl::Layer& L, const bf16* xc) const {
+        if (bc_norm())
+            return {xc, w.Din, m.dt_raw, w.Din, L.dtp_b, L.A_log, m.bc + N * w.R, w.S, m.bc + N * (w.R + w.S), w.S,
+                    L.D, m.proj + w.Din, 2 * w.Din};
         return {xc,          w.Din, m.dt_raw, w.Din, L.dtp_b, L.A_log, m.xdbl + w.R, w.Wx,
                 m.xdbl + w.R + w.S, w.Wx, L.D, m.proj + w.Din, 2 * w.Din};
     }
-    // Mamba-1 after the conv: x_proj, dt_proj (without its bias: the scan adds it).
+    // Mamba-1 after the conv: x_proj, (the dt/B/C norms,) dt_proj without its bias: the scan adds it.
     void mamba1_projections(const CudaCausalLM::Impl::Layer& L, const bf16* xc) const {
         kc::linear_forward(m.xdbl, xc, L.x_w, static_cast<const bf16*>(nullptr), N, w.Din, w.Wx, s);
-        copy2d(m.dt, w.R, m.xdbl, w.Wx, N, w.R, s);
-        kc::linear_forward(m.dt_raw, m.dt, L.dtp_w, static_cast<const bf16*>(nullptr), N, w.R, w.Din, s);
+        const bf16* dt = m.dt;
+        if (bc_norm()) {
+            dt_bc_norm(L);
+            dt = m.bc;
+        } else {
+            copy2d(m.dt, w.R, m.xdbl, w.Wx, N, w.R, s);
+        }
+        kc::linear_forward(m.dt_raw, dt, L.dtp_w, static_cast<const bf16*>(nullptr), N, w.R, w.Din, s);
     }
     // Mamba-2 after the SSD: gated norm with z, out_proj.
     void mamba2_output(const CudaCausalLM::Impl::Layer& L) const {
@@ -621,7 +670,9 @@ struct Run {
                 DecodeGemv xp = plain(m.conv_out, w.Din, w.Din);
                 store(xp, L.x_w, nullptr, w.Wx, m.xdbl);  // [dt | B | C]
                 gemv(xp);
-                DecodeGemv dp = plain(m.xdbl, w.Wx, w.R);  // dt_proj without its bias: the scan adds it
+                if (bc_norm()) dt_bc_norm(L);
+                DecodeGemv dp = bc_norm() ? plain(m.bc, w.R, w.R)        // the normed dt
+                                          : plain(m.xdbl, w.Wx, w.R);  // dt_proj without its bias: the scan adds it
                 store(dp, L.dtp_w, nullptr, w.Din, m.dt_raw);
                 gemv(dp);
                 kc::selective_scan_update(m.y, L.ssm, m.slots, scan_in(L, m.conv_out), N, w.Din, w.S, s);
@@ -646,9 +697,15 @@ struct Run {
             }
             if (L.up_w) {
                 DecodeGemv up = normed(L.mlp_norm_w, L.mlp_norm_b);
-                store(up, L.up_w, L.up_b, w.F, m.a);
-                up.epi = cuda_decoder_detail::DecodeEpilogue::SwiGLU;
-                gemv(up);
+                if (cfg.mlp.kind == MlpKind::SwiGLU) {
+                    store(up, L.up_w, L.up_b, w.F, m.a);
+                    up.epi = cuda_decoder_detail::DecodeEpilogue::SwiGLU;
+                    gemv(up);
+                } else {
+                    store(up, L.up_w, L.up_b, w.F, m.h);
+                    gemv(up);
+                    activation(m.a, m.h);
+                }
                 DecodeGemv down = plain(m.a, w.F, w.F);
                 residual(down, L.down_w, L.down_b);
                 gemv(down);

@@ -79,6 +79,22 @@ ModelConfig mamba1_attention() {
     return c;
 }
 
+// Jamba: Mamba-1 with RMSNorm on dt, B, C (dt_rank 8: the fused dt_proj takes it); a GELU MLP.
+ModelConfig mamba1_jamba() {
+    ModelConfig c = mamba1_attention();
+    c.mamba.dt_rank = 8;
+    c.mamba.dt_bc_norm = true;
+    c.mlp = {MlpKind::GELU, 24, true};
+    return c;
+}
+
+// Pure Mamba-2 with GELU-tanh and ReLU MLPs is covered by the training tests; here ReLU + Mamba-2.
+ModelConfig mamba2_relu() {
+    ModelConfig c = base_config("MM");
+    c.mlp = {MlpKind::ReLU, 16, false};
+    return c;
+}
+
 // Mamba-2 with two groups + attention with partial RoPE and GQA.
 ModelConfig mamba2_rope_partial() {
     ModelConfig c = base_config("MAM");
@@ -125,6 +141,8 @@ struct Case {
 
 const Case kCases[] = {{"Mamba1", mamba1_plain},
                        {"Mamba1AttentionLayerNormBiases", mamba1_attention},
+                       {"Mamba1JambaNormsGelu", mamba1_jamba},
+                       {"Mamba2Relu", mamba2_relu},
                        {"Mamba2RopePartialGqa", mamba2_rope_partial},
                        {"Mamba2DtLimit", mamba2_dt_limit},
                        {"AlibiWindowMqa", alibi_window},
