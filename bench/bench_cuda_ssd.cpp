@@ -2,7 +2,9 @@
 // bf16 on tensor cores (the default), bf16 with MSLM_SSD_TC=0 (the fp32 tiled products: the
 // ablation) and f32. Times are CUDA-event means over repeated calls after warm-up, with the
 // workspace and chunk-state buffers allocated once, as the model does.
-//   bench_cuda_ssd [B T H P N G Q]   (default 8 2048 24 64 128 1 256: the 130m preset's Mamba-2 layer)
+//   bench_cuda_ssd [--stages] [B T H P N G Q]   (default 8 2048 24 64 128 1 256: the 130m preset's
+//   Mamba-2 layer). --stages: after each path's timing, one more forward and backward call with
+//   MSLM_SSD_STAGE_TIMES=1, which prints each kernel stage's milliseconds (CUDA events) to stderr.
 // FLOPs (stated, not measured), the convention of bench_cuda_model: per token, the chunked
 // products C·Bᵀ (2·L·N per group), the L×L scores times X (2·L·P per head), the chunk state and
 // C·S (2·P·N each per head), L = min(Q, T); forward + backward counts 3× the forward.
@@ -74,7 +76,7 @@ T* upload(const std::vector<T>& v, std::vector<void*>& owned) {
 }
 
 template <typename T>
-void bench(const char* label, const ops::SsdDims& d, double fwd_flops) {
+void bench(const char* label, const ops::SsdDims& d, double fwd_flops, bool stages) {
     const int64_t rows = d.batch * d.seqlen, H = d.n_heads;
     Rng rng(1);
     auto normal = [&](int64_t n) {
@@ -113,13 +115,22 @@ void bench(const char* label, const ops::SsdDims& d, double fwd_flops) {
         ops::cuda::ssd_forward(y, static_cast<float*>(nullptr), in, nullptr, d, states, workspace);
     };
     const float fwd = time_ms(forward);
+    auto backward = [&] { ops::cuda::ssd_backward(grads, dy, in, nullptr, states, d, workspace); };
     const float both = time_ms([&] {
         forward();
-        ops::cuda::ssd_backward(grads, dy, in, nullptr, states, d, workspace);
+        backward();
     });
     check(cudaDeviceSynchronize(), "after the timed calls");
     std::printf("| %-22s | %9.3f | %11.1f | %12.3f | %15.1f |\n", label, fwd, fwd_flops / (fwd * 1e-3) / 1e12,
                 both, 3 * fwd_flops / (both * 1e-3) / 1e12);
+    if (stages) {
+        std::fflush(stdout);
+        setenv("MSLM_SSD_STAGE_TIMES", "1", 1);
+        forward();
+        backward();
+        unsetenv("MSLM_SSD_STAGE_TIMES");
+        check(cudaDeviceSynchronize(), "after the staged calls");
+    }
     for (void* p : owned) cuda_free(p);
 }
 
@@ -133,11 +144,13 @@ int main(int argc, char** argv) {
     }
 #ifdef MSLM_HAVE_CUDA
     int64_t v[7] = {8, 2048, 24, 64, 128, 1, 256};  // B T H P N G Q
-    if (argc != 1 && argc != 8) {
-        std::fprintf(stderr, "usage: bench_cuda_ssd [B T H P N G Q]\n");
+    const bool stages = argc > 1 && std::string(argv[1]) == "--stages";
+    const int first = stages ? 2 : 1;
+    if (argc != first && argc != first + 7) {
+        std::fprintf(stderr, "usage: bench_cuda_ssd [--stages] [B T H P N G Q]\n");
         return 2;
     }
-    for (int i = 1; i < argc; ++i) v[i - 1] = std::atoll(argv[i]);
+    for (int i = first; i < argc; ++i) v[i - first] = std::atoll(argv[i]);
     const mslm::ops::SsdDims d{v[0], v[1], v[2], v[3], v[5], v[4], v[6]};
     const double L = double(std::min(d.chunk_size, d.seqlen)), N = double(d.d_state), P = double(d.head_dim);
     const double fwd_flops = double(d.batch * d.seqlen) * (2.0 * L * N * double(d.n_groups) +
@@ -150,10 +163,10 @@ int main(int argc, char** argv) {
     std::printf("| path                   |    fwd ms | fwd TFLOP/s | fwd+bwd ms | fwd+bwd TFLOP/s |\n");
     std::printf("| ---------------------- | --------: | ----------: | ---------: | --------------: |\n");
     setenv("MSLM_SSD_TC", "1", 1);
-    bench<uint16_t>("bf16, tensor cores", d, fwd_flops);
+    bench<uint16_t>("bf16, tensor cores", d, fwd_flops, stages);
     setenv("MSLM_SSD_TC", "0", 1);
-    bench<uint16_t>("bf16, MSLM_SSD_TC=0", d, fwd_flops);
-    bench<float>("f32", d, fwd_flops);
+    bench<uint16_t>("bf16, MSLM_SSD_TC=0", d, fwd_flops, stages);
+    bench<float>("f32", d, fwd_flops, stages);
 #else
     (void)argc;
     (void)argv;

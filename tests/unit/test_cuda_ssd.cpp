@@ -27,22 +27,30 @@
 //   (≤ 4u·T over T steps relative to its magnitude) and the same 512u constant.
 // - bf16 outputs (y, and gradients stored as bf16 after the +=) round once more: 2^-8·|result|;
 //   fp32 gradients round the += once: 2^-24·|result|.
-// - Tensor cores (bf16 storage unless MSLM_SSD_TC=0: C·Bᵀ, forward and backward, and the forward's
-//   (C·Bᵀ ∘ exp(segsum))·diag(dt)·X and C·S_inᵀ; ssd.h). Two changes to the model above:
-//   (i) Operands rounded to bf16. The bf16 inputs pass exactly; the decayed score M[t, s]·dt_s
-//   (formed in fp32) and the state S_in are rounded once to bf16, a relative error ≤ 2^-8 (bf16
-//   keeps 8 significant bits, so its unit roundoff is 2^-8, not 2^-9) on each product term of y
-//   that they enter. Every such term is one of the terms whose magnitudes sum to y's scale (|C·Bᵀ|
-//   ≤ |C|·|B|ᵀ, |S_in| ≤ the state's own Σ|terms|), so y errs by at most 2^-8·scale more. The
-//   cross term with the fp32 errors, 2^-8·(2N + 2Q + …)·u, is a few u, inside the 512u constant.
-//   (ii) Accumulation. The products of bf16 pairs are exact, but a tensor core adds them with
+// - Tensor cores (bf16 storage unless MSLM_SSD_TC=0: every product of the forward and the backward;
+//   ssd.h). Three changes to the model above:
+//   (i) Operands rounded once to bf16 (forward output only). The bf16 inputs pass exactly; the
+//   decayed score M[t, s]·dt_s (formed in fp32) and the state S_in of y's two products are rounded
+//   once to bf16, a relative error ≤ 2^-8 (bf16 keeps 8 significant bits, so its unit roundoff is
+//   2^-8, not 2^-9) on each product term of y that they enter. Every such term is one of the terms
+//   whose magnitudes sum to y's scale (|C·Bᵀ| ≤ |C|·|B|ᵀ, |S_in| ≤ the state's own Σ|terms|), so y
+//   errs by at most 2^-8·scale more. The cross term with the fp32 errors, 2^-8·(2N + 2Q + …)·u, is a
+//   few u, inside the 512u constant.
+//   (ii) Operands split into hi + lo bf16 (the chunk states' decayed x, every fp32-formed operand of
+//   the backward: M, dCB, S_in, dS, exp(cum)·dY): hi + lo is the fp32 value to within 2^-16 = 256u
+//   of it, so each such product stage adds 256u relative to its terms' magnitudes. Factors that
+//   could be taken out of a product (dt_s, exp(cum_t), decay_s) are applied to the fp32 result
+//   instead, costing the usual one rounding. Chains: the chunk states and h_last pass one split
+//   stage (the chunk's own state); a backward chain at most five (the forward's chunk state S_in,
+//   the chunk-state pass-back dS, then V = B·dSᵀ or Z = C·S_inᵀ, Mᵀ·dY, and dCB·B for dB, dC).
+//   (iii) Accumulation. The products of bf16 pairs are exact, but a tensor core adds them with
 //   truncation after aligning each block of addends to the largest (Fasi, Higham, Mikaitis and
 //   Pranesh, "Numerical behavior of NVIDIA tensor cores", PeerJ CS 2021): each term may err by 2u of
 //   the largest magnitude in its block instead of u, and the accumulator counts as an addend of
-//   every block, so ≤ 4u per term is taken: the N-term C·Bᵀ, the ≤ Q-term intra-chunk sum and the
-//   N-term C·S_inᵀ cost 4(2N + Q)·u instead of (2N + Q)·u, 3(2N + Q)·u more for y and 3N·u more
-//   (C·Bᵀ) inside the backward's chain.
-//   h_last and the chunk states do not go through these products: their tolerances do not change.
+//   every block, so ≤ 4u per term is taken: a K-term product costs 4K·u instead of K·u, 3K·u more.
+//   For y, C·Bᵀ (N), the intra-chunk sum (≤ Q), C·S_inᵀ (N) and the chunk state (≤ Q): 3(2N + 2Q)·u;
+//   for the chunk states 3Q·u; the backward's chains hold the products over N, Q and P (twice
+//   each in the model above): 3(2N + 2Q + 2P)·u, under its 8× cancellation factor like the rest.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -147,19 +155,26 @@ private:
     std::optional<std::string> old_;
 };
 
-// h_last and the chunk states.
+// h_last and the chunk states with the fp32 products.
 double forward_rel(const Case& c) {
     return kU * double(2 * c.N + 2 * chunk_len(c) + 2 * n_chunks(c) + 512);
 }
-// y: on tensor cores, + 2^-8 for the operands rounded to bf16 and 3(2N + Q)·u for the truncating
-// accumulation (see the top of the file).
-double y_rel(const Case& c, bool tc) {
-    return forward_rel(c) + (tc ? 0x1p-8 + kU * double(3 * (2 * c.N + chunk_len(c))) : 0.0);
+// h_last and the chunk states: on tensor cores, + 256u for the split decayed x and 3Q·u for the
+// truncating accumulation of the chunk's own state (see the top of the file).
+double states_rel(const Case& c, bool tc) {
+    return forward_rel(c) + (tc ? kU * double(256 + 3 * chunk_len(c)) : 0.0);
 }
+// y: on tensor cores, the states' terms, + 2^-8 for the operands rounded to bf16 and 3(2N + Q)·u
+// for the truncating accumulation of y's own products.
+double y_rel(const Case& c, bool tc) {
+    return states_rel(c, tc) + (tc ? 0x1p-8 + kU * double(3 * (2 * c.N + chunk_len(c))) : 0.0);
+}
+// On tensor cores: five split stages (5·256u) and the truncating accumulation 3(2N + 2Q + 2P)·u.
 double backward_rel(const Case& c, bool sums_tokens, bool tc) {
+    const int64_t tc_terms = tc ? 5 * 256 + 3 * (2 * c.N + 2 * chunk_len(c) + 2 * c.P) : 0;
     return 8 * kU *
            double(2 * c.N + 2 * chunk_len(c) + 2 * c.P + 2 * n_chunks(c) + 512 +
-                  (sums_tokens ? c.B * c.T : 0) + (tc ? 3 * c.N : 0));
+                  (sums_tokens ? c.B * c.T : 0) + tc_terms);
 }
 
 const Case kCases[] = {
@@ -173,15 +188,16 @@ const Case kCases[] = {
     {1, 50, 3, 64, 1, 128, 256, 0, false, true, true},  // Q > T at full width
 };
 
-// Shapes against the tensor cores' 64 × 64 output tiles and 32-deep k steps: Mamba-2's chunk
-// sizes 64 and 256 with odd T (a short last chunk), head_dim 64 and 32 (half a tile), d_state 16
-// (half a k step), 64 and 128, one and two groups.
+// Shapes against the tensor cores' 64 × 64 output tiles and 32-deep k steps, forward and backward:
+// Mamba-2's chunk sizes 64 and 256 with odd T (a short last chunk), head_dim 32 (half a tile), 64
+// and 128 (two tiles), d_state 16 (half a k step), 32, 64 and 128, one and two groups.
 const Case kTileCases[] = {
     {1, 301, 4, 64, 2, 16, 64, 1, true, true, true},     // chunks 4 × 64 + 45, N = 16, 2 heads per group
     {2, 263, 2, 32, 1, 64, 256, 0, true, true, true},    // chunks 256 + 7, P = 32
     {1, 517, 2, 64, 2, 128, 256, 2, false, true, true},  // chunks 2 × 256 + 5, 1 head per group
     {2, 129, 3, 32, 1, 128, 64, 1, true, false, false},  // chunks 64, 64, 1; 3 heads per group
     {1, 77, 2, 64, 1, 64, 256, 0, true, true, true},     // Q > T: one chunk of 77, straddling tiles
+    {1, 131, 2, 128, 1, 32, 64, 1, true, true, true},    // chunks 64, 64, 3; P = 128: two p tiles
 };
 
 // Inputs as stored (T), the rows of x, dt, B, C padded by `pad` (and more) values of 1000.
@@ -368,7 +384,7 @@ void check_forward(const Case& c, uint64_t seed) {
     std::vector<double> h_ref, h_scale;
     const std::vector<double> y_ref = reference(d, false, c.T).forward(&h_ref);
     const std::vector<double> y_scale = reference(d, true, c.T).forward(&h_scale);
-    const double rel = forward_rel(c);
+    const double rel = states_rel(c, tensor_cores<T>());
 
     DeviceData<T> dev(d);
     DeviceBuffer<T> y(std::vector<T>(y_ref.size()));
@@ -609,7 +625,7 @@ TYPED_TEST(CudaSsd, StatePassingInPlace) {
     std::vector<double> h_ref, h_scale;
     const std::vector<double> y_ref = reference(full, false, c.T).forward(&h_ref);
     const std::vector<double> y_scale = reference(full, true, c.T).forward(&h_scale);
-    const double rel = forward_rel(c) + kU * 64;  // + the two halves' extra chunk boundaries
+    const double rel = states_rel(c, tensor_cores<T>()) + kU * 64;  // + the halves' extra chunk boundaries
     const double rel_y = y_rel(c, tensor_cores<T>()) + kU * 64;
 
     DeviceBuffer<float> state(full.h0);

@@ -120,5 +120,146 @@ __device__ __forceinline__ void block_mma(MmaAcc& acc, int64_t k_begin, int64_t 
     }
 }
 
+// ---- block_mma_ex: block_mma with a choice of staging order for A too, and one operand that may be
+// split for near-fp32 accuracy. A split operand value v (formed in fp32) is staged as two bf16,
+// hi = bf16(v) and lo = bf16(v − hi) (v − hi is exact in fp32), and each of its products is issued
+// twice, lo first then hi: hi + lo is v to within 2^-16·|v| (bf16 keeps 8 significant bits, so
+// each rounding errs by ≤ 2^-8 of what it rounds), against 2^-8·|v| for a single rounding. The
+// split doubles the instructions of the product, not its memory traffic.
+
+enum class MmaSplit { kNone, kA, kB };
+
+struct alignas(16) MmaSmemSplit {
+    __nv_bfloat16 a[kMmaM][kMmaLd];   // a[row][k]
+    __nv_bfloat16 b[kMmaN][kMmaLd];   // b[col][k]
+    __nv_bfloat16 lo[kMmaM][kMmaLd];  // the low halves of the split operand, in its layout
+};
+static_assert(kMmaM == kMmaN, "the split buffer serves A and B alike");
+
+// As mma_stage, staging hi = bf16(v) in hi and lo = bf16(v − hi) in lo.
+template <bool kKFast, int R, class Load>
+__device__ __forceinline__ void mma_stage_split(__nv_bfloat16 (&hi)[R][kMmaLd],
+                                                __nv_bfloat16 (&lo)[R][kMmaLd], int64_t k0, int64_t k_end,
+                                                const Load& load) {
+    for (int e = threadIdx.x; e < R * kMmaK; e += kMmaThreads) {
+        const int r = kKFast ? e / kMmaK : e % R, k = kKFast ? e % kMmaK : e / R;
+        const float v = k0 + k < k_end ? load(r, k0 + k) : 0.0f;
+        const __nv_bfloat16 h = __float2bfloat16_rn(v);
+        hi[r][k] = h;
+        lo[r][k] = __float2bfloat16_rn(v - __bfloat162float(h));
+    }
+}
+
+// acc += Σ_{k ∈ [k_begin, k_end)} load_a(row, k) · load_b(k, col), as block_mma, with kAKFast /
+// kBKFast saying along which index each loader is contiguous in global memory (true: k) and
+// kSplit which operand, if any, is split into hi + lo.
+template <bool kAKFast, bool kBKFast, MmaSplit kSplit, class LoadA, class LoadB>
+__device__ __forceinline__ void block_mma_ex(MmaAcc& acc, int64_t k_begin, int64_t k_end, const LoadA& load_a,
+                                             const LoadB& load_b, MmaSmemSplit& sm) {
+    const int warp = threadIdx.x / 32, grp = threadIdx.x % 32 / 4, quad = threadIdx.x % 4;
+    const int row0 = warp / 2 * 32, col0 = warp % 2 * 32;
+    const auto load_bt = [&](int c, int64_t k) { return load_b(k, c); };
+    for (int64_t k0 = k_begin; k0 < k_end; k0 += kMmaK) {
+        if constexpr (kSplit == MmaSplit::kA) {
+            mma_stage_split<kAKFast>(sm.a, sm.lo, k0, k_end, load_a);
+        } else {
+            mma_stage<kAKFast>(sm.a, k0, k_end, load_a);
+        }
+        if constexpr (kSplit == MmaSplit::kB) {
+            mma_stage_split<kBKFast>(sm.b, sm.lo, k0, k_end, load_bt);
+        } else {
+            mma_stage<kBKFast>(sm.b, k0, k_end, load_bt);
+        }
+        __syncthreads();
+#pragma unroll
+        for (int kk = 0; kk < kMmaK; kk += 16) {
+            const int ka = kk + 2 * quad;
+            uint32_t a[2][4], b[4][2];
+#pragma unroll
+            for (int i = 0; i < 2; ++i) {
+                const int r = row0 + i * 16 + grp;
+                a[i][0] = smem_pair(&sm.a[r][ka]);
+                a[i][1] = smem_pair(&sm.a[r + 8][ka]);
+                a[i][2] = smem_pair(&sm.a[r][ka + 8]);
+                a[i][3] = smem_pair(&sm.a[r + 8][ka + 8]);
+            }
+#pragma unroll
+            for (int j = 0; j < 4; ++j) {
+                const int c = col0 + j * 8 + grp;
+                b[j][0] = smem_pair(&sm.b[c][ka]);
+                b[j][1] = smem_pair(&sm.b[c][ka + 8]);
+            }
+            if constexpr (kSplit == MmaSplit::kA) {
+#pragma unroll
+                for (int i = 0; i < 2; ++i) {
+                    const int r = row0 + i * 16 + grp;
+                    const uint32_t lo[4] = {smem_pair(&sm.lo[r][ka]), smem_pair(&sm.lo[r + 8][ka]),
+                                            smem_pair(&sm.lo[r][ka + 8]), smem_pair(&sm.lo[r + 8][ka + 8])};
+#pragma unroll
+                    for (int j = 0; j < 4; ++j) mma_m16n8k16_bf16(acc.c[i][j], lo, b[j]);
+                }
+            }
+            if constexpr (kSplit == MmaSplit::kB) {
+#pragma unroll
+                for (int j = 0; j < 4; ++j) {
+                    const int c = col0 + j * 8 + grp;
+                    const uint32_t lo[2] = {smem_pair(&sm.lo[c][ka]), smem_pair(&sm.lo[c][ka + 8])};
+#pragma unroll
+                    for (int i = 0; i < 2; ++i) mma_m16n8k16_bf16(acc.c[i][j], a[i], lo);
+                }
+            }
+#pragma unroll
+            for (int i = 0; i < 2; ++i)
+#pragma unroll
+                for (int j = 0; j < 4; ++j) mma_m16n8k16_bf16(acc.c[i][j], a[i], b[j]);
+        }
+        __syncthreads();
+    }
+}
+
+// Row and column sums of a block tile held as fragments, in a fixed order (deterministic): v(i, j, r)
+// is the value of fragment register (i, j, r) (mma_row / mma_col). A thread adds its own values,
+// then the lanes sharing the row (or column) through shuffles, then the two warps sharing it through
+// red (2·kMmaM floats); emit(row, sum) runs once per tile row (column), on threads 0..63. Every
+// thread of the block must call; it returns synchronised.
+template <class Value, class Emit>
+__device__ __forceinline__ void mma_row_sums(const Value& v, float* red, const Emit& emit) {
+    const int warp = threadIdx.x / 32, grp = threadIdx.x % 32 / 4, quad = threadIdx.x % 4;
+#pragma unroll
+    for (int i = 0; i < 2; ++i)
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+            float s = 0.0f;
+#pragma unroll
+            for (int j = 0; j < 4; ++j) s += v(i, j, 2 * half) + v(i, j, 2 * half + 1);
+            s += __shfl_xor_sync(0xffffffffu, s, 1);
+            s += __shfl_xor_sync(0xffffffffu, s, 2);
+            if (quad == 0) red[warp % 2 * kMmaM + warp / 2 * 32 + i * 16 + 8 * half + grp] = s;
+        }
+    __syncthreads();
+    if (threadIdx.x < kMmaM) emit(int(threadIdx.x), red[threadIdx.x] + red[kMmaM + threadIdx.x]);
+    __syncthreads();
+}
+
+template <class Value, class Emit>
+__device__ __forceinline__ void mma_col_sums(const Value& v, float* red, const Emit& emit) {
+    const int warp = threadIdx.x / 32, grp = threadIdx.x % 32 / 4, quad = threadIdx.x % 4;
+#pragma unroll
+    for (int j = 0; j < 4; ++j)
+#pragma unroll
+        for (int odd = 0; odd < 2; ++odd) {
+            float s = 0.0f;
+#pragma unroll
+            for (int i = 0; i < 2; ++i) s += v(i, j, odd) + v(i, j, 2 + odd);
+            s += __shfl_xor_sync(0xffffffffu, s, 4);
+            s += __shfl_xor_sync(0xffffffffu, s, 8);
+            s += __shfl_xor_sync(0xffffffffu, s, 16);
+            if (grp == 0) red[warp / 2 * kMmaN + warp % 2 * 32 + j * 8 + 2 * quad + odd] = s;
+        }
+    __syncthreads();
+    if (threadIdx.x < kMmaN) emit(int(threadIdx.x), red[threadIdx.x] + red[kMmaN + threadIdx.x]);
+    __syncthreads();
+}
+
 }  // namespace detail
 }  // namespace mslm::ops::cuda

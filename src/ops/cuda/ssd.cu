@@ -1,13 +1,16 @@
 // Mamba-2 SSD on CUDA: the chunked algorithm of ops/cpu/ssd.cpp split into kernels (ssd.h lists
 // the steps). Every matrix product goes through a tiled product whose operands come from loader
 // lambdas; the loaders fold in the decays, dt and the causal mask, so no scaled copy of an operand
-// is ever stored. Two engines:
+// is ever stored. Three engines:
 //   tile_mma   shared-memory tiled fp32 FMA, one 32 × 32 output tile per block: every product of
 //              the f32 instantiation, and the bf16 products not listed below;
 //   block_mma  (mma.cuh) tensor cores, one 64 × 64 output tile per block, the loaders' fp32 values
 //              rounded once to bf16, fp32 accumulation: for bf16 storage, C·Bᵀ (step 2, forward
 //              and backward) and the whole of step 5's products, (C·Bᵀ ∘ exp(segsum))·diag(dt)·X
-//              and C·S_inᵀ. MSLM_SSD_TC=0 in the environment selects tile_mma for those too.
+//              and C·S_inᵀ;
+//   block_mma_ex  (mma.cuh) the same with one operand split into hi + lo bf16 where it is formed in
+//              fp32: for bf16 storage, the chunk states (3) and every product of the backward.
+// MSLM_SSD_TC=0 in the environment selects tile_mma for all of them.
 //
 // Within a chunk of length L, with cum_t the chunk-local Σ_{r ≤ t} dt_r·A (fp64), X̃ = diag(dt)·X,
 // Lm[t, s] = exp(cum_t − cum_s) for s ≤ t (else 0), M = C·Bᵀ ∘ Lm and decay_s = exp(cum_last − cum_s):
@@ -21,6 +24,7 @@
 
 #include <algorithm>
 #include <climits>
+#include <cstdio>
 #include <cstdlib>
 #include <string_view>
 #include <type_traits>
@@ -529,6 +533,64 @@ __global__ void __launch_bounds__(kMmaThreads)
 // ddt_bias; dB and dC, shared by a group's heads, come from ssd_dcb_kernel and ssd_dbc_kernel.
 // Dynamic shared memory: 4·Q floats.
 
+// The end of both backward head kernels, from the per-token sums in vecs (dcum, xdx, qsum, rsum;
+// ssd_backward_head_kernel) and each thread's share dD_acc of Σ dY·x: ⟨dS, S_in⟩ and Σ dY·x reduced in
+// a fixed tree over red (blockDim.x floats, a power of two), then thread 0 walks the chunk backwards
+// for ddt and the per-chunk sums of dA_log, dD and ddt_bias.
+template <typename T>
+__device__ void finish_backward_head(const Args<T>& a, const Chunk& ch, int64_t h, int64_t bch,
+                                     const float* S_in, const float* dS, float dD_acc, float* vecs,
+                                     float* red, T* ddt, float* part) {
+    const int64_t L = ch.L, bh = ch.b * a.H + h;
+    float* dcum = vecs;
+    const float* xdx = vecs + a.Q;
+    const float* qsum = xdx + a.Q;
+    const float* rsum = qsum + a.Q;
+    const double* cum = a.cum + bh * a.seqlen + ch.t0;
+    const float* dtv = a.dtv + bh * a.seqlen + ch.t0;
+    const double cum_last = cum[L - 1];
+    float dss = 0.0f;
+    for (int64_t e = threadIdx.x; e < a.P * a.N; e += blockDim.x) dss += dS[e] * S_in[e];
+    auto block_sum = [&](float v) {
+        __syncthreads();
+        red[threadIdx.x] = v;
+        __syncthreads();
+        for (int w = blockDim.x / 2; w > 0; w >>= 1) {
+            if (int(threadIdx.x) < w) red[threadIdx.x] += red[threadIdx.x + w];
+            __syncthreads();
+        }
+        return red[0];
+    };
+    dss = block_sum(dss);
+    const float dD_sum = block_sum(dD_acc);
+
+    if (threadIdx.x != 0) return;
+    float tail_q = 0.0f;
+    for (int64_t t = 0; t < L; ++t) {
+        dcum[t] += expf(static_cast<float>(cum[t])) * rsum[t];
+        if (t < L - 1) {
+            dcum[t] -= qsum[t];
+            tail_q += qsum[t];
+        }
+    }
+    dcum[L - 1] += tail_q + expf(static_cast<float>(cum_last)) * dss;
+    const float A = head_A(a, h), bias = head_bias(a, h);
+    float da = 0.0f, dA_acc = 0.0f, dbias_acc = 0.0f;
+    for (int64_t t = L - 1; t >= 0; --t) {
+        da += dcum[t];
+        const float ddtv = da * A + xdx[t];
+        dA_acc += da * dtv[t];
+        const int64_t at = (ch.row0 + t) * a.ld_dt + h;
+        const float draw = ddtv * dt_grad(to_f32(a.dt[at]) + bias, a.dt_min, a.dt_max);
+        if (ddt) ddt[at] = from_f32<T>(to_f32(ddt[at]) + draw);
+        dbias_acc += draw;
+    }
+    const int64_t n_part = a.batch * a.n_chunks * a.H;
+    part[bch] = dA_acc;
+    part[n_part + bch] = dD_sum;
+    part[2 * n_part + bch] = dbias_acc;
+}
+
 template <typename T>
 __global__ void ssd_backward_head_kernel(Args<T> a, const T* dy, const float* CB, const float* states,
                                          const float* dS_all, T* dx, T* ddt, float* part) {
@@ -633,47 +695,7 @@ __global__ void ssd_backward_head_kernel(Args<T> a, const T* dy, const float* CB
             }
         }
 
-    // ⟨dS, S_in⟩ and Σ dY·x over the block, reduced in a fixed tree.
-    float dss = 0.0f;
-    for (int64_t e = threadIdx.x; e < a.P * a.N; e += blockDim.x) dss += dS[e] * S_in[e];
-    auto block_sum = [&](float v) {
-        __syncthreads();
-        red[threadIdx.x] = v;
-        __syncthreads();
-        for (int w = kTileThreads / 2; w > 0; w >>= 1) {
-            if (int(threadIdx.x) < w) red[threadIdx.x] += red[threadIdx.x + w];
-            __syncthreads();
-        }
-        return red[0];
-    };
-    dss = block_sum(dss);
-    const float dD_sum = block_sum(dD_acc);
-
-    if (threadIdx.x != 0) return;
-    float tail_q = 0.0f;
-    for (int64_t t = 0; t < L; ++t) {
-        dcum[t] += expf(static_cast<float>(cum[t])) * rsum[t];
-        if (t < L - 1) {
-            dcum[t] -= qsum[t];
-            tail_q += qsum[t];
-        }
-    }
-    dcum[L - 1] += tail_q + expf(static_cast<float>(cum_last)) * dss;
-    const float A = head_A(a, h), bias = head_bias(a, h);
-    float da = 0.0f, dA_acc = 0.0f, dbias_acc = 0.0f;
-    for (int64_t t = L - 1; t >= 0; --t) {
-        da += dcum[t];
-        const float ddtv = da * A + xdx[t];
-        dA_acc += da * dtv[t];
-        const int64_t at = (ch.row0 + t) * a.ld_dt + h;
-        const float draw = ddtv * dt_grad(to_f32(a.dt[at]) + bias, a.dt_min, a.dt_max);
-        if (ddt) ddt[at] = from_f32<T>(to_f32(ddt[at]) + draw);
-        dbias_acc += draw;
-    }
-    const int64_t n_part = a.batch * a.n_chunks * a.H;
-    part[bch] = dA_acc;
-    part[n_part + bch] = dD_sum;
-    part[2 * n_part + bch] = dbias_acc;
+    finish_backward_head(a, ch, h, bch, S_in, dS, dD_acc, vecs, red, ddt, part);
 }
 
 // dCB (Q, Q) per (b, chunk, group) = Σ_{h in g} (dY_h·X̃_hᵀ) ∘ Lm_h on s ≤ t, heads in order;
@@ -772,6 +794,298 @@ __global__ void ssd_dbc_kernel(Args<T> a, const T* dy, const float* dCB, const f
     }
 }
 
+// ---- tensor-core versions of (3) and of the backward, for bf16 storage. The products keep the
+// fp32 kernels' loaders, with two changes that keep them near fp32 accuracy:
+//   - a per-row or per-column factor of an operand (dt_s, exp(cum_t), decay_s) is taken out of the
+//     product where it can be, and applied to the fp32 result: the operand is then a bf16 input,
+//     exact (dY·Xᵀ of dM and dCB, the state terms of dB and dC);
+//   - an operand formed in fp32 that cannot be factored (the decayed x of the chunk states, the
+//     scores M, dCB, the fp32 states S_in and dS) is split into hi + lo bf16 (block_mma_ex), within
+//     2^-16 of its value: the states and every gradient feed later chunks or cancel (dcum subtracts
+//     column sums of E from its row sums), where a single bf16 rounding (2^-8) would cost more than
+//     the fp32 chain (tests/unit/test_cuda_ssd.cpp argues the tolerances).
+// All 64 × 64 output tiles of 128 threads; every sum is over fixed tiles in a fixed order.
+
+// Per (b, chunk, head) a (P, N) sum over the chunk's tokens, as ssd_chunk_state_kernel; grid
+// (B·n_chunks·H, mma_tiles(P)·mma_tiles(N)). A = w_t·X_t (P × L, split), B = Y (L × N, exact).
+template <bool kGrad, typename T>
+__global__ void __launch_bounds__(kMmaThreads) ssd_chunk_state_tc_kernel(Args<T> a, const T* dy, float* out) {
+    __shared__ MmaSmemSplit sm;
+    __shared__ float w[kMaxChunk];  // the token weights w_t, once per block rather than per element
+    const int64_t bch = blockIdx.x, h = bch % a.H, c = bch / a.H % a.n_chunks, b = bch / (a.H * a.n_chunks);
+    const int64_t tn = mma_tiles(a.N), p0 = blockIdx.y / tn * kMmaM, n0 = blockIdx.y % tn * kMmaN;
+    const Chunk ch = chunk_of(a, b, c);
+    const int64_t g = h / a.heads_per_group, bh = b * a.H + h;
+    const double* cum = a.cum + bh * a.seqlen + ch.t0;
+    const float* dtv = a.dtv + bh * a.seqlen + ch.t0;
+    const double cum_last = cum[ch.L - 1];
+    const T* X = kGrad ? dy + (ch.row0 * a.H + h) * a.P : a.x + ch.row0 * a.ld_x + h * a.P;
+    const int64_t ld_X = kGrad ? a.H * a.P : a.ld_x;
+    const T* Y = kGrad ? a.Cm + ch.row0 * a.ld_C + g * a.N : a.Bm + ch.row0 * a.ld_B + g * a.N;
+    const int64_t ld_Y = kGrad ? a.ld_C : a.ld_B;
+    for (int64_t t = threadIdx.x; t < ch.L; t += blockDim.x)
+        w[t] = kGrad ? expf(static_cast<float>(cum[t])) : exp_diff(cum_last, cum[t]) * dtv[t];
+    __syncthreads();
+    MmaAcc acc{};
+    block_mma_ex<false, false, MmaSplit::kA>(
+        acc, 0, ch.L,
+        [&](int j, int64_t t) { return p0 + j < a.P ? w[t] * to_f32(X[t * ld_X + p0 + j]) : 0.0f; },
+        [&](int64_t t, int j) { return n0 + j < a.N ? to_f32(Y[t * ld_Y + n0 + j]) : 0.0f; }, sm);
+    float* o = out + bch * a.P * a.N;
+#pragma unroll
+    for (int i = 0; i < 2; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j)
+#pragma unroll
+            for (int r = 0; r < 4; ++r) {
+                const int64_t p = p0 + mma_row(i, r), n = n0 + mma_col(j, r);
+                if (p < a.P && n < a.N) o[p * a.N + n] = acc.c[i][j][r];
+            }
+}
+
+// The backward head kernel on tensor cores (the same outputs and math as ssd_backward_head_kernel),
+// 128 threads looping over the chunk's 64 × 64 tiles:
+//   E tiles (t0 ≥ s0): dt_s·(dY·Xᵀ)[t, s]·M[t, s] for s < t, dY·Xᵀ exact; row sums into dcum[t],
+//   column sums out of dcum[s];
+//   (s0, p0) tiles: dX̃ = Mᵀ·dY (M split) + diag(decay)·(B·dSᵀ) (dS split), dx written, the row
+//   sums ⟨x, dX̃⟩ and q; then Z = C·S_inᵀ (S_in split) and the row sums ⟨dY, Z⟩.
+// Dynamic shared memory: 4·Q floats.
+template <typename T>
+__global__ void __launch_bounds__(kMmaThreads)
+    ssd_backward_head_tc_kernel(Args<T> a, const T* dy, const float* CB, const float* states,
+                                const float* dS_all, T* dx, T* ddt, float* part) {
+    __shared__ MmaSmemSplit sm;
+    __shared__ float red[2 * kMmaM];
+    extern __shared__ float vecs[];
+    static_assert(2 * kMmaM >= kMmaThreads, "red serves finish_backward_head's block sums");
+    const int64_t bch = blockIdx.x, h = bch % a.H, c = bch / a.H % a.n_chunks, b = bch / (a.H * a.n_chunks);
+    const Chunk ch = chunk_of(a, b, c);
+    const int64_t L = ch.L, g = h / a.heads_per_group, bh = b * a.H + h;
+    float* dcum = vecs;        // (Q)
+    float* xdx = vecs + a.Q;   // (Q) ⟨x_t, dX̃_t⟩
+    float* qsum = xdx + a.Q;   // (Q) q_s
+    float* rsum = qsum + a.Q;  // (Q) ⟨dY_t, Z_t⟩
+    const double* cum = a.cum + bh * a.seqlen + ch.t0;
+    const float* dtv = a.dtv + bh * a.seqlen + ch.t0;
+    const float* cb = CB + ((b * a.n_chunks + c) * a.G + g) * a.Q * a.Q;
+    const float* S_in = states + bch * a.P * a.N;  // (P, N)
+    const float* dS = dS_all + bch * a.P * a.N;    // (P, N)
+    const T* x = a.x + ch.row0 * a.ld_x + h * a.P;
+    const T* dYc = dy + (ch.row0 * a.H + h) * a.P;  // row stride H·P
+    const T* Bc = a.Bm + ch.row0 * a.ld_B + g * a.N;
+    const T* Cc = a.Cm + ch.row0 * a.ld_C + g * a.N;
+    const int64_t ld_y = a.H * a.P;
+    const double cum_last = cum[L - 1];
+    auto M = [&](int64_t t, int64_t s) { return cb[t * a.Q + s] * exp_diff(cum[t], cum[s]); };  // s ≤ t
+
+    for (int64_t t = threadIdx.x; t < L; t += blockDim.x) dcum[t] = xdx[t] = qsum[t] = rsum[t] = 0.0f;
+    __syncthreads();
+
+    for (int64_t t0 = 0; t0 < L; t0 += kMmaM)
+        for (int64_t s0 = 0; s0 <= t0; s0 += kMmaN) {
+            MmaAcc e{};
+            block_mma_ex<true, true, MmaSplit::kNone>(
+                e, 0, a.P,
+                [&](int j, int64_t p) { return t0 + j < L ? to_f32(dYc[(t0 + j) * ld_y + p]) : 0.0f; },
+                [&](int64_t p, int j) { return s0 + j < L ? to_f32(x[(s0 + j) * a.ld_x + p]) : 0.0f; }, sm);
+#pragma unroll
+            for (int i = 0; i < 2; ++i)
+#pragma unroll
+                for (int j = 0; j < 4; ++j)
+#pragma unroll
+                    for (int r = 0; r < 4; ++r) {
+                        const int64_t t = t0 + mma_row(i, r), s = s0 + mma_col(j, r);
+                        float& v = e.c[i][j][r];
+                        v = s < t && t < L ? v * dtv[s] * M(t, s) : 0.0f;
+                    }
+            const auto value = [&](int i, int j, int r) { return e.c[i][j][r]; };
+            mma_row_sums(value, red, [&](int r, float sum) {
+                if (t0 + r < L) dcum[t0 + r] += sum;
+            });
+            mma_col_sums(value, red, [&](int col, float sum) {
+                if (s0 + col < L) dcum[s0 + col] -= sum;
+            });
+        }
+
+    const float Dh = a.D ? to_f32(a.D[h]) : 0.0f;
+    float dD_acc = 0.0f;
+    for (int64_t s0 = 0; s0 < L; s0 += kMmaM)
+        for (int64_t p0 = 0; p0 < a.P; p0 += kMmaN) {
+            MmaAcc d{}, v{};
+            block_mma_ex<false, false, MmaSplit::kA>(
+                d, s0, L, [&](int j, int64_t t) { return s0 + j <= t ? M(t, s0 + j) : 0.0f; },
+                [&](int64_t t, int j) { return p0 + j < a.P ? to_f32(dYc[t * ld_y + p0 + j]) : 0.0f; }, sm);
+            block_mma_ex<true, true, MmaSplit::kB>(
+                v, 0, a.N,
+                [&](int j, int64_t n) { return s0 + j < L ? to_f32(Bc[(s0 + j) * a.ld_B + n]) : 0.0f; },
+                [&](int64_t n, int j) { return p0 + j < a.P ? dS[(p0 + j) * a.N + n] : 0.0f; }, sm);
+            // d becomes x·dX̃ and v the q terms decay·dt·x·V, both 0 outside the chunk.
+#pragma unroll
+            for (int i = 0; i < 2; ++i)
+#pragma unroll
+                for (int j = 0; j < 4; ++j)
+#pragma unroll
+                    for (int r = 0; r < 4; ++r) {
+                        const int64_t s = s0 + mma_row(i, r), p = p0 + mma_col(j, r);
+                        float& dv = d.c[i][j][r];
+                        float& vv = v.c[i][j][r];
+                        if (s >= L || p >= a.P) {
+                            dv = vv = 0.0f;
+                            continue;
+                        }
+                        const float decay = exp_diff(cum_last, cum[s]);
+                        const float xv = to_f32(x[s * a.ld_x + p]), dyv = to_f32(dYc[s * ld_y + p]);
+                        const float dxt = dv + decay * vv;
+                        dD_acc += dyv * xv;
+                        if (dx) {
+                            T* out = dx + (ch.row0 + s) * a.ld_x + h * a.P + p;
+                            *out = from_f32<T>(to_f32(*out) + dtv[s] * dxt + Dh * dyv);
+                        }
+                        dv = xv * dxt;
+                        vv = decay * (dtv[s] * xv) * vv;
+                    }
+            mma_row_sums([&](int i, int j, int r) { return d.c[i][j][r]; }, red,
+                         [&](int r, float sum) {
+                             if (s0 + r < L) xdx[s0 + r] += sum;
+                         });
+            mma_row_sums([&](int i, int j, int r) { return v.c[i][j][r]; }, red,
+                         [&](int r, float sum) {
+                             if (s0 + r < L) qsum[s0 + r] += sum;
+                         });
+            MmaAcc z{};
+            block_mma_ex<true, true, MmaSplit::kB>(
+                z, 0, a.N,
+                [&](int j, int64_t n) { return s0 + j < L ? to_f32(Cc[(s0 + j) * a.ld_C + n]) : 0.0f; },
+                [&](int64_t n, int j) { return p0 + j < a.P ? S_in[(p0 + j) * a.N + n] : 0.0f; }, sm);
+            mma_row_sums(
+                [&](int i, int j, int r) {
+                    const int64_t s = s0 + mma_row(i, r), p = p0 + mma_col(j, r);
+                    return s < L && p < a.P ? to_f32(dYc[s * ld_y + p]) * z.c[i][j][r] : 0.0f;
+                },
+                red,
+                [&](int r, float sum) {
+                    if (s0 + r < L) rsum[s0 + r] += sum;
+                });
+        }
+    finish_backward_head(a, ch, h, bch, S_in, dS, dD_acc, vecs, red, ddt, part);
+}
+
+// dCB per (b, chunk, group) as ssd_dcb_kernel; grid (B·n_chunks·G, mma_tiles(Q)²). Per head the
+// exact product dY·Xᵀ, then dt_s·Lm[t, s] applied in fp32.
+template <typename T>
+__global__ void __launch_bounds__(kMmaThreads) ssd_dcb_tc_kernel(Args<T> a, const T* dy, float* dCB) {
+    __shared__ MmaSmemSplit sm;
+    const int64_t bcg = blockIdx.x, g = bcg % a.G, c = bcg / a.G % a.n_chunks, b = bcg / (a.G * a.n_chunks);
+    const int64_t tq = mma_tiles(a.Q), ti = blockIdx.y / tq, si = blockIdx.y % tq;
+    const Chunk ch = chunk_of(a, b, c);
+    if (si > ti || ti * kMmaM >= ch.L) return;
+    const int64_t t0 = ti * kMmaM, s0 = si * kMmaN, ld_y = a.H * a.P;
+    MmaAcc dcb{};
+    for (int64_t h = g * a.heads_per_group; h < (g + 1) * a.heads_per_group; ++h) {
+        const int64_t bh = b * a.H + h;
+        const double* cum = a.cum + bh * a.seqlen + ch.t0;
+        const float* dtv = a.dtv + bh * a.seqlen + ch.t0;
+        const T* x = a.x + ch.row0 * a.ld_x + h * a.P;
+        const T* dYc = dy + (ch.row0 * a.H + h) * a.P;
+        MmaAcc acc{};
+        block_mma_ex<true, true, MmaSplit::kNone>(
+            acc, 0, a.P,
+            [&](int j, int64_t p) { return t0 + j < ch.L ? to_f32(dYc[(t0 + j) * ld_y + p]) : 0.0f; },
+            [&](int64_t p, int j) { return s0 + j < ch.L ? to_f32(x[(s0 + j) * a.ld_x + p]) : 0.0f; }, sm);
+#pragma unroll
+        for (int i = 0; i < 2; ++i)
+#pragma unroll
+            for (int j = 0; j < 4; ++j)
+#pragma unroll
+                for (int r = 0; r < 4; ++r) {
+                    const int64_t t = t0 + mma_row(i, r), s = s0 + mma_col(j, r);
+                    if (s <= t && t < ch.L)
+                        dcb.c[i][j][r] += acc.c[i][j][r] * dtv[s] * exp_diff(cum[t], cum[s]);
+                }
+    }
+    float* out = dCB + bcg * a.Q * a.Q;
+#pragma unroll
+    for (int i = 0; i < 2; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j)
+#pragma unroll
+            for (int r = 0; r < 4; ++r) {
+                const int64_t t = t0 + mma_row(i, r), s = s0 + mma_col(j, r);
+                if (t < ch.L && s < ch.L) out[t * a.Q + s] = dcb.c[i][j][r];  // 0 above the diagonal
+            }
+}
+
+// dC (kDC) or dB per (b, chunk, group), as ssd_dbc_kernel; grid (B·n_chunks·G,
+// mma_tiles(Q)·mma_tiles(N)). dCB split; the state terms per head as the exact-by-split product
+// Y_h·state_h (Y = dY or x, state = S_in or dS split), then scaled by exp(cum_r) or decay_r·dt_r.
+template <bool kDC, typename T>
+__global__ void __launch_bounds__(kMmaThreads)
+    ssd_dbc_tc_kernel(Args<T> a, const T* dy, const float* dCB, const float* states, const float* dS_all,
+                      T* grad) {
+    __shared__ MmaSmemSplit sm;
+    const int64_t bcg = blockIdx.x, g = bcg % a.G, c = bcg / a.G % a.n_chunks, b = bcg / (a.G * a.n_chunks);
+    const int64_t tn = mma_tiles(a.N), r0 = blockIdx.y / tn * kMmaM, n0 = blockIdx.y % tn * kMmaN;
+    const Chunk ch = chunk_of(a, b, c);
+    if (r0 >= ch.L) return;
+    const int64_t L = ch.L, ld_y = a.H * a.P;
+    const float* dcb = dCB + bcg * a.Q * a.Q;
+    const T* other = kDC ? a.Bm + ch.row0 * a.ld_B + g * a.N : a.Cm + ch.row0 * a.ld_C + g * a.N;
+    const int64_t ld_other = kDC ? a.ld_B : a.ld_C;
+    const auto load_other = [&](int64_t k, int j) {
+        return n0 + j < a.N ? to_f32(other[k * ld_other + n0 + j]) : 0.0f;
+    };
+    MmaAcc acc{};
+    if constexpr (kDC) {
+        block_mma_ex<true, false, MmaSplit::kA>(
+            acc, 0, min(L, r0 + kMmaM),
+            [&](int j, int64_t s) { return r0 + j < L && s <= r0 + j ? dcb[(r0 + j) * a.Q + s] : 0.0f; },
+            load_other, sm);
+    } else {
+        block_mma_ex<false, false, MmaSplit::kA>(
+            acc, r0, L, [&](int j, int64_t t) { return r0 + j <= t ? dcb[t * a.Q + r0 + j] : 0.0f; },
+            load_other, sm);
+    }
+    for (int64_t h = g * a.heads_per_group; h < (g + 1) * a.heads_per_group; ++h) {
+        const int64_t bh = b * a.H + h, bch = (b * a.n_chunks + ch.c) * a.H + h;
+        const double* cum = a.cum + bh * a.seqlen + ch.t0;
+        const float* dtv = a.dtv + bh * a.seqlen + ch.t0;
+        const float* state = kDC ? states + bch * a.P * a.N : dS_all + bch * a.P * a.N;  // (P, N)
+        const T* Y = kDC ? dy + (ch.row0 * a.H + h) * a.P : a.x + ch.row0 * a.ld_x + h * a.P;
+        const int64_t ld_Y = kDC ? ld_y : a.ld_x;
+        const double cum_last = cum[L - 1];
+        MmaAcc hacc{};
+        block_mma_ex<true, false, MmaSplit::kB>(
+            hacc, 0, a.P,
+            [&](int j, int64_t p) { return r0 + j < L ? to_f32(Y[(r0 + j) * ld_Y + p]) : 0.0f; },
+            [&](int64_t p, int j) { return n0 + j < a.N ? state[p * a.N + n0 + j] : 0.0f; }, sm);
+#pragma unroll
+        for (int i = 0; i < 2; ++i)
+#pragma unroll
+            for (int half = 0; half < 2; ++half) {
+                const int64_t r = r0 + mma_row(i, 2 * half);
+                if (r >= L) continue;
+                const float w = kDC ? expf(static_cast<float>(cum[r])) : exp_diff(cum_last, cum[r]) * dtv[r];
+#pragma unroll
+                for (int j = 0; j < 4; ++j)
+#pragma unroll
+                    for (int odd = 0; odd < 2; ++odd)
+                        acc.c[i][j][2 * half + odd] += w * hacc.c[i][j][2 * half + odd];
+            }
+    }
+    const int64_t ld = kDC ? a.ld_C : a.ld_B;
+#pragma unroll
+    for (int i = 0; i < 2; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j)
+#pragma unroll
+            for (int rr = 0; rr < 4; ++rr) {
+                const int64_t r = r0 + mma_row(i, rr), n = n0 + mma_col(j, rr);
+                if (r >= L || n >= a.N) continue;
+                T* d = grad + (ch.row0 + r) * ld + g * a.N + n;
+                *d = from_f32<T>(to_f32(*d) + acc.c[i][j][rr]);
+            }
+}
+
 // dA_log, dD, ddt_bias (H): the per-chunk sums added over (b, chunk) in order, one thread per head.
 template <typename T>
 __global__ void ssd_param_grad_kernel(Args<T> a, const float* part, T* dA_log, T* dD, T* ddt_bias) {
@@ -824,26 +1138,89 @@ dim3 tiled_grid(int64_t blocks, int64_t tile_count, const char* kernel) {
     return dim3(unsigned(blocks), unsigned(tile_count));
 }
 
+// MSLM_SSD_STAGE_TIMES=1 in the environment: every ssd_forward / ssd_backward call records a CUDA
+// event after each of its stages on its stream, waits for the last, and prints the stages'
+// milliseconds to stderr (bench_cuda_ssd --stages). Off (the default) it costs one getenv per call.
+class StageTimes {
+public:
+    StageTimes(const char* op, const char* dtype, bool tc, cudaStream_t stream)
+        : op_(op), dtype_(dtype), tc_(tc), stream_(stream) {
+        const char* v = std::getenv("MSLM_SSD_STAGE_TIMES");
+        on_ = v != nullptr && std::string_view(v) == "1";
+        mark(nullptr);
+    }
+    // After the launches of one stage.
+    void mark(const char* stage) {
+        if (!on_ || n_ == kMax) return;
+        cudaEvent_t e = nullptr;
+        if (cudaEventCreate(&e) != cudaSuccess || cudaEventRecord(e, stream_) != cudaSuccess) {
+            on_ = false;
+            return;
+        }
+        events_[n_] = e, names_[n_] = stage, ++n_;
+    }
+    ~StageTimes() {
+        if (on_ && n_ > 1 && cudaEventSynchronize(events_[n_ - 1]) == cudaSuccess) {
+            std::fprintf(stderr, "%s<%s>%s:", op_, dtype_, tc_ ? " tensor cores" : "");
+            float total = 0.0f;
+            for (int i = 1; i < n_; ++i) {
+                float ms = 0.0f;
+                static_cast<void>(cudaEventElapsedTime(&ms, events_[i - 1], events_[i]));
+                total += ms;
+                std::fprintf(stderr, " %s %.3f |", names_[i], ms);
+            }
+            std::fprintf(stderr, " total %.3f ms\n", total);
+        }
+        for (int i = 0; i < n_; ++i) static_cast<void>(cudaEventDestroy(events_[i]));
+    }
+    StageTimes(const StageTimes&) = delete;
+    StageTimes& operator=(const StageTimes&) = delete;
+
+private:
+    static constexpr int kMax = 16;
+    const char *op_, *dtype_;
+    bool tc_, on_ = false;
+    cudaStream_t stream_;
+    int n_ = 0;
+    cudaEvent_t events_[kMax] = {};
+    const char* names_[kMax] = {};
+};
+
 // Steps (1), (3) and (4) of the forward, which the backward repeats when not given chunk_states:
 // dtv, cum and the chunk states in the workspace (or in `states`), h_last if wanted.
 template <typename S>
 void state_pass(const Args<device_t<S>>& a, const Workspace& ws, float* states, const float* h0,
-                float* h_last, cudaStream_t stream) {
+                float* h_last, bool tc, cudaStream_t stream, StageTimes& times) {
     using T = device_t<S>;
     const int64_t bcn = a.batch * a.n_chunks;
     if (bcn > 0) {
         ssd_decay_kernel<<<grid_size<S>(bcn * a.H, "ssd_decay"), kThreads, 0, stream>>>(a, ws.dtv, ws.cum);
         check_launch<S>("ssd_decay");
-        ssd_chunk_state_kernel<false>
-            <<<tiled_grid(bcn * a.H, tiles(a.P) * tiles(a.N), "ssd_chunk_state"), kTileThreads, 0, stream>>>(
-                a, static_cast<const T*>(nullptr), states);
-        check_launch<S>("ssd_chunk_state");
+        times.mark("decay");
+        bool done = false;
+        if constexpr (std::is_same_v<S, uint16_t>) {
+            if (tc) {
+                ssd_chunk_state_tc_kernel<false>
+                    <<<tiled_grid(bcn * a.H, mma_tiles(a.P) * mma_tiles(a.N), "ssd_chunk_state_tc"),
+                       kMmaThreads, 0, stream>>>(a, static_cast<const T*>(nullptr), states);
+                check_launch<S>("ssd_chunk_state_tc");
+                done = true;
+            }
+        }
+        if (!done) {
+            ssd_chunk_state_kernel<false>
+                <<<tiled_grid(bcn * a.H, tiles(a.P) * tiles(a.N), "ssd_chunk_state"), kTileThreads, 0,
+                   stream>>>(a, static_cast<const T*>(nullptr), states);
+            check_launch<S>("ssd_chunk_state");
+        }
+        times.mark("chunk_state");
     }
     if (h_last || bcn > 0) {
         const int64_t total = a.batch * a.H * a.P * a.N;
         ssd_state_pass_kernel<false>
             <<<grid_size<S>(total, "ssd_state_pass"), kThreads, 0, stream>>>(a, states, h0, h_last);
         check_launch<S>("ssd_state_pass");
+        times.mark("state_pass");
     }
 }
 
@@ -901,11 +1278,13 @@ void ssd_forward(S* y, float* h_last, const SsdInputs<S>& in, const float* h0, c
     Workspace ws{};
     layout(p, false, scratch.get(), &ws);
     const auto a = make_args(in, p, ws);
-    float* states = chunk_states ? chunk_states : ws.states;
-    state_pass<S>(a, ws, states, h0, h_last, s);
-    if (p.n_chunks == 0) return;
     const bool tc = use_tensor_cores<S>();
+    StageTimes times("ssd_forward", dtype_label<S>(), tc, s);
+    float* states = chunk_states ? chunk_states : ws.states;
+    state_pass<S>(a, ws, states, h0, h_last, tc, s, times);
+    if (p.n_chunks == 0) return;
     launch_cb<S>(a, ws.CB, tc, s);
+    times.mark("cb");
     const int64_t bch = p.batch * p.n_chunks * p.H;
     auto* out = reinterpret_cast<device_t<S>*>(y);
     if constexpr (std::is_same_v<S, uint16_t>) {
@@ -913,12 +1292,94 @@ void ssd_forward(S* y, float* h_last, const SsdInputs<S>& in, const float* h0, c
             ssd_output_tc_kernel<<<tiled_grid(bch, mma_tiles(p.Q) * mma_tiles(p.P), "ssd_output_tc"),
                                    kMmaThreads, 0, s>>>(a, ws.CB, states, out);
             check_launch<S>("ssd_output_tc");
+            times.mark("output");
             return;
         }
     }
     ssd_output_kernel<<<tiled_grid(bch, tiles(p.Q) * tiles(p.P), "ssd_output"), kTileThreads, 0, s>>>(
         a, ws.CB, states, out);
     check_launch<S>("ssd_output");
+    times.mark("output");
+}
+
+// The backward's kernels, fp32 tiles or (bf16, tc) tensor cores; the same stages either way.
+template <typename S>
+void backward_stages(const SsdGrads<S>& grads, const device_t<S>* dY, const Args<device_t<S>>& a,
+                     const Plan& p, const Workspace& ws, const float* states, bool tc, cudaStream_t s,
+                     StageTimes& times) {
+    using T = device_t<S>;
+    const int64_t bch = p.batch * p.n_chunks * p.H, bcg = p.batch * p.n_chunks * p.G;
+    const int64_t total = p.batch * p.H * p.P * p.N;
+    const size_t vec_bytes = 4 * p.Q * sizeof(float);
+    auto* dx = reinterpret_cast<T*>(grads.dx);
+    auto* ddt = reinterpret_cast<T*>(grads.ddt);
+    auto* dB = reinterpret_cast<T*>(grads.dB);
+    auto* dC = reinterpret_cast<T*>(grads.dC);
+    if constexpr (std::is_same_v<S, uint16_t>) {
+        if (tc) {
+            ssd_chunk_state_tc_kernel<true>
+                <<<tiled_grid(bch, mma_tiles(p.P) * mma_tiles(p.N), "ssd_chunk_state_grad_tc"), kMmaThreads,
+                   0, s>>>(a, dY, ws.dS);
+            check_launch<S>("ssd_chunk_state_grad_tc");
+            times.mark("chunk_state_grad");
+            ssd_state_pass_kernel<true>
+                <<<grid_size<S>(total, "ssd_state_pass_grad"), kThreads, 0, s>>>(a, ws.dS, nullptr, nullptr);
+            check_launch<S>("ssd_state_pass_grad");
+            times.mark("state_pass_grad");
+            ssd_backward_head_tc_kernel<<<tiled_grid(bch, 1, "ssd_backward_head_tc"), kMmaThreads, vec_bytes,
+                                          s>>>(a, dY, ws.CB, states, ws.dS, dx, ddt, ws.part);
+            check_launch<S>("ssd_backward_head_tc");
+            times.mark("backward_head");
+            if (dB || dC) {
+                ssd_dcb_tc_kernel<<<tiled_grid(bcg, mma_tiles(p.Q) * mma_tiles(p.Q), "ssd_dcb_tc"),
+                                    kMmaThreads, 0, s>>>(a, dY, ws.dCB);
+                check_launch<S>("ssd_dcb_tc");
+                times.mark("dcb");
+                const dim3 grid = tiled_grid(bcg, mma_tiles(p.Q) * mma_tiles(p.N), "ssd_dbc_tc");
+                if (dC) {
+                    ssd_dbc_tc_kernel<true><<<grid, kMmaThreads, 0, s>>>(a, dY, ws.dCB, states, ws.dS, dC);
+                    check_launch<S>("ssd_dbc_tc");
+                    times.mark("dC");
+                }
+                if (dB) {
+                    ssd_dbc_tc_kernel<false><<<grid, kMmaThreads, 0, s>>>(a, dY, ws.dCB, states, ws.dS, dB);
+                    check_launch<S>("ssd_dbc_tc");
+                    times.mark("dB");
+                }
+            }
+            return;
+        }
+    }
+    ssd_chunk_state_kernel<true>
+        <<<tiled_grid(bch, tiles(p.P) * tiles(p.N), "ssd_chunk_state_grad"), kTileThreads, 0, s>>>(a, dY,
+                                                                                                   ws.dS);
+    check_launch<S>("ssd_chunk_state_grad");
+    times.mark("chunk_state_grad");
+    ssd_state_pass_kernel<true>
+        <<<grid_size<S>(total, "ssd_state_pass_grad"), kThreads, 0, s>>>(a, ws.dS, nullptr, nullptr);
+    check_launch<S>("ssd_state_pass_grad");
+    times.mark("state_pass_grad");
+    ssd_backward_head_kernel<<<tiled_grid(bch, 1, "ssd_backward_head"), kTileThreads, vec_bytes, s>>>(
+        a, dY, ws.CB, states, ws.dS, dx, ddt, ws.part);
+    check_launch<S>("ssd_backward_head");
+    times.mark("backward_head");
+    if (dB || dC) {
+        ssd_dcb_kernel<<<tiled_grid(bcg, tiles(p.Q) * tiles(p.Q), "ssd_dcb"), kTileThreads, 0, s>>>(a, dY,
+                                                                                                    ws.dCB);
+        check_launch<S>("ssd_dcb");
+        times.mark("dcb");
+        const dim3 grid = tiled_grid(bcg, tiles(p.Q) * tiles(p.N), "ssd_dbc");
+        if (dC) {
+            ssd_dbc_kernel<true><<<grid, kTileThreads, 0, s>>>(a, dY, ws.dCB, states, ws.dS, dC);
+            check_launch<S>("ssd_dbc");
+            times.mark("dC");
+        }
+        if (dB) {
+            ssd_dbc_kernel<false><<<grid, kTileThreads, 0, s>>>(a, dY, ws.dCB, states, ws.dS, dB);
+            check_launch<S>("ssd_dbc");
+            times.mark("dB");
+        }
+    }
 }
 
 template <typename S>
@@ -934,56 +1395,33 @@ void ssd_backward(const SsdGrads<S>& grads, const S* dy, const SsdInputs<S>& in,
     Workspace ws{};
     layout(p, true, scratch.get(), &ws);
     const auto a = make_args(in, p, ws);
-    const T* dY = reinterpret_cast<const T*>(dy);
-    const int64_t bch = p.batch * p.n_chunks * p.H, bcg = p.batch * p.n_chunks * p.G;
+    const bool tc = use_tensor_cores<S>();
+    StageTimes times("ssd_backward", dtype_label<S>(), tc, s);
+    const int64_t bch = p.batch * p.n_chunks * p.H;
 
     // Forward quantities: dt, cum, C·Bᵀ and the states entering each chunk.
     const float* states = chunk_states;
     if (chunk_states) {
         ssd_decay_kernel<<<grid_size<S>(bch, "ssd_decay"), kThreads, 0, s>>>(a, ws.dtv, ws.cum);
         check_launch<S>("ssd_decay");
+        times.mark("decay");
     } else {
-        state_pass<S>(a, ws, ws.states, h0, nullptr, s);
+        state_pass<S>(a, ws, ws.states, h0, nullptr, tc, s, times);
         states = ws.states;
     }
-    launch_cb<S>(a, ws.CB, use_tensor_cores<S>(), s);
+    launch_cb<S>(a, ws.CB, tc, s);
+    times.mark("cb");
 
-    // dS leaving each chunk: each chunk's pass-back, then the reverse pass.
-    ssd_chunk_state_kernel<true>
-        <<<tiled_grid(bch, tiles(p.P) * tiles(p.N), "ssd_chunk_state_grad"), kTileThreads, 0, s>>>(a, dY,
-                                                                                                   ws.dS);
-    check_launch<S>("ssd_chunk_state_grad");
-    const int64_t total = p.batch * p.H * p.P * p.N;
-    ssd_state_pass_kernel<true>
-        <<<grid_size<S>(total, "ssd_state_pass_grad"), kThreads, 0, s>>>(a, ws.dS, nullptr, nullptr);
-    check_launch<S>("ssd_state_pass_grad");
+    // dS leaving each chunk (each chunk's pass-back, then the reverse pass), the per-head
+    // gradients, dCB and dB, dC.
+    backward_stages<S>(grads, reinterpret_cast<const T*>(dy), a, p, ws, states, tc, s, times);
 
-    ssd_backward_head_kernel<<<tiled_grid(bch, 1, "ssd_backward_head"), kTileThreads, 4 * p.Q * sizeof(float),
-                               s>>>(a, dY, ws.CB, states, ws.dS, reinterpret_cast<T*>(grads.dx),
-                                    reinterpret_cast<T*>(grads.ddt), ws.part);
-    check_launch<S>("ssd_backward_head");
-
-    if (grads.dB || grads.dC) {
-        ssd_dcb_kernel<<<tiled_grid(bcg, tiles(p.Q) * tiles(p.Q), "ssd_dcb"), kTileThreads, 0, s>>>(a, dY,
-                                                                                                    ws.dCB);
-        check_launch<S>("ssd_dcb");
-        const dim3 grid = tiled_grid(bcg, tiles(p.Q) * tiles(p.N), "ssd_dbc");
-        if (grads.dC) {
-            ssd_dbc_kernel<true>
-                <<<grid, kTileThreads, 0, s>>>(a, dY, ws.dCB, states, ws.dS, reinterpret_cast<T*>(grads.dC));
-            check_launch<S>("ssd_dbc");
-        }
-        if (grads.dB) {
-            ssd_dbc_kernel<false>
-                <<<grid, kTileThreads, 0, s>>>(a, dY, ws.dCB, states, ws.dS, reinterpret_cast<T*>(grads.dB));
-            check_launch<S>("ssd_dbc");
-        }
-    }
     if (grads.dA_log || grads.dD || grads.ddt_bias) {
         ssd_param_grad_kernel<<<unsigned((p.H + kThreads - 1) / kThreads), kThreads, 0, s>>>(
             a, ws.part, reinterpret_cast<T*>(grads.dA_log), reinterpret_cast<T*>(grads.dD),
             reinterpret_cast<T*>(grads.ddt_bias));
         check_launch<S>("ssd_param_grad");
+        times.mark("param_grad");
     }
 }
 

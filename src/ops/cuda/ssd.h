@@ -21,12 +21,16 @@
 //   (3) each chunk's own end state Σ_s exp(cum_last − cum_s)·dt_s·x_s ⊗ B_s;
 //   (4) one sequential pass over the chunks carrying the state: the state entering every chunk;
 //   (5) Y = (C·Bᵀ ∘ exp(segsum))·diag(dt)·X + diag(exp(cum))·C·S_inᵀ + D·X.
-// The products are shared-memory tiled fp32 (32 × 32 output tiles), except for bf16 storage, where
-// C·Bᵀ (2) and both products of (5) run on tensor cores (bf16 mma.sync, fp32 accumulation, 64 × 64
-// output tiles): their operands are bf16 inputs, but for the decayed scores (C·Bᵀ ∘ exp(segsum))·
-// diag(dt), formed in fp32, and the fp32 state S_in, each rounded once to bf16 for the product.
-// States stay fp32 and the chunk states (3), the state pass (4) and the rest of the backward are
-// unchanged. MSLM_SSD_TC=0 in the environment selects the fp32 products for bf16 too (ablations).
+// The products are shared-memory tiled fp32 (32 × 32 output tiles), except for bf16 storage,
+// where every product of the forward and the backward runs on tensor cores (bf16 mma.sync, fp32
+// accumulation, 64 × 64 output tiles). Their operands are bf16 inputs, exact; per-row factors (dt,
+// the decays) are applied to the fp32 results where they can be; y's two fp32-formed operands (the
+// decayed scores (C·Bᵀ ∘ exp(segsum))·diag(dt) and the state S_in) are rounded once to bf16; every
+// other fp32-formed operand (the decayed x of the chunk states, and in the backward the scores,
+// d(C·Bᵀ), S_in and dS) is split into two bf16, hi + lo, within 2^-16 of it, so that the states and
+// the gradients keep near-fp32 accuracy. States stay fp32 and the state passes (4) are fp32 either
+// way. MSLM_SSD_TC=0 in the environment selects the fp32 products for bf16 too (ablations);
+// MSLM_SSD_STAGE_TIMES=1 prints each call's per-stage milliseconds to stderr (bench_cuda_ssd --stages).
 #pragma once
 #include <cstddef>
 #include <cstdint>
