@@ -4,7 +4,10 @@
 // that the column walks below hit 32 different banks. Head dims are zero-padded to DP ∈ {32, 64,
 // 128}: zero channels add nothing to q·k and produce output channels that are never stored.
 //
-// Thread layout of every tile kernel (128 threads): thread t owns the rows tr·RM .. tr·RM + RM − 1
+// bf16 with head dims 64 and 128 takes the tensor-core kernels instead (the section "tensor-core
+// kernels" below; MSLM_ATTN_TC=0 keeps these): same tiles and loops, products on mma.sync.
+//
+// Thread layout of every fp32 tile kernel (128 threads): thread t owns the rows tr·RM .. tr·RM + RM − 1
 // (tr = t / 16) and the columns tc, tc + 16, ... (tc = t % 16). The 16 threads of a row group
 // are one half-warp, so row maxima and sums reduce with four xor-shuffles.
 #include <cuda_bf16.h>
