@@ -21,14 +21,33 @@
 //   gradient already there rounds once more: u·(|before| + |after|).
 // - rope: y = x0·c ∓ x1·s with c, s rounded to fp32: 4u·(|x0 c| + |x1 s|).
 // - bf16 outputs round once more, to nearest even: 2^-8·|result|. lse is fp32 for both.
+// - Tensor cores (bf16 with head dims 64 and 128, unless MSLM_ATTN_TC=0; ops/cuda/attention.h).
+//   (i) Weights rounded to bf16: the forward's p (for P·V) and the backward's p (for Pᵀ·dO) and ds
+//   (for ds·K and dsᵀ·Q) are rounded once each, a relative 2^-8 per term (bf16 keeps 8 significant
+//   bits: unit roundoff 2^-8) before the fp32 accumulation; q, k, v and dout are bf16 already and
+//   pass exactly. The forward divides Σ_j bf16(p_j) v_j by the fp32 Σ_j p_j, so out errs by
+//   2^-8·M_d more; dv_j by 2^-8·Σ_i p_ij|dout_i|, dq_i and dk_j by 2^-8·scale·Σ|ds||k| (|q|).
+//   The fp32 row sums, the row maxima, lse and D are formed as before.
+//   (ii) Accumulation: bf16 products are exact, but a tensor core adds them truncating after
+//   aligning each block of addends to the largest (Fasi, Higham, Mikaitis and Pranesh, "Numerical
+//   behavior of NVIDIA tensor cores", PeerJ CS 2021), so ≤ 4u per term instead of u, as in
+//   test_cuda_ssd.cpp: q·k and dout·v cost 4·Dh·u, P·V 4n·u (+ n·u of online rescaling), dq 4n·u,
+//   dk and dv 4N·u.
+//   (iii) Scores in log2 units: log2(e)·scale and log2(e)·slope are rounded once each, and the
+//   backward's exponent subtracts log2(e)·lse rounded: with (ii) the weights err relatively by
+//   ε_ij = u·((4·Dh + 8)·A_ij + 2·|s_ij − lse_i| + 8) (|lse| ≤ A + |s − lse|), and lse = ln2·m +
+//   log l by 4u·|lse| instead of 2u·|lse|.
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cfloat>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <limits>
+#include <optional>
 #include <string>
+#include <string_view>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -95,11 +114,62 @@ std::vector<double> random_values(Rng& rng, size_t n, double lo, double hi) {
 template <typename T>
 constexpr double kOutRounding = kBf16<T> ? 0x1p-8 : 0.0;
 
+// The rounding model of the kernels a case runs on (header comment).
+struct Model {
+    bool tc = false;  // tensor cores
+    int acc = 1;      // u per term of a product's fp32 sum: 1, or 4 on tensor cores
+    double w = 0.0;   // relative rounding of p and ds before their products: 0, or 2^-8
+
+    // Relative error of a weight p_ij, from A_ij and s_ij − lse_i.
+    double eps(int64_t Dh, double a, double s_minus_lse) const {
+        return tc ? kU * ((4 * Dh + 8) * a + 2 * std::abs(s_minus_lse) + 8)
+                  : kU * ((Dh + 4) * a + std::abs(s_minus_lse) + 4);
+    }
+};
+
+// Whether the kernels take the tensor cores (ops/cuda/attention.h): bf16 with head dims 64 and
+// 128, unless MSLM_ATTN_TC=0.
+template <typename T>
+bool tensor_cores(int64_t head_dim) {
+    const char* v = std::getenv("MSLM_ATTN_TC");
+    return kBf16<T> && (head_dim == 64 || head_dim == 128) && (v == nullptr || std::string_view(v) != "0");
+}
+
+template <typename T>
+Model model_of(int64_t head_dim) {
+    if (!tensor_cores<T>(head_dim)) return Model{};
+    return Model{true, 4, 0x1p-8};
+}
+
+// Sets (or with nullopt clears) MSLM_ATTN_TC for a scope, restoring what was there.
+class ScopedTcSwitch {
+public:
+    explicit ScopedTcSwitch(std::optional<std::string> value) {
+        if (const char* old = std::getenv(kName)) old_ = old;
+        set(value);
+    }
+    ~ScopedTcSwitch() { set(old_); }
+    ScopedTcSwitch(const ScopedTcSwitch&) = delete;
+    ScopedTcSwitch& operator=(const ScopedTcSwitch&) = delete;
+
+private:
+    static constexpr const char* kName = "MSLM_ATTN_TC";
+    static void set(const std::optional<std::string>& value) {
+        if (value) {
+            setenv(kName, value->c_str(), 1);
+        } else {
+            unsetenv(kName);
+        }
+    }
+    std::optional<std::string> old_;
+};
+
 struct Case {
     int64_t B, T, Hq, Hkv, Dh;
     int64_t window = 0;
     bool alibi = false;
     int64_t q_offset = 0;
+    bool aligned = false;  // row strides a multiple of 8 elements: the tensor cores' cp.async path
 
     int64_t Tk() const { return q_offset + T; }
     int64_t group() const { return Hq / Hkv; }
@@ -108,19 +178,20 @@ struct Case {
     std::string name() const {
         return "B" + std::to_string(B) + " T" + std::to_string(T) + " Hq" + std::to_string(Hq) + " Hkv" +
                std::to_string(Hkv) + " Dh" + std::to_string(Dh) + " window" + std::to_string(window) +
-               (alibi ? " alibi" : "") + " q_offset" + std::to_string(q_offset);
+               (alibi ? " alibi" : "") + " q_offset" + std::to_string(q_offset) + (aligned ? " aligned" : "");
     }
 };
 
 // Where q, k and v sit in one buffer. Without q_offset they are slices of one fused projection
 // (B, T, (Hq + 2·Hkv)·Dh + pad); with it, q (B, T, Hq·Dh + pad) comes first and the fused k|v
-// (B, q_offset + T, 2·Hkv·Dh + pad) after it. The odd pad makes every row stride odd.
+// (B, q_offset + T, 2·Hkv·Dh + pad) after it. The pad of 3 makes every row stride odd (no row is
+// 16-byte aligned); `aligned` cases pad by 8 instead, so that with Dh a multiple of 8 every row is.
 struct Layout {
     int64_t ld_q, ld_k, ld_v;
     size_t q_at, k_at, v_at, size;
 
     Layout(const Case& c) {
-        constexpr int64_t pad = 3;
+        const int64_t pad = c.aligned ? 8 : 3;
         if (c.q_offset == 0) {
             ld_q = ld_k = ld_v = (c.Hq + 2 * c.Hkv) * c.Dh + pad;
             q_at = 0;
@@ -189,7 +260,8 @@ struct ForwardRef {
     std::vector<double> out_tol, lse_tol;  // the bounds of the header comment
 };
 
-ForwardRef forward_reference(const Case& c, const Layout& lay, const std::vector<double>& x) {
+ForwardRef forward_reference(const Case& c, const Layout& lay, const std::vector<double>& x,
+                             const Model& model = Model{}) {
     ForwardRef r;
     const size_t n_out = static_cast<size_t>(c.B * c.T * c.Hq * c.Dh),
                  n_lse = static_cast<size_t>(c.B * c.Hq * c.T);
@@ -227,7 +299,7 @@ ForwardRef forward_reference(const Case& c, const Layout& lay, const std::vector
                     const double dist = static_cast<double>(pos - j0 - j);
                     const double s = scale * dot - slopes[h] * dist, a = scale * mag + slopes[h] * dist;
                     p[j] = std::exp(s - lse);
-                    eps[j] = kU * ((c.Dh + 4) * a + std::abs(s - lse) + 4);
+                    eps[j] = model.eps(c.Dh, a, s - lse);
                     eps_bar += p[j] * eps[j];
                 }
                 for (int64_t d = 0; d < c.Dh; ++d) {
@@ -238,137 +310,224 @@ ForwardRef forward_reference(const Case& c, const Layout& lay, const std::vector
                         m += pv;
                     }
                     r.out_tol[static_cast<size_t>(((b * c.T + i) * c.Hq + h) * c.Dh + d)] =
-                        weighted + m * (eps_bar + (2 * n + 8) * kU);
+                        weighted + m * (eps_bar + ((model.acc + 1) * n + 8) * kU + model.w);
                 }
                 r.lse_tol[static_cast<size_t>((b * c.Hq + h) * c.T + i)] =
-                    eps_bar + (n + 8) * kU + 2 * kU * std::abs(lse);
+                    eps_bar + (n + 8) * kU + (model.tc ? 4 : 2) * kU * std::abs(lse);
             }
         }
     }
     return r;
 }
 
+template <typename T>
+void check_forward(const Case& c, Rng& rng) {
+    const Model model = model_of<T>(c.Dh);
+    SCOPED_TRACE(c.name() + (model.tc ? " (tensor cores)" : " (fp32 kernels)"));
+    const Layout lay(c);
+    const std::vector<double> x = random_values<T>(rng, lay.size, -2.0, 2.0);
+    const ForwardRef ref = forward_reference(c, lay, x, model);
+
+    DeviceBuffer<T> d_x(encode_all<T>(x)), d_out(std::vector<T>(ref.out.size()));
+    DeviceBuffer<float> d_lse(std::vector<float>(ref.lse.size()));
+    ops::cuda::AttentionOptions opt{c.scale()};
+    opt.window = c.window;
+    opt.alibi = c.alibi;
+    opt.q_offset = c.q_offset;
+    ops::cuda::attention_forward<T>(d_out.get(), d_lse.get(), d_x.get() + lay.q_at, lay.ld_q,
+                                    d_x.get() + lay.k_at, lay.ld_k, d_x.get() + lay.v_at, lay.ld_v, c.dims(),
+                                    opt);
+    EXPECT_TRUE(all_close(decode_all(d_out.download()), ref.out, ref.out_tol, kOutRounding<T>)) << "out";
+    EXPECT_TRUE(all_close(decode_all(d_lse.download()), ref.lse, ref.lse_tol, 0.0)) << "lse";
+}
+
+template <typename T>
+void check_backward(const Case& c, Rng& rng) {
+    const Model model = model_of<T>(c.Dh);
+    SCOPED_TRACE(c.name() + (model.tc ? " (tensor cores)" : " (fp32 kernels)"));
+    const Layout lay(c);
+    const std::vector<double> x = random_values<T>(rng, lay.size, -2.0, 2.0);
+    const ForwardRef fwd = forward_reference(c, lay, x);
+    // The backward reads out in T and lse in fp32; the reference reads the same rounded values.
+    std::vector<double> out = decode_all(encode_all<T>(fwd.out)), lse(fwd.lse.size());
+    std::transform(fwd.lse.begin(), fwd.lse.end(), lse.begin(),
+                   [](double v) { return static_cast<double>(static_cast<float>(v)); });
+    const std::vector<double> dout = random_values<T>(rng, out.size(), -1.0, 1.0);
+    const std::vector<double> grad0 = random_values<T>(rng, lay.size, -1.0, 1.0);  // gradients already there
+
+    std::vector<double> grad = grad0;
+    ops::AttentionOptions<double> ropt{static_cast<double>(c.scale())};
+    ropt.window = c.window;
+    ropt.alibi = c.alibi;
+    ops::attention_backward<double>(grad.data() + lay.q_at, grad.data() + lay.k_at, grad.data() + lay.v_at,
+                                    dout.data(), out.data(), lse.data(), x.data() + lay.q_at, lay.ld_q,
+                                    x.data() + lay.k_at, lay.ld_k, x.data() + lay.v_at, lay.ld_v, c.dims(),
+                                    ropt);
+
+    // Bounds (header comment), in the layout of the gradient buffer.
+    std::vector<double> tol(lay.size, 0.0);
+    const std::vector<double> slopes = slopes_of(c);
+    const double scale = c.scale();
+    const int64_t N = c.group() * c.T;
+    for (int64_t b = 0; b < c.B; ++b) {
+        for (int64_t h = 0; h < c.Hq; ++h) {
+            const int64_t hk = h / c.group();
+            for (int64_t i = 0; i < c.T; ++i) {
+                const int64_t j0 = first_visible(c, i), n = i - j0 + 1;
+                const size_t row = static_cast<size_t>(((b * c.T + i) * c.Hq + h) * c.Dh);
+                const double lse_i = lse[static_cast<size_t>((b * c.Hq + h) * c.T + i)];
+                double delta = 0.0, delta_mag = 0.0;
+                for (int64_t d = 0; d < c.Dh; ++d) {
+                    delta += dout[row + d] * out[row + d];
+                    delta_mag += std::abs(dout[row + d] * out[row + d]);
+                }
+                for (int64_t j = j0; j <= i; ++j) {
+                    double dot = 0.0, mag = 0.0, dp = 0.0, dp_mag = 0.0;
+                    for (int64_t d = 0; d < c.Dh; ++d) {
+                        const double t = x[lay.q(c, b, i, h, d)] * x[lay.k(c, b, j, hk, d)];
+                        const double u = dout[row + d] * x[lay.v(c, b, j, hk, d)];
+                        dot += t;
+                        mag += std::abs(t);
+                        dp += u;
+                        dp_mag += std::abs(u);
+                    }
+                    const double dist = static_cast<double>(i - j);
+                    const double s = scale * dot - slopes[h] * dist, a = scale * mag + slopes[h] * dist;
+                    const double p = std::exp(s - lse_i);
+                    const double eps = model.eps(c.Dh, a, s - lse_i);
+                    const double ds = p * (dp - delta);
+                    const double dds = p * (std::abs(dp - delta) * (eps + 2 * kU) +
+                                            c.Dh * kU * (model.acc * dp_mag + delta_mag));
+                    const double dds_w = dds + model.w * (std::abs(ds) + dds);  // + ds rounded to bf16
+                    for (int64_t d = 0; d < c.Dh; ++d) {
+                        tol[lay.q(c, b, i, h, d)] += scale *
+                                                     (dds_w + (model.acc * n + 2) * kU * std::abs(ds)) *
+                                                     std::abs(x[lay.k(c, b, j, hk, d)]);
+                        tol[lay.k(c, b, j, hk, d)] += scale *
+                                                      (dds_w + (model.acc * N + 2) * kU * std::abs(ds)) *
+                                                      std::abs(x[lay.q(c, b, i, h, d)]);
+                        tol[lay.v(c, b, j, hk, d)] += p * std::abs(dout[row + d]) *
+                                                      (eps + (model.acc * N + 2) * kU + model.w * (1 + eps));
+                    }
+                }
+            }
+        }
+    }
+    for (size_t e = 0; e < tol.size(); ++e) tol[e] += kU * (std::abs(grad0[e]) + std::abs(grad[e]));
+
+    DeviceBuffer<T> d_x(encode_all<T>(x)), d_grad(encode_all<T>(grad0)), d_dout(encode_all<T>(dout)),
+        d_out(encode_all<T>(out));
+    std::vector<float> lse_f(lse.begin(), lse.end());
+    DeviceBuffer<float> d_lse(lse_f);
+    ops::cuda::AttentionOptions opt{c.scale()};
+    opt.window = c.window;
+    opt.alibi = c.alibi;
+    ops::cuda::attention_backward<T>(d_grad.get() + lay.q_at, d_grad.get() + lay.k_at,
+                                     d_grad.get() + lay.v_at, d_dout.get(), d_out.get(), d_lse.get(),
+                                     d_x.get() + lay.q_at, lay.ld_q, d_x.get() + lay.k_at, lay.ld_k,
+                                     d_x.get() + lay.v_at, lay.ld_v, c.dims(), opt);
+    // The whole buffer: dq, dk and dv in their slices, the pads untouched.
+    EXPECT_TRUE(all_close(decode_all(d_grad.download()), grad, tol, kOutRounding<T>));
+
+    // Twice the same call gives the same bits: no atomics, a fixed summation order.
+    DeviceBuffer<T> d_grad2(encode_all<T>(grad0));
+    ops::cuda::attention_backward<T>(d_grad2.get() + lay.q_at, d_grad2.get() + lay.k_at,
+                                     d_grad2.get() + lay.v_at, d_dout.get(), d_out.get(), d_lse.get(),
+                                     d_x.get() + lay.q_at, lay.ld_q, d_x.get() + lay.k_at, lay.ld_k,
+                                     d_x.get() + lay.v_at, lay.ld_v, c.dims(), opt);
+    EXPECT_TRUE(d_grad2.download() == d_grad.download()) << "not deterministic";
+}
+
 #endif  // MSLM_HAVE_CUDA
 
 TYPED_TEST(CudaAttention, ForwardMatchesCpu) {
 #ifdef MSLM_HAVE_CUDA
-    using T = TypeParam;
     Rng rng(11);
-    for (const Case& c : kForwardCases) {
-        SCOPED_TRACE(c.name());
-        const Layout lay(c);
-        const std::vector<double> x = random_values<T>(rng, lay.size, -2.0, 2.0);
-        const ForwardRef ref = forward_reference(c, lay, x);
-
-        DeviceBuffer<T> d_x(encode_all<T>(x)), d_out(std::vector<T>(ref.out.size()));
-        DeviceBuffer<float> d_lse(std::vector<float>(ref.lse.size()));
-        ops::cuda::AttentionOptions opt{c.scale()};
-        opt.window = c.window;
-        opt.alibi = c.alibi;
-        opt.q_offset = c.q_offset;
-        ops::cuda::attention_forward<T>(d_out.get(), d_lse.get(), d_x.get() + lay.q_at, lay.ld_q,
-                                        d_x.get() + lay.k_at, lay.ld_k, d_x.get() + lay.v_at, lay.ld_v,
-                                        c.dims(), opt);
-        EXPECT_TRUE(all_close(decode_all(d_out.download()), ref.out, ref.out_tol, kOutRounding<T>)) << "out";
-        EXPECT_TRUE(all_close(decode_all(d_lse.download()), ref.lse, ref.lse_tol, 0.0)) << "lse";
-    }
+    for (const Case& c : kForwardCases) check_forward<TypeParam>(c, rng);
 #endif
 }
 
 TYPED_TEST(CudaAttention, BackwardMatchesCpuAndAccumulates) {
 #ifdef MSLM_HAVE_CUDA
-    using T = TypeParam;
     Rng rng(12);
-    for (const Case& c : kBackwardCases) {
-        SCOPED_TRACE(c.name());
-        const Layout lay(c);
-        const std::vector<double> x = random_values<T>(rng, lay.size, -2.0, 2.0);
-        const ForwardRef fwd = forward_reference(c, lay, x);
-        // The backward reads out in T and lse in fp32; the reference reads the same rounded values.
-        std::vector<double> out = decode_all(encode_all<T>(fwd.out)), lse(fwd.lse.size());
-        std::transform(fwd.lse.begin(), fwd.lse.end(), lse.begin(),
-                       [](double v) { return static_cast<double>(static_cast<float>(v)); });
-        const std::vector<double> dout = random_values<T>(rng, out.size(), -1.0, 1.0);
-        const std::vector<double> grad0 =
-            random_values<T>(rng, lay.size, -1.0, 1.0);  // gradients already there
+    for (const Case& c : kBackwardCases) check_backward<TypeParam>(c, rng);
+#endif
+}
 
-        std::vector<double> grad = grad0;
-        ops::AttentionOptions<double> ropt{static_cast<double>(c.scale())};
-        ropt.window = c.window;
-        ropt.alibi = c.alibi;
-        ops::attention_backward<double>(grad.data() + lay.q_at, grad.data() + lay.k_at,
-                                        grad.data() + lay.v_at, dout.data(), out.data(), lse.data(),
-                                        x.data() + lay.q_at, lay.ld_q, x.data() + lay.k_at, lay.ld_k,
-                                        x.data() + lay.v_at, lay.ld_v, c.dims(), ropt);
+#ifdef MSLM_HAVE_CUDA
 
-        // Bounds (header comment), in the layout of the gradient buffer.
-        std::vector<double> tol(lay.size, 0.0);
-        const std::vector<double> slopes = slopes_of(c);
-        const double scale = c.scale();
-        const int64_t N = c.group() * c.T;
-        for (int64_t b = 0; b < c.B; ++b) {
-            for (int64_t h = 0; h < c.Hq; ++h) {
-                const int64_t hk = h / c.group();
-                for (int64_t i = 0; i < c.T; ++i) {
-                    const int64_t j0 = first_visible(c, i), n = i - j0 + 1;
-                    const size_t row = static_cast<size_t>(((b * c.T + i) * c.Hq + h) * c.Dh);
-                    const double lse_i = lse[static_cast<size_t>((b * c.Hq + h) * c.T + i)];
-                    double delta = 0.0, delta_mag = 0.0;
-                    for (int64_t d = 0; d < c.Dh; ++d) {
-                        delta += dout[row + d] * out[row + d];
-                        delta_mag += std::abs(dout[row + d] * out[row + d]);
-                    }
-                    for (int64_t j = j0; j <= i; ++j) {
-                        double dot = 0.0, mag = 0.0, dp = 0.0, dp_mag = 0.0;
-                        for (int64_t d = 0; d < c.Dh; ++d) {
-                            const double t = x[lay.q(c, b, i, h, d)] * x[lay.k(c, b, j, hk, d)];
-                            const double u = dout[row + d] * x[lay.v(c, b, j, hk, d)];
-                            dot += t;
-                            mag += std::abs(t);
-                            dp += u;
-                            dp_mag += std::abs(u);
-                        }
-                        const double dist = static_cast<double>(i - j);
-                        const double s = scale * dot - slopes[h] * dist, a = scale * mag + slopes[h] * dist;
-                        const double p = std::exp(s - lse_i);
-                        const double eps = kU * ((c.Dh + 4) * a + std::abs(s - lse_i) + 4);
-                        const double ds = p * (dp - delta);
-                        const double dds =
-                            p * (std::abs(dp - delta) * (eps + 2 * kU) + c.Dh * kU * (dp_mag + delta_mag));
-                        for (int64_t d = 0; d < c.Dh; ++d) {
-                            tol[lay.q(c, b, i, h, d)] += scale * (dds + (n + 2) * kU * std::abs(ds)) *
-                                                         std::abs(x[lay.k(c, b, j, hk, d)]);
-                            tol[lay.k(c, b, j, hk, d)] += scale * (dds + (N + 2) * kU * std::abs(ds)) *
-                                                          std::abs(x[lay.q(c, b, i, h, d)]);
-                            tol[lay.v(c, b, j, hk, d)] += p * std::abs(dout[row + d]) * (eps + (N + 2) * kU);
-                        }
-                    }
-                }
-            }
+// Shapes at the edges of the tensor-core tiles (64 queries or keys a block, 16 rows a warp, 32 or 64
+// streamed rows): T = 1, 63, 65, 257, 1000; head dims 64 and 128; GQA 4:1 and 1:1 (and 8:2);
+// windows inside one tile, across tiles and of 1 (the query alone); ALiBi; q_offset inside and
+// beyond a tile; rows 16-byte aligned (cp.async) and not (plain loads). For f32 they run the fp32
+// kernels.
+const Case kTileForwardCases[] = {
+    {1, 1, 4, 1, 64, 0, false, 0, true},       {2, 63, 4, 4, 64, 0, true, 0, true},
+    {1, 65, 4, 1, 128, 0, false, 0, true},     {1, 257, 4, 1, 64, 100, true, 0, true},
+    {1, 257, 4, 4, 128, 65, false, 0, false},  {1, 1000, 4, 1, 64, 0, true, 0, true},
+    {1, 1000, 2, 2, 128, 300, false, 0, true}, {1, 65, 8, 2, 64, 1, false, 0, true},
+    {1, 63, 4, 1, 64, 0, false, 65, true},     {1, 65, 4, 4, 128, 0, true, 200, true},
+    {1, 257, 4, 1, 64, 64, false, 1, false},   {2, 1, 4, 4, 128, 0, true, 63, true},
+};
+const Case kTileBackwardCases[] = {
+    {1, 1, 4, 1, 64, 0, false, 0, true},       {2, 63, 4, 4, 64, 0, true, 0, true},
+    {1, 65, 4, 1, 128, 0, false, 0, true},     {1, 257, 4, 1, 64, 100, true, 0, true},
+    {1, 257, 4, 4, 128, 65, false, 0, false},  {1, 1000, 4, 1, 64, 0, true, 0, true},
+    {1, 1000, 2, 2, 128, 300, false, 0, true}, {1, 65, 8, 2, 64, 1, false, 0, true},
+};
+
+#endif  // MSLM_HAVE_CUDA
+
+TYPED_TEST(CudaAttention, ForwardTileEdges) {
+#ifdef MSLM_HAVE_CUDA
+    Rng rng(15);
+    for (const Case& c : kTileForwardCases) check_forward<TypeParam>(c, rng);
+#endif
+}
+
+TYPED_TEST(CudaAttention, BackwardTileEdges) {
+#ifdef MSLM_HAVE_CUDA
+    Rng rng(16);
+    for (const Case& c : kTileBackwardCases) check_backward<TypeParam>(c, rng);
+#endif
+}
+
+// MSLM_ATTN_TC=0 and =1 both hold their own tolerances (for bf16, =0 is the fp32 kernels' tighter
+// one); for f32 the switch changes nothing, bit for bit.
+TYPED_TEST(CudaAttention, TensorCoreSwitch) {
+#ifdef MSLM_HAVE_CUDA
+    using T = TypeParam;
+    const Case cases[] = {kTileBackwardCases[1], kTileBackwardCases[2], kTileBackwardCases[4],
+                          kBackwardCases[3]};
+    for (const char* value : {"0", "1"}) {
+        ScopedTcSwitch scoped{std::string(value)};
+        EXPECT_EQ(tensor_cores<T>(64), kBf16<T> && value[0] == '1');
+        EXPECT_FALSE(tensor_cores<T>(32));
+        Rng rng(17);
+        for (const Case& c : cases) {
+            check_forward<T>(c, rng);
+            check_backward<T>(c, rng);
         }
-        for (size_t e = 0; e < tol.size(); ++e) tol[e] += kU * (std::abs(grad0[e]) + std::abs(grad[e]));
-
-        DeviceBuffer<T> d_x(encode_all<T>(x)), d_grad(encode_all<T>(grad0)), d_dout(encode_all<T>(dout)),
-            d_out(encode_all<T>(out));
-        std::vector<float> lse_f(lse.begin(), lse.end());
-        DeviceBuffer<float> d_lse(lse_f);
-        ops::cuda::AttentionOptions opt{c.scale()};
-        opt.window = c.window;
-        opt.alibi = c.alibi;
-        ops::cuda::attention_backward<T>(d_grad.get() + lay.q_at, d_grad.get() + lay.k_at,
-                                         d_grad.get() + lay.v_at, d_dout.get(), d_out.get(), d_lse.get(),
-                                         d_x.get() + lay.q_at, lay.ld_q, d_x.get() + lay.k_at, lay.ld_k,
-                                         d_x.get() + lay.v_at, lay.ld_v, c.dims(), opt);
-        // The whole buffer: dq, dk and dv in their slices, the pads untouched.
-        EXPECT_TRUE(all_close(decode_all(d_grad.download()), grad, tol, kOutRounding<T>));
-
-        // Twice the same call gives the same bits: no atomics, a fixed summation order.
-        DeviceBuffer<T> d_grad2(encode_all<T>(grad0));
-        ops::cuda::attention_backward<T>(d_grad2.get() + lay.q_at, d_grad2.get() + lay.k_at,
-                                         d_grad2.get() + lay.v_at, d_dout.get(), d_out.get(), d_lse.get(),
-                                         d_x.get() + lay.q_at, lay.ld_q, d_x.get() + lay.k_at, lay.ld_k,
-                                         d_x.get() + lay.v_at, lay.ld_v, c.dims(), opt);
-        EXPECT_TRUE(d_grad2.download() == d_grad.download()) << "not deterministic";
+    }
+    if constexpr (!kBf16<T>) {
+        const Case& c = kTileForwardCases[3];
+        const Layout lay(c);
+        Rng rng(18);
+        DeviceBuffer<T> d_x(encode_all<T>(random_values<T>(rng, lay.size, -2.0, 2.0)));
+        std::vector<T> out[2];
+        for (int on = 0; on < 2; ++on) {
+            ScopedTcSwitch scoped{std::string(on ? "1" : "0")};
+            DeviceBuffer<T> d_out(std::vector<T>(static_cast<size_t>(c.B * c.T * c.Hq * c.Dh)));
+            DeviceBuffer<float> d_lse(std::vector<float>(static_cast<size_t>(c.B * c.Hq * c.T)));
+            ops::cuda::AttentionOptions opt{c.scale()};
+            opt.window = c.window;
+            opt.alibi = c.alibi;
+            ops::cuda::attention_forward<T>(d_out.get(), d_lse.get(), d_x.get() + lay.q_at, lay.ld_q,
+                                            d_x.get() + lay.k_at, lay.ld_k, d_x.get() + lay.v_at, lay.ld_v,
+                                            c.dims(), opt);
+            out[on] = d_out.download();
+        }
+        EXPECT_TRUE(out[0] == out[1]) << "f32 out depends on MSLM_ATTN_TC";
     }
 #endif
 }

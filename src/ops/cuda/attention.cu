@@ -4,7 +4,10 @@
 // that the column walks below hit 32 different banks. Head dims are zero-padded to DP ∈ {32, 64,
 // 128}: zero channels add nothing to q·k and produce output channels that are never stored.
 //
-// Thread layout of every tile kernel (128 threads): thread t owns the rows tr·RM .. tr·RM + RM − 1
+// bf16 with head dims 64 and 128 takes the tensor-core kernels instead (the section "tensor-core
+// kernels" below; MSLM_ATTN_TC=0 keeps these): same tiles and loops, products on mma.sync.
+//
+// Thread layout of every fp32 tile kernel (128 threads): thread t owns the rows tr·RM .. tr·RM + RM − 1
 // (tr = t / 16) and the columns tc, tc + 16, ... (tc = t % 16). The 16 threads of a row group
 // are one half-warp, so row maxima and sums reduce with four xor-shuffles.
 #include <cuda_bf16.h>
@@ -13,11 +16,14 @@
 #include <algorithm>
 #include <climits>
 #include <cmath>
+#include <cstdlib>
+#include <string_view>
 #include <type_traits>
 
 #include "core/error.h"
 #include "ops/cuda/attention.h"
 #include "ops/cuda/common.cuh"
+#include "ops/cuda/mma.cuh"
 
 namespace mslm::ops::cuda {
 
@@ -40,9 +46,12 @@ struct AttnParams {
     const D* v;
     int64_t ld_q, ld_k, ld_v;
     int64_t T, Tk, q_offset, window;  // Tk = q_offset + T keys per sequence
+    int64_t batch;
     int Hq, group, head_dim;
     float scale;
+    float scale_log2;  // log2(e)·scale: the tensor-core kernels' scores are in log2 units
     bool alibi;
+    bool vec;  // every row the tensor-core kernels stage is 16-byte aligned: cp.async
     // forward
     D* out;
     float* lse;
@@ -53,6 +62,7 @@ struct AttnParams {
     const D* dout;
     const D* o;
     const float* lse_in;
+    const float* delta;  // (B, Hq, T) D_i = dout_i · out_i, tensor-core backward only
 };
 
 // ops::alibi_slopes, evaluated in double and rounded once, as the CPU rounds its double slopes.
@@ -466,6 +476,491 @@ __global__ void __launch_bounds__(kTileThreads) attention_backward_dq_kernel(Att
     }
 }
 
+// ---- tensor-core kernels (bf16 storage, head dims 64 and 128)
+//
+// The fp32 kernels above with every product on mma.sync (mma.cuh; fragment layouts there): a warp
+// owns 16 rows of the block's tile and keeps its accumulators in C fragments, so the softmax and
+// the masks work on registers and the weights go back into the next product as A fragments
+// without a trip through shared memory (the C fragment of two adjacent n8 tiles is, packed to
+// bf16 pairs, the A fragment of one k16 step). Scores are in log2 units: s2 = log2(e)·s, so every
+// weight is one exp2f. Rounding beyond the fp32 kernels: the weights p (forward P·V, backward
+// Pᵀ·dO) and ds (ds·K, dsᵀ·Q) are rounded once to bf16 for their products; the row sums, the
+// softmax statistics and D stay fp32.
+//
+// Shared tiles are bf16 rows of DH + 8 elements (DH·2 + 16 bytes): the 8 row addresses of one
+// ldmatrix phase then step by 36 (DH 64) or 68 (DH 128) words, 4 banks apart mod 32, so each
+// phase reads 8 distinct 16-byte bank groups. Rows are staged with cp.async (16-byte chunks, double
+// buffered) when every source row is 16-byte aligned, else with plain loads; rows past the end of
+// the sequence are zeros, so that they add nothing (their scores are masked, and 0·v = 0).
+
+constexpr float kLog2e = 1.4426950408889634f, kLn2 = 0.6931471805599453f;
+
+template <int DH>
+constexpr int kTcLd = DH + 8;
+
+// rows row0 .. row0 + R − 1 of one head (`head` points at row 0, row stride ld) → tile (R, DH + 8),
+// zeros for rows ≥ n_rows. vec: 16-byte cp.async (the caller commits and waits), else plain loads.
+template <int R, int DH>
+__device__ __forceinline__ void tc_stage(__nv_bfloat16* tile, const __nv_bfloat16* head, int64_t ld,
+                                         int64_t row0, int64_t n_rows, bool vec) {
+    constexpr int kChunks = DH / 8;  // 16-byte chunks per row
+    for (int e = threadIdx.x; e < R * kChunks; e += kTileThreads) {
+        const int r = e / kChunks, c = e % kChunks;
+        __nv_bfloat16* dst = tile + r * kTcLd<DH> + c * 8;
+        const int64_t row = row0 + r;
+        if (row < n_rows && vec) {
+            cp_async_16(dst, head + row * ld + c * 8);
+        } else {
+            Pack<__nv_bfloat16, 8> p;
+#pragma unroll
+            for (int k = 0; k < 8; ++k)
+                p.v[k] = row < n_rows ? head[row * ld + c * 8 + k] : __float2bfloat16(0.0f);
+            store<8>(dst, p);
+        }
+    }
+}
+
+// The A fragments of the warp's 16 rows (r0 .. r0 + 15) of a (·, DH + 8) tile, all DH columns.
+template <int DH>
+__device__ __forceinline__ void tc_load_a(uint32_t (&a)[DH / 16][4], const __nv_bfloat16* tile, int r0) {
+    const int lane = threadIdx.x % 32;
+    const __nv_bfloat16* p = tile + (r0 + lane % 8 + 8 * (lane / 8 % 2)) * kTcLd<DH> + 8 * (lane / 16);
+#pragma unroll
+    for (int kk = 0; kk < DH / 16; ++kk) ldmatrix_x4(a[kk], p + kk * 16);
+}
+
+// acc (16 × 8·NT) += A (16 × DH) · B(8·NT × DH)ᵀ: B is rows 0 .. 8·NT − 1 of a (·, DH + 8) tile
+// (S = Q·Kᵀ, dP = dO·Vᵀ). A comes from the fragments `a`, or (kASmem) from the warp's rows
+// r0 .. r0 + 15 of tile_a, one k16 step at a time (fewer live registers).
+template <int NT, int DH>
+__device__ __forceinline__ void tc_mma_abt(float (&acc)[NT][4], const uint32_t (&a)[DH / 16][4],
+                                           const __nv_bfloat16* tile_b) {
+    static_assert(NT % 2 == 0, "n8 tiles go in pairs");
+    const int lane = threadIdx.x % 32;
+    const __nv_bfloat16* p = tile_b + (lane % 8 + 8 * (lane / 16)) * kTcLd<DH> + 8 * (lane / 8 % 2);
+#pragma unroll
+    for (int kk = 0; kk < DH / 16; ++kk)
+#pragma unroll
+        for (int np = 0; np < NT / 2; ++np) {
+            uint32_t b[4];
+            ldmatrix_x4(b, p + np * 16 * kTcLd<DH> + kk * 16);
+            const uint32_t b0[2] = {b[0], b[1]}, b1[2] = {b[2], b[3]};
+            mma_m16n8k16_bf16(acc[2 * np], a[kk], b0);
+            mma_m16n8k16_bf16(acc[2 * np + 1], a[kk], b1);
+        }
+}
+template <int NT, int DH>
+__device__ __forceinline__ void tc_mma_abt_smem(float (&acc)[NT][4], const __nv_bfloat16* tile_a, int r0,
+                                                const __nv_bfloat16* tile_b) {
+    static_assert(NT % 2 == 0, "n8 tiles go in pairs");
+    const int lane = threadIdx.x % 32;
+    const __nv_bfloat16* pa = tile_a + (r0 + lane % 8 + 8 * (lane / 8 % 2)) * kTcLd<DH> + 8 * (lane / 16);
+    const __nv_bfloat16* pb = tile_b + (lane % 8 + 8 * (lane / 16)) * kTcLd<DH> + 8 * (lane / 8 % 2);
+#pragma unroll
+    for (int kk = 0; kk < DH / 16; ++kk) {
+        uint32_t a[4];
+        ldmatrix_x4(a, pa + kk * 16);
+#pragma unroll
+        for (int np = 0; np < NT / 2; ++np) {
+            uint32_t b[4];
+            ldmatrix_x4(b, pb + np * 16 * kTcLd<DH> + kk * 16);
+            const uint32_t b0[2] = {b[0], b[1]}, b1[2] = {b[2], b[3]};
+            mma_m16n8k16_bf16(acc[2 * np], a, b0);
+            mma_m16n8k16_bf16(acc[2 * np + 1], a, b1);
+        }
+    }
+}
+
+// acc (16 × DH) += bf16(W) (16 × 8·NT) · B (8·NT × DH): W is the fp32 C fragments of a previous
+// product (w[t] = columns 8t .. 8t + 7), rounded once to bf16 here; B is rows 0 .. 8·NT − 1 of a
+// (·, DH + 8) tile stored [k][n] (P·V, Pᵀ·dO, dS·K, dSᵀ·Q), read with ldmatrix.trans.
+template <int NT, int DH>
+__device__ __forceinline__ void tc_mma_wb(float (&acc)[DH / 8][4], const float (&w)[NT][4],
+                                          const __nv_bfloat16* tile_b) {
+    static_assert(NT % 2 == 0, "k16 steps take two n8 tiles of W");
+    const int lane = threadIdx.x % 32;
+    const __nv_bfloat16* p = tile_b + (lane % 8 + 8 * (lane / 8 % 2)) * kTcLd<DH> + 8 * (lane / 16);
+#pragma unroll
+    for (int kk = 0; kk < NT / 2; ++kk) {
+        // A rows grp, grp + 8 and k pairs 2q, 2q + 1 (n8 tile 2kk) and 2q + 8, 2q + 9 (tile 2kk + 1).
+        const uint32_t a[4] = {
+            pack_bf16x2(w[2 * kk][0], w[2 * kk][1]), pack_bf16x2(w[2 * kk][2], w[2 * kk][3]),
+            pack_bf16x2(w[2 * kk + 1][0], w[2 * kk + 1][1]), pack_bf16x2(w[2 * kk + 1][2], w[2 * kk + 1][3])};
+#pragma unroll
+        for (int dp = 0; dp < DH / 16; ++dp) {
+            uint32_t b[4];
+            ldmatrix_x4_trans(b, p + kk * 16 * kTcLd<DH> + dp * 16);
+            const uint32_t b0[2] = {b[0], b[1]}, b1[2] = {b[2], b[3]};
+            mma_m16n8k16_bf16(acc[2 * dp], a, b0);
+            mma_m16n8k16_bf16(acc[2 * dp + 1], a, b1);
+        }
+    }
+}
+
+// log2(e)·slope of query head h (0 without ALiBi).
+__device__ __forceinline__ float alibi_slope_log2(bool alibi, int h, int n_heads) {
+    return alibi ? static_cast<float>(static_cast<double>(alibi_slope(h, n_heads)) * 1.4426950408889634)
+                 : 0.0f;
+}
+
+// Where fragment element e of n8 tile t of this lane sits in a warp's 16 × 8·NT C tile.
+__device__ __forceinline__ int frag_row(int e) {
+    return threadIdx.x % 32 / 4 + 8 * (e / 2);
+}
+__device__ __forceinline__ int frag_col(int t, int e) {
+    return 8 * t + 2 * (threadIdx.x % 4) + e % 2;
+}
+
+template <int DH, int BQ, int BK>
+constexpr size_t forward_tc_smem() {
+    return sizeof(__nv_bfloat16) * size_t(BQ + 4 * BK) * kTcLd<DH>;
+}
+
+// grid (query tiles, Hq, B), 4 warps; warp w owns query rows i0 + 16w .. i0 + 16w + 15 and lane
+// 4·grp + q the rows grp, grp + 8 of them (C fragments). Key tiles of BK, K and V double-buffered,
+// from the first tile any row sees to the one holding the last row's own key; only tiles that
+// cross the diagonal or the window edge evaluate the mask.
+template <int DH, int BQ, int BK>
+__global__ void __launch_bounds__(kTileThreads) attention_forward_tc_kernel(AttnParams<__nv_bfloat16> a) {
+    static_assert(BQ == 16 * kWarps, "a warp owns 16 query rows");
+    constexpr int LD = kTcLd<DH>, NT = BK / 8, DT = DH / 8;
+    extern __shared__ __align__(16) unsigned char tc_smem[];
+    auto* sQ = reinterpret_cast<__nv_bfloat16*>(tc_smem);  // (BQ, LD), then K[2], V[2] (BK, LD)
+    auto sK = [&](int st) { return sQ + (BQ + st * BK) * LD; };
+    auto sV = [&](int st) { return sQ + (BQ + (2 + st) * BK) * LD; };
+    const int warp = threadIdx.x / 32;
+    const int64_t i0 = int64_t(gridDim.x - 1 - blockIdx.x) * BQ;
+    const int h = blockIdx.y, hk = h / a.group;
+    const int64_t b = blockIdx.z;
+    const float slope2 = alibi_slope_log2(a.alibi, h, a.Hq);
+    const __nv_bfloat16* kh = a.k + b * a.Tk * a.ld_k + hk * DH;
+    const __nv_bfloat16* vh = a.v + b * a.Tk * a.ld_v + hk * DH;
+
+    const int64_t pos_first = a.q_offset + i0, pos_last = a.q_offset + min(i0 + BQ, a.T) - 1;
+    const int64_t j_begin = (a.window > 0 ? max(int64_t(0), pos_first - a.window + 1) : 0) / BK * BK;
+    const int64_t n_tiles = (pos_last - j_begin) / BK + 1;
+
+    tc_stage<BQ, DH>(sQ, a.q + b * a.T * a.ld_q + h * DH, a.ld_q, i0, a.T, a.vec);
+    tc_stage<BK, DH>(sK(0), kh, a.ld_k, j_begin, a.Tk, a.vec);
+    tc_stage<BK, DH>(sV(0), vh, a.ld_v, j_begin, a.Tk, a.vec);
+    cp_async_commit();
+
+    uint32_t qf[DH / 16][4];
+    float o[DT][4], m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};  // l: this lane's columns only
+#pragma unroll
+    for (int t = 0; t < DT; ++t) o[t][0] = o[t][1] = o[t][2] = o[t][3] = 0.0f;
+
+    for (int64_t it = 0; it < n_tiles; ++it) {
+        const int64_t j0 = j_begin + it * BK;
+        const int st = static_cast<int>(it & 1);
+        if (it + 1 < n_tiles) {  // the other buffer was consumed before the barrier ending it − 1
+            tc_stage<BK, DH>(sK(st ^ 1), kh, a.ld_k, j0 + BK, a.Tk, a.vec);
+            tc_stage<BK, DH>(sV(st ^ 1), vh, a.ld_v, j0 + BK, a.Tk, a.vec);
+            cp_async_commit();
+            cp_async_wait<1>();
+        } else {
+            cp_async_wait<0>();
+        }
+        __syncthreads();
+        if (it == 0) tc_load_a<DH>(qf, sQ, 16 * warp);
+
+        float s[NT][4];
+#pragma unroll
+        for (int t = 0; t < NT; ++t) s[t][0] = s[t][1] = s[t][2] = s[t][3] = 0.0f;
+        tc_mma_abt<NT, DH>(s, qf, sK(st));
+
+        // s2 = log2(e)·(scale·q·k − slope·(i − j)), −inf where masked; row maxima over the quad.
+        const bool masked = j0 + BK - 1 > pos_first || (a.window > 0 && pos_first + BQ - 1 - j0 >= a.window);
+        float mx[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+        for (int t = 0; t < NT; ++t)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int64_t pi = pos_first + 16 * warp + frag_row(e), pj = j0 + frag_col(t, e);
+                float x = s[t][e] * a.scale_log2;
+                if (a.alibi) x -= slope2 * static_cast<float>(pi - pj);
+                if (masked && !visible(pi, pj, a.window)) x = -INFINITY;
+                s[t][e] = x;
+                mx[e / 2] = fmaxf(mx[e / 2], x);
+            }
+        float alpha[2], m_use[2];
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            mx[r] = fmaxf(mx[r], __shfl_xor_sync(kFullMask, mx[r], 1));
+            mx[r] = fmaxf(mx[r], __shfl_xor_sync(kFullMask, mx[r], 2));
+            const float m_new = fmaxf(m[r], mx[r]);
+            // A row that has seen nothing yet keeps o = l = 0: subtract 0 instead of −inf.
+            m_use[r] = m_new == -INFINITY ? 0.0f : m_new;
+            alpha[r] = exp2f(m[r] - m_use[r]);
+            m[r] = m_new;
+            l[r] *= alpha[r];
+        }
+#pragma unroll
+        for (int t = 0; t < NT; ++t)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const float p = exp2f(s[t][e] - m_use[e / 2]);
+                s[t][e] = p;
+                l[e / 2] += p;
+            }
+#pragma unroll
+        for (int t = 0; t < DT; ++t)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) o[t][e] *= alpha[e / 2];
+        tc_mma_wb<NT, DH>(o, s, sV(st));
+        __syncthreads();  // sK(st), sV(st) consumed before the next iteration stages into them
+    }
+
+    // Every valid row sees at least itself (weight exp2(0) = 1), so l ≥ 1 and m is finite.
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        l[r] += __shfl_xor_sync(kFullMask, l[r], 1);
+        l[r] += __shfl_xor_sync(kFullMask, l[r], 2);
+        const int64_t row = i0 + 16 * warp + frag_row(2 * r);
+        if (row >= a.T) continue;
+        const float inv = 1.0f / l[r];
+        __nv_bfloat16* out = a.out + ((b * a.T + row) * a.Hq + h) * DH;
+#pragma unroll
+        for (int t = 0; t < DT; ++t) {
+            out[frag_col(t, 0)] = __float2bfloat16_rn(o[t][2 * r] * inv);
+            out[frag_col(t, 1)] = __float2bfloat16_rn(o[t][2 * r + 1] * inv);
+        }
+        if (threadIdx.x % 4 == 0) a.lse[(b * a.Hq + h) * a.T + row] = m[r] * kLn2 + logf(l[r]);
+    }
+}
+
+// delta (B, Hq, T) = D_i = dout_i · out_i in fp32, one warp per row.
+__global__ void __launch_bounds__(kThreads)
+    attention_delta_kernel(AttnParams<__nv_bfloat16> a, float* delta) {
+    const int64_t rows = a.batch * a.T * a.Hq, warps = int64_t(gridDim.x) * (kThreads / 32);
+    const int lane = threadIdx.x % 32;
+    for (int64_t r = int64_t(blockIdx.x) * (kThreads / 32) + threadIdx.x / 32; r < rows; r += warps) {
+        const __nv_bfloat16 *dout = a.dout + r * a.head_dim, *o = a.o + r * a.head_dim;
+        float sum = 0.0f;
+        for (int d = lane; d < a.head_dim; d += 32) sum += to_f32(dout[d]) * to_f32(o[d]);
+        sum = warp_sum(sum);
+        // r = (b·T + i)·Hq + h
+        const int64_t h = r % a.Hq, bi = r / a.Hq, i = bi % a.T, bb = bi / a.T;
+        if (lane == 0) delta[(bb * a.Hq + h) * a.T + i] = sum;
+    }
+}
+
+template <int DH, int BK, int BQ>
+constexpr size_t backward_dkdv_tc_smem() {
+    return sizeof(__nv_bfloat16) * size_t(2 * BK + 4 * BQ) * kTcLd<DH> + sizeof(float) * 4 * BQ;
+}
+
+// grid (key tiles, Hkv, B), 4 warps; warp w owns keys j0 + 16w .. j0 + 16w + 15 and works in the
+// transposed frame (rows keys, columns queries), so that every product keeps its operands in
+// registers: Sᵀ = K·Qᵀ, Pᵀ = exp2(s2ᵀ − lse2), dPᵀ = V·dOᵀ, dSᵀ = Pᵀ ∘ (dPᵀ − D), then
+// dV += bf16(Pᵀ)·dO and dK += bf16(dSᵀ)·Q. The query tiles of every head of the group stream
+// through double-buffered shared memory (Q, dO, lse2 and D), in the fixed order head, tile.
+template <int DH, int BK, int BQ>
+__global__ void __launch_bounds__(kTileThreads)
+    attention_backward_dkdv_tc_kernel(AttnParams<__nv_bfloat16> a) {
+    static_assert(BK == 16 * kWarps, "a warp owns 16 keys");
+    constexpr int LD = kTcLd<DH>, NT = BQ / 8, DT = DH / 8;
+    extern __shared__ __align__(16) unsigned char tc_smem[];
+    auto* sK = reinterpret_cast<__nv_bfloat16*>(tc_smem);  // (BK, LD), then V (BK, LD), Q[2], dO[2] (BQ, LD)
+    __nv_bfloat16* sV = sK + BK * LD;
+    auto sQ = [&](int st) { return sV + (BK + st * BQ) * LD; };
+    auto sdO = [&](int st) { return sV + (BK + (2 + st) * BQ) * LD; };
+    auto* s_lse2 = reinterpret_cast<float*>(sV + (BK + 4 * BQ) * LD);  // [2][BQ]: lse·log2(e)
+    float* s_delta = s_lse2 + 2 * BQ;                                  // [2][BQ]: D
+    const int warp = threadIdx.x / 32;
+    const int64_t j0 = int64_t(blockIdx.x) * BK;
+    const int hk = blockIdx.y;
+    const int64_t b = blockIdx.z;
+    const int64_t ld_o = int64_t(a.Hq) * DH;
+
+    // Queries that see a key of the tile: from its first key (a multiple of BQ) to its last key +
+    // window − 1.
+    const int64_t i_end = a.window > 0 ? min(a.T, j0 + BK - 1 + a.window) : a.T;
+    const int64_t n_qt = (i_end - j0 + BQ - 1) / BQ, n_iter = a.group * n_qt;
+    auto stage = [&](int64_t it, int st) {
+        const int h = hk * a.group + static_cast<int>(it / n_qt);
+        const int64_t i0 = j0 + it % n_qt * BQ;
+        tc_stage<BQ, DH>(sQ(st), a.q + b * a.T * a.ld_q + h * DH, a.ld_q, i0, a.T, a.vec);
+        tc_stage<BQ, DH>(sdO(st), a.dout + b * a.T * ld_o + h * DH, ld_o, i0, a.T, a.vec);
+        for (int r = threadIdx.x; r < BQ; r += kTileThreads) {
+            const int64_t i = i0 + r;
+            s_lse2[st * BQ + r] = i < a.T ? a.lse_in[(b * a.Hq + h) * a.T + i] * kLog2e : 0.0f;
+            s_delta[st * BQ + r] = i < a.T ? a.delta[(b * a.Hq + h) * a.T + i] : 0.0f;
+        }
+    };
+    tc_stage<BK, DH>(sK, a.k + b * a.T * a.ld_k + hk * DH, a.ld_k, j0, a.T, a.vec);
+    tc_stage<BK, DH>(sV, a.v + b * a.T * a.ld_v + hk * DH, a.ld_v, j0, a.T, a.vec);
+    stage(0, 0);
+    cp_async_commit();
+
+    float dk[DT][4], dv[DT][4];  // rows: keys j0 + 16w + grp (+ 8); columns: channels
+#pragma unroll
+    for (int t = 0; t < DT; ++t)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) dk[t][e] = dv[t][e] = 0.0f;
+
+    for (int64_t it = 0; it < n_iter; ++it) {
+        const int st = static_cast<int>(it & 1);
+        if (it + 1 < n_iter) {
+            stage(it + 1, st ^ 1);
+            cp_async_commit();
+            cp_async_wait<1>();
+        } else {
+            cp_async_wait<0>();
+        }
+        __syncthreads();
+        const int h = hk * a.group + static_cast<int>(it / n_qt);
+        const int64_t i0 = j0 + it % n_qt * BQ;
+        const float slope2 = alibi_slope_log2(a.alibi, h, a.Hq);
+
+        float p[NT][4], ds[NT][4];
+#pragma unroll
+        for (int t = 0; t < NT; ++t)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) p[t][e] = ds[t][e] = 0.0f;
+        tc_mma_abt_smem<NT, DH>(p, sK, 16 * warp, sQ(st));    // Sᵀ
+        tc_mma_abt_smem<NT, DH>(ds, sV, 16 * warp, sdO(st));  // dPᵀ
+        const bool masked =
+            i0 < j0 + BK - 1 || i0 + BQ > a.T || (a.window > 0 && i0 + BQ - 1 - j0 >= a.window);
+#pragma unroll
+        for (int t = 0; t < NT; ++t)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int c = frag_col(t, e);
+                const int64_t j = j0 + 16 * warp + frag_row(e), i = i0 + c;
+                float x = p[t][e] * a.scale_log2 - s_lse2[st * BQ + c];
+                if (a.alibi) x -= slope2 * static_cast<float>(i - j);
+                const float pv = masked && !(i < a.T && visible(i, j, a.window)) ? 0.0f : exp2f(x);
+                p[t][e] = pv;
+                ds[t][e] = pv * (ds[t][e] - s_delta[st * BQ + c]);
+            }
+        tc_mma_wb<NT, DH>(dv, p, sdO(st));
+        tc_mma_wb<NT, DH>(dk, ds, sQ(st));
+        __syncthreads();  // sQ(st), sdO(st) and the row stats consumed before they are staged again
+    }
+
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        const int64_t j = j0 + 16 * warp + frag_row(2 * r);
+        if (j >= a.T) continue;
+#pragma unroll
+        for (int t = 0; t < DT; ++t)
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+                const int d = frag_col(t, e);
+                if (a.dk) {
+                    __nv_bfloat16* x = a.dk + (b * a.T + j) * a.ld_k + hk * DH + d;
+                    *x = __float2bfloat16_rn(to_f32(*x) + a.scale * dk[t][2 * r + e]);
+                }
+                if (a.dv) {
+                    __nv_bfloat16* x = a.dv + (b * a.T + j) * a.ld_v + hk * DH + d;
+                    *x = __float2bfloat16_rn(to_f32(*x) + dv[t][2 * r + e]);
+                }
+            }
+    }
+}
+
+template <int DH, int BQ, int BK>
+constexpr size_t backward_dq_tc_smem() {
+    return sizeof(__nv_bfloat16) * size_t(2 * BQ + 4 * BK) * kTcLd<DH>;
+}
+
+// grid (query tiles, Hq, B), 4 warps of 16 query rows: S = Q·Kᵀ and dP = dO·Vᵀ with Q and dO
+// fragments held in registers, P = exp2(s2 − lse2), dS = P ∘ (dP − D), dQ += bf16(dS)·K over the
+// visible key tiles (K and V double-buffered); p and ds are recomputed as in the dK/dV kernel.
+template <int DH, int BQ, int BK>
+__global__ void __launch_bounds__(kTileThreads) attention_backward_dq_tc_kernel(AttnParams<__nv_bfloat16> a) {
+    static_assert(BQ == 16 * kWarps, "a warp owns 16 query rows");
+    constexpr int LD = kTcLd<DH>, NT = BK / 8, DT = DH / 8;
+    extern __shared__ __align__(16) unsigned char tc_smem[];
+    auto* sQ = reinterpret_cast<__nv_bfloat16*>(tc_smem);  // (BQ, LD), then dO (BQ, LD), K[2], V[2] (BK, LD)
+    __nv_bfloat16* sdO = sQ + BQ * LD;
+    auto sK = [&](int st) { return sdO + (BQ + st * BK) * LD; };
+    auto sV = [&](int st) { return sdO + (BQ + (2 + st) * BK) * LD; };
+    const int warp = threadIdx.x / 32;
+    const int64_t i0 = int64_t(gridDim.x - 1 - blockIdx.x) * BQ;
+    const int h = blockIdx.y, hk = h / a.group;
+    const int64_t b = blockIdx.z;
+    const float slope2 = alibi_slope_log2(a.alibi, h, a.Hq);
+    const int64_t ld_o = int64_t(a.Hq) * DH;
+    const __nv_bfloat16* kh = a.k + b * a.T * a.ld_k + hk * DH;
+    const __nv_bfloat16* vh = a.v + b * a.T * a.ld_v + hk * DH;
+
+    const int64_t j_begin = (a.window > 0 ? max(int64_t(0), i0 - a.window + 1) : 0) / BK * BK;
+    const int64_t n_tiles = (min(i0 + BQ, a.T) - 1 - j_begin) / BK + 1;
+
+    tc_stage<BQ, DH>(sQ, a.q + b * a.T * a.ld_q + h * DH, a.ld_q, i0, a.T, a.vec);
+    tc_stage<BQ, DH>(sdO, a.dout + b * a.T * ld_o + h * DH, ld_o, i0, a.T, a.vec);
+    tc_stage<BK, DH>(sK(0), kh, a.ld_k, j_begin, a.T, a.vec);
+    tc_stage<BK, DH>(sV(0), vh, a.ld_v, j_begin, a.T, a.vec);
+    cp_async_commit();
+
+    float lse2[2], delta[2];  // rows grp, grp + 8 of the warp
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        const int64_t i = i0 + 16 * warp + frag_row(2 * r);
+        lse2[r] = i < a.T ? a.lse_in[(b * a.Hq + h) * a.T + i] * kLog2e : 0.0f;
+        delta[r] = i < a.T ? a.delta[(b * a.Hq + h) * a.T + i] : 0.0f;
+    }
+    uint32_t qf[DH / 16][4], dof[DH / 16][4];
+    float dq[DT][4];
+#pragma unroll
+    for (int t = 0; t < DT; ++t) dq[t][0] = dq[t][1] = dq[t][2] = dq[t][3] = 0.0f;
+
+    for (int64_t it = 0; it < n_tiles; ++it) {
+        const int64_t j0 = j_begin + it * BK;
+        const int st = static_cast<int>(it & 1);
+        if (it + 1 < n_tiles) {
+            tc_stage<BK, DH>(sK(st ^ 1), kh, a.ld_k, j0 + BK, a.T, a.vec);
+            tc_stage<BK, DH>(sV(st ^ 1), vh, a.ld_v, j0 + BK, a.T, a.vec);
+            cp_async_commit();
+            cp_async_wait<1>();
+        } else {
+            cp_async_wait<0>();
+        }
+        __syncthreads();
+        if (it == 0) {
+            tc_load_a<DH>(qf, sQ, 16 * warp);
+            tc_load_a<DH>(dof, sdO, 16 * warp);
+        }
+
+        float p[NT][4], ds[NT][4];
+#pragma unroll
+        for (int t = 0; t < NT; ++t)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) p[t][e] = ds[t][e] = 0.0f;
+        tc_mma_abt<NT, DH>(p, qf, sK(st));
+        tc_mma_abt<NT, DH>(ds, dof, sV(st));
+        const bool masked =
+            j0 + BK - 1 > i0 || i0 + BQ > a.T || (a.window > 0 && i0 + BQ - 1 - j0 >= a.window);
+#pragma unroll
+        for (int t = 0; t < NT; ++t)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int64_t i = i0 + 16 * warp + frag_row(e), j = j0 + frag_col(t, e);
+                float x = p[t][e] * a.scale_log2 - lse2[e / 2];
+                if (a.alibi) x -= slope2 * static_cast<float>(i - j);
+                const float pv = masked && !(i < a.T && visible(i, j, a.window)) ? 0.0f : exp2f(x);
+                ds[t][e] = pv * (ds[t][e] - delta[e / 2]);
+            }
+        tc_mma_wb<NT, DH>(dq, ds, sK(st));
+        __syncthreads();  // sK(st), sV(st) consumed before the next iteration stages into them
+    }
+
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        const int64_t row = i0 + 16 * warp + frag_row(2 * r);
+        if (row >= a.T) continue;
+#pragma unroll
+        for (int t = 0; t < DT; ++t)
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+                __nv_bfloat16* x = a.dq + (b * a.T + row) * a.ld_q + h * DH + frag_col(t, e);
+                *x = __float2bfloat16_rn(to_f32(*x) + a.scale * dq[t][2 * r + e]);
+            }
+    }
+}
+
 // ---- decode
 
 // grid (Hq, queries). Warp w takes the visible keys w, w + 4, ... with an online softmax, lanes
@@ -640,8 +1135,11 @@ AttnParams<device_t<T>> params(const T* q, int64_t ld_q, const T* k, int64_t ld_
     a.Hq = static_cast<int>(dims.n_heads);
     a.group = static_cast<int>(dims.n_heads / dims.n_kv_heads);
     a.head_dim = static_cast<int>(dims.head_dim);
+    a.batch = dims.batch;
     a.scale = opt.scale;
+    a.scale_log2 = static_cast<float>(static_cast<double>(opt.scale) * 1.4426950408889634);
     a.alibi = opt.alibi;
+    a.vec = aligned16(q) && aligned16(k) && aligned16(v) && ld_q % 8 == 0 && ld_k % 8 == 0 && ld_v % 8 == 0;
     return a;
 }
 
@@ -671,6 +1169,48 @@ void launch_rope(const char* kernel, T* x, int64_t ld, int64_t N, int64_t Tn, in
     check_launch<T>(kernel);
 }
 
+// The tensor-core kernels take bf16 with head dims 64 and 128, unless MSLM_ATTN_TC=0 (read at every
+// call, for ablations); every other case runs the fp32 kernels.
+template <typename T>
+bool use_tensor_cores(int64_t head_dim) {
+    if constexpr (!std::is_same_v<T, uint16_t>) {
+        (void)head_dim;
+        return false;
+    } else {
+        const char* v = std::getenv("MSLM_ATTN_TC");
+        return (head_dim == 64 || head_dim == 128) && (v == nullptr || std::string_view(v) != "0");
+    }
+}
+
+// Calls f with std::integral_constant<int, DH> for head dims 64 and 128.
+template <typename F>
+void with_tc_head_dim(int64_t head_dim, F&& f) {
+    if (head_dim == 64) {
+        f(std::integral_constant<int, 64>{});
+    } else {
+        f(std::integral_constant<int, 128>{});
+    }
+}
+
+// A stream-ordered fp32 scratch buffer (cudaMallocAsync), freed in stream order when it goes out
+// of scope: the kernels queued before the free still read it.
+template <typename T>
+class StreamScratch {
+public:
+    StreamScratch(size_t count, cudaStream_t stream, const char* kernel) : stream_(stream) {
+        check_cuda<T>(cudaMallocAsync(reinterpret_cast<void**>(&p_), sizeof(float) * count, stream),
+                      "cudaMallocAsync", kernel);
+    }
+    ~StreamScratch() { cudaFreeAsync(p_, stream_); }
+    StreamScratch(const StreamScratch&) = delete;
+    StreamScratch& operator=(const StreamScratch&) = delete;
+    float* get() const { return p_; }
+
+private:
+    float* p_ = nullptr;
+    cudaStream_t stream_;
+};
+
 }  // namespace
 
 template <typename T>
@@ -684,6 +1224,18 @@ void attention_forward(T* out, float* lse, const T* q, int64_t ld_q, const T* k,
     a.out = reinterpret_cast<D*>(out);
     a.lse = lse;
     auto s = static_cast<cudaStream_t>(stream);
+    if constexpr (std::is_same_v<T, uint16_t>) {
+        if (use_tensor_cores<T>(dims.head_dim)) {
+            with_tc_head_dim(dims.head_dim, [&](auto dh) {
+                constexpr int DH = decltype(dh)::value, BQ = 64, BK = 64;
+                const dim3 grid(static_cast<unsigned>((dims.seqlen + BQ - 1) / BQ),
+                                static_cast<unsigned>(dims.n_heads), static_cast<unsigned>(dims.batch));
+                launch_tiles<T>("attention_forward_tc", attention_forward_tc_kernel<DH, BQ, BK>, grid,
+                                forward_tc_smem<DH, BQ, BK>(), s, a);
+            });
+            return;
+        }
+    }
     with_padded_head_dim(dims.head_dim, [&](auto dp) {
         constexpr int DP = decltype(dp)::value;
         constexpr int BQ = 64, BK = DP == 128 ? 32 : 64;  // DP = 128: fp32 tiles of 75 KB
@@ -712,6 +1264,38 @@ void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* out, const 
     a.o = reinterpret_cast<const D*>(out);
     a.lse_in = lse;
     auto s = static_cast<cudaStream_t>(stream);
+    if constexpr (std::is_same_v<T, uint16_t>) {
+        if (use_tensor_cores<T>(dims.head_dim)) {
+            a.vec = a.vec && aligned16(dout);
+            const int64_t rows = dims.batch * dims.seqlen * dims.n_heads;
+            StreamScratch<T> delta(static_cast<size_t>(rows), s, "attention_backward_delta");
+            a.delta = delta.get();
+            attention_delta_kernel<<<grid_size<T>(rows * 32, "attention_backward_delta"), kThreads, 0, s>>>(
+                a, delta.get());
+            check_launch<T>("attention_backward_delta");
+            // Tiles: 64 keys (dK/dV) or 64 queries (dQ) per block; the streamed side is 64 rows for
+            // head dim 64 and 32 for 128, which keeps the fp32 accumulators and both score tiles of
+            // a warp within the register file.
+            with_tc_head_dim(dims.head_dim, [&](auto dh) {
+                constexpr int DH = decltype(dh)::value, BN = 64, BS = DH == 64 ? 64 : 32;
+                if (dk || dv) {
+                    const dim3 grid(static_cast<unsigned>((dims.seqlen + BN - 1) / BN),
+                                    static_cast<unsigned>(dims.n_kv_heads),
+                                    static_cast<unsigned>(dims.batch));
+                    launch_tiles<T>("attention_backward_dkdv_tc",
+                                    attention_backward_dkdv_tc_kernel<DH, BN, BS>, grid,
+                                    backward_dkdv_tc_smem<DH, BN, BS>(), s, a);
+                }
+                if (dq) {
+                    const dim3 grid(static_cast<unsigned>((dims.seqlen + BN - 1) / BN),
+                                    static_cast<unsigned>(dims.n_heads), static_cast<unsigned>(dims.batch));
+                    launch_tiles<T>("attention_backward_dq_tc", attention_backward_dq_tc_kernel<DH, BN, BS>,
+                                    grid, backward_dq_tc_smem<DH, BN, BS>(), s, a);
+                }
+            });
+            return;
+        }
+    }
     with_padded_head_dim(dims.head_dim, [&](auto dp) {
         constexpr int DP = decltype(dp)::value;
         if (dk || dv) {

@@ -16,6 +16,16 @@
 // without padding; other sizes are zero-padded to the next of these). `stream` is a cudaStream_t;
 // nullptr is the default stream. Launches are asynchronous; a launch that fails, or a shape the
 // kernels do not take, throws mslm::Error naming the kernel.
+//
+// Tensor cores: bf16 with head_dim 64 or 128 runs attention_forward and attention_backward on
+// FlashAttention-2-style mma.sync kernels (bf16 operands, fp32 accumulation, softmax statistics,
+// row sums, lse and D = rowsum(dout ∘ out) in fp32). Beyond the fp32 kernels they round the
+// softmax weights p (forward P·V, backward Pᵀ·dout) and the score gradients ds (ds·K, dsᵀ·Q) once
+// each to bf16: a relative 2^-8 per term of those sums. The backward stays deterministic (no
+// atomics) and takes a B·Hq·T fp32 scratch for D from the stream-ordered allocator
+// (cudaMallocAsync on `stream`). MSLM_ATTN_TC=0 in the environment (read at every call) selects
+// the fp32 kernels instead; f32, other head dims and attention_decode always run them. Rows whose
+// stride and address are multiples of 16 bytes are staged with cp.async, others with plain loads.
 #pragma once
 #include <cstdint>
 

@@ -6,6 +6,9 @@
 // return fp32 values, rounded once to bf16 (round to nearest even) as they are staged in shared
 // memory, kMmaK deep. A bf16 value passes through exactly; a loader that folds in a scale (a decay,
 // a mask) has its fp32 result rounded once.
+//
+// After the block tile: the warp-level pieces of FlashAttention-style kernels, whose operands stay
+// in registers between products (ldmatrix, cp.async, an fp32 C fragment packed into a bf16 A).
 #pragma once
 #include <cuda_bf16.h>
 
@@ -259,6 +262,54 @@ __device__ __forceinline__ void mma_col_sums(const Value& v, float* red, const E
     __syncthreads();
     if (threadIdx.x < kMmaN) emit(int(threadIdx.x), red[threadIdx.x] + red[kMmaN + threadIdx.x]);
     __syncthreads();
+// ---- warp-level fragments straight from shared memory (FlashAttention-style kernels)
+
+// Two fp32 values rounded once to bf16 (nearest even) and packed as a fragment register: lo in the
+// low half, the lower k index of the pair (the C fragment's d[0], d[1] → an A fragment pair).
+__device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
+    const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);  // .x = lo (low 16 bits), .y = hi
+    return *reinterpret_cast<const uint32_t*>(&v);
+}
+
+// ldmatrix.sync.aligned.m8n8.x4(.trans).shared.b16: four 8 × 8 bf16 matrices, lanes 8m .. 8m + 7
+// giving the addresses of rows 0 .. 7 of matrix m (16-byte aligned, 16 contiguous bytes each).
+// Without .trans, register r[m] of lane 4·grp + q holds matrix m's row grp, columns 2q, 2q + 1
+// (low half first); with .trans it holds rows 2q, 2q + 1 of column grp. So, with `s` a row-major
+// bf16 tile of row pitch LD elements and lane = threadIdx.x % 32:
+// - A fragment of the 16 × 16 block at (r0, c0) (non-trans): lane reads row
+//   r0 + lane % 8 + 8·(lane / 8 % 2), column c0 + 8·(lane / 16); r = a[0..3] of mma_m16n8k16_bf16.
+// - B fragments of two n8 tiles from a tile stored [n][k] (k contiguous: Kᵀ of Q·Kᵀ) (non-trans):
+//   lane reads row n0 + lane % 8 + 8·(lane / 16), column k0 + 8·(lane / 8 % 2);
+//   r[0], r[1] = b of n tile n0 .. n0 + 7, r[2], r[3] = b of n tile n0 + 8 .. n0 + 15.
+// - B fragments of two n8 tiles from a tile stored [k][n] (n contiguous: V of P·V) (.trans): lane
+//   reads row k0 + lane % 8 + 8·(lane / 8 % 2), column n0 + 8·(lane / 16); r[0], r[1] = b of n tile
+//   n0 .. n0 + 7, r[2], r[3] = b of n tile n0 + 8 .. n0 + 15.
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const __nv_bfloat16* p) {
+    const auto addr = static_cast<uint32_t>(__cvta_generic_to_shared(p));
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(addr));
+}
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const __nv_bfloat16* p) {
+    const auto addr = static_cast<uint32_t>(__cvta_generic_to_shared(p));
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(addr));
+}
+
+// cp.async of 16 bytes global → shared (both 16-byte aligned), bypassing L1 (.cg); commit closes a
+// group of the calling thread's copies, wait<n> returns once at most n of its groups are pending.
+// The copies are visible to other threads only after the wait and a barrier.
+__device__ __forceinline__ void cp_async_16(void* smem, const void* gmem) {
+    const auto addr = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(addr), "l"(gmem));
+}
+__device__ __forceinline__ void cp_async_commit() {
+    asm volatile("cp.async.commit_group;\n" ::: "memory");
+}
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 }
 
 }  // namespace detail
