@@ -6,6 +6,7 @@
 #include "core/thread_pool.h"
 #include "model/config.h"
 #include "model/cuda_inference.h"
+#include "model/cuda_model.h"
 #include "model/info.h"
 #include "model/model_io.h"
 #include "ops/packed_linear.h"
@@ -45,6 +46,15 @@ void register_info(CLI::App& app) {
                    format_bytes(static_cast<int64_t>(many.state)), args->batch,
                    format_bytes(static_cast<int64_t>(many.scratch)),
                    std::max<int64_t>(args->batch, std::min<int64_t>(CudaCausalLM::kPrefillChunk, T)));
+        if (!cuda_available()) {
+            fmt::print("GPU train   (the plan needs a GPU: the kernels size some workspaces with the device)\n");
+            return;
+        }
+        const CudaTrainingMemory t = CudaHybridLM::training_memory(cfg, args->batch, T);
+        fmt::print("GPU train   batch {} x {}: weights fp32+bf16 {} + grads fp32+bf16 {} + AdamW {} + activations {} = {}\n",
+                   args->batch, T, format_bytes(static_cast<int64_t>(t.params)), format_bytes(static_cast<int64_t>(t.grads)),
+                   format_bytes(static_cast<int64_t>(t.optimizer)), format_bytes(static_cast<int64_t>(t.activations)),
+                   format_bytes(static_cast<int64_t>(t.total())));
 #endif
     });
 }

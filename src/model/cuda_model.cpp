@@ -418,24 +418,18 @@ size_t CudaHybridLM::memory_bytes() const {
 
 // Every activation and scratch buffer of a (B, T) step, sized up front and carved out of one
 // allocation.
-void CudaHybridLM::plan(int64_t B, int64_t T) {
-    if (B == B_ && T == T_ && impl_->act) return;
-    Impl& m = *impl_;
-    if (m.act) check(cudaFree(m.act), "cudaFree");
-    m.act = nullptr;
-    B_ = B;
-    T_ = T;
-    const int64_t N = B * T, D = cfg_.d_model, V = cfg_.vocab_size, L = cfg_.n_layers;
-    const bool has_mlp = cfg_.mlp.kind != MlpKind::None, layernorm = cfg_.norm == NormKind::LayerNorm;
-    const int64_t F = cfg_.mlp.d_ff, U = mlp_up_width(cfg_), K = cfg_.mamba.d_conv;
-    const int64_t Din = cfg_.mamba_d_inner(), S = cfg_.mamba.d_state, GS = cfg_.mamba.n_groups * S;
-    const int64_t W2 = 2 * Din + 2 * GS + cfg_.mamba_n_heads(), C2 = Din + 2 * GS;  // Mamba-2 widths
-    const int64_t R = cfg_.mamba_dt_rank(), Wx = R + 2 * S;                         // Mamba-1
-    const bool bc_norm = cfg_.mamba.version == 1 && cfg_.mamba.dt_bc_norm;
-    const int64_t Hq = cfg_.attention.n_heads, Dh = cfg_.attn_head_dim();
-    const int64_t Wq = (Hq + 2 * cfg_.attn_kv_heads()) * Dh;
+size_t CudaHybridLM::layout_activations(const ModelConfig& cfg, Impl& m, int64_t B, int64_t T, char* base) {
+    const int64_t N = B * T, D = cfg.d_model, V = cfg.vocab_size, L = cfg.n_layers;
+    const bool has_mlp = cfg.mlp.kind != MlpKind::None, layernorm = cfg.norm == NormKind::LayerNorm;
+    const int64_t F = cfg.mlp.d_ff, U = mlp_up_width(cfg), K = cfg.mamba.d_conv;
+    const int64_t Din = cfg.mamba_d_inner(), S = cfg.mamba.d_state, GS = cfg.mamba.n_groups * S;
+    const int64_t W2 = 2 * Din + 2 * GS + cfg.mamba_n_heads(), C2 = Din + 2 * GS;  // Mamba-2 widths
+    const int64_t R = cfg.mamba_dt_rank(), Wx = R + 2 * S;                         // Mamba-1
+    const bool bc_norm = cfg.mamba.version == 1 && cfg.mamba.dt_bc_norm;
+    const int64_t Hq = cfg.attention.n_heads, Dh = cfg.attn_head_dim();
+    const int64_t Wq = (Hq + 2 * cfg.attn_kv_heads()) * Dh;
     const kc::SsdDims ssd_dims{
-        B, T, cfg_.mamba_n_heads(), cfg_.mamba.head_dim, cfg_.mamba.n_groups, S, cfg_.mamba.chunk_size};
+        B, T, cfg.mamba_n_heads(), cfg.mamba.head_dim, cfg.mamba.n_groups, S, cfg.mamba.chunk_size};
     const ops::ScanDims scan_dims{B, T, Din, S};
 
     // Backward scratch per sublayer kind; the shared buffers take the largest.
@@ -448,7 +442,7 @@ void CudaHybridLM::plan(int64_t B, int64_t T) {
     for (const Impl::Layer& layer : m.layers) {
         if (layer.kind == LayerKind::Attention) {
             need({N * Hq * Dh, N * Wq, 0, 0, 0, 0, 0, 0});  // g_o, g_qkv
-        } else if (cfg_.mamba.version == 1) {
+        } else if (cfg.mamba.version == 1) {
             // g_y, g_dt_raw, g_xdbl, g_xc, g_xz, g_dt; with dt_bc_norm also g_bc, g_norm_in
             need({N * Din, N * Din, N * Wx, N * Din, N * 2 * Din, N * R, bc_norm ? N * 2 * S : 0,
                   bc_norm ? N * std::max(R, S) : 0});
@@ -501,7 +495,7 @@ void CudaHybridLM::plan(int64_t B, int64_t T) {
                 p.take(layer.qkv, N * Wq);
                 p.take(layer.o, N * Hq * Dh);
                 p.take(layer.lse, B * Hq * T);
-            } else if (cfg_.mamba.version == 1) {
+            } else if (cfg.mamba.version == 1) {
                 p.take(layer.xz, N * 2 * Din);
                 p.take(layer.xc, N * Din);
                 p.take(layer.xdbl, N * Wx);
@@ -520,17 +514,47 @@ void CudaHybridLM::plan(int64_t B, int64_t T) {
                 p.take(layer.y, N * Din);
                 p.take(layer.z, N * Din);
                 p.take(layer.yn, N * Din);
-                p.take(layer.g_rstd, N * cfg_.mamba_norm_groups());
+                p.take(layer.g_rstd, N * cfg.mamba_norm_groups());
                 p.take(layer.states, kc::ssd_chunk_states_numel(ssd_dims));
             }
         }
     };
-    Planner measure;
-    place(measure);
-    act_bytes_ = measure.offset;
+    Planner planner{base};
+    place(planner);
+    return planner.offset;
+}
+
+void CudaHybridLM::plan(int64_t B, int64_t T) {
+    if (B == B_ && T == T_ && impl_->act) return;
+    Impl& m = *impl_;
+    if (m.act) check(cudaFree(m.act), "cudaFree");
+    m.act = nullptr;
+    B_ = B;
+    T_ = T;
+    act_bytes_ = layout_activations(cfg_, m, B, T, nullptr);
     malloc_into(reinterpret_cast<void**>(&m.act), act_bytes_);
-    Planner assign{m.act};
-    place(assign);
+    layout_activations(cfg_, m, B, T, m.act);
+}
+
+CudaTrainingMemory CudaHybridLM::training_memory(const ModelConfig& cfg, int64_t B, int64_t T) {
+    CudaTrainingMemory mem;
+    int64_t total = 0;
+    {
+        HybridLM<float> layout(cfg);
+        total = layout.params().total();
+    }
+    const auto n = static_cast<size_t>(total);
+    mem.params = n * (sizeof(float) + sizeof(bf16));
+    mem.grads = n * (sizeof(float) + sizeof(bf16));
+    mem.optimizer = n * (2 * sizeof(float) + 1);
+    Impl probe;  // the plan's arithmetic only: no allocation, every pointer stays null
+    for (LayerKind kind : cfg.layers) {
+        Impl::Layer L;
+        L.kind = kind;
+        probe.layers.push_back(L);
+    }
+    mem.activations = layout_activations(cfg, probe, B, T, nullptr);
+    return mem;
 }
 
 namespace {

@@ -43,6 +43,14 @@ class HybridLM;
 template <typename T>
 class AdamW;
 
+// Device bytes of a training run, by category (each one allocation): fp32 master values + their
+// bf16 copy; fp32 gradients + the bf16 staging copy; AdamW m, v and the decay mask; the activation
+// plan of one (B, T) step.
+struct CudaTrainingMemory {
+    size_t params = 0, grads = 0, optimizer = 0, activations = 0;
+    size_t total() const { return params + grads + optimizer + activations; }
+};
+
 class CudaHybridLM {
 public:
     explicit CudaHybridLM(const ModelConfig& cfg);
@@ -99,10 +107,16 @@ public:
     size_t memory_bytes() const;
     size_t activation_bytes() const { return act_bytes_; }
 
+    // The plan for a config without allocating anything (host arithmetic; builds with CUDA only).
+    static CudaTrainingMemory training_memory(const ModelConfig& cfg, int64_t B, int64_t T);
+
     struct Impl;  // device pointers of the plan (defined in cuda_model.cpp)
 
 private:
     void plan(int64_t B, int64_t T);
+    // Sizes (base null) or places (base = the allocation) every activation buffer of a (B, T) step
+    // into m's pointers; returns the bytes.
+    static size_t layout_activations(const ModelConfig& cfg, Impl& m, int64_t B, int64_t T, char* base);
 
     ModelConfig cfg_;
     std::vector<ParamSpec> specs_;

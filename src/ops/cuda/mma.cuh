@@ -262,6 +262,8 @@ __device__ __forceinline__ void mma_col_sums(const Value& v, float* red, const E
     __syncthreads();
     if (threadIdx.x < kMmaN) emit(int(threadIdx.x), red[threadIdx.x] + red[kMmaN + threadIdx.x]);
     __syncthreads();
+}
+
 // ---- warp-level fragments straight from shared memory (FlashAttention-style kernels)
 
 // Two fp32 values rounded once to bf16 (nearest even) and packed as a fragment register: lo in the
