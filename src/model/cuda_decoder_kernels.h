@@ -20,7 +20,7 @@
 namespace mslm::cuda_decoder_detail {
 
 constexpr int64_t kDecodeGemvMaxRows = 8;
-constexpr size_t kDecodeGemvMaxSmem = 200 * 1024;  // the staged (k, I) bf16 input rows
+constexpr size_t kDecodeGemvMaxSmem = 200 * 1024;  // the staged input rows, gate rows and norm weights
 
 enum class DecodeNorm { None, RMS, Layer, Gated };
 enum class DecodeEpilogue { Store, Residual, SwiGLU, F32 };
@@ -43,6 +43,21 @@ struct DecodeGemv {
     int64_t ld_out = 0;
 };
 
+// Decode attention split over the keys (flash-decoding): one query per row i against its slot's
+// ring (as ops::cuda::attention_decode: positions max(0, pos − L + 1, pos − window + 1) .. pos, GQA,
+// ALiBi), the visible keys cut into splits of kAttentionSplitKeys, each split's online softmax in
+// its own block (4 warps, 4 key rows in flight per warp), then a second kernel combining the splits'
+// (max, sum, Σ w·v) — so a long context spreads over the GPU instead of one block per head.
+// workspace: attention_split_workspace_floats floats. out (k, Hq, Dh) bf16; head_dim ≤ 128.
+constexpr int64_t kAttentionSplitKeys = 128;
+int64_t attention_split_count(int64_t cache_len, int64_t window);
+size_t attention_split_workspace_floats(int64_t k, int64_t Hq, int64_t Dh, int64_t cache_len, int64_t window);
+void attention_decode_split(uint16_t* out, const uint16_t* q, int64_t ld_q, const uint16_t* k_cache,
+                            const uint16_t* v_cache, const int64_t* slots, const int64_t* pos, int64_t k,
+                            int64_t cache_len, int64_t Hq, int64_t Hkv, int64_t Dh, float scale, int64_t window,
+                            bool alibi, float* workspace, void* stream);
+
+size_t decode_gemv_smem(const DecodeGemv& a);  // bytes of shared memory one block stages
 bool decode_gemv_supported(const DecodeGemv& a);
 void decode_gemv(const DecodeGemv& a, void* stream);
 

@@ -58,9 +58,12 @@ std::unique_ptr<CausalLM> make_causal_lm(HybridLM<float>& model, const std::stri
 
 namespace cuda_decoder_detail {
 // cuda_decoder_kernels.cu (the rest is in cuda_decoder_kernels.h)
-void kv_append(uint16_t* k_cache, uint16_t* v_cache, const uint16_t* k_src, const uint16_t* v_src, int64_t ld,
-               const int64_t* slots, const int64_t* pos, int64_t k, int64_t L, int64_t width, void* stream);
 void gather_blocks(void* dst, const void* src, const int64_t* idx, int64_t n, size_t block_bytes, void* stream);
+// RoPE of the query and key heads (rotary_dim 0: none) fused with the KV append, as rope_apply_at
+// then a copy of the key and value rows into the rings.
+void rope_kv_append(uint16_t* q, const uint16_t* k_src, const uint16_t* v_src, int64_t ld, uint16_t* k_cache,
+                    uint16_t* v_cache, const int64_t* slots, const int64_t* pos, int64_t k, int64_t L, int64_t Hq,
+                    int64_t Hkv, int64_t Dh, int64_t rotary_dim, double theta, void* stream);
 }  // namespace cuda_decoder_detail
 
 namespace {
@@ -166,6 +169,7 @@ struct CudaCausalLM::Impl {
     bf16 *y = nullptr, *z = nullptr, *yn = nullptr, *xdbl = nullptr, *dt = nullptr, *dt_raw = nullptr, *o = nullptr;
     bf16 *h = nullptr, *a = nullptr, *hf = nullptr, *kt = nullptr, *vt = nullptr, *bc_in = nullptr, *bc = nullptr;
     float *mean = nullptr, *rstd = nullptr, *g_rstd = nullptr, *lse = nullptr, *logits = nullptr;
+    float* attn_ws = nullptr;  // the split decode attention's partials
     void* ws = nullptr;
     // Pinned host staging: [slots | pos | ids] as on the device, the logits and the hidden rows.
     char* host = nullptr;
@@ -197,7 +201,8 @@ namespace {
 
 // Scratch of one layer for `rows` rows, every buffer the prefill or the step needs.
 template <typename Impl>
-void carve_scratch(Carver& cv, Impl& m, const ModelConfig& cfg, int64_t rows, int64_t wrap, int64_t slots) {
+void carve_scratch(Carver& cv, Impl& m, const ModelConfig& cfg, int64_t rows, int64_t wrap, int64_t slots,
+                   int64_t max_len) {
     const Widths w(cfg);
     const int64_t N = rows;
     cv.take(m.slots, 3 * N);  // [slots | pos | ids], uploaded at once from the same host layout
@@ -227,6 +232,10 @@ void carve_scratch(Carver& cv, Impl& m, const ModelConfig& cfg, int64_t rows, in
     cv.take(m.bc, bc_norm ? N * (w.R + 2 * w.S) : 0);        // the normed blocks, each contiguous
     cv.take(m.o, N * w.Hq * w.Dh);
     cv.take(m.lse, N * w.Hq);
+    cv.take(m.attn_ws, cfg.count(LayerKind::Attention)
+                           ? static_cast<int64_t>(cuda_decoder_detail::attention_split_workspace_floats(
+                                 slots, w.Hq, w.Dh, cache_len_for(cfg, max_len), cfg.attention.sliding_window))
+                           : 0);
     cv.take(m.kt, wrap * w.KVW);
     cv.take(m.vt, wrap * w.KVW);
     const bool mlp = cfg.mlp.kind != MlpKind::None;
@@ -299,7 +308,7 @@ CudaDecoderMemory CudaCausalLM::plan(const ModelConfig& cfg, int64_t slots, int6
     Impl probe;
     Carver cv;
     const int64_t rows = std::max<int64_t>(slots, std::min<int64_t>(kPrefillChunk, max_len));
-    carve_scratch(cv, probe, cfg, rows, wrap_rows(cfg, max_len, rows), slots);
+    carve_scratch(cv, probe, cfg, rows, wrap_rows(cfg, max_len, rows), slots, max_len);
     mem.scratch = cv.offset;
     return mem;
 }
@@ -443,11 +452,11 @@ void CudaCausalLM::start(int64_t slots, int64_t max_len) {
     m.rows = std::max<int64_t>(slots, std::min<int64_t>(kPrefillChunk, max_len));
     const int64_t wrap = wrap_rows(cfg_, max_len, m.rows);
     Carver measure;
-    carve_scratch(measure, m, cfg_, m.rows, wrap, slots);
+    carve_scratch(measure, m, cfg_, m.rows, wrap, slots, max_len);
     m.scratch_bytes = measure.offset;
     m.scratch = static_cast<char*>(m.alloc->allocate(m.scratch_bytes));
     Carver place{m.scratch};
-    carve_scratch(place, m, cfg_, m.rows, wrap, slots);
+    carve_scratch(place, m, cfg_, m.rows, wrap, slots, max_len);
 
     m.host_bytes = 3 * sizeof(int64_t) * static_cast<size_t>(m.rows) +
                    sizeof(float) * static_cast<size_t>(S * cfg_.vocab_size) +
@@ -649,16 +658,15 @@ struct Run {
                 bf16* q = m.proj;
                 bf16* k = q + w.Hq * w.Dh;
                 bf16* v = k + w.KVW;
-                if (cfg.attention.position == PositionKind::RoPE) {
-                    kc::rope_apply_at(q, w.Wq, N, w.Hq, w.Dh, cfg.attn_rotary_dim(), cfg.attention.rope_theta,
-                                      m.pos, false, s);
-                    kc::rope_apply_at(k, w.Wq, N, w.Hkv, w.Dh, cfg.attn_rotary_dim(), cfg.attention.rope_theta,
-                                      m.pos, false, s);
-                }
-                cuda_decoder_detail::kv_append(L.kc, L.vc, k, v, w.Wq, m.slots, m.pos, N, cache_len, w.KVW, s);
-                kc::attention_decode(m.o, q, w.Wq, L.kc, L.vc, m.slots, m.pos,
-                                     ops::AttentionDims{N, cache_len, w.Hq, w.Hkv, w.Dh},
-                                     attention_options(cfg, 0), s);
+                // RoPE (rotary_dim ≤ head_dim ≤ 128) fused with the KV append.
+                const bool rope = cfg.attention.position == PositionKind::RoPE;
+                cuda_decoder_detail::rope_kv_append(q, k, v, w.Wq, L.kc, L.vc, m.slots, m.pos, N, cache_len, w.Hq,
+                                                    w.Hkv, w.Dh, rope ? cfg.attn_rotary_dim() : 0,
+                                                    cfg.attention.rope_theta, s);
+                const kc::AttentionOptions opt = attention_options(cfg, 0);
+                cuda_decoder_detail::attention_decode_split(m.o, q, w.Wq, L.kc, L.vc, m.slots, m.pos, N, cache_len,
+                                                            w.Hq, w.Hkv, w.Dh, opt.scale, opt.window, opt.alibi,
+                                                            m.attn_ws, s);
                 DecodeGemv out = plain(m.o, w.Hq * w.Dh, w.Hq * w.Dh);
                 residual(out, L.o_w, L.o_b);
                 gemv(out);
