@@ -290,6 +290,44 @@ __global__ void ssd_decay_kernel(Args<T> a, float* dtv, double* cum) {
     }
 }
 
+// (1) for the tensor-core path: one warp per (b, h, chunk), 32 tokens at a time, the cumulative
+// sum by a warp scan in fp64 (Hillis–Steele, then the running total of the earlier tokens). The
+// order of the fp64 additions differs from ssd_decay_kernel's, by a few 2^-53 of Σ|dt·A|: far below
+// the fp32 resolution at which cum is used.
+template <typename T>
+__global__ void ssd_decay_scan_kernel(Args<T> a, float* dtv, double* cum) {
+    const int lane = threadIdx.x % 32;
+    const int64_t total = a.batch * a.H * a.n_chunks;
+    const int64_t n_warps = int64_t(gridDim.x) * blockDim.x / 32;
+    for (int64_t w = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) / 32; w < total; w += n_warps) {
+        const int64_t c = w % a.n_chunks, bh = w / a.n_chunks, h = bh % a.H, b = bh / a.H;
+        const float A = head_A(a, h), bias = head_bias(a, h);
+        const Chunk ch = chunk_of(a, b, c);
+        double carry = 0.0;
+        for (int64_t t0 = 0; t0 < ch.L; t0 += 32) {  // uniform over the warp
+            const int64_t t = t0 + lane;
+            float d = 0.0f;
+            double run = 0.0;
+            if (t < ch.L) {
+                d = dt_value(to_f32(a.dt[(ch.row0 + t) * a.ld_dt + h]) + bias, a.dt_min, a.dt_max);
+                run = double(d * A);
+            }
+#pragma unroll
+            for (int o = 1; o < 32; o <<= 1) {
+                const double up = __shfl_up_sync(0xffffffffu, run, o);
+                if (lane >= o) run += up;
+            }
+            run += carry;
+            if (t < ch.L) {
+                const int64_t at = bh * a.seqlen + ch.t0 + t;
+                dtv[at] = d;
+                cum[at] = run;
+            }
+            carry = __shfl_sync(0xffffffffu, run, 31);
+        }
+    }
+}
+
 // ---- (2) CB (Q, Q) = C·Bᵀ per (b, chunk, group); grid (B·n_chunks·G, tiles²). Tiles wholly
 // above the diagonal are never read and not written.
 
@@ -371,18 +409,33 @@ __global__ void ssd_chunk_state_kernel(Args<T> a, const T* dy, float* out) {
 
 template <bool kReverse, typename T>
 __global__ void ssd_state_pass_kernel(Args<T> a, float* states, const float* h0, float* h_last) {
+    // The loads of kBatch chunks are issued before their stores: the compiler cannot tell a store to
+    // `states` from a later load of it, so one chunk at a time would wait out a memory latency each.
+    constexpr int kBatch = 8;
     const int64_t PN = a.P * a.N, total = a.batch * a.H * PN;
     const int64_t stride = int64_t(gridDim.x) * blockDim.x;
     for (int64_t e = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; e < total; e += stride) {
         const int64_t pn = e % PN, bh = e / PN, h = bh % a.H, b = bh / a.H;
         float S = h0 ? h0[e] : 0.0f;
-        for (int64_t step = 0; step < a.n_chunks; ++step) {
-            const int64_t c = kReverse ? a.n_chunks - 1 - step : step;
-            const int64_t at = ((b * a.n_chunks + c) * a.H + h) * PN + pn;
-            const Chunk ch = chunk_of(a, b, c);
-            const float own = states[at];
-            states[at] = S;
-            S = expf(static_cast<float>(a.cum[bh * a.seqlen + ch.t0 + ch.L - 1])) * S + own;
+        for (int64_t step0 = 0; step0 < a.n_chunks; step0 += kBatch) {
+            float own[kBatch], decay[kBatch];
+#pragma unroll
+            for (int i = 0; i < kBatch; ++i) {
+                const int64_t step = step0 + i;
+                if (step >= a.n_chunks) break;
+                const int64_t c = kReverse ? a.n_chunks - 1 - step : step;
+                const Chunk ch = chunk_of(a, b, c);
+                own[i] = states[((b * a.n_chunks + c) * a.H + h) * PN + pn];
+                decay[i] = expf(static_cast<float>(a.cum[bh * a.seqlen + ch.t0 + ch.L - 1]));
+            }
+#pragma unroll
+            for (int i = 0; i < kBatch; ++i) {
+                const int64_t step = step0 + i;
+                if (step >= a.n_chunks) break;
+                const int64_t c = kReverse ? a.n_chunks - 1 - step : step;
+                states[((b * a.n_chunks + c) * a.H + h) * PN + pn] = S;
+                S = decay[i] * S + own[i];
+            }
         }
         if (h_last) h_last[e] = S;
     }
@@ -1186,6 +1239,21 @@ private:
     const char* names_[kMax] = {};
 };
 
+// (1): dtv and cum in the workspace; the warp-scan kernel on the tensor-core path, the serial one
+// (the fp32 reference path, unchanged) otherwise.
+template <typename S>
+void launch_decay(const Args<device_t<S>>& a, const Workspace& ws, bool tc, cudaStream_t stream) {
+    const int64_t bhc = a.batch * a.H * a.n_chunks;
+    if (tc) {
+        ssd_decay_scan_kernel<<<grid_size<S>(bhc * 32, "ssd_decay_scan"), kThreads, 0, stream>>>(a, ws.dtv,
+                                                                                                ws.cum);
+        check_launch<S>("ssd_decay_scan");
+    } else {
+        ssd_decay_kernel<<<grid_size<S>(bhc, "ssd_decay"), kThreads, 0, stream>>>(a, ws.dtv, ws.cum);
+        check_launch<S>("ssd_decay");
+    }
+}
+
 // Steps (1), (3) and (4) of the forward, which the backward repeats when not given chunk_states:
 // dtv, cum and the chunk states in the workspace (or in `states`), h_last if wanted.
 template <typename S>
@@ -1194,8 +1262,7 @@ void state_pass(const Args<device_t<S>>& a, const Workspace& ws, float* states, 
     using T = device_t<S>;
     const int64_t bcn = a.batch * a.n_chunks;
     if (bcn > 0) {
-        ssd_decay_kernel<<<grid_size<S>(bcn * a.H, "ssd_decay"), kThreads, 0, stream>>>(a, ws.dtv, ws.cum);
-        check_launch<S>("ssd_decay");
+        launch_decay<S>(a, ws, tc, stream);
         times.mark("decay");
         bool done = false;
         if constexpr (std::is_same_v<S, uint16_t>) {
@@ -1402,8 +1469,7 @@ void ssd_backward(const SsdGrads<S>& grads, const S* dy, const SsdInputs<S>& in,
     // Forward quantities: dt, cum, C·Bᵀ and the states entering each chunk.
     const float* states = chunk_states;
     if (chunk_states) {
-        ssd_decay_kernel<<<grid_size<S>(bch, "ssd_decay"), kThreads, 0, s>>>(a, ws.dtv, ws.cum);
-        check_launch<S>("ssd_decay");
+        launch_decay<S>(a, ws, tc, s);
         times.mark("decay");
     } else {
         state_pass<S>(a, ws, ws.states, h0, nullptr, tc, s, times);
