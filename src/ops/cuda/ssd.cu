@@ -896,15 +896,95 @@ __global__ void __launch_bounds__(kMmaThreads) ssd_chunk_state_tc_kernel(Args<T>
             }
 }
 
+// finish_backward_head for the tensor-core kernel, parallel: the per-token corrections of dcum by
+// all threads, then warp 0 takes the reverse cumulative sum da_t = Σ_{t' ≥ t} dcum_t' by segments
+// (lane i owns ⌈L/32⌉ consecutive tokens: its segment's sum, a suffix scan over the lanes, then a
+// walk down its segment) and writes ddt and the per-chunk sums. A fixed order throughout
+// (deterministic); the sums are blocked rather than recursive, within the same n·u bound. cum and
+// dtv: the chunk's values (shared memory); red: kMmaThreads floats.
+size_t head_tc_vec_bytes(int64_t Q) {
+    return size_t(Q) * (4 * sizeof(float) + sizeof(double) + sizeof(float));
+}
+
+template <typename T>
+__device__ void finish_backward_head_tc(const Args<T>& a, const Chunk& ch, int64_t h, int64_t bch,
+                                        const float* S_in, const float* dS, float dD_acc, float* vecs,
+                                        const double* cum, const float* dtv, float* red, T* ddt, float* part) {
+    const int64_t L = ch.L;
+    float* dcum = vecs;
+    const float* xdx = vecs + a.Q;
+    const float* qsum = xdx + a.Q;
+    const float* rsum = qsum + a.Q;
+    float dss = 0.0f;
+    for (int64_t e = threadIdx.x; e < a.P * a.N; e += blockDim.x) dss += dS[e] * S_in[e];
+    auto block_sum = [&](float v) {  // blockDim.x a power of two; returns synchronised
+        __syncthreads();
+        red[threadIdx.x] = v;
+        __syncthreads();
+        for (int w = blockDim.x / 2; w > 0; w >>= 1) {
+            if (int(threadIdx.x) < w) red[threadIdx.x] += red[threadIdx.x + w];
+            __syncthreads();
+        }
+        return red[0];
+    };
+    dss = block_sum(dss);
+    const float dD_sum = block_sum(dD_acc);
+    float q_part = 0.0f;
+    for (int64_t t = threadIdx.x; t < L; t += blockDim.x) {
+        float v = dcum[t] + expf(static_cast<float>(cum[t])) * rsum[t];
+        if (t < L - 1) {
+            v -= qsum[t];
+            q_part += qsum[t];
+        }
+        dcum[t] = v;
+    }
+    const float tail_q = block_sum(q_part);
+    if (threadIdx.x == 0) dcum[L - 1] += tail_q + expf(static_cast<float>(cum[L - 1])) * dss;
+    __syncthreads();
+    if (threadIdx.x >= 32) return;
+
+    const int lane = threadIdx.x;
+    const int64_t seg = (L + 31) / 32, lo = min(L, lane * seg), hi = min(L, lo + seg);
+    float own = 0.0f;
+    for (int64_t t = lo; t < hi; ++t) own += dcum[t];
+    float suffix = own;  // Σ over lanes ≥ lane
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+        const float v = __shfl_down_sync(0xffffffffu, suffix, o);
+        if (lane + o < 32) suffix += v;
+    }
+    float da = __shfl_down_sync(0xffffffffu, suffix, 1);  // Σ over lanes > lane
+    if (lane == 31) da = 0.0f;
+    const float A = head_A(a, h), bias = head_bias(a, h);
+    float dA_acc = 0.0f, dbias_acc = 0.0f;
+    for (int64_t t = hi - 1; t >= lo; --t) {
+        da += dcum[t];
+        const float ddtv = da * A + xdx[t];
+        dA_acc += da * dtv[t];
+        const int64_t at = (ch.row0 + t) * a.ld_dt + h;
+        const float draw = ddtv * dt_grad(to_f32(a.dt[at]) + bias, a.dt_min, a.dt_max);
+        if (ddt) ddt[at] = from_f32<T>(to_f32(ddt[at]) + draw);
+        dbias_acc += draw;
+    }
+    dA_acc = warp_sum(dA_acc);
+    dbias_acc = warp_sum(dbias_acc);
+    if (lane == 0) {
+        const int64_t n_part = a.batch * a.n_chunks * a.H;
+        part[bch] = dA_acc;
+        part[n_part + bch] = dD_sum;
+        part[2 * n_part + bch] = dbias_acc;
+    }
+}
+
 // The backward head kernel on tensor cores (the same outputs and math as ssd_backward_head_kernel),
 // 128 threads looping over the chunk's 64 × 64 tiles:
 //   E tiles (t0 ≥ s0): dt_s·(dY·Xᵀ)[t, s]·M[t, s] for s < t, dY·Xᵀ exact; row sums into dcum[t],
 //   column sums out of dcum[s];
 //   (s0, p0) tiles: dX̃ = Mᵀ·dY (M split) + diag(decay)·(B·dSᵀ) (dS split), dx written, the row
 //   sums ⟨x, dX̃⟩ and q; then Z = C·S_inᵀ (S_in split) and the row sums ⟨dY, Z⟩.
-// Dynamic shared memory: 4·Q floats.
+// Dynamic shared memory: head_tc_vec_bytes(Q): the four per-token sums, cum and dt.
 template <typename T>
-__global__ void __launch_bounds__(kMmaThreads)
+__global__ void __launch_bounds__(kMmaThreads, 2)
     ssd_backward_head_tc_kernel(Args<T> a, const T* dy, const float* CB, const float* states,
                                 const float* dS_all, T* dx, T* ddt, float* part) {
     __shared__ MmaSmemSplit sm;
@@ -918,8 +998,8 @@ __global__ void __launch_bounds__(kMmaThreads)
     float* xdx = vecs + a.Q;   // (Q) ⟨x_t, dX̃_t⟩
     float* qsum = xdx + a.Q;   // (Q) q_s
     float* rsum = qsum + a.Q;  // (Q) ⟨dY_t, Z_t⟩
-    const double* cum = a.cum + bh * a.seqlen + ch.t0;
-    const float* dtv = a.dtv + bh * a.seqlen + ch.t0;
+    double* cum = reinterpret_cast<double*>(vecs + 4 * a.Q);  // (Q) the chunk's cum, from a.cum
+    float* dtv = reinterpret_cast<float*>(cum + a.Q);          // (Q) the chunk's dt, from a.dtv
     const float* cb = CB + ((b * a.n_chunks + c) * a.G + g) * a.Q * a.Q;
     const float* S_in = states + bch * a.P * a.N;  // (P, N)
     const float* dS = dS_all + bch * a.P * a.N;    // (P, N)
@@ -928,11 +1008,15 @@ __global__ void __launch_bounds__(kMmaThreads)
     const T* Bc = a.Bm + ch.row0 * a.ld_B + g * a.N;
     const T* Cc = a.Cm + ch.row0 * a.ld_C + g * a.N;
     const int64_t ld_y = a.H * a.P;
-    const double cum_last = cum[L - 1];
     auto M = [&](int64_t t, int64_t s) { return cb[t * a.Q + s] * exp_diff(cum[t], cum[s]); };  // s ≤ t
 
-    for (int64_t t = threadIdx.x; t < L; t += blockDim.x) dcum[t] = xdx[t] = qsum[t] = rsum[t] = 0.0f;
+    for (int64_t t = threadIdx.x; t < L; t += blockDim.x) {
+        dcum[t] = xdx[t] = qsum[t] = rsum[t] = 0.0f;
+        cum[t] = a.cum[bh * a.seqlen + ch.t0 + t];
+        dtv[t] = a.dtv[bh * a.seqlen + ch.t0 + t];
+    }
     __syncthreads();
+    const double cum_last = cum[L - 1];
 
     for (int64_t t0 = 0; t0 < L; t0 += kMmaM)
         for (int64_t s0 = 0; s0 <= t0; s0 += kMmaN) {
@@ -1020,7 +1104,7 @@ __global__ void __launch_bounds__(kMmaThreads)
                     if (s0 + r < L) rsum[s0 + r] += sum;
                 });
         }
-    finish_backward_head(a, ch, h, bch, S_in, dS, dD_acc, vecs, red, ddt, part);
+    finish_backward_head_tc(a, ch, h, bch, S_in, dS, dD_acc, vecs, cum, dtv, red, ddt, part);
 }
 
 // dCB per (b, chunk, group) as ssd_dcb_kernel; grid (B·n_chunks·G, mma_tiles(Q)²). Per head the
@@ -1393,7 +1477,8 @@ void backward_stages(const SsdGrads<S>& grads, const device_t<S>* dY, const Args
                 <<<grid_size<S>(total, "ssd_state_pass_grad"), kThreads, 0, s>>>(a, ws.dS, nullptr, nullptr);
             check_launch<S>("ssd_state_pass_grad");
             times.mark("state_pass_grad");
-            ssd_backward_head_tc_kernel<<<tiled_grid(bch, 1, "ssd_backward_head_tc"), kMmaThreads, vec_bytes,
+            ssd_backward_head_tc_kernel<<<tiled_grid(bch, 1, "ssd_backward_head_tc"), kMmaThreads,
+                                          head_tc_vec_bytes(p.Q),
                                           s>>>(a, dY, ws.CB, states, ws.dS, dx, ddt, ws.part);
             check_launch<S>("ssd_backward_head_tc");
             times.mark("backward_head");
