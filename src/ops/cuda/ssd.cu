@@ -561,19 +561,35 @@ __global__ void __launch_bounds__(kMmaThreads)
         },
         [&](int64_t n, int j) { return p0 + j < a.P ? S_in[(p0 + j) * a.N + n] : 0.0f; }, sm);
 
+    // A row of fragments at a time (i, half: one token t), its 8 x values loaded before any y is
+    // stored (the compiler cannot tell a store to y from a later load of x).
     const float Dh = a.D ? to_f32(a.D[h]) : 0.0f;
 #pragma unroll
     for (int i = 0; i < 2; ++i)
 #pragma unroll
-        for (int j = 0; j < 4; ++j)
+        for (int half = 0; half < 2; ++half) {
+            const int64_t t = t0 + mma_row(i, 2 * half);
+            if (t >= ch.L) continue;
+            const float et = expf(static_cast<float>(cum[t]));
+            float xv[4][2];
 #pragma unroll
-            for (int r = 0; r < 4; ++r) {
-                const int64_t t = t0 + mma_row(i, r), p = p0 + mma_col(j, r);
-                if (t >= ch.L || p >= a.P) continue;
-                const float v = intra.c[i][j][r] + expf(static_cast<float>(cum[t])) * inter.c[i][j][r] +
-                                Dh * to_f32(x[t * a.ld_x + p]);
-                y[((ch.row0 + t) * a.H + h) * a.P + p] = from_f32<T>(v);
-            }
+            for (int j = 0; j < 4; ++j)
+#pragma unroll
+                for (int odd = 0; odd < 2; ++odd) {
+                    const int64_t p = p0 + mma_col(j, odd);
+                    xv[j][odd] = p < a.P ? to_f32(x[t * a.ld_x + p]) : 0.0f;
+                }
+#pragma unroll
+            for (int j = 0; j < 4; ++j)
+#pragma unroll
+                for (int odd = 0; odd < 2; ++odd) {
+                    const int r = 2 * half + odd;
+                    const int64_t p = p0 + mma_col(j, r);
+                    if (p >= a.P) continue;
+                    const float v = intra.c[i][j][r] + et * inter.c[i][j][r] + Dh * xv[j][odd];
+                    y[((ch.row0 + t) * a.H + h) * a.P + p] = from_f32<T>(v);
+                }
+        }
 }
 
 // ---- backward, per (b, chunk, head), one block looping over the chunk's tiles (grid
@@ -1056,31 +1072,50 @@ __global__ void __launch_bounds__(kMmaThreads, 2)
                 v, 0, a.N,
                 [&](int j, int64_t n) { return s0 + j < L ? to_f32(Bc[(s0 + j) * a.ld_B + n]) : 0.0f; },
                 [&](int64_t n, int j) { return p0 + j < a.P ? dS[(p0 + j) * a.N + n] : 0.0f; }, sm);
-            // d becomes x·dX̃ and v the q terms decay·dt·x·V, both 0 outside the chunk.
+            // d becomes x·dX̃ and v the q terms decay·dt·x·V, both 0 outside the chunk. A row of
+            // fragments at a time (i, half: one token s), its 8 x, dY and dx values loaded before any
+            // dx is stored (the compiler cannot tell a store to dx from a later load).
 #pragma unroll
             for (int i = 0; i < 2; ++i)
 #pragma unroll
-                for (int j = 0; j < 4; ++j)
+                for (int half = 0; half < 2; ++half) {
+                    const int64_t s = s0 + mma_row(i, 2 * half);
+                    float xs[4][2], dys[4][2], dxs[4][2];
 #pragma unroll
-                    for (int r = 0; r < 4; ++r) {
-                        const int64_t s = s0 + mma_row(i, r), p = p0 + mma_col(j, r);
-                        float& dv = d.c[i][j][r];
-                        float& vv = v.c[i][j][r];
-                        if (s >= L || p >= a.P) {
-                            dv = vv = 0.0f;
-                            continue;
+                    for (int j = 0; j < 4; ++j)
+#pragma unroll
+                        for (int odd = 0; odd < 2; ++odd) {
+                            const int64_t p = p0 + mma_col(j, odd);
+                            const bool in = s < L && p < a.P;
+                            xs[j][odd] = in ? to_f32(x[s * a.ld_x + p]) : 0.0f;
+                            dys[j][odd] = in ? to_f32(dYc[s * ld_y + p]) : 0.0f;
+                            dxs[j][odd] = in && dx ? to_f32(dx[(ch.row0 + s) * a.ld_x + h * a.P + p]) : 0.0f;
                         }
-                        const float decay = exp_diff(cum_last, cum[s]);
-                        const float xv = to_f32(x[s * a.ld_x + p]), dyv = to_f32(dYc[s * ld_y + p]);
-                        const float dxt = dv + decay * vv;
-                        dD_acc += dyv * xv;
-                        if (dx) {
-                            T* out = dx + (ch.row0 + s) * a.ld_x + h * a.P + p;
-                            *out = from_f32<T>(to_f32(*out) + dtv[s] * dxt + Dh * dyv);
+                    const float decay = s < L ? exp_diff(cum_last, cum[s]) : 0.0f;
+                    const float dts = s < L ? dtv[s] : 0.0f;
+#pragma unroll
+                    for (int j = 0; j < 4; ++j)
+#pragma unroll
+                        for (int odd = 0; odd < 2; ++odd) {
+                            const int r = 2 * half + odd;
+                            const int64_t p = p0 + mma_col(j, r);
+                            float& dv = d.c[i][j][r];
+                            float& vv = v.c[i][j][r];
+                            if (s >= L || p >= a.P) {
+                                dv = vv = 0.0f;
+                                continue;
+                            }
+                            const float xv = xs[j][odd], dyv = dys[j][odd];
+                            const float dxt = dv + decay * vv;
+                            dD_acc += dyv * xv;
+                            if (dx) {
+                                dx[(ch.row0 + s) * a.ld_x + h * a.P + p] =
+                                    from_f32<T>(dxs[j][odd] + dts * dxt + Dh * dyv);
+                            }
+                            dv = xv * dxt;
+                            vv = decay * (dts * xv) * vv;
                         }
-                        dv = xv * dxt;
-                        vv = decay * (dtv[s] * xv) * vv;
-                    }
+                }
             mma_row_sums([&](int i, int j, int r) { return d.c[i][j][r]; }, red,
                          [&](int r, float sum) {
                              if (s0 + r < L) xdx[s0 + r] += sum;
