@@ -10,7 +10,8 @@
 //              and C·S_inᵀ;
 //   block_mma_ex  (mma.cuh) the same with one operand split into hi + lo bf16 where it is formed in
 //              fp32: for bf16 storage, the chunk states (3) and every product of the backward.
-// MSLM_SSD_TC=0 in the environment selects tile_mma for all of them.
+// MSLM_SSD_TC=0 in the environment selects tile_mma for all of them. The tensor-core path also takes
+// step (1) as a warp scan (ssd_decay_scan_kernel), the fp32 path the serial ssd_decay_kernel.
 //
 // Within a chunk of length L, with cum_t the chunk-local Σ_{r ≤ t} dt_r·A (fp64), X̃ = diag(dt)·X,
 // Lm[t, s] = exp(cum_t − cum_s) for s ≤ t (else 0), M = C·Bᵀ ∘ Lm and decay_s = exp(cum_last − cum_s):
@@ -1244,18 +1245,31 @@ __global__ void __launch_bounds__(kMmaThreads)
                         acc.c[i][j][2 * half + odd] += w * hacc.c[i][j][2 * half + odd];
             }
     }
+    // The += a row of fragments at a time, its 8 old values loaded before any is stored.
     const int64_t ld = kDC ? a.ld_C : a.ld_B;
 #pragma unroll
     for (int i = 0; i < 2; ++i)
 #pragma unroll
-        for (int j = 0; j < 4; ++j)
+        for (int half = 0; half < 2; ++half) {
+            const int64_t r = r0 + mma_row(i, 2 * half);
+            if (r >= L) continue;
+            T* row = grad + (ch.row0 + r) * ld + g * a.N;
+            float old[4][2];
 #pragma unroll
-            for (int rr = 0; rr < 4; ++rr) {
-                const int64_t r = r0 + mma_row(i, rr), n = n0 + mma_col(j, rr);
-                if (r >= L || n >= a.N) continue;
-                T* d = grad + (ch.row0 + r) * ld + g * a.N + n;
-                *d = from_f32<T>(to_f32(*d) + acc.c[i][j][rr]);
-            }
+            for (int j = 0; j < 4; ++j)
+#pragma unroll
+                for (int odd = 0; odd < 2; ++odd) {
+                    const int64_t n = n0 + mma_col(j, odd);
+                    old[j][odd] = n < a.N ? to_f32(row[n]) : 0.0f;
+                }
+#pragma unroll
+            for (int j = 0; j < 4; ++j)
+#pragma unroll
+                for (int odd = 0; odd < 2; ++odd) {
+                    const int64_t n = n0 + mma_col(j, odd);
+                    if (n < a.N) row[n] = from_f32<T>(old[j][odd] + acc.c[i][j][2 * half + odd]);
+                }
+        }
 }
 
 // dA_log, dD, ddt_bias (H): the per-chunk sums added over (b, chunk) in order, one thread per head.
