@@ -1598,7 +1598,6 @@ void ssd_backward(const SsdGrads<S>& grads, const S* dy, const SsdInputs<S>& in,
     const auto a = make_args(in, p, ws);
     const bool tc = use_tensor_cores<S>();
     StageTimes times("ssd_backward", dtype_label<S>(), tc, s);
-    const int64_t bch = p.batch * p.n_chunks * p.H;
 
     // Forward quantities: dt, cum, C·Bᵀ and the states entering each chunk.
     const float* states = chunk_states;
