@@ -70,13 +70,40 @@ __device__ __forceinline__ int mma_col(int j, int r) {
 
 // dst[r][k] = bf16(load(r, k0 + k)) for k0 + k < k_end, else 0, for r < R and k < kMmaK. kKFast:
 // consecutive threads take consecutive k (global memory contiguous along k), else consecutive r.
+// Each thread stages R·kMmaK / kMmaThreads values, kMmaStageBatch at a time: a batch is loaded into
+// registers before any of it is stored, so that the loads' memory latencies overlap (the compiler
+// cannot move a load above a shared-memory store itself, as a loader's generic pointer might point
+// into shared memory); larger batches cost registers (64-bit addresses) for little more overlap.
+constexpr int kMmaStageBatch = 8;
+
+template <bool kKFast, int R, class Load, class Store>
+__device__ __forceinline__ void mma_stage_with(int64_t k0, int64_t k_end, const Load& load, const Store& store) {
+    constexpr int kPer = R * kMmaK / kMmaThreads;
+    static_assert(R * kMmaK % kMmaThreads == 0 && kPer % kMmaStageBatch == 0,
+                  "every thread stages the same number of whole batches");
+#pragma unroll 1
+    for (int i0 = 0; i0 < kPer; i0 += kMmaStageBatch) {
+        float v[kMmaStageBatch];
+#pragma unroll
+        for (int i = 0; i < kMmaStageBatch; ++i) {
+            const int e = int(threadIdx.x) + (i0 + i) * kMmaThreads;
+            const int r = kKFast ? e / kMmaK : e % R, k = kKFast ? e % kMmaK : e / R;
+            v[i] = k0 + k < k_end ? load(r, k0 + k) : 0.0f;
+        }
+#pragma unroll
+        for (int i = 0; i < kMmaStageBatch; ++i) {
+            const int e = int(threadIdx.x) + (i0 + i) * kMmaThreads;
+            const int r = kKFast ? e / kMmaK : e % R, k = kKFast ? e % kMmaK : e / R;
+            store(r, k, v[i]);
+        }
+    }
+}
+
 template <bool kKFast, int R, class Load>
 __device__ __forceinline__ void mma_stage(__nv_bfloat16 (&dst)[R][kMmaLd], int64_t k0, int64_t k_end,
                                           const Load& load) {
-    for (int e = threadIdx.x; e < R * kMmaK; e += kMmaThreads) {
-        const int r = kKFast ? e / kMmaK : e % R, k = kKFast ? e % kMmaK : e / R;
-        dst[r][k] = __float2bfloat16_rn(k0 + k < k_end ? load(r, k0 + k) : 0.0f);
-    }
+    mma_stage_with<kKFast, R>(k0, k_end, load,
+                              [&](int r, int k, float v) { dst[r][k] = __float2bfloat16_rn(v); });
 }
 
 __device__ __forceinline__ uint32_t smem_pair(const __nv_bfloat16* p) {
@@ -144,13 +171,11 @@ template <bool kKFast, int R, class Load>
 __device__ __forceinline__ void mma_stage_split(__nv_bfloat16 (&hi)[R][kMmaLd],
                                                 __nv_bfloat16 (&lo)[R][kMmaLd], int64_t k0, int64_t k_end,
                                                 const Load& load) {
-    for (int e = threadIdx.x; e < R * kMmaK; e += kMmaThreads) {
-        const int r = kKFast ? e / kMmaK : e % R, k = kKFast ? e % kMmaK : e / R;
-        const float v = k0 + k < k_end ? load(r, k0 + k) : 0.0f;
+    mma_stage_with<kKFast, R>(k0, k_end, load, [&](int r, int k, float v) {
         const __nv_bfloat16 h = __float2bfloat16_rn(v);
         hi[r][k] = h;
         lo[r][k] = __float2bfloat16_rn(v - __bfloat162float(h));
-    }
+    });
 }
 
 // acc += Σ_{k ∈ [k_begin, k_end)} load_a(row, k) · load_b(k, col), as block_mma, with kAKFast /

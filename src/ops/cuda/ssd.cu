@@ -10,7 +10,8 @@
 //              and C·S_inᵀ;
 //   block_mma_ex  (mma.cuh) the same with one operand split into hi + lo bf16 where it is formed in
 //              fp32: for bf16 storage, the chunk states (3) and every product of the backward.
-// MSLM_SSD_TC=0 in the environment selects tile_mma for all of them.
+// MSLM_SSD_TC=0 in the environment selects tile_mma for all of them. The tensor-core path also takes
+// step (1) as a warp scan (ssd_decay_scan_kernel), the fp32 path the serial ssd_decay_kernel.
 //
 // Within a chunk of length L, with cum_t the chunk-local Σ_{r ≤ t} dt_r·A (fp64), X̃ = diag(dt)·X,
 // Lm[t, s] = exp(cum_t − cum_s) for s ≤ t (else 0), M = C·Bᵀ ∘ Lm and decay_s = exp(cum_last − cum_s):
@@ -290,6 +291,44 @@ __global__ void ssd_decay_kernel(Args<T> a, float* dtv, double* cum) {
     }
 }
 
+// (1) for the tensor-core path: one warp per (b, h, chunk), 32 tokens at a time, the cumulative
+// sum by a warp scan in fp64 (Hillis–Steele, then the running total of the earlier tokens). The
+// order of the fp64 additions differs from ssd_decay_kernel's, by a few 2^-53 of Σ|dt·A|: far below
+// the fp32 resolution at which cum is used.
+template <typename T>
+__global__ void ssd_decay_scan_kernel(Args<T> a, float* dtv, double* cum) {
+    const int lane = threadIdx.x % 32;
+    const int64_t total = a.batch * a.H * a.n_chunks;
+    const int64_t n_warps = int64_t(gridDim.x) * blockDim.x / 32;
+    for (int64_t w = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) / 32; w < total; w += n_warps) {
+        const int64_t c = w % a.n_chunks, bh = w / a.n_chunks, h = bh % a.H, b = bh / a.H;
+        const float A = head_A(a, h), bias = head_bias(a, h);
+        const Chunk ch = chunk_of(a, b, c);
+        double carry = 0.0;
+        for (int64_t t0 = 0; t0 < ch.L; t0 += 32) {  // uniform over the warp
+            const int64_t t = t0 + lane;
+            float d = 0.0f;
+            double run = 0.0;
+            if (t < ch.L) {
+                d = dt_value(to_f32(a.dt[(ch.row0 + t) * a.ld_dt + h]) + bias, a.dt_min, a.dt_max);
+                run = double(d * A);
+            }
+#pragma unroll
+            for (int o = 1; o < 32; o <<= 1) {
+                const double up = __shfl_up_sync(0xffffffffu, run, o);
+                if (lane >= o) run += up;
+            }
+            run += carry;
+            if (t < ch.L) {
+                const int64_t at = bh * a.seqlen + ch.t0 + t;
+                dtv[at] = d;
+                cum[at] = run;
+            }
+            carry = __shfl_sync(0xffffffffu, run, 31);
+        }
+    }
+}
+
 // ---- (2) CB (Q, Q) = C·Bᵀ per (b, chunk, group); grid (B·n_chunks·G, tiles²). Tiles wholly
 // above the diagonal are never read and not written.
 
@@ -371,18 +410,33 @@ __global__ void ssd_chunk_state_kernel(Args<T> a, const T* dy, float* out) {
 
 template <bool kReverse, typename T>
 __global__ void ssd_state_pass_kernel(Args<T> a, float* states, const float* h0, float* h_last) {
+    // The loads of kBatch chunks are issued before their stores: the compiler cannot tell a store to
+    // `states` from a later load of it, so one chunk at a time would wait out a memory latency each.
+    constexpr int kBatch = 8;
     const int64_t PN = a.P * a.N, total = a.batch * a.H * PN;
     const int64_t stride = int64_t(gridDim.x) * blockDim.x;
     for (int64_t e = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; e < total; e += stride) {
         const int64_t pn = e % PN, bh = e / PN, h = bh % a.H, b = bh / a.H;
         float S = h0 ? h0[e] : 0.0f;
-        for (int64_t step = 0; step < a.n_chunks; ++step) {
-            const int64_t c = kReverse ? a.n_chunks - 1 - step : step;
-            const int64_t at = ((b * a.n_chunks + c) * a.H + h) * PN + pn;
-            const Chunk ch = chunk_of(a, b, c);
-            const float own = states[at];
-            states[at] = S;
-            S = expf(static_cast<float>(a.cum[bh * a.seqlen + ch.t0 + ch.L - 1])) * S + own;
+        for (int64_t step0 = 0; step0 < a.n_chunks; step0 += kBatch) {
+            float own[kBatch], decay[kBatch];
+#pragma unroll
+            for (int i = 0; i < kBatch; ++i) {
+                const int64_t step = step0 + i;
+                if (step >= a.n_chunks) break;
+                const int64_t c = kReverse ? a.n_chunks - 1 - step : step;
+                const Chunk ch = chunk_of(a, b, c);
+                own[i] = states[((b * a.n_chunks + c) * a.H + h) * PN + pn];
+                decay[i] = expf(static_cast<float>(a.cum[bh * a.seqlen + ch.t0 + ch.L - 1]));
+            }
+#pragma unroll
+            for (int i = 0; i < kBatch; ++i) {
+                const int64_t step = step0 + i;
+                if (step >= a.n_chunks) break;
+                const int64_t c = kReverse ? a.n_chunks - 1 - step : step;
+                states[((b * a.n_chunks + c) * a.H + h) * PN + pn] = S;
+                S = decay[i] * S + own[i];
+            }
         }
         if (h_last) h_last[e] = S;
     }
@@ -508,19 +562,35 @@ __global__ void __launch_bounds__(kMmaThreads)
         },
         [&](int64_t n, int j) { return p0 + j < a.P ? S_in[(p0 + j) * a.N + n] : 0.0f; }, sm);
 
+    // A row of fragments at a time (i, half: one token t), its 8 x values loaded before any y is
+    // stored (the compiler cannot tell a store to y from a later load of x).
     const float Dh = a.D ? to_f32(a.D[h]) : 0.0f;
 #pragma unroll
     for (int i = 0; i < 2; ++i)
 #pragma unroll
-        for (int j = 0; j < 4; ++j)
+        for (int half = 0; half < 2; ++half) {
+            const int64_t t = t0 + mma_row(i, 2 * half);
+            if (t >= ch.L) continue;
+            const float et = expf(static_cast<float>(cum[t]));
+            float xv[4][2];
 #pragma unroll
-            for (int r = 0; r < 4; ++r) {
-                const int64_t t = t0 + mma_row(i, r), p = p0 + mma_col(j, r);
-                if (t >= ch.L || p >= a.P) continue;
-                const float v = intra.c[i][j][r] + expf(static_cast<float>(cum[t])) * inter.c[i][j][r] +
-                                Dh * to_f32(x[t * a.ld_x + p]);
-                y[((ch.row0 + t) * a.H + h) * a.P + p] = from_f32<T>(v);
-            }
+            for (int j = 0; j < 4; ++j)
+#pragma unroll
+                for (int odd = 0; odd < 2; ++odd) {
+                    const int64_t p = p0 + mma_col(j, odd);
+                    xv[j][odd] = p < a.P ? to_f32(x[t * a.ld_x + p]) : 0.0f;
+                }
+#pragma unroll
+            for (int j = 0; j < 4; ++j)
+#pragma unroll
+                for (int odd = 0; odd < 2; ++odd) {
+                    const int r = 2 * half + odd;
+                    const int64_t p = p0 + mma_col(j, r);
+                    if (p >= a.P) continue;
+                    const float v = intra.c[i][j][r] + et * inter.c[i][j][r] + Dh * xv[j][odd];
+                    y[((ch.row0 + t) * a.H + h) * a.P + p] = from_f32<T>(v);
+                }
+        }
 }
 
 // ---- backward, per (b, chunk, head), one block looping over the chunk's tiles (grid
@@ -843,15 +913,95 @@ __global__ void __launch_bounds__(kMmaThreads) ssd_chunk_state_tc_kernel(Args<T>
             }
 }
 
+// finish_backward_head for the tensor-core kernel, parallel: the per-token corrections of dcum by
+// all threads, then warp 0 takes the reverse cumulative sum da_t = Σ_{t' ≥ t} dcum_t' by segments
+// (lane i owns ⌈L/32⌉ consecutive tokens: its segment's sum, a suffix scan over the lanes, then a
+// walk down its segment) and writes ddt and the per-chunk sums. A fixed order throughout
+// (deterministic); the sums are blocked rather than recursive, within the same n·u bound. cum and
+// dtv: the chunk's values (shared memory); red: kMmaThreads floats.
+size_t head_tc_vec_bytes(int64_t Q) {
+    return size_t(Q) * (4 * sizeof(float) + sizeof(double) + sizeof(float));
+}
+
+template <typename T>
+__device__ void finish_backward_head_tc(const Args<T>& a, const Chunk& ch, int64_t h, int64_t bch,
+                                        const float* S_in, const float* dS, float dD_acc, float* vecs,
+                                        const double* cum, const float* dtv, float* red, T* ddt, float* part) {
+    const int64_t L = ch.L;
+    float* dcum = vecs;
+    const float* xdx = vecs + a.Q;
+    const float* qsum = xdx + a.Q;
+    const float* rsum = qsum + a.Q;
+    float dss = 0.0f;
+    for (int64_t e = threadIdx.x; e < a.P * a.N; e += blockDim.x) dss += dS[e] * S_in[e];
+    auto block_sum = [&](float v) {  // blockDim.x a power of two; returns synchronised
+        __syncthreads();
+        red[threadIdx.x] = v;
+        __syncthreads();
+        for (int w = blockDim.x / 2; w > 0; w >>= 1) {
+            if (int(threadIdx.x) < w) red[threadIdx.x] += red[threadIdx.x + w];
+            __syncthreads();
+        }
+        return red[0];
+    };
+    dss = block_sum(dss);
+    const float dD_sum = block_sum(dD_acc);
+    float q_part = 0.0f;
+    for (int64_t t = threadIdx.x; t < L; t += blockDim.x) {
+        float v = dcum[t] + expf(static_cast<float>(cum[t])) * rsum[t];
+        if (t < L - 1) {
+            v -= qsum[t];
+            q_part += qsum[t];
+        }
+        dcum[t] = v;
+    }
+    const float tail_q = block_sum(q_part);
+    if (threadIdx.x == 0) dcum[L - 1] += tail_q + expf(static_cast<float>(cum[L - 1])) * dss;
+    __syncthreads();
+    if (threadIdx.x >= 32) return;
+
+    const int lane = threadIdx.x;
+    const int64_t seg = (L + 31) / 32, lo = min(L, lane * seg), hi = min(L, lo + seg);
+    float own = 0.0f;
+    for (int64_t t = lo; t < hi; ++t) own += dcum[t];
+    float suffix = own;  // Σ over lanes ≥ lane
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+        const float v = __shfl_down_sync(0xffffffffu, suffix, o);
+        if (lane + o < 32) suffix += v;
+    }
+    float da = __shfl_down_sync(0xffffffffu, suffix, 1);  // Σ over lanes > lane
+    if (lane == 31) da = 0.0f;
+    const float A = head_A(a, h), bias = head_bias(a, h);
+    float dA_acc = 0.0f, dbias_acc = 0.0f;
+    for (int64_t t = hi - 1; t >= lo; --t) {
+        da += dcum[t];
+        const float ddtv = da * A + xdx[t];
+        dA_acc += da * dtv[t];
+        const int64_t at = (ch.row0 + t) * a.ld_dt + h;
+        const float draw = ddtv * dt_grad(to_f32(a.dt[at]) + bias, a.dt_min, a.dt_max);
+        if (ddt) ddt[at] = from_f32<T>(to_f32(ddt[at]) + draw);
+        dbias_acc += draw;
+    }
+    dA_acc = warp_sum(dA_acc);
+    dbias_acc = warp_sum(dbias_acc);
+    if (lane == 0) {
+        const int64_t n_part = a.batch * a.n_chunks * a.H;
+        part[bch] = dA_acc;
+        part[n_part + bch] = dD_sum;
+        part[2 * n_part + bch] = dbias_acc;
+    }
+}
+
 // The backward head kernel on tensor cores (the same outputs and math as ssd_backward_head_kernel),
 // 128 threads looping over the chunk's 64 × 64 tiles:
 //   E tiles (t0 ≥ s0): dt_s·(dY·Xᵀ)[t, s]·M[t, s] for s < t, dY·Xᵀ exact; row sums into dcum[t],
 //   column sums out of dcum[s];
 //   (s0, p0) tiles: dX̃ = Mᵀ·dY (M split) + diag(decay)·(B·dSᵀ) (dS split), dx written, the row
 //   sums ⟨x, dX̃⟩ and q; then Z = C·S_inᵀ (S_in split) and the row sums ⟨dY, Z⟩.
-// Dynamic shared memory: 4·Q floats.
+// Dynamic shared memory: head_tc_vec_bytes(Q): the four per-token sums, cum and dt.
 template <typename T>
-__global__ void __launch_bounds__(kMmaThreads)
+__global__ void __launch_bounds__(kMmaThreads, 2)
     ssd_backward_head_tc_kernel(Args<T> a, const T* dy, const float* CB, const float* states,
                                 const float* dS_all, T* dx, T* ddt, float* part) {
     __shared__ MmaSmemSplit sm;
@@ -865,8 +1015,8 @@ __global__ void __launch_bounds__(kMmaThreads)
     float* xdx = vecs + a.Q;   // (Q) ⟨x_t, dX̃_t⟩
     float* qsum = xdx + a.Q;   // (Q) q_s
     float* rsum = qsum + a.Q;  // (Q) ⟨dY_t, Z_t⟩
-    const double* cum = a.cum + bh * a.seqlen + ch.t0;
-    const float* dtv = a.dtv + bh * a.seqlen + ch.t0;
+    double* cum = reinterpret_cast<double*>(vecs + 4 * a.Q);  // (Q) the chunk's cum, from a.cum
+    float* dtv = reinterpret_cast<float*>(cum + a.Q);          // (Q) the chunk's dt, from a.dtv
     const float* cb = CB + ((b * a.n_chunks + c) * a.G + g) * a.Q * a.Q;
     const float* S_in = states + bch * a.P * a.N;  // (P, N)
     const float* dS = dS_all + bch * a.P * a.N;    // (P, N)
@@ -875,11 +1025,15 @@ __global__ void __launch_bounds__(kMmaThreads)
     const T* Bc = a.Bm + ch.row0 * a.ld_B + g * a.N;
     const T* Cc = a.Cm + ch.row0 * a.ld_C + g * a.N;
     const int64_t ld_y = a.H * a.P;
-    const double cum_last = cum[L - 1];
     auto M = [&](int64_t t, int64_t s) { return cb[t * a.Q + s] * exp_diff(cum[t], cum[s]); };  // s ≤ t
 
-    for (int64_t t = threadIdx.x; t < L; t += blockDim.x) dcum[t] = xdx[t] = qsum[t] = rsum[t] = 0.0f;
+    for (int64_t t = threadIdx.x; t < L; t += blockDim.x) {
+        dcum[t] = xdx[t] = qsum[t] = rsum[t] = 0.0f;
+        cum[t] = a.cum[bh * a.seqlen + ch.t0 + t];
+        dtv[t] = a.dtv[bh * a.seqlen + ch.t0 + t];
+    }
     __syncthreads();
+    const double cum_last = cum[L - 1];
 
     for (int64_t t0 = 0; t0 < L; t0 += kMmaM)
         for (int64_t s0 = 0; s0 <= t0; s0 += kMmaN) {
@@ -919,31 +1073,50 @@ __global__ void __launch_bounds__(kMmaThreads)
                 v, 0, a.N,
                 [&](int j, int64_t n) { return s0 + j < L ? to_f32(Bc[(s0 + j) * a.ld_B + n]) : 0.0f; },
                 [&](int64_t n, int j) { return p0 + j < a.P ? dS[(p0 + j) * a.N + n] : 0.0f; }, sm);
-            // d becomes x·dX̃ and v the q terms decay·dt·x·V, both 0 outside the chunk.
+            // d becomes x·dX̃ and v the q terms decay·dt·x·V, both 0 outside the chunk. A row of
+            // fragments at a time (i, half: one token s), its 8 x, dY and dx values loaded before any
+            // dx is stored (the compiler cannot tell a store to dx from a later load).
 #pragma unroll
             for (int i = 0; i < 2; ++i)
 #pragma unroll
-                for (int j = 0; j < 4; ++j)
+                for (int half = 0; half < 2; ++half) {
+                    const int64_t s = s0 + mma_row(i, 2 * half);
+                    float xs[4][2], dys[4][2], dxs[4][2];
 #pragma unroll
-                    for (int r = 0; r < 4; ++r) {
-                        const int64_t s = s0 + mma_row(i, r), p = p0 + mma_col(j, r);
-                        float& dv = d.c[i][j][r];
-                        float& vv = v.c[i][j][r];
-                        if (s >= L || p >= a.P) {
-                            dv = vv = 0.0f;
-                            continue;
+                    for (int j = 0; j < 4; ++j)
+#pragma unroll
+                        for (int odd = 0; odd < 2; ++odd) {
+                            const int64_t p = p0 + mma_col(j, odd);
+                            const bool in = s < L && p < a.P;
+                            xs[j][odd] = in ? to_f32(x[s * a.ld_x + p]) : 0.0f;
+                            dys[j][odd] = in ? to_f32(dYc[s * ld_y + p]) : 0.0f;
+                            dxs[j][odd] = in && dx ? to_f32(dx[(ch.row0 + s) * a.ld_x + h * a.P + p]) : 0.0f;
                         }
-                        const float decay = exp_diff(cum_last, cum[s]);
-                        const float xv = to_f32(x[s * a.ld_x + p]), dyv = to_f32(dYc[s * ld_y + p]);
-                        const float dxt = dv + decay * vv;
-                        dD_acc += dyv * xv;
-                        if (dx) {
-                            T* out = dx + (ch.row0 + s) * a.ld_x + h * a.P + p;
-                            *out = from_f32<T>(to_f32(*out) + dtv[s] * dxt + Dh * dyv);
+                    const float decay = s < L ? exp_diff(cum_last, cum[s]) : 0.0f;
+                    const float dts = s < L ? dtv[s] : 0.0f;
+#pragma unroll
+                    for (int j = 0; j < 4; ++j)
+#pragma unroll
+                        for (int odd = 0; odd < 2; ++odd) {
+                            const int r = 2 * half + odd;
+                            const int64_t p = p0 + mma_col(j, r);
+                            float& dv = d.c[i][j][r];
+                            float& vv = v.c[i][j][r];
+                            if (s >= L || p >= a.P) {
+                                dv = vv = 0.0f;
+                                continue;
+                            }
+                            const float xv = xs[j][odd], dyv = dys[j][odd];
+                            const float dxt = dv + decay * vv;
+                            dD_acc += dyv * xv;
+                            if (dx) {
+                                dx[(ch.row0 + s) * a.ld_x + h * a.P + p] =
+                                    from_f32<T>(dxs[j][odd] + dts * dxt + Dh * dyv);
+                            }
+                            dv = xv * dxt;
+                            vv = decay * (dts * xv) * vv;
                         }
-                        dv = xv * dxt;
-                        vv = decay * (dtv[s] * xv) * vv;
-                    }
+                }
             mma_row_sums([&](int i, int j, int r) { return d.c[i][j][r]; }, red,
                          [&](int r, float sum) {
                              if (s0 + r < L) xdx[s0 + r] += sum;
@@ -967,7 +1140,7 @@ __global__ void __launch_bounds__(kMmaThreads)
                     if (s0 + r < L) rsum[s0 + r] += sum;
                 });
         }
-    finish_backward_head(a, ch, h, bch, S_in, dS, dD_acc, vecs, red, ddt, part);
+    finish_backward_head_tc(a, ch, h, bch, S_in, dS, dD_acc, vecs, cum, dtv, red, ddt, part);
 }
 
 // dCB per (b, chunk, group) as ssd_dcb_kernel; grid (B·n_chunks·G, mma_tiles(Q)²). Per head the
@@ -1072,18 +1245,31 @@ __global__ void __launch_bounds__(kMmaThreads)
                         acc.c[i][j][2 * half + odd] += w * hacc.c[i][j][2 * half + odd];
             }
     }
+    // The += a row of fragments at a time, its 8 old values loaded before any is stored.
     const int64_t ld = kDC ? a.ld_C : a.ld_B;
 #pragma unroll
     for (int i = 0; i < 2; ++i)
 #pragma unroll
-        for (int j = 0; j < 4; ++j)
+        for (int half = 0; half < 2; ++half) {
+            const int64_t r = r0 + mma_row(i, 2 * half);
+            if (r >= L) continue;
+            T* row = grad + (ch.row0 + r) * ld + g * a.N;
+            float old[4][2];
 #pragma unroll
-            for (int rr = 0; rr < 4; ++rr) {
-                const int64_t r = r0 + mma_row(i, rr), n = n0 + mma_col(j, rr);
-                if (r >= L || n >= a.N) continue;
-                T* d = grad + (ch.row0 + r) * ld + g * a.N + n;
-                *d = from_f32<T>(to_f32(*d) + acc.c[i][j][rr]);
-            }
+            for (int j = 0; j < 4; ++j)
+#pragma unroll
+                for (int odd = 0; odd < 2; ++odd) {
+                    const int64_t n = n0 + mma_col(j, odd);
+                    old[j][odd] = n < a.N ? to_f32(row[n]) : 0.0f;
+                }
+#pragma unroll
+            for (int j = 0; j < 4; ++j)
+#pragma unroll
+                for (int odd = 0; odd < 2; ++odd) {
+                    const int64_t n = n0 + mma_col(j, odd);
+                    if (n < a.N) row[n] = from_f32<T>(old[j][odd] + acc.c[i][j][2 * half + odd]);
+                }
+        }
 }
 
 // dA_log, dD, ddt_bias (H): the per-chunk sums added over (b, chunk) in order, one thread per head.
@@ -1186,6 +1372,21 @@ private:
     const char* names_[kMax] = {};
 };
 
+// (1): dtv and cum in the workspace; the warp-scan kernel on the tensor-core path, the serial one
+// (the fp32 reference path, unchanged) otherwise.
+template <typename S>
+void launch_decay(const Args<device_t<S>>& a, const Workspace& ws, bool tc, cudaStream_t stream) {
+    const int64_t bhc = a.batch * a.H * a.n_chunks;
+    if (tc) {
+        ssd_decay_scan_kernel<<<grid_size<S>(bhc * 32, "ssd_decay_scan"), kThreads, 0, stream>>>(a, ws.dtv,
+                                                                                                ws.cum);
+        check_launch<S>("ssd_decay_scan");
+    } else {
+        ssd_decay_kernel<<<grid_size<S>(bhc, "ssd_decay"), kThreads, 0, stream>>>(a, ws.dtv, ws.cum);
+        check_launch<S>("ssd_decay");
+    }
+}
+
 // Steps (1), (3) and (4) of the forward, which the backward repeats when not given chunk_states:
 // dtv, cum and the chunk states in the workspace (or in `states`), h_last if wanted.
 template <typename S>
@@ -1194,8 +1395,7 @@ void state_pass(const Args<device_t<S>>& a, const Workspace& ws, float* states, 
     using T = device_t<S>;
     const int64_t bcn = a.batch * a.n_chunks;
     if (bcn > 0) {
-        ssd_decay_kernel<<<grid_size<S>(bcn * a.H, "ssd_decay"), kThreads, 0, stream>>>(a, ws.dtv, ws.cum);
-        check_launch<S>("ssd_decay");
+        launch_decay<S>(a, ws, tc, stream);
         times.mark("decay");
         bool done = false;
         if constexpr (std::is_same_v<S, uint16_t>) {
@@ -1326,7 +1526,8 @@ void backward_stages(const SsdGrads<S>& grads, const device_t<S>* dY, const Args
                 <<<grid_size<S>(total, "ssd_state_pass_grad"), kThreads, 0, s>>>(a, ws.dS, nullptr, nullptr);
             check_launch<S>("ssd_state_pass_grad");
             times.mark("state_pass_grad");
-            ssd_backward_head_tc_kernel<<<tiled_grid(bch, 1, "ssd_backward_head_tc"), kMmaThreads, vec_bytes,
+            ssd_backward_head_tc_kernel<<<tiled_grid(bch, 1, "ssd_backward_head_tc"), kMmaThreads,
+                                          head_tc_vec_bytes(p.Q),
                                           s>>>(a, dY, ws.CB, states, ws.dS, dx, ddt, ws.part);
             check_launch<S>("ssd_backward_head_tc");
             times.mark("backward_head");
@@ -1397,13 +1598,11 @@ void ssd_backward(const SsdGrads<S>& grads, const S* dy, const SsdInputs<S>& in,
     const auto a = make_args(in, p, ws);
     const bool tc = use_tensor_cores<S>();
     StageTimes times("ssd_backward", dtype_label<S>(), tc, s);
-    const int64_t bch = p.batch * p.n_chunks * p.H;
 
     // Forward quantities: dt, cum, C·Bᵀ and the states entering each chunk.
     const float* states = chunk_states;
     if (chunk_states) {
-        ssd_decay_kernel<<<grid_size<S>(bch, "ssd_decay"), kThreads, 0, s>>>(a, ws.dtv, ws.cum);
-        check_launch<S>("ssd_decay");
+        launch_decay<S>(a, ws, tc, s);
         times.mark("decay");
     } else {
         state_pass<S>(a, ws, ws.states, h0, nullptr, tc, s, times);
