@@ -89,6 +89,41 @@ def train_rate(model, vocab, B, T, steps, compile_model):
     return B * T / sec, sec, torch.cuda.max_memory_allocated() / 2**30
 
 
+def sdpa_anchor(tokens=16384, heads=12):
+    """torch's SDPA (flash / cuDNN backends as torch picks them), causal, bf16, on bench_cuda_attention's
+    shapes; FLOPs 4·B·H·T²·Dh/2 forward, 3.5× that forward + backward."""
+    import torch.nn.functional as F
+    print(f"# torch {torch.__version__} SDPA on {torch.cuda.get_device_name()}, {tokens} tokens, {heads} heads, causal, bf16")
+    print("| T | Dh | fwd ms | fwd TFLOP/s | fwd+bwd ms | fwd+bwd TFLOP/s |")
+    print("|---|---|---|---|---|---|")
+    for Dh in (64, 128):
+        for T in (2048, 8192):
+            B = tokens // T
+            q, k, v = (torch.randn(B, heads, T, Dh, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
+            flops = 4 * B * heads * T * T * Dh / 2
+
+            def fwd():
+                return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+            def fwd_bwd():
+                out = fwd()
+                out.backward(torch.ones_like(out))
+
+            times = []
+            for fn in (fwd, fwd_bwd):
+                for _ in range(3):
+                    fn()
+                torch.cuda.synchronize()
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                for _ in range(20):
+                    fn()
+                end.record()
+                torch.cuda.synchronize()
+                times.append(start.elapsed_time(end) / 20)
+            print(f"| {T} | {Dh} | {times[0]:.3f} | {flops / times[0] / 1e9:.1f} | {times[1]:.3f} | {3.5 * flops / times[1] / 1e9:.1f} |", flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--shapes", default="16x1024,4x4096")
@@ -98,7 +133,12 @@ def main():
     ap.add_argument("--decode-tokens", type=int, default=64)
     ap.add_argument("--prefill-tokens", type=int, default=2048)
     ap.add_argument("--inference-only", action="store_true", help="only the Mamba2ForCausalLM generate() and prefill anchors")
+    ap.add_argument("--sdpa-only", action="store_true",
+                    help="only scaled_dot_product_attention forward / forward+backward (the attention kernel anchor)")
     args = ap.parse_args()
+    if args.sdpa_only:
+        sdpa_anchor()
+        return
     torch.manual_seed(0)
     torch.backends.cuda.matmul.allow_tf32 = True
     print(f"# torch {torch.__version__} on {torch.cuda.get_device_name()}")
