@@ -456,13 +456,11 @@ TYPED_TEST(CudaAttention, BackwardMatchesCpuAndAccumulates) {
 
 #ifdef MSLM_HAVE_CUDA
 
-// Shapes at the edges of the tensor-core tiles (128 queries or keys a block and 32 rows a warp for
-// head dim 64, 64 and 16 for 128; 32 or 64 streamed rows): T = 1, 63, 65, 127, 129, 255, 257, 1000;
-// head dims 64 and 128; GQA 4:1 and 1:1 (and 8:2, 4:2); windows inside one tile, across tiles,
-// across a warp's rows (17, 33) and of 1 (the query alone); ALiBi; q_offset inside and beyond a
-// tile; rows 16-byte aligned (cp.async) and not (plain loads). A warp skips the streamed tiles none
-// of its rows (keys) sees, so the windows and the diagonal land on every warp. For f32 they run the
-// fp32 kernels.
+// Shapes at the edges of the tensor-core tiles (64 queries or keys a block, 16 rows a warp, 32 or 64
+// streamed rows): T = 1, 63, 65, 257, 1000; head dims 64 and 128; GQA 4:1 and 1:1 (and 8:2);
+// windows inside one tile, across tiles and of 1 (the query alone); ALiBi; q_offset inside and
+// beyond a tile; rows 16-byte aligned (cp.async) and not (plain loads). For f32 they run the fp32
+// kernels.
 const Case kTileForwardCases[] = {
     {1, 1, 4, 1, 64, 0, false, 0, true},       {2, 63, 4, 4, 64, 0, true, 0, true},
     {1, 65, 4, 1, 128, 0, false, 0, true},     {1, 257, 4, 1, 64, 100, true, 0, true},
@@ -470,16 +468,12 @@ const Case kTileForwardCases[] = {
     {1, 1000, 2, 2, 128, 300, false, 0, true}, {1, 65, 8, 2, 64, 1, false, 0, true},
     {1, 63, 4, 1, 64, 0, false, 65, true},     {1, 65, 4, 4, 128, 0, true, 200, true},
     {1, 257, 4, 1, 64, 64, false, 1, false},   {2, 1, 4, 4, 128, 0, true, 63, true},
-    {1, 129, 4, 1, 64, 33, true, 0, true},     {1, 255, 2, 2, 64, 0, false, 70, true},
-    {2, 127, 4, 2, 64, 17, false, 0, false},   {1, 129, 4, 4, 128, 0, false, 0, true},
 };
 const Case kTileBackwardCases[] = {
     {1, 1, 4, 1, 64, 0, false, 0, true},       {2, 63, 4, 4, 64, 0, true, 0, true},
     {1, 65, 4, 1, 128, 0, false, 0, true},     {1, 257, 4, 1, 64, 100, true, 0, true},
     {1, 257, 4, 4, 128, 65, false, 0, false},  {1, 1000, 4, 1, 64, 0, true, 0, true},
     {1, 1000, 2, 2, 128, 300, false, 0, true}, {1, 65, 8, 2, 64, 1, false, 0, true},
-    {1, 129, 4, 1, 64, 33, true, 0, true},     {2, 127, 4, 2, 64, 17, false, 0, false},
-    {1, 255, 2, 2, 64, 0, false, 0, true},     {1, 130, 4, 4, 128, 40, true, 0, true},
 };
 
 #endif  // MSLM_HAVE_CUDA

@@ -76,10 +76,6 @@ __device__ float alibi_slope(int h, int n_heads) {
 __device__ __forceinline__ bool visible(int64_t i, int64_t j, int64_t window) {
     return j <= i && (window == 0 || i - j < window);
 }
-// The same from d = i − j.
-__device__ __forceinline__ bool visible_at(int64_t d, int64_t window) {
-    return d >= 0 && (window == 0 || d < window);
-}
 
 __device__ __forceinline__ float half_warp_max(float x) {
 #pragma unroll
@@ -483,12 +479,10 @@ __global__ void __launch_bounds__(kTileThreads) attention_backward_dq_kernel(Att
 // ---- tensor-core kernels (bf16 storage, head dims 64 and 128)
 //
 // The fp32 kernels above with every product on mma.sync (mma.cuh; fragment layouts there): a warp
-// owns 16·MT rows of the block's tile (MT m16 tiles) and keeps its accumulators in C fragments, so
-// the softmax and the masks work on registers and the weights go back into the next product as A
-// fragments without a trip through shared memory (the C fragment of two adjacent n8 tiles is,
-// packed to bf16 pairs, the A fragment of one k16 step). MT = 2 where the registers allow it (head
-// dim 64): every fragment of the streamed tile read with ldmatrix then feeds 4 products instead
-// of 2, halving the shared-memory reads per product, and a block covers 128 rows. Scores are in log2 units: s2 = log2(e)·s, so every
+// owns 16 rows of the block's tile and keeps its accumulators in C fragments, so the softmax and
+// the masks work on registers and the weights go back into the next product as A fragments
+// without a trip through shared memory (the C fragment of two adjacent n8 tiles is, packed to
+// bf16 pairs, the A fragment of one k16 step). Scores are in log2 units: s2 = log2(e)·s, so every
 // weight is one exp2f. Rounding beyond the fp32 kernels: the weights p (forward P·V, backward
 // Pᵀ·dO) and ds (ds·K, dsᵀ·Q) are rounded once to bf16 for their products; the row sums, the
 // softmax statistics and D stay fp32.
@@ -526,23 +520,20 @@ __device__ __forceinline__ void tc_stage(__nv_bfloat16* tile, const __nv_bfloat1
     }
 }
 
-// The A fragments of MT m16 tiles of a (·, DH + 8) tile, rows r0 + 16·mi .. r0 + 16·mi + 15, all
-// DH columns.
-template <int MT, int DH>
-__device__ __forceinline__ void tc_load_a(uint32_t (&a)[MT][DH / 16][4], const __nv_bfloat16* tile, int r0) {
+// The A fragments of the warp's 16 rows (r0 .. r0 + 15) of a (·, DH + 8) tile, all DH columns.
+template <int DH>
+__device__ __forceinline__ void tc_load_a(uint32_t (&a)[DH / 16][4], const __nv_bfloat16* tile, int r0) {
     const int lane = threadIdx.x % 32;
     const __nv_bfloat16* p = tile + (r0 + lane % 8 + 8 * (lane / 8 % 2)) * kTcLd<DH> + 8 * (lane / 16);
 #pragma unroll
-    for (int mi = 0; mi < MT; ++mi)
-#pragma unroll
-        for (int kk = 0; kk < DH / 16; ++kk) ldmatrix_x4(a[mi][kk], p + mi * 16 * kTcLd<DH> + kk * 16);
+    for (int kk = 0; kk < DH / 16; ++kk) ldmatrix_x4(a[kk], p + kk * 16);
 }
 
-// acc (16·MT × 8·NT) += A (16·MT × DH) · B(8·NT × DH)ᵀ: B is rows 0 .. 8·NT − 1 of a (·, DH + 8)
-// tile (S = Q·Kᵀ, dP = dO·Vᵀ). A comes from the fragments `a`, or (_smem) from rows r0 + 16·mi of
-// tile_a, one k16 step at a time (fewer live registers). Every ldmatrix of B feeds 2·MT products.
-template <int MT, int NT, int DH>
-__device__ __forceinline__ void tc_mma_abt(float (&acc)[MT][NT][4], const uint32_t (&a)[MT][DH / 16][4],
+// acc (16 × 8·NT) += A (16 × DH) · B(8·NT × DH)ᵀ: B is rows 0 .. 8·NT − 1 of a (·, DH + 8) tile
+// (S = Q·Kᵀ, dP = dO·Vᵀ). A comes from the fragments `a`, or (kASmem) from the warp's rows
+// r0 .. r0 + 15 of tile_a, one k16 step at a time (fewer live registers).
+template <int NT, int DH>
+__device__ __forceinline__ void tc_mma_abt(float (&acc)[NT][4], const uint32_t (&a)[DH / 16][4],
                                            const __nv_bfloat16* tile_b) {
     static_assert(NT % 2 == 0, "n8 tiles go in pairs");
     const int lane = threadIdx.x % 32;
@@ -554,15 +545,12 @@ __device__ __forceinline__ void tc_mma_abt(float (&acc)[MT][NT][4], const uint32
             uint32_t b[4];
             ldmatrix_x4(b, p + np * 16 * kTcLd<DH> + kk * 16);
             const uint32_t b0[2] = {b[0], b[1]}, b1[2] = {b[2], b[3]};
-#pragma unroll
-            for (int mi = 0; mi < MT; ++mi) {
-                mma_m16n8k16_bf16(acc[mi][2 * np], a[mi][kk], b0);
-                mma_m16n8k16_bf16(acc[mi][2 * np + 1], a[mi][kk], b1);
-            }
+            mma_m16n8k16_bf16(acc[2 * np], a[kk], b0);
+            mma_m16n8k16_bf16(acc[2 * np + 1], a[kk], b1);
         }
 }
-template <int MT, int NT, int DH>
-__device__ __forceinline__ void tc_mma_abt_smem(float (&acc)[MT][NT][4], const __nv_bfloat16* tile_a, int r0,
+template <int NT, int DH>
+__device__ __forceinline__ void tc_mma_abt_smem(float (&acc)[NT][4], const __nv_bfloat16* tile_a, int r0,
                                                 const __nv_bfloat16* tile_b) {
     static_assert(NT % 2 == 0, "n8 tiles go in pairs");
     const int lane = threadIdx.x % 32;
@@ -570,29 +558,24 @@ __device__ __forceinline__ void tc_mma_abt_smem(float (&acc)[MT][NT][4], const _
     const __nv_bfloat16* pb = tile_b + (lane % 8 + 8 * (lane / 16)) * kTcLd<DH> + 8 * (lane / 8 % 2);
 #pragma unroll
     for (int kk = 0; kk < DH / 16; ++kk) {
-        uint32_t a[MT][4];
-#pragma unroll
-        for (int mi = 0; mi < MT; ++mi) ldmatrix_x4(a[mi], pa + mi * 16 * kTcLd<DH> + kk * 16);
+        uint32_t a[4];
+        ldmatrix_x4(a, pa + kk * 16);
 #pragma unroll
         for (int np = 0; np < NT / 2; ++np) {
             uint32_t b[4];
             ldmatrix_x4(b, pb + np * 16 * kTcLd<DH> + kk * 16);
             const uint32_t b0[2] = {b[0], b[1]}, b1[2] = {b[2], b[3]};
-#pragma unroll
-            for (int mi = 0; mi < MT; ++mi) {
-                mma_m16n8k16_bf16(acc[mi][2 * np], a[mi], b0);
-                mma_m16n8k16_bf16(acc[mi][2 * np + 1], a[mi], b1);
-            }
+            mma_m16n8k16_bf16(acc[2 * np], a, b0);
+            mma_m16n8k16_bf16(acc[2 * np + 1], a, b1);
         }
     }
 }
 
-// acc (16·MT × DH) += bf16(W) (16·MT × 8·NT) · B (8·NT × DH): W is the fp32 C fragments of a
-// previous product (w[mi][t] = rows 16·mi .., columns 8t .. 8t + 7), rounded once to bf16 here; B
-// is rows 0 .. 8·NT − 1 of a (·, DH + 8) tile stored [k][n] (P·V, Pᵀ·dO, dS·K, dSᵀ·Q), read with
-// ldmatrix.trans, each feeding 2·MT products.
-template <int MT, int NT, int DH>
-__device__ __forceinline__ void tc_mma_wb(float (&acc)[MT][DH / 8][4], const float (&w)[MT][NT][4],
+// acc (16 × DH) += bf16(W) (16 × 8·NT) · B (8·NT × DH): W is the fp32 C fragments of a previous
+// product (w[t] = columns 8t .. 8t + 7), rounded once to bf16 here; B is rows 0 .. 8·NT − 1 of a
+// (·, DH + 8) tile stored [k][n] (P·V, Pᵀ·dO, dS·K, dSᵀ·Q), read with ldmatrix.trans.
+template <int NT, int DH>
+__device__ __forceinline__ void tc_mma_wb(float (&acc)[DH / 8][4], const float (&w)[NT][4],
                                           const __nv_bfloat16* tile_b) {
     static_assert(NT % 2 == 0, "k16 steps take two n8 tiles of W");
     const int lane = threadIdx.x % 32;
@@ -600,26 +583,16 @@ __device__ __forceinline__ void tc_mma_wb(float (&acc)[MT][DH / 8][4], const flo
 #pragma unroll
     for (int kk = 0; kk < NT / 2; ++kk) {
         // A rows grp, grp + 8 and k pairs 2q, 2q + 1 (n8 tile 2kk) and 2q + 8, 2q + 9 (tile 2kk + 1).
-        uint32_t a[MT][4];
-#pragma unroll
-        for (int mi = 0; mi < MT; ++mi) {
-            const float(&w0)[4] = w[mi][2 * kk];
-            const float(&w1)[4] = w[mi][2 * kk + 1];
-            a[mi][0] = pack_bf16x2(w0[0], w0[1]);
-            a[mi][1] = pack_bf16x2(w0[2], w0[3]);
-            a[mi][2] = pack_bf16x2(w1[0], w1[1]);
-            a[mi][3] = pack_bf16x2(w1[2], w1[3]);
-        }
+        const uint32_t a[4] = {
+            pack_bf16x2(w[2 * kk][0], w[2 * kk][1]), pack_bf16x2(w[2 * kk][2], w[2 * kk][3]),
+            pack_bf16x2(w[2 * kk + 1][0], w[2 * kk + 1][1]), pack_bf16x2(w[2 * kk + 1][2], w[2 * kk + 1][3])};
 #pragma unroll
         for (int dp = 0; dp < DH / 16; ++dp) {
             uint32_t b[4];
             ldmatrix_x4_trans(b, p + kk * 16 * kTcLd<DH> + dp * 16);
             const uint32_t b0[2] = {b[0], b[1]}, b1[2] = {b[2], b[3]};
-#pragma unroll
-            for (int mi = 0; mi < MT; ++mi) {
-                mma_m16n8k16_bf16(acc[mi][2 * dp], a[mi], b0);
-                mma_m16n8k16_bf16(acc[mi][2 * dp + 1], a[mi], b1);
-            }
+            mma_m16n8k16_bf16(acc[2 * dp], a, b0);
+            mma_m16n8k16_bf16(acc[2 * dp + 1], a, b1);
         }
     }
 }
@@ -630,7 +603,7 @@ __device__ __forceinline__ float alibi_slope_log2(bool alibi, int h, int n_heads
                  : 0.0f;
 }
 
-// Where fragment element e of n8 tile t of this lane sits in a 16 × 8·NT C tile (one m16 tile).
+// Where fragment element e of n8 tile t of this lane sits in a warp's 16 × 8·NT C tile.
 __device__ __forceinline__ int frag_row(int e) {
     return threadIdx.x % 32 / 4 + 8 * (e / 2);
 }
@@ -638,26 +611,24 @@ __device__ __forceinline__ int frag_col(int t, int e) {
     return 8 * t + 2 * (threadIdx.x % 4) + e % 2;
 }
 
-template <int DH, int MT, int BK>
+template <int DH, int BQ, int BK>
 constexpr size_t forward_tc_smem() {
-    return sizeof(__nv_bfloat16) * size_t(16 * MT * kWarps + 4 * BK) * kTcLd<DH>;
+    return sizeof(__nv_bfloat16) * size_t(BQ + 4 * BK) * kTcLd<DH>;
 }
 
-// grid (query tiles of BQ = 64·MT, Hq, B), 4 warps; warp w owns the 16·MT query rows from
-// i0 + 16·MT·w, as MT m16 tiles (C fragments: lane 4·grp + q holds rows grp and grp + 8 of each),
-// so that every K or V fragment read from shared memory feeds 2·MT products. Key tiles of BK, K
-// and V double-buffered, from the first tile any row of the block sees to the one holding its last
-// row's own key. A warp skips a key tile that none of its rows sees (all its weights would be 0:
-// o, m and l stay as they are, bit for bit) and evaluates the mask only on tiles that cross its
-// diagonal or window edge. The Q fragments stay in registers.
-template <int DH, int MT, int BK>
+// grid (query tiles, Hq, B), 4 warps; warp w owns query rows i0 + 16w .. i0 + 16w + 15 and lane
+// 4·grp + q the rows grp, grp + 8 of them (C fragments). Key tiles of BK, K and V double-buffered,
+// from the first tile any row sees to the one holding the last row's own key; only tiles that
+// cross the diagonal or the window edge evaluate the mask.
+template <int DH, int BQ, int BK>
 __global__ void __launch_bounds__(kTileThreads) attention_forward_tc_kernel(AttnParams<__nv_bfloat16> a) {
-    constexpr int WR = 16 * MT, BQ = WR * kWarps, LD = kTcLd<DH>, NT = BK / 8, DT = DH / 8;
+    static_assert(BQ == 16 * kWarps, "a warp owns 16 query rows");
+    constexpr int LD = kTcLd<DH>, NT = BK / 8, DT = DH / 8;
     extern __shared__ __align__(16) unsigned char tc_smem[];
     auto* sQ = reinterpret_cast<__nv_bfloat16*>(tc_smem);  // (BQ, LD), then K[2], V[2] (BK, LD)
     auto sK = [&](int st) { return sQ + (BQ + st * BK) * LD; };
     auto sV = [&](int st) { return sQ + (BQ + (2 + st) * BK) * LD; };
-    const int warp = threadIdx.x / 32, r0 = WR * warp;
+    const int warp = threadIdx.x / 32;
     const int64_t i0 = int64_t(gridDim.x - 1 - blockIdx.x) * BQ;
     const int h = blockIdx.y, hk = h / a.group;
     const int64_t b = blockIdx.z;
@@ -668,22 +639,16 @@ __global__ void __launch_bounds__(kTileThreads) attention_forward_tc_kernel(Attn
     const int64_t pos_first = a.q_offset + i0, pos_last = a.q_offset + min(i0 + BQ, a.T) - 1;
     const int64_t j_begin = (a.window > 0 ? max(int64_t(0), pos_first - a.window + 1) : 0) / BK * BK;
     const int64_t n_tiles = (pos_last - j_begin) / BK + 1;
-    const int64_t wpos_first = pos_first + r0, wpos_last = wpos_first + WR - 1;  // the warp's rows
 
     tc_stage<BQ, DH>(sQ, a.q + b * a.T * a.ld_q + h * DH, a.ld_q, i0, a.T, a.vec);
     tc_stage<BK, DH>(sK(0), kh, a.ld_k, j_begin, a.Tk, a.vec);
     tc_stage<BK, DH>(sV(0), vh, a.ld_v, j_begin, a.Tk, a.vec);
     cp_async_commit();
 
-    uint32_t qf[MT][DH / 16][4];
-    float o[MT][DT][4], m[MT][2], l[MT][2];  // l: this lane's columns only
+    uint32_t qf[DH / 16][4];
+    float o[DT][4], m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};  // l: this lane's columns only
 #pragma unroll
-    for (int mi = 0; mi < MT; ++mi) {
-        m[mi][0] = m[mi][1] = -INFINITY;
-        l[mi][0] = l[mi][1] = 0.0f;
-#pragma unroll
-        for (int t = 0; t < DT; ++t) o[mi][t][0] = o[mi][t][1] = o[mi][t][2] = o[mi][t][3] = 0.0f;
-    }
+    for (int t = 0; t < DT; ++t) o[t][0] = o[t][1] = o[t][2] = o[t][3] = 0.0f;
 
     for (int64_t it = 0; it < n_tiles; ++it) {
         const int64_t j0 = j_begin + it * BK;
@@ -697,83 +662,71 @@ __global__ void __launch_bounds__(kTileThreads) attention_forward_tc_kernel(Attn
             cp_async_wait<0>();
         }
         __syncthreads();
-        if (it == 0) tc_load_a<MT, DH>(qf, sQ, r0);
+        if (it == 0) tc_load_a<DH>(qf, sQ, 16 * warp);
 
-        const bool skip = j0 > wpos_last || (a.window > 0 && wpos_first - (j0 + BK - 1) >= a.window);
-        if (!skip) {
-            float s[MT][NT][4];
+        float s[NT][4];
 #pragma unroll
-            for (int mi = 0; mi < MT; ++mi)
-#pragma unroll
-                for (int t = 0; t < NT; ++t) s[mi][t][0] = s[mi][t][1] = s[mi][t][2] = s[mi][t][3] = 0.0f;
-            tc_mma_abt<MT, NT, DH>(s, qf, sK(st));
+        for (int t = 0; t < NT; ++t) s[t][0] = s[t][1] = s[t][2] = s[t][3] = 0.0f;
+        tc_mma_abt<NT, DH>(s, qf, sK(st));
 
-            // s2 = log2(e)·(scale·q·k − slope·(i − j)), −inf where masked; row maxima over the quad.
-            const bool masked = j0 + BK - 1 > wpos_first || (a.window > 0 && wpos_last - j0 >= a.window);
-            const int64_t d_tile = wpos_first - j0;  // i − j of the warp's first row and the tile's first key
+        // s2 = log2(e)·(scale·q·k − slope·(i − j)), −inf where masked; row maxima over the quad.
+        const bool masked = j0 + BK - 1 > pos_first || (a.window > 0 && pos_first + BQ - 1 - j0 >= a.window);
+        float mx[2] = {-INFINITY, -INFINITY};
 #pragma unroll
-            for (int mi = 0; mi < MT; ++mi) {
-                float mx[2] = {-INFINITY, -INFINITY};
+        for (int t = 0; t < NT; ++t)
 #pragma unroll
-                for (int t = 0; t < NT; ++t)
-#pragma unroll
-                    for (int e = 0; e < 4; ++e) {
-                        const int64_t d = d_tile + (16 * mi + frag_row(e) - frag_col(t, e));  // i − j
-                        float x = s[mi][t][e] * a.scale_log2;
-                        if (a.alibi) x -= slope2 * static_cast<float>(d);
-                        if (masked && !visible_at(d, a.window)) x = -INFINITY;
-                        s[mi][t][e] = x;
-                        mx[e / 2] = fmaxf(mx[e / 2], x);
-                    }
-                float alpha[2], m_use[2];
-#pragma unroll
-                for (int r = 0; r < 2; ++r) {
-                    mx[r] = fmaxf(mx[r], __shfl_xor_sync(kFullMask, mx[r], 1));
-                    mx[r] = fmaxf(mx[r], __shfl_xor_sync(kFullMask, mx[r], 2));
-                    const float m_new = fmaxf(m[mi][r], mx[r]);
-                    // A row that has seen nothing yet keeps o = l = 0: subtract 0 instead of −inf.
-                    m_use[r] = m_new == -INFINITY ? 0.0f : m_new;
-                    alpha[r] = exp2f(m[mi][r] - m_use[r]);
-                    m[mi][r] = m_new;
-                    l[mi][r] *= alpha[r];
-                }
-#pragma unroll
-                for (int t = 0; t < NT; ++t)
-#pragma unroll
-                    for (int e = 0; e < 4; ++e) {
-                        const float p = exp2f(s[mi][t][e] - m_use[e / 2]);
-                        s[mi][t][e] = p;
-                        l[mi][e / 2] += p;
-                    }
-#pragma unroll
-                for (int t = 0; t < DT; ++t)
-#pragma unroll
-                    for (int e = 0; e < 4; ++e) o[mi][t][e] *= alpha[e / 2];
+            for (int e = 0; e < 4; ++e) {
+                const int64_t pi = pos_first + 16 * warp + frag_row(e), pj = j0 + frag_col(t, e);
+                float x = s[t][e] * a.scale_log2;
+                if (a.alibi) x -= slope2 * static_cast<float>(pi - pj);
+                if (masked && !visible(pi, pj, a.window)) x = -INFINITY;
+                s[t][e] = x;
+                mx[e / 2] = fmaxf(mx[e / 2], x);
             }
-            tc_mma_wb<MT, NT, DH>(o, s, sV(st));
+        float alpha[2], m_use[2];
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            mx[r] = fmaxf(mx[r], __shfl_xor_sync(kFullMask, mx[r], 1));
+            mx[r] = fmaxf(mx[r], __shfl_xor_sync(kFullMask, mx[r], 2));
+            const float m_new = fmaxf(m[r], mx[r]);
+            // A row that has seen nothing yet keeps o = l = 0: subtract 0 instead of −inf.
+            m_use[r] = m_new == -INFINITY ? 0.0f : m_new;
+            alpha[r] = exp2f(m[r] - m_use[r]);
+            m[r] = m_new;
+            l[r] *= alpha[r];
         }
+#pragma unroll
+        for (int t = 0; t < NT; ++t)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const float p = exp2f(s[t][e] - m_use[e / 2]);
+                s[t][e] = p;
+                l[e / 2] += p;
+            }
+#pragma unroll
+        for (int t = 0; t < DT; ++t)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) o[t][e] *= alpha[e / 2];
+        tc_mma_wb<NT, DH>(o, s, sV(st));
         __syncthreads();  // sK(st), sV(st) consumed before the next iteration stages into them
     }
 
     // Every valid row sees at least itself (weight exp2(0) = 1), so l ≥ 1 and m is finite.
 #pragma unroll
-    for (int mi = 0; mi < MT; ++mi)
+    for (int r = 0; r < 2; ++r) {
+        l[r] += __shfl_xor_sync(kFullMask, l[r], 1);
+        l[r] += __shfl_xor_sync(kFullMask, l[r], 2);
+        const int64_t row = i0 + 16 * warp + frag_row(2 * r);
+        if (row >= a.T) continue;
+        const float inv = 1.0f / l[r];
+        __nv_bfloat16* out = a.out + ((b * a.T + row) * a.Hq + h) * DH;
 #pragma unroll
-        for (int r = 0; r < 2; ++r) {
-            float lr = l[mi][r];
-            lr += __shfl_xor_sync(kFullMask, lr, 1);
-            lr += __shfl_xor_sync(kFullMask, lr, 2);
-            const int64_t row = i0 + r0 + 16 * mi + frag_row(2 * r);
-            if (row >= a.T) continue;
-            const float inv = 1.0f / lr;
-            __nv_bfloat16* out = a.out + ((b * a.T + row) * a.Hq + h) * DH;
-#pragma unroll
-            for (int t = 0; t < DT; ++t) {
-                out[frag_col(t, 0)] = __float2bfloat16_rn(o[mi][t][2 * r] * inv);
-                out[frag_col(t, 1)] = __float2bfloat16_rn(o[mi][t][2 * r + 1] * inv);
-            }
-            if (threadIdx.x % 4 == 0) a.lse[(b * a.Hq + h) * a.T + row] = m[mi][r] * kLn2 + logf(lr);
+        for (int t = 0; t < DT; ++t) {
+            out[frag_col(t, 0)] = __float2bfloat16_rn(o[t][2 * r] * inv);
+            out[frag_col(t, 1)] = __float2bfloat16_rn(o[t][2 * r + 1] * inv);
         }
+        if (threadIdx.x % 4 == 0) a.lse[(b * a.Hq + h) * a.T + row] = m[r] * kLn2 + logf(l[r]);
+    }
 }
 
 // delta (B, Hq, T) = D_i = dout_i · out_i in fp32, one warp per row.
@@ -792,22 +745,21 @@ __global__ void __launch_bounds__(kThreads)
     }
 }
 
-template <int DH, int MT, int BQ>
+template <int DH, int BK, int BQ>
 constexpr size_t backward_dkdv_tc_smem() {
-    return sizeof(__nv_bfloat16) * size_t(2 * 16 * MT * kWarps + 4 * BQ) * kTcLd<DH> + sizeof(float) * 4 * BQ;
+    return sizeof(__nv_bfloat16) * size_t(2 * BK + 4 * BQ) * kTcLd<DH> + sizeof(float) * 4 * BQ;
 }
 
-// grid (key tiles of BK = 64·MT, Hkv, B), 4 warps; warp w owns the 16·MT keys from j0 + 16·MT·w
-// (MT m16 tiles) and works in the transposed frame (rows keys, columns queries), so that every
-// product keeps its operands in registers: Sᵀ = K·Qᵀ, Pᵀ = exp2(s2ᵀ − lse2), dPᵀ = V·dOᵀ,
-// dSᵀ = Pᵀ ∘ (dPᵀ − D), then dV += bf16(Pᵀ)·dO and dK += bf16(dSᵀ)·Q. The query tiles of every
-// head of the group stream through double-buffered shared memory (Q, dO, lse2 and D), in the fixed
-// order head, tile. A warp skips a query tile that sees none of its keys (its Pᵀ and dSᵀ would be 0,
-// adding exactly 0) and evaluates the mask only on tiles that cross its diagonal or window edge.
-template <int DH, int MT, int BQ>
+// grid (key tiles, Hkv, B), 4 warps; warp w owns keys j0 + 16w .. j0 + 16w + 15 and works in the
+// transposed frame (rows keys, columns queries), so that every product keeps its operands in
+// registers: Sᵀ = K·Qᵀ, Pᵀ = exp2(s2ᵀ − lse2), dPᵀ = V·dOᵀ, dSᵀ = Pᵀ ∘ (dPᵀ − D), then
+// dV += bf16(Pᵀ)·dO and dK += bf16(dSᵀ)·Q. The query tiles of every head of the group stream
+// through double-buffered shared memory (Q, dO, lse2 and D), in the fixed order head, tile.
+template <int DH, int BK, int BQ>
 __global__ void __launch_bounds__(kTileThreads)
     attention_backward_dkdv_tc_kernel(AttnParams<__nv_bfloat16> a) {
-    constexpr int WR = 16 * MT, BK = WR * kWarps, LD = kTcLd<DH>, NT = BQ / 8, DT = DH / 8;
+    static_assert(BK == 16 * kWarps, "a warp owns 16 keys");
+    constexpr int LD = kTcLd<DH>, NT = BQ / 8, DT = DH / 8;
     extern __shared__ __align__(16) unsigned char tc_smem[];
     auto* sK = reinterpret_cast<__nv_bfloat16*>(tc_smem);  // (BK, LD), then V (BK, LD), Q[2], dO[2] (BQ, LD)
     __nv_bfloat16* sV = sK + BK * LD;
@@ -815,14 +767,14 @@ __global__ void __launch_bounds__(kTileThreads)
     auto sdO = [&](int st) { return sV + (BK + (2 + st) * BQ) * LD; };
     auto* s_lse2 = reinterpret_cast<float*>(sV + (BK + 4 * BQ) * LD);  // [2][BQ]: lse·log2(e)
     float* s_delta = s_lse2 + 2 * BQ;                                  // [2][BQ]: D
-    const int warp = threadIdx.x / 32, r0 = WR * warp;
+    const int warp = threadIdx.x / 32;
     const int64_t j0 = int64_t(blockIdx.x) * BK;
     const int hk = blockIdx.y;
     const int64_t b = blockIdx.z;
     const int64_t ld_o = int64_t(a.Hq) * DH;
-    const int64_t wj_first = j0 + r0, wj_last = wj_first + WR - 1;  // the warp's keys
 
-    // Queries that see a key of the tile: from its first key to its last key + window − 1.
+    // Queries that see a key of the tile: from its first key (a multiple of BQ) to its last key +
+    // window − 1.
     const int64_t i_end = a.window > 0 ? min(a.T, j0 + BK - 1 + a.window) : a.T;
     const int64_t n_qt = (i_end - j0 + BQ - 1) / BQ, n_iter = a.group * n_qt;
     auto stage = [&](int64_t it, int st) {
@@ -841,13 +793,11 @@ __global__ void __launch_bounds__(kTileThreads)
     stage(0, 0);
     cp_async_commit();
 
-    float dk[MT][DT][4], dv[MT][DT][4];  // rows: keys wj_first + 16·mi + grp (+ 8); columns: channels
+    float dk[DT][4], dv[DT][4];  // rows: keys j0 + 16w + grp (+ 8); columns: channels
 #pragma unroll
-    for (int mi = 0; mi < MT; ++mi)
+    for (int t = 0; t < DT; ++t)
 #pragma unroll
-        for (int t = 0; t < DT; ++t)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) dk[mi][t][e] = dv[mi][t][e] = 0.0f;
+        for (int e = 0; e < 4; ++e) dk[t][e] = dv[t][e] = 0.0f;
 
     for (int64_t it = 0; it < n_iter; ++it) {
         const int st = static_cast<int>(it & 1);
@@ -861,84 +811,73 @@ __global__ void __launch_bounds__(kTileThreads)
         __syncthreads();
         const int h = hk * a.group + static_cast<int>(it / n_qt);
         const int64_t i0 = j0 + it % n_qt * BQ;
+        const float slope2 = alibi_slope_log2(a.alibi, h, a.Hq);
 
-        const bool skip = i0 + BQ - 1 < wj_first || (a.window > 0 && i0 - wj_last >= a.window);
-        if (!skip) {
-            const float slope2 = alibi_slope_log2(a.alibi, h, a.Hq);
-            float p[MT][NT][4], ds[MT][NT][4];
+        float p[NT][4], ds[NT][4];
 #pragma unroll
-            for (int mi = 0; mi < MT; ++mi)
+        for (int t = 0; t < NT; ++t)
 #pragma unroll
-                for (int t = 0; t < NT; ++t)
+            for (int e = 0; e < 4; ++e) p[t][e] = ds[t][e] = 0.0f;
+        tc_mma_abt_smem<NT, DH>(p, sK, 16 * warp, sQ(st));    // Sᵀ
+        tc_mma_abt_smem<NT, DH>(ds, sV, 16 * warp, sdO(st));  // dPᵀ
+        const bool masked =
+            i0 < j0 + BK - 1 || i0 + BQ > a.T || (a.window > 0 && i0 + BQ - 1 - j0 >= a.window);
 #pragma unroll
-                    for (int e = 0; e < 4; ++e) p[mi][t][e] = ds[mi][t][e] = 0.0f;
-            tc_mma_abt_smem<MT, NT, DH>(p, sK, r0, sQ(st));    // Sᵀ
-            tc_mma_abt_smem<MT, NT, DH>(ds, sV, r0, sdO(st));  // dPᵀ
-            const bool masked =
-                i0 < wj_last || i0 + BQ > a.T || (a.window > 0 && i0 + BQ - 1 - wj_first >= a.window);
-            const int64_t d_tile = i0 - wj_first;  // i − j of the tile's first query and the warp's first key
+        for (int t = 0; t < NT; ++t)
 #pragma unroll
-            for (int mi = 0; mi < MT; ++mi)
-#pragma unroll
-                for (int t = 0; t < NT; ++t)
-#pragma unroll
-                    for (int e = 0; e < 4; ++e) {
-                        const int c = frag_col(t, e);
-                        const int64_t d = d_tile + (c - 16 * mi - frag_row(e));  // i − j
-                        float x = p[mi][t][e] * a.scale_log2 - s_lse2[st * BQ + c];
-                        if (a.alibi) x -= slope2 * static_cast<float>(d);
-                        const float pv =
-                            masked && !(i0 + c < a.T && visible_at(d, a.window)) ? 0.0f : exp2f(x);
-                        p[mi][t][e] = pv;
-                        ds[mi][t][e] = pv * (ds[mi][t][e] - s_delta[st * BQ + c]);
-                    }
-            tc_mma_wb<MT, NT, DH>(dv, p, sdO(st));
-            tc_mma_wb<MT, NT, DH>(dk, ds, sQ(st));
-        }
+            for (int e = 0; e < 4; ++e) {
+                const int c = frag_col(t, e);
+                const int64_t j = j0 + 16 * warp + frag_row(e), i = i0 + c;
+                float x = p[t][e] * a.scale_log2 - s_lse2[st * BQ + c];
+                if (a.alibi) x -= slope2 * static_cast<float>(i - j);
+                const float pv = masked && !(i < a.T && visible(i, j, a.window)) ? 0.0f : exp2f(x);
+                p[t][e] = pv;
+                ds[t][e] = pv * (ds[t][e] - s_delta[st * BQ + c]);
+            }
+        tc_mma_wb<NT, DH>(dv, p, sdO(st));
+        tc_mma_wb<NT, DH>(dk, ds, sQ(st));
         __syncthreads();  // sQ(st), sdO(st) and the row stats consumed before they are staged again
     }
 
 #pragma unroll
-    for (int mi = 0; mi < MT; ++mi)
+    for (int r = 0; r < 2; ++r) {
+        const int64_t j = j0 + 16 * warp + frag_row(2 * r);
+        if (j >= a.T) continue;
 #pragma unroll
-        for (int r = 0; r < 2; ++r) {
-            const int64_t j = wj_first + 16 * mi + frag_row(2 * r);
-            if (j >= a.T) continue;
+        for (int t = 0; t < DT; ++t)
 #pragma unroll
-            for (int t = 0; t < DT; ++t)
-#pragma unroll
-                for (int e = 0; e < 2; ++e) {
-                    const int d = frag_col(t, e);
-                    if (a.dk) {
-                        __nv_bfloat16* x = a.dk + (b * a.T + j) * a.ld_k + hk * DH + d;
-                        *x = __float2bfloat16_rn(to_f32(*x) + a.scale * dk[mi][t][2 * r + e]);
-                    }
-                    if (a.dv) {
-                        __nv_bfloat16* x = a.dv + (b * a.T + j) * a.ld_v + hk * DH + d;
-                        *x = __float2bfloat16_rn(to_f32(*x) + dv[mi][t][2 * r + e]);
-                    }
+            for (int e = 0; e < 2; ++e) {
+                const int d = frag_col(t, e);
+                if (a.dk) {
+                    __nv_bfloat16* x = a.dk + (b * a.T + j) * a.ld_k + hk * DH + d;
+                    *x = __float2bfloat16_rn(to_f32(*x) + a.scale * dk[t][2 * r + e]);
                 }
-        }
+                if (a.dv) {
+                    __nv_bfloat16* x = a.dv + (b * a.T + j) * a.ld_v + hk * DH + d;
+                    *x = __float2bfloat16_rn(to_f32(*x) + dv[t][2 * r + e]);
+                }
+            }
+    }
 }
 
-template <int DH, int MT, int BK>
+template <int DH, int BQ, int BK>
 constexpr size_t backward_dq_tc_smem() {
-    return sizeof(__nv_bfloat16) * size_t(2 * 16 * MT * kWarps + 4 * BK) * kTcLd<DH>;
+    return sizeof(__nv_bfloat16) * size_t(2 * BQ + 4 * BK) * kTcLd<DH>;
 }
 
-// grid (query tiles of BQ = 64·MT, Hq, B), 4 warps of 16·MT query rows (MT m16 tiles): S = Q·Kᵀ
-// and dP = dO·Vᵀ, P = exp2(s2 − lse2), dS = P ∘ (dP − D), dQ += bf16(dS)·K over the visible key
-// tiles (K and V double-buffered); p and ds are recomputed as in the dK/dV kernel. The Q and dO
-// fragments stay in registers. Warps skip key tiles that none of their rows sees, as in the forward.
-template <int DH, int MT, int BK>
+// grid (query tiles, Hq, B), 4 warps of 16 query rows: S = Q·Kᵀ and dP = dO·Vᵀ with Q and dO
+// fragments held in registers, P = exp2(s2 − lse2), dS = P ∘ (dP − D), dQ += bf16(dS)·K over the
+// visible key tiles (K and V double-buffered); p and ds are recomputed as in the dK/dV kernel.
+template <int DH, int BQ, int BK>
 __global__ void __launch_bounds__(kTileThreads) attention_backward_dq_tc_kernel(AttnParams<__nv_bfloat16> a) {
-    constexpr int WR = 16 * MT, BQ = WR * kWarps, LD = kTcLd<DH>, NT = BK / 8, DT = DH / 8;
+    static_assert(BQ == 16 * kWarps, "a warp owns 16 query rows");
+    constexpr int LD = kTcLd<DH>, NT = BK / 8, DT = DH / 8;
     extern __shared__ __align__(16) unsigned char tc_smem[];
     auto* sQ = reinterpret_cast<__nv_bfloat16*>(tc_smem);  // (BQ, LD), then dO (BQ, LD), K[2], V[2] (BK, LD)
     __nv_bfloat16* sdO = sQ + BQ * LD;
     auto sK = [&](int st) { return sdO + (BQ + st * BK) * LD; };
     auto sV = [&](int st) { return sdO + (BQ + (2 + st) * BK) * LD; };
-    const int warp = threadIdx.x / 32, r0 = WR * warp;
+    const int warp = threadIdx.x / 32;
     const int64_t i0 = int64_t(gridDim.x - 1 - blockIdx.x) * BQ;
     const int h = blockIdx.y, hk = h / a.group;
     const int64_t b = blockIdx.z;
@@ -946,7 +885,6 @@ __global__ void __launch_bounds__(kTileThreads) attention_backward_dq_tc_kernel(
     const int64_t ld_o = int64_t(a.Hq) * DH;
     const __nv_bfloat16* kh = a.k + b * a.T * a.ld_k + hk * DH;
     const __nv_bfloat16* vh = a.v + b * a.T * a.ld_v + hk * DH;
-    const int64_t wi_first = i0 + r0, wi_last = wi_first + WR - 1;  // the warp's rows
 
     const int64_t j_begin = (a.window > 0 ? max(int64_t(0), i0 - a.window + 1) : 0) / BK * BK;
     const int64_t n_tiles = (min(i0 + BQ, a.T) - 1 - j_begin) / BK + 1;
@@ -957,21 +895,17 @@ __global__ void __launch_bounds__(kTileThreads) attention_backward_dq_tc_kernel(
     tc_stage<BK, DH>(sV(0), vh, a.ld_v, j_begin, a.T, a.vec);
     cp_async_commit();
 
-    float lse2[MT][2], delta[MT][2];  // rows grp, grp + 8 of each m16 tile
+    float lse2[2], delta[2];  // rows grp, grp + 8 of the warp
 #pragma unroll
-    for (int mi = 0; mi < MT; ++mi)
+    for (int r = 0; r < 2; ++r) {
+        const int64_t i = i0 + 16 * warp + frag_row(2 * r);
+        lse2[r] = i < a.T ? a.lse_in[(b * a.Hq + h) * a.T + i] * kLog2e : 0.0f;
+        delta[r] = i < a.T ? a.delta[(b * a.Hq + h) * a.T + i] : 0.0f;
+    }
+    uint32_t qf[DH / 16][4], dof[DH / 16][4];
+    float dq[DT][4];
 #pragma unroll
-        for (int r = 0; r < 2; ++r) {
-            const int64_t i = wi_first + 16 * mi + frag_row(2 * r);
-            lse2[mi][r] = i < a.T ? a.lse_in[(b * a.Hq + h) * a.T + i] * kLog2e : 0.0f;
-            delta[mi][r] = i < a.T ? a.delta[(b * a.Hq + h) * a.T + i] : 0.0f;
-        }
-    uint32_t qf[MT][DH / 16][4], dof[MT][DH / 16][4];
-    float dq[MT][DT][4];
-#pragma unroll
-    for (int mi = 0; mi < MT; ++mi)
-#pragma unroll
-        for (int t = 0; t < DT; ++t) dq[mi][t][0] = dq[mi][t][1] = dq[mi][t][2] = dq[mi][t][3] = 0.0f;
+    for (int t = 0; t < DT; ++t) dq[t][0] = dq[t][1] = dq[t][2] = dq[t][3] = 0.0f;
 
     for (int64_t it = 0; it < n_tiles; ++it) {
         const int64_t j0 = j_begin + it * BK;
@@ -986,57 +920,45 @@ __global__ void __launch_bounds__(kTileThreads) attention_backward_dq_tc_kernel(
         }
         __syncthreads();
         if (it == 0) {
-            tc_load_a<MT, DH>(qf, sQ, r0);
-            tc_load_a<MT, DH>(dof, sdO, r0);
+            tc_load_a<DH>(qf, sQ, 16 * warp);
+            tc_load_a<DH>(dof, sdO, 16 * warp);
         }
 
-        const bool skip = j0 > wi_last || (a.window > 0 && wi_first - (j0 + BK - 1) >= a.window);
-        if (!skip) {
-            float p[MT][NT][4], ds[MT][NT][4];
+        float p[NT][4], ds[NT][4];
 #pragma unroll
-            for (int mi = 0; mi < MT; ++mi)
+        for (int t = 0; t < NT; ++t)
 #pragma unroll
-                for (int t = 0; t < NT; ++t)
+            for (int e = 0; e < 4; ++e) p[t][e] = ds[t][e] = 0.0f;
+        tc_mma_abt<NT, DH>(p, qf, sK(st));
+        tc_mma_abt<NT, DH>(ds, dof, sV(st));
+        const bool masked =
+            j0 + BK - 1 > i0 || i0 + BQ > a.T || (a.window > 0 && i0 + BQ - 1 - j0 >= a.window);
 #pragma unroll
-                    for (int e = 0; e < 4; ++e) p[mi][t][e] = ds[mi][t][e] = 0.0f;
-            tc_mma_abt<MT, NT, DH>(p, qf, sK(st));
-            tc_mma_abt<MT, NT, DH>(ds, dof, sV(st));
-            const bool masked =
-                j0 + BK - 1 > wi_first || wi_last >= a.T || (a.window > 0 && wi_last - j0 >= a.window);
-            const int64_t d_tile = wi_first - j0;  // i − j of the warp's first row and the tile's first key
+        for (int t = 0; t < NT; ++t)
 #pragma unroll
-            for (int mi = 0; mi < MT; ++mi)
-#pragma unroll
-                for (int t = 0; t < NT; ++t)
-#pragma unroll
-                    for (int e = 0; e < 4; ++e) {
-                        const int row = 16 * mi + frag_row(e);
-                        const int64_t d = d_tile + (row - frag_col(t, e));  // i − j
-                        float x = p[mi][t][e] * a.scale_log2 - lse2[mi][e / 2];
-                        if (a.alibi) x -= slope2 * static_cast<float>(d);
-                        const float pv =
-                            masked && !(wi_first + row < a.T && visible_at(d, a.window)) ? 0.0f : exp2f(x);
-                        ds[mi][t][e] = pv * (ds[mi][t][e] - delta[mi][e / 2]);
-                    }
-            tc_mma_wb<MT, NT, DH>(dq, ds, sK(st));
-        }
+            for (int e = 0; e < 4; ++e) {
+                const int64_t i = i0 + 16 * warp + frag_row(e), j = j0 + frag_col(t, e);
+                float x = p[t][e] * a.scale_log2 - lse2[e / 2];
+                if (a.alibi) x -= slope2 * static_cast<float>(i - j);
+                const float pv = masked && !(i < a.T && visible(i, j, a.window)) ? 0.0f : exp2f(x);
+                ds[t][e] = pv * (ds[t][e] - delta[e / 2]);
+            }
+        tc_mma_wb<NT, DH>(dq, ds, sK(st));
         __syncthreads();  // sK(st), sV(st) consumed before the next iteration stages into them
     }
 
 #pragma unroll
-    for (int mi = 0; mi < MT; ++mi)
+    for (int r = 0; r < 2; ++r) {
+        const int64_t row = i0 + 16 * warp + frag_row(2 * r);
+        if (row >= a.T) continue;
 #pragma unroll
-        for (int r = 0; r < 2; ++r) {
-            const int64_t row = wi_first + 16 * mi + frag_row(2 * r);
-            if (row >= a.T) continue;
+        for (int t = 0; t < DT; ++t)
 #pragma unroll
-            for (int t = 0; t < DT; ++t)
-#pragma unroll
-                for (int e = 0; e < 2; ++e) {
-                    __nv_bfloat16* x = a.dq + (b * a.T + row) * a.ld_q + h * DH + frag_col(t, e);
-                    *x = __float2bfloat16_rn(to_f32(*x) + a.scale * dq[mi][t][2 * r + e]);
-                }
-        }
+            for (int e = 0; e < 2; ++e) {
+                __nv_bfloat16* x = a.dq + (b * a.T + row) * a.ld_q + h * DH + frag_col(t, e);
+                *x = __float2bfloat16_rn(to_f32(*x) + a.scale * dq[t][2 * r + e]);
+            }
+    }
 }
 
 // ---- decode
@@ -1304,15 +1226,12 @@ void attention_forward(T* out, float* lse, const T* q, int64_t ld_q, const T* k,
     auto s = static_cast<cudaStream_t>(stream);
     if constexpr (std::is_same_v<T, uint16_t>) {
         if (use_tensor_cores<T>(dims.head_dim)) {
-            // Key tiles of 64, Q fragments in registers. Head dim 64: 32 queries a warp (128 a
-            // block); 128: 16 (64), as 32 would spill (its O accumulators alone are 128 registers;
-            // -Xptxas -v, also with key tiles of 32 and Q re-read from shared memory).
             with_tc_head_dim(dims.head_dim, [&](auto dh) {
-                constexpr int DH = decltype(dh)::value, MT = DH == 64 ? 2 : 1, BQ = 16 * MT * kWarps, BK = 64;
+                constexpr int DH = decltype(dh)::value, BQ = 64, BK = 64;
                 const dim3 grid(static_cast<unsigned>((dims.seqlen + BQ - 1) / BQ),
                                 static_cast<unsigned>(dims.n_heads), static_cast<unsigned>(dims.batch));
-                launch_tiles<T>("attention_forward_tc", attention_forward_tc_kernel<DH, MT, BK>,
-                                grid, forward_tc_smem<DH, MT, BK>(), s, a);
+                launch_tiles<T>("attention_forward_tc", attention_forward_tc_kernel<DH, BQ, BK>, grid,
+                                forward_tc_smem<DH, BQ, BK>(), s, a);
             });
             return;
         }
@@ -1354,28 +1273,24 @@ void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* out, const 
             attention_delta_kernel<<<grid_size<T>(rows * 32, "attention_backward_delta"), kThreads, 0, s>>>(
                 a, delta.get());
             check_launch<T>("attention_backward_delta");
-            // dK/dV: 32 keys a warp (128 a block) for head dim 64, 16 (64) for 128, whose dK and
-            // dV accumulators alone take 128 registers; query tiles of 32. dQ: the same split of
-            // queries, key tiles of 32, Q and dO fragments in registers. No spills (-Xptxas -v).
+            // Tiles: 64 keys (dK/dV) or 64 queries (dQ) per block; the streamed side is 64 rows for
+            // head dim 64 and 32 for 128, which keeps the fp32 accumulators and both score tiles of
+            // a warp within the register file.
             with_tc_head_dim(dims.head_dim, [&](auto dh) {
-                constexpr int DH = decltype(dh)::value, MT_KV = DH == 64 ? 2 : 1, BQ = 32;
-                constexpr int MT_Q = MT_KV, BK = 32;
+                constexpr int DH = decltype(dh)::value, BN = 64, BS = DH == 64 ? 64 : 32;
                 if (dk || dv) {
-                    constexpr int BN = 16 * MT_KV * kWarps;
                     const dim3 grid(static_cast<unsigned>((dims.seqlen + BN - 1) / BN),
                                     static_cast<unsigned>(dims.n_kv_heads),
                                     static_cast<unsigned>(dims.batch));
                     launch_tiles<T>("attention_backward_dkdv_tc",
-                                    attention_backward_dkdv_tc_kernel<DH, MT_KV, BQ>, grid,
-                                    backward_dkdv_tc_smem<DH, MT_KV, BQ>(), s, a);
+                                    attention_backward_dkdv_tc_kernel<DH, BN, BS>, grid,
+                                    backward_dkdv_tc_smem<DH, BN, BS>(), s, a);
                 }
                 if (dq) {
-                    constexpr int BN = 16 * MT_Q * kWarps;
                     const dim3 grid(static_cast<unsigned>((dims.seqlen + BN - 1) / BN),
                                     static_cast<unsigned>(dims.n_heads), static_cast<unsigned>(dims.batch));
-                    launch_tiles<T>("attention_backward_dq_tc",
-                                    attention_backward_dq_tc_kernel<DH, MT_Q, BK>, grid,
-                                    backward_dq_tc_smem<DH, MT_Q, BK>(), s, a);
+                    launch_tiles<T>("attention_backward_dq_tc", attention_backward_dq_tc_kernel<DH, BN, BS>,
+                                    grid, backward_dq_tc_smem<DH, BN, BS>(), s, a);
                 }
             });
             return;
