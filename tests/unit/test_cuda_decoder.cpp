@@ -21,6 +21,7 @@
 #include "model/cuda_inference.h"
 #include "cuda_test_util.h"
 #include "model/hybrid_lm.h"
+#include "inference_configs.h"
 
 namespace mslm {
 namespace {
@@ -37,119 +38,42 @@ namespace {
 // head moves logits by O(1) of their scale.
 constexpr double kRelTol = 0.06;
 
-ModelConfig base_config(const std::string& layers) {
-    ModelConfig c;
-    c.vocab_size = 29;
-    c.d_model = 32;
-    c.layers = parse_layer_pattern(layers);
-    c.n_layers = static_cast<int64_t>(c.layers.size());
-    c.mamba.version = 2;
-    c.mamba.d_state = 8;
-    c.mamba.head_dim = 8;
-    c.mamba.chunk_size = 4;  // prompts span several chunks
-    c.attention.n_heads = 4;
-    c.attention.n_kv_heads = 2;
-    c.mlp = {MlpKind::SwiGLU, 24, false};
-    c.max_seq_len = 64;
-    return c;
-}
+using test::Case;
+using test::base_config;
+using test::mamba2_dt_limit;
+using test::mamba2_rope_partial;
+using test::rope_window;
 
-ModelConfig mamba1_plain() {
-    ModelConfig c = base_config("MM");
-    c.mamba.version = 1;
-    c.mamba.dt_rank = 3;
-    c.mlp.kind = MlpKind::None;
-    return c;
-}
-
-// Mamba-1 + attention without positions, LayerNorm, biases everywhere, an untied head.
+// Beyond the CPU decoding tests' configurations (inference_configs.h): Mamba-1 + attention without
+// positions, LayerNorm and biases everywhere (the fused products' LayerNorm prologue and bias
+// epilogues), and a ReLU MLP.
 ModelConfig mamba1_attention() {
     ModelConfig c = base_config("MAM");
     c.mamba.version = 1;
     c.mamba.d_state = 5;
-    c.mamba.dt_rank = 2;
+    c.mamba.dt_rank = 8;
     c.mamba.proj_bias = true;
     c.attention.position = PositionKind::None;
     c.attention.n_kv_heads = 4;
     c.attention.qkv_bias = true;
     c.attention.out_bias = true;
-    c.mlp.bias = true;
+    c.mlp = {MlpKind::SwiGLU, 24, true};
     c.norm = NormKind::LayerNorm;
     c.tie_embeddings = false;
     return c;
 }
 
-// Jamba: Mamba-1 with RMSNorm on dt, B, C (dt_rank 8: the fused dt_proj takes it); a GELU MLP.
-ModelConfig mamba1_jamba() {
-    ModelConfig c = mamba1_attention();
-    c.mamba.dt_rank = 8;
-    c.mamba.dt_bc_norm = true;
-    c.mlp = {MlpKind::GELU, 24, true};
-    return c;
-}
-
-// Pure Mamba-2 with GELU-tanh and ReLU MLPs is covered by the training tests; here ReLU + Mamba-2.
 ModelConfig mamba2_relu() {
     ModelConfig c = base_config("MM");
     c.mlp = {MlpKind::ReLU, 16, false};
     return c;
 }
 
-// Mamba-2 with two groups + attention with partial RoPE and GQA.
-ModelConfig mamba2_rope_partial() {
-    ModelConfig c = base_config("MAM");
-    c.mamba.n_groups = 2;
-    c.attention.rotary_dim = 4;
-    c.attention.rope_theta = 100;
-    return c;
-}
-
-// Pure Mamba-2 with dt clamped, one norm group, d_conv 3.
-ModelConfig mamba2_dt_limit() {
-    ModelConfig c = base_config("MM");
-    c.mamba.n_groups = 2;
-    c.mamba.norm_groups = 1;
-    c.mamba.d_conv = 3;
-    c.mamba.dt_limit_max = 0.05;
-    c.mlp.kind = MlpKind::None;
-    return c;
-}
-
-// ALiBi with 3 heads, one KV head, head_dim 5 (padded by the kernels), a window of 3: the rings wrap.
-ModelConfig alibi_window() {
-    ModelConfig c = base_config("AMA");
-    c.attention.position = PositionKind::ALiBi;
-    c.attention.n_heads = 3;
-    c.attention.n_kv_heads = 1;
-    c.attention.head_dim = 5;
-    c.attention.sliding_window = 3;
-    return c;
-}
-
-// Full RoPE with a window of 5 and GQA.
-ModelConfig rope_window() {
-    ModelConfig c = base_config("MA");
-    c.attention.rope_theta = 100;
-    c.attention.sliding_window = 5;
-    return c;
-}
-
-struct Case {
-    const char* name;
-    ModelConfig (*make)();
-};
-
-const Case kCases[] = {{"Mamba1", mamba1_plain},
-                       {"Mamba1AttentionLayerNormBiases", mamba1_attention},
-                       {"Mamba1JambaNormsGelu", mamba1_jamba},
-                       {"Mamba2Relu", mamba2_relu},
-                       {"Mamba2RopePartialGqa", mamba2_rope_partial},
-                       {"Mamba2DtLimit", mamba2_dt_limit},
-                       {"AlibiWindowMqa", alibi_window},
-                       {"RopeWindowGqa", rope_window}};
-
-void PrintTo(const Case& c, std::ostream* os) {
-    *os << c.name;
+std::vector<Case> decoder_cases() {
+    std::vector<Case> cases(std::begin(test::kInferenceCases), std::end(test::kInferenceCases));
+    cases.push_back({"Mamba1AttentionLayerNormBiases", mamba1_attention});
+    cases.push_back({"Mamba2Relu", mamba2_relu});
+    return cases;
 }
 
 // A random model, perturbed so that no term is trivially 0 or 1.
@@ -244,7 +168,7 @@ TEST_P(CudaDecoder, FollowsTheCpuDecoder) {
 std::string case_name(const testing::TestParamInfo<Case>& info) {
     return info.param.name;
 }
-INSTANTIATE_TEST_SUITE_P(CudaDecoderMixers, CudaDecoder, testing::ValuesIn(kCases), case_name);
+INSTANTIATE_TEST_SUITE_P(CudaDecoderMixers, CudaDecoder, testing::ValuesIn(decoder_cases()), case_name);
 
 
 // decode_gemv, the decode step's fused product, against a double reference over the same bf16

@@ -28,6 +28,7 @@
 #include "model/config.h"
 #include "model/hybrid_lm.h"
 #include "model/inference.h"
+#include "inference_configs.h"
 #include "model/model_io.h"
 
 using namespace mslm;
@@ -37,101 +38,8 @@ namespace {
 template <typename T>
 constexpr double kTol = std::is_same_v<T, double> ? 1e-12 : 1e-5;
 
-// Small models that together cover every mixer option and position encoding.
-ModelConfig base_config(const std::string& layers) {
-    ModelConfig c;
-    c.vocab_size = 29;
-    c.d_model = 16;
-    c.layers = parse_layer_pattern(layers);
-    c.n_layers = static_cast<int64_t>(c.layers.size());
-    c.mamba.version = 2;
-    c.mamba.d_state = 4;
-    c.mamba.head_dim = 4;
-    c.mamba.chunk_size = 4;  // prompts span several chunks
-    c.attention.n_heads = 4;
-    c.attention.n_kv_heads = 2;
-    c.mlp = {MlpKind::SwiGLU, 10, false};
-    c.max_seq_len = 40;
-    return c;
-}
-
-ModelConfig mamba1_plain() {
-    ModelConfig c = base_config("MM");
-    c.mamba.version = 1;
-    c.mamba.dt_rank = 3;
-    c.mlp.kind = MlpKind::None;
-    return c;
-}
-
-// Jamba: Mamba-1 with RMSNorm on dt, B, C; attention without positions; LayerNorm, GELU, biases.
-ModelConfig mamba1_jamba() {
-    ModelConfig c = base_config("MAM");
-    c.mamba.version = 1;
-    c.mamba.d_state = 3;
-    c.mamba.dt_rank = 2;
-    c.mamba.dt_bc_norm = true;
-    c.mamba.proj_bias = true;
-    c.attention.position = PositionKind::None;
-    c.attention.n_kv_heads = 4;
-    c.attention.qkv_bias = true;
-    c.attention.out_bias = true;
-    c.mlp = {MlpKind::GELU, 7, true};
-    c.norm = NormKind::LayerNorm;
-    c.tie_embeddings = false;
-    return c;
-}
-
-// Mamba-2 with two groups + attention with partial RoPE and GQA.
-ModelConfig mamba2_rope_partial() {
-    ModelConfig c = base_config("MAM");
-    c.mamba.n_groups = 2;
-    c.attention.rotary_dim = 2;
-    c.attention.rope_theta = 100;  // angles that differ visibly between positions
-    return c;
-}
-
-// Pure Mamba-2 with dt clamped (part of the dt values hit the limit), one norm group, d_conv 3.
-ModelConfig mamba2_dt_limit() {
-    ModelConfig c = base_config("MM");
-    c.mamba.n_groups = 2;
-    c.mamba.norm_groups = 1;
-    c.mamba.d_conv = 3;
-    c.mamba.dt_limit_max = 0.05;
-    c.mlp.kind = MlpKind::None;
-    return c;
-}
-
-// ALiBi with 3 heads (not a power of two), one KV head, a window of 3: the ring buffer wraps.
-ModelConfig alibi_window() {
-    ModelConfig c = base_config("AMA");
-    c.attention.position = PositionKind::ALiBi;
-    c.attention.n_heads = 3;
-    c.attention.n_kv_heads = 1;
-    c.attention.head_dim = 5;
-    c.attention.sliding_window = 3;
-    c.mlp = {MlpKind::GELUTanh, 9, false};
-    return c;
-}
-
-// Full RoPE with a window of 5 and GQA.
-ModelConfig rope_window() {
-    ModelConfig c = base_config("MA");
-    c.attention.rope_theta = 100;
-    c.attention.sliding_window = 5;
-    return c;
-}
-
-struct Case {
-    const char* name;
-    ModelConfig (*make)();
-};
-
-const Case kCases[] = {{"Mamba1", mamba1_plain},
-                       {"Mamba1JambaNorms", mamba1_jamba},
-                       {"Mamba2RopePartialGqa", mamba2_rope_partial},
-                       {"Mamba2DtLimit", mamba2_dt_limit},
-                       {"AlibiWindowMqa", alibi_window},
-                       {"RopeWindowGqa", rope_window}};
+using namespace mslm::test;
+const auto& kCases = kInferenceCases;
 
 constexpr int64_t kLen = 15;  // tokens per test sequence: several chunks, beyond every window
 
@@ -192,10 +100,6 @@ void expect_error(const std::function<void()>& fn, const std::string& phrase) {
 }
 
 class Inference : public testing::TestWithParam<Case> {};
-
-void PrintTo(const Case& c, std::ostream* os) {
-    *os << c.name;
-}
 
 std::string case_name(const testing::TestParamInfo<Case>& info) {
     return info.param.name;
