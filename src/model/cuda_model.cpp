@@ -559,11 +559,20 @@ CudaTrainingMemory CudaHybridLM::training_memory(const ModelConfig& cfg, int64_t
 
 namespace {
 
-// A projection's backward: dx += dout · W; the weight's gradient accumulates in fp32 straight into
+// dx += (Accumulate) or = (Overwrite: a dx buffer nothing else writes, which then needs no zeroing
+// and takes cuBLASLt's bf16 output directly) dout · W.
+enum class Dx { Accumulate, Overwrite };
+
+// A projection's backward: dx += dout · W (or =, by mode); the weight's gradient accumulates in fp32 straight into
 // the fp32 gradients (no bf16 staging); the bias's (if any) is staged.
 void linear_backward(bf16* dx, const CudaParam& w, const CudaParam& b, const bf16* dout, const bf16* x,
-                     int64_t N, int64_t I, int64_t O) {
-    kc::linear_backward(dx, static_cast<bf16*>(nullptr), b.g, dout, x, w.w, N, I, O);
+                     int64_t N, int64_t I, int64_t O, Dx mode = Dx::Accumulate) {
+    if (mode == Dx::Overwrite) {
+        kc::linear_backward_dx(dx, dout, w.w, N, I, O);
+        kc::linear_backward(static_cast<bf16*>(nullptr), static_cast<bf16*>(nullptr), b.g, dout, x, w.w, N, I, O);
+    } else {
+        kc::linear_backward(dx, static_cast<bf16*>(nullptr), b.g, dout, x, w.w, N, I, O);
+    }
     kc::linear_backward_dW_f32(w.g32, dout, x, N, I, O);
 }
 
@@ -632,9 +641,9 @@ void mamba2_backward(const Ctx& c, CudaHybridLM::Impl::Layer& L, bf16* dx, const
     auto& s = c.m.scratch;
     bf16 *g_yn = s[0], *g_y = s[1], *g_z = s[2], *g_xbc = s[3], *g_zxbcdt = s[4];
     for (auto [p, n] : std::initializer_list<std::pair<bf16*, int64_t>>{
-             {g_yn, N * Din}, {g_y, N * Din}, {g_z, N * Din}, {g_xbc, N * C}, {g_zxbcdt, N * W}})
+             {g_y, N * Din}, {g_z, N * Din}, {g_xbc, N * C}, {g_zxbcdt, N * W}})
         zero(p, sizeof(bf16) * n);
-    linear_backward(g_yn, L.out_w, L.out_b, dout, L.yn, N, Din, D);
+    linear_backward(g_yn, L.out_w, L.out_b, dout, L.yn, N, Din, D, Dx::Overwrite);
     kc::gated_rmsnorm_backward(g_y, g_z, L.gnorm_w.g, c.m.ws, g_yn, L.y, L.z, L.gnorm_w.w, L.g_rstd, N, Din,
                                c.cfg.mamba_norm_groups());
     copy_cols(g_zxbcdt, W, g_z, Din, N, Din);  // z's columns receive nothing else
@@ -643,7 +652,7 @@ void mamba2_backward(const Ctx& c, CudaHybridLM::Impl::Layer& L, bf16* dx, const
     kc::ssd_backward(grads, g_y, ssd_inputs(c, L), nullptr, L.states, ssd_dims(c), c.m.ws);
     kc::conv1d_causal_backward(g_zxbcdt + Din, L.conv_w.g, L.conv_b.g, g_xbc, L.zxbcdt + Din, W, L.conv_w.w,
                                L.conv_b.w, c.B, c.T, C, c.cfg.mamba.d_conv, true, c.m.ws, c.m.ws_bytes);
-    linear_backward(dx, L.in_w, L.in_b, g_zxbcdt, L.ln1, N, D, W);
+    linear_backward(dx, L.in_w, L.in_b, g_zxbcdt, L.ln1, N, D, W, Dx::Overwrite);
 }
 
 // The scan reads B and C from x_proj's output [dt | B | C], or, with dt_bc_norm, from the normed
@@ -706,15 +715,13 @@ void mamba1_backward(const Ctx& c, CudaHybridLM::Impl::Layer& L, bf16* dx, const
     const bool bc_norm = c.cfg.mamba.dt_bc_norm;
     bf16 *g_y = s[0], *g_dt_raw = s[1], *g_xdbl = s[2], *g_xc = s[3], *g_xz = s[4], *g_dt = s[5];
     bf16 *g_bc = s[6], *g_norm_in = s[7];  // dt_bc_norm: (N, 2S) as L.bc; (N, max(R, S))
-    for (auto [p, n] : std::initializer_list<std::pair<bf16*, int64_t>>{{g_y, N * Din},
-                                                                        {g_dt_raw, N * Din},
+    for (auto [p, n] : std::initializer_list<std::pair<bf16*, int64_t>>{{g_dt_raw, N * Din},
                                                                         {g_xdbl, N * W},
                                                                         {g_xc, N * Din},
                                                                         {g_xz, N * 2 * Din},
-                                                                        {g_dt, N * R},
                                                                         {g_bc, bc_norm ? N * 2 * S : 0}})
         zero(p, sizeof(bf16) * n);
-    linear_backward(g_y, L.out_w, L.out_b, dout, L.y, N, Din, D);
+    linear_backward(g_y, L.out_w, L.out_b, dout, L.y, N, Din, D, Dx::Overwrite);
     // dB and dC laid out like the scan's B and C (scan_inputs).
     bf16* g_B = bc_norm ? g_bc : g_xdbl + R;
     bf16* g_C = bc_norm ? g_bc + N * S : g_xdbl + R + S;
@@ -722,7 +729,7 @@ void mamba1_backward(const Ctx& c, CudaHybridLM::Impl::Layer& L, bf16* dx, const
                                               g_B,  g_C,      L.D.g,     g_xz + Din};
     const ops::ScanDims dims{c.B, c.T, Din, S};
     kc::selective_scan_backward(grads, g_y, scan_inputs(c, L), L.states, dims, c.m.ws, c.m.ws_bytes);
-    linear_backward(g_dt, L.dtp_w, CudaParam{}, g_dt_raw, L.dt, N, R, Din);
+    linear_backward(g_dt, L.dtp_w, CudaParam{}, g_dt_raw, L.dt, N, R, Din, Dx::Overwrite);
     if (bc_norm) {
         // Each norm's input gradient fills its columns of g_xdbl, which receive nothing else.
         const std::array<const bf16*, 3> g_out{g_dt, g_bc, g_bc + N * S};  // as the norms' outputs
@@ -739,7 +746,7 @@ void mamba1_backward(const Ctx& c, CudaHybridLM::Impl::Layer& L, bf16* dx, const
     linear_backward(g_xc, L.x_w, CudaParam{}, g_xdbl, L.xc, N, Din, W);
     kc::conv1d_causal_backward(g_xz, L.conv_w.g, L.conv_b.g, g_xc, L.xz, 2 * Din, L.conv_w.w, L.conv_b.w, c.B,
                                c.T, Din, c.cfg.mamba.d_conv, true, c.m.ws, c.m.ws_bytes);
-    linear_backward(dx, L.in_w, L.in_b, g_xz, L.ln1, N, D, 2 * Din);
+    linear_backward(dx, L.in_w, L.in_b, g_xz, L.ln1, N, D, 2 * Din, Dx::Overwrite);
 }
 
 kc::AttentionOptions attention_options(const ModelConfig& cfg) {
@@ -772,9 +779,8 @@ void attention_backward(const Ctx& c, CudaHybridLM::Impl::Layer& L, bf16* dx, co
     const int64_t N = c.N, D = cfg.d_model, Hq = cfg.attention.n_heads, Hkv = cfg.attn_kv_heads();
     const int64_t Dh = cfg.attn_head_dim(), W = (Hq + 2 * Hkv) * Dh;
     bf16 *g_o = c.m.scratch[0], *g_qkv = c.m.scratch[1];
-    zero(g_o, sizeof(bf16) * N * Hq * Dh);
     zero(g_qkv, sizeof(bf16) * N * W);
-    linear_backward(g_o, L.o_w, L.o_b, dout, L.o, N, Hq * Dh, D);
+    linear_backward(g_o, L.o_w, L.o_b, dout, L.o, N, Hq * Dh, D, Dx::Overwrite);
     const bf16* q = L.qkv;
     const bf16* k = q + Hq * Dh;
     const bf16* v = k + Hkv * Dh;
@@ -787,7 +793,7 @@ void attention_backward(const Ctx& c, CudaHybridLM::Impl::Layer& L, bf16* dx, co
         kc::rope_apply(dq, W, c.B, c.T, Hq, Dh, cfg.attn_rotary_dim(), cfg.attention.rope_theta, 0, true);
         kc::rope_apply(dk, W, c.B, c.T, Hkv, Dh, cfg.attn_rotary_dim(), cfg.attention.rope_theta, 0, true);
     }
-    linear_backward(dx, L.qkv_w, L.qkv_b, g_qkv, L.ln1, N, D, W);
+    linear_backward(dx, L.qkv_w, L.qkv_b, g_qkv, L.ln1, N, D, W, Dx::Overwrite);
 }
 
 void mixer_forward(const Ctx& c, CudaHybridLM::Impl::Layer& L, bf16* out) {
@@ -835,9 +841,8 @@ void mlp_forward(const Ctx& c, CudaHybridLM::Impl::Layer& L, bf16* out) {
 void mlp_backward(const Ctx& c, CudaHybridLM::Impl::Layer& L, bf16* dx, const bf16* dout) {
     const int64_t N = c.N, D = c.cfg.d_model, F = c.cfg.mlp.d_ff, U = mlp_up_width(c.cfg);
     bf16 *g_a = c.m.scratch[0], *g_h = c.m.scratch[1];
-    zero(g_a, sizeof(bf16) * N * F);
     zero(g_h, sizeof(bf16) * N * U);
-    linear_backward(g_a, L.down_w, L.down_b, dout, L.a, N, F, D);
+    linear_backward(g_a, L.down_w, L.down_b, dout, L.a, N, F, D, Dx::Overwrite);
     switch (c.cfg.mlp.kind) {
         case MlpKind::SwiGLU:
             kc::swiglu_backward(g_h, g_a, L.h, N, F);
@@ -854,7 +859,7 @@ void mlp_backward(const Ctx& c, CudaHybridLM::Impl::Layer& L, bf16* dx, const bf
         case MlpKind::None:
             break;
     }
-    linear_backward(dx, L.up_w, L.up_b, g_h, L.ln2, N, D, U);
+    linear_backward(dx, L.up_w, L.up_b, g_h, L.ln2, N, D, U, Dx::Overwrite);
 }
 
 }  // namespace
@@ -920,19 +925,17 @@ void CudaHybridLM::backward() {
     bf16* dlogits = m.logits;  // in place: the logits are not needed any more
     kc::cross_entropy_backward(dlogits, m.logits, m.lse, m.targets, N, V, 1.0f / static_cast<float>(count_),
                                &m.status[1]);
-    zero(m.g_ln, sizeof(bf16) * N * D);
-    linear_backward(m.g_ln, m.lm_head, CudaParam{}, dlogits, m.hf, N, D, V);
+    linear_backward(m.g_ln, m.lm_head, CudaParam{}, dlogits, m.hf, N, D, V, Dx::Overwrite);
     norm_backward(c, m.final_norm, m.g_res, m.g_ln, m.res + L * N * D, m.final_mean, m.final_rstd);
     for (int64_t l = L - 1; l >= 0; --l) {
         Impl::Layer& layer = m.layers[l];
         // g_res holds d loss / d (residual leaving layer l); the skip connections pass it through
         // unchanged and each sublayer adds its input gradient on top.
+        // Each sublayer's backward ends with its input projection, which overwrites g_ln.
         if (layer.mid) {
-            zero(m.g_ln, sizeof(bf16) * N * D);
             mlp_backward(c, layer, m.g_ln, m.g_res);
             norm_backward(c, layer.mlp_norm, m.g_res, m.g_ln, layer.mid, layer.mean2, layer.rstd2);
         }
-        zero(m.g_ln, sizeof(bf16) * N * D);
         mixer_backward(c, layer, m.g_ln, m.g_res);
         norm_backward(c, layer.norm, m.g_res, m.g_ln, m.res + l * N * D, layer.mean1, layer.rstd1);
     }

@@ -244,6 +244,33 @@ TYPED_TEST(CudaLinear, BackwardSkipsNullGradients) {
 #endif
 }
 
+// linear_backward_dx overwrites: dx starts as garbage and ends as dout · W within the same bound
+// (the reference starts from zero).
+TYPED_TEST(CudaLinear, BackwardDxOverwrites) {
+#ifdef MSLM_HAVE_CUDA
+    using T = TypeParam;
+    Rng rng(6);
+    for (int64_t N : kRows)
+        for (int64_t I : kWidths)
+            for (int64_t O : kWidths) {
+                SCOPED_TRACE(where(N, I, O, false));
+                const auto W = random_values<T>(rng, O * I), dout = random_values<T>(rng, N * O);
+                const auto Wd = decode_all(W), doutd = decode_all(dout);
+                DeviceBuffer<T> W_d(W), dout_d(dout), dx_d(random_values<T>(rng, N * I, -100, 100));
+                ops::cuda::linear_backward_dx(dx_d.get(), dout_d.get(), W_d.get(), N, I, O);
+                std::vector<double> dx(N * I, 0.0), dx_s(N * I, 0.0);
+                ops::linear_backward<double>(dx.data(), nullptr, nullptr, doutd.data(), nullptr, Wd.data(), N, I, O);
+                ops::linear_backward<double>(dx_s.data(), nullptr, nullptr, magnitudes(doutd).data(), nullptr,
+                                             magnitudes(Wd).data(), N, I, O);
+                EXPECT_TRUE(all_within(dx_d.download(), dx, linear_tolerance<T>(dx, dx_s, O)));
+            }
+    // O = 0: an empty sum, zeros.
+    DeviceBuffer<T> dx_d(random_values<T>(rng, 6)), none(std::vector<T>{});
+    ops::cuda::linear_backward_dx(dx_d.get(), none.get(), none.get(), 2, 3, 0);
+    EXPECT_EQ(dx_d.download(), std::vector<T>(6, encode<T>(0.0)));
+#endif
+}
+
 // N = 0 changes nothing; I = 0 makes out = b (an empty sum) and leaves only db to accumulate;
 // O = 0 has no outputs.
 TYPED_TEST(CudaLinear, EmptyDimensions) {

@@ -356,6 +356,19 @@ void linear_backward(T* dx, T* dW, T* db, const T* dout, const T* x, const T* W,
     }
 }
 
+template <typename T>
+void linear_backward_dx(T* dx, const T* dout, const T* W, int64_t N, int64_t I, int64_t O, void* stream) {
+    const char* op = "linear_backward_dx";
+    check_sizes(op, N, I, O);
+    if (N == 0 || I == 0) return;
+    auto s = static_cast<cudaStream_t>(stream);
+    if (O == 0) {  // an empty sum
+        check_cuda<T>(cudaMemsetAsync(dx, 0, sizeof(T) * size_t(N * I), s), "cudaMemsetAsync", op);
+        return;
+    }
+    matmul<T>(op, linear_dx_gemm(dx, dout, W, N, I, O), 0.0f, s);  // beta 0: one rounding, in cuBLASLt
+}
+
 void linear_backward_dW_f32(float* dW, const uint16_t* dout, const uint16_t* x, int64_t N, int64_t I,
                             int64_t O, void* stream) {
     const char* op = "linear_backward_dW_f32";
@@ -387,6 +400,9 @@ template void linear_forward<float>(float*, const float*, const float*, const fl
                                     int64_t, void*);
 template void linear_forward<uint16_t>(uint16_t*, const uint16_t*, const uint16_t*, const uint16_t*, int64_t,
                                        int64_t, int64_t, void*);
+template void linear_backward_dx<float>(float*, const float*, const float*, int64_t, int64_t, int64_t, void*);
+template void linear_backward_dx<uint16_t>(uint16_t*, const uint16_t*, const uint16_t*, int64_t, int64_t, int64_t,
+                                           void*);
 template void linear_backward<float>(float*, float*, float*, const float*, const float*, const float*,
                                      int64_t, int64_t, int64_t, void*);
 template void linear_backward<uint16_t>(uint16_t*, uint16_t*, uint16_t*, const uint16_t*, const uint16_t*,

@@ -34,6 +34,11 @@ template <typename T>
 void linear_backward(T* dx, T* dW, T* db, const T* dout, const T* x, const T* W, int64_t N, int64_t I,
                      int64_t O, void* stream = nullptr);
 
+// dx (N, I) = dout (N, O) · W, overwriting dx (no +=): the product rounded once to T straight from
+// cuBLASLt, without linear_backward's fp32 staging buffer and second pass. For a dx that nothing
+// else writes (the caller need not zero it first).
+template <typename T>
+void linear_backward_dx(T* dx, const T* dout, const T* W, int64_t N, int64_t I, int64_t O, void* stream = nullptr);
 // dW (O, I) += doutᵀ · x in fp32, from bf16 dout (N, O) and x (N, I) (uint16_t bits): the fp32
 // gradient of a bf16 layer's weight, accumulated by cuBLASLt itself (beta = 1, fp32 C and D), so
 // the product is never rounded to bf16. dW is fp32 in GPU memory.
