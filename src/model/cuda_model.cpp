@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <initializer_list>
 #include <map>
@@ -76,6 +77,66 @@ struct Planner {
         p = base ? reinterpret_cast<P*>(base + offset) : nullptr;
         offset += sizeof(P) * static_cast<size_t>(std::max<int64_t>(n, 0));
     }
+};
+
+// MSLM_MODEL_STAGE_TIMES=1: CUDA events between the stages of a forward + backward, summed per
+// stage name and printed to stderr at the end of each backward (it synchronises: for profiling,
+// not for training runs).
+class StageTimer {
+public:
+    StageTimer() {
+        const char* env = std::getenv("MSLM_MODEL_STAGE_TIMES");
+        on_ = env && std::string(env) == "1";
+    }
+    ~StageTimer() {
+        for (cudaEvent_t e : events_) cudaEventDestroy(e);
+    }
+    bool on() const { return on_; }
+    void start() {
+        if (!on_) return;
+        used_ = 0;
+        labels_.clear();
+        record();
+    }
+    // The time since the previous mark (or start) is `label`'s.
+    void mark(const char* label) {
+        if (!on_) return;
+        labels_.push_back(label);
+        record();
+    }
+    void report(int64_t B, int64_t T) {
+        if (!on_ || used_ < 2) return;
+        check(cudaEventSynchronize(events_[used_ - 1]), "stage timer");
+        std::vector<std::pair<std::string, float>> totals;
+        float all = 0;
+        for (size_t i = 0; i < labels_.size(); ++i) {
+            float ms = 0;
+            check(cudaEventElapsedTime(&ms, events_[i], events_[i + 1]), "cudaEventElapsedTime");
+            all += ms;
+            auto it = std::find_if(totals.begin(), totals.end(), [&](const auto& t) { return t.first == labels_[i]; });
+            if (it == totals.end())
+                totals.emplace_back(labels_[i], ms);
+            else
+                it->second += ms;
+        }
+        std::string line = fmt::format("model stages, {} x {}, ms:", B, T);
+        for (const auto& [name, ms] : totals) line += fmt::format(" {} {:.2f} |", name, ms);
+        fmt::print(stderr, "{} total {:.2f}\n", line, all);
+    }
+
+private:
+    void record() {
+        if (used_ == events_.size()) {
+            cudaEvent_t e = nullptr;
+            check(cudaEventCreate(&e), "cudaEventCreate");
+            events_.push_back(e);
+        }
+        check(cudaEventRecord(events_[used_++], nullptr), "cudaEventRecord");
+    }
+    bool on_ = false;
+    std::vector<cudaEvent_t> events_;
+    size_t used_ = 0;
+    std::vector<std::string> labels_;
 };
 
 }  // namespace
@@ -149,6 +210,7 @@ struct CudaHybridLM::Impl {
     std::array<bf16*, 8> scratch{};           // a sublayer's backward buffers, shared by all layers
     void* ws = nullptr;                       // kernels' workspace, shared
     size_t ws_bytes = 0;
+    StageTimer timer;
 };
 
 namespace {
@@ -625,9 +687,12 @@ void mamba2_forward(const Ctx& c, CudaHybridLM::Impl::Layer& L, bf16* out) {
     const int64_t GS = c.cfg.mamba.n_groups * c.cfg.mamba.d_state, C = Din + 2 * GS;
     const int64_t W = 2 * Din + 2 * GS + c.cfg.mamba_n_heads();
     kc::linear_forward(L.zxbcdt, L.ln1, L.in_w.w, L.in_b.w, N, D, W);  // (N, D) => (N, W) = [z | xBC | dt]
+    c.m.timer.mark("mamba proj fwd");
     kc::conv1d_causal_forward(L.xbc, static_cast<bf16*>(nullptr), L.zxbcdt + Din, W, L.conv_w.w, L.conv_b.w,
                               c.B, c.T, C, c.cfg.mamba.d_conv, true);
+    c.m.timer.mark("mamba conv fwd");
     kc::ssd_forward(L.y, nullptr, ssd_inputs(c, L), nullptr, ssd_dims(c), L.states, c.m.ws);
+    c.m.timer.mark("mamba ssd fwd");
     copy_cols(L.z, Din, L.zxbcdt, W, N, Din);
     kc::gated_rmsnorm_forward(L.yn, L.g_rstd, L.y, L.z, L.gnorm_w.w, N, Din, c.cfg.mamba_norm_groups(),
                               static_cast<float>(c.cfg.norm_eps));
@@ -643,16 +708,22 @@ void mamba2_backward(const Ctx& c, CudaHybridLM::Impl::Layer& L, bf16* dx, const
     for (auto [p, n] : std::initializer_list<std::pair<bf16*, int64_t>>{
              {g_y, N * Din}, {g_z, N * Din}, {g_xbc, N * C}, {g_zxbcdt, N * W}})
         zero(p, sizeof(bf16) * n);
+    c.m.timer.mark("mamba zero bwd");
     linear_backward(g_yn, L.out_w, L.out_b, dout, L.yn, N, Din, D, Dx::Overwrite);
+    c.m.timer.mark("mamba proj bwd");
     kc::gated_rmsnorm_backward(g_y, g_z, L.gnorm_w.g, c.m.ws, g_yn, L.y, L.z, L.gnorm_w.w, L.g_rstd, N, Din,
                                c.cfg.mamba_norm_groups());
     copy_cols(g_zxbcdt, W, g_z, Din, N, Din);  // z's columns receive nothing else
     const kc::SsdGrads<bf16> grads{g_xbc,       g_zxbcdt + Din + C, L.dt_bias.g, L.A_log.g,
                                    g_xbc + Din, g_xbc + Din + GS,   L.D.g};
+    c.m.timer.mark("mamba gate bwd");
     kc::ssd_backward(grads, g_y, ssd_inputs(c, L), nullptr, L.states, ssd_dims(c), c.m.ws);
+    c.m.timer.mark("mamba ssd bwd");
     kc::conv1d_causal_backward(g_zxbcdt + Din, L.conv_w.g, L.conv_b.g, g_xbc, L.zxbcdt + Din, W, L.conv_w.w,
                                L.conv_b.w, c.B, c.T, C, c.cfg.mamba.d_conv, true, c.m.ws, c.m.ws_bytes);
+    c.m.timer.mark("mamba conv bwd");
     linear_backward(dx, L.in_w, L.in_b, g_zxbcdt, L.ln1, N, D, W, Dx::Overwrite);
+    c.m.timer.mark("mamba proj bwd");
 }
 
 // The scan reads B and C from x_proj's output [dt | B | C], or, with dt_bc_norm, from the normed
@@ -878,26 +949,35 @@ float CudaHybridLM::forward(const int32_t* ids, const int32_t* targets, int64_t 
     if (targets)
         check(cudaMemcpy(m.targets, targets, sizeof(int32_t) * N, cudaMemcpyHostToDevice), "upload targets");
 
+    StageTimer& t = m.timer;
+    t.start();
     kc::embedding_forward(m.res, m.ids, m.embed.w, N, V, D, &m.status[0]);  // (N) => (N, D)
     kc::embedding_check(&m.status[0], V);
+    t.mark("embed");
     for (int64_t l = 0; l < L; ++l) {
         Impl::Layer& layer = m.layers[l];
         const bf16* x = m.res + l * N * D;
         bf16* next = m.res + (l + 1) * N * D;
         bf16* mid = layer.mid ? layer.mid : next;  // the residual after the mixer
         norm_forward(c, layer.norm, layer.ln1, layer.mean1, layer.rstd1, x);
+        t.mark("norm+res fwd");
         mixer_forward(c, layer, m.tmp);
+        t.mark(layer.kind == LayerKind::Attention ? "attn fwd" : "mamba fwd");
         copy(mid, x, N * D);
         kc::axpy(mid, m.tmp, N * D, 1.0f);
         if (layer.mid) {
             norm_forward(c, layer.mlp_norm, layer.ln2, layer.mean2, layer.rstd2, mid);
+            t.mark("norm+res fwd");
             mlp_forward(c, layer, m.tmp);
+            t.mark("mlp fwd");
             copy(next, mid, N * D);
             kc::axpy(next, m.tmp, N * D, 1.0f);
         }
     }
     norm_forward(c, m.final_norm, m.hf, m.final_mean, m.final_rstd, m.res + L * N * D);
+    t.mark("norm+res fwd");
     kc::linear_forward(m.logits, m.hf, m.lm_head.w, static_cast<const bf16*>(nullptr), N, D, V);  // => (N, V)
+    t.mark("head+loss fwd");
 
     count_ = 0;
     if (!targets) {
@@ -905,6 +985,7 @@ float CudaHybridLM::forward(const int32_t* ids, const int32_t* targets, int64_t 
         return 0.0f;
     }
     kc::cross_entropy_forward(m.losses, m.lse, m.logits, m.targets, N, V, &m.status[1]);
+    t.mark("head+loss fwd");
     count_ = kc::cross_entropy_check(&m.status[1], V);
     std::vector<float> losses(static_cast<size_t>(N));
     check(cudaMemcpy(losses.data(), m.losses, sizeof(float) * N, cudaMemcpyDeviceToHost), "download losses");
@@ -919,6 +1000,8 @@ void CudaHybridLM::backward() {
     Impl& m = *impl_;
     const int64_t N = B_ * T_, D = cfg_.d_model, V = cfg_.vocab_size, L = cfg_.n_layers;
     const Ctx c{cfg_, m, B_, T_, N};
+    StageTimer& t = m.timer;
+    t.mark("host");  // the loss's download and the caller, between forward and backward
     zero(m.staged, sizeof(bf16) * total_);
     zero(m.g_res, sizeof(bf16) * N * D);
 
@@ -926,7 +1009,9 @@ void CudaHybridLM::backward() {
     kc::cross_entropy_backward(dlogits, m.logits, m.lse, m.targets, N, V, 1.0f / static_cast<float>(count_),
                                &m.status[1]);
     linear_backward(m.g_ln, m.lm_head, CudaParam{}, dlogits, m.hf, N, D, V, Dx::Overwrite);
+    t.mark("head+loss bwd");
     norm_backward(c, m.final_norm, m.g_res, m.g_ln, m.res + L * N * D, m.final_mean, m.final_rstd);
+    t.mark("norm bwd");
     for (int64_t l = L - 1; l >= 0; --l) {
         Impl::Layer& layer = m.layers[l];
         // g_res holds d loss / d (residual leaving layer l); the skip connections pass it through
@@ -934,10 +1019,14 @@ void CudaHybridLM::backward() {
         // Each sublayer's backward ends with its input projection, which overwrites g_ln.
         if (layer.mid) {
             mlp_backward(c, layer, m.g_ln, m.g_res);
+            t.mark("mlp bwd");
             norm_backward(c, layer.mlp_norm, m.g_res, m.g_ln, layer.mid, layer.mean2, layer.rstd2);
+            t.mark("norm bwd");
         }
         mixer_backward(c, layer, m.g_ln, m.g_res);
+        t.mark(layer.kind == LayerKind::Attention ? "attn bwd" : "mamba bwd");
         norm_backward(c, layer.norm, m.g_res, m.g_ln, m.res + l * N * D, layer.mean1, layer.rstd1);
+        t.mark("norm bwd");
     }
     if (cfg_.embed_padding_idx >= 0)  // padding_idx: that row's lookups contribute no gradient (as on the CPU)
         for (int64_t n = 0; n < N; ++n)
@@ -945,7 +1034,9 @@ void CudaHybridLM::backward() {
                 check(cudaMemsetAsync(m.g_res + n * D, 0, sizeof(bf16) * D), "zero padding rows");
     kc::embedding_backward(m.embed.g, m.ws, m.g_res, m.ids, N, V, D, &m.status[0]);
     cuda_model_detail::accumulate_bf16(m.grads, m.staged, total_, nullptr);
+    t.mark("embed bwd+grads");
     check(cudaDeviceSynchronize(), "backward");
+    t.report(B_, T_);
 }
 
 }  // namespace mslm
