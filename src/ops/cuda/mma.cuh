@@ -411,7 +411,8 @@ __device__ __forceinline__ void stage_bf16_tile(__nv_bfloat16* dst, const __nv_b
 
 // hi[r][c] = bf16(v), lo[r][c] = bf16(v − hi) for v = src[r·ld + c] (r < rows, c < cols, else 0),
 // as block_mma_ex's split, for an fp32 source. vec: src and ld·4 bytes 16-byte aligned and cols a
-// multiple of 4 or ≥ kCols (float4 loads). Each thread loads 4 pieces before storing them.
+// multiple of 4 or ≥ kCols (float4 loads). Each thread loads 4 pieces before storing them. lo null:
+// hi only (the value rounded once to bf16).
 __device__ __forceinline__ uint32_t split_pair_hi(float v0, float v1, uint32_t& lo) {
     const __nv_bfloat162 h = __floats2bfloat162_rn(v0, v1);
     const float2 hf = __bfloat1622float2(h);
@@ -448,7 +449,7 @@ __device__ __forceinline__ void stage_split_tile(__nv_bfloat16* hi, __nv_bfloat1
             h.x = split_pair_hi(v[i].x, v[i].y, l.x);
             h.y = split_pair_hi(v[i].z, v[i].w, l.y);
             *reinterpret_cast<uint2*>(hi + r * kLd + c) = h;
-            *reinterpret_cast<uint2*>(lo + r * kLd + c) = l;
+            if (lo) *reinterpret_cast<uint2*>(lo + r * kLd + c) = l;
         }
     }
 }

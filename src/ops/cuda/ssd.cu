@@ -536,69 +536,174 @@ __global__ void __launch_bounds__(kMmaThreads) ssd_cb_tc_kernel(Args<T> a, float
             }
 }
 
-// Y per (b, chunk, head); grid (B·n_chunks·H, mma_tiles(Q)·mma_tiles(P)).
+// ---- warp-tiled products for the staged tensor-core kernels (output, backward).
+// Tiles: 64 × 64, 4 warps, warp w owning output rows 16w .. 16w + 15 and all 64 columns (8 n8
+// tiles), so a row's sum is one warp's (quad shuffles). Shared rows 72 bf16 = 144 bytes: ldmatrix
+// rows 16-byte aligned, and 8 rows at 144-byte pitch fall in distinct bank quads.
+constexpr int kSt = 64, kStLd = 72;
+static_assert(kSt == kMmaM, "tiles of the grids and slots are per mma_tiles(Q) tile");
+
+__device__ __forceinline__ bool aligned16(const void* p) {
+    return reinterpret_cast<uintptr_t>(p) % 16 == 0;
+}
+
+// acc[j] (8 n8 tiles) += A·B over one 64-deep k step: A from an [m][k] tile (a_km: [k][m]), B from
+// an [n][k] tile (b_kn: [k][n]). Split operands: the lo tile's products first, then hi (as block_mma_ex).
+template <bool kAKM, bool kBKN>
+__device__ __forceinline__ void warp_mma_k64(float (&acc)[8][4], const __nv_bfloat16* sa, const __nv_bfloat16* sb) {
+    const int m0 = threadIdx.x / 32 * 16;
+#pragma unroll
+    for (int kk = 0; kk < kSt; kk += 16) {
+        uint32_t af[4];
+        if constexpr (kAKM) {
+            lda_km(af, sa, kStLd, m0, kk);
+        } else {
+            lda_mk(af, sa, kStLd, m0, kk);
+        }
+#pragma unroll
+        for (int jj = 0; jj < 4; ++jj) {
+            uint32_t bq[4];
+            if constexpr (kBKN) {
+                ldb_kn(bq, sb, kStLd, 16 * jj, kk);
+            } else {
+                ldb_nk(bq, sb, kStLd, 16 * jj, kk);
+            }
+            const uint32_t b0[2] = {bq[0], bq[1]}, b1[2] = {bq[2], bq[3]};
+            mma_m16n8k16_bf16(acc[2 * jj], af, b0);
+            mma_m16n8k16_bf16(acc[2 * jj + 1], af, b1);
+        }
+    }
+}
+
+// Y per (b, chunk, head) and t tile; grid (B·n_chunks·H, mma_tiles(Q)). The operands are staged
+// as in the tensor-core backward below (kSt × kSt tiles, cp.async for the bf16 inputs, ldmatrix).
+// Per 64-wide p tile:
+//   acc = C_t·S_inᵀ (S_in rounded once to bf16), then acc *= exp(cum_t);
+//   acc += Σ over the s tiles ≤ t's of S[t, s]·x_s, the score S[t, s] = CB[t, s]·exp(cum_t − cum_s)·dt_s
+//   (s ≤ t < L) formed in fp32 as in ssd_output_kernel and rounded once to bf16;
+//   y = acc + D·x_t (x_t: the last s tile's staged x).
 template <typename T>
 __global__ void __launch_bounds__(kMmaThreads)
     ssd_output_tc_kernel(Args<T> a, const float* CB, const float* states, T* y) {
-    __shared__ MmaSmem sm;
+    static_assert(std::is_same_v<T, __nv_bfloat16>, "tensor-core kernels are bf16");
+    __shared__ __align__(16) __nv_bfloat16 u0[kSt][kStLd];  // C rows t [t][n] | scores [t][s]
+    __shared__ __align__(16) __nv_bfloat16 u1[kSt][kStLd];  // S_in [p][n]      | x rows s [s][p]
+    __shared__ double cum_c[kMaxChunk];                     // the chunk's cum and dt up to the tile's end
+    __shared__ float dt_c[kMaxChunk];
     const int64_t bch = blockIdx.x, h = bch % a.H, c = bch / a.H % a.n_chunks, b = bch / (a.H * a.n_chunks);
-    const int64_t tp = mma_tiles(a.P), t0 = blockIdx.y / tp * kMmaM, p0 = blockIdx.y % tp * kMmaN;
     const Chunk ch = chunk_of(a, b, c);
-    if (t0 >= ch.L) return;
+    const int64_t L = ch.L, t0 = int64_t(blockIdx.y) * kSt;
+    if (t0 >= L) return;
+    const int rows_t = int(min(L - t0, int64_t(kSt)));
     const int64_t g = h / a.heads_per_group, bh = b * a.H + h;
     const double* cum = a.cum + bh * a.seqlen + ch.t0;
     const float* dtv = a.dtv + bh * a.seqlen + ch.t0;
     const float* cb = CB + ((b * a.n_chunks + c) * a.G + g) * a.Q * a.Q;
     const float* S_in = states + bch * a.P * a.N;  // (P, N)
-    const T* x = a.x + ch.row0 * a.ld_x + h * a.P;
-
-    // Within the chunk: (M·diag(dt))·X, s ≤ t; the score M[t, s]·dt_s rounded once to bf16.
-    MmaAcc intra{};
-    block_mma<false>(
-        intra, 0, min(ch.L, t0 + kMmaM),
-        [&](int j, int64_t s) {
-            const int64_t t = t0 + j;
-            return t < ch.L && s <= t ? cb[t * a.Q + s] * exp_diff(cum[t], cum[s]) * dtv[s] : 0.0f;
-        },
-        [&](int64_t s, int j) { return p0 + j < a.P ? to_f32(x[s * a.ld_x + p0 + j]) : 0.0f; }, sm);
-    // From earlier chunks: C·S_inᵀ, S_in rounded once to bf16, scaled by exp(cum_t) below.
-    MmaAcc inter{};
-    block_mma<true>(
-        inter, 0, a.N,
-        [&](int j, int64_t n) {
-            return t0 + j < ch.L ? to_f32(a.Cm[(ch.row0 + t0 + j) * a.ld_C + g * a.N + n]) : 0.0f;
-        },
-        [&](int64_t n, int j) { return p0 + j < a.P ? S_in[(p0 + j) * a.N + n] : 0.0f; }, sm);
-
-    // A row of fragments at a time (i, half: one token t), its 8 x values loaded before any y is
-    // stored (the compiler cannot tell a store to y from a later load of x).
+    const T* xg = a.x + ch.row0 * a.ld_x + h * a.P;
+    const T* Cg = a.Cm + ch.row0 * a.ld_C + g * a.N;
+    const bool vec_x = aligned16(a.x) && a.ld_x % 8 == 0 && a.P % 8 == 0;
+    const bool vec_c = aligned16(a.Cm) && a.ld_C % 8 == 0 && a.N % 8 == 0;
+    const bool vec_st = aligned16(states) && a.N % 4 == 0;
+    const bool vec_cb = aligned16(CB) && a.Q % 4 == 0;
+    const int warp = threadIdx.x / 32, grp = threadIdx.x % 32 / 4, quad = threadIdx.x % 4;
+    const int64_t s_end = min(L, t0 + kSt);
+    for (int64_t s = threadIdx.x; s < s_end; s += kMmaThreads) {
+        cum_c[s] = cum[s];
+        dt_c[s] = dtv[s];
+    }
+    // (visible after the first product's barrier)
     const float Dh = a.D ? to_f32(a.D[h]) : 0.0f;
-#pragma unroll
-    for (int i = 0; i < 2; ++i)
-#pragma unroll
-        for (int half = 0; half < 2; ++half) {
-            const int64_t t = t0 + mma_row(i, 2 * half);
-            if (t >= ch.L) continue;
-            const float et = expf(static_cast<float>(cum[t]));
-            float xv[4][2];
-#pragma unroll
-            for (int j = 0; j < 4; ++j)
-#pragma unroll
-                for (int odd = 0; odd < 2; ++odd) {
-                    const int64_t p = p0 + mma_col(j, odd);
-                    xv[j][odd] = p < a.P ? to_f32(x[t * a.ld_x + p]) : 0.0f;
-                }
-#pragma unroll
-            for (int j = 0; j < 4; ++j)
-#pragma unroll
-                for (int odd = 0; odd < 2; ++odd) {
-                    const int r = 2 * half + odd;
-                    const int64_t p = p0 + mma_col(j, r);
-                    if (p >= a.P) continue;
-                    const float v = intra.c[i][j][r] + et * inter.c[i][j][r] + Dh * xv[j][odd];
-                    y[((ch.row0 + t) * a.H + h) * a.P + p] = from_f32<T>(v);
-                }
+    for (int64_t p0 = 0; p0 < a.P; p0 += kSt) {
+        const int cols_p = int(a.P - p0);
+        float acc[8][4] = {};
+        for (int64_t n0 = 0; n0 < a.N; n0 += kSt) {
+            stage_bf16_tile<kSt, kSt, kStLd, kMmaThreads>(&u0[0][0], Cg + t0 * a.ld_C + n0, a.ld_C, rows_t,
+                                                          int(a.N - n0), vec_c);
+            cp_async_commit();
+            stage_split_tile<kSt, kSt, kStLd, kMmaThreads>(&u1[0][0], nullptr, S_in + p0 * a.N + n0, a.N, cols_p,
+                                                           int(a.N - n0), vec_st);
+            cp_async_wait<0>();
+            __syncthreads();
+            warp_mma_k64<false, false>(acc, &u0[0][0], &u1[0][0]);
+            __syncthreads();
         }
+#pragma unroll
+        for (int hf = 0; hf < 2; ++hf) {
+            const int tl = 16 * warp + grp + 8 * hf;
+            const float et = tl < rows_t ? expf(static_cast<float>(cum_c[t0 + tl])) : 0.0f;
+#pragma unroll
+            for (int j = 0; j < 8; ++j)
+#pragma unroll
+                for (int odd = 0; odd < 2; ++odd) acc[j][2 * hf + odd] *= et;
+        }
+        for (int64_t s0 = 0; s0 <= t0; s0 += kSt) {
+            const int rows_s = int(min(L - s0, int64_t(kSt)));
+            stage_bf16_tile<kSt, kSt, kStLd, kMmaThreads>(&u1[0][0], xg + s0 * a.ld_x + p0, a.ld_x, rows_s, cols_p,
+                                                          vec_x);
+            cp_async_commit();
+            // The scores, 4 consecutive s a piece, 8 pieces a thread in batches of 4 (loads first).
+            constexpr int kPer = kSt * kSt / 4 / kMmaThreads, kBatch = 4;
+            static_assert(kPer % kBatch == 0, "whole batches");
+#pragma unroll 1
+            for (int i0 = 0; i0 < kPer; i0 += kBatch) {
+                float4 v[kBatch];
+#pragma unroll
+                for (int i = 0; i < kBatch; ++i) {
+                    const int e = int(threadIdx.x) + (i0 + i) * kMmaThreads, r = e / (kSt / 4),
+                              sc = e % (kSt / 4) * 4;
+                    const int64_t t = t0 + r, s = s0 + sc;
+                    const float* src = cb + t * a.Q + s;
+                    const bool row_in = r < rows_t;
+                    if (row_in && vec_cb && s + 3 <= t) {
+                        v[i] = *reinterpret_cast<const float4*>(src);
+                    } else {
+                        v[i].x = row_in && s <= t ? src[0] : 0.0f;
+                        v[i].y = row_in && s + 1 <= t ? src[1] : 0.0f;
+                        v[i].z = row_in && s + 2 <= t ? src[2] : 0.0f;
+                        v[i].w = row_in && s + 3 <= t ? src[3] : 0.0f;
+                    }
+                }
+#pragma unroll
+                for (int i = 0; i < kBatch; ++i) {
+                    const int e = int(threadIdx.x) + (i0 + i) * kMmaThreads, r = e / (kSt / 4),
+                              sc = e % (kSt / 4) * 4;
+                    const int64_t t = t0 + r, s = s0 + sc;
+                    const bool row_in = r < rows_t;
+                    const float vv[4] = {v[i].x, v[i].y, v[i].z, v[i].w};
+                    float m[4];
+#pragma unroll
+                    for (int k = 0; k < 4; ++k)
+                        m[k] = row_in && s + k <= t ? vv[k] * exp_diff(cum_c[t], cum_c[s + k]) * dt_c[s + k] : 0.0f;
+                    uint2 packed;
+                    packed.x = pack_bf16x2(m[0], m[1]);
+                    packed.y = pack_bf16x2(m[2], m[3]);
+                    *reinterpret_cast<uint2*>(&u0[r][sc]) = packed;
+                }
+            }
+            cp_async_wait<0>();
+            __syncthreads();
+            warp_mma_k64<false, true>(acc, &u0[0][0], &u1[0][0]);
+            if (s0 == t0) {
+                // y = acc + D·x_t, x_t being this (last) s tile's x; a row's 16 x read before its stores.
+#pragma unroll
+                for (int hf = 0; hf < 2; ++hf) {
+                    const int tl = 16 * warp + grp + 8 * hf;
+                    if (tl >= rows_t) continue;
+                    T* yrow = y + ((ch.row0 + t0 + tl) * a.H + h) * a.P + p0;
+#pragma unroll
+                    for (int j = 0; j < 8; ++j)
+#pragma unroll
+                        for (int odd = 0; odd < 2; ++odd) {
+                            const int pl = 8 * j + 2 * quad + odd;
+                            if (pl < cols_p)
+                                yrow[pl] = from_f32<T>(acc[j][2 * hf + odd] + Dh * __bfloat162float(u1[tl][pl]));
+                        }
+                }
+            }
+            __syncthreads();
+        }
+    }
 }
 
 // ---- backward, per (b, chunk, head), one block looping over the chunk's tiles (grid
@@ -1011,44 +1116,6 @@ __device__ void finish_backward_head_tc(const Args<T>& a, const Chunk& ch, int64
 //   ssd_backward_finish_tc_kernel, per (b, chunk, head): dcum from the slots in a fixed order, then
 //   finish_backward_head_tc (ddt and the per-chunk parameter sums).
 // Every sum has one writer per output and a fixed order: deterministic.
-// Tiles: 64 × 64, 4 warps, warp w owning output rows 16w .. 16w + 15 and all 64 columns (8 n8
-// tiles), so a row's sum is one warp's (quad shuffles). Shared rows 72 bf16 = 144 bytes: ldmatrix
-// rows 16-byte aligned, and 8 rows at 144-byte pitch fall in distinct bank quads.
-constexpr int kSt = 64, kStLd = 72;
-static_assert(kSt == kMmaM, "the slots are per mma_tiles(Q) tile");
-
-__device__ __forceinline__ bool aligned16(const void* p) {
-    return reinterpret_cast<uintptr_t>(p) % 16 == 0;
-}
-
-// acc[j] (8 n8 tiles) += A·B over one 64-deep k step: A from an [m][k] tile (a_km: [k][m]), B from
-// an [n][k] tile (b_kn: [k][n]). Split operands: the lo tile's products first, then hi (as block_mma_ex).
-template <bool kAKM, bool kBKN>
-__device__ __forceinline__ void warp_mma_k64(float (&acc)[8][4], const __nv_bfloat16* sa, const __nv_bfloat16* sb) {
-    const int m0 = threadIdx.x / 32 * 16;
-#pragma unroll
-    for (int kk = 0; kk < kSt; kk += 16) {
-        uint32_t af[4];
-        if constexpr (kAKM) {
-            lda_km(af, sa, kStLd, m0, kk);
-        } else {
-            lda_mk(af, sa, kStLd, m0, kk);
-        }
-#pragma unroll
-        for (int jj = 0; jj < 4; ++jj) {
-            uint32_t bq[4];
-            if constexpr (kBKN) {
-                ldb_kn(bq, sb, kStLd, 16 * jj, kk);
-            } else {
-                ldb_nk(bq, sb, kStLd, 16 * jj, kk);
-            }
-            const uint32_t b0[2] = {bq[0], bq[1]}, b1[2] = {bq[2], bq[3]};
-            mma_m16n8k16_bf16(acc[2 * jj], af, b0);
-            mma_m16n8k16_bf16(acc[2 * jj + 1], af, b1);
-        }
-    }
-}
-
 // dCB per (b, chunk, group) as ssd_dcb_kernel, and the E slots; grid (B·n_chunks·G, mma_tiles(Q)²),
 // tiles with si > ti or beyond the chunk exit. The heads' (dY_h, x_h) tiles, 64 p at a time, are
 // double-buffered (cp.async of step i + 1 in flight during step i's products), with each head's cum
@@ -1741,7 +1808,7 @@ void ssd_forward(S* y, float* h_last, const SsdInputs<S>& in, const float* h0, c
     auto* out = reinterpret_cast<device_t<S>*>(y);
     if constexpr (std::is_same_v<S, uint16_t>) {
         if (tc) {
-            ssd_output_tc_kernel<<<tiled_grid(bch, mma_tiles(p.Q) * mma_tiles(p.P), "ssd_output_tc"),
+            ssd_output_tc_kernel<<<tiled_grid(bch, mma_tiles(p.Q), "ssd_output_tc"),
                                    kMmaThreads, 0, s>>>(a, ws.CB, states, out);
             check_launch<S>("ssd_output_tc");
             times.mark("output");
