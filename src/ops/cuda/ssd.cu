@@ -990,40 +990,89 @@ __global__ void ssd_dbc_kernel(Args<T> a, const T* dy, const float* dCB, const f
 // All 64 × 64 output tiles of 128 threads; every sum is over fixed tiles in a fixed order.
 
 // Per (b, chunk, head) a (P, N) sum over the chunk's tokens, as ssd_chunk_state_kernel; grid
-// (B·n_chunks·H, mma_tiles(P)·mma_tiles(N)). A = w_t·X_t (P × L, split), B = Y (L × N, exact).
+// (B·n_chunks·H, mma_tiles(P)·mma_tiles(N)). A = w_t·X_t (P × L, formed in fp32 and split, stored
+// [t][p]), B = Y (L × N, exact, cp.async), 64 tokens a step; the staged tiles of ssd_output_tc_kernel.
 template <bool kGrad, typename T>
 __global__ void __launch_bounds__(kMmaThreads) ssd_chunk_state_tc_kernel(Args<T> a, const T* dy, float* out) {
-    __shared__ MmaSmemSplit sm;
+    static_assert(std::is_same_v<T, __nv_bfloat16>, "tensor-core kernels are bf16");
+    __shared__ __align__(16) __nv_bfloat16 xhi[kSt][kStLd], xlo[kSt][kStLd];  // w_t·X[t][p] split
+    __shared__ __align__(16) __nv_bfloat16 ys[kSt][kStLd];                    // Y[t][n]
     __shared__ float w[kMaxChunk];  // the token weights w_t, once per block rather than per element
     const int64_t bch = blockIdx.x, h = bch % a.H, c = bch / a.H % a.n_chunks, b = bch / (a.H * a.n_chunks);
-    const int64_t tn = mma_tiles(a.N), p0 = blockIdx.y / tn * kMmaM, n0 = blockIdx.y % tn * kMmaN;
+    const int64_t tn = mma_tiles(a.N), p0 = blockIdx.y / tn * kSt, n0 = blockIdx.y % tn * kSt;
     const Chunk ch = chunk_of(a, b, c);
-    const int64_t g = h / a.heads_per_group, bh = b * a.H + h;
+    const int64_t L = ch.L, g = h / a.heads_per_group, bh = b * a.H + h;
     const double* cum = a.cum + bh * a.seqlen + ch.t0;
     const float* dtv = a.dtv + bh * a.seqlen + ch.t0;
-    const double cum_last = cum[ch.L - 1];
+    const double cum_last = cum[L - 1];
     const T* X = kGrad ? dy + (ch.row0 * a.H + h) * a.P : a.x + ch.row0 * a.ld_x + h * a.P;
     const int64_t ld_X = kGrad ? a.H * a.P : a.ld_x;
     const T* Y = kGrad ? a.Cm + ch.row0 * a.ld_C + g * a.N : a.Bm + ch.row0 * a.ld_B + g * a.N;
     const int64_t ld_Y = kGrad ? a.ld_C : a.ld_B;
-    for (int64_t t = threadIdx.x; t < ch.L; t += blockDim.x)
+    const bool vec_X = aligned16(kGrad ? static_cast<const void*>(dy) : a.x) && ld_X % 8 == 0 && a.P % 8 == 0;
+    const bool vec_Y = aligned16(kGrad ? a.Cm : a.Bm) && ld_Y % 8 == 0 && a.N % 8 == 0;
+    const int cols_p = int(a.P - p0), cols_n = int(a.N - n0);
+    for (int64_t t = threadIdx.x; t < L; t += blockDim.x)
         w[t] = kGrad ? expf(static_cast<float>(cum[t])) : exp_diff(cum_last, cum[t]) * dtv[t];
     __syncthreads();
-    MmaAcc acc{};
-    block_mma_ex<false, false, MmaSplit::kA>(
-        acc, 0, ch.L,
-        [&](int j, int64_t t) { return p0 + j < a.P ? w[t] * to_f32(X[t * ld_X + p0 + j]) : 0.0f; },
-        [&](int64_t t, int j) { return n0 + j < a.N ? to_f32(Y[t * ld_Y + n0 + j]) : 0.0f; }, sm);
-    float* o = out + bch * a.P * a.N;
+    float acc[8][4] = {};
+    for (int64_t t0 = 0; t0 < L; t0 += kSt) {
+        const int rows_t = int(min(L - t0, int64_t(kSt)));
+        stage_bf16_tile<kSt, kSt, kStLd, kMmaThreads>(&ys[0][0], Y + t0 * ld_Y + n0, ld_Y, rows_t, cols_n, vec_Y);
+        cp_async_commit();
+        // xhi/xlo[r][col] = split(w[t0 + r]·X[t0 + r][p0 + col]): 8 consecutive p a piece, 4 pieces a
+        // thread, all loaded before any is stored.
+        constexpr int kPer = kSt * kSt / 8 / kMmaThreads;
+        uint4 raw[kPer];
 #pragma unroll
-    for (int i = 0; i < 2; ++i)
+        for (int i = 0; i < kPer; ++i) {
+            const int e = int(threadIdx.x) + i * kMmaThreads, r = e / (kSt / 8), col = e % (kSt / 8) * 8;
+            const T* src = X + (t0 + r) * ld_X + p0 + col;
+            if (r >= rows_t || col >= cols_p) {
+                raw[i] = make_uint4(0u, 0u, 0u, 0u);
+            } else if (vec_X) {
+                raw[i] = *reinterpret_cast<const uint4*>(src);
+            } else {
+                const __nv_bfloat16 zero = __float2bfloat16_rn(0.0f);
+                uint32_t q4[4];
 #pragma unroll
-        for (int j = 0; j < 4; ++j)
-#pragma unroll
-            for (int r = 0; r < 4; ++r) {
-                const int64_t p = p0 + mma_row(i, r), n = n0 + mma_col(j, r);
-                if (p < a.P && n < a.N) o[p * a.N + n] = acc.c[i][j][r];
+                for (int k = 0; k < 4; ++k) {
+                    const __nv_bfloat162 pr = __halves2bfloat162(col + 2 * k < cols_p ? src[2 * k] : zero,
+                                                                 col + 2 * k + 1 < cols_p ? src[2 * k + 1] : zero);
+                    q4[k] = *reinterpret_cast<const uint32_t*>(&pr);
+                }
+                raw[i] = make_uint4(q4[0], q4[1], q4[2], q4[3]);
             }
+        }
+#pragma unroll
+        for (int i = 0; i < kPer; ++i) {
+            const int e = int(threadIdx.x) + i * kMmaThreads, r = e / (kSt / 8), col = e % (kSt / 8) * 8;
+            const float wt = r < rows_t ? w[t0 + r] : 0.0f;
+            const uint32_t in[4] = {raw[i].x, raw[i].y, raw[i].z, raw[i].w};
+            uint32_t hi[4], lo[4];
+#pragma unroll
+            for (int k = 0; k < 4; ++k) {
+                const float2 v = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&in[k]));
+                hi[k] = split_pair_hi(wt * v.x, wt * v.y, lo[k]);
+            }
+            *reinterpret_cast<uint4*>(&xhi[r][col]) = make_uint4(hi[0], hi[1], hi[2], hi[3]);
+            *reinterpret_cast<uint4*>(&xlo[r][col]) = make_uint4(lo[0], lo[1], lo[2], lo[3]);
+        }
+        cp_async_wait<0>();
+        __syncthreads();
+        warp_mma_k64<true, true>(acc, &xlo[0][0], &ys[0][0]);
+        warp_mma_k64<true, true>(acc, &xhi[0][0], &ys[0][0]);
+        __syncthreads();
+    }
+    float* o = out + bch * a.P * a.N;
+    const int warp = threadIdx.x / 32, grp = threadIdx.x % 32 / 4, quad = threadIdx.x % 4;
+#pragma unroll
+    for (int j = 0; j < 8; ++j)
+#pragma unroll
+        for (int r = 0; r < 4; ++r) {
+            const int64_t p = p0 + 16 * warp + grp + 8 * (r / 2), n = n0 + 8 * j + 2 * quad + r % 2;
+            if (p < a.P && n < a.N) o[p * a.N + n] = acc[j][r];
+        }
 }
 
 // finish_backward_head for the tensor-core kernel, parallel: the per-token corrections of dcum by
