@@ -4,12 +4,13 @@
 // is ever stored. Three engines:
 //   tile_mma   shared-memory tiled fp32 FMA, one 32 × 32 output tile per block: every product of
 //              the f32 instantiation, and the bf16 products not listed below;
-//   block_mma  (mma.cuh) tensor cores, one 64 × 64 output tile per block, the loaders' fp32 values
-//              rounded once to bf16, fp32 accumulation: for bf16 storage, C·Bᵀ (step 2, forward
-//              and backward) and the whole of step 5's products, (C·Bᵀ ∘ exp(segsum))·diag(dt)·X
-//              and C·S_inᵀ;
-//   block_mma_ex  (mma.cuh) the same with one operand split into hi + lo bf16 where it is formed in
-//              fp32: for bf16 storage, the chunk states (3) and every product of the backward.
+//   block_mma / block_mma_ex  (mma.cuh) tensor cores, one 64 × 64 output tile per block from loader
+//              lambdas (fp32 values rounded once to bf16, or split into hi + lo): C·Bᵀ (step 2) and
+//              the backward's dB, dC;
+//   staged tiles (warp_mma_k64) tensor cores, 64 × 64 tiles of exact bf16 inputs copied by
+//              cp.async and fp32-formed operands rounded or split into shared tiles, fragments by
+//              ldmatrix: the chunk states (3), the output (5), and the backward's dCB with the dcum
+//              sums, its per-token head and finish kernels.
 // MSLM_SSD_TC=0 in the environment selects tile_mma for all of them. The tensor-core path also takes
 // step (1) as a warp scan (ssd_decay_scan_kernel), the fp32 path the serial ssd_decay_kernel.
 //
