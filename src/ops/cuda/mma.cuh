@@ -339,5 +339,120 @@ __device__ __forceinline__ void cp_async_wait() {
     asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 }
 
+// cp.async of 8 or 4 bytes (.ca; both addresses aligned to the size): fp64 / fp32 vectors staged
+// beside bf16 tiles in the same commit groups.
+__device__ __forceinline__ void cp_async_8(void* smem, const void* gmem) {
+    const auto addr = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 8;\n" ::"r"(addr), "l"(gmem));
+}
+__device__ __forceinline__ void cp_async_4(void* smem, const void* gmem) {
+    const auto addr = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(addr), "l"(gmem));
+}
+
+// ---- shared-memory tiles read by ldmatrix (the warp-level pieces above), for kernels whose
+// operands are exact bf16 inputs (staged by cp.async) or fp32 values split into hi + lo.
+//
+// Fragment addresses for one 16 × 16 A block at (m0, k0) or two n8 B tiles n0, n0 + 8 at k0, from a
+// tile of row pitch ld elements (ld·2 bytes a multiple of 16; checked in numpy against the PTX
+// fragment layout of mma_m16n8k16_bf16):
+//   lda_mk: A stored [m][k]          ldmatrix      row m0 + lane % 8 + 8·(lane / 8 % 2), col k0 + 8·(lane / 16)
+//   lda_km: A stored [k][m]          ldmatrix.trans row k0 + lane % 8 + 8·(lane / 16), col m0 + 8·(lane / 8 % 2)
+//   ldb_nk: B stored [n][k]          ldmatrix      row n0 + lane % 8 + 8·(lane / 16), col k0 + 8·(lane / 8 % 2)
+//   ldb_kn: B stored [k][n]          ldmatrix.trans row k0 + lane % 8 + 8·(lane / 8 % 2), col n0 + 8·(lane / 16)
+// The B loaders give r[0], r[1] = b of n tile n0 and r[2], r[3] = b of n tile n0 + 8.
+__device__ __forceinline__ void lda_mk(uint32_t (&a)[4], const __nv_bfloat16* s, int ld, int m0, int k0) {
+    const int lane = threadIdx.x % 32;
+    ldmatrix_x4(a, s + (m0 + lane % 8 + 8 * (lane / 8 % 2)) * ld + k0 + 8 * (lane / 16));
+}
+__device__ __forceinline__ void lda_km(uint32_t (&a)[4], const __nv_bfloat16* s, int ld, int m0, int k0) {
+    const int lane = threadIdx.x % 32;
+    ldmatrix_x4_trans(a, s + (k0 + lane % 8 + 8 * (lane / 16)) * ld + m0 + 8 * (lane / 8 % 2));
+}
+__device__ __forceinline__ void ldb_nk(uint32_t (&b)[4], const __nv_bfloat16* s, int ld, int n0, int k0) {
+    const int lane = threadIdx.x % 32;
+    ldmatrix_x4(b, s + (n0 + lane % 8 + 8 * (lane / 16)) * ld + k0 + 8 * (lane / 8 % 2));
+}
+__device__ __forceinline__ void ldb_kn(uint32_t (&b)[4], const __nv_bfloat16* s, int ld, int n0, int k0) {
+    const int lane = threadIdx.x % 32;
+    ldmatrix_x4_trans(b, s + (k0 + lane % 8 + 8 * (lane / 8 % 2)) * ld + n0 + 8 * (lane / 16));
+}
+
+// dst[r][c] = src[r·ld + c] for r < rows, c < cols, else 0, for r < kRows, c < kCols (dst row pitch
+// kLd elements, 16-byte aligned rows). vec: src and ld·2 bytes are 16-byte aligned and cols is a
+// multiple of 8 or ≥ kCols, so every 8-element piece is wholly in or out: 16-byte cp.async copies
+// (the caller commits, waits and synchronises), zeros stored directly. Otherwise element by
+// element through registers (odd shapes, strides): the same values either way. kThreads threads
+// (threadIdx.x < kThreads) share the work.
+template <int kRows, int kCols, int kLd, int kThreads>
+__device__ __forceinline__ void stage_bf16_tile(__nv_bfloat16* dst, const __nv_bfloat16* src, int64_t ld, int rows,
+                                                int cols, bool vec) {
+    static_assert(kCols % 8 == 0 && kLd % 8 == 0, "16-byte pieces");
+    constexpr int kPieces = kRows * kCols / 8;
+    if (vec) {
+#pragma unroll 4
+        for (int e = threadIdx.x; e < kPieces; e += kThreads) {
+            const int r = e / (kCols / 8), c = e % (kCols / 8) * 8;
+            __nv_bfloat16* d = dst + r * kLd + c;
+            if (r < rows && c < cols) {
+                cp_async_16(d, src + r * ld + c);
+            } else {
+                *reinterpret_cast<uint4*>(d) = make_uint4(0u, 0u, 0u, 0u);
+            }
+        }
+    } else {
+        const __nv_bfloat16 zero = __float2bfloat16_rn(0.0f);
+        for (int e = threadIdx.x; e < kRows * kCols; e += kThreads) {
+            const int r = e / kCols, c = e % kCols;
+            dst[r * kLd + c] = r < rows && c < cols ? src[r * ld + c] : zero;
+        }
+    }
+}
+
+// hi[r][c] = bf16(v), lo[r][c] = bf16(v − hi) for v = src[r·ld + c] (r < rows, c < cols, else 0),
+// as block_mma_ex's split, for an fp32 source. vec: src and ld·4 bytes 16-byte aligned and cols a
+// multiple of 4 or ≥ kCols (float4 loads). Each thread loads 4 pieces before storing them. lo null:
+// hi only (the value rounded once to bf16).
+__device__ __forceinline__ uint32_t split_pair_hi(float v0, float v1, uint32_t& lo) {
+    const __nv_bfloat162 h = __floats2bfloat162_rn(v0, v1);
+    const float2 hf = __bfloat1622float2(h);
+    lo = pack_bf16x2(v0 - hf.x, v1 - hf.y);
+    return *reinterpret_cast<const uint32_t*>(&h);
+}
+template <int kRows, int kCols, int kLd, int kThreads>
+__device__ __forceinline__ void stage_split_tile(__nv_bfloat16* hi, __nv_bfloat16* lo, const float* src, int64_t ld,
+                                                 int rows, int cols, bool vec) {
+    static_assert(kCols % 4 == 0 && kLd % 4 == 0, "4-element pieces");
+    constexpr int kPer = kRows * kCols / 4 / kThreads, kBatch = kPer < 4 ? kPer : 4;
+    static_assert(kRows * kCols / 4 % kThreads == 0 && kPer % kBatch == 0,
+                  "every thread the same number of whole batches");
+#pragma unroll 1
+    for (int i0 = 0; i0 < kPer; i0 += kBatch) {
+        float4 v[kBatch];
+#pragma unroll
+        for (int i = 0; i < kBatch; ++i) {
+            const int e = int(threadIdx.x) + (i0 + i) * kThreads, r = e / (kCols / 4), c = e % (kCols / 4) * 4;
+            const float* p = src + r * ld + c;
+            if (r >= rows || c >= cols) {
+                v[i] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+            } else if (vec) {
+                v[i] = *reinterpret_cast<const float4*>(p);
+            } else {
+                v[i] = make_float4(p[0], c + 1 < cols ? p[1] : 0.0f, c + 2 < cols ? p[2] : 0.0f,
+                                   c + 3 < cols ? p[3] : 0.0f);
+            }
+        }
+#pragma unroll
+        for (int i = 0; i < kBatch; ++i) {
+            const int e = int(threadIdx.x) + (i0 + i) * kThreads, r = e / (kCols / 4), c = e % (kCols / 4) * 4;
+            uint2 h, l;
+            h.x = split_pair_hi(v[i].x, v[i].y, l.x);
+            h.y = split_pair_hi(v[i].z, v[i].w, l.y);
+            *reinterpret_cast<uint2*>(hi + r * kLd + c) = h;
+            if (lo) *reinterpret_cast<uint2*>(lo + r * kLd + c) = l;
+        }
+    }
+}
+
 }  // namespace detail
 }  // namespace mslm::ops::cuda

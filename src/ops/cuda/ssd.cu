@@ -4,12 +4,13 @@
 // is ever stored. Three engines:
 //   tile_mma   shared-memory tiled fp32 FMA, one 32 × 32 output tile per block: every product of
 //              the f32 instantiation, and the bf16 products not listed below;
-//   block_mma  (mma.cuh) tensor cores, one 64 × 64 output tile per block, the loaders' fp32 values
-//              rounded once to bf16, fp32 accumulation: for bf16 storage, C·Bᵀ (step 2, forward
-//              and backward) and the whole of step 5's products, (C·Bᵀ ∘ exp(segsum))·diag(dt)·X
-//              and C·S_inᵀ;
-//   block_mma_ex  (mma.cuh) the same with one operand split into hi + lo bf16 where it is formed in
-//              fp32: for bf16 storage, the chunk states (3) and every product of the backward.
+//   block_mma / block_mma_ex  (mma.cuh) tensor cores, one 64 × 64 output tile per block from loader
+//              lambdas (fp32 values rounded once to bf16, or split into hi + lo): C·Bᵀ (step 2) and
+//              the backward's dB, dC;
+//   staged tiles (warp_mma_k64) tensor cores, 64 × 64 tiles of exact bf16 inputs copied by
+//              cp.async and fp32-formed operands rounded or split into shared tiles, fragments by
+//              ldmatrix: the chunk states (3), the output (5), and the backward's dCB with the dcum
+//              sums, its per-token head and finish kernels.
 // MSLM_SSD_TC=0 in the environment selects tile_mma for all of them. The tensor-core path also takes
 // step (1) as a warp scan (ssd_decay_scan_kernel), the fp32 path the serial ssd_decay_kernel.
 //
@@ -92,6 +93,10 @@ struct Workspace {
     float* dS;      // (B, n_chunks, H, P, N)      d loss / d (state leaving the chunk)
     float* dCB;     // (B, n_chunks, G, Q, Q)      d loss / d (C·Bᵀ), summed over the group's heads
     float* part;    // (3, B, n_chunks, H)         per-chunk sums for dA_log, dD, ddt_bias
+    // the tensor-core backward's slots (ssd_dcb_tc_kernel, ssd_backward_head_tc_kernel), nT = ⌈Q/64⌉:
+    float* erow;    // (B, n_chunks, H, nT, Q)     row sums of E per s tile
+    float* ecol;    // (B, n_chunks, H, nT, Q)     column sums of E per t tile
+    float* tok;     // (4, B, n_chunks, H, Q)      per-token ⟨x, dX̃⟩, q, ⟨dY, Z⟩, ⟨dY, x⟩
 };
 
 size_t layout(const Plan& p, bool backward, char* base, Workspace* ws) {
@@ -113,6 +118,10 @@ size_t layout(const Plan& p, bool backward, char* base, Workspace* ws) {
         w.dS = reinterpret_cast<float*>(take(st, sizeof(float)));
         w.dCB = reinterpret_cast<float*>(take(cb, sizeof(float)));
         w.part = reinterpret_cast<float*>(take(3 * p.batch * p.n_chunks * p.H, sizeof(float)));
+        const int64_t bch_q = p.batch * p.n_chunks * p.H * p.Q, n_tiles = (p.Q + 63) / 64;
+        w.erow = reinterpret_cast<float*>(take(bch_q * n_tiles, sizeof(float)));
+        w.ecol = reinterpret_cast<float*>(take(bch_q * n_tiles, sizeof(float)));
+        w.tok = reinterpret_cast<float*>(take(4 * bch_q, sizeof(float)));
     }
     if (ws) *ws = w;
     return at;
@@ -528,69 +537,174 @@ __global__ void __launch_bounds__(kMmaThreads) ssd_cb_tc_kernel(Args<T> a, float
             }
 }
 
-// Y per (b, chunk, head); grid (B·n_chunks·H, mma_tiles(Q)·mma_tiles(P)).
+// ---- warp-tiled products for the staged tensor-core kernels (output, backward).
+// Tiles: 64 × 64, 4 warps, warp w owning output rows 16w .. 16w + 15 and all 64 columns (8 n8
+// tiles), so a row's sum is one warp's (quad shuffles). Shared rows 72 bf16 = 144 bytes: ldmatrix
+// rows 16-byte aligned, and 8 rows at 144-byte pitch fall in distinct bank quads.
+constexpr int kSt = 64, kStLd = 72;
+static_assert(kSt == kMmaM, "tiles of the grids and slots are per mma_tiles(Q) tile");
+
+__device__ __forceinline__ bool aligned16(const void* p) {
+    return reinterpret_cast<uintptr_t>(p) % 16 == 0;
+}
+
+// acc[j] (8 n8 tiles) += A·B over one 64-deep k step: A from an [m][k] tile (a_km: [k][m]), B from
+// an [n][k] tile (b_kn: [k][n]). Split operands: the lo tile's products first, then hi (as block_mma_ex).
+template <bool kAKM, bool kBKN>
+__device__ __forceinline__ void warp_mma_k64(float (&acc)[8][4], const __nv_bfloat16* sa, const __nv_bfloat16* sb) {
+    const int m0 = threadIdx.x / 32 * 16;
+#pragma unroll
+    for (int kk = 0; kk < kSt; kk += 16) {
+        uint32_t af[4];
+        if constexpr (kAKM) {
+            lda_km(af, sa, kStLd, m0, kk);
+        } else {
+            lda_mk(af, sa, kStLd, m0, kk);
+        }
+#pragma unroll
+        for (int jj = 0; jj < 4; ++jj) {
+            uint32_t bq[4];
+            if constexpr (kBKN) {
+                ldb_kn(bq, sb, kStLd, 16 * jj, kk);
+            } else {
+                ldb_nk(bq, sb, kStLd, 16 * jj, kk);
+            }
+            const uint32_t b0[2] = {bq[0], bq[1]}, b1[2] = {bq[2], bq[3]};
+            mma_m16n8k16_bf16(acc[2 * jj], af, b0);
+            mma_m16n8k16_bf16(acc[2 * jj + 1], af, b1);
+        }
+    }
+}
+
+// Y per (b, chunk, head) and t tile; grid (B·n_chunks·H, mma_tiles(Q)). The operands are staged
+// as in the tensor-core backward below (kSt × kSt tiles, cp.async for the bf16 inputs, ldmatrix).
+// Per 64-wide p tile:
+//   acc = C_t·S_inᵀ (S_in rounded once to bf16), then acc *= exp(cum_t);
+//   acc += Σ over the s tiles ≤ t's of S[t, s]·x_s, the score S[t, s] = CB[t, s]·exp(cum_t − cum_s)·dt_s
+//   (s ≤ t < L) formed in fp32 as in ssd_output_kernel and rounded once to bf16;
+//   y = acc + D·x_t (x_t: the last s tile's staged x).
 template <typename T>
 __global__ void __launch_bounds__(kMmaThreads)
     ssd_output_tc_kernel(Args<T> a, const float* CB, const float* states, T* y) {
-    __shared__ MmaSmem sm;
+    static_assert(std::is_same_v<T, __nv_bfloat16>, "tensor-core kernels are bf16");
+    __shared__ __align__(16) __nv_bfloat16 u0[kSt][kStLd];  // C rows t [t][n] | scores [t][s]
+    __shared__ __align__(16) __nv_bfloat16 u1[kSt][kStLd];  // S_in [p][n]      | x rows s [s][p]
+    __shared__ double cum_c[kMaxChunk];                     // the chunk's cum and dt up to the tile's end
+    __shared__ float dt_c[kMaxChunk];
     const int64_t bch = blockIdx.x, h = bch % a.H, c = bch / a.H % a.n_chunks, b = bch / (a.H * a.n_chunks);
-    const int64_t tp = mma_tiles(a.P), t0 = blockIdx.y / tp * kMmaM, p0 = blockIdx.y % tp * kMmaN;
     const Chunk ch = chunk_of(a, b, c);
-    if (t0 >= ch.L) return;
+    const int64_t L = ch.L, t0 = int64_t(blockIdx.y) * kSt;
+    if (t0 >= L) return;
+    const int rows_t = int(min(L - t0, int64_t(kSt)));
     const int64_t g = h / a.heads_per_group, bh = b * a.H + h;
     const double* cum = a.cum + bh * a.seqlen + ch.t0;
     const float* dtv = a.dtv + bh * a.seqlen + ch.t0;
     const float* cb = CB + ((b * a.n_chunks + c) * a.G + g) * a.Q * a.Q;
     const float* S_in = states + bch * a.P * a.N;  // (P, N)
-    const T* x = a.x + ch.row0 * a.ld_x + h * a.P;
-
-    // Within the chunk: (M·diag(dt))·X, s ≤ t; the score M[t, s]·dt_s rounded once to bf16.
-    MmaAcc intra{};
-    block_mma<false>(
-        intra, 0, min(ch.L, t0 + kMmaM),
-        [&](int j, int64_t s) {
-            const int64_t t = t0 + j;
-            return t < ch.L && s <= t ? cb[t * a.Q + s] * exp_diff(cum[t], cum[s]) * dtv[s] : 0.0f;
-        },
-        [&](int64_t s, int j) { return p0 + j < a.P ? to_f32(x[s * a.ld_x + p0 + j]) : 0.0f; }, sm);
-    // From earlier chunks: C·S_inᵀ, S_in rounded once to bf16, scaled by exp(cum_t) below.
-    MmaAcc inter{};
-    block_mma<true>(
-        inter, 0, a.N,
-        [&](int j, int64_t n) {
-            return t0 + j < ch.L ? to_f32(a.Cm[(ch.row0 + t0 + j) * a.ld_C + g * a.N + n]) : 0.0f;
-        },
-        [&](int64_t n, int j) { return p0 + j < a.P ? S_in[(p0 + j) * a.N + n] : 0.0f; }, sm);
-
-    // A row of fragments at a time (i, half: one token t), its 8 x values loaded before any y is
-    // stored (the compiler cannot tell a store to y from a later load of x).
+    const T* xg = a.x + ch.row0 * a.ld_x + h * a.P;
+    const T* Cg = a.Cm + ch.row0 * a.ld_C + g * a.N;
+    const bool vec_x = aligned16(a.x) && a.ld_x % 8 == 0 && a.P % 8 == 0;
+    const bool vec_c = aligned16(a.Cm) && a.ld_C % 8 == 0 && a.N % 8 == 0;
+    const bool vec_st = aligned16(states) && a.N % 4 == 0;
+    const bool vec_cb = aligned16(CB) && a.Q % 4 == 0;
+    const int warp = threadIdx.x / 32, grp = threadIdx.x % 32 / 4, quad = threadIdx.x % 4;
+    const int64_t s_end = min(L, t0 + kSt);
+    for (int64_t s = threadIdx.x; s < s_end; s += kMmaThreads) {
+        cum_c[s] = cum[s];
+        dt_c[s] = dtv[s];
+    }
+    // (visible after the first product's barrier)
     const float Dh = a.D ? to_f32(a.D[h]) : 0.0f;
-#pragma unroll
-    for (int i = 0; i < 2; ++i)
-#pragma unroll
-        for (int half = 0; half < 2; ++half) {
-            const int64_t t = t0 + mma_row(i, 2 * half);
-            if (t >= ch.L) continue;
-            const float et = expf(static_cast<float>(cum[t]));
-            float xv[4][2];
-#pragma unroll
-            for (int j = 0; j < 4; ++j)
-#pragma unroll
-                for (int odd = 0; odd < 2; ++odd) {
-                    const int64_t p = p0 + mma_col(j, odd);
-                    xv[j][odd] = p < a.P ? to_f32(x[t * a.ld_x + p]) : 0.0f;
-                }
-#pragma unroll
-            for (int j = 0; j < 4; ++j)
-#pragma unroll
-                for (int odd = 0; odd < 2; ++odd) {
-                    const int r = 2 * half + odd;
-                    const int64_t p = p0 + mma_col(j, r);
-                    if (p >= a.P) continue;
-                    const float v = intra.c[i][j][r] + et * inter.c[i][j][r] + Dh * xv[j][odd];
-                    y[((ch.row0 + t) * a.H + h) * a.P + p] = from_f32<T>(v);
-                }
+    for (int64_t p0 = 0; p0 < a.P; p0 += kSt) {
+        const int cols_p = int(a.P - p0);
+        float acc[8][4] = {};
+        for (int64_t n0 = 0; n0 < a.N; n0 += kSt) {
+            stage_bf16_tile<kSt, kSt, kStLd, kMmaThreads>(&u0[0][0], Cg + t0 * a.ld_C + n0, a.ld_C, rows_t,
+                                                          int(a.N - n0), vec_c);
+            cp_async_commit();
+            stage_split_tile<kSt, kSt, kStLd, kMmaThreads>(&u1[0][0], nullptr, S_in + p0 * a.N + n0, a.N, cols_p,
+                                                           int(a.N - n0), vec_st);
+            cp_async_wait<0>();
+            __syncthreads();
+            warp_mma_k64<false, false>(acc, &u0[0][0], &u1[0][0]);
+            __syncthreads();
         }
+#pragma unroll
+        for (int hf = 0; hf < 2; ++hf) {
+            const int tl = 16 * warp + grp + 8 * hf;
+            const float et = tl < rows_t ? expf(static_cast<float>(cum_c[t0 + tl])) : 0.0f;
+#pragma unroll
+            for (int j = 0; j < 8; ++j)
+#pragma unroll
+                for (int odd = 0; odd < 2; ++odd) acc[j][2 * hf + odd] *= et;
+        }
+        for (int64_t s0 = 0; s0 <= t0; s0 += kSt) {
+            const int rows_s = int(min(L - s0, int64_t(kSt)));
+            stage_bf16_tile<kSt, kSt, kStLd, kMmaThreads>(&u1[0][0], xg + s0 * a.ld_x + p0, a.ld_x, rows_s, cols_p,
+                                                          vec_x);
+            cp_async_commit();
+            // The scores, 4 consecutive s a piece, 8 pieces a thread in batches of 4 (loads first).
+            constexpr int kPer = kSt * kSt / 4 / kMmaThreads, kBatch = 4;
+            static_assert(kPer % kBatch == 0, "whole batches");
+#pragma unroll 1
+            for (int i0 = 0; i0 < kPer; i0 += kBatch) {
+                float4 v[kBatch];
+#pragma unroll
+                for (int i = 0; i < kBatch; ++i) {
+                    const int e = int(threadIdx.x) + (i0 + i) * kMmaThreads, r = e / (kSt / 4),
+                              sc = e % (kSt / 4) * 4;
+                    const int64_t t = t0 + r, s = s0 + sc;
+                    const float* src = cb + t * a.Q + s;
+                    const bool row_in = r < rows_t;
+                    if (row_in && vec_cb && s + 3 <= t) {
+                        v[i] = *reinterpret_cast<const float4*>(src);
+                    } else {
+                        v[i].x = row_in && s <= t ? src[0] : 0.0f;
+                        v[i].y = row_in && s + 1 <= t ? src[1] : 0.0f;
+                        v[i].z = row_in && s + 2 <= t ? src[2] : 0.0f;
+                        v[i].w = row_in && s + 3 <= t ? src[3] : 0.0f;
+                    }
+                }
+#pragma unroll
+                for (int i = 0; i < kBatch; ++i) {
+                    const int e = int(threadIdx.x) + (i0 + i) * kMmaThreads, r = e / (kSt / 4),
+                              sc = e % (kSt / 4) * 4;
+                    const int64_t t = t0 + r, s = s0 + sc;
+                    const bool row_in = r < rows_t;
+                    const float vv[4] = {v[i].x, v[i].y, v[i].z, v[i].w};
+                    float m[4];
+#pragma unroll
+                    for (int k = 0; k < 4; ++k)
+                        m[k] = row_in && s + k <= t ? vv[k] * exp_diff(cum_c[t], cum_c[s + k]) * dt_c[s + k] : 0.0f;
+                    uint2 packed;
+                    packed.x = pack_bf16x2(m[0], m[1]);
+                    packed.y = pack_bf16x2(m[2], m[3]);
+                    *reinterpret_cast<uint2*>(&u0[r][sc]) = packed;
+                }
+            }
+            cp_async_wait<0>();
+            __syncthreads();
+            warp_mma_k64<false, true>(acc, &u0[0][0], &u1[0][0]);
+            if (s0 == t0) {
+                // y = acc + D·x_t, x_t being this (last) s tile's x; a row's 16 x read before its stores.
+#pragma unroll
+                for (int hf = 0; hf < 2; ++hf) {
+                    const int tl = 16 * warp + grp + 8 * hf;
+                    if (tl >= rows_t) continue;
+                    T* yrow = y + ((ch.row0 + t0 + tl) * a.H + h) * a.P + p0;
+#pragma unroll
+                    for (int j = 0; j < 8; ++j)
+#pragma unroll
+                        for (int odd = 0; odd < 2; ++odd) {
+                            const int pl = 8 * j + 2 * quad + odd;
+                            if (pl < cols_p)
+                                yrow[pl] = from_f32<T>(acc[j][2 * hf + odd] + Dh * __bfloat162float(u1[tl][pl]));
+                        }
+                }
+            }
+            __syncthreads();
+        }
+    }
 }
 
 // ---- backward, per (b, chunk, head), one block looping over the chunk's tiles (grid
@@ -877,40 +991,89 @@ __global__ void ssd_dbc_kernel(Args<T> a, const T* dy, const float* dCB, const f
 // All 64 × 64 output tiles of 128 threads; every sum is over fixed tiles in a fixed order.
 
 // Per (b, chunk, head) a (P, N) sum over the chunk's tokens, as ssd_chunk_state_kernel; grid
-// (B·n_chunks·H, mma_tiles(P)·mma_tiles(N)). A = w_t·X_t (P × L, split), B = Y (L × N, exact).
+// (B·n_chunks·H, mma_tiles(P)·mma_tiles(N)). A = w_t·X_t (P × L, formed in fp32 and split, stored
+// [t][p]), B = Y (L × N, exact, cp.async), 64 tokens a step; the staged tiles of ssd_output_tc_kernel.
 template <bool kGrad, typename T>
 __global__ void __launch_bounds__(kMmaThreads) ssd_chunk_state_tc_kernel(Args<T> a, const T* dy, float* out) {
-    __shared__ MmaSmemSplit sm;
+    static_assert(std::is_same_v<T, __nv_bfloat16>, "tensor-core kernels are bf16");
+    __shared__ __align__(16) __nv_bfloat16 xhi[kSt][kStLd], xlo[kSt][kStLd];  // w_t·X[t][p] split
+    __shared__ __align__(16) __nv_bfloat16 ys[kSt][kStLd];                    // Y[t][n]
     __shared__ float w[kMaxChunk];  // the token weights w_t, once per block rather than per element
     const int64_t bch = blockIdx.x, h = bch % a.H, c = bch / a.H % a.n_chunks, b = bch / (a.H * a.n_chunks);
-    const int64_t tn = mma_tiles(a.N), p0 = blockIdx.y / tn * kMmaM, n0 = blockIdx.y % tn * kMmaN;
+    const int64_t tn = mma_tiles(a.N), p0 = blockIdx.y / tn * kSt, n0 = blockIdx.y % tn * kSt;
     const Chunk ch = chunk_of(a, b, c);
-    const int64_t g = h / a.heads_per_group, bh = b * a.H + h;
+    const int64_t L = ch.L, g = h / a.heads_per_group, bh = b * a.H + h;
     const double* cum = a.cum + bh * a.seqlen + ch.t0;
     const float* dtv = a.dtv + bh * a.seqlen + ch.t0;
-    const double cum_last = cum[ch.L - 1];
+    const double cum_last = cum[L - 1];
     const T* X = kGrad ? dy + (ch.row0 * a.H + h) * a.P : a.x + ch.row0 * a.ld_x + h * a.P;
     const int64_t ld_X = kGrad ? a.H * a.P : a.ld_x;
     const T* Y = kGrad ? a.Cm + ch.row0 * a.ld_C + g * a.N : a.Bm + ch.row0 * a.ld_B + g * a.N;
     const int64_t ld_Y = kGrad ? a.ld_C : a.ld_B;
-    for (int64_t t = threadIdx.x; t < ch.L; t += blockDim.x)
+    const bool vec_X = aligned16(kGrad ? static_cast<const void*>(dy) : a.x) && ld_X % 8 == 0 && a.P % 8 == 0;
+    const bool vec_Y = aligned16(kGrad ? a.Cm : a.Bm) && ld_Y % 8 == 0 && a.N % 8 == 0;
+    const int cols_p = int(a.P - p0), cols_n = int(a.N - n0);
+    for (int64_t t = threadIdx.x; t < L; t += blockDim.x)
         w[t] = kGrad ? expf(static_cast<float>(cum[t])) : exp_diff(cum_last, cum[t]) * dtv[t];
     __syncthreads();
-    MmaAcc acc{};
-    block_mma_ex<false, false, MmaSplit::kA>(
-        acc, 0, ch.L,
-        [&](int j, int64_t t) { return p0 + j < a.P ? w[t] * to_f32(X[t * ld_X + p0 + j]) : 0.0f; },
-        [&](int64_t t, int j) { return n0 + j < a.N ? to_f32(Y[t * ld_Y + n0 + j]) : 0.0f; }, sm);
-    float* o = out + bch * a.P * a.N;
+    float acc[8][4] = {};
+    for (int64_t t0 = 0; t0 < L; t0 += kSt) {
+        const int rows_t = int(min(L - t0, int64_t(kSt)));
+        stage_bf16_tile<kSt, kSt, kStLd, kMmaThreads>(&ys[0][0], Y + t0 * ld_Y + n0, ld_Y, rows_t, cols_n, vec_Y);
+        cp_async_commit();
+        // xhi/xlo[r][col] = split(w[t0 + r]·X[t0 + r][p0 + col]): 8 consecutive p a piece, 4 pieces a
+        // thread, all loaded before any is stored.
+        constexpr int kPer = kSt * kSt / 8 / kMmaThreads;
+        uint4 raw[kPer];
 #pragma unroll
-    for (int i = 0; i < 2; ++i)
+        for (int i = 0; i < kPer; ++i) {
+            const int e = int(threadIdx.x) + i * kMmaThreads, r = e / (kSt / 8), col = e % (kSt / 8) * 8;
+            const T* src = X + (t0 + r) * ld_X + p0 + col;
+            if (r >= rows_t || col >= cols_p) {
+                raw[i] = make_uint4(0u, 0u, 0u, 0u);
+            } else if (vec_X) {
+                raw[i] = *reinterpret_cast<const uint4*>(src);
+            } else {
+                const __nv_bfloat16 zero = __float2bfloat16_rn(0.0f);
+                uint32_t q4[4];
 #pragma unroll
-        for (int j = 0; j < 4; ++j)
-#pragma unroll
-            for (int r = 0; r < 4; ++r) {
-                const int64_t p = p0 + mma_row(i, r), n = n0 + mma_col(j, r);
-                if (p < a.P && n < a.N) o[p * a.N + n] = acc.c[i][j][r];
+                for (int k = 0; k < 4; ++k) {
+                    const __nv_bfloat162 pr = __halves2bfloat162(col + 2 * k < cols_p ? src[2 * k] : zero,
+                                                                 col + 2 * k + 1 < cols_p ? src[2 * k + 1] : zero);
+                    q4[k] = *reinterpret_cast<const uint32_t*>(&pr);
+                }
+                raw[i] = make_uint4(q4[0], q4[1], q4[2], q4[3]);
             }
+        }
+#pragma unroll
+        for (int i = 0; i < kPer; ++i) {
+            const int e = int(threadIdx.x) + i * kMmaThreads, r = e / (kSt / 8), col = e % (kSt / 8) * 8;
+            const float wt = r < rows_t ? w[t0 + r] : 0.0f;
+            const uint32_t in[4] = {raw[i].x, raw[i].y, raw[i].z, raw[i].w};
+            uint32_t hi[4], lo[4];
+#pragma unroll
+            for (int k = 0; k < 4; ++k) {
+                const float2 v = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&in[k]));
+                hi[k] = split_pair_hi(wt * v.x, wt * v.y, lo[k]);
+            }
+            *reinterpret_cast<uint4*>(&xhi[r][col]) = make_uint4(hi[0], hi[1], hi[2], hi[3]);
+            *reinterpret_cast<uint4*>(&xlo[r][col]) = make_uint4(lo[0], lo[1], lo[2], lo[3]);
+        }
+        cp_async_wait<0>();
+        __syncthreads();
+        warp_mma_k64<true, true>(acc, &xlo[0][0], &ys[0][0]);
+        warp_mma_k64<true, true>(acc, &xhi[0][0], &ys[0][0]);
+        __syncthreads();
+    }
+    float* o = out + bch * a.P * a.N;
+    const int warp = threadIdx.x / 32, grp = threadIdx.x % 32 / 4, quad = threadIdx.x % 4;
+#pragma unroll
+    for (int j = 0; j < 8; ++j)
+#pragma unroll
+        for (int r = 0; r < 4; ++r) {
+            const int64_t p = p0 + 16 * warp + grp + 8 * (r / 2), n = n0 + 8 * j + 2 * quad + r % 2;
+            if (p < a.P && n < a.N) o[p * a.N + n] = acc[j][r];
+        }
 }
 
 // finish_backward_head for the tensor-core kernel, parallel: the per-token corrections of dcum by
@@ -993,199 +1156,405 @@ __device__ void finish_backward_head_tc(const Args<T>& a, const Chunk& ch, int64
     }
 }
 
-// The backward head kernel on tensor cores (the same outputs and math as ssd_backward_head_kernel),
-// 128 threads looping over the chunk's 64 × 64 tiles:
-//   E tiles (t0 ≥ s0): dt_s·(dY·Xᵀ)[t, s]·M[t, s] for s < t, dY·Xᵀ exact; row sums into dcum[t],
-//   column sums out of dcum[s];
-//   (s0, p0) tiles: dX̃ = Mᵀ·dY (M split) + diag(decay)·(B·dSᵀ) (dS split), dx written, the row
-//   sums ⟨x, dX̃⟩ and q; then Z = C·S_inᵀ (S_in split) and the row sums ⟨dY, Z⟩.
-// Dynamic shared memory: head_tc_vec_bytes(Q): the four per-token sums, cum and dt.
+// ---- the tensor-core backward in three kernels (grids of many small blocks instead of one block
+// per chunk and head looping over its tiles), with operands staged by cp.async and read by ldmatrix:
+//   ssd_dcb_tc_kernel, per (b, chunk, group) and (t, s) tile pair: per head, G = (dY·Xᵀ)·dt_s·Lm
+//   summed over the group's heads into dCB, and E = G ∘ C·Bᵀ (s < t), whose row and column sums
+//   (the dcum terms) go to per-tile slots erow / ecol;
+//   ssd_backward_head_tc_kernel, per (b, chunk, head) and s tile: dX̃ = diag(decay)·B·dSᵀ + Mᵀ·dY, dx,
+//   and the per-token sums ⟨x, dX̃⟩, q, ⟨dY, C·S_inᵀ⟩ and ⟨dY, x⟩ to `tok`;
+//   ssd_backward_finish_tc_kernel, per (b, chunk, head): dcum from the slots in a fixed order, then
+//   finish_backward_head_tc (ddt and the per-chunk parameter sums).
+// Every sum has one writer per output and a fixed order: deterministic.
+// dCB per (b, chunk, group) as ssd_dcb_kernel, and the E slots; grid (B·n_chunks·G, mma_tiles(Q)²),
+// tiles with si > ti or beyond the chunk exit. The heads' (dY_h, x_h) tiles, 64 p at a time, are
+// double-buffered (cp.async of step i + 1 in flight during step i's products), with each head's cum
+// and dt beside its last step. Per head, in fp32 on the exact product: G[t, s] = (dY·Xᵀ)[t, s]·dt_s·
+// exp(cum_t − cum_s) (s ≤ t < L), dCB += G, E = G·CB[t, s] (s < t):
+//   erow[(bch·nT + si)·Q + t] = Σ_{s in tile si} E[t, s]      (t in tile ti)
+//   ecol[(bch·nT + ti)·Q + s] = Σ_{t in tile ti} E[t, s]      (s in tile si)
+// Dynamic shared memory: sizeof(DcbSmem).
+struct DcbSmem {
+    __nv_bfloat16 dy[2][kSt][kStLd];  // dY_h rows t, 64 columns p
+    __nv_bfloat16 x[2][kSt][kStLd];   // x_h rows s
+    double cum_t[2][kSt], cum_s[2][kSt];
+    float dt_s[2][kSt];
+    float cb[kSt][kSt + 4];  // the group's C·Bᵀ tile
+    float colred[4][kSt];
+};
+
 template <typename T>
-__global__ void __launch_bounds__(kMmaThreads, 2)
-    ssd_backward_head_tc_kernel(Args<T> a, const T* dy, const float* CB, const float* states,
-                                const float* dS_all, T* dx, T* ddt, float* part) {
-    __shared__ MmaSmemSplit sm;
-    __shared__ float red[2 * kMmaM];
-    extern __shared__ float vecs[];
-    static_assert(2 * kMmaM >= kMmaThreads, "red serves finish_backward_head's block sums");
-    const int64_t bch = blockIdx.x, h = bch % a.H, c = bch / a.H % a.n_chunks, b = bch / (a.H * a.n_chunks);
-    const Chunk ch = chunk_of(a, b, c);
-    const int64_t L = ch.L, g = h / a.heads_per_group, bh = b * a.H + h;
-    float* dcum = vecs;        // (Q)
-    float* xdx = vecs + a.Q;   // (Q) ⟨x_t, dX̃_t⟩
-    float* qsum = xdx + a.Q;   // (Q) q_s
-    float* rsum = qsum + a.Q;  // (Q) ⟨dY_t, Z_t⟩
-    double* cum = reinterpret_cast<double*>(vecs + 4 * a.Q);  // (Q) the chunk's cum, from a.cum
-    float* dtv = reinterpret_cast<float*>(cum + a.Q);          // (Q) the chunk's dt, from a.dtv
-    const float* cb = CB + ((b * a.n_chunks + c) * a.G + g) * a.Q * a.Q;
-    const float* S_in = states + bch * a.P * a.N;  // (P, N)
-    const float* dS = dS_all + bch * a.P * a.N;    // (P, N)
-    const T* x = a.x + ch.row0 * a.ld_x + h * a.P;
-    const T* dYc = dy + (ch.row0 * a.H + h) * a.P;  // row stride H·P
-    const T* Bc = a.Bm + ch.row0 * a.ld_B + g * a.N;
-    const T* Cc = a.Cm + ch.row0 * a.ld_C + g * a.N;
-    const int64_t ld_y = a.H * a.P;
-    auto M = [&](int64_t t, int64_t s) { return cb[t * a.Q + s] * exp_diff(cum[t], cum[s]); };  // s ≤ t
-
-    for (int64_t t = threadIdx.x; t < L; t += blockDim.x) {
-        dcum[t] = xdx[t] = qsum[t] = rsum[t] = 0.0f;
-        cum[t] = a.cum[bh * a.seqlen + ch.t0 + t];
-        dtv[t] = a.dtv[bh * a.seqlen + ch.t0 + t];
-    }
-    __syncthreads();
-    const double cum_last = cum[L - 1];
-
-    for (int64_t t0 = 0; t0 < L; t0 += kMmaM)
-        for (int64_t s0 = 0; s0 <= t0; s0 += kMmaN) {
-            MmaAcc e{};
-            block_mma_ex<true, true, MmaSplit::kNone>(
-                e, 0, a.P,
-                [&](int j, int64_t p) { return t0 + j < L ? to_f32(dYc[(t0 + j) * ld_y + p]) : 0.0f; },
-                [&](int64_t p, int j) { return s0 + j < L ? to_f32(x[(s0 + j) * a.ld_x + p]) : 0.0f; }, sm);
-#pragma unroll
-            for (int i = 0; i < 2; ++i)
-#pragma unroll
-                for (int j = 0; j < 4; ++j)
-#pragma unroll
-                    for (int r = 0; r < 4; ++r) {
-                        const int64_t t = t0 + mma_row(i, r), s = s0 + mma_col(j, r);
-                        float& v = e.c[i][j][r];
-                        v = s < t && t < L ? v * dtv[s] * M(t, s) : 0.0f;
-                    }
-            const auto value = [&](int i, int j, int r) { return e.c[i][j][r]; };
-            mma_row_sums(value, red, [&](int r, float sum) {
-                if (t0 + r < L) dcum[t0 + r] += sum;
-            });
-            mma_col_sums(value, red, [&](int col, float sum) {
-                if (s0 + col < L) dcum[s0 + col] -= sum;
-            });
-        }
-
-    const float Dh = a.D ? to_f32(a.D[h]) : 0.0f;
-    float dD_acc = 0.0f;
-    for (int64_t s0 = 0; s0 < L; s0 += kMmaM)
-        for (int64_t p0 = 0; p0 < a.P; p0 += kMmaN) {
-            MmaAcc d{}, v{};
-            block_mma_ex<false, false, MmaSplit::kA>(
-                d, s0, L, [&](int j, int64_t t) { return s0 + j <= t ? M(t, s0 + j) : 0.0f; },
-                [&](int64_t t, int j) { return p0 + j < a.P ? to_f32(dYc[t * ld_y + p0 + j]) : 0.0f; }, sm);
-            block_mma_ex<true, true, MmaSplit::kB>(
-                v, 0, a.N,
-                [&](int j, int64_t n) { return s0 + j < L ? to_f32(Bc[(s0 + j) * a.ld_B + n]) : 0.0f; },
-                [&](int64_t n, int j) { return p0 + j < a.P ? dS[(p0 + j) * a.N + n] : 0.0f; }, sm);
-            // d becomes x·dX̃ and v the q terms decay·dt·x·V, both 0 outside the chunk. A row of
-            // fragments at a time (i, half: one token s), its 8 x, dY and dx values loaded before any
-            // dx is stored (the compiler cannot tell a store to dx from a later load).
-#pragma unroll
-            for (int i = 0; i < 2; ++i)
-#pragma unroll
-                for (int half = 0; half < 2; ++half) {
-                    const int64_t s = s0 + mma_row(i, 2 * half);
-                    float xs[4][2], dys[4][2], dxs[4][2];
-#pragma unroll
-                    for (int j = 0; j < 4; ++j)
-#pragma unroll
-                        for (int odd = 0; odd < 2; ++odd) {
-                            const int64_t p = p0 + mma_col(j, odd);
-                            const bool in = s < L && p < a.P;
-                            xs[j][odd] = in ? to_f32(x[s * a.ld_x + p]) : 0.0f;
-                            dys[j][odd] = in ? to_f32(dYc[s * ld_y + p]) : 0.0f;
-                            dxs[j][odd] = in && dx ? to_f32(dx[(ch.row0 + s) * a.ld_x + h * a.P + p]) : 0.0f;
-                        }
-                    const float decay = s < L ? exp_diff(cum_last, cum[s]) : 0.0f;
-                    const float dts = s < L ? dtv[s] : 0.0f;
-#pragma unroll
-                    for (int j = 0; j < 4; ++j)
-#pragma unroll
-                        for (int odd = 0; odd < 2; ++odd) {
-                            const int r = 2 * half + odd;
-                            const int64_t p = p0 + mma_col(j, r);
-                            float& dv = d.c[i][j][r];
-                            float& vv = v.c[i][j][r];
-                            if (s >= L || p >= a.P) {
-                                dv = vv = 0.0f;
-                                continue;
-                            }
-                            const float xv = xs[j][odd], dyv = dys[j][odd];
-                            const float dxt = dv + decay * vv;
-                            dD_acc += dyv * xv;
-                            if (dx) {
-                                dx[(ch.row0 + s) * a.ld_x + h * a.P + p] =
-                                    from_f32<T>(dxs[j][odd] + dts * dxt + Dh * dyv);
-                            }
-                            dv = xv * dxt;
-                            vv = decay * (dts * xv) * vv;
-                        }
-                }
-            mma_row_sums([&](int i, int j, int r) { return d.c[i][j][r]; }, red,
-                         [&](int r, float sum) {
-                             if (s0 + r < L) xdx[s0 + r] += sum;
-                         });
-            mma_row_sums([&](int i, int j, int r) { return v.c[i][j][r]; }, red,
-                         [&](int r, float sum) {
-                             if (s0 + r < L) qsum[s0 + r] += sum;
-                         });
-            MmaAcc z{};
-            block_mma_ex<true, true, MmaSplit::kB>(
-                z, 0, a.N,
-                [&](int j, int64_t n) { return s0 + j < L ? to_f32(Cc[(s0 + j) * a.ld_C + n]) : 0.0f; },
-                [&](int64_t n, int j) { return p0 + j < a.P ? S_in[(p0 + j) * a.N + n] : 0.0f; }, sm);
-            mma_row_sums(
-                [&](int i, int j, int r) {
-                    const int64_t s = s0 + mma_row(i, r), p = p0 + mma_col(j, r);
-                    return s < L && p < a.P ? to_f32(dYc[s * ld_y + p]) * z.c[i][j][r] : 0.0f;
-                },
-                red,
-                [&](int r, float sum) {
-                    if (s0 + r < L) rsum[s0 + r] += sum;
-                });
-        }
-    finish_backward_head_tc(a, ch, h, bch, S_in, dS, dD_acc, vecs, cum, dtv, red, ddt, part);
-}
-
-// dCB per (b, chunk, group) as ssd_dcb_kernel; grid (B·n_chunks·G, mma_tiles(Q)²). Per head the
-// exact product dY·Xᵀ, then dt_s·Lm[t, s] applied in fp32.
-template <typename T>
-__global__ void __launch_bounds__(kMmaThreads) ssd_dcb_tc_kernel(Args<T> a, const T* dy, float* dCB) {
-    __shared__ MmaSmemSplit sm;
+__global__ void __launch_bounds__(kMmaThreads, 3)
+    ssd_dcb_tc_kernel(Args<T> a, const T* dy, const float* CB, float* dCB, float* erow, float* ecol) {
+    static_assert(std::is_same_v<T, __nv_bfloat16>, "tensor-core kernels are bf16");
+    extern __shared__ __align__(16) unsigned char dyn_smem[];
+    DcbSmem& sm = *reinterpret_cast<DcbSmem*>(dyn_smem);
     const int64_t bcg = blockIdx.x, g = bcg % a.G, c = bcg / a.G % a.n_chunks, b = bcg / (a.G * a.n_chunks);
-    const int64_t tq = mma_tiles(a.Q), ti = blockIdx.y / tq, si = blockIdx.y % tq;
+    const int64_t nT = mma_tiles(a.Q), ti = blockIdx.y / nT, si = blockIdx.y % nT;
     const Chunk ch = chunk_of(a, b, c);
-    if (si > ti || ti * kMmaM >= ch.L) return;
-    const int64_t t0 = ti * kMmaM, s0 = si * kMmaN, ld_y = a.H * a.P;
-    MmaAcc dcb{};
-    for (int64_t h = g * a.heads_per_group; h < (g + 1) * a.heads_per_group; ++h) {
-        const int64_t bh = b * a.H + h;
-        const double* cum = a.cum + bh * a.seqlen + ch.t0;
-        const float* dtv = a.dtv + bh * a.seqlen + ch.t0;
-        const T* x = a.x + ch.row0 * a.ld_x + h * a.P;
-        const T* dYc = dy + (ch.row0 * a.H + h) * a.P;
-        MmaAcc acc{};
-        block_mma_ex<true, true, MmaSplit::kNone>(
-            acc, 0, a.P,
-            [&](int j, int64_t p) { return t0 + j < ch.L ? to_f32(dYc[(t0 + j) * ld_y + p]) : 0.0f; },
-            [&](int64_t p, int j) { return s0 + j < ch.L ? to_f32(x[(s0 + j) * a.ld_x + p]) : 0.0f; }, sm);
+    if (si > ti || ti * kSt >= ch.L) return;
+    const int64_t L = ch.L, t0 = ti * kSt, s0 = si * kSt, ld_y = a.H * a.P;
+    const int rows_t = int(min(L - t0, int64_t(kSt))), rows_s = int(min(L - s0, int64_t(kSt)));
+    const int warp = threadIdx.x / 32, grp = threadIdx.x % 32 / 4, quad = threadIdx.x % 4;
+    const bool vec_y = aligned16(dy) && a.P % 8 == 0;
+    const bool vec_x = aligned16(a.x) && a.ld_x % 8 == 0 && a.P % 8 == 0;
+    const int n_kc = int((a.P + kSt - 1) / kSt), n_it = int(a.heads_per_group) * n_kc;
+    const int64_t h_first = g * a.heads_per_group;
+    const float* cb = CB + bcg * a.Q * a.Q;
+
+    auto stage = [&](int it) {
+        const int buf = it & 1, kc = it % n_kc;
+        const int64_t h = h_first + it / n_kc, p0 = int64_t(kc) * kSt;
+        stage_bf16_tile<kSt, kSt, kStLd, kMmaThreads>(&sm.dy[buf][0][0], dy + (ch.row0 + t0) * ld_y + h * a.P + p0,
+                                                      ld_y, rows_t, int(a.P - p0), vec_y);
+        stage_bf16_tile<kSt, kSt, kStLd, kMmaThreads>(&sm.x[buf][0][0], a.x + (ch.row0 + s0) * a.ld_x + h * a.P + p0,
+                                                      a.ld_x, rows_s, int(a.P - p0), vec_x);
+        if (kc == n_kc - 1) {
+            const int64_t base = (b * a.H + h) * a.seqlen + ch.t0;
+            for (int i = threadIdx.x; i < 3 * kSt; i += kMmaThreads) {
+                const int r = i % kSt, which = i / kSt;
+                if (which == 0) {
+                    if (r < rows_t) cp_async_8(&sm.cum_t[buf][r], a.cum + base + t0 + r);
+                    else sm.cum_t[buf][r] = 0.0;
+                } else if (which == 1) {
+                    if (r < rows_s) cp_async_8(&sm.cum_s[buf][r], a.cum + base + s0 + r);
+                    else sm.cum_s[buf][r] = 0.0;
+                } else {
+                    if (r < rows_s) cp_async_4(&sm.dt_s[buf][r], a.dtv + base + s0 + r);
+                    else sm.dt_s[buf][r] = 0.0f;
+                }
+            }
+        }
+        cp_async_commit();
+    };
+
+    stage(0);
+    for (int e = threadIdx.x; e < kSt * kSt; e += kMmaThreads) {
+        const int r = e / kSt, col = e % kSt;
+        sm.cb[r][col] = r < rows_t && col < rows_s ? cb[(t0 + r) * a.Q + s0 + col] : 0.0f;
+    }
+    float acc[8][4] = {}, dcb[8][4] = {};
+    for (int it = 0; it < n_it; ++it) {
+        if (it + 1 < n_it) {
+            stage(it + 1);
+            cp_async_wait<1>();
+        } else {
+            cp_async_wait<0>();
+        }
+        __syncthreads();
+        const int buf = it & 1;
+        warp_mma_k64<false, false>(acc, &sm.dy[buf][0][0], &sm.x[buf][0][0]);
+        if (it % n_kc == n_kc - 1) {
+            const int64_t h = h_first + it / n_kc, bch = (b * a.n_chunks + c) * a.H + h;
+            float rs[2] = {0.0f, 0.0f}, cs[8][2] = {};
 #pragma unroll
-        for (int i = 0; i < 2; ++i)
-#pragma unroll
-            for (int j = 0; j < 4; ++j)
+            for (int j = 0; j < 8; ++j)
 #pragma unroll
                 for (int r = 0; r < 4; ++r) {
-                    const int64_t t = t0 + mma_row(i, r), s = s0 + mma_col(j, r);
-                    if (s <= t && t < ch.L)
-                        dcb.c[i][j][r] += acc.c[i][j][r] * dtv[s] * exp_diff(cum[t], cum[s]);
+                    const int tl = 16 * warp + grp + 8 * (r / 2), sl = 8 * j + 2 * quad + r % 2;
+                    const int64_t t = t0 + tl, s = s0 + sl;
+                    float gv = 0.0f;
+                    if (s <= t && t < L)
+                        gv = acc[j][r] * sm.dt_s[buf][sl] * exp_diff(sm.cum_t[buf][tl], sm.cum_s[buf][sl]);
+                    dcb[j][r] += gv;
+                    const float e = s < t ? gv * sm.cb[tl][sl] : 0.0f;
+                    rs[r / 2] += e;
+                    cs[j][r % 2] += e;
+                    acc[j][r] = 0.0f;
                 }
+#pragma unroll
+            for (int hf = 0; hf < 2; ++hf) {
+                float v = rs[hf];
+                v += __shfl_xor_sync(0xffffffffu, v, 1);
+                v += __shfl_xor_sync(0xffffffffu, v, 2);
+                const int tl = 16 * warp + grp + 8 * hf;
+                if (quad == 0 && tl < rows_t) erow[(bch * nT + si) * a.Q + t0 + tl] = v;
+            }
+#pragma unroll
+            for (int j = 0; j < 8; ++j)
+#pragma unroll
+                for (int odd = 0; odd < 2; ++odd) {
+                    float v = cs[j][odd];
+                    v += __shfl_xor_sync(0xffffffffu, v, 4);
+                    v += __shfl_xor_sync(0xffffffffu, v, 8);
+                    v += __shfl_xor_sync(0xffffffffu, v, 16);
+                    if (grp == 0) sm.colred[warp][8 * j + 2 * quad + odd] = v;
+                }
+            __syncthreads();
+            if (threadIdx.x < kSt && int(threadIdx.x) < rows_s) {
+                const int sl = threadIdx.x;
+                ecol[(bch * nT + ti) * a.Q + s0 + sl] =
+                    ((sm.colred[0][sl] + sm.colred[1][sl]) + sm.colred[2][sl]) + sm.colred[3][sl];
+            }
+        }
+        __syncthreads();
     }
     float* out = dCB + bcg * a.Q * a.Q;
 #pragma unroll
-    for (int i = 0; i < 2; ++i)
+    for (int j = 0; j < 8; ++j)
 #pragma unroll
-        for (int j = 0; j < 4; ++j)
+        for (int r = 0; r < 4; ++r) {
+            const int64_t t = t0 + 16 * warp + grp + 8 * (r / 2), s = s0 + 8 * j + 2 * quad + r % 2;
+            if (t < L && s < L) out[t * a.Q + s] = dcb[j][r];  // 0 above the diagonal
+        }
+}
+
+// Per (b, chunk, head) and s tile (grid (B·n_chunks·H, mma_tiles(Q))), for each 64-wide p tile:
+//   Z = C_s·S_inᵀ (S_in split), the row sums ⟨dY_s, Z_s⟩;
+//   acc = V = B_s·dSᵀ (dS split), the row sums q_s = decay_s·dt_s·⟨x_s, V_s⟩, acc *= decay_s;
+//   acc += Mᵀ·dY over the t tiles ≥ s's (M[t, s] = CB[t, s]·exp(cum_t − cum_s), s ≤ t < L, formed in
+//   fp32 from the fp64 difference and split): acc = dX̃;
+//   dx += dt_s·dX̃ + D·dY, and the row sums ⟨x, dX̃⟩, ⟨dY, x⟩.
+// The per-token sums, added over the p tiles in order, go to tok (4, B·n_chunks·H, Q): ⟨x, dX̃⟩, q,
+// ⟨dY, Z⟩, ⟨dY, x⟩.
+struct HeadSmem {
+    __nv_bfloat16 xs[kSt][kStLd];   // x rows s, the p tile
+    __nv_bfloat16 dys[kSt][kStLd];  // dY rows s
+    __nv_bfloat16 u0[kSt][kStLd];   // C or B rows s (n) | M hi [t][s]
+    __nv_bfloat16 u1[kSt][kStLd];   // state hi [p][n]   | M lo [t][s]
+    __nv_bfloat16 u2[kSt][kStLd];   // state lo [p][n]   | dY rows t [t][p]
+    double cum_s[kSt];
+    float dt_s[kSt];
+};
+
+template <typename T>
+__global__ void __launch_bounds__(kMmaThreads, 3)
+    ssd_backward_head_tc_kernel(Args<T> a, const T* dy, const float* CB, const float* states,
+                                const float* dS_all, T* dx, float* tok) {
+    static_assert(std::is_same_v<T, __nv_bfloat16>, "tensor-core kernels are bf16");
+    __shared__ __align__(16) HeadSmem sm;
+    const int64_t bch = blockIdx.x, h = bch % a.H, c = bch / a.H % a.n_chunks, b = bch / (a.H * a.n_chunks);
+    const Chunk ch = chunk_of(a, b, c);
+    const int64_t L = ch.L, s0 = int64_t(blockIdx.y) * kSt;
+    if (s0 >= L) return;
+    const int rows_s = int(min(L - s0, int64_t(kSt)));
+    const int64_t g = h / a.heads_per_group, bh = b * a.H + h, ld_y = a.H * a.P;
+    const double* cum = a.cum + bh * a.seqlen + ch.t0;
+    const float* dtv = a.dtv + bh * a.seqlen + ch.t0;
+    const float* cb = CB + ((b * a.n_chunks + c) * a.G + g) * a.Q * a.Q;
+    const float* S_in = states + bch * a.P * a.N;  // (P, N)
+    const float* dS = dS_all + bch * a.P * a.N;    // (P, N)
+    const T* xg = a.x + ch.row0 * a.ld_x + h * a.P;
+    const T* dYg = dy + (ch.row0 * a.H + h) * a.P;  // row stride H·P
+    const T* Bg = a.Bm + ch.row0 * a.ld_B + g * a.N;
+    const T* Cg = a.Cm + ch.row0 * a.ld_C + g * a.N;
+    const bool vec_x = aligned16(a.x) && a.ld_x % 8 == 0 && a.P % 8 == 0;
+    const bool vec_y = aligned16(dy) && a.P % 8 == 0;
+    const bool vec_b = aligned16(a.Bm) && a.ld_B % 8 == 0 && a.N % 8 == 0;
+    const bool vec_c = aligned16(a.Cm) && a.ld_C % 8 == 0 && a.N % 8 == 0;
+    const bool vec_st = aligned16(states) && aligned16(dS_all) && a.N % 4 == 0;
+    const bool vec_cb = aligned16(CB) && a.Q % 4 == 0;
+    const int warp = threadIdx.x / 32, grp = threadIdx.x % 32 / 4, quad = threadIdx.x % 4;
+    const double cum_last = cum[L - 1];
+    for (int r = threadIdx.x; r < kSt; r += kMmaThreads) {
+        sm.cum_s[r] = r < rows_s ? cum[s0 + r] : 0.0;
+        sm.dt_s[r] = r < rows_s ? dtv[s0 + r] : 0.0f;
+    }
+    // (visible after the first product's barrier)
+
+    // acc = rows_s × (the p tile) of Y·stateᵀ: Y rows (s, n) bf16, state (p, n) fp32 split.
+    auto state_product = [&](float (&acc)[8][4], const T* Y, int64_t ld_Y, bool vec_Y, const float* state,
+                             int rows_p) {
 #pragma unroll
-            for (int r = 0; r < 4; ++r) {
-                const int64_t t = t0 + mma_row(i, r), s = s0 + mma_col(j, r);
-                if (t < ch.L && s < ch.L) out[t * a.Q + s] = dcb.c[i][j][r];  // 0 above the diagonal
+        for (int j = 0; j < 8; ++j)
+#pragma unroll
+            for (int r = 0; r < 4; ++r) acc[j][r] = 0.0f;
+        for (int64_t n0 = 0; n0 < a.N; n0 += kSt) {
+            stage_bf16_tile<kSt, kSt, kStLd, kMmaThreads>(&sm.u0[0][0], Y + s0 * ld_Y + n0, ld_Y, rows_s,
+                                                          int(a.N - n0), vec_Y);
+            cp_async_commit();
+            stage_split_tile<kSt, kSt, kStLd, kMmaThreads>(&sm.u1[0][0], &sm.u2[0][0], state + n0, a.N, rows_p,
+                                                           int(a.N - n0), vec_st);
+            cp_async_wait<0>();
+            __syncthreads();
+            warp_mma_k64<false, false>(acc, &sm.u0[0][0], &sm.u2[0][0]);
+            warp_mma_k64<false, false>(acc, &sm.u0[0][0], &sm.u1[0][0]);
+            __syncthreads();
+        }
+    };
+    // Σ over this thread's 16 columns of f(row half, j, odd), then over the quad: the warp's row sum.
+    auto row_sum = [&](auto f, int hf) {
+        float v = 0.0f;
+#pragma unroll
+        for (int j = 0; j < 8; ++j)
+#pragma unroll
+            for (int odd = 0; odd < 2; ++odd) v += f(j, odd);
+        v += __shfl_xor_sync(0xffffffffu, v, 1);
+        v += __shfl_xor_sync(0xffffffffu, v, 2);
+        return v;
+    };
+    auto smem_f32 = [&](const __nv_bfloat16 (&tile)[kSt][kStLd], int r, int col) {
+        return __bfloat162float(tile[r][col]);
+    };
+
+    const float Dh = a.D ? to_f32(a.D[h]) : 0.0f;
+    float tk[4][2] = {};  // ⟨x, dX̃⟩, q, ⟨dY, Z⟩, ⟨dY, x⟩ for rows 16w + grp + 8·hf
+    for (int64_t p0 = 0; p0 < a.P; p0 += kSt) {
+        const int cols_p = int(a.P - p0);
+        stage_bf16_tile<kSt, kSt, kStLd, kMmaThreads>(&sm.xs[0][0], xg + s0 * a.ld_x + p0, a.ld_x, rows_s, cols_p,
+                                                      vec_x);
+        stage_bf16_tile<kSt, kSt, kStLd, kMmaThreads>(&sm.dys[0][0], dYg + s0 * ld_y + p0, ld_y, rows_s, cols_p,
+                                                      vec_y);
+        // (committed and waited for with state_product's first step)
+        float acc[8][4];
+        state_product(acc, Cg, a.ld_C, vec_c, S_in + p0 * a.N, cols_p);
+#pragma unroll
+        for (int hf = 0; hf < 2; ++hf) {
+            const int sl = 16 * warp + grp + 8 * hf;
+            tk[2][hf] += row_sum(
+                [&](int j, int odd) { return smem_f32(sm.dys, sl, 8 * j + 2 * quad + odd) * acc[j][2 * hf + odd]; },
+                hf);
+        }
+        state_product(acc, Bg, a.ld_B, vec_b, dS + p0 * a.N, cols_p);
+#pragma unroll
+        for (int hf = 0; hf < 2; ++hf) {
+            const int sl = 16 * warp + grp + 8 * hf;
+            const float decay = sl < rows_s ? exp_diff(cum_last, sm.cum_s[sl]) : 0.0f;
+            const float xv = row_sum(
+                [&](int j, int odd) { return smem_f32(sm.xs, sl, 8 * j + 2 * quad + odd) * acc[j][2 * hf + odd]; },
+                hf);
+            tk[1][hf] += decay * sm.dt_s[sl] * xv;
+#pragma unroll
+            for (int j = 0; j < 8; ++j)
+#pragma unroll
+                for (int odd = 0; odd < 2; ++odd) acc[j][2 * hf + odd] *= decay;
+        }
+        for (int64_t t0 = s0; t0 < L; t0 += kSt) {
+            const int rows_t = int(min(L - t0, int64_t(kSt)));
+            stage_bf16_tile<kSt, kSt, kStLd, kMmaThreads>(&sm.u2[0][0], dYg + t0 * ld_y + p0, ld_y, rows_t, cols_p,
+                                                          vec_y);
+            cp_async_commit();
+            // M[t][s] for this (t, s) tile, 4 consecutive s a piece, 8 pieces a thread in batches of 4,
+            // each batch's loads before its stores.
+            constexpr int kPer = kSt * kSt / 4 / kMmaThreads, kBatch = 4;
+            static_assert(kPer % kBatch == 0, "whole batches");
+#pragma unroll 1
+            for (int i0 = 0; i0 < kPer; i0 += kBatch) {
+                float4 v[kBatch];
+                double ct[kBatch];
+#pragma unroll
+                for (int i = 0; i < kBatch; ++i) {
+                    const int e = int(threadIdx.x) + (i0 + i) * kMmaThreads, r = e / (kSt / 4),
+                              sc = e % (kSt / 4) * 4;
+                    const int64_t t = t0 + r, s = s0 + sc;
+                    const float* src = cb + t * a.Q + s;
+                    const bool row_in = r < rows_t;
+                    ct[i] = row_in ? cum[t] : 0.0;
+                    if (row_in && vec_cb && s + 3 <= t) {
+                        v[i] = *reinterpret_cast<const float4*>(src);
+                    } else {
+                        v[i].x = row_in && s <= t ? src[0] : 0.0f;
+                        v[i].y = row_in && s + 1 <= t ? src[1] : 0.0f;
+                        v[i].z = row_in && s + 2 <= t ? src[2] : 0.0f;
+                        v[i].w = row_in && s + 3 <= t ? src[3] : 0.0f;
+                    }
+                }
+#pragma unroll
+                for (int i = 0; i < kBatch; ++i) {
+                    const int e = int(threadIdx.x) + (i0 + i) * kMmaThreads, r = e / (kSt / 4),
+                              sc = e % (kSt / 4) * 4;
+                    const int64_t t = t0 + r, s = s0 + sc;
+                    const bool row_in = r < rows_t;
+                    float m[4];
+                    const float vv[4] = {v[i].x, v[i].y, v[i].z, v[i].w};
+#pragma unroll
+                    for (int k = 0; k < 4; ++k)
+                        m[k] = row_in && s + k <= t ? vv[k] * exp_diff(ct[i], sm.cum_s[sc + k]) : 0.0f;
+                    uint2 hi, lo;
+                    hi.x = split_pair_hi(m[0], m[1], lo.x);
+                    hi.y = split_pair_hi(m[2], m[3], lo.y);
+                    *reinterpret_cast<uint2*>(&sm.u0[r][sc]) = hi;
+                    *reinterpret_cast<uint2*>(&sm.u1[r][sc]) = lo;
+                }
             }
+            cp_async_wait<0>();
+            __syncthreads();
+            warp_mma_k64<true, true>(acc, &sm.u1[0][0], &sm.u2[0][0]);
+            warp_mma_k64<true, true>(acc, &sm.u0[0][0], &sm.u2[0][0]);
+            __syncthreads();
+        }
+        // dx, a row (token s) at a time: its 16 old values loaded before any is stored.
+#pragma unroll
+        for (int hf = 0; hf < 2; ++hf) {
+            const int sl = 16 * warp + grp + 8 * hf;
+            const bool in_s = sl < rows_s;
+            const float dts = sm.dt_s[sl];
+            T* dxrow = dx ? dx + (ch.row0 + s0 + sl) * a.ld_x + h * a.P + p0 : nullptr;
+            float old[8][2];
+#pragma unroll
+            for (int j = 0; j < 8; ++j)
+#pragma unroll
+                for (int odd = 0; odd < 2; ++odd) {
+                    const int pl = 8 * j + 2 * quad + odd;
+                    old[j][odd] = dxrow && in_s && pl < cols_p ? to_f32(dxrow[pl]) : 0.0f;
+                }
+#pragma unroll
+            for (int j = 0; j < 8; ++j)
+#pragma unroll
+                for (int odd = 0; odd < 2; ++odd) {
+                    const int pl = 8 * j + 2 * quad + odd;
+                    if (dxrow && in_s && pl < cols_p)
+                        dxrow[pl] = from_f32<T>(old[j][odd] + dts * acc[j][2 * hf + odd] +
+                                                Dh * smem_f32(sm.dys, sl, pl));
+                }
+            tk[0][hf] += row_sum(
+                [&](int j, int odd) { return smem_f32(sm.xs, sl, 8 * j + 2 * quad + odd) * acc[j][2 * hf + odd]; },
+                hf);
+            tk[3][hf] += row_sum(
+                [&](int j, int odd) {
+                    const int pl = 8 * j + 2 * quad + odd;
+                    return smem_f32(sm.dys, sl, pl) * smem_f32(sm.xs, sl, pl);
+                },
+                hf);
+        }
+        __syncthreads();  // xs, dys are restaged for the next p tile
+    }
+    const int64_t n_tok = a.batch * a.n_chunks * a.H * a.Q;
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf) {
+        const int sl = 16 * warp + grp + 8 * hf;
+        if (quad == 0 && sl < rows_s)
+#pragma unroll
+            for (int k = 0; k < 4; ++k) tok[k * n_tok + bch * a.Q + s0 + sl] = tk[k][hf];
+    }
+}
+
+// Per (b, chunk, head) (grid B·n_chunks·H): dcum[t] = Σ_{si ≤ t's tile} erow − Σ_{ti ≥ t's tile} ecol
+// (in tile order), the per-token sums from tok, then finish_backward_head_tc. Dynamic shared memory:
+// head_tc_vec_bytes(Q).
+template <typename T>
+__global__ void __launch_bounds__(kMmaThreads)
+    ssd_backward_finish_tc_kernel(Args<T> a, const float* states, const float* dS_all, const float* erow,
+                                  const float* ecol, const float* tok, T* ddt, float* part) {
+    __shared__ float red[kMmaThreads];
+    extern __shared__ float vecs[];
+    const int64_t bch = blockIdx.x, h = bch % a.H, c = bch / a.H % a.n_chunks, b = bch / (a.H * a.n_chunks);
+    const Chunk ch = chunk_of(a, b, c);
+    const int64_t L = ch.L, bh = b * a.H + h, nT = mma_tiles(a.Q), nT_L = mma_tiles(L);
+    const int64_t n_tok = a.batch * a.n_chunks * a.H * a.Q;
+    float* dcum = vecs;
+    float* xdx = vecs + a.Q;
+    float* qsum = xdx + a.Q;
+    float* rsum = qsum + a.Q;
+    double* cum = reinterpret_cast<double*>(vecs + 4 * a.Q);
+    float* dtv = reinterpret_cast<float*>(cum + a.Q);
+    float dD_acc = 0.0f;
+    for (int64_t t = threadIdx.x; t < L; t += blockDim.x) {
+        const int64_t tt = t / kSt;
+        float e = 0.0f;
+        for (int64_t si = 0; si <= tt; ++si) e += erow[(bch * nT + si) * a.Q + t];
+        for (int64_t ti = tt; ti < nT_L; ++ti) e -= ecol[(bch * nT + ti) * a.Q + t];
+        dcum[t] = e;
+        const int64_t at = bch * a.Q + t;
+        xdx[t] = tok[at];
+        qsum[t] = tok[n_tok + at];
+        rsum[t] = tok[2 * n_tok + at];
+        dD_acc += tok[3 * n_tok + at];
+        cum[t] = a.cum[bh * a.seqlen + ch.t0 + t];
+        dtv[t] = a.dtv[bh * a.seqlen + ch.t0 + t];
+    }
+    finish_backward_head_tc(a, ch, h, bch, states + bch * a.P * a.N, dS_all + bch * a.P * a.N, dD_acc, vecs, cum,
+                            dtv, red, ddt, part);
 }
 
 // dC (kDC) or dB per (b, chunk, group), as ssd_dbc_kernel; grid (B·n_chunks·G,
@@ -1489,7 +1858,7 @@ void ssd_forward(S* y, float* h_last, const SsdInputs<S>& in, const float* h0, c
     auto* out = reinterpret_cast<device_t<S>*>(y);
     if constexpr (std::is_same_v<S, uint16_t>) {
         if (tc) {
-            ssd_output_tc_kernel<<<tiled_grid(bch, mma_tiles(p.Q) * mma_tiles(p.P), "ssd_output_tc"),
+            ssd_output_tc_kernel<<<tiled_grid(bch, mma_tiles(p.Q), "ssd_output_tc"),
                                    kMmaThreads, 0, s>>>(a, ws.CB, states, out);
             check_launch<S>("ssd_output_tc");
             times.mark("output");
@@ -1526,16 +1895,24 @@ void backward_stages(const SsdGrads<S>& grads, const device_t<S>* dY, const Args
                 <<<grid_size<S>(total, "ssd_state_pass_grad"), kThreads, 0, s>>>(a, ws.dS, nullptr, nullptr);
             check_launch<S>("ssd_state_pass_grad");
             times.mark("state_pass_grad");
-            ssd_backward_head_tc_kernel<<<tiled_grid(bch, 1, "ssd_backward_head_tc"), kMmaThreads,
-                                          head_tc_vec_bytes(p.Q),
-                                          s>>>(a, dY, ws.CB, states, ws.dS, dx, ddt, ws.part);
+            // dCB and the E slots (always: dcum needs E), the per-s-tile head, the finish; then dC, dB.
+            check_cuda<S>(cudaFuncSetAttribute(ssd_dcb_tc_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                               int(sizeof(DcbSmem))),
+                          "cudaFuncSetAttribute", "ssd_dcb_tc");
+            ssd_dcb_tc_kernel<<<tiled_grid(bcg, mma_tiles(p.Q) * mma_tiles(p.Q), "ssd_dcb_tc"), kMmaThreads,
+                                sizeof(DcbSmem), s>>>(a, dY, ws.CB, ws.dCB, ws.erow, ws.ecol);
+            check_launch<S>("ssd_dcb_tc");
+            times.mark("dcb");
+            ssd_backward_head_tc_kernel<<<tiled_grid(bch, mma_tiles(p.Q), "ssd_backward_head_tc"), kMmaThreads, 0,
+                                          s>>>(a, dY, ws.CB, states, ws.dS, dx, ws.tok);
             check_launch<S>("ssd_backward_head_tc");
             times.mark("backward_head");
+            ssd_backward_finish_tc_kernel<<<tiled_grid(bch, 1, "ssd_backward_finish_tc"), kMmaThreads,
+                                            head_tc_vec_bytes(p.Q), s>>>(a, states, ws.dS, ws.erow, ws.ecol,
+                                                                         ws.tok, ddt, ws.part);
+            check_launch<S>("ssd_backward_finish_tc");
+            times.mark("backward_finish");
             if (dB || dC) {
-                ssd_dcb_tc_kernel<<<tiled_grid(bcg, mma_tiles(p.Q) * mma_tiles(p.Q), "ssd_dcb_tc"),
-                                    kMmaThreads, 0, s>>>(a, dY, ws.dCB);
-                check_launch<S>("ssd_dcb_tc");
-                times.mark("dcb");
                 const dim3 grid = tiled_grid(bcg, mma_tiles(p.Q) * mma_tiles(p.N), "ssd_dbc_tc");
                 if (dC) {
                     ssd_dbc_tc_kernel<true><<<grid, kMmaThreads, 0, s>>>(a, dY, ws.dCB, states, ws.dS, dC);
