@@ -6,6 +6,9 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
+#include <string>
+#include <utility>
 
 #include "core/error.h"
 #include "model/cuda_decoder_kernels.h"
@@ -34,6 +37,22 @@ __device__ __forceinline__ float warp_sum(float v) {
 }
 
 
+// Programmatic dependent launch (sm_90): a kernel launched with it may start while the one before
+// it in the stream finishes. Each of the step's own kernels lets its successor launch at once
+// (pdl_trigger) and waits for its predecessor's results (pdl_wait: the predecessor has completed
+// and its memory is visible) before it reads anything a kernel writes — decode_gemv first issues
+// its constant weight loads. Launched without the attribute, both are no-ops.
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_trigger() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
 // One block per row i: rotates the row's query heads in place (rows of q, stride ld) and writes its
 // key heads, rotated, and value heads to row pos[i] % L of slot slots[i] of the caches — RoPE (the
 // formula of ops::cuda::rope_apply_at: angles in double, the rotation in fp32, HF's rotate_half
@@ -45,6 +64,8 @@ __global__ void rope_kv_append_kernel(uint16_t* __restrict__ q, const uint16_t* 
                                       const int64_t* __restrict__ pos, int64_t L, int Hq, int Hkv, int Dh,
                                       int rotary_dim, double theta) {
     __shared__ float cs[64], sn[64];  // rotary_dim ≤ 128
+    pdl_trigger();
+    pdl_wait();
     const int64_t i = blockIdx.x;
     const int half = rotary_dim / 2;
     if (threadIdx.x < half) {
@@ -113,6 +134,8 @@ __global__ void __launch_bounds__(kSplitWarps * 32)
                            const int64_t* __restrict__ slots, const int64_t* __restrict__ pos, int64_t L, int Hq,
                            int Hkv, int Dh, float scale, int64_t window, bool alibi, int64_t C) {
     __shared__ float s_m[kSplitWarps], s_l[kSplitWarps], s_acc[kSplitWarps][DL * 32];
+    pdl_trigger();
+    pdl_wait();
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int h = blockIdx.x, hk = h / (Hq / Hkv), S = gridDim.z, split = blockIdx.z;
     const int64_t i = blockIdx.y, p = pos[i];
@@ -196,6 +219,8 @@ __global__ void __launch_bounds__(kSplitWarps * 32)
 // out (k, Hq, Dh) = Σ_split e^(m_s − M)·acc_s / Σ_split e^(m_s − M)·l_s. Block (h, i), Dh threads.
 __global__ void attention_combine_kernel(uint16_t* __restrict__ out, const float* __restrict__ part, int Hq,
                                          int Dh, int S) {
+    pdl_trigger();
+    pdl_wait();
     const int h = blockIdx.x;
     const int64_t i = blockIdx.y;
     const float* pp = part + (i * Hq + h) * int64_t(S) * (Dh + 2);
@@ -234,15 +259,43 @@ void check(const char* kernel) {
 
 }  // namespace
 
+namespace {
+
+// Launches kernel with programmatic dependent launch unless MSLM_DECODE_PDL=0 (read at each launch:
+// a graph replays what was captured).
+bool pdl_enabled() {
+    const char* env = std::getenv("MSLM_DECODE_PDL");
+    return !(env && std::string(env) == "0");
+}
+
+template <typename... Params, typename... Args>
+void launch(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, void* stream, const char* name,
+            Args&&... args) {
+    cudaLaunchConfig_t config{};
+    config.gridDim = grid;
+    config.blockDim = block;
+    config.dynamicSmemBytes = smem;
+    config.stream = static_cast<cudaStream_t>(stream);
+    cudaLaunchAttribute attribute{};
+    attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attribute.val.programmaticStreamSerializationAllowed = pdl_enabled() ? 1 : 0;
+    config.attrs = &attribute;
+    config.numAttrs = 1;
+    const cudaError_t err = cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...);
+    MSLM_CHECK(err == cudaSuccess, "CUDA kernel {}: launch: {}", name, cudaGetErrorString(err));
+    check(name);
+}
+
+}  // namespace
+
 void rope_kv_append(uint16_t* q, const uint16_t* k_src, const uint16_t* v_src, int64_t ld, uint16_t* k_cache,
                     uint16_t* v_cache, const int64_t* slots, const int64_t* pos, int64_t k, int64_t L, int64_t Hq,
                     int64_t Hkv, int64_t Dh, int64_t rotary_dim, double theta, void* stream) {
     if (k <= 0) return;
     MSLM_CHECK(k <= 2147483647 && rotary_dim >= 0 && rotary_dim <= 128 && rotary_dim % 2 == 0 && rotary_dim <= Dh,
                "rope_kv_append: {} rows, rotary_dim {}, head_dim {}", k, rotary_dim, Dh);
-    rope_kv_append_kernel<<<unsigned(k), 256, 0, static_cast<cudaStream_t>(stream)>>>(
-        q, k_src, v_src, ld, k_cache, v_cache, slots, pos, L, int(Hq), int(Hkv), int(Dh), int(rotary_dim), theta);
-    check("rope_kv_append");
+    launch(rope_kv_append_kernel, dim3(unsigned(k)), dim3(256), 0, stream, "rope_kv_append", q, k_src, v_src, ld,
+           k_cache, v_cache, slots, pos, L, int(Hq), int(Hkv), int(Dh), int(rotary_dim), theta);
 }
 
 int64_t attention_split_count(int64_t cache_len, int64_t window) {
@@ -265,19 +318,17 @@ void attention_decode_split(uint16_t* out, const uint16_t* q, int64_t ld_q, cons
     MSLM_CHECK(S <= 65535, "attention_decode_split: {} splits", S);
     auto s = static_cast<cudaStream_t>(stream);
     const dim3 grid(static_cast<unsigned>(Hq), static_cast<unsigned>(k), static_cast<unsigned>(S));
-    auto launch = [&](auto kernel) {
-        kernel<<<grid, kSplitWarps * 32, 0, s>>>(workspace, q, ld_q, k_cache, v_cache, slots, pos, cache_len, int(Hq),
-                                                int(Hkv), int(Dh), scale, window, alibi, kAttentionSplitKeys);
+    auto split = [&](auto kernel) {
+        launch(kernel, grid, dim3(kSplitWarps * 32), 0, s, "attention_split", workspace, q, ld_q, k_cache, v_cache,
+               slots, pos, cache_len, int(Hq), int(Hkv), int(Dh), scale, window, alibi, kAttentionSplitKeys);
     };
     const int64_t DL = (Dh + 31) / 32;
-    if (DL == 1) launch(attention_split_kernel<1>);
-    else if (DL == 2) launch(attention_split_kernel<2>);
-    else if (DL == 3) launch(attention_split_kernel<3>);
-    else launch(attention_split_kernel<4>);
-    check("attention_split");
-    attention_combine_kernel<<<dim3(unsigned(Hq), unsigned(k)), unsigned(std::min<int64_t>(Dh, 128)), 0, s>>>(
-        out, workspace, int(Hq), int(Dh), int(S));
-    check("attention_combine");
+    if (DL == 1) split(attention_split_kernel<1>);
+    else if (DL == 2) split(attention_split_kernel<2>);
+    else if (DL == 3) split(attention_split_kernel<3>);
+    else split(attention_split_kernel<4>);
+    launch(attention_combine_kernel, dim3(unsigned(Hq), unsigned(k)), dim3(unsigned(std::min<int64_t>(Dh, 128))), 0,
+           s, "attention_combine", out, static_cast<const float*>(workspace), int(Hq), int(Dh), int(S));
 }
 
 void gather_blocks(void* dst, const void* src, const int64_t* idx, int64_t n, size_t block_bytes, void* stream) {
@@ -408,10 +459,12 @@ __global__ void __launch_bounds__(kGemvWarps * 32) decode_gemv_kernel(DecodeGemv
     // The first weight row's first chunk, in flight while the prologue runs.
     const int64_t o0 = int64_t(blockIdx.x) * kGemvWarps + warp;
     uint4 first[kGemvUnroll], first2[kGemvUnroll];
+    pdl_trigger();
     if (o0 < a.O) {
         load_chunk(first, a.W + o0 * I, int64_t(lane) * 8, I);
         if (a.epi == DecodeEpilogue::SwiGLU) load_chunk(first2, a.W + (a.O + o0) * I, int64_t(lane) * 8, I);
     }
+    pdl_wait();  // the inputs are the previous kernels' outputs
     stage_rows(xs, a.x, a.ld_x, k, I);
     if (a.norm == DecodeNorm::Gated) stage_rows(zs, a.z, a.ld_z, k, I);
     if (a.norm != DecodeNorm::None) stage_rows(ws, a.norm_w, I, 1, I);
@@ -555,8 +608,7 @@ void decode_gemv(const DecodeGemv& a, void* stream) {
     // One wave: every block pays the prologue once, then strides over the rows.
     const int64_t blocks =
         std::min<int64_t>((a.O + kGemvWarps - 1) / kGemvWarps, int64_t(sms) * std::max(resident, 1));
-    decode_gemv_kernel<<<unsigned(blocks), kGemvWarps * 32, smem, static_cast<cudaStream_t>(stream)>>>(a);
-    check("decode_gemv");
+    launch(decode_gemv_kernel, dim3(unsigned(blocks)), dim3(kGemvWarps * 32), smem, stream, "decode_gemv", a);
 }
 
 }  // namespace mslm::cuda_decoder_detail

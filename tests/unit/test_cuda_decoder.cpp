@@ -358,32 +358,40 @@ TEST(CudaDecoderLong, PromptLongerThanAPrefillPiece) {
     expect_rows_close(lg, lc, V, "step after the long prompt");
 }
 
-// The captured CUDA graph replays the eager step's kernels: the same bits, step after step.
-TEST(CudaDecoderGraphs, GraphStepsEqualEagerSteps) {
-    SKIP_WITHOUT_GPU();
-    const ModelConfig cfg = mamba2_rope_partial();
-    auto model = random_model(cfg);
+// Steps of slots 0 and 1 after short prompts, every step's logits, with the environment `env` set
+// to `value` while the decoder is built and run (the switches are read at construction, capture
+// or launch).
+std::vector<float> logits_with(const HybridLM<float>& model, const char* env, const char* value) {
+    const ModelConfig& cfg = model.config();
     const int64_t V = cfg.vocab_size;
-    auto run = [&](const char* graphs) {
-        setenv("MSLM_CUDA_GRAPHS", graphs, 1);
-        CudaCausalLM gpu(*model);
-        unsetenv("MSLM_CUDA_GRAPHS");
-        gpu.start(2, cfg.max_seq_len);
-        std::vector<float> all, l(2 * V);
-        const std::vector<int32_t> p{1, 2, 3, 4, 5};
-        gpu.prefill(0, p, l.data(), nullptr);
-        gpu.prefill(1, std::vector<int32_t>{7}, l.data(), nullptr);
-        for (int t = 0; t < 6; ++t) {  // steps 0 and 1 are eager (warm-up, capture); the rest replay
-            const std::vector<int64_t> slots{0, 1};
-            const std::vector<int32_t> toks{static_cast<int32_t>(t % V), static_cast<int32_t>((3 * t + 1) % V)};
-            gpu.step(slots, toks, l.data(), nullptr);
-            all.insert(all.end(), l.begin(), l.end());
-        }
-        return all;
-    };
-    const std::vector<float> eager = run("0"), graphed = run("1");
+    setenv(env, value, 1);
+    CudaCausalLM gpu(model);
+    gpu.start(2, cfg.max_seq_len);
+    std::vector<float> all, l(2 * V);
+    const std::vector<int32_t> p{1, 2, 3, 4, 5};
+    gpu.prefill(0, p, l.data(), nullptr);
+    gpu.prefill(1, std::vector<int32_t>{7}, l.data(), nullptr);
+    for (int t = 0; t < 6; ++t) {  // with graphs: steps 0 and 1 are eager (warm-up, capture), the rest replay
+        const std::vector<int64_t> slots{0, 1};
+        const std::vector<int32_t> toks{static_cast<int32_t>(t % V), static_cast<int32_t>((3 * t + 1) % V)};
+        gpu.step(slots, toks, l.data(), nullptr);
+        all.insert(all.end(), l.begin(), l.end());
+    }
+    unsetenv(env);
+    return all;
+}
+
+// The captured CUDA graph replays the eager step's kernels, and programmatic dependent launch only
+// overlaps launches: the same bits, step after step.
+TEST(CudaDecoderGraphs, GraphStepsAndDependentLaunchesEqualEagerSteps) {
+    SKIP_WITHOUT_GPU();
+    auto model = random_model(mamba2_rope_partial());
+    const std::vector<float> eager = logits_with(*model, "MSLM_CUDA_GRAPHS", "0"),
+                             graphed = logits_with(*model, "MSLM_CUDA_GRAPHS", "1"),
+                             serial = logits_with(*model, "MSLM_DECODE_PDL", "0");
     ASSERT_EQ(eager.size(), graphed.size());
-    for (size_t i = 0; i < eager.size(); ++i) ASSERT_EQ(eager[i], graphed[i]) << "logit " << i;
+    for (size_t i = 0; i < eager.size(); ++i) ASSERT_EQ(eager[i], graphed[i]) << "graphs: logit " << i;
+    for (size_t i = 0; i < eager.size(); ++i) ASSERT_EQ(serial[i], graphed[i]) << "dependent launch: logit " << i;
 }
 
 TEST(CudaDecoderErrors, BadInputsAreRefused) {
