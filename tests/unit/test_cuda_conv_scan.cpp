@@ -13,7 +13,9 @@
 // - conv1d backward. g = dout · silu'(p) with p off by ≤ 9u · scale_pre and |silu''| ≤ 1/2, plus
 //   g's own ~10 roundings: ≤ 16u · gscale, gscale = |dout| · (silu_grad_scale(p) + scale_pre).
 //   dx adds K + 1 terms: 32u of |dx0| + Σ |w| · gscale. dw and dbias add ≤ 64 terms per chunk,
-//   then the chunks' partials in order, then the old value: (64 + parts + 17)u of their scale.
+//   then the chunks' partials in order, then the old value: (64 + parts + 17)u of their scale, parts
+//   = B · ⌈T / 64⌉. The fast kernels' chains are shorter: 16 terms per run, 8 runs per 128-token
+//   block, ≤ ⌈parts / 16⌉ partials per slice, 8 slices.
 // - scan forward. With a = Δ·A: Δ = softplus(raw + bias) is off by ≤ (|raw + bias| + 4)u relative
 //   (softplus'(x)·|x|/softplus(x) ≤ |x|, plus the roundings), A = −expf(A_log) by 2u, so a by
 //   ≤ 11.5u·|a| + ... and exp(a) by ≤ (11.5·|a| + 3)u relative. One step then errs by
@@ -35,6 +37,8 @@
 #include <cfloat>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
+#include <optional>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -105,10 +109,11 @@ double softplus_grad(double v) {
 struct ConvCase {
     int64_t B, T, C, K, ld_x;
     bool bias, silu;
+    size_t offset = 0;  // elements x and dx sit past an aligned base (1: misaligned)
     std::string name() const {
         return "B " + std::to_string(B) + ", T " + std::to_string(T) + ", C " + std::to_string(C) + ", K " +
                std::to_string(K) + ", ld_x " + std::to_string(ld_x) + (bias ? ", bias" : "") +
-               (silu ? ", silu" : "");
+               (silu ? ", silu" : "") + (offset ? ", offset " + std::to_string(offset) : "");
     }
 };
 
@@ -124,6 +129,21 @@ std::vector<ConvCase> conv_cases() {
                 for (bool bias : {false, true})
                     for (bool silu_on : {false, true}) cases.push_back({2, T, C, K, ld, bias, silu_on});
             }
+    return cases;
+}
+
+// The fast kernels' edges: the model's shape (C 1792 of rows of 3352, K 4) with T below K, at one
+// 16-token run, past it and past one 128-token block; K 1 to 8 (K > 4: compiled for one block per
+// SM); and the one-channel fallbacks: C not a multiple of the pack (1538: of 2, not of 4; 1537), a
+// row stride that is not (1541), x and dx one element past an aligned base.
+std::vector<ConvCase> conv_fast_path_cases() {
+    std::vector<ConvCase> cases;
+    for (int64_t T : {1, 3, 16, 17, 129, 300}) cases.push_back({2, T, 1792, 4, 3352, true, true});
+    for (int64_t K : {1, 3, 5, 8}) cases.push_back({3, 45, 64, K, 64, K % 2 == 1, K != 5});
+    cases.push_back({2, 40, 1538, 4, 1538, true, true});
+    cases.push_back({2, 40, 1537, 3, 1544, false, true});
+    cases.push_back({2, 40, 1536, 4, 1541, true, false});
+    cases.push_back({2, 40, 1536, 4, 1536, true, true, 1});
     return cases;
 }
 
@@ -162,85 +182,104 @@ struct ConvData {
 
 #endif  // MSLM_HAVE_CUDA
 
-TYPED_TEST(CudaConv1d, ForwardMatchesCpu) {
 #ifdef MSLM_HAVE_CUDA
-    using T = TypeParam;
-    Rng rng(11);
-    for (const ConvCase& c : conv_cases()) {
-        SCOPED_TRACE(c.name());
-        ConvData<T> d(c, rng);
-        const int64_t n = c.B * c.T * c.C;
-        std::vector<double> out(n), pre(n, 0.0);
-        ops::conv1d_causal_forward<double>(out.data(), pre.data(), d.xd.data(), c.ld_x, d.wd.data(),
-                                           d.bias_ref(), c.B, c.T, c.C, c.K, c.silu);
-        std::vector<double> scale_out(n);
-        for (int64_t i = 0; i < n; ++i)
-            scale_out[i] = c.silu ? 1.1 * d.scale_pre[i] + std::abs(out[i]) : d.scale_pre[i];
 
-        DeviceBuffer<T> dx(d.x), dw(d.w), dbias(d.bias), dout(n), dpre(n);
-        ops::cuda::conv1d_causal_forward(dout.get(), dpre.get(), dx.get(), c.ld_x, dw.get(),
-                                         c.bias ? dbias.get() : nullptr, c.B, c.T, c.C, c.K, c.silu);
-        EXPECT_TRUE(all_close(dout.download(), out, scale_out, 16 * kU));
-        if (c.silu) {
-            EXPECT_TRUE(all_close(dpre.download(), pre, d.scale_pre, 16 * kU)) << "pre";
+template <typename T>
+void expect_forward_matches_cpu(const ConvCase& c, Rng& rng) {
+    SCOPED_TRACE(c.name());
+    ConvData<T> d(c, rng);
+    const int64_t n = c.B * c.T * c.C;
+    std::vector<double> out(n), pre(n, 0.0);
+    ops::conv1d_causal_forward<double>(out.data(), pre.data(), d.xd.data(), c.ld_x, d.wd.data(), d.bias_ref(),
+                                       c.B, c.T, c.C, c.K, c.silu);
+    std::vector<double> scale_out(n);
+    for (int64_t i = 0; i < n; ++i)
+        scale_out[i] = c.silu ? 1.1 * d.scale_pre[i] + std::abs(out[i]) : d.scale_pre[i];
+
+    DeviceBuffer<T> dx(d.x, c.offset), dw(d.w), dbias(d.bias), dout(n), dpre(n);
+    ops::cuda::conv1d_causal_forward(dout.get(), dpre.get(), dx.get(), c.ld_x, dw.get(),
+                                     c.bias ? dbias.get() : nullptr, c.B, c.T, c.C, c.K, c.silu);
+    EXPECT_TRUE(all_close(dout.download(), out, scale_out, 16 * kU));
+    if (c.silu) {
+        EXPECT_TRUE(all_close(dpre.download(), pre, d.scale_pre, 16 * kU)) << "pre";
+    }
+}
+
+template <typename T>
+void expect_backward_matches_cpu(const ConvCase& c, Rng& rng) {
+    SCOPED_TRACE(c.name());
+    ConvData<T> d(c, rng);
+    const int64_t n = c.B * c.T * c.C;
+    const auto dout = random_values<T>(rng, n, -1.0, 1.0);
+    const auto dx0 = random_values<T>(rng, c.B * c.T * c.ld_x, -1.0, 1.0);  // padding columns too
+    const auto dw0 = random_values<T>(rng, c.C * c.K, -1.0, 1.0);
+    const auto dbias0 = random_values<T>(rng, c.C, -1.0, 1.0);
+    const auto doutd = decode_all(dout);
+    std::vector<double> dx = decode_all(dx0), dw = decode_all(dw0), dbias = decode_all(dbias0);
+    ops::conv1d_causal_backward<double>(dx.data(), dw.data(), dbias.data(), doutd.data(), d.xd.data(), c.ld_x,
+                                        d.wd.data(), d.bias_ref(), c.B, c.T, c.C, c.K, c.silu);
+
+    std::vector<double> gscale(n);
+    for (int64_t i = 0; i < n; ++i)
+        gscale[i] = std::abs(doutd[i]) * (c.silu ? silu_grad_scale(d.p[i]) + d.scale_pre[i] : 1.0);
+    std::vector<double> sdx = decode_all(dx0), sdw = decode_all(dw0), sdb = decode_all(dbias0);
+    for (auto* v : {&sdx, &sdw, &sdb})
+        for (double& s : *v) s = std::abs(s);
+    for (int64_t row = 0; row < c.B * c.T; ++row) {
+        const int64_t t = row % c.T;
+        for (int64_t ch = 0; ch < c.C; ++ch) {
+            const double gs = gscale[row * c.C + ch];
+            sdb[ch] += gs;
+            for (int64_t k = std::max<int64_t>(0, c.K - 1 - t); k < c.K; ++k) {
+                const int64_t src = (row - (c.K - 1) + k) * c.ld_x + ch;
+                sdw[ch * c.K + k] += gs * std::abs(d.xd[src]);
+                sdx[src] += gs * std::abs(d.wd[ch * c.K + k]);
+            }
         }
     }
+    const double parts = double(c.B * ((c.T + 63) / 64));
+
+    DeviceBuffer<T> x(d.x, c.offset), w(d.w), bias(d.bias), g_out(dout), g_x(dx0, c.offset), g_w(dw0),
+        g_b(dbias0);
+    const size_t ws_bytes = ops::cuda::conv1d_causal_backward_workspace_bytes(c.B, c.T, c.C, c.K);
+    DeviceBuffer<float> ws(ws_bytes / sizeof(float));
+    ops::cuda::conv1d_causal_backward(g_x.get(), g_w.get(), g_b.get(), g_out.get(), x.get(), c.ld_x, w.get(),
+                                      c.bias ? bias.get() : nullptr, c.B, c.T, c.C, c.K, c.silu, ws.get(),
+                                      ws_bytes);
+    EXPECT_TRUE(all_close(g_x.download(), dx, sdx, 32 * kU)) << "dx";
+    EXPECT_TRUE(all_close(g_w.download(), dw, sdw, (64 + parts + 17) * kU)) << "dw";
+    EXPECT_TRUE(all_close(g_b.download(), dbias, sdb, (64 + parts + 17) * kU)) << "dbias";
+
+    // dx alone needs no workspace.
+    DeviceBuffer<T> g_x2(dx0, c.offset);
+    ops::cuda::conv1d_causal_backward<T>(g_x2.get(), nullptr, nullptr, g_out.get(), x.get(), c.ld_x, w.get(),
+                                         c.bias ? bias.get() : nullptr, c.B, c.T, c.C, c.K, c.silu, nullptr,
+                                         0);
+    EXPECT_TRUE(all_equal(g_x2.download(), g_x.download())) << "dx alone";
+}
+
+#endif  // MSLM_HAVE_CUDA
+
+TYPED_TEST(CudaConv1d, ForwardMatchesCpu) {
+#ifdef MSLM_HAVE_CUDA
+    Rng rng(11);
+    for (const ConvCase& c : conv_cases()) expect_forward_matches_cpu<TypeParam>(c, rng);
 #endif
 }
 
 TYPED_TEST(CudaConv1d, BackwardAccumulatesEveryGradient) {
 #ifdef MSLM_HAVE_CUDA
-    using T = TypeParam;
     Rng rng(12);
-    for (const ConvCase& c : conv_cases()) {
-        SCOPED_TRACE(c.name());
-        ConvData<T> d(c, rng);
-        const int64_t n = c.B * c.T * c.C;
-        const auto dout = random_values<T>(rng, n, -1.0, 1.0);
-        const auto dx0 = random_values<T>(rng, c.B * c.T * c.ld_x, -1.0, 1.0);  // padding columns too
-        const auto dw0 = random_values<T>(rng, c.C * c.K, -1.0, 1.0);
-        const auto dbias0 = random_values<T>(rng, c.C, -1.0, 1.0);
-        const auto doutd = decode_all(dout);
-        std::vector<double> dx = decode_all(dx0), dw = decode_all(dw0), dbias = decode_all(dbias0);
-        ops::conv1d_causal_backward<double>(dx.data(), dw.data(), dbias.data(), doutd.data(), d.xd.data(),
-                                            c.ld_x, d.wd.data(), d.bias_ref(), c.B, c.T, c.C, c.K, c.silu);
+    for (const ConvCase& c : conv_cases()) expect_backward_matches_cpu<TypeParam>(c, rng);
+#endif
+}
 
-        std::vector<double> gscale(n);
-        for (int64_t i = 0; i < n; ++i)
-            gscale[i] = std::abs(doutd[i]) * (c.silu ? silu_grad_scale(d.p[i]) + d.scale_pre[i] : 1.0);
-        std::vector<double> sdx = decode_all(dx0), sdw = decode_all(dw0), sdb = decode_all(dbias0);
-        for (auto* v : {&sdx, &sdw, &sdb})
-            for (double& s : *v) s = std::abs(s);
-        for (int64_t row = 0; row < c.B * c.T; ++row) {
-            const int64_t t = row % c.T;
-            for (int64_t ch = 0; ch < c.C; ++ch) {
-                const double gs = gscale[row * c.C + ch];
-                sdb[ch] += gs;
-                for (int64_t k = std::max<int64_t>(0, c.K - 1 - t); k < c.K; ++k) {
-                    const int64_t src = (row - (c.K - 1) + k) * c.ld_x + ch;
-                    sdw[ch * c.K + k] += gs * std::abs(d.xd[src]);
-                    sdx[src] += gs * std::abs(d.wd[ch * c.K + k]);
-                }
-            }
-        }
-        const double parts = double(c.B * ((c.T + 63) / 64));
-
-        DeviceBuffer<T> x(d.x), w(d.w), bias(d.bias), g_out(dout), g_x(dx0), g_w(dw0), g_b(dbias0);
-        const size_t ws_bytes = ops::cuda::conv1d_causal_backward_workspace_bytes(c.B, c.T, c.C, c.K);
-        DeviceBuffer<float> ws(ws_bytes / sizeof(float));
-        ops::cuda::conv1d_causal_backward(g_x.get(), g_w.get(), g_b.get(), g_out.get(), x.get(), c.ld_x,
-                                          w.get(), c.bias ? bias.get() : nullptr, c.B, c.T, c.C, c.K, c.silu,
-                                          ws.get(), ws_bytes);
-        EXPECT_TRUE(all_close(g_x.download(), dx, sdx, 32 * kU)) << "dx";
-        EXPECT_TRUE(all_close(g_w.download(), dw, sdw, (64 + parts + 17) * kU)) << "dw";
-        EXPECT_TRUE(all_close(g_b.download(), dbias, sdb, (64 + parts + 17) * kU)) << "dbias";
-
-        // dx alone needs no workspace.
-        DeviceBuffer<T> g_x2(dx0);
-        ops::cuda::conv1d_causal_backward<T>(g_x2.get(), nullptr, nullptr, g_out.get(), x.get(), c.ld_x,
-                                             w.get(), c.bias ? bias.get() : nullptr, c.B, c.T, c.C, c.K,
-                                             c.silu, nullptr, 0);
-        EXPECT_TRUE(all_equal(g_x2.download(), g_x.download())) << "dx alone";
+TYPED_TEST(CudaConv1d, FastPathEdgesMatchCpu) {
+#ifdef MSLM_HAVE_CUDA
+    Rng rng(15);
+    for (const ConvCase& c : conv_fast_path_cases()) {
+        expect_forward_matches_cpu<TypeParam>(c, rng);
+        expect_backward_matches_cpu<TypeParam>(c, rng);
     }
 #endif
 }
@@ -249,52 +288,58 @@ TYPED_TEST(CudaConv1d, BackwardAccumulatesEveryGradient) {
 
 // Feeding the tokens one at a time through the update gives the forward's bits, and leaves the last
 // K − 1 inputs (zeros before the start) in the window.
+template <typename T>
+void expect_update_matches_forward(const ConvCase& c, Rng& rng) {
+    SCOPED_TRACE(c.name());
+    ConvData<T> d(c, rng);
+    const int64_t n = c.B * c.T * c.C, S = c.B + 2, W = c.K - 1;
+    DeviceBuffer<T> x(d.x, c.offset), w(d.w), bias(d.bias), out(n);
+    const T* bias_p = c.bias ? bias.get() : nullptr;
+    ops::cuda::conv1d_causal_forward(out.get(), static_cast<T*>(nullptr), x.get(), c.ld_x, w.get(), bias_p,
+                                     c.B, c.T, c.C, c.K, c.silu);
+    const auto want = out.download();
+
+    std::vector<int64_t> slots(c.B);
+    for (int64_t b = 0; b < c.B; ++b) slots[b] = S - 1 - b;  // reversed, slot 0 unused
+    const auto state0 = random_values<T>(rng, S * W * c.C, -1.0, 1.0);
+    std::vector<T> state_init = state0;
+    for (int64_t b = 0; b < c.B; ++b)
+        std::fill_n(state_init.begin() + slots[b] * W * c.C, W * c.C, encode<T>(0.0));
+    DeviceBuffer<T> state(state_init), step_out(c.B * c.C);
+    DeviceBuffer<int64_t> d_slots(slots);
+    std::vector<T> got(n);
+    for (int64_t t = 0; t < c.T; ++t) {
+        // Row b of this step is token t of sequence b: stride T rows of x.
+        ops::cuda::conv1d_causal_update(step_out.get(), state.get(), d_slots.get(), x.get() + t * c.ld_x,
+                                        c.T * c.ld_x, w.get(), bias_p, c.B, c.C, c.K, c.silu);
+        const auto o = step_out.download();
+        for (int64_t b = 0; b < c.B; ++b)
+            std::copy_n(o.begin() + b * c.C, c.C, got.begin() + (b * c.T + t) * c.C);
+    }
+    EXPECT_TRUE(all_equal(got, want));
+
+    std::vector<T> want_state = state_init;
+    for (int64_t b = 0; b < c.B; ++b)
+        for (int64_t j = 0; j < W; ++j) {
+            const int64_t t = c.T - W + j;  // window row j holds token T − (K − 1) + j
+            for (int64_t ch = 0; ch < c.C; ++ch)
+                want_state[(slots[b] * W + j) * c.C + ch] =
+                    t >= 0 ? d.x[(b * c.T + t) * c.ld_x + ch] : encode<T>(0.0);
+        }
+    EXPECT_TRUE(all_equal(state.download(), want_state)) << "window";
+}
+
 #endif  // MSLM_HAVE_CUDA
 
 TYPED_TEST(CudaConv1d, UpdateMatchesForwardBitwise) {
 #ifdef MSLM_HAVE_CUDA
-    using T = TypeParam;
     Rng rng(13);
     for (const ConvCase& c : conv_cases()) {
         if (c.T > 7 && c.C > 33) continue;  // T kernel launches each; the short cases cover the logic
-        SCOPED_TRACE(c.name());
-        ConvData<T> d(c, rng);
-        const int64_t n = c.B * c.T * c.C, S = c.B + 2, W = c.K - 1;
-        DeviceBuffer<T> x(d.x), w(d.w), bias(d.bias), out(n);
-        const T* bias_p = c.bias ? bias.get() : nullptr;
-        ops::cuda::conv1d_causal_forward(out.get(), static_cast<T*>(nullptr), x.get(), c.ld_x, w.get(),
-                                         bias_p, c.B, c.T, c.C, c.K, c.silu);
-        const auto want = out.download();
-
-        std::vector<int64_t> slots(c.B);
-        for (int64_t b = 0; b < c.B; ++b) slots[b] = S - 1 - b;  // reversed, slot 0 unused
-        const auto state0 = random_values<T>(rng, S * W * c.C, -1.0, 1.0);
-        std::vector<T> state_init = state0;
-        for (int64_t b = 0; b < c.B; ++b)
-            std::fill_n(state_init.begin() + slots[b] * W * c.C, W * c.C, encode<T>(0.0));
-        DeviceBuffer<T> state(state_init), step_out(c.B * c.C);
-        DeviceBuffer<int64_t> d_slots(slots);
-        std::vector<T> got(n);
-        for (int64_t t = 0; t < c.T; ++t) {
-            // Row b of this step is token t of sequence b: stride T rows of x.
-            ops::cuda::conv1d_causal_update(step_out.get(), state.get(), d_slots.get(), x.get() + t * c.ld_x,
-                                            c.T * c.ld_x, w.get(), bias_p, c.B, c.C, c.K, c.silu);
-            const auto o = step_out.download();
-            for (int64_t b = 0; b < c.B; ++b)
-                std::copy_n(o.begin() + b * c.C, c.C, got.begin() + (b * c.T + t) * c.C);
-        }
-        EXPECT_TRUE(all_equal(got, want));
-
-        std::vector<T> want_state = state_init;
-        for (int64_t b = 0; b < c.B; ++b)
-            for (int64_t j = 0; j < W; ++j) {
-                const int64_t t = c.T - W + j;  // window row j holds token T − (K − 1) + j
-                for (int64_t ch = 0; ch < c.C; ++ch)
-                    want_state[(slots[b] * W + j) * c.C + ch] =
-                        t >= 0 ? d.x[(b * c.T + t) * c.ld_x + ch] : encode<T>(0.0);
-            }
-        EXPECT_TRUE(all_equal(state.download(), want_state)) << "window";
+        expect_update_matches_forward<TypeParam>(c, rng);
     }
+    for (const ConvCase& c : conv_fast_path_cases())
+        if (c.T <= 17) expect_update_matches_forward<TypeParam>(c, rng);
 #endif
 }
 
@@ -336,6 +381,81 @@ TYPED_TEST(CudaConv1d, UpdateMatchesCpuFromAFullWindow) {
                     want_state[i] = encode<T>(state[i]);  // copies: exact
                 EXPECT_TRUE(all_equal(d_state.download(), want_state)) << "window";
             }
+#endif
+}
+
+#ifdef MSLM_HAVE_CUDA
+
+// Sets MSLM_CONV_FAST for a scope, restoring what was there.
+class ScopedConvFast {
+public:
+    explicit ScopedConvFast(const char* value) {
+        if (const char* old = std::getenv(kName)) old_ = old;
+        setenv(kName, value, 1);
+    }
+    ~ScopedConvFast() {
+        if (old_) {
+            setenv(kName, old_->c_str(), 1);
+        } else {
+            unsetenv(kName);
+        }
+    }
+    ScopedConvFast(const ScopedConvFast&) = delete;
+    ScopedConvFast& operator=(const ScopedConvFast&) = delete;
+
+private:
+    static constexpr const char* kName = "MSLM_CONV_FAST";
+    std::optional<std::string> old_;
+};
+
+#endif  // MSLM_HAVE_CUDA
+
+// The fast kernels run the one-element kernels' fma chains (MSLM_CONV_FAST=0 selects those): out,
+// pre and dx are the same numbers (the forward's taps before the sequence start are fma with zeros
+// instead of skipped, which can only flip the sign of a zero). dw and dbias are summed in another
+// order (checked against the CPU above) but give the same bits on every call.
+TYPED_TEST(CudaConv1d, FastKernelsMatchTheOneElementKernels) {
+#ifdef MSLM_HAVE_CUDA
+    using T = TypeParam;
+    Rng rng(16);
+    for (const ConvCase& c : conv_fast_path_cases()) {
+        if (c.T < 17) continue;
+        SCOPED_TRACE(c.name());
+        ConvData<T> d(c, rng);
+        const int64_t n = c.B * c.T * c.C;
+        const auto dout = random_values<T>(rng, n, -1.0, 1.0);
+        const auto dx0 = random_values<T>(rng, c.B * c.T * c.ld_x, -1.0, 1.0);
+        DeviceBuffer<T> x(d.x, c.offset), w(d.w), bias(d.bias), g_out(dout);
+        const T* bias_p = c.bias ? bias.get() : nullptr;
+        const size_t ws_bytes = ops::cuda::conv1d_causal_backward_workspace_bytes(c.B, c.T, c.C, c.K);
+        DeviceBuffer<float> ws(ws_bytes / sizeof(float));
+        struct Result {
+            std::vector<T> out, pre, dx, dw, dbias;
+        };
+        auto run = [&] {
+            DeviceBuffer<T> out(n), pre(n), g_x(dx0, c.offset), g_w(c.C * c.K), g_b(c.C);
+            ops::cuda::conv1d_causal_forward(out.get(), pre.get(), x.get(), c.ld_x, w.get(), bias_p, c.B, c.T,
+                                             c.C, c.K, c.silu);
+            ops::cuda::conv1d_causal_backward(g_x.get(), g_w.get(), g_b.get(), g_out.get(), x.get(), c.ld_x,
+                                              w.get(), bias_p, c.B, c.T, c.C, c.K, c.silu, ws.get(),
+                                              ws_bytes);
+            return Result{out.download(), pre.download(), g_x.download(), g_w.download(), g_b.download()};
+        };
+        Result old;
+        {
+            ScopedConvFast one_element("0");
+            old = run();
+        }
+        ScopedConvFast fast("1");
+        const Result got = run(), again = run();
+        EXPECT_TRUE(all_equal(got.out, old.out)) << "out";
+        if (c.silu) {
+            EXPECT_TRUE(all_equal(got.pre, old.pre)) << "pre";
+        }
+        EXPECT_TRUE(all_equal(got.dx, old.dx)) << "dx";
+        EXPECT_EQ(got.dw, again.dw) << "dw bits";
+        EXPECT_EQ(got.dbias, again.dbias) << "dbias bits";
+    }
 #endif
 }
 

@@ -1,18 +1,35 @@
 // Causal depthwise conv1d on CUDA. Channels are the fastest index everywhere, so the threads of a
 // warp handle consecutive channels and every load of x, dout or the window is coalesced.
+// Fast kernels (the default; MSLM_CONV_FAST=0 selects the one-element kernels below them, kept for
+// the ablation and for K > 8 in the forward):
+// - forward: thread (pack of 8 bytes of channels, run of kRun = 16 tokens) slides the K-row window of
+//   x over its run in registers, in groups of 8 tokens whose loads are issued before their stores
+//   (the K − 1 rows before the run go with the first group); it stores out (and pre) by packs.
+// - backward: thread (2 channels, run) walks its run plus K − 1 rows with the last K rows of x and
+//   of the pre-activation gradient g in registers, in groups of 8 tokens whose x, dout and dx loads
+//   are issued before any store; dx gets the old walk's bits. dw and dbias sums stay in registers per
+//   run; the block adds its 8 runs in order into one partial per (128-token chunk, channel) and a
+//   second kernel adds the partials in fixed slices and the slices in order.
+// - Unaligned pointers or strides, or a channel count that is not a multiple of the pack, take the
+//   same kernels with one channel per thread.
+// One-element kernels:
 // - forward: one thread per output (b, t, c); K taps from L1/L2.
 // - backward: one thread per (sequence chunk of kChunk rows, channel) walks its rows in order with
 //   the last K inputs and the last K pre-activation gradients in registers (K is a template
 //   parameter), writes dx once per row and leaves its dw and dbias partial sums in the workspace;
-//   a second kernel adds the partials in chunk order. No float atomics: the bits do not depend on
-//   the device or the scheduling.
+//   a second kernel adds the partials in chunk order.
 // - update: one thread per (row, channel).
-// Taps are summed with explicit fmaf in k order in forward, backward and update, so the update
-// gives the forward's bits and the backward's recomputed pre-activation is the forward's.
+// No float atomics anywhere: the bits do not depend on the device or the scheduling. Taps are summed
+// with explicit fmaf in k order in forward, backward and update, so the update gives the forward's
+// bits and the backward's recomputed pre-activation is the forward's.
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <climits>
+#include <cstdlib>
+#include <initializer_list>
+#include <string_view>
 
 #include "core/error.h"
 #include "ops/cuda/common.cuh"
@@ -152,6 +169,274 @@ __global__ void conv_update_kernel(D* out, D* state, const int64_t* slots, const
     }
 }
 
+// ---- fast path: each thread takes V channels (one pack) of a run of kRun tokens
+
+// Tokens per thread. The K − 1 rows of x before the run (and, in the backward, K − 1 rows past it)
+// are loaded again, mostly from L2, by the neighbouring run: 3/16 more loads of x for K = 4.
+constexpr int kRun = 16;
+// Runs per block (blockDim.y); blockDim.x = 32 packs of channels, so a warp reads 32 consecutive
+// packs of a row.
+constexpr int kRunsPerBlock = 8;
+constexpr int kFastThreads = 32 * kRunsPerBlock;
+// Tokens per block, and per dw/dbias partial of the fast backward.
+constexpr int64_t kFastChunk = int64_t(kRun) * kRunsPerBlock;
+// Tokens whose loads (x; in the backward also dout and dx) are issued together before any of their
+// stores: one memory latency per group.
+constexpr int kGroup = 8;
+// dw/dbias partials are summed by kSlices threads per column, each over a contiguous, fixed range of
+// partials in order, then the slices in order: the order depends on the shape alone.
+constexpr int kSlices = 8;
+// Blocks per SM the fast kernels are compiled for: 2 (≤ 128 registers) for K ≤ 4, 1 above, where
+// the K·V taps, window and dw sums need more.
+constexpr int min_blocks(int K) {
+    return K <= 4 ? 2 : 1;
+}
+
+int64_t n_fast_chunks(int64_t Tn) {
+    return (Tn + kFastChunk - 1) / kFastChunk;
+}
+
+// Channels per thread. Per channel a thread holds K taps and K window rows in fp32 (the backward
+// also K rows of g and K dw sums), so wider packs cost registers, and ptxas (-Xptxas -v, sm_90) puts
+// 16-byte bf16 packs at 166–255 registers with spills in the backward: one block of 256 threads per
+// SM, 16–32 KB of loads in flight. 8-byte packs in the forward (4 bf16, 2 f32) and 2 channels in the
+// backward keep K ≤ 4 at ≤ 128 registers, no spills: two blocks per SM, 32–48 KB in flight.
+template <typename D>
+constexpr int forward_vec() {
+    return int(8 / sizeof(D));
+}
+template <typename D>
+constexpr int backward_vec() {
+    return 2;
+}
+
+template <typename D, int V>
+__device__ __forceinline__ Pack<D, V> zero_pack() {
+    Pack<D, V> p;
+#pragma unroll
+    for (int i = 0; i < V; ++i) p.v[i] = from_f32<D>(0.0f);
+    return p;
+}
+
+// The run of thread (threadIdx.x, threadIdx.y) in block (j, channel tile): sequence b, tokens
+// [t0, t1), channels [c0, c0 + V). Block j covers tokens [chunk · kFastChunk, + kFastChunk) of
+// sequence b = j / chunks.
+struct Run {
+    int64_t b, t0, t1, c0;
+    bool active;
+};
+
+template <int V>
+__device__ __forceinline__ Run run_of(int64_t Tn, int64_t C, int64_t chunks) {
+    Run r;
+    const int64_t j = blockIdx.x;
+    r.b = j / chunks;
+    r.t0 = (j - r.b * chunks) * kFastChunk + int64_t(threadIdx.y) * kRun;
+    r.t1 = min(Tn, r.t0 + kRun);
+    r.c0 = (int64_t(blockIdx.y) * 32 + threadIdx.x) * V;
+    r.active = r.c0 < C && r.t0 < Tn;
+    return r;
+}
+
+// The taps and bias of channels [c0, c0 + V) in fp32.
+template <int K, int V, typename D>
+__device__ __forceinline__ void load_taps(float (&wk)[K][V], float (&b_c)[V], const D* w, const D* bias,
+                                          int64_t c0) {
+#pragma unroll
+    for (int i = 0; i < V; ++i) {
+#pragma unroll
+        for (int k = 0; k < K; ++k) wk[k][i] = to_f32(w[(c0 + i) * K + k]);
+        b_c[i] = bias ? to_f32(bias[c0 + i]) : 0.0f;
+    }
+}
+
+// bias + Σ_k w[k] · win[k], fma in k order: the forward's and the update's pre-activation.
+template <int K, int V, typename D>
+__device__ __forceinline__ float pre_activation(const float (&wk)[K][V], const float (&b_c)[V],
+                                                const Pack<D, V> (&win)[K], int i) {
+    float acc = b_c[i];
+#pragma unroll
+    for (int k = 0; k < K; ++k) acc = fmaf(wk[k][i], to_f32(win[k].v[i]), acc);
+    return acc;
+}
+
+// win[i] = x[t − (K − 1) + i] after the shift that takes in x[t].
+template <int K, typename P>
+__device__ __forceinline__ void shift_in(P (&win)[K], const P& next) {
+#pragma unroll
+    for (int k = 0; k + 1 < K; ++k) win[k] = win[k + 1];
+    win[K - 1] = next;
+}
+
+// Thread (pack, run) walks its run with the window of its K last x rows in registers; rows before
+// the sequence start are zeros (fma with 0 leaves the sum as the update's zero window does).
+template <int K, int V, typename D>
+__global__ void __launch_bounds__(kFastThreads, min_blocks(K))
+    conv_forward_run_kernel(D* out, D* pre, const D* x, int64_t ld_x, const D* w, const D* bias, int64_t Tn,
+                            int64_t C, bool silu_out, int64_t chunks) {
+    using P = Pack<D, V>;
+    const Run r = run_of<V>(Tn, C, chunks);
+    if (!r.active) return;
+    float wk[K][V], b_c[V];
+    load_taps(wk, b_c, w, bias, r.c0);
+    const D* xb = x + r.b * Tn * ld_x + r.c0;  // row t at xb + t · ld_x
+    const int64_t ob = r.b * Tn * C + r.c0;    // row t of out and pre at ob + t · C
+    P win[K];
+#pragma unroll
+    for (int k = 1; k < K; ++k) {
+        const int64_t t = r.t0 - K + k;  // rows t0 − (K − 1) .. t0 − 1; win[0] is shifted out unused
+        win[k] = t >= 0 ? load<V>(xb + t * ld_x) : zero_pack<D, V>();
+    }
+    for (int64_t tg = r.t0; tg < r.t1; tg += kGroup) {
+        P xs[kGroup];
+#pragma unroll
+        for (int u = 0; u < kGroup; ++u)
+            xs[u] = tg + u < r.t1 ? load<V>(xb + (tg + u) * ld_x) : zero_pack<D, V>();
+#pragma unroll
+        for (int u = 0; u < kGroup; ++u) {
+            const int64_t t = tg + u;
+            if (t >= r.t1) break;
+            shift_in(win, xs[u]);
+            P o, p;
+#pragma unroll
+            for (int i = 0; i < V; ++i) {
+                float acc = pre_activation(wk, b_c, win, i);
+                if (silu_out) {
+                    p.v[i] = from_f32<D>(acc);
+                    acc = silu(acc);
+                }
+                o.v[i] = from_f32<D>(acc);
+            }
+            store(out + ob + t * C, o);
+            if (silu_out && pre) store(pre + ob + t * C, p);
+        }
+    }
+}
+
+// Thread (pack, run) walks tokens t = t0 .. t1 + K − 2 with the last K rows of x and of g = d loss /
+// d pre-activation in registers (rows ≥ T are zeros): step t adds g_t to dw and dbias when t < t1 and
+// finishes dx[s], s = t − (K − 1) ≥ t0, from g[s .. s + K − 1] — the walk of conv_backward_kernel on
+// a run of kRun tokens, so dx gets its bits. The block then adds its kRunsPerBlock runs' dw and dbias
+// in run order and writes one partial per (block, channel): part (B · chunks, K + 1, C).
+template <int K, int V, typename D>
+__global__ void __launch_bounds__(kFastThreads, min_blocks(K))
+    conv_backward_run_kernel(D* dx, float* part, const D* dout, const D* x, int64_t ld_x, const D* w,
+                             const D* bias, int64_t Tn, int64_t C, bool silu_in, int64_t chunks) {
+    using P = Pack<D, V>;
+    constexpr int kTile = 32 * V;  // channels per block
+    __shared__ float red[kRunsPerBlock][K + 1][kTile];
+    const Run r = run_of<V>(Tn, C, chunks);
+    float dw_acc[K][V], db_acc[V];
+#pragma unroll
+    for (int i = 0; i < V; ++i) {
+        db_acc[i] = 0.0f;
+#pragma unroll
+        for (int k = 0; k < K; ++k) dw_acc[k][i] = 0.0f;
+    }
+    if (r.active) {
+        float wk[K][V], b_c[V], g_win[K][V];
+        load_taps(wk, b_c, w, bias, r.c0);
+        const int64_t xb = r.b * Tn * ld_x + r.c0;  // row t of x and dx at xb + t · ld_x
+        const int64_t gb = r.b * Tn * C + r.c0;     // row t of dout at gb + t · C
+        P x_win[K];
+#pragma unroll
+        for (int k = 0; k < K; ++k) {
+#pragma unroll
+            for (int i = 0; i < V; ++i) g_win[k][i] = 0.0f;
+            const int64_t t = r.t0 - K + k;
+            x_win[k] = k > 0 && t >= 0 ? load<V>(x + xb + t * ld_x) : zero_pack<D, V>();
+        }
+        const int64_t t_end = r.t1 + K - 1, t_in = min(t_end, Tn);  // walk end; rows read below t_in
+        for (int64_t tg = r.t0; tg < t_end; tg += kGroup) {
+            P xs[kGroup], gs[kGroup], dxs[kGroup];
+#pragma unroll
+            for (int u = 0; u < kGroup; ++u) {
+                const int64_t t = tg + u, s = t - (K - 1);
+                const bool in = t < t_in;
+                xs[u] = in ? load<V>(x + xb + t * ld_x) : zero_pack<D, V>();
+                gs[u] = in ? load<V>(dout + gb + t * C) : zero_pack<D, V>();
+                dxs[u] = dx && s >= r.t0 && t < t_end ? load<V>(dx + xb + s * ld_x) : zero_pack<D, V>();
+            }
+#pragma unroll
+            for (int u = 0; u < kGroup; ++u) {
+                const int64_t t = tg + u, s = t - (K - 1);
+                if (t >= t_end) break;
+                shift_in(x_win, xs[u]);
+                float g[V];
+#pragma unroll
+                for (int i = 0; i < V; ++i) {
+                    g[i] = to_f32(gs[u].v[i]);
+                    if (silu_in) g[i] *= silu_grad(pre_activation(wk, b_c, x_win, i));
+#pragma unroll
+                    for (int k = 0; k + 1 < K; ++k) g_win[k][i] = g_win[k + 1][i];
+                    g_win[K - 1][i] = g[i];
+                }
+                if (t < r.t1) {
+#pragma unroll
+                    for (int i = 0; i < V; ++i) {
+                        db_acc[i] += g[i];
+#pragma unroll
+                        for (int k = 0; k < K; ++k)
+                            dw_acc[k][i] = fmaf(g[i], to_f32(x_win[k].v[i]), dw_acc[k][i]);
+                    }
+                }
+                if (dx && s >= r.t0) {
+#pragma unroll
+                    for (int i = 0; i < V; ++i) {
+                        float acc = 0.0f;
+#pragma unroll
+                        for (int k = 0; k < K; ++k) acc = fmaf(g_win[K - 1 - k][i], wk[k][i], acc);
+                        dxs[u].v[i] = from_f32<D>(to_f32(dxs[u].v[i]) + acc);
+                    }
+                    store(dx + xb + s * ld_x, dxs[u]);
+                }
+            }
+        }
+    }
+    if (!part) return;  // uniform over the grid
+#pragma unroll
+    for (int i = 0; i < V; ++i) {
+#pragma unroll
+        for (int k = 0; k < K; ++k) red[threadIdx.y][k][threadIdx.x * V + i] = dw_acc[k][i];
+        red[threadIdx.y][K][threadIdx.x * V + i] = db_acc[i];
+    }
+    __syncthreads();
+    const int64_t tile_c0 = int64_t(blockIdx.y) * kTile;
+    float* pj = part + int64_t(blockIdx.x) * (K + 1) * C + tile_c0;  // (K + 1, C) of this block
+    for (int o = threadIdx.y * 32 + threadIdx.x; o < (K + 1) * kTile; o += kFastThreads) {
+        const int k = o / kTile, cl = o - k * kTile;
+        if (tile_c0 + cl >= C) continue;
+        float acc = red[0][k][cl];
+#pragma unroll
+        for (int q = 1; q < kRunsPerBlock; ++q) acc += red[q][k][cl];
+        pj[int64_t(k) * C + cl] = acc;
+    }
+}
+
+// dw[c, k] += Σ_j part[j, k, c] and dbias[c] += Σ_j part[j, K, c]: thread (column, slice s) adds
+// the partials j ∈ [n·s / kSlices, n·(s + 1) / kSlices) in order, then slice 0 adds the slices in order.
+template <typename D>
+__global__ void __launch_bounds__(32 * kSlices)
+    conv_reduce_slices_kernel(D* dw, D* dbias, const float* part, int64_t n_parts, int64_t C, int K) {
+    __shared__ float sums[kSlices][32];
+    const int64_t total = int64_t(K + 1) * C, col = int64_t(blockIdx.x) * 32 + threadIdx.x;
+    const int s = threadIdx.y;
+    float acc = 0.0f;
+    if (col < total) {
+        const int64_t j1 = n_parts * (s + 1) / kSlices;
+#pragma unroll 4
+        for (int64_t j = n_parts * s / kSlices; j < j1; ++j) acc += part[j * total + col];
+    }
+    sums[s][threadIdx.x] = acc;
+    __syncthreads();
+    if (s != 0 || col >= total) return;
+    const int64_t k = col / C, c = col - k * C;
+    D* dst = k < K ? (dw ? dw + c * K + k : nullptr) : dbias ? dbias + c : nullptr;
+    if (!dst) return;
+    for (int q = 1; q < kSlices; ++q) acc += sums[q][threadIdx.x];
+    *dst = from_f32<D>(to_f32(*dst) + acc);
+}
+
 void check_shape(const char* kernel, int64_t B, int64_t Tn, int64_t C, int64_t K, int64_t ld_x) {
     MSLM_CHECK(B >= 0 && Tn >= 0 && C >= 0 && K >= 1, "CUDA kernel {}: bad shape B {}, T {}, C {}, K {}",
                kernel, B, Tn, C, K);
@@ -166,11 +451,77 @@ void launch_backward(D* dx, float* part, const D* dout, const D* x, int64_t ld_x
                                                                              Tn, C, silu_in, total);
 }
 
+// The fast kernels unless MSLM_CONV_FAST=0 (read at every call, for ablations: bench_cuda_conv).
+bool use_fast_kernels() {
+    const char* v = std::getenv("MSLM_CONV_FAST");
+    return v == nullptr || std::string_view(v) != "0";
+}
+
+// Packs of V elements of D fit when every given pointer and every row stride is a multiple of the
+// pack's bytes; otherwise the fast kernels take one channel per thread.
+template <typename D>
+bool packs_fit(int V, std::initializer_list<const void*> ptrs, std::initializer_list<int64_t> strides) {
+    const uintptr_t bytes = uintptr_t(V) * sizeof(D);
+    for (const void* p : ptrs)
+        if (reinterpret_cast<uintptr_t>(p) % bytes != 0) return false;
+    for (int64_t stride : strides)
+        if (stride % V != 0) return false;
+    return true;
+}
+
+// (B · chunks of kFastChunk tokens, tiles of 32 packs of channels), blocks of (32, kRunsPerBlock).
+template <typename T>
+dim3 fast_grid(int64_t B, int64_t Tn, int64_t C, int V, const char* kernel) {
+    const int64_t blocks = B * n_fast_chunks(Tn), tiles = (C + 32 * V - 1) / (32 * V);
+    MSLM_CHECK(blocks <= INT32_MAX && tiles <= 65535, "CUDA kernel {}<{}>: grid of {} × {} blocks too large",
+               kernel, dtype_label<T>(), blocks, tiles);
+    return dim3(unsigned(blocks), unsigned(tiles));
+}
+
+template <int K, typename T, typename D>
+void forward_fast(D* out, D* pre, const D* x, int64_t ld_x, const D* w, const D* bias, int64_t B, int64_t Tn,
+                  int64_t C, bool silu, cudaStream_t s, const char* kernel) {
+    constexpr int V = forward_vec<D>();
+    const dim3 block(32, kRunsPerBlock);
+    if (packs_fit<D>(V, {out, x, silu ? pre : nullptr}, {ld_x, C})) {
+        conv_forward_run_kernel<K, V><<<fast_grid<T>(B, Tn, C, V, kernel), block, 0, s>>>(
+            out, pre, x, ld_x, w, bias, Tn, C, silu, n_fast_chunks(Tn));
+    } else {
+        conv_forward_run_kernel<K, 1><<<fast_grid<T>(B, Tn, C, 1, kernel), block, 0, s>>>(
+            out, pre, x, ld_x, w, bias, Tn, C, silu, n_fast_chunks(Tn));
+    }
+}
+
+template <int K, typename T, typename D>
+void backward_fast(D* dx, float* part, const D* dout, const D* x, int64_t ld_x, const D* w, const D* bias,
+                   int64_t B, int64_t Tn, int64_t C, bool silu_in, cudaStream_t s, const char* kernel) {
+    constexpr int V = backward_vec<D>();
+    const dim3 block(32, kRunsPerBlock);
+    if (packs_fit<D>(V, {dx, dout, x}, {ld_x, C})) {
+        conv_backward_run_kernel<K, V><<<fast_grid<T>(B, Tn, C, V, kernel), block, 0, s>>>(
+            dx, part, dout, x, ld_x, w, bias, Tn, C, silu_in, n_fast_chunks(Tn));
+    } else {
+        conv_backward_run_kernel<K, 1><<<fast_grid<T>(B, Tn, C, 1, kernel), block, 0, s>>>(
+            dx, part, dout, x, ld_x, w, bias, Tn, C, silu_in, n_fast_chunks(Tn));
+    }
+}
+
 }  // namespace
 
+// Sized for the old path's 64-token chunks, which the fast path's 128-token blocks never exceed.
 size_t conv1d_causal_backward_workspace_bytes(int64_t B, int64_t Tn, int64_t C, int64_t K) {
     return size_t(B * n_chunks(Tn) * (K + 1) * C) * sizeof(float);
 }
+
+#define MSLM_CONV_CASES(CASE) \
+    CASE(1)                   \
+    CASE(2)                   \
+    CASE(3)                   \
+    CASE(4)                   \
+    CASE(5)                   \
+    CASE(6)                   \
+    CASE(7)                   \
+    CASE(8)
 
 template <typename T>
 void conv1d_causal_forward(T* out, T* pre, const T* x, int64_t ld_x, const T* w, const T* bias, int64_t B,
@@ -180,9 +531,25 @@ void conv1d_causal_forward(T* out, T* pre, const T* x, int64_t ld_x, const T* w,
     const int64_t total = B * Tn * C;
     if (total == 0) return;
     using D = device_t<T>;
-    conv_forward_kernel<<<grid_size<T>(total, kernel), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(
-        reinterpret_cast<D*>(out), reinterpret_cast<D*>(pre), reinterpret_cast<const D*>(x), ld_x,
-        reinterpret_cast<const D*>(w), reinterpret_cast<const D*>(bias), Tn, C, int(K), silu, total);
+    D* dout = reinterpret_cast<D*>(out);
+    D* dpre = reinterpret_cast<D*>(pre);
+    const D* dxin = reinterpret_cast<const D*>(x);
+    const D* dw = reinterpret_cast<const D*>(w);
+    const D* dbias = reinterpret_cast<const D*>(bias);
+    auto s = static_cast<cudaStream_t>(stream);
+    if (use_fast_kernels() && K <= kConv1dBackwardMaxK) {
+        switch (K) {
+#define MSLM_CONV_CASE(KK)                                                                 \
+    case KK:                                                                               \
+        forward_fast<KK, T>(dout, dpre, dxin, ld_x, dw, dbias, B, Tn, C, silu, s, kernel); \
+        break;
+            MSLM_CONV_CASES(MSLM_CONV_CASE)
+#undef MSLM_CONV_CASE
+        }
+    } else {
+        conv_forward_kernel<<<grid_size<T>(total, kernel), kThreads, 0, s>>>(
+            dout, dpre, dxin, ld_x, dw, dbias, Tn, C, int(K), silu, total);
+    }
     check_launch<T>(kernel);
 }
 
@@ -208,28 +575,37 @@ void conv1d_causal_backward(T* dx, T* dw, T* dbias, const T* dout, const T* x, i
     const D* dw_in = reinterpret_cast<const D*>(w);
     const D* dbias_in = reinterpret_cast<const D*>(bias);
     auto s = static_cast<cudaStream_t>(stream);
+    const bool fast = use_fast_kernels();
     switch (K) {
-#define MSLM_CONV_CASE(KK)                                                                                \
-    case KK:                                                                                              \
-        launch_backward<KK, T>(ddx, part, ddout, dxin, ld_x, dw_in, dbias_in, B, Tn, C, silu, s, kernel); \
+#define MSLM_CONV_CASE(KK)                                                                                  \
+    case KK:                                                                                                \
+        if (fast) {                                                                                         \
+            backward_fast<KK, T>(ddx, part, ddout, dxin, ld_x, dw_in, dbias_in, B, Tn, C, silu, s, kernel); \
+        } else {                                                                                            \
+            launch_backward<KK, T>(ddx, part, ddout, dxin, ld_x, dw_in, dbias_in, B, Tn, C, silu, s,        \
+                                   kernel);                                                                 \
+        }                                                                                                   \
         break;
-        MSLM_CONV_CASE(1)
-        MSLM_CONV_CASE(2)
-        MSLM_CONV_CASE(3)
-        MSLM_CONV_CASE(4)
-        MSLM_CONV_CASE(5)
-        MSLM_CONV_CASE(6)
-        MSLM_CONV_CASE(7)
-        MSLM_CONV_CASE(8)
+        MSLM_CONV_CASES(MSLM_CONV_CASE)
 #undef MSLM_CONV_CASE
     }
     check_launch<T>(kernel);
     if (!need_part) return;
+    const char* reduce = "conv1d_causal_backward (reduce)";
     const int64_t reduce_total = (K + 1) * C;
-    conv_reduce_kernel<<<grid_size<T>(reduce_total, "conv1d_causal_backward (reduce)"), kThreads, 0, s>>>(
-        reinterpret_cast<D*>(dw), reinterpret_cast<D*>(dbias), part, B * n_chunks(Tn), C, int(K));
-    check_launch<T>("conv1d_causal_backward (reduce)");
+    D* dw_out = reinterpret_cast<D*>(dw);
+    D* dbias_out = reinterpret_cast<D*>(dbias);
+    if (fast) {
+        conv_reduce_slices_kernel<<<unsigned((reduce_total + 31) / 32), dim3(32, kSlices), 0, s>>>(
+            dw_out, dbias_out, part, B * n_fast_chunks(Tn), C, int(K));
+    } else {
+        conv_reduce_kernel<<<grid_size<T>(reduce_total, reduce), kThreads, 0, s>>>(
+            dw_out, dbias_out, part, B * n_chunks(Tn), C, int(K));
+    }
+    check_launch<T>(reduce);
 }
+
+#undef MSLM_CONV_CASES
 
 template <typename T>
 void conv1d_causal_update(T* out, T* state, const int64_t* slots, const T* x, int64_t ld_x, const T* w,

@@ -23,7 +23,8 @@ void conv1d_causal_forward(T* out, T* pre, const T* x, int64_t ld_x, const T* w,
 constexpr int64_t kConv1dBackwardMaxK = 8;
 
 // Bytes of workspace conv1d_causal_backward needs for dw and dbias: per-(sequence chunk, channel)
-// partial sums, added afterwards in chunk order, so the result does not depend on the device.
+// partial sums, added afterwards in a fixed order, so the result does not depend on the device.
+// Sized for both kernel sets (64-token chunks; the fast kernels use 128, MSLM_CONV_FAST=0 the old).
 size_t conv1d_causal_backward_workspace_bytes(int64_t B, int64_t Tn, int64_t C, int64_t K);
 
 // dx (row stride ld_x) += , dw (C, K) += , dbias (C) += ; any of them may be null. The workspace
