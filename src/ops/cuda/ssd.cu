@@ -4,13 +4,13 @@
 // is ever stored. Three engines:
 //   tile_mma   shared-memory tiled fp32 FMA, one 32 × 32 output tile per block: every product of
 //              the f32 instantiation, and the bf16 products not listed below;
-//   block_mma / block_mma_ex  (mma.cuh) tensor cores, one 64 × 64 output tile per block from loader
-//              lambdas (fp32 values rounded once to bf16, or split into hi + lo): C·Bᵀ (step 2) and
-//              the backward's dB, dC;
+//   block_mma  (mma.cuh) tensor cores, one 64 × 64 output tile per block from loader lambdas (fp32
+//              values rounded once to bf16): C·Bᵀ (step 2);
 //   staged tiles (warp_mma_k64) tensor cores, 64 × 64 tiles of exact bf16 inputs copied by
-//              cp.async and fp32-formed operands rounded or split into shared tiles, fragments by
-//              ldmatrix: the chunk states (3), the output (5), and the backward's dCB with the dcum
-//              sums, its per-token head and finish kernels.
+//              cp.async and fp32-formed operands rounded or split into shared tiles (or split per
+//              warp from staged fp32 tiles), fragments by ldmatrix: the chunk states (3), the output
+//              (5), and the backward's dCB with the dcum sums, its per-token head and finish kernels,
+//              and dB, dC.
 // MSLM_SSD_TC=0 in the environment selects tile_mma for all of them. The tensor-core path also takes
 // step (1) as a warp scan (ssd_decay_scan_kernel), the fp32 path the serial ssd_decay_kernel.
 //
@@ -542,6 +542,9 @@ __global__ void __launch_bounds__(kMmaThreads) ssd_cb_tc_kernel(Args<T> a, float
 // tiles), so a row's sum is one warp's (quad shuffles). Shared rows 72 bf16 = 144 bytes: ldmatrix
 // rows 16-byte aligned, and 8 rows at 144-byte pitch fall in distinct bank quads.
 constexpr int kSt = 64, kStLd = 72;
+// fp32 tiles (split by their readers): rows of 68 floats (272 bytes, 16-byte aligned); a warp's
+// column-pair loads (rows 2q + const, columns grp + const) then fall in 32 distinct banks.
+constexpr int kF32Ld = kSt + 4;
 static_assert(kSt == kMmaM, "tiles of the grids and slots are per mma_tiles(Q) tile");
 
 __device__ __forceinline__ bool aligned16(const void* p) {
@@ -1557,86 +1560,219 @@ __global__ void __launch_bounds__(kMmaThreads)
                             dtv, red, ddt, part);
 }
 
-// dC (kDC) or dB per (b, chunk, group), as ssd_dbc_kernel; grid (B·n_chunks·G,
-// mma_tiles(Q)·mma_tiles(N)). dCB split; the state terms per head as the exact-by-split product
-// Y_h·state_h (Y = dY or x, state = S_in or dS split), then scaled by exp(cum_r) or decay_r·dt_r.
-template <bool kDC, typename T>
-__global__ void __launch_bounds__(kMmaThreads)
-    ssd_dbc_tc_kernel(Args<T> a, const T* dy, const float* dCB, const float* states, const float* dS_all,
-                      T* grad) {
-    __shared__ MmaSmemSplit sm;
+// dC and dB per (b, chunk, group), as ssd_dbc_kernel, in one launch: grid (B·n_chunks·G,
+// mma_tiles(Q)·mma_tiles(N), kinds), blockIdx.z = 0 dC (when wanted), else dB. A block owns a
+// 64-row (token) × 64-column (n) tile; warp w owns all 64 rows and columns 16w .. 16w + 15 (4 m16
+// by 2 n8 fragments), so that an operand split from fp32 is split only where a warp reads it. Its
+// k steps, 64 deep, double-buffered (cp.async of step i + 1 in flight during step i's products):
+//   the dCB steps: acc += dCB·Y' over the s tiles ≤ the row tile's (dC: dCB rows t, Y' = B rows s)
+//   or the t tiles ≥ it (dB: dCB columns s, Y' = C rows t); dCB fp32, split per warp into hi + lo
+//   from its staged fp32 tile, Y' bf16 exact by ldmatrix. Above the diagonal the diagonal tile of
+//   dCB holds zeros (ssd_dcb_tc_kernel writes them), and tiles past it are not visited;
+//   the head steps, per head of the group and 64-wide p tile: hacc += Y_h·state_h (dC: dY, S_in;
+//   dB: x, dS), Y_h bf16 exact by ldmatrix, the state fp32 split per warp from its staged tile; after
+//   a head's last p tile, acc += w_h,r·hacc with w = exp(cum_r) (dC) or decay_r·dt_r (dB), as the
+//   loader kernel did.
+// Staged tiles are zero outside the operands (rows past L, columns past P or N). Dynamic shared
+// memory: sizeof(DbcSmem).
+struct DbcSmem {
+    __nv_bfloat16 h[2][kSt][kStLd];  // bf16 operand: Y' rows [k][n] (dCB steps) | Y_h rows [r][p]
+    float f[2][kSt][kF32Ld];         // fp32 operand: the dCB tile [t][s] | state_h [p][n]
+    double cum_r[2][kSt];            // the head's cum at the tile's rows, and at the chunk's end
+    double cum_last[2];
+    float dt_r[2][kSt];
+};
+
+// acc (warp: 4 m16 × 2 n8 tiles, columns 16w ..) += A·B over one 64-deep step; A bf16 [m][k]
+// (ldmatrix), B fp32 [k][n] split into hi + lo as the fragments are built (lo products first).
+__device__ __forceinline__ void warp_mma_bf16_f32split(float (&acc)[4][2][4], const __nv_bfloat16* sa,
+                                                       const float* sb) {
+    const int lane = threadIdx.x % 32, grp = lane / 4, quad = lane % 4, nw = threadIdx.x / 32 * 16;
+#pragma unroll
+    for (int kk = 0; kk < kSt; kk += 16) {
+        uint32_t bhi[2][2], blo[2][2];
+#pragma unroll
+        for (int jn = 0; jn < 2; ++jn) {
+            const float* col = sb + nw + 8 * jn + grp;
+#pragma unroll
+            for (int hk = 0; hk < 2; ++hk) {  // b[hk] = B[k, k + 1][n], k = kk + 2q + 8·hk
+                const int k = kk + 2 * quad + 8 * hk;
+                bhi[jn][hk] = split_pair_hi(col[k * kF32Ld], col[(k + 1) * kF32Ld], blo[jn][hk]);
+            }
+        }
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            uint32_t af[4];
+            lda_mk(af, sa, kStLd, 16 * i, kk);
+#pragma unroll
+            for (int jn = 0; jn < 2; ++jn) {
+                mma_m16n8k16_bf16(acc[i][jn], af, blo[jn]);
+                mma_m16n8k16_bf16(acc[i][jn], af, bhi[jn]);
+            }
+        }
+    }
+}
+
+// acc += A·B over one 64-deep step; A fp32 split as the fragments are built, stored [m][k]
+// (kAKM false) or [k][m] (true); B bf16 [k][n] (ldmatrix.trans).
+template <bool kAKM>
+__device__ __forceinline__ void warp_mma_f32split_bf16(float (&acc)[4][2][4], const float* sa,
+                                                       const __nv_bfloat16* sb) {
+    const int lane = threadIdx.x % 32, grp = lane / 4, quad = lane % 4, nw = threadIdx.x / 32 * 16;
+    auto at = [&](int m, int k) { return kAKM ? sa[k * kF32Ld + m] : sa[m * kF32Ld + k]; };
+#pragma unroll
+    for (int kk = 0; kk < kSt; kk += 16) {
+        uint32_t bq[4];
+        ldb_kn(bq, sb, kStLd, nw, kk);
+        const uint32_t b0[2] = {bq[0], bq[1]}, b1[2] = {bq[2], bq[3]};
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            uint32_t ahi[4], alo[4];
+#pragma unroll
+            for (int reg = 0; reg < 4; ++reg) {  // a[reg] = A[m][k, k + 1], m = 16i + grp + 8·(reg % 2)
+                const int m = 16 * i + grp + 8 * (reg % 2), k = kk + 2 * quad + 8 * (reg / 2);
+                ahi[reg] = split_pair_hi(at(m, k), at(m, k + 1), alo[reg]);
+            }
+            mma_m16n8k16_bf16(acc[i][0], alo, b0);
+            mma_m16n8k16_bf16(acc[i][0], ahi, b0);
+            mma_m16n8k16_bf16(acc[i][1], alo, b1);
+            mma_m16n8k16_bf16(acc[i][1], ahi, b1);
+        }
+    }
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kMmaThreads, 3)
+    ssd_dbc_tc_kernel(Args<T> a, const T* dy, const float* dCB, const float* states, const float* dS_all, T* dC,
+                      T* dB) {
+    static_assert(std::is_same_v<T, __nv_bfloat16>, "tensor-core kernels are bf16");
+    extern __shared__ __align__(16) unsigned char dyn_smem[];
+    DbcSmem& sm = *reinterpret_cast<DbcSmem*>(dyn_smem);
+    const bool is_dc = blockIdx.z == 0 && dC != nullptr;
     const int64_t bcg = blockIdx.x, g = bcg % a.G, c = bcg / a.G % a.n_chunks, b = bcg / (a.G * a.n_chunks);
-    const int64_t tn = mma_tiles(a.N), r0 = blockIdx.y / tn * kMmaM, n0 = blockIdx.y % tn * kMmaN;
+    const int64_t nN = mma_tiles(a.N), ri = blockIdx.y / nN, r0 = ri * kSt, n0 = blockIdx.y % nN * kSt;
     const Chunk ch = chunk_of(a, b, c);
     if (r0 >= ch.L) return;
-    const int64_t L = ch.L, ld_y = a.H * a.P;
-    const float* dcb = dCB + bcg * a.Q * a.Q;
-    const T* other = kDC ? a.Bm + ch.row0 * a.ld_B + g * a.N : a.Cm + ch.row0 * a.ld_C + g * a.N;
-    const int64_t ld_other = kDC ? a.ld_B : a.ld_C;
-    const auto load_other = [&](int64_t k, int j) {
-        return n0 + j < a.N ? to_f32(other[k * ld_other + n0 + j]) : 0.0f;
-    };
-    MmaAcc acc{};
-    if constexpr (kDC) {
-        block_mma_ex<true, false, MmaSplit::kA>(
-            acc, 0, min(L, r0 + kMmaM),
-            [&](int j, int64_t s) { return r0 + j < L && s <= r0 + j ? dcb[(r0 + j) * a.Q + s] : 0.0f; },
-            load_other, sm);
-    } else {
-        block_mma_ex<false, false, MmaSplit::kA>(
-            acc, r0, L, [&](int j, int64_t t) { return r0 + j <= t ? dcb[t * a.Q + r0 + j] : 0.0f; },
-            load_other, sm);
-    }
-    for (int64_t h = g * a.heads_per_group; h < (g + 1) * a.heads_per_group; ++h) {
-        const int64_t bh = b * a.H + h, bch = (b * a.n_chunks + ch.c) * a.H + h;
-        const double* cum = a.cum + bh * a.seqlen + ch.t0;
-        const float* dtv = a.dtv + bh * a.seqlen + ch.t0;
-        const float* state = kDC ? states + bch * a.P * a.N : dS_all + bch * a.P * a.N;  // (P, N)
-        const T* Y = kDC ? dy + (ch.row0 * a.H + h) * a.P : a.x + ch.row0 * a.ld_x + h * a.P;
-        const int64_t ld_Y = kDC ? ld_y : a.ld_x;
-        const double cum_last = cum[L - 1];
-        MmaAcc hacc{};
-        block_mma_ex<true, false, MmaSplit::kB>(
-            hacc, 0, a.P,
-            [&](int j, int64_t p) { return r0 + j < L ? to_f32(Y[(r0 + j) * ld_Y + p]) : 0.0f; },
-            [&](int64_t p, int j) { return n0 + j < a.N ? state[p * a.N + n0 + j] : 0.0f; }, sm);
-#pragma unroll
-        for (int i = 0; i < 2; ++i)
-#pragma unroll
-            for (int half = 0; half < 2; ++half) {
-                const int64_t r = r0 + mma_row(i, 2 * half);
-                if (r >= L) continue;
-                const float w = kDC ? expf(static_cast<float>(cum[r])) : exp_diff(cum_last, cum[r]) * dtv[r];
-#pragma unroll
-                for (int j = 0; j < 4; ++j)
-#pragma unroll
-                    for (int odd = 0; odd < 2; ++odd)
-                        acc.c[i][j][2 * half + odd] += w * hacc.c[i][j][2 * half + odd];
+    const int64_t L = ch.L, Q = a.Q, ld_y = a.H * a.P;
+    const int rows_r = int(min(L - r0, int64_t(kSt))), cols_n = int(a.N - n0);
+    const float* dcb = dCB + bcg * Q * Q;
+    const T* other = is_dc ? a.Bm + ch.row0 * a.ld_B + g * a.N : a.Cm + ch.row0 * a.ld_C + g * a.N;
+    const int64_t ld_o = is_dc ? a.ld_B : a.ld_C;
+    const T* Y = is_dc ? dy + ch.row0 * ld_y : a.x + ch.row0 * a.ld_x;  // + h·P
+    const int64_t ld_Y = is_dc ? ld_y : a.ld_x;
+    const float* state_all = is_dc ? states : dS_all;
+    const bool vec_o = aligned16(is_dc ? a.Bm : a.Cm) && ld_o % 8 == 0 && a.N % 8 == 0;
+    const bool vec_Y = aligned16(is_dc ? static_cast<const void*>(dy) : a.x) && ld_Y % 8 == 0 && a.P % 8 == 0;
+    const bool vec_f = aligned16(dCB) && Q % 4 == 0 && L % 4 == 0;  // tile columns end at L
+    const bool vec_s = aligned16(state_all) && a.N % 4 == 0;
+    const int n_dcb = is_dc ? int(ri + 1) : int(mma_tiles(L) - ri);
+    const int n_pc = int(mma_tiles(a.P)), n_it = n_dcb + int(a.heads_per_group) * n_pc;
+    const int64_t h_first = g * a.heads_per_group;
+    const int warp = threadIdx.x / 32, grp = threadIdx.x % 32 / 4, quad = threadIdx.x % 4;
+
+    auto stage = [&](int it) {
+        const int buf = it & 1;
+        if (it < n_dcb) {
+            const int64_t k0 = (is_dc ? it : ri + it) * kSt;
+            const int64_t fr0 = is_dc ? r0 : k0, fc0 = is_dc ? k0 : r0;  // the dCB tile: rows t, columns s
+            stage_f32_tile<kSt, kSt, kF32Ld, kMmaThreads>(&sm.f[buf][0][0], dcb + fr0 * Q + fc0, Q,
+                                                          int(min(L - fr0, int64_t(kSt))),
+                                                          int(min(L - fc0, int64_t(kSt))), vec_f);
+            stage_bf16_tile<kSt, kSt, kStLd, kMmaThreads>(&sm.h[buf][0][0], other + k0 * ld_o + n0, ld_o,
+                                                          int(min(L - k0, int64_t(kSt))), cols_n, vec_o);
+        } else {
+            const int j = it - n_dcb, pc = j % n_pc;
+            const int64_t h = h_first + j / n_pc, p0 = int64_t(pc) * kSt;
+            const int64_t bch = (b * a.n_chunks + c) * a.H + h;
+            stage_bf16_tile<kSt, kSt, kStLd, kMmaThreads>(&sm.h[buf][0][0], Y + r0 * ld_Y + h * a.P + p0, ld_Y,
+                                                          rows_r, int(a.P - p0), vec_Y);
+            stage_f32_tile<kSt, kSt, kF32Ld, kMmaThreads>(&sm.f[buf][0][0], state_all + (bch * a.P + p0) * a.N + n0,
+                                                          a.N, int(min(a.P - p0, int64_t(kSt))), cols_n, vec_s);
+            if (pc == n_pc - 1) {
+                const int64_t base = (b * a.H + h) * a.seqlen + ch.t0;
+                for (int i = threadIdx.x; i <= 2 * kSt; i += kMmaThreads) {
+                    const int r = i % kSt;
+                    if (i == 2 * kSt) {
+                        cp_async_8(&sm.cum_last[buf], a.cum + base + L - 1);
+                    } else if (i < kSt) {
+                        if (r < rows_r) cp_async_8(&sm.cum_r[buf][r], a.cum + base + r0 + r);
+                        else sm.cum_r[buf][r] = 0.0;
+                    } else {
+                        if (r < rows_r) cp_async_4(&sm.dt_r[buf][r], a.dtv + base + r0 + r);
+                        else sm.dt_r[buf][r] = 0.0f;
+                    }
+                }
             }
+        }
+        cp_async_commit();
+    };
+
+    float acc[4][2][4] = {}, hacc[4][2][4] = {};
+    stage(0);
+    for (int it = 0; it < n_it; ++it) {
+        if (it + 1 < n_it) {
+            stage(it + 1);
+            cp_async_wait<1>();
+        } else {
+            cp_async_wait<0>();
+        }
+        __syncthreads();
+        const int buf = it & 1;
+        if (it < n_dcb) {
+            if (is_dc) {
+                warp_mma_f32split_bf16<false>(acc, &sm.f[buf][0][0], &sm.h[buf][0][0]);
+            } else {
+                warp_mma_f32split_bf16<true>(acc, &sm.f[buf][0][0], &sm.h[buf][0][0]);
+            }
+        } else {
+            warp_mma_bf16_f32split(hacc, &sm.h[buf][0][0], &sm.f[buf][0][0]);
+            if ((it - n_dcb) % n_pc == n_pc - 1) {
+                const double cum_last = sm.cum_last[buf];
+#pragma unroll
+                for (int i = 0; i < 4; ++i)
+#pragma unroll
+                    for (int hf = 0; hf < 2; ++hf) {
+                        const int rl = 16 * i + grp + 8 * hf;
+                        float w = 0.0f;
+                        if (rl < rows_r)
+                            w = is_dc ? expf(static_cast<float>(sm.cum_r[buf][rl]))
+                                      : exp_diff(cum_last, sm.cum_r[buf][rl]) * sm.dt_r[buf][rl];
+#pragma unroll
+                        for (int jn = 0; jn < 2; ++jn)
+#pragma unroll
+                            for (int odd = 0; odd < 2; ++odd) {
+                                acc[i][jn][2 * hf + odd] += w * hacc[i][jn][2 * hf + odd];
+                                hacc[i][jn][2 * hf + odd] = 0.0f;
+                            }
+                    }
+            }
+        }
+        __syncthreads();
     }
-    // The += a row of fragments at a time, its 8 old values loaded before any is stored.
-    const int64_t ld = kDC ? a.ld_C : a.ld_B;
+    // The += a row at a time, its 4 old values loaded before any is stored.
+    T* grad = is_dc ? dC : dB;
+    const int64_t ld_g = is_dc ? a.ld_C : a.ld_B;
 #pragma unroll
-    for (int i = 0; i < 2; ++i)
+    for (int i = 0; i < 4; ++i)
 #pragma unroll
-        for (int half = 0; half < 2; ++half) {
-            const int64_t r = r0 + mma_row(i, 2 * half);
-            if (r >= L) continue;
-            T* row = grad + (ch.row0 + r) * ld + g * a.N;
-            float old[4][2];
+        for (int hf = 0; hf < 2; ++hf) {
+            const int rl = 16 * i + grp + 8 * hf;
+            if (rl >= rows_r) continue;
+            T* row = grad + (ch.row0 + r0 + rl) * ld_g + g * a.N;
+            float old[2][2];
 #pragma unroll
-            for (int j = 0; j < 4; ++j)
+            for (int jn = 0; jn < 2; ++jn)
 #pragma unroll
                 for (int odd = 0; odd < 2; ++odd) {
-                    const int64_t n = n0 + mma_col(j, odd);
-                    old[j][odd] = n < a.N ? to_f32(row[n]) : 0.0f;
+                    const int64_t n = n0 + 16 * warp + 8 * jn + 2 * quad + odd;
+                    old[jn][odd] = n < a.N ? to_f32(row[n]) : 0.0f;
                 }
 #pragma unroll
-            for (int j = 0; j < 4; ++j)
+            for (int jn = 0; jn < 2; ++jn)
 #pragma unroll
                 for (int odd = 0; odd < 2; ++odd) {
-                    const int64_t n = n0 + mma_col(j, odd);
-                    if (n < a.N) row[n] = from_f32<T>(old[j][odd] + acc.c[i][j][2 * half + odd]);
+                    const int64_t n = n0 + 16 * warp + 8 * jn + 2 * quad + odd;
+                    if (n < a.N) row[n] = from_f32<T>(old[jn][odd] + acc[i][jn][2 * hf + odd]);
                 }
         }
 }
@@ -1913,17 +2049,14 @@ void backward_stages(const SsdGrads<S>& grads, const device_t<S>* dY, const Args
             check_launch<S>("ssd_backward_finish_tc");
             times.mark("backward_finish");
             if (dB || dC) {
-                const dim3 grid = tiled_grid(bcg, mma_tiles(p.Q) * mma_tiles(p.N), "ssd_dbc_tc");
-                if (dC) {
-                    ssd_dbc_tc_kernel<true><<<grid, kMmaThreads, 0, s>>>(a, dY, ws.dCB, states, ws.dS, dC);
-                    check_launch<S>("ssd_dbc_tc");
-                    times.mark("dC");
-                }
-                if (dB) {
-                    ssd_dbc_tc_kernel<false><<<grid, kMmaThreads, 0, s>>>(a, dY, ws.dCB, states, ws.dS, dB);
-                    check_launch<S>("ssd_dbc_tc");
-                    times.mark("dB");
-                }
+                check_cuda<S>(cudaFuncSetAttribute(ssd_dbc_tc_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                   int(sizeof(DbcSmem))),
+                              "cudaFuncSetAttribute", "ssd_dbc_tc");
+                dim3 grid = tiled_grid(bcg, mma_tiles(p.Q) * mma_tiles(p.N), "ssd_dbc_tc");
+                grid.z = dB && dC ? 2 : 1;
+                ssd_dbc_tc_kernel<<<grid, kMmaThreads, sizeof(DbcSmem), s>>>(a, dY, ws.dCB, states, ws.dS, dC, dB);
+                check_launch<S>("ssd_dbc_tc");
+                times.mark("dC+dB");
             }
             return;
         }
