@@ -579,6 +579,50 @@ __device__ __forceinline__ void warp_mma_k64(float (&acc)[8][4], const __nv_bflo
     }
 }
 
+// As warp_mma_k64 with one operand split into hi + lo tiles, both read per 16-deep slice and the lo
+// product issued first: B split (A [m][k], B [n][k]) or A split (A [k][m], B [k][n]).
+__device__ __forceinline__ void warp_mma_k64_split_b(float (&acc)[8][4], const __nv_bfloat16* sa,
+                                                     const __nv_bfloat16* sb_hi, const __nv_bfloat16* sb_lo) {
+    const int m0 = threadIdx.x / 32 * 16;
+#pragma unroll
+    for (int kk = 0; kk < kSt; kk += 16) {
+        uint32_t af[4];
+        lda_mk(af, sa, kStLd, m0, kk);
+#pragma unroll
+        for (int jj = 0; jj < 4; ++jj) {
+            uint32_t bh[4], bl[4];
+            ldb_nk(bh, sb_hi, kStLd, 16 * jj, kk);
+            ldb_nk(bl, sb_lo, kStLd, 16 * jj, kk);
+            const uint32_t h0[2] = {bh[0], bh[1]}, h1[2] = {bh[2], bh[3]};
+            const uint32_t l0[2] = {bl[0], bl[1]}, l1[2] = {bl[2], bl[3]};
+            mma_m16n8k16_bf16(acc[2 * jj], af, l0);
+            mma_m16n8k16_bf16(acc[2 * jj], af, h0);
+            mma_m16n8k16_bf16(acc[2 * jj + 1], af, l1);
+            mma_m16n8k16_bf16(acc[2 * jj + 1], af, h1);
+        }
+    }
+}
+__device__ __forceinline__ void warp_mma_k64_split_a(float (&acc)[8][4], const __nv_bfloat16* sa_hi,
+                                                     const __nv_bfloat16* sa_lo, const __nv_bfloat16* sb) {
+    const int m0 = threadIdx.x / 32 * 16;
+#pragma unroll
+    for (int kk = 0; kk < kSt; kk += 16) {
+        uint32_t ah[4], al[4];
+        lda_km(ah, sa_hi, kStLd, m0, kk);
+        lda_km(al, sa_lo, kStLd, m0, kk);
+#pragma unroll
+        for (int jj = 0; jj < 4; ++jj) {
+            uint32_t bq[4];
+            ldb_kn(bq, sb, kStLd, 16 * jj, kk);
+            const uint32_t b0[2] = {bq[0], bq[1]}, b1[2] = {bq[2], bq[3]};
+            mma_m16n8k16_bf16(acc[2 * jj], al, b0);
+            mma_m16n8k16_bf16(acc[2 * jj], ah, b0);
+            mma_m16n8k16_bf16(acc[2 * jj + 1], al, b1);
+            mma_m16n8k16_bf16(acc[2 * jj + 1], ah, b1);
+        }
+    }
+}
+
 // Y per (b, chunk, head) and t tile; grid (B·n_chunks·H, mma_tiles(Q)). The operands are staged
 // as in the tensor-core backward below (kSt × kSt tiles, cp.async for the bf16 inputs, ldmatrix).
 // Per 64-wide p tile:
@@ -1310,12 +1354,20 @@ __global__ void __launch_bounds__(kMmaThreads, 3)
 //   dx += dt_s·dX̃ + D·dY, and the row sums ⟨x, dX̃⟩, ⟨dY, x⟩.
 // The per-token sums, added over the p tiles in order, go to tok (4, B·n_chunks·H, Q): ⟨x, dX̃⟩, q,
 // ⟨dY, Z⟩, ⟨dY, x⟩.
+// The products of a p tile are one pipeline of 64-deep steps (the n tiles of Z, those of V, the t
+// tiles of Mᵀ·dY). A step's operands are both copied by cp.async: the bf16 one (C or B rows s, dY
+// rows t; double-buffered) and the fp32 source of the split one (the state tile, or the C·Bᵀ tile
+// and its cum_t). Per step: wait for its copies; all threads split the fp32 source into the hi / lo
+// tiles (forming M first); barrier; issue the next step's copies, which run during this step's
+// products. Two barriers a step. Dynamic shared memory: sizeof(HeadSmem) (3 blocks a multiprocessor).
 struct HeadSmem {
-    __nv_bfloat16 xs[kSt][kStLd];   // x rows s, the p tile
-    __nv_bfloat16 dys[kSt][kStLd];  // dY rows s
-    __nv_bfloat16 u0[kSt][kStLd];   // C or B rows s (n) | M hi [t][s]
-    __nv_bfloat16 u1[kSt][kStLd];   // state hi [p][n]   | M lo [t][s]
-    __nv_bfloat16 u2[kSt][kStLd];   // state lo [p][n]   | dY rows t [t][p]
+    __nv_bfloat16 xs[kSt][kStLd];    // x rows s, the p tile
+    __nv_bfloat16 dys[kSt][kStLd];   // dY rows s
+    __nv_bfloat16 h[2][kSt][kStLd];  // the bf16 operand: C or B rows s [s][n] | dY rows t [t][p]
+    __nv_bfloat16 hi[kSt][kStLd];    // the split operand: state [p][n] | M [t][s]
+    __nv_bfloat16 lo[kSt][kStLd];
+    float f[kSt][kF32Ld];  // its fp32 source: state [p][n] | C·Bᵀ [t][s]
+    double cum_t[kSt];     // the M step's cum at its t rows
     double cum_s[kSt];
     float dt_s[kSt];
 };
@@ -1325,7 +1377,8 @@ __global__ void __launch_bounds__(kMmaThreads, 3)
     ssd_backward_head_tc_kernel(Args<T> a, const T* dy, const float* CB, const float* states,
                                 const float* dS_all, T* dx, float* tok) {
     static_assert(std::is_same_v<T, __nv_bfloat16>, "tensor-core kernels are bf16");
-    __shared__ __align__(16) HeadSmem sm;
+    extern __shared__ __align__(16) unsigned char dyn_smem[];
+    HeadSmem& sm = *reinterpret_cast<HeadSmem*>(dyn_smem);
     const int64_t bch = blockIdx.x, h = bch % a.H, c = bch / a.H % a.n_chunks, b = bch / (a.H * a.n_chunks);
     const Chunk ch = chunk_of(a, b, c);
     const int64_t L = ch.L, s0 = int64_t(blockIdx.y) * kSt;
@@ -1346,37 +1399,18 @@ __global__ void __launch_bounds__(kMmaThreads, 3)
     const bool vec_b = aligned16(a.Bm) && a.ld_B % 8 == 0 && a.N % 8 == 0;
     const bool vec_c = aligned16(a.Cm) && a.ld_C % 8 == 0 && a.N % 8 == 0;
     const bool vec_st = aligned16(states) && aligned16(dS_all) && a.N % 4 == 0;
-    const bool vec_cb = aligned16(CB) && a.Q % 4 == 0;
+    const bool vec_cb = aligned16(CB) && a.Q % 4 == 0 && L % 4 == 0;  // tile columns end at L
     const int warp = threadIdx.x / 32, grp = threadIdx.x % 32 / 4, quad = threadIdx.x % 4;
-    const double cum_last = cum[L - 1];
     for (int r = threadIdx.x; r < kSt; r += kMmaThreads) {
         sm.cum_s[r] = r < rows_s ? cum[s0 + r] : 0.0;
         sm.dt_s[r] = r < rows_s ? dtv[s0 + r] : 0.0f;
     }
-    // (visible after the first product's barrier)
+    // (visible after the first step's barrier)
+    const int n_nt = int(mma_tiles(a.N)), n_z = n_nt, n_zv = 2 * n_nt;
+    const int n_it = n_zv + int(mma_tiles(L) - blockIdx.y);
 
-    // acc = rows_s × (the p tile) of Y·stateᵀ: Y rows (s, n) bf16, state (p, n) fp32 split.
-    auto state_product = [&](float (&acc)[8][4], const T* Y, int64_t ld_Y, bool vec_Y, const float* state,
-                             int rows_p) {
-#pragma unroll
-        for (int j = 0; j < 8; ++j)
-#pragma unroll
-            for (int r = 0; r < 4; ++r) acc[j][r] = 0.0f;
-        for (int64_t n0 = 0; n0 < a.N; n0 += kSt) {
-            stage_bf16_tile<kSt, kSt, kStLd, kMmaThreads>(&sm.u0[0][0], Y + s0 * ld_Y + n0, ld_Y, rows_s,
-                                                          int(a.N - n0), vec_Y);
-            cp_async_commit();
-            stage_split_tile<kSt, kSt, kStLd, kMmaThreads>(&sm.u1[0][0], &sm.u2[0][0], state + n0, a.N, rows_p,
-                                                           int(a.N - n0), vec_st);
-            cp_async_wait<0>();
-            __syncthreads();
-            warp_mma_k64<false, false>(acc, &sm.u0[0][0], &sm.u2[0][0]);
-            warp_mma_k64<false, false>(acc, &sm.u0[0][0], &sm.u1[0][0]);
-            __syncthreads();
-        }
-    };
-    // Σ over this thread's 16 columns of f(row half, j, odd), then over the quad: the warp's row sum.
-    auto row_sum = [&](auto f, int hf) {
+    // Σ over this thread's 16 columns of f(j, odd), then over the quad: the warp's row sum.
+    auto row_sum = [&](auto f) {
         float v = 0.0f;
 #pragma unroll
         for (int j = 0; j < 8; ++j)
@@ -1390,93 +1424,108 @@ __global__ void __launch_bounds__(kMmaThreads, 3)
         return __bfloat162float(tile[r][col]);
     };
 
-    const float Dh = a.D ? to_f32(a.D[h]) : 0.0f;
     float tk[4][2] = {};  // ⟨x, dX̃⟩, q, ⟨dY, Z⟩, ⟨dY, x⟩ for rows 16w + grp + 8·hf
     for (int64_t p0 = 0; p0 < a.P; p0 += kSt) {
-        const int cols_p = int(a.P - p0);
+        const int cols_p = int(a.P - p0), rows_p = int(min(a.P - p0, int64_t(kSt)));
+        // Step it's copies: Z (it < n_z), V (it < n_zv), else the M step of t tile blockIdx.y + it − n_zv.
+        auto stage = [&](int it) {
+            const int buf = it & 1;
+            if (it < n_zv) {
+                const bool z = it < n_z;
+                const int64_t n0 = int64_t(z ? it : it - n_z) * kSt;
+                const T* Y = z ? Cg : Bg;
+                const int64_t ld_Y = z ? a.ld_C : a.ld_B;
+                stage_bf16_tile<kSt, kSt, kStLd, kMmaThreads>(&sm.h[buf][0][0], Y + s0 * ld_Y + n0, ld_Y, rows_s,
+                                                              int(a.N - n0), z ? vec_c : vec_b);
+                stage_f32_tile<kSt, kSt, kF32Ld, kMmaThreads>(&sm.f[0][0], (z ? S_in : dS) + p0 * a.N + n0, a.N,
+                                                              rows_p, int(a.N - n0), vec_st);
+            } else {
+                const int64_t t0 = s0 + int64_t(it - n_zv) * kSt;
+                const int rows_t = int(min(L - t0, int64_t(kSt)));
+                stage_bf16_tile<kSt, kSt, kStLd, kMmaThreads>(&sm.h[buf][0][0], dYg + t0 * ld_y + p0, ld_y, rows_t,
+                                                              cols_p, vec_y);
+                stage_f32_tile<kSt, kSt, kF32Ld, kMmaThreads>(&sm.f[0][0], cb + t0 * a.Q + s0, a.Q, rows_t,
+                                                              int(min(L - s0, int64_t(kSt))), vec_cb);
+                for (int r = threadIdx.x; r < kSt; r += kMmaThreads) {
+                    if (r < rows_t) cp_async_8(&sm.cum_t[r], cum + t0 + r);
+                    else sm.cum_t[r] = 0.0;
+                }
+            }
+            cp_async_commit();
+        };
+        // The split operand of step it into hi / lo, 4 consecutive columns a piece, 8 pieces a thread.
+        auto split = [&](int it) {
+            const bool m_step = it >= n_zv;
+            const int64_t t0 = s0 + int64_t(it - n_zv) * kSt;
+            constexpr int kPer = kSt * kSt / 4 / kMmaThreads;
+#pragma unroll 2
+            for (int i = 0; i < kPer; ++i) {
+                const int e = int(threadIdx.x) + i * kMmaThreads, r = e / (kSt / 4), col = e % (kSt / 4) * 4;
+                const float4 v4 = *reinterpret_cast<const float4*>(&sm.f[r][col]);
+                float v[4] = {v4.x, v4.y, v4.z, v4.w};
+                if (m_step) {  // M[t][s] = CB[t][s]·exp(cum_t − cum_s) for s ≤ t < L (rows past L: cum_t
+                               // staged as 0, masked here)
+                    const int64_t t = t0 + r;
+                    const bool row_in = t < L;
+#pragma unroll
+                    for (int k = 0; k < 4; ++k) {
+                        const int64_t s = s0 + col + k;
+                        v[k] = row_in && s <= t ? v[k] * exp_diff(sm.cum_t[r], sm.cum_s[col + k]) : 0.0f;
+                    }
+                }
+                uint2 hv, lv;
+                hv.x = split_pair_hi(v[0], v[1], lv.x);
+                hv.y = split_pair_hi(v[2], v[3], lv.y);
+                *reinterpret_cast<uint2*>(&sm.hi[r][col]) = hv;
+                *reinterpret_cast<uint2*>(&sm.lo[r][col]) = lv;
+            }
+        };
+
         stage_bf16_tile<kSt, kSt, kStLd, kMmaThreads>(&sm.xs[0][0], xg + s0 * a.ld_x + p0, a.ld_x, rows_s, cols_p,
                                                       vec_x);
         stage_bf16_tile<kSt, kSt, kStLd, kMmaThreads>(&sm.dys[0][0], dYg + s0 * ld_y + p0, ld_y, rows_s, cols_p,
                                                       vec_y);
-        // (committed and waited for with state_product's first step)
-        float acc[8][4];
-        state_product(acc, Cg, a.ld_C, vec_c, S_in + p0 * a.N, cols_p);
-#pragma unroll
-        for (int hf = 0; hf < 2; ++hf) {
-            const int sl = 16 * warp + grp + 8 * hf;
-            tk[2][hf] += row_sum(
-                [&](int j, int odd) { return smem_f32(sm.dys, sl, 8 * j + 2 * quad + odd) * acc[j][2 * hf + odd]; },
-                hf);
-        }
-        state_product(acc, Bg, a.ld_B, vec_b, dS + p0 * a.N, cols_p);
-#pragma unroll
-        for (int hf = 0; hf < 2; ++hf) {
-            const int sl = 16 * warp + grp + 8 * hf;
-            const float decay = sl < rows_s ? exp_diff(cum_last, sm.cum_s[sl]) : 0.0f;
-            const float xv = row_sum(
-                [&](int j, int odd) { return smem_f32(sm.xs, sl, 8 * j + 2 * quad + odd) * acc[j][2 * hf + odd]; },
-                hf);
-            tk[1][hf] += decay * sm.dt_s[sl] * xv;
-#pragma unroll
-            for (int j = 0; j < 8; ++j)
-#pragma unroll
-                for (int odd = 0; odd < 2; ++odd) acc[j][2 * hf + odd] *= decay;
-        }
-        for (int64_t t0 = s0; t0 < L; t0 += kSt) {
-            const int rows_t = int(min(L - t0, int64_t(kSt)));
-            stage_bf16_tile<kSt, kSt, kStLd, kMmaThreads>(&sm.u2[0][0], dYg + t0 * ld_y + p0, ld_y, rows_t, cols_p,
-                                                          vec_y);
-            cp_async_commit();
-            // M[t][s] for this (t, s) tile, 4 consecutive s a piece, 8 pieces a thread in batches of 4,
-            // each batch's loads before its stores.
-            constexpr int kPer = kSt * kSt / 4 / kMmaThreads, kBatch = 4;
-            static_assert(kPer % kBatch == 0, "whole batches");
-#pragma unroll 1
-            for (int i0 = 0; i0 < kPer; i0 += kBatch) {
-                float4 v[kBatch];
-                double ct[kBatch];
-#pragma unroll
-                for (int i = 0; i < kBatch; ++i) {
-                    const int e = int(threadIdx.x) + (i0 + i) * kMmaThreads, r = e / (kSt / 4),
-                              sc = e % (kSt / 4) * 4;
-                    const int64_t t = t0 + r, s = s0 + sc;
-                    const float* src = cb + t * a.Q + s;
-                    const bool row_in = r < rows_t;
-                    ct[i] = row_in ? cum[t] : 0.0;
-                    if (row_in && vec_cb && s + 3 <= t) {
-                        v[i] = *reinterpret_cast<const float4*>(src);
-                    } else {
-                        v[i].x = row_in && s <= t ? src[0] : 0.0f;
-                        v[i].y = row_in && s + 1 <= t ? src[1] : 0.0f;
-                        v[i].z = row_in && s + 2 <= t ? src[2] : 0.0f;
-                        v[i].w = row_in && s + 3 <= t ? src[3] : 0.0f;
-                    }
-                }
-#pragma unroll
-                for (int i = 0; i < kBatch; ++i) {
-                    const int e = int(threadIdx.x) + (i0 + i) * kMmaThreads, r = e / (kSt / 4),
-                              sc = e % (kSt / 4) * 4;
-                    const int64_t t = t0 + r, s = s0 + sc;
-                    const bool row_in = r < rows_t;
-                    float m[4];
-                    const float vv[4] = {v[i].x, v[i].y, v[i].z, v[i].w};
-#pragma unroll
-                    for (int k = 0; k < 4; ++k)
-                        m[k] = row_in && s + k <= t ? vv[k] * exp_diff(ct[i], sm.cum_s[sc + k]) : 0.0f;
-                    uint2 hi, lo;
-                    hi.x = split_pair_hi(m[0], m[1], lo.x);
-                    hi.y = split_pair_hi(m[2], m[3], lo.y);
-                    *reinterpret_cast<uint2*>(&sm.u0[r][sc]) = hi;
-                    *reinterpret_cast<uint2*>(&sm.u1[r][sc]) = lo;
-                }
-            }
+        stage(0);  // (commits xs and dys with step 0's copies)
+        float acc[8][4] = {};
+        for (int it = 0; it < n_it; ++it) {
             cp_async_wait<0>();
             __syncthreads();
-            warp_mma_k64<true, true>(acc, &sm.u1[0][0], &sm.u2[0][0]);
-            warp_mma_k64<true, true>(acc, &sm.u0[0][0], &sm.u2[0][0]);
+            split(it);
             __syncthreads();
+            if (it + 1 < n_it) stage(it + 1);
+            const int buf = it & 1;
+            if (it < n_zv) {
+                warp_mma_k64_split_b(acc, &sm.h[buf][0][0], &sm.hi[0][0], &sm.lo[0][0]);
+            } else {
+                warp_mma_k64_split_a(acc, &sm.hi[0][0], &sm.lo[0][0], &sm.h[buf][0][0]);
+            }
+            if (it == n_z - 1) {  // acc = Z
+#pragma unroll
+                for (int hf = 0; hf < 2; ++hf) {
+                    const int sl = 16 * warp + grp + 8 * hf;
+                    tk[2][hf] += row_sum(
+                        [&](int j, int odd) { return smem_f32(sm.dys, sl, 8 * j + 2 * quad + odd) * acc[j][2 * hf + odd]; });
+#pragma unroll
+                    for (int j = 0; j < 8; ++j) acc[j][2 * hf] = acc[j][2 * hf + 1] = 0.0f;
+                }
+            } else if (it == n_zv - 1) {  // acc = V
+                const double cum_last = cum[L - 1];
+#pragma unroll
+                for (int hf = 0; hf < 2; ++hf) {
+                    const int sl = 16 * warp + grp + 8 * hf;
+                    const float decay = sl < rows_s ? exp_diff(cum_last, sm.cum_s[sl]) : 0.0f;
+                    const float xv = row_sum(
+                        [&](int j, int odd) { return smem_f32(sm.xs, sl, 8 * j + 2 * quad + odd) * acc[j][2 * hf + odd]; });
+                    tk[1][hf] += decay * sm.dt_s[sl] * xv;
+#pragma unroll
+                    for (int j = 0; j < 8; ++j)
+#pragma unroll
+                        for (int odd = 0; odd < 2; ++odd) acc[j][2 * hf + odd] *= decay;
+                }
+            }
         }
-        // dx, a row (token s) at a time: its 16 old values loaded before any is stored.
+        // acc = dX̃. dx, a row (token s) at a time: its 16 old values loaded before any is stored.
+        const float Dh = a.D ? to_f32(a.D[h]) : 0.0f;
 #pragma unroll
         for (int hf = 0; hf < 2; ++hf) {
             const int sl = 16 * warp + grp + 8 * hf;
@@ -1501,16 +1550,13 @@ __global__ void __launch_bounds__(kMmaThreads, 3)
                                                 Dh * smem_f32(sm.dys, sl, pl));
                 }
             tk[0][hf] += row_sum(
-                [&](int j, int odd) { return smem_f32(sm.xs, sl, 8 * j + 2 * quad + odd) * acc[j][2 * hf + odd]; },
-                hf);
-            tk[3][hf] += row_sum(
-                [&](int j, int odd) {
-                    const int pl = 8 * j + 2 * quad + odd;
-                    return smem_f32(sm.dys, sl, pl) * smem_f32(sm.xs, sl, pl);
-                },
-                hf);
+                [&](int j, int odd) { return smem_f32(sm.xs, sl, 8 * j + 2 * quad + odd) * acc[j][2 * hf + odd]; });
+            tk[3][hf] += row_sum([&](int j, int odd) {
+                const int pl = 8 * j + 2 * quad + odd;
+                return smem_f32(sm.dys, sl, pl) * smem_f32(sm.xs, sl, pl);
+            });
         }
-        __syncthreads();  // xs, dys are restaged for the next p tile
+        __syncthreads();  // xs, dys and the step buffers are restaged for the next p tile
     }
     const int64_t n_tok = a.batch * a.n_chunks * a.H * a.Q;
 #pragma unroll
@@ -2039,8 +2085,11 @@ void backward_stages(const SsdGrads<S>& grads, const device_t<S>* dY, const Args
                                 sizeof(DcbSmem), s>>>(a, dY, ws.CB, ws.dCB, ws.erow, ws.ecol);
             check_launch<S>("ssd_dcb_tc");
             times.mark("dcb");
-            ssd_backward_head_tc_kernel<<<tiled_grid(bch, mma_tiles(p.Q), "ssd_backward_head_tc"), kMmaThreads, 0,
-                                          s>>>(a, dY, ws.CB, states, ws.dS, dx, ws.tok);
+            check_cuda<S>(cudaFuncSetAttribute(ssd_backward_head_tc_kernel<T>,
+                                               cudaFuncAttributeMaxDynamicSharedMemorySize, int(sizeof(HeadSmem))),
+                          "cudaFuncSetAttribute", "ssd_backward_head_tc");
+            ssd_backward_head_tc_kernel<<<tiled_grid(bch, mma_tiles(p.Q), "ssd_backward_head_tc"), kMmaThreads,
+                                          sizeof(HeadSmem), s>>>(a, dY, ws.CB, states, ws.dS, dx, ws.tok);
             check_launch<S>("ssd_backward_head_tc");
             times.mark("backward_head");
             ssd_backward_finish_tc_kernel<<<tiled_grid(bch, 1, "ssd_backward_finish_tc"), kMmaThreads,
