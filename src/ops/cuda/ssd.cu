@@ -623,21 +623,30 @@ __device__ __forceinline__ void warp_mma_k64_split_a(float (&acc)[8][4], const _
     }
 }
 
-// Y per (b, chunk, head) and t tile; grid (B·n_chunks·H, mma_tiles(Q)). The operands are staged
-// as in the tensor-core backward below (kSt × kSt tiles, cp.async for the bf16 inputs, ldmatrix).
-// Per 64-wide p tile:
+// Y per (b, chunk, head) and t tile; grid (B·n_chunks·H, mma_tiles(Q)). Per 64-wide p tile:
 //   acc = C_t·S_inᵀ (S_in rounded once to bf16), then acc *= exp(cum_t);
 //   acc += Σ over the s tiles ≤ t's of S[t, s]·x_s, the score S[t, s] = CB[t, s]·exp(cum_t − cum_s)·dt_s
 //   (s ≤ t < L) formed in fp32 as in ssd_output_kernel and rounded once to bf16;
 //   y = acc + D·x_t (x_t: the last s tile's staged x).
+// The products of a p tile are one pipeline of 64-deep steps (the n tiles of C·S_inᵀ, then the s
+// tiles), as in ssd_backward_head_tc_kernel: a step's bf16 operand (C rows t, x rows s; double-
+// buffered) and the fp32 source of its rounded one (the S_in tile, or the C·Bᵀ tile) are copied by
+// cp.async; per step: wait, round the fp32 source into u (forming the scores first), barrier, issue
+// the next step's copies, products. Dynamic shared memory: sizeof(OutSmem) (3 blocks a multiprocessor).
+struct OutSmem {
+    __nv_bfloat16 h[2][kSt][kStLd];  // the bf16 operand: C rows t [t][n] | x rows s [s][p]
+    __nv_bfloat16 u[kSt][kStLd];     // the rounded one: S_in [p][n] | scores [t][s]
+    float f[kSt][kF32Ld];            // its fp32 source: S_in [p][n] | C·Bᵀ [t][s]
+    double cum_c[kMaxChunk];         // the chunk's cum and dt up to the tile's end
+    float dt_c[kMaxChunk];
+};
+
 template <typename T>
-__global__ void __launch_bounds__(kMmaThreads)
+__global__ void __launch_bounds__(kMmaThreads, 3)
     ssd_output_tc_kernel(Args<T> a, const float* CB, const float* states, T* y) {
     static_assert(std::is_same_v<T, __nv_bfloat16>, "tensor-core kernels are bf16");
-    __shared__ __align__(16) __nv_bfloat16 u0[kSt][kStLd];  // C rows t [t][n] | scores [t][s]
-    __shared__ __align__(16) __nv_bfloat16 u1[kSt][kStLd];  // S_in [p][n]      | x rows s [s][p]
-    __shared__ double cum_c[kMaxChunk];                     // the chunk's cum and dt up to the tile's end
-    __shared__ float dt_c[kMaxChunk];
+    extern __shared__ __align__(16) unsigned char dyn_smem[];
+    OutSmem& sm = *reinterpret_cast<OutSmem*>(dyn_smem);
     const int64_t bch = blockIdx.x, h = bch % a.H, c = bch / a.H % a.n_chunks, b = bch / (a.H * a.n_chunks);
     const Chunk ch = chunk_of(a, b, c);
     const int64_t L = ch.L, t0 = int64_t(blockIdx.y) * kSt;
@@ -653,104 +662,105 @@ __global__ void __launch_bounds__(kMmaThreads)
     const bool vec_x = aligned16(a.x) && a.ld_x % 8 == 0 && a.P % 8 == 0;
     const bool vec_c = aligned16(a.Cm) && a.ld_C % 8 == 0 && a.N % 8 == 0;
     const bool vec_st = aligned16(states) && a.N % 4 == 0;
-    const bool vec_cb = aligned16(CB) && a.Q % 4 == 0;
+    const bool vec_cb = aligned16(CB) && a.Q % 4 == 0 && L % 4 == 0;  // tile columns end at L
     const int warp = threadIdx.x / 32, grp = threadIdx.x % 32 / 4, quad = threadIdx.x % 4;
     const int64_t s_end = min(L, t0 + kSt);
     for (int64_t s = threadIdx.x; s < s_end; s += kMmaThreads) {
-        cum_c[s] = cum[s];
-        dt_c[s] = dtv[s];
+        sm.cum_c[s] = cum[s];
+        sm.dt_c[s] = dtv[s];
     }
-    // (visible after the first product's barrier)
-    const float Dh = a.D ? to_f32(a.D[h]) : 0.0f;
+    // (visible after the first step's barrier)
+    const int n_n = int(mma_tiles(a.N)), n_it = n_n + int(blockIdx.y) + 1;
     for (int64_t p0 = 0; p0 < a.P; p0 += kSt) {
         const int cols_p = int(a.P - p0);
-        float acc[8][4] = {};
-        for (int64_t n0 = 0; n0 < a.N; n0 += kSt) {
-            stage_bf16_tile<kSt, kSt, kStLd, kMmaThreads>(&u0[0][0], Cg + t0 * a.ld_C + n0, a.ld_C, rows_t,
-                                                          int(a.N - n0), vec_c);
+        // Step it's copies: the n tile it of C·S_inᵀ (it < n_n), else the s tile it − n_n.
+        auto stage = [&](int it) {
+            const int buf = it & 1;
+            if (it < n_n) {
+                const int64_t n0 = int64_t(it) * kSt;
+                stage_bf16_tile<kSt, kSt, kStLd, kMmaThreads>(&sm.h[buf][0][0], Cg + t0 * a.ld_C + n0, a.ld_C,
+                                                              rows_t, int(a.N - n0), vec_c);
+                stage_f32_tile<kSt, kSt, kF32Ld, kMmaThreads>(&sm.f[0][0], S_in + p0 * a.N + n0, a.N,
+                                                              int(min(a.P - p0, int64_t(kSt))), int(a.N - n0),
+                                                              vec_st);
+            } else {
+                const int64_t s0 = int64_t(it - n_n) * kSt;
+                stage_bf16_tile<kSt, kSt, kStLd, kMmaThreads>(&sm.h[buf][0][0], xg + s0 * a.ld_x + p0, a.ld_x,
+                                                              int(min(L - s0, int64_t(kSt))), cols_p, vec_x);
+                stage_f32_tile<kSt, kSt, kF32Ld, kMmaThreads>(&sm.f[0][0], cb + t0 * a.Q + s0, a.Q, rows_t,
+                                                              int(min(L - s0, int64_t(kSt))), vec_cb);
+            }
             cp_async_commit();
-            stage_split_tile<kSt, kSt, kStLd, kMmaThreads>(&u1[0][0], nullptr, S_in + p0 * a.N + n0, a.N, cols_p,
-                                                           int(a.N - n0), vec_st);
-            cp_async_wait<0>();
-            __syncthreads();
-            warp_mma_k64<false, false>(acc, &u0[0][0], &u1[0][0]);
-            __syncthreads();
-        }
-#pragma unroll
-        for (int hf = 0; hf < 2; ++hf) {
-            const int tl = 16 * warp + grp + 8 * hf;
-            const float et = tl < rows_t ? expf(static_cast<float>(cum_c[t0 + tl])) : 0.0f;
-#pragma unroll
-            for (int j = 0; j < 8; ++j)
-#pragma unroll
-                for (int odd = 0; odd < 2; ++odd) acc[j][2 * hf + odd] *= et;
-        }
-        for (int64_t s0 = 0; s0 <= t0; s0 += kSt) {
-            const int rows_s = int(min(L - s0, int64_t(kSt)));
-            stage_bf16_tile<kSt, kSt, kStLd, kMmaThreads>(&u1[0][0], xg + s0 * a.ld_x + p0, a.ld_x, rows_s, cols_p,
-                                                          vec_x);
-            cp_async_commit();
-            // The scores, 4 consecutive s a piece, 8 pieces a thread in batches of 4 (loads first).
-            constexpr int kPer = kSt * kSt / 4 / kMmaThreads, kBatch = 4;
-            static_assert(kPer % kBatch == 0, "whole batches");
-#pragma unroll 1
-            for (int i0 = 0; i0 < kPer; i0 += kBatch) {
-                float4 v[kBatch];
-#pragma unroll
-                for (int i = 0; i < kBatch; ++i) {
-                    const int e = int(threadIdx.x) + (i0 + i) * kMmaThreads, r = e / (kSt / 4),
-                              sc = e % (kSt / 4) * 4;
-                    const int64_t t = t0 + r, s = s0 + sc;
-                    const float* src = cb + t * a.Q + s;
+        };
+        // The rounded operand of step it into u, 4 consecutive columns a piece, 8 pieces a thread.
+        auto round = [&](int it) {
+            const bool s_step = it >= n_n;
+            const int64_t s0 = int64_t(it - n_n) * kSt;
+            constexpr int kPer = kSt * kSt / 4 / kMmaThreads;
+#pragma unroll 2
+            for (int i = 0; i < kPer; ++i) {
+                const int e = int(threadIdx.x) + i * kMmaThreads, r = e / (kSt / 4), col = e % (kSt / 4) * 4;
+                const float4 v4 = *reinterpret_cast<const float4*>(&sm.f[r][col]);
+                float v[4] = {v4.x, v4.y, v4.z, v4.w};
+                if (s_step) {
+                    const int64_t t = t0 + r;
                     const bool row_in = r < rows_t;
-                    if (row_in && vec_cb && s + 3 <= t) {
-                        v[i] = *reinterpret_cast<const float4*>(src);
-                    } else {
-                        v[i].x = row_in && s <= t ? src[0] : 0.0f;
-                        v[i].y = row_in && s + 1 <= t ? src[1] : 0.0f;
-                        v[i].z = row_in && s + 2 <= t ? src[2] : 0.0f;
-                        v[i].w = row_in && s + 3 <= t ? src[3] : 0.0f;
+#pragma unroll
+                    for (int k = 0; k < 4; ++k) {
+                        const int64_t s = s0 + col + k;
+                        v[k] = row_in && s <= t ? v[k] * exp_diff(sm.cum_c[t], sm.cum_c[s]) * sm.dt_c[s] : 0.0f;
                     }
                 }
-#pragma unroll
-                for (int i = 0; i < kBatch; ++i) {
-                    const int e = int(threadIdx.x) + (i0 + i) * kMmaThreads, r = e / (kSt / 4),
-                              sc = e % (kSt / 4) * 4;
-                    const int64_t t = t0 + r, s = s0 + sc;
-                    const bool row_in = r < rows_t;
-                    const float vv[4] = {v[i].x, v[i].y, v[i].z, v[i].w};
-                    float m[4];
-#pragma unroll
-                    for (int k = 0; k < 4; ++k)
-                        m[k] = row_in && s + k <= t ? vv[k] * exp_diff(cum_c[t], cum_c[s + k]) * dt_c[s + k] : 0.0f;
-                    uint2 packed;
-                    packed.x = pack_bf16x2(m[0], m[1]);
-                    packed.y = pack_bf16x2(m[2], m[3]);
-                    *reinterpret_cast<uint2*>(&u0[r][sc]) = packed;
-                }
+                uint2 packed;
+                packed.x = pack_bf16x2(v[0], v[1]);
+                packed.y = pack_bf16x2(v[2], v[3]);
+                *reinterpret_cast<uint2*>(&sm.u[r][col]) = packed;
             }
+        };
+
+        stage(0);
+        float acc[8][4] = {};
+        for (int it = 0; it < n_it; ++it) {
             cp_async_wait<0>();
             __syncthreads();
-            warp_mma_k64<false, true>(acc, &u0[0][0], &u1[0][0]);
-            if (s0 == t0) {
-                // y = acc + D·x_t, x_t being this (last) s tile's x; a row's 16 x read before its stores.
+            round(it);
+            __syncthreads();
+            if (it + 1 < n_it) stage(it + 1);
+            const int buf = it & 1;
+            if (it < n_n) {
+                warp_mma_k64<false, false>(acc, &sm.h[buf][0][0], &sm.u[0][0]);
+            } else {
+                warp_mma_k64<false, true>(acc, &sm.u[0][0], &sm.h[buf][0][0]);
+            }
+            if (it == n_n - 1) {  // acc = C_t·S_inᵀ
 #pragma unroll
                 for (int hf = 0; hf < 2; ++hf) {
                     const int tl = 16 * warp + grp + 8 * hf;
-                    if (tl >= rows_t) continue;
-                    T* yrow = y + ((ch.row0 + t0 + tl) * a.H + h) * a.P + p0;
+                    const float et = tl < rows_t ? expf(static_cast<float>(sm.cum_c[t0 + tl])) : 0.0f;
 #pragma unroll
                     for (int j = 0; j < 8; ++j)
 #pragma unroll
-                        for (int odd = 0; odd < 2; ++odd) {
-                            const int pl = 8 * j + 2 * quad + odd;
-                            if (pl < cols_p)
-                                yrow[pl] = from_f32<T>(acc[j][2 * hf + odd] + Dh * __bfloat162float(u1[tl][pl]));
-                        }
+                        for (int odd = 0; odd < 2; ++odd) acc[j][2 * hf + odd] *= et;
                 }
             }
-            __syncthreads();
         }
+        // y = acc + D·x_t, x_t being the last step's x (s tile = t tile); a row's 16 x read before its stores.
+        const float Dh = a.D ? to_f32(a.D[h]) : 0.0f;
+        const auto& xt = sm.h[(n_it - 1) & 1];
+#pragma unroll
+        for (int hf = 0; hf < 2; ++hf) {
+            const int tl = 16 * warp + grp + 8 * hf;
+            if (tl >= rows_t) continue;
+            T* yrow = y + ((ch.row0 + t0 + tl) * a.H + h) * a.P + p0;
+#pragma unroll
+            for (int j = 0; j < 8; ++j)
+#pragma unroll
+                for (int odd = 0; odd < 2; ++odd) {
+                    const int pl = 8 * j + 2 * quad + odd;
+                    if (pl < cols_p) yrow[pl] = from_f32<T>(acc[j][2 * hf + odd] + Dh * __bfloat162float(xt[tl][pl]));
+                }
+        }
+        __syncthreads();  // the step buffers are restaged for the next p tile
     }
 }
 
@@ -2040,8 +2050,11 @@ void ssd_forward(S* y, float* h_last, const SsdInputs<S>& in, const float* h0, c
     auto* out = reinterpret_cast<device_t<S>*>(y);
     if constexpr (std::is_same_v<S, uint16_t>) {
         if (tc) {
-            ssd_output_tc_kernel<<<tiled_grid(bch, mma_tiles(p.Q), "ssd_output_tc"),
-                                   kMmaThreads, 0, s>>>(a, ws.CB, states, out);
+            check_cuda<S>(cudaFuncSetAttribute(ssd_output_tc_kernel<device_t<S>>,
+                                               cudaFuncAttributeMaxDynamicSharedMemorySize, int(sizeof(OutSmem))),
+                          "cudaFuncSetAttribute", "ssd_output_tc");
+            ssd_output_tc_kernel<<<tiled_grid(bch, mma_tiles(p.Q), "ssd_output_tc"), kMmaThreads, sizeof(OutSmem),
+                                   s>>>(a, ws.CB, states, out);
             check_launch<S>("ssd_output_tc");
             times.mark("output");
             return;
