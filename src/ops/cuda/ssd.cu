@@ -1152,8 +1152,20 @@ __device__ void finish_backward_head_tc(const Args<T>& a, const Chunk& ch, int64
     const float* xdx = vecs + a.Q;
     const float* qsum = xdx + a.Q;
     const float* rsum = qsum + a.Q;
+    // ⟨dS, S_in⟩: 16-byte loads, 4 in flight a thread, where the (P, N) slices allow.
     float dss = 0.0f;
-    for (int64_t e = threadIdx.x; e < a.P * a.N; e += blockDim.x) dss += dS[e] * S_in[e];
+    const int64_t PN = a.P * a.N;
+    if (aligned16(S_in) && aligned16(dS) && PN % 4 == 0) {
+        const float4* s4 = reinterpret_cast<const float4*>(S_in);
+        const float4* d4 = reinterpret_cast<const float4*>(dS);
+#pragma unroll 4
+        for (int64_t e = threadIdx.x; e < PN / 4; e += blockDim.x) {
+            const float4 u = d4[e], v = s4[e];
+            dss += u.x * v.x + u.y * v.y + u.z * v.z + u.w * v.w;
+        }
+    } else {
+        for (int64_t e = threadIdx.x; e < PN; e += blockDim.x) dss += dS[e] * S_in[e];
+    }
     auto block_sum = [&](float v) {  // blockDim.x a power of two; returns synchronised
         __syncthreads();
         red[threadIdx.x] = v;
