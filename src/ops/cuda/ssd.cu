@@ -1235,10 +1235,11 @@ __device__ void finish_backward_head_tc(const Args<T>& a, const Chunk& ch, int64
 //   ssd_backward_finish_tc_kernel, per (b, chunk, head): dcum from the slots in a fixed order, then
 //   finish_backward_head_tc (ddt and the per-chunk parameter sums).
 // Every sum has one writer per output and a fixed order: deterministic.
-// dCB per (b, chunk, group) as ssd_dcb_kernel, and the E slots; grid (B·n_chunks·G, mma_tiles(Q)²),
-// tiles with si > ti or beyond the chunk exit. The heads' (dY_h, x_h) tiles, 64 p at a time, are
-// double-buffered (cp.async of step i + 1 in flight during step i's products), with each head's cum
-// and dt beside its last step. Per head, in fp32 on the exact product: G[t, s] = (dY·Xᵀ)[t, s]·dt_s·
+// dCB per (b, chunk, group) as ssd_dcb_kernel, and the E slots; grid (B·n_chunks·G, nT·(nT + 1)/2)
+// over the tile pairs si ≤ ti (nT = mma_tiles(Q)), tiles beyond the chunk exit. The heads' (dY_h,
+// x_h) tiles, 64 p at a time, are double-buffered (cp.async of step i + 1 issued after step i's
+// barrier, in flight during its products), with each head's cum and dt beside its last step; one
+// barrier a step. Per head, in fp32 on the exact product: G[t, s] = (dY·Xᵀ)[t, s]·dt_s·
 // exp(cum_t − cum_s) (s ≤ t < L), dCB += G, E = G·CB[t, s] (s < t):
 //   erow[(bch·nT + si)·Q + t] = Σ_{s in tile si} E[t, s]      (t in tile ti)
 //   ecol[(bch·nT + ti)·Q + s] = Σ_{t in tile ti} E[t, s]      (s in tile si)
@@ -1249,7 +1250,7 @@ struct DcbSmem {
     double cum_t[2][kSt], cum_s[2][kSt];
     float dt_s[2][kSt];
     float cb[kSt][kSt + 4];  // the group's C·Bᵀ tile
-    float colred[4][kSt];
+    float colred[2][4][kSt];  // per head parity: the warps' column sums of E, emitted a step later
 };
 
 template <typename T>
@@ -1259,9 +1260,12 @@ __global__ void __launch_bounds__(kMmaThreads, 3)
     extern __shared__ __align__(16) unsigned char dyn_smem[];
     DcbSmem& sm = *reinterpret_cast<DcbSmem*>(dyn_smem);
     const int64_t bcg = blockIdx.x, g = bcg % a.G, c = bcg / a.G % a.n_chunks, b = bcg / (a.G * a.n_chunks);
-    const int64_t nT = mma_tiles(a.Q), ti = blockIdx.y / nT, si = blockIdx.y % nT;
+    const int64_t nT = mma_tiles(a.Q);
+    int64_t ti = 0;  // blockIdx.y = ti·(ti + 1)/2 + si, si ≤ ti
+    while ((ti + 1) * (ti + 2) / 2 <= int64_t(blockIdx.y)) ++ti;
+    const int64_t si = int64_t(blockIdx.y) - ti * (ti + 1) / 2;
     const Chunk ch = chunk_of(a, b, c);
-    if (si > ti || ti * kSt >= ch.L) return;
+    if (ti * kSt >= ch.L) return;
     const int64_t L = ch.L, t0 = ti * kSt, s0 = si * kSt, ld_y = a.H * a.P;
     const int rows_t = int(min(L - t0, int64_t(kSt))), rows_s = int(min(L - s0, int64_t(kSt)));
     const int warp = threadIdx.x / 32, grp = threadIdx.x % 32 / 4, quad = threadIdx.x % 4;
@@ -1302,19 +1306,29 @@ __global__ void __launch_bounds__(kMmaThreads, 3)
         const int r = e / kSt, col = e % kSt;
         sm.cb[r][col] = r < rows_t && col < rows_s ? cb[(t0 + r) * a.Q + s0 + col] : 0.0f;
     }
+    // One barrier a step: after it, the step's copies are visible, the previous step's reads of the
+    // other buffer are done (so the next copies may start), and the column sums of the previous
+    // head (colred, by head parity) are complete: threads 0..63 emit them.
+    auto emit_ecol = [&](int64_t head) {
+        const int64_t bch = (b * a.n_chunks + c) * a.H + head;
+        const int hb = int(head - h_first) & 1;
+        if (threadIdx.x < kSt && int(threadIdx.x) < rows_s) {
+            const int sl = threadIdx.x;
+            ecol[(bch * nT + ti) * a.Q + s0 + sl] =
+                ((sm.colred[hb][0][sl] + sm.colred[hb][1][sl]) + sm.colred[hb][2][sl]) + sm.colred[hb][3][sl];
+        }
+    };
     float acc[8][4] = {}, dcb[8][4] = {};
     for (int it = 0; it < n_it; ++it) {
-        if (it + 1 < n_it) {
-            stage(it + 1);
-            cp_async_wait<1>();
-        } else {
-            cp_async_wait<0>();
-        }
+        cp_async_wait<0>();
         __syncthreads();
+        if (it > 0 && it % n_kc == 0) emit_ecol(h_first + it / n_kc - 1);
+        if (it + 1 < n_it) stage(it + 1);
         const int buf = it & 1;
         warp_mma_k64<false, false>(acc, &sm.dy[buf][0][0], &sm.x[buf][0][0]);
         if (it % n_kc == n_kc - 1) {
             const int64_t h = h_first + it / n_kc, bch = (b * a.n_chunks + c) * a.H + h;
+            const int hb = int(it / n_kc) & 1;
             float rs[2] = {0.0f, 0.0f}, cs[8][2] = {};
 #pragma unroll
             for (int j = 0; j < 8; ++j)
@@ -1347,17 +1361,12 @@ __global__ void __launch_bounds__(kMmaThreads, 3)
                     v += __shfl_xor_sync(0xffffffffu, v, 4);
                     v += __shfl_xor_sync(0xffffffffu, v, 8);
                     v += __shfl_xor_sync(0xffffffffu, v, 16);
-                    if (grp == 0) sm.colred[warp][8 * j + 2 * quad + odd] = v;
+                    if (grp == 0) sm.colred[hb][warp][8 * j + 2 * quad + odd] = v;
                 }
-            __syncthreads();
-            if (threadIdx.x < kSt && int(threadIdx.x) < rows_s) {
-                const int sl = threadIdx.x;
-                ecol[(bch * nT + ti) * a.Q + s0 + sl] =
-                    ((sm.colred[0][sl] + sm.colred[1][sl]) + sm.colred[2][sl]) + sm.colred[3][sl];
-            }
         }
-        __syncthreads();
     }
+    __syncthreads();
+    emit_ecol(h_first + a.heads_per_group - 1);
     float* out = dCB + bcg * a.Q * a.Q;
 #pragma unroll
     for (int j = 0; j < 8; ++j)
@@ -2106,7 +2115,7 @@ void backward_stages(const SsdGrads<S>& grads, const device_t<S>* dY, const Args
             check_cuda<S>(cudaFuncSetAttribute(ssd_dcb_tc_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                                int(sizeof(DcbSmem))),
                           "cudaFuncSetAttribute", "ssd_dcb_tc");
-            ssd_dcb_tc_kernel<<<tiled_grid(bcg, mma_tiles(p.Q) * mma_tiles(p.Q), "ssd_dcb_tc"), kMmaThreads,
+            ssd_dcb_tc_kernel<<<tiled_grid(bcg, mma_tiles(p.Q) * (mma_tiles(p.Q) + 1) / 2, "ssd_dcb_tc"), kMmaThreads,
                                 sizeof(DcbSmem), s>>>(a, dY, ws.CB, ws.dCB, ws.erow, ws.ecol);
             check_launch<S>("ssd_dcb_tc");
             times.mark("dcb");
