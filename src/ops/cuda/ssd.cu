@@ -1049,13 +1049,23 @@ __global__ void ssd_dbc_kernel(Args<T> a, const T* dy, const float* dCB, const f
 
 // Per (b, chunk, head) a (P, N) sum over the chunk's tokens, as ssd_chunk_state_kernel; grid
 // (B·n_chunks·H, mma_tiles(P)·mma_tiles(N)). A = w_t·X_t (P × L, formed in fp32 and split, stored
-// [t][p]), B = Y (L × N, exact, cp.async), 64 tokens a step; the staged tiles of ssd_output_tc_kernel.
+// [t][p]), B = Y (L × N, exact), 64 tokens a step. Both are copied by cp.async (X raw, Y double-
+// buffered); per step: wait, split w_t·X into hi / lo cooperatively, barrier, issue the next step's
+// copies, products (the pipeline of ssd_backward_head_tc_kernel). Dynamic shared memory:
+// sizeof(ChunkStateSmem) (4 blocks a multiprocessor).
+struct ChunkStateSmem {
+    __nv_bfloat16 ys[2][kSt][kStLd];  // Y[t][n]
+    __nv_bfloat16 xraw[kSt][kStLd];   // X[t][p] as copied
+    __nv_bfloat16 xhi[kSt][kStLd];    // w_t·X[t][p] split
+    __nv_bfloat16 xlo[kSt][kStLd];
+    float w[kMaxChunk];  // the token weights w_t, once per block rather than per element
+};
+
 template <bool kGrad, typename T>
-__global__ void __launch_bounds__(kMmaThreads) ssd_chunk_state_tc_kernel(Args<T> a, const T* dy, float* out) {
+__global__ void __launch_bounds__(kMmaThreads, 4) ssd_chunk_state_tc_kernel(Args<T> a, const T* dy, float* out) {
     static_assert(std::is_same_v<T, __nv_bfloat16>, "tensor-core kernels are bf16");
-    __shared__ __align__(16) __nv_bfloat16 xhi[kSt][kStLd], xlo[kSt][kStLd];  // w_t·X[t][p] split
-    __shared__ __align__(16) __nv_bfloat16 ys[kSt][kStLd];                    // Y[t][n]
-    __shared__ float w[kMaxChunk];  // the token weights w_t, once per block rather than per element
+    extern __shared__ __align__(16) unsigned char dyn_smem[];
+    ChunkStateSmem& sm = *reinterpret_cast<ChunkStateSmem*>(dyn_smem);
     const int64_t bch = blockIdx.x, h = bch % a.H, c = bch / a.H % a.n_chunks, b = bch / (a.H * a.n_chunks);
     const int64_t tn = mma_tiles(a.N), p0 = blockIdx.y / tn * kSt, n0 = blockIdx.y % tn * kSt;
     const Chunk ch = chunk_of(a, b, c);
@@ -1071,56 +1081,45 @@ __global__ void __launch_bounds__(kMmaThreads) ssd_chunk_state_tc_kernel(Args<T>
     const bool vec_Y = aligned16(kGrad ? a.Cm : a.Bm) && ld_Y % 8 == 0 && a.N % 8 == 0;
     const int cols_p = int(a.P - p0), cols_n = int(a.N - n0);
     for (int64_t t = threadIdx.x; t < L; t += blockDim.x)
-        w[t] = kGrad ? expf(static_cast<float>(cum[t])) : exp_diff(cum_last, cum[t]) * dtv[t];
-    __syncthreads();
-    float acc[8][4] = {};
-    for (int64_t t0 = 0; t0 < L; t0 += kSt) {
+        sm.w[t] = kGrad ? expf(static_cast<float>(cum[t])) : exp_diff(cum_last, cum[t]) * dtv[t];
+    // (visible after the first step's barrier)
+    const int n_it = int(mma_tiles(L));
+    auto stage = [&](int it) {
+        const int64_t t0 = int64_t(it) * kSt;
         const int rows_t = int(min(L - t0, int64_t(kSt)));
-        stage_bf16_tile<kSt, kSt, kStLd, kMmaThreads>(&ys[0][0], Y + t0 * ld_Y + n0, ld_Y, rows_t, cols_n, vec_Y);
+        stage_bf16_tile<kSt, kSt, kStLd, kMmaThreads>(&sm.ys[it & 1][0][0], Y + t0 * ld_Y + n0, ld_Y, rows_t, cols_n,
+                                                      vec_Y);
+        stage_bf16_tile<kSt, kSt, kStLd, kMmaThreads>(&sm.xraw[0][0], X + t0 * ld_X + p0, ld_X, rows_t, cols_p,
+                                                      vec_X);
         cp_async_commit();
-        // xhi/xlo[r][col] = split(w[t0 + r]·X[t0 + r][p0 + col]): 8 consecutive p a piece, 4 pieces a
-        // thread, all loaded before any is stored.
+    };
+    stage(0);
+    float acc[8][4] = {};
+    for (int it = 0; it < n_it; ++it) {
+        const int64_t t0 = int64_t(it) * kSt;
+        cp_async_wait<0>();
+        __syncthreads();
+        // xhi/xlo[r][col] = split(w[t0 + r]·X[t0 + r][p0 + col]), 8 consecutive p a piece, 4 pieces a
+        // thread (rows past L: X staged as 0).
         constexpr int kPer = kSt * kSt / 8 / kMmaThreads;
-        uint4 raw[kPer];
 #pragma unroll
         for (int i = 0; i < kPer; ++i) {
             const int e = int(threadIdx.x) + i * kMmaThreads, r = e / (kSt / 8), col = e % (kSt / 8) * 8;
-            const T* src = X + (t0 + r) * ld_X + p0 + col;
-            if (r >= rows_t || col >= cols_p) {
-                raw[i] = make_uint4(0u, 0u, 0u, 0u);
-            } else if (vec_X) {
-                raw[i] = *reinterpret_cast<const uint4*>(src);
-            } else {
-                const __nv_bfloat16 zero = __float2bfloat16_rn(0.0f);
-                uint32_t q4[4];
-#pragma unroll
-                for (int k = 0; k < 4; ++k) {
-                    const __nv_bfloat162 pr = __halves2bfloat162(col + 2 * k < cols_p ? src[2 * k] : zero,
-                                                                 col + 2 * k + 1 < cols_p ? src[2 * k + 1] : zero);
-                    q4[k] = *reinterpret_cast<const uint32_t*>(&pr);
-                }
-                raw[i] = make_uint4(q4[0], q4[1], q4[2], q4[3]);
-            }
-        }
-#pragma unroll
-        for (int i = 0; i < kPer; ++i) {
-            const int e = int(threadIdx.x) + i * kMmaThreads, r = e / (kSt / 8), col = e % (kSt / 8) * 8;
-            const float wt = r < rows_t ? w[t0 + r] : 0.0f;
-            const uint32_t in[4] = {raw[i].x, raw[i].y, raw[i].z, raw[i].w};
+            const float wt = t0 + r < L ? sm.w[t0 + r] : 0.0f;
+            const uint4 raw = *reinterpret_cast<const uint4*>(&sm.xraw[r][col]);
+            const uint32_t in[4] = {raw.x, raw.y, raw.z, raw.w};
             uint32_t hi[4], lo[4];
 #pragma unroll
             for (int k = 0; k < 4; ++k) {
                 const float2 v = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&in[k]));
                 hi[k] = split_pair_hi(wt * v.x, wt * v.y, lo[k]);
             }
-            *reinterpret_cast<uint4*>(&xhi[r][col]) = make_uint4(hi[0], hi[1], hi[2], hi[3]);
-            *reinterpret_cast<uint4*>(&xlo[r][col]) = make_uint4(lo[0], lo[1], lo[2], lo[3]);
+            *reinterpret_cast<uint4*>(&sm.xhi[r][col]) = make_uint4(hi[0], hi[1], hi[2], hi[3]);
+            *reinterpret_cast<uint4*>(&sm.xlo[r][col]) = make_uint4(lo[0], lo[1], lo[2], lo[3]);
         }
-        cp_async_wait<0>();
         __syncthreads();
-        warp_mma_k64<true, true>(acc, &xlo[0][0], &ys[0][0]);
-        warp_mma_k64<true, true>(acc, &xhi[0][0], &ys[0][0]);
-        __syncthreads();
+        if (it + 1 < n_it) stage(it + 1);
+        warp_mma_k64_split_a(acc, &sm.xhi[0][0], &sm.xlo[0][0], &sm.ys[it & 1][0][0]);
     }
     float* o = out + bch * a.P * a.N;
     const int warp = threadIdx.x / 32, grp = threadIdx.x % 32 / 4, quad = threadIdx.x % 4;
@@ -1982,9 +1981,13 @@ void state_pass(const Args<device_t<S>>& a, const Workspace& ws, float* states, 
         bool done = false;
         if constexpr (std::is_same_v<S, uint16_t>) {
             if (tc) {
+                check_cuda<S>(cudaFuncSetAttribute(ssd_chunk_state_tc_kernel<false, T>,
+                                                   cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                   int(sizeof(ChunkStateSmem))),
+                              "cudaFuncSetAttribute", "ssd_chunk_state_tc");
                 ssd_chunk_state_tc_kernel<false>
                     <<<tiled_grid(bcn * a.H, mma_tiles(a.P) * mma_tiles(a.N), "ssd_chunk_state_tc"),
-                       kMmaThreads, 0, stream>>>(a, static_cast<const T*>(nullptr), states);
+                       kMmaThreads, sizeof(ChunkStateSmem), stream>>>(a, static_cast<const T*>(nullptr), states);
                 check_launch<S>("ssd_chunk_state_tc");
                 done = true;
             }
@@ -2102,9 +2105,13 @@ void backward_stages(const SsdGrads<S>& grads, const device_t<S>* dY, const Args
     auto* dC = reinterpret_cast<T*>(grads.dC);
     if constexpr (std::is_same_v<S, uint16_t>) {
         if (tc) {
+            check_cuda<S>(cudaFuncSetAttribute(ssd_chunk_state_tc_kernel<true, T>,
+                                               cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                               int(sizeof(ChunkStateSmem))),
+                          "cudaFuncSetAttribute", "ssd_chunk_state_grad_tc");
             ssd_chunk_state_tc_kernel<true>
                 <<<tiled_grid(bch, mma_tiles(p.P) * mma_tiles(p.N), "ssd_chunk_state_grad_tc"), kMmaThreads,
-                   0, s>>>(a, dY, ws.dS);
+                   sizeof(ChunkStateSmem), s>>>(a, dY, ws.dS);
             check_launch<S>("ssd_chunk_state_grad_tc");
             times.mark("chunk_state_grad");
             ssd_state_pass_kernel<true>
