@@ -496,9 +496,9 @@ __global__ void ssd_output_kernel(Args<T> a, const float* CB, const float* state
     }
 }
 
-// ---- tensor-core versions of (2) and (5), for bf16 storage: the same loaders as ssd_cb_kernel and
-// ssd_output_kernel, 64 × 64 output tiles of block_mma (128 threads). Every operand value but two
-// is a bf16 input and passes through exactly; the two rounded once to bf16 are the decayed score
+// ---- tensor-core versions of (2) and (5), for bf16 storage: C·Bᵀ by block_mma with ssd_cb_kernel's
+// loaders, the output by the staged pipeline below (64 × 64 output tiles, 128 threads). Every
+// operand value but two is a bf16 input and passes through exactly; the two rounded once to bf16 are the decayed score
 // M[t, s]·dt_s, formed in fp32 as in ssd_output_kernel, and the fp32 state S_in of C·S_inᵀ.
 
 __host__ __device__ inline int64_t mma_tiles(int64_t n) {
