@@ -409,6 +409,34 @@ __device__ __forceinline__ void stage_bf16_tile(__nv_bfloat16* dst, const __nv_b
     }
 }
 
+// dst[r][c] = src[r·ld + c] for r < rows, c < cols, else 0, as stage_bf16_tile for an fp32 tile
+// kept in fp32 (split later by its reader): vec: src and ld·4 bytes 16-byte aligned and cols a
+// multiple of 4 or ≥ kCols, 16-byte cp.async copies (the caller commits, waits and synchronises),
+// zeros stored directly; otherwise element by element.
+template <int kRows, int kCols, int kLd, int kThreads>
+__device__ __forceinline__ void stage_f32_tile(float* dst, const float* src, int64_t ld, int rows, int cols,
+                                               bool vec) {
+    static_assert(kCols % 4 == 0 && kLd % 4 == 0, "16-byte pieces");
+    constexpr int kPieces = kRows * kCols / 4;
+    if (vec) {
+#pragma unroll 4
+        for (int e = threadIdx.x; e < kPieces; e += kThreads) {
+            const int r = e / (kCols / 4), c = e % (kCols / 4) * 4;
+            float* d = dst + r * kLd + c;
+            if (r < rows && c < cols) {
+                cp_async_16(d, src + r * ld + c);
+            } else {
+                *reinterpret_cast<float4*>(d) = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+            }
+        }
+    } else {
+        for (int e = threadIdx.x; e < kRows * kCols; e += kThreads) {
+            const int r = e / kCols, c = e % kCols;
+            dst[r * kLd + c] = r < rows && c < cols ? src[r * ld + c] : 0.0f;
+        }
+    }
+}
+
 // hi[r][c] = bf16(v), lo[r][c] = bf16(v − hi) for v = src[r·ld + c] (r < rows, c < cols, else 0),
 // as block_mma_ex's split, for an fp32 source. vec: src and ld·4 bytes 16-byte aligned and cols a
 // multiple of 4 or ≥ kCols (float4 loads). Each thread loads 4 pieces before storing them. lo null:

@@ -4,13 +4,13 @@
 // is ever stored. Three engines:
 //   tile_mma   shared-memory tiled fp32 FMA, one 32 × 32 output tile per block: every product of
 //              the f32 instantiation, and the bf16 products not listed below;
-//   block_mma / block_mma_ex  (mma.cuh) tensor cores, one 64 × 64 output tile per block from loader
-//              lambdas (fp32 values rounded once to bf16, or split into hi + lo): C·Bᵀ (step 2) and
-//              the backward's dB, dC;
+//   block_mma  (mma.cuh) tensor cores, one 64 × 64 output tile per block from loader lambdas (fp32
+//              values rounded once to bf16): C·Bᵀ (step 2);
 //   staged tiles (warp_mma_k64) tensor cores, 64 × 64 tiles of exact bf16 inputs copied by
-//              cp.async and fp32-formed operands rounded or split into shared tiles, fragments by
-//              ldmatrix: the chunk states (3), the output (5), and the backward's dCB with the dcum
-//              sums, its per-token head and finish kernels.
+//              cp.async and fp32-formed operands rounded or split into shared tiles (or split per
+//              warp from staged fp32 tiles), fragments by ldmatrix: the chunk states (3), the output
+//              (5), and the backward's dCB with the dcum sums, its per-token head and finish kernels,
+//              and dB, dC.
 // MSLM_SSD_TC=0 in the environment selects tile_mma for all of them. The tensor-core path also takes
 // step (1) as a warp scan (ssd_decay_scan_kernel), the fp32 path the serial ssd_decay_kernel.
 //
@@ -496,9 +496,9 @@ __global__ void ssd_output_kernel(Args<T> a, const float* CB, const float* state
     }
 }
 
-// ---- tensor-core versions of (2) and (5), for bf16 storage: the same loaders as ssd_cb_kernel and
-// ssd_output_kernel, 64 × 64 output tiles of block_mma (128 threads). Every operand value but two
-// is a bf16 input and passes through exactly; the two rounded once to bf16 are the decayed score
+// ---- tensor-core versions of (2) and (5), for bf16 storage: C·Bᵀ by block_mma with ssd_cb_kernel's
+// loaders, the output by the staged pipeline below (64 × 64 output tiles, 128 threads). Every
+// operand value but two is a bf16 input and passes through exactly; the two rounded once to bf16 are the decayed score
 // M[t, s]·dt_s, formed in fp32 as in ssd_output_kernel, and the fp32 state S_in of C·S_inᵀ.
 
 __host__ __device__ inline int64_t mma_tiles(int64_t n) {
@@ -542,6 +542,9 @@ __global__ void __launch_bounds__(kMmaThreads) ssd_cb_tc_kernel(Args<T> a, float
 // tiles), so a row's sum is one warp's (quad shuffles). Shared rows 72 bf16 = 144 bytes: ldmatrix
 // rows 16-byte aligned, and 8 rows at 144-byte pitch fall in distinct bank quads.
 constexpr int kSt = 64, kStLd = 72;
+// fp32 tiles (split by their readers): rows of 68 floats (272 bytes, 16-byte aligned); a warp's
+// column-pair loads (rows 2q + const, columns grp + const) then fall in 32 distinct banks.
+constexpr int kF32Ld = kSt + 4;
 static_assert(kSt == kMmaM, "tiles of the grids and slots are per mma_tiles(Q) tile");
 
 __device__ __forceinline__ bool aligned16(const void* p) {
@@ -576,21 +579,74 @@ __device__ __forceinline__ void warp_mma_k64(float (&acc)[8][4], const __nv_bflo
     }
 }
 
-// Y per (b, chunk, head) and t tile; grid (B·n_chunks·H, mma_tiles(Q)). The operands are staged
-// as in the tensor-core backward below (kSt × kSt tiles, cp.async for the bf16 inputs, ldmatrix).
-// Per 64-wide p tile:
+// As warp_mma_k64 with one operand split into hi + lo tiles, both read per 16-deep slice and the lo
+// product issued first: B split (A [m][k], B [n][k]) or A split (A [k][m], B [k][n]).
+__device__ __forceinline__ void warp_mma_k64_split_b(float (&acc)[8][4], const __nv_bfloat16* sa,
+                                                     const __nv_bfloat16* sb_hi, const __nv_bfloat16* sb_lo) {
+    const int m0 = threadIdx.x / 32 * 16;
+#pragma unroll
+    for (int kk = 0; kk < kSt; kk += 16) {
+        uint32_t af[4];
+        lda_mk(af, sa, kStLd, m0, kk);
+#pragma unroll
+        for (int jj = 0; jj < 4; ++jj) {
+            uint32_t bh[4], bl[4];
+            ldb_nk(bh, sb_hi, kStLd, 16 * jj, kk);
+            ldb_nk(bl, sb_lo, kStLd, 16 * jj, kk);
+            const uint32_t h0[2] = {bh[0], bh[1]}, h1[2] = {bh[2], bh[3]};
+            const uint32_t l0[2] = {bl[0], bl[1]}, l1[2] = {bl[2], bl[3]};
+            mma_m16n8k16_bf16(acc[2 * jj], af, l0);
+            mma_m16n8k16_bf16(acc[2 * jj], af, h0);
+            mma_m16n8k16_bf16(acc[2 * jj + 1], af, l1);
+            mma_m16n8k16_bf16(acc[2 * jj + 1], af, h1);
+        }
+    }
+}
+__device__ __forceinline__ void warp_mma_k64_split_a(float (&acc)[8][4], const __nv_bfloat16* sa_hi,
+                                                     const __nv_bfloat16* sa_lo, const __nv_bfloat16* sb) {
+    const int m0 = threadIdx.x / 32 * 16;
+#pragma unroll
+    for (int kk = 0; kk < kSt; kk += 16) {
+        uint32_t ah[4], al[4];
+        lda_km(ah, sa_hi, kStLd, m0, kk);
+        lda_km(al, sa_lo, kStLd, m0, kk);
+#pragma unroll
+        for (int jj = 0; jj < 4; ++jj) {
+            uint32_t bq[4];
+            ldb_kn(bq, sb, kStLd, 16 * jj, kk);
+            const uint32_t b0[2] = {bq[0], bq[1]}, b1[2] = {bq[2], bq[3]};
+            mma_m16n8k16_bf16(acc[2 * jj], al, b0);
+            mma_m16n8k16_bf16(acc[2 * jj], ah, b0);
+            mma_m16n8k16_bf16(acc[2 * jj + 1], al, b1);
+            mma_m16n8k16_bf16(acc[2 * jj + 1], ah, b1);
+        }
+    }
+}
+
+// Y per (b, chunk, head) and t tile; grid (B·n_chunks·H, mma_tiles(Q)). Per 64-wide p tile:
 //   acc = C_t·S_inᵀ (S_in rounded once to bf16), then acc *= exp(cum_t);
 //   acc += Σ over the s tiles ≤ t's of S[t, s]·x_s, the score S[t, s] = CB[t, s]·exp(cum_t − cum_s)·dt_s
 //   (s ≤ t < L) formed in fp32 as in ssd_output_kernel and rounded once to bf16;
 //   y = acc + D·x_t (x_t: the last s tile's staged x).
+// The products of a p tile are one pipeline of 64-deep steps (the n tiles of C·S_inᵀ, then the s
+// tiles), as in ssd_backward_head_tc_kernel: a step's bf16 operand (C rows t, x rows s; double-
+// buffered) and the fp32 source of its rounded one (the S_in tile, or the C·Bᵀ tile) are copied by
+// cp.async; per step: wait, round the fp32 source into u (forming the scores first), barrier, issue
+// the next step's copies, products. Dynamic shared memory: sizeof(OutSmem) (3 blocks a multiprocessor).
+struct OutSmem {
+    __nv_bfloat16 h[2][kSt][kStLd];  // the bf16 operand: C rows t [t][n] | x rows s [s][p]
+    __nv_bfloat16 u[kSt][kStLd];     // the rounded one: S_in [p][n] | scores [t][s]
+    float f[kSt][kF32Ld];            // its fp32 source: S_in [p][n] | C·Bᵀ [t][s]
+    double cum_c[kMaxChunk];         // the chunk's cum and dt up to the tile's end
+    float dt_c[kMaxChunk];
+};
+
 template <typename T>
-__global__ void __launch_bounds__(kMmaThreads)
+__global__ void __launch_bounds__(kMmaThreads, 3)
     ssd_output_tc_kernel(Args<T> a, const float* CB, const float* states, T* y) {
     static_assert(std::is_same_v<T, __nv_bfloat16>, "tensor-core kernels are bf16");
-    __shared__ __align__(16) __nv_bfloat16 u0[kSt][kStLd];  // C rows t [t][n] | scores [t][s]
-    __shared__ __align__(16) __nv_bfloat16 u1[kSt][kStLd];  // S_in [p][n]      | x rows s [s][p]
-    __shared__ double cum_c[kMaxChunk];                     // the chunk's cum and dt up to the tile's end
-    __shared__ float dt_c[kMaxChunk];
+    extern __shared__ __align__(16) unsigned char dyn_smem[];
+    OutSmem& sm = *reinterpret_cast<OutSmem*>(dyn_smem);
     const int64_t bch = blockIdx.x, h = bch % a.H, c = bch / a.H % a.n_chunks, b = bch / (a.H * a.n_chunks);
     const Chunk ch = chunk_of(a, b, c);
     const int64_t L = ch.L, t0 = int64_t(blockIdx.y) * kSt;
@@ -606,104 +662,105 @@ __global__ void __launch_bounds__(kMmaThreads)
     const bool vec_x = aligned16(a.x) && a.ld_x % 8 == 0 && a.P % 8 == 0;
     const bool vec_c = aligned16(a.Cm) && a.ld_C % 8 == 0 && a.N % 8 == 0;
     const bool vec_st = aligned16(states) && a.N % 4 == 0;
-    const bool vec_cb = aligned16(CB) && a.Q % 4 == 0;
+    const bool vec_cb = aligned16(CB) && a.Q % 4 == 0 && L % 4 == 0;  // tile columns end at L
     const int warp = threadIdx.x / 32, grp = threadIdx.x % 32 / 4, quad = threadIdx.x % 4;
     const int64_t s_end = min(L, t0 + kSt);
     for (int64_t s = threadIdx.x; s < s_end; s += kMmaThreads) {
-        cum_c[s] = cum[s];
-        dt_c[s] = dtv[s];
+        sm.cum_c[s] = cum[s];
+        sm.dt_c[s] = dtv[s];
     }
-    // (visible after the first product's barrier)
-    const float Dh = a.D ? to_f32(a.D[h]) : 0.0f;
+    // (visible after the first step's barrier)
+    const int n_n = int(mma_tiles(a.N)), n_it = n_n + int(blockIdx.y) + 1;
     for (int64_t p0 = 0; p0 < a.P; p0 += kSt) {
         const int cols_p = int(a.P - p0);
-        float acc[8][4] = {};
-        for (int64_t n0 = 0; n0 < a.N; n0 += kSt) {
-            stage_bf16_tile<kSt, kSt, kStLd, kMmaThreads>(&u0[0][0], Cg + t0 * a.ld_C + n0, a.ld_C, rows_t,
-                                                          int(a.N - n0), vec_c);
+        // Step it's copies: the n tile it of C·S_inᵀ (it < n_n), else the s tile it − n_n.
+        auto stage = [&](int it) {
+            const int buf = it & 1;
+            if (it < n_n) {
+                const int64_t n0 = int64_t(it) * kSt;
+                stage_bf16_tile<kSt, kSt, kStLd, kMmaThreads>(&sm.h[buf][0][0], Cg + t0 * a.ld_C + n0, a.ld_C,
+                                                              rows_t, int(a.N - n0), vec_c);
+                stage_f32_tile<kSt, kSt, kF32Ld, kMmaThreads>(&sm.f[0][0], S_in + p0 * a.N + n0, a.N,
+                                                              int(min(a.P - p0, int64_t(kSt))), int(a.N - n0),
+                                                              vec_st);
+            } else {
+                const int64_t s0 = int64_t(it - n_n) * kSt;
+                stage_bf16_tile<kSt, kSt, kStLd, kMmaThreads>(&sm.h[buf][0][0], xg + s0 * a.ld_x + p0, a.ld_x,
+                                                              int(min(L - s0, int64_t(kSt))), cols_p, vec_x);
+                stage_f32_tile<kSt, kSt, kF32Ld, kMmaThreads>(&sm.f[0][0], cb + t0 * a.Q + s0, a.Q, rows_t,
+                                                              int(min(L - s0, int64_t(kSt))), vec_cb);
+            }
             cp_async_commit();
-            stage_split_tile<kSt, kSt, kStLd, kMmaThreads>(&u1[0][0], nullptr, S_in + p0 * a.N + n0, a.N, cols_p,
-                                                           int(a.N - n0), vec_st);
-            cp_async_wait<0>();
-            __syncthreads();
-            warp_mma_k64<false, false>(acc, &u0[0][0], &u1[0][0]);
-            __syncthreads();
-        }
-#pragma unroll
-        for (int hf = 0; hf < 2; ++hf) {
-            const int tl = 16 * warp + grp + 8 * hf;
-            const float et = tl < rows_t ? expf(static_cast<float>(cum_c[t0 + tl])) : 0.0f;
-#pragma unroll
-            for (int j = 0; j < 8; ++j)
-#pragma unroll
-                for (int odd = 0; odd < 2; ++odd) acc[j][2 * hf + odd] *= et;
-        }
-        for (int64_t s0 = 0; s0 <= t0; s0 += kSt) {
-            const int rows_s = int(min(L - s0, int64_t(kSt)));
-            stage_bf16_tile<kSt, kSt, kStLd, kMmaThreads>(&u1[0][0], xg + s0 * a.ld_x + p0, a.ld_x, rows_s, cols_p,
-                                                          vec_x);
-            cp_async_commit();
-            // The scores, 4 consecutive s a piece, 8 pieces a thread in batches of 4 (loads first).
-            constexpr int kPer = kSt * kSt / 4 / kMmaThreads, kBatch = 4;
-            static_assert(kPer % kBatch == 0, "whole batches");
-#pragma unroll 1
-            for (int i0 = 0; i0 < kPer; i0 += kBatch) {
-                float4 v[kBatch];
-#pragma unroll
-                for (int i = 0; i < kBatch; ++i) {
-                    const int e = int(threadIdx.x) + (i0 + i) * kMmaThreads, r = e / (kSt / 4),
-                              sc = e % (kSt / 4) * 4;
-                    const int64_t t = t0 + r, s = s0 + sc;
-                    const float* src = cb + t * a.Q + s;
+        };
+        // The rounded operand of step it into u, 4 consecutive columns a piece, 8 pieces a thread.
+        auto round = [&](int it) {
+            const bool s_step = it >= n_n;
+            const int64_t s0 = int64_t(it - n_n) * kSt;
+            constexpr int kPer = kSt * kSt / 4 / kMmaThreads;
+#pragma unroll 2
+            for (int i = 0; i < kPer; ++i) {
+                const int e = int(threadIdx.x) + i * kMmaThreads, r = e / (kSt / 4), col = e % (kSt / 4) * 4;
+                const float4 v4 = *reinterpret_cast<const float4*>(&sm.f[r][col]);
+                float v[4] = {v4.x, v4.y, v4.z, v4.w};
+                if (s_step) {
+                    const int64_t t = t0 + r;
                     const bool row_in = r < rows_t;
-                    if (row_in && vec_cb && s + 3 <= t) {
-                        v[i] = *reinterpret_cast<const float4*>(src);
-                    } else {
-                        v[i].x = row_in && s <= t ? src[0] : 0.0f;
-                        v[i].y = row_in && s + 1 <= t ? src[1] : 0.0f;
-                        v[i].z = row_in && s + 2 <= t ? src[2] : 0.0f;
-                        v[i].w = row_in && s + 3 <= t ? src[3] : 0.0f;
+#pragma unroll
+                    for (int k = 0; k < 4; ++k) {
+                        const int64_t s = s0 + col + k;
+                        v[k] = row_in && s <= t ? v[k] * exp_diff(sm.cum_c[t], sm.cum_c[s]) * sm.dt_c[s] : 0.0f;
                     }
                 }
-#pragma unroll
-                for (int i = 0; i < kBatch; ++i) {
-                    const int e = int(threadIdx.x) + (i0 + i) * kMmaThreads, r = e / (kSt / 4),
-                              sc = e % (kSt / 4) * 4;
-                    const int64_t t = t0 + r, s = s0 + sc;
-                    const bool row_in = r < rows_t;
-                    const float vv[4] = {v[i].x, v[i].y, v[i].z, v[i].w};
-                    float m[4];
-#pragma unroll
-                    for (int k = 0; k < 4; ++k)
-                        m[k] = row_in && s + k <= t ? vv[k] * exp_diff(cum_c[t], cum_c[s + k]) * dt_c[s + k] : 0.0f;
-                    uint2 packed;
-                    packed.x = pack_bf16x2(m[0], m[1]);
-                    packed.y = pack_bf16x2(m[2], m[3]);
-                    *reinterpret_cast<uint2*>(&u0[r][sc]) = packed;
-                }
+                uint2 packed;
+                packed.x = pack_bf16x2(v[0], v[1]);
+                packed.y = pack_bf16x2(v[2], v[3]);
+                *reinterpret_cast<uint2*>(&sm.u[r][col]) = packed;
             }
+        };
+
+        stage(0);
+        float acc[8][4] = {};
+        for (int it = 0; it < n_it; ++it) {
             cp_async_wait<0>();
             __syncthreads();
-            warp_mma_k64<false, true>(acc, &u0[0][0], &u1[0][0]);
-            if (s0 == t0) {
-                // y = acc + D·x_t, x_t being this (last) s tile's x; a row's 16 x read before its stores.
+            round(it);
+            __syncthreads();
+            if (it + 1 < n_it) stage(it + 1);
+            const int buf = it & 1;
+            if (it < n_n) {
+                warp_mma_k64<false, false>(acc, &sm.h[buf][0][0], &sm.u[0][0]);
+            } else {
+                warp_mma_k64<false, true>(acc, &sm.u[0][0], &sm.h[buf][0][0]);
+            }
+            if (it == n_n - 1) {  // acc = C_t·S_inᵀ
 #pragma unroll
                 for (int hf = 0; hf < 2; ++hf) {
                     const int tl = 16 * warp + grp + 8 * hf;
-                    if (tl >= rows_t) continue;
-                    T* yrow = y + ((ch.row0 + t0 + tl) * a.H + h) * a.P + p0;
+                    const float et = tl < rows_t ? expf(static_cast<float>(sm.cum_c[t0 + tl])) : 0.0f;
 #pragma unroll
                     for (int j = 0; j < 8; ++j)
 #pragma unroll
-                        for (int odd = 0; odd < 2; ++odd) {
-                            const int pl = 8 * j + 2 * quad + odd;
-                            if (pl < cols_p)
-                                yrow[pl] = from_f32<T>(acc[j][2 * hf + odd] + Dh * __bfloat162float(u1[tl][pl]));
-                        }
+                        for (int odd = 0; odd < 2; ++odd) acc[j][2 * hf + odd] *= et;
                 }
             }
-            __syncthreads();
         }
+        // y = acc + D·x_t, x_t being the last step's x (s tile = t tile); a row's 16 x read before its stores.
+        const float Dh = a.D ? to_f32(a.D[h]) : 0.0f;
+        const auto& xt = sm.h[(n_it - 1) & 1];
+#pragma unroll
+        for (int hf = 0; hf < 2; ++hf) {
+            const int tl = 16 * warp + grp + 8 * hf;
+            if (tl >= rows_t) continue;
+            T* yrow = y + ((ch.row0 + t0 + tl) * a.H + h) * a.P + p0;
+#pragma unroll
+            for (int j = 0; j < 8; ++j)
+#pragma unroll
+                for (int odd = 0; odd < 2; ++odd) {
+                    const int pl = 8 * j + 2 * quad + odd;
+                    if (pl < cols_p) yrow[pl] = from_f32<T>(acc[j][2 * hf + odd] + Dh * __bfloat162float(xt[tl][pl]));
+                }
+        }
+        __syncthreads();  // the step buffers are restaged for the next p tile
     }
 }
 
@@ -992,13 +1049,23 @@ __global__ void ssd_dbc_kernel(Args<T> a, const T* dy, const float* dCB, const f
 
 // Per (b, chunk, head) a (P, N) sum over the chunk's tokens, as ssd_chunk_state_kernel; grid
 // (B·n_chunks·H, mma_tiles(P)·mma_tiles(N)). A = w_t·X_t (P × L, formed in fp32 and split, stored
-// [t][p]), B = Y (L × N, exact, cp.async), 64 tokens a step; the staged tiles of ssd_output_tc_kernel.
+// [t][p]), B = Y (L × N, exact), 64 tokens a step. Both are copied by cp.async (X raw, Y double-
+// buffered); per step: wait, split w_t·X into hi / lo cooperatively, barrier, issue the next step's
+// copies, products (the pipeline of ssd_backward_head_tc_kernel). Dynamic shared memory:
+// sizeof(ChunkStateSmem) (4 blocks a multiprocessor).
+struct ChunkStateSmem {
+    __nv_bfloat16 ys[2][kSt][kStLd];  // Y[t][n]
+    __nv_bfloat16 xraw[kSt][kStLd];   // X[t][p] as copied
+    __nv_bfloat16 xhi[kSt][kStLd];    // w_t·X[t][p] split
+    __nv_bfloat16 xlo[kSt][kStLd];
+    float w[kMaxChunk];  // the token weights w_t, once per block rather than per element
+};
+
 template <bool kGrad, typename T>
-__global__ void __launch_bounds__(kMmaThreads) ssd_chunk_state_tc_kernel(Args<T> a, const T* dy, float* out) {
+__global__ void __launch_bounds__(kMmaThreads, 4) ssd_chunk_state_tc_kernel(Args<T> a, const T* dy, float* out) {
     static_assert(std::is_same_v<T, __nv_bfloat16>, "tensor-core kernels are bf16");
-    __shared__ __align__(16) __nv_bfloat16 xhi[kSt][kStLd], xlo[kSt][kStLd];  // w_t·X[t][p] split
-    __shared__ __align__(16) __nv_bfloat16 ys[kSt][kStLd];                    // Y[t][n]
-    __shared__ float w[kMaxChunk];  // the token weights w_t, once per block rather than per element
+    extern __shared__ __align__(16) unsigned char dyn_smem[];
+    ChunkStateSmem& sm = *reinterpret_cast<ChunkStateSmem*>(dyn_smem);
     const int64_t bch = blockIdx.x, h = bch % a.H, c = bch / a.H % a.n_chunks, b = bch / (a.H * a.n_chunks);
     const int64_t tn = mma_tiles(a.N), p0 = blockIdx.y / tn * kSt, n0 = blockIdx.y % tn * kSt;
     const Chunk ch = chunk_of(a, b, c);
@@ -1014,56 +1081,45 @@ __global__ void __launch_bounds__(kMmaThreads) ssd_chunk_state_tc_kernel(Args<T>
     const bool vec_Y = aligned16(kGrad ? a.Cm : a.Bm) && ld_Y % 8 == 0 && a.N % 8 == 0;
     const int cols_p = int(a.P - p0), cols_n = int(a.N - n0);
     for (int64_t t = threadIdx.x; t < L; t += blockDim.x)
-        w[t] = kGrad ? expf(static_cast<float>(cum[t])) : exp_diff(cum_last, cum[t]) * dtv[t];
-    __syncthreads();
-    float acc[8][4] = {};
-    for (int64_t t0 = 0; t0 < L; t0 += kSt) {
+        sm.w[t] = kGrad ? expf(static_cast<float>(cum[t])) : exp_diff(cum_last, cum[t]) * dtv[t];
+    // (visible after the first step's barrier)
+    const int n_it = int(mma_tiles(L));
+    auto stage = [&](int it) {
+        const int64_t t0 = int64_t(it) * kSt;
         const int rows_t = int(min(L - t0, int64_t(kSt)));
-        stage_bf16_tile<kSt, kSt, kStLd, kMmaThreads>(&ys[0][0], Y + t0 * ld_Y + n0, ld_Y, rows_t, cols_n, vec_Y);
+        stage_bf16_tile<kSt, kSt, kStLd, kMmaThreads>(&sm.ys[it & 1][0][0], Y + t0 * ld_Y + n0, ld_Y, rows_t, cols_n,
+                                                      vec_Y);
+        stage_bf16_tile<kSt, kSt, kStLd, kMmaThreads>(&sm.xraw[0][0], X + t0 * ld_X + p0, ld_X, rows_t, cols_p,
+                                                      vec_X);
         cp_async_commit();
-        // xhi/xlo[r][col] = split(w[t0 + r]·X[t0 + r][p0 + col]): 8 consecutive p a piece, 4 pieces a
-        // thread, all loaded before any is stored.
+    };
+    stage(0);
+    float acc[8][4] = {};
+    for (int it = 0; it < n_it; ++it) {
+        const int64_t t0 = int64_t(it) * kSt;
+        cp_async_wait<0>();
+        __syncthreads();
+        // xhi/xlo[r][col] = split(w[t0 + r]·X[t0 + r][p0 + col]), 8 consecutive p a piece, 4 pieces a
+        // thread (rows past L: X staged as 0).
         constexpr int kPer = kSt * kSt / 8 / kMmaThreads;
-        uint4 raw[kPer];
 #pragma unroll
         for (int i = 0; i < kPer; ++i) {
             const int e = int(threadIdx.x) + i * kMmaThreads, r = e / (kSt / 8), col = e % (kSt / 8) * 8;
-            const T* src = X + (t0 + r) * ld_X + p0 + col;
-            if (r >= rows_t || col >= cols_p) {
-                raw[i] = make_uint4(0u, 0u, 0u, 0u);
-            } else if (vec_X) {
-                raw[i] = *reinterpret_cast<const uint4*>(src);
-            } else {
-                const __nv_bfloat16 zero = __float2bfloat16_rn(0.0f);
-                uint32_t q4[4];
-#pragma unroll
-                for (int k = 0; k < 4; ++k) {
-                    const __nv_bfloat162 pr = __halves2bfloat162(col + 2 * k < cols_p ? src[2 * k] : zero,
-                                                                 col + 2 * k + 1 < cols_p ? src[2 * k + 1] : zero);
-                    q4[k] = *reinterpret_cast<const uint32_t*>(&pr);
-                }
-                raw[i] = make_uint4(q4[0], q4[1], q4[2], q4[3]);
-            }
-        }
-#pragma unroll
-        for (int i = 0; i < kPer; ++i) {
-            const int e = int(threadIdx.x) + i * kMmaThreads, r = e / (kSt / 8), col = e % (kSt / 8) * 8;
-            const float wt = r < rows_t ? w[t0 + r] : 0.0f;
-            const uint32_t in[4] = {raw[i].x, raw[i].y, raw[i].z, raw[i].w};
+            const float wt = t0 + r < L ? sm.w[t0 + r] : 0.0f;
+            const uint4 raw = *reinterpret_cast<const uint4*>(&sm.xraw[r][col]);
+            const uint32_t in[4] = {raw.x, raw.y, raw.z, raw.w};
             uint32_t hi[4], lo[4];
 #pragma unroll
             for (int k = 0; k < 4; ++k) {
                 const float2 v = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&in[k]));
                 hi[k] = split_pair_hi(wt * v.x, wt * v.y, lo[k]);
             }
-            *reinterpret_cast<uint4*>(&xhi[r][col]) = make_uint4(hi[0], hi[1], hi[2], hi[3]);
-            *reinterpret_cast<uint4*>(&xlo[r][col]) = make_uint4(lo[0], lo[1], lo[2], lo[3]);
+            *reinterpret_cast<uint4*>(&sm.xhi[r][col]) = make_uint4(hi[0], hi[1], hi[2], hi[3]);
+            *reinterpret_cast<uint4*>(&sm.xlo[r][col]) = make_uint4(lo[0], lo[1], lo[2], lo[3]);
         }
-        cp_async_wait<0>();
         __syncthreads();
-        warp_mma_k64<true, true>(acc, &xlo[0][0], &ys[0][0]);
-        warp_mma_k64<true, true>(acc, &xhi[0][0], &ys[0][0]);
-        __syncthreads();
+        if (it + 1 < n_it) stage(it + 1);
+        warp_mma_k64_split_a(acc, &sm.xhi[0][0], &sm.xlo[0][0], &sm.ys[it & 1][0][0]);
     }
     float* o = out + bch * a.P * a.N;
     const int warp = threadIdx.x / 32, grp = threadIdx.x % 32 / 4, quad = threadIdx.x % 4;
@@ -1095,8 +1151,20 @@ __device__ void finish_backward_head_tc(const Args<T>& a, const Chunk& ch, int64
     const float* xdx = vecs + a.Q;
     const float* qsum = xdx + a.Q;
     const float* rsum = qsum + a.Q;
+    // ⟨dS, S_in⟩: 16-byte loads, 4 in flight a thread, where the (P, N) slices allow.
     float dss = 0.0f;
-    for (int64_t e = threadIdx.x; e < a.P * a.N; e += blockDim.x) dss += dS[e] * S_in[e];
+    const int64_t PN = a.P * a.N;
+    if (aligned16(S_in) && aligned16(dS) && PN % 4 == 0) {
+        const float4* s4 = reinterpret_cast<const float4*>(S_in);
+        const float4* d4 = reinterpret_cast<const float4*>(dS);
+#pragma unroll 4
+        for (int64_t e = threadIdx.x; e < PN / 4; e += blockDim.x) {
+            const float4 u = d4[e], v = s4[e];
+            dss += u.x * v.x + u.y * v.y + u.z * v.z + u.w * v.w;
+        }
+    } else {
+        for (int64_t e = threadIdx.x; e < PN; e += blockDim.x) dss += dS[e] * S_in[e];
+    }
     auto block_sum = [&](float v) {  // blockDim.x a power of two; returns synchronised
         __syncthreads();
         red[threadIdx.x] = v;
@@ -1166,10 +1234,11 @@ __device__ void finish_backward_head_tc(const Args<T>& a, const Chunk& ch, int64
 //   ssd_backward_finish_tc_kernel, per (b, chunk, head): dcum from the slots in a fixed order, then
 //   finish_backward_head_tc (ddt and the per-chunk parameter sums).
 // Every sum has one writer per output and a fixed order: deterministic.
-// dCB per (b, chunk, group) as ssd_dcb_kernel, and the E slots; grid (B·n_chunks·G, mma_tiles(Q)²),
-// tiles with si > ti or beyond the chunk exit. The heads' (dY_h, x_h) tiles, 64 p at a time, are
-// double-buffered (cp.async of step i + 1 in flight during step i's products), with each head's cum
-// and dt beside its last step. Per head, in fp32 on the exact product: G[t, s] = (dY·Xᵀ)[t, s]·dt_s·
+// dCB per (b, chunk, group) as ssd_dcb_kernel, and the E slots; grid (B·n_chunks·G, nT·(nT + 1)/2)
+// over the tile pairs si ≤ ti (nT = mma_tiles(Q)), tiles beyond the chunk exit. The heads' (dY_h,
+// x_h) tiles, 64 p at a time, are double-buffered (cp.async of step i + 1 issued after step i's
+// barrier, in flight during its products), with each head's cum and dt beside its last step; one
+// barrier a step. Per head, in fp32 on the exact product: G[t, s] = (dY·Xᵀ)[t, s]·dt_s·
 // exp(cum_t − cum_s) (s ≤ t < L), dCB += G, E = G·CB[t, s] (s < t):
 //   erow[(bch·nT + si)·Q + t] = Σ_{s in tile si} E[t, s]      (t in tile ti)
 //   ecol[(bch·nT + ti)·Q + s] = Σ_{t in tile ti} E[t, s]      (s in tile si)
@@ -1180,7 +1249,7 @@ struct DcbSmem {
     double cum_t[2][kSt], cum_s[2][kSt];
     float dt_s[2][kSt];
     float cb[kSt][kSt + 4];  // the group's C·Bᵀ tile
-    float colred[4][kSt];
+    float colred[2][4][kSt];  // per head parity: the warps' column sums of E, emitted a step later
 };
 
 template <typename T>
@@ -1190,9 +1259,12 @@ __global__ void __launch_bounds__(kMmaThreads, 3)
     extern __shared__ __align__(16) unsigned char dyn_smem[];
     DcbSmem& sm = *reinterpret_cast<DcbSmem*>(dyn_smem);
     const int64_t bcg = blockIdx.x, g = bcg % a.G, c = bcg / a.G % a.n_chunks, b = bcg / (a.G * a.n_chunks);
-    const int64_t nT = mma_tiles(a.Q), ti = blockIdx.y / nT, si = blockIdx.y % nT;
+    const int64_t nT = mma_tiles(a.Q);
+    int64_t ti = 0;  // blockIdx.y = ti·(ti + 1)/2 + si, si ≤ ti
+    while ((ti + 1) * (ti + 2) / 2 <= int64_t(blockIdx.y)) ++ti;
+    const int64_t si = int64_t(blockIdx.y) - ti * (ti + 1) / 2;
     const Chunk ch = chunk_of(a, b, c);
-    if (si > ti || ti * kSt >= ch.L) return;
+    if (ti * kSt >= ch.L) return;
     const int64_t L = ch.L, t0 = ti * kSt, s0 = si * kSt, ld_y = a.H * a.P;
     const int rows_t = int(min(L - t0, int64_t(kSt))), rows_s = int(min(L - s0, int64_t(kSt)));
     const int warp = threadIdx.x / 32, grp = threadIdx.x % 32 / 4, quad = threadIdx.x % 4;
@@ -1233,19 +1305,29 @@ __global__ void __launch_bounds__(kMmaThreads, 3)
         const int r = e / kSt, col = e % kSt;
         sm.cb[r][col] = r < rows_t && col < rows_s ? cb[(t0 + r) * a.Q + s0 + col] : 0.0f;
     }
+    // One barrier a step: after it, the step's copies are visible, the previous step's reads of the
+    // other buffer are done (so the next copies may start), and the column sums of the previous
+    // head (colred, by head parity) are complete: threads 0..63 emit them.
+    auto emit_ecol = [&](int64_t head) {
+        const int64_t bch = (b * a.n_chunks + c) * a.H + head;
+        const int hb = int(head - h_first) & 1;
+        if (threadIdx.x < kSt && int(threadIdx.x) < rows_s) {
+            const int sl = threadIdx.x;
+            ecol[(bch * nT + ti) * a.Q + s0 + sl] =
+                ((sm.colred[hb][0][sl] + sm.colred[hb][1][sl]) + sm.colred[hb][2][sl]) + sm.colred[hb][3][sl];
+        }
+    };
     float acc[8][4] = {}, dcb[8][4] = {};
     for (int it = 0; it < n_it; ++it) {
-        if (it + 1 < n_it) {
-            stage(it + 1);
-            cp_async_wait<1>();
-        } else {
-            cp_async_wait<0>();
-        }
+        cp_async_wait<0>();
         __syncthreads();
+        if (it > 0 && it % n_kc == 0) emit_ecol(h_first + it / n_kc - 1);
+        if (it + 1 < n_it) stage(it + 1);
         const int buf = it & 1;
         warp_mma_k64<false, false>(acc, &sm.dy[buf][0][0], &sm.x[buf][0][0]);
         if (it % n_kc == n_kc - 1) {
             const int64_t h = h_first + it / n_kc, bch = (b * a.n_chunks + c) * a.H + h;
+            const int hb = int(it / n_kc) & 1;
             float rs[2] = {0.0f, 0.0f}, cs[8][2] = {};
 #pragma unroll
             for (int j = 0; j < 8; ++j)
@@ -1278,17 +1360,12 @@ __global__ void __launch_bounds__(kMmaThreads, 3)
                     v += __shfl_xor_sync(0xffffffffu, v, 4);
                     v += __shfl_xor_sync(0xffffffffu, v, 8);
                     v += __shfl_xor_sync(0xffffffffu, v, 16);
-                    if (grp == 0) sm.colred[warp][8 * j + 2 * quad + odd] = v;
+                    if (grp == 0) sm.colred[hb][warp][8 * j + 2 * quad + odd] = v;
                 }
-            __syncthreads();
-            if (threadIdx.x < kSt && int(threadIdx.x) < rows_s) {
-                const int sl = threadIdx.x;
-                ecol[(bch * nT + ti) * a.Q + s0 + sl] =
-                    ((sm.colred[0][sl] + sm.colred[1][sl]) + sm.colred[2][sl]) + sm.colred[3][sl];
-            }
         }
-        __syncthreads();
     }
+    __syncthreads();
+    emit_ecol(h_first + a.heads_per_group - 1);
     float* out = dCB + bcg * a.Q * a.Q;
 #pragma unroll
     for (int j = 0; j < 8; ++j)
@@ -1307,12 +1384,20 @@ __global__ void __launch_bounds__(kMmaThreads, 3)
 //   dx += dt_s·dX̃ + D·dY, and the row sums ⟨x, dX̃⟩, ⟨dY, x⟩.
 // The per-token sums, added over the p tiles in order, go to tok (4, B·n_chunks·H, Q): ⟨x, dX̃⟩, q,
 // ⟨dY, Z⟩, ⟨dY, x⟩.
+// The products of a p tile are one pipeline of 64-deep steps (the n tiles of Z, those of V, the t
+// tiles of Mᵀ·dY). A step's operands are both copied by cp.async: the bf16 one (C or B rows s, dY
+// rows t; double-buffered) and the fp32 source of the split one (the state tile, or the C·Bᵀ tile
+// and its cum_t). Per step: wait for its copies; all threads split the fp32 source into the hi / lo
+// tiles (forming M first); barrier; issue the next step's copies, which run during this step's
+// products. Two barriers a step. Dynamic shared memory: sizeof(HeadSmem) (3 blocks a multiprocessor).
 struct HeadSmem {
-    __nv_bfloat16 xs[kSt][kStLd];   // x rows s, the p tile
-    __nv_bfloat16 dys[kSt][kStLd];  // dY rows s
-    __nv_bfloat16 u0[kSt][kStLd];   // C or B rows s (n) | M hi [t][s]
-    __nv_bfloat16 u1[kSt][kStLd];   // state hi [p][n]   | M lo [t][s]
-    __nv_bfloat16 u2[kSt][kStLd];   // state lo [p][n]   | dY rows t [t][p]
+    __nv_bfloat16 xs[kSt][kStLd];    // x rows s, the p tile
+    __nv_bfloat16 dys[kSt][kStLd];   // dY rows s
+    __nv_bfloat16 h[2][kSt][kStLd];  // the bf16 operand: C or B rows s [s][n] | dY rows t [t][p]
+    __nv_bfloat16 hi[kSt][kStLd];    // the split operand: state [p][n] | M [t][s]
+    __nv_bfloat16 lo[kSt][kStLd];
+    float f[kSt][kF32Ld];  // its fp32 source: state [p][n] | C·Bᵀ [t][s]
+    double cum_t[kSt];     // the M step's cum at its t rows
     double cum_s[kSt];
     float dt_s[kSt];
 };
@@ -1322,7 +1407,8 @@ __global__ void __launch_bounds__(kMmaThreads, 3)
     ssd_backward_head_tc_kernel(Args<T> a, const T* dy, const float* CB, const float* states,
                                 const float* dS_all, T* dx, float* tok) {
     static_assert(std::is_same_v<T, __nv_bfloat16>, "tensor-core kernels are bf16");
-    __shared__ __align__(16) HeadSmem sm;
+    extern __shared__ __align__(16) unsigned char dyn_smem[];
+    HeadSmem& sm = *reinterpret_cast<HeadSmem*>(dyn_smem);
     const int64_t bch = blockIdx.x, h = bch % a.H, c = bch / a.H % a.n_chunks, b = bch / (a.H * a.n_chunks);
     const Chunk ch = chunk_of(a, b, c);
     const int64_t L = ch.L, s0 = int64_t(blockIdx.y) * kSt;
@@ -1343,37 +1429,18 @@ __global__ void __launch_bounds__(kMmaThreads, 3)
     const bool vec_b = aligned16(a.Bm) && a.ld_B % 8 == 0 && a.N % 8 == 0;
     const bool vec_c = aligned16(a.Cm) && a.ld_C % 8 == 0 && a.N % 8 == 0;
     const bool vec_st = aligned16(states) && aligned16(dS_all) && a.N % 4 == 0;
-    const bool vec_cb = aligned16(CB) && a.Q % 4 == 0;
+    const bool vec_cb = aligned16(CB) && a.Q % 4 == 0 && L % 4 == 0;  // tile columns end at L
     const int warp = threadIdx.x / 32, grp = threadIdx.x % 32 / 4, quad = threadIdx.x % 4;
-    const double cum_last = cum[L - 1];
     for (int r = threadIdx.x; r < kSt; r += kMmaThreads) {
         sm.cum_s[r] = r < rows_s ? cum[s0 + r] : 0.0;
         sm.dt_s[r] = r < rows_s ? dtv[s0 + r] : 0.0f;
     }
-    // (visible after the first product's barrier)
+    // (visible after the first step's barrier)
+    const int n_nt = int(mma_tiles(a.N)), n_z = n_nt, n_zv = 2 * n_nt;
+    const int n_it = n_zv + int(mma_tiles(L) - blockIdx.y);
 
-    // acc = rows_s × (the p tile) of Y·stateᵀ: Y rows (s, n) bf16, state (p, n) fp32 split.
-    auto state_product = [&](float (&acc)[8][4], const T* Y, int64_t ld_Y, bool vec_Y, const float* state,
-                             int rows_p) {
-#pragma unroll
-        for (int j = 0; j < 8; ++j)
-#pragma unroll
-            for (int r = 0; r < 4; ++r) acc[j][r] = 0.0f;
-        for (int64_t n0 = 0; n0 < a.N; n0 += kSt) {
-            stage_bf16_tile<kSt, kSt, kStLd, kMmaThreads>(&sm.u0[0][0], Y + s0 * ld_Y + n0, ld_Y, rows_s,
-                                                          int(a.N - n0), vec_Y);
-            cp_async_commit();
-            stage_split_tile<kSt, kSt, kStLd, kMmaThreads>(&sm.u1[0][0], &sm.u2[0][0], state + n0, a.N, rows_p,
-                                                           int(a.N - n0), vec_st);
-            cp_async_wait<0>();
-            __syncthreads();
-            warp_mma_k64<false, false>(acc, &sm.u0[0][0], &sm.u2[0][0]);
-            warp_mma_k64<false, false>(acc, &sm.u0[0][0], &sm.u1[0][0]);
-            __syncthreads();
-        }
-    };
-    // Σ over this thread's 16 columns of f(row half, j, odd), then over the quad: the warp's row sum.
-    auto row_sum = [&](auto f, int hf) {
+    // Σ over this thread's 16 columns of f(j, odd), then over the quad: the warp's row sum.
+    auto row_sum = [&](auto f) {
         float v = 0.0f;
 #pragma unroll
         for (int j = 0; j < 8; ++j)
@@ -1387,93 +1454,108 @@ __global__ void __launch_bounds__(kMmaThreads, 3)
         return __bfloat162float(tile[r][col]);
     };
 
-    const float Dh = a.D ? to_f32(a.D[h]) : 0.0f;
     float tk[4][2] = {};  // ⟨x, dX̃⟩, q, ⟨dY, Z⟩, ⟨dY, x⟩ for rows 16w + grp + 8·hf
     for (int64_t p0 = 0; p0 < a.P; p0 += kSt) {
-        const int cols_p = int(a.P - p0);
+        const int cols_p = int(a.P - p0), rows_p = int(min(a.P - p0, int64_t(kSt)));
+        // Step it's copies: Z (it < n_z), V (it < n_zv), else the M step of t tile blockIdx.y + it − n_zv.
+        auto stage = [&](int it) {
+            const int buf = it & 1;
+            if (it < n_zv) {
+                const bool z = it < n_z;
+                const int64_t n0 = int64_t(z ? it : it - n_z) * kSt;
+                const T* Y = z ? Cg : Bg;
+                const int64_t ld_Y = z ? a.ld_C : a.ld_B;
+                stage_bf16_tile<kSt, kSt, kStLd, kMmaThreads>(&sm.h[buf][0][0], Y + s0 * ld_Y + n0, ld_Y, rows_s,
+                                                              int(a.N - n0), z ? vec_c : vec_b);
+                stage_f32_tile<kSt, kSt, kF32Ld, kMmaThreads>(&sm.f[0][0], (z ? S_in : dS) + p0 * a.N + n0, a.N,
+                                                              rows_p, int(a.N - n0), vec_st);
+            } else {
+                const int64_t t0 = s0 + int64_t(it - n_zv) * kSt;
+                const int rows_t = int(min(L - t0, int64_t(kSt)));
+                stage_bf16_tile<kSt, kSt, kStLd, kMmaThreads>(&sm.h[buf][0][0], dYg + t0 * ld_y + p0, ld_y, rows_t,
+                                                              cols_p, vec_y);
+                stage_f32_tile<kSt, kSt, kF32Ld, kMmaThreads>(&sm.f[0][0], cb + t0 * a.Q + s0, a.Q, rows_t,
+                                                              int(min(L - s0, int64_t(kSt))), vec_cb);
+                for (int r = threadIdx.x; r < kSt; r += kMmaThreads) {
+                    if (r < rows_t) cp_async_8(&sm.cum_t[r], cum + t0 + r);
+                    else sm.cum_t[r] = 0.0;
+                }
+            }
+            cp_async_commit();
+        };
+        // The split operand of step it into hi / lo, 4 consecutive columns a piece, 8 pieces a thread.
+        auto split = [&](int it) {
+            const bool m_step = it >= n_zv;
+            const int64_t t0 = s0 + int64_t(it - n_zv) * kSt;
+            constexpr int kPer = kSt * kSt / 4 / kMmaThreads;
+#pragma unroll 2
+            for (int i = 0; i < kPer; ++i) {
+                const int e = int(threadIdx.x) + i * kMmaThreads, r = e / (kSt / 4), col = e % (kSt / 4) * 4;
+                const float4 v4 = *reinterpret_cast<const float4*>(&sm.f[r][col]);
+                float v[4] = {v4.x, v4.y, v4.z, v4.w};
+                if (m_step) {  // M[t][s] = CB[t][s]·exp(cum_t − cum_s) for s ≤ t < L (rows past L: cum_t
+                               // staged as 0, masked here)
+                    const int64_t t = t0 + r;
+                    const bool row_in = t < L;
+#pragma unroll
+                    for (int k = 0; k < 4; ++k) {
+                        const int64_t s = s0 + col + k;
+                        v[k] = row_in && s <= t ? v[k] * exp_diff(sm.cum_t[r], sm.cum_s[col + k]) : 0.0f;
+                    }
+                }
+                uint2 hv, lv;
+                hv.x = split_pair_hi(v[0], v[1], lv.x);
+                hv.y = split_pair_hi(v[2], v[3], lv.y);
+                *reinterpret_cast<uint2*>(&sm.hi[r][col]) = hv;
+                *reinterpret_cast<uint2*>(&sm.lo[r][col]) = lv;
+            }
+        };
+
         stage_bf16_tile<kSt, kSt, kStLd, kMmaThreads>(&sm.xs[0][0], xg + s0 * a.ld_x + p0, a.ld_x, rows_s, cols_p,
                                                       vec_x);
         stage_bf16_tile<kSt, kSt, kStLd, kMmaThreads>(&sm.dys[0][0], dYg + s0 * ld_y + p0, ld_y, rows_s, cols_p,
                                                       vec_y);
-        // (committed and waited for with state_product's first step)
-        float acc[8][4];
-        state_product(acc, Cg, a.ld_C, vec_c, S_in + p0 * a.N, cols_p);
-#pragma unroll
-        for (int hf = 0; hf < 2; ++hf) {
-            const int sl = 16 * warp + grp + 8 * hf;
-            tk[2][hf] += row_sum(
-                [&](int j, int odd) { return smem_f32(sm.dys, sl, 8 * j + 2 * quad + odd) * acc[j][2 * hf + odd]; },
-                hf);
-        }
-        state_product(acc, Bg, a.ld_B, vec_b, dS + p0 * a.N, cols_p);
-#pragma unroll
-        for (int hf = 0; hf < 2; ++hf) {
-            const int sl = 16 * warp + grp + 8 * hf;
-            const float decay = sl < rows_s ? exp_diff(cum_last, sm.cum_s[sl]) : 0.0f;
-            const float xv = row_sum(
-                [&](int j, int odd) { return smem_f32(sm.xs, sl, 8 * j + 2 * quad + odd) * acc[j][2 * hf + odd]; },
-                hf);
-            tk[1][hf] += decay * sm.dt_s[sl] * xv;
-#pragma unroll
-            for (int j = 0; j < 8; ++j)
-#pragma unroll
-                for (int odd = 0; odd < 2; ++odd) acc[j][2 * hf + odd] *= decay;
-        }
-        for (int64_t t0 = s0; t0 < L; t0 += kSt) {
-            const int rows_t = int(min(L - t0, int64_t(kSt)));
-            stage_bf16_tile<kSt, kSt, kStLd, kMmaThreads>(&sm.u2[0][0], dYg + t0 * ld_y + p0, ld_y, rows_t, cols_p,
-                                                          vec_y);
-            cp_async_commit();
-            // M[t][s] for this (t, s) tile, 4 consecutive s a piece, 8 pieces a thread in batches of 4,
-            // each batch's loads before its stores.
-            constexpr int kPer = kSt * kSt / 4 / kMmaThreads, kBatch = 4;
-            static_assert(kPer % kBatch == 0, "whole batches");
-#pragma unroll 1
-            for (int i0 = 0; i0 < kPer; i0 += kBatch) {
-                float4 v[kBatch];
-                double ct[kBatch];
-#pragma unroll
-                for (int i = 0; i < kBatch; ++i) {
-                    const int e = int(threadIdx.x) + (i0 + i) * kMmaThreads, r = e / (kSt / 4),
-                              sc = e % (kSt / 4) * 4;
-                    const int64_t t = t0 + r, s = s0 + sc;
-                    const float* src = cb + t * a.Q + s;
-                    const bool row_in = r < rows_t;
-                    ct[i] = row_in ? cum[t] : 0.0;
-                    if (row_in && vec_cb && s + 3 <= t) {
-                        v[i] = *reinterpret_cast<const float4*>(src);
-                    } else {
-                        v[i].x = row_in && s <= t ? src[0] : 0.0f;
-                        v[i].y = row_in && s + 1 <= t ? src[1] : 0.0f;
-                        v[i].z = row_in && s + 2 <= t ? src[2] : 0.0f;
-                        v[i].w = row_in && s + 3 <= t ? src[3] : 0.0f;
-                    }
-                }
-#pragma unroll
-                for (int i = 0; i < kBatch; ++i) {
-                    const int e = int(threadIdx.x) + (i0 + i) * kMmaThreads, r = e / (kSt / 4),
-                              sc = e % (kSt / 4) * 4;
-                    const int64_t t = t0 + r, s = s0 + sc;
-                    const bool row_in = r < rows_t;
-                    float m[4];
-                    const float vv[4] = {v[i].x, v[i].y, v[i].z, v[i].w};
-#pragma unroll
-                    for (int k = 0; k < 4; ++k)
-                        m[k] = row_in && s + k <= t ? vv[k] * exp_diff(ct[i], sm.cum_s[sc + k]) : 0.0f;
-                    uint2 hi, lo;
-                    hi.x = split_pair_hi(m[0], m[1], lo.x);
-                    hi.y = split_pair_hi(m[2], m[3], lo.y);
-                    *reinterpret_cast<uint2*>(&sm.u0[r][sc]) = hi;
-                    *reinterpret_cast<uint2*>(&sm.u1[r][sc]) = lo;
-                }
-            }
+        stage(0);  // (commits xs and dys with step 0's copies)
+        float acc[8][4] = {};
+        for (int it = 0; it < n_it; ++it) {
             cp_async_wait<0>();
             __syncthreads();
-            warp_mma_k64<true, true>(acc, &sm.u1[0][0], &sm.u2[0][0]);
-            warp_mma_k64<true, true>(acc, &sm.u0[0][0], &sm.u2[0][0]);
+            split(it);
             __syncthreads();
+            if (it + 1 < n_it) stage(it + 1);
+            const int buf = it & 1;
+            if (it < n_zv) {
+                warp_mma_k64_split_b(acc, &sm.h[buf][0][0], &sm.hi[0][0], &sm.lo[0][0]);
+            } else {
+                warp_mma_k64_split_a(acc, &sm.hi[0][0], &sm.lo[0][0], &sm.h[buf][0][0]);
+            }
+            if (it == n_z - 1) {  // acc = Z
+#pragma unroll
+                for (int hf = 0; hf < 2; ++hf) {
+                    const int sl = 16 * warp + grp + 8 * hf;
+                    tk[2][hf] += row_sum(
+                        [&](int j, int odd) { return smem_f32(sm.dys, sl, 8 * j + 2 * quad + odd) * acc[j][2 * hf + odd]; });
+#pragma unroll
+                    for (int j = 0; j < 8; ++j) acc[j][2 * hf] = acc[j][2 * hf + 1] = 0.0f;
+                }
+            } else if (it == n_zv - 1) {  // acc = V
+                const double cum_last = cum[L - 1];
+#pragma unroll
+                for (int hf = 0; hf < 2; ++hf) {
+                    const int sl = 16 * warp + grp + 8 * hf;
+                    const float decay = sl < rows_s ? exp_diff(cum_last, sm.cum_s[sl]) : 0.0f;
+                    const float xv = row_sum(
+                        [&](int j, int odd) { return smem_f32(sm.xs, sl, 8 * j + 2 * quad + odd) * acc[j][2 * hf + odd]; });
+                    tk[1][hf] += decay * sm.dt_s[sl] * xv;
+#pragma unroll
+                    for (int j = 0; j < 8; ++j)
+#pragma unroll
+                        for (int odd = 0; odd < 2; ++odd) acc[j][2 * hf + odd] *= decay;
+                }
+            }
         }
-        // dx, a row (token s) at a time: its 16 old values loaded before any is stored.
+        // acc = dX̃. dx, a row (token s) at a time: its 16 old values loaded before any is stored.
+        const float Dh = a.D ? to_f32(a.D[h]) : 0.0f;
 #pragma unroll
         for (int hf = 0; hf < 2; ++hf) {
             const int sl = 16 * warp + grp + 8 * hf;
@@ -1498,16 +1580,13 @@ __global__ void __launch_bounds__(kMmaThreads, 3)
                                                 Dh * smem_f32(sm.dys, sl, pl));
                 }
             tk[0][hf] += row_sum(
-                [&](int j, int odd) { return smem_f32(sm.xs, sl, 8 * j + 2 * quad + odd) * acc[j][2 * hf + odd]; },
-                hf);
-            tk[3][hf] += row_sum(
-                [&](int j, int odd) {
-                    const int pl = 8 * j + 2 * quad + odd;
-                    return smem_f32(sm.dys, sl, pl) * smem_f32(sm.xs, sl, pl);
-                },
-                hf);
+                [&](int j, int odd) { return smem_f32(sm.xs, sl, 8 * j + 2 * quad + odd) * acc[j][2 * hf + odd]; });
+            tk[3][hf] += row_sum([&](int j, int odd) {
+                const int pl = 8 * j + 2 * quad + odd;
+                return smem_f32(sm.dys, sl, pl) * smem_f32(sm.xs, sl, pl);
+            });
         }
-        __syncthreads();  // xs, dys are restaged for the next p tile
+        __syncthreads();  // xs, dys and the step buffers are restaged for the next p tile
     }
     const int64_t n_tok = a.batch * a.n_chunks * a.H * a.Q;
 #pragma unroll
@@ -1557,86 +1636,219 @@ __global__ void __launch_bounds__(kMmaThreads)
                             dtv, red, ddt, part);
 }
 
-// dC (kDC) or dB per (b, chunk, group), as ssd_dbc_kernel; grid (B·n_chunks·G,
-// mma_tiles(Q)·mma_tiles(N)). dCB split; the state terms per head as the exact-by-split product
-// Y_h·state_h (Y = dY or x, state = S_in or dS split), then scaled by exp(cum_r) or decay_r·dt_r.
-template <bool kDC, typename T>
-__global__ void __launch_bounds__(kMmaThreads)
-    ssd_dbc_tc_kernel(Args<T> a, const T* dy, const float* dCB, const float* states, const float* dS_all,
-                      T* grad) {
-    __shared__ MmaSmemSplit sm;
+// dC and dB per (b, chunk, group), as ssd_dbc_kernel, in one launch: grid (B·n_chunks·G,
+// mma_tiles(Q)·mma_tiles(N), kinds), blockIdx.z = 0 dC (when wanted), else dB. A block owns a
+// 64-row (token) × 64-column (n) tile; warp w owns all 64 rows and columns 16w .. 16w + 15 (4 m16
+// by 2 n8 fragments), so that an operand split from fp32 is split only where a warp reads it. Its
+// k steps, 64 deep, double-buffered (cp.async of step i + 1 in flight during step i's products):
+//   the dCB steps: acc += dCB·Y' over the s tiles ≤ the row tile's (dC: dCB rows t, Y' = B rows s)
+//   or the t tiles ≥ it (dB: dCB columns s, Y' = C rows t); dCB fp32, split per warp into hi + lo
+//   from its staged fp32 tile, Y' bf16 exact by ldmatrix. Above the diagonal the diagonal tile of
+//   dCB holds zeros (ssd_dcb_tc_kernel writes them), and tiles past it are not visited;
+//   the head steps, per head of the group and 64-wide p tile: hacc += Y_h·state_h (dC: dY, S_in;
+//   dB: x, dS), Y_h bf16 exact by ldmatrix, the state fp32 split per warp from its staged tile; after
+//   a head's last p tile, acc += w_h,r·hacc with w = exp(cum_r) (dC) or decay_r·dt_r (dB), as the
+//   loader kernel did.
+// Staged tiles are zero outside the operands (rows past L, columns past P or N). Dynamic shared
+// memory: sizeof(DbcSmem).
+struct DbcSmem {
+    __nv_bfloat16 h[2][kSt][kStLd];  // bf16 operand: Y' rows [k][n] (dCB steps) | Y_h rows [r][p]
+    float f[2][kSt][kF32Ld];         // fp32 operand: the dCB tile [t][s] | state_h [p][n]
+    double cum_r[2][kSt];            // the head's cum at the tile's rows, and at the chunk's end
+    double cum_last[2];
+    float dt_r[2][kSt];
+};
+
+// acc (warp: 4 m16 × 2 n8 tiles, columns 16w ..) += A·B over one 64-deep step; A bf16 [m][k]
+// (ldmatrix), B fp32 [k][n] split into hi + lo as the fragments are built (lo products first).
+__device__ __forceinline__ void warp_mma_bf16_f32split(float (&acc)[4][2][4], const __nv_bfloat16* sa,
+                                                       const float* sb) {
+    const int lane = threadIdx.x % 32, grp = lane / 4, quad = lane % 4, nw = threadIdx.x / 32 * 16;
+#pragma unroll
+    for (int kk = 0; kk < kSt; kk += 16) {
+        uint32_t bhi[2][2], blo[2][2];
+#pragma unroll
+        for (int jn = 0; jn < 2; ++jn) {
+            const float* col = sb + nw + 8 * jn + grp;
+#pragma unroll
+            for (int hk = 0; hk < 2; ++hk) {  // b[hk] = B[k, k + 1][n], k = kk + 2q + 8·hk
+                const int k = kk + 2 * quad + 8 * hk;
+                bhi[jn][hk] = split_pair_hi(col[k * kF32Ld], col[(k + 1) * kF32Ld], blo[jn][hk]);
+            }
+        }
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            uint32_t af[4];
+            lda_mk(af, sa, kStLd, 16 * i, kk);
+#pragma unroll
+            for (int jn = 0; jn < 2; ++jn) {
+                mma_m16n8k16_bf16(acc[i][jn], af, blo[jn]);
+                mma_m16n8k16_bf16(acc[i][jn], af, bhi[jn]);
+            }
+        }
+    }
+}
+
+// acc += A·B over one 64-deep step; A fp32 split as the fragments are built, stored [m][k]
+// (kAKM false) or [k][m] (true); B bf16 [k][n] (ldmatrix.trans).
+template <bool kAKM>
+__device__ __forceinline__ void warp_mma_f32split_bf16(float (&acc)[4][2][4], const float* sa,
+                                                       const __nv_bfloat16* sb) {
+    const int lane = threadIdx.x % 32, grp = lane / 4, quad = lane % 4, nw = threadIdx.x / 32 * 16;
+    auto at = [&](int m, int k) { return kAKM ? sa[k * kF32Ld + m] : sa[m * kF32Ld + k]; };
+#pragma unroll
+    for (int kk = 0; kk < kSt; kk += 16) {
+        uint32_t bq[4];
+        ldb_kn(bq, sb, kStLd, nw, kk);
+        const uint32_t b0[2] = {bq[0], bq[1]}, b1[2] = {bq[2], bq[3]};
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            uint32_t ahi[4], alo[4];
+#pragma unroll
+            for (int reg = 0; reg < 4; ++reg) {  // a[reg] = A[m][k, k + 1], m = 16i + grp + 8·(reg % 2)
+                const int m = 16 * i + grp + 8 * (reg % 2), k = kk + 2 * quad + 8 * (reg / 2);
+                ahi[reg] = split_pair_hi(at(m, k), at(m, k + 1), alo[reg]);
+            }
+            mma_m16n8k16_bf16(acc[i][0], alo, b0);
+            mma_m16n8k16_bf16(acc[i][0], ahi, b0);
+            mma_m16n8k16_bf16(acc[i][1], alo, b1);
+            mma_m16n8k16_bf16(acc[i][1], ahi, b1);
+        }
+    }
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kMmaThreads, 3)
+    ssd_dbc_tc_kernel(Args<T> a, const T* dy, const float* dCB, const float* states, const float* dS_all, T* dC,
+                      T* dB) {
+    static_assert(std::is_same_v<T, __nv_bfloat16>, "tensor-core kernels are bf16");
+    extern __shared__ __align__(16) unsigned char dyn_smem[];
+    DbcSmem& sm = *reinterpret_cast<DbcSmem*>(dyn_smem);
+    const bool is_dc = blockIdx.z == 0 && dC != nullptr;
     const int64_t bcg = blockIdx.x, g = bcg % a.G, c = bcg / a.G % a.n_chunks, b = bcg / (a.G * a.n_chunks);
-    const int64_t tn = mma_tiles(a.N), r0 = blockIdx.y / tn * kMmaM, n0 = blockIdx.y % tn * kMmaN;
+    const int64_t nN = mma_tiles(a.N), ri = blockIdx.y / nN, r0 = ri * kSt, n0 = blockIdx.y % nN * kSt;
     const Chunk ch = chunk_of(a, b, c);
     if (r0 >= ch.L) return;
-    const int64_t L = ch.L, ld_y = a.H * a.P;
-    const float* dcb = dCB + bcg * a.Q * a.Q;
-    const T* other = kDC ? a.Bm + ch.row0 * a.ld_B + g * a.N : a.Cm + ch.row0 * a.ld_C + g * a.N;
-    const int64_t ld_other = kDC ? a.ld_B : a.ld_C;
-    const auto load_other = [&](int64_t k, int j) {
-        return n0 + j < a.N ? to_f32(other[k * ld_other + n0 + j]) : 0.0f;
-    };
-    MmaAcc acc{};
-    if constexpr (kDC) {
-        block_mma_ex<true, false, MmaSplit::kA>(
-            acc, 0, min(L, r0 + kMmaM),
-            [&](int j, int64_t s) { return r0 + j < L && s <= r0 + j ? dcb[(r0 + j) * a.Q + s] : 0.0f; },
-            load_other, sm);
-    } else {
-        block_mma_ex<false, false, MmaSplit::kA>(
-            acc, r0, L, [&](int j, int64_t t) { return r0 + j <= t ? dcb[t * a.Q + r0 + j] : 0.0f; },
-            load_other, sm);
-    }
-    for (int64_t h = g * a.heads_per_group; h < (g + 1) * a.heads_per_group; ++h) {
-        const int64_t bh = b * a.H + h, bch = (b * a.n_chunks + ch.c) * a.H + h;
-        const double* cum = a.cum + bh * a.seqlen + ch.t0;
-        const float* dtv = a.dtv + bh * a.seqlen + ch.t0;
-        const float* state = kDC ? states + bch * a.P * a.N : dS_all + bch * a.P * a.N;  // (P, N)
-        const T* Y = kDC ? dy + (ch.row0 * a.H + h) * a.P : a.x + ch.row0 * a.ld_x + h * a.P;
-        const int64_t ld_Y = kDC ? ld_y : a.ld_x;
-        const double cum_last = cum[L - 1];
-        MmaAcc hacc{};
-        block_mma_ex<true, false, MmaSplit::kB>(
-            hacc, 0, a.P,
-            [&](int j, int64_t p) { return r0 + j < L ? to_f32(Y[(r0 + j) * ld_Y + p]) : 0.0f; },
-            [&](int64_t p, int j) { return n0 + j < a.N ? state[p * a.N + n0 + j] : 0.0f; }, sm);
-#pragma unroll
-        for (int i = 0; i < 2; ++i)
-#pragma unroll
-            for (int half = 0; half < 2; ++half) {
-                const int64_t r = r0 + mma_row(i, 2 * half);
-                if (r >= L) continue;
-                const float w = kDC ? expf(static_cast<float>(cum[r])) : exp_diff(cum_last, cum[r]) * dtv[r];
-#pragma unroll
-                for (int j = 0; j < 4; ++j)
-#pragma unroll
-                    for (int odd = 0; odd < 2; ++odd)
-                        acc.c[i][j][2 * half + odd] += w * hacc.c[i][j][2 * half + odd];
+    const int64_t L = ch.L, Q = a.Q, ld_y = a.H * a.P;
+    const int rows_r = int(min(L - r0, int64_t(kSt))), cols_n = int(a.N - n0);
+    const float* dcb = dCB + bcg * Q * Q;
+    const T* other = is_dc ? a.Bm + ch.row0 * a.ld_B + g * a.N : a.Cm + ch.row0 * a.ld_C + g * a.N;
+    const int64_t ld_o = is_dc ? a.ld_B : a.ld_C;
+    const T* Y = is_dc ? dy + ch.row0 * ld_y : a.x + ch.row0 * a.ld_x;  // + h·P
+    const int64_t ld_Y = is_dc ? ld_y : a.ld_x;
+    const float* state_all = is_dc ? states : dS_all;
+    const bool vec_o = aligned16(is_dc ? a.Bm : a.Cm) && ld_o % 8 == 0 && a.N % 8 == 0;
+    const bool vec_Y = aligned16(is_dc ? static_cast<const void*>(dy) : a.x) && ld_Y % 8 == 0 && a.P % 8 == 0;
+    const bool vec_f = aligned16(dCB) && Q % 4 == 0 && L % 4 == 0;  // tile columns end at L
+    const bool vec_s = aligned16(state_all) && a.N % 4 == 0;
+    const int n_dcb = is_dc ? int(ri + 1) : int(mma_tiles(L) - ri);
+    const int n_pc = int(mma_tiles(a.P)), n_it = n_dcb + int(a.heads_per_group) * n_pc;
+    const int64_t h_first = g * a.heads_per_group;
+    const int warp = threadIdx.x / 32, grp = threadIdx.x % 32 / 4, quad = threadIdx.x % 4;
+
+    auto stage = [&](int it) {
+        const int buf = it & 1;
+        if (it < n_dcb) {
+            const int64_t k0 = (is_dc ? it : ri + it) * kSt;
+            const int64_t fr0 = is_dc ? r0 : k0, fc0 = is_dc ? k0 : r0;  // the dCB tile: rows t, columns s
+            stage_f32_tile<kSt, kSt, kF32Ld, kMmaThreads>(&sm.f[buf][0][0], dcb + fr0 * Q + fc0, Q,
+                                                          int(min(L - fr0, int64_t(kSt))),
+                                                          int(min(L - fc0, int64_t(kSt))), vec_f);
+            stage_bf16_tile<kSt, kSt, kStLd, kMmaThreads>(&sm.h[buf][0][0], other + k0 * ld_o + n0, ld_o,
+                                                          int(min(L - k0, int64_t(kSt))), cols_n, vec_o);
+        } else {
+            const int j = it - n_dcb, pc = j % n_pc;
+            const int64_t h = h_first + j / n_pc, p0 = int64_t(pc) * kSt;
+            const int64_t bch = (b * a.n_chunks + c) * a.H + h;
+            stage_bf16_tile<kSt, kSt, kStLd, kMmaThreads>(&sm.h[buf][0][0], Y + r0 * ld_Y + h * a.P + p0, ld_Y,
+                                                          rows_r, int(a.P - p0), vec_Y);
+            stage_f32_tile<kSt, kSt, kF32Ld, kMmaThreads>(&sm.f[buf][0][0], state_all + (bch * a.P + p0) * a.N + n0,
+                                                          a.N, int(min(a.P - p0, int64_t(kSt))), cols_n, vec_s);
+            if (pc == n_pc - 1) {
+                const int64_t base = (b * a.H + h) * a.seqlen + ch.t0;
+                for (int i = threadIdx.x; i <= 2 * kSt; i += kMmaThreads) {
+                    const int r = i % kSt;
+                    if (i == 2 * kSt) {
+                        cp_async_8(&sm.cum_last[buf], a.cum + base + L - 1);
+                    } else if (i < kSt) {
+                        if (r < rows_r) cp_async_8(&sm.cum_r[buf][r], a.cum + base + r0 + r);
+                        else sm.cum_r[buf][r] = 0.0;
+                    } else {
+                        if (r < rows_r) cp_async_4(&sm.dt_r[buf][r], a.dtv + base + r0 + r);
+                        else sm.dt_r[buf][r] = 0.0f;
+                    }
+                }
             }
+        }
+        cp_async_commit();
+    };
+
+    float acc[4][2][4] = {}, hacc[4][2][4] = {};
+    stage(0);
+    for (int it = 0; it < n_it; ++it) {
+        if (it + 1 < n_it) {
+            stage(it + 1);
+            cp_async_wait<1>();
+        } else {
+            cp_async_wait<0>();
+        }
+        __syncthreads();
+        const int buf = it & 1;
+        if (it < n_dcb) {
+            if (is_dc) {
+                warp_mma_f32split_bf16<false>(acc, &sm.f[buf][0][0], &sm.h[buf][0][0]);
+            } else {
+                warp_mma_f32split_bf16<true>(acc, &sm.f[buf][0][0], &sm.h[buf][0][0]);
+            }
+        } else {
+            warp_mma_bf16_f32split(hacc, &sm.h[buf][0][0], &sm.f[buf][0][0]);
+            if ((it - n_dcb) % n_pc == n_pc - 1) {
+                const double cum_last = sm.cum_last[buf];
+#pragma unroll
+                for (int i = 0; i < 4; ++i)
+#pragma unroll
+                    for (int hf = 0; hf < 2; ++hf) {
+                        const int rl = 16 * i + grp + 8 * hf;
+                        float w = 0.0f;
+                        if (rl < rows_r)
+                            w = is_dc ? expf(static_cast<float>(sm.cum_r[buf][rl]))
+                                      : exp_diff(cum_last, sm.cum_r[buf][rl]) * sm.dt_r[buf][rl];
+#pragma unroll
+                        for (int jn = 0; jn < 2; ++jn)
+#pragma unroll
+                            for (int odd = 0; odd < 2; ++odd) {
+                                acc[i][jn][2 * hf + odd] += w * hacc[i][jn][2 * hf + odd];
+                                hacc[i][jn][2 * hf + odd] = 0.0f;
+                            }
+                    }
+            }
+        }
+        __syncthreads();
     }
-    // The += a row of fragments at a time, its 8 old values loaded before any is stored.
-    const int64_t ld = kDC ? a.ld_C : a.ld_B;
+    // The += a row at a time, its 4 old values loaded before any is stored.
+    T* grad = is_dc ? dC : dB;
+    const int64_t ld_g = is_dc ? a.ld_C : a.ld_B;
 #pragma unroll
-    for (int i = 0; i < 2; ++i)
+    for (int i = 0; i < 4; ++i)
 #pragma unroll
-        for (int half = 0; half < 2; ++half) {
-            const int64_t r = r0 + mma_row(i, 2 * half);
-            if (r >= L) continue;
-            T* row = grad + (ch.row0 + r) * ld + g * a.N;
-            float old[4][2];
+        for (int hf = 0; hf < 2; ++hf) {
+            const int rl = 16 * i + grp + 8 * hf;
+            if (rl >= rows_r) continue;
+            T* row = grad + (ch.row0 + r0 + rl) * ld_g + g * a.N;
+            float old[2][2];
 #pragma unroll
-            for (int j = 0; j < 4; ++j)
+            for (int jn = 0; jn < 2; ++jn)
 #pragma unroll
                 for (int odd = 0; odd < 2; ++odd) {
-                    const int64_t n = n0 + mma_col(j, odd);
-                    old[j][odd] = n < a.N ? to_f32(row[n]) : 0.0f;
+                    const int64_t n = n0 + 16 * warp + 8 * jn + 2 * quad + odd;
+                    old[jn][odd] = n < a.N ? to_f32(row[n]) : 0.0f;
                 }
 #pragma unroll
-            for (int j = 0; j < 4; ++j)
+            for (int jn = 0; jn < 2; ++jn)
 #pragma unroll
                 for (int odd = 0; odd < 2; ++odd) {
-                    const int64_t n = n0 + mma_col(j, odd);
-                    if (n < a.N) row[n] = from_f32<T>(old[j][odd] + acc.c[i][j][2 * half + odd]);
+                    const int64_t n = n0 + 16 * warp + 8 * jn + 2 * quad + odd;
+                    if (n < a.N) row[n] = from_f32<T>(old[jn][odd] + acc[i][jn][2 * hf + odd]);
                 }
         }
 }
@@ -1769,9 +1981,13 @@ void state_pass(const Args<device_t<S>>& a, const Workspace& ws, float* states, 
         bool done = false;
         if constexpr (std::is_same_v<S, uint16_t>) {
             if (tc) {
+                check_cuda<S>(cudaFuncSetAttribute(ssd_chunk_state_tc_kernel<false, T>,
+                                                   cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                   int(sizeof(ChunkStateSmem))),
+                              "cudaFuncSetAttribute", "ssd_chunk_state_tc");
                 ssd_chunk_state_tc_kernel<false>
                     <<<tiled_grid(bcn * a.H, mma_tiles(a.P) * mma_tiles(a.N), "ssd_chunk_state_tc"),
-                       kMmaThreads, 0, stream>>>(a, static_cast<const T*>(nullptr), states);
+                       kMmaThreads, sizeof(ChunkStateSmem), stream>>>(a, static_cast<const T*>(nullptr), states);
                 check_launch<S>("ssd_chunk_state_tc");
                 done = true;
             }
@@ -1858,8 +2074,11 @@ void ssd_forward(S* y, float* h_last, const SsdInputs<S>& in, const float* h0, c
     auto* out = reinterpret_cast<device_t<S>*>(y);
     if constexpr (std::is_same_v<S, uint16_t>) {
         if (tc) {
-            ssd_output_tc_kernel<<<tiled_grid(bch, mma_tiles(p.Q), "ssd_output_tc"),
-                                   kMmaThreads, 0, s>>>(a, ws.CB, states, out);
+            check_cuda<S>(cudaFuncSetAttribute(ssd_output_tc_kernel<device_t<S>>,
+                                               cudaFuncAttributeMaxDynamicSharedMemorySize, int(sizeof(OutSmem))),
+                          "cudaFuncSetAttribute", "ssd_output_tc");
+            ssd_output_tc_kernel<<<tiled_grid(bch, mma_tiles(p.Q), "ssd_output_tc"), kMmaThreads, sizeof(OutSmem),
+                                   s>>>(a, ws.CB, states, out);
             check_launch<S>("ssd_output_tc");
             times.mark("output");
             return;
@@ -1886,9 +2105,13 @@ void backward_stages(const SsdGrads<S>& grads, const device_t<S>* dY, const Args
     auto* dC = reinterpret_cast<T*>(grads.dC);
     if constexpr (std::is_same_v<S, uint16_t>) {
         if (tc) {
+            check_cuda<S>(cudaFuncSetAttribute(ssd_chunk_state_tc_kernel<true, T>,
+                                               cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                               int(sizeof(ChunkStateSmem))),
+                          "cudaFuncSetAttribute", "ssd_chunk_state_grad_tc");
             ssd_chunk_state_tc_kernel<true>
                 <<<tiled_grid(bch, mma_tiles(p.P) * mma_tiles(p.N), "ssd_chunk_state_grad_tc"), kMmaThreads,
-                   0, s>>>(a, dY, ws.dS);
+                   sizeof(ChunkStateSmem), s>>>(a, dY, ws.dS);
             check_launch<S>("ssd_chunk_state_grad_tc");
             times.mark("chunk_state_grad");
             ssd_state_pass_kernel<true>
@@ -1899,12 +2122,15 @@ void backward_stages(const SsdGrads<S>& grads, const device_t<S>* dY, const Args
             check_cuda<S>(cudaFuncSetAttribute(ssd_dcb_tc_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                                int(sizeof(DcbSmem))),
                           "cudaFuncSetAttribute", "ssd_dcb_tc");
-            ssd_dcb_tc_kernel<<<tiled_grid(bcg, mma_tiles(p.Q) * mma_tiles(p.Q), "ssd_dcb_tc"), kMmaThreads,
+            ssd_dcb_tc_kernel<<<tiled_grid(bcg, mma_tiles(p.Q) * (mma_tiles(p.Q) + 1) / 2, "ssd_dcb_tc"), kMmaThreads,
                                 sizeof(DcbSmem), s>>>(a, dY, ws.CB, ws.dCB, ws.erow, ws.ecol);
             check_launch<S>("ssd_dcb_tc");
             times.mark("dcb");
-            ssd_backward_head_tc_kernel<<<tiled_grid(bch, mma_tiles(p.Q), "ssd_backward_head_tc"), kMmaThreads, 0,
-                                          s>>>(a, dY, ws.CB, states, ws.dS, dx, ws.tok);
+            check_cuda<S>(cudaFuncSetAttribute(ssd_backward_head_tc_kernel<T>,
+                                               cudaFuncAttributeMaxDynamicSharedMemorySize, int(sizeof(HeadSmem))),
+                          "cudaFuncSetAttribute", "ssd_backward_head_tc");
+            ssd_backward_head_tc_kernel<<<tiled_grid(bch, mma_tiles(p.Q), "ssd_backward_head_tc"), kMmaThreads,
+                                          sizeof(HeadSmem), s>>>(a, dY, ws.CB, states, ws.dS, dx, ws.tok);
             check_launch<S>("ssd_backward_head_tc");
             times.mark("backward_head");
             ssd_backward_finish_tc_kernel<<<tiled_grid(bch, 1, "ssd_backward_finish_tc"), kMmaThreads,
@@ -1913,17 +2139,14 @@ void backward_stages(const SsdGrads<S>& grads, const device_t<S>* dY, const Args
             check_launch<S>("ssd_backward_finish_tc");
             times.mark("backward_finish");
             if (dB || dC) {
-                const dim3 grid = tiled_grid(bcg, mma_tiles(p.Q) * mma_tiles(p.N), "ssd_dbc_tc");
-                if (dC) {
-                    ssd_dbc_tc_kernel<true><<<grid, kMmaThreads, 0, s>>>(a, dY, ws.dCB, states, ws.dS, dC);
-                    check_launch<S>("ssd_dbc_tc");
-                    times.mark("dC");
-                }
-                if (dB) {
-                    ssd_dbc_tc_kernel<false><<<grid, kMmaThreads, 0, s>>>(a, dY, ws.dCB, states, ws.dS, dB);
-                    check_launch<S>("ssd_dbc_tc");
-                    times.mark("dB");
-                }
+                check_cuda<S>(cudaFuncSetAttribute(ssd_dbc_tc_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                   int(sizeof(DbcSmem))),
+                              "cudaFuncSetAttribute", "ssd_dbc_tc");
+                dim3 grid = tiled_grid(bcg, mma_tiles(p.Q) * mma_tiles(p.N), "ssd_dbc_tc");
+                grid.z = dB && dC ? 2 : 1;
+                ssd_dbc_tc_kernel<<<grid, kMmaThreads, sizeof(DbcSmem), s>>>(a, dY, ws.dCB, states, ws.dS, dC, dB);
+                check_launch<S>("ssd_dbc_tc");
+                times.mark("dC+dB");
             }
             return;
         }
