@@ -16,6 +16,8 @@
 #ifdef MSLM_HAVE_CUDA
 #include <cuda_runtime.h>
 
+#include "cuda_bench_util.h"
+
 #include <algorithm>
 #include <functional>
 #include <type_traits>
@@ -28,48 +30,11 @@
 namespace {
 
 using namespace mslm;
+using namespace mslm::cuda_bench;
 
 constexpr int kWarmup = 3, kIters = 20;
-
-void check(cudaError_t err, const char* what) {
-    if (err != cudaSuccess) {
-        std::fprintf(stderr, "bench_cuda_conv: %s: %s\n", what, cudaGetErrorString(err));
-        std::exit(1);
-    }
-}
-
-// Mean milliseconds per call of `op` on the default stream.
 float time_ms(const std::function<void()>& op) {
-    for (int i = 0; i < kWarmup; ++i) op();
-    cudaEvent_t start, stop;
-    check(cudaEventCreate(&start), "cudaEventCreate");
-    check(cudaEventCreate(&stop), "cudaEventCreate");
-    check(cudaEventRecord(start), "cudaEventRecord");
-    for (int i = 0; i < kIters; ++i) op();
-    check(cudaEventRecord(stop), "cudaEventRecord");
-    check(cudaEventSynchronize(stop), "cudaEventSynchronize");
-    float ms = 0.0f;
-    check(cudaEventElapsedTime(&ms, start, stop), "cudaEventElapsedTime");
-    cudaEventDestroy(start);
-    cudaEventDestroy(stop);
-    return ms / kIters;
-}
-
-template <typename T>
-T encode(double v) {
-    if constexpr (std::is_same_v<T, uint16_t>) {
-        return f32_to_bf16(static_cast<float>(v));
-    } else {
-        return static_cast<T>(v);
-    }
-}
-
-template <typename T>
-T* upload(const std::vector<T>& v, std::vector<void*>& owned) {
-    void* p = cuda_malloc(std::max<size_t>(v.size(), 1) * sizeof(T));
-    check(cudaMemcpy(p, v.data(), v.size() * sizeof(T), cudaMemcpyHostToDevice), "cudaMemcpy");
-    owned.push_back(p);
-    return static_cast<T*>(p);
+    return mslm::cuda_bench::time_ms(op, kWarmup, kIters);
 }
 
 void report(const char* op, const char* path, const char* dtype, double bytes, float ms) {
