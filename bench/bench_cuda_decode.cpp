@@ -56,6 +56,7 @@ int main(int argc, char** argv) {
         }
     }
 #ifndef MSLM_HAVE_CUDA
+    (void)prompt_arg, (void)steps, (void)batch, (void)min_seconds;
     fmt::print("bench_cuda_decode: built without CUDA\n");
     return 0;
 #else
