@@ -207,7 +207,8 @@ TEST(Attention, ForwardMatchesNaiveInDouble) {
 // fp32 (unit roundoff u = 2^-24 ≈ 6e-8), inputs N(0, 1), Dh ≤ 16, T ≤ 130. A score is a length-Dh
 // dot product plus the ALiBi term slope·(i − j) ≤ 0.5 · 130: its absolute error is at most
 // ~(Dh · scale · Σ|q_d k_d| + 65) · u ≈ (16 · 2.5 + 65) · 6e-8 ≈ 6e-6, which perturbs each softmax
-// weight by that much relatively, moving the output by ≤ 2 · 6e-6 · max|v| ≈ 5e-5 (max|v| ≈ 4).
+// weight by that much relatively (the vectorised exp adds 1 ulp, 6e-8, to it), moving the output by
+// ≤ 2 · 6e-6 · max|v| ≈ 5e-5 (max|v| ≈ 4).
 // The length-T accumulation of p·v and of the row sum adds ≤ 2 · T · u · max|v| ≈ 6e-5. The lse
 // carries the score error plus T · u from the sum. These are worst-case bounds; 2e-4 on out and
 // 1e-5 + T · u on lse hold them with a small margin; real errors are ~1e-6.

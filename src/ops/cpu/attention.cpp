@@ -13,11 +13,13 @@
 #include <climits>
 #include <cmath>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "core/error.h"
 #include "core/gemm.h"
 #include "core/thread_pool.h"
+#include "ops/cpu/vec_array.h"
 
 namespace mslm::ops {
 namespace {
@@ -72,6 +74,35 @@ struct RowRange {
 };
 RowRange visible_in_tile(int64_t i, int64_t j0, int64_t n, int64_t window) {
     return {std::max(j0, first_visible(i, window)) - j0, std::min(j0 + n, i + 1) - j0};
+}
+
+// The largest of x[0, n), n ≥ 1, and the sum of x[0, n) in kLanes interleaved partial sums added
+// in a fixed order: plain loops the compiler vectorises (a single running max or sum is a chain
+// of dependent operations, which with the scalar exp was most of the forward at head_dim 16).
+// max is exact, so its grouping cannot change the result.
+constexpr int kLanes = 16;
+
+template <typename T>
+T max_of(const T* x, int64_t n) {
+    T part[kLanes];
+    std::fill(part, part + kLanes, x[0]);
+    int64_t j = 0;
+    for (; j + kLanes <= n; j += kLanes)
+        for (int l = 0; l < kLanes; ++l) part[l] = std::max(part[l], x[j + l]);
+    for (; j < n; ++j) part[0] = std::max(part[0], x[j]);
+    return *std::max_element(part, part + kLanes);
+}
+
+template <typename T>
+T sum_of(const T* x, int64_t n) {
+    T part[kLanes] = {};
+    int64_t j = 0;
+    for (; j + kLanes <= n; j += kLanes)
+        for (int l = 0; l < kLanes; ++l) part[l] += x[j + l];
+    for (; j < n; ++j) part[0] += x[j];
+    T sum = 0;
+    for (T v : part) sum += v;
+    return sum;
 }
 
 int to_int(int64_t x) {
@@ -134,19 +165,21 @@ void attention_forward(T* out, T* lse, const T* q, int64_t ld_q, const T* k, int
                         std::fill(pr, pr + n, T(0));
                         continue;
                     }
-                    for (int64_t j = jb; j < je; ++j) pr[j] -= slopes[h] * static_cast<T>(i - j0 - j);
+                    if (slopes[h] != T(0))
+                        for (int64_t j = jb; j < je; ++j) pr[j] -= slopes[h] * static_cast<T>(i - j0 - j);
                     const T m_old = row_max[r];
-                    const T m_new = std::max(m_old, *std::max_element(pr + jb, pr + je));
+                    const T m_new = std::max(m_old, max_of(pr + jb, je - jb));
                     // exp(−inf) = 0 on a row's first visible tile, where acc and the sum are still 0.
                     const T alpha = std::exp(m_old - m_new);
                     T* a = acc.data() + r * Dh;
                     for (int64_t d = 0; d < Dh; ++d) a[d] *= alpha;
-                    T sum = 0;
                     std::fill(pr, pr + jb, T(0));
-                    for (int64_t j = jb; j < je; ++j) {
-                        pr[j] = std::exp(pr[j] - m_new);
-                        sum += pr[j];
-                    }
+                    for (int64_t j = jb; j < je; ++j) pr[j] -= m_new;
+                    if constexpr (std::is_same_v<T, float>)  // within 1 ulp of std::exp
+                        vec_array::exp_nonpositive(pr + jb, pr + jb, je - jb);
+                    else
+                        for (int64_t j = jb; j < je; ++j) pr[j] = std::exp(pr[j]);
+                    const T sum = sum_of(pr + jb, je - jb);
                     std::fill(pr + je, pr + n, T(0));
                     row_sum[r] = row_sum[r] * alpha + sum;
                     row_max[r] = m_new;
