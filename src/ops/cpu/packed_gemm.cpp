@@ -27,14 +27,20 @@
 // and W widened panel by panel (another fp32 summation order than the tiles'), int8 through exact
 // int32 dot products (AVX-512 VNNI where the CPU has it, plain loops otherwise).
 //
-// Path: AMX when the CPU has AMX-TILE, AMX-BF16, AMX-INT8 and AVX-512F and the kernel grants the
+// Path: AMX when the CPU has AMX-TILE, AMX-BF16, AMX-INT8 and AVX-512F/BW/VL and the kernel grants the
 // tile data state (arch_prctl). MSLM_PACKED_GEMM=amx|fallback forces one (read once; amx on a
 // machine without it is an error); fallback-portable is the fallback without AVX-512 VNNI. The
 // AMX and AVX-512 code is compiled through target attributes and only called after a run-time
 // check, so a build without -march=native carries it too.
 #if defined(__x86_64__)
 #include <cpuid.h>
+// GCC 12's AVX-512 headers initialise their "undefined" vectors from themselves, which
+// -W(maybe-)uninitialized reports wherever such an intrinsic is inlined (GCC bug 105593, fixed in 13).
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
 #include <immintrin.h>
+#pragma GCC diagnostic pop
 #include <sys/syscall.h>
 #include <unistd.h>
 #define MSLM_PACKED_GEMM_X86 1
@@ -87,7 +93,8 @@ bool amx_usable() {
     static std::once_flag once;
     static bool usable = false;
     std::call_once(once, [] {
-        usable = cpu_has_amx() && __builtin_cpu_supports("avx512f") && request_tile_permission();
+        usable = cpu_has_amx() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                 __builtin_cpu_supports("avx512vl") && request_tile_permission();
     });
     return usable;
 }
@@ -115,7 +122,7 @@ PathChoice choose_path(const char* request, const char* source) {
     MSLM_CHECK(r == "amx", "{}={}: expected amx, fallback or fallback-portable", source, r);
     MSLM_CHECK(amx_usable(),
                "{}=amx: this CPU or kernel does not offer AMX tiles (AMX-TILE, AMX-BF16, AMX-INT8 with "
-               "AVX-512F, and arch_prctl(ARCH_REQ_XCOMP_PERM))",
+               "AVX-512F/BW/VL, and arch_prctl(ARCH_REQ_XCOMP_PERM))",
                source);
     return {Path::Amx, ""};
 }
@@ -322,10 +329,44 @@ __attribute__((target("avx512f"))) void pack_panel_bf16(uint8_t* panel, uint16_t
     panel_from_rows(panel, reinterpret_cast<const uint8_t*>(rows), ld * 2);
 }
 
+// quantize_rows_int8 on 16-float vectors, bit for bit: the absmax is exact whatever the grouping,
+// the product x · (127 / amax) is the same single rounding, and the conversion rounds half to even
+// (the default MXCSR mode) as std::nearbyint does. The scalar loop cost as much as the AMX product
+// itself on tiny's 64-wide rows.
+__attribute__((target("avx512f,avx512bw,avx512vl"))) void quantize_rows_avx512(int8_t* q, float* scale,
+                                                                              const float* x, int64_t M,
+                                                                              int64_t in, int64_t ld) {
+    const int64_t in_vec = round_up(in, 16);
+    auto mask = [in](int64_t k) {
+        return static_cast<__mmask16>(in - k >= 16 ? 0xffff : (1u << (in - k)) - 1);
+    };
+    for (int64_t m = 0; m < M; ++m) {
+        const float* xr = x + m * in;
+        int8_t* qr = q + m * ld;
+        __m512 vmax = _mm512_setzero_ps();
+        for (int64_t k = 0; k < in; k += 16)
+            vmax = _mm512_max_ps(vmax, _mm512_abs_ps(_mm512_maskz_loadu_ps(mask(k), xr + k)));
+        const float amax = _mm512_reduce_max_ps(vmax);
+        scale[m] = amax / 127.0f;
+        if (amax == 0) {
+            std::memset(qr, 0, static_cast<size_t>(ld));
+            continue;
+        }
+        const __m512 inv = _mm512_set1_ps(127.0f / amax);
+        for (int64_t k = 0; k < in; k += 16) {
+            __m512i v = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_maskz_loadu_ps(mask(k), xr + k), inv));
+            v = _mm512_min_epi32(_mm512_max_epi32(v, _mm512_set1_epi32(-127)), _mm512_set1_epi32(127));
+            _mm_storeu_si128(reinterpret_cast<__m128i*>(qr + k), _mm512_cvtepi32_epi8(v));
+        }
+        std::memset(qr + in_vec, 0, static_cast<size_t>(ld - in_vec));
+    }
+}
+
 // rows: scratch for 16 rows of ld int8; sx gets the n_rows tokens' scales.
-void pack_panel_int8(uint8_t* panel, int8_t* rows, float* sx, const float* x, int64_t n_rows, int64_t in,
-                     int64_t ld) {
-    quantize_rows_int8(rows, sx, x, n_rows, in, ld);
+__attribute__((target("avx512f"))) void pack_panel_int8(uint8_t* panel, int8_t* rows, float* sx,
+                                                        const float* x, int64_t n_rows, int64_t in,
+                                                        int64_t ld) {
+    quantize_rows_avx512(rows, sx, x, n_rows, in, ld);
     std::memset(rows + n_rows * ld, 0, static_cast<size_t>((kTile - n_rows) * ld));
     panel_from_rows(panel, reinterpret_cast<const uint8_t*>(rows), ld);
 }
