@@ -5,6 +5,7 @@
 // of W; the same bits for 1 and 2 threads.
 #include <gtest/gtest.h>
 
+#include <array>
 #include <cmath>
 #include <cstring>
 #include <string>
@@ -153,11 +154,12 @@ TEST(PackedGemm, MatchesReferenceOnWideProducts) {
 
 // Every output element is computed by one thread in a fixed order: the same bits for 1 and 2
 // threads, on each path, for a split over rows of W (out = 3352) and one over tokens as well
-// (out = 33: two blocks of W rows).
+// (out = 33: two blocks of W rows; 1000 tokens keep the product above the size that AMX runs on
+// one thread) — and for a product small enough to run on the calling thread alone.
 TEST(PackedGemm, SameBitsForAnyThreadCount) {
     const int saved = num_threads();
-    for (int64_t out : {3352, 33}) {
-        const Problem p = make_problem(300, 200, out, 7);
+    for (auto [M, in, out] : {std::array<int64_t, 3>{300, 200, 3352}, {1000, 200, 33}, {128, 64, 296}}) {
+        const Problem p = make_problem(M, in, out, 7);
         for (WeightFormat f : {WeightFormat::BF16, WeightFormat::Int8}) {
             const PackedWeight W = pack_weight(p.W.data(), p.out, p.in, f);
             for (const char* path : paths()) {

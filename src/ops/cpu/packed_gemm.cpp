@@ -334,8 +334,8 @@ __attribute__((target("avx512f"))) void pack_panel_bf16(uint8_t* panel, uint16_t
 // (the default MXCSR mode) as std::nearbyint does. The scalar loop cost as much as the AMX product
 // itself on tiny's 64-wide rows.
 __attribute__((target("avx512f,avx512bw,avx512vl"))) void quantize_rows_avx512(int8_t* q, float* scale,
-                                                                              const float* x, int64_t M,
-                                                                              int64_t in, int64_t ld) {
+                                                                               const float* x, int64_t M,
+                                                                               int64_t in, int64_t ld) {
     const int64_t in_vec = round_up(in, 16);
     auto mask = [in](int64_t k) {
         return static_cast<__mmask16>(in - k >= 16 ? 0xffff : (1u << (in - k)) - 1);
@@ -372,22 +372,26 @@ __attribute__((target("avx512f"))) void pack_panel_int8(uint8_t* panel, int8_t* 
 }
 
 // B: ceil(M / 16) panels of 16·ld·elem bytes; sx (int8): the M token scales.
+// serial: on the calling thread only.
 template <bool kInt8>
-void pack_x(uint8_t* B, float* sx, const float* x, int64_t M, int64_t in, int64_t ld) {
-    const int64_t panel_bytes = kTile * ld * (kInt8 ? 1 : 2);
-    parallel_for(ceil_div(M, kTile), [&](int64_t p0, int64_t p1) {
-        thread_local Scratch rows_scratch;
-        void* rows = rows_scratch.get(static_cast<size_t>(panel_bytes));
-        for (int64_t p = p0; p < p1; ++p) {
-            const int64_t m0 = p * kTile, n_rows = std::min(kTile, M - m0);
-            if constexpr (kInt8)
-                pack_panel_int8(B + p * panel_bytes, static_cast<int8_t*>(rows), sx + m0, x + m0 * in, n_rows,
-                                in, ld);
-            else
-                pack_panel_bf16(B + p * panel_bytes, static_cast<uint16_t*>(rows), x + m0 * in, n_rows, in,
-                                ld);
-        }
-    });
+void pack_x(uint8_t* B, float* sx, const float* x, int64_t M, int64_t in, int64_t ld, bool serial) {
+    const int64_t panel_bytes = kTile * ld * (kInt8 ? 1 : 2), panels = ceil_div(M, kTile);
+    parallel_for(
+        panels,
+        [&](int64_t p0, int64_t p1) {
+            thread_local Scratch rows_scratch;
+            void* rows = rows_scratch.get(static_cast<size_t>(panel_bytes));
+            for (int64_t p = p0; p < p1; ++p) {
+                const int64_t m0 = p * kTile, n_rows = std::min(kTile, M - m0);
+                if constexpr (kInt8)
+                    pack_panel_int8(B + p * panel_bytes, static_cast<int8_t*>(rows), sx + m0, x + m0 * in,
+                                    n_rows, in, ld);
+                else
+                    pack_panel_bf16(B + p * panel_bytes, static_cast<uint16_t*>(rows), x + m0 * in, n_rows,
+                                    in, ld);
+            }
+        },
+        serial ? panels : 1);
 }
 
 // Writes the 32 floats (v0, v1) at p in whole 64-byte lines, the first and the last only in part
@@ -501,6 +505,13 @@ __attribute__((target("amx-tile,amx-bf16,amx-int8,avx512f"))) void amx_items(con
     tiles_release();
 }
 
+// Products of fewer multiply-adds (M · out · in) run on the calling thread alone. On the 2-vCPU
+// development VM (two hyperthreads of one core, so one AMX unit) a second thread cost more in
+// synchronisation than it saved up to about this size (bench_packed_gemm, M = 128: 2.3× slower on
+// 2 threads than on 1 at 296 × 64 and 2.5× at 64 × 128, even at 512 × 64, ahead at 1024 × 64).
+// Every y element is the same accumulation either way.
+constexpr int64_t kSerialMacs = int64_t(1) << 22;
+
 template <bool kInt8>
 void amx_forward(float* y, const float* x, const PackedWeight& W, const float* b, int64_t M) {
     thread_local Scratch b_scratch, sx_scratch;
@@ -515,16 +526,19 @@ void amx_forward(float* y, const float* x, const PackedWeight& W, const float* b
     p.panel_bytes = kTile * p.w_stride;
     auto* B = static_cast<uint8_t*>(b_scratch.get(static_cast<size_t>(ceil_div(M, kTile) * p.panel_bytes)));
     auto* sx = kInt8 ? static_cast<float*>(sx_scratch.get(static_cast<size_t>(M) * sizeof(float))) : nullptr;
-    pack_x<kInt8>(B, sx, x, M, W.in, W.ld);
+    const bool serial = M * W.out * W.in < kSerialMacs;
+    pack_x<kInt8>(B, sx, x, M, W.in, W.ld, serial);
     p.B = B;
     p.sx = sx;
     // Split over blocks of 32 rows of W; when there are few, over chunks of the tokens as well, so
     // that every thread has several items.
     const int64_t row_blocks = ceil_div(W.out, 2 * kTile);
     p.token_blocks = ceil_div(M, 2 * kTile);
-    const int64_t want = 4 * static_cast<int64_t>(num_threads());
+    const int64_t want = 4 * static_cast<int64_t>(serial ? 1 : num_threads());
     p.token_chunks = row_blocks >= want ? 1 : std::min(p.token_blocks, ceil_div(want, row_blocks));
-    parallel_for(row_blocks * p.token_chunks, [&](int64_t i0, int64_t i1) { amx_items<kInt8>(p, i0, i1); });
+    const int64_t items = row_blocks * p.token_chunks;
+    parallel_for(
+        items, [&](int64_t i0, int64_t i1) { amx_items<kInt8>(p, i0, i1); }, serial ? items : 1);
 }
 #endif  // MSLM_PACKED_GEMM_X86
 
