@@ -44,9 +44,10 @@ void AttentionMixer<T>::forward(T* out, const T* x, int64_t B, int64_t Tn) {
     T* q = qkv_.data();
     T* k = q + n_heads_ * Dh;
     T* v = k + n_kv_heads_ * Dh;
+    // k's heads follow q's in every row, so one call rotates both and computes the angles once (the
+    // cos and sin of each position were most of rope's time); the same in backward, prefill and step.
     if (position_ == PositionKind::RoPE) {
-        ops::rope_apply(q, W, B, Tn, n_heads_, Dh, rotary_dim_, rope_theta_, 0, false);
-        ops::rope_apply(k, W, B, Tn, n_kv_heads_, Dh, rotary_dim_, rope_theta_, 0, false);
+        ops::rope_apply(q, W, B, Tn, n_heads_ + n_kv_heads_, Dh, rotary_dim_, rope_theta_, 0, false);
     }
     ops::attention_forward(o_.data(), lse_.data(), q, W, k, W, v, W, ops::AttentionDims{B, Tn, n_heads_, n_kv_heads_, Dh},
                            options());
@@ -68,8 +69,7 @@ void AttentionMixer<T>::backward(T* dx, const T* dout) {
     ops::attention_backward(dq, dk, dv, g_o_.data(), o_.data(), lse_.data(), q, W, k, W, v, W,
                             ops::AttentionDims{B, Tn, n_heads_, n_kv_heads_, Dh}, options());
     if (position_ == PositionKind::RoPE) {
-        ops::rope_apply(dq, W, B, Tn, n_heads_, Dh, rotary_dim_, rope_theta_, 0, true);
-        ops::rope_apply(dk, W, B, Tn, n_kv_heads_, Dh, rotary_dim_, rope_theta_, 0, true);
+        ops::rope_apply(dq, W, B, Tn, n_heads_ + n_kv_heads_, Dh, rotary_dim_, rope_theta_, 0, true);
     }
     qkv_proj_.backward(dx, g_qkv_.data(), x_, N);
 }
@@ -90,8 +90,7 @@ void AttentionMixer<T>::prefill(T* out, const T* x, int64_t n, InferenceState<T>
     T* k = q + n_heads_ * Dh;
     T* v = k + n_kv_heads_ * Dh;
     if (position_ == PositionKind::RoPE) {
-        ops::rope_apply(q, W, 1, n, n_heads_, Dh, rotary_dim_, rope_theta_, pos0, false);
-        ops::rope_apply(k, W, 1, n, n_kv_heads_, Dh, rotary_dim_, rope_theta_, pos0, false);
+        ops::rope_apply(q, W, 1, n, n_heads_ + n_kv_heads_, Dh, rotary_dim_, rope_theta_, pos0, false);
     }
     ops::AttentionOptions<T> opt = options();
     const ops::AttentionDims dims{1, n, n_heads_, n_kv_heads_, Dh};
@@ -140,8 +139,8 @@ void AttentionMixer<T>::step(T* out, const T* x, int64_t k, InferenceState<T>& s
     T* kk = q + n_heads_ * Dh;
     T* v = kk + n_kv_heads_ * Dh;
     if (position_ == PositionKind::RoPE) {
-        ops::rope_apply_at(q, W, k, n_heads_, Dh, rotary_dim_, rope_theta_, inf_pos_.data(), false);
-        ops::rope_apply_at(kk, W, k, n_kv_heads_, Dh, rotary_dim_, rope_theta_, inf_pos_.data(), false);
+        ops::rope_apply_at(q, W, k, n_heads_ + n_kv_heads_, Dh, rotary_dim_, rope_theta_, inf_pos_.data(),
+                           false);
     }
     for (int64_t i = 0; i < k; ++i) {
         const int64_t r = (slots[i] * L + inf_pos_[i] % L) * row;
