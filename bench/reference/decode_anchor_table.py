@@ -79,9 +79,12 @@ def main():
 
     models = list(dict.fromkeys(k[1] for k in cells))
     threads = sorted({k[3] for k in cells})
+    # A round shorter than 30 s (one small preset) has no sample during it.
+    during = (f"median {statistics.median(loads['during']):.2f}, max {max(loads['during']):.2f}"
+              if loads["during"] else "none (the rounds were shorter than 30 s)")
     print(f"Rounds: {len(runs)}. Load average (1 min) when a preset's block started: "
-          f"{min(loads['start']):.2f}–{max(loads['start']):.2f}; sampled every 30 s during the rounds: median "
-          f"{statistics.median(loads['during']):.2f}, max {max(loads['during']):.2f}.\n")
+          f"{min(loads['start']):.2f}–{max(loads['start']):.2f}; sampled every 30 s during the rounds: "
+          f"{during}.\n")
     print("| model | params | threads | ours / llama.cpp precision | ours prefill | ours decode b=1 | ours decode b=8 | "
           "llama.cpp prefill | llama.cpp decode b=1 | llama.cpp decode b=8 | HF prefill | HF decode b=1 | "
           "HF decode b=8 | ours / llama.cpp prefill | ours / llama.cpp decode b=1 | ours / llama.cpp decode b=8 |")
