@@ -98,7 +98,9 @@ def main():
         x = inputs[name]
         q, st = F.quantize_4bit(x, blocksize=bs, quant_type=qt, compress_statistics=dq)
         dqx = F.dequantize_4bit(q, st)
-        t[f"x.{name}"] = x.to(torch.bfloat16)
+        # Random inputs are bf16 values already (stored losslessly as bf16); the ties rows hold fp32
+        # midpoints, stored as they were quantized.
+        t[f"x.{name}"] = x if name.endswith("ties") else x.to(torch.bfloat16)
         t[f"q.{name}"] = q.reshape(-1)
         t[f"dq.{name}"] = dqx.reshape(-1)
         if dq:
