@@ -13,6 +13,7 @@
 #include "core/error.h"
 #include "model/cuda_decoder_kernels.h"
 #include "ops/cuda/common.cuh"
+#include "ops/cuda/reduce.cuh"
 
 namespace mslm::cuda_decoder_detail {
 
@@ -30,11 +31,7 @@ __device__ __forceinline__ float round_bf(float v) {
     return bf(to_bf(v));
 }
 
-__device__ __forceinline__ float warp_sum(float v) {
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
+using ops::cuda::detail::warp_sum;  // reduce.cuh
 
 
 // Programmatic dependent launch (sm_90): a kernel launched with it may start while the one before
@@ -76,16 +73,14 @@ __global__ void rope_kv_append_kernel(uint16_t* __restrict__ q, const uint16_t* 
         sn[threadIdx.x] = float(s);
     }
     __syncthreads();
-    auto bfv = [](uint16_t v) { return __uint_as_float(uint32_t(v) << 16); };
-    auto tob = [](float v) { return __bfloat16_as_ushort(__float2bfloat16_rn(v)); };
     // Queries: the rotated pairs, in place.
     uint16_t* qr = q + i * ld;
     for (int w = threadIdx.x; w < Hq * half; w += blockDim.x) {
         const int h = w / half, c = w - h * half;
         uint16_t* x = qr + h * Dh + c;
-        const float x0 = bfv(x[0]), x1 = bfv(x[half]);
-        x[0] = tob(x0 * cs[c] - x1 * sn[c]);
-        x[half] = tob(x1 * cs[c] + x0 * sn[c]);
+        const float x0 = bf(x[0]), x1 = bf(x[half]);
+        x[0] = to_bf(x0 * cs[c] - x1 * sn[c]);
+        x[half] = to_bf(x1 * cs[c] + x0 * sn[c]);
     }
     // Keys (rotated) and values into the cache row.
     const int64_t dst = (slots[i] * L + pos[i] % L) * int64_t(Hkv) * Dh;
@@ -95,31 +90,22 @@ __global__ void rope_kv_append_kernel(uint16_t* __restrict__ q, const uint16_t* 
         const int h = w / Dh, c = w - h * Dh;
         float out;
         if (c < half) {
-            const float x0 = bfv(kr[h * Dh + c]), x1 = bfv(kr[h * Dh + c + half]);
+            const float x0 = bf(kr[h * Dh + c]), x1 = bf(kr[h * Dh + c + half]);
             out = x0 * cs[c] - x1 * sn[c];
         } else if (c < 2 * half) {
-            const float x0 = bfv(kr[h * Dh + c - half]), x1 = bfv(kr[h * Dh + c]);
+            const float x0 = bf(kr[h * Dh + c - half]), x1 = bf(kr[h * Dh + c]);
             out = x1 * cs[c - half] + x0 * sn[c - half];
         } else {
             k_cache[dst + w] = kr[w];
             v_cache[dst + w] = vr[w];
             continue;
         }
-        k_cache[dst + w] = tob(out);
+        k_cache[dst + w] = to_bf(out);
         v_cache[dst + w] = vr[w];
     }
 }
 
 // ---- split-key decode attention (flash-decoding)
-
-// ALiBi slope of head h of n (ops::alibi_slopes: 2^(−8(h+1)/m) for the largest power of two m ≤ n,
-// the interleaved odd powers of the next one beyond), in double, rounded once.
-__device__ float decode_alibi_slope(int h, int n_heads) {
-    int m = 1;
-    while (m * 2 <= n_heads) m *= 2;
-    const double e = h < m ? -8.0 * (h + 1) / m : -8.0 * (2 * (h - m) + 1) / (2 * m);
-    return static_cast<float>(exp2(e));
-}
 
 constexpr int kSplitWarps = 4;
 constexpr int kKeysPerIter = 4;  // key rows a warp has in flight
@@ -142,17 +128,16 @@ __global__ void __launch_bounds__(kSplitWarps * 32)
     const int64_t first = max(max(int64_t(0), p - L + 1), window > 0 ? p - window + 1 : int64_t(0));
     const int64_t n = p - first + 1;
     const int64_t j0 = split * C, j1 = min(n, j0 + C);
-    const float slope = alibi ? decode_alibi_slope(h, Hq) : 0.0f;
+    const float slope = alibi ? ops::cuda::detail::alibi_slope(h, Hq) : 0.0f;
     const int64_t ld_kv = int64_t(Hkv) * Dh;
     const uint16_t* kc = k_cache + slots[i] * L * ld_kv + int64_t(hk) * Dh;
     const uint16_t* vc = v_cache + slots[i] * L * ld_kv + int64_t(hk) * Dh;
-    auto bfv = [](uint16_t v) { return __uint_as_float(uint32_t(v) << 16); };
 
     float qv[DL], acc[DL];
 #pragma unroll
     for (int e = 0; e < DL; ++e) {
         const int d = lane + 32 * e;
-        qv[e] = d < Dh ? bfv(q[i * ld_q + int64_t(h) * Dh + d]) : 0.0f;
+        qv[e] = d < Dh ? bf(q[i * ld_q + int64_t(h) * Dh + d]) : 0.0f;
         acc[e] = 0.0f;
     }
     float m = -INFINITY, l = 0.0f;
@@ -166,8 +151,8 @@ __global__ void __launch_bounds__(kSplitWarps * 32)
             for (int e = 0; e < DL; ++e) {
                 const int d = lane + 32 * e;
                 const bool ok = jj < j1 && d < Dh;
-                kv[u][e] = ok ? bfv(kc[row + d]) : 0.0f;
-                vv[u][e] = ok ? bfv(vc[row + d]) : 0.0f;
+                kv[u][e] = ok ? bf(kc[row + d]) : 0.0f;
+                vv[u][e] = ok ? bf(vc[row + d]) : 0.0f;
             }
         }
 #pragma unroll
@@ -238,7 +223,7 @@ __global__ void attention_combine_kernel(uint16_t* __restrict__ out, const float
             const float ms = pp[s * (Dh + 2)];
             if (ms != -INFINITY) o += expf(ms - mx) * pp[s * (Dh + 2) + 2 + d];
         }
-        out[(i * Hq + h) * Dh + d] = __bfloat16_as_ushort(__float2bfloat16_rn(o * inv));
+        out[(i * Hq + h) * Dh + d] = to_bf(o * inv);
     }
 }
 

@@ -65,14 +65,6 @@ struct AttnParams {
     const float* delta;  // (B, Hq, T) D_i = dout_i · out_i, tensor-core backward only
 };
 
-// ops::alibi_slopes, evaluated in double and rounded once, as the CPU rounds its double slopes.
-__device__ float alibi_slope(int h, int n_heads) {
-    int m = 1;
-    while (m * 2 <= n_heads) m *= 2;
-    const double e = h < m ? -8.0 * (h + 1) / m : -8.0 * (2 * (h - m) + 1) / (2 * m);
-    return static_cast<float>(exp2(e));
-}
-
 __device__ __forceinline__ bool visible(int64_t i, int64_t j, int64_t window) {
     return j <= i && (window == 0 || i - j < window);
 }

@@ -105,6 +105,17 @@ __device__ __forceinline__ float silu_grad(float x) {
     return p.s * (1.0f + x * p.c);
 }
 
+// ---- attention
+
+// ALiBi slope of head h of n_heads (ops::alibi_slopes), evaluated in double and rounded once, as
+// the CPU rounds its double slopes.
+__device__ inline float alibi_slope(int h, int n_heads) {
+    int m = 1;
+    while (m * 2 <= n_heads) m *= 2;
+    const double e = h < m ? -8.0 * (h + 1) / m : -8.0 * (2 * (h - m) + 1) / (2 * m);
+    return static_cast<float>(exp2(e));
+}
+
 // ---- launching
 
 constexpr int kThreads = 256;
