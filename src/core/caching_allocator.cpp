@@ -89,8 +89,10 @@ void CachingAllocator::empty_cache() {
 
 CachingAllocator& cuda_caching_allocator(int device) {
 #ifdef MSLM_HAVE_CUDA
+    // Never destroyed: freeing device memory from a static destructor races the CUDA runtime's own
+    // teardown at exit (as linear.cu's cuBLASLt state).
     static std::mutex mutex;
-    static std::vector<std::unique_ptr<CachingAllocator>> per_device;
+    static auto& per_device = *new std::vector<std::unique_ptr<CachingAllocator>>;
     std::lock_guard<std::mutex> lock(mutex);
     MSLM_CHECK(device >= 0 && device < 1024, "cuda_caching_allocator: device {}", device);
     if (per_device.size() <= static_cast<size_t>(device)) per_device.resize(static_cast<size_t>(device) + 1);
