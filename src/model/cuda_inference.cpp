@@ -8,7 +8,9 @@
 #include <cuda_runtime.h>
 #include <fmt/format.h>
 
+#include <array>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <map>
@@ -16,6 +18,7 @@
 
 #include "core/caching_allocator.h"
 #include "core/dtype.h"
+#include "model/cuda_decode_step.h"
 #include "model/cuda_decoder_kernels.h"
 #include "model/cuda_model.h"
 #include "ops/cuda/attention.h"
@@ -179,6 +182,63 @@ struct CudaCausalLM::Impl {
 
     bool graphs = true;
     bool fused = true;  // decode_gemv for the step's products (MSLM_DECODE_FUSED=0: cuBLASLt + separate kernels)
+    // The persistent batch-1 step (cuda_decode_step.h) where the model's layers allow it and
+    // MSLM_DECODE_PERSISTENT is not 0; `tables` holds its layer and stage tables, the attention
+    // partials and the barrier (from the caching allocator, made in start()).
+    bool persistent = true;
+    char* tables = nullptr;
+    cuda_decoder_detail::PersistentStep pstep;
+    // MSLM_DECODE_STEP_TRACE=1: per-stage times of the persistent step, summed over steps and
+    // printed (stderr) when the decoder is released.
+    bool trace = false;
+    int trace_blocks = 0;
+    std::vector<int32_t> trace_kind;
+    // Per stage, µs summed over steps (means over blocks): weights wait, prologue, product, barrier;
+    // then the spread of the blocks' arrivals and the last arrival to the first departure.
+    std::vector<std::array<double, 6>> trace_sum;
+    double trace_kernel = 0;
+    int64_t trace_steps = 0;
+
+    void add_trace(const std::vector<unsigned long long>& t) {
+        const size_t n = trace_kind.size(), B = static_cast<size_t>(trace_blocks);
+        auto at = [&](size_t s, size_t b, int k) { return static_cast<double>(t[(s * B + b) * 5 + k]); };
+        for (size_t s = 0; s < n; ++s) {
+            double sum[4] = {}, first_arrival = 1e300, last_arrival = 0, first_departure = 1e300;
+            for (size_t b = 0; b < B; ++b) {
+                for (int k = 0; k < 4; ++k) sum[k] += at(s, b, k + 1) - at(s, b, k);
+                first_arrival = std::min(first_arrival, at(s, b, 3));
+                last_arrival = std::max(last_arrival, at(s, b, 3));
+                first_departure = std::min(first_departure, at(s, b, 4));
+            }
+            for (int k = 0; k < 4; ++k) trace_sum[s][k] += 1e-3 * sum[k] / static_cast<double>(B);
+            trace_sum[s][4] += 1e-3 * (last_arrival - first_arrival);
+            trace_sum[s][5] += s + 1 < n ? 1e-3 * (first_departure - last_arrival) : 0.0;
+        }
+        trace_kernel += 1e-3 * (at(n - 1, 0, 4) - at(0, 0, 0));
+        ++trace_steps;
+    }
+
+    void print_trace() {
+        if (trace_steps == 0) return;
+        static const char* names[] = {"mamba in_proj+conv", "ssd update", "gated norm+out_proj", "qkv",
+                                      "attention", "attn combine+o_proj", "mlp gate/up", "mlp down", "head"};
+        std::map<int32_t, std::array<double, 6>> by;
+        std::map<int32_t, int> count;
+        for (size_t i = 0; i < trace_kind.size(); ++i) {
+            for (int k = 0; k < 6; ++k) by[trace_kind[i]][k] += trace_sum[i][k];
+            ++count[trace_kind[i]];
+        }
+        const double n = static_cast<double>(trace_steps);
+        std::fprintf(stderr, "persistent step, %lld steps, %d blocks: %.1f us/step from block 0's first stage to its end\n",
+                     static_cast<long long>(trace_steps), trace_blocks, trace_kernel / n);
+        std::fprintf(stderr,
+                     "| stage (us per step, all of its kind) | count | weights wait | prologue | product | barrier "
+                     "| arrival spread | last arrival to release |\n|---|---|---|---|---|---|---|---|\n");
+        for (auto& [k, v] : by)
+            std::fprintf(stderr, "| %s | %d | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f |\n", names[k], count[k], v[0] / n,
+                         v[1] / n, v[2] / n, v[3] / n, v[4] / n, v[5] / n);
+        trace_steps = 0;
+    }
     std::map<int64_t, cudaGraphExec_t> graph;
     std::set<int64_t> warmed;
 
@@ -191,6 +251,9 @@ struct CudaCausalLM::Impl {
         drop_graphs();
         if (state) alloc->deallocate(state);
         if (scratch) alloc->deallocate(scratch);
+        if (tables) alloc->deallocate(tables);
+        tables = nullptr;
+        print_trace();
         if (host) cudaFreeHost(host);
         state = scratch = host = nullptr;
         state_bytes = scratch_bytes = host_bytes = 0;
@@ -298,6 +361,126 @@ kc::AttentionOptions attention_options(const ModelConfig& cfg, int64_t q_offset)
 
 }  // namespace
 
+namespace {
+
+// Whether the persistent batch-1 step takes this model: Mamba-2 and attention layers, RMSNorm,
+// SwiGLU or no MLP, product widths in whole 16-byte rows, every product's weights 16-byte aligned,
+// and a device that keeps one block per SM resident.
+template <typename Impl>
+bool persistent_step_fits(const ModelConfig& cfg, const Impl& m) {
+    const Widths w(cfg);
+    const bool mamba = cfg.count(LayerKind::Mamba) > 0, attn = cfg.count(LayerKind::Attention) > 0;
+    if (mamba && (cfg.mamba.version != 2 || w.S % 4 != 0 || w.K > 4 || w.Din % 8 != 0 || w.H % w.G != 0 ||
+                  w.Din % cfg.mamba_norm_groups() != 0))
+        return false;
+    if (attn && (w.Dh > 128 || (w.Hq * w.Dh) % 8 != 0 || cfg.attn_rotary_dim() > 128 ||
+                 (cfg.attention.position == PositionKind::RoPE && cfg.attn_rotary_dim() % 2 != 0)))
+        return false;
+    if (cfg.norm != NormKind::RMSNorm || w.D % 8 != 0) return false;
+    if (cfg.mlp.kind != MlpKind::None && (cfg.mlp.kind != MlpKind::SwiGLU || w.F % 8 != 0)) return false;
+    auto aligned = [](const void* p) { return p == nullptr || reinterpret_cast<uintptr_t>(p) % 16 == 0; };
+    if (!aligned(m.lm_head)) return false;
+    for (const auto& L : m.layers)
+        if (!aligned(L.in_w) || !aligned(L.out_w) || !aligned(L.qkv_w) || !aligned(L.o_w) || !aligned(L.up_w) ||
+            !aligned(L.down_w))
+            return false;
+    return cuda_decoder_detail::persistent_step_available();
+}
+
+// The step's tables on the device (layers, stages, attention partials, barrier) and its arguments.
+template <typename Impl>
+void prepare_persistent_step(const ModelConfig& cfg, Impl& m, int64_t cache_len) {
+    namespace cd = cuda_decoder_detail;
+    const Widths w(cfg);
+    std::vector<cd::StepLayer> layers;
+    std::vector<cd::StepStageEntry> stages;
+    for (size_t l = 0; l < m.layers.size(); ++l) {
+        const auto& L = m.layers[l];
+        cd::StepLayer t;
+        t.norm_w = L.norm_w;
+        t.mlp_norm_w = L.mlp_norm_w;
+        const auto li = static_cast<int32_t>(l);
+        if (L.kind == LayerKind::Attention) {
+            t.qkv_w = L.qkv_w, t.qkv_b = L.qkv_b, t.out_w = L.o_w, t.out_b = L.o_b, t.kc = L.kc, t.vc = L.vc;
+            for (cd::StepStage st : {cd::StepStage::Qkv, cd::StepStage::Attention, cd::StepStage::AttnOut})
+                stages.push_back({static_cast<int32_t>(st), li});
+        } else {
+            t.in_w = L.in_w, t.in_b = L.in_b, t.conv_w = L.conv_w, t.conv_b = L.conv_b, t.dt_bias = L.dt_bias;
+            t.A_log = L.A_log, t.D = L.D, t.gnorm_w = L.gnorm_w, t.out_w = L.out_w, t.out_b = L.out_b;
+            t.conv = L.conv, t.ssm = L.ssm;
+            for (cd::StepStage st : {cd::StepStage::MambaIn, cd::StepStage::Ssd, cd::StepStage::MambaOut})
+                stages.push_back({static_cast<int32_t>(st), li});
+        }
+        if (L.up_w) {
+            t.up_w = L.up_w, t.up_b = L.up_b, t.down_w = L.down_w, t.down_b = L.down_b;
+            stages.push_back({static_cast<int32_t>(cd::StepStage::MlpUp), li});
+            stages.push_back({static_cast<int32_t>(cd::StepStage::MlpDown), li});
+        }
+        layers.push_back(t);
+    }
+    stages.push_back({static_cast<int32_t>(cd::StepStage::Head), 0});
+    const bool attn = cfg.count(LayerKind::Attention) > 0;
+    Carver cv;
+    cd::StepLayer* dl = nullptr;
+    cd::StepStageEntry* ds = nullptr;
+    float* part = nullptr;
+    unsigned* barrier = nullptr;
+    unsigned long long* trace = nullptr;
+    auto carve = [&](Carver& c) {
+        c.take(dl, static_cast<int64_t>(layers.size()));
+        c.take(ds, static_cast<int64_t>(stages.size()));
+        c.take(part, attn ? static_cast<int64_t>(cd::persistent_step_part_floats(w.Hq, w.Dh)) : 0);
+        c.take(barrier, 1);
+        c.take(trace, m.trace ? 5 * static_cast<int64_t>(stages.size()) * cd::kStepMaxTraceBlocks : 0);
+    };
+    carve(cv);
+    m.tables = static_cast<char*>(m.alloc->allocate(cv.offset));
+    Carver place{m.tables};
+    carve(place);
+    check(cudaMemcpy(dl, layers.data(), sizeof(cd::StepLayer) * layers.size(), cudaMemcpyHostToDevice),
+          "upload the step's layers");
+    check(cudaMemcpy(ds, stages.data(), sizeof(cd::StepStageEntry) * stages.size(), cudaMemcpyHostToDevice),
+          "upload the step's stages");
+    cd::PersistentStep& a = m.pstep;
+    a = cd::PersistentStep{};
+    a.layers = dl;
+    a.stages = ds;
+    a.n_stages = static_cast<int32_t>(stages.size());
+    a.n_layers = static_cast<int32_t>(layers.size());
+    auto i32 = [](int64_t v) { return static_cast<int32_t>(v); };
+    a.D = i32(w.D), a.Din = i32(w.Din), a.H = i32(w.H), a.P = i32(w.P), a.G = i32(w.G), a.N = i32(w.S);
+    a.K = i32(w.K), a.C2 = i32(w.C2), a.F = i32(cfg.mlp.kind == MlpKind::None ? 0 : w.F), a.V = i32(w.V);
+    a.Hq = i32(attn ? w.Hq : 0), a.Hkv = i32(attn ? w.Hkv : 1), a.Dh = i32(attn ? w.Dh : 0);
+    a.rotary_dim = attn && cfg.attention.position == PositionKind::RoPE ? i32(cfg.attn_rotary_dim()) : 0;
+    a.norm_groups = cfg.count(LayerKind::Mamba) ? i32(cfg.mamba_norm_groups()) : 1;
+    a.rope_theta = cfg.attention.rope_theta;
+    a.eps = static_cast<float>(cfg.norm_eps);
+    a.dt_min = static_cast<float>(cfg.mamba.dt_limit_min);
+    a.dt_max = static_cast<float>(cfg.mamba.dt_limit_max);
+    const kc::AttentionOptions opt = attention_options(cfg, 0);
+    a.attn_scale = opt.scale;
+    a.alibi = opt.alibi;
+    a.window = opt.window;
+    a.cache_len = cache_len;
+    a.embed = m.embed, a.final_w = m.final_w, a.lm_head = m.lm_head;
+    a.slots = m.slots, a.pos = m.pos, a.ids = m.ids;
+    a.res = m.res, a.proj = m.proj, a.conv_out = m.conv_out, a.y = m.y, a.a = m.a, a.hf = m.hf;
+    a.logits = m.logits;
+    a.part = part;
+    a.barrier = barrier;
+    a.trace = m.trace ? trace : nullptr;
+    if (const char* ahead = std::getenv("MSLM_DECODE_STEP_PREFETCH")) a.prefetch_ahead = std::atoi(ahead);
+    if (const char* staged = std::getenv("MSLM_DECODE_STEP_STAGE")) a.stage_weights = std::string(staged) != "0";
+    m.trace_kind.clear();
+    for (const auto& e : stages) m.trace_kind.push_back(e.stage);
+    m.trace_sum.assign(stages.size(), {});
+    int device = 0;
+    cudaGetDevice(&device);
+    cudaDeviceGetAttribute(&m.trace_blocks, cudaDevAttrMultiProcessorCount, device);
+}
+
+}  // namespace
+
 CudaDecoderMemory CudaCausalLM::plan(const ModelConfig& cfg, int64_t slots, int64_t max_len) {
     CudaDecoderMemory mem;
     {
@@ -327,6 +510,10 @@ CudaCausalLM::CudaCausalLM(const HybridLM<float>& model, int device)
     m.graphs = !(graphs && std::string(graphs) == "0");
     const char* fused = std::getenv("MSLM_DECODE_FUSED");
     m.fused = !(fused && std::string(fused) == "0");
+    const char* persistent = std::getenv("MSLM_DECODE_PERSISTENT");
+    m.persistent = m.fused && !(persistent && std::string(persistent) == "0");
+    const char* trace = std::getenv("MSLM_DECODE_STEP_TRACE");
+    m.trace = trace && std::string(trace) == "1";
     check(cudaStreamCreateWithFlags(&m.stream, cudaStreamNonBlocking), "cudaStreamCreate");
 
     const Parameters<float>& p = model.params();
@@ -466,6 +653,7 @@ void CudaCausalLM::start(int64_t slots, int64_t max_len) {
     m.host = static_cast<char*>(host);
     m.host_logits = reinterpret_cast<float*>(m.host + 3 * sizeof(int64_t) * m.rows);
     m.host_hidden = reinterpret_cast<bf16*>(m.host_logits + S * cfg_.vocab_size);
+    if (m.persistent && persistent_step_fits(cfg_, m)) prepare_persistent_step(cfg_, m, cache_len_);
 }
 
 void CudaCausalLM::check_slot(int64_t slot, const char* what) const {
@@ -905,7 +1093,17 @@ void CudaCausalLM::step(std::span<const int64_t> slots, std::span<const int32_t>
     // One upload: [slots | pos | ids] are laid out alike on both sides.
     check(cudaMemcpyAsync(m.slots, host_slots, 3 * sizeof(int64_t) * m.rows, cudaMemcpyHostToDevice, m.stream),
           "upload step");
-    if (!m.graphs) {
+    if (k == 1 && m.tables) {
+        cuda_decoder_detail::persistent_step(m.pstep, m.stream);
+        if (m.trace) {
+            std::vector<unsigned long long> t(m.trace_kind.size() * static_cast<size_t>(m.trace_blocks) * 5);
+            check(cudaMemcpyAsync(t.data(), m.pstep.trace, sizeof(unsigned long long) * t.size(),
+                                  cudaMemcpyDeviceToHost, m.stream),
+                  "download the step trace");
+            check(cudaStreamSynchronize(m.stream), "step trace");
+            m.add_trace(t);
+        }
+    } else if (!m.graphs) {
         run_step(k);
     } else if (auto it = m.graph.find(k); it != m.graph.end()) {
         check(cudaGraphLaunch(it->second, m.stream), "cudaGraphLaunch");

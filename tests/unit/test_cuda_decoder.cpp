@@ -69,10 +69,27 @@ ModelConfig mamba2_relu() {
     return c;
 }
 
+// Wide enough that the persistent step's products take several 16-byte loads per lane and more
+// rows than blocks (d_model 256, d_inner 512, d_ff 1160 > 1024 columns in the down projection),
+// with groups, GQA and full RoPE at head dim 64.
+ModelConfig mamba2_attention_wide() {
+    ModelConfig c = base_config("MAMM");
+    c.vocab_size = 1000;
+    c.d_model = 256;
+    c.mamba.d_state = 32;
+    c.mamba.head_dim = 32;
+    c.mamba.n_groups = 2;
+    c.attention.n_heads = 4;
+    c.attention.n_kv_heads = 2;
+    c.mlp = {MlpKind::SwiGLU, 1160, false};
+    return c;
+}
+
 std::vector<Case> decoder_cases() {
     std::vector<Case> cases(std::begin(test::kInferenceCases), std::end(test::kInferenceCases));
     cases.push_back({"Mamba1AttentionLayerNormBiases", mamba1_attention});
     cases.push_back({"Mamba2Relu", mamba2_relu});
+    cases.push_back({"Mamba2AttentionWide", mamba2_attention_wide});
     return cases;
 }
 
@@ -112,14 +129,17 @@ class CudaDecoder : public testing::TestWithParam<Case> {};
 // Three slots at different positions: slot 0 prefilled in one call, slot 1 in three (each continuing
 // the conv windows, SSM states and KV rings), slot 2 with one token; then batched steps over all of
 // them and over a subset, a copy and a beam-style reorder, every logit row against the CPU.
-// Run with the fused step products (decode_gemv, the default) and without (MSLM_DECODE_FUSED=0).
-void follow_the_cpu(const ModelConfig& cfg, const char* fused) {
-    SCOPED_TRACE(std::string("MSLM_DECODE_FUSED=") + fused);
+// Run with the fused step products (decode_gemv, the default) and without (MSLM_DECODE_FUSED=0),
+// and with the fused products but without the persistent batch-1 step (MSLM_DECODE_PERSISTENT=0).
+void follow_the_cpu(const ModelConfig& cfg, const char* fused, const char* persistent = "1") {
+    SCOPED_TRACE(std::string("MSLM_DECODE_FUSED=") + fused + " MSLM_DECODE_PERSISTENT=" + persistent);
     auto model = random_model(cfg);
     HybridCausalLM cpu(*model);
     setenv("MSLM_DECODE_FUSED", fused, 1);
+    setenv("MSLM_DECODE_PERSISTENT", persistent, 1);
     CudaCausalLM gpu(*model);
     unsetenv("MSLM_DECODE_FUSED");
+    unsetenv("MSLM_DECODE_PERSISTENT");
     const int64_t V = cfg.vocab_size, D = cfg.d_model;
     Rng rng(7);
     cpu.start(3, cfg.max_seq_len);
@@ -145,6 +165,9 @@ void follow_the_cpu(const ModelConfig& cfg, const char* fused) {
         expect_rows_close(lg, lc, V, what + " logits");
         expect_rows_close(hg, hc, D, what + " hidden");
     };
+    // Batch-1 steps (the persistent step where the model allows it) on slots at different positions.
+    for (int t = 0; t < 5; ++t) both_step({0}, "slot 0 alone, step " + std::to_string(t));
+    for (int t = 0; t < 3; ++t) both_step({1}, "slot 1 alone, step " + std::to_string(t));
     for (int t = 0; t < 8; ++t) both_step({0, 1, 2}, "step " + std::to_string(t));
     for (int t = 0; t < 3; ++t) both_step({2, 0}, "subset step " + std::to_string(t));
     cpu.copy(1, 2);
@@ -162,6 +185,7 @@ void follow_the_cpu(const ModelConfig& cfg, const char* fused) {
 TEST_P(CudaDecoder, FollowsTheCpuDecoder) {
     SKIP_WITHOUT_GPU();
     follow_the_cpu(GetParam().make(), "1");
+    follow_the_cpu(GetParam().make(), "1", "0");
     follow_the_cpu(GetParam().make(), "0");
 }
 
