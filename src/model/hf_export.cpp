@@ -382,7 +382,18 @@ HfExportSummary export_hf(const std::string& model_dir, const std::string& out_d
     MSLM_CHECK(!options.dtype || *options.dtype == DType::F32 || *options.dtype == DType::BF16 ||
                    *options.dtype == DType::F16,
                "export: dtype {} is not f32, bf16 or f16", dtype_name(*options.dtype));
-    const fs::path src_dir = fs::is_directory(model_dir) ? normalized(model_dir) : normalized(model_dir).parent_path();
+    // The source's config first: a missing model or a refused configuration fails before any weights
+    // are read or anything is written.
+    HfExportSummary summary;
+    const bool is_dir = fs::is_directory(model_dir);
+    const fs::path config_path = is_dir ? fs::path(model_dir) / "config.json" : fs::path(model_dir);
+    const fs::path src_dir = is_dir ? normalized(model_dir) : normalized(model_dir).parent_path();
+    const ModelConfig source_cfg = load_any_config(model_dir, &summary.source_format);
+    try {
+        summary.arch = hf_arch_for(source_cfg);
+    } catch (const Error& e) {
+        fail("{}: {}", config_path.string(), e.what());
+    }
     const fs::path out = normalized(out_dir);
     std::error_code ec;
     if (fs::exists(out, ec)) {
@@ -396,13 +407,6 @@ HfExportSummary export_hf(const std::string& model_dir, const std::string& out_d
     LoadedModelInfo info;
     const std::unique_ptr<HybridLM<float>> model = load_model<float>(model_dir, &info);
     const ModelConfig& cfg = model->config();
-    HfExportSummary summary;
-    summary.source_format = info.format;
-    try {
-        summary.arch = hf_arch_for(cfg);
-    } catch (const Error& e) {
-        fail("{}: {}", info.config_path, e.what());
-    }
 
     // Each tensor keeps the dtype of the source tensor its values came from, unless one is asked for.
     std::vector<DType> dtypes;
