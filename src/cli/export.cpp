@@ -23,23 +23,28 @@ void run_export_hf(const ExportArgs& a) {
     if (a.dtype == "f16") opts.dtype = DType::F16;
     opts.overwrite = a.force;
     const HfExportSummary s = export_hf(a.model, a.out, opts);
-    std::printf("%s\n", fmt::format("exported {} ({}) as {} to {}: {} tensors ({}); {}; chat template: {}", a.model,
-                                    s.source_format, hf_class_name(s.arch), a.out, s.tensors, s.dtypes,
-                                    fmt::join(s.files, ", "), s.chat_template_source).c_str());
+    std::printf("%s\n", fmt::format("exported {} ({}) as {} to {}: {} tensors ({}); {}; chat template: {}",
+                                    a.model, s.source_format, hf_class_name(s.arch), a.out, s.tensors,
+                                    s.dtypes, fmt::join(s.files, ", "), s.chat_template_source)
+                            .c_str());
 }
 
 }  // namespace
 
 void register_export(CLI::App& app) {
-    auto* cmd = app.add_subcommand("export", "Export a model for other runtimes (--format hf: a transformers model "
-                                             "directory)");
+    auto* cmd = app.add_subcommand("export",
+                                   "Export a model for other runtimes (--format hf: a transformers model "
+                                   "directory)");
     auto a = std::make_shared<ExportArgs>();
-    cmd->add_option("--format", a->format, "Target format: hf (transformers); gguf and onnx are not available yet")
+    cmd->add_option("--format", a->format,
+                    "Target format: hf (transformers); gguf and onnx are not available yet")
         ->required()
         ->check(CLI::IsMember({"hf", "gguf", "onnx"}));
-    cmd->add_option("--model", a->model, "Source model directory (native, or Hugging Face Mamba/Mamba2/Jamba/Bamba)")
+    cmd->add_option("--model", a->model,
+                    "Source model directory (native, or Hugging Face Mamba/Mamba2/Jamba/Bamba)")
         ->required();
-    cmd->add_option("--out", a->out, "Output directory (created; must be absent or empty unless --force)")->required();
+    cmd->add_option("--out", a->out, "Output directory (created; must be absent or empty unless --force)")
+        ->required();
     cmd->add_option("--dtype", a->dtype, "hf: tensor dtype (default: each tensor keeps its source dtype)")
         ->check(CLI::IsMember({"f32", "bf16", "f16"}));
     cmd->add_flag("--force", a->force, "Replace an existing output directory");

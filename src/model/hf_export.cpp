@@ -80,7 +80,9 @@ const char* torch_dtype_name(DType d) {
     }
 }
 
-bool is_float(DType d) { return d == DType::F32 || d == DType::BF16 || d == DType::F16 || d == DType::F64; }
+bool is_float(DType d) {
+    return d == DType::F32 || d == DType::BF16 || d == DType::F16 || d == DType::F64;
+}
 
 // safetensors' writer orders tensors by dtype, widest first (its Dtype enum: F16 < BF16 < F32 < F64).
 int safetensors_rank(DType d) {
@@ -98,63 +100,76 @@ HfArch hf_arch_for(const ModelConfig& c) {
     const bool has_attn = c.count(LayerKind::Attention) > 0, has_mlp = c.mlp.kind != MlpKind::None;
     const int v = c.mamba.version;
     if (c.count(LayerKind::Mamba) == 0)
-        refuse("layers \"{}\" has no Mamba layer (Mamba, Mamba2, Jamba and Bamba all need one)", c.layer_pattern());
-    if (c.norm != NormKind::RMSNorm)
-        refuse("norm layernorm: every Mamba class of transformers uses RMSNorm");
+        refuse("layers \"{}\" has no Mamba layer (Mamba, Mamba2, Jamba and Bamba all need one)",
+               c.layer_pattern());
+    if (c.norm != NormKind::RMSNorm) refuse("norm layernorm: every Mamba class of transformers uses RMSNorm");
     if (c.mamba_d_inner() % c.d_model != 0)
-        refuse("mamba.d_inner {} is not a multiple of d_model {}: the classes derive it as expand · hidden_size",
-               c.mamba_d_inner(), c.d_model);
+        refuse(
+            "mamba.d_inner {} is not a multiple of d_model {}: the classes derive it as expand · hidden_size",
+            c.mamba_d_inner(), c.d_model);
     if (v == 2 && c.mamba_norm_groups() != c.mamba.n_groups)
-        refuse("mamba.norm_groups {} differs from n_groups {}: the gated norm of Mamba2 and Bamba uses n_groups",
-               c.mamba_norm_groups(), c.mamba.n_groups);
+        refuse(
+            "mamba.norm_groups {} differs from n_groups {}: the gated norm of Mamba2 and Bamba uses n_groups",
+            c.mamba_norm_groups(), c.mamba.n_groups);
 
     HfArch arch;
     if (!has_attn && !has_mlp) {
         if (v == 1 && c.mamba.dt_bc_norm)
-            refuse("mamba.dt_bc_norm without an MLP: MambaForCausalLM has no dt/B/C norms and JambaForCausalLM "
-                   "needs an MLP in every layer");
+            refuse(
+                "mamba.dt_bc_norm without an MLP: MambaForCausalLM has no dt/B/C norms and JambaForCausalLM "
+                "needs an MLP in every layer");
         arch = v == 1 ? HfArch::Mamba : HfArch::Mamba2;
     } else {
         arch = v == 1 ? HfArch::Jamba : HfArch::Bamba;
         const std::string cls = hf_class_name(arch);
-        if (!has_mlp)
-            refuse("mlp null with attention layers: {} has an MLP in every layer", cls);
+        if (!has_mlp) refuse("mlp null with attention layers: {} has an MLP in every layer", cls);
         if (c.mlp.kind != MlpKind::SwiGLU)
-            refuse("mlp.type {}: {}'s MLP is gated SiLU (SwiGLU), and its hidden_act also drives the Mamba conv",
-                   c.mlp.kind == MlpKind::GELU ? "gelu" : c.mlp.kind == MlpKind::GELUTanh ? "gelu_tanh" : "relu",
-                   cls);
+            refuse(
+                "mlp.type {}: {}'s MLP is gated SiLU (SwiGLU), and its hidden_act also drives the Mamba conv",
+                c.mlp.kind == MlpKind::GELU       ? "gelu"
+                : c.mlp.kind == MlpKind::GELUTanh ? "gelu_tanh"
+                                                  : "relu",
+                cls);
         if (has_attn) {
             const AttentionConfig& a = c.attention;
-            if (a.position == PositionKind::ALiBi)
-                refuse("attention.position alibi: {} has no ALiBi", cls);
+            if (a.position == PositionKind::ALiBi) refuse("attention.position alibi: {} has no ALiBi", cls);
             if (a.sliding_window > 0)
-                refuse("attention.sliding_window {}: {} has no sliding-window attention", a.sliding_window, cls);
+                refuse("attention.sliding_window {}: {} has no sliding-window attention", a.sliding_window,
+                       cls);
             if (c.attn_head_dim() * a.n_heads != c.d_model)
                 refuse("attention.head_dim {} with {} heads: {} needs head_dim = d_model / n_heads = {}",
                        c.attn_head_dim(), a.n_heads, cls, c.d_model / a.n_heads);
         }
         if (arch == HfArch::Jamba) {
             if (!c.mamba.dt_bc_norm)
-                refuse("mamba.dt_bc_norm false: JambaForCausalLM (Mamba-1 with attention or an MLP) always "
-                       "normalises dt, B and C");
+                refuse(
+                    "mamba.dt_bc_norm false: JambaForCausalLM (Mamba-1 with attention or an MLP) always "
+                    "normalises dt, B and C");
             if (has_attn && c.attention.position != PositionKind::None)
-                refuse("attention.position rope: JambaForCausalLM (Mamba-1 + attention) has no positional encoding");
+                refuse(
+                    "attention.position rope: JambaForCausalLM (Mamba-1 + attention) has no positional "
+                    "encoding");
             if (has_attn && (c.attention.qkv_bias || c.attention.out_bias))
                 refuse("attention.qkv_bias/out_bias: JambaForCausalLM's attention has no biases");
             if (c.mlp.bias) refuse("mlp.bias: JambaForCausalLM's MLP has no biases");
             if (!jamba_period(c.layers))
-                refuse("layers \"{}\": JambaForCausalLM places attention every attn_layer_period layers from "
-                       "attn_layer_offset, and no period gives this pattern", c.layer_pattern());
+                refuse(
+                    "layers \"{}\": JambaForCausalLM places attention every attn_layer_period layers from "
+                    "attn_layer_offset, and no period gives this pattern",
+                    c.layer_pattern());
         } else {
             if (has_attn && c.attention.position != PositionKind::RoPE)
                 refuse("attention.position none: BambaForCausalLM (Mamba-2 + attention) always applies RoPE");
             if (has_attn && c.attention.qkv_bias != c.attention.out_bias)
-                refuse("attention.qkv_bias {} with out_bias {}: BambaForCausalLM has one attention_bias for both",
-                       c.attention.qkv_bias, c.attention.out_bias);
+                refuse(
+                    "attention.qkv_bias {} with out_bias {}: BambaForCausalLM has one attention_bias for "
+                    "both",
+                    c.attention.qkv_bias, c.attention.out_bias);
         }
     }
     if ((arch == HfArch::Mamba || arch == HfArch::Mamba2) && c.embed_padding_idx >= 0)
-        refuse("embed_padding_idx {}: {}'s embedding has no padding row", c.embed_padding_idx, hf_class_name(arch));
+        refuse("embed_padding_idx {}: {}'s embedding has no padding row", c.embed_padding_idx,
+               hf_class_name(arch));
     return arch;
 }
 
@@ -173,7 +188,11 @@ json hf_config_from_native(const ModelConfig& c, const HfTokenIds& ids) {
     j["tie_word_embeddings"] = c.tie_embeddings;
     j["bos_token_id"] = ids.bos;
     j["eos_token_id"] = ids.eos;
-    j["pad_token_id"] = ids.pad;
+    // Jamba and Bamba build their embedding with padding_idx = pad_token_id.
+    const bool padded = arch == HfArch::Jamba || arch == HfArch::Bamba;
+    j["pad_token_id"] = !padded                    ? ids.pad
+                        : c.embed_padding_idx >= 0 ? json(c.embed_padding_idx)
+                                                   : json(nullptr);
     switch (arch) {
         case HfArch::Mamba:
             j["state_size"] = m.d_state;
@@ -226,7 +245,6 @@ json hf_config_from_native(const ModelConfig& c, const HfTokenIds& ids) {
             j["intermediate_size"] = c.mlp.d_ff;
             j["rms_norm_eps"] = c.norm_eps;
             j["max_position_embeddings"] = c.max_seq_len;
-            j["pad_token_id"] = c.embed_padding_idx >= 0 ? json(c.embed_padding_idx) : json(nullptr);
             break;
         }
         case HfArch::Bamba: {
@@ -252,7 +270,8 @@ json hf_config_from_native(const ModelConfig& c, const HfTokenIds& ids) {
             // rotary fraction is left at the class default.
             const int64_t n_heads = c.attention.n_heads, hd = n_heads > 0 ? c.d_model / n_heads : 0,
                           rotary = c.attn_rotary_dim();
-            const bool valid = hd > 0 && hd * n_heads == c.d_model && rotary > 0 && rotary % 2 == 0 && rotary <= hd;
+            const bool valid =
+                hd > 0 && hd * n_heads == c.d_model && rotary > 0 && rotary % 2 == 0 && rotary <= hd;
             j["rope_parameters"] = {{"rope_type", "default"},
                                     {"rope_theta", c.attention.rope_theta},
                                     {"partial_rotary_factor", valid ? rotary_factor(hd, rotary) : 0.5}};
@@ -262,7 +281,6 @@ json hf_config_from_native(const ModelConfig& c, const HfTokenIds& ids) {
             j["rms_norm_eps"] = c.norm_eps;
             j["max_position_embeddings"] = c.max_seq_len;
             j["z_loss_coefficient"] = 0.0;
-            j["pad_token_id"] = c.embed_padding_idx >= 0 ? json(c.embed_padding_idx) : json(nullptr);
             break;
         }
     }
@@ -273,8 +291,8 @@ std::vector<std::pair<std::string, Tensor>> hf_tensors_from_native(const HybridL
                                                                    const std::vector<DType>& dtypes) {
     const Parameters<float>& params = model.params();
     const std::vector<HfTensorMap> maps = hf_tensor_map(arch, model.config(), params.specs());
-    MSLM_CHECK(dtypes.size() == 1 || dtypes.size() == maps.size(), "hf_tensors_from_native: {} dtypes for {} tensors",
-               dtypes.size(), maps.size());
+    MSLM_CHECK(dtypes.size() == 1 || dtypes.size() == maps.size(),
+               "hf_tensors_from_native: {} dtypes for {} tensors", dtypes.size(), maps.size());
     std::vector<int64_t> rows_covered(params.specs().size(), 0);
     std::vector<std::pair<std::string, Tensor>> out;
     for (size_t i = 0; i < maps.size(); ++i) {
@@ -295,8 +313,10 @@ std::vector<std::pair<std::string, Tensor>> hf_tensors_from_native(const HybridL
     // Every native value must land in the file: a parameter the class has no place for would be
     // dropped silently. hf_arch_for refuses such configs; this guards the map itself.
     for (size_t i = 0; i < rows_covered.size(); ++i)
-        MSLM_CHECK(rows_covered[i] == params.specs()[i].shape[0], "cannot export to transformers: parameter '{}' "
-                   "has no place in {}", params.specs()[i].name, hf_class_name(arch));
+        MSLM_CHECK(rows_covered[i] == params.specs()[i].shape[0],
+                   "cannot export to transformers: parameter '{}' "
+                   "has no place in {}",
+                   params.specs()[i].name, hf_class_name(arch));
     std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) {
         const int ra = safetensors_rank(a.second.dtype()), rb = safetensors_rank(b.second.dtype());
         return ra != rb ? ra > rb : a.first < b.first;
@@ -342,10 +362,10 @@ json token_id(const json& j, const char* key, bool list_ok, const fs::path& sour
     if (!j.is_object() || !j.contains(key)) return nullptr;
     const json& v = j.at(key);
     const bool ok = v.is_null() || v.is_number_integer() ||
-                    (list_ok && v.is_array() && std::all_of(v.begin(), v.end(), [](const json& x) {
-                         return x.is_number_integer();
-                     }));
-    MSLM_CHECK(ok, "{}: {} must be an integer{} or null", source.string(), key, list_ok ? ", a list of integers" : "");
+                    (list_ok && v.is_array() &&
+                     std::all_of(v.begin(), v.end(), [](const json& x) { return x.is_number_integer(); }));
+    MSLM_CHECK(ok, "{}: {} must be an integer{} or null", source.string(), key,
+               list_ok ? ", a list of integers" : "");
     return v;
 }
 
@@ -353,7 +373,8 @@ json token_id(const json& j, const char* key, bool list_ok, const fs::path& sour
 std::optional<std::string> token_text(const ojson& tok, int64_t id) {
     if (tok.contains("added_tokens") && tok["added_tokens"].is_array())
         for (const auto& t : tok["added_tokens"])
-            if (t.is_object() && t.value("id", int64_t{-1}) == id && t.contains("content") && t["content"].is_string())
+            if (t.is_object() && t.value("id", int64_t{-1}) == id && t.contains("content") &&
+                t["content"].is_string())
                 return t["content"].get<std::string>();
     if (tok.contains("model") && tok["model"].is_object() && tok["model"].contains("vocab") &&
         tok["model"]["vocab"].is_object())
@@ -378,7 +399,8 @@ fs::path normalized(const std::string& p) {
 
 }  // namespace
 
-HfExportSummary export_hf(const std::string& model_dir, const std::string& out_dir, const HfExportOptions& options) {
+HfExportSummary export_hf(const std::string& model_dir, const std::string& out_dir,
+                          const HfExportOptions& options) {
     MSLM_CHECK(!options.dtype || *options.dtype == DType::F32 || *options.dtype == DType::BF16 ||
                    *options.dtype == DType::F16,
                "export: dtype {} is not f32, bf16 or f16", dtype_name(*options.dtype));
@@ -400,8 +422,10 @@ HfExportSummary export_hf(const std::string& model_dir, const std::string& out_d
         MSLM_CHECK(fs::is_directory(out, ec), "{}: exists and is not a directory", out.string());
         MSLM_CHECK(!fs::equivalent(out, src_dir, ec), "{}: is the source model; export to another directory",
                    out.string());
-        MSLM_CHECK(options.overwrite || fs::is_empty(out, ec), "{}: exists and is not empty (pass --force to "
-                   "replace it)", out.string());
+        MSLM_CHECK(options.overwrite || fs::is_empty(out, ec),
+                   "{}: exists and is not empty (pass --force to "
+                   "replace it)",
+                   out.string());
     }
 
     LoadedModelInfo info;
@@ -432,13 +456,15 @@ HfExportSummary export_hf(const std::string& model_dir, const std::string& out_d
             dtypes.push_back(it != by_rows.end() ? it->second : by_param.at(m.native_name));
         }
     }
-    std::vector<std::pair<std::string, Tensor>> tensors = hf_tensors_from_native(*model, summary.arch, dtypes);
+    std::vector<std::pair<std::string, Tensor>> tensors =
+        hf_tensors_from_native(*model, summary.arch, dtypes);
     summary.tensors = tensors.size();
     summary.dtypes = dtype_summary(tensors);
 
     // Special token ids: an HF source's config.json, else its generation_config.json.
     const fs::path gen_path = src_dir / "generation_config.json", tok_path = src_dir / "tokenizer.json",
-                   tok_cfg_path = src_dir / "tokenizer_config.json", jinja_path = src_dir / "chat_template.jinja";
+                   tok_cfg_path = src_dir / "tokenizer_config.json",
+                   jinja_path = src_dir / "chat_template.jinja";
     const json src_cfg = info.format == "mamba_slm" ? json::object() : read_json_file<json>(info.config_path);
     const json gen = fs::exists(gen_path, ec) ? read_json_file<json>(gen_path) : json::object();
     auto pick = [&](const char* key, bool list_ok) {
@@ -470,9 +496,10 @@ HfExportSummary export_hf(const std::string& model_dir, const std::string& out_d
         if (!tok_cfg.contains("tokenizer_class")) tok_cfg["tokenizer_class"] = "PreTrainedTokenizerFast";
         const ojson tok = read_json_file<ojson>(tok_path);
         const json& eos = hf_cfg["eos_token_id"];
-        const std::pair<const char*, json> named[] = {{"bos_token", hf_cfg["bos_token_id"]},
-                                                      {"eos_token", eos.is_array() && !eos.empty() ? eos[0] : eos},
-                                                      {"pad_token", hf_cfg["pad_token_id"]}};
+        const std::pair<const char*, json> named[] = {
+            {"bos_token", hf_cfg["bos_token_id"]},
+            {"eos_token", eos.is_array() && !eos.empty() ? eos[0] : eos},
+            {"pad_token", hf_cfg["pad_token_id"]}};
         for (const auto& [key, id] : named) {
             if (tok_cfg.contains(key) || !id.is_number_integer()) continue;
             if (auto text = token_text(tok, id.get<int64_t>())) tok_cfg[key] = *text;
@@ -491,8 +518,8 @@ HfExportSummary export_hf(const std::string& model_dir, const std::string& out_d
         save_safetensors((tmp / "model.safetensors").string(), tensors, {{"format", "pt"}});
         summary.files = {"config.json", "model.safetensors"};
         if (has_tokenizer) {
-            MSLM_CHECK(fs::copy_file(tok_path, tmp / "tokenizer.json", ec), "{}: cannot copy: {}", tok_path.string(),
-                       ec.message());
+            MSLM_CHECK(fs::copy_file(tok_path, tmp / "tokenizer.json", ec), "{}: cannot copy: {}",
+                       tok_path.string(), ec.message());
             summary.files.push_back("tokenizer.json");
         }
         write_json_file(tmp / "tokenizer_config.json", tok_cfg);

@@ -52,16 +52,17 @@ struct HfExportOptions {
 
 struct HfExportSummary {
     HfArch arch = HfArch::Mamba;
-    std::string source_format;             // "mamba_slm" or the source's HF model_type
-    std::vector<std::string> files;        // written, in the output directory
+    std::string source_format;       // "mamba_slm" or the source's HF model_type
+    std::vector<std::string> files;  // written, in the output directory
     size_t tensors = 0;
-    std::string dtypes;                    // "F32", or "BF16 (A_log, D: F32)"-style summary
-    std::string chat_template_source;      // where the chat template came from
+    std::string dtypes;                // "F32", or per dtype: "BF16 x40, F32 x8"
+    std::string chat_template_source;  // where the chat template came from
 };
 
 // Exports the model directory `model_dir` (native or HF) to `out_dir`. The directory is assembled
 // next to out_dir and renamed into place, so out_dir never holds a partial export. out_dir must be
 // absent or empty unless options.overwrite, and never the source itself.
-HfExportSummary export_hf(const std::string& model_dir, const std::string& out_dir, const HfExportOptions& options = {});
+HfExportSummary export_hf(const std::string& model_dir, const std::string& out_dir,
+                          const HfExportOptions& options = {});
 
 }  // namespace mslm

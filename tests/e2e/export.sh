@@ -36,16 +36,19 @@ check "the export loads as an HF Bamba" 0 "\(bamba\)" -- "$bin" info --model "$t
 want="$("$bin" generate --model "$native" --prompt-ids "5 17 33" --max-new-tokens 8 2>/dev/null)"
 check "the export generates the native model's tokens" 0 "^${want}$" -- \
     "$bin" generate --model "$tmp/hf" --prompt-ids "5 17 33" --max-new-tokens 8
-check "export --dtype bf16" 0 "\(BF16\)" -- "$bin" export --format hf --model "$native" --out "$tmp/bf16" --dtype bf16
+check "export --dtype bf16" 0 "\(BF16\)" -- \
+    "$bin" export --format hf --model "$native" --out "$tmp/bf16" --dtype bf16
 check "an HF model re-exports" 0 "as JambaForCausalLM" -- \
     "$bin" export --format hf --model "$fixtures/jamba" --out "$tmp/jamba"
-check "re-exported weights are the original file" 0 "" -- cmp "$fixtures/jamba/model.safetensors" "$tmp/jamba/model.safetensors"
+check "re-exported weights are the original file" 0 "" -- \
+    cmp "$fixtures/jamba/model.safetensors" "$tmp/jamba/model.safetensors"
 
 check_one_line "missing model dir" 1 "/nonexistent/dir.*cannot open" -- \
     "$bin" export --format hf --model /nonexistent/dir --out "$tmp/none"
 check_one_line "non-empty output dir" 1 "exists and is not empty.*--force" -- \
     "$bin" export --format hf --model "$native" --out "$tmp/hf"
-check "--force replaces it" 0 "BambaForCausalLM" -- "$bin" export --format hf --model "$native" --out "$tmp/hf" --force
+check "--force replaces it" 0 "BambaForCausalLM" -- \
+    "$bin" export --format hf --model "$native" --out "$tmp/hf" --force
 check_one_line "gguf is not there yet" 1 "--format gguf: not implemented yet" -- \
     "$bin" export --format gguf --model "$native" --out "$tmp/gguf"
 check "unknown format" 105 "--format: xyz not in" -- "$bin" export --format xyz --model "$native" --out "$tmp/x"
@@ -56,7 +59,8 @@ check "--model is required" 106 "--model is required" -- "$bin" export --format 
 mkdir -p "$tmp/alibi"
 sed 's/"position": "rope"/"position": "alibi"/' "$native/config.json" >"$tmp/alibi/config.json"
 cp "$native/model.safetensors" "$tmp/alibi/"
-check_one_line "unsupported config (ALiBi)" 1 "alibi/config.json: cannot export to transformers: attention.position alibi" -- \
+check_one_line "unsupported config (ALiBi)" 1 \
+    "alibi/config.json: cannot export to transformers: attention.position alibi" -- \
     "$bin" export --format hf --model "$tmp/alibi" --out "$tmp/alibi_hf"
 check "nothing written for a refused export" 1 "" -- test -e "$tmp/alibi_hf"
 [ "$fails" -eq 0 ]

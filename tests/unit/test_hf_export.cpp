@@ -42,7 +42,9 @@ std::string read_bytes(const fs::path& p) {
     return ss.str();
 }
 
-json read_json(const fs::path& p) { return json::parse(read_bytes(p)); }
+json read_json(const fs::path& p) {
+    return json::parse(read_bytes(p));
+}
 
 // Every field of ModelConfig: a re-imported config must equal the first import exactly.
 void expect_same_config(const ModelConfig& a, const ModelConfig& b, const std::string& what) {
@@ -110,8 +112,8 @@ void check_hf_round_trip(const std::string& name) {
         EXPECT_EQ(a.entry(t).dtype, b.entry(t).dtype) << t;
         EXPECT_EQ(a.entry(t).shape, b.entry(t).shape) << t;
         const auto x = a.bytes(t), y = b.bytes(t);
-        EXPECT_TRUE(x.size() == y.size() && std::memcmp(x.data(), y.data(), x.size()) == 0) << name << ": " << t
-                                                                                          << " bytes differ";
+        EXPECT_TRUE(x.size() == y.size() && std::memcmp(x.data(), y.data(), x.size()) == 0)
+            << name << ": " << t << " bytes differ";
     }
     // Our writer lays the file out as the safetensors library does (header key order, tensor
     // order, padding), so the whole file is transformers' own save_pretrained output again.
@@ -120,11 +122,21 @@ void check_hf_round_trip(const std::string& name) {
     expect_same_config(load_any_config(src), load_any_config(out), name);
 }
 
-TEST(HfExport, RoundTripMamba1Fixture) { check_hf_round_trip("mamba1"); }
-TEST(HfExport, RoundTripMamba2Fixture) { check_hf_round_trip("mamba2"); }
-TEST(HfExport, RoundTripJambaFixture) { check_hf_round_trip("jamba"); }
-TEST(HfExport, RoundTripBambaFixture) { check_hf_round_trip("hybrid"); }
-TEST(HfExport, RoundTripTrainedFixture) { check_hf_round_trip("trained"); }
+TEST(HfExport, RoundTripMamba1Fixture) {
+    check_hf_round_trip("mamba1");
+}
+TEST(HfExport, RoundTripMamba2Fixture) {
+    check_hf_round_trip("mamba2");
+}
+TEST(HfExport, RoundTripJambaFixture) {
+    check_hf_round_trip("jamba");
+}
+TEST(HfExport, RoundTripBambaFixture) {
+    check_hf_round_trip("hybrid");
+}
+TEST(HfExport, RoundTripTrainedFixture) {
+    check_hf_round_trip("trained");
+}
 
 // ---------------------------------------------------------------- native → export → import
 
@@ -181,7 +193,8 @@ std::unique_ptr<HybridLM<float>> random_model(const ModelConfig& cfg, uint64_t s
     Rng rng(seed + 1);
     Parameters<float>& p = model->params();
     for (size_t i = 0; i < p.specs().size(); ++i)
-        for (int64_t k = 0; k < p.specs()[i].numel; ++k) p.value(i)[k] += static_cast<float>(rng.normal(0.0, 0.05));
+        for (int64_t k = 0; k < p.specs()[i].numel; ++k)
+            p.value(i)[k] += static_cast<float>(rng.normal(0.0, 0.05));
     return model;
 }
 
@@ -221,14 +234,23 @@ void check_native_round_trip(const std::string& kind, HfArch want) {
     EXPECT_EQ(logits_of(*model, ids, 2), logits_of(*back, ids, 2)) << kind;
     // And the export of the export is the same directory, byte for byte.
     export_hf(dir + "/hf", dir + "/hf2");
-    for (const char* f : {"config.json", "model.safetensors", "generation_config.json", "tokenizer_config.json"})
+    for (const char* f :
+         {"config.json", "model.safetensors", "generation_config.json", "tokenizer_config.json"})
         EXPECT_EQ(read_bytes(dir + "/hf/" + f), read_bytes(dir + "/hf2/" + f)) << kind << ": " << f;
 }
 
-TEST(HfExport, NativeMamba1RoundTrip) { check_native_round_trip("mamba1", HfArch::Mamba); }
-TEST(HfExport, NativeMamba2RoundTrip) { check_native_round_trip("mamba2", HfArch::Mamba2); }
-TEST(HfExport, NativeJambaRoundTrip) { check_native_round_trip("jamba", HfArch::Jamba); }
-TEST(HfExport, NativeBambaRoundTrip) { check_native_round_trip("bamba", HfArch::Bamba); }
+TEST(HfExport, NativeMamba1RoundTrip) {
+    check_native_round_trip("mamba1", HfArch::Mamba);
+}
+TEST(HfExport, NativeMamba2RoundTrip) {
+    check_native_round_trip("mamba2", HfArch::Mamba2);
+}
+TEST(HfExport, NativeJambaRoundTrip) {
+    check_native_round_trip("jamba", HfArch::Jamba);
+}
+TEST(HfExport, NativeBambaRoundTrip) {
+    check_native_round_trip("bamba", HfArch::Bamba);
+}
 
 // Without --dtype every tensor keeps its source dtype; with it, every tensor takes that dtype.
 TEST(HfExport, DtypeDefaultsToTheSourceAndCanBeChosen) {
@@ -242,8 +264,8 @@ TEST(HfExport, DtypeDefaultsToTheSourceAndCanBeChosen) {
     HfExportOptions f16;
     f16.dtype = DType::F16;
     export_hf(dir + "/f32", dir + "/hf_f16", f16);
-    for (const auto& [out, dtype, name] : {std::tuple{"/hf_bf16", DType::BF16, "bfloat16"},
-                                           std::tuple{"/hf_f16", DType::F16, "float16"}}) {
+    for (const auto& [out, dtype, name] :
+         {std::tuple{"/hf_bf16", DType::BF16, "bfloat16"}, std::tuple{"/hf_f16", DType::F16, "float16"}}) {
         const SafetensorsFile f = SafetensorsFile::open(dir + out + "/model.safetensors");
         for (const auto& e : f.entries()) EXPECT_EQ(e.dtype, dtype) << out << ": " << e.name;
         EXPECT_EQ(read_json(dir + out + "/config.json")["dtype"], name);
@@ -315,7 +337,8 @@ void check_transformers_case(const std::string& name) {
         worst = std::max(worst, std::fabs(double(got[i]) - want[i]));
     }
     EXPECT_GT(scale, 0.1) << name << ": logits this small would test little";
-    EXPECT_LT(worst, kLogitTol * scale) << name << ": max |ours - transformers| " << worst << ", max |logit| " << scale;
+    EXPECT_LT(worst, kLogitTol * scale)
+        << name << ": max |ours - transformers| " << worst << ", max |logit| " << scale;
 
     // The chat template transformers rendered from our tokenizer_config.json renders the same here.
     if (ex.contains("chat")) {
@@ -327,12 +350,24 @@ void check_transformers_case(const std::string& name) {
     }
 }
 
-TEST(HfExportTransformers, Mamba1) { check_transformers_case("mamba1"); }
-TEST(HfExportTransformers, Mamba2) { check_transformers_case("mamba2"); }
-TEST(HfExportTransformers, Jamba) { check_transformers_case("jamba"); }
-TEST(HfExportTransformers, Bamba) { check_transformers_case("bamba"); }
-TEST(HfExportTransformers, BambaBf16) { check_transformers_case("bamba_bf16"); }
-TEST(HfExportTransformers, Trained) { check_transformers_case("trained"); }
+TEST(HfExportTransformers, Mamba1) {
+    check_transformers_case("mamba1");
+}
+TEST(HfExportTransformers, Mamba2) {
+    check_transformers_case("mamba2");
+}
+TEST(HfExportTransformers, Jamba) {
+    check_transformers_case("jamba");
+}
+TEST(HfExportTransformers, Bamba) {
+    check_transformers_case("bamba");
+}
+TEST(HfExportTransformers, BambaBf16) {
+    check_transformers_case("bamba_bf16");
+}
+TEST(HfExportTransformers, Trained) {
+    check_transformers_case("trained");
+}
 
 // ---------------------------------------------------------------- files around the weights
 
@@ -348,17 +383,20 @@ TEST(HfExport, TokenizerFilesAndChatTemplate) {
     const std::vector<ChatMessage> msgs = {{"user", "hi"}};
     EXPECT_EQ(chatml.render(msgs, true), ChatTemplate::chatml().render(msgs, true));
     const json plain = read_json(dir + "/plain/config.json");
-    EXPECT_TRUE(plain["eos_token_id"].is_null() && plain["bos_token_id"].is_null() && plain["pad_token_id"].is_null());
+    EXPECT_TRUE(plain["eos_token_id"].is_null() && plain["bos_token_id"].is_null() &&
+                plain["pad_token_id"].is_null());
     EXPECT_EQ(read_json(dir + "/plain/generation_config.json"), json::object());
 
     // A tokenizer, a tokenizer_config.json with a template, and a generation config.
     fs::copy_file(kFixtures + "/hf_export/mamba1/native/tokenizer.json", dir + "/native/tokenizer.json");
     const json gen = {{"eos_token_id", 0}, {"bos_token_id", 0}, {"temperature", 0.7}};
     std::ofstream(dir + "/native/generation_config.json") << gen.dump();
-    std::ofstream(dir + "/native/tokenizer_config.json") << R"({"chat_template": "{{ messages[0]['content'] }}!"})";
+    std::ofstream(dir + "/native/tokenizer_config.json")
+        << R"({"chat_template": "{{ messages[0]['content'] }}!"})";
     export_hf(dir + "/native", dir + "/full");
     EXPECT_EQ(read_bytes(dir + "/native/tokenizer.json"), read_bytes(dir + "/full/tokenizer.json"));
-    EXPECT_EQ(read_bytes(dir + "/native/generation_config.json"), read_bytes(dir + "/full/generation_config.json"));
+    EXPECT_EQ(read_bytes(dir + "/native/generation_config.json"),
+              read_bytes(dir + "/full/generation_config.json"));
     const json tc = read_json(dir + "/full/tokenizer_config.json");
     EXPECT_EQ(tc["chat_template"], "{{ messages[0]['content'] }}!");
     EXPECT_EQ(tc["tokenizer_class"], "PreTrainedTokenizerFast");
@@ -417,65 +455,85 @@ void expect_refused(const std::string& base, const std::function<void(ModelConfi
 }
 
 TEST(HfExportRefuses, NoMambaLayer) {
-    expect_refused("bamba", [](ModelConfig& c) { c.layers = parse_layer_pattern("AAAA"); }, "has no Mamba layer");
+    expect_refused(
+        "bamba", [](ModelConfig& c) { c.layers = parse_layer_pattern("AAAA"); }, "has no Mamba layer");
 }
 TEST(HfExportRefuses, LayerNorm) {
-    expect_refused("mamba2", [](ModelConfig& c) { c.norm = NormKind::LayerNorm; }, "norm layernorm");
+    expect_refused(
+        "mamba2", [](ModelConfig& c) { c.norm = NormKind::LayerNorm; }, "norm layernorm");
 }
 TEST(HfExportRefuses, DInnerNotExpandTimesDModel) {
-    expect_refused("mamba2", [](ModelConfig& c) { c.mamba.d_inner = 48; }, "mamba.d_inner 48");
+    expect_refused(
+        "mamba2", [](ModelConfig& c) { c.mamba.d_inner = 48; }, "mamba.d_inner 48");
 }
 TEST(HfExportRefuses, NormGroupsDifferFromGroups) {
-    expect_refused("bamba", [](ModelConfig& c) { c.mamba.norm_groups = 1; }, "mamba.norm_groups 1");
+    expect_refused(
+        "bamba", [](ModelConfig& c) { c.mamba.norm_groups = 1; }, "mamba.norm_groups 1");
 }
 TEST(HfExportRefuses, PureMamba1WithDtBcNorm) {
-    expect_refused("mamba1", [](ModelConfig& c) { c.mamba.dt_bc_norm = true; }, "mamba.dt_bc_norm without an MLP");
+    expect_refused(
+        "mamba1", [](ModelConfig& c) { c.mamba.dt_bc_norm = true; }, "mamba.dt_bc_norm without an MLP");
 }
 TEST(HfExportRefuses, JambaWithoutDtBcNorm) {
-    expect_refused("jamba", [](ModelConfig& c) { c.mamba.dt_bc_norm = false; }, "mamba.dt_bc_norm false");
+    expect_refused(
+        "jamba", [](ModelConfig& c) { c.mamba.dt_bc_norm = false; }, "mamba.dt_bc_norm false");
 }
 TEST(HfExportRefuses, AttentionWithoutMlp) {
-    expect_refused("bamba", [](ModelConfig& c) { c.mlp.kind = MlpKind::None; }, "mlp null");
+    expect_refused(
+        "bamba", [](ModelConfig& c) { c.mlp.kind = MlpKind::None; }, "mlp null");
 }
 TEST(HfExportRefuses, NonGatedMlp) {
-    expect_refused("bamba", [](ModelConfig& c) { c.mlp.kind = MlpKind::GELU; }, "mlp.type gelu");
-    expect_refused("jamba", [](ModelConfig& c) { c.mlp.kind = MlpKind::ReLU; }, "mlp.type relu");
+    expect_refused(
+        "bamba", [](ModelConfig& c) { c.mlp.kind = MlpKind::GELU; }, "mlp.type gelu");
+    expect_refused(
+        "jamba", [](ModelConfig& c) { c.mlp.kind = MlpKind::ReLU; }, "mlp.type relu");
 }
 TEST(HfExportRefuses, Alibi) {
-    expect_refused("bamba", [](ModelConfig& c) { c.attention.position = PositionKind::ALiBi; },
-                   "attention.position alibi");
-    expect_refused("jamba", [](ModelConfig& c) { c.attention.position = PositionKind::ALiBi; },
-                   "attention.position alibi");
+    expect_refused(
+        "bamba", [](ModelConfig& c) { c.attention.position = PositionKind::ALiBi; },
+        "attention.position alibi");
+    expect_refused(
+        "jamba", [](ModelConfig& c) { c.attention.position = PositionKind::ALiBi; },
+        "attention.position alibi");
 }
 TEST(HfExportRefuses, SlidingWindow) {
-    expect_refused("bamba", [](ModelConfig& c) { c.attention.sliding_window = 16; }, "attention.sliding_window 16");
+    expect_refused(
+        "bamba", [](ModelConfig& c) { c.attention.sliding_window = 16; }, "attention.sliding_window 16");
 }
 TEST(HfExportRefuses, HeadDimOtherThanDModelOverHeads) {
-    expect_refused("bamba", [](ModelConfig& c) { c.attention.head_dim = 16; }, "attention.head_dim 16");
+    expect_refused(
+        "bamba", [](ModelConfig& c) { c.attention.head_dim = 16; }, "attention.head_dim 16");
 }
 TEST(HfExportRefuses, RopeOnMamba1Hybrid) {
-    expect_refused("jamba", [](ModelConfig& c) { c.attention.position = PositionKind::RoPE; },
-                   "attention.position rope");
+    expect_refused(
+        "jamba", [](ModelConfig& c) { c.attention.position = PositionKind::RoPE; },
+        "attention.position rope");
 }
 TEST(HfExportRefuses, NoPositionOnMamba2Hybrid) {
-    expect_refused("bamba", [](ModelConfig& c) { c.attention.position = PositionKind::None; },
-                   "attention.position none");
+    expect_refused(
+        "bamba", [](ModelConfig& c) { c.attention.position = PositionKind::None; },
+        "attention.position none");
 }
 TEST(HfExportRefuses, JambaAttentionBias) {
-    expect_refused("jamba", [](ModelConfig& c) { c.attention.qkv_bias = true; }, "attention.qkv_bias/out_bias");
+    expect_refused(
+        "jamba", [](ModelConfig& c) { c.attention.qkv_bias = true; }, "attention.qkv_bias/out_bias");
 }
 TEST(HfExportRefuses, JambaMlpBias) {
-    expect_refused("jamba", [](ModelConfig& c) { c.mlp.bias = true; }, "mlp.bias");
+    expect_refused(
+        "jamba", [](ModelConfig& c) { c.mlp.bias = true; }, "mlp.bias");
 }
 TEST(HfExportRefuses, BambaSplitAttentionBias) {
-    expect_refused("bamba", [](ModelConfig& c) { c.attention.out_bias = false; },
-                   "attention.qkv_bias true with out_bias false");
+    expect_refused(
+        "bamba", [](ModelConfig& c) { c.attention.out_bias = false; },
+        "attention.qkv_bias true with out_bias false");
 }
 TEST(HfExportRefuses, JambaNonPeriodicLayers) {
-    expect_refused("jamba", [](ModelConfig& c) { c.layers = parse_layer_pattern("MAAM"); }, "layers \"MAAM\"");
+    expect_refused(
+        "jamba", [](ModelConfig& c) { c.layers = parse_layer_pattern("MAAM"); }, "layers \"MAAM\"");
 }
 TEST(HfExportRefuses, PaddingRowOnPureMamba) {
-    expect_refused("mamba2", [](ModelConfig& c) { c.embed_padding_idx = 3; }, "embed_padding_idx 3");
+    expect_refused(
+        "mamba2", [](ModelConfig& c) { c.embed_padding_idx = 3; }, "embed_padding_idx 3");
 }
 
 // What the classes can say, they get: Jamba finds its period; an all-Mamba stack with an MLP
@@ -512,8 +570,10 @@ TEST(HfExport, RefusalNamesTheSourceAndWritesNothing) {
         FAIL();
     } catch (const Error& e) {
         const std::string msg = e.what();
-        EXPECT_EQ(msg.rfind(dir + "/alibi/config.json: cannot export to transformers: attention.position alibi", 0),
-                  0u) << msg;
+        EXPECT_EQ(
+            msg.rfind(dir + "/alibi/config.json: cannot export to transformers: attention.position alibi", 0),
+            0u)
+            << msg;
     }
     EXPECT_FALSE(fs::exists(dir + "/out"));
 }
