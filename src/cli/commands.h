@@ -6,6 +6,8 @@ namespace mslm::cli {
 
 void register_chat(CLI::App& app);      // chat.cpp
 void register_data(CLI::App& app);
+// `export --format hf --model DIR --out DIR` (export.cpp).
+void register_export(CLI::App& app);
 // `eval --model DIR --data DIR`: loss, perplexity and bits per byte on prepared shards (eval.cpp).
 void register_eval(CLI::App& app);
 void register_generate(CLI::App& app);  // generate.cpp

@@ -43,6 +43,7 @@ public:
         MSLM_CHECK(j.is_object(), "{}: expected a JSON object", source_);
     }
     bool has(const char* key) const { return j_.contains(key) && !j_.at(key).is_null(); }
+    bool present(const char* key) const { return j_.contains(key); }  // null included
     double number(const json& v, const char* key) const {
         if (v.is_number()) return v.get<double>();
         if (v.is_object() && v.contains("__float__") && v["__float__"].is_string()) {
@@ -97,6 +98,13 @@ int64_t dt_rank(const HfFields& h, const char* key) {
         return 0;
     }
     return h.i(key, 0);
+}
+
+// Jamba and Bamba build their embedding with padding_idx = pad_token_id: an absent key is the
+// class default 0, an explicit null is no padding row.
+int64_t padding_idx(const HfFields& h) {
+    if (!h.has("pad_token_id")) return h.present("pad_token_id") ? -1 : 0;
+    return h.i("pad_token_id", 0);
 }
 
 void apply_dt_limit(const HfFields& h, ModelConfig& c) {
@@ -176,7 +184,7 @@ ModelConfig config_from_hf(const json& j, const std::string& source) {
             c.mlp = {MlpKind::SwiGLU, h.i("intermediate_size", 14336), false};
             c.norm_eps = h.f("rms_norm_eps", 1e-6);
             c.tie_embeddings = h.b("tie_word_embeddings", false);
-            c.embed_padding_idx = h.i("pad_token_id", 0);
+            c.embed_padding_idx = padding_idx(h);
             require_silu(h, "hidden_act");
             break;
         }
@@ -215,16 +223,17 @@ ModelConfig config_from_hf(const json& j, const std::string& source) {
                 factor = rp.f("partial_rotary_factor", factor);
             }
             c.attention.rope_theta = theta;
-            const int64_t head_dim = c.d_model / c.attention.n_heads;
+            const int64_t head_dim = c.attention.n_heads > 0 ? c.d_model / c.attention.n_heads : 0;
             const auto rotary = static_cast<int64_t>(static_cast<double>(head_dim) * factor);
-            MSLM_CHECK(rotary > 0 && rotary % 2 == 0, "{}: rotary dims int({} x {}) = {} must be even and positive",
-                       source, head_dim, factor, rotary);
+            // Only attention layers rotate: an all-Mamba Bamba may carry any attention fields.
+            MSLM_CHECK(c.count(LayerKind::Attention) == 0 || (rotary > 0 && rotary % 2 == 0),
+                       "{}: rotary dims int({} x {}) = {} must be even and positive", source, head_dim, factor, rotary);
             c.attention.rotary_dim = rotary;
             c.attention.qkv_bias = c.attention.out_bias = h.b("attention_bias", false);
             c.mlp = {MlpKind::SwiGLU, h.i("intermediate_size", 14336), h.b("mlp_bias", false)};
             c.norm_eps = h.f("rms_norm_eps", 1e-5);
             c.tie_embeddings = h.b("tie_word_embeddings", false);
-            c.embed_padding_idx = h.i("pad_token_id", 0);
+            c.embed_padding_idx = padding_idx(h);
             MSLM_CHECK(h.f("z_loss_coefficient", 0.0) == 0.0, "{}: z_loss_coefficient > 0 is not supported", source);
             require_silu(h, "hidden_act");
             break;

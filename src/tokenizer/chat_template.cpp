@@ -58,6 +58,8 @@ ChatTemplate ChatTemplate::chatml() {
     return ChatTemplate(kChatML, "built-in ChatML");
 }
 
+std::string_view ChatTemplate::chatml_text() { return kChatML; }
+
 ChatTemplate ChatTemplate::load_for_model(const std::string& model_dir) {
     const fs::path dir(model_dir);
     const fs::path config_path = dir / "tokenizer_config.json";

@@ -36,6 +36,7 @@ public:
     // malformed tokenizer_config.json or template.
     static ChatTemplate load_for_model(const std::string& model_dir);
     static ChatTemplate chatml();
+    static std::string_view chatml_text();  // the built-in ChatML template's Jinja2 source
 
     // Renders `messages` as transformers does: the variables are `messages` (each {role, content}),
     // `add_generation_prompt`, `tools` and `documents` (none), the special tokens read by

@@ -1,0 +1,57 @@
+#include <fmt/format.h>
+
+#include <cstdio>
+
+#include "cli/commands.h"
+#include "core/error.h"
+#include "model/hf_export.h"
+
+namespace mslm::cli {
+
+namespace {
+
+struct ExportArgs {
+    std::string format, model, out, dtype;
+    bool force = false;
+};
+
+// --format hf: a transformers model directory (model/hf_export.h).
+void run_export_hf(const ExportArgs& a) {
+    HfExportOptions opts;
+    if (a.dtype == "f32") opts.dtype = DType::F32;
+    if (a.dtype == "bf16") opts.dtype = DType::BF16;
+    if (a.dtype == "f16") opts.dtype = DType::F16;
+    opts.overwrite = a.force;
+    const HfExportSummary s = export_hf(a.model, a.out, opts);
+    std::printf("%s\n", fmt::format("exported {} ({}) as {} to {}: {} tensors ({}); {}; chat template: {}",
+                                    a.model, s.source_format, hf_class_name(s.arch), a.out, s.tensors,
+                                    s.dtypes, fmt::join(s.files, ", "), s.chat_template_source)
+                            .c_str());
+}
+
+}  // namespace
+
+void register_export(CLI::App& app) {
+    auto* cmd = app.add_subcommand("export",
+                                   "Export a model for other runtimes (--format hf: a transformers model "
+                                   "directory)");
+    auto a = std::make_shared<ExportArgs>();
+    cmd->add_option("--format", a->format,
+                    "Target format: hf (transformers); gguf and onnx are not available yet")
+        ->required()
+        ->check(CLI::IsMember({"hf", "gguf", "onnx"}));
+    cmd->add_option("--model", a->model,
+                    "Source model directory (native, or Hugging Face Mamba/Mamba2/Jamba/Bamba)")
+        ->required();
+    cmd->add_option("--out", a->out, "Output directory (created; must be absent or empty unless --force)")
+        ->required();
+    cmd->add_option("--dtype", a->dtype, "hf: tensor dtype (default: each tensor keeps its source dtype)")
+        ->check(CLI::IsMember({"f32", "bf16", "f16"}));
+    cmd->add_flag("--force", a->force, "Replace an existing output directory");
+    cmd->callback([a] {
+        if (a->format == "hf") return run_export_hf(*a);
+        fail("export --format {}: not implemented yet (issue 9); available: hf", a->format);
+    });
+}
+
+}  // namespace mslm::cli
