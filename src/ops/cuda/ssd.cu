@@ -1871,7 +1871,8 @@ __global__ void ssd_param_grad_kernel(Args<T> a, const float* part, T* dA_log, T
     if (ddt_bias && a.dt_bias) ddt_bias[h] = from_f32<T>(to_f32(ddt_bias[h]) + sbias);
 }
 
-// ---- decode: one warp per (row, head, p), lanes over N.
+// ---- decode: one warp per (row, head, p), lanes over N (4 consecutive states a lane when N % 4 == 0,
+// the layout of the persistent decode step's SSD stage, so both sum in the same order).
 
 template <typename T>
 __global__ void ssd_update_kernel(Args<T> a, T* y, float* h, const int64_t* slots) {
@@ -1887,10 +1888,27 @@ __global__ void ssd_update_kernel(Args<T> a, T* y, float* h, const int64_t* slot
         const T* Bt = a.Bm + i * a.ld_B + g * a.N;
         const T* Ct = a.Cm + i * a.ld_C + g * a.N;
         float acc = 0.0f;
-        for (int64_t n = lane; n < a.N; n += 32) {
-            const float s = decay * S[n] + xdt * to_f32(Bt[n]);
-            S[n] = s;
-            acc += s * to_f32(Ct[n]);
+        if (a.N % 4 == 0) {  // 4 consecutive states a lane: one 16-byte load and store, every load first
+            for (int64_t n = 4 * lane; n < a.N; n += 128) {
+                float4 st = *reinterpret_cast<const float4*>(S + n);
+                const float b0 = to_f32(Bt[n]), b1 = to_f32(Bt[n + 1]), b2 = to_f32(Bt[n + 2]), b3 = to_f32(Bt[n + 3]);
+                const float c0 = to_f32(Ct[n]), c1 = to_f32(Ct[n + 1]), c2 = to_f32(Ct[n + 2]), c3 = to_f32(Ct[n + 3]);
+                st.x = decay * st.x + xdt * b0;
+                st.y = decay * st.y + xdt * b1;
+                st.z = decay * st.z + xdt * b2;
+                st.w = decay * st.w + xdt * b3;
+                *reinterpret_cast<float4*>(S + n) = st;
+                acc += st.x * c0;
+                acc += st.y * c1;
+                acc += st.z * c2;
+                acc += st.w * c3;
+            }
+        } else {
+            for (int64_t n = lane; n < a.N; n += 32) {
+                const float s = decay * S[n] + xdt * to_f32(Bt[n]);
+                S[n] = s;
+                acc += s * to_f32(Ct[n]);
+            }
         }
         acc = warp_sum(acc);
         if (lane == 0) y[(i * a.H + hh) * a.P + p] = from_f32<T>(acc + (a.D ? to_f32(a.D[hh]) : 0.0f) * xp);
