@@ -14,6 +14,8 @@ void register_generate(CLI::App& app);  // generate.cpp
 void register_info(CLI::App& app);
 void register_plot(CLI::App& app);  // plot.cpp
 void register_quickstart(CLI::App& app);
+// `quantize --model DIR --out DIR --type int8|nf4|fp4 ...`: bitsandbytes-format directories (quantize.cpp).
+void register_quantize(CLI::App& app);
 // Adds `tokenizer` with encode/decode, and calls register_tokenizer_train for `tokenizer train`.
 void register_tokenizer(CLI::App& app);
 // `train --config FILE [--set k=v ...] [--resume]` (train.cpp).

@@ -28,9 +28,11 @@ void register_info(CLI::App& app) {
         ->check(CLI::PositiveNumber);
     cmd->callback([args] {
         if (args->preset.empty() && args->model.empty()) throw CLI::RequiredError("--preset or --model");
-        std::string format = "preset";
-        ModelConfig cfg = args->model.empty() ? preset(args->preset) : load_any_config(args->model, &format);
+        std::string format = "preset", quantization;
+        ModelConfig cfg =
+            args->model.empty() ? preset(args->preset) : load_any_config(args->model, &format, &quantization);
         int64_t T = args->seq_len ? args->seq_len : cfg.max_seq_len;
+        if (!quantization.empty()) format += ", " + quantization;
         fmt::print("model       {}\n", args->model.empty() ? "preset " + args->preset : args->model + " (" + format + ")");
         fmt::print("{}", describe_model(cfg, args->batch, T));
         // Where it would run: the CPU pool and its packed-weight kernels, and the GPU if any.

@@ -23,6 +23,7 @@ int main(int argc, char** argv) {
     mslm::cli::register_info(app);
     mslm::cli::register_plot(app);
     mslm::cli::register_quickstart(app);
+    mslm::cli::register_quantize(app);
     mslm::cli::register_tokenizer(app);
     mslm::cli::register_train(app);
     app.parse_complete_callback([&] {

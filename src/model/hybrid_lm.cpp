@@ -20,7 +20,7 @@
 namespace mslm {
 
 template <typename T>
-HybridLM<T>::HybridLM(const ModelConfig& cfg) : cfg_(cfg) {
+HybridLM<T>::HybridLM(const ModelConfig& cfg, bool allocate) : cfg_(cfg) {
     cfg_.validate();
     const int64_t D = cfg.d_model;
     embed_ = params_.add("embed.weight", {cfg.vocab_size, D}, true);
@@ -45,7 +45,7 @@ HybridLM<T>::HybridLM(const ModelConfig& cfg) : cfg_(cfg) {
     final_norm_ = Norm<T>(params_, "final_norm", cfg.norm, D, cfg.norm_eps);
     lm_head_ = cfg.tie_embeddings ? embed_ : params_.add("lm_head.weight", {cfg.vocab_size, D}, true);
     params_.mark_linear(lm_head_);  // packed for inference with the other matrix weights
-    params_.allocate();
+    if (allocate) params_.allocate();
 }
 
 template <typename T>

@@ -19,7 +19,9 @@ namespace mslm {
 template <typename T>
 class HybridLM {
 public:
-    explicit HybridLM(const ModelConfig& cfg);
+    // allocate = false builds the parameter layout only (names, shapes, linear marks) with no
+    // values: for tools that map a checkpoint's tensors without running the model.
+    explicit HybridLM(const ModelConfig& cfg, bool allocate = true);
     HybridLM(const HybridLM&) = delete;
     HybridLM& operator=(const HybridLM&) = delete;
     ~HybridLM();

@@ -8,6 +8,7 @@
 
 #include "core/safetensors.h"
 #include "model/hf_import.h"
+#include "quant/bnb_model.h"
 
 namespace mslm {
 
@@ -31,22 +32,38 @@ fs::path config_path(const std::string& dir) {
     return fs::is_directory(p) ? p / "config.json" : p;
 }
 
-// Copies a file tensor (any float dtype) into `rows` rows of a native parameter.
+// Copies a file tensor (any float dtype, or a bitsandbytes-quantized linear weight, dequantized)
+// into `rows` rows of a native parameter; records the file tensors it read in `used`.
 template <typename T>
-void copy_rows(const SafetensorsFile& file, const std::string& name, const Shape& expected, T* dst) {
-    const SafetensorsEntry& e = file.entry(name);
-    MSLM_CHECK(e.shape == expected, "{}: tensor '{}' has shape {}, the config needs {}", file.name(), name,
-               shape_str(e.shape), shape_str(expected));
-    Tensor t = file.get_f32(name);
+void copy_rows(const SafetensorsFile& file, const std::string& name, const Shape& expected, T* dst,
+               std::set<std::string>& used) {
+    Tensor t;
+    if (quant::bnb_is_quantized(file, name)) {
+        std::vector<std::string> keys;
+        t = quant::bnb_dequantize(file, name, &keys);
+        used.insert(keys.begin(), keys.end());
+    } else {
+        t = file.get_f32(name);
+        used.insert(name);
+    }
+    MSLM_CHECK(t.shape() == expected, "{}: tensor '{}' has shape {}, the config needs {}", file.name(), name,
+               shape_str(t.shape()), shape_str(expected));
     const float* src = t.data<float>();
     for (int64_t i = 0; i < t.numel(); ++i) dst[i] = static_cast<T>(src[i]);
 }
 
 }  // namespace
 
-ModelConfig load_any_config(const std::string& dir, std::string* format) {
+ModelConfig load_any_config(const std::string& dir, std::string* format, std::string* quantization) {
     fs::path p = config_path(dir);
     json j = read_json(p);
+    if (quantization) quantization->clear();
+    if (j.is_object() && j.contains("quantization_config")) {
+        // The weights say how each tensor is stored (bnb_model.h); the block only has to be one we read.
+        std::string q = quant::check_quantization_config(j["quantization_config"], p.string());
+        if (quantization) *quantization = q;
+        j.erase("quantization_config");
+    }
     std::string type = j.is_object() && j.contains("model_type") && j["model_type"].is_string()
                            ? j["model_type"].get<std::string>()
                            : "mamba_slm";
@@ -57,8 +74,8 @@ ModelConfig load_any_config(const std::string& dir, std::string* format) {
 
 template <typename T>
 std::unique_ptr<HybridLM<T>> load_model(const std::string& dir, LoadedModelInfo* info) {
-    std::string format;
-    ModelConfig cfg = load_any_config(dir, &format);
+    std::string format, quantization;
+    ModelConfig cfg = load_any_config(dir, &format, &quantization);
     fs::path weights = config_path(dir).parent_path() / "model.safetensors";
     MSLM_CHECK(fs::exists(weights), "{}: no model.safetensors beside the config (sharded checkpoints are not "
                "supported yet)", weights.string());
@@ -70,8 +87,7 @@ std::unique_ptr<HybridLM<T>> load_model(const std::string& dir, LoadedModelInfo*
         for (size_t i = 0; i < params.specs().size(); ++i) {
             const ParamSpec& s = params.specs()[i];
             MSLM_CHECK(file.contains(s.name), "{}: missing tensor '{}'", file.name(), s.name);
-            copy_rows(file, s.name, s.shape, params.value(i));
-            used.insert(s.name);
+            copy_rows(file, s.name, s.shape, params.value(i), used);
         }
     } else {
         HfArch arch = hf_arch_from_model_type(format, config_path(dir).string());
@@ -81,9 +97,8 @@ std::unique_ptr<HybridLM<T>> load_model(const std::string& dir, LoadedModelInfo*
             size_t idx = params.find(m.native_name);
             const ParamSpec& s = params.specs()[idx];
             int64_t row = s.numel / s.shape[0];
-            copy_rows(file, m.hf_name, m.hf_shape, params.value(idx) + m.row_begin * row);
+            copy_rows(file, m.hf_name, m.hf_shape, params.value(idx) + m.row_begin * row, used);
             filled[idx] = true;
-            used.insert(m.hf_name);
         }
         for (size_t i = 0; i < filled.size(); ++i)
             MSLM_CHECK(filled[i], "{}: nothing in the file maps to parameter '{}'", file.name(), params.specs()[i].name);
@@ -91,7 +106,7 @@ std::unique_ptr<HybridLM<T>> load_model(const std::string& dir, LoadedModelInfo*
     for (const auto& name : file.names())
         MSLM_CHECK(used.count(name), "{}: unexpected tensor '{}' (not part of a {} model with this config)", file.name(),
                    name, format);
-    if (info) *info = {format, config_path(dir).string(), weights.string()};
+    if (info) *info = {format, config_path(dir).string(), weights.string(), quantization};
     return model;
 }
 

@@ -14,10 +14,14 @@ namespace mslm {
 struct LoadedModelInfo {
     std::string format;  // "mamba_slm" or the HF model_type
     std::string config_path, weights_path;
+    std::string quantization;  // "" or how the file stores the weights, e.g. "bitsandbytes nf4 + double quant"
 };
 
-// Reads a model directory's config (native or HF) without loading weights.
-ModelConfig load_any_config(const std::string& dir, std::string* format = nullptr);
+// Reads a model directory's config (native or HF) without loading weights. A bitsandbytes
+// `quantization_config` (quant/bnb_model.h) is accepted and described in `quantization`; the
+// weights are dequantized to the model's compute type on load.
+ModelConfig load_any_config(const std::string& dir, std::string* format = nullptr,
+                            std::string* quantization = nullptr);
 
 template <typename T>
 std::unique_ptr<HybridLM<T>> load_model(const std::string& dir, LoadedModelInfo* info = nullptr);

@@ -48,6 +48,7 @@ public:
     // values. The fp32 values stay (the embedding lookup of a tied head reads them; `unpack` goes
     // back). Training must not run on a packed model: Linear::backward refuses.
     void mark_linear(size_t i);
+    bool is_linear(size_t i) const;
     void pack_linear_weights(ops::WeightFormat format);  // F32 = unpack
     const ops::PackedWeight* packed(size_t i) const {
         return i < packed_.size() && packed_[i] ? packed_[i].get() : nullptr;

@@ -24,7 +24,9 @@ constexpr std::array<float, 16> kNf4 = {
 
 // get_4bit_type("fp4") divides by the largest magnitude (12) in fp32.
 std::array<float, 16> make_fp4() {
-    const float raw[16] = {0, 0.0625f, 8, 12, 4, 6, 2, 3, -0.0f, -0.0625f, -8, -12, -4, -6, -2, -3};
+    // Code 8 is +0: bitsandbytes' list spells it `-0`, a Python int, which is plain zero (the
+    // quant_map transformers saves holds +0.0 there).
+    const float raw[16] = {0, 0.0625f, 8, 12, 4, 6, 2, 3, 0, -0.0625f, -8, -12, -4, -6, -2, -3};
     std::array<float, 16> c{};
     for (int i = 0; i < 16; ++i) c[static_cast<size_t>(i)] = raw[i] / 12.0f;
     return c;
@@ -47,9 +49,10 @@ std::array<float, N - 1> midpoints(const std::array<float, N>& sorted) {
     return m;
 }
 
-// The 4-bit code sorted ascending (sorted[i] = code[order[i]]) and its midpoints. FP4 holds +0
-// (code 0) and -0 (code 8); torch.argsort put +0 first, so 0 (and -0, since -0 <= 0) quantizes to
-// code 0 and (0, 0.0026] to code 8 (-0). NF4 is sorted already (order = identity).
+// The 4-bit code sorted ascending (sorted[i] = code[order[i]]) and its midpoints. FP4 holds zero
+// twice (code 0, and code 8 whose sign bit is set); torch.argsort put code 0 first, so 0 (and -0,
+// since -0 <= 0) quantizes to code 0 and (0, 0.0026] to code 8. NF4 is sorted already (order =
+// identity).
 struct Sorted4 {
     std::array<int, 16> order{};
     std::array<float, 15> mid{};
@@ -111,6 +114,77 @@ std::vector<float> scale_blocks(std::span<const float> x, int64_t blocksize, Emi
         for (size_t i = 0; i < blk.size(); ++i) emit(full * blocksize + static_cast<int64_t>(i), clamp_unit(blk[i] / am));
     }
     return absmax;
+}
+
+// torch's CPU float sum of a contiguous vector (aten/src/ATen/native/cpu/SumKernel.cpp,
+// cascade_sum), which bitsandbytes' `absmax.mean()` runs as sum(...).div_(n): eight-lane vector
+// accumulators (torch registers this kernel at AVX2 width, also on AVX-512 CPUs), four of them
+// interleaved (ILP), each a four-level cascade that flushes a level every 2^4 (or more) additions;
+// then the scalar tail and the lanes, in that order, into one float. Verified against torch 2.x
+// for 1..120000 values. torch splits inputs of more than 32768 values over its threads, and CUDA
+// reduces in another order, so there its mean can differ from this one by an ulp.
+template <int W>
+using Lanes = std::array<float, W>;
+
+template <int W>
+void add_lanes(Lanes<W>& a, const Lanes<W>& b) {
+    for (int l = 0; l < W; ++l) a[static_cast<size_t>(l)] += b[static_cast<size_t>(l)];
+}
+
+// multi_row_sum: `size` steps, each adding kRows vectors load(i, k) into kRows cascades.
+template <int W, int kRows, typename Load>
+std::array<Lanes<W>, kRows> cascade_rows(Load load, int64_t size) {
+    constexpr int kLevels = 4;
+    const int64_t ceil_log2 = size <= 2 ? 1 : 64 - __builtin_clzll(static_cast<uint64_t>(size - 1));
+    const int64_t level_power = std::max<int64_t>(4, ceil_log2 / kLevels);
+    const int64_t level_step = int64_t{1} << level_power, level_mask = level_step - 1;
+    std::array<std::array<Lanes<W>, kRows>, kLevels> acc{};
+    int64_t i = 0;
+    while (i + level_step <= size) {
+        for (int64_t j = 0; j < level_step; ++j, ++i)
+            for (int k = 0; k < kRows; ++k) add_lanes<W>(acc[0][static_cast<size_t>(k)], load(i, k));
+        for (int j = 1; j < kLevels; ++j) {
+            for (int k = 0; k < kRows; ++k) {
+                add_lanes<W>(acc[static_cast<size_t>(j)][static_cast<size_t>(k)], acc[static_cast<size_t>(j - 1)][static_cast<size_t>(k)]);
+                acc[static_cast<size_t>(j - 1)][static_cast<size_t>(k)] = Lanes<W>{};
+            }
+            if ((i & (level_mask << (j * level_power))) != 0) break;
+        }
+    }
+    for (; i < size; ++i)
+        for (int k = 0; k < kRows; ++k) add_lanes<W>(acc[0][static_cast<size_t>(k)], load(i, k));
+    for (int j = 1; j < kLevels; ++j)
+        for (int k = 0; k < kRows; ++k) add_lanes<W>(acc[0][static_cast<size_t>(k)], acc[static_cast<size_t>(j)][static_cast<size_t>(k)]);
+    return acc[0];
+}
+
+// row_sum: `size` vectors load(i) summed four at a time.
+template <int W, typename Load>
+Lanes<W> cascade_sum(Load load, int64_t size) {
+    constexpr int kIlp = 4;
+    const int64_t steps = size / kIlp;
+    std::array<Lanes<W>, kIlp> part = cascade_rows<W, kIlp>([&](int64_t i, int k) { return load(i * kIlp + k); }, steps);
+    for (int64_t i = steps * kIlp; i < size; ++i) add_lanes<W>(part[0], load(i));
+    for (int k = 1; k < kIlp; ++k) add_lanes<W>(part[0], part[static_cast<size_t>(k)]);
+    return part[0];
+}
+
+float torch_cpu_sum(std::span<const float> x) {
+    constexpr int W = 8;
+    const auto n = static_cast<int64_t>(x.size());
+    if (n < W) return 0.0f + cascade_sum<1>([&](int64_t i) { return Lanes<1>{x[static_cast<size_t>(i)]}; }, n)[0];
+    const int64_t vecs = n / W;
+    const Lanes<W> v = cascade_sum<W>(
+        [&](int64_t i) {
+            Lanes<W> r;
+            std::copy_n(x.begin() + i * W, W, r.begin());
+            return r;
+        },
+        vecs);
+    float total = 0.0f;
+    for (int64_t k = vecs * W; k < n; ++k) total += x[static_cast<size_t>(k)];
+    for (int l = 0; l < W; ++l) total += v[static_cast<size_t>(l)];
+    return total;
 }
 
 void check_8bit_blocksize(int64_t blocksize) {
@@ -220,12 +294,8 @@ void dequantize_blockwise_8bit(std::span<const uint8_t> q, std::span<const float
 
 DoubleQuantized double_quantize_absmax(std::span<const float> absmax) {
     MSLM_CHECK(!absmax.empty(), "double quantization: no absmax values");
-    // torch's fp32 mean sums in a reduction order of its own; a double sum rounded once is within
-    // an ulp of it and exact for the fixtures (the test checks the offset bit for bit).
-    double sum = 0;
-    for (float a : absmax) sum += a;
     DoubleQuantized d;
-    d.offset = static_cast<float>(sum / static_cast<double>(absmax.size()));
+    d.offset = torch_cpu_sum(absmax) / static_cast<float>(absmax.size());  // torch: sum(...).div_(n)
     std::vector<float> centred(absmax.size());
     for (size_t i = 0; i < absmax.size(); ++i) centred[i] = absmax[i] - d.offset;
     Blockwise8Quantized q = quantize_blockwise_8bit(centred, kBnbNestedBlocksize);
