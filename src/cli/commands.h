@@ -4,6 +4,8 @@
 
 namespace mslm::cli {
 
+// `bench`: train / prefill / decode / memory tables, or --profile of a CUDA training step (bench.cpp).
+void register_bench(CLI::App& app);
 void register_chat(CLI::App& app);      // chat.cpp
 void register_data(CLI::App& app);
 // `eval --model DIR --data DIR`: loss, perplexity and bits per byte on prepared shards (eval.cpp).
