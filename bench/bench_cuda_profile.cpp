@@ -62,7 +62,8 @@ int main(int argc, char** argv) {
                 o.batch = std::stoll(shape.substr(0, x));
                 o.seq = std::stoll(shape.substr(x + 1));
                 const bench::ProfileReport r = bench::run_training_profile(
-                    preset(name), "preset " + name, o, [](const std::string& line) { fmt::print(stderr, "{}\n", line); });
+                    preset(name), "preset " + name, o,
+                    [](const std::string& line) { fmt::print(stderr, "{}\n", line); });
                 fmt::print("{}\n", bench::format_profile(r));
                 std::fflush(stdout);
             }

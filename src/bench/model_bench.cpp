@@ -56,7 +56,8 @@ double mean_seconds(Fn&& fn, int warmup, int steps, Progress& progress, const st
     const auto start = std::chrono::steady_clock::now();
     for (int i = 0; i < steps; ++i) {
         fn();
-        progress.tick(fmt::format("bench: {}: {}/{} ({:.2f} s each)", what, i + 1, steps, seconds_since(start) / (i + 1)));
+        progress.tick(fmt::format("bench: {}: {}/{} ({:.2f} s each)", what, i + 1, steps,
+                                  seconds_since(start) / (i + 1)));
     }
     return seconds_since(start) / steps;
 }
@@ -84,7 +85,9 @@ double device_bytes_in_use() {
     return static_cast<double>(total - free);
 }
 
-std::optional<double> opt_bytes(size_t b) { return static_cast<double>(b); }
+std::optional<double> opt_bytes(size_t b) {
+    return static_cast<double>(b);
+}
 #endif
 
 }  // namespace
@@ -94,19 +97,22 @@ std::vector<std::string> parse_tables(const std::string& list) {
     std::vector<std::string> out;
     for (const std::string& t : split_list(list)) {
         MSLM_CHECK(std::find(known.begin(), known.end(), t) != known.end(),
-                   "--tables: unknown table \"{}\" (expected a comma list of train, prefill, decode, memory)", t);
+                   "--tables: unknown table \"{}\" (expected a comma list of train, prefill, decode, memory)",
+                   t);
         if (std::find(out.begin(), out.end(), t) == out.end()) out.push_back(t);
     }
-    MSLM_CHECK(!out.empty(), "--tables: empty list (expected a comma list of train, prefill, decode, memory)");
+    MSLM_CHECK(!out.empty(),
+               "--tables: empty list (expected a comma list of train, prefill, decode, memory)");
     return out;
 }
 
 std::vector<int64_t> parse_positive_list(const std::string& list, const std::string& what) {
     std::vector<int64_t> out;
     for (const std::string& item : split_list(list)) {
-        const bool digits = !item.empty() && item.size() <= 9 && item.find_first_not_of("0123456789") == std::string::npos;
-        MSLM_CHECK(digits && std::stoll(item) > 0, "{}: \"{}\" is not a positive integer (expected e.g. 1,8,64)", what,
-                   item);
+        const bool digits =
+            !item.empty() && item.size() <= 9 && item.find_first_not_of("0123456789") == std::string::npos;
+        MSLM_CHECK(digits && std::stoll(item) > 0,
+                   "{}: \"{}\" is not a positive integer (expected e.g. 1,8,64)", what, item);
         out.push_back(std::stoll(item));
     }
     MSLM_CHECK(!out.empty(), "{}: empty list (expected e.g. 1,8,64)", what);
@@ -149,7 +155,8 @@ BenchReport run_bench(const ModelConfig& cfg_in, const std::string& model_name, 
     std::optional<double> act_measured, train_total_measured, device_in_use, state_measured, decoder_weights;
 
     if (wants(o, "train")) {
-        progress.phase(fmt::format("bench: train {} x {} on {}: {} warm-up + {} timed steps", B, T, r.device, warmup, steps));
+        progress.phase(fmt::format("bench: train {} x {} on {}: {} warm-up + {} timed steps", B, T, r.device,
+                                   warmup, steps));
         const std::vector<int32_t> ids = random_tokens(B * T, V, rng), targets = random_tokens(B * T, V, rng);
         double sec = 0;
         if (!cuda) {
@@ -203,7 +210,8 @@ BenchReport run_bench(const ModelConfig& cfg_in, const std::string& model_name, 
     if (prefill || wants(o, "memory")) {
         // The prefill run also gives the decoder's state for one sequence of T tokens.
         if (prefill)
-            progress.phase(fmt::format("bench: prefill of {} tokens: {} warm-up + {} timed", T, warmup, steps));
+            progress.phase(
+                fmt::format("bench: prefill of {} tokens: {} warm-up + {} timed", T, warmup, steps));
         const std::vector<int32_t> ids = random_tokens(T, V, rng);
         logits.resize(static_cast<size_t>(V));
         auto run = [&] {
@@ -226,8 +234,9 @@ BenchReport run_bench(const ModelConfig& cfg_in, const std::string& model_name, 
     }
     if (decode) {
         for (int64_t k : o.decode_batches) {
-            progress.phase(fmt::format("bench: decode at batch {}: {}-token prompts, {} warm-up + {} timed steps", k,
-                                       r.prompt, warmup, decode_tokens));
+            progress.phase(
+                fmt::format("bench: decode at batch {}: {}-token prompts, {} warm-up + {} timed steps", k,
+                            r.prompt, warmup, decode_tokens));
             lm->start(k, r.prompt + warmup + decode_tokens);
             logits.resize(static_cast<size_t>(k * V));
             const std::vector<int32_t> prompt = random_tokens(r.prompt, V, rng);
@@ -255,9 +264,11 @@ BenchReport run_bench(const ModelConfig& cfg_in, const std::string& model_name, 
             const double flat = 4.0 * static_cast<double>(model.params().total());
             row("parameters (fp32)", static_cast<double>(e.weights_f32), flat);
             row("gradients (fp32)", static_cast<double>(e.weights_f32), flat);
-            row("optimizer (AdamW m, v)", static_cast<double>(e.train_params_grads_adam - 2 * e.weights_f32), std::nullopt);
+            row("optimizer (AdamW m, v)", static_cast<double>(e.train_params_grads_adam - 2 * e.weights_f32),
+                std::nullopt);
             row("activations (" + bt + ")", static_cast<double>(e.train_activations), act_measured);
-            row(fmt::format("inference state (1 x {})", T), static_cast<double>(one.state_per_sequence), state_measured);
+            row(fmt::format("inference state (1 x {})", T), static_cast<double>(one.state_per_sequence),
+                state_measured);
             row("process peak RSS", std::nullopt, peak_rss_bytes());
         } else {
 #ifdef MSLM_HAVE_CUDA
@@ -283,29 +294,37 @@ std::string bytes_or_dash(const std::optional<double>& b) {
     return b ? format_bytes(static_cast<int64_t>(*b)) : "—";
 }
 
-nlohmann::json number_or_null(const std::optional<double>& v) { return v ? nlohmann::json(*v) : nlohmann::json(); }
+nlohmann::json number_or_null(const std::optional<double>& v) {
+    return v ? nlohmann::json(*v) : nlohmann::json();
+}
 
 }  // namespace
 
 std::string format_bench_markdown(const BenchReport& r) {
-    std::string s = fmt::format("# mamba-slm bench: {} ({} parameters) on {} — {}\n", r.model, format_count(r.params),
-                                r.device, r.device_desc);
+    std::string s = fmt::format("# mamba-slm bench: {} ({} parameters) on {} — {}\n", r.model,
+                                format_count(r.params), r.device, r.device_desc);
     if (r.train) {
         const TrainResult& t = *r.train;
         s += "\n## train (zero_grad + forward + backward + clip + AdamW; random tokens)\n\n";
-        s += fmt::format("| B x T | tokens/s | ms/step | model GFLOP/token | model TFLOP/s | MFU vs {:.0f} TFLOP/s |\n",
-                         r.peak_tflops);
+        s += fmt::format(
+            "| B x T | tokens/s | ms/step | model GFLOP/token | model TFLOP/s | MFU vs {:.0f} TFLOP/s |\n",
+            r.peak_tflops);
         s += "|---|---|---|---|---|---|\n";
-        s += fmt::format("| {}x{} | {:.0f} | {:.2f} | {:.4g} | {:.4g} | {} |\n", t.batch, t.seq, t.tokens_per_s, t.step_ms,
-                         t.flops_per_token / 1e9, t.tflops, t.mfu ? fmt::format("{:.1f}%", 100.0 * *t.mfu) : "—");
+        s += fmt::format("| {}x{} | {:.0f} | {:.2f} | {:.4g} | {:.4g} | {} |\n", t.batch, t.seq,
+                         t.tokens_per_s, t.step_ms, t.flops_per_token / 1e9, t.tflops,
+                         t.mfu ? fmt::format("{:.1f}%", 100.0 * *t.mfu) : "—");
         s += fmt::format("\n{} (docs/PERFORMANCE.md); MFU only on a GPU.\n", training_flops_formula());
     }
     if (r.prefill) {
-        s += "\n## prefill (one prompt, the decoder's parallel form)\n\n| tokens | tokens/s | ms |\n|---|---|---|\n";
-        s += fmt::format("| {} | {:.0f} | {:.2f} |\n", r.prefill->tokens, r.prefill->tokens_per_s, r.prefill->ms);
+        s += "\n## prefill (one prompt, the decoder's parallel form)\n\n| tokens | tokens/s | ms "
+             "|\n|---|---|---|\n";
+        s += fmt::format("| {} | {:.0f} | {:.2f} |\n", r.prefill->tokens, r.prefill->tokens_per_s,
+                         r.prefill->ms);
     }
     if (!r.decode.empty()) {
-        s += fmt::format("\n## decode (after a {}-token prompt per sequence; tokens/s summed over the batch)\n\n", r.prompt);
+        s += fmt::format(
+            "\n## decode (after a {}-token prompt per sequence; tokens/s summed over the batch)\n\n",
+            r.prompt);
         s += "| batch | tokens/s | ms/step |\n|---|---|---|\n";
         for (const DecodeResult& d : r.decode)
             s += fmt::format("| {} | {:.0f} | {:.3f} |\n", d.batch, d.tokens_per_s, d.ms_per_step);
@@ -313,7 +332,8 @@ std::string format_bench_markdown(const BenchReport& r) {
     if (!r.memory.empty()) {
         s += "\n## memory\n\n| category | planned | measured |\n|---|---|---|\n";
         for (const MemoryRow& m : r.memory)
-            s += fmt::format("| {} | {} | {} |\n", m.category, bytes_or_dash(m.planned), bytes_or_dash(m.measured));
+            s += fmt::format("| {} | {} | {} |\n", m.category, bytes_or_dash(m.planned),
+                             bytes_or_dash(m.measured));
     }
     return s;
 }
@@ -334,11 +354,13 @@ nlohmann::json bench_report_json(const BenchReport& r) {
                       {"flops_formula", training_flops_formula()}};
     }
     if (r.prefill)
-        j["prefill"] = {{"tokens", r.prefill->tokens}, {"ms", r.prefill->ms}, {"tokens_per_s", r.prefill->tokens_per_s}};
+        j["prefill"] = {
+            {"tokens", r.prefill->tokens}, {"ms", r.prefill->ms}, {"tokens_per_s", r.prefill->tokens_per_s}};
     if (!r.decode.empty()) {
         json rows = json::array();
         for (const DecodeResult& d : r.decode)
-            rows.push_back({{"batch", d.batch}, {"ms_per_step", d.ms_per_step}, {"tokens_per_s", d.tokens_per_s}});
+            rows.push_back(
+                {{"batch", d.batch}, {"ms_per_step", d.ms_per_step}, {"tokens_per_s", d.tokens_per_s}});
         j["decode"] = {{"prompt", r.prompt}, {"rows", rows}};
     }
     if (!r.memory.empty()) {

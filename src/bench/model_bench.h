@@ -12,10 +12,9 @@
 // Random weights: the speed does not depend on them. The library entry points are the model's
 // (HybridLM, CudaHybridLM), the optimizer's and the decoders' (make_causal_lm).
 #pragma once
-#include <nlohmann/json_fwd.hpp>
-
 #include <cstdint>
 #include <functional>
+#include <nlohmann/json_fwd.hpp>
 #include <optional>
 #include <string>
 #include <vector>
@@ -61,7 +60,7 @@ struct BenchReport {
     std::string device;       // "cpu", "cuda:0"
     std::string device_desc;  // threads and kernels, or the GPU
     int64_t params = 0;
-    int64_t prompt = 0;       // the decode table's prompt length
+    int64_t prompt = 0;  // the decode table's prompt length
     double peak_tflops = 0;
     std::optional<TrainResult> train;
     std::optional<PrefillResult> prefill;

@@ -41,7 +41,9 @@ std::pair<double, double> fractions(const ProfileReport& r, int f, double ms) {
     return {r.costs[f].flops / sec / (r.peak_tflops * 1e12), r.costs[f].bytes / sec / (r.peak_tbs * 1e12)};
 }
 
-std::string pct(double x) { return fmt::format("{:.1f}%", 100.0 * x); }
+std::string pct(double x) {
+    return fmt::format("{:.1f}%", 100.0 * x);
+}
 
 }  // namespace
 
@@ -64,7 +66,8 @@ std::string format_profile(const ProfileReport& r) {
         "# mamba-slm training profile: {}, {} x {} on {}; ceilings {:.0f} TFLOP/s bf16 dense, {:.1f} TB/s\n",
         r.model, r.batch, r.seq, r.device_desc, r.peak_tflops, r.peak_tbs);
     s += "\n## ms per step by kernel family\n\n| step |";
-    for (int f = 0; f < kKernelFamilies; ++f) s += fmt::format(" {} |", kernel_family_name(static_cast<KernelFamily>(f)));
+    for (int f = 0; f < kKernelFamilies; ++f)
+        s += fmt::format(" {} |", kernel_family_name(static_cast<KernelFamily>(f)));
     s += " sum |\n|---|";
     for (int f = 0; f <= kKernelFamilies; ++f) s += "---|";
     s += "\n";
@@ -74,7 +77,8 @@ std::string format_profile(const ProfileReport& r) {
         s += fmt::format(" {:.3f} |\n", sum(r.steps[i]));
     }
 
-    s += fmt::format("\n## families, mean of {} steps (FLOPs and least bytes from model/flops.h)\n\n", r.steps.size());
+    s += fmt::format("\n## families, mean of {} steps (FLOPs and least bytes from model/flops.h)\n\n",
+                     r.steps.size());
     s += fmt::format("| family | ms | share | GFLOP | TFLOP/s | of {:.0f} | GB | GB/s | of {:.1f} TB/s |\n",
                      r.peak_tflops, r.peak_tbs);
     s += "|---|---|---|---|---|---|---|---|---|\n";
@@ -86,13 +90,14 @@ std::string format_profile(const ProfileReport& r) {
         const double sec = mean[f] / 1e3;
         const auto [ff, bf] = fractions(r, f, mean[f]);
         const bool timed = mean[f] > 0;
-        s += fmt::format("| {} | {:.3f} | {} | {} | {} | {} | {} | {} | {} |\n",
-                         kernel_family_name(static_cast<KernelFamily>(f)), mean[f], all > 0 ? pct(mean[f] / all) : "—",
-                         c.flops > 0 ? fmt::format("{:.1f}", c.flops / 1e9) : "—",
-                         c.flops > 0 && timed ? fmt::format("{:.1f}", c.flops / sec / 1e12) : "—",
-                         c.flops > 0 && timed ? pct(ff) : "—", c.bytes > 0 ? fmt::format("{:.3f}", c.bytes / 1e9) : "—",
-                         c.bytes > 0 && timed ? fmt::format("{:.0f}", c.bytes / sec / 1e9) : "—",
-                         c.bytes > 0 && timed ? pct(bf) : "—");
+        s += fmt::format(
+            "| {} | {:.3f} | {} | {} | {} | {} | {} | {} | {} |\n",
+            kernel_family_name(static_cast<KernelFamily>(f)), mean[f], all > 0 ? pct(mean[f] / all) : "—",
+            c.flops > 0 ? fmt::format("{:.1f}", c.flops / 1e9) : "—",
+            c.flops > 0 && timed ? fmt::format("{:.1f}", c.flops / sec / 1e12) : "—",
+            c.flops > 0 && timed ? pct(ff) : "—", c.bytes > 0 ? fmt::format("{:.3f}", c.bytes / 1e9) : "—",
+            c.bytes > 0 && timed ? fmt::format("{:.0f}", c.bytes / sec / 1e9) : "—",
+            c.bytes > 0 && timed ? pct(bf) : "—");
     }
     s += fmt::format("| all | {:.3f} | 100% | {:.1f} | {} | {} | {:.3f} | {} | {} |\n", all, flops / 1e9,
                      all > 0 ? fmt::format("{:.1f}", flops / (all / 1e3) / 1e12) : "—",
@@ -104,10 +109,11 @@ std::string format_profile(const ProfileReport& r) {
     s += fmt::format(
         "\nwhole step without the profiler {:.3f} ms{}; the families sum to {:.3f} ms ({:+.1f}%); with the "
         "profiler {:.3f} ms per step\n",
-        r.step_ms, r.baseline_profiled ? " (MSLM_MODEL_STAGE_TIMES=1 kept the events on)" : "", all, 100.0 * off,
-        r.profiled_step_ms);
+        r.step_ms, r.baseline_profiled ? " (MSLM_MODEL_STAGE_TIMES=1 kept the events on)" : "", all,
+        100.0 * off, r.profiled_step_ms);
     if (std::abs(off) > 0.05)
-        s += "warning: the families' sum is more than 5% away from the unprofiled step: the events cost time or "
+        s += "warning: the families' sum is more than 5% away from the unprofiled step: the events cost time "
+             "or "
              "miss some (host gaps between calls are not booked)\n";
     if (!r.stages.empty()) {
         s += "\nstages, ms per step:";
@@ -118,17 +124,21 @@ std::string format_profile(const ProfileReport& r) {
     const FamilyCost& c = r.costs[static_cast<size_t>(b.family)];
     std::string ceiling;
     if (c.flops > 0) ceiling += fmt::format("{} of {:.0f} TFLOP/s", pct(b.flops_fraction), r.peak_tflops);
-    if (c.bytes > 0) ceiling += fmt::format("{}{} of {:.1f} TB/s", ceiling.empty() ? "" : " and ", pct(b.bytes_fraction), r.peak_tbs);
+    if (c.bytes > 0)
+        ceiling += fmt::format("{}{} of {:.1f} TB/s", ceiling.empty() ? "" : " and ", pct(b.bytes_fraction),
+                               r.peak_tbs);
     if (ceiling.empty()) ceiling = "no FLOPs or bytes counted for it";
-    s += fmt::format("\nnext bottleneck: {} — {} of the step ({:.3f} ms), at {}\n", kernel_family_name(b.family),
-                     pct(b.share), b.ms, ceiling);
+    s += fmt::format("\nnext bottleneck: {} — {} of the step ({:.3f} ms), at {}\n",
+                     kernel_family_name(b.family), pct(b.share), b.ms, ceiling);
     return s;
 }
 
-ProfileReport run_training_profile(const ModelConfig& cfg_in, const std::string& model_name, const ProfileOptions& o,
+ProfileReport run_training_profile(const ModelConfig& cfg_in, const std::string& model_name,
+                                   const ProfileOptions& o,
                                    const std::function<void(const std::string&)>& progress) {
     const int gpu = parse_inference_device(o.device);
-    MSLM_CHECK(gpu >= 0, "bench --profile: the profile is of CUDA training: --device cuda or cuda:N (got \"{}\")",
+    MSLM_CHECK(gpu >= 0,
+               "bench --profile: the profile is of CUDA training: --device cuda or cuda:N (got \"{}\")",
                o.device);
     MSLM_CHECK(cuda_available(), "bench --profile: --device {}: {}", o.device, cuda_device_summary());
     MSLM_CHECK(o.batch > 0 && o.seq > 0 && o.steps > 0 && o.warmup >= 0,
@@ -167,8 +177,9 @@ ProfileReport run_training_profile(const ModelConfig& cfg_in, const std::string&
     };
 
     if (progress)
-        progress(fmt::format("bench --profile: {} x {}: {} warm-up steps, {} timed without the profiler, {} with it",
-                             o.batch, o.seq, o.warmup, o.steps, o.steps));
+        progress(fmt::format(
+            "bench --profile: {} x {}: {} warm-up steps, {} timed without the profiler, {} with it", o.batch,
+            o.seq, o.warmup, o.steps, o.steps));
     g.set_stage_timing(false);
     r.baseline_profiled = g.stage_timing();
     for (int i = 0; i < o.warmup; ++i) step();
@@ -188,7 +199,8 @@ ProfileReport run_training_profile(const ModelConfig& cfg_in, const std::string&
         const CudaStageTimes t = g.take_stage_times();
         r.steps.push_back(t.family_ms);
         for (const auto& [name, ms] : t.stages) {
-            auto it = std::find_if(r.stages.begin(), r.stages.end(), [&](const auto& p) { return p.first == name; });
+            auto it = std::find_if(r.stages.begin(), r.stages.end(),
+                                   [&](const auto& p) { return p.first == name; });
             if (it == r.stages.end())
                 r.stages.emplace_back(name, ms / o.steps);
             else

@@ -36,12 +36,12 @@ struct ProfileReport {
     std::string model, device_desc;
     int64_t batch = 0, seq = 0;
     double peak_tflops = 0, peak_tbs = 0;
-    double step_ms = 0;           // mean wall time of a step with the timer off
-    double profiled_step_ms = 0;  // the same with the timer on
+    double step_ms = 0;              // mean wall time of a step with the timer off
+    double profiled_step_ms = 0;     // the same with the timer on
     bool baseline_profiled = false;  // MSLM_MODEL_STAGE_TIMES=1 kept the events on in the baseline too
     std::vector<FamilyTimes> steps;  // each profiled step
     std::vector<std::pair<std::string, double>> stages;  // mean ms per step by stage label
-    StepCosts costs{};  // model/flops.h for (batch, seq), optimizer included
+    StepCosts costs{};                                   // model/flops.h for (batch, seq), optimizer included
 };
 
 FamilyTimes mean_family_ms(const ProfileReport& r);
@@ -59,7 +59,8 @@ Bottleneck next_bottleneck(const ProfileReport& r);
 std::string format_profile(const ProfileReport& r);
 
 // Runs it (builds with CUDA and a GPU; otherwise throws saying why).
-ProfileReport run_training_profile(const ModelConfig& cfg, const std::string& model_name, const ProfileOptions& options,
+ProfileReport run_training_profile(const ModelConfig& cfg, const std::string& model_name,
+                                   const ProfileOptions& options,
                                    const std::function<void(const std::string&)>& progress);
 
 }  // namespace mslm::bench

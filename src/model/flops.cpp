@@ -8,15 +8,24 @@ namespace mslm {
 
 const char* kernel_family_name(KernelFamily f) {
     switch (f) {
-        case KernelFamily::Gemm: return "GEMM";
-        case KernelFamily::Ssd: return "SSD/scan";
-        case KernelFamily::Attention: return "attention";
-        case KernelFamily::Norm: return "norms";
-        case KernelFamily::Conv: return "conv";
-        case KernelFamily::Elementwise: return "elementwise";
-        case KernelFamily::EmbedLoss: return "embed+CE";
-        case KernelFamily::Optimizer: return "optimizer";
-        case KernelFamily::Other: return "other";
+        case KernelFamily::Gemm:
+            return "GEMM";
+        case KernelFamily::Ssd:
+            return "SSD/scan";
+        case KernelFamily::Attention:
+            return "attention";
+        case KernelFamily::Norm:
+            return "norms";
+        case KernelFamily::Conv:
+            return "conv";
+        case KernelFamily::Elementwise:
+            return "elementwise";
+        case KernelFamily::EmbedLoss:
+            return "embed+CE";
+        case KernelFamily::Optimizer:
+            return "optimizer";
+        case KernelFamily::Other:
+            return "other";
     }
     return "?";
 }
@@ -86,13 +95,13 @@ StepCosts training_step_costs(const ModelConfig& cfg, int64_t B_, int64_t T_, bo
     });
 
     // Embedding, LM head's loss, and the step's own bookkeeping.
-    k[KF::EmbedLoss].bytes += 4.0 * N + 2.0 * kAct * N * D;                 // lookup: ids, rows, output
-    k[KF::EmbedLoss].bytes += kAct * N * V + 12.0 * N;                      // CE forward: logits, targets, loss, lse
-    k[KF::EmbedLoss].bytes += 2.0 * kAct * N * V + 8.0 * N;                 // CE backward: logits, dlogits, lse, targets
+    k[KF::EmbedLoss].bytes += 4.0 * N + 2.0 * kAct * N * D;  // lookup: ids, rows, output
+    k[KF::EmbedLoss].bytes += kAct * N * V + 12.0 * N;       // CE forward: logits, targets, loss, lse
+    k[KF::EmbedLoss].bytes += 2.0 * kAct * N * V + 8.0 * N;  // CE backward: logits, dlogits, lse, targets
     k[KF::EmbedLoss].bytes += kAct * N * D + 4.0 * N + 2.0 * kAct * std::min(N, V) * D;  // scatter
-    k[KF::Norm].bytes += norm_bytes(N, D, stats);                           // final norm
-    k[KF::Elementwise].bytes += kAct * P + kAct * N * D;                    // zero the staged grads, g_res
-    k[KF::Elementwise].bytes += (kAct + 8.0) * P;                           // fold staged into fp32
+    k[KF::Norm].bytes += norm_bytes(N, D, stats);                                        // final norm
+    k[KF::Elementwise].bytes += kAct * P + kAct * N * D;  // zero the staged grads, g_res
+    k[KF::Elementwise].bytes += (kAct + 8.0) * P;         // fold staged into fp32
 
     for (LayerKind kind : cfg.layers) {
         k[KF::Norm].bytes += norm_bytes(N, D, stats);
@@ -107,7 +116,8 @@ StepCosts training_step_costs(const ModelConfig& cfg, int64_t B_, int64_t T_, bo
                 k[KF::Elementwise].bytes += kAct * 4.0 * N * (Hq + Hkv) * Dh;
             k[KF::Elementwise].bytes += kAct * N * Wq;  // zero dqkv
         } else if (cfg.mamba.version == 1) {
-            const double Din = static_cast<double>(cfg.mamba_d_inner()), S = static_cast<double>(cfg.mamba.d_state);
+            const double Din = static_cast<double>(cfg.mamba_d_inner()),
+                         S = static_cast<double>(cfg.mamba.d_state);
             const double R = static_cast<double>(cfg.mamba_dt_rank()), Wx = R + 2 * S;
             const double K = static_cast<double>(cfg.mamba.d_conv);
             k[KF::Conv].flops += 6.0 * K * N * Din;
@@ -121,9 +131,11 @@ StepCosts training_step_costs(const ModelConfig& cfg, int64_t B_, int64_t T_, bo
             }
             k[KF::Elementwise].bytes += kAct * (N * Din + N * Wx + N * Din + 2.0 * N * Din);  // zeroing
         } else {
-            const double Din = static_cast<double>(cfg.mamba_d_inner()), Ns = static_cast<double>(cfg.mamba.d_state);
+            const double Din = static_cast<double>(cfg.mamba_d_inner()),
+                         Ns = static_cast<double>(cfg.mamba.d_state);
             const double G = static_cast<double>(cfg.mamba.n_groups), GS = G * Ns;
-            const double H = static_cast<double>(cfg.mamba_n_heads()), Pd = static_cast<double>(cfg.mamba.head_dim);
+            const double H = static_cast<double>(cfg.mamba_n_heads()),
+                         Pd = static_cast<double>(cfg.mamba.head_dim);
             const double C = Din + 2 * GS, W = 2 * Din + 2 * GS + H;
             const double K = static_cast<double>(cfg.mamba.d_conv);
             const int64_t q = std::min<int64_t>(cfg.mamba.chunk_size, T_);
@@ -132,20 +144,21 @@ StepCosts training_step_costs(const ModelConfig& cfg, int64_t B_, int64_t T_, bo
             const double Gn = static_cast<double>(cfg.mamba_norm_groups());
             k[KF::Ssd].flops += 3.0 * N * (2.0 * Q * Ns * G + H * (2.0 * Q * Pd + 4.0 * Pd * Ns));
             const double in = N * (Din + 2 * GS + H);  // x, B, C, dt
-            k[KF::Ssd].bytes += kAct * (in + N * Din + in + N * Din + 2.0 * in) + 2.0 * 4.0 * B * chunks * H * Pd * Ns;
+            k[KF::Ssd].bytes +=
+                kAct * (in + N * Din + in + N * Din + 2.0 * in) + 2.0 * 4.0 * B * chunks * H * Pd * Ns;
             k[KF::Conv].flops += 6.0 * K * N * C;
             k[KF::Conv].bytes += kAct * 6.0 * N * C;
-            k[KF::Norm].bytes += kAct * 10.0 * N * Din + 2.0 * 4.0 * N * Gn;  // gated norm
-            k[KF::Elementwise].bytes += kAct * 4.0 * N * Din;                   // z / dz column copies
+            k[KF::Norm].bytes += kAct * 10.0 * N * Din + 2.0 * 4.0 * N * Gn;     // gated norm
+            k[KF::Elementwise].bytes += kAct * 4.0 * N * Din;                    // z / dz column copies
             k[KF::Elementwise].bytes += kAct * (2.0 * N * Din + N * C + N * W);  // zeroing
         }
         if (cfg.mlp.kind != MlpKind::None) {
             const double F = static_cast<double>(cfg.mlp.d_ff);
             const double U = cfg.mlp.kind == MlpKind::SwiGLU ? 2 * F : F;
             k[KF::Norm].bytes += norm_bytes(N, D, stats);
-            k[KF::Elementwise].bytes += 5.0 * kAct * N * D;                // residual
+            k[KF::Elementwise].bytes += 5.0 * kAct * N * D;                  // residual
             k[KF::Elementwise].bytes += kAct * (4.0 * N * U + 2.0 * N * F);  // activation forward + backward
-            k[KF::Elementwise].bytes += kAct * N * U;                       // zero its gradient
+            k[KF::Elementwise].bytes += kAct * N * U;                        // zero its gradient
         }
     }
     if (optimizer) k[KF::Optimizer].bytes += 39.0 * P;
@@ -154,7 +167,8 @@ StepCosts training_step_costs(const ModelConfig& cfg, int64_t B_, int64_t T_, bo
 
 double training_flops_per_token(const ModelConfig& cfg, int64_t T) {
     const StepCosts c = training_step_costs(cfg, 1, T, false);
-    const double f = c[static_cast<size_t>(KernelFamily::Gemm)].flops + c[static_cast<size_t>(KernelFamily::Ssd)].flops +
+    const double f = c[static_cast<size_t>(KernelFamily::Gemm)].flops +
+                     c[static_cast<size_t>(KernelFamily::Ssd)].flops +
                      c[static_cast<size_t>(KernelFamily::Attention)].flops;
     return f / static_cast<double>(T);
 }
@@ -166,7 +180,8 @@ int64_t matmul_params(const ModelConfig& cfg) {
 }
 
 std::string training_flops_formula() {
-    return "model FLOPs/token = 6·P_matmul (projections, MLPs, LM head) + per attention layer 6·2·(T/2)·Hq·Dh + "
+    return "model FLOPs/token = 6·P_matmul (projections, MLPs, LM head) + per attention layer "
+           "6·2·(T/2)·Hq·Dh + "
            "per Mamba-2 layer 3·(2·Q·N·G + H·(2·Q·P + 4·P·N)), Q = min(chunk, T)";
 }
 

@@ -114,23 +114,27 @@ TEST(BenchFlops, FamilyBytesMatchHandCounts) {
     // SSD: x, B, C, dt are N·(16 + 8 + 2) = 312 elements, y and dy N·16 = 192 each; forward reads
     // the inputs and writes y, backward reads inputs and dy and read-writes the four gradients;
     // the fp32 chunk states (B · 2 chunks · H · P · Ns) are written and read once.
-    EXPECT_DOUBLE_EQ(family(k, KernelFamily::Ssd, true), 2 * (312 + 192 + 312 + 192 + 2 * 312) + 2 * 4 * (2 * 2 * 2 * 8 * 4));
+    EXPECT_DOUBLE_EQ(family(k, KernelFamily::Ssd, true),
+                     2 * (312 + 192 + 312 + 192 + 2 * 312) + 2 * 4 * (2 * 2 * 2 * 8 * 4));
     // Attention: q, k, v rows of 16, o rows of 8; forward reads qkv, writes o; backward reads qkv,
     // o, do and read-writes dq, dk, dv; the fp32 lse (2 heads per row) written and read.
-    EXPECT_DOUBLE_EQ(family(k, KernelFamily::Attention, true), 2 * (N * 16 + N * 8 + N * 16 + 2 * N * 8 + 2 * N * 16) + 2 * 4 * N * 2);
+    EXPECT_DOUBLE_EQ(family(k, KernelFamily::Attention, true),
+                     2 * (N * 16 + N * 8 + N * 16 + 2 * N * 8 + 2 * N * 16) + 2 * 4 * N * 2);
     // Conv over 24 channels: forward in + out, backward dy, x in, dx read-write.
     EXPECT_DOUBLE_EQ(family(k, KernelFamily::Conv, true), 2 * 6 * N * 24);
     // Norms: five (N, 8) RMSNorms (two per layer, the final one), each 2·(2 + 4)·N·8 + 2·4·N, and
     // the gated norm over d_inner 16: 2·10·N·16 + 2·4·N (one group).
-    EXPECT_DOUBLE_EQ(family(k, KernelFamily::Norm, true), 5 * (2 * 6 * N * 8 + 8 * N) + (2 * 10 * N * 16 + 8 * N));
+    EXPECT_DOUBLE_EQ(family(k, KernelFamily::Norm, true),
+                     5 * (2 * 6 * N * 8 + 8 * N) + (2 * 10 * N * 16 + 8 * N));
     // Optimizer: 39 bytes per parameter (zero_grad 4, the norm 4, AdamW 31).
     const double P = static_cast<double>(count_parameters(c).total());
     EXPECT_DOUBLE_EQ(family(k, KernelFamily::Optimizer, true), 39 * P);
     EXPECT_EQ(family(training_step_costs(c, 2, 6, false), KernelFamily::Optimizer, true), 0);
     // Embedding + CE: lookup 4N + 2·2·N·D; CE forward 2·N·V + 12N; backward 2·2·N·V + 8N; scatter
     // 2·N·D + 4N + 2·2·min(N, V)·D.
-    EXPECT_DOUBLE_EQ(family(k, KernelFamily::EmbedLoss, true),
-                     (4 * N + 4 * N * 8) + (2 * N * 16 + 12 * N) + (4 * N * 16 + 8 * N) + (2 * N * 8 + 4 * N + 4 * 12 * 8));
+    EXPECT_DOUBLE_EQ(family(k, KernelFamily::EmbedLoss, true), (4 * N + 4 * N * 8) + (2 * N * 16 + 12 * N) +
+                                                                   (4 * N * 16 + 8 * N) +
+                                                                   (2 * N * 8 + 4 * N + 4 * 12 * 8));
 }
 
 TEST(BenchOptions, ParsesTablesAndLists) {
@@ -167,7 +171,7 @@ TEST(BenchProfile, FormatsTheSplitCeilingsAndBottleneck) {
     r.steps = {a, b};
     r.costs[static_cast<size_t>(KernelFamily::Ssd)] = {158e9, 1.72e9};
     r.costs[static_cast<size_t>(KernelFamily::Gemm)] = {395e9, 1e6};  // 395 TFLOP/s in 1 ms: 50%
-    r.step_ms = 3.5;  // the families sum to 3.5 ms
+    r.step_ms = 3.5;                                                  // the families sum to 3.5 ms
     r.profiled_step_ms = 3.6;
     r.stages = {{"mamba ssd fwd", 0.5}, {"mamba ssd bwd", 1.5}};
 
@@ -179,20 +183,25 @@ TEST(BenchProfile, FormatsTheSplitCeilingsAndBottleneck) {
 
     const std::string s = bench::format_profile(r);
     for (int f = 0; f < kKernelFamilies; ++f)
-        EXPECT_NE(s.find(std::string("| ") + kernel_family_name(static_cast<KernelFamily>(f)) + " |"), std::string::npos)
+        EXPECT_NE(s.find(std::string("| ") + kernel_family_name(static_cast<KernelFamily>(f)) + " |"),
+                  std::string::npos)
             << kernel_family_name(static_cast<KernelFamily>(f));
     EXPECT_NE(s.find("| 1 | 1.000 | 1.500 |"), std::string::npos) << s;  // step 1: GEMM, SSD
     EXPECT_NE(s.find("| 2 | 1.000 | 2.500 |"), std::string::npos) << s;
     // SSD row: 2 ms, 57.1% of 3.5, 158 GFLOP → 79.0 TFLOP/s = 10.0%, 1.72 GB → 860 GB/s = 20.0%.
-    EXPECT_NE(s.find("| SSD/scan | 2.000 | 57.1% | 158.0 | 79.0 | 10.0% | 1.720 | 860 | 20.0% |"), std::string::npos) << s;
+    EXPECT_NE(s.find("| SSD/scan | 2.000 | 57.1% | 158.0 | 79.0 | 10.0% | 1.720 | 860 | 20.0% |"),
+              std::string::npos)
+        << s;
     EXPECT_NE(s.find("| GEMM | 1.000 | 28.6% | 395.0 | 395.0 | 50.0% |"), std::string::npos) << s;
     EXPECT_NE(s.find("the families sum to 3.500 ms (+0.0%)"), std::string::npos) << s;
     EXPECT_EQ(s.find("warning"), std::string::npos) << s;
-    EXPECT_NE(s.find("next bottleneck: SSD/scan — 57.1% of the step (2.000 ms), at 10.0% of 790 TFLOP/s and 20.0% of 4.3 TB/s"),
+    EXPECT_NE(s.find("next bottleneck: SSD/scan — 57.1% of the step (2.000 ms), at 10.0% of 790 TFLOP/s and "
+                     "20.0% of 4.3 TB/s"),
               std::string::npos)
         << s;
     r.step_ms = 3.0;  // 16.7% away: the events would have cost time
-    EXPECT_NE(bench::format_profile(r).find("warning: the families' sum is more than 5% away"), std::string::npos);
+    EXPECT_NE(bench::format_profile(r).find("warning: the families' sum is more than 5% away"),
+              std::string::npos);
 }
 
 TEST(BenchTables, FormatsAHandMadeReport) {
@@ -206,7 +215,8 @@ TEST(BenchTables, FormatsAHandMadeReport) {
     r.train = bench::TrainResult{8, 2048, 50.0, 327680.0, 1e9, 327.68, 327.68 / 790};
     r.prefill = bench::PrefillResult{2048, 2.0, 1024000.0};
     r.decode = {{1, 0.5, 2000.0}, {64, 1.0, 64000.0}};
-    r.memory = {{"activations (8 x 2048)", 1024.0 * 1024, 2048.0 * 1024}, {"device memory in use", std::nullopt, 3.0 * 1024}};
+    r.memory = {{"activations (8 x 2048)", 1024.0 * 1024, 2048.0 * 1024},
+                {"device memory in use", std::nullopt, 3.0 * 1024}};
     const std::string s = bench::format_bench_markdown(r);
     EXPECT_NE(s.find("| 8x2048 | 327680 | 50.00 | 1 | 327.7 | 41.5% |"), std::string::npos) << s;
     EXPECT_NE(s.find("| 2048 | 1024000 | 2.00 |"), std::string::npos) << s;
@@ -258,7 +268,8 @@ TEST(BenchRun, CpuTinyEveryTable) {
     }
     EXPECT_TRUE(state_row);
     const std::string md = bench::format_bench_markdown(r);
-    for (const char* h : {"## train", "## prefill", "## decode", "## memory"}) EXPECT_NE(md.find(h), std::string::npos) << h;
+    for (const char* h : {"## train", "## prefill", "## decode", "## memory"})
+        EXPECT_NE(md.find(h), std::string::npos) << h;
     const nlohmann::json j = nlohmann::json::parse(bench::bench_report_json(r).dump());
     EXPECT_GT(j.at("train").at("tokens_per_s").get<double>(), 0);
     EXPECT_EQ(j.at("decode").at("rows").size(), 2u);
@@ -282,7 +293,8 @@ TEST(BenchRun, CudaWithoutAGpuIsOneClearError) {
     } catch (const Error& e) {
         EXPECT_NE(std::string(e.what()).find("--device cuda"), std::string::npos) << e.what();
     }
-    EXPECT_THROW(bench::run_training_profile(preset("tiny"), "tiny", bench::ProfileOptions{}, nullptr), Error);
+    EXPECT_THROW(bench::run_training_profile(preset("tiny"), "tiny", bench::ProfileOptions{}, nullptr),
+                 Error);
 }
 
 // On a GPU: the stage timer books every interval of a step to a stage and a family, its totals add
@@ -323,8 +335,9 @@ TEST(BenchCuda, StageTimerBooksEveryFamilyAndChangesNothing) {
     for (const auto& s : on.stages) stages += s.second;
     EXPECT_NEAR(families, on.total_ms, 1e-9 * on.total_ms);
     EXPECT_NEAR(stages, on.total_ms, 1e-9 * on.total_ms);
-    for (KernelFamily f : {KernelFamily::Gemm, KernelFamily::Ssd, KernelFamily::Attention, KernelFamily::Norm,
-                           KernelFamily::Conv, KernelFamily::Elementwise, KernelFamily::EmbedLoss, KernelFamily::Optimizer})
+    for (KernelFamily f :
+         {KernelFamily::Gemm, KernelFamily::Ssd, KernelFamily::Attention, KernelFamily::Norm,
+          KernelFamily::Conv, KernelFamily::Elementwise, KernelFamily::EmbedLoss, KernelFamily::Optimizer})
         EXPECT_GT(on.family_ms[static_cast<size_t>(f)], 0) << kernel_family_name(f);
 
     bench::ProfileOptions o;
