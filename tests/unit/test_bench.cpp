@@ -302,13 +302,14 @@ TEST(BenchRun, CudaWithoutAGpuIsOneClearError) {
 TEST(BenchCuda, StageTimerBooksEveryFamilyAndChangesNothing) {
     if (!cuda_available()) GTEST_SKIP() << "no CUDA GPU: " << cuda_device_summary();
 #ifdef MSLM_HAVE_CUDA
-    const ModelConfig c = tiny_config();
+    const ModelConfig c =
+        preset("tiny");  // Mamba-2, attention, SwiGLU: every family; shapes the CUDA tests use
     HybridLM<float> cpu(c);
     cpu.init(3);
     Rng rng(2);
     std::vector<int32_t> ids(2 * 16), targets(ids.size());
-    for (auto& x : ids) x = static_cast<int32_t>(rng.below(16));
-    for (auto& x : targets) x = static_cast<int32_t>(rng.below(16));
+    for (auto& x : ids) x = static_cast<int32_t>(rng.below(static_cast<uint64_t>(c.vocab_size)));
+    for (auto& x : targets) x = static_cast<int32_t>(rng.below(static_cast<uint64_t>(c.vocab_size)));
     auto run = [&](bool timed, CudaStageTimes* times) {
         CudaHybridLM g(c);
         g.upload(cpu);
@@ -345,7 +346,7 @@ TEST(BenchCuda, StageTimerBooksEveryFamilyAndChangesNothing) {
     o.seq = 16;
     o.steps = 2;
     o.warmup = 1;
-    const bench::ProfileReport r = bench::run_training_profile(c, "tiny config", o, nullptr);
+    const bench::ProfileReport r = bench::run_training_profile(c, "preset tiny", o, nullptr);
     ASSERT_EQ(r.steps.size(), 2u);
     EXPECT_GT(r.step_ms, 0);
     EXPECT_NE(bench::format_profile(r).find("next bottleneck: "), std::string::npos);
