@@ -113,9 +113,9 @@ public:
         marks_.push_back({label, family});
         record();
     }
-    // Books the record's intervals into the totals; prints them, headed by `title`, when the
-    // variable is set.
-    void finish(const std::string& title) {
+    // Books the record's intervals into the totals; prints them, headed by `title` (and B x T when
+    // given), when the variable is set.
+    void finish(const char* title, int64_t B = 0, int64_t T = 0) {
         if (!on_ || used_ == 0) return;
         check(cudaEventSynchronize(events_[used_ - 1]), "stage timer");
         std::vector<std::pair<std::string, double>> stages;
@@ -134,7 +134,7 @@ public:
         used_ = 0;
         marks_.clear();
         if (!print_) return;
-        std::string line = title + ", ms:";
+        std::string line = B ? fmt::format("{}, {} x {}, ms:", title, B, T) : fmt::format("{}, ms:", title);
         for (const auto& [name, ms] : stages) line += fmt::format(" {} {:.2f} |", name, ms);
         fmt::print(stderr, "{} total {:.2f}\n", line, all);
     }
@@ -1067,7 +1067,7 @@ float CudaHybridLM::forward(const int32_t* ids, const int32_t* targets, int64_t 
     count_ = 0;
     if (!targets) {
         check(cudaDeviceSynchronize(), "forward");
-        t.finish(fmt::format("model stages (forward only), {} x {}", B, T));
+        t.finish("model stages (forward only)", B, T);
         return 0.0f;
     }
     kc::cross_entropy_forward(m.losses, m.lse, m.logits, m.targets, N, V, &m.status[1]);
@@ -1123,7 +1123,7 @@ void CudaHybridLM::backward() {
     cuda_model_detail::accumulate_bf16(m.grads, m.staged, total_, nullptr);
     t.mark("embed bwd+grads", KernelFamily::Elementwise);
     check(cudaDeviceSynchronize(), "backward");
-    t.finish(fmt::format("model stages, {} x {}", B_, T_));
+    t.finish("model stages", B_, T_);
 }
 
 }  // namespace mslm
