@@ -15,7 +15,7 @@
 #include <string>
 #include <vector>
 
-#include "bench_util.h"
+#include "bench/timing.h"
 #include "core/cuda_device.h"
 #include "core/rng.h"
 #include "model/config.h"

@@ -3,12 +3,12 @@
 // per second over timed steps after warm-up, the device memory the model holds (parameters,
 // gradients, the planned activations), and model FLOPs utilisation against a stated peak.
 //   bench_cuda_model [--presets 30m,130m] [--shapes 16x1024,4x4096] [--steps 10] [--peak-tflops 790]
-// FLOPs per token (stated, not measured): 6 · P_matmul for the matrix products of forward and
-// backward (P_matmul: the parameters in projections, MLPs and the LM head), plus attention's
-// 6 · 2 · T/2 · d_attn per attention layer (QKᵀ and PV, causal), plus the SSD's chunked products
-// 3 · (2·L·N per group + (2·L·P + 4·P·N) per head) per Mamba-2 layer (mixer_flops_per_token; the
-// Mamba-1 scan's elementwise work is not counted). The optimizer step is not timed (one pass over
-// 16 bytes per parameter).
+// FLOPs per token (stated, not measured): model/flops.h's training_flops_per_token — 6 · P_matmul
+// for the matrix products of forward and backward (P_matmul: the parameters in projections, MLPs
+// and the LM head), plus attention's 6 · 2 · T/2 · d_attn per attention layer (QKᵀ and PV, causal),
+// plus the SSD's chunked products 3 · (2·L·N per group + (2·L·P + 4·P·N) per head) per Mamba-2 layer
+// (the Mamba-1 scan's elementwise work is not counted). The optimizer step is not timed (`mamba-slm
+// bench` times the full step).
 #include <cstdio>
 #include <string>
 #include <vector>
@@ -22,37 +22,15 @@
 #include <algorithm>
 #include <chrono>
 
-#include "bench_util.h"
+#include "bench/timing.h"
 #include "core/rng.h"
 #include "model/config.h"
 #include "model/cuda_model.h"
+#include "model/flops.h"
 #include "model/hybrid_lm.h"
 #include "model/info.h"
 
 using namespace mslm;
-
-namespace {
-
-// Forward + backward FLOPs per token of the mixers' non-matmul products at sequence length T.
-double mixer_flops_per_token(const ModelConfig& c, int64_t T) {
-    double f = 0;
-    for (LayerKind k : c.layers) {
-        if (k == LayerKind::Attention) {
-            const double d_attn = double(c.attention.n_heads) * double(c.attn_head_dim());
-            f += 6.0 * 2.0 * (double(T) / 2.0) * d_attn;  // QKᵀ and PV over T/2 keys on average
-        } else if (c.mamba.version == 2) {
-            // Per head and token, the chunked SSD's products: C·Bᵀ (shared by a group: 2·L·N per
-            // group), the masked L×L times X (2·L·P), the chunk state (2·P·N) and C·S (2·P·N).
-            const double L = double(std::min<int64_t>(c.mamba.chunk_size, T));
-            const double N = double(c.mamba.d_state), P = double(c.mamba.head_dim);
-            const double heads = double(c.mamba_d_inner() / c.mamba.head_dim);
-            f += 3.0 * (2.0 * L * N * double(c.mamba.n_groups) + heads * (2.0 * L * P + 4.0 * P * N));
-        }
-    }
-    return f;
-}
-
-}  // namespace
 
 int main(int argc, char** argv) {
     std::string presets = "30m,130m", shapes = "16x1024,4x4096";
@@ -94,10 +72,6 @@ int main(int argc, char** argv) {
                 std::max<int64_t>(cfg.max_seq_len, std::stoll(shape.substr(shape.find('x') + 1)));
         HybridLM<float> cpu(cfg);
         cpu.init(0);
-        // Matrix parameters: everything registered as a linear weight (the packed set).
-        cpu.pack_weights(ops::WeightFormat::BF16);
-        const double p_matmul = (cpu.weight_bytes_per_token() - 4.0 * double(cpu.num_params())) / (2.0 - 4.0);
-        cpu.pack_weights(ops::WeightFormat::F32);
         for (const auto& shape : bench::split_list(shapes)) {
             const size_t x = shape.find('x');
             const int64_t B = std::stoll(shape.substr(0, x)), T = std::stoll(shape.substr(x + 1));
@@ -120,7 +94,7 @@ int main(int argc, char** argv) {
             const double sec =
                 std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() / steps;
             const double tokens = double(B * T);
-            const double flops_per_token = 6.0 * p_matmul + mixer_flops_per_token(cfg, T);
+            const double flops_per_token = training_flops_per_token(cfg, T);
             const double tflops = flops_per_token * tokens / sec / 1e12;
             fmt::print("| {} | {} | {}x{} | {:.0f} | {:.1f} | {:.1f} | {:.1f}% | {:.2f} |\n", name,
                        format_count(cpu.num_params()), B, T, tokens / sec, sec * 1e3, tflops,

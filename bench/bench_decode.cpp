@@ -19,7 +19,7 @@
 #include <thread>
 #include <vector>
 
-#include "bench_util.h"
+#include "bench/timing.h"
 #include "core/blas_setup.h"
 #include "core/rng.h"
 #include "core/thread_pool.h"
@@ -35,9 +35,7 @@ namespace {
 
 constexpr int64_t kMaxBatch = 8;
 
-double seconds_since(std::chrono::steady_clock::time_point start) {
-    return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-}
+using bench::seconds_since;
 
 // Seconds per decode step of `batch` sequences that each start from the prompt in slot 0,
 // `steps` steps per round, rounds repeated until min_seconds of decoding.

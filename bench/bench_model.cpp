@@ -14,7 +14,7 @@
 #include <thread>
 #include <vector>
 
-#include "bench_util.h"
+#include "bench/timing.h"
 #include "core/blas_setup.h"
 #include "core/rng.h"
 #include "core/thread_pool.h"

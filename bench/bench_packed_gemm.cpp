@@ -20,7 +20,7 @@
 #include <thread>
 #include <vector>
 
-#include "bench_util.h"
+#include "bench/timing.h"
 #include "core/blas_setup.h"
 #include "core/gemm.h"
 #include "core/rng.h"

@@ -18,7 +18,7 @@
 #include <string>
 #include <vector>
 
-#include "bench_util.h"
+#include "bench/timing.h"
 #include "core/blas_setup.h"
 #include "core/gemm.h"
 #include "core/rng.h"
@@ -37,9 +37,7 @@ struct Shape {
 const std::vector<Shape> kLayerShapes = {{3352, 768}, {768, 1536}, {2048, 768}, {768, 2048}};
 const Shape kHead = {50280, 768};
 
-double seconds_since(std::chrono::steady_clock::time_point start) {
-    return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-}
+using bench::seconds_since;
 
 double median(std::vector<double> v) {
     std::sort(v.begin(), v.end());

@@ -13,7 +13,7 @@
 #include <thread>
 #include <vector>
 
-#include "bench_util.h"
+#include "bench/timing.h"
 #include "core/thread_pool.h"
 
 using namespace mslm;

@@ -15,7 +15,7 @@
 #include <string>
 #include <vector>
 
-#include "bench_util.h"
+#include "bench/timing.h"
 #include "core/rng.h"
 #include "core/thread_pool.h"
 #include "ops/selective_scan.h"

@@ -12,7 +12,7 @@
 #include <string>
 #include <vector>
 
-#include "bench_util.h"
+#include "bench/timing.h"
 #include "core/error.h"
 #include "core/thread_pool.h"
 #include "tokenizer/tokenizer.h"

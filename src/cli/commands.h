@@ -4,6 +4,8 @@
 
 namespace mslm::cli {
 
+// `bench`: train / prefill / decode / memory tables, or --profile of a CUDA training step (bench.cpp).
+void register_bench(CLI::App& app);
 void register_chat(CLI::App& app);      // chat.cpp
 void register_data(CLI::App& app);
 // `export --format hf --model DIR --out DIR` (export.cpp).

@@ -15,6 +15,7 @@ int main(int argc, char** argv) {
     int threads = 0;
     app.add_option("--threads", threads, "CPU threads for the kernels (default: all cores, or MSLM_THREADS)")
         ->check(CLI::PositiveNumber);
+    mslm::cli::register_bench(app);
     mslm::cli::register_chat(app);
     mslm::cli::register_data(app);
     mslm::cli::register_eval(app);

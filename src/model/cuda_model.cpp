@@ -79,52 +79,79 @@ struct Planner {
     }
 };
 
-// MSLM_MODEL_STAGE_TIMES=1: CUDA events between the stages of a forward + backward, summed per
-// stage name and printed to stderr at the end of each backward (it synchronises: for profiling,
-// not for training runs).
+// Stage timing (MSLM_MODEL_STAGE_TIMES=1, or set_stage_timing): CUDA events on the default
+// stream at every boundary between kernel families of a step. A mark closes the interval since
+// the previous event and books it to a stage label (summed by label, printed to stderr at the end
+// of each backward and optimizer step when the variable is set) and to a kernel family (the
+// training profile, bench/bench_cuda_profile.cpp). begin() opens a segment: the time since the
+// previous event is not booked (the host between calls). Finishing a record synchronises on its
+// last event: for profiling, not for training runs. Off, every call returns at its first test.
 class StageTimer {
 public:
     StageTimer() {
         const char* env = std::getenv("MSLM_MODEL_STAGE_TIMES");
-        on_ = env && std::string(env) == "1";
+        print_ = env && std::string(env) == "1";
+        on_ = print_;
     }
     ~StageTimer() {
         for (cudaEvent_t e : events_) cudaEventDestroy(e);
     }
     bool on() const { return on_; }
-    void start() {
-        if (!on_) return;
+    void set_on(bool on) {
+        on_ = on || print_;
         used_ = 0;
-        labels_.clear();
-        record();
+        marks_.clear();
     }
-    // The time since the previous mark (or start) is `label`'s.
-    void mark(const char* label) {
+    void begin() {
         if (!on_) return;
-        labels_.push_back(label);
+        marks_.push_back({nullptr, KernelFamily::Other});
         record();
     }
-    void report(int64_t B, int64_t T) {
-        if (!on_ || used_ < 2) return;
+    // The time since the previous event is `label`'s, and its family's.
+    void mark(const char* label, KernelFamily family) {
+        if (!on_) return;
+        marks_.push_back({label, family});
+        record();
+    }
+    // Books the record's intervals into the totals; prints them, headed by `title` (and B x T when
+    // given), when the variable is set.
+    void finish(const char* title, int64_t B = 0, int64_t T = 0) {
+        if (!on_ || used_ == 0) return;
         check(cudaEventSynchronize(events_[used_ - 1]), "stage timer");
-        std::vector<std::pair<std::string, float>> totals;
-        float all = 0;
-        for (size_t i = 0; i < labels_.size(); ++i) {
+        std::vector<std::pair<std::string, double>> stages;
+        double all = 0;
+        for (size_t i = 1; i < marks_.size(); ++i) {
+            if (!marks_[i].label) continue;
             float ms = 0;
-            check(cudaEventElapsedTime(&ms, events_[i], events_[i + 1]), "cudaEventElapsedTime");
+            check(cudaEventElapsedTime(&ms, events_[i - 1], events_[i]), "cudaEventElapsedTime");
             all += ms;
-            auto it = std::find_if(totals.begin(), totals.end(), [&](const auto& t) { return t.first == labels_[i]; });
-            if (it == totals.end())
-                totals.emplace_back(labels_[i], ms);
-            else
-                it->second += ms;
+            add(stages, marks_[i].label, ms);
+            add(totals_.stages, marks_[i].label, ms);
+            totals_.family_ms[static_cast<size_t>(marks_[i].family)] += ms;
         }
-        std::string line = fmt::format("model stages, {} x {}, ms:", B, T);
-        for (const auto& [name, ms] : totals) line += fmt::format(" {} {:.2f} |", name, ms);
+        totals_.total_ms += all;
+        ++totals_.records;
+        used_ = 0;
+        marks_.clear();
+        if (!print_) return;
+        std::string line = B ? fmt::format("{}, {} x {}, ms:", title, B, T) : fmt::format("{}, ms:", title);
+        for (const auto& [name, ms] : stages) line += fmt::format(" {} {:.2f} |", name, ms);
         fmt::print(stderr, "{} total {:.2f}\n", line, all);
     }
+    CudaStageTimes take() { return std::exchange(totals_, CudaStageTimes{}); }
 
 private:
+    struct Mark {
+        const char* label;  // null: a segment start
+        KernelFamily family;
+    };
+    static void add(std::vector<std::pair<std::string, double>>& v, const char* label, double ms) {
+        auto it = std::find_if(v.begin(), v.end(), [&](const auto& t) { return t.first == label; });
+        if (it == v.end())
+            v.emplace_back(label, ms);
+        else
+            it->second += ms;
+    }
     void record() {
         if (used_ == events_.size()) {
             cudaEvent_t e = nullptr;
@@ -133,10 +160,11 @@ private:
         }
         check(cudaEventRecord(events_[used_++], nullptr), "cudaEventRecord");
     }
-    bool on_ = false;
+    bool print_ = false, on_ = false;
     std::vector<cudaEvent_t> events_;
     size_t used_ = 0;
-    std::vector<std::string> labels_;
+    std::vector<Mark> marks_;  // marks_[i] ends at events_[i]
+    CudaStageTimes totals_;
 };
 
 }  // namespace
@@ -331,7 +359,9 @@ void CudaHybridLM::upload(const HybridLM<float>& cpu) {
 }
 
 void CudaHybridLM::zero_grad() {
+    impl_->timer.begin();
     zero(impl_->grads, sizeof(float) * total_);
+    impl_->timer.mark("zero grad", KernelFamily::Optimizer);
     clip_pending_ = false;
 }
 
@@ -418,12 +448,21 @@ void CudaHybridLM::download_optimizer_state(AdamW<float>& cpu) const {
 }
 
 void CudaHybridLM::scale_grads(float s) {
+    impl_->timer.begin();
     cuda_model_detail::scale_f32(impl_->grads, s, total_, nullptr);
+    impl_->timer.mark("scale grads", KernelFamily::Optimizer);
 }
+
+void CudaHybridLM::set_stage_timing(bool on) { impl_->timer.set_on(on); }
+
+bool CudaHybridLM::stage_timing() const { return impl_->timer.on(); }
+
+CudaStageTimes CudaHybridLM::take_stage_times() { return impl_->timer.take(); }
 
 double CudaHybridLM::clip_grad_norm(double max_norm) {
     Impl& m = *impl_;
     MSLM_CHECK(m.norm, "CudaHybridLM::clip_grad_norm: no optimizer (upload_optimizer_state first)");
+    m.timer.begin();
     if (max_norm > 0)
         kc::clip_grad_norm(m.norm, m.clip_scale, m.grads, total_, max_norm, m.partials);
     else
@@ -431,6 +470,7 @@ double CudaHybridLM::clip_grad_norm(double max_norm) {
     clip_pending_ = max_norm > 0;
     double norm = 0;
     check(cudaMemcpy(&norm, m.norm, sizeof(double), cudaMemcpyDeviceToHost), "download grad norm");
+    m.timer.mark("grad norm", KernelFamily::Optimizer);
     return norm;
 }
 
@@ -439,10 +479,13 @@ void CudaHybridLM::optimizer_step(float lr) {
     MSLM_CHECK(m.opt_m, "CudaHybridLM::optimizer_step: no optimizer state (upload_optimizer_state first)");
     MSLM_CHECK(std::isfinite(lr) && lr >= 0, "AdamW: learning rate {} is invalid", lr);
     ++opt_step_;
+    m.timer.begin();
     const kc::AdamWScalars s = kc::adamw_scalars(lr, beta1_, beta2_, eps_, weight_decay_, opt_step_);
     kc::adamw_step<float>(m.params, m.params_bf16, m.opt_m, m.opt_v, m.grads, m.decay_mask, total_, s,
                           clip_pending_ ? m.clip_scale : nullptr);
     check(cudaDeviceSynchronize(), "optimizer step");
+    m.timer.mark("adamw", KernelFamily::Optimizer);
+    m.timer.finish("optimizer stages");
 }
 
 void CudaHybridLM::download_grads(std::vector<float>& flat) const {
@@ -642,6 +685,7 @@ struct Ctx {
     const ModelConfig& cfg;
     CudaHybridLM::Impl& m;
     int64_t B, T, N;
+    void mark(const char* stage, KernelFamily family) const { m.timer.mark(stage, family); }
 };
 
 void norm_forward(const Ctx& c, const CudaNormParams& p, bf16* out, float* mean, float* rstd, const bf16* x) {
@@ -687,16 +731,19 @@ void mamba2_forward(const Ctx& c, CudaHybridLM::Impl::Layer& L, bf16* out) {
     const int64_t GS = c.cfg.mamba.n_groups * c.cfg.mamba.d_state, C = Din + 2 * GS;
     const int64_t W = 2 * Din + 2 * GS + c.cfg.mamba_n_heads();
     kc::linear_forward(L.zxbcdt, L.ln1, L.in_w.w, L.in_b.w, N, D, W);  // (N, D) => (N, W) = [z | xBC | dt]
-    c.m.timer.mark("mamba proj fwd");
+    c.mark("mamba proj fwd", KernelFamily::Gemm);
     kc::conv1d_causal_forward(L.xbc, static_cast<bf16*>(nullptr), L.zxbcdt + Din, W, L.conv_w.w, L.conv_b.w,
                               c.B, c.T, C, c.cfg.mamba.d_conv, true);
-    c.m.timer.mark("mamba conv fwd");
+    c.mark("mamba conv fwd", KernelFamily::Conv);
     kc::ssd_forward(L.y, nullptr, ssd_inputs(c, L), nullptr, ssd_dims(c), L.states, c.m.ws);
-    c.m.timer.mark("mamba ssd fwd");
+    c.mark("mamba ssd fwd", KernelFamily::Ssd);
     copy_cols(L.z, Din, L.zxbcdt, W, N, Din);
+    c.mark("mamba gate fwd", KernelFamily::Elementwise);
     kc::gated_rmsnorm_forward(L.yn, L.g_rstd, L.y, L.z, L.gnorm_w.w, N, Din, c.cfg.mamba_norm_groups(),
                               static_cast<float>(c.cfg.norm_eps));
+    c.mark("mamba gate fwd", KernelFamily::Norm);
     kc::linear_forward(out, L.yn, L.out_w.w, L.out_b.w, N, Din, D);  // (N, Din) => (N, D)
+    c.mark("mamba proj fwd", KernelFamily::Gemm);
 }
 
 void mamba2_backward(const Ctx& c, CudaHybridLM::Impl::Layer& L, bf16* dx, const bf16* dout) {
@@ -708,22 +755,23 @@ void mamba2_backward(const Ctx& c, CudaHybridLM::Impl::Layer& L, bf16* dx, const
     for (auto [p, n] : std::initializer_list<std::pair<bf16*, int64_t>>{
              {g_y, N * Din}, {g_z, N * Din}, {g_xbc, N * C}, {g_zxbcdt, N * W}})
         zero(p, sizeof(bf16) * n);
-    c.m.timer.mark("mamba zero bwd");
+    c.mark("mamba zero bwd", KernelFamily::Elementwise);
     linear_backward(g_yn, L.out_w, L.out_b, dout, L.yn, N, Din, D, Dx::Overwrite);
-    c.m.timer.mark("mamba proj bwd");
+    c.mark("mamba proj bwd", KernelFamily::Gemm);
     kc::gated_rmsnorm_backward(g_y, g_z, L.gnorm_w.g, c.m.ws, g_yn, L.y, L.z, L.gnorm_w.w, L.g_rstd, N, Din,
                                c.cfg.mamba_norm_groups());
+    c.mark("mamba gate bwd", KernelFamily::Norm);
     copy_cols(g_zxbcdt, W, g_z, Din, N, Din);  // z's columns receive nothing else
+    c.mark("mamba gate bwd", KernelFamily::Elementwise);
     const kc::SsdGrads<bf16> grads{g_xbc,       g_zxbcdt + Din + C, L.dt_bias.g, L.A_log.g,
                                    g_xbc + Din, g_xbc + Din + GS,   L.D.g};
-    c.m.timer.mark("mamba gate bwd");
     kc::ssd_backward(grads, g_y, ssd_inputs(c, L), nullptr, L.states, ssd_dims(c), c.m.ws);
-    c.m.timer.mark("mamba ssd bwd");
+    c.mark("mamba ssd bwd", KernelFamily::Ssd);
     kc::conv1d_causal_backward(g_zxbcdt + Din, L.conv_w.g, L.conv_b.g, g_xbc, L.zxbcdt + Din, W, L.conv_w.w,
                                L.conv_b.w, c.B, c.T, C, c.cfg.mamba.d_conv, true, c.m.ws, c.m.ws_bytes);
-    c.m.timer.mark("mamba conv bwd");
+    c.mark("mamba conv bwd", KernelFamily::Conv);
     linear_backward(dx, L.in_w, L.in_b, g_zxbcdt, L.ln1, N, D, W, Dx::Overwrite);
-    c.m.timer.mark("mamba proj bwd");
+    c.mark("mamba proj bwd", KernelFamily::Gemm);
 }
 
 // The scan reads B and C from x_proj's output [dt | B | C], or, with dt_bc_norm, from the normed
@@ -760,23 +808,32 @@ void mamba1_forward(const Ctx& c, CudaHybridLM::Impl::Layer& L, bf16* out) {
     const int64_t N = c.N, D = c.cfg.d_model, Din = c.cfg.mamba_d_inner(), S = c.cfg.mamba.d_state;
     const int64_t R = c.cfg.mamba_dt_rank(), W = R + 2 * S;
     kc::linear_forward(L.xz, L.ln1, L.in_w.w, L.in_b.w, N, D, 2 * Din);  // (N, D) => (N, 2·Din) = [x | z]
+    c.mark("mamba proj fwd", KernelFamily::Gemm);
     kc::conv1d_causal_forward(L.xc, static_cast<bf16*>(nullptr), L.xz, 2 * Din, L.conv_w.w, L.conv_b.w, c.B,
                               c.T, Din, c.cfg.mamba.d_conv, true);
+    c.mark("mamba conv fwd", KernelFamily::Conv);
     kc::linear_forward(L.xdbl, L.xc, L.x_w.w, static_cast<const bf16*>(nullptr), N, Din,
                        W);  // => [dt | B | C]
+    c.mark("mamba proj fwd", KernelFamily::Gemm);
     if (c.cfg.mamba.dt_bc_norm) {
         for (const DtBcNorm& n : dt_bc_norms(c, L)) {  // the norms need contiguous rows: gather first
             copy_cols(n.in, n.width, L.xdbl + n.start, W, N, n.width);
+            c.mark("mamba dt fwd", KernelFamily::Elementwise);
             kc::rmsnorm_forward(n.out, n.rstd, n.in, n.w->w, N, n.width, static_cast<float>(c.cfg.norm_eps));
+            c.mark("mamba dt fwd", KernelFamily::Norm);
         }
     } else {
         copy_cols(L.dt, R, L.xdbl, W, N, R);
+        c.mark("mamba dt fwd", KernelFamily::Elementwise);
     }
     // dt_proj without its bias: the scan adds it (in fp32) before the softplus.
     kc::linear_forward(L.dt_raw, L.dt, L.dtp_w.w, static_cast<const bf16*>(nullptr), N, R, Din);
+    c.mark("mamba proj fwd", KernelFamily::Gemm);
     kc::selective_scan_forward(L.y, nullptr, scan_inputs(c, L), nullptr, ops::ScanDims{c.B, c.T, Din, S},
                                L.states);
+    c.mark("mamba scan fwd", KernelFamily::Ssd);
     kc::linear_forward(out, L.y, L.out_w.w, L.out_b.w, N, Din, D);  // (N, Din) => (N, D)
+    c.mark("mamba proj fwd", KernelFamily::Gemm);
 }
 
 void mamba1_backward(const Ctx& c, CudaHybridLM::Impl::Layer& L, bf16* dx, const bf16* dout) {
@@ -792,7 +849,9 @@ void mamba1_backward(const Ctx& c, CudaHybridLM::Impl::Layer& L, bf16* dx, const
                                                                         {g_xz, N * 2 * Din},
                                                                         {g_bc, bc_norm ? N * 2 * S : 0}})
         zero(p, sizeof(bf16) * n);
+    c.mark("mamba zero bwd", KernelFamily::Elementwise);
     linear_backward(g_y, L.out_w, L.out_b, dout, L.y, N, Din, D, Dx::Overwrite);
+    c.mark("mamba proj bwd", KernelFamily::Gemm);
     // dB and dC laid out like the scan's B and C (scan_inputs).
     bf16* g_B = bc_norm ? g_bc : g_xdbl + R;
     bf16* g_C = bc_norm ? g_bc + N * S : g_xdbl + R + S;
@@ -800,7 +859,9 @@ void mamba1_backward(const Ctx& c, CudaHybridLM::Impl::Layer& L, bf16* dx, const
                                               g_B,  g_C,      L.D.g,     g_xz + Din};
     const ops::ScanDims dims{c.B, c.T, Din, S};
     kc::selective_scan_backward(grads, g_y, scan_inputs(c, L), L.states, dims, c.m.ws, c.m.ws_bytes);
+    c.mark("mamba scan bwd", KernelFamily::Ssd);
     linear_backward(g_dt, L.dtp_w, CudaParam{}, g_dt_raw, L.dt, N, R, Din, Dx::Overwrite);
+    c.mark("mamba proj bwd", KernelFamily::Gemm);
     if (bc_norm) {
         // Each norm's input gradient fills its columns of g_xdbl, which receive nothing else.
         const std::array<const bf16*, 3> g_out{g_dt, g_bc, g_bc + N * S};  // as the norms' outputs
@@ -808,16 +869,23 @@ void mamba1_backward(const Ctx& c, CudaHybridLM::Impl::Layer& L, bf16* dx, const
         for (size_t i = 0; i < norms.size(); ++i) {
             const DtBcNorm& n = norms[i];
             zero(g_norm_in, sizeof(bf16) * N * n.width);
+            c.mark("mamba dt bwd", KernelFamily::Elementwise);
             kc::rmsnorm_backward(g_norm_in, n.w->g, c.m.ws, g_out[i], n.in, n.w->w, n.rstd, N, n.width);
+            c.mark("mamba dt bwd", KernelFamily::Norm);
             copy_cols(g_xdbl + n.start, W, g_norm_in, n.width, N, n.width);
+            c.mark("mamba dt bwd", KernelFamily::Elementwise);
         }
     } else {
         copy_cols(g_xdbl, W, g_dt, R, N, R);  // dt's columns receive nothing else
+        c.mark("mamba dt bwd", KernelFamily::Elementwise);
     }
     linear_backward(g_xc, L.x_w, CudaParam{}, g_xdbl, L.xc, N, Din, W);
+    c.mark("mamba proj bwd", KernelFamily::Gemm);
     kc::conv1d_causal_backward(g_xz, L.conv_w.g, L.conv_b.g, g_xc, L.xz, 2 * Din, L.conv_w.w, L.conv_b.w, c.B,
                                c.T, Din, c.cfg.mamba.d_conv, true, c.m.ws, c.m.ws_bytes);
+    c.mark("mamba conv bwd", KernelFamily::Conv);
     linear_backward(dx, L.in_w, L.in_b, g_xz, L.ln1, N, D, 2 * Din, Dx::Overwrite);
+    c.mark("mamba proj bwd", KernelFamily::Gemm);
 }
 
 kc::AttentionOptions attention_options(const ModelConfig& cfg) {
@@ -833,16 +901,20 @@ void attention_forward(const Ctx& c, CudaHybridLM::Impl::Layer& L, bf16* out) {
     const int64_t N = c.N, D = cfg.d_model, Hq = cfg.attention.n_heads, Hkv = cfg.attn_kv_heads();
     const int64_t Dh = cfg.attn_head_dim(), W = (Hq + 2 * Hkv) * Dh;
     kc::linear_forward(L.qkv, L.ln1, L.qkv_w.w, L.qkv_b.w, N, D, W);  // (N, D) => (N, (Hq + 2·Hkv)·Dh)
+    c.mark("attn proj fwd", KernelFamily::Gemm);
     bf16* q = L.qkv;
     bf16* k = q + Hq * Dh;
     bf16* v = k + Hkv * Dh;
     if (cfg.attention.position == PositionKind::RoPE) {
         kc::rope_apply(q, W, c.B, c.T, Hq, Dh, cfg.attn_rotary_dim(), cfg.attention.rope_theta, 0, false);
         kc::rope_apply(k, W, c.B, c.T, Hkv, Dh, cfg.attn_rotary_dim(), cfg.attention.rope_theta, 0, false);
+        c.mark("attn rope fwd", KernelFamily::Elementwise);
     }
     kc::attention_forward(L.o, L.lse, q, W, k, W, v, W, ops::AttentionDims{c.B, c.T, Hq, Hkv, Dh},
                           attention_options(cfg));
+    c.mark("attn fwd", KernelFamily::Attention);
     kc::linear_forward(out, L.o, L.o_w.w, L.o_b.w, N, Hq * Dh, D);
+    c.mark("attn proj fwd", KernelFamily::Gemm);
 }
 
 void attention_backward(const Ctx& c, CudaHybridLM::Impl::Layer& L, bf16* dx, const bf16* dout) {
@@ -851,7 +923,9 @@ void attention_backward(const Ctx& c, CudaHybridLM::Impl::Layer& L, bf16* dx, co
     const int64_t Dh = cfg.attn_head_dim(), W = (Hq + 2 * Hkv) * Dh;
     bf16 *g_o = c.m.scratch[0], *g_qkv = c.m.scratch[1];
     zero(g_qkv, sizeof(bf16) * N * W);
+    c.mark("attn zero bwd", KernelFamily::Elementwise);
     linear_backward(g_o, L.o_w, L.o_b, dout, L.o, N, Hq * Dh, D, Dx::Overwrite);
+    c.mark("attn proj bwd", KernelFamily::Gemm);
     const bf16* q = L.qkv;
     const bf16* k = q + Hq * Dh;
     const bf16* v = k + Hkv * Dh;
@@ -860,11 +934,14 @@ void attention_backward(const Ctx& c, CudaHybridLM::Impl::Layer& L, bf16* dx, co
     bf16* dv = dk + Hkv * Dh;
     kc::attention_backward(dq, dk, dv, g_o, L.o, L.lse, q, W, k, W, v, W,
                            ops::AttentionDims{c.B, c.T, Hq, Hkv, Dh}, attention_options(cfg));
+    c.mark("attn bwd", KernelFamily::Attention);
     if (cfg.attention.position == PositionKind::RoPE) {
         kc::rope_apply(dq, W, c.B, c.T, Hq, Dh, cfg.attn_rotary_dim(), cfg.attention.rope_theta, 0, true);
         kc::rope_apply(dk, W, c.B, c.T, Hkv, Dh, cfg.attn_rotary_dim(), cfg.attention.rope_theta, 0, true);
+        c.mark("attn rope bwd", KernelFamily::Elementwise);
     }
     linear_backward(dx, L.qkv_w, L.qkv_b, g_qkv, L.ln1, N, D, W, Dx::Overwrite);
+    c.mark("attn proj bwd", KernelFamily::Gemm);
 }
 
 void mixer_forward(const Ctx& c, CudaHybridLM::Impl::Layer& L, bf16* out) {
@@ -890,6 +967,7 @@ void mixer_backward(const Ctx& c, CudaHybridLM::Impl::Layer& L, bf16* dx, const 
 void mlp_forward(const Ctx& c, CudaHybridLM::Impl::Layer& L, bf16* out) {
     const int64_t N = c.N, D = c.cfg.d_model, F = c.cfg.mlp.d_ff;
     kc::linear_forward(L.h, L.ln2, L.up_w.w, L.up_b.w, N, D, mlp_up_width(c.cfg));
+    c.mark("mlp fwd", KernelFamily::Gemm);
     switch (c.cfg.mlp.kind) {
         case MlpKind::SwiGLU:
             kc::swiglu_forward(L.a, L.h, N, F);
@@ -906,14 +984,18 @@ void mlp_forward(const Ctx& c, CudaHybridLM::Impl::Layer& L, bf16* out) {
         case MlpKind::None:
             break;
     }
+    c.mark("mlp fwd", KernelFamily::Elementwise);
     kc::linear_forward(out, L.a, L.down_w.w, L.down_b.w, N, F, D);
+    c.mark("mlp fwd", KernelFamily::Gemm);
 }
 
 void mlp_backward(const Ctx& c, CudaHybridLM::Impl::Layer& L, bf16* dx, const bf16* dout) {
     const int64_t N = c.N, D = c.cfg.d_model, F = c.cfg.mlp.d_ff, U = mlp_up_width(c.cfg);
     bf16 *g_a = c.m.scratch[0], *g_h = c.m.scratch[1];
     zero(g_h, sizeof(bf16) * N * U);
+    c.mark("mlp bwd", KernelFamily::Elementwise);
     linear_backward(g_a, L.down_w, L.down_b, dout, L.a, N, F, D, Dx::Overwrite);
+    c.mark("mlp bwd", KernelFamily::Gemm);
     switch (c.cfg.mlp.kind) {
         case MlpKind::SwiGLU:
             kc::swiglu_backward(g_h, g_a, L.h, N, F);
@@ -930,7 +1012,9 @@ void mlp_backward(const Ctx& c, CudaHybridLM::Impl::Layer& L, bf16* dx, const bf
         case MlpKind::None:
             break;
     }
+    c.mark("mlp bwd", KernelFamily::Elementwise);
     linear_backward(dx, L.up_w, L.up_b, g_h, L.ln2, N, D, U, Dx::Overwrite);
+    c.mark("mlp bwd", KernelFamily::Gemm);
 }
 
 }  // namespace
@@ -944,49 +1028,51 @@ float CudaHybridLM::forward(const int32_t* ids, const int32_t* targets, int64_t 
     const int64_t N = B * T, D = cfg_.d_model, V = cfg_.vocab_size, L = cfg_.n_layers;
     const Ctx c{cfg_, m, B, T, N};
     has_targets_ = targets != nullptr;
+    StageTimer& t = m.timer;
+    t.begin();
     check(cudaMemcpy(m.ids, ids, sizeof(int32_t) * N, cudaMemcpyHostToDevice), "upload ids");
     m.host_ids.assign(ids, ids + N);
     if (targets)
         check(cudaMemcpy(m.targets, targets, sizeof(int32_t) * N, cudaMemcpyHostToDevice), "upload targets");
+    t.mark("host", KernelFamily::Other);
 
-    StageTimer& t = m.timer;
-    t.start();
     kc::embedding_forward(m.res, m.ids, m.embed.w, N, V, D, &m.status[0]);  // (N) => (N, D)
     kc::embedding_check(&m.status[0], V);
-    t.mark("embed");
+    t.mark("embed", KernelFamily::EmbedLoss);
     for (int64_t l = 0; l < L; ++l) {
         Impl::Layer& layer = m.layers[l];
         const bf16* x = m.res + l * N * D;
         bf16* next = m.res + (l + 1) * N * D;
         bf16* mid = layer.mid ? layer.mid : next;  // the residual after the mixer
         norm_forward(c, layer.norm, layer.ln1, layer.mean1, layer.rstd1, x);
-        t.mark("norm+res fwd");
+        t.mark("norm+res fwd", KernelFamily::Norm);
         mixer_forward(c, layer, m.tmp);
-        t.mark(layer.kind == LayerKind::Attention ? "attn fwd" : "mamba fwd");
         copy(mid, x, N * D);
         kc::axpy(mid, m.tmp, N * D, 1.0f);
+        t.mark("norm+res fwd", KernelFamily::Elementwise);
         if (layer.mid) {
             norm_forward(c, layer.mlp_norm, layer.ln2, layer.mean2, layer.rstd2, mid);
-            t.mark("norm+res fwd");
+            t.mark("norm+res fwd", KernelFamily::Norm);
             mlp_forward(c, layer, m.tmp);
-            t.mark("mlp fwd");
             copy(next, mid, N * D);
             kc::axpy(next, m.tmp, N * D, 1.0f);
+            t.mark("norm+res fwd", KernelFamily::Elementwise);
         }
     }
     norm_forward(c, m.final_norm, m.hf, m.final_mean, m.final_rstd, m.res + L * N * D);
-    t.mark("norm+res fwd");
+    t.mark("norm+res fwd", KernelFamily::Norm);
     kc::linear_forward(m.logits, m.hf, m.lm_head.w, static_cast<const bf16*>(nullptr), N, D, V);  // => (N, V)
-    t.mark("head+loss fwd");
+    t.mark("head+loss fwd", KernelFamily::Gemm);
 
     count_ = 0;
     if (!targets) {
         check(cudaDeviceSynchronize(), "forward");
+        t.finish("model stages (forward only)", B, T);
         return 0.0f;
     }
     kc::cross_entropy_forward(m.losses, m.lse, m.logits, m.targets, N, V, &m.status[1]);
-    t.mark("head+loss fwd");
     count_ = kc::cross_entropy_check(&m.status[1], V);
+    t.mark("head+loss fwd", KernelFamily::EmbedLoss);
     std::vector<float> losses(static_cast<size_t>(N));
     check(cudaMemcpy(losses.data(), m.losses, sizeof(float) * N, cudaMemcpyDeviceToHost), "download losses");
     double sum = 0;
@@ -1001,17 +1087,19 @@ void CudaHybridLM::backward() {
     const int64_t N = B_ * T_, D = cfg_.d_model, V = cfg_.vocab_size, L = cfg_.n_layers;
     const Ctx c{cfg_, m, B_, T_, N};
     StageTimer& t = m.timer;
-    t.mark("host");  // the loss's download and the caller, between forward and backward
+    t.mark("host", KernelFamily::Other);  // the loss's download and the caller, between forward and backward
     zero(m.staged, sizeof(bf16) * total_);
     zero(m.g_res, sizeof(bf16) * N * D);
+    t.mark("head+loss bwd", KernelFamily::Elementwise);
 
     bf16* dlogits = m.logits;  // in place: the logits are not needed any more
     kc::cross_entropy_backward(dlogits, m.logits, m.lse, m.targets, N, V, 1.0f / static_cast<float>(count_),
                                &m.status[1]);
+    t.mark("head+loss bwd", KernelFamily::EmbedLoss);
     linear_backward(m.g_ln, m.lm_head, CudaParam{}, dlogits, m.hf, N, D, V, Dx::Overwrite);
-    t.mark("head+loss bwd");
+    t.mark("head+loss bwd", KernelFamily::Gemm);
     norm_backward(c, m.final_norm, m.g_res, m.g_ln, m.res + L * N * D, m.final_mean, m.final_rstd);
-    t.mark("norm bwd");
+    t.mark("norm bwd", KernelFamily::Norm);
     for (int64_t l = L - 1; l >= 0; --l) {
         Impl::Layer& layer = m.layers[l];
         // g_res holds d loss / d (residual leaving layer l); the skip connections pass it through
@@ -1019,24 +1107,23 @@ void CudaHybridLM::backward() {
         // Each sublayer's backward ends with its input projection, which overwrites g_ln.
         if (layer.mid) {
             mlp_backward(c, layer, m.g_ln, m.g_res);
-            t.mark("mlp bwd");
             norm_backward(c, layer.mlp_norm, m.g_res, m.g_ln, layer.mid, layer.mean2, layer.rstd2);
-            t.mark("norm bwd");
+            t.mark("norm bwd", KernelFamily::Norm);
         }
         mixer_backward(c, layer, m.g_ln, m.g_res);
-        t.mark(layer.kind == LayerKind::Attention ? "attn bwd" : "mamba bwd");
         norm_backward(c, layer.norm, m.g_res, m.g_ln, m.res + l * N * D, layer.mean1, layer.rstd1);
-        t.mark("norm bwd");
+        t.mark("norm bwd", KernelFamily::Norm);
     }
     if (cfg_.embed_padding_idx >= 0)  // padding_idx: that row's lookups contribute no gradient (as on the CPU)
         for (int64_t n = 0; n < N; ++n)
             if (m.host_ids[n] == cfg_.embed_padding_idx)
                 check(cudaMemsetAsync(m.g_res + n * D, 0, sizeof(bf16) * D), "zero padding rows");
     kc::embedding_backward(m.embed.g, m.ws, m.g_res, m.ids, N, V, D, &m.status[0]);
+    t.mark("embed bwd+grads", KernelFamily::EmbedLoss);
     cuda_model_detail::accumulate_bf16(m.grads, m.staged, total_, nullptr);
-    t.mark("embed bwd+grads");
+    t.mark("embed bwd+grads", KernelFamily::Elementwise);
     check(cudaDeviceSynchronize(), "backward");
-    t.report(B_, T_);
+    t.finish("model stages", B_, T_);
 }
 
 }  // namespace mslm

@@ -28,12 +28,16 @@
 // d_conv ≤ kConv1dBackwardMaxK, attention head_dim ≤ kAttentionMaxHeadDim. Beyond them the
 // constructor throws "not supported on CUDA yet: ...".
 #pragma once
+#include <array>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include "model/config.h"
+#include "model/flops.h"
 #include "nn/parameters.h"
 
 namespace mslm {
@@ -49,6 +53,16 @@ class AdamW;
 struct CudaTrainingMemory {
     size_t params = 0, grads = 0, optimizer = 0, activations = 0;
     size_t total() const { return params + grads + optimizer + activations; }
+};
+
+// What the stage timer booked since it was last taken: milliseconds by stage label (in first-seen
+// order) and by kernel family (model/flops.h), their sum, and the records (a zero_grad + forward
+// + backward, an optimizer step) they came from.
+struct CudaStageTimes {
+    std::vector<std::pair<std::string, double>> stages;
+    std::array<double, kKernelFamilies> family_ms{};
+    double total_ms = 0;
+    int64_t records = 0;
 };
 
 class CudaHybridLM {
@@ -92,6 +106,14 @@ public:
     // clip factor of the last clip_grad_norm(max_norm > 0) since zero_grad, if any.
     void optimizer_step(float lr);
     int64_t optimizer_step_count() const { return opt_step_; }
+
+    // Stage timing: CUDA events at every boundary between kernel families of zero_grad, forward,
+    // backward, scale_grads, clip_grad_norm and optimizer_step, booked by stage and family. On when
+    // MSLM_MODEL_STAGE_TIMES=1 (which also prints each record to stderr) or set here; each record
+    // synchronises at its end, so it is for profiling. Off, it costs one test per boundary.
+    void set_stage_timing(bool on);
+    bool stage_timing() const;
+    CudaStageTimes take_stage_times();  // the totals since the last take; resets them
 
     // Makes GPU `index` current for this thread (before constructing); throws naming the count.
     static void select_device(int index);

@@ -1,4 +1,5 @@
-// Helpers shared by the benchmark programs.
+// Timing helpers of the benchmarks (bench/*.cpp) and `mamba-slm bench` (bench/model_bench.h):
+// wall-clock seconds per call and comma lists.
 #pragma once
 #include <chrono>
 #include <sstream>
@@ -6,6 +7,10 @@
 #include <vector>
 
 namespace mslm::bench {
+
+inline double seconds_since(std::chrono::steady_clock::time_point start) {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
 
 // Runs fn repeatedly (after one warm-up call) until min_seconds have passed; returns seconds/call.
 template <typename Fn>
@@ -17,7 +22,7 @@ double time_per_call(Fn&& fn, double min_seconds) {
     do {
         fn();
         ++calls;
-        elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+        elapsed = seconds_since(start);
     } while (elapsed < min_seconds);
     return elapsed / calls;
 }
