@@ -10,6 +10,8 @@ void register_data(CLI::App& app);
 void register_eval(CLI::App& app);
 void register_generate(CLI::App& app);  // generate.cpp
 void register_info(CLI::App& app);
+// `lora merge|combine`: PEFT adapters merged into a model or combined (lora.cpp).
+void register_lora(CLI::App& app);
 void register_plot(CLI::App& app);  // plot.cpp
 void register_quickstart(CLI::App& app);
 // Adds `tokenizer` with encode/decode, and calls register_tokenizer_train for `tokenizer train`.

@@ -48,6 +48,13 @@ std::string last_component(const std::string& path) {
     return dot == std::string::npos ? path : path.substr(dot + 1);
 }
 
+// PEFT refuses LoRA on out_proj for the model types mamba and mamba2 (tuners_utils.py:
+// _check_lora_target_modules_mamba; their fused CUDA path reads the weight directly), so an
+// adapter of ours that targets it could not be loaded by PEFT.
+bool peft_refuses(HfArch arch, const std::string& module) {
+    return (arch == HfArch::Mamba || arch == HfArch::Mamba2) && last_component(module) == "out_proj";
+}
+
 }  // namespace
 
 HfArch lora_naming_arch(const ModelConfig& cfg, const std::string& format) {
@@ -114,8 +121,13 @@ LoraModel<T>::~LoraModel() {
 template <typename T>
 std::vector<size_t> LoraModel<T>::matched_targets(const LoraConfig& cfg) const {
     std::vector<size_t> out;
-    for (size_t t = 0; t < targets_.size(); ++t)
-        if (cfg.matches(targets_[t].module)) out.push_back(t);
+    for (size_t t = 0; t < targets_.size(); ++t) {
+        if (!cfg.matches(targets_[t].module)) continue;
+        MSLM_CHECK(!peft_refuses(naming_, targets_[t].module),
+                   "LoRA: target_modules \"{}\" selects {}, but PEFT refuses LoRA on out_proj of {} models; "
+                   "leave out_proj out", lora_targets_string(cfg), targets_[t].module, hf_model_type(naming_));
+        out.push_back(t);
+    }
     if (out.empty()) {
         std::set<std::string> names;
         for (const LoraTarget& t : targets_) names.insert(last_component(t.module));
@@ -131,7 +143,8 @@ template <typename T>
 LoraConfig LoraModel<T>::resolved(LoraConfig cfg) const {
     if (!cfg.is_all_linear()) return cfg;
     std::set<std::string> names;
-    for (const LoraTarget& t : targets_) names.insert(last_component(t.module));
+    for (const LoraTarget& t : targets_)
+        if (!peft_refuses(naming_, t.module)) names.insert(last_component(t.module));
     cfg.target_regex.clear();
     cfg.target_names.assign(names.begin(), names.end());
     return cfg;
