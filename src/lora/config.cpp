@@ -27,8 +27,8 @@ struct Regex {
         if (!code) {
             PCRE2_UCHAR msg[256];
             pcre2_get_error_message(err, msg, sizeof msg);
-            fail("LoRA target_modules regex \"{}\": {} at offset {}", pattern, reinterpret_cast<const char*>(msg),
-                 offset);
+            fail("LoRA target_modules regex \"{}\": {} at offset {}", pattern,
+                 reinterpret_cast<const char*>(msg), offset);
         }
     }
     ~Regex() { pcre2_code_free(code); }
@@ -37,7 +37,8 @@ struct Regex {
     bool full_match(const std::string& s) const {
         std::unique_ptr<pcre2_match_data, decltype(&pcre2_match_data_free)> md(
             pcre2_match_data_create_from_pattern(code, nullptr), pcre2_match_data_free);
-        return pcre2_match(code, reinterpret_cast<PCRE2_SPTR>(s.data()), s.size(), 0, 0, md.get(), nullptr) >= 0;
+        return pcre2_match(code, reinterpret_cast<PCRE2_SPTR>(s.data()), s.size(), 0, 0, md.get(), nullptr) >=
+               0;
     }
 };
 
@@ -105,12 +106,14 @@ std::string lora_targets_string(const LoraConfig& c) {
 json lora_config_to_peft_json(const LoraConfig& c) {
     json init = c.init == "default" ? json(true) : c.init == "false" ? json(false) : json(c.init);
     json targets = c.target_names.empty() ? json(c.target_regex) : json(c.target_names);
-    const bool integral = std::floor(c.alpha) == c.alpha && std::fabs(c.alpha) < 9e15;  // PEFT writes 8, not 8.0
+    const bool integral =
+        std::floor(c.alpha) == c.alpha && std::fabs(c.alpha) < 9e15;  // PEFT writes 8, not 8.0
     // PEFT 0.21's LoraConfig fields; the ones for features we do not implement at their "off" value.
     return {
         {"peft_type", "LORA"},
         {"task_type", c.task_type.empty() ? json(nullptr) : json(c.task_type)},
-        {"base_model_name_or_path", c.base_model_name_or_path.empty() ? json(nullptr) : json(c.base_model_name_or_path)},
+        {"base_model_name_or_path",
+         c.base_model_name_or_path.empty() ? json(nullptr) : json(c.base_model_name_or_path)},
         {"revision", nullptr},
         {"inference_mode", true},
         {"r", c.r},
@@ -181,12 +184,13 @@ LoraConfig lora_config_from_peft_json(const json& j, const std::string& source) 
     if (auto b = j.find("bias"); b != j.end())
         MSLM_CHECK(*b == "none", "{}: bias {} is not supported (only \"none\")", source, b->dump());
     // Features that change what an adapter computes: refuse them rather than load a different model.
-    for (const char* key : {"use_dora", "fan_in_fan_out", "modules_to_save", "rank_pattern", "alpha_pattern",
-                            "layers_to_transform", "exclude_modules", "target_parameters", "lora_bias", "use_qalora",
-                            "layer_replication", "trainable_token_indices", "alora_invocation_tokens", "use_bdlora"}) {
+    for (const char* key :
+         {"use_dora", "fan_in_fan_out", "modules_to_save", "rank_pattern", "alpha_pattern",
+          "layers_to_transform", "exclude_modules", "target_parameters", "lora_bias", "use_qalora",
+          "layer_replication", "trainable_token_indices", "alora_invocation_tokens", "use_bdlora"}) {
         auto it = j.find(key);
-        MSLM_CHECK(it == j.end() || is_off(*it), "{}: {} = {} is not supported by mamba-slm's LoRA", source, key,
-                   it->dump());
+        MSLM_CHECK(it == j.end() || is_off(*it), "{}: {} = {} is not supported by mamba-slm's LoRA", source,
+                   key, it->dump());
     }
     try {
         c.validate(false);

@@ -1,9 +1,8 @@
 // A LoRA adapter's configuration in PEFT's terms (peft.LoraConfig, adapter_config.json), and the
 // rule by which it selects modules.
 #pragma once
-#include <nlohmann/json_fwd.hpp>
-
 #include <cstdint>
+#include <nlohmann/json_fwd.hpp>
 #include <string>
 #include <vector>
 
@@ -11,8 +10,8 @@ namespace mslm {
 
 struct LoraConfig {
     int64_t r = 8;
-    double alpha = 8;        // lora_alpha
-    double dropout = 0.0;    // lora_dropout, on the adapter's input only, while training
+    double alpha = 8;         // lora_alpha
+    double dropout = 0.0;     // lora_dropout, on the adapter's input only, while training
     bool use_rslora = false;  // scaling alpha / sqrt(r) instead of alpha / r
     // PEFT's target_modules in its two forms. Names (a JSON array): a module matches when its path
     // equals a name or ends with "." + name. A regex (a JSON string): the whole path must match

@@ -75,12 +75,13 @@ std::vector<LoraTarget> lora_targets(const HybridLM<T>& model, HfArch arch) {
         if (m.hf_name.size() <= suffix.size() ||
             m.hf_name.compare(m.hf_name.size() - suffix.size(), suffix.size(), suffix) != 0)
             continue;
-        if (m.native_name == "embed.weight" || m.native_name == "lm_head.weight") continue;  // not projections
+        if (m.native_name == "embed.weight" || m.native_name == "lm_head.weight")
+            continue;  // not projections
         const size_t w = params.find(m.native_name);
         if (!params.is_linear(w)) continue;  // conv1d and norm weights
         const ParamSpec& s = params.specs()[w];
-        out.push_back({m.hf_name.substr(0, m.hf_name.size() - suffix.size()), m.native_name, w, m.row_begin, m.rows,
-                       s.shape[0], s.shape[1]});
+        out.push_back({m.hf_name.substr(0, m.hf_name.size() - suffix.size()), m.native_name, w, m.row_begin,
+                       m.rows, s.shape[0], s.shape[1]});
     }
     return out;
 }
@@ -91,7 +92,9 @@ class LoraModel<T>::Hook : public LinearAdapter<T> {
 public:
     Hook(LoraModel& owner, std::vector<size_t> targets) : owner_(owner), targets_(std::move(targets)) {}
     void forward(T* y, const T* x, int64_t N) override { owner_.forward(targets_, y, x, N); }
-    void backward(T* dx, const T* dy, const T* x, int64_t N) override { owner_.backward(targets_, dx, dy, x, N); }
+    void backward(T* dx, const T* dy, const T* x, int64_t N) override {
+        owner_.backward(targets_, dx, dy, x, N);
+    }
 
 private:
     LoraModel& owner_;
@@ -125,7 +128,8 @@ std::vector<size_t> LoraModel<T>::matched_targets(const LoraConfig& cfg) const {
         if (!cfg.matches(targets_[t].module)) continue;
         MSLM_CHECK(!peft_refuses(naming_, targets_[t].module),
                    "LoRA: target_modules \"{}\" selects {}, but PEFT refuses LoRA on out_proj of {} models; "
-                   "leave out_proj out", lora_targets_string(cfg), targets_[t].module, hf_model_type(naming_));
+                   "leave out_proj out",
+                   lora_targets_string(cfg), targets_[t].module, hf_model_type(naming_));
         out.push_back(t);
     }
     if (out.empty()) {
@@ -196,9 +200,11 @@ LoraAdapter<T>& LoraModel<T>::add_adapter(const std::string& name, const LoraCon
         T* A = a.params_.value(m.A);
         const int64_t n = cfg.r * tg.in;
         if (cfg.init == "gaussian") {
-            for (int64_t i = 0; i < n; ++i) A[i] = static_cast<T>(rng.normal(0.0, 1.0 / static_cast<double>(cfg.r)));
+            for (int64_t i = 0; i < n; ++i)
+                A[i] = static_cast<T>(rng.normal(0.0, 1.0 / static_cast<double>(cfg.r)));
         } else {
-            // kaiming_uniform_(a = sqrt(5)): gain sqrt(2 / (1 + 5)), bound gain·sqrt(3 / fan_in) = 1/sqrt(in).
+            // kaiming_uniform_(a = sqrt(5)): gain sqrt(2 / (1 + 5)), bound gain·sqrt(3 / fan_in) =
+            // 1/sqrt(in).
             const double bound = 1.0 / std::sqrt(static_cast<double>(tg.in));
             for (int64_t i = 0; i < n; ++i) A[i] = static_cast<T>(rng.uniform(-bound, bound));
         }
@@ -246,8 +252,8 @@ void LoraModel<T>::set_active(const std::vector<std::string>& names) {
 // Forward and backward of the hooks
 
 template <typename T>
-const T* LoraModel<T>::dropped(const LoraAdapter<T>& a, size_t adapter_id, size_t target, const T* x, int64_t N,
-                               std::vector<T>& scratch) const {
+const T* LoraModel<T>::dropped(const LoraAdapter<T>& a, size_t adapter_id, size_t target, const T* x,
+                               int64_t N, std::vector<T>& scratch) const {
     const double p = a.cfg_.dropout;
     if (!training_ || p == 0) return x;
     const int64_t in = targets_[target].in;
@@ -274,8 +280,8 @@ void LoraModel<T>::forward(const std::vector<size_t>& targets, T* y, const T* x,
             u_.resize(static_cast<size_t>(N * r));
             // u (N, r) = drop(x) (N, in) · Aᵀ;  y[:, rows] (N, rows) += s · u · Bᵀ
             gemm<T>(false, true, n, r, in, T(1), xin, in, a.params_.value(m->A), in, T(0), u_.data(), r);
-            gemm<T>(false, true, n, rows, r, s, u_.data(), r, a.params_.value(m->B), r, T(1), y + tg.row_begin,
-                    as_int(tg.out_rows, "out"));
+            gemm<T>(false, true, n, rows, r, s, u_.data(), r, a.params_.value(m->B), r, T(1),
+                    y + tg.row_begin, as_int(tg.out_rows, "out"));
         }
     }
 }
@@ -339,8 +345,8 @@ void LoraModel<T>::apply_delta(const LoraAdapter<T>& a, T sign) {
         const int rows = as_int(tg.rows, "rows"), in = as_int(tg.in, "in");
         // PEFT's get_delta_weight: (B · A) · scaling in the weights' precision, then W ± delta.
         tmp_.resize(static_cast<size_t>(tg.rows * tg.in));
-        gemm<T>(false, false, rows, in, r, T(1), a.params_.value(m.B), r, a.params_.value(m.A), in, T(0), tmp_.data(),
-                in);
+        gemm<T>(false, false, rows, in, r, T(1), a.params_.value(m.B), r, a.params_.value(m.A), in, T(0),
+                tmp_.data(), in);
         T* W = base.value(tg.weight) + tg.row_begin * tg.in;
         for (int64_t i = 0; i < tg.rows * tg.in; ++i) W[i] += sign * (tmp_[i] * s);
     }
@@ -374,10 +380,12 @@ void LoraModel<T>::merge_and_unload() {
 
 template <typename T>
 LoraAdapter<T>& LoraModel<T>::add_weighted_adapter(const std::vector<std::string>& names,
-                                                   const std::vector<double>& weights, const std::string& name,
+                                                   const std::vector<double>& weights,
+                                                   const std::string& name,
                                                    const std::string& combination_in) {
     MSLM_CHECK(!names.empty(), "LoRA: add_weighted_adapter needs at least one adapter");
-    MSLM_CHECK(names.size() == weights.size(), "LoRA: {} adapters but {} weights", names.size(), weights.size());
+    MSLM_CHECK(names.size() == weights.size(), "LoRA: {} adapters but {} weights", names.size(),
+               weights.size());
     MSLM_CHECK(combination_in == "linear" || combination_in == "cat",
                "LoRA: combination_type \"{}\" is not supported (linear, cat)", combination_in);
     // PEFT: a single adapter can only be combined linearly.
@@ -387,9 +395,11 @@ LoraAdapter<T>& LoraModel<T>::add_weighted_adapter(const std::vector<std::string
     int64_t new_rank = 0;
     for (const auto* a : src) {
         if (combination == "linear")
-            MSLM_CHECK(a->cfg_.r == src[0]->cfg_.r,
-                       "LoRA: combination \"linear\" needs adapters of one rank (\"{}\" has r = {}, \"{}\" r = {}); "
-                       "use \"cat\"", src[0]->name_, src[0]->cfg_.r, a->name_, a->cfg_.r);
+            MSLM_CHECK(
+                a->cfg_.r == src[0]->cfg_.r,
+                "LoRA: combination \"linear\" needs adapters of one rank (\"{}\" has r = {}, \"{}\" r = {}); "
+                "use \"cat\"",
+                src[0]->name_, src[0]->cfg_.r, a->name_, a->cfg_.r);
         new_rank = combination == "linear" ? a->cfg_.r : new_rank + a->cfg_.r;
     }
     LoraConfig cfg = src[0]->cfg_;
@@ -401,7 +411,8 @@ LoraAdapter<T>& LoraModel<T>::add_weighted_adapter(const std::vector<std::string
                    "LoRA: adapters to combine must all give target_modules as names or all as a regex");
     if (regex) {
         cfg.target_regex.clear();
-        for (const auto* a : src) cfg.target_regex += (cfg.target_regex.empty() ? "(" : "|(") + a->cfg_.target_regex + ")";
+        for (const auto* a : src)
+            cfg.target_regex += (cfg.target_regex.empty() ? "(" : "|(") + a->cfg_.target_regex + ")";
     } else {
         std::set<std::string> all;
         for (const auto* a : src) all.insert(a->cfg_.target_names.begin(), a->cfg_.target_names.end());
@@ -467,8 +478,10 @@ LoraAdapter<T>& LoraModel<T>::load_adapter(const std::string& dir, const std::st
     const fs::path cfg_path = fs::path(dir) / "adapter_config.json";
     const fs::path weights_path = fs::path(dir) / "adapter_model.safetensors";
     std::ifstream in(cfg_path);
-    MSLM_CHECK(in, "{}: cannot open (a PEFT adapter directory holds adapter_config.json and "
-               "adapter_model.safetensors)", cfg_path.string());
+    MSLM_CHECK(in,
+               "{}: cannot open (a PEFT adapter directory holds adapter_config.json and "
+               "adapter_model.safetensors)",
+               cfg_path.string());
     json j;
     try {
         j = json::parse(in);
@@ -476,7 +489,8 @@ LoraAdapter<T>& LoraModel<T>::load_adapter(const std::string& dir, const std::st
         fail("{}: not valid JSON: {}", cfg_path.string(), e.what());
     }
     const LoraConfig cfg = lora_config_from_peft_json(j, cfg_path.string());
-    MSLM_CHECK(fs::exists(weights_path), "{}: missing (adapter_model.bin, PyTorch's pickle format, is not read)",
+    MSLM_CHECK(fs::exists(weights_path),
+               "{}: missing (adapter_model.bin, PyTorch's pickle format, is not read)",
                weights_path.string());
     SafetensorsFile file = SafetensorsFile::open(weights_path.string());
     std::vector<size_t> targets;
@@ -488,10 +502,13 @@ LoraAdapter<T>& LoraModel<T>::load_adapter(const std::string& dir, const std::st
     // Every module the config selects must be in the file, and the file may hold nothing else.
     std::set<std::string> expected;
     for (size_t t : targets)
-        for (const char* ab : {".lora_A.weight", ".lora_B.weight"}) expected.insert(kKeyPrefix + targets_[t].module + ab);
+        for (const char* ab : {".lora_A.weight", ".lora_B.weight"})
+            expected.insert(kKeyPrefix + targets_[t].module + ab);
     for (const auto& key : file.names())
-        MSLM_CHECK(expected.count(key), "{}: tensor '{}' is not the lora_A / lora_B weight of a module that "
-                   "adapter_config.json's target_modules selects on this model", file.name(), key);
+        MSLM_CHECK(expected.count(key),
+                   "{}: tensor '{}' is not the lora_A / lora_B weight of a module that "
+                   "adapter_config.json's target_modules selects on this model",
+                   file.name(), key);
     for (const auto& key : expected)
         MSLM_CHECK(file.contains(key), "{}: missing tensor '{}'", file.name(), key);
     LoraAdapter<T>& a = make_adapter(name, cfg, targets);
@@ -500,9 +517,10 @@ LoraAdapter<T>& LoraModel<T>::load_adapter(const std::string& dir, const std::st
         const std::string key = kKeyPrefix + s.name;
         const SafetensorsEntry& e = file.entry(key);
         if (e.shape != s.shape) {
-            const std::string msg = fmt::format("{}: tensor '{}' has shape {}, expected {} (r = {} from "
-                                                "adapter_config.json)", file.name(), key, shape_str(e.shape),
-                                                shape_str(s.shape), cfg.r);
+            const std::string msg = fmt::format(
+                "{}: tensor '{}' has shape {}, expected {} (r = {} from "
+                "adapter_config.json)",
+                file.name(), key, shape_str(e.shape), shape_str(s.shape), cfg.r);
             delete_adapter(name);
             fail("{}", msg);
         }

@@ -123,8 +123,9 @@ public:
     // first and the rest zero). The new adapter copies the first one's config with r = lora_alpha =
     // the new rank (so its scaling is 1, or sqrt(r) when the first uses rsLoRA) and targets the
     // union of the sources' modules; it is frozen and not made active.
-    LoraAdapter<T>& add_weighted_adapter(const std::vector<std::string>& adapters, const std::vector<double>& weights,
-                                         const std::string& name, const std::string& combination);
+    LoraAdapter<T>& add_weighted_adapter(const std::vector<std::string>& adapters,
+                                         const std::vector<double>& weights, const std::string& name,
+                                         const std::string& combination);
 
     // Adds the active adapters' scaling·B·A into the base weights (PEFT's merge_adapter); while merged
     // the hooks add nothing. unmerge subtracts the same products again (PEFT's unmerge_adapter).
@@ -151,7 +152,8 @@ private:
     const T* dropped(const LoraAdapter<T>& a, size_t adapter_id, size_t target, const T* x, int64_t N,
                      std::vector<T>& scratch) const;
     void apply_delta(const LoraAdapter<T>& a, T sign);
-    LoraAdapter<T>& make_adapter(const std::string& name, const LoraConfig& cfg, const std::vector<size_t>& targets);
+    LoraAdapter<T>& make_adapter(const std::string& name, const LoraConfig& cfg,
+                                 const std::vector<size_t>& targets);
     void require_unmerged(const char* what) const;
     size_t adapter_id(const std::string& name) const;
 

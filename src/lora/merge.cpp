@@ -37,7 +37,8 @@ std::vector<std::string> load_adapters(LoraModel<float>& lora, const LoraMergeOp
 size_t merge_lora_into_model(const LoraMergeOptions& o) {
     MSLM_CHECK(!o.out_dir.empty(), "lora merge: --out is required");
     MSLM_CHECK(fs::weakly_canonical(o.out_dir) != fs::weakly_canonical(o.model_dir),
-               "lora merge: --out {} is the base model's directory; write the merged model elsewhere", o.out_dir);
+               "lora merge: --out {} is the base model's directory; write the merged model elsewhere",
+               o.out_dir);
     LoadedModelInfo info;
     auto model = load_model<float>(o.model_dir, &info);
     size_t modules = 0;
@@ -50,8 +51,10 @@ size_t merge_lora_into_model(const LoraMergeOptions& o) {
     }
     save_model(*model, o.out_dir);
     const fs::path base = fs::path(info.config_path).parent_path();
-    for (const char* f : {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json"})
-        if (fs::exists(base / f)) fs::copy_file(base / f, fs::path(o.out_dir) / f, fs::copy_options::overwrite_existing);
+    for (const char* f :
+         {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json"})
+        if (fs::exists(base / f))
+            fs::copy_file(base / f, fs::path(o.out_dir) / f, fs::copy_options::overwrite_existing);
     return modules;
 }
 

@@ -107,7 +107,8 @@ void check_adapter_gradients(const ModelConfig& mc, HfArch arch, LoraConfig lc) 
     auto model = make_model<double>(mc, 3);
     std::vector<std::vector<double>> base;
     for (size_t i = 0; i < model->params().specs().size(); ++i)
-        base.emplace_back(model->params().value(i), model->params().value(i) + model->params().specs()[i].numel);
+        base.emplace_back(model->params().value(i),
+                          model->params().value(i) + model->params().specs()[i].numel);
     LoraModel<double> lora(*model, arch);
     LoraAdapter<double>& a = lora.add_adapter("default", lc, 5);
     randomise(a, 6);
@@ -165,9 +166,11 @@ TEST(LoraTargets, NamesFollowTheHfClassAndFusedRows) {
 
     auto jamba = make_model<float>(jamba_config(), 1);
     std::set<std::string> names;
-    for (const auto& t : lora_targets(*jamba, lora_naming_arch(jamba->config(), "mamba_slm"))) names.insert(t.module);
-    for (const char* m : {"model.layers.1.mamba.in_proj", "model.layers.1.mamba.x_proj", "model.layers.1.mamba.dt_proj",
-                          "model.layers.1.mamba.out_proj", "model.layers.0.self_attn.o_proj"})
+    for (const auto& t : lora_targets(*jamba, lora_naming_arch(jamba->config(), "mamba_slm")))
+        names.insert(t.module);
+    for (const char* m :
+         {"model.layers.1.mamba.in_proj", "model.layers.1.mamba.x_proj", "model.layers.1.mamba.dt_proj",
+          "model.layers.1.mamba.out_proj", "model.layers.0.self_attn.o_proj"})
         EXPECT_TRUE(names.count(m)) << m;
 }
 
@@ -187,8 +190,9 @@ TEST(LoraTargets, PeftMatchingRules) {
     auto model = make_model<float>(hybrid_config(), 1);
     LoraModel<float> lora(*model, HfArch::Bamba);
     LoraConfig all = lora.resolved(lora_config("all-linear", 2, 2));
-    EXPECT_EQ(all.target_names, (std::vector<std::string>{"down_proj", "gate_proj", "in_proj", "k_proj", "o_proj",
-                                                          "out_proj", "q_proj", "up_proj", "v_proj"}));
+    EXPECT_EQ(all.target_names,
+              (std::vector<std::string>{"down_proj", "gate_proj", "in_proj", "k_proj", "o_proj", "out_proj",
+                                        "q_proj", "up_proj", "v_proj"}));
     try {
         lora.add_adapter("x", lora_config("conv1d", 2, 2), 0);
         FAIL() << "conv1d is not a linear module";
@@ -204,7 +208,8 @@ TEST(LoraGrad, HybridMamba2AllLinearWithDropout) {
 }
 
 TEST(LoraGrad, JambaMamba1RsLoraGaussian) {
-    LoraConfig lc = lora_config("in_proj,x_proj,dt_proj,out_proj,q_proj,v_proj,o_proj,gate_proj,down_proj", 3, 5);
+    LoraConfig lc =
+        lora_config("in_proj,x_proj,dt_proj,out_proj,q_proj,v_proj,o_proj,gate_proj,down_proj", 3, 5);
     lc.use_rslora = true;
     lc.init = "gaussian";
     check_adapter_gradients(jamba_config(), HfArch::Jamba, lc);
@@ -244,7 +249,8 @@ TEST(LoraGrad, FrozenAdapterPassesGradientOnly) {
 // The adapter's output equals the merged weight's: on fused rows (q of qkv_proj, up of gate_up_proj)
 // and everywhere else. In double both sides are the same sums in another order: 1e-12 relative.
 TEST(LoraMerge, UnmergedEqualsMergedInDouble) {
-    for (const auto& [mc, arch] : {std::pair{hybrid_config(), HfArch::Bamba}, std::pair{jamba_config(), HfArch::Jamba}}) {
+    for (const auto& [mc, arch] :
+         {std::pair{hybrid_config(), HfArch::Bamba}, std::pair{jamba_config(), HfArch::Jamba}}) {
         auto model = make_model<double>(mc, 2);
         LoraModel<double> lora(*model, arch);
         randomise(lora.add_adapter("a", lora_config("all-linear", 2, 3), 1), 2);
@@ -270,7 +276,8 @@ TEST(LoraMerge, UnmergedEqualsMergedInDouble) {
             effect = std::max(effect, std::fabs(merged[i] - base[i]));
         }
         EXPECT_LT(diff, 1e-12 * scale);
-        EXPECT_GT(effect, 1e-3 * scale) << "the adapters must change the logits for the comparison to mean anything";
+        EXPECT_GT(effect, 1e-3 * scale)
+            << "the adapters must change the logits for the comparison to mean anything";
     }
 }
 
@@ -289,7 +296,9 @@ TEST(LoraMerge, MergeUnmergeRestoresTheBaseWithinRounding) {
     for (int64_t i = 0; i < model->params().total(); ++i) {
         const double d = std::fabs(static_cast<double>(merged[i]) - before[i]);
         changed += merged[i] != before[i];
-        EXPECT_LE(std::fabs(static_cast<double>(after[i]) - before[i]), 0x1.0p-23 * (std::fabs(before[i]) + d)) << i;
+        EXPECT_LE(std::fabs(static_cast<double>(after[i]) - before[i]),
+                  0x1.0p-23 * (std::fabs(before[i]) + d))
+            << i;
     }
     EXPECT_GT(changed, 100) << "the merge must have moved the weights";
     EXPECT_THROW(lora.unmerge(), Error);
@@ -318,7 +327,8 @@ TEST(LoraCombine, CatSumsTheWeightedDeltas) {
         for (int64_t o = 0; o < tg.rows; ++o)
             for (int64_t i = 0; i < tg.in; ++i)
                 for (int64_t k = 0; k < r; ++k)
-                    d[o * tg.in + i] += ad.params().value(m->B)[o * r + k] * ad.params().value(m->A)[k * tg.in + i];
+                    d[o * tg.in + i] +=
+                        ad.params().value(m->B)[o * r + k] * ad.params().value(m->A)[k * tg.in + i];
         for (double& v : d) v *= ad.scaling();
         return d;
     };
@@ -364,11 +374,11 @@ TEST(LoraFiles, SaveLoadRoundTripInPeftLayout) {
     lora.save_adapter("a", dir);
 
     SafetensorsFile f = SafetensorsFile::open(dir + "/adapter_model.safetensors");
-    EXPECT_EQ(f.names(), (std::vector<std::string>{
-                             "base_model.model.model.layers.0.mamba.in_proj.lora_A.weight",
-                             "base_model.model.model.layers.0.mamba.in_proj.lora_B.weight",
-                             "base_model.model.model.layers.1.self_attn.q_proj.lora_A.weight",
-                             "base_model.model.model.layers.1.self_attn.q_proj.lora_B.weight"}));
+    EXPECT_EQ(f.names(),
+              (std::vector<std::string>{"base_model.model.model.layers.0.mamba.in_proj.lora_A.weight",
+                                        "base_model.model.model.layers.0.mamba.in_proj.lora_B.weight",
+                                        "base_model.model.model.layers.1.self_attn.q_proj.lora_A.weight",
+                                        "base_model.model.model.layers.1.self_attn.q_proj.lora_B.weight"}));
     EXPECT_EQ(f.entry("base_model.model.model.layers.1.self_attn.q_proj.lora_B.weight").shape, (Shape{8, 2}));
     EXPECT_EQ(f.metadata().at("format"), "pt");
     std::ifstream in(dir + "/adapter_config.json");

@@ -64,7 +64,8 @@ double logit_error(HybridLM<T>& model, const std::vector<int32_t>& ids, int64_t 
     model.forward(ids.data(), nullptr, B, Tn);
     EXPECT_EQ(static_cast<int64_t>(want.size()), B * Tn * model.config().vocab_size);
     double worst = 0;
-    for (size_t i = 0; i < want.size(); ++i) worst = std::max(worst, std::fabs(double(model.logits()[i]) - want[i]));
+    for (size_t i = 0; i < want.size(); ++i)
+        worst = std::max(worst, std::fabs(double(model.logits()[i]) - want[i]));
     return worst / max_abs(want);
 }
 
@@ -84,10 +85,13 @@ void check_logits(const std::string& name, double tol) {
     const std::string base = base_of(dir);
     Loaded<T> l = load_base<T>(base);
     // The adapter must move the logits well beyond the tolerance, or the comparison proves nothing.
-    const auto base_logits = SafetensorsFile::open(kFixtures + "/" + base + "/expected.safetensors").get_f32("logits").to_float_vector();
+    const auto base_logits = SafetensorsFile::open(kFixtures + "/" + base + "/expected.safetensors")
+                                 .get_f32("logits")
+                                 .to_float_vector();
     const auto want = ex.get_f32("logits").to_float_vector();
     double effect = 0;
-    for (size_t i = 0; i < want.size(); ++i) effect = std::max(effect, std::fabs(double(want[i]) - base_logits[i]));
+    for (size_t i = 0; i < want.size(); ++i)
+        effect = std::max(effect, std::fabs(double(want[i]) - base_logits[i]));
     EXPECT_GT(effect, 100 * tol * max_abs(want)) << name;
 
     l.lora->load_adapter(dir, "default");
@@ -101,7 +105,8 @@ void check_logits(const std::string& name, double tol) {
 // per element (their order may differ) and one addition. Each side rounds the product sum to within
 // r·2^-24 of Σ|B||A|·s and the addition to half an ulp, so |ours − PEFT| ≤ 2^-23·|W'| +
 // 2r·2^-24·s·Σₖ|Bᵢₖ||Aₖⱼ|; we allow 2^-22·(|W'| + r·s·Σₖ|Bᵢₖ||Aₖⱼ|), twice that.
-void check_merged_weights(LoraModel<float>& lora, const std::vector<std::string>& adapters, const SafetensorsFile& ex) {
+void check_merged_weights(LoraModel<float>& lora, const std::vector<std::string>& adapters,
+                          const SafetensorsFile& ex) {
     struct Bound {
         std::vector<double> abs_ba;  // s·Σ|B||A| per element of the module
         double r = 0;
@@ -142,7 +147,8 @@ void check_merged_weights(LoraModel<float>& lora, const std::vector<std::string>
             const double bound = 0x1.0p-22 * (std::fabs(want[i]) + b.r * b.abs_ba[i]);
             bad += std::fabs(double(got[i]) - want[i]) > bound;
         }
-        EXPECT_EQ(bad, 0) << key << ": " << bad << " of " << want.size() << " elements beyond the rounding bound";
+        EXPECT_EQ(bad, 0) << key << ": " << bad << " of " << want.size()
+                          << " elements beyond the rounding bound";
         ++checked;
     }
     int in_file = 0;
@@ -191,15 +197,33 @@ void expect_same_config(const std::string& ours_path, const std::string& theirs_
 
 }  // namespace
 
-TEST(LoraParity, HybridAttentionMlpFloat) { check_logits<float>("hybrid_attn_mlp", kLogitTolF32); }
-TEST(LoraParity, HybridAttentionMlpDouble) { check_logits<double>("hybrid_attn_mlp", kLogitTolF64); }
-TEST(LoraParity, HybridMambaRsLoraRegexFloat) { check_logits<float>("hybrid_mamba_rslora_regex", kLogitTolF32); }
-TEST(LoraParity, HybridMambaRsLoraRegexDouble) { check_logits<double>("hybrid_mamba_rslora_regex", kLogitTolF64); }
-TEST(LoraParity, Mamba2InProjFloat) { check_logits<float>("mamba2_in_proj", kLogitTolF32); }
-TEST(LoraParity, Mamba1DtProjFloat) { check_logits<float>("mamba1_dt_proj", kLogitTolF32); }
-TEST(LoraParity, Mamba1DtProjDouble) { check_logits<double>("mamba1_dt_proj", kLogitTolF64); }
-TEST(LoraParity, JambaRsLoraFloat) { check_logits<float>("jamba_rslora", kLogitTolF32); }
-TEST(LoraParity, JambaRsLoraDouble) { check_logits<double>("jamba_rslora", kLogitTolF64); }
+TEST(LoraParity, HybridAttentionMlpFloat) {
+    check_logits<float>("hybrid_attn_mlp", kLogitTolF32);
+}
+TEST(LoraParity, HybridAttentionMlpDouble) {
+    check_logits<double>("hybrid_attn_mlp", kLogitTolF64);
+}
+TEST(LoraParity, HybridMambaRsLoraRegexFloat) {
+    check_logits<float>("hybrid_mamba_rslora_regex", kLogitTolF32);
+}
+TEST(LoraParity, HybridMambaRsLoraRegexDouble) {
+    check_logits<double>("hybrid_mamba_rslora_regex", kLogitTolF64);
+}
+TEST(LoraParity, Mamba2InProjFloat) {
+    check_logits<float>("mamba2_in_proj", kLogitTolF32);
+}
+TEST(LoraParity, Mamba1DtProjFloat) {
+    check_logits<float>("mamba1_dt_proj", kLogitTolF32);
+}
+TEST(LoraParity, Mamba1DtProjDouble) {
+    check_logits<double>("mamba1_dt_proj", kLogitTolF64);
+}
+TEST(LoraParity, JambaRsLoraFloat) {
+    check_logits<float>("jamba_rslora", kLogitTolF32);
+}
+TEST(LoraParity, JambaRsLoraDouble) {
+    check_logits<double>("jamba_rslora", kLogitTolF64);
+}
 
 TEST(LoraParity, MergedWeightsEqualMergeAndUnload) {
     for (const char* name : {"hybrid_attn_mlp", "mamba1_dt_proj"}) {
@@ -227,8 +251,8 @@ TEST(LoraParity, WeightedCombinationLinearAndCat) {
     const std::string out = test::fresh_test_dir("lora_combined");
     for (const char* a : {"lin", "cat"}) {
         l.lora->save_adapter(a, out + "/" + a);
-        expect_same_tensors(out + "/" + a + "/adapter_model.safetensors", dir + "/" + a + "/adapter_model.safetensors",
-                            0x1.0p-21);
+        expect_same_tensors(out + "/" + a + "/adapter_model.safetensors",
+                            dir + "/" + a + "/adapter_model.safetensors", 0x1.0p-21);
         expect_same_config(out + "/" + a + "/adapter_config.json", dir + "/" + a + "/adapter_config.json");
         l.lora->set_active({a});
         EXPECT_LT(logit_error(*l.model, ids, B, Tn, ex.get_f32(std::string("logits_") + a).to_float_vector()),
@@ -242,12 +266,14 @@ TEST(LoraParity, WeightedCombinationLinearAndCat) {
 // keys, shapes, values (bit for bit: fp32 in, fp32 out) and config.
 TEST(LoraParity, OurFilesMatchPeftFiles) {
     const std::string out = test::fresh_test_dir("lora_resave");
-    for (const char* name : {"hybrid_attn_mlp", "hybrid_mamba_rslora_regex", "mamba1_dt_proj", "jamba_rslora"}) {
+    for (const char* name :
+         {"hybrid_attn_mlp", "hybrid_mamba_rslora_regex", "mamba1_dt_proj", "jamba_rslora"}) {
         const std::string dir = kLora + "/" + name;
         Loaded<float> l = load_base<float>(base_of(dir));
         l.lora->load_adapter(dir, "x");
         l.lora->save_adapter("x", out + "/" + name);
-        expect_same_tensors(out + "/" + name + "/adapter_model.safetensors", dir + "/adapter_model.safetensors", 0.0);
+        expect_same_tensors(out + "/" + name + "/adapter_model.safetensors",
+                            dir + "/adapter_model.safetensors", 0.0);
         expect_same_config(out + "/" + name + "/adapter_config.json", dir + "/adapter_config.json");
     }
 }

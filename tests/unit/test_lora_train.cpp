@@ -21,8 +21,8 @@ namespace fs = std::filesystem;
 namespace {
 
 const std::string& shakespeare_bytes() {
-    static const std::string dir =
-        test::prepare_shakespeare_bytes(testing::TempDir() + "/mslm_lora_train_data_" + std::to_string(getpid()));
+    static const std::string dir = test::prepare_shakespeare_bytes(
+        testing::TempDir() + "/mslm_lora_train_data_" + std::to_string(getpid()));
     return dir;
 }
 
@@ -60,7 +60,8 @@ TrainConfig lora_config(const std::string& run) {
 
 std::vector<float> all_values(const Parameters<float>& p) {
     std::vector<float> out;
-    for (size_t i = 0; i < p.specs().size(); ++i) out.insert(out.end(), p.value(i), p.value(i) + p.specs()[i].numel);
+    for (size_t i = 0; i < p.specs().size(); ++i)
+        out.insert(out.end(), p.value(i), p.value(i) + p.specs()[i].numel);
     return out;
 }
 
