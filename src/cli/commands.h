@@ -14,6 +14,8 @@ void register_export(CLI::App& app);
 void register_eval(CLI::App& app);
 void register_generate(CLI::App& app);  // generate.cpp
 void register_info(CLI::App& app);
+// `lora merge|combine`: PEFT adapters merged into a model or combined (lora.cpp).
+void register_lora(CLI::App& app);
 void register_plot(CLI::App& app);  // plot.cpp
 void register_quickstart(CLI::App& app);
 // `quantize --model DIR --out DIR --type int8|nf4|fp4 ...`: bitsandbytes-format directories (quantize.cpp).

@@ -22,6 +22,7 @@ int main(int argc, char** argv) {
     mslm::cli::register_export(app);
     mslm::cli::register_generate(app);
     mslm::cli::register_info(app);
+    mslm::cli::register_lora(app);
     mslm::cli::register_plot(app);
     mslm::cli::register_quickstart(app);
     mslm::cli::register_quantize(app);

@@ -16,6 +16,11 @@ struct TrainArgs {
     std::string data, run_dir, save_init, device;
     int64_t steps = 0;
     bool resume = false;
+    // LoRA: applied only when given (CLI::Option::count), over the config's lora.* keys.
+    int64_t lora_r = 0;
+    double lora_alpha = 0, lora_dropout = 0;
+    std::string lora_targets, lora_init;
+    bool rslora = false;
 };
 
 }  // namespace
@@ -30,16 +35,38 @@ void register_train(CLI::App& app) {
     cmd->add_option("--steps", a->steps, "Same as --set steps=N")->check(CLI::PositiveNumber);
     cmd->add_option("--device", a->device, "Same as --set device=D: cpu, cuda or cuda:N");
     cmd->add_flag("--resume", a->resume, "Continue from the latest checkpoint in run_dir");
+    auto* lora_r = cmd->add_option("--lora-r", a->lora_r,
+                                   "LoRA rank: train only a PEFT adapter of this rank on the frozen model (lora.r)")
+                       ->check(CLI::PositiveNumber);
+    auto* lora_alpha = cmd->add_option("--lora-alpha", a->lora_alpha, "LoRA alpha; scaling = alpha / r (lora.alpha)");
+    auto* lora_dropout = cmd->add_option("--lora-dropout", a->lora_dropout, "Dropout on the adapters' input "
+                                                                            "(lora.dropout)")
+                             ->check(CLI::Range(0.0, 0.999));
+    auto* lora_targets = cmd->add_option(
+        "--lora-targets", a->lora_targets,
+        "Modules to adapt, by their Hugging Face names as PEFT matches them: q_proj,v_proj (a path equal to or "
+        "ending in .NAME), a regex over the whole path (any of *+?()[]|^$\\ makes it one), or all-linear "
+        "(lora.targets)");
+    auto* lora_init = cmd->add_option("--lora-init", a->lora_init, "Adapter init (lora.init): default (Kaiming-uniform "
+                                                                   "A) or gaussian (A ~ N(0, 1/r²)); B = 0")
+                          ->check(CLI::IsMember({"default", "gaussian"}));
+    auto* rslora = cmd->add_flag("--rslora", a->rslora, "rsLoRA scaling alpha / sqrt(r) (lora.rslora)");
     cmd->add_option("--save-init", a->save_init,
                     "Write the model the run would start from (model.* and seed) to this directory, and exit")
         ->excludes("--resume");
-    cmd->callback([a] {
+    cmd->callback([a, lora_r, lora_alpha, lora_dropout, lora_targets, lora_init, rslora] {
         TrainConfig cfg = load_train_config(a->config);
         for (const std::string& s : a->sets) apply_override(cfg, s);
         if (!a->data.empty()) cfg.data = a->data;
         if (!a->run_dir.empty()) cfg.run_dir = a->run_dir;
         if (a->steps > 0) cfg.steps = a->steps;
         if (!a->device.empty()) cfg.device = a->device;
+        if (lora_r->count()) cfg.lora.r = a->lora_r;
+        if (lora_alpha->count()) cfg.lora.alpha = a->lora_alpha;
+        if (lora_dropout->count()) cfg.lora.dropout = a->lora_dropout;
+        if (lora_targets->count()) cfg.lora.targets = a->lora_targets;
+        if (lora_init->count()) cfg.lora.init = a->lora_init;
+        if (rslora->count()) cfg.lora.rslora = true;
         if (!a->save_init.empty()) {
             cfg.validate();
             save_model(*build_initial_model(cfg), a->save_init);

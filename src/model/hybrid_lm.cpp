@@ -203,7 +203,7 @@ void HybridLM<T>::backward() {
         for (int64_t n = 0; n < N; ++n)
             if (ids_[n] == cfg_.embed_padding_idx) std::fill_n(g_res_.data() + n * D, D, T(0));
     }
-    ops::embedding_backward(params_.grad(embed_), g_res_.data(), ids_.data(), N, V, D);
+    if (params_.grad(embed_)) ops::embedding_backward(params_.grad(embed_), g_res_.data(), ids_.data(), N, V, D);
 }
 
 template <typename T>

@@ -17,22 +17,26 @@ Linear<T>::Linear(Parameters<T>& params, const std::string& name, int64_t in, in
 }
 
 template <typename T>
-void Linear<T>::forward(T* y, const T* x, int64_t N) const {
+void Linear<T>::forward(T* y, const T* x, int64_t N, bool with_bias) const {
+    const T* b = with_bias && b_ != kNoParam ? p_->value(b_) : nullptr;
+    bool done = false;
     if constexpr (std::is_same_v<T, float>) {
         if (const ops::PackedWeight* pw = p_->packed(w_)) {
-            ops::packed_linear_forward(y, x, *pw, b_ == kNoParam ? nullptr : p_->value(b_), N);
-            return;
+            ops::packed_linear_forward(y, x, *pw, b, N);
+            done = true;
         }
     }
-    ops::linear_forward(y, x, p_->value(w_), b_ == kNoParam ? nullptr : p_->value(b_), N, in_, out_);
+    if (!done) ops::linear_forward(y, x, p_->value(w_), b, N, in_, out_);
+    if (LinearAdapter<T>* a = p_->adapter(w_)) a->forward(y, x, N);
 }
 
 template <typename T>
-void Linear<T>::backward(T* dx, const T* dy, const T* x, int64_t N) const {
+void Linear<T>::backward(T* dx, const T* dy, const T* x, int64_t N, bool with_bias) const {
     MSLM_CHECK(p_->packed(w_) == nullptr, "backward through a model packed for inference ({} weights)",
                ops::weight_format_name(p_->weight_format()));
-    ops::linear_backward(dx, p_->grad(w_), b_ == kNoParam ? nullptr : p_->grad(b_), dy, x, p_->value(w_), N, in_,
-                         out_);
+    if (LinearAdapter<T>* a = p_->adapter(w_)) a->backward(dx, dy, x, N);
+    ops::linear_backward(dx, p_->grad(w_), with_bias && b_ != kNoParam ? p_->grad(b_) : nullptr, dy, x,
+                         p_->value(w_), N, in_, out_);
 }
 
 template <typename T>

@@ -7,14 +7,29 @@
 
 namespace mslm {
 
+// A side path added to a Linear's output, registered per weight in Parameters (LoRA, src/lora).
+// forward adds Δ(x) to y; backward adds to dx (when not null) and to the adapter's own gradients.
+// Both see the same x, so an adapter can recompute from x what its backward needs.
+template <typename T>
+class LinearAdapter {
+public:
+    virtual ~LinearAdapter() = default;
+    virtual void forward(T* y, const T* x, int64_t N) = 0;                 // y (N, out) += Δ(x)
+    virtual void backward(T* dx, const T* dy, const T* x, int64_t N) = 0;  // dy (N, out)
+};
+
 template <typename T>
 class Linear {
 public:
     Linear() = default;
     Linear(Parameters<T>& params, const std::string& name, int64_t in, int64_t out, bool bias);
 
-    void forward(T* y, const T* x, int64_t N) const;                 // y (N, out) = x (N, in) · Wᵀ + b
-    void backward(T* dx, const T* dy, const T* x, int64_t N) const;  // += into dx, dW, db; dx may be null
+    // y (N, out) = x (N, in) · Wᵀ (+ b unless with_bias is false: Mamba-1 adds dt_proj's bias inside
+    // the scan), plus the weight's adapter when one is attached.
+    void forward(T* y, const T* x, int64_t N, bool with_bias = true) const;
+    // += into dx, dW, db (and the adapter's gradients); dx may be null; dW and db are skipped when
+    // the parameters have no gradients (a frozen base) or with_bias is false (db).
+    void backward(T* dx, const T* dy, const T* x, int64_t N, bool with_bias = true) const;
     void init_normal(Rng& rng, double std);                          // W ~ N(0, std²), b = 0
     void init_uniform(Rng& rng, double bound);                       // W ~ U(−bound, bound), b = 0
 

@@ -7,7 +7,6 @@
 #include <fmt/format.h>
 
 #include "ops/conv1d.h"
-#include "ops/linear.h"
 #include "ops/selective_scan.h"
 
 namespace mslm {
@@ -100,8 +99,7 @@ void Mamba1Mixer<T>::forward(T* out, const T* x, int64_t B, int64_t Tn) {
     // dt_proj without bias on the strided dt columns: gather them first (kept for the backward).
     dt_.resize(N * R);
     gather_cols(dt_.data(), dbc, N, W, 0, R);
-    ops::linear_forward(dt_raw_.data(), dt_.data(), p_->value(dt_proj_.weight_index()), static_cast<const T*>(nullptr), N,
-                        R, Din);
+    dt_proj_.forward(dt_raw_.data(), dt_.data(), N, /*with_bias=*/false);  // (N, R) => (N, Din)
     ops::SelectiveScanInputs<T> in{xc_.data(), Din,   dt_raw_.data(), Din, p_->value(dt_proj_.bias_index()),
                                    p_->value(A_log_), dbc + R,       W,   dbc + R + S,                       W,
                                    p_->value(D_),    xz_.data() + Din, 2 * Din};
@@ -136,8 +134,7 @@ void Mamba1Mixer<T>::backward(T* dx, const T* dout) {
 
     // dt_proj (no bias here: its bias gradient came from the scan).
     zero(scratch_a_, N * R);
-    ops::linear_backward(scratch_a_.data(), p_->grad(dt_proj_.weight_index()), static_cast<T*>(nullptr),
-                         g_dt_raw_.data(), dt_.data(), p_->value(dt_proj_.weight_index()), N, R, Din);
+    dt_proj_.backward(scratch_a_.data(), g_dt_raw_.data(), dt_.data(), N, /*with_bias=*/false);
     scatter_add_cols(g_dbc, scratch_a_.data(), N, W, 0, R);
 
     if (bc_norm_) {
@@ -189,8 +186,7 @@ const T* Mamba1Mixer<T>::infer_dt_bc(const T* xc, int64_t rows) {
     inf_dt_.resize(rows * R);
     inf_dt_raw_.resize(rows * d_inner_);
     gather_cols(inf_dt_.data(), dbc, rows, W, 0, R);
-    ops::linear_forward(inf_dt_raw_.data(), inf_dt_.data(), p_->value(dt_proj_.weight_index()),
-                        static_cast<const T*>(nullptr), rows, R, d_inner_);
+    dt_proj_.forward(inf_dt_raw_.data(), inf_dt_.data(), rows, /*with_bias=*/false);
     return dbc;
 }
 

@@ -1,5 +1,6 @@
 #include "nn/parameters.h"
 
+#include <algorithm>
 #include <cstring>
 #include <type_traits>
 
@@ -31,7 +32,34 @@ void Parameters<T>::allocate() {
 
 template <typename T>
 void Parameters<T>::zero_grad() {
-    std::memset(grads_.get(), 0, sizeof(T) * static_cast<size_t>(total_));
+    if (grads_) std::memset(grads_.get(), 0, sizeof(T) * static_cast<size_t>(total_));
+}
+
+template <typename T>
+void Parameters<T>::freeze_grads() {
+    MSLM_CHECK(values_, "freeze_grads before allocate()");
+    grads_.reset();
+}
+
+template <typename T>
+void Parameters<T>::thaw_grads() {
+    MSLM_CHECK(values_, "thaw_grads before allocate()");
+    if (grads_) return;
+    grads_ = make_aligned<T>(static_cast<size_t>(total_));
+    zero_grad();
+}
+
+template <typename T>
+bool Parameters<T>::is_linear(size_t i) const {
+    return std::find(linear_.begin(), linear_.end(), i) != linear_.end();
+}
+
+template <typename T>
+void Parameters<T>::set_adapter(size_t weight, LinearAdapter<T>* adapter) {
+    MSLM_CHECK(is_linear(weight), "set_adapter: parameter {} is not the weight of a Linear",
+               weight < specs_.size() ? specs_[weight].name : std::to_string(weight));
+    if (adapters_.size() < specs_.size()) adapters_.resize(specs_.size(), nullptr);
+    adapters_[weight] = adapter;
 }
 
 template <typename T>

@@ -13,6 +13,9 @@
 
 namespace mslm {
 
+template <typename T>
+class LinearAdapter;  // nn/linear.h
+
 struct ParamSpec {
     std::string name;  // native name, e.g. "layers.3.mixer.in_proj.weight"
     Shape shape;
@@ -30,8 +33,9 @@ public:
 
     T* value(size_t i) { return values_.get() + specs_[i].offset; }
     const T* value(size_t i) const { return values_.get() + specs_[i].offset; }
-    T* grad(size_t i) { return grads_.get() + specs_[i].offset; }
-    const T* grad(size_t i) const { return grads_.get() + specs_[i].offset; }
+    // Null for every parameter once the gradients are released (freeze_grads).
+    T* grad(size_t i) { return grads_ ? grads_.get() + specs_[i].offset : nullptr; }
+    const T* grad(size_t i) const { return grads_ ? grads_.get() + specs_[i].offset : nullptr; }
 
     const std::vector<ParamSpec>& specs() const { return specs_; }
     size_t find(const std::string& name) const;  // throws naming the parameter when absent
@@ -41,6 +45,12 @@ public:
     T* values() { return values_.get(); }
     T* grads() { return grads_.get(); }
     void zero_grad();
+    // A frozen base (LoRA training): frees the gradient buffer; from then on grad() is null and every
+    // backward skips the products and sums that would only produce these parameters' gradients.
+    // thaw_grads() allocates them again (zero).
+    void freeze_grads();
+    void thaw_grads();
+    bool frozen() const { return values_ && !grads_; }
 
     // Inference-only packed copies (bf16 / int8, ops/packed_linear.h) of the weights that feed
     // matrix products. Modules mark such weights at construction; `pack_linear_weights` makes the
@@ -54,6 +64,12 @@ public:
         return i < packed_.size() && packed_[i] ? packed_[i].get() : nullptr;
     }
     ops::WeightFormat weight_format() const { return format_; }
+    bool is_linear(size_t i) const;  // marked by mark_linear
+
+    // Side paths on a weight marked by mark_linear (LoRA adapters): Linear::forward / backward of that
+    // weight call it after the base product. Null detaches. The adapter must outlive its registration.
+    void set_adapter(size_t weight, LinearAdapter<T>* adapter);
+    LinearAdapter<T>* adapter(size_t weight) const { return weight < adapters_.size() ? adapters_[weight] : nullptr; }
     size_t packed_bytes() const;    // bytes of all packed copies
     int64_t packed_numel() const;   // parameters that have a packed copy
 
@@ -65,6 +81,7 @@ private:
     std::vector<size_t> linear_;  // indices marked by mark_linear
     std::vector<std::unique_ptr<ops::PackedWeight>> packed_;
     ops::WeightFormat format_ = ops::WeightFormat::F32;
+    std::vector<LinearAdapter<T>*> adapters_;  // by parameter index; empty until one is set
 };
 
 constexpr size_t kNoParam = static_cast<size_t>(-1);

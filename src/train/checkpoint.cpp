@@ -23,8 +23,9 @@ using nlohmann::json;
 
 namespace {
 
-constexpr const char* kFiles[] = {"config.json", "model.safetensors", "optimizer.safetensors",
-                                  "trainer_state.json"};
+constexpr const char* kFiles[] = {"optimizer.safetensors", "trainer_state.json"};
+constexpr const char* kModelFiles[] = {"config.json", "model.safetensors"};
+constexpr const char* kAdapterFiles[] = {"adapter_config.json", "adapter_model.safetensors"};
 
 std::string step_dir_name(int64_t step) {
     return fmt::format("step_{:08d}", step);
@@ -44,11 +45,15 @@ std::optional<int64_t> parse_step_dir(const std::string& name) {
     return step;
 }
 
-bool is_complete(const fs::path& dir) {
+bool all_files(const fs::path& dir, const char* const (&files)[2]) {
     std::error_code ec;
-    for (const char* f : kFiles)
+    for (const char* f : files)
         if (!fs::is_regular_file(dir / f, ec)) return false;
     return true;
+}
+
+bool is_complete(const fs::path& dir) {
+    return all_files(dir, kFiles) && (all_files(dir, kModelFiles) || all_files(dir, kAdapterFiles));
 }
 
 void fsync_file(const fs::path& path) {
@@ -76,7 +81,7 @@ const char* non_finite_name(double v) {
 // The NaN/inf guard: a checkpoint that holds a non-finite value would be resumed from and poison
 // every later step, so it is refused before anything is written.
 void check_finite(int64_t step, const CheckpointContents& c) {
-    const Parameters<float>& params = c.model->params();
+    const Parameters<float>& params = c.model ? c.model->params() : *c.adapter;
     for (size_t p = 0; p < params.specs().size(); ++p) {
         const float* v = params.value(p);
         for (int64_t i = 0; i < params.specs()[p].numel; ++i)
@@ -157,7 +162,8 @@ std::vector<std::pair<int64_t, fs::path>> complete_checkpoints(const fs::path& r
 
 std::string save_checkpoint(const std::string& run_dir, int64_t step, const CheckpointContents& contents,
                             int keep_last) {
-    MSLM_CHECK(contents.model != nullptr, "checkpoint at step {}: no model given", step);
+    MSLM_CHECK((contents.model != nullptr) != (contents.adapter != nullptr && contents.write_adapter),
+               "checkpoint at step {}: give either a model or an adapter with its writer", step);
     MSLM_CHECK(step >= 0, "checkpoint: step {} is negative", step);
     MSLM_CHECK(keep_last >= 1, "checkpoint: keep_last must be at least 1, got {}", keep_last);
     MSLM_CHECK(contents.trainer_state.is_object(),
@@ -179,13 +185,17 @@ std::string save_checkpoint(const std::string& run_dir, int64_t step, const Chec
     fs::remove_all(tmp);  // a leftover of a crashed save of this same step
     fs::create_directory(tmp);
     try {
-        save_model(*contents.model, tmp.string(), DType::F32);
+        if (contents.model)
+            save_model(*contents.model, tmp.string(), DType::F32);
+        else
+            contents.write_adapter(tmp.string());
         save_safetensors((tmp / "optimizer.safetensors").string(), contents.optimizer,
                          {{"format", "mamba_slm_optimizer"}});
         json state = contents.trainer_state;
         state["step"] = step;
         write_text(tmp / "trainer_state.json", state.dump(2) + "\n");
         for (const char* f : kFiles) fsync_file(tmp / f);
+        for (const char* f : contents.model ? kModelFiles : kAdapterFiles) fsync_file(tmp / f);
         fsync_dir(tmp);
         publish(tmp, final_dir);
         fsync_dir(root);
@@ -216,7 +226,10 @@ std::optional<std::string> latest_checkpoint(const std::string& run_dir, std::ve
 LoadedCheckpoint load_checkpoint(const std::string& dir) {
     const fs::path d(dir);
     MSLM_CHECK(fs::is_directory(d), "{}: checkpoint directory not found", dir);
+    const bool adapter = all_files(d, kAdapterFiles) && !all_files(d, kModelFiles);
     for (const char* f : kFiles)
+        MSLM_CHECK(fs::is_regular_file(d / f), "{}: missing (incomplete checkpoint)", (d / f).string());
+    for (const char* f : adapter ? kAdapterFiles : kModelFiles)
         MSLM_CHECK(fs::is_regular_file(d / f), "{}: missing (incomplete checkpoint)", (d / f).string());
 
     const fs::path state_path = d / "trainer_state.json";
@@ -239,9 +252,9 @@ LoadedCheckpoint load_checkpoint(const std::string& dir) {
     MSLM_CHECK(!dir_step || *dir_step == step, "{}: says step {} but the directory is {}",
                state_path.string(), step, d.filename().string());
 
-    std::unique_ptr<HybridLM<float>> model = load_model<float>(dir);
+    std::unique_ptr<HybridLM<float>> model = adapter ? nullptr : load_model<float>(dir);
     SafetensorsFile optimizer = SafetensorsFile::open((d / "optimizer.safetensors").string());
-    return LoadedCheckpoint{std::move(model), std::move(optimizer), std::move(state), step};
+    return LoadedCheckpoint{std::move(model), adapter, std::move(optimizer), std::move(state), step};
 }
 
 }  // namespace mslm

@@ -6,12 +6,16 @@
 //       trainer_state.json               the trainer's json (rng, loader position, config, ...)
 //                                        with "step" set to the checkpoint's step
 //
+// A LoRA run checkpoints its adapter instead of the model: adapter_config.json +
+// adapter_model.safetensors (PEFT's layout) in place of config.json + model.safetensors.
+//
 // Atomic at the directory level: everything is written into step_XXXXXXXX.tmp/, every file and
 // the directory are fsynced, and only then is the directory renamed to its final name (and the
 // parent fsynced). A crash, kill -9 included, leaves either no step_XXXXXXXX/ or a complete one;
 // readers never look at *.tmp directories.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <optional>
@@ -30,6 +34,10 @@ struct CheckpointContents {
     std::vector<std::pair<std::string, Tensor>> optimizer;  // CPU tensors, names unique
     // An object (rng, loader position, config, metrics, ...); its "step", if any, must equal step.
     nlohmann::json trainer_state = nlohmann::json::object();
+    // Instead of model, for LoRA runs: the adapter's parameters (checked finite) and the writer of its
+    // two files into the directory it is given.
+    const Parameters<float>* adapter = nullptr;
+    std::function<void(const std::string& dir)> write_adapter = nullptr;
 };
 
 // Writes <run_dir>/checkpoints/step_%08d/ atomically and returns its path. Then deletes the
@@ -48,7 +56,8 @@ std::optional<std::string> latest_checkpoint(const std::string& run_dir,
                                              std::vector<std::string>* skipped = nullptr);
 
 struct LoadedCheckpoint {
-    std::unique_ptr<HybridLM<float>> model;
+    std::unique_ptr<HybridLM<float>> model;  // null for an adapter checkpoint
+    bool adapter = false;                    // the directory holds a LoRA adapter (load it from there)
     SafetensorsFile optimizer;  // get / get_f32 by the names given to save_checkpoint
     nlohmann::json trainer_state;
     int64_t step = 0;

@@ -14,6 +14,7 @@
 #include "core/cuda_device.h"
 #include "core/error.h"
 #include "data/manifest.h"
+#include "lora/lora.h"
 #include "model/config.h"
 #include "model/cuda_model.h"
 #include "model/model_io.h"
@@ -44,6 +45,18 @@ int cuda_device_index(const std::string& device) {
 }
 
 }  // namespace
+
+LoraConfig TrainConfig::lora_config() const {
+    LoraConfig c;
+    c.r = lora.r;
+    c.alpha = lora.alpha;
+    c.dropout = lora.dropout;
+    c.use_rslora = lora.rslora;
+    c.init = lora.init;
+    set_lora_targets(c, lora.targets);
+    c.base_model_name_or_path = init_from;
+    return c;
+}
 
 int64_t TrainConfig::total_steps() const {
     if (tokens <= 0) return steps;
@@ -87,6 +100,15 @@ void TrainConfig::validate() const {
     MSLM_CHECK(keep_last > 0, "train config: keep_last must be > 0 (got {})", keep_last);
     MSLM_CHECK(nan_policy == "skip" || nan_policy == "stop",
                "train config: nan_policy must be \"skip\" or \"stop\" (got \"{}\")", nan_policy);
+    MSLM_CHECK(lora.r >= 0, "train config: lora.r must be >= 0 (got {}; 0 trains the whole model)", lora.r);
+    if (lora.r > 0) {
+        MSLM_CHECK(gpu < 0, "train config: LoRA training (lora.r > 0) runs on the CPU only; set device \"cpu\"");
+        try {
+            lora_config().validate();
+        } catch (const Error& e) {
+            fail("train config: lora: {}", e.what());
+        }
+    }
     schedule().validate();
 }
 
@@ -121,6 +143,8 @@ json train_config_to_json(const TrainConfig& c) {
         {"seed", c.seed},
         {"nan_policy", c.nan_policy},
         {"activation_checkpointing", c.activation_checkpointing},
+        {"lora", {{"r", c.lora.r}, {"alpha", c.lora.alpha}, {"dropout", c.lora.dropout}, {"targets", c.lora.targets},
+                  {"init", c.lora.init}, {"rslora", c.lora.rslora}}},
     };
 }
 
@@ -185,6 +209,13 @@ TrainConfig train_config_from_json(const json& given, const std::string& source)
     read(j, "seed", c.seed, source);
     read(j, "nan_policy", c.nan_policy, source);
     read(j, "activation_checkpointing", c.activation_checkpointing, source);
+    const json& l = j.at("lora");
+    read(l, "r", c.lora.r, source, "lora.");
+    read(l, "alpha", c.lora.alpha, source, "lora.");
+    read(l, "dropout", c.lora.dropout, source, "lora.");
+    read(l, "targets", c.lora.targets, source, "lora.");
+    read(l, "init", c.lora.init, source, "lora.");
+    read(l, "rslora", c.lora.rslora, source, "lora.");
     return c;
 }
 
@@ -345,11 +376,16 @@ Trainer::Trainer(TrainConfig cfg, bool resume) : cfg_(std::move(cfg)) {
     schedule_ = cfg_.schedule();
 
     std::optional<LoadedCheckpoint> ckpt;
+    std::string ckpt_dir;
     if (resume) {
         auto latest = latest_checkpoint(cfg_.run_dir);
         MSLM_CHECK(latest, "train --resume: no complete checkpoint in {}", cfg_.run_dir);
-        ckpt = load_checkpoint(*latest);
-        model_ = std::move(ckpt->model);
+        ckpt_dir = *latest;
+        ckpt = load_checkpoint(ckpt_dir);
+        MSLM_CHECK(ckpt->adapter == (cfg_.lora.r > 0), "train --resume: {} holds {}, but the config has lora.r = {}",
+                   ckpt_dir, ckpt->adapter ? "a LoRA adapter" : "a whole model", cfg_.lora.r);
+        // A LoRA checkpoint holds only the adapter: the frozen base is rebuilt as the run began.
+        model_ = ckpt->adapter ? build_initial_model(cfg_) : std::move(ckpt->model);
         resumed_ = true;
     } else {
         model_ = build_initial_model(cfg_);
@@ -388,7 +424,18 @@ Trainer::Trainer(TrainConfig cfg, bool resume) : cfg_(std::move(cfg)) {
     ao.beta2 = cfg_.beta2;
     ao.eps = cfg_.eps;
     ao.weight_decay = cfg_.weight_decay;
-    optimizer_ = std::make_unique<AdamW<float>>(model_->params(), ao);
+    if (cfg_.lora.r > 0) {
+        std::string format = "mamba_slm";
+        if (!cfg_.init_from.empty()) load_any_config(cfg_.init_from, &format);
+        lora_ = std::make_unique<LoraModel<float>>(*model_, lora_naming_arch(mc, format));
+        if (ckpt)
+            lora_->load_adapter(ckpt_dir, "default", /*trainable=*/true);
+        else
+            lora_->add_adapter("default", cfg_.lora_config(), cfg_.seed);
+        lora_->freeze_base();
+        lora_->set_training(true);
+    }
+    optimizer_ = std::make_unique<AdamW<float>>(trained_params(), ao);
     model_->set_activation_checkpointing(cfg_.activation_checkpointing);
 
     if (ckpt) {
@@ -410,21 +457,33 @@ Trainer::Trainer(TrainConfig cfg, bool resume) : cfg_(std::move(cfg)) {
 
 Trainer::~Trainer() = default;
 
+Parameters<float>& Trainer::trained_params() {
+    return lora_ ? lora_->adapter("default").params() : model_->params();
+}
+
 void Trainer::sync_from_gpu(bool optimizer_state) {
     if (gpu_) gpu_->download(*model_, optimizer_state ? optimizer_.get() : nullptr);
 }
 
 EvalResult Trainer::evaluate() {
     sync_from_gpu(false);
-    return evaluate_windows(*model_, *val_, cfg_.eval_batches, bytes_per_token_);
+    if (lora_) lora_->set_training(false);  // no dropout in eval
+    const EvalResult r = evaluate_windows(*model_, *val_, cfg_.eval_batches, bytes_per_token_);
+    if (lora_) lora_->set_training(true);
+    return r;
 }
 
 std::string Trainer::checkpoint() {
     sync_from_gpu(true);
-    MSLM_CHECK(weights_finite(model_->params()), "train: step {}: the weights are not finite; not checkpointing",
+    MSLM_CHECK(weights_finite(trained_params()), "train: step {}: the weights are not finite; not checkpointing",
                step_);
     CheckpointContents c;
-    c.model = model_.get();
+    if (lora_) {
+        c.adapter = &trained_params();
+        c.write_adapter = [this](const std::string& dir) { lora_->save_adapter("default", dir); };
+    } else {
+        c.model = model_.get();
+    }
     c.optimizer = optimizer_->state_tensors();
     // The loader state carries the only random generator the loop draws from (the shuffle).
     c.trainer_state = {{"step", step_},
@@ -447,7 +506,7 @@ TrainSummary Trainer::run() {
     fs::create_directories(cfg_.run_dir);
     MetricsLog log(cfg_.run_dir, resumed_);
     ProgressPrinter progress(cfg_.steps);
-    Parameters<float>& params = model_->params();
+    Parameters<float>& params = trained_params();
     const int64_t tokens_per_step = cfg_.batch_size * cfg_.seq_len * cfg_.grad_accum;
     const float accum_scale = 1.0f / static_cast<float>(cfg_.grad_accum);
 
@@ -471,6 +530,7 @@ TrainSummary Trainer::run() {
             // equally).
             for (int64_t m = 0; m < cfg_.grad_accum; ++m) {
                 train_->next(batch);
+                if (lora_) lora_->set_step(static_cast<uint64_t>(step_ * cfg_.grad_accum + m));  // dropout masks
                 loss += static_cast<double>(model_->forward(batch.inputs.data(), batch.targets.data(),
                                                             batch.rows, batch.seq_len));
                 model_->backward();

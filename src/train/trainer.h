@@ -12,11 +12,15 @@
 
 #include "data/loader.h"
 #include "eval/perplexity.h"
+#include "lora/config.h"
 #include "model/hybrid_lm.h"
 #include "train/optimizer.h"
 #include "train/schedule.h"
 
 namespace mslm {
+
+template <typename T>
+class LoraModel;
 
 struct TrainConfig {
     // Model: exactly one of preset, config (a config.json or model dir) and init_from (a model dir
@@ -60,7 +64,22 @@ struct TrainConfig {
     // activation memory of one layer instead of all, for about one more forward pass of compute.
     bool activation_checkpointing = false;
 
+    // LoRA fine-tuning when lora.r > 0 (src/lora): the model is the frozen base, only one PEFT
+    // adapter trains (AdamW state for it alone), and checkpoints hold the adapter in PEFT's layout
+    // instead of the model. CPU only for now.
+    struct Lora {
+        int64_t r = 0;
+        double alpha = 8;      // lora_alpha; scaling alpha / r (alpha / sqrt(r) with rslora)
+        double dropout = 0.0;  // lora_dropout
+        // Module names ("q_proj,v_proj", matched as PEFT does), a regex over the module path, or
+        // "all-linear"; names are those of the model's Hugging Face class (lora/lora.h).
+        std::string targets = "all-linear";
+        std::string init = "default";  // default (Kaiming-uniform A) | gaussian; B = 0 either way
+        bool rslora = false;
+    } lora;
+
     int64_t total_steps() const;  // steps, or what the token budget asks for
+    LoraConfig lora_config() const;  // lora.* as PEFT's config (base_model_name_or_path = init_from)
     LrSchedule schedule() const;
     void validate() const;  // field-level rules; model and data checks happen in Trainer
 };
@@ -96,6 +115,9 @@ public:
     TrainSummary run();
 
     HybridLM<float>& model() { return *model_; }
+    // The parameters the optimizer updates: the model's, or the LoRA adapter's (lora.r > 0).
+    Parameters<float>& trained_params();
+    LoraModel<float>* lora() { return lora_.get(); }
     const TrainConfig& config() const { return cfg_; }
     int64_t step() const { return step_; }
 
@@ -115,6 +137,7 @@ private:
     TrainConfig cfg_;
     LrSchedule schedule_;
     std::unique_ptr<HybridLM<float>> model_;
+    std::unique_ptr<LoraModel<float>> lora_;  // lora.r > 0: the adapter "default" on model_
     std::unique_ptr<AdamW<float>> optimizer_;
     std::unique_ptr<DataLoader> train_, val_;
     std::unique_ptr<Gpu> gpu_;
