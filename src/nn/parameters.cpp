@@ -93,13 +93,6 @@ void Parameters<T>::mark_linear(size_t i) {
 }
 
 template <typename T>
-bool Parameters<T>::is_linear(size_t i) const {
-    for (size_t j : linear_)
-        if (j == i) return true;
-    return false;
-}
-
-template <typename T>
 void Parameters<T>::pack_linear_weights(ops::WeightFormat format) {
     packed_.clear();
     format_ = ops::WeightFormat::F32;

@@ -64,7 +64,6 @@ public:
         return i < packed_.size() && packed_[i] ? packed_[i].get() : nullptr;
     }
     ops::WeightFormat weight_format() const { return format_; }
-    bool is_linear(size_t i) const;  // marked by mark_linear
 
     // Side paths on a weight marked by mark_linear (LoRA adapters): Linear::forward / backward of that
     // weight call it after the base product. Null detaches. The adapter must outlive its registration.
