@@ -9,6 +9,10 @@ void register_data(CLI::App& app);
 // `eval --model DIR --data DIR`: loss, perplexity and bits per byte on prepared shards (eval.cpp).
 void register_eval(CLI::App& app);
 void register_generate(CLI::App& app);  // generate.cpp
+// `export --format gguf` (export_gguf.cpp). run_export_gguf is what export.cpp's --format gguf
+// branch calls; register_export_gguf is a stand-in `export` until that dispatch exists.
+void run_export_gguf(const std::string& model_path, const std::string& out, const std::string& type);
+void register_export_gguf(CLI::App& app);
 void register_info(CLI::App& app);
 void register_plot(CLI::App& app);  // plot.cpp
 void register_quickstart(CLI::App& app);

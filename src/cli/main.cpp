@@ -18,6 +18,7 @@ int main(int argc, char** argv) {
     mslm::cli::register_chat(app);
     mslm::cli::register_data(app);
     mslm::cli::register_eval(app);
+    mslm::cli::register_export_gguf(app);
     mslm::cli::register_generate(app);
     mslm::cli::register_info(app);
     mslm::cli::register_plot(app);
