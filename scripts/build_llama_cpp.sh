@@ -36,7 +36,7 @@ if [ ! -f "$TARBALL" ]; then
     if [ -n "${LLAMA_CPP_SDIST:-}" ]; then
         cp "$LLAMA_CPP_SDIST" "$TARBALL"
     else
-        "$PYTHON" -m pip download --quiet --no-binary :all: --no-deps --no-build-isolation \
+        "$PYTHON" -m pip download --quiet --no-binary :all: --no-deps \
             "llama-cpp-python==$VERSION" -d "$CACHE"
     fi
 fi
