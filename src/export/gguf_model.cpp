@@ -523,7 +523,13 @@ std::unique_ptr<HybridLM<T>> load_gguf_model(const std::string& path) {
     for (const GgufTensorMap& m : gguf_tensor_map(arch, cfg, params.specs())) {
         const gguf::TensorInfo* t = f.find_tensor(m.gguf_name);
         MSLM_CHECK(t, "{}: missing tensor '{}'", f.name(), m.gguf_name);
-        MSLM_CHECK(t->ne == m.ne, "{}: tensor '{}' has dims [{}], the config needs [{}]", f.name(), m.gguf_name,
+        // ggml ignores trailing dims of 1 (llama-quantize writes ssm_norm of one group as 1-D).
+        auto squeezed = [](std::vector<int64_t> ne) {
+            while (ne.size() > 1 && ne.back() == 1) ne.pop_back();
+            return ne;
+        };
+        MSLM_CHECK(squeezed(t->ne) == squeezed(m.ne), "{}: tensor '{}' has dims [{}], the config needs [{}]", f.name(),
+                   m.gguf_name,
                    fmt::join(t->ne, ", "), fmt::join(m.ne, ", "));
         used.insert(m.gguf_name);
         std::vector<float> v = f.to_f32(*t);

@@ -38,3 +38,48 @@ path = os.path.join(os.path.dirname(__file__), "fixtures", "gguf", "quant.safete
 os.makedirs(os.path.dirname(path), exist_ok=True)
 save_file(out, path, metadata={"gguf": version("gguf")})
 print(path, x.shape, {k: v.shape for k, v in out.items()})
+
+
+# llama.cpp's own converter (convert_hf_to_gguf.py of the llama-cpp-python sdist that
+# scripts/build_llama_cpp.sh pins) run on the HF Mamba-1 and Mamba-2 fixtures, F32, so that the C++
+# test can check that our importer reads what llama.cpp's tools write. Without a tokenizer the
+# converter embeds GPT-NeoX's 50k-token vocabulary; it is dropped here (tokenizer.ggml.model
+# "none") to keep the fixtures small. Needs LLAMA_CPP_SRC=<sdist>/vendor/llama.cpp and torch.
+def convert_fixture(name):
+    import subprocess
+    import sys
+    import tempfile
+
+    src = os.environ.get("LLAMA_CPP_SRC")
+    if not src:
+        print("LLAMA_CPP_SRC not set: skipping the converter fixtures")
+        return
+    here = os.path.dirname(__file__)
+    with tempfile.TemporaryDirectory() as tmp:
+        full = os.path.join(tmp, "full.gguf")
+        subprocess.run([sys.executable, os.path.join(src, "convert_hf_to_gguf.py"), os.path.join(here, "fixtures", name),
+                        "--outtype", "f32", "--outfile", full], check=True, cwd=src, stdout=subprocess.DEVNULL)
+        r = gguf.GGUFReader(full)
+        arch = r.fields["general.architecture"].contents()
+        out = os.path.join(here, "fixtures", "gguf", f"converter_{name}.gguf")
+        w = gguf.GGUFWriter(out, arch)
+        for key, field in r.fields.items():
+            if key.startswith("GGUF.") or key.startswith("tokenizer.") or key == "general.architecture":
+                continue
+            vtype = field.types[0]
+            if vtype == gguf.GGUFValueType.ARRAY:
+                w.add_key_value(key, field.contents(), vtype, sub_type=field.types[-1])
+            else:
+                w.add_key_value(key, field.contents(), vtype)
+        w.add_string("tokenizer.ggml.model", "none")
+        for t in r.tensors:
+            w.add_tensor(t.name, np.array(t.data), raw_shape=list(reversed(t.shape.tolist())), raw_dtype=t.tensor_type)
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_tensors_to_file()
+        w.close()
+        print(out, os.path.getsize(out))
+
+
+for fixture in ("mamba1", "mamba2"):
+    convert_fixture(fixture)

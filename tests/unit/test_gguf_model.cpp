@@ -7,6 +7,7 @@
 
 #include <cmath>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <functional>
 #include <fstream>
@@ -317,6 +318,64 @@ TEST(GgufModelRules, WritesTheByteLevelTokenizerAsTheConverterDoes) {
         const uint64_t eos = f.get_uint("tokenizer.ggml.eos_token_id");
         EXPECT_EQ(tokens[eos], c.eos);
         EXPECT_EQ(f.get_string("tokenizer.chat_template"), "{{ x }}");
+    }
+}
+
+// Files written by llama.cpp's own converter (convert_hf_to_gguf.py, F32) from the HF fixtures,
+// tokenizer dropped (tests/parity/make_gguf_fixtures.py): our importer gives the parameters of the
+// same HF checkpoint loaded directly (ssm_a → A_log within the bound argued above), and our
+// exporter writes the converter's tensors byte for byte with the same keys.
+TEST(GgufModelRules, ReadsAndWritesWhatLlamaCppsConverterDoes) {
+    for (const char* name : {"mamba1", "mamba2"}) {
+        SCOPED_TRACE(name);
+        const std::string fx = std::string(MSLM_FIXTURE_DIR);
+        const std::string converted = fx + "/gguf/converter_" + name + ".gguf";
+        auto from_gguf = load_model<float>(converted);
+        auto from_hf = load_model<float>(fx + "/" + name);
+        const Parameters<float>& p = from_hf->params();
+        const Parameters<float>& q = from_gguf->params();
+        ASSERT_EQ(p.specs().size(), q.specs().size());
+        for (size_t i = 0; i < p.specs().size(); ++i) {
+            const ParamSpec& s = p.specs()[i];
+            ASSERT_EQ(q.specs()[i].name, s.name);
+            ASSERT_EQ(q.specs()[i].shape, s.shape) << s.name;
+            const bool a_log = s.name.ends_with("A_log");
+            for (int64_t k = 0; k < s.numel; ++k) {
+                const double x = p.value(i)[k];
+                ASSERT_LE(std::fabs(q.value(i)[k] - x), a_log ? std::ldexp(1.0, -24) * (1 + std::fabs(x)) : 0.0)
+                    << s.name << " element " << k;
+            }
+        }
+    }
+    // The HF Mamba-1 fixture exported by us against the converter's file.
+    const std::string dir = test::fresh_test_dir("gguf");
+    auto hf = load_model<float>(std::string(MSLM_FIXTURE_DIR) + "/mamba1");
+    export_gguf(*hf, dir + "/ours.gguf", {});
+    const gguf::File ours = gguf::File::open(dir + "/ours.gguf");
+    const gguf::File theirs = gguf::File::open(std::string(MSLM_FIXTURE_DIR) + "/gguf/converter_mamba1.gguf");
+    for (const auto& [key, v] : theirs.header().kv) {
+        if (key == "general.name" || key == "general.size_label") continue;
+        const gguf::Value* mine = ours.find(key);
+        ASSERT_NE(mine, nullptr) << key;
+        EXPECT_EQ(mine->type, v.type) << key;
+        EXPECT_EQ(mine->ints, v.ints) << key;
+        EXPECT_EQ(mine->floats, v.floats) << key;
+        EXPECT_EQ(mine->strings, v.strings) << key;
+    }
+    ASSERT_EQ(ours.tensors().size(), theirs.tensors().size());
+    for (const auto& t : theirs.tensors()) {
+        const gguf::TensorInfo* m = ours.find_tensor(t.name);
+        ASSERT_NE(m, nullptr) << t.name;
+        EXPECT_EQ(m->ne, t.ne) << t.name;
+        EXPECT_EQ(m->type, t.type) << t.name;
+        const auto a = ours.bytes(*m), b = theirs.bytes(t);
+        if (t.name.ends_with("ssm_a")) {
+            // -exp in torch's float32 against ours in double rounded once: within an ulp.
+            const auto x = ours.to_f32(*m), y = theirs.to_f32(t);
+            for (size_t k = 0; k < x.size(); ++k) EXPECT_NEAR(x[k], y[k], std::fabs(y[k]) * 1.2e-7) << t.name;
+        } else {
+            EXPECT_TRUE(a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size()) == 0) << t.name;
+        }
     }
 }
 
