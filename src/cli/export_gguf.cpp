@@ -17,9 +17,9 @@ namespace fs = std::filesystem;
 
 void run_export_gguf(const std::string& model_path, const std::string& out, const std::string& type_name) {
     static const std::map<std::string, gguf::TensorType> types = {{"f32", gguf::TensorType::F32},
-                                                                   {"f16", gguf::TensorType::F16},
-                                                                   {"q8_0", gguf::TensorType::Q8_0},
-                                                                   {"q4_0", gguf::TensorType::Q4_0}};
+                                                                  {"f16", gguf::TensorType::F16},
+                                                                  {"q8_0", gguf::TensorType::Q8_0},
+                                                                  {"q4_0", gguf::TensorType::Q4_0}};
     auto it = types.find(type_name);
     MSLM_CHECK(it != types.end(), "export: --type {} is not offered (f32, f16, q8_0, q4_0 are)", type_name);
     auto model = load_model<float>(model_path);
@@ -39,8 +39,8 @@ void run_export_gguf(const std::string& model_path, const std::string& out, cons
         by_type[tn].insert(std::regex_replace(name, layer, "blk.*."));
         ++counts[tn];
     }
-    fmt::print("wrote {}: llama.cpp arch {}, {} tensors, tokenizer {}\n", out, gguf_arch_name(r.arch), r.tensors.size(),
-               r.tokenizer ? "included" : "none (no tokenizer.json beside the model)");
+    fmt::print("wrote {}: llama.cpp arch {}, {} tensors, tokenizer {}\n", out, gguf_arch_name(r.arch),
+               r.tensors.size(), r.tokenizer ? "included" : "none (no tokenizer.json beside the model)");
     for (const auto& [tn, names] : by_type) {
         std::string list;
         for (const auto& n : names) list += (list.empty() ? "" : ", ") + n;
@@ -55,12 +55,16 @@ void register_export_gguf(CLI::App& app) {
         std::string format, model, out, type = "f32";
     };
     auto args = std::make_shared<Args>();
-    cmd->add_option("--format", args->format, "Output format: gguf")->required()->check(CLI::IsMember({"gguf"}));
-    cmd->add_option("--model", args->model, "A model directory (native or Hugging Face) or a .gguf file")->required();
+    cmd->add_option("--format", args->format, "Output format: gguf")
+        ->required()
+        ->check(CLI::IsMember({"gguf"}));
+    cmd->add_option("--model", args->model, "A model directory (native or Hugging Face) or a .gguf file")
+        ->required();
     cmd->add_option("--out", args->out, "The output file (FILE.gguf)")->required();
-    cmd->add_option("--type", args->type,
-                    "gguf: weight type f32, f16, q8_0 or q4_0 (norms, biases, conv1d, ssm_a/d stay F32; rows that are "
-                    "not a multiple of 32 stay F16 under q8_0/q4_0)")
+    cmd->add_option(
+           "--type", args->type,
+           "gguf: weight type f32, f16, q8_0 or q4_0 (norms, biases, conv1d, ssm_a/d stay F32; rows that are "
+           "not a multiple of 32 stay F16 under q8_0/q4_0)")
         ->check(CLI::IsMember({"f32", "f16", "q8_0", "q4_0"}));
     cmd->callback([args] { run_export_gguf(args->model, args->out, args->type); });
 }

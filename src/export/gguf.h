@@ -38,8 +38,19 @@
 namespace mslm::gguf {
 
 enum class ValueType : uint32_t {
-    U8 = 0, I8 = 1, U16 = 2, I16 = 3, U32 = 4, I32 = 5, F32 = 6, BOOL = 7, STRING = 8, ARRAY = 9, U64 = 10,
-    I64 = 11, F64 = 12,
+    U8 = 0,
+    I8 = 1,
+    U16 = 2,
+    I16 = 3,
+    U32 = 4,
+    I32 = 5,
+    F32 = 6,
+    BOOL = 7,
+    STRING = 8,
+    ARRAY = 9,
+    U64 = 10,
+    I64 = 11,
+    F64 = 12,
 };
 std::string_view value_type_name(ValueType t);
 
@@ -84,10 +95,10 @@ struct TensorInfo {
     std::string name;
     std::vector<int64_t> ne;  // ne[0] contiguous
     TensorType type = TensorType::F32;
-    uint64_t offset = 0;      // into the data section
+    uint64_t offset = 0;  // into the data section
     uint64_t nbytes = 0;
     int64_t numel() const;
-    Shape shape() const;      // PyTorch order: ne reversed
+    Shape shape() const;  // PyTorch order: ne reversed
 };
 
 struct Header {

@@ -1,15 +1,14 @@
 #include "export/gguf_model.h"
 
-#include <nlohmann/json.hpp>
+#include <fmt/format.h>
 
 #include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <limits>
 #include <map>
+#include <nlohmann/json.hpp>
 #include <set>
-
-#include <fmt/format.h>
 
 #include "core/error.h"
 #include "tokenizer/pretokenizer.h"
@@ -23,10 +22,14 @@ using nlohmann::json;
 
 std::string gguf_arch_name(GgufArch arch) {
     switch (arch) {
-        case GgufArch::Mamba: return "mamba";
-        case GgufArch::Mamba2: return "mamba2";
-        case GgufArch::Jamba: return "jamba";
-        case GgufArch::GraniteHybrid: return "granitehybrid";
+        case GgufArch::Mamba:
+            return "mamba";
+        case GgufArch::Mamba2:
+            return "mamba2";
+        case GgufArch::Jamba:
+            return "jamba";
+        case GgufArch::GraniteHybrid:
+            return "granitehybrid";
     }
     return "";
 }
@@ -39,14 +42,17 @@ namespace {
 
 void check_attention_common(const ModelConfig& c) {
     if (c.attention.sliding_window != 0)
-        refuse(fmt::format("attention.sliding_window = {} (sliding-window attention)", c.attention.sliding_window));
+        refuse(fmt::format("attention.sliding_window = {} (sliding-window attention)",
+                           c.attention.sliding_window));
     if (c.attention.position == PositionKind::ALiBi) refuse("attention.position = alibi");
 }
 
 void check_mlp_swiglu(const ModelConfig& c, const char* arch) {
     if (c.mlp.kind == MlpKind::None)
-        refuse(fmt::format("a model with attention layers but no MLP ({} needs a SwiGLU MLP in every layer)", arch));
-    if (c.mlp.kind != MlpKind::SwiGLU) refuse(fmt::format("mlp.kind other than swiglu ({} uses SwiGLU)", arch));
+        refuse(fmt::format("a model with attention layers but no MLP ({} needs a SwiGLU MLP in every layer)",
+                           arch));
+    if (c.mlp.kind != MlpKind::SwiGLU)
+        refuse(fmt::format("mlp.kind other than swiglu ({} uses SwiGLU)", arch));
 }
 
 void check_expand_2(const ModelConfig& c, const char* arch) {
@@ -64,10 +70,13 @@ GgufArch gguf_arch_for(const ModelConfig& c) {
     const bool attention = c.count(LayerKind::Attention) > 0;
     if (c.mamba.version == 2) {
         if (c.mamba.dt_limit_min != 0 || c.mamba.dt_limit_max != std::numeric_limits<double>::infinity())
-            refuse(fmt::format("mamba.dt_limit = [{}, {}] (a clamp on dt)", c.mamba.dt_limit_min, c.mamba.dt_limit_max));
+            refuse(fmt::format("mamba.dt_limit = [{}, {}] (a clamp on dt)", c.mamba.dt_limit_min,
+                               c.mamba.dt_limit_max));
         if (c.mamba_norm_groups() != c.mamba.n_groups)
-            refuse(fmt::format("mamba.norm_groups = {} differs from mamba.n_groups = {} (llama.cpp normalizes per "
-                               "group of B/C)", c.mamba_norm_groups(), c.mamba.n_groups));
+            refuse(fmt::format(
+                "mamba.norm_groups = {} differs from mamba.n_groups = {} (llama.cpp normalizes per "
+                "group of B/C)",
+                c.mamba_norm_groups(), c.mamba.n_groups));
         if (!attention && c.mlp.kind == MlpKind::None) return GgufArch::Mamba2;
         check_mlp_swiglu(c, "granitehybrid");
         check_expand_2(c, "granitehybrid");
@@ -76,26 +85,32 @@ GgufArch gguf_arch_for(const ModelConfig& c) {
     }
     if (!attention && c.mlp.kind == MlpKind::None) {
         if (c.mamba.dt_bc_norm)
-            refuse("mamba.dt_bc_norm without attention layers (llama.cpp's mamba arch has no dt/B/C norm weights)");
+            refuse(
+                "mamba.dt_bc_norm without attention layers (llama.cpp's mamba arch has no dt/B/C norm "
+                "weights)");
         check_expand_2(c, "mamba");
         return GgufArch::Mamba;
     }
-    if (!c.mamba.dt_bc_norm) refuse("Mamba-1 with attention or an MLP but without mamba.dt_bc_norm (jamba has dt/B/C norms)");
+    if (!c.mamba.dt_bc_norm)
+        refuse("Mamba-1 with attention or an MLP but without mamba.dt_bc_norm (jamba has dt/B/C norms)");
     check_mlp_swiglu(c, "jamba");
     check_expand_2(c, "jamba");
     check_attention_common(c);
     if (c.mlp.bias) refuse("mlp.bias (jamba's MLP has no biases)");
     if (attention) {
-        if (c.attention.position != PositionKind::None) refuse("attention.position = rope (jamba's attention has no positions)");
-        if (c.attention.qkv_bias || c.attention.out_bias) refuse("attention biases (jamba's attention has none)");
+        if (c.attention.position != PositionKind::None)
+            refuse("attention.position = rope (jamba's attention has no positions)");
+        if (c.attention.qkv_bias || c.attention.out_bias)
+            refuse("attention biases (jamba's attention has none)");
         if (c.attn_head_dim() * c.attention.n_heads != c.d_model)
-            refuse(fmt::format("attention head_dim x n_heads = {} x {} differs from d_model = {}", c.attn_head_dim(),
-                               c.attention.n_heads, c.d_model));
+            refuse(fmt::format("attention head_dim x n_heads = {} x {} differs from d_model = {}",
+                               c.attn_head_dim(), c.attention.n_heads, c.d_model));
     }
     return GgufArch::Jamba;
 }
 
-std::vector<GgufTensorMap> gguf_tensor_map(GgufArch arch, const ModelConfig& cfg, const std::vector<ParamSpec>& specs) {
+std::vector<GgufTensorMap> gguf_tensor_map(GgufArch arch, const ModelConfig& cfg,
+                                           const std::vector<ParamSpec>& specs) {
     std::map<std::string, const ParamSpec*> by_name;
     for (const auto& s : specs) by_name[s.name] = &s;
     std::vector<GgufTensorMap> out;
@@ -151,7 +166,8 @@ std::vector<GgufTensorMap> gguf_tensor_map(GgufArch arch, const ModelConfig& cfg
             }
             add(b + "ssm_out.weight", mx + "out_proj.weight");
         } else {
-            const int64_t hd = cfg.attn_head_dim(), q = cfg.attention.n_heads * hd, kv = cfg.attn_kv_heads() * hd;
+            const int64_t hd = cfg.attn_head_dim(), q = cfg.attention.n_heads * hd,
+                          kv = cfg.attn_kv_heads() * hd;
             const GgufTransform qk = rope ? GgufTransform::RopeInterleave : GgufTransform::None;
             for (const char* suffix : {"weight", "bias"}) {
                 const std::string qkv = mx + "qkv_proj." + suffix;
@@ -181,7 +197,9 @@ std::vector<GgufTensorMap> gguf_tensor_map(GgufArch arch, const ModelConfig& cfg
 
 TensorType gguf_tensor_type(const GgufTensorMap& m, TensorType requested) {
     const std::string& n = m.gguf_name;
-    auto ends_with = [&](std::string_view s) { return n.size() >= s.size() && n.compare(n.size() - s.size(), s.size(), s) == 0; };
+    auto ends_with = [&](std::string_view s) {
+        return n.size() >= s.size() && n.compare(n.size() - s.size(), s.size(), s) == 0;
+    };
     if (m.ne.size() <= 1 || ends_with("_norm.weight") || n.find("ssm_conv1d") != std::string::npos ||
         !ends_with(".weight"))
         return TensorType::F32;
@@ -192,10 +210,11 @@ TensorType gguf_tensor_type(const GgufTensorMap& m, TensorType requested) {
 namespace {
 
 // Applies (or, `inverse`, undoes) a transform on `rows` x `cols` values in place.
-void apply_transform(GgufTransform tr, std::vector<float>& v, int64_t rows, int64_t cols, const ModelConfig& cfg,
-                     bool inverse, const std::string& where) {
+void apply_transform(GgufTransform tr, std::vector<float>& v, int64_t rows, int64_t cols,
+                     const ModelConfig& cfg, bool inverse, const std::string& where) {
     switch (tr) {
-        case GgufTransform::None: return;
+        case GgufTransform::None:
+            return;
         case GgufTransform::NegExp:
             for (float& x : v) {
                 if (!inverse) {
@@ -213,7 +232,8 @@ void apply_transform(GgufTransform tr, std::vector<float>& v, int64_t rows, int6
                 for (int64_t i = 0; i < half; ++i) {
                     for (int k = 0; k < 2; ++k) {
                         const int64_t native = h * hd + i + k * half, interleaved = h * hd + 2 * i + k;
-                        const int64_t to = inverse ? native : interleaved, from = inverse ? interleaved : native;
+                        const int64_t to = inverse ? native : interleaved,
+                                      from = inverse ? interleaved : native;
                         std::copy_n(src.begin() + from * cols, cols, v.begin() + to * cols);
                     }
                 }
@@ -225,17 +245,23 @@ void apply_transform(GgufTransform tr, std::vector<float>& v, int64_t rows, int6
 
 uint32_t file_type_of(TensorType t) {
     switch (t) {
-        case TensorType::F32: return 0;   // LLAMA_FTYPE_ALL_F32
-        case TensorType::F16: return 1;   // MOSTLY_F16
-        case TensorType::Q4_0: return 2;  // MOSTLY_Q4_0
-        case TensorType::Q8_0: return 7;  // MOSTLY_Q8_0
-        case TensorType::BF16: return 32; // MOSTLY_BF16
+        case TensorType::F32:
+            return 0;  // LLAMA_FTYPE_ALL_F32
+        case TensorType::F16:
+            return 1;  // MOSTLY_F16
+        case TensorType::Q4_0:
+            return 2;  // MOSTLY_Q4_0
+        case TensorType::Q8_0:
+            return 7;  // MOSTLY_Q8_0
+        case TensorType::BF16:
+            return 32;  // MOSTLY_BF16
     }
     return 0;
 }
 
 uint32_t u32_of(int64_t v, const char* what) {
-    MSLM_CHECK(v >= 0 && v <= std::numeric_limits<uint32_t>::max(), "GGUF export: {} = {} does not fit in 32 bits", what, v);
+    MSLM_CHECK(v >= 0 && v <= std::numeric_limits<uint32_t>::max(),
+               "GGUF export: {} = {} does not fit in 32 bits", what, v);
     return static_cast<uint32_t>(v);
 }
 
@@ -243,7 +269,8 @@ void write_config(gguf::Writer& w, GgufArch arch, const ModelConfig& c) {
     const std::string a = gguf_arch_name(arch) + ".";
     auto u32 = [&](const std::string& key, int64_t v) { w.add(a + key, Value::u32(u32_of(v, key.c_str()))); };
     std::vector<int32_t> kv_heads;
-    for (LayerKind k : c.layers) kv_heads.push_back(k == LayerKind::Attention ? static_cast<int32_t>(c.attn_kv_heads()) : 0);
+    for (LayerKind k : c.layers)
+        kv_heads.push_back(k == LayerKind::Attention ? static_cast<int32_t>(c.attn_kv_heads()) : 0);
     u32("block_count", c.n_layers);
     u32("context_length", std::min<int64_t>(c.max_seq_len, std::numeric_limits<uint32_t>::max()));
     u32("embedding_length", c.d_model);
@@ -300,8 +327,11 @@ std::string pre_tokenizer_name(const json& pre, const std::string& src) {
             !bl.value("use_regex", true))
             return "llama-bpe";
     }
-    fail("GGUF export: {}: pre_tokenizer {} is neither GPT-2's ByteLevel nor Llama-3's split, the two that map onto "
-         "llama.cpp's pre-tokenizers", src, pre.dump().substr(0, 120));
+    fail(
+        "GGUF export: {}: pre_tokenizer {} is neither GPT-2's ByteLevel nor Llama-3's split, the two that "
+        "map onto "
+        "llama.cpp's pre-tokenizers",
+        src, pre.dump().substr(0, 120));
 }
 
 // Writes tokenizer.ggml.* as llama.cpp's converter does for a byte-level BPE tokenizer.json
@@ -316,17 +346,20 @@ bool write_tokenizer(gguf::Writer& w, const std::string& dir, int64_t vocab_size
     }
     const json j = read_json_file(tok);
     const std::string src = tok.string();
-    MSLM_CHECK(j.contains("model") && j["model"].value("type", "") == "BPE", "GGUF export: {}: model.type is not BPE",
-               src);
+    MSLM_CHECK(j.contains("model") && j["model"].value("type", "") == "BPE",
+               "GGUF export: {}: model.type is not BPE", src);
     const json& model = j["model"];
-    MSLM_CHECK(model.contains("vocab") && model["vocab"].is_object(), "GGUF export: {}: model.vocab missing", src);
+    MSLM_CHECK(model.contains("vocab") && model["vocab"].is_object(), "GGUF export: {}: model.vocab missing",
+               src);
     const std::string pre = pre_tokenizer_name(j.value("pre_tokenizer", json()), src);
     std::vector<std::string> tokens(static_cast<size_t>(vocab_size));
     std::vector<int32_t> types(static_cast<size_t>(vocab_size), 5);
     std::map<std::string, int64_t> ids;
     auto put = [&](const std::string& t, int64_t id, int32_t type) {
-        MSLM_CHECK(id >= 0 && id < vocab_size, "GGUF export: {}: token '{}' has id {}, outside the model's vocabulary "
-                   "of {}", src, t, id, vocab_size);
+        MSLM_CHECK(id >= 0 && id < vocab_size,
+                   "GGUF export: {}: token '{}' has id {}, outside the model's vocabulary "
+                   "of {}",
+                   src, t, id, vocab_size);
         tokens[static_cast<size_t>(id)] = t;
         types[static_cast<size_t>(id)] = type;
         ids[t] = id;
@@ -338,8 +371,10 @@ bool write_tokenizer(gguf::Writer& w, const std::string& dir, int64_t vocab_size
         if (types[i] == 5) tokens[i] = fmt::format("[PAD{}]", i);
     std::vector<std::string> merges;
     for (const auto& m : model.value("merges", json::array())) {
-        if (m.is_string()) merges.push_back(m.get<std::string>());
-        else merges.push_back(m.at(0).get<std::string>() + " " + m.at(1).get<std::string>());
+        if (m.is_string())
+            merges.push_back(m.get<std::string>());
+        else
+            merges.push_back(m.at(0).get<std::string>() + " " + m.at(1).get<std::string>());
     }
     w.add("tokenizer.ggml.model", Value::string("gpt2"));
     w.add("tokenizer.ggml.pre", Value::string(pre));
@@ -355,7 +390,9 @@ bool write_tokenizer(gguf::Writer& w, const std::string& dir, int64_t vocab_size
         const std::string key = std::string(role) + "_token";
         if (!tok_cfg.contains(key)) continue;
         const json& v = tok_cfg[key];
-        const std::string content = v.is_string() ? v.get<std::string>() : v.is_object() ? v.value("content", "") : "";
+        const std::string content = v.is_string()   ? v.get<std::string>()
+                                    : v.is_object() ? v.value("content", "")
+                                                    : "";
         if (auto it = ids.find(content); it != ids.end()) special[role] = it->second;
     }
     const fs::path gc = fs::path(dir) / "generation_config.json";
@@ -363,7 +400,8 @@ bool write_tokenizer(gguf::Writer& w, const std::string& dir, int64_t vocab_size
         json g = read_json_file(gc);
         for (const char* role : {"bos", "eos", "pad"}) {
             const std::string key = std::string(role) + "_token_id";
-            if (!special.count(role) && g.contains(key) && g[key].is_number_integer()) special[role] = g[key].get<int64_t>();
+            if (!special.count(role) && g.contains(key) && g[key].is_number_integer())
+                special[role] = g[key].get<int64_t>();
         }
     }
     for (const auto& [role, id] : special)
@@ -377,11 +415,13 @@ bool write_tokenizer(gguf::Writer& w, const std::string& dir, int64_t vocab_size
 
 }  // namespace
 
-GgufExportReport export_gguf(const HybridLM<float>& model, const std::string& out_path, const GgufExportOptions& opt) {
+GgufExportReport export_gguf(const HybridLM<float>& model, const std::string& out_path,
+                             const GgufExportOptions& opt) {
     const ModelConfig& cfg = model.config();
     MSLM_CHECK(opt.type == TensorType::F32 || opt.type == TensorType::F16 || opt.type == TensorType::Q8_0 ||
                    opt.type == TensorType::Q4_0,
-               "GGUF export: type {} is not offered (f32, f16, q8_0, q4_0 are)", gguf::tensor_type_name(opt.type));
+               "GGUF export: type {} is not offered (f32, f16, q8_0, q4_0 are)",
+               gguf::tensor_type_name(opt.type));
     GgufExportReport report;
     report.arch = gguf_arch_for(cfg);
     gguf::Writer w;
@@ -408,8 +448,9 @@ GgufExportReport export_gguf(const HybridLM<float>& model, const std::string& ou
         }
         const TensorType t = gguf_tensor_type(m, opt.type);
         if (t != opt.type && t == TensorType::F16)
-            report.notes.push_back(fmt::format("{} kept in F16: its rows hold {} values, not a multiple of {}",
-                                               m.gguf_name, m.ne[0], gguf::kBlock));
+            report.notes.push_back(
+                fmt::format("{} kept in F16: its rows hold {} values, not a multiple of {}", m.gguf_name,
+                            m.ne[0], gguf::kBlock));
         w.add_tensor(m.gguf_name, m.ne, t, gguf::encode(t, v.data(), numel, m.ne[0]));
         report.tensors.emplace_back(m.gguf_name, t);
     }
@@ -420,11 +461,17 @@ GgufExportReport export_gguf(const HybridLM<float>& model, const std::string& ou
 ModelConfig config_from_gguf(const gguf::File& f, GgufArch* arch_out) {
     const std::string arch_name = f.get_string("general.architecture");
     GgufArch arch;
-    if (arch_name == "mamba") arch = GgufArch::Mamba;
-    else if (arch_name == "mamba2") arch = GgufArch::Mamba2;
-    else if (arch_name == "jamba") arch = GgufArch::Jamba;
-    else if (arch_name == "granitehybrid") arch = GgufArch::GraniteHybrid;
-    else fail("{}: general.architecture \"{}\" is not supported (mamba, mamba2, jamba, granitehybrid are)", f.name(), arch_name);
+    if (arch_name == "mamba")
+        arch = GgufArch::Mamba;
+    else if (arch_name == "mamba2")
+        arch = GgufArch::Mamba2;
+    else if (arch_name == "jamba")
+        arch = GgufArch::Jamba;
+    else if (arch_name == "granitehybrid")
+        arch = GgufArch::GraniteHybrid;
+    else
+        fail("{}: general.architecture \"{}\" is not supported (mamba, mamba2, jamba, granitehybrid are)",
+             f.name(), arch_name);
     const std::string a = arch_name + ".";
     auto u = [&](const char* key) { return static_cast<int64_t>(f.get_uint(a + key)); };
     auto has = [&](const std::string& key) { return f.find(a + key) != nullptr; };
@@ -435,7 +482,8 @@ ModelConfig config_from_gguf(const gguf::File& f, GgufArch* arch_out) {
     c.vocab_size = embd->ne[1];
     c.d_model = u("embedding_length");
     c.n_layers = u("block_count");
-    MSLM_CHECK(c.n_layers > 0 && c.n_layers <= 4096, "{}: {}block_count = {} is out of range", f.name(), a, c.n_layers);
+    MSLM_CHECK(c.n_layers > 0 && c.n_layers <= 4096, "{}: {}block_count = {} is out of range", f.name(), a,
+               c.n_layers);
     c.max_seq_len = has("context_length") ? u("context_length") : (1 << 20);
     c.norm_eps = f.get_float(a + "attention.layer_norm_rms_epsilon");
     c.tie_embeddings = f.find_tensor("output.weight") == nullptr;
@@ -449,29 +497,37 @@ ModelConfig config_from_gguf(const gguf::File& f, GgufArch* arch_out) {
     if (v2) {
         c.mamba.version = 2;
         const int64_t heads = u("ssm.time_step_rank");
-        MSLM_CHECK(heads > 0 && c.mamba.d_inner % heads == 0, "{}: {}ssm.time_step_rank = {} (heads) does not divide "
-                   "ssm.inner_size = {}", f.name(), a, heads, c.mamba.d_inner);
+        MSLM_CHECK(heads > 0 && c.mamba.d_inner % heads == 0,
+                   "{}: {}ssm.time_step_rank = {} (heads) does not divide "
+                   "ssm.inner_size = {}",
+                   f.name(), a, heads, c.mamba.d_inner);
         c.mamba.head_dim = c.mamba.d_inner / heads;
         c.mamba.n_groups = u("ssm.group_count");
     } else {
         c.mamba.version = 1;
         c.mamba.dt_rank = u("ssm.time_step_rank");
         if (has("ssm.dt_b_c_rms"))
-            MSLM_CHECK(!f.get_bool(a + "ssm.dt_b_c_rms"), "{}: {}ssm.dt_b_c_rms = true (weightless dt/B/C norms, "
-                       "FalconMamba) is not supported", f.name(), a);
+            MSLM_CHECK(!f.get_bool(a + "ssm.dt_b_c_rms"),
+                       "{}: {}ssm.dt_b_c_rms = true (weightless dt/B/C norms, "
+                       "FalconMamba) is not supported",
+                       f.name(), a);
     }
     c.mamba.conv_bias = arch != GgufArch::GraniteHybrid || f.find_tensor("blk.0.ssm_conv1d.bias") != nullptr;
     if (arch == GgufArch::Jamba || arch == GgufArch::GraniteHybrid) {
         c.mlp = {MlpKind::SwiGLU, u("feed_forward_length"), f.find_tensor("blk.0.ffn_up.bias") != nullptr};
         c.attention.n_heads = u("attention.head_count");
         const gguf::Value& kv = f.get_array(a + "attention.head_count_kv", gguf::ValueType::I32);
-        MSLM_CHECK(static_cast<int64_t>(kv.size()) == c.n_layers, "{}: {}attention.head_count_kv has {} entries for {} "
-                   "layers", f.name(), a, kv.size(), c.n_layers);
+        MSLM_CHECK(static_cast<int64_t>(kv.size()) == c.n_layers,
+                   "{}: {}attention.head_count_kv has {} entries for {} "
+                   "layers",
+                   f.name(), a, kv.size(), c.n_layers);
         int64_t kv_heads = 0;
         for (size_t l = 0; l < kv.size(); ++l) {
             if (kv.ints[l] == 0) continue;
-            MSLM_CHECK(kv_heads == 0 || kv.ints[l] == kv_heads, "{}: {}attention.head_count_kv differs between attention "
-                       "layers ({} and {})", f.name(), a, kv_heads, kv.ints[l]);
+            MSLM_CHECK(kv_heads == 0 || kv.ints[l] == kv_heads,
+                       "{}: {}attention.head_count_kv differs between attention "
+                       "layers ({} and {})",
+                       f.name(), a, kv_heads, kv.ints[l]);
             kv_heads = kv.ints[l];
             c.layers[l] = LayerKind::Attention;
         }
@@ -481,14 +537,17 @@ ModelConfig config_from_gguf(const gguf::File& f, GgufArch* arch_out) {
             c.mamba.dt_bc_norm = true;
             c.attention.position = PositionKind::None;
             if (has("expert_count"))
-                MSLM_CHECK(u("expert_count") <= 1, "{}: jamba with {} experts (mixture of experts) is not supported",
-                           f.name(), u("expert_count"));
+                MSLM_CHECK(u("expert_count") <= 1,
+                           "{}: jamba with {} experts (mixture of experts) is not supported", f.name(),
+                           u("expert_count"));
         } else {
-            for (const char* scale : {"embedding_scale", "residual_scale", "logit_scale", "attention.scale"}) {
+            for (const char* scale :
+                 {"embedding_scale", "residual_scale", "logit_scale", "attention.scale"}) {
                 if (!has(scale)) continue;
                 const double v = f.get_float(a + scale);
                 const bool neutral = std::string(scale) == "attention.scale" ? v == 0 : (v == 0 || v == 1);
-                MSLM_CHECK(neutral, "{}: {}{} = {} (Granite's scaling) is not supported", f.name(), a, scale, v);
+                MSLM_CHECK(neutral, "{}: {}{} = {} (Granite's scaling) is not supported", f.name(), a, scale,
+                           v);
             }
             const bool rope = !has("rope.scaling.finetuned") || f.get_bool(a + "rope.scaling.finetuned");
             c.attention.position = rope ? PositionKind::RoPE : PositionKind::None;
@@ -528,24 +587,25 @@ std::unique_ptr<HybridLM<T>> load_gguf_model(const std::string& path) {
             while (ne.size() > 1 && ne.back() == 1) ne.pop_back();
             return ne;
         };
-        MSLM_CHECK(squeezed(t->ne) == squeezed(m.ne), "{}: tensor '{}' has dims [{}], the config needs [{}]", f.name(),
-                   m.gguf_name,
-                   fmt::join(t->ne, ", "), fmt::join(m.ne, ", "));
+        MSLM_CHECK(squeezed(t->ne) == squeezed(m.ne), "{}: tensor '{}' has dims [{}], the config needs [{}]",
+                   f.name(), m.gguf_name, fmt::join(t->ne, ", "), fmt::join(m.ne, ", "));
         used.insert(m.gguf_name);
         std::vector<float> v = f.to_f32(*t);
         const size_t idx = params.find(m.native_name);
         const ParamSpec& s = params.specs()[idx];
         const int64_t row = s.numel / s.shape[0];
-        apply_transform(m.transform, v, m.rows, row, cfg, true, fmt::format("{}: tensor '{}'", f.name(), m.gguf_name));
+        apply_transform(m.transform, v, m.rows, row, cfg, true,
+                        fmt::format("{}: tensor '{}'", f.name(), m.gguf_name));
         T* dst = params.value(idx) + m.row_begin * row;
         for (size_t i = 0; i < v.size(); ++i) dst[i] = static_cast<T>(v[i]);
         filled[idx] = true;
     }
     for (size_t i = 0; i < filled.size(); ++i)
-        MSLM_CHECK(filled[i], "{}: nothing in the file maps to parameter '{}'", f.name(), params.specs()[i].name);
+        MSLM_CHECK(filled[i], "{}: nothing in the file maps to parameter '{}'", f.name(),
+                   params.specs()[i].name);
     for (const auto& t : f.tensors())
-        MSLM_CHECK(used.count(t.name), "{}: unexpected tensor '{}' (not part of a {} model with this config)", f.name(),
-                   t.name, gguf_arch_name(arch));
+        MSLM_CHECK(used.count(t.name), "{}: unexpected tensor '{}' (not part of a {} model with this config)",
+                   f.name(), t.name, gguf_arch_name(arch));
     return model;
 }
 

@@ -46,7 +46,8 @@ struct GgufTensorMap {
 };
 
 // Every GGUF tensor of `arch` for this config, mapped onto the native parameters in `specs`.
-std::vector<GgufTensorMap> gguf_tensor_map(GgufArch arch, const ModelConfig& cfg, const std::vector<ParamSpec>& specs);
+std::vector<GgufTensorMap> gguf_tensor_map(GgufArch arch, const ModelConfig& cfg,
+                                           const std::vector<ParamSpec>& specs);
 
 // The type a tensor gets when `requested` is asked for, by llama.cpp's rules (its converter and
 // llama-quantize): 1-D tensors, norms, ssm_conv1d and tensors not named "*.weight" (ssm_a, ssm_d,
@@ -69,7 +70,8 @@ struct GgufExportReport {
     bool tokenizer = false;
 };
 
-GgufExportReport export_gguf(const HybridLM<float>& model, const std::string& out_path, const GgufExportOptions& opt);
+GgufExportReport export_gguf(const HybridLM<float>& model, const std::string& out_path,
+                             const GgufExportOptions& opt);
 
 // The native config of a GGUF written by us or by llama.cpp's converter for the four archs.
 ModelConfig config_from_gguf(const gguf::File& file, GgufArch* arch = nullptr);

@@ -44,7 +44,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         }
         for (const auto& [key, v] : header.kv) {
             try {
-                if (!v.is_array() && v.type != mslm::gguf::ValueType::STRING) sink = sink + static_cast<float>(file.get_uint(key));
+                if (!v.is_array() && v.type != mslm::gguf::ValueType::STRING)
+                    sink = sink + static_cast<float>(file.get_uint(key));
             } catch (const mslm::Error&) {
                 // not an unsigned integer
             }

@@ -36,9 +36,12 @@ int main(int argc, char** argv) {
     const std::string model_path = argv[1], tokens_path = argv[2], out_path = argv[3];
     int window = 0, threads = 2;
     for (int i = 4; i + 1 < argc; i += 2) {
-        if (std::strcmp(argv[i], "--window") == 0) window = std::atoi(argv[i + 1]);
-        else if (std::strcmp(argv[i], "--threads") == 0) threads = std::atoi(argv[i + 1]);
-        else die(std::string("unknown option ") + argv[i]);
+        if (std::strcmp(argv[i], "--window") == 0)
+            window = std::atoi(argv[i + 1]);
+        else if (std::strcmp(argv[i], "--threads") == 0)
+            threads = std::atoi(argv[i + 1]);
+        else
+            die(std::string("unknown option ") + argv[i]);
     }
     std::vector<llama_token> tokens;
     {
@@ -86,7 +89,8 @@ int main(int argc, char** argv) {
         for (int i = 0; i < n; ++i) {
             const float* logits = llama_get_logits_ith(ctx, i);
             if (!logits) die("no logits for a position");
-            if (std::fwrite(logits, sizeof(float), static_cast<size_t>(n_vocab), out) != static_cast<size_t>(n_vocab))
+            if (std::fwrite(logits, sizeof(float), static_cast<size_t>(n_vocab), out) !=
+                static_cast<size_t>(n_vocab))
                 die(out_path + ": write failed");
         }
     }

@@ -125,7 +125,8 @@ TEST(GgufReader, RejectsBadMagicAndVersion) {
 TEST(GgufReader, RejectsOffsetsPastTheEnd) {
     Spec s;
     s.tensors[1].offset = 64;
-    expect_rejected(build(s), "tensor 'b' (Q8_0 [32]: 34 bytes at data offset 64) ends past the end of the file");
+    expect_rejected(build(s),
+                    "tensor 'b' (Q8_0 [32]: 34 bytes at data offset 64) ends past the end of the file");
 }
 
 TEST(GgufReader, RejectsSizesInconsistentWithShapes) {
@@ -211,7 +212,8 @@ TEST(GgufReader, RejectsMisalignedOffsetsAndBadAlignment) {
 TEST(GgufReader, RejectsBlockRowsThatAreNotWhole) {
     Spec s;
     s.tensors[1].ne = {16, 2};
-    expect_rejected(build(s), "tensor 'b' of type Q8_0 has rows of 16 values, not a multiple of the block size 32");
+    expect_rejected(build(s),
+                    "tensor 'b' of type Q8_0 has rows of 16 values, not a multiple of the block size 32");
 }
 
 TEST(GgufReader, RejectsDuplicates) {
@@ -264,7 +266,8 @@ TEST(GgufWriter, RoundTripsEveryValueTypeAndAlignment) {
     EXPECT_THROW(w.add_tensor("d", {2}, TensorType::F32, std::vector<uint8_t>(4)), Error);
 
     const auto bytes = w.serialize(64);
-    auto storage = std::make_shared<Storage>(const_cast<uint8_t*>(bytes.data()), bytes.size(), Device::CPU, nullptr);
+    auto storage =
+        std::make_shared<Storage>(const_cast<uint8_t*>(bytes.data()), bytes.size(), Device::CPU, nullptr);
     const gguf::File f = gguf::File::from_bytes(storage, "rt.gguf");
     EXPECT_EQ(f.header().alignment, 64u);
     EXPECT_EQ(f.get_uint("general.alignment"), 64u);
@@ -291,13 +294,15 @@ TEST(GgufWriter, RoundTripsEveryValueTypeAndAlignment) {
     for (const auto& t : f.tensors()) EXPECT_EQ(t.offset % 64, 0u) << t.name;
     EXPECT_EQ(f.to_f32(*f.find_tensor("a")), a);
     const std::vector<float> c = f.to_f32(*f.find_tensor("c"));
-    for (size_t i = 0; i < b.size(); ++i) EXPECT_NEAR(c[i], b[i], std::ldexp(1.0f, -11)) << i;  // fp16 half-ulp ≤ 2^-12 for |x| ≤ 1
+    for (size_t i = 0; i < b.size(); ++i)
+        EXPECT_NEAR(c[i], b[i], std::ldexp(1.0f, -11)) << i;  // fp16 half-ulp ≤ 2^-12 for |x| ≤ 1
 }
 
 // ---------------------------------------------------------------------------------------------
 
 TEST(GgufQuant, MatchesGgmlReferenceQuantizersBitForBit) {
-    const SafetensorsFile fx = SafetensorsFile::open(std::string(MSLM_FIXTURE_DIR) + "/gguf/quant.safetensors");
+    const SafetensorsFile fx =
+        SafetensorsFile::open(std::string(MSLM_FIXTURE_DIR) + "/gguf/quant.safetensors");
     const Tensor x = fx.get_f32("x");
     const int64_t n = x.numel();
     for (auto [type, key] : {std::pair{TensorType::Q8_0, "q8_0"}, std::pair{TensorType::Q4_0, "q4_0"}}) {

@@ -3,21 +3,20 @@
 // cannot compute are refused; llama.cpp's type rules; the tokenizer keys. The GgufLlamaCpp suite
 // runs llama.cpp itself (tests/llama_cpp/llama_logits.cpp, built by scripts/build_llama_cpp.sh) on
 // our exports and skips, saying so, when that build is absent.
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
-#include <functional>
 #include <fstream>
+#include <functional>
 #include <map>
+#include <nlohmann/json.hpp>
 #include <random>
 #include <string>
 #include <vector>
-
-#include <fmt/format.h>
-#include <nlohmann/json.hpp>
 
 #include "core/error.h"
 #include "export/gguf_model.h"
@@ -101,7 +100,9 @@ std::unique_ptr<HybridLM<float>> random_model(const ModelConfig& cfg, uint64_t s
 
 const GgufArch kArchs[] = {GgufArch::Mamba, GgufArch::Mamba2, GgufArch::Jamba, GgufArch::GraniteHybrid};
 
-std::string arch_param_name(const testing::TestParamInfo<GgufArch>& info) { return gguf_arch_name(info.param); }
+std::string arch_param_name(const testing::TestParamInfo<GgufArch>& info) {
+    return gguf_arch_name(info.param);
+}
 
 // |x - y| allowed for one GGUF tensor of type t, elementwise over the native values x of that
 // tensor (rows of ne[0]).
@@ -243,7 +244,8 @@ TEST(GgufModelRules, Mamba2AndHybridLayoutsFollowTheConverter) {
     const float* qkv = gh->params().value(gh->params().find("layers.2.mixer.qkv_proj.weight"));
     const int order[8] = {0, 2, 1, 3, 4, 5, 6, 7};
     for (int r = 0; r < 8; ++r)
-        for (int k = 0; k < 32; ++k) ASSERT_EQ(q[static_cast<size_t>((8 + r) * 32 + k)], qkv[(8 + order[r]) * 32 + k]);
+        for (int k = 0; k < 32; ++k)
+            ASSERT_EQ(q[static_cast<size_t>((8 + r) * 32 + k)], qkv[(8 + order[r]) * 32 + k]);
 }
 
 TEST(GgufModelRules, RefusesWhatLlamaCppCannotCompute) {
@@ -254,18 +256,24 @@ TEST(GgufModelRules, RefusesWhatLlamaCppCannotCompute) {
     };
     const std::vector<Case> cases = {
         {GgufArch::Mamba, [](ModelConfig& c) { c.norm = NormKind::LayerNorm; }, "norm = layernorm"},
-        {GgufArch::Mamba, [](ModelConfig& c) { c.mamba.expand = 3; }, "d_inner = 96 with d_model = 32 (mamba supports "
-                                                                       "only d_inner = 2 x d_model)"},
+        {GgufArch::Mamba, [](ModelConfig& c) { c.mamba.expand = 3; },
+         "d_inner = 96 with d_model = 32 (mamba supports "
+         "only d_inner = 2 x d_model)"},
         {GgufArch::Mamba, [](ModelConfig& c) { c.mamba.proj_bias = true; }, "mamba.proj_bias"},
-        {GgufArch::Mamba, [](ModelConfig& c) { c.mamba.dt_bc_norm = true; }, "mamba.dt_bc_norm without attention"},
+        {GgufArch::Mamba, [](ModelConfig& c) { c.mamba.dt_bc_norm = true; },
+         "mamba.dt_bc_norm without attention"},
         {GgufArch::Mamba2, [](ModelConfig& c) { c.mamba.dt_limit_max = 0.1; }, "mamba.dt_limit = [0, 0.1]"},
         {GgufArch::Mamba2, [](ModelConfig& c) { c.mamba.norm_groups = 1; }, "mamba.norm_groups = 1 differs"},
-        {GgufArch::Jamba, [](ModelConfig& c) { c.attention.position = PositionKind::RoPE; }, "jamba's attention has no positions"},
+        {GgufArch::Jamba, [](ModelConfig& c) { c.attention.position = PositionKind::RoPE; },
+         "jamba's attention has no positions"},
         {GgufArch::Jamba, [](ModelConfig& c) { c.mlp.kind = MlpKind::GELU; }, "mlp.kind other than swiglu"},
         {GgufArch::Jamba, [](ModelConfig& c) { c.mamba.dt_bc_norm = false; }, "without mamba.dt_bc_norm"},
-        {GgufArch::GraniteHybrid, [](ModelConfig& c) { c.mlp.kind = MlpKind::None; }, "no MLP (granitehybrid needs"},
-        {GgufArch::GraniteHybrid, [](ModelConfig& c) { c.attention.sliding_window = 8; }, "sliding_window = 8"},
-        {GgufArch::GraniteHybrid, [](ModelConfig& c) { c.mamba.expand = 4; }, "granitehybrid supports only d_inner"},
+        {GgufArch::GraniteHybrid, [](ModelConfig& c) { c.mlp.kind = MlpKind::None; },
+         "no MLP (granitehybrid needs"},
+        {GgufArch::GraniteHybrid, [](ModelConfig& c) { c.attention.sliding_window = 8; },
+         "sliding_window = 8"},
+        {GgufArch::GraniteHybrid, [](ModelConfig& c) { c.mamba.expand = 4; },
+         "granitehybrid supports only d_inner"},
     };
     for (const Case& k : cases) {
         ModelConfig c = arch_config(k.base);
@@ -287,7 +295,8 @@ TEST(GgufModelRules, WritesTheByteLevelTokenizerAsTheConverterDoes) {
     struct Case {
         const char *file, *pre, *eos;
     };
-    for (const Case& c : {Case{"gpt2.json", "gpt-2", "<|endoftext|>"}, Case{"llama3.json", "llama-bpe", "<|end_of_text|>"}}) {
+    for (const Case& c :
+         {Case{"gpt2.json", "gpt-2", "<|endoftext|>"}, Case{"llama3.json", "llama-bpe", "<|end_of_text|>"}}) {
         SCOPED_TRACE(c.file);
         const std::string dir = test::fresh_test_dir("gguf");
         fs::copy_file(std::string(MSLM_FIXTURE_DIR) + "/tokenizers/" + c.file, dir + "/tokenizer.json");
@@ -314,7 +323,8 @@ TEST(GgufModelRules, WritesTheByteLevelTokenizerAsTheConverterDoes) {
         }
         EXPECT_EQ(tokens[6007], "[PAD6007]");
         EXPECT_EQ(types[6007], 5);
-        EXPECT_EQ(f.get_array("tokenizer.ggml.merges", gguf::ValueType::STRING).size(), tok["model"]["merges"].size());
+        EXPECT_EQ(f.get_array("tokenizer.ggml.merges", gguf::ValueType::STRING).size(),
+                  tok["model"]["merges"].size());
         const uint64_t eos = f.get_uint("tokenizer.ggml.eos_token_id");
         EXPECT_EQ(tokens[eos], c.eos);
         EXPECT_EQ(f.get_string("tokenizer.chat_template"), "{{ x }}");
@@ -342,7 +352,8 @@ TEST(GgufModelRules, ReadsAndWritesWhatLlamaCppsConverterDoes) {
             const bool a_log = s.name.ends_with("A_log");
             for (int64_t k = 0; k < s.numel; ++k) {
                 const double x = p.value(i)[k];
-                ASSERT_LE(std::fabs(q.value(i)[k] - x), a_log ? std::ldexp(1.0, -24) * (1 + std::fabs(x)) : 0.0)
+                ASSERT_LE(std::fabs(q.value(i)[k] - x),
+                          a_log ? std::ldexp(1.0, -24) * (1 + std::fabs(x)) : 0.0)
                     << s.name << " element " << k;
             }
         }
@@ -390,9 +401,10 @@ std::string llama_tool() {
     return base + "/llama.cpp-0.3.36/build/mslm_llama_logits";
 }
 
-#define SKIP_WITHOUT_LLAMA_CPP()                                                                                  \
-    if (!fs::exists(llama_tool()))                                                                                \
-    GTEST_SKIP() << "llama.cpp test tool not found at " << llama_tool() << " (scripts/build_llama_cpp.sh builds it)"
+#define SKIP_WITHOUT_LLAMA_CPP()                                        \
+    if (!fs::exists(llama_tool()))                                      \
+    GTEST_SKIP() << "llama.cpp test tool not found at " << llama_tool() \
+                 << " (scripts/build_llama_cpp.sh builds it)"
 
 // llama.cpp's logits for `ids`, evaluated in independent windows: (ids.size(), vocab).
 std::vector<float> llama_logits(const std::string& gguf_path, const std::vector<int32_t>& ids, int64_t window,
@@ -401,8 +413,9 @@ std::vector<float> llama_logits(const std::string& gguf_path, const std::vector<
         std::ofstream t(dir + "/tokens.txt");
         for (int32_t id : ids) t << id << ' ';
     }
-    const std::string cmd = fmt::format("'{}' '{}' '{}/tokens.txt' '{}/logits.f32' --window {} --threads 2 > '{}/llama.log' 2>&1",
-                                        llama_tool(), gguf_path, dir, dir, window, dir);
+    const std::string cmd =
+        fmt::format("'{}' '{}' '{}/tokens.txt' '{}/logits.f32' --window {} --threads 2 > '{}/llama.log' 2>&1",
+                    llama_tool(), gguf_path, dir, dir, window, dir);
     const int rc = std::system(cmd.c_str());
     std::ifstream log(dir + "/llama.log");
     const std::string text((std::istreambuf_iterator<char>(log)), std::istreambuf_iterator<char>());
@@ -439,17 +452,19 @@ TEST_P(GgufLlamaCpp, F32LogitsMatchOurs) {
     double worst = 0;
     for (size_t t = 0; t < ids.size(); ++t) {
         double scale = 0;
-        for (int64_t v = 0; v < cfg.vocab_size; ++v) scale = std::max(scale, std::fabs(static_cast<double>(ours[t * cfg.vocab_size + v])));
+        for (int64_t v = 0; v < cfg.vocab_size; ++v)
+            scale = std::max(scale, std::fabs(static_cast<double>(ours[t * cfg.vocab_size + v])));
         for (int64_t v = 0; v < cfg.vocab_size; ++v) {
             const size_t k = t * static_cast<size_t>(cfg.vocab_size) + static_cast<size_t>(v);
             const double diff = std::fabs(static_cast<double>(theirs[k]) - ours[k]);
             worst = std::max(worst, diff / scale);
-            ASSERT_LE(diff, 1e-4 * scale) << "position " << t << " token " << v << ": llama.cpp " << theirs[k]
-                                          << ", ours " << ours[k];
+            ASSERT_LE(diff, 1e-4 * scale)
+                << "position " << t << " token " << v << ": llama.cpp " << theirs[k] << ", ours " << ours[k];
         }
     }
     RecordProperty("worst_relative_diff", fmt::format("{:.3g}", worst));
-    std::printf("[ %s ] worst |llama.cpp - ours| / max|logit| = %.3g\n", gguf_arch_name(GetParam()).c_str(), worst);
+    std::printf("[ %s ] worst |llama.cpp - ours| / max|logit| = %.3g\n", gguf_arch_name(GetParam()).c_str(),
+                worst);
 }
 
 INSTANTIATE_TEST_SUITE_P(Archs, GgufLlamaCpp, testing::ValuesIn(kArchs), arch_param_name);
@@ -493,7 +508,8 @@ TEST(GgufLlamaCppPerplexity, TrainedModelQ8_0WithinOnePercent) {
     std::vector<float> ours(ids.size() * static_cast<size_t>(V));
     for (size_t s = 0; s < ids.size(); s += window) {
         model->forward(ids.data() + s, nullptr, 1, window);
-        std::copy(model->logits(), model->logits() + window * V, ours.begin() + static_cast<std::ptrdiff_t>(s * V));
+        std::copy(model->logits(), model->logits() + window * V,
+                  ours.begin() + static_cast<std::ptrdiff_t>(s * V));
     }
     const double ppl_ours = std::exp(mean_nll(ours.data(), ids, window, V));
     const std::string dir = test::fresh_test_dir("gguf_llama");
@@ -505,8 +521,9 @@ TEST(GgufLlamaCppPerplexity, TrainedModelQ8_0WithinOnePercent) {
         const auto logits = llama_logits(dir + "/" + name + ".gguf", ids, window, V, dir);
         ppl[name] = std::exp(mean_nll(logits.data(), ids, window, V));
     }
-    std::printf("perplexity on %zu WikiText-2 bytes: ours fp32 %.5f, llama.cpp f32 %.5f, llama.cpp q8_0 %.5f\n",
-                ids.size(), ppl_ours, ppl["f32"], ppl["q8_0"]);
+    std::printf(
+        "perplexity on %zu WikiText-2 bytes: ours fp32 %.5f, llama.cpp f32 %.5f, llama.cpp q8_0 %.5f\n",
+        ids.size(), ppl_ours, ppl["f32"], ppl["q8_0"]);
     EXPECT_LT(std::fabs(ppl["f32"] / ppl_ours - 1), 1e-4);
     EXPECT_LT(std::fabs(ppl["q8_0"] / ppl_ours - 1), 0.01);
 }
