@@ -539,6 +539,7 @@ void quantize_q4_0(const float* x, uint8_t* out) {
 
 std::vector<uint8_t> encode(TensorType type, const float* x, int64_t numel, int64_t row) {
     std::vector<uint8_t> out(tensor_bytes(type, static_cast<uint64_t>(numel)));
+    if (out.empty()) return out;
     switch (type) {
         case TensorType::F32:
             std::memcpy(out.data(), x, out.size());
@@ -573,6 +574,7 @@ std::vector<uint8_t> encode(TensorType type, const float* x, int64_t numel, int6
 }
 
 void decode(TensorType type, const uint8_t* in, int64_t numel, float* out) {
+    if (numel == 0) return;  // a tensor with a zero dimension: no bytes, and maybe no buffers
     switch (type) {
         case TensorType::F32:
             std::memcpy(out, in, static_cast<size_t>(numel) * 4);

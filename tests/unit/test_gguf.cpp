@@ -99,6 +99,19 @@ TEST(GgufReader, AcceptsTheValidBaseFile) {
     EXPECT_EQ(h.data_start + 66, bytes.size());
 }
 
+// Found by fuzz_gguf: a dimension of 0 is valid (ggml accepts it) and reads as no values.
+TEST(GgufReader, AcceptsTensorsWithAZeroDimension) {
+    Spec s;
+    s.tensors[0].ne = {4, 0};
+    const auto bytes = build(s);
+    auto storage =
+        std::make_shared<Storage>(const_cast<uint8_t*>(bytes.data()), bytes.size(), Device::CPU, nullptr);
+    const gguf::File f = gguf::File::from_bytes(storage, "zero.gguf");
+    EXPECT_EQ(f.tensors()[0].nbytes, 0u);
+    EXPECT_TRUE(f.to_f32(f.tensors()[0]).empty());
+    EXPECT_TRUE(gguf::encode(TensorType::F32, nullptr, 0, 4).empty());
+}
+
 TEST(GgufReader, RejectsEveryTruncation) {
     const auto bytes = build(Spec{});
     for (size_t n = 0; n < bytes.size(); ++n) {
