@@ -13,6 +13,8 @@ void register_export(CLI::App& app);
 // `eval --model DIR --data DIR`: loss, perplexity and bits per byte on prepared shards (eval.cpp).
 void register_eval(CLI::App& app);
 void register_generate(CLI::App& app);  // generate.cpp
+// `export --format gguf` (export_gguf.cpp), called by export.cpp's --format gguf branch.
+void run_export_gguf(const std::string& model_path, const std::string& out, const std::string& type);
 void register_info(CLI::App& app);
 // `lora merge|combine`: PEFT adapters merged into a model or combined (lora.cpp).
 void register_lora(CLI::App& app);

@@ -11,7 +11,7 @@ namespace mslm::cli {
 namespace {
 
 struct ExportArgs {
-    std::string format, model, out, dtype;
+    std::string format, model, out, dtype, type = "f32";
     bool force = false;
 };
 
@@ -34,23 +34,27 @@ void run_export_hf(const ExportArgs& a) {
 void register_export(CLI::App& app) {
     auto* cmd = app.add_subcommand("export",
                                    "Export a model for other runtimes (--format hf: a transformers model "
-                                   "directory)");
+                                   "directory; --format gguf: a llama.cpp file)");
     auto a = std::make_shared<ExportArgs>();
     cmd->add_option("--format", a->format,
-                    "Target format: hf (transformers); gguf and onnx are not available yet")
+                    "Target format: hf (transformers), gguf (llama.cpp); onnx is not available yet")
         ->required()
         ->check(CLI::IsMember({"hf", "gguf", "onnx"}));
     cmd->add_option("--model", a->model,
                     "Source model directory (native, or Hugging Face Mamba/Mamba2/Jamba/Bamba)")
         ->required();
-    cmd->add_option("--out", a->out, "Output directory (created; must be absent or empty unless --force)")
+    cmd->add_option("--out", a->out,
+                    "hf: output directory (created; must be absent or empty unless --force); gguf: output file")
         ->required();
     cmd->add_option("--dtype", a->dtype, "hf: tensor dtype (default: each tensor keeps its source dtype)")
         ->check(CLI::IsMember({"f32", "bf16", "f16"}));
+    cmd->add_option("--type", a->type, "gguf: tensor type of the matrices (f32, f16, q8_0, q4_0; default f32)")
+        ->check(CLI::IsMember({"f32", "f16", "q8_0", "q4_0"}));
     cmd->add_flag("--force", a->force, "Replace an existing output directory");
     cmd->callback([a] {
         if (a->format == "hf") return run_export_hf(*a);
-        fail("export --format {}: not implemented yet (issue 9); available: hf", a->format);
+        if (a->format == "gguf") return run_export_gguf(a->model, a->out, a->type);
+        fail("export --format {}: not implemented yet (issue 9); available: hf, gguf", a->format);
     });
 }
 

@@ -7,6 +7,7 @@
 #include <set>
 
 #include "core/safetensors.h"
+#include "export/gguf_model.h"
 #include "model/hf_import.h"
 #include "quant/bnb_model.h"
 
@@ -25,6 +26,10 @@ json read_json(const fs::path& p) {
     } catch (const json::parse_error& e) {
         fail("{}: invalid JSON: {}", p.string(), e.what());
     }
+}
+
+bool is_gguf_file(const std::string& path) {
+    return fs::path(path).extension() == ".gguf" && fs::is_regular_file(path);
 }
 
 fs::path config_path(const std::string& dir) {
@@ -55,6 +60,11 @@ void copy_rows(const SafetensorsFile& file, const std::string& name, const Shape
 }  // namespace
 
 ModelConfig load_any_config(const std::string& dir, std::string* format, std::string* quantization) {
+    if (is_gguf_file(dir)) {
+        if (format) *format = "gguf";
+        if (quantization) quantization->clear();
+        return config_from_gguf(gguf::File::open(dir));
+    }
     fs::path p = config_path(dir);
     json j = read_json(p);
     if (quantization) quantization->clear();
@@ -74,6 +84,10 @@ ModelConfig load_any_config(const std::string& dir, std::string* format, std::st
 
 template <typename T>
 std::unique_ptr<HybridLM<T>> load_model(const std::string& dir, LoadedModelInfo* info) {
+    if (is_gguf_file(dir)) {
+        if (info) *info = {"gguf", dir, dir, ""};
+        return load_gguf_model<T>(dir);
+    }
     std::string format, quantization;
     ModelConfig cfg = load_any_config(dir, &format, &quantization);
     fs::path weights = config_path(dir).parent_path() / "model.safetensors";

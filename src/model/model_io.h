@@ -1,4 +1,4 @@
-// Model directories: the native layout (config.json with model_type "mamba_slm" +
+// Model directories (or a single .gguf file, read by export/gguf_model): the native layout (config.json with model_type "mamba_slm" +
 // model.safetensors with native names) and Hugging Face directories (their config.json +
 // model.safetensors, mapped through hf_import). Loading checks that every parameter is present
 // exactly once with the right shape and that nothing is left over.

@@ -49,8 +49,8 @@ check_one_line "non-empty output dir" 1 "exists and is not empty.*--force" -- \
     "$bin" export --format hf --model "$native" --out "$tmp/hf"
 check "--force replaces it" 0 "BambaForCausalLM" -- \
     "$bin" export --format hf --model "$native" --out "$tmp/hf" --force
-check_one_line "gguf is not there yet" 1 "--format gguf: not implemented yet" -- \
-    "$bin" export --format gguf --model "$native" --out "$tmp/gguf"
+check_one_line "onnx is not there yet" 1 "--format onnx: not implemented yet" -- \
+    "$bin" export --format onnx --model "$native" --out "$tmp/onnx"
 check "unknown format" 105 "--format: xyz not in" -- "$bin" export --format xyz --model "$native" --out "$tmp/x"
 check "bad dtype" 105 "--dtype: f8 not in" -- "$bin" export --format hf --model "$native" --out "$tmp/x" --dtype f8
 check "--model is required" 106 "--model is required" -- "$bin" export --format hf --out "$tmp/x"
