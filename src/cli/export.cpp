@@ -4,6 +4,7 @@
 
 #include "cli/commands.h"
 #include "core/error.h"
+#include "export/onnx.h"
 #include "model/hf_export.h"
 
 namespace mslm::cli {
@@ -29,6 +30,16 @@ void run_export_hf(const ExportArgs& a) {
                             .c_str());
 }
 
+// --format onnx: a decoding-step graph with explicit state plus genai_config.json (export/onnx.h).
+void run_export_onnx(const ExportArgs& a) {
+    OnnxExportOptions opts;
+    opts.overwrite = a.force;
+    const OnnxExportSummary s = export_onnx(a.model, a.out, opts);
+    std::printf("%s\n", fmt::format("exported {} as ONNX (opset {}, {} nodes, {} initializers) to {}: {}", a.model,
+                                    s.opset, s.nodes, s.initializers, a.out, fmt::join(s.files, ", "))
+                            .c_str());
+}
+
 }  // namespace
 
 void register_export(CLI::App& app) {
@@ -37,7 +48,7 @@ void register_export(CLI::App& app) {
                                    "directory)");
     auto a = std::make_shared<ExportArgs>();
     cmd->add_option("--format", a->format,
-                    "Target format: hf (transformers); gguf and onnx are not available yet")
+                    "Target format: hf (transformers), onnx (decoding-step graph + genai_config.json); gguf is not available yet")
         ->required()
         ->check(CLI::IsMember({"hf", "gguf", "onnx"}));
     cmd->add_option("--model", a->model,
@@ -50,7 +61,8 @@ void register_export(CLI::App& app) {
     cmd->add_flag("--force", a->force, "Replace an existing output directory");
     cmd->callback([a] {
         if (a->format == "hf") return run_export_hf(*a);
-        fail("export --format {}: not implemented yet (issue 9); available: hf", a->format);
+        if (a->format == "onnx") return run_export_onnx(*a);
+        fail("export --format {}: not implemented yet (issue 9); available: hf, onnx", a->format);
     });
 }
 
