@@ -53,9 +53,10 @@ template <typename... Args>
 // Appends nodes and initializers to one GraphProto; every value gets a fresh name.
 class GraphBuilder {
 public:
-    explicit GraphBuilder(onnx::GraphProto* g) : g_(g) {}
+    // prefix: for the names of a subgraph, which must differ from the outer graph's.
+    explicit GraphBuilder(onnx::GraphProto* g, std::string prefix = "") : g_(g), prefix_(std::move(prefix)) {}
 
-    std::string fresh(const std::string& hint) { return fmt::format("{}_{}", hint, counter_++); }
+    std::string fresh(const std::string& hint) { return fmt::format("{}{}_{}", prefix_, hint, counter_++); }
 
     // One node with a single output; returns the output's name.
     std::string op(const std::string& type, std::vector<std::string> inputs,
@@ -118,6 +119,23 @@ public:
         return name;
     }
 
+    std::string scalar_i64(int64_t v) {
+        onnx::TensorProto* t = g_->add_initializer();
+        const std::string name = fresh("const_i");
+        t->set_name(name);
+        t->set_data_type(onnx::TensorProto::INT64);
+        t->add_int64_data(v);
+        return name;
+    }
+    std::string scalar_bool(bool v) {
+        onnx::TensorProto* t = g_->add_initializer();
+        const std::string name = fresh("const_b");
+        t->set_name(name);
+        t->set_data_type(onnx::TensorProto::BOOL);
+        t->add_int32_data(v ? 1 : 0);
+        return name;
+    }
+
     // Graph inputs / outputs with symbolic (string) or fixed (number) dimensions.
     void io(bool input, const std::string& name, int elem, const std::vector<std::string>& dims) {
         onnx::ValueInfoProto* vi = input ? g_->add_input() : g_->add_output();
@@ -148,6 +166,7 @@ public:
 
 private:
     onnx::GraphProto* g_;
+    std::string prefix_;
     int64_t counter_ = 0;
 };
 
@@ -155,7 +174,11 @@ struct Exporter {
     const HybridLM<float>& m;
     const ModelConfig& cfg;
     GraphBuilder b;
-    std::vector<std::string> inputs, outputs;
+    std::vector<std::string> inputs, outputs;  // public names, in the graph's order
+    // Empty: the decoding-step graph. Otherwise the body of the prefill graph's Loop: state inputs /
+    // outputs and logits carry this prefix (a subgraph may not shadow the outer graph's names), and
+    // the token, position and mask of iteration `iter` are read from the outer graph's inputs.
+    std::string pfx;
 
     const float* value(const std::string& name) const {
         const auto& p = m.params();
@@ -237,15 +260,15 @@ struct Exporter {
         const int64_t Din = cfg.mamba_d_inner(), N = cfg.mamba.d_state, G = cfg.mamba.n_groups;
         const int64_t H = cfg.mamba_n_heads(), P = cfg.mamba.head_dim, K = cfg.mamba.d_conv;
         const int64_t C = Din + 2 * G * N, W = 2 * Din + 2 * G * N + H, NG = cfg.mamba_norm_groups();
-        const std::string conv_in = fmt::format("past_key_values.{}.conv_state", l);
-        const std::string ssm_in = fmt::format("past_key_values.{}.ssm_state", l);
-        const std::string conv_out = fmt::format("present.{}.conv_state", l);
-        const std::string ssm_out = fmt::format("present.{}.ssm_state", l);
+        const std::string conv_in = pfx + fmt::format("past_key_values.{}.conv_state", l);
+        const std::string ssm_in = pfx + fmt::format("past_key_values.{}.ssm_state", l);
+        const std::string conv_out = pfx + fmt::format("present.{}.conv_state", l);
+        const std::string ssm_out = pfx + fmt::format("present.{}.ssm_state", l);
         b.io(true, conv_in, onnx::TensorProto::FLOAT, {"batch_size", std::to_string(K - 1), std::to_string(C)});
         b.io(true, ssm_in, onnx::TensorProto::FLOAT,
              {"batch_size", std::to_string(H), std::to_string(P), std::to_string(N)});
-        inputs.push_back(conv_in);
-        inputs.push_back(ssm_in);
+        inputs.push_back(conv_in.substr(pfx.size()));
+        inputs.push_back(ssm_in.substr(pfx.size()));
 
         const std::string zxbcdt = linear(x, p + ".in_proj");  // (b, W) = [z | xBC | dt]
         const std::string z = b.slice(zxbcdt, 0, Din, 1);
@@ -303,8 +326,8 @@ struct Exporter {
         const std::string yn = b.reshape(rms(g, b.reshape(weight(p + ".norm.weight"), {NG, Din / NG}),
                                              static_cast<float>(cfg.norm_eps)),
                                          {-1, Din});
-        outputs.push_back(conv_out);
-        outputs.push_back(ssm_out);
+        outputs.push_back(conv_out.substr(pfx.size()));
+        outputs.push_back(ssm_out.substr(pfx.size()));
         b.io(false, conv_out, onnx::TensorProto::FLOAT, {"batch_size", std::to_string(K - 1), std::to_string(C)});
         b.io(false, ssm_out, onnx::TensorProto::FLOAT,
              {"batch_size", std::to_string(H), std::to_string(P), std::to_string(N)});
@@ -325,10 +348,10 @@ struct Exporter {
         std::string names[4];
         int i = 0;
         for (const char* kind : {"key", "value"}) {
-            names[i] = fmt::format("past_key_values.{}.{}", l, kind);
-            names[i + 2] = fmt::format("present.{}.{}", l, kind);
+            names[i] = pfx + fmt::format("past_key_values.{}.{}", l, kind);
+            names[i + 2] = pfx + fmt::format("present.{}.{}", l, kind);
             b.io(true, names[i], onnx::TensorProto::FLOAT, kv_dims);
-            inputs.push_back(names[i]);
+            inputs.push_back(names[i].substr(pfx.size()));
             ++i;
         }
 
@@ -345,7 +368,7 @@ struct Exporter {
         const std::string V = b.op("Concat", {names[1], v}, {GraphBuilder::attr_i("axis", 2)}, names[3]);
         for (int j = 2; j < 4; ++j) {
             b.io(false, names[j], onnx::TensorProto::FLOAT, present_dims);
-            outputs.push_back(names[j]);
+            outputs.push_back(names[j].substr(pfx.size()));
         }
 
         const std::string qg = b.reshape(q, {-1, Hkv, rep, Dh});
@@ -374,19 +397,41 @@ struct Exporter {
         const bool any_attention = cfg.count(LayerKind::Attention) > 0;
         const bool rope_on = any_attention && cfg.attention.position == PositionKind::RoPE;
 
-        b.io(true, "input_ids", onnx::TensorProto::INT64, {"batch_size", "1"});
+        const bool loop = !pfx.empty();
+        const std::string iter = pfx + "iter";
+        std::string ids;  // (b)
+        if (loop) {
+            ids = b.op("Gather", {"input_ids", iter}, {GraphBuilder::attr_i("axis", 1)});
+        } else {
+            b.io(true, "input_ids", onnx::TensorProto::INT64, {"batch_size", "1"});
+            ids = b.reshape("input_ids", {-1});
+        }
         inputs.push_back("input_ids");
         std::string mask_bias, cos, sin;
         if (any_attention) {
             // attention_mask (b, past + 1): 1 for real tokens, 0 for padding → additive −1e30 bias.
-            b.io(true, "attention_mask", onnx::TensorProto::INT64, {"batch_size", "total_sequence_length"});
+            std::string mask = "attention_mask";
+            if (loop) {  // the first past + iter + 1 columns, past + iter read from a KV input's length
+                int64_t first = 0;
+                while (cfg.layers[first] != LayerKind::Attention) ++first;
+                const std::string len =
+                    b.op("Shape", {pfx + fmt::format("past_key_values.{}.key", first)},
+                         {GraphBuilder::attr_i("start", 2), GraphBuilder::attr_i("end", 3)});
+                mask = b.op("Slice", {mask, b.const_i64({0}), b.op("Add", {len, b.const_i64({1})}), b.const_i64({1})});
+            } else {
+                b.io(true, "attention_mask", onnx::TensorProto::INT64, {"batch_size", "total_sequence_length"});
+            }
             inputs.push_back("attention_mask");
-            const std::string m = b.op("Cast", {"attention_mask"}, {GraphBuilder::attr_i("to", onnx::TensorProto::FLOAT)});
+            const std::string m = b.op("Cast", {mask}, {GraphBuilder::attr_i("to", onnx::TensorProto::FLOAT)});
             const std::string bias = b.op("Mul", {b.op("Sub", {b.scalar_f32(1.f), m}), b.scalar_f32(-1e30f)});
             mask_bias = b.unsqueeze(bias, {1, 2});  // (b, 1, 1, T)
         }
         if (rope_on) {
-            b.io(true, "position_ids", onnx::TensorProto::INT64, {"batch_size", "1"});
+            std::string pos = "position_ids";  // (b, 1)
+            if (loop)
+                pos = b.unsqueeze(b.op("Gather", {pos, iter}, {GraphBuilder::attr_i("axis", 1)}), {1});
+            else
+                b.io(true, "position_ids", onnx::TensorProto::INT64, {"batch_size", "1"});
             inputs.push_back("position_ids");
             // cos / sin tables over max_seq_len positions, computed in double as the engine does
             // (ops/attention rope_rows), then gathered at position_ids.
@@ -401,11 +446,10 @@ struct Exporter {
             }
             const std::string tcos = b.init_f32("rope.cos", {L, half}, tc.data());
             const std::string tsin = b.init_f32("rope.sin", {L, half}, ts.data());
-            cos = b.op("Gather", {tcos, "position_ids"}, {GraphBuilder::attr_i("axis", 0)});  // (b, 1, half)
-            sin = b.op("Gather", {tsin, "position_ids"}, {GraphBuilder::attr_i("axis", 0)});
+            cos = b.op("Gather", {tcos, pos}, {GraphBuilder::attr_i("axis", 0)});  // (b, 1, half)
+            sin = b.op("Gather", {tsin, pos}, {GraphBuilder::attr_i("axis", 0)});
         }
 
-        const std::string ids = b.reshape("input_ids", {-1});
         std::string x = b.op("Gather", {weight("embed.weight"), ids}, {GraphBuilder::attr_i("axis", 0)});  // (b, D)
         for (int64_t l = 0; l < cfg.n_layers; ++l) {
             const std::string p = fmt::format("layers.{}", l);
@@ -418,8 +462,8 @@ struct Exporter {
         const std::string hf = norm(x, "final_norm");
         const std::string head = cfg.tie_embeddings ? "embed.weight" : "lm_head.weight";
         const std::string logits2 = b.op("Gemm", {hf, weight(head)}, {GraphBuilder::attr_i("transB", 1)});
-        b.op("Reshape", {logits2, b.const_i64({-1, 1, V})}, {}, "logits");
-        b.io(false, "logits", onnx::TensorProto::FLOAT, {"batch_size", "1", std::to_string(V)});
+        b.op("Reshape", {logits2, b.const_i64({-1, 1, V})}, {}, pfx + "logits");
+        b.io(false, pfx + "logits", onnx::TensorProto::FLOAT, {"batch_size", "1", std::to_string(V)});
         outputs.insert(outputs.begin(), "logits");
         (void)D;
     }
@@ -507,6 +551,76 @@ nlohmann::json genai_config(const ModelConfig& cfg, const std::string& source_di
     return {{"model", model}, {"search", search}};
 }
 
+onnx::ModelProto new_model(const std::string& graph_name) {
+    onnx::ModelProto mp;
+    mp.set_ir_version(kIrVersion);
+    mp.set_producer_name("mamba-slm");
+    mp.set_producer_version("0.1.0");
+    auto* opset = mp.add_opset_import();
+    opset->set_domain("");
+    opset->set_version(kOpset);
+    mp.mutable_graph()->set_name(graph_name);
+    return mp;
+}
+
+// The prefill graph: a Loop over the sequence axis whose body is the decoding step, so a prompt of
+// any length (and a continuation from a non-empty state) runs in one call; logits (b, S, V).
+onnx::ModelProto prefill_model(const HybridLM<float>& model) {
+    const ModelConfig& cfg = model.config();
+    onnx::ModelProto mp = new_model("mamba_slm_decoder_prefill");
+    onnx::GraphProto* g = mp.mutable_graph();
+    onnx::GraphProto body;
+    body.set_name("step");
+    const std::string pfx = "loop.";
+    GraphBuilder bb(&body, pfx);
+    bb.io(true, pfx + "iter", onnx::TensorProto::INT64, {});
+    bb.io(true, pfx + "cond_in", onnx::TensorProto::BOOL, {});
+    bb.io(false, pfx + "cond_out", onnx::TensorProto::BOOL, {});
+    bb.op("Identity", {pfx + "cond_in"}, {}, pfx + "cond_out");
+    Exporter ex{model, cfg, bb, {}, {}, pfx, {}};
+    ex.build();
+
+    GraphBuilder ob(g);
+    ob.io(true, "input_ids", onnx::TensorProto::INT64, {"batch_size", "sequence_length"});
+    const bool attention = cfg.count(LayerKind::Attention) > 0;
+    if (attention)
+        ob.io(true, "attention_mask", onnx::TensorProto::INT64, {"batch_size", "total_sequence_length"});
+    if (attention && cfg.attention.position == PositionKind::RoPE)
+        ob.io(true, "position_ids", onnx::TensorProto::INT64, {"batch_size", "sequence_length"});
+    std::vector<std::string> state_in, state_out;
+    for (int i = 2; i < body.input_size(); ++i) {  // after iter and cond: the carried states
+        onnx::ValueInfoProto* vi = g->add_input();
+        *vi = body.input(i);
+        vi->set_name(body.input(i).name().substr(pfx.size()));
+        state_in.push_back(vi->name());
+    }
+    const std::string trip = ob.op("Gather", {ob.op("Shape", {"input_ids"}), ob.scalar_i64(1)});
+    std::vector<std::string> loop_in = {trip, ob.scalar_bool(true)};
+    loop_in.insert(loop_in.end(), state_in.begin(), state_in.end());
+    onnx::NodeProto* n = g->add_node();
+    n->set_op_type("Loop");
+    n->set_name("sequence_loop");
+    for (const std::string& in : loop_in) n->add_input(in);
+    for (int i = 1; i + 1 < body.output_size(); ++i) {  // carried states, then the logits scan output
+        state_out.push_back(body.output(i).name().substr(pfx.size()));
+        n->add_output(state_out.back());
+    }
+    n->add_output("logits_steps");  // (S, b, 1, V)
+    onnx::AttributeProto* a = n->add_attribute();
+    a->set_name("body");
+    a->set_type(onnx::AttributeProto::GRAPH);
+    *a->mutable_g() = body;
+    ob.op("Transpose", {ob.op("Squeeze", {"logits_steps", ob.const_i64({2})})},
+          {GraphBuilder::attr_ints("perm", {1, 0, 2})}, "logits");
+    ob.io(false, "logits", onnx::TensorProto::FLOAT, {"batch_size", "sequence_length", std::to_string(cfg.vocab_size)});
+    for (int i = 1; i + 1 < body.output_size(); ++i) {
+        onnx::ValueInfoProto* vi = g->add_output();
+        *vi = body.output(i);
+        vi->set_name(state_out[i - 1]);
+    }
+    return mp;
+}
+
 void prepare_out_dir(const fs::path& out, const OnnxExportOptions& opts) {
     std::error_code ec;
     if (fs::exists(out, ec)) {
@@ -527,37 +641,31 @@ OnnxExportSummary export_onnx(const HybridLM<float>& model, const std::string& o
     const fs::path out(out_dir);
     prepare_out_dir(out, opts);
 
-    onnx::ModelProto mp;
-    mp.set_ir_version(kIrVersion);
-    mp.set_producer_name("mamba-slm");
-    mp.set_producer_version("0.1.0");
-    auto* opset = mp.add_opset_import();
-    opset->set_domain("");
-    opset->set_version(kOpset);
+    onnx::ModelProto mp = new_model("mamba_slm_decoder_step");
     onnx::GraphProto* g = mp.mutable_graph();
-    g->set_name("mamba_slm_decoder_step");
-
-    Exporter ex{model, cfg, GraphBuilder(g), {}, {}, {}};
+    Exporter ex{model, cfg, GraphBuilder(g), {}, {}, "", {}};
     ex.build();
-    // protobuf refuses messages of 2 GiB and more; larger models need external data (not written yet).
-    const size_t bytes = mp.ByteSizeLong();
-    MSLM_CHECK(bytes < (size_t{1} << 31) - (size_t{1} << 20),
-               "{}: the graph would take {:.2f} GiB, beyond protobuf's 2 GiB limit for one ONNX file "
-               "(external data is not supported yet)",
-               out_dir, static_cast<double>(bytes) / (1 << 30));
-    try {
-        onnx::checker::check_model(mp);
-    } catch (const std::exception& e) {
-        fail("{}: the exported graph fails the ONNX checker: {}", out_dir, e.what());
-    }
 
     OnnxExportSummary s;
-    const fs::path graph = out / "model.onnx";
-    {
-        std::ofstream f(graph, std::ios::binary | std::ios::trunc);
-        MSLM_CHECK(f && mp.SerializeToOstream(&f), "{}: cannot write the ONNX graph", graph.string());
-    }
-    s.files.push_back("model.onnx");
+    const auto write = [&](const onnx::ModelProto& m, const char* file) {
+        // protobuf refuses messages of 2 GiB and more; larger models need external data (not written yet).
+        const size_t bytes = m.ByteSizeLong();
+        MSLM_CHECK(bytes < (size_t{1} << 31) - (size_t{1} << 20),
+                   "{}: {} would take {:.2f} GiB, beyond protobuf's 2 GiB limit for one ONNX file "
+                   "(external data is not supported yet)",
+                   out_dir, file, static_cast<double>(bytes) / (1 << 30));
+        try {
+            onnx::checker::check_model(m);
+        } catch (const std::exception& e) {
+            fail("{}: {} fails the ONNX checker: {}", out_dir, file, e.what());
+        }
+        const fs::path path = out / file;
+        std::ofstream f(path, std::ios::binary | std::ios::trunc);
+        MSLM_CHECK(f && m.SerializeToOstream(&f), "{}: cannot write the ONNX graph", path.string());
+        s.files.push_back(file);
+    };
+    write(mp, "model.onnx");
+    write(prefill_model(model), "model_prefill.onnx");
     const bool attention = cfg.count(LayerKind::Attention) > 0;
     const bool rope = attention && cfg.attention.position == PositionKind::RoPE;
     {

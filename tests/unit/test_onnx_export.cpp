@@ -92,6 +92,20 @@ TEST_P(OnnxExportParity, OnnxRuntimeDecodesLikeTheEngine) {
         ref_logits.push_back(step);
     }
 
+    // The engine's parallel prefill of each prompt, logits at every position.
+    nlohmann::json ref_prefill = nlohmann::json::array();
+    {
+        InferenceState<float> pst(cfg, batch, steps);
+        std::vector<float> pl(plen * V);
+        for (int64_t i = 0; i < batch; ++i) {
+            model.prefill(pst, i, prompts[i].data(), plen, pl.data(), nullptr, true);
+            nlohmann::json rows = nlohmann::json::array();
+            for (int64_t t = 0; t < plen; ++t)
+                rows.push_back(std::vector<float>(pl.begin() + t * V, pl.begin() + (t + 1) * V));
+            ref_prefill.push_back(rows);
+        }
+    }
+
     const std::string dir = test::fresh_test_dir("onnx");
     const OnnxExportSummary s = export_onnx(model, dir + "/export", {});
     EXPECT_EQ(s.opset, 17);
@@ -120,7 +134,7 @@ TEST_P(OnnxExportParity, OnnxRuntimeDecodesLikeTheEngine) {
     // ~1e-6 relative to the logits' scale are expected; 1e-4 leaves a margin while an error in the
     // graph (a wrong state update, rotation or mask) shows up at O(1).
     const nlohmann::json ref = {{"prompts", prompts}, {"steps", steps}, {"logits", ref_logits},
-                                {"tokens", ref_tokens}, {"atol", 1e-5}, {"rtol", 1e-4}};
+                                {"tokens", ref_tokens}, {"prefill_logits", ref_prefill}, {"atol", 1e-5}, {"rtol", 1e-4}};
     std::ofstream(dir + "/ref.json") << ref.dump();
     const std::string script = std::string(MSLM_FIXTURE_DIR) + "/../onnx_decode.py";
     const std::string cmd =
