@@ -697,7 +697,11 @@ OnnxExportSummary export_onnx(const std::string& model_dir, const std::string& o
     std::error_code ec;
     MSLM_CHECK(!fs::exists(out_dir, ec) || !fs::equivalent(out_dir, model_dir, ec),
                "{}: is the source model; export to another directory", out_dir);
-    check_supported(load_any_config(model_dir));
+    try {
+        check_supported(load_any_config(model_dir));
+    } catch (const Error& e) {
+        fail("{}: {}", model_dir, e.what());
+    }
     const std::unique_ptr<HybridLM<float>> model = load_model<float>(model_dir);
     return export_onnx(*model, out_dir, opts, model_dir);
 }

@@ -63,4 +63,19 @@ check_one_line "unsupported config (ALiBi)" 1 \
     "alibi/config.json: cannot export to transformers: attention.position alibi" -- \
     "$bin" export --format hf --model "$tmp/alibi" --out "$tmp/alibi_hf"
 check "nothing written for a refused export" 1 "" -- test -e "$tmp/alibi_hf"
+
+# ONNX (export/onnx.h; built when libonnx-dev is found). onnxruntime parity is OnnxExportParity.*.
+if "$bin" export --format onnx --model "$native" --out "$tmp/onnx" >"$tmp/onnx.log" 2>&1; then
+    echo "ok   export --format onnx"
+    for f in model.onnx model_prefill.onnx genai_config.json; do
+        check "onnx export wrote $f" 0 "" -- test -s "$tmp/onnx/$f"
+    done
+    check_one_line "onnx: unsupported config (ALiBi)" 1 \
+        "alibi: cannot export to ONNX: attention.position alibi" -- \
+        "$bin" export --format onnx --model "$tmp/alibi" --out "$tmp/alibi_onnx"
+elif grep -q "not built: ONNX export needs libonnx-dev" "$tmp/onnx.log"; then
+    echo "skip export --format onnx: $(cat "$tmp/onnx.log")"
+else
+    echo "FAIL export --format onnx:"; cat "$tmp/onnx.log"; fails=$((fails + 1))
+fi
 [ "$fails" -eq 0 ]
