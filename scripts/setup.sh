@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 packages=(build-essential cmake ninja-build ccache pkg-config git
           nlohmann-json3-dev libfmt-dev libcli11-dev libopenblas-dev libpcre2-dev libutf8proc-dev
           libzstd-dev zlib1g-dev libssl-dev
+          libonnx-dev libprotobuf-dev  # ONNX export
           libgtest-dev libgmock-dev libbenchmark-dev python3 python3-venv python3-pip
           fortunes)  # the quickstart's English corpus (/usr/share/games/fortunes)
 missing=()

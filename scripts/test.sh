@@ -8,9 +8,9 @@ scripts/setup.sh $preset
 
 # Light Python packages that some tests use to cross-check our file formats against the
 # reference implementations (tests skip, saying so, when they are missing). Never torch.
-python_packages=(safetensors numpy tokenizers gguf)
+python_packages=(safetensors numpy tokenizers gguf onnx onnxruntime)
 if command -v python3 >/dev/null 2>&1; then
-    if ! python3 -c 'import safetensors, numpy, tokenizers, gguf' >/dev/null 2>&1; then
+    if ! python3 -c 'import safetensors, numpy, tokenizers, gguf, onnx, onnxruntime' >/dev/null 2>&1; then
         python3 -m pip --version >/dev/null 2>&1 || { apt-get install -y -qq python3-pip >/dev/null 2>&1 || true; }
         python3 -m pip install -q --disable-pip-version-check "${python_packages[@]}" 2>/dev/null ||
             python3 -m pip install -q --disable-pip-version-check --break-system-packages "${python_packages[@]}" ||

@@ -4,6 +4,7 @@
 
 #include "cli/commands.h"
 #include "core/error.h"
+#include "export/onnx.h"
 #include "model/hf_export.h"
 
 namespace mslm::cli {
@@ -29,15 +30,26 @@ void run_export_hf(const ExportArgs& a) {
                             .c_str());
 }
 
+// --format onnx: a decoding-step graph with explicit state plus genai_config.json (export/onnx.h).
+void run_export_onnx(const ExportArgs& a) {
+    OnnxExportOptions opts;
+    opts.overwrite = a.force;
+    const OnnxExportSummary s = export_onnx(a.model, a.out, opts);
+    std::printf("%s\n", fmt::format("exported {} as ONNX (opset {}, {} nodes, {} initializers) to {}: {}", a.model,
+                                    s.opset, s.nodes, s.initializers, a.out, fmt::join(s.files, ", "))
+                            .c_str());
+}
+
 }  // namespace
 
 void register_export(CLI::App& app) {
     auto* cmd = app.add_subcommand("export",
                                    "Export a model for other runtimes (--format hf: a transformers model "
-                                   "directory; --format gguf: a llama.cpp file)");
+                                   "directory; gguf: a llama.cpp file; onnx: ONNX Runtime graphs)");
     auto a = std::make_shared<ExportArgs>();
     cmd->add_option("--format", a->format,
-                    "Target format: hf (transformers), gguf (llama.cpp); onnx is not available yet")
+                    "Target format: hf (transformers), gguf (llama.cpp), onnx (decoding-step and prefill graphs + "
+                    "genai_config.json)")
         ->required()
         ->check(CLI::IsMember({"hf", "gguf", "onnx"}));
     cmd->add_option("--model", a->model,
@@ -54,7 +66,8 @@ void register_export(CLI::App& app) {
     cmd->callback([a] {
         if (a->format == "hf") return run_export_hf(*a);
         if (a->format == "gguf") return run_export_gguf(a->model, a->out, a->type);
-        fail("export --format {}: not implemented yet (issue 9); available: hf, gguf", a->format);
+        if (a->format == "onnx") return run_export_onnx(*a);
+        fail("export --format {}: unknown (hf, gguf, onnx)", a->format);
     });
 }
 

@@ -992,13 +992,15 @@ void mlp_forward(const Ctx& c, CudaHybridLM::Impl::Layer& L, bf16* out) {
 void mlp_backward(const Ctx& c, CudaHybridLM::Impl::Layer& L, bf16* dx, const bf16* dout) {
     const int64_t N = c.N, D = c.cfg.d_model, F = c.cfg.mlp.d_ff, U = mlp_up_width(c.cfg);
     bf16 *g_a = c.m.scratch[0], *g_h = c.m.scratch[1];
-    zero(g_h, sizeof(bf16) * N * U);
-    c.mark("mlp bwd", KernelFamily::Elementwise);
+    if (c.cfg.mlp.kind != MlpKind::SwiGLU) {  // SwiGLU's backward writes g_h whole (overwrite form)
+        zero(g_h, sizeof(bf16) * N * U);
+        c.mark("mlp bwd", KernelFamily::Elementwise);
+    }
     linear_backward(g_a, L.down_w, L.down_b, dout, L.a, N, F, D, Dx::Overwrite);
     c.mark("mlp bwd", KernelFamily::Gemm);
     switch (c.cfg.mlp.kind) {
         case MlpKind::SwiGLU:
-            kc::swiglu_backward(g_h, g_a, L.h, N, F);
+            kc::swiglu_backward_overwrite(g_h, g_a, L.h, N, F);
             break;
         case MlpKind::GELU:
             kc::gelu_backward(g_h, g_a, L.h, N * F);

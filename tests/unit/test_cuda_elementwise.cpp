@@ -34,6 +34,7 @@
 #include <cfloat>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <numbers>
 #include <string>
 #include <type_traits>
@@ -435,6 +436,16 @@ TYPED_TEST(CudaElementwise, SwigluBackwardAccumulates) {
             DeviceBuffer<T> d_gate_up(gate_up, offset), d_dout(dout, offset), d_dgate_up(dgate_up0, offset);
             ops::cuda::swiglu_backward(d_dgate_up.get(), d_dout.get(), d_gate_up.get(), N, F);
             EXPECT_TRUE(all_close(d_dgate_up.download(), ref, scale, kF32Rel));
+            // The overwrite form over a buffer of garbage equals the accumulating form over zeros,
+            // bit for bit (it adds its value to +0 as that one does).
+            const std::vector<T> zeros(N * 2 * F, T(0));
+            DeviceBuffer<T> d_acc(zeros, offset), d_over(dgate_up0, offset);
+            ops::cuda::swiglu_backward(d_acc.get(), d_dout.get(), d_gate_up.get(), N, F);
+            ops::cuda::swiglu_backward_overwrite(d_over.get(), d_dout.get(), d_gate_up.get(), N, F);
+            const auto acc = d_acc.download(), over = d_over.download();
+            ASSERT_EQ(acc.size(), over.size());
+            for (size_t e = 0; e < acc.size(); ++e)
+                ASSERT_EQ(std::memcmp(&acc[e], &over[e], sizeof(T)), 0) << "element " << e;
         }
     }
 #endif

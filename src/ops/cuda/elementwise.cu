@@ -133,7 +133,7 @@ __global__ void swiglu_forward_kernel(T* out, const T* gate_up, int64_t N, int64
     }
 }
 
-template <int V, typename T>
+template <int V, bool kAccumulate = true, typename T>
 __global__ void swiglu_backward_kernel(T* dgate_up, const T* dout, const T* gate_up, int64_t N, int64_t F) {
     const int64_t packs_per_row = F / V;
     const int64_t total = N * packs_per_row;
@@ -143,14 +143,17 @@ __global__ void swiglu_backward_kernel(T* dgate_up, const T* dout, const T* gate
         const int64_t col = (p - row * packs_per_row) * V;
         const int64_t at = row * 2 * F + col;
         Pack<T, V> g = load<V>(gate_up + at), u = load<V>(gate_up + at + F);
-        Pack<T, V> dg = load<V>(dgate_up + at), du = load<V>(dgate_up + at + F);
+        Pack<T, V> dg, du;
+        if constexpr (kAccumulate) dg = load<V>(dgate_up + at), du = load<V>(dgate_up + at + F);
         Pack<T, V> d = load<V>(dout + row * F + col);
 #pragma unroll
         for (int k = 0; k < V; ++k) {
             const float gk = to_f32(g.v[k]), dk = to_f32(d.v[k]);
             const SigmoidPair sp = sigmoid_pair(gk);
-            dg.v[k] = from_f32<T>(to_f32(dg.v[k]) + dk * to_f32(u.v[k]) * sp.s * (1.0f + gk * sp.c));
-            du.v[k] = from_f32<T>(to_f32(du.v[k]) + dk * gk * sp.s);
+            const float dgk = dk * to_f32(u.v[k]) * sp.s * (1.0f + gk * sp.c), duk = dk * gk * sp.s;
+            // += 0 first where there is nothing to add, so both forms round the same value.
+            dg.v[k] = from_f32<T>((kAccumulate ? to_f32(dg.v[k]) : 0.0f) + dgk);
+            du.v[k] = from_f32<T>((kAccumulate ? to_f32(du.v[k]) : 0.0f) + duk);
         }
         store<V>(dgate_up + at, dg);
         store<V>(dgate_up + at + F, du);
@@ -245,9 +248,9 @@ void swiglu_forward(T* out, const T* gate_up, int64_t N, int64_t F, void* stream
     check_launch<T>(kernel);
 }
 
-template <typename T>
-void swiglu_backward(T* dgate_up, const T* dout, const T* gate_up, int64_t N, int64_t F, void* stream) {
-    const char* kernel = "swiglu_backward";
+template <bool kAccumulate, typename T>
+void swiglu_backward_launch(T* dgate_up, const T* dout, const T* gate_up, int64_t N, int64_t F, void* stream) {
+    const char* kernel = kAccumulate ? "swiglu_backward" : "swiglu_backward_overwrite";
     MSLM_CHECK(N >= 0 && F >= 0, "CUDA kernel {}: negative shape ({}, {})", kernel, N, F);
     if (N == 0 || F == 0) return;
     using D = device_t<T>;
@@ -257,11 +260,21 @@ void swiglu_backward(T* dgate_up, const T* dout, const T* gate_up, int64_t N, in
     const D* gu = reinterpret_cast<const D*>(gate_up);
     auto s = static_cast<cudaStream_t>(stream);
     if (swiglu_vectorised(F, V, {dgate_up, dout, gate_up})) {
-        swiglu_backward_kernel<V><<<grid_size<T>(N * (F / V), kernel), kThreads, 0, s>>>(dgu, d, gu, N, F);
+        swiglu_backward_kernel<V, kAccumulate><<<grid_size<T>(N * (F / V), kernel), kThreads, 0, s>>>(dgu, d, gu, N, F);
     } else {
-        swiglu_backward_kernel<1><<<grid_size<T>(N * F, kernel), kThreads, 0, s>>>(dgu, d, gu, N, F);
+        swiglu_backward_kernel<1, kAccumulate><<<grid_size<T>(N * F, kernel), kThreads, 0, s>>>(dgu, d, gu, N, F);
     }
     check_launch<T>(kernel);
+}
+
+template <typename T>
+void swiglu_backward(T* dgate_up, const T* dout, const T* gate_up, int64_t N, int64_t F, void* stream) {
+    swiglu_backward_launch<true>(dgate_up, dout, gate_up, N, F, stream);
+}
+
+template <typename T>
+void swiglu_backward_overwrite(T* dgate_up, const T* dout, const T* gate_up, int64_t N, int64_t F, void* stream) {
+    swiglu_backward_launch<false>(dgate_up, dout, gate_up, N, F, stream);
 }
 
 #define MSLM_INSTANTIATE(T)                                                            \
@@ -275,6 +288,7 @@ void swiglu_backward(T* dgate_up, const T* dout, const T* gate_up, int64_t N, in
     template void relu_backward<T>(T*, const T*, const T*, int64_t, void*);            \
     template void swiglu_forward<T>(T*, const T*, int64_t, int64_t, void*);            \
     template void swiglu_backward<T>(T*, const T*, const T*, int64_t, int64_t, void*); \
+    template void swiglu_backward_overwrite<T>(T*, const T*, const T*, int64_t, int64_t, void*); \
     template void axpy<T>(T*, const T*, int64_t, float, void*);
 MSLM_INSTANTIATE(float)
 MSLM_INSTANTIATE(uint16_t)

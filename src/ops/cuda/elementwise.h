@@ -45,6 +45,11 @@ void swiglu_forward(T* out, const T* gate_up, int64_t N, int64_t F, void* stream
 template <typename T>
 void swiglu_backward(T* dgate_up, const T* dout, const T* gate_up, int64_t N, int64_t F,
                      void* stream = nullptr);
+// The same gradient written over dgate_up (=, not +=): for a buffer nothing else writes, which then
+// needs neither zeroing first nor reading back (two of the backward's five passes over (N, 2F)).
+template <typename T>
+void swiglu_backward_overwrite(T* dgate_up, const T* dout, const T* gate_up, int64_t N, int64_t F,
+                               void* stream = nullptr);
 
 // y (n) += alpha · x, y may be x: the residual add (alpha = 1) and scaled accumulation.
 template <typename T>
