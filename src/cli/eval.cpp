@@ -7,6 +7,7 @@
 #include "data/manifest.h"
 #include "eval/perplexity.h"
 #include "model/model_io.h"
+#include "quant/fake_quant.h"
 
 namespace mslm::cli {
 
@@ -17,6 +18,8 @@ void register_eval(CLI::App& app) {
         std::string model, data, split = "val";
         int64_t seq_len = 256, batch_size = 8, max_batches = 0;
         bool json = false;
+        std::string fake_quant;
+        int64_t group = 32;
     };
     auto a = std::make_shared<Args>();
     cmd->add_option("--model", a->model, "A model directory (native or Hugging Face), e.g. a checkpoint")
@@ -32,10 +35,17 @@ void register_eval(CLI::App& app) {
     cmd->add_option("--max-batches", a->max_batches, "Score only the first N batches (0: the whole split)")
         ->check(CLI::NonNegativeNumber)
         ->capture_default_str();
+    cmd->add_option("--fake-quant", a->fake_quant,
+                    "Score the model with its linear weights quantized and dequantized first (post-training "
+                    "quantization, the weights QAT trains): int8, int4 or nf4");
+    cmd->add_option("--fake-quant-group", a->group, "int4 group size, a power of two in [8, 4096]")
+        ->capture_default_str();
     cmd->add_flag("--json", a->json, "Print one JSON object instead of the summary line");
     cmd->callback([a] {
         auto model = load_model<float>(a->model);
         const ModelConfig& mc = model->config();
+        if (!a->fake_quant.empty())
+            quant::fake_quantize_model_weights(model->params(), quant::parse_qat_type(a->fake_quant), a->group);
         MSLM_CHECK(a->seq_len <= mc.max_seq_len, "eval: --seq-len {} exceeds the model's max_seq_len {}",
                    a->seq_len, mc.max_seq_len);
         const int64_t data_vocab = read_manifest(a->data).at("tokenizer").at("vocab_size").get<int64_t>();
@@ -51,7 +61,7 @@ void register_eval(CLI::App& app) {
         if (a->json) {
             const nlohmann::json j = {{"model", a->model},    {"data", a->data},    {"split", a->split},
                                       {"loss", r.loss},       {"ppl", r.ppl},       {"bpb", r.bpb},
-                                      {"windows", r.windows}, {"tokens", r.tokens}, {"seq_len", a->seq_len}};
+                                      {"windows", r.windows}, {"tokens", r.tokens}, {"seq_len", a->seq_len}, {"fake_quant", a->fake_quant}};
             fmt::print("{}\n", j.dump());
         } else {
             fmt::print(

@@ -21,6 +21,8 @@ struct TrainArgs {
     double lora_alpha = 0, lora_dropout = 0;
     std::string lora_targets, lora_init;
     bool rslora = false;
+    std::string qat;
+    int64_t qat_group = 0;
 };
 
 }  // namespace
@@ -51,10 +53,15 @@ void register_train(CLI::App& app) {
                                                                    "A) or gaussian (A ~ N(0, 1/r²)); B = 0")
                           ->check(CLI::IsMember({"default", "gaussian"}));
     auto* rslora = cmd->add_flag("--rslora", a->rslora, "rsLoRA scaling alpha / sqrt(r) (lora.rslora)");
+    auto* qat = cmd->add_option("--qat", a->qat,
+                                "Quantization-aware training: fake-quantize the linear weights as int8 (per row), "
+                                "int4 (groupwise) or nf4 (bitsandbytes, blocksize 64) in the forward pass (qat)");
+    auto* qat_group = cmd->add_option("--qat-group", a->qat_group, "int4 group size, a power of two in [8, 4096]; "
+                                                                   "default 32 (qat_group)");
     cmd->add_option("--save-init", a->save_init,
                     "Write the model the run would start from (model.* and seed) to this directory, and exit")
         ->excludes("--resume");
-    cmd->callback([a, lora_r, lora_alpha, lora_dropout, lora_targets, lora_init, rslora] {
+    cmd->callback([a, lora_r, lora_alpha, lora_dropout, lora_targets, lora_init, rslora, qat, qat_group] {
         TrainConfig cfg = load_train_config(a->config);
         for (const std::string& s : a->sets) apply_override(cfg, s);
         if (!a->data.empty()) cfg.data = a->data;
@@ -67,6 +74,8 @@ void register_train(CLI::App& app) {
         if (lora_targets->count()) cfg.lora.targets = a->lora_targets;
         if (lora_init->count()) cfg.lora.init = a->lora_init;
         if (rslora->count()) cfg.lora.rslora = true;
+        if (qat->count()) cfg.qat = a->qat;
+        if (qat_group->count()) cfg.qat_group = a->qat_group;
         if (!a->save_init.empty()) {
             cfg.validate();
             save_model(*build_initial_model(cfg), a->save_init);

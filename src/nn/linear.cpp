@@ -26,7 +26,7 @@ void Linear<T>::forward(T* y, const T* x, int64_t N, bool with_bias) const {
             done = true;
         }
     }
-    if (!done) ops::linear_forward(y, x, p_->value(w_), b, N, in_, out_);
+    if (!done) ops::linear_forward(y, x, weight(), b, N, in_, out_);
     if (LinearAdapter<T>* a = p_->adapter(w_)) a->forward(y, x, N);
 }
 
@@ -36,7 +36,13 @@ void Linear<T>::backward(T* dx, const T* dy, const T* x, int64_t N, bool with_bi
                ops::weight_format_name(p_->weight_format()));
     if (LinearAdapter<T>* a = p_->adapter(w_)) a->backward(dx, dy, x, N);
     ops::linear_backward(dx, p_->grad(w_), with_bias && b_ != kNoParam ? p_->grad(b_) : nullptr, dy, x,
-                         p_->value(w_), N, in_, out_);
+                         weight(), N, in_, out_);
+}
+
+template <typename T>
+const T* Linear<T>::weight() const {
+    WeightFakeQuant<T>* q = p_->fake_quant(w_);
+    return q ? q->apply(p_->value(w_), out_, in_) : p_->value(w_);
 }
 
 template <typename T>

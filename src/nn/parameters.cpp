@@ -63,6 +63,14 @@ void Parameters<T>::set_adapter(size_t weight, LinearAdapter<T>* adapter) {
 }
 
 template <typename T>
+void Parameters<T>::set_fake_quant(size_t weight, WeightFakeQuant<T>* quantizer) {
+    MSLM_CHECK(is_linear(weight), "set_fake_quant: parameter {} is not the weight of a Linear",
+               weight < specs_.size() ? specs_[weight].name : std::to_string(weight));
+    if (fake_quant_.size() < specs_.size()) fake_quant_.resize(specs_.size(), nullptr);
+    fake_quant_[weight] = quantizer;
+}
+
+template <typename T>
 bool Parameters<T>::contains(const std::string& name) const {
     for (const auto& s : specs_)
         if (s.name == name) return true;

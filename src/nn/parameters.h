@@ -15,6 +15,8 @@ namespace mslm {
 
 template <typename T>
 class LinearAdapter;  // nn/linear.h
+template <typename T>
+class WeightFakeQuant;  // nn/linear.h
 
 struct ParamSpec {
     std::string name;  // native name, e.g. "layers.3.mixer.in_proj.weight"
@@ -69,6 +71,12 @@ public:
     // weight call it after the base product. Null detaches. The adapter must outlive its registration.
     void set_adapter(size_t weight, LinearAdapter<T>* adapter);
     LinearAdapter<T>* adapter(size_t weight) const { return weight < adapters_.size() ? adapters_[weight] : nullptr; }
+    // Fake quantization of a weight marked by mark_linear (QAT, quant/fake_quant.h): Linear's forward
+    // and backward use the quantizer's copy of it. Null detaches. It must outlive its registration.
+    void set_fake_quant(size_t weight, WeightFakeQuant<T>* quantizer);
+    WeightFakeQuant<T>* fake_quant(size_t weight) const {
+        return weight < fake_quant_.size() ? fake_quant_[weight] : nullptr;
+    }
     size_t packed_bytes() const;    // bytes of all packed copies
     int64_t packed_numel() const;   // parameters that have a packed copy
 
@@ -81,6 +89,7 @@ private:
     std::vector<std::unique_ptr<ops::PackedWeight>> packed_;
     ops::WeightFormat format_ = ops::WeightFormat::F32;
     std::vector<LinearAdapter<T>*> adapters_;  // by parameter index; empty until one is set
+    std::vector<WeightFakeQuant<T>*> fake_quant_;  // by parameter index; empty until one is set
 };
 
 constexpr size_t kNoParam = static_cast<size_t>(-1);

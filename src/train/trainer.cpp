@@ -18,6 +18,7 @@
 #include "model/config.h"
 #include "model/cuda_model.h"
 #include "model/model_io.h"
+#include "quant/fake_quant.h"
 #include "train/checkpoint.h"
 #include "train/loss_curve.h"
 #include "train/metrics.h"
@@ -109,6 +110,16 @@ void TrainConfig::validate() const {
             fail("train config: lora: {}", e.what());
         }
     }
+    if (!qat.empty()) {
+        try {
+            quant::parse_qat_type(qat);
+            quant::check_int4_group(qat_group);
+        } catch (const Error& e) {
+            fail("train config: {}", e.what());
+        }
+        MSLM_CHECK(gpu < 0, "train config: qat runs on the CPU only; set device \"cpu\"");
+        MSLM_CHECK(lora.r == 0, "train config: qat and LoRA (lora.r > 0) cannot be combined");
+    }
     schedule().validate();
 }
 
@@ -143,6 +154,8 @@ json train_config_to_json(const TrainConfig& c) {
         {"seed", c.seed},
         {"nan_policy", c.nan_policy},
         {"activation_checkpointing", c.activation_checkpointing},
+        {"qat", c.qat},
+        {"qat_group", c.qat_group},
         {"lora", {{"r", c.lora.r}, {"alpha", c.lora.alpha}, {"dropout", c.lora.dropout}, {"targets", c.lora.targets},
                   {"init", c.lora.init}, {"rslora", c.lora.rslora}}},
     };
@@ -209,6 +222,8 @@ TrainConfig train_config_from_json(const json& given, const std::string& source)
     read(j, "seed", c.seed, source);
     read(j, "nan_policy", c.nan_policy, source);
     read(j, "activation_checkpointing", c.activation_checkpointing, source);
+    read(j, "qat", c.qat, source);
+    read(j, "qat_group", c.qat_group, source);
     const json& l = j.at("lora");
     read(l, "r", c.lora.r, source, "lora.");
     read(l, "alpha", c.lora.alpha, source, "lora.");
@@ -435,6 +450,9 @@ Trainer::Trainer(TrainConfig cfg, bool resume) : cfg_(std::move(cfg)) {
         lora_->freeze_base();
         lora_->set_training(true);
     }
+    if (!cfg_.qat.empty())
+        qat_ = std::make_unique<quant::FakeQuantizer<float>>(model_->params(), quant::parse_qat_type(cfg_.qat),
+                                                             cfg_.qat_group);
     optimizer_ = std::make_unique<AdamW<float>>(trained_params(), ao);
     model_->set_activation_checkpointing(cfg_.activation_checkpointing);
 
@@ -447,7 +465,9 @@ Trainer::Trainer(TrainConfig cfg, bool resume) : cfg_(std::move(cfg)) {
         tokens_seen_ = ts.value("tokens_seen", int64_t{0});
         MSLM_CHECK(step_ <= cfg_.steps, "train --resume: the checkpoint is at step {}, past steps = {}", step_,
                    cfg_.steps);
-        check_resume_config(ts.at("config"), train_config_to_json(cfg_), cfg_.run_dir);
+        // Read back through the defaults, so that keys added since the checkpoint (qat) read as unset.
+        check_resume_config(train_config_to_json(train_config_from_json(ts.at("config"), ckpt_dir)),
+                            train_config_to_json(cfg_), cfg_.run_dir);
     }
 #ifdef MSLM_HAVE_CUDA
     // The GPU keeps every activation of a step (no activation checkpointing there yet).

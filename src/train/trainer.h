@@ -21,6 +21,10 @@ namespace mslm {
 
 template <typename T>
 class LoraModel;
+namespace quant {
+template <typename T>
+class FakeQuantizer;
+}
 
 struct TrainConfig {
     // Model: exactly one of preset, config (a config.json or model dir) and init_from (a model dir
@@ -77,6 +81,13 @@ struct TrainConfig {
         std::string init = "default";  // default (Kaiming-uniform A) | gaussian; B = 0 either way
         bool rslora = false;
     } lora;
+
+    // Quantization-aware training (quant/fake_quant.h): "" (off), "int8", "int4" or "nf4". The linear
+    // weights that `mamba-slm quantize` would quantize are fake-quantized in every forward (eval
+    // included) and trained through the straight-through estimator; the fp32 masters, their AdamW
+    // state and the checkpoints stay fp32. qat_group: int4's group size. CPU only, not with LoRA.
+    std::string qat;
+    int64_t qat_group = 32;
 
     int64_t total_steps() const;  // steps, or what the token budget asks for
     LoraConfig lora_config() const;  // lora.* as PEFT's config (base_model_name_or_path = init_from)
@@ -138,6 +149,7 @@ private:
     LrSchedule schedule_;
     std::unique_ptr<HybridLM<float>> model_;
     std::unique_ptr<LoraModel<float>> lora_;  // lora.r > 0: the adapter "default" on model_
+    std::unique_ptr<quant::FakeQuantizer<float>> qat_;  // qat set: attached to model_'s linear weights
     std::unique_ptr<AdamW<float>> optimizer_;
     std::unique_ptr<DataLoader> train_, val_;
     std::unique_ptr<Gpu> gpu_;
