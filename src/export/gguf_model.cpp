@@ -11,6 +11,7 @@
 #include <set>
 
 #include "core/error.h"
+#include "model/model_io.h"
 #include "tokenizer/pretokenizer.h"
 
 namespace mslm {
@@ -305,16 +306,6 @@ void write_config(gguf::Writer& w, GgufArch arch, const ModelConfig& c) {
     }
 }
 
-json read_json_file(const fs::path& p) {
-    std::ifstream in(p);
-    MSLM_CHECK(in.good(), "{}: cannot open", p.string());
-    try {
-        return json::parse(in);
-    } catch (const json::exception& e) {
-        fail("{}: invalid JSON: {}", p.string(), e.what());
-    }
-}
-
 // llama.cpp's name for the pre-tokenizer of a byte-level BPE tokenizer.json.
 std::string pre_tokenizer_name(const json& pre, const std::string& src) {
     auto is_type = [](const json& j, const char* t) { return j.is_object() && j.value("type", "") == t; };
@@ -344,7 +335,7 @@ bool write_tokenizer(gguf::Writer& w, const std::string& dir, int64_t vocab_size
         w.add("tokenizer.ggml.model", Value::string("none"));
         return false;
     }
-    const json j = read_json_file(tok);
+    const json j = read_json_file(tok.string());
     const std::string src = tok.string();
     MSLM_CHECK(j.contains("model") && j["model"].value("type", "") == "BPE",
                "GGUF export: {}: model.type is not BPE", src);
@@ -385,7 +376,7 @@ bool write_tokenizer(gguf::Writer& w, const std::string& dir, int64_t vocab_size
     // Special tokens and the chat template: tokenizer_config.json, else generation_config.json.
     std::map<std::string, int64_t> special;
     const fs::path tc = fs::path(dir) / "tokenizer_config.json";
-    json tok_cfg = fs::exists(tc) ? read_json_file(tc) : json::object();
+    json tok_cfg = fs::exists(tc) ? read_json_file(tc.string()) : json::object();
     for (const char* role : {"bos", "eos", "unk", "pad"}) {
         const std::string key = std::string(role) + "_token";
         if (!tok_cfg.contains(key)) continue;
@@ -397,7 +388,7 @@ bool write_tokenizer(gguf::Writer& w, const std::string& dir, int64_t vocab_size
     }
     const fs::path gc = fs::path(dir) / "generation_config.json";
     if (fs::exists(gc)) {
-        json g = read_json_file(gc);
+        json g = read_json_file(gc.string());
         for (const char* role : {"bos", "eos", "pad"}) {
             const std::string key = std::string(role) + "_token_id";
             if (!special.count(role) && g.contains(key) && g[key].is_number_integer())

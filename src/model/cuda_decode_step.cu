@@ -20,6 +20,7 @@
 #include <cstdint>
 
 #include "core/error.h"
+#include "model/cuda_bf16_bits.cuh"
 #include "model/cuda_decode_step.h"
 #include "ops/cuda/common.cuh"
 #include "ops/cuda/reduce.cuh"
@@ -38,15 +39,6 @@ constexpr int64_t kHeadPrefetchRows = 64;
 using ops::cuda::detail::silu;
 using ops::cuda::detail::warp_sum;
 
-__device__ __forceinline__ float bf(uint16_t v) {
-    return __uint_as_float(uint32_t(v) << 16);
-}
-__device__ __forceinline__ uint16_t to_bf(float v) {
-    return __bfloat16_as_ushort(__float2bfloat16_rn(v));
-}
-__device__ __forceinline__ float round_bf(float v) {
-    return bf(to_bf(v));
-}
 // A value another block wrote during this kernel: from L2.
 __device__ __forceinline__ float bf_cg(const uint16_t* p) {
     return bf(__ldcg(reinterpret_cast<const unsigned short*>(p)));

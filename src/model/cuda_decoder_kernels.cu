@@ -11,6 +11,7 @@
 #include <utility>
 
 #include "core/error.h"
+#include "model/cuda_bf16_bits.cuh"
 #include "model/cuda_decoder_kernels.h"
 #include "ops/cuda/common.cuh"
 #include "ops/cuda/reduce.cuh"
@@ -21,15 +22,6 @@ namespace {
 
 using ops::cuda::detail::silu;
 
-__device__ __forceinline__ float bf(uint16_t v) {
-    return __uint_as_float(uint32_t(v) << 16);
-}
-__device__ __forceinline__ uint16_t to_bf(float v) {
-    return __bfloat16_as_ushort(__float2bfloat16_rn(v));
-}
-__device__ __forceinline__ float round_bf(float v) {
-    return bf(to_bf(v));
-}
 
 using ops::cuda::detail::warp_sum;  // reduce.cuh
 

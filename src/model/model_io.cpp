@@ -18,15 +18,6 @@ using nlohmann::json;
 
 namespace {
 
-json read_json(const fs::path& p) {
-    std::ifstream in(p);
-    MSLM_CHECK(in.good(), "{}: cannot open (is this a model directory?)", p.string());
-    try {
-        return json::parse(in);
-    } catch (const json::parse_error& e) {
-        fail("{}: invalid JSON: {}", p.string(), e.what());
-    }
-}
 
 bool is_gguf_file(const std::string& path) {
     return fs::path(path).extension() == ".gguf" && fs::is_regular_file(path);
@@ -59,6 +50,16 @@ void copy_rows(const SafetensorsFile& file, const std::string& name, const Shape
 
 }  // namespace
 
+nlohmann::json read_json_file(const std::string& path) {
+    std::ifstream in(path);
+    MSLM_CHECK(in.good(), "{}: cannot open (is this a model directory?)", path);
+    try {
+        return nlohmann::json::parse(in);
+    } catch (const nlohmann::json::exception& e) {
+        fail("{}: invalid JSON: {}", path, e.what());
+    }
+}
+
 ModelConfig load_any_config(const std::string& dir, std::string* format, std::string* quantization) {
     if (is_gguf_file(dir)) {
         if (format) *format = "gguf";
@@ -66,7 +67,7 @@ ModelConfig load_any_config(const std::string& dir, std::string* format, std::st
         return config_from_gguf(gguf::File::open(dir));
     }
     fs::path p = config_path(dir);
-    json j = read_json(p);
+    json j = read_json_file(p.string());
     if (quantization) quantization->clear();
     if (j.is_object() && j.contains("quantization_config")) {
         // The weights say how each tensor is stored (bnb_model.h); the block only has to be one we read.

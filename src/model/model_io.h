@@ -3,6 +3,8 @@
 // model.safetensors, mapped through hf_import). Loading checks that every parameter is present
 // exactly once with the right shape and that nothing is left over.
 #pragma once
+#include <nlohmann/json_fwd.hpp>
+
 #include <memory>
 #include <string>
 
@@ -16,6 +18,10 @@ struct LoadedModelInfo {
     std::string config_path, weights_path;
     std::string quantization;  // "" or how the file stores the weights, e.g. "bitsandbytes nf4 + double quant"
 };
+
+// A JSON file (config.json, tokenizer_config.json, ...); throws naming the file when it cannot be
+// opened or parsed.
+nlohmann::json read_json_file(const std::string& path);
 
 // Reads a model directory's config (native or HF) without loading weights. A bitsandbytes
 // `quantization_config` (quant/bnb_model.h) is accepted and described in `quantization`; the

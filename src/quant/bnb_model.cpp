@@ -111,16 +111,6 @@ void write_json(const json& j, const fs::path& path) {
     fs::rename(tmp, path);
 }
 
-json read_json_file(const fs::path& p) {
-    std::ifstream in(p);
-    MSLM_CHECK(in.good(), "{}: cannot open (is this a model directory?)", p.string());
-    try {
-        return json::parse(in);
-    } catch (const json::parse_error& e) {
-        fail("{}: invalid JSON: {}", p.string(), e.what());
-    }
-}
-
 void add_kind(BnbSizeReport::Kind& k, int64_t params, int64_t bytes) {
     k.tensors += 1;
     k.params += params;
@@ -235,7 +225,7 @@ BnbSizeReport quantize_model_dir(const std::string& in_dir, const std::string& o
     const fs::path in_config = fs::path(in_dir) / "config.json", in_weights = fs::path(in_dir) / "model.safetensors";
     MSLM_CHECK(!fs::exists(out_dir) || !fs::equivalent(in_dir, out_dir),
                "--out {} is the input directory; write the quantized model to another one", out_dir);
-    json config = read_json_file(in_config);
+    json config = read_json_file(in_config.string());
     MSLM_CHECK(config.is_object() && !config.contains("quantization_config"),
                "{}: the model is already quantized (it has a quantization_config); quantize the unquantized model",
                in_config.string());
