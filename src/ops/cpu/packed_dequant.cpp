@@ -98,7 +98,24 @@ struct Operands {
     const float* x;  // (M, ld) zero-padded copy of x
     int64_t M;
     int64_t k_end;   // in rounded up to 32
+    int64_t row_bytes;      // bytes of one packed weight row (ld / 2 for 4-bit, ld for W8A16)
+    int64_t scale_stride;   // 4-bit: scales a row (ld / group)
+    int group_shift;        // 4-bit: log2(group)
 };
+
+Operands make_operands(const PackedWeight& W, float* y, const float* b, const float* x, int64_t M) {
+    Operands o{&W, y, b, x, M, (W.in + 31) / 32 * 32, W.ld, 0, 0};
+    if (is_4bit_format(W.format)) {
+        o.row_bytes = W.ld / 2;
+        o.scale_stride = W.ld / W.group;
+        o.group_shift = __builtin_ctzll(static_cast<unsigned long long>(W.group));
+    }
+    return o;
+}
+
+// The bytes of row n + kAhead are prefetched while row n is decoded (without it a GEMV is latency
+// bound at about half the read bandwidth, as packed_gemv.cpp notes).
+constexpr int64_t kAhead = 2;
 
 // Row n's values multiply the sum by this (W8A16: the row scale; 4-bit: 1, the scales are per group).
 inline float post_scale(const PackedWeight& W, int64_t n) {
@@ -112,36 +129,44 @@ inline void store(const Operands& o, int64_t n, int64_t m, float sum) {
 // ---- AVX-512 -------------------------------------------------------------------------------------
 
 struct Avx512 {
-    // Weights [k, k + 32) of row n as two fp32 vectors (columns k..k+15, k+16..k+31).
-    [[gnu::target("avx512f,avx512bw,avx512vl")]] static inline void decode(const PackedWeight& W, int64_t n,
-                                                                           int64_t k, __m512 lut, __m512& w0,
-                                                                           __m512& w1) {
-        if (W.format == WeightFormat::W8A16) {
-            const int8_t* p = W.int8() + n * W.ld + k;
+    // Weights [k, k + 32) of a row as two fp32 vectors (columns k..k+15, k+16..k+31). `row` is the
+    // row's packed bytes, `s` its scales (4-bit).
+    template <bool k4>
+    [[gnu::target("avx512f,avx512bw,avx512vl")]] static inline void decode(const uint8_t* row, const float* s,
+                                                                           int shift, int64_t k, __m512 lut,
+                                                                           __m512& w0, __m512& w1) {
+        if constexpr (!k4) {
+            const uint8_t* p = row + k;
             w0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_load_si128(reinterpret_cast<const __m128i*>(p))));
             w1 = _mm512_cvtepi32_ps(
                 _mm512_cvtepi8_epi32(_mm_load_si128(reinterpret_cast<const __m128i*>(p + 16))));
-            return;
+        } else {
+            const __m512i v = _mm512_cvtepu8_epi32(_mm_load_si128(reinterpret_cast<const __m128i*>(row + k / 2)));
+            w0 = _mm512_mul_ps(_mm512_permutexvar_ps(v, lut), _mm512_set1_ps(s[k >> shift]));
+            w1 = _mm512_mul_ps(_mm512_permutexvar_ps(_mm512_srli_epi32(v, 4), lut),
+                               _mm512_set1_ps(s[(k + 16) >> shift]));
         }
-        const __m512i v = _mm512_cvtepu8_epi32(
-            _mm_load_si128(reinterpret_cast<const __m128i*>(W.nibbles() + n * (W.ld / 2) + k / 2)));
-        const float* s = W.scale.get() + n * (W.ld / W.group);
-        w0 = _mm512_mul_ps(_mm512_permutexvar_ps(v, lut), _mm512_set1_ps(s[k / W.group]));
-        w1 = _mm512_mul_ps(_mm512_permutexvar_ps(_mm512_srli_epi32(v, 4), lut), _mm512_set1_ps(s[(k + 16) / W.group]));
     }
 
     // y rows [n0, n1) for x rows [m0, m0 + M).
-    template <int M>
+    template <bool k4, int M>
     [[gnu::target("avx512f,avx512bw,avx512vl")]] static void rows(const Operands& o, int64_t n0, int64_t n1,
                                                                   int64_t m0) {
         const PackedWeight& W = *o.W;
         const __m512 lut = _mm512_loadu_ps(W.code);
+        const uint8_t* base = static_cast<const uint8_t*>(W.data.get());
+        const int64_t last = W.out_padded - 1;
         for (int64_t n = n0; n < n1; ++n) {
+            const uint8_t* row = base + n * o.row_bytes;
+            const uint8_t* ahead = base + std::min(n + kAhead, last) * o.row_bytes;
+            const float* s = k4 ? W.scale.get() + n * o.scale_stride : nullptr;
             __m512 acc0[M], acc1[M];
             for (int m = 0; m < M; ++m) acc0[m] = acc1[m] = _mm512_setzero_ps();
             for (int64_t k = 0; k < o.k_end; k += 32) {
+                if (k % (k4 ? 128 : 64) == 0)  // one 64-byte line of the row ahead
+                    _mm_prefetch(reinterpret_cast<const char*>(ahead + (k4 ? k / 2 : k)), _MM_HINT_T0);
                 __m512 w0, w1;
-                decode(W, n, k, lut, w0, w1);
+                decode<k4>(row, s, o.group_shift, k, lut, w0, w1);
 #pragma GCC unroll 4
                 for (int m = 0; m < M; ++m) {
                     const float* xr = o.x + (m0 + m) * W.ld + k;
@@ -153,12 +178,15 @@ struct Avx512 {
         }
     }
 
-    [[gnu::target("avx512f,avx512bw,avx512vl")]] static void decode_row(float* dst, const PackedWeight& W,
-                                                                        int64_t n, int64_t k_end) {
+    template <bool k4>
+    [[gnu::target("avx512f,avx512bw,avx512vl")]] static void decode_row(float* dst, const Operands& o, int64_t n) {
+        const PackedWeight& W = *o.W;
         const __m512 lut = _mm512_loadu_ps(W.code);
-        for (int64_t k = 0; k < k_end; k += 32) {
+        const uint8_t* row = static_cast<const uint8_t*>(W.data.get()) + n * o.row_bytes;
+        const float* s = k4 ? W.scale.get() + n * o.scale_stride : nullptr;
+        for (int64_t k = 0; k < o.k_end; k += 32) {
             __m512 w0, w1;
-            decode(W, n, k, lut, w0, w1);
+            decode<k4>(row, s, o.group_shift, k, lut, w0, w1);
             _mm512_storeu_ps(dst + k, w0);
             _mm512_storeu_ps(dst + k + 16, w1);
         }
@@ -175,38 +203,46 @@ struct Avx2 {
                                 _mm256_castsi256_ps(sel));
     }
 
-    // Weights [k, k + 32) of row n as four fp32 vectors of 8 columns each, in column order.
-    [[gnu::target("avx2,fma")]] static inline void decode(const PackedWeight& W, int64_t n, int64_t k,
+    // Weights [k, k + 32) of a row as four fp32 vectors of 8 columns each, in column order.
+    template <bool k4>
+    [[gnu::target("avx2,fma")]] static inline void decode(const uint8_t* row, const float* s, int shift, int64_t k,
                                                           __m256 lo, __m256 hi, __m256* w) {
-        if (W.format == WeightFormat::W8A16) {
-            const int8_t* p = W.int8() + n * W.ld + k;
+        if constexpr (!k4) {
+            const uint8_t* p = row + k;
 #pragma GCC unroll 4
             for (int q = 0; q < 4; ++q)
                 w[q] = _mm256_cvtepi32_ps(
                     _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p + 8 * q))));
-            return;
-        }
-        const uint8_t* p = W.nibbles() + n * (W.ld / 2) + k / 2;
-        const float* s = W.scale.get() + n * (W.ld / W.group);
-        const __m256 s0 = _mm256_set1_ps(s[k / W.group]), s1 = _mm256_set1_ps(s[(k + 16) / W.group]);
+        } else {
+            const uint8_t* p = row + k / 2;
+            const __m256 s0 = _mm256_set1_ps(s[k >> shift]), s1 = _mm256_set1_ps(s[(k + 16) >> shift]);
 #pragma GCC unroll 2
-        for (int j = 0; j < 2; ++j) {  // bytes 8j..8j+7: columns 8j.. (low nibble) and 16+8j.. (high)
-            const __m256i v = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p + 8 * j)));
-            w[j] = _mm256_mul_ps(lookup(v, _mm256_slli_epi32(v, 28), lo, hi), s0);
-            w[2 + j] = _mm256_mul_ps(lookup(_mm256_srli_epi32(v, 4), _mm256_slli_epi32(v, 24), lo, hi), s1);
+            for (int j = 0; j < 2; ++j) {  // bytes 8j..8j+7: columns 8j.. (low nibble) and 16+8j.. (high)
+                const __m256i v =
+                    _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p + 8 * j)));
+                w[j] = _mm256_mul_ps(lookup(v, _mm256_slli_epi32(v, 28), lo, hi), s0);
+                w[2 + j] = _mm256_mul_ps(lookup(_mm256_srli_epi32(v, 4), _mm256_slli_epi32(v, 24), lo, hi), s1);
+            }
         }
     }
 
-    template <int M>
+    template <bool k4, int M>
     [[gnu::target("avx2,fma")]] static void rows(const Operands& o, int64_t n0, int64_t n1, int64_t m0) {
         const PackedWeight& W = *o.W;
         const __m256 lo = _mm256_loadu_ps(W.code), hi = _mm256_loadu_ps(W.code + 8);
+        const uint8_t* base = static_cast<const uint8_t*>(W.data.get());
+        const int64_t last = W.out_padded - 1;
         for (int64_t n = n0; n < n1; ++n) {
+            const uint8_t* row = base + n * o.row_bytes;
+            const uint8_t* ahead = base + std::min(n + kAhead, last) * o.row_bytes;
+            const float* s = k4 ? W.scale.get() + n * o.scale_stride : nullptr;
             __m256 acc0[M], acc1[M];
             for (int m = 0; m < M; ++m) acc0[m] = acc1[m] = _mm256_setzero_ps();
             for (int64_t k = 0; k < o.k_end; k += 32) {
+                if (k % (k4 ? 128 : 64) == 0)
+                    _mm_prefetch(reinterpret_cast<const char*>(ahead + (k4 ? k / 2 : k)), _MM_HINT_T0);
                 __m256 w[4];
-                decode(W, n, k, lo, hi, w);
+                decode<k4>(row, s, o.group_shift, k, lo, hi, w);
 #pragma GCC unroll 4
                 for (int m = 0; m < M; ++m) {
                     const float* xr = o.x + (m0 + m) * W.ld + k;
@@ -226,37 +262,40 @@ struct Avx2 {
         }
     }
 
-    [[gnu::target("avx2,fma")]] static void decode_row(float* dst, const PackedWeight& W, int64_t n,
-                                                       int64_t k_end) {
+    template <bool k4>
+    [[gnu::target("avx2,fma")]] static void decode_row(float* dst, const Operands& o, int64_t n) {
+        const PackedWeight& W = *o.W;
         const __m256 lo = _mm256_loadu_ps(W.code), hi = _mm256_loadu_ps(W.code + 8);
-        for (int64_t k = 0; k < k_end; k += 32) {
+        const uint8_t* row = static_cast<const uint8_t*>(W.data.get()) + n * o.row_bytes;
+        const float* s = k4 ? W.scale.get() + n * o.scale_stride : nullptr;
+        for (int64_t k = 0; k < o.k_end; k += 32) {
             __m256 w[4];
-            decode(W, n, k, lo, hi, w);
+            decode<k4>(row, s, o.group_shift, k, lo, hi, w);
             for (int q = 0; q < 4; ++q) _mm256_storeu_ps(dst + k + 8 * q, w[q]);
         }
     }
 };
 
-void decode_row_scalar(float* dst, const PackedWeight& W, int64_t n, int64_t k_end) {
-    for (int64_t k = 0; k < k_end; ++k) dst[k] = W.at(n, k);
+void decode_row_scalar(float* dst, const Operands& o, int64_t n) {
+    for (int64_t k = 0; k < o.k_end; ++k) dst[k] = o.W->at(n, k);
 }
 
 // y rows [n0, n1) for every row of x, in chunks of at most 4 rows of x (accumulators in registers).
-template <typename K>
+template <typename K, bool k4>
 void gemv_rows(const Operands& o, int64_t n0, int64_t n1) {
     for (int64_t m0 = 0; m0 < o.M; m0 += 4) {
         switch (std::min<int64_t>(4, o.M - m0)) {
             case 1:
-                K::template rows<1>(o, n0, n1, m0);
+                K::template rows<k4, 1>(o, n0, n1, m0);
                 break;
             case 2:
-                K::template rows<2>(o, n0, n1, m0);
+                K::template rows<k4, 2>(o, n0, n1, m0);
                 break;
             case 3:
-                K::template rows<3>(o, n0, n1, m0);
+                K::template rows<k4, 3>(o, n0, n1, m0);
                 break;
             default:
-                K::template rows<4>(o, n0, n1, m0);
+                K::template rows<k4, 4>(o, n0, n1, m0);
         }
     }
 }
@@ -271,7 +310,8 @@ float* scratch(size_t floats) {
 
 void gemm_panels(float* y, const float* x, const PackedWeight& W, const float* b, int64_t M, Path path) {
     constexpr int64_t kPanel = 128;
-    const int64_t k_end = (W.in + 31) / 32 * 32;
+    const Operands o = make_operands(W, y, b, x, M);
+    const bool k4 = is_4bit_format(W.format);
     parallel_for((W.out + kPanel - 1) / kPanel, [&](int64_t p0, int64_t p1) {
         thread_local std::vector<float> wf;
         if (wf.size() < static_cast<size_t>(kPanel * W.ld)) wf.resize(static_cast<size_t>(kPanel * W.ld));
@@ -280,11 +320,11 @@ void gemm_panels(float* y, const float* x, const PackedWeight& W, const float* b
             for (int64_t r = 0; r < rows; ++r) {
                 float* dst = wf.data() + r * W.ld;
                 if (path == Path::Avx512)
-                    Avx512::decode_row(dst, W, n0 + r, k_end);
+                    k4 ? Avx512::decode_row<true>(dst, o, n0 + r) : Avx512::decode_row<false>(dst, o, n0 + r);
                 else if (path == Path::Avx2)
-                    Avx2::decode_row(dst, W, n0 + r, k_end);
+                    k4 ? Avx2::decode_row<true>(dst, o, n0 + r) : Avx2::decode_row<false>(dst, o, n0 + r);
                 else
-                    decode_row_scalar(dst, W, n0 + r, k_end);
+                    decode_row_scalar(dst, o, n0 + r);
             }
             gemm<float>(false, true, static_cast<int>(M), static_cast<int>(rows), static_cast<int>(W.in), 1.0f, x,
                         static_cast<int>(W.in), wf.data(), static_cast<int>(W.ld), 0.0f, y + n0,
@@ -325,18 +365,19 @@ void packed_dequant_forward(float* y, const float* x, const PackedWeight& W, con
         std::memcpy(xs + m * W.ld, x + m * W.in, static_cast<size_t>(W.in) * sizeof(float));
         std::memset(xs + m * W.ld + W.in, 0, static_cast<size_t>(W.ld - W.in) * sizeof(float));
     }
-    const Operands o{&W, y, b, xs, M, (W.in + 31) / 32 * 32};
+    const Operands o = make_operands(W, y, b, xs, M);
     static_assert(kMaxRows < 16);
-    const int64_t row_bytes = is_4bit_format(W.format) ? W.ld / 2 : W.ld;
+    const bool k4 = is_4bit_format(W.format);
+    const int64_t row_bytes = o.row_bytes;
     const int64_t blocks = (W.out + kRowsPerBlock - 1) / kRowsPerBlock;
     parallel_for(
         blocks,
         [&](int64_t b0, int64_t b1) {
             const int64_t n0 = b0 * kRowsPerBlock, n1 = std::min(W.out, b1 * kRowsPerBlock);
             if (path == Path::Avx512)
-                gemv_rows<Avx512>(o, n0, n1);
+                k4 ? gemv_rows<Avx512, true>(o, n0, n1) : gemv_rows<Avx512, false>(o, n0, n1);
             else
-                gemv_rows<Avx2>(o, n0, n1);
+                k4 ? gemv_rows<Avx2, true>(o, n0, n1) : gemv_rows<Avx2, false>(o, n0, n1);
         },
         std::max<int64_t>(1, kMinTaskBytes / (kRowsPerBlock * row_bytes)));
 }
