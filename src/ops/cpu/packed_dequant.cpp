@@ -113,9 +113,10 @@ Operands make_operands(const PackedWeight& W, float* y, const float* b, const fl
     return o;
 }
 
-// The bytes of row n + kAhead are prefetched while row n is decoded (without it a GEMV is latency
-// bound at about half the read bandwidth, as packed_gemv.cpp notes).
-constexpr int64_t kAhead = 2;
+// The weight bytes this far ahead of the ones being decoded are prefetched (the rows are contiguous;
+// without it a GEMV is latency bound at about half the read bandwidth, as packed_gemv.cpp notes).
+// About as far as packed_gemv.cpp's two blocks of rows ahead.
+constexpr int64_t kAheadBytes = 8192;
 
 // Row n's values multiply the sum by this (W8A16: the row scale; 4-bit: 1, the scales are per group).
 inline float post_scale(const PackedWeight& W, int64_t n) {
@@ -155,16 +156,18 @@ struct Avx512 {
         const PackedWeight& W = *o.W;
         const __m512 lut = _mm512_loadu_ps(W.code);
         const uint8_t* base = static_cast<const uint8_t*>(W.data.get());
-        const int64_t last = W.out_padded - 1;
+        const uint8_t* end = base + W.out_padded * o.row_bytes - 64;
         for (int64_t n = n0; n < n1; ++n) {
             const uint8_t* row = base + n * o.row_bytes;
-            const uint8_t* ahead = base + std::min(n + kAhead, last) * o.row_bytes;
             const float* s = k4 ? W.scale.get() + n * o.scale_stride : nullptr;
             __m512 acc0[M], acc1[M];
             for (int m = 0; m < M; ++m) acc0[m] = acc1[m] = _mm512_setzero_ps();
             for (int64_t k = 0; k < o.k_end; k += 32) {
-                if (k % (k4 ? 128 : 64) == 0)  // one 64-byte line of the row ahead
-                    _mm_prefetch(reinterpret_cast<const char*>(ahead + (k4 ? k / 2 : k)), _MM_HINT_T0);
+                if (k % (k4 ? 128 : 64) == 0) {  // one 64-byte line ahead
+                    const uint8_t* pf = row + (k4 ? k / 2 : k);
+                    pf = end - pf > kAheadBytes ? pf + kAheadBytes : end;
+                    _mm_prefetch(reinterpret_cast<const char*>(pf), _MM_HINT_T0);
+                }
                 __m512 w0, w1;
                 decode<k4>(row, s, o.group_shift, k, lut, w0, w1);
 #pragma GCC unroll 4
@@ -231,16 +234,18 @@ struct Avx2 {
         const PackedWeight& W = *o.W;
         const __m256 lo = _mm256_loadu_ps(W.code), hi = _mm256_loadu_ps(W.code + 8);
         const uint8_t* base = static_cast<const uint8_t*>(W.data.get());
-        const int64_t last = W.out_padded - 1;
+        const uint8_t* end = base + W.out_padded * o.row_bytes - 64;
         for (int64_t n = n0; n < n1; ++n) {
             const uint8_t* row = base + n * o.row_bytes;
-            const uint8_t* ahead = base + std::min(n + kAhead, last) * o.row_bytes;
             const float* s = k4 ? W.scale.get() + n * o.scale_stride : nullptr;
             __m256 acc0[M], acc1[M];
             for (int m = 0; m < M; ++m) acc0[m] = acc1[m] = _mm256_setzero_ps();
             for (int64_t k = 0; k < o.k_end; k += 32) {
-                if (k % (k4 ? 128 : 64) == 0)
-                    _mm_prefetch(reinterpret_cast<const char*>(ahead + (k4 ? k / 2 : k)), _MM_HINT_T0);
+                if (k % (k4 ? 128 : 64) == 0) {
+                    const uint8_t* pf = row + (k4 ? k / 2 : k);
+                    pf = end - pf > kAheadBytes ? pf + kAheadBytes : end;
+                    _mm_prefetch(reinterpret_cast<const char*>(pf), _MM_HINT_T0);
+                }
                 __m256 w[4];
                 decode<k4>(row, s, o.group_shift, k, lo, hi, w);
 #pragma GCC unroll 4
