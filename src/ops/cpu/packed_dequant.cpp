@@ -11,7 +11,8 @@
 //            gives the high nibble (columns k+16..k+31).
 //   AVX2     vpermps looks up 8 entries; two lookups (code book entries 0-7 and 8-15) and a blend on
 //            bit 3 of the nibble (moved to the sign bit by a shift, which vblendvps reads).
-// Each looked-up code is multiplied by its group's scale before the FMA, so every weight is exactly
+// Each looked-up code is multiplied by its group's scale before the FMA (with groups of 64 the
+// AVX-512 path scales the 16-entry code book once per group instead: the same fp32 products), so every weight is exactly
 // bitsandbytes' dequantized fp32 value code · absmax; W8A16 widens the int8 weights exactly and
 // multiplies the row's sum by its scale at the end. So the results differ from an fp32 product
 // against the dequantized weights only by the order of the fp32 sums.
@@ -162,6 +163,36 @@ struct Avx512 {
             const float* s = k4 ? W.scale.get() + n * o.scale_stride : nullptr;
             __m512 acc0[M], acc1[M];
             for (int m = 0; m < M; ++m) acc0[m] = acc1[m] = _mm512_setzero_ps();
+            if (k4 && o.group_shift == 6) {
+                // Groups of 64: the code book is scaled once per group (code · scale per entry, the
+                // same fp32 products as scaling each looked-up code), then 64 lookups; runs up to
+                // ld, where the padding codes are the zero code and the padding x zero.
+                for (int64_t k = 0; k < W.ld; k += 64) {
+                    const uint8_t* pf = row + k / 2;
+                    pf = end - pf > kAheadBytes ? pf + kAheadBytes : end;
+                    if (k % 128 == 0) _mm_prefetch(reinterpret_cast<const char*>(pf), _MM_HINT_T0);
+                    const __m512 lut_s = _mm512_mul_ps(lut, _mm512_set1_ps(s[k >> 6]));
+                    const __m512i va =
+                        _mm512_cvtepu8_epi32(_mm_load_si128(reinterpret_cast<const __m128i*>(row + k / 2)));
+                    const __m512i vb =
+                        _mm512_cvtepu8_epi32(_mm_load_si128(reinterpret_cast<const __m128i*>(row + k / 2 + 16)));
+                    const __m512 w0 = _mm512_permutexvar_ps(va, lut_s);
+                    const __m512 w1 = _mm512_permutexvar_ps(_mm512_srli_epi32(va, 4), lut_s);
+                    const __m512 w2 = _mm512_permutexvar_ps(vb, lut_s);
+                    const __m512 w3 = _mm512_permutexvar_ps(_mm512_srli_epi32(vb, 4), lut_s);
+#pragma GCC unroll 4
+                    for (int m = 0; m < M; ++m) {
+                        const float* xr = o.x + (m0 + m) * W.ld + k;
+                        acc0[m] = _mm512_fmadd_ps(_mm512_load_ps(xr), w0, acc0[m]);
+                        acc1[m] = _mm512_fmadd_ps(_mm512_load_ps(xr + 16), w1, acc1[m]);
+                        acc0[m] = _mm512_fmadd_ps(_mm512_load_ps(xr + 32), w2, acc0[m]);
+                        acc1[m] = _mm512_fmadd_ps(_mm512_load_ps(xr + 48), w3, acc1[m]);
+                    }
+                }
+                for (int m = 0; m < M; ++m)
+                    store(o, n, m0 + m, _mm512_reduce_add_ps(_mm512_add_ps(acc0[m], acc1[m])));
+                continue;
+            }
             for (int64_t k = 0; k < o.k_end; k += 32) {
                 if (k % (k4 ? 128 : 64) == 0) {  // one 64-byte line ahead
                     const uint8_t* pf = row + (k4 ? k / 2 : k);
