@@ -13,8 +13,8 @@
 //            bit 3 of the nibble (moved to the sign bit by a shift, which vblendvps reads).
 // Each looked-up code is multiplied by its group's scale before the FMA (with groups of 64 the
 // AVX-512 path scales the 16-entry code book once per group instead: the same fp32 products), so
-// every weight is exactly bitsandbytes' dequantized fp32 value code · absmax; W8A16 widens the int8 weights exactly and
-// multiplies the row's sum by its scale at the end. So the results differ from an fp32 product
+// every weight is exactly bitsandbytes' dequantized fp32 value code · absmax; W8A16 widens the int8
+// weights exactly and multiplies the row's sum by its scale at the end. So the results differ from an fp32 product
 // against the dequantized weights only by the order of the fp32 sums.
 // Prefill (M >= kPackedGemmMinRows): panels of 128 weight rows are dequantized into fp32 scratch by
 // the same decoders and multiplied with OpenBLAS (as the bf16 fallback in packed_gemm.cpp does).
