@@ -59,7 +59,8 @@ void register_eval(CLI::App& app) {
         if (a->json) {
             const nlohmann::json j = {{"model", a->model},    {"data", a->data},    {"split", a->split},
                                       {"loss", r.loss},       {"ppl", r.ppl},       {"bpb", r.bpb},
-                                      {"windows", r.windows}, {"tokens", r.tokens}, {"seq_len", a->seq_len}, {"dtype", a->dtype}};
+                                      {"windows", r.windows}, {"tokens", r.tokens}, {"seq_len", a->seq_len},
+                                      {"dtype", a->dtype}};
             fmt::print("{}\n", j.dump());
         } else {
             fmt::print(

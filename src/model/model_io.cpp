@@ -74,7 +74,8 @@ ModelConfig load_any_config(const std::string& dir, std::string* format, std::st
 }
 
 template <typename T>
-std::unique_ptr<HybridLM<T>> load_model(const std::string& dir, LoadedModelInfo* info, ops::WeightFormat pack_4bit) {
+std::unique_ptr<HybridLM<T>> load_model(const std::string& dir, LoadedModelInfo* info,
+                                        ops::WeightFormat pack_4bit) {
     std::string format, quantization;
     ModelConfig cfg = load_any_config(dir, &format, &quantization);
     fs::path weights = config_path(dir).parent_path() / "model.safetensors";
@@ -89,7 +90,8 @@ std::unique_ptr<HybridLM<T>> load_model(const std::string& dir, LoadedModelInfo*
         if constexpr (!std::is_same_v<T, float>) {
             return false;
         } else {
-            if (!ops::is_4bit_format(pack_4bit) || !params.is_linear(idx) || file_shape != params.specs()[idx].shape)
+            if (!ops::is_4bit_format(pack_4bit) || !params.is_linear(idx) ||
+                file_shape != params.specs()[idx].shape)
                 return false;
             ops::PackedWeight p;
             std::vector<std::string> keys;

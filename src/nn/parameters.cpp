@@ -96,10 +96,11 @@ void Parameters<T>::mark_linear(size_t i) {
 template <typename T>
 void Parameters<T>::pack_linear_weights(ops::WeightFormat format) {
     if (loaded_packed_ > 0) {
-        MSLM_CHECK(format == format_,
-                   "{} linear weights were loaded packed as {} from a bitsandbytes file and have no fp32 values "
-                   "to repack as {}: load the model with that dtype instead",
-                   loaded_packed_, ops::weight_format_name(format_), ops::weight_format_name(format));
+        MSLM_CHECK(
+            format == format_,
+            "{} linear weights were loaded packed as {} from a bitsandbytes file and have no fp32 values "
+            "to repack as {}: load the model with that dtype instead",
+            loaded_packed_, ops::weight_format_name(format_), ops::weight_format_name(format));
         return;
     }
     packed_.clear();
@@ -116,8 +117,10 @@ void Parameters<T>::pack_linear_weights(ops::WeightFormat format) {
                 // bitsandbytes' quantizer (blocksize 64), each row in blocks of its own: the same blocks
                 // as bitsandbytes' flattened ones whenever the row length is a multiple of 64.
                 const int64_t out = s.shape[0], in = s.shape[1];
-                const int64_t row_blocks = (in + quant::kBnbDefaultBlocksize - 1) / quant::kBnbDefaultBlocksize;
-                const auto type = format == ops::WeightFormat::NF4 ? quant::Bnb4Type::NF4 : quant::Bnb4Type::FP4;
+                const int64_t row_blocks =
+                    (in + quant::kBnbDefaultBlocksize - 1) / quant::kBnbDefaultBlocksize;
+                const auto type =
+                    format == ops::WeightFormat::NF4 ? quant::Bnb4Type::NF4 : quant::Bnb4Type::FP4;
                 std::vector<uint8_t> codes(static_cast<size_t>((out * in + 1) / 2));
                 std::vector<float> absmax(static_cast<size_t>(out * row_blocks));
                 std::vector<float> row(static_cast<size_t>(in));
@@ -133,9 +136,10 @@ void Parameters<T>::pack_linear_weights(ops::WeightFormat format) {
                     }
                 }
                 auto p = std::make_unique<ops::PackedWeight>();
-                MSLM_CHECK(ops::pack_weight_4bit(*p, codes.data(), absmax.data(), quant::bnb4_code(type).data(), out,
-                                                 in, quant::kBnbDefaultBlocksize, true, format),
-                           "{}: cannot pack as {}", s.name, ops::weight_format_name(format));
+                MSLM_CHECK(
+                    ops::pack_weight_4bit(*p, codes.data(), absmax.data(), quant::bnb4_code(type).data(), out,
+                                          in, quant::kBnbDefaultBlocksize, true, format),
+                    "{}: cannot pack as {}", s.name, ops::weight_format_name(format));
                 packed_[i] = std::move(p);
                 continue;
             }

@@ -49,7 +49,9 @@ const char* weight_format_name(WeightFormat f);
 inline bool is_dequant_format(WeightFormat f) {
     return f == WeightFormat::W8A16 || f == WeightFormat::NF4 || f == WeightFormat::FP4;
 }
-inline bool is_4bit_format(WeightFormat f) { return f == WeightFormat::NF4 || f == WeightFormat::FP4; }
+inline bool is_4bit_format(WeightFormat f) {
+    return f == WeightFormat::NF4 || f == WeightFormat::FP4;
+}
 // "f32" | "fp32" | "bf16" | "int8" (= "w8a8") | "w8a16" | "nf4" | "fp4"; throws with the accepted names
 // otherwise.
 WeightFormat parse_weight_format(const std::string& s);
@@ -68,8 +70,8 @@ struct PackedWeight {
     std::shared_ptr<float> scale;  // Int8, W8A16: out_padded per-row scales (absmax / 127; 0 for a zero
                                    // row). NF4 / FP4: out_padded × (ld / group) scales, row-major
     std::shared_ptr<int32_t> row_sum;  // Int8: out_padded sums of the quantized row
-    int64_t group = 0;             // NF4 / FP4: columns per scale (16, 32 or 64)
-    float code[16] = {};           // NF4 / FP4: the code book, index -> value
+    int64_t group = 0;                 // NF4 / FP4: columns per scale (16, 32 or 64)
+    float code[16] = {};               // NF4 / FP4: the code book, index -> value
 
     const uint16_t* bf16() const { return static_cast<const uint16_t*>(data.get()); }
     const int8_t* int8() const { return static_cast<const int8_t*>(data.get()); }

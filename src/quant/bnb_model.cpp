@@ -500,12 +500,12 @@ bool bnb4_pack(const SafetensorsFile& file, const std::string& weight_name, cons
         return false;
     std::vector<std::string> keys;
     const Stored4bit s4 = read_4bit(file, weight_name, &keys);
-    MSLM_CHECK(s4.shape == expected, "{}: tensor '{}' has shape {}, the config needs {}", file.name(), weight_name,
-               shape_str(s4.shape), shape_str(expected));
+    MSLM_CHECK(s4.shape == expected, "{}: tensor '{}' has shape {}, the config needs {}", file.name(),
+               weight_name, shape_str(s4.shape), shape_str(expected));
     // bitsandbytes rounds a bf16 / fp16 quant state's weights to that dtype; the kernels keep fp32.
     if (expected.size() != 2 || s4.dtype != "float32") return false;
-    if (!ops::pack_weight_4bit(*out, s4.packed.data(), s4.absmax.data(), bnb4_code(s4.type).data(), expected[0],
-                               expected[1], s4.bs, false, format))
+    if (!ops::pack_weight_4bit(*out, s4.packed.data(), s4.absmax.data(), bnb4_code(s4.type).data(),
+                               expected[0], expected[1], s4.bs, false, format))
         return false;
     used->insert(used->end(), keys.begin(), keys.end());
     return true;

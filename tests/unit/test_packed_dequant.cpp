@@ -67,8 +67,8 @@ std::vector<float> randn(Rng& rng, int64_t n, float scale) {
 
 // y = x · Wdᵀ · post + b against the kernel's y, with the bound argued at the top of the file.
 // Wd (out, in): the dequantized weights; post: W8A16's row scales (else 1).
-void check_products(const PackedWeight& W, const std::vector<float>& Wd, const std::vector<float>& post, Rng& rng,
-                    const std::string& what) {
+void check_products(const PackedWeight& W, const std::vector<float>& Wd, const std::vector<float>& post,
+                    Rng& rng, const std::string& what) {
     const int64_t out = W.out, in = W.in;
     const double u = std::ldexp(1.0, -24), n = static_cast<double>(in + 2);
     const double gamma = n * u / (1 - n * u);
@@ -92,11 +92,12 @@ void check_products(const PackedWeight& W, const std::vector<float>& Wd, const s
                         }
                         const double s = post[r], bb = with_bias ? bias[r] : 0.0;
                         const double want = s * exact + bb;
-                        const double tol = gamma * (std::fabs(s) * mag + std::fabs(bb)) + 2 * u * std::fabs(want);
+                        const double tol =
+                            gamma * (std::fabs(s) * mag + std::fabs(bb)) + 2 * u * std::fabs(want);
                         const double got = y[m * out + r];
                         if (!(std::fabs(got - want) <= tol) && bad++ < 5)
-                            ADD_FAILURE() << "y[" << m << "," << r << "] = " << got << ", want " << want << " ± "
-                                          << tol;
+                            ADD_FAILURE() << "y[" << m << "," << r << "] = " << got << ", want " << want
+                                          << " ± " << tol;
                     }
             }
         }
@@ -115,11 +116,12 @@ void check_4bit(quant::Bnb4Type type, int64_t out, int64_t in, int64_t bs, Rng& 
     std::vector<float> wd(w.size());
     quant::bnb4_dequantize(q.packed, q.absmax, type, bs, wd);
     PackedWeight p;
-    ASSERT_TRUE(pack_weight_4bit(p, q.packed.data(), q.absmax.data(), quant::bnb4_code(type).data(), out, in, bs,
-                                 false, format));
+    ASSERT_TRUE(pack_weight_4bit(p, q.packed.data(), q.absmax.data(), quant::bnb4_code(type).data(), out, in,
+                                 bs, false, format));
     EXPECT_EQ(p.group, std::min<int64_t>({64, bs, in % 64 == 0 ? 64 : in % 32 == 0 ? 32 : 16}));
     for (int64_t r = 0; r < out; ++r)
-        for (int64_t c = 0; c < in; ++c) ASSERT_EQ(p.at(r, c), wd[r * in + c]) << "(" << r << ", " << c << ")";
+        for (int64_t c = 0; c < in; ++c)
+            ASSERT_EQ(p.at(r, c), wd[r * in + c]) << "(" << r << ", " << c << ")";
     check_products(p, wd, std::vector<float>(static_cast<size_t>(out), 1.0f), rng, what);
 }
 
@@ -132,10 +134,10 @@ TEST(PackedDequant, FourBitMatchesDequantizedProduct) {
     Rng rng(11);
     for (auto type : {quant::Bnb4Type::NF4, quant::Bnb4Type::FP4}) {
         for (int64_t bs : {32, 64, 128, 256, 1024, 4096}) check_4bit(type, 37, 192, bs, rng);
-        check_4bit(type, 5, 48, 64, rng);    // in = 48: groups of 16, blocks across rows
-        check_4bit(type, 3, 80, 32, rng);    // groups of 16 under blocks of 32
-        check_4bit(type, 17, 96, 4096, rng); // groups of 32, one block over all rows
-        check_4bit(type, 130, 768, 64, rng); // a model-sized row, several blocks of output rows
+        check_4bit(type, 5, 48, 64, rng);     // in = 48: groups of 16, blocks across rows
+        check_4bit(type, 3, 80, 32, rng);     // groups of 16 under blocks of 32
+        check_4bit(type, 17, 96, 4096, rng);  // groups of 32, one block over all rows
+        check_4bit(type, 130, 768, 64, rng);  // a model-sized row, several blocks of output rows
     }
 }
 
@@ -160,8 +162,8 @@ TEST(PackedDequant, FourBitRowBlocksOddShapes) {
                                        std::span<float>(wd.data() + r * in, static_cast<size_t>(in)));
             }
             PackedWeight p;
-            ASSERT_TRUE(pack_weight_4bit(p, codes.data(), absmax.data(), quant::bnb4_code(type).data(), out, in, bs,
-                                         true, format));
+            ASSERT_TRUE(pack_weight_4bit(p, codes.data(), absmax.data(), quant::bnb4_code(type).data(), out,
+                                         in, bs, true, format));
             for (int64_t r = 0; r < out; ++r)
                 for (int64_t c = 0; c < in; ++c) ASSERT_EQ(p.at(r, c), wd[r * in + c]);
             check_products(p, wd, std::vector<float>(static_cast<size_t>(out), 1.0f), rng,
@@ -176,12 +178,15 @@ TEST(PackedDequant, FourBitRefusesMisalignedBlocks) {
     const std::vector<uint8_t> codes(1000 * 3, 0x77);
     const std::vector<float> absmax(1000, 1.0f);
     PackedWeight p;
-    EXPECT_FALSE(pack_weight_4bit(p, codes.data(), absmax.data(), quant::bnb4_code(quant::Bnb4Type::NF4).data(), 3,
-                                  1000, 64, false, WeightFormat::NF4));  // 1000 % 16 != 0
-    EXPECT_FALSE(pack_weight_4bit(p, codes.data(), absmax.data(), quant::bnb4_code(quant::Bnb4Type::NF4).data(), 3,
-                                  40, 32, false, WeightFormat::NF4));
-    EXPECT_TRUE(pack_weight_4bit(p, codes.data(), absmax.data(), quant::bnb4_code(quant::Bnb4Type::NF4).data(), 3,
-                                 40, 32, true, WeightFormat::NF4));  // rows in blocks of their own: fine
+    EXPECT_FALSE(pack_weight_4bit(p, codes.data(), absmax.data(),
+                                  quant::bnb4_code(quant::Bnb4Type::NF4).data(), 3, 1000, 64, false,
+                                  WeightFormat::NF4));  // 1000 % 16 != 0
+    EXPECT_FALSE(pack_weight_4bit(p, codes.data(), absmax.data(),
+                                  quant::bnb4_code(quant::Bnb4Type::NF4).data(), 3, 40, 32, false,
+                                  WeightFormat::NF4));
+    EXPECT_TRUE(pack_weight_4bit(p, codes.data(), absmax.data(),
+                                 quant::bnb4_code(quant::Bnb4Type::NF4).data(), 3, 40, 32, true,
+                                 WeightFormat::NF4));  // rows in blocks of their own: fine
 }
 
 // W8A16: the int8 weights and row scales of pack_weight(Int8), fp32 activations.
@@ -213,11 +218,13 @@ TEST(PackedDequant, BytesAndNames) {
     const quant::Bnb4Quantized q = quant::bnb4_quantize(w, quant::Bnb4Type::NF4, 64);
     PackedWeight n;
     ASSERT_TRUE(pack_weight_4bit(n, q.packed.data(), q.absmax.data(),
-                                 quant::bnb4_code(quant::Bnb4Type::NF4).data(), 64, 768, 64, false, WeightFormat::NF4));
+                                 quant::bnb4_code(quant::Bnb4Type::NF4).data(), 64, 768, 64, false,
+                                 WeightFormat::NF4));
     EXPECT_EQ(b.bytes(), size_t{64 * 768 * 2});
     EXPECT_EQ(i.bytes(), size_t{64 * 768 + 64 * 4});
     EXPECT_EQ(n.bytes(), size_t{64 * 768 / 2 + 64 * 12 * 4});  // 4.5 bits a weight with blocks of 64
-    for (const char* name : {"w8a16", "nf4", "fp4"}) EXPECT_STREQ(weight_format_name(parse_weight_format(name)), name);
+    for (const char* name : {"w8a16", "nf4", "fp4"})
+        EXPECT_STREQ(weight_format_name(parse_weight_format(name)), name);
     EXPECT_EQ(parse_weight_format("w8a8"), WeightFormat::Int8);
 }
 
@@ -307,7 +314,8 @@ TEST(PackedDequant, LoaderPacksQuantizedDirectories) {
 TEST(PackedDequant, LoaderFallsBackOnMisalignedDirectories) {
     const std::string fixtures = MSLM_FIXTURE_DIR;
     for (auto [dir, format] : {std::pair<const char*, WeightFormat>{"hybrid_nf4_dq", WeightFormat::NF4},
-                               {"mamba2_fp4", WeightFormat::FP4}, {"jamba_fp4_dq", WeightFormat::FP4}}) {
+                               {"mamba2_fp4", WeightFormat::FP4},
+                               {"jamba_fp4_dq", WeightFormat::FP4}}) {
         SCOPED_TRACE(dir);
         EXPECT_EQ(check_packed_load(fixtures + "/bnb_models/" + dir, format), 0);
     }

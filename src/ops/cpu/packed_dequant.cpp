@@ -14,8 +14,8 @@
 // Each looked-up code is multiplied by its group's scale before the FMA (with groups of 64 the
 // AVX-512 path scales the 16-entry code book once per group instead: the same fp32 products), so
 // every weight is exactly bitsandbytes' dequantized fp32 value code · absmax; W8A16 widens the int8
-// weights exactly and multiplies the row's sum by its scale at the end. So the results differ from an fp32 product
-// against the dequantized weights only by the order of the fp32 sums.
+// weights exactly and multiplies the row's sum by its scale at the end. So the results differ from
+// an fp32 product against the dequantized weights only by the order of the fp32 sums.
 // Prefill (M >= kPackedGemmMinRows): panels of 128 weight rows are dequantized into fp32 scratch by
 // the same decoders and multiplied with OpenBLAS (as the bf16 fallback in packed_gemm.cpp does).
 //
@@ -81,7 +81,9 @@ Path current_path() {
     static const Path configured = [] {
         const char* env = std::getenv("MSLM_PACKED_KERNEL");
         if (env != nullptr && *env != '\0') return parse_path(env, "MSLM_PACKED_KERNEL");
-        return cpu_supports(Path::Avx512) ? Path::Avx512 : cpu_supports(Path::Avx2) ? Path::Avx2 : Path::Scalar;
+        return cpu_supports(Path::Avx512) ? Path::Avx512
+               : cpu_supports(Path::Avx2) ? Path::Avx2
+                                          : Path::Scalar;
     }();
     const int forced = g_forced.load(std::memory_order_relaxed);
     return forced >= 0 ? static_cast<Path>(forced) : configured;
@@ -98,10 +100,10 @@ struct Operands {
     const float* b;
     const float* x;  // (M, ld) zero-padded copy of x
     int64_t M;
-    int64_t k_end;   // in rounded up to 32
-    int64_t row_bytes;      // bytes of one packed weight row (ld / 2 for 4-bit, ld for W8A16)
-    int64_t scale_stride;   // 4-bit: scales a row (ld / group)
-    int group_shift;        // 4-bit: log2(group)
+    int64_t k_end;         // in rounded up to 32
+    int64_t row_bytes;     // bytes of one packed weight row (ld / 2 for 4-bit, ld for W8A16)
+    int64_t scale_stride;  // 4-bit: scales a row (ld / group)
+    int group_shift;       // 4-bit: log2(group)
 };
 
 Operands make_operands(const PackedWeight& W, float* y, const float* b, const float* x, int64_t M) {
@@ -139,11 +141,13 @@ struct Avx512 {
                                                                            __m512& w0, __m512& w1) {
         if constexpr (!k4) {
             const uint8_t* p = row + k;
-            w0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_load_si128(reinterpret_cast<const __m128i*>(p))));
+            w0 =
+                _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_load_si128(reinterpret_cast<const __m128i*>(p))));
             w1 = _mm512_cvtepi32_ps(
                 _mm512_cvtepi8_epi32(_mm_load_si128(reinterpret_cast<const __m128i*>(p + 16))));
         } else {
-            const __m512i v = _mm512_cvtepu8_epi32(_mm_load_si128(reinterpret_cast<const __m128i*>(row + k / 2)));
+            const __m512i v =
+                _mm512_cvtepu8_epi32(_mm_load_si128(reinterpret_cast<const __m128i*>(row + k / 2)));
             w0 = _mm512_mul_ps(_mm512_permutexvar_ps(v, lut), _mm512_set1_ps(s[k >> shift]));
             w1 = _mm512_mul_ps(_mm512_permutexvar_ps(_mm512_srli_epi32(v, 4), lut),
                                _mm512_set1_ps(s[(k + 16) >> shift]));
@@ -174,8 +178,8 @@ struct Avx512 {
                     const __m512 lut_s = _mm512_mul_ps(lut, _mm512_set1_ps(s[k >> 6]));
                     const __m512i va =
                         _mm512_cvtepu8_epi32(_mm_load_si128(reinterpret_cast<const __m128i*>(row + k / 2)));
-                    const __m512i vb =
-                        _mm512_cvtepu8_epi32(_mm_load_si128(reinterpret_cast<const __m128i*>(row + k / 2 + 16)));
+                    const __m512i vb = _mm512_cvtepu8_epi32(
+                        _mm_load_si128(reinterpret_cast<const __m128i*>(row + k / 2 + 16)));
                     const __m512 w0 = _mm512_permutexvar_ps(va, lut_s);
                     const __m512 w1 = _mm512_permutexvar_ps(_mm512_srli_epi32(va, 4), lut_s);
                     const __m512 w2 = _mm512_permutexvar_ps(vb, lut_s);
@@ -208,12 +212,14 @@ struct Avx512 {
                     acc1[m] = _mm512_fmadd_ps(_mm512_load_ps(xr + 16), w1, acc1[m]);
                 }
             }
-            for (int m = 0; m < M; ++m) store(o, n, m0 + m, _mm512_reduce_add_ps(_mm512_add_ps(acc0[m], acc1[m])));
+            for (int m = 0; m < M; ++m)
+                store(o, n, m0 + m, _mm512_reduce_add_ps(_mm512_add_ps(acc0[m], acc1[m])));
         }
     }
 
     template <bool k4>
-    [[gnu::target("avx512f,avx512bw,avx512vl")]] static void decode_row(float* dst, const Operands& o, int64_t n) {
+    [[gnu::target("avx512f,avx512bw,avx512vl")]] static void decode_row(float* dst, const Operands& o,
+                                                                        int64_t n) {
         const PackedWeight& W = *o.W;
         const __m512 lut = _mm512_loadu_ps(W.code);
         const uint8_t* row = static_cast<const uint8_t*>(W.data.get()) + n * o.row_bytes;
@@ -239,8 +245,8 @@ struct Avx2 {
 
     // Weights [k, k + 32) of a row as four fp32 vectors of 8 columns each, in column order.
     template <bool k4>
-    [[gnu::target("avx2,fma")]] static inline void decode(const uint8_t* row, const float* s, int shift, int64_t k,
-                                                          __m256 lo, __m256 hi, __m256* w) {
+    [[gnu::target("avx2,fma")]] static inline void decode(const uint8_t* row, const float* s, int shift,
+                                                          int64_t k, __m256 lo, __m256 hi, __m256* w) {
         if constexpr (!k4) {
             const uint8_t* p = row + k;
 #pragma GCC unroll 4
@@ -255,7 +261,8 @@ struct Avx2 {
                 const __m256i v =
                     _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p + 8 * j)));
                 w[j] = _mm256_mul_ps(lookup(v, _mm256_slli_epi32(v, 28), lo, hi), s0);
-                w[2 + j] = _mm256_mul_ps(lookup(_mm256_srli_epi32(v, 4), _mm256_slli_epi32(v, 24), lo, hi), s1);
+                w[2 + j] =
+                    _mm256_mul_ps(lookup(_mm256_srli_epi32(v, 4), _mm256_slli_epi32(v, 24), lo, hi), s1);
             }
         }
     }
@@ -362,8 +369,8 @@ void gemm_panels(float* y, const float* x, const PackedWeight& W, const float* b
                 else
                     decode_row_scalar(dst, o, n0 + r);
             }
-            gemm<float>(false, true, static_cast<int>(M), static_cast<int>(rows), static_cast<int>(W.in), 1.0f, x,
-                        static_cast<int>(W.in), wf.data(), static_cast<int>(W.ld), 0.0f, y + n0,
+            gemm<float>(false, true, static_cast<int>(M), static_cast<int>(rows), static_cast<int>(W.in),
+                        1.0f, x, static_cast<int>(W.in), wf.data(), static_cast<int>(W.ld), 0.0f, y + n0,
                         static_cast<int>(W.out));
             for (int64_t m = 0; m < M; ++m)
                 for (int64_t r = 0; r < rows; ++r) {

@@ -101,10 +101,11 @@ float PackedWeight::at(int64_t r, int64_t c) const {
 
 bool pack_weight_4bit(PackedWeight& p, const uint8_t* codes, const float* absmax, const float* code_book,
                       int64_t out, int64_t in, int64_t blocksize, bool row_blocks, WeightFormat format) {
-    MSLM_CHECK(is_4bit_format(format), "pack_weight_4bit: format {} is not 4-bit", weight_format_name(format));
+    MSLM_CHECK(is_4bit_format(format), "pack_weight_4bit: format {} is not 4-bit",
+               weight_format_name(format));
     MSLM_CHECK(out > 0 && in > 0, "pack_weight_4bit: empty weight ({} x {})", out, in);
-    MSLM_CHECK(blocksize >= 16 && blocksize % 16 == 0, "pack_weight_4bit: blocksize {} is not a multiple of 16",
-               blocksize);
+    MSLM_CHECK(blocksize >= 16 && blocksize % 16 == 0,
+               "pack_weight_4bit: blocksize {} is not a multiple of 16", blocksize);
     // Columns per scale: the largest of 64, 32, 16 that divides the blocksize and, for blocks over the
     // flattened tensor, the row length too (then no block boundary falls inside a group).
     int64_t group = 0;
@@ -136,7 +137,8 @@ bool pack_weight_4bit(PackedWeight& p, const uint8_t* codes, const float* absmax
             const int64_t f = r * in + c;
             const int q = f % 2 == 0 ? codes[f / 2] >> 4 : codes[f / 2] & 15;
             uint8_t& byte = dst[(c / 32) * 16 + c % 16];
-            byte = c % 32 < 16 ? static_cast<uint8_t>((byte & 0xf0) | q) : static_cast<uint8_t>((byte & 0x0f) | q << 4);
+            byte = c % 32 < 16 ? static_cast<uint8_t>((byte & 0xf0) | q)
+                               : static_cast<uint8_t>((byte & 0x0f) | q << 4);
         }
         for (int64_t g = 0; g * group < in; ++g) {
             const int64_t c = g * group;
