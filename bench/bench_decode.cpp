@@ -3,7 +3,7 @@
 // presets and thread counts. Random weights: the speed does not depend on them. Prints a
 // markdown table for docs/PERFORMANCE.md.
 //   bench_decode [--presets tiny,30m,130m,mamba-130m,mamba2-130m] [--threads 0] [--prompt 512]
-//                [--steps 64] [--min-seconds 2] [--dtype f32,bf16,int8] [--prefill-only]
+//                [--steps 64] [--min-seconds 2] [--dtype f32,bf16,int8,w8a16,nf4,fp4] [--prefill-only]
 // A thread count of 0 means all cores. The prompt is capped at half the preset's max_seq_len.
 // "weights GB/s" is the parameter bytes over the batch-1 step time: batch-1 decoding streams every
 // weight once per token, so this against the machine's memory bandwidth says how close it runs.
@@ -98,7 +98,7 @@ int main(int argc, char** argv) {
         else {
             fmt::print(
                 "usage: bench_decode [--presets a,b] [--threads 1,0] [--prompt 512] [--steps 64] "
-                "[--min-seconds S] [--dtype f32,bf16,int8] [--prefill-only]\n");
+                "[--min-seconds S] [--dtype f32,bf16,int8,w8a16,nf4,fp4] [--prefill-only]\n");
             return a == "--help" || a == "-h" ? 0 : 1;
         }
     }

@@ -15,7 +15,7 @@ void register_eval(CLI::App& app) {
     auto* cmd =
         app.add_subcommand("eval", "Loss, perplexity and bits per byte of a model on prepared token shards");
     struct Args {
-        std::string model, data, split = "val";
+        std::string model, data, split = "val", dtype = "f32";
         int64_t seq_len = 256, batch_size = 8, max_batches = 0;
         bool json = false;
         std::string fake_quant;
@@ -40,12 +40,21 @@ void register_eval(CLI::App& app) {
                     "quantization, the weights QAT trains): int8, int4 or nf4");
     cmd->add_option("--fake-quant-group", a->group, "int4 group size, a power of two in [8, 4096]")
         ->capture_default_str();
+    cmd->add_option("--dtype", a->dtype,
+                    "Weights of the linear layers: f32, bf16, int8 = w8a8 (int8 weights, per-token int8 "
+                    "activations), w8a16 (int8 weights, fp32 activations), nf4 or fp4 (bitsandbytes 4-bit, "
+                    "blocksize 64; a bitsandbytes 4-bit directory of that type runs on its own codes)")
+        ->check(CLI::IsMember({"f32", "fp32", "bf16", "int8", "w8a8", "w8a16", "nf4", "fp4"}))
+        ->capture_default_str();
     cmd->add_flag("--json", a->json, "Print one JSON object instead of the summary line");
     cmd->callback([a] {
-        auto model = load_model<float>(a->model);
-        const ModelConfig& mc = model->config();
+        const ops::WeightFormat format = ops::parse_weight_format(a->dtype);
+        auto model = load_model<float>(a->model, nullptr, format);
+        // Fake quantization rewrites the fp32 weights, so it comes before any packing of them.
         if (!a->fake_quant.empty())
             quant::fake_quantize_model_weights(model->params(), quant::parse_qat_type(a->fake_quant), a->group);
+        model->pack_weights(format);
+        const ModelConfig& mc = model->config();
         MSLM_CHECK(a->seq_len <= mc.max_seq_len, "eval: --seq-len {} exceeds the model's max_seq_len {}",
                    a->seq_len, mc.max_seq_len);
         const int64_t data_vocab = read_manifest(a->data).at("tokenizer").at("vocab_size").get<int64_t>();
@@ -61,7 +70,8 @@ void register_eval(CLI::App& app) {
         if (a->json) {
             const nlohmann::json j = {{"model", a->model},    {"data", a->data},    {"split", a->split},
                                       {"loss", r.loss},       {"ppl", r.ppl},       {"bpb", r.bpb},
-                                      {"windows", r.windows}, {"tokens", r.tokens}, {"seq_len", a->seq_len}, {"fake_quant", a->fake_quant}};
+                                      {"windows", r.windows}, {"tokens", r.tokens}, {"seq_len", a->seq_len},
+                                      {"dtype", a->dtype},    {"fake_quant", a->fake_quant}};
             fmt::print("{}\n", j.dump());
         } else {
             fmt::print(

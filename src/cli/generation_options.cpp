@@ -56,11 +56,14 @@ void add_generation_flags(CLI::App* cmd, GenerationFlags& flags) {
     cmd->add_flag("--sample", flags.sample, "Sample instead of greedy / beam search (do_sample)")->group("Decoding");
     cmd->add_option("--stop", flags.stop, "Stop when the output contains this text (repeatable)")->group("Decoding");
     cmd->add_option("--set", flags.sets, "Any generation_config key: --set key=value")->group("Decoding");
-    cmd->add_option("--dtype", flags.dtype,
-                    "Weights for inference: f32 (exact), bf16 (half the bytes; prefill on AMX tiles where the "
-                    "CPU has them) or int8 (per-row absmax weights, per-token activations)")
+    cmd->add_option(
+           "--dtype", flags.dtype,
+           "Weights for inference: f32 (exact), bf16 (half the bytes; prefill on AMX tiles where the "
+           "CPU has them), int8 = w8a8 (per-row absmax weights, per-token int8 activations), w8a16 "
+           "(int8 weights, fp32 activations), nf4 or fp4 (bitsandbytes 4-bit, blocksize 64; a "
+           "bitsandbytes 4-bit directory of that type runs on its own codes)")
         ->group("Model")
-        ->check(CLI::IsMember({"f32", "fp32", "bf16", "int8"}))
+        ->check(CLI::IsMember({"f32", "fp32", "bf16", "int8", "w8a8", "w8a16", "nf4", "fp4"}))
         ->default_str("f32");
     cmd->add_option("--device", flags.device,
                     "Where to decode: cpu, cuda or cuda:N (the GPU keeps bf16 weights and activations; "
@@ -86,8 +89,9 @@ LoadedGenerator load_generator(const std::string& dir, const std::string& tokeni
     namespace fs = std::filesystem;
     LoadedGenerator g;
     g.dir = dir;
-    g.model = load_model<float>(dir);
-    g.model->pack_weights(ops::parse_weight_format(dtype));
+    const ops::WeightFormat format = ops::parse_weight_format(dtype);
+    g.model = load_model<float>(dir, nullptr, format);
+    g.model->pack_weights(format);
     const std::string tok = tokenizer_path.empty() ? dir + "/tokenizer.json" : tokenizer_path;
     if (!tokenizer_path.empty() || fs::exists(tok)) g.tokenizer = Tokenizer::load(tok);
     const std::string gen = dir + "/generation_config.json";

@@ -5,6 +5,7 @@
 #include <filesystem>
 #include <fstream>
 #include <set>
+#include <type_traits>
 
 #include "core/safetensors.h"
 #include "export/gguf_model.h"
@@ -84,7 +85,8 @@ ModelConfig load_any_config(const std::string& dir, std::string* format, std::st
 }
 
 template <typename T>
-std::unique_ptr<HybridLM<T>> load_model(const std::string& dir, LoadedModelInfo* info) {
+std::unique_ptr<HybridLM<T>> load_model(const std::string& dir, LoadedModelInfo* info,
+                                        ops::WeightFormat pack_4bit) {
     if (is_gguf_file(dir)) {
         if (info) *info = {"gguf", dir, dir, ""};
         return load_gguf_model<T>(dir);
@@ -98,10 +100,27 @@ std::unique_ptr<HybridLM<T>> load_model(const std::string& dir, LoadedModelInfo*
     auto model = std::make_unique<HybridLM<T>>(cfg);
     Parameters<T>& params = model->params();
     std::set<std::string> used;
+    // A whole linear weight stored in 4-bit: packed straight from the file when asked to.
+    auto try_pack = [&](size_t idx, const std::string& name, const Shape& file_shape) {
+        if constexpr (!std::is_same_v<T, float>) {
+            return false;
+        } else {
+            if (!ops::is_4bit_format(pack_4bit) || !params.is_linear(idx) ||
+                file_shape != params.specs()[idx].shape)
+                return false;
+            ops::PackedWeight p;
+            std::vector<std::string> keys;
+            if (!quant::bnb4_pack(file, name, file_shape, pack_4bit, &p, &keys)) return false;
+            used.insert(keys.begin(), keys.end());
+            params.set_loaded_packed(idx, std::move(p));
+            return true;
+        }
+    };
     if (format == "mamba_slm") {
         for (size_t i = 0; i < params.specs().size(); ++i) {
             const ParamSpec& s = params.specs()[i];
             MSLM_CHECK(file.contains(s.name), "{}: missing tensor '{}'", file.name(), s.name);
+            if (try_pack(i, s.name, s.shape)) continue;
             copy_rows(file, s.name, s.shape, params.value(i), used);
         }
     } else {
@@ -112,8 +131,9 @@ std::unique_ptr<HybridLM<T>> load_model(const std::string& dir, LoadedModelInfo*
             size_t idx = params.find(m.native_name);
             const ParamSpec& s = params.specs()[idx];
             int64_t row = s.numel / s.shape[0];
-            copy_rows(file, m.hf_name, m.hf_shape, params.value(idx) + m.row_begin * row, used);
             filled[idx] = true;
+            if (m.row_begin == 0 && try_pack(idx, m.hf_name, m.hf_shape)) continue;
+            copy_rows(file, m.hf_name, m.hf_shape, params.value(idx) + m.row_begin * row, used);
         }
         for (size_t i = 0; i < filled.size(); ++i)
             MSLM_CHECK(filled[i], "{}: nothing in the file maps to parameter '{}'", file.name(), params.specs()[i].name);
@@ -142,8 +162,10 @@ void save_model(const HybridLM<T>& model, const std::string& dir, DType dtype) {
     save_config(model.config(), (fs::path(dir) / "config.json").string());
 }
 
-template std::unique_ptr<HybridLM<float>> load_model<float>(const std::string&, LoadedModelInfo*);
-template std::unique_ptr<HybridLM<double>> load_model<double>(const std::string&, LoadedModelInfo*);
+template std::unique_ptr<HybridLM<float>> load_model<float>(const std::string&, LoadedModelInfo*,
+                                                            ops::WeightFormat);
+template std::unique_ptr<HybridLM<double>> load_model<double>(const std::string&, LoadedModelInfo*,
+                                                              ops::WeightFormat);
 template void save_model<float>(const HybridLM<float>&, const std::string&, DType);
 template void save_model<double>(const HybridLM<double>&, const std::string&, DType);
 

@@ -29,8 +29,12 @@ nlohmann::json read_json_file(const std::string& path);
 ModelConfig load_any_config(const std::string& dir, std::string* format = nullptr,
                             std::string* quantization = nullptr);
 
+// pack_4bit NF4 / FP4 (float models only): linear weights that the file stores in that bitsandbytes
+// 4-bit format are packed for the CPU kernels straight from their codes (quant::bnb4_pack), not
+// dequantized; their fp32 values stay zero (Parameters::set_loaded_packed). Other weights load as usual.
 template <typename T>
-std::unique_ptr<HybridLM<T>> load_model(const std::string& dir, LoadedModelInfo* info = nullptr);
+std::unique_ptr<HybridLM<T>> load_model(const std::string& dir, LoadedModelInfo* info = nullptr,
+                                        ops::WeightFormat pack_4bit = ops::WeightFormat::F32);
 
 // Writes config.json + model.safetensors (native names) atomically file by file. `dtype` is F32,
 // BF16 or F16.

@@ -5,6 +5,7 @@
 #include <type_traits>
 
 #include "core/error.h"
+#include "quant/bnb.h"
 
 namespace mslm {
 
@@ -102,6 +103,14 @@ void Parameters<T>::mark_linear(size_t i) {
 
 template <typename T>
 void Parameters<T>::pack_linear_weights(ops::WeightFormat format) {
+    if (loaded_packed_ > 0) {
+        MSLM_CHECK(
+            format == format_,
+            "{} linear weights were loaded packed as {} from a bitsandbytes file and have no fp32 values "
+            "to repack as {}: load the model with that dtype instead",
+            loaded_packed_, ops::weight_format_name(format_), ops::weight_format_name(format));
+        return;
+    }
     packed_.clear();
     format_ = ops::WeightFormat::F32;
     if (format == ops::WeightFormat::F32) return;
@@ -112,10 +121,55 @@ void Parameters<T>::pack_linear_weights(ops::WeightFormat format) {
         packed_.resize(specs_.size());
         for (size_t i : linear_) {
             const ParamSpec& s = specs_[i];
+            if (ops::is_4bit_format(format)) {
+                // bitsandbytes' quantizer (blocksize 64), each row in blocks of its own: the same blocks
+                // as bitsandbytes' flattened ones whenever the row length is a multiple of 64.
+                const int64_t out = s.shape[0], in = s.shape[1];
+                const int64_t row_blocks =
+                    (in + quant::kBnbDefaultBlocksize - 1) / quant::kBnbDefaultBlocksize;
+                const auto type =
+                    format == ops::WeightFormat::NF4 ? quant::Bnb4Type::NF4 : quant::Bnb4Type::FP4;
+                std::vector<uint8_t> codes(static_cast<size_t>((out * in + 1) / 2));
+                std::vector<float> absmax(static_cast<size_t>(out * row_blocks));
+                std::vector<float> row(static_cast<size_t>(in));
+                for (int64_t r = 0; r < out; ++r) {
+                    const quant::Bnb4Quantized q = quant::bnb4_quantize(
+                        std::span<const float>(value(i) + r * in, static_cast<size_t>(in)), type);
+                    std::copy(q.absmax.begin(), q.absmax.end(), absmax.begin() + r * row_blocks);
+                    for (int64_t c = 0; c < in; ++c) {  // element r·in + c of the flattened codes
+                        const int v = c % 2 == 0 ? q.packed[c / 2] >> 4 : q.packed[c / 2] & 15;
+                        const int64_t f = r * in + c;
+                        codes[f / 2] = static_cast<uint8_t>(f % 2 == 0 ? (codes[f / 2] & 0x0f) | v << 4
+                                                                       : (codes[f / 2] & 0xf0) | v);
+                    }
+                }
+                auto p = std::make_unique<ops::PackedWeight>();
+                MSLM_CHECK(
+                    ops::pack_weight_4bit(*p, codes.data(), absmax.data(), quant::bnb4_code(type).data(), out,
+                                          in, quant::kBnbDefaultBlocksize, true, format),
+                    "{}: cannot pack as {}", s.name, ops::weight_format_name(format));
+                packed_[i] = std::move(p);
+                continue;
+            }
             packed_[i] = std::make_unique<ops::PackedWeight>(
                 ops::pack_weight(value(i), s.shape[0], s.shape[1], format));
         }
         format_ = format;
+    }
+}
+
+template <typename T>
+void Parameters<T>::set_loaded_packed(size_t i, ops::PackedWeight p) {
+    if constexpr (!std::is_same_v<T, float>) {
+        fail("{}: packed weights need a float32 model", specs_[i].name);
+    } else {
+        MSLM_CHECK(is_linear(i), "{} is not a linear weight: it cannot be packed", specs_[i].name);
+        MSLM_CHECK(loaded_packed_ == 0 || p.format == format_, "{}: packed as {}, other weights as {}",
+                   specs_[i].name, ops::weight_format_name(p.format), ops::weight_format_name(format_));
+        packed_.resize(specs_.size());
+        packed_[i] = std::make_unique<ops::PackedWeight>(std::move(p));
+        format_ = packed_[i]->format;
+        ++loaded_packed_;
     }
 }
 

@@ -66,6 +66,11 @@ public:
         return i < packed_.size() && packed_[i] ? packed_[i].get() : nullptr;
     }
     ops::WeightFormat weight_format() const { return format_; }
+    // A linear weight loaded already packed (a bitsandbytes 4-bit file, quant::bnb4_pack): its fp32
+    // value is never filled (it stays zero). pack_linear_weights then accepts only this format, and
+    // keeps the other linear weights (those the file stores unquantized) in fp32.
+    void set_loaded_packed(size_t i, ops::PackedWeight p);
+    int64_t loaded_packed() const { return loaded_packed_; }
 
     // Side paths on a weight marked by mark_linear (LoRA adapters): Linear::forward / backward of that
     // weight call it after the base product. Null detaches. The adapter must outlive its registration.
@@ -88,6 +93,7 @@ private:
     std::vector<size_t> linear_;  // indices marked by mark_linear
     std::vector<std::unique_ptr<ops::PackedWeight>> packed_;
     ops::WeightFormat format_ = ops::WeightFormat::F32;
+    int64_t loaded_packed_ = 0;
     std::vector<LinearAdapter<T>*> adapters_;  // by parameter index; empty until one is set
     std::vector<WeightFakeQuant<T>*> fake_quant_;  // by parameter index; empty until one is set
 };

@@ -341,8 +341,18 @@ bool bnb_is_quantized(const SafetensorsFile& file, const std::string& weight_nam
 
 namespace {
 
+// A 4-bit weight as stored: codes, absmax restored to fp32, and its quant state.
+struct Stored4bit {
+    Bnb4Type type;
+    int64_t bs = 0, n = 0;
+    Shape shape;
+    std::string dtype;
+    std::span<const uint8_t> packed;
+    std::vector<float> absmax;
+};
+
 // 4-bit: the quant state JSON names the type, blocksize, dtype and logical shape.
-Tensor dequantize_4bit(const SafetensorsFile& file, const std::string& w, std::vector<std::string>* used) {
+Stored4bit read_4bit(const SafetensorsFile& file, const std::string& w, std::vector<std::string>* used) {
     const bool nf4 = file.contains(w + ".quant_state.bitsandbytes__nf4");
     const std::string state_key = w + ".quant_state.bitsandbytes__" + (nf4 ? "nf4" : "fp4");
     const Bnb4Type type = nf4 ? Bnb4Type::NF4 : Bnb4Type::FP4;
@@ -422,6 +432,17 @@ Tensor dequantize_4bit(const SafetensorsFile& file, const std::string& w, std::v
         MSLM_CHECK(static_cast<int64_t>(absmax.size()) == blocks, "{}: tensor '{}' has {} values; shape {} in blocks "
                    "of {} needs {}", file.name(), absmax_key, absmax.size(), jshape.dump(), bs, blocks);
     }
+    return {type, bs, n, shape, dtype, packed, std::move(absmax)};
+}
+
+Tensor dequantize_4bit(const SafetensorsFile& file, const std::string& w, std::vector<std::string>* used) {
+    const Stored4bit s4 = read_4bit(file, w, used);
+    const Bnb4Type type = s4.type;
+    const int64_t n = s4.n, bs = s4.bs;
+    const std::string& dtype = s4.dtype;
+    const std::span<const uint8_t> packed = s4.packed;
+    const std::vector<float>& absmax = s4.absmax;
+    const Shape& shape = s4.shape;
     Tensor out = Tensor::empty(shape, DType::F32);
     const std::span<float> o(out.data<float>(), static_cast<size_t>(n));
     bnb4_dequantize(packed, absmax, type, bs, o);
@@ -460,6 +481,25 @@ Tensor dequantize_int8(const SafetensorsFile& file, const std::string& w, std::v
 }
 
 }  // namespace
+
+bool bnb4_pack(const SafetensorsFile& file, const std::string& weight_name, const Shape& expected,
+               ops::WeightFormat format, ops::PackedWeight* out, std::vector<std::string>* used) {
+    const bool nf4 = format == ops::WeightFormat::NF4;
+    if (!ops::is_4bit_format(format) ||
+        !file.contains(weight_name + ".quant_state.bitsandbytes__" + (nf4 ? "nf4" : "fp4")))
+        return false;
+    std::vector<std::string> keys;
+    const Stored4bit s4 = read_4bit(file, weight_name, &keys);
+    MSLM_CHECK(s4.shape == expected, "{}: tensor '{}' has shape {}, the config needs {}", file.name(),
+               weight_name, shape_str(s4.shape), shape_str(expected));
+    // bitsandbytes rounds a bf16 / fp16 quant state's weights to that dtype; the kernels keep fp32.
+    if (expected.size() != 2 || s4.dtype != "float32") return false;
+    if (!ops::pack_weight_4bit(*out, s4.packed.data(), s4.absmax.data(), bnb4_code(s4.type).data(),
+                               expected[0], expected[1], s4.bs, false, format))
+        return false;
+    used->insert(used->end(), keys.begin(), keys.end());
+    return true;
+}
 
 Tensor bnb_dequantize(const SafetensorsFile& file, const std::string& weight_name, std::vector<std::string>* used) {
     if (file.contains(weight_name + ".quant_state.bitsandbytes__nf4") ||

@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "core/safetensors.h"
+#include "ops/packed_linear.h"
 #include "quant/bnb.h"
 
 namespace mslm::quant {
@@ -93,6 +94,13 @@ bool bnb_is_quantized(const SafetensorsFile& file, const std::string& weight_nam
 // the absmax first restored from double quantization, then rounded to the quant state's dtype;
 // int8: q · SCB / 127). Appends the name of every file tensor it read to `used`.
 Tensor bnb_dequantize(const SafetensorsFile& file, const std::string& weight_name, std::vector<std::string>* used);
+
+// A 4-bit linear weight packed for the CPU kernels (ops::pack_weight_4bit) straight from the file's
+// codes and absmax, never expanded to fp32. Returns false, reading nothing, unless `weight_name` is a
+// 4-bit weight of `format` (NF4 / FP4) with a float32 quant state whose blocks fit the packed layout;
+// the caller then dequantizes it as usual. Throws on a malformed one. Appends the keys it read to `used`.
+bool bnb4_pack(const SafetensorsFile& file, const std::string& weight_name, const Shape& expected,
+               ops::WeightFormat format, ops::PackedWeight* out, std::vector<std::string>* used);
 
 // Python's repr() of a float (shortest round-trip digits, "1.0", "1e-05", "1e+16"), as json.dumps
 // writes bitsandbytes' nested_offset.

@@ -19,6 +19,12 @@ std::string packed_gemv_description();
 void packed_gemm_forward(float* y, const float* x, const PackedWeight& W, const float* b, int64_t M);
 std::string packed_gemm_description();
 
+// W8A16, NF4 and FP4 (weights dequantized to fp32 on the fly), any M: fused decode + FMA kernels
+// below kPackedGemmMinRows rows of x, panels dequantized to fp32 for an OpenBLAS product above. In
+// packed_dequant.cpp.
+void packed_dequant_forward(float* y, const float* x, const PackedWeight& W, const float* b, int64_t M);
+std::string packed_dequant_description();
+
 // Per-row symmetric int8 quantization of activations: q = round(x / s) clamped to ±127,
 // s = absmax(row) / 127 (0 for a zero row, whose q are all 0). Shared by both kernels so that they
 // see the same quantized activations. Rows of x are `in` apart; rows of q are `ld` apart and zero

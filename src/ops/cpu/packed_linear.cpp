@@ -44,6 +44,12 @@ const char* weight_format_name(WeightFormat f) {
             return "bf16";
         case WeightFormat::Int8:
             return "int8";
+        case WeightFormat::W8A16:
+            return "w8a16";
+        case WeightFormat::NF4:
+            return "nf4";
+        case WeightFormat::FP4:
+            return "fp4";
     }
     return "?";
 }
@@ -51,8 +57,11 @@ const char* weight_format_name(WeightFormat f) {
 WeightFormat parse_weight_format(const std::string& s) {
     if (s == "f32" || s == "fp32" || s == "float32") return WeightFormat::F32;
     if (s == "bf16" || s == "bfloat16") return WeightFormat::BF16;
-    if (s == "int8") return WeightFormat::Int8;
-    throw Error(fmt::format("weight dtype '{}': expected f32, bf16 or int8", s));
+    if (s == "int8" || s == "w8a8") return WeightFormat::Int8;
+    if (s == "w8a16") return WeightFormat::W8A16;
+    if (s == "nf4") return WeightFormat::NF4;
+    if (s == "fp4") return WeightFormat::FP4;
+    throw Error(fmt::format("weight dtype '{}': expected f32, bf16, int8 (= w8a8), w8a16, nf4 or fp4", s));
 }
 
 uint16_t float_to_bf16(float f) {
@@ -71,15 +80,80 @@ float bf16_to_float(uint16_t h) {
 }
 
 size_t PackedWeight::bytes() const {
+    if (is_4bit_format(format))  // the codes and the scales of the logical shape
+        return static_cast<size_t>(out) * static_cast<size_t>((in + 1) / 2 + (in + group - 1) / group * 4);
+    if (format == WeightFormat::W8A16)
+        return static_cast<size_t>(out) * static_cast<size_t>(in) + static_cast<size_t>(out) * sizeof(float);
     const size_t elem = format == WeightFormat::Int8 ? 1 : format == WeightFormat::BF16 ? 2 : 4;
     size_t n = static_cast<size_t>(out) * static_cast<size_t>(in) * elem;
     if (format == WeightFormat::Int8) n += static_cast<size_t>(out) * (sizeof(float) + sizeof(int32_t));
     return n;
 }
 
+float PackedWeight::at(int64_t r, int64_t c) const {
+    if (format == WeightFormat::BF16) return bf16_to_float(bf16()[r * ld + c]);
+    if (format == WeightFormat::Int8 || format == WeightFormat::W8A16)
+        return static_cast<float>(int8()[r * ld + c]);  // the row scale applies to the sum
+    const uint8_t byte = nibbles()[r * (ld / 2) + (c / 32) * 16 + c % 16];
+    const int q = c % 32 < 16 ? byte & 15 : byte >> 4;
+    return code[q] * scale.get()[r * (ld / group) + c / group];
+}
+
+bool pack_weight_4bit(PackedWeight& p, const uint8_t* codes, const float* absmax, const float* code_book,
+                      int64_t out, int64_t in, int64_t blocksize, bool row_blocks, WeightFormat format) {
+    MSLM_CHECK(is_4bit_format(format), "pack_weight_4bit: format {} is not 4-bit",
+               weight_format_name(format));
+    MSLM_CHECK(out > 0 && in > 0, "pack_weight_4bit: empty weight ({} x {})", out, in);
+    MSLM_CHECK(blocksize >= 16 && blocksize % 16 == 0,
+               "pack_weight_4bit: blocksize {} is not a multiple of 16", blocksize);
+    // Columns per scale: the largest of 64, 32, 16 that divides the blocksize and, for blocks over the
+    // flattened tensor, the row length too (then no block boundary falls inside a group).
+    int64_t group = 0;
+    for (int64_t g : {64, 32, 16})
+        if (blocksize % g == 0 && (row_blocks || in % g == 0)) {
+            group = g;
+            break;
+        }
+    if (group == 0) return false;
+    p = PackedWeight{};
+    p.format = format;
+    p.out = out;
+    p.in = in;
+    p.ld = round_up(in, 64);
+    p.out_padded = round_up(out, 16);
+    p.group = group;
+    int zero_code = 0;
+    for (int i = 0; i < 16; ++i) {
+        p.code[i] = code_book[i];
+        if (code_book[i] == 0.0f) zero_code = i;
+    }
+    const int64_t row_bytes = p.ld / 2, groups = p.ld / group, row_nblocks = (in + blocksize - 1) / blocksize;
+    auto data = aligned_zeroed<uint8_t>(static_cast<size_t>(p.out_padded * row_bytes));
+    auto scale = aligned_zeroed<float>(static_cast<size_t>(p.out_padded * groups));
+    std::memset(data.get(), zero_code | zero_code << 4, static_cast<size_t>(p.out_padded * row_bytes));
+    for (int64_t r = 0; r < out; ++r) {
+        uint8_t* dst = data.get() + r * row_bytes;
+        for (int64_t c = 0; c < in; ++c) {
+            const int64_t f = r * in + c;
+            const int q = f % 2 == 0 ? codes[f / 2] >> 4 : codes[f / 2] & 15;
+            uint8_t& byte = dst[(c / 32) * 16 + c % 16];
+            byte = c % 32 < 16 ? static_cast<uint8_t>((byte & 0xf0) | q)
+                               : static_cast<uint8_t>((byte & 0x0f) | q << 4);
+        }
+        for (int64_t g = 0; g * group < in; ++g) {
+            const int64_t c = g * group;
+            const int64_t block = row_blocks ? r * row_nblocks + c / blocksize : (r * in + c) / blocksize;
+            scale.get()[r * groups + g] = absmax[block];
+        }
+    }
+    p.data = data;
+    p.scale = scale;
+    return true;
+}
+
 PackedWeight pack_weight(const float* W, int64_t out, int64_t in, WeightFormat format) {
-    MSLM_CHECK(format == WeightFormat::BF16 || format == WeightFormat::Int8,
-               "pack_weight: format {} is not a packed format", weight_format_name(format));
+    MSLM_CHECK(format == WeightFormat::BF16 || format == WeightFormat::Int8 || format == WeightFormat::W8A16,
+               "pack_weight: format {} is not packed from fp32 here", weight_format_name(format));
     MSLM_CHECK(out > 0 && in > 0, "pack_weight: empty weight ({} x {})", out, in);
     PackedWeight p;
     p.format = format;
@@ -150,6 +224,19 @@ void quantize_rows_int8(int8_t* q, float* scale, const float* x, int64_t M, int6
 
 void packed_linear_reference(float* y, const float* x, const PackedWeight& W, const float* b, int64_t M,
                              bool gemm_numerics) {
+    if (is_dequant_format(W.format)) {  // fp32 activations against the dequantized weights
+        std::vector<float> wr(static_cast<size_t>(W.in));
+        for (int64_t n = 0; n < W.out; ++n) {
+            for (int64_t c = 0; c < W.in; ++c) wr[c] = W.at(n, c);
+            const float post = W.format == WeightFormat::W8A16 ? W.scale.get()[n] : 1.0f;
+            for (int64_t m = 0; m < M; ++m) {
+                double acc = 0;
+                for (int64_t c = 0; c < W.in; ++c) acc += static_cast<double>(x[m * W.in + c]) * wr[c];
+                y[m * W.out + n] = post * static_cast<float>(acc) + (b ? b[n] : 0.0f);
+            }
+        }
+        return;
+    }
     if (W.format == WeightFormat::BF16) {
         std::vector<float> xr(static_cast<size_t>(W.in));
         for (int64_t m = 0; m < M; ++m) {
@@ -182,6 +269,10 @@ void packed_linear_reference(float* y, const float* x, const PackedWeight& W, co
 
 void packed_linear_forward(float* y, const float* x, const PackedWeight& W, const float* b, int64_t M) {
     if (M <= 0) return;
+    if (is_dequant_format(W.format)) {
+        detail::packed_dequant_forward(y, x, W, b, M);
+        return;
+    }
     MSLM_CHECK(W.format == WeightFormat::BF16 || W.format == WeightFormat::Int8,
                "packed_linear: format {} is not packed", weight_format_name(W.format));
     if (M < kPackedGemmMinRows)
@@ -191,7 +282,8 @@ void packed_linear_forward(float* y, const float* x, const PackedWeight& W, cons
 }
 
 std::string packed_kernels_description() {
-    return "decode " + detail::packed_gemv_description() + ", prefill " + detail::packed_gemm_description();
+    return "decode " + detail::packed_gemv_description() + ", prefill " + detail::packed_gemm_description() +
+           ", w8a16 / nf4 / fp4 " + detail::packed_dequant_description();
 }
 
 }  // namespace mslm::ops
