@@ -46,47 +46,13 @@ namespace mslm::ops::detail {
 
 namespace {
 
-enum class Path : int { Scalar, Avx2, Avx512 };
-
-const char* path_name(Path p) {
-    return p == Path::Scalar ? "scalar" : p == Path::Avx2 ? "avx2" : "avx512";
-}
-
-bool cpu_supports(Path p) {
-    switch (p) {
-        case Path::Scalar:
-            return true;
-        case Path::Avx2:
-            return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-        case Path::Avx512:
-            return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-                   __builtin_cpu_supports("avx512vl");
-    }
-    return false;
-}
-
-Path parse_path(const std::string& name, const char* source) {
-    for (Path p : {Path::Scalar, Path::Avx2, Path::Avx512}) {
-        if (name != path_name(p)) continue;
-        MSLM_CHECK(cpu_supports(p), "{}={}: this CPU lacks {}", source, name,
-                   p == Path::Avx2 ? "AVX2 / FMA" : "AVX-512 (F, BW, VL)");
-        return p;
-    }
-    fail("{}={}: expected scalar, avx2 or avx512", source, name);
-}
+using Path = PackedPath;
 
 std::atomic<int> g_forced{-1};
 
 Path current_path() {
-    static const Path configured = [] {
-        const char* env = std::getenv("MSLM_PACKED_KERNEL");
-        if (env != nullptr && *env != '\0') return parse_path(env, "MSLM_PACKED_KERNEL");
-        return cpu_supports(Path::Avx512) ? Path::Avx512
-               : cpu_supports(Path::Avx2) ? Path::Avx2
-                                          : Path::Scalar;
-    }();
     const int forced = g_forced.load(std::memory_order_relaxed);
-    return forced >= 0 ? static_cast<Path>(forced) : configured;
+    return forced >= 0 ? static_cast<Path>(forced) : configured_packed_path();
 }
 
 constexpr int kMaxRows = static_cast<int>(kPackedGemmMinRows) - 1;
@@ -386,7 +352,7 @@ void gemm_panels(float* y, const float* x, const PackedWeight& W, const float* b
 // Test hook (declared in tests/unit/test_packed_dequant.cpp): forces a path by name; "" returns to
 // the configured choice.
 void force_packed_dequant_kernel(const std::string& name) {
-    g_forced.store(name.empty() ? -1 : static_cast<int>(parse_path(name, "packed dequant kernel")),
+    g_forced.store(name.empty() ? -1 : static_cast<int>(parse_packed_path(name, "packed dequant kernel")),
                    std::memory_order_relaxed);
 }
 
@@ -426,7 +392,7 @@ void packed_dequant_forward(float* y, const float* x, const PackedWeight& W, con
 }
 
 std::string packed_dequant_description() {
-    return path_name(current_path());
+    return packed_path_name(current_path());
 }
 
 }  // namespace mslm::ops::detail

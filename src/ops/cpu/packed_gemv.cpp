@@ -61,7 +61,7 @@ constexpr int64_t kMinTaskBytes = 64 << 10;
 // which fits an int32 up to this many columns (far above any model's hidden size).
 constexpr int64_t kMaxInt8In = INT32_MAX / (255 * 127);
 
-enum class Path : int { Scalar, Avx2, Avx512 };
+using Path = PackedPath;
 constexpr Path kPaths[] = {Path::Scalar, Path::Avx2, Path::Avx512};
 
 const char* path_name(Path p) {
@@ -641,6 +641,16 @@ std::string packed_gemv_description() {
     const Path bf16 = bf16_path(), int8 = int8_path();
     return fmt::format("bf16 {} / int8 {}", path_name(bf16),
                        int8 == Path::Avx512 ? "avx512-vnni" : path_name(int8));
+}
+
+const char* packed_path_name(PackedPath p) {
+    return path_name(p);
+}
+PackedPath parse_packed_path(const std::string& name, const char* source) {
+    return parse_path(name, source);
+}
+PackedPath configured_packed_path() {
+    return configured_path();
 }
 
 }  // namespace mslm::ops::detail

@@ -9,6 +9,15 @@
 
 namespace mslm::ops::detail {
 
+// The vector paths of the packed CPU kernels (packed_gemv.cpp, packed_dequant.cpp), chosen at run
+// time. MSLM_PACKED_KERNEL=scalar|avx2|avx512 forces one for every packed kernel.
+enum class PackedPath : int { Scalar, Avx2, Avx512 };
+const char* packed_path_name(PackedPath p);
+// `name` as a path; throws naming `source` when the name is unknown or this CPU lacks the path.
+PackedPath parse_packed_path(const std::string& name, const char* source);
+// MSLM_PACKED_KERNEL when set, else the widest path this CPU has; read once.
+PackedPath configured_packed_path();
+
 // M < kPackedGemmMinRows (decoding): fp32 activations against widened bf16 weights; int8 activations
 // quantized per row against int8 weights. In packed_gemv.cpp.
 void packed_gemv_forward(float* y, const float* x, const PackedWeight& W, const float* b, int64_t M);
