@@ -27,6 +27,7 @@
 #include "ops/packed_linear.h"
 #include "quant/bnb.h"
 #include "quant/bnb_model.h"
+#include "packed_path_util.h"
 #include "test_util.h"
 
 namespace mslm::ops::detail {
@@ -41,22 +42,11 @@ using namespace mslm::ops;
 namespace {
 
 std::vector<std::string> supported_paths() {
-    std::vector<std::string> paths;
-    for (const char* name : {"scalar", "avx2", "avx512"}) {
-        try {
-            detail::force_packed_dequant_kernel(name);
-            paths.push_back(name);
-        } catch (const Error&) {
-            std::printf("[ skipped  ] kernel path %s: not supported by this CPU\n", name);
-        }
-    }
-    detail::force_packed_dequant_kernel("");
-    return paths;
+    return test::supported_packed_paths(detail::force_packed_dequant_kernel);
 }
 
-struct ForcedPath {
-    explicit ForcedPath(const std::string& name) { detail::force_packed_dequant_kernel(name); }
-    ~ForcedPath() { detail::force_packed_dequant_kernel(""); }
+struct ForcedPath : test::ForcedPackedPath {
+    explicit ForcedPath(const std::string& name) : test::ForcedPackedPath(detail::force_packed_dequant_kernel, name) {}
 };
 
 std::vector<float> randn(Rng& rng, int64_t n, float scale) {

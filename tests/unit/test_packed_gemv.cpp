@@ -20,6 +20,7 @@
 #include "core/thread_pool.h"
 #include "ops/cpu/packed_kernels.h"
 #include "ops/packed_linear.h"
+#include "packed_path_util.h"
 
 namespace mslm::ops::detail {
 // Test hook in packed_gemv.cpp: forces a kernel path ("scalar", "avx2", "avx512") as
@@ -32,25 +33,12 @@ using namespace mslm::ops;
 
 namespace {
 
-// The paths this CPU runs: the hook refuses the others.
 std::vector<std::string> supported_paths() {
-    std::vector<std::string> paths;
-    for (const char* name : {"scalar", "avx2", "avx512"}) {
-        try {
-            detail::force_packed_gemv_kernel(name);
-            paths.push_back(name);
-        } catch (const Error&) {
-            std::printf("[ skipped  ] kernel path %s: not supported by this CPU\n", name);
-        }
-    }
-    detail::force_packed_gemv_kernel("");
-    return paths;
+    return test::supported_packed_paths(detail::force_packed_gemv_kernel);
 }
 
-// Forces a path for the scope, then returns to the automatic choice.
-struct ForcedPath {
-    explicit ForcedPath(const std::string& name) { detail::force_packed_gemv_kernel(name); }
-    ~ForcedPath() { detail::force_packed_gemv_kernel(""); }
+struct ForcedPath : test::ForcedPackedPath {
+    explicit ForcedPath(const std::string& name) : test::ForcedPackedPath(detail::force_packed_gemv_kernel, name) {}
 };
 
 // n floats that end exactly at a page boundary, the next page inaccessible: a kernel reading past
