@@ -328,8 +328,10 @@ std::string pre_tokenizer_name(const json& pre, const std::string& src) {
 // Writes tokenizer.ggml.* as llama.cpp's converter does for a byte-level BPE tokenizer.json
 // (_set_vocab_gpt2): tokens by id, padded to the model's vocabulary with [PADn] (type UNUSED);
 // token types NORMAL 1, CONTROL 3 (special added tokens), USER_DEFINED 4 (other added tokens);
-// merges as "a b". Returns false (and writes model "none") when there is no tokenizer.json.
-bool write_tokenizer(gguf::Writer& w, const std::string& dir, int64_t vocab_size) {
+// merges as "a b". Returns false (and writes model "none") when there is no tokenizer.json. GGUF has
+// no key for a normalizer: llama.cpp tokenizes the text as given, so a tokenizer.json normalizer
+// (NFC, say) is dropped with a note in `notes`.
+bool write_tokenizer(gguf::Writer& w, const std::string& dir, int64_t vocab_size, std::vector<std::string>& notes) {
     const fs::path tok = fs::path(dir) / "tokenizer.json";
     if (dir.empty() || !fs::exists(tok)) {
         w.add("tokenizer.ggml.model", Value::string("none"));
@@ -343,6 +345,11 @@ bool write_tokenizer(gguf::Writer& w, const std::string& dir, int64_t vocab_size
     MSLM_CHECK(model.contains("vocab") && model["vocab"].is_object(), "GGUF export: {}: model.vocab missing",
                src);
     const std::string pre = pre_tokenizer_name(j.value("pre_tokenizer", json()), src);
+    if (const json norm = j.value("normalizer", json()); !norm.is_null())
+        notes.push_back(fmt::format(
+            "tokenizer normalizer {} not written (GGUF has no normalizer): llama.cpp tokenizes text as "
+            "given, so text not already normalized may split into other ids",
+            norm.is_object() ? norm.value("type", std::string("?")) : norm.dump()));
     std::vector<std::string> tokens(static_cast<size_t>(vocab_size));
     std::vector<int32_t> types(static_cast<size_t>(vocab_size), 5);
     std::map<std::string, int64_t> ids;
@@ -422,7 +429,7 @@ GgufExportReport export_gguf(const HybridLM<float>& model, const std::string& ou
     w.add("general.file_type", Value::u32(file_type_of(opt.type)));
     w.add("general.quantization_version", Value::u32(2));
     write_config(w, report.arch, cfg);
-    report.tokenizer = write_tokenizer(w, opt.tokenizer_dir, cfg.vocab_size);
+    report.tokenizer = write_tokenizer(w, opt.tokenizer_dir, cfg.vocab_size, report.notes);
 
     const Parameters<float>& params = model.params();
     for (const GgufTensorMap& m : gguf_tensor_map(report.arch, cfg, params.specs())) {

@@ -66,7 +66,8 @@ struct GgufExportOptions {
 struct GgufExportReport {
     GgufArch arch = GgufArch::Mamba;
     std::vector<std::pair<std::string, gguf::TensorType>> tensors;  // in file order
-    std::vector<std::string> notes;  // tensors kept in another type than requested, and why
+    std::vector<std::string> notes;  // tensors kept in another type than requested, and why; a dropped
+                                     // tokenizer normalizer
     bool tokenizer = false;
 };
 

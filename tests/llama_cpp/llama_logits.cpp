@@ -2,7 +2,11 @@
 // GGUF, evaluates token ids in independent windows and writes the logits of every position.
 //
 //   mslm_llama_logits MODEL.gguf TOKENS.txt OUT.f32 [--window N] [--threads N]
+//   mslm_llama_logits --tokenize MODEL.gguf TEXT.txt OUT.txt
 //
+// The second form loads only the vocabulary and writes the ids llama.cpp's tokenizer gives for the
+// whole of TEXT.txt (no BOS/EOS added; special tokens in the text are recognised, as HF tokenizers
+// does), one per line.
 // TOKENS.txt holds whitespace-separated token ids. They are cut into windows of N tokens (default:
 // all of them), each evaluated from an empty state in one batch. OUT.f32 receives, for every
 // token in order, n_vocab little-endian float32 logits. The first stdout line is "n_vocab N".
@@ -13,6 +17,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <iterator>
 #include <string>
 #include <vector>
 
@@ -31,7 +36,34 @@ void quiet_log(ggml_log_level level, const char* text, void*) {
 
 }  // namespace
 
+int tokenize(const std::string& model_path, const std::string& text_path, const std::string& out_path) {
+    std::ifstream in(text_path, std::ios::binary);
+    if (!in) die(text_path + ": cannot open");
+    const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    llama_log_set(quiet_log, nullptr);
+    llama_backend_init();
+    llama_model_params mp = llama_model_default_params();
+    mp.vocab_only = true;
+    llama_model* model = llama_model_load_from_file(model_path.c_str(), mp);
+    if (!model) die(model_path + ": llama.cpp could not load the vocabulary");
+    const llama_vocab* vocab = llama_model_get_vocab(model);
+    // A first call with no room returns minus the number of tokens needed.
+    const int needed = -llama_tokenize(vocab, text.data(), static_cast<int32_t>(text.size()), nullptr, 0,
+                                       /*add_special=*/false, /*parse_special=*/true);
+    std::vector<llama_token> ids(static_cast<size_t>(needed > 0 ? needed : 0));
+    const int n = llama_tokenize(vocab, text.data(), static_cast<int32_t>(text.size()), ids.data(),
+                                 static_cast<int32_t>(ids.size()), false, true);
+    if (n < 0 || n != static_cast<int>(ids.size())) die("llama_tokenize failed");
+    std::ofstream out(out_path);
+    if (!out) die(out_path + ": cannot write");
+    for (llama_token id : ids) out << id << '\n';
+    llama_model_free(model);
+    llama_backend_free();
+    return 0;
+}
+
 int main(int argc, char** argv) {
+    if (argc == 5 && std::strcmp(argv[1], "--tokenize") == 0) return tokenize(argv[2], argv[3], argv[4]);
     if (argc < 4) die("usage: mslm_llama_logits MODEL.gguf TOKENS.txt OUT.f32 [--window N] [--threads N]");
     const std::string model_path = argv[1], tokens_path = argv[2], out_path = argv[3];
     int window = 0, threads = 2;

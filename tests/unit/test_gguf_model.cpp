@@ -6,6 +6,7 @@
 #include <fmt/format.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -19,8 +20,10 @@
 #include <vector>
 
 #include "core/error.h"
+#include "core/utf8.h"
 #include "export/gguf_model.h"
 #include "model/model_io.h"
+#include "tokenizer/tokenizer.h"
 #include "test_util.h"
 
 namespace mslm {
@@ -526,6 +529,84 @@ TEST(GgufLlamaCppPerplexity, TrainedModelQ8_0WithinOnePercent) {
         ids.size(), ppl_ours, ppl["f32"], ppl["q8_0"]);
     EXPECT_LT(std::fabs(ppl["f32"] / ppl_ours - 1), 1e-4);
     EXPECT_LT(std::fabs(ppl["q8_0"] / ppl_ours - 1), 0.01);
+}
+
+// llama.cpp's tokenizer on the vocabulary our export writes: for each byte-level BPE fixture
+// tokenizer (GPT-2's and Llama 3's pre-tokenizers), llama.cpp must split a WikiText-2 slice and the
+// tokenizer edge cases (scripts, emoji, contractions, whitespace runs, digits) into exactly our ids.
+// Token ids are discrete: any difference is a mismatch in the vocabulary, the merges, the
+// pre-tokenizer type we name, or one of the two implementations.
+TEST(GgufLlamaCppTokenizer, SameIdsAsOurTokenizer) {
+    SKIP_WITHOUT_LLAMA_CPP();
+    const char* data_dir = std::getenv("MSLM_DATA_DIR");
+    const std::string wiki = std::string(data_dir ? data_dir : MSLM_DATA_DIR) + "/wikitext2-test.txt";
+    if (!fs::exists(wiki)) GTEST_SKIP() << wiki << " not found";
+    std::string text;
+    {
+        std::ifstream in(wiki, std::ios::binary);
+        text.resize(32768);
+        in.read(text.data(), static_cast<std::streamsize>(text.size()));
+        text.resize(static_cast<size_t>(in.gcount()));
+        text.resize(text.size() - utf8::incomplete_suffix(text));
+        // The edge cases' lines of invalid UTF-8 are left out: llama.cpp's tokenizer throws
+        // ("invalid codepoint") and aborts the process on them, where ours maps each bad byte as
+        // HF tokenizers does.
+        std::ifstream edge(std::string(MSLM_FIXTURE_DIR) + "/tokenizers/edge_cases.txt", std::ios::binary);
+        int dropped = 0;
+        for (std::string line; std::getline(edge, line);) {
+            if (utf8::is_valid(line))
+                text += line + "\n";
+            else
+                ++dropped;
+        }
+        ASSERT_LE(dropped, 2) << "the edge cases are meant to be mostly valid UTF-8";
+    }
+    ASSERT_TRUE(utf8::is_valid(text));
+    for (const char* file : {"gpt2.json", "llama3.json"}) {
+        SCOPED_TRACE(file);
+        const std::string dir = test::fresh_test_dir("gguf_llama_tok");
+        fs::copy_file(std::string(MSLM_FIXTURE_DIR) + "/tokenizers/" + file, dir + "/tokenizer.json");
+        const Tokenizer tok = Tokenizer::load(dir + "/tokenizer.json");
+        ModelConfig cfg = arch_config(GgufArch::Mamba);
+        cfg.vocab_size = 6008;  // at least either tokenizer's vocabulary
+        auto model = random_model(cfg, 2);
+        GgufExportOptions opt;
+        opt.tokenizer_dir = dir;
+        const GgufExportReport report = export_gguf(*model, dir + "/m.gguf", opt);
+        ASSERT_TRUE(report.tokenizer);
+        // The Llama 3 fixture normalizes to NFC, which GGUF cannot carry: the export says so, and
+        // the comparison leaves out the one line that is not already NFC (combining accents).
+        const bool nfc = std::string(file) == "llama3.json";
+        const bool noted = std::any_of(report.notes.begin(), report.notes.end(), [](const std::string& n) {
+            return n.find("normalizer NFC not written") != std::string::npos;
+        });
+        EXPECT_EQ(noted, nfc);
+        std::string input = text;
+        if (nfc) {
+            const size_t a = input.find("Combining:"), b = input.find('\n', a);
+            ASSERT_NE(a, std::string::npos);
+            input.erase(a, b + 1 - a);
+        }
+        std::ofstream(dir + "/text.txt", std::ios::binary) << input;
+        const std::string cmd = fmt::format("'{}' --tokenize '{}/m.gguf' '{}/text.txt' '{}/ids.txt' > '{}/llama.log' 2>&1",
+                                            llama_tool(), dir, dir, dir, dir);
+        ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
+        std::vector<int32_t> theirs;
+        {
+            std::ifstream in(dir + "/ids.txt");
+            for (long v; in >> v;) theirs.push_back(static_cast<int32_t>(v));
+        }
+        const std::vector<int32_t> ours = tok.encode(input);
+        size_t first = 0;
+        while (first < ours.size() && first < theirs.size() && ours[first] == theirs[first]) ++first;
+        std::string near;
+        for (size_t i = first; i < std::min(ours.size(), first + 6); ++i) near += tok.decode(std::vector<int32_t>{ours[i]}) + "|";
+        EXPECT_EQ(first, ours.size()) << "first difference at id " << first << " of " << ours.size()
+                                      << " (ours then: " << near << ")";
+        EXPECT_EQ(theirs.size(), ours.size());
+        std::printf("[ %s ] %zu bytes -> %zu ids, llama.cpp's identical: %s\n", file, input.size(), ours.size(),
+                    ours == theirs ? "yes" : "no");
+    }
 }
 
 }  // namespace
