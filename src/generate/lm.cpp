@@ -14,6 +14,11 @@ void HybridCausalLM::start(int64_t slots, int64_t max_len) {
     }
 }
 
+void HybridCausalLM::clear(int64_t slot) {
+    MSLM_CHECK(state_ != nullptr, "clear before start");
+    state_->clear(slot);
+}
+
 void HybridCausalLM::prefill(int64_t slot, std::span<const int32_t> ids, float* logits, float* hidden) {
     MSLM_CHECK(state_, "prefill before start");
     MSLM_CHECK(!ids.empty(), "prefill: empty prompt");

@@ -29,6 +29,9 @@ public:
     // Slot i takes what slot src[i] held (src.size() == slots; repeats allowed).
     virtual void reorder(std::span<const int64_t> src) = 0;
     virtual void copy(int64_t src_slot, int64_t dst_slot) = 0;
+    // `slot` back to the empty sequence, the other slots untouched: a new prompt in a started
+    // model without start()'s reallocation (a server's free slot, chat's /reset, a benchmark).
+    virtual void clear(int64_t slot) = 0;
 };
 
 // CausalLM over a HybridLM<float> and its InferenceState.
@@ -44,6 +47,7 @@ public:
               float* hidden) override;
     void reorder(std::span<const int64_t> src) override { state_->reorder(src); }
     void copy(int64_t src_slot, int64_t dst_slot) override { state_->copy(src_slot, dst_slot); }
+    void clear(int64_t slot) override;
 
 private:
     HybridLM<float>& model_;

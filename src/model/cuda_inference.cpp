@@ -609,6 +609,11 @@ void CudaCausalLM::start(int64_t slots, int64_t max_len) {
     MSLM_CHECK(max_len > 0 && max_len <= max_seq_len(), "CudaCausalLM: max_len {} outside [1, {}]", max_len,
                max_seq_len());
     Impl& m = *impl_;
+    if (m.state && slots == slots_ && max_len == max_len_) {  // the same shape: zero the state, keep the rest
+        check(cudaMemsetAsync(m.state, 0, m.state_bytes, m.stream), "zero state");
+        pos_.assign(static_cast<size_t>(slots), 0);
+        return;
+    }
     check(cudaStreamSynchronize(m.stream), "start");
     m.release();
     slots_ = slots;
@@ -1183,6 +1188,22 @@ void CudaCausalLM::copy(int64_t src_slot, int64_t dst_slot) {
         block(L.vc, m.kv_block);
     }
     pos_[dst_slot] = pos_[src_slot];
+}
+
+void CudaCausalLM::clear(int64_t slot) {
+    check_slot(slot, "clear");
+    Impl& m = *impl_;
+    auto zero = [&](void* buf, size_t bytes) {
+        if (buf && bytes)
+            check(cudaMemsetAsync(static_cast<char*>(buf) + slot * bytes, 0, bytes, m.stream), "clear slot");
+    };
+    for (Impl::Layer& L : m.layers) {
+        zero(L.conv, m.conv_block);
+        zero(L.ssm, m.ssm_block);
+        zero(L.kc, m.kv_block);
+        zero(L.vc, m.kv_block);
+    }
+    pos_[slot] = 0;
 }
 
 #endif  // MSLM_HAVE_CUDA

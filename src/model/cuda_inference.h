@@ -62,6 +62,7 @@ public:
               float* hidden) override;
     void reorder(std::span<const int64_t> src) override;
     void copy(int64_t src_slot, int64_t dst_slot) override;
+    void clear(int64_t slot) override;
 
     int64_t position(int64_t slot) const;  // tokens the slot holds
     CudaDecoderMemory memory() const;      // bytes held now (state and scratch: after start)

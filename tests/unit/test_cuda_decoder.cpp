@@ -382,6 +382,39 @@ TEST(CudaDecoderLong, PromptLongerThanAPrefillPiece) {
     expect_rows_close(lg, lc, V, "step after the long prompt");
 }
 
+// clear(slot) and a start() of the same shape (which reuses the buffers) leave a slot exactly as a
+// fresh decoder's: the same kernels on zeroed state, so the same bits. Slot 1 is untouched by
+// clear(0): its next step equals a decoder where slot 0 was never cleared.
+TEST(CudaDecoderReuse, ClearAndSameShapeStartEqualAFreshDecoder) {
+    SKIP_WITHOUT_GPU();
+    for (const ModelConfig& cfg : {mamba2_rope_partial(), mamba1_attention()}) {
+        auto model = random_model(cfg);
+        const int64_t V = cfg.vocab_size;
+        Rng rng(9);
+        const std::vector<int32_t> a = random_ids(rng, 37, V), b = random_ids(rng, 23, V);
+        const std::vector<int64_t> both{0, 1};
+        const std::vector<int32_t> toks{3, 4};
+        CudaCausalLM fresh(*model), reused(*model);
+        fresh.start(2, cfg.max_seq_len);
+        std::vector<float> want(2 * V), got(2 * V), tmp(V);
+        fresh.prefill(0, b, tmp.data(), nullptr);
+        fresh.prefill(1, a, tmp.data(), nullptr);
+        fresh.step(both, toks, want.data(), nullptr);
+
+        reused.start(2, cfg.max_seq_len);
+        reused.prefill(0, a, tmp.data(), nullptr);
+        reused.step(std::vector<int64_t>{0}, std::vector<int32_t>{1}, tmp.data(), nullptr);
+        reused.start(2, cfg.max_seq_len);  // same shape: state zeroed in place
+        reused.prefill(0, a, tmp.data(), nullptr);
+        reused.prefill(1, a, tmp.data(), nullptr);
+        reused.clear(0);
+        EXPECT_EQ(reused.position(0), 0);
+        reused.prefill(0, b, tmp.data(), nullptr);
+        reused.step(both, toks, got.data(), nullptr);
+        for (int64_t i = 0; i < 2 * V; ++i) ASSERT_EQ(got[i], want[i]) << "slot " << i / V << " logit " << i % V;
+    }
+}
+
 // Steps of slots 0 and 1 after short prompts, every step's logits, with the environment `env` set
 // to `value` while the decoder is built and run (the switches are read at construction, capture
 // or launch).

@@ -113,6 +113,28 @@ TEST_F(GenerateContract, BatchOfDifferentLengthsEqualsEachAlone) {
     }
 }
 
+// clear(slot) empties one slot: its next prompt gives the logits of a fresh model, bit for bit,
+// and the other slot carries on as if nothing happened.
+TEST_F(GenerateContract, ClearEmptiesOneSlot) {
+    const int64_t V = lm_->vocab_size();
+    std::vector<float> want(2 * V), got(2 * V), tmp(V);
+    const std::vector<int64_t> both{0, 1};
+    const std::vector<int32_t> toks{3, 4};
+    lm_->start(2, 64);
+    lm_->prefill(0, b_, tmp.data(), nullptr);
+    lm_->prefill(1, a_, tmp.data(), nullptr);
+    lm_->step(both, toks, want.data(), nullptr);
+    lm_->start(2, 64);
+    lm_->prefill(0, a_, tmp.data(), nullptr);
+    lm_->prefill(1, a_, tmp.data(), nullptr);
+    lm_->clear(0);
+    lm_->prefill(0, b_, tmp.data(), nullptr);
+    lm_->step(both, toks, got.data(), nullptr);
+    EXPECT_EQ(got, want);
+    HybridCausalLM unstarted(*model_);
+    EXPECT_THROW(unstarted.clear(0), Error);
+}
+
 TEST_F(GenerateContract, SeededSamplingIsReproducible) {
     GenerationConfig cfg;
     cfg.max_new_tokens = 20;
@@ -211,6 +233,7 @@ public:
         for (size_t i = 0; i < src.size(); ++i) pos_[i] = old[src[i]];
     }
     void copy(int64_t src, int64_t dst) override { pos_[dst] = pos_[src]; }
+    void clear(int64_t slot) override { pos_[slot] = 0; }
 
 private:
     void emit(int64_t slot, float* logits, float* hidden) {
