@@ -17,6 +17,7 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "bench/onnx_reference.h"
 #include "core/error.h"
 #include "export/onnx.h"
 #include "inference_configs.h"
@@ -358,6 +359,43 @@ TEST(OnnxExport, RefusesWeightsWithoutFp32ValuesAndUnknownTypes) {
         EXPECT_NE(std::string(e.what()).find("q8_0"), std::string::npos) << e.what();
         EXPECT_NE(std::string(e.what()).find("int8 or q4"), std::string::npos) << e.what();
     }
+}
+
+// `bench --onnx`: bench/bench_onnx_decode.py times ORT on an export and reports what was asked; an
+// interpreter that cannot run it gives one line naming it instead of a number.
+TEST(OnnxBench, ReportsOnnxRuntimeRatesOrSaysWhyNot) {
+    if (!onnx_export_available()) GTEST_SKIP() << "not built: ONNX export needs libonnx-dev";
+    const auto model = random_model(test::mamba2_rope_partial());
+    const std::string dir = test::fresh_test_dir("onnx");
+    export_onnx(*model, dir + "/export", {});
+    bench::OnnxReferenceOptions o;
+    o.threads = 1;
+    o.prompt = 8;
+    o.decode_prompt = 4;
+    o.decode_tokens = 5;
+    o.repeats = 1;
+    o.script = std::string(MSLM_FIXTURE_DIR) + "/../../../bench/bench_onnx_decode.py";
+
+    o.python = dir + "/no-such-python";
+    const bench::OnnxReferenceResult missing = bench::run_onnx_reference(dir + "/export", o);
+    EXPECT_FALSE(missing.available);
+    EXPECT_NE(missing.reason.find("no-such-python"), std::string::npos) << missing.reason;
+    EXPECT_EQ(missing.reason.find('\n'), std::string::npos) << missing.reason;
+    EXPECT_NE(bench::format_onnx_reference(missing, 1, 1, 1).find("not measured"), std::string::npos);
+
+    o.python = python();
+    const bench::OnnxReferenceResult r = bench::run_onnx_reference(dir + "/export", o);
+    if (!r.available) GTEST_SKIP() << r.reason;
+    EXPECT_EQ(r.weights, "f32");
+    EXPECT_EQ(r.threads, 1);
+    EXPECT_EQ(r.prefill_tokens, 8);
+    EXPECT_EQ(r.decode_prompt, 4);
+    EXPECT_EQ(r.decode_tokens, 5);
+    EXPECT_GT(r.prefill_tokens_per_s, 0);
+    EXPECT_GT(r.decode_tokens_per_s, 0);
+    const std::string table = bench::format_onnx_reference(r, 100, std::nan(""), 2);
+    EXPECT_NE(table.find(r.runtime), std::string::npos) << table;
+    EXPECT_NE(table.find("| mamba-slm | f32 | 2 | 100 | — |"), std::string::npos) << table;
 }
 
 }  // namespace
