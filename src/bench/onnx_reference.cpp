@@ -32,7 +32,8 @@ std::string last_line(const std::string& out) {
     size_t end = out.find_last_not_of("\n\r ");
     if (end == std::string::npos) return "";
     const size_t start = out.find_last_of('\n', end);
-    return out.substr(start == std::string::npos ? 0 : start + 1, end - (start == std::string::npos ? 0 : start + 1) + 1);
+    return out.substr(start == std::string::npos ? 0 : start + 1,
+                      end - (start == std::string::npos ? 0 : start + 1) + 1);
 }
 
 }  // namespace
@@ -81,9 +82,10 @@ OnnxReferenceResult run_onnx_reference(const std::string& export_dir, const Onnx
     const int rc = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
     const std::string line = last_line(out);
     if (rc == 77) {
-        r.reason = fmt::format("onnxruntime is not importable by {} ({}); pip install onnxruntime, or set "
-                               "MSLM_PYTHON to an interpreter that has it",
-                               python, line);
+        r.reason = fmt::format(
+            "onnxruntime is not importable by {} ({}); pip install onnxruntime, or set "
+            "MSLM_PYTHON to an interpreter that has it",
+            python, line);
         return r;
     }
     if (rc == 127) {
@@ -110,14 +112,15 @@ std::string format_onnx_reference(const OnnxReferenceResult& r, double our_prefi
                                   double our_decode_tokens_per_s, int our_threads) {
     std::string s = "\n## ONNX Runtime (CPU, the same model exported; an anchor, not a product path)\n\n";
     if (!r.available) return s + fmt::format("onnxruntime: not measured: {}\n", r.reason);
-    s += fmt::format("| runtime | weights | threads | prefill tokens/s ({} tokens) | decode tokens/s (batch 1, "
-                     "after {}) |\n|---|---|---|---|---|\n",
-                     r.prefill_tokens, r.decode_prompt);
+    s += fmt::format(
+        "| runtime | weights | threads | prefill tokens/s ({} tokens) | decode tokens/s (batch 1, "
+        "after {}) |\n|---|---|---|---|---|\n",
+        r.prefill_tokens, r.decode_prompt);
     const auto rate = [](double v) { return std::isnan(v) ? std::string("—") : fmt::format("{:.0f}", v); };
     s += fmt::format("| mamba-slm | f32 | {} | {} | {} |\n", our_threads, rate(our_prefill_tokens_per_s),
                      rate(our_decode_tokens_per_s));
-    s += fmt::format("| {} | {} | {} | {:.0f} | {:.0f} |\n", r.runtime, r.weights, r.threads, r.prefill_tokens_per_s,
-                     r.decode_tokens_per_s);
+    s += fmt::format("| {} | {} | {} | {:.0f} | {:.0f} |\n", r.runtime, r.weights, r.threads,
+                     r.prefill_tokens_per_s, r.decode_tokens_per_s);
     return s;
 }
 

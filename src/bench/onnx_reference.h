@@ -10,18 +10,18 @@
 namespace mslm::bench {
 
 struct OnnxReferenceOptions {
-    int threads = 0;             // intra-op threads; 0: ours (num_threads())
-    int64_t prompt = 0;          // prefill tokens
-    int64_t decode_prompt = 0;   // tokens prefilled before the timed decode steps
-    int64_t decode_tokens = 0;   // timed decode steps
+    int threads = 0;            // intra-op threads; 0: ours (num_threads())
+    int64_t prompt = 0;         // prefill tokens
+    int64_t decode_prompt = 0;  // tokens prefilled before the timed decode steps
+    int64_t decode_tokens = 0;  // timed decode steps
     int repeats = 3;
-    std::string script;          // empty: find bench/bench_onnx_decode.py (see find_onnx_bench_script)
-    std::string python;          // empty: onnx_bench_python()
+    std::string script;  // empty: find bench/bench_onnx_decode.py (see find_onnx_bench_script)
+    std::string python;  // empty: onnx_bench_python()
 };
 
 struct OnnxReferenceResult {
     bool available = false;
-    std::string reason;          // when not available: one line
+    std::string reason;  // when not available: one line
     std::string runtime, weights;
     int threads = 0;
     int64_t prefill_tokens = 0, decode_prompt = 0, decode_tokens = 0;

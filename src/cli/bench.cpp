@@ -8,8 +8,8 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
-#include <optional>
 #include <nlohmann/json.hpp>
+#include <optional>
 
 #include "bench/model_bench.h"
 #include "bench/onnx_reference.h"
@@ -29,7 +29,7 @@ void register_bench(CLI::App& app) {
                                    "CUDA training step (--profile)");
     struct Args {
         std::string preset, model, onnx, device = "cpu", tables = "train,prefill,decode,memory",
-                                   decode_batch = "1,8,64";
+                                         decode_batch = "1,8,64";
         int64_t batch = 0, seq = 0, decode_tokens = 0;
         int steps = 0, warmup = -1;
         double peak_tflops = 790, peak_tbs = 4.3;
@@ -53,15 +53,17 @@ void register_bench(CLI::App& app) {
            "Training sequence length and prefill length (default: CPU 256, GPU 2048, at most the model's "
            "max_seq_len)")
         ->check(CLI::PositiveNumber);
-    auto* tables = cmd->add_option("--tables", args->tables,
-                                   "Comma list of tables: train, prefill, decode, memory (with --onnx: prefill, decode)");
-    auto* decode_batch =
-        cmd->add_option("--decode-batch", args->decode_batch, "Comma list of decode batch sizes (with --onnx: 1)");
-    cmd->add_option("--onnx", args->onnx,
-                    "An ONNX export of the model (mamba-slm export --format onnx): also time ONNX Runtime's CPU "
-                    "prefill and batch-1 decode on it (bench/bench_onnx_decode.py, with $MSLM_PYTHON or python3 "
-                    "when it can import onnxruntime) beside ours; the model's shape comes from the export's "
-                    "mslm_config.json unless --preset / --model is given")
+    auto* tables = cmd->add_option(
+        "--tables", args->tables,
+        "Comma list of tables: train, prefill, decode, memory (with --onnx: prefill, decode)");
+    auto* decode_batch = cmd->add_option("--decode-batch", args->decode_batch,
+                                         "Comma list of decode batch sizes (with --onnx: 1)");
+    cmd->add_option(
+           "--onnx", args->onnx,
+           "An ONNX export of the model (mamba-slm export --format onnx): also time ONNX Runtime's CPU "
+           "prefill and batch-1 decode on it (bench/bench_onnx_decode.py, with $MSLM_PYTHON or python3 "
+           "when it can import onnxruntime) beside ours; the model's shape comes from the export's "
+           "mslm_config.json unless --preset / --model is given")
         ->check(CLI::ExistingDirectory);
     cmd->add_option("--steps", args->steps,
                     "Timed repetitions of each measurement (default: CPU 3, GPU 10; profile 5)")
@@ -91,14 +93,15 @@ void register_bench(CLI::App& app) {
                    "bench: --onnx compares CPU prefill and decode; it goes without --profile and --device");
         const std::string onnx_config = args->onnx + "/mslm_config.json";
         if (onnx && args->preset.empty() && args->model.empty())
-            MSLM_CHECK(std::filesystem::exists(onnx_config),
-                       "bench --onnx {}: no mslm_config.json there (an export by an older mamba-slm): pass --model "
-                       "or --preset for the model's shape",
-                       args->onnx);
-        const ModelConfig cfg = !args->model.empty()  ? load_any_config(args->model)
+            MSLM_CHECK(
+                std::filesystem::exists(onnx_config),
+                "bench --onnx {}: no mslm_config.json there (an export by an older mamba-slm): pass --model "
+                "or --preset for the model's shape",
+                args->onnx);
+        const ModelConfig cfg = !args->model.empty()    ? load_any_config(args->model)
                                 : !args->preset.empty() ? preset(args->preset)
                                                         : load_config(onnx_config);
-        const std::string name = !args->model.empty()  ? args->model
+        const std::string name = !args->model.empty()    ? args->model
                                  : !args->preset.empty() ? "preset " + args->preset
                                                          : args->onnx;
         if (onnx && !tables->count()) args->tables = "prefill,decode";
@@ -150,7 +153,8 @@ void register_bench(CLI::App& app) {
             fmt::print("{}\n", j.dump(2));
         } else {
             fmt::print("{}", bench::format_bench_markdown(r));
-            if (ort) fmt::print("{}", bench::format_onnx_reference(*ort, our_prefill, our_decode, num_threads()));
+            if (ort)
+                fmt::print("{}", bench::format_onnx_reference(*ort, our_prefill, our_decode, num_threads()));
         }
     });
 }

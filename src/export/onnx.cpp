@@ -1,14 +1,14 @@
 #include "export/onnx.h"
 
+#include <fmt/format.h>
+
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <limits>
-#include <set>
-
-#include <fmt/format.h>
 #include <nlohmann/json.hpp>
+#include <set>
 
 #include "core/error.h"
 #include "model/model_io.h"
@@ -57,9 +57,12 @@ OnnxWeights parse_onnx_weights(const std::string& name) {
 
 const char* onnx_weights_name(OnnxWeights w) {
     switch (w) {
-    case OnnxWeights::F32: return "f32";
-    case OnnxWeights::Int8: return "int8";
-    case OnnxWeights::Q4: return "q4";
+        case OnnxWeights::F32:
+            return "f32";
+        case OnnxWeights::Int8:
+            return "int8";
+        case OnnxWeights::Q4:
+            return "q4";
     }
     return "?";
 }
@@ -88,27 +91,35 @@ std::vector<float> onnx_dequantized_weight(const float* w, int64_t out, int64_t 
 
 #ifndef MSLM_HAVE_ONNX
 
-bool onnx_export_available() { return false; }
+bool onnx_export_available() {
+    return false;
+}
 
 OnnxExportSummary export_onnx(const HybridLM<float>&, const std::string& out_dir, const OnnxExportOptions&,
                               const std::string&) {
-    fail("{}: not built: ONNX export needs libonnx-dev (scripts/setup.sh installs it); reconfigure and rebuild",
-         out_dir);
+    fail(
+        "{}: not built: ONNX export needs libonnx-dev (scripts/setup.sh installs it); reconfigure and "
+        "rebuild",
+        out_dir);
 }
 
 OnnxExportSummary export_onnx(const std::string&, const std::string& out_dir, const OnnxExportOptions&) {
-    fail("{}: not built: ONNX export needs libonnx-dev (scripts/setup.sh installs it); reconfigure and rebuild",
-         out_dir);
+    fail(
+        "{}: not built: ONNX export needs libonnx-dev (scripts/setup.sh installs it); reconfigure and "
+        "rebuild",
+        out_dir);
 }
 
 #else
 
-bool onnx_export_available() { return true; }
+bool onnx_export_available() {
+    return true;
+}
 
 namespace {
 
-constexpr int kOpset = 17;      // LayerNormalization arrived in 17; axes are still attributes of ReduceMean
-constexpr int kIrVersion = 8;   // the IR version that goes with opset 17
+constexpr int kOpset = 17;     // LayerNormalization arrived in 17; axes are still attributes of ReduceMean
+constexpr int kIrVersion = 8;  // the IR version that goes with opset 17
 
 template <typename... Args>
 [[noreturn]] void onnx_fail(fmt::format_string<Args...> format, Args&&... args) {
@@ -173,8 +184,8 @@ public:
         return name;
     }
     // An int8 / uint8 initializer from raw bytes.
-    std::string init_bytes(const std::string& name, int elem, const std::vector<int64_t>& dims, const void* data,
-                           size_t bytes) {
+    std::string init_bytes(const std::string& name, int elem, const std::vector<int64_t>& dims,
+                           const void* data, size_t bytes) {
         onnx::TensorProto* t = g_->add_initializer();
         t->set_name(name);
         t->set_data_type(elem);
@@ -304,8 +315,8 @@ struct Exporter {
         }
         const std::string y =
             b.op("MatMulNBits", {x, q, sc},
-                 {GraphBuilder::attr_i("K", in), GraphBuilder::attr_i("N", out), GraphBuilder::attr_i("bits", 4),
-                  GraphBuilder::attr_i("block_size", kQ4Block)},
+                 {GraphBuilder::attr_i("K", in), GraphBuilder::attr_i("N", out),
+                  GraphBuilder::attr_i("bits", 4), GraphBuilder::attr_i("block_size", kQ4Block)},
                  "", "com.microsoft");
         return bias.empty() ? y : b.op("Add", {y, weight(bias)});
     }
@@ -325,7 +336,8 @@ struct Exporter {
             return;
         }
         const int64_t blocks = (in + kQ4Block - 1) / kQ4Block, blob = kQ4Block / 2;
-        std::vector<uint8_t> packed(static_cast<size_t>(out * blocks * blob)), codes(static_cast<size_t>(blocks * kQ4Block));
+        std::vector<uint8_t> packed(static_cast<size_t>(out * blocks * blob)),
+            codes(static_cast<size_t>(blocks * kQ4Block));
         std::vector<float> scales(static_cast<size_t>(out * blocks));
         for (int64_t o = 0; o < out; ++o) {
             quantize_q4_row(value(w) + o * in, in, codes.data(), scales.data() + o * blocks);
@@ -350,38 +362,42 @@ struct Exporter {
         return rms(x, weight(prefix + ".weight"), eps);
     }
     std::string rms(const std::string& x, const std::string& w, float eps) {
-        const std::string ms = b.op("ReduceMean", {b.op("Mul", {x, x})},
-                                    {GraphBuilder::attr_ints("axes", {-1}), GraphBuilder::attr_i("keepdims", 1)});
+        const std::string ms =
+            b.op("ReduceMean", {b.op("Mul", {x, x})},
+                 {GraphBuilder::attr_ints("axes", {-1}), GraphBuilder::attr_i("keepdims", 1)});
         const std::string rstd = b.op("Reciprocal", {b.op("Sqrt", {b.op("Add", {ms, b.scalar_f32(eps)})})});
         return b.op("Mul", {b.op("Mul", {x, rstd}), w});
     }
     std::string mlp(const std::string& x, const std::string& prefix) {
         const int64_t F = cfg.mlp.d_ff;
         switch (cfg.mlp.kind) {
-        case MlpKind::SwiGLU: {
-            const std::string gu = linear(x, prefix + ".gate_up_proj");  // [gate | up]
-            const std::string gate = b.slice(gu, 0, F, 1), up = b.slice(gu, F, 2 * F, 1);
-            return linear(b.op("Mul", {b.silu(gate), up}), prefix + ".down_proj");
-        }
-        case MlpKind::GELU: {  // 0.5·x·(1 + erf(x/√2))
-            const std::string h = linear(x, prefix + ".fc1");
-            const std::string e = b.op("Erf", {b.op("Mul", {h, b.scalar_f32(static_cast<float>(M_SQRT1_2))})});
-            const std::string a =
-                b.op("Mul", {b.op("Mul", {h, b.scalar_f32(0.5f)}), b.op("Add", {e, b.scalar_f32(1.f)})});
-            return linear(a, prefix + ".fc2");
-        }
-        case MlpKind::GELUTanh: {  // 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))
-            const std::string h = linear(x, prefix + ".fc1");
-            const std::string x3 = b.op("Mul", {b.op("Mul", {h, h}), h});
-            const std::string inner =
-                b.op("Mul", {b.op("Add", {h, b.op("Mul", {x3, b.scalar_f32(0.044715f)})}),
-                             b.scalar_f32(static_cast<float>(std::sqrt(2.0 / M_PI)))});
-            const std::string a = b.op("Mul", {b.op("Mul", {h, b.scalar_f32(0.5f)}),
-                                               b.op("Add", {b.op("Tanh", {inner}), b.scalar_f32(1.f)})});
-            return linear(a, prefix + ".fc2");
-        }
-        case MlpKind::ReLU: return linear(b.op("Relu", {linear(x, prefix + ".fc1")}), prefix + ".fc2");
-        case MlpKind::None: break;
+            case MlpKind::SwiGLU: {
+                const std::string gu = linear(x, prefix + ".gate_up_proj");  // [gate | up]
+                const std::string gate = b.slice(gu, 0, F, 1), up = b.slice(gu, F, 2 * F, 1);
+                return linear(b.op("Mul", {b.silu(gate), up}), prefix + ".down_proj");
+            }
+            case MlpKind::GELU: {  // 0.5·x·(1 + erf(x/√2))
+                const std::string h = linear(x, prefix + ".fc1");
+                const std::string e =
+                    b.op("Erf", {b.op("Mul", {h, b.scalar_f32(static_cast<float>(M_SQRT1_2))})});
+                const std::string a =
+                    b.op("Mul", {b.op("Mul", {h, b.scalar_f32(0.5f)}), b.op("Add", {e, b.scalar_f32(1.f)})});
+                return linear(a, prefix + ".fc2");
+            }
+            case MlpKind::GELUTanh: {  // 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))
+                const std::string h = linear(x, prefix + ".fc1");
+                const std::string x3 = b.op("Mul", {b.op("Mul", {h, h}), h});
+                const std::string inner =
+                    b.op("Mul", {b.op("Add", {h, b.op("Mul", {x3, b.scalar_f32(0.044715f)})}),
+                                 b.scalar_f32(static_cast<float>(std::sqrt(2.0 / M_PI)))});
+                const std::string a = b.op("Mul", {b.op("Mul", {h, b.scalar_f32(0.5f)}),
+                                                   b.op("Add", {b.op("Tanh", {inner}), b.scalar_f32(1.f)})});
+                return linear(a, prefix + ".fc2");
+            }
+            case MlpKind::ReLU:
+                return linear(b.op("Relu", {linear(x, prefix + ".fc1")}), prefix + ".fc2");
+            case MlpKind::None:
+                break;
         }
         return x;
     }
@@ -395,8 +411,10 @@ struct Exporter {
     StateNames mamba_state(int64_t l, std::vector<std::string> conv_dims, std::vector<std::string> ssm_dims) {
         StateNames n{pfx + fmt::format("past_key_values.{}.conv_state", l),
                      pfx + fmt::format("past_key_values.{}.ssm_state", l),
-                     pfx + fmt::format("present.{}.conv_state", l), pfx + fmt::format("present.{}.ssm_state", l),
-                     std::move(conv_dims), std::move(ssm_dims)};
+                     pfx + fmt::format("present.{}.conv_state", l),
+                     pfx + fmt::format("present.{}.ssm_state", l),
+                     std::move(conv_dims),
+                     std::move(ssm_dims)};
         b.io(true, n.conv_in, onnx::TensorProto::FLOAT, n.conv_dims);
         b.io(true, n.ssm_in, onnx::TensorProto::FLOAT, n.ssm_dims);
         inputs.push_back(n.conv_in.substr(pfx.size()));
@@ -412,10 +430,11 @@ struct Exporter {
 
     // One step of the depthwise causal conv: over [state (b, K − 1, C) | xin (b, C)] it computes
     // Σ_k w[c, k]·window[k, c] (+ bias), then SiLU; the last K − 1 rows become the new state.
-    std::string conv_step(const std::string& p, const std::string& xin, const StateNames& n, int64_t C, int64_t K) {
-        const std::string window =
-            b.op("Concat", {n.conv_in, b.unsqueeze(xin, {1})}, {GraphBuilder::attr_i("axis", 1)});  // (b, K, C)
-        const ParamSpec& cw = spec(p + ".conv1d.weight");  // (C, K)
+    std::string conv_step(const std::string& p, const std::string& xin, const StateNames& n, int64_t C,
+                          int64_t K) {
+        const std::string window = b.op("Concat", {n.conv_in, b.unsqueeze(xin, {1})},
+                                        {GraphBuilder::attr_i("axis", 1)});  // (b, K, C)
+        const ParamSpec& cw = spec(p + ".conv1d.weight");                    // (C, K)
         std::vector<float> wt(static_cast<size_t>(K * C));
         const float* w = value(p + ".conv1d.weight");
         for (int64_t c = 0; c < C; ++c)
@@ -441,7 +460,8 @@ struct Exporter {
         const std::string u = conv_step(p, b.slice(xz, 0, Din, 1), st, Din, K);  // (b, Din)
 
         const std::string dbc = linear(u, p + ".x_proj");  // (b, R + 2N) = [dt | B | C]
-        std::string dt = b.slice(dbc, 0, R, 1), Bm = b.slice(dbc, R, R + N, 1), Cm = b.slice(dbc, R + N, R + 2 * N, 1);
+        std::string dt = b.slice(dbc, 0, R, 1), Bm = b.slice(dbc, R, R + N, 1),
+                    Cm = b.slice(dbc, R + N, R + 2 * N, 1);
         if (cfg.mamba.dt_bc_norm) {
             const float eps = static_cast<float>(cfg.norm_eps);
             dt = rms(dt, weight(p + ".dt_norm.weight"), eps);
@@ -486,8 +506,9 @@ struct Exporter {
         std::vector<int64_t> group_of(static_cast<size_t>(H));
         for (int64_t h = 0; h < H; ++h) group_of[h] = h / (H / G);
         const std::string heads = b.const_i64(group_of);
-        const std::string Bh = b.op("Gather", {b.reshape(b.slice(xbc, Din, Din + G * N, 1), {-1, G, N}), heads},
-                                    {GraphBuilder::attr_i("axis", 1)});  // (b, H, N)
+        const std::string Bh =
+            b.op("Gather", {b.reshape(b.slice(xbc, Din, Din + G * N, 1), {-1, G, N}), heads},
+                 {GraphBuilder::attr_i("axis", 1)});  // (b, H, N)
         const std::string Ch =
             b.op("Gather", {b.reshape(b.slice(xbc, Din + G * N, Din + 2 * G * N, 1), {-1, G, N}), heads},
                  {GraphBuilder::attr_i("axis", 1)});
@@ -497,8 +518,8 @@ struct Exporter {
         const bool clamp_lo = cfg.mamba.dt_limit_min > 0, clamp_hi = std::isfinite(cfg.mamba.dt_limit_max);
         if (clamp_lo || clamp_hi) {
             const float lo = clamp_lo ? static_cast<float>(cfg.mamba.dt_limit_min) : 0.f;
-            const float hi = clamp_hi ? static_cast<float>(cfg.mamba.dt_limit_max)
-                                      : std::numeric_limits<float>::max();
+            const float hi =
+                clamp_hi ? static_cast<float>(cfg.mamba.dt_limit_max) : std::numeric_limits<float>::max();
             dt = b.op("Clip", {dt, b.scalar_f32(lo), b.scalar_f32(hi)});
         }
         const std::string A = b.op("Neg", {b.op("Exp", {weight(p + ".A_log")})});
@@ -506,7 +527,8 @@ struct Exporter {
         // S ← exp(dt·A)·S + (dt·x) ⊗ B
         const std::string dtx = b.op("Mul", {xs, b.unsqueeze(dt, {2})});  // (b, H, P)
         const std::string outer = b.op("Mul", {b.unsqueeze(dtx, {3}), b.unsqueeze(Bh, {2})});
-        const std::string S = b.op("Add", {b.op("Mul", {st.ssm_in, dA}), outer}, {}, st.ssm_out);  // (b, H, P, N)
+        const std::string S =
+            b.op("Add", {b.op("Mul", {st.ssm_in, dA}), outer}, {}, st.ssm_out);  // (b, H, P, N)
         // y = S·C + D·x
         std::string y = b.reshape(b.op("MatMul", {S, b.unsqueeze(Ch, {3})}), {-1, H, P});
         y = b.op("Add", {y, b.op("Mul", {xs, b.reshape(weight(p + ".D"), {H, 1})})});
@@ -514,9 +536,9 @@ struct Exporter {
 
         // Gated RMSNorm in NG groups: g = y·silu(z), normalised per group, times the weight.
         const std::string g = b.reshape(b.op("Mul", {y, b.silu(z)}), {-1, NG, Din / NG});
-        const std::string yn = b.reshape(rms(g, b.reshape(weight(p + ".norm.weight"), {NG, Din / NG}),
-                                             static_cast<float>(cfg.norm_eps)),
-                                         {-1, Din});
+        const std::string yn = b.reshape(
+            rms(g, b.reshape(weight(p + ".norm.weight"), {NG, Din / NG}), static_cast<float>(cfg.norm_eps)),
+            {-1, Din});
         mamba_state_outputs(st);
         return linear(yn, p + ".out_proj");
     }
@@ -525,16 +547,16 @@ struct Exporter {
     // sliding window W only the last W rows kept: the engine's ring buffer in order, oldest first),
     // grouped heads (query head h reads kv head h / (Hq / Hkv)), scaled dot products, ALiBi's
     // −slope·distance, the padding mask (b, 1, 1, cache rows).
-    std::string attention(const std::string& x, int64_t l, const std::string& mask_bias, const std::string& cos,
-                          const std::string& sin) {
+    std::string attention(const std::string& x, int64_t l, const std::string& mask_bias,
+                          const std::string& cos, const std::string& sin) {
         const std::string p = fmt::format("layers.{}.mixer", l);
         const int64_t Hq = cfg.attention.n_heads, Hkv = cfg.attn_kv_heads(), Dh = cfg.attn_head_dim();
         const int64_t R = cfg.attn_rotary_dim(), rep = Hq / Hkv, window = cfg.attention.sliding_window;
         const std::vector<std::string> kv_dims = {"batch_size", std::to_string(Hkv), "past_sequence_length",
                                                   std::to_string(Dh)};
-        const std::vector<std::string> present_dims = {"batch_size", std::to_string(Hkv),
-                                                       window > 0 ? "present_sequence_length" : "total_sequence_length",
-                                                       std::to_string(Dh)};
+        const std::vector<std::string> present_dims = {
+            "batch_size", std::to_string(Hkv),
+            window > 0 ? "present_sequence_length" : "total_sequence_length", std::to_string(Dh)};
         std::string names[4];
         int i = 0;
         for (const char* kind : {"key", "value"}) {
@@ -548,7 +570,8 @@ struct Exporter {
         const std::string qkv = linear(x, p + ".qkv_proj");  // (b, (Hq + 2·Hkv)·Dh)
         std::string q = b.reshape(b.slice(qkv, 0, Hq * Dh, 1), {-1, Hq, Dh});
         std::string k = b.reshape(b.slice(qkv, Hq * Dh, (Hq + Hkv) * Dh, 1), {-1, Hkv, Dh});
-        const std::string v = b.reshape(b.slice(qkv, (Hq + Hkv) * Dh, (Hq + 2 * Hkv) * Dh, 1), {-1, Hkv, 1, Dh});
+        const std::string v =
+            b.reshape(b.slice(qkv, (Hq + Hkv) * Dh, (Hq + 2 * Hkv) * Dh, 1), {-1, Hkv, 1, Dh});
         if (!cos.empty()) {
             q = rope(q, R, Dh, cos, sin);
             k = rope(k, R, Dh, cos, sin);
@@ -557,8 +580,9 @@ struct Exporter {
         std::string K, V;  // (b, Hkv, rows, Dh)
         if (window > 0) {
             const auto last_rows = [&](const std::string& t, const std::string& out) {
-                return b.op("Slice", {t, b.const_i64({-window}), b.const_i64({std::numeric_limits<int64_t>::max()}),
-                                      b.const_i64({2})},
+                return b.op("Slice",
+                            {t, b.const_i64({-window}), b.const_i64({std::numeric_limits<int64_t>::max()}),
+                             b.const_i64({2})},
                             {}, out);
             };
             K = last_rows(b.op("Concat", {names[0], k}, {GraphBuilder::attr_i("axis", 2)}), names[2]);
@@ -575,12 +599,14 @@ struct Exporter {
         const std::string qg = b.reshape(q, {-1, Hkv, rep, Dh});
         const std::string kt = b.op("Transpose", {K}, {GraphBuilder::attr_ints("perm", {0, 1, 3, 2})});
         const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(Dh)));
-        std::string scores = b.op("Mul", {b.op("MatMul", {qg, kt}), b.scalar_f32(scale)});  // (b, Hkv, rep, T)
+        std::string scores =
+            b.op("Mul", {b.op("MatMul", {qg, kt}), b.scalar_f32(scale)});  // (b, Hkv, rep, T)
         if (cfg.attention.position == PositionKind::ALiBi) {
             // Row j of T cache rows is T − 1 − j positions behind the query (the last row).
-            const std::string rows = b.op("Shape", {K}, {GraphBuilder::attr_i("start", 2), GraphBuilder::attr_i("end", 3)});
-            const std::string j = b.op("Range", {b.scalar_i64(0), b.op("Squeeze", {rows, b.const_i64({0})}),
-                                                  b.scalar_i64(1)});
+            const std::string rows =
+                b.op("Shape", {K}, {GraphBuilder::attr_i("start", 2), GraphBuilder::attr_i("end", 3)});
+            const std::string j =
+                b.op("Range", {b.scalar_i64(0), b.op("Squeeze", {rows, b.const_i64({0})}), b.scalar_i64(1)});
             const std::string dist = b.op("Cast", {b.op("Sub", {b.op("Sub", {rows, b.const_i64({1})}), j})},
                                           {GraphBuilder::attr_i("to", onnx::TensorProto::FLOAT)});  // (T)
             const std::vector<double> sl = ops::alibi_slopes(Hq);
@@ -594,7 +620,8 @@ struct Exporter {
     }
 
     // HF rotate_half over the first R channels of each head: x1·cos − x2·sin, x2·cos + x1·sin.
-    std::string rope(const std::string& x, int64_t R, int64_t Dh, const std::string& cos, const std::string& sin) {
+    std::string rope(const std::string& x, int64_t R, int64_t Dh, const std::string& cos,
+                     const std::string& sin) {
         const int64_t half = R / 2;
         const std::string x1 = b.slice(x, 0, half, 2), x2 = b.slice(x, half, R, 2);
         const std::string o1 = b.op("Sub", {b.op("Mul", {x1, cos}), b.op("Mul", {x2, sin})});
@@ -629,22 +656,27 @@ struct Exporter {
                 // Columns [start, end): end = past positions + iter + 1, past = total − sequence length
                 // (both read from the outer graph's inputs); start = end − window, at least 0.
                 const auto dim1 = [&](const std::string& t) {
-                    return b.op("Shape", {t}, {GraphBuilder::attr_i("start", 1), GraphBuilder::attr_i("end", 2)});
+                    return b.op("Shape", {t},
+                                {GraphBuilder::attr_i("start", 1), GraphBuilder::attr_i("end", 2)});
                 };
-                const std::string end = b.op("Add", {b.op("Sub", {dim1(mask), dim1("input_ids")}),
-                                                     b.op("Add", {b.unsqueeze(iter, {0}), b.const_i64({1})})});
+                const std::string end =
+                    b.op("Add", {b.op("Sub", {dim1(mask), dim1("input_ids")}),
+                                 b.op("Add", {b.unsqueeze(iter, {0}), b.const_i64({1})})});
                 const std::string start =
                     window > 0 ? b.op("Max", {b.op("Sub", {end, b.const_i64({window})}), b.const_i64({0})})
                                : b.const_i64({0});
                 mask = b.op("Slice", {mask, start, end, b.const_i64({1})});
             } else {
-                b.io(true, "attention_mask", onnx::TensorProto::INT64, {"batch_size", "total_sequence_length"});
+                b.io(true, "attention_mask", onnx::TensorProto::INT64,
+                     {"batch_size", "total_sequence_length"});
                 if (window > 0)  // the last min(window, total) columns, as the cache keeps the last rows
-                    mask = b.op("Slice", {mask, b.const_i64({-window}),
-                                          b.const_i64({std::numeric_limits<int64_t>::max()}), b.const_i64({1})});
+                    mask =
+                        b.op("Slice", {mask, b.const_i64({-window}),
+                                       b.const_i64({std::numeric_limits<int64_t>::max()}), b.const_i64({1})});
             }
             inputs.push_back("attention_mask");
-            const std::string m = b.op("Cast", {mask}, {GraphBuilder::attr_i("to", onnx::TensorProto::FLOAT)});
+            const std::string m =
+                b.op("Cast", {mask}, {GraphBuilder::attr_i("to", onnx::TensorProto::FLOAT)});
             const std::string bias = b.op("Mul", {b.op("Sub", {b.scalar_f32(1.f), m}), b.scalar_f32(-1e30f)});
             mask_bias = b.unsqueeze(bias, {1, 2});  // (b, 1, 1, T)
         }
@@ -660,7 +692,8 @@ struct Exporter {
             const int64_t R = cfg.attn_rotary_dim(), half = R / 2, L = cfg.max_seq_len;
             std::vector<float> tc(static_cast<size_t>(L * half)), ts(tc.size());
             for (int64_t i = 0; i < half; ++i) {
-                const double inv = std::pow(cfg.attention.rope_theta, -2.0 * static_cast<double>(i) / static_cast<double>(R));
+                const double inv = std::pow(cfg.attention.rope_theta,
+                                            -2.0 * static_cast<double>(i) / static_cast<double>(R));
                 for (int64_t pos = 0; pos < L; ++pos) {
                     tc[pos * half + i] = static_cast<float>(std::cos(static_cast<double>(pos) * inv));
                     ts[pos * half + i] = static_cast<float>(std::sin(static_cast<double>(pos) * inv));
@@ -672,15 +705,18 @@ struct Exporter {
             sin = b.op("Gather", {tsin, pos}, {GraphBuilder::attr_i("axis", 0)});
         }
 
-        std::string x = b.op("Gather", {weight("embed.weight"), ids}, {GraphBuilder::attr_i("axis", 0)});  // (b, D)
+        std::string x =
+            b.op("Gather", {weight("embed.weight"), ids}, {GraphBuilder::attr_i("axis", 0)});  // (b, D)
         for (int64_t l = 0; l < cfg.n_layers; ++l) {
             const std::string p = fmt::format("layers.{}", l);
             const std::string h = norm(x, p + ".norm");
-            const std::string mix = cfg.layers[l] == LayerKind::Attention ? attention(h, l, mask_bias, cos, sin)
-                                    : cfg.mamba.version == 1                ? mamba1(h, l)
-                                                                            : mamba2(h, l);
+            const std::string mix = cfg.layers[l] == LayerKind::Attention
+                                        ? attention(h, l, mask_bias, cos, sin)
+                                    : cfg.mamba.version == 1 ? mamba1(h, l)
+                                                             : mamba2(h, l);
             x = b.op("Add", {x, mix});
-            if (cfg.mlp.kind != MlpKind::None) x = b.op("Add", {x, mlp(norm(x, p + ".mlp_norm"), p + ".mlp")});
+            if (cfg.mlp.kind != MlpKind::None)
+                x = b.op("Add", {x, mlp(norm(x, p + ".mlp_norm"), p + ".mlp")});
         }
         const std::string hf = norm(x, "final_norm");
         const std::string head = cfg.tie_embeddings ? "embed.weight" : "lm_head.weight";
@@ -699,15 +735,18 @@ struct Exporter {
 void check_exportable(const HybridLM<float>& model) {
     const Parameters<float>& p = model.params();
     if (p.loaded_packed() > 0)
-        onnx_fail("{} linear weights were loaded packed as {} and have no fp32 values: load the model without "
-                  "packing (the default dequantizes) and export again",
-                  p.loaded_packed(), ops::weight_format_name(p.weight_format()));
+        onnx_fail(
+            "{} linear weights were loaded packed as {} and have no fp32 values: load the model without "
+            "packing (the default dequantizes) and export again",
+            p.loaded_packed(), ops::weight_format_name(p.weight_format()));
     for (size_t i = 0; i < p.specs().size(); ++i) {
-        if (p.adapter(i)) onnx_fail("{} has a LoRA adapter attached: merge it into the weights first", p.specs()[i].name);
+        if (p.adapter(i))
+            onnx_fail("{} has a LoRA adapter attached: merge it into the weights first", p.specs()[i].name);
         if (p.fake_quant(i))
-            onnx_fail("{} has a QAT fake quantizer attached: export the trained fp32 weights (with --type int8 or "
-                      "q4 for quantized ones)",
-                      p.specs()[i].name);
+            onnx_fail(
+                "{} has a QAT fake quantizer attached: export the trained fp32 weights (with --type int8 or "
+                "q4 for quantized ones)",
+                p.specs()[i].name);
     }
 }
 
@@ -724,8 +763,10 @@ nlohmann::json token_ids(const std::string& source_dir) {
         for (const char* key : {"bos_token_id", "eos_token_id", "pad_token_id"}) {
             if (!j.contains(key)) continue;
             const auto& v = j[key];
-            if (v.is_number_integer()) ids[key] = v;
-            else if (v.is_array() && !v.empty() && v[0].is_number_integer()) ids[key] = v[0];
+            if (v.is_number_integer())
+                ids[key] = v;
+            else if (v.is_array() && !v.empty() && v[0].is_number_integer())
+                ids[key] = v[0];
         }
     }
     if (ids["pad_token_id"] == -1) ids["pad_token_id"] = ids["eos_token_id"];
@@ -735,7 +776,8 @@ nlohmann::json token_ids(const std::string& source_dir) {
 // onnxruntime-genai's genai_config.json: the decoder file, its input / output names (past / present
 // patterns with %d for the layer index), the sizes of the attention layers, and greedy search
 // defaults. model.type names our architecture; genai ships no built-in type for it.
-nlohmann::json genai_config(const ModelConfig& cfg, const std::string& source_dir, bool attention, bool rope) {
+nlohmann::json genai_config(const ModelConfig& cfg, const std::string& source_dir, bool attention,
+                            bool rope) {
     const nlohmann::json ids = token_ids(source_dir);
     nlohmann::json in = {{"input_ids", "input_ids"},
                          {"past_conv_state_names", "past_key_values.%d.conv_state"},
@@ -768,12 +810,19 @@ nlohmann::json genai_config(const ModelConfig& cfg, const std::string& source_di
                             {"vocab_size", cfg.vocab_size},
                             {"context_length", cfg.max_seq_len},
                             {"decoder", decoder}};
-    nlohmann::json search = {{"max_length", cfg.max_seq_len}, {"min_length", 0},       {"do_sample", false},
-                             {"num_beams", 1},                {"num_return_sequences", 1},
+    nlohmann::json search = {{"max_length", cfg.max_seq_len},
+                             {"min_length", 0},
+                             {"do_sample", false},
+                             {"num_beams", 1},
+                             {"num_return_sequences", 1},
                              {"past_present_share_buffer", false},
-                             {"temperature", 1.0},            {"top_k", 1},           {"top_p", 1.0},
-                             {"repetition_penalty", 1.0},     {"length_penalty", 1.0},
-                             {"early_stopping", true},        {"no_repeat_ngram_size", 0},
+                             {"temperature", 1.0},
+                             {"top_k", 1},
+                             {"top_p", 1.0},
+                             {"repetition_penalty", 1.0},
+                             {"length_penalty", 1.0},
+                             {"early_stopping", true},
+                             {"no_repeat_ngram_size", 0},
                              {"diversity_penalty", 0.0}};
     return {{"model", model}, {"search", search}};
 }
@@ -844,7 +893,8 @@ onnx::ModelProto prefill_model(const HybridLM<float>& model, OnnxWeights weights
     *a->mutable_g() = body;
     ob.op("Transpose", {ob.op("Squeeze", {"logits_steps", ob.const_i64({2})})},
           {GraphBuilder::attr_ints("perm", {1, 0, 2})}, "logits");
-    ob.io(false, "logits", onnx::TensorProto::FLOAT, {"batch_size", "sequence_length", std::to_string(cfg.vocab_size)});
+    ob.io(false, "logits", onnx::TensorProto::FLOAT,
+          {"batch_size", "sequence_length", std::to_string(cfg.vocab_size)});
     for (int i = 1; i + 1 < body.output_size(); ++i) {
         onnx::ValueInfoProto* vi = g->add_output();
         *vi = body.output(i);
@@ -866,8 +916,8 @@ void prepare_out_dir(const fs::path& out, const OnnxExportOptions& opts) {
 
 }  // namespace
 
-OnnxExportSummary export_onnx(const HybridLM<float>& model, const std::string& out_dir, const OnnxExportOptions& opts,
-                              const std::string& source_dir) {
+OnnxExportSummary export_onnx(const HybridLM<float>& model, const std::string& out_dir,
+                              const OnnxExportOptions& opts, const std::string& source_dir) {
     const ModelConfig& cfg = model.config();
     check_exportable(model);
     const fs::path out(out_dir);
@@ -936,7 +986,7 @@ OnnxExportSummary export_onnx(const std::string& model_dir, const std::string& o
     std::error_code ec;
     MSLM_CHECK(!fs::exists(out_dir, ec) || !fs::equivalent(out_dir, model_dir, ec),
                "{}: is the source model; export to another directory", out_dir);
-    const std::unique_ptr<HybridLM<float>> model = load_model<float>(model_dir);
+    const std::unique_ptr<HybridLM<float> > model = load_model<float>(model_dir);
     return export_onnx(*model, out_dir, opts, model_dir);
 }
 

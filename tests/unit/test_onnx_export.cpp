@@ -5,6 +5,7 @@
 // window, and with int8 / 4-bit weights against the engine on the same dequantized weights.
 // onnxruntime comes from the package index (scripts/test.sh installs it); without it the
 // comparison skips visibly. MSLM_PYTHON picks the interpreter (default python3).
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 #include <unistd.h>
 
@@ -13,8 +14,6 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
-
-#include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
 #include "bench/onnx_reference.h"
@@ -94,8 +93,8 @@ ModelConfig wide_mamba1_window() {
 void run_onnx_decode(const std::string& dir, const nlohmann::json& ref) {
     std::ofstream(dir + "/ref.json") << ref.dump();
     const std::string script = std::string(MSLM_FIXTURE_DIR) + "/../onnx_decode.py";
-    const std::string cmd = fmt::format("'{}' '{}' '{}' '{}' > '{}/log.txt' 2>&1", python(), script, dir + "/export",
-                                        dir + "/ref.json", dir);
+    const std::string cmd = fmt::format("'{}' '{}' '{}' '{}' > '{}/log.txt' 2>&1", python(), script,
+                                        dir + "/export", dir + "/ref.json", dir);
     const int rc = std::system(cmd.c_str());
     std::ifstream lin(dir + "/log.txt");
     const std::string log((std::istreambuf_iterator<char>(lin)), std::istreambuf_iterator<char>());
@@ -127,7 +126,8 @@ nlohmann::json engine_reference(HybridLM<float>& model) {
         for (int64_t i = 0; i < batch; ++i) {
             const float* row = logits.data() + i * V;
             step.push_back(std::vector<float>(row, row + V));
-            tok[i] = t + 1 < kPlen ? kPrompts[i][t + 1] : static_cast<int32_t>(std::max_element(row, row + V) - row);
+            tok[i] = t + 1 < kPlen ? kPrompts[i][t + 1]
+                                   : static_cast<int32_t>(std::max_element(row, row + V) - row);
         }
         ref_logits.push_back(step);
     }
@@ -137,7 +137,8 @@ nlohmann::json engine_reference(HybridLM<float>& model) {
     for (int64_t i = 0; i < batch; ++i) {
         model.prefill(pst, i, kPrompts[i].data(), kPlen, pl.data(), nullptr, true);
         nlohmann::json rows = nlohmann::json::array();
-        for (int64_t t = 0; t < kPlen; ++t) rows.push_back(std::vector<float>(pl.begin() + t * V, pl.begin() + (t + 1) * V));
+        for (int64_t t = 0; t < kPlen; ++t)
+            rows.push_back(std::vector<float>(pl.begin() + t * V, pl.begin() + (t + 1) * V));
         ref_prefill.push_back(rows);
     }
     // Tolerance: both sides compute in fp32 from the same fp32 weights; they differ in summation
@@ -145,8 +146,9 @@ nlohmann::json engine_reference(HybridLM<float>& model) {
     // implementations (a few ulp). Each step is a handful of such layers, so differences of
     // ~1e-6 relative to the logits' scale are expected; 1e-4 leaves a margin while an error in the
     // graph (a wrong state update, rotation, window or mask) shows up at O(1).
-    return {{"prompts", kPrompts}, {"steps", kSteps},         {"logits", ref_logits}, {"tokens", ref_tokens},
-            {"prefill_logits", ref_prefill}, {"atol", 1e-5}, {"rtol", 1e-4}};
+    return {
+        {"prompts", kPrompts},           {"steps", kSteps}, {"logits", ref_logits}, {"tokens", ref_tokens},
+        {"prefill_logits", ref_prefill}, {"atol", 1e-5},    {"rtol", 1e-4}};
 }
 
 // Weights ten times the default spread: logits far enough apart that greedy choices are not
@@ -163,7 +165,9 @@ struct OnnxCase {
     ModelConfig (*make)();
 };
 
-void PrintTo(const OnnxCase& c, std::ostream* os) { *os << c.name; }
+void PrintTo(const OnnxCase& c, std::ostream* os) {
+    *os << c.name;
+}
 
 class OnnxExportParity : public testing::TestWithParam<OnnxCase> {};
 
@@ -184,8 +188,9 @@ TEST_P(OnnxExportParity, OnnxRuntimeDecodesLikeTheEngine) {
         const bool attn = cfg.layers[l] == LayerKind::Attention;
         for (const char* kind : attn ? std::vector<const char*>{"key", "value"}
                                      : std::vector<const char*>{"conv_state", "ssm_state"}) {
-            EXPECT_NE(std::find(s.inputs.begin(), s.inputs.end(), fmt::format("past_key_values.{}.{}", l, kind)),
-                      s.inputs.end());
+            EXPECT_NE(
+                std::find(s.inputs.begin(), s.inputs.end(), fmt::format("past_key_values.{}.{}", l, kind)),
+                s.inputs.end());
             EXPECT_NE(std::find(s.outputs.begin(), s.outputs.end(), fmt::format("present.{}.{}", l, kind)),
                       s.outputs.end());
         }
@@ -220,7 +225,9 @@ struct QuantCase {
     double fp32_rtol;  // the bound on |quantized − fp32| / max|fp32 logit| over the prefill logits
 };
 
-void PrintTo(const QuantCase& c, std::ostream* os) { *os << c.name; }
+void PrintTo(const QuantCase& c, std::ostream* os) {
+    *os << c.name;
+}
 
 class OnnxExportQuantized : public testing::TestWithParam<QuantCase> {};
 
@@ -299,7 +306,8 @@ INSTANTIATE_TEST_SUITE_P(
 TEST(OnnxExport, Q4WeightsWithinHalfAStepOfTheirBlock) {
     const int64_t out = 3, in = 40;  // one whole block and one of 8 columns per row
     std::vector<float> w(static_cast<size_t>(out * in));
-    for (int64_t i = 0; i < out * in; ++i) w[i] = std::sin(0.37f * static_cast<float>(i)) * static_cast<float>(1 + i % 7);
+    for (int64_t i = 0; i < out * in; ++i)
+        w[i] = std::sin(0.37f * static_cast<float>(i)) * static_cast<float>(1 + i % 7);
     std::fill_n(w.begin() + 2 * in, 32, 0.f);  // row 2's first block is zero
     const std::vector<float> q = onnx_dequantized_weight(w.data(), out, in, OnnxWeights::Q4);
     for (int64_t r = 0; r < out; ++r) {
@@ -328,7 +336,8 @@ TEST(OnnxExport, Q4WeightsWithinHalfAStepOfTheirBlock) {
 TEST(OnnxExport, Int8WeightsAreTheEnginesW8A16Rows) {
     const int64_t out = 4, in = 24;
     std::vector<float> w(static_cast<size_t>(out * in));
-    for (int64_t i = 0; i < out * in; ++i) w[i] = std::cos(0.91f * static_cast<float>(i)) * static_cast<float>(1 + i % 5);
+    for (int64_t i = 0; i < out * in; ++i)
+        w[i] = std::cos(0.91f * static_cast<float>(i)) * static_cast<float>(1 + i % 5);
     const ops::PackedWeight p = ops::pack_weight(w.data(), out, in, ops::WeightFormat::W8A16);
     const std::vector<float> q = onnx_dequantized_weight(w.data(), out, in, OnnxWeights::Int8);
     for (int64_t r = 0; r < out; ++r)
