@@ -34,10 +34,16 @@ void run_export_hf(const ExportArgs& a) {
 void run_export_onnx(const ExportArgs& a) {
     OnnxExportOptions opts;
     opts.overwrite = a.force;
+    MSLM_CHECK(a.type == "f32" || a.type == "int8" || a.type == "q4",
+               "export --format onnx: --type {} is not offered (f32, int8, q4 are)", a.type);
+    opts.weights = parse_onnx_weights(a.type);
     const OnnxExportSummary s = export_onnx(a.model, a.out, opts);
-    std::printf("%s\n", fmt::format("exported {} as ONNX (opset {}, {} nodes, {} initializers) to {}: {}", a.model,
-                                    s.opset, s.nodes, s.initializers, a.out, fmt::join(s.files, ", "))
-                            .c_str());
+    std::printf("%s\n",
+                fmt::format("exported {} as ONNX (opset {}, {} nodes, {} initializers, {} weights, {} "
+                            "matrices quantized) to {}: {}",
+                            a.model, s.opset, s.nodes, s.initializers, onnx_weights_name(opts.weights),
+                            s.quantized, a.out, fmt::join(s.files, ", "))
+                    .c_str());
 }
 
 }  // namespace
@@ -60,8 +66,11 @@ void register_export(CLI::App& app) {
         ->required();
     cmd->add_option("--dtype", a->dtype, "hf: tensor dtype (default: each tensor keeps its source dtype)")
         ->check(CLI::IsMember({"f32", "bf16", "f16"}));
-    cmd->add_option("--type", a->type, "gguf: tensor type of the matrices (f32, f16, q8_0, q4_0; default f32)")
-        ->check(CLI::IsMember({"f32", "f16", "q8_0", "q4_0"}));
+    cmd->add_option(
+           "--type", a->type,
+           "Type of the matrices (default f32). gguf: f32, f16, q8_0, q4_0; onnx: f32, int8 (per-row int8 + "
+           "DequantizeLinear), q4 (4-bit blocks of 32, com.microsoft MatMulNBits)")
+        ->check(CLI::IsMember({"f32", "f16", "q8_0", "q4_0", "int8", "q4"}));
     cmd->add_flag("--force", a->force, "Replace an existing output directory");
     cmd->callback([a] {
         if (a->format == "hf") return run_export_hf(*a);

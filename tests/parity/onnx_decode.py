@@ -4,7 +4,10 @@ Usage: onnx_decode.py EXPORT_DIR REFERENCE.json
 REFERENCE.json (written by tests/unit/test_onnx_export.cpp): {"prompts": [[ids...], ...] (one per
 sequence, equal lengths), "steps": total steps, "logits": [step][seq][vocab], "tokens": [step][seq]
 (the token fed at each step: the prompt, then the engine's greedy choices), "prefill_logits":
-[seq][position][vocab] (the engine's parallel prefill of each prompt), "atol", "rtol"}.
+[seq][position][vocab] (the engine's parallel prefill of each prompt), "atol", "rtol"}; for a
+quantized export also "fp32_prefill_logits" (the fp32 model's prefill) and "fp32_rtol", the bound on
+max|ORT − fp32| / max|fp32 logit| (the tight comparison is against the engine on the same
+dequantized weights).
 
 Two runs, all sequences as one batch: (1) model.onnx step by step from an empty state (zero-length KV
 caches, zero conv / SSM states); (2) model_prefill.onnx over the whole prompts, then model.onnx
@@ -73,6 +76,12 @@ def main():
     worst_prefill = compare("prefill", pre["logits"], ref["prefill_logits"], atol, rtol)
     if worst_prefill is None:
         return 1
+    fp32_note = ""
+    if "fp32_prefill_logits" in ref:
+        dist = compare("prefill vs the fp32 model", pre["logits"], ref["fp32_prefill_logits"], 0.0, ref["fp32_rtol"])
+        if dist is None:
+            return 1
+        fp32_note = f"; vs fp32 {dist:.3g} (bound {ref['fp32_rtol']})"
 
     tokens = np.array([p[0] for p in prompts], dtype=np.int64)
     worst = 0.0
@@ -122,7 +131,7 @@ def main():
             state[name] = outs["present." + name[len("past_key_values."):]]
         tokens = logits.argmax(axis=-1).astype(np.int64)
     print(f"ok: {steps} steps x {batch} sequences, step-by-step and prefill + decode; worst max|diff|/max|logit| "
-          f"{worst:.3g} (prefill {worst_prefill:.3g})")
+          f"{worst:.3g} (prefill {worst_prefill:.3g}){fp32_note}")
     return 0
 
 
