@@ -297,12 +297,13 @@ void reference(const Subject& s, const std::vector<uint16_t>& x, int64_t M, int6
 }
 
 // fp32 products summed in fp32: each output is a sum of K products added in a tree whose depth is at
-// most 8 (one word's codes) + 2 (the block's absmax, the lane's sum) + K / 512 (the lane's loads one
-// after the other) + 5 (the warp) + 3 (the warps of a row group) + 1 (the bias), each addition and
-// product one rounding of ≤ 2^-24: |error| ≤ n·2^-24·Σ|x·w| with n = 24 + K/512 (a bound, not an
-// estimate). One wrong code or absmax would move an output by about Σ|x·w| / K · O(1), far above.
+// most 8 (the 8 columns of one word) + 2 (times the block's absmax, into the lane's sum) + K / 256
+// (the lane's segments of 8 columns one after the other: at most one in 256 columns) + 5 (the warp) +
+// 3 (the warps sharing a row) + 1 (the bias), plus 1 for the reference's own rounding of code·absmax:
+// each a rounding of ≤ 2^-24 relative, so |error| ≤ n·2^-24·Σ|x·w| with n = 24 + K/256 (a bound, not
+// an estimate). One wrong code or absmax would move an output by about Σ|x·w| / K · O(1), far above.
 double gemv_tol(int64_t K, double mag) {
-    return (24.0 + double(K) / 512.0) * 0x1p-24 * mag;
+    return (24.0 + double(K) / 256.0) * 0x1p-24 * mag;
 }
 
 #endif  // MSLM_HAVE_CUDA

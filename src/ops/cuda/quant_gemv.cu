@@ -15,7 +15,9 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
+#include <string>
 
 #include "core/error.h"
 #include "ops/cuda/common.cuh"
@@ -58,6 +60,20 @@ __device__ __forceinline__ uint4 load_stream(const uint8_t* p) {
     return v;
 }
 
+// Programmatic dependent launch (sm_90; a no-op when launched without the attribute): the kernel
+// lets its successor launch at once, and issues its first weight loads (constants) before waiting
+// for its predecessor's results, so the weight stream overlaps the previous kernel's tail.
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_trigger() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
 __device__ __forceinline__ uint32_t word_of(const uint4& v, int i) {
     return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w;  // i is a compile-time constant
 }
@@ -89,6 +105,43 @@ __device__ __forceinline__ float int8_value(uint32_t biased, int i) {
     return __uint_as_float(__byte_perm(biased, 0x4B000000u, 0x7440u | unsigned(i))) - 8388736.0f;
 }
 
+// The 8 weights of 16-byte segment q of a load: 4-bit — byte i of the segment's word holds columns
+// 2i (high nibble) and 2i + 1 (low), and the nibbles times 4 are byte offsets into the code book;
+// int8 — bytes 8q .. 8q + 7.
+template <bool FOUR>
+__device__ __forceinline__ void decode8(float (&wv)[8], const uint4& w, int q, const char* code_base) {
+    if constexpr (FOUR) {
+        const uint32_t word = word_of(w, q);
+        const uint32_t hi4 = (word >> 2) & 0x3c3c3c3cu, lo4 = (word << 2) & 0x3c3c3c3cu;
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            wv[2 * i] = *reinterpret_cast<const float*>(code_base + __byte_perm(hi4, 0, 0x4440 | i));
+            wv[2 * i + 1] = *reinterpret_cast<const float*>(code_base + __byte_perm(lo4, 0, 0x4440 | i));
+        }
+    } else {
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            const uint32_t biased = word_of(w, 2 * q + h) ^ 0x80808080u;
+#pragma unroll
+            for (int i = 0; i < 4; ++i) wv[4 * h + i] = int8_value(biased, i);
+        }
+    }
+}
+
+// The 8 bf16 x values of one staged segment, in fp32.
+__device__ __forceinline__ void load_x(float (&xf)[8], const uint16_t* p) {
+    const uint4 v = *reinterpret_cast<const uint4*>(p);
+    xf[0] = bf_lo(v.x), xf[1] = bf_hi(v.x), xf[2] = bf_lo(v.y), xf[3] = bf_hi(v.y);
+    xf[4] = bf_lo(v.z), xf[5] = bf_hi(v.z), xf[6] = bf_lo(v.w), xf[7] = bf_hi(v.w);
+}
+
+__device__ __forceinline__ float dot8(const float (&w)[8], const float (&x)[8]) {
+    float p = 0.0f;
+#pragma unroll
+    for (int e = 0; e < 8; ++e) p = fmaf(w[e], x[e], p);
+    return p;
+}
+
 // out(row r, output o) of the epilogue, v (and v2: SwiGLU's up row) the fp32 products.
 __device__ __forceinline__ void epilogue(const QuantGemv& a, int64_t O, int64_t r, int64_t o, float v, float v2) {
     switch (a.epi) {
@@ -115,8 +168,10 @@ __device__ __forceinline__ void epilogue(const QuantGemv& a, int64_t O, int64_t 
 
 // Block (blockIdx.x, tile blockIdx.y): x rows [MT·tile, MT·tile + MT) against sets of RW weight rows
 // per group of KS = 2^ks_log2 warps. FOUR: 4-bit codes (DQ: double-quantized absmax), else int8.
+// Registers capped for 3 resident blocks (24 warps) an SM at one row of x, where the product is a
+// weight stream that needs loads in flight, and 2 blocks above.
 template <int MT, int RW, bool FOUR, bool DQ>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, MT == 1 ? 3 : 2)
     quant_gemv_kernel(QuantGemv a, int64_t O, int64_t Kp, int ks_log2, int bs_log2) {
     constexpr int SEGS = FOUR ? 4 : 2;
     constexpr int COLS = SEGS * 8;  // columns per 16-byte load of weights
@@ -129,6 +184,40 @@ __global__ void __launch_bounds__(kThreads)
     const int64_t K = a.W.in;
     const int64_t m0 = int64_t(blockIdx.y) * MT;
     const int mt = int(min(int64_t(MT), a.M - m0));
+    const int KS = 1 << ks_log2;
+    const int groups_per_block = kWarps >> ks_log2;
+    const int wg = warp >> ks_log2, ks = warp & (KS - 1);
+    const bool swiglu = a.epi == QuantEpilogue::SwiGLU;
+    const int outs = swiglu ? RW / 2 : RW;  // outputs per group
+    const int64_t n_groups = (O + outs - 1) / outs;
+    const int64_t n_sets = (n_groups + groups_per_block - 1) / groups_per_block;
+    const int64_t step = int64_t(KS) * 32 * COLS;
+    const int64_t c_first = int64_t(ks * 32 + lane) * COLS;  // this lane's first load in a row
+    // Rows of the group's set `set`: RW rows, or RW / 2 gate rows and their up rows for SwiGLU.
+    auto rows_of = [&](int64_t set, int64_t (&row)[RW], bool (&ok)[RW]) {
+        const int64_t o0 = (set * groups_per_block + wg) * outs;
+#pragma unroll
+        for (int j = 0; j < RW; ++j) {
+            const int jj = swiglu ? j % (RW / 2) : j;
+            ok[j] = o0 + jj < O;
+            row[j] = swiglu && j >= RW / 2 ? O + o0 + jj : o0 + jj;
+        }
+        return o0;
+    };
+
+    pdl_trigger();
+    uint4 first[RW];
+    {
+        int64_t row[RW];
+        bool ok[RW];
+        rows_of(blockIdx.x, row, ok);
+#pragma unroll
+        for (int j = 0; j < RW; ++j)
+            first[j] = ok[j] && c_first < Kp
+                           ? load_stream(a.W.data + row[j] * a.W.row_bytes + (FOUR ? c_first / 2 : c_first))
+                           : make_uint4(0, 0, 0, 0);
+    }
+    pdl_wait();  // x (and a residual output) come from the previous kernels
 
     // Stage the tile, zero beyond K and beyond the last row.
     const int64_t segs_row = Kp / 8;
@@ -142,10 +231,14 @@ __global__ void __launch_bounds__(kThreads)
             if (vec) {
                 if (s * 8 < K) v = *reinterpret_cast<const uint4*>(src);
             } else {
-                uint16_t t[8];
+                uint32_t p[4];
 #pragma unroll
-                for (int j = 0; j < 8; ++j) t[j] = s * 8 + j < K ? src[j] : uint16_t(0);
-                memcpy(&v, t, 16);
+                for (int j = 0; j < 4; ++j) {
+                    const uint32_t lo = s * 8 + 2 * j < K ? src[2 * j] : 0u;
+                    const uint32_t hi = s * 8 + 2 * j + 1 < K ? src[2 * j + 1] : 0u;
+                    p[j] = lo | hi << 16;
+                }
+                v = make_uint4(p[0], p[1], p[2], p[3]);
             }
         }
         *reinterpret_cast<uint4*>(xs + m * Kp + swizzle<SEGS>(s) * 8) = v;
@@ -155,38 +248,26 @@ __global__ void __launch_bounds__(kThreads)
         for (int i = threadIdx.x; i < 256; i += kThreads) ncode_s[i] = a.W.nested_code[i];
     __syncthreads();
 
-    const int KS = 1 << ks_log2;
-    const int groups_per_block = kWarps >> ks_log2;
-    const int wg = warp >> ks_log2, ks = warp & (KS - 1);
-    const bool swiglu = a.epi == QuantEpilogue::SwiGLU;
-    const int outs = swiglu ? RW / 2 : RW;  // outputs per group
-    const int64_t n_groups = (O + outs - 1) / outs;
-    const int64_t n_sets = (n_groups + groups_per_block - 1) / groups_per_block;
-    const int64_t step = int64_t(KS) * 32 * COLS;
     const char* code_base = reinterpret_cast<const char*>(code_s);
 
     for (int64_t set = blockIdx.x; set < n_sets; set += gridDim.x) {
-        const int64_t o0 = (set * groups_per_block + wg) * outs;
         int64_t row[RW];
         bool ok[RW];
-#pragma unroll
-        for (int j = 0; j < RW; ++j) {
-            const int jj = swiglu ? j % (RW / 2) : j;
-            ok[j] = o0 + jj < O;
-            row[j] = swiglu && j >= RW / 2 ? O + o0 + jj : o0 + jj;
-        }
+        const int64_t o0 = rows_of(set, row, ok);
         float acc[MT][RW];
 #pragma unroll
         for (int m = 0; m < MT; ++m)
 #pragma unroll
             for (int j = 0; j < RW; ++j) acc[m][j] = 0.0f;
 
-        for (int64_t c0 = int64_t(ks * 32 + lane) * COLS; c0 < Kp; c0 += step) {
+        for (int64_t c0 = c_first; c0 < Kp; c0 += step) {
             uint4 w[RW];
+            const bool preloaded = set == blockIdx.x && c0 == c_first;
 #pragma unroll
             for (int j = 0; j < RW; ++j)
-                w[j] = ok[j] ? load_stream(a.W.data + row[j] * a.W.row_bytes + (FOUR ? c0 / 2 : c0))
-                             : make_uint4(0, 0, 0, 0);
+                w[j] = preloaded ? first[j]
+                       : ok[j]   ? load_stream(a.W.data + row[j] * a.W.row_bytes + (FOUR ? c0 / 2 : c0))
+                                 : make_uint4(0, 0, 0, 0);
             float s_lo[RW], s_hi[RW];
             if constexpr (FOUR) {
                 const int64_t b = c0 >> bs_log2;
@@ -204,43 +285,33 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
             for (int q = 0; q < SEGS; ++q) {
                 const int64_t xoff = swizzle<SEGS>(sbase + q) * 8;
-                float wv[RW][8];
+                auto add = [&](int m, int j, float p) {
+                    if constexpr (FOUR)
+                        acc[m][j] = fmaf(p, q < SEGS / 2 ? s_lo[j] : s_hi[j], acc[m][j]);
+                    else
+                        acc[m][j] += p;
+                };
+                if constexpr (MT <= 2) {  // few x rows: keep them, decode one weight row at a time
+                    float xf[MT][8];
 #pragma unroll
-                for (int j = 0; j < RW; ++j) {
-                    if constexpr (FOUR) {
-                        // Byte i of the word holds columns 2i (high nibble) and 2i + 1 (low); the
-                        // nibbles times 4 are byte offsets into the code book.
-                        const uint32_t word = word_of(w[j], q);
-                        const uint32_t hi4 = (word >> 2) & 0x3c3c3c3cu, lo4 = (word << 2) & 0x3c3c3c3cu;
-#pragma unroll
-                        for (int i = 0; i < 4; ++i) {
-                            wv[j][2 * i] = *reinterpret_cast<const float*>(code_base + __byte_perm(hi4, 0, 0x4440 | i));
-                            wv[j][2 * i + 1] =
-                                *reinterpret_cast<const float*>(code_base + __byte_perm(lo4, 0, 0x4440 | i));
-                        }
-                    } else {
-#pragma unroll
-                        for (int h = 0; h < 2; ++h) {
-                            const uint32_t biased = word_of(w[j], 2 * q + h) ^ 0x80808080u;
-#pragma unroll
-                            for (int i = 0; i < 4; ++i) wv[j][4 * h + i] = int8_value(biased, i);
-                        }
-                    }
-                }
-#pragma unroll
-                for (int m = 0; m < MT; ++m) {
-                    const uint4 xv = *reinterpret_cast<const uint4*>(xs + m * Kp + xoff);
-                    const float xf[8] = {bf_lo(xv.x), bf_hi(xv.x), bf_lo(xv.y), bf_hi(xv.y),
-                                         bf_lo(xv.z), bf_hi(xv.z), bf_lo(xv.w), bf_hi(xv.w)};
+                    for (int m = 0; m < MT; ++m) load_x(xf[m], xs + m * Kp + xoff);
 #pragma unroll
                     for (int j = 0; j < RW; ++j) {
-                        float p = 0.0f;
+                        float wv[8];
+                        decode8<FOUR>(wv, w[j], q, code_base);
 #pragma unroll
-                        for (int e = 0; e < 8; ++e) p = fmaf(wv[j][e], xf[e], p);
-                        if constexpr (FOUR)
-                            acc[m][j] = fmaf(p, q < SEGS / 2 ? s_lo[j] : s_hi[j], acc[m][j]);
-                        else
-                            acc[m][j] += p;
+                        for (int m = 0; m < MT; ++m) add(m, j, dot8(wv, xf[m]));
+                    }
+                } else {  // many: decode every weight row once, then stream the x rows past them
+                    float wv[RW][8];
+#pragma unroll
+                    for (int j = 0; j < RW; ++j) decode8<FOUR>(wv[j], w[j], q, code_base);
+#pragma unroll
+                    for (int m = 0; m < MT; ++m) {
+                        float xf[8];
+                        load_x(xf, xs + m * Kp + xoff);
+#pragma unroll
+                        for (int j = 0; j < RW; ++j) add(m, j, dot8(wv[j], xf));
                     }
                 }
             }
@@ -275,6 +346,13 @@ __global__ void __launch_bounds__(kThreads)
     }
 }
 
+// MSLM_DECODE_PDL=0 turns programmatic dependent launch off, as for the decoder's own kernels (read
+// at each launch: a captured graph keeps what it captured).
+bool pdl_enabled() {
+    const char* env = std::getenv("MSLM_DECODE_PDL");
+    return !(env && std::string(env) == "0");
+}
+
 template <int MT, int RW, bool FOUR, bool DQ>
 void launch_gemv(const QuantGemv& a, int64_t O, int64_t Kp, cudaStream_t stream) {
     auto kernel = quant_gemv_kernel<MT, RW, FOUR, DQ>;
@@ -304,8 +382,18 @@ void launch_gemv(const QuantGemv& a, int64_t O, int64_t Kp, cudaStream_t stream)
     MSLM_CHECK(tiles <= 65535, "quant_gemv: {} rows of x in {} tiles of {} (at most 65535 tiles)", a.M, tiles, MT);
     int bs_log2 = 0;
     while (FOUR && (int64_t(1) << bs_log2) < a.W.blocksize) ++bs_log2;
-    kernel<<<dim3(unsigned(blocks), unsigned(tiles)), kThreads, smem, stream>>>(a, O, Kp, ks_log2, bs_log2);
-    detail::check_launch<uint16_t>("quant_gemv");
+    cudaLaunchConfig_t config{};
+    config.gridDim = dim3(unsigned(blocks), unsigned(tiles));
+    config.blockDim = dim3(kThreads);
+    config.dynamicSmemBytes = smem;
+    config.stream = stream;
+    cudaLaunchAttribute attribute{};
+    attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attribute.val.programmaticStreamSerializationAllowed = pdl_enabled() ? 1 : 0;
+    config.attrs = &attribute;
+    config.numAttrs = 1;
+    detail::check_cuda<uint16_t>(cudaLaunchKernelEx(&config, kernel, a, O, Kp, ks_log2, bs_log2), "launch",
+                                 "quant_gemv");
 }
 
 template <bool FOUR, bool DQ>
@@ -314,7 +402,7 @@ void dispatch_tile(const QuantGemv& a, int64_t O, int64_t Kp, int tile, cudaStre
         case 1: launch_gemv<1, 4, FOUR, DQ>(a, O, Kp, s); break;
         case 2: launch_gemv<2, 4, FOUR, DQ>(a, O, Kp, s); break;
         case 4: launch_gemv<4, 4, FOUR, DQ>(a, O, Kp, s); break;
-        case 8: launch_gemv<8, 4, FOUR, DQ>(a, O, Kp, s); break;
+        case 8: launch_gemv<8, 2, FOUR, DQ>(a, O, Kp, s); break;
         default: launch_gemv<16, 2, FOUR, DQ>(a, O, Kp, s); break;
     }
 }

@@ -128,6 +128,10 @@ struct QuantGemv {
 
 // Outputs per product: W.out, or W.out / 2 for SwiGLU.
 int64_t quant_gemv_outputs(const QuantGemv& a);
+// Launched with programmatic dependent launch (sm_90; MSLM_DECODE_PDL=0 turns it off): the kernel
+// starts its weight loads before the previous kernel in the stream has finished, and waits for it
+// before reading x or out. So W must not be written by a kernel just before it in the stream (the
+// decoder's weights are constants; copies are not kernels and complete first).
 void quant_gemv(const QuantGemv& a, void* stream);
 
 // out (W.out, W.in) bf16 row-major = the dequantized weights, each rounded once.
