@@ -16,8 +16,8 @@
 #include <vector>
 
 #ifdef MSLM_HAVE_CUDA
-#include "cuda_bench_util.h"
 #include "core/rng.h"
+#include "cuda_bench_util.h"
 #include "model/cuda_decoder_kernels.h"
 #include "ops/cuda/quant_gemv.h"
 #endif
@@ -62,8 +62,9 @@ int main(int argc, char** argv) {
         else if (a == "--peak-tbs")
             peak_tbs = std::stod(next());
         else {
-            fmt::print("usage: bench_cuda_quant_gemv [--shapes KxN,...] [--batch 1,4,16] [--iters 200] "
-                       "[--peak-tbs 4.3]\n");
+            fmt::print(
+                "usage: bench_cuda_quant_gemv [--shapes KxN,...] [--batch 1,4,16] [--iters 200] "
+                "[--peak-tbs 4.3]\n");
             return a == "--help" || a == "-h" ? 0 : 1;
         }
     }
@@ -79,7 +80,8 @@ int main(int argc, char** argv) {
     }
     fmt::print("# quantized GEMV, {} — y (M, N) = x (M, K) · Wᵀ, fp32 out; weights cycled over ≥ 512 MiB\n\n",
                cuda_device_summary());
-    fmt::print("| K x N | format | M | bytes/call | µs | GB/s | of {:.1f} TB/s | weight bytes vs bf16 |\n", peak_tbs);
+    fmt::print("| K x N | format | M | bytes/call | µs | GB/s | of {:.1f} TB/s | weight bytes vs bf16 |\n",
+               peak_tbs);
     fmt::print("|---|---|---|---|---|---|---|---|\n");
     std::vector<void*> owned;
     Rng rng(1);
@@ -164,8 +166,9 @@ int main(int argc, char** argv) {
                 const float ms = cuda_bench::time_ms(op, std::max(3, copies), iters);
                 const double bytes = wbytes + 2.0 * double(M * K) + 4.0 * double(M * N);
                 const double gbs = bytes / (ms * 1e-3) / 1e9;
-                fmt::print("| {}x{} | {} | {} | {:.2f} MB | {:.2f} | {:.0f} | {:.1f}% | {:.3f} |\n", K, N, v.name, M,
-                           bytes / 1e6, ms * 1e3, gbs, 100.0 * gbs / (peak_tbs * 1e3), wbytes / bf16_bytes);
+                fmt::print("| {}x{} | {} | {} | {:.2f} MB | {:.2f} | {:.0f} | {:.1f}% | {:.3f} |\n", K, N,
+                           v.name, M, bytes / 1e6, ms * 1e3, gbs, 100.0 * gbs / (peak_tbs * 1e3),
+                           wbytes / bf16_bytes);
             }
         }
     }

@@ -72,7 +72,8 @@ void expect_rows_close(const std::vector<float>& got, const std::vector<float>& 
             err = std::max(err, std::fabs(double(got[r * w + i]) - double(want[r * w + i])));
             scale = std::max(scale, std::fabs(double(want[r * w + i])));
         }
-        EXPECT_LE(err, kRelTol * scale) << what << " row " << r << ": max diff " << err << ", scale " << scale;
+        EXPECT_LE(err, kRelTol * scale)
+            << what << " row " << r << ": max diff " << err << ", scale " << scale;
     }
 }
 
@@ -197,8 +198,8 @@ TEST(CudaQuantDecoderLong, LongPromptAndManySlots) {
         const std::vector<int32_t> prompt = random_ids(rng, 100, V);
         p.cpu->prefill(0, prompt, lc.data(), nullptr);
         p.gpu->prefill(0, prompt, lg.data(), nullptr);
-        expect_rows_close(std::vector<float>(lg.begin(), lg.begin() + V), std::vector<float>(lc.begin(), lc.begin() + V),
-                          V, "100-token prefill");
+        expect_rows_close(std::vector<float>(lg.begin(), lg.begin() + V),
+                          std::vector<float>(lc.begin(), lc.begin() + V), V, "100-token prefill");
         for (int64_t s = 1; s < slots; ++s) {
             const std::vector<int32_t> ids = random_ids(rng, 1 + s % 5, V);
             p.cpu->prefill(s, ids, lc.data(), nullptr);

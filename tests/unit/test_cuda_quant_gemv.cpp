@@ -54,16 +54,17 @@ std::vector<float> bnb_reference(const std::vector<float>& W, int64_t out, int64
     std::vector<quant::Bnb4Quantized> rows;
     std::vector<float> absmax;
     for (int64_t r = 0; r < out; ++r) {
-        rows.push_back(quant::bnb4_quantize(std::span<const float>(W.data() + r * in, static_cast<size_t>(in)),
-                                            bnb_type(f), blocksize));
+        rows.push_back(quant::bnb4_quantize(
+            std::span<const float>(W.data() + r * in, static_cast<size_t>(in)), bnb_type(f), blocksize));
         absmax.insert(absmax.end(), rows.back().absmax.begin(), rows.back().absmax.end());
     }
     if (double_quant) absmax = quant::double_dequantize_absmax(quant::double_quantize_absmax(absmax));
     std::vector<float> deq(W.size());
     for (int64_t r = 0; r < out; ++r)
-        quant::bnb4_dequantize(rows[r].packed,
-                               std::span<const float>(absmax.data() + r * row_blocks, static_cast<size_t>(row_blocks)),
-                               bnb_type(f), blocksize, std::span<float>(deq.data() + r * in, static_cast<size_t>(in)));
+        quant::bnb4_dequantize(
+            rows[r].packed,
+            std::span<const float>(absmax.data() + r * row_blocks, static_cast<size_t>(row_blocks)),
+            bnb_type(f), blocksize, std::span<float>(deq.data() + r * in, static_cast<size_t>(in)));
     return deq;
 }
 
@@ -71,19 +72,20 @@ struct Shape4 {
     int64_t out, in, blocksize;
 };
 // Odd rows, rows shorter than a block, rows not a multiple of the blocksize or of 32, long rows.
-constexpr Shape4 kShapes4[] = {{5, 64, 64},  {3, 200, 64}, {7, 33, 32},    {4, 1000, 128},
-                               {2, 1, 64},   {6, 95, 256}, {3, 2048, 64}, {1, 4096, 4096}};
+constexpr Shape4 kShapes4[] = {{5, 64, 64}, {3, 200, 64}, {7, 33, 32},   {4, 1000, 128},
+                               {2, 1, 64},  {6, 95, 256}, {3, 2048, 64}, {1, 4096, 4096}};
 
 TEST(CudaQuantLayout, FourBitIsBitsandbytesDequantized) {
     Rng rng(1);
     for (QuantFormat f : {QuantFormat::NF4, QuantFormat::FP4})
         for (bool dq : {false, true})
             for (const Shape4& s : kShapes4) {
-                SCOPED_TRACE(std::string(ops::cuda::quant_format_name(f)) + (dq ? " double quant" : "") + " " +
-                             std::to_string(s.out) + "x" + std::to_string(s.in) + " blocks of " +
+                SCOPED_TRACE(std::string(ops::cuda::quant_format_name(f)) + (dq ? " double quant" : "") +
+                             " " + std::to_string(s.out) + "x" + std::to_string(s.in) + " blocks of " +
                              std::to_string(s.blocksize));
                 const std::vector<float> W = random_weights(rng, s.out, s.in);
-                const QuantHostWeight q = ops::cuda::quant_weight_4bit(W.data(), s.out, s.in, f, s.blocksize, dq);
+                const QuantHostWeight q =
+                    ops::cuda::quant_weight_4bit(W.data(), s.out, s.in, f, s.blocksize, dq);
                 const std::vector<float> ref = bnb_reference(W, s.out, s.in, f, s.blocksize, dq);
                 EXPECT_EQ(q.row_bytes % 16, 0);
                 EXPECT_EQ(q.double_quant, dq);
@@ -96,7 +98,8 @@ TEST(CudaQuantLayout, FourBitIsBitsandbytesDequantized) {
                 for (int64_t r = 0; r < s.out; ++r)
                     for (int64_t c = s.in; c < 2 * q.row_bytes; ++c) {
                         const uint8_t byte = q.data[r * q.row_bytes + c / 2];
-                        EXPECT_EQ(code[c % 2 == 0 ? byte >> 4 : byte & 15], 0.0f) << "row " << r << " column " << c;
+                        EXPECT_EQ(code[c % 2 == 0 ? byte >> 4 : byte & 15], 0.0f)
+                            << "row " << r << " column " << c;
                     }
             }
 }
@@ -135,7 +138,8 @@ TEST(CudaQuantLayout, FromPackedIsTheCpuWeight) {
     for (QuantFormat f : {QuantFormat::NF4, QuantFormat::FP4})
         for (const Case& c : {Case{6, 48, false, 16}, Case{5, 160, false, 32}, Case{4, 256, false, 64},
                               Case{7, 100, true, 64}, Case{3, 5, true, 64}}) {
-            SCOPED_TRACE(std::to_string(c.out) + "x" + std::to_string(c.in) + (c.row_blocks ? " row blocks" : ""));
+            SCOPED_TRACE(std::to_string(c.out) + "x" + std::to_string(c.in) +
+                         (c.row_blocks ? " row blocks" : ""));
             const std::vector<float> W = random_weights(rng, c.out, c.in);
             std::vector<uint8_t> codes;
             std::vector<float> absmax;
@@ -143,7 +147,8 @@ TEST(CudaQuantLayout, FromPackedIsTheCpuWeight) {
                 codes.assign(static_cast<size_t>((c.out * c.in + 1) / 2), 0);
                 for (int64_t r = 0; r < c.out; ++r) {
                     const quant::Bnb4Quantized q = quant::bnb4_quantize(
-                        std::span<const float>(W.data() + r * c.in, static_cast<size_t>(c.in)), bnb_type(f), 64);
+                        std::span<const float>(W.data() + r * c.in, static_cast<size_t>(c.in)), bnb_type(f),
+                        64);
                     absmax.insert(absmax.end(), q.absmax.begin(), q.absmax.end());
                     for (int64_t k = 0; k < c.in; ++k) {
                         const int v = k % 2 == 0 ? q.packed[k / 2] >> 4 : q.packed[k / 2] & 15;
@@ -157,9 +162,9 @@ TEST(CudaQuantLayout, FromPackedIsTheCpuWeight) {
                 absmax = q.absmax;
             }
             ops::PackedWeight p;
-            ASSERT_TRUE(ops::pack_weight_4bit(p, codes.data(), absmax.data(), quant::bnb4_code(bnb_type(f)).data(),
-                                              c.out, c.in, 64, c.row_blocks,
-                                              f == QuantFormat::NF4 ? ops::WeightFormat::NF4 : ops::WeightFormat::FP4));
+            ASSERT_TRUE(ops::pack_weight_4bit(
+                p, codes.data(), absmax.data(), quant::bnb4_code(bnb_type(f)).data(), c.out, c.in, 64,
+                c.row_blocks, f == QuantFormat::NF4 ? ops::WeightFormat::NF4 : ops::WeightFormat::FP4));
             ASSERT_EQ(p.group, c.group);
             const QuantHostWeight q = ops::cuda::quant_weight_from_packed(p);
             EXPECT_EQ(q.blocksize, c.group);
@@ -179,7 +184,8 @@ TEST(CudaQuantLayout, FromPackedIsTheCpuWeight) {
             EXPECT_EQ(q.format, QuantFormat::Int8);
             EXPECT_EQ(q.row_bytes % 16, 0);
             for (int64_t r = 0; r < out; ++r)
-                for (int64_t k = 0; k < in; ++k) ASSERT_TRUE(same_bits(q.at(r, k), p.at(r, k) * p.scale.get()[r]));
+                for (int64_t k = 0; k < in; ++k)
+                    ASSERT_TRUE(same_bits(q.at(r, k), p.at(r, k) * p.scale.get()[r]));
         }
 }
 
@@ -218,8 +224,8 @@ struct Subject {
 
 Subject subject_4bit(Rng& rng, QuantFormat f, int64_t out, int64_t in, int64_t blocksize, bool dq) {
     const std::vector<float> W = random_weights(rng, out, in);
-    Subject s{std::string(ops::cuda::quant_format_name(f)) + (dq ? "+dq" : "") + " " + std::to_string(out) + "x" +
-                  std::to_string(in) + " bs" + std::to_string(blocksize),
+    Subject s{std::string(ops::cuda::quant_format_name(f)) + (dq ? "+dq" : "") + " " + std::to_string(out) +
+                  "x" + std::to_string(in) + " bs" + std::to_string(blocksize),
               ops::cuda::quant_weight_4bit(W.data(), out, in, f, blocksize, dq),
               bnb_reference(W, out, in, f, blocksize, dq)};
     return s;
@@ -245,8 +251,8 @@ Subject subject_blocks16(Rng& rng, int64_t out) {
 Subject subject_int8(Rng& rng, int64_t out, int64_t in) {
     const std::vector<float> W = random_weights(rng, out, in);
     const ops::PackedWeight p = ops::pack_weight(W.data(), out, in, ops::WeightFormat::W8A16);
-    Subject s{"int8 " + std::to_string(out) + "x" + std::to_string(in), ops::cuda::quant_weight_from_packed(p),
-              std::vector<float>(static_cast<size_t>(out * in))};
+    Subject s{"int8 " + std::to_string(out) + "x" + std::to_string(in),
+              ops::cuda::quant_weight_from_packed(p), std::vector<float>(static_cast<size_t>(out * in))};
     for (int64_t r = 0; r < out; ++r)
         for (int64_t c = 0; c < in; ++c) s.w[r * in + c] = p.at(r, c) * p.scale.get()[r];
     return s;
@@ -257,8 +263,8 @@ std::vector<Subject> subjects() {
     std::vector<Subject> v;
     for (QuantFormat f : {QuantFormat::NF4, QuantFormat::FP4})
         for (bool dq : {false, true}) {
-            v.push_back(subject_4bit(rng, f, 37, 200, 64, dq));   // rows off the blocksize and 32
-            v.push_back(subject_4bit(rng, f, 13, 33, 32, dq));    // odd row length
+            v.push_back(subject_4bit(rng, f, 37, 200, 64, dq));    // rows off the blocksize and 32
+            v.push_back(subject_4bit(rng, f, 13, 33, 32, dq));     // odd row length
             v.push_back(subject_4bit(rng, f, 300, 2048, 64, dq));  // two warps a row group
         }
     v.push_back(subject_4bit(rng, QuantFormat::NF4, 64, 8192, 64, false));  // eight warps a row group
@@ -278,8 +284,8 @@ std::vector<uint16_t> random_bf16(Rng& rng, size_t n) {
 }
 
 // The product of x (M rows of ld_x) with the reference weights in double, and Σ |x·w| per output.
-void reference(const Subject& s, const std::vector<uint16_t>& x, int64_t M, int64_t ld_x, std::vector<double>& y,
-               std::vector<double>& mag) {
+void reference(const Subject& s, const std::vector<uint16_t>& x, int64_t M, int64_t ld_x,
+               std::vector<double>& y, std::vector<double>& mag) {
     const int64_t O = s.host.out, K = s.host.in;
     y.assign(static_cast<size_t>(M * O), 0.0);
     mag.assign(y.size(), 0.0);
@@ -396,7 +402,8 @@ TEST(CudaQuantGemv, Epilogues) {
                         ref[i] = sg * u;
                         // silu' ≤ 1.1: |Δ silu| ≤ 1.1·|Δg|.
                         tol[i] = 1.1 * (e + 0x1p-8 * std::fabs(a)) * std::fabs(u) +
-                                 std::fabs(sg) * (eu + 0x1p-8 * std::fabs(u)) + 0x1p-8 * std::fabs(ref[i]) + 1e-30;
+                                 std::fabs(sg) * (eu + 0x1p-8 * std::fabs(u)) + 0x1p-8 * std::fabs(ref[i]) +
+                                 1e-30;
                     }
                 }
             EXPECT_TRUE(test::all_within(dout.download(), ref, tol));
@@ -453,7 +460,6 @@ TEST(CudaQuantGemv, RefusesMalformedCalls) {
     }
 #endif
 }
-
 
 }  // namespace
 }  // namespace mslm

@@ -90,10 +90,12 @@ __device__ __forceinline__ int64_t swizzle(int64_t s) {
 // A block's absmax in fp32: stored, or bitsandbytes' double quantization (code · nested absmax,
 // then + offset, each rounded as bitsandbytes does: no fused multiply-add).
 template <bool DQ>
-__device__ __forceinline__ float block_absmax(const QuantWeight& W, const float* ncode, int64_t row, int64_t b) {
+__device__ __forceinline__ float block_absmax(const QuantWeight& W, const float* ncode, int64_t row,
+                                              int64_t b) {
     const int64_t i = row * W.row_blocks + b;
     if constexpr (DQ) {
-        return __fadd_rn(__fmul_rn(ncode[__ldg(W.absmax_q + i)], __ldg(W.nested_absmax + (i >> 8))), W.offset);
+        return __fadd_rn(__fmul_rn(ncode[__ldg(W.absmax_q + i)], __ldg(W.nested_absmax + (i >> 8))),
+                         W.offset);
     } else {
         return __ldg(W.scale + i);
     }
@@ -143,7 +145,8 @@ __device__ __forceinline__ float dot8(const float (&w)[8], const float (&x)[8]) 
 }
 
 // out(row r, output o) of the epilogue, v (and v2: SwiGLU's up row) the fp32 products.
-__device__ __forceinline__ void epilogue(const QuantGemv& a, int64_t O, int64_t r, int64_t o, float v, float v2) {
+__device__ __forceinline__ void epilogue(const QuantGemv& a, int64_t O, int64_t r, int64_t o, float v,
+                                         float v2) {
     switch (a.epi) {
         case QuantEpilogue::Store:
             a.out[r * a.ld_out + o] = to_bf(a.bias ? v + bf(a.bias[o]) : v);
@@ -174,7 +177,7 @@ template <int MT, int RW, bool FOUR, bool DQ>
 __global__ void __launch_bounds__(kThreads, MT == 1 ? 3 : 2)
     quant_gemv_kernel(QuantGemv a, int64_t O, int64_t Kp, int ks_log2, int bs_log2) {
     constexpr int SEGS = FOUR ? 4 : 2;
-    constexpr int COLS = SEGS * 8;  // columns per 16-byte load of weights
+    constexpr int COLS = SEGS * 8;                  // columns per 16-byte load of weights
     extern __shared__ __align__(16) uint16_t xs[];  // (MT, Kp), swizzled segments
     __shared__ float code_s[16];
     __shared__ float ncode_s[DQ ? 256 : 1];
@@ -194,7 +197,7 @@ __global__ void __launch_bounds__(kThreads, MT == 1 ? 3 : 2)
     const int64_t step = int64_t(KS) * 32 * COLS;
     const int64_t c_first = int64_t(ks * 32 + lane) * COLS;  // this lane's first load in a row
     // Rows of the group's set `set`: RW rows, or RW / 2 gate rows and their up rows for SwiGLU.
-    auto rows_of = [&](int64_t set, int64_t (&row)[RW], bool (&ok)[RW]) {
+    auto rows_of = [&](int64_t set, int64_t(&row)[RW], bool(&ok)[RW]) {
         const int64_t o0 = (set * groups_per_block + wg) * outs;
 #pragma unroll
         for (int j = 0; j < RW; ++j) {
@@ -375,11 +378,13 @@ void launch_gemv(const QuantGemv& a, int64_t O, int64_t Kp, cudaStream_t stream)
     const int64_t sets = ((O + outs - 1) / outs + (kWarps >> ks_log2) - 1) / (kWarps >> ks_log2);
     detail::check_cuda<uint16_t>(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device),
                                  "cudaDeviceGetAttribute", "quant_gemv");
-    detail::check_cuda<uint16_t>(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&resident, kernel, kThreads, smem),
-                                 "cudaOccupancyMaxActiveBlocksPerMultiprocessor", "quant_gemv");
+    detail::check_cuda<uint16_t>(
+        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&resident, kernel, kThreads, smem),
+        "cudaOccupancyMaxActiveBlocksPerMultiprocessor", "quant_gemv");
     const int64_t blocks = std::min<int64_t>(sets, int64_t(sms) * std::max(resident, 1));
     const int64_t tiles = (a.M + MT - 1) / MT;
-    MSLM_CHECK(tiles <= 65535, "quant_gemv: {} rows of x in {} tiles of {} (at most 65535 tiles)", a.M, tiles, MT);
+    MSLM_CHECK(tiles <= 65535, "quant_gemv: {} rows of x in {} tiles of {} (at most 65535 tiles)", a.M, tiles,
+               MT);
     int bs_log2 = 0;
     while (FOUR && (int64_t(1) << bs_log2) < a.W.blocksize) ++bs_log2;
     cudaLaunchConfig_t config{};
@@ -399,19 +404,29 @@ void launch_gemv(const QuantGemv& a, int64_t O, int64_t Kp, cudaStream_t stream)
 template <bool FOUR, bool DQ>
 void dispatch_tile(const QuantGemv& a, int64_t O, int64_t Kp, int tile, cudaStream_t s) {
     switch (tile) {
-        case 1: launch_gemv<1, 4, FOUR, DQ>(a, O, Kp, s); break;
-        case 2: launch_gemv<2, 4, FOUR, DQ>(a, O, Kp, s); break;
-        case 4: launch_gemv<4, 4, FOUR, DQ>(a, O, Kp, s); break;
-        case 8: launch_gemv<8, 2, FOUR, DQ>(a, O, Kp, s); break;
-        default: launch_gemv<16, 2, FOUR, DQ>(a, O, Kp, s); break;
+        case 1:
+            launch_gemv<1, 4, FOUR, DQ>(a, O, Kp, s);
+            break;
+        case 2:
+            launch_gemv<2, 4, FOUR, DQ>(a, O, Kp, s);
+            break;
+        case 4:
+            launch_gemv<4, 4, FOUR, DQ>(a, O, Kp, s);
+            break;
+        case 8:
+            launch_gemv<8, 2, FOUR, DQ>(a, O, Kp, s);
+            break;
+        default:
+            launch_gemv<16, 2, FOUR, DQ>(a, O, Kp, s);
+            break;
     }
 }
 
 void check_weight(const QuantWeight& W, const char* op) {
     MSLM_CHECK(W.out > 0 && W.in > 0 && W.data && detail::aligned16(W.data) && W.row_bytes % 16 == 0 &&
                    W.row_bytes * (W.format == QuantFormat::Int8 ? 1 : 2) >= quant_padded_in(W.format, W.in),
-               "{}: malformed {} weight ({} x {}, {} bytes a row)", op, quant_format_name(W.format), W.out, W.in,
-               W.row_bytes);
+               "{}: malformed {} weight ({} x {}, {} bytes a row)", op, quant_format_name(W.format), W.out,
+               W.in, W.row_bytes);
     if (W.format == QuantFormat::Int8) {
         MSLM_CHECK(W.scale, "{}: int8 weight without row scales", op);
         return;
@@ -426,7 +441,8 @@ void check_weight(const QuantWeight& W, const char* op) {
 
 __global__ void dequantize_kernel(uint16_t* __restrict__ out, QuantWeight W) {
     const int64_t n = W.out * W.in;
-    for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < n; e += int64_t(gridDim.x) * blockDim.x) {
+    for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < n;
+         e += int64_t(gridDim.x) * blockDim.x) {
         const int64_t r = e / W.in, c = e - r * W.in;
         const uint8_t* row = W.data + r * W.row_bytes;
         float v;
@@ -454,8 +470,8 @@ int64_t quant_gemv_outputs(const QuantGemv& a) {
 
 void quant_gemv(const QuantGemv& a, void* stream) {
     check_weight(a.W, "quant_gemv");
-    MSLM_CHECK(a.M >= 0 && (a.M == 0 || (a.x && a.ld_x >= a.W.in)), "quant_gemv: x ({} rows, row stride {}) for {} columns",
-               a.M, a.ld_x, a.W.in);
+    MSLM_CHECK(a.M >= 0 && (a.M == 0 || (a.x && a.ld_x >= a.W.in)),
+               "quant_gemv: x ({} rows, row stride {}) for {} columns", a.M, a.ld_x, a.W.in);
     MSLM_CHECK(a.epi != QuantEpilogue::SwiGLU || a.W.out % 2 == 0,
                "quant_gemv: SwiGLU needs [gate | up] rows, got {} rows", a.W.out);
     const int64_t O = quant_gemv_outputs(a);
@@ -466,8 +482,9 @@ void quant_gemv(const QuantGemv& a, void* stream) {
     int tile = 1;
     while (tile < std::min<int64_t>(a.M, kQuantGemvMaxRows)) tile *= 2;
     while (tile > 1 && size_t(tile) * size_t(Kp) * 2 > kMaxSmem) tile /= 2;
-    MSLM_CHECK(size_t(Kp) * 2 <= kMaxSmem, "quant_gemv: a row of {} columns does not fit in shared memory (at most {})",
-               a.W.in, kMaxSmem / 2);
+    MSLM_CHECK(size_t(Kp) * 2 <= kMaxSmem,
+               "quant_gemv: a row of {} columns does not fit in shared memory (at most {})", a.W.in,
+               kMaxSmem / 2);
     auto s = static_cast<cudaStream_t>(stream);
     if (a.W.format == QuantFormat::Int8)
         dispatch_tile<false, false>(a, O, Kp, tile, s);
@@ -512,9 +529,10 @@ QuantWeight quant_weight_upload(const QuantHostWeight& w, void* block, void* str
     v.scale = w.scale.empty() ? nullptr : reinterpret_cast<const float*>(scale);
     if (w.double_quant) {
         v.absmax_q = reinterpret_cast<const uint8_t*>(put(w.absmax_q.data(), w.absmax_q.size()));
-        v.nested_absmax =
-            reinterpret_cast<const float*>(put(w.nested_absmax.data(), sizeof(float) * w.nested_absmax.size()));
-        MSLM_CHECK(w.nested_code.size() == 256, "quant_weight_upload: double quantization without its 256-entry map");
+        v.nested_absmax = reinterpret_cast<const float*>(
+            put(w.nested_absmax.data(), sizeof(float) * w.nested_absmax.size()));
+        MSLM_CHECK(w.nested_code.size() == 256,
+                   "quant_weight_upload: double quantization without its 256-entry map");
         v.nested_code = reinterpret_cast<const float*>(put(w.nested_code.data(), sizeof(float) * 256));
     }
     return v;

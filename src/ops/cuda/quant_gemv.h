@@ -30,8 +30,8 @@
 // tests/unit/test_cuda_quant_gemv.cpp). quant_dequantize_bf16 rounds each dequantized fp32 weight to
 // bf16 once (bitsandbytes with bnb_4bit_compute_dtype=bfloat16 does the same).
 //
-// Plain C++17 header (the .cu files compile as C++17). The host-side builders (quant_weight_*) exist in every build, so the layout is
-// tested without a GPU; the device functions only in builds with MSLM_HAVE_CUDA.
+// Plain C++17 header (the .cu files compile as C++17). The host-side builders (quant_weight_*) exist in every
+// build, so the layout is tested without a GPU; the device functions only in builds with MSLM_HAVE_CUDA.
 #pragma once
 #include <array>
 #include <cstddef>
@@ -86,8 +86,8 @@ QuantHostWeight quant_weight_from_packed(const PackedWeight& p);
 // W (out, in) fp32 quantized with bitsandbytes' quantizer (quant/bnb.h), each row in blocks of its
 // own; double_quant quantizes the (out, row_blocks) absmax array as bitsandbytes' compress_statistics.
 // format NF4 or FP4.
-QuantHostWeight quant_weight_4bit(const float* W, int64_t out, int64_t in, QuantFormat format, int64_t blocksize,
-                                  bool double_quant);
+QuantHostWeight quant_weight_4bit(const float* W, int64_t out, int64_t in, QuantFormat format,
+                                  int64_t blocksize, bool double_quant);
 // W (out, in) fp32 to int8 rows: q = round(w · 127 / absmax), half to even; scale = absmax / 127.
 QuantHostWeight quant_weight_int8(const float* W, int64_t out, int64_t in);
 

@@ -28,7 +28,8 @@ int zero_code(const std::array<float, 16>& code) {
 
 void set_nibble(std::vector<uint8_t>& data, int64_t row_bytes, int64_t r, int64_t c, int q) {
     uint8_t& byte = data[static_cast<size_t>(r * row_bytes + c / 2)];
-    byte = c % 2 == 0 ? static_cast<uint8_t>((byte & 0x0f) | q << 4) : static_cast<uint8_t>((byte & 0xf0) | q);
+    byte =
+        c % 2 == 0 ? static_cast<uint8_t>((byte & 0x0f) | q << 4) : static_cast<uint8_t>((byte & 0xf0) | q);
 }
 
 // A 4-bit weight with every code the zero code (the padding), shaped and sized.
@@ -145,15 +146,15 @@ QuantHostWeight quant_weight_from_packed(const PackedWeight& p) {
     return w;
 }
 
-QuantHostWeight quant_weight_4bit(const float* W, int64_t out, int64_t in, QuantFormat format, int64_t blocksize,
-                                  bool double_quant) {
+QuantHostWeight quant_weight_4bit(const float* W, int64_t out, int64_t in, QuantFormat format,
+                                  int64_t blocksize, bool double_quant) {
     MSLM_CHECK(format != QuantFormat::Int8, "quant_weight_4bit: int8 is not a 4-bit format");
     const quant::Bnb4Type type = format == QuantFormat::NF4 ? quant::Bnb4Type::NF4 : quant::Bnb4Type::FP4;
     QuantHostWeight w = empty_4bit(format, out, in, blocksize, quant::bnb4_code(type));
     w.scale.resize(static_cast<size_t>(out * w.row_blocks));
     for (int64_t r = 0; r < out; ++r) {
-        const quant::Bnb4Quantized q =
-            quant::bnb4_quantize(std::span<const float>(W + r * in, static_cast<size_t>(in)), type, blocksize);
+        const quant::Bnb4Quantized q = quant::bnb4_quantize(
+            std::span<const float>(W + r * in, static_cast<size_t>(in)), type, blocksize);
         std::copy(q.absmax.begin(), q.absmax.end(), w.scale.begin() + r * w.row_blocks);
         // The row's codes start on a byte of their own: a row's packed bytes are the layout's bytes.
         std::copy(q.packed.begin(), q.packed.end(), w.data.begin() + r * w.row_bytes);
