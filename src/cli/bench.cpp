@@ -22,12 +22,13 @@ void register_bench(CLI::App& app) {
                                    "(train, prefill, decode, memory), or the kernel-family profile of a "
                                    "CUDA training step (--profile)");
     struct Args {
-        std::string preset, model, device = "cpu", dtype = "f32", tables = "train,prefill,decode,memory",
+        std::string preset, model, device = "cpu", tables = "train,prefill,decode,memory",
                                    decode_batch = "1,8,64";
         int64_t batch = 0, seq = 0, decode_tokens = 0;
         int steps = 0, warmup = -1;
         double peak_tflops = 790, peak_tbs = 4.3;
         bool json = false, profile = false;
+        std::string dtype = "f32";
     };
     auto args = std::make_shared<Args>();
     auto* p =
