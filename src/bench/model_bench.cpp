@@ -204,6 +204,8 @@ BenchReport run_bench(const ModelConfig& cfg_in, const std::string& model_name, 
     }
 
     const bool prefill = wants(o, "prefill"), decode = wants(o, "decode");
+    r.dtype = ops::weight_format_name(ops::parse_weight_format(o.dtype));
+    if (prefill || decode) model.pack_weights(ops::parse_weight_format(o.dtype));
     std::unique_ptr<CausalLM> lm;
     if (prefill || decode || (wants(o, "memory") && cuda)) lm = make_causal_lm(model, r.device);
     std::vector<float> logits;
@@ -303,6 +305,8 @@ nlohmann::json number_or_null(const std::optional<double>& v) {
 std::string format_bench_markdown(const BenchReport& r) {
     std::string s = fmt::format("# mamba-slm bench: {} ({} parameters) on {} — {}\n", r.model,
                                 format_count(r.params), r.device, r.device_desc);
+    if (!r.dtype.empty() && (r.prefill || !r.decode.empty()))
+        s += fmt::format("\nprefill and decode weights: {}\n", r.dtype);
     if (r.train) {
         const TrainResult& t = *r.train;
         s += "\n## train (zero_grad + forward + backward + clip + AdamW; random tokens)\n\n";
@@ -340,7 +344,8 @@ std::string format_bench_markdown(const BenchReport& r) {
 
 nlohmann::json bench_report_json(const BenchReport& r) {
     using nlohmann::json;
-    json j = {{"model", r.model}, {"device", r.device}, {"device_desc", r.device_desc}, {"params", r.params}};
+    json j = {{"model", r.model},   {"device", r.device}, {"device_desc", r.device_desc},
+              {"params", r.params}, {"dtype", r.dtype}};
     if (r.train) {
         const TrainResult& t = *r.train;
         j["train"] = {{"batch", t.batch},

@@ -25,6 +25,9 @@ namespace mslm::bench {
 
 struct BenchOptions {
     std::string device = "cpu";  // cpu, cuda or cuda:N
+    // Weights of the prefill and decode tables (ops::parse_weight_format): f32, bf16, int8, w8a16, nf4,
+    // fp4; packed after the train table. On a GPU f32 and bf16 both mean bf16 weights.
+    std::string dtype = "f32";
     // 0: the device's default — CPU 1 × 256, GPU 8 × 2048 (T at most the model's max_seq_len unless
     // given; a larger T raises it, the weights being random).
     int64_t batch = 0, seq = 0;
@@ -59,6 +62,7 @@ struct BenchReport {
     std::string model;        // "preset tiny", or the directory
     std::string device;       // "cpu", "cuda:0"
     std::string device_desc;  // threads and kernels, or the GPU
+    std::string dtype;        // the prefill and decode tables' weights
     int64_t params = 0;
     int64_t prompt = 0;  // the decode table's prompt length
     double peak_tflops = 0;

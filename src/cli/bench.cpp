@@ -34,6 +34,7 @@ void register_bench(CLI::App& app) {
         int steps = 0, warmup = -1;
         double peak_tflops = 790, peak_tbs = 4.3;
         bool json = false, profile = false;
+        std::string dtype = "f32";
     };
     auto args = std::make_shared<Args>();
     auto* p =
@@ -46,6 +47,11 @@ void register_bench(CLI::App& app) {
     p->excludes(m);
     auto* dev =
         cmd->add_option("--device", args->device, "cpu, cuda or cuda:N (default cpu; cuda with --profile)");
+    cmd->add_option("--dtype", args->dtype,
+                    "Weights of the prefill and decode tables: f32, bf16, int8 (= w8a8; weight-only on a GPU), "
+                    "w8a16, nf4 or fp4 (bitsandbytes 4-bit, blocks of 64); on a GPU f32 means bf16")
+        ->check(CLI::IsMember({"f32", "fp32", "bf16", "int8", "w8a8", "w8a16", "nf4", "fp4"}))
+        ->default_str("f32");
     cmd->add_option("--batch", args->batch, "Training batch rows (default: CPU 1, GPU 8)")
         ->check(CLI::PositiveNumber);
     cmd->add_option(
@@ -124,6 +130,7 @@ void register_bench(CLI::App& app) {
         }
         bench::BenchOptions o;
         o.device = args->device;
+        o.dtype = args->dtype;
         o.batch = args->batch;
         o.seq = args->seq;
         o.tables = bench::parse_tables(args->tables);

@@ -66,8 +66,8 @@ void add_generation_flags(CLI::App* cmd, GenerationFlags& flags) {
         ->check(CLI::IsMember({"f32", "fp32", "bf16", "int8", "w8a8", "w8a16", "nf4", "fp4"}))
         ->default_str("f32");
     cmd->add_option("--device", flags.device,
-                    "Where to decode: cpu, cuda or cuda:N (the GPU keeps bf16 weights and activations; "
-                    "--dtype applies to the CPU only)")
+                    "Where to decode: cpu, cuda or cuda:N (the GPU keeps bf16 activations; its weights are bf16 "
+                    "for --dtype f32 / bf16, int8 for int8 / w8a16 (weight-only), or nf4 / fp4)")
         ->group("Model")
         ->default_str("cpu");
 }

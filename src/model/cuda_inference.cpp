@@ -27,6 +27,7 @@
 #include "ops/cuda/embedding.h"
 #include "ops/cuda/linear.h"
 #include "ops/cuda/norm.h"
+#include "ops/cuda/quant_gemv.h"
 #include "ops/cuda/selective_scan.h"
 #include "ops/cuda/ssd.h"
 #endif
@@ -144,6 +145,11 @@ struct CudaCausalLM::Impl {
         const bf16 *dt_norm_w = nullptr, *B_norm_w = nullptr, *C_norm_w = nullptr;  // Mamba-1 dt_bc_norm
         const bf16 *qkv_w = nullptr, *qkv_b = nullptr, *o_w = nullptr, *o_b = nullptr;
         const bf16 *up_w = nullptr, *up_b = nullptr, *down_w = nullptr, *down_b = nullptr;
+        // A quantized model (--dtype int8 | w8a16 | nf4 | fp4): the linear weights it quantized, whose
+        // bf16 pointer above is then null.
+        const kc::QuantWeight *in_q = nullptr, *out_q = nullptr, *x_q = nullptr, *dtp_q = nullptr,
+                              *qkv_q = nullptr, *o_q = nullptr, *up_q = nullptr, *down_q = nullptr;
+        bool has_mlp() const { return up_w || up_q; }
         // State (per slot blocks).
         bf16* conv = nullptr;   // (S, K − 1, conv channels)
         float* ssm = nullptr;   // (S, H, P, N) or (S, Din, N)
@@ -156,6 +162,16 @@ struct CudaCausalLM::Impl {
     const bf16 *embed = nullptr, *lm_head = nullptr, *final_w = nullptr, *final_b = nullptr;
     std::vector<Layer> layers;
     int64_t total = 0;
+
+    // Quantized linear weights (ops/cuda/quant_gemv.h), when the model was packed to int8, w8a16, nf4
+    // or fp4: one block for all of them, their views (the layers point into `quant`), and a bf16
+    // scratch for the largest one but the LM head, which prefill's GEMMs expand each weight into.
+    std::vector<kc::QuantWeight> quant;
+    char* qweights = nullptr;
+    size_t qweight_bytes = 0;
+    const kc::QuantWeight* lm_head_q = nullptr;
+    bf16* qscratch = nullptr;
+    int64_t qscratch_elems = 0;
 
     // State and scratch blocks (from the caching allocator).
     char* state = nullptr;
@@ -481,6 +497,46 @@ void prepare_persistent_step(const ModelConfig& cfg, Impl& m, int64_t cache_len)
 
 }  // namespace
 
+namespace {
+
+// The weights `p` holds packed as int8, w8a16, nf4 or fp4, in the GPU layout, in one block from the
+// allocator; qparam maps their names to the views. Returns which parameters were quantized.
+// Sizes the bf16 scratch that prefill expands one quantized weight into (any but the LM head).
+template <typename Impl>
+std::vector<bool> upload_quantized(Impl& m, const Parameters<float>& p,
+                                   std::map<std::string, const kc::QuantWeight*>& qparam) {
+    std::vector<bool> quantized(p.specs().size(), false);
+    const ops::WeightFormat f = p.weight_format();
+    if (f != ops::WeightFormat::Int8 && f != ops::WeightFormat::W8A16 && !ops::is_4bit_format(f)) return quantized;
+    std::vector<kc::QuantHostWeight> host;
+    std::vector<size_t> index;
+    for (size_t i = 0; i < p.specs().size(); ++i)
+        if (const ops::PackedWeight* pw = p.packed(i)) {
+            host.push_back(kc::quant_weight_from_packed(*pw));
+            index.push_back(i);
+            quantized[i] = true;
+        }
+    if (host.empty()) return quantized;
+    m.qweight_bytes = 0;
+    for (const kc::QuantHostWeight& h : host) m.qweight_bytes += h.device_bytes();
+    m.qweights = static_cast<char*>(m.alloc->allocate(m.qweight_bytes));
+    m.quant.reserve(host.size());
+    char* at = m.qweights;
+    for (size_t k = 0; k < host.size(); ++k) {
+        m.quant.push_back(kc::quant_weight_upload(host[k], at, m.stream));
+        at += host[k].device_bytes();
+        const std::string& name = p.specs()[index[k]].name;
+        qparam[name] = &m.quant.back();
+        if (name != "lm_head.weight" && name != "embed.weight")
+            m.qscratch_elems = std::max(m.qscratch_elems, host[k].out * host[k].in);
+    }
+    if (m.qscratch_elems) m.qscratch = static_cast<bf16*>(m.alloc->allocate(sizeof(bf16) * m.qscratch_elems));
+    check(cudaStreamSynchronize(m.stream), "upload quantized weights");  // the host copies go out of scope
+    return quantized;
+}
+
+}  // namespace
+
 CudaDecoderMemory CudaCausalLM::plan(const ModelConfig& cfg, int64_t slots, int64_t max_len) {
     CudaDecoderMemory mem;
     {
@@ -517,21 +573,42 @@ CudaCausalLM::CudaCausalLM(const HybridLM<float>& model, int device)
     check(cudaStreamCreateWithFlags(&m.stream, cudaStreamNonBlocking), "cudaStreamCreate");
 
     const Parameters<float>& p = model.params();
-    m.total = p.total();
+    // Quantized weights: those the model packed to int8 / w8a16 / nf4 / fp4. They get no bf16 copy,
+    // except the embedding (a tied LM head's lookup reads it).
+    std::map<std::string, const kc::QuantWeight*> qparam;
+    const std::vector<bool> quantized = upload_quantized(m, p, qparam);
+    std::map<std::string, size_t> offsets;
+    if (m.quant.empty()) {  // Parameters' own layout
+        m.total = p.total();
+        for (const ParamSpec& s : p.specs()) offsets[s.name] = s.offset;
+    } else {  // the kept parameters only, 64-element aligned
+        m.total = 0;
+        for (size_t i = 0; i < p.specs().size(); ++i) {
+            const ParamSpec& s = p.specs()[i];
+            if (quantized[i] && s.name != "embed.weight") continue;
+            offsets[s.name] = static_cast<size_t>(m.total);
+            m.total += (s.numel + 63) / 64 * 64;
+        }
+    }
     std::vector<bf16> half(static_cast<size_t>(m.total));
     const float* values = const_cast<Parameters<float>&>(p).values();
-    for (int64_t i = 0; i < m.total; ++i) half[i] = f32_to_bf16(values[i]);
+    for (const ParamSpec& s : p.specs())
+        if (auto it = offsets.find(s.name); it != offsets.end())
+            for (int64_t i = 0; i < s.numel; ++i) half[it->second + i] = f32_to_bf16(values[s.offset + i]);
     m.weights = static_cast<bf16*>(m.alloc->allocate(sizeof(bf16) * m.total));
     check(cudaMemcpy(m.weights, half.data(), sizeof(bf16) * m.total, cudaMemcpyHostToDevice), "upload weights");
 
-    std::map<std::string, size_t> offsets;
-    for (const ParamSpec& s : p.specs()) offsets[s.name] = s.offset;
     auto param = [&](const std::string& name) -> const bf16* {
         auto it = offsets.find(name);
-        return it == offsets.end() ? nullptr : m.weights + it->second;
+        return it == offsets.end() || qparam.count(name) ? nullptr : m.weights + it->second;
     };
-    m.embed = param("embed.weight");
-    m.lm_head = cfg_.tie_embeddings ? m.embed : param("lm_head.weight");
+    auto qp = [&](const std::string& name) -> const kc::QuantWeight* {
+        auto it = qparam.find(name);
+        return it == qparam.end() ? nullptr : it->second;
+    };
+    m.embed = m.weights + offsets.at("embed.weight");
+    m.lm_head = cfg_.tie_embeddings ? param("embed.weight") : param("lm_head.weight");
+    m.lm_head_q = qp(cfg_.tie_embeddings ? "embed.weight" : "lm_head.weight");
     m.final_w = param("final_norm.weight");
     m.final_b = param("final_norm.bias");
     for (int64_t l = 0; l < cfg_.n_layers; ++l) {
@@ -545,6 +622,8 @@ CudaCausalLM::CudaCausalLM(const HybridLM<float>& model, int device)
             L.qkv_b = param(x + "qkv_proj.bias");
             L.o_w = param(x + "o_proj.weight");
             L.o_b = param(x + "o_proj.bias");
+            L.qkv_q = qp(x + "qkv_proj.weight");
+            L.o_q = qp(x + "o_proj.weight");
         } else {
             L.in_w = param(x + "in_proj.weight");
             L.in_b = param(x + "in_proj.bias");
@@ -562,6 +641,10 @@ CudaCausalLM::CudaCausalLM(const HybridLM<float>& model, int device)
             L.C_norm_w = param(x + "C_norm.weight");
             L.dt_bias = param(x + "dt_bias");
             L.gnorm_w = param(x + "norm.weight");
+            L.in_q = qp(x + "in_proj.weight");
+            L.out_q = qp(x + "out_proj.weight");
+            L.x_q = qp(x + "x_proj.weight");
+            L.dtp_q = qp(x + "dt_proj.weight");
         }
         if (cfg_.mlp.kind != MlpKind::None) {
             L.mlp_norm_w = param(pre + ".mlp_norm.weight");
@@ -573,6 +656,8 @@ CudaCausalLM::CudaCausalLM(const HybridLM<float>& model, int device)
             L.up_b = param(up + ".bias");
             L.down_w = param(down + ".weight");
             L.down_b = param(down + ".bias");
+            L.up_q = qp(up + ".weight");
+            L.down_q = qp(down + ".weight");
         }
         m.layers.push_back(L);
     }
@@ -583,6 +668,8 @@ CudaCausalLM::~CudaCausalLM() {
     if (m.stream) cudaStreamSynchronize(m.stream);  // errors at teardown are not actionable
     m.release();
     if (m.weights) m.alloc->deallocate(m.weights);
+    if (m.qweights) m.alloc->deallocate(m.qweights);
+    if (m.qscratch) m.alloc->deallocate(m.qscratch);
     if (m.stream) cudaStreamDestroy(m.stream);
 }
 
@@ -601,7 +688,9 @@ int64_t CudaCausalLM::position(int64_t slot) const {
 }
 
 CudaDecoderMemory CudaCausalLM::memory() const {
-    return {sizeof(bf16) * static_cast<size_t>(impl_->total), impl_->state_bytes, impl_->scratch_bytes};
+    const Impl& m = *impl_;
+    return {sizeof(bf16) * static_cast<size_t>(m.total) + m.qweight_bytes, m.state_bytes,
+            m.scratch_bytes + sizeof(bf16) * static_cast<size_t>(m.qscratch_elems)};
 }
 
 void CudaCausalLM::start(int64_t slots, int64_t max_len) {
@@ -658,7 +747,9 @@ void CudaCausalLM::start(int64_t slots, int64_t max_len) {
     m.host = static_cast<char*>(host);
     m.host_logits = reinterpret_cast<float*>(m.host + 3 * sizeof(int64_t) * m.rows);
     m.host_hidden = reinterpret_cast<bf16*>(m.host_logits + S * cfg_.vocab_size);
-    if (m.persistent && persistent_step_fits(cfg_, m)) prepare_persistent_step(cfg_, m, cache_len_);
+    // The persistent step stages bf16 weights; a quantized model steps with the per-op kernels.
+    if (m.persistent && m.quant.empty() && persistent_step_fits(cfg_, m))
+        prepare_persistent_step(cfg_, m, cache_len_);
 }
 
 void CudaCausalLM::check_slot(int64_t slot, const char* what) const {
@@ -693,15 +784,45 @@ struct Run {
         }
     }
 
+    // Whether a product of N rows with quantized weight q runs as the quantized GEMV (tiles of 16
+    // rows, each reading the weights once) rather than expanding q to bf16 for a cuBLASLt GEMM
+    // (expansion reads 0.56–1 byte a weight and writes 2, the GEMM reads 2: about four 16-row tiles).
+    bool quant_gemv_rows(const kc::QuantWeight& q) const {
+        return N <= 4 * kc::kQuantGemvMaxRows || q.out * q.in > m.qscratch_elems;
+    }
+    // The quantized weight q expanded to bf16 in the scratch, for a GEMM.
+    const bf16* expand(const kc::QuantWeight& q) const {
+        kc::quant_dequantize_bf16(m.qscratch, q, s);
+        return m.qscratch;
+    }
+
+    // out (N, O) = x (N, I) · Wᵀ + b, W bf16 or quantized (q).
+    void linear(bf16* out, const bf16* x, const bf16* W, const kc::QuantWeight* q, const bf16* b, int64_t I,
+                int64_t O) const {
+        if (q && quant_gemv_rows(*q)) {
+            kc::QuantGemv g;
+            g.x = x;
+            g.ld_x = I;
+            g.M = N;
+            g.W = *q;
+            g.bias = b;
+            g.out = out;
+            g.ld_out = O;
+            kc::quant_gemv(g, s);
+            return;
+        }
+        kc::linear_forward(out, x, q ? expand(*q) : W, b, N, I, O, s);
+    }
+
     void mlp(const CudaCausalLM::Impl::Layer& L) const {
         if (cfg.mlp.kind == MlpKind::SwiGLU) {
-            kc::linear_forward(m.h, m.ln, L.up_w, L.up_b, N, w.D, 2 * w.F, s);
+            linear(m.h, m.ln, L.up_w, L.up_q, L.up_b, w.D, 2 * w.F);
             kc::swiglu_forward(m.a, m.h, N, w.F, s);
         } else {
-            kc::linear_forward(m.h, m.ln, L.up_w, L.up_b, N, w.D, w.F, s);
+            linear(m.h, m.ln, L.up_w, L.up_q, L.up_b, w.D, w.F);
             activation(m.a, m.h);
         }
-        kc::linear_forward(m.tmp, m.a, L.down_w, L.down_b, N, w.F, w.D, s);
+        linear(m.tmp, m.a, L.down_w, L.down_q, L.down_b, w.F, w.D);
     }
 
     // Mamba-1 dt_bc_norm (Jamba): RMSNorm of x_proj's dt, B and C column blocks, each gathered
@@ -742,7 +863,7 @@ struct Run {
     }
     // Mamba-1 after the conv: x_proj, (the dt/B/C norms,) dt_proj without its bias: the scan adds it.
     void mamba1_projections(const CudaCausalLM::Impl::Layer& L, const bf16* xc) const {
-        kc::linear_forward(m.xdbl, xc, L.x_w, static_cast<const bf16*>(nullptr), N, w.Din, w.Wx, s);
+        linear(m.xdbl, xc, L.x_w, L.x_q, nullptr, w.Din, w.Wx);
         const bf16* dt = m.dt;
         if (bc_norm()) {
             dt_bc_norm(L);
@@ -750,24 +871,26 @@ struct Run {
         } else {
             copy2d(m.dt, w.R, m.xdbl, w.Wx, N, w.R, s);
         }
-        kc::linear_forward(m.dt_raw, dt, L.dtp_w, static_cast<const bf16*>(nullptr), N, w.R, w.Din, s);
+        linear(m.dt_raw, dt, L.dtp_w, L.dtp_q, nullptr, w.R, w.Din);
     }
     // Mamba-2 after the SSD: gated norm with z, out_proj.
     void mamba2_output(const CudaCausalLM::Impl::Layer& L) const {
         copy2d(m.z, w.Din, m.proj, w.W2, N, w.Din, s);
         kc::gated_rmsnorm_forward(m.yn, m.g_rstd, m.y, m.z, L.gnorm_w, N, w.Din, cfg.mamba_norm_groups(),
                                   static_cast<float>(cfg.norm_eps), s);
-        kc::linear_forward(m.tmp, m.yn, L.out_w, L.out_b, N, w.Din, w.D, s);
+        linear(m.tmp, m.yn, L.out_w, L.out_q, L.out_b, w.Din, w.D);
     }
 
     // A decode-step product through the fused kernel (cuda_decoder_kernels.h) when it takes the
     // shape and MSLM_DECODE_FUSED is not 0; otherwise the same function unfused: the norm kernel,
     // cuBLASLt, then the epilogue's kernel.
-    void gemv(cuda_decoder_detail::DecodeGemv a) const {
+    // A quantized weight q (a.W is then null) takes the same prologue, then the quantized GEMV with
+    // the epilogue fused (or, for many rows, the expanded weight through the cuBLASLt path below).
+    void gemv(cuda_decoder_detail::DecodeGemv a, const kc::QuantWeight* q = nullptr) const {
         using cuda_decoder_detail::DecodeEpilogue;
         using cuda_decoder_detail::DecodeNorm;
         a.k = N;
-        if (m.fused && cuda_decoder_detail::decode_gemv_supported(a)) {
+        if (!q && m.fused && cuda_decoder_detail::decode_gemv_supported(a)) {
             cuda_decoder_detail::decode_gemv(a, s);
             return;
         }
@@ -787,6 +910,13 @@ struct Run {
             copy2d(m.dt, a.I, a.x, a.ld_x, N, a.I, s);
             x = m.dt;
         }
+        if (q) {
+            if (quant_gemv_rows(*q)) {
+                quant_product(a, x, *q);
+                return;
+            }
+            a.W = expand(*q);
+        }
         switch (a.epi) {
             case DecodeEpilogue::Store:
                 MSLM_CHECK(a.ld_out == a.O, "decode gemv: contiguous output expected");
@@ -804,6 +934,29 @@ struct Run {
                 kc::linear_forward_f32_out(a.out32, x, a.W, N, a.I, a.O, s);
                 break;
         }
+    }
+
+    // The decode product a on contiguous rows x (the prologue done) with quantized weights.
+    void quant_product(const cuda_decoder_detail::DecodeGemv& a, const bf16* x, const kc::QuantWeight& q) const {
+        using cuda_decoder_detail::DecodeEpilogue;
+        kc::QuantGemv g;
+        g.x = x;
+        g.ld_x = a.I;
+        g.M = N;
+        g.W = q;
+        g.bias = a.bias;
+        g.out = a.out;
+        g.out32 = a.out32;
+        g.ld_out = a.ld_out;
+        switch (a.epi) {
+            case DecodeEpilogue::Store: g.epi = kc::QuantEpilogue::Store; break;
+            case DecodeEpilogue::Residual: g.epi = kc::QuantEpilogue::Residual; break;
+            case DecodeEpilogue::SwiGLU: g.epi = kc::QuantEpilogue::SwiGLU; break;
+            case DecodeEpilogue::F32: g.epi = kc::QuantEpilogue::F32; break;
+        }
+        MSLM_CHECK(kc::quant_gemv_outputs(g) == a.O, "decode gemv: a quantized weight of {} rows for {} outputs", q.out,
+                   a.O);
+        kc::quant_gemv(g, s);
     }
 
     cuda_decoder_detail::DecodeGemv normed(const bf16* nw, const bf16* nb) const {
@@ -847,7 +1000,7 @@ struct Run {
             DecodeGemv in = normed(L.norm_w, L.norm_b);
             if (L.kind == LayerKind::Attention) {
                 store(in, L.qkv_w, L.qkv_b, w.Wq, m.proj);
-                gemv(in);
+                gemv(in, L.qkv_q);
                 bf16* q = m.proj;
                 bf16* k = q + w.Hq * w.Dh;
                 bf16* v = k + w.KVW;
@@ -862,27 +1015,27 @@ struct Run {
                                                             m.attn_ws, s);
                 DecodeGemv out = plain(m.o, w.Hq * w.Dh, w.Hq * w.Dh);
                 residual(out, L.o_w, L.o_b);
-                gemv(out);
+                gemv(out, L.o_q);
             } else if (cfg.mamba.version == 1) {
                 store(in, L.in_w, L.in_b, 2 * w.Din, m.proj);  // [x | z]
-                gemv(in);
+                gemv(in, L.in_q);
                 kc::conv1d_causal_update(m.conv_out, L.conv, m.slots, m.proj, 2 * w.Din, L.conv_w, L.conv_b, N,
                                          w.Din, w.K, true, s);
                 DecodeGemv xp = plain(m.conv_out, w.Din, w.Din);
                 store(xp, L.x_w, nullptr, w.Wx, m.xdbl);  // [dt | B | C]
-                gemv(xp);
+                gemv(xp, L.x_q);
                 if (bc_norm()) dt_bc_norm(L);
                 DecodeGemv dp = bc_norm() ? plain(m.bc, w.R, w.R)        // the normed dt
                                           : plain(m.xdbl, w.Wx, w.R);  // dt_proj without its bias: the scan adds it
                 store(dp, L.dtp_w, nullptr, w.Din, m.dt_raw);
-                gemv(dp);
+                gemv(dp, L.dtp_q);
                 kc::selective_scan_update(m.y, L.ssm, m.slots, scan_in(L, m.conv_out), N, w.Din, w.S, s);
                 DecodeGemv out = plain(m.y, w.Din, w.Din);
                 residual(out, L.out_w, L.out_b);
-                gemv(out);
+                gemv(out, L.out_q);
             } else {
                 store(in, L.in_w, L.in_b, w.W2, m.proj);  // [z | xBC | dt]
-                gemv(in);
+                gemv(in, L.in_q);
                 kc::conv1d_causal_update(m.conv_out, L.conv, m.slots, m.proj + w.Din, w.W2, L.conv_w, L.conv_b, N,
                                          w.C2, w.K, true, s);
                 kc::ssd_update(m.y, L.ssm, m.slots, ssd_in(L, m.conv_out), ssd_dims(N, 1), s);
@@ -894,22 +1047,22 @@ struct Run {
                 out.norm_w = L.gnorm_w;
                 out.eps = static_cast<float>(cfg.norm_eps);
                 residual(out, L.out_w, L.out_b);
-                gemv(out);
+                gemv(out, L.out_q);
             }
-            if (L.up_w) {
+            if (L.has_mlp()) {
                 DecodeGemv up = normed(L.mlp_norm_w, L.mlp_norm_b);
                 if (cfg.mlp.kind == MlpKind::SwiGLU) {
                     store(up, L.up_w, L.up_b, w.F, m.a);
                     up.epi = cuda_decoder_detail::DecodeEpilogue::SwiGLU;
-                    gemv(up);
+                    gemv(up, L.up_q);
                 } else {
                     store(up, L.up_w, L.up_b, w.F, m.h);
-                    gemv(up);
+                    gemv(up, L.up_q);
                     activation(m.a, m.h);
                 }
                 DecodeGemv down = plain(m.a, w.F, w.F);
                 residual(down, L.down_w, L.down_b);
-                gemv(down);
+                gemv(down, L.down_q);
             }
         }
         DecodeGemv head = normed(m.final_w, m.final_b);
@@ -919,7 +1072,7 @@ struct Run {
         head.out32 = m.logits;
         head.ld_out = w.V;
         head.x_out = m.hf;
-        gemv(head);
+        gemv(head, m.lm_head_q);
     }
 
     // The causal conv over [slot's window | N new inputs (columns of m.proj from col0, C wide)],
@@ -951,7 +1104,7 @@ struct Run {
 
     void mixer_prefill(const CudaCausalLM::Impl::Layer& L, int64_t slot, int64_t p0, int64_t Lc) const {
         if (L.kind == LayerKind::Attention) {
-            kc::linear_forward(m.proj, m.ln, L.qkv_w, L.qkv_b, N, w.D, w.Wq, s);
+            linear(m.proj, m.ln, L.qkv_w, L.qkv_q, L.qkv_b, w.D, w.Wq);
             bf16* q = m.proj;
             bf16* k = q + w.Hq * w.Dh;
             bf16* v = k + w.KVW;
@@ -980,16 +1133,16 @@ struct Run {
                 ring_copy(kr, m.kt + (prior + N - keep) * w.KVW, p0 + N - keep, keep, Lc, true);
                 ring_copy(vr, m.vt + (prior + N - keep) * w.KVW, p0 + N - keep, keep, Lc, true);
             }
-            kc::linear_forward(m.tmp, m.o, L.o_w, L.o_b, N, w.Hq * w.Dh, w.D, s);
+            linear(m.tmp, m.o, L.o_w, L.o_q, L.o_b, w.Hq * w.Dh, w.D);
         } else if (cfg.mamba.version == 1) {
-            kc::linear_forward(m.proj, m.ln, L.in_w, L.in_b, N, w.D, 2 * w.Din, s);
+            linear(m.proj, m.ln, L.in_w, L.in_q, L.in_b, w.D, 2 * w.Din);
             const bf16* xc = conv_prefill(L, slot, 0, 2 * w.Din, w.Din);
             mamba1_projections(L, xc);
             float* h = L.ssm + slot * w.Din * w.S;
             kc::selective_scan_forward(m.y, h, scan_in(L, xc), h, ops::ScanDims{1, N, w.Din, w.S}, nullptr, s);
-            kc::linear_forward(m.tmp, m.y, L.out_w, L.out_b, N, w.Din, w.D, s);
+            linear(m.tmp, m.y, L.out_w, L.out_q, L.out_b, w.Din, w.D);
         } else {
-            kc::linear_forward(m.proj, m.ln, L.in_w, L.in_b, N, w.D, w.W2, s);
+            linear(m.proj, m.ln, L.in_w, L.in_q, L.in_b, w.D, w.W2);
             const bf16* xbc = conv_prefill(L, slot, w.Din, w.W2, w.C2);
             float* h = L.ssm + slot * w.H * w.P * w.S;
             kc::ssd_forward(m.y, h, ssd_in(L, xbc), h, ssd_dims(1, N), nullptr, m.ws, s);
@@ -1005,7 +1158,7 @@ struct Run {
             norm(m.ln, m.res, L.norm_w, L.norm_b);
             mixer(L);
             kc::axpy(m.res, m.tmp, N * w.D, 1.0f, s);
-            if (L.up_w) {
+            if (L.has_mlp()) {
                 norm(m.ln, m.res, L.mlp_norm_w, L.mlp_norm_b);
                 mlp(L);
                 kc::axpy(m.res, m.tmp, N * w.D, 1.0f, s);
@@ -1063,9 +1216,20 @@ void CudaCausalLM::prefill_piece(int64_t slot, const int32_t* ids, int64_t n, fl
     check(cudaMemcpyAsync(m.ids, host_ids, sizeof(int32_t) * n, cudaMemcpyHostToDevice, m.stream), "upload ids");
     const Run r{cfg_, m, Widths(cfg_), m.stream, n};
     r.body([&](const Impl::Layer& L) { r.mixer_prefill(L, slot, p0, cache_len_); });
-    if (logits)
+    if (logits && m.lm_head_q) {
+        kc::QuantGemv g;
+        g.x = m.hf + (n - 1) * cfg_.d_model;
+        g.ld_x = cfg_.d_model;
+        g.M = 1;
+        g.W = *m.lm_head_q;
+        g.epi = kc::QuantEpilogue::F32;
+        g.out32 = m.logits;
+        g.ld_out = cfg_.vocab_size;
+        kc::quant_gemv(g, m.stream);
+    } else if (logits) {
         kc::linear_forward_f32_out(m.logits, m.hf + (n - 1) * cfg_.d_model, m.lm_head, 1, cfg_.d_model,
                                    cfg_.vocab_size, m.stream);
+    }
     download(1, logits, n, hidden);  // waits for the stream
     pos_[slot] += n;
 }

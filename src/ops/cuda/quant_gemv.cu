@@ -1,0 +1,541 @@
+// The products of ops/cuda/quant_gemv.h: the quantized GEMV (decode, and any row count in tiles of
+// up to 16 rows), the dequantization to bf16 (prefill's tensor-core GEMM reads that), and the upload.
+//
+// The GEMV is a weight stream. Each block stages its tile of x rows (bf16) in shared memory once;
+// then every lane loads 16 bytes of one weight row at a time (32 4-bit codes or 16 int8 values,
+// `ld.global.nc.L1::no_allocate`: read once, kept out of L1) for RW rows at once, so that RW loads
+// are in flight per lane and each staged x value feeds RW weights. 4-bit codes turn into values
+// through the 16-entry code book in shared memory (16 words in 16 banks: no lane ever conflicts,
+// whatever the codes); the block's absmax (double quantization decoded here, once per 32 columns)
+// scales the sum of 8 products. A group of KS warps shares RW rows, each warp a slice of the
+// row (KS grows with the row length, so that short-and-wide and long-and-narrow products both spread
+// over every SM), and their sums meet in shared memory.
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+
+#include "core/error.h"
+#include "ops/cuda/common.cuh"
+#include "ops/cuda/quant_gemv.h"
+#include "ops/cuda/reduce.cuh"
+
+namespace mslm::ops::cuda {
+
+namespace {
+
+using detail::silu;
+using detail::warp_sum;
+
+constexpr int kWarps = 8;
+constexpr int kThreads = kWarps * 32;
+// Shared memory for the staged x tile: rows of up to 80K columns at one row per tile.
+constexpr size_t kMaxSmem = 160 * 1024;
+
+__device__ __forceinline__ float bf_lo(uint32_t w) {
+    return __uint_as_float(w << 16);
+}
+__device__ __forceinline__ float bf_hi(uint32_t w) {
+    return __uint_as_float(w & 0xffff0000u);
+}
+__device__ __forceinline__ float bf(uint16_t v) {
+    return __uint_as_float(uint32_t(v) << 16);
+}
+__device__ __forceinline__ uint16_t to_bf(float v) {
+    return __bfloat16_as_ushort(__float2bfloat16_rn(v));
+}
+__device__ __forceinline__ float round_bf(float v) {
+    return bf(to_bf(v));
+}
+
+__device__ __forceinline__ uint4 load_stream(const uint8_t* p) {
+    uint4 v;
+    asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+        : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+        : "l"(p));
+    return v;
+}
+
+// Programmatic dependent launch (sm_90; a no-op when launched without the attribute): the kernel
+// lets its successor launch at once, and issues its first weight loads (constants) before waiting
+// for its predecessor's results, so the weight stream overlaps the previous kernel's tail.
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_trigger() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ uint32_t word_of(const uint4& v, int i) {
+    return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w;  // i is a compile-time constant
+}
+
+// The staged x rows are 16-byte segments (8 bf16 columns); a lane's load of weights covers SEGS of
+// them (4 for 4-bit codes, 2 for int8). Segment s sits at s ^ ((s >> 3) & (SEGS − 1)): it stays
+// within its lane's own group, and the 8 lanes of a quarter-warp reading their q-th segment hit 8
+// different 16-byte bank groups (unswizzled, lanes 0, 2, 4, 6 would share one: 4-way conflicts).
+template <int SEGS>
+__device__ __forceinline__ int64_t swizzle(int64_t s) {
+    return s ^ ((s >> 3) & (SEGS - 1));
+}
+
+// A block's absmax in fp32: stored, or bitsandbytes' double quantization (code · nested absmax,
+// then + offset, each rounded as bitsandbytes does: no fused multiply-add).
+template <bool DQ>
+__device__ __forceinline__ float block_absmax(const QuantWeight& W, const float* ncode, int64_t row,
+                                              int64_t b) {
+    const int64_t i = row * W.row_blocks + b;
+    if constexpr (DQ) {
+        return __fadd_rn(__fmul_rn(ncode[__ldg(W.absmax_q + i)], __ldg(W.nested_absmax + (i >> 8))),
+                         W.offset);
+    } else {
+        return __ldg(W.scale + i);
+    }
+}
+
+// The fp32 value of byte i of four int8 values: 2^23 + (q + 128) built by a byte permute, minus
+// 2^23 + 128 (exact), instead of a quarter-rate int-to-float conversion.
+__device__ __forceinline__ float int8_value(uint32_t biased, int i) {
+    return __uint_as_float(__byte_perm(biased, 0x4B000000u, 0x7440u | unsigned(i))) - 8388736.0f;
+}
+
+// The 8 weights of 16-byte segment q of a load: 4-bit — byte i of the segment's word holds columns
+// 2i (high nibble) and 2i + 1 (low), and the nibbles times 4 are byte offsets into the code book;
+// int8 — bytes 8q .. 8q + 7.
+template <bool FOUR>
+__device__ __forceinline__ void decode8(float (&wv)[8], const uint4& w, int q, const char* code_base) {
+    if constexpr (FOUR) {
+        const uint32_t word = word_of(w, q);
+        const uint32_t hi4 = (word >> 2) & 0x3c3c3c3cu, lo4 = (word << 2) & 0x3c3c3c3cu;
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            wv[2 * i] = *reinterpret_cast<const float*>(code_base + __byte_perm(hi4, 0, 0x4440 | i));
+            wv[2 * i + 1] = *reinterpret_cast<const float*>(code_base + __byte_perm(lo4, 0, 0x4440 | i));
+        }
+    } else {
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            const uint32_t biased = word_of(w, 2 * q + h) ^ 0x80808080u;
+#pragma unroll
+            for (int i = 0; i < 4; ++i) wv[4 * h + i] = int8_value(biased, i);
+        }
+    }
+}
+
+// The 8 bf16 x values of one staged segment, in fp32.
+__device__ __forceinline__ void load_x(float (&xf)[8], const uint16_t* p) {
+    const uint4 v = *reinterpret_cast<const uint4*>(p);
+    xf[0] = bf_lo(v.x), xf[1] = bf_hi(v.x), xf[2] = bf_lo(v.y), xf[3] = bf_hi(v.y);
+    xf[4] = bf_lo(v.z), xf[5] = bf_hi(v.z), xf[6] = bf_lo(v.w), xf[7] = bf_hi(v.w);
+}
+
+__device__ __forceinline__ float dot8(const float (&w)[8], const float (&x)[8]) {
+    float p = 0.0f;
+#pragma unroll
+    for (int e = 0; e < 8; ++e) p = fmaf(w[e], x[e], p);
+    return p;
+}
+
+// out(row r, output o) of the epilogue, v (and v2: SwiGLU's up row) the fp32 products.
+__device__ __forceinline__ void epilogue(const QuantGemv& a, int64_t O, int64_t r, int64_t o, float v,
+                                         float v2) {
+    switch (a.epi) {
+        case QuantEpilogue::Store:
+            a.out[r * a.ld_out + o] = to_bf(a.bias ? v + bf(a.bias[o]) : v);
+            break;
+        case QuantEpilogue::Residual: {
+            const float t = round_bf(a.bias ? v + bf(a.bias[o]) : v);
+            uint16_t* p = a.out + r * a.ld_out + o;
+            *p = to_bf(bf(*p) + t);
+            break;
+        }
+        case QuantEpilogue::SwiGLU: {
+            const float g = round_bf(a.bias ? v + bf(a.bias[o]) : v);
+            const float u = round_bf(a.bias ? v2 + bf(a.bias[O + o]) : v2);
+            a.out[r * a.ld_out + o] = to_bf(silu(g) * u);
+            break;
+        }
+        case QuantEpilogue::F32:
+            a.out32[r * a.ld_out + o] = a.bias ? v + bf(a.bias[o]) : v;
+            break;
+    }
+}
+
+// Block (blockIdx.x, tile blockIdx.y): x rows [MT·tile, MT·tile + MT) against sets of RW weight rows
+// per group of KS = 2^ks_log2 warps. FOUR: 4-bit codes (DQ: double-quantized absmax), else int8.
+// Registers capped for 3 resident blocks (24 warps) an SM at one row of x, where the product is a
+// weight stream that needs loads in flight, and 2 blocks above.
+template <int MT, int RW, bool FOUR, bool DQ>
+__global__ void __launch_bounds__(kThreads, MT == 1 ? 3 : 2)
+    quant_gemv_kernel(QuantGemv a, int64_t O, int64_t Kp, int ks_log2, int bs_log2) {
+    constexpr int SEGS = FOUR ? 4 : 2;
+    constexpr int COLS = SEGS * 8;                  // columns per 16-byte load of weights
+    extern __shared__ __align__(16) uint16_t xs[];  // (MT, Kp), swizzled segments
+    __shared__ float code_s[16];
+    __shared__ float ncode_s[DQ ? 256 : 1];
+    __shared__ float red[kWarps][MT * RW];
+
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int64_t K = a.W.in;
+    const int64_t m0 = int64_t(blockIdx.y) * MT;
+    const int mt = int(min(int64_t(MT), a.M - m0));
+    const int KS = 1 << ks_log2;
+    const int groups_per_block = kWarps >> ks_log2;
+    const int wg = warp >> ks_log2, ks = warp & (KS - 1);
+    const bool swiglu = a.epi == QuantEpilogue::SwiGLU;
+    const int outs = swiglu ? RW / 2 : RW;  // outputs per group
+    const int64_t n_groups = (O + outs - 1) / outs;
+    const int64_t n_sets = (n_groups + groups_per_block - 1) / groups_per_block;
+    const int64_t step = int64_t(KS) * 32 * COLS;
+    const int64_t c_first = int64_t(ks * 32 + lane) * COLS;  // this lane's first load in a row
+    // Rows of the group's set `set`: RW rows, or RW / 2 gate rows and their up rows for SwiGLU.
+    auto rows_of = [&](int64_t set, int64_t(&row)[RW], bool(&ok)[RW]) {
+        const int64_t o0 = (set * groups_per_block + wg) * outs;
+#pragma unroll
+        for (int j = 0; j < RW; ++j) {
+            const int jj = swiglu ? j % (RW / 2) : j;
+            ok[j] = o0 + jj < O;
+            row[j] = swiglu && j >= RW / 2 ? O + o0 + jj : o0 + jj;
+        }
+        return o0;
+    };
+
+    pdl_trigger();
+    uint4 first[RW];
+    {
+        int64_t row[RW];
+        bool ok[RW];
+        rows_of(blockIdx.x, row, ok);
+#pragma unroll
+        for (int j = 0; j < RW; ++j)
+            first[j] = ok[j] && c_first < Kp
+                           ? load_stream(a.W.data + row[j] * a.W.row_bytes + (FOUR ? c_first / 2 : c_first))
+                           : make_uint4(0, 0, 0, 0);
+    }
+    pdl_wait();  // x (and a residual output) come from the previous kernels
+
+    // Stage the tile, zero beyond K and beyond the last row.
+    const int64_t segs_row = Kp / 8;
+    const bool vec = (reinterpret_cast<uintptr_t>(a.x) | uintptr_t(a.ld_x * 2)) % 16 == 0 && K % 8 == 0;
+    for (int64_t e = threadIdx.x; e < MT * segs_row; e += kThreads) {
+        const int m = int(e / segs_row);
+        const int64_t s = e - m * segs_row;
+        uint4 v = make_uint4(0, 0, 0, 0);
+        if (m < mt) {
+            const uint16_t* src = a.x + (m0 + m) * a.ld_x + s * 8;
+            if (vec) {
+                if (s * 8 < K) v = *reinterpret_cast<const uint4*>(src);
+            } else {
+                uint32_t p[4];
+#pragma unroll
+                for (int j = 0; j < 4; ++j) {
+                    const uint32_t lo = s * 8 + 2 * j < K ? src[2 * j] : 0u;
+                    const uint32_t hi = s * 8 + 2 * j + 1 < K ? src[2 * j + 1] : 0u;
+                    p[j] = lo | hi << 16;
+                }
+                v = make_uint4(p[0], p[1], p[2], p[3]);
+            }
+        }
+        *reinterpret_cast<uint4*>(xs + m * Kp + swizzle<SEGS>(s) * 8) = v;
+    }
+    if (FOUR && threadIdx.x < 16) code_s[threadIdx.x] = a.W.code[threadIdx.x];
+    if constexpr (DQ)
+        for (int i = threadIdx.x; i < 256; i += kThreads) ncode_s[i] = a.W.nested_code[i];
+    __syncthreads();
+
+    const char* code_base = reinterpret_cast<const char*>(code_s);
+
+    for (int64_t set = blockIdx.x; set < n_sets; set += gridDim.x) {
+        int64_t row[RW];
+        bool ok[RW];
+        const int64_t o0 = rows_of(set, row, ok);
+        float acc[MT][RW];
+#pragma unroll
+        for (int m = 0; m < MT; ++m)
+#pragma unroll
+            for (int j = 0; j < RW; ++j) acc[m][j] = 0.0f;
+
+        for (int64_t c0 = c_first; c0 < Kp; c0 += step) {
+            uint4 w[RW];
+            const bool preloaded = set == blockIdx.x && c0 == c_first;
+#pragma unroll
+            for (int j = 0; j < RW; ++j)
+                w[j] = preloaded ? first[j]
+                       : ok[j]   ? load_stream(a.W.data + row[j] * a.W.row_bytes + (FOUR ? c0 / 2 : c0))
+                                 : make_uint4(0, 0, 0, 0);
+            float s_lo[RW], s_hi[RW];
+            if constexpr (FOUR) {
+                const int64_t b = c0 >> bs_log2;
+#pragma unroll
+                for (int j = 0; j < RW; ++j) {
+                    s_lo[j] = ok[j] ? block_absmax<DQ>(a.W, ncode_s, row[j], b) : 0.0f;
+                    // Blocks of 16: the load's second half has a block of its own (the last block
+                    // of a row stands in past the row's end, where x is zero).
+                    s_hi[j] = bs_log2 >= 5 || !ok[j]
+                                  ? s_lo[j]
+                                  : block_absmax<DQ>(a.W, ncode_s, row[j], min(b + 1, a.W.row_blocks - 1));
+                }
+            }
+            const int64_t sbase = c0 / 8;
+#pragma unroll
+            for (int q = 0; q < SEGS; ++q) {
+                const int64_t xoff = swizzle<SEGS>(sbase + q) * 8;
+                auto add = [&](int m, int j, float p) {
+                    if constexpr (FOUR)
+                        acc[m][j] = fmaf(p, q < SEGS / 2 ? s_lo[j] : s_hi[j], acc[m][j]);
+                    else
+                        acc[m][j] += p;
+                };
+                if constexpr (MT <= 2) {  // few x rows: keep them, decode one weight row at a time
+                    float xf[MT][8];
+#pragma unroll
+                    for (int m = 0; m < MT; ++m) load_x(xf[m], xs + m * Kp + xoff);
+#pragma unroll
+                    for (int j = 0; j < RW; ++j) {
+                        float wv[8];
+                        decode8<FOUR>(wv, w[j], q, code_base);
+#pragma unroll
+                        for (int m = 0; m < MT; ++m) add(m, j, dot8(wv, xf[m]));
+                    }
+                } else {  // many: decode every weight row once, then stream the x rows past them
+                    float wv[RW][8];
+#pragma unroll
+                    for (int j = 0; j < RW; ++j) decode8<FOUR>(wv[j], w[j], q, code_base);
+#pragma unroll
+                    for (int m = 0; m < MT; ++m) {
+                        float xf[8];
+                        load_x(xf, xs + m * Kp + xoff);
+#pragma unroll
+                        for (int j = 0; j < RW; ++j) add(m, j, dot8(wv[j], xf));
+                    }
+                }
+            }
+        }
+#pragma unroll
+        for (int m = 0; m < MT; ++m)
+#pragma unroll
+            for (int j = 0; j < RW; ++j) acc[m][j] = warp_sum(acc[m][j]);
+        if (lane == 0)
+#pragma unroll
+            for (int m = 0; m < MT; ++m)
+#pragma unroll
+                for (int j = 0; j < RW; ++j) red[warp][m * RW + j] = acc[m][j];
+        __syncthreads();
+        if (ks == 0 && lane < mt * outs) {
+            const int m = lane / outs, jj = lane % outs;
+            const int64_t o = o0 + jj;
+            if (o < O) {
+                float v = 0.0f, v2 = 0.0f;
+                for (int k = 0; k < KS; ++k) {  // fixed order: results do not depend on timing
+                    v += red[wg * KS + k][m * RW + jj];
+                    if (swiglu) v2 += red[wg * KS + k][m * RW + jj + RW / 2];
+                }
+                if constexpr (!FOUR) {
+                    v *= __ldg(a.W.scale + o);
+                    if (swiglu) v2 *= __ldg(a.W.scale + O + o);
+                }
+                epilogue(a, O, m0 + m, o, v, v2);
+            }
+        }
+        __syncthreads();  // red is reused by the next set
+    }
+}
+
+// MSLM_DECODE_PDL=0 turns programmatic dependent launch off, as for the decoder's own kernels (read
+// at each launch: a captured graph keeps what it captured).
+bool pdl_enabled() {
+    const char* env = std::getenv("MSLM_DECODE_PDL");
+    return !(env && std::string(env) == "0");
+}
+
+template <int MT, int RW, bool FOUR, bool DQ>
+void launch_gemv(const QuantGemv& a, int64_t O, int64_t Kp, cudaStream_t stream) {
+    auto kernel = quant_gemv_kernel<MT, RW, FOUR, DQ>;
+    int device = 0, sms = 0, resident = 0;
+    detail::check_cuda<uint16_t>(cudaGetDevice(&device), "cudaGetDevice", "quant_gemv");
+    static int configured = -1;  // per instantiation
+    if (configured != device) {
+        detail::check_cuda<uint16_t>(
+            cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kMaxSmem)),
+            "cudaFuncSetAttribute", "quant_gemv");
+        configured = device;
+    }
+    const size_t smem = size_t(MT) * size_t(Kp) * sizeof(uint16_t);
+    constexpr int cols = FOUR ? 32 : 16;
+    // Warps per group of rows: enough 16-byte loads per row for a warp each, at most the block.
+    const int64_t loads = Kp / cols;
+    int ks_log2 = 0;
+    while (ks_log2 < 3 && (loads >> (ks_log2 + 1)) >= 32) ++ks_log2;
+    const int outs = a.epi == QuantEpilogue::SwiGLU ? RW / 2 : RW;
+    const int64_t sets = ((O + outs - 1) / outs + (kWarps >> ks_log2) - 1) / (kWarps >> ks_log2);
+    detail::check_cuda<uint16_t>(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device),
+                                 "cudaDeviceGetAttribute", "quant_gemv");
+    detail::check_cuda<uint16_t>(
+        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&resident, kernel, kThreads, smem),
+        "cudaOccupancyMaxActiveBlocksPerMultiprocessor", "quant_gemv");
+    const int64_t blocks = std::min<int64_t>(sets, int64_t(sms) * std::max(resident, 1));
+    const int64_t tiles = (a.M + MT - 1) / MT;
+    MSLM_CHECK(tiles <= 65535, "quant_gemv: {} rows of x in {} tiles of {} (at most 65535 tiles)", a.M, tiles,
+               MT);
+    int bs_log2 = 0;
+    while (FOUR && (int64_t(1) << bs_log2) < a.W.blocksize) ++bs_log2;
+    cudaLaunchConfig_t config{};
+    config.gridDim = dim3(unsigned(blocks), unsigned(tiles));
+    config.blockDim = dim3(kThreads);
+    config.dynamicSmemBytes = smem;
+    config.stream = stream;
+    cudaLaunchAttribute attribute{};
+    attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attribute.val.programmaticStreamSerializationAllowed = pdl_enabled() ? 1 : 0;
+    config.attrs = &attribute;
+    config.numAttrs = 1;
+    detail::check_cuda<uint16_t>(cudaLaunchKernelEx(&config, kernel, a, O, Kp, ks_log2, bs_log2), "launch",
+                                 "quant_gemv");
+}
+
+template <bool FOUR, bool DQ>
+void dispatch_tile(const QuantGemv& a, int64_t O, int64_t Kp, int tile, cudaStream_t s) {
+    switch (tile) {
+        case 1:
+            launch_gemv<1, 4, FOUR, DQ>(a, O, Kp, s);
+            break;
+        case 2:
+            launch_gemv<2, 4, FOUR, DQ>(a, O, Kp, s);
+            break;
+        case 4:
+            launch_gemv<4, 4, FOUR, DQ>(a, O, Kp, s);
+            break;
+        case 8:
+            launch_gemv<8, 2, FOUR, DQ>(a, O, Kp, s);
+            break;
+        default:
+            launch_gemv<16, 2, FOUR, DQ>(a, O, Kp, s);
+            break;
+    }
+}
+
+void check_weight(const QuantWeight& W, const char* op) {
+    MSLM_CHECK(W.out > 0 && W.in > 0 && W.data && detail::aligned16(W.data) && W.row_bytes % 16 == 0 &&
+                   W.row_bytes * (W.format == QuantFormat::Int8 ? 1 : 2) >= quant_padded_in(W.format, W.in),
+               "{}: malformed {} weight ({} x {}, {} bytes a row)", op, quant_format_name(W.format), W.out,
+               W.in, W.row_bytes);
+    if (W.format == QuantFormat::Int8) {
+        MSLM_CHECK(W.scale, "{}: int8 weight without row scales", op);
+        return;
+    }
+    MSLM_CHECK(W.blocksize >= 16 && W.blocksize <= 4096 && (W.blocksize & (W.blocksize - 1)) == 0 &&
+                   W.row_blocks == (W.in + W.blocksize - 1) / W.blocksize,
+               "{}: 4-bit weight with blocksize {} and {} blocks a row for {} columns", op, W.blocksize,
+               W.row_blocks, W.in);
+    MSLM_CHECK(W.scale || (W.absmax_q && W.nested_absmax && W.nested_code),
+               "{}: 4-bit weight without absmax (fp32, or the three double-quantization tensors)", op);
+}
+
+__global__ void dequantize_kernel(uint16_t* __restrict__ out, QuantWeight W) {
+    const int64_t n = W.out * W.in;
+    for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < n;
+         e += int64_t(gridDim.x) * blockDim.x) {
+        const int64_t r = e / W.in, c = e - r * W.in;
+        const uint8_t* row = W.data + r * W.row_bytes;
+        float v;
+        if (W.format == QuantFormat::Int8) {
+            v = float(int8_t(row[c])) * W.scale[r];
+        } else {
+            const uint8_t byte = row[c / 2];
+            const int q = c % 2 == 0 ? byte >> 4 : byte & 15;
+            const int64_t b = c / W.blocksize;
+            const float amax = W.scale ? block_absmax<false>(W, nullptr, r, b)
+                                       : __fadd_rn(__fmul_rn(W.nested_code[W.absmax_q[r * W.row_blocks + b]],
+                                                             W.nested_absmax[(r * W.row_blocks + b) >> 8]),
+                                                   W.offset);
+            v = __fmul_rn(W.code[q], amax);
+        }
+        out[e] = to_bf(v);
+    }
+}
+
+}  // namespace
+
+int64_t quant_gemv_outputs(const QuantGemv& a) {
+    return a.epi == QuantEpilogue::SwiGLU ? a.W.out / 2 : a.W.out;
+}
+
+void quant_gemv(const QuantGemv& a, void* stream) {
+    check_weight(a.W, "quant_gemv");
+    MSLM_CHECK(a.M >= 0 && (a.M == 0 || (a.x && a.ld_x >= a.W.in)),
+               "quant_gemv: x ({} rows, row stride {}) for {} columns", a.M, a.ld_x, a.W.in);
+    MSLM_CHECK(a.epi != QuantEpilogue::SwiGLU || a.W.out % 2 == 0,
+               "quant_gemv: SwiGLU needs [gate | up] rows, got {} rows", a.W.out);
+    const int64_t O = quant_gemv_outputs(a);
+    MSLM_CHECK(a.ld_out >= O && (a.epi == QuantEpilogue::F32 ? a.out32 != nullptr : a.out != nullptr),
+               "quant_gemv: output (row stride {}) for {} outputs", a.ld_out, O);
+    if (a.M == 0) return;
+    const int64_t Kp = quant_padded_in(a.W.format, a.W.in);
+    int tile = 1;
+    while (tile < std::min<int64_t>(a.M, kQuantGemvMaxRows)) tile *= 2;
+    while (tile > 1 && size_t(tile) * size_t(Kp) * 2 > kMaxSmem) tile /= 2;
+    MSLM_CHECK(size_t(Kp) * 2 <= kMaxSmem,
+               "quant_gemv: a row of {} columns does not fit in shared memory (at most {})", a.W.in,
+               kMaxSmem / 2);
+    auto s = static_cast<cudaStream_t>(stream);
+    if (a.W.format == QuantFormat::Int8)
+        dispatch_tile<false, false>(a, O, Kp, tile, s);
+    else if (a.W.scale)
+        dispatch_tile<true, false>(a, O, Kp, tile, s);
+    else
+        dispatch_tile<true, true>(a, O, Kp, tile, s);
+}
+
+void quant_dequantize_bf16(uint16_t* out, const QuantWeight& W, void* stream) {
+    check_weight(W, "quant_dequantize_bf16");
+    MSLM_CHECK(out, "quant_dequantize_bf16: null output");
+    const unsigned blocks = detail::grid_size<uint16_t>(W.out * W.in, "quant_dequantize_bf16");
+    dequantize_kernel<<<blocks, detail::kThreads, 0, static_cast<cudaStream_t>(stream)>>>(out, W);
+    detail::check_launch<uint16_t>("quant_dequantize_bf16");
+}
+
+QuantWeight quant_weight_upload(const QuantHostWeight& w, void* block, void* stream) {
+    MSLM_CHECK(block && reinterpret_cast<uintptr_t>(block) % 256 == 0,
+               "quant_weight_upload: the block must be 256-byte aligned");
+    auto s = static_cast<cudaStream_t>(stream);
+    char* p = static_cast<char*>(block);
+    auto put = [&](const void* src, size_t bytes) {
+        char* dst = p;
+        if (bytes)
+            detail::check_cuda<uint16_t>(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, s),
+                                         "cudaMemcpyAsync", "quant_weight_upload");
+        p += (bytes + 255) / 256 * 256;
+        return dst;
+    };
+    QuantWeight v;
+    v.format = w.format;
+    v.out = w.out;
+    v.in = w.in;
+    v.row_bytes = w.row_bytes;
+    v.blocksize = w.blocksize;
+    v.row_blocks = w.row_blocks;
+    v.offset = w.offset;
+    std::copy(w.code.begin(), w.code.end(), v.code);
+    v.data = reinterpret_cast<const uint8_t*>(put(w.data.data(), w.data.size()));
+    const char* scale = put(w.scale.data(), sizeof(float) * w.scale.size());
+    v.scale = w.scale.empty() ? nullptr : reinterpret_cast<const float*>(scale);
+    if (w.double_quant) {
+        v.absmax_q = reinterpret_cast<const uint8_t*>(put(w.absmax_q.data(), w.absmax_q.size()));
+        v.nested_absmax = reinterpret_cast<const float*>(
+            put(w.nested_absmax.data(), sizeof(float) * w.nested_absmax.size()));
+        MSLM_CHECK(w.nested_code.size() == 256,
+                   "quant_weight_upload: double quantization without its 256-entry map");
+        v.nested_code = reinterpret_cast<const float*>(put(w.nested_code.data(), sizeof(float) * 256));
+    }
+    return v;
+}
+
+}  // namespace mslm::ops::cuda

@@ -1,0 +1,259 @@
+// The GPU decoder (model/cuda_inference.h) on quantized weights — a model packed to nf4, fp4, int8
+// or w8a16, as `generate --dtype X --device cuda` packs it — against the CPU decoder on the same
+// packed weights (ops/packed_linear.h): prefill in one call and in pieces, batched steps of slots at
+// different positions, copy and reorder, a prompt long enough for prefill's dequantize + GEMM path,
+// more slots than the GEMV's row tile, and bitsandbytes directories as transformers saves them.
+// Skips without a GPU.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/cuda_device.h"
+#include "core/rng.h"
+#include "generate/lm.h"
+#include "inference_configs.h"
+#include "model/config.h"
+#include "model/cuda_inference.h"
+#include "model/hybrid_lm.h"
+#include "model/model_io.h"
+#include "ops/packed_linear.h"
+
+namespace mslm {
+namespace {
+
+#define SKIP_WITHOUT_GPU() \
+    if (!cuda_available()) GTEST_SKIP() << "no CUDA GPU: " << cuda_device_summary()
+
+const std::string kFixtures = MSLM_FIXTURE_DIR;
+
+// Relative to the largest |CPU logit| of the row, the bound of test_cuda_decoder.cpp: both decoders
+// multiply by the same quantized weights (the GPU's are the CPU's packed copies, bit for bit: see
+// CudaQuantLayout.FromPackedIsTheCpuWeight), so what differs is the GPU's bf16 activations — about 8
+// roundings of ≤ 2^-8 per layer adding like a random walk, plus the LM head's: √(3·8 + 2)·2^-8 ≈
+// 0.02 over ≤ 3 layers, bounded by 0.06. A wrong code, block scale, row or epilogue moves logits by
+// O(1) of their scale.
+constexpr double kRelTol = 0.06;
+
+#ifdef MSLM_HAVE_CUDA
+struct Format {
+    ops::WeightFormat gpu, cpu;  // int8 runs weight-only on the GPU: the CPU's w8a16 is its reference
+    const char* name;
+};
+constexpr Format kFormats[] = {{ops::WeightFormat::NF4, ops::WeightFormat::NF4, "nf4"},
+                               {ops::WeightFormat::FP4, ops::WeightFormat::FP4, "fp4"},
+                               {ops::WeightFormat::Int8, ops::WeightFormat::W8A16, "int8"},
+                               {ops::WeightFormat::W8A16, ops::WeightFormat::W8A16, "w8a16"}};
+
+std::unique_ptr<HybridLM<float>> random_model(const ModelConfig& cfg) {
+    auto model = std::make_unique<HybridLM<float>>(cfg);
+    model->init(11);
+    Rng rng(12);
+    float* v = model->params().values();
+    for (const auto& s : model->params().specs())
+        for (int64_t i = 0; i < s.numel; ++i) v[s.offset + i] += static_cast<float>(0.1 * rng.normal());
+    return model;
+}
+
+std::vector<int32_t> random_ids(Rng& rng, int64_t n, int64_t vocab) {
+    std::vector<int32_t> v(static_cast<size_t>(n));
+    for (auto& x : v) x = static_cast<int32_t>(rng.below(static_cast<uint64_t>(vocab)));
+    return v;
+}
+
+void expect_rows_close(const std::vector<float>& got, const std::vector<float>& want, int64_t w,
+                       const std::string& what) {
+    ASSERT_EQ(got.size(), want.size()) << what;
+    for (size_t r = 0; r < want.size() / w; ++r) {
+        double err = 0, scale = 0;
+        for (int64_t i = 0; i < w; ++i) {
+            err = std::max(err, std::fabs(double(got[r * w + i]) - double(want[r * w + i])));
+            scale = std::max(scale, std::fabs(double(want[r * w + i])));
+        }
+        EXPECT_LE(err, kRelTol * scale)
+            << what << " row " << r << ": max diff " << err << ", scale " << scale;
+    }
+}
+
+// The GPU decoder on model packed to f.gpu, the CPU decoder on it packed to f.cpu (the packs run in
+// that order: the GPU copies its weights at construction, the CPU reads the model's at each call).
+struct Pair {
+    std::unique_ptr<CudaCausalLM> gpu;
+    std::unique_ptr<HybridCausalLM> cpu;
+};
+Pair make_pair(HybridLM<float>& model, const Format& f) {
+    Pair p;
+    model.pack_weights(f.gpu);
+    p.gpu = std::make_unique<CudaCausalLM>(model);
+    if (f.cpu != f.gpu) model.pack_weights(f.cpu);
+    p.cpu = std::make_unique<HybridCausalLM>(model);
+    return p;
+}
+
+// Slot 0 prefilled in one call, slot 1 in three, slot 2 with one token; batched steps over all and
+// over subsets, a copy, a reorder, a late prefill: every logit and hidden row against the CPU.
+void follow_the_cpu(CausalLM& gpu, CausalLM& cpu, const ModelConfig& cfg) {
+    const int64_t V = cfg.vocab_size, D = cfg.d_model;
+    Rng rng(7);
+    cpu.start(3, cfg.max_seq_len);
+    gpu.start(3, cfg.max_seq_len);
+    auto both_prefill = [&](int64_t slot, const std::vector<int32_t>& ids, const std::string& what) {
+        std::vector<float> lc(V), lg(V), hc(ids.size() * D), hg(ids.size() * D);
+        cpu.prefill(slot, ids, lc.data(), hc.data());
+        gpu.prefill(slot, ids, lg.data(), hg.data());
+        expect_rows_close(lg, lc, V, what + " logits");
+        expect_rows_close(hg, hc, D, what + " hidden");
+    };
+    both_prefill(0, random_ids(rng, 9, V), "slot 0 prefill");
+    both_prefill(1, random_ids(rng, 4, V), "slot 1 prefill a");
+    both_prefill(1, random_ids(rng, 2, V), "slot 1 prefill b");
+    both_prefill(1, random_ids(rng, 7, V), "slot 1 prefill c");
+    both_prefill(2, random_ids(rng, 1, V), "slot 2 prefill");
+    auto both_step = [&](const std::vector<int64_t>& slots, const std::string& what) {
+        const auto k = static_cast<int64_t>(slots.size());
+        const std::vector<int32_t> toks = random_ids(rng, k, V);
+        std::vector<float> lc(k * V), lg(k * V), hc(k * D), hg(k * D);
+        cpu.step(slots, toks, lc.data(), hc.data());
+        gpu.step(slots, toks, lg.data(), hg.data());
+        expect_rows_close(lg, lc, V, what + " logits");
+        expect_rows_close(hg, hc, D, what + " hidden");
+    };
+    for (int t = 0; t < 4; ++t) both_step({0}, "slot 0 alone, step " + std::to_string(t));
+    for (int t = 0; t < 6; ++t) both_step({0, 1, 2}, "step " + std::to_string(t));
+    for (int t = 0; t < 2; ++t) both_step({2, 0}, "subset step " + std::to_string(t));
+    cpu.copy(1, 2);
+    gpu.copy(1, 2);
+    both_step({2, 1}, "after copy");
+    const std::vector<int64_t> order{2, 2, 0};
+    cpu.reorder(order);
+    gpu.reorder(order);
+    for (int t = 0; t < 3; ++t) both_step({0, 1, 2}, "after reorder " + std::to_string(t));
+    both_prefill(2, random_ids(rng, 6, V), "prefill after steps");
+    both_step({2}, "step after the late prefill");
+}
+
+// Widths where the products take several loads per lane, warps share rows, and blocks are 64 wide.
+ModelConfig mamba2_attention_wide() {
+    ModelConfig c = test::base_config("MAMM");
+    c.vocab_size = 1000;
+    c.d_model = 256;
+    c.mamba.d_state = 32;
+    c.mamba.head_dim = 32;
+    c.mamba.n_groups = 2;
+    c.attention.n_heads = 4;
+    c.attention.n_kv_heads = 2;
+    c.mlp = {MlpKind::SwiGLU, 1160, false};
+    return c;
+}
+
+#endif  // MSLM_HAVE_CUDA
+
+std::vector<test::Case> cases() {
+    std::vector<test::Case> v(std::begin(test::kInferenceCases), std::end(test::kInferenceCases));
+#ifdef MSLM_HAVE_CUDA
+    v.push_back({"Mamba2AttentionWide", mamba2_attention_wide});
+#endif
+    return v;
+}
+
+class CudaQuantDecoder : public testing::TestWithParam<test::Case> {};
+
+TEST_P(CudaQuantDecoder, FollowsTheCpuOnTheSameWeights) {
+    SKIP_WITHOUT_GPU();
+#ifdef MSLM_HAVE_CUDA
+    const ModelConfig cfg = GetParam().make();
+    for (const Format& f : kFormats) {
+        SCOPED_TRACE(f.name);
+        auto model = random_model(cfg);
+        Pair p = make_pair(*model, f);
+        follow_the_cpu(*p.gpu, *p.cpu, cfg);
+    }
+#endif
+}
+
+std::string case_name(const testing::TestParamInfo<test::Case>& info) {
+    return info.param.name;
+}
+INSTANTIATE_TEST_SUITE_P(CudaQuantDecoderMixers, CudaQuantDecoder, testing::ValuesIn(cases()), case_name);
+
+// A 100-token prompt (more rows than the quantized GEMV takes: the weights are expanded to bf16 for
+// cuBLASLt) and a step of 70 slots (several GEMV tiles per product; the expanded weights again for
+// all but the LM head).
+TEST(CudaQuantDecoderLong, LongPromptAndManySlots) {
+    SKIP_WITHOUT_GPU();
+#ifdef MSLM_HAVE_CUDA
+    ModelConfig cfg = test::mamba2_rope_partial();
+    cfg.max_seq_len = 128;
+    for (const Format& f : {kFormats[0], kFormats[2]}) {
+        SCOPED_TRACE(f.name);
+        auto model = random_model(cfg);
+        Pair p = make_pair(*model, f);
+        const int64_t V = cfg.vocab_size, slots = 70;
+        Rng rng(9);
+        p.cpu->start(slots, cfg.max_seq_len);
+        p.gpu->start(slots, cfg.max_seq_len);
+        std::vector<float> lc(slots * V), lg(slots * V);
+        const std::vector<int32_t> prompt = random_ids(rng, 100, V);
+        p.cpu->prefill(0, prompt, lc.data(), nullptr);
+        p.gpu->prefill(0, prompt, lg.data(), nullptr);
+        expect_rows_close(std::vector<float>(lg.begin(), lg.begin() + V),
+                          std::vector<float>(lc.begin(), lc.begin() + V), V, "100-token prefill");
+        for (int64_t s = 1; s < slots; ++s) {
+            const std::vector<int32_t> ids = random_ids(rng, 1 + s % 5, V);
+            p.cpu->prefill(s, ids, lc.data(), nullptr);
+            p.gpu->prefill(s, ids, lg.data(), nullptr);
+        }
+        std::vector<int64_t> all(static_cast<size_t>(slots));
+        for (int64_t s = 0; s < slots; ++s) all[s] = s;
+        for (int t = 0; t < 3; ++t) {
+            const std::vector<int32_t> toks = random_ids(rng, slots, V);
+            p.cpu->step(all, toks, lc.data(), nullptr);
+            p.gpu->step(all, toks, lg.data(), nullptr);
+            expect_rows_close(lg, lc, V, "70-slot step " + std::to_string(t));
+        }
+    }
+#endif
+}
+
+TEST(CudaQuantDecoderLong, HoldsFewerWeightBytes) {
+    SKIP_WITHOUT_GPU();
+#ifdef MSLM_HAVE_CUDA
+    const ModelConfig cfg = mamba2_attention_wide();
+    auto plain = random_model(cfg);
+    const size_t bf16 = CudaCausalLM(*plain).memory().weights;
+    for (const Format& f : kFormats) {
+        auto model = random_model(cfg);
+        model->pack_weights(f.gpu);
+        const size_t q = CudaCausalLM(*model).memory().weights;
+        // Linear weights are ~95% of this model: 4-bit ≈ 0.28 of bf16's bytes, int8 ≈ 0.53 (a bf16 copy
+        // of every weight, as before, would be ≥ 1).
+        EXPECT_LT(double(q), (ops::is_4bit_format(f.gpu) ? 0.4 : 0.65) * double(bf16)) << f.name;
+    }
+#endif
+}
+
+// bitsandbytes directories as transformers + bitsandbytes save them (tests/parity/fixtures/bnb_models):
+// 4-bit weights packed straight from the file's codes, double-quantized absmax included.
+TEST(CudaQuantDecoderLong, BitsandbytesDirectories) {
+    SKIP_WITHOUT_GPU();
+#ifdef MSLM_HAVE_CUDA
+    struct Dir {
+        const char* name;
+        Format f;
+    };
+    for (const Dir& d : {Dir{"hybrid_nf4_dq", kFormats[0]}, Dir{"mamba2_fp4", kFormats[1]},
+                         Dir{"jamba_fp4_dq", kFormats[1]}, Dir{"hybrid_int8", kFormats[2]}}) {
+        SCOPED_TRACE(d.name);
+        auto model = load_model<float>(kFixtures + "/bnb_models/" + d.name, nullptr, d.f.gpu);
+        Pair p = make_pair(*model, d.f);
+        ModelConfig cfg = model->config();
+        cfg.max_seq_len = std::min<int64_t>(cfg.max_seq_len, 64);
+        follow_the_cpu(*p.gpu, *p.cpu, cfg);
+    }
+#endif
+}
+
+}  // namespace
+}  // namespace mslm

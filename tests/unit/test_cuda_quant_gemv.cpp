@@ -1,0 +1,465 @@
+// The quantized GPU weights and products (ops/cuda/quant_gemv.h).
+//
+// CudaQuantLayout (every build): the GPU layout holds bitsandbytes' blocks — each dequantized weight
+// is bit for bit what quant/bnb.h's dequantizers give (NF4, FP4, double quantization), a row length
+// that is a multiple of the blocksize gives bitsandbytes' flattened bytes as they are, and a weight
+// taken from the CPU's packed copy (ops/packed_linear.h) is exactly the CPU's weight.
+// CudaQuantGemv (skips without a GPU): the GEMV against a double-precision product over the same
+// bf16 inputs and the bnb.h-dequantized weights, for every format, odd and padded row lengths, rows
+// not a multiple of the blocksize, blocks of 16..256, 1..40 rows of x (several tiles), strided and
+// misaligned x, every epilogue; and the bf16 dequantization bit for bit.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "core/cuda_device.h"
+#include "core/error.h"
+#include "core/rng.h"
+#include "cuda_test_util.h"
+#include "ops/cuda/quant_gemv.h"
+#include "ops/packed_linear.h"
+#include "quant/bnb.h"
+
+namespace mslm {
+namespace {
+
+using ops::cuda::QuantFormat;
+using ops::cuda::QuantHostWeight;
+
+quant::Bnb4Type bnb_type(QuantFormat f) {
+    return f == QuantFormat::NF4 ? quant::Bnb4Type::NF4 : quant::Bnb4Type::FP4;
+}
+
+// Roughly normal weights with a few outliers (the blocks' absmax then differ widely).
+std::vector<float> random_weights(Rng& rng, int64_t out, int64_t in) {
+    std::vector<float> w(static_cast<size_t>(out * in));
+    for (auto& v : w) v = static_cast<float>(0.05 * rng.normal());
+    for (size_t i = 0; i < w.size(); i += 97) w[i] *= 20.0f;
+    return w;
+}
+
+bool same_bits(float a, float b) {
+    return std::memcmp(&a, &b, sizeof a) == 0;
+}
+
+// The weights bitsandbytes' dequantizer gives for W quantized one row at a time (quant/bnb.h), the
+// absmax array (out, row_blocks) double-quantized first when asked.
+std::vector<float> bnb_reference(const std::vector<float>& W, int64_t out, int64_t in, QuantFormat f,
+                                 int64_t blocksize, bool double_quant) {
+    const int64_t row_blocks = (in + blocksize - 1) / blocksize;
+    std::vector<quant::Bnb4Quantized> rows;
+    std::vector<float> absmax;
+    for (int64_t r = 0; r < out; ++r) {
+        rows.push_back(quant::bnb4_quantize(
+            std::span<const float>(W.data() + r * in, static_cast<size_t>(in)), bnb_type(f), blocksize));
+        absmax.insert(absmax.end(), rows.back().absmax.begin(), rows.back().absmax.end());
+    }
+    if (double_quant) absmax = quant::double_dequantize_absmax(quant::double_quantize_absmax(absmax));
+    std::vector<float> deq(W.size());
+    for (int64_t r = 0; r < out; ++r)
+        quant::bnb4_dequantize(
+            rows[r].packed,
+            std::span<const float>(absmax.data() + r * row_blocks, static_cast<size_t>(row_blocks)),
+            bnb_type(f), blocksize, std::span<float>(deq.data() + r * in, static_cast<size_t>(in)));
+    return deq;
+}
+
+struct Shape4 {
+    int64_t out, in, blocksize;
+};
+// Odd rows, rows shorter than a block, rows not a multiple of the blocksize or of 32, long rows.
+constexpr Shape4 kShapes4[] = {{5, 64, 64}, {3, 200, 64}, {7, 33, 32},   {4, 1000, 128},
+                               {2, 1, 64},  {6, 95, 256}, {3, 2048, 64}, {1, 4096, 4096}};
+
+TEST(CudaQuantLayout, FourBitIsBitsandbytesDequantized) {
+    Rng rng(1);
+    for (QuantFormat f : {QuantFormat::NF4, QuantFormat::FP4})
+        for (bool dq : {false, true})
+            for (const Shape4& s : kShapes4) {
+                SCOPED_TRACE(std::string(ops::cuda::quant_format_name(f)) + (dq ? " double quant" : "") +
+                             " " + std::to_string(s.out) + "x" + std::to_string(s.in) + " blocks of " +
+                             std::to_string(s.blocksize));
+                const std::vector<float> W = random_weights(rng, s.out, s.in);
+                const QuantHostWeight q =
+                    ops::cuda::quant_weight_4bit(W.data(), s.out, s.in, f, s.blocksize, dq);
+                const std::vector<float> ref = bnb_reference(W, s.out, s.in, f, s.blocksize, dq);
+                EXPECT_EQ(q.row_bytes % 16, 0);
+                EXPECT_EQ(q.double_quant, dq);
+                int64_t misses = 0;
+                for (int64_t r = 0; r < s.out; ++r)
+                    for (int64_t c = 0; c < s.in; ++c) misses += !same_bits(q.at(r, c), ref[r * s.in + c]);
+                EXPECT_EQ(misses, 0);
+                // The padding of each row is the code of 0.0.
+                const auto& code = q.code;
+                for (int64_t r = 0; r < s.out; ++r)
+                    for (int64_t c = s.in; c < 2 * q.row_bytes; ++c) {
+                        const uint8_t byte = q.data[r * q.row_bytes + c / 2];
+                        EXPECT_EQ(code[c % 2 == 0 ? byte >> 4 : byte & 15], 0.0f)
+                            << "row " << r << " column " << c;
+                    }
+            }
+}
+
+TEST(CudaQuantLayout, WholeBlockRowsAreBitsandbytesBytes) {
+    // Rows of a whole number of blocks (and of 32 columns): the codes and absmax are bitsandbytes'
+    // flattened tensors byte for byte, and the double quantization its nested tensors.
+    Rng rng(2);
+    for (QuantFormat f : {QuantFormat::NF4, QuantFormat::FP4}) {
+        const int64_t out = 9, in = 256;
+        const std::vector<float> W = random_weights(rng, out, in);
+        const quant::Bnb4Quantized flat = quant::bnb4_quantize(W, bnb_type(f), 64);
+        const QuantHostWeight q = ops::cuda::quant_weight_4bit(W.data(), out, in, f, 64, false);
+        EXPECT_EQ(q.data, flat.packed);
+        EXPECT_EQ(q.scale, flat.absmax);
+        const quant::DoubleQuantized d = quant::double_quantize_absmax(flat.absmax);
+        const QuantHostWeight qd = ops::cuda::quant_weight_4bit(W.data(), out, in, f, 64, true);
+        EXPECT_EQ(qd.absmax_q, d.q);
+        EXPECT_EQ(qd.nested_absmax, d.nested_absmax);
+        EXPECT_TRUE(same_bits(qd.offset, d.offset));
+        EXPECT_TRUE(qd.scale.empty());
+        EXPECT_EQ(qd.nested_code.size(), 256u);
+    }
+}
+
+TEST(CudaQuantLayout, FromPackedIsTheCpuWeight) {
+    Rng rng(3);
+    // 4-bit, packed from bitsandbytes' flattened blocks: a row length of 48 with blocks of 64 gives
+    // groups of 16 columns (blocks of 16 on the GPU); rows of 64·k + 32, groups of 32; and packed one
+    // row at a time (as --dtype nf4 packs an fp32 model) with a row length off every group size.
+    struct Case {
+        int64_t out, in;
+        bool row_blocks;
+        int64_t group;
+    };
+    for (QuantFormat f : {QuantFormat::NF4, QuantFormat::FP4})
+        for (const Case& c : {Case{6, 48, false, 16}, Case{5, 160, false, 32}, Case{4, 256, false, 64},
+                              Case{7, 100, true, 64}, Case{3, 5, true, 64}}) {
+            SCOPED_TRACE(std::to_string(c.out) + "x" + std::to_string(c.in) +
+                         (c.row_blocks ? " row blocks" : ""));
+            const std::vector<float> W = random_weights(rng, c.out, c.in);
+            std::vector<uint8_t> codes;
+            std::vector<float> absmax;
+            if (c.row_blocks) {
+                codes.assign(static_cast<size_t>((c.out * c.in + 1) / 2), 0);
+                for (int64_t r = 0; r < c.out; ++r) {
+                    const quant::Bnb4Quantized q = quant::bnb4_quantize(
+                        std::span<const float>(W.data() + r * c.in, static_cast<size_t>(c.in)), bnb_type(f),
+                        64);
+                    absmax.insert(absmax.end(), q.absmax.begin(), q.absmax.end());
+                    for (int64_t k = 0; k < c.in; ++k) {
+                        const int v = k % 2 == 0 ? q.packed[k / 2] >> 4 : q.packed[k / 2] & 15;
+                        const int64_t e = r * c.in + k;
+                        codes[e / 2] |= static_cast<uint8_t>(e % 2 == 0 ? v << 4 : v);
+                    }
+                }
+            } else {
+                const quant::Bnb4Quantized q = quant::bnb4_quantize(W, bnb_type(f), 64);
+                codes = q.packed;
+                absmax = q.absmax;
+            }
+            ops::PackedWeight p;
+            ASSERT_TRUE(ops::pack_weight_4bit(
+                p, codes.data(), absmax.data(), quant::bnb4_code(bnb_type(f)).data(), c.out, c.in, 64,
+                c.row_blocks, f == QuantFormat::NF4 ? ops::WeightFormat::NF4 : ops::WeightFormat::FP4));
+            ASSERT_EQ(p.group, c.group);
+            const QuantHostWeight q = ops::cuda::quant_weight_from_packed(p);
+            EXPECT_EQ(q.blocksize, c.group);
+            int64_t misses = 0;
+            for (int64_t r = 0; r < c.out; ++r)
+                for (int64_t k = 0; k < c.in; ++k) misses += !same_bits(q.at(r, k), p.at(r, k));
+            EXPECT_EQ(misses, 0);
+        }
+    // int8 (the int8 and w8a16 packs share weights and row scales): w = q · scale.
+    for (ops::WeightFormat f : {ops::WeightFormat::Int8, ops::WeightFormat::W8A16})
+        for (int64_t in : {int64_t(1), int64_t(37), int64_t(64), int64_t(300)}) {
+            const int64_t out = 5;
+            std::vector<float> W = random_weights(rng, out, in);
+            std::fill(W.begin() + in, W.begin() + 2 * in, 0.0f);  // a zero row: scale 0
+            const ops::PackedWeight p = ops::pack_weight(W.data(), out, in, f);
+            const QuantHostWeight q = ops::cuda::quant_weight_from_packed(p);
+            EXPECT_EQ(q.format, QuantFormat::Int8);
+            EXPECT_EQ(q.row_bytes % 16, 0);
+            for (int64_t r = 0; r < out; ++r)
+                for (int64_t k = 0; k < in; ++k)
+                    ASSERT_TRUE(same_bits(q.at(r, k), p.at(r, k) * p.scale.get()[r]));
+        }
+}
+
+TEST(CudaQuantLayout, RefusesOtherFormats) {
+    EXPECT_THROW(ops::cuda::quant_format_of(ops::WeightFormat::BF16), Error);
+    EXPECT_THROW(ops::cuda::quant_format_of(ops::WeightFormat::F32), Error);
+    Rng rng(4);
+    const std::vector<float> W = random_weights(rng, 2, 64);
+    EXPECT_THROW(ops::cuda::quant_weight_4bit(W.data(), 2, 64, QuantFormat::NF4, 48, false), Error);
+    EXPECT_THROW(ops::cuda::quant_weight_4bit(W.data(), 2, 64, QuantFormat::Int8, 64, false), Error);
+}
+
+#ifdef MSLM_HAVE_CUDA
+
+using ops::cuda::QuantEpilogue;
+using ops::cuda::QuantGemv;
+using ops::cuda::QuantWeight;
+
+// A host weight on the GPU for the life of the test.
+struct DeviceWeight {
+    test::DeviceBytes block;
+    QuantWeight view;
+    explicit DeviceWeight(const QuantHostWeight& h)
+        : block(h.device_bytes()), view(ops::cuda::quant_weight_upload(h, block.get(), nullptr)) {
+        cuda_synchronize();
+    }
+};
+
+// A weight to test, with the fp32 reference values w (out, in) from bnb.h's dequantizers (4-bit,
+// quantized here one row at a time) or the CPU's packed weights (int8; 4-bit blocks of 16 and 32).
+struct Subject {
+    std::string name;
+    QuantHostWeight host;
+    std::vector<float> w;
+};
+
+Subject subject_4bit(Rng& rng, QuantFormat f, int64_t out, int64_t in, int64_t blocksize, bool dq) {
+    const std::vector<float> W = random_weights(rng, out, in);
+    Subject s{std::string(ops::cuda::quant_format_name(f)) + (dq ? "+dq" : "") + " " + std::to_string(out) +
+                  "x" + std::to_string(in) + " bs" + std::to_string(blocksize),
+              ops::cuda::quant_weight_4bit(W.data(), out, in, f, blocksize, dq),
+              bnb_reference(W, out, in, f, blocksize, dq)};
+    return s;
+}
+
+// Packed from bitsandbytes' flattened blocks of 64 with rows of 48 (groups, hence blocks, of 16).
+Subject subject_blocks16(Rng& rng, int64_t out) {
+    const int64_t in = 48;
+    const std::vector<float> W = random_weights(rng, out, in);
+    const quant::Bnb4Quantized q = quant::bnb4_quantize(W, quant::Bnb4Type::NF4, 64);
+    ops::PackedWeight p;
+    EXPECT_TRUE(ops::pack_weight_4bit(p, q.packed.data(), q.absmax.data(),
+                                      quant::bnb4_code(quant::Bnb4Type::NF4).data(), out, in, 64, false,
+                                      ops::WeightFormat::NF4));
+    Subject s{"nf4 " + std::to_string(out) + "x48 bs16", ops::cuda::quant_weight_from_packed(p),
+              std::vector<float>(static_cast<size_t>(out * in))};
+    std::vector<float> deq(W.size());
+    quant::bnb4_dequantize(q.packed, q.absmax, quant::Bnb4Type::NF4, 64, deq);
+    s.w = deq;
+    return s;
+}
+
+Subject subject_int8(Rng& rng, int64_t out, int64_t in) {
+    const std::vector<float> W = random_weights(rng, out, in);
+    const ops::PackedWeight p = ops::pack_weight(W.data(), out, in, ops::WeightFormat::W8A16);
+    Subject s{"int8 " + std::to_string(out) + "x" + std::to_string(in),
+              ops::cuda::quant_weight_from_packed(p), std::vector<float>(static_cast<size_t>(out * in))};
+    for (int64_t r = 0; r < out; ++r)
+        for (int64_t c = 0; c < in; ++c) s.w[r * in + c] = p.at(r, c) * p.scale.get()[r];
+    return s;
+}
+
+std::vector<Subject> subjects() {
+    Rng rng(21);
+    std::vector<Subject> v;
+    for (QuantFormat f : {QuantFormat::NF4, QuantFormat::FP4})
+        for (bool dq : {false, true}) {
+            v.push_back(subject_4bit(rng, f, 37, 200, 64, dq));    // rows off the blocksize and 32
+            v.push_back(subject_4bit(rng, f, 13, 33, 32, dq));     // odd row length
+            v.push_back(subject_4bit(rng, f, 300, 2048, 64, dq));  // two warps a row group
+        }
+    v.push_back(subject_4bit(rng, QuantFormat::NF4, 64, 8192, 64, false));  // eight warps a row group
+    v.push_back(subject_4bit(rng, QuantFormat::NF4, 21, 1000, 256, true));
+    v.push_back(subject_4bit(rng, QuantFormat::FP4, 5, 1, 64, false));  // one column
+    v.push_back(subject_blocks16(rng, 9));
+    v.push_back(subject_int8(rng, 29, 37));
+    v.push_back(subject_int8(rng, 33, 512));
+    v.push_back(subject_int8(rng, 200, 4096));
+    return v;
+}
+
+std::vector<uint16_t> random_bf16(Rng& rng, size_t n) {
+    std::vector<uint16_t> v(n);
+    for (auto& x : v) x = f32_to_bf16(static_cast<float>(rng.uniform(-1.0, 1.0)));
+    return v;
+}
+
+// The product of x (M rows of ld_x) with the reference weights in double, and Σ |x·w| per output.
+void reference(const Subject& s, const std::vector<uint16_t>& x, int64_t M, int64_t ld_x,
+               std::vector<double>& y, std::vector<double>& mag) {
+    const int64_t O = s.host.out, K = s.host.in;
+    y.assign(static_cast<size_t>(M * O), 0.0);
+    mag.assign(y.size(), 0.0);
+    for (int64_t m = 0; m < M; ++m)
+        for (int64_t o = 0; o < O; ++o) {
+            double acc = 0, a = 0;
+            for (int64_t k = 0; k < K; ++k) {
+                const double t = double(bf16_to_f32(x[m * ld_x + k])) * double(s.w[o * K + k]);
+                acc += t;
+                a += std::fabs(t);
+            }
+            y[m * O + o] = acc;
+            mag[m * O + o] = a;
+        }
+}
+
+// fp32 products summed in fp32: each output is a sum of K products added in a tree whose depth is at
+// most 8 (the 8 columns of one word) + 2 (times the block's absmax, into the lane's sum) + K / 256
+// (the lane's segments of 8 columns one after the other: at most one in 256 columns) + 5 (the warp) +
+// 3 (the warps sharing a row) + 1 (the bias), plus 1 for the reference's own rounding of code·absmax:
+// each a rounding of ≤ 2^-24 relative, so |error| ≤ n·2^-24·Σ|x·w| with n = 24 + K/256 (a bound, not
+// an estimate). One wrong code or absmax would move an output by about Σ|x·w| / K · O(1), far above.
+double gemv_tol(int64_t K, double mag) {
+    return (24.0 + double(K) / 256.0) * 0x1p-24 * mag;
+}
+
+#endif  // MSLM_HAVE_CUDA
+
+#define SKIP_WITHOUT_GPU() \
+    if (!cuda_available()) GTEST_SKIP() << "no CUDA GPU: " << cuda_device_summary()
+
+TEST(CudaQuantGemv, MatchesBitsandbytesDequantizedProduct) {
+    SKIP_WITHOUT_GPU();
+#ifdef MSLM_HAVE_CUDA
+    Rng rng(5);
+    for (const Subject& s : subjects()) {
+        const DeviceWeight dw(s.host);
+        const int64_t O = s.host.out, K = s.host.in;
+        for (int64_t M : {1, 2, 3, 5, 8, 13, 16, 17, 40}) {
+            // Contiguous rows, then rows 3 columns apart from a misaligned start (the staging's
+            // element path).
+            for (int64_t pad : {int64_t(0), int64_t(3)}) {
+                SCOPED_TRACE(s.name + " M=" + std::to_string(M) + " row padding " + std::to_string(pad));
+                const int64_t ld_x = K + pad;
+                const std::vector<uint16_t> x = random_bf16(rng, static_cast<size_t>(M * ld_x));
+                const test::DeviceBuffer<uint16_t> dx(x, pad ? 1 : 0);
+                test::DeviceBuffer<float> dy(static_cast<size_t>(M * O));
+                QuantGemv g;
+                g.x = dx.get();
+                g.ld_x = ld_x;
+                g.M = M;
+                g.W = dw.view;
+                g.epi = QuantEpilogue::F32;
+                g.out32 = dy.get();
+                g.ld_out = O;
+                ops::cuda::quant_gemv(g, nullptr);
+                std::vector<double> ref, mag, tol;
+                reference(s, x, M, ld_x, ref, mag);
+                for (double a : mag) tol.push_back(gemv_tol(K, a) + 1e-30);
+                EXPECT_TRUE(test::all_within(dy.download(), ref, tol));
+            }
+        }
+    }
+#endif
+}
+
+TEST(CudaQuantGemv, Epilogues) {
+    SKIP_WITHOUT_GPU();
+#ifdef MSLM_HAVE_CUDA
+    Rng rng(6);
+    for (int which = 0; which < 3; ++which) {
+        Subject s = which == 0   ? subject_4bit(rng, QuantFormat::NF4, 2 * 45, 320, 64, true)
+                    : which == 1 ? subject_4bit(rng, QuantFormat::FP4, 2 * 45, 320, 64, false)
+                                 : subject_int8(rng, 2 * 45, 320);
+        const DeviceWeight dw(s.host);
+        const int64_t K = s.host.in, rows = s.host.out, M = 3;
+        const std::vector<uint16_t> x = random_bf16(rng, static_cast<size_t>(M * K));
+        const std::vector<uint16_t> bias = random_bf16(rng, static_cast<size_t>(rows));
+        const test::DeviceBuffer<uint16_t> dx(x), db(bias);
+        std::vector<double> v, mag;
+        reference(s, x, M, K, v, mag);
+        for (QuantEpilogue epi : {QuantEpilogue::Store, QuantEpilogue::Residual, QuantEpilogue::SwiGLU}) {
+            const int64_t O = epi == QuantEpilogue::SwiGLU ? rows / 2 : rows;
+            SCOPED_TRACE(s.name + " epilogue " + std::to_string(static_cast<int>(epi)));
+            const std::vector<uint16_t> res = random_bf16(rng, static_cast<size_t>(M * O));
+            test::DeviceBuffer<uint16_t> dout(res);
+            QuantGemv g;
+            g.x = dx.get();
+            g.ld_x = K;
+            g.M = M;
+            g.W = dw.view;
+            g.bias = db.get();
+            g.epi = epi;
+            g.out = dout.get();
+            g.ld_out = O;
+            ops::cuda::quant_gemv(g, nullptr);
+            // Each bf16 rounding adds ≤ 2^-9 relative; 2^-8 covers it with the product's own bound.
+            std::vector<double> ref(static_cast<size_t>(M * O)), tol(ref.size());
+            for (int64_t m = 0; m < M; ++m)
+                for (int64_t o = 0; o < O; ++o) {
+                    const size_t i = static_cast<size_t>(m * O + o);
+                    const double e = gemv_tol(K, mag[m * rows + o]);
+                    const double a = v[m * rows + o] + bf16_to_f32(bias[o]);
+                    if (epi == QuantEpilogue::Store) {
+                        ref[i] = a;
+                        tol[i] = e + 0x1p-8 * std::fabs(a);
+                    } else if (epi == QuantEpilogue::Residual) {
+                        ref[i] = bf16_to_f32(res[i]) + a;
+                        tol[i] = e + 0x1p-8 * (std::fabs(a) + std::fabs(ref[i]));
+                    } else {
+                        const double u = v[m * rows + O + o] + bf16_to_f32(bias[O + o]);
+                        const double eu = gemv_tol(K, mag[m * rows + O + o]);
+                        const double sg = a / (1.0 + std::exp(-a));
+                        ref[i] = sg * u;
+                        // silu' ≤ 1.1: |Δ silu| ≤ 1.1·|Δg|.
+                        tol[i] = 1.1 * (e + 0x1p-8 * std::fabs(a)) * std::fabs(u) +
+                                 std::fabs(sg) * (eu + 0x1p-8 * std::fabs(u)) + 0x1p-8 * std::fabs(ref[i]) +
+                                 1e-30;
+                    }
+                }
+            EXPECT_TRUE(test::all_within(dout.download(), ref, tol));
+        }
+    }
+#endif
+}
+
+TEST(CudaQuantGemv, DequantizeIsBitsandbytesInBf16) {
+    SKIP_WITHOUT_GPU();
+#ifdef MSLM_HAVE_CUDA
+    for (const Subject& s : subjects()) {
+        SCOPED_TRACE(s.name);
+        const DeviceWeight dw(s.host);
+        test::DeviceBuffer<uint16_t> out(static_cast<size_t>(s.host.out * s.host.in));
+        ops::cuda::quant_dequantize_bf16(out.get(), dw.view, nullptr);
+        const std::vector<uint16_t> got = out.download();
+        int64_t misses = 0;
+        for (size_t i = 0; i < got.size(); ++i) misses += got[i] != f32_to_bf16(s.w[i]);
+        EXPECT_EQ(misses, 0);
+    }
+#endif
+}
+
+TEST(CudaQuantGemv, RefusesMalformedCalls) {
+    SKIP_WITHOUT_GPU();
+#ifdef MSLM_HAVE_CUDA
+    Rng rng(8);
+    Subject s = subject_4bit(rng, QuantFormat::NF4, 3, 64, 64, false);
+    const DeviceWeight dw(s.host);
+    test::DeviceBuffer<uint16_t> x(64), out(64);
+    QuantGemv g;
+    g.x = x.get();
+    g.ld_x = 64;
+    g.M = 1;
+    g.W = dw.view;
+    g.epi = QuantEpilogue::SwiGLU;  // 3 rows cannot be [gate | up]
+    g.out = out.get();
+    g.ld_out = 3;
+    try {
+        ops::cuda::quant_gemv(g, nullptr);
+        ADD_FAILURE() << "no error";
+    } catch (const Error& e) {
+        EXPECT_NE(std::string(e.what()).find("SwiGLU needs [gate | up] rows, got 3 rows"), std::string::npos)
+            << e.what();
+    }
+    g.epi = QuantEpilogue::Store;
+    g.W.blocksize = 48;
+    try {
+        ops::cuda::quant_gemv(g, nullptr);
+        ADD_FAILURE() << "no error";
+    } catch (const Error& e) {
+        EXPECT_NE(std::string(e.what()).find("blocksize 48"), std::string::npos) << e.what();
+    }
+#endif
+}
+
+}  // namespace
+}  // namespace mslm
