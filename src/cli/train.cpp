@@ -21,6 +21,8 @@ struct TrainArgs {
     double lora_alpha = 0, lora_dropout = 0;
     std::string lora_targets, lora_init;
     bool rslora = false;
+    bool qlora = false, double_quant = true;
+    std::string base_quant;
     std::string qat;
     int64_t qat_group = 0;
 };
@@ -53,6 +55,15 @@ void register_train(CLI::App& app) {
                                                                    "A) or gaussian (A ~ N(0, 1/r²)); B = 0")
                           ->check(CLI::IsMember({"default", "gaussian"}));
     auto* rslora = cmd->add_flag("--rslora", a->rslora, "rsLoRA scaling alpha / sqrt(r) (lora.rslora)");
+    auto* qlora = cmd->add_flag("--qlora", a->qlora,
+                                "QLoRA: hold the frozen base's linear weights in NF4 with double quantization and "
+                                "train the LoRA adapter on them (lora.base_quant=nf4; needs --lora-r)");
+    auto* base_quant = cmd->add_option("--base-quant", a->base_quant,
+                                       "The frozen base's 4-bit format for QLoRA: nf4 or fp4 (lora.base_quant)")
+                           ->check(CLI::IsMember({"nf4", "fp4"}));
+    auto* double_quant = cmd->add_flag("--double-quant,!--no-double-quant", a->double_quant,
+                                       "QLoRA: double-quantize the base's absmax values (lora.double_quant; on by "
+                                       "default)");
     auto* qat = cmd->add_option("--qat", a->qat,
                                 "Quantization-aware training: fake-quantize the linear weights as int8 (per row), "
                                 "int4 (groupwise) or nf4 (bitsandbytes, blocksize 64) in the forward pass (qat)");
@@ -61,7 +72,8 @@ void register_train(CLI::App& app) {
     cmd->add_option("--save-init", a->save_init,
                     "Write the model the run would start from (model.* and seed) to this directory, and exit")
         ->excludes("--resume");
-    cmd->callback([a, lora_r, lora_alpha, lora_dropout, lora_targets, lora_init, rslora, qat, qat_group] {
+    cmd->callback([a, lora_r, lora_alpha, lora_dropout, lora_targets, lora_init, rslora, qlora, base_quant,
+                   double_quant, qat, qat_group] {
         TrainConfig cfg = load_train_config(a->config);
         for (const std::string& s : a->sets) apply_override(cfg, s);
         if (!a->data.empty()) cfg.data = a->data;
@@ -74,6 +86,9 @@ void register_train(CLI::App& app) {
         if (lora_targets->count()) cfg.lora.targets = a->lora_targets;
         if (lora_init->count()) cfg.lora.init = a->lora_init;
         if (rslora->count()) cfg.lora.rslora = true;
+        if (qlora->count() && cfg.lora.base_quant.empty()) cfg.lora.base_quant = "nf4";
+        if (base_quant->count()) cfg.lora.base_quant = a->base_quant;
+        if (double_quant->count()) cfg.lora.double_quant = a->double_quant;
         if (qat->count()) cfg.qat = a->qat;
         if (qat_group->count()) cfg.qat_group = a->qat_group;
         if (!a->save_init.empty()) {
@@ -85,8 +100,9 @@ void register_train(CLI::App& app) {
         Trainer trainer(cfg, a->resume);
         const TrainSummary s = trainer.run();
         std::printf("%s\n", fmt::format("trained to step {}: loss {:.4f}, val loss {:.4f}, {} skipped steps; "
-                                        "checkpoint {}", s.step, s.last_loss, s.val_loss, s.skipped_steps,
-                                        s.checkpoint.empty() ? "-" : s.checkpoint).c_str());
+                                        "checkpoint {}; peak RSS {:.1f} MiB", s.step, s.last_loss, s.val_loss,
+                                        s.skipped_steps, s.checkpoint.empty() ? "-" : s.checkpoint,
+                                        static_cast<double>(s.peak_rss_bytes) / (1024.0 * 1024.0)).c_str());
     });
 }
 

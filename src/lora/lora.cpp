@@ -343,6 +343,10 @@ void LoraModel<T>::apply_delta(const LoraAdapter<T>& a, T sign) {
     for (const auto& m : a.modules_) {
         const LoraTarget& tg = targets_[m.target];
         const int rows = as_int(tg.rows, "rows"), in = as_int(tg.in, "in");
+        MSLM_CHECK(!base.released(tg.weight),
+                   "LoRA: cannot merge into {}: the base holds it in 4 bits (QLoRA); save the adapter and merge it "
+                   "into the unquantized model (mamba-slm lora merge)",
+                   tg.native);
         // PEFT's get_delta_weight: (B · A) · scaling in the weights' precision, then W ± delta.
         tmp_.resize(static_cast<size_t>(tg.rows * tg.in));
         gemm<T>(false, false, rows, in, r, T(1), a.params_.value(m.B), r, a.params_.value(m.A), in, T(0),

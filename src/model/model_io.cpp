@@ -86,7 +86,7 @@ ModelConfig load_any_config(const std::string& dir, std::string* format, std::st
 
 template <typename T>
 std::unique_ptr<HybridLM<T>> load_model(const std::string& dir, LoadedModelInfo* info,
-                                        ops::WeightFormat pack_4bit) {
+                                        ops::WeightFormat pack_4bit, const LinearWeightTaker& take) {
     if (is_gguf_file(dir)) {
         if (info) *info = {"gguf", dir, dir, ""};
         return load_gguf_model<T>(dir);
@@ -116,11 +116,18 @@ std::unique_ptr<HybridLM<T>> load_model(const std::string& dir, LoadedModelInfo*
             return true;
         }
     };
+    auto try_take = [&](size_t idx, int64_t row_begin, const std::string& name, const Shape& file_shape) {
+        if (!take || !params.is_linear(idx)) return false;
+        std::vector<std::string> keys;
+        if (!take(idx, row_begin, file, name, file_shape, &keys)) return false;
+        used.insert(keys.begin(), keys.end());
+        return true;
+    };
     if (format == "mamba_slm") {
         for (size_t i = 0; i < params.specs().size(); ++i) {
             const ParamSpec& s = params.specs()[i];
             MSLM_CHECK(file.contains(s.name), "{}: missing tensor '{}'", file.name(), s.name);
-            if (try_pack(i, s.name, s.shape)) continue;
+            if (try_pack(i, s.name, s.shape) || try_take(i, 0, s.name, s.shape)) continue;
             copy_rows(file, s.name, s.shape, params.value(i), used);
         }
     } else {
@@ -133,6 +140,7 @@ std::unique_ptr<HybridLM<T>> load_model(const std::string& dir, LoadedModelInfo*
             int64_t row = s.numel / s.shape[0];
             filled[idx] = true;
             if (m.row_begin == 0 && try_pack(idx, m.hf_name, m.hf_shape)) continue;
+            if (try_take(idx, m.row_begin, m.hf_name, m.hf_shape)) continue;
             copy_rows(file, m.hf_name, m.hf_shape, params.value(idx) + m.row_begin * row, used);
         }
         for (size_t i = 0; i < filled.size(); ++i)
@@ -154,6 +162,8 @@ void save_model(const HybridLM<T>& model, const std::string& dir, DType dtype) {
     const Parameters<T>& params = model.params();
     for (size_t i = 0; i < params.specs().size(); ++i) {
         const ParamSpec& s = params.specs()[i];
+        MSLM_CHECK(!params.released(i), "save_model {}: parameter '{}' has no fp32 values (a frozen 4-bit base "
+                   "weight); a QLoRA run saves its adapter, not the model", dir, s.name);
         Tensor t = Tensor::empty(s.shape, dtype_of<T>());
         std::copy(params.value(i), params.value(i) + s.numel, t.data<T>());
         tensors.emplace_back(s.name, t.to(dtype));
@@ -163,9 +173,9 @@ void save_model(const HybridLM<T>& model, const std::string& dir, DType dtype) {
 }
 
 template std::unique_ptr<HybridLM<float>> load_model<float>(const std::string&, LoadedModelInfo*,
-                                                            ops::WeightFormat);
+                                                            ops::WeightFormat, const LinearWeightTaker&);
 template std::unique_ptr<HybridLM<double>> load_model<double>(const std::string&, LoadedModelInfo*,
-                                                              ops::WeightFormat);
+                                                              ops::WeightFormat, const LinearWeightTaker&);
 template void save_model<float>(const HybridLM<float>&, const std::string&, DType);
 template void save_model<double>(const HybridLM<double>&, const std::string&, DType);
 

@@ -5,10 +5,13 @@
 #pragma once
 #include <nlohmann/json_fwd.hpp>
 
+#include <functional>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "core/dtype.h"
+#include "core/safetensors.h"
 #include "model/hybrid_lm.h"
 
 namespace mslm {
@@ -29,12 +32,22 @@ nlohmann::json read_json_file(const std::string& path);
 ModelConfig load_any_config(const std::string& dir, std::string* format = nullptr,
                             std::string* quantization = nullptr);
 
+// Takes a file tensor that maps onto rows [row_begin, row_begin + file_shape[0]) of the linear weight
+// `param` instead of the loader writing it into the fp32 values (QLoRA's frozen 4-bit base,
+// quant/qlora.h). Returns true when it took the tensor, with every file key it read appended to
+// `used`; false leaves the tensor to the loader.
+using LinearWeightTaker = std::function<bool(size_t param, int64_t row_begin, const SafetensorsFile& file,
+                                             const std::string& key, const Shape& file_shape,
+                                             std::vector<std::string>* used)>;
+
 // pack_4bit NF4 / FP4 (float models only): linear weights that the file stores in that bitsandbytes
 // 4-bit format are packed for the CPU kernels straight from their codes (quant::bnb4_pack), not
 // dequantized; their fp32 values stay zero (Parameters::set_loaded_packed). Other weights load as usual.
+// `take` (model directories; a .gguf file ignores it) sees every tensor of a linear weight first.
 template <typename T>
 std::unique_ptr<HybridLM<T>> load_model(const std::string& dir, LoadedModelInfo* info = nullptr,
-                                        ops::WeightFormat pack_4bit = ops::WeightFormat::F32);
+                                        ops::WeightFormat pack_4bit = ops::WeightFormat::F32,
+                                        const LinearWeightTaker& take = {});
 
 // Writes config.json + model.safetensors (native names) atomically file by file. `dtype` is F32,
 // BF16 or F16.

@@ -1,6 +1,10 @@
 #include "nn/parameters.h"
 
+#include <unistd.h>
+
 #include <algorithm>
+
+#include <cstdint>
 #include <cstring>
 #include <type_traits>
 
@@ -25,10 +29,28 @@ size_t Parameters<T>::add(const std::string& name, const Shape& shape, bool deca
 
 template <typename T>
 void Parameters<T>::allocate() {
-    values_ = make_aligned<T>(static_cast<size_t>(total_));
-    grads_ = make_aligned<T>(static_cast<size_t>(total_));
-    std::memset(values_.get(), 0, sizeof(T) * static_cast<size_t>(total_));
-    zero_grad();
+    // Zero pages on demand: a value slot that is never written (a released weight) costs no memory.
+    values_ = make_zeroed<T>(static_cast<size_t>(total_));
+    grads_ = make_zeroed<T>(static_cast<size_t>(total_));
+    released_.assign(specs_.size(), false);
+}
+
+template <typename T>
+void Parameters<T>::release_values(size_t i) {
+    MSLM_CHECK(values_ && i < specs_.size(), "release_values: parameter {} of {} before allocate()", i,
+               specs_.size());
+    T* v = value(i);
+    const size_t bytes = sizeof(T) * static_cast<size_t>(specs_[i].numel);
+    // The whole pages go back to the OS and read as zero; the partial pages at the ends, which the
+    // neighbouring parameters share, are zeroed here so that the whole slot reads zero.
+    release_pages(v, bytes);
+    const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
+    const uintptr_t begin = reinterpret_cast<uintptr_t>(v), end = begin + bytes;
+    const uintptr_t inner_begin = std::min(end, (begin + page - 1) / page * page);
+    const uintptr_t inner_end = std::max(inner_begin, end / page * page);
+    std::memset(v, 0, inner_begin - begin);
+    std::memset(reinterpret_cast<void*>(inner_end), 0, end - inner_end);
+    released_[i] = true;
 }
 
 template <typename T>
@@ -46,8 +68,7 @@ template <typename T>
 void Parameters<T>::thaw_grads() {
     MSLM_CHECK(values_, "thaw_grads before allocate()");
     if (grads_) return;
-    grads_ = make_aligned<T>(static_cast<size_t>(total_));
-    zero_grad();
+    grads_ = make_zeroed<T>(static_cast<size_t>(total_));
 }
 
 template <typename T>

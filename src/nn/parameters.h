@@ -31,7 +31,7 @@ class Parameters {
 public:
     // Registers a parameter; returns its index. Must come before allocate().
     size_t add(const std::string& name, const Shape& shape, bool decay);
-    void allocate();  // values uninitialised, gradients zero
+    void allocate();  // values and gradients zero (pages backed by memory once written)
 
     T* value(size_t i) { return values_.get() + specs_[i].offset; }
     const T* value(size_t i) const { return values_.get() + specs_[i].offset; }
@@ -53,6 +53,11 @@ public:
     void freeze_grads();
     void thaw_grads();
     bool frozen() const { return values_ && !grads_; }
+    // Gives the memory of parameter i's fp32 values back to the OS (they read as zero afterwards): a
+    // weight that lives in another form while the model runs (QLoRA's frozen 4-bit base,
+    // quant/qlora.h). Nothing reads a released value but save and merge, which refuse it.
+    void release_values(size_t i);
+    bool released(size_t i) const { return i < released_.size() && released_[i]; }
 
     // Inference-only packed copies (bf16 / int8, ops/packed_linear.h) of the weights that feed
     // matrix products. Modules mark such weights at construction; `pack_linear_weights` makes the
@@ -91,6 +96,7 @@ private:
     AlignedBuffer<T> values_{nullptr, aligned_free};
     AlignedBuffer<T> grads_{nullptr, aligned_free};
     std::vector<size_t> linear_;  // indices marked by mark_linear
+    std::vector<bool> released_;  // by parameter index (release_values)
     std::vector<std::unique_ptr<ops::PackedWeight>> packed_;
     ops::WeightFormat format_ = ops::WeightFormat::F32;
     int64_t loaded_packed_ = 0;

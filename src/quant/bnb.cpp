@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "core/dtype.h"
 #include "core/error.h"
 
 namespace mslm::quant {
@@ -309,6 +310,49 @@ std::vector<float> double_dequantize_absmax(const DoubleQuantized& d) {
     dequantize_blockwise_8bit(d.q, d.nested_absmax, kBnbNestedBlocksize, absmax);
     for (float& a : absmax) a += d.offset;
     return absmax;
+}
+
+size_t Bnb4Tensor::bytes() const {
+    if (!double_quant) return codes.size() + sizeof(float) * absmax.size();
+    return codes.size() + nested.q.size() + sizeof(float) * (nested.nested_absmax.size() + 1);
+}
+
+void Bnb4Tensor::set_double_quant(bool on) {
+    if (on == double_quant) return;
+    if (on) {
+        nested = double_quantize_absmax(absmax);
+        absmax = {};
+    } else {
+        absmax = double_dequantize_absmax(nested);
+        nested = {};
+    }
+    double_quant = on;
+}
+
+Bnb4Tensor bnb4_tensor_quantize(std::span<const float> x, Bnb4Type type, int64_t blocksize, bool double_quant) {
+    Bnb4Quantized q = bnb4_quantize(x, type, blocksize);
+    Bnb4Tensor t;
+    t.type = type;
+    t.blocksize = blocksize;
+    t.n = static_cast<int64_t>(x.size());
+    t.codes = std::move(q.packed);
+    t.absmax = std::move(q.absmax);
+    t.set_double_quant(double_quant);
+    return t;
+}
+
+void bnb4_tensor_dequantize(const Bnb4Tensor& t, std::span<float> out) {
+    MSLM_CHECK(static_cast<int64_t>(out.size()) == t.n, "4-bit dequantize: {} outputs for {} values", out.size(),
+               t.n);
+    if (t.double_quant)
+        bnb4_dequantize(t.codes, double_dequantize_absmax(t.nested), t.type, t.blocksize, out);
+    else
+        bnb4_dequantize(t.codes, t.absmax, t.type, t.blocksize, out);
+    if (t.dtype == "bfloat16") {
+        for (float& v : out) v = bf16_to_f32(f32_to_bf16(v));
+    } else if (t.dtype == "float16") {
+        for (float& v : out) v = f16_to_f32(f32_to_f16(v));
+    }
 }
 
 Int8Rows int8_quantize_rows(std::span<const float> x, int64_t rows, int64_t cols) {

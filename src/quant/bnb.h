@@ -6,6 +6,7 @@
 #include <array>
 #include <cstdint>
 #include <span>
+#include <string>
 #include <vector>
 
 namespace mslm::quant {
@@ -54,6 +55,30 @@ struct DoubleQuantized {
 
 DoubleQuantized double_quantize_absmax(std::span<const float> absmax);
 std::vector<float> double_dequantize_absmax(const DoubleQuantized& d);
+
+// A 4-bit tensor as bitsandbytes keeps it (Params4bit + QuantState): the codes, the absmax of each
+// block in fp32 or double-quantized, and the dtype that dequantization rounds to (the quant state's
+// dtype, bnb_4bit_compute_dtype: "float32", "bfloat16" or "float16").
+struct Bnb4Tensor {
+    Bnb4Type type = Bnb4Type::NF4;
+    int64_t blocksize = kBnbDefaultBlocksize;
+    int64_t n = 0;
+    std::vector<uint8_t> codes;  // (ceil(n/2),) first element in the high nibble
+    std::vector<float> absmax;   // (ceil(n/blocksize),) without double quantization; empty with it
+    bool double_quant = false;
+    DoubleQuantized nested;      // with double quantization
+    std::string dtype = "float32";
+
+    // Bytes held: codes, plus the fp32 absmax or the 8-bit absmax, nested absmax and offset.
+    size_t bytes() const;
+    // Switches the absmax between the two forms: double_quantize_absmax of the fp32 values, or their
+    // restoration (double_dequantize_absmax); the codes do not change.
+    void set_double_quant(bool on);
+};
+
+Bnb4Tensor bnb4_tensor_quantize(std::span<const float> x, Bnb4Type type, int64_t blocksize, bool double_quant);
+// out (n,) = code[nibble] · absmax[block] (the absmax restored first), rounded to t.dtype and back.
+void bnb4_tensor_dequantize(const Bnb4Tensor& t, std::span<float> out);
 
 // int8 absmax per row (LLM.int8()'s int8_vectorwise_quant, threshold 0): q = round(x·(127/absmax)),
 // half to even. Weights: one row per output feature. Activations: one row per token, computed on

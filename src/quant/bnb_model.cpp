@@ -348,7 +348,9 @@ struct Stored4bit {
     Shape shape;
     std::string dtype;
     std::span<const uint8_t> packed;
-    std::vector<float> absmax;
+    std::vector<float> absmax;  // restored from double quantization when the file has it
+    bool double_quant = false;
+    DoubleQuantized nested;  // as stored, with double quantization
 };
 
 // 4-bit: the quant state JSON names the type, blocksize, dtype and logical shape.
@@ -427,12 +429,12 @@ Stored4bit read_4bit(const SafetensorsFile& file, const std::string& w, std::vec
         d.offset = st["nested_offset"].get<float>();
         absmax = double_dequantize_absmax(d);
         used->insert(used->end(), {nabs_key, nmap_key});
-    } else {
-        absmax = file.get_f32(absmax_key).to_float_vector();
-        MSLM_CHECK(static_cast<int64_t>(absmax.size()) == blocks, "{}: tensor '{}' has {} values; shape {} in blocks "
-                   "of {} needs {}", file.name(), absmax_key, absmax.size(), jshape.dump(), bs, blocks);
+        return {type, bs, n, shape, dtype, packed, std::move(absmax), true, std::move(d)};
     }
-    return {type, bs, n, shape, dtype, packed, std::move(absmax)};
+    absmax = file.get_f32(absmax_key).to_float_vector();
+    MSLM_CHECK(static_cast<int64_t>(absmax.size()) == blocks, "{}: tensor '{}' has {} values; shape {} in blocks "
+               "of {} needs {}", file.name(), absmax_key, absmax.size(), jshape.dump(), bs, blocks);
+    return {type, bs, n, shape, dtype, packed, std::move(absmax), false, {}};
 }
 
 Tensor dequantize_4bit(const SafetensorsFile& file, const std::string& w, std::vector<std::string>* used) {
@@ -499,6 +501,31 @@ bool bnb4_pack(const SafetensorsFile& file, const std::string& weight_name, cons
         return false;
     used->insert(used->end(), keys.begin(), keys.end());
     return true;
+}
+
+bool bnb4_is_stored(const SafetensorsFile& file, const std::string& weight_name) {
+    return file.contains(weight_name + ".quant_state.bitsandbytes__nf4") ||
+           file.contains(weight_name + ".quant_state.bitsandbytes__fp4");
+}
+
+Bnb4Tensor bnb4_read(const SafetensorsFile& file, const std::string& weight_name, Shape* shape,
+                     std::vector<std::string>* used) {
+    MSLM_CHECK(bnb4_is_stored(file, weight_name), "{}: tensor '{}' is not a bitsandbytes 4-bit weight",
+               file.name(), weight_name);
+    Stored4bit s4 = read_4bit(file, weight_name, used);
+    Bnb4Tensor t;
+    t.type = s4.type;
+    t.blocksize = s4.bs;
+    t.n = s4.n;
+    t.codes.assign(s4.packed.begin(), s4.packed.end());
+    t.double_quant = s4.double_quant;
+    if (s4.double_quant)
+        t.nested = std::move(s4.nested);
+    else
+        t.absmax = std::move(s4.absmax);
+    t.dtype = s4.dtype;
+    *shape = s4.shape;
+    return t;
 }
 
 Tensor bnb_dequantize(const SafetensorsFile& file, const std::string& weight_name, std::vector<std::string>* used) {

@@ -95,6 +95,13 @@ bool bnb_is_quantized(const SafetensorsFile& file, const std::string& weight_nam
 // int8: q · SCB / 127). Appends the name of every file tensor it read to `used`.
 Tensor bnb_dequantize(const SafetensorsFile& file, const std::string& weight_name, std::vector<std::string>* used);
 
+// True when `weight_name` is a bitsandbytes 4-bit (NF4 / FP4) weight of the file.
+bool bnb4_is_stored(const SafetensorsFile& file, const std::string& weight_name);
+// That weight as stored (codes, absmax or its double quantization, quant state dtype), its logical
+// shape into `shape`; throws naming the tensor on a malformed one. Appends the keys it read to `used`.
+Bnb4Tensor bnb4_read(const SafetensorsFile& file, const std::string& weight_name, Shape* shape,
+                     std::vector<std::string>* used);
+
 // A 4-bit linear weight packed for the CPU kernels (ops::pack_weight_4bit) straight from the file's
 // codes and absmax, never expanded to fp32. Returns false, reading nothing, unless `weight_name` is a
 // 4-bit weight of `format` (NF4 / FP4) with a float32 quant state whose blocks fit the packed layout;

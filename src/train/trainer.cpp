@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <set>
@@ -19,6 +20,7 @@
 #include "model/cuda_model.h"
 #include "model/model_io.h"
 #include "quant/fake_quant.h"
+#include "quant/qlora.h"
 #include "train/checkpoint.h"
 #include "train/loss_curve.h"
 #include "train/metrics.h"
@@ -110,6 +112,14 @@ void TrainConfig::validate() const {
             fail("train config: lora: {}", e.what());
         }
     }
+    if (!lora.base_quant.empty()) {
+        MSLM_CHECK(lora.r > 0, "train config: lora.base_quant \"{}\" (QLoRA) needs lora.r > 0", lora.base_quant);
+        try {
+            quant::parse_base_quant(lora.base_quant);
+        } catch (const Error& e) {
+            fail("train config: lora.base_quant: {}", e.what());
+        }
+    }
     if (!qat.empty()) {
         try {
             quant::parse_qat_type(qat);
@@ -157,7 +167,8 @@ json train_config_to_json(const TrainConfig& c) {
         {"qat", c.qat},
         {"qat_group", c.qat_group},
         {"lora", {{"r", c.lora.r}, {"alpha", c.lora.alpha}, {"dropout", c.lora.dropout}, {"targets", c.lora.targets},
-                  {"init", c.lora.init}, {"rslora", c.lora.rslora}}},
+                  {"init", c.lora.init}, {"rslora", c.lora.rslora}, {"base_quant", c.lora.base_quant},
+                  {"double_quant", c.lora.double_quant}}},
     };
 }
 
@@ -231,6 +242,8 @@ TrainConfig train_config_from_json(const json& given, const std::string& source)
     read(l, "targets", c.lora.targets, source, "lora.");
     read(l, "init", c.lora.init, source, "lora.");
     read(l, "rslora", c.lora.rslora, source, "lora.");
+    read(l, "base_quant", c.lora.base_quant, source, "lora.");
+    read(l, "double_quant", c.lora.double_quant, source, "lora.");
     return c;
 }
 
@@ -400,10 +413,26 @@ Trainer::Trainer(TrainConfig cfg, bool resume) : cfg_(std::move(cfg)) {
         MSLM_CHECK(ckpt->adapter == (cfg_.lora.r > 0), "train --resume: {} holds {}, but the config has lora.r = {}",
                    ckpt_dir, ckpt->adapter ? "a LoRA adapter" : "a whole model", cfg_.lora.r);
         // A LoRA checkpoint holds only the adapter: the frozen base is rebuilt as the run began.
-        model_ = ckpt->adapter ? build_initial_model(cfg_) : std::move(ckpt->model);
+        if (!ckpt->adapter) model_ = std::move(ckpt->model);
         resumed_ = true;
-    } else {
-        model_ = build_initial_model(cfg_);
+    }
+    if (!model_) {
+        if (cfg_.lora.base_quant.empty()) {
+            model_ = build_initial_model(cfg_);
+        } else {
+            const quant::QloraOptions qo{quant::parse_base_quant(cfg_.lora.base_quant), cfg_.lora.double_quant};
+            // From a directory, the linear weights go straight from the file into 4 bits.
+            if (!cfg_.init_from.empty()) {
+                quant::QloraLoaded<float> loaded = quant::load_qlora_base<float>(cfg_.init_from, qo);
+                model_ = std::move(loaded.model);
+                qlora_ = std::move(loaded.base);
+            } else {
+                model_ = build_initial_model(cfg_);
+                qlora_ = std::make_unique<quant::QloraBase<float>>(model_->params(), qo);
+            }
+            std::fprintf(stderr, "qlora base: %s; peak RSS after loading %.1f MiB\n", qlora_->summary().c_str(),
+                         static_cast<double>(quant::peak_rss_bytes()) / (1024.0 * 1024.0));
+        }
     }
 
     // Model against data, before any step.
@@ -610,6 +639,7 @@ TrainSummary Trainer::run() {
     write_curve(log.path());
     sync_from_gpu(true);  // model() and the optimizer hold the run's final state on either device
     out.step = step_;
+    out.peak_rss_bytes = quant::peak_rss_bytes();
     out.skipped_steps = skipped_;
     return out;
 }

@@ -24,6 +24,8 @@ class LoraModel;
 namespace quant {
 template <typename T>
 class FakeQuantizer;
+template <typename T>
+class QloraBase;
 }
 
 struct TrainConfig {
@@ -80,6 +82,11 @@ struct TrainConfig {
         std::string targets = "all-linear";
         std::string init = "default";  // default (Kaiming-uniform A) | gaussian; B = 0 either way
         bool rslora = false;
+        // QLoRA (quant/qlora.h): "nf4" or "fp4" holds the frozen base's linear weights in that
+        // bitsandbytes 4-bit format (double_quant: absmax double-quantized) and releases their fp32
+        // values; "" keeps the base in fp32.
+        std::string base_quant;
+        bool double_quant = true;
     } lora;
 
     // Quantization-aware training (quant/fake_quant.h): "" (off), "int8", "int4" or "nf4". The linear
@@ -114,6 +121,7 @@ struct TrainSummary {
     double last_loss = 0;       // train loss of the last step
     double val_loss = 0;        // last eval (NaN when there was none)
     std::string checkpoint;     // the final checkpoint directory
+    size_t peak_rss_bytes = 0;  // the process's peak resident set at the end of the run
 };
 
 class Trainer {
@@ -129,6 +137,7 @@ public:
     // The parameters the optimizer updates: the model's, or the LoRA adapter's (lora.r > 0).
     Parameters<float>& trained_params();
     LoraModel<float>* lora() { return lora_.get(); }
+    quant::QloraBase<float>* qlora() { return qlora_.get(); }  // lora.base_quant set: the 4-bit base
     const TrainConfig& config() const { return cfg_; }
     int64_t step() const { return step_; }
 
@@ -148,6 +157,7 @@ private:
     TrainConfig cfg_;
     LrSchedule schedule_;
     std::unique_ptr<HybridLM<float>> model_;
+    std::unique_ptr<quant::QloraBase<float>> qlora_;  // lora.base_quant set: holds model_'s linear weights
     std::unique_ptr<LoraModel<float>> lora_;  // lora.r > 0: the adapter "default" on model_
     std::unique_ptr<quant::FakeQuantizer<float>> qat_;  // qat set: attached to model_'s linear weights
     std::unique_ptr<AdamW<float>> optimizer_;
