@@ -15,8 +15,8 @@
 #include <string>
 #include <vector>
 
-#ifdef MSLM_HAVE_CUDA
 #include "core/rng.h"
+#ifdef MSLM_HAVE_CUDA
 #include "cuda_bench_util.h"
 #include "model/cuda_decoder_kernels.h"
 #include "ops/cuda/quant_gemv.h"
