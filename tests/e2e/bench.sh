@@ -32,10 +32,10 @@ print(\"ok\")
 else
     echo "skip bench --json parse: python3 not found"
 fi
-check "bench only the asked tables" 0 "^[^#]*## decode" -- bash -c "\"$bin\" bench ${quick[*]} --tables decode 2>/dev/null | grep -v '^# ' | grep -v '^$' | head -1"
+check "bench only the asked tables" 0 "^[^#]*## decode" -- bash -c "\"$bin\" bench ${quick[*]} --tables decode 2>/dev/null | grep -v '^# ' | grep -v '^$' | grep -v '^prefill and decode weights:' | head -1"
 check "bench unknown table" 1 "unknown table \"speed\"" -- "$bin" bench --preset tiny --tables train,speed
 check "bench bad decode batch" 1 "--decode-batch: \"0\"" -- "$bin" bench --preset tiny --decode-batch 1,0
-check "bench needs a model" 106 "--preset or --model" -- "$bin" bench
+check "bench needs a model" 106 "--preset, --model or --onnx is required" -- "$bin" bench
 check "bench --json with --profile" 1 "--json is for the tables" -- "$bin" bench --preset tiny --profile --json
 gpu_out="$("$bin" bench --preset tiny --device cuda --seq 32 --batch 2 --steps 1 --warmup 0 --decode-batch 1 --decode-tokens 2 2>&1)"
 if grep -qE "built without CUDA|no CUDA device" <<<"$gpu_out" && ! grep -q "## train" <<<"$gpu_out"; then

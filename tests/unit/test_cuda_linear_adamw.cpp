@@ -559,4 +559,54 @@ TYPED_TEST(CudaAdamW, NonFiniteNormDoesNotScale) {
 #endif
 }
 
+// batched_linear_f32_out: strided batches of bf16 products with fp32 outputs, the layout the SSD's
+// C·Bᵀ per chunk uses (operands as column windows of wider rows, batches Q rows apart, one output
+// block per batch). bf16 × bf16 products are exact in fp32, so the only error is fp32 summation:
+// (K + 2)·u of the sum of magnitudes (the header's bound). The output's padding between blocks
+// must stay untouched.
+TEST(CudaBatchedLinear, StridedBatchesOfBf16ProductsInFp32) {
+#ifdef MSLM_HAVE_CUDA
+    if (!cuda_available()) GTEST_SKIP() << "no CUDA device";
+    Rng rng(17);
+    struct Case {
+        int64_t batch, M, I, O, ld_x, ld_W, col;
+    };
+    for (const Case c : {Case{8, 64, 128, 64, 264, 264, 8}, Case{3, 17, 7, 9, 16, 24, 0}, Case{1, 256, 128, 256, 128, 128, 0},
+                         Case{5, 32, 64, 32, 200, 208, 136}}) {
+        SCOPED_TRACE("batch " + std::to_string(c.batch) + " (M, I, O) = (" + std::to_string(c.M) + ", " +
+                     std::to_string(c.I) + ", " + std::to_string(c.O) + ")");
+        const int64_t stride_x = c.M * c.ld_x, stride_W = c.O * c.ld_W, ld_out = c.O + 3,
+                      stride_out = c.M * ld_out + 5;
+        const auto x = random_values<uint16_t>(rng, size_t(c.batch * stride_x));
+        const auto W = random_values<uint16_t>(rng, size_t(c.batch * stride_W));
+        const std::vector<float> out0(size_t(c.batch * stride_out), -7.0f);
+        DeviceBuffer<uint16_t> x_d(x), W_d(W);
+        DeviceBuffer<float> out_d(out0);
+        ops::cuda::batched_linear_f32_out(out_d.get(), ld_out, stride_out, x_d.get() + c.col, c.ld_x, stride_x,
+                                          W_d.get() + c.col, c.ld_W, stride_W, c.batch, c.M, c.I, c.O);
+        const std::vector<float> got = out_d.download();
+        for (int64_t b = 0; b < c.batch; ++b)
+            for (int64_t m = 0; m < ld_out * c.M + 5 && b * stride_out + m < int64_t(got.size()); ++m) {
+                const int64_t r = m / ld_out, o = m % ld_out;
+                const float g = got[size_t(b * stride_out + m)];
+                if (r >= c.M || o >= c.O) {
+                    ASSERT_EQ(g, -7.0f) << "padding written at batch " << b << " offset " << m;
+                    continue;
+                }
+                double ref = 0, mag = 0;
+                for (int64_t i = 0; i < c.I; ++i) {
+                    const double p = decode(x[size_t(b * stride_x + r * c.ld_x + c.col + i)]) *
+                                     decode(W[size_t(b * stride_W + o * c.ld_W + c.col + i)]);
+                    ref += p;
+                    mag += std::abs(p);
+                }
+                ASSERT_LE(std::abs(double(g) - ref), double(c.I + 2) * kU * mag)
+                    << "batch " << b << " row " << r << " column " << o;
+            }
+    }
+#else
+    GTEST_SKIP() << "built without CUDA";
+#endif
+}
+
 }  // namespace

@@ -53,10 +53,11 @@ struct AlgoKey {
     int64_t m, n, k, lda, ldb, ldd;
     cublasLtEpilogue_t epilogue;
     uint32_t align_a, align_b, align_d, align_bias;
+    int64_t batch, stride_a, stride_b, stride_d;
 
     auto tie() const {
         return std::tie(device, type, d_type, trans_a, trans_b, m, n, k, lda, ldb, ldd, epilogue, align_a,
-                        align_b, align_d, align_bias);
+                        align_b, align_d, align_bias, batch, stride_a, stride_b, stride_d);
     }
     bool operator<(const AlgoKey& other) const { return tie() < other.tie(); }
 };
@@ -165,17 +166,27 @@ bool try_matmul(const char* op, const ColumnMajorGemm& g, float beta, cublasLtEp
     // Stored shapes: A is (k, m) when transposed, else (m, k); B is (n, k) or (k, n).
     Layout a, b, d;
     const cudaDataType_t d_type = fp32_d ? CUDA_R_32F : kDataType<T>;
-    auto layout = [&](Layout& l, cudaDataType_t type, int64_t rows, int64_t cols, int64_t ld) {
+    auto layout = [&](Layout& l, cudaDataType_t type, int64_t rows, int64_t cols, int64_t ld, int64_t stride) {
         check_cublas<T>(cublasLtMatrixLayoutCreate(&l.h, type, uint64_t(rows), uint64_t(cols), ld),
                         "cublasLtMatrixLayoutCreate", op);
+        if (g.batch > 1) {
+            const auto count = static_cast<int32_t>(g.batch);
+            check_cublas<T>(cublasLtMatrixLayoutSetAttribute(l.h, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &count,
+                                                             sizeof(count)),
+                            "cublasLtMatrixLayoutSetAttribute", op);
+            check_cublas<T>(cublasLtMatrixLayoutSetAttribute(l.h, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET,
+                                                             &stride, sizeof(stride)),
+                            "cublasLtMatrixLayoutSetAttribute", op);
+        }
     };
-    layout(a, kDataType<T>, g.trans_a ? g.k : g.m, g.trans_a ? g.m : g.k, g.lda);
-    layout(b, kDataType<T>, g.trans_b ? g.n : g.k, g.trans_b ? g.k : g.n, g.ldb);
-    layout(d, d_type, g.m, g.n, g.ldd);
+    layout(a, kDataType<T>, g.trans_a ? g.k : g.m, g.trans_a ? g.m : g.k, g.lda, g.stride_a);
+    layout(b, kDataType<T>, g.trans_b ? g.n : g.k, g.trans_b ? g.k : g.n, g.ldb, g.stride_b);
+    layout(d, d_type, g.m, g.n, g.ldd, g.stride_d);
 
     const uint32_t align_a = alignment(g.a), align_b = alignment(g.b), align_d = alignment(g.d);
-    const AlgoKey key{device, kDataType<T>, d_type, g.trans_a, g.trans_b, g.m,     g.n,     g.k,
-                      g.lda,  g.ldb,        g.ldd,  epilogue,  align_a,   align_b, align_d, alignment(bias)};
+    const AlgoKey key{device,   kDataType<T>, d_type,     g.trans_a,  g.trans_b, g.m,     g.n,
+                      g.k,      g.lda,        g.ldb,      g.ldd,      epilogue,  align_a, align_b,
+                      align_d,  alignment(bias), g.batch, g.stride_a, g.stride_b, g.stride_d};
     const std::optional<cublasLtMatmulAlgo_t> algo = LtContext::instance().algo(key, [&] {
         Preference pref;
         check_cublas<T>(cublasLtMatmulPreferenceCreate(&pref.h), "cublasLtMatmulPreferenceCreate", op);
@@ -378,6 +389,28 @@ void linear_backward_dW_f32(float* dW, const uint16_t* dout, const uint16_t* x, 
     MSLM_CHECK(try_matmul<uint16_t>(op, g, 1.0f, CUBLASLT_EPILOGUE_DEFAULT, nullptr,
                                     static_cast<cudaStream_t>(stream), true),
                "cuBLASLt {}: no algorithm for (m, n, k) = ({}, {}, {}) with an fp32 output", op, g.m, g.n,
+               g.k);
+}
+
+void batched_linear_f32_out(float* out, int64_t ld_out, int64_t stride_out, const uint16_t* x, int64_t ld_x,
+                            int64_t stride_x, const uint16_t* W, int64_t ld_W, int64_t stride_W, int64_t batch,
+                            int64_t M, int64_t I, int64_t O, void* stream) {
+    const char* op = "batched_linear_f32_out";
+    check_sizes(op, M, I, O);
+    MSLM_CHECK(batch >= 1 && batch <= INT32_MAX && ld_x >= I && ld_W >= I && ld_out >= O,
+               "{}: batch {} with leading dimensions x {}, W {}, out {} for (M, I, O) = ({}, {}, {})", op, batch,
+               ld_x, ld_W, ld_out, M, I, O);
+    if (M == 0 || O == 0) return;
+    MSLM_CHECK(I > 0, "{}: an empty sum (I = 0)", op);
+    // out_bᵀ (O, M) = W_b (O, I) · x_bᵀ: W's rows are column-major (I, O), transposed by the op.
+    ColumnMajorGemm g{W, x, out, true, false, O, M, I, ld_W, ld_x, ld_out};
+    g.batch = batch;
+    g.stride_a = stride_W;
+    g.stride_b = stride_x;
+    g.stride_d = stride_out;
+    MSLM_CHECK(try_matmul<uint16_t>(op, g, 0.0f, CUBLASLT_EPILOGUE_DEFAULT, nullptr, static_cast<cudaStream_t>(stream),
+                                    true),
+               "cuBLASLt {}: no algorithm for {} × (m, n, k) = ({}, {}, {}) with an fp32 output", op, batch, g.m, g.n,
                g.k);
 }
 

@@ -27,6 +27,14 @@ void linear_forward(T* out, const T* x, const T* W, const T* b, int64_t N, int64
 // without a bf16 rounding: inference's logits, which sampling and beam scores read.
 void linear_forward_f32_out(float* out, const uint16_t* x, const uint16_t* W, int64_t N, int64_t I, int64_t O,
                             void* stream = nullptr);
+// A batch of such products, strided: out_b (M, O) = x_b (M, I) · W_b (O, I)ᵀ for b < batch, where
+// x_b = x + b·stride_x (rows ld_x apart), W_b = W + b·stride_W (rows ld_W apart), out_b = out +
+// b·stride_out (rows ld_out apart); bf16 inputs (uint16_t bits), fp32 accumulation and output, never
+// rounded. The chunked scans' within-chunk products (the SSD's C·Bᵀ per chunk) are these.
+void batched_linear_f32_out(float* out, int64_t ld_out, int64_t stride_out, const uint16_t* x, int64_t ld_x,
+                            int64_t stride_x, const uint16_t* W, int64_t ld_W, int64_t stride_W, int64_t batch,
+                            int64_t M, int64_t I, int64_t O, void* stream = nullptr);
+
 // dx (N, I) += dout (N, O) · W; dW (O, I) += doutᵀ · x; db (O) += Σ_n dout. Any of dx, dW, db may
 // be null. x is read only for dW, W only for dx. db is a fixed-order fp32 column sum (our kernel,
 // deterministic), added to db once.
@@ -62,6 +70,8 @@ struct ColumnMajorGemm {
     bool trans_a, trans_b;
     int64_t m, n, k;
     int64_t lda, ldb, ldd;
+    int64_t batch = 1;  // > 1: `batch` products, operand i of product j at pointer + j · stride_i
+    int64_t stride_a = 0, stride_b = 0, stride_d = 0;
 };
 
 // out (N, O) = x · Wᵀ  <=>  outᵀ (O, N) = W (O, I) · xᵀ (I, N), where W's buffer is column-major

@@ -33,6 +33,7 @@
 
 #include "core/error.h"
 #include "ops/cuda/common.cuh"
+#include "ops/cuda/linear.h"
 #include "ops/cuda/mma.cuh"
 #include "ops/cuda/ssd.h"
 
@@ -2039,10 +2040,28 @@ bool use_tensor_cores() {
     }
 }
 
+// C·Bᵀ of whole chunks as cuBLASLt's strided batched product (one call per group; every chunk's
+// rows are Q·ld apart when T is a multiple of Q) unless MSLM_SSD_CB_GEMM=0 (read at every call, for
+// ablations). bf16 products accumulate in fp32 either way and CB is fp32: only the order of the N
+// terms of each sum differs from ssd_cb_tc_kernel. The kernel computes only the tiles on and below
+// the diagonal; the product fills the whole Q × Q block, whose upper part no reader uses.
+bool use_cb_gemm() {
+    const char* v = std::getenv("MSLM_SSD_CB_GEMM");
+    return v == nullptr || std::string_view(v) != "0";
+}
+
 template <typename S>
 void launch_cb(const Args<device_t<S>>& a, float* CB, bool tc, cudaStream_t stream) {
     const int64_t bcg = a.batch * a.n_chunks * a.G;
     if constexpr (std::is_same_v<S, uint16_t>) {
+        if (tc && a.seqlen % a.Q == 0 && use_cb_gemm()) {
+            auto bits = [](const __nv_bfloat16* p) { return reinterpret_cast<const uint16_t*>(p); };
+            for (int64_t g = 0; g < a.G; ++g)
+                batched_linear_f32_out(CB + g * a.Q * a.Q, a.Q, a.G * a.Q * a.Q, bits(a.Cm) + g * a.N, a.ld_C,
+                                       a.Q * a.ld_C, bits(a.Bm) + g * a.N, a.ld_B, a.Q * a.ld_B,
+                                       a.batch * a.n_chunks, a.Q, a.N, a.Q, stream);
+            return;
+        }
         if (tc) {
             ssd_cb_tc_kernel<<<tiled_grid(bcg, mma_tiles(a.Q) * mma_tiles(a.Q), "ssd_cb_tc"), kMmaThreads, 0,
                                stream>>>(a, CB);
