@@ -10,6 +10,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <initializer_list>
 #include <map>
 #include <string>
@@ -17,6 +18,7 @@
 
 #include "core/dtype.h"
 #include "core/error.h"
+#include "lora/lora.h"
 #include "model/hybrid_lm.h"
 #include "ops/cuda/adamw.h"
 #include "ops/cuda/attention.h"
@@ -25,9 +27,12 @@
 #include "ops/cuda/elementwise.h"
 #include "ops/cuda/embedding.h"
 #include "ops/cuda/linear.h"
+#include "ops/cuda/nf4_dequant.h"
 #include "ops/cuda/norm.h"
 #include "ops/cuda/selective_scan.h"
 #include "ops/cuda/ssd.h"
+#include "quant/fake_quant.h"
+#include "quant/qlora.h"
 #include "train/optimizer.h"
 
 namespace mslm {
@@ -36,6 +41,8 @@ namespace cuda_model_detail {
 // cuda_model_kernels.cu
 void accumulate_bf16(float* dst, const uint16_t* src, int64_t n, void* stream);
 void scale_f32(float* x, float s, int64_t n, void* stream);
+void gemm_bf16(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const uint16_t* A,
+               int64_t lda, const uint16_t* B, int64_t ldb, float beta, void* C, int64_t ldc, bool c_f32);
 }
 
 namespace {
@@ -169,11 +176,33 @@ private:
 
 }  // namespace
 
+// One LoRA module on a projection: rows [row_begin, row_begin + rows) of its output get
+// scale · (x·Aᵀ)·Bᵀ. A (r, in) and B (rows, r) are the adapter's bf16 copies, gA and gB its fp32
+// gradients.
+struct CudaLoraModule {
+    const bf16 *A = nullptr, *B = nullptr;
+    float *gA = nullptr, *gB = nullptr;
+    int64_t row_begin = 0, rows = 0, r = 0;
+    float scale = 1;
+};
+
+// What a projection weight of a frozen base carries besides (or instead of) its bf16 copy.
+struct CudaProj {
+    struct Piece {
+        int64_t offset = 0;  // first element of the piece in the (out, in) weight
+        kc::Bnb4DeviceTensor t;
+    };
+    std::vector<Piece> pieces;  // QLoRA: the weight as 4-bit pieces (then it has no bf16 copy)
+    std::vector<CudaLoraModule> lora;
+};
+
 // A parameter's bf16 copy (read by the kernels) and its bf16 staged gradient; null when absent.
+// A frozen base has no gradients (g, g32 null: the kernels skip them).
 struct CudaParam {
     bf16* w = nullptr;
     bf16* g = nullptr;
     float* g32 = nullptr;  // the fp32 gradient itself (matrix weights: linear_backward_dW_f32 adds into it)
+    const CudaProj* proj = nullptr;  // frozen base: 4-bit pieces and LoRA modules, when it has any
 };
 
 struct CudaNormParams {
@@ -225,6 +254,20 @@ struct CudaHybridLM::Impl {
     CudaNormParams final_norm;
     std::vector<Layer> layers;
 
+    // LoRA / QLoRA (the second constructor): the frozen base's bf16 values (every parameter not
+    // held in 4 bits, each 256-byte aligned), the device arrays of the 4-bit pieces, the
+    // dequantization scratch (the largest 4-bit weight) and the projections' extras (by base
+    // parameter index).
+    bool frozen = false;
+    bf16* base = nullptr;
+    size_t base_bytes = 0, q4_bytes = 0;
+    std::vector<void*> q4;
+    bf16* deq = nullptr;
+    size_t deq_bytes = 0;
+    std::vector<CudaProj> projs;
+    int64_t lora_r = 0;                           // the largest rank: the plan's u and gu
+    bf16 *lora_u = nullptr, *lora_gu = nullptr;  // (N, lora_r)
+
     // The activation plan.
     char* act = nullptr;
     int32_t *ids = nullptr, *targets = nullptr;  // (N)
@@ -249,16 +292,77 @@ void malloc_into(void** p, size_t bytes) {
 
 }  // namespace
 
-CudaHybridLM::CudaHybridLM(const ModelConfig& cfg) : cfg_(cfg), impl_(std::make_unique<Impl>()) {
-    cfg_.validate();
-    if (cfg_.count(LayerKind::Mamba) && cfg_.mamba.version == 1 && cfg_.mamba.d_state > kc::kScanMaxState)
-        fail("not supported on CUDA yet: Mamba-1 d_state {} > {}", cfg_.mamba.d_state, kc::kScanMaxState);
-    if (cfg_.count(LayerKind::Mamba) && cfg_.mamba.version == 1 &&
-        cfg_.mamba.d_conv > kc::kConv1dBackwardMaxK)
-        fail("not supported on CUDA yet: d_conv {} > {}", cfg_.mamba.d_conv, kc::kConv1dBackwardMaxK);
-    if (cfg_.count(LayerKind::Attention) && cfg_.attn_head_dim() > kc::kAttentionMaxHeadDim)
-        fail("not supported on CUDA yet: head_dim {} > {}", cfg_.attn_head_dim(), kc::kAttentionMaxHeadDim);
+namespace {
 
+void check_supported(const ModelConfig& cfg) {
+    cfg.validate();
+    if (cfg.count(LayerKind::Mamba) && cfg.mamba.version == 1 && cfg.mamba.d_state > kc::kScanMaxState)
+        fail("not supported on CUDA yet: Mamba-1 d_state {} > {}", cfg.mamba.d_state, kc::kScanMaxState);
+    if (cfg.count(LayerKind::Mamba) && cfg.mamba.version == 1 && cfg.mamba.d_conv > kc::kConv1dBackwardMaxK)
+        fail("not supported on CUDA yet: d_conv {} > {}", cfg.mamba.d_conv, kc::kConv1dBackwardMaxK);
+    if (cfg.count(LayerKind::Attention) && cfg.attn_head_dim() > kc::kAttentionMaxHeadDim)
+        fail("not supported on CUDA yet: head_dim {} > {}", cfg.attn_head_dim(), kc::kAttentionMaxHeadDim);
+}
+
+// Points m's parameters (embedding, layers, head) at what `param` gives for each native name (a
+// null CudaParam for names the config does not have).
+void wire(const ModelConfig& cfg, CudaHybridLM::Impl& m, const std::function<CudaParam(const std::string&)>& param) {
+    auto norm = [&](const std::string& name) {
+        return CudaNormParams{param(name + ".weight"), param(name + ".bias")};
+    };
+
+    m.embed = param("embed.weight");
+    m.lm_head = cfg.tie_embeddings ? m.embed : param("lm_head.weight");
+    m.final_norm = norm("final_norm");
+    for (int64_t l = 0; l < cfg.n_layers; ++l) {
+        const std::string p = fmt::format("layers.{}", l), x = p + ".mixer.";
+        CudaHybridLM::Impl::Layer L;
+        L.kind = cfg.layers[l];
+        L.norm = norm(p + ".norm");
+        if (L.kind == LayerKind::Attention) {
+            L.qkv_w = param(x + "qkv_proj.weight");
+            L.qkv_b = param(x + "qkv_proj.bias");
+            L.o_w = param(x + "o_proj.weight");
+            L.o_b = param(x + "o_proj.bias");
+        } else {
+            L.in_w = param(x + "in_proj.weight");
+            L.in_b = param(x + "in_proj.bias");
+            L.conv_w = param(x + "conv1d.weight");
+            L.conv_b = param(x + "conv1d.bias");
+            L.A_log = param(x + "A_log");
+            L.D = param(x + "D");
+            L.out_w = param(x + "out_proj.weight");
+            L.out_b = param(x + "out_proj.bias");
+            if (cfg.mamba.version == 1) {
+                L.x_w = param(x + "x_proj.weight");
+                L.dtp_w = param(x + "dt_proj.weight");
+                L.dtp_b = param(x + "dt_proj.bias");
+                L.dt_norm_w = param(x + "dt_norm.weight");  // absent (null) without dt_bc_norm
+                L.B_norm_w = param(x + "B_norm.weight");
+                L.C_norm_w = param(x + "C_norm.weight");
+            } else {
+                L.dt_bias = param(x + "dt_bias");
+                L.gnorm_w = param(x + "norm.weight");
+            }
+        }
+        if (cfg.mlp.kind != MlpKind::None) {
+            L.mlp_norm = norm(p + ".mlp_norm");
+            const bool gated = cfg.mlp.kind == MlpKind::SwiGLU;  // nn/mlp.cpp's names
+            const std::string up = p + (gated ? ".mlp.gate_up_proj" : ".mlp.fc1");
+            const std::string down = p + (gated ? ".mlp.down_proj" : ".mlp.fc2");
+            L.up_w = param(up + ".weight");
+            L.up_b = param(up + ".bias");
+            L.down_w = param(down + ".weight");
+            L.down_b = param(down + ".bias");
+        }
+        m.layers.push_back(L);
+    }
+}
+
+}  // namespace
+
+CudaHybridLM::CudaHybridLM(const ModelConfig& cfg) : cfg_(cfg), impl_(std::make_unique<Impl>()) {
+    check_supported(cfg_);
     // The layout is HybridLM<float>'s, by construction: its constructor registers the parameters.
     {
         HybridLM<float> layout(cfg_);
@@ -277,62 +381,143 @@ CudaHybridLM::CudaHybridLM(const ModelConfig& cfg) : cfg_(cfg), impl_(std::make_
 
     std::map<std::string, size_t> offsets;
     for (const ParamSpec& s : specs_) offsets[s.name] = s.offset;
-    auto param = [&](const std::string& name) {
+    wire(cfg_, m, [&](const std::string& name) {
         auto it = offsets.find(name);
         if (it == offsets.end()) return CudaParam{};
         return CudaParam{m.params_bf16 + it->second, m.staged + it->second, m.grads + it->second};
-    };
-    auto norm = [&](const std::string& name) {
-        return CudaNormParams{param(name + ".weight"), param(name + ".bias")};
-    };
-
-    m.embed = param("embed.weight");
-    m.lm_head = cfg_.tie_embeddings ? m.embed : param("lm_head.weight");
-    m.final_norm = norm("final_norm");
-    for (int64_t l = 0; l < cfg_.n_layers; ++l) {
-        const std::string p = fmt::format("layers.{}", l), x = p + ".mixer.";
-        Impl::Layer L;
-        L.kind = cfg_.layers[l];
-        L.norm = norm(p + ".norm");
-        if (L.kind == LayerKind::Attention) {
-            L.qkv_w = param(x + "qkv_proj.weight");
-            L.qkv_b = param(x + "qkv_proj.bias");
-            L.o_w = param(x + "o_proj.weight");
-            L.o_b = param(x + "o_proj.bias");
-        } else {
-            L.in_w = param(x + "in_proj.weight");
-            L.in_b = param(x + "in_proj.bias");
-            L.conv_w = param(x + "conv1d.weight");
-            L.conv_b = param(x + "conv1d.bias");
-            L.A_log = param(x + "A_log");
-            L.D = param(x + "D");
-            L.out_w = param(x + "out_proj.weight");
-            L.out_b = param(x + "out_proj.bias");
-            if (cfg_.mamba.version == 1) {
-                L.x_w = param(x + "x_proj.weight");
-                L.dtp_w = param(x + "dt_proj.weight");
-                L.dtp_b = param(x + "dt_proj.bias");
-                L.dt_norm_w = param(x + "dt_norm.weight");  // absent (null) without dt_bc_norm
-                L.B_norm_w = param(x + "B_norm.weight");
-                L.C_norm_w = param(x + "C_norm.weight");
-            } else {
-                L.dt_bias = param(x + "dt_bias");
-                L.gnorm_w = param(x + "norm.weight");
-            }
-        }
-        if (cfg_.mlp.kind != MlpKind::None) {
-            L.mlp_norm = norm(p + ".mlp_norm");
-            const bool gated = cfg_.mlp.kind == MlpKind::SwiGLU;  // nn/mlp.cpp's names
-            const std::string up = p + (gated ? ".mlp.gate_up_proj" : ".mlp.fc1");
-            const std::string down = p + (gated ? ".mlp.down_proj" : ".mlp.fc2");
-            L.up_w = param(up + ".weight");
-            L.up_b = param(up + ".bias");
-            L.down_w = param(down + ".weight");
-            L.down_b = param(down + ".bias");
-        }
-        m.layers.push_back(L);
-    }
+    });
 }
+
+namespace {
+
+template <typename P>
+P* upload_array(std::vector<void*>& allocs, size_t& bytes, const P* src, size_t n) {
+    void* p = nullptr;
+    malloc_into(&p, sizeof(P) * n);
+    allocs.push_back(p);
+    bytes += sizeof(P) * n;
+    check(cudaMemcpy(p, src, sizeof(P) * n, cudaMemcpyHostToDevice), "upload 4-bit weights");
+    return static_cast<P*>(p);
+}
+
+// Elements of the frozen base's bf16 copy of a parameter of n values: 256-byte aligned, as the
+// Parameters layout aligns (cuBLASLt's fast paths want 16).
+int64_t base_slot(int64_t n) { return (n + 127) / 128 * 128; }
+
+}  // namespace
+
+CudaHybridLM::CudaHybridLM(LoraModel<float>& lora, const std::string& adapter,
+                           const quant::QloraBase<float>* qlora)
+    : cfg_(lora.model().config()), impl_(std::make_unique<Impl>()) {
+    check_supported(cfg_);
+    const LoraAdapter<float>& a = lora.adapter(adapter);
+    MSLM_CHECK(a.trainable(), "CudaHybridLM: LoRA adapter \"{}\" is frozen; CUDA training needs a trainable one",
+               adapter);
+    MSLM_CHECK(lora.active() == std::vector<std::string>{adapter} && !lora.merged(),
+               "CudaHybridLM: LoRA training on CUDA needs adapter \"{}\" as the only active one, unmerged",
+               adapter);
+    MSLM_CHECK(a.config().dropout == 0,
+               "not supported on CUDA yet: lora_dropout {} > 0 (train with dropout 0, or on the CPU)",
+               a.config().dropout);
+    Impl& m = *impl_;
+    m.frozen = true;
+    const Parameters<float>& base = lora.model().params();
+    const std::vector<ParamSpec>& bspecs = base.specs();
+
+    // The base: bf16 values of every parameter not held in 4 bits, 4-bit pieces of the others.
+    std::vector<int64_t> slot(bspecs.size(), -1);
+    int64_t n_base = 0;
+    for (size_t i = 0; i < bspecs.size(); ++i)
+        if (!(qlora && qlora->pieces(i))) {
+            MSLM_CHECK(!base.released(i), "CudaHybridLM: base parameter {} has no values (released)", bspecs[i].name);
+            slot[i] = n_base;
+            n_base += base_slot(bspecs[i].numel);
+        }
+    {
+        std::vector<bf16> half(static_cast<size_t>(n_base), 0);
+        for (size_t i = 0; i < bspecs.size(); ++i)
+            if (slot[i] >= 0)
+                for (int64_t k = 0; k < bspecs[i].numel; ++k) half[slot[i] + k] = f32_to_bf16(base.value(i)[k]);
+        m.base_bytes = sizeof(bf16) * static_cast<size_t>(n_base);
+        malloc_into(reinterpret_cast<void**>(&m.base), m.base_bytes);
+        check(cudaMemcpy(m.base, half.data(), m.base_bytes, cudaMemcpyHostToDevice), "upload base");
+    }
+    m.projs.resize(bspecs.size());
+    int64_t largest = 0;
+    for (size_t i = 0; i < bspecs.size() && qlora; ++i) {
+        const std::vector<quant::Bnb4Piece>* pieces = qlora->pieces(i);
+        if (!pieces) continue;
+        largest = std::max(largest, bspecs[i].numel);
+        for (const quant::Bnb4Piece& p : *pieces) {
+            const quant::Bnb4Tensor& t = p.t;
+            CudaProj::Piece d;
+            d.offset = p.row_begin * bspecs[i].shape[1];
+            d.t.codes = upload_array(m.q4, m.q4_bytes, t.codes.data(), t.codes.size());
+            if (t.double_quant) {
+                d.t.absmax_q = upload_array(m.q4, m.q4_bytes, t.nested.q.data(), t.nested.q.size());
+                d.t.nested_absmax =
+                    upload_array(m.q4, m.q4_bytes, t.nested.nested_absmax.data(), t.nested.nested_absmax.size());
+                d.t.offset = t.nested.offset;
+                m.q4_bytes += sizeof(float);  // the offset, as Bnb4Tensor::bytes counts it
+            } else {
+                d.t.absmax = upload_array(m.q4, m.q4_bytes, t.absmax.data(), t.absmax.size());
+            }
+            d.t.n = t.n;
+            d.t.blocksize = t.blocksize;
+            d.t.round_f16 = t.dtype == "float16";
+            d.t.code = quant::bnb4_code(t.type);
+            d.t.dynamic_map = quant::bnb_dynamic_map();
+            m.projs[i].pieces.push_back(d);
+        }
+    }
+    if (largest > 0) {
+        m.deq_bytes = sizeof(bf16) * static_cast<size_t>(largest);
+        malloc_into(reinterpret_cast<void**>(&m.deq), m.deq_bytes);
+    }
+
+    // The adapter: the trained parameters, in its own Parameters layout.
+    const Parameters<float>& ap = a.params();
+    specs_ = ap.specs();
+    total_ = ap.total();
+    malloc_into(reinterpret_cast<void**>(&m.params), sizeof(float) * total_);
+    malloc_into(reinterpret_cast<void**>(&m.params_bf16), sizeof(bf16) * total_);
+    malloc_into(reinterpret_cast<void**>(&m.grads), sizeof(float) * total_);
+    malloc_into(reinterpret_cast<void**>(&m.status), 2 * sizeof(kc::IndexStatus));
+    zero(m.grads, sizeof(float) * total_);
+    {
+        const float* values = const_cast<Parameters<float>&>(ap).values();
+        std::vector<bf16> half(static_cast<size_t>(total_));
+        for (int64_t i = 0; i < total_; ++i) half[i] = f32_to_bf16(values[i]);
+        check(cudaMemcpy(m.params, values, sizeof(float) * total_, cudaMemcpyHostToDevice), "upload adapter");
+        check(cudaMemcpy(m.params_bf16, half.data(), sizeof(bf16) * total_, cudaMemcpyHostToDevice),
+              "upload adapter bf16");
+    }
+    for (const auto& mod : a.modules()) {
+        const LoraTarget& tg = lora.targets()[mod.target];
+        const size_t oA = specs_[mod.A].offset, oB = specs_[mod.B].offset;
+        m.projs[tg.weight].lora.push_back(CudaLoraModule{m.params_bf16 + oA, m.params_bf16 + oB, m.grads + oA,
+                                                         m.grads + oB, tg.row_begin, tg.rows, a.config().r,
+                                                         static_cast<float>(a.scaling())});
+        m.lora_r = std::max(m.lora_r, a.config().r);
+    }
+
+    std::map<std::string, size_t> index;
+    for (size_t i = 0; i < bspecs.size(); ++i) index[bspecs[i].name] = i;
+    wire(cfg_, m, [&](const std::string& name) {
+        auto it = index.find(name);
+        if (it == index.end()) return CudaParam{};
+        const size_t i = it->second;
+        CudaParam p;
+        p.w = slot[i] >= 0 ? m.base + slot[i] : nullptr;
+        const CudaProj& proj = m.projs[i];
+        if (!proj.pieces.empty() || !proj.lora.empty()) p.proj = &proj;
+        return p;
+    });
+}
+
+bool CudaHybridLM::lora() const { return impl_->frozen; }
+
+void CudaHybridLM::set_recompute(bool on) { recompute_ = on; }
 
 CudaHybridLM::~CudaHybridLM() {
     Impl& m = *impl_;
@@ -340,11 +525,14 @@ CudaHybridLM::~CudaHybridLM() {
          {static_cast<void*>(m.params), static_cast<void*>(m.params_bf16), static_cast<void*>(m.grads),
           static_cast<void*>(m.staged), static_cast<void*>(m.status), static_cast<void*>(m.act),
           static_cast<void*>(m.opt_m), static_cast<void*>(m.opt_v), static_cast<void*>(m.decay_mask),
-          static_cast<void*>(m.norm), static_cast<void*>(m.clip_scale), static_cast<void*>(m.partials)})
+          static_cast<void*>(m.norm), static_cast<void*>(m.clip_scale), static_cast<void*>(m.partials),
+          static_cast<void*>(m.base), static_cast<void*>(m.deq)})
         if (p) cudaFree(p);  // errors at teardown are not actionable
+    for (void* p : m.q4) cudaFree(p);
 }
 
 void CudaHybridLM::upload(const HybridLM<float>& cpu) {
+    MSLM_CHECK(!impl_->frozen, "CudaHybridLM::upload: a LoRA model's base and adapter are uploaded by its constructor");
     const Parameters<float>& p = cpu.params();
     MSLM_CHECK(
         p.total() == total_ && p.specs().size() == specs_.size(),
@@ -372,10 +560,15 @@ void CudaHybridLM::upload_grads(const std::vector<float>& flat) {
 }
 
 void CudaHybridLM::download_params(HybridLM<float>& cpu) const {
-    Parameters<float>& p = cpu.params();
+    MSLM_CHECK(!impl_->frozen,
+               "CudaHybridLM::download_params: a LoRA model's base does not change; download the adapter");
+    download_params(cpu.params());
+}
+
+void CudaHybridLM::download_params(Parameters<float>& p) const {
     MSLM_CHECK(p.total() == total_ && p.specs().size() == specs_.size(),
-               "CudaHybridLM::download_params: the CPU model's parameters ({} elements) do not match this "
-               "config's ({})", p.total(), total_);
+               "CudaHybridLM::download_params: the CPU parameters ({} elements) do not match the trained ones ({})",
+               p.total(), total_);
     check(cudaMemcpy(p.values(), impl_->params, sizeof(float) * total_, cudaMemcpyDeviceToHost),
           "download values");
 }
@@ -516,14 +709,47 @@ void CudaHybridLM::download_rows(int64_t row, int64_t n, float* out, float* hidd
 }
 
 size_t CudaHybridLM::memory_bytes() const {
-    const size_t optimizer = impl_->opt_m ? static_cast<size_t>(total_) * (2 * sizeof(float) + 1) : 0;
-    return static_cast<size_t>(total_) * (2 * sizeof(float) + 2 * sizeof(bf16)) + act_bytes_ +
-           2 * sizeof(kc::IndexStatus) + optimizer;
+    const Impl& m = *impl_;
+    const auto n = static_cast<size_t>(total_);
+    const size_t optimizer = m.opt_m ? n * (2 * sizeof(float) + 1) : 0;
+    const size_t staged = m.staged ? n * sizeof(bf16) : 0;
+    return n * (2 * sizeof(float) + sizeof(bf16)) + staged + act_bytes_ + 2 * sizeof(kc::IndexStatus) + optimizer +
+           m.base_bytes + m.q4_bytes + m.deq_bytes;
+}
+
+std::string describe(const CudaTrainingMemory& m) {
+    const double mib = 1024.0 * 1024.0;
+    auto f = [&](size_t b) { return static_cast<double>(b) / mib; };
+    return fmt::format("{:.1f} MiB: base {:.1f}, params {:.1f}, grads {:.1f}, optimizer {:.1f}, activations {:.1f} (MiB)",
+                       f(m.total()), f(m.base), f(m.params), f(m.grads), f(m.optimizer), f(m.activations));
+}
+
+size_t CudaHybridLM::device_used_bytes() {
+    size_t free = 0, total = 0;
+    check(cudaMemGetInfo(&free, &total), "cudaMemGetInfo");
+    return total - free;
 }
 
 // Every activation and scratch buffer of a (B, T) step, sized up front and carved out of one
 // allocation.
-size_t CudaHybridLM::layout_activations(const ModelConfig& cfg, Impl& m, int64_t B, int64_t T, char* base) {
+namespace {
+
+// Activation recompute: layer d uses the saved activations of layer s (the norms' and MLP's, or
+// the mixer's, which s and d then have of the same kind).
+void share_common(CudaHybridLM::Impl::Layer& d, const CudaHybridLM::Impl::Layer& s) {
+    d.ln1 = s.ln1, d.mean1 = s.mean1, d.rstd1 = s.rstd1, d.mid = s.mid, d.ln2 = s.ln2, d.mean2 = s.mean2;
+    d.rstd2 = s.rstd2, d.h = s.h, d.a = s.a;
+}
+void share_mixer(CudaHybridLM::Impl::Layer& d, const CudaHybridLM::Impl::Layer& s) {
+    d.zxbcdt = s.zxbcdt, d.xbc = s.xbc, d.y = s.y, d.z = s.z, d.yn = s.yn, d.g_rstd = s.g_rstd, d.states = s.states;
+    d.xz = s.xz, d.xc = s.xc, d.xdbl = s.xdbl, d.dt = s.dt, d.dt_raw = s.dt_raw, d.dbc_in = s.dbc_in, d.bc = s.bc;
+    d.dbc_rstd = s.dbc_rstd, d.qkv = s.qkv, d.o = s.o, d.lse = s.lse;
+}
+
+}  // namespace
+
+size_t CudaHybridLM::layout_activations(const ModelConfig& cfg, Impl& m, int64_t B, int64_t T, char* base,
+                                        bool recompute) {
     const int64_t N = B * T, D = cfg.d_model, V = cfg.vocab_size, L = cfg.n_layers;
     const bool has_mlp = cfg.mlp.kind != MlpKind::None, layernorm = cfg.norm == NormKind::LayerNorm;
     const int64_t F = cfg.mlp.d_ff, U = mlp_up_width(cfg), K = cfg.mamba.d_conv;
@@ -584,18 +810,32 @@ size_t CudaHybridLM::layout_activations(const ModelConfig& cfg, Impl& m, int64_t
         char* w = nullptr;
         p.take(w, static_cast<int64_t>(ws));
         m.ws = w;
+        p.take(m.lora_u, N * m.lora_r);
+        p.take(m.lora_gu, N * m.lora_r);
+        const Impl::Layer* first = nullptr;  // recompute: the layer whose norm and MLP buffers all share
+        std::map<LayerKind, const Impl::Layer*> of_kind;  // and the first of each mixer kind
         for (Impl::Layer& layer : m.layers) {
-            p.take(layer.ln1, N * D);
-            p.take(layer.mean1, layernorm ? N : 0);
-            p.take(layer.rstd1, N);
-            if (has_mlp) {
-                p.take(layer.mid, N * D);
-                p.take(layer.ln2, N * D);
-                p.take(layer.mean2, layernorm ? N : 0);
-                p.take(layer.rstd2, N);
-                p.take(layer.h, N * U);
-                p.take(layer.a, N * F);
+            if (recompute && first) {
+                share_common(layer, *first);
+            } else {
+                if (!first) first = &layer;
+                p.take(layer.ln1, N * D);
+                p.take(layer.mean1, layernorm ? N : 0);
+                p.take(layer.rstd1, N);
+                if (has_mlp) {
+                    p.take(layer.mid, N * D);
+                    p.take(layer.ln2, N * D);
+                    p.take(layer.mean2, layernorm ? N : 0);
+                    p.take(layer.rstd2, N);
+                    p.take(layer.h, N * U);
+                    p.take(layer.a, N * F);
+                }
             }
+            if (recompute && of_kind.count(layer.kind)) {
+                share_mixer(layer, *of_kind[layer.kind]);
+                continue;
+            }
+            of_kind[layer.kind] = &layer;
             if (layer.kind == LayerKind::Attention) {
                 p.take(layer.qkv, N * Wq);
                 p.take(layer.o, N * Hq * Dh);
@@ -630,56 +870,76 @@ size_t CudaHybridLM::layout_activations(const ModelConfig& cfg, Impl& m, int64_t
 }
 
 void CudaHybridLM::plan(int64_t B, int64_t T) {
-    if (B == B_ && T == T_ && impl_->act) return;
+    if (B == B_ && T == T_ && impl_->act && planned_recompute_ == recompute_) return;
     Impl& m = *impl_;
     if (m.act) check(cudaFree(m.act), "cudaFree");
     m.act = nullptr;
     B_ = B;
     T_ = T;
-    act_bytes_ = layout_activations(cfg_, m, B, T, nullptr);
+    planned_recompute_ = recompute_;
+    act_bytes_ = layout_activations(cfg_, m, B, T, nullptr, recompute_);
     malloc_into(reinterpret_cast<void**>(&m.act), act_bytes_);
-    layout_activations(cfg_, m, B, T, m.act);
+    layout_activations(cfg_, m, B, T, m.act, recompute_);
 }
 
-CudaTrainingMemory CudaHybridLM::training_memory(const ModelConfig& cfg, int64_t B, int64_t T) {
+namespace {
+
+// Bytes of a 4-bit weight of n values as the LoRA constructor uploads it (blocksize 64, double
+// quantization): codes, 8-bit absmax, nested fp32 absmax and the offset.
+size_t bnb4_double_quant_bytes(int64_t n) {
+    const int64_t blocks = (n + quant::kBnbDefaultBlocksize - 1) / quant::kBnbDefaultBlocksize;
+    return static_cast<size_t>((n + 1) / 2 + blocks + 4 * ((blocks + 255) / 256) + 4);
+}
+
+}  // namespace
+
+CudaTrainingMemory CudaHybridLM::training_memory(const ModelConfig& cfg, int64_t B, int64_t T,
+                                                 const CudaMemoryPlan& plan) {
     CudaTrainingMemory mem;
-    int64_t total = 0;
-    {
-        HybridLM<float> layout(cfg);
-        total = layout.params().total();
-    }
-    const auto n = static_cast<size_t>(total);
-    mem.params = n * (sizeof(float) + sizeof(bf16));
-    mem.grads = n * (sizeof(float) + sizeof(bf16));
-    mem.optimizer = n * (2 * sizeof(float) + 1);
+    HybridLM<float> layout(cfg, /*allocate=*/false);
+    const Parameters<float>& bp = layout.params();
     Impl probe;  // the plan's arithmetic only: no allocation, every pointer stays null
     for (LayerKind kind : cfg.layers) {
         Impl::Layer L;
         L.kind = kind;
         probe.layers.push_back(L);
     }
-    mem.activations = layout_activations(cfg, probe, B, T, nullptr);
+    const size_t status = 2 * sizeof(kc::IndexStatus);
+    if (plan.lora_r <= 0) {
+        const auto n = static_cast<size_t>(bp.total());
+        mem.params = n * (sizeof(float) + sizeof(bf16)) + status;
+        mem.grads = n * (sizeof(float) + sizeof(bf16));
+        mem.optimizer = n * (2 * sizeof(float) + 1);
+    } else {
+        LoraConfig lc;
+        lc.r = plan.lora_r;
+        set_lora_targets(lc, plan.lora_targets);
+        LoraModel<float> lora(layout, lora_naming_arch(cfg, "mamba_slm"));
+        const auto n = static_cast<size_t>(lora.add_adapter("plan", lc, 0).params().total());
+        mem.params = n * (sizeof(float) + sizeof(bf16)) + status;
+        mem.grads = n * sizeof(float);
+        mem.optimizer = n * (2 * sizeof(float) + 1);
+        probe.lora_r = plan.lora_r;
+        std::vector<bool> q4(bp.specs().size(), false);
+        if (plan.qlora)
+            for (size_t i : quant::qat_weights(bp)) q4[i] = true;
+        int64_t largest = 0;
+        for (size_t i = 0; i < bp.specs().size(); ++i) {
+            const int64_t numel = bp.specs()[i].numel;
+            if (q4[i]) {
+                mem.base += bnb4_double_quant_bytes(numel);
+                largest = std::max(largest, numel);
+            } else {
+                mem.base += sizeof(bf16) * static_cast<size_t>(base_slot(numel));
+            }
+        }
+        mem.base += sizeof(bf16) * static_cast<size_t>(largest);  // the dequantization scratch
+    }
+    mem.activations = layout_activations(cfg, probe, B, T, nullptr, plan.recompute);
     return mem;
 }
 
 namespace {
-
-// dx += (Accumulate) or = (Overwrite: a dx buffer nothing else writes, which then needs no zeroing
-// and takes cuBLASLt's bf16 output directly) dout · W.
-enum class Dx { Accumulate, Overwrite };
-
-// A projection's backward: dx += dout · W (or =, by mode); the weight's gradient accumulates in fp32 straight into
-// the fp32 gradients (no bf16 staging); the bias's (if any) is staged.
-void linear_backward(bf16* dx, const CudaParam& w, const CudaParam& b, const bf16* dout, const bf16* x,
-                     int64_t N, int64_t I, int64_t O, Dx mode = Dx::Accumulate) {
-    if (mode == Dx::Overwrite) {
-        kc::linear_backward_dx(dx, dout, w.w, N, I, O);
-        kc::linear_backward(static_cast<bf16*>(nullptr), static_cast<bf16*>(nullptr), b.g, dout, x, w.w, N, I, O);
-    } else {
-        kc::linear_backward(dx, static_cast<bf16*>(nullptr), b.g, dout, x, w.w, N, I, O);
-    }
-    kc::linear_backward_dW_f32(w.g32, dout, x, N, I, O);
-}
 
 struct Ctx {
     const ModelConfig& cfg;
@@ -687,6 +947,70 @@ struct Ctx {
     int64_t B, T, N;
     void mark(const char* stage, KernelFamily family) const { m.timer.mark(stage, family); }
 };
+
+// dx += (Accumulate) or = (Overwrite: a dx buffer nothing else writes, which then needs no zeroing
+// and takes cuBLASLt's bf16 output directly) dout · W.
+enum class Dx { Accumulate, Overwrite };
+
+// The weight a product reads: its bf16 copy, or (QLoRA) its 4-bit pieces dequantized into the
+// scratch that every weight shares (the next product overwrites it; the stream orders them).
+const bf16* base_weight(const Ctx& c, const CudaParam& w) {
+    if (!w.proj || w.proj->pieces.empty()) return w.w;
+    for (const CudaProj::Piece& p : w.proj->pieces) kc::bnb4_dequantize_bf16(c.m.deq + p.offset, p.t);
+    return c.m.deq;
+}
+
+// The LoRA modules of projection w: out (N, O), rows [row_begin, row_begin + rows) of each
+// module's += scale · u · Bᵀ with u (N, r) = x (N, I) · Aᵀ.
+void lora_forward(const Ctx& c, const CudaParam& w, bf16* out, const bf16* x, int64_t N, int64_t I, int64_t O) {
+    if (!w.proj) return;
+    for (const CudaLoraModule& l : w.proj->lora) {
+        kc::linear_forward(c.m.lora_u, x, l.A, static_cast<const bf16*>(nullptr), N, I, l.r);
+        cuda_model_detail::gemm_bf16(false, true, N, l.rows, l.r, l.scale, c.m.lora_u, l.r, l.B, l.r, 1.0f,
+                                     out + l.row_begin, O, false);
+    }
+}
+
+// Their backward, g = dout's columns of the module (N, rows): u = x·Aᵀ recomputed, gu (N, r) =
+// scale · g · B; dB += scale · gᵀ · u and dA += guᵀ · x in fp32; dx (N, I) += gu · A.
+void lora_backward(const Ctx& c, const CudaParam& w, bf16* dx, const bf16* dout, const bf16* x, int64_t N,
+                   int64_t I, int64_t O) {
+    if (!w.proj) return;
+    using cuda_model_detail::gemm_bf16;
+    bf16 *u = c.m.lora_u, *gu = c.m.lora_gu;
+    for (const CudaLoraModule& l : w.proj->lora) {
+        const bf16* g = dout + l.row_begin;  // row stride O
+        kc::linear_forward(u, x, l.A, static_cast<const bf16*>(nullptr), N, I, l.r);
+        gemm_bf16(false, false, N, l.r, l.rows, l.scale, g, O, l.B, l.r, 0.0f, gu, l.r, false);
+        gemm_bf16(true, false, l.rows, l.r, N, l.scale, g, O, u, l.r, 1.0f, l.gB, l.r, true);
+        gemm_bf16(true, false, l.r, I, N, 1.0f, gu, l.r, x, I, 1.0f, l.gA, I, true);
+        gemm_bf16(false, false, N, I, l.r, 1.0f, gu, l.r, l.A, I, 1.0f, dx, I, false);
+    }
+}
+
+// A projection: out (N, O) = x (N, I) · Wᵀ + b, plus its LoRA modules.
+void proj_forward(const Ctx& c, bf16* out, const bf16* x, const CudaParam& w, const CudaParam& b, int64_t N,
+                  int64_t I, int64_t O) {
+    kc::linear_forward(out, x, base_weight(c, w), b.w, N, I, O);
+    lora_forward(c, w, out, x, N, I, O);
+}
+
+// A projection's backward: dx += dout · W (or =, by mode), plus its LoRA modules'; the weight's
+// gradient (when it has one: not in a frozen base) accumulates in fp32 straight into the fp32
+// gradients (no bf16 staging); the bias's (if any) is staged.
+void linear_backward(const Ctx& c, bf16* dx, const CudaParam& w, const CudaParam& b, const bf16* dout,
+                     const bf16* x, int64_t N, int64_t I, int64_t O, Dx mode = Dx::Accumulate) {
+    const bf16* W = base_weight(c, w);
+    if (mode == Dx::Overwrite) {
+        kc::linear_backward_dx(dx, dout, W, N, I, O);
+        if (b.g)
+            kc::linear_backward(static_cast<bf16*>(nullptr), static_cast<bf16*>(nullptr), b.g, dout, x, W, N, I, O);
+    } else {
+        kc::linear_backward(dx, static_cast<bf16*>(nullptr), b.g, dout, x, W, N, I, O);
+    }
+    if (w.g32) kc::linear_backward_dW_f32(w.g32, dout, x, N, I, O);
+    lora_backward(c, w, dx, dout, x, N, I, O);
+}
 
 void norm_forward(const Ctx& c, const CudaNormParams& p, bf16* out, float* mean, float* rstd, const bf16* x) {
     const auto eps = static_cast<float>(c.cfg.norm_eps);
@@ -730,7 +1054,7 @@ void mamba2_forward(const Ctx& c, CudaHybridLM::Impl::Layer& L, bf16* out) {
     const int64_t N = c.N, D = c.cfg.d_model, Din = c.cfg.mamba_d_inner();
     const int64_t GS = c.cfg.mamba.n_groups * c.cfg.mamba.d_state, C = Din + 2 * GS;
     const int64_t W = 2 * Din + 2 * GS + c.cfg.mamba_n_heads();
-    kc::linear_forward(L.zxbcdt, L.ln1, L.in_w.w, L.in_b.w, N, D, W);  // (N, D) => (N, W) = [z | xBC | dt]
+    proj_forward(c, L.zxbcdt, L.ln1, L.in_w, L.in_b, N, D, W);  // (N, D) => (N, W) = [z | xBC | dt]
     c.mark("mamba proj fwd", KernelFamily::Gemm);
     kc::conv1d_causal_forward(L.xbc, static_cast<bf16*>(nullptr), L.zxbcdt + Din, W, L.conv_w.w, L.conv_b.w,
                               c.B, c.T, C, c.cfg.mamba.d_conv, true);
@@ -742,7 +1066,7 @@ void mamba2_forward(const Ctx& c, CudaHybridLM::Impl::Layer& L, bf16* out) {
     kc::gated_rmsnorm_forward(L.yn, L.g_rstd, L.y, L.z, L.gnorm_w.w, N, Din, c.cfg.mamba_norm_groups(),
                               static_cast<float>(c.cfg.norm_eps));
     c.mark("mamba gate fwd", KernelFamily::Norm);
-    kc::linear_forward(out, L.yn, L.out_w.w, L.out_b.w, N, Din, D);  // (N, Din) => (N, D)
+    proj_forward(c, out, L.yn, L.out_w, L.out_b, N, Din, D);  // (N, Din) => (N, D)
     c.mark("mamba proj fwd", KernelFamily::Gemm);
 }
 
@@ -756,7 +1080,7 @@ void mamba2_backward(const Ctx& c, CudaHybridLM::Impl::Layer& L, bf16* dx, const
              {g_y, N * Din}, {g_z, N * Din}, {g_xbc, N * C}, {g_zxbcdt, N * W}})
         zero(p, sizeof(bf16) * n);
     c.mark("mamba zero bwd", KernelFamily::Elementwise);
-    linear_backward(g_yn, L.out_w, L.out_b, dout, L.yn, N, Din, D, Dx::Overwrite);
+    linear_backward(c, g_yn, L.out_w, L.out_b, dout, L.yn, N, Din, D, Dx::Overwrite);
     c.mark("mamba proj bwd", KernelFamily::Gemm);
     kc::gated_rmsnorm_backward(g_y, g_z, L.gnorm_w.g, c.m.ws, g_yn, L.y, L.z, L.gnorm_w.w, L.g_rstd, N, Din,
                                c.cfg.mamba_norm_groups());
@@ -770,7 +1094,7 @@ void mamba2_backward(const Ctx& c, CudaHybridLM::Impl::Layer& L, bf16* dx, const
     kc::conv1d_causal_backward(g_zxbcdt + Din, L.conv_w.g, L.conv_b.g, g_xbc, L.zxbcdt + Din, W, L.conv_w.w,
                                L.conv_b.w, c.B, c.T, C, c.cfg.mamba.d_conv, true, c.m.ws, c.m.ws_bytes);
     c.mark("mamba conv bwd", KernelFamily::Conv);
-    linear_backward(dx, L.in_w, L.in_b, g_zxbcdt, L.ln1, N, D, W, Dx::Overwrite);
+    linear_backward(c, dx, L.in_w, L.in_b, g_zxbcdt, L.ln1, N, D, W, Dx::Overwrite);
     c.mark("mamba proj bwd", KernelFamily::Gemm);
 }
 
@@ -807,12 +1131,12 @@ std::array<DtBcNorm, 3> dt_bc_norms(const Ctx& c, CudaHybridLM::Impl::Layer& L) 
 void mamba1_forward(const Ctx& c, CudaHybridLM::Impl::Layer& L, bf16* out) {
     const int64_t N = c.N, D = c.cfg.d_model, Din = c.cfg.mamba_d_inner(), S = c.cfg.mamba.d_state;
     const int64_t R = c.cfg.mamba_dt_rank(), W = R + 2 * S;
-    kc::linear_forward(L.xz, L.ln1, L.in_w.w, L.in_b.w, N, D, 2 * Din);  // (N, D) => (N, 2·Din) = [x | z]
+    proj_forward(c, L.xz, L.ln1, L.in_w, L.in_b, N, D, 2 * Din);  // (N, D) => (N, 2·Din) = [x | z]
     c.mark("mamba proj fwd", KernelFamily::Gemm);
     kc::conv1d_causal_forward(L.xc, static_cast<bf16*>(nullptr), L.xz, 2 * Din, L.conv_w.w, L.conv_b.w, c.B,
                               c.T, Din, c.cfg.mamba.d_conv, true);
     c.mark("mamba conv fwd", KernelFamily::Conv);
-    kc::linear_forward(L.xdbl, L.xc, L.x_w.w, static_cast<const bf16*>(nullptr), N, Din,
+    proj_forward(c, L.xdbl, L.xc, L.x_w, CudaParam{}, N, Din,
                        W);  // => [dt | B | C]
     c.mark("mamba proj fwd", KernelFamily::Gemm);
     if (c.cfg.mamba.dt_bc_norm) {
@@ -827,12 +1151,12 @@ void mamba1_forward(const Ctx& c, CudaHybridLM::Impl::Layer& L, bf16* out) {
         c.mark("mamba dt fwd", KernelFamily::Elementwise);
     }
     // dt_proj without its bias: the scan adds it (in fp32) before the softplus.
-    kc::linear_forward(L.dt_raw, L.dt, L.dtp_w.w, static_cast<const bf16*>(nullptr), N, R, Din);
+    proj_forward(c, L.dt_raw, L.dt, L.dtp_w, CudaParam{}, N, R, Din);
     c.mark("mamba proj fwd", KernelFamily::Gemm);
     kc::selective_scan_forward(L.y, nullptr, scan_inputs(c, L), nullptr, ops::ScanDims{c.B, c.T, Din, S},
                                L.states);
     c.mark("mamba scan fwd", KernelFamily::Ssd);
-    kc::linear_forward(out, L.y, L.out_w.w, L.out_b.w, N, Din, D);  // (N, Din) => (N, D)
+    proj_forward(c, out, L.y, L.out_w, L.out_b, N, Din, D);  // (N, Din) => (N, D)
     c.mark("mamba proj fwd", KernelFamily::Gemm);
 }
 
@@ -850,7 +1174,7 @@ void mamba1_backward(const Ctx& c, CudaHybridLM::Impl::Layer& L, bf16* dx, const
                                                                         {g_bc, bc_norm ? N * 2 * S : 0}})
         zero(p, sizeof(bf16) * n);
     c.mark("mamba zero bwd", KernelFamily::Elementwise);
-    linear_backward(g_y, L.out_w, L.out_b, dout, L.y, N, Din, D, Dx::Overwrite);
+    linear_backward(c, g_y, L.out_w, L.out_b, dout, L.y, N, Din, D, Dx::Overwrite);
     c.mark("mamba proj bwd", KernelFamily::Gemm);
     // dB and dC laid out like the scan's B and C (scan_inputs).
     bf16* g_B = bc_norm ? g_bc : g_xdbl + R;
@@ -860,7 +1184,7 @@ void mamba1_backward(const Ctx& c, CudaHybridLM::Impl::Layer& L, bf16* dx, const
     const ops::ScanDims dims{c.B, c.T, Din, S};
     kc::selective_scan_backward(grads, g_y, scan_inputs(c, L), L.states, dims, c.m.ws, c.m.ws_bytes);
     c.mark("mamba scan bwd", KernelFamily::Ssd);
-    linear_backward(g_dt, L.dtp_w, CudaParam{}, g_dt_raw, L.dt, N, R, Din, Dx::Overwrite);
+    linear_backward(c, g_dt, L.dtp_w, CudaParam{}, g_dt_raw, L.dt, N, R, Din, Dx::Overwrite);
     c.mark("mamba proj bwd", KernelFamily::Gemm);
     if (bc_norm) {
         // Each norm's input gradient fills its columns of g_xdbl, which receive nothing else.
@@ -879,12 +1203,12 @@ void mamba1_backward(const Ctx& c, CudaHybridLM::Impl::Layer& L, bf16* dx, const
         copy_cols(g_xdbl, W, g_dt, R, N, R);  // dt's columns receive nothing else
         c.mark("mamba dt bwd", KernelFamily::Elementwise);
     }
-    linear_backward(g_xc, L.x_w, CudaParam{}, g_xdbl, L.xc, N, Din, W);
+    linear_backward(c, g_xc, L.x_w, CudaParam{}, g_xdbl, L.xc, N, Din, W);
     c.mark("mamba proj bwd", KernelFamily::Gemm);
     kc::conv1d_causal_backward(g_xz, L.conv_w.g, L.conv_b.g, g_xc, L.xz, 2 * Din, L.conv_w.w, L.conv_b.w, c.B,
                                c.T, Din, c.cfg.mamba.d_conv, true, c.m.ws, c.m.ws_bytes);
     c.mark("mamba conv bwd", KernelFamily::Conv);
-    linear_backward(dx, L.in_w, L.in_b, g_xz, L.ln1, N, D, 2 * Din, Dx::Overwrite);
+    linear_backward(c, dx, L.in_w, L.in_b, g_xz, L.ln1, N, D, 2 * Din, Dx::Overwrite);
     c.mark("mamba proj bwd", KernelFamily::Gemm);
 }
 
@@ -900,7 +1224,7 @@ void attention_forward(const Ctx& c, CudaHybridLM::Impl::Layer& L, bf16* out) {
     const ModelConfig& cfg = c.cfg;
     const int64_t N = c.N, D = cfg.d_model, Hq = cfg.attention.n_heads, Hkv = cfg.attn_kv_heads();
     const int64_t Dh = cfg.attn_head_dim(), W = (Hq + 2 * Hkv) * Dh;
-    kc::linear_forward(L.qkv, L.ln1, L.qkv_w.w, L.qkv_b.w, N, D, W);  // (N, D) => (N, (Hq + 2·Hkv)·Dh)
+    proj_forward(c, L.qkv, L.ln1, L.qkv_w, L.qkv_b, N, D, W);  // (N, D) => (N, (Hq + 2·Hkv)·Dh)
     c.mark("attn proj fwd", KernelFamily::Gemm);
     bf16* q = L.qkv;
     bf16* k = q + Hq * Dh;
@@ -913,7 +1237,7 @@ void attention_forward(const Ctx& c, CudaHybridLM::Impl::Layer& L, bf16* out) {
     kc::attention_forward(L.o, L.lse, q, W, k, W, v, W, ops::AttentionDims{c.B, c.T, Hq, Hkv, Dh},
                           attention_options(cfg));
     c.mark("attn fwd", KernelFamily::Attention);
-    kc::linear_forward(out, L.o, L.o_w.w, L.o_b.w, N, Hq * Dh, D);
+    proj_forward(c, out, L.o, L.o_w, L.o_b, N, Hq * Dh, D);
     c.mark("attn proj fwd", KernelFamily::Gemm);
 }
 
@@ -924,7 +1248,7 @@ void attention_backward(const Ctx& c, CudaHybridLM::Impl::Layer& L, bf16* dx, co
     bf16 *g_o = c.m.scratch[0], *g_qkv = c.m.scratch[1];
     zero(g_qkv, sizeof(bf16) * N * W);
     c.mark("attn zero bwd", KernelFamily::Elementwise);
-    linear_backward(g_o, L.o_w, L.o_b, dout, L.o, N, Hq * Dh, D, Dx::Overwrite);
+    linear_backward(c, g_o, L.o_w, L.o_b, dout, L.o, N, Hq * Dh, D, Dx::Overwrite);
     c.mark("attn proj bwd", KernelFamily::Gemm);
     const bf16* q = L.qkv;
     const bf16* k = q + Hq * Dh;
@@ -940,7 +1264,7 @@ void attention_backward(const Ctx& c, CudaHybridLM::Impl::Layer& L, bf16* dx, co
         kc::rope_apply(dk, W, c.B, c.T, Hkv, Dh, cfg.attn_rotary_dim(), cfg.attention.rope_theta, 0, true);
         c.mark("attn rope bwd", KernelFamily::Elementwise);
     }
-    linear_backward(dx, L.qkv_w, L.qkv_b, g_qkv, L.ln1, N, D, W, Dx::Overwrite);
+    linear_backward(c, dx, L.qkv_w, L.qkv_b, g_qkv, L.ln1, N, D, W, Dx::Overwrite);
     c.mark("attn proj bwd", KernelFamily::Gemm);
 }
 
@@ -966,7 +1290,7 @@ void mixer_backward(const Ctx& c, CudaHybridLM::Impl::Layer& L, bf16* dx, const 
 // (N, D) => fc1 h (N, F) => a (N, F) => fc2 (N, D). h and a are saved for backward.
 void mlp_forward(const Ctx& c, CudaHybridLM::Impl::Layer& L, bf16* out) {
     const int64_t N = c.N, D = c.cfg.d_model, F = c.cfg.mlp.d_ff;
-    kc::linear_forward(L.h, L.ln2, L.up_w.w, L.up_b.w, N, D, mlp_up_width(c.cfg));
+    proj_forward(c, L.h, L.ln2, L.up_w, L.up_b, N, D, mlp_up_width(c.cfg));
     c.mark("mlp fwd", KernelFamily::Gemm);
     switch (c.cfg.mlp.kind) {
         case MlpKind::SwiGLU:
@@ -985,7 +1309,7 @@ void mlp_forward(const Ctx& c, CudaHybridLM::Impl::Layer& L, bf16* out) {
             break;
     }
     c.mark("mlp fwd", KernelFamily::Elementwise);
-    kc::linear_forward(out, L.a, L.down_w.w, L.down_b.w, N, F, D);
+    proj_forward(c, out, L.a, L.down_w, L.down_b, N, F, D);
     c.mark("mlp fwd", KernelFamily::Gemm);
 }
 
@@ -996,7 +1320,7 @@ void mlp_backward(const Ctx& c, CudaHybridLM::Impl::Layer& L, bf16* dx, const bf
         zero(g_h, sizeof(bf16) * N * U);
         c.mark("mlp bwd", KernelFamily::Elementwise);
     }
-    linear_backward(g_a, L.down_w, L.down_b, dout, L.a, N, F, D, Dx::Overwrite);
+    linear_backward(c, g_a, L.down_w, L.down_b, dout, L.a, N, F, D, Dx::Overwrite);
     c.mark("mlp bwd", KernelFamily::Gemm);
     switch (c.cfg.mlp.kind) {
         case MlpKind::SwiGLU:
@@ -1015,8 +1339,35 @@ void mlp_backward(const Ctx& c, CudaHybridLM::Impl::Layer& L, bf16* dx, const bf
             break;
     }
     c.mark("mlp bwd", KernelFamily::Elementwise);
-    linear_backward(dx, L.up_w, L.up_b, g_h, L.ln2, N, D, U, Dx::Overwrite);
+    linear_backward(c, dx, L.up_w, L.up_b, g_h, L.ln2, N, D, U, Dx::Overwrite);
     c.mark("mlp bwd", KernelFamily::Gemm);
+}
+
+// One layer's forward from its input x (N, D): the saved activations of the layer, and next (N, D)
+// = the residual leaving it, unless next is null (activation recompute: backward re-runs the layer
+// for its saved activations only).
+void layer_forward(const Ctx& c, CudaHybridLM::Impl::Layer& layer, const bf16* x, bf16* next) {
+    const int64_t ND = c.N * c.cfg.d_model;
+    bf16* tmp = c.m.tmp;
+    norm_forward(c, layer.norm, layer.ln1, layer.mean1, layer.rstd1, x);
+    c.mark("norm+res fwd", KernelFamily::Norm);
+    mixer_forward(c, layer, tmp);
+    bf16* mid = layer.mid ? layer.mid : next;  // the residual after the mixer
+    if (mid) {
+        copy(mid, x, ND);
+        kc::axpy(mid, tmp, ND, 1.0f);
+        c.mark("norm+res fwd", KernelFamily::Elementwise);
+    }
+    if (layer.mid) {
+        norm_forward(c, layer.mlp_norm, layer.ln2, layer.mean2, layer.rstd2, layer.mid);
+        c.mark("norm+res fwd", KernelFamily::Norm);
+        mlp_forward(c, layer, tmp);
+        if (next) {
+            copy(next, layer.mid, ND);
+            kc::axpy(next, tmp, ND, 1.0f);
+            c.mark("norm+res fwd", KernelFamily::Elementwise);
+        }
+    }
 }
 
 }  // namespace
@@ -1041,29 +1392,10 @@ float CudaHybridLM::forward(const int32_t* ids, const int32_t* targets, int64_t 
     kc::embedding_forward(m.res, m.ids, m.embed.w, N, V, D, &m.status[0]);  // (N) => (N, D)
     kc::embedding_check(&m.status[0], V);
     t.mark("embed", KernelFamily::EmbedLoss);
-    for (int64_t l = 0; l < L; ++l) {
-        Impl::Layer& layer = m.layers[l];
-        const bf16* x = m.res + l * N * D;
-        bf16* next = m.res + (l + 1) * N * D;
-        bf16* mid = layer.mid ? layer.mid : next;  // the residual after the mixer
-        norm_forward(c, layer.norm, layer.ln1, layer.mean1, layer.rstd1, x);
-        t.mark("norm+res fwd", KernelFamily::Norm);
-        mixer_forward(c, layer, m.tmp);
-        copy(mid, x, N * D);
-        kc::axpy(mid, m.tmp, N * D, 1.0f);
-        t.mark("norm+res fwd", KernelFamily::Elementwise);
-        if (layer.mid) {
-            norm_forward(c, layer.mlp_norm, layer.ln2, layer.mean2, layer.rstd2, mid);
-            t.mark("norm+res fwd", KernelFamily::Norm);
-            mlp_forward(c, layer, m.tmp);
-            copy(next, mid, N * D);
-            kc::axpy(next, m.tmp, N * D, 1.0f);
-            t.mark("norm+res fwd", KernelFamily::Elementwise);
-        }
-    }
+    for (int64_t l = 0; l < L; ++l) layer_forward(c, m.layers[l], m.res + l * N * D, m.res + (l + 1) * N * D);
     norm_forward(c, m.final_norm, m.hf, m.final_mean, m.final_rstd, m.res + L * N * D);
     t.mark("norm+res fwd", KernelFamily::Norm);
-    kc::linear_forward(m.logits, m.hf, m.lm_head.w, static_cast<const bf16*>(nullptr), N, D, V);  // => (N, V)
+    proj_forward(c, m.logits, m.hf, m.lm_head, CudaParam{}, N, D, V);  // => (N, V)
     t.mark("head+loss fwd", KernelFamily::Gemm);
 
     count_ = 0;
@@ -1090,7 +1422,7 @@ void CudaHybridLM::backward() {
     const Ctx c{cfg_, m, B_, T_, N};
     StageTimer& t = m.timer;
     t.mark("host", KernelFamily::Other);  // the loss's download and the caller, between forward and backward
-    zero(m.staged, sizeof(bf16) * total_);
+    if (m.staged) zero(m.staged, sizeof(bf16) * total_);
     zero(m.g_res, sizeof(bf16) * N * D);
     t.mark("head+loss bwd", KernelFamily::Elementwise);
 
@@ -1098,7 +1430,7 @@ void CudaHybridLM::backward() {
     kc::cross_entropy_backward(dlogits, m.logits, m.lse, m.targets, N, V, 1.0f / static_cast<float>(count_),
                                &m.status[1]);
     t.mark("head+loss bwd", KernelFamily::EmbedLoss);
-    linear_backward(m.g_ln, m.lm_head, CudaParam{}, dlogits, m.hf, N, D, V, Dx::Overwrite);
+    linear_backward(c, m.g_ln, m.lm_head, CudaParam{}, dlogits, m.hf, N, D, V, Dx::Overwrite);
     t.mark("head+loss bwd", KernelFamily::Gemm);
     norm_backward(c, m.final_norm, m.g_res, m.g_ln, m.res + L * N * D, m.final_mean, m.final_rstd);
     t.mark("norm bwd", KernelFamily::Norm);
@@ -1107,6 +1439,9 @@ void CudaHybridLM::backward() {
         // g_res holds d loss / d (residual leaving layer l); the skip connections pass it through
         // unchanged and each sublayer adds its input gradient on top.
         // Each sublayer's backward ends with its input projection, which overwrites g_ln.
+        // Recompute: the layers share one set of saved activations, which hold the last layer's
+        // after forward; the others run their forward again first (bit for bit the same values).
+        if (planned_recompute_ && l != L - 1) layer_forward(c, layer, m.res + l * N * D, nullptr);
         if (layer.mid) {
             mlp_backward(c, layer, m.g_ln, m.g_res);
             norm_backward(c, layer.mlp_norm, m.g_res, m.g_ln, layer.mid, layer.mean2, layer.rstd2);
@@ -1116,14 +1451,16 @@ void CudaHybridLM::backward() {
         norm_backward(c, layer.norm, m.g_res, m.g_ln, m.res + l * N * D, layer.mean1, layer.rstd1);
         t.mark("norm bwd", KernelFamily::Norm);
     }
-    if (cfg_.embed_padding_idx >= 0)  // padding_idx: that row's lookups contribute no gradient (as on the CPU)
-        for (int64_t n = 0; n < N; ++n)
-            if (m.host_ids[n] == cfg_.embed_padding_idx)
-                check(cudaMemsetAsync(m.g_res + n * D, 0, sizeof(bf16) * D), "zero padding rows");
-    kc::embedding_backward(m.embed.g, m.ws, m.g_res, m.ids, N, V, D, &m.status[0]);
-    t.mark("embed bwd+grads", KernelFamily::EmbedLoss);
-    cuda_model_detail::accumulate_bf16(m.grads, m.staged, total_, nullptr);
-    t.mark("embed bwd+grads", KernelFamily::Elementwise);
+    if (!m.frozen) {  // a frozen base's embedding has no gradient, nor do its other staged parameters
+        if (cfg_.embed_padding_idx >= 0)  // padding_idx: that row's lookups contribute no gradient (as on the CPU)
+            for (int64_t n = 0; n < N; ++n)
+                if (m.host_ids[n] == cfg_.embed_padding_idx)
+                    check(cudaMemsetAsync(m.g_res + n * D, 0, sizeof(bf16) * D), "zero padding rows");
+        kc::embedding_backward(m.embed.g, m.ws, m.g_res, m.ids, N, V, D, &m.status[0]);
+        t.mark("embed bwd+grads", KernelFamily::EmbedLoss);
+        cuda_model_detail::accumulate_bf16(m.grads, m.staged, total_, nullptr);
+        t.mark("embed bwd+grads", KernelFamily::Elementwise);
+    }
     check(cudaDeviceSynchronize(), "backward");
     t.finish("model stages", B_, T_);
 }

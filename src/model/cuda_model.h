@@ -20,6 +20,24 @@
 // from an AdamW<float> (upload/download_optimizer_state), so checkpoints hold exactly the tensors
 // the CPU trainer writes and either trainer resumes the other's run.
 //
+// LoRA and QLoRA training (issue 8 must 5; the second constructor): the model is a frozen base and
+// one PEFT adapter (lora/lora.h) trains. The base lives on the GPU as bf16 values only — no fp32
+// master, no gradient, no optimizer state — and, with a QLoRA base (quant/qlora.h), its 4-bit
+// linear weights only as their bitsandbytes blocks (codes + double-quantized absmax, as loaded):
+// each product dequantizes its weight (ops/cuda/nf4_dequant.h) into one bf16 scratch shared by all
+// weights just before the GEMM, in forward and for dX in backward. The adapter's A and B are the
+// trained parameters: fp32 masters in the adapter's Parameters layout, bf16 copies, fp32 gradients
+// and AdamW state, exactly as the whole model's in the first mode; specs(), params_total(), the
+// gradients and the optimizer functions below then refer to the adapter. A targeted projection
+// computes y = x·Wᵀ + b + s·(x·Aᵀ)·Bᵀ on its rows of W (PEFT's q_proj is rows of the fused qkv_proj),
+// and its backward dX = dY·W + (s·dY·B)·A, dB += s·dYᵀ·(x·Aᵀ), dA += (s·dY·B)ᵀ·x, with x·Aᵀ recomputed
+// (as the CPU hook does) and the fp32 gradients accumulated by cuBLASLt itself. lora_dropout > 0 is
+// refused (the CPU's hashed masks are not reproduced on the GPU yet).
+//
+// Activation recompute (set_recompute): forward keeps only each layer's input (the residual
+// stream) and backward recomputes the layer's forward just before its backward, so one layer's
+// saved activations are planned instead of all of them, for one more forward pass of compute.
+//
 // Plain C++ header (no CUDA includes). The class exists only in builds with MSLM_HAVE_CUDA.
 // Supported: every option of HybridLM — RMSNorm or LayerNorm, Mamba-1 (with or without Jamba's
 // dt/B/C norms) and Mamba-2 mixers, attention (RoPE, ALiBi or none; GQA; sliding window), SwiGLU,
@@ -46,13 +64,34 @@ template <typename T>
 class HybridLM;
 template <typename T>
 class AdamW;
+template <typename T>
+class LoraModel;
+namespace quant {
+template <typename T>
+class QloraBase;
+}
 
 // Device bytes of a training run, by category (each one allocation): fp32 master values + their
 // bf16 copy; fp32 gradients + the bf16 staging copy; AdamW m, v and the decay mask; the activation
-// plan of one (B, T) step.
+// plan of one (B, T) step. With LoRA, params, grads and optimizer are the adapter's, and base holds
+// the frozen base: bf16 values, plus the 4-bit blocks and the dequantization scratch with QLoRA.
+// (params also counts the two index status words.)
 struct CudaTrainingMemory {
-    size_t params = 0, grads = 0, optimizer = 0, activations = 0;
-    size_t total() const { return params + grads + optimizer + activations; }
+    size_t base = 0, params = 0, grads = 0, optimizer = 0, activations = 0;
+    size_t total() const { return base + params + grads + optimizer + activations; }
+};
+
+// "1234.5 MiB: base 12.3, params 4.5, grads 3.0, optimizer 6.8, activations 1200.0 (MiB)"
+std::string describe(const CudaTrainingMemory& m);
+
+// What to plan for (training_memory): the whole model (lora_r = 0), or a LoRA adapter of rank
+// lora_r on lora_targets (as --lora-targets) over a bf16 base, or over a 4-bit base (qlora: nf4 or
+// fp4 with double quantization, blocksize 64, the weights `quantize` would quantize).
+struct CudaMemoryPlan {
+    int64_t lora_r = 0;
+    std::string lora_targets = "all-linear";
+    bool qlora = false;
+    bool recompute = false;  // activation recompute (set_recompute)
 };
 
 // What the stage timer booked since it was last taken: milliseconds by stage label (in first-seen
@@ -68,15 +107,27 @@ struct CudaStageTimes {
 class CudaHybridLM {
 public:
     explicit CudaHybridLM(const ModelConfig& cfg);
+    // LoRA / QLoRA training of `adapter` (trainable, the only active one, dropout 0) of `lora`, over
+    // lora.model()'s weights as the frozen base; qlora, when given, holds that model's 4-bit weights.
+    // Uploads everything (base, 4-bit blocks, the adapter's values); the objects need not outlive
+    // this one. Throws naming the reason for an adapter it cannot train.
+    CudaHybridLM(LoraModel<float>& lora, const std::string& adapter, const quant::QloraBase<float>* qlora = nullptr);
     CudaHybridLM(const CudaHybridLM&) = delete;
     CudaHybridLM& operator=(const CudaHybridLM&) = delete;
     ~CudaHybridLM();
 
     const ModelConfig& config() const { return cfg_; }
+    // The trained parameters: the model's, or with LoRA the adapter's.
     const std::vector<ParamSpec>& specs() const { return specs_; }
     int64_t params_total() const { return total_; }  // flat buffer length, padding included
+    bool lora() const;  // built by the LoRA constructor: the base is frozen
 
-    // Copies the fp32 parameter values (and makes the bf16 copy). cpu must have this config.
+    // Activation recompute (the header): off by default; takes effect at the next forward.
+    void set_recompute(bool on);
+    bool recompute() const { return recompute_; }
+
+    // Copies the fp32 parameter values (and makes the bf16 copy). cpu must have this config. Not
+    // with LoRA (the constructor uploads the base and the adapter).
     void upload(const HybridLM<float>& cpu);
     // ids, targets (B, T) in host memory, as HybridLM::forward; targets may be null (no loss).
     // Returns the mean cross-entropy over counted positions (0 when none count).
@@ -89,7 +140,11 @@ public:
     // Replaces the fp32 gradients with flat (params_total()), e.g. after a host-side hook.
     void upload_grads(const std::vector<float>& flat);
     // The fp32 master values into cpu's parameters (same config): for eval, checkpoints, generation.
+    // Not with LoRA (the base does not change; download the adapter with the overload).
     void download_params(HybridLM<float>& cpu) const;
+    // The trained parameters' fp32 values into p, which has their layout (the model's Parameters, or
+    // with LoRA the adapter's).
+    void download_params(Parameters<float>& p) const;
 
     // The optimizer's options, m, v and step count from cpu (built for this layout; a fresh one
     // holds zeros). Must precede optimizer_step.
@@ -124,13 +179,19 @@ public:
     // and of its (B·T, D) final-norm output into hidden (n, D) when hidden is non-null (inference).
     void download_rows(int64_t row, int64_t n, float* out, float* hidden) const;
 
-    // Bytes of device memory held: parameters (fp32 + bf16), gradients (fp32 + bf16 staging) and
-    // the activation plan of the last (B, T).
+    // Bytes of device memory held: parameters (fp32 + bf16), gradients (fp32 + bf16 staging), the
+    // optimizer state, the frozen base (LoRA) and the activation plan of the last (B, T).
     size_t memory_bytes() const;
     size_t activation_bytes() const { return act_bytes_; }
 
     // The plan for a config without allocating anything (host arithmetic; builds with CUDA only).
-    static CudaTrainingMemory training_memory(const ModelConfig& cfg, int64_t B, int64_t T);
+    // The categories sum to what memory_bytes() reports for the same run after its first
+    // optimizer step (cuBLASLt's workspaces, the CUDA context and the allocator's rounding aside).
+    static CudaTrainingMemory training_memory(const ModelConfig& cfg, int64_t B, int64_t T,
+                                              const CudaMemoryPlan& plan = {});
+    // The device's used memory now (cudaMemGetInfo: total − free, every process and the context
+    // included), in bytes.
+    static size_t device_used_bytes();
 
     struct Impl;  // device pointers of the plan (defined in cuda_model.cpp)
 
@@ -138,7 +199,9 @@ private:
     void plan(int64_t B, int64_t T);
     // Sizes (base null) or places (base = the allocation) every activation buffer of a (B, T) step
     // into m's pointers; returns the bytes.
-    static size_t layout_activations(const ModelConfig& cfg, Impl& m, int64_t B, int64_t T, char* base);
+    // With recompute, the layers share one set of saved activations (one per mixer kind).
+    static size_t layout_activations(const ModelConfig& cfg, Impl& m, int64_t B, int64_t T, char* base,
+                                     bool recompute);
 
     ModelConfig cfg_;
     std::vector<ParamSpec> specs_;
@@ -146,7 +209,7 @@ private:
     std::unique_ptr<Impl> impl_;
     size_t act_bytes_ = 0;
     int64_t B_ = 0, T_ = 0, count_ = 0;
-    bool has_targets_ = false;
+    bool has_targets_ = false, recompute_ = false, planned_recompute_ = false;
     // Optimizer (allocated by upload_optimizer_state).
     double beta1_ = 0, beta2_ = 0, eps_ = 0, weight_decay_ = 0;
     int64_t opt_step_ = 0;

@@ -120,6 +120,13 @@ void QloraBase<T>::dequantize(size_t param, float* out) const {
 }
 
 template <typename T>
+const std::vector<Bnb4Piece>* QloraBase<T>::pieces(size_t param) const {
+    for (const Weight& w : weights_)
+        if (w.param == param) return &w.pieces;
+    return nullptr;
+}
+
+template <typename T>
 const T* QloraBase<T>::apply(const Weight& w) {
     dequantize(w.param, scratch_.data());
     if constexpr (std::is_same_v<T, float>) {

@@ -74,6 +74,9 @@ public:
     std::string summary() const;
     // The weight (out, in) of parameter `param` dequantized into `out` (what the products use).
     void dequantize(size_t param, float* out) const;
+    // The 4-bit pieces of parameter `param`, ordered by row and covering it; null when the base does
+    // not hold that parameter (the GPU trainer uploads them, model/cuda_model.h).
+    const std::vector<Bnb4Piece>* pieces(size_t param) const;
 
 private:
     class Hook;

@@ -105,7 +105,9 @@ void TrainConfig::validate() const {
                "train config: nan_policy must be \"skip\" or \"stop\" (got \"{}\")", nan_policy);
     MSLM_CHECK(lora.r >= 0, "train config: lora.r must be >= 0 (got {}; 0 trains the whole model)", lora.r);
     if (lora.r > 0) {
-        MSLM_CHECK(gpu < 0, "train config: LoRA training (lora.r > 0) runs on the CPU only; set device \"cpu\"");
+        MSLM_CHECK(gpu < 0 || lora.dropout == 0,
+                   "train config: lora.dropout {} > 0 is not supported on device \"{}\" yet; set lora.dropout 0 or "
+                   "device \"cpu\"", lora.dropout, device);
         try {
             lora_config().validate();
         } catch (const Error& e) {
@@ -343,10 +345,16 @@ void check_resume_config(const json& saved, const json& now, const std::string& 
 // run's record, refreshed by sync_from_gpu before eval and checkpoints.
 #ifdef MSLM_HAVE_CUDA
 struct Trainer::Gpu {
+    size_t used_before_model = CudaHybridLM::device_used_bytes();
     CudaHybridLM model;
 
     Gpu(const HybridLM<float>& cpu, const AdamW<float>& optimizer) : model(cpu.config()) {
         model.upload(cpu);
+        model.upload_optimizer_state(optimizer);
+    }
+    // LoRA / QLoRA: the frozen base (4-bit where qlora holds it) and the adapter "default".
+    Gpu(LoraModel<float>& lora, const quant::QloraBase<float>* qlora, const AdamW<float>& optimizer)
+        : model(lora, "default", qlora) {
         model.upload_optimizer_state(optimizer);
     }
     // The step's gradients, as the CPU loop computes them; returns the mean loss.
@@ -372,10 +380,23 @@ struct Trainer::Gpu {
     }
     double clip(double max_norm) { return model.clip_grad_norm(max_norm); }
     void step(float lr) { model.optimizer_step(lr); }
-    void download(HybridLM<float>& cpu, AdamW<float>* optimizer) {
-        model.download_params(cpu);
+    void download(Parameters<float>& trained, AdamW<float>* optimizer) {
+        model.download_params(trained);
         if (optimizer) model.download_optimizer_state(*optimizer);
     }
+    // The device memory after `step` steps: the plan, what the model holds, and the device's use
+    // (cudaMemGetInfo, the CUDA context and cuBLASLt's workspaces included) against before the run.
+    void report_memory(int64_t step) const {
+        const double mib = 1024.0 * 1024.0;
+        std::fprintf(stderr,
+                     "cuda memory after step %lld: planned %.1f MiB, held by the model %.1f MiB, device use grew "
+                     "by %.1f MiB (%.1f MiB used in all)\n",
+                     static_cast<long long>(step), static_cast<double>(planned.total()) / mib,
+                     static_cast<double>(model.memory_bytes()) / mib,
+                     static_cast<double>(CudaHybridLM::device_used_bytes() - used_before_model) / mib,
+                     static_cast<double>(CudaHybridLM::device_used_bytes()) / mib);
+    }
+    CudaTrainingMemory planned;
 };
 #else
 struct Trainer::Gpu {  // never built: TrainConfig::validate refuses device cuda in this build
@@ -384,7 +405,8 @@ struct Trainer::Gpu {  // never built: TrainConfig::validate refuses device cuda
     void hook(Parameters<float>&, const std::function<void(Parameters<float>&)>&) { absent(); }
     double clip(double) { absent(); }
     void step(float) { absent(); }
-    void download(HybridLM<float>&, AdamW<float>*) { absent(); }
+    void download(Parameters<float>&, AdamW<float>*) { absent(); }
+    void report_memory(int64_t) const { absent(); }
 };
 #endif
 
@@ -499,8 +521,16 @@ Trainer::Trainer(TrainConfig cfg, bool resume) : cfg_(std::move(cfg)) {
                             train_config_to_json(cfg_), cfg_.run_dir);
     }
 #ifdef MSLM_HAVE_CUDA
-    // The GPU keeps every activation of a step (no activation checkpointing there yet).
-    if (gpu_index >= 0) gpu_ = std::make_unique<Gpu>(*model_, *optimizer_);
+    if (gpu_index >= 0) {
+        gpu_ = lora_ ? std::make_unique<Gpu>(*lora_, qlora_.get(), *optimizer_)
+                     : std::make_unique<Gpu>(*model_, *optimizer_);
+        // activation_checkpointing on the GPU: each layer's forward is recomputed before its backward.
+        gpu_->model.set_recompute(cfg_.activation_checkpointing);
+        const CudaMemoryPlan plan{cfg_.lora.r, cfg_.lora.targets, !cfg_.lora.base_quant.empty(),
+                                  cfg_.activation_checkpointing};
+        gpu_->planned = CudaHybridLM::training_memory(mc, cfg_.batch_size, cfg_.seq_len, plan);
+        std::fprintf(stderr, "cuda memory plan: %s\n", describe(gpu_->planned).c_str());
+    }
 #endif
 }
 
@@ -511,7 +541,7 @@ Parameters<float>& Trainer::trained_params() {
 }
 
 void Trainer::sync_from_gpu(bool optimizer_state) {
-    if (gpu_) gpu_->download(*model_, optimizer_state ? optimizer_.get() : nullptr);
+    if (gpu_) gpu_->download(trained_params(), optimizer_state ? optimizer_.get() : nullptr);
 }
 
 EvalResult Trainer::evaluate() {
@@ -595,6 +625,7 @@ TrainSummary Trainer::run() {
         const double lr = schedule_.lr_at(step_);
         tokens_seen_ += tokens_per_step;
         ++step_;
+        if (gpu_ && step_ == std::min<int64_t>(3, cfg_.steps)) gpu_->report_memory(step_);
         ++window_steps;
         if (!std::isfinite(loss) || !std::isfinite(norm)) {
             MSLM_CHECK(cfg_.nan_policy == "skip", "train: step {}: non-finite {} ({}); stopping (nan_policy "

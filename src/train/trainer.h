@@ -67,12 +67,14 @@ struct TrainConfig {
     uint64_t seed = 0;
     std::string nan_policy = "stop";  // skip: drop the step's update; stop: fail naming the step
     // Keep only each layer's input during forward and recompute the layer before its backward:
-    // activation memory of one layer instead of all, for about one more forward pass of compute.
+    // activation memory of one layer instead of all, for about one more forward pass of compute
+    // (on device cuda too: CudaHybridLM::set_recompute).
     bool activation_checkpointing = false;
 
     // LoRA fine-tuning when lora.r > 0 (src/lora): the model is the frozen base, only one PEFT
     // adapter trains (AdamW state for it alone), and checkpoints hold the adapter in PEFT's layout
-    // instead of the model. CPU only for now.
+    // instead of the model. On device cuda the base is frozen on the GPU as bf16 (or 4-bit with
+    // base_quant) and lora.dropout must be 0 (model/cuda_model.h).
     struct Lora {
         int64_t r = 0;
         double alpha = 8;      // lora_alpha; scaling alpha / r (alpha / sqrt(r) with rslora)
