@@ -23,7 +23,7 @@ done
 { date -u +%FT%TZ; git -C "$ROOT" rev-parse --short HEAD; lscpu | grep -E "Model name|^CPU\(s\)"; } > "$OUT/machine.txt"
 for r in $(seq 1 "$ROUNDS"); do
     echo "round $r: $(uptime)" >> "$OUT/machine.txt"
-    "$ROOT/build/cpu/bench_decode" --presets "$PRESET" --threads "$THREADS" --prompt 512 --steps 64 --dtype f32,bf16 \
+    "$ROOT/build/cpu/bench_decode" --presets "$PRESET" --threads "$THREADS" --prompt 512 --steps 64 --dtype f32,bf16,int8 \
         > "$OUT/ours-$r.md"
     for t in $TYPES; do
         # Prefill: 512 tokens from an empty state; decode: 64 tokens after a 512-token prompt (-d), as
