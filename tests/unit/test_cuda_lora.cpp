@@ -14,6 +14,14 @@
 // scale) fails by far: each of those changes a gradient by O(1) of itself. QLoRA: both sides use the
 // same dequantized weights (the GPU's dequantization equals the CPU's rounded to bf16, bit for bit,
 // test_cuda_nf4_dequant.cpp), so the same bounds hold. The loss: 2e-2 relative, as there.
+//
+// The Mamba-1 (Jamba) config is the exception, measured: its x_proj and dt_proj adapters feed dt,
+// which reaches the loss through softplus, exp(dt·A) and the 33-step recurrence, and through the
+// dt/B/C RMSNorms; the uniform rounding model underestimates that path. A sweep over 12 seeds on the
+// H200 (2026-11-29) gave the worst adapter gradient per seed at 2.2–4.6 % relative L2 with a bf16
+// base (plain LoRA) and 2.4–5.1 % with the NF4 base: the same spread, so it is the bf16 Mamba-1
+// path, not QLoRA (the Mamba-2 config: 1.9–2.8 % for both). Its bound is 6e-2 with cosine
+// > 0.998 (1 − 0.06²/2), which the O(1) errors above still fail by far.
 #include <gtest/gtest.h>
 #include <unistd.h>
 
@@ -122,6 +130,7 @@ struct CpuLora {
 };
 
 void compare_with_cpu(const ModelConfig& cfg, bool use_qlora, uint64_t seed) {
+    const double rel_tol = cfg.mamba.version == 1 ? 6e-2 : 3e-2;  // the header: the Mamba-1 dt path
     const int64_t B = 2, T = 33, N = B * T;
     CpuLora cpu(cfg, seed, use_qlora);
     Rng rng(seed + 3);
@@ -156,8 +165,9 @@ void compare_with_cpu(const ModelConfig& cfg, bool use_qlora, uint64_t seed) {
         }
         ASSERT_GT(norm_ref, 0.0) << s.name << ": the CPU gradient is zero, the comparison would say nothing";
         const double rel = std::sqrt(diff / norm_ref), cosine = dot / std::sqrt(norm_ref * norm_got);
-        EXPECT_LT(rel, 3e-2) << s.name << " (cosine " << cosine << ")";
-        EXPECT_GT(cosine, 0.999) << s.name << " (relative L2 error " << rel << ")";
+        EXPECT_LT(rel, rel_tol) << s.name << " (cosine " << cosine << ")";
+        EXPECT_GT(cosine, rel_tol > 3e-2 ? 1.0 - rel_tol * rel_tol / 2 : 0.999)
+            << s.name << " (relative L2 error " << rel << ")";
     }
 
     // The plan (host arithmetic) is what the model holds once the optimizer state exists.
