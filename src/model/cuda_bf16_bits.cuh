@@ -1,20 +1,15 @@
-// bf16 values as their 16-bit patterns, for the decode kernels (cuda_decoder_kernels.cu,
-// cuda_decode_step.cu): decode, round-to-nearest-even encode, and the round trip.
+// bf16 values as their 16-bit patterns and the dependent-launch helpers, for the decode kernels
+// (cuda_decoder_kernels.cu, cuda_decode_step.cu): the ones of ops/cuda/common.cuh, named in the
+// decoder's namespace.
 #pragma once
-#include <cuda_bf16.h>
-
-#include <cstdint>
+#include "ops/cuda/common.cuh"
 
 namespace mslm::cuda_decoder_detail {
 
-__device__ __forceinline__ float bf(uint16_t v) {
-    return __uint_as_float(uint32_t(v) << 16);
-}
-__device__ __forceinline__ uint16_t to_bf(float v) {
-    return __bfloat16_as_ushort(__float2bfloat16_rn(v));
-}
-__device__ __forceinline__ float round_bf(float v) {
-    return bf(to_bf(v));
-}
+using ops::cuda::detail::bf;
+using ops::cuda::detail::pdl_trigger;
+using ops::cuda::detail::pdl_wait;
+using ops::cuda::detail::round_bf;
+using ops::cuda::detail::to_bf;
 
 }  // namespace mslm::cuda_decoder_detail

@@ -26,21 +26,9 @@ using ops::cuda::detail::silu;
 using ops::cuda::detail::warp_sum;  // reduce.cuh
 
 
-// Programmatic dependent launch (sm_90): a kernel launched with it may start while the one before
-// it in the stream finishes. Each of the step's own kernels lets its successor launch at once
-// (pdl_trigger) and waits for its predecessor's results (pdl_wait: the predecessor has completed
-// and its memory is visible) before it reads anything a kernel writes — decode_gemv first issues
-// its constant weight loads. Launched without the attribute, both are no-ops.
-__device__ __forceinline__ void pdl_wait() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("griddepcontrol.wait;" ::: "memory");
-#endif
-}
-__device__ __forceinline__ void pdl_trigger() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
-#endif
-}
+// Programmatic dependent launch (pdl_wait / pdl_trigger, ops/cuda/common.cuh): each of the step's own
+// kernels lets its successor launch at once and waits for its predecessor's results before it reads
+// anything a kernel writes — decode_gemv first issues its constant weight loads.
 
 // One block per row i: rotates the row's query heads in place (rows of q, stride ld) and writes its
 // key heads, rotated, and value heads to row pos[i] % L of slot slots[i] of the caches — RoPE (the

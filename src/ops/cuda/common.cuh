@@ -138,6 +138,36 @@ unsigned grid_size(int64_t work, const char* kernel) {
     return unsigned(std::clamp<int64_t>((work + kThreads - 1) / kThreads, 1, resident));
 }
 
+// ---- bf16 values as their 16-bit patterns (the decode and quantized-GEMV kernels): decode,
+// round-to-nearest-even encode, and the round trip.
+
+__device__ __forceinline__ float bf(uint16_t v) {
+    return __uint_as_float(uint32_t(v) << 16);
+}
+__device__ __forceinline__ uint16_t to_bf(float v) {
+    return __bfloat16_as_ushort(__float2bfloat16_rn(v));
+}
+__device__ __forceinline__ float round_bf(float v) {
+    return bf(to_bf(v));
+}
+
+// ---- programmatic dependent launch (sm_90): a kernel launched with the attribute may start while
+// its predecessor in the stream finishes. pdl_trigger lets the successor launch at once; pdl_wait
+// returns once the predecessor has completed and its memory is visible, so a kernel may issue
+// loads of constants (weights) before it and must read anything a kernel writes after it.
+// Launched without the attribute, both are no-ops.
+
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_trigger() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
 // Catches bad launch configurations at once; faults inside a kernel surface at the next
 // synchronising call.
 template <typename T>

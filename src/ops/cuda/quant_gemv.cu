@@ -28,7 +28,12 @@ namespace mslm::ops::cuda {
 
 namespace {
 
+using detail::bf;
+using detail::pdl_trigger;
+using detail::pdl_wait;
+using detail::round_bf;
 using detail::silu;
+using detail::to_bf;
 using detail::warp_sum;
 
 constexpr int kWarps = 8;
@@ -42,15 +47,6 @@ __device__ __forceinline__ float bf_lo(uint32_t w) {
 __device__ __forceinline__ float bf_hi(uint32_t w) {
     return __uint_as_float(w & 0xffff0000u);
 }
-__device__ __forceinline__ float bf(uint16_t v) {
-    return __uint_as_float(uint32_t(v) << 16);
-}
-__device__ __forceinline__ uint16_t to_bf(float v) {
-    return __bfloat16_as_ushort(__float2bfloat16_rn(v));
-}
-__device__ __forceinline__ float round_bf(float v) {
-    return bf(to_bf(v));
-}
 
 __device__ __forceinline__ uint4 load_stream(const uint8_t* p) {
     uint4 v;
@@ -60,20 +56,9 @@ __device__ __forceinline__ uint4 load_stream(const uint8_t* p) {
     return v;
 }
 
-// Programmatic dependent launch (sm_90; a no-op when launched without the attribute): the kernel
-// lets its successor launch at once, and issues its first weight loads (constants) before waiting
-// for its predecessor's results, so the weight stream overlaps the previous kernel's tail.
-__device__ __forceinline__ void pdl_wait() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("griddepcontrol.wait;" ::: "memory");
-#endif
-}
-__device__ __forceinline__ void pdl_trigger() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
-#endif
-}
-
+// Programmatic dependent launch (pdl_wait / pdl_trigger, common.cuh): the kernel lets its successor
+// launch at once, and issues its first weight loads (constants) before waiting for its
+// predecessor's results, so the weight stream overlaps the previous kernel's tail.
 __device__ __forceinline__ uint32_t word_of(const uint4& v, int i) {
     return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w;  // i is a compile-time constant
 }
