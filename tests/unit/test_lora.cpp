@@ -14,6 +14,7 @@
 #include "gradcheck.h"
 #include "lora/lora.h"
 #include "model/hybrid_lm.h"
+#include "lora_test_util.h"
 #include "test_util.h"
 
 using namespace mslm;
@@ -54,44 +55,11 @@ ModelConfig jamba_config() {
     return c;
 }
 
-template <typename T>
-std::unique_ptr<HybridLM<T>> make_model(const ModelConfig& c, uint64_t seed) {
-    auto m = std::make_unique<HybridLM<T>>(c);
-    m->init(seed);
-    return m;
-}
-
-// B = 0 after init makes every adapter a no-op; tests that need one that acts fill B too.
-template <typename T>
-void randomise(LoraAdapter<T>& a, uint64_t seed, double std = 0.3) {
-    Rng rng(seed);
-    Parameters<T>& p = a.params();
-    for (size_t i = 0; i < p.specs().size(); ++i)
-        for (int64_t k = 0; k < p.specs()[i].numel; ++k) p.value(i)[k] = static_cast<T>(rng.normal(0.0, std));
-}
-
-struct Batch {
-    std::vector<int32_t> ids, targets;
-    int64_t B = 2, T = 7;
-};
-
-Batch make_batch(int64_t vocab, uint64_t seed) {
-    Batch b;
-    Rng rng(seed);
-    for (int64_t i = 0; i < b.B * b.T; ++i) {
-        b.ids.push_back(static_cast<int32_t>(rng.below(vocab)));
-        b.targets.push_back(i % 5 == 3 ? -100 : static_cast<int32_t>(rng.below(vocab)));
-    }
-    return b;
-}
-
-LoraConfig lora_config(const std::string& targets, int64_t r, double alpha) {
-    LoraConfig c;
-    c.r = r;
-    c.alpha = alpha;
-    set_lora_targets(c, targets);
-    return c;
-}
+using test::lora_config;
+using test::make_batch;
+using test::make_model;
+using test::randomise;
+using Batch = test::TokenBatch;
 
 // The budget of test_model.cpp's whole-model check, for the same reason: the loss (~3) is a sum
 // over thousands of double operations (~3e-15 absolute noise), which the difference quotient with
