@@ -21,6 +21,7 @@
 #include "model/cuda_inference.h"
 #include "cuda_test_util.h"
 #include "model/hybrid_lm.h"
+#include "decoder_test_util.h"
 #include "inference_configs.h"
 
 namespace mslm {
@@ -94,34 +95,12 @@ std::vector<Case> decoder_cases() {
 }
 
 // A random model, perturbed so that no term is trivially 0 or 1.
-std::unique_ptr<HybridLM<float>> random_model(const ModelConfig& cfg) {
-    auto model = std::make_unique<HybridLM<float>>(cfg);
-    model->init(11);
-    Rng rng(12);
-    float* v = model->params().values();
-    for (const auto& s : model->params().specs())
-        for (int64_t i = 0; i < s.numel; ++i) v[s.offset + i] += static_cast<float>(0.1 * rng.normal());
-    return model;
-}
+using test::random_model;
 
-std::vector<int32_t> random_ids(Rng& rng, int64_t n, int64_t vocab) {
-    std::vector<int32_t> v(static_cast<size_t>(n));
-    for (auto& x : v) x = static_cast<int32_t>(rng.below(static_cast<uint64_t>(vocab)));
-    return v;
-}
-
-// max |got − want| over each row of width w, against kRelTol · max |want| of that row.
+using test::random_ids;
 void expect_rows_close(const std::vector<float>& got, const std::vector<float>& want, int64_t w,
                        const std::string& what) {
-    ASSERT_EQ(got.size(), want.size()) << what;
-    for (size_t r = 0; r < want.size() / w; ++r) {
-        double err = 0, scale = 0;
-        for (int64_t i = 0; i < w; ++i) {
-            err = std::max(err, std::fabs(double(got[r * w + i]) - double(want[r * w + i])));
-            scale = std::max(scale, std::fabs(double(want[r * w + i])));
-        }
-        EXPECT_LE(err, kRelTol * scale) << what << " row " << r << ": max diff " << err << ", scale " << scale;
-    }
+    test::expect_rows_close(got, want, w, what, kRelTol);
 }
 
 class CudaDecoder : public testing::TestWithParam<Case> {};
@@ -140,46 +119,7 @@ void follow_the_cpu(const ModelConfig& cfg, const char* fused, const char* persi
     CudaCausalLM gpu(*model);
     unsetenv("MSLM_DECODE_FUSED");
     unsetenv("MSLM_DECODE_PERSISTENT");
-    const int64_t V = cfg.vocab_size, D = cfg.d_model;
-    Rng rng(7);
-    cpu.start(3, cfg.max_seq_len);
-    gpu.start(3, cfg.max_seq_len);
-    auto both_prefill = [&](int64_t slot, const std::vector<int32_t>& ids, const std::string& what) {
-        std::vector<float> lc(V), lg(V), hc(ids.size() * D), hg(ids.size() * D);
-        cpu.prefill(slot, ids, lc.data(), hc.data());
-        gpu.prefill(slot, ids, lg.data(), hg.data());
-        expect_rows_close(lg, lc, V, what + " logits");
-        expect_rows_close(hg, hc, D, what + " hidden");
-    };
-    both_prefill(0, random_ids(rng, 9, V), "slot 0 prefill");
-    both_prefill(1, random_ids(rng, 4, V), "slot 1 prefill a");
-    both_prefill(1, random_ids(rng, 2, V), "slot 1 prefill b");
-    both_prefill(1, random_ids(rng, 7, V), "slot 1 prefill c");
-    both_prefill(2, random_ids(rng, 1, V), "slot 2 prefill");
-    auto both_step = [&](const std::vector<int64_t>& slots, const std::string& what) {
-        const auto k = static_cast<int64_t>(slots.size());
-        const std::vector<int32_t> toks = random_ids(rng, k, V);
-        std::vector<float> lc(k * V), lg(k * V), hc(k * D), hg(k * D);
-        cpu.step(slots, toks, lc.data(), hc.data());
-        gpu.step(slots, toks, lg.data(), hg.data());
-        expect_rows_close(lg, lc, V, what + " logits");
-        expect_rows_close(hg, hc, D, what + " hidden");
-    };
-    // Batch-1 steps (the persistent step where the model allows it) on slots at different positions.
-    for (int t = 0; t < 5; ++t) both_step({0}, "slot 0 alone, step " + std::to_string(t));
-    for (int t = 0; t < 3; ++t) both_step({1}, "slot 1 alone, step " + std::to_string(t));
-    for (int t = 0; t < 8; ++t) both_step({0, 1, 2}, "step " + std::to_string(t));
-    for (int t = 0; t < 3; ++t) both_step({2, 0}, "subset step " + std::to_string(t));
-    cpu.copy(1, 2);
-    gpu.copy(1, 2);
-    both_step({2, 1}, "after copy");
-    const std::vector<int64_t> order{2, 2, 0};
-    cpu.reorder(order);
-    gpu.reorder(order);
-    EXPECT_EQ(gpu.position(0), gpu.position(1));
-    for (int t = 0; t < 4; ++t) both_step({0, 1, 2}, "after reorder " + std::to_string(t));
-    both_prefill(2, random_ids(rng, 6, V), "prefill after steps");
-    both_step({2}, "step after the late prefill");
+    test::follow_the_cpu_script(gpu, cpu, cfg, kRelTol);
 }
 
 TEST_P(CudaDecoder, FollowsTheCpuDecoder) {

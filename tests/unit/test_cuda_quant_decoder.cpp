@@ -14,6 +14,7 @@
 #include "core/cuda_device.h"
 #include "core/rng.h"
 #include "generate/lm.h"
+#include "decoder_test_util.h"
 #include "inference_configs.h"
 #include "model/config.h"
 #include "model/cuda_inference.h"
@@ -47,34 +48,12 @@ constexpr Format kFormats[] = {{ops::WeightFormat::NF4, ops::WeightFormat::NF4, 
                                {ops::WeightFormat::Int8, ops::WeightFormat::W8A16, "int8"},
                                {ops::WeightFormat::W8A16, ops::WeightFormat::W8A16, "w8a16"}};
 
-std::unique_ptr<HybridLM<float>> random_model(const ModelConfig& cfg) {
-    auto model = std::make_unique<HybridLM<float>>(cfg);
-    model->init(11);
-    Rng rng(12);
-    float* v = model->params().values();
-    for (const auto& s : model->params().specs())
-        for (int64_t i = 0; i < s.numel; ++i) v[s.offset + i] += static_cast<float>(0.1 * rng.normal());
-    return model;
-}
+using test::random_model;
 
-std::vector<int32_t> random_ids(Rng& rng, int64_t n, int64_t vocab) {
-    std::vector<int32_t> v(static_cast<size_t>(n));
-    for (auto& x : v) x = static_cast<int32_t>(rng.below(static_cast<uint64_t>(vocab)));
-    return v;
-}
-
+using test::random_ids;
 void expect_rows_close(const std::vector<float>& got, const std::vector<float>& want, int64_t w,
                        const std::string& what) {
-    ASSERT_EQ(got.size(), want.size()) << what;
-    for (size_t r = 0; r < want.size() / w; ++r) {
-        double err = 0, scale = 0;
-        for (int64_t i = 0; i < w; ++i) {
-            err = std::max(err, std::fabs(double(got[r * w + i]) - double(want[r * w + i])));
-            scale = std::max(scale, std::fabs(double(want[r * w + i])));
-        }
-        EXPECT_LE(err, kRelTol * scale)
-            << what << " row " << r << ": max diff " << err << ", scale " << scale;
-    }
+    test::expect_rows_close(got, want, w, what, kRelTol);
 }
 
 // The GPU decoder on model packed to f.gpu, the CPU decoder on it packed to f.cpu (the packs run in
@@ -92,46 +71,9 @@ Pair make_pair(HybridLM<float>& model, const Format& f) {
     return p;
 }
 
-// Slot 0 prefilled in one call, slot 1 in three, slot 2 with one token; batched steps over all and
-// over subsets, a copy, a reorder, a late prefill: every logit and hidden row against the CPU.
-void follow_the_cpu(CausalLM& gpu, CausalLM& cpu, const ModelConfig& cfg) {
-    const int64_t V = cfg.vocab_size, D = cfg.d_model;
-    Rng rng(7);
-    cpu.start(3, cfg.max_seq_len);
-    gpu.start(3, cfg.max_seq_len);
-    auto both_prefill = [&](int64_t slot, const std::vector<int32_t>& ids, const std::string& what) {
-        std::vector<float> lc(V), lg(V), hc(ids.size() * D), hg(ids.size() * D);
-        cpu.prefill(slot, ids, lc.data(), hc.data());
-        gpu.prefill(slot, ids, lg.data(), hg.data());
-        expect_rows_close(lg, lc, V, what + " logits");
-        expect_rows_close(hg, hc, D, what + " hidden");
-    };
-    both_prefill(0, random_ids(rng, 9, V), "slot 0 prefill");
-    both_prefill(1, random_ids(rng, 4, V), "slot 1 prefill a");
-    both_prefill(1, random_ids(rng, 2, V), "slot 1 prefill b");
-    both_prefill(1, random_ids(rng, 7, V), "slot 1 prefill c");
-    both_prefill(2, random_ids(rng, 1, V), "slot 2 prefill");
-    auto both_step = [&](const std::vector<int64_t>& slots, const std::string& what) {
-        const auto k = static_cast<int64_t>(slots.size());
-        const std::vector<int32_t> toks = random_ids(rng, k, V);
-        std::vector<float> lc(k * V), lg(k * V), hc(k * D), hg(k * D);
-        cpu.step(slots, toks, lc.data(), hc.data());
-        gpu.step(slots, toks, lg.data(), hg.data());
-        expect_rows_close(lg, lc, V, what + " logits");
-        expect_rows_close(hg, hc, D, what + " hidden");
-    };
-    for (int t = 0; t < 4; ++t) both_step({0}, "slot 0 alone, step " + std::to_string(t));
-    for (int t = 0; t < 6; ++t) both_step({0, 1, 2}, "step " + std::to_string(t));
-    for (int t = 0; t < 2; ++t) both_step({2, 0}, "subset step " + std::to_string(t));
-    cpu.copy(1, 2);
-    gpu.copy(1, 2);
-    both_step({2, 1}, "after copy");
-    const std::vector<int64_t> order{2, 2, 0};
-    cpu.reorder(order);
-    gpu.reorder(order);
-    for (int t = 0; t < 3; ++t) both_step({0, 1, 2}, "after reorder " + std::to_string(t));
-    both_prefill(2, random_ids(rng, 6, V), "prefill after steps");
-    both_step({2}, "step after the late prefill");
+// The shared script (decoder_test_util.h): prefills, steps, copy, reorder, every row against the CPU.
+void follow_the_cpu(CudaCausalLM& gpu, CausalLM& cpu, const ModelConfig& cfg) {
+    test::follow_the_cpu_script(gpu, cpu, cfg, kRelTol);
 }
 
 // Widths where the products take several loads per lane, warps share rows, and blocks are 64 wide.
