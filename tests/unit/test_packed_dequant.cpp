@@ -13,6 +13,12 @@
 // Accuracy and Stability, §4.2), the products' own rounding adding u · Σ|x_c w_c|; the bias addition
 // and W8A16's row-scale product round once more each (u · |y|). The test uses exactly that bound,
 // with n = in + 2.
+//
+// Prefill on AMX (M >= 16 where packed_gemm runs on AMX) rounds the dequantized weights and the
+// activations to bf16 (u_b = 2^-9 each) before the fp32-accumulated product: each product x_c w_c
+// then errs by at most (2·u_b + u_b²)·|x_c w_c| ≤ 2^-8·1.002·|x_c w_c| on top of the above, so those
+// cases add 2^-8·1.002·Σ|x_c w_c| (times the row scale). Each case runs on both prefill paths: the
+// bf16 one and, with MSLM_DEQUANT_PREFILL=fp32, the fp32 panels under the exact bound.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -34,6 +40,7 @@ namespace mslm::ops::detail {
 // Test hook in packed_dequant.cpp: forces "scalar", "avx2" or "avx512" (throws for one the CPU
 // lacks); "" restores the configured choice.
 void force_packed_dequant_kernel(const std::string& name);
+bool packed_gemm_uses_amx();  // packed_gemm.cpp
 }  // namespace mslm::ops::detail
 
 using namespace mslm;
@@ -65,8 +72,15 @@ void check_products(const PackedWeight& W, const std::vector<float>& Wd, const s
     const std::vector<float> bias = randn(rng, out, 0.5f);
     for (const std::string& path : supported_paths()) {
         ForcedPath forced(path);
+        for (const bool fp32_prefill : {false, true})
         for (int64_t M : {1, 2, 3, 4, 5, 15, 16, 33}) {
-            SCOPED_TRACE(what + " path " + path + " M " + std::to_string(M));
+            if (fp32_prefill && M < 16) continue;
+            if (fp32_prefill)
+                setenv("MSLM_DEQUANT_PREFILL", "fp32", 1);
+            else
+                unsetenv("MSLM_DEQUANT_PREFILL");
+            const bool bf16 = M >= 16 && !fp32_prefill && detail::packed_gemm_uses_amx();
+            SCOPED_TRACE(what + " path " + path + " M " + std::to_string(M) + (bf16 ? " (bf16 prefill)" : ""));
             const std::vector<float> x = randn(rng, M * in, 1.0f);
             for (bool with_bias : {false, true}) {
                 std::vector<float> y(static_cast<size_t>(M * out), NAN);
@@ -82,8 +96,8 @@ void check_products(const PackedWeight& W, const std::vector<float>& Wd, const s
                         }
                         const double s = post[r], bb = with_bias ? bias[r] : 0.0;
                         const double want = s * exact + bb;
-                        const double tol =
-                            gamma * (std::fabs(s) * mag + std::fabs(bb)) + 2 * u * std::fabs(want);
+                        const double tol = (gamma + (bf16 ? 0x1p-8 * 1.002 : 0.0)) * std::fabs(s) * mag +
+                                           gamma * std::fabs(bb) + 2 * u * std::fabs(want);
                         const double got = y[m * out + r];
                         if (!(std::fabs(got - want) <= tol) && bad++ < 5)
                             ADD_FAILURE() << "y[" << m << "," << r << "] = " << got << ", want " << want
@@ -92,6 +106,7 @@ void check_products(const PackedWeight& W, const std::vector<float>& Wd, const s
             }
         }
     }
+    unsetenv("MSLM_DEQUANT_PREFILL");
 }
 
 // Flattened bitsandbytes quantization of W (out, in), the codes packed and checked against

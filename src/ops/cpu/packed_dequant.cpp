@@ -16,8 +16,13 @@
 // every weight is exactly bitsandbytes' dequantized fp32 value code · absmax; W8A16 widens the int8
 // weights exactly and multiplies the row's sum by its scale at the end. So the results differ from
 // an fp32 product against the dequantized weights only by the order of the fp32 sums.
-// Prefill (M >= kPackedGemmMinRows): panels of 128 weight rows are dequantized into fp32 scratch by
-// the same decoders and multiplied with OpenBLAS (as the bf16 fallback in packed_gemm.cpp does).
+// Prefill (M >= kPackedGemmMinRows): where packed_gemm runs on AMX, the whole weight is dequantized
+// by the same decoders and rounded to bf16 into a packed bf16 weight, and packed_gemm multiplies it
+// (activations rounded to bf16 as well, fp32 accumulation: the bf16 format's prefill numerics, now
+// on top of the dequantized weights; W8A16's int8 values are exact in bf16 and its row scale is
+// applied after the product). Otherwise (or with MSLM_DEQUANT_PREFILL=fp32) panels of 128 weight
+// rows are dequantized into fp32 scratch and multiplied with OpenBLAS, exact fp32 products as in
+// decoding.
 //
 // Paths: AVX-512 (F/BW/VL), AVX2 + FMA, scalar (the reference). Each vector function carries its own
 // target attribute and is chosen at run time; MSLM_PACKED_KERNEL=scalar|avx2|avx512 forces one, as
@@ -347,6 +352,54 @@ void gemm_panels(float* y, const float* x, const PackedWeight& W, const float* b
     });
 }
 
+// MSLM_DEQUANT_PREFILL=fp32 keeps 4-bit / W8A16 prefill on the fp32 panels even where AMX runs
+// (read at every call: for ablations and the tests).
+bool bf16_prefill_wanted() {
+    const char* v = std::getenv("MSLM_DEQUANT_PREFILL");
+    return (v == nullptr || std::strcmp(v, "fp32") != 0) && packed_gemm_uses_amx();
+}
+
+// The weight dequantized and rounded to bf16 in the packed bf16 layout (rows padded with zeros to
+// ld, zero rows up to out_padded), multiplied on AMX by packed_gemm; then W8A16's row scale and the
+// bias.
+void bf16_prefill(float* y, const float* x, const PackedWeight& W, const float* b, int64_t M, Path path) {
+    PackedWeight wb;
+    wb.format = WeightFormat::BF16;
+    wb.out = W.out;
+    wb.in = W.in;
+    wb.ld = W.ld;
+    wb.out_padded = W.out_padded;
+    const size_t count = static_cast<size_t>(W.out_padded * W.ld);
+    void* mem = std::aligned_alloc(64, (count * sizeof(uint16_t) + 63) / 64 * 64);
+    MSLM_CHECK(mem != nullptr, "packed dequant: out of memory for a {}x{} bf16 weight", W.out, W.ld);
+    wb.data = std::shared_ptr<void>(mem, std::free);
+    uint16_t* dst = static_cast<uint16_t*>(mem);
+    std::memset(dst + W.out * W.ld, 0, static_cast<size_t>((W.out_padded - W.out) * W.ld) * sizeof(uint16_t));
+    const Operands o = make_operands(W, y, b, x, M);
+    const bool k4 = is_4bit_format(W.format);
+    parallel_for(W.out, [&](int64_t r0, int64_t r1) {
+        thread_local std::vector<float> row;
+        if (row.size() < static_cast<size_t>(W.ld)) row.resize(static_cast<size_t>(W.ld));
+        for (int64_t r = r0; r < r1; ++r) {
+            if (path == Path::Avx512)
+                k4 ? Avx512::decode_row<true>(row.data(), o, r) : Avx512::decode_row<false>(row.data(), o, r);
+            else if (path == Path::Avx2)
+                k4 ? Avx2::decode_row<true>(row.data(), o, r) : Avx2::decode_row<false>(row.data(), o, r);
+            else
+                decode_row_scalar(row.data(), o, r);
+            uint16_t* d = dst + r * W.ld;
+            for (int64_t c = 0; c < W.in; ++c) d[c] = float_to_bf16(row[static_cast<size_t>(c)]);
+            std::memset(d + W.in, 0, static_cast<size_t>(W.ld - W.in) * sizeof(uint16_t));
+        }
+    });
+    packed_gemm_forward(y, x, wb, nullptr, M);
+    for (int64_t m = 0; m < M; ++m)
+        for (int64_t n = 0; n < W.out; ++n) {
+            float& v = y[m * W.out + n];
+            v = post_scale(W, n) * v + (b ? b[n] : 0.0f);
+        }
+}
+
 }  // namespace
 
 // Test hook (declared in tests/unit/test_packed_dequant.cpp): forces a path by name; "" returns to
@@ -362,7 +415,10 @@ void packed_dequant_forward(float* y, const float* x, const PackedWeight& W, con
     if (M <= 0) return;
     const Path path = current_path();
     if (M >= kPackedGemmMinRows) {
-        gemm_panels(y, x, W, b, M, path);
+        if (bf16_prefill_wanted())
+            bf16_prefill(y, x, W, b, M, path);
+        else
+            gemm_panels(y, x, W, b, M, path);
         return;
     }
     if (path == Path::Scalar) {

@@ -719,4 +719,12 @@ bool packed_gemm_amx_available() {
     return amx_usable();
 }
 
+bool packed_gemm_uses_amx() {
+#ifdef MSLM_PACKED_GEMM_X86
+    return current_path().path == Path::Amx;
+#else
+    return false;
+#endif
+}
+
 }  // namespace mslm::ops::detail

@@ -27,9 +27,13 @@ std::string packed_gemv_description();
 // accumulation, on AMX tiles where the CPU and kernel allow. In packed_gemm.cpp.
 void packed_gemm_forward(float* y, const float* x, const PackedWeight& W, const float* b, int64_t M);
 std::string packed_gemm_description();
+// Whether packed_gemm_forward's bf16 products run on AMX tiles now (the CPU has them, the OS allows
+// them, and MSLM_PACKED_GEMM or a test did not force the fallback).
+bool packed_gemm_uses_amx();
 
-// W8A16, NF4 and FP4 (weights dequantized to fp32 on the fly), any M: fused decode + FMA kernels
-// below kPackedGemmMinRows rows of x, panels dequantized to fp32 for an OpenBLAS product above. In
+// W8A16, NF4 and FP4 (weights dequantized on the fly), any M: fused decode + FMA kernels below
+// kPackedGemmMinRows rows of x; above, the weights dequantized to bf16 for the AMX product where
+// packed_gemm_uses_amx(), else panels dequantized to fp32 for an OpenBLAS product. In
 // packed_dequant.cpp.
 void packed_dequant_forward(float* y, const float* x, const PackedWeight& W, const float* b, int64_t M);
 std::string packed_dequant_description();
