@@ -118,6 +118,8 @@ void run_chat(ChatArgs& a) {
 
     const std::unique_ptr<CausalLM> lm_ptr = make_causal_lm(*g.model, a.flags.device);
     CausalLM& lm = *lm_ptr;
+    // Decoding on the CPU reads only the packed copies: their fp32 values go back to the OS.
+    if (parse_inference_device(a.flags.device) < 0) g.model->release_unpacked_values();
     std::vector<ChatMessage> history;
     if (!a.system.empty()) history.push_back({"system", a.system});
     fmt::print("mamba-slm chat: {} ({} parameters), template: {}\n", a.model, g.model->num_params(), tmpl.source());

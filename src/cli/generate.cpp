@@ -98,6 +98,8 @@ void run_generate(GenerateArgs& a) {
     if (streaming && a.echo) fmt::print("{}", g.tokenizer ? g.tokenizer->decode(prompts[0]) : std::string());
     const std::unique_ptr<CausalLM> lm_ptr = make_causal_lm(*g.model, a.flags.device);
     CausalLM& lm = *lm_ptr;
+    // Decoding on the CPU reads only the packed copies: their fp32 values go back to the OS.
+    if (parse_inference_device(a.flags.device) < 0) g.model->release_unpacked_values();
     GenerationResult res = generate(lm, prompts, cfg, hooks);
 
     auto text_of = [&](const std::vector<int32_t>& ids) {

@@ -559,6 +559,11 @@ CudaCausalLM::CudaCausalLM(const HybridLM<float>& model, int device)
         fail("not supported on CUDA yet: Mamba-1 d_state {} > {}", cfg_.mamba.d_state, kc::kScanMaxState);
     if (cfg_.count(LayerKind::Attention) && cfg_.attn_head_dim() > kc::kAttentionMaxHeadDim)
         fail("not supported on CUDA yet: head_dim {} > {}", cfg_.attn_head_dim(), kc::kAttentionMaxHeadDim);
+    for (size_t i = 0; i < model.params().specs().size(); ++i)
+        MSLM_CHECK(!model.params().released(i),
+                   "CudaCausalLM: {} has no fp32 values (released after packing for the CPU); load the model "
+                   "again for the GPU",
+                   model.params().specs()[i].name);
     CudaHybridLM::select_device(device);
     Impl& m = *impl_;
     m.alloc = &cuda_caching_allocator(device);

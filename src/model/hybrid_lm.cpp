@@ -252,6 +252,17 @@ void HybridLM<T>::pack_weights(ops::WeightFormat format) {
 }
 
 template <typename T>
+size_t HybridLM<T>::release_unpacked_values() {
+    size_t bytes = 0;
+    for (size_t i = 0; i < params_.specs().size(); ++i) {
+        if (!params_.packed(i) || params_.released(i) || i == embed_) continue;
+        params_.release_values(i);
+        bytes += sizeof(T) * static_cast<size_t>(params_.specs()[i].numel);
+    }
+    return bytes;
+}
+
+template <typename T>
 void HybridLM<T>::prefill(InferenceState<T>& st, int64_t slot, const int32_t* ids, int64_t n, T* logits,
                           T* hidden, bool all_positions) {
     MSLM_CHECK(slot >= 0 && slot < st.slots(), "prefill: slot {} out of range [0, {})", slot, st.slots());

@@ -68,6 +68,11 @@ public:
     // (ops/packed_linear.h); forward, prefill and decode then read the packed copies. F32 goes back
     // to the fp32 weights. backward() refuses a packed model.
     void pack_weights(ops::WeightFormat format);
+    // After pack_weights for CPU inference: gives the fp32 values of every packed weight back to the
+    // OS (the tied embedding excepted: its lookup reads them), so a bf16 model holds ~2 bytes a
+    // parameter instead of 6. The model can then only run forward on the CPU: repacking, saving,
+    // training and the GPU decoder (which uploads fp32 values) are refused. Returns the bytes released.
+    size_t release_unpacked_values();
     ops::WeightFormat weight_format() const { return params_.weight_format(); }
     // Bytes a batch-1 decoding step streams: the packed copies plus the fp32 parameters without one
     // (the embedding's one row per token aside when it is not tied).

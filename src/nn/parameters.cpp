@@ -132,6 +132,11 @@ void Parameters<T>::pack_linear_weights(ops::WeightFormat format) {
             loaded_packed_, ops::weight_format_name(format_), ops::weight_format_name(format));
         return;
     }
+    for (size_t i : linear_)
+        MSLM_CHECK(!released(i),
+                   "{}: its fp32 values were released after packing as {} (inference only); load the model "
+                   "again to pack it as {}",
+                   specs_[i].name, ops::weight_format_name(format_), ops::weight_format_name(format));
     packed_.clear();
     format_ = ops::WeightFormat::F32;
     if (format == ops::WeightFormat::F32) return;

@@ -148,6 +148,35 @@ TEST(PackedModel, SameLogitsForAnyThreadCount) {
     set_num_threads(saved);
 }
 
+// release_unpacked_values (what generate and chat do on the CPU after packing) gives back the fp32
+// values of every packed weight: the forward passes must read none of them, so prefill and decode
+// logits stay bit for bit those of the same packed model that kept them; the tied embedding (its
+// lookup reads fp32) is kept; repacking is refused.
+TEST(PackedModel, ReleasedFp32ValuesAreNeverRead) {
+    for (const Case& c : cases())
+        for (const bool tie : {true, false}) {
+            ModelConfig cfg = c.cfg;
+            cfg.tie_embeddings = tie;
+            for (auto format : {ops::WeightFormat::BF16, ops::WeightFormat::Int8, ops::WeightFormat::NF4}) {
+                SCOPED_TRACE(std::string(c.name) + (tie ? " tied " : " untied ") + ops::weight_format_name(format));
+                HybridLM<float> kept(cfg), released(cfg);
+                kept.init(7);
+                released.init(7);
+                kept.pack_weights(format);
+                released.pack_weights(format);
+                const size_t bytes = released.release_unpacked_values();
+                EXPECT_GT(bytes, static_cast<size_t>(0.8 * 4.0 * static_cast<double>(released.num_params())) -
+                                     (tie ? 4 * cfg.vocab_size * cfg.d_model : 0))
+                    << "most fp32 bytes are packed weights";
+                const auto ids = random_ids(30, cfg.vocab_size, 8);
+                EXPECT_EQ(prefill_logits(released, ids), prefill_logits(kept, ids));
+                EXPECT_EQ(decode_logits(released, ids, 12), decode_logits(kept, ids, 12));
+                EXPECT_THROW(released.pack_weights(ops::WeightFormat::F32), Error);
+                EXPECT_EQ(released.release_unpacked_values(), 0u) << "a second call has nothing left";
+            }
+        }
+}
+
 TEST(PackedModel, TrainingRefused) {
     HybridLM<float> m(packed_config("MA", 2));
     m.init(1);
