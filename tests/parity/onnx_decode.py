@@ -83,12 +83,8 @@ def main():
             return 1
         fp32_note = f"; vs fp32 {dist:.3g} (bound {ref['fp32_rtol']})"
 
-    tokens = np.array([p[0] for p in prompts], dtype=np.int64)
-    worst = 0.0
-    for t in range(steps):
-        if tokens.tolist() != ref["tokens"][t]:
-            print(f"step {t}: ORT's greedy tokens {tokens.tolist()} differ from the engine's {ref['tokens'][t]}")
-            return 1
+    def decode_step(tokens, t, state):
+        """One step of the decode graph at position t; the state dict moves on to the present.* outputs."""
         feed = {"input_ids": tokens.reshape(batch, 1)}
         if "attention_mask" in names:
             feed["attention_mask"] = np.ones((batch, t + 1), dtype=np.int64)
@@ -96,13 +92,21 @@ def main():
             feed["position_ids"] = np.full((batch, 1), t, dtype=np.int64)
         feed.update(state)
         outs = dict(zip(out_names, sess.run(out_names, feed)))
-        logits = outs["logits"][:, 0, :]
+        for name in list(state):
+            state[name] = outs["present." + name[len("past_key_values."):]]
+        return outs["logits"][:, 0, :]
+
+    tokens = np.array([p[0] for p in prompts], dtype=np.int64)
+    worst = 0.0
+    for t in range(steps):
+        if tokens.tolist() != ref["tokens"][t]:
+            print(f"step {t}: ORT's greedy tokens {tokens.tolist()} differ from the engine's {ref['tokens'][t]}")
+            return 1
+        logits = decode_step(tokens, t, state)
         err = compare(f"step {t}", logits, ref["logits"][t], atol, rtol)
         if err is None:
             return 1
         worst = max(worst, err)
-        for name in list(state):
-            state[name] = outs["present." + name[len("past_key_values."):]]
         if t + 1 < plen:
             tokens = np.array([p[t + 1] for p in prompts], dtype=np.int64)
         else:
@@ -115,20 +119,11 @@ def main():
         if tokens.tolist() != ref["tokens"][t]:
             print(f"after prefill, step {t}: ORT's greedy tokens {tokens.tolist()} differ from {ref['tokens'][t]}")
             return 1
-        feed = {"input_ids": tokens.reshape(batch, 1)}
-        if "attention_mask" in names:
-            feed["attention_mask"] = np.ones((batch, t + 1), dtype=np.int64)
-        if "position_ids" in names:
-            feed["position_ids"] = np.full((batch, 1), t, dtype=np.int64)
-        feed.update(state)
-        outs = dict(zip(out_names, sess.run(out_names, feed)))
-        logits = outs["logits"][:, 0, :]
+        logits = decode_step(tokens, t, state)
         err = compare(f"after prefill, step {t}", logits, ref["logits"][t], atol, rtol)
         if err is None:
             return 1
         worst = max(worst, err)
-        for name in list(state):
-            state[name] = outs["present." + name[len("past_key_values."):]]
         tokens = logits.argmax(axis=-1).astype(np.int64)
     print(f"ok: {steps} steps x {batch} sequences, step-by-step and prefill + decode; worst max|diff|/max|logit| "
           f"{worst:.3g} (prefill {worst_prefill:.3g}){fp32_note}")

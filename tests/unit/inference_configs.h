@@ -26,6 +26,26 @@ inline ModelConfig base_config(const std::string& layers) {
     return c;
 }
 
+// Rows of 64 (d_model) and wider: the packed CPU weights' tests (test_packed_model.cpp,
+// test_packed_dequant.cpp), whose kernels work in 16- to 64-column groups.
+inline ModelConfig packed_model_config(const std::string& layers, int mamba_version) {
+    ModelConfig c;
+    c.vocab_size = 97;
+    c.d_model = 64;
+    c.layers = parse_layer_pattern(layers);
+    c.n_layers = static_cast<int64_t>(c.layers.size());
+    c.mamba.version = mamba_version;
+    c.mamba.d_state = 8;
+    c.mamba.head_dim = 16;
+    c.mamba.chunk_size = 8;
+    c.mamba.dt_rank = 4;
+    c.attention.n_heads = 4;
+    c.attention.n_kv_heads = 2;
+    c.mlp = {MlpKind::SwiGLU, 96, false};
+    c.max_seq_len = 64;
+    return c;
+}
+
 inline ModelConfig mamba1_plain() {
     ModelConfig c = base_config("MM");
     c.mamba.version = 1;

@@ -33,6 +33,7 @@
 #include "ops/packed_linear.h"
 #include "quant/bnb.h"
 #include "quant/bnb_model.h"
+#include "inference_configs.h"
 #include "packed_path_util.h"
 #include "test_util.h"
 
@@ -267,23 +268,7 @@ int64_t check_packed_load(const std::string& dir, WeightFormat format) {
     return checked;
 }
 
-ModelConfig small_config(const std::string& layers, int mamba_version) {
-    ModelConfig c;
-    c.vocab_size = 97;
-    c.d_model = 64;
-    c.layers = parse_layer_pattern(layers);
-    c.n_layers = static_cast<int64_t>(c.layers.size());
-    c.mamba.version = mamba_version;
-    c.mamba.d_state = 8;
-    c.mamba.head_dim = 16;
-    c.mamba.chunk_size = 8;
-    c.mamba.dt_rank = 4;
-    c.attention.n_heads = 4;
-    c.attention.n_kv_heads = 2;
-    c.mlp = {MlpKind::SwiGLU, 96, false};
-    c.max_seq_len = 64;
-    return c;
-}
+using test::packed_model_config;
 
 }  // namespace
 
@@ -293,7 +278,7 @@ TEST(PackedDequant, LoaderPacksQuantizedDirectories) {
     const std::string tmp = test::fresh_test_dir("packed_dequant_load");
     int n = 0;
     for (auto [layers, version] : {std::pair<const char*, int>{"MAM", 1}, {"MA", 2}}) {
-        HybridLM<float> m(small_config(layers, version));
+        HybridLM<float> m(packed_model_config(layers, version));
         m.init(5);
         const std::string base = tmp + "/base" + std::to_string(n++);
         save_model(m, base);

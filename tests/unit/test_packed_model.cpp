@@ -22,6 +22,7 @@
 #include "core/error.h"
 #include "core/thread_pool.h"
 #include "model/config.h"
+#include "inference_configs.h"
 #include "model/hybrid_lm.h"
 #include "model/inference.h"
 
@@ -29,23 +30,7 @@ using namespace mslm;
 
 namespace {
 
-ModelConfig packed_config(const std::string& layers, int mamba_version) {
-    ModelConfig c;
-    c.vocab_size = 97;
-    c.d_model = 64;
-    c.layers = parse_layer_pattern(layers);
-    c.n_layers = static_cast<int64_t>(c.layers.size());
-    c.mamba.version = mamba_version;
-    c.mamba.d_state = 8;
-    c.mamba.head_dim = 16;
-    c.mamba.chunk_size = 8;
-    c.mamba.dt_rank = 4;
-    c.attention.n_heads = 4;
-    c.attention.n_kv_heads = 2;
-    c.mlp = {MlpKind::SwiGLU, 96, false};
-    c.max_seq_len = 64;
-    return c;
-}
+using test::packed_model_config;
 
 struct Case {
     const char* name;
@@ -53,9 +38,9 @@ struct Case {
 };
 
 std::vector<Case> cases() {
-    return {{"mamba2+attention", packed_config("MAM", 2)},
-            {"mamba1+attention", packed_config("MAM", 1)},
-            {"attention", packed_config("AA", 2)}};
+    return {{"mamba2+attention", packed_model_config("MAM", 2)},
+            {"mamba1+attention", packed_model_config("MAM", 1)},
+            {"attention", packed_model_config("AA", 2)}};
 }
 
 std::vector<int32_t> random_ids(int64_t n, int64_t vocab, uint64_t seed) {
@@ -178,18 +163,18 @@ TEST(PackedModel, ReleasedFp32ValuesAreNeverRead) {
 }
 
 TEST(PackedModel, TrainingRefused) {
-    HybridLM<float> m(packed_config("MA", 2));
+    HybridLM<float> m(packed_model_config("MA", 2));
     m.init(1);
     m.pack_weights(ops::WeightFormat::BF16);
     const auto ids = random_ids(8, 97, 2);
     m.forward(ids.data(), ids.data(), 1, 8);
     EXPECT_THROW(m.backward(), Error);
-    HybridLM<double> d(packed_config("MA", 2));
+    HybridLM<double> d(packed_model_config("MA", 2));
     EXPECT_THROW(d.pack_weights(ops::WeightFormat::Int8), Error);
 }
 
 TEST(PackedModel, StreamsFewerBytes) {
-    HybridLM<float> m(packed_config("MAM", 2));
+    HybridLM<float> m(packed_model_config("MAM", 2));
     m.init(1);
     const double f32 = m.weight_bytes_per_token();
     m.pack_weights(ops::WeightFormat::BF16);

@@ -42,6 +42,7 @@
 #include <cstring>
 #include <vector>
 
+#include "core/allocator.h"
 #include "core/error.h"
 #include "core/gemm.h"
 #include "core/thread_pool.h"
@@ -360,8 +361,8 @@ bool bf16_prefill_wanted() {
 }
 
 // The weight dequantized and rounded to bf16 in the packed bf16 layout (rows padded with zeros to
-// ld, zero rows up to out_padded), multiplied on AMX by packed_gemm; then W8A16's row scale and the
-// bias.
+// ld, zero rows up to out_padded), multiplied on AMX by packed_gemm (with the bias), or for W8A16
+// without it, then the row scale and the bias.
 void bf16_prefill(float* y, const float* x, const PackedWeight& W, const float* b, int64_t M, Path path) {
     PackedWeight wb;
     wb.format = WeightFormat::BF16;
@@ -370,9 +371,8 @@ void bf16_prefill(float* y, const float* x, const PackedWeight& W, const float* 
     wb.ld = W.ld;
     wb.out_padded = W.out_padded;
     const size_t count = static_cast<size_t>(W.out_padded * W.ld);
-    void* mem = std::aligned_alloc(64, (count * sizeof(uint16_t) + 63) / 64 * 64);
-    MSLM_CHECK(mem != nullptr, "packed dequant: out of memory for a {}x{} bf16 weight", W.out, W.ld);
-    wb.data = std::shared_ptr<void>(mem, std::free);
+    void* mem = aligned_malloc(count * sizeof(uint16_t));
+    wb.data = std::shared_ptr<void>(mem, aligned_free);
     uint16_t* dst = static_cast<uint16_t*>(mem);
     std::memset(dst + W.out * W.ld, 0, static_cast<size_t>((W.out_padded - W.out) * W.ld) * sizeof(uint16_t));
     const Operands o = make_operands(W, y, b, x, M);
@@ -392,6 +392,10 @@ void bf16_prefill(float* y, const float* x, const PackedWeight& W, const float* 
             std::memset(d + W.in, 0, static_cast<size_t>(W.ld - W.in) * sizeof(uint16_t));
         }
     });
+    if (W.format != WeightFormat::W8A16) {  // the 4-bit values are whole: the bias is the GEMM's
+        packed_gemm_forward(y, x, wb, b, M);
+        return;
+    }
     packed_gemm_forward(y, x, wb, nullptr, M);
     for (int64_t m = 0; m < M; ++m)
         for (int64_t n = 0; n < W.out; ++n) {
