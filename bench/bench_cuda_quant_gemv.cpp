@@ -1,9 +1,12 @@
 // Memory bandwidth of the quantized GPU GEMV (ops/cuda/quant_gemv.h) against the bf16 decode GEMV
 // (model/cuda_decoder_kernels.h, decode_gemv: the bf16 decoder's product), per shape, weight format
-// and batch: y (M, N) = x (M, K) · Wᵀ, fp32 outputs. Prints a markdown table.
+// and batch: y (M, N) = x (M, K) · Wᵀ, fp32 outputs. Prints a markdown table. Times are GPU time per
+// call: `iters` calls captured in a CUDA graph and replayed (as the decoder replays its step), so the
+// host's launch cost is not in them.
 //   bench_cuda_quant_gemv [--shapes 2048x8192,8192x2048,768x3072,3072x768] [--batch 1,4,16]
 //                         [--iters 200] [--peak-tbs 4.3]
-// A shape is K x N (row length x rows). "bytes" is what one call must read or write: the weights
+// Quantized weights run through both kernels: ops::cuda::quant_gemv, and the decode step's fused
+// decode_gemv (what the GPU decoder calls for up to 8 rows). A shape is K x N (row length x rows). "bytes" is what one call must read or write: the weights
 // (codes and scales, or bf16), x and y. The weights are cycled over copies totalling ≥ 512 MiB, so
 // every call streams them from HBM, not from the 50 MiB L2. "of peak" is GB/s over --peak-tbs (the
 // H200's copy bandwidth is ~4.3 TB/s of the 4.8 nominal).
@@ -80,10 +83,12 @@ int main(int argc, char** argv) {
     }
     fmt::print("# quantized GEMV, {} — y (M, N) = x (M, K) · Wᵀ, fp32 out; weights cycled over ≥ 512 MiB\n\n",
                cuda_device_summary());
-    fmt::print("| K x N | format | M | bytes/call | µs | GB/s | of {:.1f} TB/s | weight bytes vs bf16 |\n",
+    fmt::print("| K x N | format | kernel | M | bytes/call | µs | GB/s | of {:.1f} TB/s | weight bytes vs bf16 |\n",
                peak_tbs);
-    fmt::print("|---|---|---|---|---|---|---|---|\n");
+    fmt::print("|---|---|---|---|---|---|---|---|---|\n");
     std::vector<void*> owned;
+    cudaStream_t stream;
+    cuda_bench::check(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "cudaStreamCreate");
     Rng rng(1);
     for (const std::string& sh : split(shapes)) {
         const size_t x_at = sh.find('x');
@@ -135,44 +140,52 @@ int main(int argc, char** argv) {
                 const uint16_t* dx = cuda_bench::upload(x, owned);
                 float* dy = static_cast<float*>(cuda_malloc(sizeof(float) * size_t(M * N)));
                 owned.push_back(dy);
-                if (v.bf16 && M > cuda_decoder_detail::kDecodeGemvMaxRows) continue;  // decode_gemv's limit
-                int call = 0;
-                auto op = [&] {
-                    const int c = call++ % copies;
-                    if (v.bf16) {
-                        cuda_decoder_detail::DecodeGemv a;
-                        a.x = dx;
-                        a.ld_x = K;
-                        a.W = bw[c];
-                        a.k = M;
-                        a.I = K;
-                        a.O = N;
-                        a.epi = cuda_decoder_detail::DecodeEpilogue::F32;
-                        a.out32 = dy;
-                        a.ld_out = N;
-                        cuda_decoder_detail::decode_gemv(a, nullptr);
-                    } else {
-                        QuantGemv g;
-                        g.x = dx;
-                        g.ld_x = K;
-                        g.M = M;
-                        g.W = qw[c];
-                        g.epi = QuantEpilogue::F32;
-                        g.out32 = dy;
-                        g.ld_out = N;
-                        quant_gemv(g, nullptr);
-                    }
-                };
-                const float ms = cuda_bench::time_ms(op, std::max(3, copies), iters);
-                const double bytes = wbytes + 2.0 * double(M * K) + 4.0 * double(M * N);
-                const double gbs = bytes / (ms * 1e-3) / 1e9;
-                fmt::print("| {}x{} | {} | {} | {:.2f} MB | {:.2f} | {:.0f} | {:.1f}% | {:.3f} |\n", K, N,
-                           v.name, M, bytes / 1e6, ms * 1e3, gbs, 100.0 * gbs / (peak_tbs * 1e3),
-                           wbytes / bf16_bytes);
+                for (const char* kernel : {"decode_gemv", "quant_gemv"}) {
+                    const bool fused = std::string(kernel) == "decode_gemv";
+                    if (v.bf16 && !fused) continue;
+                    if (fused && M > cuda_decoder_detail::kDecodeGemvMaxRows) continue;  // decode_gemv's limit
+                    int call = 0;
+                    auto op = [&] {
+                        const int c = call++ % copies;
+                        if (fused) {
+                            cuda_decoder_detail::DecodeGemv a;
+                            a.x = dx;
+                            a.ld_x = K;
+                            if (v.bf16)
+                                a.W = bw[c];
+                            else
+                                a.q = &qw[c];
+                            a.k = M;
+                            a.I = K;
+                            a.O = N;
+                            a.epi = cuda_decoder_detail::DecodeEpilogue::F32;
+                            a.out32 = dy;
+                            a.ld_out = N;
+                            cuda_decoder_detail::decode_gemv(a, stream);
+                        } else {
+                            QuantGemv g;
+                            g.x = dx;
+                            g.ld_x = K;
+                            g.M = M;
+                            g.W = qw[c];
+                            g.epi = QuantEpilogue::F32;
+                            g.out32 = dy;
+                            g.ld_out = N;
+                            quant_gemv(g, stream);
+                        }
+                    };
+                    const float ms = cuda_bench::time_graph_ms(op, stream, std::max(3, copies), iters);
+                    const double bytes = wbytes + 2.0 * double(M * K) + 4.0 * double(M * N);
+                    const double gbs = bytes / (ms * 1e-3) / 1e9;
+                    fmt::print("| {}x{} | {} | {} | {} | {:.2f} MB | {:.2f} | {:.0f} | {:.1f}% | {:.3f} |\n", K, N,
+                               v.name, kernel, M, bytes / 1e6, ms * 1e3, gbs, 100.0 * gbs / (peak_tbs * 1e3),
+                               wbytes / bf16_bytes);
+                }
             }
         }
     }
     for (void* p : owned) cuda_free(p);
+    cudaStreamDestroy(stream);
     return 0;
 #endif
 }

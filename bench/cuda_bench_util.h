@@ -40,6 +40,36 @@ inline float time_ms(const std::function<void()>& op, int warmup = 3, int iters 
     return ms / static_cast<float>(iters);
 }
 
+// Mean milliseconds per call of `op`, which launches on `stream`, replayed from a CUDA graph of
+// `iters` captured calls (as the decoder replays its step): the GPU's time per call without the host's
+// launch cost, which for kernels of a few microseconds is larger than the kernel. `warmup` untimed
+// calls first; the graph is launched once untimed, then timed.
+inline float time_graph_ms(const std::function<void()>& op, cudaStream_t stream, int warmup = 3, int iters = 10) {
+    for (int i = 0; i < warmup; ++i) op();
+    check(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
+    cudaGraph_t graph;
+    cudaGraphExec_t exec;
+    check(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal), "cudaStreamBeginCapture");
+    for (int i = 0; i < iters; ++i) op();
+    check(cudaStreamEndCapture(stream, &graph), "cudaStreamEndCapture");
+    check(cudaGraphInstantiate(&exec, graph, 0), "cudaGraphInstantiate");
+    check(cudaGraphLaunch(exec, stream), "cudaGraphLaunch");
+    cudaEvent_t start, stop;
+    check(cudaEventCreate(&start), "cudaEventCreate");
+    check(cudaEventCreate(&stop), "cudaEventCreate");
+    check(cudaEventRecord(start, stream), "cudaEventRecord");
+    check(cudaGraphLaunch(exec, stream), "cudaGraphLaunch");
+    check(cudaEventRecord(stop, stream), "cudaEventRecord");
+    check(cudaEventSynchronize(stop), "cudaEventSynchronize");
+    float ms = 0.0f;
+    check(cudaEventElapsedTime(&ms, start, stop), "cudaEventElapsedTime");
+    cudaEventDestroy(start);
+    cudaEventDestroy(stop);
+    cudaGraphExecDestroy(exec);
+    cudaGraphDestroy(graph);
+    return ms / static_cast<float>(iters);
+}
+
 template <typename T>
 T encode(double v) {
     if constexpr (std::is_same_v<T, uint16_t>) {

@@ -14,6 +14,7 @@
 #include "model/cuda_bf16_bits.cuh"
 #include "model/cuda_decoder_kernels.h"
 #include "ops/cuda/common.cuh"
+#include "ops/cuda/quant_decode.cuh"
 #include "ops/cuda/reduce.cuh"
 
 namespace mslm::cuda_decoder_detail {
@@ -310,72 +311,206 @@ void gather_blocks(void* dst, const void* src, const int64_t* idx, int64_t n, si
 
 namespace {
 
+namespace qd = ops::cuda::quant_detail;
+using ops::cuda::QuantFormat;
+using ops::cuda::QuantWeight;
+
 constexpr int kGemvWarps = 8;  // warps per block
 constexpr int kGemvUnroll = 4;  // 16-byte weight loads in flight per lane
 
-// This lane's first chunk of a weight row: the 16-byte loads at i = lane·8 + u·256.
-__device__ __forceinline__ void load_chunk(uint4 (&w)[kGemvUnroll], const uint16_t* __restrict__ wrow, int64_t i0,
-                                           int64_t I) {
-#pragma unroll
-    for (int u = 0; u < kGemvUnroll; ++u) {
-        const int64_t i = i0 + u * 256;
-        w[u] = i < I ? __ldg(reinterpret_cast<const uint4*>(wrow + i)) : make_uint4(0, 0, 0, 0);
-    }
+// The weight a product reads: bf16 rows, or a quantized layout (ops/cuda/quant_gemv.h).
+enum class WeightKind { BF16, Q4, Q4DQ, I8 };
+
+template <WeightKind WK>
+struct Kind {
+    static constexpr bool quant = WK != WeightKind::BF16;
+    static constexpr bool four = WK == WeightKind::Q4 || WK == WeightKind::Q4DQ;
+    static constexpr int segs = four ? 4 : WK == WeightKind::I8 ? 2 : 1;  // 8-column segments a load covers
+    static constexpr int cols = segs * 8;                                 // columns per 16-byte load
+    // 16-byte loads a lane has in flight per row: bf16 rows are long (4); quantized rows are short
+    // (2, i.e. 2048 4-bit columns), and the warp keeps a second row in flight instead.
+    static constexpr int unroll = quant ? 2 : kGemvUnroll;
+};
+
+// Where column i of a staged row sits: in order for bf16 weights; in swizzled 8-column segments for
+// quantized ones (ops/cuda/quant_decode.cuh: conflict-free reads of 2 or 4 segments per lane).
+template <WeightKind WK>
+__device__ __forceinline__ int64_t xpos(int64_t i) {
+    if constexpr (Kind<WK>::quant)
+        return qd::swizzle<Kind<WK>::segs>(i >> 3) * 8 + (i & 7);
+    else
+        return i;
 }
 
-// acc[r] += Σ_i W[row, i] · xs[r, i] over this lane's share of the row (8 values per 16-byte load);
-// `first` holds the lane's first chunk when use_first (loaded before the prologue, to overlap).
-__device__ __forceinline__ void dot_row(float (&acc)[kDecodeGemvMaxRows], const uint16_t* __restrict__ wrow,
-                                        const uint16_t* xs, int64_t I, int k, int lane,
-                                        const uint4 (&first)[kGemvUnroll], bool use_first) {
-    const int64_t step = 32 * 8;
-    for (int64_t i0 = int64_t(lane) * 8; i0 < I; i0 += step * kGemvUnroll) {
-        uint4 w[kGemvUnroll];
-        if (use_first && i0 == int64_t(lane) * 8) {
+// A lane's share of one weight row for kGemvUnroll loads: the 16-byte words, and for 4-bit codes the
+// absmax of each load's first and second half (equal unless the blocks are 16 columns), for int8
+// the row's scale — all constants, so the first row's are requested before the kernel waits for
+// its predecessor.
+template <int U>
+struct Chunk {
+    uint4 w[U];
+    float lo[U], hi[U];
+    float row_scale;
+};
+
+// Loads the lane's chunk of row `row` at columns i0 + u · 32 · cols (u < unroll); lim: the row's
+// length in the layout (I for bf16, the padded length for quantized codes).
+template <WeightKind WK>
+__device__ __forceinline__ void load_chunk(Chunk<Kind<WK>::unroll>& c, const uint16_t* __restrict__ W, const QuantWeight& q,
+                                           int bs_log2, int64_t row, int64_t i0, int64_t I, int64_t lim) {
+    constexpr int cols = Kind<WK>::cols;
 #pragma unroll
-            for (int u = 0; u < kGemvUnroll; ++u) w[u] = first[u];
+    for (int u = 0; u < Kind<WK>::unroll; ++u) {
+        const int64_t i = i0 + u * 32 * cols;
+        if constexpr (WK == WeightKind::BF16) {
+            c.w[u] = i < I ? __ldg(reinterpret_cast<const uint4*>(W + row * I + i)) : make_uint4(0, 0, 0, 0);
         } else {
-            load_chunk(w, wrow, i0, I);
-        }
-#pragma unroll
-        for (int u = 0; u < kGemvUnroll; ++u) {
-            const int64_t i = i0 + u * step;
-            if (i >= I) break;
-            const uint32_t wv[4] = {w[u].x, w[u].y, w[u].z, w[u].w};
-            float wf[8];
-#pragma unroll
-            for (int j = 0; j < 4; ++j) {
-                wf[2 * j] = __uint_as_float(wv[j] << 16);
-                wf[2 * j + 1] = __uint_as_float(wv[j] & 0xffff0000u);
+            const bool in = i < lim;
+            c.w[u] = in ? qd::load_stream(q.data + row * q.row_bytes + (Kind<WK>::four ? i / 2 : i))
+                        : make_uint4(0, 0, 0, 0);
+            if constexpr (Kind<WK>::four) {
+                const int64_t b = i >> bs_log2;
+                constexpr bool dq = WK == WeightKind::Q4DQ;
+                c.lo[u] = in ? qd::block_absmax<dq>(q, q.nested_code, row, b) : 0.0f;
+                // Blocks of 16: the load's second half has a block of its own (the last block of a
+                // row stands in past the row's end, where x is zero).
+                c.hi[u] = bs_log2 >= 5 || !in ? c.lo[u]
+                                              : qd::block_absmax<dq>(q, q.nested_code, row,
+                                                                     min(b + 1, q.row_blocks - 1));
             }
+        }
+    }
+    if constexpr (WK == WeightKind::I8) c.row_scale = __ldg(q.scale + row);
+}
+
+// acc[r] += Σ_i W[row, i] · xs[r, i] over this lane's share of the row; `first` holds the lane's
+// first chunk when use_first (loaded ahead, to overlap). xs rows have stride `lim`.
+template <WeightKind WK, int MK>
+__device__ __forceinline__ void dot_row(float (&acc)[MK], const uint16_t* __restrict__ W,
+                                        const QuantWeight& q, int bs_log2, int64_t row, const uint16_t* xs,
+                                        int64_t I, int64_t lim, int k, int lane,
+                                        const Chunk<Kind<WK>::unroll>& first, bool use_first,
+                                        const char* code_base) {
+    constexpr int cols = Kind<WK>::cols, segs = Kind<WK>::segs, U = Kind<WK>::unroll;
+    const int64_t step = 32 * cols;
+    for (int64_t i0 = int64_t(lane) * cols; i0 < lim; i0 += step * U) {
+        Chunk<U> c;
+        if (use_first && i0 == int64_t(lane) * cols)
+            c = first;
+        else
+            load_chunk<WK>(c, W, q, bs_log2, row, i0, I, lim);
 #pragma unroll
-            for (int r = 0; r < kDecodeGemvMaxRows; ++r) {
-                if (r >= k) break;
-                const uint4 xv = *reinterpret_cast<const uint4*>(xs + r * I + i);
-                const uint32_t xw[4] = {xv.x, xv.y, xv.z, xv.w};
+        for (int u = 0; u < U; ++u) {
+            const int64_t i = i0 + u * step;
+            if (i >= lim) break;
+            if constexpr (WK == WeightKind::BF16) {
+                const uint32_t wv[4] = {c.w[u].x, c.w[u].y, c.w[u].z, c.w[u].w};
+                float wf[8];
 #pragma unroll
                 for (int j = 0; j < 4; ++j) {
-                    acc[r] = fmaf(wf[2 * j], __uint_as_float(xw[j] << 16), acc[r]);
-                    acc[r] = fmaf(wf[2 * j + 1], __uint_as_float(xw[j] & 0xffff0000u), acc[r]);
+                    wf[2 * j] = __uint_as_float(wv[j] << 16);
+                    wf[2 * j + 1] = __uint_as_float(wv[j] & 0xffff0000u);
+                }
+#pragma unroll
+                for (int r = 0; r < MK; ++r) {
+                    if (r >= k) break;
+                    const uint4 xv = *reinterpret_cast<const uint4*>(xs + r * lim + i);
+                    const uint32_t xw[4] = {xv.x, xv.y, xv.z, xv.w};
+#pragma unroll
+                    for (int j = 0; j < 4; ++j) {
+                        acc[r] = fmaf(wf[2 * j], __uint_as_float(xw[j] << 16), acc[r]);
+                        acc[r] = fmaf(wf[2 * j + 1], __uint_as_float(xw[j] & 0xffff0000u), acc[r]);
+                    }
+                }
+            } else {
+                // Each 8-column segment: decode once, then every row of x; 4-bit sums are scaled by
+                // their block's absmax per segment, int8 sums by the row scale in the epilogue.
+#pragma unroll
+                for (int sg = 0; sg < segs; ++sg) {
+                    float wv[8];
+                    qd::decode8<Kind<WK>::four>(wv, c.w[u], sg, code_base);
+                    const int64_t xoff = qd::swizzle<segs>((i >> 3) + sg) * 8;
+#pragma unroll
+                    for (int r = 0; r < MK; ++r) {
+                        if (r >= k) break;
+                        float xf[8];
+                        qd::load_x(xf, xs + r * lim + xoff);
+                        const float p = qd::dot8(wv, xf);
+                        if constexpr (Kind<WK>::four)
+                            acc[r] = fmaf(p, sg < segs / 2 ? c.lo[u] : c.hi[u], acc[r]);
+                        else
+                            acc[r] += p;
+                    }
                 }
             }
         }
     }
 }
 
+// The batch-1 product on quantized rows with x in fp32 (xf): the same sums as dot_row, but x is
+// converted once per block instead of once per product and its addresses are lane constants, which
+// takes ~ a third of the instructions a weight costs (the 4-bit product is issue-bound, not
+// memory-bound: docs/PERFORMANCE.md). xf holds 16-byte units of 4 floats, unit v at
+// v ^ ((v >> 3) & 7), so the 8 lanes of a quarter-warp reading their j-th unit hit 8 bank groups.
+// jo[j]: the byte offset of the lane's j-th unit of a load from its first unit's 8-aligned base; xf
+// and book (the 4-bit code book) are shared-memory addresses.
+template <WeightKind WK>
+__device__ __forceinline__ float dot_row_x32(const uint16_t* __restrict__ W, const QuantWeight& q, int bs_log2,
+                                             int64_t row, uint32_t xf, int64_t I, int64_t lim, int lane,
+                                             const Chunk<Kind<WK>::unroll>& first, const uint32_t (&jo)[8],
+                                             uint32_t book) {
+    constexpr int cols = Kind<WK>::cols, segs = Kind<WK>::segs, U = Kind<WK>::unroll;
+    constexpr int64_t step = 32 * cols;
+    const int64_t c0 = int64_t(lane) * cols;
+    // The lane's first unit rounded down to 8 units (32 floats), as a shared-memory byte address.
+    const uint32_t base = xf + uint32_t(c0 & ~int64_t(31)) * 4u;
+    float acc = 0.0f;
+    for (int64_t i0 = c0; i0 < lim; i0 += step * U) {
+        Chunk<U> c;
+        if (i0 == c0)
+            c = first;
+        else
+            load_chunk<WK>(c, W, q, bs_log2, row, i0, I, lim);
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            const int64_t i = i0 + u * step;
+            if (i >= lim) break;
+            const uint32_t p = base + uint32_t(i - c0) * 4u;
+#pragma unroll
+            for (int sg = 0; sg < segs; ++sg) {
+                float wv[8];
+                if constexpr (Kind<WK>::four)
+                    qd::decode8_shared(wv, qd::word_of(c.w[u], sg), book);
+                else
+                    qd::decode8<false>(wv, c.w[u], sg, nullptr);
+                const float4 a = qd::load_shared4(p + jo[2 * sg]);
+                const float4 b = qd::load_shared4(p + jo[2 * sg + 1]);
+                const float xv[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
+                const float d = qd::dot8(wv, xv);
+                if constexpr (Kind<WK>::four)
+                    acc = fmaf(d, c.lo[u], acc);  // blocks of ≥ 32 columns here (decode_gemv_supported)
+                else
+                    acc += d;
+            }
+        }
+    }
+    return acc;
+}
+
 // Σ over the block of v[r] for the rows r < k: warp sums, then the warps' partials through shared
 // memory. Every thread gets the totals. (Loops unrolled over the maximum so v stays in registers.)
-__device__ __forceinline__ void block_sums(float (&v)[kDecodeGemvMaxRows], int k, float* red) {
+template <int MK>
+__device__ __forceinline__ void block_sums(float (&v)[MK], int k, float* red) {
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
 #pragma unroll
-    for (int r = 0; r < kDecodeGemvMaxRows; ++r) {
+    for (int r = 0; r < MK; ++r) {
         if (r >= k) break;
         const float w = warp_sum(v[r]);
         if (lane == 0) red[r * kGemvWarps + warp] = w;
     }
     __syncthreads();
 #pragma unroll
-    for (int r = 0; r < kDecodeGemvMaxRows; ++r) {
+    for (int r = 0; r < MK; ++r) {
         if (r >= k) break;
         float t = 0;
 #pragma unroll
@@ -385,142 +520,176 @@ __device__ __forceinline__ void block_sums(float (&v)[kDecodeGemvMaxRows], int k
     __syncthreads();
 }
 
-// Copies rows (rows, I) of src (row stride ld) into dst (rows, I) in shared memory, every load
-// issued before any is waited on: 16-byte loads when src and its rows are 16-byte aligned (I is a
-// multiple of 8 here), else 2-byte ones.
+// Copies rows (rows, I) of src (row stride ld) into dst (rows, lim) in shared memory, column i at
+// xpos<WK>(i), zeros in [I, lim); every load issued before any is waited on: 16-byte loads when src
+// and its rows are 16-byte aligned (I is a multiple of 8 here), else 2-byte ones.
+template <WeightKind WK, int MK = kDecodeGemvMaxRows>
 __device__ __forceinline__ void stage_rows(uint16_t* dst, const uint16_t* __restrict__ src, int64_t ld, int rows,
-                                           int64_t I) {
+                                           int64_t I, int64_t lim) {
     constexpr int threads = kGemvWarps * 32;
     if ((reinterpret_cast<uintptr_t>(src) | uintptr_t(ld * 2)) % 16 == 0) {
-        const int64_t packs = I / 8;
+        const int64_t packs = lim / 8;
 #pragma unroll
-        for (int r = 0; r < kDecodeGemvMaxRows; ++r) {
+        for (int r = 0; r < MK; ++r) {
             if (r >= rows) break;
             for (int64_t c = threadIdx.x; c < packs; c += threads)
-                *reinterpret_cast<uint4*>(dst + r * I + c * 8) = __ldg(reinterpret_cast<const uint4*>(src + r * ld + c * 8));
+                *reinterpret_cast<uint4*>(dst + r * lim + xpos<WK>(c * 8)) =
+                    c * 8 < I ? __ldg(reinterpret_cast<const uint4*>(src + r * ld + c * 8)) : make_uint4(0, 0, 0, 0);
         }
     } else {
 #pragma unroll
-        for (int r = 0; r < kDecodeGemvMaxRows; ++r) {
+        for (int r = 0; r < MK; ++r) {
             if (r >= rows) break;
 #pragma unroll 4
-            for (int64_t i = threadIdx.x; i < I; i += threads) dst[r * I + i] = src[r * ld + i];
+            for (int64_t i = threadIdx.x; i < lim; i += threads)
+                dst[r * lim + xpos<WK>(i)] = i < I ? src[r * ld + i] : uint16_t(0);
         }
     }
 }
 
-__global__ void __launch_bounds__(kGemvWarps * 32) decode_gemv_kernel(DecodeGemv a) {
-    // Shared: xs (k, I) the (normalised) input rows; zs (k, I) the gate (gated norm); ws, bs (I) the
+// The row length a weight kind lays x out in: I, or the quantized layout's padded length.
+int64_t staged_length(const DecodeGemv& a) {
+    return a.q ? ops::cuda::quant_padded_in(a.q->format, a.I) : a.I;
+}
+
+// MK: the most rows of x the instantiation takes (1: the batch-1 step, with its registers for one
+// row; else kDecodeGemvMaxRows).
+template <WeightKind WK, int MK>
+__global__ void __launch_bounds__(kGemvWarps * 32, MK == 1 && !Kind<WK>::quant ? 3 : 2)
+    decode_gemv_kernel(DecodeGemv a, QuantWeight q, int bs_log2) {
+    // Shared: xs (k, lim) the (normalised) input rows; zs (k, I) the gate (gated norm); ws, bs (I) the
     // norm's weight and bias — all bf16, all staged before the prologue computes anything.
     extern __shared__ __align__(16) uint16_t xs[];
-    __shared__ float red[kDecodeGemvMaxRows * kGemvWarps];
+    __shared__ float red[MK * kGemvWarps];
+    __shared__ __align__(256) float code_s[16];  // 256-byte aligned: qd::decode8_shared
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int k = int(a.k);
     const int64_t I = a.I;
     constexpr int threads = kGemvWarps * 32;
-    uint16_t* zs = xs + k * I;
+    constexpr int cols = Kind<WK>::cols;
+    // Quantized rows are padded to whole loads (quant_padded_in); x's staged rows likewise, with zeros.
+    const int64_t lim = Kind<WK>::quant ? (I + cols - 1) / cols * cols : I;
+    uint16_t* zs = xs + k * lim;
     uint16_t* ws = zs + (a.norm == DecodeNorm::Gated ? k * I : 0);
     uint16_t* bs = ws + I;
+    const bool swiglu = a.epi == DecodeEpilogue::SwiGLU;
     // The first weight row's first chunk, in flight while the prologue runs.
     const int64_t o0 = int64_t(blockIdx.x) * kGemvWarps + warp;
-    uint4 first[kGemvUnroll], first2[kGemvUnroll];
+    Chunk<Kind<WK>::unroll> first, first2;
     pdl_trigger();
     if (o0 < a.O) {
-        load_chunk(first, a.W + o0 * I, int64_t(lane) * 8, I);
-        if (a.epi == DecodeEpilogue::SwiGLU) load_chunk(first2, a.W + (a.O + o0) * I, int64_t(lane) * 8, I);
+        load_chunk<WK>(first, a.W, q, bs_log2, o0, int64_t(lane) * cols, I, lim);
+        if (swiglu) load_chunk<WK>(first2, a.W, q, bs_log2, a.O + o0, int64_t(lane) * cols, I, lim);
     }
+    if (Kind<WK>::four && threadIdx.x < 16) code_s[threadIdx.x] = q.code[threadIdx.x];
     pdl_wait();  // the inputs are the previous kernels' outputs
-    stage_rows(xs, a.x, a.ld_x, k, I);
-    if (a.norm == DecodeNorm::Gated) stage_rows(zs, a.z, a.ld_z, k, I);
-    if (a.norm != DecodeNorm::None) stage_rows(ws, a.norm_w, I, 1, I);
-    if (a.norm == DecodeNorm::Layer && a.norm_b) stage_rows(bs, a.norm_b, I, 1, I);
+    stage_rows<WK, MK>(xs, a.x, a.ld_x, k, I, lim);
+    if (a.norm == DecodeNorm::Gated) stage_rows<WeightKind::BF16, MK>(zs, a.z, a.ld_z, k, I, I);
+    if (a.norm != DecodeNorm::None) stage_rows<WeightKind::BF16>(ws, a.norm_w, I, 1, I, I);
+    if (a.norm == DecodeNorm::Layer && a.norm_b) stage_rows<WeightKind::BF16>(bs, a.norm_b, I, 1, I, I);
     __syncthreads();
     // Prologue: normalised as the unfused path's norm kernel would store them; every thread handles
     // the columns tid, tid + 256, ... of every row, statistics by block sums.
+    auto X = [&](int r, int64_t i) -> uint16_t& { return xs[r * lim + xpos<WK>(i)]; };
     if (a.norm == DecodeNorm::RMS || a.norm == DecodeNorm::Layer) {
-        float mean[kDecodeGemvMaxRows] = {}, ss[kDecodeGemvMaxRows] = {};
+        float mean[MK] = {}, ss[MK] = {};
         if (a.norm == DecodeNorm::Layer) {
 #pragma unroll
-            for (int r = 0; r < kDecodeGemvMaxRows; ++r) {
+            for (int r = 0; r < MK; ++r) {
                 if (r >= k) break;
-                for (int64_t i = threadIdx.x; i < I; i += threads) mean[r] += bf(xs[r * I + i]);
+                for (int64_t i = threadIdx.x; i < I; i += threads) mean[r] += bf(X(r, i));
             }
             block_sums(mean, k, red);
 #pragma unroll
-            for (int r = 0; r < kDecodeGemvMaxRows; ++r) mean[r] /= float(I);
+            for (int r = 0; r < MK; ++r) mean[r] /= float(I);
         }
 #pragma unroll
-        for (int r = 0; r < kDecodeGemvMaxRows; ++r) {
+        for (int r = 0; r < MK; ++r) {
             if (r >= k) break;
             for (int64_t i = threadIdx.x; i < I; i += threads) {
-                const float d = bf(xs[r * I + i]) - mean[r];
+                const float d = bf(X(r, i)) - mean[r];
                 ss[r] += d * d;
             }
         }
         block_sums(ss, k, red);
         const bool bias = a.norm == DecodeNorm::Layer && a.norm_b;
 #pragma unroll
-        for (int r = 0; r < kDecodeGemvMaxRows; ++r) {
+        for (int r = 0; r < MK; ++r) {
             if (r >= k) break;
             const float rstd = rsqrtf(ss[r] / float(I) + a.eps);
             for (int64_t i = threadIdx.x; i < I; i += threads) {
-                float v = (bf(xs[r * I + i]) - mean[r]) * rstd * bf(ws[i]);
+                float v = (bf(X(r, i)) - mean[r]) * rstd * bf(ws[i]);
                 if (bias) v += bf(bs[i]);
-                xs[r * I + i] = to_bf(v);
+                X(r, i) = to_bf(v);
             }
         }
     } else if (a.norm == DecodeNorm::Gated) {  // g = x · silu(z), RMS over each of `groups` groups
         const int64_t width = I / a.groups;
         for (int64_t g0 = 0; g0 < I; g0 += width) {  // one group at a time
-            float ss[kDecodeGemvMaxRows] = {};
+            float ss[MK] = {};
 #pragma unroll
-            for (int r = 0; r < kDecodeGemvMaxRows; ++r) {
+            for (int r = 0; r < MK; ++r) {
                 if (r >= k) break;
                 for (int64_t i = g0 + threadIdx.x; i < g0 + width; i += threads) {
-                    const float v = bf(xs[r * I + i]) * silu(bf(zs[r * I + i]));
+                    const float v = bf(X(r, i)) * silu(bf(zs[r * I + i]));
                     ss[r] += v * v;
                 }
             }
             block_sums(ss, k, red);
 #pragma unroll
-            for (int r = 0; r < kDecodeGemvMaxRows; ++r) {
+            for (int r = 0; r < MK; ++r) {
                 if (r >= k) break;
                 const float rstd = rsqrtf(ss[r] / float(width) + a.eps);
                 for (int64_t i = g0 + threadIdx.x; i < g0 + width; i += threads) {
-                    const float v = bf(xs[r * I + i]) * silu(bf(zs[r * I + i]));
-                    xs[r * I + i] = to_bf(v * rstd * bf(ws[i]));
+                    const float v = bf(X(r, i)) * silu(bf(zs[r * I + i]));
+                    X(r, i) = to_bf(v * rstd * bf(ws[i]));
                 }
             }
         }
     }
     __syncthreads();
     if (a.x_out && blockIdx.x == 0)  // the normalised rows, for the caller (final hidden states)
-        for (int64_t e = threadIdx.x; e < a.k * I; e += blockDim.x) a.x_out[e] = xs[e];
+        for (int64_t e = threadIdx.x; e < a.k * I; e += blockDim.x) a.x_out[e] = X(int(e / I), e % I);
+    // Batch 1 on quantized rows: x once more in fp32, past the bf16 rows (decode_gemv_smem).
+    constexpr bool x32 = Kind<WK>::quant && MK == 1;
+    float* xf = reinterpret_cast<float*>(xs + k * lim + (a.norm == DecodeNorm::Gated ? k * I : 0) +
+                                         (a.norm == DecodeNorm::None ? 0 : 2 * I));
+    uint32_t jo[8] = {};
+    const uint32_t xf_at = static_cast<uint32_t>(__cvta_generic_to_shared(xf));
+    const uint32_t book = static_cast<uint32_t>(__cvta_generic_to_shared(code_s));
+    if constexpr (x32) {
+        for (int64_t v = threadIdx.x; v < lim / 4; v += threads)
+            *reinterpret_cast<float4*>(xf + 4 * (v ^ ((v >> 3) & 7))) =
+                make_float4(bf(X(0, 4 * v)), bf(X(0, 4 * v + 1)), bf(X(0, 4 * v + 2)), bf(X(0, 4 * v + 3)));
+        // The lane's units start at lane · cols / 4; within their group of 8 the XOR key is constant
+        // (loads are 32 · cols columns apart, a multiple of 8 units of 8).
+        const int first_unit = lane * (cols / 4), key = (first_unit >> 3) & 7, a7 = first_unit & 7;
+#pragma unroll
+        for (int j = 0; j < 8; ++j) jo[j] = 16u * uint32_t((a7 + j) ^ key);
+        __syncthreads();
+    }
 
-    for (int64_t o = o0; o < a.O; o += int64_t(gridDim.x) * kGemvWarps) {
-        float acc[kDecodeGemvMaxRows] = {}, acc2[kDecodeGemvMaxRows] = {};
-        dot_row(acc, a.W + o * I, xs, I, k, lane, first, o == o0);
-        if (a.epi == DecodeEpilogue::SwiGLU) dot_row(acc2, a.W + (a.O + o) * I, xs, I, k, lane, first2, o == o0);
-#pragma unroll
-        for (int r = 0; r < kDecodeGemvMaxRows; ++r) {
-            if (r >= k) break;
-            acc[r] = warp_sum(acc[r]);
-            if (a.epi == DecodeEpilogue::SwiGLU) acc2[r] = warp_sum(acc2[r]);
-        }
-        if (lane >= k) continue;
-        // Lane r writes row r's output (registers indexed by a runtime lane: select by unrolled loop).
-        float v = 0, v2 = 0;
-#pragma unroll
-        for (int r = 0; r < kDecodeGemvMaxRows; ++r)
-            if (r == lane) {
-                v = acc[r];
-                v2 = acc2[r];
-            }
-        const int64_t r = lane;
+    const char* code_base = reinterpret_cast<const char*>(code_s);
+    const int64_t stride = int64_t(gridDim.x) * kGemvWarps;
+    // Output o of row r from the fp32 products v (and v2: SwiGLU's up row).
+    auto finish = [&](int64_t r, int64_t o, float v, float v2) {
         switch (a.epi) {
-            case DecodeEpilogue::Store:
-                a.out[r * a.ld_out + o] = to_bf(a.bias ? v + bf(a.bias[o]) : v);
+            case DecodeEpilogue::Store: {
+                const uint16_t xv = to_bf(a.bias ? v + bf(a.bias[o]) : v);
+                a.out[r * a.ld_out + o] = xv;
+                const int64_t c = o - a.conv_col0;
+                if (a.conv_state && c >= 0 && c < a.conv_C) {  // conv1d_causal_update's arithmetic
+                    const int K = int(a.conv_K);
+                    uint16_t* win = a.conv_state + a.conv_slots[r] * (K - 1) * a.conv_C + c;
+                    float acc = a.conv_b ? bf(a.conv_b[c]) : 0.0f;
+                    for (int t = 0; t + 1 < K; ++t) acc = fmaf(bf(a.conv_w[c * K + t]), bf(win[t * a.conv_C]), acc);
+                    acc = fmaf(bf(a.conv_w[c * K + K - 1]), bf(xv), acc);
+                    a.conv_out[r * a.conv_C + c] = to_bf(silu(acc));
+                    for (int t = 0; t + 2 < K; ++t) win[t * a.conv_C] = win[(t + 1) * a.conv_C];
+                    if (K > 1) win[(K - 2) * a.conv_C] = xv;
+                }
                 break;
+            }
             case DecodeEpilogue::Residual: {  // out = round(out + round(v + b)), the unfused axpy
                 const float t = round_bf(a.bias ? v + bf(a.bias[o]) : v);
                 uint16_t* p = a.out + r * a.ld_out + o;
@@ -537,43 +706,173 @@ __global__ void __launch_bounds__(kGemvWarps * 32) decode_gemv_kernel(DecodeGemv
                 a.out32[r * a.ld_out + o] = a.bias ? v + bf(a.bias[o]) : v;
                 break;
         }
+    };
+    if constexpr (x32) {
+        // Batch 1, quantized: a ring of kRing rows a warp — each row's loads are issued kRing rows
+        // before it is used. kRing = 1: the next row's loads go out before this row's product. A
+        // ring of 3 measured 8% slower on the H200 (docs/PERFORMANCE.md): bytes in flight are not
+        // what bounds the 4-bit product.
+        constexpr int kRing = 1;
+        Chunk<Kind<WK>::unroll> ring[kRing], ring2[kRing];
+        ring[0] = first;
+        ring2[0] = first2;
+#pragma unroll
+        for (int j = 1; j < kRing; ++j)
+            if (o0 + j * stride < a.O) {
+                load_chunk<WK>(ring[j], a.W, q, bs_log2, o0 + j * stride, int64_t(lane) * cols, I, lim);
+                if (swiglu)
+                    load_chunk<WK>(ring2[j], a.W, q, bs_log2, a.O + o0 + j * stride, int64_t(lane) * cols, I, lim);
+            }
+        for (int64_t ob = o0; ob < a.O; ob += kRing * stride) {
+#pragma unroll
+            for (int j = 0; j < kRing; ++j) {
+                const int64_t o = ob + j * stride;
+                if (o >= a.O) break;
+                const Chunk<Kind<WK>::unroll> cur = ring[j], cur2 = ring2[j];
+                if (o + kRing * stride < a.O) {
+                    load_chunk<WK>(ring[j], a.W, q, bs_log2, o + kRing * stride, int64_t(lane) * cols, I, lim);
+                    if (swiglu)
+                        load_chunk<WK>(ring2[j], a.W, q, bs_log2, a.O + o + kRing * stride, int64_t(lane) * cols, I,
+                                       lim);
+                }
+                float v = dot_row_x32<WK>(a.W, q, bs_log2, o, xf_at, I, lim, lane, cur, jo, book);
+                float v2 = swiglu ? dot_row_x32<WK>(a.W, q, bs_log2, a.O + o, xf_at, I, lim, lane, cur2, jo, book)
+                                  : 0.0f;
+                v = warp_sum(v);
+                if (swiglu) v2 = warp_sum(v2);
+                if constexpr (WK == WeightKind::I8) {
+                    v *= cur.row_scale;
+                    v2 *= cur2.row_scale;
+                }
+                if (lane == 0) finish(0, o, v, v2);
+            }
+        }
+        return;
+    }
+    for (int64_t o = o0; o < a.O; o += stride) {
+        float acc[MK] = {}, acc2[MK] = {};
+        // Quantized rows are short (a 2048-column NF4 row is two loads a lane), so the warp asks for
+        // its next row's first chunk before it works on this one: two rows in flight a warp.
+        Chunk<Kind<WK>::unroll> next, next2;
+        if constexpr (Kind<WK>::quant) {
+            if (o + stride < a.O) {
+                load_chunk<WK>(next, a.W, q, bs_log2, o + stride, int64_t(lane) * cols, I, lim);
+                if (swiglu) load_chunk<WK>(next2, a.W, q, bs_log2, a.O + o + stride, int64_t(lane) * cols, I, lim);
+            }
+        }
+        const bool use_first = Kind<WK>::quant || o == o0;
+        dot_row<WK, MK>(acc, a.W, q, bs_log2, o, xs, I, lim, k, lane, first, use_first, code_base);
+        if (swiglu) dot_row<WK, MK>(acc2, a.W, q, bs_log2, a.O + o, xs, I, lim, k, lane, first2, use_first, code_base);
+        float scale = 1.0f, scale2 = 1.0f;  // int8: the rows' scales
+        if constexpr (WK == WeightKind::I8) {
+            scale = first.row_scale;
+            scale2 = first2.row_scale;
+        }
+        if constexpr (Kind<WK>::quant) {
+            first = next;
+            first2 = next2;
+        }
+#pragma unroll
+        for (int r = 0; r < MK; ++r) {
+            if (r >= k) break;
+            acc[r] = warp_sum(acc[r]);
+            if (swiglu) acc2[r] = warp_sum(acc2[r]);
+        }
+        if (lane >= k) continue;
+        // Lane r writes row r's output (registers indexed by a runtime lane: select by unrolled loop).
+        float v = 0, v2 = 0;
+#pragma unroll
+        for (int r = 0; r < MK; ++r)
+            if (r == lane) {
+                v = acc[r];
+                v2 = acc2[r];
+            }
+        if constexpr (WK == WeightKind::I8) {
+            v *= scale;
+            v2 *= scale2;
+        }
+        finish(lane, o, v, v2);
     }
 }
 
-}  // namespace
-
-size_t decode_gemv_smem(const DecodeGemv& a) {
-    const int64_t rows = a.k * (a.norm == DecodeNorm::Gated ? 2 : 1) + (a.norm == DecodeNorm::None ? 0 : 2);
-    return size_t(rows * a.I) * sizeof(uint16_t);
-}
-
-bool decode_gemv_supported(const DecodeGemv& a) {
-    auto aligned16 = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
-    const int64_t w_rows = a.epi == DecodeEpilogue::SwiGLU ? 2 * a.O : a.O;
-    return a.k >= 1 && a.k <= kDecodeGemvMaxRows && a.I % 8 == 0 && a.I > 0 && w_rows > 0 && aligned16(a.W) &&
-           (a.norm != DecodeNorm::Gated || (a.groups > 0 && a.I % a.groups == 0)) &&
-           decode_gemv_smem(a) <= kDecodeGemvMaxSmem;
-}
-
-void decode_gemv(const DecodeGemv& a, void* stream) {
-    MSLM_CHECK(decode_gemv_supported(a), "decode_gemv: unsupported shape k={} I={} O={}", a.k, a.I, a.O);
-    static int configured_device = -1;
+template <WeightKind WK, int MK>
+void launch_gemv_rows(const DecodeGemv& a, void* stream) {
+    auto kernel = decode_gemv_kernel<WK, MK>;
+    static int configured_device = -1;  // per instantiation
     int device = 0;
     cudaGetDevice(&device);
     if (configured_device != device) {
-        const cudaError_t err = cudaFuncSetAttribute(decode_gemv_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                                     int(kDecodeGemvMaxSmem));
+        const cudaError_t err =
+            cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kDecodeGemvMaxSmem));
         MSLM_CHECK(err == cudaSuccess, "decode_gemv: cudaFuncSetAttribute: {}", cudaGetErrorString(err));
         configured_device = device;
     }
     int sms = 0, resident = 0;
     const size_t smem = decode_gemv_smem(a);
     cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
-    cudaOccupancyMaxActiveBlocksPerMultiprocessor(&resident, decode_gemv_kernel, kGemvWarps * 32, smem);
+    cudaOccupancyMaxActiveBlocksPerMultiprocessor(&resident, kernel, kGemvWarps * 32, smem);
     // One wave: every block pays the prologue once, then strides over the rows.
     const int64_t blocks =
         std::min<int64_t>((a.O + kGemvWarps - 1) / kGemvWarps, int64_t(sms) * std::max(resident, 1));
-    launch(decode_gemv_kernel, dim3(unsigned(blocks)), dim3(kGemvWarps * 32), smem, stream, "decode_gemv", a);
+    QuantWeight q;
+    int bs_log2 = 0;
+    if (a.q) {
+        q = *a.q;
+        while (Kind<WK>::four && (int64_t(1) << bs_log2) < q.blocksize) ++bs_log2;
+    }
+    launch(kernel, dim3(unsigned(blocks)), dim3(kGemvWarps * 32), smem, stream, "decode_gemv", a, q, bs_log2);
+}
+
+template <WeightKind WK>
+void launch_gemv(const DecodeGemv& a, void* stream) {
+    if (a.k == 1)
+        launch_gemv_rows<WK, 1>(a, stream);
+    else
+        launch_gemv_rows<WK, int(kDecodeGemvMaxRows)>(a, stream);
+}
+
+}  // namespace
+
+size_t decode_gemv_smem(const DecodeGemv& a) {
+    const int64_t extra = a.k * (a.norm == DecodeNorm::Gated ? a.I : 0) + (a.norm == DecodeNorm::None ? 0 : 2 * a.I);
+    // Batch 1 on quantized rows: x in fp32, whole groups of 8 units (32 floats) as the XOR swizzle
+    // permutes within a group (an int8 row of 16 · odd columns ends mid-group).
+    const size_t x32 = a.q && a.k == 1 ? sizeof(float) * size_t((staged_length(a) + 31) / 32 * 32) : 0;
+    return size_t(a.k * staged_length(a) + extra) * sizeof(uint16_t) + x32;
+}
+
+bool decode_gemv_supported(const DecodeGemv& a) {
+    auto aligned16 = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
+    const int64_t w_rows = a.epi == DecodeEpilogue::SwiGLU ? 2 * a.O : a.O;
+    const bool weight_ok =
+        a.q ? (a.q->in == a.I && a.q->out == w_rows && a.q->data && aligned16(a.q->data) && a.q->row_bytes % 16 == 0 &&
+               (a.q->format == QuantFormat::Int8 ? a.q->scale != nullptr
+                                                 : a.q->blocksize >= 16 && a.q->blocksize <= 4096 &&
+                                                       (a.q->blocksize & (a.q->blocksize - 1)) == 0 &&
+                                                       (a.q->scale || (a.q->absmax_q && a.q->nested_absmax &&
+                                                                       a.q->nested_code))))
+            : aligned16(a.W);
+    // Batch 1 on 4-bit codes scales each 32-column load by one absmax: blocks of 16 go unfused.
+    const bool blocks_ok = !a.q || a.k > 1 || a.q->format == QuantFormat::Int8 || a.q->blocksize >= 32;
+    const bool conv_ok = !a.conv_state || (a.epi == DecodeEpilogue::Store && a.conv_slots && a.conv_w &&
+                                           a.conv_out && a.conv_K >= 1 && a.conv_K <= 8 && a.conv_C > 0 &&
+                                           a.conv_col0 >= 0 && a.conv_col0 + a.conv_C <= a.O);
+    return a.k >= 1 && a.k <= kDecodeGemvMaxRows && a.I % 8 == 0 && a.I > 0 && w_rows > 0 && weight_ok && blocks_ok && conv_ok &&
+           (a.norm != DecodeNorm::Gated || (a.groups > 0 && a.I % a.groups == 0)) &&
+           decode_gemv_smem(a) <= kDecodeGemvMaxSmem;
+}
+
+void decode_gemv(const DecodeGemv& a, void* stream) {
+    MSLM_CHECK(decode_gemv_supported(a), "decode_gemv: unsupported shape k={} I={} O={}{}", a.k, a.I, a.O,
+               a.q ? " (quantized weight)" : "");
+    if (!a.q)
+        launch_gemv<WeightKind::BF16>(a, stream);
+    else if (a.q->format == QuantFormat::Int8)
+        launch_gemv<WeightKind::I8>(a, stream);
+    else if (a.q->scale)
+        launch_gemv<WeightKind::Q4>(a, stream);
+    else
+        launch_gemv<WeightKind::Q4DQ>(a, stream);
 }
 
 }  // namespace mslm::cuda_decoder_detail

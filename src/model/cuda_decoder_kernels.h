@@ -13,9 +13,17 @@
 // Every stored value is computed in fp32 and rounded once, as the unfused kernels do; the sums run
 // in a different order than cuBLASLt's, so results agree with the unfused path to bf16 rounding,
 // not bit for bit.
+//
+// The weight may instead be quantized (q: int8 rows, or bitsandbytes' NF4 / FP4 with fp32 or
+// double-quantized absmax, ops/cuda/quant_gemv.h's GPU layout): the same prologue and epilogues, and
+// a product that reads 16 bytes of codes per lane load (32 4-bit or 16 int8 weights) and scales by
+// the block's absmax (4-bit, per 32 columns) or the row's scale (int8, once) — the arithmetic of
+// ops::cuda::quant_gemv, so a quantized decode step is one kernel per product as for bf16.
 #pragma once
 #include <cstddef>
 #include <cstdint>
+
+#include "ops/cuda/quant_gemv.h"
 
 namespace mslm::cuda_decoder_detail {
 
@@ -29,6 +37,7 @@ struct DecodeGemv {
     const uint16_t* x = nullptr;  // (k, I) bf16, row stride ld_x
     int64_t ld_x = 0;
     const uint16_t* W = nullptr;  // (O, I), or (2·O, I) [gate | up] for SwiGLU
+    const ops::cuda::QuantWeight* q = nullptr;  // or this quantized weight (W null), same rows
     const uint16_t* bias = nullptr;  // (O) or (2·O), or null
     int64_t k = 0, I = 0, O = 0;
     DecodeNorm norm = DecodeNorm::None;
@@ -41,6 +50,16 @@ struct DecodeGemv {
     uint16_t* out = nullptr;  // bf16 outputs (k, O), row stride ld_out
     float* out32 = nullptr;   // F32 outputs (k, O), row stride ld_out
     int64_t ld_out = 0;
+    // Optional, with the Store epilogue (Mamba-2's in_proj [z | xBC | dt]): outputs conv_col0 ..
+    // conv_col0 + conv_C − 1 of each row are also the causal conv's input channels, so the epilogue
+    // runs conv1d_causal_update's arithmetic on each stored bf16 value — window (conv_K − 1 earlier
+    // inputs of row i's slot conv_slots[i]), weights, bias, SiLU — writes conv_out (k, conv_C) and
+    // shifts the value into the window. Saves the step a kernel per Mamba-2 layer.
+    uint16_t* conv_state = nullptr;  // (slots, conv_K − 1, conv_C), or null: no conv
+    const int64_t* conv_slots = nullptr;
+    const uint16_t *conv_w = nullptr, *conv_b = nullptr;  // (conv_C, conv_K), (conv_C) or null
+    uint16_t* conv_out = nullptr;
+    int64_t conv_col0 = 0, conv_C = 0, conv_K = 0;
 };
 
 // Decode attention split over the keys (flash-decoding): one query per row i against its slot's

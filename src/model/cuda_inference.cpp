@@ -199,9 +199,11 @@ struct CudaCausalLM::Impl {
     bool graphs = true;
     bool fused = true;  // decode_gemv for the step's products (MSLM_DECODE_FUSED=0: cuBLASLt + separate kernels)
     // The persistent batch-1 step (cuda_decode_step.h) where the model's layers allow it and
-    // MSLM_DECODE_PERSISTENT is not 0; `tables` holds its layer and stage tables, the attention
-    // partials and the barrier (from the caching allocator, made in start()).
-    bool persistent = true;
+    // MSLM_DECODE_PERSISTENT=1 asks for it; `tables` holds its layer and stage tables, the attention
+    // partials and the barrier (from the caching allocator, made in start()). Off by default since
+    // decode_gemv took a batch-1 instantiation: the kernel-per-op step (graphs + PDL) is now as fast
+    // or faster on every preset (docs/PERFORMANCE.md, "Quantized products in the fused decode GEMV").
+    bool persistent = false;
     char* tables = nullptr;
     cuda_decoder_detail::PersistentStep pstep;
     // MSLM_DECODE_STEP_TRACE=1: per-stage times of the persistent step, summed over steps and
@@ -572,7 +574,7 @@ CudaCausalLM::CudaCausalLM(const HybridLM<float>& model, int device)
     const char* fused = std::getenv("MSLM_DECODE_FUSED");
     m.fused = !(fused && std::string(fused) == "0");
     const char* persistent = std::getenv("MSLM_DECODE_PERSISTENT");
-    m.persistent = m.fused && !(persistent && std::string(persistent) == "0");
+    m.persistent = m.fused && persistent && std::string(persistent) == "1";
     const char* trace = std::getenv("MSLM_DECODE_STEP_TRACE");
     m.trace = trace && std::string(trace) == "1";
     check(cudaStreamCreateWithFlags(&m.stream, cudaStreamNonBlocking), "cudaStreamCreate");
@@ -889,16 +891,24 @@ struct Run {
     // A decode-step product through the fused kernel (cuda_decoder_kernels.h) when it takes the
     // shape and MSLM_DECODE_FUSED is not 0; otherwise the same function unfused: the norm kernel,
     // cuBLASLt, then the epilogue's kernel.
-    // A quantized weight q (a.W is then null) takes the same prologue, then the quantized GEMV with
-    // the epilogue fused (or, for many rows, the expanded weight through the cuBLASLt path below).
-    void gemv(cuda_decoder_detail::DecodeGemv a, const kc::QuantWeight* q = nullptr) const {
+    // A quantized weight q (a.W is then null) takes the fused kernel too (its quantized product);
+    // unfused, the same prologue, then the quantized GEMV with the epilogue fused (or, for many rows,
+    // the expanded weight through the cuBLASLt path below).
+    // Returns whether the fused kernel ran: only it runs a.conv_state's causal conv (the caller runs
+    // conv1d_causal_update otherwise).
+    bool gemv(cuda_decoder_detail::DecodeGemv a, const kc::QuantWeight* q = nullptr) const {
         using cuda_decoder_detail::DecodeEpilogue;
         using cuda_decoder_detail::DecodeNorm;
         a.k = N;
-        if (!q && m.fused && cuda_decoder_detail::decode_gemv_supported(a)) {
-            cuda_decoder_detail::decode_gemv(a, s);
-            return;
+        if (m.fused) {  // bf16 or quantized weights: one kernel with the prologue and epilogue fused
+            a.q = q;
+            if (cuda_decoder_detail::decode_gemv_supported(a)) {
+                cuda_decoder_detail::decode_gemv(a, s);
+                return true;
+            }
+            a.q = nullptr;
         }
+        a.conv_state = nullptr;
         const bf16* x = a.x;
         if (a.norm == DecodeNorm::RMS || a.norm == DecodeNorm::Layer) {
             MSLM_CHECK(a.ld_x == a.I && a.I == w.D, "decode gemv: a norm prologue reads the residual stream");
@@ -918,7 +928,7 @@ struct Run {
         if (q) {
             if (quant_gemv_rows(*q)) {
                 quant_product(a, x, *q);
-                return;
+                return false;
             }
             a.W = expand(*q);
         }
@@ -939,6 +949,7 @@ struct Run {
                 kc::linear_forward_f32_out(a.out32, x, a.W, N, a.I, a.O, s);
                 break;
         }
+        return false;
     }
 
     // The decode product a on contiguous rows x (the prologue done) with quantized weights.
@@ -1039,10 +1050,18 @@ struct Run {
                 residual(out, L.out_w, L.out_b);
                 gemv(out, L.out_q);
             } else {
-                store(in, L.in_w, L.in_b, w.W2, m.proj);  // [z | xBC | dt]
-                gemv(in, L.in_q);
-                kc::conv1d_causal_update(m.conv_out, L.conv, m.slots, m.proj + w.Din, w.W2, L.conv_w, L.conv_b, N,
-                                         w.C2, w.K, true, s);
+                store(in, L.in_w, L.in_b, w.W2, m.proj);  // [z | xBC | dt], the xBC conv in the epilogue
+                in.conv_state = L.conv;
+                in.conv_slots = m.slots;
+                in.conv_w = L.conv_w;
+                in.conv_b = L.conv_b;
+                in.conv_out = m.conv_out;
+                in.conv_col0 = w.Din;
+                in.conv_C = w.C2;
+                in.conv_K = w.K;
+                if (!gemv(in, L.in_q))
+                    kc::conv1d_causal_update(m.conv_out, L.conv, m.slots, m.proj + w.Din, w.W2, L.conv_w, L.conv_b, N,
+                                             w.C2, w.K, true, s);
                 kc::ssd_update(m.y, L.ssm, m.slots, ssd_in(L, m.conv_out), ssd_dims(N, 1), s);
                 DecodeGemv out = plain(m.y, w.Din, w.Din);  // gated norm with z, then out_proj
                 out.norm = cuda_decoder_detail::DecodeNorm::Gated;

@@ -8,6 +8,12 @@
 // bf16 inputs and the bnb.h-dequantized weights, for every format, odd and padded row lengths, rows
 // not a multiple of the blocksize, blocks of 16..256, 1..40 rows of x (several tiles), strided and
 // misaligned x, every epilogue; and the bf16 dequantization bit for bit.
+// CudaDecodeGemvQuant (skips without a GPU): the decode step's fused GEMV (model/cuda_decoder_kernels.h)
+// on quantized weights — the product against the same double-precision reference for 1..8 rows;
+// with the RMS and gated-norm prologues and the Store / Residual / SwiGLU epilogues against
+// quant_gemv applied to the very rows the prologue normalised (its x_out); shapes it cannot take
+// are reported as such; the Mamba-2 in_proj's causal-conv epilogue bit for bit as the store epilogue
+// followed by ops::cuda::conv1d_causal_update.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -20,6 +26,8 @@
 #include "core/error.h"
 #include "core/rng.h"
 #include "cuda_test_util.h"
+#include "model/cuda_decoder_kernels.h"
+#include "ops/cuda/conv1d.h"
 #include "ops/cuda/quant_gemv.h"
 #include "ops/packed_linear.h"
 #include "quant/bnb.h"
@@ -458,6 +466,226 @@ TEST(CudaQuantGemv, RefusesMalformedCalls) {
     } catch (const Error& e) {
         EXPECT_NE(std::string(e.what()).find("blocksize 48"), std::string::npos) << e.what();
     }
+#endif
+}
+
+TEST(CudaDecodeGemvQuant, MatchesBitsandbytesDequantizedProduct) {
+    SKIP_WITHOUT_GPU();
+#ifdef MSLM_HAVE_CUDA
+    using cuda_decoder_detail::DecodeEpilogue;
+    using cuda_decoder_detail::DecodeGemv;
+    Rng rng(9);
+    std::vector<Subject> all = subjects();
+    all.push_back(subject_4bit(rng, QuantFormat::NF4, 2100, 2048, 64, true));  // rows past one wave
+    all.push_back(subject_int8(rng, 1500, 1024));
+    all.push_back(subject_int8(rng, 70, 560));  // 140 fp32 units of x at batch 1: a group of 8 cut short
+    int tested = 0;
+    for (const Subject& s : all) {
+        const DeviceWeight dw(s.host);
+        const int64_t O = s.host.out, K = s.host.in;
+        for (int64_t M : {1, 2, 3, 5, 8}) {
+            for (int64_t pad : {int64_t(0), int64_t(3)}) {
+                SCOPED_TRACE(s.name + " M=" + std::to_string(M) + " row padding " + std::to_string(pad));
+                const int64_t ld_x = K + pad;
+                const std::vector<uint16_t> x = random_bf16(rng, static_cast<size_t>(M * ld_x));
+                const test::DeviceBuffer<uint16_t> dx(x, pad ? 1 : 0);
+                test::DeviceBuffer<float> dy(static_cast<size_t>(M * O));
+                DecodeGemv a;
+                a.x = dx.get();
+                a.ld_x = ld_x;
+                a.q = &dw.view;
+                a.k = M;
+                a.I = K;
+                a.O = O;
+                a.epi = DecodeEpilogue::F32;
+                a.out32 = dy.get();
+                a.ld_out = O;
+                // The staged rows are whole 16-byte segments; batch 1 on 4-bit codes scales a 32-column
+                // load by one absmax, so blocks of 16 go unfused there.
+                const bool blocks16 = s.host.format != QuantFormat::Int8 && s.host.blocksize < 32;
+                if (K % 8 != 0 || (M == 1 && blocks16)) {
+                    EXPECT_FALSE(cuda_decoder_detail::decode_gemv_supported(a));
+                    continue;
+                }
+                ASSERT_TRUE(cuda_decoder_detail::decode_gemv_supported(a));
+                cuda_decoder_detail::decode_gemv(a, nullptr);
+                std::vector<double> ref, mag, tol;
+                reference(s, x, M, ld_x, ref, mag);
+                for (double v : mag) tol.push_back(gemv_tol(K, v) + 1e-30);
+                EXPECT_TRUE(test::all_within(dy.download(), ref, tol));
+                ++tested;
+            }
+        }
+    }
+    EXPECT_GE(tested, 100);
+#endif
+}
+
+TEST(CudaDecodeGemvQuant, NormProloguesAndEpiloguesAsTheUnfusedPath) {
+    SKIP_WITHOUT_GPU();
+#ifdef MSLM_HAVE_CUDA
+    using cuda_decoder_detail::DecodeEpilogue;
+    using cuda_decoder_detail::DecodeGemv;
+    using cuda_decoder_detail::DecodeNorm;
+    Rng rng(10);
+    for (int which = 0; which < 4; ++which) {
+        Subject s = which == 0   ? subject_4bit(rng, QuantFormat::NF4, 2 * 45, 320, 64, true)
+                    : which == 1 ? subject_4bit(rng, QuantFormat::FP4, 2 * 45, 320, 64, false)
+                    : which == 2 ? subject_4bit(rng, QuantFormat::NF4, 2 * 150, 2048, 64, false)
+                                 : subject_int8(rng, 2 * 45, 320);
+        const DeviceWeight dw(s.host);
+        const int64_t K = s.host.in, rows = s.host.out;
+        for (int64_t M : {1, 3}) {
+            const std::vector<uint16_t> x = random_bf16(rng, static_cast<size_t>(M * K));
+            const std::vector<uint16_t> z = random_bf16(rng, static_cast<size_t>(M * K));
+            std::vector<uint16_t> nw = random_bf16(rng, static_cast<size_t>(K));
+            const std::vector<uint16_t> bias = random_bf16(rng, static_cast<size_t>(rows));
+            const test::DeviceBuffer<uint16_t> dx(x), dz(z), dnw(nw), db(bias);
+            for (DecodeNorm norm : {DecodeNorm::RMS, DecodeNorm::Gated})
+                for (DecodeEpilogue epi : {DecodeEpilogue::Store, DecodeEpilogue::Residual, DecodeEpilogue::SwiGLU}) {
+                    const int64_t O = epi == DecodeEpilogue::SwiGLU ? rows / 2 : rows;
+                    SCOPED_TRACE(s.name + " M=" + std::to_string(M) + " norm " + std::to_string(int(norm)) +
+                                 " epilogue " + std::to_string(int(epi)));
+                    const std::vector<uint16_t> res = random_bf16(rng, static_cast<size_t>(M * O));
+                    test::DeviceBuffer<uint16_t> fused(res), unfused(res), xn(static_cast<size_t>(M * K));
+                    DecodeGemv a;
+                    a.x = dx.get();
+                    a.ld_x = K;
+                    a.q = &dw.view;
+                    a.bias = db.get();
+                    a.k = M;
+                    a.I = K;
+                    a.O = O;
+                    a.norm = norm;
+                    a.norm_w = dnw.get();
+                    a.eps = 1e-5f;
+                    a.z = dz.get();
+                    a.ld_z = K;
+                    a.groups = norm == DecodeNorm::Gated ? 2 : 1;
+                    a.x_out = xn.get();
+                    a.epi = epi;
+                    a.out = fused.get();
+                    a.ld_out = O;
+                    ASSERT_TRUE(cuda_decoder_detail::decode_gemv_supported(a));
+                    cuda_decoder_detail::decode_gemv(a, nullptr);
+                    // The unfused product on the rows the prologue normalised.
+                    QuantGemv g;
+                    g.x = xn.get();
+                    g.ld_x = K;
+                    g.M = M;
+                    g.W = dw.view;
+                    g.bias = db.get();
+                    g.epi = epi == DecodeEpilogue::Store      ? QuantEpilogue::Store
+                            : epi == DecodeEpilogue::Residual ? QuantEpilogue::Residual
+                                                              : QuantEpilogue::SwiGLU;
+                    g.out = unfused.get();
+                    g.ld_out = O;
+                    ops::cuda::quant_gemv(g, nullptr);
+                    const std::vector<uint16_t> xs = xn.download(), want = unfused.download(), got = fused.download();
+                    // The normalised rows are finite and not all zero (the prologue ran).
+                    double xsum = 0;
+                    for (uint16_t v : xs) xsum += std::fabs(bf16_to_f32(v));
+                    ASSERT_TRUE(std::isfinite(xsum) && xsum > 0);
+                    // Both products are within gemv_tol of the exact one over the same rows, so of each
+                    // other within twice that; each rounds to bf16 once or twice more (2^-8 relative
+                    // covers the rounding to either neighbour), SwiGLU's silu(g)·u through both halves.
+                    std::vector<double> v, mag;
+                    reference(s, xs, M, K, v, mag);
+                    std::vector<double> ref(static_cast<size_t>(M * O)), tol(ref.size());
+                    for (int64_t m = 0; m < M; ++m)
+                        for (int64_t o = 0; o < O; ++o) {
+                            const size_t i = static_cast<size_t>(m * O + o);
+                            const double e = 2 * gemv_tol(K, mag[m * rows + o]);
+                            const double w = bf16_to_f32(want[i]);
+                            ref[i] = w;
+                            if (epi == DecodeEpilogue::SwiGLU) {
+                                const double g0 = v[m * rows + o] + bf16_to_f32(bias[o]);
+                                const double u0 = v[m * rows + O + o] + bf16_to_f32(bias[O + o]);
+                                const double eu = 2 * gemv_tol(K, mag[m * rows + O + o]);
+                                tol[i] = 1.1 * (e + 0x1p-8 * std::fabs(g0)) * std::fabs(u0) +
+                                         std::fabs(g0) * (eu + 0x1p-8 * std::fabs(u0)) + 0x1p-7 * std::fabs(w) + 1e-30;
+                            } else {
+                                const double r0 = epi == DecodeEpilogue::Residual ? bf16_to_f32(res[i]) : 0.0;
+                                const double a0 = v[m * rows + o] + bf16_to_f32(bias[o]);
+                                tol[i] = e + 0x1p-8 * (std::fabs(a0) + std::fabs(r0)) + 0x1p-8 * std::fabs(w) + 1e-30;
+                            }
+                        }
+                    std::vector<float> gotf(got.size());
+                    for (size_t i = 0; i < got.size(); ++i) gotf[i] = bf16_to_f32(got[i]);
+                    EXPECT_TRUE(test::all_within(gotf, ref, tol));
+                }
+        }
+    }
+#endif
+}
+
+TEST(CudaDecodeGemvConv, EpilogueIsTheConvKernelBitForBit) {
+    SKIP_WITHOUT_GPU();
+#ifdef MSLM_HAVE_CUDA
+    using cuda_decoder_detail::DecodeGemv;
+    Rng rng(11);
+    const int64_t K = 256, O = 200, col0 = 40, C = 120, conv_K = 4, slots = 5;
+    const std::vector<float> Wf = random_weights(rng, O, K);
+    std::vector<uint16_t> Wb(Wf.size());
+    for (size_t i = 0; i < Wf.size(); ++i) Wb[i] = f32_to_bf16(Wf[i]);
+    const test::DeviceBuffer<uint16_t> dWb(Wb);
+    const DeviceWeight nf4(ops::cuda::quant_weight_4bit(Wf.data(), O, K, QuantFormat::NF4, 64, true));
+    const DeviceWeight int8(ops::cuda::quant_weight_int8(Wf.data(), O, K));
+    const std::vector<uint16_t> conv_w = random_bf16(rng, static_cast<size_t>(C * conv_K));
+    const std::vector<uint16_t> conv_b = random_bf16(rng, static_cast<size_t>(C));
+    const std::vector<uint16_t> bias = random_bf16(rng, static_cast<size_t>(O));
+    const test::DeviceBuffer<uint16_t> dcw(conv_w), dcb(conv_b), db(bias);
+    for (int weight = 0; weight < 3; ++weight)
+        for (int64_t k : {1, 3}) {
+            SCOPED_TRACE("weight " + std::to_string(weight) + " rows " + std::to_string(k));
+            const std::vector<uint16_t> x = random_bf16(rng, static_cast<size_t>(k * K));
+            const std::vector<uint16_t> state = random_bf16(rng, static_cast<size_t>(slots * (conv_K - 1) * C));
+            const std::vector<int64_t> slot_of = k == 1 ? std::vector<int64_t>{3} : std::vector<int64_t>{4, 0, 2};
+            const test::DeviceBuffer<uint16_t> dx(x);
+            const test::DeviceBuffer<int64_t> dslots(slot_of);
+            test::DeviceBuffer<uint16_t> out_a(static_cast<size_t>(k * O)), out_b(static_cast<size_t>(k * O));
+            test::DeviceBuffer<uint16_t> conv_a(static_cast<size_t>(k * C)), conv_b_out(static_cast<size_t>(k * C));
+            test::DeviceBuffer<uint16_t> state_a(state), state_b(state);
+            DecodeGemv a;
+            a.x = dx.get();
+            a.ld_x = K;
+            if (weight == 0) a.W = dWb.get();
+            else a.q = weight == 1 ? &nf4.view : &int8.view;
+            a.bias = db.get();
+            a.k = k;
+            a.I = K;
+            a.O = O;
+            a.out = out_b.get();
+            a.ld_out = O;
+            ASSERT_TRUE(cuda_decoder_detail::decode_gemv_supported(a));
+            cuda_decoder_detail::decode_gemv(a, nullptr);  // the store epilogue, then the conv kernel
+            ops::cuda::conv1d_causal_update(conv_b_out.get(), state_b.get(), dslots.get(), out_b.get() + col0, O,
+                                            dcw.get(), dcb.get(), k, C, conv_K, true, nullptr);
+            a.out = out_a.get();
+            a.conv_state = state_a.get();
+            a.conv_slots = dslots.get();
+            a.conv_w = dcw.get();
+            a.conv_b = dcb.get();
+            a.conv_out = conv_a.get();
+            a.conv_col0 = col0;
+            a.conv_C = C;
+            a.conv_K = conv_K;
+            ASSERT_TRUE(cuda_decoder_detail::decode_gemv_supported(a));
+            cuda_decoder_detail::decode_gemv(a, nullptr);  // the conv in the epilogue
+            EXPECT_EQ(out_a.download(), out_b.download());
+            EXPECT_EQ(conv_a.download(), conv_b_out.download());
+            EXPECT_EQ(state_a.download(), state_b.download());
+            // The conv ran: some window of a used slot changed, the unused slots did not.
+            const std::vector<uint16_t> after = state_a.download();
+            EXPECT_NE(after, state);
+            for (int64_t sl = 0; sl < slots; ++sl) {
+                if (std::find(slot_of.begin(), slot_of.end(), sl) != slot_of.end()) continue;
+                for (int64_t e = 0; e < (conv_K - 1) * C; ++e)
+                    ASSERT_EQ(after[sl * (conv_K - 1) * C + e], state[sl * (conv_K - 1) * C + e]);
+            }
+            a.epi = cuda_decoder_detail::DecodeEpilogue::Residual;  // the conv needs the store epilogue
+            EXPECT_FALSE(cuda_decoder_detail::decode_gemv_supported(a));
+        }
 #endif
 }
 

@@ -1,0 +1,120 @@
+// Device helpers that turn the GPU layout of ops/cuda/quant_gemv.h back into fp32 weights: shared by
+// the quantized GEMV (ops/cuda/quant_gemv.cu) and the decode step's fused GEMV
+// (model/cuda_decoder_kernels.cu). Include from .cu files only.
+//
+// A lane reads 16 bytes of a weight row at a time: 32 4-bit codes or 16 int8 values, that is SEGS = 4
+// or 2 segments of 8 columns. The matching x values sit in shared memory as 16-byte segments of 8
+// bf16 columns; segment s is stored at swizzle<SEGS>(s) so that the 8 lanes of a quarter-warp, each
+// reading its q-th segment, hit 8 different 16-byte bank groups (stored in order, lanes 0, 2, 4, 6
+// would share one: 4-way conflicts).
+#pragma once
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "ops/cuda/quant_gemv.h"
+
+namespace mslm::ops::cuda::quant_detail {
+
+__device__ __forceinline__ float bf_lo(uint32_t w) {
+    return __uint_as_float(w << 16);
+}
+__device__ __forceinline__ float bf_hi(uint32_t w) {
+    return __uint_as_float(w & 0xffff0000u);
+}
+
+// A 16-byte weight load that is read once: kept out of L1.
+__device__ __forceinline__ uint4 load_stream(const uint8_t* p) {
+    uint4 v;
+    asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+        : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+        : "l"(p));
+    return v;
+}
+
+__device__ __forceinline__ uint32_t word_of(const uint4& v, int i) {
+    return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w;  // i is a compile-time constant
+}
+
+template <int SEGS>
+__host__ __device__ __forceinline__ int64_t swizzle(int64_t s) {
+    return s ^ ((s >> 3) & (SEGS - 1));
+}
+
+// A block's absmax in fp32: stored, or bitsandbytes' double quantization (code · nested absmax,
+// then + offset, each rounded as bitsandbytes does: no fused multiply-add). ncode: the 256-entry
+// dynamic map (shared or global memory).
+template <bool DQ>
+__device__ __forceinline__ float block_absmax(const QuantWeight& W, const float* ncode, int64_t row, int64_t b) {
+    const int64_t i = row * W.row_blocks + b;
+    if constexpr (DQ) {
+        return __fadd_rn(__fmul_rn(ncode[__ldg(W.absmax_q + i)], __ldg(W.nested_absmax + (i >> 8))), W.offset);
+    } else {
+        return __ldg(W.scale + i);
+    }
+}
+
+// The fp32 value of byte i of four int8 values: 2^23 + (q + 128) built by a byte permute, minus
+// 2^23 + 128 (exact), instead of a quarter-rate int-to-float conversion.
+__device__ __forceinline__ float int8_value(uint32_t biased, int i) {
+    return __uint_as_float(__byte_perm(biased, 0x4B000000u, 0x7440u | unsigned(i))) - 8388736.0f;
+}
+
+// The 8 weights of 16-byte segment q of a load: 4-bit — byte i of the segment's word holds columns
+// 2i (high nibble) and 2i + 1 (low), and the nibbles times 4 are byte offsets into the code book
+// (16 fp32 words in shared memory: 16 banks, so no two lanes ever conflict); int8 — bytes 8q .. 8q + 7.
+template <bool FOUR>
+__device__ __forceinline__ void decode8(float (&wv)[8], const uint4& w, int q, const char* code_base) {
+    if constexpr (FOUR) {
+        const uint32_t word = word_of(w, q);
+        const uint32_t hi4 = (word >> 2) & 0x3c3c3c3cu, lo4 = (word << 2) & 0x3c3c3c3cu;
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            wv[2 * i] = *reinterpret_cast<const float*>(code_base + __byte_perm(hi4, 0, 0x4440 | i));
+            wv[2 * i + 1] = *reinterpret_cast<const float*>(code_base + __byte_perm(lo4, 0, 0x4440 | i));
+        }
+    } else {
+        (void)code_base;
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            const uint32_t biased = word_of(w, 2 * q + h) ^ 0x80808080u;
+#pragma unroll
+            for (int i = 0; i < 4; ++i) wv[4 * h + i] = int8_value(biased, i);
+        }
+    }
+}
+
+// decode8 for 4-bit codes with the code book at shared-memory address `book` (32-bit, from
+// __cvta_generic_to_shared, 256-byte aligned): one byte permute builds each value's full address —
+// the nibble times 4 as the low byte, the book's upper three bytes above it — then one `ld.shared`.
+__device__ __forceinline__ void decode8_shared(float (&wv)[8], uint32_t word, uint32_t book) {
+    const uint32_t hi4 = (word >> 2) & 0x3c3c3c3cu, lo4 = (word << 2) & 0x3c3c3c3cu;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        asm("ld.shared.f32 %0, [%1];" : "=f"(wv[2 * i]) : "r"(__byte_perm(hi4, book, 0x7650u | unsigned(i))));
+        asm("ld.shared.f32 %0, [%1];" : "=f"(wv[2 * i + 1]) : "r"(__byte_perm(lo4, book, 0x7650u | unsigned(i))));
+    }
+}
+
+// Four fp32 values at shared-memory address `at` (16-byte aligned).
+__device__ __forceinline__ float4 load_shared4(uint32_t at) {
+    float4 v;
+    asm("ld.shared.v4.f32 {%0, %1, %2, %3}, [%4];" : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w) : "r"(at));
+    return v;
+}
+
+// The 8 bf16 x values of one staged segment, in fp32.
+__device__ __forceinline__ void load_x(float (&xf)[8], const uint16_t* p) {
+    const uint4 v = *reinterpret_cast<const uint4*>(p);
+    xf[0] = bf_lo(v.x), xf[1] = bf_hi(v.x), xf[2] = bf_lo(v.y), xf[3] = bf_hi(v.y);
+    xf[4] = bf_lo(v.z), xf[5] = bf_hi(v.z), xf[6] = bf_lo(v.w), xf[7] = bf_hi(v.w);
+}
+
+__device__ __forceinline__ float dot8(const float (&w)[8], const float (&x)[8]) {
+    float p = 0.0f;
+#pragma unroll
+    for (int e = 0; e < 8; ++e) p = fmaf(w[e], x[e], p);
+    return p;
+}
+
+}  // namespace mslm::ops::cuda::quant_detail
