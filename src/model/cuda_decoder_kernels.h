@@ -18,7 +18,8 @@
 // double-quantized absmax, ops/cuda/quant_gemv.h's GPU layout): the same prologue and epilogues, and
 // a product that reads 16 bytes of codes per lane load (32 4-bit or 16 int8 weights) and scales by
 // the block's absmax (4-bit, per 32 columns) or the row's scale (int8, once) — the arithmetic of
-// ops::cuda::quant_gemv, so a quantized decode step is one kernel per product as for bf16.
+// ops::cuda::quant_gemv, so a quantized decode step is one kernel per product as for bf16. One row
+// of x (k = 1) on 4-bit codes needs blocks of ≥ 32 columns (decode_gemv_supported says no to 16).
 #pragma once
 #include <cstddef>
 #include <cstdint>
