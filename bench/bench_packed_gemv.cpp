@@ -1,5 +1,7 @@
-// Decoding products (x (M, in) · Wᵀ for M = 1 and 8) against fp32 (core/gemm), bf16 and int8 weights
-// (ops/packed_linear): µs per product and weight GB/s for the 130m shapes, for thread counts.
+// Decoding products (x (M, in) · Wᵀ for M = 1 and 8) against fp32 (core/gemm), bf16, int8, W8A16 and
+// 4-bit NF4 / FP4 weights (ops/packed_linear; 4-bit quantized by bitsandbytes' quantizer, blocks of
+// 64, as `--dtype nf4` packs a model): µs per product and weight GB/s for the 130m shapes, for
+// thread counts.
 // The weights are a 130m model's worth: --layers layers of in_proj 3352×768, out_proj 768×1536 and an
 // MLP 2048×768 + 768×2048, and the LM head 50280×768 (121M parameters at 12 layers: 486 MB in f32,
 // 243 MB in bf16, 121 MB in int8). A pass runs every product in order, as a decoding step does, so
@@ -7,7 +9,7 @@
 // median over passes. "read GB/s" is the yardstick: a streaming sum over a buffer of the same size
 // with the same threads (bench_read_bandwidth's loop), the most a pass could reach, run after each
 // pass so that both see the same load on a shared machine.
-//   bench_packed_gemv [--formats f32,bf16,int8] [--batch 1,8] [--threads 1,2] [--layers 12]
+//   bench_packed_gemv [--formats f32,bf16,int8,w8a16,nf4,fp4] [--batch 1,8] [--threads 1,2] [--layers 12]
 //                     [--min-seconds 1]
 #include <fmt/format.h>
 
@@ -20,10 +22,12 @@
 
 #include "bench/timing.h"
 #include "core/blas_setup.h"
+#include "core/error.h"
 #include "core/gemm.h"
 #include "core/rng.h"
 #include "core/thread_pool.h"
 #include "ops/packed_linear.h"
+#include "quant/bnb.h"
 
 using namespace mslm;
 
@@ -163,7 +167,7 @@ int main(int argc, char** argv) {
             min_seconds = std::atof(argv[++i]);
         else {
             fmt::print(
-                "usage: bench_packed_gemv [--formats f32,bf16,int8] [--batch 1,8] [--threads 1,2] [--layers "
+                "usage: bench_packed_gemv [--formats f32,bf16,int8,w8a16,nf4,fp4] [--batch 1,8] [--threads 1,2] [--layers "
                 "12] "
                 "[--min-seconds 1]\n");
             return a == "--help" || a == "-h" ? 0 : 1;
@@ -188,9 +192,20 @@ int main(int argc, char** argv) {
     for (const auto& fname : bench::split_list(formats)) {
         const ops::WeightFormat format = ops::parse_weight_format(fname);
         for (auto& w : model) {
-            w.packed = format == ops::WeightFormat::F32
-                           ? ops::PackedWeight{}
-                           : ops::pack_weight(w.f32.data(), w.shape.out, w.shape.in, format);
+            if (ops::is_4bit_format(format)) {
+                const quant::Bnb4Type type =
+                    format == ops::WeightFormat::NF4 ? quant::Bnb4Type::NF4 : quant::Bnb4Type::FP4;
+                const quant::Bnb4Quantized q = quant::bnb4_quantize(w.f32, type, 64);
+                w.packed = {};
+                MSLM_CHECK(ops::pack_weight_4bit(w.packed, q.packed.data(), q.absmax.data(),
+                                                 quant::bnb4_code(type).data(), w.shape.out, w.shape.in, 64,
+                                                 false, format),
+                           "bench_packed_gemv: {}x{} does not pack as 4-bit", w.shape.out, w.shape.in);
+            } else {
+                w.packed = format == ops::WeightFormat::F32
+                               ? ops::PackedWeight{}
+                               : ops::pack_weight(w.f32.data(), w.shape.out, w.shape.in, format);
+            }
             w.bytes = format == ops::WeightFormat::F32 ? w.f32.size() * sizeof(float) : w.packed.bytes();
         }
         size_t total = 0;
