@@ -128,6 +128,16 @@ void run_chat(ChatArgs& a) {
     InterruptGuard guard;  // also makes a Ctrl-C at the prompt end read() with EINTR
 
     uint64_t turn = 0;
+    // What slot 0 holds after the last reply: the next turn's prompt usually extends it, and then
+    // only the new tokens are prefilled (generate.h, SlotCache).
+    SlotCache held;
+    // The conversation so far as the model read it: the text rendered up to the end of the last
+    // reply and its tokens (the last prompt's, then the reply's own). A next turn whose rendering
+    // extends that text is the held tokens plus the encoded rest, so the model continues from its
+    // own tokens and the slot's state is reused (re-encoding a reply need not give back the tokens
+    // the model chose); otherwise the whole rendering is encoded.
+    std::string said_text;
+    std::vector<int32_t> said_tokens;
     std::string line;
     for (;;) {
         fmt::print("> ");
@@ -150,6 +160,9 @@ void run_chat(ChatArgs& a) {
                     fmt::print("{}", kHelp);
                 } else if (cmd == "reset") {
                     history.clear();
+                    held.valid = false;
+                    said_text.clear();
+                    said_tokens.clear();
                     if (!a.system.empty()) history.push_back({"system", a.system});
                     fmt::print("(conversation cleared)\n");
                 } else if (cmd == "set") {
@@ -182,8 +195,17 @@ void run_chat(ChatArgs& a) {
 
         history.push_back({"user", line});
         std::vector<int32_t> prompt;
+        std::string rendered;
         try {
-            prompt = tok.encode(tmpl.render(history, true), false);
+            rendered = tmpl.render(history, true);
+            if (!said_tokens.empty() && rendered.size() > said_text.size() &&
+                rendered.compare(0, said_text.size(), said_text) == 0) {
+                prompt = said_tokens;
+                const std::vector<int32_t> rest = tok.encode(rendered.substr(said_text.size()), false);
+                prompt.insert(prompt.end(), rest.begin(), rest.end());
+            } else {
+                prompt = tok.encode(rendered, false);
+            }
         } catch (const Error& e) {
             history.pop_back();
             fmt::print("error: {}\n", e.what());
@@ -201,6 +223,7 @@ void run_chat(ChatArgs& a) {
         GenerateHooks hooks;
         hooks.tokenizer = &tok;
         hooks.default_seed = turn;
+        hooks.cache = &held;
         hooks.on_token = [&](int64_t, int32_t, std::string_view text) {
             reply += text;
             const size_t safe = reply.size() > hold ? reply.size() - hold : 0;
@@ -232,9 +255,26 @@ void run_chat(ChatArgs& a) {
         }
         if (reply.size() > printed) std::fwrite(reply.data() + printed, 1, reply.size() - printed, stdout);
         history.push_back({"assistant", reply});
+        // The reply's tokens as the model chose them (an EOS the template writes as text left out),
+        // kept only where they decode to the reply's text exactly (not after a stop string, nor with
+        // a character cut in half at the end).
+        std::span<const int32_t> reply_tokens(seq.tokens);
+        if (seq.stop_reason == StopReason::Eos && !reply_tokens.empty()) reply_tokens = reply_tokens.first(reply_tokens.size() - 1);
+        if (seq.stop_reason != StopReason::StopString && tok.decode(reply_tokens, true) == reply) {
+            said_text = rendered + reply;
+            said_tokens = prompt;
+            said_tokens.insert(said_tokens.end(), reply_tokens.begin(), reply_tokens.end());
+        } else {
+            said_text.clear();
+            said_tokens.clear();
+        }
         const double tps = res.decode_seconds > 0 ? static_cast<double>(seq.tokens.size()) / res.decode_seconds : 0;
-        fmt::print("\n[{}prompt {} tokens, reply {} tokens, {:.1f} tok/s]\n", res.interrupted ? "interrupted; " : "",
-                   res.prompt_tokens, seq.tokens.size(), tps);
+        const std::string reused =
+            res.reused_prompt_tokens
+                ? fmt::format("; {} of the prompt's tokens held from the last turn", res.reused_prompt_tokens)
+                : "";
+        fmt::print("\n[{}prompt {} tokens, reply {} tokens, {:.1f} tok/s{}]\n", res.interrupted ? "interrupted; " : "",
+                   res.prompt_tokens + res.reused_prompt_tokens, seq.tokens.size(), tps, reused);
     }
     fmt::print("\n");
 }

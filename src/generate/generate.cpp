@@ -124,14 +124,33 @@ GenerationResult run_greedy_or_sample(CausalLM& lm, const std::vector<std::vecto
 
     std::vector<float> logits(static_cast<size_t>(n_seq * V)), stepped;
     auto t0 = Clock::now();
-    lm.start(n_seq, capacity);
-    for (size_t p = 0; p < prompts.size(); ++p) {
-        const int64_t first = static_cast<int64_t>(p) * nrs;
-        lm.prefill(first, prompts[p], logits.data() + first * V, nullptr);
-        res.prompt_tokens += static_cast<int64_t>(prompts[p].size());
-        for (int64_t r = 1; r < nrs; ++r) {
-            lm.copy(first, first + r);
-            std::copy_n(logits.data() + first * V, V, logits.data() + (first + r) * V);
+    // A conversation's next turn: slot 0 already holds a prefix of the prompt.
+    SlotCache* cache = n_seq == 1 ? hooks.cache : nullptr;
+    if (hooks.cache && !cache) hooks.cache->valid = false;
+    const bool reuse = cache && cache->valid && capacity <= cache->capacity &&
+                       cache->tokens.size() < prompts[0].size() &&
+                       std::equal(cache->tokens.begin(), cache->tokens.end(), prompts[0].begin());
+    if (cache) cache->valid = false;  // until this call returns normally
+    if (reuse) {
+        const auto held = static_cast<int64_t>(cache->tokens.size());
+        const std::span<const int32_t> rest(prompts[0].data() + held, prompts[0].size() - static_cast<size_t>(held));
+        lm.prefill(0, rest, logits.data(), nullptr);
+        res.prompt_tokens = static_cast<int64_t>(rest.size());
+        res.reused_prompt_tokens = held;
+        capacity = cache->capacity;
+    } else {
+        // With a cache, room for the whole conversation: the model's max_seq_len, so that later
+        // turns fit the slot as started.
+        if (cache) capacity = std::max(capacity, lm.max_seq_len());
+        lm.start(n_seq, capacity);
+        for (size_t p = 0; p < prompts.size(); ++p) {
+            const int64_t first = static_cast<int64_t>(p) * nrs;
+            lm.prefill(first, prompts[p], logits.data() + first * V, nullptr);
+            res.prompt_tokens += static_cast<int64_t>(prompts[p].size());
+            for (int64_t r = 1; r < nrs; ++r) {
+                lm.copy(first, first + r);
+                std::copy_n(logits.data() + first * V, V, logits.data() + (first + r) * V);
+            }
         }
     }
     res.prefill_seconds = seconds_since(t0);
@@ -175,6 +194,11 @@ GenerationResult run_greedy_or_sample(CausalLM& lm, const std::vector<std::vecto
         for (int64_t i = 0; i < k; ++i) std::copy_n(stepped.data() + i * V, V, logits.data() + slots[i] * V);
     }
     res.decode_seconds = seconds_since(t1);
+    if (cache) {  // slot 0 was fed the prompt and every generated token but the last
+        cache->tokens.assign(live[0].ids.begin(), live[0].ids.end() - (res.sequences[0].tokens.empty() ? 0 : 1));
+        cache->capacity = capacity;
+        cache->valid = true;
+    }
     return res;
 }
 
@@ -471,6 +495,7 @@ GenerationResult generate(CausalLM& lm, const std::vector<std::vector<int32_t>>&
                    cfg.num_return_sequences);
         return run_greedy_or_sample(lm, prompts, cfg, hooks, strategy == Strategy::Sample);
     }
+    if (hooks.cache) hooks.cache->valid = false;  // beam and contrastive search restart the slots
     GenerationResult res;
     res.strategy = strategy;
     LogitsProcessorChain chain(cfg, lm.vocab_size());

@@ -42,10 +42,20 @@ struct GenerationResult {
     Strategy strategy = Strategy::Greedy;
     // num_return_sequences per prompt, prompt by prompt (beam search: best first).
     std::vector<GeneratedSequence> sequences;
-    int64_t prompt_tokens = 0;     // summed over prompts
+    int64_t prompt_tokens = 0;     // summed over prompts: the tokens prefilled
+    int64_t reused_prompt_tokens = 0;  // prompt tokens a SlotCache already held (not prefilled again)
     int64_t generated_tokens = 0;  // tokens the model was stepped on, all slots
     double prefill_seconds = 0, decode_seconds = 0;
     bool interrupted = false;      // on_token asked to stop
+};
+
+// What slot 0 of a CausalLM holds between generate() calls, for a conversation's next turn (chat):
+// the tokens fed to it and the length it was started for. A recurrent state cannot be rewound, so
+// it is reused only when the next prompt extends `tokens` exactly.
+struct SlotCache {
+    std::vector<int32_t> tokens;
+    int64_t capacity = 0;
+    bool valid = false;
 };
 
 struct GenerateHooks {
@@ -57,6 +67,12 @@ struct GenerateHooks {
     std::function<bool(int64_t sequence, int32_t token, std::string_view text)> on_token;
     // Seed for sampling when cfg.seed is unset.
     uint64_t default_seed = 0;
+    // Greedy or sampling with one prompt and one sequence: when the prompt extends what `cache`
+    // says slot 0 holds and fits the length it was started for, only the new tokens are prefilled
+    // (a turn of a conversation costs its own tokens, not the whole history). A fresh start with a
+    // cache is for the model's max_seq_len. Updated on return to what slot 0 then holds; made
+    // invalid for other strategies, shapes or an error.
+    SlotCache* cache = nullptr;
 };
 
 GenerationResult generate(CausalLM& lm, const std::vector<std::vector<int32_t>>& prompts,

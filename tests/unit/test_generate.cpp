@@ -135,6 +135,60 @@ TEST_F(GenerateContract, ClearEmptiesOneSlot) {
     EXPECT_THROW(unstarted.clear(0), Error);
 }
 
+// A conversation's next turn through a SlotCache prefills only its new tokens and gives what a
+// fresh generate() over the whole prompt gives (the same tokens; scores to fp32 rounding, as the
+// held tokens went through the step path instead of one prefill); a prompt that does not extend the
+// held tokens, one that needs a longer start, and beam search all start afresh.
+TEST_F(GenerateContract, SlotCacheContinuesAConversation) {
+    GenerationConfig cfg;
+    cfg.max_new_tokens = 6;
+    SlotCache cache;
+    GenerateHooks hooks;
+    hooks.cache = &cache;
+    const GenerationResult r1 = generate(*lm_, {a_}, cfg, hooks);
+    ASSERT_TRUE(cache.valid);
+    const std::vector<int32_t>& t1 = r1.sequences[0].tokens;
+    ASSERT_FALSE(t1.empty());
+    std::vector<int32_t> held = a_;
+    held.insert(held.end(), t1.begin(), t1.end() - 1);  // the last token was chosen, not fed
+    EXPECT_EQ(cache.tokens, held);
+    EXPECT_EQ(r1.prompt_tokens, static_cast<int64_t>(a_.size()));
+    EXPECT_EQ(r1.reused_prompt_tokens, 0);
+
+    std::vector<int32_t> p2 = a_;
+    p2.insert(p2.end(), t1.begin(), t1.end());
+    p2.insert(p2.end(), {7, 8, 9});
+    const GenerationResult r2 = generate(*lm_, {p2}, cfg, hooks);
+    EXPECT_EQ(r2.reused_prompt_tokens, static_cast<int64_t>(held.size()));
+    EXPECT_EQ(r2.prompt_tokens, static_cast<int64_t>(p2.size() - held.size()));
+    const GenerationResult fresh = generate(*lm_, {p2}, cfg);
+    EXPECT_EQ(r2.sequences[0].tokens, fresh.sequences[0].tokens);
+    ASSERT_EQ(r2.sequences[0].token_scores.size(), fresh.sequences[0].token_scores.size());
+    for (size_t i = 0; i < fresh.sequences[0].token_scores.size(); ++i)
+        EXPECT_NEAR(r2.sequences[0].token_scores[i], fresh.sequences[0].token_scores[i],
+                    1e-4 * (1.0 + std::fabs(fresh.sequences[0].token_scores[i])));
+    EXPECT_TRUE(cache.valid);
+
+    // Not an extension of what slot 0 holds: a fresh start, the same as without the cache.
+    const GenerationResult r3 = generate(*lm_, {b_}, cfg, hooks);
+    EXPECT_EQ(r3.reused_prompt_tokens, 0);
+    EXPECT_EQ(r3.sequences[0].tokens, generate(*lm_, {b_}, cfg).sequences[0].tokens);
+    // A fresh start with a cache is for the model's whole length; an extension that needs more
+    // room than the slot was started with (as if it had been started shorter) starts afresh.
+    EXPECT_EQ(cache.capacity, lm_->max_seq_len());
+    std::vector<int32_t> p4 = cache.tokens;
+    p4.push_back(11);
+    cache.capacity = static_cast<int64_t>(p4.size());
+    const GenerationResult r4 = generate(*lm_, {p4}, cfg, hooks);
+    EXPECT_EQ(r4.reused_prompt_tokens, 0);
+    EXPECT_EQ(r4.sequences[0].tokens, generate(*lm_, {p4}, cfg).sequences[0].tokens);
+    // Beam search restarts the slots: the cache is no longer valid.
+    GenerationConfig beams = cfg;
+    beams.num_beams = 2;
+    generate(*lm_, {a_}, beams, hooks);
+    EXPECT_FALSE(cache.valid);
+}
+
 TEST_F(GenerateContract, SeededSamplingIsReproducible) {
     GenerationConfig cfg;
     cfg.max_new_tokens = 20;
