@@ -282,7 +282,13 @@ BenchReport run_bench(const ModelConfig& cfg_in, const std::string& model_name, 
             row("activations (" + bt + ")", opt_bytes(plan.activations), act_measured);
             row("training total", opt_bytes(plan.total()), train_total_measured);
             row("device memory in use after the train steps", std::nullopt, device_in_use);
-            row("decoder weights (bf16)", opt_bytes(dec.weights), decoder_weights);
+            // CudaCausalLM::plan counts bf16 weights; a quantized decoder holds its packed format
+            // (measured), so the plan is left out for it rather than printed beside the wrong format.
+            const ops::WeightFormat wf = ops::parse_weight_format(o.dtype);
+            const bool quantized = decoder_weights && (wf == ops::WeightFormat::Int8 ||
+                                                       wf == ops::WeightFormat::W8A16 || ops::is_4bit_format(wf));
+            row(quantized ? fmt::format("decoder weights ({})", r.dtype) : std::string("decoder weights (bf16)"),
+                quantized ? std::nullopt : opt_bytes(dec.weights), decoder_weights);
             row(fmt::format("inference state (1 x {})", T), opt_bytes(dec.state), state_measured);
 #endif
         }
