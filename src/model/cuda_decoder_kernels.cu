@@ -709,44 +709,26 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MK == 1 && !Kind<WK>::quant ?
         }
     };
     if constexpr (x32) {
-        // Batch 1, quantized: a ring of kRing rows a warp — each row's loads are issued kRing rows
-        // before it is used. kRing = 1: the next row's loads go out before this row's product. A
-        // ring of 3 measured 8% slower on the H200 (docs/PERFORMANCE.md): bytes in flight are not
-        // what bounds the 4-bit product.
-        constexpr int kRing = 1;
-        Chunk<Kind<WK>::unroll> ring[kRing], ring2[kRing];
-        ring[0] = first;
-        ring2[0] = first2;
-#pragma unroll
-        for (int j = 1; j < kRing; ++j)
-            if (o0 + j * stride < a.O) {
-                load_chunk<WK>(ring[j], a.W, q, bs_log2, o0 + j * stride, int64_t(lane) * cols, I, lim);
-                if (swiglu)
-                    load_chunk<WK>(ring2[j], a.W, q, bs_log2, a.O + o0 + j * stride, int64_t(lane) * cols, I, lim);
+        // Batch 1, quantized: the warp's next row's loads go out before this row's product. (A
+        // ring of 3 rows in flight measured 8% slower on the H200, docs/PERFORMANCE.md: bytes in
+        // flight are not what bounds the 4-bit product.)
+        Chunk<Kind<WK>::unroll> next = first, next2 = first2;
+        for (int64_t o = o0; o < a.O; o += stride) {
+            const Chunk<Kind<WK>::unroll> cur = next, cur2 = next2;
+            if (o + stride < a.O) {
+                load_chunk<WK>(next, a.W, q, bs_log2, o + stride, int64_t(lane) * cols, I, lim);
+                if (swiglu) load_chunk<WK>(next2, a.W, q, bs_log2, a.O + o + stride, int64_t(lane) * cols, I, lim);
             }
-        for (int64_t ob = o0; ob < a.O; ob += kRing * stride) {
-#pragma unroll
-            for (int j = 0; j < kRing; ++j) {
-                const int64_t o = ob + j * stride;
-                if (o >= a.O) break;
-                const Chunk<Kind<WK>::unroll> cur = ring[j], cur2 = ring2[j];
-                if (o + kRing * stride < a.O) {
-                    load_chunk<WK>(ring[j], a.W, q, bs_log2, o + kRing * stride, int64_t(lane) * cols, I, lim);
-                    if (swiglu)
-                        load_chunk<WK>(ring2[j], a.W, q, bs_log2, a.O + o + kRing * stride, int64_t(lane) * cols, I,
-                                       lim);
-                }
-                float v = dot_row_x32<WK>(a.W, q, bs_log2, o, xf_at, I, lim, lane, cur, jo, book);
-                float v2 = swiglu ? dot_row_x32<WK>(a.W, q, bs_log2, a.O + o, xf_at, I, lim, lane, cur2, jo, book)
-                                  : 0.0f;
-                v = warp_sum(v);
-                if (swiglu) v2 = warp_sum(v2);
-                if constexpr (WK == WeightKind::I8) {
-                    v *= cur.row_scale;
-                    v2 *= cur2.row_scale;
-                }
-                if (lane == 0) finish(0, o, v, v2);
+            float v = dot_row_x32<WK>(a.W, q, bs_log2, o, xf_at, I, lim, lane, cur, jo, book);
+            float v2 =
+                swiglu ? dot_row_x32<WK>(a.W, q, bs_log2, a.O + o, xf_at, I, lim, lane, cur2, jo, book) : 0.0f;
+            v = warp_sum(v);
+            if (swiglu) v2 = warp_sum(v2);
+            if constexpr (WK == WeightKind::I8) {
+                v *= cur.row_scale;
+                v2 *= cur2.row_scale;
             }
+            if (lane == 0) finish(0, o, v, v2);
         }
         return;
     }

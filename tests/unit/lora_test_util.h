@@ -13,6 +13,41 @@
 
 namespace mslm::test {
 
+// Mamba-2 + attention (GQA, partial RoPE) + SwiGLU: Bamba's module names, q/k/v and gate/up
+// fused. d_model, head_dim and d_ff are the caller's (QLoRA wants rows that hold whole and partial
+// blocks of 64).
+inline ModelConfig lora_hybrid_config(int64_t d_model, int64_t head_dim, int64_t d_ff) {
+    ModelConfig c;
+    c.vocab_size = 17;
+    c.d_model = d_model;
+    c.n_layers = 2;
+    c.layers = parse_layer_pattern("MA");
+    c.mamba.version = 2;
+    c.mamba.d_state = 4;
+    c.mamba.head_dim = head_dim;
+    c.mamba.n_groups = 2;
+    c.mamba.chunk_size = 4;
+    c.attention.n_heads = 4;
+    c.attention.n_kv_heads = 2;
+    c.attention.rotary_dim = 2;
+    c.mlp = {MlpKind::SwiGLU, d_ff, false};
+    c.max_seq_len = 32;
+    return c;
+}
+
+// The same widths as Mamba-1 with Jamba's dt/B/C norms + attention without positions + SwiGLU,
+// untied head: Jamba's names, in_proj / x_proj / dt_proj / out_proj.
+inline ModelConfig lora_jamba_config(ModelConfig c) {
+    c.layers = parse_layer_pattern("AM");
+    c.mamba.version = 1;
+    c.mamba.d_state = 3;
+    c.mamba.dt_rank = 2;
+    c.mamba.dt_bc_norm = true;
+    c.attention.position = PositionKind::None;
+    c.tie_embeddings = false;
+    return c;
+}
+
 template <typename T>
 std::unique_ptr<HybridLM<T>> make_model(const ModelConfig& c, uint64_t seed) {
     auto m = std::make_unique<HybridLM<T>>(c);

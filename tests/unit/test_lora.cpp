@@ -21,38 +21,13 @@ using namespace mslm;
 
 namespace {
 
-// Mamba-2 + attention (GQA, partial RoPE) + SwiGLU: Bamba's module names, q/k/v and gate/up fused.
+// Bamba-named and Jamba-named adapters (lora_test_util.h) at d_model 8.
 ModelConfig hybrid_config() {
-    ModelConfig c;
-    c.vocab_size = 17;
-    c.d_model = 8;
-    c.n_layers = 2;
-    c.layers = parse_layer_pattern("MA");
-    c.mamba.version = 2;
-    c.mamba.d_state = 4;
-    c.mamba.head_dim = 4;
-    c.mamba.n_groups = 2;
-    c.mamba.chunk_size = 4;
-    c.attention.n_heads = 4;
-    c.attention.n_kv_heads = 2;
-    c.attention.rotary_dim = 2;
-    c.mlp = {MlpKind::SwiGLU, 6, false};
-    c.max_seq_len = 32;
-    return c;
+    return test::lora_hybrid_config(8, 4, 6);
 }
 
-// Mamba-1 with Jamba's dt/B/C norms + attention without positions + SwiGLU: Jamba's names,
-// in_proj / x_proj / dt_proj / out_proj.
 ModelConfig jamba_config() {
-    ModelConfig c = hybrid_config();
-    c.layers = parse_layer_pattern("AM");
-    c.mamba.version = 1;
-    c.mamba.d_state = 3;
-    c.mamba.dt_rank = 2;
-    c.mamba.dt_bc_norm = true;
-    c.attention.position = PositionKind::None;
-    c.tie_embeddings = false;
-    return c;
+    return test::lora_jamba_config(hybrid_config());
 }
 
 using test::lora_config;
