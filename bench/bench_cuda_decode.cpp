@@ -1,9 +1,14 @@
 // GPU inference throughput of the stateful decoder (model/cuda_inference.h) through the CausalLM
-// interface that generate() uses — every step's fp32 logits come back to the host, as they do in
-// generation: prefill tokens/s for one prompt of T tokens, and decode tokens/s at batch 1 and at
-// batch B (aggregate). Random weights: the speed does not depend on them. Prints a markdown table.
+// interface that generate() uses: prefill tokens/s for one prompt of T tokens, and decode tokens/s
+// at batch 1 and at batch B (aggregate). Random weights: the speed does not depend on them. Prints a
+// markdown table.
 //   bench_cuda_decode [--presets 130m,30m,mamba2-130m,mamba-130m] [--prompt 2048] [--steps 256]
-//                     [--batch 64] [--min-seconds 2]
+//                     [--batch 64] [--min-seconds 2] [--logits greedy] [--profile-step -1]
+// --logits: greedy (the default) steps as greedy generate() does (CausalLM::step_greedy: the pick
+// made on the GPU, 16 bytes a row back); 1 brings every step's fp32 logits back (sampling, beam
+// search, logits processors); 0 neither (the step alone).
+// --profile-step N wraps decode step N of each measured round (and the second prefill) in
+// cudaProfilerStart/Stop, so `ncu --profile-from-start off` times exactly those kernels.
 // "bytes/token" is what one batch-1 step must read at least: every bf16 weight once, plus each
 // Mamba layer's state read and written (conv window bf16, SSM state fp32) and the attention layers'
 // KV rows of the prompt; "limit tok/s" is the H200's ~4.3 TB/s copy bandwidth over it.
@@ -14,6 +19,10 @@
 #include <cstdio>
 #include <string>
 #include <vector>
+
+#ifdef MSLM_HAVE_CUDA
+#include <cuda_profiler_api.h>
+#endif
 
 #include "bench/timing.h"
 #include "core/cuda_device.h"
@@ -29,6 +38,8 @@ int main(int argc, char** argv) {
     std::string presets = "130m,30m,mamba2-130m,mamba-130m";
     int64_t prompt_arg = 2048, steps = 256, batch = 64;
     double min_seconds = 2.0;
+    std::string logits_mode = "greedy";
+    int64_t profile_step = -1;
     for (int i = 1; i < argc; ++i) {
         auto next = [&] {
             if (i + 1 >= argc) {
@@ -48,15 +59,23 @@ int main(int argc, char** argv) {
             batch = std::stoll(next());
         else if (a == "--min-seconds")
             min_seconds = std::stod(next());
+        else if (a == "--logits")
+            logits_mode = next();
+        else if (a == "--profile-step")
+            profile_step = std::stoll(next());
         else {
             fmt::print(
                 "usage: bench_cuda_decode [--presets a,b] [--prompt 2048] [--steps 256] [--batch 64] "
-                "[--min-seconds S]\n");
+                "[--min-seconds S] [--logits greedy|1|0] [--profile-step N]\n");
             return a == "--help" || a == "-h" ? 0 : 1;
         }
     }
+    if (logits_mode != "greedy" && logits_mode != "1" && logits_mode != "0") {
+        fmt::print(stderr, "--logits: expected greedy, 1 or 0, got \"{}\"\n", logits_mode);
+        return 1;
+    }
 #ifndef MSLM_HAVE_CUDA
-    (void)prompt_arg, (void)steps, (void)batch, (void)min_seconds;
+    (void)prompt_arg, (void)steps, (void)batch, (void)min_seconds, (void)logits_mode, (void)profile_step;
     fmt::print("bench_cuda_decode: built without CUDA\n");
     return 0;
 #else
@@ -65,8 +84,11 @@ int main(int argc, char** argv) {
         return 0;
     }
     const char* graphs = std::getenv("MSLM_CUDA_GRAPHS");
-    fmt::print("# mamba-slm bench_cuda_decode, {}; CUDA graphs {}\n", cuda_device_summary(),
-               graphs && std::string(graphs) == "0" ? "off" : "on");
+    fmt::print("# mamba-slm bench_cuda_decode, {}; CUDA graphs {}; each step {}\n", cuda_device_summary(),
+               graphs && std::string(graphs) == "0" ? "off" : "on",
+               logits_mode == "greedy" ? "picks its greedy tokens on the GPU"
+               : logits_mode == "0"    ? "downloads nothing"
+                                       : "downloads its logits");
     fmt::print(
         "| preset | params | prompt | prefill tok/s | decode b=1 tok/s | b=1 ms/token | decode b={} tok/s | "
         "bytes/token (b=1) | limit tok/s @4.3TB/s | of limit |\n",
@@ -85,10 +107,14 @@ int main(int argc, char** argv) {
         std::vector<float> logits(static_cast<size_t>(batch * V));
 
         gpu.start(1, prompt + steps);
+        int prefills = 0;
         const double prefill = bench::time_per_call(
             [&] {
                 gpu.start(1, prompt + steps);
+                const bool profiled = profile_step >= 0 && ++prefills == 2;
+                if (profiled) cudaProfilerStart();
                 gpu.prefill(0, ids, logits.data(), nullptr);
+                if (profiled) cudaProfilerStop();
             },
             min_seconds);
 
@@ -96,6 +122,7 @@ int main(int argc, char** argv) {
         auto decode = [&](int64_t k) {
             std::vector<int64_t> slots(k);
             std::vector<int32_t> toks(k);
+            std::vector<GreedyPick> picks(k);
             for (int64_t s = 0; s < k; ++s) slots[s] = s;
             double elapsed = 0;
             int64_t done = 0;
@@ -106,7 +133,13 @@ int main(int argc, char** argv) {
                 const auto t0 = std::chrono::steady_clock::now();
                 for (int64_t t = 0; t < steps - 16; ++t) {
                     for (auto& x : toks) x = static_cast<int32_t>(rng.below(V));
-                    gpu.step(slots, toks, logits.data(), nullptr);
+                    const bool profiled = round == 1 && t == profile_step;
+                    if (profiled) cudaProfilerStart();
+                    if (logits_mode == "greedy")
+                        gpu.step_greedy(slots, toks, picks.data());
+                    else
+                        gpu.step(slots, toks, logits_mode == "0" ? nullptr : logits.data(), nullptr);
+                    if (profiled) cudaProfilerStop();
                 }
                 const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
                 if (round > 0) {  // round 0 warms up (algorithm choice, graph capture)

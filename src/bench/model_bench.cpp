@@ -14,6 +14,7 @@
 #include "core/rng.h"
 #include "core/thread_pool.h"
 #include "generate/lm.h"
+#include "generate/processors.h"
 #include "model/cuda_inference.h"
 #include "model/cuda_model.h"
 #include "model/flops.h"
@@ -245,10 +246,12 @@ BenchReport run_bench(const ModelConfig& cfg_in, const std::string& model_name, 
             for (int64_t s = 0; s < k; ++s) lm->prefill(s, prompt, logits.data(), nullptr);
             std::vector<int64_t> slots(static_cast<size_t>(k));
             for (int64_t s = 0; s < k; ++s) slots[s] = s;
-            std::vector<int32_t> tokens(static_cast<size_t>(k));
+            std::vector<int32_t> tokens(static_cast<size_t>(k), argmax_token(std::span<const float>(logits.data(),
+                                                                                                  static_cast<size_t>(V))));
+            std::vector<GreedyPick> picks(static_cast<size_t>(k));
             auto one = [&] {
-                for (auto& x : tokens) x = static_cast<int32_t>(rng.below(static_cast<uint64_t>(V)));
-                lm->step(slots, tokens, logits.data(), nullptr);
+                lm->step_greedy(slots, tokens, picks.data());
+                for (int64_t s = 0; s < k; ++s) tokens[static_cast<size_t>(s)] = picks[static_cast<size_t>(s)].token;
             };
             const double sec = mean_seconds(one, warmup, static_cast<int>(decode_tokens), progress,
                                             fmt::format("decode b={}", k));

@@ -3,8 +3,10 @@
 //            B × T random tokens: tokens/s, ms/step, model FLOPs (model/flops.h) and on a GPU the
 //            MFU against a stated peak;
 //   prefill  one prompt of T tokens through the decoder (CausalLM::prefill): tokens/s;
-//   decode   k slots after a short prompt, one token each per step (CausalLM::step, logits back to
-//            the host as in generation): aggregate tokens/s for each k;
+//   decode   k slots after a short prompt, greedy: each step feeds every slot the token picked
+//            from its last logits (CausalLM::step_greedy, as generate() runs greedy decoding
+//            without logits processors; on a GPU the pick is made there): aggregate tokens/s for
+//            each k;
 //   memory   parameters, gradients, optimizer state, activations and inference state as planned
 //            (model/info.h on the CPU, CudaHybridLM::training_memory and CudaCausalLM::plan on the
 //            GPU) beside what the built objects hold, and the process's (CPU) or device's (GPU)

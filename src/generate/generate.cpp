@@ -30,14 +30,6 @@ void log_softmax_row(std::span<float> row) {
     for (float& x : row) x = x - mx - log_sum;
 }
 
-// log-softmax of `row` at `token`, without changing the row.
-double log_prob_of(std::span<const float> row, int32_t token) {
-    float mx = -INFINITY;
-    for (float x : row) mx = std::max(mx, x);
-    double sum = 0;
-    for (float x : row) sum += std::exp(static_cast<double>(x) - mx);
-    return static_cast<double>(row[token]) - mx - std::log(sum);
-}
 
 // Indices of the k largest values, largest first; ties go to the lower index.
 std::vector<int64_t> top_k_indices(std::span<const float> values, int64_t k) {
@@ -158,19 +150,32 @@ GenerationResult run_greedy_or_sample(CausalLM& lm, const std::vector<std::vecto
     auto t1 = Clock::now();
     std::vector<int64_t> slots;
     std::vector<int32_t> tokens;
+    // Greedy without logits processors needs only each row's pick: the model makes it
+    // (CausalLM::step_greedy; on a GPU, on the device) and the logits stay where they are.
+    const bool picks_only = !sample && chain.names().empty();
+    std::vector<GreedyPick> picks(static_cast<size_t>(n_seq)), stepped_picks;
+    bool picked = false;  // picks hold the rows of the last step (else: the logits)
     while (true) {
         slots.clear();
         tokens.clear();
         for (int64_t s = 0; s < n_seq; ++s) {
             Live& q = live[s];
             if (!q.active) continue;
-            std::span<float> row(logits.data() + s * V, static_cast<size_t>(V));
-            chain.apply(row, q.ids, q.prompt_len);
-            const int32_t tok = sample ? sample_token(row, q.rng) : argmax_token(row);
+            GreedyPick pick;
+            if (picked) {
+                pick = picks[static_cast<size_t>(s)];
+            } else {
+                std::span<float> row(logits.data() + s * V, static_cast<size_t>(V));
+                chain.apply(row, q.ids, q.prompt_len);
+                pick.token = sample ? sample_token(row, q.rng) : argmax_token(row);
+                pick.logit = row[pick.token];
+                pick.log_prob = log_prob_of(row, pick.token);
+            }
+            const int32_t tok = pick.token;
             GeneratedSequence& out = res.sequences[s];
             out.tokens.push_back(tok);
-            out.token_scores.push_back(row[tok]);
-            out.score += log_prob_of(row, tok);
+            out.token_scores.push_back(pick.logit);
+            out.score += pick.log_prob;
             q.ids.push_back(tok);
             std::string delta = q.text.push(tok);
             const StopReason why = q.stop.update(tok, delta);
@@ -188,10 +193,17 @@ GenerationResult run_greedy_or_sample(CausalLM& lm, const std::vector<std::vecto
         }
         if (slots.empty() || res.interrupted) break;
         const auto k = static_cast<int64_t>(slots.size());
-        stepped.resize(static_cast<size_t>(k * V));
-        lm.step(slots, tokens, stepped.data(), nullptr);
+        if (picks_only) {
+            stepped_picks.resize(static_cast<size_t>(k));
+            lm.step_greedy(slots, tokens, stepped_picks.data());
+            for (int64_t i = 0; i < k; ++i) picks[static_cast<size_t>(slots[i])] = stepped_picks[static_cast<size_t>(i)];
+            picked = true;
+        } else {
+            stepped.resize(static_cast<size_t>(k * V));
+            lm.step(slots, tokens, stepped.data(), nullptr);
+            for (int64_t i = 0; i < k; ++i) std::copy_n(stepped.data() + i * V, V, logits.data() + slots[i] * V);
+        }
         res.generated_tokens += k;
-        for (int64_t i = 0; i < k; ++i) std::copy_n(stepped.data() + i * V, V, logits.data() + slots[i] * V);
     }
     res.decode_seconds = seconds_since(t1);
     if (cache) {  // slot 0 was fed the prompt and every generated token but the last

@@ -3,8 +3,26 @@
 #include <algorithm>
 
 #include "core/error.h"
+#include "generate/processors.h"
 
 namespace mslm {
+
+GreedyPick greedy_pick(std::span<const float> logits) {
+    GreedyPick p;
+    p.token = argmax_token(logits);
+    p.logit = logits[static_cast<size_t>(p.token)];
+    p.log_prob = log_prob_of(logits, p.token);
+    return p;
+}
+
+void CausalLM::step_greedy(std::span<const int64_t> slots, std::span<const int32_t> tokens, GreedyPick* picks) {
+    const int64_t V = vocab_size();
+    greedy_logits_.resize(slots.size() * static_cast<size_t>(V));
+    step(slots, tokens, greedy_logits_.data(), nullptr);
+    for (size_t i = 0; i < slots.size(); ++i)
+        picks[i] = greedy_pick(std::span<const float>(greedy_logits_.data() + i * static_cast<size_t>(V),
+                                                      static_cast<size_t>(V)));
+}
 
 void HybridCausalLM::start(int64_t slots, int64_t max_len) {
     if (!state_ || state_->slots() != slots || state_->max_len() != max_len) {

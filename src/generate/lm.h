@@ -12,6 +12,15 @@
 
 namespace mslm {
 
+// Greedy decoding's choice from one row of logits: the first index of the largest (argmax_token),
+// that logit, and its log-softmax (log_prob_of) — all a greedy step without logits processors needs.
+struct GreedyPick {
+    int32_t token = 0;
+    float logit = 0;
+    double log_prob = 0;
+};
+GreedyPick greedy_pick(std::span<const float> logits);
+
 class CausalLM {
 public:
     virtual ~CausalLM() = default;
@@ -26,12 +35,19 @@ public:
     // One token for each listed slot. logits (k, V); hidden (k, D) or null.
     virtual void step(std::span<const int64_t> slots, std::span<const int32_t> tokens, float* logits,
                       float* hidden) = 0;
+    // step(), then each row's greedy pick instead of its logits. This default picks on the host from
+    // step()'s logits; a GPU decoder picks on the device and brings back 16 bytes a row, not V floats
+    // (CudaCausalLM: the logits' download was half the batch-64 step on an H200).
+    virtual void step_greedy(std::span<const int64_t> slots, std::span<const int32_t> tokens, GreedyPick* picks);
     // Slot i takes what slot src[i] held (src.size() == slots; repeats allowed).
     virtual void reorder(std::span<const int64_t> src) = 0;
     virtual void copy(int64_t src_slot, int64_t dst_slot) = 0;
     // `slot` back to the empty sequence, the other slots untouched: a new prompt in a started
     // model without start()'s reallocation (a server's free slot, chat's /reset, a benchmark).
     virtual void clear(int64_t slot) = 0;
+
+private:
+    std::vector<float> greedy_logits_;  // step_greedy's (k, V) scratch
 };
 
 // CausalLM over a HybridLM<float> and its InferenceState.

@@ -423,6 +423,14 @@ int32_t argmax_token(std::span<const float> logits) {
     return static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
 }
 
+double log_prob_of(std::span<const float> logits, int32_t token) {
+    float mx = -INFINITY;
+    for (float x : logits) mx = std::max(mx, x);
+    double sum = 0;
+    for (float x : logits) sum += std::exp(static_cast<double>(x) - mx);
+    return static_cast<double>(logits[static_cast<size_t>(token)]) - mx - std::log(sum);
+}
+
 int32_t sample_token(std::span<const float> logits, Rng& rng) {
     for (float x : logits) {
         MSLM_CHECK(!std::isnan(x) && x != std::numeric_limits<float>::infinity(), "sampling: a logit is {}",

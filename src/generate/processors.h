@@ -108,6 +108,8 @@ private:
 
 // The first index of the largest logit (torch.argmax's choice); greedy decoding.
 int32_t argmax_token(std::span<const float> logits);
+// log-softmax of logits at token (max-shifted, the sum of exponentials in double), logits unchanged.
+double log_prob_of(std::span<const float> logits, int32_t token);
 // Draws a token from softmax(logits) with one rng.uniform(); −inf logits are never drawn. Throws
 // when no token is left (every logit −inf) or a logit is NaN.
 int32_t sample_token(std::span<const float> logits, Rng& rng);

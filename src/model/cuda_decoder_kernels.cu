@@ -297,6 +297,114 @@ void attention_decode_split(uint16_t* out, const uint16_t* q, int64_t ld_q, cons
            s, "attention_combine", out, static_cast<const float*>(workspace), int(Hq), int(Dh), int(S));
 }
 
+namespace {
+
+constexpr int kPickThreads = 256, kPickPer = 8;
+
+// (value, index) of a first maximum: the larger value, the lower index among equals; index −1 means
+// none yet.
+__device__ __forceinline__ void take_max(float& best, int64_t& at, float v, int64_t i) {
+    if (i >= 0 && (at < 0 || v > best || (v == best && i < at))) best = v, at = i;
+}
+
+// Grid (splits, k): block (s, i) reads columns [s · chunk, (s + 1) · chunk) of row i — their first
+// maximum, then Σ exp(x − that maximum) in double — and writes them to part; the row's last block
+// to finish (a counter per row, back to 0 after) merges the splits: the first maximum overall, and
+// Σ_s sum_s · exp(max_s − max) (a split of only −inf adds 0).
+__global__ void __launch_bounds__(kPickThreads)
+    greedy_pick_kernel(const float* __restrict__ logits, int64_t V, int64_t chunk, GreedyPart* __restrict__ part,
+                       unsigned* __restrict__ done, double* __restrict__ log_prob, float* __restrict__ logit,
+                       int32_t* __restrict__ token) {
+    __shared__ float best_s[kPickThreads / 32];
+    __shared__ int64_t index_s[kPickThreads / 32];
+    __shared__ double sum_s[kPickThreads / 32];
+    __shared__ bool last;
+    pdl_trigger();
+    pdl_wait();
+    const int64_t i = blockIdx.y, split = blockIdx.x, splits = gridDim.x;
+    const float* row = logits + i * V;
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    const int64_t c0 = split * chunk, c1 = c0 + chunk < V ? c0 + chunk : V;
+    // The thread's columns (≤ kPickPer: chunk ≤ kPickThreads · kPickPer), every load issued first.
+    float x[kPickPer];
+#pragma unroll
+    for (int j = 0; j < kPickPer; ++j) {
+        const int64_t c = c0 + threadIdx.x + int64_t(j) * kPickThreads;
+        x[j] = c < c1 ? row[c] : -INFINITY;
+    }
+    float best = -INFINITY;
+    int64_t at = -1;
+#pragma unroll
+    for (int j = 0; j < kPickPer; ++j) {
+        const int64_t c = c0 + threadIdx.x + int64_t(j) * kPickThreads;
+        if (c < c1) take_max(best, at, x[j], c);
+    }
+    auto warp_max = [&] {
+        for (int off = 16; off > 0; off /= 2) {
+            const float ob = __shfl_xor_sync(0xffffffffu, best, off);
+            const int64_t oi = __shfl_xor_sync(0xffffffffu, at, off);
+            take_max(best, at, ob, oi);
+        }
+    };
+    warp_max();
+    if (lane == 0) best_s[warp] = best, index_s[warp] = at;
+    __syncthreads();
+    best = -INFINITY, at = -1;
+    for (int w = 0; w < kPickThreads / 32; ++w) take_max(best, at, best_s[w], index_s[w]);
+    double sum = 0;
+    if (best != -INFINITY)
+#pragma unroll
+        for (int j = 0; j < kPickPer; ++j) sum += exp(double(x[j]) - double(best));  // −inf pads add 0
+    for (int off = 16; off > 0; off /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, off);
+    if (lane == 0) sum_s[warp] = sum;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        double total = 0;
+        for (int w = 0; w < kPickThreads / 32; ++w) total += sum_s[w];
+        part[i * splits + split] = GreedyPart{total, at, best};
+        __threadfence();
+        last = atomicAdd(done + i, 1u) == unsigned(splits) - 1;
+    }
+    __syncthreads();
+    if (!last || warp != 0) return;
+    // The row's last block: warp 0 merges the splits, loads bypassing L1.
+    __threadfence();
+    const GreedyPart* p = part + i * splits;
+    float mx = -INFINITY;
+    int64_t arg = -1;
+    for (int64_t s = lane; s < splits; s += 32) take_max(mx, arg, __ldcg(&p[s].max), __ldcg(&p[s].at));
+    best = mx, at = arg;
+    warp_max();
+    mx = best, arg = at;
+    double total = 0;
+    for (int64_t s = lane; s < splits; s += 32) {
+        const float m = __ldcg(&p[s].max);
+        if (m != -INFINITY) total += __ldcg(&p[s].sum) * exp(double(m) - double(mx));
+    }
+    for (int off = 16; off > 0; off /= 2) total += __shfl_xor_sync(0xffffffffu, total, off);
+    if (lane == 0) {
+        token[i] = int32_t(arg);
+        logit[i] = row[arg];
+        log_prob[i] = double(row[arg]) - double(mx) - log(total);
+        done[i] = 0;
+    }
+}
+
+}  // namespace
+
+int64_t greedy_pick_splits(int64_t V) {
+    return std::max<int64_t>(1, (V + kPickThreads * kPickPer - 1) / (kPickThreads * kPickPer));
+}
+
+void greedy_pick(const float* logits, int64_t k, int64_t V, GreedyPart* part, unsigned* done, double* log_prob,
+                 float* logit, int32_t* token, void* stream) {
+    if (k <= 0) return;
+    MSLM_CHECK(k <= 65535 && V >= 1 && V <= (int64_t(1) << 40), "greedy_pick: {} rows of {} logits", k, V);
+    const int64_t splits = greedy_pick_splits(V), chunk = (V + splits - 1) / splits;
+    launch(greedy_pick_kernel, dim3(unsigned(splits), unsigned(k)), dim3(kPickThreads), 0, stream, "greedy_pick",
+           logits, V, chunk, part, done, log_prob, logit, token);
+}
+
 void gather_blocks(void* dst, const void* src, const int64_t* idx, int64_t n, size_t block_bytes, void* stream) {
     if (n <= 0 || block_bytes == 0) return;
     MSLM_CHECK(block_bytes % 2 == 0 && n <= 65535, "gather_blocks: {} blocks of {} bytes", n, block_bytes);

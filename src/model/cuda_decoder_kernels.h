@@ -77,6 +77,21 @@ void attention_decode_split(uint16_t* out, const uint16_t* q, int64_t ld_q, cons
                             int64_t cache_len, int64_t Hq, int64_t Hkv, int64_t Dh, float scale, int64_t window,
                             bool alibi, float* workspace, void* stream);
 
+// Greedy decoding's pick from k rows of V fp32 logits, on the device: token[i] the first index of
+// row i's largest logit (generate/processors.h argmax_token), logit[i] that logit, log_prob[i] its
+// log-softmax (max-shifted, Σ exp in double, as generate's host path; the sum is taken over
+// greedy_pick_splits(V) column ranges, each scaled to the row's maximum, so it agrees with the
+// host's to double rounding). part: k · splits entries; done: k counters, zero before the first
+// call (each call leaves them zero).
+struct GreedyPart {
+    double sum;
+    int64_t at;
+    float max;
+};
+int64_t greedy_pick_splits(int64_t V);
+void greedy_pick(const float* logits, int64_t k, int64_t V, GreedyPart* part, unsigned* done, double* log_prob,
+                 float* logit, int32_t* token, void* stream);
+
 size_t decode_gemv_smem(const DecodeGemv& a);  // bytes of shared memory one block stages
 bool decode_gemv_supported(const DecodeGemv& a);
 void decode_gemv(const DecodeGemv& a, void* stream);

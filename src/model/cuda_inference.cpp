@@ -181,7 +181,7 @@ struct CudaCausalLM::Impl {
     size_t scratch_bytes = 0;
     int64_t rows = 0;  // scratch capacity
     // Scratch buffers.
-    int64_t* slots = nullptr;  // (rows) then pos (rows) then ids (rows): one upload
+    int64_t* slots = nullptr;  // (slots) then pos (slots) then ids (rows): one upload
     int64_t* pos = nullptr;
     int32_t* ids = nullptr;
     bf16 *res = nullptr, *ln = nullptr, *tmp = nullptr, *proj = nullptr, *xin = nullptr, *conv_out = nullptr;
@@ -189,12 +189,16 @@ struct CudaCausalLM::Impl {
     bf16 *h = nullptr, *a = nullptr, *hf = nullptr, *kt = nullptr, *vt = nullptr, *bc_in = nullptr, *bc = nullptr;
     float *mean = nullptr, *rstd = nullptr, *g_rstd = nullptr, *lse = nullptr, *logits = nullptr;
     float* attn_ws = nullptr;  // the split decode attention's partials
+    char* picks = nullptr;     // greedy picks of the step's rows: [log_prob double | logit float | token int32]
+    cuda_decoder_detail::GreedyPart* pick_part = nullptr;  // (slots, splits) partials
+    unsigned* pick_done = nullptr;                         // (slots) counters, zeroed by start()
     void* ws = nullptr;
     // Pinned host staging: [slots | pos | ids] as on the device, the logits and the hidden rows.
     char* host = nullptr;
     size_t host_bytes = 0;
     float* host_logits = nullptr;
     bf16* host_hidden = nullptr;
+    char* host_picks = nullptr;
 
     bool graphs = true;
     bool fused = true;  // decode_gemv for the step's products (MSLM_DECODE_FUSED=0: cuBLASLt + separate kernels)
@@ -280,16 +284,27 @@ struct CudaCausalLM::Impl {
 
 namespace {
 
+// The pinned staging area's [slots | pos | ids] part, rounded to 16 bytes.
+size_t staging_bytes(int64_t slots, int64_t rows) {
+    return (2 * sizeof(int64_t) * static_cast<size_t>(slots) + sizeof(int32_t) * static_cast<size_t>(rows) + 15) /
+           16 * 16;
+}
+
+// A greedy pick's bytes on the device: log-softmax (double), logit (float), token (int32).
+constexpr int64_t kPickBytes = sizeof(double) + sizeof(float) + sizeof(int32_t);
+
 // Scratch of one layer for `rows` rows, every buffer the prefill or the step needs.
 template <typename Impl>
 void carve_scratch(Carver& cv, Impl& m, const ModelConfig& cfg, int64_t rows, int64_t wrap, int64_t slots,
                    int64_t max_len) {
     const Widths w(cfg);
     const int64_t N = rows;
-    cv.take(m.slots, 3 * N);  // [slots | pos | ids], uploaded at once from the same host layout
+    // [slots (slots) | pos (slots) | ids (rows)], uploaded at once from the same host layout: a step
+    // of k rows sends 16 · slots + 4 · k bytes.
+    cv.take(m.slots, 2 * slots + (N + 1) / 2);
     if (m.slots) {
-        m.pos = m.slots + N;
-        m.ids = reinterpret_cast<int32_t*>(m.slots + 2 * N);
+        m.pos = m.slots + slots;
+        m.ids = reinterpret_cast<int32_t*>(m.slots + 2 * slots);
     }
     cv.take(m.res, N * w.D);
     cv.take(m.ln, N * w.D);
@@ -323,6 +338,9 @@ void carve_scratch(Carver& cv, Impl& m, const ModelConfig& cfg, int64_t rows, in
     cv.take(m.h, mlp ? N * (cfg.mlp.kind == MlpKind::SwiGLU ? 2 : 1) * w.F : 0);
     cv.take(m.a, mlp ? N * w.F : 0);
     cv.take(m.logits, std::max<int64_t>(slots, 1) * w.V);
+    cv.take(m.picks, std::max<int64_t>(slots, 1) * kPickBytes);
+    cv.take(m.pick_part, std::max<int64_t>(slots, 1) * cuda_decoder_detail::greedy_pick_splits(w.V));
+    cv.take(m.pick_done, std::max<int64_t>(slots, 1));
     size_t ws = 0;
     if (cfg.count(LayerKind::Mamba) && cfg.mamba.version == 2)
         ws = kc::ssd_forward_workspace_bytes(
@@ -745,15 +763,17 @@ void CudaCausalLM::start(int64_t slots, int64_t max_len) {
     m.scratch = static_cast<char*>(m.alloc->allocate(m.scratch_bytes));
     Carver place{m.scratch};
     carve_scratch(place, m, cfg_, m.rows, wrap, slots, max_len);
+    check(cudaMemsetAsync(m.pick_done, 0, sizeof(unsigned) * static_cast<size_t>(S), m.stream), "zero counters");
 
-    m.host_bytes = 3 * sizeof(int64_t) * static_cast<size_t>(m.rows) +
+    m.host_bytes = staging_bytes(S, m.rows) +
                    sizeof(float) * static_cast<size_t>(S * cfg_.vocab_size) +
-                   sizeof(bf16) * static_cast<size_t>(m.rows * cfg_.d_model);
+                   sizeof(bf16) * static_cast<size_t>(m.rows * cfg_.d_model) + static_cast<size_t>(S * kPickBytes);
     void* host = nullptr;
     check(cudaMallocHost(&host, m.host_bytes), "cudaMallocHost");
     m.host = static_cast<char*>(host);
-    m.host_logits = reinterpret_cast<float*>(m.host + 3 * sizeof(int64_t) * m.rows);
+    m.host_logits = reinterpret_cast<float*>(m.host + staging_bytes(S, m.rows));
     m.host_hidden = reinterpret_cast<bf16*>(m.host_logits + S * cfg_.vocab_size);
+    m.host_picks = reinterpret_cast<char*>(m.host_hidden + m.rows * cfg_.d_model);
     // The persistent step stages bf16 weights; a quantized model steps with the per-op kernels.
     if (m.persistent && m.quant.empty() && persistent_step_fits(cfg_, m))
         prepare_persistent_step(cfg_, m, cache_len_);
@@ -1238,7 +1258,7 @@ void CudaCausalLM::prefill(int64_t slot, std::span<const int32_t> ids, float* lo
 void CudaCausalLM::prefill_piece(int64_t slot, const int32_t* ids, int64_t n, float* logits, float* hidden) {
     Impl& m = *impl_;
     const int64_t p0 = pos_[slot];
-    auto* host_ids = reinterpret_cast<int32_t*>(m.host + 2 * sizeof(int64_t) * m.rows);
+    auto* host_ids = reinterpret_cast<int32_t*>(m.host + 2 * sizeof(int64_t) * slots_);
     std::memcpy(host_ids, ids, sizeof(int32_t) * n);
     check(cudaMemcpyAsync(m.ids, host_ids, sizeof(int32_t) * n, cudaMemcpyHostToDevice, m.stream), "upload ids");
     const Run r{cfg_, m, Widths(cfg_), m.stream, n};
@@ -1269,15 +1289,45 @@ void CudaCausalLM::run_step(int64_t k) {
 
 void CudaCausalLM::step(std::span<const int64_t> slots, std::span<const int32_t> tokens, float* logits,
                         float* hidden) {
+    if (slots.empty() && tokens.empty()) return;
+    const int64_t k = enqueue_step(slots, tokens);
+    download(k, logits, k, hidden);
+    for (int64_t i = 0; i < k; ++i) ++pos_[slots[i]];
+}
+
+void CudaCausalLM::step_greedy(std::span<const int64_t> slots, std::span<const int32_t> tokens, GreedyPick* picks) {
+    if (slots.empty() && tokens.empty()) return;
+    Impl& m = *impl_;
+    const int64_t k = enqueue_step(slots, tokens);
+    auto* lp = reinterpret_cast<double*>(m.picks);
+    auto* logit = reinterpret_cast<float*>(lp + k);
+    auto* token = reinterpret_cast<int32_t*>(logit + k);
+    cuda_decoder_detail::greedy_pick(m.logits, k, cfg_.vocab_size, m.pick_part, m.pick_done, lp, logit, token,
+                                     m.stream);
+    check(cudaMemcpyAsync(m.host_picks, m.picks, static_cast<size_t>(k * kPickBytes), cudaMemcpyDeviceToHost,
+                          m.stream),
+          "download greedy picks");
+    check(cudaStreamSynchronize(m.stream), "decode");
+    const auto* hlp = reinterpret_cast<const double*>(m.host_picks);
+    const auto* hlogit = reinterpret_cast<const float*>(hlp + k);
+    const auto* htoken = reinterpret_cast<const int32_t*>(hlogit + k);
+    for (int64_t i = 0; i < k; ++i) {
+        picks[i].token = htoken[i];
+        picks[i].logit = hlogit[i];
+        picks[i].log_prob = hlp[i];
+        ++pos_[slots[i]];
+    }
+}
+
+int64_t CudaCausalLM::enqueue_step(std::span<const int64_t> slots, std::span<const int32_t> tokens) {
     MSLM_CHECK(slots.size() == tokens.size(), "step: {} slots but {} tokens", slots.size(), tokens.size());
-    if (slots.empty()) return;
     Impl& m = *impl_;
     const auto k = static_cast<int64_t>(slots.size());
     MSLM_CHECK(k <= slots_, "step: {} slots listed, {} exist", k, slots_);
     check_ids(cfg_, tokens.data(), k, "step");
     auto* host_slots = reinterpret_cast<int64_t*>(m.host);
-    int64_t* host_pos = host_slots + m.rows;
-    auto* host_ids = reinterpret_cast<int32_t*>(host_pos + m.rows);
+    int64_t* host_pos = host_slots + slots_;
+    auto* host_ids = reinterpret_cast<int32_t*>(host_pos + slots_);
     for (int64_t i = 0; i < k; ++i) {
         check_slot(slots[i], "step");
         for (int64_t j = 0; j < i; ++j) MSLM_CHECK(slots[j] != slots[i], "step: slot {} listed twice", slots[i]);
@@ -1287,7 +1337,8 @@ void CudaCausalLM::step(std::span<const int64_t> slots, std::span<const int32_t>
         host_ids[i] = tokens[i];
     }
     // One upload: [slots | pos | ids] are laid out alike on both sides.
-    check(cudaMemcpyAsync(m.slots, host_slots, 3 * sizeof(int64_t) * m.rows, cudaMemcpyHostToDevice, m.stream),
+    check(cudaMemcpyAsync(m.slots, host_slots, 2 * sizeof(int64_t) * slots_ + sizeof(int32_t) * k,
+                          cudaMemcpyHostToDevice, m.stream),
           "upload step");
     if (k == 1 && m.tables) {
         cuda_decoder_detail::persistent_step(m.pstep, m.stream);
@@ -1324,8 +1375,7 @@ void CudaCausalLM::step(std::span<const int64_t> slots, std::span<const int32_t>
         m.graph.emplace(k, exec);
         check(cudaGraphLaunch(exec, m.stream), "cudaGraphLaunch");
     }
-    download(k, logits, k, hidden);
-    for (int64_t i = 0; i < k; ++i) ++pos_[slots[i]];
+    return k;
 }
 
 void CudaCausalLM::reorder(std::span<const int64_t> src) {
@@ -1337,7 +1387,7 @@ void CudaCausalLM::reorder(std::span<const int64_t> src) {
     bool identity = true;
     for (int64_t i = 0; i < slots_; ++i) identity = identity && src[i] == i;
     if (identity) return;
-    auto* host_idx = reinterpret_cast<int64_t*>(m.host);  // the staging area's slots part (rows ≥ slots)
+    auto* host_idx = reinterpret_cast<int64_t*>(m.host);  // the staging area's slots part
     check(cudaStreamSynchronize(m.stream), "reorder");     // the staging area may still be uploading
     std::copy(src.begin(), src.end(), host_idx);
     check(cudaMemcpyAsync(m.slots, host_idx, sizeof(int64_t) * slots_, cudaMemcpyHostToDevice, m.stream),

@@ -60,6 +60,9 @@ public:
     void prefill(int64_t slot, std::span<const int32_t> ids, float* logits, float* hidden) override;
     void step(std::span<const int64_t> slots, std::span<const int32_t> tokens, float* logits,
               float* hidden) override;
+    // The step, then each row's pick made on the device (greedy_pick, cuda_decoder_kernels.h): 16
+    // bytes a row come back instead of V floats.
+    void step_greedy(std::span<const int64_t> slots, std::span<const int32_t> tokens, GreedyPick* picks) override;
     void reorder(std::span<const int64_t> src) override;
     void copy(int64_t src_slot, int64_t dst_slot) override;
     void clear(int64_t slot) override;
@@ -76,6 +79,9 @@ private:
     void check_slot(int64_t slot, const char* what) const;
     void prefill_piece(int64_t slot, const int32_t* ids, int64_t n, float* logits, float* hidden);
     void run_step(int64_t k);  // the step's kernels on the staged ids / slots / positions
+    // Checks and uploads the step's slots, positions and tokens and queues its kernels (graph,
+    // persistent step or eager); returns k. The caller downloads and advances the positions.
+    int64_t enqueue_step(std::span<const int64_t> slots, std::span<const int32_t> tokens);
     // The first logit_rows logits rows and hidden_rows final-norm rows into the caller's arrays (each
     // when non-null); waits for the stream.
     void download(int64_t logit_rows, float* logits, int64_t hidden_rows, float* hidden);

@@ -184,6 +184,10 @@ void check_decode_gemv(cuda_decoder_detail::DecodeNorm norm, cuda_decoder_detail
 
     // Reference.
     std::vector<double> xn(k * I), ref(k * O), tol(k * O);
+    // LayerNorm's x − mean cancels: the kernel's fp32 mean (a sum of I values) is off by up to
+    // I · 2^-24 · max|x|, an absolute error of the normalised row (times rstd · max|w|) that the
+    // relative bound below does not cover where x ≈ mean.
+    std::vector<double> x_abs(k, 0.0);
     for (int64_t r = 0; r < k; ++r) {
         const uint16_t* row = x.data() + r * ld_x;
         std::vector<double> v(I);
@@ -197,6 +201,12 @@ void check_decode_gemv(cuda_decoder_detail::DecodeNorm norm, cuda_decoder_detail
             double ss = 0;
             for (double t : v) ss += (t - mean) * (t - mean);
             const double rstd = 1 / std::sqrt(ss / I + 1e-5);
+            if (norm == DecodeNorm::Layer) {
+                double max_x = 0, max_w = 0;
+                for (double t : v) max_x = std::max(max_x, std::fabs(t));
+                for (uint16_t t : nw) max_w = std::max(max_w, std::fabs(decode(t)));
+                x_abs[r] = (I + 2) * test::kU * max_x * rstd * max_w;
+            }
             for (int64_t i = 0; i < I; ++i)
                 v[i] = (v[i] - mean) * rstd * decode(nw[i]) + (norm == DecodeNorm::Layer ? decode(nb[i]) : 0.0);
         } else if (norm == DecodeNorm::Gated) {
@@ -259,8 +269,19 @@ void check_decode_gemv(cuda_decoder_detail::DecodeNorm norm, cuda_decoder_detail
         EXPECT_TRUE(test::all_within(dout.download(), ref, tol)) << what;
     if (a.x_out) {  // the normalised rows: within one bf16 step (≤ 2^-7 relative) of the reference's
         std::vector<double> t(k * I);
-        for (int64_t i = 0; i < k * I; ++i) t[i] = 0x1p-7 * std::fabs(xn[i]) * 1.01 + 1e-30;
+        for (int64_t i = 0; i < k * I; ++i) t[i] = (0x1p-7 * std::fabs(xn[i]) + x_abs[i / I]) * 1.01 + 1e-30;
         EXPECT_TRUE(test::all_within(dxo.download(), xn, t)) << what << " x_out";
+    }
+    if (k == 1) {  // batch 1: the shared-memory ring (the default) and the register path, the same bits
+        const std::vector<uint16_t> got = dout.download();
+        const std::vector<float> got32 = dout32.download();
+        dout.upload(res);
+        setenv("MSLM_DECODE_RING", "0", 1);
+        decode_gemv(a, nullptr);
+        cuda_synchronize();
+        unsetenv("MSLM_DECODE_RING");
+        EXPECT_TRUE(dout.download() == got) << what << ": the ring and the register path differ";
+        EXPECT_TRUE(dout32.download() == got32) << what << ": the ring and the register path differ (F32)";
     }
 }
 
@@ -271,8 +292,11 @@ TEST(CudaDecodeGemv, EveryPrologueAndEpilogueMatchesTheReference) {
     for (DecodeNorm norm : {DecodeNorm::None, DecodeNorm::RMS, DecodeNorm::Layer, DecodeNorm::Gated})
         for (DecodeEpilogue epi :
              {DecodeEpilogue::Store, DecodeEpilogue::Residual, DecodeEpilogue::SwiGLU, DecodeEpilogue::F32})
+            // k = 1 rows of 768 and 2056 columns: the batch-1 ring with 5 (SwiGLU 2) slots a warp and
+            // more rows a warp than slots (9000 outputs), with 1 slot, and with none (SwiGLU, 2056).
             for (auto [k, I, O] : {std::array<int64_t, 3>{1, 768, 37}, std::array<int64_t, 3>{3, 264, 70},
-                                   std::array<int64_t, 3>{8, 1040, 9}, std::array<int64_t, 3>{5, 16, 300}}) {
+                                   std::array<int64_t, 3>{8, 1040, 9}, std::array<int64_t, 3>{5, 16, 300},
+                                   std::array<int64_t, 3>{1, 768, 9000}, std::array<int64_t, 3>{1, 2056, 1500}}) {
                 const bool bias = seed % 2 == 0;
                 check_decode_gemv(norm, epi, k, I, O, bias, seed);
                 ++seed;
@@ -389,6 +413,87 @@ TEST(CudaDecoderGraphs, GraphStepsAndDependentLaunchesEqualEagerSteps) {
     ASSERT_EQ(eager.size(), graphed.size());
     for (size_t i = 0; i < eager.size(); ++i) ASSERT_EQ(eager[i], graphed[i]) << "graphs: logit " << i;
     for (size_t i = 0; i < eager.size(); ++i) ASSERT_EQ(serial[i], graphed[i]) << "dependent launch: logit " << i;
+}
+
+// step_greedy's device pick against greedy_pick on the host over step()'s logits, the two
+// decoders fed the same tokens (graph replays included): the same token and logit bit for bit
+// (the same kernels make the logits), the log-softmax to double rounding (another summation order).
+TEST(CudaDecoderGreedy, DevicePicksEqualTheHostsOverTheLogits) {
+    SKIP_WITHOUT_GPU();
+    auto model = random_model(mamba2_rope_partial());
+    const int64_t V = model->config().vocab_size;
+    CudaCausalLM a(*model), b(*model);
+    std::vector<float> l(3 * V);
+    for (CudaCausalLM* g : {&a, &b}) {
+        g->start(3, model->config().max_seq_len);
+        g->prefill(0, std::vector<int32_t>{1, 2, 3}, l.data(), nullptr);
+        g->prefill(2, std::vector<int32_t>{4}, l.data(), nullptr);
+    }
+    for (int t = 0; t < 5; ++t) {
+        const std::vector<int64_t> slots = t % 2 ? std::vector<int64_t>{2} : std::vector<int64_t>{0, 2};
+        std::vector<int32_t> toks;
+        for (size_t i = 0; i < slots.size(); ++i) toks.push_back(static_cast<int32_t>((5 * t + 3 * i + 1) % V));
+        a.step(slots, toks, l.data(), nullptr);
+        std::vector<GreedyPick> got(slots.size());
+        b.step_greedy(slots, toks, got.data());
+        for (size_t i = 0; i < slots.size(); ++i) {
+            const GreedyPick want = greedy_pick(std::span<const float>(l.data() + i * V, static_cast<size_t>(V)));
+            EXPECT_EQ(got[i].token, want.token) << "step " << t << " row " << i;
+            EXPECT_EQ(got[i].logit, want.logit) << "step " << t << " row " << i;
+            EXPECT_NEAR(got[i].log_prob, want.log_prob, 1e-12 * (1 + std::abs(want.log_prob)))
+                << "step " << t << " row " << i;
+        }
+    }
+    EXPECT_EQ(a.position(0), b.position(0));
+    EXPECT_EQ(a.position(2), b.position(2));
+}
+
+// The pick kernel on rows made to hurt: ties within and across its column splits (the first index
+// wins, as std::max_element), every logit −inf but one (splits of only −inf), all −inf (index 0,
+// log-softmax NaN as on the host), a maximum in the last column.
+TEST(CudaDecoderGreedy, PickKernelTakesTheFirstMaximum) {
+    SKIP_WITHOUT_GPU();
+    const int64_t V = 3001;
+    const int64_t k = 5;
+    std::vector<float> rows(k * V);
+    Rng rng(17);
+    for (float& x : rows) x = static_cast<float>(rng.normal());
+    auto row = [&](int64_t i) { return rows.data() + i * V; };
+    row(0)[1500] = row(0)[2999] = row(0)[7] = 9.0f;  // three-way tie: 7
+    std::fill(row(1), row(1) + V, -INFINITY);
+    row(1)[2048] = -3.0f;
+    std::fill(row(2), row(2) + V, -INFINITY);
+    row(3)[V - 1] = 50.0f;
+    row(4)[1024] = row(4)[0] = 4.5f;  // a tie across the first thread's columns: 0
+    test::DeviceBuffer<float> d(rows);
+    test::DeviceBuffer<double> lp(static_cast<size_t>(k));
+    test::DeviceBuffer<float> logit(static_cast<size_t>(k));
+    test::DeviceBuffer<int32_t> token(static_cast<size_t>(k));
+    const int64_t splits = cuda_decoder_detail::greedy_pick_splits(V);
+    ASSERT_GT(splits, 1);
+    test::DeviceBytes part(sizeof(cuda_decoder_detail::GreedyPart) * static_cast<size_t>(k * splits));
+    test::DeviceBuffer<unsigned> done(static_cast<size_t>(k));
+    for (int call = 0; call < 2; ++call)  // the counters come back to zero for the next call
+        cuda_decoder_detail::greedy_pick(d.get(), k, V, static_cast<cuda_decoder_detail::GreedyPart*>(part.get()),
+                                         done.get(), lp.get(), logit.get(), token.get(), nullptr);
+    EXPECT_EQ(done.download(), std::vector<unsigned>(static_cast<size_t>(k), 0u));
+    const std::vector<double> glp = lp.download();
+    const std::vector<float> glogit = logit.download();
+    const std::vector<int32_t> gtok = token.download();
+    for (int64_t i = 0; i < k; ++i) {
+        const GreedyPick want = greedy_pick(std::span<const float>(row(i), static_cast<size_t>(V)));
+        EXPECT_EQ(gtok[i], want.token) << "row " << i;
+        EXPECT_EQ(glogit[i], want.logit) << "row " << i;
+        if (std::isnan(want.log_prob))
+            EXPECT_TRUE(std::isnan(glp[i])) << "row " << i;
+        else
+            EXPECT_NEAR(glp[i], want.log_prob, 1e-12 * (1 + std::abs(want.log_prob))) << "row " << i;
+    }
+    EXPECT_EQ(gtok[0], 7);
+    EXPECT_EQ(gtok[1], 2048);
+    EXPECT_EQ(gtok[2], 0);
+    EXPECT_EQ(gtok[3], V - 1);
+    EXPECT_EQ(gtok[4], 0);
 }
 
 TEST(CudaDecoderErrors, BadInputsAreRefused) {

@@ -538,6 +538,11 @@ TYPED_TEST(CudaSsd, UpdateMatchesForward) {
         {3, 6, 4, 3, 2, 5, 4, 1, true, true, true},
         {3, 5, 6, 1, 2, 16, 2, 0, false, false, true},
         {3, 4, 3, 64, 1, 128, 256, 2, true, true, true},
+        // Enough (row, head, 8 channels) units for the 8-channels-a-warp kernel on a GPU of up to
+        // 144 SMs (3 · 96 · 12 ≥ 16 · 144); P = 90 ends each head on a unit of 2 channels; N = 12
+        // takes the 16-byte path, N = 10 the scalar one.
+        {3, 2, 96, 90, 2, 12, 256, 0, true, true, true},
+        {3, 2, 96, 90, 1, 10, 256, 0, true, false, true},
     };
     const std::vector<int64_t> slots = {3, 0, 4};
     const int64_t n_slots = 5;

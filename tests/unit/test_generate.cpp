@@ -189,6 +189,83 @@ TEST_F(GenerateContract, SlotCacheContinuesAConversation) {
     EXPECT_FALSE(cache.valid);
 }
 
+// A CausalLM that forwards to another and counts its calls.
+class CountingLM : public CausalLM {
+public:
+    explicit CountingLM(CausalLM& lm) : lm_(lm) {}
+    int64_t vocab_size() const override { return lm_.vocab_size(); }
+    int64_t hidden_size() const override { return lm_.hidden_size(); }
+    int64_t max_seq_len() const override { return lm_.max_seq_len(); }
+    void start(int64_t slots, int64_t max_len) override { lm_.start(slots, max_len); }
+    void prefill(int64_t slot, std::span<const int32_t> ids, float* logits, float* hidden) override {
+        lm_.prefill(slot, ids, logits, hidden);
+    }
+    void step(std::span<const int64_t> slots, std::span<const int32_t> tokens, float* logits,
+              float* hidden) override {
+        ++steps;
+        lm_.step(slots, tokens, logits, hidden);
+    }
+    void step_greedy(std::span<const int64_t> slots, std::span<const int32_t> tokens, GreedyPick* picks) override {
+        ++greedy_steps;
+        CausalLM::step_greedy(slots, tokens, picks);  // counts its step() too
+    }
+    void reorder(std::span<const int64_t> src) override { lm_.reorder(src); }
+    void copy(int64_t src_slot, int64_t dst_slot) override { lm_.copy(src_slot, dst_slot); }
+    void clear(int64_t slot) override { lm_.clear(slot); }
+    int steps = 0, greedy_steps = 0;
+
+private:
+    CausalLM& lm_;
+};
+
+// Greedy decoding without logits processors asks the model for picks (step_greedy), with a
+// processor for logits (step); a pick is the row's first maximum, its logit and log-softmax.
+TEST_F(GenerateContract, GreedyAsksForPicksOnlyWithoutProcessors) {
+    GenerationConfig cfg;
+    cfg.max_new_tokens = 6;
+    cfg.eos_token_id.clear();  // every sequence runs its 6 tokens
+    CountingLM picks(*lm_);
+    const GenerationResult r = generate(picks, {a_, b_}, cfg);
+    EXPECT_EQ(picks.greedy_steps, 5);  // the first token comes from the prefill's logits
+    EXPECT_EQ(picks.steps, 5);         // the default step_greedy steps for its logits
+
+    GenerationConfig penalised = cfg;
+    penalised.repetition_penalty = 1.3;
+    CountingLM logits(*lm_);
+    generate(logits, {a_, b_}, penalised);
+    EXPECT_EQ(logits.greedy_steps, 0);
+    EXPECT_EQ(logits.steps, 5);
+
+    // The picks path against greedy_pick over the logits of the same batched steps, by hand.
+    const int64_t V = lm_->vocab_size();
+    std::vector<float> l(static_cast<size_t>(2 * V));
+    lm_->start(2, static_cast<int64_t>(b_.size()) + 6);
+    lm_->prefill(0, a_, l.data(), nullptr);
+    lm_->prefill(1, b_, l.data() + V, nullptr);
+    double score[2] = {0, 0};
+    for (size_t t = 0; t < 6; ++t) {
+        std::vector<int32_t> next;
+        for (size_t s = 0; s < 2; ++s) {
+            const GreedyPick p = greedy_pick(std::span<const float>(l.data() + s * V, static_cast<size_t>(V)));
+            EXPECT_EQ(r.sequences[s].tokens[t], p.token) << "sequence " << s << " token " << t;
+            EXPECT_EQ(r.sequences[s].token_scores[t], p.logit) << "sequence " << s << " token " << t;
+            score[s] += p.log_prob;
+            next.push_back(p.token);
+        }
+        if (t + 1 < 6) lm_->step(std::vector<int64_t>{0, 1}, next, l.data(), nullptr);
+    }
+    EXPECT_DOUBLE_EQ(r.sequences[0].score, score[0]);
+    EXPECT_DOUBLE_EQ(r.sequences[1].score, score[1]);
+
+    const std::vector<float> row{1.0f, 3.0f, -INFINITY, 3.0f, 2.0f};
+    const GreedyPick p = greedy_pick(row);
+    EXPECT_EQ(p.token, 1);
+    EXPECT_EQ(p.logit, 3.0f);
+    double sum = 0;
+    for (float x : row) sum += std::exp(static_cast<double>(x) - 3.0);
+    EXPECT_DOUBLE_EQ(p.log_prob, -std::log(sum));
+}
+
 TEST_F(GenerateContract, SeededSamplingIsReproducible) {
     GenerationConfig cfg;
     cfg.max_new_tokens = 20;

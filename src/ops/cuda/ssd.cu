@@ -1872,47 +1872,79 @@ __global__ void ssd_param_grad_kernel(Args<T> a, const float* part, T* dA_log, T
     if (ddt_bias && a.dt_bias) ddt_bias[h] = from_f32<T>(to_f32(ddt_bias[h]) + sbias);
 }
 
-// ---- decode: one warp per (row, head, p), lanes over N (4 consecutive states a lane when N % 4 == 0,
-// the layout of the persistent decode step's SSD stage, so both sum in the same order).
+// ---- decode: one warp per (row, head, PB consecutive p), lanes over N (4 consecutive states a lane
+// when N % 4 == 0, the layout of the persistent decode step's SSD stage, so both sum in the same
+// order). The head's dt, decay, B and C are read once for its PB rows of state, and the PB rows'
+// loads all go out before any is used: at batch 64 the state (fp32, read and written) is the whole
+// cost, and one 512-byte row a warp at a time left it at a third of the bandwidth (H200, 130m).
 
-template <typename T>
+template <typename T, int PB>
 __global__ void ssd_update_kernel(Args<T> a, T* y, float* h, const int64_t* slots) {
     const int lane = threadIdx.x % 32;
-    const int64_t total = a.batch * a.H * a.P;
+    const int64_t p_blocks = (a.P + PB - 1) / PB;
+    const int64_t total = a.batch * a.H * p_blocks;
     const int64_t n_warps = int64_t(gridDim.x) * blockDim.x / 32;
     for (int64_t w = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) / 32; w < total; w += n_warps) {
-        const int64_t p = w % a.P, ih = w / a.P, hh = ih % a.H, i = ih / a.H, g = hh / a.heads_per_group;
+        const int64_t pb = w % p_blocks, ih = w / p_blocks, hh = ih % a.H, i = ih / a.H, g = hh / a.heads_per_group;
+        const int64_t p0 = pb * PB;
+        const int np = int(a.P - p0 < PB ? a.P - p0 : PB);
         const float dtv = dt_value(to_f32(a.dt[i * a.ld_dt + hh]) + head_bias(a, hh), a.dt_min, a.dt_max);
         const float decay = expf(dtv * head_A(a, hh));
-        const float xp = to_f32(a.x[i * a.ld_x + hh * a.P + p]), xdt = dtv * xp;
-        float* S = h + ((slots[i] * a.H + hh) * a.P + p) * a.N;
+        float xp[PB], acc[PB];
+#pragma unroll
+        for (int j = 0; j < PB; ++j) {
+            xp[j] = j < np ? to_f32(a.x[i * a.ld_x + hh * a.P + p0 + j]) : 0.0f;
+            acc[j] = 0.0f;
+        }
+        float* S = h + ((slots[i] * a.H + hh) * a.P + p0) * a.N;  // row j at S + j · N
         const T* Bt = a.Bm + i * a.ld_B + g * a.N;
         const T* Ct = a.Cm + i * a.ld_C + g * a.N;
-        float acc = 0.0f;
-        if (a.N % 4 == 0) {  // 4 consecutive states a lane: one 16-byte load and store, every load first
+        if (a.N % 4 == 0) {  // one 16-byte load and store a row a lane
             for (int64_t n = 4 * lane; n < a.N; n += 128) {
-                float4 st = *reinterpret_cast<const float4*>(S + n);
+                float4 st[PB];
+#pragma unroll
+                for (int j = 0; j < PB; ++j)
+                    if (j < np) st[j] = *reinterpret_cast<const float4*>(S + j * a.N + n);
                 const float b0 = to_f32(Bt[n]), b1 = to_f32(Bt[n + 1]), b2 = to_f32(Bt[n + 2]), b3 = to_f32(Bt[n + 3]);
                 const float c0 = to_f32(Ct[n]), c1 = to_f32(Ct[n + 1]), c2 = to_f32(Ct[n + 2]), c3 = to_f32(Ct[n + 3]);
-                st.x = decay * st.x + xdt * b0;
-                st.y = decay * st.y + xdt * b1;
-                st.z = decay * st.z + xdt * b2;
-                st.w = decay * st.w + xdt * b3;
-                *reinterpret_cast<float4*>(S + n) = st;
-                acc += st.x * c0;
-                acc += st.y * c1;
-                acc += st.z * c2;
-                acc += st.w * c3;
+#pragma unroll
+                for (int j = 0; j < PB; ++j) {
+                    if (j >= np) break;
+                    const float xdt = dtv * xp[j];
+                    st[j].x = decay * st[j].x + xdt * b0;
+                    st[j].y = decay * st[j].y + xdt * b1;
+                    st[j].z = decay * st[j].z + xdt * b2;
+                    st[j].w = decay * st[j].w + xdt * b3;
+                    *reinterpret_cast<float4*>(S + j * a.N + n) = st[j];
+                    acc[j] += st[j].x * c0;
+                    acc[j] += st[j].y * c1;
+                    acc[j] += st[j].z * c2;
+                    acc[j] += st[j].w * c3;
+                }
             }
         } else {
             for (int64_t n = lane; n < a.N; n += 32) {
-                const float s = decay * S[n] + xdt * to_f32(Bt[n]);
-                S[n] = s;
-                acc += s * to_f32(Ct[n]);
+                float st[PB];
+#pragma unroll
+                for (int j = 0; j < PB; ++j)
+                    if (j < np) st[j] = S[j * a.N + n];
+                const float bn = to_f32(Bt[n]), cn = to_f32(Ct[n]);
+#pragma unroll
+                for (int j = 0; j < PB; ++j) {
+                    if (j >= np) break;
+                    const float s = decay * st[j] + dtv * xp[j] * bn;
+                    S[j * a.N + n] = s;
+                    acc[j] += s * cn;
+                }
             }
         }
-        acc = warp_sum(acc);
-        if (lane == 0) y[(i * a.H + hh) * a.P + p] = from_f32<T>(acc + (a.D ? to_f32(a.D[hh]) : 0.0f) * xp);
+        const float d = a.D ? to_f32(a.D[hh]) : 0.0f;
+#pragma unroll
+        for (int j = 0; j < PB; ++j) {
+            if (j >= np) break;
+            const float sum = warp_sum(acc[j]);
+            if (lane == 0) y[(i * a.H + hh) * a.P + p0 + j] = from_f32<T>(sum + d * xp[j]);
+        }
     }
 }
 
@@ -2270,9 +2302,22 @@ void ssd_update(S* y, float* h, const int64_t* slots, const SsdInputs<S>& in, co
     check_strides(in, p, "ssd_update");
     if (p.batch == 0) return;
     const auto a = make_args(in, p, Workspace{});
-    const int64_t threads = p.batch * p.H * p.P * 32;
-    ssd_update_kernel<<<grid_size<S>(threads, "ssd_update"), kThreads, 0,
-                        static_cast<cudaStream_t>(stream)>>>(a, reinterpret_cast<device_t<S>*>(y), h, slots);
+    // 8 rows of state a warp once that leaves ≥ 16 warps an SM (batch 64 on 130m: 12,288 warps);
+    // fewer rows a warp at small batches, so the state still spreads over every SM.
+    const auto st = static_cast<cudaStream_t>(stream);
+    auto* yd = reinterpret_cast<device_t<S>*>(y);
+    int device = 0, sms = 0;
+    check_cuda<S>(cudaGetDevice(&device), "cudaGetDevice", "ssd_update");
+    check_cuda<S>(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device), "cudaDeviceGetAttribute",
+                  "ssd_update");
+    const int64_t wide = p.batch * p.H * ((p.P + 7) / 8);
+    if (wide >= 16 * int64_t(sms)) {
+        ssd_update_kernel<device_t<S>, 8><<<grid_size<S>(wide * 32, "ssd_update"), kThreads, 0, st>>>(a, yd, h, slots);
+    } else {
+        const int64_t narrow = p.batch * p.H * ((p.P + 1) / 2);
+        ssd_update_kernel<device_t<S>, 2><<<grid_size<S>(narrow * 32, "ssd_update"), kThreads, 0, st>>>(a, yd, h,
+                                                                                                      slots);
+    }
     check_launch<S>("ssd_update");
 }
 
