@@ -246,12 +246,14 @@ BenchReport run_bench(const ModelConfig& cfg_in, const std::string& model_name, 
             for (int64_t s = 0; s < k; ++s) lm->prefill(s, prompt, logits.data(), nullptr);
             std::vector<int64_t> slots(static_cast<size_t>(k));
             for (int64_t s = 0; s < k; ++s) slots[s] = s;
-            std::vector<int32_t> tokens(static_cast<size_t>(k), argmax_token(std::span<const float>(logits.data(),
-                                                                                                  static_cast<size_t>(V))));
+            // Every slot read the same prompt: the same first token, then each its own picks.
+            const int32_t first = argmax_token(std::span<const float>(logits.data(), static_cast<size_t>(V)));
+            std::vector<int32_t> tokens(static_cast<size_t>(k), first);
             std::vector<GreedyPick> picks(static_cast<size_t>(k));
             auto one = [&] {
                 lm->step_greedy(slots, tokens, picks.data());
-                for (int64_t s = 0; s < k; ++s) tokens[static_cast<size_t>(s)] = picks[static_cast<size_t>(s)].token;
+                for (int64_t s = 0; s < k; ++s)
+                    tokens[static_cast<size_t>(s)] = picks[static_cast<size_t>(s)].token;
             };
             const double sec = mean_seconds(one, warmup, static_cast<int>(decode_tokens), progress,
                                             fmt::format("decode b={}", k));

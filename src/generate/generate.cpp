@@ -30,7 +30,6 @@ void log_softmax_row(std::span<float> row) {
     for (float& x : row) x = x - mx - log_sum;
 }
 
-
 // Indices of the k largest values, largest first; ties go to the lower index.
 std::vector<int64_t> top_k_indices(std::span<const float> values, int64_t k) {
     std::vector<int64_t> idx(values.size());
@@ -196,12 +195,14 @@ GenerationResult run_greedy_or_sample(CausalLM& lm, const std::vector<std::vecto
         if (picks_only) {
             stepped_picks.resize(static_cast<size_t>(k));
             lm.step_greedy(slots, tokens, stepped_picks.data());
-            for (int64_t i = 0; i < k; ++i) picks[static_cast<size_t>(slots[i])] = stepped_picks[static_cast<size_t>(i)];
+            for (int64_t i = 0; i < k; ++i)
+                picks[static_cast<size_t>(slots[i])] = stepped_picks[static_cast<size_t>(i)];
             picked = true;
         } else {
             stepped.resize(static_cast<size_t>(k * V));
             lm.step(slots, tokens, stepped.data(), nullptr);
-            for (int64_t i = 0; i < k; ++i) std::copy_n(stepped.data() + i * V, V, logits.data() + slots[i] * V);
+            for (int64_t i = 0; i < k; ++i)
+                std::copy_n(stepped.data() + i * V, V, logits.data() + slots[i] * V);
         }
         res.generated_tokens += k;
     }

@@ -15,7 +15,8 @@ GreedyPick greedy_pick(std::span<const float> logits) {
     return p;
 }
 
-void CausalLM::step_greedy(std::span<const int64_t> slots, std::span<const int32_t> tokens, GreedyPick* picks) {
+void CausalLM::step_greedy(std::span<const int64_t> slots, std::span<const int32_t> tokens,
+                           GreedyPick* picks) {
     const int64_t V = vocab_size();
     greedy_logits_.resize(slots.size() * static_cast<size_t>(V));
     step(slots, tokens, greedy_logits_.data(), nullptr);

@@ -38,7 +38,8 @@ public:
     // step(), then each row's greedy pick instead of its logits. This default picks on the host from
     // step()'s logits; a GPU decoder picks on the device and brings back 16 bytes a row, not V floats
     // (CudaCausalLM: the logits' download was half the batch-64 step on an H200).
-    virtual void step_greedy(std::span<const int64_t> slots, std::span<const int32_t> tokens, GreedyPick* picks);
+    virtual void step_greedy(std::span<const int64_t> slots, std::span<const int32_t> tokens,
+                             GreedyPick* picks);
     // Slot i takes what slot src[i] held (src.size() == slots; repeats allowed).
     virtual void reorder(std::span<const int64_t> src) = 0;
     virtual void copy(int64_t src_slot, int64_t dst_slot) = 0;

@@ -312,8 +312,9 @@ __device__ __forceinline__ void take_max(float& best, int64_t& at, float v, int6
 // to finish (a counter per row, back to 0 after) merges the splits: the first maximum overall, and
 // Σ_s sum_s · exp(max_s − max) (a split of only −inf adds 0).
 __global__ void __launch_bounds__(kPickThreads)
-    greedy_pick_kernel(const float* __restrict__ logits, int64_t V, int64_t chunk, GreedyPart* __restrict__ part,
-                       unsigned* __restrict__ done, double* __restrict__ log_prob, float* __restrict__ logit,
+    greedy_pick_kernel(const float* __restrict__ logits, int64_t V, int64_t chunk,
+                       GreedyPart* __restrict__ part, unsigned* __restrict__ done,
+                       double* __restrict__ log_prob, float* __restrict__ logit,
                        int32_t* __restrict__ token) {
     __shared__ float best_s[kPickThreads / 32];
     __shared__ int64_t index_s[kPickThreads / 32];
@@ -396,13 +397,13 @@ int64_t greedy_pick_splits(int64_t V) {
     return std::max<int64_t>(1, (V + kPickThreads * kPickPer - 1) / (kPickThreads * kPickPer));
 }
 
-void greedy_pick(const float* logits, int64_t k, int64_t V, GreedyPart* part, unsigned* done, double* log_prob,
-                 float* logit, int32_t* token, void* stream) {
+void greedy_pick(const float* logits, int64_t k, int64_t V, GreedyPart* part, unsigned* done,
+                 double* log_prob, float* logit, int32_t* token, void* stream) {
     if (k <= 0) return;
     MSLM_CHECK(k <= 65535 && V >= 1 && V <= (int64_t(1) << 40), "greedy_pick: {} rows of {} logits", k, V);
     const int64_t splits = greedy_pick_splits(V), chunk = (V + splits - 1) / splits;
-    launch(greedy_pick_kernel, dim3(unsigned(splits), unsigned(k)), dim3(kPickThreads), 0, stream, "greedy_pick",
-           logits, V, chunk, part, done, log_prob, logit, token);
+    launch(greedy_pick_kernel, dim3(unsigned(splits), unsigned(k)), dim3(kPickThreads), 0, stream,
+           "greedy_pick", logits, V, chunk, part, done, log_prob, logit, token);
 }
 
 void gather_blocks(void* dst, const void* src, const int64_t* idx, int64_t n, size_t block_bytes, void* stream) {
@@ -838,51 +839,55 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MK == 1 && !Kind<WK>::quant ?
             }
             if (lane == 0) finish(0, o, v, v2);
         }
-        return;
-    }
-    for (int64_t o = o0; o < a.O; o += stride) {
-        float acc[MK] = {}, acc2[MK] = {};
-        // Quantized rows are short (a 2048-column NF4 row is two loads a lane), so the warp asks for
-        // its next row's first chunk before it works on this one: two rows in flight a warp.
-        Chunk<Kind<WK>::unroll> next, next2;
-        if constexpr (Kind<WK>::quant) {
-            if (o + stride < a.O) {
-                load_chunk<WK>(next, a.W, q, bs_log2, o + stride, int64_t(lane) * cols, I, lim);
-                if (swiglu) load_chunk<WK>(next2, a.W, q, bs_log2, a.O + o + stride, int64_t(lane) * cols, I, lim);
+    } else {
+        for (int64_t o = o0; o < a.O; o += stride) {
+            float acc[MK] = {}, acc2[MK] = {};
+            // Quantized rows are short (a 2048-column NF4 row is two loads a lane), so the warp asks for
+            // its next row's first chunk before it works on this one: two rows in flight a warp.
+            Chunk<Kind<WK>::unroll> next, next2;
+            if constexpr (Kind<WK>::quant) {
+                if (o + stride < a.O) {
+                    load_chunk<WK>(next, a.W, q, bs_log2, o + stride, int64_t(lane) * cols, I, lim);
+                    if (swiglu)
+                        load_chunk<WK>(next2, a.W, q, bs_log2, a.O + o + stride, int64_t(lane) * cols, I,
+                                       lim);
+                }
             }
-        }
-        const bool use_first = Kind<WK>::quant || o == o0;
-        dot_row<WK, MK>(acc, a.W, q, bs_log2, o, xs, I, lim, k, lane, first, use_first, code_base);
-        if (swiglu) dot_row<WK, MK>(acc2, a.W, q, bs_log2, a.O + o, xs, I, lim, k, lane, first2, use_first, code_base);
-        float scale = 1.0f, scale2 = 1.0f;  // int8: the rows' scales
-        if constexpr (WK == WeightKind::I8) {
-            scale = first.row_scale;
-            scale2 = first2.row_scale;
-        }
-        if constexpr (Kind<WK>::quant) {
-            first = next;
-            first2 = next2;
-        }
-#pragma unroll
-        for (int r = 0; r < MK; ++r) {
-            if (r >= k) break;
-            acc[r] = warp_sum(acc[r]);
-            if (swiglu) acc2[r] = warp_sum(acc2[r]);
-        }
-        if (lane >= k) continue;
-        // Lane r writes row r's output (registers indexed by a runtime lane: select by unrolled loop).
-        float v = 0, v2 = 0;
-#pragma unroll
-        for (int r = 0; r < MK; ++r)
-            if (r == lane) {
-                v = acc[r];
-                v2 = acc2[r];
+            const bool use_first = Kind<WK>::quant || o == o0;
+            dot_row<WK, MK>(acc, a.W, q, bs_log2, o, xs, I, lim, k, lane, first, use_first, code_base);
+            if (swiglu)
+                dot_row<WK, MK>(acc2, a.W, q, bs_log2, a.O + o, xs, I, lim, k, lane, first2, use_first,
+                                code_base);
+            float scale = 1.0f, scale2 = 1.0f;  // int8: the rows' scales
+            if constexpr (WK == WeightKind::I8) {
+                scale = first.row_scale;
+                scale2 = first2.row_scale;
             }
-        if constexpr (WK == WeightKind::I8) {
-            v *= scale;
-            v2 *= scale2;
+            if constexpr (Kind<WK>::quant) {
+                first = next;
+                first2 = next2;
+            }
+#pragma unroll
+            for (int r = 0; r < MK; ++r) {
+                if (r >= k) break;
+                acc[r] = warp_sum(acc[r]);
+                if (swiglu) acc2[r] = warp_sum(acc2[r]);
+            }
+            if (lane >= k) continue;
+            // Lane r writes row r's output (registers indexed by a runtime lane: select by unrolled loop).
+            float v = 0, v2 = 0;
+#pragma unroll
+            for (int r = 0; r < MK; ++r)
+                if (r == lane) {
+                    v = acc[r];
+                    v2 = acc2[r];
+                }
+            if constexpr (WK == WeightKind::I8) {
+                v *= scale;
+                v2 *= scale2;
+            }
+            finish(lane, o, v, v2);
         }
-        finish(lane, o, v, v2);
     }
 }
 

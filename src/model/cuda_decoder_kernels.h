@@ -89,8 +89,8 @@ struct GreedyPart {
     float max;
 };
 int64_t greedy_pick_splits(int64_t V);
-void greedy_pick(const float* logits, int64_t k, int64_t V, GreedyPart* part, unsigned* done, double* log_prob,
-                 float* logit, int32_t* token, void* stream);
+void greedy_pick(const float* logits, int64_t k, int64_t V, GreedyPart* part, unsigned* done,
+                 double* log_prob, float* logit, int32_t* token, void* stream);
 
 size_t decode_gemv_smem(const DecodeGemv& a);  // bytes of shared memory one block stages
 bool decode_gemv_supported(const DecodeGemv& a);

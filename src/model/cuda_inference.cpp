@@ -189,7 +189,7 @@ struct CudaCausalLM::Impl {
     bf16 *h = nullptr, *a = nullptr, *hf = nullptr, *kt = nullptr, *vt = nullptr, *bc_in = nullptr, *bc = nullptr;
     float *mean = nullptr, *rstd = nullptr, *g_rstd = nullptr, *lse = nullptr, *logits = nullptr;
     float* attn_ws = nullptr;  // the split decode attention's partials
-    char* picks = nullptr;     // greedy picks of the step's rows: [log_prob double | logit float | token int32]
+    char* picks = nullptr;  // greedy picks of the step's rows: [log_prob double | logit float | token int32]
     cuda_decoder_detail::GreedyPart* pick_part = nullptr;  // (slots, splits) partials
     unsigned* pick_done = nullptr;                         // (slots) counters, zeroed by start()
     void* ws = nullptr;
@@ -202,6 +202,9 @@ struct CudaCausalLM::Impl {
 
     bool graphs = true;
     bool fused = true;  // decode_gemv for the step's products (MSLM_DECODE_FUSED=0: cuBLASLt + separate kernels)
+    // The most rows a quantized product takes through quant_gemv's tiles; more expand the weight to
+    // bf16 for cuBLASLt (MSLM_QUANT_GEMV_MAX_ROWS, for measuring the crossover).
+    int64_t quant_gemv_max_rows = 4 * kc::kQuantGemvMaxRows;
     // The persistent batch-1 step (cuda_decode_step.h) where the model's layers allow it and
     // MSLM_DECODE_PERSISTENT=1 asks for it; `tables` holds its layer and stage tables, the attention
     // partials and the barrier (from the caching allocator, made in start()). Off by default since
@@ -286,7 +289,8 @@ namespace {
 
 // The pinned staging area's [slots | pos | ids] part, rounded to 16 bytes.
 size_t staging_bytes(int64_t slots, int64_t rows) {
-    return (2 * sizeof(int64_t) * static_cast<size_t>(slots) + sizeof(int32_t) * static_cast<size_t>(rows) + 15) /
+    return (2 * sizeof(int64_t) * static_cast<size_t>(slots) + sizeof(int32_t) * static_cast<size_t>(rows) +
+            15) /
            16 * 16;
 }
 
@@ -591,6 +595,7 @@ CudaCausalLM::CudaCausalLM(const HybridLM<float>& model, int device)
     m.graphs = !(graphs && std::string(graphs) == "0");
     const char* fused = std::getenv("MSLM_DECODE_FUSED");
     m.fused = !(fused && std::string(fused) == "0");
+    if (const char* rows = std::getenv("MSLM_QUANT_GEMV_MAX_ROWS")) m.quant_gemv_max_rows = std::atoll(rows);
     const char* persistent = std::getenv("MSLM_DECODE_PERSISTENT");
     m.persistent = m.fused && persistent && std::string(persistent) == "1";
     const char* trace = std::getenv("MSLM_DECODE_STEP_TRACE");
@@ -763,11 +768,12 @@ void CudaCausalLM::start(int64_t slots, int64_t max_len) {
     m.scratch = static_cast<char*>(m.alloc->allocate(m.scratch_bytes));
     Carver place{m.scratch};
     carve_scratch(place, m, cfg_, m.rows, wrap, slots, max_len);
-    check(cudaMemsetAsync(m.pick_done, 0, sizeof(unsigned) * static_cast<size_t>(S), m.stream), "zero counters");
+    check(cudaMemsetAsync(m.pick_done, 0, sizeof(unsigned) * static_cast<size_t>(S), m.stream),
+          "zero counters");
 
-    m.host_bytes = staging_bytes(S, m.rows) +
-                   sizeof(float) * static_cast<size_t>(S * cfg_.vocab_size) +
-                   sizeof(bf16) * static_cast<size_t>(m.rows * cfg_.d_model) + static_cast<size_t>(S * kPickBytes);
+    m.host_bytes = staging_bytes(S, m.rows) + sizeof(float) * static_cast<size_t>(S * cfg_.vocab_size) +
+                   sizeof(bf16) * static_cast<size_t>(m.rows * cfg_.d_model) +
+                   static_cast<size_t>(S * kPickBytes);
     void* host = nullptr;
     check(cudaMallocHost(&host, m.host_bytes), "cudaMallocHost");
     m.host = static_cast<char*>(host);
@@ -815,7 +821,7 @@ struct Run {
     // rows, each reading the weights once) rather than expanding q to bf16 for a cuBLASLt GEMM
     // (expansion reads 0.56–1 byte a weight and writes 2, the GEMM reads 2: about four 16-row tiles).
     bool quant_gemv_rows(const kc::QuantWeight& q) const {
-        return N <= 4 * kc::kQuantGemvMaxRows || q.out * q.in > m.qscratch_elems;
+        return N <= m.quant_gemv_max_rows || q.out * q.in > m.qscratch_elems;
     }
     // The quantized weight q expanded to bf16 in the scratch, for a GEMM.
     const bf16* expand(const kc::QuantWeight& q) const {
@@ -1295,7 +1301,8 @@ void CudaCausalLM::step(std::span<const int64_t> slots, std::span<const int32_t>
     for (int64_t i = 0; i < k; ++i) ++pos_[slots[i]];
 }
 
-void CudaCausalLM::step_greedy(std::span<const int64_t> slots, std::span<const int32_t> tokens, GreedyPick* picks) {
+void CudaCausalLM::step_greedy(std::span<const int64_t> slots, std::span<const int32_t> tokens,
+                               GreedyPick* picks) {
     if (slots.empty() && tokens.empty()) return;
     Impl& m = *impl_;
     const int64_t k = enqueue_step(slots, tokens);
@@ -1387,7 +1394,7 @@ void CudaCausalLM::reorder(std::span<const int64_t> src) {
     bool identity = true;
     for (int64_t i = 0; i < slots_; ++i) identity = identity && src[i] == i;
     if (identity) return;
-    auto* host_idx = reinterpret_cast<int64_t*>(m.host);  // the staging area's slots part
+    auto* host_idx = reinterpret_cast<int64_t*>(m.host);   // the staging area's slots part
     check(cudaStreamSynchronize(m.stream), "reorder");     // the staging area may still be uploading
     std::copy(src.begin(), src.end(), host_idx);
     check(cudaMemcpyAsync(m.slots, host_idx, sizeof(int64_t) * slots_, cudaMemcpyHostToDevice, m.stream),

@@ -62,7 +62,8 @@ public:
               float* hidden) override;
     // The step, then each row's pick made on the device (greedy_pick, cuda_decoder_kernels.h): 16
     // bytes a row come back instead of V floats.
-    void step_greedy(std::span<const int64_t> slots, std::span<const int32_t> tokens, GreedyPick* picks) override;
+    void step_greedy(std::span<const int64_t> slots, std::span<const int32_t> tokens,
+                     GreedyPick* picks) override;
     void reorder(std::span<const int64_t> src) override;
     void copy(int64_t src_slot, int64_t dst_slot) override;
     void clear(int64_t slot) override;

@@ -294,9 +294,10 @@ TEST(CudaDecodeGemv, EveryPrologueAndEpilogueMatchesTheReference) {
              {DecodeEpilogue::Store, DecodeEpilogue::Residual, DecodeEpilogue::SwiGLU, DecodeEpilogue::F32})
             // k = 1 rows of 768 and 2056 columns: the batch-1 ring with 5 (SwiGLU 2) slots a warp and
             // more rows a warp than slots (9000 outputs), with 1 slot, and with none (SwiGLU, 2056).
-            for (auto [k, I, O] : {std::array<int64_t, 3>{1, 768, 37}, std::array<int64_t, 3>{3, 264, 70},
-                                   std::array<int64_t, 3>{8, 1040, 9}, std::array<int64_t, 3>{5, 16, 300},
-                                   std::array<int64_t, 3>{1, 768, 9000}, std::array<int64_t, 3>{1, 2056, 1500}}) {
+            for (auto [k, I, O] :
+                 {std::array<int64_t, 3>{1, 768, 37}, std::array<int64_t, 3>{3, 264, 70},
+                  std::array<int64_t, 3>{8, 1040, 9}, std::array<int64_t, 3>{5, 16, 300},
+                  std::array<int64_t, 3>{1, 768, 9000}, std::array<int64_t, 3>{1, 2056, 1500}}) {
                 const bool bias = seed % 2 == 0;
                 check_decode_gemv(norm, epi, k, I, O, bias, seed);
                 ++seed;
@@ -432,12 +433,14 @@ TEST(CudaDecoderGreedy, DevicePicksEqualTheHostsOverTheLogits) {
     for (int t = 0; t < 5; ++t) {
         const std::vector<int64_t> slots = t % 2 ? std::vector<int64_t>{2} : std::vector<int64_t>{0, 2};
         std::vector<int32_t> toks;
-        for (size_t i = 0; i < slots.size(); ++i) toks.push_back(static_cast<int32_t>((5 * t + 3 * i + 1) % V));
+        for (size_t i = 0; i < slots.size(); ++i)
+            toks.push_back(static_cast<int32_t>((5 * t + 3 * i + 1) % V));
         a.step(slots, toks, l.data(), nullptr);
         std::vector<GreedyPick> got(slots.size());
         b.step_greedy(slots, toks, got.data());
         for (size_t i = 0; i < slots.size(); ++i) {
-            const GreedyPick want = greedy_pick(std::span<const float>(l.data() + i * V, static_cast<size_t>(V)));
+            const GreedyPick want =
+                greedy_pick(std::span<const float>(l.data() + i * V, static_cast<size_t>(V)));
             EXPECT_EQ(got[i].token, want.token) << "step " << t << " row " << i;
             EXPECT_EQ(got[i].logit, want.logit) << "step " << t << " row " << i;
             EXPECT_NEAR(got[i].log_prob, want.log_prob, 1e-12 * (1 + std::abs(want.log_prob)))
@@ -474,7 +477,8 @@ TEST(CudaDecoderGreedy, PickKernelTakesTheFirstMaximum) {
     test::DeviceBytes part(sizeof(cuda_decoder_detail::GreedyPart) * static_cast<size_t>(k * splits));
     test::DeviceBuffer<unsigned> done(static_cast<size_t>(k));
     for (int call = 0; call < 2; ++call)  // the counters come back to zero for the next call
-        cuda_decoder_detail::greedy_pick(d.get(), k, V, static_cast<cuda_decoder_detail::GreedyPart*>(part.get()),
+        cuda_decoder_detail::greedy_pick(d.get(), k, V,
+                                         static_cast<cuda_decoder_detail::GreedyPart*>(part.get()),
                                          done.get(), lp.get(), logit.get(), token.get(), nullptr);
     EXPECT_EQ(done.download(), std::vector<unsigned>(static_cast<size_t>(k), 0u));
     const std::vector<double> glp = lp.download();

@@ -205,7 +205,8 @@ public:
         ++steps;
         lm_.step(slots, tokens, logits, hidden);
     }
-    void step_greedy(std::span<const int64_t> slots, std::span<const int32_t> tokens, GreedyPick* picks) override {
+    void step_greedy(std::span<const int64_t> slots, std::span<const int32_t> tokens,
+                     GreedyPick* picks) override {
         ++greedy_steps;
         CausalLM::step_greedy(slots, tokens, picks);  // counts its step() too
     }
@@ -246,7 +247,8 @@ TEST_F(GenerateContract, GreedyAsksForPicksOnlyWithoutProcessors) {
     for (size_t t = 0; t < 6; ++t) {
         std::vector<int32_t> next;
         for (size_t s = 0; s < 2; ++s) {
-            const GreedyPick p = greedy_pick(std::span<const float>(l.data() + s * V, static_cast<size_t>(V)));
+            const GreedyPick p =
+                greedy_pick(std::span<const float>(l.data() + s * V, static_cast<size_t>(V)));
             EXPECT_EQ(r.sequences[s].tokens[t], p.token) << "sequence " << s << " token " << t;
             EXPECT_EQ(r.sequences[s].token_scores[t], p.logit) << "sequence " << s << " token " << t;
             score[s] += p.log_prob;

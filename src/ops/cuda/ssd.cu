@@ -1885,7 +1885,8 @@ __global__ void ssd_update_kernel(Args<T> a, T* y, float* h, const int64_t* slot
     const int64_t total = a.batch * a.H * p_blocks;
     const int64_t n_warps = int64_t(gridDim.x) * blockDim.x / 32;
     for (int64_t w = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) / 32; w < total; w += n_warps) {
-        const int64_t pb = w % p_blocks, ih = w / p_blocks, hh = ih % a.H, i = ih / a.H, g = hh / a.heads_per_group;
+        const int64_t pb = w % p_blocks, ih = w / p_blocks, hh = ih % a.H, i = ih / a.H,
+                      g = hh / a.heads_per_group;
         const int64_t p0 = pb * PB;
         const int np = int(a.P - p0 < PB ? a.P - p0 : PB);
         const float dtv = dt_value(to_f32(a.dt[i * a.ld_dt + hh]) + head_bias(a, hh), a.dt_min, a.dt_max);
@@ -2308,15 +2309,16 @@ void ssd_update(S* y, float* h, const int64_t* slots, const SsdInputs<S>& in, co
     auto* yd = reinterpret_cast<device_t<S>*>(y);
     int device = 0, sms = 0;
     check_cuda<S>(cudaGetDevice(&device), "cudaGetDevice", "ssd_update");
-    check_cuda<S>(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device), "cudaDeviceGetAttribute",
-                  "ssd_update");
+    check_cuda<S>(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device),
+                  "cudaDeviceGetAttribute", "ssd_update");
     const int64_t wide = p.batch * p.H * ((p.P + 7) / 8);
     if (wide >= 16 * int64_t(sms)) {
-        ssd_update_kernel<device_t<S>, 8><<<grid_size<S>(wide * 32, "ssd_update"), kThreads, 0, st>>>(a, yd, h, slots);
+        ssd_update_kernel<device_t<S>, 8>
+            <<<grid_size<S>(wide * 32, "ssd_update"), kThreads, 0, st>>>(a, yd, h, slots);
     } else {
         const int64_t narrow = p.batch * p.H * ((p.P + 1) / 2);
-        ssd_update_kernel<device_t<S>, 2><<<grid_size<S>(narrow * 32, "ssd_update"), kThreads, 0, st>>>(a, yd, h,
-                                                                                                      slots);
+        ssd_update_kernel<device_t<S>, 2>
+            <<<grid_size<S>(narrow * 32, "ssd_update"), kThreads, 0, st>>>(a, yd, h, slots);
     }
     check_launch<S>("ssd_update");
 }
