@@ -202,9 +202,9 @@ struct CudaCausalLM::Impl {
 
     bool graphs = true;
     bool fused = true;  // decode_gemv for the step's products (MSLM_DECODE_FUSED=0: cuBLASLt + separate kernels)
-    // The most rows a quantized product takes through quant_gemv's tiles; more expand the weight to
-    // bf16 for cuBLASLt (MSLM_QUANT_GEMV_MAX_ROWS, for measuring the crossover).
-    int64_t quant_gemv_max_rows = 4 * kc::kQuantGemvMaxRows;
+    // The most rows a quantized product takes through quant_gemv's tiles, or 0: the measured
+    // default (quant_gemv_rows); MSLM_QUANT_GEMV_MAX_ROWS overrides it.
+    int64_t quant_gemv_max_rows = 0;
     // The persistent batch-1 step (cuda_decode_step.h) where the model's layers allow it and
     // MSLM_DECODE_PERSISTENT=1 asks for it; `tables` holds its layer and stage tables, the attention
     // partials and the barrier (from the caching allocator, made in start()). Off by default since
@@ -818,10 +818,15 @@ struct Run {
     }
 
     // Whether a product of N rows with quantized weight q runs as the quantized GEMV (tiles of 16
-    // rows, each reading the weights once) rather than expanding q to bf16 for a cuBLASLt GEMM
-    // (expansion reads 0.56–1 byte a weight and writes 2, the GEMM reads 2: about four 16-row tiles).
+    // rows, each decoding the weights once) rather than expanding q to bf16 for a cuBLASLt GEMM.
+    // Measured on the H200 (docs/PERFORMANCE.md, "quantized products at batch 32 and 64"): the tiles'
+    // decoding is CUDA-core work per tile, so past one tile int8 expands faster, and 4-bit past two
+    // (130m / 1b at batch 64: NF4 1.35× / 1.48×, int8 1.69× / 2.51× faster expanded). A weight larger
+    // than the scratch (the LM head) always takes the tiles.
     bool quant_gemv_rows(const kc::QuantWeight& q) const {
-        return N <= m.quant_gemv_max_rows || q.out * q.in > m.qscratch_elems;
+        const int64_t tiles = q.format == kc::QuantFormat::Int8 ? 1 : 2;
+        const int64_t most = m.quant_gemv_max_rows > 0 ? m.quant_gemv_max_rows : tiles * kc::kQuantGemvMaxRows;
+        return N <= most || q.out * q.in > m.qscratch_elems;
     }
     // The quantized weight q expanded to bf16 in the scratch, for a GEMM.
     const bf16* expand(const kc::QuantWeight& q) const {
