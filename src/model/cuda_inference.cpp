@@ -771,15 +771,17 @@ void CudaCausalLM::start(int64_t slots, int64_t max_len) {
     check(cudaMemsetAsync(m.pick_done, 0, sizeof(unsigned) * static_cast<size_t>(S), m.stream),
           "zero counters");
 
-    m.host_bytes = staging_bytes(S, m.rows) + sizeof(float) * static_cast<size_t>(S * cfg_.vocab_size) +
-                   sizeof(bf16) * static_cast<size_t>(m.rows * cfg_.d_model) +
-                   static_cast<size_t>(S * kPickBytes);
+    // [staging | logits (S, V) fp32 | hidden (rows, D) bf16 | picks (S), 16-byte aligned]
+    const size_t logits_at = staging_bytes(S, m.rows);
+    const size_t hidden_at = logits_at + sizeof(float) * static_cast<size_t>(S * cfg_.vocab_size);
+    const size_t picks_at = (hidden_at + sizeof(bf16) * static_cast<size_t>(m.rows * cfg_.d_model) + 15) / 16 * 16;
+    m.host_bytes = picks_at + static_cast<size_t>(S * kPickBytes);
     void* host = nullptr;
     check(cudaMallocHost(&host, m.host_bytes), "cudaMallocHost");
     m.host = static_cast<char*>(host);
-    m.host_logits = reinterpret_cast<float*>(m.host + staging_bytes(S, m.rows));
-    m.host_hidden = reinterpret_cast<bf16*>(m.host_logits + S * cfg_.vocab_size);
-    m.host_picks = reinterpret_cast<char*>(m.host_hidden + m.rows * cfg_.d_model);
+    m.host_logits = reinterpret_cast<float*>(m.host + logits_at);
+    m.host_hidden = reinterpret_cast<bf16*>(m.host + hidden_at);
+    m.host_picks = m.host + picks_at;
     // The persistent step stages bf16 weights; a quantized model steps with the per-op kernels.
     if (m.persistent && m.quant.empty() && persistent_step_fits(cfg_, m))
         prepare_persistent_step(cfg_, m, cache_len_);
