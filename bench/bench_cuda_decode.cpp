@@ -83,12 +83,13 @@ int main(int argc, char** argv) {
         fmt::print("bench_cuda_decode: no CUDA GPU ({})\n", cuda_device_summary());
         return 0;
     }
+    const bool greedy = logits_mode == "greedy", download = logits_mode == "1";
     const char* graphs = std::getenv("MSLM_CUDA_GRAPHS");
     fmt::print("# mamba-slm bench_cuda_decode, {}; CUDA graphs {}; each step {}\n", cuda_device_summary(),
                graphs && std::string(graphs) == "0" ? "off" : "on",
-               logits_mode == "greedy" ? "picks its greedy tokens on the GPU"
-               : logits_mode == "0"    ? "downloads nothing"
-                                       : "downloads its logits");
+               greedy     ? "picks its greedy tokens on the GPU"
+               : download ? "downloads its logits"
+                          : "downloads nothing");
     fmt::print(
         "| preset | params | prompt | prefill tok/s | decode b=1 tok/s | b=1 ms/token | decode b={} tok/s | "
         "bytes/token (b=1) | limit tok/s @4.3TB/s | of limit |\n",
@@ -135,10 +136,10 @@ int main(int argc, char** argv) {
                     for (auto& x : toks) x = static_cast<int32_t>(rng.below(V));
                     const bool profiled = round == 1 && t == profile_step;
                     if (profiled) cudaProfilerStart();
-                    if (logits_mode == "greedy")
+                    if (greedy)
                         gpu.step_greedy(slots, toks, picks.data());
                     else
-                        gpu.step(slots, toks, logits_mode == "0" ? nullptr : logits.data(), nullptr);
+                        gpu.step(slots, toks, download ? logits.data() : nullptr, nullptr);
                     if (profiled) cudaProfilerStop();
                 }
                 const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();

@@ -126,15 +126,21 @@ void check_cuda(cudaError_t err, const char* what, const char* kernel) {
                cudaGetErrorString(err));
 }
 
-// Enough blocks for `work` threads, capped at what the device keeps resident at once
-// (2048 threads per SM on sm_80+): the grid-stride loops cover the rest.
+// The current device's multiprocessor count (errors name `kernel`).
 template <typename T>
-unsigned grid_size(int64_t work, const char* kernel) {
+int multiprocessors(const char* kernel) {
     int device = 0, sms = 0;
     check_cuda<T>(cudaGetDevice(&device), "cudaGetDevice", kernel);
     check_cuda<T>(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device),
                   "cudaDeviceGetAttribute", kernel);
-    const int64_t resident = int64_t(sms) * (2048 / kThreads);
+    return sms;
+}
+
+// Enough blocks for `work` threads, capped at what the device keeps resident at once
+// (2048 threads per SM on sm_80+): the grid-stride loops cover the rest.
+template <typename T>
+unsigned grid_size(int64_t work, const char* kernel) {
+    const int64_t resident = int64_t(multiprocessors<T>(kernel)) * (2048 / kThreads);
     return unsigned(std::clamp<int64_t>((work + kThreads - 1) / kThreads, 1, resident));
 }
 

@@ -98,11 +98,7 @@ inline int row_threads(int64_t width, int vec) {
 // Blocks for N rows: all of them, up to what the device keeps resident at once.
 template <typename T>
 unsigned row_grid(int64_t N, int threads, const char* kernel) {
-    int device = 0, sms = 0;
-    check_cuda<T>(cudaGetDevice(&device), "cudaGetDevice", kernel);
-    check_cuda<T>(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device),
-                  "cudaDeviceGetAttribute", kernel);
-    return unsigned(std::clamp<int64_t>(N, 1, int64_t(sms) * (2048 / threads)));
+    return unsigned(std::clamp<int64_t>(N, 1, int64_t(multiprocessors<T>(kernel)) * (2048 / threads)));
 }
 
 }  // namespace mslm::ops::cuda::detail

@@ -2307,12 +2307,8 @@ void ssd_update(S* y, float* h, const int64_t* slots, const SsdInputs<S>& in, co
     // fewer rows a warp at small batches, so the state still spreads over every SM.
     const auto st = static_cast<cudaStream_t>(stream);
     auto* yd = reinterpret_cast<device_t<S>*>(y);
-    int device = 0, sms = 0;
-    check_cuda<S>(cudaGetDevice(&device), "cudaGetDevice", "ssd_update");
-    check_cuda<S>(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device),
-                  "cudaDeviceGetAttribute", "ssd_update");
     const int64_t wide = p.batch * p.H * ((p.P + 7) / 8);
-    if (wide >= 16 * int64_t(sms)) {
+    if (wide >= 16 * int64_t(multiprocessors<S>("ssd_update"))) {
         ssd_update_kernel<device_t<S>, 8>
             <<<grid_size<S>(wide * 32, "ssd_update"), kThreads, 0, st>>>(a, yd, h, slots);
     } else {
