@@ -202,6 +202,12 @@ struct CudaCausalLM::Impl {
 
     bool graphs = true;
     bool fused = true;  // decode_gemv for the step's products (MSLM_DECODE_FUSED=0: cuBLASLt + separate kernels)
+    // The most rows a bf16 product takes through decode_gemv; more go through the norm kernel,
+    // cuBLASLt and the epilogue kernel. Measured on the H200 (docs/PERFORMANCE.md, "Decode at
+    // batch 3..8: cuBLASLt"): from 3 rows the unfused path is faster on every preset (1.9× at
+    // batch 8 on 130m, 2.7× on 1b), at 2 rows only up to d_model 1024. MSLM_DECODE_FUSED_MAX_ROWS
+    // overrides it (up to kDecodeGemvMaxRows).
+    int64_t fused_max_rows = 1;
     // The most rows a quantized product takes through quant_gemv's tiles, or 0: the measured
     // default (quant_gemv_rows); MSLM_QUANT_GEMV_MAX_ROWS overrides it.
     int64_t quant_gemv_max_rows = 0;
@@ -595,6 +601,8 @@ CudaCausalLM::CudaCausalLM(const HybridLM<float>& model, int device)
     m.graphs = !(graphs && std::string(graphs) == "0");
     const char* fused = std::getenv("MSLM_DECODE_FUSED");
     m.fused = !(fused && std::string(fused) == "0");
+    m.fused_max_rows = cfg_.d_model <= 1024 ? 2 : 1;
+    if (const char* rows = std::getenv("MSLM_DECODE_FUSED_MAX_ROWS")) m.fused_max_rows = std::atoll(rows);
     if (const char* rows = std::getenv("MSLM_QUANT_GEMV_MAX_ROWS")) m.quant_gemv_max_rows = std::atoll(rows);
     const char* persistent = std::getenv("MSLM_DECODE_PERSISTENT");
     m.persistent = m.fused && persistent && std::string(persistent) == "1";
@@ -922,8 +930,8 @@ struct Run {
     }
 
     // A decode-step product through the fused kernel (cuda_decoder_kernels.h) when it takes the
-    // shape and MSLM_DECODE_FUSED is not 0; otherwise the same function unfused: the norm kernel,
-    // cuBLASLt, then the epilogue's kernel.
+    // shape, MSLM_DECODE_FUSED is not 0 and the step has at most m.fused_max_rows rows (bf16);
+    // otherwise the same function unfused: the norm kernel, cuBLASLt, then the epilogue's kernel.
     // A quantized weight q (a.W is then null) takes the fused kernel too (its quantized product);
     // unfused, the same prologue, then the quantized GEMV with the epilogue fused (or, for many rows,
     // the expanded weight through the cuBLASLt path below).
@@ -933,10 +941,10 @@ struct Run {
         using cuda_decoder_detail::DecodeEpilogue;
         using cuda_decoder_detail::DecodeNorm;
         a.k = N;
-        // bf16 weights, or quantized ones at batch 1: one kernel with the prologue and epilogue fused.
-        // Quantized products of 2..8 rows take quant_gemv's tiles (each weight decoded once for all
+        // bf16 weights at 1 (or 2) rows, or quantized ones at batch 1: one kernel with the prologue
+        // and epilogue fused. Quantized products of 2..8 rows take quant_gemv's tiles (each weight decoded once for all
         // rows, 2–4 weight rows a lane): 1.6× the fused kernel's speed at batch 8 on the H200.
-        if (m.fused && (!q || N == 1)) {
+        if (m.fused && (q ? N == 1 : N <= m.fused_max_rows)) {
             a.q = q;
             if (cuda_decoder_detail::decode_gemv_supported(a)) {
                 cuda_decoder_detail::decode_gemv(a, s);
