@@ -185,7 +185,7 @@ struct CudaCausalLM::Impl {
     int64_t* pos = nullptr;
     int32_t* ids = nullptr;
     bf16 *res = nullptr, *ln = nullptr, *tmp = nullptr, *proj = nullptr, *xin = nullptr, *conv_out = nullptr;
-    bf16 *y = nullptr, *z = nullptr, *yn = nullptr, *xdbl = nullptr, *dt = nullptr, *dt_raw = nullptr, *o = nullptr;
+    bf16 *y = nullptr, *yn = nullptr, *xdbl = nullptr, *dt = nullptr, *dt_raw = nullptr, *o = nullptr;
     bf16 *h = nullptr, *a = nullptr, *hf = nullptr, *kt = nullptr, *vt = nullptr, *bc_in = nullptr, *bc = nullptr;
     float *mean = nullptr, *rstd = nullptr, *g_rstd = nullptr, *lse = nullptr, *logits = nullptr;
     float* attn_ws = nullptr;  // the split decode attention's partials
@@ -327,7 +327,6 @@ void carve_scratch(Carver& cv, Impl& m, const ModelConfig& cfg, int64_t rows, in
     cv.take(m.conv_out, (N + w.K - 1) * w.conv_c);
     const int64_t inner = std::max(w.Din, w.Hq * w.Dh);
     cv.take(m.y, N * inner);
-    cv.take(m.z, N * w.Din);
     cv.take(m.yn, N * w.Din);
     cv.take(m.g_rstd, N * cfg.mamba_norm_groups());
     cv.take(m.xdbl, cfg.mamba.version == 1 ? N * w.Wx : 0);
@@ -923,9 +922,8 @@ struct Run {
     }
     // Mamba-2 after the SSD: gated norm with z, out_proj.
     void mamba2_output(const CudaCausalLM::Impl::Layer& L) const {
-        copy2d(m.z, w.Din, m.proj, w.W2, N, w.Din, s);
-        kc::gated_rmsnorm_forward(m.yn, m.g_rstd, m.y, m.z, L.gnorm_w, N, w.Din, cfg.mamba_norm_groups(),
-                                  static_cast<float>(cfg.norm_eps), s);
+        kc::gated_rmsnorm_forward_strided_z(m.yn, m.g_rstd, m.y, m.proj, w.W2, L.gnorm_w, N, w.Din,
+                                            cfg.mamba_norm_groups(), static_cast<float>(cfg.norm_eps), s);
         linear(m.tmp, m.yn, L.out_w, L.out_q, L.out_b, w.Din, w.D);
     }
 
@@ -956,13 +954,13 @@ struct Run {
         const bf16* x = a.x;
         if (a.norm == DecodeNorm::RMS || a.norm == DecodeNorm::Layer) {
             MSLM_CHECK(a.ld_x == a.I && a.I == w.D, "decode gemv: a norm prologue reads the residual stream");
-            norm(m.ln, a.x, a.norm_w, a.norm_b);
-            x = m.ln;
-            if (a.x_out) copy_bytes(a.x_out, m.ln, sizeof(bf16) * N * a.I, s);
+            bf16* ln = a.x_out ? a.x_out : m.ln;  // normalised straight into x_out when asked for
+            norm(ln, a.x, a.norm_w, a.norm_b);
+            x = ln;
         } else if (a.norm == DecodeNorm::Gated) {
             MSLM_CHECK(a.ld_x == a.I, "decode gemv: the gated norm reads contiguous rows");
-            copy2d(m.z, a.I, a.z, a.ld_z, N, a.I, s);
-            kc::gated_rmsnorm_forward(m.yn, m.g_rstd, a.x, m.z, a.norm_w, N, a.I, a.groups, a.eps, s);
+            kc::gated_rmsnorm_forward_strided_z(m.yn, m.g_rstd, a.x, a.z, a.ld_z, a.norm_w, N, a.I, a.groups,
+                                                a.eps, s);
             x = m.yn;
         } else if (a.ld_x != a.I) {  // only Mamba-1's dt columns of x_proj's output are strided
             MSLM_CHECK(a.I == w.R, "decode gemv: strided input of width {}", a.I);
@@ -982,8 +980,13 @@ struct Run {
                 kc::linear_forward(a.out, x, a.W, a.bias, N, a.I, a.O, s);
                 break;
             case DecodeEpilogue::Residual:
-                kc::linear_forward(m.tmp, x, a.W, a.bias, N, a.I, a.O, s);
-                kc::axpy(a.out, m.tmp, N * a.O, 1.0f, s);
+                MSLM_CHECK(a.ld_out == a.O, "decode gemv: contiguous output expected");
+                if (a.bias) {
+                    kc::linear_forward(m.tmp, x, a.W, a.bias, N, a.I, a.O, s);
+                    kc::axpy(a.out, m.tmp, N * a.O, 1.0f, s);
+                } else {  // the same two roundings in one cuBLASLt call (beta = 1)
+                    kc::linear_forward_accumulate(a.out, x, a.W, N, a.I, a.O, s);
+                }
                 break;
             case DecodeEpilogue::SwiGLU:
                 kc::linear_forward(m.h, x, a.W, a.bias, N, a.I, 2 * a.O, s);

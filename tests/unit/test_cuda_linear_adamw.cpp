@@ -23,6 +23,7 @@
 #include <cfloat>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
 #include <limits>
 #include <string>
 #include <tuple>
@@ -36,6 +37,7 @@
 #include "cuda_test_util.h"
 #include "nn/parameters.h"
 #include "ops/cuda/adamw.h"
+#include "ops/cuda/elementwise.h"
 #include "ops/cuda/linear.h"
 #include "ops/linear.h"
 #include "train/optimizer.h"
@@ -556,6 +558,55 @@ TYPED_TEST(CudaAdamW, NonFiniteNormDoesNotScale) {
         EXPECT_FALSE(std::isfinite(norm_d.download()[0]));
         EXPECT_EQ(scale_d.download()[0], 1.0f);
     }
+#endif
+}
+
+// linear_forward_accumulate (out += x·Wᵀ, beta = 1): the decode step's residual add in one call.
+// Against the exact value r = out₀ + Σ x·W (double): cuBLASLt may round the product to bf16 before
+// the add or not (the header), so the bound is the output's rounding (2⁻⁸·|r|), the product's
+// (2⁻⁸·|p|) and the fp32 sum's ((I + 2)·u·Σ|x·W|), with 1% for second-order terms. Where cuBLASLt rounds
+// first the bits are those of linear_forward + axpy; the count that differ is printed, not asserted (it
+// depends on the kernel).
+TEST(CudaLinearAccumulate, AddsTheProductWithinTwoRoundings) {
+#ifdef MSLM_HAVE_CUDA
+    if (!cuda_available()) GTEST_SKIP() << "no CUDA device";
+    Rng rng(19);
+    for (auto [N, I, O] : {std::tuple<int64_t, int64_t, int64_t>{1, 768, 768},
+                           {3, 1536, 768},
+                           {64, 2048, 768},
+                           {8, 1, 300},
+                           {5, 7, 9}}) {
+        SCOPED_TRACE(where(N, I, O, false));
+        const auto x = random_values<uint16_t>(rng, N * I), W = random_values<uint16_t>(rng, O * I);
+        const auto out0 = random_values<uint16_t>(rng, N * O, -4.0, 4.0);
+        DeviceBuffer<uint16_t> x_d(x), W_d(W), acc_d(out0), pair_d(out0), tmp_d(std::vector<uint16_t>(N * O));
+        ops::cuda::linear_forward_accumulate(acc_d.get(), x_d.get(), W_d.get(), N, I, O);
+        ops::cuda::linear_forward(tmp_d.get(), x_d.get(), W_d.get(), static_cast<const uint16_t*>(nullptr), N,
+                                  I, O);
+        ops::cuda::axpy(pair_d.get(), tmp_d.get(), N * O, 1.0f);
+        const auto acc = acc_d.download(), pair = pair_d.download();
+        int64_t differ = 0;
+        for (int64_t n = 0; n < N; ++n)
+            for (int64_t o = 0; o < O; ++o) {
+                double p = 0, mag = 0;
+                for (int64_t i = 0; i < I; ++i) {
+                    const double t = decode(x[n * I + i]) * decode(W[o * I + i]);
+                    p += t;
+                    mag += std::abs(t);
+                }
+                const double r = decode(out0[n * O + o]) + p;
+                // × 1.01: the second-order terms (a rounding of an already rounded value).
+                const double bound =
+                    1.01 * (std::ldexp(std::abs(r) + std::abs(p), -8) + double(I + 2) * kU * mag);
+                ASSERT_LE(std::abs(decode(acc[n * O + o]) - r), bound) << "row " << n << " column " << o;
+                differ += acc[n * O + o] != pair[n * O + o];
+            }
+        std::printf("  (%lld, %lld, %lld): %lld of %lld outputs differ from linear_forward + axpy\n",
+                    static_cast<long long>(N), static_cast<long long>(I), static_cast<long long>(O),
+                    static_cast<long long>(differ), static_cast<long long>(N * O));
+    }
+#else
+    GTEST_SKIP() << "built without CUDA";
 #endif
 }
 

@@ -414,8 +414,31 @@ TYPED_TEST(CudaGatedNorm, Forward) {
             ops::cuda::gated_rmsnorm_forward(d_out.get(), d_rstd.get(), d_x.get(), d_z.get(), d_w.get(), N, D, G,
                                              kEps);
             const double rel = double(Dg + 32) * kU;
-            EXPECT_TRUE(all_close(d_out.download(), out, abs_all(out), rel));
+            const std::vector<T> got = d_out.download();
+            EXPECT_TRUE(all_close(got, out, abs_all(out), rel));
             EXPECT_TRUE(all_close(d_rstd.download(), rstd, abs_all(rstd), rel));
+
+            // z read in place from a wider matrix, rows ld_z apart from column c0: with c0 = 8 and
+            // ld_z = D + 8 the loads vectorise as the contiguous call's do, the same bits; with
+            // c0 = 3, ld_z = D + 3 they cannot (one element a load), so within the tolerance.
+            for (int64_t c0 : {8, 3}) {
+                const int64_t ld_z = D + c0;
+                std::vector<T> wide(N * ld_z);
+                for (int64_t n = 0; n < N; ++n)
+                    for (int64_t i = 0; i < D; ++i) wide[n * ld_z + c0 + i] = z[n * D + i];
+                DeviceBuffer<T> d_wide(wide, offset), d_out2(std::vector<T>(N * D), offset);
+                DeviceBuffer<float> d_rstd2(std::vector<float>(N * G));
+                ops::cuda::gated_rmsnorm_forward_strided_z(d_out2.get(), d_rstd2.get(), d_x.get(),
+                                                           d_wide.get() + c0, ld_z, d_w.get(), N, D, G, kEps);
+                SCOPED_TRACE("ld_z = " + std::to_string(ld_z));
+                if (c0 == 8) {
+                    EXPECT_TRUE(d_out2.download() == got);
+                    EXPECT_TRUE(d_rstd2.download() == d_rstd.download());
+                } else {
+                    EXPECT_TRUE(all_close(d_out2.download(), out, abs_all(out), rel));
+                    EXPECT_TRUE(all_close(d_rstd2.download(), rstd, abs_all(rstd), rel));
+                }
+            }
         }
     }
 #endif
@@ -503,6 +526,8 @@ TEST(CudaNormShapes, ErrorsEmptyAndWorkspace) {
     expect_error([&] { ops::cuda::layernorm_forward<float>(f, f, f, f, f, f, 4, -8, kEps); }, "layernorm_forward");
     expect_error([&] { ops::cuda::gated_rmsnorm_forward<float>(f, f, f, f, f, 2, 10, 3, kEps); },
                  "gated_rmsnorm_forward");
+    expect_error([&] { ops::cuda::gated_rmsnorm_forward_strided_z<float>(f, f, f, f, 9, f, 2, 10, 2, kEps); },
+                 "z's row stride 9 < D = 10");
     expect_error([&] { ops::cuda::gated_rmsnorm_backward<float>(f, f, f, nullptr, f, f, f, f, f, 2, 10, 0); },
                  "gated_rmsnorm_backward");
     expect_error([&] { ops::cuda::rmsnorm_backward<float>(f, nonnull, nullptr, f, f, f, f, 2, 8); },

@@ -414,6 +414,14 @@ void batched_linear_f32_out(float* out, int64_t ld_out, int64_t stride_out, cons
                g.k);
 }
 
+void linear_forward_accumulate(uint16_t* out, const uint16_t* x, const uint16_t* W, int64_t N, int64_t I,
+                               int64_t O, void* stream) {
+    const char* op = "linear_forward_accumulate";
+    check_sizes(op, N, I, O);
+    if (N == 0 || O == 0 || I == 0) return;  // an empty sum adds nothing
+    matmul<uint16_t>(op, linear_forward_gemm(out, x, W, N, I, O), 1.0f, static_cast<cudaStream_t>(stream));
+}
+
 void linear_forward_f32_out(float* out, const uint16_t* x, const uint16_t* W, int64_t N, int64_t I, int64_t O,
                             void* stream) {
     const char* op = "linear_forward_f32_out";

@@ -99,17 +99,19 @@ __device__ __forceinline__ void rms_input(float (&g)[V], T* res, const T* x, con
 }
 
 template <RmsKind K, int V, typename T>
-__global__ void rms_forward_kernel(T* out, float* rstd, T* res, const T* x, const T* z, const T* w, int64_t N,
-                                   int D, int G, float eps) {
+__global__ void rms_forward_kernel(T* out, float* rstd, T* res, const T* x, const T* z, int64_t ld_z,
+                                   const T* w, int64_t N, int D, int G, float eps) {
     __shared__ float scratch[32];
     const int Dg = D / G, packs = Dg / V;
     for (int64_t n = blockIdx.x; n < N; n += gridDim.x) {
+        // z's row n starts ld_z·n in: shifted so that the row-major index n·D + i reads it.
+        const T* zn = K == RmsKind::kGated ? z + n * (ld_z - D) : z;
         for (int k = 0; k < G; ++k) {
             const int64_t row = n * D + int64_t(k) * Dg;
             float ss = 0.0f;
             for (int p = threadIdx.x; p < packs; p += blockDim.x) {
                 float g[V];
-                rms_input<K, V>(g, res, x, z, row + int64_t(p) * V);
+                rms_input<K, V>(g, res, x, zn, row + int64_t(p) * V);
 #pragma unroll
                 for (int e = 0; e < V; ++e) ss += g[e] * g[e];
             }
@@ -121,7 +123,7 @@ __global__ void rms_forward_kernel(T* out, float* rstd, T* res, const T* x, cons
                 if constexpr (K == RmsKind::kResidual) {
                     load_f32<V>(g, res + i);
                 } else {
-                    rms_input<K, V>(g, res, x, z, i);
+                    rms_input<K, V>(g, res, x, zn, i);
                 }
                 load_f32<V>(wv, w + k * Dg + p * V);
 #pragma unroll
@@ -352,14 +354,15 @@ T* dev(void* p) {
 }
 
 template <RmsKind K, typename T>
-void launch_rms_forward(const char* kernel, T* out, float* rstd, T* res, const T* x, const T* z, const T* w,
-                        int64_t N, int64_t D, int64_t G, float eps, void* stream) {
+void launch_rms_forward(const char* kernel, T* out, float* rstd, T* res, const T* x, const T* z, int64_t ld_z,
+                        const T* w, int64_t N, int64_t D, int64_t G, float eps, void* stream) {
     check_shape(kernel, N, D, G);
+    MSLM_CHECK(ld_z >= D, "CUDA kernel {}: z's row stride {} < D = {}", kernel, ld_z, D);
     if (N == 0 || D == 0) return;
     using Dev = device_t<T>;
     constexpr int V = kVec<Dev>;
     const int64_t Dg = D / G;
-    const bool vec = Dg % V == 0 && all_aligned({out, res, x, z, w});
+    const bool vec = Dg % V == 0 && ld_z % V == 0 && all_aligned({out, res, x, z, w});
     const int threads = row_threads(Dg, vec ? V : 1);
     auto s = static_cast<cudaStream_t>(stream);
     auto o = reinterpret_cast<Dev*>(out);
@@ -368,9 +371,11 @@ void launch_rms_forward(const char* kernel, T* out, float* rstd, T* res, const T
          wd = reinterpret_cast<const Dev*>(w);
     const unsigned grid = row_grid<T>(N, threads, kernel);
     if (vec) {
-        rms_forward_kernel<K, V><<<grid, threads, 0, s>>>(o, rstd, r, xd, zd, wd, N, int(D), int(G), eps);
+        rms_forward_kernel<K, V>
+            <<<grid, threads, 0, s>>>(o, rstd, r, xd, zd, ld_z, wd, N, int(D), int(G), eps);
     } else {
-        rms_forward_kernel<K, 1><<<grid, threads, 0, s>>>(o, rstd, r, xd, zd, wd, N, int(D), int(G), eps);
+        rms_forward_kernel<K, 1>
+            <<<grid, threads, 0, s>>>(o, rstd, r, xd, zd, ld_z, wd, N, int(D), int(G), eps);
     }
     check_launch<T>(kernel);
 }
@@ -417,21 +422,28 @@ template <typename T>
 void rmsnorm_forward(T* out, float* rstd, const T* x, const T* w, int64_t N, int64_t D, float eps,
                      void* stream) {
     launch_rms_forward<RmsKind::kPlain>("rmsnorm_forward", out, rstd, static_cast<T*>(nullptr), x,
-                                        static_cast<const T*>(nullptr), w, N, D, 1, eps, stream);
+                                        static_cast<const T*>(nullptr), D, w, N, D, 1, eps, stream);
 }
 
 template <typename T>
 void residual_rmsnorm_forward(T* out, float* rstd, T* res, const T* x, const T* w, int64_t N, int64_t D,
                               float eps, void* stream) {
     launch_rms_forward<RmsKind::kResidual>("residual_rmsnorm_forward", out, rstd, res, x,
-                                           static_cast<const T*>(nullptr), w, N, D, 1, eps, stream);
+                                           static_cast<const T*>(nullptr), D, w, N, D, 1, eps, stream);
 }
 
 template <typename T>
 void gated_rmsnorm_forward(T* out, float* rstd, const T* x, const T* z, const T* w, int64_t N, int64_t D,
                            int64_t G, float eps, void* stream) {
-    launch_rms_forward<RmsKind::kGated>("gated_rmsnorm_forward", out, rstd, static_cast<T*>(nullptr), x, z, w,
-                                        N, D, G, eps, stream);
+    launch_rms_forward<RmsKind::kGated>("gated_rmsnorm_forward", out, rstd, static_cast<T*>(nullptr), x, z, D,
+                                        w, N, D, G, eps, stream);
+}
+
+template <typename T>
+void gated_rmsnorm_forward_strided_z(T* out, float* rstd, const T* x, const T* z, int64_t ld_z, const T* w,
+                                     int64_t N, int64_t D, int64_t G, float eps, void* stream) {
+    launch_rms_forward<RmsKind::kGated>("gated_rmsnorm_forward", out, rstd, static_cast<T*>(nullptr), x, z,
+                                        ld_z, w, N, D, G, eps, stream);
 }
 
 template <typename T>
@@ -504,19 +516,21 @@ void layernorm_backward(T* dx, T* dw, T* db, void* workspace, const T* dout, con
     if (db) launch_column_sum(db, db_partial, P, D, s);
 }
 
-#define MSLM_INSTANTIATE(T)                                                                                   \
-    template void rmsnorm_forward<T>(T*, float*, const T*, const T*, int64_t, int64_t, float, void*);         \
-    template void residual_rmsnorm_forward<T>(T*, float*, T*, const T*, const T*, int64_t, int64_t, float,    \
-                                              void*);                                                         \
-    template void rmsnorm_backward<T>(T*, T*, void*, const T*, const T*, const T*, const float*, int64_t,     \
-                                      int64_t, void*);                                                        \
-    template void layernorm_forward<T>(T*, float*, float*, const T*, const T*, const T*, int64_t, int64_t,    \
-                                       float, void*);                                                         \
-    template void layernorm_backward<T>(T*, T*, T*, void*, const T*, const T*, const T*, const float*,        \
-                                        const float*, int64_t, int64_t, void*);                               \
-    template void gated_rmsnorm_forward<T>(T*, float*, const T*, const T*, const T*, int64_t, int64_t,        \
-                                           int64_t, float, void*);                                            \
-    template void gated_rmsnorm_backward<T>(T*, T*, T*, void*, const T*, const T*, const T*, const T*,        \
+#define MSLM_INSTANTIATE(T)                                                                                \
+    template void rmsnorm_forward<T>(T*, float*, const T*, const T*, int64_t, int64_t, float, void*);      \
+    template void residual_rmsnorm_forward<T>(T*, float*, T*, const T*, const T*, int64_t, int64_t, float, \
+                                              void*);                                                      \
+    template void rmsnorm_backward<T>(T*, T*, void*, const T*, const T*, const T*, const float*, int64_t,  \
+                                      int64_t, void*);                                                     \
+    template void layernorm_forward<T>(T*, float*, float*, const T*, const T*, const T*, int64_t, int64_t, \
+                                       float, void*);                                                      \
+    template void layernorm_backward<T>(T*, T*, T*, void*, const T*, const T*, const T*, const float*,     \
+                                        const float*, int64_t, int64_t, void*);                            \
+    template void gated_rmsnorm_forward<T>(T*, float*, const T*, const T*, const T*, int64_t, int64_t,     \
+                                           int64_t, float, void*);                                         \
+    template void gated_rmsnorm_forward_strided_z<T>(T*, float*, const T*, const T*, int64_t, const T*,    \
+                                                     int64_t, int64_t, int64_t, float, void*);             \
+    template void gated_rmsnorm_backward<T>(T*, T*, T*, void*, const T*, const T*, const T*, const T*,     \
                                             const float*, int64_t, int64_t, int64_t, void*);
 MSLM_INSTANTIATE(float)
 MSLM_INSTANTIATE(uint16_t)

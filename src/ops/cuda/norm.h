@@ -58,6 +58,11 @@ void layernorm_backward(T* dx, T* dw, T* db, void* workspace, const T* dout, con
 template <typename T>
 void gated_rmsnorm_forward(T* out, float* rstd, const T* x, const T* z, const T* w, int64_t N, int64_t D,
                            int64_t G, float eps, void* stream = nullptr);
+// The same with z's rows ld_z ≥ D apart: z read in place as D columns of a wider matrix (the decode
+// step's in_proj output [z | xBC | dt]) instead of copied out first. Same values as the contiguous call.
+template <typename T>
+void gated_rmsnorm_forward_strided_z(T* out, float* rstd, const T* x, const T* z, int64_t ld_z, const T* w,
+                                     int64_t N, int64_t D, int64_t G, float eps, void* stream = nullptr);
 
 // Per group, with ĝ = g·rstd and h = dout·w: dg = rstd · (h − ĝ · mean(h·ĝ)), dx += dg · silu(z),
 // dz += dg · x · silu'(z), dw += Σ_n dout·ĝ. g is recomputed from x and z.
