@@ -3,8 +3,9 @@
 //
 // decode_gemv: out = epilogue(norm(x) · Wᵀ (+ b)) for k ≤ kDecodeGemvMaxRows input rows — the
 // batch-1 step is a weight stream (CudaCausalLM sends it 1 or 2 rows: from 3 rows the norm kernel +
-// cuBLASLt + epilogue kernel is faster, docs/PERFORMANCE.md), so one kernel reads each bf16 weight row once (16-byte loads,
-// a warp per output row, fp32 accumulation) and fuses what sits on either side of the product:
+// cuBLASLt + epilogue kernel is faster, docs/PERFORMANCE.md), so one kernel reads each bf16 weight
+// row once (16-byte loads, a warp per output row, fp32 accumulation) and fuses what sits on either
+// side of the product:
 //   prologue  none, RMSNorm, LayerNorm, or Mamba-2's gated RMSNorm (x · silu(z) over groups), each
 //             block normalising the rows itself (they are small) and rounding them to bf16 as the
 //             norm kernel would store them;

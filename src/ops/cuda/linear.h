@@ -27,8 +27,8 @@ void linear_forward(T* out, const T* x, const T* W, const T* b, int64_t N, int64
 // 1, D = C = out): a residual add without a separate kernel (the decode step's). Whether the fp32
 // product is rounded to bf16 before C is added depends on the kernel cuBLASLt picks (measured on the
 // H200: rounded first at (N, I, O) = (1, 768, 768), (3, 1536, 768), (64, 2048, 768) — the bits of
-// linear_forward then axpy —, not at (8, 1, 300) and (5, 7, 9)): so out = round(out + product) or
-// round(out + round(product)), within one bf16 rounding of the product of the pair's result.
+// linear_forward then axpy —, not at (8, 1, 300) and (5, 7, 9)): out = round(out + round(product))
+// or round(out + product), at most the product's one bf16 rounding away from that pair.
 void linear_forward_accumulate(uint16_t* out, const uint16_t* x, const uint16_t* W, int64_t N, int64_t I,
                                int64_t O, void* stream = nullptr);
 

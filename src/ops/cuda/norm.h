@@ -59,7 +59,9 @@ template <typename T>
 void gated_rmsnorm_forward(T* out, float* rstd, const T* x, const T* z, const T* w, int64_t N, int64_t D,
                            int64_t G, float eps, void* stream = nullptr);
 // The same with z's rows ld_z ≥ D apart: z read in place as D columns of a wider matrix (the decode
-// step's in_proj output [z | xBC | dt]) instead of copied out first. Same values as the contiguous call.
+// step's in_proj output [z | xBC | dt]) instead of copied out first. Bit for bit with the contiguous
+// call when both take 16-byte loads (z aligned, ld_z a multiple of the vector width); otherwise the
+// sums run in another order, within the same bound.
 template <typename T>
 void gated_rmsnorm_forward_strided_z(T* out, float* rstd, const T* x, const T* z, int64_t ld_z, const T* w,
                                      int64_t N, int64_t D, int64_t G, float eps, void* stream = nullptr);
