@@ -59,6 +59,11 @@ WeightFormat parse_weight_format(const std::string& s);
 // Products with at least this many rows of x use the GEMM kernels (AMX where available); fewer rows
 // use the GEMV kernels, which keep activations in fp32.
 constexpr int64_t kPackedGemmMinRows = 16;
+// W8A16 / NF4 / FP4 products with at most this many rows of x run as GEMV passes of up to
+// kPackedGemmMinRows − 1 rows (each pass decodes the weights again); more dequantize the whole
+// weight once (bf16 for AMX, or fp32 panels). Measured: docs/PERFORMANCE.md, "CPU decode at batch
+// 16+ on 4-bit and W8A16 weights".
+constexpr int64_t kDequantGemvMaxRows = 31;
 
 struct PackedWeight {
     WeightFormat format = WeightFormat::BF16;

@@ -74,40 +74,74 @@ void check_products(const PackedWeight& W, const std::vector<float>& Wd, const s
     for (const std::string& path : supported_paths()) {
         ForcedPath forced(path);
         for (const bool fp32_prefill : {false, true})
-        for (int64_t M : {1, 2, 3, 4, 5, 15, 16, 33}) {
-            if (fp32_prefill && M < 16) continue;
-            if (fp32_prefill)
-                setenv("MSLM_DEQUANT_PREFILL", "fp32", 1);
-            else
-                unsetenv("MSLM_DEQUANT_PREFILL");
-            const bool bf16 = M >= 16 && !fp32_prefill && detail::packed_gemm_uses_amx();
-            SCOPED_TRACE(what + " path " + path + " M " + std::to_string(M) + (bf16 ? " (bf16 prefill)" : ""));
-            const std::vector<float> x = randn(rng, M * in, 1.0f);
-            for (bool with_bias : {false, true}) {
-                std::vector<float> y(static_cast<size_t>(M * out), NAN);
-                packed_linear_forward(y.data(), x.data(), W, with_bias ? bias.data() : nullptr, M);
-                int bad = 0;
-                for (int64_t m = 0; m < M; ++m)
-                    for (int64_t r = 0; r < out; ++r) {
-                        double exact = 0, mag = 0;
-                        for (int64_t c = 0; c < in; ++c) {
-                            const double p = double(x[m * in + c]) * Wd[r * in + c];
-                            exact += p;
-                            mag += std::fabs(p);
+            // 16 and 31: two GEMV passes; 33: the whole weight dequantized (bf16 on AMX, or fp32 panels).
+            for (int64_t M : {1, 2, 3, 4, 5, 15, 16, 31, 33}) {
+                const bool whole = M > kDequantGemvMaxRows;
+                if (fp32_prefill && !whole) continue;
+                if (fp32_prefill)
+                    setenv("MSLM_DEQUANT_PREFILL", "fp32", 1);
+                else
+                    unsetenv("MSLM_DEQUANT_PREFILL");
+                const bool bf16 = whole && !fp32_prefill && detail::packed_gemm_uses_amx();
+                SCOPED_TRACE(what + " path " + path + " M " + std::to_string(M) +
+                             (bf16 ? " (bf16 prefill)" : ""));
+                const std::vector<float> x = randn(rng, M * in, 1.0f);
+                for (bool with_bias : {false, true}) {
+                    std::vector<float> y(static_cast<size_t>(M * out), NAN);
+                    packed_linear_forward(y.data(), x.data(), W, with_bias ? bias.data() : nullptr, M);
+                    int bad = 0;
+                    for (int64_t m = 0; m < M; ++m)
+                        for (int64_t r = 0; r < out; ++r) {
+                            double exact = 0, mag = 0;
+                            for (int64_t c = 0; c < in; ++c) {
+                                const double p = double(x[m * in + c]) * Wd[r * in + c];
+                                exact += p;
+                                mag += std::fabs(p);
+                            }
+                            const double s = post[r], bb = with_bias ? bias[r] : 0.0;
+                            const double want = s * exact + bb;
+                            const double tol = (gamma + (bf16 ? 0x1p-8 * 1.002 : 0.0)) * std::fabs(s) * mag +
+                                               gamma * std::fabs(bb) + 2 * u * std::fabs(want);
+                            const double got = y[m * out + r];
+                            if (!(std::fabs(got - want) <= tol) && bad++ < 5)
+                                ADD_FAILURE() << "y[" << m << "," << r << "] = " << got << ", want " << want
+                                              << " ± " << tol;
                         }
-                        const double s = post[r], bb = with_bias ? bias[r] : 0.0;
-                        const double want = s * exact + bb;
-                        const double tol = (gamma + (bf16 ? 0x1p-8 * 1.002 : 0.0)) * std::fabs(s) * mag +
-                                           gamma * std::fabs(bb) + 2 * u * std::fabs(want);
-                        const double got = y[m * out + r];
-                        if (!(std::fabs(got - want) <= tol) && bad++ < 5)
-                            ADD_FAILURE() << "y[" << m << "," << r << "] = " << got << ", want " << want
-                                          << " ± " << tol;
-                    }
+                }
             }
-        }
     }
     unsetenv("MSLM_DEQUANT_PREFILL");
+}
+
+// Batches past one GEMV pass (16..kDequantGemvMaxRows rows) run as several passes: every output is
+// the same fixed sum as when its row of x is multiplied alone, so bit for bit the one-row products.
+TEST(PackedDequant, GemvPassesEqualOneRowProducts) {
+    Rng rng(15);
+    const int64_t out = 70, in = 256;
+    const std::vector<float> w = randn(rng, out * in, 0.05f);
+    const quant::Bnb4Quantized q = quant::bnb4_quantize(w, quant::Bnb4Type::NF4, 64);
+    PackedWeight nf4;
+    ASSERT_TRUE(pack_weight_4bit(nf4, q.packed.data(), q.absmax.data(),
+                                 quant::bnb4_code(quant::Bnb4Type::NF4).data(), out, in, 64, false,
+                                 WeightFormat::NF4));
+    const PackedWeight w8 = pack_weight(w.data(), out, in, WeightFormat::W8A16);
+    const std::vector<float> bias = randn(rng, out, 0.5f);
+    for (const std::string& path : supported_paths()) {
+        ForcedPath forced(path);
+        for (const PackedWeight* W : {static_cast<const PackedWeight*>(&nf4), &w8})
+            for (int64_t M : {int64_t{16}, int64_t{23}, kDequantGemvMaxRows}) {
+                SCOPED_TRACE(std::string(weight_format_name(W->format)) + " path " + path + " M " +
+                             std::to_string(M));
+                const std::vector<float> x = randn(rng, M * in, 1.0f);
+                std::vector<float> y(static_cast<size_t>(M * out)), one(static_cast<size_t>(out));
+                packed_linear_forward(y.data(), x.data(), *W, bias.data(), M);
+                for (int64_t m = 0; m < M; ++m) {
+                    packed_linear_forward(one.data(), x.data() + m * in, *W, bias.data(), 1);
+                    for (int64_t r = 0; r < out; ++r)
+                        ASSERT_EQ(y[m * out + r], one[r]) << "row " << m << " output " << r;
+                }
+            }
+    }
 }
 
 // Flattened bitsandbytes quantization of W (out, in), the codes packed and checked against

@@ -388,7 +388,7 @@ void bf16_prefill(float* y, const float* x, const PackedWeight& W, const float* 
             else
                 decode_row_scalar(row.data(), o, r);
             uint16_t* d = dst + r * W.ld;
-            for (int64_t c = 0; c < W.in; ++c) d[c] = float_to_bf16(row[static_cast<size_t>(c)]);
+            for (int64_t c = 0; c < W.in; ++c) d[c] = to_bf16(row[static_cast<size_t>(c)]);
             std::memset(d + W.in, 0, static_cast<size_t>(W.ld - W.in) * sizeof(uint16_t));
         }
     });
@@ -413,22 +413,10 @@ void force_packed_dequant_kernel(const std::string& name) {
                    std::memory_order_relaxed);
 }
 
-void packed_dequant_forward(float* y, const float* x, const PackedWeight& W, const float* b, int64_t M) {
-    MSLM_CHECK(is_dequant_format(W.format), "packed dequant: format {} is not w8a16, nf4 or fp4",
-               weight_format_name(W.format));
-    if (M <= 0) return;
-    const Path path = current_path();
-    if (M >= kPackedGemmMinRows) {
-        if (bf16_prefill_wanted())
-            bf16_prefill(y, x, W, b, M, path);
-        else
-            gemm_panels(y, x, W, b, M, path);
-        return;
-    }
-    if (path == Path::Scalar) {
-        packed_linear_reference(y, x, W, b, M, false);
-        return;
-    }
+namespace {
+
+// One GEMV pass: M ≤ kMaxRows rows of x against every weight row, each weight decoded once.
+void gemv_pass(float* y, const float* x, const PackedWeight& W, const float* b, int64_t M, Path path) {
     float* xs = scratch(static_cast<size_t>(M * W.ld));
     for (int64_t m = 0; m < M; ++m) {
         std::memcpy(xs + m * W.ld, x + m * W.in, static_cast<size_t>(W.in) * sizeof(float));
@@ -449,6 +437,40 @@ void packed_dequant_forward(float* y, const float* x, const PackedWeight& W, con
                 k4 ? gemv_rows<Avx2, true>(o, n0, n1) : gemv_rows<Avx2, false>(o, n0, n1);
         },
         std::max<int64_t>(1, kMinTaskBytes / (kRowsPerBlock * row_bytes)));
+}
+
+// The most rows of x that take GEMV passes (MSLM_DEQUANT_GEMV_MAX_ROWS overrides, read at every
+// call: for the A/B runs and the tests).
+int64_t dequant_gemv_max_rows() {
+    const char* v = std::getenv("MSLM_DEQUANT_GEMV_MAX_ROWS");
+    return v && *v ? std::atoll(v) : kDequantGemvMaxRows;
+}
+
+}  // namespace
+
+void packed_dequant_forward(float* y, const float* x, const PackedWeight& W, const float* b, int64_t M) {
+    MSLM_CHECK(is_dequant_format(W.format), "packed dequant: format {} is not w8a16, nf4 or fp4",
+               weight_format_name(W.format));
+    if (M <= 0) return;
+    const Path path = current_path();
+    if (M > dequant_gemv_max_rows()) {
+        if (bf16_prefill_wanted())
+            bf16_prefill(y, x, W, b, M, path);
+        else
+            gemm_panels(y, x, W, b, M, path);
+        return;
+    }
+    if (path == Path::Scalar) {
+        packed_linear_reference(y, x, W, b, M, false);
+        return;
+    }
+    // Batches past one pass's rows: equal passes of ≤ kMaxRows rows (each output's sum does not
+    // depend on the other rows, so the values are those of one pass).
+    const int64_t passes = (M + kMaxRows - 1) / kMaxRows, rows = (M + passes - 1) / passes;
+    for (int64_t m0 = 0; m0 < M; m0 += rows) {
+        const int64_t r = std::min(rows, M - m0);
+        gemv_pass(y + m0 * W.out, x + m0 * W.in, W, b, r, path);
+    }
 }
 
 std::string packed_dequant_description() {

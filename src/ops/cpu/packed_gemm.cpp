@@ -158,16 +158,6 @@ struct Scratch {
     }
 };
 
-// Same rounding as ops::float_to_bf16 (nearest even, NaN made quiet), inline so the packing loops
-// vectorise.
-inline uint16_t to_bf16(float f) {
-    uint32_t u;
-    std::memcpy(&u, &f, 4);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x40);
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return static_cast<uint16_t>(u >> 16);
-}
-
 constexpr int64_t kTile = 16;  // rows of a tile: rows of W in an A tile, tokens in a B tile
 
 #ifdef MSLM_PACKED_GEMM_X86

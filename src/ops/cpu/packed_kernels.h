@@ -3,11 +3,22 @@
 // run time, so a build without -march=native still carries the AVX-512 / AMX paths).
 #pragma once
 #include <cstdint>
+#include <cstring>
 #include <string>
 
 #include "ops/packed_linear.h"
 
 namespace mslm::ops::detail {
+
+// Same rounding as ops::float_to_bf16 (nearest even, NaN made quiet), inline so that the packing and
+// dequantizing loops vectorise.
+inline uint16_t to_bf16(float f) {
+    uint32_t u;
+    std::memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x40);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return static_cast<uint16_t>(u >> 16);
+}
 
 // The vector paths of the packed CPU kernels (packed_gemv.cpp, packed_dequant.cpp), chosen at run
 // time. MSLM_PACKED_KERNEL=scalar|avx2|avx512 forces one for every packed kernel.
