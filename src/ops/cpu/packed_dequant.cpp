@@ -2,7 +2,8 @@
 // the fly: W8A16 (int8 weights, per-row scale) and bitsandbytes' NF4 / FP4 (4-bit codes, a 16-entry
 // code book, one scale per group of 16, 32 or 64 columns). Layouts in packed_linear.cpp.
 //
-// Decoding (M < kPackedGemmMinRows): every weight row is streamed once; each 32-column step decodes
+// Decoding (M ≤ kDequantGemvMaxRows, in passes of < kPackedGemmMinRows rows of x, each pass a GEMV
+// on its own): every weight row is streamed once a pass; each 32-column step decodes
 // the row's 32 weights into fp32 vectors and FMAs them with the same columns of every row of x, which
 // were copied into zero-padded scratch rows (so the loop over k has no tail: the padding weights are
 // finite, the padding x zero). 4-bit codes are looked up in the code book held in registers:
@@ -16,7 +17,7 @@
 // every weight is exactly bitsandbytes' dequantized fp32 value code · absmax; W8A16 widens the int8
 // weights exactly and multiplies the row's sum by its scale at the end. So the results differ from
 // an fp32 product against the dequantized weights only by the order of the fp32 sums.
-// Prefill (M >= kPackedGemmMinRows): where packed_gemm runs on AMX, the whole weight is dequantized
+// Prefill (M > kDequantGemvMaxRows): where packed_gemm runs on AMX, the whole weight is dequantized
 // by the same decoders and rounded to bf16 into a packed bf16 weight, and packed_gemm multiplies it
 // (activations rounded to bf16 as well, fp32 accumulation: the bf16 format's prefill numerics, now
 // on top of the dequantized weights; W8A16's int8 values are exact in bf16 and its row scale is

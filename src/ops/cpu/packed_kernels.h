@@ -42,10 +42,10 @@ std::string packed_gemm_description();
 // them, and MSLM_PACKED_GEMM or a test did not force the fallback).
 bool packed_gemm_uses_amx();
 
-// W8A16, NF4 and FP4 (weights dequantized on the fly), any M: fused decode + FMA kernels below
-// kPackedGemmMinRows rows of x; above, the weights dequantized to bf16 for the AMX product where
-// packed_gemm_uses_amx(), else panels dequantized to fp32 for an OpenBLAS product. In
-// packed_dequant.cpp.
+// W8A16, NF4 and FP4 (weights dequantized on the fly), any M: fused decode + FMA kernels up to
+// kDequantGemvMaxRows rows of x (in passes of < kPackedGemmMinRows rows); above, the weights
+// dequantized to bf16 for the AMX product where packed_gemm_uses_amx(), else panels dequantized to
+// fp32 for an OpenBLAS product. In packed_dequant.cpp.
 void packed_dequant_forward(float* y, const float* x, const PackedWeight& W, const float* b, int64_t M);
 std::string packed_dequant_description();
 
