@@ -60,10 +60,10 @@ void one_row(bool ta, bool tb, int N, int K, T alpha, const T* A, int lda, const
         gemv(CblasRowMajor, CblasTrans, K, N, alpha, B, ldb, A, inc_a, beta, C, 1);
 }
 
-// A product with 2–8 rows of op(A) against a transposed B: x · Wᵀ for a decoding batch of 2–8
+// A product with 2–12 rows of op(A) against a transposed B: x · Wᵀ for a decoding batch of 2–12
 // sequences. OpenBLAS's GEMM packs all of W first, which at this M costs more than the product
 // (measured: 2× this kernel at M = 8, 4× at M = 4, where this kernel runs at GEMV speed). Here
-// R = 2 rows of W at a time stream past the M rows of A, which stay in cache: R·M vector
+// R = 2 rows of W (1 from 9 rows of A) at a time stream past the M rows of A, which stay in cache: R·M vector
 // accumulators over K, the rows two pairs ahead prefetched (without it the loads of W left the
 // kernel latency-bound at half the bandwidth), lanes summed at the end. Every output element is
 // the same sum in the same order whichever pair or panel holds it, so results stay independent of
@@ -125,14 +125,22 @@ void few_rows_block(int j, int N, int K, T alpha, const T* A, int lda, const T* 
     }
 }
 
+// Up to 8 rows, two rows of B at a time (2·M accumulators); 9..12 rows, one (M accumulators: the
+// 32 vector registers of AVX-512 hold them with the row of B and of A).
 template <typename T, int M>
 void few_rows(int N, int K, T alpha, const T* A, int lda, const T* B, int ldb, T beta, T* C, int ldc) {
-    int j = 0;
-    for (; j + 2 <= N; j += 2) few_rows_block<T, M, 2>(j, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
-    if (j < N) few_rows_block<T, M, 1>(j, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    if constexpr (M > 8) {
+        for (int j = 0; j < N; ++j) few_rows_block<T, M, 1>(j, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    } else {
+        int j = 0;
+        for (; j + 2 <= N; j += 2) few_rows_block<T, M, 2>(j, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+        if (j < N) few_rows_block<T, M, 1>(j, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    }
 }
 
-constexpr int kMaxFewRows = 8;
+// OpenBLAS past this (measured on the 2-vCPU AVX-512 VM, 130m f32 decode, docs/PERFORMANCE.md:
+// few_rows 1.1–1.8× sgemm at 9..12 rows, even at 13..14 within the noise, 0.87× at 16).
+constexpr int kMaxFewRows = 12;
 
 // Runs few_rows for 2 <= M <= kMaxFewRows.
 template <typename T>
@@ -157,8 +165,20 @@ void few_rows_dispatch(int M, int N, int K, T alpha, const T* A, int lda, const 
         case 7:
             few_rows<T, 7>(N, K, alpha, A, lda, B, ldb, beta, C, ldc);
             break;
-        default:
+        case 8:
             few_rows<T, 8>(N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+            break;
+        case 9:
+            few_rows<T, 9>(N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+            break;
+        case 10:
+            few_rows<T, 10>(N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+            break;
+        case 11:
+            few_rows<T, 11>(N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+            break;
+        default:
+            few_rows<T, 12>(N, K, alpha, A, lda, B, ldb, beta, C, ldc);
             break;
     }
 }

@@ -1,7 +1,7 @@
 // core/gemm against a naive loop: every transpose combination, strided operands, alpha and beta,
-// and the shapes that take its own paths (one row → GEMV, 2–8 rows against a transposed B → the
-// few-rows kernel, the rest → OpenBLAS GEMM), in float and double; results independent of the
-// thread count.
+// and the shapes that take its own paths (one row → GEMV, 2–12 rows against a transposed B → the
+// few-rows kernel, two rows of B at a time up to 8 rows and one from 9, the rest → OpenBLAS GEMM), in float
+// and double; results independent of the thread count.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -69,7 +69,7 @@ void check_shape(const Shape& s, double alpha, double beta, Rng& rng) {
 
 TEST(Gemm, MatchesNaiveForEveryPath) {
     Rng rng(1);
-    for (int M : {1, 2, 3, 5, 8, 9, 33})
+    for (int M : {1, 2, 3, 5, 8, 9, 12, 13, 33})
         for (int N : {1, 7, 64, 130})
             for (int K : {1, 5, 16, 37, 100})
                 for (bool ta : {false, true})
@@ -84,7 +84,7 @@ TEST(Gemm, MatchesNaiveForEveryPath) {
 // threads, on each path.
 TEST(Gemm, SameBitsForAnyThreadCount) {
     const int saved = num_threads();
-    for (int M : {1, 4, 8, 40}) {
+    for (int M : {1, 4, 8, 11, 40}) {
         const int N = 4099, K = 70;
         Rng rng(2);
         std::vector<float> A(static_cast<size_t>(M) * K), B(static_cast<size_t>(N) * K);
