@@ -441,10 +441,10 @@ void gemv_pass(float* y, const float* x, const PackedWeight& W, const float* b, 
 }
 
 // The most rows of x that take GEMV passes (MSLM_DEQUANT_GEMV_MAX_ROWS overrides, read at every
-// call: for the A/B runs and the tests).
+// call: for the A/B runs and the tests; never below one pass, which the prefill paths start after).
 int64_t dequant_gemv_max_rows() {
     const char* v = std::getenv("MSLM_DEQUANT_GEMV_MAX_ROWS");
-    return v && *v ? std::atoll(v) : kDequantGemvMaxRows;
+    return std::max<int64_t>(v && *v ? std::atoll(v) : kDequantGemvMaxRows, kMaxRows);
 }
 
 }  // namespace
