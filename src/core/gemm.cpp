@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <utility>
 
 #include "core/thread_pool.h"
 
@@ -142,45 +143,20 @@ void few_rows(int N, int K, T alpha, const T* A, int lda, const T* B, int ldb, T
 // few_rows 1.1–1.8× sgemm at 9..12 rows, even at 13..14 within the noise, 0.87× at 16).
 constexpr int kMaxFewRows = 12;
 
-// Runs few_rows for 2 <= M <= kMaxFewRows.
+// Runs few_rows for 2 <= M <= kMaxFewRows: a table of its instantiations, indexed by M − 2.
+template <typename T, int... Rows>
+void few_rows_table(std::integer_sequence<int, Rows...>, int M, int N, int K, T alpha, const T* A, int lda,
+                    const T* B, int ldb, T beta, T* C, int ldc) {
+    using Fn = void (*)(int, int, T, const T*, int, const T*, int, T, T*, int);
+    static constexpr Fn kRows[] = {few_rows<T, Rows + 2>...};
+    kRows[M - 2](N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
 template <typename T>
 void few_rows_dispatch(int M, int N, int K, T alpha, const T* A, int lda, const T* B, int ldb, T beta, T* C,
                        int ldc) {
-    switch (M) {
-        case 2:
-            few_rows<T, 2>(N, K, alpha, A, lda, B, ldb, beta, C, ldc);
-            break;
-        case 3:
-            few_rows<T, 3>(N, K, alpha, A, lda, B, ldb, beta, C, ldc);
-            break;
-        case 4:
-            few_rows<T, 4>(N, K, alpha, A, lda, B, ldb, beta, C, ldc);
-            break;
-        case 5:
-            few_rows<T, 5>(N, K, alpha, A, lda, B, ldb, beta, C, ldc);
-            break;
-        case 6:
-            few_rows<T, 6>(N, K, alpha, A, lda, B, ldb, beta, C, ldc);
-            break;
-        case 7:
-            few_rows<T, 7>(N, K, alpha, A, lda, B, ldb, beta, C, ldc);
-            break;
-        case 8:
-            few_rows<T, 8>(N, K, alpha, A, lda, B, ldb, beta, C, ldc);
-            break;
-        case 9:
-            few_rows<T, 9>(N, K, alpha, A, lda, B, ldb, beta, C, ldc);
-            break;
-        case 10:
-            few_rows<T, 10>(N, K, alpha, A, lda, B, ldb, beta, C, ldc);
-            break;
-        case 11:
-            few_rows<T, 11>(N, K, alpha, A, lda, B, ldb, beta, C, ldc);
-            break;
-        default:
-            few_rows<T, 12>(N, K, alpha, A, lda, B, ldb, beta, C, ldc);
-            break;
-    }
+    few_rows_table<T>(std::make_integer_sequence<int, kMaxFewRows - 1>{}, M, N, K, alpha, A, lda, B, ldb,
+                      beta, C, ldc);
 }
 
 }  // namespace
