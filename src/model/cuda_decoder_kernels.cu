@@ -663,7 +663,7 @@ int64_t staged_length(const DecodeGemv& a) {
 }
 
 // MK: the most rows of x the instantiation takes (1: the batch-1 step, with its registers for one
-// row; bf16 also 2 and 4; else kDecodeGemvMaxRows).
+// row; bf16 also 2; else kDecodeGemvMaxRows).
 template <WeightKind WK, int MK>
 __global__ void __launch_bounds__(kGemvWarps * 32, MK == 1 && !Kind<WK>::quant ? 3 : 2)
     decode_gemv_kernel(DecodeGemv a, QuantWeight q, int bs_log2) {
@@ -921,22 +921,20 @@ void launch_gemv_rows(const DecodeGemv& a, void* stream) {
 
 template <WeightKind WK>
 void launch_gemv(const DecodeGemv& a, void* stream) {
-    // bf16 at 2 and 3..4 rows: instantiations with registers for that many rows (MSLM_DECODE_GEMV_ROWS=8
-    // keeps the 8-row one, for comparison; read at each launch).
-    const char* env = std::getenv("MSLM_DECODE_GEMV_ROWS");
-    const bool narrow = !(env && std::string(env) == "8");
     if (a.k == 1) {
         launch_gemv_rows<WK, 1>(a, stream);
         return;
     }
+    // bf16 at 2 rows (batch 2, CudaCausalLM's largest fused batch): registers for 2 rows
+    // (MSLM_DECODE_GEMV_ROWS=8 takes the 8-row one, for comparison; read at each 2-row launch).
+    // More rows (only with MSLM_DECODE_FUSED_MAX_ROWS) take the 8-row instantiation.
     if constexpr (WK == WeightKind::BF16) {
-        if (narrow && a.k == 2) {
-            launch_gemv_rows<WK, 2>(a, stream);
-            return;
-        }
-        if (narrow && a.k <= 4) {
-            launch_gemv_rows<WK, 4>(a, stream);
-            return;
+        if (a.k == 2) {
+            const char* env = std::getenv("MSLM_DECODE_GEMV_ROWS");
+            if (!(env && std::string(env) == "8")) {
+                launch_gemv_rows<WK, 2>(a, stream);
+                return;
+            }
         }
     }
     launch_gemv_rows<WK, int(kDecodeGemvMaxRows)>(a, stream);

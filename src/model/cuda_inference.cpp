@@ -203,9 +203,9 @@ struct CudaCausalLM::Impl {
     bool graphs = true;
     bool fused = true;  // decode_gemv for the step's products (MSLM_DECODE_FUSED=0: cuBLASLt + separate kernels)
     // The most rows a bf16 product takes through decode_gemv; more go through the norm kernel,
-    // cuBLASLt and the epilogue kernel. Measured on the H200 (docs/PERFORMANCE.md, "Decode at
-    // batch 3..64: cuBLASLt instead of the fused product"): from 3 rows the unfused path is faster on every
-    // preset (1.9× at batch 8 on 130m, 2.7× on 1b), at 2 rows only up to d_model 1024.
+    // cuBLASLt and the epilogue kernel. Measured on the H200 (docs/PERFORMANCE.md, "Decode at batch
+    // 3..64: cuBLASLt instead of the fused product"): from 3 rows the unfused path is faster on
+    // every preset (1.9× at batch 8 on 130m, 2.7× on 1b), at 2 rows only up to d_model 1024.
     // MSLM_DECODE_FUSED_MAX_ROWS overrides it (up to kDecodeGemvMaxRows).
     int64_t fused_max_rows = 1;
     // The most rows a quantized product takes through quant_gemv's tiles, or 0: the measured
@@ -940,9 +940,9 @@ struct Run {
         using cuda_decoder_detail::DecodeNorm;
         a.k = N;
         // bf16 weights at 1 (or 2) rows, or quantized ones at batch 1: one kernel with the prologue
-        // and epilogue fused. Quantized products of 2..8 rows take quant_gemv's tiles (each weight
-        // decoded once for all rows, 2–4 weight rows a lane): 1.6× the fused kernel's speed at
-        // batch 8 on the H200.
+        // and epilogue fused. Quantized products of more rows take quant_gemv's tiles (each weight
+        // decoded once for all rows; 1.6× the fused kernel's speed at batch 8 on the H200) or, past
+        // quant_gemv_rows, the expanded weight.
         if (m.fused && (q ? N == 1 : N <= m.fused_max_rows)) {
             a.q = q;
             if (cuda_decoder_detail::decode_gemv_supported(a)) {

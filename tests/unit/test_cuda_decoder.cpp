@@ -272,7 +272,7 @@ void check_decode_gemv(cuda_decoder_detail::DecodeNorm norm, cuda_decoder_detail
         for (int64_t i = 0; i < k * I; ++i) t[i] = (0x1p-7 * std::fabs(xn[i]) + x_abs[i / I]) * 1.01 + 1e-30;
         EXPECT_TRUE(test::all_within(dxo.download(), xn, t)) << what << " x_out";
     }
-    if (k == 2 || k == 3 || k == 4) {  // the 2- and 4-row instantiations give the 8-row one's bits
+    if (k == 2) {  // the 2-row instantiation gives the 8-row one's bits
         const std::vector<uint16_t> got = dout.download();
         const std::vector<float> got32 = dout32.download();
         dout.upload(res);
@@ -293,7 +293,7 @@ TEST(CudaDecodeGemv, EveryPrologueAndEpilogueMatchesTheReference) {
         for (DecodeEpilogue epi :
              {DecodeEpilogue::Store, DecodeEpilogue::Residual, DecodeEpilogue::SwiGLU, DecodeEpilogue::F32})
             // k = 1 with several rows a warp (9000 outputs) and rows of 2056 columns; the bf16 kernel's
-            // instantiations for 1, 2, 4 (k = 3) and 8 (k = 5, 8) rows.
+            // instantiations for 1, 2 and 8 (k = 3, 5, 8) rows.
             for (auto [k, I, O] :
                  {std::array<int64_t, 3>{1, 768, 37}, std::array<int64_t, 3>{3, 264, 70},
                   std::array<int64_t, 3>{8, 1040, 9}, std::array<int64_t, 3>{5, 16, 300},
