@@ -3,10 +3,10 @@
 // tensor cores (the default), bf16 with MSLM_ATTN_TC=0 (the fp32 kernels: the ablation) and f32.
 // Times are CUDA-event means over repeated calls after warm-up; q, k, v are slices of one fused
 // (B, T, 3·H·Dh) projection, as the model calls them.
-//   bench_cuda_attention [tokens H]   (default 16384 12)
+//   bench_cuda_attention [tokens H] [--tc-only]   (default 16384 12; --tc-only: the tensor-core path alone)
 // FLOPs (stated, not measured), the convention of FlashAttention's benchmarks: causal forward
 // 4·B·H·T²·Dh / 2 (Q·Kᵀ and P·V over half the square), backward 2.5× that; forward + backward
-// 3.5× the forward. PyTorch SDPA (flash / cuDNN) on the H200: ≈ 270 TFLOP/s forward + backward at
+// 3.5× the forward; the backward column is the difference of the two timings. PyTorch SDPA (flash / cuDNN) on the H200: ≈ 270 TFLOP/s forward + backward at
 // T = 2048, ≈ 390 at T = 8192 (Dh 64; issue 7).
 #include <cstdio>
 #include <cstdlib>
@@ -62,9 +62,11 @@ void bench(const char* label, const ops::AttentionDims& d) {
     check(cudaDeviceSynchronize(), "after the timed calls");
     const double fwd_flops =
         4.0 * double(d.batch) * double(H) * double(d.seqlen) * double(d.seqlen) * double(Dh) / 2.0;
-    std::printf("| %5lld | %3lld | %-22s | %9.3f | %11.1f | %10.3f | %15.1f |\n",
+    const float bwd = both - fwd;
+    std::printf("| %5lld | %3lld | %-22s | %9.3f | %11.1f | %9.3f | %11.1f | %10.3f | %15.1f |\n",
                 static_cast<long long>(d.seqlen), static_cast<long long>(Dh), label, fwd,
-                fwd_flops / (fwd * 1e-3) / 1e12, both, 3.5 * fwd_flops / (both * 1e-3) / 1e12);
+                fwd_flops / (fwd * 1e-3) / 1e12, bwd, 2.5 * fwd_flops / (bwd * 1e-3) / 1e12, both,
+                3.5 * fwd_flops / (both * 1e-3) / 1e12);
     for (void* p : owned) cuda_free(p);
 }
 
@@ -78,8 +80,13 @@ int main(int argc, char** argv) {
     }
 #ifdef MSLM_HAVE_CUDA
     int64_t tokens = 16384, H = 12;
+    bool tc_only = false;
+    if (argc > 1 && std::string(argv[argc - 1]) == "--tc-only") {
+        tc_only = true;
+        --argc;
+    }
     if (argc != 1 && argc != 3) {
-        std::fprintf(stderr, "usage: bench_cuda_attention [tokens H]\n");
+        std::fprintf(stderr, "usage: bench_cuda_attention [tokens H] [--tc-only]\n");
         return 2;
     }
     if (argc == 3) {
@@ -90,17 +97,18 @@ int main(int argc, char** argv) {
                 mslm::cuda_device_summary().c_str(), static_cast<long long>(tokens),
                 static_cast<long long>(H));
     std::printf(
-        "|     T |  Dh | path                   |    fwd ms | fwd TFLOP/s | fwd+bwd ms | fwd+bwd TFLOP/s "
-        "|\n");
+        "|     T |  Dh | path                   |    fwd ms | fwd TFLOP/s |    bwd ms | bwd TFLOP/s | fwd+bwd ms "
+        "| fwd+bwd TFLOP/s |\n");
     std::printf(
-        "| ----: | --: | ---------------------- | --------: | ----------: | ---------: | --------------: "
-        "|\n");
+        "| ----: | --: | ---------------------- | --------: | ----------: | --------: | ----------: | ---------: "
+        "| --------------: |\n");
     for (int64_t Dh : {64, 128}) {
         for (int64_t T : {2048, 8192}) {
             if (tokens % T != 0) continue;
             const mslm::ops::AttentionDims d{tokens / T, T, H, H, Dh};
             setenv("MSLM_ATTN_TC", "1", 1);
             bench<uint16_t>("bf16, tensor cores", d);
+            if (tc_only) continue;
             setenv("MSLM_ATTN_TC", "0", 1);
             bench<uint16_t>("bf16, MSLM_ATTN_TC=0", d);
             bench<float>("f32", d);

@@ -141,26 +141,26 @@ Model model_of(int64_t head_dim) {
     return Model{true, 4, 0x1p-8};
 }
 
-// Sets (or with nullopt clears) MSLM_ATTN_TC for a scope, restoring what was there.
-class ScopedTcSwitch {
+// Sets (or with nullopt clears) an environment variable for a scope, restoring what was there.
+class ScopedEnv {
 public:
-    explicit ScopedTcSwitch(std::optional<std::string> value) {
-        if (const char* old = std::getenv(kName)) old_ = old;
+    ScopedEnv(const char* name, std::optional<std::string> value) : name_(name) {
+        if (const char* old = std::getenv(name_)) old_ = old;
         set(value);
     }
-    ~ScopedTcSwitch() { set(old_); }
-    ScopedTcSwitch(const ScopedTcSwitch&) = delete;
-    ScopedTcSwitch& operator=(const ScopedTcSwitch&) = delete;
+    ~ScopedEnv() { set(old_); }
+    ScopedEnv(const ScopedEnv&) = delete;
+    ScopedEnv& operator=(const ScopedEnv&) = delete;
 
 private:
-    static constexpr const char* kName = "MSLM_ATTN_TC";
-    static void set(const std::optional<std::string>& value) {
+    void set(const std::optional<std::string>& value) const {
         if (value) {
-            setenv(kName, value->c_str(), 1);
+            setenv(name_, value->c_str(), 1);
         } else {
-            unsetenv(kName);
+            unsetenv(name_);
         }
     }
+    const char* name_;
     std::optional<std::string> old_;
 };
 
@@ -456,8 +456,9 @@ TYPED_TEST(CudaAttention, BackwardMatchesCpuAndAccumulates) {
 
 #ifdef MSLM_HAVE_CUDA
 
-// Shapes at the edges of the tensor-core tiles (64 queries or keys a block, 16 rows a warp, 32 or 64
-// streamed rows): T = 1, 63, 65, 257, 1000; head dims 64 and 128; GQA 4:1 and 1:1 (and 8:2);
+// Shapes at the edges of the tensor-core tiles (128 queries a forward block, 64 with
+// MSLM_ATTN_FWD_ROWS=16 and in the backward, 16 or 32 rows a warp, 32 or 64 streamed rows): T = 1,
+// 63, 65, 127, 129, 200, 257, 300, 1000; head dims 64 and 128; GQA 4:1 and 1:1 (and 8:2);
 // windows inside one tile, across tiles and of 1 (the query alone); ALiBi; q_offset inside and
 // beyond a tile; rows 16-byte aligned (cp.async) and not (plain loads). For f32 they run the fp32
 // kernels.
@@ -468,6 +469,8 @@ const Case kTileForwardCases[] = {
     {1, 1000, 2, 2, 128, 300, false, 0, true}, {1, 65, 8, 2, 64, 1, false, 0, true},
     {1, 63, 4, 1, 64, 0, false, 65, true},     {1, 65, 4, 4, 128, 0, true, 200, true},
     {1, 257, 4, 1, 64, 64, false, 1, false},   {2, 1, 4, 4, 128, 0, true, 63, true},
+    {1, 129, 4, 1, 64, 0, false, 0, true},     {1, 127, 4, 4, 128, 40, true, 0, true},
+    {1, 300, 2, 1, 64, 0, false, 130, true},   {2, 200, 4, 2, 128, 129, false, 0, false},
 };
 const Case kTileBackwardCases[] = {
     {1, 1, 4, 1, 64, 0, false, 0, true},       {2, 63, 4, 4, 64, 0, true, 0, true},
@@ -481,6 +484,16 @@ const Case kTileBackwardCases[] = {
 TYPED_TEST(CudaAttention, ForwardTileEdges) {
 #ifdef MSLM_HAVE_CUDA
     Rng rng(15);
+    for (const Case& c : kTileForwardCases) check_forward<TypeParam>(c, rng);
+#endif
+}
+
+// The forward's one-m16-tile-a-warp ablation (MSLM_ATTN_FWD_ROWS=16: 64 queries a block) on the
+// same edges.
+TYPED_TEST(CudaAttention, ForwardTileEdgesOneRowTile) {
+#ifdef MSLM_HAVE_CUDA
+    ScopedEnv rows{"MSLM_ATTN_FWD_ROWS", std::string("16")};
+    Rng rng(19);
     for (const Case& c : kTileForwardCases) check_forward<TypeParam>(c, rng);
 #endif
 }
@@ -500,7 +513,7 @@ TYPED_TEST(CudaAttention, TensorCoreSwitch) {
     const Case cases[] = {kTileBackwardCases[1], kTileBackwardCases[2], kTileBackwardCases[4],
                           kBackwardCases[3]};
     for (const char* value : {"0", "1"}) {
-        ScopedTcSwitch scoped{std::string(value)};
+        ScopedEnv scoped{"MSLM_ATTN_TC", std::string(value)};
         EXPECT_EQ(tensor_cores<T>(64), kBf16<T> && value[0] == '1');
         EXPECT_FALSE(tensor_cores<T>(32));
         Rng rng(17);
@@ -516,7 +529,7 @@ TYPED_TEST(CudaAttention, TensorCoreSwitch) {
         DeviceBuffer<T> d_x(encode_all<T>(random_values<T>(rng, lay.size, -2.0, 2.0)));
         std::vector<T> out[2];
         for (int on = 0; on < 2; ++on) {
-            ScopedTcSwitch scoped{std::string(on ? "1" : "0")};
+            ScopedEnv scoped{"MSLM_ATTN_TC", std::string(on ? "1" : "0")};
             DeviceBuffer<T> d_out(std::vector<T>(static_cast<size_t>(c.B * c.T * c.Hq * c.Dh)));
             DeviceBuffer<float> d_lse(std::vector<float>(static_cast<size_t>(c.B * c.Hq * c.T)));
             ops::cuda::AttentionOptions opt{c.scale()};

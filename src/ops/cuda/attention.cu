@@ -512,20 +512,11 @@ __device__ __forceinline__ void tc_stage(__nv_bfloat16* tile, const __nv_bfloat1
     }
 }
 
-// The A fragments of the warp's 16 rows (r0 .. r0 + 15) of a (·, DH + 8) tile, all DH columns.
-template <int DH>
-__device__ __forceinline__ void tc_load_a(uint32_t (&a)[DH / 16][4], const __nv_bfloat16* tile, int r0) {
-    const int lane = threadIdx.x % 32;
-    const __nv_bfloat16* p = tile + (r0 + lane % 8 + 8 * (lane / 8 % 2)) * kTcLd<DH> + 8 * (lane / 16);
-#pragma unroll
-    for (int kk = 0; kk < DH / 16; ++kk) ldmatrix_x4(a[kk], p + kk * 16);
-}
-
-// acc (16 × 8·NT) += A (16 × DH) · B(8·NT × DH)ᵀ: B is rows 0 .. 8·NT − 1 of a (·, DH + 8) tile
-// (S = Q·Kᵀ, dP = dO·Vᵀ). A comes from the fragments `a`, or (kASmem) from the warp's rows
-// r0 .. r0 + 15 of tile_a, one k16 step at a time (fewer live registers).
-template <int NT, int DH>
-__device__ __forceinline__ void tc_mma_abt(float (&acc)[NT][4], const uint32_t (&a)[DH / 16][4],
+// acc[m] (16 × 8·NT) += A[m] (16 × DH) · B (8·NT × DH)ᵀ for the MT m16 tiles of a warp: B is rows
+// 0 .. 8·NT − 1 of a (·, DH + 8) tile (S = Q·Kᵀ, dP = dO·Vᵀ), each of its fragments loaded once for
+// all MT tiles (MT = 2 halves the shared-memory reads per product). A comes from the fragments `a`.
+template <int MT, int NT, int DH>
+__device__ __forceinline__ void tc_mma_abt(float (&acc)[MT][NT][4], const uint32_t (&a)[MT][DH / 16][4],
                                            const __nv_bfloat16* tile_b) {
     static_assert(NT % 2 == 0, "n8 tiles go in pairs");
     const int lane = threadIdx.x % 32;
@@ -537,12 +528,18 @@ __device__ __forceinline__ void tc_mma_abt(float (&acc)[NT][4], const uint32_t (
             uint32_t b[4];
             ldmatrix_x4(b, p + np * 16 * kTcLd<DH> + kk * 16);
             const uint32_t b0[2] = {b[0], b[1]}, b1[2] = {b[2], b[3]};
-            mma_m16n8k16_bf16(acc[2 * np], a[kk], b0);
-            mma_m16n8k16_bf16(acc[2 * np + 1], a[kk], b1);
+#pragma unroll
+            for (int m = 0; m < MT; ++m) {
+                mma_m16n8k16_bf16(acc[m][2 * np], a[m][kk], b0);
+                mma_m16n8k16_bf16(acc[m][2 * np + 1], a[m][kk], b1);
+            }
         }
 }
-template <int NT, int DH>
-__device__ __forceinline__ void tc_mma_abt_smem(float (&acc)[NT][4], const __nv_bfloat16* tile_a, int r0,
+
+// As tc_mma_abt, with A read from rows r0 .. r0 + 16·MT − 1 of tile_a one k16 step at a time (fewer
+// live registers than holding all of A).
+template <int MT, int NT, int DH>
+__device__ __forceinline__ void tc_mma_abt_smem(float (&acc)[MT][NT][4], const __nv_bfloat16* tile_a, int r0,
                                                 const __nv_bfloat16* tile_b) {
     static_assert(NT % 2 == 0, "n8 tiles go in pairs");
     const int lane = threadIdx.x % 32;
@@ -550,24 +547,40 @@ __device__ __forceinline__ void tc_mma_abt_smem(float (&acc)[NT][4], const __nv_
     const __nv_bfloat16* pb = tile_b + (lane % 8 + 8 * (lane / 16)) * kTcLd<DH> + 8 * (lane / 8 % 2);
 #pragma unroll
     for (int kk = 0; kk < DH / 16; ++kk) {
-        uint32_t a[4];
-        ldmatrix_x4(a, pa + kk * 16);
+        uint32_t a[MT][4];
+#pragma unroll
+        for (int m = 0; m < MT; ++m) ldmatrix_x4(a[m], pa + m * 16 * kTcLd<DH> + kk * 16);
 #pragma unroll
         for (int np = 0; np < NT / 2; ++np) {
             uint32_t b[4];
             ldmatrix_x4(b, pb + np * 16 * kTcLd<DH> + kk * 16);
             const uint32_t b0[2] = {b[0], b[1]}, b1[2] = {b[2], b[3]};
-            mma_m16n8k16_bf16(acc[2 * np], a, b0);
-            mma_m16n8k16_bf16(acc[2 * np + 1], a, b1);
+#pragma unroll
+            for (int m = 0; m < MT; ++m) {
+                mma_m16n8k16_bf16(acc[m][2 * np], a[m], b0);
+                mma_m16n8k16_bf16(acc[m][2 * np + 1], a[m], b1);
+            }
         }
     }
 }
 
-// acc (16 × DH) += bf16(W) (16 × 8·NT) · B (8·NT × DH): W is the fp32 C fragments of a previous
-// product (w[t] = columns 8t .. 8t + 7), rounded once to bf16 here; B is rows 0 .. 8·NT − 1 of a
-// (·, DH + 8) tile stored [k][n] (P·V, Pᵀ·dO, dS·K, dSᵀ·Q), read with ldmatrix.trans.
-template <int NT, int DH>
-__device__ __forceinline__ void tc_mma_wb(float (&acc)[DH / 8][4], const float (&w)[NT][4],
+// The A fragments of rows r0 .. r0 + 16·MT − 1 of a (·, DH + 8) tile, all DH columns.
+template <int MT, int DH>
+__device__ __forceinline__ void tc_load_a(uint32_t (&a)[MT][DH / 16][4], const __nv_bfloat16* tile, int r0) {
+    const int lane = threadIdx.x % 32;
+    const __nv_bfloat16* p = tile + (r0 + lane % 8 + 8 * (lane / 8 % 2)) * kTcLd<DH> + 8 * (lane / 16);
+#pragma unroll
+    for (int m = 0; m < MT; ++m)
+#pragma unroll
+        for (int kk = 0; kk < DH / 16; ++kk) ldmatrix_x4(a[m][kk], p + m * 16 * kTcLd<DH> + kk * 16);
+}
+
+// acc[m] (16 × DH) += bf16(W[m]) (16 × 8·NT) · B (8·NT × DH): W is the fp32 C fragments of a previous
+// product (w[m][t] = columns 8t .. 8t + 7 of m16 tile m), rounded once to bf16 here; B is rows
+// 0 .. 8·NT − 1 of a (·, DH + 8) tile stored [k][n] (P·V, Pᵀ·dO, dS·K, dSᵀ·Q), read with
+// ldmatrix.trans once for all MT tiles.
+template <int MT, int NT, int DH>
+__device__ __forceinline__ void tc_mma_wb(float (&acc)[MT][DH / 8][4], const float (&w)[MT][NT][4],
                                           const __nv_bfloat16* tile_b) {
     static_assert(NT % 2 == 0, "k16 steps take two n8 tiles of W");
     const int lane = threadIdx.x % 32;
@@ -575,16 +588,24 @@ __device__ __forceinline__ void tc_mma_wb(float (&acc)[DH / 8][4], const float (
 #pragma unroll
     for (int kk = 0; kk < NT / 2; ++kk) {
         // A rows grp, grp + 8 and k pairs 2q, 2q + 1 (n8 tile 2kk) and 2q + 8, 2q + 9 (tile 2kk + 1).
-        const uint32_t a[4] = {
-            pack_bf16x2(w[2 * kk][0], w[2 * kk][1]), pack_bf16x2(w[2 * kk][2], w[2 * kk][3]),
-            pack_bf16x2(w[2 * kk + 1][0], w[2 * kk + 1][1]), pack_bf16x2(w[2 * kk + 1][2], w[2 * kk + 1][3])};
+        uint32_t a[MT][4];
+#pragma unroll
+        for (int m = 0; m < MT; ++m) {
+            a[m][0] = pack_bf16x2(w[m][2 * kk][0], w[m][2 * kk][1]);
+            a[m][1] = pack_bf16x2(w[m][2 * kk][2], w[m][2 * kk][3]);
+            a[m][2] = pack_bf16x2(w[m][2 * kk + 1][0], w[m][2 * kk + 1][1]);
+            a[m][3] = pack_bf16x2(w[m][2 * kk + 1][2], w[m][2 * kk + 1][3]);
+        }
 #pragma unroll
         for (int dp = 0; dp < DH / 16; ++dp) {
             uint32_t b[4];
             ldmatrix_x4_trans(b, p + kk * 16 * kTcLd<DH> + dp * 16);
             const uint32_t b0[2] = {b[0], b[1]}, b1[2] = {b[2], b[3]};
-            mma_m16n8k16_bf16(acc[2 * dp], a, b0);
-            mma_m16n8k16_bf16(acc[2 * dp + 1], a, b1);
+#pragma unroll
+            for (int m = 0; m < MT; ++m) {
+                mma_m16n8k16_bf16(acc[m][2 * dp], a[m], b0);
+                mma_m16n8k16_bf16(acc[m][2 * dp + 1], a[m], b1);
+            }
         }
     }
 }
@@ -595,6 +616,15 @@ __device__ __forceinline__ float alibi_slope_log2(bool alibi, int h, int n_heads
                  : 0.0f;
 }
 
+// 2^x on the special-function unit, subnormal results flushed to zero (ex2.approx.ftz: relative
+// error about 2^-22; 2^-inf = 0). exp2f without fast math adds a range test and two multiplies
+// around the same instruction to keep subnormals, which no weight here needs.
+__device__ __forceinline__ float fast_exp2(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+
 // Where fragment element e of n8 tile t of this lane sits in a warp's 16 × 8·NT C tile.
 __device__ __forceinline__ int frag_row(int e) {
     return threadIdx.x % 32 / 4 + 8 * (e / 2);
@@ -603,19 +633,57 @@ __device__ __forceinline__ int frag_col(int t, int e) {
     return 8 * t + 2 * (threadIdx.x % 4) + e % 2;
 }
 
-template <int DH, int BQ, int BK>
-constexpr size_t forward_tc_smem() {
-    return sizeof(__nv_bfloat16) * size_t(BQ + 4 * BK) * kTcLd<DH>;
+// Offsets between a row's and a column's positions (at most the tile sizes plus the window, and
+// positions are below 2^30: the launchers check) and the window as 32-bit ints for the masks.
+__device__ __forceinline__ int offset32(int64_t d) {
+    return static_cast<int>(d);
+}
+__device__ __forceinline__ int window32(int64_t window) {
+    return window > 0 && window < (int64_t(1) << 30) ? static_cast<int>(window) : INT_MAX;
 }
 
-// grid (query tiles, Hq, B), 4 warps; warp w owns query rows i0 + 16w .. i0 + 16w + 15 and lane
-// 4·grp + q the rows grp, grp + 8 of them (C fragments). Key tiles of BK, K and V double-buffered,
-// from the first tile any row sees to the one holding the last row's own key; only tiles that
-// cross the diagonal or the window edge evaluate the mask.
-template <int DH, int BQ, int BK>
+// Two fp32 values rounded to bf16 and stored at p (element p[0] the first), as one 4-byte store
+// when `pair` (p 4-byte aligned).
+__device__ __forceinline__ void store_bf16_pair(__nv_bfloat16* p, float x0, float x1, bool pair) {
+    if (pair) {
+        *reinterpret_cast<uint32_t*>(p) = pack_bf16x2(x0, x1);
+    } else {
+        p[0] = __float2bfloat16_rn(x0);
+        p[1] = __float2bfloat16_rn(x1);
+    }
+}
+// p[0..1] += (x0, x1), each rounded once to bf16.
+__device__ __forceinline__ void add_bf16_pair(__nv_bfloat16* p, float x0, float x1, bool pair) {
+    if (pair) {
+        const __nv_bfloat162 v = *reinterpret_cast<const __nv_bfloat162*>(p);
+        *reinterpret_cast<uint32_t*>(p) = pack_bf16x2(__low2float(v) + x0, __high2float(v) + x1);
+    } else {
+        p[0] = __float2bfloat16_rn(to_f32(p[0]) + x0);
+        p[1] = __float2bfloat16_rn(to_f32(p[1]) + x1);
+    }
+}
+
+__device__ __forceinline__ bool aligned4(const void* p) {
+    return (reinterpret_cast<uintptr_t>(p) & 3) == 0;
+}
+
+template <int DH, int MT, int BK>
+constexpr size_t forward_tc_smem() {
+    return sizeof(__nv_bfloat16) * size_t(16 * MT * kWarps + 4 * BK) * kTcLd<DH>;
+}
+
+// grid (query tiles, Hq, B), 4 warps; warp w owns the 16·MT query rows i0 + 16·MT·w + [0, 16·MT) as
+// MT m16 tiles, lane 4·grp + q the rows 16m + grp and 16m + grp + 8 of them (C fragments). Key
+// tiles of BK, K and V double-buffered, from the first tile any row of the block sees to the one
+// holding its last row's own key. A warp skips a key tile none of its rows sees (past the diagonal,
+// or before every row's window); only the tiles that cross the warp's diagonal or window edge
+// evaluate the mask, on 32-bit position offsets. Without kGeneral (no ALiBi, scale > 0) the row
+// maxima are taken on the raw products and scaled once, and each weight costs one FFMA and one EX2;
+// with it, the scores go to log2 units first. kQSmem: Q's fragments are read from shared memory
+// at every key tile instead of held in registers (head dim 128 at MT = 2).
+template <int DH, int MT, int BK, bool kQSmem, bool kGeneral>
 __global__ void __launch_bounds__(kTileThreads) attention_forward_tc_kernel(AttnParams<__nv_bfloat16> a) {
-    static_assert(BQ == 16 * kWarps, "a warp owns 16 query rows");
-    constexpr int LD = kTcLd<DH>, NT = BK / 8, DT = DH / 8;
+    constexpr int WR = 16 * MT, BQ = WR * kWarps, LD = kTcLd<DH>, NT = BK / 8, DT = DH / 8;
     extern __shared__ __align__(16) unsigned char tc_smem[];
     auto* sQ = reinterpret_cast<__nv_bfloat16*>(tc_smem);  // (BQ, LD), then K[2], V[2] (BK, LD)
     auto sK = [&](int st) { return sQ + (BQ + st * BK) * LD; };
@@ -624,23 +692,31 @@ __global__ void __launch_bounds__(kTileThreads) attention_forward_tc_kernel(Attn
     const int64_t i0 = int64_t(gridDim.x - 1 - blockIdx.x) * BQ;
     const int h = blockIdx.y, hk = h / a.group;
     const int64_t b = blockIdx.z;
-    const float slope2 = alibi_slope_log2(a.alibi, h, a.Hq);
+    const float slope2 = kGeneral ? alibi_slope_log2(a.alibi, h, a.Hq) : 0.0f;
     const __nv_bfloat16* kh = a.k + b * a.Tk * a.ld_k + hk * DH;
     const __nv_bfloat16* vh = a.v + b * a.Tk * a.ld_v + hk * DH;
 
     const int64_t pos_first = a.q_offset + i0, pos_last = a.q_offset + min(i0 + BQ, a.T) - 1;
     const int64_t j_begin = (a.window > 0 ? max(int64_t(0), pos_first - a.window + 1) : 0) / BK * BK;
     const int64_t n_tiles = (pos_last - j_begin) / BK + 1;
+    // Positions of the warp's first and last rows (past pos_last for rows beyond the sequence).
+    const int64_t w_first = pos_first + WR * warp, w_last = w_first + WR - 1;
+    const int wl = window32(a.window);
 
     tc_stage<BQ, DH>(sQ, a.q + b * a.T * a.ld_q + h * DH, a.ld_q, i0, a.T, a.vec);
     tc_stage<BK, DH>(sK(0), kh, a.ld_k, j_begin, a.Tk, a.vec);
     tc_stage<BK, DH>(sV(0), vh, a.ld_v, j_begin, a.Tk, a.vec);
     cp_async_commit();
 
-    uint32_t qf[DH / 16][4];
-    float o[DT][4], m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};  // l: this lane's columns only
+    uint32_t qf[MT][DH / 16][4];
+    float o[MT][DT][4], m[MT][2], l[MT][2];  // l: this lane's columns only
 #pragma unroll
-    for (int t = 0; t < DT; ++t) o[t][0] = o[t][1] = o[t][2] = o[t][3] = 0.0f;
+    for (int mt = 0; mt < MT; ++mt) {
+        m[mt][0] = m[mt][1] = -INFINITY;
+        l[mt][0] = l[mt][1] = 0.0f;
+#pragma unroll
+        for (int t = 0; t < DT; ++t) o[mt][t][0] = o[mt][t][1] = o[mt][t][2] = o[mt][t][3] = 0.0f;
+    }
 
     for (int64_t it = 0; it < n_tiles; ++it) {
         const int64_t j0 = j_begin + it * BK;
@@ -654,71 +730,116 @@ __global__ void __launch_bounds__(kTileThreads) attention_forward_tc_kernel(Attn
             cp_async_wait<0>();
         }
         __syncthreads();
-        if (it == 0) tc_load_a<DH>(qf, sQ, 16 * warp);
+        if (!kQSmem && it == 0) tc_load_a<MT, DH>(qf, sQ, WR * warp);
 
-        float s[NT][4];
+        // The tile's work as a template on whether it evaluates the mask, so that the two versions
+        // stay separate code (merged, the compiler computes both and selects per element).
+        auto tile = [&](auto masked_c) {
+            constexpr bool kMasked = decltype(masked_c)::value;
+            float s[MT][NT][4];
 #pragma unroll
-        for (int t = 0; t < NT; ++t) s[t][0] = s[t][1] = s[t][2] = s[t][3] = 0.0f;
-        tc_mma_abt<NT, DH>(s, qf, sK(st));
-
-        // s2 = log2(e)·(scale·q·k − slope·(i − j)), −inf where masked; row maxima over the quad.
-        const bool masked = j0 + BK - 1 > pos_first || (a.window > 0 && pos_first + BQ - 1 - j0 >= a.window);
-        float mx[2] = {-INFINITY, -INFINITY};
+            for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-        for (int t = 0; t < NT; ++t)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const int64_t pi = pos_first + 16 * warp + frag_row(e), pj = j0 + frag_col(t, e);
-                float x = s[t][e] * a.scale_log2;
-                if (a.alibi) x -= slope2 * static_cast<float>(pi - pj);
-                if (masked && !visible(pi, pj, a.window)) x = -INFINITY;
-                s[t][e] = x;
-                mx[e / 2] = fmaxf(mx[e / 2], x);
+                for (int t = 0; t < NT; ++t) s[mt][t][0] = s[mt][t][1] = s[mt][t][2] = s[mt][t][3] = 0.0f;
+            if constexpr (kQSmem) {
+                tc_mma_abt_smem<MT, NT, DH>(s, sQ, WR * warp, sK(st));
+            } else {
+                tc_mma_abt<MT, NT, DH>(s, qf, sK(st));
             }
-        float alpha[2], m_use[2];
+
+            float mx[MT][2];
 #pragma unroll
-        for (int r = 0; r < 2; ++r) {
-            mx[r] = fmaxf(mx[r], __shfl_xor_sync(kFullMask, mx[r], 1));
-            mx[r] = fmaxf(mx[r], __shfl_xor_sync(kFullMask, mx[r], 2));
-            const float m_new = fmaxf(m[r], mx[r]);
-            // A row that has seen nothing yet keeps o = l = 0: subtract 0 instead of −inf.
-            m_use[r] = m_new == -INFINITY ? 0.0f : m_new;
-            alpha[r] = exp2f(m[r] - m_use[r]);
-            m[r] = m_new;
-            l[r] *= alpha[r];
+            for (int mt = 0; mt < MT; ++mt) mx[mt][0] = mx[mt][1] = -INFINITY;
+            constexpr bool kLog2Units = kGeneral || kMasked;
+            if constexpr (kLog2Units) {
+                // s2 = log2(e)·(scale·q·k − slope·(i − j)), −inf where masked; the position offset of
+                // row r of the warp and column c is dlt + r − c.
+                const int dlt = offset32(w_first - j0);
+#pragma unroll
+                for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+                    for (int t = 0; t < NT; ++t)
+#pragma unroll
+                        for (int e = 0; e < 4; ++e) {
+                            const int d = dlt + 16 * mt + frag_row(e) - frag_col(t, e);
+                            float x = s[mt][t][e] * a.scale_log2;
+                            if (kGeneral) x -= slope2 * static_cast<float>(d);
+                            if (kMasked && !(d >= 0 && d < wl)) x = -INFINITY;
+                            s[mt][t][e] = x;
+                            mx[mt][e / 2] = fmaxf(mx[mt][e / 2], x);
+                        }
+            } else {
+#pragma unroll
+                for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+                    for (int t = 0; t < NT; ++t)
+#pragma unroll
+                        for (int e = 0; e < 4; ++e) mx[mt][e / 2] = fmaxf(mx[mt][e / 2], s[mt][t][e]);
+            }
+            // weight = 2^(k_exp·s − m): raw products are scaled inside the FFMA.
+            const float k_exp = kLog2Units ? 1.0f : a.scale_log2;
+            float alpha[MT][2], m_use[MT][2];
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+                for (int r = 0; r < 2; ++r) {
+                    float x = fmaxf(mx[mt][r], __shfl_xor_sync(kFullMask, mx[mt][r], 1));
+                    x = fmaxf(x, __shfl_xor_sync(kFullMask, x, 2)) * k_exp;  // k_exp > 0; −inf stays
+                    const float m_new = fmaxf(m[mt][r], x);
+                    // A row that has seen nothing yet keeps o = l = 0: subtract 0 instead of −inf.
+                    m_use[mt][r] = m_new == -INFINITY ? 0.0f : m_new;
+                    alpha[mt][r] = fast_exp2(m[mt][r] - m_use[mt][r]);
+                    m[mt][r] = m_new;
+                    l[mt][r] *= alpha[mt][r];
+                }
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+                for (int t = 0; t < NT; ++t)
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) {
+                        const float p = fast_exp2(fmaf(s[mt][t][e], k_exp, -m_use[mt][e / 2]));
+                        s[mt][t][e] = p;
+                        l[mt][e / 2] += p;
+                    }
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+                for (int t = 0; t < DT; ++t)
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) o[mt][t][e] *= alpha[mt][e / 2];
+            tc_mma_wb<MT, NT, DH>(o, s, sV(st));
+        };
+        const bool sees =
+            w_first <= pos_last && j0 <= w_last && (a.window == 0 || w_first - (j0 + BK - 1) < a.window);
+        if (sees) {
+            if (j0 + BK - 1 > w_first || (a.window > 0 && w_last - j0 >= a.window)) {
+                tile(std::true_type{});
+            } else {
+                tile(std::false_type{});
+            }
         }
-#pragma unroll
-        for (int t = 0; t < NT; ++t)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const float p = exp2f(s[t][e] - m_use[e / 2]);
-                s[t][e] = p;
-                l[e / 2] += p;
-            }
-#pragma unroll
-        for (int t = 0; t < DT; ++t)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) o[t][e] *= alpha[e / 2];
-        tc_mma_wb<NT, DH>(o, s, sV(st));
         __syncthreads();  // sK(st), sV(st) consumed before the next iteration stages into them
     }
 
-    // Every valid row sees at least itself (weight exp2(0) = 1), so l ≥ 1 and m is finite.
+    // Every valid row sees at least itself (weight 2^0 = 1), so l ≥ 1 and m is finite.
+    const bool pair = aligned4(a.out);
 #pragma unroll
-    for (int r = 0; r < 2; ++r) {
-        l[r] += __shfl_xor_sync(kFullMask, l[r], 1);
-        l[r] += __shfl_xor_sync(kFullMask, l[r], 2);
-        const int64_t row = i0 + 16 * warp + frag_row(2 * r);
-        if (row >= a.T) continue;
-        const float inv = 1.0f / l[r];
-        __nv_bfloat16* out = a.out + ((b * a.T + row) * a.Hq + h) * DH;
+    for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-        for (int t = 0; t < DT; ++t) {
-            out[frag_col(t, 0)] = __float2bfloat16_rn(o[t][2 * r] * inv);
-            out[frag_col(t, 1)] = __float2bfloat16_rn(o[t][2 * r + 1] * inv);
+        for (int r = 0; r < 2; ++r) {
+            float lr = l[mt][r];
+            lr += __shfl_xor_sync(kFullMask, lr, 1);
+            lr += __shfl_xor_sync(kFullMask, lr, 2);
+            const int64_t row = i0 + WR * warp + 16 * mt + frag_row(2 * r);
+            if (row >= a.T) continue;
+            const float inv = 1.0f / lr;
+            __nv_bfloat16* out = a.out + ((b * a.T + row) * a.Hq + h) * DH;
+#pragma unroll
+            for (int t = 0; t < DT; ++t)
+                store_bf16_pair(out + frag_col(t, 0), o[mt][t][2 * r] * inv, o[mt][t][2 * r + 1] * inv, pair);
+            if (threadIdx.x % 4 == 0) a.lse[(b * a.Hq + h) * a.T + row] = m[mt][r] * kLn2 + logf(lr);
         }
-        if (threadIdx.x % 4 == 0) a.lse[(b * a.Hq + h) * a.T + row] = m[r] * kLn2 + logf(l[r]);
-    }
 }
 
 // delta (B, Hq, T) = D_i = dout_i · out_i in fp32, one warp per row.
@@ -737,6 +858,11 @@ __global__ void __launch_bounds__(kThreads)
     }
 }
 
+// Blocks of the backward kernels resident per multiprocessor, which caps their registers (at head
+// dim 64: 168 a thread for 3 blocks, where they would take 172-184 and fit 2).
+template <int DH>
+constexpr int kBwdTcBlocks = DH == 64 ? 3 : 2;
+
 template <int DH, int BK, int BQ>
 constexpr size_t backward_dkdv_tc_smem() {
     return sizeof(__nv_bfloat16) * size_t(2 * BK + 4 * BQ) * kTcLd<DH> + sizeof(float) * 4 * BQ;
@@ -746,9 +872,11 @@ constexpr size_t backward_dkdv_tc_smem() {
 // transposed frame (rows keys, columns queries), so that every product keeps its operands in
 // registers: Sᵀ = K·Qᵀ, Pᵀ = exp2(s2ᵀ − lse2), dPᵀ = V·dOᵀ, dSᵀ = Pᵀ ∘ (dPᵀ − D), then
 // dV += bf16(Pᵀ)·dO and dK += bf16(dSᵀ)·Q. The query tiles of every head of the group stream
-// through double-buffered shared memory (Q, dO, lse2 and D), in the fixed order head, tile.
-template <int DH, int BK, int BQ>
-__global__ void __launch_bounds__(kTileThreads)
+// through double-buffered shared memory (Q, dO, lse2 and D), in the fixed order head, tile. A warp
+// skips a query tile that sees none of its keys; the mask (32-bit offsets) runs only on tiles that
+// cross the warp's diagonal, window edge or the end of the sequence.
+template <int DH, int BK, int BQ, bool kAlibi>
+__global__ void __launch_bounds__(kTileThreads, kBwdTcBlocks<DH>)
     attention_backward_dkdv_tc_kernel(AttnParams<__nv_bfloat16> a) {
     static_assert(BK == 16 * kWarps, "a warp owns 16 keys");
     constexpr int LD = kTcLd<DH>, NT = BQ / 8, DT = DH / 8;
@@ -764,6 +892,8 @@ __global__ void __launch_bounds__(kTileThreads)
     const int hk = blockIdx.y;
     const int64_t b = blockIdx.z;
     const int64_t ld_o = int64_t(a.Hq) * DH;
+    const int64_t wj = j0 + 16 * warp;  // the warp's first key
+    const int wl = window32(a.window);
 
     // Queries that see a key of the tile: from its first key (a multiple of BQ) to its last key +
     // window − 1.
@@ -785,11 +915,11 @@ __global__ void __launch_bounds__(kTileThreads)
     stage(0, 0);
     cp_async_commit();
 
-    float dk[DT][4], dv[DT][4];  // rows: keys j0 + 16w + grp (+ 8); columns: channels
+    float dk[1][DT][4], dv[1][DT][4];  // rows: keys j0 + 16w + grp (+ 8); columns: channels
 #pragma unroll
     for (int t = 0; t < DT; ++t)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) dk[t][e] = dv[t][e] = 0.0f;
+        for (int e = 0; e < 4; ++e) dk[0][t][e] = dv[0][t][e] = 0.0f;
 
     for (int64_t it = 0; it < n_iter; ++it) {
         const int st = static_cast<int>(it & 1);
@@ -803,52 +933,67 @@ __global__ void __launch_bounds__(kTileThreads)
         __syncthreads();
         const int h = hk * a.group + static_cast<int>(it / n_qt);
         const int64_t i0 = j0 + it % n_qt * BQ;
-        const float slope2 = alibi_slope_log2(a.alibi, h, a.Hq);
 
-        float p[NT][4], ds[NT][4];
+        // As in the forward, the tile's work is a template on whether it evaluates the mask.
+        auto tile = [&](auto masked_c) {
+            constexpr bool kMasked = decltype(masked_c)::value;
+            float p[1][NT][4], ds[1][NT][4];
 #pragma unroll
-        for (int t = 0; t < NT; ++t)
+            for (int t = 0; t < NT; ++t)
 #pragma unroll
-            for (int e = 0; e < 4; ++e) p[t][e] = ds[t][e] = 0.0f;
-        tc_mma_abt_smem<NT, DH>(p, sK, 16 * warp, sQ(st));    // Sᵀ
-        tc_mma_abt_smem<NT, DH>(ds, sV, 16 * warp, sdO(st));  // dPᵀ
-        const bool masked =
-            i0 < j0 + BK - 1 || i0 + BQ > a.T || (a.window > 0 && i0 + BQ - 1 - j0 >= a.window);
+                for (int e = 0; e < 4; ++e) p[0][t][e] = ds[0][t][e] = 0.0f;
+            tc_mma_abt_smem<1, NT, DH>(p, sK, 16 * warp, sQ(st));    // Sᵀ
+            tc_mma_abt_smem<1, NT, DH>(ds, sV, 16 * warp, sdO(st));  // dPᵀ
+            // i − j = dlt + c − r for key row r of the warp and query column c.
+            const int dlt = offset32(i0 - wj), n_valid = static_cast<int>(min(int64_t(BQ), a.T - i0));
+            const float slope2 = kAlibi ? alibi_slope_log2(true, h, a.Hq) : 0.0f;
+            const float* lse2 = s_lse2 + st * BQ;
+            const float* dlta = s_delta + st * BQ;
 #pragma unroll
-        for (int t = 0; t < NT; ++t)
+            for (int t = 0; t < NT; ++t) {
+                const int c0 = frag_col(t, 0);
+                const float2 lse_pair = *reinterpret_cast<const float2*>(lse2 + c0);
+                const float2 d_pair = *reinterpret_cast<const float2*>(dlta + c0);
 #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const int c = frag_col(t, e);
-                const int64_t j = j0 + 16 * warp + frag_row(e), i = i0 + c;
-                float x = p[t][e] * a.scale_log2 - s_lse2[st * BQ + c];
-                if (a.alibi) x -= slope2 * static_cast<float>(i - j);
-                const float pv = masked && !(i < a.T && visible(i, j, a.window)) ? 0.0f : exp2f(x);
-                p[t][e] = pv;
-                ds[t][e] = pv * (ds[t][e] - s_delta[st * BQ + c]);
+                for (int e = 0; e < 4; ++e) {
+                    const int c = c0 + e % 2, d = dlt + c - frag_row(e);
+                    float x = fmaf(p[0][t][e], a.scale_log2, -(e % 2 ? lse_pair.y : lse_pair.x));
+                    if (kAlibi) x -= slope2 * static_cast<float>(d);
+                    float pv = fast_exp2(x);
+                    if (kMasked && !(d >= 0 && d < wl && c < n_valid)) pv = 0.0f;
+                    p[0][t][e] = pv;
+                    ds[0][t][e] = pv * (ds[0][t][e] - (e % 2 ? d_pair.y : d_pair.x));
+                }
             }
-        tc_mma_wb<NT, DH>(dv, p, sdO(st));
-        tc_mma_wb<NT, DH>(dk, ds, sQ(st));
+            tc_mma_wb<1, NT, DH>(dv, p, sdO(st));
+            tc_mma_wb<1, NT, DH>(dk, ds, sQ(st));
+        };
+        // Some query of the tile (inside the sequence) sees some key of the warp.
+        if (wj < a.T && i0 + BQ - 1 >= wj && (a.window == 0 || i0 - (wj + 15) < a.window)) {
+            if (i0 < wj + 15 || i0 + BQ > a.T || (a.window > 0 && i0 + BQ - 1 - wj >= a.window)) {
+                tile(std::true_type{});
+            } else {
+                tile(std::false_type{});
+            }
+        }
         __syncthreads();  // sQ(st), sdO(st) and the row stats consumed before they are staged again
     }
 
+    const bool pair_k = aligned4(a.dk) && a.ld_k % 2 == 0, pair_v = aligned4(a.dv) && a.ld_v % 2 == 0;
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
-        const int64_t j = j0 + 16 * warp + frag_row(2 * r);
+        const int64_t j = wj + frag_row(2 * r);
         if (j >= a.T) continue;
 #pragma unroll
-        for (int t = 0; t < DT; ++t)
-#pragma unroll
-            for (int e = 0; e < 2; ++e) {
-                const int d = frag_col(t, e);
-                if (a.dk) {
-                    __nv_bfloat16* x = a.dk + (b * a.T + j) * a.ld_k + hk * DH + d;
-                    *x = __float2bfloat16_rn(to_f32(*x) + a.scale * dk[t][2 * r + e]);
-                }
-                if (a.dv) {
-                    __nv_bfloat16* x = a.dv + (b * a.T + j) * a.ld_v + hk * DH + d;
-                    *x = __float2bfloat16_rn(to_f32(*x) + dv[t][2 * r + e]);
-                }
-            }
+        for (int t = 0; t < DT; ++t) {
+            const int d = frag_col(t, 0);
+            if (a.dk)
+                add_bf16_pair(a.dk + (b * a.T + j) * a.ld_k + hk * DH + d, a.scale * dk[0][t][2 * r],
+                              a.scale * dk[0][t][2 * r + 1], pair_k);
+            if (a.dv)
+                add_bf16_pair(a.dv + (b * a.T + j) * a.ld_v + hk * DH + d, dv[0][t][2 * r], dv[0][t][2 * r + 1],
+                              pair_v);
+        }
     }
 }
 
@@ -859,9 +1004,10 @@ constexpr size_t backward_dq_tc_smem() {
 
 // grid (query tiles, Hq, B), 4 warps of 16 query rows: S = Q·Kᵀ and dP = dO·Vᵀ with Q and dO
 // fragments held in registers, P = exp2(s2 − lse2), dS = P ∘ (dP − D), dQ += bf16(dS)·K over the
-// visible key tiles (K and V double-buffered); p and ds are recomputed as in the dK/dV kernel.
-template <int DH, int BQ, int BK>
-__global__ void __launch_bounds__(kTileThreads) attention_backward_dq_tc_kernel(AttnParams<__nv_bfloat16> a) {
+// visible key tiles (K and V double-buffered); p and ds are recomputed as in the dK/dV kernel, with
+// the same warp skips and masks.
+template <int DH, int BQ, int BK, bool kAlibi>
+__global__ void __launch_bounds__(kTileThreads, kBwdTcBlocks<DH>) attention_backward_dq_tc_kernel(AttnParams<__nv_bfloat16> a) {
     static_assert(BQ == 16 * kWarps, "a warp owns 16 query rows");
     constexpr int LD = kTcLd<DH>, NT = BK / 8, DT = DH / 8;
     extern __shared__ __align__(16) unsigned char tc_smem[];
@@ -873,10 +1019,13 @@ __global__ void __launch_bounds__(kTileThreads) attention_backward_dq_tc_kernel(
     const int64_t i0 = int64_t(gridDim.x - 1 - blockIdx.x) * BQ;
     const int h = blockIdx.y, hk = h / a.group;
     const int64_t b = blockIdx.z;
-    const float slope2 = alibi_slope_log2(a.alibi, h, a.Hq);
+    const float slope2 = kAlibi ? alibi_slope_log2(true, h, a.Hq) : 0.0f;
     const int64_t ld_o = int64_t(a.Hq) * DH;
     const __nv_bfloat16* kh = a.k + b * a.T * a.ld_k + hk * DH;
     const __nv_bfloat16* vh = a.v + b * a.T * a.ld_v + hk * DH;
+    const int64_t wi = i0 + 16 * warp;  // the warp's first query
+    const int wl = window32(a.window);
+    const int n_rows = static_cast<int>(min(int64_t(16), a.T - wi));  // ≤ 0: the warp has no rows
 
     const int64_t j_begin = (a.window > 0 ? max(int64_t(0), i0 - a.window + 1) : 0) / BK * BK;
     const int64_t n_tiles = (min(i0 + BQ, a.T) - 1 - j_begin) / BK + 1;
@@ -890,14 +1039,14 @@ __global__ void __launch_bounds__(kTileThreads) attention_backward_dq_tc_kernel(
     float lse2[2], delta[2];  // rows grp, grp + 8 of the warp
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
-        const int64_t i = i0 + 16 * warp + frag_row(2 * r);
+        const int64_t i = wi + frag_row(2 * r);
         lse2[r] = i < a.T ? a.lse_in[(b * a.Hq + h) * a.T + i] * kLog2e : 0.0f;
         delta[r] = i < a.T ? a.delta[(b * a.Hq + h) * a.T + i] : 0.0f;
     }
-    uint32_t qf[DH / 16][4], dof[DH / 16][4];
-    float dq[DT][4];
+    uint32_t qf[1][DH / 16][4], dof[1][DH / 16][4];
+    float dq[1][DT][4];
 #pragma unroll
-    for (int t = 0; t < DT; ++t) dq[t][0] = dq[t][1] = dq[t][2] = dq[t][3] = 0.0f;
+    for (int t = 0; t < DT; ++t) dq[0][t][0] = dq[0][t][1] = dq[0][t][2] = dq[0][t][3] = 0.0f;
 
     for (int64_t it = 0; it < n_tiles; ++it) {
         const int64_t j0 = j_begin + it * BK;
@@ -912,44 +1061,52 @@ __global__ void __launch_bounds__(kTileThreads) attention_backward_dq_tc_kernel(
         }
         __syncthreads();
         if (it == 0) {
-            tc_load_a<DH>(qf, sQ, 16 * warp);
-            tc_load_a<DH>(dof, sdO, 16 * warp);
+            tc_load_a<1, DH>(qf, sQ, 16 * warp);
+            tc_load_a<1, DH>(dof, sdO, 16 * warp);
         }
 
-        float p[NT][4], ds[NT][4];
+        auto tile = [&](auto masked_c) {
+            constexpr bool kMasked = decltype(masked_c)::value;
+            float p[1][NT][4], ds[1][NT][4];
 #pragma unroll
-        for (int t = 0; t < NT; ++t)
+            for (int t = 0; t < NT; ++t)
 #pragma unroll
-            for (int e = 0; e < 4; ++e) p[t][e] = ds[t][e] = 0.0f;
-        tc_mma_abt<NT, DH>(p, qf, sK(st));
-        tc_mma_abt<NT, DH>(ds, dof, sV(st));
-        const bool masked =
-            j0 + BK - 1 > i0 || i0 + BQ > a.T || (a.window > 0 && i0 + BQ - 1 - j0 >= a.window);
+                for (int e = 0; e < 4; ++e) p[0][t][e] = ds[0][t][e] = 0.0f;
+            tc_mma_abt<1, NT, DH>(p, qf, sK(st));
+            tc_mma_abt<1, NT, DH>(ds, dof, sV(st));
+            const int dlt = offset32(wi - j0);  // i − j = dlt + r − c
 #pragma unroll
-        for (int t = 0; t < NT; ++t)
+            for (int t = 0; t < NT; ++t)
 #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const int64_t i = i0 + 16 * warp + frag_row(e), j = j0 + frag_col(t, e);
-                float x = p[t][e] * a.scale_log2 - lse2[e / 2];
-                if (a.alibi) x -= slope2 * static_cast<float>(i - j);
-                const float pv = masked && !(i < a.T && visible(i, j, a.window)) ? 0.0f : exp2f(x);
-                ds[t][e] = pv * (ds[t][e] - delta[e / 2]);
+                for (int e = 0; e < 4; ++e) {
+                    const int rr = frag_row(e), d = dlt + rr - frag_col(t, e);
+                    float x = fmaf(p[0][t][e], a.scale_log2, -lse2[e / 2]);
+                    if (kAlibi) x -= slope2 * static_cast<float>(d);
+                    float pv = fast_exp2(x);
+                    if (kMasked && !(d >= 0 && d < wl && rr < n_rows)) pv = 0.0f;
+                    ds[0][t][e] = pv * (ds[0][t][e] - delta[e / 2]);
+                }
+            tc_mma_wb<1, NT, DH>(dq, ds, sK(st));
+        };
+        if (n_rows > 0 && j0 <= wi + 15 && (a.window == 0 || wi - (j0 + BK - 1) < a.window)) {
+            if (j0 + BK - 1 > wi || n_rows < 16 || (a.window > 0 && wi + 15 - j0 >= a.window)) {
+                tile(std::true_type{});
+            } else {
+                tile(std::false_type{});
             }
-        tc_mma_wb<NT, DH>(dq, ds, sK(st));
+        }
         __syncthreads();  // sK(st), sV(st) consumed before the next iteration stages into them
     }
 
+    const bool pair = aligned4(a.dq) && a.ld_q % 2 == 0;
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
-        const int64_t row = i0 + 16 * warp + frag_row(2 * r);
+        const int64_t row = wi + frag_row(2 * r);
         if (row >= a.T) continue;
 #pragma unroll
         for (int t = 0; t < DT; ++t)
-#pragma unroll
-            for (int e = 0; e < 2; ++e) {
-                __nv_bfloat16* x = a.dq + (b * a.T + row) * a.ld_q + h * DH + frag_col(t, e);
-                *x = __float2bfloat16_rn(to_f32(*x) + a.scale * dq[t][2 * r + e]);
-            }
+            add_bf16_pair(a.dq + (b * a.T + row) * a.ld_q + h * DH + frag_col(t, 0), a.scale * dq[0][t][2 * r],
+                          a.scale * dq[0][t][2 * r + 1], pair);
     }
 }
 
@@ -1184,6 +1341,22 @@ void with_tc_head_dim(int64_t head_dim, F&& f) {
     }
 }
 
+// The tensor-core kernels' masks work on 32-bit position offsets.
+template <typename T, typename D>
+void check_tc_positions(const char* kernel, const AttnParams<D>& a) {
+    MSLM_CHECK(a.Tk < (int64_t(1) << 30), "CUDA kernel {}<{}>: {} key positions, above the 2^30 the tensor-core kernels take",
+               kernel, dtype_label<T>(), a.Tk);
+}
+
+// Query rows a warp of the tensor-core forward owns, in m16 tiles: 2 (128 queries a block; each K and
+// V fragment read from shared memory serves two tiles) unless MSLM_ATTN_FWD_ROWS=16 asks for one
+// (64 queries a block; the ablation).
+inline int forward_rows_per_warp(int64_t head_dim) {
+    (void)head_dim;
+    const char* v = std::getenv("MSLM_ATTN_FWD_ROWS");
+    return v != nullptr && std::string_view(v) == "16" ? 1 : 2;
+}
+
 // A stream-ordered fp32 scratch buffer (cudaMallocAsync), freed in stream order when it goes out
 // of scope: the kernels queued before the free still read it.
 template <typename T>
@@ -1218,12 +1391,35 @@ void attention_forward(T* out, float* lse, const T* q, int64_t ld_q, const T* k,
     auto s = static_cast<cudaStream_t>(stream);
     if constexpr (std::is_same_v<T, uint16_t>) {
         if (use_tensor_cores<T>(dims.head_dim)) {
+            check_tc_positions<T>(kernel, a);
+            const bool general = opt.alibi || !(opt.scale > 0.0f);
+            const int mt = forward_rows_per_warp(dims.head_dim);
             with_tc_head_dim(dims.head_dim, [&](auto dh) {
-                constexpr int DH = decltype(dh)::value, BQ = 64, BK = 64;
-                const dim3 grid(static_cast<unsigned>((dims.seqlen + BQ - 1) / BQ),
-                                static_cast<unsigned>(dims.n_heads), static_cast<unsigned>(dims.batch));
-                launch_tiles<T>("attention_forward_tc", attention_forward_tc_kernel<DH, BQ, BK>, grid,
-                                forward_tc_smem<DH, BQ, BK>(), s, a);
+                constexpr int DH = decltype(dh)::value;
+                auto go = [&](auto mt_c, auto bk_c, auto qsmem_c) {
+                    constexpr int MT = decltype(mt_c)::value, BK = decltype(bk_c)::value, BQ = 16 * MT * kWarps;
+                    constexpr bool kQSmem = decltype(qsmem_c)::value;
+                    const dim3 grid(static_cast<unsigned>((dims.seqlen + BQ - 1) / BQ),
+                                    static_cast<unsigned>(dims.n_heads), static_cast<unsigned>(dims.batch));
+                    constexpr size_t smem = forward_tc_smem<DH, MT, BK>();
+                    if (general)
+                        launch_tiles<T>("attention_forward_tc", attention_forward_tc_kernel<DH, MT, BK, kQSmem, true>,
+                                        grid, smem, s, a);
+                    else
+                        launch_tiles<T>("attention_forward_tc",
+                                        attention_forward_tc_kernel<DH, MT, BK, kQSmem, false>, grid, smem, s, a);
+                };
+                using I1 = std::integral_constant<int, 1>;
+                using I2 = std::integral_constant<int, 2>;
+                using B32 = std::integral_constant<int, 32>;
+                using B64 = std::integral_constant<int, 64>;
+                if (mt == 1) {
+                    go(I1{}, B64{}, std::false_type{});
+                } else if constexpr (DH == 64) {
+                    go(I2{}, B64{}, std::false_type{});
+                } else {
+                    go(I2{}, B32{}, std::true_type{});
+                }
             });
             return;
         }
@@ -1259,6 +1455,7 @@ void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* out, const 
     if constexpr (std::is_same_v<T, uint16_t>) {
         if (use_tensor_cores<T>(dims.head_dim)) {
             a.vec = a.vec && aligned16(dout);
+            check_tc_positions<T>(kernel, a);
             const int64_t rows = dims.batch * dims.seqlen * dims.n_heads;
             StreamScratch<T> delta(static_cast<size_t>(rows), s, "attention_backward_delta");
             a.delta = delta.get();
@@ -1270,20 +1467,28 @@ void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* out, const 
             // a warp within the register file.
             with_tc_head_dim(dims.head_dim, [&](auto dh) {
                 constexpr int DH = decltype(dh)::value, BN = 64, BS = DH == 64 ? 64 : 32;
-                if (dk || dv) {
-                    const dim3 grid(static_cast<unsigned>((dims.seqlen + BN - 1) / BN),
-                                    static_cast<unsigned>(dims.n_kv_heads),
-                                    static_cast<unsigned>(dims.batch));
-                    launch_tiles<T>("attention_backward_dkdv_tc",
-                                    attention_backward_dkdv_tc_kernel<DH, BN, BS>, grid,
-                                    backward_dkdv_tc_smem<DH, BN, BS>(), s, a);
-                }
-                if (dq) {
-                    const dim3 grid(static_cast<unsigned>((dims.seqlen + BN - 1) / BN),
-                                    static_cast<unsigned>(dims.n_heads), static_cast<unsigned>(dims.batch));
-                    launch_tiles<T>("attention_backward_dq_tc", attention_backward_dq_tc_kernel<DH, BN, BS>,
-                                    grid, backward_dq_tc_smem<DH, BN, BS>(), s, a);
-                }
+                auto go = [&](auto alibi_c) {
+                    constexpr bool kAlibi = decltype(alibi_c)::value;
+                    if (dk || dv) {
+                        const dim3 grid(static_cast<unsigned>((dims.seqlen + BN - 1) / BN),
+                                        static_cast<unsigned>(dims.n_kv_heads),
+                                        static_cast<unsigned>(dims.batch));
+                        launch_tiles<T>("attention_backward_dkdv_tc",
+                                        attention_backward_dkdv_tc_kernel<DH, BN, BS, kAlibi>, grid,
+                                        backward_dkdv_tc_smem<DH, BN, BS>(), s, a);
+                    }
+                    if (dq) {
+                        const dim3 grid(static_cast<unsigned>((dims.seqlen + BN - 1) / BN),
+                                        static_cast<unsigned>(dims.n_heads), static_cast<unsigned>(dims.batch));
+                        launch_tiles<T>("attention_backward_dq_tc",
+                                        attention_backward_dq_tc_kernel<DH, BN, BS, kAlibi>, grid,
+                                        backward_dq_tc_smem<DH, BN, BS>(), s, a);
+                    }
+                };
+                if (opt.alibi)
+                    go(std::true_type{});
+                else
+                    go(std::false_type{});
             });
             return;
         }
