@@ -6,8 +6,8 @@
 //   bench_cuda_attention [tokens H] [--tc-only]   (default 16384 12; --tc-only: the tensor-core path alone)
 // FLOPs (stated, not measured), the convention of FlashAttention's benchmarks: causal forward
 // 4·B·H·T²·Dh / 2 (Q·Kᵀ and P·V over half the square), backward 2.5× that; forward + backward
-// 3.5× the forward; the backward column is the difference of the two timings. PyTorch SDPA (flash / cuDNN) on the H200: ≈ 270 TFLOP/s forward + backward at
-// T = 2048, ≈ 390 at T = 8192 (Dh 64; issue 7).
+// 3.5× the forward; the backward column is the difference of the two timings. PyTorch SDPA (flash / cuDNN) on
+// the H200: ≈ 270 TFLOP/s forward + backward at T = 2048, ≈ 390 at T = 8192 (Dh 64; issue 7).
 #include <cstdio>
 #include <cstdlib>
 #include <string>
@@ -97,10 +97,12 @@ int main(int argc, char** argv) {
                 mslm::cuda_device_summary().c_str(), static_cast<long long>(tokens),
                 static_cast<long long>(H));
     std::printf(
-        "|     T |  Dh | path                   |    fwd ms | fwd TFLOP/s |    bwd ms | bwd TFLOP/s | fwd+bwd ms "
+        "|     T |  Dh | path                   |    fwd ms | fwd TFLOP/s |    bwd ms | bwd TFLOP/s | "
+        "fwd+bwd ms "
         "| fwd+bwd TFLOP/s |\n");
     std::printf(
-        "| ----: | --: | ---------------------- | --------: | ----------: | --------: | ----------: | ---------: "
+        "| ----: | --: | ---------------------- | --------: | ----------: | --------: | ----------: | "
+        "---------: "
         "| --------------: |\n");
     for (int64_t Dh : {64, 128}) {
         for (int64_t T : {2048, 8192}) {

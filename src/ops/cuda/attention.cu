@@ -991,8 +991,8 @@ __global__ void __launch_bounds__(kTileThreads, kBwdTcBlocks<DH>)
                 add_bf16_pair(a.dk + (b * a.T + j) * a.ld_k + hk * DH + d, a.scale * dk[0][t][2 * r],
                               a.scale * dk[0][t][2 * r + 1], pair_k);
             if (a.dv)
-                add_bf16_pair(a.dv + (b * a.T + j) * a.ld_v + hk * DH + d, dv[0][t][2 * r], dv[0][t][2 * r + 1],
-                              pair_v);
+                add_bf16_pair(a.dv + (b * a.T + j) * a.ld_v + hk * DH + d, dv[0][t][2 * r],
+                              dv[0][t][2 * r + 1], pair_v);
         }
     }
 }
@@ -1007,7 +1007,8 @@ constexpr size_t backward_dq_tc_smem() {
 // visible key tiles (K and V double-buffered); p and ds are recomputed as in the dK/dV kernel, with
 // the same warp skips and masks.
 template <int DH, int BQ, int BK, bool kAlibi>
-__global__ void __launch_bounds__(kTileThreads, kBwdTcBlocks<DH>) attention_backward_dq_tc_kernel(AttnParams<__nv_bfloat16> a) {
+__global__ void __launch_bounds__(kTileThreads, kBwdTcBlocks<DH>)
+    attention_backward_dq_tc_kernel(AttnParams<__nv_bfloat16> a) {
     static_assert(BQ == 16 * kWarps, "a warp owns 16 query rows");
     constexpr int LD = kTcLd<DH>, NT = BK / 8, DT = DH / 8;
     extern __shared__ __align__(16) unsigned char tc_smem[];
@@ -1105,8 +1106,8 @@ __global__ void __launch_bounds__(kTileThreads, kBwdTcBlocks<DH>) attention_back
         if (row >= a.T) continue;
 #pragma unroll
         for (int t = 0; t < DT; ++t)
-            add_bf16_pair(a.dq + (b * a.T + row) * a.ld_q + h * DH + frag_col(t, 0), a.scale * dq[0][t][2 * r],
-                          a.scale * dq[0][t][2 * r + 1], pair);
+            add_bf16_pair(a.dq + (b * a.T + row) * a.ld_q + h * DH + frag_col(t, 0),
+                          a.scale * dq[0][t][2 * r], a.scale * dq[0][t][2 * r + 1], pair);
     }
 }
 
@@ -1344,8 +1345,9 @@ void with_tc_head_dim(int64_t head_dim, F&& f) {
 // The tensor-core kernels' masks work on 32-bit position offsets.
 template <typename T, typename D>
 void check_tc_positions(const char* kernel, const AttnParams<D>& a) {
-    MSLM_CHECK(a.Tk < (int64_t(1) << 30), "CUDA kernel {}<{}>: {} key positions, above the 2^30 the tensor-core kernels take",
-               kernel, dtype_label<T>(), a.Tk);
+    MSLM_CHECK(a.Tk < (int64_t(1) << 30),
+               "CUDA kernel {}<{}>: {} key positions, above the 2^30 the tensor-core kernels take", kernel,
+               dtype_label<T>(), a.Tk);
 }
 
 // Query rows a warp of the tensor-core forward owns, in m16 tiles: 2 (128 queries a block; each K and
@@ -1397,17 +1399,20 @@ void attention_forward(T* out, float* lse, const T* q, int64_t ld_q, const T* k,
             with_tc_head_dim(dims.head_dim, [&](auto dh) {
                 constexpr int DH = decltype(dh)::value;
                 auto go = [&](auto mt_c, auto bk_c, auto qsmem_c) {
-                    constexpr int MT = decltype(mt_c)::value, BK = decltype(bk_c)::value, BQ = 16 * MT * kWarps;
+                    constexpr int MT = decltype(mt_c)::value, BK = decltype(bk_c)::value,
+                                  BQ = 16 * MT * kWarps;
                     constexpr bool kQSmem = decltype(qsmem_c)::value;
                     const dim3 grid(static_cast<unsigned>((dims.seqlen + BQ - 1) / BQ),
                                     static_cast<unsigned>(dims.n_heads), static_cast<unsigned>(dims.batch));
                     constexpr size_t smem = forward_tc_smem<DH, MT, BK>();
                     if (general)
-                        launch_tiles<T>("attention_forward_tc", attention_forward_tc_kernel<DH, MT, BK, kQSmem, true>,
-                                        grid, smem, s, a);
+                        launch_tiles<T>("attention_forward_tc",
+                                        attention_forward_tc_kernel<DH, MT, BK, kQSmem, true>, grid, smem, s,
+                                        a);
                     else
                         launch_tiles<T>("attention_forward_tc",
-                                        attention_forward_tc_kernel<DH, MT, BK, kQSmem, false>, grid, smem, s, a);
+                                        attention_forward_tc_kernel<DH, MT, BK, kQSmem, false>, grid, smem, s,
+                                        a);
                 };
                 using I1 = std::integral_constant<int, 1>;
                 using I2 = std::integral_constant<int, 2>;
@@ -1479,7 +1484,8 @@ void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* out, const 
                     }
                     if (dq) {
                         const dim3 grid(static_cast<unsigned>((dims.seqlen + BN - 1) / BN),
-                                        static_cast<unsigned>(dims.n_heads), static_cast<unsigned>(dims.batch));
+                                        static_cast<unsigned>(dims.n_heads),
+                                        static_cast<unsigned>(dims.batch));
                         launch_tiles<T>("attention_backward_dq_tc",
                                         attention_backward_dq_tc_kernel<DH, BN, BS, kAlibi>, grid,
                                         backward_dq_tc_smem<DH, BN, BS>(), s, a);
