@@ -616,15 +616,6 @@ __device__ __forceinline__ float alibi_slope_log2(bool alibi, int h, int n_heads
                  : 0.0f;
 }
 
-// 2^x on the special-function unit, subnormal results flushed to zero (ex2.approx.ftz: relative
-// error about 2^-22; 2^-inf = 0). exp2f without fast math adds a range test and two multiplies
-// around the same instruction to keep subnormals, which no weight here needs.
-__device__ __forceinline__ float fast_exp2(float x) {
-    float y;
-    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-    return y;
-}
-
 // Where fragment element e of n8 tile t of this lane sits in a warp's 16 × 8·NT C tile.
 __device__ __forceinline__ int frag_row(int e) {
     return threadIdx.x % 32 / 4 + 8 * (e / 2);

@@ -144,6 +144,16 @@ unsigned grid_size(int64_t work, const char* kernel) {
     return unsigned(std::clamp<int64_t>((work + kThreads - 1) / kThreads, 1, resident));
 }
 
+// 2^x on the special-function unit, subnormal results flushed to zero (ex2.approx.ftz: relative
+// error about 2^-22; 2^-inf = 0). exp2f / expf without fast math wrap the same instruction in a
+// range test and extra multiplies to keep subnormal results, which no weight of the attention and
+// SSD kernels needs.
+__device__ __forceinline__ float fast_exp2(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+
 // ---- bf16 values as their 16-bit patterns (the decode and quantized-GEMV kernels): decode,
 // round-to-nearest-even encode, and the round trip.
 
