@@ -471,11 +471,15 @@ __global__ void __launch_bounds__(kTileThreads) attention_backward_dq_kernel(Att
 // ---- tensor-core kernels (bf16 storage, head dims 64 and 128)
 //
 // The fp32 kernels above with every product on mma.sync (mma.cuh; fragment layouts there): a warp
-// owns 16 rows of the block's tile and keeps its accumulators in C fragments, so the softmax and
-// the masks work on registers and the weights go back into the next product as A fragments
-// without a trip through shared memory (the C fragment of two adjacent n8 tiles is, packed to
-// bf16 pairs, the A fragment of one k16 step). Scores are in log2 units: s2 = log2(e)·s, so every
-// weight is one exp2f. Rounding beyond the fp32 kernels: the weights p (forward P·V, backward
+// owns 16 rows of the block's tile (32, as two m16 tiles sharing every B fragment, in the forward)
+// and keeps its accumulators in C fragments, so the softmax and the masks work on registers and the
+// weights go back into the next product as A fragments without a trip through shared memory (the C
+// fragment of two adjacent n8 tiles is, packed to bf16 pairs, the A fragment of one k16 step).
+// Scores are in log2 units: s2 = log2(e)·s, so every weight is one ex2. The per-element work is
+// kept to what the tile needs: a warp skips tiles none of its rows sees, and only tiles that cross
+// its diagonal, window edge or the sequence's end evaluate the mask (a separate instantiation of
+// the tile's code, on 32-bit position offsets); ALiBi is a template parameter. (Measured on the
+// H200: 18 instructions per mma before, ~4 after; docs/PERFORMANCE.md.) Rounding beyond the fp32 kernels: the weights p (forward P·V, backward
 // Pᵀ·dO) and ds (ds·K, dsᵀ·Q) are rounded once to bf16 for their products; the row sums, the
 // softmax statistics and D stay fp32.
 //
