@@ -218,6 +218,16 @@ __global__ void gather_blocks_kernel(uint16_t* __restrict__ dst, const uint16_t*
         to[c] = from[c];
 }
 
+// dst = fp32 values of the bf16 patterns src (exact), or dst = src rounded to bf16 (nearest even).
+__global__ void widen_bf16_kernel(float* __restrict__ dst, const uint16_t* __restrict__ src, int64_t n) {
+    for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+        dst[i] = __uint_as_float(uint32_t(src[i]) << 16);
+}
+__global__ void narrow_bf16_kernel(uint16_t* __restrict__ dst, const float* __restrict__ src, int64_t n) {
+    for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+        dst[i] = __bfloat16_as_ushort(__float2bfloat16_rn(src[i]));
+}
+
 void check(const char* kernel) {
     const cudaError_t err = cudaGetLastError();
     MSLM_CHECK(err == cudaSuccess, "CUDA kernel {}: {}", kernel, cudaGetErrorString(err));
@@ -414,6 +424,20 @@ void gather_blocks(void* dst, const void* src, const int64_t* idx, int64_t n, si
     gather_blocks_kernel<<<dim3(x, unsigned(n)), 256, 0, static_cast<cudaStream_t>(stream)>>>(
         static_cast<uint16_t*>(dst), static_cast<const uint16_t*>(src), idx, words);
     check("gather_blocks");
+}
+
+void widen_bf16(float* dst, const uint16_t* src, int64_t n, void* stream) {
+    if (n <= 0) return;
+    const auto blocks = unsigned(std::min<int64_t>((n + 255) / 256, 1024));
+    widen_bf16_kernel<<<blocks, 256, 0, static_cast<cudaStream_t>(stream)>>>(dst, src, n);
+    check("widen_bf16");
+}
+
+void narrow_bf16(uint16_t* dst, const float* src, int64_t n, void* stream) {
+    if (n <= 0) return;
+    const auto blocks = unsigned(std::min<int64_t>((n + 255) / 256, 1024));
+    narrow_bf16_kernel<<<blocks, 256, 0, static_cast<cudaStream_t>(stream)>>>(dst, src, n);
+    check("narrow_bf16");
 }
 
 // ---- decode_gemv

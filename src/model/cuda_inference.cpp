@@ -63,6 +63,10 @@ std::unique_ptr<CausalLM> make_causal_lm(HybridLM<float>& model, const std::stri
 namespace cuda_decoder_detail {
 // cuda_decoder_kernels.cu (the rest is in cuda_decoder_kernels.h)
 void gather_blocks(void* dst, const void* src, const int64_t* idx, int64_t n, size_t block_bytes, void* stream);
+// dst (n) fp32 = the bf16 patterns src exactly; narrow_bf16: dst = src rounded to bf16 (nearest
+// even): the prefill's fp32 copy of a slot's bf16 SSM state (MSLM_DECODE_STATE=bf16), and back.
+void widen_bf16(float* dst, const uint16_t* src, int64_t n, void* stream);
+void narrow_bf16(uint16_t* dst, const float* src, int64_t n, void* stream);
 // RoPE of the query and key heads (rotary_dim 0: none) fused with the KV append, as rope_apply_at
 // then a copy of the key and value rows into the rings.
 void rope_kv_append(uint16_t* q, const uint16_t* k_src, const uint16_t* v_src, int64_t ld, uint16_t* k_cache,
@@ -153,6 +157,7 @@ struct CudaCausalLM::Impl {
         // State (per slot blocks).
         bf16* conv = nullptr;   // (S, K − 1, conv channels)
         float* ssm = nullptr;   // (S, H, P, N) or (S, Din, N)
+        bf16* ssm16 = nullptr;  // instead of ssm: (S, H, P, N) bf16 (Mamba-2 with MSLM_DECODE_STATE=bf16)
         bf16 *kc = nullptr, *vc = nullptr;  // (S, cache_len, Hkv, Dh)
     };
 
@@ -189,6 +194,8 @@ struct CudaCausalLM::Impl {
     bf16 *h = nullptr, *a = nullptr, *hf = nullptr, *kt = nullptr, *vt = nullptr, *bc_in = nullptr, *bc = nullptr;
     float *mean = nullptr, *rstd = nullptr, *g_rstd = nullptr, *lse = nullptr, *logits = nullptr;
     float* attn_ws = nullptr;  // the split decode attention's partials
+    float* h32 = nullptr;      // a slot's SSM state in fp32 for prefill's SSD, when the states are bf16
+    bool bf16_state = false;   // Mamba-2 SSM states in bf16 (MSLM_DECODE_STATE=bf16, read by the constructor)
     char* picks = nullptr;  // greedy picks of the step's rows: [log_prob double | logit float | token int32]
     cuda_decoder_detail::GreedyPart* pick_part = nullptr;  // (slots, splits) partials
     unsigned* pick_done = nullptr;                         // (slots) counters, zeroed by start()
@@ -303,6 +310,19 @@ size_t staging_bytes(int64_t slots, int64_t rows) {
 // A greedy pick's bytes on the device: log-softmax (double), logit (float), token (int32).
 constexpr int64_t kPickBytes = sizeof(double) + sizeof(float) + sizeof(int32_t);
 
+// MSLM_DECODE_STATE=bf16 (unset or f32: fp32): Mamba-2 layers keep their SSM states in bf16 — half
+// the bytes a decode step streams and holds per sequence, as mamba-ssm's and transformers' caches
+// do for a bf16 model (ops::cuda::ssd_update_bf16_state). Mamba-1 layers, and state sizes N that are
+// not a multiple of 4, stay fp32.
+bool bf16_ssm_state(const ModelConfig& cfg) {
+    const char* v = std::getenv("MSLM_DECODE_STATE");
+    const std::string value = v ? v : "";
+    MSLM_CHECK(value.empty() || value == "f32" || value == "bf16",
+               "MSLM_DECODE_STATE={}: expected f32 (the default) or bf16", value);
+    return value == "bf16" && cfg.count(LayerKind::Mamba) > 0 && cfg.mamba.version == 2 &&
+           cfg.mamba.d_state % 4 == 0;
+}
+
 // Scratch of one layer for `rows` rows, every buffer the prefill or the step needs.
 template <typename Impl>
 void carve_scratch(Carver& cv, Impl& m, const ModelConfig& cfg, int64_t rows, int64_t wrap, int64_t slots,
@@ -343,6 +363,7 @@ void carve_scratch(Carver& cv, Impl& m, const ModelConfig& cfg, int64_t rows, in
                            : 0);
     cv.take(m.kt, wrap * w.KVW);
     cv.take(m.vt, wrap * w.KVW);
+    cv.take(m.h32, m.bf16_state ? w.H * w.P * w.S : 0);
     const bool mlp = cfg.mlp.kind != MlpKind::None;
     cv.take(m.h, mlp ? N * (cfg.mlp.kind == MlpKind::SwiGLU ? 2 : 1) * w.F : 0);
     cv.take(m.a, mlp ? N * w.F : 0);
@@ -363,11 +384,12 @@ struct StateSizes {
     size_t conv = 0, ssm = 0, kv = 0;  // bytes per slot and layer
 };
 
-StateSizes state_sizes(const ModelConfig& cfg, int64_t max_len) {
+StateSizes state_sizes(const ModelConfig& cfg, int64_t max_len, bool bf16_state) {
     const Widths w(cfg);
     StateSizes s;
     s.conv = sizeof(bf16) * static_cast<size_t>((w.K - 1) * w.conv_c);
-    s.ssm = sizeof(float) * static_cast<size_t>(cfg.mamba.version == 1 ? w.Din * w.S : w.H * w.P * w.S);
+    s.ssm = (bf16_state ? sizeof(bf16) : sizeof(float)) *
+            static_cast<size_t>(cfg.mamba.version == 1 ? w.Din * w.S : w.H * w.P * w.S);
     s.kv = sizeof(bf16) * static_cast<size_t>(cache_len_for(cfg, max_len) * w.KVW);
     return s;
 }
@@ -376,8 +398,8 @@ size_t aligned(size_t n) {
     return (n + 255) / 256 * 256;
 }
 
-size_t state_total(const ModelConfig& cfg, int64_t slots, int64_t max_len) {
-    const StateSizes s = state_sizes(cfg, max_len);
+size_t state_total(const ModelConfig& cfg, int64_t slots, int64_t max_len, bool bf16_state) {
+    const StateSizes s = state_sizes(cfg, max_len, bf16_state);
     const auto S = static_cast<size_t>(slots);
     return cfg.count(LayerKind::Mamba) * (aligned(S * s.conv) + aligned(S * s.ssm)) +
            cfg.count(LayerKind::Attention) * 2 * aligned(S * s.kv);
@@ -422,6 +444,7 @@ bool persistent_step_fits(const ModelConfig& cfg, const Impl& m) {
                  (cfg.attention.position == PositionKind::RoPE && cfg.attn_rotary_dim() % 2 != 0)))
         return false;
     if (cfg.norm != NormKind::RMSNorm || w.D % 8 != 0) return false;
+    if (m.bf16_state) return false;  // its state stage reads fp32 states
     if (cfg.mlp.kind != MlpKind::None && (cfg.mlp.kind != MlpKind::SwiGLU || w.F % 8 != 0)) return false;
     auto aligned = [](const void* p) { return p == nullptr || reinterpret_cast<uintptr_t>(p) % 16 == 0; };
     if (!aligned(m.lm_head)) return false;
@@ -572,8 +595,9 @@ CudaDecoderMemory CudaCausalLM::plan(const ModelConfig& cfg, int64_t slots, int6
         HybridLM<float> layout(cfg);
         mem.weights = sizeof(bf16) * static_cast<size_t>(layout.params().total());
     }
-    mem.state = state_total(cfg, slots, max_len);
     Impl probe;
+    probe.bf16_state = bf16_ssm_state(cfg);
+    mem.state = state_total(cfg, slots, max_len, probe.bf16_state);
     Carver cv;
     const int64_t rows = std::max<int64_t>(slots, std::min<int64_t>(kPrefillChunk, max_len));
     carve_scratch(cv, probe, cfg, rows, wrap_rows(cfg, max_len, rows), slots, max_len);
@@ -593,6 +617,7 @@ CudaCausalLM::CudaCausalLM(const HybridLM<float>& model, int device)
                    "CudaCausalLM: {} has no fp32 values (released after packing for the CPU); load the model "
                    "again for the GPU",
                    model.params().specs()[i].name);
+    impl_->bf16_state = bf16_ssm_state(cfg_);
     CudaHybridLM::select_device(device);
     Impl& m = *impl_;
     m.alloc = &cuda_caching_allocator(device);
@@ -748,11 +773,11 @@ void CudaCausalLM::start(int64_t slots, int64_t max_len) {
     pos_.assign(static_cast<size_t>(slots), 0);
 
     // State: per layer, its blocks for every slot, zeroed (the empty sequence).
-    const StateSizes sz = state_sizes(cfg_, max_len);
+    const StateSizes sz = state_sizes(cfg_, max_len, m.bf16_state);
     m.conv_block = sz.conv;
     m.ssm_block = sz.ssm;
     m.kv_block = sz.kv;
-    m.state_bytes = state_total(cfg_, slots, max_len);
+    m.state_bytes = state_total(cfg_, slots, max_len, m.bf16_state);
     m.state = static_cast<char*>(m.alloc->allocate(m.state_bytes));
     check(cudaMemsetAsync(m.state, 0, m.state_bytes, m.stream), "zero state");
     Carver st{m.state};
@@ -763,7 +788,11 @@ void CudaCausalLM::start(int64_t slots, int64_t max_len) {
             st.take(L.vc, S * static_cast<int64_t>(sz.kv / sizeof(bf16)));
         } else {
             st.take(L.conv, S * static_cast<int64_t>(sz.conv / sizeof(bf16)));
-            st.take(L.ssm, S * static_cast<int64_t>(sz.ssm / sizeof(float)));
+            if (m.bf16_state) {
+                st.take(L.ssm16, S * static_cast<int64_t>(sz.ssm / sizeof(bf16)));
+            } else {
+                st.take(L.ssm, S * static_cast<int64_t>(sz.ssm / sizeof(float)));
+            }
         }
     }
 
@@ -1110,7 +1139,11 @@ struct Run {
                 if (!gemv(in, L.in_q))
                     kc::conv1d_causal_update(m.conv_out, L.conv, m.slots, m.proj + w.Din, w.W2, L.conv_w, L.conv_b, N,
                                              w.C2, w.K, true, s);
-                kc::ssd_update(m.y, L.ssm, m.slots, ssd_in(L, m.conv_out), ssd_dims(N, 1), s);
+                if (L.ssm16) {
+                    kc::ssd_update_bf16_state(m.y, L.ssm16, m.slots, ssd_in(L, m.conv_out), ssd_dims(N, 1), s);
+                } else {
+                    kc::ssd_update(m.y, L.ssm, m.slots, ssd_in(L, m.conv_out), ssd_dims(N, 1), s);
+                }
                 DecodeGemv out = plain(m.y, w.Din, w.Din);  // gated norm with z, then out_proj
                 out.norm = cuda_decoder_detail::DecodeNorm::Gated;
                 out.z = m.proj;
@@ -1216,8 +1249,15 @@ struct Run {
         } else {
             linear(m.proj, m.ln, L.in_w, L.in_q, L.in_b, w.D, w.W2);
             const bf16* xbc = conv_prefill(L, slot, w.Din, w.W2, w.C2);
-            float* h = L.ssm + slot * w.H * w.P * w.S;
-            kc::ssd_forward(m.y, h, ssd_in(L, xbc), h, ssd_dims(1, N), nullptr, m.ws, s);
+            const int64_t n_state = w.H * w.P * w.S;
+            if (L.ssm16) {  // the SSD runs on an fp32 copy, rounded back once at the end
+                cuda_decoder_detail::widen_bf16(m.h32, L.ssm16 + slot * n_state, n_state, s);
+                kc::ssd_forward(m.y, m.h32, ssd_in(L, xbc), m.h32, ssd_dims(1, N), nullptr, m.ws, s);
+                cuda_decoder_detail::narrow_bf16(L.ssm16 + slot * n_state, m.h32, n_state, s);
+            } else {
+                float* h = L.ssm + slot * n_state;
+                kc::ssd_forward(m.y, h, ssd_in(L, xbc), h, ssd_dims(1, N), nullptr, m.ws, s);
+            }
             mamba2_output(L);
         }
     }
@@ -1427,7 +1467,7 @@ void CudaCausalLM::reorder(std::span<const int64_t> src) {
     };
     for (Impl::Layer& L : m.layers) {
         permute(L.conv, m.conv_block);
-        permute(L.ssm, m.ssm_block);
+        permute(L.ssm ? static_cast<void*>(L.ssm) : L.ssm16, m.ssm_block);
         permute(L.kc, m.kv_block);
         permute(L.vc, m.kv_block);
     }
@@ -1450,7 +1490,7 @@ void CudaCausalLM::copy(int64_t src_slot, int64_t dst_slot) {
     };
     for (Impl::Layer& L : m.layers) {
         block(L.conv, m.conv_block);
-        block(L.ssm, m.ssm_block);
+        block(L.ssm ? static_cast<void*>(L.ssm) : L.ssm16, m.ssm_block);
         block(L.kc, m.kv_block);
         block(L.vc, m.kv_block);
     }
@@ -1466,7 +1506,7 @@ void CudaCausalLM::clear(int64_t slot) {
     };
     for (Impl::Layer& L : m.layers) {
         zero(L.conv, m.conv_block);
-        zero(L.ssm, m.ssm_block);
+        zero(L.ssm ? static_cast<void*>(L.ssm) : L.ssm16, m.ssm_block);
         zero(L.kc, m.kv_block);
         zero(L.vc, m.kv_block);
     }

@@ -6,7 +6,9 @@
 // (core/caching_allocator.h), so a decoder re-started per request reuses its blocks:
 //   weights  the bf16 copy of every parameter, in Parameters<float>'s flat layout (no fp32 copy);
 //   state    per Mamba layer the conv window (slots, d_conv − 1, conv channels) bf16 and the SSM
-//            state fp32 ((slots, H, P, N) Mamba-2, (slots, d_inner, N) Mamba-1); per attention
+//            state fp32 ((slots, H, P, N) Mamba-2, (slots, d_inner, N) Mamba-1; Mamba-2's in bf16
+//            with MSLM_DECODE_STATE=bf16, read when the decoder is built: half the bytes a step
+//            streams at large batches, as mamba-ssm's and transformers' caches hold); per attention
 //            layer key and value ring buffers (slots, cache_len, Hkv, head_dim) bf16, cache_len =
 //            max_len, or min(max_len, window) with a sliding window (position p at row p % cache_len);
 //   scratch  one layer's activations for max(slots, kPrefillChunk) rows, reused by every layer.
@@ -22,7 +24,9 @@
 // unset or 1 the step is captured once per k as a CUDA graph and replayed (one launch per token).
 // reorder / copy move the slots' state blocks on the device.
 //
-// Numerics: bf16 weights and activations, fp32 accumulation and SSM states; logits are computed in
+// Numerics: bf16 weights and activations, fp32 accumulation and SSM states (bf16 storage, fp32
+// arithmetic, with MSLM_DECODE_STATE=bf16; prefill then runs the SSD on an fp32 copy of the slot's
+// state and rounds the final state once); logits are computed in
 // fp32 from the bf16 final-norm output (no bf16 rounding of the logits), hidden states come back
 // decoded from bf16.
 //

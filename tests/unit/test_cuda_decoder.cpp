@@ -404,6 +404,54 @@ std::vector<float> logits_with(const HybridLM<float>& model, const char* env, co
     return all;
 }
 
+// MSLM_DECODE_STATE=bf16 against the fp32 states, on the same GPU decoder otherwise. Prefill runs
+// the SSD on an fp32 copy of the (zero) state, so its logits are the same bits; the state held is
+// the plan's, smaller. Steps then differ only by the state's roundings: one per Mamba-2 layer and
+// step (≤ 2^-9 of the state, ops::cuda::ssd_update_bf16_state; its test checks the rest bit for
+// bit), carried by the states from step to step — over the 7 roundings of these runs (prefill's
+// and 6 steps') at most √7·2^-9 ≈ 0.005 of a state as a random walk, ≤ 3 Mamba-2 layers adding in
+// quadrature ≈ 0.009 of the logits' scale; the bound is 0.02 (measured on the H200: 0.0167 on
+// Mamba2AttentionWide, whose d_state 32 states carry the most, below 0.001 on the others). (Against the CPU, the bf16 states'
+// logits add this to the f32 decoder's own error: on Mamba2AttentionWide that came to 6.1% of a
+// row's scale against kRelTol's 6%, measured 2026-11-29; so that comparison is not claimed.)
+TEST(CudaDecoderBf16State, FollowsTheF32StateDecoder) {
+    SKIP_WITHOUT_GPU();
+    constexpr double kStateTol = 0.02;
+    for (const ModelConfig& cfg : {mamba2_attention_wide(), mamba2_rope_partial(), base_config("MM")}) {
+        auto model = random_model(cfg);
+        const int64_t V = cfg.vocab_size;
+        const std::vector<int32_t> prompt{1, 2, 3, 4, 5};
+        std::vector<float> pre[2];
+        size_t held[2] = {};
+        for (int b = 0; b < 2; ++b) {
+            setenv("MSLM_DECODE_STATE", b ? "bf16" : "f32", 1);
+            CudaCausalLM gpu(*model);
+            gpu.start(2, cfg.max_seq_len);
+            pre[b].resize(static_cast<size_t>(V));
+            gpu.prefill(0, prompt, pre[b].data(), nullptr);
+            held[b] = gpu.memory().state;
+            EXPECT_EQ(held[b], CudaCausalLM::plan(cfg, 2, cfg.max_seq_len).state);
+            unsetenv("MSLM_DECODE_STATE");
+        }
+        EXPECT_LT(held[1], held[0]);
+        for (int64_t i = 0; i < V; ++i) ASSERT_EQ(pre[1][i], pre[0][i]) << "prefill logit " << i;
+        const std::vector<float> f32 = logits_with(*model, "MSLM_DECODE_STATE", "f32"),
+                                 bf16 = logits_with(*model, "MSLM_DECODE_STATE", "bf16");
+        ASSERT_EQ(f32.size(), bf16.size());
+        double worst = 0.0;
+        for (size_t r = 0; r * V < f32.size(); ++r) {
+            double err = 0.0, scale = 0.0;
+            for (int64_t i = 0; i < V; ++i) {
+                err = std::max(err, double(std::abs(bf16[r * V + i] - f32[r * V + i])));
+                scale = std::max(scale, double(std::abs(f32[r * V + i])));
+            }
+            EXPECT_LE(err, kStateTol * scale) << "row " << r;
+            worst = std::max(worst, err / scale);
+        }
+        std::printf("bf16 states: largest logit change %.4f of the row's scale\n", worst);
+    }
+}
+
 // The captured CUDA graph replays the eager step's kernels, and programmatic dependent launch only
 // overlaps launches: the same bits, step after step.
 TEST(CudaDecoderGraphs, GraphStepsAndDependentLaunchesEqualEagerSteps) {
@@ -531,6 +579,14 @@ TEST(CudaDecoderPlan, StateBytesFollowTheLayout) {
     const size_t kv = al(3 * 2 * 5 * cfg.attn_kv_heads() * cfg.attn_head_dim());  // ring of the window, 5 rows
     EXPECT_EQ(m.state, conv + ssm + 2 * kv);
     EXPECT_GT(m.scratch, 0u);
+    // MSLM_DECODE_STATE=bf16: the SSM state at 2 bytes a value, the rest as before.
+    setenv("MSLM_DECODE_STATE", "bf16", 1);
+    const CudaDecoderMemory h = CudaCausalLM::plan(cfg, 3, 40);
+    unsetenv("MSLM_DECODE_STATE");
+    EXPECT_EQ(h.state, conv + al(3 * 2 * cfg.mamba_n_heads() * cfg.mamba.head_dim * cfg.mamba.d_state) + 2 * kv);
+    setenv("MSLM_DECODE_STATE", "f16", 1);
+    EXPECT_THROW(CudaCausalLM::plan(cfg, 3, 40), Error);
+    unsetenv("MSLM_DECODE_STATE");
 }
 
 #else  // CudaCausalLM's members exist only in builds with CUDA.

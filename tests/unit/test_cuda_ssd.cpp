@@ -529,6 +529,72 @@ TYPED_TEST(CudaSsd, TensorCoreSwitch) {
 #endif
 }
 
+// ssd_update_bf16_state against ssd_update on the same states: every step, from fp32 states equal to
+// the bf16 ones, y must equal the fp32 kernel's bit for bit and each stored bf16 state the fp32
+// kernel's new state rounded to bf16 (the kernel's claim: the same fp32 arithmetic, one rounding
+// at the store); slots not decoded keep their bits. The 16-byte-row path at N = 16 and 128, the
+// 8-channels-a-warp kernel at N = 12 with 96 heads; sizes N % 4 ≠ 0 are refused.
+TEST(CudaSsdBf16State, StepIsTheF32StepWithTheStateRounded) {
+#ifdef MSLM_HAVE_CUDA
+    if (!cuda_available()) GTEST_SKIP() << "no CUDA GPU: " << cuda_device_summary();
+    using T = uint16_t;
+    const Case cases[] = {
+        {3, 5, 6, 1, 2, 16, 2, 0, false, false, true},
+        {3, 4, 3, 64, 1, 128, 256, 2, true, true, true},
+        {3, 2, 96, 90, 2, 12, 256, 0, true, true, true},
+    };
+    const std::vector<int64_t> slots = {3, 0, 4};
+    const int64_t n_slots = 5;
+    uint64_t seed = 700;
+    for (const Case& c : cases) {
+        SCOPED_TRACE(describe(c));
+        const Data<T> d = make_data<T>(c, seed++);
+        const int64_t HPN = c.H * c.P * c.N, HP = c.H * c.P;
+        Rng rng(seed * 13);
+        std::vector<T> h16(n_slots * HPN);
+        for (T& v : h16) v = f32_to_bf16(static_cast<float>(rng.normal()));
+        DeviceBuffer<T> states16(h16);
+        DeviceBuffer<int64_t> d_slots(slots);
+        for (int64_t t = 0; t < c.T; ++t) {
+            Data<T> step = d;
+            step.dims.seqlen = 1;
+            auto rows = [&](const std::vector<T>& v, int64_t ld) {
+                std::vector<T> out(c.B * ld);
+                for (int64_t i = 0; i < c.B; ++i)
+                    std::copy_n(v.begin() + (i * c.T + t) * ld, ld, out.begin() + i * ld);
+                return out;
+            };
+            step.x = rows(d.x, d.ld_x), step.dt = rows(d.dt, d.ld_dt), step.Bm = rows(d.Bm, d.ld_B);
+            step.Cm = rows(d.Cm, d.ld_C);
+            DeviceData<T> dev(step);
+            const std::vector<T> before = states16.download();
+            std::vector<float> h32(before.size());
+            for (size_t i = 0; i < before.size(); ++i) h32[i] = bf16_to_f32(before[i]);
+            DeviceBuffer<float> states32(h32);
+            DeviceBuffer<T> y32(std::vector<T>(c.B * HP)), y16(std::vector<T>(c.B * HP));
+            ops::cuda::ssd_update(y32.get(), states32.get(), d_slots.get(), dev.inputs(), step.dims);
+            ops::cuda::ssd_update_bf16_state(y16.get(), states16.get(), d_slots.get(), dev.inputs(), step.dims);
+            EXPECT_TRUE(same_bits(y16.download(), y32.download())) << "y, step " << t;
+            const std::vector<float> want32 = states32.download();
+            std::vector<T> want(want32.size());
+            for (size_t i = 0; i < want.size(); ++i) want[i] = f32_to_bf16(want32[i]);
+            EXPECT_TRUE(same_bits(states16.download(), want)) << "states, step " << t;
+        }
+        // Slots 1 and 2 were never decoded: their bits are the initial ones.
+        const std::vector<T> after = states16.download();
+        for (int64_t sl : {1, 2})
+            EXPECT_TRUE(std::equal(after.begin() + sl * HPN, after.begin() + (sl + 1) * HPN, h16.begin() + sl * HPN))
+                << "slot " << sl;
+    }
+    const Case odd{1, 1, 1, 4, 1, 10, 1, 0, false, false, true};
+    const Data<T> d = make_data<T>(odd, 1);
+    DeviceData<T> dev(d);
+    DeviceBuffer<T> y(std::vector<T>(4)), h(std::vector<T>(40));
+    DeviceBuffer<int64_t> d_slots(std::vector<int64_t>{0});
+    EXPECT_THROW(ops::cuda::ssd_update_bf16_state(y.get(), h.get(), d_slots.get(), dev.inputs(), d.dims), Error);
+#endif
+}
+
 // k sequences decoded one token at a time through ssd_update, their states in slots {3, 0, 4} of
 // 5: against the CPU recurrence and against the GPU chunked forward over the whole sequences.
 TYPED_TEST(CudaSsd, UpdateMatchesForward) {

@@ -1881,8 +1881,25 @@ __global__ void ssd_param_grad_kernel(Args<T> a, const float* part, T* dA_log, T
 // loads all go out before any is used: at batch 64 the state (fp32, read and written) is the whole
 // cost, and one 512-byte row a warp at a time left it at a third of the bandwidth (H200, 130m).
 
-template <typename T, int PB>
-__global__ void ssd_update_kernel(Args<T> a, T* y, float* h, const int64_t* slots) {
+// State storage of ssd_update: fp32, or bf16 (read as fp32, rounded once when stored).
+__device__ __forceinline__ float4 load_state4(const float* p) {
+    return *reinterpret_cast<const float4*>(p);
+}
+__device__ __forceinline__ float4 load_state4(const __nv_bfloat16* p) {
+    const uint2 v = *reinterpret_cast<const uint2*>(p);
+    return make_float4(__uint_as_float(v.x << 16), __uint_as_float(v.x & 0xffff0000u), __uint_as_float(v.y << 16),
+                       __uint_as_float(v.y & 0xffff0000u));
+}
+__device__ __forceinline__ void store_state4(float* p, const float4& v) {
+    *reinterpret_cast<float4*>(p) = v;
+}
+__device__ __forceinline__ void store_state4(__nv_bfloat16* p, const float4& v) {
+    *reinterpret_cast<uint2*>(p) = make_uint2(pack_bf16x2(v.x, v.y), pack_bf16x2(v.z, v.w));
+}
+
+// HS: the state storage type (float, or __nv_bfloat16 with N % 4 == 0).
+template <typename T, int PB, typename HS>
+__global__ void ssd_update_kernel(Args<T> a, T* y, HS* h, const int64_t* slots) {
     const int lane = threadIdx.x % 32;
     const int64_t p_blocks = (a.P + PB - 1) / PB;
     const int64_t total = a.batch * a.H * p_blocks;
@@ -1900,7 +1917,7 @@ __global__ void ssd_update_kernel(Args<T> a, T* y, float* h, const int64_t* slot
             xp[j] = j < np ? to_f32(a.x[i * a.ld_x + hh * a.P + p0 + j]) : 0.0f;
             acc[j] = 0.0f;
         }
-        float* S = h + ((slots[i] * a.H + hh) * a.P + p0) * a.N;  // row j at S + j · N
+        HS* S = h + ((slots[i] * a.H + hh) * a.P + p0) * a.N;  // row j at S + j · N
         const T* Bt = a.Bm + i * a.ld_B + g * a.N;
         const T* Ct = a.Cm + i * a.ld_C + g * a.N;
         if (a.N % 4 == 0) {  // one 16-byte load and store a row a lane
@@ -1908,7 +1925,7 @@ __global__ void ssd_update_kernel(Args<T> a, T* y, float* h, const int64_t* slot
                 float4 st[PB];
 #pragma unroll
                 for (int j = 0; j < PB; ++j)
-                    if (j < np) st[j] = *reinterpret_cast<const float4*>(S + j * a.N + n);
+                    if (j < np) st[j] = load_state4(S + j * a.N + n);
                 const float b0 = to_f32(Bt[n]), b1 = to_f32(Bt[n + 1]), b2 = to_f32(Bt[n + 2]), b3 = to_f32(Bt[n + 3]);
                 const float c0 = to_f32(Ct[n]), c1 = to_f32(Ct[n + 1]), c2 = to_f32(Ct[n + 2]), c3 = to_f32(Ct[n + 3]);
 #pragma unroll
@@ -1919,7 +1936,7 @@ __global__ void ssd_update_kernel(Args<T> a, T* y, float* h, const int64_t* slot
                     st[j].y = decay * st[j].y + xdt * b1;
                     st[j].z = decay * st[j].z + xdt * b2;
                     st[j].w = decay * st[j].w + xdt * b3;
-                    *reinterpret_cast<float4*>(S + j * a.N + n) = st[j];
+                    store_state4(S + j * a.N + n, st[j]);  // y below uses the unrounded state
                     acc[j] += st[j].x * c0;
                     acc[j] += st[j].y * c1;
                     acc[j] += st[j].z * c2;
@@ -1931,13 +1948,13 @@ __global__ void ssd_update_kernel(Args<T> a, T* y, float* h, const int64_t* slot
                 float st[PB];
 #pragma unroll
                 for (int j = 0; j < PB; ++j)
-                    if (j < np) st[j] = S[j * a.N + n];
+                    if (j < np) st[j] = to_f32(S[j * a.N + n]);
                 const float bn = to_f32(Bt[n]), cn = to_f32(Ct[n]);
 #pragma unroll
                 for (int j = 0; j < PB; ++j) {
                     if (j >= np) break;
                     const float s = decay * st[j] + dtv * xp[j] * bn;
-                    S[j * a.N + n] = s;
+                    S[j * a.N + n] = from_f32<HS>(s);
                     acc[j] += s * cn;
                 }
             }
@@ -2297,6 +2314,21 @@ void ssd_backward(const SsdGrads<S>& grads, const S* dy, const SsdInputs<S>& in,
     }
 }
 
+// 8 rows of state a warp once that leaves ≥ 16 warps an SM (batch 64 on 130m: 12,288 warps);
+// fewer rows a warp at small batches, so the state still spreads over every SM.
+template <typename S, typename A, typename D, typename HS>
+void launch_update(const A& a, D* y, HS* h, const int64_t* slots, const Plan& p, cudaStream_t st,
+                   const char* kernel) {
+    const int64_t wide = p.batch * p.H * ((p.P + 7) / 8);
+    if (wide >= 16 * int64_t(multiprocessors<S>(kernel))) {
+        ssd_update_kernel<D, 8, HS><<<grid_size<S>(wide * 32, kernel), kThreads, 0, st>>>(a, y, h, slots);
+    } else {
+        const int64_t narrow = p.batch * p.H * ((p.P + 1) / 2);
+        ssd_update_kernel<D, 2, HS><<<grid_size<S>(narrow * 32, kernel), kThreads, 0, st>>>(a, y, h, slots);
+    }
+    check_launch<S>(kernel);
+}
+
 template <typename S>
 void ssd_update(S* y, float* h, const int64_t* slots, const SsdInputs<S>& in, const SsdDims& dims,
                 void* stream) {
@@ -2306,20 +2338,24 @@ void ssd_update(S* y, float* h, const int64_t* slots, const SsdInputs<S>& in, co
     check_strides(in, p, "ssd_update");
     if (p.batch == 0) return;
     const auto a = make_args(in, p, Workspace{});
-    // 8 rows of state a warp once that leaves ≥ 16 warps an SM (batch 64 on 130m: 12,288 warps);
-    // fewer rows a warp at small batches, so the state still spreads over every SM.
-    const auto st = static_cast<cudaStream_t>(stream);
-    auto* yd = reinterpret_cast<device_t<S>*>(y);
-    const int64_t wide = p.batch * p.H * ((p.P + 7) / 8);
-    if (wide >= 16 * int64_t(multiprocessors<S>("ssd_update"))) {
-        ssd_update_kernel<device_t<S>, 8>
-            <<<grid_size<S>(wide * 32, "ssd_update"), kThreads, 0, st>>>(a, yd, h, slots);
-    } else {
-        const int64_t narrow = p.batch * p.H * ((p.P + 1) / 2);
-        ssd_update_kernel<device_t<S>, 2>
-            <<<grid_size<S>(narrow * 32, "ssd_update"), kThreads, 0, st>>>(a, yd, h, slots);
-    }
-    check_launch<S>("ssd_update");
+    launch_update<S>(a, reinterpret_cast<device_t<S>*>(y), h, slots, p, static_cast<cudaStream_t>(stream),
+                     "ssd_update");
+}
+
+void ssd_update_bf16_state(uint16_t* y, uint16_t* h, const int64_t* slots, const SsdInputs<uint16_t>& in,
+                           const SsdDims& dims, void* stream) {
+    const char* kernel = "ssd_update_bf16_state";
+    SsdDims one = dims;
+    one.seqlen = 1, one.chunk_size = 1;
+    const Plan p = make_plan(one, kernel);
+    check_strides(in, p, kernel);
+    MSLM_CHECK(p.N % 4 == 0, "CUDA kernel {}: state size {} is not a multiple of 4", kernel, p.N);
+    MSLM_CHECK(reinterpret_cast<uintptr_t>(h) % 8 == 0, "CUDA kernel {}: the states are not 8-byte aligned",
+               kernel);
+    if (p.batch == 0) return;
+    const auto a = make_args(in, p, Workspace{});
+    launch_update<uint16_t>(a, reinterpret_cast<__nv_bfloat16*>(y), reinterpret_cast<__nv_bfloat16*>(h), slots, p,
+                            static_cast<cudaStream_t>(stream), kernel);
 }
 
 template void ssd_forward<float>(float*, float*, const SsdInputs<float>&, const float*, const SsdDims&,

@@ -90,4 +90,13 @@ template <typename T>
 void ssd_update(T* y, float* h, const int64_t* slots, const SsdInputs<T>& in, const SsdDims& dims,
                 void* stream = nullptr);
 
+// ssd_update with the states stored in bf16 (h (S, H, P, N) as bf16 bit patterns; bf16 inputs only):
+// each state value is read, advanced in fp32 and rounded once when stored, and y is formed from the
+// unrounded new state — so y and the stored state equal the fp32 kernel's y and round(state), bit
+// for bit, given the same (bf16-representable) state before the step. Half the state's bytes a step:
+// the decode at large batches streams the states (CudaCausalLM with MSLM_DECODE_STATE=bf16). This is
+// what mamba-ssm's and transformers' Mamba-2 caches hold for a bf16 model.
+void ssd_update_bf16_state(uint16_t* y, uint16_t* h, const int64_t* slots, const SsdInputs<uint16_t>& in,
+                           const SsdDims& dims, void* stream = nullptr);
+
 }  // namespace mslm::ops::cuda
