@@ -220,11 +220,13 @@ __global__ void gather_blocks_kernel(uint16_t* __restrict__ dst, const uint16_t*
 
 // dst = fp32 values of the bf16 patterns src (exact), or dst = src rounded to bf16 (nearest even).
 __global__ void widen_bf16_kernel(float* __restrict__ dst, const uint16_t* __restrict__ src, int64_t n) {
-    for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+    for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
+         i += int64_t(gridDim.x) * blockDim.x)
         dst[i] = __uint_as_float(uint32_t(src[i]) << 16);
 }
 __global__ void narrow_bf16_kernel(uint16_t* __restrict__ dst, const float* __restrict__ src, int64_t n) {
-    for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+    for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
+         i += int64_t(gridDim.x) * blockDim.x)
         dst[i] = __bfloat16_as_ushort(__float2bfloat16_rn(src[i]));
 }
 

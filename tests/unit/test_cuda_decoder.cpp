@@ -411,9 +411,9 @@ std::vector<float> logits_with(const HybridLM<float>& model, const char* env, co
 // bit), carried by the states from step to step — over the 7 roundings of these runs (prefill's
 // and 6 steps') at most √7·2^-9 ≈ 0.005 of a state as a random walk, ≤ 3 Mamba-2 layers adding in
 // quadrature ≈ 0.009 of the logits' scale; the bound is 0.02 (measured on the H200: 0.0167 on
-// Mamba2AttentionWide, whose d_state 32 states carry the most, below 0.001 on the others). (Against the CPU, the bf16 states'
-// logits add this to the f32 decoder's own error: on Mamba2AttentionWide that came to 6.1% of a
-// row's scale against kRelTol's 6%, measured 2026-11-29; so that comparison is not claimed.)
+// Mamba2AttentionWide, whose d_state 32 states carry the most, below 0.001 on the others). (Against the CPU,
+// the bf16 states' logits add this to the f32 decoder's own error: on Mamba2AttentionWide that came to 6.1%
+// of a row's scale against kRelTol's 6%, measured 2026-11-29; so that comparison is not claimed.)
 TEST(CudaDecoderBf16State, FollowsTheF32StateDecoder) {
     SKIP_WITHOUT_GPU();
     constexpr double kStateTol = 0.02;
@@ -583,7 +583,8 @@ TEST(CudaDecoderPlan, StateBytesFollowTheLayout) {
     setenv("MSLM_DECODE_STATE", "bf16", 1);
     const CudaDecoderMemory h = CudaCausalLM::plan(cfg, 3, 40);
     unsetenv("MSLM_DECODE_STATE");
-    EXPECT_EQ(h.state, conv + al(3 * 2 * cfg.mamba_n_heads() * cfg.mamba.head_dim * cfg.mamba.d_state) + 2 * kv);
+    EXPECT_EQ(h.state,
+              conv + al(3 * 2 * cfg.mamba_n_heads() * cfg.mamba.head_dim * cfg.mamba.d_state) + 2 * kv);
     setenv("MSLM_DECODE_STATE", "f16", 1);
     EXPECT_THROW(CudaCausalLM::plan(cfg, 3, 40), Error);
     unsetenv("MSLM_DECODE_STATE");

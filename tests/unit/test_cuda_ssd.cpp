@@ -573,7 +573,8 @@ TEST(CudaSsdBf16State, StepIsTheF32StepWithTheStateRounded) {
             DeviceBuffer<float> states32(h32);
             DeviceBuffer<T> y32(std::vector<T>(c.B * HP)), y16(std::vector<T>(c.B * HP));
             ops::cuda::ssd_update(y32.get(), states32.get(), d_slots.get(), dev.inputs(), step.dims);
-            ops::cuda::ssd_update_bf16_state(y16.get(), states16.get(), d_slots.get(), dev.inputs(), step.dims);
+            ops::cuda::ssd_update_bf16_state(y16.get(), states16.get(), d_slots.get(), dev.inputs(),
+                                             step.dims);
             EXPECT_TRUE(same_bits(y16.download(), y32.download())) << "y, step " << t;
             const std::vector<float> want32 = states32.download();
             std::vector<T> want(want32.size());
@@ -583,7 +584,8 @@ TEST(CudaSsdBf16State, StepIsTheF32StepWithTheStateRounded) {
         // Slots 1 and 2 were never decoded: their bits are the initial ones.
         const std::vector<T> after = states16.download();
         for (int64_t sl : {1, 2})
-            EXPECT_TRUE(std::equal(after.begin() + sl * HPN, after.begin() + (sl + 1) * HPN, h16.begin() + sl * HPN))
+            EXPECT_TRUE(
+                std::equal(after.begin() + sl * HPN, after.begin() + (sl + 1) * HPN, h16.begin() + sl * HPN))
                 << "slot " << sl;
     }
     const Case odd{1, 1, 1, 4, 1, 10, 1, 0, false, false, true};
@@ -591,7 +593,8 @@ TEST(CudaSsdBf16State, StepIsTheF32StepWithTheStateRounded) {
     DeviceData<T> dev(d);
     DeviceBuffer<T> y(std::vector<T>(4)), h(std::vector<T>(40));
     DeviceBuffer<int64_t> d_slots(std::vector<int64_t>{0});
-    EXPECT_THROW(ops::cuda::ssd_update_bf16_state(y.get(), h.get(), d_slots.get(), dev.inputs(), d.dims), Error);
+    EXPECT_THROW(ops::cuda::ssd_update_bf16_state(y.get(), h.get(), d_slots.get(), dev.inputs(), d.dims),
+                 Error);
 #endif
 }
 

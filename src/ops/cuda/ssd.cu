@@ -1887,8 +1887,8 @@ __device__ __forceinline__ float4 load_state4(const float* p) {
 }
 __device__ __forceinline__ float4 load_state4(const __nv_bfloat16* p) {
     const uint2 v = *reinterpret_cast<const uint2*>(p);
-    return make_float4(__uint_as_float(v.x << 16), __uint_as_float(v.x & 0xffff0000u), __uint_as_float(v.y << 16),
-                       __uint_as_float(v.y & 0xffff0000u));
+    return make_float4(__uint_as_float(v.x << 16), __uint_as_float(v.x & 0xffff0000u),
+                       __uint_as_float(v.y << 16), __uint_as_float(v.y & 0xffff0000u));
 }
 __device__ __forceinline__ void store_state4(float* p, const float4& v) {
     *reinterpret_cast<float4*>(p) = v;
@@ -2354,8 +2354,8 @@ void ssd_update_bf16_state(uint16_t* y, uint16_t* h, const int64_t* slots, const
                kernel);
     if (p.batch == 0) return;
     const auto a = make_args(in, p, Workspace{});
-    launch_update<uint16_t>(a, reinterpret_cast<__nv_bfloat16*>(y), reinterpret_cast<__nv_bfloat16*>(h), slots, p,
-                            static_cast<cudaStream_t>(stream), kernel);
+    launch_update<uint16_t>(a, reinterpret_cast<__nv_bfloat16*>(y), reinterpret_cast<__nv_bfloat16*>(h),
+                            slots, p, static_cast<cudaStream_t>(stream), kernel);
 }
 
 template void ssd_forward<float>(float*, float*, const SsdInputs<float>&, const float*, const SsdDims&,
