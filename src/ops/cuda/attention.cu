@@ -1346,12 +1346,17 @@ void check_tc_positions(const char* kernel, const AttnParams<D>& a) {
 }
 
 // Query rows a warp of the tensor-core forward owns, in m16 tiles: 2 (128 queries a block; each K and
-// V fragment read from shared memory serves two tiles) unless MSLM_ATTN_FWD_ROWS=16 asks for one
-// (64 queries a block; the ablation).
-inline int forward_rows_per_warp(int64_t head_dim) {
-    (void)head_dim;
+// V fragment read from shared memory serves two tiles) when that grid still gives every SM two
+// blocks (it keeps two resident), else 1 (64 queries a block: twice the blocks, and the longest
+// block — the last query tile, which sees every key — half as long; a one-sequence prefill).
+// MSLM_ATTN_FWD_ROWS=16 or 32 forces one or two tiles (the ablation, and the tests).
+template <typename T>
+int forward_rows_per_warp(const AttentionDims& d) {
     const char* v = std::getenv("MSLM_ATTN_FWD_ROWS");
-    return v != nullptr && std::string_view(v) == "16" ? 1 : 2;
+    if (v != nullptr && std::string_view(v) == "16") return 1;
+    if (v != nullptr && std::string_view(v) == "32") return 2;
+    const int64_t blocks = d.batch * d.n_heads * ((d.seqlen + 127) / 128);
+    return blocks >= 2 * int64_t(multiprocessors<T>("attention_forward")) ? 2 : 1;
 }
 
 // A stream-ordered fp32 scratch buffer (cudaMallocAsync), freed in stream order when it goes out
@@ -1390,7 +1395,7 @@ void attention_forward(T* out, float* lse, const T* q, int64_t ld_q, const T* k,
         if (use_tensor_cores<T>(dims.head_dim)) {
             check_tc_positions<T>(kernel, a);
             const bool general = opt.alibi || !(opt.scale > 0.0f);
-            const int mt = forward_rows_per_warp(dims.head_dim);
+            const int mt = forward_rows_per_warp<T>(dims);
             with_tc_head_dim(dims.head_dim, [&](auto dh) {
                 constexpr int DH = decltype(dh)::value;
                 auto go = [&](auto mt_c, auto bk_c, auto qsmem_c) {
