@@ -529,6 +529,24 @@ TYPED_TEST(CudaSsd, TensorCoreSwitch) {
 #endif
 }
 
+#ifdef MSLM_HAVE_CUDA
+// The inputs of one recurrent step: row i is token t of sequence i of d.
+template <typename T>
+Data<T> token_rows(const Data<T>& d, int64_t t) {
+    Data<T> step = d;
+    step.dims.seqlen = 1;
+    auto rows = [&](const std::vector<T>& v, int64_t ld) {
+        std::vector<T> out(d.c.B * ld);
+        for (int64_t i = 0; i < d.c.B; ++i)
+            std::copy_n(v.begin() + (i * d.c.T + t) * ld, ld, out.begin() + i * ld);
+        return out;
+    };
+    step.x = rows(d.x, d.ld_x), step.dt = rows(d.dt, d.ld_dt), step.Bm = rows(d.Bm, d.ld_B);
+    step.Cm = rows(d.Cm, d.ld_C);
+    return step;
+}
+#endif
+
 // ssd_update_bf16_state against ssd_update on the same states: every step, from fp32 states equal to
 // the bf16 ones, y must equal the fp32 kernel's bit for bit and each stored bf16 state the fp32
 // kernel's new state rounded to bf16 (the kernel's claim: the same fp32 arithmetic, one rounding
@@ -556,16 +574,7 @@ TEST(CudaSsdBf16State, StepIsTheF32StepWithTheStateRounded) {
         DeviceBuffer<T> states16(h16);
         DeviceBuffer<int64_t> d_slots(slots);
         for (int64_t t = 0; t < c.T; ++t) {
-            Data<T> step = d;
-            step.dims.seqlen = 1;
-            auto rows = [&](const std::vector<T>& v, int64_t ld) {
-                std::vector<T> out(c.B * ld);
-                for (int64_t i = 0; i < c.B; ++i)
-                    std::copy_n(v.begin() + (i * c.T + t) * ld, ld, out.begin() + i * ld);
-                return out;
-            };
-            step.x = rows(d.x, d.ld_x), step.dt = rows(d.dt, d.ld_dt), step.Bm = rows(d.Bm, d.ld_B);
-            step.Cm = rows(d.Cm, d.ld_C);
+            const Data<T> step = token_rows(d, t);
             DeviceData<T> dev(step);
             const std::vector<T> before = states16.download();
             std::vector<float> h32(before.size());
@@ -636,17 +645,7 @@ TYPED_TEST(CudaSsd, UpdateMatchesForward) {
         DeviceBuffer<int64_t> d_slots(slots);
         std::vector<T> y_got(y_ref.size());
         for (int64_t t = 0; t < c.T; ++t) {
-            // Row i of this step is token t of sequence i.
-            Data<T> step = d;
-            step.dims.seqlen = 1;
-            auto rows = [&](const std::vector<T>& v, int64_t ld) {
-                std::vector<T> out(c.B * ld);
-                for (int64_t i = 0; i < c.B; ++i)
-                    std::copy_n(v.begin() + (i * c.T + t) * ld, ld, out.begin() + i * ld);
-                return out;
-            };
-            step.x = rows(d.x, d.ld_x), step.dt = rows(d.dt, d.ld_dt), step.Bm = rows(d.Bm, d.ld_B);
-            step.Cm = rows(d.Cm, d.ld_C);
+            const Data<T> step = token_rows(d, t);  // row i: token t of sequence i
             DeviceData<T> dev(step);
             DeviceBuffer<T> y(std::vector<T>(c.B * HP));
             ops::cuda::ssd_update(y.get(), states.get(), d_slots.get(), dev.inputs(), step.dims);

@@ -614,6 +614,15 @@ __device__ __forceinline__ void tc_mma_wb(float (&acc)[MT][DH / 8][4], const flo
     }
 }
 
+// Zeroes a warp's C fragments (tile-major).
+template <int A, int B>
+__device__ __forceinline__ void tc_zero(float (&x)[A][B][4]) {
+#pragma unroll
+    for (int a = 0; a < A; ++a)
+#pragma unroll
+        for (int b = 0; b < B; ++b) x[a][b][0] = x[a][b][1] = x[a][b][2] = x[a][b][3] = 0.0f;
+}
+
 // log2(e)·slope of query head h (0 without ALiBi).
 __device__ __forceinline__ float alibi_slope_log2(bool alibi, int h, int n_heads) {
     return alibi ? static_cast<float>(static_cast<double>(alibi_slope(h, n_heads)) * 1.4426950408889634)
@@ -705,12 +714,11 @@ __global__ void __launch_bounds__(kTileThreads) attention_forward_tc_kernel(Attn
 
     uint32_t qf[MT][DH / 16][4];
     float o[MT][DT][4], m[MT][2], l[MT][2];  // l: this lane's columns only
+    tc_zero(o);
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt) {
         m[mt][0] = m[mt][1] = -INFINITY;
         l[mt][0] = l[mt][1] = 0.0f;
-#pragma unroll
-        for (int t = 0; t < DT; ++t) o[mt][t][0] = o[mt][t][1] = o[mt][t][2] = o[mt][t][3] = 0.0f;
     }
 
     for (int64_t it = 0; it < n_tiles; ++it) {
@@ -732,10 +740,7 @@ __global__ void __launch_bounds__(kTileThreads) attention_forward_tc_kernel(Attn
         auto tile = [&](auto masked_c) {
             constexpr bool kMasked = decltype(masked_c)::value;
             float s[MT][NT][4];
-#pragma unroll
-            for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-                for (int t = 0; t < NT; ++t) s[mt][t][0] = s[mt][t][1] = s[mt][t][2] = s[mt][t][3] = 0.0f;
+            tc_zero(s);
             if constexpr (kQSmem) {
                 tc_mma_abt_smem<MT, NT, DH>(s, sQ, WR * warp, sK(st));
             } else {
@@ -911,10 +916,8 @@ __global__ void __launch_bounds__(kTileThreads, kBwdTcBlocks<DH>)
     cp_async_commit();
 
     float dk[1][DT][4], dv[1][DT][4];  // rows: keys j0 + 16w + grp (+ 8); columns: channels
-#pragma unroll
-    for (int t = 0; t < DT; ++t)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) dk[0][t][e] = dv[0][t][e] = 0.0f;
+    tc_zero(dk);
+    tc_zero(dv);
 
     for (int64_t it = 0; it < n_iter; ++it) {
         const int st = static_cast<int>(it & 1);
@@ -933,10 +936,8 @@ __global__ void __launch_bounds__(kTileThreads, kBwdTcBlocks<DH>)
         auto tile = [&](auto masked_c) {
             constexpr bool kMasked = decltype(masked_c)::value;
             float p[1][NT][4], ds[1][NT][4];
-#pragma unroll
-            for (int t = 0; t < NT; ++t)
-#pragma unroll
-                for (int e = 0; e < 4; ++e) p[0][t][e] = ds[0][t][e] = 0.0f;
+            tc_zero(p);
+            tc_zero(ds);
             tc_mma_abt_smem<1, NT, DH>(p, sK, 16 * warp, sQ(st));    // Sᵀ
             tc_mma_abt_smem<1, NT, DH>(ds, sV, 16 * warp, sdO(st));  // dPᵀ
             // i − j = dlt + c − r for key row r of the warp and query column c.
@@ -1041,8 +1042,7 @@ __global__ void __launch_bounds__(kTileThreads, kBwdTcBlocks<DH>)
     }
     uint32_t qf[1][DH / 16][4], dof[1][DH / 16][4];
     float dq[1][DT][4];
-#pragma unroll
-    for (int t = 0; t < DT; ++t) dq[0][t][0] = dq[0][t][1] = dq[0][t][2] = dq[0][t][3] = 0.0f;
+    tc_zero(dq);
 
     for (int64_t it = 0; it < n_tiles; ++it) {
         const int64_t j0 = j_begin + it * BK;
@@ -1064,10 +1064,8 @@ __global__ void __launch_bounds__(kTileThreads, kBwdTcBlocks<DH>)
         auto tile = [&](auto masked_c) {
             constexpr bool kMasked = decltype(masked_c)::value;
             float p[1][NT][4], ds[1][NT][4];
-#pragma unroll
-            for (int t = 0; t < NT; ++t)
-#pragma unroll
-                for (int e = 0; e < 4; ++e) p[0][t][e] = ds[0][t][e] = 0.0f;
+            tc_zero(p);
+            tc_zero(ds);
             tc_mma_abt<1, NT, DH>(p, qf, sK(st));
             tc_mma_abt<1, NT, DH>(ds, dof, sV(st));
             const int dlt = offset32(wi - j0);  // i − j = dlt + r − c
