@@ -1,11 +1,24 @@
 #include "model/inference.h"
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
+#include <string>
+#include <type_traits>
 
 #include "core/error.h"
+#include "ops/ssd.h"
 
 namespace mslm {
+
+bool cpu_bf16_ssm_state(const ModelConfig& cfg) {
+    const char* v = std::getenv("MSLM_DECODE_STATE");
+    const std::string value = v ? v : "";
+    MSLM_CHECK(value.empty() || value == "f32" || value == "bf16",
+               "MSLM_DECODE_STATE={}: expected f32 (the default) or bf16", value);
+    return value == "bf16" && cfg.count(LayerKind::Mamba) > 0 && cfg.mamba.version == 2 &&
+           ops::ssd_update_bf16_state_supported(cfg.mamba.d_state);
+}
 
 template <typename T>
 InferenceState<T>::InferenceState(const ModelConfig& cfg, int64_t slots, int64_t max_len)
@@ -31,7 +44,10 @@ InferenceState<T>::InferenceState(const ModelConfig& cfg, int64_t slots, int64_t
         const int64_t conv_channels = cfg.mamba.version == 1 ? Din : Din + 2 * cfg.mamba.n_groups * S;
         s.conv.resize(static_cast<size_t>(slots * (cfg.mamba.d_conv - 1) * conv_channels));
         // Mamba-2's (H, P, N) per slot has the same size as Mamba-1's (Din, N): H · P = Din.
-        s.ssm.resize(static_cast<size_t>(slots * Din * S));
+        if (std::is_same_v<T, float> && cpu_bf16_ssm_state(cfg))
+            s.ssm16.resize(static_cast<size_t>(slots * Din * S));
+        else
+            s.ssm.resize(static_cast<size_t>(slots * Din * S));
     }
 }
 
@@ -41,6 +57,7 @@ void InferenceState<T>::clear() {
     for (LayerState& s : layers_) {
         std::fill(s.conv.begin(), s.conv.end(), T(0));
         std::fill(s.ssm.begin(), s.ssm.end(), T(0));
+        std::fill(s.ssm16.begin(), s.ssm16.end(), uint16_t(0));
     }
 }
 
@@ -51,17 +68,20 @@ void InferenceState<T>::clear(int64_t slot) {
     // The recurrent states are read as the initial state, so they must be zero. KV rows at or past
     // a slot's position are never read: they need no clearing.
     for (LayerState& s : layers_) {
-        const size_t conv = s.conv.size() / slots_, ssm = s.ssm.size() / slots_;
+        const size_t conv = s.conv.size() / slots_, ssm = s.ssm.size() / slots_, ssm16 = s.ssm16.size() / slots_;
         std::fill_n(s.conv.begin() + slot * conv, conv, T(0));
         std::fill_n(s.ssm.begin() + slot * ssm, ssm, T(0));
+        std::fill_n(s.ssm16.begin() + slot * ssm16, ssm16, uint16_t(0));
     }
 }
 
 template <typename T>
-void InferenceState<T>::for_each_block(const std::function<void(std::vector<T>&, size_t, size_t)>& fn) {
+template <typename Fn>
+void InferenceState<T>::for_each_block(Fn&& fn) {
     for (LayerState& s : layers_) {
         if (!s.conv.empty()) fn(s.conv, s.conv.size() / slots_, 0);
         if (!s.ssm.empty()) fn(s.ssm, s.ssm.size() / slots_, 0);
+        if (!s.ssm16.empty()) fn(s.ssm16, s.ssm16.size() / slots_, 0);
         if (!s.k.empty()) {
             const size_t row = s.k.size() / (slots_ * cache_len_);
             fn(s.k, row * cache_len_, row);
@@ -82,7 +102,7 @@ void InferenceState<T>::copy(int64_t src_slot, int64_t dst_slot) {
                "inference state: copy from slot {} to slot {}: out of range [0, {})", src_slot, dst_slot,
                slots_);
     if (src_slot == dst_slot) return;
-    for_each_block([&](std::vector<T>& buf, size_t block, size_t kv_row) {
+    for_each_block([&](auto& buf, size_t block, size_t kv_row) {
         std::copy_n(buf.begin() + src_slot * block, used(block, kv_row, src_slot),
                     buf.begin() + dst_slot * block);
     });
@@ -100,14 +120,20 @@ void InferenceState<T>::reorder(std::span<const int64_t> src) {
     needed_.assign(static_cast<size_t>(slots_), 0);
     for (int64_t i = 0; i < slots_; ++i)
         if (src[i] != i) needed_[src[i]] = 1;
-    for_each_block([&](std::vector<T>& buf, size_t block, size_t kv_row) {
-        scratch_.resize(buf.size());
+    for_each_block([&](auto& buf, size_t block, size_t kv_row) {
+        auto& scratch = [&]() -> auto& {
+            if constexpr (std::is_same_v<typename std::decay_t<decltype(buf)>::value_type, uint16_t>)
+                return scratch16_;
+            else
+                return scratch_;
+        }();
+        scratch.resize(buf.size());
         for (int64_t s = 0; s < slots_; ++s)
             if (needed_[s])
-                std::copy_n(buf.begin() + s * block, used(block, kv_row, s), scratch_.begin() + s * block);
+                std::copy_n(buf.begin() + s * block, used(block, kv_row, s), scratch.begin() + s * block);
         for (int64_t i = 0; i < slots_; ++i)
             if (src[i] != i)
-                std::copy_n(scratch_.begin() + src[i] * block, used(block, kv_row, src[i]),
+                std::copy_n(scratch.begin() + src[i] * block, used(block, kv_row, src[i]),
                             buf.begin() + i * block);
     });
     pos_scratch_.assign(pos_.begin(), pos_.end());
@@ -117,8 +143,12 @@ void InferenceState<T>::reorder(std::span<const int64_t> src) {
 template <typename T>
 size_t InferenceState<T>::bytes() const {
     size_t n = 0;
-    for (const LayerState& s : layers_) n += s.conv.size() + s.ssm.size() + s.k.size() + s.v.size();
-    return n * sizeof(T);
+    size_t n16 = 0;
+    for (const LayerState& s : layers_) {
+        n += s.conv.size() + s.ssm.size() + s.k.size() + s.v.size();
+        n16 += s.ssm16.size();
+    }
+    return n * sizeof(T) + n16 * sizeof(uint16_t);
 }
 
 template class InferenceState<float>;

@@ -3,6 +3,9 @@
 // (a ring buffer of `window` rows when the config sets a sliding window, else max_len rows).
 // Slots are independent sequences, each at its own position, so one batch holds prompts of
 // different lengths. Beam search reorders slots by index; prefix reuse copies one slot to another.
+// With MSLM_DECODE_STATE=bf16 (InferenceState<float>, Mamba-2) the SSM states are stored in bf16 —
+// half their bytes, which a batched decode step reads and writes once per token — and advanced in
+// fp32 (ops::ssd_update_bf16_state); the GPU decoder reads the same switch.
 #pragma once
 #include <cstdint>
 #include <functional>
@@ -12,6 +15,11 @@
 #include "model/config.h"
 
 namespace mslm {
+
+// Whether InferenceState<float> keeps cfg's Mamba-2 SSM states in bf16: MSLM_DECODE_STATE=bf16 (unset
+// or f32: fp32; anything else is an error), Mamba-2 layers, and a d_state the bf16 kernel takes
+// (a multiple of 8 on an AVX2 / AVX-512 CPU).
+bool cpu_bf16_ssm_state(const ModelConfig& cfg);
 
 template <typename T>
 class InferenceState {
@@ -36,6 +44,7 @@ public:
     struct LayerState {
         std::vector<T> conv;     // Mamba: (slots, d_conv − 1, conv channels)
         std::vector<T> ssm;      // Mamba-1: (slots, d_inner, d_state); Mamba-2: (slots, H, head_dim, d_state)
+        std::vector<uint16_t> ssm16;  // instead of ssm: Mamba-2's states as bf16 (cpu_bf16_ssm_state)
         std::vector<T> k, v;     // attention: (slots, cache_len, Hkv, head_dim) ring buffers
     };
     LayerState& layer(int64_t l) { return layers_[l]; }
@@ -45,14 +54,16 @@ public:
 
 private:
     // Calls fn(buffer, per-slot block size, KV row size or 0 for a recurrent state) for every
-    // buffer of every layer.
-    void for_each_block(const std::function<void(std::vector<T>&, size_t, size_t)>& fn);
+    // buffer of every layer (a std::vector<T>, or the bf16 states' std::vector<uint16_t>).
+    template <typename Fn>
+    void for_each_block(Fn&& fn);
     size_t used(size_t block, size_t kv_row, int64_t slot) const;  // elements of a slot's block in use
 
     int64_t slots_, max_len_, cache_len_;
     std::vector<int64_t> pos_;
     std::vector<LayerState> layers_;
     std::vector<T> scratch_;  // reorder's copies of source slots, kept to avoid reallocating
+    std::vector<uint16_t> scratch16_;
     std::vector<char> needed_;  // reorder: slots that another slot copies from
     std::vector<int64_t> pos_scratch_;
 };

@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include "model/inference.h"
 #include "nn/attention.h"
 #include "nn/mamba1.h"
 #include "nn/mamba2.h"
@@ -51,18 +52,20 @@ MemoryEstimate estimate_memory(const ModelConfig& cfg, int64_t batch, int64_t se
     const int64_t n = count_parameters(cfg).total();
     m.weights_f32 = 4 * n;
     m.weights_bf16 = 2 * n;
-    int64_t state = 0;
+    int64_t state = 0, state16 = 0;  // fp32 values; bf16 SSM states (MSLM_DECODE_STATE=bf16)
+    const bool bf16_ssm = cpu_bf16_ssm_state(cfg);
     for (LayerKind kind : cfg.layers) {
         if (kind == LayerKind::Mamba) {
             const int64_t Din = cfg.mamba_d_inner(), S = cfg.mamba.d_state, K = cfg.mamba.d_conv;
             const int64_t conv_ch = cfg.mamba.version == 1 ? Din : Din + 2 * cfg.mamba.n_groups * S;
-            state += (K - 1) * conv_ch + Din * S;
+            state += (K - 1) * conv_ch;
+            (bf16_ssm ? state16 : state) += Din * S;
         } else {
             int64_t kv_len = cfg.attention.sliding_window ? std::min(seq_len, cfg.attention.sliding_window) : seq_len;
             state += 2 * kv_len * cfg.attn_kv_heads() * cfg.attn_head_dim();
         }
     }
-    m.state_per_sequence = 4 * state;
+    m.state_per_sequence = 4 * state + 2 * state16;
     m.train_params_grads_adam = 16 * n;
     m.train_activations = 4 * batch * seq_len * activation_elements_per_token(cfg);
     return m;

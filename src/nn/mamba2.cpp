@@ -6,9 +6,11 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <type_traits>
 
 #include <fmt/format.h>
 
+#include "core/dtype.h"
 #include "ops/conv1d.h"
 #include "ops/norm.h"
 #include "ops/ssd.h"
@@ -155,7 +157,15 @@ void Mamba2Mixer<T>::prefill(T* out, const T* x, int64_t n, InferenceState<T>& s
     const int64_t Din = d_inner_, W = proj_width(), C = conv_dim(), K = d_conv_;
     auto& ls = st.layer(layer);
     T* window = ls.conv.data() + slot * (K - 1) * C;                // (K − 1, C)
-    T* h = ls.ssm.data() + slot * n_heads_ * head_dim_ * d_state_;  // (H, P, N)
+    const int64_t n_state = n_heads_ * head_dim_ * d_state_;
+    // (H, P, N): the slot's state, or (bf16 states) an fp32 copy of it, rounded back once at the end.
+    const bool bf16_state = !ls.ssm16.empty();
+    if (bf16_state) {
+        inf_h32_.resize(n_state);
+        const uint16_t* h16 = ls.ssm16.data() + slot * n_state;
+        for (int64_t i = 0; i < n_state; ++i) inf_h32_[i] = static_cast<T>(bf16_to_f32(h16[i]));
+    }
+    T* h = bf16_state ? inf_h32_.data() : ls.ssm.data() + slot * n_state;
     inf_zxbcdt_.resize(n * W);
     in_proj_.forward(inf_zxbcdt_.data(), x, n);  // (n, D) => (n, W) = [z | xBC | dt]
 
@@ -181,6 +191,10 @@ void Mamba2Mixer<T>::prefill(T* out, const T* x, int64_t n, InferenceState<T>& s
         ops::ssd_forward(inf_y_.data(), h, ssd_inputs(inf_zxbcdt_.data(), xbc), h, ssd_dims(1, n));
     else
         ops::ssd_forward_recurrent(inf_y_.data(), h, ssd_inputs(inf_zxbcdt_.data(), xbc), h, ssd_dims(1, n));
+    if (bf16_state) {
+        uint16_t* h16 = ls.ssm16.data() + slot * n_state;
+        for (int64_t i = 0; i < n_state; ++i) h16[i] = f32_to_bf16(static_cast<float>(h[i]));
+    }
     infer_output(out, n);
 }
 
@@ -196,8 +210,14 @@ void Mamba2Mixer<T>::step(T* out, const T* x, int64_t k, InferenceState<T>& st, 
     ops::conv1d_causal_update(inf_xbc_.data(), ls.conv.data(), slots, inf_zxbcdt_.data() + Din, W,
                               p_->value(conv_w_), conv_b_ == kNoParam ? nullptr : p_->value(conv_b_), k, C,
                               d_conv_, true);
-    ops::ssd_update(inf_y_.data(), ls.ssm.data(), slots, ssd_inputs(inf_zxbcdt_.data(), inf_xbc_.data()),
-                    ssd_dims(k, 1));
+    if (!ls.ssm16.empty()) {
+        if constexpr (std::is_same_v<T, float>)
+            ops::ssd_update_bf16_state(inf_y_.data(), ls.ssm16.data(), slots,
+                                       ssd_inputs(inf_zxbcdt_.data(), inf_xbc_.data()), ssd_dims(k, 1));
+    } else {
+        ops::ssd_update(inf_y_.data(), ls.ssm.data(), slots, ssd_inputs(inf_zxbcdt_.data(), inf_xbc_.data()),
+                        ssd_dims(k, 1));
+    }
     infer_output(out, k);
 }
 

@@ -54,6 +54,7 @@ private:
     std::vector<T> g_yn_, g_y_, g_z_, g_xbc_, g_zxbcdt_;
     // Inference buffers (prefill: n rows, step: k rows), apart from the saved activations.
     std::vector<T> inf_zxbcdt_, inf_window_, inf_xbc_, inf_y_, inf_z_, inf_rstd_, inf_yn_;
+    std::vector<T> inf_h32_;  // prefill: a slot's bf16 SSM state widened (InferenceState's ssm16)
 };
 
 }  // namespace mslm

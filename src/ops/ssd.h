@@ -56,4 +56,14 @@ void ssd_backward(const SsdGrads<T>& grads, const T* dy, const SsdInputs<T>& in,
 template <typename T>
 void ssd_update(T* y, T* h, const int64_t* slots, const SsdInputs<T>& in, const SsdDims& dims);
 
+// ssd_update with the states stored in bf16 (h (S, H, P, N) as bf16 bit patterns; N a multiple of 8,
+// ssd_update_bf16_state_supported): each state value is widened, advanced in fp32 exactly as
+// ssd_update does, and rounded once (nearest even) when stored; y comes from the unrounded state.
+// So y and the stored states equal ssd_update's y and f32_to_bf16(state), bit for bit, given the same
+// (bf16-representable) states before the step. Half the state's bytes: the batched decode's state
+// traffic (InferenceState with MSLM_DECODE_STATE=bf16).
+void ssd_update_bf16_state(float* y, uint16_t* h, const int64_t* slots, const SsdInputs<float>& in,
+                           const SsdDims& dims);
+bool ssd_update_bf16_state_supported(int64_t d_state);
+
 }  // namespace mslm::ops

@@ -17,6 +17,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <functional>
 #include <string>
 #include <type_traits>
@@ -28,8 +30,10 @@
 #include "model/config.h"
 #include "model/hybrid_lm.h"
 #include "model/inference.h"
+#include "model/info.h"
 #include "inference_configs.h"
 #include "model/model_io.h"
+#include "ops/ssd.h"
 
 using namespace mslm;
 
@@ -369,6 +373,57 @@ TEST(InferenceState, SizesFollowTheConfig) {
     ModelConfig w = rope_window();  // window 5
     EXPECT_EQ(InferenceState<float>(w, 1, 30).cache_len(), 5);
     EXPECT_EQ(InferenceState<float>(w, 1, 4).cache_len(), 4);  // max_len below the window
+}
+
+// MSLM_DECODE_STATE=bf16: Mamba-2 states in bf16 (d_state 16 here: the bf16 kernel needs a
+// multiple of 8), the rest as before. Prefill runs the recurrence on an fp32 copy of the (zero)
+// state, so its logits are the fp32 states' bits; every step then differs only by the states'
+// roundings (≤ 2^-9 of a state each, ops::ssd_update_bf16_state, whose test checks the rest bit for
+// bit), carried from step to step: over the 7 roundings here (prefill's and 6 steps') at most √7·2^-9
+// ≈ 0.005 of a state as a random walk, 2 Mamba-2 layers adding in quadrature ≈ 0.008 of the logits'
+// scale; the bound is 0.02. A copied slot decodes the same bits as its source.
+TEST(InferenceState, Bf16StatesFollowTheF32States) {
+    ModelConfig cfg = mamba2_rope_partial();
+    cfg.mamba.d_state = 16;
+    if (!ops::ssd_update_bf16_state_supported(16)) GTEST_SKIP() << "no AVX2: the bf16-state kernel needs it";
+    Fixture<float> f(cfg);
+    Rng rng(9);
+    const auto ids = random_ids(rng, 5, cfg.vocab_size);
+    setenv("MSLM_DECODE_STATE", "bf16", 1);
+    EXPECT_TRUE(cpu_bf16_ssm_state(cfg));
+    InferenceState<float> s16(cfg, 2, 20);
+    const MemoryEstimate est16 = estimate_memory(cfg, 1, 20);
+    unsetenv("MSLM_DECODE_STATE");
+    InferenceState<float> s32(cfg, 2, 20);
+    ASSERT_TRUE(s16.layer(0).ssm.empty());
+    ASSERT_EQ(s16.layer(0).ssm16.size(), s32.layer(0).ssm.size());
+    EXPECT_EQ(s32.bytes() - s16.bytes(), 2 * (s16.layer(0).ssm16.size() + s16.layer(2).ssm16.size()));
+    EXPECT_EQ(2 * static_cast<size_t>(est16.state_per_sequence), s16.bytes());
+    EXPECT_EQ(2 * static_cast<size_t>(estimate_memory(cfg, 1, 20).state_per_sequence), s32.bytes());
+
+    const int64_t V = f.V();
+    std::vector<float> p16(V), p32(V);
+    f.model.prefill(s16, 0, ids.data(), 5, p16.data(), nullptr);
+    f.model.prefill(s32, 0, ids.data(), 5, p32.data(), nullptr);
+    EXPECT_EQ(p16, p32) << "prefill";
+    s16.copy(0, 1);
+    s32.copy(0, 1);
+    double worst = 0.0;
+    for (int t = 0; t < 6; ++t) {
+        const int64_t slots[2] = {0, 1};
+        const int32_t toks[2] = {static_cast<int32_t>((3 * t + 1) % V), static_cast<int32_t>((3 * t + 1) % V)};
+        std::vector<float> l16(2 * V), l32(2 * V);
+        f.model.decode(s16, slots, toks, 2, l16.data(), nullptr);
+        f.model.decode(s32, slots, toks, 2, l32.data(), nullptr);
+        EXPECT_TRUE(std::equal(l16.begin(), l16.begin() + V, l16.begin() + V)) << "the copied slot, step " << t;
+        const double err = scaled_error(l16.data(), l32.data(), V);
+        EXPECT_LE(err, 0.02) << "step " << t;
+        worst = std::max(worst, err);
+    }
+    std::printf("bf16 states: largest logit change %.3g of the row's scale\n", worst);
+    setenv("MSLM_DECODE_STATE", "f16", 1);
+    EXPECT_THROW(cpu_bf16_ssm_state(cfg), Error);
+    unsetenv("MSLM_DECODE_STATE");
 }
 
 TEST(InferenceState, ShortMaxLenBelowTheWindowDecodes) {

@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "core/dtype.h"
 #include "core/error.h"
 #include "core/rng.h"
 #include "core/thread_pool.h"
@@ -946,6 +947,50 @@ TEST(Ssd, RecurrentFloatMatchesDoubleAndSteps) {
             EXPECT_EQ(hs, h_f);
         }
     }
+}
+
+// ssd_update_bf16_state against ssd_update (float, the same vector kernel width) on the same
+// states, step by step from fp32 states equal to the bf16 ones: y bit for bit, every stored state
+// f32_to_bf16 of the fp32 step's, the slots not decoded untouched (sequence b in slot 2b + 1 of
+// 2B + 1). d_state 8, 16 and 32 (the AVX2 and AVX-512 kernels); 12 is refused.
+TEST(SsdUpdateBf16State, StepIsTheF32StepWithTheStateRounded) {
+    if (!ssd_update_bf16_state_supported(16)) GTEST_SKIP() << "no AVX2: the bf16-state kernel needs it";
+    for (int64_t N : {8, 16, 32}) {
+        const SsdCase c{3, 6, 4, 8, 2, N, 16, 3, true, true, false};
+        SCOPED_TRACE(describe(c));
+        SsdData<double> d = make_ssd(c, 77);
+        for (auto* v : d.fields()) round_to_float(*v);
+        const SsdData<float> f = d.as<float>();
+        const int64_t Bn = c.B, S = 2 * Bn + 1, HPN = c.H * c.P * c.N, HP = c.H * c.P;
+        std::vector<int64_t> slots(Bn);
+        for (int64_t b = 0; b < Bn; ++b) slots[b] = 2 * b + 1;
+        Rng rng(78);
+        std::vector<uint16_t> h16(S * HPN);
+        for (auto& v : h16) v = f32_to_bf16(static_cast<float>(rng.normal()));
+        const std::vector<uint16_t> h16_0 = h16;
+        SsdDims step_dims = f.dims;
+        step_dims.seqlen = 1;
+        for (int64_t t = 0; t < c.T; ++t) {
+            SsdInputs<float> in = f.inputs();
+            in.x += t * f.ld_x, in.ld_x *= c.T;
+            in.dt += t * f.ld_dt, in.ld_dt *= c.T;
+            in.Bm += t * f.ld_B, in.ld_B *= c.T;
+            in.Cm += t * f.ld_C, in.ld_C *= c.T;
+            std::vector<float> h32(h16.size());
+            for (size_t i = 0; i < h16.size(); ++i) h32[i] = bf16_to_f32(h16[i]);
+            std::vector<float> y32(Bn * HP), y16(Bn * HP);
+            ssd_update(y32.data(), h32.data(), slots.data(), in, step_dims);
+            ssd_update_bf16_state(y16.data(), h16.data(), slots.data(), in, step_dims);
+            EXPECT_EQ(y16, y32) << "step " << t;
+            std::vector<uint16_t> want(h32.size());
+            for (size_t i = 0; i < want.size(); ++i) want[i] = f32_to_bf16(h32[i]);
+            EXPECT_EQ(h16, want) << "step " << t;
+        }
+        for (int64_t s2 = 0; s2 < S; s2 += 2)  // the even slots hold no sequence
+            EXPECT_TRUE(std::equal(h16.begin() + s2 * HPN, h16.begin() + (s2 + 1) * HPN, h16_0.begin() + s2 * HPN))
+                << "slot " << s2;
+    }
+    EXPECT_FALSE(ssd_update_bf16_state_supported(12));
 }
 
 // Fixed task split and reduction order: the bits do not depend on the thread count. (These

@@ -144,8 +144,34 @@ SsdIsa ssd_isa() {
 
 // Tokens [t, t + R) of one head: each vector of a row of S is loaded once, advanced through the R
 // tokens in registers and stored once, so the state's loads and stores are shared by R tokens.
-template <int W, int R>
-[[gnu::always_inline]] inline void recurrent_tokens(float* S, float* y, int64_t ld_y,
+// State storage of the recurrence: fp32, or bf16 patterns widened on load and rounded to nearest
+// even on store (ssd_update_bf16_state).
+template <class V>
+[[gnu::always_inline]] inline void load_state(V& out, const float* p) {
+    vec::load(out, p);
+}
+template <class V>
+[[gnu::always_inline]] inline void store_state(float* p, const V& v) {
+    vec::store(p, v);
+}
+template <class V>
+[[gnu::always_inline]] inline void load_state(V& out, const uint16_t* p) {
+    using I = decltype(out < out);
+    I u;
+    for (int i = 0; i < int(sizeof(V) / 4); ++i) u[i] = int32_t(uint32_t(p[i]) << 16);
+    out = __builtin_bit_cast(V, u);
+}
+template <class V>
+[[gnu::always_inline]] inline void store_state(uint16_t* p, const V& v) {
+    using I = decltype(v < v);
+    const I u = __builtin_bit_cast(I, v);
+    // f32_to_bf16 for finite values: + 0x7fff + the lowest kept bit, then the high half.
+    const I r = u + 0x7fff + ((u >> 16) & 1);
+    for (int i = 0; i < int(sizeof(V) / 4); ++i) p[i] = uint16_t(uint32_t(r[i]) >> 16);
+}
+
+template <int W, int R, typename SS>
+[[gnu::always_inline]] inline void recurrent_tokens(SS* S, float* y, int64_t ld_y,
                                                     const SsdInputs<float>& in, int64_t row, int64_t h,
                                                     int64_t g, int64_t P, int64_t N, float A, float bias,
                                                     float Dh) {
@@ -160,13 +186,13 @@ template <int W, int R>
         Ct[r] = in.Cm + (row + r) * in.ld_C + g * N;
     }
     for (int64_t p = 0; p < P; ++p) {
-        float* Sp = S + p * N;
+        SS* Sp = S + p * N;
         float xdt[R];
         for (int r = 0; r < R; ++r) xdt[r] = dtv[r] * xt[r][p];
         V acc[R] = {};
         for (int64_t k = 0; k < N; k += W) {
             V sv;
-            vec::load(sv, Sp + k);
+            load_state(sv, Sp + k);
             for (int r = 0; r < R; ++r) {
                 V bv, cv;
                 vec::load(bv, Bt[r] + k);
@@ -174,7 +200,7 @@ template <int W, int R>
                 sv = decay[r] * sv + xdt[r] * bv;
                 acc[r] += sv * cv;
             }
-            vec::store(Sp + k, sv);
+            store_state(Sp + k, sv);
         }
         for (int r = 0; r < R; ++r) y[r * ld_y + p] = lane_total(acc[r]) + Dh * xt[r][p];
     }
@@ -182,8 +208,8 @@ template <int W, int R>
 
 // Rows [row0, row0 + n) of the inputs, head h of group g; y row t at y + t·ld_y. The arithmetic of
 // a token does not depend on how tokens are grouped, so prefill and single steps give the same bits.
-template <int W>
-[[gnu::always_inline]] inline void recurrent_head(float* S, float* y, int64_t ld_y,
+template <int W, typename SS = float>
+[[gnu::always_inline]] inline void recurrent_head(SS* S, float* y, int64_t ld_y,
                                                   const SsdInputs<float>& in, int64_t row0, int64_t n,
                                                   int64_t h, int64_t g, int64_t P, int64_t N) {
     const float A = -std::exp(in.A_log[h]);
@@ -194,6 +220,24 @@ template <int W>
         recurrent_tokens<W, 4>(S, y + t * ld_y, ld_y, in, row0 + t, h, g, P, N, A, bias, Dh);
     for (; t < n; ++t) recurrent_tokens<W, 1>(S, y + t * ld_y, ld_y, in, row0 + t, h, g, P, N, A, bias, Dh);
 }
+
+__attribute__((target("avx512f,avx512dq,avx512vl,avx512bw,fma"))) void recurrent_head_bf16_avx512(
+    uint16_t* S, float* y, int64_t ld_y, const SsdInputs<float>& in, int64_t row0, int64_t n, int64_t h,
+    int64_t g, int64_t P, int64_t N) {
+    recurrent_head<16>(S, y, ld_y, in, row0, n, h, g, P, N);
+}
+
+__attribute__((target("avx2,fma"))) void recurrent_head_bf16_avx2(uint16_t* S, float* y, int64_t ld_y,
+                                                                  const SsdInputs<float>& in, int64_t row0,
+                                                                  int64_t n, int64_t h, int64_t g, int64_t P,
+                                                                  int64_t N) {
+    recurrent_head<8>(S, y, ld_y, in, row0, n, h, g, P, N);
+}
+
+// The bf16-state kernel for this CPU: the same vector width as recurrent_kernel picks for fp32 states
+// (so the same sums).
+using RecurrentHeadBf16 = void (*)(uint16_t*, float*, int64_t, const SsdInputs<float>&, int64_t, int64_t,
+                                   int64_t, int64_t, int64_t, int64_t);
 
 __attribute__((target("avx512f,avx512dq,avx512vl,avx512bw,fma"))) void recurrent_head_avx512(
     float* S, float* y, int64_t ld_y, const SsdInputs<float>& in, int64_t row0, int64_t n, int64_t h,
@@ -207,6 +251,8 @@ __attribute__((target("avx2,fma"))) void recurrent_head_avx2(float* S, float* y,
                                                              int64_t N) {
     recurrent_head<8>(S, y, ld_y, in, row0, n, h, g, P, N);
 }
+
+RecurrentHeadBf16 recurrent_kernel_bf16(int64_t N);
 
 // The vector kernel for this CPU and d_state, or null (then the scalar loops run).
 using RecurrentHead = void (*)(float*, float*, int64_t, const SsdInputs<float>&, int64_t, int64_t, int64_t,
@@ -223,7 +269,41 @@ RecurrentHead recurrent_kernel(int64_t N) {
     return nullptr;
 }
 
+// Null where recurrent_kernel has no vector kernel (the fp32 path's scalar loops would sum in
+// another order than any vector kernel): bf16 states need N % 8 == 0 on AVX2 / AVX-512.
+RecurrentHeadBf16 recurrent_kernel_bf16(int64_t N) {
+    switch (ssd_isa()) {
+        case SsdIsa::Avx512:
+            return N % 16 == 0 ? recurrent_head_bf16_avx512 : N % 8 == 0 ? recurrent_head_bf16_avx2 : nullptr;
+        case SsdIsa::Avx2:
+            return N % 8 == 0 ? recurrent_head_bf16_avx2 : nullptr;
+        case SsdIsa::Scalar:
+            break;
+    }
+    return nullptr;
+}
+
 }  // namespace
+
+bool ssd_update_bf16_state_supported(int64_t d_state) {
+    return recurrent_kernel_bf16(d_state) != nullptr;
+}
+
+void ssd_update_bf16_state(float* y, uint16_t* h, const int64_t* slots, const SsdInputs<float>& in,
+                           const SsdDims& dims) {
+    check_dims(dims);
+    const int64_t k = dims.batch, H = dims.n_heads, P = dims.head_dim, N = dims.d_state;
+    const RecurrentHeadBf16 kernel = recurrent_kernel_bf16(N);
+    MSLM_CHECK(kernel, "ssd_update_bf16_state: d_state {} needs a multiple of 8 and AVX2", N);
+    const int64_t heads_per_group = H / dims.n_groups;
+    parallel_for(k * H, [&](int64_t begin, int64_t end) {
+        for (int64_t i = begin; i < end; ++i) {
+            const int64_t row = i / H, h_idx = i % H;
+            kernel(h + (slots[row] * H + h_idx) * P * N, y + i * P, H * P, in, row, 1, h_idx, h_idx / heads_per_group,
+                   P, N);
+        }
+    });
+}
 
 template <typename T>
 void ssd_forward_sequential(T* y, T* h_last, const SsdInputs<T>& in, const T* h0, const SsdDims& dims) {
