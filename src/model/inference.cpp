@@ -68,7 +68,8 @@ void InferenceState<T>::clear(int64_t slot) {
     // The recurrent states are read as the initial state, so they must be zero. KV rows at or past
     // a slot's position are never read: they need no clearing.
     for (LayerState& s : layers_) {
-        const size_t conv = s.conv.size() / slots_, ssm = s.ssm.size() / slots_, ssm16 = s.ssm16.size() / slots_;
+        const size_t conv = s.conv.size() / slots_, ssm = s.ssm.size() / slots_,
+                     ssm16 = s.ssm16.size() / slots_;
         std::fill_n(s.conv.begin() + slot * conv, conv, T(0));
         std::fill_n(s.ssm.begin() + slot * ssm, ssm, T(0));
         std::fill_n(s.ssm16.begin() + slot * ssm16, ssm16, uint16_t(0));
@@ -126,7 +127,8 @@ void InferenceState<T>::reorder(std::span<const int64_t> src) {
                 return scratch16_;
             else
                 return scratch_;
-        }();
+        }
+        ();
         scratch.resize(buf.size());
         for (int64_t s = 0; s < slots_; ++s)
             if (needed_[s])

@@ -1,14 +1,13 @@
 #include "nn/mamba2.h"
 
-#include <cstdlib>
-#include <string>
+#include <fmt/format.h>
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
+#include <string>
 #include <type_traits>
-
-#include <fmt/format.h>
 
 #include "core/dtype.h"
 #include "ops/conv1d.h"

@@ -27,11 +27,11 @@
 #include "core/error.h"
 #include "core/rng.h"
 #include "core/safetensors.h"
+#include "inference_configs.h"
 #include "model/config.h"
 #include "model/hybrid_lm.h"
 #include "model/inference.h"
 #include "model/info.h"
-#include "inference_configs.h"
 #include "model/model_io.h"
 #include "ops/ssd.h"
 
@@ -411,11 +411,13 @@ TEST(InferenceState, Bf16StatesFollowTheF32States) {
     double worst = 0.0;
     for (int t = 0; t < 6; ++t) {
         const int64_t slots[2] = {0, 1};
-        const int32_t toks[2] = {static_cast<int32_t>((3 * t + 1) % V), static_cast<int32_t>((3 * t + 1) % V)};
+        const int32_t toks[2] = {static_cast<int32_t>((3 * t + 1) % V),
+                                 static_cast<int32_t>((3 * t + 1) % V)};
         std::vector<float> l16(2 * V), l32(2 * V);
         f.model.decode(s16, slots, toks, 2, l16.data(), nullptr);
         f.model.decode(s32, slots, toks, 2, l32.data(), nullptr);
-        EXPECT_TRUE(std::equal(l16.begin(), l16.begin() + V, l16.begin() + V)) << "the copied slot, step " << t;
+        EXPECT_TRUE(std::equal(l16.begin(), l16.begin() + V, l16.begin() + V))
+            << "the copied slot, step " << t;
         const double err = scaled_error(l16.data(), l32.data(), V);
         EXPECT_LE(err, 0.02) << "step " << t;
         worst = std::max(worst, err);

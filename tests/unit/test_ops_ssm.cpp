@@ -987,7 +987,8 @@ TEST(SsdUpdateBf16State, StepIsTheF32StepWithTheStateRounded) {
             EXPECT_EQ(h16, want) << "step " << t;
         }
         for (int64_t s2 = 0; s2 < S; s2 += 2)  // the even slots hold no sequence
-            EXPECT_TRUE(std::equal(h16.begin() + s2 * HPN, h16.begin() + (s2 + 1) * HPN, h16_0.begin() + s2 * HPN))
+            EXPECT_TRUE(
+                std::equal(h16.begin() + s2 * HPN, h16.begin() + (s2 + 1) * HPN, h16_0.begin() + s2 * HPN))
                 << "slot " << s2;
     }
     EXPECT_FALSE(ssd_update_bf16_state_supported(12));

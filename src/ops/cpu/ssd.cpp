@@ -171,10 +171,9 @@ template <class V>
 }
 
 template <int W, int R, typename SS>
-[[gnu::always_inline]] inline void recurrent_tokens(SS* S, float* y, int64_t ld_y,
-                                                    const SsdInputs<float>& in, int64_t row, int64_t h,
-                                                    int64_t g, int64_t P, int64_t N, float A, float bias,
-                                                    float Dh) {
+[[gnu::always_inline]] inline void recurrent_tokens(SS* S, float* y, int64_t ld_y, const SsdInputs<float>& in,
+                                                    int64_t row, int64_t h, int64_t g, int64_t P, int64_t N,
+                                                    float A, float bias, float Dh) {
     using V = vec::F<W>;
     float dtv[R], decay[R];
     const float *xt[R], *Bt[R], *Ct[R];
@@ -209,9 +208,9 @@ template <int W, int R, typename SS>
 // Rows [row0, row0 + n) of the inputs, head h of group g; y row t at y + t·ld_y. The arithmetic of
 // a token does not depend on how tokens are grouped, so prefill and single steps give the same bits.
 template <int W, typename SS = float>
-[[gnu::always_inline]] inline void recurrent_head(SS* S, float* y, int64_t ld_y,
-                                                  const SsdInputs<float>& in, int64_t row0, int64_t n,
-                                                  int64_t h, int64_t g, int64_t P, int64_t N) {
+[[gnu::always_inline]] inline void recurrent_head(SS* S, float* y, int64_t ld_y, const SsdInputs<float>& in,
+                                                  int64_t row0, int64_t n, int64_t h, int64_t g, int64_t P,
+                                                  int64_t N) {
     const float A = -std::exp(in.A_log[h]);
     const float bias = in.dt_bias ? in.dt_bias[h] : 0.0f;
     const float Dh = in.D ? in.D[h] : 0.0f;
@@ -299,8 +298,8 @@ void ssd_update_bf16_state(float* y, uint16_t* h, const int64_t* slots, const Ss
     parallel_for(k * H, [&](int64_t begin, int64_t end) {
         for (int64_t i = begin; i < end; ++i) {
             const int64_t row = i / H, h_idx = i % H;
-            kernel(h + (slots[row] * H + h_idx) * P * N, y + i * P, H * P, in, row, 1, h_idx, h_idx / heads_per_group,
-                   P, N);
+            kernel(h + (slots[row] * H + h_idx) * P * N, y + i * P, H * P, in, row, 1, h_idx,
+                   h_idx / heads_per_group, P, N);
         }
     });
 }
