@@ -220,62 +220,36 @@ template <int W, typename SS = float>
     for (; t < n; ++t) recurrent_tokens<W, 1>(S, y + t * ld_y, ld_y, in, row0 + t, h, g, P, N, A, bias, Dh);
 }
 
-__attribute__((target("avx512f,avx512dq,avx512vl,avx512bw,fma"))) void recurrent_head_bf16_avx512(
-    uint16_t* S, float* y, int64_t ld_y, const SsdInputs<float>& in, int64_t row0, int64_t n, int64_t h,
-    int64_t g, int64_t P, int64_t N) {
-    recurrent_head<16>(S, y, ld_y, in, row0, n, h, g, P, N);
-}
-
-__attribute__((target("avx2,fma"))) void recurrent_head_bf16_avx2(uint16_t* S, float* y, int64_t ld_y,
-                                                                  const SsdInputs<float>& in, int64_t row0,
-                                                                  int64_t n, int64_t h, int64_t g, int64_t P,
-                                                                  int64_t N) {
-    recurrent_head<8>(S, y, ld_y, in, row0, n, h, g, P, N);
-}
-
-// The bf16-state kernel for this CPU: the same vector width as recurrent_kernel picks for fp32 states
-// (so the same sums).
-using RecurrentHeadBf16 = void (*)(uint16_t*, float*, int64_t, const SsdInputs<float>&, int64_t, int64_t,
-                                   int64_t, int64_t, int64_t, int64_t);
-
+// The per-ISA builds, for fp32 states (SS = float) and bf16 ones (SS = uint16_t).
+template <typename SS>
 __attribute__((target("avx512f,avx512dq,avx512vl,avx512bw,fma"))) void recurrent_head_avx512(
-    float* S, float* y, int64_t ld_y, const SsdInputs<float>& in, int64_t row0, int64_t n, int64_t h,
-    int64_t g, int64_t P, int64_t N) {
+    SS* S, float* y, int64_t ld_y, const SsdInputs<float>& in, int64_t row0, int64_t n, int64_t h, int64_t g,
+    int64_t P, int64_t N) {
     recurrent_head<16>(S, y, ld_y, in, row0, n, h, g, P, N);
 }
 
-__attribute__((target("avx2,fma"))) void recurrent_head_avx2(float* S, float* y, int64_t ld_y,
+template <typename SS>
+__attribute__((target("avx2,fma"))) void recurrent_head_avx2(SS* S, float* y, int64_t ld_y,
                                                              const SsdInputs<float>& in, int64_t row0,
                                                              int64_t n, int64_t h, int64_t g, int64_t P,
                                                              int64_t N) {
     recurrent_head<8>(S, y, ld_y, in, row0, n, h, g, P, N);
 }
 
-RecurrentHeadBf16 recurrent_kernel_bf16(int64_t N);
+template <typename SS>
+using RecurrentHeadOf = void (*)(SS*, float*, int64_t, const SsdInputs<float>&, int64_t, int64_t, int64_t,
+                                 int64_t, int64_t, int64_t);
+using RecurrentHead = RecurrentHeadOf<float>;
 
-// The vector kernel for this CPU and d_state, or null (then the scalar loops run).
-using RecurrentHead = void (*)(float*, float*, int64_t, const SsdInputs<float>&, int64_t, int64_t, int64_t,
-                               int64_t, int64_t, int64_t);
-RecurrentHead recurrent_kernel(int64_t N) {
+// The vector kernel for this CPU and d_state, or null: then fp32 states take the scalar loops, and
+// bf16 states are refused (those loops would sum in another order than a vector kernel).
+template <typename SS = float>
+RecurrentHeadOf<SS> recurrent_kernel(int64_t N) {
     switch (ssd_isa()) {
         case SsdIsa::Avx512:
-            return N % 16 == 0 ? recurrent_head_avx512 : N % 8 == 0 ? recurrent_head_avx2 : nullptr;
+            return N % 16 == 0 ? recurrent_head_avx512<SS> : N % 8 == 0 ? recurrent_head_avx2<SS> : nullptr;
         case SsdIsa::Avx2:
-            return N % 8 == 0 ? recurrent_head_avx2 : nullptr;
-        case SsdIsa::Scalar:
-            break;
-    }
-    return nullptr;
-}
-
-// Null where recurrent_kernel has no vector kernel (the fp32 path's scalar loops would sum in
-// another order than any vector kernel): bf16 states need N % 8 == 0 on AVX2 / AVX-512.
-RecurrentHeadBf16 recurrent_kernel_bf16(int64_t N) {
-    switch (ssd_isa()) {
-        case SsdIsa::Avx512:
-            return N % 16 == 0 ? recurrent_head_bf16_avx512 : N % 8 == 0 ? recurrent_head_bf16_avx2 : nullptr;
-        case SsdIsa::Avx2:
-            return N % 8 == 0 ? recurrent_head_bf16_avx2 : nullptr;
+            return N % 8 == 0 ? recurrent_head_avx2<SS> : nullptr;
         case SsdIsa::Scalar:
             break;
     }
@@ -285,14 +259,14 @@ RecurrentHeadBf16 recurrent_kernel_bf16(int64_t N) {
 }  // namespace
 
 bool ssd_update_bf16_state_supported(int64_t d_state) {
-    return recurrent_kernel_bf16(d_state) != nullptr;
+    return recurrent_kernel<uint16_t>(d_state) != nullptr;
 }
 
 void ssd_update_bf16_state(float* y, uint16_t* h, const int64_t* slots, const SsdInputs<float>& in,
                            const SsdDims& dims) {
     check_dims(dims);
     const int64_t k = dims.batch, H = dims.n_heads, P = dims.head_dim, N = dims.d_state;
-    const RecurrentHeadBf16 kernel = recurrent_kernel_bf16(N);
+    const RecurrentHeadOf<uint16_t> kernel = recurrent_kernel<uint16_t>(N);
     MSLM_CHECK(kernel, "ssd_update_bf16_state: d_state {} needs a multiple of 8 and AVX2", N);
     const int64_t heads_per_group = H / dims.n_groups;
     parallel_for(k * H, [&](int64_t begin, int64_t end) {
