@@ -21,6 +21,7 @@
 #include "model/cuda_decode_step.h"
 #include "model/cuda_decoder_kernels.h"
 #include "model/cuda_model.h"
+#include "model/inference.h"
 #include "ops/cuda/attention.h"
 #include "ops/cuda/conv1d.h"
 #include "ops/cuda/elementwise.h"
@@ -315,11 +316,7 @@ constexpr int64_t kPickBytes = sizeof(double) + sizeof(float) + sizeof(int32_t);
 // do for a bf16 model (ops::cuda::ssd_update_bf16_state). Mamba-1 layers, and state sizes N that are
 // not a multiple of 4, stay fp32.
 bool bf16_ssm_state(const ModelConfig& cfg) {
-    const char* v = std::getenv("MSLM_DECODE_STATE");
-    const std::string value = v ? v : "";
-    MSLM_CHECK(value.empty() || value == "f32" || value == "bf16",
-               "MSLM_DECODE_STATE={}: expected f32 (the default) or bf16", value);
-    return value == "bf16" && cfg.count(LayerKind::Mamba) > 0 && cfg.mamba.version == 2 &&
+    return bf16_decode_state_requested() && cfg.count(LayerKind::Mamba) > 0 && cfg.mamba.version == 2 &&
            cfg.mamba.d_state % 4 == 0;
 }
 

@@ -11,12 +11,16 @@
 
 namespace mslm {
 
-bool cpu_bf16_ssm_state(const ModelConfig& cfg) {
+bool bf16_decode_state_requested() {
     const char* v = std::getenv("MSLM_DECODE_STATE");
     const std::string value = v ? v : "";
     MSLM_CHECK(value.empty() || value == "f32" || value == "bf16",
                "MSLM_DECODE_STATE={}: expected f32 (the default) or bf16", value);
-    return value == "bf16" && cfg.count(LayerKind::Mamba) > 0 && cfg.mamba.version == 2 &&
+    return value == "bf16";
+}
+
+bool cpu_bf16_ssm_state(const ModelConfig& cfg) {
+    return bf16_decode_state_requested() && cfg.count(LayerKind::Mamba) > 0 && cfg.mamba.version == 2 &&
            ops::ssd_update_bf16_state_supported(cfg.mamba.d_state);
 }
 

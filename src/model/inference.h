@@ -16,9 +16,11 @@
 
 namespace mslm {
 
-// Whether InferenceState<float> keeps cfg's Mamba-2 SSM states in bf16: MSLM_DECODE_STATE=bf16 (unset
-// or f32: fp32; anything else is an error), Mamba-2 layers, and a d_state the bf16 kernel takes
-// (a multiple of 8 on an AVX2 / AVX-512 CPU).
+// MSLM_DECODE_STATE: bf16 → true; unset or f32 → false; anything else is an error. The CPU and GPU
+// decoders each add what their bf16-state kernels need.
+bool bf16_decode_state_requested();
+// Whether InferenceState<float> keeps cfg's Mamba-2 SSM states in bf16: requested, Mamba-2 layers,
+// and a d_state the bf16 kernel takes (a multiple of 8 on an AVX2 / AVX-512 CPU).
 bool cpu_bf16_ssm_state(const ModelConfig& cfg);
 
 template <typename T>
