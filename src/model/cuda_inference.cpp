@@ -159,6 +159,7 @@ struct CudaCausalLM::Impl {
         bf16* conv = nullptr;   // (S, K − 1, conv channels)
         float* ssm = nullptr;   // (S, H, P, N) or (S, Din, N)
         bf16* ssm16 = nullptr;  // instead of ssm: (S, H, P, N) bf16 (Mamba-2 with MSLM_DECODE_STATE=bf16)
+        void* ssm_state() const { return ssm ? static_cast<void*>(ssm) : static_cast<void*>(ssm16); }
         bf16 *kc = nullptr, *vc = nullptr;  // (S, cache_len, Hkv, Dh)
     };
 
@@ -1465,7 +1466,7 @@ void CudaCausalLM::reorder(std::span<const int64_t> src) {
     };
     for (Impl::Layer& L : m.layers) {
         permute(L.conv, m.conv_block);
-        permute(L.ssm ? static_cast<void*>(L.ssm) : L.ssm16, m.ssm_block);
+        permute(L.ssm_state(), m.ssm_block);
         permute(L.kc, m.kv_block);
         permute(L.vc, m.kv_block);
     }
@@ -1488,7 +1489,7 @@ void CudaCausalLM::copy(int64_t src_slot, int64_t dst_slot) {
     };
     for (Impl::Layer& L : m.layers) {
         block(L.conv, m.conv_block);
-        block(L.ssm ? static_cast<void*>(L.ssm) : L.ssm16, m.ssm_block);
+        block(L.ssm_state(), m.ssm_block);
         block(L.kc, m.kv_block);
         block(L.vc, m.kv_block);
     }
@@ -1504,7 +1505,7 @@ void CudaCausalLM::clear(int64_t slot) {
     };
     for (Impl::Layer& L : m.layers) {
         zero(L.conv, m.conv_block);
-        zero(L.ssm ? static_cast<void*>(L.ssm) : L.ssm16, m.ssm_block);
+        zero(L.ssm_state(), m.ssm_block);
         zero(L.kc, m.kv_block);
         zero(L.vc, m.kv_block);
     }

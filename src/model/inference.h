@@ -8,7 +8,6 @@
 // fp32 (ops::ssd_update_bf16_state); the GPU decoder reads the same switch.
 #pragma once
 #include <cstdint>
-#include <functional>
 #include <span>
 #include <vector>
 
