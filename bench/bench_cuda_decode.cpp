@@ -13,10 +13,17 @@
 // Mamba layer's state read and written (conv window bf16, SSM state fp32) and the attention layers'
 // KV rows of the prompt; "limit tok/s" is the H200's ~4.3 TB/s copy bandwidth over it.
 // MSLM_CUDA_GRAPHS=0 measures the eager step (one launch per kernel) instead of the graph replay.
+// --trace N: after each preset's row, N batch-1 steps of a fresh decoder with every decode_gemv
+// launch timed by its blocks (MSLM_DECODE_GEMV_TRACE, cuda_decoder_kernels.h): per product, µs from
+// the step's first product start to its first block's start, its wait's end (first / last block),
+// its last block's prologue end and end, and the gap from the previous product's end to this one's
+// first wait end — means over the N steps.
 #include <fmt/format.h>
 
+#include <array>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <string>
 #include <vector>
 
@@ -28,18 +35,75 @@
 #include "core/cuda_device.h"
 #include "core/rng.h"
 #include "model/config.h"
+#include "model/cuda_decoder_kernels.h"
 #include "model/cuda_inference.h"
 #include "model/hybrid_lm.h"
 #include "model/info.h"
 
 using namespace mslm;
 
+#ifdef MSLM_HAVE_CUDA
+namespace {
+
+// --trace: the products of batch-1 steps on a fresh decoder, timed by their blocks.
+void trace_products(const HybridLM<float>& model, const std::vector<int32_t>& ids, int64_t max_len,
+                    int64_t n) {
+    namespace cd = cuda_decoder_detail;
+    setenv("MSLM_DECODE_GEMV_TRACE", "1", 1);
+    CudaCausalLM gpu(model);
+    gpu.start(1, max_len);
+    std::vector<float> logits(static_cast<size_t>(model.config().vocab_size));
+    gpu.prefill(0, std::vector<int32_t>(ids.begin(), ids.begin() + 16), logits.data(), nullptr);
+    const std::vector<int64_t> slots{0};
+    std::vector<int32_t> tok{1};
+    std::vector<GreedyPick> pick(1);
+    cd::decode_gemv_trace_reset(true);
+    gpu.step_greedy(slots, tok, pick.data());
+    const int c1 = cd::decode_gemv_trace_used();
+    gpu.step_greedy(slots, tok, pick.data());
+    const int c2 = cd::decode_gemv_trace_used();
+    // The slots of the launches the replayed step makes: the second step's, if it captured anew.
+    const int first = c2 > c1 ? c1 : 0, count = c2 > c1 ? c2 - c1 : c1;
+    std::vector<std::array<double, 6>> sum(static_cast<size_t>(count), std::array<double, 6>{});
+    for (int64_t t = 0; t < n; ++t) {
+        cd::decode_gemv_trace_reset(false);
+        gpu.step_greedy(slots, tok, pick.data());
+        const std::vector<cd::GemvTrace> r = cd::decode_gemv_trace_read(first, count);
+        const double t0 = static_cast<double>(r[0].start_min);
+        for (int i = 0; i < count; ++i) {
+            auto us = [&](unsigned long long v) { return (static_cast<double>(v) - t0) / 1e3; };
+            sum[i][0] += us(r[i].start_min);
+            sum[i][1] += us(r[i].waited_min);
+            sum[i][2] += us(r[i].waited_max);
+            sum[i][3] += us(r[i].prologue_max);
+            sum[i][4] += us(r[i].end_max);
+            sum[i][5] += i > 0 ? us(r[i].waited_min) - us(r[i - 1].end_max) : 0.0;
+        }
+    }
+    unsetenv("MSLM_DECODE_GEMV_TRACE");
+    if (cd::decode_gemv_trace_used() != c2) fmt::print("(trace: the decoder captured again while tracing)\n");
+    fmt::print(
+        "\n| # | I x O | prefetch | start µs | waited (first) | waited (last) | prologue (last) | end (last) "
+        "| previous end → waited |\n|---|---|---|---|---|---|---|---|---|\n");
+    for (int i = 0; i < count; ++i) {
+        const cd::GemvTraceLaunch l = cd::decode_gemv_trace_launch(first + i);
+        const double k = static_cast<double>(n);
+        fmt::print("| {} | {} x {} | {} | {:.2f} | {:.2f} | {:.2f} | {:.2f} | {:.2f} | {:.2f} |\n", i, l.I,
+                   l.O, l.pre ? "yes" : "no", sum[i][0] / k, sum[i][1] / k, sum[i][2] / k, sum[i][3] / k,
+                   sum[i][4] / k, sum[i][5] / k);
+    }
+    fmt::print("\n");
+}
+
+}  // namespace
+#endif
+
 int main(int argc, char** argv) {
     std::string presets = "130m,30m,mamba2-130m,mamba-130m";
     int64_t prompt_arg = 2048, steps = 256, batch = 64;
     double min_seconds = 2.0;
     std::string logits_mode = "greedy";
-    int64_t profile_step = -1;
+    int64_t profile_step = -1, trace_steps = 0;
     for (int i = 1; i < argc; ++i) {
         auto next = [&] {
             if (i + 1 >= argc) {
@@ -63,6 +127,8 @@ int main(int argc, char** argv) {
             logits_mode = next();
         else if (a == "--profile-step")
             profile_step = std::stoll(next());
+        else if (a == "--trace")
+            trace_steps = std::stoll(next());
         else {
             fmt::print(
                 "usage: bench_cuda_decode [--presets a,b] [--prompt 2048] [--steps 256] [--batch 64] "
@@ -75,7 +141,8 @@ int main(int argc, char** argv) {
         return 1;
     }
 #ifndef MSLM_HAVE_CUDA
-    (void)prompt_arg, (void)steps, (void)batch, (void)min_seconds, (void)logits_mode, (void)profile_step;
+    (void)prompt_arg, (void)steps, (void)batch, (void)min_seconds, (void)logits_mode, (void)profile_step,
+        (void)trace_steps;
     fmt::print("bench_cuda_decode: built without CUDA\n");
     return 0;
 #else
@@ -164,6 +231,7 @@ int main(int argc, char** argv) {
                    format_count(model.num_params()), prompt, prompt / prefill, 1.0 / step1, 1e3 * step1,
                    batch / stepB, bytes / 1e6, limit, 100.0 / step1 / limit);
         std::fflush(stdout);
+        if (trace_steps > 0) trace_products(model, ids, prompt + steps, trace_steps);
     }
     return 0;
 #endif

@@ -14,6 +14,7 @@
 #include "model/cuda_bf16_bits.cuh"
 #include "model/cuda_decoder_kernels.h"
 #include "ops/cuda/common.cuh"
+#include "ops/cuda/mma.cuh"
 #include "ops/cuda/quant_decode.cuh"
 #include "ops/cuda/reduce.cuh"
 
@@ -239,27 +240,12 @@ void check(const char* kernel) {
 
 namespace {
 
-// Launches kernel with programmatic dependent launch unless MSLM_DECODE_PDL=0 (read at each launch:
-// a graph replays what was captured).
-bool pdl_enabled() {
-    const char* env = std::getenv("MSLM_DECODE_PDL");
-    return !(env && std::string(env) == "0");
-}
-
+// Launches kernel with programmatic dependent launch unless MSLM_DECODE_PDL=0 (common.cuh).
 template <typename... Params, typename... Args>
 void launch(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, void* stream, const char* name,
             Args&&... args) {
-    cudaLaunchConfig_t config{};
-    config.gridDim = grid;
-    config.blockDim = block;
-    config.dynamicSmemBytes = smem;
-    config.stream = static_cast<cudaStream_t>(stream);
-    cudaLaunchAttribute attribute{};
-    attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attribute.val.programmaticStreamSerializationAllowed = pdl_enabled() ? 1 : 0;
-    config.attrs = &attribute;
-    config.numAttrs = 1;
-    const cudaError_t err = cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...);
+    const cudaError_t err = ops::cuda::detail::launch_pdl(
+        kernel, grid, block, smem, static_cast<cudaStream_t>(stream), std::forward<Args>(args)...);
     MSLM_CHECK(err == cudaSuccess, "CUDA kernel {}: launch: {}", name, cudaGetErrorString(err));
     check(name);
 }
@@ -452,6 +438,11 @@ using ops::cuda::QuantWeight;
 
 constexpr int kGemvWarps = 8;  // warps per block
 constexpr int kGemvUnroll = 4;  // 16-byte weight loads in flight per lane
+// The batch-1 bf16 product with its weights prefetched (decode_gemv_kernel's PRE): at most this many
+// outputs a warp, and this much shared memory for a block's rows, so that the next kernel's blocks
+// (one an SM) fit beside it and can prefetch theirs while this one runs.
+constexpr int kPreRows = 8;
+constexpr size_t kPreSmem = 80 * 1024;
 
 // The weight a product reads: bf16 rows, or a quantized layout (ops/cuda/quant_gemv.h).
 enum class WeightKind { BF16, Q4, Q4DQ, I8 };
@@ -516,6 +507,17 @@ __device__ __forceinline__ void load_chunk(Chunk<Kind<WK>::unroll>& c, const uin
         }
     }
     if constexpr (WK == WeightKind::I8) c.row_scale = __ldg(q.scale + row);
+}
+
+// acc + Σ_j w_j · x_j over 8 bf16 pairs, in dot_row's order (so both products give the same bits).
+__device__ __forceinline__ float dot8_bf16(const uint4& w, const uint4& x, float acc) {
+    const uint32_t wv[4] = {w.x, w.y, w.z, w.w}, xw[4] = {x.x, x.y, x.z, x.w};
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+        acc = fmaf(__uint_as_float(wv[j] << 16), __uint_as_float(xw[j] << 16), acc);
+        acc = fmaf(__uint_as_float(wv[j] & 0xffff0000u), __uint_as_float(xw[j] & 0xffff0000u), acc);
+    }
+    return acc;
 }
 
 // acc[r] += Σ_i W[row, i] · xs[r, i] over this lane's share of the row; `first` holds the lane's
@@ -690,9 +692,54 @@ int64_t staged_length(const DecodeGemv& a) {
 
 // MK: the most rows of x the instantiation takes (1: the batch-1 step, with its registers for one
 // row; bf16 also 2; else kDecodeGemvMaxRows).
-template <WeightKind WK, int MK>
+// PRE (bf16, one row of x): a block an SM; every warp copies all its weight rows (≤ kPreRows
+// outputs, gate and up rows for SwiGLU) into shared memory with cp.async before it waits for its
+// predecessor, so the weights stream while the previous kernels run, and the residuals its lanes
+// add to are read together with x. The sums are the same as without (same order, same FMAs).
+// The epilogue's inputs for one output, read ahead (decode_gemv_kernel): conv weights and window
+// for conv kernels of up to kConvPreK taps (longer ones read theirs in the epilogue).
+constexpr int kConvPreK = 4;
+struct EpiloguePre {
+    float bias = 0, bias2 = 0, residual = 0, conv_b = 0;
+    float conv_w[kConvPreK] = {}, win[kConvPreK - 1] = {};  // win: bf16 values, exact in fp32
+    bool conv = false;
+    // Output o of x row r: everything but the residual (which the previous kernel writes).
+    __device__ __forceinline__ void load_constants(const DecodeGemv& a, int r, int64_t o) {
+        if (a.bias) {
+            bias = bf(a.bias[o]);
+            if (a.epi == DecodeEpilogue::SwiGLU) bias2 = bf(a.bias[a.O + o]);
+        }
+        const int64_t c = o - a.conv_col0;
+        conv = a.conv_state && c >= 0 && c < a.conv_C && a.conv_K <= kConvPreK;
+        if (!conv) return;
+        const int K = int(a.conv_K);
+        conv_b = a.conv_b ? bf(a.conv_b[c]) : 0.0f;
+        const uint16_t* win_p = a.conv_state + a.conv_slots[r] * (K - 1) * a.conv_C + c;
+#pragma unroll
+        for (int t = 0; t < kConvPreK; ++t)
+            if (t < K) conv_w[t] = bf(a.conv_w[c * K + t]);
+#pragma unroll
+        for (int t = 0; t + 1 < kConvPreK; ++t)
+            if (t + 1 < K) win[t] = bf(win_p[t * a.conv_C]);
+    }
+};
+
+__device__ GemvTrace g_gemv_trace[kGemvTraceSlots];
+
+__device__ __forceinline__ unsigned long long global_ns() {
+    unsigned long long t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    return t;
+}
+
+template <WeightKind WK, int MK, bool PRE = false>
 __global__ void __launch_bounds__(kGemvWarps * 32, MK == 1 && !Kind<WK>::quant ? 3 : 2)
-    decode_gemv_kernel(DecodeGemv a, QuantWeight q, int bs_log2) {
+    decode_gemv_kernel(DecodeGemv a, QuantWeight q, int bs_log2, int trace_slot) {
+    // Trace stamps go to shared memory at once (held in registers they cost the kernel spills).
+    __shared__ unsigned long long stamps[3];
+    const bool trace = trace_slot >= 0 && threadIdx.x == 0;
+    if (trace) stamps[0] = global_ns();
+    static_assert(!PRE || (WK == WeightKind::BF16 && MK == 1), "PRE: the batch-1 bf16 product");
     // Shared: xs (k, lim) the (normalised) input rows; zs (k, I) the gate (gated norm); ws, bs (I) the
     // norm's weight and bias — all bf16, all staged before the prologue computes anything.
     extern __shared__ __align__(16) uint16_t xs[];
@@ -711,18 +758,48 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MK == 1 && !Kind<WK>::quant ?
     const bool swiglu = a.epi == DecodeEpilogue::SwiGLU;
     // The first weight row's first chunk, in flight while the prologue runs.
     const int64_t o0 = int64_t(blockIdx.x) * kGemvWarps + warp;
+    const int64_t stride = int64_t(gridDim.x) * kGemvWarps;
     Chunk<Kind<WK>::unroll> first, first2;
     pdl_trigger();
-    if (o0 < a.O) {
+    // PRE: the warp's rows o0, o0 + stride, ... (npre of them), each lane copying the 16-byte words
+    // it reads back itself, so the wait needs no barrier.
+    const int wr = swiglu ? 2 : 1;
+    const int64_t pre_rows = (a.O + stride - 1) / stride;  // ≤ kPreRows with PRE (the launch's choice)
+    uint16_t* pre = xs + k * lim + (a.norm == DecodeNorm::Gated ? k * I : 0) +
+                    (a.norm == DecodeNorm::None ? 0 : 2 * I) + warp * pre_rows * wr * I;
+    int npre = 0;
+    if constexpr (PRE) {
+        for (int64_t o = o0; o < a.O; o += stride, ++npre)
+            for (int h = 0; h < wr; ++h) {
+                const uint16_t* src = a.W + (o + h * a.O) * I;
+                uint16_t* dst = pre + int64_t(npre * wr + h) * I;
+                for (int64_t i = int64_t(lane) * 8; i < I; i += 256)
+                    ops::cuda::detail::cp_async_16(dst + i, src + i);
+            }
+        ops::cuda::detail::cp_async_commit();
+    } else if (o0 < a.O) {
         load_chunk<WK>(first, a.W, q, bs_log2, o0, int64_t(lane) * cols, I, lim);
         if (swiglu) load_chunk<WK>(first2, a.W, q, bs_log2, a.O + o0, int64_t(lane) * cols, I, lim);
     }
     if (Kind<WK>::four && threadIdx.x < 16) code_s[threadIdx.x] = q.code[threadIdx.x];
-    pdl_wait();  // the inputs are the previous kernels' outputs
-    stage_rows<WK, MK>(xs, a.x, a.ld_x, k, I, lim);
-    if (a.norm == DecodeNorm::Gated) stage_rows<WeightKind::BF16, MK>(zs, a.z, a.ld_z, k, I, I);
+    // The norm's weights are constants: staged before the wait.
     if (a.norm != DecodeNorm::None) stage_rows<WeightKind::BF16>(ws, a.norm_w, I, 1, I, I);
     if (a.norm == DecodeNorm::Layer && a.norm_b) stage_rows<WeightKind::BF16>(bs, a.norm_b, I, 1, I, I);
+    // What the epilogue of the first output this lane finishes needs (row pr of x, output po): the
+    // bias and conv weights before the wait (constants), the conv window too (see DecodeGemv: only
+    // this kernel writes it, in the previous step), the residual just after the wait.
+    const int pr = PRE ? 0 : lane;
+    const int64_t po = PRE ? o0 + lane * stride : o0;
+    const bool pmine = PRE ? lane < npre : lane < k && o0 < a.O;
+    // (Not in the streaming batch-1 bf16 kernel: at its 3 blocks an SM the registers spill.)
+    constexpr bool const_pre = !(WK == WeightKind::BF16 && MK == 1 && !PRE);
+    EpiloguePre ep;
+    if (const_pre && pmine) ep.load_constants(a, pr, po);
+    pdl_wait();  // the inputs are the previous kernels' outputs
+    if (trace) stamps[1] = global_ns();
+    if (pmine && a.epi == DecodeEpilogue::Residual) ep.residual = bf(a.out[pr * a.ld_out + po]);
+    stage_rows<WK, MK>(xs, a.x, a.ld_x, k, I, lim);
+    if (a.norm == DecodeNorm::Gated) stage_rows<WeightKind::BF16, MK>(zs, a.z, a.ld_z, k, I, I);
     __syncthreads();
     // Prologue: normalised as the unfused path's norm kernel would store them; every thread handles
     // the columns tid, tid + 256, ... of every row, statistics by block sums.
@@ -784,6 +861,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MK == 1 && !Kind<WK>::quant ?
         }
     }
     __syncthreads();
+    if (trace) stamps[2] = global_ns();
     if (a.x_out && blockIdx.x == 0)  // the normalised rows, for the caller (final hidden states)
         for (int64_t e = threadIdx.x; e < a.k * I; e += blockDim.x) a.x_out[e] = X(int(e / I), e % I);
     // Batch 1 on quantized rows: x once more in fp32, past the bf16 rows (decode_gemv_smem).
@@ -806,44 +884,89 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MK == 1 && !Kind<WK>::quant ?
     }
 
     const char* code_base = reinterpret_cast<const char*>(code_s);
-    const int64_t stride = int64_t(gridDim.x) * kGemvWarps;
-    // Output o of row r from the fp32 products v (and v2: SwiGLU's up row).
-    auto finish = [&](int64_t r, int64_t o, float v, float v2) {
+    // Output o of row r from the fp32 products v (and v2: SwiGLU's up row); pre: whether it is the
+    // output ep was read ahead for (this lane's first).
+    auto finish = [&](int64_t r, int64_t o, float v, float v2, bool pre) {
+        const float b = a.bias ? (const_pre && pre ? ep.bias : bf(a.bias[o])) : 0.0f;
         switch (a.epi) {
             case DecodeEpilogue::Store: {
-                const uint16_t xv = to_bf(a.bias ? v + bf(a.bias[o]) : v);
+                const uint16_t xv = to_bf(a.bias ? v + b : v);
                 a.out[r * a.ld_out + o] = xv;
                 const int64_t c = o - a.conv_col0;
                 if (a.conv_state && c >= 0 && c < a.conv_C) {  // conv1d_causal_update's arithmetic
                     const int K = int(a.conv_K);
                     uint16_t* win = a.conv_state + a.conv_slots[r] * (K - 1) * a.conv_C + c;
-                    float acc = a.conv_b ? bf(a.conv_b[c]) : 0.0f;
-                    for (int t = 0; t + 1 < K; ++t) acc = fmaf(bf(a.conv_w[c * K + t]), bf(win[t * a.conv_C]), acc);
-                    acc = fmaf(bf(a.conv_w[c * K + K - 1]), bf(xv), acc);
-                    a.conv_out[r * a.conv_C + c] = to_bf(silu(acc));
-                    for (int t = 0; t + 2 < K; ++t) win[t * a.conv_C] = win[(t + 1) * a.conv_C];
+                    if (pre && ep.conv) {
+                        float acc = ep.conv_b, w_last = 0.0f;
+#pragma unroll
+                        for (int t = 0; t < kConvPreK; ++t) {
+                            if (t + 1 < K) acc = fmaf(ep.conv_w[t], ep.win[t], acc);
+                            if (t + 1 == K) w_last = ep.conv_w[t];
+                        }
+                        acc = fmaf(w_last, bf(xv), acc);
+                        a.conv_out[r * a.conv_C + c] = to_bf(silu(acc));
+#pragma unroll
+                        for (int t = 0; t + 2 < kConvPreK; ++t)
+                            if (t + 2 < K) win[t * a.conv_C] = to_bf(ep.win[t + 1]);
+                    } else {
+                        float acc = a.conv_b ? bf(a.conv_b[c]) : 0.0f;
+                        for (int t = 0; t + 1 < K; ++t)
+                            acc = fmaf(bf(a.conv_w[c * K + t]), bf(win[t * a.conv_C]), acc);
+                        acc = fmaf(bf(a.conv_w[c * K + K - 1]), bf(xv), acc);
+                        a.conv_out[r * a.conv_C + c] = to_bf(silu(acc));
+                        for (int t = 0; t + 2 < K; ++t) win[t * a.conv_C] = win[(t + 1) * a.conv_C];
+                    }
                     if (K > 1) win[(K - 2) * a.conv_C] = xv;
                 }
                 break;
             }
             case DecodeEpilogue::Residual: {  // out = round(out + round(v + b)), the unfused axpy
-                const float t = round_bf(a.bias ? v + bf(a.bias[o]) : v);
+                const float t = round_bf(a.bias ? v + b : v);
                 uint16_t* p = a.out + r * a.ld_out + o;
-                *p = to_bf(bf(*p) + t);
+                *p = to_bf((pre ? ep.residual : bf(*p)) + t);
                 break;
             }
             case DecodeEpilogue::SwiGLU: {
-                const float g = round_bf(a.bias ? v + bf(a.bias[o]) : v);
-                const float u = round_bf(a.bias ? v2 + bf(a.bias[a.O + o]) : v2);
+                const float g = round_bf(a.bias ? v + b : v);
+                const float u =
+                    round_bf(a.bias ? v2 + (const_pre && pre ? ep.bias2 : bf(a.bias[a.O + o])) : v2);
                 a.out[r * a.ld_out + o] = to_bf(silu(g) * u);
                 break;
             }
             case DecodeEpilogue::F32:
-                a.out32[r * a.ld_out + o] = a.bias ? v + bf(a.bias[o]) : v;
+                a.out32[r * a.ld_out + o] = a.bias ? v + b : v;
                 break;
         }
     };
-    if constexpr (x32) {
+    if constexpr (PRE) {
+        ops::cuda::detail::cp_async_wait<0>();
+        float acc[kPreRows] = {}, acc2[kPreRows] = {};
+#pragma unroll
+        for (int j = 0; j < kPreRows; ++j) {
+            if (j >= npre) break;
+            const uint16_t* w = pre + int64_t(j * wr) * I;
+            for (int64_t i = int64_t(lane) * 8; i < I; i += 256) {
+                const uint4 xv = *reinterpret_cast<const uint4*>(xs + i);
+                acc[j] = dot8_bf16(*reinterpret_cast<const uint4*>(w + i), xv, acc[j]);
+                if (swiglu) acc2[j] = dot8_bf16(*reinterpret_cast<const uint4*>(w + I + i), xv, acc2[j]);
+            }
+        }
+#pragma unroll
+        for (int j = 0; j < kPreRows; ++j) {
+            if (j >= npre) break;
+            acc[j] = warp_sum(acc[j]);
+            if (swiglu) acc2[j] = warp_sum(acc2[j]);
+        }
+        // Lane j finishes output j (registers indexed by a runtime lane: select by unrolled loop).
+        float v = 0, v2 = 0;
+#pragma unroll
+        for (int j = 0; j < kPreRows; ++j)
+            if (j == lane) {
+                v = acc[j];
+                v2 = acc2[j];
+            }
+        if (lane < npre) finish(0, po, v, v2, true);
+    } else if constexpr (x32) {
         // Batch 1, quantized: the warp's next row's loads go out before this row's product. (A
         // ring of 3 rows in flight measured 8% slower on the H200, docs/PERFORMANCE.md: bytes in
         // flight are not what bounds the 4-bit product.)
@@ -863,7 +986,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MK == 1 && !Kind<WK>::quant ?
                 v *= cur.row_scale;
                 v2 *= cur2.row_scale;
             }
-            if (lane == 0) finish(0, o, v, v2);
+            if (lane == 0) finish(0, o, v, v2, o == o0);
         }
     } else {
         for (int64_t o = o0; o < a.O; o += stride) {
@@ -912,14 +1035,54 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MK == 1 && !Kind<WK>::quant ?
                 v *= scale;
                 v2 *= scale2;
             }
-            finish(lane, o, v, v2);
+            finish(lane, o, v, v2, o == o0);
+        }
+    }
+    if (trace_slot >= 0) {
+        __syncthreads();
+        if (trace) {
+            GemvTrace& g = g_gemv_trace[trace_slot];
+            atomicMin(&g.start_min, stamps[0]);
+            atomicMax(&g.start_max, stamps[0]);
+            atomicMin(&g.waited_min, stamps[1]);
+            atomicMax(&g.waited_max, stamps[1]);
+            atomicMax(&g.prologue_max, stamps[2]);
+            atomicMax(&g.end_max, global_ns());
         }
     }
 }
 
-template <WeightKind WK, int MK>
+// MSLM_DECODE_GEMV_TRACE (decode_gemv_trace_reset): the next slot, or -1.
+int g_trace_used = 0;
+GemvTraceLaunch g_trace_launch[kGemvTraceSlots];
+int trace_slot(const DecodeGemv& a, bool pre) {
+    const char* env = std::getenv("MSLM_DECODE_GEMV_TRACE");
+    if (!(env && std::string(env) == "1") || g_trace_used >= kGemvTraceSlots) return -1;
+    g_trace_launch[g_trace_used] = {a.I, a.O, pre};
+    return g_trace_used++;
+}
+
+// The PRE kernel's grid: a block an SM (fewer when there are fewer than 8 outputs an SM), and the
+// shared memory its rows take; 0 blocks when it does not take the product (more than kPreRows
+// outputs a warp, rows over kPreSmem, or MSLM_DECODE_GEMV_PRE=0, read at each launch).
+struct PrePlan {
+    int64_t blocks = 0;
+    size_t smem = 0;
+};
+PrePlan pre_plan(const DecodeGemv& a, int sms) {
+    const char* env = std::getenv("MSLM_DECODE_GEMV_PRE");
+    if (a.q || a.k != 1 || (env && std::string(env) == "0")) return {};
+    const int64_t blocks = std::min<int64_t>((a.O + kGemvWarps - 1) / kGemvWarps, sms);
+    const int64_t rows = (a.O + blocks * kGemvWarps - 1) / (blocks * kGemvWarps);
+    const size_t bytes =
+        size_t(kGemvWarps * rows * (a.epi == DecodeEpilogue::SwiGLU ? 2 : 1) * a.I) * sizeof(uint16_t);
+    if (rows > kPreRows || bytes > kPreSmem || decode_gemv_smem(a) + bytes > kDecodeGemvMaxSmem) return {};
+    return {blocks, decode_gemv_smem(a) + bytes};
+}
+
+template <WeightKind WK, int MK, bool PRE = false>
 void launch_gemv_rows(const DecodeGemv& a, void* stream) {
-    auto kernel = decode_gemv_kernel<WK, MK>;
+    auto kernel = decode_gemv_kernel<WK, MK, PRE>;
     static int configured_device = -1;  // per instantiation
     int device = 0;
     cudaGetDevice(&device);
@@ -930,24 +1093,36 @@ void launch_gemv_rows(const DecodeGemv& a, void* stream) {
         configured_device = device;
     }
     int sms = 0, resident = 0;
-    const size_t smem = decode_gemv_smem(a);
     cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+    const PrePlan plan = PRE ? pre_plan(a, sms) : PrePlan{};
+    const size_t smem = PRE ? plan.smem : decode_gemv_smem(a);
     cudaOccupancyMaxActiveBlocksPerMultiprocessor(&resident, kernel, kGemvWarps * 32, smem);
     // One wave: every block pays the prologue once, then strides over the rows.
     const int64_t blocks =
-        std::min<int64_t>((a.O + kGemvWarps - 1) / kGemvWarps, int64_t(sms) * std::max(resident, 1));
+        PRE ? plan.blocks
+            : std::min<int64_t>((a.O + kGemvWarps - 1) / kGemvWarps, int64_t(sms) * std::max(resident, 1));
     QuantWeight q;
     int bs_log2 = 0;
     if (a.q) {
         q = *a.q;
         while (Kind<WK>::four && (int64_t(1) << bs_log2) < q.blocksize) ++bs_log2;
     }
-    launch(kernel, dim3(unsigned(blocks)), dim3(kGemvWarps * 32), smem, stream, "decode_gemv", a, q, bs_log2);
+    launch(kernel, dim3(unsigned(blocks)), dim3(kGemvWarps * 32), smem, stream, "decode_gemv", a, q, bs_log2,
+           trace_slot(a, PRE));
 }
 
 template <WeightKind WK>
 void launch_gemv(const DecodeGemv& a, void* stream) {
     if (a.k == 1) {
+        if constexpr (WK == WeightKind::BF16) {
+            int device = 0, sms = 0;
+            cudaGetDevice(&device);
+            cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+            if (pre_plan(a, sms).blocks > 0) {
+                launch_gemv_rows<WK, 1, true>(a, stream);
+                return;
+            }
+        }
         launch_gemv_rows<WK, 1>(a, stream);
         return;
     }
@@ -967,6 +1142,30 @@ void launch_gemv(const DecodeGemv& a, void* stream) {
 }
 
 }  // namespace
+
+void decode_gemv_trace_reset(bool restart_slots) {
+    if (restart_slots) g_trace_used = 0;
+    std::vector<GemvTrace> clear(kGemvTraceSlots, GemvTrace{~0ull, 0, ~0ull, 0, 0, 0});
+    const cudaError_t err =
+        cudaMemcpyToSymbol(g_gemv_trace, clear.data(), sizeof(GemvTrace) * kGemvTraceSlots);
+    MSLM_CHECK(err == cudaSuccess, "decode_gemv trace: {}", cudaGetErrorString(err));
+}
+int decode_gemv_trace_used() {
+    return g_trace_used;
+}
+std::vector<GemvTrace> decode_gemv_trace_read(int first, int count) {
+    MSLM_CHECK(first >= 0 && count >= 0 && first + count <= kGemvTraceSlots,
+               "decode_gemv trace: slots {}..{}", first, first + count);
+    std::vector<GemvTrace> out(static_cast<size_t>(count));
+    const cudaError_t err =
+        cudaMemcpyFromSymbol(out.data(), g_gemv_trace, sizeof(GemvTrace) * count, sizeof(GemvTrace) * first);
+    MSLM_CHECK(err == cudaSuccess, "decode_gemv trace: {}", cudaGetErrorString(err));
+    return out;
+}
+GemvTraceLaunch decode_gemv_trace_launch(int slot) {
+    MSLM_CHECK(slot >= 0 && slot < g_trace_used, "decode_gemv trace: slot {} of {}", slot, g_trace_used);
+    return g_trace_launch[slot];
+}
 
 size_t decode_gemv_smem(const DecodeGemv& a) {
     const int64_t extra = a.k * (a.norm == DecodeNorm::Gated ? a.I : 0) + (a.norm == DecodeNorm::None ? 0 : 2 * a.I);

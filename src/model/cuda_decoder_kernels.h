@@ -12,6 +12,12 @@
 //   epilogue  store bf16; add into a residual stream (round(v + b), then round(res + that), the
 //             two roundings of the unfused linear + axpy); SwiGLU over the row pairs (o, O + o) of
 //             a fused gate_up weight (each rounded, then silu(g)·u rounded); or store fp32 (logits).
+// At batch 1 on bf16 weights whose rows fit (≤ 8 outputs a warp with a block an SM, ≤ 80 KiB of
+// rows a block) every block copies all its weight rows into shared memory before it waits for its
+// predecessor (programmatic dependent launch), so a product's weights stream while the previous
+// kernels of the step run; MSLM_DECODE_GEMV_PRE=0 streams them after the wait instead (the same
+// sums, bit for bit). Every kernel also reads what its epilogue needs early: the norm weights,
+// biases and conv weights and window before the wait, the residual right after it.
 // Every stored value is computed in fp32 and rounded once, as the unfused kernels do; the sums run
 // in a different order than cuBLASLt's, so results agree with the unfused path to bf16 rounding,
 // not bit for bit.
@@ -25,6 +31,7 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <vector>
 
 #include "ops/cuda/quant_gemv.h"
 
@@ -58,6 +65,9 @@ struct DecodeGemv {
     // runs conv1d_causal_update's arithmetic on each stored bf16 value — window (conv_K − 1 earlier
     // inputs of row i's slot conv_slots[i]), weights, bias, SiLU — writes conv_out (k, conv_C) and
     // shifts the value into the window. Saves the step a kernel per Mamba-2 layer.
+    // The window is read before the kernel waits for its predecessor: nothing else in a step writes
+    // it, and its last writer (this product in the previous step) has finished, as every step starts
+    // with a kernel launched without programmatic dependent launch (the embedding).
     uint16_t* conv_state = nullptr;  // (slots, conv_K − 1, conv_C), or null: no conv
     const int64_t* conv_slots = nullptr;
     const uint16_t *conv_w = nullptr, *conv_b = nullptr;  // (conv_C, conv_K), (conv_C) or null
@@ -93,6 +103,25 @@ struct GreedyPart {
 int64_t greedy_pick_splits(int64_t V);
 void greedy_pick(const float* logits, int64_t k, int64_t V, GreedyPart* part, unsigned* done,
                  double* log_prob, float* logit, int32_t* token, void* stream);
+
+// Diagnostics (MSLM_DECODE_GEMV_TRACE=1, read at each launch; bench_cuda_decode --trace): each
+// decode_gemv launch takes the next of kGemvTraceSlots slots (in launch order since the last
+// decode_gemv_trace_reset(true); a captured graph keeps its slots), and thread 0 of each of its
+// blocks records the global timer (ns) when the block starts, when its wait for the previous kernel
+// returns, after its prologue (x staged and normalised) and at its end — the earliest and latest
+// over the blocks of the launch.
+constexpr int kGemvTraceSlots = 512;
+struct GemvTrace {
+    unsigned long long start_min, start_max, waited_min, waited_max, prologue_max, end_max;
+};
+struct GemvTraceLaunch {
+    int64_t I, O;
+    bool pre;  // the prefetching kernel
+};
+void decode_gemv_trace_reset(bool restart_slots);  // clears the records (restart: slots from 0)
+int decode_gemv_trace_used();                      // slots taken since the last restart
+std::vector<GemvTrace> decode_gemv_trace_read(int first, int count);
+GemvTraceLaunch decode_gemv_trace_launch(int slot);  // the shape a slot's launch had
 
 size_t decode_gemv_smem(const DecodeGemv& a);  // bytes of shared memory one block stages
 bool decode_gemv_supported(const DecodeGemv& a);

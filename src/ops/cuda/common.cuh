@@ -6,6 +6,9 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
+#include <string_view>
+#include <utility>
 
 #include "core/error.h"
 
@@ -182,6 +185,32 @@ __device__ __forceinline__ void pdl_trigger() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
 #endif
+}
+
+// Whether the decode step's kernels launch with programmatic dependent launch: yes unless
+// MSLM_DECODE_PDL=0 (read at each launch: a captured graph keeps what it captured).
+inline bool pdl_enabled() {
+    const char* env = std::getenv("MSLM_DECODE_PDL");
+    return !(env && std::string_view(env) == "0");
+}
+
+// Launches kernel on stream with the programmatic-dependent-launch attribute (when pdl_enabled):
+// it may start once its predecessor's blocks have all called pdl_trigger, and must pdl_wait before
+// it reads what that predecessor writes. Returns the launch's error.
+template <typename... Params, typename... Args>
+cudaError_t launch_pdl(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
+                       Args&&... args) {
+    cudaLaunchConfig_t config{};
+    config.gridDim = grid;
+    config.blockDim = block;
+    config.dynamicSmemBytes = smem;
+    config.stream = stream;
+    cudaLaunchAttribute attribute{};
+    attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attribute.val.programmaticStreamSerializationAllowed = pdl_enabled() ? 1 : 0;
+    config.attrs = &attribute;
+    config.numAttrs = 1;
+    return cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...);
 }
 
 // Catches bad launch configurations at once; faults inside a kernel surface at the next

@@ -45,6 +45,9 @@ void check_shape(const char* kernel, int64_t N, int64_t vocab, int64_t D) {
 template <int V, typename T>
 __global__ void embedding_forward_kernel(T* out, const int32_t* ids, const T* table, int64_t N, int64_t vocab,
                                          int64_t D, IndexStatus* status) {
+    // The decode step's next kernel (launched with programmatic dependent launch) may start now and
+    // prefetch its weights; it reads these rows only after its wait.
+    pdl_trigger();
     const int64_t packs_per_row = D / V, total = N * packs_per_row;
     const int64_t stride = int64_t(gridDim.x) * blockDim.x;
     for (int64_t p = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; p < total; p += stride) {

@@ -248,13 +248,6 @@ __global__ void __launch_bounds__(kThreads, MT == 1 ? 3 : 2)
     }
 }
 
-// MSLM_DECODE_PDL=0 turns programmatic dependent launch off, as for the decoder's own kernels (read
-// at each launch: a captured graph keeps what it captured).
-bool pdl_enabled() {
-    const char* env = std::getenv("MSLM_DECODE_PDL");
-    return !(env && std::string(env) == "0");
-}
-
 template <int MT, int RW, bool FOUR, bool DQ>
 void launch_gemv(const QuantGemv& a, int64_t O, int64_t Kp, cudaStream_t stream) {
     auto kernel = quant_gemv_kernel<MT, RW, FOUR, DQ>;
@@ -286,18 +279,9 @@ void launch_gemv(const QuantGemv& a, int64_t O, int64_t Kp, cudaStream_t stream)
                MT);
     int bs_log2 = 0;
     while (FOUR && (int64_t(1) << bs_log2) < a.W.blocksize) ++bs_log2;
-    cudaLaunchConfig_t config{};
-    config.gridDim = dim3(unsigned(blocks), unsigned(tiles));
-    config.blockDim = dim3(kThreads);
-    config.dynamicSmemBytes = smem;
-    config.stream = stream;
-    cudaLaunchAttribute attribute{};
-    attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attribute.val.programmaticStreamSerializationAllowed = pdl_enabled() ? 1 : 0;
-    config.attrs = &attribute;
-    config.numAttrs = 1;
-    detail::check_cuda<uint16_t>(cudaLaunchKernelEx(&config, kernel, a, O, Kp, ks_log2, bs_log2), "launch",
-                                 "quant_gemv");
+    detail::check_cuda<uint16_t>(detail::launch_pdl(kernel, dim3(unsigned(blocks), unsigned(tiles)),
+                                                    dim3(kThreads), smem, stream, a, O, Kp, ks_log2, bs_log2),
+                                 "launch", "quant_gemv");
 }
 
 template <bool FOUR, bool DQ>

@@ -1900,6 +1900,10 @@ __device__ __forceinline__ void store_state4(__nv_bfloat16* p, const float4& v) 
 // HS: the state storage type (float, or __nv_bfloat16 with N % 4 == 0).
 template <typename T, int PB, typename HS>
 __global__ void ssd_update_kernel(Args<T> a, T* y, HS* h, const int64_t* slots) {
+    // Launched with programmatic dependent launch (the decode step): every input is an earlier
+    // kernel's output, so nothing is read before the wait.
+    pdl_trigger();
+    pdl_wait();
     const int lane = threadIdx.x % 32;
     const int64_t p_blocks = (a.P + PB - 1) / PB;
     const int64_t total = a.batch * a.H * p_blocks;
@@ -2320,12 +2324,16 @@ template <typename S, typename A, typename D, typename HS>
 void launch_update(const A& a, D* y, HS* h, const int64_t* slots, const Plan& p, cudaStream_t st,
                    const char* kernel) {
     const int64_t wide = p.batch * p.H * ((p.P + 7) / 8);
+    cudaError_t err;
     if (wide >= 16 * int64_t(multiprocessors<S>(kernel))) {
-        ssd_update_kernel<D, 8, HS><<<grid_size<S>(wide * 32, kernel), kThreads, 0, st>>>(a, y, h, slots);
+        err = launch_pdl(ssd_update_kernel<D, 8, HS>, grid_size<S>(wide * 32, kernel), dim3(kThreads), 0, st,
+                         a, y, h, slots);
     } else {
         const int64_t narrow = p.batch * p.H * ((p.P + 1) / 2);
-        ssd_update_kernel<D, 2, HS><<<grid_size<S>(narrow * 32, kernel), kThreads, 0, st>>>(a, y, h, slots);
+        err = launch_pdl(ssd_update_kernel<D, 2, HS>, grid_size<S>(narrow * 32, kernel), dim3(kThreads), 0,
+                         st, a, y, h, slots);
     }
+    check_cuda<S>(err, "launch", kernel);
     check_launch<S>(kernel);
 }
 
