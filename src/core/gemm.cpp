@@ -27,6 +27,26 @@ void split_gemm(bool ta, bool tb, int M, int N, int K, T alpha, const T* A, int 
     if (M == 0 || N == 0) return;
     const double work = double(M) * N * std::max(K, 1);
     const int threads = num_threads();
+    // One row (a GEMV): fixed panels of kGemvPanel columns, whatever the thread count. OpenBLAS's
+    // GEMV sums the rows of its last, partial block in another order than the others (seen with
+    // the openblas-pthread build on some Xeons), so a panel boundary that depends on the thread
+    // count would change the bits of the rows next to it.
+    constexpr int kGemvPanel = 512;
+    if (M == 1 && N > kGemvPanel) {
+        const int64_t panels = (N + kGemvPanel - 1) / kGemvPanel;
+        auto run = [&](int64_t p0, int64_t p1) {
+            for (int64_t p = p0; p < p1; ++p) {
+                const int64_t c0 = p * kGemvPanel, n = std::min<int64_t>(kGemvPanel, N - c0);
+                const T* Bp = tb ? B + c0 * ldb : B + c0;
+                call(ta, tb, 1, static_cast<int>(n), K, alpha, A, lda, Bp, ldb, beta, C + c0, ldc);
+            }
+        };
+        if (work < kParallelFlops || threads == 1)
+            run(0, panels);
+        else
+            parallel_for(panels, run, 1);
+        return;
+    }
     if (work < kParallelFlops || threads == 1) {
         call(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
         return;

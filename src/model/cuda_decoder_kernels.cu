@@ -183,6 +183,202 @@ __global__ void __launch_bounds__(kSplitWarps * 32)
     }
 }
 
+// ---- fused decode attention: RoPE + KV append + split-key attention + combine in one kernel
+
+constexpr int kFusedWarps = kAttentionSplitKeys / 32;  // a key a lane: one 32-key group a warp
+static_assert(kAttentionSplitKeys % 32 == 0);
+
+// Block (h, i, split), kFusedWarps warps: the keys jj ∈ [split·C, (split + 1)·C) of query i as
+// attention_split_kernel, with the work of rope_kv_append and attention_combine_kernel inside:
+//   - the block rotates query head h itself (the same rounding to bf16 as the in-place rotation);
+//   - the split holding the new key (jj = n − 1) rotates that key from k_src and takes its value
+//     from v_src, uses both from shared memory, and (first query head of its KV group) appends them
+//     to the caches; no other split reads that row, so nothing waits for the append;
+//   - a lane per key: the q·k dot products without shuffles, the value rows copied to shared
+//     memory (cp.async) while the scores' softmax runs, then Σ w·v with the weights broadcast;
+//   - the last split of (i, h) to finish (a counter per (i, h), back to 0 after) combines the
+//     splits' (max, sum, Σ w·v) into out; with one split the block writes out itself.
+template <int DL>
+__global__ void __launch_bounds__(kFusedWarps * 32)
+    attention_fused_kernel(uint16_t* __restrict__ out, float* __restrict__ part, unsigned* __restrict__ done,
+                           const uint16_t* __restrict__ q, const uint16_t* __restrict__ k_src,
+                           const uint16_t* __restrict__ v_src, int64_t ld, uint16_t* __restrict__ k_cache,
+                           uint16_t* __restrict__ v_cache, const int64_t* __restrict__ slots,
+                           const int64_t* __restrict__ pos, int64_t L, int Hq, int Hkv, int Dh,
+                           int rotary_dim, double theta, float scale, int64_t window, bool alibi, int64_t C) {
+    constexpr int D = DL * 32;
+    __shared__ float cs[64], sn[64], qs[D], s_m[kFusedWarps], s_l[kFusedWarps], s_acc[kFusedWarps][D];
+    __shared__ __align__(16) uint16_t knew[D], vnew[D];
+    __shared__ __align__(16) uint16_t vs[kFusedWarps][32][D];
+    __shared__ bool last;
+    pdl_trigger();
+    // Before the wait: the positions and slots (uploaded before the step), the angles, and the
+    // cached keys and values of earlier positions — their writers (this layer's kernel in earlier
+    // steps) have finished, as every step starts with a kernel launched without programmatic
+    // dependent launch (the embedding), and no kernel of this step writes those rows.
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int h = blockIdx.x, group = Hq / Hkv, hk = h / group, S = gridDim.z, split = blockIdx.z;
+    const int64_t i = blockIdx.y, p = pos[i];
+    const int64_t first = max(max(int64_t(0), p - L + 1), window > 0 ? p - window + 1 : int64_t(0));
+    const int64_t n = p - first + 1;
+    const int64_t j0 = split * C, j1 = min(n, j0 + C);
+    const bool has_new = j0 <= n - 1 && n - 1 < j1;
+    const int half = rotary_dim / 2;
+    if (threadIdx.x < half) {  // rope_kv_append's angles
+        const double angle = double(p) * pow(theta, -2.0 * threadIdx.x / rotary_dim);
+        double sv, cv;
+        sincos(angle, &sv, &cv);
+        cs[threadIdx.x] = float(cv);
+        sn[threadIdx.x] = float(sv);
+    }
+    // A key a lane: jj = j0 + 32·warp + lane (C = 32 · kFusedWarps keys a split).
+    const int64_t ld_kv = int64_t(Hkv) * Dh;
+    const int64_t slot = slots[i];
+    const uint16_t* kc = k_cache + slot * L * ld_kv + int64_t(hk) * Dh;
+    const uint16_t* vc = v_cache + slot * L * ld_kv + int64_t(hk) * Dh;
+    const int64_t jj = j0 + 32 * warp + lane;
+    const bool valid = jj < j1, is_new = valid && jj == n - 1;
+    const int64_t row = ((first + jj) % L) * ld_kv;
+    const bool vec = Dh == D && ld_kv % 8 == 0;  // 16-byte rows
+    uint4 kw[DL * 4];
+    if (vec && valid && !is_new) {
+#pragma unroll
+        for (int u = 0; u < DL * 4; ++u) kw[u] = __ldg(reinterpret_cast<const uint4*>(kc + row) + u);
+#pragma unroll
+        for (int u = 0; u < DL * 4; ++u)
+            ops::cuda::detail::cp_async_16(&vs[warp][lane][8 * u], vc + row + 8 * u);
+    }
+    ops::cuda::detail::cp_async_commit();
+    pdl_wait();
+    __syncthreads();
+    // The rotated query head (bf16-rounded, as stored in place by rope_kv_append), and the new key
+    // and value rows where this split holds them.
+    auto rotate = [&](const uint16_t* x, int c) -> float {
+        if (c < half) return bf(x[c]) * cs[c] - bf(x[c + half]) * sn[c];
+        if (c < 2 * half) return bf(x[c]) * cs[c - half] + bf(x[c - half]) * sn[c - half];
+        return bf(x[c]);
+    };
+    const uint16_t* qr = q + i * ld + int64_t(h) * Dh;
+    for (int c = threadIdx.x; c < D; c += blockDim.x) qs[c] = c < Dh ? round_bf(rotate(qr, c)) : 0.0f;
+    if (has_new) {
+        const uint16_t* kr = k_src + i * ld + int64_t(hk) * Dh;
+        const uint16_t* vr = v_src + i * ld + int64_t(hk) * Dh;
+        const int64_t dst = (slots[i] * L + p % L) * int64_t(Hkv) * Dh + int64_t(hk) * Dh;
+        for (int c = threadIdx.x; c < D; c += blockDim.x) {
+            const uint16_t kv = c < Dh ? to_bf(rotate(kr, c)) : uint16_t(0),
+                           vv = c < Dh ? vr[c] : uint16_t(0);
+            knew[c] = kv;
+            vnew[c] = vv;
+            if (c < Dh && h % group == 0) {
+                k_cache[dst + c] = kv;
+                v_cache[dst + c] = vv;
+            }
+        }
+    }
+    __syncthreads();
+
+    const float slope = alibi ? ops::cuda::detail::alibi_slope(h, Hq) : 0.0f;
+    float sc = -INFINITY;
+    if (valid) {
+        const uint16_t* kp = is_new ? knew : kc + row;
+        float dot = 0.0f;
+        if (vec && !is_new) {
+#pragma unroll
+            for (int u = 0; u < DL * 4; ++u) {
+                const uint32_t w4[4] = {kw[u].x, kw[u].y, kw[u].z, kw[u].w};
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    dot = fmaf(qs[8 * u + 2 * e], __uint_as_float(w4[e] << 16), dot);
+                    dot = fmaf(qs[8 * u + 2 * e + 1], __uint_as_float(w4[e] & 0xffff0000u), dot);
+                }
+            }
+        } else {
+            for (int c = 0; c < Dh; ++c) {
+                dot = fmaf(qs[c], bf(kp[c]), dot);
+                vs[warp][lane][c] = is_new ? vnew[c] : vc[row + c];
+            }
+        }
+        sc = scale * dot - slope * static_cast<float>(n - 1 - jj);
+    }
+    // The warp's softmax over its 32 keys.
+    float m = sc;
+    for (int off = 16; off > 0; off /= 2) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, off));
+    const float w = valid ? expf(sc - m) : 0.0f;
+    float l = w;
+    for (int off = 16; off > 0; off /= 2) l += __shfl_xor_sync(0xffffffffu, l, off);
+    ops::cuda::detail::cp_async_wait<0>();
+    __syncwarp();
+    float acc[DL] = {};
+    if (m != -INFINITY) {
+        const int64_t rest = j1 - (j0 + 32 * warp);
+        const int nk = rest <= 0 ? 0 : rest >= 32 ? 32 : int(rest);
+        for (int u = 0; u < nk; ++u) {
+            const float wu = __shfl_sync(0xffffffffu, w, u);
+#pragma unroll
+            for (int e = 0; e < DL; ++e) acc[e] = fmaf(wu, bf(vs[warp][u][lane + 32 * e]), acc[e]);
+        }
+    }
+    if (lane == 0) {
+        s_m[warp] = m;
+        s_l[warp] = l;
+    }
+#pragma unroll
+    for (int e = 0; e < DL; ++e) s_acc[warp][lane + 32 * e] = acc[e];
+    __syncthreads();
+    // The block's (max, sum, Σ w·v), as attention_split_kernel's.
+    float mx = -INFINITY;
+#pragma unroll
+    for (int ww = 0; ww < kFusedWarps; ++ww) mx = fmaxf(mx, s_m[ww]);
+    float total = 0.0f;
+    if (mx != -INFINITY)
+        for (int ww = 0; ww < kFusedWarps; ++ww)
+            total += s_m[ww] == -INFINITY ? 0.0f : expf(s_m[ww] - mx) * s_l[ww];
+    auto block_acc = [&](int d) {
+        float o = 0.0f;
+        if (mx != -INFINITY)
+#pragma unroll
+            for (int ww = 0; ww < kFusedWarps; ++ww)
+                o += s_m[ww] == -INFINITY ? 0.0f : expf(s_m[ww] - mx) * s_acc[ww][d];
+        return o;
+    };
+    uint16_t* o_row = out + (i * Hq + h) * int64_t(Dh);
+    if (S == 1) {  // split 0 holds the newest key: total > 0
+        for (int d = threadIdx.x; d < Dh; d += blockDim.x) o_row[d] = to_bf(block_acc(d) / total);
+        return;
+    }
+    float* po = part + ((i * Hq + h) * S + split) * int64_t(Dh + 2);
+    if (threadIdx.x == 0) {
+        po[0] = mx;
+        po[1] = total;
+    }
+    for (int d = threadIdx.x; d < Dh; d += blockDim.x) po[2 + d] = block_acc(d);
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) last = atomicAdd(done + i * Hq + h, 1u) == unsigned(S) - 1;
+    __syncthreads();
+    if (!last) return;
+    // The last split of (i, h): attention_combine_kernel's arithmetic, loads bypassing L1.
+    __threadfence();
+    const float* pp = part + (i * Hq + h) * int64_t(S) * (Dh + 2);
+    float gm = -INFINITY;
+    for (int sp = 0; sp < S; ++sp) gm = fmaxf(gm, __ldcg(pp + sp * (Dh + 2)));
+    float gl = 0.0f;
+    for (int sp = 0; sp < S; ++sp) {
+        const float ms = __ldcg(pp + sp * (Dh + 2));
+        if (ms != -INFINITY) gl += expf(ms - gm) * __ldcg(pp + sp * (Dh + 2) + 1);
+    }
+    const float inv = 1.0f / gl;
+    for (int d = threadIdx.x; d < Dh; d += blockDim.x) {
+        float o = 0.0f;
+        for (int sp = 0; sp < S; ++sp) {
+            const float ms = __ldcg(pp + sp * (Dh + 2));
+            if (ms != -INFINITY) o += expf(ms - gm) * __ldcg(pp + sp * (Dh + 2) + 2 + d);
+        }
+        o_row[d] = to_bf(o * inv);
+    }
+    if (threadIdx.x == 0) done[i * Hq + h] = 0;
+}
+
 // out (k, Hq, Dh) = Σ_split e^(m_s − M)·acc_s / Σ_split e^(m_s − M)·l_s. Block (h, i), Dh threads.
 __global__ void attention_combine_kernel(uint16_t* __restrict__ out, const float* __restrict__ part, int Hq,
                                          int Dh, int S) {
@@ -268,7 +464,39 @@ int64_t attention_split_count(int64_t cache_len, int64_t window) {
 }
 
 size_t attention_split_workspace_floats(int64_t k, int64_t Hq, int64_t Dh, int64_t cache_len, int64_t window) {
-    return size_t(k * Hq * attention_split_count(cache_len, window) * (Dh + 2));
+    // The splits' partials, then a counter per (row, head) for the fused kernel.
+    return size_t(k * Hq * attention_split_count(cache_len, window) * (Dh + 2) + k * Hq);
+}
+
+void attention_decode_fused(uint16_t* out, uint16_t* q, const uint16_t* k_src, const uint16_t* v_src,
+                            int64_t ld, uint16_t* k_cache, uint16_t* v_cache, const int64_t* slots,
+                            const int64_t* pos, int64_t k, int64_t cache_len, int64_t Hq, int64_t Hkv,
+                            int64_t Dh, int64_t rotary_dim, double theta, float scale, int64_t window,
+                            bool alibi, float* workspace, int64_t workspace_rows, void* stream) {
+    if (k <= 0) return;
+    MSLM_CHECK(Dh >= 1 && Dh <= 128 && rotary_dim >= 0 && rotary_dim <= Dh && rotary_dim % 2 == 0 &&
+                   Hkv >= 1 && Hq % Hkv == 0 && k <= 65535 && Hq <= 65535 && k <= workspace_rows,
+               "attention_decode_fused: k={} Hq={} Hkv={} Dh={} rotary_dim={} workspace rows {}", k, Hq, Hkv,
+               Dh, rotary_dim, workspace_rows);
+    const int64_t S = attention_split_count(cache_len, window);
+    MSLM_CHECK(S <= 65535, "attention_decode_fused: {} splits", S);
+    // The counters after the partials of workspace_rows rows: the same place whatever k.
+    unsigned* done = reinterpret_cast<unsigned*>(workspace + workspace_rows * Hq * S * (Dh + 2));
+    const dim3 grid(static_cast<unsigned>(Hq), static_cast<unsigned>(k), static_cast<unsigned>(S));
+    auto run = [&](auto kernel) {
+        launch(kernel, grid, dim3(kFusedWarps * 32), 0, stream, "attention_fused", out, workspace, done,
+               static_cast<const uint16_t*>(q), k_src, v_src, ld, k_cache, v_cache, slots, pos, cache_len,
+               int(Hq), int(Hkv), int(Dh), int(rotary_dim), theta, scale, window, alibi, kAttentionSplitKeys);
+    };
+    const int64_t DL = (Dh + 31) / 32;
+    if (DL == 1)
+        run(attention_fused_kernel<1>);
+    else if (DL == 2)
+        run(attention_fused_kernel<2>);
+    else if (DL == 3)
+        run(attention_fused_kernel<3>);
+    else
+        run(attention_fused_kernel<4>);
 }
 
 void attention_decode_split(uint16_t* out, const uint16_t* q, int64_t ld_q, const uint16_t* k_cache,

@@ -89,6 +89,20 @@ void attention_decode_split(uint16_t* out, const uint16_t* q, int64_t ld_q, cons
                             int64_t cache_len, int64_t Hq, int64_t Hkv, int64_t Dh, float scale, int64_t window,
                             bool alibi, float* workspace, void* stream);
 
+// rope_kv_append + attention_decode_split + its combine as one kernel (the decode step's default;
+// MSLM_DECODE_ATTN_FUSED=0 takes the three): q (k, Hq·Dh) and k_src / v_src (k, Hkv·Dh) rows of
+// stride ld, the new key rotated (rotary_dim, theta as rope_kv_append) and appended with its value
+// to row pos[i] % L of slot slots[i], q rotated without being written back. Each split's block
+// rotates its query head itself and the split holding the new key uses it from shared memory, so
+// no split waits for the append; the last split of a (row, head) to finish combines. workspace:
+// attention_split_workspace_floats(workspace_rows, ...) floats (k ≤ workspace_rows), its last
+// workspace_rows · Hq (the counters) zero before the first call (each call leaves them zero).
+void attention_decode_fused(uint16_t* out, uint16_t* q, const uint16_t* k_src, const uint16_t* v_src,
+                            int64_t ld, uint16_t* k_cache, uint16_t* v_cache, const int64_t* slots,
+                            const int64_t* pos, int64_t k, int64_t cache_len, int64_t Hq, int64_t Hkv,
+                            int64_t Dh, int64_t rotary_dim, double theta, float scale, int64_t window,
+                            bool alibi, float* workspace, int64_t workspace_rows, void* stream);
+
 // Greedy decoding's pick from k rows of V fp32 logits, on the device: token[i] the first index of
 // row i's largest logit (generate/processors.h argmax_token), logit[i] that logit, log_prob[i] its
 // log-softmax (max-shifted, Σ exp in double, as generate's host path; the sum is taken over

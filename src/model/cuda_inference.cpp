@@ -195,7 +195,8 @@ struct CudaCausalLM::Impl {
     bf16 *y = nullptr, *yn = nullptr, *xdbl = nullptr, *dt = nullptr, *dt_raw = nullptr, *o = nullptr;
     bf16 *h = nullptr, *a = nullptr, *hf = nullptr, *kt = nullptr, *vt = nullptr, *bc_in = nullptr, *bc = nullptr;
     float *mean = nullptr, *rstd = nullptr, *g_rstd = nullptr, *lse = nullptr, *logits = nullptr;
-    float* attn_ws = nullptr;  // the split decode attention's partials
+    float* attn_ws = nullptr;  // the split decode attention's partials (and the fused kernel's counters)
+    int64_t attn_ws_rows = 0;  // the rows it holds partials for (the slots)
     float* h32 = nullptr;      // a slot's SSM state in fp32 for prefill's SSD, when the states are bf16
     bool bf16_state = false;   // Mamba-2 SSM states in bf16 (MSLM_DECODE_STATE=bf16, read by the constructor)
     char* picks = nullptr;  // greedy picks of the step's rows: [log_prob double | logit float | token int32]
@@ -211,6 +212,8 @@ struct CudaCausalLM::Impl {
 
     bool graphs = true;
     bool fused = true;  // decode_gemv for the step's products (MSLM_DECODE_FUSED=0: cuBLASLt + separate kernels)
+    bool attn_fused =
+        true;  // attention_decode_fused (MSLM_DECODE_ATTN_FUSED=0: RoPE + split + combine kernels)
     // The most rows a bf16 product takes through decode_gemv; more go through the norm kernel,
     // cuBLASLt and the epilogue kernel. Measured on the H200 (docs/PERFORMANCE.md, "Decode at batch
     // 3..64: cuBLASLt instead of the fused product"): from 3 rows the unfused path is faster on
@@ -355,6 +358,7 @@ void carve_scratch(Carver& cv, Impl& m, const ModelConfig& cfg, int64_t rows, in
     cv.take(m.bc, bc_norm ? N * (w.R + 2 * w.S) : 0);        // the normed blocks, each contiguous
     cv.take(m.o, N * w.Hq * w.Dh);
     cv.take(m.lse, N * w.Hq);
+    m.attn_ws_rows = slots;
     cv.take(m.attn_ws, cfg.count(LayerKind::Attention)
                            ? static_cast<int64_t>(cuda_decoder_detail::attention_split_workspace_floats(
                                  slots, w.Hq, w.Dh, cache_len_for(cfg, max_len), cfg.attention.sliding_window))
@@ -623,6 +627,8 @@ CudaCausalLM::CudaCausalLM(const HybridLM<float>& model, int device)
     m.graphs = !(graphs && std::string(graphs) == "0");
     const char* fused = std::getenv("MSLM_DECODE_FUSED");
     m.fused = !(fused && std::string(fused) == "0");
+    const char* attn_fused = std::getenv("MSLM_DECODE_ATTN_FUSED");
+    m.attn_fused = !(attn_fused && std::string(attn_fused) == "0");
     m.fused_max_rows = cfg_.d_model <= 1024 ? 2 : 1;
     if (const char* rows = std::getenv("MSLM_DECODE_FUSED_MAX_ROWS")) m.fused_max_rows = std::atoll(rows);
     if (const char* rows = std::getenv("MSLM_QUANT_GEMV_MAX_ROWS")) m.quant_gemv_max_rows = std::atoll(rows);
@@ -804,6 +810,14 @@ void CudaCausalLM::start(int64_t slots, int64_t max_len) {
     carve_scratch(place, m, cfg_, m.rows, wrap, slots, max_len);
     check(cudaMemsetAsync(m.pick_done, 0, sizeof(unsigned) * static_cast<size_t>(S), m.stream),
           "zero counters");
+    if (m.attn_ws)  // the fused decode attention's counters (and its partials)
+        check(
+            cudaMemsetAsync(m.attn_ws, 0,
+                            sizeof(float) * cuda_decoder_detail::attention_split_workspace_floats(
+                                                S, Widths(cfg_).Hq, Widths(cfg_).Dh,
+                                                cache_len_for(cfg_, max_len), cfg_.attention.sliding_window),
+                            m.stream),
+            "zero counters");
 
     // [staging | logits (S, V) fp32 | hidden (rows, D) bf16 | picks (S), 16-byte aligned]
     const size_t logits_at = staging_bytes(S, m.rows);
@@ -1095,15 +1109,24 @@ struct Run {
                 bf16* q = m.proj;
                 bf16* k = q + w.Hq * w.Dh;
                 bf16* v = k + w.KVW;
-                // RoPE (rotary_dim ≤ head_dim ≤ 128) fused with the KV append.
+                // RoPE (rotary_dim ≤ head_dim ≤ 128) fused with the KV append, and the attention:
+                // one kernel up to 8 rows, or (more rows, MSLM_DECODE_ATTN_FUSED=0) three. (H200, 130m:
+                // the one kernel +9% at batch 1 and 8, −6% at batch 64 with 2048-token contexts.)
                 const bool rope = cfg.attention.position == PositionKind::RoPE;
-                cuda_decoder_detail::rope_kv_append(q, k, v, w.Wq, L.kc, L.vc, m.slots, m.pos, N, cache_len, w.Hq,
-                                                    w.Hkv, w.Dh, rope ? cfg.attn_rotary_dim() : 0,
-                                                    cfg.attention.rope_theta, s);
                 const kc::AttentionOptions opt = attention_options(cfg, 0);
-                cuda_decoder_detail::attention_decode_split(m.o, q, w.Wq, L.kc, L.vc, m.slots, m.pos, N, cache_len,
-                                                            w.Hq, w.Hkv, w.Dh, opt.scale, opt.window, opt.alibi,
-                                                            m.attn_ws, s);
+                if (m.attn_fused && N <= 8) {
+                    cuda_decoder_detail::attention_decode_fused(
+                        m.o, q, k, v, w.Wq, L.kc, L.vc, m.slots, m.pos, N, cache_len, w.Hq, w.Hkv, w.Dh,
+                        rope ? cfg.attn_rotary_dim() : 0, cfg.attention.rope_theta, opt.scale, opt.window,
+                        opt.alibi, m.attn_ws, m.attn_ws_rows, s);
+                } else {
+                    cuda_decoder_detail::rope_kv_append(
+                        q, k, v, w.Wq, L.kc, L.vc, m.slots, m.pos, N, cache_len, w.Hq, w.Hkv, w.Dh,
+                        rope ? cfg.attn_rotary_dim() : 0, cfg.attention.rope_theta, s);
+                    cuda_decoder_detail::attention_decode_split(m.o, q, w.Wq, L.kc, L.vc, m.slots, m.pos, N,
+                                                                cache_len, w.Hq, w.Hkv, w.Dh, opt.scale,
+                                                                opt.window, opt.alibi, m.attn_ws, s);
+                }
                 DecodeGemv out = plain(m.o, w.Hq * w.Dh, w.Hq * w.Dh);
                 residual(out, L.o_w, L.o_b);
                 gemv(out, L.o_q);

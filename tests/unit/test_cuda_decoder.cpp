@@ -110,15 +110,20 @@ class CudaDecoder : public testing::TestWithParam<Case> {};
 // them and over a subset, a copy and a beam-style reorder, every logit row against the CPU.
 // Run with the fused step products (decode_gemv, the default) and without (MSLM_DECODE_FUSED=0),
 // and with the fused products but without the persistent batch-1 step (MSLM_DECODE_PERSISTENT=0).
-void follow_the_cpu(const ModelConfig& cfg, const char* fused, const char* persistent = "1") {
-    SCOPED_TRACE(std::string("MSLM_DECODE_FUSED=") + fused + " MSLM_DECODE_PERSISTENT=" + persistent);
+// MSLM_DECODE_ATTN_FUSED: the one-kernel decode attention (1) or RoPE + split + combine (0).
+void follow_the_cpu(const ModelConfig& cfg, const char* fused, const char* persistent = "1",
+                    const char* attn_fused = "1") {
+    SCOPED_TRACE(std::string("MSLM_DECODE_FUSED=") + fused + " MSLM_DECODE_PERSISTENT=" + persistent +
+                 " MSLM_DECODE_ATTN_FUSED=" + attn_fused);
     auto model = random_model(cfg);
     HybridCausalLM cpu(*model);
     setenv("MSLM_DECODE_FUSED", fused, 1);
     setenv("MSLM_DECODE_PERSISTENT", persistent, 1);
+    setenv("MSLM_DECODE_ATTN_FUSED", attn_fused, 1);
     CudaCausalLM gpu(*model);
     unsetenv("MSLM_DECODE_FUSED");
     unsetenv("MSLM_DECODE_PERSISTENT");
+    unsetenv("MSLM_DECODE_ATTN_FUSED");
     test::follow_the_cpu_script(gpu, cpu, cfg, kRelTol);
 }
 
@@ -126,6 +131,7 @@ TEST_P(CudaDecoder, FollowsTheCpuDecoder) {
     SKIP_WITHOUT_GPU();
     follow_the_cpu(GetParam().make(), "1");
     follow_the_cpu(GetParam().make(), "1", "0");
+    follow_the_cpu(GetParam().make(), "1", "0", "0");
     follow_the_cpu(GetParam().make(), "0");
 }
 
