@@ -1026,8 +1026,27 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MK == 1 && !Kind<WK>::quant ?
     pdl_wait();  // the inputs are the previous kernels' outputs
     if (trace) stamps[1] = global_ns();
     if (pmine && a.epi == DecodeEpilogue::Residual) ep.residual = bf(a.out[pr * a.ld_out + po]);
-    stage_rows<WK, MK>(xs, a.x, a.ld_x, k, I, lim);
-    if (a.norm == DecodeNorm::Gated) stage_rows<WeightKind::BF16, MK>(zs, a.z, a.ld_z, k, I, I);
+    // The gated norm's x and z rows in one pass (PRE; 16-byte aligned rows: every load issued
+    // before any store, where two passes cost the prologue a second round trip); else row by row.
+    const bool pair = PRE && a.norm == DecodeNorm::Gated &&
+                      ((reinterpret_cast<uintptr_t>(a.x) | reinterpret_cast<uintptr_t>(a.z) |
+                        uintptr_t(a.ld_x * 2) | uintptr_t(a.ld_z * 2)) %
+                       16) == 0;
+    if (pair) {
+#pragma unroll
+        for (int r = 0; r < MK; ++r) {
+            if (r >= k) break;
+            for (int64_t c = threadIdx.x; c < I / 8; c += threads) {
+                const uint4 xv = __ldg(reinterpret_cast<const uint4*>(a.x + r * a.ld_x + c * 8));
+                const uint4 zv = __ldg(reinterpret_cast<const uint4*>(a.z + r * a.ld_z + c * 8));
+                *reinterpret_cast<uint4*>(xs + r * lim + c * 8) = xv;
+                *reinterpret_cast<uint4*>(zs + r * I + c * 8) = zv;
+            }
+        }
+    } else {
+        stage_rows<WK, MK>(xs, a.x, a.ld_x, k, I, lim);
+        if (a.norm == DecodeNorm::Gated) stage_rows<WeightKind::BF16, MK>(zs, a.z, a.ld_z, k, I, I);
+    }
     __syncthreads();
     // Prologue: normalised as the unfused path's norm kernel would store them; every thread handles
     // the columns tid, tid + 256, ... of every row, statistics by block sums.
@@ -1220,9 +1239,11 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MK == 1 && !Kind<WK>::quant ?
         for (int64_t o = o0; o < a.O; o += stride) {
             float acc[MK] = {}, acc2[MK] = {};
             // Quantized rows are short (a 2048-column NF4 row is two loads a lane), so the warp asks for
-            // its next row's first chunk before it works on this one: two rows in flight a warp.
+            // its next row's first chunk before it works on this one: two rows in flight a warp. (Not
+            // bf16 at batch 1: its 3 blocks an SM leave no registers for a second row's chunk.)
+            constexpr bool ahead = Kind<WK>::quant;
             Chunk<Kind<WK>::unroll> next, next2;
-            if constexpr (Kind<WK>::quant) {
+            if constexpr (ahead) {
                 if (o + stride < a.O) {
                     load_chunk<WK>(next, a.W, q, bs_log2, o + stride, int64_t(lane) * cols, I, lim);
                     if (swiglu)
@@ -1230,7 +1251,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MK == 1 && !Kind<WK>::quant ?
                                        lim);
                 }
             }
-            const bool use_first = Kind<WK>::quant || o == o0;
+            const bool use_first = ahead || o == o0;
             dot_row<WK, MK>(acc, a.W, q, bs_log2, o, xs, I, lim, k, lane, first, use_first, code_base);
             if (swiglu)
                 dot_row<WK, MK>(acc2, a.W, q, bs_log2, a.O + o, xs, I, lim, k, lane, first2, use_first,
@@ -1240,7 +1261,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MK == 1 && !Kind<WK>::quant ?
                 scale = first.row_scale;
                 scale2 = first2.row_scale;
             }
-            if constexpr (Kind<WK>::quant) {
+            if constexpr (ahead) {
                 first = next;
                 first2 = next2;
             }

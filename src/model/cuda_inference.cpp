@@ -1161,10 +1161,10 @@ struct Run {
                     kc::conv1d_causal_update(m.conv_out, L.conv, m.slots, m.proj + w.Din, w.W2, L.conv_w, L.conv_b, N,
                                              w.C2, w.K, true, s);
                 if (L.ssm16) {
-                    kc::ssd_update_bf16_state(m.y, L.ssm16, m.slots, ssd_in(L, m.conv_out), ssd_dims(N, 1),
-                                              s);
+                    kc::ssd_update_bf16_state(m.y, L.ssm16, m.slots, ssd_in(L, m.conv_out), ssd_dims(N, 1), s,
+                                              true);  // the states read before the wait (ssd.h)
                 } else {
-                    kc::ssd_update(m.y, L.ssm, m.slots, ssd_in(L, m.conv_out), ssd_dims(N, 1), s);
+                    kc::ssd_update(m.y, L.ssm, m.slots, ssd_in(L, m.conv_out), ssd_dims(N, 1), s, true);
                 }
                 DecodeGemv out = plain(m.y, w.Din, w.Din);  // gated norm with z, then out_proj
                 out.norm = cuda_decoder_detail::DecodeNorm::Gated;

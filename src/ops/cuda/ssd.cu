@@ -1899,16 +1899,30 @@ __device__ __forceinline__ void store_state4(__nv_bfloat16* p, const float4& v) 
 
 // HS: the state storage type (float, or __nv_bfloat16 with N % 4 == 0).
 template <typename T, int PB, typename HS>
-__global__ void ssd_update_kernel(Args<T> a, T* y, HS* h, const int64_t* slots) {
-    // Launched with programmatic dependent launch (the decode step): every input is an earlier
-    // kernel's output, so nothing is read before the wait.
+__global__ void ssd_update_kernel(Args<T> a, T* y, HS* h, const int64_t* slots, bool early) {
+    // Launched with programmatic dependent launch (the decode step): the inputs are earlier
+    // kernels' outputs, read after the wait; with `early` (ssd.h) the state rows of the warp's first
+    // work item (N ≤ 128: one 16-byte load a row a lane; PB ≤ 2) are read before it.
     pdl_trigger();
-    pdl_wait();
     const int lane = threadIdx.x % 32;
     const int64_t p_blocks = (a.P + PB - 1) / PB;
     const int64_t total = a.batch * a.H * p_blocks;
     const int64_t n_warps = int64_t(gridDim.x) * blockDim.x / 32;
-    for (int64_t w = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) / 32; w < total; w += n_warps) {
+    const int64_t w_first = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
+    // (Only the narrow variant, of small batches: the wide one's registers go to its 8 rows.)
+    const bool pre = PB <= 2 && early && a.N % 4 == 0 && a.N <= 128 && w_first < total && 4 * lane < a.N;
+    float4 st_pre[PB];
+    if (pre) {
+        const int64_t pb = w_first % p_blocks, ih = w_first / p_blocks, hh = ih % a.H, i = ih / a.H;
+        const int64_t p0 = pb * PB;
+        const int np = int(a.P - p0 < PB ? a.P - p0 : PB);
+        const HS* S = h + ((slots[i] * a.H + hh) * a.P + p0) * a.N;
+#pragma unroll
+        for (int j = 0; j < PB; ++j)
+            if (j < np) st_pre[j] = load_state4(S + j * a.N + 4 * lane);
+    }
+    pdl_wait();
+    for (int64_t w = w_first; w < total; w += n_warps) {
         const int64_t pb = w % p_blocks, ih = w / p_blocks, hh = ih % a.H, i = ih / a.H,
                       g = hh / a.heads_per_group;
         const int64_t p0 = pb * PB;
@@ -1929,7 +1943,7 @@ __global__ void ssd_update_kernel(Args<T> a, T* y, HS* h, const int64_t* slots) 
                 float4 st[PB];
 #pragma unroll
                 for (int j = 0; j < PB; ++j)
-                    if (j < np) st[j] = load_state4(S + j * a.N + n);
+                    if (j < np) st[j] = pre && w == w_first ? st_pre[j] : load_state4(S + j * a.N + n);
                 const float b0 = to_f32(Bt[n]), b1 = to_f32(Bt[n + 1]), b2 = to_f32(Bt[n + 2]), b3 = to_f32(Bt[n + 3]);
                 const float c0 = to_f32(Ct[n]), c1 = to_f32(Ct[n + 1]), c2 = to_f32(Ct[n + 2]), c3 = to_f32(Ct[n + 3]);
 #pragma unroll
@@ -2322,16 +2336,16 @@ void ssd_backward(const SsdGrads<S>& grads, const S* dy, const SsdInputs<S>& in,
 // fewer rows a warp at small batches, so the state still spreads over every SM.
 template <typename S, typename A, typename D, typename HS>
 void launch_update(const A& a, D* y, HS* h, const int64_t* slots, const Plan& p, cudaStream_t st,
-                   const char* kernel) {
+                   const char* kernel, bool early) {
     const int64_t wide = p.batch * p.H * ((p.P + 7) / 8);
     cudaError_t err;
     if (wide >= 16 * int64_t(multiprocessors<S>(kernel))) {
         err = launch_pdl(ssd_update_kernel<D, 8, HS>, grid_size<S>(wide * 32, kernel), dim3(kThreads), 0, st,
-                         a, y, h, slots);
+                         a, y, h, slots, early);
     } else {
         const int64_t narrow = p.batch * p.H * ((p.P + 1) / 2);
         err = launch_pdl(ssd_update_kernel<D, 2, HS>, grid_size<S>(narrow * 32, kernel), dim3(kThreads), 0,
-                         st, a, y, h, slots);
+                         st, a, y, h, slots, early);
     }
     check_cuda<S>(err, "launch", kernel);
     check_launch<S>(kernel);
@@ -2339,7 +2353,7 @@ void launch_update(const A& a, D* y, HS* h, const int64_t* slots, const Plan& p,
 
 template <typename S>
 void ssd_update(S* y, float* h, const int64_t* slots, const SsdInputs<S>& in, const SsdDims& dims,
-                void* stream) {
+                void* stream, bool early_state) {
     SsdDims one = dims;
     one.seqlen = 1, one.chunk_size = 1;
     const Plan p = make_plan(one, "ssd_update");
@@ -2347,11 +2361,11 @@ void ssd_update(S* y, float* h, const int64_t* slots, const SsdInputs<S>& in, co
     if (p.batch == 0) return;
     const auto a = make_args(in, p, Workspace{});
     launch_update<S>(a, reinterpret_cast<device_t<S>*>(y), h, slots, p, static_cast<cudaStream_t>(stream),
-                     "ssd_update");
+                     "ssd_update", early_state);
 }
 
 void ssd_update_bf16_state(uint16_t* y, uint16_t* h, const int64_t* slots, const SsdInputs<uint16_t>& in,
-                           const SsdDims& dims, void* stream) {
+                           const SsdDims& dims, void* stream, bool early_state) {
     const char* kernel = "ssd_update_bf16_state";
     SsdDims one = dims;
     one.seqlen = 1, one.chunk_size = 1;
@@ -2363,7 +2377,7 @@ void ssd_update_bf16_state(uint16_t* y, uint16_t* h, const int64_t* slots, const
     if (p.batch == 0) return;
     const auto a = make_args(in, p, Workspace{});
     launch_update<uint16_t>(a, reinterpret_cast<__nv_bfloat16*>(y), reinterpret_cast<__nv_bfloat16*>(h),
-                            slots, p, static_cast<cudaStream_t>(stream), kernel);
+                            slots, p, static_cast<cudaStream_t>(stream), kernel, early_state);
 }
 
 template void ssd_forward<float>(float*, float*, const SsdInputs<float>&, const float*, const SsdDims&,
@@ -2375,8 +2389,8 @@ template void ssd_backward<float>(const SsdGrads<float>&, const float*, const Ss
 template void ssd_backward<uint16_t>(const SsdGrads<uint16_t>&, const uint16_t*, const SsdInputs<uint16_t>&,
                                      const float*, const float*, const SsdDims&, void*, void*);
 template void ssd_update<float>(float*, float*, const int64_t*, const SsdInputs<float>&, const SsdDims&,
-                                void*);
+                                void*, bool);
 template void ssd_update<uint16_t>(uint16_t*, float*, const int64_t*, const SsdInputs<uint16_t>&,
-                                   const SsdDims&, void*);
+                                   const SsdDims&, void*, bool);
 
 }  // namespace mslm::ops::cuda

@@ -85,10 +85,14 @@ void ssd_backward(const SsdGrads<T>& grads, const T* dy, const SsdInputs<T>& in,
 // One recurrent step for k = dims.batch sequences (seqlen and chunk_size are ignored): row i of the
 // inputs is the next token of the sequence whose state is h[slots[i]], h (S, H, P, N) fp32; slots
 // (k) int64 in GPU memory, distinct. Advances those states in place and writes y (k, H, P), with
-// the arithmetic of one step of ops::ssd_forward_sequential.
+// the arithmetic of one step of ops::ssd_forward_sequential. Launched with programmatic dependent
+// launch (it waits for its predecessor before reading the inputs). early_state: the caller vouches
+// that no kernel that may still be running writes h (the decode step: h's last writer is this
+// layer's update in the previous step, and every step starts with a kernel launched without
+// programmatic dependent launch), so the state rows are read before the wait.
 template <typename T>
 void ssd_update(T* y, float* h, const int64_t* slots, const SsdInputs<T>& in, const SsdDims& dims,
-                void* stream = nullptr);
+                void* stream = nullptr, bool early_state = false);
 
 // ssd_update with the states stored in bf16 (h (S, H, P, N) as bf16 bit patterns; bf16 inputs only):
 // each state value is read, advanced in fp32 and rounded once when stored, and y is formed from the
@@ -97,6 +101,6 @@ void ssd_update(T* y, float* h, const int64_t* slots, const SsdInputs<T>& in, co
 // the decode at large batches streams the states (CudaCausalLM with MSLM_DECODE_STATE=bf16). This is
 // what mamba-ssm's and transformers' Mamba-2 caches hold for a bf16 model.
 void ssd_update_bf16_state(uint16_t* y, uint16_t* h, const int64_t* slots, const SsdInputs<uint16_t>& in,
-                           const SsdDims& dims, void* stream = nullptr);
+                           const SsdDims& dims, void* stream = nullptr, bool early_state = false);
 
 }  // namespace mslm::ops::cuda
