@@ -671,6 +671,7 @@ constexpr int kGemvUnroll = 4;  // 16-byte weight loads in flight per lane
 // (one an SM) fit beside it and can prefetch theirs while this one runs.
 constexpr int kPreRows = 8;
 constexpr size_t kPreSmem = 80 * 1024;
+constexpr size_t kPreSmemQ = 100 * 1024;  // 4-bit rows (a 1b NF4 in_proj: ~90 KiB a block)
 
 // The weight a product reads: bf16 rows, or a quantized layout (ops/cuda/quant_gemv.h).
 enum class WeightKind { BF16, Q4, Q4DQ, I8 };
@@ -820,12 +821,45 @@ __device__ __forceinline__ void dot_row(float (&acc)[MK], const uint16_t* __rest
 // at v ^ ((v >> 3) & 7), so the 8 lanes of a quarter-warp reading their j-th unit hit 8 bank groups.
 // jo[j]: the byte offset of the lane's j-th unit of a load from its first unit's 8-aligned base; xf
 // and book (the 4-bit code book) are shared-memory addresses.
+// acc plus the lane's share of one chunk c of a row, its first column i0 (dot_row_x32's inner loop;
+// c0 the lane's first column, base its x units' shared-memory address).
+template <WeightKind WK>
+__device__ __forceinline__ float dot_chunk_x32(float acc, const Chunk<Kind<WK>::unroll>& c, int64_t i0,
+                                               int64_t c0, uint32_t base, int64_t lim,
+                                               const uint32_t (&jo)[8], uint32_t book) {
+    constexpr int segs = Kind<WK>::segs, U = Kind<WK>::unroll;
+    constexpr int64_t step = 32 * Kind<WK>::cols;
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+        const int64_t i = i0 + u * step;
+        if (i >= lim) break;
+        const uint32_t p = base + uint32_t(i - c0) * 4u;
+#pragma unroll
+        for (int sg = 0; sg < segs; ++sg) {
+            float wv[8];
+            if constexpr (Kind<WK>::four)
+                qd::decode8_shared(wv, qd::word_of(c.w[u], sg), book);
+            else
+                qd::decode8<false>(wv, c.w[u], sg, nullptr);
+            const float4 a = qd::load_shared4(p + jo[2 * sg]);
+            const float4 b = qd::load_shared4(p + jo[2 * sg + 1]);
+            const float xv[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
+            const float d = qd::dot8(wv, xv);
+            if constexpr (Kind<WK>::four)
+                acc = fmaf(d, c.lo[u], acc);  // blocks of ≥ 32 columns here (decode_gemv_supported)
+            else
+                acc += d;
+        }
+    }
+    return acc;
+}
+
 template <WeightKind WK>
 __device__ __forceinline__ float dot_row_x32(const uint16_t* __restrict__ W, const QuantWeight& q, int bs_log2,
                                              int64_t row, uint32_t xf, int64_t I, int64_t lim, int lane,
                                              const Chunk<Kind<WK>::unroll>& first, const uint32_t (&jo)[8],
                                              uint32_t book) {
-    constexpr int cols = Kind<WK>::cols, segs = Kind<WK>::segs, U = Kind<WK>::unroll;
+    constexpr int cols = Kind<WK>::cols, U = Kind<WK>::unroll;
     constexpr int64_t step = 32 * cols;
     const int64_t c0 = int64_t(lane) * cols;
     // The lane's first unit rounded down to 8 units (32 floats), as a shared-memory byte address.
@@ -837,28 +871,7 @@ __device__ __forceinline__ float dot_row_x32(const uint16_t* __restrict__ W, con
             c = first;
         else
             load_chunk<WK>(c, W, q, bs_log2, row, i0, I, lim);
-#pragma unroll
-        for (int u = 0; u < U; ++u) {
-            const int64_t i = i0 + u * step;
-            if (i >= lim) break;
-            const uint32_t p = base + uint32_t(i - c0) * 4u;
-#pragma unroll
-            for (int sg = 0; sg < segs; ++sg) {
-                float wv[8];
-                if constexpr (Kind<WK>::four)
-                    qd::decode8_shared(wv, qd::word_of(c.w[u], sg), book);
-                else
-                    qd::decode8<false>(wv, c.w[u], sg, nullptr);
-                const float4 a = qd::load_shared4(p + jo[2 * sg]);
-                const float4 b = qd::load_shared4(p + jo[2 * sg + 1]);
-                const float xv[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
-                const float d = qd::dot8(wv, xv);
-                if constexpr (Kind<WK>::four)
-                    acc = fmaf(d, c.lo[u], acc);  // blocks of ≥ 32 columns here (decode_gemv_supported)
-                else
-                    acc += d;
-            }
-        }
+        acc = dot_chunk_x32<WK>(acc, c, i0, c0, base, lim, jo, book);
     }
     return acc;
 }
@@ -962,12 +975,13 @@ __device__ __forceinline__ unsigned long long global_ns() {
 
 template <WeightKind WK, int MK, bool PRE = false>
 __global__ void __launch_bounds__(kGemvWarps * 32, MK == 1 && !Kind<WK>::quant ? 3 : 2)
-    decode_gemv_kernel(DecodeGemv a, QuantWeight q, int bs_log2, int trace_slot) {
+    decode_gemv_kernel(DecodeGemv a, QuantWeight q, int bs_log2, int trace_slot, int pre_at) {
     // Trace stamps go to shared memory at once (held in registers they cost the kernel spills).
     __shared__ unsigned long long stamps[3];
     const bool trace = trace_slot >= 0 && threadIdx.x == 0;
     if (trace) stamps[0] = global_ns();
-    static_assert(!PRE || (WK == WeightKind::BF16 && MK == 1), "PRE: the batch-1 bf16 product");
+    static_assert(!PRE || ((WK == WeightKind::BF16 || WK == WeightKind::Q4) && MK == 1),
+                  "PRE: the batch-1 product on bf16 rows or 4-bit rows with fp32 absmax");
     // Shared: xs (k, lim) the (normalised) input rows; zs (k, I) the gate (gated norm); ws, bs (I) the
     // norm's weight and bias — all bf16, all staged before the prologue computes anything.
     extern __shared__ __align__(16) uint16_t xs[];
@@ -990,13 +1004,37 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MK == 1 && !Kind<WK>::quant ?
     Chunk<Kind<WK>::unroll> first, first2;
     pdl_trigger();
     // PRE: the warp's rows o0, o0 + stride, ... (npre of them), each lane copying the 16-byte words
-    // it reads back itself, so the wait needs no barrier.
+    // it reads back itself, so the wait needs no barrier. At pre_at bytes (decode_gemv_smem): bf16
+    // rows; or 4-bit rows as the lane's chunks (their code words, then their absmax values).
     const int wr = swiglu ? 2 : 1;
     const int64_t pre_rows = (a.O + stride - 1) / stride;  // ≤ kPreRows with PRE (the launch's choice)
-    uint16_t* pre = xs + k * lim + (a.norm == DecodeNorm::Gated ? k * I : 0) +
-                    (a.norm == DecodeNorm::None ? 0 : 2 * I) + warp * pre_rows * wr * I;
+    uint16_t* pre =
+        reinterpret_cast<uint16_t*>(reinterpret_cast<char*>(xs) + pre_at) + warp * pre_rows * wr * I;
+    constexpr int U = Kind<WK>::unroll;
+    constexpr int64_t chunk_cols = int64_t(32) * cols * U;
+    const int cpr = int((lim + chunk_cols - 1) / chunk_cols);  // chunks a row
+    const int64_t q_slots = kGemvWarps * pre_rows * wr * cpr;  // chunks a block
+    uint4* pre_codes = reinterpret_cast<uint4*>(reinterpret_cast<char*>(xs) + pre_at);
+    float* pre_abs = reinterpret_cast<float*>(pre_codes + q_slots * 32 * U);
+    auto q_slot = [&](int j, int h, int ch) { return ((int64_t(warp) * pre_rows + j) * wr + h) * cpr + ch; };
     int npre = 0;
-    if constexpr (PRE) {
+    if constexpr (PRE && WK == WeightKind::Q4) {
+        for (int64_t o = o0; o < a.O; o += stride, ++npre)
+            for (int h = 0; h < wr; ++h)
+                for (int ch = 0; ch < cpr; ++ch) {
+                    const int64_t row = o + h * a.O, sl = q_slot(npre, h, ch) * 32 + lane;
+#pragma unroll
+                    for (int u = 0; u < U; ++u) {
+                        const int64_t i = int64_t(lane) * cols + ch * chunk_cols + u * 32 * cols;
+                        if (i >= lim) break;
+                        ops::cuda::detail::cp_async_16(pre_codes + sl * U + u,
+                                                       q.data + row * q.row_bytes + i / 2);
+                        ops::cuda::detail::cp_async_4(pre_abs + sl * U + u,
+                                                      q.scale + row * q.row_blocks + (i >> bs_log2));
+                    }
+                }
+        ops::cuda::detail::cp_async_commit();
+    } else if constexpr (PRE) {
         for (int64_t o = o0; o < a.O; o += stride, ++npre)
             for (int h = 0; h < wr; ++h) {
                 const uint16_t* src = a.W + (o + h * a.O) * I;
@@ -1028,7 +1066,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MK == 1 && !Kind<WK>::quant ?
     if (pmine && a.epi == DecodeEpilogue::Residual) ep.residual = bf(a.out[pr * a.ld_out + po]);
     // The gated norm's x and z rows in one pass (PRE; 16-byte aligned rows: every load issued
     // before any store, where two passes cost the prologue a second round trip); else row by row.
-    const bool pair = PRE && a.norm == DecodeNorm::Gated &&
+    const bool pair = PRE && WK == WeightKind::BF16 && a.norm == DecodeNorm::Gated &&
                       ((reinterpret_cast<uintptr_t>(a.x) | reinterpret_cast<uintptr_t>(a.z) |
                         uintptr_t(a.ld_x * 2) | uintptr_t(a.ld_z * 2)) %
                        16) == 0;
@@ -1185,7 +1223,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MK == 1 && !Kind<WK>::quant ?
                 break;
         }
     };
-    if constexpr (PRE) {
+    if constexpr (PRE && WK == WeightKind::BF16) {
         ops::cuda::detail::cp_async_wait<0>();
         float acc[kPreRows] = {}, acc2[kPreRows] = {};
 #pragma unroll
@@ -1213,6 +1251,32 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MK == 1 && !Kind<WK>::quant ?
                 v2 = acc2[j];
             }
         if (lane < npre) finish(0, po, v, v2, true);
+    } else if constexpr (PRE && WK == WeightKind::Q4) {
+        // Batch 1, 4-bit rows staged before the wait: dot_row_x32's sums over the staged chunks.
+        ops::cuda::detail::cp_async_wait<0>();
+        const int64_t c0 = int64_t(lane) * cols;
+        const uint32_t base = xf_at + uint32_t(c0 & ~int64_t(31)) * 4u;
+        int j = 0;
+        for (int64_t o = o0; o < a.O; o += stride, ++j) {
+            float v[2] = {0.0f, 0.0f};
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+                if (h >= wr) break;
+                float acc = 0.0f;
+                for (int ch = 0; ch < cpr; ++ch) {
+                    const int64_t sl = q_slot(j, h, ch) * 32 + lane;
+                    Chunk<U> c;
+#pragma unroll
+                    for (int u = 0; u < U; ++u) {
+                        c.w[u] = pre_codes[sl * U + u];
+                        c.lo[u] = c.hi[u] = pre_abs[sl * U + u];
+                    }
+                    acc = dot_chunk_x32<WK>(acc, c, c0 + ch * chunk_cols, c0, base, lim, jo, book);
+                }
+                v[h] = warp_sum(acc);
+            }
+            if (lane == 0) finish(0, o, v[0], v[1], o == o0);
+        }
     } else if constexpr (x32) {
         // Batch 1, quantized: the warp's next row's loads go out before this row's product. (A
         // ring of 3 rows in flight measured 8% slower on the H200, docs/PERFORMANCE.md: bytes in
@@ -1320,12 +1384,24 @@ struct PrePlan {
 };
 PrePlan pre_plan(const DecodeGemv& a, int sms) {
     const char* env = std::getenv("MSLM_DECODE_GEMV_PRE");
-    if (a.q || a.k != 1 || (env && std::string(env) == "0")) return {};
+    const std::string mode = env ? env : "1";
+    if (a.k != 1 || mode == "0") return {};
+    // 4-bit rows with fp32 absmax (blocks of ≥ 32 columns at batch 1: one absmax a 32-code load),
+    // only with MSLM_DECODE_GEMV_PRE=q4: not yet measured against streaming them.
+    const bool q4 = a.q && a.q->format != QuantFormat::Int8 && a.q->scale && mode == "q4";
+    if (a.q && !q4) return {};
     const int64_t blocks = std::min<int64_t>((a.O + kGemvWarps - 1) / kGemvWarps, sms);
     const int64_t rows = (a.O + blocks * kGemvWarps - 1) / (blocks * kGemvWarps);
-    const size_t bytes =
-        size_t(kGemvWarps * rows * (a.epi == DecodeEpilogue::SwiGLU ? 2 : 1) * a.I) * sizeof(uint16_t);
-    if (rows > kPreRows || bytes > kPreSmem || decode_gemv_smem(a) + bytes > kDecodeGemvMaxSmem) return {};
+    const int64_t wr = a.epi == DecodeEpilogue::SwiGLU ? 2 : 1;
+    size_t bytes = size_t(kGemvWarps * rows * wr * a.I) * sizeof(uint16_t);
+    size_t limit = kPreSmem;
+    if (q4) {  // a lane's chunk: 2 loads of 32 codes (16 bytes) and their 2 absmax values
+        const int64_t lim = ops::cuda::quant_padded_in(a.q->format, a.I), chunk_cols = 32 * 32 * 2;
+        const int64_t cpr = (lim + chunk_cols - 1) / chunk_cols;
+        bytes = size_t(kGemvWarps * rows * wr * cpr * 32) * (2 * 16 + 2 * 4);
+        limit = kPreSmemQ;
+    }
+    if (rows > kPreRows || bytes > limit || decode_gemv_smem(a) + bytes > kDecodeGemvMaxSmem) return {};
     return {blocks, decode_gemv_smem(a) + bytes};
 }
 
@@ -1357,13 +1433,13 @@ void launch_gemv_rows(const DecodeGemv& a, void* stream) {
         while (Kind<WK>::four && (int64_t(1) << bs_log2) < q.blocksize) ++bs_log2;
     }
     launch(kernel, dim3(unsigned(blocks)), dim3(kGemvWarps * 32), smem, stream, "decode_gemv", a, q, bs_log2,
-           trace_slot(a, PRE));
+           trace_slot(a, PRE), int(decode_gemv_smem(a)));
 }
 
 template <WeightKind WK>
 void launch_gemv(const DecodeGemv& a, void* stream) {
     if (a.k == 1) {
-        if constexpr (WK == WeightKind::BF16) {
+        if constexpr (WK == WeightKind::BF16 || WK == WeightKind::Q4) {
             int device = 0, sms = 0;
             cudaGetDevice(&device);
             cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);

@@ -18,6 +18,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -567,7 +568,9 @@ TEST(CudaDecodeGemvQuant, NormProloguesAndEpiloguesAsTheUnfusedPath) {
                     a.out = fused.get();
                     a.ld_out = O;
                     ASSERT_TRUE(cuda_decoder_detail::decode_gemv_supported(a));
+                    setenv("MSLM_DECODE_GEMV_PRE", "q4", 1);  // 4-bit rows staged before the wait where taken
                     cuda_decoder_detail::decode_gemv(a, nullptr);
+                    unsetenv("MSLM_DECODE_GEMV_PRE");
                     // The unfused product on the rows the prologue normalised.
                     QuantGemv g;
                     g.x = xn.get();
@@ -613,6 +616,16 @@ TEST(CudaDecodeGemvQuant, NormProloguesAndEpiloguesAsTheUnfusedPath) {
                     std::vector<float> gotf(got.size());
                     for (size_t i = 0; i < got.size(); ++i) gotf[i] = bf16_to_f32(got[i]);
                     EXPECT_TRUE(test::all_within(gotf, ref, tol));
+                    if (M ==
+                        1) {  // 4-bit rows staged before the wait (where taken) give the streamed ones' bits
+                        test::DeviceBuffer<uint16_t> streamed(res);
+                        a.out = streamed.get();
+                        setenv("MSLM_DECODE_GEMV_PRE", "0", 1);
+                        cuda_decoder_detail::decode_gemv(a, nullptr);
+                        unsetenv("MSLM_DECODE_GEMV_PRE");
+                        EXPECT_TRUE(streamed.download() == got)
+                            << "the staged and the streamed kernels differ";
+                    }
                 }
         }
     }
