@@ -143,16 +143,6 @@ __device__ __forceinline__ float block_sum(float v, float* red) {
     return t;
 }
 
-__device__ __forceinline__ float dot8(const uint4 w, const uint4 x, float acc) {
-    const uint32_t wv[4] = {w.x, w.y, w.z, w.w}, xv[4] = {x.x, x.y, x.z, x.w};
-#pragma unroll
-    for (int j = 0; j < 4; ++j) {
-        acc = fmaf(__uint_as_float(wv[j] << 16), __uint_as_float(xv[j] << 16), acc);
-        acc = fmaf(__uint_as_float(wv[j] & 0xffff0000u), __uint_as_float(xv[j] & 0xffff0000u), acc);
-    }
-    return acc;
-}
-
 // (w0·xs, w1·xs) over I columns (I % 8 == 0, rows 16-byte aligned; in global or shared memory), the
 // warp's sums in every lane. w1 may be null (one row). A round's weight loads are all issued before
 // any is used.
@@ -176,8 +166,8 @@ __device__ __forceinline__ void dot2(const uint16_t* __restrict__ w0, const uint
             const int64_t c = c0 + 32 * u;
             if (c < chunks) {
                 const uint4 xv = x[c];
-                s0 = dot8(v0[u], xv, s0);
-                s1 = dot8(v1[u], xv, s1);
+                s0 = dot8_bf16(v0[u], xv, s0);
+                s1 = dot8_bf16(v1[u], xv, s1);
             }
         }
     }

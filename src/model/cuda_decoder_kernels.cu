@@ -89,6 +89,52 @@ __global__ void rope_kv_append_kernel(uint16_t* __restrict__ q, const uint16_t* 
 
 // ---- split-key decode attention (flash-decoding)
 
+// A block's softmax state merged over its W warps' (m, l, Σ w·v) in shared memory: the largest m,
+// the sum of the l scaled to it, and at column d the Σ w·v scaled alike (warps that saw no key add 0).
+template <int W>
+struct WarpMerge {
+    const float* m;
+    float mx = -INFINITY, total = 0.0f;
+    __device__ __forceinline__ WarpMerge(const float* m_, const float* l) : m(m_) {
+#pragma unroll
+        for (int w = 0; w < W; ++w) mx = fmaxf(mx, m[w]);
+        if (mx != -INFINITY)
+            for (int w = 0; w < W; ++w) total += m[w] == -INFINITY ? 0.0f : expf(m[w] - mx) * l[w];
+    }
+    template <int D>
+    __device__ __forceinline__ float acc(const float (*s_acc)[D], int d) const {
+        float o = 0.0f;
+        if (mx != -INFINITY)
+#pragma unroll
+            for (int w = 0; w < W; ++w) o += m[w] == -INFINITY ? 0.0f : expf(m[w] - mx) * s_acc[w][d];
+        return o;
+    }
+};
+
+// out_row[d] = Σ_s e^(m_s − M)·acc_s[d] / Σ_s e^(m_s − M)·l_s over the S partials at pp (Dh + 2
+// floats each: m, l, acc); split 0 holds the first key, so M is finite. kL2: the partials were
+// written by other blocks of the running kernel, read bypassing L1.
+template <bool kL2>
+__device__ __forceinline__ void combine_partials(uint16_t* out_row, const float* pp, int S, int Dh) {
+    auto ld = [](const float* p) { return kL2 ? __ldcg(p) : *p; };
+    float mx = -INFINITY;
+    for (int s = 0; s < S; ++s) mx = fmaxf(mx, ld(pp + s * (Dh + 2)));
+    float total = 0.0f;
+    for (int s = 0; s < S; ++s) {
+        const float ms = ld(pp + s * (Dh + 2));
+        if (ms != -INFINITY) total += expf(ms - mx) * ld(pp + s * (Dh + 2) + 1);
+    }
+    const float inv = 1.0f / total;
+    for (int d = threadIdx.x; d < Dh; d += blockDim.x) {
+        float o = 0.0f;
+        for (int s = 0; s < S; ++s) {
+            const float ms = ld(pp + s * (Dh + 2));
+            if (ms != -INFINITY) o += expf(ms - mx) * ld(pp + s * (Dh + 2) + 2 + d);
+        }
+        out_row[d] = to_bf(o * inv);
+    }
+}
+
 constexpr int kSplitWarps = 4;
 constexpr int kKeysPerIter = 4;  // key rows a warp has in flight
 
@@ -161,26 +207,13 @@ __global__ void __launch_bounds__(kSplitWarps * 32)
 #pragma unroll
     for (int e = 0; e < DL; ++e) s_acc[warp][lane + 32 * e] = acc[e];
     __syncthreads();
-    float mx = -INFINITY;
-#pragma unroll
-    for (int w = 0; w < kSplitWarps; ++w) mx = fmaxf(mx, s_m[w]);
+    const WarpMerge<kSplitWarps> merged(s_m, s_l);
     float* out = part + ((i * Hq + h) * S + split) * int64_t(Dh + 2);
     if (threadIdx.x == 0) {
-        float total = 0.0f;
-        if (mx != -INFINITY)
-            for (int w = 0; w < kSplitWarps; ++w)
-                total += s_m[w] == -INFINITY ? 0.0f : expf(s_m[w] - mx) * s_l[w];
-        out[0] = mx;  // −∞: this split saw no key
-        out[1] = total;
+        out[0] = merged.mx;  // −∞: this split saw no key
+        out[1] = merged.total;
     }
-    for (int d = threadIdx.x; d < Dh; d += blockDim.x) {
-        float o = 0.0f;
-        if (mx != -INFINITY)
-#pragma unroll
-            for (int w = 0; w < kSplitWarps; ++w)
-                o += s_m[w] == -INFINITY ? 0.0f : expf(s_m[w] - mx) * s_acc[w][d];
-        out[2 + d] = o;
-    }
+    for (int d = threadIdx.x; d < Dh; d += blockDim.x) out[2 + d] = merged.acc(s_acc, d);
 }
 
 // ---- fused decode attention: RoPE + KV append + split-key attention + combine in one kernel
@@ -326,32 +359,19 @@ __global__ void __launch_bounds__(kFusedWarps * 32)
     for (int e = 0; e < DL; ++e) s_acc[warp][lane + 32 * e] = acc[e];
     __syncthreads();
     // The block's (max, sum, Σ w·v), as attention_split_kernel's.
-    float mx = -INFINITY;
-#pragma unroll
-    for (int ww = 0; ww < kFusedWarps; ++ww) mx = fmaxf(mx, s_m[ww]);
-    float total = 0.0f;
-    if (mx != -INFINITY)
-        for (int ww = 0; ww < kFusedWarps; ++ww)
-            total += s_m[ww] == -INFINITY ? 0.0f : expf(s_m[ww] - mx) * s_l[ww];
-    auto block_acc = [&](int d) {
-        float o = 0.0f;
-        if (mx != -INFINITY)
-#pragma unroll
-            for (int ww = 0; ww < kFusedWarps; ++ww)
-                o += s_m[ww] == -INFINITY ? 0.0f : expf(s_m[ww] - mx) * s_acc[ww][d];
-        return o;
-    };
+    const WarpMerge<kFusedWarps> merged(s_m, s_l);
     uint16_t* o_row = out + (i * Hq + h) * int64_t(Dh);
     if (S == 1) {  // split 0 holds the newest key: total > 0
-        for (int d = threadIdx.x; d < Dh; d += blockDim.x) o_row[d] = to_bf(block_acc(d) / total);
+        for (int d = threadIdx.x; d < Dh; d += blockDim.x)
+            o_row[d] = to_bf(merged.acc(s_acc, d) / merged.total);
         return;
     }
     float* po = part + ((i * Hq + h) * S + split) * int64_t(Dh + 2);
     if (threadIdx.x == 0) {
-        po[0] = mx;
-        po[1] = total;
+        po[0] = merged.mx;
+        po[1] = merged.total;
     }
-    for (int d = threadIdx.x; d < Dh; d += blockDim.x) po[2 + d] = block_acc(d);
+    for (int d = threadIdx.x; d < Dh; d += blockDim.x) po[2 + d] = merged.acc(s_acc, d);
     __threadfence();
     __syncthreads();
     if (threadIdx.x == 0) last = atomicAdd(done + i * Hq + h, 1u) == unsigned(S) - 1;
@@ -359,23 +379,7 @@ __global__ void __launch_bounds__(kFusedWarps * 32)
     if (!last) return;
     // The last split of (i, h): attention_combine_kernel's arithmetic, loads bypassing L1.
     __threadfence();
-    const float* pp = part + (i * Hq + h) * int64_t(S) * (Dh + 2);
-    float gm = -INFINITY;
-    for (int sp = 0; sp < S; ++sp) gm = fmaxf(gm, __ldcg(pp + sp * (Dh + 2)));
-    float gl = 0.0f;
-    for (int sp = 0; sp < S; ++sp) {
-        const float ms = __ldcg(pp + sp * (Dh + 2));
-        if (ms != -INFINITY) gl += expf(ms - gm) * __ldcg(pp + sp * (Dh + 2) + 1);
-    }
-    const float inv = 1.0f / gl;
-    for (int d = threadIdx.x; d < Dh; d += blockDim.x) {
-        float o = 0.0f;
-        for (int sp = 0; sp < S; ++sp) {
-            const float ms = __ldcg(pp + sp * (Dh + 2));
-            if (ms != -INFINITY) o += expf(ms - gm) * __ldcg(pp + sp * (Dh + 2) + 2 + d);
-        }
-        o_row[d] = to_bf(o * inv);
-    }
+    combine_partials<true>(o_row, part + (i * Hq + h) * int64_t(S) * (Dh + 2), S, Dh);
     if (threadIdx.x == 0) done[i * Hq + h] = 0;
 }
 
@@ -386,23 +390,8 @@ __global__ void attention_combine_kernel(uint16_t* __restrict__ out, const float
     pdl_wait();
     const int h = blockIdx.x;
     const int64_t i = blockIdx.y;
-    const float* pp = part + (i * Hq + h) * int64_t(S) * (Dh + 2);
-    float mx = -INFINITY;
-    for (int s = 0; s < S; ++s) mx = fmaxf(mx, pp[s * (Dh + 2)]);  // split 0 holds the first key: finite
-    float total = 0.0f;
-    for (int s = 0; s < S; ++s) {
-        const float ms = pp[s * (Dh + 2)];
-        if (ms != -INFINITY) total += expf(ms - mx) * pp[s * (Dh + 2) + 1];
-    }
-    const float inv = 1.0f / total;
-    for (int d = threadIdx.x; d < Dh; d += blockDim.x) {
-        float o = 0.0f;
-        for (int s = 0; s < S; ++s) {
-            const float ms = pp[s * (Dh + 2)];
-            if (ms != -INFINITY) o += expf(ms - mx) * pp[s * (Dh + 2) + 2 + d];
-        }
-        out[(i * Hq + h) * Dh + d] = to_bf(o * inv);
-    }
+    combine_partials<false>(out + (i * Hq + h) * int64_t(Dh), part + (i * Hq + h) * int64_t(S) * (Dh + 2), S,
+                            Dh);
 }
 
 // dst block i (words 16-bit wide) = src block idx[i].
@@ -736,17 +725,6 @@ __device__ __forceinline__ void load_chunk(Chunk<Kind<WK>::unroll>& c, const uin
         }
     }
     if constexpr (WK == WeightKind::I8) c.row_scale = __ldg(q.scale + row);
-}
-
-// acc + Σ_j w_j · x_j over 8 bf16 pairs, in dot_row's order (so both products give the same bits).
-__device__ __forceinline__ float dot8_bf16(const uint4& w, const uint4& x, float acc) {
-    const uint32_t wv[4] = {w.x, w.y, w.z, w.w}, xw[4] = {x.x, x.y, x.z, x.w};
-#pragma unroll
-    for (int j = 0; j < 4; ++j) {
-        acc = fmaf(__uint_as_float(wv[j] << 16), __uint_as_float(xw[j] << 16), acc);
-        acc = fmaf(__uint_as_float(wv[j] & 0xffff0000u), __uint_as_float(xw[j] & 0xffff0000u), acc);
-    }
-    return acc;
 }
 
 // acc[r] += Σ_i W[row, i] · xs[r, i] over this lane's share of the row; `first` holds the lane's
