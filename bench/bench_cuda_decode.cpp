@@ -3,7 +3,7 @@
 // at batch 1 and at batch B (aggregate). Random weights: the speed does not depend on them. Prints a
 // markdown table.
 //   bench_cuda_decode [--presets 130m,30m,mamba2-130m,mamba-130m] [--prompt 2048] [--steps 256]
-//                     [--batch 64] [--min-seconds 2] [--logits greedy] [--profile-step -1]
+//                     [--batch 64] [--min-seconds 2] [--logits greedy] [--profile-step -1] [--trace 0]
 // --logits: greedy (the default) steps as greedy generate() does (CausalLM::step_greedy: the pick
 // made on the GPU, 16 bytes a row back); 1 brings every step's fp32 logits back (sampling, beam
 // search, logits processors); 0 neither (the step alone).
@@ -132,7 +132,7 @@ int main(int argc, char** argv) {
         else {
             fmt::print(
                 "usage: bench_cuda_decode [--presets a,b] [--prompt 2048] [--steps 256] [--batch 64] "
-                "[--min-seconds S] [--logits greedy|1|0] [--profile-step N]\n");
+                "[--min-seconds S] [--logits greedy|1|0] [--profile-step N] [--trace N]\n");
             return a == "--help" || a == "-h" ? 0 : 1;
         }
     }
