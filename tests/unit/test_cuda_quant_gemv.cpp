@@ -589,6 +589,34 @@ TEST(CudaDecodeGemvQuant, NormProloguesAndEpiloguesAsTheUnfusedPath) {
                     double xsum = 0;
                     for (uint16_t v : xs) xsum += std::fabs(bf16_to_f32(v));
                     ASSERT_TRUE(std::isfinite(xsum) && xsum > 0);
+                    // ... and are the norm of x (and z), computed here in double: within one bf16 step
+                    // (≤ 2^-7 relative) of it — the products below use the kernel's own rows, so this
+                    // is what catches an input staged in the wrong place.
+                    {
+                        std::vector<double> xr(static_cast<size_t>(M * K)), tx(xr.size());
+                        const int64_t groups = norm == DecodeNorm::Gated ? 2 : 1, width = K / groups;
+                        for (int64_t m = 0; m < M; ++m)
+                            for (int64_t g0 = 0; g0 < K; g0 += width) {
+                                double ss = 0;
+                                for (int64_t i = g0; i < g0 + width; ++i) {
+                                    double t = bf16_to_f32(x[m * K + i]);
+                                    if (norm == DecodeNorm::Gated) {
+                                        const double zz = bf16_to_f32(z[m * K + i]);
+                                        t *= zz / (1 + std::exp(-zz));
+                                    }
+                                    xr[m * K + i] = t;
+                                    ss += t * t;
+                                }
+                                const double rstd = 1 / std::sqrt(ss / double(width) + 1e-5);
+                                for (int64_t i = g0; i < g0 + width; ++i) {
+                                    xr[m * K + i] *= rstd * bf16_to_f32(nw[i]);
+                                    tx[m * K + i] = 0x1p-7 * std::fabs(xr[m * K + i]) * 1.01 + 1e-30;
+                                }
+                            }
+                        std::vector<float> xsf(xs.size());
+                        for (size_t i = 0; i < xs.size(); ++i) xsf[i] = bf16_to_f32(xs[i]);
+                        EXPECT_TRUE(test::all_within(xsf, xr, tx)) << "the normalised rows";
+                    }
                     // Both products are within gemv_tol of the exact one over the same rows, so of each
                     // other within twice that; each rounds to bf16 once or twice more (2^-8 relative
                     // covers the rounding to either neighbour), SwiGLU's silu(g)·u through both halves.
