@@ -27,26 +27,6 @@ void split_gemm(bool ta, bool tb, int M, int N, int K, T alpha, const T* A, int 
     if (M == 0 || N == 0) return;
     const double work = double(M) * N * std::max(K, 1);
     const int threads = num_threads();
-    // One row (a GEMV): fixed panels of kGemvPanel columns, whatever the thread count. OpenBLAS's
-    // GEMV sums the rows of its last, partial block in another order than the others (seen with
-    // the openblas-pthread build on some Xeons), so a panel boundary that depends on the thread
-    // count would change the bits of the rows next to it.
-    constexpr int kGemvPanel = 512;
-    if (M == 1 && N > kGemvPanel) {
-        const int64_t panels = (N + kGemvPanel - 1) / kGemvPanel;
-        auto run = [&](int64_t p0, int64_t p1) {
-            for (int64_t p = p0; p < p1; ++p) {
-                const int64_t c0 = p * kGemvPanel, n = std::min<int64_t>(kGemvPanel, N - c0);
-                const T* Bp = tb ? B + c0 * ldb : B + c0;
-                call(ta, tb, 1, static_cast<int>(n), K, alpha, A, lda, Bp, ldb, beta, C + c0, ldc);
-            }
-        };
-        if (work < kParallelFlops || threads == 1)
-            run(0, panels);
-        else
-            parallel_for(panels, run, 1);
-        return;
-    }
     if (work < kParallelFlops || threads == 1) {
         call(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
         return;
@@ -69,7 +49,10 @@ void split_gemm(bool ta, bool tb, int M, int N, int K, T alpha, const T* A, int 
 }
 
 // A product with one row of op(A) (a decoding step at batch 1) as a GEMV: OpenBLAS's GEMM would
-// first pack all of B, doubling the memory traffic of what is a pure streaming read of B.
+// first pack all of B, doubling the memory traffic of what is a pure streaming read of B. (Against
+// a transposed B — x · Wᵀ, the decoder's case — few_rows below takes one row too: OpenBLAS's GEMV
+// sums the rows of a call's last partial block in another order on some CPUs, so its results
+// depended on where the thread count split the columns.)
 // c (1, N) = alpha · a (1, K) · op(B) + beta · c, with a's elements lda apart when A is transposed.
 template <typename T, typename Gemv>
 void one_row(bool ta, bool tb, int N, int K, T alpha, const T* A, int lda, const T* B, int ldb, T beta, T* C,
@@ -187,6 +170,10 @@ void gemm<float>(bool ta, bool tb, int M, int N, int K, float alpha, const float
     split_gemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc,
                [](bool a, bool b, int m, int n, int k, float al, const float* pa, int la, const float* pb,
                   int lb, float be, float* pc, int lc) {
+                   if (m == 1 && !a && b) {  // x · Wᵀ at batch 1: few_rows, not the BLAS GEMV (below)
+                       few_rows<float, 1>(n, k, al, pa, la, pb, lb, be, pc, lc);
+                       return;
+                   }
                    if (m == 1) {
                        one_row(a, b, n, k, al, pa, la, pb, lb, be, pc, cblas_sgemv);
                        return;
@@ -206,6 +193,10 @@ void gemm<double>(bool ta, bool tb, int M, int N, int K, double alpha, const dou
     split_gemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc,
                [](bool a, bool b, int m, int n, int k, double al, const double* pa, int la, const double* pb,
                   int lb, double be, double* pc, int lc) {
+                   if (m == 1 && !a && b) {  // x · Wᵀ at batch 1: few_rows, not the BLAS GEMV (below)
+                       few_rows<double, 1>(n, k, al, pa, la, pb, lb, be, pc, lc);
+                       return;
+                   }
                    if (m == 1) {
                        one_row(a, b, n, k, al, pa, la, pb, lb, be, pc, cblas_dgemv);
                        return;
