@@ -111,6 +111,21 @@ struct WarpMerge {
     }
 };
 
+// Warp `warp`'s (m, l, Σ w·v over its lane's DL columns) into the shared arrays WarpMerge reads,
+// then a barrier.
+template <int DL, int D>
+__device__ __forceinline__ void stash_warp(float* s_m, float* s_l, float (*s_acc)[D], float m, float l,
+                                           const float (&acc)[DL]) {
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (lane == 0) {
+        s_m[warp] = m;
+        s_l[warp] = l;
+    }
+#pragma unroll
+    for (int e = 0; e < DL; ++e) s_acc[warp][lane + 32 * e] = acc[e];
+    __syncthreads();
+}
+
 // out_row[d] = Σ_s e^(m_s − M)·acc_s[d] / Σ_s e^(m_s − M)·l_s over the S partials at pp (Dh + 2
 // floats each: m, l, acc); split 0 holds the first key, so M is finite. kL2: the partials were
 // written by other blocks of the running kernel, read bypassing L1.
@@ -200,13 +215,7 @@ __global__ void __launch_bounds__(kSplitWarps * 32)
             m = m_new;
         }
     }
-    if (lane == 0) {
-        s_m[warp] = m;
-        s_l[warp] = l;
-    }
-#pragma unroll
-    for (int e = 0; e < DL; ++e) s_acc[warp][lane + 32 * e] = acc[e];
-    __syncthreads();
+    stash_warp(s_m, s_l, s_acc, m, l, acc);
     const WarpMerge<kSplitWarps> merged(s_m, s_l);
     float* out = part + ((i * Hq + h) * S + split) * int64_t(Dh + 2);
     if (threadIdx.x == 0) {
@@ -296,7 +305,7 @@ __global__ void __launch_bounds__(kFusedWarps * 32)
     if (has_new) {
         const uint16_t* kr = k_src + i * ld + int64_t(hk) * Dh;
         const uint16_t* vr = v_src + i * ld + int64_t(hk) * Dh;
-        const int64_t dst = (slots[i] * L + p % L) * int64_t(Hkv) * Dh + int64_t(hk) * Dh;
+        const int64_t dst = (slot * L + p % L) * ld_kv + int64_t(hk) * Dh;
         for (int c = threadIdx.x; c < D; c += blockDim.x) {
             const uint16_t kv = c < Dh ? to_bf(rotate(kr, c)) : uint16_t(0),
                            vv = c < Dh ? vr[c] : uint16_t(0);
@@ -351,13 +360,7 @@ __global__ void __launch_bounds__(kFusedWarps * 32)
             for (int e = 0; e < DL; ++e) acc[e] = fmaf(wu, bf(vs[warp][u][lane + 32 * e]), acc[e]);
         }
     }
-    if (lane == 0) {
-        s_m[warp] = m;
-        s_l[warp] = l;
-    }
-#pragma unroll
-    for (int e = 0; e < DL; ++e) s_acc[warp][lane + 32 * e] = acc[e];
-    __syncthreads();
+    stash_warp(s_m, s_l, s_acc, m, l, acc);
     // The block's (max, sum, Σ w·v), as attention_split_kernel's.
     const WarpMerge<kFusedWarps> merged(s_m, s_l);
     uint16_t* o_row = out + (i * Hq + h) * int64_t(Dh);
@@ -457,7 +460,7 @@ size_t attention_split_workspace_floats(int64_t k, int64_t Hq, int64_t Dh, int64
     return size_t(k * Hq * attention_split_count(cache_len, window) * (Dh + 2) + k * Hq);
 }
 
-void attention_decode_fused(uint16_t* out, uint16_t* q, const uint16_t* k_src, const uint16_t* v_src,
+void attention_decode_fused(uint16_t* out, const uint16_t* q, const uint16_t* k_src, const uint16_t* v_src,
                             int64_t ld, uint16_t* k_cache, uint16_t* v_cache, const int64_t* slots,
                             const int64_t* pos, int64_t k, int64_t cache_len, int64_t Hq, int64_t Hkv,
                             int64_t Dh, int64_t rotary_dim, double theta, float scale, int64_t window,
@@ -473,9 +476,9 @@ void attention_decode_fused(uint16_t* out, uint16_t* q, const uint16_t* k_src, c
     unsigned* done = reinterpret_cast<unsigned*>(workspace + workspace_rows * Hq * S * (Dh + 2));
     const dim3 grid(static_cast<unsigned>(Hq), static_cast<unsigned>(k), static_cast<unsigned>(S));
     auto run = [&](auto kernel) {
-        launch(kernel, grid, dim3(kFusedWarps * 32), 0, stream, "attention_fused", out, workspace, done,
-               static_cast<const uint16_t*>(q), k_src, v_src, ld, k_cache, v_cache, slots, pos, cache_len,
-               int(Hq), int(Hkv), int(Dh), int(rotary_dim), theta, scale, window, alibi, kAttentionSplitKeys);
+        launch(kernel, grid, dim3(kFusedWarps * 32), 0, stream, "attention_fused", out, workspace, done, q,
+               k_src, v_src, ld, k_cache, v_cache, slots, pos, cache_len, int(Hq), int(Hkv), int(Dh),
+               int(rotary_dim), theta, scale, window, alibi, kAttentionSplitKeys);
     };
     const int64_t DL = (Dh + 31) / 32;
     if (DL == 1)
@@ -791,14 +794,6 @@ __device__ __forceinline__ void dot_row(float (&acc)[MK], const uint16_t* __rest
     }
 }
 
-// The batch-1 product on quantized rows with x in fp32 (xf): the same sums as dot_row, but x is
-// converted once per block instead of once per product, its addresses are lane constants and each
-// code-book address is one byte permute — 17% fewer instructions per weight than dot_row, measured,
-// for no measured speed-up (docs/PERFORMANCE.md: the dependent permute → shared load → FMA chain,
-// not issue slots or bytes in flight, is what is left). xf holds 16-byte units of 4 floats, unit v
-// at v ^ ((v >> 3) & 7), so the 8 lanes of a quarter-warp reading their j-th unit hit 8 bank groups.
-// jo[j]: the byte offset of the lane's j-th unit of a load from its first unit's 8-aligned base; xf
-// and book (the 4-bit code book) are shared-memory addresses.
 // acc plus the lane's share of one chunk c of a row, its first column i0 (dot_row_x32's inner loop;
 // c0 the lane's first column, base its x units' shared-memory address).
 template <WeightKind WK>
@@ -832,6 +827,14 @@ __device__ __forceinline__ float dot_chunk_x32(float acc, const Chunk<Kind<WK>::
     return acc;
 }
 
+// The batch-1 product on quantized rows with x in fp32 (xf): the same sums as dot_row, but x is
+// converted once per block instead of once per product, its addresses are lane constants and each
+// code-book address is one byte permute — 17% fewer instructions per weight than dot_row, measured,
+// for no measured speed-up (docs/PERFORMANCE.md: the dependent permute → shared load → FMA chain,
+// not issue slots or bytes in flight, is what is left). xf holds 16-byte units of 4 floats, unit v
+// at v ^ ((v >> 3) & 7), so the 8 lanes of a quarter-warp reading their j-th unit hit 8 bank groups.
+// jo[j]: the byte offset of the lane's j-th unit of a load from its first unit's 8-aligned base; xf
+// and book (the 4-bit code book) are shared-memory addresses.
 template <WeightKind WK>
 __device__ __forceinline__ float dot_row_x32(const uint16_t* __restrict__ W, const QuantWeight& q, int bs_log2,
                                              int64_t row, uint32_t xf, int64_t I, int64_t lim, int lane,
@@ -909,12 +912,6 @@ int64_t staged_length(const DecodeGemv& a) {
     return a.q ? ops::cuda::quant_padded_in(a.q->format, a.I) : a.I;
 }
 
-// MK: the most rows of x the instantiation takes (1: the batch-1 step, with its registers for one
-// row; bf16 also 2; else kDecodeGemvMaxRows).
-// PRE (bf16, one row of x): a block an SM; every warp copies all its weight rows (≤ kPreRows
-// outputs, gate and up rows for SwiGLU) into shared memory with cp.async before it waits for its
-// predecessor, so the weights stream while the previous kernels run, and the residuals its lanes
-// add to are read together with x. The sums are the same as without (same order, same FMAs).
 // The epilogue's inputs for one output, read ahead (decode_gemv_kernel): conv weights and window
 // for conv kernels of up to kConvPreK taps (longer ones read theirs in the epilogue).
 constexpr int kConvPreK = 4;
@@ -951,6 +948,12 @@ __device__ __forceinline__ unsigned long long global_ns() {
     return t;
 }
 
+// MK: the most rows of x the instantiation takes (1: the batch-1 step, with its registers for one
+// row; bf16 also 2; else kDecodeGemvMaxRows).
+// PRE (one row of x; bf16, or with MSLM_DECODE_GEMV_PRE=q4 4-bit rows with fp32 absmax): a block
+// an SM; every warp copies all its weight rows (≤ kPreRows outputs, gate and up rows for SwiGLU)
+// into shared memory with cp.async before it waits for its predecessor, so the weights stream while
+// the previous kernels run. The sums are the same as without (same order, same FMAs).
 template <WeightKind WK, int MK, bool PRE = false>
 __global__ void __launch_bounds__(kGemvWarps * 32, MK == 1 && !Kind<WK>::quant ? 3 : 2)
     decode_gemv_kernel(DecodeGemv a, QuantWeight q, int bs_log2, int trace_slot, int pre_at) {

@@ -98,7 +98,7 @@ void attention_decode_split(uint16_t* out, const uint16_t* q, int64_t ld_q, cons
 // no split waits for the append; the last split of a (row, head) to finish combines. workspace:
 // attention_split_workspace_floats(workspace_rows, ...) floats (k ≤ workspace_rows), its last
 // workspace_rows · Hq (the counters) zero before the first call (each call leaves them zero).
-void attention_decode_fused(uint16_t* out, uint16_t* q, const uint16_t* k_src, const uint16_t* v_src,
+void attention_decode_fused(uint16_t* out, const uint16_t* q, const uint16_t* k_src, const uint16_t* v_src,
                             int64_t ld, uint16_t* k_cache, uint16_t* v_cache, const int64_t* slots,
                             const int64_t* pos, int64_t k, int64_t cache_len, int64_t Hq, int64_t Hkv,
                             int64_t Dh, int64_t rotary_dim, double theta, float scale, int64_t window,
