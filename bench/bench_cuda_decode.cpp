@@ -4,6 +4,9 @@
 // markdown table.
 //   bench_cuda_decode [--presets 130m,30m,mamba2-130m,mamba-130m] [--prompt 2048] [--steps 256]
 //                     [--batch 64] [--min-seconds 2] [--logits greedy] [--profile-step -1] [--trace 0]
+//                     [--dtype bf16]
+// --dtype: the decoder's weights, bf16 or a packed format (nf4, fp4, int8, w8a16: the GPU copies the
+// packed codes); "bytes/token" and "limit tok/s" count bf16 weights whatever the format.
 // --logits: greedy (the default) steps as greedy generate() does (CausalLM::step_greedy: the pick
 // made on the GPU, 16 bytes a row back); 1 brings every step's fp32 logits back (sampling, beam
 // search, logits processors); 0 neither (the step alone).
@@ -39,6 +42,7 @@
 #include "model/cuda_inference.h"
 #include "model/hybrid_lm.h"
 #include "model/info.h"
+#include "ops/packed_linear.h"
 
 using namespace mslm;
 
@@ -104,6 +108,7 @@ int main(int argc, char** argv) {
     double min_seconds = 2.0;
     std::string logits_mode = "greedy";
     int64_t profile_step = -1, trace_steps = 0;
+    std::string dtype = "bf16";
     for (int i = 1; i < argc; ++i) {
         auto next = [&] {
             if (i + 1 >= argc) {
@@ -129,10 +134,13 @@ int main(int argc, char** argv) {
             profile_step = std::stoll(next());
         else if (a == "--trace")
             trace_steps = std::stoll(next());
+        else if (a == "--dtype")
+            dtype = next();
         else {
             fmt::print(
                 "usage: bench_cuda_decode [--presets a,b] [--prompt 2048] [--steps 256] [--batch 64] "
-                "[--min-seconds S] [--logits greedy|1|0] [--profile-step N] [--trace N]\n");
+                "[--min-seconds S] [--logits greedy|1|0] [--profile-step N] [--trace N] [--dtype "
+                "bf16|nf4|fp4|int8]\n");
             return a == "--help" || a == "-h" ? 0 : 1;
         }
     }
@@ -142,7 +150,7 @@ int main(int argc, char** argv) {
     }
 #ifndef MSLM_HAVE_CUDA
     (void)prompt_arg, (void)steps, (void)batch, (void)min_seconds, (void)logits_mode, (void)profile_step,
-        (void)trace_steps;
+        (void)trace_steps, (void)dtype;
     fmt::print("bench_cuda_decode: built without CUDA\n");
     return 0;
 #else
@@ -152,8 +160,8 @@ int main(int argc, char** argv) {
     }
     const bool greedy = logits_mode == "greedy", download = logits_mode == "1";
     const char* graphs = std::getenv("MSLM_CUDA_GRAPHS");
-    fmt::print("# mamba-slm bench_cuda_decode, {}; CUDA graphs {}; each step {}\n", cuda_device_summary(),
-               graphs && std::string(graphs) == "0" ? "off" : "on",
+    fmt::print("# mamba-slm bench_cuda_decode, {}; weights {}; CUDA graphs {}; each step {}\n",
+               cuda_device_summary(), dtype, graphs && std::string(graphs) == "0" ? "off" : "on",
                greedy     ? "picks its greedy tokens on the GPU"
                : download ? "downloads its logits"
                           : "downloads nothing");
@@ -166,6 +174,7 @@ int main(int argc, char** argv) {
         const ModelConfig cfg = preset(name);
         HybridLM<float> model(cfg);
         model.init(0);
+        if (dtype != "bf16") model.pack_weights(ops::parse_weight_format(dtype));
         const int64_t prompt = std::min(prompt_arg, cfg.max_seq_len - steps);
         CudaCausalLM gpu(model);
         Rng rng(1);

@@ -28,3 +28,4 @@ for t in "${targets[@]}"; do ldd "build/device/$t"; done |
 tar -C .devbuild -cJf .devbuild/bin.tar.xz bin
 tar -C .devbuild -cJf .devbuild/lib.tar.xz lib
 echo "device_bundle: .devbuild/bin.tar.xz ($(du -h .devbuild/bin.tar.xz | cut -f1)), .devbuild/lib.tar.xz ($(ls .devbuild/lib | wc -l) libraries)"
+rm -rf .devbuild/bin .devbuild/lib  # only the archives travel (the device call's 64 MiB limit)

@@ -5,6 +5,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cfloat>
 #include <cstdint>
 #include <cstdlib>
 #include <string>
@@ -663,7 +664,16 @@ constexpr int kGemvUnroll = 4;  // 16-byte weight loads in flight per lane
 // (one an SM) fit beside it and can prefetch theirs while this one runs.
 constexpr int kPreRows = 8;
 constexpr size_t kPreSmem = 80 * 1024;
-constexpr size_t kPreSmemQ = 100 * 1024;  // 4-bit rows (a 1b NF4 in_proj: ~90 KiB a block)
+// The batch-1 product on 4-bit rows with fp32 absmax on tensor cores (decode_gemv_kernel's TC): a
+// warp's item is 8 outputs × kTcSub · kTcStrip columns (a lane's 4 × 32 codes of one row), items
+// copied into a ring of slots a warp with cp.async: kTcStages (2 in flight while one is multiplied),
+// or kTcStages - 1 for SwiGLU's two row sets (the shared memory of 2 blocks an SM).
+constexpr int kTcStrip = 256;  // columns of one set of products (see the TC branch)
+constexpr int kTcSub = 2;      // such strips an item
+constexpr int kTcStages = 3;
+// Bytes of one ring slot per row set (gate and up rows for SwiGLU are two): per strip the 2 × 32
+// lanes' 16-byte code loads and the lanes' 2 absmax values.
+constexpr size_t kTcSlotBytes = kTcSub * (2 * 32 * 16 + 2 * 32 * 4);
 
 // The weight a product reads: bf16 rows, or a quantized layout (ops/cuda/quant_gemv.h).
 enum class WeightKind { BF16, Q4, Q4DQ, I8 };
@@ -950,19 +960,24 @@ __device__ __forceinline__ unsigned long long global_ns() {
 
 // MK: the most rows of x the instantiation takes (1: the batch-1 step, with its registers for one
 // row; bf16 also 2; else kDecodeGemvMaxRows).
-// PRE (one row of x; bf16, or with MSLM_DECODE_GEMV_PRE=q4 4-bit rows with fp32 absmax): a block
-// an SM; every warp copies all its weight rows (≤ kPreRows outputs, gate and up rows for SwiGLU)
-// into shared memory with cp.async before it waits for its predecessor, so the weights stream while
-// the previous kernels run. The sums are the same as without (same order, same FMAs).
-template <WeightKind WK, int MK, bool PRE = false>
+// PRE (one row of x, bf16 rows): a block an SM; every warp copies all its weight rows (≤ kPreRows
+// outputs, gate and up rows for SwiGLU) into shared memory with cp.async before it waits for its
+// predecessor, so the weights stream while the previous kernels run. The sums are the same as
+// without (same order, same FMAs).
+// TC (one row of x, 4-bit rows with fp32 absmax, blocks of ≥ 32 columns): tensor-core products on
+// fp16 operands — the code book in fp16 (quant_detail::HalfBook), x scaled by a power of two into
+// fp16 — each warp a share of the columns of 16-row tiles, its first items in flight before the
+// wait; see the TC branch below. pre_at: where the PRE rows or the TC ring start in shared memory.
+template <WeightKind WK, int MK, bool PRE = false, bool TC = false>
 __global__ void __launch_bounds__(kGemvWarps * 32, MK == 1 && !Kind<WK>::quant ? 3 : 2)
     decode_gemv_kernel(DecodeGemv a, QuantWeight q, int bs_log2, int trace_slot, int pre_at) {
     // Trace stamps go to shared memory at once (held in registers they cost the kernel spills).
     __shared__ unsigned long long stamps[3];
     const bool trace = trace_slot >= 0 && threadIdx.x == 0;
     if (trace) stamps[0] = global_ns();
-    static_assert(!PRE || ((WK == WeightKind::BF16 || WK == WeightKind::Q4) && MK == 1),
-                  "PRE: the batch-1 product on bf16 rows or 4-bit rows with fp32 absmax");
+    static_assert(!PRE || (WK == WeightKind::BF16 && MK == 1), "PRE: the batch-1 product on bf16 rows");
+    static_assert(!TC || (WK == WeightKind::Q4 && MK == 1),
+                  "TC: the batch-1 product on 4-bit rows, fp32 absmax");
     // Shared: xs (k, lim) the (normalised) input rows; zs (k, I) the gate (gated norm); ws, bs (I) the
     // norm's weight and bias — all bf16, all staged before the prologue computes anything.
     extern __shared__ __align__(16) uint16_t xs[];
@@ -984,37 +999,90 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MK == 1 && !Kind<WK>::quant ?
     const int64_t stride = int64_t(gridDim.x) * kGemvWarps;
     Chunk<Kind<WK>::unroll> first, first2;
     pdl_trigger();
-    // PRE: the warp's rows o0, o0 + stride, ... (npre of them), each lane copying the 16-byte words
-    // it reads back itself, so the wait needs no barrier. At pre_at bytes (decode_gemv_smem): bf16
-    // rows; or 4-bit rows as the lane's chunks (their code words, then their absmax values).
+    // PRE: the warp's rows o0, o0 + stride, ... (npre of them) at pre_at bytes (decode_gemv_smem),
+    // each lane copying the 16-byte words it reads back itself, so the wait needs no barrier.
     const int wr = swiglu ? 2 : 1;
     const int64_t pre_rows = (a.O + stride - 1) / stride;  // ≤ kPreRows with PRE (the launch's choice)
     uint16_t* pre =
         reinterpret_cast<uint16_t*>(reinterpret_cast<char*>(xs) + pre_at) + warp * pre_rows * wr * I;
-    constexpr int U = Kind<WK>::unroll;
-    constexpr int64_t chunk_cols = int64_t(32) * cols * U;
-    const int cpr = int((lim + chunk_cols - 1) / chunk_cols);  // chunks a row
-    const int64_t q_slots = kGemvWarps * pre_rows * wr * cpr;  // chunks a block
-    uint4* pre_codes = reinterpret_cast<uint4*>(reinterpret_cast<char*>(xs) + pre_at);
-    float* pre_abs = reinterpret_cast<float*>(pre_codes + q_slots * 32 * U);
-    auto q_slot = [&](int j, int h, int ch) { return ((int64_t(warp) * pre_rows + j) * wr + h) * cpr + ch; };
     int npre = 0;
-    if constexpr (PRE && WK == WeightKind::Q4) {
-        for (int64_t o = o0; o < a.O; o += stride, ++npre)
-            for (int h = 0; h < wr; ++h)
-                for (int ch = 0; ch < cpr; ++ch) {
-                    const int64_t row = o + h * a.O, sl = q_slot(npre, h, ch) * 32 + lane;
+    // TC: tiles of 8 outputs; the tensor cores' 16 rows are each output's row twice, row tg for the
+    // first half of a strip's kTcStrip columns and row tg + 8 for the second (lane 4·tg + t4 loads its
+    // 32 codes at column 32·t4 of each half). An item is kTcSub consecutive strips; wpt warps share a
+    // tile's items (warp tws = warp % wpt of it: items tws, tws + wpt, ...), and a block takes tpb
+    // tiles at once when a row has fewer than 8 items. The warp's items in order: for each tile group
+    // of the block, its items — item idx in ring slot idx % kTcStages (the lane's own words: it reads
+    // back only what it copied, so no barrier), with the absmax values of the 2 result columns the
+    // lane flushes per strip (see the TC branch).
+    const int tg = lane >> 2, t4 = lane & 3;
+    const int64_t tiles = (a.O + 7) / 8;
+    const int items_row = int((lim + kTcSub * kTcStrip - 1) / (kTcSub * kTcStrip));
+    const int wpt = min(items_row, kGemvWarps), tpb = kGemvWarps / wpt;
+    const int tl = warp / wpt, tws = warp % wpt;
+    const int tc_per_tile = tl < tpb ? (items_row - tws + wpt - 1) / wpt : 0;
+    const int64_t groups = (tiles + tpb - 1) / tpb;
+    const int tc_groups = int64_t(blockIdx.x) < groups ? int((groups - 1 - blockIdx.x) / gridDim.x + 1) : 0;
+    const int nb_log2 =
+        bs_log2 >= 7 ? 0 : 7 - bs_log2;  // absmax blocks a half strip (128 columns): 2^nb_log2
+    const int nb = 1 << nb_log2;
+    const int stages = wr == 1 ? kTcStages : kTcStages - 1;
+    char* ring = reinterpret_cast<char*>(xs) + pre_at + size_t(warp) * stages * wr * kTcSlotBytes;
+    constexpr size_t kSub = kTcSlotBytes / kTcSub;  // one strip's bytes in a slot
+    auto slot_codes = [&](int slot, int h, int u, int half) {
+        return reinterpret_cast<uint4*>(ring + (size_t(slot) * wr + h) * kTcSlotBytes + u * kSub) +
+               half * 32 + lane;
+    };
+    auto slot_absmax = [&](int slot, int h, int u, int j) {
+        return reinterpret_cast<float*>(ring + (size_t(slot) * wr + h) * kTcSlotBytes + u * kSub +
+                                        2 * 32 * 16) +
+               j * 32 + lane;
+    };
+    // The absmax block of the lane's result column 2·t4 + j of strip s (−1: none): column n holds
+    // half n / nb, block n % nb of it.
+    auto tc_block = [&](int64_t s, int j) -> int64_t {
+        const int n = 2 * t4 + j;
+        if (n >= 2 * nb) return -1;
+        const int64_t b = ((s * kTcStrip + (n >> nb_log2) * (kTcStrip / 2)) >> bs_log2) + (n & (nb - 1));
+        return b < q.row_blocks ? b : -1;
+    };
+    // The issue cursor: the next item's group (of this block's) and its index in the tile.
+    int cur_g = 0, cur_j = 0, cur_slot = 0;
+    auto tc_issue = [&]() {
+        if (cur_g < tc_groups && tc_per_tile > 0) {
+            const int64_t tile = (blockIdx.x + int64_t(cur_g) * gridDim.x) * tpb + tl;
+            const int64_t item = tws + int64_t(cur_j) * wpt, o = tile * 8 + tg;
+            if (o < a.O)
+                for (int h = 0; h < wr; ++h) {
+                    const int64_t row = o + h * a.O;
 #pragma unroll
-                    for (int u = 0; u < U; ++u) {
-                        const int64_t i = int64_t(lane) * cols + ch * chunk_cols + u * 32 * cols;
-                        if (i >= lim) break;
-                        ops::cuda::detail::cp_async_16(pre_codes + sl * U + u,
-                                                       q.data + row * q.row_bytes + i / 2);
-                        ops::cuda::detail::cp_async_4(pre_abs + sl * U + u,
-                                                      q.scale + row * q.row_blocks + (i >> bs_log2));
+                    for (int u = 0; u < kTcSub; ++u) {
+                        const int64_t s = item * kTcSub + u;
+#pragma unroll
+                        for (int half = 0; half < 2; ++half) {
+                            const int64_t col = s * kTcStrip + half * (kTcStrip / 2) + 32 * t4;
+                            if (col < lim)
+                                ops::cuda::detail::cp_async_16(slot_codes(cur_slot, h, u, half),
+                                                               q.data + row * q.row_bytes + col / 2);
+                        }
+#pragma unroll
+                        for (int j = 0; j < 2; ++j) {
+                            const int64_t b = tc_block(s, j);
+                            if (b >= 0)
+                                ops::cuda::detail::cp_async_4(slot_absmax(cur_slot, h, u, j),
+                                                              q.scale + row * q.row_blocks + b);
+                        }
                     }
                 }
-        ops::cuda::detail::cp_async_commit();
+            if (++cur_j == tc_per_tile) {
+                cur_j = 0;
+                ++cur_g;
+            }
+        }
+        cur_slot = cur_slot + 1 == stages ? 0 : cur_slot + 1;
+        ops::cuda::detail::cp_async_commit();  // one group an item, empty or not: the waits count them
+    };
+    if constexpr (TC) {
+        for (int i = 0; i + 1 < stages; ++i) tc_issue();
     } else if constexpr (PRE) {
         for (int64_t o = o0; o < a.O; o += stride, ++npre)
             for (int h = 0; h < wr; ++h) {
@@ -1024,7 +1092,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MK == 1 && !Kind<WK>::quant ?
                     ops::cuda::detail::cp_async_16(dst + i, src + i);
             }
         ops::cuda::detail::cp_async_commit();
-    } else if (o0 < a.O) {
+    } else if (!TC && o0 < a.O) {
         load_chunk<WK>(first, a.W, q, bs_log2, o0, int64_t(lane) * cols, I, lim);
         if (swiglu) load_chunk<WK>(first2, a.W, q, bs_log2, a.O + o0, int64_t(lane) * cols, I, lim);
     }
@@ -1037,7 +1105,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MK == 1 && !Kind<WK>::quant ?
     // this kernel writes it, in the previous step), the residual just after the wait.
     const int pr = PRE ? 0 : lane;
     const int64_t po = PRE ? o0 + lane * stride : o0;
-    const bool pmine = PRE ? lane < npre : lane < k && o0 < a.O;
+    const bool pmine = PRE ? lane < npre : !TC && lane < k && o0 < a.O;
     // (Not in the streaming batch-1 bf16 kernel: at its 3 blocks an SM the registers spill.)
     constexpr bool const_pre = !(WK == WeightKind::BF16 && MK == 1 && !PRE);
     EpiloguePre ep;
@@ -1131,7 +1199,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MK == 1 && !Kind<WK>::quant ?
     if (a.x_out && blockIdx.x == 0)  // the normalised rows, for the caller (final hidden states)
         for (int64_t e = threadIdx.x; e < a.k * I; e += blockDim.x) a.x_out[e] = X(int(e / I), e % I);
     // Batch 1 on quantized rows: x once more in fp32, past the bf16 rows (decode_gemv_smem).
-    constexpr bool x32 = Kind<WK>::quant && MK == 1;
+    constexpr bool x32 = Kind<WK>::quant && MK == 1 && !TC;
     float* xf = reinterpret_cast<float*>(xs + k * lim + (a.norm == DecodeNorm::Gated ? k * I : 0) +
                                          (a.norm == DecodeNorm::None ? 0 : 2 * I));
     uint32_t jo[8] = {};
@@ -1146,6 +1214,42 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MK == 1 && !Kind<WK>::quant ?
         const int first_unit = lane * (cols / 4), key = (first_unit >> 3) & 7, a7 = first_unit & 7;
 #pragma unroll
         for (int j = 0; j < 8; ++j) jo[j] = 16u * uint32_t((a7 + j) ^ key);
+        __syncthreads();
+    }
+    // TC: x in fp16 in the same place, in column order, scaled by 2^-xe so that its largest
+    // magnitude lies in [2^14, 2^15): every value within 2^28 of it converts exactly (bf16's 8
+    // significant bits fit fp16's 11), and the products come back times 2^xe, exactly. The largest
+    // magnitude from the bf16 patterns (their order is the integers' with the sign bit cleared).
+    __half* xh = reinterpret_cast<__half*>(xf);
+    float xup = 1.0f;
+    if constexpr (TC) {
+        __shared__ uint32_t xmax[kGemvWarps];
+        uint32_t mb = 0;
+        for (int64_t c = threadIdx.x; c < lim / 8; c += threads) {
+            const uint4 v = *reinterpret_cast<const uint4*>(xs + c * 8);
+            mb = __vmaxu2(mb, __vmaxu2(__vmaxu2(v.x & 0x7fff7fffu, v.y & 0x7fff7fffu),
+                                       __vmaxu2(v.z & 0x7fff7fffu, v.w & 0x7fff7fffu)));
+        }
+        mb = __reduce_max_sync(0xffffffffu, max(mb & 0xffffu, mb >> 16));
+        if (lane == 0) xmax[warp] = mb;
+        __syncthreads();
+#pragma unroll
+        for (int w = 0; w < kGemvWarps; ++w) mb = max(mb, xmax[w]);
+        const float m = __uint_as_float(mb << 16);
+        const int xe = m > 0.0f && m <= FLT_MAX ? min(max(ilogbf(m) - 14, -100), 100) : 0;
+        const float down = __int_as_float((127 - xe) << 23);
+        xup = __int_as_float((127 + xe) << 23);
+        for (int64_t c = threadIdx.x; c < lim / 8; c += threads) {
+            const uint4 v = *reinterpret_cast<const uint4*>(xs + xpos<WK>(c * 8));
+            const uint32_t w[4] = {v.x, v.y, v.z, v.w};
+            uint32_t hv[4];
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const __half2 p = __floats2half2_rn(qd::bf_lo(w[e]) * down, qd::bf_hi(w[e]) * down);
+                hv[e] = *reinterpret_cast<const uint32_t*>(&p);
+            }
+            *reinterpret_cast<uint4*>(xh + c * 8) = make_uint4(hv[0], hv[1], hv[2], hv[3]);
+        }
         __syncthreads();
     }
 
@@ -1232,32 +1336,90 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MK == 1 && !Kind<WK>::quant ?
                 v2 = acc2[j];
             }
         if (lane < npre) finish(0, po, v, v2, true);
-    } else if constexpr (PRE && WK == WeightKind::Q4) {
-        // Batch 1, 4-bit rows staged before the wait: dot_row_x32's sums over the staged chunks.
-        ops::cuda::detail::cp_async_wait<0>();
-        const int64_t c0 = int64_t(lane) * cols;
-        const uint32_t base = xf_at + uint32_t(c0 & ~int64_t(31)) * 4u;
-        int j = 0;
-        for (int64_t o = o0; o < a.O; o += stride, ++j) {
-            float v[2] = {0.0f, 0.0f};
+    } else if constexpr (TC) {
+        // Item by item: the next item's copies issued, this one's awaited, then per strip its
+        // products — per 32-bit word of the lane's codes (8 columns of each half) two m16n8k16
+        // products, A the word of the first half (row tg) and of the second (row tg + 8), B the
+        // matching 8 values of x. A's 16 k positions are any 16 columns as long as B lists them
+        // alike: lane t4's are its own 4 consecutive columns of each half. B column n carries half
+        // n / nb, absmax block n % nb of it (lanes 4n .. 4n + 3 hold it, zeros elsewhere), so result
+        // column n of row tg (half 0) or tg + 8 (half 1) is that block's partial sum, and the flush
+        // scales each by its absmax: lane t4 holds columns 2·t4 and 2·t4 + 1.
+        const qd::HalfBook book = qd::half_book(q.code);
+        __shared__ float red_tc[2][2][kGemvWarps][8];           // [group parity][row set][warp][row]
+        const int bhalf = tg >> nb_log2, bblk = tg & (nb - 1);  // this lane's B column: half, block
+        const bool bcol = tg < 2 * nb && ((32 * t4) >> bs_log2) == bblk;
+        const int half0 = (2 * t4) >> nb_log2, half1 = (2 * t4 + 1) >> nb_log2;
+        int slot = 0;
+        for (int gi = 0; gi < tc_groups; ++gi) {
+            const int64_t group = blockIdx.x + int64_t(gi) * gridDim.x;
+            float acc[2] = {0.0f, 0.0f};  // [row set]
+            for (int j = 0; j < tc_per_tile; ++j) {
+                tc_issue();
+                if (stages == kTcStages)
+                    ops::cuda::detail::cp_async_wait<kTcStages - 1>();
+                else
+                    ops::cuda::detail::cp_async_wait<kTcStages - 2>();
+                const int64_t item = tws + int64_t(j) * wpt;
+#pragma unroll
+                for (int u = 0; u < kTcSub; ++u) {
+                    const int64_t s = item * kTcSub + u;
+                    const int64_t colb = s * kTcStrip + bhalf * (kTcStrip / 2) + 32 * t4;
+                    const bool give = bcol && colb < lim;
+                    uint4 xv[4];
+#pragma unroll
+                    for (int w = 0; w < 4; ++w)
+                        xv[w] = give ? *reinterpret_cast<const uint4*>(xh + colb + 8 * w)
+                                     : make_uint4(0, 0, 0, 0);
+                    const int64_t blk0 = tc_block(s, 0), blk1 = tc_block(s, 1);
+#pragma unroll
+                    for (int h = 0; h < 2; ++h) {
+                        if (h >= wr) break;
+                        const uint4 c0 = *slot_codes(slot, h, u, 0), c1 = *slot_codes(slot, h, u, 1);
+                        // Two accumulators (a word's first and second product): chains of 4 products.
+                        float d[4] = {0.0f, 0.0f, 0.0f, 0.0f}, e[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+                        for (int w = 0; w < 4; ++w) {
+                            uint32_t p0[4], p1[4];
+                            qd::decode8_half(p0, qd::word_of(c0, w), book);
+                            qd::decode8_half(p1, qd::word_of(c1, w), book);
+                            ops::cuda::detail::mma_m16n8k16_f16(d, {p0[0], p1[0], p0[1], p1[1]},
+                                                                {xv[w].x, xv[w].y});
+                            ops::cuda::detail::mma_m16n8k16_f16(e, {p0[2], p1[2], p0[3], p1[3]},
+                                                                {xv[w].z, xv[w].w});
+                        }
+#pragma unroll
+                        for (int i = 0; i < 4; ++i) d[i] += e[i];
+                        if (blk0 >= 0)
+                            acc[h] = fmaf(*slot_absmax(slot, h, u, 0), half0 ? d[2] : d[0], acc[h]);
+                        if (blk1 >= 0)
+                            acc[h] = fmaf(*slot_absmax(slot, h, u, 1), half1 ? d[3] : d[1], acc[h]);
+                    }
+                }
+                slot = slot + 1 == stages ? 0 : slot + 1;
+            }
+            // The tile's outputs: the 4 lanes of a row's quad, then the tile's warps in order (a
+            // fixed order: the same bits every run).
 #pragma unroll
             for (int h = 0; h < 2; ++h) {
-                if (h >= wr) break;
-                float acc = 0.0f;
-                for (int ch = 0; ch < cpr; ++ch) {
-                    const int64_t sl = q_slot(j, h, ch) * 32 + lane;
-                    Chunk<U> c;
-#pragma unroll
-                    for (int u = 0; u < U; ++u) {
-                        c.w[u] = pre_codes[sl * U + u];
-                        c.lo[u] = c.hi[u] = pre_abs[sl * U + u];
-                    }
-                    acc = dot_chunk_x32<WK>(acc, c, c0 + ch * chunk_cols, c0, base, lim, jo, book);
-                }
-                v[h] = warp_sum(acc);
+                float v = acc[h];
+                v += __shfl_xor_sync(0xffffffffu, v, 1);
+                v += __shfl_xor_sync(0xffffffffu, v, 2);
+                if (t4 == 0 && h < wr) red_tc[gi & 1][h][warp][tg] = v;
             }
-            if (lane == 0) finish(0, o, v[0], v[1], o == o0);
+            __syncthreads();
+            if (threadIdx.x < tpb * 8) {
+                const int t = threadIdx.x / 8, r = threadIdx.x % 8;
+                const int64_t o = (group * tpb + t) * 8 + r;
+                float v = 0.0f, v2 = 0.0f;
+                for (int w = t * wpt; w < (t + 1) * wpt; ++w) {
+                    v += red_tc[gi & 1][0][w][r];
+                    if (swiglu) v2 += red_tc[gi & 1][1][w][r];
+                }
+                if (o < a.O) finish(0, o, v * xup, v2 * xup, false);
+            }
         }
+        ops::cuda::detail::cp_async_wait<0>();
     } else if constexpr (x32) {
         // Batch 1, quantized: the warp's next row's loads go out before this row's product. (A
         // ring of 3 rows in flight measured 8% slower on the H200, docs/PERFORMANCE.md: bytes in
@@ -1366,29 +1528,32 @@ struct PrePlan {
 PrePlan pre_plan(const DecodeGemv& a, int sms) {
     const char* env = std::getenv("MSLM_DECODE_GEMV_PRE");
     const std::string mode = env ? env : "1";
-    if (a.k != 1 || mode == "0") return {};
-    // 4-bit rows with fp32 absmax (blocks of ≥ 32 columns at batch 1: one absmax a 32-code load),
-    // only with MSLM_DECODE_GEMV_PRE=q4: not yet measured against streaming them.
-    const bool q4 = a.q && a.q->format != QuantFormat::Int8 && a.q->scale && mode == "q4";
-    if (a.q && !q4) return {};
+    if (a.k != 1 || a.q || mode == "0") return {};
     const int64_t blocks = std::min<int64_t>((a.O + kGemvWarps - 1) / kGemvWarps, sms);
     const int64_t rows = (a.O + blocks * kGemvWarps - 1) / (blocks * kGemvWarps);
     const int64_t wr = a.epi == DecodeEpilogue::SwiGLU ? 2 : 1;
-    size_t bytes = size_t(kGemvWarps * rows * wr * a.I) * sizeof(uint16_t);
-    size_t limit = kPreSmem;
-    if (q4) {  // a lane's chunk: 2 loads of 32 codes (16 bytes) and their 2 absmax values
-        const int64_t lim = ops::cuda::quant_padded_in(a.q->format, a.I), chunk_cols = 32 * 32 * 2;
-        const int64_t cpr = (lim + chunk_cols - 1) / chunk_cols;
-        bytes = size_t(kGemvWarps * rows * wr * cpr * 32) * (2 * 16 + 2 * 4);
-        limit = kPreSmemQ;
-    }
-    if (rows > kPreRows || bytes > limit || decode_gemv_smem(a) + bytes > kDecodeGemvMaxSmem) return {};
+    const size_t bytes = size_t(kGemvWarps * rows * wr * a.I) * sizeof(uint16_t);
+    if (rows > kPreRows || bytes > kPreSmem || decode_gemv_smem(a) + bytes > kDecodeGemvMaxSmem) return {};
     return {blocks, decode_gemv_smem(a) + bytes};
 }
 
-template <WeightKind WK, int MK, bool PRE = false>
+// Whether the batch-1 product takes the tensor-core kernel (TC): 4-bit rows with fp32 absmax in
+// blocks of ≥ 32 columns, with MSLM_DECODE_GEMV_TC=1 (read at each launch). Opt-in: measured no
+// faster than the streaming kernel on the H200 (docs/PERFORMANCE.md — its byte permutes, 2 a
+// weight, bound it), which keeps the exact fp32 code book.
+size_t tc_smem(const DecodeGemv& a) {
+    const size_t wr = a.epi == DecodeEpilogue::SwiGLU ? 2 : 1, stages = wr == 1 ? kTcStages : kTcStages - 1;
+    return decode_gemv_smem(a) + size_t(kGemvWarps) * stages * wr * kTcSlotBytes;
+}
+bool tc_takes(const DecodeGemv& a) {
+    const char* env = std::getenv("MSLM_DECODE_GEMV_TC");
+    return a.k == 1 && a.q && a.q->format != QuantFormat::Int8 && a.q->scale && a.q->blocksize >= 32 &&
+           tc_smem(a) <= kDecodeGemvMaxSmem && env && std::string(env) == "1";
+}
+
+template <WeightKind WK, int MK, bool PRE = false, bool TC = false>
 void launch_gemv_rows(const DecodeGemv& a, void* stream) {
-    auto kernel = decode_gemv_kernel<WK, MK, PRE>;
+    auto kernel = decode_gemv_kernel<WK, MK, PRE, TC>;
     static int configured_device = -1;  // per instantiation
     int device = 0;
     cudaGetDevice(&device);
@@ -1401,12 +1566,16 @@ void launch_gemv_rows(const DecodeGemv& a, void* stream) {
     int sms = 0, resident = 0;
     cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
     const PrePlan plan = PRE ? pre_plan(a, sms) : PrePlan{};
-    const size_t smem = PRE ? plan.smem : decode_gemv_smem(a);
+    const size_t smem = PRE ? plan.smem : TC ? tc_smem(a) : decode_gemv_smem(a);
     cudaOccupancyMaxActiveBlocksPerMultiprocessor(&resident, kernel, kGemvWarps * 32, smem);
-    // One wave: every block pays the prologue once, then strides over the rows.
-    const int64_t blocks =
-        PRE ? plan.blocks
-            : std::min<int64_t>((a.O + kGemvWarps - 1) / kGemvWarps, int64_t(sms) * std::max(resident, 1));
+    // One wave: every block pays the prologue once, then strides over the rows (TC: 16-row tiles).
+    int64_t units = (a.O + kGemvWarps - 1) / kGemvWarps;
+    if (TC) {  // groups of tpb 8-output tiles (decode_gemv_kernel's TC setup)
+        const int64_t items = (staged_length(a) + kTcSub * kTcStrip - 1) / (kTcSub * kTcStrip);
+        const int64_t tpb = kGemvWarps / std::min<int64_t>(items, kGemvWarps);
+        units = ((a.O + 7) / 8 + tpb - 1) / tpb;
+    }
+    const int64_t blocks = PRE ? plan.blocks : std::min<int64_t>(units, int64_t(sms) * std::max(resident, 1));
     QuantWeight q;
     int bs_log2 = 0;
     if (a.q) {
@@ -1414,18 +1583,24 @@ void launch_gemv_rows(const DecodeGemv& a, void* stream) {
         while (Kind<WK>::four && (int64_t(1) << bs_log2) < q.blocksize) ++bs_log2;
     }
     launch(kernel, dim3(unsigned(blocks)), dim3(kGemvWarps * 32), smem, stream, "decode_gemv", a, q, bs_log2,
-           trace_slot(a, PRE), int(decode_gemv_smem(a)));
+           trace_slot(a, PRE || TC), int(decode_gemv_smem(a)));
 }
 
 template <WeightKind WK>
 void launch_gemv(const DecodeGemv& a, void* stream) {
     if (a.k == 1) {
-        if constexpr (WK == WeightKind::BF16 || WK == WeightKind::Q4) {
+        if constexpr (WK == WeightKind::BF16) {
             int device = 0, sms = 0;
             cudaGetDevice(&device);
             cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
             if (pre_plan(a, sms).blocks > 0) {
                 launch_gemv_rows<WK, 1, true>(a, stream);
+                return;
+            }
+        }
+        if constexpr (WK == WeightKind::Q4) {
+            if (tc_takes(a)) {
+                launch_gemv_rows<WK, 1, false, true>(a, stream);
                 return;
             }
         }

@@ -16,12 +16,13 @@
 // rows a block) every block copies all its weight rows into shared memory before it waits for its
 // predecessor (programmatic dependent launch), so a product's weights stream while the previous
 // kernels of the step run; MSLM_DECODE_GEMV_PRE=0 streams them after the wait instead (the same
-// sums, bit for bit). MSLM_DECODE_GEMV_PRE=q4 stages 4-bit rows with fp32 absmax too (rows of
-// ≤ 100 KiB a block; opt-in: not yet measured against streaming them). Every kernel also reads what its
-// epilogue needs early: the norm weights, biases and conv weights and window before the wait, the residual
-// right after it. Every stored value is computed in fp32 and rounded once, as the unfused kernels do; the
-// sums run in a different order than cuBLASLt's, so results agree with the unfused path to bf16 rounding, not
-// bit for bit.
+// sums, bit for bit). MSLM_DECODE_GEMV_TC=1 runs batch-1 products on 4-bit rows with fp32 absmax
+// (blocks of ≥ 32) on tensor cores in fp16 (the code book rounded to fp16, x scaled by a power of two
+// into fp16, fp32 sums) — opt-in, measured no faster than the default streaming kernel. Every kernel also
+// reads what its epilogue needs early: the norm weights, biases and conv weights and window before the wait,
+// the residual right after it. Every stored value is computed in fp32 and rounded once, as the unfused
+// kernels do; the sums run in a different order than cuBLASLt's, so results agree with the unfused path to
+// bf16 rounding, not bit for bit.
 //
 // The weight may instead be quantized (q: int8 rows, or bitsandbytes' NF4 / FP4 with fp32 or
 // double-quantized absmax, ops/cuda/quant_gemv.h's GPU layout): the same prologue and epilogues, and

@@ -321,6 +321,32 @@ double gemv_tol(int64_t K, double mag) {
     return (24.0 + double(K) / 256.0) * 0x1p-24 * mag;
 }
 
+// The batch-1 tensor-core product (decode_gemv on 4-bit rows with fp32 absmax, blocks of ≥ 32) on
+// fp16 operands: its exact model is the code book rounded to fp16 (what half_book gives) times the
+// block's absmax, and x scaled by 2^-e into fp16, exact for every value within 2^28 of the row's
+// largest. So against that model: fp32 sums of depth ≤ 24 + K / 256 as gemv_tol, taken at 2^-23 a
+// rounding (the tensor cores' fp32 accumulation is not specified to round to nearest), plus the x
+// values below 2^-14 of the largest, each off by at most 2^-25 of 2^e ≤ 2^-39 · max|x|.
+// (Opt-in, MSLM_DECODE_GEMV_TC=1: the tests below run both kernels where it applies.)
+bool takes_tc(const QuantHostWeight& w, int64_t M) {
+    return M == 1 && w.format != QuantFormat::Int8 && !w.double_quant && w.blocksize >= 32;
+}
+Subject half_book_model(const Subject& s) {
+    Subject h = s;
+    const QuantHostWeight& q = s.host;
+    for (int64_t r = 0; r < q.out; ++r)
+        for (int64_t c = 0; c < q.in; ++c) {
+            const uint8_t byte = q.data[static_cast<size_t>(r * q.row_bytes + c / 2)];
+            const int code = c % 2 == 0 ? byte >> 4 : byte & 15;
+            h.w[static_cast<size_t>(r * q.in + c)] =
+                f16_to_f32(f32_to_f16(q.code[static_cast<size_t>(code)])) * q.absmax(r, c / q.blocksize);
+        }
+    return h;
+}
+double tc_tol(int64_t K, double mag, double max_x, double sum_w) {
+    return (24.0 + double(K) / 256.0) * 0x1p-23 * mag + 0x1p-39 * max_x * sum_w;
+}
+
 #endif  // MSLM_HAVE_CUDA
 
 #define SKIP_WITHOUT_GPU() \
@@ -509,8 +535,28 @@ TEST(CudaDecodeGemvQuant, MatchesBitsandbytesDequantizedProduct) {
                     continue;
                 }
                 ASSERT_TRUE(cuda_decoder_detail::decode_gemv_supported(a));
-                cuda_decoder_detail::decode_gemv(a, nullptr);
                 std::vector<double> ref, mag, tol;
+                if (takes_tc(s.host, M)) {
+                    // The tensor-core kernel against the fp16 code book model; then the default
+                    // (streaming) kernel against the exact weights.
+                    setenv("MSLM_DECODE_GEMV_TC", "1", 1);
+                    cuda_decoder_detail::decode_gemv(a, nullptr);
+                    unsetenv("MSLM_DECODE_GEMV_TC");
+                    const Subject h = half_book_model(s);
+                    reference(h, x, M, ld_x, ref, mag);
+                    double max_x = 0;
+                    for (int64_t k = 0; k < K; ++k)
+                        max_x = std::max(max_x, double(std::fabs(bf16_to_f32(x[k]))));
+                    for (int64_t o = 0; o < O; ++o) {
+                        double sum_w = 0;
+                        for (int64_t k = 0; k < K; ++k)
+                            sum_w += std::fabs(h.w[static_cast<size_t>(o * K + k)]);
+                        tol.push_back(tc_tol(K, mag[static_cast<size_t>(o)], max_x, sum_w) + 1e-30);
+                    }
+                    EXPECT_TRUE(test::all_within(dy.download(), ref, tol)) << "tensor-core product";
+                    tol.clear();
+                }
+                cuda_decoder_detail::decode_gemv(a, nullptr);
                 reference(s, x, M, ld_x, ref, mag);
                 for (double v : mag) tol.push_back(gemv_tol(K, v) + 1e-30);
                 EXPECT_TRUE(test::all_within(dy.download(), ref, tol));
@@ -543,118 +589,122 @@ TEST(CudaDecodeGemvQuant, NormProloguesAndEpiloguesAsTheUnfusedPath) {
             const std::vector<uint16_t> bias = random_bf16(rng, static_cast<size_t>(rows));
             const test::DeviceBuffer<uint16_t> dx(x), dz(z), dnw(nw), db(bias);
             for (DecodeNorm norm : {DecodeNorm::RMS, DecodeNorm::Gated})
-                for (DecodeEpilogue epi : {DecodeEpilogue::Store, DecodeEpilogue::Residual, DecodeEpilogue::SwiGLU}) {
-                    const int64_t O = epi == DecodeEpilogue::SwiGLU ? rows / 2 : rows;
-                    SCOPED_TRACE(s.name + " M=" + std::to_string(M) + " norm " + std::to_string(int(norm)) +
-                                 " epilogue " + std::to_string(int(epi)));
-                    const std::vector<uint16_t> res = random_bf16(rng, static_cast<size_t>(M * O));
-                    test::DeviceBuffer<uint16_t> fused(res), unfused(res), xn(static_cast<size_t>(M * K));
-                    DecodeGemv a;
-                    a.x = dx.get();
-                    a.ld_x = K;
-                    a.q = &dw.view;
-                    a.bias = db.get();
-                    a.k = M;
-                    a.I = K;
-                    a.O = O;
-                    a.norm = norm;
-                    a.norm_w = dnw.get();
-                    a.eps = 1e-5f;
-                    a.z = dz.get();
-                    a.ld_z = K;
-                    a.groups = norm == DecodeNorm::Gated ? 2 : 1;
-                    a.x_out = xn.get();
-                    a.epi = epi;
-                    a.out = fused.get();
-                    a.ld_out = O;
-                    ASSERT_TRUE(cuda_decoder_detail::decode_gemv_supported(a));
-                    setenv("MSLM_DECODE_GEMV_PRE", "q4", 1);  // 4-bit rows staged before the wait where taken
-                    cuda_decoder_detail::decode_gemv(a, nullptr);
-                    unsetenv("MSLM_DECODE_GEMV_PRE");
-                    // The unfused product on the rows the prologue normalised.
-                    QuantGemv g;
-                    g.x = xn.get();
-                    g.ld_x = K;
-                    g.M = M;
-                    g.W = dw.view;
-                    g.bias = db.get();
-                    g.epi = epi == DecodeEpilogue::Store      ? QuantEpilogue::Store
-                            : epi == DecodeEpilogue::Residual ? QuantEpilogue::Residual
-                                                              : QuantEpilogue::SwiGLU;
-                    g.out = unfused.get();
-                    g.ld_out = O;
-                    ops::cuda::quant_gemv(g, nullptr);
-                    const std::vector<uint16_t> xs = xn.download(), want = unfused.download(), got = fused.download();
-                    // The normalised rows are finite and not all zero (the prologue ran).
-                    double xsum = 0;
-                    for (uint16_t v : xs) xsum += std::fabs(bf16_to_f32(v));
-                    ASSERT_TRUE(std::isfinite(xsum) && xsum > 0);
-                    // ... and are the norm of x (and z), computed here in double: within one bf16 step
-                    // (≤ 2^-7 relative) of it — the products below use the kernel's own rows, so this
-                    // is what catches an input staged in the wrong place.
-                    {
-                        std::vector<double> xr(static_cast<size_t>(M * K)), tx(xr.size());
-                        const int64_t groups = norm == DecodeNorm::Gated ? 2 : 1, width = K / groups;
-                        for (int64_t m = 0; m < M; ++m)
-                            for (int64_t g0 = 0; g0 < K; g0 += width) {
-                                double ss = 0;
-                                for (int64_t i = g0; i < g0 + width; ++i) {
-                                    double t = bf16_to_f32(x[m * K + i]);
-                                    if (norm == DecodeNorm::Gated) {
-                                        const double zz = bf16_to_f32(z[m * K + i]);
-                                        t *= zz / (1 + std::exp(-zz));
-                                    }
-                                    xr[m * K + i] = t;
-                                    ss += t * t;
-                                }
-                                const double rstd = 1 / std::sqrt(ss / double(width) + 1e-5);
-                                for (int64_t i = g0; i < g0 + width; ++i) {
-                                    xr[m * K + i] *= rstd * bf16_to_f32(nw[i]);
-                                    tx[m * K + i] = 0x1p-7 * std::fabs(xr[m * K + i]) * 1.01 + 1e-30;
-                                }
-                            }
-                        std::vector<float> xsf(xs.size());
-                        for (size_t i = 0; i < xs.size(); ++i) xsf[i] = bf16_to_f32(xs[i]);
-                        EXPECT_TRUE(test::all_within(xsf, xr, tx)) << "the normalised rows";
-                    }
-                    // Both products are within gemv_tol of the exact one over the same rows, so of each
-                    // other within twice that; each rounds to bf16 once or twice more (2^-8 relative
-                    // covers the rounding to either neighbour), SwiGLU's silu(g)·u through both halves.
-                    std::vector<double> v, mag;
-                    reference(s, xs, M, K, v, mag);
-                    std::vector<double> ref(static_cast<size_t>(M * O)), tol(ref.size());
-                    for (int64_t m = 0; m < M; ++m)
-                        for (int64_t o = 0; o < O; ++o) {
-                            const size_t i = static_cast<size_t>(m * O + o);
-                            const double e = 2 * gemv_tol(K, mag[m * rows + o]);
-                            const double w = bf16_to_f32(want[i]);
-                            ref[i] = w;
-                            if (epi == DecodeEpilogue::SwiGLU) {
-                                const double g0 = v[m * rows + o] + bf16_to_f32(bias[o]);
-                                const double u0 = v[m * rows + O + o] + bf16_to_f32(bias[O + o]);
-                                const double eu = 2 * gemv_tol(K, mag[m * rows + O + o]);
-                                tol[i] = 1.1 * (e + 0x1p-8 * std::fabs(g0)) * std::fabs(u0) +
-                                         std::fabs(g0) * (eu + 0x1p-8 * std::fabs(u0)) + 0x1p-7 * std::fabs(w) + 1e-30;
-                            } else {
-                                const double r0 = epi == DecodeEpilogue::Residual ? bf16_to_f32(res[i]) : 0.0;
-                                const double a0 = v[m * rows + o] + bf16_to_f32(bias[o]);
-                                tol[i] = e + 0x1p-8 * (std::fabs(a0) + std::fabs(r0)) + 0x1p-8 * std::fabs(w) + 1e-30;
-                            }
-                        }
-                    std::vector<float> gotf(got.size());
-                    for (size_t i = 0; i < got.size(); ++i) gotf[i] = bf16_to_f32(got[i]);
-                    EXPECT_TRUE(test::all_within(gotf, ref, tol));
-                    if (M ==
-                        1) {  // 4-bit rows staged before the wait (where taken) give the streamed ones' bits
-                        test::DeviceBuffer<uint16_t> streamed(res);
-                        a.out = streamed.get();
-                        setenv("MSLM_DECODE_GEMV_PRE", "0", 1);
+                for (DecodeEpilogue epi :
+                     {DecodeEpilogue::Store, DecodeEpilogue::Residual, DecodeEpilogue::SwiGLU})
+                    for (bool tc : {false, true}) {  // the default kernel, then the opt-in tensor-core one
+                        if (tc && !takes_tc(s.host, M)) continue;
+                        const int64_t O = epi == DecodeEpilogue::SwiGLU ? rows / 2 : rows;
+                        SCOPED_TRACE(s.name + " M=" + std::to_string(M) + " norm " +
+                                     std::to_string(int(norm)) + " epilogue " + std::to_string(int(epi)) +
+                                     (tc ? " tensor cores" : ""));
+                        const std::vector<uint16_t> res = random_bf16(rng, static_cast<size_t>(M * O));
+                        test::DeviceBuffer<uint16_t> fused(res), unfused(res), xn(static_cast<size_t>(M * K));
+                        DecodeGemv a;
+                        a.x = dx.get();
+                        a.ld_x = K;
+                        a.q = &dw.view;
+                        a.bias = db.get();
+                        a.k = M;
+                        a.I = K;
+                        a.O = O;
+                        a.norm = norm;
+                        a.norm_w = dnw.get();
+                        a.eps = 1e-5f;
+                        a.z = dz.get();
+                        a.ld_z = K;
+                        a.groups = norm == DecodeNorm::Gated ? 2 : 1;
+                        a.x_out = xn.get();
+                        a.epi = epi;
+                        a.out = fused.get();
+                        a.ld_out = O;
+                        ASSERT_TRUE(cuda_decoder_detail::decode_gemv_supported(a));
+                        if (tc) setenv("MSLM_DECODE_GEMV_TC", "1", 1);
                         cuda_decoder_detail::decode_gemv(a, nullptr);
-                        unsetenv("MSLM_DECODE_GEMV_PRE");
-                        EXPECT_TRUE(streamed.download() == got)
-                            << "the staged and the streamed kernels differ";
+                        unsetenv("MSLM_DECODE_GEMV_TC");
+                        // The unfused product on the rows the prologue normalised.
+                        QuantGemv g;
+                        g.x = xn.get();
+                        g.ld_x = K;
+                        g.M = M;
+                        g.W = dw.view;
+                        g.bias = db.get();
+                        g.epi = epi == DecodeEpilogue::Store      ? QuantEpilogue::Store
+                                : epi == DecodeEpilogue::Residual ? QuantEpilogue::Residual
+                                                                  : QuantEpilogue::SwiGLU;
+                        g.out = unfused.get();
+                        g.ld_out = O;
+                        ops::cuda::quant_gemv(g, nullptr);
+                        const std::vector<uint16_t> xs = xn.download(), want = unfused.download(),
+                                                    got = fused.download();
+                        // The normalised rows are finite and not all zero (the prologue ran).
+                        double xsum = 0;
+                        for (uint16_t v : xs) xsum += std::fabs(bf16_to_f32(v));
+                        ASSERT_TRUE(std::isfinite(xsum) && xsum > 0);
+                        // ... and are the norm of x (and z), computed here in double: within one bf16 step
+                        // (≤ 2^-7 relative) of it — the products below use the kernel's own rows, so this
+                        // is what catches an input staged in the wrong place.
+                        {
+                            std::vector<double> xr(static_cast<size_t>(M * K)), tx(xr.size());
+                            const int64_t groups = norm == DecodeNorm::Gated ? 2 : 1, width = K / groups;
+                            for (int64_t m = 0; m < M; ++m)
+                                for (int64_t g0 = 0; g0 < K; g0 += width) {
+                                    double ss = 0;
+                                    for (int64_t i = g0; i < g0 + width; ++i) {
+                                        double t = bf16_to_f32(x[m * K + i]);
+                                        if (norm == DecodeNorm::Gated) {
+                                            const double zz = bf16_to_f32(z[m * K + i]);
+                                            t *= zz / (1 + std::exp(-zz));
+                                        }
+                                        xr[m * K + i] = t;
+                                        ss += t * t;
+                                    }
+                                    const double rstd = 1 / std::sqrt(ss / double(width) + 1e-5);
+                                    for (int64_t i = g0; i < g0 + width; ++i) {
+                                        xr[m * K + i] *= rstd * bf16_to_f32(nw[i]);
+                                        tx[m * K + i] = 0x1p-7 * std::fabs(xr[m * K + i]) * 1.01 + 1e-30;
+                                    }
+                                }
+                            std::vector<float> xsf(xs.size());
+                            for (size_t i = 0; i < xs.size(); ++i) xsf[i] = bf16_to_f32(xs[i]);
+                            EXPECT_TRUE(test::all_within(xsf, xr, tx)) << "the normalised rows";
+                        }
+                        // Both products are within gemv_tol of the exact one over the same rows, so of each
+                        // other within twice that; each rounds to bf16 once or twice more (2^-8 relative
+                        // covers the rounding to either neighbour), SwiGLU's silu(g)·u through both halves.
+                        // The tensor-core product (batch 1) multiplies by the fp16 code book: each weight
+                        // within 2^-11 of its own, so 2^-11 · Σ|x·w| more (its sums against that model are
+                        // checked tightly in MatchesBitsandbytesDequantizedProduct).
+                        const double book = tc ? 0x1p-11 : 0.0;
+                        std::vector<double> v, mag;
+                        reference(s, xs, M, K, v, mag);
+                        std::vector<double> ref(static_cast<size_t>(M * O)), tol(ref.size());
+                        for (int64_t m = 0; m < M; ++m)
+                            for (int64_t o = 0; o < O; ++o) {
+                                const size_t i = static_cast<size_t>(m * O + o);
+                                const double e =
+                                    2 * gemv_tol(K, mag[m * rows + o]) + book * mag[m * rows + o];
+                                const double w = bf16_to_f32(want[i]);
+                                ref[i] = w;
+                                if (epi == DecodeEpilogue::SwiGLU) {
+                                    const double g0 = v[m * rows + o] + bf16_to_f32(bias[o]);
+                                    const double u0 = v[m * rows + O + o] + bf16_to_f32(bias[O + o]);
+                                    const double eu =
+                                        2 * gemv_tol(K, mag[m * rows + O + o]) + book * mag[m * rows + O + o];
+                                    tol[i] = 1.1 * (e + 0x1p-8 * std::fabs(g0)) * std::fabs(u0) +
+                                             std::fabs(g0) * (eu + 0x1p-8 * std::fabs(u0)) +
+                                             0x1p-7 * std::fabs(w) + 1e-30;
+                                } else {
+                                    const double r0 =
+                                        epi == DecodeEpilogue::Residual ? bf16_to_f32(res[i]) : 0.0;
+                                    const double a0 = v[m * rows + o] + bf16_to_f32(bias[o]);
+                                    tol[i] = e + 0x1p-8 * (std::fabs(a0) + std::fabs(r0)) +
+                                             0x1p-8 * std::fabs(w) + 1e-30;
+                                }
+                            }
+                        std::vector<float> gotf(got.size());
+                        for (size_t i = 0; i < got.size(); ++i) gotf[i] = bf16_to_f32(got[i]);
+                        EXPECT_TRUE(test::all_within(gotf, ref, tol));
                     }
-                }
         }
     }
 #endif

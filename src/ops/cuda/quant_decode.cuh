@@ -8,6 +8,7 @@
 // reading its q-th segment, hit 8 different 16-byte bank groups (stored in order, lanes 0, 2, 4, 6
 // would share one: 4-way conflicts).
 #pragma once
+#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include <cstdint>
@@ -115,6 +116,54 @@ __device__ __forceinline__ float dot8(const float (&w)[8], const float (&x)[8]) 
 #pragma unroll
     for (int e = 0; e < 8; ++e) p = fmaf(w[e], x[e], p);
     return p;
+}
+
+// ---- 4-bit codes as fp16 pairs, for tensor-core products (decode_gemv's batch-1 path)
+//
+// The code book rounded to fp16 (nearest even: each code moves by ≤ 2^-11 of itself; bitsandbytes'
+// own 4-bit GEMV rounds the dequantized weight to the compute dtype, bf16's 2^-9) and kept in
+// registers as byte tables, so a code becomes its value by byte permutes alone — no shared-memory
+// load in the chain from a code to the product. lo[0], lo[1]: the low bytes of codes 0..7 (four a
+// register); lo[2], lo[3]: of codes 8..15; hi: the high bytes likewise.
+struct HalfBook {
+    uint32_t lo[4], hi[4];
+};
+
+__device__ __forceinline__ HalfBook half_book(const float (&code)[16]) {
+    HalfBook b{};
+#pragma unroll
+    for (int i = 0; i < 16; ++i) {
+        const uint32_t h = __half_as_ushort(__float2half_rn(code[i]));
+        b.lo[i / 4] |= (h & 0xffu) << (8 * (i % 4));
+        b.hi[i / 4] |= (h >> 8) << (8 * (i % 4));
+    }
+    return b;
+}
+
+// PTX prmt, generic form: byte n of the result is byte (c >> 4n) & 7 of {b, a} (a's bytes 0..3);
+// every selector here has its bit 3 (sign replication) clear.
+__device__ __forceinline__ uint32_t prmt(uint32_t a, uint32_t b, uint32_t c) {
+    uint32_t d;
+    asm("prmt.b32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
+    return d;
+}
+
+// The 8 codes of a word (byte i: code 2i in the high nibble, 2i + 1 in the low) as 4 fp16 pairs,
+// p[j] = (code 2j, code 2j + 1), the first in the low half. A half-word's four nibbles are the
+// selectors of one byte permute: their low 3 bits pick a code's byte within a half of the book, bit 3
+// which half (byte n of the pick taken from the first table or the second, n | 4·bit3); the nibbles
+// come high-first, so the bytes are codes 1, 0, 3, 2, and the last permutes pair them up in order.
+// 21 integer instructions per 8 codes (checked against a byte-level model of prmt).
+__device__ __forceinline__ void decode8_half(uint32_t (&p)[4], uint32_t w, const HalfBook& b) {
+    const uint32_t sel = w & 0x77777777u, pick = ((w >> 1) & 0x44444444u) | 0x32103210u;
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+        const uint32_t s = h ? sel >> 16 : sel, k = h ? pick >> 16 : pick;
+        const uint32_t lo = prmt(prmt(b.lo[0], b.lo[1], s), prmt(b.lo[2], b.lo[3], s), k);
+        const uint32_t hi = prmt(prmt(b.hi[0], b.hi[1], s), prmt(b.hi[2], b.hi[3], s), k);
+        p[2 * h] = prmt(lo, hi, 0x4051u);
+        p[2 * h + 1] = prmt(lo, hi, 0x6273u);
+    }
 }
 
 }  // namespace mslm::ops::cuda::quant_detail
