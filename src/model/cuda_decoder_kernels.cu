@@ -965,7 +965,7 @@ __device__ __forceinline__ unsigned long long global_ns() {
 // predecessor, so the weights stream while the previous kernels run. The sums are the same as
 // without (same order, same FMAs).
 // TC (one row of x, 4-bit rows with fp32 absmax, blocks of ≥ 32 columns): tensor-core products on
-// fp16 operands — the code book in fp16 (quant_detail::HalfBook), x scaled by a power of two into
+// fp16 operands — the code book in fp16 (quant_detail::decode8_table), x scaled by a power of two into
 // fp16 — each warp a share of the columns of 16-row tiles, its first items in flight before the
 // wait; see the TC branch below. pre_at: where the PRE rows or the TC ring start in shared memory.
 template <WeightKind WK, int MK, bool PRE = false, bool TC = false>
@@ -1026,7 +1026,10 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MK == 1 && !Kind<WK>::quant ?
         bs_log2 >= 7 ? 0 : 7 - bs_log2;  // absmax blocks a half strip (128 columns): 2^nb_log2
     const int nb = 1 << nb_log2;
     const int stages = wr == 1 ? kTcStages : kTcStages - 1;
-    char* ring = reinterpret_cast<char*>(xs) + pre_at + size_t(warp) * stages * wr * kTcSlotBytes;
+    // The pair code book (quant_detail::decode8_table) first, then the warps' rings.
+    uint32_t* pair_book = reinterpret_cast<uint32_t*>(reinterpret_cast<char*>(xs) + pre_at);
+    char* ring =
+        reinterpret_cast<char*>(xs) + pre_at + qd::kPairBookBytes + size_t(warp) * stages * wr * kTcSlotBytes;
     constexpr size_t kSub = kTcSlotBytes / kTcSub;  // one strip's bytes in a slot
     auto slot_codes = [&](int slot, int h, int u, int half) {
         return reinterpret_cast<uint4*>(ring + (size_t(slot) * wr + h) * kTcSlotBytes + u * kSub) +
@@ -1083,6 +1086,8 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MK == 1 && !Kind<WK>::quant ?
     };
     if constexpr (TC) {
         for (int i = 0; i + 1 < stages; ++i) tc_issue();
+        for (int i = threadIdx.x; i < 256 * qd::kPairBookCopies; i += kGemvWarps * 32)
+            pair_book[i] = qd::pair_book_entry(q.code, i / qd::kPairBookCopies);
     } else if constexpr (PRE) {
         for (int64_t o = o0; o < a.O; o += stride, ++npre)
             for (int h = 0; h < wr; ++h) {
@@ -1345,7 +1350,8 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MK == 1 && !Kind<WK>::quant ?
         // n / nb, absmax block n % nb of it (lanes 4n .. 4n + 3 hold it, zeros elsewhere), so result
         // column n of row tg (half 0) or tg + 8 (half 1) is that block's partial sum, and the flush
         // scales each by its absmax: lane t4 holds columns 2·t4 and 2·t4 + 1.
-        const qd::HalfBook book = qd::half_book(q.code);
+        const uint32_t book_lane = static_cast<uint32_t>(__cvta_generic_to_shared(pair_book)) +
+                                   4u * uint32_t(lane % qd::kPairBookCopies);
         __shared__ float red_tc[2][2][kGemvWarps][8];           // [group parity][row set][warp][row]
         const int bhalf = tg >> nb_log2, bblk = tg & (nb - 1);  // this lane's B column: half, block
         const bool bcol = tg < 2 * nb && ((32 * t4) >> bs_log2) == bblk;
@@ -1381,8 +1387,8 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MK == 1 && !Kind<WK>::quant ?
 #pragma unroll
                         for (int w = 0; w < 4; ++w) {
                             uint32_t p0[4], p1[4];
-                            qd::decode8_half(p0, qd::word_of(c0, w), book);
-                            qd::decode8_half(p1, qd::word_of(c1, w), book);
+                            qd::decode8_table(p0, qd::word_of(c0, w), book_lane);
+                            qd::decode8_table(p1, qd::word_of(c1, w), book_lane);
                             ops::cuda::detail::mma_m16n8k16_f16(d, {p0[0], p1[0], p0[1], p1[1]},
                                                                 {xv[w].x, xv[w].y});
                             ops::cuda::detail::mma_m16n8k16_f16(e, {p0[2], p1[2], p0[3], p1[3]},
@@ -1543,7 +1549,7 @@ PrePlan pre_plan(const DecodeGemv& a, int sms) {
 // weight, bound it), which keeps the exact fp32 code book.
 size_t tc_smem(const DecodeGemv& a) {
     const size_t wr = a.epi == DecodeEpilogue::SwiGLU ? 2 : 1, stages = wr == 1 ? kTcStages : kTcStages - 1;
-    return decode_gemv_smem(a) + size_t(kGemvWarps) * stages * wr * kTcSlotBytes;
+    return decode_gemv_smem(a) + qd::kPairBookBytes + size_t(kGemvWarps) * stages * wr * kTcSlotBytes;
 }
 bool tc_takes(const DecodeGemv& a) {
     const char* env = std::getenv("MSLM_DECODE_GEMV_TC");

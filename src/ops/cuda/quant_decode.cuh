@@ -121,49 +121,32 @@ __device__ __forceinline__ float dot8(const float (&w)[8], const float (&x)[8]) 
 // ---- 4-bit codes as fp16 pairs, for tensor-core products (decode_gemv's batch-1 path)
 //
 // The code book rounded to fp16 (nearest even: each code moves by ≤ 2^-11 of itself; bitsandbytes'
-// own 4-bit GEMV rounds the dequantized weight to the compute dtype, bf16's 2^-9) and kept in
-// registers as byte tables, so a code becomes its value by byte permutes alone — no shared-memory
-// load in the chain from a code to the product. lo[0], lo[1]: the low bytes of codes 0..7 (four a
-// register); lo[2], lo[3]: of codes 8..15; hi: the high bytes likewise.
-struct HalfBook {
-    uint32_t lo[4], hi[4];
-};
-
-__device__ __forceinline__ HalfBook half_book(const float (&code)[16]) {
-    HalfBook b{};
-#pragma unroll
-    for (int i = 0; i < 16; ++i) {
-        const uint32_t h = __half_as_ushort(__float2half_rn(code[i]));
-        b.lo[i / 4] |= (h & 0xffu) << (8 * (i % 4));
-        b.hi[i / 4] |= (h >> 8) << (8 * (i % 4));
-    }
-    return b;
+// own 4-bit GEMV rounds the dequantized weight to the compute dtype, bf16's 2^-9). The 8 codes of
+// a word (byte i: code 2i in the high nibble, 2i + 1 in the low) become 4 fp16 pairs, p[i] = (code
+// 2i, code 2i + 1) with the first in the low half, by a table in shared memory: entry e (a byte of
+// codes: e >> 4 the first column's, e & 15 the second's) is the pair (code[e >> 4], code[e & 15]),
+// kPairBookCopies copies interleaved (entry e of copy c at word e · kPairBookCopies + c) so that the
+// lanes, reading with c = lane % kPairBookCopies, spread over more banks. book_lane: the table's
+// shared-memory address plus 4 · (lane % kPairBookCopies). One shared load per 2 codes, its address
+// from two full-rate logic ops. (Byte permutes from a register code book — 21 instructions per 8
+// codes — measured the same speed: docs/PERFORMANCE.md.)
+constexpr int kPairBookCopies = 8;
+constexpr size_t kPairBookBytes = 256 * kPairBookCopies * sizeof(uint32_t);
+__device__ __forceinline__ uint32_t pair_book_entry(const float (&code)[16], int e) {
+    return uint32_t(__half_as_ushort(__float2half_rn(code[e >> 4]))) |
+           uint32_t(__half_as_ushort(__float2half_rn(code[e & 15]))) << 16;
 }
-
-// PTX prmt, generic form: byte n of the result is byte (c >> 4n) & 7 of {b, a} (a's bytes 0..3);
-// every selector here has its bit 3 (sign replication) clear.
-__device__ __forceinline__ uint32_t prmt(uint32_t a, uint32_t b, uint32_t c) {
-    uint32_t d;
-    asm("prmt.b32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
-    return d;
+__device__ __forceinline__ uint32_t lds32(uint32_t at) {
+    uint32_t v;
+    asm volatile("ld.shared.u32 %0, [%1];" : "=r"(v) : "r"(at));
+    return v;
 }
-
-// The 8 codes of a word (byte i: code 2i in the high nibble, 2i + 1 in the low) as 4 fp16 pairs,
-// p[j] = (code 2j, code 2j + 1), the first in the low half. A half-word's four nibbles are the
-// selectors of one byte permute: their low 3 bits pick a code's byte within a half of the book, bit 3
-// which half (byte n of the pick taken from the first table or the second, n | 4·bit3); the nibbles
-// come high-first, so the bytes are codes 1, 0, 3, 2, and the last permutes pair them up in order.
-// 21 integer instructions per 8 codes (checked against a byte-level model of prmt).
-__device__ __forceinline__ void decode8_half(uint32_t (&p)[4], uint32_t w, const HalfBook& b) {
-    const uint32_t sel = w & 0x77777777u, pick = ((w >> 1) & 0x44444444u) | 0x32103210u;
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-        const uint32_t s = h ? sel >> 16 : sel, k = h ? pick >> 16 : pick;
-        const uint32_t lo = prmt(prmt(b.lo[0], b.lo[1], s), prmt(b.lo[2], b.lo[3], s), k);
-        const uint32_t hi = prmt(prmt(b.hi[0], b.hi[1], s), prmt(b.hi[2], b.hi[3], s), k);
-        p[2 * h] = prmt(lo, hi, 0x4051u);
-        p[2 * h + 1] = prmt(lo, hi, 0x6273u);
-    }
+__device__ __forceinline__ void decode8_table(uint32_t (&p)[4], uint32_t w, uint32_t book_lane) {
+    static_assert(kPairBookCopies == 8, "the shifts below place a byte at 32 bytes an entry");
+    p[0] = lds32(book_lane + ((w << 5) & 0x1fe0u));
+    p[1] = lds32(book_lane + ((w >> 3) & 0x1fe0u));
+    p[2] = lds32(book_lane + ((w >> 11) & 0x1fe0u));
+    p[3] = lds32(book_lane + ((w >> 19) & 0x1fe0u));
 }
 
 }  // namespace mslm::ops::cuda::quant_detail
