@@ -966,7 +966,7 @@ __device__ __forceinline__ unsigned long long global_ns() {
 // without (same order, same FMAs).
 // TC (one row of x, 4-bit rows with fp32 absmax, blocks of ≥ 32 columns): tensor-core products on
 // fp16 operands — the code book in fp16 (quant_detail::decode8_table), x scaled by a power of two into
-// fp16 — each warp a share of the columns of 16-row tiles, its first items in flight before the
+// fp16 — each warp a share of the columns of 8-output tiles, its first items in flight before the
 // wait; see the TC branch below. pre_at: where the PRE rows or the TC ring start in shared memory.
 template <WeightKind WK, int MK, bool PRE = false, bool TC = false>
 __global__ void __launch_bounds__(kGemvWarps * 32, MK == 1 && !Kind<WK>::quant ? 3 : 2)
@@ -1011,7 +1011,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MK == 1 && !Kind<WK>::quant ?
     // 32 codes at column 32·t4 of each half). An item is kTcSub consecutive strips; wpt warps share a
     // tile's items (warp tws = warp % wpt of it: items tws, tws + wpt, ...), and a block takes tpb
     // tiles at once when a row has fewer than 8 items. The warp's items in order: for each tile group
-    // of the block, its items — item idx in ring slot idx % kTcStages (the lane's own words: it reads
+    // of the block, its items — item idx in ring slot idx % stages (the lane's own words: it reads
     // back only what it copied, so no barrier), with the absmax values of the 2 result columns the
     // lane flushes per strip (see the TC branch).
     const int tg = lane >> 2, t4 = lane & 3;
@@ -1543,14 +1543,15 @@ PrePlan pre_plan(const DecodeGemv& a, int sms) {
     return {blocks, decode_gemv_smem(a) + bytes};
 }
 
-// Whether the batch-1 product takes the tensor-core kernel (TC): 4-bit rows with fp32 absmax in
-// blocks of ≥ 32 columns, with MSLM_DECODE_GEMV_TC=1 (read at each launch). Opt-in: measured no
-// faster than the streaming kernel on the H200 (docs/PERFORMANCE.md — its byte permutes, 2 a
-// weight, bound it), which keeps the exact fp32 code book.
+// The TC kernel's shared memory: decode_gemv_smem's, the pair code book, the warps' rings.
 size_t tc_smem(const DecodeGemv& a) {
     const size_t wr = a.epi == DecodeEpilogue::SwiGLU ? 2 : 1, stages = wr == 1 ? kTcStages : kTcStages - 1;
     return decode_gemv_smem(a) + qd::kPairBookBytes + size_t(kGemvWarps) * stages * wr * kTcSlotBytes;
 }
+// Whether the batch-1 product takes the tensor-core kernel (TC): 4-bit rows with fp32 absmax in
+// blocks of ≥ 32 columns, with MSLM_DECODE_GEMV_TC=1 (read at each launch). Opt-in: measured no
+// faster than the streaming kernel on the H200 (docs/PERFORMANCE.md: both bound by instruction
+// issue at low occupancy, not by their decode), which keeps the exact fp32 code book.
 bool tc_takes(const DecodeGemv& a) {
     const char* env = std::getenv("MSLM_DECODE_GEMV_TC");
     return a.k == 1 && a.q && a.q->format != QuantFormat::Int8 && a.q->scale && a.q->blocksize >= 32 &&
