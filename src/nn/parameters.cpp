@@ -3,12 +3,12 @@
 #include <unistd.h>
 
 #include <algorithm>
-
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
 
 #include "core/error.h"
+#include "core/thread_pool.h"
 #include "quant/bnb.h"
 
 namespace mslm {
@@ -157,18 +157,21 @@ void Parameters<T>::pack_linear_weights(ops::WeightFormat format) {
                     format == ops::WeightFormat::NF4 ? quant::Bnb4Type::NF4 : quant::Bnb4Type::FP4;
                 std::vector<uint8_t> codes(static_cast<size_t>((out * in + 1) / 2));
                 std::vector<float> absmax(static_cast<size_t>(out * row_blocks));
-                std::vector<float> row(static_cast<size_t>(in));
-                for (int64_t r = 0; r < out; ++r) {
-                    const quant::Bnb4Quantized q = quant::bnb4_quantize(
-                        std::span<const float>(value(i) + r * in, static_cast<size_t>(in)), type);
-                    std::copy(q.absmax.begin(), q.absmax.end(), absmax.begin() + r * row_blocks);
-                    for (int64_t c = 0; c < in; ++c) {  // element r·in + c of the flattened codes
-                        const int v = c % 2 == 0 ? q.packed[c / 2] >> 4 : q.packed[c / 2] & 15;
-                        const int64_t f = r * in + c;
-                        codes[f / 2] = static_cast<uint8_t>(f % 2 == 0 ? (codes[f / 2] & 0x0f) | v << 4
-                                                                       : (codes[f / 2] & 0xf0) | v);
+                // Rows in pairs on the thread pool: a pair's codes start and end on a whole byte of
+                // the flattened array even for an odd row length, so no byte is written by two tasks.
+                parallel_for((out + 1) / 2, [&](int64_t p0, int64_t p1) {
+                    for (int64_t r = 2 * p0; r < std::min(out, 2 * p1); ++r) {
+                        const quant::Bnb4Quantized q = quant::bnb4_quantize(
+                            std::span<const float>(value(i) + r * in, static_cast<size_t>(in)), type);
+                        std::copy(q.absmax.begin(), q.absmax.end(), absmax.begin() + r * row_blocks);
+                        for (int64_t c = 0; c < in; ++c) {  // element r·in + c of the flattened codes
+                            const int v = c % 2 == 0 ? q.packed[c / 2] >> 4 : q.packed[c / 2] & 15;
+                            const int64_t f = r * in + c;
+                            codes[f / 2] = static_cast<uint8_t>(f % 2 == 0 ? (codes[f / 2] & 0x0f) | v << 4
+                                                                           : (codes[f / 2] & 0xf0) | v);
+                        }
                     }
-                }
+                });
                 auto p = std::make_unique<ops::PackedWeight>();
                 MSLM_CHECK(
                     ops::pack_weight_4bit(*p, codes.data(), absmax.data(), quant::bnb4_code(type).data(), out,

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "core/thread_pool.h"
 #include "ops/cpu/packed_kernels.h"
 
 namespace mslm::ops {
@@ -131,21 +132,23 @@ bool pack_weight_4bit(PackedWeight& p, const uint8_t* codes, const float* absmax
     auto data = aligned_zeroed<uint8_t>(static_cast<size_t>(p.out_padded * row_bytes));
     auto scale = aligned_zeroed<float>(static_cast<size_t>(p.out_padded * groups));
     std::memset(data.get(), zero_code | zero_code << 4, static_cast<size_t>(p.out_padded * row_bytes));
-    for (int64_t r = 0; r < out; ++r) {
-        uint8_t* dst = data.get() + r * row_bytes;
-        for (int64_t c = 0; c < in; ++c) {
-            const int64_t f = r * in + c;
-            const int q = f % 2 == 0 ? codes[f / 2] >> 4 : codes[f / 2] & 15;
-            uint8_t& byte = dst[(c / 32) * 16 + c % 16];
-            byte = c % 32 < 16 ? static_cast<uint8_t>((byte & 0xf0) | q)
-                               : static_cast<uint8_t>((byte & 0x0f) | q << 4);
+    parallel_for(out, [&](int64_t r0, int64_t r1) {  // rows on the pool: each writes its own
+        for (int64_t r = r0; r < r1; ++r) {
+            uint8_t* dst = data.get() + r * row_bytes;
+            for (int64_t c = 0; c < in; ++c) {
+                const int64_t f = r * in + c;
+                const int q = f % 2 == 0 ? codes[f / 2] >> 4 : codes[f / 2] & 15;
+                uint8_t& byte = dst[(c / 32) * 16 + c % 16];
+                byte = c % 32 < 16 ? static_cast<uint8_t>((byte & 0xf0) | q)
+                                   : static_cast<uint8_t>((byte & 0x0f) | q << 4);
+            }
+            for (int64_t g = 0; g * group < in; ++g) {
+                const int64_t c = g * group;
+                const int64_t block = row_blocks ? r * row_nblocks + c / blocksize : (r * in + c) / blocksize;
+                scale.get()[r * groups + g] = absmax[block];
+            }
         }
-        for (int64_t g = 0; g * group < in; ++g) {
-            const int64_t c = g * group;
-            const int64_t block = row_blocks ? r * row_nblocks + c / blocksize : (r * in + c) / blocksize;
-            scale.get()[r * groups + g] = absmax[block];
-        }
-    }
+    });
     p.data = data;
     p.scale = scale;
     return true;
@@ -164,29 +167,33 @@ PackedWeight pack_weight(const float* W, int64_t out, int64_t in, WeightFormat f
     const size_t count = static_cast<size_t>(p.out_padded) * static_cast<size_t>(p.ld);
     if (format == WeightFormat::BF16) {
         auto data = aligned_zeroed<uint16_t>(count);
-        for (int64_t r = 0; r < out; ++r)
-            for (int64_t c = 0; c < in; ++c) data.get()[r * p.ld + c] = float_to_bf16(W[r * in + c]);
+        parallel_for(out, [&](int64_t r0, int64_t r1) {
+            for (int64_t r = r0; r < r1; ++r)
+                for (int64_t c = 0; c < in; ++c) data.get()[r * p.ld + c] = float_to_bf16(W[r * in + c]);
+        });
         p.data = data;
     } else {
         auto data = aligned_zeroed<int8_t>(count);
         auto scale = aligned_zeroed<float>(static_cast<size_t>(p.out_padded));
         auto sums = aligned_zeroed<int32_t>(static_cast<size_t>(p.out_padded));
-        for (int64_t r = 0; r < out; ++r) {
-            const float* w = W + r * in;
-            float amax = 0;
-            for (int64_t c = 0; c < in; ++c) amax = std::max(amax, std::fabs(w[c]));
-            const float s = amax / 127.0f;
-            scale.get()[r] = s;
-            if (s == 0) continue;
-            const float inv = 127.0f / amax;
-            int32_t sum = 0;
-            for (int64_t c = 0; c < in; ++c) {
-                const int8_t q = quantize_one(w[c], inv);
-                data.get()[r * p.ld + c] = q;
-                sum += q;
+        parallel_for(out, [&](int64_t r0, int64_t r1) {  // rows on the pool: each writes its own
+            for (int64_t r = r0; r < r1; ++r) {
+                const float* w = W + r * in;
+                float amax = 0;
+                for (int64_t c = 0; c < in; ++c) amax = std::max(amax, std::fabs(w[c]));
+                const float s = amax / 127.0f;
+                scale.get()[r] = s;
+                if (s == 0) continue;
+                const float inv = 127.0f / amax;
+                int32_t sum = 0;
+                for (int64_t c = 0; c < in; ++c) {
+                    const int8_t q = quantize_one(w[c], inv);
+                    data.get()[r * p.ld + c] = q;
+                    sum += q;
+                }
+                sums.get()[r] = sum;
             }
-            sums.get()[r] = sum;
-        }
+        });
         p.data = data;
         p.scale = scale;
         p.row_sum = sums;
