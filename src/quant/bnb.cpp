@@ -12,6 +12,7 @@
 
 #include "core/dtype.h"
 #include "core/error.h"
+#include "core/thread_pool.h"
 
 namespace mslm::quant {
 
@@ -101,26 +102,34 @@ float clamp_unit(float v) { return v < -1.0f ? -1.0f : (v > 1.0f ? 1.0f : v); } 
 
 // The reference's blockwise scaling: a full block multiplies by 1/max(absmax, 1e-38) and stores
 // absmax unclamped (0 for an all-zero block); the last partial block divides by max(absmax, 1e-38)
-// and stores that clamped value. Calls emit(i, s) with s in [-1, 1] (or NaN).
+// and stores that clamped value. Calls emit(i, s) with s in [-1, 1] (or NaN) — for the full blocks
+// from the thread pool, a block's indices from one task (so emit must not share state across
+// blocks: the 4-bit codes of a block fill whole bytes, its blocksize being even).
 template <typename Emit>
 std::vector<float> scale_blocks(std::span<const float> x, int64_t blocksize, Emit emit) {
     const int64_t n = static_cast<int64_t>(x.size());
     const int64_t full = n / blocksize;
-    std::vector<float> absmax;
-    absmax.reserve(static_cast<size_t>((n + blocksize - 1) / blocksize));
-    for (int64_t b = 0; b < full; ++b) {
-        const std::span<const float> blk = x.subspan(static_cast<size_t>(b * blocksize), static_cast<size_t>(blocksize));
-        const float am = block_absmax(blk);
-        absmax.push_back(am);
-        const float c = am < 1e-38f ? 1e-38f : am;
-        const float inv = 1.0f / c;
-        for (int64_t i = 0; i < blocksize; ++i) emit(b * blocksize + i, clamp_unit(blk[static_cast<size_t>(i)] * inv));
-    }
+    std::vector<float> absmax(static_cast<size_t>((n + blocksize - 1) / blocksize));
+    parallel_for(
+        full,
+        [&](int64_t b0, int64_t b1) {
+            for (int64_t b = b0; b < b1; ++b) {
+                const std::span<const float> blk =
+                    x.subspan(static_cast<size_t>(b * blocksize), static_cast<size_t>(blocksize));
+                const float am = block_absmax(blk);
+                absmax[static_cast<size_t>(b)] = am;
+                const float c = am < 1e-38f ? 1e-38f : am;
+                const float inv = 1.0f / c;
+                for (int64_t i = 0; i < blocksize; ++i)
+                    emit(b * blocksize + i, clamp_unit(blk[static_cast<size_t>(i)] * inv));
+            }
+        },
+        std::max<int64_t>(1, 16384 / blocksize));
     if (n > full * blocksize) {
         const std::span<const float> blk = x.subspan(static_cast<size_t>(full * blocksize));
         float am = block_absmax(blk);
         am = am < 1e-38f ? 1e-38f : am;
-        absmax.push_back(am);
+        absmax[static_cast<size_t>(full)] = am;
         for (size_t i = 0; i < blk.size(); ++i) emit(full * blocksize + static_cast<int64_t>(i), clamp_unit(blk[i] / am));
     }
     return absmax;
