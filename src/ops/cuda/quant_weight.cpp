@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include "core/error.h"
+#include "core/thread_pool.h"
 #include "ops/cuda/quant_gemv.h"
 #include "quant/bnb.h"
 
@@ -124,8 +125,10 @@ QuantHostWeight quant_weight_from_packed(const PackedWeight& p) {
         w.row_bytes = quant_padded_in(format, p.in);
         w.data.assign(static_cast<size_t>(p.out * w.row_bytes), 0);
         w.scale.assign(p.scale.get(), p.scale.get() + p.out);
-        for (int64_t r = 0; r < p.out; ++r)
-            std::memcpy(w.data.data() + r * w.row_bytes, p.int8() + r * p.ld, static_cast<size_t>(p.in));
+        parallel_for(p.out, [&](int64_t r0, int64_t r1) {
+            for (int64_t r = r0; r < r1; ++r)
+                std::memcpy(w.data.data() + r * w.row_bytes, p.int8() + r * p.ld, static_cast<size_t>(p.in));
+        });
         return w;
     }
     std::array<float, 16> code;
@@ -133,16 +136,18 @@ QuantHostWeight quant_weight_from_packed(const PackedWeight& p) {
     QuantHostWeight w = empty_4bit(format, p.out, p.in, p.group, code);
     w.scale.resize(static_cast<size_t>(p.out * w.row_blocks));
     const int64_t groups = p.ld / p.group;
-    for (int64_t r = 0; r < p.out; ++r) {
-        for (int64_t b = 0; b < w.row_blocks; ++b)
-            w.scale[static_cast<size_t>(r * w.row_blocks + b)] = p.scale.get()[r * groups + b];
-        // The CPU layout: byte j of each 32-column group holds columns j (low nibble) and j + 16.
-        const uint8_t* src = p.nibbles() + r * (p.ld / 2);
-        for (int64_t c = 0; c < p.in; ++c) {
-            const uint8_t byte = src[(c / 32) * 16 + c % 16];
-            set_nibble(w.data, w.row_bytes, r, c, c % 32 < 16 ? byte & 15 : byte >> 4);
+    parallel_for(p.out, [&](int64_t r0, int64_t r1) {  // rows on the pool: each writes its own bytes
+        for (int64_t r = r0; r < r1; ++r) {
+            for (int64_t b = 0; b < w.row_blocks; ++b)
+                w.scale[static_cast<size_t>(r * w.row_blocks + b)] = p.scale.get()[r * groups + b];
+            // The CPU layout: byte j of each 32-column group holds columns j (low nibble) and j + 16.
+            const uint8_t* src = p.nibbles() + r * (p.ld / 2);
+            for (int64_t c = 0; c < p.in; ++c) {
+                const uint8_t byte = src[(c / 32) * 16 + c % 16];
+                set_nibble(w.data, w.row_bytes, r, c, c % 32 < 16 ? byte & 15 : byte >> 4);
+            }
         }
-    }
+    });
     return w;
 }
 
@@ -152,14 +157,17 @@ QuantHostWeight quant_weight_4bit(const float* W, int64_t out, int64_t in, Quant
     const quant::Bnb4Type type = format == QuantFormat::NF4 ? quant::Bnb4Type::NF4 : quant::Bnb4Type::FP4;
     QuantHostWeight w = empty_4bit(format, out, in, blocksize, quant::bnb4_code(type));
     w.scale.resize(static_cast<size_t>(out * w.row_blocks));
-    for (int64_t r = 0; r < out; ++r) {
-        const quant::Bnb4Quantized q = quant::bnb4_quantize(
-            std::span<const float>(W + r * in, static_cast<size_t>(in)), type, blocksize);
-        std::copy(q.absmax.begin(), q.absmax.end(), w.scale.begin() + r * w.row_blocks);
-        // The row's codes start on a byte of their own: a row's packed bytes are the layout's bytes.
-        std::copy(q.packed.begin(), q.packed.end(), w.data.begin() + r * w.row_bytes);
-        if (in % 2 == 1) set_nibble(w.data, w.row_bytes, r, in, zero_code(w.code));  // the quantizer's pad
-    }
+    parallel_for(out, [&](int64_t r0, int64_t r1) {  // rows on the pool: each writes its own bytes
+        for (int64_t r = r0; r < r1; ++r) {
+            const quant::Bnb4Quantized q = quant::bnb4_quantize(
+                std::span<const float>(W + r * in, static_cast<size_t>(in)), type, blocksize);
+            std::copy(q.absmax.begin(), q.absmax.end(), w.scale.begin() + r * w.row_blocks);
+            // The row's codes start on a byte of their own: a row's packed bytes are the layout's bytes.
+            std::copy(q.packed.begin(), q.packed.end(), w.data.begin() + r * w.row_bytes);
+            if (in % 2 == 1)
+                set_nibble(w.data, w.row_bytes, r, in, zero_code(w.code));  // the quantizer's pad
+        }
+    });
     if (double_quant) {
         quant::DoubleQuantized d = quant::double_quantize_absmax(w.scale);
         w.double_quant = true;
