@@ -504,6 +504,11 @@ TEST(CudaDecodeGemvQuant, MatchesBitsandbytesDequantizedProduct) {
     Rng rng(9);
     std::vector<Subject> all = subjects();
     all.push_back(subject_4bit(rng, QuantFormat::NF4, 2100, 2048, 64, true));  // rows past one wave
+    // Blocks other than 64 on the batch-1 paths (the tensor-core product's B columns: 4 blocks a half
+    // strip at 32, one at 128, both halves of a strip in one block at 256).
+    all.push_back(subject_4bit(rng, QuantFormat::NF4, 70, 512, 32, false));
+    all.push_back(subject_4bit(rng, QuantFormat::FP4, 40, 1024, 128, false));
+    all.push_back(subject_4bit(rng, QuantFormat::NF4, 24, 768, 256, false));
     all.push_back(subject_int8(rng, 1500, 1024));
     all.push_back(subject_int8(rng, 70, 560));  // 140 fp32 units of x at batch 1: a group of 8 cut short
     int tested = 0;
