@@ -27,6 +27,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <exception>
 #include <string>
 #include <vector>
 
@@ -147,6 +148,14 @@ int main(int argc, char** argv) {
     if (logits_mode != "greedy" && logits_mode != "1" && logits_mode != "0") {
         fmt::print(stderr, "--logits: expected greedy, 1 or 0, got \"{}\"\n", logits_mode);
         return 1;
+    }
+    if (dtype != "bf16") {
+        try {
+            (void)ops::parse_weight_format(dtype);
+        } catch (const std::exception& e) {
+            fmt::print(stderr, "--dtype: {}\n", e.what());
+            return 1;
+        }
     }
 #ifndef MSLM_HAVE_CUDA
     (void)prompt_arg, (void)steps, (void)batch, (void)min_seconds, (void)logits_mode, (void)profile_step,
