@@ -1,8 +1,12 @@
 #include "core/rng.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <numbers>
+#include <vector>
+
+#include "core/thread_pool.h"
 
 namespace mslm {
 namespace {
@@ -51,6 +55,45 @@ double Rng::normal() {
     has_spare_ = true;
     return r * std::cos(theta);
 }
+
+template <typename T>
+void Rng::fill_normal(T* out, int64_t n, double mean, double std) {
+    int64_t i = 0;
+    if (n > 0 && has_spare_) {
+        has_spare_ = false;
+        out[i++] = static_cast<T>(mean + std * spare_);
+    }
+    constexpr int64_t kChunk = int64_t(1) << 18;  // pairs drawn, then transformed, at a time
+    std::vector<uint64_t> bits;
+    while (i < n) {
+        const int64_t left = n - i, pairs = std::min(kChunk, (left + 1) / 2);
+        bits.resize(static_cast<size_t>(2 * pairs));
+        for (auto& b : bits) b = next_u64();  // u1 then u2 of each pair, as normal() draws them
+        T* dst = out + i;
+        double last_sine = 0.0;  // the chunk's last pair's: normal() leaves it in spare_ either way
+        parallel_for(
+            pairs,
+            [&](int64_t p0, int64_t p1) {
+                for (int64_t p = p0; p < p1; ++p) {  // normal()'s arithmetic, expression for expression
+                    const double u1 = static_cast<double>(bits[static_cast<size_t>(2 * p)] >> 11) * 0x1.0p-53;
+                    const double u2 =
+                        static_cast<double>(bits[static_cast<size_t>(2 * p + 1)] >> 11) * 0x1.0p-53;
+                    const double r = std::sqrt(-2.0 * std::log(1.0 - u1));
+                    const double theta = 2.0 * std::numbers::pi * u2;
+                    const double sine = r * std::sin(theta), cosine = r * std::cos(theta);
+                    dst[2 * p] = static_cast<T>(mean + std * cosine);
+                    if (2 * p + 1 < left) dst[2 * p + 1] = static_cast<T>(mean + std * sine);
+                    if (p == pairs - 1) last_sine = sine;
+                }
+            },
+            4096);
+        spare_ = last_sine;
+        has_spare_ = 2 * pairs > left;  // the last pair's sine not used: the next call's
+        i += std::min(2 * pairs, left);
+    }
+}
+template void Rng::fill_normal<float>(float*, int64_t, double, double);
+template void Rng::fill_normal<double>(double*, int64_t, double, double);
 
 uint64_t Rng::below(uint64_t n) {
     if (n == 0) return 0;

@@ -18,6 +18,10 @@ public:
     double normal();                         // N(0, 1), Box-Muller (both values used)
     double normal(double mean, double std) { return mean + std * normal(); }
     uint64_t below(uint64_t n);              // uniform integer in [0, n), unbiased
+    // out[i] = T(normal(mean, std)) for i < n: the values, and the state after, of n calls in a
+    // row — the uniform draws stay sequential, the Box–Muller transforms run on the thread pool.
+    template <typename T>
+    void fill_normal(T* out, int64_t n, double mean, double std);
 
     using State = std::array<uint64_t, 6>;   // 4 xoshiro words, spare-normal flag, its bits
     State state() const;

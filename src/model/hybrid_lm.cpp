@@ -58,7 +58,7 @@ void HybridLM<T>::init(uint64_t seed) {
     InitContext ctx{rng, cfg_.initializer_range,
                     1.0 / std::sqrt(static_cast<double>(residuals_per_layer * cfg_.n_layers))};
     T* e = params_.value(embed_);
-    for (int64_t i = 0; i < cfg_.vocab_size * cfg_.d_model; ++i) e[i] = static_cast<T>(rng.normal(0.0, ctx.std));
+    rng.fill_normal(e, cfg_.vocab_size * cfg_.d_model, 0.0, ctx.std);
     for (auto& layer : layers_) {
         layer.norm.init();
         layer.mixer->init(ctx);
@@ -70,7 +70,7 @@ void HybridLM<T>::init(uint64_t seed) {
     final_norm_.init();
     if (lm_head_ != embed_) {
         T* w = params_.value(lm_head_);
-        for (int64_t i = 0; i < cfg_.vocab_size * cfg_.d_model; ++i) w[i] = static_cast<T>(rng.normal(0.0, ctx.std));
+        rng.fill_normal(w, cfg_.vocab_size * cfg_.d_model, 0.0, ctx.std);
     }
 }
 

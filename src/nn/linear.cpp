@@ -48,7 +48,7 @@ const T* Linear<T>::weight() const {
 template <typename T>
 void Linear<T>::init_normal(Rng& rng, double std) {
     T* w = p_->value(w_);
-    for (int64_t i = 0; i < in_ * out_; ++i) w[i] = static_cast<T>(rng.normal(0.0, std));
+    rng.fill_normal(w, in_ * out_, 0.0, std);
     if (b_ != kNoParam)
         for (int64_t i = 0; i < out_; ++i) p_->value(b_)[i] = T(0);
 }
