@@ -25,9 +25,8 @@ namespace {
 
 using ops::cuda::detail::silu;
 
-
-using ops::cuda::detail::warp_sum;  // reduce.cuh
-
+using ops::cuda::detail::stash_warp;  // reduce.cuh
+using ops::cuda::detail::warp_sum;    // reduce.cuh
 
 // Programmatic dependent launch (pdl_wait / pdl_trigger, ops/cuda/common.cuh): each of the step's own
 // kernels lets its successor launch at once and waits for its predecessor's results before it reads
@@ -111,21 +110,6 @@ struct WarpMerge {
         return o;
     }
 };
-
-// Warp `warp`'s (m, l, Σ w·v over its lane's DL columns) into the shared arrays WarpMerge reads,
-// then a barrier.
-template <int DL, int D>
-__device__ __forceinline__ void stash_warp(float* s_m, float* s_l, float (*s_acc)[D], float m, float l,
-                                           const float (&acc)[DL]) {
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    if (lane == 0) {
-        s_m[warp] = m;
-        s_l[warp] = l;
-    }
-#pragma unroll
-    for (int e = 0; e < DL; ++e) s_acc[warp][lane + 32 * e] = acc[e];
-    __syncthreads();
-}
 
 // out_row[d] = Σ_s e^(m_s − M)·acc_s[d] / Σ_s e^(m_s − M)·l_s over the S partials at pp (Dh + 2
 // floats each: m, l, acc); split 0 holds the first key, so M is finite. kL2: the partials were
@@ -890,6 +874,26 @@ __device__ __forceinline__ void block_sums(float (&v)[MK], int k, float* red) {
     __syncthreads();
 }
 
+// The warp sums of v[j] (and v2[j] when two) for j < n, and lane j's own pair of them in (out, out2)
+// (registers indexed by a runtime lane: selected by an unrolled loop); other lanes get zeros.
+template <int N>
+__device__ __forceinline__ void warp_sums_to_lanes(float (&v)[N], float (&v2)[N], int n, bool two, int lane,
+                                                   float& out, float& out2) {
+#pragma unroll
+    for (int j = 0; j < N; ++j) {
+        if (j >= n) break;
+        v[j] = warp_sum(v[j]);
+        if (two) v2[j] = warp_sum(v2[j]);
+    }
+    out = 0.0f, out2 = 0.0f;
+#pragma unroll
+    for (int j = 0; j < N; ++j)
+        if (j == lane) {
+            out = v[j];
+            out2 = v2[j];
+        }
+}
+
 // Copies rows (rows, I) of src (row stride ld) into dst (rows, lim) in shared memory, column i at
 // xpos<WK>(i), zeros in [I, lim); every load issued before any is waited on: 16-byte loads when src
 // and its rows are 16-byte aligned (I is a multiple of 8 here), else 2-byte ones.
@@ -1326,20 +1330,8 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MK == 1 && !Kind<WK>::quant ?
                 if (swiglu) acc2[j] = dot8_bf16(*reinterpret_cast<const uint4*>(w + I + i), xv, acc2[j]);
             }
         }
-#pragma unroll
-        for (int j = 0; j < kPreRows; ++j) {
-            if (j >= npre) break;
-            acc[j] = warp_sum(acc[j]);
-            if (swiglu) acc2[j] = warp_sum(acc2[j]);
-        }
-        // Lane j finishes output j (registers indexed by a runtime lane: select by unrolled loop).
-        float v = 0, v2 = 0;
-#pragma unroll
-        for (int j = 0; j < kPreRows; ++j)
-            if (j == lane) {
-                v = acc[j];
-                v2 = acc2[j];
-            }
+        float v, v2;  // lane j finishes output j
+        warp_sums_to_lanes(acc, acc2, npre, swiglu, lane, v, v2);
         if (lane < npre) finish(0, po, v, v2, true);
     } else if constexpr (TC) {
         // Item by item: the next item's copies issued, this one's awaited, then per strip its
@@ -1478,21 +1470,9 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MK == 1 && !Kind<WK>::quant ?
                 first = next;
                 first2 = next2;
             }
-#pragma unroll
-            for (int r = 0; r < MK; ++r) {
-                if (r >= k) break;
-                acc[r] = warp_sum(acc[r]);
-                if (swiglu) acc2[r] = warp_sum(acc2[r]);
-            }
+            float v, v2;  // lane r writes row r's output
+            warp_sums_to_lanes(acc, acc2, k, swiglu, lane, v, v2);
             if (lane >= k) continue;
-            // Lane r writes row r's output (registers indexed by a runtime lane: select by unrolled loop).
-            float v = 0, v2 = 0;
-#pragma unroll
-            for (int r = 0; r < MK; ++r)
-                if (r == lane) {
-                    v = acc[r];
-                    v2 = acc2[r];
-                }
             if constexpr (WK == WeightKind::I8) {
                 v *= scale;
                 v2 *= scale2;

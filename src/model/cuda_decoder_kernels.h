@@ -132,7 +132,7 @@ struct GemvTrace {
 };
 struct GemvTraceLaunch {
     int64_t I, O;
-    bool pre;  // the prefetching kernel
+    bool pre;  // a kernel that copies weights before its wait (PRE, or TC's first items)
 };
 void decode_gemv_trace_reset(bool restart_slots);  // clears the records (restart: slots from 0)
 int decode_gemv_trace_used();                      // slots taken since the last restart

@@ -24,6 +24,7 @@
 #include "ops/cuda/attention.h"
 #include "ops/cuda/common.cuh"
 #include "ops/cuda/mma.cuh"
+#include "ops/cuda/reduce.cuh"
 
 namespace mslm::ops::cuda {
 
@@ -1157,13 +1158,7 @@ __global__ void __launch_bounds__(kTileThreads)
         }
         m = m_new;
     }
-    if (lane == 0) {
-        s_m[warp] = m;
-        s_l[warp] = l;
-    }
-#pragma unroll
-    for (int e = 0; e < DL; ++e) s_acc[warp][lane + 32 * e] = acc[e];
-    __syncthreads();
+    stash_warp(s_m, s_l, s_acc, m, l, acc);
 
     // Warp 0 has the first key (n ≥ 1 for pos ≥ 0), so mx is finite; warps without keys weigh 0.
     float mx = -INFINITY;

@@ -101,4 +101,19 @@ unsigned row_grid(int64_t N, int threads, const char* kernel) {
     return unsigned(std::clamp<int64_t>(N, 1, int64_t(multiprocessors<T>(kernel)) * (2048 / threads)));
 }
 
+// A warp's online-softmax state — (m, l, Σ w·v over its lane's DL columns, column lane + 32·e) — into
+// the block's shared arrays for the merge across warps, then a barrier (split-key decode attention).
+template <int DL, int D>
+__device__ __forceinline__ void stash_warp(float* s_m, float* s_l, float (*s_acc)[D], float m, float l,
+                                           const float (&acc)[DL]) {
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (lane == 0) {
+        s_m[warp] = m;
+        s_l[warp] = l;
+    }
+#pragma unroll
+    for (int e = 0; e < DL; ++e) s_acc[warp][lane + 32 * e] = acc[e];
+    __syncthreads();
+}
+
 }  // namespace mslm::ops::cuda::detail
