@@ -851,6 +851,77 @@ __device__ __forceinline__ float dot_row_x32(const uint16_t* __restrict__ W, con
     return acc;
 }
 
+// The batch-1 product on 4-bit rows with x in int8 (DP): per 16-byte load (32 columns, one group of
+// x), the 32 codes as int8 (quant_detail::decode8_i8) dotted with x's int8 values by dp4a — exact
+// integer sums — then scaled by the block's absmax times the group's scale. xq: the groups' int8
+// values (32 bytes a group, its two 16-byte halves swapped in groups g with bit 2 of g set, so that
+// the 8 lanes of a quarter-warp hit 8 bank groups; swz16 = 16 · that bit, a lane constant), sx: the
+// groups' scales. Blocks of ≥ 32 columns: a load lies in one block.
+// The lane's share of a row's first chunk (columns lane · 32 + u · 1024): byte offsets of its codes,
+// absmax blocks and whether each load is in the row — constants of the kernel, so that a row's
+// loads cost one row address (dp_load_first).
+template <int U>
+struct DpLane {
+    uint32_t code[U], blk[U];
+    bool in[U];
+};
+template <WeightKind WK>
+__device__ __forceinline__ void dp_load_first(Chunk<Kind<WK>::unroll>& c, const QuantWeight& q, int64_t row,
+                                              const DpLane<Kind<WK>::unroll>& L) {
+    const uint8_t* rp = q.data + row * q.row_bytes;
+#pragma unroll
+    for (int u = 0; u < Kind<WK>::unroll; ++u) {
+        c.w[u] = L.in[u] ? qd::load_stream(rp + L.code[u]) : make_uint4(0, 0, 0, 0);
+        c.lo[u] = L.in[u] ? qd::block_absmax<WK == WeightKind::Q4DQ>(q, q.nested_code, row, L.blk[u]) : 0.0f;
+    }
+}
+template <WeightKind WK>
+__device__ __forceinline__ float dp_chunk(float acc, const Chunk<Kind<WK>::unroll>& c, int i0, int lim,
+                                          uint32_t xq, uint32_t swz16, const float* sx,
+                                          const uint32_t (&book)[4]) {
+#pragma unroll
+    for (int u = 0; u < Kind<WK>::unroll; ++u) {
+        const int i = i0 + u * 1024;
+        if (i >= lim) break;
+        const int g = i >> 5;
+        const uint32_t at = xq + uint32_t(g) * 32u;
+        const uint4 xa = qd::lds128(at + swz16), xb = qd::lds128(at + (swz16 ^ 16u));
+        const uint32_t xw[8] = {xa.x, xa.y, xa.z, xa.w, xb.x, xb.y, xb.z, xb.w};
+        int sum = 0;
+#pragma unroll
+        for (int w = 0; w < 4; ++w) {
+            uint32_t v0, v1;
+            qd::decode8_i8(v0, v1, qd::word_of(c.w[u], w), book);
+            sum = __dp4a(int(v0), int(xw[2 * w]), sum);
+            sum = __dp4a(int(v1), int(xw[2 * w + 1]), sum);
+        }
+        acc = fmaf(__int2float_rn(sum), c.lo[u] * sx[g], acc);
+    }
+    return acc;
+}
+// The batch-1 product on 4-bit rows with x in int8 (DP): per 16-byte load (32 columns, one group of
+// x), the 32 codes as int8 (quant_detail::decode8_i8) dotted with x's int8 values by dp4a — exact
+// integer sums — then scaled by the block's absmax times the group's scale. `first`: the row's first
+// chunk (dp_load_first); later chunks (rows over 2048 columns) are loaded here. xq: the groups' int8
+// values (32 bytes a group, its two 16-byte halves swapped in groups g with bit 2 of g set, so that
+// the 8 lanes of a quarter-warp hit 8 bank groups; swz16 = 16 · that bit, a lane constant), sx: the
+// groups' scales. Blocks of ≥ 32 columns: a load lies in one block.
+template <WeightKind WK>
+__device__ __forceinline__ float dot_row_dp(const QuantWeight& q, int bs_log2, int64_t row, uint32_t xq,
+                                            const float* sx, int64_t I, int lim, int lane,
+                                            const Chunk<Kind<WK>::unroll>& first, uint32_t swz16,
+                                            const uint32_t (&book)[4]) {
+    constexpr int span = 1024 * Kind<WK>::unroll;  // columns of one chunk
+    const int c0 = lane * 32;
+    float acc = dp_chunk<WK>(0.0f, first, c0, lim, xq, swz16, sx, book);
+    for (int i0 = c0 + span; i0 < lim; i0 += span) {
+        Chunk<Kind<WK>::unroll> c;
+        load_chunk<WK>(c, nullptr, q, bs_log2, row, i0, I, lim);
+        acc = dp_chunk<WK>(acc, c, i0, lim, xq, swz16, sx, book);
+    }
+    return acc;
+}
+
 // Σ over the block of v[r] for the rows r < k: warp sums, then the warps' partials through shared
 // memory. Every thread gets the totals. (Loops unrolled over the maximum so v stays in registers.)
 template <int MK>
@@ -972,7 +1043,7 @@ __device__ __forceinline__ unsigned long long global_ns() {
 // fp16 operands — the code book in fp16 (quant_detail::decode8_table), x scaled by a power of two into
 // fp16 — each warp a share of the columns of 8-output tiles, its first items in flight before the
 // wait; see the TC branch below. pre_at: where the PRE rows or the TC ring start in shared memory.
-template <WeightKind WK, int MK, bool PRE = false, bool TC = false>
+template <WeightKind WK, int MK, bool PRE = false, bool TC = false, int DP = 0>
 __global__ void __launch_bounds__(kGemvWarps * 32, MK == 1 && !Kind<WK>::quant ? 3 : 2)
     decode_gemv_kernel(DecodeGemv a, QuantWeight q, int bs_log2, int trace_slot, int pre_at) {
     // Trace stamps go to shared memory at once (held in registers they cost the kernel spills).
@@ -982,6 +1053,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MK == 1 && !Kind<WK>::quant ?
     static_assert(!PRE || (WK == WeightKind::BF16 && MK == 1), "PRE: the batch-1 product on bf16 rows");
     static_assert(!TC || (WK == WeightKind::Q4 && MK == 1),
                   "TC: the batch-1 product on 4-bit rows, fp32 absmax");
+    static_assert(!DP || (Kind<WK>::four && MK == 1 && !TC), "DP: the batch-1 product on 4-bit rows");
     // Shared: xs (k, lim) the (normalised) input rows; zs (k, I) the gate (gated norm); ws, bs (I) the
     // norm's weight and bias — all bf16, all staged before the prologue computes anything.
     extern __shared__ __align__(16) uint16_t xs[];
@@ -1106,6 +1178,13 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MK == 1 && !Kind<WK>::quant ?
         if (swiglu) load_chunk<WK>(first2, a.W, q, bs_log2, a.O + o0, int64_t(lane) * cols, I, lim);
     }
     if (Kind<WK>::four && threadIdx.x < 16) code_s[threadIdx.x] = q.code[threadIdx.x];
+    __shared__ uint32_t book_i8[4];  // DP: the code book in int8 (quant_detail::code_i8), byte c code c
+    if (DP && threadIdx.x < 4) {
+        uint32_t w = 0;
+#pragma unroll
+        for (int j = 0; j < 4; ++j) w |= uint32_t(qd::code_i8(q.code[4 * threadIdx.x + j]) & 0xff) << (8 * j);
+        book_i8[threadIdx.x] = w;
+    }
     // The norm's weights are constants: staged before the wait.
     if (a.norm != DecodeNorm::None) stage_rows<WeightKind::BF16>(ws, a.norm_w, I, 1, I, I);
     if (a.norm == DecodeNorm::Layer && a.norm_b) stage_rows<WeightKind::BF16>(bs, a.norm_b, I, 1, I, I);
@@ -1208,7 +1287,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MK == 1 && !Kind<WK>::quant ?
     if (a.x_out && blockIdx.x == 0)  // the normalised rows, for the caller (final hidden states)
         for (int64_t e = threadIdx.x; e < a.k * I; e += blockDim.x) a.x_out[e] = X(int(e / I), e % I);
     // Batch 1 on quantized rows: x once more in fp32, past the bf16 rows (decode_gemv_smem).
-    constexpr bool x32 = Kind<WK>::quant && MK == 1 && !TC;
+    constexpr bool x32 = Kind<WK>::quant && MK == 1 && !TC && !DP;
     float* xf = reinterpret_cast<float*>(xs + k * lim + (a.norm == DecodeNorm::Gated ? k * I : 0) +
                                          (a.norm == DecodeNorm::None ? 0 : 2 * I));
     uint32_t jo[8] = {};
@@ -1223,6 +1302,47 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MK == 1 && !Kind<WK>::quant ?
         const int first_unit = lane * (cols / 4), key = (first_unit >> 3) & 7, a7 = first_unit & 7;
 #pragma unroll
         for (int j = 0; j < 8; ++j) jo[j] = 16u * uint32_t((a7 + j) ^ key);
+        __syncthreads();
+    }
+    // DP: x in int8 in the same place, per group of 32 columns (a 16-byte load of codes): thread t
+    // quantizes 8-column segment s = t + 256·j (4 consecutive lanes a group: the group's largest
+    // magnitude by two shuffles), m / 127² to sx past the groups. Segment j of a group is code word
+    // j of a load, stored as two words in decode8_i8's column order (1, 0, 3, 2), (5, 4, 7, 6).
+    const uint32_t xq_at = xf_at;
+    const float* sx = xf + lim / 4;  // past lim bytes of int8 values
+    uint32_t book8[4] = {};
+    if constexpr (DP) {
+        float* sxw = xf + lim / 4;
+        const int64_t nseg = lim / 8;
+        for (int64_t base = 0; base < nseg; base += threads) {
+            const int64_t s = base + threadIdx.x;
+            uint4 v = make_uint4(0, 0, 0, 0);
+            if (s < nseg) v = *reinterpret_cast<const uint4*>(xs + qd::swizzle<4>(s) * 8);
+            uint32_t mb = __vmaxu2(__vmaxu2(v.x & 0x7fff7fffu, v.y & 0x7fff7fffu),
+                                   __vmaxu2(v.z & 0x7fff7fffu, v.w & 0x7fff7fffu));
+            mb = max(mb & 0xffffu, mb >> 16);
+            mb = max(mb, __shfl_xor_sync(0xffffffffu, mb, 1));
+            mb = max(mb, __shfl_xor_sync(0xffffffffu, mb, 2));
+            if (s >= nseg) continue;
+            const float m = __uint_as_float(mb << 16);
+            const float inv = m > 0.0f ? __fdiv_rn(127.0f, m) : 0.0f;
+            const uint32_t w[4] = {v.x, v.y, v.z, v.w};
+            uint32_t b[8];  // columns 0..7 as int8 bytes
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                b[2 * e] = uint32_t(__float2int_rn(__fmul_rn(qd::bf_lo(w[e]), inv))) & 0xffu;
+                b[2 * e + 1] = uint32_t(__float2int_rn(__fmul_rn(qd::bf_hi(w[e]), inv))) & 0xffu;
+            }
+            const int64_t g = s >> 2;
+            const int j = int(s & 3);
+            const uint32_t lo = b[1] | b[0] << 8 | b[3] << 16 | b[2] << 24;
+            const uint32_t hi = b[5] | b[4] << 8 | b[7] << 16 | b[6] << 24;
+            const int64_t at = g * 32 + (((j >> 1) ^ ((g >> 2) & 1)) * 16) + (j & 1) * 8;
+            *reinterpret_cast<uint2*>(reinterpret_cast<char*>(xf) + at) = make_uint2(lo, hi);
+            if (j == 0) sxw[g] = qd::x_group_scale(m);
+        }
+#pragma unroll
+        for (int i = 0; i < 4; ++i) book8[i] = book_i8[i];
         __syncthreads();
     }
     // TC: x in fp16 in the same place, in column order, scaled by 2^-xe so that its largest
@@ -1418,16 +1538,74 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MK == 1 && !Kind<WK>::quant ?
             }
         }
         ops::cuda::detail::cp_async_wait<0>();
+    } else if constexpr (DP) {
+        // As x32 below, with dot_row_dp's int8 sums, and DP rows (their first chunks) in flight a
+        // warp while one is multiplied.
+        const uint32_t swz16 = 16u * uint32_t((lane >> 2) & 1);
+        DpLane<Kind<WK>::unroll> L;
+#pragma unroll
+        for (int u = 0; u < Kind<WK>::unroll; ++u) {
+            const int64_t i = int64_t(lane) * 32 + u * 1024;
+            L.code[u] = uint32_t(i / 2);
+            L.blk[u] = uint32_t(i >> bs_log2);
+            L.in[u] = i < lim;
+        }
+        Chunk<Kind<WK>::unroll> ring[DP + 1], ring2[DP + 1];  // [0]: this row; [d]: row o + d · stride
+        ring[0] = first;
+        ring2[0] = first2;
+#pragma unroll
+        for (int d = 1; d <= DP; ++d) {
+            const int64_t od = o0 + d * stride;
+            if (od < a.O) {
+                dp_load_first<WK>(ring[d], q, od, L);
+                if (swiglu) dp_load_first<WK>(ring2[d], q, a.O + od, L);
+            }
+        }
+        for (int64_t o = o0; o < a.O; o += stride) {
+            const Chunk<Kind<WK>::unroll> cur = ring[0], cur2 = ring2[0];
+#pragma unroll
+            for (int d = 0; d < DP; ++d) {
+                ring[d] = ring[d + 1];
+                ring2[d] = ring2[d + 1];
+            }
+            const int64_t on = o + (DP + 1) * stride;
+            if (on < a.O) {
+                dp_load_first<WK>(ring[DP], q, on, L);
+                if (swiglu) dp_load_first<WK>(ring2[DP], q, a.O + on, L);
+            }
+            float v = dot_row_dp<WK>(q, bs_log2, o, xq_at, sx, I, int(lim), lane, cur, swz16, book8);
+            float v2 =
+                swiglu ? dot_row_dp<WK>(q, bs_log2, a.O + o, xq_at, sx, I, int(lim), lane, cur2, swz16, book8)
+                       : 0.0f;
+            v = warp_sum(v);
+            if (swiglu) v2 = warp_sum(v2);
+            if (lane == 0) finish(0, o, v, v2, o == o0);
+        }
     } else if constexpr (x32) {
         // Batch 1, quantized: the warp's next row's loads go out before this row's product. (A
         // ring of 3 rows in flight measured 8% slower on the H200, docs/PERFORMANCE.md: bytes in
         // flight are not what bounds the 4-bit product.)
         Chunk<Kind<WK>::unroll> next = first, next2 = first2;
+        DpLane<Kind<WK>::unroll> L;  // 4-bit rows: the first chunks' lane constants (dp_load_first)
+#pragma unroll
+        for (int u = 0; u < Kind<WK>::unroll; ++u) {
+            const int64_t i = int64_t(lane) * cols + u * 32 * cols;
+            L.code[u] = uint32_t(i / 2);
+            L.blk[u] = uint32_t(i >> bs_log2);
+            L.in[u] = i < lim;
+        }
         for (int64_t o = o0; o < a.O; o += stride) {
             const Chunk<Kind<WK>::unroll> cur = next, cur2 = next2;
             if (o + stride < a.O) {
-                load_chunk<WK>(next, a.W, q, bs_log2, o + stride, int64_t(lane) * cols, I, lim);
-                if (swiglu) load_chunk<WK>(next2, a.W, q, bs_log2, a.O + o + stride, int64_t(lane) * cols, I, lim);
+                if constexpr (Kind<WK>::four) {
+                    dp_load_first<WK>(next, q, o + stride, L);
+                    if (swiglu) dp_load_first<WK>(next2, q, a.O + o + stride, L);
+                } else {
+                    load_chunk<WK>(next, a.W, q, bs_log2, o + stride, int64_t(lane) * cols, I, lim);
+                    if (swiglu)
+                        load_chunk<WK>(next2, a.W, q, bs_log2, a.O + o + stride, int64_t(lane) * cols, I,
+                                       lim);
+                }
             }
             float v = dot_row_x32<WK>(a.W, q, bs_log2, o, xf_at, I, lim, lane, cur, jo, book);
             float v2 =
@@ -1537,10 +1715,24 @@ bool tc_takes(const DecodeGemv& a) {
     return a.k == 1 && a.q && a.q->format != QuantFormat::Int8 && a.q->scale && a.q->blocksize >= 32 &&
            tc_smem(a) <= kDecodeGemvMaxSmem && env && std::string(env) == "1";
 }
+// Whether the batch-1 product on 4-bit rows takes the int8 dp4a kernel (DP; the code book and x in
+// int8: quant_detail::decode8_i8): MSLM_DECODE_GEMV_DP4A=1 or 0 (read at each launch), else
+// kDp4aDefault. Opt-in: faster (docs/PERFORMANCE.md), but its rounding of x and the code book to
+// int8 adds ~3× the bf16 activations' error to a product, and what that does to a trained model's
+// perplexity is not yet measured.
+constexpr bool kDp4aDefault = false;
+constexpr int kDpDepth = 1;  // rows in flight a warp ahead of the one multiplied (MSLM_DECODE_GEMV_DP_DEPTH)
+bool dp_takes(const DecodeGemv& a) {
+    const char* env = std::getenv("MSLM_DECODE_GEMV_DP4A");
+    const bool on = env && std::string(env) == "1"   ? true
+                    : env && std::string(env) == "0" ? false
+                                                     : kDp4aDefault;
+    return a.k == 1 && a.q && a.q->format != QuantFormat::Int8 && on;
+}
 
-template <WeightKind WK, int MK, bool PRE = false, bool TC = false>
+template <WeightKind WK, int MK, bool PRE = false, bool TC = false, int DP = 0>
 void launch_gemv_rows(const DecodeGemv& a, void* stream) {
-    auto kernel = decode_gemv_kernel<WK, MK, PRE, TC>;
+    auto kernel = decode_gemv_kernel<WK, MK, PRE, TC, DP>;
     static int configured_device = -1;  // per instantiation
     int device = 0;
     cudaGetDevice(&device);
@@ -1588,6 +1780,17 @@ void launch_gemv(const DecodeGemv& a, void* stream) {
         if constexpr (WK == WeightKind::Q4) {
             if (tc_takes(a)) {
                 launch_gemv_rows<WK, 1, false, true>(a, stream);
+                return;
+            }
+        }
+        if constexpr (Kind<WK>::four) {
+            if (dp_takes(a)) {
+                const char* env = std::getenv("MSLM_DECODE_GEMV_DP_DEPTH");
+                const int depth = env ? std::atoi(env) : kDpDepth;
+                if (depth >= 2)
+                    launch_gemv_rows<WK, 1, false, false, 2>(a, stream);
+                else
+                    launch_gemv_rows<WK, 1, false, false, 1>(a, stream);
                 return;
             }
         }

@@ -347,6 +347,61 @@ double tc_tol(int64_t K, double mag, double max_x, double sum_w) {
     return (24.0 + double(K) / 256.0) * 0x1p-23 * mag + 0x1p-39 * max_x * sum_w;
 }
 
+// The batch-1 dp4a product (decode_gemv on 4-bit rows; MSLM_DECODE_GEMV_DP4A, see
+// model/cuda_decoder_kernels.cu): its exact model is the code book times 127 rounded to integers and
+// x quantized per 32 columns — m the group's largest |x|, q = rn(x · fl(127 / m)) — each 32-column
+// sum of q · code exact in integers, scaled by absmax · fl(m / 127²). Against that model the sums
+// are gemv_tol's fp32 tree (each output a sum of K / 32 scaled integer sums). dp4a_error: the bound
+// of that model's distance from the exact product, Σ |x|·|w − ŵ| + |ŵ|·|x − x̂| with |w − ŵ| ≤
+// 0.5 / 127 of the block's absmax and |x − x̂| ≤ 0.5 / 127 of the group's m (0.501: fl(127 / m)'s
+// rounding moves x · 127 / m by ≤ 127 · 2^-24).
+bool takes_dp(const QuantHostWeight& w, int64_t M) {
+    return M == 1 && w.format != QuantFormat::Int8;
+}
+int code_i8(float c) {
+    return int(std::rint(c * 127.0f));
+}
+void dp4a_reference(const Subject& s, const std::vector<uint16_t>& x, std::vector<double>& y,
+                    std::vector<double>& mag, std::vector<double>* error = nullptr) {
+    const QuantHostWeight& q = s.host;
+    const int64_t K = q.in, O = q.out, groups = (K + 31) / 32;
+    std::vector<int> xq(static_cast<size_t>(groups * 32), 0);
+    std::vector<double> sx(static_cast<size_t>(groups)), gm(sx.size());
+    for (int64_t g = 0; g < groups; ++g) {
+        float m = 0.0f;
+        for (int64_t k = g * 32; k < std::min(K, g * 32 + 32); ++k)
+            m = std::max(m, std::fabs(bf16_to_f32(x[k])));
+        const float inv = m > 0.0f ? 127.0f / m : 0.0f;
+        for (int64_t k = g * 32; k < std::min(K, g * 32 + 32); ++k) {
+            const float t = bf16_to_f32(x[k]) * inv;
+            xq[static_cast<size_t>(k)] = int(std::rint(t));
+        }
+        sx[static_cast<size_t>(g)] = double(m / 16129.0f);
+        gm[static_cast<size_t>(g)] = m;
+    }
+    y.assign(static_cast<size_t>(O), 0.0);
+    mag.assign(y.size(), 0.0);
+    if (error) error->assign(y.size(), 0.0);
+    for (int64_t o = 0; o < O; ++o) {
+        double acc = 0, a = 0, e = 0;
+        for (int64_t k = 0; k < K; ++k) {
+            const uint8_t byte = q.data[static_cast<size_t>(o * q.row_bytes + k / 2)];
+            const int code = k % 2 == 0 ? byte >> 4 : byte & 15;
+            const double absmax = q.absmax(o, k / q.blocksize);
+            const double w_hat = code_i8(q.code[static_cast<size_t>(code)]) * absmax / 127.0;
+            const double t = double(xq[static_cast<size_t>(k)]) * code_i8(q.code[static_cast<size_t>(code)]) *
+                             absmax * sx[static_cast<size_t>(k / 32)];
+            acc += t;
+            a += std::fabs(t);
+            e += 0.501 / 127.0 *
+                 (std::fabs(bf16_to_f32(x[k])) * absmax + std::fabs(w_hat) * gm[static_cast<size_t>(k / 32)]);
+        }
+        y[static_cast<size_t>(o)] = acc;
+        mag[static_cast<size_t>(o)] = a;
+        if (error) (*error)[static_cast<size_t>(o)] = e;
+    }
+}
+
 #endif  // MSLM_HAVE_CUDA
 
 #define SKIP_WITHOUT_GPU() \
@@ -561,7 +616,26 @@ TEST(CudaDecodeGemvQuant, MatchesBitsandbytesDequantizedProduct) {
                     EXPECT_TRUE(test::all_within(dy.download(), ref, tol)) << "tensor-core product";
                     tol.clear();
                 }
+                if (takes_dp(s.host, M)) {
+                    // The dp4a kernel against its int8 model (x as the kernel reads it: row 0's K
+                    // columns); then the fp32-code-book kernel against the exact weights below.
+                    setenv("MSLM_DECODE_GEMV_DP4A", "1", 1);
+                    cuda_decoder_detail::decode_gemv(a, nullptr);
+                    std::vector<double> err;
+                    dp4a_reference(s, x, ref, mag, &err);
+                    for (double v : mag) tol.push_back(gemv_tol(K, v) + 1e-30);
+                    const std::vector<float> got = dy.download();
+                    EXPECT_TRUE(test::all_within(got, ref, tol)) << "dp4a product";
+                    // ... and that model within its bound of the exact product.
+                    std::vector<double> exact, emag;
+                    reference(s, x, M, ld_x, exact, emag);
+                    for (size_t o = 0; o < tol.size(); ++o) tol[o] = err[o] + gemv_tol(K, mag[o]) + 1e-30;
+                    EXPECT_TRUE(test::all_within(got, exact, tol)) << "dp4a product against the exact one";
+                    tol.clear();
+                    setenv("MSLM_DECODE_GEMV_DP4A", "0", 1);
+                }
                 cuda_decoder_detail::decode_gemv(a, nullptr);
+                unsetenv("MSLM_DECODE_GEMV_DP4A");
                 reference(s, x, M, ld_x, ref, mag);
                 for (double v : mag) tol.push_back(gemv_tol(K, v) + 1e-30);
                 EXPECT_TRUE(test::all_within(dy.download(), ref, tol));
@@ -596,12 +670,17 @@ TEST(CudaDecodeGemvQuant, NormProloguesAndEpiloguesAsTheUnfusedPath) {
             for (DecodeNorm norm : {DecodeNorm::RMS, DecodeNorm::Gated})
                 for (DecodeEpilogue epi :
                      {DecodeEpilogue::Store, DecodeEpilogue::Residual, DecodeEpilogue::SwiGLU})
-                    for (bool tc : {false, true}) {  // the default kernel, then the opt-in tensor-core one
-                        if (tc && !takes_tc(s.host, M)) continue;
+                    // Batch 1 on 4-bit rows: the dp4a kernel, the fp32-code-book one, the opt-in
+                    // tensor-core one; else the one kernel.
+                    for (int kernel : {0, 1, 2}) {
+                        const bool dp = kernel == 0 && takes_dp(s.host, M), tc = kernel == 2;
+                        if ((kernel == 1 && !takes_dp(s.host, M)) || (tc && !takes_tc(s.host, M))) continue;
                         const int64_t O = epi == DecodeEpilogue::SwiGLU ? rows / 2 : rows;
                         SCOPED_TRACE(s.name + " M=" + std::to_string(M) + " norm " +
                                      std::to_string(int(norm)) + " epilogue " + std::to_string(int(epi)) +
-                                     (tc ? " tensor cores" : ""));
+                                     (tc   ? " tensor cores"
+                                      : dp ? " dp4a"
+                                           : ""));
                         const std::vector<uint16_t> res = random_bf16(rng, static_cast<size_t>(M * O));
                         test::DeviceBuffer<uint16_t> fused(res), unfused(res), xn(static_cast<size_t>(M * K));
                         DecodeGemv a;
@@ -624,8 +703,10 @@ TEST(CudaDecodeGemvQuant, NormProloguesAndEpiloguesAsTheUnfusedPath) {
                         a.ld_out = O;
                         ASSERT_TRUE(cuda_decoder_detail::decode_gemv_supported(a));
                         if (tc) setenv("MSLM_DECODE_GEMV_TC", "1", 1);
+                        setenv("MSLM_DECODE_GEMV_DP4A", dp ? "1" : "0", 1);
                         cuda_decoder_detail::decode_gemv(a, nullptr);
                         unsetenv("MSLM_DECODE_GEMV_TC");
+                        unsetenv("MSLM_DECODE_GEMV_DP4A");
                         // The unfused product on the rows the prologue normalised.
                         QuantGemv g;
                         g.x = xn.get();
@@ -682,19 +763,26 @@ TEST(CudaDecodeGemvQuant, NormProloguesAndEpiloguesAsTheUnfusedPath) {
                         const double book = tc ? 0x1p-11 : 0.0;
                         std::vector<double> v, mag;
                         reference(s, xs, M, K, v, mag);
+                        // The dp4a kernel: its int8 model's distance from the exact product on top
+                        // (dp4a_reference's bound).
+                        std::vector<double> dpe(static_cast<size_t>(M * rows), 0.0);
+                        if (dp) {
+                            std::vector<double> y_dp, mag_dp;
+                            dp4a_reference(s, xs, y_dp, mag_dp, &dpe);
+                        }
                         std::vector<double> ref(static_cast<size_t>(M * O)), tol(ref.size());
                         for (int64_t m = 0; m < M; ++m)
                             for (int64_t o = 0; o < O; ++o) {
                                 const size_t i = static_cast<size_t>(m * O + o);
-                                const double e =
-                                    2 * gemv_tol(K, mag[m * rows + o]) + book * mag[m * rows + o];
+                                const double e = 2 * gemv_tol(K, mag[m * rows + o]) +
+                                                 book * mag[m * rows + o] + dpe[m * rows + o];
                                 const double w = bf16_to_f32(want[i]);
                                 ref[i] = w;
                                 if (epi == DecodeEpilogue::SwiGLU) {
                                     const double g0 = v[m * rows + o] + bf16_to_f32(bias[o]);
                                     const double u0 = v[m * rows + O + o] + bf16_to_f32(bias[O + o]);
-                                    const double eu =
-                                        2 * gemv_tol(K, mag[m * rows + O + o]) + book * mag[m * rows + O + o];
+                                    const double eu = 2 * gemv_tol(K, mag[m * rows + O + o]) +
+                                                      book * mag[m * rows + O + o] + dpe[m * rows + O + o];
                                     tol[i] = 1.1 * (e + 0x1p-8 * std::fabs(g0)) * std::fabs(u0) +
                                              std::fabs(g0) * (eu + 0x1p-8 * std::fabs(u0)) +
                                              0x1p-7 * std::fabs(w) + 1e-30;

@@ -11,6 +11,7 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <cmath>
 #include <cstdint>
 
 #include "ops/cuda/quant_gemv.h"
@@ -147,6 +148,46 @@ __device__ __forceinline__ void decode8_table(uint32_t (&p)[4], uint32_t w, uint
     p[1] = lds32(book_lane + ((w >> 3) & 0x1fe0u));
     p[2] = lds32(book_lane + ((w >> 11) & 0x1fe0u));
     p[3] = lds32(book_lane + ((w >> 19) & 0x1fe0u));
+}
+
+// ---- 4-bit codes and x as int8, for dp4a products (decode_gemv's batch-1 path, DP)
+//
+// The code book times 127 rounded to integers: each weight moves by ≤ 0.5/127 of its block's
+// absmax (bitsandbytes' NF4 steps are ≥ 0.08 of it). Byte c of the four words is code c's value.
+// x is quantized per 32 columns (one 16-byte load of codes) the same way: q = rn(x · (127 / m)),
+// m the group's largest magnitude, and the product scaled back by m / 127² (see x_group_scale).
+__host__ __device__ inline int code_i8(float c) {
+    return int(rintf(c * 127.0f));  // nearest, ties to even
+}
+__device__ __forceinline__ uint32_t prmt(uint32_t a, uint32_t b, uint32_t sel) {
+    uint32_t d;
+    asm("prmt.b32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(sel));
+    return d;
+}
+// The 8 codes of a word (byte i: column 2i in the high nibble, 2i + 1 in the low) as int8 values,
+// v0 = columns (1, 0, 3, 2) and v1 = (5, 4, 7, 6), byte 0 first — the nibbles' own order, so each
+// nibble serves as a byte-permute selector: its low 3 bits pick the entry among the book's low
+// (entries 0..7) or high (8..15) 8 bytes, and a third permute takes the half its bit 3 names (in a
+// selector, bit 3 would replicate the sign instead). x is staged in the same column order.
+__device__ __forceinline__ void decode8_i8(uint32_t& v0, uint32_t& v1, uint32_t w,
+                                           const uint32_t (&book)[4]) {
+    const uint32_t idx = w & 0x77777777u;
+    const uint32_t half = ((w >> 1) & 0x44444444u) | 0x32103210u;  // byte k: k (low half) or k + 4 (high)
+    v0 = prmt(prmt(book[0], book[1], idx), prmt(book[2], book[3], idx), half);
+    const uint32_t idx_hi = idx >> 16, half_hi = half >> 16;
+    v1 = prmt(prmt(book[0], book[1], idx_hi), prmt(book[2], book[3], idx_hi), half_hi);
+}
+// The scale of a quantized group of x with largest magnitude m: m / 127², so that Σ q · code_i8 ·
+// scale is the product with both factors back at their size.
+__host__ __device__ inline float x_group_scale(float m) {
+    return m / 16129.0f;
+}
+__device__ __forceinline__ uint4 lds128(uint32_t at) {
+    uint4 v;
+    asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+                 : "r"(at));
+    return v;
 }
 
 }  // namespace mslm::ops::cuda::quant_detail
