@@ -29,7 +29,11 @@
 // a product that reads 16 bytes of codes per lane load (32 4-bit or 16 int8 weights) and scales by
 // the block's absmax (4-bit, per 32 columns) or the row's scale (int8, once) — the arithmetic of
 // ops::cuda::quant_gemv, so a quantized decode step is one kernel per product as for bf16. One row
-// of x (k = 1) on 4-bit codes needs blocks of ≥ 32 columns (decode_gemv_supported says no to 16).
+// of x (k = 1) on 4-bit codes needs blocks of ≥ 32 columns (decode_gemv_supported says no to 16),
+// and by default runs on dp4a: the code book times 127 rounded to int8, x quantized to int8 per 32
+// columns (its largest magnitude to 127), exact integer sums of 32 products scaled by absmax · m /
+// 127² (MSLM_DECODE_GEMV_DP4A=0 keeps the fp32 code book and bf16 x; docs/PERFORMANCE.md has the
+// speed and the perplexity cost).
 #pragma once
 #include <cstddef>
 #include <cstdint>

@@ -7,14 +7,15 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "core/cuda_device.h"
 #include "core/rng.h"
-#include "generate/lm.h"
 #include "decoder_test_util.h"
+#include "generate/lm.h"
 #include "inference_configs.h"
 #include "model/config.h"
 #include "model/cuda_inference.h"
@@ -37,6 +38,19 @@ const std::string kFixtures = MSLM_FIXTURE_DIR;
 // 0.02 over ≤ 3 layers, bounded by 0.06. A wrong code, block scale, row or epilogue moves logits by
 // O(1) of their scale.
 constexpr double kRelTol = 0.06;
+
+// The GPU's batch-1 4-bit products by default round x and the code book to int8 for dp4a
+// (MSLM_DECODE_GEMV_DP4A, model/cuda_decoder_kernels.cu): not the CPU's arithmetic, which the bound
+// above assumes (with it, one product moves by ~1% rms, about 3× a bf16 rounding, and the wide
+// case below exceeds 0.06 at ~0.075). Those products are pinned to their exact int8 model in
+// test_cuda_quant_gemv.cpp, and their effect on a trained model's perplexity is measured by
+// bench_cuda_score (docs/PERFORMANCE.md); here the GPU keeps the CPU's code book.
+struct ExactCodeBook {
+    ExactCodeBook() { setenv("MSLM_DECODE_GEMV_DP4A", "0", 1); }
+    ~ExactCodeBook() { unsetenv("MSLM_DECODE_GEMV_DP4A"); }
+    ExactCodeBook(const ExactCodeBook&) = delete;
+    ExactCodeBook& operator=(const ExactCodeBook&) = delete;
+};
 
 #ifdef MSLM_HAVE_CUDA
 struct Format {
@@ -104,6 +118,7 @@ class CudaQuantDecoder : public testing::TestWithParam<test::Case> {};
 
 TEST_P(CudaQuantDecoder, FollowsTheCpuOnTheSameWeights) {
     SKIP_WITHOUT_GPU();
+    const ExactCodeBook exact;
 #ifdef MSLM_HAVE_CUDA
     const ModelConfig cfg = GetParam().make();
     for (const Format& f : kFormats) {
@@ -125,6 +140,7 @@ INSTANTIATE_TEST_SUITE_P(CudaQuantDecoderMixers, CudaQuantDecoder, testing::Valu
 // all but the LM head).
 TEST(CudaQuantDecoderLong, LongPromptAndManySlots) {
     SKIP_WITHOUT_GPU();
+    const ExactCodeBook exact;
 #ifdef MSLM_HAVE_CUDA
     ModelConfig cfg = test::mamba2_rope_partial();
     cfg.max_seq_len = 128;
@@ -180,6 +196,7 @@ TEST(CudaQuantDecoderLong, HoldsFewerWeightBytes) {
 // 4-bit weights packed straight from the file's codes, double-quantized absmax included.
 TEST(CudaQuantDecoderLong, BitsandbytesDirectories) {
     SKIP_WITHOUT_GPU();
+    const ExactCodeBook exact;
 #ifdef MSLM_HAVE_CUDA
     struct Dir {
         const char* name;

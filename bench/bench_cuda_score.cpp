@@ -1,0 +1,137 @@
+// The quality of the GPU decoder's arithmetic: a model directory's loss and perplexity on prepared
+// data, every token through the batch-1 decode step (CausalLM::step, the kernels generate() runs
+// at batch 1), for each weight format asked. Window k of the split (T + 1 tokens from k · T, as
+// `mamba-slm eval` takes them) starts a fresh decoder slot; its T inputs are stepped one at a time
+// and each step's logits score the next token. So the figures compare with `mamba-slm eval
+// --seq-len T --batch-size 1 --max-batches N` over the same windows (CPU, full forward), and with
+// each other: bf16 against a packed format, or one format under two kernel settings (environment
+// variables such as MSLM_DECODE_GEMV_DP4A, read at each launch). Prints a markdown table.
+//   bench_cuda_score --model DIR --data DIR [--split val] [--seq-len 256] [--windows 100]
+//                    [--dtypes bf16,nf4]
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <exception>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "bench/timing.h"
+#include "core/cuda_device.h"
+#include "data/loader.h"
+#include "data/manifest.h"
+#include "model/cuda_inference.h"
+#include "model/hybrid_lm.h"
+#include "model/model_io.h"
+#include "ops/packed_linear.h"
+
+using namespace mslm;
+
+int main(int argc, char** argv) {
+    std::string model_dir, data, split = "val", dtypes = "bf16,nf4";
+    int64_t seq_len = 256, windows = 100;
+    for (int i = 1; i < argc; ++i) {
+        auto next = [&] {
+            if (i + 1 >= argc) {
+                fmt::print(stderr, "{} needs a value\n", argv[i]);
+                std::exit(1);
+            }
+            return std::string(argv[++i]);
+        };
+        const std::string a = argv[i];
+        if (a == "--model")
+            model_dir = next();
+        else if (a == "--data")
+            data = next();
+        else if (a == "--split")
+            split = next();
+        else if (a == "--seq-len")
+            seq_len = std::stoll(next());
+        else if (a == "--windows")
+            windows = std::stoll(next());
+        else if (a == "--dtypes")
+            dtypes = next();
+        else {
+            fmt::print(
+                "usage: bench_cuda_score --model DIR --data DIR [--split val] [--seq-len 256] [--windows "
+                "100] "
+                "[--dtypes bf16,nf4,fp4,int8]\n");
+            return a == "--help" || a == "-h" ? 0 : 1;
+        }
+    }
+    if (model_dir.empty() || data.empty()) {
+        fmt::print(stderr, "bench_cuda_score: --model and --data are required\n");
+        return 1;
+    }
+    if (seq_len < 1 || windows < 1) {
+        fmt::print(stderr, "bench_cuda_score: --seq-len and --windows must be positive\n");
+        return 1;
+    }
+#ifndef MSLM_HAVE_CUDA
+    (void)split, (void)dtypes;
+    fmt::print("bench_cuda_score: built without CUDA\n");
+    return 0;
+#else
+    if (!cuda_available()) {
+        fmt::print("bench_cuda_score: no CUDA GPU ({})\n", cuda_device_summary());
+        return 0;
+    }
+    try {
+        const DataLoader loader = DataLoader::from_manifest(data, split, {1, seq_len, 0, false, 0, 1});
+        const int64_t n = std::min(windows, loader.total_windows());
+        if (n < 1) {
+            fmt::print(stderr, "bench_cuda_score: the {} split of {} has no window of {} tokens\n", split,
+                       data, seq_len + 1);
+            return 1;
+        }
+        std::vector<int32_t> tokens(static_cast<size_t>(n * seq_len + 1));
+        loader.read_tokens(0, n * seq_len + 1, tokens.data());
+        const char* dp = std::getenv("MSLM_DECODE_GEMV_DP4A");
+        fmt::print(
+            "# bench_cuda_score, {}; {} on {} ({}): {} windows of {} tokens, each token one decode step; "
+            "MSLM_DECODE_GEMV_DP4A={}\n\n",
+            cuda_device_summary(), model_dir, data, split, n, seq_len, dp ? dp : "(unset)");
+        fmt::print("| dtype | loss | ppl | tokens | steps/s |\n|---|---|---|---|---|\n");
+        for (const std::string& dtype : bench::split_list(dtypes)) {
+            const ops::WeightFormat format =
+                dtype == "bf16" ? ops::WeightFormat::F32 : ops::parse_weight_format(dtype);
+            auto model = load_model<float>(model_dir, nullptr, format);
+            if (dtype != "bf16") model->pack_weights(format);
+            const int64_t V = model->config().vocab_size;
+            CudaCausalLM gpu(*model);
+            std::vector<float> logits(static_cast<size_t>(V));
+            double nll = 0;
+            const std::vector<int64_t> slot = {0};
+            gpu.start(1, seq_len + 1);
+            const auto t0 = std::chrono::steady_clock::now();
+            for (int64_t w = 0; w < n; ++w) {
+                gpu.clear(0);
+                for (int64_t t = 0; t < seq_len; ++t) {
+                    const int32_t in = tokens[static_cast<size_t>(w * seq_len + t)];
+                    const int32_t target = tokens[static_cast<size_t>(w * seq_len + t + 1)];
+                    gpu.step(slot, std::span<const int32_t>(&in, 1), logits.data(), nullptr);
+                    double mx = logits[0];
+                    for (int64_t v = 1; v < V; ++v) mx = std::max(mx, double(logits[static_cast<size_t>(v)]));
+                    double z = 0;
+                    for (int64_t v = 0; v < V; ++v)
+                        z += std::exp(double(logits[static_cast<size_t>(v)]) - mx);
+                    nll += mx + std::log(z) - double(logits[static_cast<size_t>(target)]);
+                }
+            }
+            const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+            const double loss = nll / double(n * seq_len);
+            fmt::print("| {} | {:.5f} | {:.3f} | {} | {:.0f} |\n", dtype, loss, std::exp(loss), n * seq_len,
+                       double(n * seq_len) / secs);
+            std::fflush(stdout);
+        }
+    } catch (const std::exception& e) {
+        fmt::print(stderr, "bench_cuda_score: {}\n", e.what());
+        return 1;
+    }
+    return 0;
+#endif
+}
