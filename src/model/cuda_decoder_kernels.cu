@@ -885,16 +885,9 @@ __device__ __forceinline__ float dp_chunk(float acc, const Chunk<Kind<WK>::unrol
         if (i >= lim) break;
         const int g = i >> 5;
         const uint32_t at = xq + uint32_t(g) * 32u;
-        const uint4 xa = qd::lds128(at + swz16), xb = qd::lds128(at + (swz16 ^ 16u));
-        const uint32_t xw[8] = {xa.x, xa.y, xa.z, xa.w, xb.x, xb.y, xb.z, xb.w};
-        int sum = 0;
-#pragma unroll
-        for (int w = 0; w < 4; ++w) {
-            uint32_t v0, v1;
-            qd::decode8_i8(v0, v1, qd::word_of(c.w[u], w), book);
-            sum = __dp4a(int(v0), int(xw[2 * w]), sum);
-            sum = __dp4a(int(v1), int(xw[2 * w + 1]), sum);
-        }
+        uint32_t v[8];
+        qd::decode32_i8(v, c.w[u], book);
+        const int sum = qd::dot32_i8(v, qd::lds128(at + swz16), qd::lds128(at + (swz16 ^ 16u)));
         acc = fmaf(__int2float_rn(sum), c.lo[u] * sx[g], acc);
     }
     return acc;
@@ -1178,13 +1171,6 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MK == 1 && !Kind<WK>::quant ?
         if (swiglu) load_chunk<WK>(first2, a.W, q, bs_log2, a.O + o0, int64_t(lane) * cols, I, lim);
     }
     if (Kind<WK>::four && threadIdx.x < 16) code_s[threadIdx.x] = q.code[threadIdx.x];
-    __shared__ uint32_t book_i8[4];  // DP: the code book in int8 (quant_detail::code_i8), byte c code c
-    if (DP && threadIdx.x < 4) {
-        uint32_t w = 0;
-#pragma unroll
-        for (int j = 0; j < 4; ++j) w |= uint32_t(qd::code_i8(q.code[4 * threadIdx.x + j]) & 0xff) << (8 * j);
-        book_i8[threadIdx.x] = w;
-    }
     // The norm's weights are constants: staged before the wait.
     if (a.norm != DecodeNorm::None) stage_rows<WeightKind::BF16>(ws, a.norm_w, I, 1, I, I);
     if (a.norm == DecodeNorm::Layer && a.norm_b) stage_rows<WeightKind::BF16>(bs, a.norm_b, I, 1, I, I);
@@ -1325,24 +1311,21 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MK == 1 && !Kind<WK>::quant ?
             mb = max(mb, __shfl_xor_sync(0xffffffffu, mb, 2));
             if (s >= nseg) continue;
             const float m = __uint_as_float(mb << 16);
-            const float inv = m > 0.0f ? __fdiv_rn(127.0f, m) : 0.0f;
+            const float inv = qd::x_group_inv(m);
             const uint32_t w[4] = {v.x, v.y, v.z, v.w};
             uint32_t b[8];  // columns 0..7 as int8 bytes
 #pragma unroll
             for (int e = 0; e < 4; ++e) {
-                b[2 * e] = uint32_t(__float2int_rn(__fmul_rn(qd::bf_lo(w[e]), inv))) & 0xffu;
-                b[2 * e + 1] = uint32_t(__float2int_rn(__fmul_rn(qd::bf_hi(w[e]), inv))) & 0xffu;
+                b[2 * e] = qd::x_i8(qd::bf_lo(w[e]), inv);
+                b[2 * e + 1] = qd::x_i8(qd::bf_hi(w[e]), inv);
             }
             const int64_t g = s >> 2;
             const int j = int(s & 3);
-            const uint32_t lo = b[1] | b[0] << 8 | b[3] << 16 | b[2] << 24;
-            const uint32_t hi = b[5] | b[4] << 8 | b[7] << 16 | b[6] << 24;
             const int64_t at = g * 32 + (((j >> 1) ^ ((g >> 2) & 1)) * 16) + (j & 1) * 8;
-            *reinterpret_cast<uint2*>(reinterpret_cast<char*>(xf) + at) = make_uint2(lo, hi);
+            *reinterpret_cast<uint2*>(reinterpret_cast<char*>(xf) + at) = qd::pack_segment_i8(b);
             if (j == 0) sxw[g] = qd::x_group_scale(m);
         }
-#pragma unroll
-        for (int i = 0; i < 4; ++i) book8[i] = book_i8[i];
+        qd::int8_book(book8, q.code);
         __syncthreads();
     }
     // TC: x in fp16 in the same place, in column order, scaled by 2^-xe so that its largest

@@ -358,49 +358,69 @@ double tc_tol(int64_t K, double mag, double max_x, double sum_w) {
 bool takes_dp(const QuantHostWeight& w, int64_t M) {
     return M == 1 && w.format != QuantFormat::Int8;
 }
+// quant_gemv's tiles take the same arithmetic for every row count (MSLM_QUANT_GEMV_DP4A), for 4-bit
+// codes in blocks of ≥ 32 columns.
+bool gemv_takes_dp(const QuantHostWeight& w) {
+    return w.format != QuantFormat::Int8 && w.blocksize >= 32;
+}
 int code_i8(float c) {
     return int(std::rint(c * 127.0f));
 }
-void dp4a_reference(const Subject& s, const std::vector<uint16_t>& x, std::vector<double>& y,
-                    std::vector<double>& mag, std::vector<double>* error = nullptr) {
+// M rows of x (row stride ld_x) against the weight: y, mag and the error bound (M, out).
+void dp4a_reference(const Subject& s, const std::vector<uint16_t>& x, int64_t M, int64_t ld_x,
+                    std::vector<double>& y, std::vector<double>& mag, std::vector<double>* error = nullptr) {
     const QuantHostWeight& q = s.host;
     const int64_t K = q.in, O = q.out, groups = (K + 31) / 32;
-    std::vector<int> xq(static_cast<size_t>(groups * 32), 0);
-    std::vector<double> sx(static_cast<size_t>(groups)), gm(sx.size());
-    for (int64_t g = 0; g < groups; ++g) {
-        float m = 0.0f;
-        for (int64_t k = g * 32; k < std::min(K, g * 32 + 32); ++k)
-            m = std::max(m, std::fabs(bf16_to_f32(x[k])));
-        const float inv = m > 0.0f ? 127.0f / m : 0.0f;
-        for (int64_t k = g * 32; k < std::min(K, g * 32 + 32); ++k) {
-            const float t = bf16_to_f32(x[k]) * inv;
-            xq[static_cast<size_t>(k)] = int(std::rint(t));
-        }
-        sx[static_cast<size_t>(g)] = double(m / 16129.0f);
-        gm[static_cast<size_t>(g)] = m;
-    }
-    y.assign(static_cast<size_t>(O), 0.0);
+    y.assign(static_cast<size_t>(M * O), 0.0);
     mag.assign(y.size(), 0.0);
     if (error) error->assign(y.size(), 0.0);
-    for (int64_t o = 0; o < O; ++o) {
-        double acc = 0, a = 0, e = 0;
-        for (int64_t k = 0; k < K; ++k) {
-            const uint8_t byte = q.data[static_cast<size_t>(o * q.row_bytes + k / 2)];
-            const int code = k % 2 == 0 ? byte >> 4 : byte & 15;
-            const double absmax = q.absmax(o, k / q.blocksize);
-            const double w_hat = code_i8(q.code[static_cast<size_t>(code)]) * absmax / 127.0;
-            const double t = double(xq[static_cast<size_t>(k)]) * code_i8(q.code[static_cast<size_t>(code)]) *
-                             absmax * sx[static_cast<size_t>(k / 32)];
-            acc += t;
-            a += std::fabs(t);
-            e += 0.501 / 127.0 *
-                 (std::fabs(bf16_to_f32(x[k])) * absmax + std::fabs(w_hat) * gm[static_cast<size_t>(k / 32)]);
+    std::vector<int> xq(static_cast<size_t>(groups * 32));
+    std::vector<double> sx(static_cast<size_t>(groups)), gm(sx.size());
+    for (int64_t m = 0; m < M; ++m) {
+        const uint16_t* xr = x.data() + m * ld_x;
+        std::fill(xq.begin(), xq.end(), 0);
+        for (int64_t g = 0; g < groups; ++g) {
+            float mx = 0.0f;
+            for (int64_t k = g * 32; k < std::min(K, g * 32 + 32); ++k)
+                mx = std::max(mx, std::fabs(bf16_to_f32(xr[k])));
+            const float inv = mx > 0.0f ? 127.0f / mx : 0.0f;
+            for (int64_t k = g * 32; k < std::min(K, g * 32 + 32); ++k) {
+                const float t = bf16_to_f32(xr[k]) * inv;
+                xq[static_cast<size_t>(k)] = int(std::rint(t));
+            }
+            sx[static_cast<size_t>(g)] = double(mx / 16129.0f);
+            gm[static_cast<size_t>(g)] = mx;
         }
-        y[static_cast<size_t>(o)] = acc;
-        mag[static_cast<size_t>(o)] = a;
-        if (error) (*error)[static_cast<size_t>(o)] = e;
+        for (int64_t o = 0; o < O; ++o) {
+            double acc = 0, a = 0, e = 0;
+            for (int64_t k = 0; k < K; ++k) {
+                const uint8_t byte = q.data[static_cast<size_t>(o * q.row_bytes + k / 2)];
+                const int c = code_i8(q.code[static_cast<size_t>(k % 2 == 0 ? byte >> 4 : byte & 15)]);
+                const double absmax = q.absmax(o, k / q.blocksize);
+                const double t =
+                    double(xq[static_cast<size_t>(k)]) * c * absmax * sx[static_cast<size_t>(k / 32)];
+                acc += t;
+                a += std::fabs(t);
+                e += 0.501 / 127.0 *
+                     (std::fabs(bf16_to_f32(xr[k])) * absmax +
+                      std::fabs(c * absmax / 127.0) * gm[static_cast<size_t>(k / 32)]);
+            }
+            const size_t i = static_cast<size_t>(m * O + o);
+            y[i] = acc;
+            mag[i] = a;
+            if (error) (*error)[i] = e;
+        }
     }
 }
+
+// Sets an environment variable for a scope (the kernels read their switches at each launch).
+struct ScopedEnv {
+    const char* name;
+    ScopedEnv(const char* n, const char* value) : name(n) { setenv(n, value, 1); }
+    ~ScopedEnv() { unsetenv(name); }
+    ScopedEnv(const ScopedEnv&) = delete;
+    ScopedEnv& operator=(const ScopedEnv&) = delete;
+};
 
 #endif  // MSLM_HAVE_CUDA
 
@@ -431,8 +451,28 @@ TEST(CudaQuantGemv, MatchesBitsandbytesDequantizedProduct) {
                 g.epi = QuantEpilogue::F32;
                 g.out32 = dy.get();
                 g.ld_out = O;
-                ops::cuda::quant_gemv(g, nullptr);
                 std::vector<double> ref, mag, tol;
+                if (gemv_takes_dp(s.host)) {
+                    // The dp4a products against their int8 model, and that model's bound from the
+                    // exact product; then the fp32 code book's products against the exact one.
+                    {
+                        const ScopedEnv env("MSLM_QUANT_GEMV_DP4A", "1");
+                        ops::cuda::quant_gemv(g, nullptr);
+                    }
+                    std::vector<double> err, exact, emag;
+                    dp4a_reference(s, x, M, ld_x, ref, mag, &err);
+                    for (double a : mag) tol.push_back(gemv_tol(K, a) + 1e-30);
+                    const std::vector<float> got = dy.download();
+                    EXPECT_TRUE(test::all_within(got, ref, tol)) << "dp4a products";
+                    reference(s, x, M, ld_x, exact, emag);
+                    for (size_t i = 0; i < tol.size(); ++i) tol[i] += err[i];
+                    EXPECT_TRUE(test::all_within(got, exact, tol)) << "dp4a products against the exact ones";
+                    tol.clear();
+                }
+                {
+                    const ScopedEnv env("MSLM_QUANT_GEMV_DP4A", "0");
+                    ops::cuda::quant_gemv(g, nullptr);
+                }
                 reference(s, x, M, ld_x, ref, mag);
                 for (double a : mag) tol.push_back(gemv_tol(K, a) + 1e-30);
                 EXPECT_TRUE(test::all_within(dy.download(), ref, tol));
@@ -457,47 +497,57 @@ TEST(CudaQuantGemv, Epilogues) {
         const test::DeviceBuffer<uint16_t> dx(x), db(bias);
         std::vector<double> v, mag;
         reference(s, x, M, K, v, mag);
-        for (QuantEpilogue epi : {QuantEpilogue::Store, QuantEpilogue::Residual, QuantEpilogue::SwiGLU}) {
-            const int64_t O = epi == QuantEpilogue::SwiGLU ? rows / 2 : rows;
-            SCOPED_TRACE(s.name + " epilogue " + std::to_string(static_cast<int>(epi)));
-            const std::vector<uint16_t> res = random_bf16(rng, static_cast<size_t>(M * O));
-            test::DeviceBuffer<uint16_t> dout(res);
-            QuantGemv g;
-            g.x = dx.get();
-            g.ld_x = K;
-            g.M = M;
-            g.W = dw.view;
-            g.bias = db.get();
-            g.epi = epi;
-            g.out = dout.get();
-            g.ld_out = O;
-            ops::cuda::quant_gemv(g, nullptr);
-            // Each bf16 rounding adds ≤ 2^-9 relative; 2^-8 covers it with the product's own bound.
-            std::vector<double> ref(static_cast<size_t>(M * O)), tol(ref.size());
-            for (int64_t m = 0; m < M; ++m)
-                for (int64_t o = 0; o < O; ++o) {
-                    const size_t i = static_cast<size_t>(m * O + o);
-                    const double e = gemv_tol(K, mag[m * rows + o]);
-                    const double a = v[m * rows + o] + bf16_to_f32(bias[o]);
-                    if (epi == QuantEpilogue::Store) {
-                        ref[i] = a;
-                        tol[i] = e + 0x1p-8 * std::fabs(a);
-                    } else if (epi == QuantEpilogue::Residual) {
-                        ref[i] = bf16_to_f32(res[i]) + a;
-                        tol[i] = e + 0x1p-8 * (std::fabs(a) + std::fabs(ref[i]));
-                    } else {
-                        const double u = v[m * rows + O + o] + bf16_to_f32(bias[O + o]);
-                        const double eu = gemv_tol(K, mag[m * rows + O + o]);
-                        const double sg = a / (1.0 + std::exp(-a));
-                        ref[i] = sg * u;
-                        // silu' ≤ 1.1: |Δ silu| ≤ 1.1·|Δg|.
-                        tol[i] = 1.1 * (e + 0x1p-8 * std::fabs(a)) * std::fabs(u) +
-                                 std::fabs(sg) * (eu + 0x1p-8 * std::fabs(u)) + 0x1p-8 * std::fabs(ref[i]) +
-                                 1e-30;
-                    }
+        // The fp32 code book, then (4-bit) the dp4a products with their bound from the exact ones.
+        std::vector<double> dpe(static_cast<size_t>(M * rows), 0.0);
+        for (bool dp : {false, true})
+            for (QuantEpilogue epi : {QuantEpilogue::Store, QuantEpilogue::Residual, QuantEpilogue::SwiGLU}) {
+                if (dp && !gemv_takes_dp(s.host)) continue;
+                if (dp) {
+                    std::vector<double> y_dp, mag_dp;
+                    dp4a_reference(s, x, M, K, y_dp, mag_dp, &dpe);
                 }
-            EXPECT_TRUE(test::all_within(dout.download(), ref, tol));
-        }
+                const ScopedEnv env("MSLM_QUANT_GEMV_DP4A", dp ? "1" : "0");
+                const int64_t O = epi == QuantEpilogue::SwiGLU ? rows / 2 : rows;
+                SCOPED_TRACE(s.name + " epilogue " + std::to_string(static_cast<int>(epi)) +
+                             (dp ? " dp4a" : ""));
+                const std::vector<uint16_t> res = random_bf16(rng, static_cast<size_t>(M * O));
+                test::DeviceBuffer<uint16_t> dout(res);
+                QuantGemv g;
+                g.x = dx.get();
+                g.ld_x = K;
+                g.M = M;
+                g.W = dw.view;
+                g.bias = db.get();
+                g.epi = epi;
+                g.out = dout.get();
+                g.ld_out = O;
+                ops::cuda::quant_gemv(g, nullptr);
+                // Each bf16 rounding adds ≤ 2^-9 relative; 2^-8 covers it with the product's own bound.
+                std::vector<double> ref(static_cast<size_t>(M * O)), tol(ref.size());
+                for (int64_t m = 0; m < M; ++m)
+                    for (int64_t o = 0; o < O; ++o) {
+                        const size_t i = static_cast<size_t>(m * O + o);
+                        const double e = gemv_tol(K, mag[m * rows + o]) + dpe[m * rows + o];
+                        const double a = v[m * rows + o] + bf16_to_f32(bias[o]);
+                        if (epi == QuantEpilogue::Store) {
+                            ref[i] = a;
+                            tol[i] = e + 0x1p-8 * std::fabs(a);
+                        } else if (epi == QuantEpilogue::Residual) {
+                            ref[i] = bf16_to_f32(res[i]) + a;
+                            tol[i] = e + 0x1p-8 * (std::fabs(a) + std::fabs(ref[i]));
+                        } else {
+                            const double u = v[m * rows + O + o] + bf16_to_f32(bias[O + o]);
+                            const double eu = gemv_tol(K, mag[m * rows + O + o]) + dpe[m * rows + O + o];
+                            const double sg = a / (1.0 + std::exp(-a));
+                            ref[i] = sg * u;
+                            // silu' ≤ 1.1: |Δ silu| ≤ 1.1·|Δg|.
+                            tol[i] = 1.1 * (e + 0x1p-8 * std::fabs(a)) * std::fabs(u) +
+                                     std::fabs(sg) * (eu + 0x1p-8 * std::fabs(u)) +
+                                     0x1p-8 * std::fabs(ref[i]) + 1e-30;
+                        }
+                    }
+                EXPECT_TRUE(test::all_within(dout.download(), ref, tol));
+            }
     }
 #endif
 }
@@ -622,7 +672,7 @@ TEST(CudaDecodeGemvQuant, MatchesBitsandbytesDequantizedProduct) {
                     setenv("MSLM_DECODE_GEMV_DP4A", "1", 1);
                     cuda_decoder_detail::decode_gemv(a, nullptr);
                     std::vector<double> err;
-                    dp4a_reference(s, x, ref, mag, &err);
+                    dp4a_reference(s, x, 1, ld_x, ref, mag, &err);
                     for (double v : mag) tol.push_back(gemv_tol(K, v) + 1e-30);
                     const std::vector<float> got = dy.download();
                     EXPECT_TRUE(test::all_within(got, ref, tol)) << "dp4a product";
@@ -719,7 +769,10 @@ TEST(CudaDecodeGemvQuant, NormProloguesAndEpiloguesAsTheUnfusedPath) {
                                                                   : QuantEpilogue::SwiGLU;
                         g.out = unfused.get();
                         g.ld_out = O;
-                        ops::cuda::quant_gemv(g, nullptr);
+                        {
+                            const ScopedEnv exact("MSLM_QUANT_GEMV_DP4A", "0");  // the fp32 code book
+                            ops::cuda::quant_gemv(g, nullptr);
+                        }
                         const std::vector<uint16_t> xs = xn.download(), want = unfused.download(),
                                                     got = fused.download();
                         // The normalised rows are finite and not all zero (the prologue ran).
@@ -768,7 +821,7 @@ TEST(CudaDecodeGemvQuant, NormProloguesAndEpiloguesAsTheUnfusedPath) {
                         std::vector<double> dpe(static_cast<size_t>(M * rows), 0.0);
                         if (dp) {
                             std::vector<double> y_dp, mag_dp;
-                            dp4a_reference(s, xs, y_dp, mag_dp, &dpe);
+                            dp4a_reference(s, xs, 1, K, y_dp, mag_dp, &dpe);
                         }
                         std::vector<double> ref(static_cast<size_t>(M * O)), tol(ref.size());
                         for (int64_t m = 0; m < M; ++m)

@@ -177,6 +177,43 @@ __device__ __forceinline__ void decode8_i8(uint32_t& v0, uint32_t& v1, uint32_t 
     const uint32_t idx_hi = idx >> 16, half_hi = half >> 16;
     v1 = prmt(prmt(book[0], book[1], idx_hi), prmt(book[2], book[3], idx_hi), half_hi);
 }
+// x value v of a group whose 127 / m is inv, as int8 (inv = 0 for an all-zero group).
+__device__ __forceinline__ uint32_t x_i8(float v, float inv) {
+    return uint32_t(__float2int_rn(__fmul_rn(v, inv))) & 0xffu;
+}
+// 127 / m for a group with largest magnitude m (0 when m is 0), rounded to nearest.
+__device__ __forceinline__ float x_group_inv(float m) {
+    return m > 0.0f ? __fdiv_rn(127.0f, m) : 0.0f;
+}
+// The int8 values b[0..7] of 8 consecutive columns as the two words decode8_i8's v0, v1 meet: columns
+// (1, 0, 3, 2) and (5, 4, 7, 6), byte 0 first.
+__device__ __forceinline__ uint2 pack_segment_i8(const uint32_t (&b)[8]) {
+    return make_uint2(b[1] | b[0] << 8 | b[3] << 16 | b[2] << 24, b[5] | b[4] << 8 | b[7] << 16 | b[6] << 24);
+}
+// The book of decode8_i8 from the fp32 code book: byte c of the words is code_i8(code[c]).
+__device__ __forceinline__ void int8_book(uint32_t (&book)[4], const float (&code)[16]) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        uint32_t w = 0;
+#pragma unroll
+        for (int j = 0; j < 4; ++j) w |= uint32_t(code_i8(code[4 * i + j]) & 0xff) << (8 * j);
+        book[i] = w;
+    }
+}
+// The 32 codes of a 16-byte load as int8 (decode8_i8 per word: v[2q], v[2q + 1] from word q).
+__device__ __forceinline__ void decode32_i8(uint32_t (&v)[8], const uint4& w, const uint32_t (&book)[4]) {
+#pragma unroll
+    for (int q = 0; q < 4; ++q) decode8_i8(v[2 * q], v[2 * q + 1], word_of(w, q), book);
+}
+// Σ over the 32 columns of decoded codes v and a group of x (xa: its first 16 bytes in order, xb: the
+// second; 8 words as pack_segment_i8 wrote them), by dp4a: exact.
+__device__ __forceinline__ int dot32_i8(const uint32_t (&v)[8], const uint4& xa, const uint4& xb) {
+    const uint32_t xw[8] = {xa.x, xa.y, xa.z, xa.w, xb.x, xb.y, xb.z, xb.w};
+    int sum = 0;
+#pragma unroll
+    for (int i = 0; i < 8; ++i) sum = __dp4a(int(v[i]), int(xw[i]), sum);
+    return sum;
+}
 // The scale of a quantized group of x with largest magnitude m: m / 127², so that Σ q · code_i8 ·
 // scale is the product with both factors back at their size.
 __host__ __device__ inline float x_group_scale(float m) {

@@ -72,12 +72,18 @@ __device__ __forceinline__ void epilogue(const QuantGemv& a, int64_t O, int64_t 
 // per group of KS = 2^ks_log2 warps. FOUR: 4-bit codes (DQ: double-quantized absmax), else int8.
 // Registers capped for 3 resident blocks (24 warps) an SM at one row of x, where the product is a
 // weight stream that needs loads in flight, and 2 blocks above.
-template <int MT, int RW, bool FOUR, bool DQ>
+// DP (4-bit codes, blocks of ≥ 32 columns): x staged as int8 instead, per row and 32-column group
+// (quant_detail::x_i8: its largest magnitude to 127; 32 bytes a group, halves swapped in groups with
+// bit 2 set, as decode_gemv's DP product), the groups' scales after them; each 16-byte load of codes
+// decoded once to int8 and dotted with every x row by dp4a (exact 32-column integer sums, scaled by
+// absmax · the group's scale).
+template <int MT, int RW, bool FOUR, bool DQ, bool DP = false>
 __global__ void __launch_bounds__(kThreads, MT == 1 ? 3 : 2)
     quant_gemv_kernel(QuantGemv a, int64_t O, int64_t Kp, int ks_log2, int bs_log2) {
+    static_assert(!DP || FOUR, "DP: 4-bit codes");
     constexpr int SEGS = FOUR ? 4 : 2;
     constexpr int COLS = SEGS * 8;                  // columns per 16-byte load of weights
-    extern __shared__ __align__(16) uint16_t xs[];  // (MT, Kp), swizzled segments
+    extern __shared__ __align__(16) uint16_t xs[];  // (MT, Kp), swizzled segments; DP: int8 groups
     __shared__ float code_s[16];
     __shared__ float ncode_s[DQ ? 256 : 1];
     __shared__ float red[kWarps][MT * RW];
@@ -124,7 +130,57 @@ __global__ void __launch_bounds__(kThreads, MT == 1 ? 3 : 2)
     // Stage the tile, zero beyond K and beyond the last row.
     const int64_t segs_row = Kp / 8;
     const bool vec = (reinterpret_cast<uintptr_t>(a.x) | uintptr_t(a.ld_x * 2)) % 16 == 0 && K % 8 == 0;
-    for (int64_t e = threadIdx.x; e < MT * segs_row; e += kThreads) {
+    const int64_t G = Kp / 32;  // DP: x groups a row
+    char* xq = reinterpret_cast<char*>(xs);
+    float* sxs = reinterpret_cast<float*>(xq + MT * Kp);
+    if constexpr (DP) {
+        // A thread a (row, group): its 32 values, their largest magnitude, the int8 values.
+        for (int64_t e = threadIdx.x; e < MT * G; e += kThreads) {
+            const int m = int(e / G);
+            const int64_t g = e - m * G;
+            float v[32];
+            const uint16_t* src = a.x + (m0 + m) * a.ld_x + g * 32;
+#pragma unroll
+            for (int h = 0; h < 4; ++h) {
+                uint4 u = make_uint4(0, 0, 0, 0);
+                if (m < mt) {
+                    if (vec) {
+                        if (g * 32 + h * 8 < K) u = *reinterpret_cast<const uint4*>(src + h * 8);
+                    } else {
+                        uint32_t p[4];
+#pragma unroll
+                        for (int j = 0; j < 4; ++j) {
+                            const int64_t c = g * 32 + h * 8 + 2 * j;
+                            p[j] = (c < K ? uint32_t(src[h * 8 + 2 * j]) : 0u) |
+                                   (c + 1 < K ? uint32_t(src[h * 8 + 2 * j + 1]) : 0u) << 16;
+                        }
+                        u = make_uint4(p[0], p[1], p[2], p[3]);
+                    }
+                }
+                const uint32_t wv[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+                for (int j = 0; j < 4; ++j) {
+                    v[h * 8 + 2 * j] = bf_lo(wv[j]);
+                    v[h * 8 + 2 * j + 1] = bf_hi(wv[j]);
+                }
+            }
+            float mx = 0.0f;
+#pragma unroll
+            for (int i = 0; i < 32; ++i) mx = fmaxf(mx, fabsf(v[i]));
+            const float inv = x_group_inv(mx);
+            char* dst = xq + (m * G + g) * 32;
+            const int swz = int((g >> 2) & 1);
+#pragma unroll
+            for (int j = 0; j < 4; ++j) {  // segment j: half j / 2, word pair j % 2 of it
+                uint32_t b[8];
+#pragma unroll
+                for (int i = 0; i < 8; ++i) b[i] = x_i8(v[8 * j + i], inv);
+                *reinterpret_cast<uint2*>(dst + (((j >> 1) ^ swz) * 16) + (j & 1) * 8) = pack_segment_i8(b);
+            }
+            sxs[m * G + g] = x_group_scale(mx);
+        }
+    }
+    for (int64_t e = threadIdx.x; !DP && e < MT * segs_row; e += kThreads) {
         const int m = int(e / segs_row);
         const int64_t s = e - m * segs_row;
         uint4 v = make_uint4(0, 0, 0, 0);
@@ -151,6 +207,11 @@ __global__ void __launch_bounds__(kThreads, MT == 1 ? 3 : 2)
     __syncthreads();
 
     const char* code_base = reinterpret_cast<const char*>(code_s);
+    uint32_t book[4] = {};
+    if constexpr (DP) int8_book(book, a.W.code);
+    const uint32_t xq_at = static_cast<uint32_t>(__cvta_generic_to_shared(xq));
+    const uint32_t swz16 =
+        16u * uint32_t((lane >> 2) & 1);  // DP: the lane's groups' half swap (c0 / 32 ≡ lane mod 4)
 
     for (int64_t set = blockIdx.x; set < n_sets; set += gridDim.x) {
         int64_t row[RW];
@@ -182,6 +243,23 @@ __global__ void __launch_bounds__(kThreads, MT == 1 ? 3 : 2)
                                   ? s_lo[j]
                                   : block_absmax<DQ>(a.W, ncode_s, row[j], min(b + 1, a.W.row_blocks - 1));
                 }
+            }
+            if constexpr (DP) {
+                // Blocks of ≥ 32: one absmax a load. Every x row against every weight row's load.
+                const int64_t g = c0 >> 5;
+                uint32_t v[RW][8];
+#pragma unroll
+                for (int j = 0; j < RW; ++j) decode32_i8(v[j], w[j], book);
+#pragma unroll
+                for (int m = 0; m < MT; ++m) {
+                    const uint32_t at = xq_at + uint32_t((m * G + g) * 32);
+                    const uint4 xa = lds128(at + swz16), xb = lds128(at + (swz16 ^ 16u));
+                    const float sx = sxs[m * G + g];
+#pragma unroll
+                    for (int j = 0; j < RW; ++j)
+                        acc[m][j] = fmaf(__int2float_rn(dot32_i8(v[j], xa, xb)), s_lo[j] * sx, acc[m][j]);
+                }
+                continue;
             }
             const int64_t sbase = c0 / 8;
 #pragma unroll
@@ -248,9 +326,9 @@ __global__ void __launch_bounds__(kThreads, MT == 1 ? 3 : 2)
     }
 }
 
-template <int MT, int RW, bool FOUR, bool DQ>
+template <int MT, int RW, bool FOUR, bool DQ, bool DP>
 void launch_gemv(const QuantGemv& a, int64_t O, int64_t Kp, cudaStream_t stream) {
-    auto kernel = quant_gemv_kernel<MT, RW, FOUR, DQ>;
+    auto kernel = quant_gemv_kernel<MT, RW, FOUR, DQ, DP>;
     int device = 0, sms = 0, resident = 0;
     detail::check_cuda<uint16_t>(cudaGetDevice(&device), "cudaGetDevice", "quant_gemv");
     static int configured = -1;  // per instantiation
@@ -260,7 +338,8 @@ void launch_gemv(const QuantGemv& a, int64_t O, int64_t Kp, cudaStream_t stream)
             "cudaFuncSetAttribute", "quant_gemv");
         configured = device;
     }
-    const size_t smem = size_t(MT) * size_t(Kp) * sizeof(uint16_t);
+    const size_t smem = DP ? size_t(MT) * size_t(Kp) + size_t(MT) * size_t(Kp / 32) * sizeof(float)
+                           : size_t(MT) * size_t(Kp) * sizeof(uint16_t);
     constexpr int cols = FOUR ? 32 : 16;
     // Warps per group of rows: enough 16-byte loads per row for a warp each, at most the block.
     const int64_t loads = Kp / cols;
@@ -284,25 +363,36 @@ void launch_gemv(const QuantGemv& a, int64_t O, int64_t Kp, cudaStream_t stream)
                                  "launch", "quant_gemv");
 }
 
-template <bool FOUR, bool DQ>
+template <bool FOUR, bool DQ, bool DP = false>
 void dispatch_tile(const QuantGemv& a, int64_t O, int64_t Kp, int tile, cudaStream_t s) {
     switch (tile) {
         case 1:
-            launch_gemv<1, 4, FOUR, DQ>(a, O, Kp, s);
+            launch_gemv<1, 4, FOUR, DQ, DP>(a, O, Kp, s);
             break;
         case 2:
-            launch_gemv<2, 4, FOUR, DQ>(a, O, Kp, s);
+            launch_gemv<2, 4, FOUR, DQ, DP>(a, O, Kp, s);
             break;
         case 4:
-            launch_gemv<4, 4, FOUR, DQ>(a, O, Kp, s);
+            launch_gemv<4, 4, FOUR, DQ, DP>(a, O, Kp, s);
             break;
         case 8:
-            launch_gemv<8, 2, FOUR, DQ>(a, O, Kp, s);
+            launch_gemv<8, 2, FOUR, DQ, DP>(a, O, Kp, s);
             break;
         default:
-            launch_gemv<16, 2, FOUR, DQ>(a, O, Kp, s);
+            launch_gemv<16, 2, FOUR, DQ, DP>(a, O, Kp, s);
             break;
     }
+}
+
+// Whether 4-bit products run on dp4a (quant_gemv_kernel's DP: blocks of ≥ 32 columns):
+// MSLM_QUANT_GEMV_DP4A=1 or 0 (read at each call), else kQuantDp4aDefault.
+constexpr bool kQuantDp4aDefault = true;
+bool quant_dp4a(const QuantWeight& W) {
+    const char* env = std::getenv("MSLM_QUANT_GEMV_DP4A");
+    const bool on = env && std::string(env) == "1"   ? true
+                    : env && std::string(env) == "0" ? false
+                                                     : kQuantDp4aDefault;
+    return on && W.format != QuantFormat::Int8 && W.blocksize >= 32;
 }
 
 void check_weight(const QuantWeight& W, const char* op) {
@@ -371,6 +461,10 @@ void quant_gemv(const QuantGemv& a, void* stream) {
     auto s = static_cast<cudaStream_t>(stream);
     if (a.W.format == QuantFormat::Int8)
         dispatch_tile<false, false>(a, O, Kp, tile, s);
+    else if (quant_dp4a(a.W) && a.W.scale)
+        dispatch_tile<true, false, true>(a, O, Kp, tile, s);
+    else if (quant_dp4a(a.W))
+        dispatch_tile<true, true, true>(a, O, Kp, tile, s);
     else if (a.W.scale)
         dispatch_tile<true, false>(a, O, Kp, tile, s);
     else
