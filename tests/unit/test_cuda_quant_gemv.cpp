@@ -453,20 +453,28 @@ TEST(CudaQuantGemv, MatchesBitsandbytesDequantizedProduct) {
                 g.ld_out = O;
                 std::vector<double> ref, mag, tol;
                 if (gemv_takes_dp(s.host)) {
-                    // The dp4a products against their int8 model, and that model's bound from the
-                    // exact product; then the fp32 code book's products against the exact one.
-                    {
-                        const ScopedEnv env("MSLM_QUANT_GEMV_DP4A", "1");
-                        ops::cuda::quant_gemv(g, nullptr);
-                    }
+                    // The dp4a products (the CUDA-core tiles, then from 2 rows the tensor-core
+                    // kernel) against their int8 model, and that model's bound from the exact
+                    // product; then the fp32 code book's products against the exact one.
                     std::vector<double> err, exact, emag;
                     dp4a_reference(s, x, M, ld_x, ref, mag, &err);
-                    for (double a : mag) tol.push_back(gemv_tol(K, a) + 1e-30);
-                    const std::vector<float> got = dy.download();
-                    EXPECT_TRUE(test::all_within(got, ref, tol)) << "dp4a products";
                     reference(s, x, M, ld_x, exact, emag);
-                    for (size_t i = 0; i < tol.size(); ++i) tol[i] += err[i];
-                    EXPECT_TRUE(test::all_within(got, exact, tol)) << "dp4a products against the exact ones";
+                    for (const char* mma : {"0", "1"}) {
+                        if (M < 2 && mma[0] == '1') continue;
+                        SCOPED_TRACE(mma[0] == '1' ? "tensor cores" : "dp4a tiles");
+                        {
+                            const ScopedEnv env("MSLM_QUANT_GEMV_DP4A", "1"),
+                                env2("MSLM_QUANT_GEMV_MMA", mma);
+                            ops::cuda::quant_gemv(g, nullptr);
+                        }
+                        tol.clear();
+                        for (double a : mag) tol.push_back(gemv_tol(K, a) + 1e-30);
+                        const std::vector<float> got = dy.download();
+                        EXPECT_TRUE(test::all_within(got, ref, tol)) << "dp4a products";
+                        for (size_t i = 0; i < tol.size(); ++i) tol[i] += err[i];
+                        EXPECT_TRUE(test::all_within(got, exact, tol))
+                            << "dp4a products against the exact ones";
+                    }
                     tol.clear();
                 }
                 {
@@ -497,19 +505,22 @@ TEST(CudaQuantGemv, Epilogues) {
         const test::DeviceBuffer<uint16_t> dx(x), db(bias);
         std::vector<double> v, mag;
         reference(s, x, M, K, v, mag);
-        // The fp32 code book, then (4-bit) the dp4a products with their bound from the exact ones.
+        // The fp32 code book (kernel 0), then (4-bit) the dp4a products — the CUDA-core tiles (1), the
+        // tensor-core kernel (2) — with their bound from the exact ones.
         std::vector<double> dpe(static_cast<size_t>(M * rows), 0.0);
-        for (bool dp : {false, true})
+        for (int kernel : {0, 1, 2})
             for (QuantEpilogue epi : {QuantEpilogue::Store, QuantEpilogue::Residual, QuantEpilogue::SwiGLU}) {
+                const bool dp = kernel > 0;
                 if (dp && !gemv_takes_dp(s.host)) continue;
                 if (dp) {
                     std::vector<double> y_dp, mag_dp;
                     dp4a_reference(s, x, M, K, y_dp, mag_dp, &dpe);
                 }
-                const ScopedEnv env("MSLM_QUANT_GEMV_DP4A", dp ? "1" : "0");
+                const ScopedEnv env("MSLM_QUANT_GEMV_DP4A", dp ? "1" : "0"),
+                    env2("MSLM_QUANT_GEMV_MMA", kernel == 2 ? "1" : "0");
                 const int64_t O = epi == QuantEpilogue::SwiGLU ? rows / 2 : rows;
-                SCOPED_TRACE(s.name + " epilogue " + std::to_string(static_cast<int>(epi)) +
-                             (dp ? " dp4a" : ""));
+                SCOPED_TRACE(s.name + " epilogue " + std::to_string(static_cast<int>(epi)) + " kernel " +
+                             std::to_string(kernel));
                 const std::vector<uint16_t> res = random_bf16(rng, static_cast<size_t>(M * O));
                 test::DeviceBuffer<uint16_t> dout(res);
                 QuantGemv g;

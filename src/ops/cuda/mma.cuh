@@ -50,6 +50,17 @@ __device__ __forceinline__ void mma_m16n8k16_f16(float (&d)[4], const uint32_t (
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 }
 
+// D = A·B for one 16 × 8 × 32 tile of int8 operands, exact int32 sums (no C). The fragments are those
+// of the bf16 tile above with 4 int8 in each .b32 register where it holds 2 bf16 (byte 0 the lowest
+// k): a[0] = A[grp][4q .. 4q+3], a[1] = A[grp+8][4q ..], a[2] = A[grp][4q+16 ..], a[3] =
+// A[grp+8][4q+16 ..]; b[0] = B[4q .. 4q+3][grp], b[1] = B[4q+16 ..][grp]; d as above, in int32.
+__device__ __forceinline__ void mma_m16n8k32_s8(int (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+    asm("mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 "
+        "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%10, %10, %10, %10};\n"
+        : "=r"(d[0]), "=r"(d[1]), "=r"(d[2]), "=r"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]), "r"(0));
+}
+
 // ---- the block tile. 4 warps in a 2 × 2 grid, each a 32 × 32 quarter of the 64 × 64 output: 2
 // m16 tiles by 4 n8 tiles of the instruction above.
 

@@ -21,6 +21,7 @@
 
 #include "core/error.h"
 #include "ops/cuda/common.cuh"
+#include "ops/cuda/mma.cuh"
 #include "ops/cuda/quant_decode.cuh"
 #include "ops/cuda/quant_gemv.h"
 #include "ops/cuda/reduce.cuh"
@@ -65,6 +66,60 @@ __device__ __forceinline__ void epilogue(const QuantGemv& a, int64_t O, int64_t 
         case QuantEpilogue::F32:
             a.out32[r * a.ld_out + o] = a.bias ? v + bf(a.bias[o]) : v;
             break;
+    }
+}
+
+// x rows [m0, m0 + rows) of the tile as int8 groups of 32 columns (quant_detail::x_i8: each group's
+// largest magnitude to 127; 32 bytes a group, its two 16-byte halves swapped in groups with bit 2
+// set, decode8_i8's column order within), row r at xq + r · stride bytes, and the groups' scales at
+// sxs[r · Kp / 32 + g]; zeros past K and for rows r ≥ mt. A thread a (row, group). vec: x and its
+// rows 16-byte aligned.
+__device__ __forceinline__ void stage_x_i8(const QuantGemv& a, int64_t m0, int mt, int rows, int64_t Kp,
+                                           bool vec, char* xq, int64_t stride, float* sxs) {
+    const int64_t K = a.W.in, G = Kp / 32;
+    for (int64_t e = threadIdx.x; e < rows * G; e += blockDim.x) {
+        const int m = int(e / G);
+        const int64_t g = e - m * G;
+        float v[32];
+        const uint16_t* src = a.x + (m0 + m) * a.ld_x + g * 32;
+#pragma unroll
+        for (int h = 0; h < 4; ++h) {
+            uint4 u = make_uint4(0, 0, 0, 0);
+            if (m < mt) {
+                if (vec) {
+                    if (g * 32 + h * 8 < K) u = *reinterpret_cast<const uint4*>(src + h * 8);
+                } else {
+                    uint32_t p[4];
+#pragma unroll
+                    for (int j = 0; j < 4; ++j) {
+                        const int64_t c = g * 32 + h * 8 + 2 * j;
+                        p[j] = (c < K ? uint32_t(src[h * 8 + 2 * j]) : 0u) |
+                               (c + 1 < K ? uint32_t(src[h * 8 + 2 * j + 1]) : 0u) << 16;
+                    }
+                    u = make_uint4(p[0], p[1], p[2], p[3]);
+                }
+            }
+            const uint32_t wv[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+            for (int j = 0; j < 4; ++j) {
+                v[h * 8 + 2 * j] = bf_lo(wv[j]);
+                v[h * 8 + 2 * j + 1] = bf_hi(wv[j]);
+            }
+        }
+        float mx = 0.0f;
+#pragma unroll
+        for (int i = 0; i < 32; ++i) mx = fmaxf(mx, fabsf(v[i]));
+        const float inv = x_group_inv(mx);
+        char* dst = xq + m * stride + g * 32;
+        const int swz = int((g >> 2) & 1);
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {  // segment j: half j / 2, word pair j % 2 of it
+            uint32_t b[8];
+#pragma unroll
+            for (int i = 0; i < 8; ++i) b[i] = x_i8(v[8 * j + i], inv);
+            *reinterpret_cast<uint2*>(dst + (((j >> 1) ^ swz) * 16) + (j & 1) * 8) = pack_segment_i8(b);
+        }
+        sxs[m * G + g] = x_group_scale(mx);
     }
 }
 
@@ -133,53 +188,7 @@ __global__ void __launch_bounds__(kThreads, MT == 1 ? 3 : 2)
     const int64_t G = Kp / 32;  // DP: x groups a row
     char* xq = reinterpret_cast<char*>(xs);
     float* sxs = reinterpret_cast<float*>(xq + MT * Kp);
-    if constexpr (DP) {
-        // A thread a (row, group): its 32 values, their largest magnitude, the int8 values.
-        for (int64_t e = threadIdx.x; e < MT * G; e += kThreads) {
-            const int m = int(e / G);
-            const int64_t g = e - m * G;
-            float v[32];
-            const uint16_t* src = a.x + (m0 + m) * a.ld_x + g * 32;
-#pragma unroll
-            for (int h = 0; h < 4; ++h) {
-                uint4 u = make_uint4(0, 0, 0, 0);
-                if (m < mt) {
-                    if (vec) {
-                        if (g * 32 + h * 8 < K) u = *reinterpret_cast<const uint4*>(src + h * 8);
-                    } else {
-                        uint32_t p[4];
-#pragma unroll
-                        for (int j = 0; j < 4; ++j) {
-                            const int64_t c = g * 32 + h * 8 + 2 * j;
-                            p[j] = (c < K ? uint32_t(src[h * 8 + 2 * j]) : 0u) |
-                                   (c + 1 < K ? uint32_t(src[h * 8 + 2 * j + 1]) : 0u) << 16;
-                        }
-                        u = make_uint4(p[0], p[1], p[2], p[3]);
-                    }
-                }
-                const uint32_t wv[4] = {u.x, u.y, u.z, u.w};
-#pragma unroll
-                for (int j = 0; j < 4; ++j) {
-                    v[h * 8 + 2 * j] = bf_lo(wv[j]);
-                    v[h * 8 + 2 * j + 1] = bf_hi(wv[j]);
-                }
-            }
-            float mx = 0.0f;
-#pragma unroll
-            for (int i = 0; i < 32; ++i) mx = fmaxf(mx, fabsf(v[i]));
-            const float inv = x_group_inv(mx);
-            char* dst = xq + (m * G + g) * 32;
-            const int swz = int((g >> 2) & 1);
-#pragma unroll
-            for (int j = 0; j < 4; ++j) {  // segment j: half j / 2, word pair j % 2 of it
-                uint32_t b[8];
-#pragma unroll
-                for (int i = 0; i < 8; ++i) b[i] = x_i8(v[8 * j + i], inv);
-                *reinterpret_cast<uint2*>(dst + (((j >> 1) ^ swz) * 16) + (j & 1) * 8) = pack_segment_i8(b);
-            }
-            sxs[m * G + g] = x_group_scale(mx);
-        }
-    }
+    if constexpr (DP) stage_x_i8(a, m0, mt, MT, Kp, vec, xq, Kp, sxs);
     for (int64_t e = threadIdx.x; !DP && e < MT * segs_row; e += kThreads) {
         const int m = int(e / segs_row);
         const int64_t s = e - m * segs_row;
@@ -326,6 +335,166 @@ __global__ void __launch_bounds__(kThreads, MT == 1 ? 3 : 2)
     }
 }
 
+// The 4-bit product on tensor cores for 2..16 rows of x (MMA; blocks of ≥ 32 columns): the dp4a
+// tiles' arithmetic — the code book and x in int8, exact 32-column integer sums scaled by absmax ·
+// the x group's scale — with each sum an m16n8k32 int8 product: 16 weight rows (gate rows and their
+// up rows for SwiGLU: 8 + 8) by NT · 8 x rows, 32 columns deep. Lane (grp, q) holds code word q of
+// the chunk's 16-byte load for rows grp and grp + 8 (decode8_i8: a[0], a[1] from its first int8
+// word, a[2], a[3] from its second) and x row grp's words (A_q, B_q) of the group (pack_segment_i8's
+// order matches, so k position 4q + i is the same column in A and B). A group of KS warps splits a
+// tile's chunks (warp ks takes batches of kMmaChunks consecutive ones, ks, ks + KS, ...) and their
+// partial sums meet in shared memory.
+constexpr int kMmaChunks = 4;  // chunks of 32 columns a warp loads at once
+template <int NT, bool DQ>
+__global__ void __launch_bounds__(kThreads, 2)
+    quant_mma_kernel(QuantGemv a, int64_t O, int64_t Kp, int ks_log2, int bs_log2, int64_t xstride) {
+    constexpr int MT = 8 * NT;
+    extern __shared__ __align__(16) uint16_t smem[];
+    char* xq = reinterpret_cast<char*>(smem);                  // (MT, xstride) int8 groups
+    float* sxs = reinterpret_cast<float*>(xq + MT * xstride);  // (MT, Kp / 32) scales
+    float* red = sxs + MT * (Kp / 32);                         // (warps, 16, MT) partial sums
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, grp = lane >> 2, q = lane & 3;
+    const int64_t K = a.W.in, G = Kp / 32;
+    const int64_t m0 = int64_t(blockIdx.y) * MT;
+    const int mt = int(min(int64_t(MT), a.M - m0));
+    const int KS = 1 << ks_log2, wg = warp >> ks_log2, ks = warp & (KS - 1);
+    const int groups_per_block = kWarps >> ks_log2;
+    const bool swiglu = a.epi == QuantEpilogue::SwiGLU;
+    const int outs = swiglu ? 8 : 16;  // outputs a tile
+    const int64_t n_sets = ((O + outs - 1) / outs + groups_per_block - 1) / groups_per_block;
+    pdl_trigger();
+    pdl_wait();  // x (and a residual output) come from the previous kernels
+    const bool vec = (reinterpret_cast<uintptr_t>(a.x) | uintptr_t(a.ld_x * 2)) % 16 == 0 && K % 8 == 0;
+    stage_x_i8(a, m0, mt, MT, Kp, vec, xq, xstride, sxs);
+    uint32_t book[4];
+    int8_book(book, a.W.code);
+    __syncthreads();
+    const uint32_t xq_at = static_cast<uint32_t>(__cvta_generic_to_shared(xq));
+    for (int64_t set = blockIdx.x; set < n_sets; set += gridDim.x) {
+        const int64_t o0 = (set * groups_per_block + wg) * outs;
+        // This lane's two weight rows: o0 + grp and o0 + grp + 8, or the gate row and its up row.
+        const bool ok0 = o0 + grp < O, ok1 = swiglu ? ok0 : o0 + grp + 8 < O;
+        const int64_t r0 = o0 + grp, r1 = swiglu ? O + o0 + grp : o0 + grp + 8;
+        const uint8_t* p0 = a.W.data + r0 * a.W.row_bytes + 4 * q;
+        const uint8_t* p1 = a.W.data + r1 * a.W.row_bytes + 4 * q;
+        float acc[NT][4];
+#pragma unroll
+        for (int n = 0; n < NT; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
+        // kMmaChunks consecutive chunks at a time (a row's 64 bytes: the quad's 4-byte loads of one
+        // chunk use half a 32-byte sector, the next chunk's the other half, from L1), all their loads
+        // issued before any product (one global round trip per batch, not per chunk).
+        for (int64_t cb = int64_t(ks) * 32 * kMmaChunks; cb < Kp; cb += int64_t(KS) * 32 * kMmaChunks) {
+            uint32_t w0[kMmaChunks], w1[kMmaChunks];
+            float am0[kMmaChunks], am1[kMmaChunks];
+#pragma unroll
+            for (int u = 0; u < kMmaChunks; ++u) {
+                const int64_t c0 = cb + int64_t(u) * 32;
+                const bool in = c0 < Kp;
+                const int64_t b = c0 >> bs_log2;
+                w0[u] = in && ok0 ? __ldg(reinterpret_cast<const uint32_t*>(p0 + c0 / 2)) : 0u;
+                w1[u] = in && ok1 ? __ldg(reinterpret_cast<const uint32_t*>(p1 + c0 / 2)) : 0u;
+                am0[u] = in && ok0 ? block_absmax<DQ>(a.W, a.W.nested_code, r0, b) : 0.0f;
+                am1[u] = in && ok1 ? block_absmax<DQ>(a.W, a.W.nested_code, r1, b) : 0.0f;
+            }
+#pragma unroll
+            for (int u = 0; u < kMmaChunks; ++u) {
+                const int64_t c0 = cb + int64_t(u) * 32;
+                if (c0 >= Kp) break;
+                uint32_t af[4];
+                decode8_i8(af[0], af[2], w0[u], book);
+                decode8_i8(af[1], af[3], w1[u], book);
+                const int64_t g = c0 >> 5;
+                const uint32_t half = uint32_t((((q >> 1) ^ int((g >> 2) & 1)) * 16) + (q & 1) * 8);
+#pragma unroll
+                for (int n = 0; n < NT; ++n) {
+                    uint32_t bf[2];
+                    asm volatile("ld.shared.v2.u32 {%0, %1}, [%2];"
+                                 : "=r"(bf[0]), "=r"(bf[1])
+                                 : "r"(xq_at + uint32_t((n * 8 + grp) * xstride + g * 32) + half));
+                    int d[4];
+                    detail::mma_m16n8k32_s8(d, af, bf);
+                    const float s0 = sxs[(n * 8 + 2 * q) * G + g], s1 = sxs[(n * 8 + 2 * q + 1) * G + g];
+                    acc[n][0] = fmaf(__int2float_rn(d[0]), am0[u] * s0, acc[n][0]);
+                    acc[n][1] = fmaf(__int2float_rn(d[1]), am0[u] * s1, acc[n][1]);
+                    acc[n][2] = fmaf(__int2float_rn(d[2]), am1[u] * s0, acc[n][2]);
+                    acc[n][3] = fmaf(__int2float_rn(d[3]), am1[u] * s1, acc[n][3]);
+                }
+            }
+        }
+        // red[warp][row j][x row m]: lane (grp, q) holds rows grp, grp + 8 and x rows 8n + 2q, + 1.
+        float* rw = red + warp * 16 * MT;
+#pragma unroll
+        for (int n = 0; n < NT; ++n) {
+            rw[grp * MT + n * 8 + 2 * q] = acc[n][0];
+            rw[grp * MT + n * 8 + 2 * q + 1] = acc[n][1];
+            rw[(grp + 8) * MT + n * 8 + 2 * q] = acc[n][2];
+            rw[(grp + 8) * MT + n * 8 + 2 * q + 1] = acc[n][3];
+        }
+        __syncthreads();
+        // The group's outputs: its KS warps' partials in a fixed order (the same bits every run).
+        for (int e = ks * 32 + lane; e < outs * mt; e += KS * 32) {
+            const int m = e / outs, jj = e % outs;
+            const int64_t o = o0 + jj;
+            if (o >= O) continue;
+            float v = 0.0f, v2 = 0.0f;
+            for (int k = 0; k < KS; ++k) {
+                const float* rk = red + (wg * KS + k) * 16 * MT;
+                v += rk[jj * MT + m];
+                if (swiglu) v2 += rk[(jj + 8) * MT + m];
+            }
+            epilogue(a, O, m0 + m, o, v, v2);
+        }
+        __syncthreads();  // red is reused by the next set
+    }
+}
+
+// The MMA kernel's x row stride in shared memory: Kp rounded up to 128 bytes, plus 32, so that the 4
+// x rows a quarter-warp reads (32 bytes each) fall in 4 distinct 32-byte bank groups.
+int64_t mma_xstride(int64_t Kp) {
+    return (Kp + 127) / 128 * 128 + 32;
+}
+size_t mma_smem(int NT, int64_t Kp) {
+    return size_t(8 * NT) * size_t(mma_xstride(Kp)) + size_t(8 * NT) * size_t(Kp / 32) * sizeof(float) +
+           size_t(kWarps) * 16 * size_t(8 * NT) * sizeof(float);
+}
+
+template <int NT, bool DQ>
+void launch_mma(const QuantGemv& a, int64_t O, int64_t Kp, cudaStream_t stream) {
+    auto kernel = quant_mma_kernel<NT, DQ>;
+    int device = 0, sms = 0, resident = 0;
+    detail::check_cuda<uint16_t>(cudaGetDevice(&device), "cudaGetDevice", "quant_gemv");
+    static int configured = -1;  // per instantiation
+    if (configured != device) {
+        detail::check_cuda<uint16_t>(
+            cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kMaxSmem)),
+            "cudaFuncSetAttribute", "quant_gemv");
+        configured = device;
+    }
+    const size_t smem = mma_smem(NT, Kp);
+    // Warps a tile: each at least one batch of kMmaChunks chunks, at most the block.
+    const int64_t chunks = Kp / 32;
+    int ks_log2 = 0;
+    while (ks_log2 < 3 && (chunks >> (ks_log2 + 1)) >= kMmaChunks) ++ks_log2;
+    const int outs = a.epi == QuantEpilogue::SwiGLU ? 8 : 16;
+    const int64_t sets = ((O + outs - 1) / outs + (kWarps >> ks_log2) - 1) / (kWarps >> ks_log2);
+    detail::check_cuda<uint16_t>(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device),
+                                 "cudaDeviceGetAttribute", "quant_gemv");
+    detail::check_cuda<uint16_t>(
+        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&resident, kernel, kThreads, smem),
+        "cudaOccupancyMaxActiveBlocksPerMultiprocessor", "quant_gemv");
+    const int64_t tiles = (a.M + 8 * NT - 1) / (8 * NT);
+    const int64_t blocks =
+        std::max<int64_t>(1, std::min<int64_t>(sets, int64_t(sms) * std::max(resident, 1) / tiles));
+    MSLM_CHECK(tiles <= 65535, "quant_gemv: {} rows of x in {} tiles of {} (at most 65535 tiles)", a.M, tiles,
+               8 * NT);
+    int bs_log2 = 0;
+    while ((int64_t(1) << bs_log2) < a.W.blocksize) ++bs_log2;
+    detail::check_cuda<uint16_t>(
+        detail::launch_pdl(kernel, dim3(unsigned(blocks), unsigned(tiles)), dim3(kThreads), smem, stream, a,
+                           O, Kp, ks_log2, bs_log2, mma_xstride(Kp)),
+        "launch", "quant_gemv");
+}
+
 template <int MT, int RW, bool FOUR, bool DQ, bool DP>
 void launch_gemv(const QuantGemv& a, int64_t O, int64_t Kp, cudaStream_t stream) {
     auto kernel = quant_gemv_kernel<MT, RW, FOUR, DQ, DP>;
@@ -382,6 +551,21 @@ void dispatch_tile(const QuantGemv& a, int64_t O, int64_t Kp, int tile, cudaStre
             launch_gemv<16, 2, FOUR, DQ, DP>(a, O, Kp, s);
             break;
     }
+}
+
+// Whether 2 or more rows of x on 4-bit codes take the tensor-core kernel (quant_mma_kernel; dp4a
+// arithmetic): MSLM_QUANT_GEMV_MMA=1 or 0 (read at each call), else kQuantMmaDefault, from
+// kQuantMmaMinRows rows. Opt-in: on the H200 it has a floor of ~24 µs on 2048 × 16384 whatever the
+// rows (the dp4a tiles: 12.6 µs at 2 rows, 36 at 16), faster only from ~16 rows on K ≥ 2048
+// (docs/PERFORMANCE.md).
+constexpr bool kQuantMmaDefault = false;
+constexpr int64_t kQuantMmaMinRows = 2;
+bool quant_mma(const QuantGemv& a, int64_t Kp) {
+    const char* env = std::getenv("MSLM_QUANT_GEMV_MMA");
+    const bool on = env && std::string(env) == "1"   ? true
+                    : env && std::string(env) == "0" ? false
+                                                     : kQuantMmaDefault;
+    return on && a.M >= kQuantMmaMinRows && mma_smem(2, Kp) <= kMaxSmem;
 }
 
 // Whether 4-bit products run on dp4a (quant_gemv_kernel's DP: blocks of ≥ 32 columns):
@@ -461,7 +645,12 @@ void quant_gemv(const QuantGemv& a, void* stream) {
     auto s = static_cast<cudaStream_t>(stream);
     if (a.W.format == QuantFormat::Int8)
         dispatch_tile<false, false>(a, O, Kp, tile, s);
-    else if (quant_dp4a(a.W) && a.W.scale)
+    else if (quant_dp4a(a.W) && quant_mma(a, Kp)) {
+        if (a.M <= 8)
+            a.W.scale ? launch_mma<1, false>(a, O, Kp, s) : launch_mma<1, true>(a, O, Kp, s);
+        else
+            a.W.scale ? launch_mma<2, false>(a, O, Kp, s) : launch_mma<2, true>(a, O, Kp, s);
+    } else if (quant_dp4a(a.W) && a.W.scale)
         dispatch_tile<true, false, true>(a, O, Kp, tile, s);
     else if (quant_dp4a(a.W))
         dispatch_tile<true, true, true>(a, O, Kp, tile, s);
