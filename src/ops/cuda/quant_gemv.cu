@@ -370,39 +370,66 @@ __global__ void __launch_bounds__(kThreads, 2)
     int8_book(book, a.W.code);
     __syncthreads();
     const uint32_t xq_at = static_cast<uint32_t>(__cvta_generic_to_shared(xq));
+    // A set's tile: its first output, this lane's two weight rows (o0 + grp and o0 + grp + 8, or
+    // the gate row and its up row) and whether they exist.
+    struct Rows {
+        int64_t o0, r0, r1;
+        bool ok0, ok1;
+    };
+    auto rows_of = [&](int64_t set) {
+        Rows t;
+        t.o0 = (set * groups_per_block + wg) * outs;
+        t.ok0 = t.o0 + grp < O;
+        t.ok1 = swiglu ? t.ok0 : t.o0 + grp + 8 < O;
+        t.r0 = t.o0 + grp;
+        t.r1 = swiglu ? O + t.o0 + grp : t.o0 + grp + 8;
+        return t;
+    };
+    // Batch j of a tile: kMmaChunks consecutive chunks from column (ks + j · KS) · kMmaChunks · 32
+    // (a row's 64 bytes: the quad's 4-byte loads of one chunk use half a 32-byte sector, the next
+    // chunk's the other half, from L1), every load of it issued before any product.
+    struct Batch {
+        uint32_t w0[kMmaChunks], w1[kMmaChunks];
+        float am0[kMmaChunks], am1[kMmaChunks];
+    };
+    const int64_t span = int64_t(KS) * 32 * kMmaChunks, first_col = int64_t(ks) * 32 * kMmaChunks;
+    const int64_t batches = first_col < Kp ? (Kp - first_col + span - 1) / span : 0;  // a tile, this warp
+    auto load = [&](Batch& bt, const Rows& t, int64_t j) {
+        const uint8_t* p0 = a.W.data + t.r0 * a.W.row_bytes + 4 * q;
+        const uint8_t* p1 = a.W.data + t.r1 * a.W.row_bytes + 4 * q;
+#pragma unroll
+        for (int u = 0; u < kMmaChunks; ++u) {
+            const int64_t c0 = first_col + j * span + int64_t(u) * 32;
+            const bool in = c0 < Kp;
+            const int64_t b = c0 >> bs_log2;
+            bt.w0[u] = in && t.ok0 ? __ldg(reinterpret_cast<const uint32_t*>(p0 + c0 / 2)) : 0u;
+            bt.w1[u] = in && t.ok1 ? __ldg(reinterpret_cast<const uint32_t*>(p1 + c0 / 2)) : 0u;
+            bt.am0[u] = in && t.ok0 ? block_absmax<DQ>(a.W, a.W.nested_code, t.r0, b) : 0.0f;
+            bt.am1[u] = in && t.ok1 ? block_absmax<DQ>(a.W, a.W.nested_code, t.r1, b) : 0.0f;
+        }
+    };
+    // The next batch (of this tile, else of the block's next tile) is in flight while one is
+    // multiplied and while a tile's partials meet: the loads never wait for a barrier.
+    Batch cur, nxt;
+    if (int64_t(blockIdx.x) < n_sets && batches > 0) load(cur, rows_of(blockIdx.x), 0);
     for (int64_t set = blockIdx.x; set < n_sets; set += gridDim.x) {
-        const int64_t o0 = (set * groups_per_block + wg) * outs;
-        // This lane's two weight rows: o0 + grp and o0 + grp + 8, or the gate row and its up row.
-        const bool ok0 = o0 + grp < O, ok1 = swiglu ? ok0 : o0 + grp + 8 < O;
-        const int64_t r0 = o0 + grp, r1 = swiglu ? O + o0 + grp : o0 + grp + 8;
-        const uint8_t* p0 = a.W.data + r0 * a.W.row_bytes + 4 * q;
-        const uint8_t* p1 = a.W.data + r1 * a.W.row_bytes + 4 * q;
+        const Rows t = rows_of(set);
+        const int64_t o0 = t.o0;
         float acc[NT][4];
 #pragma unroll
         for (int n = 0; n < NT; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
-        // kMmaChunks consecutive chunks at a time (a row's 64 bytes: the quad's 4-byte loads of one
-        // chunk use half a 32-byte sector, the next chunk's the other half, from L1), all their loads
-        // issued before any product (one global round trip per batch, not per chunk).
-        for (int64_t cb = int64_t(ks) * 32 * kMmaChunks; cb < Kp; cb += int64_t(KS) * 32 * kMmaChunks) {
-            uint32_t w0[kMmaChunks], w1[kMmaChunks];
-            float am0[kMmaChunks], am1[kMmaChunks];
+        for (int64_t j = 0; j < batches; ++j) {
+            if (j + 1 < batches)
+                load(nxt, t, j + 1);
+            else if (set + gridDim.x < n_sets)
+                load(nxt, rows_of(set + gridDim.x), 0);
 #pragma unroll
             for (int u = 0; u < kMmaChunks; ++u) {
-                const int64_t c0 = cb + int64_t(u) * 32;
-                const bool in = c0 < Kp;
-                const int64_t b = c0 >> bs_log2;
-                w0[u] = in && ok0 ? __ldg(reinterpret_cast<const uint32_t*>(p0 + c0 / 2)) : 0u;
-                w1[u] = in && ok1 ? __ldg(reinterpret_cast<const uint32_t*>(p1 + c0 / 2)) : 0u;
-                am0[u] = in && ok0 ? block_absmax<DQ>(a.W, a.W.nested_code, r0, b) : 0.0f;
-                am1[u] = in && ok1 ? block_absmax<DQ>(a.W, a.W.nested_code, r1, b) : 0.0f;
-            }
-#pragma unroll
-            for (int u = 0; u < kMmaChunks; ++u) {
-                const int64_t c0 = cb + int64_t(u) * 32;
+                const int64_t c0 = first_col + j * span + int64_t(u) * 32;
                 if (c0 >= Kp) break;
                 uint32_t af[4];
-                decode8_i8(af[0], af[2], w0[u], book);
-                decode8_i8(af[1], af[3], w1[u], book);
+                decode8_i8(af[0], af[2], cur.w0[u], book);
+                decode8_i8(af[1], af[3], cur.w1[u], book);
                 const int64_t g = c0 >> 5;
                 const uint32_t half = uint32_t((((q >> 1) ^ int((g >> 2) & 1)) * 16) + (q & 1) * 8);
 #pragma unroll
@@ -414,12 +441,13 @@ __global__ void __launch_bounds__(kThreads, 2)
                     int d[4];
                     detail::mma_m16n8k32_s8(d, af, bf);
                     const float s0 = sxs[(n * 8 + 2 * q) * G + g], s1 = sxs[(n * 8 + 2 * q + 1) * G + g];
-                    acc[n][0] = fmaf(__int2float_rn(d[0]), am0[u] * s0, acc[n][0]);
-                    acc[n][1] = fmaf(__int2float_rn(d[1]), am0[u] * s1, acc[n][1]);
-                    acc[n][2] = fmaf(__int2float_rn(d[2]), am1[u] * s0, acc[n][2]);
-                    acc[n][3] = fmaf(__int2float_rn(d[3]), am1[u] * s1, acc[n][3]);
+                    acc[n][0] = fmaf(__int2float_rn(d[0]), cur.am0[u] * s0, acc[n][0]);
+                    acc[n][1] = fmaf(__int2float_rn(d[1]), cur.am0[u] * s1, acc[n][1]);
+                    acc[n][2] = fmaf(__int2float_rn(d[2]), cur.am1[u] * s0, acc[n][2]);
+                    acc[n][3] = fmaf(__int2float_rn(d[3]), cur.am1[u] * s1, acc[n][3]);
                 }
             }
+            cur = nxt;
         }
         // red[warp][row j][x row m]: lane (grp, q) holds rows grp, grp + 8 and x rows 8n + 2q, + 1.
         float* rw = red + warp * 16 * MT;
