@@ -1705,7 +1705,9 @@ bool tc_takes(const DecodeGemv& a) {
 // model's perplexity through the decode step by +0.06% (NF4 itself: +0.7% over bf16), measured with
 // bench_cuda_score (docs/PERFORMANCE.md).
 constexpr bool kDp4aDefault = true;
-constexpr int kDpDepth = 1;  // rows in flight a warp ahead of the one multiplied (MSLM_DECODE_GEMV_DP_DEPTH)
+// Rows in flight a warp ahead of the one multiplied: 2 and 3 measured slower than 1 on the H200
+// (2048 × 16384: 12.80 / 13.78 / 14.99 µs; 3 spills), docs/PERFORMANCE.md.
+constexpr int kDpDepth = 1;
 bool dp_takes(const DecodeGemv& a) {
     const char* env = std::getenv("MSLM_DECODE_GEMV_DP4A");
     const bool on = env && std::string(env) == "1"   ? true
@@ -1769,12 +1771,7 @@ void launch_gemv(const DecodeGemv& a, void* stream) {
         }
         if constexpr (Kind<WK>::four) {
             if (dp_takes(a)) {
-                const char* env = std::getenv("MSLM_DECODE_GEMV_DP_DEPTH");
-                const int depth = env ? std::atoi(env) : kDpDepth;
-                if (depth >= 2)
-                    launch_gemv_rows<WK, 1, false, false, 2>(a, stream);
-                else
-                    launch_gemv_rows<WK, 1, false, false, 1>(a, stream);
+                launch_gemv_rows<WK, 1, false, false, kDpDepth>(a, stream);
                 return;
             }
         }
