@@ -486,33 +486,47 @@ size_t mma_smem(int NT, int64_t Kp) {
            size_t(kWarps) * 16 * size_t(8 * NT) * sizeof(float);
 }
 
-template <int NT, bool DQ>
-void launch_mma(const QuantGemv& a, int64_t O, int64_t Kp, cudaStream_t stream) {
-    auto kernel = quant_mma_kernel<NT, DQ>;
-    int device = 0, sms = 0, resident = 0;
+// The device's SM count and how many blocks of `kernel` (kThreads threads, smem bytes of dynamic
+// shared memory) fit on one SM; the kernel is allowed kMaxSmem once per device (configured: the
+// instantiation's own static).
+struct Occupancy {
+    int sms = 0, resident = 0;
+};
+template <typename Kernel>
+Occupancy occupancy(Kernel kernel, size_t smem, int& configured) {
+    int device = 0;
+    Occupancy o;
     detail::check_cuda<uint16_t>(cudaGetDevice(&device), "cudaGetDevice", "quant_gemv");
-    static int configured = -1;  // per instantiation
     if (configured != device) {
         detail::check_cuda<uint16_t>(
             cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kMaxSmem)),
             "cudaFuncSetAttribute", "quant_gemv");
         configured = device;
     }
+    detail::check_cuda<uint16_t>(cudaDeviceGetAttribute(&o.sms, cudaDevAttrMultiProcessorCount, device),
+                                 "cudaDeviceGetAttribute", "quant_gemv");
+    detail::check_cuda<uint16_t>(
+        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&o.resident, kernel, kThreads, smem),
+        "cudaOccupancyMaxActiveBlocksPerMultiprocessor", "quant_gemv");
+    o.resident = std::max(o.resident, 1);
+    return o;
+}
+
+template <int NT, bool DQ>
+void launch_mma(const QuantGemv& a, int64_t O, int64_t Kp, cudaStream_t stream) {
+    auto kernel = quant_mma_kernel<NT, DQ>;
+    static int configured = -1;  // per instantiation
     const size_t smem = mma_smem(NT, Kp);
+    const Occupancy occ = occupancy(kernel, smem, configured);
     // Warps a tile: each at least one batch of kMmaChunks chunks, at most the block.
     const int64_t chunks = Kp / 32;
     int ks_log2 = 0;
     while (ks_log2 < 3 && (chunks >> (ks_log2 + 1)) >= kMmaChunks) ++ks_log2;
     const int outs = a.epi == QuantEpilogue::SwiGLU ? 8 : 16;
     const int64_t sets = ((O + outs - 1) / outs + (kWarps >> ks_log2) - 1) / (kWarps >> ks_log2);
-    detail::check_cuda<uint16_t>(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device),
-                                 "cudaDeviceGetAttribute", "quant_gemv");
-    detail::check_cuda<uint16_t>(
-        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&resident, kernel, kThreads, smem),
-        "cudaOccupancyMaxActiveBlocksPerMultiprocessor", "quant_gemv");
     const int64_t tiles = (a.M + 8 * NT - 1) / (8 * NT);
     const int64_t blocks =
-        std::max<int64_t>(1, std::min<int64_t>(sets, int64_t(sms) * std::max(resident, 1) / tiles));
+        std::max<int64_t>(1, std::min<int64_t>(sets, int64_t(occ.sms) * occ.resident / tiles));
     MSLM_CHECK(tiles <= 65535, "quant_gemv: {} rows of x in {} tiles of {} (at most 65535 tiles)", a.M, tiles,
                8 * NT);
     int bs_log2 = 0;
@@ -526,17 +540,10 @@ void launch_mma(const QuantGemv& a, int64_t O, int64_t Kp, cudaStream_t stream) 
 template <int MT, int RW, bool FOUR, bool DQ, bool DP>
 void launch_gemv(const QuantGemv& a, int64_t O, int64_t Kp, cudaStream_t stream) {
     auto kernel = quant_gemv_kernel<MT, RW, FOUR, DQ, DP>;
-    int device = 0, sms = 0, resident = 0;
-    detail::check_cuda<uint16_t>(cudaGetDevice(&device), "cudaGetDevice", "quant_gemv");
     static int configured = -1;  // per instantiation
-    if (configured != device) {
-        detail::check_cuda<uint16_t>(
-            cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kMaxSmem)),
-            "cudaFuncSetAttribute", "quant_gemv");
-        configured = device;
-    }
     const size_t smem = DP ? size_t(MT) * size_t(Kp) + size_t(MT) * size_t(Kp / 32) * sizeof(float)
                            : size_t(MT) * size_t(Kp) * sizeof(uint16_t);
+    const Occupancy occ = occupancy(kernel, smem, configured);
     constexpr int cols = FOUR ? 32 : 16;
     // Warps per group of rows: enough 16-byte loads per row for a warp each, at most the block.
     const int64_t loads = Kp / cols;
@@ -544,12 +551,7 @@ void launch_gemv(const QuantGemv& a, int64_t O, int64_t Kp, cudaStream_t stream)
     while (ks_log2 < 3 && (loads >> (ks_log2 + 1)) >= 32) ++ks_log2;
     const int outs = a.epi == QuantEpilogue::SwiGLU ? RW / 2 : RW;
     const int64_t sets = ((O + outs - 1) / outs + (kWarps >> ks_log2) - 1) / (kWarps >> ks_log2);
-    detail::check_cuda<uint16_t>(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device),
-                                 "cudaDeviceGetAttribute", "quant_gemv");
-    detail::check_cuda<uint16_t>(
-        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&resident, kernel, kThreads, smem),
-        "cudaOccupancyMaxActiveBlocksPerMultiprocessor", "quant_gemv");
-    const int64_t blocks = std::min<int64_t>(sets, int64_t(sms) * std::max(resident, 1));
+    const int64_t blocks = std::min<int64_t>(sets, int64_t(occ.sms) * occ.resident);
     const int64_t tiles = (a.M + MT - 1) / MT;
     MSLM_CHECK(tiles <= 65535, "quant_gemv: {} rows of x in {} tiles of {} (at most 65535 tiles)", a.M, tiles,
                MT);
