@@ -335,22 +335,34 @@ __global__ void __launch_bounds__(kThreads, MT == 1 ? 3 : 2)
     }
 }
 
-// The 4-bit product on tensor cores for 2..16 rows of x (MMA; blocks of ≥ 32 columns): the dp4a
-// tiles' arithmetic — the code book and x in int8, exact 32-column integer sums scaled by absmax ·
-// the x group's scale — with each sum an m16n8k32 int8 product: 16 weight rows (gate rows and their
-// up rows for SwiGLU: 8 + 8) by NT · 8 x rows, 32 columns deep. Lane (grp, q) holds code word q of
-// the chunk's 16-byte load for rows grp and grp + 8 (decode8_i8: a[0], a[1] from its first int8
-// word, a[2], a[3] from its second) and x row grp's words (A_q, B_q) of the group (pack_segment_i8's
-// order matches, so k position 4q + i is the same column in A and B). A group of KS warps splits a
-// tile's chunks (warp ks takes batches of kMmaChunks consecutive ones, ks, ks + KS, ...) and their
-// partial sums meet in shared memory.
-constexpr int kMmaChunks = 4;  // chunks of 32 columns a warp loads at once
-template <int NT, bool DQ>
+// The 4-bit product on tensor cores for 2..16 rows of x (MMA; fp32 absmax, blocks of ≥ 32 columns):
+// the dp4a tiles' arithmetic — the code book and x in int8, exact 32-column integer sums scaled by
+// absmax · the x group's scale — with each sum an m16n8k32 int8 product: 16 weight rows (gate rows
+// and their up rows for SwiGLU: 8 + 8) by NT · 8 x rows, 32 columns deep. Lane (grp, q) holds code
+// word q of the chunk's 16-byte load for rows grp and grp + 8 (decode8_i8: a[0], a[1] from its first
+// int8 word, a[2], a[3] from its second) and x row grp's words (A_q, B_q) of the group
+// (pack_segment_i8's order matches, so k position 4q + i is the same column in A and B). A group of
+// KS warps splits a tile's chunks (warp ks takes batches of kMmaChunks consecutive ones, ks, ks +
+// KS, ...; their partial sums meet in shared memory). Each warp streams its batches — 16 rows × 64
+// bytes of codes and their absmax — through a ring of kMmaStages slots with cp.async (its first
+// batches before the wait for the previous kernel, the next ones across tiles and reductions) and
+// reads the codes back as A fragments with ldmatrix.
+constexpr int kMmaChunks = 4;               // chunks of 32 columns a batch
+constexpr size_t kMmaMaxSmem = 220 * 1024;  // the ring, the x tile, its scales, the partial sums
+constexpr int kMmaStages = 4;               // batches a warp has in flight
+constexpr size_t kMmaSlot = 16 * 64 + 16 * kMmaChunks * sizeof(float);  // codes, then absmax [row][chunk]
+// Where chunk c of tile row r sits in a slot: rows of 64 bytes, chunks XOR-swizzled by r / 2 so that
+// ldmatrix's 8 rows of one chunk fall in 8 distinct 16-byte bank groups.
+__device__ __forceinline__ uint32_t mma_slot_at(int r, int c) {
+    return uint32_t(r * 64 + ((c ^ ((r >> 1) & 3)) * 16));
+}
+template <int NT>
 __global__ void __launch_bounds__(kThreads, 2)
     quant_mma_kernel(QuantGemv a, int64_t O, int64_t Kp, int ks_log2, int bs_log2, int64_t xstride) {
     constexpr int MT = 8 * NT;
     extern __shared__ __align__(16) uint16_t smem[];
-    char* xq = reinterpret_cast<char*>(smem);                  // (MT, xstride) int8 groups
+    char* ring = reinterpret_cast<char*>(smem);                // (warps, stages) slots
+    char* xq = ring + size_t(kWarps) * kMmaStages * kMmaSlot;  // (MT, xstride) int8 groups
     float* sxs = reinterpret_cast<float*>(xq + MT * xstride);  // (MT, Kp / 32) scales
     float* red = sxs + MT * (Kp / 32);                         // (warps, 16, MT) partial sums
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, grp = lane >> 2, q = lane & 3;
@@ -362,7 +374,40 @@ __global__ void __launch_bounds__(kThreads, 2)
     const bool swiglu = a.epi == QuantEpilogue::SwiGLU;
     const int outs = swiglu ? 8 : 16;  // outputs a tile
     const int64_t n_sets = ((O + outs - 1) / outs + groups_per_block - 1) / groups_per_block;
+    const int64_t span = int64_t(KS) * 32 * kMmaChunks, first_col = int64_t(ks) * 32 * kMmaChunks;
+    const int64_t batches = first_col < Kp ? (Kp - first_col + span - 1) / span : 0;  // a tile, this warp
+    const int64_t my_sets = int64_t(blockIdx.x) < n_sets ? (n_sets - 1 - blockIdx.x) / gridDim.x + 1 : 0;
+    const int64_t items = my_sets * batches;  // this warp's batches, in order
+    char* my_ring = ring + size_t(warp) * kMmaStages * kMmaSlot;
+    const uint32_t ring_at = static_cast<uint32_t>(__cvta_generic_to_shared(my_ring));
+    // Item k: batch k % batches of the k / batches-th set; its copies into slot k % kMmaStages (zeros
+    // past the row's end and for rows past O), one commit group an item, empty or not.
+    auto issue = [&](int64_t k) {
+        if (k < items) {
+            const int64_t set = blockIdx.x + (k / batches) * gridDim.x, j = k % batches;
+            const int64_t o0 = (set * groups_per_block + wg) * outs;
+            char* slot = my_ring + size_t(k % kMmaStages) * kMmaSlot;
+            float* am = reinterpret_cast<float*>(slot + 16 * 64);
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {  // 64 (row, chunk) pairs, 2 a lane
+                const int i = lane + 32 * h, r = i >> 2, c = i & 3;
+                const int64_t o = swiglu ? o0 + (r & 7) : o0 + r;
+                const int64_t row = swiglu && r >= 8 ? O + o : o;
+                const int64_t col = first_col + j * span + int64_t(c) * 32;
+                if (o < O && col < Kp) {
+                    detail::cp_async_16(slot + mma_slot_at(r, c), a.W.data + row * a.W.row_bytes + col / 2);
+                    detail::cp_async_4(am + r * kMmaChunks + c,
+                                       a.W.scale + row * a.W.row_blocks + (col >> bs_log2));
+                } else {
+                    *reinterpret_cast<uint4*>(slot + mma_slot_at(r, c)) = make_uint4(0, 0, 0, 0);
+                    am[r * kMmaChunks + c] = 0.0f;
+                }
+            }
+        }
+        detail::cp_async_commit();
+    };
     pdl_trigger();
+    for (int k = 0; k + 1 < kMmaStages; ++k) issue(k);  // weights are constants: before the wait
     pdl_wait();  // x (and a residual output) come from the previous kernels
     const bool vec = (reinterpret_cast<uintptr_t>(a.x) | uintptr_t(a.ld_x * 2)) % 16 == 0 && K % 8 == 0;
     stage_x_i8(a, m0, mt, MT, Kp, vec, xq, xstride, sxs);
@@ -370,84 +415,55 @@ __global__ void __launch_bounds__(kThreads, 2)
     int8_book(book, a.W.code);
     __syncthreads();
     const uint32_t xq_at = static_cast<uint32_t>(__cvta_generic_to_shared(xq));
-    // A set's tile: its first output, this lane's two weight rows (o0 + grp and o0 + grp + 8, or
-    // the gate row and its up row) and whether they exist.
-    struct Rows {
-        int64_t o0, r0, r1;
-        bool ok0, ok1;
-    };
-    auto rows_of = [&](int64_t set) {
-        Rows t;
-        t.o0 = (set * groups_per_block + wg) * outs;
-        t.ok0 = t.o0 + grp < O;
-        t.ok1 = swiglu ? t.ok0 : t.o0 + grp + 8 < O;
-        t.r0 = t.o0 + grp;
-        t.r1 = swiglu ? O + t.o0 + grp : t.o0 + grp + 8;
-        return t;
-    };
-    // Batch j of a tile: kMmaChunks consecutive chunks from column (ks + j · KS) · kMmaChunks · 32
-    // (a row's 64 bytes: the quad's 4-byte loads of one chunk use half a 32-byte sector, the next
-    // chunk's the other half, from L1), every load of it issued before any product.
-    struct Batch {
-        uint32_t w0[kMmaChunks], w1[kMmaChunks];
-        float am0[kMmaChunks], am1[kMmaChunks];
-    };
-    const int64_t span = int64_t(KS) * 32 * kMmaChunks, first_col = int64_t(ks) * 32 * kMmaChunks;
-    const int64_t batches = first_col < Kp ? (Kp - first_col + span - 1) / span : 0;  // a tile, this warp
-    auto load = [&](Batch& bt, const Rows& t, int64_t j) {
-        const uint8_t* p0 = a.W.data + t.r0 * a.W.row_bytes + 4 * q;
-        const uint8_t* p1 = a.W.data + t.r1 * a.W.row_bytes + 4 * q;
-#pragma unroll
-        for (int u = 0; u < kMmaChunks; ++u) {
-            const int64_t c0 = first_col + j * span + int64_t(u) * 32;
-            const bool in = c0 < Kp;
-            const int64_t b = c0 >> bs_log2;
-            bt.w0[u] = in && t.ok0 ? __ldg(reinterpret_cast<const uint32_t*>(p0 + c0 / 2)) : 0u;
-            bt.w1[u] = in && t.ok1 ? __ldg(reinterpret_cast<const uint32_t*>(p1 + c0 / 2)) : 0u;
-            bt.am0[u] = in && t.ok0 ? block_absmax<DQ>(a.W, a.W.nested_code, t.r0, b) : 0.0f;
-            bt.am1[u] = in && t.ok1 ? block_absmax<DQ>(a.W, a.W.nested_code, t.r1, b) : 0.0f;
-        }
-    };
-    // The next batch (of this tile, else of the block's next tile) is in flight while one is
-    // multiplied and while a tile's partials meet: the loads never wait for a barrier.
-    Batch cur, nxt;
-    if (int64_t(blockIdx.x) < n_sets && batches > 0) load(cur, rows_of(blockIdx.x), 0);
-    for (int64_t set = blockIdx.x; set < n_sets; set += gridDim.x) {
-        const Rows t = rows_of(set);
-        const int64_t o0 = t.o0;
+    // ldmatrix.x4 over chunks (u, u + 1) of a slot: lane l gives row (l & 7) + 8 · (l >> 3 & 1) of
+    // chunk u + (l >> 4); register 0 / 1 / 2 / 3 = rows grp / grp + 8 of chunk u / u + 1, word q.
+    const int lr = (lane & 7) + 8 * ((lane >> 3) & 1), lc = lane >> 4;
+    int64_t k = 0;
+    for (int64_t si = 0; si < my_sets; ++si) {
+        const int64_t set = blockIdx.x + si * gridDim.x;
+        const int64_t o0 = (set * groups_per_block + wg) * outs;
         float acc[NT][4];
 #pragma unroll
         for (int n = 0; n < NT; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
-        for (int64_t j = 0; j < batches; ++j) {
-            if (j + 1 < batches)
-                load(nxt, t, j + 1);
-            else if (set + gridDim.x < n_sets)
-                load(nxt, rows_of(set + gridDim.x), 0);
+        for (int64_t j = 0; j < batches; ++j, ++k) {
+            detail::cp_async_wait<kMmaStages - 2>();
+            __syncwarp();  // item k's copies visible to the warp; item k - 1's slot free
+            issue(k + kMmaStages - 1);
+            const uint32_t slot = ring_at + uint32_t(k % kMmaStages) * uint32_t(kMmaSlot);
+            const float* am =
+                reinterpret_cast<const float*>(my_ring + size_t(k % kMmaStages) * kMmaSlot + 16 * 64);
 #pragma unroll
-            for (int u = 0; u < kMmaChunks; ++u) {
-                const int64_t c0 = first_col + j * span + int64_t(u) * 32;
-                if (c0 >= Kp) break;
-                uint32_t af[4];
-                decode8_i8(af[0], af[2], cur.w0[u], book);
-                decode8_i8(af[1], af[3], cur.w1[u], book);
-                const int64_t g = c0 >> 5;
-                const uint32_t half = uint32_t((((q >> 1) ^ int((g >> 2) & 1)) * 16) + (q & 1) * 8);
+            for (int u = 0; u < kMmaChunks; u += 2) {
+                uint32_t fr[4];
+                asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
+                             : "=r"(fr[0]), "=r"(fr[1]), "=r"(fr[2]), "=r"(fr[3])
+                             : "r"(slot + mma_slot_at(lr, u + lc)));
 #pragma unroll
-                for (int n = 0; n < NT; ++n) {
-                    uint32_t bf[2];
-                    asm volatile("ld.shared.v2.u32 {%0, %1}, [%2];"
-                                 : "=r"(bf[0]), "=r"(bf[1])
-                                 : "r"(xq_at + uint32_t((n * 8 + grp) * xstride + g * 32) + half));
-                    int d[4];
-                    detail::mma_m16n8k32_s8(d, af, bf);
-                    const float s0 = sxs[(n * 8 + 2 * q) * G + g], s1 = sxs[(n * 8 + 2 * q + 1) * G + g];
-                    acc[n][0] = fmaf(__int2float_rn(d[0]), cur.am0[u] * s0, acc[n][0]);
-                    acc[n][1] = fmaf(__int2float_rn(d[1]), cur.am0[u] * s1, acc[n][1]);
-                    acc[n][2] = fmaf(__int2float_rn(d[2]), cur.am1[u] * s0, acc[n][2]);
-                    acc[n][3] = fmaf(__int2float_rn(d[3]), cur.am1[u] * s1, acc[n][3]);
+                for (int v = 0; v < 2; ++v) {
+                    const int64_t c0 = first_col + j * span + int64_t(u + v) * 32;
+                    if (c0 >= Kp) break;
+                    uint32_t af[4];
+                    decode8_i8(af[0], af[2], fr[2 * v], book);
+                    decode8_i8(af[1], af[3], fr[2 * v + 1], book);
+                    const float am0 = am[grp * kMmaChunks + u + v], am1 = am[(grp + 8) * kMmaChunks + u + v];
+                    const int64_t g = c0 >> 5;
+                    const uint32_t half = uint32_t((((q >> 1) ^ int((g >> 2) & 1)) * 16) + (q & 1) * 8);
+#pragma unroll
+                    for (int n = 0; n < NT; ++n) {
+                        uint32_t bf[2];
+                        asm volatile("ld.shared.v2.u32 {%0, %1}, [%2];"
+                                     : "=r"(bf[0]), "=r"(bf[1])
+                                     : "r"(xq_at + uint32_t((n * 8 + grp) * xstride + g * 32) + half));
+                        int d[4];
+                        detail::mma_m16n8k32_s8(d, af, bf);
+                        const float s0 = sxs[(n * 8 + 2 * q) * G + g], s1 = sxs[(n * 8 + 2 * q + 1) * G + g];
+                        acc[n][0] = fmaf(__int2float_rn(d[0]), am0 * s0, acc[n][0]);
+                        acc[n][1] = fmaf(__int2float_rn(d[1]), am0 * s1, acc[n][1]);
+                        acc[n][2] = fmaf(__int2float_rn(d[2]), am1 * s0, acc[n][2]);
+                        acc[n][3] = fmaf(__int2float_rn(d[3]), am1 * s1, acc[n][3]);
+                    }
                 }
             }
-            cur = nxt;
         }
         // red[warp][row j][x row m]: lane (grp, q) holds rows grp, grp + 8 and x rows 8n + 2q, + 1.
         float* rw = red + warp * 16 * MT;
@@ -474,6 +490,7 @@ __global__ void __launch_bounds__(kThreads, 2)
         }
         __syncthreads();  // red is reused by the next set
     }
+    detail::cp_async_wait<0>();
 }
 
 // The MMA kernel's x row stride in shared memory: Kp rounded up to 128 bytes, plus 32, so that the 4
@@ -482,24 +499,25 @@ int64_t mma_xstride(int64_t Kp) {
     return (Kp + 127) / 128 * 128 + 32;
 }
 size_t mma_smem(int NT, int64_t Kp) {
-    return size_t(8 * NT) * size_t(mma_xstride(Kp)) + size_t(8 * NT) * size_t(Kp / 32) * sizeof(float) +
+    return size_t(kWarps) * kMmaStages * kMmaSlot + size_t(8 * NT) * size_t(mma_xstride(Kp)) +
+           size_t(8 * NT) * size_t(Kp / 32) * sizeof(float) +
            size_t(kWarps) * 16 * size_t(8 * NT) * sizeof(float);
 }
 
 // The device's SM count and how many blocks of `kernel` (kThreads threads, smem bytes of dynamic
-// shared memory) fit on one SM; the kernel is allowed kMaxSmem once per device (configured: the
+// shared memory) fit on one SM; the kernel is allowed max_smem once per device (configured: the
 // instantiation's own static).
 struct Occupancy {
     int sms = 0, resident = 0;
 };
 template <typename Kernel>
-Occupancy occupancy(Kernel kernel, size_t smem, int& configured) {
+Occupancy occupancy(Kernel kernel, size_t smem, int& configured, size_t max_smem = kMaxSmem) {
     int device = 0;
     Occupancy o;
     detail::check_cuda<uint16_t>(cudaGetDevice(&device), "cudaGetDevice", "quant_gemv");
     if (configured != device) {
         detail::check_cuda<uint16_t>(
-            cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kMaxSmem)),
+            cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(max_smem)),
             "cudaFuncSetAttribute", "quant_gemv");
         configured = device;
     }
@@ -512,12 +530,12 @@ Occupancy occupancy(Kernel kernel, size_t smem, int& configured) {
     return o;
 }
 
-template <int NT, bool DQ>
+template <int NT>
 void launch_mma(const QuantGemv& a, int64_t O, int64_t Kp, cudaStream_t stream) {
-    auto kernel = quant_mma_kernel<NT, DQ>;
+    auto kernel = quant_mma_kernel<NT>;
     static int configured = -1;  // per instantiation
     const size_t smem = mma_smem(NT, Kp);
-    const Occupancy occ = occupancy(kernel, smem, configured);
+    const Occupancy occ = occupancy(kernel, smem, configured, kMmaMaxSmem);
     // Warps a tile: each at least one batch of kMmaChunks chunks, at most the block.
     const int64_t chunks = Kp / 32;
     int ks_log2 = 0;
@@ -583,19 +601,17 @@ void dispatch_tile(const QuantGemv& a, int64_t O, int64_t Kp, int tile, cudaStre
     }
 }
 
-// Whether 2 or more rows of x on 4-bit codes take the tensor-core kernel (quant_mma_kernel; dp4a
-// arithmetic): MSLM_QUANT_GEMV_MMA=1 or 0 (read at each call), else kQuantMmaDefault, from
-// kQuantMmaMinRows rows. Opt-in: on the H200 it has a floor of ~24 µs on 2048 × 16384 whatever the
-// rows (the dp4a tiles: 12.6 µs at 2 rows, 36 at 16), faster only from ~16 rows on K ≥ 2048
-// (docs/PERFORMANCE.md).
-constexpr bool kQuantMmaDefault = false;
-constexpr int64_t kQuantMmaMinRows = 2;
+// Whether rows of x on 4-bit codes with fp32 absmax take the tensor-core kernel (quant_mma_kernel;
+// the dp4a arithmetic): by default from kQuantMmaMinRows rows (measured on the H200: slower than the
+// dp4a tiles at 2 and 4 rows, faster from 8 — and 5..8 rows cost either kernel what 8 do; see
+// docs/PERFORMANCE.md); MSLM_QUANT_GEMV_MMA=1 takes it from 2 rows, 0 never (read at each call).
+constexpr int64_t kQuantMmaMinRows = 5;
 bool quant_mma(const QuantGemv& a, int64_t Kp) {
     const char* env = std::getenv("MSLM_QUANT_GEMV_MMA");
-    const bool on = env && std::string(env) == "1"   ? true
-                    : env && std::string(env) == "0" ? false
-                                                     : kQuantMmaDefault;
-    return on && a.M >= kQuantMmaMinRows && mma_smem(2, Kp) <= kMaxSmem;
+    const std::string mode = env ? env : "";
+    if (mode == "0") return false;
+    const int64_t min_rows = mode == "1" ? 2 : kQuantMmaMinRows;
+    return a.M >= min_rows && mma_smem(a.M <= 8 ? 1 : 2, Kp) <= kMmaMaxSmem;
 }
 
 // Whether 4-bit products run on dp4a (quant_gemv_kernel's DP: blocks of ≥ 32 columns):
@@ -675,11 +691,11 @@ void quant_gemv(const QuantGemv& a, void* stream) {
     auto s = static_cast<cudaStream_t>(stream);
     if (a.W.format == QuantFormat::Int8)
         dispatch_tile<false, false>(a, O, Kp, tile, s);
-    else if (quant_dp4a(a.W) && quant_mma(a, Kp)) {
+    else if (quant_dp4a(a.W) && a.W.scale && quant_mma(a, Kp)) {
         if (a.M <= 8)
-            a.W.scale ? launch_mma<1, false>(a, O, Kp, s) : launch_mma<1, true>(a, O, Kp, s);
+            launch_mma<1>(a, O, Kp, s);
         else
-            a.W.scale ? launch_mma<2, false>(a, O, Kp, s) : launch_mma<2, true>(a, O, Kp, s);
+            launch_mma<2>(a, O, Kp, s);
     } else if (quant_dp4a(a.W) && a.W.scale)
         dispatch_tile<true, false, true>(a, O, Kp, tile, s);
     else if (quant_dp4a(a.W))

@@ -27,8 +27,13 @@
 // code[q] · x over the 8 columns of one 32-bit word of codes, then adds that times the block's
 // absmax; int8 sums q · x over the row and multiplies by the row's scale once. So the result is the
 // fp32 product of x with the dequantized weights, summed in another order (the tolerance argued in
-// tests/unit/test_cuda_quant_gemv.cpp). quant_dequantize_bf16 rounds each dequantized fp32 weight to
-// bf16 once (bitsandbytes with bnb_4bit_compute_dtype=bfloat16 does the same).
+// tests/unit/test_cuda_quant_gemv.cpp). By default 4-bit weights in blocks of ≥ 32 columns take an
+// int8 path instead (MSLM_QUANT_GEMV_DP4A=0 restores the above): the code book times 127 rounded to
+// integers, x quantized per row and 32 columns (its largest magnitude to 127), exact integer sums of
+// 32 products (dp4a; from 5 rows, fp32 absmax, int8 tensor-core tiles: MSLM_QUANT_GEMV_MMA) scaled by
+// absmax · m / 127² — ~1% rms a product, +0.06% perplexity on a trained model (docs/PERFORMANCE.md).
+// quant_dequantize_bf16 rounds each dequantized fp32 weight to bf16 once (bitsandbytes with
+// bnb_4bit_compute_dtype=bfloat16 does the same).
 //
 // Plain C++17 header (the .cu files compile as C++17). The host-side builders (quant_weight_*) exist in every
 // build, so the layout is tested without a GPU; the device functions only in builds with MSLM_HAVE_CUDA.
