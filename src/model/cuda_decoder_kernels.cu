@@ -851,15 +851,9 @@ __device__ __forceinline__ float dot_row_x32(const uint16_t* __restrict__ W, con
     return acc;
 }
 
-// The batch-1 product on 4-bit rows with x in int8 (DP): per 16-byte load (32 columns, one group of
-// x), the 32 codes as int8 (quant_detail::decode8_i8) dotted with x's int8 values by dp4a — exact
-// integer sums — then scaled by the block's absmax times the group's scale. xq: the groups' int8
-// values (32 bytes a group, its two 16-byte halves swapped in groups g with bit 2 of g set, so that
-// the 8 lanes of a quarter-warp hit 8 bank groups; swz16 = 16 · that bit, a lane constant), sx: the
-// groups' scales. Blocks of ≥ 32 columns: a load lies in one block.
 // The lane's share of a row's first chunk (columns lane · 32 + u · 1024): byte offsets of its codes,
 // absmax blocks and whether each load is in the row — constants of the kernel, so that a row's
-// loads cost one row address (dp_load_first).
+// loads cost one row address (dp_load_first; the batch-1 4-bit products, DP and x32, use it).
 template <int U>
 struct DpLane {
     uint32_t code[U], blk[U];

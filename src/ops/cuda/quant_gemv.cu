@@ -10,6 +10,11 @@
 // scales the sum of 8 products. A group of KS warps shares RW rows, each warp a slice of the
 // row (KS grows with the row length, so that short-and-wide and long-and-narrow products both spread
 // over every SM), and their sums meet in shared memory.
+//
+// By default 4-bit weights in blocks of ≥ 32 columns take the int8 arithmetic instead (quant_gemv.h):
+// x staged as int8 groups (stage_x_i8), each load decoded once to int8 and dotted with every x row by
+// dp4a (quant_gemv_kernel's DP), or from kQuantMmaMinRows rows with fp32 absmax as int8 tensor-core
+// tiles (quant_mma_kernel).
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
