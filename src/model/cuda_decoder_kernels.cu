@@ -1266,7 +1266,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MK == 1 && !Kind<WK>::quant ?
     if (trace) stamps[2] = global_ns();
     if (a.x_out && blockIdx.x == 0)  // the normalised rows, for the caller (final hidden states)
         for (int64_t e = threadIdx.x; e < a.k * I; e += blockDim.x) a.x_out[e] = X(int(e / I), e % I);
-    // Batch 1 on quantized rows: x once more in fp32, past the bf16 rows (decode_gemv_smem).
+    // Batch 1 on quantized rows: x once more in fp32 (DP: in int8), past the bf16 rows (decode_gemv_smem).
     constexpr bool x32 = Kind<WK>::quant && MK == 1 && !TC && !DP;
     float* xf = reinterpret_cast<float*>(xs + k * lim + (a.norm == DecodeNorm::Gated ? k * I : 0) +
                                          (a.norm == DecodeNorm::None ? 0 : 2 * I));
@@ -1315,7 +1315,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MK == 1 && !Kind<WK>::quant ?
             }
             const int64_t g = s >> 2;
             const int j = int(s & 3);
-            const int64_t at = g * 32 + (((j >> 1) ^ ((g >> 2) & 1)) * 16) + (j & 1) * 8;
+            const int64_t at = g * 32 + qd::x_segment_at(g, j);
             *reinterpret_cast<uint2*>(reinterpret_cast<char*>(xf) + at) = qd::pack_segment_i8(b);
             if (j == 0) sxw[g] = qd::x_group_scale(m);
         }
@@ -1816,7 +1816,8 @@ GemvTraceLaunch decode_gemv_trace_launch(int slot) {
 size_t decode_gemv_smem(const DecodeGemv& a) {
     const int64_t extra = a.k * (a.norm == DecodeNorm::Gated ? a.I : 0) + (a.norm == DecodeNorm::None ? 0 : 2 * a.I);
     // Batch 1 on quantized rows: x in fp32, whole groups of 8 units (32 floats) as the XOR swizzle
-    // permutes within a group (an int8 row of 16 · odd columns ends mid-group).
+    // permutes within a group (an int8 row of 16 · odd columns ends mid-group); the dp4a product's
+    // int8 x and its group scales (1.125 bytes a column) fit in the same place.
     const size_t x32 = a.q && a.k == 1 ? sizeof(float) * size_t((staged_length(a) + 31) / 32 * 32) : 0;
     return size_t(a.k * staged_length(a) + extra) * sizeof(uint16_t) + x32;
 }

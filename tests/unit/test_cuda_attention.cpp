@@ -58,6 +58,7 @@
 #include "core/rng.h"
 #include "cuda_test_util.h"
 #include "ops/attention.h"
+#include "test_util.h"
 
 #ifdef MSLM_HAVE_CUDA
 #include "ops/cuda/attention.h"
@@ -141,28 +142,7 @@ Model model_of(int64_t head_dim) {
     return Model{true, 4, 0x1p-8};
 }
 
-// Sets (or with nullopt clears) an environment variable for a scope, restoring what was there.
-class ScopedEnv {
-public:
-    ScopedEnv(const char* name, std::optional<std::string> value) : name_(name) {
-        if (const char* old = std::getenv(name_)) old_ = old;
-        set(value);
-    }
-    ~ScopedEnv() { set(old_); }
-    ScopedEnv(const ScopedEnv&) = delete;
-    ScopedEnv& operator=(const ScopedEnv&) = delete;
-
-private:
-    void set(const std::optional<std::string>& value) const {
-        if (value) {
-            setenv(name_, value->c_str(), 1);
-        } else {
-            unsetenv(name_);
-        }
-    }
-    const char* name_;
-    std::optional<std::string> old_;
-};
+using test::ScopedEnv;
 
 struct Case {
     int64_t B, T, Hq, Hkv, Dh;

@@ -7,7 +7,6 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
-#include <cstdlib>
 #include <memory>
 #include <string>
 #include <vector>
@@ -22,6 +21,7 @@
 #include "model/hybrid_lm.h"
 #include "model/model_io.h"
 #include "ops/packed_linear.h"
+#include "test_util.h"
 
 namespace mslm {
 namespace {
@@ -46,16 +46,8 @@ constexpr double kRelTol = 0.06;
 // test_cuda_quant_gemv.cpp, and their effect on a trained model's perplexity is measured by
 // bench_cuda_score (docs/PERFORMANCE.md); here the GPU keeps the CPU's code book.
 struct ExactCodeBook {
-    ExactCodeBook() {
-        setenv("MSLM_DECODE_GEMV_DP4A", "0", 1);
-        setenv("MSLM_QUANT_GEMV_DP4A", "0", 1);
-    }
-    ~ExactCodeBook() {
-        unsetenv("MSLM_DECODE_GEMV_DP4A");
-        unsetenv("MSLM_QUANT_GEMV_DP4A");
-    }
-    ExactCodeBook(const ExactCodeBook&) = delete;
-    ExactCodeBook& operator=(const ExactCodeBook&) = delete;
+    test::ScopedEnv batch1{"MSLM_DECODE_GEMV_DP4A", std::string("0")};
+    test::ScopedEnv rows{"MSLM_QUANT_GEMV_DP4A", std::string("0")};
 };
 
 #ifdef MSLM_HAVE_CUDA

@@ -32,6 +32,7 @@
 #include "ops/cuda/quant_gemv.h"
 #include "ops/packed_linear.h"
 #include "quant/bnb.h"
+#include "test_util.h"
 
 namespace mslm {
 namespace {
@@ -413,14 +414,7 @@ void dp4a_reference(const Subject& s, const std::vector<uint16_t>& x, int64_t M,
     }
 }
 
-// Sets an environment variable for a scope (the kernels read their switches at each launch).
-struct ScopedEnv {
-    const char* name;
-    ScopedEnv(const char* n, const char* value) : name(n) { setenv(n, value, 1); }
-    ~ScopedEnv() { unsetenv(name); }
-    ScopedEnv(const ScopedEnv&) = delete;
-    ScopedEnv& operator=(const ScopedEnv&) = delete;
-};
+using test::ScopedEnv;
 
 #endif  // MSLM_HAVE_CUDA
 
@@ -680,8 +674,10 @@ TEST(CudaDecodeGemvQuant, MatchesBitsandbytesDequantizedProduct) {
                 if (takes_dp(s.host, M)) {
                     // The dp4a kernel against its int8 model (x as the kernel reads it: row 0's K
                     // columns); then the fp32-code-book kernel against the exact weights below.
-                    setenv("MSLM_DECODE_GEMV_DP4A", "1", 1);
-                    cuda_decoder_detail::decode_gemv(a, nullptr);
+                    {
+                        const ScopedEnv dp("MSLM_DECODE_GEMV_DP4A", "1");
+                        cuda_decoder_detail::decode_gemv(a, nullptr);
+                    }
                     std::vector<double> err;
                     dp4a_reference(s, x, 1, ld_x, ref, mag, &err);
                     for (double v : mag) tol.push_back(gemv_tol(K, v) + 1e-30);
@@ -693,10 +689,11 @@ TEST(CudaDecodeGemvQuant, MatchesBitsandbytesDequantizedProduct) {
                     for (size_t o = 0; o < tol.size(); ++o) tol[o] = err[o] + gemv_tol(K, mag[o]) + 1e-30;
                     EXPECT_TRUE(test::all_within(got, exact, tol)) << "dp4a product against the exact one";
                     tol.clear();
-                    setenv("MSLM_DECODE_GEMV_DP4A", "0", 1);
                 }
-                cuda_decoder_detail::decode_gemv(a, nullptr);
-                unsetenv("MSLM_DECODE_GEMV_DP4A");
+                {
+                    const ScopedEnv exact_book("MSLM_DECODE_GEMV_DP4A", "0");
+                    cuda_decoder_detail::decode_gemv(a, nullptr);
+                }
                 reference(s, x, M, ld_x, ref, mag);
                 for (double v : mag) tol.push_back(gemv_tol(K, v) + 1e-30);
                 EXPECT_TRUE(test::all_within(dy.download(), ref, tol));
@@ -763,11 +760,11 @@ TEST(CudaDecodeGemvQuant, NormProloguesAndEpiloguesAsTheUnfusedPath) {
                         a.out = fused.get();
                         a.ld_out = O;
                         ASSERT_TRUE(cuda_decoder_detail::decode_gemv_supported(a));
-                        if (tc) setenv("MSLM_DECODE_GEMV_TC", "1", 1);
-                        setenv("MSLM_DECODE_GEMV_DP4A", dp ? "1" : "0", 1);
-                        cuda_decoder_detail::decode_gemv(a, nullptr);
-                        unsetenv("MSLM_DECODE_GEMV_TC");
-                        unsetenv("MSLM_DECODE_GEMV_DP4A");
+                        {
+                            const ScopedEnv tc_env("MSLM_DECODE_GEMV_TC", tc ? "1" : "0"),
+                                dp_env("MSLM_DECODE_GEMV_DP4A", dp ? "1" : "0");
+                            cuda_decoder_detail::decode_gemv(a, nullptr);
+                        }
                         // The unfused product on the rows the prologue normalised.
                         QuantGemv g;
                         g.x = xn.get();

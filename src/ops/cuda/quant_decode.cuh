@@ -190,6 +190,12 @@ __device__ __forceinline__ float x_group_inv(float m) {
 __device__ __forceinline__ uint2 pack_segment_i8(const uint32_t (&b)[8]) {
     return make_uint2(b[1] | b[0] << 8 | b[3] << 16 | b[2] << 24, b[5] | b[4] << 8 | b[7] << 16 | b[6] << 24);
 }
+// Where segment j (columns 8j .. 8j + 7: code word j of a 16-byte load) of x group g sits among the
+// group's 32 bytes: half j / 2 — the two halves swapped in groups with bit 2 of g set, so that the 8
+// lanes of a quarter-warp reading consecutive groups hit 8 bank groups — then pair j % 2 of the half.
+__host__ __device__ inline uint32_t x_segment_at(int64_t g, int j) {
+    return uint32_t((((j >> 1) ^ int((g >> 2) & 1)) * 16) + (j & 1) * 8);
+}
 // The book of decode8_i8 from the fp32 code book: byte c of the words is code_i8(code[c]).
 __device__ __forceinline__ void int8_book(uint32_t (&book)[4], const float (&code)[16]) {
 #pragma unroll
@@ -218,6 +224,11 @@ __device__ __forceinline__ int dot32_i8(const uint32_t (&v)[8], const uint4& xa,
 // scale is the product with both factors back at their size.
 __host__ __device__ inline float x_group_scale(float m) {
     return m / 16129.0f;
+}
+__device__ __forceinline__ uint2 lds64(uint32_t at) {
+    uint2 v;
+    asm volatile("ld.shared.v2.u32 {%0, %1}, [%2];" : "=r"(v.x), "=r"(v.y) : "r"(at));
+    return v;
 }
 __device__ __forceinline__ uint4 lds128(uint32_t at) {
     uint4 v;

@@ -116,13 +116,12 @@ __device__ __forceinline__ void stage_x_i8(const QuantGemv& a, int64_t m0, int m
         for (int i = 0; i < 32; ++i) mx = fmaxf(mx, fabsf(v[i]));
         const float inv = x_group_inv(mx);
         char* dst = xq + m * stride + g * 32;
-        const int swz = int((g >> 2) & 1);
 #pragma unroll
-        for (int j = 0; j < 4; ++j) {  // segment j: half j / 2, word pair j % 2 of it
+        for (int j = 0; j < 4; ++j) {
             uint32_t b[8];
 #pragma unroll
             for (int i = 0; i < 8; ++i) b[i] = x_i8(v[8 * j + i], inv);
-            *reinterpret_cast<uint2*>(dst + (((j >> 1) ^ swz) * 16) + (j & 1) * 8) = pack_segment_i8(b);
+            *reinterpret_cast<uint2*>(dst + x_segment_at(g, j)) = pack_segment_i8(b);
         }
         sxs[m * G + g] = x_group_scale(mx);
     }
@@ -452,13 +451,11 @@ __global__ void __launch_bounds__(kThreads, 2)
                     decode8_i8(af[1], af[3], fr[2 * v + 1], book);
                     const float am0 = am[grp * kMmaChunks + u + v], am1 = am[(grp + 8) * kMmaChunks + u + v];
                     const int64_t g = c0 >> 5;
-                    const uint32_t half = uint32_t((((q >> 1) ^ int((g >> 2) & 1)) * 16) + (q & 1) * 8);
+                    const uint32_t seg = x_segment_at(g, q);  // x's words (A_q, B_q) of the group
 #pragma unroll
                     for (int n = 0; n < NT; ++n) {
-                        uint32_t bf[2];
-                        asm volatile("ld.shared.v2.u32 {%0, %1}, [%2];"
-                                     : "=r"(bf[0]), "=r"(bf[1])
-                                     : "r"(xq_at + uint32_t((n * 8 + grp) * xstride + g * 32) + half));
+                        const uint2 xw = lds64(xq_at + uint32_t((n * 8 + grp) * xstride + g * 32) + seg);
+                        const uint32_t bf[2] = {xw.x, xw.y};
                         int d[4];
                         detail::mma_m16n8k32_s8(d, af, bf);
                         const float s0 = sxs[(n * 8 + 2 * q) * G + g], s1 = sxs[(n * 8 + 2 * q + 1) * G + g];
