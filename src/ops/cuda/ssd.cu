@@ -11,6 +11,9 @@
 //              warp from staged fp32 tiles), fragments by ldmatrix: the chunk states (3), the output
 //              (5), and the backward's dCB with the dcum sums, its per-token head and finish kernels,
 //              and dB, dC.
+//   register scores: the output (5) by default (ssd_output_reg_kernel): scores formed in registers
+//              from C·Bᵀ loaded into the A fragment's layout, no shared-memory round trip for them;
+//              MSLM_SSD_OUT_REG=0 takes the staged kernel (the same bits).
 // MSLM_SSD_TC=0 in the environment selects tile_mma for all of them. The tensor-core path also takes
 // step (1) as a warp scan (ssd_decay_scan_kernel), the fp32 path the serial ssd_decay_kernel.
 //
@@ -91,6 +94,7 @@ struct Workspace {
     double* cum;    // (B, H, T)                  chunk-local cumulative Σ dt·A
     float* CB;      // (B, n_chunks, G, Q, Q)      C·Bᵀ per chunk and group
     float* states;  // (B, n_chunks, H, P, N)      chunk states, when the caller gives none
+    __nv_bfloat16* states16;  // (B, n_chunks, H, P, N)  the same rounded to bf16 (forward, bf16 storage)
     float* dS;      // (B, n_chunks, H, P, N)      d loss / d (state leaving the chunk)
     float* dCB;     // (B, n_chunks, G, Q, Q)      d loss / d (C·Bᵀ), summed over the group's heads
     float* part;    // (3, B, n_chunks, H)         per-chunk sums for dA_log, dD, ddt_bias
@@ -115,6 +119,7 @@ size_t layout(const Plan& p, bool backward, char* base, Workspace* ws) {
     w.cum = reinterpret_cast<double*>(take(bht, sizeof(double)));
     w.CB = reinterpret_cast<float*>(take(cb, sizeof(float)));
     w.states = reinterpret_cast<float*>(take(st, sizeof(float)));
+    w.states16 = reinterpret_cast<__nv_bfloat16*>(take(st, sizeof(__nv_bfloat16)));
     if (backward) {
         w.dS = reinterpret_cast<float*>(take(st, sizeof(float)));
         w.dCB = reinterpret_cast<float*>(take(cb, sizeof(float)));
@@ -420,9 +425,12 @@ __global__ void ssd_chunk_state_kernel(Args<T> a, const T* dy, float* out) {
 //   (or 0) and ends in h_last (which may be h0: the element is read before it is written).
 //   backward (kReverse): in, each chunk's pass-back to its entering state; out, dS leaving each
 //   chunk, walking from the last chunk (where it is 0) to the first.
+// states16 (forward, optional): each state written to `states` also rounded once to bf16 there, the
+// operand of the register-score output kernel's C·S_inᵀ.
 
 template <bool kReverse, typename T>
-__global__ void ssd_state_pass_kernel(Args<T> a, float* states, const float* h0, float* h_last) {
+__global__ void ssd_state_pass_kernel(Args<T> a, float* states, const float* h0, float* h_last,
+                                      __nv_bfloat16* states16) {
     // The loads of kBatch chunks are issued before their stores: the compiler cannot tell a store to
     // `states` from a later load of it, so one chunk at a time would wait out a memory latency each.
     constexpr int kBatch = 8;
@@ -447,7 +455,9 @@ __global__ void ssd_state_pass_kernel(Args<T> a, float* states, const float* h0,
                 const int64_t step = step0 + i;
                 if (step >= a.n_chunks) break;
                 const int64_t c = kReverse ? a.n_chunks - 1 - step : step;
-                states[((b * a.n_chunks + c) * a.H + h) * PN + pn] = S;
+                const int64_t at = ((b * a.n_chunks + c) * a.H + h) * PN + pn;
+                states[at] = S;
+                if (states16) states16[at] = __float2bfloat16_rn(S);
                 S = decay[i] * S + own[i];
             }
         }
@@ -765,6 +775,183 @@ __global__ void __launch_bounds__(kMmaThreads, 3)
                 }
         }
         __syncthreads();  // the step buffers are restaged for the next p tile
+    }
+}
+
+// Y per (b, chunk, head) and t tile as ssd_output_tc_kernel, the same products in the same order and
+// so the same bits, without its shared-memory round trip per step: the scores S[t, s] of a warp's 16
+// rows are formed in registers from C·Bᵀ values loaded straight from global memory into the A
+// fragment's layout (one s tile ahead), and rounded into the fragment; S_in comes already rounded
+// to bf16 (the state pass's states16). Per step one barrier: the step's bf16 tiles (C rows t and
+// S_in for an n step, x rows s for an s step) wait in a two-slot cp.async ring. Grid (B·n_chunks·H,
+// mma_tiles(Q)), kMmaThreads threads, dynamic shared memory sizeof(OutRegSmem).
+struct OutRegSmem {
+    __nv_bfloat16 a[2][kSt][kStLd];  // per slot: C rows t [t][n] | x rows s [s][p]
+    __nv_bfloat16 b[2][kSt][kStLd];  // per slot: S_in [p][n] (n steps)
+    double cum_c[kMaxChunk];         // the chunk's cum and dt up to the tile's end
+    float dt_c[kMaxChunk];
+};
+
+template <typename T, int kBlocks>
+__global__ void __launch_bounds__(kMmaThreads, kBlocks)
+    ssd_output_reg_kernel(Args<T> a, const float* CB, const __nv_bfloat16* states16, T* y) {
+    static_assert(std::is_same_v<T, __nv_bfloat16>, "tensor-core kernels are bf16");
+    extern __shared__ __align__(16) unsigned char dyn_smem[];
+    OutRegSmem& sm = *reinterpret_cast<OutRegSmem*>(dyn_smem);
+    const int64_t bch = blockIdx.x, h = bch % a.H, c = bch / a.H % a.n_chunks, b = bch / (a.H * a.n_chunks);
+    const Chunk ch = chunk_of(a, b, c);
+    // Chunk-local positions fit in int (Q ≤ kMaxChunk).
+    const int L = int(ch.L), t0 = int(blockIdx.y) * kSt, Q = int(a.Q);
+    if (t0 >= L) return;
+    const int rows_t = min(L - t0, kSt);
+    const int64_t g = h / a.heads_per_group, bh = b * a.H + h;
+    const double* cum = a.cum + bh * a.seqlen + ch.t0;
+    const float* dtv = a.dtv + bh * a.seqlen + ch.t0;
+    const float* cb = CB + ((b * a.n_chunks + c) * a.G + g) * a.Q * a.Q;
+    const __nv_bfloat16* S16 = states16 + bch * a.P * a.N;  // (P, N)
+    const T* xg = a.x + ch.row0 * a.ld_x + h * a.P;
+    const T* Cg = a.Cm + ch.row0 * a.ld_C + g * a.N;
+    const bool vec_x = aligned16(a.x) && a.ld_x % 8 == 0 && a.P % 8 == 0;
+    const bool vec_c = aligned16(a.Cm) && a.ld_C % 8 == 0 && a.N % 8 == 0;
+    const bool vec_s = aligned16(states16) && a.N % 8 == 0;
+    const bool vec_cb = a.Q % 2 == 0;  // float2 pairs (the workspace is 256-byte aligned)
+    const int warp = threadIdx.x / 32, grp = threadIdx.x % 32 / 4, quad = threadIdx.x % 4;
+    const int s_end = min(L, t0 + kSt);
+    for (int s = threadIdx.x; s < s_end; s += kMmaThreads) {
+        sm.cum_c[s] = cum[s];
+        sm.dt_c[s] = dtv[s];
+    }
+    // (visible after the first step's barrier)
+    const int n_n = int(mma_tiles(a.N)), n_s = int(blockIdx.y) + 1, n_it = n_n + n_s;
+
+    // This thread's C·Bᵀ values of s tile j: fragment register r of 16-deep slice kk holds row
+    // 16·warp + grp + 8·(r % 2), columns s0 + 16·kk + 2·quad + 8·(r / 2) and the next one.
+    float2 cbv[4][4];
+    const int t_lo = t0 + 16 * warp + grp;  // this thread's rows t_lo and t_lo + 8
+    const float* cb_row = cb + t_lo * Q + 2 * quad;
+    auto load_cb = [&](int j) {
+        const int s0 = j * kSt;
+        if (vec_cb && t0 + kSt <= L && s0 + kSt <= L) {  // the whole tile in the chunk: float2 loads
+#pragma unroll
+            for (int kk = 0; kk < 4; ++kk)
+#pragma unroll
+                for (int r = 0; r < 4; ++r)
+                    cbv[kk][r] = *reinterpret_cast<const float2*>(cb_row + (r % 2) * 8 * Q + s0 + 16 * kk +
+                                                                  8 * (r / 2));
+            return;
+        }
+#pragma unroll
+        for (int kk = 0; kk < 4; ++kk)
+#pragma unroll
+            for (int r = 0; r < 4; ++r) {
+                const int t = t_lo + 8 * (r % 2), s = s0 + 16 * kk + 2 * quad + 8 * (r / 2);
+                const float* src = cb_row + (r % 2) * 8 * Q + s0 + 16 * kk + 8 * (r / 2);
+                cbv[kk][r].x = t < L && s < L ? src[0] : 0.0f;
+                cbv[kk][r].y = t < L && s + 1 < L ? src[1] : 0.0f;
+            }
+    };
+    load_cb(0);
+
+    for (int64_t p0 = 0; p0 < a.P; p0 += kSt) {
+        const int cols_p = int(a.P - p0);
+        auto stage = [&](int it) {
+            const int slot = it & 1;
+            if (it < n_n) {
+                const int64_t n0 = int64_t(it) * kSt;
+                stage_bf16_tile<kSt, kSt, kStLd, kMmaThreads>(&sm.a[slot][0][0], Cg + t0 * a.ld_C + n0,
+                                                              a.ld_C, rows_t, int(a.N - n0), vec_c);
+                stage_bf16_tile<kSt, kSt, kStLd, kMmaThreads>(&sm.b[slot][0][0], S16 + p0 * a.N + n0, a.N,
+                                                              int(min(a.P - p0, int64_t(kSt))), int(a.N - n0),
+                                                              vec_s);
+            } else {
+                const int64_t s0 = int64_t(it - n_n) * kSt;
+                stage_bf16_tile<kSt, kSt, kStLd, kMmaThreads>(&sm.a[slot][0][0], xg + s0 * a.ld_x + p0,
+                                                              a.ld_x, int(min(L - s0, int64_t(kSt))), cols_p,
+                                                              vec_x);
+            }
+            cp_async_commit();
+        };
+
+        stage(0);
+        float acc[8][4] = {};
+        for (int it = 0; it < n_it; ++it) {
+            cp_async_wait<0>();
+            __syncthreads();  // slot it & 1 is filled; every warp is done with the other slot
+            if (it + 1 < n_it) stage(it + 1);
+            const int slot = it & 1;
+            if (it < n_n) {
+                warp_mma_k64<false, false>(acc, &sm.a[slot][0][0], &sm.b[slot][0][0]);
+                if (it == n_n - 1) {  // acc = C_t·S_inᵀ
+#pragma unroll
+                    for (int hf = 0; hf < 2; ++hf) {
+                        const int tl = 16 * warp + grp + 8 * hf;
+                        const float et = tl < rows_t ? expf(static_cast<float>(sm.cum_c[t0 + tl])) : 0.0f;
+#pragma unroll
+                        for (int j = 0; j < 8; ++j)
+#pragma unroll
+                            for (int odd = 0; odd < 2; ++odd) acc[j][2 * hf + odd] *= et;
+                    }
+                }
+                continue;
+            }
+            // An s step: the scores of this warp's rows, as ssd_output_tc_kernel's round(), into
+            // fragments; then the next s tile's C·Bᵀ values are requested.
+            const int j = it - n_n, s0 = j * kSt;
+            uint32_t af[4][4];
+#pragma unroll
+            for (int hf = 0; hf < 2; ++hf) {
+                const int tl = 16 * warp + grp + 8 * hf;
+                const int t = t0 + tl;
+                const bool row_in = tl < rows_t;
+                const double cum_t = sm.cum_c[row_in ? t : 0];
+#pragma unroll
+                for (int kk = 0; kk < 4; ++kk)
+#pragma unroll
+                    for (int half = 0; half < 2; ++half) {
+                        const int r = hf + 2 * half;
+                        const int s = s0 + 16 * kk + 2 * quad + 8 * half;
+                        const float v0 = row_in && s <= t
+                                             ? cbv[kk][r].x * exp_diff(cum_t, sm.cum_c[s]) * sm.dt_c[s]
+                                             : 0.0f;
+                        const float v1 =
+                            row_in && s + 1 <= t
+                                ? cbv[kk][r].y * exp_diff(cum_t, sm.cum_c[s + 1]) * sm.dt_c[s + 1]
+                                : 0.0f;
+                        af[kk][r] = pack_bf16x2(v0, v1);
+                    }
+            }
+            if (j + 1 < n_s) load_cb(j + 1);
+            const __nv_bfloat16* xs = &sm.a[slot][0][0];
+#pragma unroll
+            for (int kk = 0; kk < 4; ++kk)
+#pragma unroll
+                for (int jj = 0; jj < 4; ++jj) {
+                    uint32_t bq[4];
+                    ldb_kn(bq, xs, kStLd, 16 * jj, 16 * kk);
+                    const uint32_t b0[2] = {bq[0], bq[1]}, b1[2] = {bq[2], bq[3]};
+                    mma_m16n8k16_bf16(acc[2 * jj], af[kk], b0);
+                    mma_m16n8k16_bf16(acc[2 * jj + 1], af[kk], b1);
+                }
+        }
+        // y = acc + D·x_t, x_t being the last step's x (s tile = t tile).
+        const float Dh = a.D ? to_f32(a.D[h]) : 0.0f;
+        const auto& xt = sm.a[(n_it - 1) & 1];
+#pragma unroll
+        for (int hf = 0; hf < 2; ++hf) {
+            const int tl = 16 * warp + grp + 8 * hf;
+            if (tl >= rows_t) continue;
+            T* yrow = y + ((ch.row0 + t0 + tl) * a.H + h) * a.P + p0;
+#pragma unroll
+            for (int j = 0; j < 8; ++j)
+#pragma unroll
+                for (int odd = 0; odd < 2; ++odd) {
+                    const int pl = 8 * j + 2 * quad + odd;
+                    if (pl < cols_p)
+                        yrow[pl] = from_f32<T>(acc[j][2 * hf + odd] + Dh * __bfloat162float(xt[tl][pl]));
+                }
+        }
+        __syncthreads();  // the ring is restaged for the next p tile
+        if (p0 + kSt < a.P) load_cb(0);
     }
 }
 
@@ -2062,7 +2249,7 @@ void launch_decay(const Args<device_t<S>>& a, const Workspace& ws, bool tc, cuda
 // dtv, cum and the chunk states in the workspace (or in `states`), h_last if wanted.
 template <typename S>
 void state_pass(const Args<device_t<S>>& a, const Workspace& ws, float* states, const float* h0,
-                float* h_last, bool tc, cudaStream_t stream, StageTimes& times) {
+                float* h_last, __nv_bfloat16* states16, bool tc, cudaStream_t stream, StageTimes& times) {
     using T = device_t<S>;
     const int64_t bcn = a.batch * a.n_chunks;
     if (bcn > 0) {
@@ -2093,7 +2280,7 @@ void state_pass(const Args<device_t<S>>& a, const Workspace& ws, float* states, 
     if (h_last || bcn > 0) {
         const int64_t total = a.batch * a.H * a.P * a.N;
         ssd_state_pass_kernel<false>
-            <<<grid_size<S>(total, "ssd_state_pass"), kThreads, 0, stream>>>(a, states, h0, h_last);
+            <<<grid_size<S>(total, "ssd_state_pass"), kThreads, 0, stream>>>(a, states, h0, h_last, states16);
         check_launch<S>("ssd_state_pass");
         times.mark("state_pass");
     }
@@ -2109,6 +2296,16 @@ bool use_tensor_cores() {
         const char* v = std::getenv("MSLM_SSD_TC");
         return v == nullptr || std::string_view(v) != "0";
     }
+}
+
+// The output kernel with the scores formed in registers (ssd_output_reg_kernel, 4 blocks a
+// multiprocessor) unless MSLM_SSD_OUT_REG is 0 (ssd_output_tc_kernel: the same bits) or 3 (the
+// register kernel compiled for 3 blocks); read at every call, for ablations. Returns 0, 3 or 4.
+int register_score_blocks() {
+    const char* v = std::getenv("MSLM_SSD_OUT_REG");
+    if (v == nullptr) return 4;
+    const std::string_view s(v);
+    return s == "0" ? 0 : s == "3" ? 3 : 4;
 }
 
 // C·Bᵀ of whole chunks as cuBLASLt's strided batched product (one call per group; every chunk's
@@ -2174,13 +2371,27 @@ void ssd_forward(S* y, float* h_last, const SsdInputs<S>& in, const float* h0, c
     const bool tc = use_tensor_cores<S>();
     StageTimes times("ssd_forward", dtype_label<S>(), tc, s);
     float* states = chunk_states ? chunk_states : ws.states;
-    state_pass<S>(a, ws, states, h0, h_last, tc, s, times);
+    const int reg_blocks = tc ? register_score_blocks() : 0;
+    const bool reg_scores = reg_blocks > 0;
+    state_pass<S>(a, ws, states, h0, h_last, reg_scores ? ws.states16 : nullptr, tc, s, times);
     if (p.n_chunks == 0) return;
     launch_cb<S>(a, ws.CB, tc, s);
     times.mark("cb");
     const int64_t bch = p.batch * p.n_chunks * p.H;
     auto* out = reinterpret_cast<device_t<S>*>(y);
     if constexpr (std::is_same_v<S, uint16_t>) {
+        if (reg_scores) {
+            auto* kernel = reg_blocks == 3 ? ssd_output_reg_kernel<device_t<S>, 3>
+                                           : ssd_output_reg_kernel<device_t<S>, 4>;
+            check_cuda<S>(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                               int(sizeof(OutRegSmem))),
+                          "cudaFuncSetAttribute", "ssd_output_reg");
+            kernel<<<tiled_grid(bch, mma_tiles(p.Q), "ssd_output_reg"), kMmaThreads, sizeof(OutRegSmem), s>>>(
+                a, ws.CB, ws.states16, out);
+            check_launch<S>("ssd_output_reg");
+            times.mark("output");
+            return;
+        }
         if (tc) {
             check_cuda<S>(cudaFuncSetAttribute(ssd_output_tc_kernel<device_t<S>>,
                                                cudaFuncAttributeMaxDynamicSharedMemorySize, int(sizeof(OutSmem))),
@@ -2222,8 +2433,8 @@ void backward_stages(const SsdGrads<S>& grads, const device_t<S>* dY, const Args
                    sizeof(ChunkStateSmem), s>>>(a, dY, ws.dS);
             check_launch<S>("ssd_chunk_state_grad_tc");
             times.mark("chunk_state_grad");
-            ssd_state_pass_kernel<true>
-                <<<grid_size<S>(total, "ssd_state_pass_grad"), kThreads, 0, s>>>(a, ws.dS, nullptr, nullptr);
+            ssd_state_pass_kernel<true><<<grid_size<S>(total, "ssd_state_pass_grad"), kThreads, 0, s>>>(
+                a, ws.dS, nullptr, nullptr, nullptr);
             check_launch<S>("ssd_state_pass_grad");
             times.mark("state_pass_grad");
             // dCB and the E slots (always: dcum needs E), the per-s-tile head, the finish; then dC, dB.
@@ -2265,7 +2476,7 @@ void backward_stages(const SsdGrads<S>& grads, const device_t<S>* dY, const Args
     check_launch<S>("ssd_chunk_state_grad");
     times.mark("chunk_state_grad");
     ssd_state_pass_kernel<true>
-        <<<grid_size<S>(total, "ssd_state_pass_grad"), kThreads, 0, s>>>(a, ws.dS, nullptr, nullptr);
+        <<<grid_size<S>(total, "ssd_state_pass_grad"), kThreads, 0, s>>>(a, ws.dS, nullptr, nullptr, nullptr);
     check_launch<S>("ssd_state_pass_grad");
     times.mark("state_pass_grad");
     ssd_backward_head_kernel<<<tiled_grid(bch, 1, "ssd_backward_head"), kTileThreads, vec_bytes, s>>>(
@@ -2313,7 +2524,7 @@ void ssd_backward(const SsdGrads<S>& grads, const S* dy, const SsdInputs<S>& in,
         launch_decay<S>(a, ws, tc, s);
         times.mark("decay");
     } else {
-        state_pass<S>(a, ws, ws.states, h0, nullptr, tc, s, times);
+        state_pass<S>(a, ws, ws.states, h0, nullptr, nullptr, tc, s, times);
         states = ws.states;
     }
     launch_cb<S>(a, ws.CB, tc, s);
