@@ -530,9 +530,11 @@ TYPED_TEST(CudaSsd, TensorCoreSwitch) {
 #endif
 }
 
-// The output kernel with its scores formed in registers (the default) against the staged kernel
-// (MSLM_SSD_OUT_REG=0): the same products in the same order, so the same y bits, at every shape of
-// both tables (odd chunk lengths take its scalar C·Bᵀ loads, strided rows its element-wise staging).
+// The output kernel with its scores formed in registers, every score in the staged kernel's form
+// (MSLM_SSD_OUT_REG=exact), against the staged kernel (=0): the same products in the same order, so
+// the same y bits, at every shape of both tables (odd chunk lengths take its scalar C·Bᵀ loads,
+// strided rows its element-wise staging). The default, factored scores below the diagonal tile,
+// holds the reference's tolerance in ForwardMatchesSequential and TileEdgeShapes.
 TEST(CudaSsdOutput, RegisterScoresGiveTheStagedKernelsBits) {
 #ifdef MSLM_HAVE_CUDA
     if (!cuda_available()) GTEST_SKIP() << "no CUDA GPU: " << cuda_device_summary();
@@ -545,20 +547,16 @@ TEST(CudaSsdOutput, RegisterScoresGiveTheStagedKernelsBits) {
         SCOPED_TRACE(describe(c));
         const Data<T> d = make_data<T>(c, seed++);
         DeviceData<T> dev(d);
-        // "0": the staged kernel; "3" and "4": the register kernel compiled for 3 and 4 blocks an SM.
-        const char* const values[] = {"0", "3", "4"};
-        std::vector<T> y[3];
-        for (int v = 0; v < 3; ++v) {
+        const char* const values[] = {"0", "exact"};
+        std::vector<T> y[2];
+        for (int v = 0; v < 2; ++v) {
             test::ScopedEnv scoped("MSLM_SSD_OUT_REG", std::string(values[v]));
             DeviceBuffer<T> out(std::vector<T>(c.B * c.T * c.H * c.P));
             ops::cuda::ssd_forward(out.get(), static_cast<float*>(nullptr), dev.inputs(), or_null(dev.h0),
                                    d.dims);
             y[v] = out.download();
         }
-        EXPECT_TRUE(same_bits(y[0], y[1]))
-            << "the 3-block register kernel's y differs from the staged kernel's";
-        EXPECT_TRUE(same_bits(y[0], y[2]))
-            << "the 4-block register kernel's y differs from the staged kernel's";
+        EXPECT_TRUE(same_bits(y[0], y[1])) << "the register kernel's y differs from the staged kernel's";
     }
 #else
     GTEST_SKIP() << "built without CUDA";

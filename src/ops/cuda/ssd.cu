@@ -12,8 +12,9 @@
 //              (5), and the backward's dCB with the dcum sums, its per-token head and finish kernels,
 //              and dB, dC.
 //   register scores: the output (5) by default (ssd_output_reg_kernel): scores formed in registers
-//              from C·Bᵀ loaded into the A fragment's layout, no shared-memory round trip for them;
-//              MSLM_SSD_OUT_REG=0 takes the staged kernel (the same bits).
+//              from C·Bᵀ loaded into the A fragment's layout, no shared-memory round trip for them,
+//              below the diagonal tile as a row factor times a column factor; MSLM_SSD_OUT_REG=0
+//              takes the staged kernel, =exact the register kernel with the staged kernel's bits.
 // MSLM_SSD_TC=0 in the environment selects tile_mma for all of them. The tensor-core path also takes
 // step (1) as a warp scan (ssd_decay_scan_kernel), the fp32 path the serial ssd_decay_kernel.
 //
@@ -323,26 +324,39 @@ __global__ void ssd_decay_scan_kernel(Args<T> a, float* dtv, double* cum) {
         const float A = head_A(a, h), bias = head_bias(a, h);
         const Chunk ch = chunk_of(a, b, c);
         double carry = 0.0;
-        for (int64_t t0 = 0; t0 < ch.L; t0 += 32) {  // uniform over the warp
-            const int64_t t = t0 + lane;
-            float d = 0.0f;
-            double run = 0.0;
-            if (t < ch.L) {
-                d = dt_value(to_f32(a.dt[(ch.row0 + t) * a.ld_dt + h]) + bias, a.dt_min, a.dt_max);
-                run = double(d * A);
+        // kBatch rows of 32 tokens a round: their dt loads issued together (the stores below could
+        // alias them as far as the compiler knows, so a load per row would wait out a latency each).
+        constexpr int kBatch = 8;
+        for (int64_t r0 = 0; r0 < ch.L; r0 += 32 * kBatch) {  // uniform over the warp
+            float raw[kBatch];
+#pragma unroll
+            for (int i = 0; i < kBatch; ++i) {
+                const int64_t t = r0 + 32 * i + lane;
+                raw[i] = t < ch.L ? to_f32(a.dt[(ch.row0 + t) * a.ld_dt + h]) : 0.0f;
             }
 #pragma unroll
-            for (int o = 1; o < 32; o <<= 1) {
-                const double up = __shfl_up_sync(0xffffffffu, run, o);
-                if (lane >= o) run += up;
+            for (int i = 0; i < kBatch; ++i) {
+                const int64_t t0 = r0 + 32 * i, t = t0 + lane;
+                if (t0 >= ch.L) break;
+                float d = 0.0f;
+                double run = 0.0;
+                if (t < ch.L) {
+                    d = dt_value(raw[i] + bias, a.dt_min, a.dt_max);
+                    run = double(d * A);
+                }
+#pragma unroll
+                for (int o = 1; o < 32; o <<= 1) {
+                    const double up = __shfl_up_sync(0xffffffffu, run, o);
+                    if (lane >= o) run += up;
+                }
+                run += carry;
+                if (t < ch.L) {
+                    const int64_t at = bh * a.seqlen + ch.t0 + t;
+                    dtv[at] = d;
+                    cum[at] = run;
+                }
+                carry = __shfl_sync(0xffffffffu, run, 31);
             }
-            run += carry;
-            if (t < ch.L) {
-                const int64_t at = bh * a.seqlen + ch.t0 + t;
-                dtv[at] = d;
-                cum[at] = run;
-            }
-            carry = __shfl_sync(0xffffffffu, run, 31);
         }
     }
 }
@@ -778,22 +792,31 @@ __global__ void __launch_bounds__(kMmaThreads, 3)
     }
 }
 
-// Y per (b, chunk, head) and t tile as ssd_output_tc_kernel, the same products in the same order and
-// so the same bits, without its shared-memory round trip per step: the scores S[t, s] of a warp's 16
-// rows are formed in registers from C·Bᵀ values loaded straight from global memory into the A
-// fragment's layout (one s tile ahead), and rounded into the fragment; S_in comes already rounded
-// to bf16 (the state pass's states16). Per step one barrier: the step's bf16 tiles (C rows t and
-// S_in for an n step, x rows s for an s step) wait in a two-slot cp.async ring. Grid (B·n_chunks·H,
-// mma_tiles(Q)), kMmaThreads threads, dynamic shared memory sizeof(OutRegSmem).
+// Y per (b, chunk, head) and t tile as ssd_output_tc_kernel, the same products in the same order,
+// without its shared-memory round trip per step: the scores S[t, s] of a warp's 16 rows are formed
+// in registers from C·Bᵀ values loaded straight from global memory into the A fragment's layout
+// (one s tile ahead), and rounded into the fragment; S_in comes already rounded to bf16 (the state
+// pass's states16). Per step one barrier: the step's bf16 tiles (C rows t and S_in for an n step, x
+// rows s for an s step) wait in a two-slot cp.async ring. Grid (B·n_chunks·H, mma_tiles(Q)),
+// kMmaThreads threads, dynamic shared memory sizeof(OutRegSmem).
+// kFactored false: every score as ssd_output_tc_kernel forms it, CB·exp(cum_t − cum_s)·dt_s (the
+// same bits). kFactored true: below the diagonal tile, with c the cum of the s tile's last token
+// (s ≤ that token < t), the score is CB·exp(cum_t − c)·w_s with w_s = exp(c − cum_s)·dt_s: both
+// exponents ≤ 0 (cum falls along the chunk), so neither factor overflows and one that underflows
+// bounds the true product below it; w_s is formed once per block (with the cum staging), exp(cum_t
+// − c) once per row and tile: two multiplies a score instead of an fp64 difference, a conversion
+// and an exp. The value differs from the direct one by a few fp32 roundings, before its rounding
+// to bf16. The diagonal tile keeps the direct form (there c is not between s and t).
 struct OutRegSmem {
     __nv_bfloat16 a[2][kSt][kStLd];  // per slot: C rows t [t][n] | x rows s [s][p]
     __nv_bfloat16 b[2][kSt][kStLd];  // per slot: S_in [p][n] (n steps)
     double cum_c[kMaxChunk];         // the chunk's cum and dt up to the tile's end
     float dt_c[kMaxChunk];
+    float w_c[kMaxChunk];  // kFactored: w_s for s before the t tile
 };
 
-template <typename T, int kBlocks>
-__global__ void __launch_bounds__(kMmaThreads, kBlocks)
+template <typename T, bool kFactored>
+__global__ void __launch_bounds__(kMmaThreads, 4)
     ssd_output_reg_kernel(Args<T> a, const float* CB, const __nv_bfloat16* states16, T* y) {
     static_assert(std::is_same_v<T, __nv_bfloat16>, "tensor-core kernels are bf16");
     extern __shared__ __align__(16) unsigned char dyn_smem[];
@@ -820,6 +843,7 @@ __global__ void __launch_bounds__(kMmaThreads, kBlocks)
     for (int s = threadIdx.x; s < s_end; s += kMmaThreads) {
         sm.cum_c[s] = cum[s];
         sm.dt_c[s] = dtv[s];
+        if (kFactored && s < t0) sm.w_c[s] = exp_diff(cum[s / kSt * kSt + kSt - 1], cum[s]) * dtv[s];
     }
     // (visible after the first step's barrier)
     const int n_n = int(mma_tiles(a.N)), n_s = int(blockIdx.y) + 1, n_it = n_n + n_s;
@@ -898,6 +922,22 @@ __global__ void __launch_bounds__(kMmaThreads, kBlocks)
             // fragments; then the next s tile's C·Bᵀ values are requested.
             const int j = it - n_n, s0 = j * kSt;
             uint32_t af[4][4];
+            if (kFactored && s0 + kSt <= t0) {  // below the diagonal tile: every s < every t
+                const double c_ref = sm.cum_c[s0 + kSt - 1];
+#pragma unroll
+                for (int hf = 0; hf < 2; ++hf) {
+                    const int tl = 16 * warp + grp + 8 * hf;
+                    const float et = tl < rows_t ? exp_diff(sm.cum_c[t0 + tl], c_ref) : 0.0f;
+#pragma unroll
+                    for (int kk = 0; kk < 4; ++kk)
+#pragma unroll
+                        for (int half = 0; half < 2; ++half) {
+                            const int r = hf + 2 * half, s = s0 + 16 * kk + 2 * quad + 8 * half;
+                            const float2 w = *reinterpret_cast<const float2*>(&sm.w_c[s]);
+                            af[kk][r] = pack_bf16x2(cbv[kk][r].x * et * w.x, cbv[kk][r].y * et * w.y);
+                        }
+                }
+            } else {
 #pragma unroll
             for (int hf = 0; hf < 2; ++hf) {
                 const int tl = 16 * warp + grp + 8 * hf;
@@ -919,6 +959,7 @@ __global__ void __launch_bounds__(kMmaThreads, kBlocks)
                                 : 0.0f;
                         af[kk][r] = pack_bf16x2(v0, v1);
                     }
+            }
             }
             if (j + 1 < n_s) load_cb(j + 1);
             const __nv_bfloat16* xs = &sm.a[slot][0][0];
@@ -2298,14 +2339,15 @@ bool use_tensor_cores() {
     }
 }
 
-// The output kernel with the scores formed in registers (ssd_output_reg_kernel, 4 blocks a
-// multiprocessor) unless MSLM_SSD_OUT_REG is 0 (ssd_output_tc_kernel: the same bits) or 3 (the
-// register kernel compiled for 3 blocks); read at every call, for ablations. Returns 0, 3 or 4.
-int register_score_blocks() {
+// The output kernel: ssd_output_reg_kernel with the factored scores, unless MSLM_SSD_OUT_REG is 0
+// (ssd_output_tc_kernel, the staged kernel) or exact (the register kernel forming every score
+// directly: the staged kernel's bits); read at every call, for ablations. 0: staged, 1: exact,
+// 2: factored.
+int output_kernel_choice() {
     const char* v = std::getenv("MSLM_SSD_OUT_REG");
-    if (v == nullptr) return 4;
+    if (v == nullptr) return 2;
     const std::string_view s(v);
-    return s == "0" ? 0 : s == "3" ? 3 : 4;
+    return s == "0" ? 0 : s == "exact" ? 1 : 2;
 }
 
 // C·Bᵀ of whole chunks as cuBLASLt's strided batched product (one call per group; every chunk's
@@ -2371,8 +2413,8 @@ void ssd_forward(S* y, float* h_last, const SsdInputs<S>& in, const float* h0, c
     const bool tc = use_tensor_cores<S>();
     StageTimes times("ssd_forward", dtype_label<S>(), tc, s);
     float* states = chunk_states ? chunk_states : ws.states;
-    const int reg_blocks = tc ? register_score_blocks() : 0;
-    const bool reg_scores = reg_blocks > 0;
+    const int out_kernel = tc ? output_kernel_choice() : 0;
+    const bool reg_scores = out_kernel > 0;
     state_pass<S>(a, ws, states, h0, h_last, reg_scores ? ws.states16 : nullptr, tc, s, times);
     if (p.n_chunks == 0) return;
     launch_cb<S>(a, ws.CB, tc, s);
@@ -2381,8 +2423,8 @@ void ssd_forward(S* y, float* h_last, const SsdInputs<S>& in, const float* h0, c
     auto* out = reinterpret_cast<device_t<S>*>(y);
     if constexpr (std::is_same_v<S, uint16_t>) {
         if (reg_scores) {
-            auto* kernel = reg_blocks == 3 ? ssd_output_reg_kernel<device_t<S>, 3>
-                                           : ssd_output_reg_kernel<device_t<S>, 4>;
+            auto* kernel = out_kernel == 1 ? ssd_output_reg_kernel<device_t<S>, false>
+                                           : ssd_output_reg_kernel<device_t<S>, true>;
             check_cuda<S>(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                                int(sizeof(OutRegSmem))),
                           "cudaFuncSetAttribute", "ssd_output_reg");
