@@ -902,6 +902,19 @@ struct Run {
         kc::linear_forward(out, x, q ? expand(*q) : W, b, N, I, O, s);
     }
 
+    // The residual stream m.res (N, D) += x (N, I) · Wᵀ + b: one cuBLASLt call accumulating into it
+    // (beta = 1) for bf16 weights without a bias, else the product into m.tmp and an add.
+    void residual_linear(const bf16* x, const bf16* W, const kc::QuantWeight* q, const bf16* b,
+                         int64_t I) const {
+        if (!b && !(q && quant_gemv_rows(*q))) {
+            kc::linear_forward_accumulate(m.res, x, q ? expand(*q) : W, N, I, w.D, s);
+            return;
+        }
+        linear(m.tmp, x, W, q, b, I, w.D);
+        kc::axpy(m.res, m.tmp, N * w.D, 1.0f, s);
+    }
+
+    // m.res += the MLP of m.ln.
     void mlp(const CudaCausalLM::Impl::Layer& L) const {
         if (cfg.mlp.kind == MlpKind::SwiGLU) {
             linear(m.h, m.ln, L.up_w, L.up_q, L.up_b, w.D, 2 * w.F);
@@ -910,7 +923,7 @@ struct Run {
             linear(m.h, m.ln, L.up_w, L.up_q, L.up_b, w.D, w.F);
             activation(m.a, m.h);
         }
-        linear(m.tmp, m.a, L.down_w, L.down_q, L.down_b, w.F, w.D);
+        residual_linear(m.a, L.down_w, L.down_q, L.down_b, w.F);
     }
 
     // Mamba-1 dt_bc_norm (Jamba): RMSNorm of x_proj's dt, B and C column blocks, each gathered
@@ -962,10 +975,11 @@ struct Run {
         linear(m.dt_raw, dt, L.dtp_w, L.dtp_q, nullptr, w.R, w.Din);
     }
     // Mamba-2 after the SSD: gated norm with z, out_proj.
+    // m.res += out_proj(gated norm of m.y).
     void mamba2_output(const CudaCausalLM::Impl::Layer& L) const {
         kc::gated_rmsnorm_forward_strided_z(m.yn, m.g_rstd, m.y, m.proj, w.W2, L.gnorm_w, N, w.Din,
                                             cfg.mamba_norm_groups(), static_cast<float>(cfg.norm_eps), s);
-        linear(m.tmp, m.yn, L.out_w, L.out_q, L.out_b, w.Din, w.D);
+        residual_linear(m.yn, L.out_w, L.out_q, L.out_b, w.Din);
     }
 
     // A decode-step product through the fused kernel (cuda_decoder_kernels.h) when it takes the
@@ -1229,6 +1243,7 @@ struct Run {
         }
     }
 
+    // m.res += the layer's mixer of m.ln (N prompt tokens from position p0 of `slot`).
     void mixer_prefill(const CudaCausalLM::Impl::Layer& L, int64_t slot, int64_t p0, int64_t Lc) const {
         if (L.kind == LayerKind::Attention) {
             linear(m.proj, m.ln, L.qkv_w, L.qkv_q, L.qkv_b, w.D, w.Wq);
@@ -1260,14 +1275,14 @@ struct Run {
                 ring_copy(kr, m.kt + (prior + N - keep) * w.KVW, p0 + N - keep, keep, Lc, true);
                 ring_copy(vr, m.vt + (prior + N - keep) * w.KVW, p0 + N - keep, keep, Lc, true);
             }
-            linear(m.tmp, m.o, L.o_w, L.o_q, L.o_b, w.Hq * w.Dh, w.D);
+            residual_linear(m.o, L.o_w, L.o_q, L.o_b, w.Hq * w.Dh);
         } else if (cfg.mamba.version == 1) {
             linear(m.proj, m.ln, L.in_w, L.in_q, L.in_b, w.D, 2 * w.Din);
             const bf16* xc = conv_prefill(L, slot, 0, 2 * w.Din, w.Din);
             mamba1_projections(L, xc);
             float* h = L.ssm + slot * w.Din * w.S;
             kc::selective_scan_forward(m.y, h, scan_in(L, xc), h, ops::ScanDims{1, N, w.Din, w.S}, nullptr, s);
-            linear(m.tmp, m.y, L.out_w, L.out_q, L.out_b, w.Din, w.D);
+            residual_linear(m.y, L.out_w, L.out_q, L.out_b, w.Din);
         } else {
             linear(m.proj, m.ln, L.in_w, L.in_q, L.in_b, w.D, w.W2);
             const bf16* xbc = conv_prefill(L, slot, w.Din, w.W2, w.C2);
@@ -1284,18 +1299,16 @@ struct Run {
         }
     }
 
-    // Embedding through the final norm, with `mixer` running each layer's mixer on m.ln => m.tmp.
+    // Embedding through the final norm, with `mixer` adding each layer's mixer of m.ln into m.res.
     template <typename Mixer>
     void body(Mixer&& mixer) const {
         kc::embedding_forward(m.res, m.ids, m.embed, N, w.V, w.D, static_cast<kc::IndexStatus*>(nullptr), s);
         for (const CudaCausalLM::Impl::Layer& L : m.layers) {
             norm(m.ln, m.res, L.norm_w, L.norm_b);
             mixer(L);
-            kc::axpy(m.res, m.tmp, N * w.D, 1.0f, s);
             if (L.has_mlp()) {
                 norm(m.ln, m.res, L.mlp_norm_w, L.mlp_norm_b);
                 mlp(L);
-                kc::axpy(m.res, m.tmp, N * w.D, 1.0f, s);
             }
         }
         norm(m.hf, m.res, m.final_w, m.final_b);

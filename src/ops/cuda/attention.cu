@@ -694,8 +694,10 @@ __global__ void __launch_bounds__(kTileThreads) attention_forward_tc_kernel(Attn
     auto sK = [&](int st) { return sQ + (BQ + st * BK) * LD; };
     auto sV = [&](int st) { return sQ + (BQ + (2 + st) * BK) * LD; };
     const int warp = threadIdx.x / 32;
-    const int64_t i0 = int64_t(gridDim.x - 1 - blockIdx.x) * BQ;
-    const int h = blockIdx.y, hk = h / a.group;
+    // Grid (heads, query tiles, batch), heads fastest: the blocks of the longest (last) query tiles of
+    // every head start first, so the short ones fill the tail.
+    const int64_t i0 = int64_t(gridDim.y - 1 - blockIdx.y) * BQ;
+    const int h = blockIdx.x, hk = h / a.group;
     const int64_t b = blockIdx.z;
     const float slope2 = kGeneral ? alibi_slope_log2(a.alibi, h, a.Hq) : 0.0f;
     const __nv_bfloat16* kh = a.k + b * a.Tk * a.ld_k + hk * DH;
@@ -889,8 +891,10 @@ __global__ void __launch_bounds__(kTileThreads, kBwdTcBlocks<DH>)
     auto* s_lse2 = reinterpret_cast<float*>(sV + (BK + 4 * BQ) * LD);  // [2][BQ]: lse·log2(e)
     float* s_delta = s_lse2 + 2 * BQ;                                  // [2][BQ]: D
     const int warp = threadIdx.x / 32;
-    const int64_t j0 = int64_t(blockIdx.x) * BK;
-    const int hk = blockIdx.y;
+    // Grid (kv heads, key tiles, batch), heads fastest: the first key tiles (seen by the most
+    // queries) of every head start first.
+    const int64_t j0 = int64_t(blockIdx.y) * BK;
+    const int hk = blockIdx.x;
     const int64_t b = blockIdx.z;
     const int64_t ld_o = int64_t(a.Hq) * DH;
     const int64_t wj = j0 + 16 * warp;  // the warp's first key
@@ -1014,8 +1018,8 @@ __global__ void __launch_bounds__(kTileThreads, kBwdTcBlocks<DH>)
     auto sK = [&](int st) { return sdO + (BQ + st * BK) * LD; };
     auto sV = [&](int st) { return sdO + (BQ + (2 + st) * BK) * LD; };
     const int warp = threadIdx.x / 32;
-    const int64_t i0 = int64_t(gridDim.x - 1 - blockIdx.x) * BQ;
-    const int h = blockIdx.y, hk = h / a.group;
+    const int64_t i0 = int64_t(gridDim.y - 1 - blockIdx.y) * BQ;  // grid (heads, query tiles, batch)
+    const int h = blockIdx.x, hk = h / a.group;
     const int64_t b = blockIdx.z;
     const float slope2 = kAlibi ? alibi_slope_log2(true, h, a.Hq) : 0.0f;
     const int64_t ld_o = int64_t(a.Hq) * DH;
@@ -1395,8 +1399,9 @@ void attention_forward(T* out, float* lse, const T* q, int64_t ld_q, const T* k,
                     constexpr int MT = decltype(mt_c)::value, BK = decltype(bk_c)::value,
                                   BQ = 16 * MT * kWarps;
                     constexpr bool kQSmem = decltype(qsmem_c)::value;
-                    const dim3 grid(static_cast<unsigned>((dims.seqlen + BQ - 1) / BQ),
-                                    static_cast<unsigned>(dims.n_heads), static_cast<unsigned>(dims.batch));
+                    const dim3 grid(static_cast<unsigned>(dims.n_heads),
+                                    static_cast<unsigned>((dims.seqlen + BQ - 1) / BQ),
+                                    static_cast<unsigned>(dims.batch));
                     constexpr size_t smem = forward_tc_smem<DH, MT, BK>();
                     if (general)
                         launch_tiles<T>("attention_forward_tc",
@@ -1468,16 +1473,16 @@ void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* out, const 
                 auto go = [&](auto alibi_c) {
                     constexpr bool kAlibi = decltype(alibi_c)::value;
                     if (dk || dv) {
-                        const dim3 grid(static_cast<unsigned>((dims.seqlen + BN - 1) / BN),
-                                        static_cast<unsigned>(dims.n_kv_heads),
+                        const dim3 grid(static_cast<unsigned>(dims.n_kv_heads),
+                                        static_cast<unsigned>((dims.seqlen + BN - 1) / BN),
                                         static_cast<unsigned>(dims.batch));
                         launch_tiles<T>("attention_backward_dkdv_tc",
                                         attention_backward_dkdv_tc_kernel<DH, BN, BS, kAlibi>, grid,
                                         backward_dkdv_tc_smem<DH, BN, BS>(), s, a);
                     }
                     if (dq) {
-                        const dim3 grid(static_cast<unsigned>((dims.seqlen + BN - 1) / BN),
-                                        static_cast<unsigned>(dims.n_heads),
+                        const dim3 grid(static_cast<unsigned>(dims.n_heads),
+                                        static_cast<unsigned>((dims.seqlen + BN - 1) / BN),
                                         static_cast<unsigned>(dims.batch));
                         launch_tiles<T>("attention_backward_dq_tc",
                                         attention_backward_dq_tc_kernel<DH, BN, BS, kAlibi>, grid,
