@@ -1222,6 +1222,13 @@ struct Run {
                              int64_t C) const {
         const int64_t K1 = w.K - 1;
         bf16* window = L.conv + slot * K1 * C;
+        if (N >= K1) {  // the inputs read in place, the window as their history; its new rows copied after
+            kc::conv1d_causal_forward(m.conv_out, static_cast<bf16*>(nullptr), m.proj + col0, ld,
+                                      static_cast<const bf16*>(window), L.conv_w, L.conv_b, 1, N, C, w.K,
+                                      true, s);
+            copy2d(window, C, m.proj + col0 + (N - K1) * ld, ld, K1, C, s);
+            return m.conv_out;
+        }
         copy_bytes(m.xin, window, sizeof(bf16) * K1 * C, s);
         copy2d(m.xin + K1 * C, C, m.proj + col0, ld, N, C, s);
         kc::conv1d_causal_forward(m.conv_out, static_cast<bf16*>(nullptr), m.xin, C, L.conv_w, L.conv_b, 1,
@@ -1251,10 +1258,9 @@ struct Run {
             bf16* k = q + w.Hq * w.Dh;
             bf16* v = k + w.KVW;
             if (cfg.attention.position == PositionKind::RoPE) {
-                kc::rope_apply(q, w.Wq, 1, N, w.Hq, w.Dh, cfg.attn_rotary_dim(), cfg.attention.rope_theta, p0, false,
-                               s);
-                kc::rope_apply(k, w.Wq, 1, N, w.Hkv, w.Dh, cfg.attn_rotary_dim(), cfg.attention.rope_theta, p0,
-                               false, s);
+                // q's heads and k's follow each other in a row: one call rotates both.
+                kc::rope_apply(q, w.Wq, 1, N, w.Hq + w.Hkv, w.Dh, cfg.attn_rotary_dim(),
+                               cfg.attention.rope_theta, p0, false, s);
             }
             bf16* kr = L.kc + slot * Lc * w.KVW;
             bf16* vr = L.vc + slot * Lc * w.KVW;

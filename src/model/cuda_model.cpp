@@ -1230,8 +1230,9 @@ void attention_forward(const Ctx& c, CudaHybridLM::Impl::Layer& L, bf16* out) {
     bf16* k = q + Hq * Dh;
     bf16* v = k + Hkv * Dh;
     if (cfg.attention.position == PositionKind::RoPE) {
-        kc::rope_apply(q, W, c.B, c.T, Hq, Dh, cfg.attn_rotary_dim(), cfg.attention.rope_theta, 0, false);
-        kc::rope_apply(k, W, c.B, c.T, Hkv, Dh, cfg.attn_rotary_dim(), cfg.attention.rope_theta, 0, false);
+        // q's heads and k's follow each other in a row: one call rotates both.
+        kc::rope_apply(q, W, c.B, c.T, Hq + Hkv, Dh, cfg.attn_rotary_dim(), cfg.attention.rope_theta, 0,
+                       false);
         c.mark("attn rope fwd", KernelFamily::Elementwise);
     }
     kc::attention_forward(L.o, L.lse, q, W, k, W, v, W, ops::AttentionDims{c.B, c.T, Hq, Hkv, Dh},
@@ -1260,8 +1261,8 @@ void attention_backward(const Ctx& c, CudaHybridLM::Impl::Layer& L, bf16* dx, co
                            ops::AttentionDims{c.B, c.T, Hq, Hkv, Dh}, attention_options(cfg));
     c.mark("attn bwd", KernelFamily::Attention);
     if (cfg.attention.position == PositionKind::RoPE) {
-        kc::rope_apply(dq, W, c.B, c.T, Hq, Dh, cfg.attn_rotary_dim(), cfg.attention.rope_theta, 0, true);
-        kc::rope_apply(dk, W, c.B, c.T, Hkv, Dh, cfg.attn_rotary_dim(), cfg.attention.rope_theta, 0, true);
+        kc::rope_apply(dq, W, c.B, c.T, Hq + Hkv, Dh, cfg.attn_rotary_dim(), cfg.attention.rope_theta, 0,
+                       true);
         c.mark("attn rope bwd", KernelFamily::Elementwise);
     }
     linear_backward(c, dx, L.qkv_w, L.qkv_b, g_qkv, L.ln1, N, D, W, Dx::Overwrite);

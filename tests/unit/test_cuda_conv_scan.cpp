@@ -459,6 +459,57 @@ TYPED_TEST(CudaConv1d, FastKernelsMatchTheOneElementKernels) {
 #endif
 }
 
+// The forward with the inputs before the sequence start given (hist, a prompt continuing a conv
+// window) against the forward over [hist | x] concatenated: rows K − 1 on, out and pre bit for bit,
+// on the fast kernels and on the one-element kernels (MSLM_CONV_FAST=0), at the model's strided
+// shape, odd channel counts and T below K − 1.
+TYPED_TEST(CudaConv1d, HistoryIsTheConcatenatedForward) {
+#ifdef MSLM_HAVE_CUDA
+    using T = TypeParam;
+    Rng rng(23);
+    const ConvCase cases[] = {{2, 300, 1792, 4, 3352, true, true}, {2, 2, 1792, 4, 3352, true, true},
+                              {2, 17, 33, 4, 36, false, true},     {3, 5, 5, 2, 5, true, false},
+                              {1, 129, 64, 8, 64, true, true},     {2, 40, 1537, 3, 1544, false, true}};
+    for (const ConvCase& c : cases) {
+        SCOPED_TRACE(c.name());
+        const int64_t K1 = c.K - 1, Tc = K1 + c.T, n = c.B * c.T * c.C;
+        const auto x = random_values<T>(rng, c.B * c.T * c.ld_x, -2.0, 2.0);
+        const auto hist = random_values<T>(rng, c.B * K1 * c.C, -2.0, 2.0);
+        const auto w = random_values<T>(rng, c.C * c.K, -1.0, 1.0);
+        const auto bias = random_values<T>(rng, c.C, -1.0, 1.0);
+        std::vector<T> cat(c.B * Tc * c.ld_x);
+        for (int64_t b = 0; b < c.B; ++b)
+            for (int64_t t = 0; t < Tc; ++t)
+                for (int64_t ch = 0; ch < c.C; ++ch)
+                    cat[(b * Tc + t) * c.ld_x + ch] =
+                        t < K1 ? hist[(b * K1 + t) * c.C + ch] : x[(b * c.T + t - K1) * c.ld_x + ch];
+        DeviceBuffer<T> dx(x), dh(hist), dcat(cat), dw(w), db(bias);
+        const T* bias_p = c.bias ? db.get() : nullptr;
+        for (const char* fast : {"0", "1"}) {
+            ScopedConvFast scoped(fast);
+            DeviceBuffer<T> out(n), pre(n), out_c(c.B * Tc * c.C), pre_c(c.B * Tc * c.C);
+            ops::cuda::conv1d_causal_forward(out.get(), pre.get(), dx.get(), c.ld_x,
+                                             static_cast<const T*>(dh.get()), dw.get(), bias_p, c.B, c.T, c.C,
+                                             c.K, c.silu);
+            ops::cuda::conv1d_causal_forward(out_c.get(), pre_c.get(), dcat.get(), c.ld_x, dw.get(), bias_p,
+                                             c.B, Tc, c.C, c.K, c.silu);
+            auto rows_from_k1 = [&](const std::vector<T>& v) {
+                std::vector<T> r(n);
+                for (int64_t b = 0; b < c.B; ++b)
+                    std::copy_n(v.begin() + (b * Tc + K1) * c.C, c.T * c.C, r.begin() + b * c.T * c.C);
+                return r;
+            };
+            EXPECT_TRUE(all_equal(out.download(), rows_from_k1(out_c.download())))
+                << "out, MSLM_CONV_FAST=" << fast;
+            if (c.silu) {
+                EXPECT_TRUE(all_equal(pre.download(), rows_from_k1(pre_c.download())))
+                    << "pre, MSLM_CONV_FAST=" << fast;
+            }
+        }
+    }
+#endif
+}
+
 TYPED_TEST(CudaConv1d, ChecksArguments) {
 #ifdef MSLM_HAVE_CUDA
     using T = TypeParam;

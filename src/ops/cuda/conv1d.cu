@@ -49,16 +49,23 @@ int64_t n_chunks(int64_t Tn) {
     return (Tn + kChunk - 1) / kChunk;
 }
 
+// hist (B, K − 1, C) or null: the inputs before each sequence's start (oldest first), else zeros.
 template <typename D>
-__global__ void conv_forward_kernel(D* out, D* pre, const D* x, int64_t ld_x, const D* w, const D* bias,
-                                    int64_t Tn, int64_t C, int K, bool silu_out, int64_t total) {
+__global__ void conv_forward_kernel(D* out, D* pre, const D* x, int64_t ld_x, const D* hist, const D* w,
+                                    const D* bias, int64_t Tn, int64_t C, int K, bool silu_out,
+                                    int64_t total) {
     const int64_t stride = int64_t(gridDim.x) * blockDim.x;
     for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += stride) {
-        const int64_t row = i / C, c = i - row * C, t = row % Tn;
+        const int64_t row = i / C, c = i - row * C, t = row % Tn, b = row / Tn;
         float acc = bias ? to_f32(bias[c]) : 0.0f;
-        // Tap k reads token t − (K − 1) + k; taps before the sequence start see zeros.
-        for (int k = t < K - 1 ? int(K - 1 - t) : 0; k < K; ++k)
-            acc = fmaf(to_f32(w[c * K + k]), to_f32(x[(row - (K - 1) + k) * ld_x + c]), acc);
+        // Tap k reads token t − (K − 1) + k; taps before the sequence start read hist, or are
+        // skipped (zeros) without it.
+        for (int k = t < K - 1 && !hist ? int(K - 1 - t) : 0; k < K; ++k) {
+            const int64_t src = t - (K - 1) + k;
+            const D v =
+                src >= 0 ? x[(row - (K - 1) + k) * ld_x + c] : hist[(b * (K - 1) + (K - 1) + src) * C + c];
+            acc = fmaf(to_f32(w[c * K + k]), to_f32(v), acc);
+        }
         if (silu_out) {
             if (pre) pre[i] = from_f32<D>(acc);
             acc = silu(acc);
@@ -272,8 +279,8 @@ __device__ __forceinline__ void shift_in(P (&win)[K], const P& next) {
 // the sequence start are zeros (fma with 0 leaves the sum as the update's zero window does).
 template <int K, int V, typename D>
 __global__ void __launch_bounds__(kFastThreads, min_blocks(K))
-    conv_forward_run_kernel(D* out, D* pre, const D* x, int64_t ld_x, const D* w, const D* bias, int64_t Tn,
-                            int64_t C, bool silu_out, int64_t chunks) {
+    conv_forward_run_kernel(D* out, D* pre, const D* x, int64_t ld_x, const D* hist, const D* w,
+                            const D* bias, int64_t Tn, int64_t C, bool silu_out, int64_t chunks) {
     using P = Pack<D, V>;
     const Run r = run_of<V>(Tn, C, chunks);
     if (!r.active) return;
@@ -285,7 +292,9 @@ __global__ void __launch_bounds__(kFastThreads, min_blocks(K))
 #pragma unroll
     for (int k = 1; k < K; ++k) {
         const int64_t t = r.t0 - K + k;  // rows t0 − (K − 1) .. t0 − 1; win[0] is shifted out unused
-        win[k] = t >= 0 ? load<V>(xb + t * ld_x) : zero_pack<D, V>();
+        win[k] = t >= 0 ? load<V>(xb + t * ld_x)
+                 : hist ? load<V>(hist + (r.b * (K - 1) + (K - 1) + t) * C + r.c0)
+                        : zero_pack<D, V>();
     }
     for (int64_t tg = r.t0; tg < r.t1; tg += kGroup) {
         P xs[kGroup];
@@ -479,16 +488,16 @@ dim3 fast_grid(int64_t B, int64_t Tn, int64_t C, int V, const char* kernel) {
 }
 
 template <int K, typename T, typename D>
-void forward_fast(D* out, D* pre, const D* x, int64_t ld_x, const D* w, const D* bias, int64_t B, int64_t Tn,
-                  int64_t C, bool silu, cudaStream_t s, const char* kernel) {
+void forward_fast(D* out, D* pre, const D* x, int64_t ld_x, const D* hist, const D* w, const D* bias,
+                  int64_t B, int64_t Tn, int64_t C, bool silu, cudaStream_t s, const char* kernel) {
     constexpr int V = forward_vec<D>();
     const dim3 block(32, kRunsPerBlock);
-    if (packs_fit<D>(V, {out, x, silu ? pre : nullptr}, {ld_x, C})) {
+    if (packs_fit<D>(V, {out, x, silu ? pre : nullptr, hist}, {ld_x, C})) {
         conv_forward_run_kernel<K, V><<<fast_grid<T>(B, Tn, C, V, kernel), block, 0, s>>>(
-            out, pre, x, ld_x, w, bias, Tn, C, silu, n_fast_chunks(Tn));
+            out, pre, x, ld_x, hist, w, bias, Tn, C, silu, n_fast_chunks(Tn));
     } else {
         conv_forward_run_kernel<K, 1><<<fast_grid<T>(B, Tn, C, 1, kernel), block, 0, s>>>(
-            out, pre, x, ld_x, w, bias, Tn, C, silu, n_fast_chunks(Tn));
+            out, pre, x, ld_x, hist, w, bias, Tn, C, silu, n_fast_chunks(Tn));
     }
 }
 
@@ -526,6 +535,13 @@ size_t conv1d_causal_backward_workspace_bytes(int64_t B, int64_t Tn, int64_t C, 
 template <typename T>
 void conv1d_causal_forward(T* out, T* pre, const T* x, int64_t ld_x, const T* w, const T* bias, int64_t B,
                            int64_t Tn, int64_t C, int64_t K, bool silu, void* stream) {
+    conv1d_causal_forward(out, pre, x, ld_x, static_cast<const T*>(nullptr), w, bias, B, Tn, C, K, silu,
+                          stream);
+}
+
+template <typename T>
+void conv1d_causal_forward(T* out, T* pre, const T* x, int64_t ld_x, const T* hist, const T* w, const T* bias,
+                           int64_t B, int64_t Tn, int64_t C, int64_t K, bool silu, void* stream) {
     const char* kernel = "conv1d_causal_forward";
     check_shape(kernel, B, Tn, C, K, ld_x);
     const int64_t total = B * Tn * C;
@@ -534,21 +550,22 @@ void conv1d_causal_forward(T* out, T* pre, const T* x, int64_t ld_x, const T* w,
     D* dout = reinterpret_cast<D*>(out);
     D* dpre = reinterpret_cast<D*>(pre);
     const D* dxin = reinterpret_cast<const D*>(x);
+    const D* dhist = reinterpret_cast<const D*>(hist);
     const D* dw = reinterpret_cast<const D*>(w);
     const D* dbias = reinterpret_cast<const D*>(bias);
     auto s = static_cast<cudaStream_t>(stream);
     if (use_fast_kernels() && K <= kConv1dBackwardMaxK) {
         switch (K) {
-#define MSLM_CONV_CASE(KK)                                                                 \
-    case KK:                                                                               \
-        forward_fast<KK, T>(dout, dpre, dxin, ld_x, dw, dbias, B, Tn, C, silu, s, kernel); \
+#define MSLM_CONV_CASE(KK)                                                                        \
+    case KK:                                                                                      \
+        forward_fast<KK, T>(dout, dpre, dxin, ld_x, dhist, dw, dbias, B, Tn, C, silu, s, kernel); \
         break;
             MSLM_CONV_CASES(MSLM_CONV_CASE)
 #undef MSLM_CONV_CASE
         }
     } else {
         conv_forward_kernel<<<grid_size<T>(total, kernel), kThreads, 0, s>>>(
-            dout, dpre, dxin, ld_x, dw, dbias, Tn, C, int(K), silu, total);
+            dout, dpre, dxin, ld_x, dhist, dw, dbias, Tn, C, int(K), silu, total);
     }
     check_launch<T>(kernel);
 }
@@ -624,6 +641,8 @@ void conv1d_causal_update(T* out, T* state, const int64_t* slots, const T* x, in
 #define MSLM_INSTANTIATE(T)                                                                                  \
     template void conv1d_causal_forward<T>(T*, T*, const T*, int64_t, const T*, const T*, int64_t, int64_t,  \
                                            int64_t, int64_t, bool, void*);                                   \
+    template void conv1d_causal_forward<T>(T*, T*, const T*, int64_t, const T*, const T*, const T*, int64_t, \
+                                           int64_t, int64_t, int64_t, bool, void*);                          \
     template void conv1d_causal_backward<T>(T*, T*, T*, const T*, const T*, int64_t, const T*, const T*,     \
                                             int64_t, int64_t, int64_t, int64_t, bool, void*, size_t, void*); \
     template void conv1d_causal_update<T>(T*, T*, const int64_t*, const T*, int64_t, const T*, const T*,     \

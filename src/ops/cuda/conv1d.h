@@ -18,6 +18,12 @@ namespace mslm::ops::cuda {
 template <typename T>
 void conv1d_causal_forward(T* out, T* pre, const T* x, int64_t ld_x, const T* w, const T* bias, int64_t B,
                            int64_t Tn, int64_t C, int64_t K, bool silu, void* stream = nullptr);
+// The same with the K − 1 inputs before each sequence's start given: hist (B, K − 1, C), oldest
+// first, read where the taps above see zeros (a prompt continuing a decoder's conv window). Each
+// output is the fma chain, in k order, of the forward over [hist | x]'s rows from K − 1 on.
+template <typename T>
+void conv1d_causal_forward(T* out, T* pre, const T* x, int64_t ld_x, const T* hist, const T* w, const T* bias,
+                           int64_t B, int64_t Tn, int64_t C, int64_t K, bool silu, void* stream = nullptr);
 
 // Longest kernel the backward takes (its taps live in registers).
 constexpr int64_t kConv1dBackwardMaxK = 8;
