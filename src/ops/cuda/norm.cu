@@ -108,6 +108,25 @@ __global__ void rms_forward_kernel(T* out, float* rstd, T* res, const T* x, cons
         const T* zn = K == RmsKind::kGated ? z + n * (ld_z - D) : z;
         for (int k = 0; k < G; ++k) {
             const int64_t row = n * D + int64_t(k) * Dg;
+            if (packs <= int(blockDim.x)) {  // a pack a thread: its values stay in registers for pass two
+                const int p = threadIdx.x;
+                const bool on = p < packs;
+                float g[V] = {};
+                if (on) rms_input<K, V>(g, res, x, zn, row + int64_t(p) * V);
+                float ss = 0.0f;
+#pragma unroll
+                for (int e = 0; e < V; ++e) ss += g[e] * g[e];
+                const float r = 1.0f / sqrtf(block_sum(ss, scratch) / float(Dg) + eps);
+                if (threadIdx.x == 0) rstd[n * G + k] = r;
+                if (on) {
+                    float wv[V];
+                    load_f32<V>(wv, w + k * Dg + p * V);
+#pragma unroll
+                    for (int e = 0; e < V; ++e) g[e] = g[e] * r * wv[e];
+                    store_f32<V>(out + row + int64_t(p) * V, g);
+                }
+                continue;
+            }
             float ss = 0.0f;
             for (int p = threadIdx.x; p < packs; p += blockDim.x) {
                 float g[V];
@@ -150,27 +169,11 @@ __global__ void rms_backward_kernel(T* dx, T* dz, float* dw_partial, const T* do
         for (int k = 0; k < G; ++k) {
             const int64_t row = n * D + int64_t(k) * Dg;
             const float r = rstd[n * G + k];
-            float c = 0.0f;  // mean(h·ĝ) · rstd, folded as in the CPU reference
-            if (want_dxz) {
-                float sum = 0.0f;
-                for (int p = threadIdx.x; p < packs; p += blockDim.x) {
-                    const int64_t i = row + int64_t(p) * V;
-                    float h[V], g[V], wv[V];
-                    load_f32<V>(h, dout + i);
-                    rms_input<kGated ? RmsKind::kGated : RmsKind::kPlain, V>(g, static_cast<T*>(nullptr), x, z, i);
-                    load_f32<V>(wv, w + k * Dg + p * V);
-#pragma unroll
-                    for (int e = 0; e < V; ++e) sum += h[e] * wv[e] * g[e];
-                }
-                c = block_sum(sum, scratch) * r * r / float(Dg);
-            }
-            for (int p = threadIdx.x; p < packs; p += blockDim.x) {
+            // Pass two for pack p, from its dout h, x, z (gated) and weights: dw's share, dx and dz.
+            auto finish = [&](int p, float(&h)[V], const float(&xv)[V], const float(&zv)[V],
+                              const float(&wv)[V], float c) {
                 const int64_t i = row + int64_t(p) * V;
                 const int col = k * Dg + p * V;
-                float h[V], xv[V], zv[V], wv[V];
-                load_f32<V>(h, dout + i);
-                load_f32<V>(xv, x + i);
-                if constexpr (kGated) load_f32<V>(zv, z + i);
                 if (want_dw) {
 #pragma unroll
                     for (int e = 0; e < V; ++e) {
@@ -178,8 +181,7 @@ __global__ void rms_backward_kernel(T* dx, T* dz, float* dw_partial, const T* do
                         acc[col + e] += h[e] * g * r;
                     }
                 }
-                if (!want_dxz) continue;
-                load_f32<V>(wv, w + col);
+                if (!want_dxz) return;
                 float dg[V];
                 if constexpr (kGated) {
 #pragma unroll
@@ -208,6 +210,54 @@ __global__ void rms_backward_kernel(T* dx, T* dz, float* dw_partial, const T* do
                     for (int e = 0; e < V; ++e) dxv[e] += dg[e];
                     store_f32<V>(dx + i, dxv);
                 }
+            };
+            if (packs <= int(blockDim.x)) {  // a pack a thread: its loads serve both passes
+                const int p = threadIdx.x;
+                const bool on = p < packs;
+                const int64_t i = row + int64_t(p) * V;
+                float h[V] = {}, xv[V] = {}, zv[V] = {}, wv[V] = {};
+                if (on) {
+                    load_f32<V>(h, dout + i);
+                    load_f32<V>(xv, x + i);
+                    if constexpr (kGated) load_f32<V>(zv, z + i);
+                    if (want_dxz) load_f32<V>(wv, w + k * Dg + p * V);
+                }
+                float c = 0.0f;  // mean(h·ĝ) · rstd, folded as in the CPU reference
+                if (want_dxz) {
+                    float sum = 0.0f;
+#pragma unroll
+                    for (int e = 0; e < V; ++e) {
+                        const float g = kGated ? xv[e] * silu(zv[e]) : xv[e];
+                        sum += h[e] * wv[e] * g;
+                    }
+                    c = block_sum(sum, scratch) * r * r / float(Dg);
+                }
+                if (on) finish(p, h, xv, zv, wv, c);
+                continue;
+            }
+            float c = 0.0f;  // mean(h·ĝ) · rstd, folded as in the CPU reference
+            if (want_dxz) {
+                float sum = 0.0f;
+                for (int p = threadIdx.x; p < packs; p += blockDim.x) {
+                    const int64_t i = row + int64_t(p) * V;
+                    float h[V], g[V], wv[V];
+                    load_f32<V>(h, dout + i);
+                    rms_input<kGated ? RmsKind::kGated : RmsKind::kPlain, V>(g, static_cast<T*>(nullptr), x,
+                                                                             z, i);
+                    load_f32<V>(wv, w + k * Dg + p * V);
+#pragma unroll
+                    for (int e = 0; e < V; ++e) sum += h[e] * wv[e] * g[e];
+                }
+                c = block_sum(sum, scratch) * r * r / float(Dg);
+            }
+            for (int p = threadIdx.x; p < packs; p += blockDim.x) {
+                const int64_t i = row + int64_t(p) * V;
+                float h[V], xv[V], zv[V] = {}, wv[V] = {};
+                load_f32<V>(h, dout + i);
+                load_f32<V>(xv, x + i);
+                if constexpr (kGated) load_f32<V>(zv, z + i);
+                if (want_dxz) load_f32<V>(wv, w + k * Dg + p * V);
+                finish(p, h, xv, zv, wv, c);
             }
         }
     }

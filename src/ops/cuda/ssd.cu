@@ -677,7 +677,9 @@ __global__ void __launch_bounds__(kMmaThreads, 3)
     OutSmem& sm = *reinterpret_cast<OutSmem*>(dyn_smem);
     const int64_t bch = blockIdx.x, h = bch % a.H, c = bch / a.H % a.n_chunks, b = bch / (a.H * a.n_chunks);
     const Chunk ch = chunk_of(a, b, c);
-    const int64_t L = ch.L, t0 = int64_t(blockIdx.y) * kSt;
+    // t tiles from the last: the blocks with the most s tiles start first (grid order is x fastest).
+    const int ty = int(gridDim.y - 1 - blockIdx.y);
+    const int64_t L = ch.L, t0 = int64_t(ty) * kSt;
     if (t0 >= L) return;
     const int rows_t = int(min(L - t0, int64_t(kSt)));
     const int64_t g = h / a.heads_per_group, bh = b * a.H + h;
@@ -698,7 +700,7 @@ __global__ void __launch_bounds__(kMmaThreads, 3)
         sm.dt_c[s] = dtv[s];
     }
     // (visible after the first step's barrier)
-    const int n_n = int(mma_tiles(a.N)), n_it = n_n + int(blockIdx.y) + 1;
+    const int n_n = int(mma_tiles(a.N)), n_it = n_n + ty + 1;
     for (int64_t p0 = 0; p0 < a.P; p0 += kSt) {
         const int cols_p = int(a.P - p0);
         // Step it's copies: the n tile it of C·S_inᵀ (it < n_n), else the s tile it − n_n.
@@ -823,8 +825,10 @@ __global__ void __launch_bounds__(kMmaThreads, 4)
     OutRegSmem& sm = *reinterpret_cast<OutRegSmem*>(dyn_smem);
     const int64_t bch = blockIdx.x, h = bch % a.H, c = bch / a.H % a.n_chunks, b = bch / (a.H * a.n_chunks);
     const Chunk ch = chunk_of(a, b, c);
+    // t tiles from the last: the blocks with the most s tiles start first (grid order is x fastest).
+    const int ty = int(gridDim.y - 1 - blockIdx.y);
     // Chunk-local positions fit in int (Q ≤ kMaxChunk).
-    const int L = int(ch.L), t0 = int(blockIdx.y) * kSt, Q = int(a.Q);
+    const int L = int(ch.L), t0 = ty * kSt, Q = int(a.Q);
     if (t0 >= L) return;
     const int rows_t = min(L - t0, kSt);
     const int64_t g = h / a.heads_per_group, bh = b * a.H + h;
@@ -846,7 +850,7 @@ __global__ void __launch_bounds__(kMmaThreads, 4)
         if (kFactored && s < t0) sm.w_c[s] = exp_diff(cum[s / kSt * kSt + kSt - 1], cum[s]) * dtv[s];
     }
     // (visible after the first step's barrier)
-    const int n_n = int(mma_tiles(a.N)), n_s = int(blockIdx.y) + 1, n_it = n_n + n_s;
+    const int n_n = int(mma_tiles(a.N)), n_s = ty + 1, n_it = n_n + n_s;
 
     // This thread's C·Bᵀ values of s tile j: fragment register r of 16-deep slice kk holds row
     // 16·warp + grp + 8·(r % 2), columns s0 + 16·kk + 2·quad + 8·(r / 2) and the next one.
