@@ -1076,23 +1076,22 @@ void mamba2_backward(const Ctx& c, CudaHybridLM::Impl::Layer& L, bf16* dx, const
     const int64_t W = 2 * Din + 2 * GS + c.cfg.mamba_n_heads();
     auto& s = c.m.scratch;
     bf16 *g_yn = s[0], *g_y = s[1], *g_z = s[2], *g_xbc = s[3], *g_zxbcdt = s[4];
-    for (auto [p, n] : std::initializer_list<std::pair<bf16*, int64_t>>{
-             {g_y, N * Din}, {g_z, N * Din}, {g_xbc, N * C}, {g_zxbcdt, N * W}})
-        zero(p, sizeof(bf16) * n);
-    c.mark("mamba zero bwd", KernelFamily::Elementwise);
+    // Each activation gradient below has one writer, which overwrites it: no buffer is zeroed first.
+    // g_zxbcdt's columns: z (the copy), xBC (the conv's dx), dt (the SSD's ddt).
     linear_backward(c, g_yn, L.out_w, L.out_b, dout, L.yn, N, Din, D, Dx::Overwrite);
     c.mark("mamba proj bwd", KernelFamily::Gemm);
     kc::gated_rmsnorm_backward(g_y, g_z, L.gnorm_w.g, c.m.ws, g_yn, L.y, L.z, L.gnorm_w.w, L.g_rstd, N, Din,
-                               c.cfg.mamba_norm_groups());
+                               c.cfg.mamba_norm_groups(), nullptr, kc::GradStore::Overwrite);
     c.mark("mamba gate bwd", KernelFamily::Norm);
     copy_cols(g_zxbcdt, W, g_z, Din, N, Din);  // z's columns receive nothing else
     c.mark("mamba gate bwd", KernelFamily::Elementwise);
     const kc::SsdGrads<bf16> grads{g_xbc,       g_zxbcdt + Din + C, L.dt_bias.g, L.A_log.g,
-                                   g_xbc + Din, g_xbc + Din + GS,   L.D.g};
+                                   g_xbc + Din, g_xbc + Din + GS,   L.D.g,       true};
     kc::ssd_backward(grads, g_y, ssd_inputs(c, L), nullptr, L.states, ssd_dims(c), c.m.ws);
     c.mark("mamba ssd bwd", KernelFamily::Ssd);
     kc::conv1d_causal_backward(g_zxbcdt + Din, L.conv_w.g, L.conv_b.g, g_xbc, L.zxbcdt + Din, W, L.conv_w.w,
-                               L.conv_b.w, c.B, c.T, C, c.cfg.mamba.d_conv, true, c.m.ws, c.m.ws_bytes);
+                               L.conv_b.w, c.B, c.T, C, c.cfg.mamba.d_conv, true, c.m.ws, c.m.ws_bytes,
+                               nullptr, kc::GradStore::Overwrite);
     c.mark("mamba conv bwd", KernelFamily::Conv);
     linear_backward(c, dx, L.in_w, L.in_b, g_zxbcdt, L.ln1, N, D, W, Dx::Overwrite);
     c.mark("mamba proj bwd", KernelFamily::Gemm);

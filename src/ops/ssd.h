@@ -32,6 +32,10 @@ struct SsdInputs {
 template <typename T>
 struct SsdGrads {
     T* dx; T* ddt; T* ddt_bias; T* dA_log; T* dB; T* dC; T* dD;
+    // false: every gradient is added to what its buffer holds. true: dx, ddt, dB and dC (activation
+    // gradients, laid out as x, dt, B and C) are written instead, so their buffers need no zeroing
+    // first; the parameter gradients (ddt_bias, dA_log, dD) are still added to.
+    bool overwrite = false;
 };
 
 // y (B, T, H, P) contiguous; h0 / h_last (B, H, P, N) or null; h_last may be h0 (the state

@@ -510,6 +510,44 @@ TYPED_TEST(CudaConv1d, HistoryIsTheConcatenatedForward) {
 #endif
 }
 
+// dx with GradStore::Overwrite over junk: the bits of the default += on a zeroed dx, on the fast and
+// the one-element kernels; dw and dbias unchanged.
+TYPED_TEST(CudaConv1d, BackwardOverwriteIsAddToZeros) {
+#ifdef MSLM_HAVE_CUDA
+    using T = TypeParam;
+    Rng rng(29);
+    for (const ConvCase& c : conv_fast_path_cases()) {
+        SCOPED_TRACE(c.name());
+        ConvData<T> d(c, rng);
+        const int64_t n = c.B * c.T * c.C;
+        const auto dout = random_values<T>(rng, n, -1.0, 1.0);
+        const auto junk = random_values<T>(rng, c.B * c.T * c.ld_x, -1.0, 1.0);
+        DeviceBuffer<T> x(d.x, c.offset), w(d.w), bias(d.bias), g_out(dout);
+        const T* bias_p = c.bias ? bias.get() : nullptr;
+        const size_t ws_bytes = ops::cuda::conv1d_causal_backward_workspace_bytes(c.B, c.T, c.C, c.K);
+        DeviceBuffer<float> ws(ws_bytes / sizeof(float));
+        for (const char* fast : {"0", "1"}) {
+            ScopedConvFast scoped(fast);
+            std::vector<T> got[2][3];
+            for (int ow = 0; ow < 2; ++ow) {
+                std::vector<T> start = ow ? junk : std::vector<T>(junk.size());
+                for (int64_t r = 0; r < c.B * c.T; ++r)  // the columns past C keep junk's bits in both runs
+                    for (int64_t ch = c.C; ch < c.ld_x; ++ch) start[r * c.ld_x + ch] = junk[r * c.ld_x + ch];
+                DeviceBuffer<T> g_x(start, c.offset), g_w(c.C * c.K), g_b(c.C);
+                ops::cuda::conv1d_causal_backward(
+                    g_x.get(), g_w.get(), g_b.get(), g_out.get(), x.get(), c.ld_x, w.get(), bias_p, c.B, c.T,
+                    c.C, c.K, c.silu, ws.get(), ws_bytes, nullptr,
+                    ow ? ops::cuda::GradStore::Overwrite : ops::cuda::GradStore::Add);
+                got[ow][0] = g_x.download(), got[ow][1] = g_w.download(), got[ow][2] = g_b.download();
+            }
+            EXPECT_TRUE(all_equal(got[1][0], got[0][0])) << "dx, MSLM_CONV_FAST=" << fast;
+            EXPECT_EQ(got[1][1], got[0][1]) << "dw";
+            EXPECT_EQ(got[1][2], got[0][2]) << "dbias";
+        }
+    }
+#endif
+}
+
 TYPED_TEST(CudaConv1d, ChecksArguments) {
 #ifdef MSLM_HAVE_CUDA
     using T = TypeParam;

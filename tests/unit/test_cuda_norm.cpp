@@ -506,6 +506,43 @@ TYPED_TEST(CudaGatedNorm, BackwardAccumulates) {
 #endif
 }
 
+// GradStore::Overwrite: dx and dz written over whatever the buffers hold, bit for bit what the
+// default += gives on zeroed buffers; dw still adds.
+TYPED_TEST(CudaGatedNorm, BackwardOverwriteIsAddToZeros) {
+#ifdef MSLM_HAVE_CUDA
+    using T = TypeParam;
+    Rng rng(13);
+    for (const auto& shape : kGatedShapes) {
+        const int64_t N = shape[0], D = shape[1], G = shape[2];
+        SCOPED_TRACE(where(N, D, G, 0));
+        const auto x = random_values<T>(rng, N * D, -2.0, 2.0);
+        const auto z = random_values<T>(rng, N * D, -6.0, 6.0);
+        const auto w = random_values<T>(rng, D, -1.5, 1.5);
+        const auto dout = random_values<T>(rng, N * D, -1.0, 1.0);
+        const auto junk = random_values<T>(rng, N * D, -1.0, 1.0);
+        const auto dw0 = random_values<T>(rng, D, -1.0, 1.0);
+        std::vector<float> rstd(N * G);
+        for (float& r : rstd) r = float(rng.uniform(0.5, 2.0));
+        DeviceBuffer<T> d_x(x), d_z(z), d_w(w), d_dout(dout);
+        DeviceBuffer<float> d_rstd(rstd);
+        DeviceBytes workspace(ops::cuda::norm_backward_workspace_bytes(N, D));
+        std::vector<T> got[2][3];  // [overwrite][dx, dz, dw]
+        for (int ow = 0; ow < 2; ++ow) {
+            DeviceBuffer<T> d_dx(ow ? junk : std::vector<T>(N * D)), d_dz(ow ? junk : std::vector<T>(N * D)),
+                d_dw(dw0);
+            ops::cuda::gated_rmsnorm_backward(
+                d_dx.get(), d_dz.get(), d_dw.get(), workspace.get(), d_dout.get(), d_x.get(), d_z.get(),
+                d_w.get(), d_rstd.get(), N, D, G, nullptr,
+                ow ? ops::cuda::GradStore::Overwrite : ops::cuda::GradStore::Add);
+            got[ow][0] = d_dx.download(), got[ow][1] = d_dz.download(), got[ow][2] = d_dw.download();
+        }
+        EXPECT_EQ(got[1][0], got[0][0]) << "dx";
+        EXPECT_EQ(got[1][1], got[0][1]) << "dz";
+        EXPECT_EQ(got[1][2], got[0][2]) << "dw";
+    }
+#endif
+}
+
 // Shape checks run on the host before any launch, so this needs no GPU.
 TEST(CudaNormShapes, ErrorsEmptyAndWorkspace) {
 #ifndef MSLM_HAVE_CUDA

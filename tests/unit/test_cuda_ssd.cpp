@@ -563,6 +563,58 @@ TEST(CudaSsdOutput, RegisterScoresGiveTheStagedKernelsBits) {
 #endif
 }
 
+// SsdGrads::overwrite: dx, ddt, dB and dC written over junk, bit for bit what the default += gives on
+// zeroed buffers (the tensor-core kernels skip the old values; the fp32 kernels add to a zeroed
+// buffer); the parameter gradients still add. Tensor cores and MSLM_SSD_TC=0, both tables' shapes.
+TYPED_TEST(CudaSsd, BackwardOverwriteIsAddToZeros) {
+#ifdef MSLM_HAVE_CUDA
+    using T = TypeParam;
+    std::vector<Case> cases(std::begin(kCases), std::end(kCases));
+    cases.insert(cases.end(), std::begin(kTileCases), std::end(kTileCases));
+    for (const char* tc : {"1", "0"}) {
+        ScopedTcSwitch scoped{std::string(tc)};
+        uint64_t seed = 980;
+        for (const Case& c : cases) {
+            SCOPED_TRACE(describe(c) + " MSLM_SSD_TC=" + tc);
+            const Data<T> d = make_data<T>(c, seed++);
+            Rng rng(seed * 11);
+            const std::vector<T> dy = random_values<T>(rng, c.B * c.T * c.H * c.P);
+            DeviceData<T> dev(d);
+            DeviceBuffer<T> d_dy(dy);
+            // Gradient buffers shaped as the inputs, junk to start with.
+            const std::vector<T> jx = random_values<T>(rng, d.x.size()),
+                                 jdt = random_values<T>(rng, d.dt.size()),
+                                 jB = random_values<T>(rng, d.Bm.size()),
+                                 jC = random_values<T>(rng, d.Cm.size());
+            const std::vector<T> gbias = random_values<T>(rng, d.dt_bias.size()),
+                                 gA = random_values<T>(rng, d.A_log.size()),
+                                 gD = random_values<T>(rng, d.D.size());
+            std::vector<std::vector<T>> got[2];
+            for (int ow = 0; ow < 2; ++ow) {
+                // Add: zeros in the gradient's own columns; Overwrite: junk there. Elsewhere junk in both.
+                auto start = [&](const std::vector<T>& j, int64_t ld, int64_t width) {
+                    std::vector<T> v = j;
+                    if (!ow)
+                        for (size_t r = 0; r * ld < v.size(); ++r)
+                            for (int64_t k = 0; k < width; ++k) v[r * ld + k] = T{};
+                    return v;
+                };
+                DeviceBuffer<T> a(start(jx, d.ld_x, c.H * c.P)), b(start(jdt, d.ld_dt, c.H)), e(gbias), f(gA),
+                    g(start(jB, d.ld_B, c.G * c.N)), h(start(jC, d.ld_C, c.G * c.N)), k(gD);
+                ops::SsdGrads<T> grads{or_null(a), or_null(b), or_null(e), or_null(f),
+                                       or_null(g), or_null(h), or_null(k)};
+                grads.overwrite = ow == 1;
+                ops::cuda::ssd_backward(grads, d_dy.get(), dev.inputs(), or_null(dev.h0), nullptr, d.dims);
+                got[ow] = {a.download(), b.download(), e.download(), f.download(),
+                           g.download(), h.download(), k.download()};
+            }
+            for (size_t i = 0; i < got[0].size(); ++i)
+                EXPECT_TRUE(same_bits(got[1][i], got[0][i])) << "gradient " << i;
+        }
+    }
+#endif
+}
+
 #ifdef MSLM_HAVE_CUDA
 // The inputs of one recurrent step: row i is token t of sequence i of d.
 template <typename T>

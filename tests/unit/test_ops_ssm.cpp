@@ -814,6 +814,38 @@ TEST(SsdBackward, MatchesFiniteDifferences) {
     }
 }
 
+// SsdGrads::overwrite: dx, ddt, dB, dC written over junk (the bits of += on zeros); the parameter
+// gradients still added to.
+TEST(SsdBackward, OverwriteIsAddToZeros) {
+    SsdCase c{2, 13, 4, 3, 2, 4, 4, 1, true, true, true};
+    const SsdData<double> d = make_ssd(c, 38);
+    Rng rng(39);
+    const std::vector<double> probe = random_vector(rng, d.y_size());
+    std::vector<double> all[2];
+    for (int ow = 0; ow < 2; ++ow) {
+        SsdData<double> g = d;
+        Rng junk(40);
+        for (auto* v : g.fields())
+            for (double& e : *v) e = junk.uniform(-1.0, 1.0);
+        if (!ow) {  // zeros in the gradients' own columns (the padding past them keeps the junk)
+            const int64_t H = c.H, rows = c.B * c.T;
+            const int64_t GN = g.dims.n_groups * g.dims.d_state, HP = H * g.dims.head_dim;
+            const struct {
+                std::vector<double>* v;
+                int64_t ld, width;
+            } blocks[] = {{&g.x, g.ld_x, HP}, {&g.dt, g.ld_dt, H}, {&g.Bm, g.ld_B, GN}, {&g.Cm, g.ld_C, GN}};
+            for (const auto& blk : blocks)
+                for (int64_t r = 0; r < rows; ++r) std::fill_n(blk.v->begin() + r * blk.ld, blk.width, 0.0);
+        }
+        SsdGrads<double> grads{g.x.data(),  g.dt.data(), g.dt_bias.data(), g.A_log.data(),
+                               g.Bm.data(), g.Cm.data(), g.D.data()};
+        grads.overwrite = ow == 1;
+        ssd_backward<double>(grads, probe.data(), d.inputs(), opt(d.h0), g.dims);
+        for (auto* v : g.fields()) all[ow].insert(all[ow].end(), v->begin(), v->end());
+    }
+    EXPECT_EQ(all[1], all[0]);
+}
+
 // The backward's chunking is an implementation choice: gradients must not depend on it.
 TEST(SsdBackward, IndependentOfChunkSize) {
     SsdCase c{2, 13, 4, 3, 2, 4, 4, 1, true, true, true};

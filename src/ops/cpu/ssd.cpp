@@ -427,6 +427,16 @@ void ssd_backward(const SsdGrads<T>& grads, const T* dy, const SsdInputs<T>& in,
     const int64_t ld_y = H * P;
     const bool need_dD = grads.dD != nullptr && in.D != nullptr;
     const bool need_dbias = grads.ddt_bias != nullptr && in.dt_bias != nullptr;
+    if (grads.overwrite) {  // the activation gradients are written: start them at zero, then add
+        auto zero_rows = [&](T* p, int64_t ld, int64_t width) {
+            if (p)
+                for (int64_t r = 0; r < Bn * Tn; ++r) std::fill_n(p + r * ld, width, T(0));
+        };
+        zero_rows(grads.dx, in.ld_x, H * P);
+        zero_rows(grads.ddt, in.ld_dt, H);
+        zero_rows(grads.dB, in.ld_B, G * N);
+        zero_rows(grads.dC, in.ld_C, G * N);
+    }
 
     // Partial sums reduced after the parallel part, in a fixed order.
     std::vector<T> part_dB(grads.dB ? Bn * G * n_sets * Tn * N : 0);  // (B, G, sets, T, N)

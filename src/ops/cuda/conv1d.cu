@@ -330,7 +330,8 @@ __global__ void __launch_bounds__(kFastThreads, min_blocks(K))
 template <int K, int V, typename D>
 __global__ void __launch_bounds__(kFastThreads, min_blocks(K))
     conv_backward_run_kernel(D* dx, float* part, const D* dout, const D* x, int64_t ld_x, const D* w,
-                             const D* bias, int64_t Tn, int64_t C, bool silu_in, int64_t chunks) {
+                             const D* bias, int64_t Tn, int64_t C, bool silu_in, int64_t chunks,
+                             bool dx_overwrite) {
     using P = Pack<D, V>;
     constexpr int kTile = 32 * V;  // channels per block
     __shared__ float red[kRunsPerBlock][K + 1][kTile];
@@ -364,7 +365,8 @@ __global__ void __launch_bounds__(kFastThreads, min_blocks(K))
                 const bool in = t < t_in;
                 xs[u] = in ? load<V>(x + xb + t * ld_x) : zero_pack<D, V>();
                 gs[u] = in ? load<V>(dout + gb + t * C) : zero_pack<D, V>();
-                dxs[u] = dx && s >= r.t0 && t < t_end ? load<V>(dx + xb + s * ld_x) : zero_pack<D, V>();
+                dxs[u] = dx && !dx_overwrite && s >= r.t0 && t < t_end ? load<V>(dx + xb + s * ld_x)
+                                                                       : zero_pack<D, V>();
             }
 #pragma unroll
             for (int u = 0; u < kGroup; ++u) {
@@ -503,15 +505,16 @@ void forward_fast(D* out, D* pre, const D* x, int64_t ld_x, const D* hist, const
 
 template <int K, typename T, typename D>
 void backward_fast(D* dx, float* part, const D* dout, const D* x, int64_t ld_x, const D* w, const D* bias,
-                   int64_t B, int64_t Tn, int64_t C, bool silu_in, cudaStream_t s, const char* kernel) {
+                   int64_t B, int64_t Tn, int64_t C, bool silu_in, bool dx_overwrite, cudaStream_t s,
+                   const char* kernel) {
     constexpr int V = backward_vec<D>();
     const dim3 block(32, kRunsPerBlock);
     if (packs_fit<D>(V, {dx, dout, x}, {ld_x, C})) {
         conv_backward_run_kernel<K, V><<<fast_grid<T>(B, Tn, C, V, kernel), block, 0, s>>>(
-            dx, part, dout, x, ld_x, w, bias, Tn, C, silu_in, n_fast_chunks(Tn));
+            dx, part, dout, x, ld_x, w, bias, Tn, C, silu_in, n_fast_chunks(Tn), dx_overwrite);
     } else {
         conv_backward_run_kernel<K, 1><<<fast_grid<T>(B, Tn, C, 1, kernel), block, 0, s>>>(
-            dx, part, dout, x, ld_x, w, bias, Tn, C, silu_in, n_fast_chunks(Tn));
+            dx, part, dout, x, ld_x, w, bias, Tn, C, silu_in, n_fast_chunks(Tn), dx_overwrite);
     }
 }
 
@@ -573,7 +576,7 @@ void conv1d_causal_forward(T* out, T* pre, const T* x, int64_t ld_x, const T* hi
 template <typename T>
 void conv1d_causal_backward(T* dx, T* dw, T* dbias, const T* dout, const T* x, int64_t ld_x, const T* w,
                             const T* bias, int64_t B, int64_t Tn, int64_t C, int64_t K, bool silu,
-                            void* workspace, size_t workspace_bytes, void* stream) {
+                            void* workspace, size_t workspace_bytes, void* stream, GradStore dx_store) {
     const char* kernel = "conv1d_causal_backward";
     check_shape(kernel, B, Tn, C, K, ld_x);
     MSLM_CHECK(K <= kConv1dBackwardMaxK, "CUDA kernel {}: kernel size {} above {}", kernel, K,
@@ -593,15 +596,20 @@ void conv1d_causal_backward(T* dx, T* dw, T* dbias, const T* dout, const T* x, i
     const D* dbias_in = reinterpret_cast<const D*>(bias);
     auto s = static_cast<cudaStream_t>(stream);
     const bool fast = use_fast_kernels();
+    const bool overwrite = dx && dx_store == GradStore::Overwrite;
+    if (overwrite && !fast)  // the one-element kernels add to zeros
+        check_cuda<T>(cudaMemset2DAsync(dx, sizeof(T) * ld_x, 0, sizeof(T) * C, B * Tn, s),
+                      "cudaMemset2DAsync", kernel);
     switch (K) {
-#define MSLM_CONV_CASE(KK)                                                                                  \
-    case KK:                                                                                                \
-        if (fast) {                                                                                         \
-            backward_fast<KK, T>(ddx, part, ddout, dxin, ld_x, dw_in, dbias_in, B, Tn, C, silu, s, kernel); \
-        } else {                                                                                            \
-            launch_backward<KK, T>(ddx, part, ddout, dxin, ld_x, dw_in, dbias_in, B, Tn, C, silu, s,        \
-                                   kernel);                                                                 \
-        }                                                                                                   \
+#define MSLM_CONV_CASE(KK)                                                                                 \
+    case KK:                                                                                               \
+        if (fast) {                                                                                        \
+            backward_fast<KK, T>(ddx, part, ddout, dxin, ld_x, dw_in, dbias_in, B, Tn, C, silu, overwrite, \
+                                 s, kernel);                                                               \
+        } else {                                                                                           \
+            launch_backward<KK, T>(ddx, part, ddout, dxin, ld_x, dw_in, dbias_in, B, Tn, C, silu, s,       \
+                                   kernel);                                                                \
+        }                                                                                                  \
         break;
         MSLM_CONV_CASES(MSLM_CONV_CASE)
 #undef MSLM_CONV_CASE
@@ -644,7 +652,8 @@ void conv1d_causal_update(T* out, T* state, const int64_t* slots, const T* x, in
     template void conv1d_causal_forward<T>(T*, T*, const T*, int64_t, const T*, const T*, const T*, int64_t, \
                                            int64_t, int64_t, int64_t, bool, void*);                          \
     template void conv1d_causal_backward<T>(T*, T*, T*, const T*, const T*, int64_t, const T*, const T*,     \
-                                            int64_t, int64_t, int64_t, int64_t, bool, void*, size_t, void*); \
+                                            int64_t, int64_t, int64_t, int64_t, bool, void*, size_t, void*,  \
+                                            GradStore);                                                      \
     template void conv1d_causal_update<T>(T*, T*, const int64_t*, const T*, int64_t, const T*, const T*,     \
                                           int64_t, int64_t, int64_t, bool, void*);
 MSLM_INSTANTIATE(float)

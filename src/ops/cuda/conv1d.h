@@ -10,6 +10,8 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "ops/cuda/grad_store.h"
+
 namespace mslm::ops::cuda {
 
 // out (B, T, C) = bias + Σ_k w[c, k] · x[b, t − (K − 1) + k, c], then SiLU when `silu`; x (B, T, C)
@@ -33,13 +35,14 @@ constexpr int64_t kConv1dBackwardMaxK = 8;
 // Sized for both kernel sets (64-token chunks; the fast kernels use 128, MSLM_CONV_FAST=0 the old).
 size_t conv1d_causal_backward_workspace_bytes(int64_t B, int64_t Tn, int64_t C, int64_t K);
 
-// dx (row stride ld_x) += , dw (C, K) += , dbias (C) += ; any of them may be null. The workspace
-// (conv1d_causal_backward_workspace_bytes, any alignment of 4) is needed only when dw or dbias is
-// given. 1 ≤ K ≤ kConv1dBackwardMaxK.
+// dx (row stride ld_x) += (or, with dx_store Overwrite, =), dw (C, K) += , dbias (C) += ; any of
+// them may be null. The workspace (conv1d_causal_backward_workspace_bytes, any alignment of 4) is
+// needed only when dw or dbias is given. 1 ≤ K ≤ kConv1dBackwardMaxK.
 template <typename T>
 void conv1d_causal_backward(T* dx, T* dw, T* dbias, const T* dout, const T* x, int64_t ld_x, const T* w,
                             const T* bias, int64_t B, int64_t Tn, int64_t C, int64_t K, bool silu,
-                            void* workspace, size_t workspace_bytes, void* stream = nullptr);
+                            void* workspace, size_t workspace_bytes, void* stream = nullptr,
+                            GradStore dx_store = GradStore::Add);
 
 // One decode step for k sequences: state (S, K − 1, C) holds each slot's last K − 1 inputs, oldest
 // first; row i of x (k, C, row stride ld_x) is the next input of slot slots[i] (distinct). out (k, C)

@@ -157,7 +157,7 @@ __global__ void rms_forward_kernel(T* out, float* rstd, T* res, const T* x, cons
 
 template <bool kGated, int V, typename T>
 __global__ void rms_backward_kernel(T* dx, T* dz, float* dw_partial, const T* dout, const T* x, const T* z,
-                                    const T* w, const float* rstd, int64_t N, int D, int G) {
+                                    const T* w, const float* rstd, int64_t N, int D, int G, bool overwrite) {
     extern __shared__ float acc[];  // (D): this block's Σ_n dout·ĝ, when dw_partial
     __shared__ float scratch[32];
     const int Dg = D / G, packs = Dg / V;
@@ -192,9 +192,9 @@ __global__ void rms_backward_kernel(T* dx, T* dz, float* dw_partial, const T* do
                         h[e] = dg[e] * xv[e] * sp.s * (1.0f + zv[e] * sp.c);  // dz's term, reusing h
                         dg[e] *= silu_z;                                         // dx's term
                     }
-                    if (dz) {
-                        float dzv[V];
-                        load_f32<V>(dzv, dz + i);
+                    if (dz) {  // (overwritten: added to zeros, the bits of a zeroed buffer's sum)
+                        float dzv[V] = {};
+                        if (!overwrite) load_f32<V>(dzv, dz + i);
 #pragma unroll
                         for (int e = 0; e < V; ++e) dzv[e] += h[e];
                         store_f32<V>(dz + i, dzv);
@@ -204,8 +204,8 @@ __global__ void rms_backward_kernel(T* dx, T* dz, float* dw_partial, const T* do
                     for (int e = 0; e < V; ++e) dg[e] = r * (h[e] * wv[e] - xv[e] * c);
                 }
                 if (dx) {
-                    float dxv[V];
-                    load_f32<V>(dxv, dx + i);
+                    float dxv[V] = {};
+                    if (!overwrite) load_f32<V>(dxv, dx + i);
 #pragma unroll
                     for (int e = 0; e < V; ++e) dxv[e] += dg[e];
                     store_f32<V>(dx + i, dxv);
@@ -433,7 +433,8 @@ void launch_rms_forward(const char* kernel, T* out, float* rstd, T* res, const T
 template <bool kGated, typename T>
 void launch_rms_backward(const char* kernel, T* dx, T* dz, T* dw, void* workspace, const T* dout, const T* x,
                          const T* z, const T* w, const float* rstd, int64_t N, int64_t D, int64_t G,
-                         void* stream) {
+                         void* stream, GradStore store = GradStore::Add) {
+    const bool overwrite = store == GradStore::Overwrite;
     check_shape(kernel, N, D, G);
     if (N == 0 || D == 0 || (!dx && !dz && !dw)) return;
     MSLM_CHECK(!dw || workspace, "CUDA kernel {}: dw needs a workspace", kernel);
@@ -450,12 +451,12 @@ void launch_rms_backward(const char* kernel, T* dx, T* dz, T* dw, void* workspac
          zd = reinterpret_cast<const Dev*>(z), wd = reinterpret_cast<const Dev*>(w);
     if (vec) {
         allow_shared<T>(rms_backward_kernel<kGated, V, Dev>, shared, kernel);
-        rms_backward_kernel<kGated, V>
-            <<<unsigned(P), threads, shared, s>>>(dxd, dzd, partial, g, xd, zd, wd, rstd, N, int(D), int(G));
+        rms_backward_kernel<kGated, V><<<unsigned(P), threads, shared, s>>>(
+            dxd, dzd, partial, g, xd, zd, wd, rstd, N, int(D), int(G), overwrite);
     } else {
         allow_shared<T>(rms_backward_kernel<kGated, 1, Dev>, shared, kernel);
-        rms_backward_kernel<kGated, 1>
-            <<<unsigned(P), threads, shared, s>>>(dxd, dzd, partial, g, xd, zd, wd, rstd, N, int(D), int(G));
+        rms_backward_kernel<kGated, 1><<<unsigned(P), threads, shared, s>>>(
+            dxd, dzd, partial, g, xd, zd, wd, rstd, N, int(D), int(G), overwrite);
     }
     check_launch<T>(kernel);
     if (dw) launch_column_sum(dw, partial, P, D, s);
@@ -505,9 +506,10 @@ void rmsnorm_backward(T* dx, T* dw, void* workspace, const T* dout, const T* x, 
 
 template <typename T>
 void gated_rmsnorm_backward(T* dx, T* dz, T* dw, void* workspace, const T* dout, const T* x, const T* z,
-                            const T* w, const float* rstd, int64_t N, int64_t D, int64_t G, void* stream) {
+                            const T* w, const float* rstd, int64_t N, int64_t D, int64_t G, void* stream,
+                            GradStore store) {
     launch_rms_backward<true>("gated_rmsnorm_backward", dx, dz, dw, workspace, dout, x, z, w, rstd, N, D, G,
-                              stream);
+                              stream, store);
 }
 
 template <typename T>
@@ -581,7 +583,7 @@ void layernorm_backward(T* dx, T* dw, T* db, void* workspace, const T* dout, con
     template void gated_rmsnorm_forward_strided_z<T>(T*, float*, const T*, const T*, int64_t, const T*,    \
                                                      int64_t, int64_t, int64_t, float, void*);             \
     template void gated_rmsnorm_backward<T>(T*, T*, T*, void*, const T*, const T*, const T*, const T*,     \
-                                            const float*, int64_t, int64_t, int64_t, void*);
+                                            const float*, int64_t, int64_t, int64_t, void*, GradStore);
 MSLM_INSTANTIATE(float)
 MSLM_INSTANTIATE(uint16_t)
 #undef MSLM_INSTANTIATE

@@ -17,6 +17,8 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "ops/cuda/grad_store.h"
+
 namespace mslm::ops::cuda {
 
 // Bytes of GPU memory `workspace` must hold for any of the backward passes below with these N and
@@ -67,10 +69,11 @@ void gated_rmsnorm_forward_strided_z(T* out, float* rstd, const T* x, const T* z
                                      int64_t N, int64_t D, int64_t G, float eps, void* stream = nullptr);
 
 // Per group, with ĝ = g·rstd and h = dout·w: dg = rstd · (h − ĝ · mean(h·ĝ)), dx += dg · silu(z),
-// dz += dg · x · silu'(z), dw += Σ_n dout·ĝ. g is recomputed from x and z.
+// dz += dg · x · silu'(z), dw += Σ_n dout·ĝ. g is recomputed from x and z. store Overwrite: dx and dz
+// get the bits a zeroed buffer's += gives, without the zeroing (dw still adds).
 template <typename T>
 void gated_rmsnorm_backward(T* dx, T* dz, T* dw, void* workspace, const T* dout, const T* x, const T* z,
                             const T* w, const float* rstd, int64_t N, int64_t D, int64_t G,
-                            void* stream = nullptr);
+                            void* stream = nullptr, GradStore store = GradStore::Add);
 
 }  // namespace mslm::ops::cuda

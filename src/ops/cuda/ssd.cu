@@ -178,6 +178,7 @@ struct Args {
     int64_t batch, seqlen, H, P, G, N, Q, n_chunks, heads_per_group;
     const float* dtv;   // (B, H, T)
     const double* cum;  // (B, H, T)
+    bool overwrite;     // the backward's tensor-core kernels write dx, ddt, dB, dC (SsdGrads::overwrite)
 };
 
 template <typename S>
@@ -1447,7 +1448,7 @@ __device__ void finish_backward_head_tc(const Args<T>& a, const Chunk& ch, int64
         dA_acc += da * dtv[t];
         const int64_t at = (ch.row0 + t) * a.ld_dt + h;
         const float draw = ddtv * dt_grad(to_f32(a.dt[at]) + bias, a.dt_min, a.dt_max);
-        if (ddt) ddt[at] = from_f32<T>(to_f32(ddt[at]) + draw);
+        if (ddt) ddt[at] = from_f32<T>((a.overwrite ? 0.0f : to_f32(ddt[at])) + draw);
         dbias_acc += draw;
     }
     dA_acc = warp_sum(dA_acc);
@@ -1804,7 +1805,7 @@ __global__ void __launch_bounds__(kMmaThreads, 3)
 #pragma unroll
                 for (int odd = 0; odd < 2; ++odd) {
                     const int pl = 8 * j + 2 * quad + odd;
-                    old[j][odd] = dxrow && in_s && pl < cols_p ? to_f32(dxrow[pl]) : 0.0f;
+                    old[j][odd] = !a.overwrite && dxrow && in_s && pl < cols_p ? to_f32(dxrow[pl]) : 0.0f;
                 }
 #pragma unroll
             for (int j = 0; j < 8; ++j)
@@ -2077,7 +2078,7 @@ __global__ void __launch_bounds__(kMmaThreads, 3)
 #pragma unroll
                 for (int odd = 0; odd < 2; ++odd) {
                     const int64_t n = n0 + 16 * warp + 8 * jn + 2 * quad + odd;
-                    old[jn][odd] = n < a.N ? to_f32(row[n]) : 0.0f;
+                    old[jn][odd] = !a.overwrite && n < a.N ? to_f32(row[n]) : 0.0f;
                 }
 #pragma unroll
             for (int jn = 0; jn < 2; ++jn)
@@ -2560,9 +2561,24 @@ void ssd_backward(const SsdGrads<S>& grads, const S* dy, const SsdInputs<S>& in,
     Scratch<S> scratch(workspace, bytes, s, "ssd_backward");
     Workspace ws{};
     layout(p, true, scratch.get(), &ws);
-    const auto a = make_args(in, p, ws);
+    auto a = make_args(in, p, ws);
     const bool tc = use_tensor_cores<S>();
     StageTimes times("ssd_backward", dtype_label<S>(), tc, s);
+    // Overwritten activation gradients: the tensor-core kernels skip the old values; the fp32
+    // kernels add to zeros.
+    a.overwrite = grads.overwrite && tc;
+    if (grads.overwrite && !tc) {
+        const int64_t rows = p.batch * p.seqlen;
+        auto zero_rows = [&](S* ptr, int64_t ld, int64_t width) {
+            if (ptr && rows > 0)
+                check_cuda<S>(cudaMemset2DAsync(ptr, sizeof(S) * ld, 0, sizeof(S) * width, rows, s),
+                              "cudaMemset2DAsync", "ssd_backward");
+        };
+        zero_rows(grads.dx, in.ld_x, p.H * p.P);
+        zero_rows(grads.ddt, in.ld_dt, p.H);
+        zero_rows(grads.dB, in.ld_B, p.G * p.N);
+        zero_rows(grads.dC, in.ld_C, p.G * p.N);
+    }
 
     // Forward quantities: dt, cum, C·Bᵀ and the states entering each chunk.
     const float* states = chunk_states;
