@@ -576,10 +576,10 @@ TEST(CudaNormShapes, ErrorsEmptyAndWorkspace) {
     EXPECT_NO_THROW(ops::cuda::layernorm_backward<float>(f, f, f, nullptr, f, f, f, f, f, 0, 64));
     EXPECT_NO_THROW(ops::cuda::rmsnorm_backward<float>(nullptr, nullptr, nullptr, f, f, f, f, 16, 64));
 
-    // Two (dw and db) partial rows of D floats per backward block, at most 512 blocks.
+    // Two (dw and db) partial rows of D floats per backward block, at most 1024 blocks.
     EXPECT_EQ(ops::cuda::norm_backward_workspace_bytes(0, 768), 0u);
     EXPECT_EQ(ops::cuda::norm_backward_workspace_bytes(3, 768), 2u * 3 * 768 * 4);
-    EXPECT_EQ(ops::cuda::norm_backward_workspace_bytes(100000, 4096), 2u * 512 * 4096 * 4);
+    EXPECT_EQ(ops::cuda::norm_backward_workspace_bytes(100000, 4096), 2u * 1024 * 4096 * 4);
 #endif
 }
 
