@@ -45,6 +45,10 @@ void cuda_copy(void* dst, const void* src, size_t bytes, CopyKind kind) {
                        : kind == CopyKind::DeviceToHost ? cudaMemcpyDeviceToHost
                                                         : cudaMemcpyDeviceToDevice;
     check_cuda(cudaMemcpy(dst, src, bytes, k), "cudaMemcpy");
+    // From pageable host memory cudaMemcpy may return once the data is staged, before its DMA has
+    // landed; a kernel on a non-blocking stream could then run first (seen: a test's zeroed output
+    // buffer overwriting the last 30K outputs of a kernel). Done means done: wait for it.
+    if (kind == CopyKind::HostToDevice) check_cuda(cudaStreamSynchronize(nullptr), "cudaStreamSynchronize");
 }
 
 void cuda_synchronize() { check_cuda(cudaDeviceSynchronize(), "cudaDeviceSynchronize"); }

@@ -11,7 +11,7 @@ std::string cuda_device_summary(); // "NVIDIA H200, 139.8 GiB, sm_90" or why the
 void* cuda_malloc(size_t bytes);
 void cuda_free(void* p);
 enum class CopyKind { HostToDevice, DeviceToHost, DeviceToDevice };
-void cuda_copy(void* dst, const void* src, size_t bytes, CopyKind kind);
+void cuda_copy(void* dst, const void* src, size_t bytes, CopyKind kind);  // complete when it returns
 void cuda_synchronize();
 
 }  // namespace mslm
