@@ -652,6 +652,49 @@ __device__ __forceinline__ void warp_mma_k64_split_a(float (&acc)[8][4], const _
     }
 }
 
+// ---- pieces of both tensor-core output kernels (a warp owns t rows 16·warp + grp + 8·hf of a 64 × 64
+// tile, columns 8j + 2·quad + odd of acc[j][2·hf + odd]).
+
+// acc = C_t·S_inᵀ of rows t0 + tl → exp(cum_t)·acc (rows past rows_t: 0).
+__device__ __forceinline__ void scale_rows_by_exp_cum(float (&acc)[8][4], const double* cum_c, int64_t t0,
+                                                      int rows_t) {
+    const int warp = threadIdx.x / 32, grp = threadIdx.x % 32 / 4;
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf) {
+        const int tl = 16 * warp + grp + 8 * hf;
+        const float et = tl < rows_t ? expf(static_cast<float>(cum_c[t0 + tl])) : 0.0f;
+#pragma unroll
+        for (int j = 0; j < 8; ++j)
+#pragma unroll
+            for (int odd = 0; odd < 2; ++odd) acc[j][2 * hf + odd] *= et;
+    }
+}
+
+// y rows t0 + tl (< rows_t), columns p0 + pl (< cols_p) = acc + D·x_t, x_t from the staged x tile of
+// the t tile itself.
+template <typename T>
+__device__ __forceinline__ void store_output_rows(const Args<T>& a, const float (&acc)[8][4],
+                                                  const __nv_bfloat16 (&xt)[kSt][kStLd], T* y,
+                                                  const Chunk& ch, int64_t h, int64_t t0, int64_t p0,
+                                                  int rows_t, int cols_p) {
+    const int warp = threadIdx.x / 32, grp = threadIdx.x % 32 / 4, quad = threadIdx.x % 4;
+    const float Dh = a.D ? to_f32(a.D[h]) : 0.0f;
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf) {
+        const int tl = 16 * warp + grp + 8 * hf;
+        if (tl >= rows_t) continue;
+        T* yrow = y + ((ch.row0 + t0 + tl) * a.H + h) * a.P + p0;
+#pragma unroll
+        for (int j = 0; j < 8; ++j)
+#pragma unroll
+            for (int odd = 0; odd < 2; ++odd) {
+                const int pl = 8 * j + 2 * quad + odd;
+                if (pl < cols_p)
+                    yrow[pl] = from_f32<T>(acc[j][2 * hf + odd] + Dh * __bfloat162float(xt[tl][pl]));
+            }
+    }
+}
+
 // Y per (b, chunk, head) and t tile; grid (B·n_chunks·H, mma_tiles(Q)). Per 64-wide p tile:
 //   acc = C_t·S_inᵀ (S_in rounded once to bf16), then acc *= exp(cum_t);
 //   acc += Σ over the s tiles ≤ t's of S[t, s]·x_s, the score S[t, s] = CB[t, s]·exp(cum_t − cum_s)·dt_s
@@ -694,7 +737,6 @@ __global__ void __launch_bounds__(kMmaThreads, 3)
     const bool vec_c = aligned16(a.Cm) && a.ld_C % 8 == 0 && a.N % 8 == 0;
     const bool vec_st = aligned16(states) && a.N % 4 == 0;
     const bool vec_cb = aligned16(CB) && a.Q % 4 == 0 && L % 4 == 0;  // tile columns end at L
-    const int warp = threadIdx.x / 32, grp = threadIdx.x % 32 / 4, quad = threadIdx.x % 4;
     const int64_t s_end = min(L, t0 + kSt);
     for (int64_t s = threadIdx.x; s < s_end; s += kMmaThreads) {
         sm.cum_c[s] = cum[s];
@@ -763,34 +805,10 @@ __global__ void __launch_bounds__(kMmaThreads, 3)
             } else {
                 warp_mma_k64<false, true>(acc, &sm.u[0][0], &sm.h[buf][0][0]);
             }
-            if (it == n_n - 1) {  // acc = C_t·S_inᵀ
-#pragma unroll
-                for (int hf = 0; hf < 2; ++hf) {
-                    const int tl = 16 * warp + grp + 8 * hf;
-                    const float et = tl < rows_t ? expf(static_cast<float>(sm.cum_c[t0 + tl])) : 0.0f;
-#pragma unroll
-                    for (int j = 0; j < 8; ++j)
-#pragma unroll
-                        for (int odd = 0; odd < 2; ++odd) acc[j][2 * hf + odd] *= et;
-                }
-            }
+            if (it == n_n - 1) scale_rows_by_exp_cum(acc, sm.cum_c, t0, rows_t);  // acc = C_t·S_inᵀ
         }
-        // y = acc + D·x_t, x_t being the last step's x (s tile = t tile); a row's 16 x read before its stores.
-        const float Dh = a.D ? to_f32(a.D[h]) : 0.0f;
-        const auto& xt = sm.h[(n_it - 1) & 1];
-#pragma unroll
-        for (int hf = 0; hf < 2; ++hf) {
-            const int tl = 16 * warp + grp + 8 * hf;
-            if (tl >= rows_t) continue;
-            T* yrow = y + ((ch.row0 + t0 + tl) * a.H + h) * a.P + p0;
-#pragma unroll
-            for (int j = 0; j < 8; ++j)
-#pragma unroll
-                for (int odd = 0; odd < 2; ++odd) {
-                    const int pl = 8 * j + 2 * quad + odd;
-                    if (pl < cols_p) yrow[pl] = from_f32<T>(acc[j][2 * hf + odd] + Dh * __bfloat162float(xt[tl][pl]));
-                }
-        }
+        // y = acc + D·x_t, x_t being the last step's x (s tile = t tile).
+        store_output_rows(a, acc, sm.h[(n_it - 1) & 1], y, ch, h, t0, p0, rows_t, cols_p);
         __syncthreads();  // the step buffers are restaged for the next p tile
     }
 }
@@ -910,17 +928,7 @@ __global__ void __launch_bounds__(kMmaThreads, 4)
             const int slot = it & 1;
             if (it < n_n) {
                 warp_mma_k64<false, false>(acc, &sm.a[slot][0][0], &sm.b[slot][0][0]);
-                if (it == n_n - 1) {  // acc = C_t·S_inᵀ
-#pragma unroll
-                    for (int hf = 0; hf < 2; ++hf) {
-                        const int tl = 16 * warp + grp + 8 * hf;
-                        const float et = tl < rows_t ? expf(static_cast<float>(sm.cum_c[t0 + tl])) : 0.0f;
-#pragma unroll
-                        for (int j = 0; j < 8; ++j)
-#pragma unroll
-                            for (int odd = 0; odd < 2; ++odd) acc[j][2 * hf + odd] *= et;
-                    }
-                }
+                if (it == n_n - 1) scale_rows_by_exp_cum(acc, sm.cum_c, t0, rows_t);  // acc = C_t·S_inᵀ
                 continue;
             }
             // An s step: the scores of this warp's rows, as ssd_output_tc_kernel's round(), into
@@ -980,22 +988,7 @@ __global__ void __launch_bounds__(kMmaThreads, 4)
                 }
         }
         // y = acc + D·x_t, x_t being the last step's x (s tile = t tile).
-        const float Dh = a.D ? to_f32(a.D[h]) : 0.0f;
-        const auto& xt = sm.a[(n_it - 1) & 1];
-#pragma unroll
-        for (int hf = 0; hf < 2; ++hf) {
-            const int tl = 16 * warp + grp + 8 * hf;
-            if (tl >= rows_t) continue;
-            T* yrow = y + ((ch.row0 + t0 + tl) * a.H + h) * a.P + p0;
-#pragma unroll
-            for (int j = 0; j < 8; ++j)
-#pragma unroll
-                for (int odd = 0; odd < 2; ++odd) {
-                    const int pl = 8 * j + 2 * quad + odd;
-                    if (pl < cols_p)
-                        yrow[pl] = from_f32<T>(acc[j][2 * hf + odd] + Dh * __bfloat162float(xt[tl][pl]));
-                }
-        }
+        store_output_rows(a, acc, sm.a[(n_it - 1) & 1], y, ch, h, t0, p0, rows_t, cols_p);
         __syncthreads();  // the ring is restaged for the next p tile
         if (p0 + kSt < a.P) load_cb(0);
     }
