@@ -38,7 +38,6 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
-#include <optional>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -50,6 +49,7 @@
 #include "cuda_test_util.h"
 #include "ops/conv1d.h"
 #include "ops/selective_scan.h"
+#include "test_util.h"
 
 #ifdef MSLM_HAVE_CUDA
 #include "ops/cuda/conv1d.h"
@@ -387,25 +387,8 @@ TYPED_TEST(CudaConv1d, UpdateMatchesCpuFromAFullWindow) {
 #ifdef MSLM_HAVE_CUDA
 
 // Sets MSLM_CONV_FAST for a scope, restoring what was there.
-class ScopedConvFast {
-public:
-    explicit ScopedConvFast(const char* value) {
-        if (const char* old = std::getenv(kName)) old_ = old;
-        setenv(kName, value, 1);
-    }
-    ~ScopedConvFast() {
-        if (old_) {
-            setenv(kName, old_->c_str(), 1);
-        } else {
-            unsetenv(kName);
-        }
-    }
-    ScopedConvFast(const ScopedConvFast&) = delete;
-    ScopedConvFast& operator=(const ScopedConvFast&) = delete;
-
-private:
-    static constexpr const char* kName = "MSLM_CONV_FAST";
-    std::optional<std::string> old_;
+struct ScopedConvFast : test::ScopedEnv {
+    explicit ScopedConvFast(const char* value) : test::ScopedEnv("MSLM_CONV_FAST", std::string(value)) {}
 };
 
 #endif  // MSLM_HAVE_CUDA

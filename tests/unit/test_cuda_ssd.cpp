@@ -62,6 +62,7 @@
 #include <string>
 #include <string_view>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "core/cuda_device.h"
@@ -134,26 +135,9 @@ bool tensor_cores() {
 }
 
 // Sets (or with nullopt clears) MSLM_SSD_TC for a scope, restoring what was there.
-class ScopedTcSwitch {
-public:
-    explicit ScopedTcSwitch(std::optional<std::string> value) {
-        if (const char* old = std::getenv(kName)) old_ = old;
-        set(value);
-    }
-    ~ScopedTcSwitch() { set(old_); }
-    ScopedTcSwitch(const ScopedTcSwitch&) = delete;
-    ScopedTcSwitch& operator=(const ScopedTcSwitch&) = delete;
-
-private:
-    static constexpr const char* kName = "MSLM_SSD_TC";
-    static void set(const std::optional<std::string>& value) {
-        if (value) {
-            setenv(kName, value->c_str(), 1);
-        } else {
-            unsetenv(kName);
-        }
-    }
-    std::optional<std::string> old_;
+struct ScopedTcSwitch : test::ScopedEnv {
+    explicit ScopedTcSwitch(std::optional<std::string> value)
+        : test::ScopedEnv("MSLM_SSD_TC", std::move(value)) {}
 };
 
 // h_last and the chunk states with the fp32 products.
