@@ -36,6 +36,7 @@
 #endif
 
 #include "bench/timing.h"
+#include "bench_args.h"
 #include "core/cuda_device.h"
 #include "core/rng.h"
 #include "model/config.h"
@@ -111,13 +112,7 @@ int main(int argc, char** argv) {
     int64_t profile_step = -1, trace_steps = 0;
     std::string dtype = "bf16";
     for (int i = 1; i < argc; ++i) {
-        auto next = [&] {
-            if (i + 1 >= argc) {
-                fmt::print(stderr, "{} needs a value\n", argv[i]);
-                std::exit(1);
-            }
-            return std::string(argv[++i]);
-        };
+        auto next = [&] { return bench_args::value(argc, argv, i); };
         const std::string a = argv[i];
         if (a == "--presets")
             presets = next();

@@ -14,6 +14,7 @@
 
 #include "bench/timing.h"
 #include "bench/train_profile.h"
+#include "bench_args.h"
 #include "core/cuda_device.h"
 #include "core/error.h"
 #include "model/config.h"
@@ -24,13 +25,7 @@ int main(int argc, char** argv) {
     std::string presets = "130m", shapes = "8x2048";
     bench::ProfileOptions o;
     for (int i = 1; i < argc; ++i) {
-        auto next = [&] {
-            if (i + 1 >= argc) {
-                fmt::print(stderr, "{} needs a value\n", argv[i]);
-                std::exit(1);
-            }
-            return std::string(argv[++i]);
-        };
+        auto next = [&] { return bench_args::value(argc, argv, i); };
         const std::string a = argv[i];
         if (a == "--presets")
             presets = next();

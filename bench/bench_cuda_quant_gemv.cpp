@@ -18,6 +18,7 @@
 #include <string>
 #include <vector>
 
+#include "bench_args.h"
 #include "core/rng.h"
 #ifdef MSLM_HAVE_CUDA
 #include "cuda_bench_util.h"
@@ -49,13 +50,7 @@ int main(int argc, char** argv) {
     double peak_tbs = 4.3;
     for (int i = 1; i < argc; ++i) {
         const std::string a = argv[i];
-        auto next = [&] {
-            if (i + 1 >= argc) {
-                fmt::print(stderr, "{} needs a value\n", a);
-                std::exit(1);
-            }
-            return std::string(argv[++i]);
-        };
+        auto next = [&] { return bench_args::value(argc, argv, i); };
         if (a == "--shapes")
             shapes = next();
         else if (a == "--batch")

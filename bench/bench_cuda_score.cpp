@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "bench/timing.h"
+#include "bench_args.h"
 #include "core/cuda_device.h"
 #include "data/loader.h"
 #include "data/manifest.h"
@@ -36,13 +37,7 @@ int main(int argc, char** argv) {
     std::string model_dir, data, split = "val", dtypes = "bf16,nf4";
     int64_t seq_len = 256, windows = 100, batch = 1;
     for (int i = 1; i < argc; ++i) {
-        auto next = [&] {
-            if (i + 1 >= argc) {
-                fmt::print(stderr, "{} needs a value\n", argv[i]);
-                std::exit(1);
-            }
-            return std::string(argv[++i]);
-        };
+        auto next = [&] { return bench_args::value(argc, argv, i); };
         const std::string a = argv[i];
         if (a == "--model")
             model_dir = next();

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "bench/timing.h"
+#include "bench_args.h"
 #include "core/blas_setup.h"
 #include "core/rng.h"
 #include "core/thread_pool.h"
@@ -30,13 +31,7 @@ int main(int argc, char** argv) {
     int64_t batch = 1;
     double min_seconds = 2.0;
     for (int i = 1; i < argc; ++i) {
-        auto next = [&] {
-            if (i + 1 >= argc) {
-                fmt::print(stderr, "{} needs a value\n", argv[i]);
-                std::exit(1);
-            }
-            return std::string(argv[++i]);
-        };
+        auto next = [&] { return bench_args::value(argc, argv, i); };
         std::string a = argv[i];
         if (a == "--presets") presets = next();
         else if (a == "--seq-lens") seq_lens = next();

@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "bench/timing.h"
+#include "bench_args.h"
 #include "core/blas_setup.h"
 #include "core/gemm.h"
 #include "core/rng.h"
@@ -45,13 +46,7 @@ int main(int argc, char** argv) {
     double min_seconds = 0.3;
     int rounds = 3;
     for (int i = 1; i < argc; ++i) {
-        auto next = [&] {
-            if (i + 1 >= argc) {
-                fmt::print(stderr, "{} needs a value\n", argv[i]);
-                std::exit(1);
-            }
-            return std::string(argv[++i]);
-        };
+        auto next = [&] { return bench_args::value(argc, argv, i); };
         const std::string a = argv[i];
         if (a == "--shapes")
             shapes = next();

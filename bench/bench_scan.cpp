@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "bench/timing.h"
+#include "bench_args.h"
 #include "core/rng.h"
 #include "core/thread_pool.h"
 #include "ops/selective_scan.h"
@@ -46,13 +47,7 @@ int main(int argc, char** argv) {
     int64_t Tn = 512, Din = 1536, N = 16;
     double min_seconds = 1.0;
     for (int i = 1; i < argc; ++i) {
-        auto next = [&] {
-            if (i + 1 >= argc) {
-                fmt::print(stderr, "{} needs a value\n", argv[i]);
-                std::exit(1);
-            }
-            return std::string(argv[++i]);
-        };
+        auto next = [&] { return bench_args::value(argc, argv, i); };
         std::string a = argv[i];
         if (a == "--kernels")
             kernels = next();
