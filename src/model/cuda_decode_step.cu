@@ -36,6 +36,7 @@ constexpr int kUnroll = 4;
 // Rows of the head a block prefetches (the head is larger than the L2; the rest streams).
 constexpr int64_t kHeadPrefetchRows = 64;
 
+using ops::cuda::detail::conv_silu;
 using ops::cuda::detail::silu;
 using ops::cuda::detail::warp_sum;
 
@@ -366,7 +367,7 @@ __device__ void stage_mamba_in(const Ctx& c, const StepLayer& L, bool first_laye
             float acc = e[K];
             for (int k = 0; k + 1 < K; ++k) acc = fmaf(e[k], e[K + 1 + k], acc);
             acc = fmaf(e[K - 1], bf(xv), acc);
-            a.conv_out[ch] = to_bf(silu(acc));
+            a.conv_out[ch] = to_bf(conv_silu<__nv_bfloat16>(acc));
             uint16_t* win = window + ch;
             for (int k = 0; k + 2 < K; ++k) win[int64_t(k) * a.C2] = to_bf(e[K + 2 + k]);
             if (K > 1) win[int64_t(K - 2) * a.C2] = xv;

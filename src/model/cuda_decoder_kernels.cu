@@ -23,6 +23,7 @@ namespace mslm::cuda_decoder_detail {
 
 namespace {
 
+using ops::cuda::detail::conv_silu;
 using ops::cuda::detail::silu;
 
 using ops::cuda::detail::stash_warp;  // reduce.cuh
@@ -1380,7 +1381,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MK == 1 && !Kind<WK>::quant ?
                             if (t + 1 == K) w_last = ep.conv_w[t];
                         }
                         acc = fmaf(w_last, bf(xv), acc);
-                        a.conv_out[r * a.conv_C + c] = to_bf(silu(acc));
+                        a.conv_out[r * a.conv_C + c] = to_bf(conv_silu<__nv_bfloat16>(acc));
 #pragma unroll
                         for (int t = 0; t + 2 < kConvPreK; ++t)
                             if (t + 2 < K) win[t * a.conv_C] = to_bf(ep.win[t + 1]);
@@ -1389,7 +1390,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MK == 1 && !Kind<WK>::quant ?
                         for (int t = 0; t + 1 < K; ++t)
                             acc = fmaf(bf(a.conv_w[c * K + t]), bf(win[t * a.conv_C]), acc);
                         acc = fmaf(bf(a.conv_w[c * K + K - 1]), bf(xv), acc);
-                        a.conv_out[r * a.conv_C + c] = to_bf(silu(acc));
+                        a.conv_out[r * a.conv_C + c] = to_bf(conv_silu<__nv_bfloat16>(acc));
                         for (int t = 0; t + 2 < K; ++t) win[t * a.conv_C] = win[(t + 1) * a.conv_C];
                     }
                     if (K > 1) win[(K - 2) * a.conv_C] = xv;

@@ -1185,28 +1185,43 @@ __global__ void __launch_bounds__(kTileThreads)
 
 // ---- rope
 
-// One thread per (row, pair i), all heads of the row: the angle is computed once, in double, as
-// the CPU does; the rotation is fp32.
+// Heads a RoPE thread rotates: their pairs are all loaded before any is stored (one memory latency
+// a thread, not one a head: the stores could alias later loads for all the compiler knows).
+constexpr int kRopeHeads = 8;
+
+// One thread per (row, group of kRopeHeads heads, pair i): the angle is computed in double, as the
+// CPU does (once per group); the rotation is fp32.
 template <typename D>
 __global__ void rope_kernel(D* x, int64_t ld, int64_t N, int64_t Tn, int H, int Dh, int rotary_dim,
                             double theta, int64_t pos0, const int64_t* pos, bool inverse) {
-    const int half = rotary_dim / 2;
-    const int64_t work = N * half;
+    const int half = rotary_dim / 2, groups = (H + kRopeHeads - 1) / kRopeHeads;
+    const int64_t work = N * groups * half;
     const int64_t stride = int64_t(gridDim.x) * blockDim.x;
     for (int64_t w = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; w < work; w += stride) {
-        const int64_t row = w / half;
-        const int i = static_cast<int>(w % half);
+        const int64_t rg = w / half;
+        const int i = static_cast<int>(w - rg * half);
+        const int64_t row = rg / groups;
+        const int h0 = static_cast<int>(rg - row * groups) * kRopeHeads;
         const double position = static_cast<double>(pos ? pos[row] : pos0 + row % Tn);
         const double angle = position * pow(theta, -2.0 * i / rotary_dim);
         double sn, cs;
         sincos(angle, &sn, &cs);
         const float c = static_cast<float>(cs), s = static_cast<float>(inverse ? -sn : sn);
         D* xr = x + row * ld + i;
-        for (int hh = 0; hh < H; ++hh) {
-            D* xh = xr + int64_t(hh) * Dh;
-            const float x0 = to_f32(xh[0]), x1 = to_f32(xh[half]);
-            xh[0] = from_f32<D>(x0 * c - x1 * s);
-            xh[half] = from_f32<D>(x1 * c + x0 * s);
+        float x0[kRopeHeads], x1[kRopeHeads];
+#pragma unroll
+        for (int j = 0; j < kRopeHeads; ++j) {
+            if (h0 + j >= H) break;
+            const D* xh = xr + int64_t(h0 + j) * Dh;
+            x0[j] = to_f32(xh[0]);
+            x1[j] = to_f32(xh[half]);
+        }
+#pragma unroll
+        for (int j = 0; j < kRopeHeads; ++j) {
+            if (h0 + j >= H) break;
+            D* xh = xr + int64_t(h0 + j) * Dh;
+            xh[0] = from_f32<D>(x0[j] * c - x1[j] * s);
+            xh[half] = from_f32<D>(x1[j] * c + x0[j] * s);
         }
     }
 }
@@ -1303,7 +1318,7 @@ void launch_rope(const char* kernel, T* x, int64_t ld, int64_t N, int64_t Tn, in
                  int64_t rotary_dim, double theta, int64_t pos0, const int64_t* pos, bool inverse,
                  void* stream) {
     using D = device_t<T>;
-    const int64_t work = N * (rotary_dim / 2);
+    const int64_t work = N * ((H + kRopeHeads - 1) / kRopeHeads) * (rotary_dim / 2);
     if (work == 0 || H == 0) return;
     rope_kernel<<<grid_size<T>(work, kernel), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(
         reinterpret_cast<D*>(x), ld, N, Tn, static_cast<int>(H), static_cast<int>(Dh),
