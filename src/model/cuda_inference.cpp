@@ -9,12 +9,14 @@
 #include <fmt/format.h>
 
 #include <array>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <map>
 #include <set>
+#include <string_view>
 
 #include "core/caching_allocator.h"
 #include "core/dtype.h"
@@ -1367,8 +1369,30 @@ void CudaCausalLM::prefill_piece(int64_t slot, const int32_t* ids, int64_t n, fl
     auto* host_ids = reinterpret_cast<int32_t*>(m.host + 2 * sizeof(int64_t) * slots_);
     std::memcpy(host_ids, ids, sizeof(int32_t) * n);
     check(cudaMemcpyAsync(m.ids, host_ids, sizeof(int32_t) * n, cudaMemcpyHostToDevice, m.stream), "upload ids");
+    // MSLM_PREFILL_TRACE=1: the host's time to enqueue the piece and the GPU's span over it, to stderr.
+    static const bool trace = [] {
+        const char* v = std::getenv("MSLM_PREFILL_TRACE");
+        return v != nullptr && std::string_view(v) == "1";
+    }();
+    cudaEvent_t ev[2] = {nullptr, nullptr};
+    const auto host0 = std::chrono::steady_clock::now();
+    if (trace) {
+        for (cudaEvent_t& e : ev) check(cudaEventCreate(&e), "trace event");
+        check(cudaEventRecord(ev[0], m.stream), "trace event");
+    }
     const Run r{cfg_, m, Widths(cfg_), m.stream, n};
     r.body([&](const Impl::Layer& L) { r.mixer_prefill(L, slot, p0, cache_len_); });
+    if (trace) {
+        check(cudaEventRecord(ev[1], m.stream), "trace event");
+        const double host_us =
+            std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - host0).count();
+        check(cudaEventSynchronize(ev[1]), "trace event");
+        float gpu_ms = 0.0f;
+        check(cudaEventElapsedTime(&gpu_ms, ev[0], ev[1]), "trace event");
+        std::fprintf(stderr, "prefill trace: %lld tokens, host enqueue %.1f us, GPU span %.1f us\n",
+                     static_cast<long long>(n), host_us, 1e3 * gpu_ms);
+        for (cudaEvent_t e : ev) cudaEventDestroy(e);
+    }
     if (logits && m.lm_head_q) {
         kc::QuantGemv g;
         g.x = m.hf + (n - 1) * cfg_.d_model;

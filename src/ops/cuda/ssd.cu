@@ -2275,8 +2275,10 @@ template <typename S>
 void launch_decay(const Args<device_t<S>>& a, const Workspace& ws, bool tc, cudaStream_t stream) {
     const int64_t bhc = a.batch * a.H * a.n_chunks;
     if (tc) {
-        ssd_decay_scan_kernel<<<grid_size<S>(bhc * 32, "ssd_decay_scan"), kThreads, 0, stream>>>(a, ws.dtv,
-                                                                                                ws.cum);
+        // A warp a block: one sequence's few warps (24 blocks of 8 at B = 1, T = 2048) spread over
+        // as many SMs instead of sharing a few.
+        const auto blocks = static_cast<unsigned>(std::min<int64_t>(bhc, int64_t(1) << 30));
+        ssd_decay_scan_kernel<<<blocks, 32, 0, stream>>>(a, ws.dtv, ws.cum);
         check_launch<S>("ssd_decay_scan");
     } else {
         ssd_decay_kernel<<<grid_size<S>(bhc, "ssd_decay"), kThreads, 0, stream>>>(a, ws.dtv, ws.cum);
