@@ -36,8 +36,8 @@ constexpr int kUnroll = 4;
 // Rows of the head a block prefetches (the head is larger than the L2; the rest streams).
 constexpr int64_t kHeadPrefetchRows = 64;
 
-using ops::cuda::detail::conv_silu;
 using ops::cuda::detail::silu;
+using ops::cuda::detail::silu_rounded;
 using ops::cuda::detail::warp_sum;
 
 // A value another block wrote during this kernel: from L2.
@@ -211,7 +211,7 @@ __device__ __forceinline__ void gated_prologue(uint16_t* xs, const uint16_t* y, 
 #pragma unroll
         for (int k = 0; k < 4; ++k) {
             const int64_t i = threadIdx.x + k * kThreads;
-            g[k] = i < I ? bf_cg(y + i) * silu(bf_cg(z + i)) : 0.0f;
+            g[k] = i < I ? bf_cg(y + i) * silu_rounded<__nv_bfloat16>(bf_cg(z + i)) : 0.0f;
         }
         for (int64_t g0 = 0; g0 < I; g0 += width) {
             float ss = 0.0f;
@@ -234,13 +234,13 @@ __device__ __forceinline__ void gated_prologue(uint16_t* xs, const uint16_t* y, 
     for (int64_t g0 = 0; g0 < I; g0 += width) {
         float ss = 0.0f;
         for (int64_t i = g0 + threadIdx.x; i < g0 + width; i += kThreads) {
-            const float v = bf_cg(y + i) * silu(bf_cg(z + i));
+            const float v = bf_cg(y + i) * silu_rounded<__nv_bfloat16>(bf_cg(z + i));
             ss += v * v;
         }
         ss = block_sum(ss, red);
         const float rstd = rsqrtf(ss / float(width) + eps);
         for (int64_t i = g0 + threadIdx.x; i < g0 + width; i += kThreads) {
-            const float v = bf_cg(y + i) * silu(bf_cg(z + i));
+            const float v = bf_cg(y + i) * silu_rounded<__nv_bfloat16>(bf_cg(z + i));
             xs[i] = to_bf(v * rstd * bf_w(w + i));
         }
     }
@@ -367,7 +367,7 @@ __device__ void stage_mamba_in(const Ctx& c, const StepLayer& L, bool first_laye
             float acc = e[K];
             for (int k = 0; k + 1 < K; ++k) acc = fmaf(e[k], e[K + 1 + k], acc);
             acc = fmaf(e[K - 1], bf(xv), acc);
-            a.conv_out[ch] = to_bf(conv_silu<__nv_bfloat16>(acc));
+            a.conv_out[ch] = to_bf(silu_rounded<__nv_bfloat16>(acc));
             uint16_t* win = window + ch;
             for (int k = 0; k + 2 < K; ++k) win[int64_t(k) * a.C2] = to_bf(e[K + 2 + k]);
             if (K > 1) win[int64_t(K - 2) * a.C2] = xv;
@@ -603,7 +603,7 @@ __device__ void stage_mlp_up(const Ctx& c, const StepLayer& L) {
         dot2(gate + j * a.D, up + j * a.D, c.xs, a.D, lane, g, u);
         if (lane == 0) {
             const float gr = round_bf(g + bias_at(L.up_b, j)), ur = round_bf(u + bias_at(L.up_b, a.F + j));
-            a.a[j] = to_bf(silu(gr) * ur);
+            a.a[j] = to_bf(silu_rounded<__nv_bfloat16>(gr) * ur);
         }
     }
 }

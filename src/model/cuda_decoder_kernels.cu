@@ -23,8 +23,8 @@ namespace mslm::cuda_decoder_detail {
 
 namespace {
 
-using ops::cuda::detail::conv_silu;
 using ops::cuda::detail::silu;
+using ops::cuda::detail::silu_rounded;
 
 using ops::cuda::detail::stash_warp;  // reduce.cuh
 using ops::cuda::detail::warp_sum;    // reduce.cuh
@@ -1247,7 +1247,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MK == 1 && !Kind<WK>::quant ?
             for (int r = 0; r < MK; ++r) {
                 if (r >= k) break;
                 for (int64_t i = g0 + threadIdx.x; i < g0 + width; i += threads) {
-                    const float v = bf(X(r, i)) * silu(bf(zs[r * I + i]));
+                    const float v = bf(X(r, i)) * silu_rounded<__nv_bfloat16>(bf(zs[r * I + i]));
                     ss[r] += v * v;
                 }
             }
@@ -1257,7 +1257,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MK == 1 && !Kind<WK>::quant ?
                 if (r >= k) break;
                 const float rstd = rsqrtf(ss[r] / float(width) + a.eps);
                 for (int64_t i = g0 + threadIdx.x; i < g0 + width; i += threads) {
-                    const float v = bf(X(r, i)) * silu(bf(zs[r * I + i]));
+                    const float v = bf(X(r, i)) * silu_rounded<__nv_bfloat16>(bf(zs[r * I + i]));
                     X(r, i) = to_bf(v * rstd * bf(ws[i]));
                 }
             }
@@ -1381,7 +1381,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MK == 1 && !Kind<WK>::quant ?
                             if (t + 1 == K) w_last = ep.conv_w[t];
                         }
                         acc = fmaf(w_last, bf(xv), acc);
-                        a.conv_out[r * a.conv_C + c] = to_bf(conv_silu<__nv_bfloat16>(acc));
+                        a.conv_out[r * a.conv_C + c] = to_bf(silu_rounded<__nv_bfloat16>(acc));
 #pragma unroll
                         for (int t = 0; t + 2 < kConvPreK; ++t)
                             if (t + 2 < K) win[t * a.conv_C] = to_bf(ep.win[t + 1]);
@@ -1390,7 +1390,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MK == 1 && !Kind<WK>::quant ?
                         for (int t = 0; t + 1 < K; ++t)
                             acc = fmaf(bf(a.conv_w[c * K + t]), bf(win[t * a.conv_C]), acc);
                         acc = fmaf(bf(a.conv_w[c * K + K - 1]), bf(xv), acc);
-                        a.conv_out[r * a.conv_C + c] = to_bf(conv_silu<__nv_bfloat16>(acc));
+                        a.conv_out[r * a.conv_C + c] = to_bf(silu_rounded<__nv_bfloat16>(acc));
                         for (int t = 0; t + 2 < K; ++t) win[t * a.conv_C] = win[(t + 1) * a.conv_C];
                     }
                     if (K > 1) win[(K - 2) * a.conv_C] = xv;
@@ -1407,7 +1407,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MK == 1 && !Kind<WK>::quant ?
                 const float g = round_bf(a.bias ? v + b : v);
                 const float u =
                     round_bf(a.bias ? v2 + (const_pre && pre ? ep.bias2 : bf(a.bias[a.O + o])) : v2);
-                a.out[r * a.ld_out + o] = to_bf(silu(g) * u);
+                a.out[r * a.ld_out + o] = to_bf(silu_rounded<__nv_bfloat16>(g) * u);
                 break;
             }
             case DecodeEpilogue::F32:

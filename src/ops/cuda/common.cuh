@@ -105,14 +105,16 @@ __device__ __forceinline__ float silu(float x) {
 
 // x·σ(x) as x / (1 + 2^(−x·log2 e)) on the fast exp2 and reciprocal (MUFU, 5 instructions against
 // silu()'s ~18): within ~(|x| + 2)·2^-23 of silu() relative, far inside a bf16 rounding. e^-x
-// overflows to inf below x ≈ −88 and the quotient is then −0 (silu() gives a denormal). Every conv
-// kernel with bf16 outputs — the forward, the update and the decoders' fused epilogues — takes its
-// SiLU from conv_silu<bf16>, so their outputs keep the same bits; fp32 kernels keep silu().
+// overflows to inf below x ≈ −88 and the quotient is then −0 (silu() gives a denormal).
+// silu_rounded<D>: the SiLU of every forward whose result is rounded to D (bf16: silu_fast; fp32:
+// silu()) — the conv, SwiGLU and the gated norm, in the ops kernels and in the decoders' fused
+// prologues and epilogues alike, so that those keep giving each other's bits. Backwards keep silu()
+// and sigmoid_pair().
 __device__ __forceinline__ float silu_fast(float x) {
     return __fdividef(x, 1.0f + __expf(-x));
 }
 template <typename D>
-__device__ __forceinline__ float conv_silu(float x) {
+__device__ __forceinline__ float silu_rounded(float x) {
     if constexpr (std::is_same_v<D, float>) {
         return silu(x);
     } else {

@@ -68,7 +68,7 @@ __global__ void conv_forward_kernel(D* out, D* pre, const D* x, int64_t ld_x, co
         }
         if (silu_out) {
             if (pre) pre[i] = from_f32<D>(acc);
-            acc = conv_silu<D>(acc);
+            acc = silu_rounded<D>(acc);
         }
         out[i] = from_f32<D>(acc);
     }
@@ -170,7 +170,7 @@ __global__ void conv_update_kernel(D* out, D* state, const int64_t* slots, const
         float acc = bias ? to_f32(bias[c]) : 0.0f;
         for (int k = 0; k + 1 < K; ++k) acc = fmaf(to_f32(w[c * K + k]), to_f32(win[k * C]), acc);
         acc = fmaf(to_f32(w[c * K + K - 1]), to_f32(xv), acc);
-        out[i] = from_f32<D>(silu_out ? conv_silu<D>(acc) : acc);
+        out[i] = from_f32<D>(silu_out ? silu_rounded<D>(acc) : acc);
         for (int k = 0; k + 2 < K; ++k) win[k * C] = win[(k + 1) * C];
         if (K > 1) win[(K - 2) * C] = xv;
     }
@@ -312,7 +312,7 @@ __global__ void __launch_bounds__(kFastThreads, min_blocks(K))
                 float acc = pre_activation(wk, b_c, win, i);
                 if (silu_out) {
                     p.v[i] = from_f32<D>(acc);
-                    acc = conv_silu<D>(acc);
+                    acc = silu_rounded<D>(acc);
                 }
                 o.v[i] = from_f32<D>(acc);
             }

@@ -128,7 +128,7 @@ __global__ void swiglu_forward_kernel(T* out, const T* gate_up, int64_t N, int64
         const T* gate = gate_up + row * 2 * F + col;
         Pack<T, V> g = load<V>(gate), u = load<V>(gate + F), o;
 #pragma unroll
-        for (int k = 0; k < V; ++k) o.v[k] = from_f32<T>(silu(to_f32(g.v[k])) * to_f32(u.v[k]));
+        for (int k = 0; k < V; ++k) o.v[k] = from_f32<T>(silu_rounded<T>(to_f32(g.v[k])) * to_f32(u.v[k]));
         store<V>(out + row * F + col, o);
     }
 }

@@ -87,7 +87,7 @@ __device__ __forceinline__ void rms_input(float (&g)[V], T* res, const T* x, con
         float zv[V];
         load_f32<V>(zv, z + i);
 #pragma unroll
-        for (int e = 0; e < V; ++e) g[e] *= silu(zv[e]);
+        for (int e = 0; e < V; ++e) g[e] *= silu_rounded<T>(zv[e]);
     } else if constexpr (K == RmsKind::kResidual) {
         Pack<T, V> r = load<V>(res + i);
 #pragma unroll
@@ -178,7 +178,7 @@ __global__ void rms_backward_kernel(T* dx, T* dz, float* dw_partial, const T* do
                 if (want_dw) {
 #pragma unroll
                     for (int e = 0; e < V; ++e) {
-                        const float g = kGated ? xv[e] * silu(zv[e]) : xv[e];
+                        const float g = kGated ? xv[e] * silu_rounded<T>(zv[e]) : xv[e];
                         acc[col + e] += h[e] * g * r;
                     }
                 }
@@ -228,7 +228,7 @@ __global__ void rms_backward_kernel(T* dx, T* dz, float* dw_partial, const T* do
                     float sum = 0.0f;
 #pragma unroll
                     for (int e = 0; e < V; ++e) {
-                        const float g = kGated ? xv[e] * silu(zv[e]) : xv[e];
+                        const float g = kGated ? xv[e] * silu_rounded<T>(zv[e]) : xv[e];
                         sum += h[e] * wv[e] * g;
                     }
                     c = block_sum(sum, scratch) * r * r / float(Dg);

@@ -39,7 +39,7 @@ using detail::bf;
 using detail::pdl_trigger;
 using detail::pdl_wait;
 using detail::round_bf;
-using detail::silu;
+using detail::silu_rounded;
 using detail::to_bf;
 using detail::warp_sum;
 using namespace quant_detail;
@@ -65,7 +65,7 @@ __device__ __forceinline__ void epilogue(const QuantGemv& a, int64_t O, int64_t 
         case QuantEpilogue::SwiGLU: {
             const float g = round_bf(a.bias ? v + bf(a.bias[o]) : v);
             const float u = round_bf(a.bias ? v2 + bf(a.bias[O + o]) : v2);
-            a.out[r * a.ld_out + o] = to_bf(silu(g) * u);
+            a.out[r * a.ld_out + o] = to_bf(silu_rounded<__nv_bfloat16>(g) * u);
             break;
         }
         case QuantEpilogue::F32:

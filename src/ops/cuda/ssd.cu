@@ -441,11 +441,12 @@ __global__ void ssd_chunk_state_kernel(Args<T> a, const T* dy, float* out) {
 //   backward (kReverse): in, each chunk's pass-back to its entering state; out, dS leaving each
 //   chunk, walking from the last chunk (where it is 0) to the first.
 // states16 (forward, optional): each state written to `states` also rounded once to bf16 there, the
-// operand of the register-score output kernel's C·S_inᵀ.
+// operand of the register-score output kernel's C·S_inᵀ; with it, store_f32 false leaves `states`
+// holding the chunks' own states (an inference forward, whose only reader is that kernel).
 
 template <bool kReverse, typename T>
 __global__ void ssd_state_pass_kernel(Args<T> a, float* states, const float* h0, float* h_last,
-                                      __nv_bfloat16* states16) {
+                                      __nv_bfloat16* states16, bool store_f32) {
     // The loads of kBatch chunks are issued before their stores: the compiler cannot tell a store to
     // `states` from a later load of it, so one chunk at a time would wait out a memory latency each.
     constexpr int kBatch = 8;
@@ -471,7 +472,7 @@ __global__ void ssd_state_pass_kernel(Args<T> a, float* states, const float* h0,
                 if (step >= a.n_chunks) break;
                 const int64_t c = kReverse ? a.n_chunks - 1 - step : step;
                 const int64_t at = ((b * a.n_chunks + c) * a.H + h) * PN + pn;
-                states[at] = S;
+                if (store_f32) states[at] = S;
                 if (states16) states16[at] = __float2bfloat16_rn(S);
                 S = decay[i] * S + own[i];
             }
@@ -836,8 +837,8 @@ struct OutRegSmem {
     float w_c[kMaxChunk];  // kFactored: w_s for s before the t tile
 };
 
-template <typename T, bool kFactored>
-__global__ void __launch_bounds__(kMmaThreads, 4)
+template <typename T, bool kFactored, int kMinBlocks = 4>
+__global__ void __launch_bounds__(kMmaThreads, kMinBlocks)
     ssd_output_reg_kernel(Args<T> a, const float* CB, const __nv_bfloat16* states16, T* y) {
     static_assert(std::is_same_v<T, __nv_bfloat16>, "tensor-core kernels are bf16");
     extern __shared__ __align__(16) unsigned char dyn_smem[];
@@ -2290,7 +2291,8 @@ void launch_decay(const Args<device_t<S>>& a, const Workspace& ws, bool tc, cuda
 // dtv, cum and the chunk states in the workspace (or in `states`), h_last if wanted.
 template <typename S>
 void state_pass(const Args<device_t<S>>& a, const Workspace& ws, float* states, const float* h0,
-                float* h_last, __nv_bfloat16* states16, bool tc, cudaStream_t stream, StageTimes& times) {
+                float* h_last, __nv_bfloat16* states16, bool tc, cudaStream_t stream, StageTimes& times,
+                bool store_f32 = true) {
     using T = device_t<S>;
     const int64_t bcn = a.batch * a.n_chunks;
     if (bcn > 0) {
@@ -2320,8 +2322,8 @@ void state_pass(const Args<device_t<S>>& a, const Workspace& ws, float* states, 
     }
     if (h_last || bcn > 0) {
         const int64_t total = a.batch * a.H * a.P * a.N;
-        ssd_state_pass_kernel<false>
-            <<<grid_size<S>(total, "ssd_state_pass"), kThreads, 0, stream>>>(a, states, h0, h_last, states16);
+        ssd_state_pass_kernel<false><<<grid_size<S>(total, "ssd_state_pass"), kThreads, 0, stream>>>(
+            a, states, h0, h_last, states16, store_f32 || !states16);
         check_launch<S>("ssd_state_pass");
         times.mark("state_pass");
     }
@@ -2415,7 +2417,9 @@ void ssd_forward(S* y, float* h_last, const SsdInputs<S>& in, const float* h0, c
     float* states = chunk_states ? chunk_states : ws.states;
     const int out_kernel = tc ? output_kernel_choice() : 0;
     const bool reg_scores = out_kernel > 0;
-    state_pass<S>(a, ws, states, h0, h_last, reg_scores ? ws.states16 : nullptr, tc, s, times);
+    // Without chunk_states to return, the register-score kernel reads only the bf16 states.
+    state_pass<S>(a, ws, states, h0, h_last, reg_scores ? ws.states16 : nullptr, tc, s, times,
+                  chunk_states != nullptr || !reg_scores);
     if (p.n_chunks == 0) return;
     launch_cb<S>(a, ws.CB, tc, s);
     times.mark("cb");
@@ -2423,7 +2427,13 @@ void ssd_forward(S* y, float* h_last, const SsdInputs<S>& in, const float* h0, c
     auto* out = reinterpret_cast<device_t<S>*>(y);
     if constexpr (std::is_same_v<S, uint16_t>) {
         if (reg_scores) {
+            // A grid of at most two waves at 3 blocks an SM (one sequence's prefill: 768 blocks) takes the
+            // build for 3 (168 registers) over the one for 4 (128, more spills): 37.0 → 34.3 µs at
+            // 1 × 2048; at 8 × 2048 the one for 4 is faster (0.242 against 0.271 ms).
+            const int64_t blocks = bch * mma_tiles(p.Q);
+            const bool small = blocks <= 2 * 3 * int64_t(multiprocessors<S>("ssd_output_reg"));
             auto* kernel = out_kernel == 1 ? ssd_output_reg_kernel<device_t<S>, false>
+                           : small         ? ssd_output_reg_kernel<device_t<S>, true, 3>
                                            : ssd_output_reg_kernel<device_t<S>, true>;
             check_cuda<S>(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                                int(sizeof(OutRegSmem))),
@@ -2476,7 +2486,7 @@ void backward_stages(const SsdGrads<S>& grads, const device_t<S>* dY, const Args
             check_launch<S>("ssd_chunk_state_grad_tc");
             times.mark("chunk_state_grad");
             ssd_state_pass_kernel<true><<<grid_size<S>(total, "ssd_state_pass_grad"), kThreads, 0, s>>>(
-                a, ws.dS, nullptr, nullptr, nullptr);
+                a, ws.dS, nullptr, nullptr, nullptr, true);
             check_launch<S>("ssd_state_pass_grad");
             times.mark("state_pass_grad");
             // dCB and the E slots (always: dcum needs E), the per-s-tile head, the finish; then dC, dB.
@@ -2517,8 +2527,8 @@ void backward_stages(const SsdGrads<S>& grads, const device_t<S>* dY, const Args
                                                                                                    ws.dS);
     check_launch<S>("ssd_chunk_state_grad");
     times.mark("chunk_state_grad");
-    ssd_state_pass_kernel<true>
-        <<<grid_size<S>(total, "ssd_state_pass_grad"), kThreads, 0, s>>>(a, ws.dS, nullptr, nullptr, nullptr);
+    ssd_state_pass_kernel<true><<<grid_size<S>(total, "ssd_state_pass_grad"), kThreads, 0, s>>>(
+        a, ws.dS, nullptr, nullptr, nullptr, true);
     check_launch<S>("ssd_state_pass_grad");
     times.mark("state_pass_grad");
     ssd_backward_head_kernel<<<tiled_grid(bch, 1, "ssd_backward_head"), kTileThreads, vec_bytes, s>>>(
