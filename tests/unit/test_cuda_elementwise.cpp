@@ -11,6 +11,8 @@
 //   cancels near its zero at x ≈ −1.28, where a relative bound on the result would be meaningless).
 //   We allow 8 ulp of scale, ulp = FLT_EPSILON = 2^-23.
 // - bf16 output. One more rounding, to nearest even with 7 stored mantissa bits: ≤ 2^-8 · |result|.
+//   The bf16 SwiGLU forward takes its SiLU from silu_fast (ops/cuda/common.cuh: ≤ (1.2·|x| + 4)·2^-23
+//   relative, ≤ 28 ulp at the tests' |x| ≤ 20), inside this rounding's 2^-8 by a factor of ~1,000.
 // - GELU (both forms). The chains are longer (GELU tanh backward: expf and ~20 roundings; erf GELU:
 //   erfcf, within 4 ulp, and expf): ≤ 12 ulp of scale; we allow 16. The kernel also rounds the
 //   argument of its special function, and the function amplifies that relative error by κ:

@@ -103,9 +103,12 @@ __device__ __forceinline__ float silu(float x) {
     return x * sigmoid_pair(x).s;
 }
 
-// x·σ(x) as x / (1 + 2^(−x·log2 e)) on the fast exp2 and reciprocal (MUFU, 5 instructions against
-// silu()'s ~18): within ~(|x| + 2)·2^-23 of silu() relative, far inside a bf16 rounding. e^-x
-// overflows to inf below x ≈ −88 and the quotient is then −0 (silu() gives a denormal).
+// x·σ(x) as x / (1 + e^-x) on the fast exponential and reciprocal (MUFU, 5 instructions against
+// silu()'s ~18). __expf is within 2 + ⌊1.173·|x|⌋ ulp (CUDA C Programming Guide, intrinsic
+// functions), the reciprocal within 1 and the add and product 1/2 each: ≤ (1.2·|x| + 4)·2^-23 of
+// silu() relative, ~1e-5 at |x| = 88 (past which e^-x is 0 or inf), 150 times below half a bf16
+// ulp (2^-9). e^-x overflows to inf below x ≈ −88 and the quotient is then −0 (silu() gives a
+// denormal).
 // silu_rounded<D>: the SiLU of every forward whose result is rounded to D (bf16: silu_fast; fp32:
 // silu()) — the conv, SwiGLU and the gated norm, in the ops kernels and in the decoders' fused
 // prologues and epilogues alike, so that those keep giving each other's bits. Backwards keep silu()
