@@ -478,6 +478,22 @@ TYPED_TEST(CudaAttention, ForwardTileEdgesTwoRowTiles) {
 #endif
 }
 
+// The forward's key split for grids too small for the GPU (two m16 tiles a warp; head dim 64 takes
+// it by default, so the T ≥ 257 cases above already split their long query tiles): forced off, and
+// forced to one key tile an item (every query tile combines all its key tiles' items) and to three,
+// at both head dims.
+TYPED_TEST(CudaAttention, ForwardKeySplits) {
+#ifdef MSLM_HAVE_CUDA
+    ScopedEnv rows{"MSLM_ATTN_FWD_ROWS", std::string("32")};
+    for (const char* tiles : {"0", "1", "3"}) {
+        SCOPED_TRACE(std::string("MSLM_ATTN_SPLIT=") + tiles);
+        ScopedEnv split{"MSLM_ATTN_SPLIT", std::string(tiles)};
+        Rng rng(20);
+        for (const Case& c : kTileForwardCases) check_forward<TypeParam>(c, rng);
+    }
+#endif
+}
+
 TYPED_TEST(CudaAttention, BackwardTileEdges) {
 #ifdef MSLM_HAVE_CUDA
     Rng rng(16);

@@ -17,8 +17,13 @@
 #include <climits>
 #include <cmath>
 #include <cstdlib>
+#include <map>
+#include <mutex>
+#include <optional>
 #include <string_view>
+#include <tuple>
 #include <type_traits>
+#include <utility>
 
 #include "core/error.h"
 #include "ops/cuda/attention.h"
@@ -64,7 +69,26 @@ struct AttnParams {
     const D* o;
     const float* lse_in;
     const float* delta;  // (B, Hq, T) D_i = dout_i · out_i, tensor-core backward only
+    // Forward with the keys split (attention_forward_tc_kernel<…, kSplit = true>): a query tile of
+    // n key tiles is ceil(n / split_tiles) items; grid.y = items (per sequence and head).
+    int64_t split_tiles, items;
+    float* part;  // (B, Hq, items, BQ, DH + 2): an item's unnormalised o, then its rows' m and l
+    int* count;   // (B, Hq, query tiles): the items of a tile finished; zero between launches (the
+                  // last item resets its tile's)
 };
+
+// Key tiles of BK that the query rows [i0, i0 + BQ) see (from the first any row sees to the one
+// holding the last row's own key) and the first of them: the forward's range, on host and device.
+struct KeyTiles {
+    int64_t begin, n;
+};
+__host__ __device__ inline KeyTiles key_tiles(int64_t i0, int64_t BQ, int64_t BK, int64_t T, int64_t q_offset,
+                                              int64_t window) {
+    const int64_t pos_first = q_offset + i0, pos_last = q_offset + (i0 + BQ < T ? i0 + BQ : T) - 1;
+    const int64_t first = window > 0 && pos_first - window + 1 > 0 ? pos_first - window + 1 : 0;
+    const int64_t begin = first / BK * BK;
+    return {begin, (pos_last - begin) / BK + 1};
+}
 
 __device__ __forceinline__ bool visible(int64_t i, int64_t j, int64_t window) {
     return j <= i && (window == 0 || i - j < window);
@@ -672,6 +696,96 @@ __device__ __forceinline__ bool aligned4(const void* p) {
     return (reinterpret_cast<uintptr_t>(p) & 3) == 0;
 }
 
+// Items a split query tile has at most: their weights, (items, BQ) floats, fit in the forward
+// kernel's shared memory.
+constexpr int64_t kMaxKeySplits = 32;
+
+// The end of a split forward item (attention_forward_tc_kernel<…, kSplit>): writes the item's
+// unnormalised o (this lane's fragments) and its rows' m (log2 units) and l to a.part; the query
+// tile's last item to finish weighs every item of the tile, in item order, by 2^(m_s − M) / L (M
+// the rows' largest m, L = Σ 2^(m_s − M)·l_s) and writes out and lse. wgt: the kernel's shared memory,
+// free once its key loop has ended on a barrier.
+template <int DH, int MT>
+__device__ void forward_split_finish(const AttnParams<__nv_bfloat16>& a, const float (&o)[MT][DH / 8][4],
+                                     const float (&m)[MT][2], const float (&l)[MT][2], int64_t b, int h,
+                                     int64_t qt, int64_t i0, int64_t split, int64_t n_split, int64_t n_qtiles,
+                                     float* wgt) {
+    constexpr int WR = 16 * MT, BQ = WR * kWarps, DT = DH / 8, PS = BQ * (DH + 2);
+    const int warp = threadIdx.x / 32;
+    float* base = a.part + ((b * a.Hq + h) * a.items + blockIdx.y - split) * PS;  // the tile's item 0
+    float* mine = base + split * PS;
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            float lr = l[mt][r];
+            lr += __shfl_xor_sync(kFullMask, lr, 1);
+            lr += __shfl_xor_sync(kFullMask, lr, 2);
+            const int rr = WR * warp + 16 * mt + frag_row(2 * r);
+#pragma unroll
+            for (int t = 0; t < DT; ++t)
+                *reinterpret_cast<float2*>(mine + rr * DH + frag_col(t, 0)) =
+                    make_float2(o[mt][t][2 * r], o[mt][t][2 * r + 1]);
+            if (threadIdx.x % 4 == 0) {
+                mine[BQ * DH + rr] = m[mt][r];
+                mine[BQ * DH + BQ + rr] = lr;
+            }
+        }
+    __shared__ int last;
+    __threadfence();
+    __syncthreads();
+    int* count = a.count + (b * a.Hq + h) * n_qtiles + qt;
+    if (threadIdx.x == 0) last = atomicAdd(count, 1) == n_split - 1;
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
+    if (threadIdx.x == 0) *count = 0;  // every item of the tile has counted: ready for the next launch
+    for (int rr = threadIdx.x; rr < BQ; rr += kTileThreads) {
+        float mx = -INFINITY;
+        for (int64_t s = 0; s < n_split; ++s) mx = fmaxf(mx, __ldcg(base + s * PS + BQ * DH + rr));
+        const float m_use = mx == -INFINITY ? 0.0f : mx;  // no row of a valid query is empty
+        float sum = 0.0f;
+        for (int64_t s = 0; s < n_split; ++s) {
+            const float w = fast_exp2(__ldcg(base + s * PS + BQ * DH + rr) - m_use);
+            wgt[s * BQ + rr] = w;
+            sum = fmaf(w, __ldcg(base + s * PS + BQ * DH + BQ + rr), sum);
+        }
+        const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
+        for (int64_t s = 0; s < n_split; ++s) wgt[s * BQ + rr] *= inv;
+        if (i0 + rr < a.T) a.lse[(b * a.Hq + h) * a.T + i0 + rr] = mx * kLn2 + logf(sum);
+    }
+    __syncthreads();
+    // o as float4 columns: kPer a thread, every item's loads of a thread issued together.
+    constexpr int kPer = BQ * DH / 4 / kTileThreads;
+    static_assert(BQ * DH % (4 * kTileThreads) == 0, "whole float4 columns a thread");
+    float4 acc[kPer];
+#pragma unroll
+    for (int u = 0; u < kPer; ++u) acc[u] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    for (int64_t s = 0; s < n_split; ++s) {
+        const float4* ps = reinterpret_cast<const float4*>(base + s * PS);
+        float4 v[kPer];
+#pragma unroll
+        for (int u = 0; u < kPer; ++u) v[u] = __ldcg(ps + threadIdx.x + u * kTileThreads);
+#pragma unroll
+        for (int u = 0; u < kPer; ++u) {
+            const float w = wgt[s * BQ + (int(threadIdx.x) + u * kTileThreads) * 4 / DH];
+            acc[u].x = fmaf(w, v[u].x, acc[u].x);
+            acc[u].y = fmaf(w, v[u].y, acc[u].y);
+            acc[u].z = fmaf(w, v[u].z, acc[u].z);
+            acc[u].w = fmaf(w, v[u].w, acc[u].w);
+        }
+    }
+    const bool pair = aligned4(a.out);
+#pragma unroll
+    for (int u = 0; u < kPer; ++u) {
+        const int f = (int(threadIdx.x) + u * kTileThreads) * 4, rr = f / DH, d = f % DH;
+        if (i0 + rr >= a.T) continue;
+        __nv_bfloat16* out = a.out + ((b * a.T + i0 + rr) * a.Hq + h) * DH + d;
+        store_bf16_pair(out, acc[u].x, acc[u].y, pair);
+        store_bf16_pair(out + 2, acc[u].z, acc[u].w, pair);
+    }
+}
+
 template <int DH, int MT, int BK>
 constexpr size_t forward_tc_smem() {
     return sizeof(__nv_bfloat16) * size_t(16 * MT * kWarps + 4 * BK) * kTcLd<DH>;
@@ -686,7 +800,13 @@ constexpr size_t forward_tc_smem() {
 // maxima are taken on the raw products and scaled once, and each weight costs one FFMA and one EX2;
 // with it, the scores go to log2 units first. kQSmem: Q's fragments are read from shared memory
 // at every key tile instead of held in registers (head dim 128 at MT = 2).
-template <int DH, int MT, int BK, bool kQSmem, bool kGeneral>
+//
+// kSplit: each block is one item of a query tile's key range (grid.y enumerates the items, query
+// tiles heaviest first): the tile's n key tiles split into c = ceil(n / split_tiles) consecutive runs,
+// as even as integer division makes them. An item of a split tile writes its unnormalised o and its
+// rows' m and l to a.part; the tile's last item to finish (a counter per tile) combines the tile's
+// items in item order — the same bits whichever finishes last.
+template <int DH, int MT, int BK, bool kQSmem, bool kGeneral, bool kSplit>
 __global__ void __launch_bounds__(kTileThreads) attention_forward_tc_kernel(AttnParams<__nv_bfloat16> a) {
     constexpr int WR = 16 * MT, BQ = WR * kWarps, LD = kTcLd<DH>, NT = BK / 8, DT = DH / 8;
     extern __shared__ __align__(16) unsigned char tc_smem[];
@@ -694,9 +814,21 @@ __global__ void __launch_bounds__(kTileThreads) attention_forward_tc_kernel(Attn
     auto sK = [&](int st) { return sQ + (BQ + st * BK) * LD; };
     auto sV = [&](int st) { return sQ + (BQ + (2 + st) * BK) * LD; };
     const int warp = threadIdx.x / 32;
-    // Grid (heads, query tiles, batch), heads fastest: the blocks of the longest (last) query tiles of
-    // every head start first, so the short ones fill the tail.
-    const int64_t i0 = int64_t(gridDim.y - 1 - blockIdx.y) * BQ;
+    // Grid (heads, query tiles or items, batch), heads fastest: the blocks of the longest (last) query
+    // tiles of every head start first, so the short ones fill the tail.
+    const int64_t n_qtiles = (a.T + BQ - 1) / BQ;
+    int64_t qt = n_qtiles - 1 - blockIdx.y, split = 0, n_split = 1;
+    if constexpr (kSplit) {
+        int64_t rem = blockIdx.y;
+        for (qt = n_qtiles - 1; qt > 0; --qt) {
+            const int64_t c =
+                (key_tiles(qt * BQ, BQ, BK, a.T, a.q_offset, a.window).n + a.split_tiles - 1) / a.split_tiles;
+            if (rem < c) break;
+            rem -= c;
+        }
+        split = rem;
+    }
+    const int64_t i0 = qt * BQ;
     const int h = blockIdx.x, hk = h / a.group;
     const int64_t b = blockIdx.z;
     const float slope2 = kGeneral ? alibi_slope_log2(a.alibi, h, a.Hq) : 0.0f;
@@ -704,8 +836,14 @@ __global__ void __launch_bounds__(kTileThreads) attention_forward_tc_kernel(Attn
     const __nv_bfloat16* vh = a.v + b * a.Tk * a.ld_v + hk * DH;
 
     const int64_t pos_first = a.q_offset + i0, pos_last = a.q_offset + min(i0 + BQ, a.T) - 1;
-    const int64_t j_begin = (a.window > 0 ? max(int64_t(0), pos_first - a.window + 1) : 0) / BK * BK;
-    const int64_t n_tiles = (pos_last - j_begin) / BK + 1;
+    const KeyTiles kt = key_tiles(i0, BQ, BK, a.T, a.q_offset, a.window);
+    int64_t j_begin = kt.begin, n_tiles = kt.n;
+    if constexpr (kSplit) {
+        n_split = (kt.n + a.split_tiles - 1) / a.split_tiles;
+        const int64_t t0 = split * kt.n / n_split, t1 = (split + 1) * kt.n / n_split;
+        j_begin += t0 * BK;
+        n_tiles = t1 - t0;
+    }
     // Positions of the warp's first and last rows (past pos_last for rows beyond the sequence).
     const int64_t w_first = pos_first + WR * warp, w_last = w_first + WR - 1;
     const int wl = window32(a.window);
@@ -825,6 +963,13 @@ __global__ void __launch_bounds__(kTileThreads) attention_forward_tc_kernel(Attn
         __syncthreads();  // sK(st), sV(st) consumed before the next iteration stages into them
     }
 
+    if constexpr (kSplit) {
+        if (n_split > 1) {
+            forward_split_finish<DH, MT>(a, o, m, l, b, h, qt, i0, split, n_split, n_qtiles,
+                                         reinterpret_cast<float*>(tc_smem));
+            return;
+        }
+    }
     // Every valid row sees at least itself (weight 2^0 = 1), so l ≥ 1 and m is finite.
     const bool pair = aligned4(a.out);
 #pragma unroll
@@ -1358,17 +1503,69 @@ void check_tc_positions(const char* kernel, const AttnParams<D>& a) {
 }
 
 // Query rows a warp of the tensor-core forward owns, in m16 tiles: 2 (128 queries a block; each K and
-// V fragment read from shared memory serves two tiles) when that grid still gives every SM two
-// blocks (it keeps two resident), else 1 (64 queries a block: twice the blocks, and the longest
-// block — the last query tile, which sees every key — half as long; a one-sequence prefill).
+// V fragment read from shared memory serves two tiles) at head dim 64, where a grid too small for
+// the GPU splits its long query tiles' keys (forward_split) instead; at head dim 128, 2 when that
+// grid still gives every SM two blocks (it keeps two resident), else 1 (64 queries a block: twice
+// the blocks, and the longest block — the last query tile, which sees every key — half as long).
 // MSLM_ATTN_FWD_ROWS=16 or 32 forces one or two tiles (the ablation, and the tests).
 template <typename T>
 int forward_rows_per_warp(const AttentionDims& d) {
     const char* v = std::getenv("MSLM_ATTN_FWD_ROWS");
     if (v != nullptr && std::string_view(v) == "16") return 1;
     if (v != nullptr && std::string_view(v) == "32") return 2;
+    if (d.head_dim <= 64) return 2;
     const int64_t blocks = d.batch * d.n_heads * ((d.seqlen + 127) / 128);
     return blocks >= 2 * int64_t(multiprocessors<T>("attention_forward")) ? 2 : 1;
+}
+
+// The key split of a small forward grid (two m16 tiles a warp): tiles (key tiles an item at most)
+// and items (per sequence and head; the query tiles when nothing splits). Items of at least 4 tiles,
+// about two for every resident block slot (per_sm an SM), at most kMaxKeySplits a query tile — so a
+// training grid (8 × 2048: a tile would need 50) does not split. MSLM_ATTN_SPLIT=0 turns it off;
+// a number sets the tiles.
+struct ForwardSplit {
+    int64_t tiles, items;
+};
+template <typename T>
+ForwardSplit forward_split(const AttnParams<device_t<T>>& a, const AttentionDims& d, int64_t BQ, int64_t BK,
+                           int per_sm) {
+    const int64_t n_qt = (d.seqlen + BQ - 1) / BQ;
+    auto tiles_of = [&](int64_t q) { return key_tiles(q * BQ, BQ, BK, d.seqlen, a.q_offset, a.window).n; };
+    int64_t work = 0, n_max = 0;
+    for (int64_t q = 0; q < n_qt; ++q) {
+        work += tiles_of(q);
+        n_max = std::max(n_max, tiles_of(q));
+    }
+    int64_t tiles = 0;
+    const char* env = std::getenv("MSLM_ATTN_SPLIT");
+    if (env != nullptr && *env != '\0') {
+        tiles = std::strtoll(env, nullptr, 10);
+        if (tiles <= 0) return {n_max, n_qt};
+    } else {
+        const int64_t slots = int64_t(per_sm) * multiprocessors<T>("attention_forward");
+        tiles = std::max<int64_t>(4, (work * d.batch * d.n_heads + 2 * slots - 1) / (2 * slots));
+    }
+    tiles = std::max(tiles, (n_max + kMaxKeySplits - 1) / kMaxKeySplits);
+    int64_t items = 0;
+    for (int64_t q = 0; q < n_qt; ++q) items += (tiles_of(q) + tiles - 1) / tiles;
+    return {tiles, items};
+}
+
+// Resident blocks an SM of a split forward kernel (asked of the runtime once per instantiation).
+template <typename T, int DH, int MT, int BK, bool kQSmem>
+int forward_split_blocks_per_sm() {
+    static const int n = [] {
+        auto fn = attention_forward_tc_kernel<DH, MT, BK, kQSmem, false, true>;
+        constexpr size_t smem = forward_tc_smem<DH, MT, BK>();
+        int blocks = 0;
+        check_cuda<T>(
+            cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)),
+            "cudaFuncSetAttribute", "attention_forward_tc");
+        check_cuda<T>(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, fn, kTileThreads, smem),
+                      "cudaOccupancyMaxActiveBlocksPerMultiprocessor", "attention_forward_tc");
+        return std::max(blocks, 1);
+    }();
+    return n;
 }
 
 // A stream-ordered fp32 scratch buffer (cudaMallocAsync), freed in stream order when it goes out
@@ -1388,6 +1585,53 @@ public:
 private:
     float* p_ = nullptr;
     cudaStream_t stream_;
+};
+
+// What a KeptScratch holds: each use its own buffer, so one use's writes never land on another's.
+enum class Kept { SplitParts, SplitCounters, Delta };
+
+// fp32 scratch kept per (device, stream, use) and grown in stream order (the old buffer freed with
+// cudaFreeAsync behind the kernels queued before it), never freed: a cudaMallocAsync per call of the
+// split forward's ~19 MB at one sequence cost ~100 µs, since the default pool hands its memory back
+// at every synchronisation (measured: prefill ~985K tokens/s without the split, 915–937K with it
+// allocating per call). While the stream is being captured into a graph, a StreamScratch of the
+// call's own instead (a kept buffer grown inside a capture would belong to the graph).
+template <typename T>
+class KeptScratch {
+public:
+    KeptScratch(Kept use, size_t count, cudaStream_t stream, const char* kernel) {
+        cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+        check_cuda<T>(cudaStreamIsCapturing(stream, &capture), "cudaStreamIsCapturing", kernel);
+        if (capture != cudaStreamCaptureStatusNone) {
+            own_.emplace(count, stream, kernel);
+            p_ = own_->get();
+            return;
+        }
+        int device = 0;
+        check_cuda<T>(cudaGetDevice(&device), "cudaGetDevice", kernel);
+        static std::mutex mutex;
+        static auto* buffers = new std::map<std::tuple<int, cudaStream_t, Kept>, std::pair<float*, size_t>>;
+        std::lock_guard<std::mutex> lock(mutex);
+        auto& [p, size] = (*buffers)[{device, stream, use}];
+        fresh_ = size < count;
+        if (fresh_) {
+            if (p) check_cuda<T>(cudaFreeAsync(p, stream), "cudaFreeAsync", kernel);
+            p = nullptr;
+            size = 0;
+            check_cuda<T>(cudaMallocAsync(reinterpret_cast<void**>(&p), sizeof(float) * count, stream),
+                          "cudaMallocAsync", kernel);
+            size = count;
+        }
+        p_ = p;
+    }
+    float* get() const { return p_; }
+    // Whether the memory is new to this use (just allocated, or the capture's own): not zeroed.
+    bool fresh() const { return fresh_; }
+
+private:
+    float* p_ = nullptr;
+    bool fresh_ = true;
+    std::optional<StreamScratch<T>> own_;
 };
 
 }  // namespace
@@ -1414,18 +1658,44 @@ void attention_forward(T* out, float* lse, const T* q, int64_t ld_q, const T* k,
                     constexpr int MT = decltype(mt_c)::value, BK = decltype(bk_c)::value,
                                   BQ = 16 * MT * kWarps;
                     constexpr bool kQSmem = decltype(qsmem_c)::value;
-                    const dim3 grid(static_cast<unsigned>(dims.n_heads),
-                                    static_cast<unsigned>((dims.seqlen + BQ - 1) / BQ),
-                                    static_cast<unsigned>(dims.batch));
                     constexpr size_t smem = forward_tc_smem<DH, MT, BK>();
-                    if (general)
-                        launch_tiles<T>("attention_forward_tc",
-                                        attention_forward_tc_kernel<DH, MT, BK, kQSmem, true>, grid, smem, s,
-                                        a);
-                    else
-                        launch_tiles<T>("attention_forward_tc",
-                                        attention_forward_tc_kernel<DH, MT, BK, kQSmem, false>, grid, smem, s,
-                                        a);
+                    const int64_t n_qt = (dims.seqlen + BQ - 1) / BQ;
+                    auto launch = [&](auto split_c, int64_t ny) {
+                        constexpr bool kS = decltype(split_c)::value;
+                        const dim3 grid(static_cast<unsigned>(dims.n_heads), static_cast<unsigned>(ny),
+                                        static_cast<unsigned>(dims.batch));
+                        if (general)
+                            launch_tiles<T>("attention_forward_tc",
+                                            attention_forward_tc_kernel<DH, MT, BK, kQSmem, true, kS>, grid,
+                                            smem, s, a);
+                        else
+                            launch_tiles<T>("attention_forward_tc",
+                                            attention_forward_tc_kernel<DH, MT, BK, kQSmem, false, kS>, grid,
+                                            smem, s, a);
+                    };
+                    if constexpr (MT == 2) {
+                        const ForwardSplit fs = forward_split<T>(
+                            a, dims, BQ, BK, forward_split_blocks_per_sm<T, DH, MT, BK, kQSmem>());
+                        if (fs.items > n_qt) {
+                            const int64_t part = dims.batch * dims.n_heads * fs.items * BQ * (DH + 2),
+                                          counters = dims.batch * dims.n_heads * n_qt;
+                            KeptScratch<T> parts(Kept::SplitParts, static_cast<size_t>(part), s, kernel);
+                            KeptScratch<T> count(Kept::SplitCounters, static_cast<size_t>(counters), s,
+                                                 kernel);
+                            a.split_tiles = fs.tiles;
+                            a.items = fs.items;
+                            a.part = parts.get();
+                            a.count = reinterpret_cast<int*>(count.get());
+                            // Only this code and the kernels touch the counters, and the kernels leave
+                            // them at zero: new memory is zeroed once.
+                            if (count.fresh())
+                                check_cuda<T>(cudaMemsetAsync(a.count, 0, sizeof(int) * counters, s),
+                                              "cudaMemsetAsync", kernel);
+                            launch(std::true_type{}, fs.items);
+                            return;
+                        }
+                    }
+                    launch(std::false_type{}, n_qt);
                 };
                 using I1 = std::integral_constant<int, 1>;
                 using I2 = std::integral_constant<int, 2>;
@@ -1475,7 +1745,7 @@ void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* out, const 
             a.vec = a.vec && aligned16(dout);
             check_tc_positions<T>(kernel, a);
             const int64_t rows = dims.batch * dims.seqlen * dims.n_heads;
-            StreamScratch<T> delta(static_cast<size_t>(rows), s, "attention_backward_delta");
+            KeptScratch<T> delta(Kept::Delta, static_cast<size_t>(rows), s, "attention_backward_delta");
             a.delta = delta.get();
             attention_delta_kernel<<<grid_size<T>(rows * 32, "attention_backward_delta"), kThreads, 0, s>>>(
                 a, delta.get());
