@@ -808,6 +808,8 @@ constexpr size_t forward_tc_smem() {
 // items in item order — the same bits whichever finishes last.
 template <int DH, int MT, int BK, bool kQSmem, bool kGeneral, bool kSplit>
 __global__ void __launch_bounds__(kTileThreads) attention_forward_tc_kernel(AttnParams<__nv_bfloat16> a) {
+    pdl_wait();  // launched with programmatic dependent launch (launch_ops_pdl)
+    pdl_trigger();
     constexpr int WR = 16 * MT, BQ = WR * kWarps, LD = kTcLd<DH>, NT = BK / 8, DT = DH / 8;
     extern __shared__ __align__(16) unsigned char tc_smem[];
     auto* sQ = reinterpret_cast<__nv_bfloat16*>(tc_smem);  // (BQ, LD), then K[2], V[2] (BK, LD)
@@ -1339,6 +1341,8 @@ constexpr int kRopeHeads = 8;
 template <typename D>
 __global__ void rope_kernel(D* x, int64_t ld, int64_t N, int64_t Tn, int H, int Dh, int rotary_dim,
                             double theta, int64_t pos0, const int64_t* pos, bool inverse) {
+    pdl_wait();  // launched with programmatic dependent launch (launch_ops_pdl)
+    pdl_trigger();
     const int half = rotary_dim / 2, groups = (H + kRopeHeads - 1) / kRopeHeads;
     const int64_t work = N * groups * half;
     const int64_t stride = int64_t(gridDim.x) * blockDim.x;
@@ -1409,14 +1413,15 @@ void with_padded_head_dim(int64_t head_dim, F&& f) {
     }
 }
 
+// pdl: launched with programmatic dependent launch (kernels that begin with pdl_wait()).
 template <typename T, typename D>
 void launch_tiles(const char* kernel, void (*fn)(AttnParams<D>), dim3 grid, size_t smem, cudaStream_t stream,
-                  const AttnParams<D>& a) {
+                  const AttnParams<D>& a, bool pdl = false) {
     check_cuda<T>(
         cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)),
         "cudaFuncSetAttribute", kernel);
-    fn<<<grid, kTileThreads, smem, stream>>>(a);
-    check_launch<T>(kernel);
+    check_cuda<T>(launch_maybe_pdl(pdl && ops_pdl_enabled(), fn, grid, dim3(kTileThreads), smem, stream, a),
+                  "launch", kernel);
 }
 
 template <typename T>
@@ -1465,10 +1470,11 @@ void launch_rope(const char* kernel, T* x, int64_t ld, int64_t N, int64_t Tn, in
     using D = device_t<T>;
     const int64_t work = N * ((H + kRopeHeads - 1) / kRopeHeads) * (rotary_dim / 2);
     if (work == 0 || H == 0) return;
-    rope_kernel<<<grid_size<T>(work, kernel), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(
-        reinterpret_cast<D*>(x), ld, N, Tn, static_cast<int>(H), static_cast<int>(Dh),
-        static_cast<int>(rotary_dim), theta, pos0, pos, inverse);
-    check_launch<T>(kernel);
+    check_cuda<T>(launch_ops_pdl(rope_kernel<D>, grid_size<T>(work, kernel), kThreads, 0,
+                                 static_cast<cudaStream_t>(stream), reinterpret_cast<D*>(x), ld, N, Tn,
+                                 static_cast<int>(H), static_cast<int>(Dh), static_cast<int>(rotary_dim),
+                                 theta, pos0, pos, inverse),
+                  "launch", kernel);
 }
 
 // The tensor-core kernels take bf16 with head dims 64 and 128, unless MSLM_ATTN_TC=0 (read at every
@@ -1667,11 +1673,11 @@ void attention_forward(T* out, float* lse, const T* q, int64_t ld_q, const T* k,
                         if (general)
                             launch_tiles<T>("attention_forward_tc",
                                             attention_forward_tc_kernel<DH, MT, BK, kQSmem, true, kS>, grid,
-                                            smem, s, a);
+                                            smem, s, a, true);
                         else
                             launch_tiles<T>("attention_forward_tc",
                                             attention_forward_tc_kernel<DH, MT, BK, kQSmem, false, kS>, grid,
-                                            smem, s, a);
+                                            smem, s, a, true);
                     };
                     if constexpr (MT == 2) {
                         const ForwardSplit fs = forward_split<T>(

@@ -217,12 +217,20 @@ inline bool pdl_enabled() {
     return !(env && std::string_view(env) == "0");
 }
 
-// Launches kernel on stream with the programmatic-dependent-launch attribute (when pdl_enabled):
-// it may start once its predecessor's blocks have all called pdl_trigger, and must pdl_wait before
-// it reads what that predecessor writes. Returns the launch's error.
+// Whether the op kernels that begin with pdl_wait(); pdl_trigger(); (the forward kernels of a
+// prefill: norms, conv, SSD, SwiGLU, RoPE, attention) launch with programmatic dependent launch:
+// yes unless MSLM_OPS_PDL=0 (read at each launch).
+inline bool ops_pdl_enabled() {
+    const char* env = std::getenv("MSLM_OPS_PDL");
+    return !(env && std::string_view(env) == "0");
+}
+
+// Launches kernel on stream, with the programmatic-dependent-launch attribute when `pdl`: it may
+// start once its predecessor's blocks have all called pdl_trigger (or exited), and must pdl_wait
+// before it reads what that predecessor writes — or writes what it reads. Returns the launch's error.
 template <typename... Params, typename... Args>
-cudaError_t launch_pdl(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
-                       Args&&... args) {
+cudaError_t launch_maybe_pdl(bool pdl, void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem,
+                             cudaStream_t stream, Args&&... args) {
     cudaLaunchConfig_t config{};
     config.gridDim = grid;
     config.blockDim = block;
@@ -230,10 +238,22 @@ cudaError_t launch_pdl(void (*kernel)(Params...), dim3 grid, dim3 block, size_t 
     config.stream = stream;
     cudaLaunchAttribute attribute{};
     attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attribute.val.programmaticStreamSerializationAllowed = pdl_enabled() ? 1 : 0;
+    attribute.val.programmaticStreamSerializationAllowed = pdl ? 1 : 0;
     config.attrs = &attribute;
     config.numAttrs = 1;
     return cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...);
+}
+// The decode step's kernels (pdl_enabled) and the op kernels above (ops_pdl_enabled).
+template <typename... Params, typename... Args>
+cudaError_t launch_pdl(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
+                       Args&&... args) {
+    return launch_maybe_pdl(pdl_enabled(), kernel, grid, block, smem, stream, std::forward<Args>(args)...);
+}
+template <typename... Params, typename... Args>
+cudaError_t launch_ops_pdl(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
+                           Args&&... args) {
+    return launch_maybe_pdl(ops_pdl_enabled(), kernel, grid, block, smem, stream,
+                            std::forward<Args>(args)...);
 }
 
 // Catches bad launch configurations at once; faults inside a kernel surface at the next

@@ -281,6 +281,8 @@ template <int K, int V, typename D>
 __global__ void __launch_bounds__(kFastThreads, min_blocks(K))
     conv_forward_run_kernel(D* out, D* pre, const D* x, int64_t ld_x, const D* hist, const D* w,
                             const D* bias, int64_t Tn, int64_t C, bool silu_out, int64_t chunks) {
+    pdl_wait();  // launched with programmatic dependent launch (launch_ops_pdl)
+    pdl_trigger();
     using P = Pack<D, V>;
     const Run r = run_of<V>(Tn, C, chunks);
     if (!r.active) return;
@@ -494,13 +496,11 @@ void forward_fast(D* out, D* pre, const D* x, int64_t ld_x, const D* hist, const
                   int64_t B, int64_t Tn, int64_t C, bool silu, cudaStream_t s, const char* kernel) {
     constexpr int V = forward_vec<D>();
     const dim3 block(32, kRunsPerBlock);
-    if (packs_fit<D>(V, {out, x, silu ? pre : nullptr, hist}, {ld_x, C})) {
-        conv_forward_run_kernel<K, V><<<fast_grid<T>(B, Tn, C, V, kernel), block, 0, s>>>(
-            out, pre, x, ld_x, hist, w, bias, Tn, C, silu, n_fast_chunks(Tn));
-    } else {
-        conv_forward_run_kernel<K, 1><<<fast_grid<T>(B, Tn, C, 1, kernel), block, 0, s>>>(
-            out, pre, x, ld_x, hist, w, bias, Tn, C, silu, n_fast_chunks(Tn));
-    }
+    const int v = packs_fit<D>(V, {out, x, silu ? pre : nullptr, hist}, {ld_x, C}) ? V : 1;
+    check_cuda<T>(launch_ops_pdl(v == V ? conv_forward_run_kernel<K, V, D> : conv_forward_run_kernel<K, 1, D>,
+                                 fast_grid<T>(B, Tn, C, v, kernel), block, 0, s, out, pre, x, ld_x, hist, w,
+                                 bias, Tn, C, silu, n_fast_chunks(Tn)),
+                  "launch", kernel);
 }
 
 template <int K, typename T, typename D>

@@ -119,6 +119,8 @@ __global__ void map_kernel(T* y, const T* a, const T* b, int64_t n, Op op) {
 
 template <int V, typename T>
 __global__ void swiglu_forward_kernel(T* out, const T* gate_up, int64_t N, int64_t F) {
+    pdl_wait();  // launched with programmatic dependent launch (launch_ops_pdl)
+    pdl_trigger();
     const int64_t packs_per_row = F / V;
     const int64_t total = N * packs_per_row;
     const int64_t stride = int64_t(gridDim.x) * blockDim.x;
@@ -240,12 +242,11 @@ void swiglu_forward(T* out, const T* gate_up, int64_t N, int64_t F, void* stream
     D* o = reinterpret_cast<D*>(out);
     const D* gu = reinterpret_cast<const D*>(gate_up);
     auto s = static_cast<cudaStream_t>(stream);
-    if (swiglu_vectorised(F, V, {out, gate_up})) {
-        swiglu_forward_kernel<V><<<grid_size<T>(N * (F / V), kernel), kThreads, 0, s>>>(o, gu, N, F);
-    } else {
-        swiglu_forward_kernel<1><<<grid_size<T>(N * F, kernel), kThreads, 0, s>>>(o, gu, N, F);
-    }
-    check_launch<T>(kernel);
+    const bool vec = swiglu_vectorised(F, V, {out, gate_up});
+    check_cuda<T>(
+        launch_ops_pdl(vec ? swiglu_forward_kernel<V, D> : swiglu_forward_kernel<1, D>,
+                       grid_size<T>(vec ? N * (F / V) : N * F, kernel), kThreads, 0, s, o, gu, N, F),
+        "launch", kernel);
 }
 
 template <bool kAccumulate, typename T>

@@ -102,6 +102,8 @@ __device__ __forceinline__ void rms_input(float (&g)[V], T* res, const T* x, con
 template <RmsKind K, int V, typename T>
 __global__ void rms_forward_kernel(T* out, float* rstd, T* res, const T* x, const T* z, int64_t ld_z,
                                    const T* w, int64_t N, int D, int G, float eps) {
+    pdl_wait();  // launched with programmatic dependent launch (launch_ops_pdl)
+    pdl_trigger();
     __shared__ float scratch[32];
     const int Dg = D / G, packs = Dg / V;
     for (int64_t n = blockIdx.x; n < N; n += gridDim.x) {
@@ -421,14 +423,9 @@ void launch_rms_forward(const char* kernel, T* out, float* rstd, T* res, const T
     auto xd = reinterpret_cast<const Dev*>(x), zd = reinterpret_cast<const Dev*>(z),
          wd = reinterpret_cast<const Dev*>(w);
     const unsigned grid = row_grid<T>(N, threads, kernel);
-    if (vec) {
-        rms_forward_kernel<K, V>
-            <<<grid, threads, 0, s>>>(o, rstd, r, xd, zd, ld_z, wd, N, int(D), int(G), eps);
-    } else {
-        rms_forward_kernel<K, 1>
-            <<<grid, threads, 0, s>>>(o, rstd, r, xd, zd, ld_z, wd, N, int(D), int(G), eps);
-    }
-    check_launch<T>(kernel);
+    check_cuda<T>(launch_ops_pdl(vec ? rms_forward_kernel<K, V, Dev> : rms_forward_kernel<K, 1, Dev>, grid,
+                                 threads, 0, s, o, rstd, r, xd, zd, ld_z, wd, N, int(D), int(G), eps),
+                  "launch", kernel);
 }
 
 template <bool kGated, typename T>

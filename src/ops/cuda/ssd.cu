@@ -317,6 +317,8 @@ __global__ void ssd_decay_kernel(Args<T> a, float* dtv, double* cum) {
 // the fp32 resolution at which cum is used.
 template <typename T>
 __global__ void ssd_decay_scan_kernel(Args<T> a, float* dtv, double* cum) {
+    pdl_wait();  // may be launched with programmatic dependent launch (launch_ops_pdl)
+    pdl_trigger();
     const int lane = threadIdx.x % 32;
     const int64_t total = a.batch * a.H * a.n_chunks;
     const int64_t n_warps = int64_t(gridDim.x) * blockDim.x / 32;
@@ -447,6 +449,8 @@ __global__ void ssd_chunk_state_kernel(Args<T> a, const T* dy, float* out) {
 template <bool kReverse, typename T>
 __global__ void ssd_state_pass_kernel(Args<T> a, float* states, const float* h0, float* h_last,
                                       __nv_bfloat16* states16, bool store_f32) {
+    pdl_wait();  // may be launched with programmatic dependent launch (launch_ops_pdl)
+    pdl_trigger();
     // The loads of kBatch chunks are issued before their stores: the compiler cannot tell a store to
     // `states` from a later load of it, so one chunk at a time would wait out a memory latency each.
     constexpr int kBatch = 8;
@@ -840,6 +844,8 @@ struct OutRegSmem {
 template <typename T, bool kFactored, int kMinBlocks = 4>
 __global__ void __launch_bounds__(kMmaThreads, kMinBlocks)
     ssd_output_reg_kernel(Args<T> a, const float* CB, const __nv_bfloat16* states16, T* y) {
+    pdl_wait();  // may be launched with programmatic dependent launch (launch_ops_pdl)
+    pdl_trigger();
     static_assert(std::is_same_v<T, __nv_bfloat16>, "tensor-core kernels are bf16");
     extern __shared__ __align__(16) unsigned char dyn_smem[];
     OutRegSmem& sm = *reinterpret_cast<OutRegSmem*>(dyn_smem);
@@ -1294,6 +1300,8 @@ struct ChunkStateSmem {
 
 template <bool kGrad, typename T>
 __global__ void __launch_bounds__(kMmaThreads, 4) ssd_chunk_state_tc_kernel(Args<T> a, const T* dy, float* out) {
+    pdl_wait();  // may be launched with programmatic dependent launch (launch_ops_pdl)
+    pdl_trigger();
     static_assert(std::is_same_v<T, __nv_bfloat16>, "tensor-core kernels are bf16");
     extern __shared__ __align__(16) unsigned char dyn_smem[];
     ChunkStateSmem& sm = *reinterpret_cast<ChunkStateSmem*>(dyn_smem);
@@ -2279,7 +2287,9 @@ void launch_decay(const Args<device_t<S>>& a, const Workspace& ws, bool tc, cuda
         // A warp a block: one sequence's few warps (24 blocks of 8 at B = 1, T = 2048) spread over
         // as many SMs instead of sharing a few.
         const auto blocks = static_cast<unsigned>(std::min<int64_t>(bhc, int64_t(1) << 30));
-        ssd_decay_scan_kernel<<<blocks, 32, 0, stream>>>(a, ws.dtv, ws.cum);
+        check_cuda<S>(
+            launch_ops_pdl(ssd_decay_scan_kernel<device_t<S>>, blocks, 32, 0, stream, a, ws.dtv, ws.cum),
+            "launch", "ssd_decay_scan");
         check_launch<S>("ssd_decay_scan");
     } else {
         ssd_decay_kernel<<<grid_size<S>(bhc, "ssd_decay"), kThreads, 0, stream>>>(a, ws.dtv, ws.cum);
@@ -2305,9 +2315,12 @@ void state_pass(const Args<device_t<S>>& a, const Workspace& ws, float* states, 
                                                    cudaFuncAttributeMaxDynamicSharedMemorySize,
                                                    int(sizeof(ChunkStateSmem))),
                               "cudaFuncSetAttribute", "ssd_chunk_state_tc");
-                ssd_chunk_state_tc_kernel<false>
-                    <<<tiled_grid(bcn * a.H, mma_tiles(a.P) * mma_tiles(a.N), "ssd_chunk_state_tc"),
-                       kMmaThreads, sizeof(ChunkStateSmem), stream>>>(a, static_cast<const T*>(nullptr), states);
+                check_cuda<S>(launch_ops_pdl(ssd_chunk_state_tc_kernel<false, T>,
+                                             tiled_grid(bcn * a.H, mma_tiles(a.P) * mma_tiles(a.N),
+                                                        "ssd_chunk_state_tc"),
+                                             kMmaThreads, sizeof(ChunkStateSmem), stream, a,
+                                             static_cast<const T*>(nullptr), states),
+                              "launch", "ssd_chunk_state_tc");
                 check_launch<S>("ssd_chunk_state_tc");
                 done = true;
             }
@@ -2322,8 +2335,10 @@ void state_pass(const Args<device_t<S>>& a, const Workspace& ws, float* states, 
     }
     if (h_last || bcn > 0) {
         const int64_t total = a.batch * a.H * a.P * a.N;
-        ssd_state_pass_kernel<false><<<grid_size<S>(total, "ssd_state_pass"), kThreads, 0, stream>>>(
-            a, states, h0, h_last, states16, store_f32 || !states16);
+        check_cuda<S>(
+            launch_ops_pdl(ssd_state_pass_kernel<false, T>, grid_size<S>(total, "ssd_state_pass"), kThreads,
+                           0, stream, a, states, h0, h_last, states16, store_f32 || !states16),
+            "launch", "ssd_state_pass");
         check_launch<S>("ssd_state_pass");
         times.mark("state_pass");
     }
@@ -2438,8 +2453,9 @@ void ssd_forward(S* y, float* h_last, const SsdInputs<S>& in, const float* h0, c
             check_cuda<S>(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                                int(sizeof(OutRegSmem))),
                           "cudaFuncSetAttribute", "ssd_output_reg");
-            kernel<<<tiled_grid(bch, mma_tiles(p.Q), "ssd_output_reg"), kMmaThreads, sizeof(OutRegSmem), s>>>(
-                a, ws.CB, ws.states16, out);
+            check_cuda<S>(launch_ops_pdl(kernel, tiled_grid(bch, mma_tiles(p.Q), "ssd_output_reg"),
+                                         kMmaThreads, sizeof(OutRegSmem), s, a, ws.CB, ws.states16, out),
+                          "launch", "ssd_output_reg");
             check_launch<S>("ssd_output_reg");
             times.mark("output");
             return;
