@@ -696,6 +696,12 @@ __device__ __forceinline__ bool aligned4(const void* p) {
     return (reinterpret_cast<uintptr_t>(p) & 3) == 0;
 }
 
+// The sum over a quad of lanes (4·grp … 4·grp + 3): a C fragment row's values spread over it.
+__device__ __forceinline__ float quad_sum(float x) {
+    x += __shfl_xor_sync(kFullMask, x, 1);
+    return x + __shfl_xor_sync(kFullMask, x, 2);
+}
+
 // Items a split query tile has at most: their weights, (items, BQ) floats, fit in the forward
 // kernel's shared memory.
 constexpr int64_t kMaxKeySplits = 32;
@@ -718,9 +724,7 @@ __device__ void forward_split_finish(const AttnParams<__nv_bfloat16>& a, const f
     for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
-            float lr = l[mt][r];
-            lr += __shfl_xor_sync(kFullMask, lr, 1);
-            lr += __shfl_xor_sync(kFullMask, lr, 2);
+            const float lr = quad_sum(l[mt][r]);
             const int rr = WR * warp + 16 * mt + frag_row(2 * r);
 #pragma unroll
             for (int t = 0; t < DT; ++t)
@@ -978,9 +982,7 @@ __global__ void __launch_bounds__(kTileThreads) attention_forward_tc_kernel(Attn
     for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
-            float lr = l[mt][r];
-            lr += __shfl_xor_sync(kFullMask, lr, 1);
-            lr += __shfl_xor_sync(kFullMask, lr, 2);
+            const float lr = quad_sum(l[mt][r]);
             const int64_t row = i0 + WR * warp + 16 * mt + frag_row(2 * r);
             if (row >= a.T) continue;
             const float inv = 1.0f / lr;
