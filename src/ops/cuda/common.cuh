@@ -111,8 +111,9 @@ __device__ __forceinline__ float silu(float x) {
 // denormal).
 // silu_rounded<D>: the SiLU of every forward whose result is rounded to D (bf16: silu_fast; fp32:
 // silu()) — the conv, SwiGLU and the gated norm, in the ops kernels and in the decoders' fused
-// prologues and epilogues alike, so that those keep giving each other's bits. Backwards keep silu()
-// and sigmoid_pair().
+// prologues and epilogues alike, so that those keep giving each other's bits. A backward that
+// recomputes such a forward value (the gated norm's g) uses the same function; derivatives come from
+// sigmoid_pair().
 __device__ __forceinline__ float silu_fast(float x) {
     return __fdividef(x, 1.0f + __expf(-x));
 }
