@@ -1541,8 +1541,9 @@ ForwardSplit forward_split(const AttnParams<device_t<T>>& a, const AttentionDims
     auto tiles_of = [&](int64_t q) { return key_tiles(q * BQ, BQ, BK, d.seqlen, a.q_offset, a.window).n; };
     int64_t work = 0, n_max = 0;
     for (int64_t q = 0; q < n_qt; ++q) {
-        work += tiles_of(q);
-        n_max = std::max(n_max, tiles_of(q));
+        const int64_t n = tiles_of(q);
+        work += n;
+        n_max = std::max(n_max, n);
     }
     int64_t tiles = 0;
     const char* env = std::getenv("MSLM_ATTN_SPLIT");
