@@ -17,6 +17,7 @@
 #include "core/error.h"
 #include "ops/cuda/common.cuh"
 #include "ops/cuda/linear.h"
+#include "ops/cuda/skinny_gemm.h"
 
 namespace mslm::ops::cuda {
 
@@ -329,6 +330,7 @@ void linear_forward(T* out, const T* x, const T* W, const T* b, int64_t N, int64
             matmul_round_once<T>(op, g, N * O, O, b, false, s);
             return;
         }
+        if (skinny_gemm_preferred(N, I, O) && skinny_gemm(SkinnyOut::Bf16, out, x, W, N, I, O, s)) return;
     }
     if (!b) {
         matmul<T>(op, g, 0.0f, s);
@@ -419,6 +421,7 @@ void linear_forward_accumulate(uint16_t* out, const uint16_t* x, const uint16_t*
     const char* op = "linear_forward_accumulate";
     check_sizes(op, N, I, O);
     if (N == 0 || O == 0 || I == 0) return;  // an empty sum adds nothing
+    if (skinny_gemm_preferred(N, I, O) && skinny_gemm(SkinnyOut::Bf16Add, out, x, W, N, I, O, stream)) return;
     matmul<uint16_t>(op, linear_forward_gemm(out, x, W, N, I, O), 1.0f, static_cast<cudaStream_t>(stream));
 }
 
@@ -432,6 +435,7 @@ void linear_forward_f32_out(float* out, const uint16_t* x, const uint16_t* W, in
         check_cuda<uint16_t>(cudaMemsetAsync(out, 0, sizeof(float) * size_t(N * O), s), "cudaMemsetAsync", op);
         return;
     }
+    if (skinny_gemm_preferred(N, I, O) && skinny_gemm(SkinnyOut::F32, out, x, W, N, I, O, s)) return;
     const ColumnMajorGemm g = linear_forward_gemm(out, x, W, N, I, O);
     MSLM_CHECK(try_matmul<uint16_t>(op, g, 0.0f, CUBLASLT_EPILOGUE_DEFAULT, nullptr, s, true),
                "cuBLASLt {}: no algorithm for (m, n, k) = ({}, {}, {}) with an fp32 output", op, g.m, g.n, g.k);

@@ -11,7 +11,10 @@
 //
 // cuBLASLt state (a handle per device, a 32 MiB workspace per device and stream, and the
 // algorithm chosen per shape) is created on first use, behind a mutex, and kept for the life of
-// the process.
+// the process. bf16 forwards without a bias of few rows and output columns (linear_forward,
+// linear_forward_accumulate, linear_forward_f32_out; ops/cuda/skinny_gemm.h's skinny_gemm_preferred)
+// take our split-K tensor-core kernel instead, where it measured faster; the numerics above hold for
+// it too (fp32 sums, one rounding, the same bits on every call).
 #pragma once
 #include <cstdint>
 
@@ -27,8 +30,9 @@ void linear_forward(T* out, const T* x, const T* W, const T* b, int64_t N, int64
 // 1, D = C = out): a residual add without a separate kernel (the decode step's). Whether the fp32
 // product is rounded to bf16 before C is added depends on the kernel cuBLASLt picks (measured on the
 // H200: rounded first at (N, I, O) = (1, 768, 768), (3, 1536, 768), (64, 2048, 768) — the bits of
-// linear_forward then axpy —, not at (8, 1, 300) and (5, 7, 9)): out = round(out + round(product))
-// or round(out + product), at most the product's one bf16 rounding away from that pair.
+// linear_forward then axpy —, not at (8, 1, 300) and (5, 7, 9); the skinny kernel, where it takes the
+// call, never rounds first): out = round(out + round(product)) or round(out + product), at most the
+// product's one bf16 rounding away from that pair.
 void linear_forward_accumulate(uint16_t* out, const uint16_t* x, const uint16_t* W, int64_t N, int64_t I,
                                int64_t O, void* stream = nullptr);
 
