@@ -1343,31 +1343,40 @@ void mlp_backward(const Ctx& c, CudaHybridLM::Impl::Layer& L, bf16* dx, const bf
     c.mark("mlp bwd", KernelFamily::Gemm);
 }
 
-// One layer's forward from its input x (N, D): the saved activations of the layer, and next (N, D)
-// = the residual leaving it, unless next is null (activation recompute: backward re-runs the layer
-// for its saved activations only).
-void layer_forward(const Ctx& c, CudaHybridLM::Impl::Layer& layer, const bf16* x, bf16* next) {
+// A block boundary: res (N, D) = res_in + delta (a sublayer's output), then out = the norm of res —
+// one kernel for RMSNorm (residual_rmsnorm_forward), a copy, an add and the norm for LayerNorm; the
+// same bits either way (res rounded to bf16, then normalised as stored).
+void residual_norm_forward(const Ctx& c, const CudaNormParams& p, bf16* out, float* mean, float* rstd,
+                           bf16* res, const bf16* res_in, const bf16* delta) {
+    if (c.cfg.norm == NormKind::RMSNorm) {
+        kc::residual_rmsnorm_forward(out, rstd, res, res_in, delta, p.w.w, c.N, c.cfg.d_model,
+                                     static_cast<float>(c.cfg.norm_eps));
+        return;
+    }
     const int64_t ND = c.N * c.cfg.d_model;
+    copy(res, res_in, ND);
+    kc::axpy(res, delta, ND, 1.0f);
+    norm_forward(c, p, out, mean, rstd, res);
+}
+
+// One layer's forward from its input x (N, D): the saved activations of the layer. With in_base, x
+// is not formed yet: x = in_base + c.m.tmp (the previous layer's last sublayer output), formed by this
+// layer's first norm. Returns the base of the residual leaving the layer — next = base + c.m.tmp —
+// which the next norm forms (the next layer's, or the final one); an activation recompute (backward
+// re-running a layer, in_base null) ignores it.
+const bf16* layer_forward(const Ctx& c, CudaHybridLM::Impl::Layer& layer, bf16* x, const bf16* in_base) {
     bf16* tmp = c.m.tmp;
-    norm_forward(c, layer.norm, layer.ln1, layer.mean1, layer.rstd1, x);
+    if (in_base)
+        residual_norm_forward(c, layer.norm, layer.ln1, layer.mean1, layer.rstd1, x, in_base, tmp);
+    else
+        norm_forward(c, layer.norm, layer.ln1, layer.mean1, layer.rstd1, x);
     c.mark("norm+res fwd", KernelFamily::Norm);
     mixer_forward(c, layer, tmp);
-    bf16* mid = layer.mid ? layer.mid : next;  // the residual after the mixer
-    if (mid) {
-        copy(mid, x, ND);
-        kc::axpy(mid, tmp, ND, 1.0f);
-        c.mark("norm+res fwd", KernelFamily::Elementwise);
-    }
-    if (layer.mid) {
-        norm_forward(c, layer.mlp_norm, layer.ln2, layer.mean2, layer.rstd2, layer.mid);
-        c.mark("norm+res fwd", KernelFamily::Norm);
-        mlp_forward(c, layer, tmp);
-        if (next) {
-            copy(next, layer.mid, ND);
-            kc::axpy(next, tmp, ND, 1.0f);
-            c.mark("norm+res fwd", KernelFamily::Elementwise);
-        }
-    }
+    if (!layer.mid) return x;  // next = x + the mixer's output
+    residual_norm_forward(c, layer.mlp_norm, layer.ln2, layer.mean2, layer.rstd2, layer.mid, x, tmp);
+    c.mark("norm+res fwd", KernelFamily::Norm);
+    mlp_forward(c, layer, tmp);
+    return layer.mid;  // next = mid + the MLP's output
 }
 
 }  // namespace
@@ -1392,8 +1401,13 @@ float CudaHybridLM::forward(const int32_t* ids, const int32_t* targets, int64_t 
     kc::embedding_forward(m.res, m.ids, m.embed.w, N, V, D, &m.status[0]);  // (N) => (N, D)
     kc::embedding_check(&m.status[0], V);
     t.mark("embed", KernelFamily::EmbedLoss);
-    for (int64_t l = 0; l < L; ++l) layer_forward(c, m.layers[l], m.res + l * N * D, m.res + (l + 1) * N * D);
-    norm_forward(c, m.final_norm, m.hf, m.final_mean, m.final_rstd, m.res + L * N * D);
+    const bf16* base = nullptr;  // the residual stream leaving layer l − 1 is base + m.tmp, not yet formed
+    for (int64_t l = 0; l < L; ++l) base = layer_forward(c, m.layers[l], m.res + l * N * D, base);
+    if (base)
+        residual_norm_forward(c, m.final_norm, m.hf, m.final_mean, m.final_rstd, m.res + L * N * D, base,
+                              m.tmp);
+    else
+        norm_forward(c, m.final_norm, m.hf, m.final_mean, m.final_rstd, m.res + L * N * D);
     t.mark("norm+res fwd", KernelFamily::Norm);
     proj_forward(c, m.logits, m.hf, m.lm_head, CudaParam{}, N, D, V);  // => (N, V)
     t.mark("head+loss fwd", KernelFamily::Gemm);

@@ -103,9 +103,15 @@ StepCosts training_step_costs(const ModelConfig& cfg, int64_t B_, int64_t T_, bo
     k[KF::Elementwise].bytes += kAct * P + kAct * N * D;  // zero the staged grads, g_res
     k[KF::Elementwise].bytes += (kAct + 8.0) * P;         // fold staged into fp32
 
+    // A residual add: with RMSNorm inside the next norm, which reads the stream and the sublayer's
+    // output and writes the sum beside its output (2 more (N, D) passes); with LayerNorm a copy and an
+    // add (5 passes).
+    const bool fused_residual = cfg.norm == NormKind::RMSNorm;
+    const KF residual_family = fused_residual ? KF::Norm : KF::Elementwise;
+    const double residual_bytes = (fused_residual ? 2.0 : 5.0) * kAct * N * D;
     for (LayerKind kind : cfg.layers) {
         k[KF::Norm].bytes += norm_bytes(N, D, stats);
-        k[KF::Elementwise].bytes += 5.0 * kAct * N * D;  // residual: copy + axpy
+        k[residual_family].bytes += residual_bytes;  // the mixer's residual
         if (kind == LayerKind::Attention) {
             const double Hq = static_cast<double>(cfg.attention.n_heads);
             const double Hkv = static_cast<double>(cfg.attn_kv_heads());
@@ -156,7 +162,7 @@ StepCosts training_step_costs(const ModelConfig& cfg, int64_t B_, int64_t T_, bo
             const double F = static_cast<double>(cfg.mlp.d_ff);
             const double U = cfg.mlp.kind == MlpKind::SwiGLU ? 2 * F : F;
             k[KF::Norm].bytes += norm_bytes(N, D, stats);
-            k[KF::Elementwise].bytes += 5.0 * kAct * N * D;                  // residual
+            k[residual_family].bytes += residual_bytes;                      // the MLP's residual
             k[KF::Elementwise].bytes += kAct * (4.0 * N * U + 2.0 * N * F);  // activation forward + backward
             k[KF::Elementwise].bytes += kAct * N * U;                        // zero its gradient
         }

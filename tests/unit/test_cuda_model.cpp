@@ -30,9 +30,10 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
-#include <functional>
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -184,6 +185,8 @@ void compare_with_cpu(const ModelConfig& cfg, int64_t B, int64_t T, uint64_t see
     std::vector<float> grads;
     gpu.download_grads(grads);
     const float* ref = cpu.params().grads();
+    double worst = 0;  // the largest relative L2 error, printed: the headroom left under rel_tol
+    std::string worst_name;
     for (const ParamSpec& s : cpu.params().specs()) {
         double diff = 0, norm_ref = 0, norm_got = 0, dot = 0;
         for (int64_t i = 0; i < s.numel; ++i) {
@@ -195,10 +198,14 @@ void compare_with_cpu(const ModelConfig& cfg, int64_t B, int64_t T, uint64_t see
         }
         ASSERT_GT(norm_ref, 0.0) << s.name << ": the CPU gradient is zero, the comparison would say nothing";
         const double rel = std::sqrt(diff / norm_ref), cosine = dot / std::sqrt(norm_ref * norm_got);
+        if (rel > worst) worst = rel, worst_name = s.name;
         EXPECT_LT(rel, rel_tol) << s.name << " (cosine " << cosine << ")";
         EXPECT_GT(cosine, rel_tol > 3e-2 ? 1.0 - rel_tol * rel_tol / 2 : 0.999)
             << s.name << " (relative L2 error " << rel << ")";
     }
+
+    std::printf("  largest gradient relative L2 error %.4f (%s), bound %.4f\n", worst, worst_name.c_str(),
+                rel_tol);
 
     // Determinism: the same step again gives the same bits (no float atomics anywhere).
     gpu.zero_grad();

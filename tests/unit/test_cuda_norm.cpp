@@ -137,6 +137,17 @@ TYPED_TEST(CudaNorm, ResidualRmsnormForward) {
             const double rel = double(D + 16) * kU;
             EXPECT_TRUE(all_close(d_out.download(), out, abs_all(out), rel));
             EXPECT_TRUE(all_close(d_rstd.download(), rstd, abs_all(rstd), rel));
+
+            // Into another buffer (res = res_in + x, res_in kept): the in-place call's bits, whether or
+            // not the buffers share an alignment (offset 0 / 1 against a new res at 0).
+            DeviceBuffer<T> d_in(res0, offset), d_res2(std::vector<T>(N * D)), d_out2(std::vector<T>(N * D));
+            DeviceBuffer<float> d_rstd2{std::vector<float>(N)};
+            ops::cuda::residual_rmsnorm_forward(d_out2.get(), d_rstd2.get(), d_res2.get(), d_in.get(),
+                                                d_x.get(), d_w.get(), N, D, kEps);
+            EXPECT_TRUE(d_in.download() == res0) << "res_in changed";
+            EXPECT_TRUE(d_res2.download() == res) << "res: not the in-place call's bits";
+            EXPECT_TRUE(d_out2.download() == d_out.download()) << "out: not the in-place call's bits";
+            EXPECT_TRUE(d_rstd2.download() == d_rstd.download()) << "rstd: not the in-place call's bits";
         }
     }
 #endif

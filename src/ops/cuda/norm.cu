@@ -75,8 +75,9 @@ __device__ __forceinline__ void store_f32(T* p, const float (&src)[V]) {
 }
 
 // ---- RMSNorm, residual + RMSNorm and gated RMSNorm forward.
-// The normalised value is g = x (plain), x·silu(z) (gated) or res + x rounded to T (residual,
-// stored back into res in the first pass and read back, by the same thread, in the second).
+// The normalised value is g = x (plain), x·silu(z) (gated) or z + x rounded to T (residual: z is the
+// incoming residual stream, res or another buffer; the sum is stored into res in the first pass and
+// read back, by the same thread, in the second).
 
 enum class RmsKind { kPlain, kGated, kResidual };
 
@@ -89,7 +90,7 @@ __device__ __forceinline__ void rms_input(float (&g)[V], T* res, const T* x, con
 #pragma unroll
         for (int e = 0; e < V; ++e) g[e] *= silu_rounded<T>(zv[e]);
     } else if constexpr (K == RmsKind::kResidual) {
-        Pack<T, V> r = load<V>(res + i);
+        Pack<T, V> r = load<V>(z + i);
 #pragma unroll
         for (int e = 0; e < V; ++e) {
             r.v[e] = from_f32<T>(to_f32(r.v[e]) + g[e]);
@@ -477,8 +478,15 @@ void rmsnorm_forward(T* out, float* rstd, const T* x, const T* w, int64_t N, int
 template <typename T>
 void residual_rmsnorm_forward(T* out, float* rstd, T* res, const T* x, const T* w, int64_t N, int64_t D,
                               float eps, void* stream) {
-    launch_rms_forward<RmsKind::kResidual>("residual_rmsnorm_forward", out, rstd, res, x,
-                                           static_cast<const T*>(nullptr), D, w, N, D, 1, eps, stream);
+    launch_rms_forward<RmsKind::kResidual>("residual_rmsnorm_forward", out, rstd, res, x, res, D, w, N, D, 1,
+                                           eps, stream);
+}
+
+template <typename T>
+void residual_rmsnorm_forward(T* out, float* rstd, T* res, const T* res_in, const T* x, const T* w, int64_t N,
+                              int64_t D, float eps, void* stream) {
+    launch_rms_forward<RmsKind::kResidual>("residual_rmsnorm_forward", out, rstd, res, x, res_in, D, w, N, D,
+                                           1, eps, stream);
 }
 
 template <typename T>
@@ -570,6 +578,8 @@ void layernorm_backward(T* dx, T* dw, T* db, void* workspace, const T* dout, con
     template void rmsnorm_forward<T>(T*, float*, const T*, const T*, int64_t, int64_t, float, void*);      \
     template void residual_rmsnorm_forward<T>(T*, float*, T*, const T*, const T*, int64_t, int64_t, float, \
                                               void*);                                                      \
+    template void residual_rmsnorm_forward<T>(T*, float*, T*, const T*, const T*, const T*, int64_t,       \
+                                              int64_t, float, void*);                                      \
     template void rmsnorm_backward<T>(T*, T*, void*, const T*, const T*, const T*, const float*, int64_t,  \
                                       int64_t, void*);                                                     \
     template void layernorm_forward<T>(T*, float*, float*, const T*, const T*, const T*, int64_t, int64_t, \

@@ -37,6 +37,12 @@ void rmsnorm_forward(T* out, float* rstd, const T* x, const T* w, int64_t N, int
 template <typename T>
 void residual_rmsnorm_forward(T* out, float* rstd, T* res, const T* x, const T* w, int64_t N, int64_t D,
                               float eps, void* stream = nullptr);
+// The same into another buffer: res (N, D) = res_in + x, then out = rmsnorm(res) · w — the training
+// forward's block boundary, whose incoming residual (a saved activation) stays. res_in may be res
+// (the call above); x must not overlap either.
+template <typename T>
+void residual_rmsnorm_forward(T* out, float* rstd, T* res, const T* res_in, const T* x, const T* w, int64_t N,
+                              int64_t D, float eps, void* stream = nullptr);
 
 // With x̂ = x·rstd and g = dout·w: dx (N, D) += rstd · (g − x̂ · mean(g·x̂)); dw (D) += Σ_n dout·x̂.
 template <typename T>
