@@ -223,7 +223,7 @@ struct CudaHybridLM::Impl {
         // Saved activations (N = B·T rows).
         bf16 *ln1 = nullptr, *ln2 = nullptr, *mid = nullptr;                                // (N, D)
         float *mean1 = nullptr, *rstd1 = nullptr, *mean2 = nullptr, *rstd2 = nullptr;       // (N)
-        bf16 *zxbcdt = nullptr, *xbc = nullptr, *y = nullptr, *z = nullptr, *yn = nullptr;  // Mamba-2
+        bf16 *zxbcdt = nullptr, *xbc = nullptr, *y = nullptr, *yn = nullptr;                // Mamba-2
         float* g_rstd = nullptr;  // (N, norm groups)
         float* states = nullptr;  // chunk states of the scan / SSD
         bf16 *xz = nullptr, *xc = nullptr, *xdbl = nullptr, *dt = nullptr, *dt_raw = nullptr;  // Mamba-1
@@ -741,7 +741,7 @@ void share_common(CudaHybridLM::Impl::Layer& d, const CudaHybridLM::Impl::Layer&
     d.rstd2 = s.rstd2, d.h = s.h, d.a = s.a;
 }
 void share_mixer(CudaHybridLM::Impl::Layer& d, const CudaHybridLM::Impl::Layer& s) {
-    d.zxbcdt = s.zxbcdt, d.xbc = s.xbc, d.y = s.y, d.z = s.z, d.yn = s.yn, d.g_rstd = s.g_rstd, d.states = s.states;
+    d.zxbcdt = s.zxbcdt, d.xbc = s.xbc, d.y = s.y, d.yn = s.yn, d.g_rstd = s.g_rstd, d.states = s.states;
     d.xz = s.xz, d.xc = s.xc, d.xdbl = s.xdbl, d.dt = s.dt, d.dt_raw = s.dt_raw, d.dbc_in = s.dbc_in, d.bc = s.bc;
     d.dbc_rstd = s.dbc_rstd, d.qkv = s.qkv, d.o = s.o, d.lse = s.lse;
 }
@@ -857,7 +857,6 @@ size_t CudaHybridLM::layout_activations(const ModelConfig& cfg, Impl& m, int64_t
                 p.take(layer.zxbcdt, N * W2);
                 p.take(layer.xbc, N * C2);
                 p.take(layer.y, N * Din);
-                p.take(layer.z, N * Din);
                 p.take(layer.yn, N * Din);
                 p.take(layer.g_rstd, N * cfg.mamba_norm_groups());
                 p.take(layer.states, kc::ssd_chunk_states_numel(ssd_dims));
@@ -1061,10 +1060,9 @@ void mamba2_forward(const Ctx& c, CudaHybridLM::Impl::Layer& L, bf16* out) {
     c.mark("mamba conv fwd", KernelFamily::Conv);
     kc::ssd_forward(L.y, nullptr, ssd_inputs(c, L), nullptr, ssd_dims(c), L.states, c.m.ws);
     c.mark("mamba ssd fwd", KernelFamily::Ssd);
-    copy_cols(L.z, Din, L.zxbcdt, W, N, Din);
-    c.mark("mamba gate fwd", KernelFamily::Elementwise);
-    kc::gated_rmsnorm_forward(L.yn, L.g_rstd, L.y, L.z, L.gnorm_w.w, N, Din, c.cfg.mamba_norm_groups(),
-                              static_cast<float>(c.cfg.norm_eps));
+    // z read in place: the first Din columns of [z | xBC | dt].
+    kc::gated_rmsnorm_forward_strided_z(L.yn, L.g_rstd, L.y, L.zxbcdt, W, L.gnorm_w.w, N, Din,
+                                        c.cfg.mamba_norm_groups(), static_cast<float>(c.cfg.norm_eps));
     c.mark("mamba gate fwd", KernelFamily::Norm);
     proj_forward(c, out, L.yn, L.out_w, L.out_b, N, Din, D);  // (N, Din) => (N, D)
     c.mark("mamba proj fwd", KernelFamily::Gemm);
@@ -1075,16 +1073,15 @@ void mamba2_backward(const Ctx& c, CudaHybridLM::Impl::Layer& L, bf16* dx, const
     const int64_t GS = c.cfg.mamba.n_groups * c.cfg.mamba.d_state, C = Din + 2 * GS;
     const int64_t W = 2 * Din + 2 * GS + c.cfg.mamba_n_heads();
     auto& s = c.m.scratch;
-    bf16 *g_yn = s[0], *g_y = s[1], *g_z = s[2], *g_xbc = s[3], *g_zxbcdt = s[4];
+    bf16 *g_yn = s[0], *g_y = s[1], *g_xbc = s[3], *g_zxbcdt = s[4];
     // Each activation gradient below has one writer, which overwrites it: no buffer is zeroed first.
-    // g_zxbcdt's columns: z (the copy), xBC (the conv's dx), dt (the SSD's ddt).
+    // g_zxbcdt's columns: z (the gated norm's dz), xBC (the conv's dx), dt (the SSD's ddt).
     linear_backward(c, g_yn, L.out_w, L.out_b, dout, L.yn, N, Din, D, Dx::Overwrite);
     c.mark("mamba proj bwd", KernelFamily::Gemm);
-    kc::gated_rmsnorm_backward(g_y, g_z, L.gnorm_w.g, c.m.ws, g_yn, L.y, L.z, L.gnorm_w.w, L.g_rstd, N, Din,
-                               c.cfg.mamba_norm_groups(), nullptr, kc::GradStore::Overwrite);
+    kc::gated_rmsnorm_backward_strided_z(g_y, g_zxbcdt, W, L.gnorm_w.g, c.m.ws, g_yn, L.y, L.zxbcdt, W,
+                                         L.gnorm_w.w, L.g_rstd, N, Din, c.cfg.mamba_norm_groups(), nullptr,
+                                         kc::GradStore::Overwrite);
     c.mark("mamba gate bwd", KernelFamily::Norm);
-    copy_cols(g_zxbcdt, W, g_z, Din, N, Din);  // z's columns receive nothing else
-    c.mark("mamba gate bwd", KernelFamily::Elementwise);
     const kc::SsdGrads<bf16> grads{g_xbc,       g_zxbcdt + Din + C, L.dt_bias.g, L.A_log.g,
                                    g_xbc + Din, g_xbc + Din + GS,   L.D.g,       true};
     kc::ssd_backward(grads, g_y, ssd_inputs(c, L), nullptr, L.states, ssd_dims(c), c.m.ws);

@@ -155,7 +155,6 @@ StepCosts training_step_costs(const ModelConfig& cfg, int64_t B_, int64_t T_, bo
             k[KF::Conv].flops += 6.0 * K * N * C;
             k[KF::Conv].bytes += kAct * 6.0 * N * C;
             k[KF::Norm].bytes += kAct * 10.0 * N * Din + 2.0 * 4.0 * N * Gn;     // gated norm
-            k[KF::Elementwise].bytes += kAct * 4.0 * N * Din;                    // z / dz column copies
             k[KF::Elementwise].bytes += kAct * (2.0 * N * Din + N * C + N * W);  // zeroing
         }
         if (cfg.mlp.kind != MlpKind::None) {

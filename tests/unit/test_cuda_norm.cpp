@@ -509,9 +509,49 @@ TYPED_TEST(CudaGatedNorm, BackwardAccumulates) {
             ops::cuda::gated_rmsnorm_backward(d_dx.get(), d_dz.get(), d_dw.get(), workspace.get(), d_dout.get(),
                                               d_x.get(), d_z.get(), d_w.get(), d_rstd.get(), N, D, G);
             const double rel = double(Dg + 32) * kU;
-            EXPECT_TRUE(all_close(d_dx.download(), dx, dx_scale, rel)) << "dx";
-            EXPECT_TRUE(all_close(d_dz.download(), dz, dz_scale, rel)) << "dz";
-            EXPECT_TRUE(all_close(d_dw.download(), dw, dw_scale, double(N + 16) * kU)) << "dw";
+            const std::vector<T> got_dx = d_dx.download(), got_dz = d_dz.download(), got_dw = d_dw.download();
+            EXPECT_TRUE(all_close(got_dx, dx, dx_scale, rel)) << "dx";
+            EXPECT_TRUE(all_close(got_dz, dz, dz_scale, rel)) << "dz";
+            EXPECT_TRUE(all_close(got_dw, dw, dw_scale, double(N + 16) * kU)) << "dw";
+
+            // z read from and dz added into wider matrices, rows ld apart from column c0 (their other
+            // columns untouched): with c0 = 8, ld = D + 8 the contiguous call's bits; with c0 = 3,
+            // ld = D + 3 one element a load, so within the tolerance.
+            for (int64_t c0 : {8, 3}) {
+                const int64_t ld = D + c0;
+                SCOPED_TRACE("ld_z = ld_dz = " + std::to_string(ld));
+                std::vector<T> wide_z(N * ld, T{}), wide_dz = random_values<T>(rng, N * ld, -1.0, 1.0);
+                for (int64_t n = 0; n < N; ++n)
+                    for (int64_t i = 0; i < D; ++i) {
+                        wide_z[n * ld + c0 + i] = z[n * D + i];
+                        wide_dz[n * ld + c0 + i] = dz0[n * D + i];
+                    }
+                DeviceBuffer<T> d_wz(wide_z, offset), d_wdz(wide_dz, offset), d_dx2(dx0, offset),
+                    d_dw2(dw0, offset);
+                ops::cuda::gated_rmsnorm_backward_strided_z(
+                    d_dx2.get(), d_wdz.get() + c0, ld, d_dw2.get(), workspace.get(), d_dout.get(), d_x.get(),
+                    d_wz.get() + c0, ld, d_w.get(), d_rstd.get(), N, D, G);
+                const std::vector<T> wdz = d_wdz.download();
+                std::vector<T> got_dz2(N * D);
+                bool others_kept = true;
+                for (int64_t n = 0; n < N; ++n)
+                    for (int64_t j = 0; j < ld; ++j) {
+                        if (j >= c0 && j < c0 + D)
+                            got_dz2[n * D + j - c0] = wdz[n * ld + j];
+                        else
+                            others_kept = others_kept && wdz[n * ld + j] == wide_dz[n * ld + j];
+                    }
+                EXPECT_TRUE(others_kept) << "dz's matrix changed outside its columns";
+                if (c0 == 8 && offset == 0) {
+                    EXPECT_TRUE(d_dx2.download() == got_dx) << "dx";
+                    EXPECT_TRUE(got_dz2 == got_dz) << "dz";
+                    EXPECT_TRUE(d_dw2.download() == got_dw) << "dw";
+                } else {
+                    EXPECT_TRUE(all_close(d_dx2.download(), dx, dx_scale, rel)) << "dx";
+                    EXPECT_TRUE(all_close(got_dz2, dz, dz_scale, rel)) << "dz";
+                    EXPECT_TRUE(all_close(d_dw2.download(), dw, dw_scale, double(N + 16) * kU)) << "dw";
+                }
+            }
         }
     }
 #endif

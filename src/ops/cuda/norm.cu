@@ -159,9 +159,11 @@ __global__ void rms_forward_kernel(T* out, float* rstd, T* res, const T* x, cons
 
 // ---- RMSNorm and gated RMSNorm backward. dw_partial (gridDim.x, D) or null.
 
+// z and dz (gated) rows ld_z and ld_dz elements apart (D when dense).
 template <bool kGated, int V, typename T>
 __global__ void rms_backward_kernel(T* dx, T* dz, float* dw_partial, const T* dout, const T* x, const T* z,
-                                    const T* w, const float* rstd, int64_t N, int D, int G, bool overwrite) {
+                                    int64_t ld_z, int64_t ld_dz, const T* w, const float* rstd, int64_t N,
+                                    int D, int G, bool overwrite) {
     extern __shared__ float acc[];  // (D): this block's Σ_n dout·ĝ, when dw_partial
     __shared__ float scratch[32];
     const int Dg = D / G, packs = Dg / V;
@@ -170,6 +172,9 @@ __global__ void rms_backward_kernel(T* dx, T* dz, float* dw_partial, const T* do
         for (int i = threadIdx.x; i < D; i += blockDim.x) acc[i] = 0.0f;
     __syncthreads();
     for (int64_t n = blockIdx.x; n < N; n += gridDim.x) {
+        // z's and dz's row n start ld·n in: shifted so that the row-major index n·D + i reads them.
+        const T* zn = kGated ? z + n * (ld_z - D) : z;
+        T* dzn = dz ? dz + n * (ld_dz - D) : dz;
         for (int k = 0; k < G; ++k) {
             const int64_t row = n * D + int64_t(k) * Dg;
             const float r = rstd[n * G + k];
@@ -196,12 +201,12 @@ __global__ void rms_backward_kernel(T* dx, T* dz, float* dw_partial, const T* do
                         h[e] = dg[e] * xv[e] * sp.s * (1.0f + zv[e] * sp.c);  // dz's term, reusing h
                         dg[e] *= silu_z;                                         // dx's term
                     }
-                    if (dz) {  // (overwritten: added to zeros, the bits of a zeroed buffer's sum)
+                    if (dzn) {  // (overwritten: added to zeros, the bits of a zeroed buffer's sum)
                         float dzv[V] = {};
-                        if (!overwrite) load_f32<V>(dzv, dz + i);
+                        if (!overwrite) load_f32<V>(dzv, dzn + i);
 #pragma unroll
                         for (int e = 0; e < V; ++e) dzv[e] += h[e];
-                        store_f32<V>(dz + i, dzv);
+                        store_f32<V>(dzn + i, dzv);
                     }
                 } else {
 #pragma unroll
@@ -223,7 +228,7 @@ __global__ void rms_backward_kernel(T* dx, T* dz, float* dw_partial, const T* do
                 if (on) {
                     load_f32<V>(h, dout + i);
                     load_f32<V>(xv, x + i);
-                    if constexpr (kGated) load_f32<V>(zv, z + i);
+                    if constexpr (kGated) load_f32<V>(zv, zn + i);
                     if (want_dxz) load_f32<V>(wv, w + k * Dg + p * V);
                 }
                 float c = 0.0f;  // mean(h·ĝ) · rstd, folded as in the CPU reference
@@ -247,7 +252,7 @@ __global__ void rms_backward_kernel(T* dx, T* dz, float* dw_partial, const T* do
                     float h[V], g[V], wv[V];
                     load_f32<V>(h, dout + i);
                     rms_input<kGated ? RmsKind::kGated : RmsKind::kPlain, V>(g, static_cast<T*>(nullptr), x,
-                                                                             z, i);
+                                                                             zn, i);
                     load_f32<V>(wv, w + k * Dg + p * V);
 #pragma unroll
                     for (int e = 0; e < V; ++e) sum += h[e] * wv[e] * g[e];
@@ -259,7 +264,7 @@ __global__ void rms_backward_kernel(T* dx, T* dz, float* dw_partial, const T* do
                 float h[V], xv[V], zv[V] = {}, wv[V] = {};
                 load_f32<V>(h, dout + i);
                 load_f32<V>(xv, x + i);
-                if constexpr (kGated) load_f32<V>(zv, z + i);
+                if constexpr (kGated) load_f32<V>(zv, zn + i);
                 if (want_dxz) load_f32<V>(wv, w + k * Dg + p * V);
                 finish(p, h, xv, zv, wv, c);
             }
@@ -430,17 +435,19 @@ void launch_rms_forward(const char* kernel, T* out, float* rstd, T* res, const T
 }
 
 template <bool kGated, typename T>
-void launch_rms_backward(const char* kernel, T* dx, T* dz, T* dw, void* workspace, const T* dout, const T* x,
-                         const T* z, const T* w, const float* rstd, int64_t N, int64_t D, int64_t G,
-                         void* stream, GradStore store = GradStore::Add) {
+void launch_rms_backward(const char* kernel, T* dx, T* dz, int64_t ld_dz, T* dw, void* workspace,
+                         const T* dout, const T* x, const T* z, int64_t ld_z, const T* w, const float* rstd,
+                         int64_t N, int64_t D, int64_t G, void* stream, GradStore store = GradStore::Add) {
     const bool overwrite = store == GradStore::Overwrite;
     check_shape(kernel, N, D, G);
+    MSLM_CHECK(ld_z >= D && ld_dz >= D, "CUDA kernel {}: z's row stride {} or dz's {} < D = {}", kernel, ld_z,
+               ld_dz, D);
     if (N == 0 || D == 0 || (!dx && !dz && !dw)) return;
     MSLM_CHECK(!dw || workspace, "CUDA kernel {}: dw needs a workspace", kernel);
     using Dev = device_t<T>;
     constexpr int V = kVec<Dev>;
     const int64_t Dg = D / G, P = partials(N);
-    const bool vec = Dg % V == 0 && all_aligned({dx, dz, dout, x, z, w});
+    const bool vec = Dg % V == 0 && ld_z % V == 0 && ld_dz % V == 0 && all_aligned({dx, dz, dout, x, z, w});
     const int threads = row_threads(Dg, vec ? V : 1);
     const size_t shared = dw ? size_t(D) * sizeof(float) : 0;
     float* partial = dw ? dev<float>(workspace) : nullptr;
@@ -451,11 +458,11 @@ void launch_rms_backward(const char* kernel, T* dx, T* dz, T* dw, void* workspac
     if (vec) {
         allow_shared<T>(rms_backward_kernel<kGated, V, Dev>, shared, kernel);
         rms_backward_kernel<kGated, V><<<unsigned(P), threads, shared, s>>>(
-            dxd, dzd, partial, g, xd, zd, wd, rstd, N, int(D), int(G), overwrite);
+            dxd, dzd, partial, g, xd, zd, ld_z, ld_dz, wd, rstd, N, int(D), int(G), overwrite);
     } else {
         allow_shared<T>(rms_backward_kernel<kGated, 1, Dev>, shared, kernel);
         rms_backward_kernel<kGated, 1><<<unsigned(P), threads, shared, s>>>(
-            dxd, dzd, partial, g, xd, zd, wd, rstd, N, int(D), int(G), overwrite);
+            dxd, dzd, partial, g, xd, zd, ld_z, ld_dz, wd, rstd, N, int(D), int(G), overwrite);
     }
     check_launch<T>(kernel);
     if (dw) launch_column_sum(dw, partial, P, D, s);
@@ -506,16 +513,24 @@ void gated_rmsnorm_forward_strided_z(T* out, float* rstd, const T* x, const T* z
 template <typename T>
 void rmsnorm_backward(T* dx, T* dw, void* workspace, const T* dout, const T* x, const T* w, const float* rstd,
                       int64_t N, int64_t D, void* stream) {
-    launch_rms_backward<false>("rmsnorm_backward", dx, static_cast<T*>(nullptr), dw, workspace, dout, x,
-                               static_cast<const T*>(nullptr), w, rstd, N, D, 1, stream);
+    launch_rms_backward<false>("rmsnorm_backward", dx, static_cast<T*>(nullptr), D, dw, workspace, dout, x,
+                               static_cast<const T*>(nullptr), D, w, rstd, N, D, 1, stream);
 }
 
 template <typename T>
 void gated_rmsnorm_backward(T* dx, T* dz, T* dw, void* workspace, const T* dout, const T* x, const T* z,
                             const T* w, const float* rstd, int64_t N, int64_t D, int64_t G, void* stream,
                             GradStore store) {
-    launch_rms_backward<true>("gated_rmsnorm_backward", dx, dz, dw, workspace, dout, x, z, w, rstd, N, D, G,
-                              stream, store);
+    launch_rms_backward<true>("gated_rmsnorm_backward", dx, dz, D, dw, workspace, dout, x, z, D, w, rstd, N,
+                              D, G, stream, store);
+}
+
+template <typename T>
+void gated_rmsnorm_backward_strided_z(T* dx, T* dz, int64_t ld_dz, T* dw, void* workspace, const T* dout,
+                                      const T* x, const T* z, int64_t ld_z, const T* w, const float* rstd,
+                                      int64_t N, int64_t D, int64_t G, void* stream, GradStore store) {
+    launch_rms_backward<true>("gated_rmsnorm_backward", dx, dz, ld_dz, dw, workspace, dout, x, z, ld_z, w,
+                              rstd, N, D, G, stream, store);
 }
 
 template <typename T>
@@ -591,7 +606,10 @@ void layernorm_backward(T* dx, T* dw, T* db, void* workspace, const T* dout, con
     template void gated_rmsnorm_forward_strided_z<T>(T*, float*, const T*, const T*, int64_t, const T*,    \
                                                      int64_t, int64_t, int64_t, float, void*);             \
     template void gated_rmsnorm_backward<T>(T*, T*, T*, void*, const T*, const T*, const T*, const T*,     \
-                                            const float*, int64_t, int64_t, int64_t, void*, GradStore);
+                                            const float*, int64_t, int64_t, int64_t, void*, GradStore);    \
+    template void gated_rmsnorm_backward_strided_z<T>(T*, T*, int64_t, T*, void*, const T*, const T*,      \
+                                                      const T*, int64_t, const T*, const float*, int64_t,  \
+                                                      int64_t, int64_t, void*, GradStore);
 MSLM_INSTANTIATE(float)
 MSLM_INSTANTIATE(uint16_t)
 #undef MSLM_INSTANTIATE

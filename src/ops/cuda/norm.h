@@ -82,4 +82,15 @@ void gated_rmsnorm_backward(T* dx, T* dz, T* dw, void* workspace, const T* dout,
                             const T* w, const float* rstd, int64_t N, int64_t D, int64_t G,
                             void* stream = nullptr, GradStore store = GradStore::Add);
 
+// The same with z and dz rows ld_z and ld_dz elements apart (≥ D): z read in place from the in
+// projection's output [z | xBC | dt] and dz written straight into its gradient's z columns, instead of
+// through contiguous copies. Bit for bit with the contiguous call when both take 16-byte loads (z and
+// dz aligned, the strides multiples of the vector width); otherwise the sums run in another order,
+// within the same bound.
+template <typename T>
+void gated_rmsnorm_backward_strided_z(T* dx, T* dz, int64_t ld_dz, T* dw, void* workspace, const T* dout,
+                                      const T* x, const T* z, int64_t ld_z, const T* w, const float* rstd,
+                                      int64_t N, int64_t D, int64_t G, void* stream = nullptr,
+                                      GradStore store = GradStore::Add);
+
 }  // namespace mslm::ops::cuda
