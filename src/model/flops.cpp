@@ -142,7 +142,7 @@ StepCosts training_step_costs(const ModelConfig& cfg, int64_t B_, int64_t T_, bo
             const double G = static_cast<double>(cfg.mamba.n_groups), GS = G * Ns;
             const double H = static_cast<double>(cfg.mamba_n_heads()),
                          Pd = static_cast<double>(cfg.mamba.head_dim);
-            const double C = Din + 2 * GS, W = 2 * Din + 2 * GS + H;
+            const double C = Din + 2 * GS;
             const double K = static_cast<double>(cfg.mamba.d_conv);
             const int64_t q = std::min<int64_t>(cfg.mamba.chunk_size, T_);
             const double Q = static_cast<double>(q);
@@ -155,7 +155,7 @@ StepCosts training_step_costs(const ModelConfig& cfg, int64_t B_, int64_t T_, bo
             k[KF::Conv].flops += 6.0 * K * N * C;
             k[KF::Conv].bytes += kAct * 6.0 * N * C;
             k[KF::Norm].bytes += kAct * 10.0 * N * Din + 2.0 * 4.0 * N * Gn;     // gated norm
-            k[KF::Elementwise].bytes += kAct * (2.0 * N * Din + N * C + N * W);  // zeroing
+            // (no elementwise passes: z is read in place, every activation gradient overwritten)
         }
         if (cfg.mlp.kind != MlpKind::None) {
             const double F = static_cast<double>(cfg.mlp.d_ff);
@@ -163,7 +163,7 @@ StepCosts training_step_costs(const ModelConfig& cfg, int64_t B_, int64_t T_, bo
             k[KF::Norm].bytes += norm_bytes(N, D, stats);
             k[residual_family].bytes += residual_bytes;                      // the MLP's residual
             k[KF::Elementwise].bytes += kAct * (4.0 * N * U + 2.0 * N * F);  // activation forward + backward
-            k[KF::Elementwise].bytes += kAct * N * U;                        // zero its gradient
+            if (cfg.mlp.kind != MlpKind::SwiGLU) k[KF::Elementwise].bytes += kAct * N * U;  // zero g_h
         }
     }
     if (optimizer) k[KF::Optimizer].bytes += 39.0 * P;
