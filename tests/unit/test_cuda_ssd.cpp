@@ -547,6 +547,50 @@ TEST(CudaSsdOutput, RegisterScoresGiveTheStagedKernelsBits) {
 #endif
 }
 
+// The backward head with its M steps in registers (the default, MSLM_SSD_BWD_REG=1) against the
+// staged kernel (=0): the same split values through the same products in the same order, so every
+// gradient has the same bits, at every shape of both tables (odd chunk lengths, P = 128's two p
+// tiles, short last t tiles).
+TEST(CudaSsdBackward, RegisterMStepsGiveTheStagedKernelsBits) {
+#ifdef MSLM_HAVE_CUDA
+    if (!cuda_available()) GTEST_SKIP() << "no CUDA GPU: " << cuda_device_summary();
+    using T = uint16_t;
+    ScopedTcSwitch tc{std::nullopt};
+    std::vector<Case> cases(std::begin(kCases), std::end(kCases));
+    cases.insert(cases.end(), std::begin(kTileCases), std::end(kTileCases));
+    uint64_t seed = 1100;
+    for (const Case& c : cases) {
+        SCOPED_TRACE(describe(c));
+        const Data<T> d = make_data<T>(c, seed);
+        Rng rng(seed++ * 13);
+        const std::vector<T> dy = random_values<T>(rng, c.B * c.T * c.H * c.P);
+        const std::vector<T> gx = random_values<T>(rng, d.x.size()), gdt = random_values<T>(rng, d.dt.size()),
+                             gbias = random_values<T>(rng, d.dt_bias.size()),
+                             gA = random_values<T>(rng, d.A_log.size()),
+                             gB = random_values<T>(rng, d.Bm.size()), gC = random_values<T>(rng, d.Cm.size()),
+                             gD = random_values<T>(rng, d.D.size());
+        DeviceData<T> dev(d);
+        DeviceBuffer<T> d_dy(dy);
+        const char* const values[] = {"0", "1"};
+        std::vector<std::vector<T>> got[2];
+        for (int v = 0; v < 2; ++v) {
+            test::ScopedEnv scoped("MSLM_SSD_BWD_REG", std::string(values[v]));
+            DeviceBuffer<T> a(gx), b(gdt), e(gbias), f(gA), g(gB), h(gC), k(gD);
+            const ops::SsdGrads<T> grads{or_null(a), or_null(b), or_null(e), or_null(f),
+                                         or_null(g), or_null(h), or_null(k)};
+            ops::cuda::ssd_backward(grads, d_dy.get(), dev.inputs(), or_null(dev.h0), nullptr, d.dims);
+            got[v] = {a.download(), b.download(), e.download(), f.download(),
+                      g.download(), h.download(), k.download()};
+        }
+        for (size_t i = 0; i < got[0].size(); ++i)
+            EXPECT_TRUE(same_bits(got[1][i], got[0][i]))
+                << "gradient " << i << " differs from the staged kernel's";
+    }
+#else
+    GTEST_SKIP() << "built without CUDA";
+#endif
+}
+
 // SsdGrads::overwrite: dx, ddt, dB and dC written over junk, bit for bit what the default += gives on
 // zeroed buffers (the tensor-core kernels skip the old values; the fp32 kernels add to a zeroed
 // buffer); the parameter gradients still add. Tensor cores and MSLM_SSD_TC=0, both tables' shapes.

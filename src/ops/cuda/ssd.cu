@@ -1629,6 +1629,14 @@ __global__ void __launch_bounds__(kMmaThreads, 3)
 // and its cum_t). Per step: wait for its copies; all threads split the fp32 source into the hi / lo
 // tiles (forming M first); barrier; issue the next step's copies, which run during this step's
 // products. Two barriers a step. Dynamic shared memory: sizeof(HeadSmem) (3 blocks a multiprocessor).
+// kRegM (the default; MSLM_SSD_BWD_REG=0 for the staged form): the M steps skip that round trip —
+// each warp forms the A fragments of its 16 s rows of Mᵀ in registers from C·Bᵀ values loaded from
+// global memory into the fragment layout (each slice's a step ahead) and splits them there, as
+// ssd_output_reg_kernel does the forward's scores; an M step then copies only its dY tile and cum_t
+// and has one barrier. The same split values go through the same products in the same order: the
+// staged form's bits (CudaSsdBackward.RegisterMStepsGiveTheStagedKernelsBits). Measured 4% faster
+// (docs/PERFORMANCE.md); a factored form of M below the diagonal tile (a row factor times a column
+// factor, as the forward's) was slower than this direct one and is not kept.
 struct HeadSmem {
     __nv_bfloat16 xs[kSt][kStLd];    // x rows s, the p tile
     __nv_bfloat16 dys[kSt][kStLd];   // dY rows s
@@ -1636,12 +1644,12 @@ struct HeadSmem {
     __nv_bfloat16 hi[kSt][kStLd];    // the split operand: state [p][n] | M [t][s]
     __nv_bfloat16 lo[kSt][kStLd];
     float f[kSt][kF32Ld];  // its fp32 source: state [p][n] | C·Bᵀ [t][s]
-    double cum_t[kSt];     // the M step's cum at its t rows
+    double cum_t[2][kSt];  // the M step's cum at its t rows (by step parity)
     double cum_s[kSt];
     float dt_s[kSt];
 };
 
-template <typename T>
+template <typename T, bool kRegM = false>
 __global__ void __launch_bounds__(kMmaThreads, 3)
     ssd_backward_head_tc_kernel(Args<T> a, const T* dy, const float* CB, const float* states,
                                 const float* dS_all, T* dx, float* tok) {
@@ -1693,6 +1701,56 @@ __global__ void __launch_bounds__(kMmaThreads, 3)
         return __bfloat162float(tile[r][col]);
     };
 
+    // kRegM: this thread's C·Bᵀ values for the M step of t tile j (counted from the s tile): fragment
+    // register r of 16-deep slice kk holds s row 16·warp + grp + 8·(r % 2) and t columns 16·kk + 2·quad
+    // + 8·(r / 2) (.x) and the next one (.y); zeros outside the chunk, as the staged copy has them.
+    const int n_t = int(mma_tiles(L) - blockIdx.y), sl_lo = 16 * warp + grp;
+    float2 cbv[4][4];
+    auto load_cb_slice = [&](int j, int kk) {
+        const int64_t t0 = s0 + int64_t(j) * kSt;
+#pragma unroll
+        for (int r = 0; r < 4; ++r) {
+            const int64_t sv = s0 + sl_lo + 8 * (r % 2), t = t0 + 16 * kk + 2 * quad + 8 * (r / 2);
+            const float* src = cb + t * a.Q + sv;
+            cbv[kk][r].x = sv < L && t < L ? src[0] : 0.0f;
+            cbv[kk][r].y = sv < L && t + 1 < L ? src[a.Q] : 0.0f;
+        }
+    };
+    auto load_cb = [&](int j) {
+#pragma unroll
+        for (int kk = 0; kk < 4; ++kk) load_cb_slice(j, kk);
+    };
+    // kRegM: the M step of t tile j, acc += Mᵀ·dY with Mᵀ's A fragments formed and split here (the
+    // staged kernel's split() values) and dY from the step's tile hb [t][p]; each slice's values for
+    // the next M step are requested as soon as the slice's fragments are formed.
+    auto m_step_registers = [&](float(&acc)[8][4], int j, const double* cum_t, const __nv_bfloat16* hb) {
+        const int64_t t0 = s0 + int64_t(j) * kSt;
+#pragma unroll
+        for (int kk = 0; kk < 4; ++kk) {
+            uint32_t ah[4], al[4];
+#pragma unroll
+            for (int r = 0; r < 4; ++r) {
+                const int sl = sl_lo + 8 * (r % 2), tl = 16 * kk + 2 * quad + 8 * (r / 2);
+                const int64_t sv = s0 + sl, t = t0 + tl;
+                const float v0 = t < L && sv <= t ? cbv[kk][r].x * exp_diff(cum_t[tl], sm.cum_s[sl]) : 0.0f;
+                const float v1 =
+                    t + 1 < L && sv <= t + 1 ? cbv[kk][r].y * exp_diff(cum_t[tl + 1], sm.cum_s[sl]) : 0.0f;
+                ah[r] = split_pair_hi(v0, v1, al[r]);
+            }
+            if (j + 1 < n_t) load_cb_slice(j + 1, kk);  // the next M step's values of this slice
+#pragma unroll
+            for (int jj = 0; jj < 4; ++jj) {  // warp_mma_k64_split_a's order: lo, then hi, per n8 tile
+                uint32_t bq[4];
+                ldb_kn(bq, hb, kStLd, 16 * jj, 16 * kk);
+                const uint32_t b0[2] = {bq[0], bq[1]}, b1[2] = {bq[2], bq[3]};
+                mma_m16n8k16_bf16(acc[2 * jj], al, b0);
+                mma_m16n8k16_bf16(acc[2 * jj], ah, b0);
+                mma_m16n8k16_bf16(acc[2 * jj + 1], al, b1);
+                mma_m16n8k16_bf16(acc[2 * jj + 1], ah, b1);
+            }
+        }
+    };
+
     float tk[4][2] = {};  // ⟨x, dX̃⟩, q, ⟨dY, Z⟩, ⟨dY, x⟩ for rows 16w + grp + 8·hf
     for (int64_t p0 = 0; p0 < a.P; p0 += kSt) {
         const int cols_p = int(a.P - p0), rows_p = int(min(a.P - p0, int64_t(kSt)));
@@ -1713,11 +1771,14 @@ __global__ void __launch_bounds__(kMmaThreads, 3)
                 const int rows_t = int(min(L - t0, int64_t(kSt)));
                 stage_bf16_tile<kSt, kSt, kStLd, kMmaThreads>(&sm.h[buf][0][0], dYg + t0 * ld_y + p0, ld_y, rows_t,
                                                               cols_p, vec_y);
-                stage_f32_tile<kSt, kSt, kF32Ld, kMmaThreads>(&sm.f[0][0], cb + t0 * a.Q + s0, a.Q, rows_t,
-                                                              int(min(L - s0, int64_t(kSt))), vec_cb);
+                if constexpr (!kRegM)
+                    stage_f32_tile<kSt, kSt, kF32Ld, kMmaThreads>(
+                        &sm.f[0][0], cb + t0 * a.Q + s0, a.Q, rows_t, int(min(L - s0, int64_t(kSt))), vec_cb);
                 for (int r = threadIdx.x; r < kSt; r += kMmaThreads) {
-                    if (r < rows_t) cp_async_8(&sm.cum_t[r], cum + t0 + r);
-                    else sm.cum_t[r] = 0.0;
+                    if (r < rows_t)
+                        cp_async_8(&sm.cum_t[buf][r], cum + t0 + r);
+                    else
+                        sm.cum_t[buf][r] = 0.0;
                 }
             }
             cp_async_commit();
@@ -1726,6 +1787,7 @@ __global__ void __launch_bounds__(kMmaThreads, 3)
         auto split = [&](int it) {
             const bool m_step = it >= n_zv;
             const int64_t t0 = s0 + int64_t(it - n_zv) * kSt;
+            const double* cum_t = sm.cum_t[it & 1];
             constexpr int kPer = kSt * kSt / 4 / kMmaThreads;
 #pragma unroll 2
             for (int i = 0; i < kPer; ++i) {
@@ -1739,7 +1801,7 @@ __global__ void __launch_bounds__(kMmaThreads, 3)
 #pragma unroll
                     for (int k = 0; k < 4; ++k) {
                         const int64_t s = s0 + col + k;
-                        v[k] = row_in && s <= t ? v[k] * exp_diff(sm.cum_t[r], sm.cum_s[col + k]) : 0.0f;
+                        v[k] = row_in && s <= t ? v[k] * exp_diff(cum_t[r], sm.cum_s[col + k]) : 0.0f;
                     }
                 }
                 uint2 hv, lv;
@@ -1759,14 +1821,20 @@ __global__ void __launch_bounds__(kMmaThreads, 3)
         for (int it = 0; it < n_it; ++it) {
             cp_async_wait<0>();
             __syncthreads();
-            split(it);
-            __syncthreads();
+            const bool shared_split = !kRegM || it < n_zv;
+            if (shared_split) {
+                split(it);
+                __syncthreads();
+            }
             if (it + 1 < n_it) stage(it + 1);
+            if (kRegM && it == n_zv) load_cb(0);  // the first M step's C·Bᵀ values (earlier spills registers)
             const int buf = it & 1;
             if (it < n_zv) {
                 warp_mma_k64_split_b(acc, &sm.h[buf][0][0], &sm.hi[0][0], &sm.lo[0][0]);
-            } else {
+            } else if constexpr (!kRegM) {
                 warp_mma_k64_split_a(acc, &sm.hi[0][0], &sm.lo[0][0], &sm.h[buf][0][0]);
+            } else {
+                m_step_registers(acc, it - n_zv, sm.cum_t[buf], &sm.h[buf][0][0]);
             }
             if (it == n_z - 1) {  // acc = Z
 #pragma unroll
@@ -2367,6 +2435,13 @@ int output_kernel_choice() {
     return s == "0" ? 0 : s == "exact" ? 1 : 2;
 }
 
+// The backward head's M steps (ssd_backward_head_tc_kernel): in registers unless MSLM_SSD_BWD_REG is 0
+// (staged through shared memory; the same bits). Read at every call, for ablations.
+bool backward_head_reg() {
+    const char* v = std::getenv("MSLM_SSD_BWD_REG");
+    return v == nullptr || std::string_view(v) != "0";
+}
+
 // C·Bᵀ of whole chunks as cuBLASLt's strided batched product (one call per group; every chunk's
 // rows are Q·ld apart when T is a multiple of Q) unless MSLM_SSD_CB_GEMM=0 (read at every call, for
 // ablations). bf16 products accumulate in fp32 either way and CB is fp32: only the order of the N
@@ -2513,11 +2588,13 @@ void backward_stages(const SsdGrads<S>& grads, const device_t<S>* dY, const Args
                                 sizeof(DcbSmem), s>>>(a, dY, ws.CB, ws.dCB, ws.erow, ws.ecol);
             check_launch<S>("ssd_dcb_tc");
             times.mark("dcb");
-            check_cuda<S>(cudaFuncSetAttribute(ssd_backward_head_tc_kernel<T>,
-                                               cudaFuncAttributeMaxDynamicSharedMemorySize, int(sizeof(HeadSmem))),
+            auto head = backward_head_reg() ? ssd_backward_head_tc_kernel<T, true>
+                                            : ssd_backward_head_tc_kernel<T, false>;
+            check_cuda<S>(cudaFuncSetAttribute(head, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                               int(sizeof(HeadSmem))),
                           "cudaFuncSetAttribute", "ssd_backward_head_tc");
-            ssd_backward_head_tc_kernel<<<tiled_grid(bch, mma_tiles(p.Q), "ssd_backward_head_tc"), kMmaThreads,
-                                          sizeof(HeadSmem), s>>>(a, dY, ws.CB, states, ws.dS, dx, ws.tok);
+            head<<<tiled_grid(bch, mma_tiles(p.Q), "ssd_backward_head_tc"), kMmaThreads, sizeof(HeadSmem),
+                   s>>>(a, dY, ws.CB, states, ws.dS, dx, ws.tok);
             check_launch<S>("ssd_backward_head_tc");
             times.mark("backward_head");
             ssd_backward_finish_tc_kernel<<<tiled_grid(bch, 1, "ssd_backward_finish_tc"), kMmaThreads,
