@@ -28,22 +28,6 @@
 
 using namespace mslm;
 
-namespace {
-
-std::vector<std::string> split(const std::string& s) {
-    std::vector<std::string> out;
-    size_t a = 0;
-    while (a <= s.size()) {
-        const size_t b = s.find(',', a);
-        out.push_back(s.substr(a, b == std::string::npos ? std::string::npos : b - a));
-        if (b == std::string::npos) break;
-        a = b + 1;
-    }
-    return out;
-}
-
-}  // namespace
-
 int main(int argc, char** argv) {
     std::string shapes = "2048x8192,8192x2048,2048x2048,768x3072,3072x768", batches = "1,4,16";
     int iters = 200;
@@ -67,7 +51,7 @@ int main(int argc, char** argv) {
         }
     }
 #ifndef MSLM_HAVE_CUDA
-    (void)iters, (void)peak_tbs, (void)split;
+    (void)iters, (void)peak_tbs;
     fmt::print("bench_cuda_quant_gemv: built without CUDA\n");
     return 0;
 #else
@@ -85,7 +69,7 @@ int main(int argc, char** argv) {
     cudaStream_t stream;
     cuda_bench::check(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "cudaStreamCreate");
     Rng rng(1);
-    for (const std::string& sh : split(shapes)) {
+    for (const std::string& sh : bench_args::split_list(shapes)) {
         const size_t x_at = sh.find('x');
         if (x_at == std::string::npos) {
             fmt::print(stderr, "--shapes: \"{}\" is not KxN\n", sh);
@@ -128,7 +112,7 @@ int main(int argc, char** argv) {
                 }
             }
             cuda_synchronize();
-            for (const std::string& bs : split(batches)) {
+            for (const std::string& bs : bench_args::split_list(batches)) {
                 const int64_t M = std::stoll(bs);
                 std::vector<uint16_t> x(static_cast<size_t>(M * K));
                 for (auto& e : x) e = f32_to_bf16(static_cast<float>(rng.uniform(-1.0, 1.0)));

@@ -24,22 +24,6 @@
 
 using namespace mslm;
 
-namespace {
-
-std::vector<std::string> split(const std::string& s) {
-    std::vector<std::string> out;
-    size_t a = 0;
-    while (a <= s.size()) {
-        const size_t b = s.find(',', a);
-        out.push_back(s.substr(a, b == std::string::npos ? std::string::npos : b - a));
-        if (b == std::string::npos) break;
-        a = b + 1;
-    }
-    return out;
-}
-
-}  // namespace
-
 int main(int argc, char** argv) {
     std::string shapes = "768x3352,1536x768,768x4096,2048x768,768x1280,768x768,2048x8512,4096x2048",
                 rows = "1,4,8,16,32,64";
@@ -64,7 +48,7 @@ int main(int argc, char** argv) {
         }
     }
 #ifndef MSLM_HAVE_CUDA
-    (void)iters, (void)peak_tbs, (void)split;
+    (void)iters, (void)peak_tbs;
     std::printf("bench_cuda_skinny_gemm: built without CUDA\n");
     return 0;
 #else
@@ -85,7 +69,7 @@ int main(int argc, char** argv) {
     check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0), "cudaDeviceGetAttribute");
     Rng rng(5);
     std::vector<void*> owned;
-    for (const std::string& shape : split(shapes)) {
+    for (const std::string& shape : bench_args::split_list(shapes)) {
         const size_t xpos = shape.find('x');
         if (xpos == std::string::npos) {
             std::fprintf(stderr, "bench_cuda_skinny_gemm: shape \"%s\" is not IxO\n", shape.c_str());
@@ -105,7 +89,7 @@ int main(int argc, char** argv) {
         for (auto& v : xh) v = encode<uint16_t>(rng.uniform(-1.0, 1.0));
         uint16_t* x = upload(xh, owned);
         uint16_t* out = upload(std::vector<uint16_t>(size_t(64 * O)), owned);
-        for (const std::string& r : split(rows)) {
+        for (const std::string& r : bench_args::split_list(rows)) {
             const int64_t M = std::stoll(r);
             if (M < 1 || M > 64) {
                 std::fprintf(stderr, "bench_cuda_skinny_gemm: rows %lld outside 1..64\n",

@@ -514,6 +514,34 @@ TYPED_TEST(CudaSsd, TensorCoreSwitch) {
 #endif
 }
 
+#ifdef MSLM_HAVE_CUDA
+// For every case of both tables (bf16, tensor cores on): `outputs(c, d, dev, seed)` once with the
+// environment variable `var` = a and once with `var` = b, and the same bits expected in every output —
+// a kernel variant against the one whose bits it must reproduce.
+template <class Outputs>
+void expect_same_bits_under(const char* var, const char* a, const char* b, uint64_t seed,
+                            const Outputs& outputs) {
+    using T = uint16_t;
+    ScopedTcSwitch tc{std::nullopt};
+    std::vector<Case> cases(std::begin(kCases), std::end(kCases));
+    cases.insert(cases.end(), std::begin(kTileCases), std::end(kTileCases));
+    for (const Case& c : cases) {
+        SCOPED_TRACE(describe(c));
+        const Data<T> d = make_data<T>(c, seed);
+        DeviceData<T> dev(d);
+        std::vector<std::vector<T>> got[2];
+        for (int v = 0; v < 2; ++v) {
+            test::ScopedEnv scoped(var, std::string(v ? b : a));
+            got[v] = outputs(c, d, dev, seed);
+        }
+        ++seed;
+        for (size_t i = 0; i < got[0].size(); ++i)
+            EXPECT_TRUE(same_bits(got[1][i], got[0][i]))
+                << var << "=" << b << ": output " << i << " differs from " << var << "=" << a << "'s";
+    }
+}
+#endif
+
 // The output kernel with its scores formed in registers, every score in the staged kernel's form
 // (MSLM_SSD_OUT_REG=exact), against the staged kernel (=0): the same products in the same order, so
 // the same y bits, at every shape of both tables (odd chunk lengths take its scalar C·Bᵀ loads,
@@ -523,25 +551,13 @@ TEST(CudaSsdOutput, RegisterScoresGiveTheStagedKernelsBits) {
 #ifdef MSLM_HAVE_CUDA
     if (!cuda_available()) GTEST_SKIP() << "no CUDA GPU: " << cuda_device_summary();
     using T = uint16_t;
-    ScopedTcSwitch tc{std::nullopt};
-    std::vector<Case> cases(std::begin(kCases), std::end(kCases));
-    cases.insert(cases.end(), std::begin(kTileCases), std::end(kTileCases));
-    uint64_t seed = 900;
-    for (const Case& c : cases) {
-        SCOPED_TRACE(describe(c));
-        const Data<T> d = make_data<T>(c, seed++);
-        DeviceData<T> dev(d);
-        const char* const values[] = {"0", "exact"};
-        std::vector<T> y[2];
-        for (int v = 0; v < 2; ++v) {
-            test::ScopedEnv scoped("MSLM_SSD_OUT_REG", std::string(values[v]));
-            DeviceBuffer<T> out(std::vector<T>(c.B * c.T * c.H * c.P));
-            ops::cuda::ssd_forward(out.get(), static_cast<float*>(nullptr), dev.inputs(), or_null(dev.h0),
-                                   d.dims);
-            y[v] = out.download();
-        }
-        EXPECT_TRUE(same_bits(y[0], y[1])) << "the register kernel's y differs from the staged kernel's";
-    }
+    expect_same_bits_under("MSLM_SSD_OUT_REG", "0", "exact", 900,
+                           [](const Case& c, const Data<T>& d, DeviceData<T>& dev, uint64_t) {
+                               DeviceBuffer<T> out(std::vector<T>(c.B * c.T * c.H * c.P));
+                               ops::cuda::ssd_forward(out.get(), static_cast<float*>(nullptr), dev.inputs(),
+                                                      or_null(dev.h0), d.dims);
+                               return std::vector<std::vector<T>>{out.download()};
+                           });
 #else
     GTEST_SKIP() << "built without CUDA";
 #endif
@@ -555,37 +571,21 @@ TEST(CudaSsdBackward, RegisterMStepsGiveTheStagedKernelsBits) {
 #ifdef MSLM_HAVE_CUDA
     if (!cuda_available()) GTEST_SKIP() << "no CUDA GPU: " << cuda_device_summary();
     using T = uint16_t;
-    ScopedTcSwitch tc{std::nullopt};
-    std::vector<Case> cases(std::begin(kCases), std::end(kCases));
-    cases.insert(cases.end(), std::begin(kTileCases), std::end(kTileCases));
-    uint64_t seed = 1100;
-    for (const Case& c : cases) {
-        SCOPED_TRACE(describe(c));
-        const Data<T> d = make_data<T>(c, seed);
-        Rng rng(seed++ * 13);
-        const std::vector<T> dy = random_values<T>(rng, c.B * c.T * c.H * c.P);
-        const std::vector<T> gx = random_values<T>(rng, d.x.size()), gdt = random_values<T>(rng, d.dt.size()),
-                             gbias = random_values<T>(rng, d.dt_bias.size()),
-                             gA = random_values<T>(rng, d.A_log.size()),
-                             gB = random_values<T>(rng, d.Bm.size()), gC = random_values<T>(rng, d.Cm.size()),
-                             gD = random_values<T>(rng, d.D.size());
-        DeviceData<T> dev(d);
-        DeviceBuffer<T> d_dy(dy);
-        const char* const values[] = {"0", "1"};
-        std::vector<std::vector<T>> got[2];
-        for (int v = 0; v < 2; ++v) {
-            test::ScopedEnv scoped("MSLM_SSD_BWD_REG", std::string(values[v]));
-            DeviceBuffer<T> a(gx), b(gdt), e(gbias), f(gA), g(gB), h(gC), k(gD);
+    expect_same_bits_under(
+        "MSLM_SSD_BWD_REG", "0", "1", 1100,
+        [](const Case& c, const Data<T>& d, DeviceData<T>& dev, uint64_t seed) {
+            Rng rng(seed * 13);  // the same dy and starting gradients for both runs
+            const std::vector<T> dy = random_values<T>(rng, c.B * c.T * c.H * c.P);
+            DeviceBuffer<T> d_dy(dy), a(random_values<T>(rng, d.x.size())),
+                b(random_values<T>(rng, d.dt.size())), e(random_values<T>(rng, d.dt_bias.size())),
+                f(random_values<T>(rng, d.A_log.size())), g(random_values<T>(rng, d.Bm.size())),
+                h(random_values<T>(rng, d.Cm.size())), k(random_values<T>(rng, d.D.size()));
             const ops::SsdGrads<T> grads{or_null(a), or_null(b), or_null(e), or_null(f),
                                          or_null(g), or_null(h), or_null(k)};
             ops::cuda::ssd_backward(grads, d_dy.get(), dev.inputs(), or_null(dev.h0), nullptr, d.dims);
-            got[v] = {a.download(), b.download(), e.download(), f.download(),
-                      g.download(), h.download(), k.download()};
-        }
-        for (size_t i = 0; i < got[0].size(); ++i)
-            EXPECT_TRUE(same_bits(got[1][i], got[0][i]))
-                << "gradient " << i << " differs from the staged kernel's";
-    }
+            return std::vector<std::vector<T>>{a.download(), b.download(), e.download(), f.download(),
+                                               g.download(), h.download(), k.download()};
+        });
 #else
     GTEST_SKIP() << "built without CUDA";
 #endif
