@@ -1353,6 +1353,7 @@ void residual_norm_forward(const Ctx& c, const CudaNormParams& p, bf16* out, flo
     const int64_t ND = c.N * c.cfg.d_model;
     copy(res, res_in, ND);
     kc::axpy(res, delta, ND, 1.0f);
+    c.mark("norm+res fwd", KernelFamily::Elementwise);
     norm_forward(c, p, out, mean, rstd, res);
 }
 
