@@ -901,7 +901,7 @@ struct Run {
             kc::quant_gemv(g, s);
             return;
         }
-        kc::linear_forward(out, x, q ? expand(*q) : W, b, N, I, O, s);
+        kc::linear_forward(out, x, q ? expand(*q) : W, b, N, I, O, s, q == nullptr);
     }
 
     // The residual stream m.res (N, D) += x (N, I) · Wᵀ + b: one cuBLASLt call accumulating into it
@@ -909,7 +909,7 @@ struct Run {
     void residual_linear(const bf16* x, const bf16* W, const kc::QuantWeight* q, const bf16* b,
                          int64_t I) const {
         if (!b && !(q && quant_gemv_rows(*q))) {
-            kc::linear_forward_accumulate(m.res, x, q ? expand(*q) : W, N, I, w.D, s);
+            kc::linear_forward_accumulate(m.res, x, q ? expand(*q) : W, N, I, w.D, s, q == nullptr);
             return;
         }
         linear(m.tmp, x, W, q, b, I, w.D);
@@ -1035,23 +1035,23 @@ struct Run {
         switch (a.epi) {
             case DecodeEpilogue::Store:
                 MSLM_CHECK(a.ld_out == a.O, "decode gemv: contiguous output expected");
-                kc::linear_forward(a.out, x, a.W, a.bias, N, a.I, a.O, s);
+                kc::linear_forward(a.out, x, a.W, a.bias, N, a.I, a.O, s, q == nullptr);
                 break;
             case DecodeEpilogue::Residual:
                 MSLM_CHECK(a.ld_out == a.O, "decode gemv: contiguous output expected");
                 if (a.bias) {
-                    kc::linear_forward(m.tmp, x, a.W, a.bias, N, a.I, a.O, s);
+                    kc::linear_forward(m.tmp, x, a.W, a.bias, N, a.I, a.O, s, q == nullptr);
                     kc::axpy(a.out, m.tmp, N * a.O, 1.0f, s);
                 } else {  // one cuBLASLt call (beta = 1): the pair's bits at the decode shapes measured
-                    kc::linear_forward_accumulate(a.out, x, a.W, N, a.I, a.O, s);
+                    kc::linear_forward_accumulate(a.out, x, a.W, N, a.I, a.O, s, q == nullptr);
                 }
                 break;
             case DecodeEpilogue::SwiGLU:
-                kc::linear_forward(m.h, x, a.W, a.bias, N, a.I, 2 * a.O, s);
+                kc::linear_forward(m.h, x, a.W, a.bias, N, a.I, 2 * a.O, s, q == nullptr);
                 kc::swiglu_forward(a.out, m.h, N, a.O, s);
                 break;
             case DecodeEpilogue::F32:
-                kc::linear_forward_f32_out(a.out32, x, a.W, N, a.I, a.O, s);
+                kc::linear_forward_f32_out(a.out32, x, a.W, N, a.I, a.O, s, q == nullptr);
                 break;
         }
         return false;

@@ -308,8 +308,8 @@ void check_sizes(const char* op, int64_t N, int64_t I, int64_t O) {
 }  // namespace
 
 template <typename T>
-void linear_forward(T* out, const T* x, const T* W, const T* b, int64_t N, int64_t I, int64_t O,
-                    void* stream) {
+void linear_forward(T* out, const T* x, const T* W, const T* b, int64_t N, int64_t I, int64_t O, void* stream,
+                    bool w_constant) {
     const char* op = "linear_forward";
     check_sizes(op, N, I, O);
     if (N == 0 || O == 0) return;
@@ -330,7 +330,8 @@ void linear_forward(T* out, const T* x, const T* W, const T* b, int64_t N, int64
             matmul_round_once<T>(op, g, N * O, O, b, false, s);
             return;
         }
-        if (skinny_gemm_preferred(N, I, O) && skinny_gemm(SkinnyOut::Bf16, out, x, W, N, I, O, s)) return;
+        if (skinny_gemm_preferred(N, I, O) && skinny_gemm(SkinnyOut::Bf16, out, x, W, N, I, O, s, w_constant))
+            return;
     }
     if (!b) {
         matmul<T>(op, g, 0.0f, s);
@@ -417,16 +418,18 @@ void batched_linear_f32_out(float* out, int64_t ld_out, int64_t stride_out, cons
 }
 
 void linear_forward_accumulate(uint16_t* out, const uint16_t* x, const uint16_t* W, int64_t N, int64_t I,
-                               int64_t O, void* stream) {
+                               int64_t O, void* stream, bool w_constant) {
     const char* op = "linear_forward_accumulate";
     check_sizes(op, N, I, O);
     if (N == 0 || O == 0 || I == 0) return;  // an empty sum adds nothing
-    if (skinny_gemm_preferred(N, I, O) && skinny_gemm(SkinnyOut::Bf16Add, out, x, W, N, I, O, stream)) return;
+    if (skinny_gemm_preferred(N, I, O) &&
+        skinny_gemm(SkinnyOut::Bf16Add, out, x, W, N, I, O, stream, w_constant))
+        return;
     matmul<uint16_t>(op, linear_forward_gemm(out, x, W, N, I, O), 1.0f, static_cast<cudaStream_t>(stream));
 }
 
 void linear_forward_f32_out(float* out, const uint16_t* x, const uint16_t* W, int64_t N, int64_t I, int64_t O,
-                            void* stream) {
+                            void* stream, bool w_constant) {
     const char* op = "linear_forward_f32_out";
     check_sizes(op, N, I, O);
     if (N == 0 || O == 0) return;
@@ -435,16 +438,17 @@ void linear_forward_f32_out(float* out, const uint16_t* x, const uint16_t* W, in
         check_cuda<uint16_t>(cudaMemsetAsync(out, 0, sizeof(float) * size_t(N * O), s), "cudaMemsetAsync", op);
         return;
     }
-    if (skinny_gemm_preferred(N, I, O) && skinny_gemm(SkinnyOut::F32, out, x, W, N, I, O, s)) return;
+    if (skinny_gemm_preferred(N, I, O) && skinny_gemm(SkinnyOut::F32, out, x, W, N, I, O, s, w_constant))
+        return;
     const ColumnMajorGemm g = linear_forward_gemm(out, x, W, N, I, O);
     MSLM_CHECK(try_matmul<uint16_t>(op, g, 0.0f, CUBLASLT_EPILOGUE_DEFAULT, nullptr, s, true),
                "cuBLASLt {}: no algorithm for (m, n, k) = ({}, {}, {}) with an fp32 output", op, g.m, g.n, g.k);
 }
 
 template void linear_forward<float>(float*, const float*, const float*, const float*, int64_t, int64_t,
-                                    int64_t, void*);
+                                    int64_t, void*, bool);
 template void linear_forward<uint16_t>(uint16_t*, const uint16_t*, const uint16_t*, const uint16_t*, int64_t,
-                                       int64_t, int64_t, void*);
+                                       int64_t, int64_t, void*, bool);
 template void linear_backward_dx<float>(float*, const float*, const float*, int64_t, int64_t, int64_t, void*);
 template void linear_backward_dx<uint16_t>(uint16_t*, const uint16_t*, const uint16_t*, int64_t, int64_t, int64_t,
                                            void*);

@@ -21,10 +21,12 @@
 namespace mslm::ops::cuda {
 
 // out (N, O) = x (N, I) · W (O, I)ᵀ + b (O); b may be null. The bias is added in fp32 to the fp32
-// accumulator (cuBLASLt's BIAS epilogue) before the one rounding to T.
+// accumulator (cuBLASLt's BIAS epilogue) before the one rounding to T. w_constant (this and the next
+// two): the caller's promise that no kernel still to finish writes W (a model's weights), which lets
+// the few-row kernel (skinny_gemm.h) start copying W before its predecessor ends; no effect on values.
 template <typename T>
 void linear_forward(T* out, const T* x, const T* W, const T* b, int64_t N, int64_t I, int64_t O,
-                    void* stream = nullptr);
+                    void* stream = nullptr, bool w_constant = false);
 
 // out (N, O) += x (N, I) · W (O, I)ᵀ for bf16 (uint16_t bits), no bias, in one cuBLASLt call (beta =
 // 1, D = C = out): a residual add without a separate kernel (the decode step's). Whether the fp32
@@ -34,12 +36,12 @@ void linear_forward(T* out, const T* x, const T* W, const T* b, int64_t N, int64
 // call, never rounds first): out = round(out + round(product)) or round(out + product), at most the
 // product's one bf16 rounding away from that pair.
 void linear_forward_accumulate(uint16_t* out, const uint16_t* x, const uint16_t* W, int64_t N, int64_t I,
-                               int64_t O, void* stream = nullptr);
+                               int64_t O, void* stream = nullptr, bool w_constant = false);
 
 // out (N, O) = x (N, I) · W (O, I)ᵀ from bf16 x and W (uint16_t bits), accumulated and stored in fp32
 // without a bf16 rounding: inference's logits, which sampling and beam scores read.
 void linear_forward_f32_out(float* out, const uint16_t* x, const uint16_t* W, int64_t N, int64_t I, int64_t O,
-                            void* stream = nullptr);
+                            void* stream = nullptr, bool w_constant = false);
 // A batch of such products, strided: out_b (M, O) = x_b (M, I) · W_b (O, I)ᵀ for b < batch, where
 // x_b = x + b·stride_x (rows ld_x apart), W_b = W + b·stride_W (rows ld_W apart), out_b = out +
 // b·stride_out (rows ld_out apart); bf16 inputs (uint16_t bits), fp32 accumulation and output, never

@@ -47,7 +47,10 @@ struct SkinnySmem {
 // After the k loop the ring holds the block's fp32 partial sums, (16·MT) × kSkRedLd floats.
 static_assert(sizeof(float) * 16 * kSkRedLd <= sizeof(SkinnySmem<1>), "the partial sums fit in the ring");
 
-template <int MT, SkinnyOut kOut>
+// kEarlyW: W is constant while the kernel may be pre-launched (the caller's promise), so the first
+// kSkStages − 1 steps' W pieces are issued before the programmatic-dependent wait, beside the previous
+// kernel; x (and out) only after it.
+template <int MT, SkinnyOut kOut, bool kEarlyW>
 __global__ void __launch_bounds__(kSkThreads)
     skinny_gemm_kernel(const __nv_bfloat16* __restrict__ x, const __nv_bfloat16* __restrict__ W, void* out,
                        int M, int I, int O, int k_steps) {
@@ -61,12 +64,10 @@ __global__ void __launch_bounds__(kSkThreads)
     const int o0 = int(blockIdx.x) * kSkO;
     const int ks0 = int(int64_t(k_steps) * rank / S), n_ks = int(int64_t(k_steps) * (rank + 1) / S) - ks0;
     const int warp = threadIdx.x / 32;
-    pdl_wait();  // x (and, for kOut == Bf16Add, out) may come from the previous kernel
-    pdl_trigger();
 
     // k step ks0 + j into slot: 16-byte pieces (I is a multiple of 8, so a piece is wholly in or
     // out of the matrix), zeros outside.
-    auto stage = [&](int j, int slot) {
+    auto stage_x = [&](int j, int slot) {
         const int k0 = (ks0 + j) * kSkK;
         for (int e = threadIdx.x; e < 16 * MT * (kSkK / 8); e += kSkThreads) {
             const int r = e / (kSkK / 8), c = e % (kSkK / 8) * 8;
@@ -76,6 +77,9 @@ __global__ void __launch_bounds__(kSkThreads)
             else
                 *reinterpret_cast<uint4*>(d) = make_uint4(0u, 0u, 0u, 0u);
         }
+    };
+    auto stage_w = [&](int j, int slot) {
+        const int k0 = (ks0 + j) * kSkK;
         for (int e = threadIdx.x; e < kSkO * (kSkK / 8); e += kSkThreads) {
             const int r = e / (kSkK / 8), c = e % (kSkK / 8) * 8;
             __nv_bfloat16* d = &sm.w[slot][r][c];
@@ -86,17 +90,32 @@ __global__ void __launch_bounds__(kSkThreads)
         }
     };
 
+    // The first kSkStages − 1 steps, a commit group each (empty groups keep the count uniform); with
+    // kEarlyW their W pieces go before the wait and join step 0's group.
+    if constexpr (kEarlyW) {
+#pragma unroll
+        for (int j = 0; j < kSkStages - 1; ++j)
+            if (j < n_ks) stage_w(j, j);
+    }
+    pdl_wait();  // x (and, for kOut == Bf16Add, out) may come from the previous kernel
+    pdl_trigger();
 #pragma unroll
     for (int j = 0; j < kSkStages - 1; ++j) {
-        if (j < n_ks) stage(j, j);
-        cp_async_commit();  // (empty groups keep the count uniform)
+        if (j < n_ks) {
+            stage_x(j, j);
+            if constexpr (!kEarlyW) stage_w(j, j);
+        }
+        cp_async_commit();
     }
     float acc[MT][2][4] = {};
     for (int j = 0; j < n_ks; ++j) {
         cp_async_wait<kSkStages - 2>();
         __syncthreads();  // step j's slot is filled; every warp is done with step j − 1's
         const int jn = j + kSkStages - 1;
-        if (jn < n_ks) stage(jn, jn % kSkStages);
+        if (jn < n_ks) {
+            stage_x(jn, jn % kSkStages);
+            stage_w(jn, jn % kSkStages);
+        }
         cp_async_commit();
         const int slot = j % kSkStages;
 #pragma unroll
@@ -189,10 +208,10 @@ int current_device() {
     return cudaGetDevice(&device) == cudaSuccess ? device : -1;
 }
 
-template <int MT, SkinnyOut kOut>
+template <int MT, SkinnyOut kOut, bool kEarlyW>
 cudaError_t launch(void* out, const uint16_t* x, const uint16_t* W, int M, int I, int O, int splits,
                    cudaStream_t stream) {
-    auto kernel = skinny_gemm_kernel<MT, kOut>;
+    auto kernel = skinny_gemm_kernel<MT, kOut, kEarlyW>;
     const int smem = int(sizeof(SkinnySmem<MT>));
     cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
     if (err != cudaSuccess) return err;
@@ -214,19 +233,26 @@ cudaError_t launch(void* out, const uint16_t* x, const uint16_t* W, int M, int I
                               reinterpret_cast<const __nv_bfloat16*>(W), out, M, I, O, (I + kSkK - 1) / kSkK);
 }
 
-template <SkinnyOut kOut>
+template <SkinnyOut kOut, bool kEarlyW>
 cudaError_t launch_rows(void* out, const uint16_t* x, const uint16_t* W, int M, int I, int O, int splits,
                         cudaStream_t stream) {
     switch ((M + 15) / 16) {
         case 1:
-            return launch<1, kOut>(out, x, W, M, I, O, splits, stream);
+            return launch<1, kOut, kEarlyW>(out, x, W, M, I, O, splits, stream);
         case 2:
-            return launch<2, kOut>(out, x, W, M, I, O, splits, stream);
+            return launch<2, kOut, kEarlyW>(out, x, W, M, I, O, splits, stream);
         case 3:
-            return launch<3, kOut>(out, x, W, M, I, O, splits, stream);
+            return launch<3, kOut, kEarlyW>(out, x, W, M, I, O, splits, stream);
         default:
-            return launch<4, kOut>(out, x, W, M, I, O, splits, stream);
+            return launch<4, kOut, kEarlyW>(out, x, W, M, I, O, splits, stream);
     }
+}
+
+template <SkinnyOut kOut>
+cudaError_t launch_kind(void* out, const uint16_t* x, const uint16_t* W, int M, int I, int O, int splits,
+                        bool w_constant, cudaStream_t stream) {
+    return w_constant ? launch_rows<kOut, true>(out, x, W, M, I, O, splits, stream)
+                      : launch_rows<kOut, false>(out, x, W, M, I, O, splits, stream);
 }
 
 }  // namespace
@@ -258,7 +284,7 @@ bool skinny_gemm_supported(const void* out, const uint16_t* x, const uint16_t* W
 }
 
 bool skinny_gemm(SkinnyOut kind, void* out, const uint16_t* x, const uint16_t* W, int64_t M, int64_t I,
-                 int64_t O, void* stream) {
+                 int64_t O, void* stream, bool w_constant) {
     if (!skinny_gemm_enabled() || !skinny_gemm_supported(out, x, W, M, I, O)) return false;
     const int splits = skinny_gemm_splits(I, O, cluster_sms(current_device()));
     auto s = static_cast<cudaStream_t>(stream);
@@ -266,13 +292,13 @@ bool skinny_gemm(SkinnyOut kind, void* out, const uint16_t* x, const uint16_t* W
     cudaError_t err = cudaSuccess;
     switch (kind) {
         case SkinnyOut::Bf16:
-            err = launch_rows<SkinnyOut::Bf16>(out, x, W, m, i, o, splits, s);
+            err = launch_kind<SkinnyOut::Bf16>(out, x, W, m, i, o, splits, w_constant, s);
             break;
         case SkinnyOut::Bf16Add:
-            err = launch_rows<SkinnyOut::Bf16Add>(out, x, W, m, i, o, splits, s);
+            err = launch_kind<SkinnyOut::Bf16Add>(out, x, W, m, i, o, splits, w_constant, s);
             break;
         case SkinnyOut::F32:
-            err = launch_rows<SkinnyOut::F32>(out, x, W, m, i, o, splits, s);
+            err = launch_kind<SkinnyOut::F32>(out, x, W, m, i, o, splits, w_constant, s);
             break;
     }
     check_cuda<uint16_t>(err, "launch", "skinny_gemm");

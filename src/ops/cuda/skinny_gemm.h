@@ -40,8 +40,12 @@ bool skinny_gemm_preferred(int64_t M, int64_t I, int64_t O);
 
 // Runs the product on `stream` (a cudaStream_t) and returns true, or returns false without touching
 // anything when the call is not supported. x (M, I), W (O, I), out (M, O), all row-major and dense;
-// out is bf16 bits for Bf16 / Bf16Add, float for F32. Buffers must not overlap.
+// out is bf16 bits for Bf16 / Bf16Add, float for F32. Buffers must not overlap. The kernel launches
+// with programmatic dependent launch (unless MSLM_OPS_PDL=0) and reads x and out only after waiting
+// for its predecessor; w_constant — the caller's promise that no kernel still to finish writes W (a
+// model's weights, not a buffer the previous kernel fills) — lets it copy its first W steps before
+// that wait, beside the predecessor's tail.
 bool skinny_gemm(SkinnyOut kind, void* out, const uint16_t* x, const uint16_t* W, int64_t M, int64_t I,
-                 int64_t O, void* stream = nullptr);
+                 int64_t O, void* stream = nullptr, bool w_constant = false);
 
 }  // namespace mslm::ops::cuda
