@@ -49,7 +49,8 @@ std::string where(int64_t M, int64_t I, int64_t O, const char* kind) {
 }
 
 // One product of each output kind, checked against the double reference; the kernel must have taken
-// the call (skinny_gemm returns true), and a second call gives the same bits.
+// the call (skinny_gemm returns true), and a second call gives the same bits, with W promised constant
+// too.
 void check_shape(Rng& rng, int64_t M, int64_t I, int64_t O) {
     const auto x = random_values<uint16_t>(rng, M * I), W = random_values<uint16_t>(rng, O * I);
     const auto old = random_values<uint16_t>(rng, M * O, -4.0, 4.0);
@@ -75,6 +76,10 @@ void check_shape(Rng& rng, int64_t M, int64_t I, int64_t O) {
         ASSERT_TRUE(
             ops::cuda::skinny_gemm(ops::cuda::SkinnyOut::Bf16, out.get(), x_d.get(), W_d.get(), M, I, O));
         EXPECT_TRUE(out.download() == got) << "a second call gave other bits";
+        // W promised constant (its first steps copied before the kernel's wait): the same bits.
+        ASSERT_TRUE(ops::cuda::skinny_gemm(ops::cuda::SkinnyOut::Bf16, out.get(), x_d.get(), W_d.get(), M, I,
+                                           O, nullptr, true));
+        EXPECT_TRUE(out.download() == got) << "w_constant changed the bits";
     }
     {
         SCOPED_TRACE(where(M, I, O, "bf16 +="));
