@@ -255,12 +255,12 @@ cudaError_t launch_kind(void* out, const uint16_t* x, const uint16_t* W, int M, 
                       : launch_rows<kOut, false>(out, x, W, M, I, O, splits, stream);
 }
 
-}  // namespace
-
 bool skinny_gemm_enabled() {
     const char* v = std::getenv("MSLM_SKINNY_GEMM");
     return v == nullptr || std::string_view(v) != "0";
 }
+
+}  // namespace
 
 int skinny_gemm_splits(int64_t I, int64_t O, int sms) {
     const int64_t o_tiles = (O + kSkO - 1) / kSkO, k_steps = (I + kSkK - 1) / kSkK;

@@ -18,9 +18,8 @@ enum class SkinnyOut { Bf16, Bf16Add, F32 };
 
 constexpr int64_t kSkinnyMaxRows = 64;
 
-// MSLM_SKINNY_GEMM=0 in the environment switches the routing off, =all routes every call the kernel
-// supports (read at every call, for ablations).
-bool skinny_gemm_enabled();
+// MSLM_SKINNY_GEMM=0 in the environment makes skinny_gemm refuse every call (cuBLASLt for all), =all
+// routes every call the kernel supports (read at every call, for ablations).
 // Whether the kernel can take this call: 1 ≤ M ≤ kSkinnyMaxRows, I a multiple of 8, x and W 16-byte
 // aligned (out: any alignment), and the current device has thread-block clusters (compute
 // capability ≥ 9.0).
