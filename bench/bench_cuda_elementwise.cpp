@@ -64,6 +64,8 @@ void bench(const char* dtype, int64_t n) {
            time_ms([&] { ops::cuda::swiglu_forward(b, a, N, F); }));
     report("swiglu_backward", dtype, N * F, 7.0 * N * F * sz,
            time_ms([&] { ops::cuda::swiglu_backward(c, b, a, N, F); }));
+    report("swiglu_bwd_over", dtype, N * F, 5.0 * N * F * sz,
+           time_ms([&] { ops::cuda::swiglu_backward_overwrite(c, b, a, N, F); }));
     report("axpy", dtype, n, 3.0 * n * sz, time_ms([&] { ops::cuda::axpy(c, a, n, 1.0f); }));
     // Anchor measured in the same run: the driver's device-to-device copy of the same bytes,
     // the practical ceiling for a streaming kernel (read + write counted, as above).

@@ -153,11 +153,11 @@ void adamw_step(float* params, uint16_t* params_bf16, float* m, float* v, const 
                      aligned_to(decay_mask, V) && aligned_to(params_bf16, V * sizeof(uint16_t));
     auto st = static_cast<cudaStream_t>(stream);
     if (vec) {
-        adamw_kernel<V><<<grid_size<G>(n / V + n % V, kernel), kThreads, 0, st>>>(
+        adamw_kernel<V><<<grid_size<G>(adamw_kernel<V, D>, n / V + n % V, kernel), kThreads, 0, st>>>(
             params, pb, m, v, g, decay_mask, n, s, grad_scale);
     } else {
-        adamw_kernel<1>
-            <<<grid_size<G>(n, kernel), kThreads, 0, st>>>(params, pb, m, v, g, decay_mask, n, s, grad_scale);
+        adamw_kernel<1><<<grid_size<G>(adamw_kernel<1, D>, n, kernel), kThreads, 0, st>>>(
+            params, pb, m, v, g, decay_mask, n, s, grad_scale);
     }
     check_launch<G>(kernel);
 }

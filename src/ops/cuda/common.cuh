@@ -7,9 +7,11 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstdlib>
+#include <mutex>
 #include <string_view>
 #include <type_traits>
 #include <utility>
+#include <vector>
 
 #include "core/error.h"
 
@@ -168,6 +170,44 @@ int multiprocessors(const char* kernel) {
 template <typename T>
 unsigned grid_size(int64_t work, const char* kernel) {
     const int64_t resident = int64_t(multiprocessors<T>(kernel)) * (2048 / kThreads);
+    return unsigned(std::clamp<int64_t>((work + kThreads - 1) / kThreads, 1, resident));
+}
+
+// Blocks of `threads` that kernel_fn keeps resident on one multiprocessor of the current device:
+// its registers and shared memory decide, not only the thread count. Looked up once per (kernel,
+// device, threads, shared bytes).
+template <typename T, typename Fn>
+int resident_blocks(Fn* kernel_fn, int threads, size_t smem, const char* kernel) {
+    struct Key {
+        const void* fn;
+        int device, threads;
+        size_t smem;
+        int blocks;
+    };
+    static std::mutex mu;
+    static std::vector<Key> seen;
+    int device = 0;
+    check_cuda<T>(cudaGetDevice(&device), "cudaGetDevice", kernel);
+    const void* fn = reinterpret_cast<const void*>(kernel_fn);
+    std::lock_guard<std::mutex> lock(mu);
+    for (const Key& k : seen)
+        if (k.fn == fn && k.device == device && k.threads == threads && k.smem == smem) return k.blocks;
+    int blocks = 0;
+    check_cuda<T>(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kernel_fn, threads, smem),
+                  "cudaOccupancyMaxActiveBlocksPerMultiprocessor", kernel);
+    blocks = std::max(blocks, 1);
+    seen.push_back({fn, device, threads, smem, blocks});
+    return blocks;
+}
+
+// grid_size for a grid-stride kernel_fn of kThreads threads: capped at the blocks the device keeps
+// resident at once for this kernel. With the thread-count cap alone, a kernel whose registers allow
+// fewer blocks an SM ran its grid in 1.33 waves, the last third of its blocks starting only when the
+// first ones ended (swiglu_backward at 40 registers, docs/PERFORMANCE.md).
+template <typename T, typename Fn>
+unsigned grid_size(Fn* kernel_fn, int64_t work, const char* kernel, size_t smem = 0) {
+    const int64_t resident =
+        int64_t(multiprocessors<T>(kernel)) * resident_blocks<T>(kernel_fn, kThreads, smem, kernel);
     return unsigned(std::clamp<int64_t>((work + kThreads - 1) / kThreads, 1, resident));
 }
 

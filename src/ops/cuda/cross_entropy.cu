@@ -25,14 +25,23 @@ void check_shape(const char* kernel, int64_t N, int64_t vocab) {
                N, vocab);
 }
 
-// Adds x to the running (maximum, Σ exp(· − maximum)): one exponential per logit.
-__device__ __forceinline__ void max_sum_add(MaxSum& acc, float x) {
-    if (x > acc.m) {
-        acc.s = acc.s * expf(acc.m - x) + 1.0f;  // expf(−inf) = 0 for the first value
-        acc.m = x;
-    } else if (acc.m != -INFINITY) {  // else x = acc.m = −inf: contributes nothing
-        acc.s += expf(x - acc.m);
-    }
+// Adds a batch of n logits (in registers) to the running (maximum, Σ exp(· − maximum)): the batch's
+// maximum first, then one exponential per logit on the special-function unit (ex2 of the difference
+// times log2 e; relative error ~2^-22 a term) and one to rescale the running sum. A thread's share
+// of a 32,000-logit row thus costs ~5 instructions a logit; the former per-logit online update (an
+// accurate expf and a branch each) made this kernel instruction-bound at 29% of the memory
+// bandwidth (docs/PERFORMANCE.md).
+template <int n>
+__device__ __forceinline__ void max_sum_add(MaxSum& acc, const float (&x)[n]) {
+    constexpr float kLog2e = 1.4426950408889634f;
+    float m = acc.m;
+#pragma unroll
+    for (int i = 0; i < n; ++i) m = fmaxf(m, x[i]);
+    if (m == -INFINITY) return;                         // every logit so far is −inf: nothing to add
+    float s = acc.s * fast_exp2((acc.m - m) * kLog2e);  // exp(−inf) = 0 for the first batch
+#pragma unroll
+    for (int i = 0; i < n; ++i) s += fast_exp2((x[i] - m) * kLog2e);
+    acc = {m, s};
 }
 
 template <int V, typename T>
@@ -43,10 +52,22 @@ __global__ void cross_entropy_forward_kernel(float* losses, float* lse, const T*
     for (int64_t n = blockIdx.x; n < N; n += gridDim.x) {
         const T* row = logits + n * vocab;
         MaxSum acc{-INFINITY, 0.0f};
-        for (int64_t p = threadIdx.x; p < packs; p += blockDim.x) {
-            const Pack<T, V> pack = load<V>(row + p * V);
+        // Two packs a step, both loads issued before either is used.
+        const int64_t step = 2 * int64_t(blockDim.x);
+        int64_t p = threadIdx.x;
+        for (; p + blockDim.x < packs; p += step) {
+            const Pack<T, V> a = load<V>(row + p * V), b = load<V>(row + (p + blockDim.x) * V);
+            float x[2 * V];
 #pragma unroll
-            for (int e = 0; e < V; ++e) max_sum_add(acc, to_f32(pack.v[e]));
+            for (int e = 0; e < V; ++e) x[e] = to_f32(a.v[e]), x[V + e] = to_f32(b.v[e]);
+            max_sum_add(acc, x);
+        }
+        if (p < packs) {
+            const Pack<T, V> a = load<V>(row + p * V);
+            float x[V];
+#pragma unroll
+            for (int e = 0; e < V; ++e) x[e] = to_f32(a.v[e]);
+            max_sum_add(acc, x);
         }
         acc = block_max_sum(acc, scratch);
         if (threadIdx.x != 0) continue;

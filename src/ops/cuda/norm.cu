@@ -164,7 +164,11 @@ template <bool kGated, int V, typename T>
 __global__ void rms_backward_kernel(T* dx, T* dz, float* dw_partial, const T* dout, const T* x, const T* z,
                                     int64_t ld_z, int64_t ld_dz, const T* w, const float* rstd, int64_t N,
                                     int D, int G, bool overwrite) {
-    extern __shared__ float acc[];  // (D): this block's Σ_n dout·ĝ, when dw_partial
+    // (D): this block's Σ_n dout·ĝ, when dw_partial, column k·Dg + p·V + e at (k·V + e)·packs + p so
+    // that a warp's threads (consecutive p) add into consecutive words: with acc in column order the
+    // stride of V words made every access an 8-way bank conflict (bf16), and the L1 the kernel's
+    // busiest unit (74%, docs/PERFORMANCE.md).
+    extern __shared__ float acc[];
     __shared__ float scratch[32];
     const int Dg = D / G, packs = Dg / V;
     const bool want_dw = dw_partial != nullptr, want_dxz = dx != nullptr || dz != nullptr;
@@ -182,12 +186,11 @@ __global__ void rms_backward_kernel(T* dx, T* dz, float* dw_partial, const T* do
             auto finish = [&](int p, float(&h)[V], const float(&xv)[V], const float(&zv)[V],
                               const float(&wv)[V], float c) {
                 const int64_t i = row + int64_t(p) * V;
-                const int col = k * Dg + p * V;
-                if (want_dw) {
+                if (want_dw) {  // column k·Dg + p·V + e of dw at acc[(k·V + e)·packs + p]
 #pragma unroll
                     for (int e = 0; e < V; ++e) {
                         const float g = kGated ? xv[e] * silu_rounded<T>(zv[e]) : xv[e];
-                        acc[col + e] += h[e] * g * r;
+                        acc[(k * V + e) * packs + p] += h[e] * g * r;
                     }
                 }
                 if (!want_dxz) return;
@@ -272,7 +275,10 @@ __global__ void rms_backward_kernel(T* dx, T* dz, float* dw_partial, const T* do
     }
     if (!want_dw) return;
     __syncthreads();
-    for (int i = threadIdx.x; i < D; i += blockDim.x) dw_partial[int64_t(blockIdx.x) * D + i] = acc[i];
+    for (int i = threadIdx.x; i < D; i += blockDim.x) {
+        const int k = i / Dg, p = (i - k * Dg) / V, e = i - k * Dg - p * V;
+        dw_partial[int64_t(blockIdx.x) * D + i] = acc[(k * V + e) * packs + p];
+    }
 }
 
 // ---- LayerNorm
@@ -357,9 +363,9 @@ __global__ void layernorm_backward_kernel(T* dx, float* dw_partial, float* db_pa
             load_f32<V>(xv, xr + p * V);
             if (want_params) {
 #pragma unroll
-                for (int e = 0; e < V; ++e) {
-                    acc[p * V + e] += h[e] * (xv[e] - m) * r;
-                    acc[D + p * V + e] += h[e];
+                for (int e = 0; e < V; ++e) {  // column p·V + e at e·packs + p, as in the RMS kernel
+                    acc[e * packs + p] += h[e] * (xv[e] - m) * r;
+                    acc[D + e * packs + p] += h[e];
                 }
             }
             if (!dx) continue;
@@ -374,8 +380,9 @@ __global__ void layernorm_backward_kernel(T* dx, float* dw_partial, float* db_pa
     if (!want_params) return;
     __syncthreads();
     for (int i = threadIdx.x; i < D; i += blockDim.x) {
-        if (dw_partial) dw_partial[int64_t(blockIdx.x) * D + i] = acc[i];
-        if (db_partial) db_partial[int64_t(blockIdx.x) * D + i] = acc[D + i];
+        const int p = i / V, at = (i - p * V) * packs + p;
+        if (dw_partial) dw_partial[int64_t(blockIdx.x) * D + i] = acc[at];
+        if (db_partial) db_partial[int64_t(blockIdx.x) * D + i] = acc[D + at];
     }
 }
 

@@ -446,43 +446,71 @@ __global__ void ssd_chunk_state_kernel(Args<T> a, const T* dy, float* out) {
 // operand of the register-score output kernel's C·S_inᵀ; with it, store_f32 false leaves `states`
 // holding the chunks' own states (an inference forward, whose only reader is that kernel).
 
+// Grid (⌈P·N / blockDim.x⌉, batch·H, strided by gridDim.y): a thread per (b, h, p, n) element, with
+// every chunk's decay of its (b, h) computed once per block into shared memory (n_chunks floats). The
+// grid-stride form before it (a 64-bit division and an expf per element and chunk) ran at a third of
+// the bandwidth (docs/PERFORMANCE.md).
 template <bool kReverse, typename T>
 __global__ void ssd_state_pass_kernel(Args<T> a, float* states, const float* h0, float* h_last,
                                       __nv_bfloat16* states16, bool store_f32) {
+    extern __shared__ float decay[];  // (n_chunks): exp of each chunk's total log decay
     pdl_wait();  // may be launched with programmatic dependent launch (launch_ops_pdl)
     pdl_trigger();
     // The loads of kBatch chunks are issued before their stores: the compiler cannot tell a store to
     // `states` from a later load of it, so one chunk at a time would wait out a memory latency each.
     constexpr int kBatch = 8;
-    const int64_t PN = a.P * a.N, total = a.batch * a.H * PN;
-    const int64_t stride = int64_t(gridDim.x) * blockDim.x;
-    for (int64_t e = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; e < total; e += stride) {
-        const int64_t pn = e % PN, bh = e / PN, h = bh % a.H, b = bh / a.H;
+    const int64_t PN = a.P * a.N, BH = a.batch * a.H;
+    const int64_t pn = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+    for (int64_t bh = blockIdx.y; bh < BH; bh += gridDim.y) {
+        const int64_t h = bh % a.H, b = bh / a.H;
+        __syncthreads();  // the previous (b, h)'s decays are read
+        for (int64_t c = threadIdx.x; c < a.n_chunks; c += blockDim.x) {
+            const Chunk ch = chunk_of(a, b, c);
+            decay[c] = expf(static_cast<float>(a.cum[bh * a.seqlen + ch.t0 + ch.L - 1]));
+        }
+        __syncthreads();
+        if (pn >= PN) continue;
+        const int64_t e = bh * PN + pn;
+        // Element (b, c, h, pn) of states at base + c·H·PN.
+        float* base = states + (b * a.n_chunks * a.H + h) * PN + pn;
+        const int64_t chunk_stride = a.H * PN;
         float S = h0 ? h0[e] : 0.0f;
         for (int64_t step0 = 0; step0 < a.n_chunks; step0 += kBatch) {
-            float own[kBatch], decay[kBatch];
+            float own[kBatch];
 #pragma unroll
             for (int i = 0; i < kBatch; ++i) {
                 const int64_t step = step0 + i;
                 if (step >= a.n_chunks) break;
                 const int64_t c = kReverse ? a.n_chunks - 1 - step : step;
-                const Chunk ch = chunk_of(a, b, c);
-                own[i] = states[((b * a.n_chunks + c) * a.H + h) * PN + pn];
-                decay[i] = expf(static_cast<float>(a.cum[bh * a.seqlen + ch.t0 + ch.L - 1]));
+                own[i] = base[c * chunk_stride];
             }
 #pragma unroll
             for (int i = 0; i < kBatch; ++i) {
                 const int64_t step = step0 + i;
                 if (step >= a.n_chunks) break;
                 const int64_t c = kReverse ? a.n_chunks - 1 - step : step;
-                const int64_t at = ((b * a.n_chunks + c) * a.H + h) * PN + pn;
-                if (store_f32) states[at] = S;
-                if (states16) states16[at] = __float2bfloat16_rn(S);
-                S = decay[i] * S + own[i];
+                const int64_t at = c * chunk_stride;
+                if (store_f32) base[at] = S;
+                if (states16) states16[(base - states) + at] = __float2bfloat16_rn(S);
+                S = decay[c] * S + own[i];
             }
         }
         if (h_last) h_last[e] = S;
     }
+}
+
+// The state pass's grid and shared memory.
+template <typename S, typename T>
+dim3 state_pass_grid(const Args<T>& a) {
+    const int64_t PN = a.P * a.N, BH = a.batch * a.H;
+    MSLM_CHECK(PN <= int64_t(kThreads) * 65535 && a.n_chunks <= 12 * 1024,
+               "CUDA kernel ssd_state_pass<{}>: state of {} elements or {} chunks too large",
+               dtype_label<S>(), PN, a.n_chunks);
+    return dim3(unsigned((PN + kThreads - 1) / kThreads), unsigned(std::min<int64_t>(BH, 65535)));
+}
+template <typename T>
+size_t state_pass_smem(const Args<T>& a) {
+    return size_t(a.n_chunks) * sizeof(float);
 }
 
 // ---- (5) Y per (b, chunk, head); grid (B·n_chunks·H, tiles(Q)·tiles(P)).
@@ -2402,11 +2430,10 @@ void state_pass(const Args<device_t<S>>& a, const Workspace& ws, float* states, 
         times.mark("chunk_state");
     }
     if (h_last || bcn > 0) {
-        const int64_t total = a.batch * a.H * a.P * a.N;
-        check_cuda<S>(
-            launch_ops_pdl(ssd_state_pass_kernel<false, T>, grid_size<S>(total, "ssd_state_pass"), kThreads,
-                           0, stream, a, states, h0, h_last, states16, store_f32 || !states16),
-            "launch", "ssd_state_pass");
+        check_cuda<S>(launch_ops_pdl(ssd_state_pass_kernel<false, T>, state_pass_grid<S>(a), kThreads,
+                                     state_pass_smem(a), stream, a, states, h0, h_last, states16,
+                                     store_f32 || !states16),
+                      "launch", "ssd_state_pass");
         check_launch<S>("ssd_state_pass");
         times.mark("state_pass");
     }
@@ -2559,7 +2586,6 @@ void backward_stages(const SsdGrads<S>& grads, const device_t<S>* dY, const Args
                      StageTimes& times) {
     using T = device_t<S>;
     const int64_t bch = p.batch * p.n_chunks * p.H, bcg = p.batch * p.n_chunks * p.G;
-    const int64_t total = p.batch * p.H * p.P * p.N;
     const size_t vec_bytes = 4 * p.Q * sizeof(float);
     auto* dx = reinterpret_cast<T*>(grads.dx);
     auto* ddt = reinterpret_cast<T*>(grads.ddt);
@@ -2576,7 +2602,7 @@ void backward_stages(const SsdGrads<S>& grads, const device_t<S>* dY, const Args
                    sizeof(ChunkStateSmem), s>>>(a, dY, ws.dS);
             check_launch<S>("ssd_chunk_state_grad_tc");
             times.mark("chunk_state_grad");
-            ssd_state_pass_kernel<true><<<grid_size<S>(total, "ssd_state_pass_grad"), kThreads, 0, s>>>(
+            ssd_state_pass_kernel<true><<<state_pass_grid<S>(a), kThreads, state_pass_smem(a), s>>>(
                 a, ws.dS, nullptr, nullptr, nullptr, true);
             check_launch<S>("ssd_state_pass_grad");
             times.mark("state_pass_grad");
@@ -2620,7 +2646,7 @@ void backward_stages(const SsdGrads<S>& grads, const device_t<S>* dY, const Args
                                                                                                    ws.dS);
     check_launch<S>("ssd_chunk_state_grad");
     times.mark("chunk_state_grad");
-    ssd_state_pass_kernel<true><<<grid_size<S>(total, "ssd_state_pass_grad"), kThreads, 0, s>>>(
+    ssd_state_pass_kernel<true><<<state_pass_grid<S>(a), kThreads, state_pass_smem(a), s>>>(
         a, ws.dS, nullptr, nullptr, nullptr, true);
     check_launch<S>("ssd_state_pass_grad");
     times.mark("state_pass_grad");
