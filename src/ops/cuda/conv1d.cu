@@ -288,25 +288,30 @@ __global__ void __launch_bounds__(kFastThreads, min_blocks(K))
     if (!r.active) return;
     float wk[K][V], b_c[V];
     load_taps(wk, b_c, w, bias, r.c0);
-    const D* xb = x + r.b * Tn * ld_x + r.c0;  // row t at xb + t · ld_x
-    const int64_t ob = r.b * Tn * C + r.c0;    // row t of out and pre at ob + t · C
+    // Token j of the run (t = t0 + j) at row offsets j·ld_x (x) and j·C (out, pre) from the run's
+    // first row, in 32 bits, as in the backward.
+    const D* xr = x + r.b * Tn * ld_x + r.c0 + r.t0 * ld_x;
+    const int64_t o0 = r.b * Tn * C + r.c0 + r.t0 * C;
+    D* outr = out + o0;
+    D* prer = pre ? pre + o0 : nullptr;
+    const int ld = int(ld_x), ldo = int(C), n_run = int(r.t1 - r.t0);
     P win[K];
 #pragma unroll
     for (int k = 1; k < K; ++k) {
         const int64_t t = r.t0 - K + k;  // rows t0 − (K − 1) .. t0 − 1; win[0] is shifted out unused
-        win[k] = t >= 0 ? load<V>(xb + t * ld_x)
+        win[k] = t >= 0 ? load<V>(xr + (k - K) * ld)
                  : hist ? load<V>(hist + (r.b * (K - 1) + (K - 1) + t) * C + r.c0)
                         : zero_pack<D, V>();
     }
-    for (int64_t tg = r.t0; tg < r.t1; tg += kGroup) {
+    for (int jg = 0; jg < n_run; jg += kGroup) {
         P xs[kGroup];
 #pragma unroll
         for (int u = 0; u < kGroup; ++u)
-            xs[u] = tg + u < r.t1 ? load<V>(xb + (tg + u) * ld_x) : zero_pack<D, V>();
+            xs[u] = jg + u < n_run ? load<V>(xr + (jg + u) * ld) : zero_pack<D, V>();
 #pragma unroll
         for (int u = 0; u < kGroup; ++u) {
-            const int64_t t = tg + u;
-            if (t >= r.t1) break;
+            const int j = jg + u;
+            if (j >= n_run) break;
             shift_in(win, xs[u]);
             P o, p;
 #pragma unroll
@@ -318,8 +323,8 @@ __global__ void __launch_bounds__(kFastThreads, min_blocks(K))
                 }
                 o.v[i] = from_f32<D>(acc);
             }
-            store(out + ob + t * C, o);
-            if (silu_out && pre) store(pre + ob + t * C, p);
+            store(outr + j * ldo, o);
+            if (silu_out && prer) store(prer + j * ldo, p);
         }
     }
 }
@@ -346,54 +351,72 @@ __global__ void __launch_bounds__(kFastThreads, min_blocks(K))
         for (int k = 0; k < K; ++k) dw_acc[k][i] = 0.0f;
     }
     if (r.active) {
-        float wk[K][V], b_c[V], g_win[K][V];
+        float wk[K][V], b_c[V], g_win[K][V], x_win[K][V];
         load_taps(wk, b_c, w, bias, r.c0);
-        const int64_t xb = r.b * Tn * ld_x + r.c0;  // row t of x and dx at xb + t · ld_x
-        const int64_t gb = r.b * Tn * C + r.c0;     // row t of dout at gb + t · C
-        P x_win[K];
+        // Token j of the run (t = t0 + j) at row offsets j·ld_x (x, dx) and j·C (dout) from the run's
+        // first row, in 32 bits (a run spans kRun + K − 1 rows): one multiply-add an address where
+        // 64-bit row products cost ~8 instructions a load and were two thirds of the kernel's.
+        const D* xr = x + r.b * Tn * ld_x + r.c0 + r.t0 * ld_x;
+        const D* gr = dout + r.b * Tn * C + r.c0 + r.t0 * C;
+        D* dxr = dx ? dx + r.b * Tn * ld_x + r.c0 + r.t0 * ld_x : nullptr;
+        const int ld = int(ld_x), ldg = int(C);
+        const int n_end = int(r.t1 - r.t0) + K - 1;          // walk length
+        const int n_in = int(min(r.t1 + K - 1, Tn) - r.t0);  // rows read below n_in
+        const int n_run = int(r.t1 - r.t0);                  // rows adding to dw, dbias
 #pragma unroll
         for (int k = 0; k < K; ++k) {
 #pragma unroll
             for (int i = 0; i < V; ++i) g_win[k][i] = 0.0f;
-            const int64_t t = r.t0 - K + k;
-            x_win[k] = k > 0 && t >= 0 ? load<V>(x + xb + t * ld_x) : zero_pack<D, V>();
+            const int j = k - K;  // rows t0 − K .. t0 − 1; win[0] is shifted out unused
+            P xk = zero_pack<D, V>();
+            if (k > 0 && r.t0 + j >= 0) xk = load<V>(xr + j * ld);
+#pragma unroll
+            for (int i = 0; i < V; ++i) x_win[k][i] = to_f32(xk.v[i]);
         }
-        const int64_t t_end = r.t1 + K - 1, t_in = min(t_end, Tn);  // walk end; rows read below t_in
-        for (int64_t tg = r.t0; tg < t_end; tg += kGroup) {
+        for (int jg = 0; jg < n_end; jg += kGroup) {
             P xs[kGroup], gs[kGroup], dxs[kGroup];
 #pragma unroll
             for (int u = 0; u < kGroup; ++u) {
-                const int64_t t = tg + u, s = t - (K - 1);
-                const bool in = t < t_in;
-                xs[u] = in ? load<V>(x + xb + t * ld_x) : zero_pack<D, V>();
-                gs[u] = in ? load<V>(dout + gb + t * C) : zero_pack<D, V>();
-                dxs[u] = dx && !dx_overwrite && s >= r.t0 && t < t_end ? load<V>(dx + xb + s * ld_x)
-                                                                       : zero_pack<D, V>();
+                const int j = jg + u, js = j - (K - 1);
+                const bool in = j < n_in;
+                xs[u] = in ? load<V>(xr + j * ld) : zero_pack<D, V>();
+                gs[u] = in ? load<V>(gr + j * ldg) : zero_pack<D, V>();
+                dxs[u] =
+                    dxr && !dx_overwrite && js >= 0 && j < n_end ? load<V>(dxr + js * ld) : zero_pack<D, V>();
             }
 #pragma unroll
             for (int u = 0; u < kGroup; ++u) {
-                const int64_t t = tg + u, s = t - (K - 1);
-                if (t >= t_end) break;
-                shift_in(x_win, xs[u]);
+                const int j = jg + u, js = j - (K - 1);
+                if (j >= n_end) break;
+#pragma unroll
+                for (int i = 0; i < V; ++i) {
+#pragma unroll
+                    for (int k = 0; k + 1 < K; ++k) x_win[k][i] = x_win[k + 1][i];
+                    x_win[K - 1][i] = to_f32(xs[u].v[i]);
+                }
                 float g[V];
 #pragma unroll
                 for (int i = 0; i < V; ++i) {
                     g[i] = to_f32(gs[u].v[i]);
-                    if (silu_in) g[i] *= silu_grad(pre_activation(wk, b_c, x_win, i));
+                    if (silu_in) {
+                        float acc = b_c[i];  // the forward's pre-activation, fma in k order
+#pragma unroll
+                        for (int k = 0; k < K; ++k) acc = fmaf(wk[k][i], x_win[k][i], acc);
+                        g[i] *= silu_grad(acc);
+                    }
 #pragma unroll
                     for (int k = 0; k + 1 < K; ++k) g_win[k][i] = g_win[k + 1][i];
                     g_win[K - 1][i] = g[i];
                 }
-                if (t < r.t1) {
+                if (j < n_run) {
 #pragma unroll
                     for (int i = 0; i < V; ++i) {
                         db_acc[i] += g[i];
 #pragma unroll
-                        for (int k = 0; k < K; ++k)
-                            dw_acc[k][i] = fmaf(g[i], to_f32(x_win[k].v[i]), dw_acc[k][i]);
+                        for (int k = 0; k < K; ++k) dw_acc[k][i] = fmaf(g[i], x_win[k][i], dw_acc[k][i]);
                     }
                 }
-                if (dx && s >= r.t0) {
+                if (dxr && js >= 0) {
 #pragma unroll
                     for (int i = 0; i < V; ++i) {
                         float acc = 0.0f;
@@ -401,7 +424,7 @@ __global__ void __launch_bounds__(kFastThreads, min_blocks(K))
                         for (int k = 0; k < K; ++k) acc = fmaf(g_win[K - 1 - k][i], wk[k][i], acc);
                         dxs[u].v[i] = from_f32<D>(to_f32(dxs[u].v[i]) + acc);
                     }
-                    store(dx + xb + s * ld_x, dxs[u]);
+                    store(dxr + js * ld, dxs[u]);
                 }
             }
         }
