@@ -182,7 +182,7 @@ BenchReport run_bench(const ModelConfig& cfg_in, const std::string& model_name, 
             sec = mean_seconds(
                 [&] {
                     g.zero_grad();
-                    g.forward(ids.data(), targets.data(), B, T);
+                    g.forward(ids.data(), targets.data(), B, T, /*backward_follows=*/true);
                     g.backward();
                     g.clip_grad_norm(1.0);
                     g.optimizer_step(kLr);

@@ -170,7 +170,7 @@ ProfileReport run_training_profile(const ModelConfig& cfg_in, const std::string&
     for (auto& x : targets) x = static_cast<int32_t>(rng.below(static_cast<uint64_t>(cfg.vocab_size)));
     auto step = [&] {
         g.zero_grad();
-        g.forward(ids.data(), targets.data(), o.batch, o.seq);
+        g.forward(ids.data(), targets.data(), o.batch, o.seq, /*backward_follows=*/true);
         g.backward();
         g.clip_grad_norm(1.0);
         g.optimizer_step(1e-4f);  // synchronises

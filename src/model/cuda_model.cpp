@@ -1379,7 +1379,8 @@ const bf16* layer_forward(const Ctx& c, CudaHybridLM::Impl::Layer& layer, bf16* 
 
 }  // namespace
 
-float CudaHybridLM::forward(const int32_t* ids, const int32_t* targets, int64_t B, int64_t T) {
+float CudaHybridLM::forward(const int32_t* ids, const int32_t* targets, int64_t B, int64_t T,
+                            bool backward_follows) {
     MSLM_CHECK(B > 0 && T > 0, "forward: empty batch ({} x {})", B, T);
     MSLM_CHECK(T <= cfg_.max_seq_len, "sequence length {} exceeds the model's max_seq_len {}", T,
                cfg_.max_seq_len);
@@ -1388,6 +1389,7 @@ float CudaHybridLM::forward(const int32_t* ids, const int32_t* targets, int64_t 
     const int64_t N = B * T, D = cfg_.d_model, V = cfg_.vocab_size, L = cfg_.n_layers;
     const Ctx c{cfg_, m, B, T, N};
     has_targets_ = targets != nullptr;
+    loss_grad_ready_ = false;
     StageTimer& t = m.timer;
     t.begin();
     check(cudaMemcpy(m.ids, ids, sizeof(int32_t) * N, cudaMemcpyHostToDevice), "upload ids");
@@ -1416,8 +1418,18 @@ float CudaHybridLM::forward(const int32_t* ids, const int32_t* targets, int64_t 
         t.finish("model stages (forward only)", B, T);
         return 0.0f;
     }
-    kc::cross_entropy_forward(m.losses, m.lse, m.logits, m.targets, N, V, &m.status[1]);
+    if (backward_follows) {
+        // The gradient's scale, 1 / the counted rows, from the host's targets (a target outside the
+        // vocabulary throws in the check below, as without the fusion).
+        int64_t counted = 0;
+        for (int64_t i = 0; i < N; ++i) counted += targets[i] != ops::kIgnoreIndex;
+        kc::cross_entropy_forward_backward(m.losses, m.lse, m.logits, m.targets, N, V,
+                                           counted ? 1.0f / static_cast<float>(counted) : 0.0f, &m.status[1]);
+    } else {
+        kc::cross_entropy_forward(m.losses, m.lse, m.logits, m.targets, N, V, &m.status[1]);
+    }
     count_ = kc::cross_entropy_check(&m.status[1], V);
+    loss_grad_ready_ = backward_follows;
     t.mark("head+loss fwd", KernelFamily::EmbedLoss);
     std::vector<float> losses(static_cast<size_t>(N));
     check(cudaMemcpy(losses.data(), m.losses, sizeof(float) * N, cudaMemcpyDeviceToHost), "download losses");
@@ -1439,8 +1451,10 @@ void CudaHybridLM::backward() {
     t.mark("head+loss bwd", KernelFamily::Elementwise);
 
     bf16* dlogits = m.logits;  // in place: the logits are not needed any more
-    kc::cross_entropy_backward(dlogits, m.logits, m.lse, m.targets, N, V, 1.0f / static_cast<float>(count_),
-                               &m.status[1]);
+    if (!loss_grad_ready_)     // else the forward formed it (backward_follows)
+        kc::cross_entropy_backward(dlogits, m.logits, m.lse, m.targets, N, V,
+                                   1.0f / static_cast<float>(count_), &m.status[1]);
+    loss_grad_ready_ = false;
     t.mark("head+loss bwd", KernelFamily::EmbedLoss);
     linear_backward(c, m.g_ln, m.lm_head, CudaParam{}, dlogits, m.hf, N, D, V, Dx::Overwrite);
     t.mark("head+loss bwd", KernelFamily::Gemm);

@@ -130,8 +130,12 @@ public:
     // with LoRA (the constructor uploads the base and the adapter).
     void upload(const HybridLM<float>& cpu);
     // ids, targets (B, T) in host memory, as HybridLM::forward; targets may be null (no loss).
-    // Returns the mean cross-entropy over counted positions (0 when none count).
-    float forward(const int32_t* ids, const int32_t* targets, int64_t B, int64_t T);
+    // Returns the mean cross-entropy over counted positions (0 when none count). backward_follows
+    // (with targets): the caller will call backward() next, so the loss's gradient is formed in the
+    // same pass over the logits as the loss (ops::cuda::cross_entropy_forward_backward, the same
+    // bits), overwriting them — download_logits then returns that gradient.
+    float forward(const int32_t* ids, const int32_t* targets, int64_t B, int64_t T,
+                  bool backward_follows = false);
     // Accumulates the gradient of the last forward's loss into the fp32 gradients. Needs targets.
     void backward();
     void zero_grad();
@@ -210,6 +214,7 @@ private:
     size_t act_bytes_ = 0;
     int64_t B_ = 0, T_ = 0, count_ = 0;
     bool has_targets_ = false, recompute_ = false, planned_recompute_ = false;
+    bool loss_grad_ready_ = false;  // the last forward left the loss's gradient in the logits
     // Optimizer (allocated by upload_optimizer_state).
     double beta1_ = 0, beta2_ = 0, eps_ = 0, weight_decay_ = 0;
     int64_t opt_step_ = 0;

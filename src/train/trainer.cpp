@@ -364,7 +364,7 @@ struct Trainer::Gpu {
         for (int64_t m = 0; m < grad_accum; ++m) {
             train.next(batch);
             loss += static_cast<double>(model.forward(batch.inputs.data(), batch.targets.data(), batch.rows,
-                                                      batch.seq_len));
+                                                      batch.seq_len, /*backward_follows=*/true));
             model.backward();
         }
         if (grad_accum > 1) model.scale_grads(1.0f / static_cast<float>(grad_accum));

@@ -355,6 +355,18 @@ TYPED_TEST(CudaCrossEntropy, ForwardAndBackward) {
             ops::cuda::cross_entropy_backward(d_logits.get(), d_logits.get(), d_lse.get(), d_targets.get(), N, V,
                                               dloss, nullptr);
             EXPECT_TRUE(ce_backward_close(d_logits.download(), xd, lse, targets, N, V, dloss)) << "in place";
+            const std::vector<T> two_calls = d_logits.download();
+            const std::vector<float> losses = d_losses.download();
+
+            // Both in one pass: the two calls' losses, lse, count and gradient, bit for bit.
+            DeviceBuffer<T> d_fused(logits, offset);
+            DeviceBuffer<float> d_losses2{std::vector<float>(N)}, d_lse2{std::vector<float>(N)};
+            ops::cuda::cross_entropy_forward_backward(d_losses2.get(), d_lse2.get(), d_fused.get(),
+                                                      d_targets.get(), N, V, dloss, st);
+            EXPECT_EQ(ops::cuda::cross_entropy_check(st, V), counted(targets)) << "fused";
+            EXPECT_EQ(d_losses2.download(), losses) << "fused losses";
+            EXPECT_EQ(d_lse2.download(), lse) << "fused lse";
+            EXPECT_EQ(d_fused.download(), two_calls) << "fused gradient";
         }
     }
 #endif

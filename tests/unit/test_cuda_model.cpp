@@ -207,9 +207,11 @@ void compare_with_cpu(const ModelConfig& cfg, int64_t B, int64_t T, uint64_t see
     std::printf("  largest gradient relative L2 error %.4f (%s), bound %.4f\n", worst, worst_name.c_str(),
                 rel_tol);
 
-    // Determinism: the same step again gives the same bits (no float atomics anywhere).
+    // Determinism: the same step again gives the same bits (no float atomics anywhere) — run with the
+    // loss's gradient formed in the forward's pass over the logits (backward_follows, as the trainer
+    // runs it), which must give the two-pass bits.
     gpu.zero_grad();
-    const float again = gpu.forward(ids.data(), targets.data(), B, T);
+    const float again = gpu.forward(ids.data(), targets.data(), B, T, /*backward_follows=*/true);
     gpu.backward();
     std::vector<float> grads2;
     gpu.download_grads(grads2);

@@ -44,6 +44,52 @@ __device__ __forceinline__ void max_sum_add(MaxSum& acc, const float (&x)[n]) {
     acc = {m, s};
 }
 
+// The row's running (maximum, Σ exp) over the block, returned to every thread.
+template <int V, typename T>
+__device__ __forceinline__ MaxSum row_max_sum(const T* row, int64_t packs, MaxSum* scratch) {
+    MaxSum acc{-INFINITY, 0.0f};
+    // Two packs a step, both loads issued before either is used.
+    const int64_t step = 2 * int64_t(blockDim.x);
+    int64_t p = threadIdx.x;
+    for (; p + blockDim.x < packs; p += step) {
+        const Pack<T, V> a = load<V>(row + p * V), b = load<V>(row + (p + blockDim.x) * V);
+        float x[2 * V];
+#pragma unroll
+        for (int e = 0; e < V; ++e) x[e] = to_f32(a.v[e]), x[V + e] = to_f32(b.v[e]);
+        max_sum_add(acc, x);
+    }
+    if (p < packs) {
+        const Pack<T, V> a = load<V>(row + p * V);
+        float x[V];
+#pragma unroll
+        for (int e = 0; e < V; ++e) x[e] = to_f32(a.v[e]);
+        max_sum_add(acc, x);
+    }
+    return block_max_sum(acc, scratch);
+}
+
+// Thread 0's part of the forward for row n: lse, the loss (reading the target's logit) and the status.
+template <typename T>
+__device__ __forceinline__ float row_loss(float* losses, float* lse, const T* row, const int32_t* targets,
+                                          int64_t n, int64_t vocab, const MaxSum& acc, IndexStatus* status) {
+    const float log_sum = logf(acc.s);
+    const float l = acc.m + log_sum;
+    lse[n] = l;
+    const int32_t t = targets[n];
+    if (t == kIgnoreIndex) {
+        losses[n] = 0.0f;
+    } else if (t >= 0 && t < vocab) {
+        // (m − logit) + log Σ rather than lse − logit, as in the CPU reference: with logits ~1e4
+        // the difference of two large numbers would lose the loss's low digits.
+        losses[n] = (acc.m - to_f32(row[t])) + log_sum;
+        if (status) atomicAdd(&status->count, 1ull);
+    } else {
+        losses[n] = NAN;
+        record_bad_index(status, n, t);
+    }
+    return l;
+}
+
 template <int V, typename T>
 __global__ void cross_entropy_forward_kernel(float* losses, float* lse, const T* logits, const int32_t* targets,
                                              int64_t N, int64_t vocab, IndexStatus* status) {
@@ -51,45 +97,35 @@ __global__ void cross_entropy_forward_kernel(float* losses, float* lse, const T*
     const int64_t packs = vocab / V;
     for (int64_t n = blockIdx.x; n < N; n += gridDim.x) {
         const T* row = logits + n * vocab;
-        MaxSum acc{-INFINITY, 0.0f};
-        // Two packs a step, both loads issued before either is used.
-        const int64_t step = 2 * int64_t(blockDim.x);
-        int64_t p = threadIdx.x;
-        for (; p + blockDim.x < packs; p += step) {
-            const Pack<T, V> a = load<V>(row + p * V), b = load<V>(row + (p + blockDim.x) * V);
-            float x[2 * V];
-#pragma unroll
-            for (int e = 0; e < V; ++e) x[e] = to_f32(a.v[e]), x[V + e] = to_f32(b.v[e]);
-            max_sum_add(acc, x);
-        }
-        if (p < packs) {
-            const Pack<T, V> a = load<V>(row + p * V);
-            float x[V];
-#pragma unroll
-            for (int e = 0; e < V; ++e) x[e] = to_f32(a.v[e]);
-            max_sum_add(acc, x);
-        }
-        acc = block_max_sum(acc, scratch);
-        if (threadIdx.x != 0) continue;
-        const float log_sum = logf(acc.s);
-        lse[n] = acc.m + log_sum;
-        const int32_t t = targets[n];
-        if (t == kIgnoreIndex) {
-            losses[n] = 0.0f;
-        } else if (t >= 0 && t < vocab) {
-            // (m − logit) + log Σ rather than lse − logit, as in the CPU reference: with logits ~1e4
-            // the difference of two large numbers would lose the loss's low digits.
-            losses[n] = (acc.m - to_f32(row[t])) + log_sum;
-            if (status) atomicAdd(&status->count, 1ull);
-        } else {
-            losses[n] = NAN;
-            record_bad_index(status, n, t);
-        }
+        const MaxSum acc = row_max_sum<V>(row, packs, scratch);
+        if (threadIdx.x == 0) row_loss(losses, lse, row, targets, n, vocab, acc, status);
     }
 }
 
 // Reads each logit and then writes its gradient at the same index, from the same thread, so
 // dlogits == logits is safe.
+// Row n's gradient, in place when dlogits == logits (each thread reads a pack, then writes it).
+template <int V, typename T>
+__device__ __forceinline__ void row_gradient(T* drow, const T* row, int64_t packs, float l, int32_t t,
+                                             bool good, float dloss) {
+    for (int64_t p = threadIdx.x; p < packs; p += blockDim.x) {
+        Pack<T, V> pack;
+        if (good) {
+            pack = load<V>(row + p * V);
+#pragma unroll
+            for (int e = 0; e < V; ++e) {
+                float d = expf(to_f32(pack.v[e]) - l) * dloss;
+                if (p * V + e == t) d -= dloss;
+                pack.v[e] = from_f32<T>(d);
+            }
+        } else {
+#pragma unroll
+            for (int e = 0; e < V; ++e) pack.v[e] = from_f32<T>(0.0f);
+        }
+        store<V>(drow + p * V, pack);
+    }
+}
+
 template <int V, typename T>
 __global__ void cross_entropy_backward_kernel(T* dlogits, const T* logits, const float* lse,
                                               const int32_t* targets, int64_t N, int64_t vocab, float dloss,
@@ -99,23 +135,28 @@ __global__ void cross_entropy_backward_kernel(T* dlogits, const T* logits, const
         const int32_t t = targets[n];
         const bool good = t >= 0 && t < vocab;
         if (!good && t != kIgnoreIndex && threadIdx.x == 0) record_bad_index(status, n, t);
-        const float l = good ? lse[n] : 0.0f;
-        for (int64_t p = threadIdx.x; p < packs; p += blockDim.x) {
-            Pack<T, V> pack;
-            if (good) {
-                pack = load<V>(logits + n * vocab + p * V);
-#pragma unroll
-                for (int e = 0; e < V; ++e) {
-                    float d = expf(to_f32(pack.v[e]) - l) * dloss;
-                    if (p * V + e == t) d -= dloss;
-                    pack.v[e] = from_f32<T>(d);
-                }
-            } else {
-#pragma unroll
-                for (int e = 0; e < V; ++e) pack.v[e] = from_f32<T>(0.0f);
-            }
-            store<V>(dlogits + n * vocab + p * V, pack);
-        }
+        row_gradient<V>(dlogits + n * vocab, logits + n * vocab, packs, good ? lse[n] : 0.0f, t, good, dloss);
+    }
+}
+
+// The forward, then (after a barrier: thread 0 has read the target's logit) the backward's gradient
+// over the same row, in place.
+template <int V, typename T>
+__global__ void cross_entropy_forward_backward_kernel(float* losses, float* lse, T* logits,
+                                                      const int32_t* targets, int64_t N, int64_t vocab,
+                                                      float dloss, IndexStatus* status) {
+    __shared__ MaxSum scratch[32];
+    __shared__ float row_lse;
+    const int64_t packs = vocab / V;
+    for (int64_t n = blockIdx.x; n < N; n += gridDim.x) {
+        T* row = logits + n * vocab;
+        const MaxSum acc = row_max_sum<V>(row, packs, scratch);
+        if (threadIdx.x == 0) row_lse = row_loss(losses, lse, row, targets, n, vocab, acc, status);
+        __syncthreads();
+        const int32_t t = targets[n];
+        const bool good = t >= 0 && t < vocab;
+        row_gradient<V>(row, row, packs, good ? row_lse : 0.0f, t, good, dloss);
+        __syncthreads();  // row_lse and scratch are rewritten for the next row
     }
 }
 
@@ -168,6 +209,29 @@ void cross_entropy_backward(T* dlogits, const T* logits, const float* lse, const
     check_launch<T>(kernel);
 }
 
+template <typename T>
+void cross_entropy_forward_backward(float* losses, float* lse, T* logits, const int32_t* targets, int64_t N,
+                                    int64_t V, float dloss, IndexStatus* status, void* stream) {
+    const char* kernel = "cross_entropy_forward_backward";
+    check_shape(kernel, N, V);
+    auto s = static_cast<cudaStream_t>(stream);
+    if (status) index_status_clear(status, stream);
+    if (N == 0) return;
+    using Dev = device_t<T>;
+    constexpr int P = kVec<Dev>;
+    auto x = reinterpret_cast<Dev*>(logits);
+    if (V % P == 0 && aligned16(logits)) {
+        const int threads = row_threads(V, P);
+        cross_entropy_forward_backward_kernel<P><<<row_grid<T>(N, threads, kernel), threads, 0, s>>>(
+            losses, lse, x, targets, N, V, dloss, status);
+    } else {
+        const int threads = row_threads(V, 1);
+        cross_entropy_forward_backward_kernel<1><<<row_grid<T>(N, threads, kernel), threads, 0, s>>>(
+            losses, lse, x, targets, N, V, dloss, status);
+    }
+    check_launch<T>(kernel);
+}
+
 int64_t cross_entropy_check(const IndexStatus* status, int64_t V, void* stream) {
     const IndexReport report = index_status_read(status, stream);
     MSLM_CHECK(!report.bad,
@@ -177,11 +241,13 @@ int64_t cross_entropy_check(const IndexStatus* status, int64_t V, void* stream) 
     return report.count;
 }
 
-#define MSLM_INSTANTIATE(T)                                                                              \
+#define MSLM_INSTANTIATE(T)                                                                               \
     template void cross_entropy_forward<T>(float*, float*, const T*, const int32_t*, int64_t, int64_t,    \
-                                           IndexStatus*, void*);                                         \
+                                           IndexStatus*, void*);                                          \
     template void cross_entropy_backward<T>(T*, const T*, const float*, const int32_t*, int64_t, int64_t, \
-                                            float, IndexStatus*, void*);
+                                            float, IndexStatus*, void*);                                  \
+    template void cross_entropy_forward_backward<T>(float*, float*, T*, const int32_t*, int64_t, int64_t, \
+                                                    float, IndexStatus*, void*);
 MSLM_INSTANTIATE(float)
 MSLM_INSTANTIATE(uint16_t)
 #undef MSLM_INSTANTIATE

@@ -34,6 +34,15 @@ template <typename T>
 void cross_entropy_backward(T* dlogits, const T* logits, const float* lse, const int32_t* targets, int64_t N,
                             int64_t V, float dloss, IndexStatus* status, void* stream = nullptr);
 
+// Both in one pass over each row, in place: losses and lse as cross_entropy_forward gives them, then
+// logits (N, V) overwritten by the gradient cross_entropy_backward would write from them (the same
+// bits). dloss must be known before the loss (the trainer's 1/count, counted from the targets on the
+// host). The logits are read once from memory (the second read of a row hits L2, where the first
+// left it) where the two calls read them twice.
+template <typename T>
+void cross_entropy_forward_backward(float* losses, float* lse, T* logits, const int32_t* targets, int64_t N,
+                                    int64_t V, float dloss, IndexStatus* status, void* stream = nullptr);
+
 // Waits for `stream`; returns the number of rows that count (as of the last forward that recorded into
 // *status), or throws mslm::Error on a target outside [0, V).
 int64_t cross_entropy_check(const IndexStatus* status, int64_t V, void* stream = nullptr);
