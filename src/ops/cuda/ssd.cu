@@ -685,6 +685,36 @@ __device__ __forceinline__ void warp_mma_k64_split_a(float (&acc)[8][4], const _
     }
 }
 
+// warp_mma_k64_split_a for kNT B tiles sb[q] (kSt × kStLd each, kSt·kStLd apart) sharing the split A:
+// each A fragment loaded once for all of them; every acc[q] gets warp_mma_k64_split_a's products in
+// its order.
+template <int kNT>
+__device__ __forceinline__ void warp_mma_k64_split_a_tiles(float (&acc)[kNT][8][4],
+                                                           const __nv_bfloat16* sa_hi,
+                                                           const __nv_bfloat16* sa_lo,
+                                                           const __nv_bfloat16* sb) {
+    const int m0 = threadIdx.x / 32 * 16;
+#pragma unroll
+    for (int kk = 0; kk < kSt; kk += 16) {
+        uint32_t ah[4], al[4];
+        lda_km(ah, sa_hi, kStLd, m0, kk);
+        lda_km(al, sa_lo, kStLd, m0, kk);
+#pragma unroll
+        for (int q = 0; q < kNT; ++q) {
+#pragma unroll
+            for (int jj = 0; jj < 4; ++jj) {
+                uint32_t bq[4];
+                ldb_kn(bq, sb + q * kSt * kStLd, kStLd, 16 * jj, kk);
+                const uint32_t b0[2] = {bq[0], bq[1]}, b1[2] = {bq[2], bq[3]};
+                mma_m16n8k16_bf16(acc[q][2 * jj], al, b0);
+                mma_m16n8k16_bf16(acc[q][2 * jj], ah, b0);
+                mma_m16n8k16_bf16(acc[q][2 * jj + 1], al, b1);
+                mma_m16n8k16_bf16(acc[q][2 * jj + 1], ah, b1);
+            }
+        }
+    }
+}
+
 // ---- pieces of both tensor-core output kernels (a warp owns t rows 16·warp + grp + 8·hf of a 64 × 64
 // tile, columns 8j + 2·quad + odd of acc[j][2·hf + odd]).
 
@@ -1313,28 +1343,35 @@ __global__ void ssd_dbc_kernel(Args<T> a, const T* dy, const float* dCB, const f
 // All 64 × 64 output tiles of 128 threads; every sum is over fixed tiles in a fixed order.
 
 // Per (b, chunk, head) a (P, N) sum over the chunk's tokens, as ssd_chunk_state_kernel; grid
-// (B·n_chunks·H, mma_tiles(P)·mma_tiles(N)). A = w_t·X_t (P × L, formed in fp32 and split, stored
-// [t][p]), B = Y (L × N, exact), 64 tokens a step. Both are copied by cp.async (X raw, Y double-
-// buffered); per step: wait, split w_t·X into hi / lo cooperatively, barrier, issue the next step's
-// copies, products (the pipeline of ssd_backward_head_tc_kernel). Dynamic shared memory:
-// sizeof(ChunkStateSmem) (4 blocks a multiprocessor).
+// (B·n_chunks·H, mma_tiles(P)·⌈mma_tiles(N) / kChunkStateNT⌉). A = w_t·X_t (P × L, formed in fp32 and
+// split, stored [t][p]), B = Y (L × N, exact), 64 tokens a step; a block takes kChunkStateNT
+// consecutive 64-column tiles of N, so each X tile is copied and split once for all of them (with
+// one tile a block, the two N tiles of N = 128 each copied and split the same X). Both are copied by
+// cp.async (X raw, Y double-buffered); per step: wait, split w_t·X into hi / lo cooperatively,
+// barrier, issue the next step's copies, products (the pipeline of ssd_backward_head_tc_kernel).
+// Every output gets the one-tile kernel's products in its order. kNT = 1 where two tiles a block would
+// leave fewer than three blocks an SM (a prefill's single sequence: measured 1–2.6% slower with 2).
+// Dynamic shared memory: sizeof(ChunkStateSmem<kNT>) (4 blocks a multiprocessor at 1 tile, 3 at 2).
+template <int kNT>
 struct ChunkStateSmem {
-    __nv_bfloat16 ys[2][kSt][kStLd];  // Y[t][n]
-    __nv_bfloat16 xraw[kSt][kStLd];   // X[t][p] as copied
-    __nv_bfloat16 xhi[kSt][kStLd];    // w_t·X[t][p] split
+    __nv_bfloat16 ys[2][kNT][kSt][kStLd];  // Y[t][n] of each N tile
+    __nv_bfloat16 xraw[kSt][kStLd];        // X[t][p] as copied
+    __nv_bfloat16 xhi[kSt][kStLd];         // w_t·X[t][p] split
     __nv_bfloat16 xlo[kSt][kStLd];
     float w[kMaxChunk];  // the token weights w_t, once per block rather than per element
 };
 
-template <bool kGrad, typename T>
-__global__ void __launch_bounds__(kMmaThreads, 4) ssd_chunk_state_tc_kernel(Args<T> a, const T* dy, float* out) {
+template <bool kGrad, int NT, typename T>
+__global__ void __launch_bounds__(kMmaThreads, NT == 1 ? 4 : 3)
+    ssd_chunk_state_tc_kernel(Args<T> a, const T* dy, float* out) {
     pdl_wait();  // may be launched with programmatic dependent launch (launch_ops_pdl)
     pdl_trigger();
     static_assert(std::is_same_v<T, __nv_bfloat16>, "tensor-core kernels are bf16");
     extern __shared__ __align__(16) unsigned char dyn_smem[];
-    ChunkStateSmem& sm = *reinterpret_cast<ChunkStateSmem*>(dyn_smem);
+    ChunkStateSmem<NT>& sm = *reinterpret_cast<ChunkStateSmem<NT>*>(dyn_smem);
     const int64_t bch = blockIdx.x, h = bch % a.H, c = bch / a.H % a.n_chunks, b = bch / (a.H * a.n_chunks);
-    const int64_t tn = mma_tiles(a.N), p0 = blockIdx.y / tn * kSt, n0 = blockIdx.y % tn * kSt;
+    const int64_t tn = (mma_tiles(a.N) + NT - 1) / NT, p0 = blockIdx.y / tn * kSt,
+                  n0 = blockIdx.y % tn * NT * kSt;
     const Chunk ch = chunk_of(a, b, c);
     const int64_t L = ch.L, g = h / a.heads_per_group, bh = b * a.H + h;
     const double* cum = a.cum + bh * a.seqlen + ch.t0;
@@ -1346,7 +1383,7 @@ __global__ void __launch_bounds__(kMmaThreads, 4) ssd_chunk_state_tc_kernel(Args
     const int64_t ld_Y = kGrad ? a.ld_C : a.ld_B;
     const bool vec_X = aligned16(kGrad ? static_cast<const void*>(dy) : a.x) && ld_X % 8 == 0 && a.P % 8 == 0;
     const bool vec_Y = aligned16(kGrad ? a.Cm : a.Bm) && ld_Y % 8 == 0 && a.N % 8 == 0;
-    const int cols_p = int(a.P - p0), cols_n = int(a.N - n0);
+    const int cols_p = int(a.P - p0);
     for (int64_t t = threadIdx.x; t < L; t += blockDim.x)
         sm.w[t] = kGrad ? expf(static_cast<float>(cum[t])) : exp_diff(cum_last, cum[t]) * dtv[t];
     // (visible after the first step's barrier)
@@ -1354,14 +1391,17 @@ __global__ void __launch_bounds__(kMmaThreads, 4) ssd_chunk_state_tc_kernel(Args
     auto stage = [&](int it) {
         const int64_t t0 = int64_t(it) * kSt;
         const int rows_t = int(min(L - t0, int64_t(kSt)));
-        stage_bf16_tile<kSt, kSt, kStLd, kMmaThreads>(&sm.ys[it & 1][0][0], Y + t0 * ld_Y + n0, ld_Y, rows_t, cols_n,
-                                                      vec_Y);
+#pragma unroll
+        for (int q = 0; q < NT; ++q)  // a tile past N is staged as zeros (and never stored)
+            stage_bf16_tile<kSt, kSt, kStLd, kMmaThreads>(&sm.ys[it & 1][q][0][0],
+                                                          Y + t0 * ld_Y + n0 + q * kSt, ld_Y, rows_t,
+                                                          int(a.N - n0 - q * kSt), vec_Y);
         stage_bf16_tile<kSt, kSt, kStLd, kMmaThreads>(&sm.xraw[0][0], X + t0 * ld_X + p0, ld_X, rows_t, cols_p,
                                                       vec_X);
         cp_async_commit();
     };
     stage(0);
-    float acc[8][4] = {};
+    float acc[NT][8][4] = {};
     for (int it = 0; it < n_it; ++it) {
         const int64_t t0 = int64_t(it) * kSt;
         cp_async_wait<0>();
@@ -1386,17 +1426,20 @@ __global__ void __launch_bounds__(kMmaThreads, 4) ssd_chunk_state_tc_kernel(Args
         }
         __syncthreads();
         if (it + 1 < n_it) stage(it + 1);
-        warp_mma_k64_split_a(acc, &sm.xhi[0][0], &sm.xlo[0][0], &sm.ys[it & 1][0][0]);
+        warp_mma_k64_split_a_tiles<NT>(acc, &sm.xhi[0][0], &sm.xlo[0][0], &sm.ys[it & 1][0][0][0]);
     }
     float* o = out + bch * a.P * a.N;
     const int warp = threadIdx.x / 32, grp = threadIdx.x % 32 / 4, quad = threadIdx.x % 4;
 #pragma unroll
-    for (int j = 0; j < 8; ++j)
+    for (int q = 0; q < NT; ++q)
 #pragma unroll
-        for (int r = 0; r < 4; ++r) {
-            const int64_t p = p0 + 16 * warp + grp + 8 * (r / 2), n = n0 + 8 * j + 2 * quad + r % 2;
-            if (p < a.P && n < a.N) o[p * a.N + n] = acc[j][r];
-        }
+        for (int j = 0; j < 8; ++j)
+#pragma unroll
+            for (int r = 0; r < 4; ++r) {
+                const int64_t p = p0 + 16 * warp + grp + 8 * (r / 2),
+                              n = n0 + q * kSt + 8 * j + 2 * quad + r % 2;
+                if (p < a.P && n < a.N) o[p * a.N + n] = acc[q][j][r];
+            }
 }
 
 // finish_backward_head for the tensor-core kernel, parallel: the per-token corrections of dcum by
@@ -2326,6 +2369,25 @@ dim3 tiled_grid(int64_t blocks, int64_t tile_count, const char* kernel) {
     return dim3(unsigned(blocks), unsigned(tile_count));
 }
 
+// ssd_chunk_state_tc_kernel<kGrad, NT> over bhc (b, chunk, head) blocks: two N tiles a block where
+// that still leaves three blocks an SM, else one.
+template <bool kGrad, typename S, typename T>
+cudaError_t launch_chunk_state_tc(const Args<T>& a, int64_t bhc, const T* dy, float* out, cudaStream_t s,
+                                  bool pdl, const char* kernel) {
+    const int64_t tp = mma_tiles(a.P), tn = mma_tiles(a.N);
+    const bool two = tn >= 2 && bhc * tp * ((tn + 1) / 2) >= 3 * int64_t(multiprocessors<S>(kernel));
+    auto go = [&](auto kernel_fn, int nt, size_t smem) {
+        check_cuda<S>(cudaFuncSetAttribute(kernel_fn, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)),
+                      "cudaFuncSetAttribute", kernel);
+        const dim3 grid = tiled_grid(bhc, tp * ((tn + nt - 1) / nt), kernel);
+        if (pdl) return launch_ops_pdl(kernel_fn, grid, kMmaThreads, smem, s, a, dy, out);
+        kernel_fn<<<grid, kMmaThreads, smem, s>>>(a, dy, out);
+        return cudaGetLastError();
+    };
+    return two ? go(ssd_chunk_state_tc_kernel<kGrad, 2, T>, 2, sizeof(ChunkStateSmem<2>))
+               : go(ssd_chunk_state_tc_kernel<kGrad, 1, T>, 1, sizeof(ChunkStateSmem<1>));
+}
+
 // MSLM_SSD_STAGE_TIMES=1 in the environment: every ssd_forward / ssd_backward call records a CUDA
 // event after each of its stages on its stream, waits for the last, and prints the stages'
 // milliseconds to stderr (bench_cuda_ssd --stages). Off (the default) it costs one getenv per call.
@@ -2407,15 +2469,8 @@ void state_pass(const Args<device_t<S>>& a, const Workspace& ws, float* states, 
         bool done = false;
         if constexpr (std::is_same_v<S, uint16_t>) {
             if (tc) {
-                check_cuda<S>(cudaFuncSetAttribute(ssd_chunk_state_tc_kernel<false, T>,
-                                                   cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                                   int(sizeof(ChunkStateSmem))),
-                              "cudaFuncSetAttribute", "ssd_chunk_state_tc");
-                check_cuda<S>(launch_ops_pdl(ssd_chunk_state_tc_kernel<false, T>,
-                                             tiled_grid(bcn * a.H, mma_tiles(a.P) * mma_tiles(a.N),
-                                                        "ssd_chunk_state_tc"),
-                                             kMmaThreads, sizeof(ChunkStateSmem), stream, a,
-                                             static_cast<const T*>(nullptr), states),
+                check_cuda<S>(launch_chunk_state_tc<false, S>(a, bcn * a.H, static_cast<const T*>(nullptr),
+                                                              states, stream, true, "ssd_chunk_state_tc"),
                               "launch", "ssd_chunk_state_tc");
                 check_launch<S>("ssd_chunk_state_tc");
                 done = true;
@@ -2593,13 +2648,9 @@ void backward_stages(const SsdGrads<S>& grads, const device_t<S>* dY, const Args
     auto* dC = reinterpret_cast<T*>(grads.dC);
     if constexpr (std::is_same_v<S, uint16_t>) {
         if (tc) {
-            check_cuda<S>(cudaFuncSetAttribute(ssd_chunk_state_tc_kernel<true, T>,
-                                               cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                               int(sizeof(ChunkStateSmem))),
-                          "cudaFuncSetAttribute", "ssd_chunk_state_grad_tc");
-            ssd_chunk_state_tc_kernel<true>
-                <<<tiled_grid(bch, mma_tiles(p.P) * mma_tiles(p.N), "ssd_chunk_state_grad_tc"), kMmaThreads,
-                   sizeof(ChunkStateSmem), s>>>(a, dY, ws.dS);
+            check_cuda<S>(
+                launch_chunk_state_tc<true, S>(a, bch, dY, ws.dS, s, false, "ssd_chunk_state_grad_tc"),
+                "launch", "ssd_chunk_state_grad_tc");
             check_launch<S>("ssd_chunk_state_grad_tc");
             times.mark("chunk_state_grad");
             ssd_state_pass_kernel<true><<<state_pass_grid<S>(a), kThreads, state_pass_smem(a), s>>>(
