@@ -7,6 +7,7 @@
 
 #include <climits>
 #include <cmath>
+#include <type_traits>
 
 #include "core/error.h"
 #include "ops/cuda/common.cuh"
@@ -160,76 +161,62 @@ __global__ void cross_entropy_forward_backward_kernel(float* losses, float* lse,
     }
 }
 
+// The host side shared by the three kernels: checks, the status cleared, then launch(pack, grid,
+// threads, stream) with pack = std::integral_constant<int, P> — 16-byte packs where V is a multiple
+// of them and `aligned` (every row pointer 16-byte aligned), else 1 — for a block per row.
+template <typename T, typename Launch>
+void launch_rows(const char* kernel, int64_t N, int64_t V, bool aligned, IndexStatus* status, void* stream,
+                 Launch launch) {
+    check_shape(kernel, N, V);
+    auto s = static_cast<cudaStream_t>(stream);
+    if (status) index_status_clear(status, stream);
+    if (N == 0) return;
+    constexpr int P = kVec<device_t<T>>;
+    const bool vec = V % P == 0 && aligned;
+    const int threads = row_threads(V, vec ? P : 1);
+    const unsigned grid = row_grid<T>(N, threads, kernel);
+    if (vec) {
+        launch(std::integral_constant<int, P>{}, grid, threads, s);
+    } else {
+        launch(std::integral_constant<int, 1>{}, grid, threads, s);
+    }
+    check_launch<T>(kernel);
+}
+
 }  // namespace
 
 template <typename T>
 void cross_entropy_forward(float* losses, float* lse, const T* logits, const int32_t* targets, int64_t N,
                            int64_t V, IndexStatus* status, void* stream) {
-    const char* kernel = "cross_entropy_forward";
-    check_shape(kernel, N, V);
-    auto s = static_cast<cudaStream_t>(stream);
-    if (status) index_status_clear(status, stream);
-    if (N == 0) return;
-    using Dev = device_t<T>;
-    constexpr int P = kVec<Dev>;
-    auto x = reinterpret_cast<const Dev*>(logits);
-    if (V % P == 0 && aligned16(logits)) {
-        const int threads = row_threads(V, P);
-        cross_entropy_forward_kernel<P>
-            <<<row_grid<T>(N, threads, kernel), threads, 0, s>>>(losses, lse, x, targets, N, V, status);
-    } else {
-        const int threads = row_threads(V, 1);
-        cross_entropy_forward_kernel<1>
-            <<<row_grid<T>(N, threads, kernel), threads, 0, s>>>(losses, lse, x, targets, N, V, status);
-    }
-    check_launch<T>(kernel);
+    auto x = reinterpret_cast<const device_t<T>*>(logits);
+    launch_rows<T>("cross_entropy_forward", N, V, aligned16(logits), status, stream,
+                   [&](auto pack, unsigned grid, int threads, cudaStream_t s) {
+                       cross_entropy_forward_kernel<decltype(pack)::value>
+                           <<<grid, threads, 0, s>>>(losses, lse, x, targets, N, V, status);
+                   });
 }
 
 template <typename T>
 void cross_entropy_backward(T* dlogits, const T* logits, const float* lse, const int32_t* targets, int64_t N,
                             int64_t V, float dloss, IndexStatus* status, void* stream) {
-    const char* kernel = "cross_entropy_backward";
-    check_shape(kernel, N, V);
-    auto s = static_cast<cudaStream_t>(stream);
-    if (status) index_status_clear(status, stream);
-    if (N == 0) return;
-    using Dev = device_t<T>;
-    constexpr int P = kVec<Dev>;
-    auto d = reinterpret_cast<Dev*>(dlogits);
-    auto x = reinterpret_cast<const Dev*>(logits);
-    if (V % P == 0 && aligned16(dlogits) && aligned16(logits)) {
-        const int threads = row_threads(V, P);
-        cross_entropy_backward_kernel<P>
-            <<<row_grid<T>(N, threads, kernel), threads, 0, s>>>(d, x, lse, targets, N, V, dloss, status);
-    } else {
-        const int threads = row_threads(V, 1);
-        cross_entropy_backward_kernel<1>
-            <<<row_grid<T>(N, threads, kernel), threads, 0, s>>>(d, x, lse, targets, N, V, dloss, status);
-    }
-    check_launch<T>(kernel);
+    auto d = reinterpret_cast<device_t<T>*>(dlogits);
+    auto x = reinterpret_cast<const device_t<T>*>(logits);
+    launch_rows<T>("cross_entropy_backward", N, V, aligned16(dlogits) && aligned16(logits), status, stream,
+                   [&](auto pack, unsigned grid, int threads, cudaStream_t s) {
+                       cross_entropy_backward_kernel<decltype(pack)::value>
+                           <<<grid, threads, 0, s>>>(d, x, lse, targets, N, V, dloss, status);
+                   });
 }
 
 template <typename T>
 void cross_entropy_forward_backward(float* losses, float* lse, T* logits, const int32_t* targets, int64_t N,
                                     int64_t V, float dloss, IndexStatus* status, void* stream) {
-    const char* kernel = "cross_entropy_forward_backward";
-    check_shape(kernel, N, V);
-    auto s = static_cast<cudaStream_t>(stream);
-    if (status) index_status_clear(status, stream);
-    if (N == 0) return;
-    using Dev = device_t<T>;
-    constexpr int P = kVec<Dev>;
-    auto x = reinterpret_cast<Dev*>(logits);
-    if (V % P == 0 && aligned16(logits)) {
-        const int threads = row_threads(V, P);
-        cross_entropy_forward_backward_kernel<P><<<row_grid<T>(N, threads, kernel), threads, 0, s>>>(
-            losses, lse, x, targets, N, V, dloss, status);
-    } else {
-        const int threads = row_threads(V, 1);
-        cross_entropy_forward_backward_kernel<1><<<row_grid<T>(N, threads, kernel), threads, 0, s>>>(
-            losses, lse, x, targets, N, V, dloss, status);
-    }
-    check_launch<T>(kernel);
+    auto x = reinterpret_cast<device_t<T>*>(logits);
+    launch_rows<T>("cross_entropy_forward_backward", N, V, aligned16(logits), status, stream,
+                   [&](auto pack, unsigned grid, int threads, cudaStream_t s) {
+                       cross_entropy_forward_backward_kernel<decltype(pack)::value>
+                           <<<grid, threads, 0, s>>>(losses, lse, x, targets, N, V, dloss, status);
+                   });
 }
 
 int64_t cross_entropy_check(const IndexStatus* status, int64_t V, void* stream) {

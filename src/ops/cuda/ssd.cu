@@ -664,30 +664,10 @@ __device__ __forceinline__ void warp_mma_k64_split_b(float (&acc)[8][4], const _
         }
     }
 }
-__device__ __forceinline__ void warp_mma_k64_split_a(float (&acc)[8][4], const __nv_bfloat16* sa_hi,
-                                                     const __nv_bfloat16* sa_lo, const __nv_bfloat16* sb) {
-    const int m0 = threadIdx.x / 32 * 16;
-#pragma unroll
-    for (int kk = 0; kk < kSt; kk += 16) {
-        uint32_t ah[4], al[4];
-        lda_km(ah, sa_hi, kStLd, m0, kk);
-        lda_km(al, sa_lo, kStLd, m0, kk);
-#pragma unroll
-        for (int jj = 0; jj < 4; ++jj) {
-            uint32_t bq[4];
-            ldb_kn(bq, sb, kStLd, 16 * jj, kk);
-            const uint32_t b0[2] = {bq[0], bq[1]}, b1[2] = {bq[2], bq[3]};
-            mma_m16n8k16_bf16(acc[2 * jj], al, b0);
-            mma_m16n8k16_bf16(acc[2 * jj], ah, b0);
-            mma_m16n8k16_bf16(acc[2 * jj + 1], al, b1);
-            mma_m16n8k16_bf16(acc[2 * jj + 1], ah, b1);
-        }
-    }
-}
 
-// warp_mma_k64_split_a for kNT B tiles sb[q] (kSt × kStLd each, kSt·kStLd apart) sharing the split A:
-// each A fragment loaded once for all of them; every acc[q] gets warp_mma_k64_split_a's products in
-// its order.
+// A split (A [k][m] hi / lo, B [k][n]) for kNT B tiles sb[q] (kSt × kStLd each, kSt·kStLd apart)
+// sharing the split A, each A fragment loaded once for all of them; every acc[q] gets the products of
+// one tile in one order (per 16-deep slice and n8 tile: lo, then hi).
 template <int kNT>
 __device__ __forceinline__ void warp_mma_k64_split_a_tiles(float (&acc)[kNT][8][4],
                                                            const __nv_bfloat16* sa_hi,
@@ -713,6 +693,12 @@ __device__ __forceinline__ void warp_mma_k64_split_a_tiles(float (&acc)[kNT][8][
             }
         }
     }
+}
+
+// The A-split product for one B tile.
+__device__ __forceinline__ void warp_mma_k64_split_a(float (&acc)[8][4], const __nv_bfloat16* sa_hi,
+                                                     const __nv_bfloat16* sa_lo, const __nv_bfloat16* sb) {
+    warp_mma_k64_split_a_tiles<1>(reinterpret_cast<float(&)[1][8][4]>(acc), sa_hi, sa_lo, sb);
 }
 
 // ---- pieces of both tensor-core output kernels (a warp owns t rows 16·warp + grp + 8·hf of a 64 × 64
