@@ -202,8 +202,9 @@ int resident_blocks(Fn* kernel_fn, int threads, size_t smem, const char* kernel)
 
 // grid_size for a grid-stride kernel_fn of kThreads threads: capped at the blocks the device keeps
 // resident at once for this kernel. With the thread-count cap alone, a kernel whose registers allow
-// fewer blocks an SM ran its grid in 1.33 waves, the last third of its blocks starting only when the
-// first ones ended (swiglu_backward at 40 registers, docs/PERFORMANCE.md).
+// fewer blocks an SM ran its grid in ~1.3–1.6 waves, the last blocks starting only when the first
+// ones ended (AdamW at 40 registers 983 → 931 µs, the SSD state pass 56 → 49 µs with the cap alone;
+// docs/PERFORMANCE.md).
 template <typename T, typename Fn>
 unsigned grid_size(Fn* kernel_fn, int64_t work, const char* kernel, size_t smem = 0) {
     const int64_t resident =

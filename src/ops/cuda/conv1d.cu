@@ -514,10 +514,20 @@ dim3 fast_grid(int64_t B, int64_t Tn, int64_t C, int V, const char* kernel) {
     return dim3(unsigned(blocks), unsigned(tiles));
 }
 
+// The fast kernels address a run's rows by 32-bit offsets (row j of the run, j < kRun + K, times the
+// row stride): the strides must keep those in range.
+template <typename T>
+void check_run_offsets(int64_t ld_x, int64_t C, int64_t K, const char* kernel) {
+    MSLM_CHECK((kRun + K) * std::max(ld_x, C) < int64_t(INT_MAX),
+               "CUDA kernel {}<{}>: row stride {} too large for the fast kernels' 32-bit row offsets", kernel,
+               dtype_label<T>(), std::max(ld_x, C));
+}
+
 template <int K, typename T, typename D>
 void forward_fast(D* out, D* pre, const D* x, int64_t ld_x, const D* hist, const D* w, const D* bias,
                   int64_t B, int64_t Tn, int64_t C, bool silu, cudaStream_t s, const char* kernel) {
     constexpr int V = forward_vec<D>();
+    check_run_offsets<T>(ld_x, C, K, kernel);
     const dim3 block(32, kRunsPerBlock);
     const int v = packs_fit<D>(V, {out, x, silu ? pre : nullptr, hist}, {ld_x, C}) ? V : 1;
     check_cuda<T>(launch_ops_pdl(v == V ? conv_forward_run_kernel<K, V, D> : conv_forward_run_kernel<K, 1, D>,
@@ -531,6 +541,7 @@ void backward_fast(D* dx, float* part, const D* dout, const D* x, int64_t ld_x, 
                    int64_t B, int64_t Tn, int64_t C, bool silu_in, bool dx_overwrite, cudaStream_t s,
                    const char* kernel) {
     constexpr int V = backward_vec<D>();
+    check_run_offsets<T>(ld_x, C, K, kernel);
     const dim3 block(32, kRunsPerBlock);
     if (packs_fit<D>(V, {dx, dout, x}, {ld_x, C})) {
         conv_backward_run_kernel<K, V><<<fast_grid<T>(B, Tn, C, V, kernel), block, 0, s>>>(
