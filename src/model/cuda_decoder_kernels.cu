@@ -1171,10 +1171,15 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MK == 1 && !Kind<WK>::quant ?
     if (a.norm == DecodeNorm::Layer && a.norm_b) stage_rows<WeightKind::BF16>(bs, a.norm_b, I, 1, I, I);
     // What the epilogue of the first output this lane finishes needs (row pr of x, output po): the
     // bias and conv weights before the wait (constants), the conv window too (see DecodeGemv: only
-    // this kernel writes it, in the previous step), the residual just after the wait.
-    const int pr = PRE ? 0 : lane;
-    const int64_t po = PRE ? o0 + lane * stride : o0;
-    const bool pmine = PRE ? lane < npre : !TC && lane < k && o0 < a.O;
+    // this kernel writes it, in the previous step), the residual just after the wait. At batch 1
+    // lane j finishes the warp's j-th output (its rows o0, o0 + stride, ...; lane_outputs), so every
+    // lane's first one is read ahead; with more x rows lane r finishes row r of each output. (Not
+    // the streaming bf16 kernel: at its 3 blocks an SM the lanes' sums spill, and 1b's decode was 2%
+    // slower with them; docs/PERFORMANCE.md.)
+    constexpr bool lane_outputs = MK == 1 && !TC && (Kind<WK>::quant || PRE);
+    const int pr = lane_outputs ? 0 : lane;
+    const int64_t po = lane_outputs ? o0 + lane * stride : o0;
+    const bool pmine = PRE ? lane < npre : lane_outputs ? po < a.O : !TC && lane < k && o0 < a.O;
     // (Not in the streaming batch-1 bf16 kernel: at its 3 blocks an SM the registers spill.)
     constexpr bool const_pre = !(WK == WeightKind::BF16 && MK == 1 && !PRE);
     EpiloguePre ep;
@@ -1182,9 +1187,10 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MK == 1 && !Kind<WK>::quant ?
     pdl_wait();  // the inputs are the previous kernels' outputs
     if (trace) stamps[1] = global_ns();
     if (pmine && a.epi == DecodeEpilogue::Residual) ep.residual = bf(a.out[pr * a.ld_out + po]);
-    // The gated norm's x and z rows in one pass (PRE; 16-byte aligned rows: every load issued
-    // before any store, where two passes cost the prologue a second round trip); else row by row.
-    const bool pair = PRE && WK == WeightKind::BF16 && a.norm == DecodeNorm::Gated &&
+    // The gated norm's x and z rows in one pass (PRE, and batch 1 on quantized rows; 16-byte
+    // aligned rows: every load issued before any store, where two passes cost the prologue a second
+    // round trip); else row by row.
+    const bool pair = (PRE || (Kind<WK>::quant && MK == 1)) && a.norm == DecodeNorm::Gated &&
                       ((reinterpret_cast<uintptr_t>(a.x) | reinterpret_cast<uintptr_t>(a.z) |
                         uintptr_t(a.ld_x * 2) | uintptr_t(a.ld_z * 2)) %
                        16) == 0;
@@ -1195,9 +1201,11 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MK == 1 && !Kind<WK>::quant ?
             for (int64_t c = threadIdx.x; c < I / 8; c += threads) {
                 const uint4 xv = __ldg(reinterpret_cast<const uint4*>(a.x + r * a.ld_x + c * 8));
                 const uint4 zv = __ldg(reinterpret_cast<const uint4*>(a.z + r * a.ld_z + c * 8));
-                *reinterpret_cast<uint4*>(xs + r * lim + c * 8) = xv;
+                *reinterpret_cast<uint4*>(xs + r * lim + xpos<WK>(c * 8)) = xv;
                 *reinterpret_cast<uint4*>(zs + r * I + c * 8) = zv;
             }
+            for (int64_t c = I / 8 + threadIdx.x; c < lim / 8; c += threads)  // quantized rows' padding
+                *reinterpret_cast<uint4*>(xs + r * lim + xpos<WK>(c * 8)) = make_uint4(0, 0, 0, 0);
         }
     } else {
         stage_rows<WK, MK>(xs, a.x, a.ld_x, k, I, lim);
@@ -1415,6 +1423,22 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MK == 1 && !Kind<WK>::quant ?
                 break;
         }
     };
+    // The batch-1 streaming loops (lane_outputs): the warp's j-th output's sums (v, v2: equal in
+    // every lane, warp_sum being a butterfly) are kept by lane j % 32; after every 32 outputs, and
+    // after the last, the lanes finish theirs at once — one epilogue's round trips a group instead
+    // of one per output, serialized on lane 0 (the conv epilogue of an in-projection reads and
+    // writes its window there). o: the j-th output.
+    float mine = 0.0f, mine2 = 0.0f;
+    auto keep = [&](int j, int64_t o, float v, float v2) {
+        const int jl = j & 31;
+        if (lane == jl) {
+            mine = v;
+            mine2 = v2;
+        }
+        if (jl == 31 || o + stride >= a.O) {
+            if (lane <= jl) finish(0, o - int64_t(jl - lane) * stride, mine, mine2, j < 32);
+        }
+    };
     if constexpr (PRE && WK == WeightKind::BF16) {
         ops::cuda::detail::cp_async_wait<0>();
         float acc[kPreRows] = {}, acc2[kPreRows] = {};
@@ -1539,7 +1563,8 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MK == 1 && !Kind<WK>::quant ?
                 if (swiglu) dp_load_first<WK>(ring2[d], q, a.O + od, L);
             }
         }
-        for (int64_t o = o0; o < a.O; o += stride) {
+        int j = 0;
+        for (int64_t o = o0; o < a.O; o += stride, ++j) {
             const Chunk<Kind<WK>::unroll> cur = ring[0], cur2 = ring2[0];
 #pragma unroll
             for (int d = 0; d < DP; ++d) {
@@ -1557,7 +1582,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MK == 1 && !Kind<WK>::quant ?
                        : 0.0f;
             v = warp_sum(v);
             if (swiglu) v2 = warp_sum(v2);
-            if (lane == 0) finish(0, o, v, v2, o == o0);
+            keep(j, o, v, v2);
         }
     } else if constexpr (x32) {
         // Batch 1, quantized: the warp's next row's loads go out before this row's product. (A
@@ -1572,7 +1597,8 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MK == 1 && !Kind<WK>::quant ?
             L.blk[u] = uint32_t(i >> bs_log2);
             L.in[u] = i < lim;
         }
-        for (int64_t o = o0; o < a.O; o += stride) {
+        int j = 0;
+        for (int64_t o = o0; o < a.O; o += stride, ++j) {
             const Chunk<Kind<WK>::unroll> cur = next, cur2 = next2;
             if (o + stride < a.O) {
                 if constexpr (Kind<WK>::four) {
@@ -1594,7 +1620,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MK == 1 && !Kind<WK>::quant ?
                 v *= cur.row_scale;
                 v2 *= cur2.row_scale;
             }
-            if (lane == 0) finish(0, o, v, v2, o == o0);
+            keep(j, o, v, v2);
         }
     } else {
         for (int64_t o = o0; o < a.O; o += stride) {
