@@ -1173,10 +1173,8 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MK == 1 && !Kind<WK>::quant ?
     // bias and conv weights before the wait (constants), the conv window too (see DecodeGemv: only
     // this kernel writes it, in the previous step), the residual just after the wait. At batch 1
     // lane j finishes the warp's j-th output (its rows o0, o0 + stride, ...; lane_outputs), so every
-    // lane's first one is read ahead; with more x rows lane r finishes row r of each output. (Not
-    // the streaming bf16 kernel: at its 3 blocks an SM the lanes' sums spill, and 1b's decode was 2%
-    // slower with them; docs/PERFORMANCE.md.)
-    constexpr bool lane_outputs = MK == 1 && !TC && (Kind<WK>::quant || PRE);
+    // lane's first one is read ahead; with more x rows lane r finishes row r of each output.
+    constexpr bool lane_outputs = MK == 1 && !TC;
     const int pr = lane_outputs ? 0 : lane;
     const int64_t po = lane_outputs ? o0 + lane * stride : o0;
     const bool pmine = PRE ? lane < npre : lane_outputs ? po < a.O : !TC && lane < k && o0 < a.O;
@@ -1423,20 +1421,22 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MK == 1 && !Kind<WK>::quant ?
                 break;
         }
     };
-    // The batch-1 streaming loops (lane_outputs): the warp's j-th output's sums (v, v2: equal in
-    // every lane, warp_sum being a butterfly) are kept by lane j % 32; after every 32 outputs, and
-    // after the last, the lanes finish theirs at once — one epilogue's round trips a group instead
-    // of one per output, serialized on lane 0 (the conv epilogue of an in-projection reads and
-    // writes its window there). o: the j-th output.
-    float mine = 0.0f, mine2 = 0.0f;
+    // The batch-1 streaming loops (lane_outputs): the warp's j-th output's sums (v, v2) wait in
+    // shared memory (in registers they spill the 3-blocks-an-SM bf16 kernel); after every 32
+    // outputs, and after the last, lane j finishes the j-th — one epilogue's round trips a group
+    // instead of one per output, serialized on lane 0 (the conv epilogue of an in-projection reads
+    // and writes its window there). o: the j-th output.
+    __shared__ float2 kept[lane_outputs ? kGemvWarps : 1][32];
     auto keep = [&](int j, int64_t o, float v, float v2) {
         const int jl = j & 31;
-        if (lane == jl) {
-            mine = v;
-            mine2 = v2;
-        }
+        if (lane == 0) kept[warp][jl] = make_float2(v, v2);
         if (jl == 31 || o + stride >= a.O) {
-            if (lane <= jl) finish(0, o - int64_t(jl - lane) * stride, mine, mine2, j < 32);
+            __syncwarp();
+            if (lane <= jl) {
+                const float2 m = kept[warp][lane];
+                finish(0, o - int64_t(jl - lane) * stride, m.x, m.y, j < 32);
+            }
+            __syncwarp();
         }
     };
     if constexpr (PRE && WK == WeightKind::BF16) {
@@ -1623,7 +1623,8 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MK == 1 && !Kind<WK>::quant ?
             keep(j, o, v, v2);
         }
     } else {
-        for (int64_t o = o0; o < a.O; o += stride) {
+        int j = 0;
+        for (int64_t o = o0; o < a.O; o += stride, ++j) {
             float acc[MK] = {}, acc2[MK] = {};
             // Quantized rows are short (a 2048-column NF4 row is two loads a lane), so the warp asks for
             // its next row's first chunk before it works on this one: two rows in flight a warp. (Not
@@ -1651,6 +1652,15 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MK == 1 && !Kind<WK>::quant ?
             if constexpr (ahead) {
                 first = next;
                 first2 = next2;
+            }
+            if constexpr (lane_outputs) {
+                float v = warp_sum(acc[0]), v2 = swiglu ? warp_sum(acc2[0]) : 0.0f;
+                if constexpr (WK == WeightKind::I8) {
+                    v *= scale;
+                    v2 *= scale2;
+                }
+                keep(j, o, v, v2);
+                continue;
             }
             float v, v2;  // lane r writes row r's output
             warp_sums_to_lanes(acc, acc2, k, swiglu, lane, v, v2);
