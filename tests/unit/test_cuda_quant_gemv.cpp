@@ -712,11 +712,14 @@ TEST(CudaDecodeGemvQuant, NormProloguesAndEpiloguesAsTheUnfusedPath) {
     using cuda_decoder_detail::DecodeGemv;
     using cuda_decoder_detail::DecodeNorm;
     Rng rng(10);
-    for (int which = 0; which < 4; ++which) {
+    // The last subject is tall: at batch 1 each warp's lanes finish more than 32 of its outputs (the
+    // first 32 with their epilogue inputs read ahead).
+    for (int which = 0; which < 5; ++which) {
         Subject s = which == 0   ? subject_4bit(rng, QuantFormat::NF4, 2 * 45, 320, 64, true)
                     : which == 1 ? subject_4bit(rng, QuantFormat::FP4, 2 * 45, 320, 64, false)
                     : which == 2 ? subject_4bit(rng, QuantFormat::NF4, 2 * 150, 2048, 64, false)
-                                 : subject_int8(rng, 2 * 45, 320);
+                    : which == 3 ? subject_int8(rng, 2 * 45, 320)
+                                 : subject_4bit(rng, QuantFormat::NF4, 2 * 40000, 64, 64, true);
         const DeviceWeight dw(s.host);
         const int64_t K = s.host.in, rows = s.host.out;
         for (int64_t M : {1, 3}) {
@@ -869,68 +872,82 @@ TEST(CudaDecodeGemvConv, EpilogueIsTheConvKernelBitForBit) {
 #ifdef MSLM_HAVE_CUDA
     using cuda_decoder_detail::DecodeGemv;
     Rng rng(11);
-    const int64_t K = 256, O = 200, col0 = 40, C = 120, conv_K = 4, slots = 5;
-    const std::vector<float> Wf = random_weights(rng, O, K);
-    std::vector<uint16_t> Wb(Wf.size());
-    for (size_t i = 0; i < Wf.size(); ++i) Wb[i] = f32_to_bf16(Wf[i]);
-    const test::DeviceBuffer<uint16_t> dWb(Wb);
-    const DeviceWeight nf4(ops::cuda::quant_weight_4bit(Wf.data(), O, K, QuantFormat::NF4, 64, true));
-    const DeviceWeight int8(ops::cuda::quant_weight_int8(Wf.data(), O, K));
-    const std::vector<uint16_t> conv_w = random_bf16(rng, static_cast<size_t>(C * conv_K));
-    const std::vector<uint16_t> conv_b = random_bf16(rng, static_cast<size_t>(C));
-    const std::vector<uint16_t> bias = random_bf16(rng, static_cast<size_t>(O));
-    const test::DeviceBuffer<uint16_t> dcw(conv_w), dcb(conv_b), db(bias);
-    for (int weight = 0; weight < 3; ++weight)
-        for (int64_t k : {1, 3}) {
-            SCOPED_TRACE("weight " + std::to_string(weight) + " rows " + std::to_string(k));
-            const std::vector<uint16_t> x = random_bf16(rng, static_cast<size_t>(k * K));
-            const std::vector<uint16_t> state = random_bf16(rng, static_cast<size_t>(slots * (conv_K - 1) * C));
-            const std::vector<int64_t> slot_of = k == 1 ? std::vector<int64_t>{3} : std::vector<int64_t>{4, 0, 2};
-            const test::DeviceBuffer<uint16_t> dx(x);
-            const test::DeviceBuffer<int64_t> dslots(slot_of);
-            test::DeviceBuffer<uint16_t> out_a(static_cast<size_t>(k * O)), out_b(static_cast<size_t>(k * O));
-            test::DeviceBuffer<uint16_t> conv_a(static_cast<size_t>(k * C)), conv_b_out(static_cast<size_t>(k * C));
-            test::DeviceBuffer<uint16_t> state_a(state), state_b(state);
-            DecodeGemv a;
-            a.x = dx.get();
-            a.ld_x = K;
-            if (weight == 0) a.W = dWb.get();
-            else a.q = weight == 1 ? &nf4.view : &int8.view;
-            a.bias = db.get();
-            a.k = k;
-            a.I = K;
-            a.O = O;
-            a.out = out_b.get();
-            a.ld_out = O;
-            ASSERT_TRUE(cuda_decoder_detail::decode_gemv_supported(a));
-            cuda_decoder_detail::decode_gemv(a, nullptr);  // the store epilogue, then the conv kernel
-            ops::cuda::conv1d_causal_update(conv_b_out.get(), state_b.get(), dslots.get(), out_b.get() + col0, O,
-                                            dcw.get(), dcb.get(), k, C, conv_K, true, nullptr);
-            a.out = out_a.get();
-            a.conv_state = state_a.get();
-            a.conv_slots = dslots.get();
-            a.conv_w = dcw.get();
-            a.conv_b = dcb.get();
-            a.conv_out = conv_a.get();
-            a.conv_col0 = col0;
-            a.conv_C = C;
-            a.conv_K = conv_K;
-            ASSERT_TRUE(cuda_decoder_detail::decode_gemv_supported(a));
-            cuda_decoder_detail::decode_gemv(a, nullptr);  // the conv in the epilogue
-            EXPECT_EQ(out_a.download(), out_b.download());
-            EXPECT_EQ(conv_a.download(), conv_b_out.download());
-            EXPECT_EQ(state_a.download(), state_b.download());
-            // The conv ran: some window of a used slot changed, the unused slots did not.
-            const std::vector<uint16_t> after = state_a.download();
-            EXPECT_NE(after, state);
-            for (int64_t sl = 0; sl < slots; ++sl) {
-                if (std::find(slot_of.begin(), slot_of.end(), sl) != slot_of.end()) continue;
-                for (int64_t e = 0; e < (conv_K - 1) * C; ++e)
-                    ASSERT_EQ(after[sl * (conv_K - 1) * C + e], state[sl * (conv_K - 1) * C + e]);
+    // A warp's outputs at batch 1 are finished by its lanes, 32 at a time, the first 32 with their
+    // epilogue inputs read ahead: 200 outputs give a warp one; 110,000 give every warp more than 32
+    // (≥ 33 a warp up to 3,333 warps), most of them conv channels.
+    for (auto [K, O, col0, C] :
+         {std::array<int64_t, 4>{256, 200, 40, 120}, std::array<int64_t, 4>{64, 110000, 40, 109900}}) {
+        SCOPED_TRACE("K " + std::to_string(K) + " O " + std::to_string(O));
+        const int64_t conv_K = 4, slots = 5;
+        const std::vector<float> Wf = random_weights(rng, O, K);
+        std::vector<uint16_t> Wb(Wf.size());
+        for (size_t i = 0; i < Wf.size(); ++i) Wb[i] = f32_to_bf16(Wf[i]);
+        const test::DeviceBuffer<uint16_t> dWb(Wb);
+        const DeviceWeight nf4(ops::cuda::quant_weight_4bit(Wf.data(), O, K, QuantFormat::NF4, 64, true));
+        const DeviceWeight int8(ops::cuda::quant_weight_int8(Wf.data(), O, K));
+        const std::vector<uint16_t> conv_w = random_bf16(rng, static_cast<size_t>(C * conv_K));
+        const std::vector<uint16_t> conv_b = random_bf16(rng, static_cast<size_t>(C));
+        const std::vector<uint16_t> bias = random_bf16(rng, static_cast<size_t>(O));
+        const test::DeviceBuffer<uint16_t> dcw(conv_w), dcb(conv_b), db(bias);
+        for (int weight = 0; weight < 3; ++weight)
+            for (int64_t k : {1, 3}) {
+                SCOPED_TRACE("weight " + std::to_string(weight) + " rows " + std::to_string(k));
+                const std::vector<uint16_t> x = random_bf16(rng, static_cast<size_t>(k * K));
+                const std::vector<uint16_t> state =
+                    random_bf16(rng, static_cast<size_t>(slots * (conv_K - 1) * C));
+                const std::vector<int64_t> slot_of =
+                    k == 1 ? std::vector<int64_t>{3} : std::vector<int64_t>{4, 0, 2};
+                const test::DeviceBuffer<uint16_t> dx(x);
+                const test::DeviceBuffer<int64_t> dslots(slot_of);
+                test::DeviceBuffer<uint16_t> out_a(static_cast<size_t>(k * O)),
+                    out_b(static_cast<size_t>(k * O));
+                test::DeviceBuffer<uint16_t> conv_a(static_cast<size_t>(k * C)),
+                    conv_b_out(static_cast<size_t>(k * C));
+                test::DeviceBuffer<uint16_t> state_a(state), state_b(state);
+                DecodeGemv a;
+                a.x = dx.get();
+                a.ld_x = K;
+                if (weight == 0)
+                    a.W = dWb.get();
+                else
+                    a.q = weight == 1 ? &nf4.view : &int8.view;
+                a.bias = db.get();
+                a.k = k;
+                a.I = K;
+                a.O = O;
+                a.out = out_b.get();
+                a.ld_out = O;
+                ASSERT_TRUE(cuda_decoder_detail::decode_gemv_supported(a));
+                cuda_decoder_detail::decode_gemv(a, nullptr);  // the store epilogue, then the conv kernel
+                ops::cuda::conv1d_causal_update(conv_b_out.get(), state_b.get(), dslots.get(),
+                                                out_b.get() + col0, O, dcw.get(), dcb.get(), k, C, conv_K,
+                                                true, nullptr);
+                a.out = out_a.get();
+                a.conv_state = state_a.get();
+                a.conv_slots = dslots.get();
+                a.conv_w = dcw.get();
+                a.conv_b = dcb.get();
+                a.conv_out = conv_a.get();
+                a.conv_col0 = col0;
+                a.conv_C = C;
+                a.conv_K = conv_K;
+                ASSERT_TRUE(cuda_decoder_detail::decode_gemv_supported(a));
+                cuda_decoder_detail::decode_gemv(a, nullptr);  // the conv in the epilogue
+                EXPECT_EQ(out_a.download(), out_b.download());
+                EXPECT_EQ(conv_a.download(), conv_b_out.download());
+                EXPECT_EQ(state_a.download(), state_b.download());
+                // The conv ran: some window of a used slot changed, the unused slots did not.
+                const std::vector<uint16_t> after = state_a.download();
+                EXPECT_NE(after, state);
+                for (int64_t sl = 0; sl < slots; ++sl) {
+                    if (std::find(slot_of.begin(), slot_of.end(), sl) != slot_of.end()) continue;
+                    for (int64_t e = 0; e < (conv_K - 1) * C; ++e)
+                        ASSERT_EQ(after[sl * (conv_K - 1) * C + e], state[sl * (conv_K - 1) * C + e]);
+                }
+                a.epi = cuda_decoder_detail::DecodeEpilogue::Residual;  // the conv needs the store epilogue
+                EXPECT_FALSE(cuda_decoder_detail::decode_gemv_supported(a));
             }
-            a.epi = cuda_decoder_detail::DecodeEpilogue::Residual;  // the conv needs the store epilogue
-            EXPECT_FALSE(cuda_decoder_detail::decode_gemv_supported(a));
-        }
+    }
 #endif
 }
 
