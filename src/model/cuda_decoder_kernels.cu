@@ -1213,6 +1213,41 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MK == 1 && !Kind<WK>::quant ?
     // Prologue: normalised as the unfused path's norm kernel would store them; every thread handles
     // the columns tid, tid + 256, ... of every row, statistics by block sums.
     auto X = [&](int r, int64_t i) -> uint16_t& { return xs[r * lim + xpos<WK>(i)]; };
+    // Batch 1 on quantized rows: x once more in fp32 (DP: in int8), past the bf16 rows (decode_gemv_smem).
+    float* xf = reinterpret_cast<float*>(xs + k * lim + (a.norm == DecodeNorm::Gated ? k * I : 0) +
+                                         (a.norm == DecodeNorm::None ? 0 : 2 * I));
+    // DP: x in int8 in the same place, per group of 32 columns (a 16-byte load of codes): thread t
+    // quantizes 8-column segment s = t + 256·j (4 consecutive lanes a group: the group's largest
+    // magnitude by two shuffles), m / 127² to sx past the groups. Segment j of a group is code word
+    // j of a load, stored as two words in decode8_i8's column order (1, 0, 3, 2), (5, 4, 7, 6).
+    // dp_segment: segment s's 8 bf16 values v (every lane of the warp calls it: the shuffles; those
+    // with in false only take part).
+    float* sxw = xf + lim / 4;  // past lim bytes of int8 values
+    auto dp_segment = [&](int64_t s, const uint4& v, bool in) {
+        uint32_t mb = __vmaxu2(__vmaxu2(v.x & 0x7fff7fffu, v.y & 0x7fff7fffu),
+                               __vmaxu2(v.z & 0x7fff7fffu, v.w & 0x7fff7fffu));
+        mb = max(mb & 0xffffu, mb >> 16);
+        mb = max(mb, __shfl_xor_sync(0xffffffffu, mb, 1));
+        mb = max(mb, __shfl_xor_sync(0xffffffffu, mb, 2));
+        if (!in) return;
+        const float m = __uint_as_float(mb << 16);
+        const float inv = qd::x_group_inv(m);
+        const uint32_t w[4] = {v.x, v.y, v.z, v.w};
+        uint32_t b[8];  // columns 0..7 as int8 bytes
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            b[2 * e] = qd::x_i8(qd::bf_lo(w[e]), inv);
+            b[2 * e + 1] = qd::x_i8(qd::bf_hi(w[e]), inv);
+        }
+        const int64_t g = s >> 2;
+        const int j = int(s & 3);
+        const int64_t at = g * 32 + qd::x_segment_at(g, j);
+        *reinterpret_cast<uint2*>(reinterpret_cast<char*>(xf) + at) = qd::pack_segment_i8(b);
+        if (j == 0) sxw[g] = qd::x_group_scale(m);
+    };
+    // DP after an RMS or layer norm: each thread normalises whole segments and quantizes them at
+    // once (the same values; one pass and one barrier less than normalising, then quantizing).
+    const bool dp_fused = DP && (a.norm == DecodeNorm::RMS || a.norm == DecodeNorm::Layer);
     if (a.norm == DecodeNorm::RMS || a.norm == DecodeNorm::Layer) {
         float mean[MK] = {}, ss[MK] = {};
         if (a.norm == DecodeNorm::Layer) {
@@ -1235,14 +1270,39 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MK == 1 && !Kind<WK>::quant ?
         }
         block_sums(ss, k, red);
         const bool bias = a.norm == DecodeNorm::Layer && a.norm_b;
+        if (dp_fused) {
+            const float rstd = rsqrtf(ss[0] / float(I) + a.eps);
+            const int64_t nseg = lim / 8;
+            for (int64_t base = 0; base < nseg; base += threads) {
+                const int64_t s = base + threadIdx.x;
+                uint4 v = make_uint4(0, 0, 0, 0);
+                if (s < nseg) {
+                    uint4* p = reinterpret_cast<uint4*>(xs + qd::swizzle<4>(s) * 8);
+                    alignas(16) uint16_t h[8];
+                    *reinterpret_cast<uint4*>(h) = *p;
 #pragma unroll
-        for (int r = 0; r < MK; ++r) {
-            if (r >= k) break;
-            const float rstd = rsqrtf(ss[r] / float(I) + a.eps);
-            for (int64_t i = threadIdx.x; i < I; i += threads) {
-                float v = (bf(X(r, i)) - mean[r]) * rstd * bf(ws[i]);
-                if (bias) v += bf(bs[i]);
-                X(r, i) = to_bf(v);
+                    for (int e = 0; e < 8; ++e) {
+                        const int64_t i = s * 8 + e;
+                        if (i >= I) break;  // padding: zeros
+                        float t = (bf(h[e]) - mean[0]) * rstd * bf(ws[i]);
+                        if (bias) t += bf(bs[i]);
+                        h[e] = to_bf(t);
+                    }
+                    v = *reinterpret_cast<const uint4*>(h);
+                    *p = v;
+                }
+                dp_segment(s, v, s < nseg);
+            }
+        } else {
+#pragma unroll
+            for (int r = 0; r < MK; ++r) {
+                if (r >= k) break;
+                const float rstd = rsqrtf(ss[r] / float(I) + a.eps);
+                for (int64_t i = threadIdx.x; i < I; i += threads) {
+                    float v = (bf(X(r, i)) - mean[r]) * rstd * bf(ws[i]);
+                    if (bias) v += bf(bs[i]);
+                    X(r, i) = to_bf(v);
+                }
             }
         }
     } else if (a.norm == DecodeNorm::Gated) {  // g = x · silu(z), RMS over each of `groups` groups
@@ -1273,10 +1333,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MK == 1 && !Kind<WK>::quant ?
     if (trace) stamps[2] = global_ns();
     if (a.x_out && blockIdx.x == 0)  // the normalised rows, for the caller (final hidden states)
         for (int64_t e = threadIdx.x; e < a.k * I; e += blockDim.x) a.x_out[e] = X(int(e / I), e % I);
-    // Batch 1 on quantized rows: x once more in fp32 (DP: in int8), past the bf16 rows (decode_gemv_smem).
     constexpr bool x32 = Kind<WK>::quant && MK == 1 && !TC && !DP;
-    float* xf = reinterpret_cast<float*>(xs + k * lim + (a.norm == DecodeNorm::Gated ? k * I : 0) +
-                                         (a.norm == DecodeNorm::None ? 0 : 2 * I));
     uint32_t jo[8] = {};
     const uint32_t xf_at = static_cast<uint32_t>(__cvta_generic_to_shared(xf));
     const uint32_t book = static_cast<uint32_t>(__cvta_generic_to_shared(code_s));
@@ -1291,40 +1348,18 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MK == 1 && !Kind<WK>::quant ?
         for (int j = 0; j < 8; ++j) jo[j] = 16u * uint32_t((a7 + j) ^ key);
         __syncthreads();
     }
-    // DP: x in int8 in the same place, per group of 32 columns (a 16-byte load of codes): thread t
-    // quantizes 8-column segment s = t + 256·j (4 consecutive lanes a group: the group's largest
-    // magnitude by two shuffles), m / 127² to sx past the groups. Segment j of a group is code word
-    // j of a load, stored as two words in decode8_i8's column order (1, 0, 3, 2), (5, 4, 7, 6).
     const uint32_t xq_at = xf_at;
-    const float* sx = xf + lim / 4;  // past lim bytes of int8 values
+    const float* sx = sxw;
     uint32_t book8[4] = {};
     if constexpr (DP) {
-        float* sxw = xf + lim / 4;
-        const int64_t nseg = lim / 8;
-        for (int64_t base = 0; base < nseg; base += threads) {
-            const int64_t s = base + threadIdx.x;
-            uint4 v = make_uint4(0, 0, 0, 0);
-            if (s < nseg) v = *reinterpret_cast<const uint4*>(xs + qd::swizzle<4>(s) * 8);
-            uint32_t mb = __vmaxu2(__vmaxu2(v.x & 0x7fff7fffu, v.y & 0x7fff7fffu),
-                                   __vmaxu2(v.z & 0x7fff7fffu, v.w & 0x7fff7fffu));
-            mb = max(mb & 0xffffu, mb >> 16);
-            mb = max(mb, __shfl_xor_sync(0xffffffffu, mb, 1));
-            mb = max(mb, __shfl_xor_sync(0xffffffffu, mb, 2));
-            if (s >= nseg) continue;
-            const float m = __uint_as_float(mb << 16);
-            const float inv = qd::x_group_inv(m);
-            const uint32_t w[4] = {v.x, v.y, v.z, v.w};
-            uint32_t b[8];  // columns 0..7 as int8 bytes
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                b[2 * e] = qd::x_i8(qd::bf_lo(w[e]), inv);
-                b[2 * e + 1] = qd::x_i8(qd::bf_hi(w[e]), inv);
+        if (!dp_fused) {  // (else quantized with the norm, before the barrier above)
+            const int64_t nseg = lim / 8;
+            for (int64_t base = 0; base < nseg; base += threads) {
+                const int64_t s = base + threadIdx.x;
+                uint4 v = make_uint4(0, 0, 0, 0);
+                if (s < nseg) v = *reinterpret_cast<const uint4*>(xs + qd::swizzle<4>(s) * 8);
+                dp_segment(s, v, s < nseg);
             }
-            const int64_t g = s >> 2;
-            const int j = int(s & 3);
-            const int64_t at = g * 32 + qd::x_segment_at(g, j);
-            *reinterpret_cast<uint2*>(reinterpret_cast<char*>(xf) + at) = qd::pack_segment_i8(b);
-            if (j == 0) sxw[g] = qd::x_group_scale(m);
         }
         qd::int8_book(book8, q.code);
         __syncthreads();
