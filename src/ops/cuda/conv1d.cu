@@ -257,13 +257,22 @@ __device__ __forceinline__ void load_taps(float (&wk)[K][V], float (&b_c)[V], co
     }
 }
 
-// bias + Σ_k w[k] · win[k], fma in k order: the forward's and the update's pre-activation.
+// bias + Σ_k w[k] · win[k], fma in k order: the forward's and the update's pre-activation (win as
+// loaded packs), and the backward's recomputation of it (win already in fp32).
 template <int K, int V, typename D>
 __device__ __forceinline__ float pre_activation(const float (&wk)[K][V], const float (&b_c)[V],
                                                 const Pack<D, V> (&win)[K], int i) {
     float acc = b_c[i];
 #pragma unroll
     for (int k = 0; k < K; ++k) acc = fmaf(wk[k][i], to_f32(win[k].v[i]), acc);
+    return acc;
+}
+template <int K, int V>
+__device__ __forceinline__ float pre_activation(const float (&wk)[K][V], const float (&b_c)[V],
+                                                const float (&win)[K][V], int i) {
+    float acc = b_c[i];
+#pragma unroll
+    for (int k = 0; k < K; ++k) acc = fmaf(wk[k][i], win[k][i], acc);
     return acc;
 }
 
@@ -398,12 +407,7 @@ __global__ void __launch_bounds__(kFastThreads, min_blocks(K))
 #pragma unroll
                 for (int i = 0; i < V; ++i) {
                     g[i] = to_f32(gs[u].v[i]);
-                    if (silu_in) {
-                        float acc = b_c[i];  // the forward's pre-activation, fma in k order
-#pragma unroll
-                        for (int k = 0; k < K; ++k) acc = fmaf(wk[k][i], x_win[k][i], acc);
-                        g[i] *= silu_grad(acc);
-                    }
+                    if (silu_in) g[i] *= silu_grad(pre_activation(wk, b_c, x_win, i));
 #pragma unroll
                     for (int k = 0; k + 1 < K; ++k) g_win[k][i] = g_win[k + 1][i];
                     g_win[K - 1][i] = g[i];

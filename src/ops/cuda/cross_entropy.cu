@@ -103,9 +103,8 @@ __global__ void cross_entropy_forward_kernel(float* losses, float* lse, const T*
     }
 }
 
-// Reads each logit and then writes its gradient at the same index, from the same thread, so
-// dlogits == logits is safe.
-// Row n's gradient, in place when dlogits == logits (each thread reads a pack, then writes it).
+// Row n's gradient: each thread reads a pack of logits, then writes its gradient at the same index,
+// so dlogits == logits (in place) is safe.
 template <int V, typename T>
 __device__ __forceinline__ void row_gradient(T* drow, const T* row, int64_t packs, float l, int32_t t,
                                              bool good, float dloss) {

@@ -244,11 +244,10 @@ void swiglu_forward(T* out, const T* gate_up, int64_t N, int64_t F, void* stream
     const D* gu = reinterpret_cast<const D*>(gate_up);
     auto s = static_cast<cudaStream_t>(stream);
     const bool vec = swiglu_vectorised(F, V, {out, gate_up});
-    check_cuda<T>(launch_ops_pdl(vec ? swiglu_forward_kernel<V, D> : swiglu_forward_kernel<1, D>,
-                                 grid_size<T>(vec ? swiglu_forward_kernel<V, D> : swiglu_forward_kernel<1, D>,
-                                              vec ? N * (F / V) : N * F, kernel),
-                                 kThreads, 0, s, o, gu, N, F),
-                  "launch", kernel);
+    auto fn = vec ? swiglu_forward_kernel<V, D> : swiglu_forward_kernel<1, D>;
+    check_cuda<T>(
+        launch_ops_pdl(fn, grid_size<T>(fn, vec ? N * (F / V) : N * F, kernel), kThreads, 0, s, o, gu, N, F),
+        "launch", kernel);
 }
 
 template <bool kAccumulate, typename T>

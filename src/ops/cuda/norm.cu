@@ -492,8 +492,7 @@ void rmsnorm_forward(T* out, float* rstd, const T* x, const T* w, int64_t N, int
 template <typename T>
 void residual_rmsnorm_forward(T* out, float* rstd, T* res, const T* x, const T* w, int64_t N, int64_t D,
                               float eps, void* stream) {
-    launch_rms_forward<RmsKind::kResidual>("residual_rmsnorm_forward", out, rstd, res, x, res, D, w, N, D, 1,
-                                           eps, stream);
+    residual_rmsnorm_forward(out, rstd, res, res, x, w, N, D, eps, stream);
 }
 
 template <typename T>

@@ -665,6 +665,22 @@ __device__ __forceinline__ void warp_mma_k64_split_b(float (&acc)[8][4], const _
     }
 }
 
+// acc (8 n8 tiles) += A·B over the 16-deep slice at kk, A split into the fragments ah + al and B from
+// a [k][n] tile: per n8 tile the lo product, then the hi one.
+__device__ __forceinline__ void mma_split_a_slice(float (&acc)[8][4], const uint32_t (&ah)[4],
+                                                  const uint32_t (&al)[4], const __nv_bfloat16* sb, int kk) {
+#pragma unroll
+    for (int jj = 0; jj < 4; ++jj) {
+        uint32_t bq[4];
+        ldb_kn(bq, sb, kStLd, 16 * jj, kk);
+        const uint32_t b0[2] = {bq[0], bq[1]}, b1[2] = {bq[2], bq[3]};
+        mma_m16n8k16_bf16(acc[2 * jj], al, b0);
+        mma_m16n8k16_bf16(acc[2 * jj], ah, b0);
+        mma_m16n8k16_bf16(acc[2 * jj + 1], al, b1);
+        mma_m16n8k16_bf16(acc[2 * jj + 1], ah, b1);
+    }
+}
+
 // A split (A [k][m] hi / lo, B [k][n]) for kNT B tiles sb[q] (kSt × kStLd each, kSt·kStLd apart)
 // sharing the split A, each A fragment loaded once for all of them; every acc[q] gets the products of
 // one tile in one order (per 16-deep slice and n8 tile: lo, then hi).
@@ -680,18 +696,7 @@ __device__ __forceinline__ void warp_mma_k64_split_a_tiles(float (&acc)[kNT][8][
         lda_km(ah, sa_hi, kStLd, m0, kk);
         lda_km(al, sa_lo, kStLd, m0, kk);
 #pragma unroll
-        for (int q = 0; q < kNT; ++q) {
-#pragma unroll
-            for (int jj = 0; jj < 4; ++jj) {
-                uint32_t bq[4];
-                ldb_kn(bq, sb + q * kSt * kStLd, kStLd, 16 * jj, kk);
-                const uint32_t b0[2] = {bq[0], bq[1]}, b1[2] = {bq[2], bq[3]};
-                mma_m16n8k16_bf16(acc[q][2 * jj], al, b0);
-                mma_m16n8k16_bf16(acc[q][2 * jj], ah, b0);
-                mma_m16n8k16_bf16(acc[q][2 * jj + 1], al, b1);
-                mma_m16n8k16_bf16(acc[q][2 * jj + 1], ah, b1);
-            }
-        }
+        for (int q = 0; q < kNT; ++q) mma_split_a_slice(acc[q], ah, al, sb + q * kSt * kStLd, kk);
     }
 }
 
@@ -1795,16 +1800,7 @@ __global__ void __launch_bounds__(kMmaThreads, 3)
                 ah[r] = split_pair_hi(v0, v1, al[r]);
             }
             if (j + 1 < n_t) load_cb_slice(j + 1, kk);  // the next M step's values of this slice
-#pragma unroll
-            for (int jj = 0; jj < 4; ++jj) {  // warp_mma_k64_split_a's order: lo, then hi, per n8 tile
-                uint32_t bq[4];
-                ldb_kn(bq, hb, kStLd, 16 * jj, 16 * kk);
-                const uint32_t b0[2] = {bq[0], bq[1]}, b1[2] = {bq[2], bq[3]};
-                mma_m16n8k16_bf16(acc[2 * jj], al, b0);
-                mma_m16n8k16_bf16(acc[2 * jj], ah, b0);
-                mma_m16n8k16_bf16(acc[2 * jj + 1], al, b1);
-                mma_m16n8k16_bf16(acc[2 * jj + 1], ah, b1);
-            }
+            mma_split_a_slice(acc, ah, al, hb, 16 * kk);  // warp_mma_k64_split_a's order
         }
     };
 
