@@ -73,10 +73,12 @@ void check_shape(Rng& rng, int64_t M, int64_t I, int64_t O) {
         std::vector<double> tol(ref.size());
         for (size_t i = 0; i < ref.size(); ++i) tol[i] = rel * scale[i] + 0x1p-8 * std::abs(ref[i]);
         EXPECT_TRUE(all_within(got, ref, tol));
+        out.upload(old);  // other values first, so that an output left unwritten would show
         ASSERT_TRUE(
             ops::cuda::skinny_gemm(ops::cuda::SkinnyOut::Bf16, out.get(), x_d.get(), W_d.get(), M, I, O));
         EXPECT_TRUE(out.download() == got) << "a second call gave other bits";
         // W promised constant (its first steps copied before the kernel's wait): the same bits.
+        out.upload(old);
         ASSERT_TRUE(ops::cuda::skinny_gemm(ops::cuda::SkinnyOut::Bf16, out.get(), x_d.get(), W_d.get(), M, I,
                                            O, nullptr, true));
         EXPECT_TRUE(out.download() == got) << "w_constant changed the bits";
