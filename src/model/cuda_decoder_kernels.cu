@@ -1245,6 +1245,14 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MK == 1 && !Kind<WK>::quant ?
         *reinterpret_cast<uint2*>(reinterpret_cast<char*>(xf) + at) = qd::pack_segment_i8(b);
         if (j == 0) sxw[g] = qd::x_group_scale(m);
     };
+    // Batch 1 (MK == 1): the norm's passes by 8-column chunks, thread t the chunks t, t + 256, …, each
+    // a 16-byte load (x at its staged place, z and the norm's weights as they are), its columns in
+    // order — about a third of the element loops' instructions; the statistics are the same sums in
+    // another order. (Gated: groups of whole chunks, else the element loops.)
+    auto x_chunk = [&](int64_t c) -> uint4& { return *reinterpret_cast<uint4*>(xs + xpos<WK>(c * 8)); };
+    auto words = [](const uint4& v, int e) { return e == 0 ? v.x : e == 1 ? v.y : e == 2 ? v.z : v.w; };
+    auto pack = [](float lo, float hi) { return uint32_t(to_bf(lo)) | uint32_t(to_bf(hi)) << 16; };
+    const int64_t chunks = I / 8;
     // DP after an RMS or layer norm: each thread normalises whole segments and quantizes them at
     // once (the same values; one pass and one barrier less than normalising, then quantizing).
     const bool dp_fused = DP && (a.norm == DecodeNorm::RMS || a.norm == DecodeNorm::Layer);
@@ -1254,7 +1262,17 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MK == 1 && !Kind<WK>::quant ?
 #pragma unroll
             for (int r = 0; r < MK; ++r) {
                 if (r >= k) break;
-                for (int64_t i = threadIdx.x; i < I; i += threads) mean[r] += bf(X(r, i));
+                if (MK == 1)
+                    for (int64_t c = threadIdx.x; c < chunks; c += threads) {
+                        const uint4 v = x_chunk(c);
+#pragma unroll
+                        for (int e = 0; e < 4; ++e) {
+                            mean[0] += qd::bf_lo(words(v, e));
+                            mean[0] += qd::bf_hi(words(v, e));
+                        }
+                    }
+                else
+                    for (int64_t i = threadIdx.x; i < I; i += threads) mean[r] += bf(X(r, i));
             }
             block_sums(mean, k, red);
 #pragma unroll
@@ -1263,10 +1281,22 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MK == 1 && !Kind<WK>::quant ?
 #pragma unroll
         for (int r = 0; r < MK; ++r) {
             if (r >= k) break;
-            for (int64_t i = threadIdx.x; i < I; i += threads) {
-                const float d = bf(X(r, i)) - mean[r];
-                ss[r] += d * d;
-            }
+            if (MK == 1)
+                for (int64_t c = threadIdx.x; c < chunks; c += threads) {
+                    const uint4 v = x_chunk(c);
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) {
+                        const float d0 = qd::bf_lo(words(v, e)) - mean[0],
+                                    d1 = qd::bf_hi(words(v, e)) - mean[0];
+                        ss[0] += d0 * d0;
+                        ss[0] += d1 * d1;
+                    }
+                }
+            else
+                for (int64_t i = threadIdx.x; i < I; i += threads) {
+                    const float d = bf(X(r, i)) - mean[r];
+                    ss[r] += d * d;
+                }
         }
         block_sums(ss, k, red);
         const bool bias = a.norm == DecodeNorm::Layer && a.norm_b;
@@ -1293,6 +1323,25 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MK == 1 && !Kind<WK>::quant ?
                 }
                 dp_segment(s, v, s < nseg);
             }
+        } else if (MK == 1) {
+            const float rstd = rsqrtf(ss[0] / float(I) + a.eps);
+            for (int64_t c = threadIdx.x; c < chunks; c += threads) {
+                uint4& p = x_chunk(c);
+                const uint4 v = p, w = *reinterpret_cast<const uint4*>(ws + c * 8);
+                const uint4 b = bias ? *reinterpret_cast<const uint4*>(bs + c * 8) : make_uint4(0, 0, 0, 0);
+                uint32_t o[4];
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    float lo = (qd::bf_lo(words(v, e)) - mean[0]) * rstd * qd::bf_lo(words(w, e));
+                    float hi = (qd::bf_hi(words(v, e)) - mean[0]) * rstd * qd::bf_hi(words(w, e));
+                    if (bias) {
+                        lo += qd::bf_lo(words(b, e));
+                        hi += qd::bf_hi(words(b, e));
+                    }
+                    o[e] = pack(lo, hi);
+                }
+                p = make_uint4(o[0], o[1], o[2], o[3]);
+            }
         } else {
 #pragma unroll
             for (int r = 0; r < MK; ++r) {
@@ -1307,8 +1356,42 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MK == 1 && !Kind<WK>::quant ?
         }
     } else if (a.norm == DecodeNorm::Gated) {  // g = x · silu(z), RMS over each of `groups` groups
         const int64_t width = I / a.groups;
+        // x · silu(z) of chunk c's column pair e (MK == 1 by chunks).
+        auto gate = [&](const uint4& x, const uint4& z, int e, float& lo, float& hi) {
+            lo = qd::bf_lo(words(x, e)) * silu_rounded<__nv_bfloat16>(qd::bf_lo(words(z, e)));
+            hi = qd::bf_hi(words(x, e)) * silu_rounded<__nv_bfloat16>(qd::bf_hi(words(z, e)));
+        };
+        const bool by_chunks = MK == 1 && width % 8 == 0;
         for (int64_t g0 = 0; g0 < I; g0 += width) {  // one group at a time
             float ss[MK] = {};
+            if (by_chunks) {
+                for (int64_t c = g0 / 8 + threadIdx.x; c < (g0 + width) / 8; c += threads) {
+                    const uint4 x = x_chunk(c), z = *reinterpret_cast<const uint4*>(zs + c * 8);
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) {
+                        float lo, hi;
+                        gate(x, z, e, lo, hi);
+                        ss[0] += lo * lo;
+                        ss[0] += hi * hi;
+                    }
+                }
+                block_sums(ss, k, red);
+                const float rstd = rsqrtf(ss[0] / float(width) + a.eps);
+                for (int64_t c = g0 / 8 + threadIdx.x; c < (g0 + width) / 8; c += threads) {
+                    uint4& p = x_chunk(c);
+                    const uint4 x = p, z = *reinterpret_cast<const uint4*>(zs + c * 8),
+                                w = *reinterpret_cast<const uint4*>(ws + c * 8);
+                    uint32_t o[4];
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) {
+                        float lo, hi;
+                        gate(x, z, e, lo, hi);
+                        o[e] = pack(lo * rstd * qd::bf_lo(words(w, e)), hi * rstd * qd::bf_hi(words(w, e)));
+                    }
+                    p = make_uint4(o[0], o[1], o[2], o[3]);
+                }
+                continue;
+            }
 #pragma unroll
             for (int r = 0; r < MK; ++r) {
                 if (r >= k) break;
@@ -1481,7 +1564,8 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MK == 1 && !Kind<WK>::quant ?
         for (int j = 0; j < kPreRows; ++j) {
             if (j >= npre) break;
             const uint16_t* w = pre + int64_t(j * wr) * I;
-            for (int64_t i = int64_t(lane) * 8; i < I; i += 256) {
+#pragma unroll 4
+            for (int i = lane * 8; i < int(I); i += 256) {
                 const uint4 xv = *reinterpret_cast<const uint4*>(xs + i);
                 acc[j] = dot8_bf16(*reinterpret_cast<const uint4*>(w + i), xv, acc[j]);
                 if (swiglu) acc2[j] = dot8_bf16(*reinterpret_cast<const uint4*>(w + I + i), xv, acc2[j]);
