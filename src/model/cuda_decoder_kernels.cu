@@ -646,9 +646,15 @@ constexpr int kGemvWarps = 8;  // warps per block
 constexpr int kGemvUnroll = 4;  // 16-byte weight loads in flight per lane
 // The batch-1 bf16 product with its weights prefetched (decode_gemv_kernel's PRE): at most this many
 // outputs a warp, and this much shared memory for a block's rows, so that the next kernel's blocks
-// (one an SM) fit beside it and can prefetch theirs while this one runs.
+// fit beside it and can prefetch theirs while this one runs.
 constexpr int kPreRows = 8;
 constexpr size_t kPreSmem = 80 * 1024;
+// Its blocks an SM: more blocks, fewer rows a warp, so the post-wait part (a few hundred
+// instructions a warp at ~6 cycles each with 2 warps a scheduler) is shorter and more warps hide
+// each other's latencies; the next kernel then prefetches beside fewer of this one's blocks.
+// Measured (H200, decode b=1 tokens/s, docs/PERFORMANCE.md) 1 → 2 → 3 blocks: 130m 3,664 → 3,807 →
+// 3,813; 370m 1,527 → 1,774 → 1,777 (more products fit kPreRows); 1b 968 → 1,028 → 1,021.
+constexpr int kPreBlocksPerSm = 3;
 // The batch-1 product on 4-bit rows with fp32 absmax on tensor cores (decode_gemv_kernel's TC): a
 // warp's item is 8 outputs × kTcSub · kTcStrip columns (a lane's 4 × 32 codes of one row), items
 // copied into a ring of slots a warp with cp.async: kTcStages (2 in flight while one is multiplied),
@@ -1023,8 +1029,8 @@ __device__ __forceinline__ unsigned long long global_ns() {
 
 // MK: the most rows of x the instantiation takes (1: the batch-1 step, with its registers for one
 // row; bf16 also 2; else kDecodeGemvMaxRows).
-// PRE (one row of x, bf16 rows): a block an SM; every warp copies all its weight rows (≤ kPreRows
-// outputs, gate and up rows for SwiGLU) into shared memory with cp.async before it waits for its
+// PRE (one row of x, bf16 rows): kPreBlocksPerSm blocks an SM; every warp copies all its weight rows (≤
+// kPreRows outputs, gate and up rows for SwiGLU) into shared memory with cp.async before it waits for its
 // predecessor, so the weights stream while the previous kernels run. The sums are the same as
 // without (same order, same FMAs).
 // TC (one row of x, 4-bit rows with fp32 absmax, blocks of ≥ 32 columns): tensor-core products on
@@ -1815,18 +1821,20 @@ int trace_slot(const DecodeGemv& a, bool pre) {
     return g_trace_used++;
 }
 
-// The PRE kernel's grid: a block an SM (fewer when there are fewer than 8 outputs an SM), and the
-// shared memory its rows take; 0 blocks when it does not take the product (more than kPreRows
-// outputs a warp, rows over kPreSmem, or MSLM_DECODE_GEMV_PRE=0, read at each launch).
+// The PRE kernel's grid: kPreBlocksPerSm blocks an SM (fewer when there are fewer than 8 outputs a
+// block), and the shared memory its rows take; 0 blocks when it does not take the product (more
+// than kPreRows outputs a warp, rows over kPreSmem, or MSLM_DECODE_GEMV_PRE=0). MSLM_DECODE_GEMV_PRE
+// = 1, 2 or 3 sets the blocks an SM (read at each launch).
 struct PrePlan {
     int64_t blocks = 0;
     size_t smem = 0;
 };
 PrePlan pre_plan(const DecodeGemv& a, int sms) {
     const char* env = std::getenv("MSLM_DECODE_GEMV_PRE");
-    const std::string mode = env ? env : "1";
+    const std::string mode = env ? env : "";
     if (a.k != 1 || a.q || mode == "0") return {};
-    const int64_t blocks = std::min<int64_t>((a.O + kGemvWarps - 1) / kGemvWarps, sms);
+    const int per_sm = mode == "1" ? 1 : mode == "2" ? 2 : mode == "3" ? 3 : kPreBlocksPerSm;
+    const int64_t blocks = std::min<int64_t>((a.O + kGemvWarps - 1) / kGemvWarps, int64_t(sms) * per_sm);
     const int64_t rows = (a.O + blocks * kGemvWarps - 1) / (blocks * kGemvWarps);
     const int64_t wr = a.epi == DecodeEpilogue::SwiGLU ? 2 : 1;
     const size_t bytes = size_t(kGemvWarps * rows * wr * a.I) * sizeof(uint16_t);
