@@ -20,7 +20,9 @@
 // launch timed by its blocks (MSLM_DECODE_GEMV_TRACE, cuda_decoder_kernels.h): per product, µs from
 // the step's first product start to its first block's start, its wait's end (first / last block),
 // its last block's prologue end and end, and the gap from the previous product's end to this one's
-// first wait end — means over the N steps.
+// first wait end — means over the N steps; and block 0's own phases (µs after its wait; -1 where
+// a phase does not apply): x staged, the norm's sum of squares, the PRE rows' copies waited for,
+// the dot products, their warp sums, the epilogue, the end.
 #include <fmt/format.h>
 
 #include <array>
@@ -71,6 +73,7 @@ void trace_products(const HybridLM<float>& model, const std::vector<int32_t>& id
     // The slots of the launches the replayed step makes: the second step's, if it captured anew.
     const int first = c2 > c1 ? c1 : 0, count = c2 > c1 ? c2 - c1 : c1;
     std::vector<std::array<double, 6>> sum(static_cast<size_t>(count), std::array<double, 6>{});
+    std::vector<std::array<double, 7>> b0(static_cast<size_t>(count), std::array<double, 7>{});
     for (int64_t t = 0; t < n; ++t) {
         cd::decode_gemv_trace_reset(false);
         gpu.step_greedy(slots, tok, pick.data());
@@ -84,19 +87,26 @@ void trace_products(const HybridLM<float>& model, const std::vector<int32_t>& id
             sum[i][3] += us(r[i].prologue_max);
             sum[i][4] += us(r[i].end_max);
             sum[i][5] += i > 0 ? us(r[i].waited_min) - us(r[i - 1].end_max) : 0.0;
+            for (int m = 0; m < 7; ++m)  // block 0, µs after its own wait; -1: a mark it did not reach
+                b0[i][m] += r[i].b0[m]
+                                ? (static_cast<double>(r[i].b0[m]) - static_cast<double>(r[i].b0[7])) / 1e3
+                                : -1.0;
         }
     }
     unsetenv("MSLM_DECODE_GEMV_TRACE");
     if (cd::decode_gemv_trace_used() != c2) fmt::print("(trace: the decoder captured again while tracing)\n");
     fmt::print(
         "\n| # | I x O | prefetch | start µs | waited (first) | waited (last) | prologue (last) | end (last) "
-        "| previous end → waited |\n|---|---|---|---|---|---|---|---|---|\n");
+        "| previous end → waited | block 0 after its wait: staged / sums / rows waited / dots / warp sums / "
+        "epilogue / end |\n|---|---|---|---|---|---|---|---|---|---|\n");
     for (int i = 0; i < count; ++i) {
         const cd::GemvTraceLaunch l = cd::decode_gemv_trace_launch(first + i);
         const double k = static_cast<double>(n);
-        fmt::print("| {} | {} x {} | {} | {:.2f} | {:.2f} | {:.2f} | {:.2f} | {:.2f} | {:.2f} |\n", i, l.I,
-                   l.O, l.pre ? "yes" : "no", sum[i][0] / k, sum[i][1] / k, sum[i][2] / k, sum[i][3] / k,
-                   sum[i][4] / k, sum[i][5] / k);
+        std::string phases;
+        for (int m = 0; m < 7; ++m) phases += fmt::format("{}{:.2f}", m ? " / " : "", b0[i][m] / k);
+        fmt::print("| {} | {} x {} | {} | {:.2f} | {:.2f} | {:.2f} | {:.2f} | {:.2f} | {:.2f} | {} |\n", i,
+                   l.I, l.O, l.pre ? "yes" : "no", sum[i][0] / k, sum[i][1] / k, sum[i][2] / k, sum[i][3] / k,
+                   sum[i][4] / k, sum[i][5] / k, phases);
     }
     fmt::print("\n");
 }

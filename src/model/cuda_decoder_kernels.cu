@@ -1041,9 +1041,14 @@ template <WeightKind WK, int MK, bool PRE = false, bool TC = false, int DP = 0>
 __global__ void __launch_bounds__(kGemvWarps * 32, MK == 1 && !Kind<WK>::quant ? 3 : 2)
     decode_gemv_kernel(DecodeGemv a, QuantWeight q, int bs_log2, int trace_slot, int pre_at) {
     // Trace stamps go to shared memory at once (held in registers they cost the kernel spills).
-    __shared__ unsigned long long stamps[3];
+    __shared__ unsigned long long stamps[3], marks[8];
     const bool trace = trace_slot >= 0 && threadIdx.x == 0;
     if (trace) stamps[0] = global_ns();
+    if (trace)
+        for (int i = 0; i < 8; ++i) marks[i] = 0;
+    auto mark = [&](int i) {  // block 0's phases (GemvTrace::b0)
+        if (trace) marks[i] = global_ns();
+    };
     static_assert(!PRE || (WK == WeightKind::BF16 && MK == 1), "PRE: the batch-1 product on bf16 rows");
     static_assert(!TC || (WK == WeightKind::Q4 && MK == 1),
                   "TC: the batch-1 product on 4-bit rows, fp32 absmax");
@@ -1216,6 +1221,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MK == 1 && !Kind<WK>::quant ?
         if (a.norm == DecodeNorm::Gated) stage_rows<WeightKind::BF16, MK>(zs, a.z, a.ld_z, k, I, I);
     }
     __syncthreads();
+    mark(0);
     // Prologue: normalised as the unfused path's norm kernel would store them; every thread handles
     // the columns tid, tid + 256, ... of every row, statistics by block sums.
     auto X = [&](int r, int64_t i) -> uint16_t& { return xs[r * lim + xpos<WK>(i)]; };
@@ -1305,6 +1311,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MK == 1 && !Kind<WK>::quant ?
                 }
         }
         block_sums(ss, k, red);
+        mark(1);
         const bool bias = a.norm == DecodeNorm::Layer && a.norm_b;
         if (dp_fused) {
             const float rstd = rsqrtf(ss[0] / float(I) + a.eps);
@@ -1382,6 +1389,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MK == 1 && !Kind<WK>::quant ?
                     }
                 }
                 block_sums(ss, k, red);
+                mark(1);
                 const float rstd = rsqrtf(ss[0] / float(width) + a.eps);
                 for (int64_t c = g0 / 8 + threadIdx.x; c < (g0 + width) / 8; c += threads) {
                     uint4& p = x_chunk(c);
@@ -1407,6 +1415,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MK == 1 && !Kind<WK>::quant ?
                 }
             }
             block_sums(ss, k, red);
+            mark(1);
 #pragma unroll
             for (int r = 0; r < MK; ++r) {
                 if (r >= k) break;
@@ -1565,6 +1574,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MK == 1 && !Kind<WK>::quant ?
     };
     if constexpr (PRE && WK == WeightKind::BF16) {
         ops::cuda::detail::cp_async_wait<0>();
+        mark(2);
         float acc[kPreRows] = {}, acc2[kPreRows] = {};
 #pragma unroll
         for (int j = 0; j < kPreRows; ++j) {
@@ -1577,9 +1587,12 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MK == 1 && !Kind<WK>::quant ?
                 if (swiglu) acc2[j] = dot8_bf16(*reinterpret_cast<const uint4*>(w + I + i), xv, acc2[j]);
             }
         }
+        mark(3);
         float v, v2;  // lane j finishes output j
         warp_sums_to_lanes(acc, acc2, npre, swiglu, lane, v, v2);
+        mark(4);
         if (lane < npre) finish(0, po, v, v2, true);
+        mark(5);
     } else if constexpr (TC) {
         // Item by item: the next item's copies issued, this one's awaited, then per strip its
         // products — per 32-bit word of the lane's codes (8 columns of each half) two m16n8k16
@@ -1806,7 +1819,13 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MK == 1 && !Kind<WK>::quant ?
             atomicMin(&g.waited_min, stamps[1]);
             atomicMax(&g.waited_max, stamps[1]);
             atomicMax(&g.prologue_max, stamps[2]);
-            atomicMax(&g.end_max, global_ns());
+            const unsigned long long end = global_ns();
+            atomicMax(&g.end_max, end);
+            if (blockIdx.x == 0) {
+                marks[6] = end;
+                for (int i = 0; i < 7; ++i) g.b0[i] = marks[i];
+                g.b0[7] = stamps[1];
+            }
         }
     }
 }
@@ -1955,7 +1974,7 @@ void launch_gemv(const DecodeGemv& a, void* stream) {
 
 void decode_gemv_trace_reset(bool restart_slots) {
     if (restart_slots) g_trace_used = 0;
-    std::vector<GemvTrace> clear(kGemvTraceSlots, GemvTrace{~0ull, 0, ~0ull, 0, 0, 0});
+    std::vector<GemvTrace> clear(kGemvTraceSlots, GemvTrace{~0ull, 0, ~0ull, 0, 0, 0, {}});
     const cudaError_t err =
         cudaMemcpyToSymbol(g_gemv_trace, clear.data(), sizeof(GemvTrace) * kGemvTraceSlots);
     MSLM_CHECK(err == cudaSuccess, "decode_gemv trace: {}", cudaGetErrorString(err));

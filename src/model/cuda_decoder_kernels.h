@@ -133,6 +133,10 @@ void greedy_pick(const float* logits, int64_t k, int64_t V, GreedyPart* part, un
 constexpr int kGemvTraceSlots = 512;
 struct GemvTrace {
     unsigned long long start_min, start_max, waited_min, waited_max, prologue_max, end_max;
+    // Block 0's thread 0 (the global timer, ns; 0 where not reached): after x is staged, after the
+    // norm's sum of squares, after the PRE rows' copies are waited for, after the dot products,
+    // after their warp sums, after the epilogue, at the end; then its wait's end.
+    unsigned long long b0[8];
 };
 struct GemvTraceLaunch {
     int64_t I, O;
