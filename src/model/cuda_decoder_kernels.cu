@@ -1223,7 +1223,8 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MK == 1 && !Kind<WK>::quant ?
     __syncthreads();
     mark(0);
     // Prologue: normalised as the unfused path's norm kernel would store them; every thread handles
-    // the columns tid, tid + 256, ... of every row, statistics by block sums.
+    // the columns tid, tid + 256, ... of every row (batch 1: by 8-column chunks, below), statistics
+    // by block sums.
     auto X = [&](int r, int64_t i) -> uint16_t& { return xs[r * lim + xpos<WK>(i)]; };
     // Batch 1 on quantized rows: x once more in fp32 (DP: in int8), past the bf16 rows (decode_gemv_smem).
     float* xf = reinterpret_cast<float*>(xs + k * lim + (a.norm == DecodeNorm::Gated ? k * I : 0) +
@@ -1262,7 +1263,6 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MK == 1 && !Kind<WK>::quant ?
     // order — about a third of the element loops' instructions; the statistics are the same sums in
     // another order. (Gated: groups of whole chunks, else the element loops.)
     auto x_chunk = [&](int64_t c) -> uint4& { return *reinterpret_cast<uint4*>(xs + xpos<WK>(c * 8)); };
-    auto words = [](const uint4& v, int e) { return e == 0 ? v.x : e == 1 ? v.y : e == 2 ? v.z : v.w; };
     auto pack = [](float lo, float hi) { return uint32_t(to_bf(lo)) | uint32_t(to_bf(hi)) << 16; };
     const int64_t chunks = I / 8;
     // DP after an RMS or layer norm: each thread normalises whole segments and quantizes them at
@@ -1279,8 +1279,8 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MK == 1 && !Kind<WK>::quant ?
                         const uint4 v = x_chunk(c);
 #pragma unroll
                         for (int e = 0; e < 4; ++e) {
-                            mean[0] += qd::bf_lo(words(v, e));
-                            mean[0] += qd::bf_hi(words(v, e));
+                            mean[0] += qd::bf_lo(qd::word_of(v, e));
+                            mean[0] += qd::bf_hi(qd::word_of(v, e));
                         }
                     }
                 else
@@ -1298,8 +1298,8 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MK == 1 && !Kind<WK>::quant ?
                     const uint4 v = x_chunk(c);
 #pragma unroll
                     for (int e = 0; e < 4; ++e) {
-                        const float d0 = qd::bf_lo(words(v, e)) - mean[0],
-                                    d1 = qd::bf_hi(words(v, e)) - mean[0];
+                        const float d0 = qd::bf_lo(qd::word_of(v, e)) - mean[0],
+                                    d1 = qd::bf_hi(qd::word_of(v, e)) - mean[0];
                         ss[0] += d0 * d0;
                         ss[0] += d1 * d1;
                     }
@@ -1345,11 +1345,11 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MK == 1 && !Kind<WK>::quant ?
                 uint32_t o[4];
 #pragma unroll
                 for (int e = 0; e < 4; ++e) {
-                    float lo = (qd::bf_lo(words(v, e)) - mean[0]) * rstd * qd::bf_lo(words(w, e));
-                    float hi = (qd::bf_hi(words(v, e)) - mean[0]) * rstd * qd::bf_hi(words(w, e));
+                    float lo = (qd::bf_lo(qd::word_of(v, e)) - mean[0]) * rstd * qd::bf_lo(qd::word_of(w, e));
+                    float hi = (qd::bf_hi(qd::word_of(v, e)) - mean[0]) * rstd * qd::bf_hi(qd::word_of(w, e));
                     if (bias) {
-                        lo += qd::bf_lo(words(b, e));
-                        hi += qd::bf_hi(words(b, e));
+                        lo += qd::bf_lo(qd::word_of(b, e));
+                        hi += qd::bf_hi(qd::word_of(b, e));
                     }
                     o[e] = pack(lo, hi);
                 }
@@ -1371,8 +1371,8 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MK == 1 && !Kind<WK>::quant ?
         const int64_t width = I / a.groups;
         // x · silu(z) of chunk c's column pair e (MK == 1 by chunks).
         auto gate = [&](const uint4& x, const uint4& z, int e, float& lo, float& hi) {
-            lo = qd::bf_lo(words(x, e)) * silu_rounded<__nv_bfloat16>(qd::bf_lo(words(z, e)));
-            hi = qd::bf_hi(words(x, e)) * silu_rounded<__nv_bfloat16>(qd::bf_hi(words(z, e)));
+            lo = qd::bf_lo(qd::word_of(x, e)) * silu_rounded<__nv_bfloat16>(qd::bf_lo(qd::word_of(z, e)));
+            hi = qd::bf_hi(qd::word_of(x, e)) * silu_rounded<__nv_bfloat16>(qd::bf_hi(qd::word_of(z, e)));
         };
         const bool by_chunks = MK == 1 && width % 8 == 0;
         for (int64_t g0 = 0; g0 < I; g0 += width) {  // one group at a time
@@ -1400,7 +1400,8 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MK == 1 && !Kind<WK>::quant ?
                     for (int e = 0; e < 4; ++e) {
                         float lo, hi;
                         gate(x, z, e, lo, hi);
-                        o[e] = pack(lo * rstd * qd::bf_lo(words(w, e)), hi * rstd * qd::bf_hi(words(w, e)));
+                        o[e] = pack(lo * rstd * qd::bf_lo(qd::word_of(w, e)),
+                                    hi * rstd * qd::bf_hi(qd::word_of(w, e)));
                     }
                     p = make_uint4(o[0], o[1], o[2], o[3]);
                 }
