@@ -1019,12 +1019,87 @@ struct EpiloguePre {
     }
 };
 
+// Output o of x row r from the fp32 products v (and v2: SwiGLU's up row) through the product's epilogue;
+// pre: whether ep holds that output's constants (read ahead: the lane's first output), const_pre:
+// whether the kernel reads them ahead at all.
+__device__ __forceinline__ void finish_output(const DecodeGemv& a, const EpiloguePre& ep, int64_t r,
+                                              int64_t o, float v, float v2, bool pre, bool const_pre) {
+    const float b = a.bias ? (const_pre && pre ? ep.bias : bf(a.bias[o])) : 0.0f;
+    switch (a.epi) {
+        case DecodeEpilogue::Store: {
+            const uint16_t xv = to_bf(a.bias ? v + b : v);
+            a.out[r * a.ld_out + o] = xv;
+            const int64_t c = o - a.conv_col0;
+            if (a.conv_state && c >= 0 && c < a.conv_C) {  // conv1d_causal_update's arithmetic
+                const int K = int(a.conv_K);
+                uint16_t* win = a.conv_state + a.conv_slots[r] * (K - 1) * a.conv_C + c;
+                if (pre && ep.conv) {
+                    float acc = ep.conv_b, w_last = 0.0f;
+#pragma unroll
+                    for (int t = 0; t < kConvPreK; ++t) {
+                        if (t + 1 < K) acc = fmaf(ep.conv_w[t], ep.win[t], acc);
+                        if (t + 1 == K) w_last = ep.conv_w[t];
+                    }
+                    acc = fmaf(w_last, bf(xv), acc);
+                    a.conv_out[r * a.conv_C + c] = to_bf(silu_rounded<__nv_bfloat16>(acc));
+#pragma unroll
+                    for (int t = 0; t + 2 < kConvPreK; ++t)
+                        if (t + 2 < K) win[t * a.conv_C] = to_bf(ep.win[t + 1]);
+                } else {
+                    float acc = a.conv_b ? bf(a.conv_b[c]) : 0.0f;
+                    for (int t = 0; t + 1 < K; ++t)
+                        acc = fmaf(bf(a.conv_w[c * K + t]), bf(win[t * a.conv_C]), acc);
+                    acc = fmaf(bf(a.conv_w[c * K + K - 1]), bf(xv), acc);
+                    a.conv_out[r * a.conv_C + c] = to_bf(silu_rounded<__nv_bfloat16>(acc));
+                    for (int t = 0; t + 2 < K; ++t) win[t * a.conv_C] = win[(t + 1) * a.conv_C];
+                }
+                if (K > 1) win[(K - 2) * a.conv_C] = xv;
+            }
+            break;
+        }
+        case DecodeEpilogue::Residual: {  // out = round(out + round(v + b)), the unfused axpy
+            const float t = round_bf(a.bias ? v + b : v);
+            uint16_t* p = a.out + r * a.ld_out + o;
+            *p = to_bf((pre ? ep.residual : bf(*p)) + t);
+            break;
+        }
+        case DecodeEpilogue::SwiGLU: {
+            const float g = round_bf(a.bias ? v + b : v);
+            const float u = round_bf(a.bias ? v2 + (const_pre && pre ? ep.bias2 : bf(a.bias[a.O + o])) : v2);
+            a.out[r * a.ld_out + o] = to_bf(silu_rounded<__nv_bfloat16>(g) * u);
+            break;
+        }
+        case DecodeEpilogue::F32:
+            a.out32[r * a.ld_out + o] = a.bias ? v + b : v;
+            break;
+    }
+}
+
 __device__ GemvTrace g_gemv_trace[kGemvTraceSlots];
 
 __device__ __forceinline__ unsigned long long global_ns() {
     unsigned long long t;
     asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
     return t;
+}
+
+// Thread 0 of a traced block: its stamps (start, wait's end, prologue's end) and the end into the
+// launch's record, and block 0's phase marks (marks[0..5], the end in 6, the wait's end in 7).
+__device__ __forceinline__ void record_trace(int slot, const unsigned long long* stamps,
+                                             unsigned long long* marks) {
+    GemvTrace& g = g_gemv_trace[slot];
+    atomicMin(&g.start_min, stamps[0]);
+    atomicMax(&g.start_max, stamps[0]);
+    atomicMin(&g.waited_min, stamps[1]);
+    atomicMax(&g.waited_max, stamps[1]);
+    atomicMax(&g.prologue_max, stamps[2]);
+    const unsigned long long end = global_ns();
+    atomicMax(&g.end_max, end);
+    if (blockIdx.x == 0) {
+        marks[6] = end;
+        for (int i = 0; i < 7; ++i) g.b0[i] = marks[i];
+        g.b0[7] = stamps[1];
+    }
 }
 
 // MK: the most rows of x the instantiation takes (1: the batch-1 step, with its registers for one
@@ -1504,56 +1579,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MK == 1 && !Kind<WK>::quant ?
     // Output o of row r from the fp32 products v (and v2: SwiGLU's up row); pre: whether it is the
     // output ep was read ahead for (this lane's first).
     auto finish = [&](int64_t r, int64_t o, float v, float v2, bool pre) {
-        const float b = a.bias ? (const_pre && pre ? ep.bias : bf(a.bias[o])) : 0.0f;
-        switch (a.epi) {
-            case DecodeEpilogue::Store: {
-                const uint16_t xv = to_bf(a.bias ? v + b : v);
-                a.out[r * a.ld_out + o] = xv;
-                const int64_t c = o - a.conv_col0;
-                if (a.conv_state && c >= 0 && c < a.conv_C) {  // conv1d_causal_update's arithmetic
-                    const int K = int(a.conv_K);
-                    uint16_t* win = a.conv_state + a.conv_slots[r] * (K - 1) * a.conv_C + c;
-                    if (pre && ep.conv) {
-                        float acc = ep.conv_b, w_last = 0.0f;
-#pragma unroll
-                        for (int t = 0; t < kConvPreK; ++t) {
-                            if (t + 1 < K) acc = fmaf(ep.conv_w[t], ep.win[t], acc);
-                            if (t + 1 == K) w_last = ep.conv_w[t];
-                        }
-                        acc = fmaf(w_last, bf(xv), acc);
-                        a.conv_out[r * a.conv_C + c] = to_bf(silu_rounded<__nv_bfloat16>(acc));
-#pragma unroll
-                        for (int t = 0; t + 2 < kConvPreK; ++t)
-                            if (t + 2 < K) win[t * a.conv_C] = to_bf(ep.win[t + 1]);
-                    } else {
-                        float acc = a.conv_b ? bf(a.conv_b[c]) : 0.0f;
-                        for (int t = 0; t + 1 < K; ++t)
-                            acc = fmaf(bf(a.conv_w[c * K + t]), bf(win[t * a.conv_C]), acc);
-                        acc = fmaf(bf(a.conv_w[c * K + K - 1]), bf(xv), acc);
-                        a.conv_out[r * a.conv_C + c] = to_bf(silu_rounded<__nv_bfloat16>(acc));
-                        for (int t = 0; t + 2 < K; ++t) win[t * a.conv_C] = win[(t + 1) * a.conv_C];
-                    }
-                    if (K > 1) win[(K - 2) * a.conv_C] = xv;
-                }
-                break;
-            }
-            case DecodeEpilogue::Residual: {  // out = round(out + round(v + b)), the unfused axpy
-                const float t = round_bf(a.bias ? v + b : v);
-                uint16_t* p = a.out + r * a.ld_out + o;
-                *p = to_bf((pre ? ep.residual : bf(*p)) + t);
-                break;
-            }
-            case DecodeEpilogue::SwiGLU: {
-                const float g = round_bf(a.bias ? v + b : v);
-                const float u =
-                    round_bf(a.bias ? v2 + (const_pre && pre ? ep.bias2 : bf(a.bias[a.O + o])) : v2);
-                a.out[r * a.ld_out + o] = to_bf(silu_rounded<__nv_bfloat16>(g) * u);
-                break;
-            }
-            case DecodeEpilogue::F32:
-                a.out32[r * a.ld_out + o] = a.bias ? v + b : v;
-                break;
-        }
+        finish_output(a, ep, r, o, v, v2, pre, const_pre);
     };
     // The batch-1 streaming loops (lane_outputs): the warp's j-th output's sums (v, v2) wait in
     // shared memory (in registers they spill the 3-blocks-an-SM bf16 kernel); after every 32
@@ -1813,21 +1839,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MK == 1 && !Kind<WK>::quant ?
     }
     if (trace_slot >= 0) {
         __syncthreads();
-        if (trace) {
-            GemvTrace& g = g_gemv_trace[trace_slot];
-            atomicMin(&g.start_min, stamps[0]);
-            atomicMax(&g.start_max, stamps[0]);
-            atomicMin(&g.waited_min, stamps[1]);
-            atomicMax(&g.waited_max, stamps[1]);
-            atomicMax(&g.prologue_max, stamps[2]);
-            const unsigned long long end = global_ns();
-            atomicMax(&g.end_max, end);
-            if (blockIdx.x == 0) {
-                marks[6] = end;
-                for (int i = 0; i < 7; ++i) g.b0[i] = marks[i];
-                g.b0[7] = stamps[1];
-            }
-        }
+        if (trace) record_trace(trace_slot, stamps, marks);
     }
 }
 

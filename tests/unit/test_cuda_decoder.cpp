@@ -279,7 +279,7 @@ void check_decode_gemv(cuda_decoder_detail::DecodeNorm norm, cuda_decoder_detail
         EXPECT_TRUE(test::all_within(dxo.download(), xn, t)) << what << " x_out";
     }
     if (k == 1) {  // the kernel with its weights prefetched (where it takes the shape) gives the other's bits
-        const std::vector<uint16_t> got = dout.download();
+        const std::vector<uint16_t> got = dout.download(), got_xo = dxo.download();
         const std::vector<float> got32 = dout32.download();
         dout.upload(res);
         setenv("MSLM_DECODE_GEMV_PRE", "0", 1);
@@ -289,6 +289,10 @@ void check_decode_gemv(cuda_decoder_detail::DecodeNorm norm, cuda_decoder_detail
         EXPECT_TRUE(dout.download() == got) << what << ": the prefetching and the streaming kernels differ";
         EXPECT_TRUE(dout32.download() == got32)
             << what << ": the prefetching and the streaming kernels differ (F32)";
+        if (a.x_out) {
+            EXPECT_TRUE(dxo.download() == got_xo)
+                << what << ": the prefetching and the streaming kernels differ (x_out)";
+        }
     }
     if (k == 2) {  // the 2-row instantiation gives the 8-row one's bits
         const std::vector<uint16_t> got = dout.download();
@@ -310,14 +314,14 @@ TEST(CudaDecodeGemv, EveryPrologueAndEpilogueMatchesTheReference) {
     for (DecodeNorm norm : {DecodeNorm::None, DecodeNorm::RMS, DecodeNorm::Layer, DecodeNorm::Gated})
         for (DecodeEpilogue epi :
              {DecodeEpilogue::Store, DecodeEpilogue::Residual, DecodeEpilogue::SwiGLU, DecodeEpilogue::F32})
-            // k = 1 with several rows a warp (9000 outputs: streamed; 3000: prefetched, ≤ 8 a warp on
-            // ≥ 47 SMs) and rows of 2056 columns; the bf16 kernel's instantiations for 1, 2 and 8
-            // (k = 3, 5, 8) rows.
-            for (auto [k, I, O] :
-                 {std::array<int64_t, 3>{1, 768, 37}, std::array<int64_t, 3>{1, 776, 3000},
-                  std::array<int64_t, 3>{3, 264, 70}, std::array<int64_t, 3>{8, 1040, 9},
-                  std::array<int64_t, 3>{5, 16, 300}, std::array<int64_t, 3>{1, 768, 9000},
-                  std::array<int64_t, 3>{1, 2056, 1500}, std::array<int64_t, 3>{2, 520, 45}}) {
+            // k = 1 with several rows a warp (9000 outputs: 3 a warp on 132 SMs, prefetched; 3000 and
+            // 700: prefetched, ≤ 8 a warp on ≥ 47 SMs), rows of 2056 and 2048 columns; the bf16
+            // kernel's instantiations for 1, 2 and 8 (k = 3, 5, 8) rows.
+            for (auto [k, I, O] : {std::array<int64_t, 3>{1, 768, 37}, std::array<int64_t, 3>{1, 776, 3000},
+                                   std::array<int64_t, 3>{3, 264, 70}, std::array<int64_t, 3>{8, 1040, 9},
+                                   std::array<int64_t, 3>{5, 16, 300}, std::array<int64_t, 3>{1, 768, 9000},
+                                   std::array<int64_t, 3>{1, 2056, 1500}, std::array<int64_t, 3>{2, 520, 45},
+                                   std::array<int64_t, 3>{1, 2048, 700}}) {
                 const bool bias = seed % 2 == 0;
                 check_decode_gemv(norm, epi, k, I, O, bias, seed);
                 ++seed;

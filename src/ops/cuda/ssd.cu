@@ -2253,49 +2253,72 @@ __device__ __forceinline__ void store_state4(__nv_bfloat16* p, const float4& v) 
     *reinterpret_cast<uint2*>(p) = make_uint2(pack_bf16x2(v.x, v.y), pack_bf16x2(v.z, v.w));
 }
 
+// One work item of ssd_update (a row i, head hh, PB rows of state from p0): its place, and the
+// head's constants (none of them written by a decode step's kernels), so that the warp's first item
+// is set up before the kernel waits for its predecessor. 32-bit index arithmetic (the launch checks
+// the items fit): the 64-bit divisions it replaces were a third of the kernel's instructions.
+struct UpdateItem {
+    int i, hh, g, p0, np;
+    float A, bias, d;
+    int64_t state;  // offset of its first state row
+};
+template <typename T, int PB>
+__device__ __forceinline__ UpdateItem update_item(const Args<T>& a, int w, int p_blocks,
+                                                  const int64_t* slots) {
+    UpdateItem it;
+    const int H = int(a.H), P = int(a.P);
+    const int pb = w % p_blocks, ih = w / p_blocks;
+    it.hh = ih % H, it.i = ih / H, it.g = it.hh / int(a.heads_per_group);
+    it.p0 = pb * PB;
+    it.np = P - it.p0 < PB ? P - it.p0 : PB;
+    it.A = head_A(a, it.hh);
+    it.bias = head_bias(a, it.hh);
+    it.d = a.D ? to_f32(a.D[it.hh]) : 0.0f;
+    it.state = ((slots[it.i] * a.H + it.hh) * a.P + it.p0) * a.N;
+    return it;
+}
+
 // HS: the state storage type (float, or __nv_bfloat16 with N % 4 == 0).
 template <typename T, int PB, typename HS>
 __global__ void ssd_update_kernel(Args<T> a, T* y, HS* h, const int64_t* slots, bool early) {
     // Launched with programmatic dependent launch (the decode step): the inputs are earlier
-    // kernels' outputs, read after the wait; with `early` (ssd.h) the state rows of the warp's first
-    // work item (N ≤ 128: one 16-byte load a row a lane; PB ≤ 2) are read before it.
+    // kernels' outputs, read after the wait; the first item's place and head constants are read
+    // before it, and with `early` (ssd.h) its state rows too (N ≤ 128: one 16-byte load a row a
+    // lane; PB ≤ 2).
     pdl_trigger();
-    const int lane = threadIdx.x % 32;
-    const int64_t p_blocks = (a.P + PB - 1) / PB;
-    const int64_t total = a.batch * a.H * p_blocks;
-    const int64_t n_warps = int64_t(gridDim.x) * blockDim.x / 32;
-    const int64_t w_first = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
+    const int lane = threadIdx.x % 32, N = int(a.N);
+    const int p_blocks = int((a.P + PB - 1) / PB);
+    const int total = int(a.batch * a.H * p_blocks);
+    const int n_warps = int(gridDim.x * blockDim.x / 32);
+    const int w_first = int((blockIdx.x * blockDim.x + threadIdx.x) / 32);
     // (Only the narrow variant, of small batches: the wide one's registers go to its 8 rows.)
     const bool pre = PB <= 2 && early && a.N % 4 == 0 && a.N <= 128 && w_first < total && 4 * lane < a.N;
+    UpdateItem first{};
+    if (w_first < total) first = update_item<T, PB>(a, w_first, p_blocks, slots);
     float4 st_pre[PB];
     if (pre) {
-        const int64_t pb = w_first % p_blocks, ih = w_first / p_blocks, hh = ih % a.H, i = ih / a.H;
-        const int64_t p0 = pb * PB;
-        const int np = int(a.P - p0 < PB ? a.P - p0 : PB);
-        const HS* S = h + ((slots[i] * a.H + hh) * a.P + p0) * a.N;
+        const HS* S = h + first.state;
 #pragma unroll
         for (int j = 0; j < PB; ++j)
-            if (j < np) st_pre[j] = load_state4(S + j * a.N + 4 * lane);
+            if (j < first.np) st_pre[j] = load_state4(S + j * a.N + 4 * lane);
     }
     pdl_wait();
-    for (int64_t w = w_first; w < total; w += n_warps) {
-        const int64_t pb = w % p_blocks, ih = w / p_blocks, hh = ih % a.H, i = ih / a.H,
-                      g = hh / a.heads_per_group;
-        const int64_t p0 = pb * PB;
-        const int np = int(a.P - p0 < PB ? a.P - p0 : PB);
-        const float dtv = dt_value(to_f32(a.dt[i * a.ld_dt + hh]) + head_bias(a, hh), a.dt_min, a.dt_max);
-        const float decay = expf(dtv * head_A(a, hh));
+    for (int w = w_first; w < total; w += n_warps) {
+        const UpdateItem it = w == w_first ? first : update_item<T, PB>(a, w, p_blocks, slots);
+        const int i = it.i, hh = it.hh, g = it.g, p0 = it.p0, np = it.np;
+        const float dtv = dt_value(to_f32(a.dt[i * a.ld_dt + hh]) + it.bias, a.dt_min, a.dt_max);
+        const float decay = expf(dtv * it.A);
         float xp[PB], acc[PB];
 #pragma unroll
         for (int j = 0; j < PB; ++j) {
             xp[j] = j < np ? to_f32(a.x[i * a.ld_x + hh * a.P + p0 + j]) : 0.0f;
             acc[j] = 0.0f;
         }
-        HS* S = h + ((slots[i] * a.H + hh) * a.P + p0) * a.N;  // row j at S + j · N
+        HS* S = h + it.state;  // row j at S + j · N
         const T* Bt = a.Bm + i * a.ld_B + g * a.N;
         const T* Ct = a.Cm + i * a.ld_C + g * a.N;
-        if (a.N % 4 == 0) {  // one 16-byte load and store a row a lane
-            for (int64_t n = 4 * lane; n < a.N; n += 128) {
+        if (N % 4 == 0) {  // one 16-byte load and store a row a lane
+            for (int n = 4 * lane; n < N; n += 128) {
                 float4 st[PB];
 #pragma unroll
                 for (int j = 0; j < PB; ++j)
@@ -2318,7 +2341,7 @@ __global__ void ssd_update_kernel(Args<T> a, T* y, HS* h, const int64_t* slots, 
                 }
             }
         } else {
-            for (int64_t n = lane; n < a.N; n += 32) {
+            for (int n = lane; n < N; n += 32) {
                 float st[PB];
 #pragma unroll
                 for (int j = 0; j < PB; ++j)
@@ -2333,7 +2356,7 @@ __global__ void ssd_update_kernel(Args<T> a, T* y, HS* h, const int64_t* slots, 
                 }
             }
         }
-        const float d = a.D ? to_f32(a.D[hh]) : 0.0f;
+        const float d = it.d;
 #pragma unroll
         for (int j = 0; j < PB; ++j) {
             if (j >= np) break;
@@ -2768,6 +2791,8 @@ template <typename S, typename A, typename D, typename HS>
 void launch_update(const A& a, D* y, HS* h, const int64_t* slots, const Plan& p, cudaStream_t st,
                    const char* kernel, bool early) {
     const int64_t wide = p.batch * p.H * ((p.P + 7) / 8);
+    MSLM_CHECK(p.batch * p.H * ((p.P + 1) / 2) < INT_MAX && p.N < INT_MAX,
+               "{}: {} rows × {} heads × {} state rows: too many", kernel, p.batch, p.H, p.P);
     cudaError_t err;
     if (wide >= 16 * int64_t(multiprocessors<S>(kernel))) {
         err = launch_pdl(ssd_update_kernel<D, 8, HS>, grid_size<S>(wide * 32, kernel), dim3(kThreads), 0, st,
