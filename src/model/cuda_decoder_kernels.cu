@@ -213,10 +213,15 @@ __global__ void __launch_bounds__(kSplitWarps * 32)
 
 // ---- fused decode attention: RoPE + KV append + split-key attention + combine in one kernel
 
-constexpr int kFusedWarps = kAttentionSplitKeys / 32;  // a key a lane: one 32-key group a warp
+// Warps a block (a key a lane: one 32-key group a warp, C = 32 · W keys a split): kFusedWarpsShort
+// for heads of ≤ 64 (their value rows fit the static shared memory), so that contexts of up to 256
+// keys take one split and skip the splits' combine (its fence, counter and second pass over the
+// partials), else kFusedWarps. MSLM_DECODE_ATTN_WARPS=4 takes 4 for every head (read at each launch).
+constexpr int kFusedWarps = kAttentionSplitKeys / 32;
+constexpr int kFusedWarpsShort = 8;
 static_assert(kAttentionSplitKeys % 32 == 0);
 
-// Block (h, i, split), kFusedWarps warps: the keys jj ∈ [split·C, (split + 1)·C) of query i as
+// Block (h, i, split), W warps: the keys jj ∈ [split·C, (split + 1)·C) of query i as
 // attention_split_kernel, with the work of rope_kv_append and attention_combine_kernel inside:
 //   - the block rotates query head h itself (the same rounding to bf16 as the in-place rotation);
 //   - the split holding the new key (jj = n − 1) rotates that key from k_src and takes its value
@@ -226,8 +231,8 @@ static_assert(kAttentionSplitKeys % 32 == 0);
 //     memory (cp.async) while the scores' softmax runs, then Σ w·v with the weights broadcast;
 //   - the last split of (i, h) to finish (a counter per (i, h), back to 0 after) combines the
 //     splits' (max, sum, Σ w·v) into out; with one split the block writes out itself.
-template <int DL>
-__global__ void __launch_bounds__(kFusedWarps * 32)
+template <int DL, int W>
+__global__ void __launch_bounds__(W * 32)
     attention_fused_kernel(uint16_t* __restrict__ out, float* __restrict__ part, unsigned* __restrict__ done,
                            const uint16_t* __restrict__ q, const uint16_t* __restrict__ k_src,
                            const uint16_t* __restrict__ v_src, int64_t ld, uint16_t* __restrict__ k_cache,
@@ -235,9 +240,9 @@ __global__ void __launch_bounds__(kFusedWarps * 32)
                            const int64_t* __restrict__ pos, int64_t L, int Hq, int Hkv, int Dh,
                            int rotary_dim, double theta, float scale, int64_t window, bool alibi, int64_t C) {
     constexpr int D = DL * 32;
-    __shared__ float cs[64], sn[64], qs[D], s_m[kFusedWarps], s_l[kFusedWarps], s_acc[kFusedWarps][D];
+    __shared__ float cs[64], sn[64], qs[D], s_m[W], s_l[W], s_acc[W][D];
     __shared__ __align__(16) uint16_t knew[D], vnew[D];
-    __shared__ __align__(16) uint16_t vs[kFusedWarps][32][D];
+    __shared__ __align__(16) uint16_t vs[W][32][D];
     __shared__ bool last;
     pdl_trigger();
     // Before the wait: the positions and slots (uploaded before the step), the angles, and the
@@ -259,7 +264,7 @@ __global__ void __launch_bounds__(kFusedWarps * 32)
         cs[threadIdx.x] = float(cv);
         sn[threadIdx.x] = float(sv);
     }
-    // A key a lane: jj = j0 + 32·warp + lane (C = 32 · kFusedWarps keys a split).
+    // A key a lane: jj = j0 + 32·warp + lane (C = 32 · W keys a split).
     const int64_t ld_kv = int64_t(Hkv) * Dh;
     const int64_t slot = slots[i];
     const uint16_t* kc = k_cache + slot * L * ld_kv + int64_t(hk) * Dh;
@@ -348,7 +353,7 @@ __global__ void __launch_bounds__(kFusedWarps * 32)
     }
     stash_warp(s_m, s_l, s_acc, m, l, acc);
     // The block's (max, sum, Σ w·v), as attention_split_kernel's.
-    const WarpMerge<kFusedWarps> merged(s_m, s_l);
+    const WarpMerge<W> merged(s_m, s_l);
     uint16_t* o_row = out + (i * Hq + h) * int64_t(Dh);
     if (S == 1) {  // split 0 holds the newest key: total > 0
         for (int d = threadIdx.x; d < Dh; d += blockDim.x)
@@ -458,23 +463,31 @@ void attention_decode_fused(uint16_t* out, const uint16_t* q, const uint16_t* k_
                Dh, rotary_dim, workspace_rows);
     const int64_t S = attention_split_count(cache_len, window);
     MSLM_CHECK(S <= 65535, "attention_decode_fused: {} splits", S);
-    // The counters after the partials of workspace_rows rows: the same place whatever k.
+    // The counters after the partials of workspace_rows rows: the same place whatever k (and
+    // whatever the block's warps: its splits are at most S).
     unsigned* done = reinterpret_cast<unsigned*>(workspace + workspace_rows * Hq * S * (Dh + 2));
-    const dim3 grid(static_cast<unsigned>(Hq), static_cast<unsigned>(k), static_cast<unsigned>(S));
-    auto run = [&](auto kernel) {
-        launch(kernel, grid, dim3(kFusedWarps * 32), 0, stream, "attention_fused", out, workspace, done, q,
-               k_src, v_src, ld, k_cache, v_cache, slots, pos, cache_len, int(Hq), int(Hkv), int(Dh),
-               int(rotary_dim), theta, scale, window, alibi, kAttentionSplitKeys);
-    };
     const int64_t DL = (Dh + 31) / 32;
+    const char* env = std::getenv("MSLM_DECODE_ATTN_WARPS");
+    const bool wide = DL <= 2 && !(env && std::string(env) == "4");
+    const int64_t C = 32 * (wide ? kFusedWarpsShort : kFusedWarps);
+    const int64_t visible = window > 0 ? std::min(cache_len, window) : cache_len;
+    const int64_t splits = std::max<int64_t>(1, (visible + C - 1) / C);
+    const dim3 grid(static_cast<unsigned>(Hq), static_cast<unsigned>(k), static_cast<unsigned>(splits));
+    auto run = [&](auto kernel, int warps) {
+        launch(kernel, grid, dim3(warps * 32), 0, stream, "attention_fused", out, workspace, done, q, k_src,
+               v_src, ld, k_cache, v_cache, slots, pos, cache_len, int(Hq), int(Hkv), int(Dh),
+               int(rotary_dim), theta, scale, window, alibi, C);
+    };
     if (DL == 1)
-        run(attention_fused_kernel<1>);
+        wide ? run(attention_fused_kernel<1, kFusedWarpsShort>, kFusedWarpsShort)
+             : run(attention_fused_kernel<1, kFusedWarps>, kFusedWarps);
     else if (DL == 2)
-        run(attention_fused_kernel<2>);
+        wide ? run(attention_fused_kernel<2, kFusedWarpsShort>, kFusedWarpsShort)
+             : run(attention_fused_kernel<2, kFusedWarps>, kFusedWarps);
     else if (DL == 3)
-        run(attention_fused_kernel<3>);
+        run(attention_fused_kernel<3, kFusedWarps>, kFusedWarps);
     else
-        run(attention_fused_kernel<4>);
+        run(attention_fused_kernel<4, kFusedWarps>, kFusedWarps);
 }
 
 void attention_decode_split(uint16_t* out, const uint16_t* q, int64_t ld_q, const uint16_t* k_cache,

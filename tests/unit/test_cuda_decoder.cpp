@@ -110,11 +110,13 @@ class CudaDecoder : public testing::TestWithParam<Case> {};
 // them and over a subset, a copy and a beam-style reorder, every logit row against the CPU.
 // Run with the fused step products (decode_gemv, the default) and without (MSLM_DECODE_FUSED=0),
 // and with the fused products but without the persistent batch-1 step (MSLM_DECODE_PERSISTENT=0).
-// MSLM_DECODE_ATTN_FUSED: the one-kernel decode attention (1) or RoPE + split + combine (0).
+// MSLM_DECODE_ATTN_FUSED: the one-kernel decode attention (1) or RoPE + split + combine (0);
+// attn_warps: MSLM_DECODE_ATTN_WARPS during the steps (read at each launch), or null.
 void follow_the_cpu(const ModelConfig& cfg, const char* fused, const char* persistent = "1",
-                    const char* attn_fused = "1") {
+                    const char* attn_fused = "1", const char* attn_warps = nullptr) {
     SCOPED_TRACE(std::string("MSLM_DECODE_FUSED=") + fused + " MSLM_DECODE_PERSISTENT=" + persistent +
-                 " MSLM_DECODE_ATTN_FUSED=" + attn_fused);
+                 " MSLM_DECODE_ATTN_FUSED=" + attn_fused +
+                 " MSLM_DECODE_ATTN_WARPS=" + (attn_warps ? attn_warps : "(unset)"));
     auto model = random_model(cfg);
     HybridCausalLM cpu(*model);
     setenv("MSLM_DECODE_FUSED", fused, 1);
@@ -124,7 +126,9 @@ void follow_the_cpu(const ModelConfig& cfg, const char* fused, const char* persi
     unsetenv("MSLM_DECODE_FUSED");
     unsetenv("MSLM_DECODE_PERSISTENT");
     unsetenv("MSLM_DECODE_ATTN_FUSED");
+    if (attn_warps) setenv("MSLM_DECODE_ATTN_WARPS", attn_warps, 1);
     test::follow_the_cpu_script(gpu, cpu, cfg, kRelTol);
+    unsetenv("MSLM_DECODE_ATTN_WARPS");
 }
 
 TEST_P(CudaDecoder, FollowsTheCpuDecoder) {
@@ -132,6 +136,7 @@ TEST_P(CudaDecoder, FollowsTheCpuDecoder) {
     follow_the_cpu(GetParam().make(), "1");
     follow_the_cpu(GetParam().make(), "1", "0");
     follow_the_cpu(GetParam().make(), "1", "0", "0");
+    follow_the_cpu(GetParam().make(), "1", "0", "1", "4");  // the fused attention's 4-warp blocks
     follow_the_cpu(GetParam().make(), "0");
 }
 
