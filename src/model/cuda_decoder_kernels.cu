@@ -269,6 +269,7 @@ __global__ void __launch_bounds__(W * 32)
     const int64_t slot = slots[i];
     const uint16_t* kc = k_cache + slot * L * ld_kv + int64_t(hk) * Dh;
     const uint16_t* vc = v_cache + slot * L * ld_kv + int64_t(hk) * Dh;
+    const int64_t dst = (slot * L + p % L) * ld_kv + int64_t(hk) * Dh;  // the new key's cache row
     const int64_t jj = j0 + 32 * warp + lane;
     const bool valid = jj < j1, is_new = valid && jj == n - 1;
     const int64_t row = ((first + jj) % L) * ld_kv;
@@ -296,8 +297,9 @@ __global__ void __launch_bounds__(W * 32)
     if (has_new) {
         const uint16_t* kr = k_src + i * ld + int64_t(hk) * Dh;
         const uint16_t* vr = v_src + i * ld + int64_t(hk) * Dh;
-        const int64_t dst = (slot * L + p % L) * ld_kv + int64_t(hk) * Dh;
-        for (int c = threadIdx.x; c < D; c += blockDim.x) {
+        // Other threads than the query's where the block has them, so both rows' loads go out at once.
+        const int c0 = int(blockDim.x) >= 2 * D ? int(threadIdx.x) - D : int(threadIdx.x);
+        for (int c = c0; c >= 0 && c < D; c += blockDim.x) {
             const uint16_t kv = c < Dh ? to_bf(rotate(kr, c)) : uint16_t(0),
                            vv = c < Dh ? vr[c] : uint16_t(0);
             knew[c] = kv;
@@ -315,7 +317,14 @@ __global__ void __launch_bounds__(W * 32)
     if (valid) {
         const uint16_t* kp = is_new ? knew : kc + row;
         float dot = 0.0f;
-        if (vec && !is_new) {
+        if (vec && is_new) {  // the new key and value from shared memory, 16 bytes at a time
+#pragma unroll
+            for (int u = 0; u < DL * 4; ++u) {
+                kw[u] = reinterpret_cast<const uint4*>(knew)[u];
+                reinterpret_cast<uint4*>(&vs[warp][lane][0])[u] = reinterpret_cast<const uint4*>(vnew)[u];
+            }
+        }
+        if (vec) {  // columns in order: the element loop's sum
 #pragma unroll
             for (int u = 0; u < DL * 4; ++u) {
                 const uint32_t w4[4] = {kw[u].x, kw[u].y, kw[u].z, kw[u].w};
