@@ -677,6 +677,11 @@ constexpr size_t kPreSmem = 80 * 1024;
 // Measured (H200, decode b=1 tokens/s, docs/PERFORMANCE.md) 1 → 2 → 3 blocks: 130m 3,664 → 3,807 →
 // 3,813; 370m 1,527 → 1,774 → 1,777 (more products fit kPreRows); 1b 968 → 1,028 → 1,021.
 constexpr int kPreBlocksPerSm = 3;
+// Warps with more rows than kPreRows whose rows do not all fit (the LM head) keep a ring of
+// kRingSlots rows a warp in the same shared memory instead (decode_gemv_kernel's PRE, ring mode):
+// the first kRingSlots copied before the wait, each next one issued as a slot frees, so every warp
+// has up to kRingSlots rows' bytes in flight without holding them in registers.
+constexpr int kRingSlots = 4;
 // The batch-1 product on 4-bit rows with fp32 absmax on tensor cores (decode_gemv_kernel's TC): a
 // warp's item is 8 outputs × kTcSub · kTcStrip columns (a lane's 4 × 32 codes of one row), items
 // copied into a ring of slots a warp with cp.async: kTcStages (2 in flight while one is multiplied),
@@ -1174,10 +1179,20 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MK == 1 && !Kind<WK>::quant ?
     // PRE: the warp's rows o0, o0 + stride, ... (npre of them) at pre_at bytes (decode_gemv_smem),
     // each lane copying the 16-byte words it reads back itself, so the wait needs no barrier.
     const int wr = swiglu ? 2 : 1;
-    const int64_t pre_rows = (a.O + stride - 1) / stride;  // ≤ kPreRows with PRE (the launch's choice)
-    uint16_t* pre =
-        reinterpret_cast<uint16_t*>(reinterpret_cast<char*>(xs) + pre_at) + warp * pre_rows * wr * I;
-    int npre = 0;
+    const int64_t pre_rows = (a.O + stride - 1) / stride;  // ≤ kPreRows with PRE, or the ring's
+    const bool pre_ring = PRE && pre_rows > kPreRows;      // (pre_plan's choice)
+    const int64_t slots = pre_ring ? kRingSlots : pre_rows;
+    uint16_t* pre = reinterpret_cast<uint16_t*>(reinterpret_cast<char*>(xs) + pre_at) + warp * slots * wr * I;
+    int npre = 0;  // PRE: the warp's rows (ring: not all of them in shared memory at once)
+    // The warp's row o's copies into ring slot s (PRE; the lane's own words).
+    auto issue_row = [&](int64_t o, int64_t s) {
+        for (int h = 0; h < wr; ++h) {
+            const uint16_t* src = a.W + (o + h * a.O) * I;
+            uint16_t* dst = pre + (s * wr + h) * I;
+            for (int64_t i = int64_t(lane) * 8; i < I; i += 256)
+                ops::cuda::detail::cp_async_16(dst + i, src + i);
+        }
+    };
     // TC: tiles of 8 outputs; the tensor cores' 16 rows are each output's row twice, row tg for the
     // first half of a strip's kTcStrip columns and row tg + 8 for the second (lane 4·tg + t4 loads its
     // 32 codes at column 32·t4 of each half). An item is kTcSub consecutive strips; wpt warps share a
@@ -1262,13 +1277,14 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MK == 1 && !Kind<WK>::quant ?
             pair_book[i] = qd::pair_book_entry(q.code, i / qd::kPairBookCopies);
     } else if constexpr (PRE) {
         for (int64_t o = o0; o < a.O; o += stride, ++npre)
-            for (int h = 0; h < wr; ++h) {
-                const uint16_t* src = a.W + (o + h * a.O) * I;
-                uint16_t* dst = pre + int64_t(npre * wr + h) * I;
-                for (int64_t i = int64_t(lane) * 8; i < I; i += 256)
-                    ops::cuda::detail::cp_async_16(dst + i, src + i);
+            if (npre < slots) {
+                issue_row(o, npre);
+                if (pre_ring) ops::cuda::detail::cp_async_commit();  // a group a row
             }
-        ops::cuda::detail::cp_async_commit();
+        if (pre_ring)  // kRingSlots groups whatever the rows: the ring's waits count them
+            for (int s = npre; s < kRingSlots; ++s) ops::cuda::detail::cp_async_commit();
+        else
+            ops::cuda::detail::cp_async_commit();
     } else if (!TC && o0 < a.O) {
         load_chunk<WK>(first, a.W, q, bs_log2, o0, int64_t(lane) * cols, I, lim);
         if (swiglu) load_chunk<WK>(first2, a.W, q, bs_log2, a.O + o0, int64_t(lane) * cols, I, lim);
@@ -1622,9 +1638,29 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MK == 1 && !Kind<WK>::quant ?
         }
     };
     if constexpr (PRE && WK == WeightKind::BF16) {
-        ops::cuda::detail::cp_async_wait<0>();
-        mark(2);
-        float acc[kPreRows] = {}, acc2[kPreRows] = {};
+        if (pre_ring) {  // row j in slot j % kRingSlots; its copies are the oldest group pending
+            for (int j = 0; j < npre; ++j) {
+                ops::cuda::detail::cp_async_wait<kRingSlots - 1>();
+                const uint16_t* w = pre + int64_t(j % kRingSlots) * wr * I;
+                float acc = 0.0f, acc2 = 0.0f;
+#pragma unroll 4
+                for (int i = lane * 8; i < int(I); i += 256) {
+                    const uint4 xv = *reinterpret_cast<const uint4*>(xs + i);
+                    acc = dot8_bf16(*reinterpret_cast<const uint4*>(w + i), xv, acc);
+                    if (swiglu) acc2 = dot8_bf16(*reinterpret_cast<const uint4*>(w + I + i), xv, acc2);
+                }
+                asm volatile("" ::: "memory");  // the slot's reads before its next copies
+                const int64_t next = o0 + int64_t(j + kRingSlots) * stride;
+                if (next < a.O) issue_row(next, j % kRingSlots);
+                ops::cuda::detail::cp_async_commit();
+                const float v = warp_sum(acc), v2 = swiglu ? warp_sum(acc2) : 0.0f;
+                keep(j, o0 + int64_t(j) * stride, v, v2);
+            }
+            ops::cuda::detail::cp_async_wait<0>();
+        } else {
+            ops::cuda::detail::cp_async_wait<0>();
+            mark(2);
+            float acc[kPreRows] = {}, acc2[kPreRows] = {};
 #pragma unroll
         for (int j = 0; j < kPreRows; ++j) {
             if (j >= npre) break;
@@ -1642,6 +1678,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MK == 1 && !Kind<WK>::quant ?
         mark(4);
         if (lane < npre) finish(0, po, v, v2, true);
         mark(5);
+        }
     } else if constexpr (TC) {
         // Item by item: the next item's copies issued, this one's awaited, then per strip its
         // products — per 32-bit word of the lane's codes (8 columns of each half) two m16n8k16
@@ -1876,9 +1913,9 @@ int trace_slot(const DecodeGemv& a, bool pre) {
 }
 
 // The PRE kernel's grid: kPreBlocksPerSm blocks an SM (fewer when there are fewer than 8 outputs a
-// block), and the shared memory its rows take; 0 blocks when it does not take the product (more
-// than kPreRows outputs a warp, rows over kPreSmem, or MSLM_DECODE_GEMV_PRE=0). MSLM_DECODE_GEMV_PRE
-// = 1, 2 or 3 sets the blocks an SM (read at each launch).
+// block), and the shared memory its rows (or its ring) take; 0 blocks when it does not take the
+// product (rows over kPreSmem, or MSLM_DECODE_GEMV_PRE=0). MSLM_DECODE_GEMV_PRE = 1, 2 or 3 sets the
+// blocks an SM (read at each launch).
 struct PrePlan {
     int64_t blocks = 0;
     size_t smem = 0;
@@ -1892,8 +1929,16 @@ PrePlan pre_plan(const DecodeGemv& a, int sms) {
     const int64_t rows = (a.O + blocks * kGemvWarps - 1) / (blocks * kGemvWarps);
     const int64_t wr = a.epi == DecodeEpilogue::SwiGLU ? 2 : 1;
     const size_t bytes = size_t(kGemvWarps * rows * wr * a.I) * sizeof(uint16_t);
-    if (rows > kPreRows || bytes > kPreSmem || decode_gemv_smem(a) + bytes > kDecodeGemvMaxSmem) return {};
-    return {blocks, decode_gemv_smem(a) + bytes};
+    if (rows <= kPreRows && bytes <= kPreSmem && decode_gemv_smem(a) + bytes <= kDecodeGemvMaxSmem)
+        return {blocks, decode_gemv_smem(a) + bytes};
+    // More rows a warp than kPreRows: the ring of kRingSlots rows a warp where it fits (the kernel
+    // tells the modes apart by its rows a warp); MSLM_DECODE_GEMV_RING=0 streams them instead.
+    const char* ring_env = std::getenv("MSLM_DECODE_GEMV_RING");
+    const size_t ring = size_t(kGemvWarps * kRingSlots * wr * a.I) * sizeof(uint16_t);
+    if (rows > kPreRows && ring <= kPreSmem && decode_gemv_smem(a) + ring <= kDecodeGemvMaxSmem &&
+        !(ring_env && std::string(ring_env) == "0"))
+        return {blocks, decode_gemv_smem(a) + ring};
+    return {};
 }
 
 // The TC kernel's shared memory: decode_gemv_smem's, the pair code book, the warps' rings.

@@ -320,13 +320,15 @@ TEST(CudaDecodeGemv, EveryPrologueAndEpilogueMatchesTheReference) {
         for (DecodeEpilogue epi :
              {DecodeEpilogue::Store, DecodeEpilogue::Residual, DecodeEpilogue::SwiGLU, DecodeEpilogue::F32})
             // k = 1 with several rows a warp (9000 outputs: 3 a warp on 132 SMs, prefetched; 3000 and
-            // 700: prefetched, ≤ 8 a warp on ≥ 47 SMs), rows of 2056 and 2048 columns; the bf16
-            // kernel's instantiations for 1, 2 and 8 (k = 3, 5, 8) rows.
-            for (auto [k, I, O] : {std::array<int64_t, 3>{1, 768, 37}, std::array<int64_t, 3>{1, 776, 3000},
-                                   std::array<int64_t, 3>{3, 264, 70}, std::array<int64_t, 3>{8, 1040, 9},
-                                   std::array<int64_t, 3>{5, 16, 300}, std::array<int64_t, 3>{1, 768, 9000},
-                                   std::array<int64_t, 3>{1, 2056, 1500}, std::array<int64_t, 3>{2, 520, 45},
-                                   std::array<int64_t, 3>{1, 2048, 700}}) {
+            // 700: prefetched, ≤ 8 a warp on ≥ 47 SMs; 30000: 10 a warp on 132 SMs, the prefetching
+            // kernel's ring), rows of 2056 and 2048 columns; the bf16 kernel's instantiations for 1,
+            // 2 and 8 (k = 3, 5, 8) rows.
+            for (auto [k, I, O] :
+                 {std::array<int64_t, 3>{1, 768, 37}, std::array<int64_t, 3>{1, 776, 3000},
+                  std::array<int64_t, 3>{3, 264, 70}, std::array<int64_t, 3>{8, 1040, 9},
+                  std::array<int64_t, 3>{5, 16, 300}, std::array<int64_t, 3>{1, 768, 9000},
+                  std::array<int64_t, 3>{1, 2056, 1500}, std::array<int64_t, 3>{2, 520, 45},
+                  std::array<int64_t, 3>{1, 2048, 700}, std::array<int64_t, 3>{1, 512, 30000}}) {
                 const bool bias = seed % 2 == 0;
                 check_decode_gemv(norm, epi, k, I, O, bias, seed);
                 ++seed;
