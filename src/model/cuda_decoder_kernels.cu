@@ -1133,8 +1133,9 @@ __device__ __forceinline__ void record_trace(int slot, const unsigned long long*
 // row; bf16 also 2; else kDecodeGemvMaxRows).
 // PRE (one row of x, bf16 rows): kPreBlocksPerSm blocks an SM; every warp copies all its weight rows (≤
 // kPreRows outputs, gate and up rows for SwiGLU) into shared memory with cp.async before it waits for its
-// predecessor, so the weights stream while the previous kernels run. The sums are the same as
-// without (same order, same FMAs).
+// predecessor, so the weights stream while the previous kernels run; with more rows a warp (the LM
+// head), its first kRingSlots rows, then each next one into the slot just read (a ring). The sums
+// are the same as without (same order, same FMAs).
 // TC (one row of x, 4-bit rows with fp32 absmax, blocks of ≥ 32 columns): tensor-core products on
 // fp16 operands — the code book in fp16 (quant_detail::decode8_table), x scaled by a power of two into
 // fp16 — each warp a share of the columns of 8-output tiles, its first items in flight before the
@@ -1662,22 +1663,22 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MK == 1 && !Kind<WK>::quant ?
             mark(2);
             float acc[kPreRows] = {}, acc2[kPreRows] = {};
 #pragma unroll
-        for (int j = 0; j < kPreRows; ++j) {
-            if (j >= npre) break;
-            const uint16_t* w = pre + int64_t(j * wr) * I;
+            for (int j = 0; j < kPreRows; ++j) {
+                if (j >= npre) break;
+                const uint16_t* w = pre + int64_t(j * wr) * I;
 #pragma unroll 4
-            for (int i = lane * 8; i < int(I); i += 256) {
-                const uint4 xv = *reinterpret_cast<const uint4*>(xs + i);
-                acc[j] = dot8_bf16(*reinterpret_cast<const uint4*>(w + i), xv, acc[j]);
-                if (swiglu) acc2[j] = dot8_bf16(*reinterpret_cast<const uint4*>(w + I + i), xv, acc2[j]);
+                for (int i = lane * 8; i < int(I); i += 256) {
+                    const uint4 xv = *reinterpret_cast<const uint4*>(xs + i);
+                    acc[j] = dot8_bf16(*reinterpret_cast<const uint4*>(w + i), xv, acc[j]);
+                    if (swiglu) acc2[j] = dot8_bf16(*reinterpret_cast<const uint4*>(w + I + i), xv, acc2[j]);
+                }
             }
-        }
-        mark(3);
-        float v, v2;  // lane j finishes output j
-        warp_sums_to_lanes(acc, acc2, npre, swiglu, lane, v, v2);
-        mark(4);
-        if (lane < npre) finish(0, po, v, v2, true);
-        mark(5);
+            mark(3);
+            float v, v2;  // lane j finishes output j
+            warp_sums_to_lanes(acc, acc2, npre, swiglu, lane, v, v2);
+            mark(4);
+            if (lane < npre) finish(0, po, v, v2, true);
+            mark(5);
         }
     } else if constexpr (TC) {
         // Item by item: the next item's copies issued, this one's awaited, then per strip its

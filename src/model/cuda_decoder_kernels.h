@@ -12,17 +12,18 @@
 //   epilogue  store bf16; add into a residual stream (round(v + b), then round(res + that), the
 //             two roundings of the unfused linear + axpy); SwiGLU over the row pairs (o, O + o) of
 //             a fused gate_up weight (each rounded, then silu(g)·u rounded); or store fp32 (logits).
-// At batch 1 on bf16 weights whose rows fit (≤ 8 outputs a warp with a block an SM, ≤ 80 KiB of
+// At batch 1 on bf16 weights whose rows fit (≤ 8 outputs a warp with 3 blocks an SM, ≤ 80 KiB of
 // rows a block) every block copies all its weight rows into shared memory before it waits for its
 // predecessor (programmatic dependent launch), so a product's weights stream while the previous
-// kernels of the step run; MSLM_DECODE_GEMV_PRE=0 streams them after the wait instead (the same
-// sums, bit for bit). MSLM_DECODE_GEMV_TC=1 runs batch-1 products on 4-bit rows with fp32 absmax
-// (blocks of ≥ 32) on tensor cores in fp16 (the code book rounded to fp16, x scaled by a power of two
-// into fp16, fp32 sums) — opt-in, measured no faster than the default streaming kernel. Every kernel also
-// reads what its epilogue needs early: the norm weights, biases and conv weights and window before the wait,
-// the residual right after it. Every stored value is computed in fp32 and rounded once, as the unfused
-// kernels do; the sums run in a different order than cuBLASLt's, so results agree with the unfused path to
-// bf16 rounding, not bit for bit.
+// kernels of the step run; with more outputs a warp (the LM head) each warp keeps a ring of 4 rows
+// there instead, the first copied before the wait (MSLM_DECODE_GEMV_RING=0 streams those);
+// MSLM_DECODE_GEMV_PRE=0 streams every product after the wait (the same sums, bit for bit).
+// MSLM_DECODE_GEMV_TC=1 runs batch-1 products on 4-bit rows with fp32 absmax (blocks of ≥ 32) on tensor cores
+// in fp16 (the code book rounded to fp16, x scaled by a power of two into fp16, fp32 sums) — opt-in, measured
+// no faster than the default streaming kernel. Every kernel also reads what its epilogue needs early: the
+// norm weights, biases and conv weights and window before the wait, the residual right after it. Every stored
+// value is computed in fp32 and rounded once, as the unfused kernels do; the sums run in a different order
+// than cuBLASLt's, so results agree with the unfused path to bf16 rounding, not bit for bit.
 //
 // The weight may instead be quantized (q: int8 rows, or bitsandbytes' NF4 / FP4 with fp32 or
 // double-quantized absmax, ops/cuda/quant_gemv.h's GPU layout): the same prologue and epilogues, and
