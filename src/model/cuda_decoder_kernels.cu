@@ -29,6 +29,46 @@ using ops::cuda::detail::silu_rounded;
 using ops::cuda::detail::stash_warp;  // reduce.cuh
 using ops::cuda::detail::warp_sum;    // reduce.cuh
 
+__device__ GemvTrace g_gemv_trace[kGemvTraceSlots];
+
+__device__ __forceinline__ unsigned long long global_ns() {
+    unsigned long long t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    return t;
+}
+
+// Thread 0 of a traced block: its stamps (start, wait's end, prologue's end) and the end into the
+// launch's record, and block 0's phase marks (marks[0..5], the end in 6, the wait's end in 7).
+__device__ __forceinline__ void record_trace(int slot, const unsigned long long* stamps,
+                                             unsigned long long* marks) {
+    GemvTrace& g = g_gemv_trace[slot];
+    atomicMin(&g.start_min, stamps[0]);
+    atomicMax(&g.start_max, stamps[0]);
+    atomicMin(&g.waited_min, stamps[1]);
+    atomicMax(&g.waited_max, stamps[1]);
+    atomicMax(&g.prologue_max, stamps[2]);
+    const unsigned long long end = global_ns();
+    atomicMax(&g.end_max, end);
+    if (blockIdx.x == 0) {
+        marks[6] = end;
+        for (int i = 0; i < 7; ++i) g.b0[i] = marks[i];
+        g.b0[7] = stamps[1];
+    }
+}
+
+// MSLM_DECODE_GEMV_TRACE (decode_gemv_trace_reset): the next slot, or -1.
+int g_trace_used = 0;
+GemvTraceLaunch g_trace_launch[kGemvTraceSlots];
+int trace_slot(int64_t I, int64_t O, bool pre, bool attention = false) {
+    const char* env = std::getenv("MSLM_DECODE_GEMV_TRACE");
+    if (!(env && std::string(env) == "1") || g_trace_used >= kGemvTraceSlots) return -1;
+    g_trace_launch[g_trace_used] = {I, O, pre, attention};
+    return g_trace_used++;
+}
+int trace_slot(const DecodeGemv& a, bool pre) {
+    return trace_slot(a.I, a.O, pre);
+}
+
 // Programmatic dependent launch (pdl_wait / pdl_trigger, ops/cuda/common.cuh): each of the step's own
 // kernels lets its successor launch at once and waits for its predecessor's results before it reads
 // anything a kernel writes — decode_gemv first issues its constant weight loads.
@@ -238,8 +278,19 @@ __global__ void __launch_bounds__(W * 32)
                            const uint16_t* __restrict__ v_src, int64_t ld, uint16_t* __restrict__ k_cache,
                            uint16_t* __restrict__ v_cache, const int64_t* __restrict__ slots,
                            const int64_t* __restrict__ pos, int64_t L, int Hq, int Hkv, int Dh,
-                           int rotary_dim, double theta, float scale, int64_t window, bool alibi, int64_t C) {
+                           int rotary_dim, double theta, float scale, int64_t window, bool alibi, int64_t C,
+                           int trace_slot) {
     constexpr int D = DL * 32;
+    // MSLM_DECODE_GEMV_TRACE: thread 0's stamps, as decode_gemv_kernel's (GemvTraceLaunch::attention).
+    __shared__ unsigned long long stamps[3], marks[8];
+    const bool trace = trace_slot >= 0 && threadIdx.x == 0;
+    if (trace) {
+        stamps[0] = global_ns();
+        for (int t = 0; t < 8; ++t) marks[t] = 0;
+    }
+    auto mark = [&](int t) {
+        if (trace) marks[t] = global_ns();
+    };
     __shared__ float cs[64], sn[64], qs[D], s_m[W], s_l[W], s_acc[W][D];
     __shared__ __align__(16) uint16_t knew[D], vnew[D];
     __shared__ __align__(16) uint16_t vs[W][32][D];
@@ -284,6 +335,7 @@ __global__ void __launch_bounds__(W * 32)
     }
     ops::cuda::detail::cp_async_commit();
     pdl_wait();
+    if (trace) stamps[1] = global_ns();
     __syncthreads();
     // The rotated query head (bf16-rounded, as stored in place by rope_kv_append), and the new key
     // and value rows where this split holds them.
@@ -311,6 +363,8 @@ __global__ void __launch_bounds__(W * 32)
         }
     }
     __syncthreads();
+    mark(0);
+    if (trace) stamps[2] = marks[0];
 
     const float slope = alibi ? ops::cuda::detail::alibi_slope(h, Hq) : 0.0f;
     float sc = -INFINITY;
@@ -342,14 +396,17 @@ __global__ void __launch_bounds__(W * 32)
         }
         sc = scale * dot - slope * static_cast<float>(n - 1 - jj);
     }
+    mark(1);
     // The warp's softmax over its 32 keys.
     float m = sc;
     for (int off = 16; off > 0; off /= 2) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, off));
     const float w = valid ? expf(sc - m) : 0.0f;
     float l = w;
     for (int off = 16; off > 0; off /= 2) l += __shfl_xor_sync(0xffffffffu, l, off);
+    mark(2);
     ops::cuda::detail::cp_async_wait<0>();
     __syncwarp();
+    mark(3);
     float acc[DL] = {};
     if (m != -INFINITY) {
         const int64_t rest = j1 - (j0 + 32 * warp);
@@ -360,13 +417,16 @@ __global__ void __launch_bounds__(W * 32)
             for (int e = 0; e < DL; ++e) acc[e] = fmaf(wu, bf(vs[warp][u][lane + 32 * e]), acc[e]);
         }
     }
+    mark(4);
     stash_warp(s_m, s_l, s_acc, m, l, acc);
     // The block's (max, sum, Σ w·v), as attention_split_kernel's.
     const WarpMerge<W> merged(s_m, s_l);
+    mark(5);
     uint16_t* o_row = out + (i * Hq + h) * int64_t(Dh);
     if (S == 1) {  // split 0 holds the newest key: total > 0
         for (int d = threadIdx.x; d < Dh; d += blockDim.x)
             o_row[d] = to_bf(merged.acc(s_acc, d) / merged.total);
+        if (trace) record_trace(trace_slot, stamps, marks);
         return;
     }
     float* po = part + ((i * Hq + h) * S + split) * int64_t(Dh + 2);
@@ -379,11 +439,15 @@ __global__ void __launch_bounds__(W * 32)
     __syncthreads();
     if (threadIdx.x == 0) last = atomicAdd(done + i * Hq + h, 1u) == unsigned(S) - 1;
     __syncthreads();
-    if (!last) return;
+    if (!last) {
+        if (trace) record_trace(trace_slot, stamps, marks);
+        return;
+    }
     // The last split of (i, h): attention_combine_kernel's arithmetic, loads bypassing L1.
     __threadfence();
     combine_partials<true>(o_row, part + (i * Hq + h) * int64_t(S) * (Dh + 2), S, Dh);
     if (threadIdx.x == 0) done[i * Hq + h] = 0;
+    if (trace) record_trace(trace_slot, stamps, marks);
 }
 
 // out (k, Hq, Dh) = Σ_split e^(m_s − M)·acc_s / Σ_split e^(m_s − M)·l_s. Block (h, i), Dh threads.
@@ -485,7 +549,7 @@ void attention_decode_fused(uint16_t* out, const uint16_t* q, const uint16_t* k_
     auto run = [&](auto kernel, int warps) {
         launch(kernel, grid, dim3(warps * 32), 0, stream, "attention_fused", out, workspace, done, q, k_src,
                v_src, ld, k_cache, v_cache, slots, pos, cache_len, int(Hq), int(Hkv), int(Dh),
-               int(rotary_dim), theta, scale, window, alibi, C);
+               int(rotary_dim), theta, scale, window, alibi, C, trace_slot(Dh, Hq, false, true));
     };
     if (DL == 1)
         wide ? run(attention_fused_kernel<1, kFusedWarpsShort>, kFusedWarpsShort)
@@ -1099,33 +1163,6 @@ __device__ __forceinline__ void finish_output(const DecodeGemv& a, const Epilogu
         case DecodeEpilogue::F32:
             a.out32[r * a.ld_out + o] = a.bias ? v + b : v;
             break;
-    }
-}
-
-__device__ GemvTrace g_gemv_trace[kGemvTraceSlots];
-
-__device__ __forceinline__ unsigned long long global_ns() {
-    unsigned long long t;
-    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
-    return t;
-}
-
-// Thread 0 of a traced block: its stamps (start, wait's end, prologue's end) and the end into the
-// launch's record, and block 0's phase marks (marks[0..5], the end in 6, the wait's end in 7).
-__device__ __forceinline__ void record_trace(int slot, const unsigned long long* stamps,
-                                             unsigned long long* marks) {
-    GemvTrace& g = g_gemv_trace[slot];
-    atomicMin(&g.start_min, stamps[0]);
-    atomicMax(&g.start_max, stamps[0]);
-    atomicMin(&g.waited_min, stamps[1]);
-    atomicMax(&g.waited_max, stamps[1]);
-    atomicMax(&g.prologue_max, stamps[2]);
-    const unsigned long long end = global_ns();
-    atomicMax(&g.end_max, end);
-    if (blockIdx.x == 0) {
-        marks[6] = end;
-        for (int i = 0; i < 7; ++i) g.b0[i] = marks[i];
-        g.b0[7] = stamps[1];
     }
 }
 
@@ -1901,16 +1938,6 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MK == 1 && !Kind<WK>::quant ?
         __syncthreads();
         if (trace) record_trace(trace_slot, stamps, marks);
     }
-}
-
-// MSLM_DECODE_GEMV_TRACE (decode_gemv_trace_reset): the next slot, or -1.
-int g_trace_used = 0;
-GemvTraceLaunch g_trace_launch[kGemvTraceSlots];
-int trace_slot(const DecodeGemv& a, bool pre) {
-    const char* env = std::getenv("MSLM_DECODE_GEMV_TRACE");
-    if (!(env && std::string(env) == "1") || g_trace_used >= kGemvTraceSlots) return -1;
-    g_trace_launch[g_trace_used] = {a.I, a.O, pre};
-    return g_trace_used++;
 }
 
 // The PRE kernel's grid: kPreBlocksPerSm blocks an SM (fewer when there are fewer than 8 outputs a

@@ -126,9 +126,9 @@ void greedy_pick(const float* logits, int64_t k, int64_t V, GreedyPart* part, un
                  double* log_prob, float* logit, int32_t* token, void* stream);
 
 // Diagnostics (MSLM_DECODE_GEMV_TRACE=1, read at each launch; bench_cuda_decode --trace): each
-// decode_gemv launch takes the next of kGemvTraceSlots slots (in launch order since the last
-// decode_gemv_trace_reset(true); a captured graph keeps its slots), and thread 0 of each of its
-// blocks records the global timer (ns) when the block starts, when its wait for the previous kernel
+// decode_gemv launch (and each fused decode attention's) takes the next of kGemvTraceSlots slots (in launch
+// order since the last decode_gemv_trace_reset(true); a captured graph keeps its slots), and thread 0 of each
+// of its blocks records the global timer (ns) when the block starts, when its wait for the previous kernel
 // returns, after its prologue (x staged and normalised) and at its end — the earliest and latest
 // over the blocks of the launch.
 constexpr int kGemvTraceSlots = 512;
@@ -142,6 +142,10 @@ struct GemvTrace {
 struct GemvTraceLaunch {
     int64_t I, O;
     bool pre;  // a kernel that copies weights before its wait (PRE, or TC's first items)
+    // The fused decode attention (attention_decode_fused), which takes slots too: I the head dim, O
+    // the query heads; its block 0's phases: q, k, v staged / scores / softmax / values waited /
+    // Σ w·v / merged / end.
+    bool attention = false;
 };
 void decode_gemv_trace_reset(bool restart_slots);  // clears the records (restart: slots from 0)
 int decode_gemv_trace_used();                      // slots taken since the last restart
