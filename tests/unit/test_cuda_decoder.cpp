@@ -287,6 +287,8 @@ void check_decode_gemv(cuda_decoder_detail::DecodeNorm norm, cuda_decoder_detail
         const std::vector<uint16_t> got = dout.download(), got_xo = dxo.download();
         const std::vector<float> got32 = dout32.download();
         dout.upload(res);
+        // Other bits in x_out first (0xffff: a NaN), so that a kernel leaving it unwritten would show.
+        dxo.upload(std::vector<uint16_t>(static_cast<size_t>(k * I), 0xffff));
         setenv("MSLM_DECODE_GEMV_PRE", "0", 1);
         decode_gemv(a, nullptr);
         cuda_synchronize();

