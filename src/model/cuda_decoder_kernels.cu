@@ -795,17 +795,18 @@ struct Chunk {
 // Loads the lane's chunk of row `row` at columns i0 + u · 32 · cols (u < unroll); lim: the row's
 // length in the layout (I for bf16, the padded length for quantized codes).
 template <WeightKind WK>
-__device__ __forceinline__ void load_chunk(Chunk<Kind<WK>::unroll>& c, const uint16_t* __restrict__ W, const QuantWeight& q,
-                                           int bs_log2, int64_t row, int64_t i0, int64_t I, int64_t lim) {
+__device__ __forceinline__ void load_chunk(Chunk<Kind<WK>::unroll>& c, const uint16_t* __restrict__ W,
+                                           const QuantWeight& q, int bs_log2, int64_t row, int64_t i0,
+                                           int64_t I, int64_t lim, uint64_t pol) {
     constexpr int cols = Kind<WK>::cols;
 #pragma unroll
     for (int u = 0; u < Kind<WK>::unroll; ++u) {
         const int64_t i = i0 + u * 32 * cols;
         if constexpr (WK == WeightKind::BF16) {
-            c.w[u] = i < I ? __ldg(reinterpret_cast<const uint4*>(W + row * I + i)) : make_uint4(0, 0, 0, 0);
+            c.w[u] = i < I ? ops::cuda::detail::ldg_stream(W + row * I + i, pol) : make_uint4(0, 0, 0, 0);
         } else {
             const bool in = i < lim;
-            c.w[u] = in ? qd::load_stream(q.data + row * q.row_bytes + (Kind<WK>::four ? i / 2 : i))
+            c.w[u] = in ? qd::load_stream(q.data + row * q.row_bytes + (Kind<WK>::four ? i / 2 : i), pol)
                         : make_uint4(0, 0, 0, 0);
             if constexpr (Kind<WK>::four) {
                 const int64_t b = i >> bs_log2;
@@ -829,7 +830,7 @@ __device__ __forceinline__ void dot_row(float (&acc)[MK], const uint16_t* __rest
                                         const QuantWeight& q, int bs_log2, int64_t row, const uint16_t* xs,
                                         int64_t I, int64_t lim, int k, int lane,
                                         const Chunk<Kind<WK>::unroll>& first, bool use_first,
-                                        const char* code_base) {
+                                        const char* code_base, uint64_t pol) {
     constexpr int cols = Kind<WK>::cols, segs = Kind<WK>::segs, U = Kind<WK>::unroll;
     const int64_t step = 32 * cols;
     for (int64_t i0 = int64_t(lane) * cols; i0 < lim; i0 += step * U) {
@@ -837,7 +838,7 @@ __device__ __forceinline__ void dot_row(float (&acc)[MK], const uint16_t* __rest
         if (use_first && i0 == int64_t(lane) * cols)
             c = first;
         else
-            load_chunk<WK>(c, W, q, bs_log2, row, i0, I, lim);
+            load_chunk<WK>(c, W, q, bs_log2, row, i0, I, lim, pol);
 #pragma unroll
         for (int u = 0; u < U; ++u) {
             const int64_t i = i0 + u * step;
@@ -928,10 +929,10 @@ __device__ __forceinline__ float dot_chunk_x32(float acc, const Chunk<Kind<WK>::
 // jo[j]: the byte offset of the lane's j-th unit of a load from its first unit's 8-aligned base; xf
 // and book (the 4-bit code book) are shared-memory addresses.
 template <WeightKind WK>
-__device__ __forceinline__ float dot_row_x32(const uint16_t* __restrict__ W, const QuantWeight& q, int bs_log2,
-                                             int64_t row, uint32_t xf, int64_t I, int64_t lim, int lane,
-                                             const Chunk<Kind<WK>::unroll>& first, const uint32_t (&jo)[8],
-                                             uint32_t book) {
+__device__ __forceinline__ float dot_row_x32(const uint16_t* __restrict__ W, const QuantWeight& q,
+                                             int bs_log2, int64_t row, uint32_t xf, int64_t I, int64_t lim,
+                                             int lane, const Chunk<Kind<WK>::unroll>& first,
+                                             const uint32_t (&jo)[8], uint32_t book, uint64_t pol) {
     constexpr int cols = Kind<WK>::cols, U = Kind<WK>::unroll;
     constexpr int64_t step = 32 * cols;
     const int64_t c0 = int64_t(lane) * cols;
@@ -943,7 +944,7 @@ __device__ __forceinline__ float dot_row_x32(const uint16_t* __restrict__ W, con
         if (i0 == c0)
             c = first;
         else
-            load_chunk<WK>(c, W, q, bs_log2, row, i0, I, lim);
+            load_chunk<WK>(c, W, q, bs_log2, row, i0, I, lim, pol);
         acc = dot_chunk_x32<WK>(acc, c, i0, c0, base, lim, jo, book);
     }
     return acc;
@@ -959,11 +960,11 @@ struct DpLane {
 };
 template <WeightKind WK>
 __device__ __forceinline__ void dp_load_first(Chunk<Kind<WK>::unroll>& c, const QuantWeight& q, int64_t row,
-                                              const DpLane<Kind<WK>::unroll>& L) {
+                                              const DpLane<Kind<WK>::unroll>& L, uint64_t pol) {
     const uint8_t* rp = q.data + row * q.row_bytes;
 #pragma unroll
     for (int u = 0; u < Kind<WK>::unroll; ++u) {
-        c.w[u] = L.in[u] ? qd::load_stream(rp + L.code[u]) : make_uint4(0, 0, 0, 0);
+        c.w[u] = L.in[u] ? qd::load_stream(rp + L.code[u], pol) : make_uint4(0, 0, 0, 0);
         c.lo[u] = L.in[u] ? qd::block_absmax<WK == WeightKind::Q4DQ>(q, q.nested_code, row, L.blk[u]) : 0.0f;
     }
 }
@@ -995,13 +996,13 @@ template <WeightKind WK>
 __device__ __forceinline__ float dot_row_dp(const QuantWeight& q, int bs_log2, int64_t row, uint32_t xq,
                                             const float* sx, int64_t I, int lim, int lane,
                                             const Chunk<Kind<WK>::unroll>& first, uint32_t swz16,
-                                            const uint32_t (&book)[4]) {
+                                            const uint32_t (&book)[4], uint64_t pol) {
     constexpr int span = 1024 * Kind<WK>::unroll;  // columns of one chunk
     const int c0 = lane * 32;
     float acc = dp_chunk<WK>(0.0f, first, c0, lim, xq, swz16, sx, book);
     for (int i0 = c0 + span; i0 < lim; i0 += span) {
         Chunk<Kind<WK>::unroll> c;
-        load_chunk<WK>(c, nullptr, q, bs_log2, row, i0, I, lim);
+        load_chunk<WK>(c, nullptr, q, bs_log2, row, i0, I, lim, pol);
         acc = dp_chunk<WK>(acc, c, i0, lim, xq, swz16, sx, book);
     }
     return acc;
@@ -1213,6 +1214,9 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MK == 1 && !Kind<WK>::quant ?
     const int64_t o0 = int64_t(blockIdx.x) * kGemvWarps + warp;
     const int64_t stride = int64_t(gridDim.x) * kGemvWarps;
     Chunk<Kind<WK>::unroll> first, first2;
+    // The weights are read once a step: evict_first, so that L2 keeps what the step reads again
+    // (ops::cuda::detail::l2_evict_first).
+    const uint64_t pol = ops::cuda::detail::l2_evict_first();
     pdl_trigger();
     // PRE: the warp's rows o0, o0 + stride, ... (npre of them) at pre_at bytes (decode_gemv_smem),
     // each lane copying the 16-byte words it reads back itself, so the wait needs no barrier.
@@ -1228,7 +1232,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MK == 1 && !Kind<WK>::quant ?
             const uint16_t* src = a.W + (o + h * a.O) * I;
             uint16_t* dst = pre + (s * wr + h) * I;
             for (int64_t i = int64_t(lane) * 8; i < I; i += 256)
-                ops::cuda::detail::cp_async_16(dst + i, src + i);
+                ops::cuda::detail::cp_async_16_stream(dst + i, src + i, pol);
         }
     };
     // TC: tiles of 8 outputs; the tensor cores' 16 rows are each output's row twice, row tg for the
@@ -1289,8 +1293,9 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MK == 1 && !Kind<WK>::quant ?
                         for (int half = 0; half < 2; ++half) {
                             const int64_t col = s * kTcStrip + half * (kTcStrip / 2) + 32 * t4;
                             if (col < lim)
-                                ops::cuda::detail::cp_async_16(slot_codes(cur_slot, h, u, half),
-                                                               q.data + row * q.row_bytes + col / 2);
+                                ops::cuda::detail::cp_async_16_stream(slot_codes(cur_slot, h, u, half),
+                                                                      q.data + row * q.row_bytes + col / 2,
+                                                                      pol);
                         }
 #pragma unroll
                         for (int j = 0; j < 2; ++j) {
@@ -1324,8 +1329,8 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MK == 1 && !Kind<WK>::quant ?
         else
             ops::cuda::detail::cp_async_commit();
     } else if (!TC && o0 < a.O) {
-        load_chunk<WK>(first, a.W, q, bs_log2, o0, int64_t(lane) * cols, I, lim);
-        if (swiglu) load_chunk<WK>(first2, a.W, q, bs_log2, a.O + o0, int64_t(lane) * cols, I, lim);
+        load_chunk<WK>(first, a.W, q, bs_log2, o0, int64_t(lane) * cols, I, lim, pol);
+        if (swiglu) load_chunk<WK>(first2, a.W, q, bs_log2, a.O + o0, int64_t(lane) * cols, I, lim, pol);
     }
     if (Kind<WK>::four && threadIdx.x < 16) code_s[threadIdx.x] = q.code[threadIdx.x];
     // The norm's weights are constants: staged before the wait.
@@ -1821,8 +1826,8 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MK == 1 && !Kind<WK>::quant ?
         for (int d = 1; d <= DP; ++d) {
             const int64_t od = o0 + d * stride;
             if (od < a.O) {
-                dp_load_first<WK>(ring[d], q, od, L);
-                if (swiglu) dp_load_first<WK>(ring2[d], q, a.O + od, L);
+                dp_load_first<WK>(ring[d], q, od, L, pol);
+                if (swiglu) dp_load_first<WK>(ring2[d], q, a.O + od, L, pol);
             }
         }
         int j = 0;
@@ -1835,13 +1840,13 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MK == 1 && !Kind<WK>::quant ?
             }
             const int64_t on = o + (DP + 1) * stride;
             if (on < a.O) {
-                dp_load_first<WK>(ring[DP], q, on, L);
-                if (swiglu) dp_load_first<WK>(ring2[DP], q, a.O + on, L);
+                dp_load_first<WK>(ring[DP], q, on, L, pol);
+                if (swiglu) dp_load_first<WK>(ring2[DP], q, a.O + on, L, pol);
             }
-            float v = dot_row_dp<WK>(q, bs_log2, o, xq_at, sx, I, int(lim), lane, cur, swz16, book8);
-            float v2 =
-                swiglu ? dot_row_dp<WK>(q, bs_log2, a.O + o, xq_at, sx, I, int(lim), lane, cur2, swz16, book8)
-                       : 0.0f;
+            float v = dot_row_dp<WK>(q, bs_log2, o, xq_at, sx, I, int(lim), lane, cur, swz16, book8, pol);
+            float v2 = swiglu ? dot_row_dp<WK>(q, bs_log2, a.O + o, xq_at, sx, I, int(lim), lane, cur2, swz16,
+                                               book8, pol)
+                              : 0.0f;
             v = warp_sum(v);
             if (swiglu) v2 = warp_sum(v2);
             keep(j, o, v, v2);
@@ -1864,18 +1869,19 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MK == 1 && !Kind<WK>::quant ?
             const Chunk<Kind<WK>::unroll> cur = next, cur2 = next2;
             if (o + stride < a.O) {
                 if constexpr (Kind<WK>::four) {
-                    dp_load_first<WK>(next, q, o + stride, L);
-                    if (swiglu) dp_load_first<WK>(next2, q, a.O + o + stride, L);
+                    dp_load_first<WK>(next, q, o + stride, L, pol);
+                    if (swiglu) dp_load_first<WK>(next2, q, a.O + o + stride, L, pol);
                 } else {
-                    load_chunk<WK>(next, a.W, q, bs_log2, o + stride, int64_t(lane) * cols, I, lim);
+                    load_chunk<WK>(next, a.W, q, bs_log2, o + stride, int64_t(lane) * cols, I, lim, pol);
                     if (swiglu)
-                        load_chunk<WK>(next2, a.W, q, bs_log2, a.O + o + stride, int64_t(lane) * cols, I,
-                                       lim);
+                        load_chunk<WK>(next2, a.W, q, bs_log2, a.O + o + stride, int64_t(lane) * cols, I, lim,
+                                       pol);
                 }
             }
-            float v = dot_row_x32<WK>(a.W, q, bs_log2, o, xf_at, I, lim, lane, cur, jo, book);
+            float v = dot_row_x32<WK>(a.W, q, bs_log2, o, xf_at, I, lim, lane, cur, jo, book, pol);
             float v2 =
-                swiglu ? dot_row_x32<WK>(a.W, q, bs_log2, a.O + o, xf_at, I, lim, lane, cur2, jo, book) : 0.0f;
+                swiglu ? dot_row_x32<WK>(a.W, q, bs_log2, a.O + o, xf_at, I, lim, lane, cur2, jo, book, pol)
+                       : 0.0f;
             v = warp_sum(v);
             if (swiglu) v2 = warp_sum(v2);
             if constexpr (WK == WeightKind::I8) {
@@ -1895,17 +1901,17 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MK == 1 && !Kind<WK>::quant ?
             Chunk<Kind<WK>::unroll> next, next2;
             if constexpr (ahead) {
                 if (o + stride < a.O) {
-                    load_chunk<WK>(next, a.W, q, bs_log2, o + stride, int64_t(lane) * cols, I, lim);
+                    load_chunk<WK>(next, a.W, q, bs_log2, o + stride, int64_t(lane) * cols, I, lim, pol);
                     if (swiglu)
-                        load_chunk<WK>(next2, a.W, q, bs_log2, a.O + o + stride, int64_t(lane) * cols, I,
-                                       lim);
+                        load_chunk<WK>(next2, a.W, q, bs_log2, a.O + o + stride, int64_t(lane) * cols, I, lim,
+                                       pol);
                 }
             }
             const bool use_first = ahead || o == o0;
-            dot_row<WK, MK>(acc, a.W, q, bs_log2, o, xs, I, lim, k, lane, first, use_first, code_base);
+            dot_row<WK, MK>(acc, a.W, q, bs_log2, o, xs, I, lim, k, lane, first, use_first, code_base, pol);
             if (swiglu)
                 dot_row<WK, MK>(acc2, a.W, q, bs_log2, a.O + o, xs, I, lim, k, lane, first2, use_first,
-                                code_base);
+                                code_base, pol);
             float scale = 1.0f, scale2 = 1.0f;  // int8: the rows' scales
             if constexpr (WK == WeightKind::I8) {
                 scale = first.row_scale;

@@ -352,6 +352,29 @@ __device__ __forceinline__ void cp_async_16(void* smem, const void* gmem) {
     const auto addr = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(addr), "l"(gmem));
 }
+// An L2 eviction policy (createpolicy, sm_80+) for data read once a use: the decode step's weights,
+// 5× (130m) to 40× (1b) the L2. Marked evict_first, they leave in L2 what the step's kernels read
+// again: the activations, recurrent states, KV cache, constants and the kernels' own code, which a
+// step's weight stream otherwise evicts before their next reads.
+__device__ __forceinline__ uint64_t l2_evict_first() {
+    uint64_t policy;
+    asm("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(policy));
+    return policy;
+}
+// cp_async_16 with a policy, and a 16-byte read-only load with one (the bf16 weight rows). Kernels
+// make the policy once: made at each use, it costs ~5 instructions a load where it is not hoisted.
+__device__ __forceinline__ void cp_async_16_stream(void* smem, const void* gmem, uint64_t policy) {
+    const auto addr = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+    asm volatile("cp.async.cg.shared.global.L2::cache_hint [%0], [%1], 16, %2;\n" ::"r"(addr), "l"(gmem),
+                 "l"(policy));
+}
+__device__ __forceinline__ uint4 ldg_stream(const void* gmem, uint64_t policy) {
+    uint4 v;
+    asm("ld.global.nc.L2::cache_hint.v4.u32 {%0, %1, %2, %3}, [%4], %5;"
+        : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+        : "l"(gmem), "l"(policy));
+    return v;
+}
 __device__ __forceinline__ void cp_async_commit() {
     asm volatile("cp.async.commit_group;\n" ::: "memory");
 }

@@ -33,6 +33,14 @@ __device__ __forceinline__ uint4 load_stream(const uint8_t* p) {
         : "l"(p));
     return v;
 }
+// load_stream with an L2 eviction policy (ops::cuda::detail::l2_evict_first, mma.cuh).
+__device__ __forceinline__ uint4 load_stream(const uint8_t* p, uint64_t policy) {
+    uint4 v;
+    asm("ld.global.nc.L1::no_allocate.L2::cache_hint.v4.u32 {%0, %1, %2, %3}, [%4], %5;"
+        : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+        : "l"(p), "l"(policy));
+    return v;
+}
 
 __device__ __forceinline__ uint32_t word_of(const uint4& v, int i) {
     return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w;  // i is a compile-time constant
