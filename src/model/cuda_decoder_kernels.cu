@@ -41,13 +41,15 @@ __device__ __forceinline__ unsigned long long global_ns() {
 // launch's record, and block 0's phase marks (marks[0..5], the end in 6, the wait's end in 7).
 __device__ __forceinline__ void record_trace(int slot, const unsigned long long* stamps,
                                              unsigned long long* marks) {
+    // The end first: the record's address (a constant bank the kernel may not have read yet) and
+    // its atomics are the trace's own cost.
+    const unsigned long long end = global_ns();
     GemvTrace& g = g_gemv_trace[slot];
     atomicMin(&g.start_min, stamps[0]);
     atomicMax(&g.start_max, stamps[0]);
     atomicMin(&g.waited_min, stamps[1]);
     atomicMax(&g.waited_max, stamps[1]);
     atomicMax(&g.prologue_max, stamps[2]);
-    const unsigned long long end = global_ns();
     atomicMax(&g.end_max, end);
     if (blockIdx.x == 0) {
         marks[6] = end;
