@@ -308,6 +308,13 @@ __global__ void __launch_bounds__(W * 32)
     const int64_t first = max(max(int64_t(0), p - L + 1), window > 0 ? p - window + 1 : int64_t(0));
     const int64_t n = p - first + 1;
     const int64_t j0 = split * C, j1 = min(n, j0 + C);
+    // The grid has a split for every C keys the cache holds (fixed for CUDA graphs); the splits
+    // past the row's n visible keys have nothing to do. Those leave at once, and the row's active
+    // splits SA alone count to the combine — one active split (n ≤ C) writes out itself, with no
+    // fence, counter or second pass. (The partials the idle splits wrote were m = −∞ entries the
+    // combine skipped: the same sums, in the same order.)
+    const int SA = int((n + C - 1) / C);
+    if (split >= SA) return;
     const bool has_new = j0 <= n - 1 && n - 1 < j1;
     const int half = rotary_dim / 2;
     if (threadIdx.x < half) {  // rope_kv_append's angles
@@ -425,7 +432,7 @@ __global__ void __launch_bounds__(W * 32)
     const WarpMerge<W> merged(s_m, s_l);
     mark(5);
     uint16_t* o_row = out + (i * Hq + h) * int64_t(Dh);
-    if (S == 1) {  // split 0 holds the newest key: total > 0
+    if (SA == 1) {  // split 0 holds the newest key: total > 0
         for (int d = threadIdx.x; d < Dh; d += blockDim.x)
             o_row[d] = to_bf(merged.acc(s_acc, d) / merged.total);
         if (trace) record_trace(trace_slot, stamps, marks);
@@ -439,7 +446,7 @@ __global__ void __launch_bounds__(W * 32)
     for (int d = threadIdx.x; d < Dh; d += blockDim.x) po[2 + d] = merged.acc(s_acc, d);
     __threadfence();
     __syncthreads();
-    if (threadIdx.x == 0) last = atomicAdd(done + i * Hq + h, 1u) == unsigned(S) - 1;
+    if (threadIdx.x == 0) last = atomicAdd(done + i * Hq + h, 1u) == unsigned(SA) - 1;
     __syncthreads();
     if (!last) {
         if (trace) record_trace(trace_slot, stamps, marks);
@@ -447,7 +454,7 @@ __global__ void __launch_bounds__(W * 32)
     }
     // The last split of (i, h): attention_combine_kernel's arithmetic, loads bypassing L1.
     __threadfence();
-    combine_partials<true>(o_row, part + (i * Hq + h) * int64_t(S) * (Dh + 2), S, Dh);
+    combine_partials<true>(o_row, part + (i * Hq + h) * int64_t(S) * (Dh + 2), SA, Dh);
     if (threadIdx.x == 0) done[i * Hq + h] = 0;
     if (trace) record_trace(trace_slot, stamps, marks);
 }
