@@ -101,7 +101,8 @@ void attention_decode_split(uint16_t* out, const uint16_t* q, int64_t ld_q, cons
 // stride ld, the new key rotated (rotary_dim, theta as rope_kv_append) and appended with its value
 // to row pos[i] % L of slot slots[i], q rotated without being written back. Each split's block
 // rotates its query head itself and the split holding the new key uses it from shared memory, so
-// no split waits for the append; the last split of a (row, head) to finish combines. workspace:
+// no split waits for the append; the splits past a row's visible keys leave at once, and the last
+// of its active splits to finish combines (one active split writes out itself). workspace:
 // attention_split_workspace_floats(workspace_rows, ...) floats (k ≤ workspace_rows), its last
 // workspace_rows · Hq (the counters) zero before the first call (each call leaves them zero).
 void attention_decode_fused(uint16_t* out, const uint16_t* q, const uint16_t* k_src, const uint16_t* v_src,

@@ -380,6 +380,50 @@ TEST(CudaDecoderLong, PromptLongerThanAPrefillPiece) {
     expect_rows_close(lg, lc, V, "step after the long prompt");
 }
 
+// The fused attention's grid has a split for every 256 positions the cache holds; the splits past a
+// row's keys leave at once and only the active ones combine. A short context in a 700-position cache
+// (3 splits, 1 active) takes the same one-split path as in a 64-position cache (1 split): the same
+// bits. Then a context that crosses 256 keys in the large cache (1 → 2 active splits of 3) follows
+// the CPU decoder.
+TEST(CudaDecoderLong, IdleSplitsOfALargeCacheChangeNothing) {
+    SKIP_WITHOUT_GPU();
+    ModelConfig cfg = mamba2_rope_partial();
+    cfg.max_seq_len = 700;
+    auto model = random_model(cfg);
+    const int64_t V = cfg.vocab_size;
+    Rng rng(5);
+    const std::vector<int64_t> slot{0};
+    {
+        CudaCausalLM small(*model), large(*model);
+        small.start(1, 64);
+        large.start(1, cfg.max_seq_len);
+        const std::vector<int32_t> ids = random_ids(rng, 5, V);
+        std::vector<float> ls(V), ll(V);
+        small.prefill(0, ids, ls.data(), nullptr);
+        large.prefill(0, ids, ll.data(), nullptr);
+        for (int t = 0; t < 24; ++t) {
+            const std::vector<int32_t> tok{static_cast<int32_t>((7 * t + 3) % V)};
+            small.step(slot, tok, ls.data(), nullptr);
+            large.step(slot, tok, ll.data(), nullptr);
+            for (int64_t c = 0; c < V; ++c) ASSERT_EQ(ls[c], ll[c]) << "step " << t << " logit " << c;
+        }
+    }
+    HybridCausalLM cpu(*model);
+    CudaCausalLM gpu(*model);
+    cpu.start(1, cfg.max_seq_len);
+    gpu.start(1, cfg.max_seq_len);
+    const std::vector<int32_t> ids = random_ids(rng, 250, V);
+    std::vector<float> lc(V), lg(V);
+    cpu.prefill(0, ids, lc.data(), nullptr);
+    gpu.prefill(0, ids, lg.data(), nullptr);
+    for (int t = 0; t < 12; ++t) {  // keys 251 .. 262
+        const std::vector<int32_t> tok{static_cast<int32_t>((5 * t + 1) % V)};
+        cpu.step(slot, tok, lc.data(), nullptr);
+        gpu.step(slot, tok, lg.data(), nullptr);
+        expect_rows_close(lg, lc, V, "step " + std::to_string(t) + " across 256 keys");
+    }
+}
+
 // clear(slot) and a start() of the same shape (which reuses the buffers) leave a slot exactly as a
 // fresh decoder's: the same kernels on zeroed state, so the same bits. Slot 1 is untouched by
 // clear(0): its next step equals a decoder where slot 0 was never cleared.
