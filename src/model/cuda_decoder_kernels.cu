@@ -311,8 +311,9 @@ __global__ void __launch_bounds__(W * 32)
     // The grid has a split for every C keys the cache holds (fixed for CUDA graphs); the splits
     // past the row's n visible keys have nothing to do. Those leave at once, and the row's active
     // splits SA alone count to the combine — one active split (n ≤ C) writes out itself, with no
-    // fence, counter or second pass. (The partials the idle splits wrote were m = −∞ entries the
-    // combine skipped: the same sums, in the same order.)
+    // fence, counter or second pass, the arithmetic a cache of ≤ C positions always took. (With
+    // SA ≥ 2 the combine sums what it summed over all S: the idle splits' partials were m = −∞
+    // entries it skipped.)
     const int SA = int((n + C - 1) / C);
     if (split >= SA) return;
     const bool has_new = j0 <= n - 1 && n - 1 < j1;
