@@ -1227,7 +1227,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MK == 1 && !Kind<WK>::quant ?
     // The weights are read once a step: evict_first, so that L2 keeps what the step reads again
     // (ops::cuda::detail::l2_evict_first).
     const uint64_t pol = ops::cuda::detail::l2_evict_first();
-    pdl_trigger();
+    if (!a.late_trigger) pdl_trigger();
     // PRE: the warp's rows o0, o0 + stride, ... (npre of them) at pre_at bytes (decode_gemv_smem),
     // each lane copying the 16-byte words it reads back itself, so the wait needs no barrier.
     const int wr = swiglu ? 2 : 1;
@@ -1360,6 +1360,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MK == 1 && !Kind<WK>::quant ?
     EpiloguePre ep;
     if (const_pre && pmine) ep.load_constants(a, pr, po);
     pdl_wait();  // the inputs are the previous kernels' outputs
+    if (a.late_trigger) pdl_trigger();
     if (trace) stamps[1] = global_ns();
     if (pmine && a.epi == DecodeEpilogue::Residual) ep.residual = bf(a.out[pr * a.ld_out + po]);
     // The gated norm's x and z rows in one pass (PRE, and batch 1 on quantized rows; 16-byte

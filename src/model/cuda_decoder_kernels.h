@@ -80,6 +80,12 @@ struct DecodeGemv {
     const uint16_t *conv_w = nullptr, *conv_b = nullptr;  // (conv_C, conv_K), (conv_C) or null
     uint16_t* conv_out = nullptr;
     int64_t conv_col0 = 0, conv_C = 0, conv_K = 0;
+    // When the launch lets its successor launch (programmatic dependent launch): at its start, or
+    // (late) once its blocks have waited for their inputs. Late, at most one kernel of the step
+    // copies its weight rows ahead beside a running one: launched at the start, the next two or
+    // three did, and their copies slowed the running kernel's chain more than they saved
+    // (CudaCausalLM's step sets it: +0.5–3% tokens/s at batch 1, docs/PERFORMANCE.md).
+    bool late_trigger = false;
 };
 
 // Decode attention split over the keys (flash-decoding): one query per row i against its slot's

@@ -213,6 +213,9 @@ struct CudaCausalLM::Impl {
     char* host_picks = nullptr;
 
     bool graphs = true;
+    // decode_gemv lets the next kernel launch after its own wait, not at its start
+    // (MSLM_DECODE_PDL_LATE=0: at its start; DecodeGemv::late_trigger).
+    bool late_trigger = true;
     bool fused = true;  // decode_gemv for the step's products (MSLM_DECODE_FUSED=0: cuBLASLt + separate kernels)
     bool attn_fused =
         true;  // attention_decode_fused (MSLM_DECODE_ATTN_FUSED=0: RoPE + split + combine kernels)
@@ -627,6 +630,8 @@ CudaCausalLM::CudaCausalLM(const HybridLM<float>& model, int device)
     m.alloc = &cuda_caching_allocator(device);
     const char* graphs = std::getenv("MSLM_CUDA_GRAPHS");
     m.graphs = !(graphs && std::string(graphs) == "0");
+    const char* late = std::getenv("MSLM_DECODE_PDL_LATE");
+    m.late_trigger = !(late && std::string(late) == "0");
     const char* fused = std::getenv("MSLM_DECODE_FUSED");
     m.fused = !(fused && std::string(fused) == "0");
     const char* attn_fused = std::getenv("MSLM_DECODE_ATTN_FUSED");
@@ -1002,6 +1007,7 @@ struct Run {
         // quant_gemv_rows, the expanded weight.
         if (m.fused && (q ? N == 1 : N <= m.fused_max_rows)) {
             a.q = q;
+            a.late_trigger = m.late_trigger;
             if (cuda_decoder_detail::decode_gemv_supported(a)) {
                 cuda_decoder_detail::decode_gemv(a, s);
                 return true;
