@@ -23,7 +23,8 @@
 // first wait end — means over the N steps; and block 0's own phases (µs after its wait; -1 where
 // a phase does not apply): x staged, the norm's sum of squares, the PRE rows' copies waited for,
 // the dot products, their warp sums, the epilogue, the end. The fused decode attention's launches
-// take rows too ("attention H heads × D"), with phases of their own (printed under the table).
+// take rows too ("attention H heads × D"), and so do the SSD updates ("SSD update H heads × P"), with
+// phases of their own (printed under the table).
 #include <fmt/format.h>
 
 #include <array>
@@ -106,17 +107,21 @@ void trace_products(const HybridLM<float>& model, const std::vector<int32_t>& id
         std::string phases;
         for (int m = 0; m < 7; ++m) phases += fmt::format("{}{:.2f}", m ? " / " : "", b0[i][m] / k);
         const std::string shape =
-            l.attention ? fmt::format("attention {} heads × {}", l.O, l.I) : fmt::format("{} x {}", l.I, l.O);
+            l.kind == cd::TraceKind::Attention   ? fmt::format("attention {} heads × {}", l.O, l.I)
+            : l.kind == cd::TraceKind::SsdUpdate ? fmt::format("SSD update {} heads × {}", l.O, l.I)
+                                                 : fmt::format("{} x {}", l.I, l.O);
         fmt::print("| {} | {} | {} | {:.2f} | {:.2f} | {:.2f} | {:.2f} | {:.2f} | {:.2f} | {} |\n", i, shape,
-                   l.attention ? "—"
-                   : l.pre     ? "yes"
-                               : "no",
+                   l.kind != cd::TraceKind::Product ? "—"
+                   : l.pre                          ? "yes"
+                                                    : "no",
                    sum[i][0] / k, sum[i][1] / k, sum[i][2] / k, sum[i][3] / k, sum[i][4] / k, sum[i][5] / k,
                    phases);
     }
     fmt::print(
         "\n(The fused attention's rows: prologue = q, k and v staged; block 0's phases: q, k, v staged / "
-        "scores / softmax / values waited / Σ w·v / merged / end, its warp 0's but the last two.)\n\n");
+        "scores / softmax / values waited / Σ w·v / merged / end, its warp 0's but the last two. The SSD "
+        "update's rows: prologue = its first item's inputs read; block 0's phases, its warp 0's: dt, x, B "
+        "and C read / decay / states advanced and stored / warp sums / y stored / — / end.)\n\n");
 }
 
 }  // namespace

@@ -15,6 +15,7 @@
 #include "model/cuda_bf16_bits.cuh"
 #include "model/cuda_decoder_kernels.h"
 #include "ops/cuda/common.cuh"
+#include "ops/cuda/kernel_trace.cuh"
 #include "ops/cuda/mma.cuh"
 #include "ops/cuda/quant_decode.cuh"
 #include "ops/cuda/reduce.cuh"
@@ -31,40 +32,19 @@ using ops::cuda::detail::warp_sum;    // reduce.cuh
 
 __device__ GemvTrace g_gemv_trace[kGemvTraceSlots];
 
-__device__ __forceinline__ unsigned long long global_ns() {
-    unsigned long long t;
-    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
-    return t;
-}
-
-// Thread 0 of a traced block: its stamps (start, wait's end, prologue's end) and the end into the
-// launch's record, and block 0's phase marks (marks[0..5], the end in 6, the wait's end in 7).
+using ops::cuda::detail::global_ns;  // kernel_trace.cuh
 __device__ __forceinline__ void record_trace(int slot, const unsigned long long* stamps,
                                              unsigned long long* marks) {
-    // The end first: the record's address (a constant bank the kernel may not have read yet) and
-    // its atomics are the trace's own cost.
-    const unsigned long long end = global_ns();
-    GemvTrace& g = g_gemv_trace[slot];
-    atomicMin(&g.start_min, stamps[0]);
-    atomicMax(&g.start_max, stamps[0]);
-    atomicMin(&g.waited_min, stamps[1]);
-    atomicMax(&g.waited_max, stamps[1]);
-    atomicMax(&g.prologue_max, stamps[2]);
-    atomicMax(&g.end_max, end);
-    if (blockIdx.x == 0) {
-        marks[6] = end;
-        for (int i = 0; i < 7; ++i) g.b0[i] = marks[i];
-        g.b0[7] = stamps[1];
-    }
+    ops::cuda::detail::record_trace(g_gemv_trace[slot], stamps, marks);
 }
 
 // MSLM_DECODE_GEMV_TRACE (decode_gemv_trace_reset): the next slot, or -1.
 int g_trace_used = 0;
 GemvTraceLaunch g_trace_launch[kGemvTraceSlots];
-int trace_slot(int64_t I, int64_t O, bool pre, bool attention = false) {
+int trace_slot(int64_t I, int64_t O, bool pre, TraceKind kind = TraceKind::Product) {
     const char* env = std::getenv("MSLM_DECODE_GEMV_TRACE");
     if (!(env && std::string(env) == "1") || g_trace_used >= kGemvTraceSlots) return -1;
-    g_trace_launch[g_trace_used] = {I, O, pre, attention};
+    g_trace_launch[g_trace_used] = {I, O, pre, kind};
     return g_trace_used++;
 }
 int trace_slot(const DecodeGemv& a, bool pre) {
@@ -559,7 +539,8 @@ void attention_decode_fused(uint16_t* out, const uint16_t* q, const uint16_t* k_
     auto run = [&](auto kernel, int warps) {
         launch(kernel, grid, dim3(warps * 32), 0, stream, "attention_fused", out, workspace, done, q, k_src,
                v_src, ld, k_cache, v_cache, slots, pos, cache_len, int(Hq), int(Hkv), int(Dh),
-               int(rotary_dim), theta, scale, window, alibi, C, trace_slot(Dh, Hq, false, true));
+               int(rotary_dim), theta, scale, window, alibi, C,
+               trace_slot(Dh, Hq, false, TraceKind::Attention));
     };
     if (DL == 1)
         wide ? run(attention_fused_kernel<1, kFusedWarpsShort>, kFusedWarpsShort)
@@ -2115,6 +2096,14 @@ std::vector<GemvTrace> decode_gemv_trace_read(int first, int count) {
         cudaMemcpyFromSymbol(out.data(), g_gemv_trace, sizeof(GemvTrace) * count, sizeof(GemvTrace) * first);
     MSLM_CHECK(err == cudaSuccess, "decode_gemv trace: {}", cudaGetErrorString(err));
     return out;
+}
+ops::cuda::KernelTrace* decode_trace_record(TraceKind kind, int64_t I, int64_t O) {
+    const int slot = trace_slot(I, O, false, kind);
+    if (slot < 0) return nullptr;
+    void* base = nullptr;
+    const cudaError_t err = cudaGetSymbolAddress(&base, g_gemv_trace);
+    MSLM_CHECK(err == cudaSuccess, "decode trace: {}", cudaGetErrorString(err));
+    return static_cast<GemvTrace*>(base) + slot;
 }
 GemvTraceLaunch decode_gemv_trace_launch(int slot) {
     MSLM_CHECK(slot >= 0 && slot < g_trace_used, "decode_gemv trace: slot {} of {}", slot, g_trace_used);

@@ -40,6 +40,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "ops/cuda/kernel_trace.h"
 #include "ops/cuda/quant_gemv.h"
 
 namespace mslm::cuda_decoder_detail {
@@ -133,27 +134,30 @@ void greedy_pick(const float* logits, int64_t k, int64_t V, GreedyPart* part, un
                  double* log_prob, float* logit, int32_t* token, void* stream);
 
 // Diagnostics (MSLM_DECODE_GEMV_TRACE=1, read at each launch; bench_cuda_decode --trace): each
-// decode_gemv launch (and each fused decode attention's) takes the next of kGemvTraceSlots slots (in launch
-// order since the last decode_gemv_trace_reset(true); a captured graph keeps its slots), and thread 0 of each
-// of its blocks records the global timer (ns) when the block starts, when its wait for the previous kernel
-// returns, after its prologue (x staged and normalised) and at its end — the earliest and latest
-// over the blocks of the launch.
+// decode_gemv launch (and each fused decode attention's and SSD update's) takes the next of kGemvTraceSlots
+// slots (in launch order since the last decode_gemv_trace_reset(true); a captured graph keeps its slots), and
+// thread 0 of each of its blocks records the global timer (ns) when the block starts, when its wait for the
+// previous kernel returns, after its prologue (x staged and normalised) and at its end — the earliest and
+// latest over the blocks of the launch.
 constexpr int kGemvTraceSlots = 512;
-struct GemvTrace {
-    unsigned long long start_min, start_max, waited_min, waited_max, prologue_max, end_max;
-    // Block 0's thread 0 (the global timer, ns; 0 where not reached): after x is staged, after the
-    // norm's sum of squares, after the PRE rows' copies are waited for, after the dot products,
-    // after their warp sums, after the epilogue, at the end; then its wait's end.
-    unsigned long long b0[8];
-};
+// A product's block 0 phases (b0): after x is staged, after the norm's sum of squares, after the
+// PRE rows' copies are waited for, after the dot products, after their warp sums, after the
+// epilogue, at the end; then its wait's end.
+using GemvTrace = ops::cuda::KernelTrace;
+enum class TraceKind { Product, Attention, SsdUpdate };
 struct GemvTraceLaunch {
     int64_t I, O;
     bool pre;  // a kernel that copies weights before its wait (PRE, or TC's first items)
-    // The fused decode attention (attention_decode_fused), which takes slots too: I the head dim, O
-    // the query heads; its block 0's phases: q, k, v staged / scores / softmax / values waited /
-    // Σ w·v / merged / end.
-    bool attention = false;
+    // The fused decode attention (attention_decode_fused) and the SSD update (ops::cuda::ssd_update)
+    // take slots too. Attention: I the head dim, O the query heads; its block 0's phases: q, k, v
+    // staged / scores / softmax / values waited / Σ w·v / merged / end. SSD update: I the head dim
+    // P, O the heads; its block 0's phases: dt, x, B and C read / decay / states advanced and
+    // stored / warp sums / y stored / — / end.
+    TraceKind kind = TraceKind::Product;
 };
+// The record of the next slot for a kernel of another kind (MSLM_DECODE_GEMV_TRACE=1 and a slot
+// left; a device pointer), or null.
+ops::cuda::KernelTrace* decode_trace_record(TraceKind kind, int64_t I, int64_t O);
 void decode_gemv_trace_reset(bool restart_slots);  // clears the records (restart: slots from 0)
 int decode_gemv_trace_used();                      // slots taken since the last restart
 std::vector<GemvTrace> decode_gemv_trace_read(int first, int count);

@@ -1182,11 +1182,15 @@ struct Run {
                 if (!gemv(in, L.in_q))
                     kc::conv1d_causal_update(m.conv_out, L.conv, m.slots, m.proj + w.Din, w.W2, L.conv_w, L.conv_b, N,
                                              w.C2, w.K, true, s);
+                // The states read before the wait (ssd.h); a trace slot under MSLM_DECODE_GEMV_TRACE.
+                kc::KernelTrace* trace = cuda_decoder_detail::decode_trace_record(
+                    cuda_decoder_detail::TraceKind::SsdUpdate, w.P, w.H);
                 if (L.ssm16) {
                     kc::ssd_update_bf16_state(m.y, L.ssm16, m.slots, ssd_in(L, m.conv_out), ssd_dims(N, 1), s,
-                                              true);  // the states read before the wait (ssd.h)
+                                              true, trace);
                 } else {
-                    kc::ssd_update(m.y, L.ssm, m.slots, ssd_in(L, m.conv_out), ssd_dims(N, 1), s, true);
+                    kc::ssd_update(m.y, L.ssm, m.slots, ssd_in(L, m.conv_out), ssd_dims(N, 1), s, true,
+                                   trace);
                 }
                 DecodeGemv out = plain(m.y, w.Din, w.Din);  // gated norm with z, then out_proj
                 out.norm = cuda_decoder_detail::DecodeNorm::Gated;

@@ -37,6 +37,7 @@
 
 #include "core/error.h"
 #include "ops/cuda/common.cuh"
+#include "ops/cuda/kernel_trace.cuh"
 #include "ops/cuda/linear.h"
 #include "ops/cuda/mma.cuh"
 #include "ops/cuda/ssd.h"
@@ -2281,11 +2282,23 @@ __device__ __forceinline__ UpdateItem update_item(const Args<T>& a, int w, int p
 
 // HS: the state storage type (float, or __nv_bfloat16 with N % 4 == 0).
 template <typename T, int PB, typename HS>
-__global__ void ssd_update_kernel(Args<T> a, T* y, HS* h, const int64_t* slots, bool early) {
+__global__ void ssd_update_kernel(Args<T> a, T* y, HS* h, const int64_t* slots, bool early,
+                                  KernelTrace* trace) {
     // Launched with programmatic dependent launch (the decode step): the inputs are earlier
     // kernels' outputs, read after the wait; the first item's place and head constants are read
     // before it, and with `early` (ssd.h) its state rows too (N ≤ 128: one 16-byte load a row a
     // lane; PB ≤ 2).
+    // `trace` (the decode step's diagnostics, kernel_trace.h): thread 0's stamps; its first item's
+    // phases are block 0's marks.
+    __shared__ unsigned long long stamps[3], marks[8];
+    const bool traced = trace && threadIdx.x == 0;
+    if (traced) {
+        stamps[0] = detail::global_ns();
+        for (int m = 0; m < 8; ++m) marks[m] = 0;
+    }
+    auto mark = [&](int m, bool first_item) {
+        if (traced && first_item) marks[m] = detail::global_ns();
+    };
     pdl_trigger();
     const int lane = threadIdx.x % 32, N = int(a.N);
     const int p_blocks = int((a.P + PB - 1) / PB);
@@ -2304,17 +2317,21 @@ __global__ void ssd_update_kernel(Args<T> a, T* y, HS* h, const int64_t* slots, 
             if (j < first.np) st_pre[j] = load_state4(S + j * a.N + 4 * lane);
     }
     pdl_wait();
+    if (traced) stamps[1] = stamps[2] = detail::global_ns();
     for (int w = w_first; w < total; w += n_warps) {
         const UpdateItem it = w == w_first ? first : update_item<T, PB>(a, w, p_blocks, slots);
         const int i = it.i, hh = it.hh, g = it.g, p0 = it.p0, np = it.np;
-        const float dtv = dt_value(to_f32(a.dt[i * a.ld_dt + hh]) + it.bias, a.dt_min, a.dt_max);
-        const float decay = expf(dtv * it.A);
+        const float dt_in = to_f32(a.dt[i * a.ld_dt + hh]);
         float xp[PB], acc[PB];
 #pragma unroll
         for (int j = 0; j < PB; ++j) {
             xp[j] = j < np ? to_f32(a.x[i * a.ld_x + hh * a.P + p0 + j]) : 0.0f;
             acc[j] = 0.0f;
         }
+        if (traced && w == w_first) marks[0] = stamps[2] = detail::global_ns();
+        const float dtv = dt_value(dt_in + it.bias, a.dt_min, a.dt_max);
+        const float decay = expf(dtv * it.A);
+        mark(1, w == w_first);
         HS* S = h + it.state;  // row j at S + j · N
         const T* Bt = a.Bm + i * a.ld_B + g * a.N;
         const T* Ct = a.Cm + i * a.ld_C + g * a.N;
@@ -2357,6 +2374,7 @@ __global__ void ssd_update_kernel(Args<T> a, T* y, HS* h, const int64_t* slots, 
                 }
             }
         }
+        mark(2, w == w_first);
         const float d = it.d;
 #pragma unroll
         for (int j = 0; j < PB; ++j) {
@@ -2364,6 +2382,11 @@ __global__ void ssd_update_kernel(Args<T> a, T* y, HS* h, const int64_t* slots, 
             const float sum = warp_sum(acc[j]);
             if (lane == 0) y[(i * a.H + hh) * a.P + p0 + j] = from_f32<T>(sum + d * xp[j]);
         }
+        mark(3, w == w_first);
+    }
+    if (trace) {
+        __syncthreads();
+        if (traced) detail::record_trace(*trace, stamps, marks);
     }
 }
 
@@ -2790,18 +2813,18 @@ void ssd_backward(const SsdGrads<S>& grads, const S* dy, const SsdInputs<S>& in,
 // fewer rows a warp at small batches, so the state still spreads over every SM.
 template <typename S, typename A, typename D, typename HS>
 void launch_update(const A& a, D* y, HS* h, const int64_t* slots, const Plan& p, cudaStream_t st,
-                   const char* kernel, bool early) {
+                   const char* kernel, bool early, KernelTrace* trace) {
     const int64_t wide = p.batch * p.H * ((p.P + 7) / 8);
     MSLM_CHECK(p.batch * p.H * ((p.P + 1) / 2) < INT_MAX && p.N < INT_MAX,
                "{}: {} rows × {} heads × {} state rows: too many", kernel, p.batch, p.H, p.P);
     cudaError_t err;
     if (wide >= 16 * int64_t(multiprocessors<S>(kernel))) {
         err = launch_pdl(ssd_update_kernel<D, 8, HS>, grid_size<S>(wide * 32, kernel), dim3(kThreads), 0, st,
-                         a, y, h, slots, early);
+                         a, y, h, slots, early, trace);
     } else {
         const int64_t narrow = p.batch * p.H * ((p.P + 1) / 2);
         err = launch_pdl(ssd_update_kernel<D, 2, HS>, grid_size<S>(narrow * 32, kernel), dim3(kThreads), 0,
-                         st, a, y, h, slots, early);
+                         st, a, y, h, slots, early, trace);
     }
     check_cuda<S>(err, "launch", kernel);
     check_launch<S>(kernel);
@@ -2809,7 +2832,7 @@ void launch_update(const A& a, D* y, HS* h, const int64_t* slots, const Plan& p,
 
 template <typename S>
 void ssd_update(S* y, float* h, const int64_t* slots, const SsdInputs<S>& in, const SsdDims& dims,
-                void* stream, bool early_state) {
+                void* stream, bool early_state, KernelTrace* trace) {
     SsdDims one = dims;
     one.seqlen = 1, one.chunk_size = 1;
     const Plan p = make_plan(one, "ssd_update");
@@ -2817,11 +2840,11 @@ void ssd_update(S* y, float* h, const int64_t* slots, const SsdInputs<S>& in, co
     if (p.batch == 0) return;
     const auto a = make_args(in, p, Workspace{});
     launch_update<S>(a, reinterpret_cast<device_t<S>*>(y), h, slots, p, static_cast<cudaStream_t>(stream),
-                     "ssd_update", early_state);
+                     "ssd_update", early_state, trace);
 }
 
 void ssd_update_bf16_state(uint16_t* y, uint16_t* h, const int64_t* slots, const SsdInputs<uint16_t>& in,
-                           const SsdDims& dims, void* stream, bool early_state) {
+                           const SsdDims& dims, void* stream, bool early_state, KernelTrace* trace) {
     const char* kernel = "ssd_update_bf16_state";
     SsdDims one = dims;
     one.seqlen = 1, one.chunk_size = 1;
@@ -2833,7 +2856,7 @@ void ssd_update_bf16_state(uint16_t* y, uint16_t* h, const int64_t* slots, const
     if (p.batch == 0) return;
     const auto a = make_args(in, p, Workspace{});
     launch_update<uint16_t>(a, reinterpret_cast<__nv_bfloat16*>(y), reinterpret_cast<__nv_bfloat16*>(h),
-                            slots, p, static_cast<cudaStream_t>(stream), kernel, early_state);
+                            slots, p, static_cast<cudaStream_t>(stream), kernel, early_state, trace);
 }
 
 template void ssd_forward<float>(float*, float*, const SsdInputs<float>&, const float*, const SsdDims&,
@@ -2845,8 +2868,8 @@ template void ssd_backward<float>(const SsdGrads<float>&, const float*, const Ss
 template void ssd_backward<uint16_t>(const SsdGrads<uint16_t>&, const uint16_t*, const SsdInputs<uint16_t>&,
                                      const float*, const float*, const SsdDims&, void*, void*);
 template void ssd_update<float>(float*, float*, const int64_t*, const SsdInputs<float>&, const SsdDims&,
-                                void*, bool);
+                                void*, bool, KernelTrace*);
 template void ssd_update<uint16_t>(uint16_t*, float*, const int64_t*, const SsdInputs<uint16_t>&,
-                                   const SsdDims&, void*, bool);
+                                   const SsdDims&, void*, bool, KernelTrace*);
 
 }  // namespace mslm::ops::cuda

@@ -36,6 +36,7 @@
 #include <cstdint>
 #include <limits>
 
+#include "ops/cuda/kernel_trace.h"
 #include "ops/ssd.h"
 
 namespace mslm::ops::cuda {
@@ -89,10 +90,11 @@ void ssd_backward(const SsdGrads<T>& grads, const T* dy, const SsdInputs<T>& in,
 // launch (it waits for its predecessor before reading the inputs). early_state: the caller vouches
 // that no kernel that may still be running writes h (the decode step: h's last writer is this
 // layer's update in the previous step, and every step starts with a kernel launched without
-// programmatic dependent launch), so the state rows are read before the wait.
+// programmatic dependent launch), so the state rows are read before the wait. trace: a timing
+// record (kernel_trace.h; the decode step's MSLM_DECODE_GEMV_TRACE diagnostics) or null.
 template <typename T>
 void ssd_update(T* y, float* h, const int64_t* slots, const SsdInputs<T>& in, const SsdDims& dims,
-                void* stream = nullptr, bool early_state = false);
+                void* stream = nullptr, bool early_state = false, KernelTrace* trace = nullptr);
 
 // ssd_update with the states stored in bf16 (h (S, H, P, N) as bf16 bit patterns; bf16 inputs only):
 // each state value is read, advanced in fp32 and rounded once when stored, and y is formed from the
@@ -101,6 +103,7 @@ void ssd_update(T* y, float* h, const int64_t* slots, const SsdInputs<T>& in, co
 // the decode at large batches streams the states (CudaCausalLM with MSLM_DECODE_STATE=bf16). This is
 // what mamba-ssm's and transformers' Mamba-2 caches hold for a bf16 model.
 void ssd_update_bf16_state(uint16_t* y, uint16_t* h, const int64_t* slots, const SsdInputs<uint16_t>& in,
-                           const SsdDims& dims, void* stream = nullptr, bool early_state = false);
+                           const SsdDims& dims, void* stream = nullptr, bool early_state = false,
+                           KernelTrace* trace = nullptr);
 
 }  // namespace mslm::ops::cuda
