@@ -120,8 +120,8 @@ void trace_products(const HybridLM<float>& model, const std::vector<int32_t>& id
     fmt::print(
         "\n(The fused attention's rows: prologue = q, k and v staged; block 0's phases: q, k, v staged / "
         "scores / softmax / values waited / Σ w·v / merged / end, its warp 0's but the last two. The SSD "
-        "update's rows: prologue = its first item's inputs read; block 0's phases, its warp 0's: dt, x, B "
-        "and C read / decay / states advanced and stored / warp sums / y stored / — / end.)\n\n");
+        "update's rows: prologue = its first item's inputs read; block 0's phases, its warp 0's: dt, decay "
+        "and x ready / states advanced and stored / warp sums and y stored / — / — / — / end.)\n\n");
 }
 
 }  // namespace

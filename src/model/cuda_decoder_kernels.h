@@ -151,8 +151,8 @@ struct GemvTraceLaunch {
     // The fused decode attention (attention_decode_fused) and the SSD update (ops::cuda::ssd_update)
     // take slots too. Attention: I the head dim, O the query heads; its block 0's phases: q, k, v
     // staged / scores / softmax / values waited / Σ w·v / merged / end. SSD update: I the head dim
-    // P, O the heads; its block 0's phases: dt, x, B and C read / decay / states advanced and
-    // stored / warp sums / y stored / — / end.
+    // P, O the heads; its block 0's phases: dt, decay and x ready / states advanced and stored (B, C
+    // read) / warp sums and y stored / — / — / — / end.
     TraceKind kind = TraceKind::Product;
 };
 // The record of the next slot for a kernel of another kind (MSLM_DECODE_GEMV_TRACE=1 and a slot

@@ -2280,8 +2280,9 @@ __device__ __forceinline__ UpdateItem update_item(const Args<T>& a, int w, int p
     return it;
 }
 
-// HS: the state storage type (float, or __nv_bfloat16 with N % 4 == 0).
-template <typename T, int PB, typename HS>
+// HS: the state storage type (float, or __nv_bfloat16 with N % 4 == 0). kTrace: an instantiation of
+// its own, so that the untraced kernel carries none of the trace's code.
+template <typename T, int PB, typename HS, bool kTrace>
 __global__ void ssd_update_kernel(Args<T> a, T* y, HS* h, const int64_t* slots, bool early,
                                   KernelTrace* trace) {
     // Launched with programmatic dependent launch (the decode step): the inputs are earlier
@@ -2291,7 +2292,7 @@ __global__ void ssd_update_kernel(Args<T> a, T* y, HS* h, const int64_t* slots, 
     // `trace` (the decode step's diagnostics, kernel_trace.h): thread 0's stamps; its first item's
     // phases are block 0's marks.
     __shared__ unsigned long long stamps[3], marks[8];
-    const bool traced = trace && threadIdx.x == 0;
+    const bool traced = kTrace && threadIdx.x == 0;
     if (traced) {
         stamps[0] = detail::global_ns();
         for (int m = 0; m < 8; ++m) marks[m] = 0;
@@ -2321,7 +2322,8 @@ __global__ void ssd_update_kernel(Args<T> a, T* y, HS* h, const int64_t* slots, 
     for (int w = w_first; w < total; w += n_warps) {
         const UpdateItem it = w == w_first ? first : update_item<T, PB>(a, w, p_blocks, slots);
         const int i = it.i, hh = it.hh, g = it.g, p0 = it.p0, np = it.np;
-        const float dt_in = to_f32(a.dt[i * a.ld_dt + hh]);
+        const float dtv = dt_value(to_f32(a.dt[i * a.ld_dt + hh]) + it.bias, a.dt_min, a.dt_max);
+        const float decay = expf(dtv * it.A);
         float xp[PB], acc[PB];
 #pragma unroll
         for (int j = 0; j < PB; ++j) {
@@ -2329,9 +2331,6 @@ __global__ void ssd_update_kernel(Args<T> a, T* y, HS* h, const int64_t* slots, 
             acc[j] = 0.0f;
         }
         if (traced && w == w_first) marks[0] = stamps[2] = detail::global_ns();
-        const float dtv = dt_value(dt_in + it.bias, a.dt_min, a.dt_max);
-        const float decay = expf(dtv * it.A);
-        mark(1, w == w_first);
         HS* S = h + it.state;  // row j at S + j · N
         const T* Bt = a.Bm + i * a.ld_B + g * a.N;
         const T* Ct = a.Cm + i * a.ld_C + g * a.N;
@@ -2374,7 +2373,7 @@ __global__ void ssd_update_kernel(Args<T> a, T* y, HS* h, const int64_t* slots, 
                 }
             }
         }
-        mark(2, w == w_first);
+        mark(1, w == w_first);
         const float d = it.d;
 #pragma unroll
         for (int j = 0; j < PB; ++j) {
@@ -2382,9 +2381,9 @@ __global__ void ssd_update_kernel(Args<T> a, T* y, HS* h, const int64_t* slots, 
             const float sum = warp_sum(acc[j]);
             if (lane == 0) y[(i * a.H + hh) * a.P + p0 + j] = from_f32<T>(sum + d * xp[j]);
         }
-        mark(3, w == w_first);
+        mark(2, w == w_first);
     }
-    if (trace) {
+    if constexpr (kTrace) {
         __syncthreads();
         if (traced) detail::record_trace(*trace, stamps, marks);
     }
@@ -2817,14 +2816,18 @@ void launch_update(const A& a, D* y, HS* h, const int64_t* slots, const Plan& p,
     const int64_t wide = p.batch * p.H * ((p.P + 7) / 8);
     MSLM_CHECK(p.batch * p.H * ((p.P + 1) / 2) < INT_MAX && p.N < INT_MAX,
                "{}: {} rows × {} heads × {} state rows: too many", kernel, p.batch, p.H, p.P);
+    auto go = [&](auto kernel_fn, int64_t warps) {
+        return launch_pdl(kernel_fn, grid_size<S>(warps * 32, kernel), dim3(kThreads), 0, st, a, y, h, slots,
+                          early, trace);
+    };
     cudaError_t err;
     if (wide >= 16 * int64_t(multiprocessors<S>(kernel))) {
-        err = launch_pdl(ssd_update_kernel<D, 8, HS>, grid_size<S>(wide * 32, kernel), dim3(kThreads), 0, st,
-                         a, y, h, slots, early, trace);
+        err = trace ? go(ssd_update_kernel<D, 8, HS, true>, wide)
+                    : go(ssd_update_kernel<D, 8, HS, false>, wide);
     } else {
         const int64_t narrow = p.batch * p.H * ((p.P + 1) / 2);
-        err = launch_pdl(ssd_update_kernel<D, 2, HS>, grid_size<S>(narrow * 32, kernel), dim3(kThreads), 0,
-                         st, a, y, h, slots, early, trace);
+        err = trace ? go(ssd_update_kernel<D, 2, HS, true>, narrow)
+                    : go(ssd_update_kernel<D, 2, HS, false>, narrow);
     }
     check_cuda<S>(err, "launch", kernel);
     check_launch<S>(kernel);
