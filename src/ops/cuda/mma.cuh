@@ -363,6 +363,9 @@ __device__ __forceinline__ uint64_t l2_evict_first() {
 }
 // cp_async_16 with a policy, and a 16-byte read-only load with one (the bf16 weight rows). Kernels
 // make the policy once: made at each use, it costs ~5 instructions a load where it is not hoisted.
+// ldg_stream allocates in L1, as the __ldg it replaced did; quant_detail::load_stream(p, policy)
+// (quant_decode.cuh) is the same load with L1::no_allocate, as the 4-bit codes were read before —
+// kept apart so that neither path's L1 behaviour changed with the policy.
 __device__ __forceinline__ void cp_async_16_stream(void* smem, const void* gmem, uint64_t policy) {
     const auto addr = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
     asm volatile("cp.async.cg.shared.global.L2::cache_hint [%0], [%1], 16, %2;\n" ::"r"(addr), "l"(gmem),

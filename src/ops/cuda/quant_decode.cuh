@@ -33,7 +33,8 @@ __device__ __forceinline__ uint4 load_stream(const uint8_t* p) {
         : "l"(p));
     return v;
 }
-// load_stream with an L2 eviction policy (ops::cuda::detail::l2_evict_first, mma.cuh).
+// load_stream with an L2 eviction policy (ops::cuda::detail::l2_evict_first, mma.cuh); mma.cuh's
+// ldg_stream is the L1-allocating form for bf16 rows.
 __device__ __forceinline__ uint4 load_stream(const uint8_t* p, uint64_t policy) {
     uint4 v;
     asm("ld.global.nc.L1::no_allocate.L2::cache_hint.v4.u32 {%0, %1, %2, %3}, [%4], %5;"
