@@ -27,6 +27,7 @@
 
 #include "core/error.h"
 #include "ops/cuda/attention.h"
+#include "ops/cuda/attention_wgmma.h"
 #include "ops/cuda/common.cuh"
 #include "ops/cuda/mma.cuh"
 #include "ops/cuda/reduce.cuh"
@@ -1657,6 +1658,17 @@ void attention_forward(T* out, float* lse, const T* q, int64_t ld_q, const T* k,
     a.lse = lse;
     auto s = static_cast<cudaStream_t>(stream);
     if constexpr (std::is_same_v<T, uint16_t>) {
+#ifdef MSLM_HAVE_SM90A
+        // Opt-in until measured: the wgmma forward (attention_wgmma.h), where it takes the call.
+        if (const char* env = std::getenv("MSLM_ATTN_WGMMA");
+            env && std::string_view(env) == "1" && use_tensor_cores<T>(dims.head_dim) &&
+            attention_forward_wgmma_takes(dims.head_dim, opt.alibi, opt.scale, opt.q_offset, opt.window, q,
+                                          ld_q, k, ld_k, v, ld_v)) {
+            attention_forward_wgmma(out, lse, q, ld_q, k, ld_k, v, ld_v, dims.batch, dims.seqlen,
+                                    dims.n_heads, dims.n_kv_heads, opt.scale, stream);
+            return;
+        }
+#endif
         if (use_tensor_cores<T>(dims.head_dim)) {
             check_tc_positions<T>(kernel, a);
             const bool general = opt.alibi || !(opt.scale > 0.0f);

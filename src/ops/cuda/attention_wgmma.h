@@ -1,0 +1,24 @@
+// The causal attention forward on Hopper's warpgroup products (attention_wgmma.sm90a.cu; opt-in,
+// MSLM_ATTN_WGMMA=1, read at every call by ops::cuda::attention_forward): bf16, head dim 64, no
+// ALiBi, no window, q_offset 0, a positive scale. The same function as the mma.sync kernel
+// (attention.cu): scores and P·V in fp32 accumulators, the softmax weights rounded once to bf16 for
+// P·V, lse = m·ln 2 + ln l in fp32. Blocks of two warpgroups, 128 query rows, 64-key tiles of K and V
+// double-buffered in 128-byte swizzled shared memory; S = Q·Kᵀ with both operands from shared
+// memory, O += P·V with P from registers and V MN-major. Plain C++ header.
+#pragma once
+#include <cstdint>
+
+namespace mslm::ops::cuda {
+
+// Whether the kernel takes the call: a compute capability 9.0 device with the sm_90a code, the
+// shape and options above, 16-byte aligned rows.
+bool attention_forward_wgmma_takes(int64_t head_dim, bool alibi, float scale, int64_t q_offset,
+                                   int64_t window, const void* q, int64_t ld_q, const void* k, int64_t ld_k,
+                                   const void* v, int64_t ld_v);
+// q (B, T, Hq, 64) row stride ld_q; k, v (B, T, Hkv, 64) row strides ld_k, ld_v; out (B, T, Hq, 64)
+// contiguous; lse (B, Hq, T) fp32. Asynchronous on `stream`.
+void attention_forward_wgmma(uint16_t* out, float* lse, const uint16_t* q, int64_t ld_q, const uint16_t* k,
+                             int64_t ld_k, const uint16_t* v, int64_t ld_v, int64_t B, int64_t T, int64_t Hq,
+                             int64_t Hkv, float scale, void* stream);
+
+}  // namespace mslm::ops::cuda
