@@ -120,4 +120,74 @@ TEST(CudaWgmma, AttentionForwardMatchesTheMmaKernel) {
 #endif
 }
 
+// The wgmma backward (MSLM_ATTN_WGMMA=1) against the mma.sync kernels on the same inputs and the
+// same saved forward (out, lse from the mma.sync forward): dq, dk, dv accumulated onto a random start,
+// bounded by 2^-6 of each gradient's largest magnitude (the same roundings of p and dS to bf16, sums
+// in other orders).
+TEST(CudaWgmma, AttentionBackwardMatchesTheMmaKernels) {
+#if defined(MSLM_HAVE_CUDA) && defined(MSLM_HAVE_SM90A)
+    if (!cuda_available()) GTEST_SKIP() << "no CUDA GPU: " << cuda_device_summary();
+    if (!ops::cuda::wgmma_available())
+        GTEST_SKIP() << "not a compute capability 9.0 GPU: " << cuda_device_summary();
+    Rng rng(13);
+    const int64_t B = 2, Hq = 4, Hkv = 2, Dh = 64, W = (Hq + 2 * Hkv) * Dh;
+    for (int64_t T : {37, 128, 300}) {
+        const std::vector<uint16_t> qkv =
+            test::random_values<uint16_t>(rng, static_cast<size_t>(B * T * W), -2.0, 2.0);
+        const size_t n_out = static_cast<size_t>(B * T * Hq * Dh), n_lse = static_cast<size_t>(B * Hq * T);
+        const std::vector<uint16_t> dout_h = test::random_values<uint16_t>(rng, n_out);
+        const std::vector<uint16_t> start =
+            test::random_values<uint16_t>(rng, static_cast<size_t>(B * T * W));
+        test::DeviceBuffer<uint16_t> dqkv(qkv), dout(dout_h), out(n_out);
+        test::DeviceBuffer<float> lse(n_lse);
+        const uint16_t* q = dqkv.get();
+        const uint16_t* k = q + Hq * Dh;
+        const uint16_t* v = k + Hkv * Dh;
+        ops::AttentionDims dims{B, T, Hq, Hkv, Dh};
+        ops::cuda::AttentionOptions opt;
+        opt.scale = 0.125f;
+        {
+            test::ScopedEnv env("MSLM_ATTN_WGMMA", std::string("0"));
+            ops::cuda::attention_forward(out.get(), lse.get(), q, W, k, W, v, W, dims, opt);
+        }
+        auto run = [&](const char* wgmma) {
+            test::ScopedEnv env("MSLM_ATTN_WGMMA", std::string(wgmma));
+            test::DeviceBuffer<uint16_t> grad(start);  // dq, dk, dv as slices of one fused gradient
+            uint16_t* gq = grad.get();
+            ops::cuda::attention_backward(gq, gq + Hq * Dh, gq + (Hq + Hkv) * Dh, dout.get(), out.get(),
+                                          lse.get(), q, W, k, W, v, W, dims, opt);
+            cuda_synchronize();
+            return test::decode_all(grad.download());
+        };
+        const std::vector<double> ref = run("0"), got = run("1");
+        // Per part (q, k, v columns of the fused rows): the largest change from the start.
+        const std::vector<double> s0 = test::decode_all(start);
+        for (int part = 0; part < 3; ++part) {
+            const int64_t c0 = part == 0   ? 0
+                               : part == 1 ? Hq * Dh
+                                           : (Hq + Hkv) * Dh,
+                          c1 = part == 0   ? Hq * Dh
+                               : part == 1 ? (Hq + Hkv) * Dh
+                                           : W;
+            double big = 0.0;
+            for (int64_t r = 0; r < B * T; ++r)
+                for (int64_t c = c0; c < c1; ++c) {
+                    const size_t i = static_cast<size_t>(r * W + c);
+                    big = std::max(big, std::fabs(ref[i] - s0[i]));
+                }
+            int bad = 0;
+            for (int64_t r = 0; r < B * T; ++r)
+                for (int64_t c = c0; c < c1; ++c) {
+                    const size_t i = static_cast<size_t>(r * W + c);
+                    if (!(std::fabs(got[i] - ref[i]) <= 0x1p-6 * big + 0x1p-8 * std::fabs(ref[i]))) ++bad;
+                }
+            EXPECT_EQ(bad, 0) << "T " << T << ", d"
+                              << "qkv"[part] << " (largest change " << big << ")";
+        }
+    }
+#else
+    GTEST_SKIP() << "built without CUDA or without the sm_90a kernels";
+#endif
+}
+
 }  // namespace

@@ -1771,6 +1771,17 @@ void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* out, const 
             attention_delta_kernel<<<grid_size<T>(rows * 32, "attention_backward_delta"), kThreads, 0, s>>>(
                 a, delta.get());
             check_launch<T>("attention_backward_delta");
+#ifdef MSLM_HAVE_SM90A
+            if (const char* env = std::getenv("MSLM_ATTN_WGMMA");
+                env && std::string_view(env) == "1" && aligned16(dout) &&
+                attention_forward_wgmma_takes(dims.head_dim, opt.alibi, opt.scale, opt.q_offset, opt.window,
+                                              q, ld_q, k, ld_k, v, ld_v)) {
+                attention_backward_wgmma(dq, dk, dv, dout, lse, delta.get(), q, ld_q, k, ld_k, v, ld_v,
+                                         dims.batch, dims.seqlen, dims.n_heads, dims.n_kv_heads, opt.scale,
+                                         stream);
+                return;
+            }
+#endif
             // Tiles: 64 keys (dK/dV) or 64 queries (dQ) per block; the streamed side is 64 rows for
             // head dim 64 and 32 for 128, which keeps the fp32 accumulators and both score tiles of
             // a warp within the register file.
