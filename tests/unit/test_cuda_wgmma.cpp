@@ -82,7 +82,7 @@ TEST(CudaWgmma, AttentionForwardMatchesTheMmaKernel) {
         GTEST_SKIP() << "not a compute capability 9.0 GPU: " << cuda_device_summary();
     Rng rng(11);
     const int64_t B = 2, Hq = 4, Hkv = 2, Dh = 64, W = (Hq + 2 * Hkv) * Dh;
-    for (int64_t T : {37, 128, 300}) {
+    for (int64_t T : {37, 128, 300, 1000}) {
         const std::vector<uint16_t> qkv =
             test::random_values<uint16_t>(rng, static_cast<size_t>(B * T * W), -2.0, 2.0);
         test::DeviceBuffer<uint16_t> dqkv(qkv);
@@ -104,16 +104,19 @@ TEST(CudaWgmma, AttentionForwardMatchesTheMmaKernel) {
             return std::pair(test::decode_all(out.download()), lse.download());
         };
         const auto [ref_out, ref_lse] = run("0");
-        const auto [got_out, got_lse] = run("1");
         double big = 0.0;
         for (double x : ref_out) big = std::max(big, std::fabs(x));
-        int bad = 0, bad_lse = 0;
-        for (size_t i = 0; i < n_out; ++i)
-            if (!(std::fabs(got_out[i] - ref_out[i]) <= 0x1p-6 * big)) ++bad;
-        for (size_t i = 0; i < n_lse; ++i)
-            if (!(std::fabs(double(got_lse[i]) - double(ref_lse[i])) <= 1e-3)) ++bad_lse;
-        EXPECT_EQ(bad, 0) << "T " << T << " (largest output " << big << ")";
-        EXPECT_EQ(bad_lse, 0) << "T " << T;
+        for (const char* wgs : {"2", "3"}) {  // consumer warpgroups a block: 128 or 192 query rows
+            test::ScopedEnv env("MSLM_ATTN_WGMMA_WG", std::string(wgs));
+            const auto [got_out, got_lse] = run("1");
+            int bad = 0, bad_lse = 0;
+            for (size_t i = 0; i < n_out; ++i)
+                if (!(std::fabs(got_out[i] - ref_out[i]) <= 0x1p-6 * big)) ++bad;
+            for (size_t i = 0; i < n_lse; ++i)
+                if (!(std::fabs(double(got_lse[i]) - double(ref_lse[i])) <= 1e-3)) ++bad_lse;
+            EXPECT_EQ(bad, 0) << "T " << T << ", " << wgs << " warpgroups (largest output " << big << ")";
+            EXPECT_EQ(bad_lse, 0) << "T " << T << ", " << wgs << " warpgroups";
+        }
     }
 #else
     GTEST_SKIP() << "built without CUDA or without the sm_90a kernels";
@@ -131,7 +134,7 @@ TEST(CudaWgmma, AttentionBackwardMatchesTheMmaKernels) {
         GTEST_SKIP() << "not a compute capability 9.0 GPU: " << cuda_device_summary();
     Rng rng(13);
     const int64_t B = 2, Hq = 4, Hkv = 2, Dh = 64, W = (Hq + 2 * Hkv) * Dh;
-    for (int64_t T : {37, 128, 300}) {
+    for (int64_t T : {37, 128, 300, 1000}) {
         const std::vector<uint16_t> qkv =
             test::random_values<uint16_t>(rng, static_cast<size_t>(B * T * W), -2.0, 2.0);
         const size_t n_out = static_cast<size_t>(B * T * Hq * Dh), n_lse = static_cast<size_t>(B * Hq * T);

@@ -1598,7 +1598,7 @@ private:
 };
 
 // What a KeptScratch holds: each use its own buffer, so one use's writes never land on another's.
-enum class Kept { SplitParts, SplitCounters, Delta };
+enum class Kept { SplitParts, SplitCounters, Delta, DqAccumulator };
 
 // fp32 scratch kept per (device, stream, use) and grown in stream order (the old buffer freed with
 // cudaFreeAsync behind the kernels queued before it), never freed: a cudaMallocAsync per call of the
@@ -1776,9 +1776,12 @@ void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* out, const 
                 env && std::string_view(env) == "1" && aligned16(dout) &&
                 attention_forward_wgmma_takes(dims.head_dim, opt.alibi, opt.scale, opt.q_offset, opt.window,
                                               q, ld_q, k, ld_k, v, ld_v)) {
+                KeptScratch<T> acc(Kept::DqAccumulator,
+                                   attention_backward_wgmma_scratch(dims.batch, dims.seqlen, dims.n_heads), s,
+                                   "attention_backward_wgmma");
                 attention_backward_wgmma(dq, dk, dv, dout, lse, delta.get(), q, ld_q, k, ld_k, v, ld_v,
                                          dims.batch, dims.seqlen, dims.n_heads, dims.n_kv_heads, opt.scale,
-                                         stream);
+                                         acc.get(), stream);
                 return;
             }
 #endif

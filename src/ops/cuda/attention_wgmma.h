@@ -6,6 +6,7 @@
 // double-buffered in 128-byte swizzled shared memory; S = Q·Kᵀ with both operands from shared
 // memory, O += P·V with P from registers and V MN-major. Plain C++ header.
 #pragma once
+#include <cstddef>
 #include <cstdint>
 
 namespace mslm::ops::cuda {
@@ -21,13 +22,16 @@ void attention_forward_wgmma(uint16_t* out, float* lse, const uint16_t* q, int64
                              int64_t ld_k, const uint16_t* v, int64_t ld_v, int64_t B, int64_t T, int64_t Hq,
                              int64_t Hkv, float scale, void* stream);
 
-// The backward on the same tiles (dq, dk, dv each nullable, accumulated +=, rows of q's, k's and v's
-// strides; dout (B, T, Hq, 64) contiguous; lse as the forward saved it; delta (B, Hq, T) = rowsum(dout ∘
-// out) in fp32): a dK/dV kernel over key tiles and a dQ kernel over query tiles, no atomics, the
-// score gradients rounded once to bf16 for their products as in the mma.sync kernels.
+// The backward (dq, dk, dv each nullable, accumulated +=, rows of q's, k's and v's strides; dout
+// (B, T, Hq, 64) contiguous; lse as the forward saved it; delta (B, Hq, T) = rowsum(dout ∘ out) in
+// fp32): one kernel over 128-key blocks computes dK and dV and adds dQ's parts onto an fp32
+// accumulator in `scratch` (attention_backward_wgmma_scratch floats, zeroed here), a second adds it
+// to dq. The softmax weights and score gradients rounded once to bf16 for their products, as in
+// the mma.sync kernels.
+size_t attention_backward_wgmma_scratch(int64_t B, int64_t T, int64_t Hq);
 void attention_backward_wgmma(uint16_t* dq, uint16_t* dk, uint16_t* dv, const uint16_t* dout,
                               const float* lse, const float* delta, const uint16_t* q, int64_t ld_q,
                               const uint16_t* k, int64_t ld_k, const uint16_t* v, int64_t ld_v, int64_t B,
-                              int64_t T, int64_t Hq, int64_t Hkv, float scale, void* stream);
+                              int64_t T, int64_t Hq, int64_t Hkv, float scale, float* scratch, void* stream);
 
 }  // namespace mslm::ops::cuda

@@ -1,13 +1,18 @@
 // attention_wgmma.h: the causal forward on wgmma, built for sm_90a only.
+#include <cudaTypedefs.h>
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <string_view>
 
 #include "core/error.h"
 #include "ops/cuda/attention_wgmma.h"
 #include "ops/cuda/common.cuh"
 #include "ops/cuda/mma.cuh"
+#include "ops/cuda/tma.cuh"
 #include "ops/cuda/wgmma.cuh"
 #include "ops/cuda/wgmma_probe.h"
 
@@ -15,158 +20,8 @@ namespace mslm::ops::cuda {
 
 namespace {
 
-constexpr int kDh = 64, kBQ = 128, kBK = 64, kThreadsWg = 256;
+constexpr int kDh = 64;
 constexpr float kLn2f = 0.6931471805599453f;
-
-// cp.async of one 16-byte chunk, zero-filled when `valid` is false (rows past the sequence).
-__device__ __forceinline__ void cp_async_16_zfill(void* smem, const void* gmem, bool valid) {
-    const auto addr = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(addr), "l"(gmem),
-                 "r"(valid ? 16 : 0));
-}
-
-// Rows r0 .. r0 + R − 1 (of n valid) of 64 bf16 each, row stride ld elements, into a 128-byte
-// swizzled tile; every thread of the block copies its chunks.
-template <int R>
-__device__ __forceinline__ void stage_tile(uint16_t* tile, const uint16_t* src, int64_t ld, int64_t r0,
-                                           int64_t n) {
-    for (int p = threadIdx.x; p < R * 8; p += kThreadsWg) {
-        const int r = p / 8, c = p % 8;
-        const bool valid = r0 + r < n;
-        const uint16_t* g = src + (valid ? (r0 + r) * ld : 0) + c * 8;
-        cp_async_16_zfill(reinterpret_cast<char*>(tile) + wgmma::sw128_offset(r, c * 8), g, valid);
-    }
-}
-
-// Grid (heads, query tiles heaviest first, batch). Warpgroup wg takes query rows i0 + 64·wg ..; its
-// warp w (of 4) rows 16w + g and 16w + g + 8 of those, in wgmma's accumulator layout (wgmma.cuh),
-// which per warp is mma.m16n8k16's: the softmax below is the mma.sync kernel's on one m16 tile.
-__global__ void __launch_bounds__(kThreadsWg)
-    attention_forward_wgmma_kernel(__nv_bfloat16* __restrict__ out, float* __restrict__ lse,
-                                   const uint16_t* __restrict__ q, int64_t ld_q,
-                                   const uint16_t* __restrict__ k, int64_t ld_k,
-                                   const uint16_t* __restrict__ v, int64_t ld_v, int64_t T, int Hq, int group,
-                                   float scale_log2) {
-    __shared__ __align__(1024) uint16_t sQ[kBQ * kDh];
-    __shared__ __align__(1024) uint16_t sK[2][kBK * kDh];
-    __shared__ __align__(1024) uint16_t sV[2][kBK * kDh];
-    const int tid = threadIdx.x, wg = tid / 128, warp = (tid / 32) % 4, lane = tid % 32, g = lane / 4,
-              tq = lane % 4;
-    const int h = blockIdx.x, hk = h / group;
-    const int64_t b = blockIdx.z, n_qt = (T + kBQ - 1) / kBQ, qt = n_qt - 1 - blockIdx.y, i0 = qt * kBQ;
-    const uint16_t* qh = q + b * T * ld_q + int64_t(h) * kDh;
-    const uint16_t* kh = k + b * T * ld_k + int64_t(hk) * kDh;
-    const uint16_t* vh = v + b * T * ld_v + int64_t(hk) * kDh;
-    const int64_t pos_last = min(i0 + kBQ, T) - 1;
-    const int64_t n_tiles = pos_last / kBK + 1;
-
-    stage_tile<kBQ>(sQ, qh, ld_q, i0, T);
-    stage_tile<kBK>(sK[0], kh, ld_k, 0, T);
-    stage_tile<kBK>(sV[0], vh, ld_v, 0, T);
-    detail::cp_async_commit();
-
-    // The warpgroup's rows and this thread's two of them.
-    const int64_t wg_first = i0 + 64 * wg, row0 = wg_first + 16 * warp + g, row1 = row0 + 8;
-    float o[32] = {}, s[32];
-    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};  // l: this thread's columns only
-
-    for (int64_t it = 0; it < n_tiles; ++it) {
-        const int64_t j0 = it * kBK;
-        const int st = int(it & 1);
-        if (it + 1 < n_tiles) {  // the other buffers were consumed before the barrier ending it − 1
-            stage_tile<kBK>(sK[st ^ 1], kh, ld_k, j0 + kBK, T);
-            stage_tile<kBK>(sV[st ^ 1], vh, ld_v, j0 + kBK, T);
-            detail::cp_async_commit();
-            detail::cp_async_wait<1>();
-        } else {
-            detail::cp_async_wait<0>();
-        }
-        wgmma::fence_proxy_async();  // this thread's copies, read next by the tensor cores
-        __syncthreads();
-        // Warpgroup-uniform: the tile holds a key some row of the warpgroup sees (causal).
-        if (j0 <= wg_first + 63 && wg_first < T) {
-            wgmma::fence();
-#pragma unroll
-            for (int ks = 0; ks < 4; ++ks)
-                wgmma::m64n64k16_ss<false>(
-                    s, wgmma::sw128_desc(reinterpret_cast<const char*>(sQ) + 8192 * wg + 32 * ks),
-                    wgmma::sw128_desc(reinterpret_cast<const char*>(sK[st]) + 32 * ks), ks > 0);
-            wgmma::commit();
-            wgmma::wait<0>();
-            // Scores in log2 units, −inf past the diagonal: s[4t + e] is row (e < 2 ? row0 : row1),
-            // key j0 + 8t + 2tq + (e & 1).
-            const bool masked = j0 + kBK - 1 > wg_first + 16 * warp;
-            float mx[2] = {-INFINITY, -INFINITY};
-#pragma unroll
-            for (int t = 0; t < 8; ++t)
-#pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                    float x = s[4 * t + e] * scale_log2;
-                    if (masked) {
-                        const int64_t row = e < 2 ? row0 : row1, key = j0 + 8 * t + 2 * tq + (e & 1);
-                        if (key > row) x = -INFINITY;
-                    }
-                    s[4 * t + e] = x;
-                    mx[e / 2] = fmaxf(mx[e / 2], x);
-                }
-            float alpha[2], m_use[2];
-#pragma unroll
-            for (int r = 0; r < 2; ++r) {
-                float x = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
-                x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
-                const float m_new = fmaxf(m[r], x);
-                m_use[r] = m_new == -INFINITY ? 0.0f : m_new;  // a row that has seen nothing keeps 0
-                alpha[r] = detail::fast_exp2(m[r] - m_use[r]);
-                m[r] = m_new;
-                l[r] *= alpha[r];
-            }
-            // P (bf16) as the A operand of the four 16-key steps: key block 2ks then 2ks + 1.
-            uint32_t pa[4][4];
-#pragma unroll
-            for (int t = 0; t < 8; ++t) {
-                float p[4];
-#pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                    p[e] = detail::fast_exp2(s[4 * t + e] - m_use[e / 2]);
-                    l[e / 2] += p[e];
-                }
-                pa[t / 2][2 * (t & 1)] = detail::pack_bf16x2(p[0], p[1]);
-                pa[t / 2][2 * (t & 1) + 1] = detail::pack_bf16x2(p[2], p[3]);
-            }
-#pragma unroll
-            for (int t = 0; t < 8; ++t)
-#pragma unroll
-                for (int e = 0; e < 4; ++e) o[4 * t + e] *= alpha[e / 2];
-            wgmma::fence();
-#pragma unroll
-            for (int ks = 0; ks < 4; ++ks)
-                wgmma::m64n64k16_rs<true>(
-                    o, pa[ks], wgmma::sw128_desc(reinterpret_cast<const char*>(sV[st]) + 2048 * ks), true);
-            wgmma::commit();
-            wgmma::wait<0>();
-        }
-        __syncthreads();  // sK[st], sV[st] consumed before the next iteration stages into them
-    }
-
-    // Every valid row sees at least itself (weight 2^0 = 1), so l ≥ 1 and m is finite.
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-        float lr = l[r];
-        lr += __shfl_xor_sync(0xffffffffu, lr, 1);
-        lr += __shfl_xor_sync(0xffffffffu, lr, 2);
-        const int64_t row = r == 0 ? row0 : row1;
-        if (row >= T) continue;
-        const float inv = 1.0f / lr;
-        __nv_bfloat16* orow = out + ((b * T + row) * Hq + h) * kDh;
-#pragma unroll
-        for (int t = 0; t < 8; ++t) {
-            const int c = 8 * t + 2 * tq;
-            *reinterpret_cast<__nv_bfloat162*>(orow + c) =
-                __floats2bfloat162_rn(o[4 * t + 2 * r] * inv, o[4 * t + 2 * r + 1] * inv);
-        }
-        if (tq == 0) lse[(b * Hq + h) * T + row] = m[r] * kLn2f + logf(lr);
-    }
-}
 
 // bf16 pair at p (4-byte aligned) += (x, y): each rounded once from fp32 (old + value).
 __device__ __forceinline__ void add_bf16x2(__nv_bfloat16* p, float x, float y) {
@@ -180,7 +35,6 @@ __device__ __forceinline__ char* smem_1024(unsigned char* raw) {
     const auto base = static_cast<uint32_t>(__cvta_generic_to_shared(raw));
     return reinterpret_cast<char*>(raw) + ((1024 - (base & 1023)) & 1023);
 }
-constexpr size_t kBwdSmem = 64 * 1024 + 1024 + 1024;  // four 16 KB regions, lse and D rows, alignment
 
 // The four 16-key steps' A fragments of a 64 × 64 accumulator tile (bf16): key block 2ks, 2ks + 1.
 __device__ __forceinline__ void to_a_fragments(uint32_t (&a)[4][4], const float (&x)[32]) {
@@ -191,213 +45,397 @@ __device__ __forceinline__ void to_a_fragments(uint32_t (&a)[4][4], const float 
     }
 }
 
-// dQ: grid (heads, query tiles heaviest first, batch), 2 warpgroups of 64 query rows; per 64-key
-// tile S = Q·Kᵀ and dP = dO·Vᵀ (shared memory operands), p = 2^(s·scale·log2 e − lse·log2 e), dS =
-// p·(dP − D), dQ += dS·K (dS from registers, K MN-major); dq += scale·dQ at the end.
-__global__ void __launch_bounds__(kThreadsWg)
-    attention_backward_dq_wgmma_kernel(__nv_bfloat16* __restrict__ dq, const uint16_t* __restrict__ dout,
-                                       const float* __restrict__ lse, const float* __restrict__ delta,
-                                       const uint16_t* __restrict__ q, int64_t ld_q,
-                                       const uint16_t* __restrict__ k, int64_t ld_k,
-                                       const uint16_t* __restrict__ v, int64_t ld_v, int64_t T, int Hq,
-                                       int group, float scale, float scale_log2) {
-    extern __shared__ unsigned char bwd_raw[];
-    char* base = smem_1024(bwd_raw);
-    auto* sQ = reinterpret_cast<uint16_t*>(base);           // 128 rows
-    auto* sdO = reinterpret_cast<uint16_t*>(base + 16384);  // 128 rows
-    auto sK = [&](int st) { return reinterpret_cast<uint16_t*>(base + 32768 + 8192 * st); };
-    auto sV = [&](int st) { return reinterpret_cast<uint16_t*>(base + 49152 + 8192 * st); };
-    const int tid = threadIdx.x, wg = tid / 128, warp = (tid / 32) % 4, lane = tid % 32, g = lane / 4,
-              tq = lane % 4;
-    const int h = blockIdx.x, hk = h / group;
-    const int64_t b = blockIdx.z, n_qt = (T + kBQ - 1) / kBQ, i0 = (n_qt - 1 - blockIdx.y) * kBQ;
-    const int64_t ld_o = int64_t(Hq) * kDh;
-    const uint16_t* kh = k + b * T * ld_k + int64_t(hk) * kDh;
-    const uint16_t* vh = v + b * T * ld_v + int64_t(hk) * kDh;
-    const int64_t n_tiles = (min(i0 + kBQ, T) - 1) / kBK + 1;
+// The forward: grid (heads, query tiles heaviest first, batch); block: one producer warpgroup whose
+// first thread streams K and V tiles of 128 keys by TMA into kStages buffers (full_k / full_v
+// barriers count the bytes; empty counts the consumer warps done with a stage), and kCWG consumer
+// warpgroups of 64 query rows each. A consumer issues S = Q·Kⱼᵀ (both from shared memory), then
+// O += Pⱼ₋₁·Vⱼ₋₁ (P from registers, V MN-major), and runs tile j's softmax while the second product
+// runs: O is rescaled and the new P packed once it is done. Warp w of a consumer holds rows 16w + g,
+// 16w + g + 8 of its 64 (wgmma.cuh's accumulator layout), as the mma.sync kernel's softmax does.
+constexpr int kBK2 = 128, kStages = 2, kTileBytes = kBK2 * 128;
 
-    stage_tile<kBQ>(sQ, q + b * T * ld_q + int64_t(h) * kDh, ld_q, i0, T);
-    stage_tile<kBQ>(sdO, dout + b * T * ld_o + int64_t(h) * kDh, ld_o, i0, T);
-    stage_tile<kBK>(sK(0), kh, ld_k, 0, T);
-    stage_tile<kBK>(sV(0), vh, ld_v, 0, T);
-    detail::cp_async_commit();
+template <int kCWG>
+struct Fwd {
+    static constexpr int kBQ = 64 * kCWG, kThreads = 128 * (kCWG + 1);
+    static constexpr int kQBytes = kBQ * 128;
+    static constexpr size_t kSmem = size_t(kQBytes) + 2 * kStages * kTileBytes + 1024 + 128;
+    // Registers after the producer hands its own back: 128·24 + 128·kCWG·kRegs ≤ 65536.
+    static constexpr int kRegs = kCWG == 2 ? 240 : 160;
+};
 
-    const int64_t wg_first = i0 + 64 * wg, row[2] = {wg_first + 16 * warp + g, wg_first + 16 * warp + g + 8};
-    float lse2[2], dl[2];
+// The softmax of one S tile (64 fp32 columns of rows row0, row1 a thread) in place: masked scores
+// (key > row) drop out, m, l advance, s becomes 2^(s·scale_log2 − m) and alpha the factor for O.
+__device__ __forceinline__ void softmax_tile(float (&s)[64], float (&m)[2], float (&l)[2], float (&alpha)[2],
+                                             int64_t j0, int64_t row0, bool masked, int tq,
+                                             float scale_log2) {
+    float mx[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+    for (int t = 0; t < 16; ++t)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            if (masked && j0 + 8 * t + 2 * tq + (e & 1) > row0 + (e < 2 ? 0 : 8)) s[4 * t + e] = -INFINITY;
+            mx[e / 2] = fmaxf(mx[e / 2], s[4 * t + e]);
+        }
+    float m_use[2];
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
-        lse2[r] = row[r] < T ? lse[(b * Hq + h) * T + row[r]] * 1.4426950408889634f : 0.0f;
-        dl[r] = row[r] < T ? delta[(b * Hq + h) * T + row[r]] : 0.0f;
+        float x = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
+        x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
+        const float m_new = fmaxf(m[r], x * scale_log2);
+        m_use[r] = m_new == -INFINITY ? 0.0f : m_new;  // a row that has seen nothing keeps 0
+        alpha[r] = detail::fast_exp2(m[r] - m_use[r]);
+        m[r] = m_new;
+        l[r] *= alpha[r];
     }
-    float acc[32] = {}, s[32], dp[32];
-    for (int64_t it = 0; it < n_tiles; ++it) {
-        const int64_t j0 = it * kBK;
-        const int st = int(it & 1);
-        if (it + 1 < n_tiles) {
-            stage_tile<kBK>(sK(st ^ 1), kh, ld_k, j0 + kBK, T);
-            stage_tile<kBK>(sV(st ^ 1), vh, ld_v, j0 + kBK, T);
-            detail::cp_async_commit();
-            detail::cp_async_wait<1>();
-        } else {
-            detail::cp_async_wait<0>();
-        }
-        wgmma::fence_proxy_async();
-        __syncthreads();
-        if (j0 <= wg_first + 63 && wg_first < T) {
-            wgmma::fence();
 #pragma unroll
-            for (int ks = 0; ks < 4; ++ks) {
-                wgmma::m64n64k16_ss<false>(
-                    s, wgmma::sw128_desc(reinterpret_cast<const char*>(sQ) + 8192 * wg + 32 * ks),
-                    wgmma::sw128_desc(reinterpret_cast<const char*>(sK(st)) + 32 * ks), ks > 0);
-                wgmma::m64n64k16_ss<false>(
-                    dp, wgmma::sw128_desc(reinterpret_cast<const char*>(sdO) + 8192 * wg + 32 * ks),
-                    wgmma::sw128_desc(reinterpret_cast<const char*>(sV(st)) + 32 * ks), ks > 0);
+    for (int t = 0; t < 16; ++t)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            const float p = detail::fast_exp2(fmaf(s[4 * t + e], scale_log2, -m_use[e / 2]));
+            s[4 * t + e] = p;
+            l[e / 2] += p;
+        }
+}
+
+template <int kCWG>
+__global__ void __launch_bounds__(Fwd<kCWG>::kThreads, 1)
+    attention_forward_wgmma_kernel(const __grid_constant__ CUtensorMap tm_q,
+                                   const __grid_constant__ CUtensorMap tm_k,
+                                   const __grid_constant__ CUtensorMap tm_v, __nv_bfloat16* __restrict__ out,
+                                   float* __restrict__ lse, int64_t T, int Hq, int group, float scale_log2) {
+    using C = Fwd<kCWG>;
+    extern __shared__ unsigned char fwd_raw[];
+    char* sQ = smem_1024(fwd_raw);
+    char* sK = sQ + C::kQBytes;
+    char* sV = sK + kStages * kTileBytes;
+    auto* bar_q = reinterpret_cast<uint64_t*>(sV + kStages * kTileBytes);
+    uint64_t* full_k = bar_q + 1;
+    uint64_t* full_v = full_k + kStages;
+    uint64_t* empty = full_v + kStages;
+    // The warpgroup index broadcast from lane 0: uniform in the compiler's eyes, so the products on
+    // its branch are not taken for divergent ones.
+    const int tid = threadIdx.x, wg = __shfl_sync(0xffffffffu, tid / 128, 0);
+    const int h = blockIdx.x, hk = h / group, b = int(blockIdx.z);
+    const int64_t n_qt = (T + C::kBQ - 1) / C::kBQ, i0 = (n_qt - 1 - blockIdx.y) * C::kBQ;
+    const int n_tiles = int((min(i0 + C::kBQ, T) - 1) / kBK2 + 1);
+    if (tid == 0) {
+        tma::mbar_init(bar_q, 1);
+        for (int st = 0; st < kStages; ++st) {
+            tma::mbar_init(&full_k[st], 1);
+            tma::mbar_init(&full_v[st], 1);
+            tma::mbar_init(&empty[st], 4 * kCWG);
+        }
+        tma::mbar_init_fence();
+    }
+    __syncthreads();
+
+    if (wg == 0) {  // the producer
+        tma::regs_dealloc<24>();
+        if (tid == 0) {
+            tma::mbar_arrive_expect(bar_q, C::kQBytes);
+            tma::load_4d(sQ, &tm_q, bar_q, 0, h, int(i0), b);
+            for (int j = 0; j < n_tiles; ++j) {
+                const int st = j % kStages;
+                if (j >= kStages) tma::mbar_wait(&empty[st], (j / kStages - 1) & 1);
+                tma::mbar_arrive_expect(&full_k[st], kTileBytes);
+                tma::load_4d(sK + st * kTileBytes, &tm_k, &full_k[st], 0, hk, j * kBK2, b);
+                tma::mbar_arrive_expect(&full_v[st], kTileBytes);
+                tma::load_4d(sV + st * kTileBytes, &tm_v, &full_v[st], 0, hk, j * kBK2, b);
             }
+        }
+        return;
+    }
+
+    tma::regs_alloc<C::kRegs>();
+    const int cw = wg - 1, warp = (tid / 32) % 4, lane = tid % 32, g = lane / 4, tq = lane % 4;
+    const int64_t wg_first = i0 + 64 * cw, row0 = wg_first + 16 * warp + g, row1 = row0 + 8;
+    // The tiles holding a key some row of this warpgroup sees (the causal bound); the rest it only
+    // waits for and hands back, so the stages' phases stay in step.
+    const int n_mine = wg_first < T ? min(n_tiles, int((wg_first + 63) / kBK2) + 1) : 0;
+    const char* q_rows = sQ + 8192 * cw;
+    auto release = [&](int st) {
+        if (lane == 0) tma::mbar_arrive(&empty[st]);
+    };
+    auto masked = [&](int j) { return int64_t(j) * kBK2 + kBK2 - 1 > wg_first + 16 * warp; };
+
+    float o[32] = {}, s[64], m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f}, alpha[2];
+    uint32_t pa[8][4];
+    tma::mbar_wait(bar_q, 0);
+    for (int j = 0; j < n_mine; ++j) {
+        const int st = j % kStages, pst = (j + kStages - 1) % kStages;
+        tma::mbar_wait(&full_k[st], (j / kStages) & 1);
+        wgmma::fence();
+#pragma unroll
+        for (int ks = 0; ks < 4; ++ks)
+            wgmma::m64n128k16_ss(s, wgmma::sw128_desc(q_rows + 32 * ks),
+                                 wgmma::sw128_desc(sK + st * kTileBytes + 32 * ks), ks > 0);
+        wgmma::commit();
+        if (j > 0) {
+            tma::mbar_wait(&full_v[pst], ((j - 1) / kStages) & 1);
+#pragma unroll
+            for (int ks = 0; ks < 8; ++ks)
+                wgmma::m64n64k16_rs<true>(o, pa[ks], wgmma::sw128_desc(sV + pst * kTileBytes + 2048 * ks),
+                                          true);
             wgmma::commit();
-            wgmma::wait<0>();
-#pragma unroll
-            for (int t = 0; t < 8; ++t)
-#pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                    const int64_t i = row[e / 2], j = j0 + 8 * t + 2 * tq + (e & 1);
-                    const float p = j <= i && i < T
-                                        ? detail::fast_exp2(fmaf(s[4 * t + e], scale_log2, -lse2[e / 2]))
-                                        : 0.0f;
-                    s[4 * t + e] = p * (dp[4 * t + e] - dl[e / 2]);
-                }
-            uint32_t da[4][4];
-            to_a_fragments(da, s);
-            wgmma::fence();
-#pragma unroll
-            for (int ks = 0; ks < 4; ++ks)
-                wgmma::m64n64k16_rs<true>(
-                    acc, da[ks], wgmma::sw128_desc(reinterpret_cast<const char*>(sK(st)) + 2048 * ks), true);
-            wgmma::commit();
+            wgmma::wait<1>();
+        } else {
             wgmma::wait<0>();
         }
-        __syncthreads();
-    }
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-        if (row[r] >= T) continue;
-        __nv_bfloat16* out = dq + (b * T + row[r]) * ld_q + int64_t(h) * kDh;
+        softmax_tile(s, m, l, alpha, int64_t(j) * kBK2, row0, masked(j), tq, scale_log2);
+        wgmma::wait<0>();
+        if (j > 0) release(pst);
 #pragma unroll
         for (int t = 0; t < 8; ++t)
-            add_bf16x2(out + 8 * t + 2 * tq, scale * acc[4 * t + 2 * r], scale * acc[4 * t + 2 * r + 1]);
+#pragma unroll
+            for (int e = 0; e < 4; ++e) o[4 * t + e] *= alpha[e / 2];
+#pragma unroll
+        for (int t = 0; t < 16; ++t) {
+            pa[t / 2][2 * (t & 1)] = detail::pack_bf16x2(s[4 * t], s[4 * t + 1]);
+            pa[t / 2][2 * (t & 1) + 1] = detail::pack_bf16x2(s[4 * t + 2], s[4 * t + 3]);
+        }
+    }
+    if (n_mine > 0) {  // the last tile's P·V
+        const int pst = (n_mine - 1) % kStages;
+        tma::mbar_wait(&full_v[pst], ((n_mine - 1) / kStages) & 1);
+        wgmma::fence();
+#pragma unroll
+        for (int ks = 0; ks < 8; ++ks)
+            wgmma::m64n64k16_rs<true>(o, pa[ks], wgmma::sw128_desc(sV + pst * kTileBytes + 2048 * ks), true);
+        wgmma::commit();
+        wgmma::wait<0>();
+        release(pst);
+    }
+    for (int j = n_mine; j < n_tiles; ++j) {
+        const int st = j % kStages;
+        tma::mbar_wait(&full_k[st], (j / kStages) & 1);
+        tma::mbar_wait(&full_v[st], (j / kStages) & 1);
+        release(st);
+    }
+    (void)row1;
+
+    // Every valid row sees at least itself (weight 2^0 = 1), so l ≥ 1 and m is finite.
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        float lr = l[r];
+        lr += __shfl_xor_sync(0xffffffffu, lr, 1);
+        lr += __shfl_xor_sync(0xffffffffu, lr, 2);
+        const int64_t row = row0 + 8 * r;
+        if (row >= T) continue;
+        const float inv = 1.0f / lr;
+        __nv_bfloat16* orow = out + ((int64_t(b) * T + row) * Hq + h) * kDh;
+#pragma unroll
+        for (int t = 0; t < 8; ++t) {
+            const int c = 8 * t + 2 * tq;
+            *reinterpret_cast<__nv_bfloat162*>(orow + c) =
+                __floats2bfloat162_rn(o[4 * t + 2 * r] * inv, o[4 * t + 2 * r + 1] * inv);
+        }
+        if (tq == 0) lse[(int64_t(b) * Hq + h) * T + row] = m[r] * kLn2f + logf(lr);
     }
 }
 
-// dK, dV: grid (kv heads, key tiles, batch), 2 warpgroups of 64 keys; for every query head of the
-// group and 64-query tile from the block's first key on: Sᵀ = K·Qᵀ and dPᵀ = V·dOᵀ, pᵀ, dSᵀ = pᵀ·(dPᵀ −
-// D), dV += Pᵀ·dO and dK += dSᵀ·Q (registers × MN-major tiles); dk += scale·dK, dv += dV at the end.
-__global__ void __launch_bounds__(kThreadsWg)
-    attention_backward_dkdv_wgmma_kernel(__nv_bfloat16* __restrict__ dk, __nv_bfloat16* __restrict__ dv,
-                                         const uint16_t* __restrict__ dout, const float* __restrict__ lse,
-                                         const float* __restrict__ delta, const uint16_t* __restrict__ q,
-                                         int64_t ld_q, const uint16_t* __restrict__ k, int64_t ld_k,
-                                         const uint16_t* __restrict__ v, int64_t ld_v, int64_t T, int Hq,
-                                         int group, float scale, float scale_log2) {
+// The backward: grid (kv heads, 128-key blocks, batch); block: one producer warpgroup whose first warp
+// streams, for every query head of the group and 64-query tile from the block's first key on, the
+// tile's Q and dO rows by TMA and its lse·log2 e and D = rowsum(dO ∘ O) into kStages buffers, and two
+// consumer warpgroups of 64 keys each. A consumer computes Sᵀ = K·Qᵀ and dPᵀ = V·dOᵀ (shared memory
+// operands), pᵀ = 2^(s·scale·log2 e − lse·log2 e) (0 past the diagonal), dSᵀ = pᵀ ∘ (dPᵀ − D), then
+// dV += Pᵀ·dO and dK += dSᵀ·Q (from registers, MN-major tiles), and stores dSᵀ in bf16 to shared
+// memory; the two warpgroups take turns computing the tile's dQ = dS·K over all 128 keys (both
+// operands MN-major from shared memory) and adding scale·dQ to an fp32 accumulator in global memory
+// by one bulk reduction. dk += scale·dK, dv += dV at the end; a second kernel adds the accumulator to
+// dq.
+constexpr int kBwdKeys = 128, kBwdQ = 64, kBwdStages = 2;
+
+struct Bwd {
+    static constexpr int kThreads = 384, kRegs = 240;
+    static constexpr int kK = 0, kV = 16384, kQ = 32768, kdO = kQ + kBwdStages * 8192,
+                         kdS = kdO + kBwdStages * 8192, kdQ = kdS + 2 * 16384, kRows = kdQ + 2 * 16384,
+                         kBars = kRows + kBwdStages * 512;
+    static constexpr size_t kSmem = size_t(kBars) + 128 + 1024;
+};
+
+// The fp32 dQ accumulator's block of (batch, head, 64-query tile): 64 rows of 64, row r's column c
+// at r·64 + (c ^ 8·(r % 8)) (the swizzle keeps the warp's stores from sharing banks).
+__host__ __device__ constexpr int dq_slot(int r, int c) {
+    return r * 64 + (c ^ ((r & 7) << 3));
+}
+
+__global__ void __launch_bounds__(Bwd::kThreads, 1) attention_backward_wgmma_kernel(
+    const __grid_constant__ CUtensorMap tm_q, const __grid_constant__ CUtensorMap tm_k,
+    const __grid_constant__ CUtensorMap tm_v, const __grid_constant__ CUtensorMap tm_do,
+    __nv_bfloat16* __restrict__ dk, __nv_bfloat16* __restrict__ dv, float* __restrict__ dq_acc,
+    const float* __restrict__ lse, const float* __restrict__ delta, int64_t ld_k, int64_t ld_v, int64_t T,
+    int Hq, int group, float scale, float scale_log2) {
     extern __shared__ unsigned char bwd_raw[];
     char* base = smem_1024(bwd_raw);
-    auto* sK = reinterpret_cast<uint16_t*>(base);          // 128 keys
-    auto* sV = reinterpret_cast<uint16_t*>(base + 16384);  // 128 keys
-    auto sQ = [&](int st) { return reinterpret_cast<uint16_t*>(base + 32768 + 8192 * st); };
-    auto sdO = [&](int st) { return reinterpret_cast<uint16_t*>(base + 49152 + 8192 * st); };
-    auto* s_lse2 = reinterpret_cast<float*>(base + 65536);  // [2][64]
-    float* s_delta = s_lse2 + 128;                          // [2][64]
-    const int tid = threadIdx.x, wg = tid / 128, warp = (tid / 32) % 4, lane = tid % 32, g = lane / 4,
-              tq = lane % 4;
-    const int hk = blockIdx.x;
-    const int64_t b = blockIdx.z, j0 = int64_t(blockIdx.y) * kBQ;  // 128 keys a block
-    const int64_t ld_o = int64_t(Hq) * kDh;
-    const int64_t i_first = j0 / kBK * kBK, n_qt = (T - i_first + kBK - 1) / kBK, n_iter = group * n_qt;
-    auto stage = [&](int64_t it, int st) {
-        const int h = hk * group + int(it / n_qt);
-        const int64_t i0 = i_first + it % n_qt * kBK;
-        stage_tile<kBK>(sQ(st), q + b * T * ld_q + int64_t(h) * kDh, ld_q, i0, T);
-        stage_tile<kBK>(sdO(st), dout + b * T * ld_o + int64_t(h) * kDh, ld_o, i0, T);
-        for (int r = tid; r < kBK; r += kThreadsWg) {
-            const int64_t i = i0 + r;
-            s_lse2[st * 64 + r] = i < T ? lse[(b * Hq + h) * T + i] * 1.4426950408889634f : 0.0f;
-            s_delta[st * 64 + r] = i < T ? delta[(b * Hq + h) * T + i] : 0.0f;
+    char* sK = base + Bwd::kK;
+    char* sV = base + Bwd::kV;
+    auto* rows = reinterpret_cast<float*>(base + Bwd::kRows);  // [stage]: 64 lse·log2 e, then 64 D
+    auto* bar_kv = reinterpret_cast<uint64_t*>(base + Bwd::kBars);
+    uint64_t* full = bar_kv + 1;
+    uint64_t* empty = full + kBwdStages;
+    const int tid = threadIdx.x, wg = __shfl_sync(0xffffffffu, tid / 128, 0), lane = tid % 32;
+    const int hk = blockIdx.x, b = int(blockIdx.z);
+    const int64_t j0 = int64_t(blockIdx.y) * kBwdKeys, n_qt = (T - j0 + kBwdQ - 1) / kBwdQ,
+                  n_iter = group * n_qt;
+    const int64_t n_qt_all = (T + kBwdQ - 1) / kBwdQ;
+    if (tid == 0) {
+        tma::mbar_init(bar_kv, 1);
+        for (int st = 0; st < kBwdStages; ++st) {
+            tma::mbar_init(&full[st], 32);
+            tma::mbar_init(&empty[st], 8);
         }
-    };
-    stage_tile<kBQ>(sK, k + b * T * ld_k + int64_t(hk) * kDh, ld_k, j0, T);
-    stage_tile<kBQ>(sV, v + b * T * ld_v + int64_t(hk) * kDh, ld_v, j0, T);
-    stage(0, 0);
-    detail::cp_async_commit();
+        tma::mbar_init_fence();
+    }
+    __syncthreads();
 
-    const int64_t wg_first = j0 + 64 * wg, key[2] = {wg_first + 16 * warp + g, wg_first + 16 * warp + g + 8};
-    float dk_acc[32] = {}, dv_acc[32] = {}, s[32], dp[32];
-    for (int64_t it = 0; it < n_iter; ++it) {
-        const int st = int(it & 1);
-        const int64_t i0 = i_first + it % n_qt * kBK;
-        if (it + 1 < n_iter) {
-            stage(it + 1, st ^ 1);
-            detail::cp_async_commit();
-            detail::cp_async_wait<1>();
-        } else {
-            detail::cp_async_wait<0>();
-        }
-        wgmma::fence_proxy_async();
-        __syncthreads();
-        if (i0 + kBK - 1 >= wg_first && wg_first < T) {  // some query of the tile sees a key of the warpgroup
-            wgmma::fence();
-#pragma unroll
-            for (int ks = 0; ks < 4; ++ks) {
-                wgmma::m64n64k16_ss<false>(
-                    s, wgmma::sw128_desc(reinterpret_cast<const char*>(sK) + 8192 * wg + 32 * ks),
-                    wgmma::sw128_desc(reinterpret_cast<const char*>(sQ(st)) + 32 * ks), ks > 0);
-                wgmma::m64n64k16_ss<false>(
-                    dp, wgmma::sw128_desc(reinterpret_cast<const char*>(sV) + 8192 * wg + 32 * ks),
-                    wgmma::sw128_desc(reinterpret_cast<const char*>(sdO(st)) + 32 * ks), ks > 0);
+    if (wg == 0) {  // the producer's first warp
+        tma::regs_dealloc<24>();
+        if (tid < 32) {
+            if (lane == 0) {
+                tma::mbar_arrive_expect(bar_kv, 2 * 16384);
+                tma::load_4d(sK, &tm_k, bar_kv, 0, hk, int(j0), b);
+                tma::load_4d(sV, &tm_v, bar_kv, 0, hk, int(j0), b);
             }
+            for (int64_t it = 0; it < n_iter; ++it) {
+                const int st = int(it % kBwdStages);
+                if (it >= kBwdStages) tma::mbar_wait(&empty[st], uint32_t((it / kBwdStages - 1) & 1));
+                const int h = hk * group + int(it / n_qt);
+                const int64_t i0 = j0 + it % n_qt * kBwdQ;
+                float* r = rows + st * 128;
+                for (int c = lane; c < kBwdQ; c += 32) {
+                    const int64_t i = i0 + c;
+                    r[c] = i < T ? lse[(int64_t(b) * Hq + h) * T + i] * 1.4426950408889634f : 0.0f;
+                    r[64 + c] = i < T ? delta[(int64_t(b) * Hq + h) * T + i] : 0.0f;
+                }
+                if (lane == 0) {
+                    tma::mbar_arrive_expect(&full[st], 2 * 8192);
+                    tma::load_4d(base + Bwd::kQ + st * 8192, &tm_q, &full[st], 0, h, int(i0), b);
+                    tma::load_4d(base + Bwd::kdO + st * 8192, &tm_do, &full[st], 0, h, int(i0), b);
+                } else {
+                    tma::mbar_arrive(&full[st]);
+                }
+            }
+        }
+        return;
+    }
+
+    tma::regs_alloc<Bwd::kRegs>();
+    const int cw = wg - 1, warp = (tid / 32) % 4, g = lane / 4, tq = lane % 4;
+    const int64_t key[2] = {j0 + 64 * cw + 16 * warp + g, j0 + 64 * cw + 16 * warp + g + 8};
+    float dk_acc[32] = {}, dv_acc[32] = {}, s[32], dp[32], dq[32];
+    tma::mbar_wait(bar_kv, 0);
+    for (int64_t it = 0; it < n_iter; ++it) {
+        const int st = int(it % kBwdStages);
+        const int h = hk * group + int(it / n_qt);
+        const int64_t qt = j0 / kBwdQ + it % n_qt, i0 = qt * kBwdQ;
+        const char* sQ = base + Bwd::kQ + st * 8192;
+        const char* sdO = base + Bwd::kdO + st * 8192;
+        char* sdS = base + Bwd::kdS + int(it & 1) * 16384;
+        tma::mbar_wait(&full[st], uint32_t((it / kBwdStages) & 1));
+        wgmma::fence();
+#pragma unroll
+        for (int ks = 0; ks < 4; ++ks) {
+            wgmma::m64n64k16_ss<false>(s, wgmma::sw128_desc(sK + 8192 * cw + 32 * ks),
+                                       wgmma::sw128_desc(sQ + 32 * ks), ks > 0);
+            wgmma::m64n64k16_ss<false>(dp, wgmma::sw128_desc(sV + 8192 * cw + 32 * ks),
+                                       wgmma::sw128_desc(sdO + 32 * ks), ks > 0);
+        }
+        wgmma::commit();
+        wgmma::wait<0>();
+        const float* r = rows + st * 128;
+#pragma unroll
+        for (int t = 0; t < 8; ++t) {
+            const float2 l2 = *reinterpret_cast<const float2*>(r + 8 * t + 2 * tq);
+            const float2 dd = *reinterpret_cast<const float2*>(r + 64 + 8 * t + 2 * tq);
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int64_t i = i0 + 8 * t + 2 * tq + (e & 1);
+                const float p =
+                    key[e / 2] <= i && i < T
+                        ? detail::fast_exp2(fmaf(s[4 * t + e], scale_log2, -((e & 1) ? l2.y : l2.x)))
+                        : 0.0f;
+                s[4 * t + e] = p;
+                dp[4 * t + e] = p * (dp[4 * t + e] - ((e & 1) ? dd.y : dd.x));
+            }
+        }
+        uint32_t pa[4][4], da[4][4];
+        to_a_fragments(pa, s);
+        to_a_fragments(da, dp);
+        // dSᵀ to shared memory: key row 64·cw + 16·warp + g (+ 8), query columns 8t + 2tq.
+#pragma unroll
+        for (int t = 0; t < 8; ++t)
+#pragma unroll
+            for (int half = 0; half < 2; ++half) {
+                const int row = 64 * cw + 16 * warp + g + 8 * half;
+                *reinterpret_cast<uint32_t*>(sdS + wgmma::sw128_offset(row, 8 * t + 2 * tq)) =
+                    da[t / 2][2 * (t & 1) + half];
+            }
+        wgmma::fence();
+#pragma unroll
+        for (int ks = 0; ks < 4; ++ks) {
+            wgmma::m64n64k16_rs<true>(dv_acc, pa[ks], wgmma::sw128_desc(sdO + 2048 * ks), true);
+            wgmma::m64n64k16_rs<true>(dk_acc, da[ks], wgmma::sw128_desc(sQ + 2048 * ks), true);
+        }
+        wgmma::commit();
+        wgmma::fence_proxy_async();  // this thread's dSᵀ, read next by the tensor cores
+        tma::named_sync(1, 256);     // both warpgroups' dSᵀ stored
+        if (int(it & 1) == cw) {     // this warpgroup's turn: the tile's dQ over all 128 keys
+            float* acc_blk = dq_acc + ((int64_t(b) * Hq + h) * n_qt_all + qt) * 4096;
+#pragma unroll
+            for (int ks = 0; ks < 8; ++ks)
+                wgmma::m64n64k16_ss<true, true>(dq, wgmma::sw128_desc(sdS + 2048 * ks),
+                                                wgmma::sw128_desc(sK + 2048 * ks), ks > 0);
             wgmma::commit();
             wgmma::wait<0>();
+            auto* sdQ = reinterpret_cast<float*>(base + Bwd::kdQ + cw * 16384);
+            if (tid % 128 == 0) tma::bulk_wait_read();  // this buffer's previous reduction has read it
+            tma::named_sync(2 + cw, 128);
 #pragma unroll
             for (int t = 0; t < 8; ++t)
 #pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                    const int c = 8 * t + 2 * tq + (e & 1);
-                    const int64_t i = i0 + c, j = key[e / 2];
-                    const float p =
-                        j <= i && i < T
-                            ? detail::fast_exp2(fmaf(s[4 * t + e], scale_log2, -s_lse2[st * 64 + c]))
-                            : 0.0f;
-                    s[4 * t + e] = p;
-                    dp[4 * t + e] = p * (dp[4 * t + e] - s_delta[st * 64 + c]);
+                for (int half = 0; half < 2; ++half) {
+                    const int row = 16 * warp + g + 8 * half;
+                    *reinterpret_cast<float2*>(sdQ + dq_slot(row, 8 * t + 2 * tq)) =
+                        make_float2(scale * dq[4 * t + 2 * half], scale * dq[4 * t + 2 * half + 1]);
                 }
-            uint32_t pa[4][4], da[4][4];
-            to_a_fragments(pa, s);
-            to_a_fragments(da, dp);
-            wgmma::fence();
-#pragma unroll
-            for (int ks = 0; ks < 4; ++ks) {
-                wgmma::m64n64k16_rs<true>(
-                    dv_acc, pa[ks], wgmma::sw128_desc(reinterpret_cast<const char*>(sdO(st)) + 2048 * ks),
-                    true);
-                wgmma::m64n64k16_rs<true>(
-                    dk_acc, da[ks], wgmma::sw128_desc(reinterpret_cast<const char*>(sQ(st)) + 2048 * ks),
-                    true);
+            wgmma::fence_proxy_async();
+            tma::named_sync(2 + cw, 128);
+            if (tid % 128 == 0) {
+                tma::reduce_add_f32(acc_blk, sdQ, 16384);
+                tma::bulk_commit();
             }
-            wgmma::commit();
+        } else {
             wgmma::wait<0>();
         }
-        __syncthreads();  // sQ(st), sdO(st) and the rows' lse, D consumed before the next staging
+        if (lane == 0) tma::mbar_arrive(&empty[st]);
     }
+    if (tid % 128 == 0) tma::bulk_wait();
 #pragma unroll
-    for (int r = 0; r < 2; ++r) {
-        if (key[r] >= T) continue;
-        __nv_bfloat16* ok = dk ? dk + (b * T + key[r]) * ld_k + int64_t(hk) * kDh : nullptr;
-        __nv_bfloat16* ov = dv ? dv + (b * T + key[r]) * ld_v + int64_t(hk) * kDh : nullptr;
+    for (int rr = 0; rr < 2; ++rr) {
+        if (key[rr] >= T) continue;
+        __nv_bfloat16* ok = dk ? dk + (int64_t(b) * T + key[rr]) * ld_k + int64_t(hk) * kDh : nullptr;
+        __nv_bfloat16* ov = dv ? dv + (int64_t(b) * T + key[rr]) * ld_v + int64_t(hk) * kDh : nullptr;
 #pragma unroll
         for (int t = 0; t < 8; ++t) {
             if (ok)
-                add_bf16x2(ok + 8 * t + 2 * tq, scale * dk_acc[4 * t + 2 * r],
-                           scale * dk_acc[4 * t + 2 * r + 1]);
-            if (ov) add_bf16x2(ov + 8 * t + 2 * tq, dv_acc[4 * t + 2 * r], dv_acc[4 * t + 2 * r + 1]);
+                add_bf16x2(ok + 8 * t + 2 * tq, scale * dk_acc[4 * t + 2 * rr],
+                           scale * dk_acc[4 * t + 2 * rr + 1]);
+            if (ov) add_bf16x2(ov + 8 * t + 2 * tq, dv_acc[4 * t + 2 * rr], dv_acc[4 * t + 2 * rr + 1]);
         }
+    }
+}
+
+// dq (rows of stride ld_q, head h at 64·h) += the accumulator, each value rounded once.
+__global__ void attention_dq_add_kernel(__nv_bfloat16* __restrict__ dq, const float* __restrict__ dq_acc,
+                                        int64_t ld_q, int64_t T, int Hq, int64_t B) {
+    const int64_t n_qt = (T + kBwdQ - 1) / kBwdQ, pairs = B * T * Hq * 32;
+    for (int64_t p = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; p < pairs;
+         p += int64_t(gridDim.x) * blockDim.x) {
+        const int c = int(p % 32) * 2;
+        const int64_t rest = p / 32, h = rest % Hq, bi = rest / Hq, i = bi % T, bb = bi / T;
+        const float* blk = dq_acc + ((bb * Hq + h) * n_qt + i / kBwdQ) * 4096;
+        const float2 x = *reinterpret_cast<const float2*>(blk + dq_slot(int(i % kBwdQ), c));
+        add_bf16x2(dq + bi * ld_q + h * kDh + c, x.x, x.y);
     }
 }
 
@@ -414,58 +452,123 @@ bool attention_forward_wgmma_takes(int64_t head_dim, bool alibi, float scale, in
            aligned16(k, ld_k) && aligned16(v, ld_v) && wgmma_available();
 }
 
+namespace {
+
+// cuTensorMapEncodeTiled from the driver the runtime loaded (no link against libcuda).
+PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
+    static const auto fn = [] {
+        void* p = nullptr;
+        cudaDriverEntryPointQueryResult found{};
+        const cudaError_t err =
+            cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &p, 12000, cudaEnableDefault, &found);
+        MSLM_CHECK(err == cudaSuccess && p && found == cudaDriverEntryPointSuccess,
+                   "attention_wgmma: the driver has no cuTensorMapEncodeTiled ({})", cudaGetErrorString(err));
+        return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(p);
+    }();
+    return fn;
+}
+
+// The (64, heads, T, B) view of rows of `heads` 64-element heads, row stride ld elements, boxes of one
+// head's `rows` rows in the 128-byte swizzle; rows past T read as zeros.
+CUtensorMap head_rows_map(const uint16_t* base, int64_t heads, int64_t T, int64_t B, int64_t ld, int rows) {
+    CUtensorMap map;
+    const cuuint64_t dims[4] = {cuuint64_t(kDh), cuuint64_t(heads), cuuint64_t(T), cuuint64_t(B)};
+    const cuuint64_t strides[3] = {cuuint64_t(kDh * 2), cuuint64_t(ld * 2), cuuint64_t(T * ld * 2)};
+    const cuuint32_t box[4] = {cuuint32_t(kDh), 1, cuuint32_t(rows), 1}, step[4] = {1, 1, 1, 1};
+    const CUresult r =
+        tensor_map_encoder()(&map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 4, const_cast<uint16_t*>(base), dims,
+                             strides, box, step, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                             CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+    MSLM_CHECK(r == CUDA_SUCCESS, "attention_wgmma: cuTensorMapEncodeTiled failed ({})", int(r));
+    return map;
+}
+
+template <int kCWG>
+void launch_forward(uint16_t* out, float* lse, const uint16_t* q, int64_t ld_q, const uint16_t* k,
+                    int64_t ld_k, const uint16_t* v, int64_t ld_v, int64_t B, int64_t T, int64_t Hq,
+                    int64_t Hkv, float scale, cudaStream_t stream) {
+    using C = Fwd<kCWG>;
+    const int64_t n_qt = (T + C::kBQ - 1) / C::kBQ;
+    MSLM_CHECK(Hq <= 65535 && n_qt <= 65535 && B <= 65535 && T <= (int64_t(1) << 30),
+               "attention_forward_wgmma: grid ({}, {}, {}) too large", Hq, n_qt, B);
+    static const bool configured = [] {
+        const cudaError_t err = cudaFuncSetAttribute(
+            attention_forward_wgmma_kernel<kCWG>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(C::kSmem));
+        MSLM_CHECK(err == cudaSuccess, "attention_forward_wgmma: cudaFuncSetAttribute: {}",
+                   cudaGetErrorString(err));
+        return true;
+    }();
+    (void)configured;
+    const CUtensorMap tq = head_rows_map(q, Hq, T, B, ld_q, C::kBQ),
+                      tk = head_rows_map(k, Hkv, T, B, ld_k, kBK2),
+                      tv = head_rows_map(v, Hkv, T, B, ld_v, kBK2);
+    const dim3 grid(static_cast<unsigned>(Hq), static_cast<unsigned>(n_qt), static_cast<unsigned>(B));
+    attention_forward_wgmma_kernel<kCWG>
+        <<<grid, C::kThreads, C::kSmem, stream>>>(tq, tk, tv, reinterpret_cast<__nv_bfloat16*>(out), lse, T,
+                                                  int(Hq), int(Hq / Hkv), scale * 1.4426950408889634f);
+}
+
+}  // namespace
+
 void attention_forward_wgmma(uint16_t* out, float* lse, const uint16_t* q, int64_t ld_q, const uint16_t* k,
                              int64_t ld_k, const uint16_t* v, int64_t ld_v, int64_t B, int64_t T, int64_t Hq,
                              int64_t Hkv, float scale, void* stream) {
     MSLM_CHECK(Hkv > 0 && Hq % Hkv == 0, "attention_forward_wgmma: {} query heads over {} KV heads", Hq, Hkv);
-    const int64_t n_qt = (T + kBQ - 1) / kBQ;
-    MSLM_CHECK(Hq <= 65535 && n_qt <= 65535 && B <= 65535,
-               "attention_forward_wgmma: grid ({}, {}, {}) too large", Hq, n_qt, B);
-    const dim3 grid(static_cast<unsigned>(Hq), static_cast<unsigned>(n_qt), static_cast<unsigned>(B));
-    attention_forward_wgmma_kernel<<<grid, kThreadsWg, 0, static_cast<cudaStream_t>(stream)>>>(
-        reinterpret_cast<__nv_bfloat16*>(out), lse, q, ld_q, k, ld_k, v, ld_v, T, int(Hq), int(Hq / Hkv),
-        scale * 1.4426950408889634f);
+    const char* wgs = std::getenv("MSLM_ATTN_WGMMA_WG");  // consumer warpgroups a block: 2 (default) or 3
+    auto st = static_cast<cudaStream_t>(stream);
+    if (wgs && std::string_view(wgs) == "3")
+        launch_forward<3>(out, lse, q, ld_q, k, ld_k, v, ld_v, B, T, Hq, Hkv, scale, st);
+    else
+        launch_forward<2>(out, lse, q, ld_q, k, ld_k, v, ld_v, B, T, Hq, Hkv, scale, st);
     const cudaError_t err = cudaGetLastError();
     MSLM_CHECK(err == cudaSuccess, "attention_forward_wgmma: launch: {}", cudaGetErrorString(err));
+}
+
+size_t attention_backward_wgmma_scratch(int64_t B, int64_t T, int64_t Hq) {
+    return size_t(B * Hq * ((T + kBwdQ - 1) / kBwdQ) * 4096);
 }
 
 void attention_backward_wgmma(uint16_t* dq, uint16_t* dk, uint16_t* dv, const uint16_t* dout,
                               const float* lse, const float* delta, const uint16_t* q, int64_t ld_q,
                               const uint16_t* k, int64_t ld_k, const uint16_t* v, int64_t ld_v, int64_t B,
-                              int64_t T, int64_t Hq, int64_t Hkv, float scale, void* stream) {
+                              int64_t T, int64_t Hq, int64_t Hkv, float scale, float* scratch, void* stream) {
     MSLM_CHECK(Hkv > 0 && Hq % Hkv == 0, "attention_backward_wgmma: {} query heads over {} KV heads", Hq,
                Hkv);
-    const int64_t n_t = (T + kBQ - 1) / kBQ;
-    MSLM_CHECK(Hq <= 65535 && n_t <= 65535 && B <= 65535,
-               "attention_backward_wgmma: grid ({}, {}, {}) too large", Hq, n_t, B);
+    const int64_t n_kb = (T + kBwdKeys - 1) / kBwdKeys;
+    MSLM_CHECK(Hkv <= 65535 && n_kb <= 65535 && B <= 65535 && T <= (int64_t(1) << 30),
+               "attention_backward_wgmma: grid ({}, {}, {}) too large", Hkv, n_kb, B);
     auto st = static_cast<cudaStream_t>(stream);
-    static bool configured = false;  // the attribute is per function; set once a process
-    if (!configured) {
-        for (const void* fn : {reinterpret_cast<const void*>(attention_backward_dq_wgmma_kernel),
-                               reinterpret_cast<const void*>(attention_backward_dkdv_wgmma_kernel)}) {
-            const cudaError_t err =
-                cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kBwdSmem));
-            MSLM_CHECK(err == cudaSuccess, "attention_backward_wgmma: cudaFuncSetAttribute: {}",
-                       cudaGetErrorString(err));
-        }
-        configured = true;
-    }
-    const float scale_log2 = scale * 1.4426950408889634f;
+    static const bool configured = [] {
+        const cudaError_t err = cudaFuncSetAttribute(
+            attention_backward_wgmma_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(Bwd::kSmem));
+        MSLM_CHECK(err == cudaSuccess, "attention_backward_wgmma: cudaFuncSetAttribute: {}",
+                   cudaGetErrorString(err));
+        return true;
+    }();
+    (void)configured;
+    const size_t acc = attention_backward_wgmma_scratch(B, T, Hq);
+    cudaError_t err = cudaMemsetAsync(scratch, 0, acc * sizeof(float), st);
+    MSLM_CHECK(err == cudaSuccess, "attention_backward_wgmma: cudaMemsetAsync: {}", cudaGetErrorString(err));
+    const int64_t ld_o = Hq * kDh;
+    const CUtensorMap tq = head_rows_map(q, Hq, T, B, ld_q, kBwdQ),
+                      tdo = head_rows_map(dout, Hq, T, B, ld_o, kBwdQ),
+                      tk = head_rows_map(k, Hkv, T, B, ld_k, kBwdKeys),
+                      tv = head_rows_map(v, Hkv, T, B, ld_v, kBwdKeys);
     auto bf = [](uint16_t* p) { return reinterpret_cast<__nv_bfloat16*>(p); };
-    if (dk || dv)
-        attention_backward_dkdv_wgmma_kernel<<<dim3(static_cast<unsigned>(Hkv), static_cast<unsigned>(n_t),
-                                                    static_cast<unsigned>(B)),
-                                               kThreadsWg, kBwdSmem, st>>>(
-            bf(dk), bf(dv), dout, lse, delta, q, ld_q, k, ld_k, v, ld_v, T, int(Hq), int(Hq / Hkv), scale,
-            scale_log2);
-    if (dq)
-        attention_backward_dq_wgmma_kernel<<<dim3(static_cast<unsigned>(Hq), static_cast<unsigned>(n_t),
-                                                  static_cast<unsigned>(B)),
-                                             kThreadsWg, kBwdSmem, st>>>(bf(dq), dout, lse, delta, q, ld_q, k,
-                                                                         ld_k, v, ld_v, T, int(Hq),
-                                                                         int(Hq / Hkv), scale, scale_log2);
-    const cudaError_t err = cudaGetLastError();
+    attention_backward_wgmma_kernel<<<dim3(static_cast<unsigned>(Hkv), static_cast<unsigned>(n_kb),
+                                           static_cast<unsigned>(B)),
+                                      Bwd::kThreads, Bwd::kSmem, st>>>(
+        tq, tk, tv, tdo, bf(dk), bf(dv), scratch, lse, delta, ld_k, ld_v, T, int(Hq), int(Hq / Hkv), scale,
+        scale * 1.4426950408889634f);
+    err = cudaGetLastError();
     MSLM_CHECK(err == cudaSuccess, "attention_backward_wgmma: launch: {}", cudaGetErrorString(err));
+    if (dq) {
+        const int64_t pairs = B * T * Hq * 32;
+        const int blocks = int(std::min<int64_t>((pairs + 255) / 256, 132 * 16));
+        attention_dq_add_kernel<<<blocks, 256, 0, st>>>(bf(dq), scratch, ld_q, T, int(Hq), B);
+        err = cudaGetLastError();
+        MSLM_CHECK(err == cudaSuccess, "attention_backward_wgmma: dq launch: {}", cudaGetErrorString(err));
+    }
 }
 
 }  // namespace mslm::ops::cuda
