@@ -106,16 +106,19 @@ TEST(CudaWgmma, AttentionForwardMatchesTheMmaKernel) {
         const auto [ref_out, ref_lse] = run("0");
         double big = 0.0;
         for (double x : ref_out) big = std::max(big, std::fabs(x));
-        for (const char* wgs : {"2", "3"}) {  // consumer warpgroups a block: 128 or 192 query rows
-            test::ScopedEnv env("MSLM_ATTN_WGMMA_WG", std::string(wgs));
+        // Consumer warpgroups a block (128 or 192 query rows), each with and without the turns.
+        for (const char* variant : {"2 0", "3 0", "2 1", "3 1"}) {
+            const std::string wgs(variant, 1), pp(variant + 2, 1);
+            test::ScopedEnv env("MSLM_ATTN_WGMMA_WG", wgs), env_pp("MSLM_ATTN_WGMMA_PP", pp);
             const auto [got_out, got_lse] = run("1");
             int bad = 0, bad_lse = 0;
             for (size_t i = 0; i < n_out; ++i)
                 if (!(std::fabs(got_out[i] - ref_out[i]) <= 0x1p-6 * big)) ++bad;
             for (size_t i = 0; i < n_lse; ++i)
                 if (!(std::fabs(double(got_lse[i]) - double(ref_lse[i])) <= 1e-3)) ++bad_lse;
-            EXPECT_EQ(bad, 0) << "T " << T << ", " << wgs << " warpgroups (largest output " << big << ")";
-            EXPECT_EQ(bad_lse, 0) << "T " << T << ", " << wgs << " warpgroups";
+            EXPECT_EQ(bad, 0) << "T " << T << ", warpgroups / turns " << variant << " (largest output " << big
+                              << ")";
+            EXPECT_EQ(bad_lse, 0) << "T " << T << ", warpgroups / turns " << variant;
         }
     }
 #else
@@ -162,30 +165,35 @@ TEST(CudaWgmma, AttentionBackwardMatchesTheMmaKernels) {
             cuda_synchronize();
             return test::decode_all(grad.download());
         };
-        const std::vector<double> ref = run("0"), got = run("1");
-        // Per part (q, k, v columns of the fused rows): the largest change from the start.
-        const std::vector<double> s0 = test::decode_all(start);
-        for (int part = 0; part < 3; ++part) {
-            const int64_t c0 = part == 0   ? 0
-                               : part == 1 ? Hq * Dh
-                                           : (Hq + Hkv) * Dh,
-                          c1 = part == 0   ? Hq * Dh
-                               : part == 1 ? (Hq + Hkv) * Dh
-                                           : W;
-            double big = 0.0;
-            for (int64_t r = 0; r < B * T; ++r)
-                for (int64_t c = c0; c < c1; ++c) {
-                    const size_t i = static_cast<size_t>(r * W + c);
-                    big = std::max(big, std::fabs(ref[i] - s0[i]));
-                }
-            int bad = 0;
-            for (int64_t r = 0; r < B * T; ++r)
-                for (int64_t c = c0; c < c1; ++c) {
-                    const size_t i = static_cast<size_t>(r * W + c);
-                    if (!(std::fabs(got[i] - ref[i]) <= 0x1p-6 * big + 0x1p-8 * std::fabs(ref[i]))) ++bad;
-                }
-            EXPECT_EQ(bad, 0) << "T " << T << ", d"
-                              << "qkv"[part] << " (largest change " << big << ")";
+        const std::vector<double> ref = run("0");
+        for (const char* split : {"0", "1"}) {  // dQ by turns, or halves from both warpgroups
+            test::ScopedEnv env_split("MSLM_ATTN_WGMMA_DQSPLIT", std::string(split));
+            const std::vector<double> got = run("1");
+            // Per part (q, k, v columns of the fused rows): the largest change from the start.
+            const std::vector<double> s0 = test::decode_all(start);
+            for (int part = 0; part < 3; ++part) {
+                const int64_t c0 = part == 0   ? 0
+                                   : part == 1 ? Hq * Dh
+                                               : (Hq + Hkv) * Dh,
+                              c1 = part == 0   ? Hq * Dh
+                                   : part == 1 ? (Hq + Hkv) * Dh
+                                               : W;
+                double big = 0.0;
+                for (int64_t r = 0; r < B * T; ++r)
+                    for (int64_t c = c0; c < c1; ++c) {
+                        const size_t i = static_cast<size_t>(r * W + c);
+                        big = std::max(big, std::fabs(ref[i] - s0[i]));
+                    }
+                int bad = 0;
+                for (int64_t r = 0; r < B * T; ++r)
+                    for (int64_t c = c0; c < c1; ++c) {
+                        const size_t i = static_cast<size_t>(r * W + c);
+                        if (!(std::fabs(got[i] - ref[i]) <= 0x1p-6 * big + 0x1p-8 * std::fabs(ref[i]))) ++bad;
+                    }
+                EXPECT_EQ(bad, 0) << "T " << T << ", d"
+                                  << "qkv"[part] << ", split dQ " << split << " (largest change " << big
+                                  << ")";
+            }
         }
     }
 #else

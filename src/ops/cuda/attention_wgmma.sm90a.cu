@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <string_view>
+#include <type_traits>
 
 #include "core/error.h"
 #include "ops/cuda/attention_wgmma.h"
@@ -63,17 +64,20 @@ struct Fwd {
     static constexpr int kRegs = kCWG == 2 ? 240 : 160;
 };
 
-// The softmax of one S tile (64 fp32 columns of rows row0, row1 a thread) in place: masked scores
-// (key > row) drop out, m, l advance, s becomes 2^(s·scale_log2 − m) and alpha the factor for O.
+// The softmax of one S tile (64 fp32 columns of rows row0, row0 + 8 a thread) in place: m, l advance,
+// s becomes 2^(s·scale_log2 − m) and alpha the factor for O. kMask (tiles that cross the diagonal):
+// column 8t + 2tq + (e & 1) of row row0 + 8·(e / 2) drops out past lim = row0 − j0 − 2tq, compared
+// in 32 bits against compile-time column offsets (the 64-bit comparison cost ~5 instructions a score,
+// and the compiler had predicated it into every tile).
+template <bool kMask>
 __device__ __forceinline__ void softmax_tile(float (&s)[64], float (&m)[2], float (&l)[2], float (&alpha)[2],
-                                             int64_t j0, int64_t row0, bool masked, int tq,
-                                             float scale_log2) {
+                                             int lim, float scale_log2) {
     float mx[2] = {-INFINITY, -INFINITY};
 #pragma unroll
     for (int t = 0; t < 16; ++t)
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
-            if (masked && j0 + 8 * t + 2 * tq + (e & 1) > row0 + (e < 2 ? 0 : 8)) s[4 * t + e] = -INFINITY;
+            if (kMask && 8 * t + (e & 1) > lim + 8 * (e / 2)) s[4 * t + e] = -INFINITY;
             mx[e / 2] = fmaxf(mx[e / 2], s[4 * t + e]);
         }
     float m_use[2];
@@ -97,7 +101,7 @@ __device__ __forceinline__ void softmax_tile(float (&s)[64], float (&m)[2], floa
         }
 }
 
-template <int kCWG>
+template <int kCWG, bool kPingpong>
 __global__ void __launch_bounds__(Fwd<kCWG>::kThreads, 1)
     attention_forward_wgmma_kernel(const __grid_constant__ CUtensorMap tm_q,
                                    const __grid_constant__ CUtensorMap tm_k,
@@ -148,7 +152,7 @@ __global__ void __launch_bounds__(Fwd<kCWG>::kThreads, 1)
 
     tma::regs_alloc<C::kRegs>();
     const int cw = wg - 1, warp = (tid / 32) % 4, lane = tid % 32, g = lane / 4, tq = lane % 4;
-    const int64_t wg_first = i0 + 64 * cw, row0 = wg_first + 16 * warp + g, row1 = row0 + 8;
+    const int64_t wg_first = i0 + 64 * cw, row0 = wg_first + 16 * warp + g;
     // The tiles holding a key some row of this warpgroup sees (the causal bound); the rest it only
     // waits for and hands back, so the stages' phases stay in step.
     const int n_mine = wg_first < T ? min(n_tiles, int((wg_first + 63) / kBK2) + 1) : 0;
@@ -156,14 +160,26 @@ __global__ void __launch_bounds__(Fwd<kCWG>::kThreads, 1)
     auto release = [&](int st) {
         if (lane == 0) tma::mbar_arrive(&empty[st]);
     };
-    auto masked = [&](int j) { return int64_t(j) * kBK2 + kBK2 - 1 > wg_first + 16 * warp; };
+    // Whether tile j crosses this warp's diagonal (broadcast from lane 0: a branch uniform in the
+    // compiler's eyes).
+    auto masked = [&](int j) {
+        return __shfl_sync(0xffffffffu, int(int64_t(j) * kBK2 + kBK2 - 1 > wg_first + 16 * warp), 0) != 0;
+    };
+
+    // kPingpong: the warpgroups issue their products in turn (a ring of named barriers 4 + cw), so
+    // one's softmax runs while the next one's products do, over the tiles every warpgroup takes
+    // (n_ring; the last one hands no turn on after its last, so the barriers end balanced).
+    const int n_ring = i0 + C::kBQ <= T ? min(n_tiles, int((i0 + 63) / kBK2) + 1) : 0;
+    if (kPingpong && cw == kCWG - 1 && n_ring > 0) tma::named_arrive(4, 256);
 
     float o[32] = {}, s[64], m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f}, alpha[2];
     uint32_t pa[8][4];
     tma::mbar_wait(bar_q, 0);
     for (int j = 0; j < n_mine; ++j) {
         const int st = j % kStages, pst = (j + kStages - 1) % kStages;
+        const bool ring = kPingpong && j < n_ring;
         tma::mbar_wait(&full_k[st], (j / kStages) & 1);
+        if (ring) tma::named_sync(4 + cw, 256);
         wgmma::fence();
 #pragma unroll
         for (int ks = 0; ks < 4; ++ks)
@@ -177,11 +193,16 @@ __global__ void __launch_bounds__(Fwd<kCWG>::kThreads, 1)
                 wgmma::m64n64k16_rs<true>(o, pa[ks], wgmma::sw128_desc(sV + pst * kTileBytes + 2048 * ks),
                                           true);
             wgmma::commit();
+            if (ring && !(cw == kCWG - 1 && j == n_ring - 1)) tma::named_arrive(4 + (cw + 1) % kCWG, 256);
             wgmma::wait<1>();
         } else {
+            if (ring && !(cw == kCWG - 1 && j == n_ring - 1)) tma::named_arrive(4 + (cw + 1) % kCWG, 256);
             wgmma::wait<0>();
         }
-        softmax_tile(s, m, l, alpha, int64_t(j) * kBK2, row0, masked(j), tq, scale_log2);
+        if (masked(j))
+            softmax_tile<true>(s, m, l, alpha, int(row0 - int64_t(j) * kBK2) - 2 * tq, scale_log2);
+        else
+            softmax_tile<false>(s, m, l, alpha, 0, scale_log2);
         wgmma::wait<0>();
         if (j > 0) release(pst);
 #pragma unroll
@@ -211,7 +232,6 @@ __global__ void __launch_bounds__(Fwd<kCWG>::kThreads, 1)
         tma::mbar_wait(&full_v[st], (j / kStages) & 1);
         release(st);
     }
-    (void)row1;
 
     // Every valid row sees at least itself (weight 2^0 = 1), so l ≥ 1 and m is finite.
 #pragma unroll
@@ -259,12 +279,16 @@ __host__ __device__ constexpr int dq_slot(int r, int c) {
     return r * 64 + (c ^ ((r & 7) << 3));
 }
 
-__global__ void __launch_bounds__(Bwd::kThreads, 1) attention_backward_wgmma_kernel(
-    const __grid_constant__ CUtensorMap tm_q, const __grid_constant__ CUtensorMap tm_k,
-    const __grid_constant__ CUtensorMap tm_v, const __grid_constant__ CUtensorMap tm_do,
-    __nv_bfloat16* __restrict__ dk, __nv_bfloat16* __restrict__ dv, float* __restrict__ dq_acc,
-    const float* __restrict__ lse, const float* __restrict__ delta, int64_t ld_k, int64_t ld_v, int64_t T,
-    int Hq, int group, float scale, float scale_log2) {
+template <bool kSplitDq>
+__global__ void __launch_bounds__(Bwd::kThreads, 1)
+    attention_backward_wgmma_kernel(const __grid_constant__ CUtensorMap tm_q,
+                                    const __grid_constant__ CUtensorMap tm_k,
+                                    const __grid_constant__ CUtensorMap tm_v,
+                                    const __grid_constant__ CUtensorMap tm_do, __nv_bfloat16* __restrict__ dk,
+                                    __nv_bfloat16* __restrict__ dv, float* __restrict__ dq_acc,
+                                    const float* __restrict__ lse, const float* __restrict__ delta,
+                                    int64_t ld_k, int64_t ld_v, int64_t T, int Hq, int group, float scale,
+                                    float scale_log2) {
     extern __shared__ unsigned char bwd_raw[];
     char* base = smem_1024(bwd_raw);
     char* sK = base + Bwd::kK;
@@ -322,7 +346,7 @@ __global__ void __launch_bounds__(Bwd::kThreads, 1) attention_backward_wgmma_ker
     tma::regs_alloc<Bwd::kRegs>();
     const int cw = wg - 1, warp = (tid / 32) % 4, g = lane / 4, tq = lane % 4;
     const int64_t key[2] = {j0 + 64 * cw + 16 * warp + g, j0 + 64 * cw + 16 * warp + g + 8};
-    float dk_acc[32] = {}, dv_acc[32] = {}, s[32], dp[32], dq[32];
+    float dk_acc[32] = {}, dv_acc[32] = {}, s[32], dp[32], dq[kSplitDq ? 1 : 32];
     tma::mbar_wait(bar_kv, 0);
     for (int64_t it = 0; it < n_iter; ++it) {
         const int st = int(it % kBwdStages);
@@ -343,21 +367,31 @@ __global__ void __launch_bounds__(Bwd::kThreads, 1) attention_backward_wgmma_ker
         wgmma::commit();
         wgmma::wait<0>();
         const float* r = rows + st * 128;
+        // Query column 8t + 2tq + (e & 1) of key row key[e / 2] counts when the query is at or past
+        // the key and before T: compared in 32 bits against compile-time offsets, and only in tiles
+        // that cross this warp's diagonal or T (broadcast from lane 0: a uniform branch).
+        const bool edge = __shfl_sync(0xffffffffu, int(i0 < key[0] - g + 15 || i0 + kBwdQ > T), 0) != 0;
+        const int lo = int(key[0] - i0) - 2 * tq, hi = int(min(T - i0, int64_t(kBwdQ))) - 2 * tq;
+        auto grads = [&](auto mask_c) {
+            constexpr bool kMask = decltype(mask_c)::value;
 #pragma unroll
-        for (int t = 0; t < 8; ++t) {
-            const float2 l2 = *reinterpret_cast<const float2*>(r + 8 * t + 2 * tq);
-            const float2 dd = *reinterpret_cast<const float2*>(r + 64 + 8 * t + 2 * tq);
+            for (int t = 0; t < 8; ++t) {
+                const float2 l2 = *reinterpret_cast<const float2*>(r + 8 * t + 2 * tq);
+                const float2 dd = *reinterpret_cast<const float2*>(r + 64 + 8 * t + 2 * tq);
 #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const int64_t i = i0 + 8 * t + 2 * tq + (e & 1);
-                const float p =
-                    key[e / 2] <= i && i < T
-                        ? detail::fast_exp2(fmaf(s[4 * t + e], scale_log2, -((e & 1) ? l2.y : l2.x)))
-                        : 0.0f;
-                s[4 * t + e] = p;
-                dp[4 * t + e] = p * (dp[4 * t + e] - ((e & 1) ? dd.y : dd.x));
+                for (int e = 0; e < 4; ++e) {
+                    const int c = 8 * t + (e & 1);
+                    float p = detail::fast_exp2(fmaf(s[4 * t + e], scale_log2, -((e & 1) ? l2.y : l2.x)));
+                    if (kMask && !(c >= lo + 8 * (e / 2) && c < hi)) p = 0.0f;
+                    s[4 * t + e] = p;
+                    dp[4 * t + e] = p * (dp[4 * t + e] - ((e & 1) ? dd.y : dd.x));
+                }
             }
-        }
+        };
+        if (edge)
+            grads(std::true_type{});
+        else
+            grads(std::false_type{});
         uint32_t pa[4][4], da[4][4];
         to_a_fragments(pa, s);
         to_a_fragments(da, dp);
@@ -378,9 +412,34 @@ __global__ void __launch_bounds__(Bwd::kThreads, 1) attention_backward_wgmma_ker
         }
         wgmma::commit();
         wgmma::fence_proxy_async();  // this thread's dSᵀ, read next by the tensor cores
-        tma::named_sync(1, 256);     // both warpgroups' dSᵀ stored
-        if (int(it & 1) == cw) {     // this warpgroup's turn: the tile's dQ over all 128 keys
-            float* acc_blk = dq_acc + ((int64_t(b) * Hq + h) * n_qt_all + qt) * 4096;
+        // kSplitDq: the reduction two tiles back has read the dQ buffer this tile writes.
+        if (kSplitDq && tid == 128) tma::bulk_wait_read<1>();
+        tma::named_sync(1, 256);  // both warpgroups' dSᵀ stored
+        float* acc_blk = dq_acc + ((int64_t(b) * Hq + h) * n_qt_all + qt) * 4096;
+        if constexpr (kSplitDq) {  // each warpgroup the tile's dQ columns 32·cw .. 32·cw + 31
+            float dqh[16];
+#pragma unroll
+            for (int ks = 0; ks < 8; ++ks)
+                wgmma::m64n32k16_ss<true, true>(dqh, wgmma::sw128_desc(sdS + 2048 * ks),
+                                                wgmma::sw128_desc(sK + 2048 * ks + 64 * cw), ks > 0);
+            wgmma::commit();
+            wgmma::wait<0>();
+            auto* sdQ = reinterpret_cast<float*>(base + Bwd::kdQ + int(it & 1) * 16384);
+#pragma unroll
+            for (int t = 0; t < 4; ++t)
+#pragma unroll
+                for (int half = 0; half < 2; ++half) {
+                    const int row = 16 * warp + g + 8 * half;
+                    *reinterpret_cast<float2*>(sdQ + dq_slot(row, 32 * cw + 8 * t + 2 * tq)) =
+                        make_float2(scale * dqh[4 * t + 2 * half], scale * dqh[4 * t + 2 * half + 1]);
+                }
+            wgmma::fence_proxy_async();
+            tma::named_sync(2, 256);  // both halves stored
+            if (tid == 128) {
+                tma::reduce_add_f32(acc_blk, sdQ, 16384);
+                tma::bulk_commit();
+            }
+        } else if (int(it & 1) == cw) {  // this warpgroup's turn: the tile's dQ over all 128 keys
 #pragma unroll
             for (int ks = 0; ks < 8; ++ks)
                 wgmma::m64n64k16_ss<true, true>(dq, wgmma::sw128_desc(sdS + 2048 * ks),
@@ -483,7 +542,7 @@ CUtensorMap head_rows_map(const uint16_t* base, int64_t heads, int64_t T, int64_
     return map;
 }
 
-template <int kCWG>
+template <int kCWG, bool kPingpong>
 void launch_forward(uint16_t* out, float* lse, const uint16_t* q, int64_t ld_q, const uint16_t* k,
                     int64_t ld_k, const uint16_t* v, int64_t ld_v, int64_t B, int64_t T, int64_t Hq,
                     int64_t Hkv, float scale, cudaStream_t stream) {
@@ -492,8 +551,9 @@ void launch_forward(uint16_t* out, float* lse, const uint16_t* q, int64_t ld_q, 
     MSLM_CHECK(Hq <= 65535 && n_qt <= 65535 && B <= 65535 && T <= (int64_t(1) << 30),
                "attention_forward_wgmma: grid ({}, {}, {}) too large", Hq, n_qt, B);
     static const bool configured = [] {
-        const cudaError_t err = cudaFuncSetAttribute(
-            attention_forward_wgmma_kernel<kCWG>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(C::kSmem));
+        const cudaError_t err =
+            cudaFuncSetAttribute(attention_forward_wgmma_kernel<kCWG, kPingpong>,
+                                 cudaFuncAttributeMaxDynamicSharedMemorySize, int(C::kSmem));
         MSLM_CHECK(err == cudaSuccess, "attention_forward_wgmma: cudaFuncSetAttribute: {}",
                    cudaGetErrorString(err));
         return true;
@@ -503,7 +563,7 @@ void launch_forward(uint16_t* out, float* lse, const uint16_t* q, int64_t ld_q, 
                       tk = head_rows_map(k, Hkv, T, B, ld_k, kBK2),
                       tv = head_rows_map(v, Hkv, T, B, ld_v, kBK2);
     const dim3 grid(static_cast<unsigned>(Hq), static_cast<unsigned>(n_qt), static_cast<unsigned>(B));
-    attention_forward_wgmma_kernel<kCWG>
+    attention_forward_wgmma_kernel<kCWG, kPingpong>
         <<<grid, C::kThreads, C::kSmem, stream>>>(tq, tk, tv, reinterpret_cast<__nv_bfloat16*>(out), lse, T,
                                                   int(Hq), int(Hq / Hkv), scale * 1.4426950408889634f);
 }
@@ -514,12 +574,18 @@ void attention_forward_wgmma(uint16_t* out, float* lse, const uint16_t* q, int64
                              int64_t ld_k, const uint16_t* v, int64_t ld_v, int64_t B, int64_t T, int64_t Hq,
                              int64_t Hkv, float scale, void* stream) {
     MSLM_CHECK(Hkv > 0 && Hq % Hkv == 0, "attention_forward_wgmma: {} query heads over {} KV heads", Hq, Hkv);
-    const char* wgs = std::getenv("MSLM_ATTN_WGMMA_WG");  // consumer warpgroups a block: 2 (default) or 3
+    const char* wgs = std::getenv("MSLM_ATTN_WGMMA_WG");  // consumer warpgroups a block: 2 or 3 (default)
+    const char* pp = std::getenv("MSLM_ATTN_WGMMA_PP");   // 1: the warpgroups issue their products in turn
+    const bool two = wgs && std::string_view(wgs) == "2", ring = pp && std::string_view(pp) == "1";
     auto st = static_cast<cudaStream_t>(stream);
-    if (wgs && std::string_view(wgs) == "3")
-        launch_forward<3>(out, lse, q, ld_q, k, ld_k, v, ld_v, B, T, Hq, Hkv, scale, st);
+    if (two && ring)
+        launch_forward<2, true>(out, lse, q, ld_q, k, ld_k, v, ld_v, B, T, Hq, Hkv, scale, st);
+    else if (two)
+        launch_forward<2, false>(out, lse, q, ld_q, k, ld_k, v, ld_v, B, T, Hq, Hkv, scale, st);
+    else if (ring)
+        launch_forward<3, true>(out, lse, q, ld_q, k, ld_k, v, ld_v, B, T, Hq, Hkv, scale, st);
     else
-        launch_forward<2>(out, lse, q, ld_q, k, ld_k, v, ld_v, B, T, Hq, Hkv, scale, st);
+        launch_forward<3, false>(out, lse, q, ld_q, k, ld_k, v, ld_v, B, T, Hq, Hkv, scale, st);
     const cudaError_t err = cudaGetLastError();
     MSLM_CHECK(err == cudaSuccess, "attention_forward_wgmma: launch: {}", cudaGetErrorString(err));
 }
@@ -538,11 +604,16 @@ void attention_backward_wgmma(uint16_t* dq, uint16_t* dk, uint16_t* dv, const ui
     MSLM_CHECK(Hkv <= 65535 && n_kb <= 65535 && B <= 65535 && T <= (int64_t(1) << 30),
                "attention_backward_wgmma: grid ({}, {}, {}) too large", Hkv, n_kb, B);
     auto st = static_cast<cudaStream_t>(stream);
+    const char* split_env = std::getenv("MSLM_ATTN_WGMMA_DQSPLIT");  // 1: both warpgroups a half of dQ
+    const bool split = split_env && std::string_view(split_env) == "1";
     static const bool configured = [] {
-        const cudaError_t err = cudaFuncSetAttribute(
-            attention_backward_wgmma_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(Bwd::kSmem));
-        MSLM_CHECK(err == cudaSuccess, "attention_backward_wgmma: cudaFuncSetAttribute: {}",
-                   cudaGetErrorString(err));
+        for (const void* fn : {reinterpret_cast<const void*>(attention_backward_wgmma_kernel<false>),
+                               reinterpret_cast<const void*>(attention_backward_wgmma_kernel<true>)}) {
+            const cudaError_t e =
+                cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, int(Bwd::kSmem));
+            MSLM_CHECK(e == cudaSuccess, "attention_backward_wgmma: cudaFuncSetAttribute: {}",
+                       cudaGetErrorString(e));
+        }
         return true;
     }();
     (void)configured;
@@ -555,9 +626,9 @@ void attention_backward_wgmma(uint16_t* dq, uint16_t* dk, uint16_t* dv, const ui
                       tk = head_rows_map(k, Hkv, T, B, ld_k, kBwdKeys),
                       tv = head_rows_map(v, Hkv, T, B, ld_v, kBwdKeys);
     auto bf = [](uint16_t* p) { return reinterpret_cast<__nv_bfloat16*>(p); };
-    attention_backward_wgmma_kernel<<<dim3(static_cast<unsigned>(Hkv), static_cast<unsigned>(n_kb),
-                                           static_cast<unsigned>(B)),
-                                      Bwd::kThreads, Bwd::kSmem, st>>>(
+    const dim3 grid(static_cast<unsigned>(Hkv), static_cast<unsigned>(n_kb), static_cast<unsigned>(B));
+    (split ? attention_backward_wgmma_kernel<true>
+           : attention_backward_wgmma_kernel<false>)<<<grid, Bwd::kThreads, Bwd::kSmem, st>>>(
         tq, tk, tv, tdo, bf(dk), bf(dv), scratch, lse, delta, ld_k, ld_v, T, int(Hq), int(Hq / Hkv), scale,
         scale * 1.4426950408889634f);
     err = cudaGetLastError();

@@ -68,9 +68,10 @@ __device__ __forceinline__ void reduce_add_f32(float* gmem, const void* smem, ui
 __device__ __forceinline__ void bulk_commit() {
     asm volatile("cp.async.bulk.commit_group;\n" ::: "memory");
 }
-// Returns once this thread's bulk groups have all finished reading their shared memory.
+// Returns once at most N of this thread's bulk groups are still reading their shared memory.
+template <int N = 0>
 __device__ __forceinline__ void bulk_wait_read() {
-    asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory");
+    asm volatile("cp.async.bulk.wait_group.read %0;\n" ::"n"(N) : "memory");
 }
 // Returns once they have all completed.
 __device__ __forceinline__ void bulk_wait() {
@@ -80,6 +81,10 @@ __device__ __forceinline__ void bulk_wait() {
 // A barrier of `threads` threads (a multiple of 32) on hardware barrier `id` (0 is __syncthreads's).
 __device__ __forceinline__ void named_sync(int id, int threads) {
     asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
+// An arrival on that barrier without waiting for it.
+__device__ __forceinline__ void named_arrive(int id, int threads) {
+    asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
 }
 
 // The warpgroup's registers a thread lowered / raised to N (all its threads together).
