@@ -1,10 +1,14 @@
-// The causal attention forward on Hopper's warpgroup products (attention_wgmma.sm90a.cu; opt-in,
-// MSLM_ATTN_WGMMA=1, read at every call by ops::cuda::attention_forward): bf16, head dim 64, no
-// ALiBi, no window, q_offset 0, a positive scale. The same function as the mma.sync kernel
-// (attention.cu): scores and P·V in fp32 accumulators, the softmax weights rounded once to bf16 for
-// P·V, lse = m·ln 2 + ln l in fp32. Blocks of two warpgroups, 128 query rows, 64-key tiles of K and V
-// double-buffered in 128-byte swizzled shared memory; S = Q·Kᵀ with both operands from shared
-// memory, O += P·V with P from registers and V MN-major. Plain C++ header.
+// Causal attention on Hopper's warpgroup products, TMA and shared-memory barriers
+// (attention_wgmma.sm90a.cu), taken by ops::cuda::attention_forward / attention_backward where it
+// applies (MSLM_ATTN_WGMMA=0, read at every call, keeps the mma.sync kernels): bf16, head dim 64, no
+// ALiBi, no window, q_offset 0, a positive scale. The same function as the mma.sync kernels
+// (attention.cu): scores and products in fp32 accumulators, the softmax weights and score
+// gradients rounded once to bf16 for their products, lse = m·ln 2 + ln l in fp32.
+//
+// Forward: a producer warpgroup streams 128-key K and V tiles by TMA into two stages; three consumer
+// warpgroups (MSLM_ATTN_WGMMA_WG=2: two) of 64 query rows each compute S = Q·Kⱼᵀ, then O += Pⱼ₋₁·Vⱼ₋₁
+// while tile j's softmax runs, and issue their products in turn (MSLM_ATTN_WGMMA_PP=0: freely).
+// Plain C++ header.
 #pragma once
 #include <cstddef>
 #include <cstdint>

@@ -279,7 +279,6 @@ __host__ __device__ constexpr int dq_slot(int r, int c) {
     return r * 64 + (c ^ ((r & 7) << 3));
 }
 
-template <bool kSplitDq>
 __global__ void __launch_bounds__(Bwd::kThreads, 1)
     attention_backward_wgmma_kernel(const __grid_constant__ CUtensorMap tm_q,
                                     const __grid_constant__ CUtensorMap tm_k,
@@ -346,7 +345,7 @@ __global__ void __launch_bounds__(Bwd::kThreads, 1)
     tma::regs_alloc<Bwd::kRegs>();
     const int cw = wg - 1, warp = (tid / 32) % 4, g = lane / 4, tq = lane % 4;
     const int64_t key[2] = {j0 + 64 * cw + 16 * warp + g, j0 + 64 * cw + 16 * warp + g + 8};
-    float dk_acc[32] = {}, dv_acc[32] = {}, s[32], dp[32], dq[kSplitDq ? 1 : 32];
+    float dk_acc[32] = {}, dv_acc[32] = {}, s[32], dp[32], dq[32];
     tma::mbar_wait(bar_kv, 0);
     for (int64_t it = 0; it < n_iter; ++it) {
         const int st = int(it % kBwdStages);
@@ -412,34 +411,9 @@ __global__ void __launch_bounds__(Bwd::kThreads, 1)
         }
         wgmma::commit();
         wgmma::fence_proxy_async();  // this thread's dSᵀ, read next by the tensor cores
-        // kSplitDq: the reduction two tiles back has read the dQ buffer this tile writes.
-        if (kSplitDq && tid == 128) tma::bulk_wait_read<1>();
         tma::named_sync(1, 256);  // both warpgroups' dSᵀ stored
         float* acc_blk = dq_acc + ((int64_t(b) * Hq + h) * n_qt_all + qt) * 4096;
-        if constexpr (kSplitDq) {  // each warpgroup the tile's dQ columns 32·cw .. 32·cw + 31
-            float dqh[16];
-#pragma unroll
-            for (int ks = 0; ks < 8; ++ks)
-                wgmma::m64n32k16_ss<true, true>(dqh, wgmma::sw128_desc(sdS + 2048 * ks),
-                                                wgmma::sw128_desc(sK + 2048 * ks + 64 * cw), ks > 0);
-            wgmma::commit();
-            wgmma::wait<0>();
-            auto* sdQ = reinterpret_cast<float*>(base + Bwd::kdQ + int(it & 1) * 16384);
-#pragma unroll
-            for (int t = 0; t < 4; ++t)
-#pragma unroll
-                for (int half = 0; half < 2; ++half) {
-                    const int row = 16 * warp + g + 8 * half;
-                    *reinterpret_cast<float2*>(sdQ + dq_slot(row, 32 * cw + 8 * t + 2 * tq)) =
-                        make_float2(scale * dqh[4 * t + 2 * half], scale * dqh[4 * t + 2 * half + 1]);
-                }
-            wgmma::fence_proxy_async();
-            tma::named_sync(2, 256);  // both halves stored
-            if (tid == 128) {
-                tma::reduce_add_f32(acc_blk, sdQ, 16384);
-                tma::bulk_commit();
-            }
-        } else if (int(it & 1) == cw) {  // this warpgroup's turn: the tile's dQ over all 128 keys
+        if (int(it & 1) == cw) {  // this warpgroup's turn: the tile's dQ over all 128 keys
 #pragma unroll
             for (int ks = 0; ks < 8; ++ks)
                 wgmma::m64n64k16_ss<true, true>(dq, wgmma::sw128_desc(sdS + 2048 * ks),
@@ -575,8 +549,8 @@ void attention_forward_wgmma(uint16_t* out, float* lse, const uint16_t* q, int64
                              int64_t Hkv, float scale, void* stream) {
     MSLM_CHECK(Hkv > 0 && Hq % Hkv == 0, "attention_forward_wgmma: {} query heads over {} KV heads", Hq, Hkv);
     const char* wgs = std::getenv("MSLM_ATTN_WGMMA_WG");  // consumer warpgroups a block: 2 or 3 (default)
-    const char* pp = std::getenv("MSLM_ATTN_WGMMA_PP");   // 1: the warpgroups issue their products in turn
-    const bool two = wgs && std::string_view(wgs) == "2", ring = pp && std::string_view(pp) == "1";
+    const char* pp = std::getenv("MSLM_ATTN_WGMMA_PP");   // 0: the warpgroups issue their products freely
+    const bool two = wgs && std::string_view(wgs) == "2", ring = !(pp && std::string_view(pp) == "0");
     auto st = static_cast<cudaStream_t>(stream);
     if (two && ring)
         launch_forward<2, true>(out, lse, q, ld_q, k, ld_k, v, ld_v, B, T, Hq, Hkv, scale, st);
@@ -604,16 +578,11 @@ void attention_backward_wgmma(uint16_t* dq, uint16_t* dk, uint16_t* dv, const ui
     MSLM_CHECK(Hkv <= 65535 && n_kb <= 65535 && B <= 65535 && T <= (int64_t(1) << 30),
                "attention_backward_wgmma: grid ({}, {}, {}) too large", Hkv, n_kb, B);
     auto st = static_cast<cudaStream_t>(stream);
-    const char* split_env = std::getenv("MSLM_ATTN_WGMMA_DQSPLIT");  // 1: both warpgroups a half of dQ
-    const bool split = split_env && std::string_view(split_env) == "1";
     static const bool configured = [] {
-        for (const void* fn : {reinterpret_cast<const void*>(attention_backward_wgmma_kernel<false>),
-                               reinterpret_cast<const void*>(attention_backward_wgmma_kernel<true>)}) {
-            const cudaError_t e =
-                cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, int(Bwd::kSmem));
-            MSLM_CHECK(e == cudaSuccess, "attention_backward_wgmma: cudaFuncSetAttribute: {}",
-                       cudaGetErrorString(e));
-        }
+        const cudaError_t e = cudaFuncSetAttribute(
+            attention_backward_wgmma_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(Bwd::kSmem));
+        MSLM_CHECK(e == cudaSuccess, "attention_backward_wgmma: cudaFuncSetAttribute: {}",
+                   cudaGetErrorString(e));
         return true;
     }();
     (void)configured;
@@ -627,8 +596,7 @@ void attention_backward_wgmma(uint16_t* dq, uint16_t* dk, uint16_t* dv, const ui
                       tv = head_rows_map(v, Hkv, T, B, ld_v, kBwdKeys);
     auto bf = [](uint16_t* p) { return reinterpret_cast<__nv_bfloat16*>(p); };
     const dim3 grid(static_cast<unsigned>(Hkv), static_cast<unsigned>(n_kb), static_cast<unsigned>(B));
-    (split ? attention_backward_wgmma_kernel<true>
-           : attention_backward_wgmma_kernel<false>)<<<grid, Bwd::kThreads, Bwd::kSmem, st>>>(
+    attention_backward_wgmma_kernel<<<grid, Bwd::kThreads, Bwd::kSmem, st>>>(
         tq, tk, tv, tdo, bf(dk), bf(dv), scratch, lse, delta, ld_k, ld_v, T, int(Hq), int(Hq / Hkv), scale,
         scale * 1.4426950408889634f);
     err = cudaGetLastError();

@@ -68,10 +68,9 @@ __device__ __forceinline__ void reduce_add_f32(float* gmem, const void* smem, ui
 __device__ __forceinline__ void bulk_commit() {
     asm volatile("cp.async.bulk.commit_group;\n" ::: "memory");
 }
-// Returns once at most N of this thread's bulk groups are still reading their shared memory.
-template <int N = 0>
+// Returns once this thread's bulk groups have all finished reading their shared memory.
 __device__ __forceinline__ void bulk_wait_read() {
-    asm volatile("cp.async.bulk.wait_group.read %0;\n" ::"n"(N) : "memory");
+    asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory");
 }
 // Returns once they have all completed.
 __device__ __forceinline__ void bulk_wait() {

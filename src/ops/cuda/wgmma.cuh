@@ -107,24 +107,6 @@ __device__ __forceinline__ void m64n64k16_rs(float (&d)[32], const uint32_t (&a)
 
 #undef MSLM_WGMMA_D32
 
-// d (64 × 32 fp32: each warp's rows, columns 8j + 2t, +1 in registers 4j .. 4j + 3 as above) = A (64 × 16)
-// · B (16 × 32), both from shared memory by descriptor, transposes as m64n64k16_ss.
-template <bool kTransB, bool kTransA = false>
-__device__ __forceinline__ void m64n32k16_ss(float (&d)[16], uint64_t desc_a, uint64_t desc_b,
-                                             bool accumulate) {
-    asm volatile(
-        "{\n"
-        ".reg .pred p;\n"
-        "setp.ne.b32 p, %18, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 "
-        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, "
-        "%16, %17, p, 1, 1, %20, %19;\n"
-        "}\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
-          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
-        : "l"(desc_a), "l"(desc_b), "r"(int(accumulate)), "n"(kTransB ? 1 : 0), "n"(kTransA ? 1 : 0));
-}
-
 #define MSLM_WGMMA_D64                                                                              \
     "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), \
         "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]),    \
