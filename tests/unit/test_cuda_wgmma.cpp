@@ -106,19 +106,20 @@ TEST(CudaWgmma, AttentionForwardMatchesTheMmaKernel) {
         const auto [ref_out, ref_lse] = run("0");
         double big = 0.0;
         for (double x : ref_out) big = std::max(big, std::fabs(x));
-        // Consumer warpgroups a block (128 or 192 query rows), each with and without the turns.
-        for (const char* variant : {"2 0", "3 0", "2 1", "3 1"}) {
-            const std::string wgs(variant, 1), pp(variant + 2, 1);
-            test::ScopedEnv env("MSLM_ATTN_WGMMA_WG", wgs), env_pp("MSLM_ATTN_WGMMA_PP", pp);
+        // Consumer warpgroups a block (128 or 192 query rows), with and without the turns, K/V buffers.
+        for (const char* variant : {"2 0 3", "3 0 3", "2 1 3", "3 1 3", "3 1 2"}) {
+            const std::string wgs(variant, 1), pp(variant + 2, 1), stages(variant + 4, 1);
+            test::ScopedEnv env("MSLM_ATTN_WGMMA_WG", wgs), env_pp("MSLM_ATTN_WGMMA_PP", pp),
+                env_st("MSLM_ATTN_WGMMA_STAGES", stages);
             const auto [got_out, got_lse] = run("1");
             int bad = 0, bad_lse = 0;
             for (size_t i = 0; i < n_out; ++i)
                 if (!(std::fabs(got_out[i] - ref_out[i]) <= 0x1p-6 * big)) ++bad;
             for (size_t i = 0; i < n_lse; ++i)
                 if (!(std::fabs(double(got_lse[i]) - double(ref_lse[i])) <= 1e-3)) ++bad_lse;
-            EXPECT_EQ(bad, 0) << "T " << T << ", warpgroups / turns " << variant << " (largest output " << big
-                              << ")";
-            EXPECT_EQ(bad_lse, 0) << "T " << T << ", warpgroups / turns " << variant;
+            EXPECT_EQ(bad, 0) << "T " << T << ", warpgroups / turns / stages " << variant
+                              << " (largest output " << big << ")";
+            EXPECT_EQ(bad_lse, 0) << "T " << T << ", warpgroups / turns / stages " << variant;
         }
     }
 #else
@@ -166,7 +167,8 @@ TEST(CudaWgmma, AttentionBackwardMatchesTheMmaKernels) {
             return test::decode_all(grad.download());
         };
         const std::vector<double> ref = run("0");
-        {
+        for (const char* stages : {"2", "3"}) {  // Q/dO tile buffers
+            test::ScopedEnv env_st("MSLM_ATTN_WGMMA_STAGES", std::string(stages));
             const std::vector<double> got = run("1");
             // Per part (q, k, v columns of the fused rows): the largest change from the start.
             const std::vector<double> s0 = test::decode_all(start);
@@ -190,7 +192,8 @@ TEST(CudaWgmma, AttentionBackwardMatchesTheMmaKernels) {
                         if (!(std::fabs(got[i] - ref[i]) <= 0x1p-6 * big + 0x1p-8 * std::fabs(ref[i]))) ++bad;
                     }
                 EXPECT_EQ(bad, 0) << "T " << T << ", d"
-                                  << "qkv"[part] << " (largest change " << big << ")";
+                                  << "qkv"[part] << ", stages " << stages << " (largest change " << big
+                                  << ")";
             }
         }
     }

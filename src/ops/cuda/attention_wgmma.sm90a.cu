@@ -53,9 +53,9 @@ __device__ __forceinline__ void to_a_fragments(uint32_t (&a)[4][4], const float 
 // O += Pⱼ₋₁·Vⱼ₋₁ (P from registers, V MN-major), and runs tile j's softmax while the second product
 // runs: O is rescaled and the new P packed once it is done. Warp w of a consumer holds rows 16w + g,
 // 16w + g + 8 of its 64 (wgmma.cuh's accumulator layout), as the mma.sync kernel's softmax does.
-constexpr int kBK2 = 128, kStages = 2, kTileBytes = kBK2 * 128;
+constexpr int kBK2 = 128, kTileBytes = kBK2 * 128;
 
-template <int kCWG>
+template <int kCWG, int kStages>
 struct Fwd {
     static constexpr int kBQ = 64 * kCWG, kThreads = 128 * (kCWG + 1);
     static constexpr int kQBytes = kBQ * 128;
@@ -101,13 +101,13 @@ __device__ __forceinline__ void softmax_tile(float (&s)[64], float (&m)[2], floa
         }
 }
 
-template <int kCWG, bool kPingpong>
-__global__ void __launch_bounds__(Fwd<kCWG>::kThreads, 1)
+template <int kCWG, bool kPingpong, int kStages>
+__global__ void __launch_bounds__(Fwd<kCWG, kStages>::kThreads, 1)
     attention_forward_wgmma_kernel(const __grid_constant__ CUtensorMap tm_q,
                                    const __grid_constant__ CUtensorMap tm_k,
                                    const __grid_constant__ CUtensorMap tm_v, __nv_bfloat16* __restrict__ out,
                                    float* __restrict__ lse, int64_t T, int Hq, int group, float scale_log2) {
-    using C = Fwd<kCWG>;
+    using C = Fwd<kCWG, kStages>;
     extern __shared__ unsigned char fwd_raw[];
     char* sQ = smem_1024(fwd_raw);
     char* sK = sQ + C::kQBytes;
@@ -263,8 +263,9 @@ __global__ void __launch_bounds__(Fwd<kCWG>::kThreads, 1)
 // operands MN-major from shared memory) and adding scale·dQ to an fp32 accumulator in global memory
 // by one bulk reduction. dk += scale·dK, dv += dV at the end; a second kernel adds the accumulator to
 // dq.
-constexpr int kBwdKeys = 128, kBwdQ = 64, kBwdStages = 2;
+constexpr int kBwdKeys = 128, kBwdQ = 64;
 
+template <int kBwdStages>
 struct Bwd {
     static constexpr int kThreads = 384, kRegs = 240;
     static constexpr int kK = 0, kV = 16384, kQ = 32768, kdO = kQ + kBwdStages * 8192,
@@ -279,7 +280,8 @@ __host__ __device__ constexpr int dq_slot(int r, int c) {
     return r * 64 + (c ^ ((r & 7) << 3));
 }
 
-__global__ void __launch_bounds__(Bwd::kThreads, 1)
+template <int kBwdStages>
+__global__ void __launch_bounds__(Bwd<kBwdStages>::kThreads, 1)
     attention_backward_wgmma_kernel(const __grid_constant__ CUtensorMap tm_q,
                                     const __grid_constant__ CUtensorMap tm_k,
                                     const __grid_constant__ CUtensorMap tm_v,
@@ -288,12 +290,13 @@ __global__ void __launch_bounds__(Bwd::kThreads, 1)
                                     const float* __restrict__ lse, const float* __restrict__ delta,
                                     int64_t ld_k, int64_t ld_v, int64_t T, int Hq, int group, float scale,
                                     float scale_log2) {
+    using L = Bwd<kBwdStages>;
     extern __shared__ unsigned char bwd_raw[];
     char* base = smem_1024(bwd_raw);
-    char* sK = base + Bwd::kK;
-    char* sV = base + Bwd::kV;
-    auto* rows = reinterpret_cast<float*>(base + Bwd::kRows);  // [stage]: 64 lse·log2 e, then 64 D
-    auto* bar_kv = reinterpret_cast<uint64_t*>(base + Bwd::kBars);
+    char* sK = base + L::kK;
+    char* sV = base + L::kV;
+    auto* rows = reinterpret_cast<float*>(base + L::kRows);  // [stage]: 64 lse·log2 e, then 64 D
+    auto* bar_kv = reinterpret_cast<uint64_t*>(base + L::kBars);
     uint64_t* full = bar_kv + 1;
     uint64_t* empty = full + kBwdStages;
     const int tid = threadIdx.x, wg = __shfl_sync(0xffffffffu, tid / 128, 0), lane = tid % 32;
@@ -332,8 +335,8 @@ __global__ void __launch_bounds__(Bwd::kThreads, 1)
                 }
                 if (lane == 0) {
                     tma::mbar_arrive_expect(&full[st], 2 * 8192);
-                    tma::load_4d(base + Bwd::kQ + st * 8192, &tm_q, &full[st], 0, h, int(i0), b);
-                    tma::load_4d(base + Bwd::kdO + st * 8192, &tm_do, &full[st], 0, h, int(i0), b);
+                    tma::load_4d(base + L::kQ + st * 8192, &tm_q, &full[st], 0, h, int(i0), b);
+                    tma::load_4d(base + L::kdO + st * 8192, &tm_do, &full[st], 0, h, int(i0), b);
                 } else {
                     tma::mbar_arrive(&full[st]);
                 }
@@ -342,7 +345,7 @@ __global__ void __launch_bounds__(Bwd::kThreads, 1)
         return;
     }
 
-    tma::regs_alloc<Bwd::kRegs>();
+    tma::regs_alloc<L::kRegs>();
     const int cw = wg - 1, warp = (tid / 32) % 4, g = lane / 4, tq = lane % 4;
     const int64_t key[2] = {j0 + 64 * cw + 16 * warp + g, j0 + 64 * cw + 16 * warp + g + 8};
     float dk_acc[32] = {}, dv_acc[32] = {}, s[32], dp[32], dq[32];
@@ -351,9 +354,9 @@ __global__ void __launch_bounds__(Bwd::kThreads, 1)
         const int st = int(it % kBwdStages);
         const int h = hk * group + int(it / n_qt);
         const int64_t qt = j0 / kBwdQ + it % n_qt, i0 = qt * kBwdQ;
-        const char* sQ = base + Bwd::kQ + st * 8192;
-        const char* sdO = base + Bwd::kdO + st * 8192;
-        char* sdS = base + Bwd::kdS + int(it & 1) * 16384;
+        const char* sQ = base + L::kQ + st * 8192;
+        const char* sdO = base + L::kdO + st * 8192;
+        char* sdS = base + L::kdS + int(it & 1) * 16384;
         tma::mbar_wait(&full[st], uint32_t((it / kBwdStages) & 1));
         wgmma::fence();
 #pragma unroll
@@ -411,16 +414,10 @@ __global__ void __launch_bounds__(Bwd::kThreads, 1)
         }
         wgmma::commit();
         wgmma::fence_proxy_async();  // this thread's dSᵀ, read next by the tensor cores
-        tma::named_sync(1, 256);  // both warpgroups' dSᵀ stored
         float* acc_blk = dq_acc + ((int64_t(b) * Hq + h) * n_qt_all + qt) * 4096;
-        if (int(it & 1) == cw) {  // this warpgroup's turn: the tile's dQ over all 128 keys
-#pragma unroll
-            for (int ks = 0; ks < 8; ++ks)
-                wgmma::m64n64k16_ss<true, true>(dq, wgmma::sw128_desc(sdS + 2048 * ks),
-                                                wgmma::sw128_desc(sK + 2048 * ks), ks > 0);
-            wgmma::commit();
-            wgmma::wait<0>();
-            auto* sdQ = reinterpret_cast<float*>(base + Bwd::kdQ + cw * 16384);
+        // scale·dQ from this warpgroup's accumulators onto the fp32 accumulator, through its buffer.
+        auto reduce_dq = [&] {
+            auto* sdQ = reinterpret_cast<float*>(base + L::kdQ + cw * 16384);
             if (tid % 128 == 0) tma::bulk_wait_read();  // this buffer's previous reduction has read it
             tma::named_sync(2 + cw, 128);
 #pragma unroll
@@ -437,8 +434,20 @@ __global__ void __launch_bounds__(Bwd::kThreads, 1)
                 tma::reduce_add_f32(acc_blk, sdQ, 16384);
                 tma::bulk_commit();
             }
-        } else {
-            wgmma::wait<0>();
+        };
+        {
+            tma::named_sync(1, 256);  // both warpgroups' dSᵀ stored
+            if (int(it & 1) == cw) {  // this warpgroup's turn: the tile's dQ over all 128 keys
+#pragma unroll
+                for (int ks = 0; ks < 8; ++ks)
+                    wgmma::m64n64k16_ss<true, true>(dq, wgmma::sw128_desc(sdS + 2048 * ks),
+                                                    wgmma::sw128_desc(sK + 2048 * ks), ks > 0);
+                wgmma::commit();
+                wgmma::wait<0>();
+                reduce_dq();
+            } else {
+                wgmma::wait<0>();
+            }
         }
         if (lane == 0) tma::mbar_arrive(&empty[st]);
     }
@@ -458,17 +467,28 @@ __global__ void __launch_bounds__(Bwd::kThreads, 1)
     }
 }
 
-// dq (rows of stride ld_q, head h at 64·h) += the accumulator, each value rounded once.
+// dq (rows of stride ld_q, head h at 64·h, 16-byte aligned) += the accumulator, each value rounded
+// once; 8 values a thread, 16-byte loads and stores (a pair a thread took 41 µs at 16384 tokens × 12
+// heads on the H200).
 __global__ void attention_dq_add_kernel(__nv_bfloat16* __restrict__ dq, const float* __restrict__ dq_acc,
                                         int64_t ld_q, int64_t T, int Hq, int64_t B) {
-    const int64_t n_qt = (T + kBwdQ - 1) / kBwdQ, pairs = B * T * Hq * 32;
-    for (int64_t p = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; p < pairs;
+    const int64_t n_qt = (T + kBwdQ - 1) / kBwdQ, octs = B * T * Hq * 8;
+    for (int64_t p = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; p < octs;
          p += int64_t(gridDim.x) * blockDim.x) {
-        const int c = int(p % 32) * 2;
-        const int64_t rest = p / 32, h = rest % Hq, bi = rest / Hq, i = bi % T, bb = bi / T;
-        const float* blk = dq_acc + ((bb * Hq + h) * n_qt + i / kBwdQ) * 4096;
-        const float2 x = *reinterpret_cast<const float2*>(blk + dq_slot(int(i % kBwdQ), c));
-        add_bf16x2(dq + bi * ld_q + h * kDh + c, x.x, x.y);
+        const int c = int(p % 8) * 8;
+        const int64_t rest = p / 8, h = rest % Hq, bi = rest / Hq, i = bi % T, bb = bi / T;
+        const float* src = dq_acc + ((bb * Hq + h) * n_qt + i / kBwdQ) * 4096 + dq_slot(int(i % kBwdQ), c);
+        const float4 x0 = *reinterpret_cast<const float4*>(src),
+                     x1 = *reinterpret_cast<const float4*>(src + 4);
+        auto* dst = reinterpret_cast<uint4*>(dq + bi * ld_q + h * kDh + c);
+        uint4 d = *dst;
+        const float add[8] = {x0.x, x0.y, x0.z, x0.w, x1.x, x1.y, x1.z, x1.w};
+        uint32_t w[4] = {d.x, d.y, d.z, d.w};
+#pragma unroll
+        for (int k = 0; k < 4; ++k)
+            w[k] = detail::pack_bf16x2(__uint_as_float(w[k] << 16) + add[2 * k],
+                                       __uint_as_float(w[k] & 0xffff0000u) + add[2 * k + 1]);
+        *dst = make_uint4(w[0], w[1], w[2], w[3]);
     }
 }
 
@@ -516,17 +536,17 @@ CUtensorMap head_rows_map(const uint16_t* base, int64_t heads, int64_t T, int64_
     return map;
 }
 
-template <int kCWG, bool kPingpong>
+template <int kCWG, bool kPingpong, int kStages>
 void launch_forward(uint16_t* out, float* lse, const uint16_t* q, int64_t ld_q, const uint16_t* k,
                     int64_t ld_k, const uint16_t* v, int64_t ld_v, int64_t B, int64_t T, int64_t Hq,
                     int64_t Hkv, float scale, cudaStream_t stream) {
-    using C = Fwd<kCWG>;
+    using C = Fwd<kCWG, kStages>;
     const int64_t n_qt = (T + C::kBQ - 1) / C::kBQ;
     MSLM_CHECK(Hq <= 65535 && n_qt <= 65535 && B <= 65535 && T <= (int64_t(1) << 30),
                "attention_forward_wgmma: grid ({}, {}, {}) too large", Hq, n_qt, B);
     static const bool configured = [] {
         const cudaError_t err =
-            cudaFuncSetAttribute(attention_forward_wgmma_kernel<kCWG, kPingpong>,
+            cudaFuncSetAttribute(attention_forward_wgmma_kernel<kCWG, kPingpong, kStages>,
                                  cudaFuncAttributeMaxDynamicSharedMemorySize, int(C::kSmem));
         MSLM_CHECK(err == cudaSuccess, "attention_forward_wgmma: cudaFuncSetAttribute: {}",
                    cudaGetErrorString(err));
@@ -537,7 +557,7 @@ void launch_forward(uint16_t* out, float* lse, const uint16_t* q, int64_t ld_q, 
                       tk = head_rows_map(k, Hkv, T, B, ld_k, kBK2),
                       tv = head_rows_map(v, Hkv, T, B, ld_v, kBK2);
     const dim3 grid(static_cast<unsigned>(Hq), static_cast<unsigned>(n_qt), static_cast<unsigned>(B));
-    attention_forward_wgmma_kernel<kCWG, kPingpong>
+    attention_forward_wgmma_kernel<kCWG, kPingpong, kStages>
         <<<grid, C::kThreads, C::kSmem, stream>>>(tq, tk, tv, reinterpret_cast<__nv_bfloat16*>(out), lse, T,
                                                   int(Hq), int(Hq / Hkv), scale * 1.4426950408889634f);
 }
@@ -550,16 +570,21 @@ void attention_forward_wgmma(uint16_t* out, float* lse, const uint16_t* q, int64
     MSLM_CHECK(Hkv > 0 && Hq % Hkv == 0, "attention_forward_wgmma: {} query heads over {} KV heads", Hq, Hkv);
     const char* wgs = std::getenv("MSLM_ATTN_WGMMA_WG");  // consumer warpgroups a block: 2 or 3 (default)
     const char* pp = std::getenv("MSLM_ATTN_WGMMA_PP");   // 0: the warpgroups issue their products freely
-    const bool two = wgs && std::string_view(wgs) == "2", ring = !(pp && std::string_view(pp) == "0");
+    const char* stages = std::getenv("MSLM_ATTN_WGMMA_STAGES");  // K/V tile buffers: 3 (default) or 2
+    const bool two = wgs && std::string_view(wgs) == "2", ring = !(pp && std::string_view(pp) == "0"),
+               two_stages = stages && std::string_view(stages) == "2";
     auto st = static_cast<cudaStream_t>(stream);
-    if (two && ring)
-        launch_forward<2, true>(out, lse, q, ld_q, k, ld_k, v, ld_v, B, T, Hq, Hkv, scale, st);
+    auto go = [&](auto launch) { launch(out, lse, q, ld_q, k, ld_k, v, ld_v, B, T, Hq, Hkv, scale, st); };
+    if (two_stages)
+        go(launch_forward<3, true, 2>);
+    else if (two && ring)
+        go(launch_forward<2, true, 3>);
     else if (two)
-        launch_forward<2, false>(out, lse, q, ld_q, k, ld_k, v, ld_v, B, T, Hq, Hkv, scale, st);
+        go(launch_forward<2, false, 3>);
     else if (ring)
-        launch_forward<3, true>(out, lse, q, ld_q, k, ld_k, v, ld_v, B, T, Hq, Hkv, scale, st);
+        go(launch_forward<3, true, 3>);
     else
-        launch_forward<3, false>(out, lse, q, ld_q, k, ld_k, v, ld_v, B, T, Hq, Hkv, scale, st);
+        go(launch_forward<3, false, 3>);
     const cudaError_t err = cudaGetLastError();
     MSLM_CHECK(err == cudaSuccess, "attention_forward_wgmma: launch: {}", cudaGetErrorString(err));
 }
@@ -578,14 +603,6 @@ void attention_backward_wgmma(uint16_t* dq, uint16_t* dk, uint16_t* dv, const ui
     MSLM_CHECK(Hkv <= 65535 && n_kb <= 65535 && B <= 65535 && T <= (int64_t(1) << 30),
                "attention_backward_wgmma: grid ({}, {}, {}) too large", Hkv, n_kb, B);
     auto st = static_cast<cudaStream_t>(stream);
-    static const bool configured = [] {
-        const cudaError_t e = cudaFuncSetAttribute(
-            attention_backward_wgmma_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(Bwd::kSmem));
-        MSLM_CHECK(e == cudaSuccess, "attention_backward_wgmma: cudaFuncSetAttribute: {}",
-                   cudaGetErrorString(e));
-        return true;
-    }();
-    (void)configured;
     const size_t acc = attention_backward_wgmma_scratch(B, T, Hq);
     cudaError_t err = cudaMemsetAsync(scratch, 0, acc * sizeof(float), st);
     MSLM_CHECK(err == cudaSuccess, "attention_backward_wgmma: cudaMemsetAsync: {}", cudaGetErrorString(err));
@@ -596,14 +613,32 @@ void attention_backward_wgmma(uint16_t* dq, uint16_t* dk, uint16_t* dv, const ui
                       tv = head_rows_map(v, Hkv, T, B, ld_v, kBwdKeys);
     auto bf = [](uint16_t* p) { return reinterpret_cast<__nv_bfloat16*>(p); };
     const dim3 grid(static_cast<unsigned>(Hkv), static_cast<unsigned>(n_kb), static_cast<unsigned>(B));
-    attention_backward_wgmma_kernel<<<grid, Bwd::kThreads, Bwd::kSmem, st>>>(
-        tq, tk, tv, tdo, bf(dk), bf(dv), scratch, lse, delta, ld_k, ld_v, T, int(Hq), int(Hq / Hkv), scale,
-        scale * 1.4426950408889634f);
+    auto go = [&](auto stages_c) {
+        constexpr int kS = decltype(stages_c)::value;
+        static const bool configured = [] {
+            const cudaError_t e =
+                cudaFuncSetAttribute(attention_backward_wgmma_kernel<kS>,
+                                     cudaFuncAttributeMaxDynamicSharedMemorySize, int(Bwd<kS>::kSmem));
+            MSLM_CHECK(e == cudaSuccess, "attention_backward_wgmma: cudaFuncSetAttribute: {}",
+                       cudaGetErrorString(e));
+            return true;
+        }();
+        (void)configured;
+        attention_backward_wgmma_kernel<kS><<<grid, Bwd<kS>::kThreads, Bwd<kS>::kSmem, st>>>(
+            tq, tk, tv, tdo, bf(dk), bf(dv), scratch, lse, delta, ld_k, ld_v, T, int(Hq), int(Hq / Hkv),
+            scale, scale * 1.4426950408889634f);
+    };
+    const char* stages = std::getenv("MSLM_ATTN_WGMMA_STAGES");  // Q/dO tile buffers: 3 (default) or 2
+    const bool two = stages && std::string_view(stages) == "2";
+    if (two)
+        go(std::integral_constant<int, 2>{});
+    else
+        go(std::integral_constant<int, 3>{});
     err = cudaGetLastError();
     MSLM_CHECK(err == cudaSuccess, "attention_backward_wgmma: launch: {}", cudaGetErrorString(err));
     if (dq) {
-        const int64_t pairs = B * T * Hq * 32;
-        const int blocks = int(std::min<int64_t>((pairs + 255) / 256, 132 * 16));
+        const int64_t octs = B * T * Hq * 8;
+        const int blocks = int(std::min<int64_t>((octs + 255) / 256, 132 * 16));
         attention_dq_add_kernel<<<blocks, 256, 0, st>>>(bf(dq), scratch, ld_q, T, int(Hq), B);
         err = cudaGetLastError();
         MSLM_CHECK(err == cudaSuccess, "attention_backward_wgmma: dq launch: {}", cudaGetErrorString(err));
