@@ -5,10 +5,10 @@
 // (attention.cu): scores and products in fp32 accumulators, the softmax weights and score
 // gradients rounded once to bf16 for their products, lse = m·ln 2 + ln l in fp32.
 //
-// Forward: a producer warpgroup streams 128-key K and V tiles by TMA into two stages; three consumer
-// warpgroups (MSLM_ATTN_WGMMA_WG=2: two) of 64 query rows each compute S = Q·Kⱼᵀ, then O += Pⱼ₋₁·Vⱼ₋₁
-// while tile j's softmax runs, and issue their products in turn (MSLM_ATTN_WGMMA_PP=0: freely).
-// Plain C++ header.
+// Forward: a producer warpgroup streams 128-key K and V tiles by TMA into three stages
+// (MSLM_ATTN_WGMMA_STAGES=2: two); three consumer warpgroups (MSLM_ATTN_WGMMA_WG=2: two) of 64 query
+// rows each compute S = Q·Kⱼᵀ, then O += Pⱼ₋₁·Vⱼ₋₁ while tile j's softmax runs, and issue their
+// products in turn (MSLM_ATTN_WGMMA_PP=0: freely). Backward: below. Plain C++ header.
 #pragma once
 #include <cstddef>
 #include <cstdint>
