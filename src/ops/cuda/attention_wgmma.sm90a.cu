@@ -544,15 +544,12 @@ void launch_forward(uint16_t* out, float* lse, const uint16_t* q, int64_t ld_q, 
     const int64_t n_qt = (T + C::kBQ - 1) / C::kBQ;
     MSLM_CHECK(Hq <= 65535 && n_qt <= 65535 && B <= 65535 && T <= (int64_t(1) << 30),
                "attention_forward_wgmma: grid ({}, {}, {}) too large", Hq, n_qt, B);
-    static const bool configured = [] {
-        const cudaError_t err =
-            cudaFuncSetAttribute(attention_forward_wgmma_kernel<kCWG, kPingpong, kStages>,
-                                 cudaFuncAttributeMaxDynamicSharedMemorySize, int(C::kSmem));
-        MSLM_CHECK(err == cudaSuccess, "attention_forward_wgmma: cudaFuncSetAttribute: {}",
-                   cudaGetErrorString(err));
-        return true;
-    }();
-    (void)configured;
+    // Per call, as the other attention kernels do: the attribute belongs to the current device.
+    const cudaError_t attr_err =
+        cudaFuncSetAttribute(attention_forward_wgmma_kernel<kCWG, kPingpong, kStages>,
+                             cudaFuncAttributeMaxDynamicSharedMemorySize, int(C::kSmem));
+    MSLM_CHECK(attr_err == cudaSuccess, "attention_forward_wgmma: cudaFuncSetAttribute: {}",
+               cudaGetErrorString(attr_err));
     const CUtensorMap tq = head_rows_map(q, Hq, T, B, ld_q, C::kBQ),
                       tk = head_rows_map(k, Hkv, T, B, ld_k, kBK2),
                       tv = head_rows_map(v, Hkv, T, B, ld_v, kBK2);
@@ -615,15 +612,11 @@ void attention_backward_wgmma(uint16_t* dq, uint16_t* dk, uint16_t* dv, const ui
     const dim3 grid(static_cast<unsigned>(Hkv), static_cast<unsigned>(n_kb), static_cast<unsigned>(B));
     auto go = [&](auto stages_c) {
         constexpr int kS = decltype(stages_c)::value;
-        static const bool configured = [] {
-            const cudaError_t e =
-                cudaFuncSetAttribute(attention_backward_wgmma_kernel<kS>,
-                                     cudaFuncAttributeMaxDynamicSharedMemorySize, int(Bwd<kS>::kSmem));
-            MSLM_CHECK(e == cudaSuccess, "attention_backward_wgmma: cudaFuncSetAttribute: {}",
-                       cudaGetErrorString(e));
-            return true;
-        }();
-        (void)configured;
+        const cudaError_t e =
+            cudaFuncSetAttribute(attention_backward_wgmma_kernel<kS>,
+                                 cudaFuncAttributeMaxDynamicSharedMemorySize, int(Bwd<kS>::kSmem));
+        MSLM_CHECK(e == cudaSuccess, "attention_backward_wgmma: cudaFuncSetAttribute: {}",
+                   cudaGetErrorString(e));
         attention_backward_wgmma_kernel<kS><<<grid, Bwd<kS>::kThreads, Bwd<kS>::kSmem, st>>>(
             tq, tk, tv, tdo, bf(dk), bf(dv), scratch, lse, delta, ld_k, ld_v, T, int(Hq), int(Hq / Hkv),
             scale, scale * 1.4426950408889634f);
