@@ -1806,7 +1806,10 @@ void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* out, const 
             check_launch<T>("attention_backward_delta");
 #ifdef MSLM_HAVE_SM90A
             if (const char* env = std::getenv("MSLM_ATTN_WGMMA");
+                // dk, dv take bf16 pairs (4-byte stores), dq rows of 8 (16-byte ones).
                 !(env && std::string_view(env) == "0") && aligned16(dout) && (!dq || aligned16(dq)) &&
+                (!dk || (reinterpret_cast<uintptr_t>(dk) % 4 == 0 && ld_k % 2 == 0)) &&
+                (!dv || (reinterpret_cast<uintptr_t>(dv) % 4 == 0 && ld_v % 2 == 0)) &&
                 attention_forward_wgmma_takes(dims.head_dim, opt.alibi, opt.scale, opt.q_offset, opt.window,
                                               q, ld_q, k, ld_k, v, ld_v)) {
                 KeptScratch<T> acc(Kept::DqAccumulator,
