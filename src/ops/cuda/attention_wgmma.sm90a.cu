@@ -1,4 +1,4 @@
-// attention_wgmma.h: the causal forward on wgmma, built for sm_90a only.
+// attention_wgmma.h: the causal forward and backward on wgmma and TMA, built for sm_90a only.
 #include <cudaTypedefs.h>
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
