@@ -1,6 +1,8 @@
 // wgmma_probe.h: one 64 × 64 tile through ops/cuda/wgmma.cuh, built for sm_90a only.
 #include <cuda_runtime.h>
 
+#include <atomic>
+
 #include "core/error.h"
 #include "ops/cuda/wgmma.cuh"
 #include "ops/cuda/wgmma_probe.h"
@@ -78,17 +80,27 @@ void check(cudaError_t err, const char* what) {
     MSLM_CHECK(err == cudaSuccess, "wgmma_tile_product: {}: {}", what, cudaGetErrorString(err));
 }
 
+constexpr int kMaxDevices = 64;
+
 }  // namespace
 
+// The answer is kept per device (asked at every attention call): 0 not yet known, 1 yes, 2 no.
 bool wgmma_available() {
+    static std::atomic<int8_t> known[kMaxDevices] = {};
     int device = 0, major = 0, minor = 0;
     if (cudaGetDevice(&device) != cudaSuccess) return false;
+    const bool cacheable = device >= 0 && device < kMaxDevices;
+    if (cacheable) {
+        if (const int8_t k = known[device].load(std::memory_order_relaxed); k != 0) return k == 1;
+    }
     if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess ||
         cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) != cudaSuccess)
         return false;
     cudaFuncAttributes attr{};
-    return major == 9 && minor == 0 &&
-           cudaFuncGetAttributes(&attr, wgmma_tile_kernel<true, false>) == cudaSuccess;
+    const bool yes = major == 9 && minor == 0 &&
+                     cudaFuncGetAttributes(&attr, wgmma_tile_kernel<true, false>) == cudaSuccess;
+    if (cacheable) known[device].store(yes ? 1 : 2, std::memory_order_relaxed);
+    return yes;
 }
 
 void wgmma_tile_product(float* out, const uint16_t* A, const uint16_t* B, int64_t K, bool b_kmajor,
