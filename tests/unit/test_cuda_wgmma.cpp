@@ -79,55 +79,61 @@ TEST(CudaWgmma, TileProductsMatchTheReference) {
 }
 
 // The wgmma attention forward (MSLM_ATTN_WGMMA=1) against the mma.sync kernel on the same inputs:
-// q, k, v as slices of one fused projection (GQA 4 over 2), causal, head dim 64, T below, at and past
-// a 128-row block. Both round the softmax weights to bf16 once for P·V and sum in fp32, in different
+// q, k, v as slices of one fused projection (GQA 4 over 2), causal, head dims 64 and 128, T below, at
+// and past a 128-row block. Both round the softmax weights to bf16 once for P·V and sum in fp32, in different
 // orders, and the weights' maxima are taken in other units: an output may move by a few of its
 // terms' bf16 roundings, bounded here by 2^-6 of the largest output; lse by 1e-3.
 TEST(CudaWgmma, AttentionForwardMatchesTheMmaKernel) {
 #if defined(MSLM_HAVE_CUDA) && defined(MSLM_HAVE_SM90A)
     if (const std::string why = no_hopper(); !why.empty()) GTEST_SKIP() << why;
     Rng rng(11);
-    const int64_t B = 2, Hq = 4, Hkv = 2, Dh = 64, W = (Hq + 2 * Hkv) * Dh;
-    for (int64_t T : {37, 128, 300, 1000}) {
-        const std::vector<uint16_t> qkv =
-            test::random_values<uint16_t>(rng, static_cast<size_t>(B * T * W), -2.0, 2.0);
-        test::DeviceBuffer<uint16_t> dqkv(qkv);
-        const uint16_t* q = dqkv.get();
-        const uint16_t* k = q + Hq * Dh;
-        const uint16_t* v = k + Hkv * Dh;
-        ops::AttentionDims dims{B, T, Hq, Hkv, Dh};
-        ops::cuda::AttentionOptions opt;
-        opt.scale = 0.125f;
-        ASSERT_TRUE(ops::cuda::attention_forward_wgmma_takes(Dh, false, opt.scale, 0, 0, q, W, k, W, v, W));
-        const size_t n_out = static_cast<size_t>(B * T * Hq * Dh), n_lse = static_cast<size_t>(B * Hq * T);
-        auto run = [&](const char* wgmma) {
-            test::ScopedEnv env("MSLM_ATTN_WGMMA", std::string(wgmma));
-            test::DeviceBuffer<uint16_t> out(
-                std::vector<uint16_t>(n_out, 0x7fc0));  // NaN bits: unwritten shows
-            test::DeviceBuffer<float> lse(std::vector<float>(n_lse, std::numeric_limits<float>::quiet_NaN()));
-            ops::cuda::attention_forward(out.get(), lse.get(), q, W, k, W, v, W, dims, opt);
-            cuda_synchronize();
-            return std::pair(test::decode_all(out.download()), lse.download());
-        };
-        const auto [ref_out, ref_lse] = run("0");
-        double big = 0.0;
-        for (double x : ref_out) big = std::max(big, std::fabs(x));
-        // Consumer warpgroups a block (128 or 192 query rows), with and without the turns, K/V buffers.
-        for (const char* variant : {"2 0 3", "3 0 3", "2 1 3", "3 1 3", "3 1 2"}) {
-            const std::string wgs(variant, 1), pp(variant + 2, 1), stages(variant + 4, 1);
-            test::ScopedEnv env("MSLM_ATTN_WGMMA_WG", wgs), env_pp("MSLM_ATTN_WGMMA_PP", pp),
-                env_st("MSLM_ATTN_WGMMA_STAGES", stages);
-            const auto [got_out, got_lse] = run("1");
-            int bad = 0, bad_lse = 0;
-            for (size_t i = 0; i < n_out; ++i)
-                if (!(std::fabs(got_out[i] - ref_out[i]) <= 0x1p-6 * big)) ++bad;
-            for (size_t i = 0; i < n_lse; ++i)
-                if (!(std::fabs(double(got_lse[i]) - double(ref_lse[i])) <= 1e-3)) ++bad_lse;
-            EXPECT_EQ(bad, 0) << "T " << T << ", warpgroups / turns / stages " << variant
-                              << " (largest output " << big << ")";
-            EXPECT_EQ(bad_lse, 0) << "T " << T << ", warpgroups / turns / stages " << variant;
+    const int64_t B = 2, Hq = 4, Hkv = 2;
+    for (int64_t Dh : {64, 128})  // 128: two consumer warpgroups, tiles in 64-column halves
+        for (int64_t T : {37, 128, 300, 1000}) {
+            const int64_t W = (Hq + 2 * Hkv) * Dh;
+            const std::vector<uint16_t> qkv =
+                test::random_values<uint16_t>(rng, static_cast<size_t>(B * T * W), -2.0, 2.0);
+            test::DeviceBuffer<uint16_t> dqkv(qkv);
+            const uint16_t* q = dqkv.get();
+            const uint16_t* k = q + Hq * Dh;
+            const uint16_t* v = k + Hkv * Dh;
+            ops::AttentionDims dims{B, T, Hq, Hkv, Dh};
+            ops::cuda::AttentionOptions opt;
+            opt.scale = 0.125f;
+            ASSERT_TRUE(
+                ops::cuda::attention_forward_wgmma_takes(Dh, false, opt.scale, 0, 0, q, W, k, W, v, W));
+            const size_t n_out = static_cast<size_t>(B * T * Hq * Dh),
+                         n_lse = static_cast<size_t>(B * Hq * T);
+            auto run = [&](const char* wgmma) {
+                test::ScopedEnv env("MSLM_ATTN_WGMMA", std::string(wgmma));
+                test::DeviceBuffer<uint16_t> out(
+                    std::vector<uint16_t>(n_out, 0x7fc0));  // NaN bits: unwritten shows
+                test::DeviceBuffer<float> lse(
+                    std::vector<float>(n_lse, std::numeric_limits<float>::quiet_NaN()));
+                ops::cuda::attention_forward(out.get(), lse.get(), q, W, k, W, v, W, dims, opt);
+                cuda_synchronize();
+                return std::pair(test::decode_all(out.download()), lse.download());
+            };
+            const auto [ref_out, ref_lse] = run("0");
+            double big = 0.0;
+            for (double x : ref_out) big = std::max(big, std::fabs(x));
+            // Consumer warpgroups a block (128 or 192 query rows), with and without the turns, K/V buffers.
+            for (const char* variant : {"2 0 3", "3 0 3", "2 1 3", "3 1 3", "3 1 2"}) {
+                const std::string wgs(variant, 1), pp(variant + 2, 1), stages(variant + 4, 1);
+                test::ScopedEnv env("MSLM_ATTN_WGMMA_WG", wgs), env_pp("MSLM_ATTN_WGMMA_PP", pp),
+                    env_st("MSLM_ATTN_WGMMA_STAGES", stages);
+                const auto [got_out, got_lse] = run("1");
+                int bad = 0, bad_lse = 0;
+                for (size_t i = 0; i < n_out; ++i)
+                    if (!(std::fabs(got_out[i] - ref_out[i]) <= 0x1p-6 * big)) ++bad;
+                for (size_t i = 0; i < n_lse; ++i)
+                    if (!(std::fabs(double(got_lse[i]) - double(ref_lse[i])) <= 1e-3)) ++bad_lse;
+                EXPECT_EQ(bad, 0) << "Dh " << Dh << ", T " << T << ", warpgroups / turns / stages " << variant
+                                  << " (largest output " << big << ")";
+                EXPECT_EQ(bad_lse, 0)
+                    << "Dh " << Dh << ", T " << T << ", warpgroups / turns / stages " << variant;
+            }
         }
-    }
 #else
     GTEST_SKIP() << "built without CUDA or without the sm_90a kernels";
 #endif

@@ -1696,7 +1696,7 @@ void attention_forward(T* out, float* lse, const T* q, int64_t ld_q, const T* k,
             attention_forward_wgmma_takes(dims.head_dim, opt.alibi, opt.scale, opt.q_offset, opt.window, q,
                                           ld_q, k, ld_k, v, ld_v)) {
             attention_forward_wgmma(out, lse, q, ld_q, k, ld_k, v, ld_v, dims.batch, dims.seqlen,
-                                    dims.n_heads, dims.n_kv_heads, opt.scale, stream);
+                                    dims.n_heads, dims.n_kv_heads, dims.head_dim, opt.scale, stream);
             return;
         }
 #endif
@@ -1810,8 +1810,8 @@ void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* out, const 
                 !(env && std::string_view(env) == "0") && aligned16(dout) && (!dq || aligned16(dq)) &&
                 (!dk || (reinterpret_cast<uintptr_t>(dk) % 4 == 0 && ld_k % 2 == 0)) &&
                 (!dv || (reinterpret_cast<uintptr_t>(dv) % 4 == 0 && ld_v % 2 == 0)) &&
-                attention_forward_wgmma_takes(dims.head_dim, opt.alibi, opt.scale, opt.q_offset, opt.window,
-                                              q, ld_q, k, ld_k, v, ld_v)) {
+                attention_backward_wgmma_takes(dims.head_dim, opt.alibi, opt.scale, opt.q_offset, opt.window,
+                                               q, ld_q, k, ld_k, v, ld_v)) {
                 KeptScratch<T> acc(Kept::DqAccumulator,
                                    attention_backward_wgmma_scratch(dims.batch, dims.seqlen, dims.n_heads), s,
                                    "attention_backward_wgmma");

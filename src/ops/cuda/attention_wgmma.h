@@ -1,9 +1,9 @@
 // Causal attention on Hopper's warpgroup products, TMA and shared-memory barriers
 // (attention_wgmma.sm90a.cu), taken by ops::cuda::attention_forward / attention_backward where it
-// applies (MSLM_ATTN_WGMMA=0, read at every call, keeps the mma.sync kernels): bf16, head dim 64, no
-// ALiBi, no window, q_offset 0, a positive scale. The same function as the mma.sync kernels
-// (attention.cu): scores and products in fp32 accumulators, the softmax weights and score
-// gradients rounded once to bf16 for their products, lse = m·ln 2 + ln l in fp32.
+// applies (MSLM_ATTN_WGMMA=0, read at every call, keeps the mma.sync kernels): bf16, head dim 64 (the
+// forward also 128), no ALiBi, no window, q_offset 0, a positive scale. The same function as the mma.sync
+// kernels (attention.cu): scores and products in fp32 accumulators, the softmax weights and score gradients
+// rounded once to bf16 for their products, lse = m·ln 2 + ln l in fp32.
 //
 // Forward: a producer warpgroup streams 128-key K and V tiles by TMA into three stages
 // (MSLM_ATTN_WGMMA_STAGES=2: two); three consumer warpgroups (MSLM_ATTN_WGMMA_WG=2: two) of 64 query
@@ -15,16 +15,20 @@
 
 namespace mslm::ops::cuda {
 
-// Whether the kernel takes the call: a compute capability 9.0 device with the sm_90a code, the
-// shape and options above, 16-byte aligned rows.
+// Whether the forward takes the call: a compute capability 9.0 device with the sm_90a code, the
+// options above, head dim 64 or 128 (two consumer warpgroups, each tile as two 64-column halves),
+// 16-byte aligned rows. The backward: the same with head dim 64 only.
 bool attention_forward_wgmma_takes(int64_t head_dim, bool alibi, float scale, int64_t q_offset,
                                    int64_t window, const void* q, int64_t ld_q, const void* k, int64_t ld_k,
                                    const void* v, int64_t ld_v);
-// q (B, T, Hq, 64) row stride ld_q; k, v (B, T, Hkv, 64) row strides ld_k, ld_v; out (B, T, Hq, 64)
-// contiguous; lse (B, Hq, T) fp32. Asynchronous on `stream`.
+bool attention_backward_wgmma_takes(int64_t head_dim, bool alibi, float scale, int64_t q_offset,
+                                    int64_t window, const void* q, int64_t ld_q, const void* k, int64_t ld_k,
+                                    const void* v, int64_t ld_v);
+// q (B, T, Hq, head_dim) row stride ld_q; k, v (B, T, Hkv, head_dim) row strides ld_k, ld_v; out
+// (B, T, Hq, head_dim) contiguous; lse (B, Hq, T) fp32. Asynchronous on `stream`.
 void attention_forward_wgmma(uint16_t* out, float* lse, const uint16_t* q, int64_t ld_q, const uint16_t* k,
                              int64_t ld_k, const uint16_t* v, int64_t ld_v, int64_t B, int64_t T, int64_t Hq,
-                             int64_t Hkv, float scale, void* stream);
+                             int64_t Hkv, int64_t head_dim, float scale, void* stream);
 
 // The backward (dq, dk, dv each nullable, accumulated +=, rows of q's, k's and v's strides; dout
 // (B, T, Hq, 64) contiguous; lse as the forward saved it; delta (B, Hq, T) = rowsum(dout ∘ out) in

@@ -53,13 +53,16 @@ __device__ __forceinline__ void to_a_fragments(uint32_t (&a)[4][4], const float 
 // O += Pⱼ₋₁·Vⱼ₋₁ (P from registers, V MN-major), and runs tile j's softmax while the second product
 // runs: O is rescaled and the new P packed once it is done. Warp w of a consumer holds rows 16w + g,
 // 16w + g + 8 of its 64 (wgmma.cuh's accumulator layout), as the mma.sync kernel's softmax does.
-constexpr int kBK2 = 128, kTileBytes = kBK2 * 128;
+// Head dim 128 (kDH): every tile as two 64-column halves, each a 128-byte swizzled tile of its own
+// (TMA's swizzle spans 128 bytes of a row); S sums over both, O is two 64-column accumulators.
+constexpr int kBK2 = 128;
 
-template <int kCWG, int kStages>
+template <int kCWG, int kStages, int kDH = 64>
 struct Fwd {
-    static constexpr int kBQ = 64 * kCWG, kThreads = 128 * (kCWG + 1);
-    static constexpr int kQBytes = kBQ * 128;
-    static constexpr size_t kSmem = size_t(kQBytes) + 2 * kStages * kTileBytes + 1024 + 128;
+    static constexpr int kBQ = 64 * kCWG, kThreads = 128 * (kCWG + 1), kHalves = kDH / 64;
+    static constexpr int kQHalf = kBQ * 128, kQBytes = kQHalf * kHalves;            // Q: [half][row][64]
+    static constexpr int kTileHalf = kBK2 * 128, kTileBytes = kTileHalf * kHalves;  // K, V likewise
+    static constexpr size_t kSmem = size_t(kQBytes) + 2 * kStages * size_t(kTileBytes) + 1024 + 128;
     // Registers after the producer hands its own back: 128·24 + 128·kCWG·kRegs ≤ 65536.
     static constexpr int kRegs = kCWG == 2 ? 240 : 160;
 };
@@ -101,13 +104,14 @@ __device__ __forceinline__ void softmax_tile(float (&s)[64], float (&m)[2], floa
         }
 }
 
-template <int kCWG, bool kPingpong, int kStages>
-__global__ void __launch_bounds__(Fwd<kCWG, kStages>::kThreads, 1)
+template <int kCWG, bool kPingpong, int kStages, int kDH>
+__global__ void __launch_bounds__(Fwd<kCWG, kStages, kDH>::kThreads, 1)
     attention_forward_wgmma_kernel(const __grid_constant__ CUtensorMap tm_q,
                                    const __grid_constant__ CUtensorMap tm_k,
                                    const __grid_constant__ CUtensorMap tm_v, __nv_bfloat16* __restrict__ out,
                                    float* __restrict__ lse, int64_t T, int Hq, int group, float scale_log2) {
-    using C = Fwd<kCWG, kStages>;
+    using C = Fwd<kCWG, kStages, kDH>;
+    constexpr int kTileBytes = C::kTileBytes, kH = C::kHalves;
     extern __shared__ unsigned char fwd_raw[];
     char* sQ = smem_1024(fwd_raw);
     char* sK = sQ + C::kQBytes;
@@ -137,14 +141,19 @@ __global__ void __launch_bounds__(Fwd<kCWG, kStages>::kThreads, 1)
         tma::regs_dealloc<24>();
         if (tid == 0) {
             tma::mbar_arrive_expect(bar_q, C::kQBytes);
-            tma::load_4d(sQ, &tm_q, bar_q, 0, h, int(i0), b);
+            for (int hf = 0; hf < kH; ++hf)
+                tma::load_4d(sQ + hf * C::kQHalf, &tm_q, bar_q, 64 * hf, h, int(i0), b);
             for (int j = 0; j < n_tiles; ++j) {
                 const int st = j % kStages;
                 if (j >= kStages) tma::mbar_wait(&empty[st], (j / kStages - 1) & 1);
                 tma::mbar_arrive_expect(&full_k[st], kTileBytes);
-                tma::load_4d(sK + st * kTileBytes, &tm_k, &full_k[st], 0, hk, j * kBK2, b);
+                for (int hf = 0; hf < kH; ++hf)
+                    tma::load_4d(sK + st * kTileBytes + hf * C::kTileHalf, &tm_k, &full_k[st], 64 * hf, hk,
+                                 j * kBK2, b);
                 tma::mbar_arrive_expect(&full_v[st], kTileBytes);
-                tma::load_4d(sV + st * kTileBytes, &tm_v, &full_v[st], 0, hk, j * kBK2, b);
+                for (int hf = 0; hf < kH; ++hf)
+                    tma::load_4d(sV + st * kTileBytes + hf * C::kTileHalf, &tm_v, &full_v[st], 64 * hf, hk,
+                                 j * kBK2, b);
             }
         }
         return;
@@ -172,7 +181,7 @@ __global__ void __launch_bounds__(Fwd<kCWG, kStages>::kThreads, 1)
     const int n_ring = i0 + C::kBQ <= T ? min(n_tiles, int((i0 + 63) / kBK2) + 1) : 0;
     if (kPingpong && cw == kCWG - 1 && n_ring > 0) tma::named_arrive(4, 256);
 
-    float o[32] = {}, s[64], m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f}, alpha[2];
+    float o[kH][32] = {}, s[64], m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f}, alpha[2];
     uint32_t pa[8][4];
     tma::mbar_wait(bar_q, 0);
     for (int j = 0; j < n_mine; ++j) {
@@ -182,16 +191,22 @@ __global__ void __launch_bounds__(Fwd<kCWG, kStages>::kThreads, 1)
         if (ring) tma::named_sync(4 + cw, 256);
         wgmma::fence();
 #pragma unroll
-        for (int ks = 0; ks < 4; ++ks)
-            wgmma::m64n128k16_ss(s, wgmma::sw128_desc(q_rows + 32 * ks),
-                                 wgmma::sw128_desc(sK + st * kTileBytes + 32 * ks), ks > 0);
+        for (int hf = 0; hf < kH; ++hf)
+#pragma unroll
+            for (int ks = 0; ks < 4; ++ks)
+                wgmma::m64n128k16_ss(s, wgmma::sw128_desc(q_rows + hf * C::kQHalf + 32 * ks),
+                                     wgmma::sw128_desc(sK + st * kTileBytes + hf * C::kTileHalf + 32 * ks),
+                                     hf > 0 || ks > 0);
         wgmma::commit();
         if (j > 0) {
             tma::mbar_wait(&full_v[pst], ((j - 1) / kStages) & 1);
 #pragma unroll
-            for (int ks = 0; ks < 8; ++ks)
-                wgmma::m64n64k16_rs<true>(o, pa[ks], wgmma::sw128_desc(sV + pst * kTileBytes + 2048 * ks),
-                                          true);
+            for (int hf = 0; hf < kH; ++hf)
+#pragma unroll
+                for (int ks = 0; ks < 8; ++ks)
+                    wgmma::m64n64k16_rs<true>(
+                        o[hf], pa[ks],
+                        wgmma::sw128_desc(sV + pst * kTileBytes + hf * C::kTileHalf + 2048 * ks), true);
             wgmma::commit();
             if (ring && !(cw == kCWG - 1 && j == n_ring - 1)) tma::named_arrive(4 + (cw + 1) % kCWG, 256);
             wgmma::wait<1>();
@@ -206,9 +221,11 @@ __global__ void __launch_bounds__(Fwd<kCWG, kStages>::kThreads, 1)
         wgmma::wait<0>();
         if (j > 0) release(pst);
 #pragma unroll
-        for (int t = 0; t < 8; ++t)
+        for (int hf = 0; hf < kH; ++hf)
 #pragma unroll
-            for (int e = 0; e < 4; ++e) o[4 * t + e] *= alpha[e / 2];
+            for (int t = 0; t < 8; ++t)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) o[hf][4 * t + e] *= alpha[e / 2];
 #pragma unroll
         for (int t = 0; t < 16; ++t) {
             pa[t / 2][2 * (t & 1)] = detail::pack_bf16x2(s[4 * t], s[4 * t + 1]);
@@ -220,8 +237,12 @@ __global__ void __launch_bounds__(Fwd<kCWG, kStages>::kThreads, 1)
         tma::mbar_wait(&full_v[pst], ((n_mine - 1) / kStages) & 1);
         wgmma::fence();
 #pragma unroll
-        for (int ks = 0; ks < 8; ++ks)
-            wgmma::m64n64k16_rs<true>(o, pa[ks], wgmma::sw128_desc(sV + pst * kTileBytes + 2048 * ks), true);
+        for (int hf = 0; hf < kH; ++hf)
+#pragma unroll
+            for (int ks = 0; ks < 8; ++ks)
+                wgmma::m64n64k16_rs<true>(
+                    o[hf], pa[ks], wgmma::sw128_desc(sV + pst * kTileBytes + hf * C::kTileHalf + 2048 * ks),
+                    true);
         wgmma::commit();
         wgmma::wait<0>();
         release(pst);
@@ -242,13 +263,15 @@ __global__ void __launch_bounds__(Fwd<kCWG, kStages>::kThreads, 1)
         const int64_t row = row0 + 8 * r;
         if (row >= T) continue;
         const float inv = 1.0f / lr;
-        __nv_bfloat16* orow = out + ((int64_t(b) * T + row) * Hq + h) * kDh;
+        __nv_bfloat16* orow = out + ((int64_t(b) * T + row) * Hq + h) * kDH;
 #pragma unroll
-        for (int t = 0; t < 8; ++t) {
-            const int c = 8 * t + 2 * tq;
-            *reinterpret_cast<__nv_bfloat162*>(orow + c) =
-                __floats2bfloat162_rn(o[4 * t + 2 * r] * inv, o[4 * t + 2 * r + 1] * inv);
-        }
+        for (int hf = 0; hf < kH; ++hf)
+#pragma unroll
+            for (int t = 0; t < 8; ++t) {
+                const int c = 64 * hf + 8 * t + 2 * tq;
+                *reinterpret_cast<__nv_bfloat162*>(orow + c) =
+                    __floats2bfloat162_rn(o[hf][4 * t + 2 * r] * inv, o[hf][4 * t + 2 * r + 1] * inv);
+            }
         if (tq == 0) lse[(int64_t(b) * Hq + h) * T + row] = m[r] * kLn2f + logf(lr);
     }
 }
@@ -501,8 +524,15 @@ bool aligned16(const void* p, int64_t ld) {
 bool attention_forward_wgmma_takes(int64_t head_dim, bool alibi, float scale, int64_t q_offset,
                                    int64_t window, const void* q, int64_t ld_q, const void* k, int64_t ld_k,
                                    const void* v, int64_t ld_v) {
-    return head_dim == kDh && !alibi && scale > 0.0f && q_offset == 0 && window == 0 && aligned16(q, ld_q) &&
-           aligned16(k, ld_k) && aligned16(v, ld_v) && wgmma_available();
+    return (head_dim == 64 || head_dim == 128) && !alibi && scale > 0.0f && q_offset == 0 && window == 0 &&
+           aligned16(q, ld_q) && aligned16(k, ld_k) && aligned16(v, ld_v) && wgmma_available();
+}
+
+bool attention_backward_wgmma_takes(int64_t head_dim, bool alibi, float scale, int64_t q_offset,
+                                    int64_t window, const void* q, int64_t ld_q, const void* k, int64_t ld_k,
+                                    const void* v, int64_t ld_v) {
+    return head_dim == kDh &&
+           attention_forward_wgmma_takes(head_dim, alibi, scale, q_offset, window, q, ld_q, k, ld_k, v, ld_v);
 }
 
 namespace {
@@ -521,13 +551,14 @@ PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
     return fn;
 }
 
-// The (64, heads, T, B) view of rows of `heads` 64-element heads, row stride ld elements, boxes of one
-// head's `rows` rows in the 128-byte swizzle; rows past T read as zeros.
-CUtensorMap head_rows_map(const uint16_t* base, int64_t heads, int64_t T, int64_t B, int64_t ld, int rows) {
+// The (dh, heads, T, B) view of rows of `heads` dh-element heads, row stride ld elements, boxes of 64
+// columns of one head's `rows` rows in the 128-byte swizzle; rows past T read as zeros.
+CUtensorMap head_rows_map(const uint16_t* base, int64_t heads, int64_t T, int64_t B, int64_t ld, int rows,
+                          int64_t dh = kDh) {
     CUtensorMap map;
-    const cuuint64_t dims[4] = {cuuint64_t(kDh), cuuint64_t(heads), cuuint64_t(T), cuuint64_t(B)};
-    const cuuint64_t strides[3] = {cuuint64_t(kDh * 2), cuuint64_t(ld * 2), cuuint64_t(T * ld * 2)};
-    const cuuint32_t box[4] = {cuuint32_t(kDh), 1, cuuint32_t(rows), 1}, step[4] = {1, 1, 1, 1};
+    const cuuint64_t dims[4] = {cuuint64_t(dh), cuuint64_t(heads), cuuint64_t(T), cuuint64_t(B)};
+    const cuuint64_t strides[3] = {cuuint64_t(dh * 2), cuuint64_t(ld * 2), cuuint64_t(T * ld * 2)};
+    const cuuint32_t box[4] = {64, 1, cuuint32_t(rows), 1}, step[4] = {1, 1, 1, 1};
     const CUresult r =
         tensor_map_encoder()(&map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 4, const_cast<uint16_t*>(base), dims,
                              strides, box, step, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
@@ -536,25 +567,25 @@ CUtensorMap head_rows_map(const uint16_t* base, int64_t heads, int64_t T, int64_
     return map;
 }
 
-template <int kCWG, bool kPingpong, int kStages>
+template <int kCWG, bool kPingpong, int kStages, int kDH = 64>
 void launch_forward(uint16_t* out, float* lse, const uint16_t* q, int64_t ld_q, const uint16_t* k,
                     int64_t ld_k, const uint16_t* v, int64_t ld_v, int64_t B, int64_t T, int64_t Hq,
                     int64_t Hkv, float scale, cudaStream_t stream) {
-    using C = Fwd<kCWG, kStages>;
+    using C = Fwd<kCWG, kStages, kDH>;
     const int64_t n_qt = (T + C::kBQ - 1) / C::kBQ;
     MSLM_CHECK(Hq <= 65535 && n_qt <= 65535 && B <= 65535 && T <= (int64_t(1) << 30),
                "attention_forward_wgmma: grid ({}, {}, {}) too large", Hq, n_qt, B);
     // Per call, as the other attention kernels do: the attribute belongs to the current device.
     const cudaError_t attr_err =
-        cudaFuncSetAttribute(attention_forward_wgmma_kernel<kCWG, kPingpong, kStages>,
+        cudaFuncSetAttribute(attention_forward_wgmma_kernel<kCWG, kPingpong, kStages, kDH>,
                              cudaFuncAttributeMaxDynamicSharedMemorySize, int(C::kSmem));
     MSLM_CHECK(attr_err == cudaSuccess, "attention_forward_wgmma: cudaFuncSetAttribute: {}",
                cudaGetErrorString(attr_err));
-    const CUtensorMap tq = head_rows_map(q, Hq, T, B, ld_q, C::kBQ),
-                      tk = head_rows_map(k, Hkv, T, B, ld_k, kBK2),
-                      tv = head_rows_map(v, Hkv, T, B, ld_v, kBK2);
+    const CUtensorMap tq = head_rows_map(q, Hq, T, B, ld_q, C::kBQ, kDH),
+                      tk = head_rows_map(k, Hkv, T, B, ld_k, kBK2, kDH),
+                      tv = head_rows_map(v, Hkv, T, B, ld_v, kBK2, kDH);
     const dim3 grid(static_cast<unsigned>(Hq), static_cast<unsigned>(n_qt), static_cast<unsigned>(B));
-    attention_forward_wgmma_kernel<kCWG, kPingpong, kStages>
+    attention_forward_wgmma_kernel<kCWG, kPingpong, kStages, kDH>
         <<<grid, C::kThreads, C::kSmem, stream>>>(tq, tk, tv, reinterpret_cast<__nv_bfloat16*>(out), lse, T,
                                                   int(Hq), int(Hq / Hkv), scale * 1.4426950408889634f);
 }
@@ -563,7 +594,7 @@ void launch_forward(uint16_t* out, float* lse, const uint16_t* q, int64_t ld_q, 
 
 void attention_forward_wgmma(uint16_t* out, float* lse, const uint16_t* q, int64_t ld_q, const uint16_t* k,
                              int64_t ld_k, const uint16_t* v, int64_t ld_v, int64_t B, int64_t T, int64_t Hq,
-                             int64_t Hkv, float scale, void* stream) {
+                             int64_t Hkv, int64_t head_dim, float scale, void* stream) {
     MSLM_CHECK(Hkv > 0 && Hq % Hkv == 0, "attention_forward_wgmma: {} query heads over {} KV heads", Hq, Hkv);
     const char* wgs = std::getenv("MSLM_ATTN_WGMMA_WG");  // consumer warpgroups a block: 2 or 3 (default)
     const char* pp = std::getenv("MSLM_ATTN_WGMMA_PP");   // 0: the warpgroups issue their products freely
@@ -572,7 +603,10 @@ void attention_forward_wgmma(uint16_t* out, float* lse, const uint16_t* q, int64
                two_stages = stages && std::string_view(stages) == "2";
     auto st = static_cast<cudaStream_t>(stream);
     auto go = [&](auto launch) { launch(out, lse, q, ld_q, k, ld_k, v, ld_v, B, T, Hq, Hkv, scale, st); };
-    if (two_stages)
+    MSLM_CHECK(head_dim == 64 || head_dim == 128, "attention_forward_wgmma: head_dim {}", head_dim);
+    if (head_dim == 128)  // two consumer warpgroups: O's 64 accumulators and S's 64 need their registers
+        go(two_stages ? launch_forward<2, true, 2, 128> : launch_forward<2, true, 3, 128>);
+    else if (two_stages)
         go(launch_forward<3, true, 2>);
     else if (two && ring)
         go(launch_forward<2, true, 3>);
