@@ -94,7 +94,7 @@ int main(int argc, char** argv) {
             const double sec =
                 std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() / steps;
             const double tokens = double(B * T);
-            const double flops_per_token = training_flops_per_token(cfg, T);
+            const double flops_per_token = training_flops_per_token(with_cuda_training_chunk(cfg), T);
             const double tflops = flops_per_token * tokens / sec / 1e12;
             fmt::print("| {} | {} | {}x{} | {:.0f} | {:.1f} | {:.1f} | {:.1f}% | {:.2f} |\n", name,
                        format_count(cpu.num_params()), B, T, tokens / sec, sec * 1e3, tflops,

@@ -198,7 +198,7 @@ BenchReport run_bench(const ModelConfig& cfg_in, const std::string& model_name, 
         t.seq = T;
         t.step_ms = 1e3 * sec;
         t.tokens_per_s = static_cast<double>(B * T) / sec;
-        t.flops_per_token = training_flops_per_token(cfg, T);
+        t.flops_per_token = training_flops_per_token(cuda ? with_cuda_training_chunk(cfg) : cfg, T);
         t.tflops = t.flops_per_token * t.tokens_per_s / 1e12;
         if (cuda) t.mfu = t.tflops / o.peak_tflops;
         r.train = t;

@@ -157,7 +157,7 @@ ProfileReport run_training_profile(const ModelConfig& cfg_in, const std::string&
     r.seq = o.seq;
     r.peak_tflops = o.peak_tflops;
     r.peak_tbs = o.peak_tbs;
-    r.costs = training_step_costs(cfg, o.batch, o.seq, true);
+    r.costs = training_step_costs(with_cuda_training_chunk(cfg), o.batch, o.seq, true);
 
     HybridLM<float> model(cfg);
     model.init(0);

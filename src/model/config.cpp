@@ -1,10 +1,11 @@
 #include "model/config.h"
 
-#include <nlohmann/json.hpp>
-
-#include <filesystem>
+#include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <filesystem>
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <set>
 
 #include "core/error.h"
@@ -363,6 +364,21 @@ ModelConfig pure_mamba(int version, int64_t d_model, int64_t n_layers, int64_t d
 }
 
 }  // namespace
+
+int64_t cuda_training_ssd_chunk(const ModelConfig& c) {
+    if (const char* env = std::getenv("MSLM_SSD_CHUNK"); env && *env) {
+        char* end = nullptr;
+        const long long v = std::strtoll(env, &end, 10);
+        MSLM_CHECK(*end == '\0' && v > 0, "MSLM_SSD_CHUNK=\"{}\": need a positive integer", env);
+        return v;
+    }
+    return std::min<int64_t>(c.mamba.chunk_size, kCudaTrainingSsdChunk);
+}
+
+ModelConfig with_cuda_training_chunk(ModelConfig c) {
+    c.mamba.chunk_size = cuda_training_ssd_chunk(c);
+    return c;
+}
 
 std::vector<std::string> preset_names() {
     return {"tiny", "30m", "130m", "370m", "1b", "mamba-130m", "mamba2-130m"};

@@ -93,6 +93,16 @@ nlohmann::json config_to_json(const ModelConfig& c);
 ModelConfig load_config(const std::string& path);  // a config.json or a model directory
 void save_config(const ModelConfig& c, const std::string& path);
 
+// The chunk Mamba-2's SSD runs in during CUDA training: the config's chunk_size capped at
+// kCudaTrainingSsdChunk, or MSLM_SSD_CHUNK=N from the environment (read when a model plans its buffers
+// for a shape). The chunked algorithm gives the same function for any chunk, up to rounding; the
+// tensor-core kernels were measured faster at 128 than at the presets' 256 on every preset (130m
+// +1.9%, mamba2-130m +3.2%, 370m +1.4%, 1b +0.1%; 64 was slower; docs/PERFORMANCE.md).
+constexpr int64_t kCudaTrainingSsdChunk = 128;
+int64_t cuda_training_ssd_chunk(const ModelConfig& c);
+// The config with that chunk as its chunk_size: what the CUDA benches count a step's FLOPs of.
+ModelConfig with_cuda_training_chunk(ModelConfig c);
+
 std::vector<std::string> preset_names();
 ModelConfig preset(const std::string& name);  // throws with the list of names when unknown
 

@@ -211,6 +211,7 @@ struct CudaNormParams {
 
 struct CudaHybridLM::Impl {
     std::vector<int32_t> host_ids;  // the last forward's ids: backward zeroes the padding rows
+    int64_t ssd_chunk = 0;          // the SSD's chunk, fixed with the workspaces (layout_activations)
     struct Layer {
         LayerKind kind;
         CudaNormParams norm, mlp_norm;
@@ -759,8 +760,9 @@ size_t CudaHybridLM::layout_activations(const ModelConfig& cfg, Impl& m, int64_t
     const bool bc_norm = cfg.mamba.version == 1 && cfg.mamba.dt_bc_norm;
     const int64_t Hq = cfg.attention.n_heads, Dh = cfg.attn_head_dim();
     const int64_t Wq = (Hq + 2 * cfg.attn_kv_heads()) * Dh;
-    const kc::SsdDims ssd_dims{
-        B, T, cfg.mamba_n_heads(), cfg.mamba.head_dim, cfg.mamba.n_groups, S, cfg.mamba.chunk_size};
+    m.ssd_chunk = cuda_training_ssd_chunk(cfg);
+    const kc::SsdDims ssd_dims{B, T,          cfg.mamba_n_heads(), cfg.mamba.head_dim, cfg.mamba.n_groups,
+                               S, m.ssd_chunk};
     const ops::ScanDims scan_dims{B, T, Din, S};
 
     // Backward scratch per sublayer kind; the shared buffers take the largest.
@@ -1035,7 +1037,7 @@ kc::SsdDims ssd_dims(const Ctx& c) {
             c.cfg.mamba.head_dim,
             c.cfg.mamba.n_groups,
             c.cfg.mamba.d_state,
-            c.cfg.mamba.chunk_size};
+            c.m.ssd_chunk};
 }
 
 kc::SsdInputs<bf16> ssd_inputs(const Ctx& c, const CudaHybridLM::Impl::Layer& L) {

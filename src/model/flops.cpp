@@ -187,7 +187,8 @@ int64_t matmul_params(const ModelConfig& cfg) {
 std::string training_flops_formula() {
     return "model FLOPs/token = 6·P_matmul (projections, MLPs, LM head) + per attention layer "
            "6·2·(T/2)·Hq·Dh + "
-           "per Mamba-2 layer 3·(2·Q·N·G + H·(2·Q·P + 4·P·N)), Q = min(chunk, T)";
+           "per Mamba-2 layer 3·(2·Q·N·G + H·(2·Q·P + 4·P·N)), Q = min(chunk, T), chunk the one the step "
+           "runs (CUDA training: at most 128)";
 }
 
 }  // namespace mslm

@@ -1,17 +1,19 @@
 #include <gtest/gtest.h>
 
-#include <nlohmann/json.hpp>
-
 #include <cmath>
 #include <cstring>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <string>
 
 #include "core/error.h"
+#include "core/safetensors.h"
 #include "gradcheck.h"
 #include "model/config.h"
 #include "model/hybrid_lm.h"
-#include "core/safetensors.h"
 #include "model/info.h"
 #include "model/model_io.h"
+#include "test_util.h"
 
 using namespace mslm;
 
@@ -226,6 +228,30 @@ TEST(Config, JsonRoundTripAndErrors) {
     j["attention"]["n_kv_heads"] = 3;
     EXPECT_THROW(config_from_json(j, "cfg.json"), Error);
     EXPECT_THROW(preset("nope"), Error);
+}
+
+TEST(Config, CudaTrainingSsdChunkCapsTheConfigsAndTakesTheEnvironment) {
+    test::ScopedEnv unset("MSLM_SSD_CHUNK", std::nullopt);
+    EXPECT_EQ(preset("130m").mamba.chunk_size, 256);
+    EXPECT_EQ(cuda_training_ssd_chunk(preset("130m")), kCudaTrainingSsdChunk);
+    EXPECT_EQ(cuda_training_ssd_chunk(preset("tiny")), preset("tiny").mamba.chunk_size);  // 32: below the cap
+    const ModelConfig c = with_cuda_training_chunk(preset("130m"));
+    EXPECT_EQ(c.mamba.chunk_size, kCudaTrainingSsdChunk);
+    EXPECT_EQ(c.d_model, preset("130m").d_model);
+    {
+        test::ScopedEnv env("MSLM_SSD_CHUNK", std::string("256"));
+        EXPECT_EQ(cuda_training_ssd_chunk(preset("130m")), 256);
+        EXPECT_EQ(cuda_training_ssd_chunk(preset("tiny")), 256);
+    }
+    for (const char* bad : {"0", "-4", "12x"}) {
+        test::ScopedEnv env("MSLM_SSD_CHUNK", std::string(bad));
+        try {
+            cuda_training_ssd_chunk(preset("130m"));
+            FAIL() << bad << " accepted";
+        } catch (const Error& e) {
+            EXPECT_NE(std::string(e.what()).find("MSLM_SSD_CHUNK"), std::string::npos) << e.what();
+        }
+    }
 }
 
 TEST(ModelIo, NativeDirectoryRoundTrip) {
