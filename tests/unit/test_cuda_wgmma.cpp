@@ -36,6 +36,20 @@ std::string no_hopper() {
     if (!ops::cuda::wgmma_available()) return "not a compute capability 9.0 GPU: " + cuda_device_summary();
     return {};
 }
+
+// q, k and v as column slices of fused rows (Hq + 2·Hkv)·Dh wide, as the attention layer keeps them.
+struct QkvSlices {
+    const uint16_t *q, *k, *v;
+};
+QkvSlices qkv_slices(const uint16_t* qkv, int64_t Hq, int64_t Hkv, int64_t Dh) {
+    return {qkv, qkv + Hq * Dh, qkv + (Hq + Hkv) * Dh};
+}
+// The scale both attention tests use (1/√64).
+ops::cuda::AttentionOptions test_options() {
+    ops::cuda::AttentionOptions opt;
+    opt.scale = 0.125f;
+    return opt;
+}
 #endif
 
 TEST(CudaWgmma, TileProductsMatchTheReference) {
@@ -94,12 +108,9 @@ TEST(CudaWgmma, AttentionForwardMatchesTheMmaKernel) {
             const std::vector<uint16_t> qkv =
                 test::random_values<uint16_t>(rng, static_cast<size_t>(B * T * W), -2.0, 2.0);
             test::DeviceBuffer<uint16_t> dqkv(qkv);
-            const uint16_t* q = dqkv.get();
-            const uint16_t* k = q + Hq * Dh;
-            const uint16_t* v = k + Hkv * Dh;
+            const auto [q, k, v] = qkv_slices(dqkv.get(), Hq, Hkv, Dh);
             ops::AttentionDims dims{B, T, Hq, Hkv, Dh};
-            ops::cuda::AttentionOptions opt;
-            opt.scale = 0.125f;
+            const ops::cuda::AttentionOptions opt = test_options();
             ASSERT_TRUE(
                 ops::cuda::attention_forward_wgmma_takes(Dh, false, opt.scale, 0, 0, q, W, k, W, v, W));
             const size_t n_out = static_cast<size_t>(B * T * Hq * Dh),
@@ -157,12 +168,9 @@ TEST(CudaWgmma, AttentionBackwardMatchesTheMmaKernels) {
             test::random_values<uint16_t>(rng, static_cast<size_t>(B * T * W));
         test::DeviceBuffer<uint16_t> dqkv(qkv), dout(dout_h), out(n_out);
         test::DeviceBuffer<float> lse(n_lse);
-        const uint16_t* q = dqkv.get();
-        const uint16_t* k = q + Hq * Dh;
-        const uint16_t* v = k + Hkv * Dh;
+        const auto [q, k, v] = qkv_slices(dqkv.get(), Hq, Hkv, Dh);
         ops::AttentionDims dims{B, T, Hq, Hkv, Dh};
-        ops::cuda::AttentionOptions opt;
-        opt.scale = 0.125f;
+        const ops::cuda::AttentionOptions opt = test_options();
         {
             test::ScopedEnv env("MSLM_ATTN_WGMMA", std::string("0"));
             ops::cuda::attention_forward(out.get(), lse.get(), q, W, k, W, v, W, dims, opt);
