@@ -761,8 +761,8 @@ size_t CudaHybridLM::layout_activations(const ModelConfig& cfg, Impl& m, int64_t
     const int64_t Hq = cfg.attention.n_heads, Dh = cfg.attn_head_dim();
     const int64_t Wq = (Hq + 2 * cfg.attn_kv_heads()) * Dh;
     m.ssd_chunk = cuda_training_ssd_chunk(cfg);
-    const kc::SsdDims ssd_dims{B, T,          cfg.mamba_n_heads(), cfg.mamba.head_dim, cfg.mamba.n_groups,
-                               S, m.ssd_chunk};
+    const int64_t H2 = cfg.mamba_n_heads(), P2 = cfg.mamba.head_dim, G2 = cfg.mamba.n_groups;
+    const kc::SsdDims ssd_dims{B, T, H2, P2, G2, S, m.ssd_chunk};
     const ops::ScanDims scan_dims{B, T, Din, S};
 
     // Backward scratch per sublayer kind; the shared buffers take the largest.
