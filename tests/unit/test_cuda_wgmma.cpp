@@ -185,8 +185,11 @@ TEST(CudaWgmma, AttentionBackwardMatchesTheMmaKernels) {
             return test::decode_all(grad.download());
         };
         const std::vector<double> ref = run("0");
-        for (const char* stages : {"2", "3"}) {  // Q/dO tile buffers
+        // Q/dO tile buffers, and dQ by the consumers' turns or by a fourth warpgroup.
+        for (const auto& [stages, dq_wg] :
+             {std::pair{"2", "0"}, std::pair{"3", "0"}, std::pair{"2", "1"}, std::pair{"3", "1"}}) {
             test::ScopedEnv env_st("MSLM_ATTN_WGMMA_STAGES", std::string(stages));
+            test::ScopedEnv env_wg("MSLM_ATTN_WGMMA_DQWG", std::string(dq_wg));
             const std::vector<double> got = run("1");
             // Per part (q, k, v columns of the fused rows): the largest change from the start.
             const std::vector<double> s0 = test::decode_all(start);
@@ -210,8 +213,8 @@ TEST(CudaWgmma, AttentionBackwardMatchesTheMmaKernels) {
                         if (!(std::fabs(got[i] - ref[i]) <= 0x1p-6 * big + 0x1p-8 * std::fabs(ref[i]))) ++bad;
                     }
                 EXPECT_EQ(bad, 0) << "T " << T << ", d"
-                                  << "qkv"[part] << ", stages " << stages << " (largest change " << big
-                                  << ")";
+                                  << "qkv"[part] << ", stages " << stages << ", dQ warpgroup " << dq_wg
+                                  << " (largest change " << big << ")";
             }
         }
     }

@@ -285,12 +285,15 @@ __global__ void __launch_bounds__(Fwd<kCWG, kStages, kDH>::kThreads, 1)
 // memory; the two warpgroups take turns computing the tile's dQ = dS·K over all 128 keys (both
 // operands MN-major from shared memory) and adding scale·dQ to an fp32 accumulator in global memory
 // by one bulk reduction. dk += scale·dK, dv += dV at the end; a second kernel adds the accumulator to
-// dq.
+// dq. kDqWg (MSLM_ATTN_WGMMA_DQWG=1): a fourth warpgroup computes every tile's dQ instead (as
+// FlashAttention-3 does), from the two dSᵀ buffers through full / empty barriers, with its own two dQ
+// staging buffers; the consumers then neither wait for each other every tile nor take dQ turns, and
+// drop dQ's 32 accumulator registers (the register file split 24 / 208 / 208 / 72).
 constexpr int kBwdKeys = 128, kBwdQ = 64;
 
-template <int kBwdStages>
+template <int kBwdStages, bool kDqWg = false>
 struct Bwd {
-    static constexpr int kThreads = 384, kRegs = 240;
+    static constexpr int kThreads = kDqWg ? 512 : 384, kRegs = kDqWg ? 208 : 240, kDqRegs = 72;
     static constexpr int kK = 0, kV = 16384, kQ = 32768, kdO = kQ + kBwdStages * 8192,
                          kdS = kdO + kBwdStages * 8192, kdQ = kdS + 2 * 16384, kRows = kdQ + 2 * 16384,
                          kBars = kRows + kBwdStages * 512;
@@ -303,8 +306,8 @@ __host__ __device__ constexpr int dq_slot(int r, int c) {
     return r * 64 + (c ^ ((r & 7) << 3));
 }
 
-template <int kBwdStages>
-__global__ void __launch_bounds__(Bwd<kBwdStages>::kThreads, 1)
+template <int kBwdStages, bool kDqWg>
+__global__ void __launch_bounds__(Bwd<kBwdStages, kDqWg>::kThreads, 1)
     attention_backward_wgmma_kernel(const __grid_constant__ CUtensorMap tm_q,
                                     const __grid_constant__ CUtensorMap tm_k,
                                     const __grid_constant__ CUtensorMap tm_v,
@@ -313,7 +316,7 @@ __global__ void __launch_bounds__(Bwd<kBwdStages>::kThreads, 1)
                                     const float* __restrict__ lse, const float* __restrict__ delta,
                                     int64_t ld_k, int64_t ld_v, int64_t T, int Hq, int group, float scale,
                                     float scale_log2) {
-    using L = Bwd<kBwdStages>;
+    using L = Bwd<kBwdStages, kDqWg>;
     extern __shared__ unsigned char bwd_raw[];
     char* base = smem_1024(bwd_raw);
     char* sK = base + L::kK;
@@ -322,6 +325,8 @@ __global__ void __launch_bounds__(Bwd<kBwdStages>::kThreads, 1)
     auto* bar_kv = reinterpret_cast<uint64_t*>(base + L::kBars);
     uint64_t* full = bar_kv + 1;
     uint64_t* empty = full + kBwdStages;
+    uint64_t* ds_full = empty + kBwdStages;  // kDqWg: dSᵀ buffer b stored by both consumers
+    uint64_t* ds_empty = ds_full + 2;        // kDqWg: dSᵀ buffer b read by the dQ warpgroup's products
     const int tid = threadIdx.x, wg = __shfl_sync(0xffffffffu, tid / 128, 0), lane = tid % 32;
     const int hk = blockIdx.x, b = int(blockIdx.z);
     const int64_t j0 = int64_t(blockIdx.y) * kBwdKeys, n_qt = (T - j0 + kBwdQ - 1) / kBwdQ,
@@ -332,6 +337,10 @@ __global__ void __launch_bounds__(Bwd<kBwdStages>::kThreads, 1)
         for (int st = 0; st < kBwdStages; ++st) {
             tma::mbar_init(&full[st], 32);
             tma::mbar_init(&empty[st], 8);
+        }
+        for (int bf = 0; bf < 2; ++bf) {
+            tma::mbar_init(&ds_full[bf], 256);
+            tma::mbar_init(&ds_empty[bf], 4);
         }
         tma::mbar_init_fence();
     }
@@ -368,10 +377,54 @@ __global__ void __launch_bounds__(Bwd<kBwdStages>::kThreads, 1)
         return;
     }
 
+    if (kDqWg && wg == 3) {
+        // The dQ warpgroup: per tile, once both consumers stored dSᵀ, dQ = dS·K over all 128 keys (both
+        // operands MN-major from shared memory), the dSᵀ buffer handed back, scale·dQ through one of
+        // two staging buffers onto the fp32 accumulator by one bulk reduction.
+        tma::regs_dealloc<L::kDqRegs>();
+        const int dw = (tid / 32) % 4, g = lane / 4, tq = lane % 4;
+        tma::mbar_wait(bar_kv, 0);
+        for (int64_t it = 0; it < n_iter; ++it) {
+            const int bf = int(it & 1);
+            const int h = hk * group + int(it / n_qt);
+            const int64_t qt = j0 / kBwdQ + it % n_qt;
+            const char* sdS = base + L::kdS + bf * 16384;
+            float dq[32];
+            tma::mbar_wait(&ds_full[bf], uint32_t((it / 2) & 1));
+            wgmma::fence();
+#pragma unroll
+            for (int ks = 0; ks < 8; ++ks)
+                wgmma::m64n64k16_ss<true, true>(dq, wgmma::sw128_desc(sdS + 2048 * ks),
+                                                wgmma::sw128_desc(sK + 2048 * ks), ks > 0);
+            wgmma::commit();
+            wgmma::wait<0>();
+            if (lane == 0) tma::mbar_arrive(&ds_empty[bf]);
+            auto* sdQ = reinterpret_cast<float*>(base + L::kdQ + bf * 16384);
+            if (tid % 128 == 0) tma::bulk_wait_read_pending<1>();  // this buffer's reduction, two tiles back
+            tma::named_sync(2, 128);
+#pragma unroll
+            for (int t = 0; t < 8; ++t)
+#pragma unroll
+                for (int half = 0; half < 2; ++half) {
+                    const int row = 16 * dw + g + 8 * half;
+                    *reinterpret_cast<float2*>(sdQ + dq_slot(row, 8 * t + 2 * tq)) =
+                        make_float2(scale * dq[4 * t + 2 * half], scale * dq[4 * t + 2 * half + 1]);
+                }
+            wgmma::fence_proxy_async();
+            tma::named_sync(2, 128);
+            if (tid % 128 == 0) {
+                tma::reduce_add_f32(dq_acc + ((int64_t(b) * Hq + h) * n_qt_all + qt) * 4096, sdQ, 16384);
+                tma::bulk_commit();
+            }
+        }
+        if (tid % 128 == 0) tma::bulk_wait();
+        return;
+    }
+
     tma::regs_alloc<L::kRegs>();
     const int cw = wg - 1, warp = (tid / 32) % 4, g = lane / 4, tq = lane % 4;
     const int64_t key[2] = {j0 + 64 * cw + 16 * warp + g, j0 + 64 * cw + 16 * warp + g + 8};
-    float dk_acc[32] = {}, dv_acc[32] = {}, s[32], dp[32], dq[32];
+    float dk_acc[32] = {}, dv_acc[32] = {}, s[32], dp[32];
     tma::mbar_wait(bar_kv, 0);
     for (int64_t it = 0; it < n_iter; ++it) {
         const int st = int(it % kBwdStages);
@@ -420,7 +473,9 @@ __global__ void __launch_bounds__(Bwd<kBwdStages>::kThreads, 1)
         uint32_t pa[4][4], da[4][4];
         to_a_fragments(pa, s);
         to_a_fragments(da, dp);
-        // dSᵀ to shared memory: key row 64·cw + 16·warp + g (+ 8), query columns 8t + 2tq.
+        // kDqWg: the dQ warpgroup's products have read this buffer's previous tile (two back).
+        if (kDqWg && it >= 2) tma::mbar_wait(&ds_empty[it & 1], uint32_t((it / 2 - 1) & 1));
+            // dSᵀ to shared memory: key row 64·cw + 16·warp + g (+ 8), query columns 8t + 2tq.
 #pragma unroll
         for (int t = 0; t < 8; ++t)
 #pragma unroll
@@ -437,39 +492,45 @@ __global__ void __launch_bounds__(Bwd<kBwdStages>::kThreads, 1)
         }
         wgmma::commit();
         wgmma::fence_proxy_async();  // this thread's dSᵀ, read next by the tensor cores
-        float* acc_blk = dq_acc + ((int64_t(b) * Hq + h) * n_qt_all + qt) * 4096;
-        // scale·dQ from this warpgroup's accumulators onto the fp32 accumulator, through its buffer.
-        auto reduce_dq = [&] {
-            auto* sdQ = reinterpret_cast<float*>(base + L::kdQ + cw * 16384);
-            if (tid % 128 == 0) tma::bulk_wait_read();  // this buffer's previous reduction has read it
-            tma::named_sync(2 + cw, 128);
+        if constexpr (kDqWg) {
+            tma::mbar_arrive(&ds_full[it & 1]);  // this thread's dSᵀ stored (and fenced for the products)
+            wgmma::wait<0>();
+        } else {
+            float dq[32];
+            float* acc_blk = dq_acc + ((int64_t(b) * Hq + h) * n_qt_all + qt) * 4096;
+            // scale·dQ from this warpgroup's accumulators onto the fp32 accumulator, through its buffer.
+            auto reduce_dq = [&] {
+                auto* sdQ = reinterpret_cast<float*>(base + L::kdQ + cw * 16384);
+                if (tid % 128 == 0) tma::bulk_wait_read();  // this buffer's previous reduction has read it
+                tma::named_sync(2 + cw, 128);
 #pragma unroll
-            for (int t = 0; t < 8; ++t)
+                for (int t = 0; t < 8; ++t)
 #pragma unroll
-                for (int half = 0; half < 2; ++half) {
-                    const int row = 16 * warp + g + 8 * half;
-                    *reinterpret_cast<float2*>(sdQ + dq_slot(row, 8 * t + 2 * tq)) =
-                        make_float2(scale * dq[4 * t + 2 * half], scale * dq[4 * t + 2 * half + 1]);
+                    for (int half = 0; half < 2; ++half) {
+                        const int row = 16 * warp + g + 8 * half;
+                        *reinterpret_cast<float2*>(sdQ + dq_slot(row, 8 * t + 2 * tq)) =
+                            make_float2(scale * dq[4 * t + 2 * half], scale * dq[4 * t + 2 * half + 1]);
+                    }
+                wgmma::fence_proxy_async();
+                tma::named_sync(2 + cw, 128);
+                if (tid % 128 == 0) {
+                    tma::reduce_add_f32(acc_blk, sdQ, 16384);
+                    tma::bulk_commit();
                 }
-            wgmma::fence_proxy_async();
-            tma::named_sync(2 + cw, 128);
-            if (tid % 128 == 0) {
-                tma::reduce_add_f32(acc_blk, sdQ, 16384);
-                tma::bulk_commit();
-            }
-        };
-        {
-            tma::named_sync(1, 256);  // both warpgroups' dSᵀ stored
-            if (int(it & 1) == cw) {  // this warpgroup's turn: the tile's dQ over all 128 keys
+            };
+            {
+                tma::named_sync(1, 256);  // both warpgroups' dSᵀ stored
+                if (int(it & 1) == cw) {  // this warpgroup's turn: the tile's dQ over all 128 keys
 #pragma unroll
-                for (int ks = 0; ks < 8; ++ks)
-                    wgmma::m64n64k16_ss<true, true>(dq, wgmma::sw128_desc(sdS + 2048 * ks),
-                                                    wgmma::sw128_desc(sK + 2048 * ks), ks > 0);
-                wgmma::commit();
-                wgmma::wait<0>();
-                reduce_dq();
-            } else {
-                wgmma::wait<0>();
+                    for (int ks = 0; ks < 8; ++ks)
+                        wgmma::m64n64k16_ss<true, true>(dq, wgmma::sw128_desc(sdS + 2048 * ks),
+                                                        wgmma::sw128_desc(sK + 2048 * ks), ks > 0);
+                    wgmma::commit();
+                    wgmma::wait<0>();
+                    reduce_dq();
+                } else {
+                    wgmma::wait<0>();
+                }
             }
         }
         if (lane == 0) tma::mbar_arrive(&empty[st]);
@@ -644,23 +705,30 @@ void attention_backward_wgmma(uint16_t* dq, uint16_t* dk, uint16_t* dv, const ui
                       tv = head_rows_map(v, Hkv, T, B, ld_v, kBwdKeys);
     auto bf = [](uint16_t* p) { return reinterpret_cast<__nv_bfloat16*>(p); };
     const dim3 grid(static_cast<unsigned>(Hkv), static_cast<unsigned>(n_kb), static_cast<unsigned>(B));
-    auto go = [&](auto stages_c) {
+    auto go = [&](auto stages_c, auto dq_wg_c) {
         constexpr int kS = decltype(stages_c)::value;
+        constexpr bool kW = decltype(dq_wg_c)::value;
+        using BL = Bwd<kS, kW>;
         const cudaError_t e =
-            cudaFuncSetAttribute(attention_backward_wgmma_kernel<kS>,
-                                 cudaFuncAttributeMaxDynamicSharedMemorySize, int(Bwd<kS>::kSmem));
+            cudaFuncSetAttribute(attention_backward_wgmma_kernel<kS, kW>,
+                                 cudaFuncAttributeMaxDynamicSharedMemorySize, int(BL::kSmem));
         MSLM_CHECK(e == cudaSuccess, "attention_backward_wgmma: cudaFuncSetAttribute: {}",
                    cudaGetErrorString(e));
-        attention_backward_wgmma_kernel<kS><<<grid, Bwd<kS>::kThreads, Bwd<kS>::kSmem, st>>>(
+        attention_backward_wgmma_kernel<kS, kW><<<grid, BL::kThreads, BL::kSmem, st>>>(
             tq, tk, tv, tdo, bf(dk), bf(dv), scratch, lse, delta, ld_k, ld_v, T, int(Hq), int(Hq / Hkv),
             scale, scale * 1.4426950408889634f);
     };
     const char* stages = std::getenv("MSLM_ATTN_WGMMA_STAGES");  // Q/dO tile buffers: 3 (default) or 2
-    const bool two = stages && std::string_view(stages) == "2";
-    if (two)
-        go(std::integral_constant<int, 2>{});
+    const char* dq_wg = std::getenv("MSLM_ATTN_WGMMA_DQWG");     // 1: a fourth warpgroup computes dQ
+    const bool two = stages && std::string_view(stages) == "2", wg4 = dq_wg && std::string_view(dq_wg) == "1";
+    if (two && wg4)
+        go(std::integral_constant<int, 2>{}, std::true_type{});
+    else if (two)
+        go(std::integral_constant<int, 2>{}, std::false_type{});
+    else if (wg4)
+        go(std::integral_constant<int, 3>{}, std::true_type{});
     else
-        go(std::integral_constant<int, 3>{});
+        go(std::integral_constant<int, 3>{}, std::false_type{});
     err = cudaGetLastError();
     MSLM_CHECK(err == cudaSuccess, "attention_backward_wgmma: launch: {}", cudaGetErrorString(err));
     if (dq) {

@@ -72,6 +72,11 @@ __device__ __forceinline__ void bulk_commit() {
 __device__ __forceinline__ void bulk_wait_read() {
     asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory");
 }
+// Returns once all but this thread's newest N bulk groups have finished reading their shared memory.
+template <int N>
+__device__ __forceinline__ void bulk_wait_read_pending() {
+    asm volatile("cp.async.bulk.wait_group.read %0;\n" ::"n"(N) : "memory");
+}
 // Returns once they have all completed.
 __device__ __forceinline__ void bulk_wait() {
     asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory");
