@@ -2,8 +2,11 @@
 // B·T = 16384 tokens, 12 heads (MHA), at T = 2048 and 8192 with head dims 64 and 128, for bf16 on
 // tensor cores (the default), bf16 with MSLM_ATTN_TC=0 (the fp32 kernels: the ablation) and f32.
 // Times are CUDA-event means over repeated calls after warm-up; q, k, v are slices of one fused
-// (B, T, 3·H·Dh) projection, as the model calls them.
-//   bench_cuda_attention [tokens H] [--tc-only]   (default 16384 12; --tc-only: the tensor-core path alone)
+// (B, T, 3·H·Dh) projection, as the model calls them. The backward writes dq, dk and dv (accumulate
+// false, as the training step calls it and as SDPA returns fresh gradients); --accumulate times the
+// += form instead.
+//   bench_cuda_attention [tokens H] [--tc-only] [--accumulate]
+//   (default 16384 12; --tc-only: the tensor-core path alone)
 // FLOPs (stated, not measured), the convention of FlashAttention's benchmarks: causal forward
 // 4·B·H·T²·Dh / 2 (Q·Kᵀ and P·V over half the square), backward 2.5× that; forward + backward
 // 3.5× the forward; the backward column is the difference of the two timings. PyTorch SDPA (flash / cuDNN) on
@@ -35,7 +38,7 @@ using namespace mslm;
 using namespace mslm::cuda_bench;
 
 template <typename T>
-void bench(const char* label, const ops::AttentionDims& d) {
+void bench(const char* label, const ops::AttentionDims& d, bool accumulate) {
     const int64_t rows = d.batch * d.seqlen, H = d.n_heads, Dh = d.head_dim, W = 3 * H * Dh;
     Rng rng(1);
     auto normal = [&](int64_t n) {
@@ -50,7 +53,8 @@ void bench(const char* label, const ops::AttentionDims& d) {
     T* dqkv = upload(std::vector<T>(static_cast<size_t>(rows * W)), owned);
     float* lse = upload(std::vector<float>(static_cast<size_t>(rows * H)), owned);
     const T *q = qkv, *k = qkv + H * Dh, *v = qkv + 2 * H * Dh;
-    const ops::cuda::AttentionOptions opt{static_cast<float>(1.0 / std::sqrt(static_cast<double>(Dh)))};
+    ops::cuda::AttentionOptions opt{static_cast<float>(1.0 / std::sqrt(static_cast<double>(Dh)))};
+    opt.accumulate = accumulate;
 
     auto forward = [&] { ops::cuda::attention_forward<T>(out, lse, q, W, k, W, v, W, d, opt); };
     const float fwd = time_ms(forward);
@@ -80,22 +84,29 @@ int main(int argc, char** argv) {
     }
 #ifdef MSLM_HAVE_CUDA
     int64_t tokens = 16384, H = 12;
-    bool tc_only = false;
-    if (argc > 1 && std::string(argv[argc - 1]) == "--tc-only") {
-        tc_only = true;
-        --argc;
+    bool tc_only = false, accumulate = false;
+    std::vector<std::string> pos;
+    for (int i = 1; i < argc; ++i) {
+        const std::string a = argv[i];
+        if (a == "--tc-only")
+            tc_only = true;
+        else if (a == "--accumulate")
+            accumulate = true;
+        else
+            pos.push_back(a);
     }
-    if (argc != 1 && argc != 3) {
-        std::fprintf(stderr, "usage: bench_cuda_attention [tokens H] [--tc-only]\n");
+    if (!pos.empty() && pos.size() != 2) {
+        std::fprintf(stderr, "usage: bench_cuda_attention [tokens H] [--tc-only] [--accumulate]\n");
         return 2;
     }
-    if (argc == 3) {
-        tokens = std::atoll(argv[1]);
-        H = std::atoll(argv[2]);
+    if (pos.size() == 2) {
+        tokens = std::atoll(pos[0].c_str());
+        H = std::atoll(pos[1].c_str());
     }
-    std::printf("%s\n%lld tokens, %lld heads, causal; fwd FLOPs 4·B·H·T²·Dh/2, fwd+bwd 3.5× that\n\n",
-                mslm::cuda_device_summary().c_str(), static_cast<long long>(tokens),
-                static_cast<long long>(H));
+    std::printf(
+        "%s\n%lld tokens, %lld heads, causal; fwd FLOPs 4·B·H·T²·Dh/2, fwd+bwd 3.5× that; backward %s\n\n",
+        mslm::cuda_device_summary().c_str(), static_cast<long long>(tokens), static_cast<long long>(H),
+        accumulate ? "accumulating (+=)" : "writing its gradients");
     std::printf(
         "|     T |  Dh | path                   |    fwd ms | fwd TFLOP/s |    bwd ms | bwd TFLOP/s | "
         "fwd+bwd ms "
@@ -109,11 +120,11 @@ int main(int argc, char** argv) {
             if (tokens % T != 0) continue;
             const mslm::ops::AttentionDims d{tokens / T, T, H, H, Dh};
             setenv("MSLM_ATTN_TC", "1", 1);
-            bench<uint16_t>("bf16, tensor cores", d);
+            bench<uint16_t>("bf16, tensor cores", d, accumulate);
             if (tc_only) continue;
             setenv("MSLM_ATTN_TC", "0", 1);
-            bench<uint16_t>("bf16, MSLM_ATTN_TC=0", d);
-            bench<float>("f32", d);
+            bench<uint16_t>("bf16, MSLM_ATTN_TC=0", d, accumulate);
+            bench<float>("f32", d, accumulate);
         }
     }
 #else

@@ -1245,8 +1245,6 @@ void attention_backward(const Ctx& c, CudaHybridLM::Impl::Layer& L, bf16* dx, co
     const int64_t N = c.N, D = cfg.d_model, Hq = cfg.attention.n_heads, Hkv = cfg.attn_kv_heads();
     const int64_t Dh = cfg.attn_head_dim(), W = (Hq + 2 * Hkv) * Dh;
     bf16 *g_o = c.m.scratch[0], *g_qkv = c.m.scratch[1];
-    zero(g_qkv, sizeof(bf16) * N * W);
-    c.mark("attn zero bwd", KernelFamily::Elementwise);
     linear_backward(c, g_o, L.o_w, L.o_b, dout, L.o, N, Hq * Dh, D, Dx::Overwrite);
     c.mark("attn proj bwd", KernelFamily::Gemm);
     const bf16* q = L.qkv;
@@ -1255,8 +1253,10 @@ void attention_backward(const Ctx& c, CudaHybridLM::Impl::Layer& L, bf16* dx, co
     bf16* dq = g_qkv;
     bf16* dk = dq + Hq * Dh;
     bf16* dv = dk + Hkv * Dh;
+    kc::AttentionOptions opt = attention_options(cfg);
+    opt.accumulate = false;  // g_qkv is written whole here: no zeroing, no read of it
     kc::attention_backward(dq, dk, dv, g_o, L.o, L.lse, q, W, k, W, v, W,
-                           ops::AttentionDims{c.B, c.T, Hq, Hkv, Dh}, attention_options(cfg));
+                           ops::AttentionDims{c.B, c.T, Hq, Hkv, Dh}, opt);
     c.mark("attn bwd", KernelFamily::Attention);
     if (cfg.attention.position == PositionKind::RoPE) {
         kc::rope_apply(dq, W, c.B, c.T, Hq + Hkv, Dh, cfg.attn_rotary_dim(), cfg.attention.rope_theta, 0,

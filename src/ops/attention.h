@@ -21,6 +21,9 @@ struct AttentionOptions {
     // q_offset + i, i.e. the queries continue a sequence whose earlier keys come first (prefill
     // after a cached prefix).
     int64_t q_offset = 0;
+    // Backward only: false writes dq, dk and dv instead of adding to them (a caller whose gradient
+    // slices hold nothing yet skips zeroing them, and the GPU kernels skip reading them).
+    bool accumulate = true;
 };
 
 // ALiBi slopes for n heads (Press et al.): 2^(−8i/n) for a power of two, and the standard
@@ -33,7 +36,7 @@ std::vector<double> alibi_slopes(int64_t n_heads);
 template <typename T>
 void attention_forward(T* out, T* lse, const T* q, int64_t ld_q, const T* k, int64_t ld_k, const T* v, int64_t ld_v,
                        const AttentionDims& dims, const AttentionOptions<T>& opt);
-// dq, dk, dv use the strides of q, k, v and are accumulated (+=).
+// dq, dk, dv use the strides of q, k, v and are accumulated (+=), or written with accumulate = false.
 template <typename T>
 void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* out, const T* lse, const T* q, int64_t ld_q,
                         const T* k, int64_t ld_k, const T* v, int64_t ld_v, const AttentionDims& dims,

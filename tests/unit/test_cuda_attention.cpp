@@ -416,6 +416,32 @@ void check_backward(const Case& c, Rng& rng) {
                                      d_x.get() + lay.q_at, lay.ld_q, d_x.get() + lay.k_at, lay.ld_k,
                                      d_x.get() + lay.v_at, lay.ld_v, c.dims(), opt);
     EXPECT_TRUE(d_grad2.download() == d_grad.download()) << "not deterministic";
+
+    // accumulate = false over the old gradients: in dq's, dk's and dv's columns the bits of += onto
+    // zeros, everywhere else (the pads) the old values.
+    DeviceBuffer<T> d_zero(std::vector<T>(lay.size, T(0))), d_over(encode_all<T>(grad0));
+    auto call = [&](T* g, const ops::cuda::AttentionOptions& o) {
+        ops::cuda::attention_backward<T>(g + lay.q_at, g + lay.k_at, g + lay.v_at, d_dout.get(), d_out.get(),
+                                         d_lse.get(), d_x.get() + lay.q_at, lay.ld_q, d_x.get() + lay.k_at,
+                                         lay.ld_k, d_x.get() + lay.v_at, lay.ld_v, c.dims(), o);
+    };
+    call(d_zero.get(), opt);
+    ops::cuda::AttentionOptions write = opt;
+    write.accumulate = false;
+    call(d_over.get(), write);
+    std::vector<T> want = encode_all<T>(grad0);
+    const std::vector<T> onto_zero = d_zero.download();
+    for (int64_t b = 0; b < c.B; ++b)
+        for (int64_t t = 0; t < c.T; ++t)
+            for (int64_t d = 0; d < c.Dh; ++d) {
+                for (int64_t h = 0; h < c.Hq; ++h)
+                    want[lay.q(c, b, t, h, d)] = onto_zero[lay.q(c, b, t, h, d)];
+                for (int64_t h = 0; h < c.Hkv; ++h) {
+                    want[lay.k(c, b, t, h, d)] = onto_zero[lay.k(c, b, t, h, d)];
+                    want[lay.v(c, b, t, h, d)] = onto_zero[lay.v(c, b, t, h, d)];
+                }
+            }
+    EXPECT_TRUE(d_over.download() == want) << "accumulate = false";
 }
 
 #endif  // MSLM_HAVE_CUDA

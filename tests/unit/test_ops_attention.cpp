@@ -454,6 +454,37 @@ TEST(Attention, BackwardAccumulates) {
     EXPECT_EQ(dv_only, fresh.dv);
 }
 
+// accumulate = false writes the gradients over whatever the slices held (the same values as += onto
+// zeros), and still leaves the padding between rows alone.
+TEST(Attention, BackwardWritesWithoutAccumulate) {
+    const Config c{2, 37, 4, 2, 8, 0, true, 3};
+    Rng rng(21);
+    Qkv x = random_qkv(c, rng);
+    std::vector<double> dout = random_vector(rng, static_cast<size_t>(c.B * c.T * c.Hq * c.Dh));
+    const Grads<double> fresh = run_backward<double>(c, x, dout, 0.4);
+    Grads<double> got{random_vector(rng, x.q.size()), random_vector(rng, x.k.size()),
+                      random_vector(rng, x.v.size())};
+    const Grads<double> before = got;
+    Result<double> f = run_forward<double>(c, x, 0.4);
+    ops::AttentionOptions<double> opt = options<double>(c, 0.4);
+    opt.accumulate = false;
+    attention_backward(got.dq.data(), got.dk.data(), got.dv.data(), dout.data(), f.out.data(), f.lse.data(),
+                       x.q.data(), c.ld_q(), x.k.data(), c.ld_kv(), x.v.data(), c.ld_kv(), c.dims(), opt);
+    // Per row: the heads' columns are the fresh gradient's bits, the pad the old values.
+    auto expect_written = [&](const std::vector<double>& g, const std::vector<double>& old,
+                              const std::vector<double>& want, int64_t ld, int64_t width) {
+        for (size_t i = 0; i < g.size(); ++i) {
+            if (int64_t(i) % ld < width)
+                ASSERT_EQ(g[i], want[i]) << i;
+            else
+                ASSERT_EQ(g[i], old[i]) << "pad " << i;
+        }
+    };
+    expect_written(got.dq, before.dq, fresh.dq, c.ld_q(), c.Hq * c.Dh);
+    expect_written(got.dk, before.dk, fresh.dk, c.ld_kv(), c.Hkv * c.Dh);
+    expect_written(got.dv, before.dv, fresh.dv, c.ld_kv(), c.Hkv * c.Dh);
+}
+
 // fp32 gradients against double ones. Each gradient is a sum over up to T = 130 terms of products
 // built from length-Dh dot products (s, dp, D) and exp(s − lse); every term carries a relative
 // error ≲ (3 · Dh + 10) · u and the sum adds T · u, so relative to Σ|terms| the error is

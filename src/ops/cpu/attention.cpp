@@ -217,6 +217,15 @@ void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* out, const 
     const int64_t group = Hq / Hkv, ld_o = Hq * Dh;
     const std::vector<T> slopes = head_slopes<T>(Hq, opt.alibi);
     const int64_t tq = query_tile(Dh);
+    if (!opt.accumulate) {  // the slices written: zeroed, then accumulated into as below
+        const auto zero = [&](T* p, int64_t ld, int64_t heads) {
+            if (p)
+                for (int64_t r = 0; r < B * Tn; ++r) std::fill_n(p + r * ld, heads * Dh, T(0));
+        };
+        zero(dq, ld_q, Hq);
+        zero(dk, ld_k, Hkv);
+        zero(dv, ld_v, Hkv);
+    }
 
     parallel_for(B * Hkv, [&](int64_t begin, int64_t end) {
         const size_t score_tile = static_cast<size_t>(tq * kKeyTile),

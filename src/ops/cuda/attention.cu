@@ -1792,6 +1792,21 @@ void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* out, const 
     a.o = reinterpret_cast<const D*>(out);
     a.lse_in = lse;
     auto s = static_cast<cudaStream_t>(stream);
+    // accumulate = false on the kernels that only add: the gradient slices zeroed first.
+    auto clear = [&] {
+        if (opt.accumulate) return;
+        const auto zero = [&](T* p, int64_t ld, int64_t heads) {
+            if (!p) return;
+            const cudaError_t e =
+                cudaMemset2DAsync(p, size_t(ld) * sizeof(T), 0, size_t(heads * dims.head_dim) * sizeof(T),
+                                  size_t(dims.batch * dims.seqlen), s);
+            MSLM_CHECK(e == cudaSuccess, "CUDA kernel {}: cudaMemset2DAsync: {}", kernel,
+                       cudaGetErrorString(e));
+        };
+        zero(dq, ld_q, dims.n_heads);
+        zero(dk, ld_k, dims.n_kv_heads);
+        zero(dv, ld_v, dims.n_kv_heads);
+    };
     if constexpr (std::is_same_v<T, uint16_t>) {
         if (use_tensor_cores<T>(dims.head_dim)) {
             a.vec = a.vec && aligned16(dout);
@@ -1817,10 +1832,11 @@ void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* out, const 
                                    "attention_backward_wgmma");
                 attention_backward_wgmma(dq, dk, dv, dout, lse, delta.get(), q, ld_q, k, ld_k, v, ld_v,
                                          dims.batch, dims.seqlen, dims.n_heads, dims.n_kv_heads, opt.scale,
-                                         acc.get(), stream);
+                                         opt.accumulate, acc.get(), stream);
                 return;
             }
 #endif
+            clear();
             // Tiles: 64 keys (dK/dV) or 64 queries (dQ) per block; the streamed side is 64 rows for
             // head dim 64 and 32 for 128, which keeps the fp32 accumulators and both score tiles of
             // a warp within the register file.
@@ -1853,6 +1869,7 @@ void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* out, const 
             return;
         }
     }
+    clear();
     with_padded_head_dim(dims.head_dim, [&](auto dp) {
         constexpr int DP = decltype(dp)::value;
         if (dk || dv) {

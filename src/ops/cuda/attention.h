@@ -2,7 +2,8 @@
 // memory. The semantics are those of ops/attention.h (the CPU reference): GQA (query head h reads
 // KV head h / (Hq / Hkv)), scale, ALiBi with the slopes of ops::alibi_slopes, sliding window
 // counting the query itself, q_offset (forward only), strided q/k/v rows (slices of one fused
-// projection) and backward accumulating (+=) into every gradient it produces.
+// projection) and backward accumulating (+=) into every gradient it produces (or writing it, with
+// accumulate = false).
 //
 // Two differences from the CPU signatures, both for precision or the GPU:
 // - lse (B, Hq, T) is fp32 whatever T is: the backward recomputes p = exp(s − lse), so a bf16 lse
@@ -45,7 +46,8 @@ void attention_forward(T* out, float* lse, const T* q, int64_t ld_q, const T* k,
                        int64_t ld_v, const AttentionDims& dims, const AttentionOptions& opt,
                        void* stream = nullptr);
 
-// dq, dk, dv (each may be nullptr to skip it) use the strides of q, k, v and are accumulated (+=);
+// dq, dk, dv (each may be nullptr to skip it) use the strides of q, k, v and are accumulated (+=),
+// or written with opt.accumulate = false;
 // dout and out (B, T, Hq, Dh) contiguous; lse as saved by the forward. q_offset must be 0.
 // Deterministic: no atomics, every gradient element is summed by one thread in a fixed order.
 template <typename T>

@@ -30,7 +30,8 @@ void attention_forward_wgmma(uint16_t* out, float* lse, const uint16_t* q, int64
                              int64_t ld_k, const uint16_t* v, int64_t ld_v, int64_t B, int64_t T, int64_t Hq,
                              int64_t Hkv, int64_t head_dim, float scale, void* stream);
 
-// The backward (dq, dk, dv each nullable, accumulated +=, rows of q's, k's and v's strides; dout
+// The backward (dq, dk, dv each nullable, accumulated += or, with accumulate false, written; rows
+// of q's, k's and v's strides; dout
 // (B, T, Hq, 64) contiguous; lse as the forward saved it; delta (B, Hq, T) = rowsum(dout ∘ out) in
 // fp32): one kernel over 128-key blocks computes dK and dV and adds dQ's parts onto an fp32
 // accumulator in `scratch` (attention_backward_wgmma_scratch floats, zeroed here), a second adds it
@@ -40,6 +41,7 @@ size_t attention_backward_wgmma_scratch(int64_t B, int64_t T, int64_t Hq);
 void attention_backward_wgmma(uint16_t* dq, uint16_t* dk, uint16_t* dv, const uint16_t* dout,
                               const float* lse, const float* delta, const uint16_t* q, int64_t ld_q,
                               const uint16_t* k, int64_t ld_k, const uint16_t* v, int64_t ld_v, int64_t B,
-                              int64_t T, int64_t Hq, int64_t Hkv, float scale, float* scratch, void* stream);
+                              int64_t T, int64_t Hq, int64_t Hkv, float scale, bool accumulate,
+                              float* scratch, void* stream);
 
 }  // namespace mslm::ops::cuda
