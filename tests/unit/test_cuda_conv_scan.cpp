@@ -144,6 +144,11 @@ std::vector<ConvCase> conv_fast_path_cases() {
     cases.push_back({2, 40, 1537, 3, 1544, false, true});
     cases.push_back({2, 40, 1536, 4, 1541, true, false});
     cases.push_back({2, 40, 1536, 4, 1536, true, true, 1});
+    // The tiled backward's edges (bf16): a channel tile cut short (1800 = 28 · 64 + 8), chunks of 128
+    // tokens cut short, K 2 and 8.
+    cases.push_back({2, 300, 1800, 4, 1800, true, true});
+    cases.push_back({1, 260, 72, 2, 80, false, true});
+    cases.push_back({2, 131, 64, 8, 64, true, false});
     return cases;
 }
 

@@ -12,6 +12,12 @@
 //   second kernel adds the partials in fixed slices and the slices in order.
 // - Unaligned pointers or strides, or a channel count that is not a multiple of the pack, take the
 //   same kernels with one channel per thread.
+// - tiled backward (bf16 with 16-byte aligned x and dout rows; MSLM_CONV_BWD_TILE=0 takes the run
+//   kernel above): a block stages 128 tokens of x and dout (with the K − 1 rows on either side) for 64
+//   channels in shared memory by cp.async, every copy issued before any arithmetic, so 5 blocks an SM
+//   keep ~170 KB of loads in flight where the run kernel's groups had a few KB and waited on each;
+//   then thread (channel, run of 32 tokens) walks its run from shared memory as the run kernel does,
+//   so dx gets the same bits. dw and dbias: the 4 runs added in order into the same partials.
 // One-element kernels:
 // - forward: one thread per output (b, t, c); K taps from L1/L2.
 // - backward: one thread per (sequence chunk of kChunk rows, channel) walks its rows in order with
@@ -30,10 +36,12 @@
 #include <cstdlib>
 #include <initializer_list>
 #include <string_view>
+#include <type_traits>
 
 #include "core/error.h"
 #include "ops/cuda/common.cuh"
 #include "ops/cuda/conv1d.h"
+#include "ops/cuda/mma.cuh"
 
 namespace mslm::ops::cuda {
 
@@ -453,6 +461,115 @@ __global__ void __launch_bounds__(kFastThreads, min_blocks(K))
     }
 }
 
+// The tiled backward (file comment): channels a block, and runs of kTileRun tokens a block's
+// kFastChunk; thread (channel tid % 64, run tid / 64).
+constexpr int kTileCh = 64, kTileRuns = 4, kTileRun = int(kFastChunk) / kTileRuns;
+
+template <int K>
+struct ConvTile {
+    // x rows t0 − (K − 1) .. t1 + K − 2 (the window before the first token and the walk past the
+    // last), dout rows t0 .. t1 + K − 2.
+    static constexpr int kXRows = int(kFastChunk) + 2 * (K - 1), kGRows = int(kFastChunk) + K - 1;
+};
+
+template <int K>
+__global__ void __launch_bounds__(kTileRuns* kTileCh)
+    conv_backward_tile_kernel(__nv_bfloat16* dx, float* part, const __nv_bfloat16* dout,
+                              const __nv_bfloat16* x, int64_t ld_x, const __nv_bfloat16* w,
+                              const __nv_bfloat16* bias, int64_t Tn, int64_t C, bool silu_in, int64_t chunks,
+                              bool dx_overwrite) {
+    using L = ConvTile<K>;
+    __shared__ alignas(16) __nv_bfloat16 xs[L::kXRows][kTileCh];
+    __shared__ alignas(16) __nv_bfloat16 gs[L::kGRows][kTileCh];
+    __shared__ float red[kTileRuns][K + 1][kTileCh];
+    const int64_t j = blockIdx.x, b = j / chunks, t0 = (j - b * chunks) * kFastChunk,
+                  c0 = int64_t(blockIdx.y) * kTileCh;
+    const int tid = threadIdx.x;
+    // Every copy first: 8 pieces of 16 bytes a row; rows outside the sequence and channels past C
+    // are zeros (so g = 0 there, as in the run kernel).
+    const __nv_bfloat16* xb = x + b * Tn * ld_x;
+    for (int p = tid; p < L::kXRows * 8; p += kTileRuns * kTileCh) {
+        const int row = p / 8, piece = p % 8;
+        const int64_t t = t0 - (K - 1) + row, c = c0 + piece * 8;
+        const bool ok = t >= 0 && t < Tn && c < C;
+        cp_async_16_zfill(&xs[row][piece * 8], ok ? xb + t * ld_x + c : x, ok);
+    }
+    const __nv_bfloat16* gb = dout + b * Tn * C;
+    for (int p = tid; p < L::kGRows * 8; p += kTileRuns * kTileCh) {
+        const int row = p / 8, piece = p % 8;
+        const int64_t t = t0 + row, c = c0 + piece * 8;
+        const bool ok = t < Tn && c < C;
+        cp_async_16_zfill(&gs[row][piece * 8], ok ? gb + t * C + c : dout, ok);
+    }
+    cp_async_commit();
+    const int cl = tid % kTileCh, r0 = (tid / kTileCh) * kTileRun;
+    const int64_t c = c0 + cl;
+    const bool active = c < C;
+    float wk[K], b_c = 0.0f;
+#pragma unroll
+    for (int k = 0; k < K; ++k) wk[k] = active ? to_f32(w[c * K + k]) : 0.0f;
+    if (bias && active) b_c = to_f32(bias[c]);
+    cp_async_wait<0>();
+    __syncthreads();
+
+    float dw_acc[K], x_win[K], g_win[K], db_acc = 0.0f;
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+        dw_acc[k] = 0.0f;
+        g_win[k] = 0.0f;
+        // token t0 + r0 − K + k sits at row r0 + k − 1 of xs; x_win[0] is shifted out unused
+        x_win[k] = k > 0 ? to_f32(xs[r0 + k - 1][cl]) : 0.0f;
+    }
+    // Walk step s: token t0 + r0 + s (xs row r0 + s + K − 1, gs row r0 + s); it finishes dx of token
+    // t0 + r0 + s − (K − 1).
+    __nv_bfloat16* dxc = dx && active ? dx + (b * Tn + t0 + r0) * ld_x + c : nullptr;
+    const int64_t n_dx = min(int64_t(kTileRun), Tn - t0 - r0);  // tokens of the run inside the sequence
+#pragma unroll 4
+    for (int s = 0; s < kTileRun + K - 1; ++s) {
+#pragma unroll
+        for (int k = 0; k + 1 < K; ++k) {
+            x_win[k] = x_win[k + 1];
+            g_win[k] = g_win[k + 1];
+        }
+        x_win[K - 1] = to_f32(xs[r0 + s + K - 1][cl]);
+        float g = to_f32(gs[r0 + s][cl]);
+        if (silu_in) {
+            float p = b_c;
+#pragma unroll
+            for (int k = 0; k < K; ++k) p = fmaf(wk[k], x_win[k], p);
+            g *= silu_grad(p);
+        }
+        g_win[K - 1] = g;
+        if (s < kTileRun) {
+            db_acc += g;
+#pragma unroll
+            for (int k = 0; k < K; ++k) dw_acc[k] = fmaf(g, x_win[k], dw_acc[k]);
+        }
+        const int sd = s - (K - 1);
+        if (dxc && sd >= 0 && sd < n_dx) {
+            float acc = 0.0f;
+#pragma unroll
+            for (int k = 0; k < K; ++k) acc = fmaf(g_win[K - 1 - k], wk[k], acc);
+            __nv_bfloat16* q = dxc + int64_t(sd) * ld_x;
+            *q = from_f32<__nv_bfloat16>((dx_overwrite ? 0.0f : to_f32(*q)) + acc);
+        }
+    }
+    if (!part) return;  // uniform over the grid
+#pragma unroll
+    for (int k = 0; k < K; ++k) red[r0 / kTileRun][k][cl] = dw_acc[k];
+    red[r0 / kTileRun][K][cl] = db_acc;
+    __syncthreads();
+    float* pj = part + j * (K + 1) * C + c0;  // (K + 1, C) of this block's chunk
+    for (int o = tid; o < (K + 1) * kTileCh; o += kTileRuns * kTileCh) {
+        const int k = o / kTileCh, col = o - k * kTileCh;
+        if (c0 + col >= C) continue;
+        float acc = red[0][k][col];
+#pragma unroll
+        for (int q = 1; q < kTileRuns; ++q) acc += red[q][k][col];
+        pj[int64_t(k) * C + col] = acc;
+    }
+}
+
 // dw[c, k] += Σ_j part[j, k, c] and dbias[c] += Σ_j part[j, K, c]: thread (column, slice s) adds
 // the partials j ∈ [n·s / kSlices, n·(s + 1) / kSlices) in order, then slice 0 adds the slices in order.
 template <typename D>
@@ -546,6 +663,19 @@ void backward_fast(D* dx, float* part, const D* dout, const D* x, int64_t ld_x, 
                    const char* kernel) {
     constexpr int V = backward_vec<D>();
     check_run_offsets<T>(ld_x, C, K, kernel);
+    if constexpr (std::is_same_v<D, __nv_bfloat16>) {
+        const char* tile = std::getenv("MSLM_CONV_BWD_TILE");
+        if (!(tile && std::string_view(tile) == "0") && packs_fit<D>(8, {dout, x}, {ld_x, C})) {
+            const int64_t tiles = (C + kTileCh - 1) / kTileCh, blocks = B * n_fast_chunks(Tn);
+            MSLM_CHECK(blocks <= INT32_MAX && tiles <= 65535,
+                       "CUDA kernel {}<{}>: grid of {} × {} blocks too large", kernel, dtype_label<T>(),
+                       blocks, tiles);
+            conv_backward_tile_kernel<K>
+                <<<dim3(unsigned(blocks), unsigned(tiles)), kTileRuns * kTileCh, 0, s>>>(
+                    dx, part, dout, x, ld_x, w, bias, Tn, C, silu_in, n_fast_chunks(Tn), dx_overwrite);
+            return;
+        }
+    }
     const dim3 block(32, kRunsPerBlock);
     if (packs_fit<D>(V, {dx, dout, x}, {ld_x, C})) {
         conv_backward_run_kernel<K, V><<<fast_grid<T>(B, Tn, C, V, kernel), block, 0, s>>>(

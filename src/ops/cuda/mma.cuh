@@ -352,6 +352,13 @@ __device__ __forceinline__ void cp_async_16(void* smem, const void* gmem) {
     const auto addr = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(addr), "l"(gmem));
 }
+// cp_async_16 that fills the 16 bytes with zeros instead when !valid (gmem is then not read; pass any
+// mapped address).
+__device__ __forceinline__ void cp_async_16_zfill(void* smem, const void* gmem, bool valid) {
+    const auto addr = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(addr), "l"(gmem),
+                 "r"(valid ? 16 : 0));
+}
 // An L2 eviction policy (createpolicy, sm_80+) for data read once a use: the decode step's weights,
 // 5× (130m) to 40× (1b) the L2. Marked evict_first, they leave in L2 what the step's kernels read
 // again: the activations, recurrent states, KV cache, constants and the kernels' own code, which a
