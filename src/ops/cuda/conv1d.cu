@@ -14,10 +14,11 @@
 //   same kernels with one channel per thread.
 // - tiled backward (bf16 with 16-byte aligned x and dout rows; MSLM_CONV_BWD_TILE=0 takes the run
 //   kernel above): a block stages 128 tokens of x and dout (with the K − 1 rows on either side) for 64
-//   channels in shared memory by cp.async, every copy issued before any arithmetic, so 5 blocks an SM
-//   keep ~170 KB of loads in flight where the run kernel's groups had a few KB and waited on each;
-//   then thread (channel, run of 32 tokens) walks its run from shared memory as the run kernel does,
-//   so dx gets the same bits. dw and dbias: the 4 runs added in order into the same partials.
+//   channels in shared memory by cp.async (and, for +=, the old dx), every copy issued before any
+//   arithmetic, so 4 blocks an SM keep ~200 KB of loads in flight where the run kernel's groups had a
+//   few KB and waited on each; then thread (channel, run of 32 tokens) walks its run from shared
+//   memory as the run kernel does, so dx gets the same bits, into a shared dx tile that the block
+//   stores by 16-byte rows. dw and dbias: the 4 runs added in order into the same partials.
 // One-element kernels:
 // - forward: one thread per output (b, t, c); K taps from L1/L2.
 // - backward: one thread per (sequence chunk of kChunk rows, channel) walks its rows in order with
@@ -468,8 +469,13 @@ constexpr int kTileCh = 64, kTileRuns = 4, kTileRun = int(kFastChunk) / kTileRun
 template <int K>
 struct ConvTile {
     // x rows t0 − (K − 1) .. t1 + K − 2 (the window before the first token and the walk past the
-    // last), dout rows t0 .. t1 + K − 2.
-    static constexpr int kXRows = int(kFastChunk) + 2 * (K - 1), kGRows = int(kFastChunk) + K - 1;
+    // last), dout rows t0 .. t1 + K − 2, dx rows t0 .. t1 − 1; bf16 rows of 64 channels (128 bytes).
+    // The dw / dbias sums of the runs reuse x's rows once the walk is done.
+    static constexpr int kXRows = int(kFastChunk) + 2 * (K - 1), kGRows = int(kFastChunk) + K - 1,
+                         kRowBytes = kTileCh * 2, kX = 0, kG = kXRows * kRowBytes,
+                         kDx = kG + kGRows * kRowBytes;
+    static constexpr size_t kSmem = size_t(kDx) + size_t(kFastChunk) * kRowBytes;
+    static_assert(kTileRuns * (K + 1) * kTileCh * 4 <= kXRows * kRowBytes, "the sums fit in x's rows");
 };
 
 template <int K>
@@ -479,9 +485,11 @@ __global__ void __launch_bounds__(kTileRuns* kTileCh)
                               const __nv_bfloat16* bias, int64_t Tn, int64_t C, bool silu_in, int64_t chunks,
                               bool dx_overwrite) {
     using L = ConvTile<K>;
-    __shared__ alignas(16) __nv_bfloat16 xs[L::kXRows][kTileCh];
-    __shared__ alignas(16) __nv_bfloat16 gs[L::kGRows][kTileCh];
-    __shared__ float red[kTileRuns][K + 1][kTileCh];
+    extern __shared__ __align__(16) unsigned char tile_raw[];
+    auto xs = reinterpret_cast<__nv_bfloat16(*)[kTileCh]>(tile_raw + L::kX);
+    auto gs = reinterpret_cast<__nv_bfloat16(*)[kTileCh]>(tile_raw + L::kG);
+    auto dxs = reinterpret_cast<__nv_bfloat16(*)[kTileCh]>(tile_raw + L::kDx);
+    auto red = reinterpret_cast<float(*)[K + 1][kTileCh]>(tile_raw + L::kX);  // after the walk
     const int64_t j = blockIdx.x, b = j / chunks, t0 = (j - b * chunks) * kFastChunk,
                   c0 = int64_t(blockIdx.y) * kTileCh;
     const int tid = threadIdx.x;
@@ -501,6 +509,14 @@ __global__ void __launch_bounds__(kTileRuns* kTileCh)
         const bool ok = t < Tn && c < C;
         cp_async_16_zfill(&gs[row][piece * 8], ok ? gb + t * C + c : dout, ok);
     }
+    __nv_bfloat16* dxb = dx ? dx + b * Tn * ld_x : nullptr;
+    if (dxb && !dx_overwrite)
+        for (int p = tid; p < int(kFastChunk) * 8; p += kTileRuns * kTileCh) {
+            const int row = p / 8, piece = p % 8;
+            const int64_t t = t0 + row, c = c0 + piece * 8;
+            const bool ok = t < Tn && c < C;
+            cp_async_16_zfill(&dxs[row][piece * 8], ok ? dxb + t * ld_x + c : dx, ok);
+        }
     cp_async_commit();
     const int cl = tid % kTileCh, r0 = (tid / kTileCh) * kTileRun;
     const int64_t c = c0 + cl;
@@ -521,9 +537,7 @@ __global__ void __launch_bounds__(kTileRuns* kTileCh)
         x_win[k] = k > 0 ? to_f32(xs[r0 + k - 1][cl]) : 0.0f;
     }
     // Walk step s: token t0 + r0 + s (xs row r0 + s + K − 1, gs row r0 + s); it finishes dx of token
-    // t0 + r0 + s − (K − 1).
-    __nv_bfloat16* dxc = dx && active ? dx + (b * Tn + t0 + r0) * ld_x + c : nullptr;
-    const int64_t n_dx = min(int64_t(kTileRun), Tn - t0 - r0);  // tokens of the run inside the sequence
+    // t0 + r0 + s − (K − 1) into dxs row r0 + s − (K − 1).
 #pragma unroll 4
     for (int s = 0; s < kTileRun + K - 1; ++s) {
 #pragma unroll
@@ -546,14 +560,23 @@ __global__ void __launch_bounds__(kTileRuns* kTileCh)
             for (int k = 0; k < K; ++k) dw_acc[k] = fmaf(g, x_win[k], dw_acc[k]);
         }
         const int sd = s - (K - 1);
-        if (dxc && sd >= 0 && sd < n_dx) {
+        if (dxb && sd >= 0) {
             float acc = 0.0f;
 #pragma unroll
             for (int k = 0; k < K; ++k) acc = fmaf(g_win[K - 1 - k], wk[k], acc);
-            __nv_bfloat16* q = dxc + int64_t(sd) * ld_x;
-            *q = from_f32<__nv_bfloat16>((dx_overwrite ? 0.0f : to_f32(*q)) + acc);
+            __nv_bfloat16& q = dxs[r0 + sd][cl];
+            q = from_f32<__nv_bfloat16>((dx_overwrite ? 0.0f : to_f32(q)) + acc);
         }
     }
+    __syncthreads();  // the walk done: dxs complete, xs free for the sums
+    if (dxb)
+        for (int p = tid; p < int(kFastChunk) * 8; p += kTileRuns * kTileCh) {
+            const int row = p / 8, piece = p % 8;
+            const int64_t t = t0 + row, c = c0 + piece * 8;
+            if (t < Tn && c < C)
+                *reinterpret_cast<uint4*>(dxb + t * ld_x + c) =
+                    *reinterpret_cast<const uint4*>(&dxs[row][piece * 8]);
+        }
     if (!part) return;  // uniform over the grid
 #pragma unroll
     for (int k = 0; k < K; ++k) red[r0 / kTileRun][k][cl] = dw_acc[k];
@@ -665,13 +688,18 @@ void backward_fast(D* dx, float* part, const D* dout, const D* x, int64_t ld_x, 
     check_run_offsets<T>(ld_x, C, K, kernel);
     if constexpr (std::is_same_v<D, __nv_bfloat16>) {
         const char* tile = std::getenv("MSLM_CONV_BWD_TILE");
-        if (!(tile && std::string_view(tile) == "0") && packs_fit<D>(8, {dout, x}, {ld_x, C})) {
+        // x, dout and dx rows 16-byte aligned (dx null passes).
+        if (!(tile && std::string_view(tile) == "0") && packs_fit<D>(8, {dout, x, dx}, {ld_x, C})) {
             const int64_t tiles = (C + kTileCh - 1) / kTileCh, blocks = B * n_fast_chunks(Tn);
             MSLM_CHECK(blocks <= INT32_MAX && tiles <= 65535,
                        "CUDA kernel {}<{}>: grid of {} × {} blocks too large", kernel, dtype_label<T>(),
                        blocks, tiles);
+            constexpr size_t smem = ConvTile<K>::kSmem;
+            check_cuda<T>(cudaFuncSetAttribute(conv_backward_tile_kernel<K>,
+                                               cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)),
+                          "cudaFuncSetAttribute", kernel);
             conv_backward_tile_kernel<K>
-                <<<dim3(unsigned(blocks), unsigned(tiles)), kTileRuns * kTileCh, 0, s>>>(
+                <<<dim3(unsigned(blocks), unsigned(tiles)), kTileRuns * kTileCh, smem, s>>>(
                     dx, part, dout, x, ld_x, w, bias, Tn, C, silu_in, n_fast_chunks(Tn), dx_overwrite);
             return;
         }
