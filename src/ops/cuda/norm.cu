@@ -183,13 +183,14 @@ __global__ void rms_backward_kernel(T* dx, T* dz, float* dw_partial, const T* do
             const int64_t row = n * D + int64_t(k) * Dg;
             const float r = rstd[n * G + k];
             // Pass two for pack p, from its dout h, x, z (gated) and weights: dw's share, dx and dz.
+            // sz: silu_rounded(z), the forward's gate (kGated).
             auto finish = [&](int p, float(&h)[V], const float(&xv)[V], const float(&zv)[V],
-                              const float(&wv)[V], float c) {
+                              const float(&wv)[V], const float(&sz)[V], float c) {
                 const int64_t i = row + int64_t(p) * V;
                 if (want_dw) {  // column k·Dg + p·V + e of dw at acc[(k·V + e)·packs + p]
 #pragma unroll
                     for (int e = 0; e < V; ++e) {
-                        const float g = kGated ? xv[e] * silu_rounded<T>(zv[e]) : xv[e];
+                        const float g = kGated ? xv[e] * sz[e] : xv[e];
                         acc[(k * V + e) * packs + p] += h[e] * g * r;
                     }
                 }
@@ -198,8 +199,10 @@ __global__ void rms_backward_kernel(T* dx, T* dz, float* dw_partial, const T* do
                 if constexpr (kGated) {
 #pragma unroll
                     for (int e = 0; e < V; ++e) {
-                        const SigmoidPair sp = sigmoid_pair(zv[e]);
-                        const float silu_z = zv[e] * sp.s;
+                        // σ(z) for silu's derivative: fast for a bf16 result (H200: the 130m step's
+                        // gated-norm backward 1.13 → 1.01 ms with silu(z) taken once, below).
+                        const SigmoidPair sp = sigmoid_pair_rounded<T>(zv[e]);
+                        const float silu_z = sz[e];
                         dg[e] = r * (h[e] * wv[e] - xv[e] * silu_z * c);
                         h[e] = dg[e] * xv[e] * sp.s * (1.0f + zv[e] * sp.c);  // dz's term, reusing h
                         dg[e] *= silu_z;                                         // dx's term
@@ -227,24 +230,28 @@ __global__ void rms_backward_kernel(T* dx, T* dz, float* dw_partial, const T* do
                 const int p = threadIdx.x;
                 const bool on = p < packs;
                 const int64_t i = row + int64_t(p) * V;
-                float h[V] = {}, xv[V] = {}, zv[V] = {}, wv[V] = {};
+                float h[V] = {}, xv[V] = {}, zv[V] = {}, wv[V] = {}, sz[V] = {};
                 if (on) {
                     load_f32<V>(h, dout + i);
                     load_f32<V>(xv, x + i);
                     if constexpr (kGated) load_f32<V>(zv, zn + i);
                     if (want_dxz) load_f32<V>(wv, w + k * Dg + p * V);
                 }
+                if constexpr (kGated) {
+#pragma unroll
+                    for (int e = 0; e < V; ++e) sz[e] = silu_rounded<T>(zv[e]);
+                }
                 float c = 0.0f;  // mean(h·ĝ) · rstd, folded as in the CPU reference
                 if (want_dxz) {
                     float sum = 0.0f;
 #pragma unroll
                     for (int e = 0; e < V; ++e) {
-                        const float g = kGated ? xv[e] * silu_rounded<T>(zv[e]) : xv[e];
+                        const float g = kGated ? xv[e] * sz[e] : xv[e];
                         sum += h[e] * wv[e] * g;
                     }
                     c = block_sum(sum, scratch) * r * r / float(Dg);
                 }
-                if (on) finish(p, h, xv, zv, wv, c);
+                if (on) finish(p, h, xv, zv, wv, sz, c);
                 continue;
             }
             float c = 0.0f;  // mean(h·ĝ) · rstd, folded as in the CPU reference
@@ -264,12 +271,16 @@ __global__ void rms_backward_kernel(T* dx, T* dz, float* dw_partial, const T* do
             }
             for (int p = threadIdx.x; p < packs; p += blockDim.x) {
                 const int64_t i = row + int64_t(p) * V;
-                float h[V], xv[V], zv[V] = {}, wv[V] = {};
+                float h[V], xv[V], zv[V] = {}, wv[V] = {}, sz[V] = {};
                 load_f32<V>(h, dout + i);
                 load_f32<V>(xv, x + i);
-                if constexpr (kGated) load_f32<V>(zv, zn + i);
+                if constexpr (kGated) {
+                    load_f32<V>(zv, zn + i);
+#pragma unroll
+                    for (int e = 0; e < V; ++e) sz[e] = silu_rounded<T>(zv[e]);
+                }
                 if (want_dxz) load_f32<V>(wv, w + k * Dg + p * V);
-                finish(p, h, xv, zv, wv, c);
+                finish(p, h, xv, zv, wv, sz, c);
             }
         }
     }
