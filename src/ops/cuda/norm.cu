@@ -183,9 +183,11 @@ __global__ void rms_backward_kernel(T* dx, T* dz, float* dw_partial, const T* do
             const int64_t row = n * D + int64_t(k) * Dg;
             const float r = rstd[n * G + k];
             // Pass two for pack p, from its dout h, x, z (gated) and weights: dw's share, dx and dz.
-            // sz: silu_rounded(z), the forward's gate (kGated).
+            // sz: silu_rounded(z), the forward's gate (kGated). dxv, dzv: the old dx and dz (zeros when
+            // overwritten), already loaded when `loaded`, else loaded here.
             auto finish = [&](int p, float(&h)[V], const float(&xv)[V], const float(&zv)[V],
-                              const float(&wv)[V], const float(&sz)[V], float c) {
+                              const float(&wv)[V], const float(&sz)[V], float c, float(&dxv)[V],
+                              float(&dzv)[V], bool loaded) {
                 const int64_t i = row + int64_t(p) * V;
                 if (want_dw) {  // column k·Dg + p·V + e of dw at acc[(k·V + e)·packs + p]
 #pragma unroll
@@ -208,8 +210,7 @@ __global__ void rms_backward_kernel(T* dx, T* dz, float* dw_partial, const T* do
                         dg[e] *= silu_z;                                         // dx's term
                     }
                     if (dzn) {  // (overwritten: added to zeros, the bits of a zeroed buffer's sum)
-                        float dzv[V] = {};
-                        if (!overwrite) load_f32<V>(dzv, dzn + i);
+                        if (!overwrite && !loaded) load_f32<V>(dzv, dzn + i);
 #pragma unroll
                         for (int e = 0; e < V; ++e) dzv[e] += h[e];
                         store_f32<V>(dzn + i, dzv);
@@ -219,8 +220,7 @@ __global__ void rms_backward_kernel(T* dx, T* dz, float* dw_partial, const T* do
                     for (int e = 0; e < V; ++e) dg[e] = r * (h[e] * wv[e] - xv[e] * c);
                 }
                 if (dx) {
-                    float dxv[V] = {};
-                    if (!overwrite) load_f32<V>(dxv, dx + i);
+                    if (!overwrite && !loaded) load_f32<V>(dxv, dx + i);
 #pragma unroll
                     for (int e = 0; e < V; ++e) dxv[e] += dg[e];
                     store_f32<V>(dx + i, dxv);
@@ -230,12 +230,19 @@ __global__ void rms_backward_kernel(T* dx, T* dz, float* dw_partial, const T* do
                 const int p = threadIdx.x;
                 const bool on = p < packs;
                 const int64_t i = row + int64_t(p) * V;
-                float h[V] = {}, xv[V] = {}, zv[V] = {}, wv[V] = {}, sz[V] = {};
+                float h[V] = {}, xv[V] = {}, zv[V] = {}, wv[V] = {}, sz[V] = {}, dxv[V] = {}, dzv[V] = {};
                 if (on) {
                     load_f32<V>(h, dout + i);
                     load_f32<V>(xv, x + i);
                     if constexpr (kGated) load_f32<V>(zv, zn + i);
                     if (want_dxz) load_f32<V>(wv, w + k * Dg + p * V);
+                    // The old gradients with the inputs, so that the row's one memory round trip
+                    // comes before its block sum rather than a second one after it (H200: the 130m
+                    // step's plain norm backward 1.219 → 1.111 ms).
+                    if (!overwrite) {
+                        if (dx) load_f32<V>(dxv, dx + i);
+                        if (kGated && dzn) load_f32<V>(dzv, dzn + i);
+                    }
                 }
                 if constexpr (kGated) {
 #pragma unroll
@@ -251,7 +258,7 @@ __global__ void rms_backward_kernel(T* dx, T* dz, float* dw_partial, const T* do
                     }
                     c = block_sum(sum, scratch) * r * r / float(Dg);
                 }
-                if (on) finish(p, h, xv, zv, wv, sz, c);
+                if (on) finish(p, h, xv, zv, wv, sz, c, dxv, dzv, true);
                 continue;
             }
             float c = 0.0f;  // mean(h·ĝ) · rstd, folded as in the CPU reference
@@ -280,7 +287,8 @@ __global__ void rms_backward_kernel(T* dx, T* dz, float* dw_partial, const T* do
                     for (int e = 0; e < V; ++e) sz[e] = silu_rounded<T>(zv[e]);
                 }
                 if (want_dxz) load_f32<V>(wv, w + k * Dg + p * V);
-                finish(p, h, xv, zv, wv, sz, c);
+                float dxv[V] = {}, dzv[V] = {};
+                finish(p, h, xv, zv, wv, sz, c, dxv, dzv, false);
             }
         }
     }
