@@ -151,6 +151,12 @@ __device__ __forceinline__ float silu_grad(float x) {
     SigmoidPair p = sigmoid_pair(x);
     return p.s * (1.0f + x * p.c);
 }
+// The same from sigmoid_pair_rounded<D>: fast σ for a bf16 gradient, the accurate one for fp32.
+template <typename D>
+__device__ __forceinline__ float silu_grad_rounded(float x) {
+    const SigmoidPair p = sigmoid_pair_rounded<D>(x);
+    return p.s * (1.0f + x * p.c);
+}
 
 // ---- attention
 

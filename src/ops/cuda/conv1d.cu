@@ -26,6 +26,8 @@
 //   parameter), writes dx once per row and leaves its dw and dbias partial sums in the workspace;
 //   a second kernel adds the partials in chunk order.
 // - update: one thread per (row, channel).
+// The backward's SiLU derivative is silu_grad_rounded<D> in every kernel (fast σ for bf16, as the
+// gated norm's backward), so the kernels keep giving each other's dx bits.
 // No float atomics anywhere: the bits do not depend on the device or the scheduling. Taps are summed
 // with explicit fmaf in k order in forward, backward and update, so the update gives the forward's
 // bits and the backward's recomputed pre-activation is the forward's.
@@ -125,7 +127,7 @@ __global__ void conv_backward_kernel(D* dx, float* part, const D* dout, const D*
                     float p = b_c;
 #pragma unroll
                     for (int k = 0; k < K; ++k) p = fmaf(wk[k], x_win[k], p);
-                    g *= silu_grad(p);
+                    g *= silu_grad_rounded<D>(p);
                 }
             }
             g_win[K - 1] = g;
@@ -416,7 +418,7 @@ __global__ void __launch_bounds__(kFastThreads, min_blocks(K))
 #pragma unroll
                 for (int i = 0; i < V; ++i) {
                     g[i] = to_f32(gs[u].v[i]);
-                    if (silu_in) g[i] *= silu_grad(pre_activation(wk, b_c, x_win, i));
+                    if (silu_in) g[i] *= silu_grad_rounded<D>(pre_activation(wk, b_c, x_win, i));
 #pragma unroll
                     for (int k = 0; k + 1 < K; ++k) g_win[k][i] = g_win[k + 1][i];
                     g_win[K - 1][i] = g[i];
@@ -551,7 +553,7 @@ __global__ void __launch_bounds__(kTileRuns* kTileCh)
             float p = b_c;
 #pragma unroll
             for (int k = 0; k < K; ++k) p = fmaf(wk[k], x_win[k], p);
-            g *= silu_grad(p);
+            g *= silu_grad_rounded<__nv_bfloat16>(p);
         }
         g_win[K - 1] = g;
         if (s < kTileRun) {
