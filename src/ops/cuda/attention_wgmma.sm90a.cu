@@ -312,6 +312,20 @@ __host__ __device__ constexpr int dq_slot(int r, int c) {
     return r * 64 + (c ^ ((r & 7) << 3));
 }
 
+// A warpgroup's 64 × 64 dQ accumulator tile (wgmma's fragment layout: warp w's rows 16·w + g and
+// + 8, columns 8·t + 2·tq and + 1), times scale, into the fp32 staging tile sdQ at dq_slot order.
+__device__ __forceinline__ void stage_scaled_dq(float* sdQ, const float (&dq)[32], int warp, int g, int tq,
+                                                float scale) {
+#pragma unroll
+    for (int t = 0; t < 8; ++t)
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+            const int row = 16 * warp + g + 8 * half;
+            *reinterpret_cast<float2*>(sdQ + dq_slot(row, 8 * t + 2 * tq)) =
+                make_float2(scale * dq[4 * t + 2 * half], scale * dq[4 * t + 2 * half + 1]);
+        }
+}
+
 template <int kBwdStages, bool kDqWg>
 __global__ void __launch_bounds__(Bwd<kBwdStages, kDqWg>::kThreads, 1)
     attention_backward_wgmma_kernel(const __grid_constant__ CUtensorMap tm_q,
@@ -408,14 +422,7 @@ __global__ void __launch_bounds__(Bwd<kBwdStages, kDqWg>::kThreads, 1)
             auto* sdQ = reinterpret_cast<float*>(base + L::kdQ + bf * 16384);
             if (tid % 128 == 0) tma::bulk_wait_read_pending<1>();  // this buffer's reduction, two tiles back
             tma::named_sync(2, 128);
-#pragma unroll
-            for (int t = 0; t < 8; ++t)
-#pragma unroll
-                for (int half = 0; half < 2; ++half) {
-                    const int row = 16 * dw + g + 8 * half;
-                    *reinterpret_cast<float2*>(sdQ + dq_slot(row, 8 * t + 2 * tq)) =
-                        make_float2(scale * dq[4 * t + 2 * half], scale * dq[4 * t + 2 * half + 1]);
-                }
+            stage_scaled_dq(sdQ, dq, dw, g, tq, scale);
             wgmma::fence_proxy_async();
             tma::named_sync(2, 128);
             if (tid % 128 == 0) {
@@ -509,14 +516,7 @@ __global__ void __launch_bounds__(Bwd<kBwdStages, kDqWg>::kThreads, 1)
                 auto* sdQ = reinterpret_cast<float*>(base + L::kdQ + cw * 16384);
                 if (tid % 128 == 0) tma::bulk_wait_read();  // this buffer's previous reduction has read it
                 tma::named_sync(2 + cw, 128);
-#pragma unroll
-                for (int t = 0; t < 8; ++t)
-#pragma unroll
-                    for (int half = 0; half < 2; ++half) {
-                        const int row = 16 * warp + g + 8 * half;
-                        *reinterpret_cast<float2*>(sdQ + dq_slot(row, 8 * t + 2 * tq)) =
-                            make_float2(scale * dq[4 * t + 2 * half], scale * dq[4 * t + 2 * half + 1]);
-                    }
+                stage_scaled_dq(sdQ, dq, warp, g, tq, scale);
                 wgmma::fence_proxy_async();
                 tma::named_sync(2 + cw, 128);
                 if (tid % 128 == 0) {
