@@ -312,6 +312,17 @@ __host__ __device__ constexpr int dq_slot(int r, int c) {
     return r * 64 + (c ^ ((r & 7) << 3));
 }
 
+// A tile's dQ = dS·K over the block's 128 keys (dSᵀ and K both MN-major, 128-byte swizzled in
+// shared memory), issued and waited for by the calling warpgroup.
+__device__ __forceinline__ void dq_tile_product(float (&dq)[32], const char* sdS, const char* sK) {
+#pragma unroll
+    for (int ks = 0; ks < 8; ++ks)
+        wgmma::m64n64k16_ss<true, true>(dq, wgmma::sw128_desc(sdS + 2048 * ks), wgmma::sw128_desc(sK + 2048 * ks),
+                                        ks > 0);
+    wgmma::commit();
+    wgmma::wait<0>();
+}
+
 // A warpgroup's 64 × 64 dQ accumulator tile (wgmma's fragment layout: warp w's rows 16·w + g and
 // + 8, columns 8·t + 2·tq and + 1), times scale, into the fp32 staging tile sdQ at dq_slot order.
 __device__ __forceinline__ void stage_scaled_dq(float* sdQ, const float (&dq)[32], int warp, int g, int tq,
@@ -412,12 +423,7 @@ __global__ void __launch_bounds__(Bwd<kBwdStages, kDqWg>::kThreads, 1)
             float dq[32];
             tma::mbar_wait(&ds_full[bf], uint32_t((it / 2) & 1));
             wgmma::fence();
-#pragma unroll
-            for (int ks = 0; ks < 8; ++ks)
-                wgmma::m64n64k16_ss<true, true>(dq, wgmma::sw128_desc(sdS + 2048 * ks),
-                                                wgmma::sw128_desc(sK + 2048 * ks), ks > 0);
-            wgmma::commit();
-            wgmma::wait<0>();
+            dq_tile_product(dq, sdS, sK);
             if (lane == 0) tma::mbar_arrive(&ds_empty[bf]);
             auto* sdQ = reinterpret_cast<float*>(base + L::kdQ + bf * 16384);
             if (tid % 128 == 0) tma::bulk_wait_read_pending<1>();  // this buffer's reduction, two tiles back
@@ -527,12 +533,7 @@ __global__ void __launch_bounds__(Bwd<kBwdStages, kDqWg>::kThreads, 1)
             {
                 tma::named_sync(1, 256);  // both warpgroups' dSᵀ stored
                 if (int(it & 1) == cw) {  // this warpgroup's turn: the tile's dQ over all 128 keys
-#pragma unroll
-                    for (int ks = 0; ks < 8; ++ks)
-                        wgmma::m64n64k16_ss<true, true>(dq, wgmma::sw128_desc(sdS + 2048 * ks),
-                                                        wgmma::sw128_desc(sK + 2048 * ks), ks > 0);
-                    wgmma::commit();
-                    wgmma::wait<0>();
+                    dq_tile_product(dq, sdS, sK);
                     reduce_dq();
                 } else {
                     wgmma::wait<0>();
