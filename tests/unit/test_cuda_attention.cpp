@@ -479,10 +479,18 @@ const Case kTileForwardCases[] = {
     {1, 300, 2, 1, 64, 0, false, 130, true},   {2, 200, 4, 2, 128, 129, false, 0, false},
 };
 const Case kTileBackwardCases[] = {
-    {1, 1, 4, 1, 64, 0, false, 0, true},       {2, 63, 4, 4, 64, 0, true, 0, true},
-    {1, 65, 4, 1, 128, 0, false, 0, true},     {1, 257, 4, 1, 64, 100, true, 0, true},
-    {1, 257, 4, 4, 128, 65, false, 0, false},  {1, 1000, 4, 1, 64, 0, true, 0, true},
-    {1, 1000, 2, 2, 128, 300, false, 0, true}, {1, 65, 8, 2, 64, 1, false, 0, true},
+    {1, 1, 4, 1, 64, 0, false, 0, true},
+    {2, 63, 4, 4, 64, 0, true, 0, true},
+    {1, 65, 4, 1, 128, 0, false, 0, true},
+    {1, 257, 4, 1, 64, 100, true, 0, true},
+    {1, 257, 4, 4, 128, 65, false, 0, false},
+    {1, 1000, 4, 1, 64, 0, true, 0, true},
+    {1, 1000, 2, 2, 128, 300, false, 0, true},
+    {1, 65, 8, 2, 64, 1, false, 0, true},
+    // Head dim 128 on the wgmma backward (no window, no ALiBi): many key blocks and query tiles,
+    // GQA 1:1 and 4:1, T off the 64-query and 128-key tiles.
+    {1, 1000, 2, 2, 128, 0, false, 0, true},
+    {2, 257, 8, 2, 128, 0, false, 0, true},
 };
 
 #endif  // MSLM_HAVE_CUDA

@@ -1827,12 +1827,13 @@ void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* out, const 
                 (!dv || (reinterpret_cast<uintptr_t>(dv) % 4 == 0 && ld_v % 2 == 0)) &&
                 attention_backward_wgmma_takes(dims.head_dim, opt.alibi, opt.scale, opt.q_offset, opt.window,
                                                q, ld_q, k, ld_k, v, ld_v)) {
-                KeptScratch<T> acc(Kept::DqAccumulator,
-                                   attention_backward_wgmma_scratch(dims.batch, dims.seqlen, dims.n_heads), s,
-                                   "attention_backward_wgmma");
+                KeptScratch<T> acc(
+                    Kept::DqAccumulator,
+                    attention_backward_wgmma_scratch(dims.batch, dims.seqlen, dims.n_heads, dims.head_dim), s,
+                    "attention_backward_wgmma");
                 attention_backward_wgmma(dq, dk, dv, dout, lse, delta.get(), q, ld_q, k, ld_k, v, ld_v,
-                                         dims.batch, dims.seqlen, dims.n_heads, dims.n_kv_heads, opt.scale,
-                                         opt.accumulate, acc.get(), stream);
+                                         dims.batch, dims.seqlen, dims.n_heads, dims.n_kv_heads,
+                                         dims.head_dim, opt.scale, opt.accumulate, acc.get(), stream);
                 return;
             }
 #endif

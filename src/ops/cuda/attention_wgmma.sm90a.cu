@@ -295,15 +295,32 @@ __global__ void __launch_bounds__(Fwd<kCWG, kStages, kDH>::kThreads, 1)
 // barriers, with its own two dQ staging buffers; the consumers then neither wait for each other every
 // tile nor take dQ turns, and drop dQ's 32 accumulator registers (the register file split 24 / 208 /
 // 208 / 72). H200: backward 0.538 → 0.526 ms at T = 2048, 1.462 → 1.415 at 8192 (16,384 tokens).
+// Head dim 128 (kDH): as the forward, every K, V, Q and dO tile is two 64-column halves, each a
+// 128-byte swizzled tile of its own; Sᵀ and dPᵀ sum over both halves, dK and dV are two 64-column
+// accumulators each, and dQ is taken a half at a time (the dS tile is shared by both halves'
+// products), each half through its own staging buffer and bulk reduction. The consumers hold 128
+// accumulator registers for dK and dV: without the dQ warpgroup (24 / 240 / 240) ptxas fits them
+// (16 bytes of spill loads); with it, the split 24 / 208 / 208 / 64 (the dQ warpgroup spills below 64,
+// so the consumers cannot have more) spills 612 bytes and serializes the products (ptxas C7512), so
+// head dim 128 always takes the consumers' dQ turns (MSLM_ATTN_WGMMA_DQWG applies to head dim 64).
+// H200, 16,384 tokens, 12 heads: backward 2.046 → 0.742 ms at T = 2048 and 6.770 → 2.235 at 8192
+// against the mma.sync kernels.
 constexpr int kBwdKeys = 128, kBwdQ = 64;
 
-template <int kBwdStages, bool kDqWg = false>
+template <int kBwdStages, bool kDqWg = false, int kDH = 64>
 struct Bwd {
+    static constexpr int kHalves = kDH / 64;
     static constexpr int kThreads = kDqWg ? 512 : 384, kRegs = kDqWg ? 208 : 240, kDqRegs = 72;
-    static constexpr int kK = 0, kV = 16384, kQ = 32768, kdO = kQ + kBwdStages * 8192,
-                         kdS = kdO + kBwdStages * 8192, kdQ = kdS + 2 * 16384, kRows = kdQ + 2 * 16384,
+    static constexpr int kTile = 16384 * kHalves,
+                         kQT = 8192 * kHalves;  // K or V (128 keys); Q or dO (64 rows)
+    static constexpr int kK = 0, kV = kTile, kQ = 2 * kTile, kdO = kQ + kBwdStages * kQT,
+                         kdS = kdO + kBwdStages * kQT, kdQ = kdS + 2 * 16384, kRows = kdQ + 2 * 16384,
                          kBars = kRows + kBwdStages * 512;
     static constexpr size_t kSmem = size_t(kBars) + 128 + 1024;
+    static_assert(kDH == 64 || (kDH == 128 && !kDqWg), "head dim 64, or 128 without the dQ warpgroup");
+    static_assert(kSmem <= 232448, "over the 227 KiB of dynamic shared memory a block");
+    static_assert(24 + 2 * kRegs + (kDqWg ? kDqRegs : 0) <= 512,
+                  "the register file's 65,536 over 128-thread groups");
 };
 
 // The fp32 dQ accumulator's block of (batch, head, 64-query tile): 64 rows of 64, row r's column c
@@ -337,8 +354,8 @@ __device__ __forceinline__ void stage_scaled_dq(float* sdQ, const float (&dq)[32
         }
 }
 
-template <int kBwdStages, bool kDqWg>
-__global__ void __launch_bounds__(Bwd<kBwdStages, kDqWg>::kThreads, 1)
+template <int kBwdStages, bool kDqWg, int kDH>
+__global__ void __launch_bounds__(Bwd<kBwdStages, kDqWg, kDH>::kThreads, 1)
     attention_backward_wgmma_kernel(const __grid_constant__ CUtensorMap tm_q,
                                     const __grid_constant__ CUtensorMap tm_k,
                                     const __grid_constant__ CUtensorMap tm_v,
@@ -347,7 +364,8 @@ __global__ void __launch_bounds__(Bwd<kBwdStages, kDqWg>::kThreads, 1)
                                     const float* __restrict__ lse, const float* __restrict__ delta,
                                     int64_t ld_k, int64_t ld_v, int64_t T, int Hq, int group, float scale,
                                     float scale_log2, bool accumulate) {
-    using L = Bwd<kBwdStages, kDqWg>;
+    using L = Bwd<kBwdStages, kDqWg, kDH>;
+    constexpr int kH = L::kHalves;
     extern __shared__ unsigned char bwd_raw[];
     char* base = smem_1024(bwd_raw);
     char* sK = base + L::kK;
@@ -381,9 +399,11 @@ __global__ void __launch_bounds__(Bwd<kBwdStages, kDqWg>::kThreads, 1)
         tma::regs_dealloc<24>();
         if (tid < 32) {
             if (lane == 0) {
-                tma::mbar_arrive_expect(bar_kv, 2 * 16384);
-                tma::load_4d(sK, &tm_k, bar_kv, 0, hk, int(j0), b);
-                tma::load_4d(sV, &tm_v, bar_kv, 0, hk, int(j0), b);
+                tma::mbar_arrive_expect(bar_kv, 2 * L::kTile);
+                for (int hf = 0; hf < kH; ++hf) {
+                    tma::load_4d(sK + 16384 * hf, &tm_k, bar_kv, 64 * hf, hk, int(j0), b);
+                    tma::load_4d(sV + 16384 * hf, &tm_v, bar_kv, 64 * hf, hk, int(j0), b);
+                }
             }
             for (int64_t it = 0; it < n_iter; ++it) {
                 const int st = int(it % kBwdStages);
@@ -397,9 +417,13 @@ __global__ void __launch_bounds__(Bwd<kBwdStages, kDqWg>::kThreads, 1)
                     r[64 + c] = i < T ? delta[(int64_t(b) * Hq + h) * T + i] : 0.0f;
                 }
                 if (lane == 0) {
-                    tma::mbar_arrive_expect(&full[st], 2 * 8192);
-                    tma::load_4d(base + L::kQ + st * 8192, &tm_q, &full[st], 0, h, int(i0), b);
-                    tma::load_4d(base + L::kdO + st * 8192, &tm_do, &full[st], 0, h, int(i0), b);
+                    tma::mbar_arrive_expect(&full[st], 2 * L::kQT);
+                    for (int hf = 0; hf < kH; ++hf) {
+                        tma::load_4d(base + L::kQ + st * L::kQT + 8192 * hf, &tm_q, &full[st], 64 * hf, h,
+                                     int(i0), b);
+                        tma::load_4d(base + L::kdO + st * L::kQT + 8192 * hf, &tm_do, &full[st], 64 * hf, h,
+                                     int(i0), b);
+                    }
                 } else {
                     tma::mbar_arrive(&full[st]);
                 }
@@ -411,7 +435,8 @@ __global__ void __launch_bounds__(Bwd<kBwdStages, kDqWg>::kThreads, 1)
     if (kDqWg && wg == 3) {
         // The dQ warpgroup: per tile, once both consumers stored dSᵀ, dQ = dS·K over all 128 keys (both
         // operands MN-major from shared memory), the dSᵀ buffer handed back, scale·dQ through one of
-        // two staging buffers onto the fp32 accumulator by one bulk reduction.
+        // two staging buffers onto the fp32 accumulator by one bulk reduction; with two halves, a
+        // half at a time, the staging buffers taken in turn over the (tile, half) steps.
         tma::regs_dealloc<L::kDqRegs>();
         const int dw = (tid / 32) % 4, g = lane / 4, tq = lane % 4;
         tma::mbar_wait(bar_kv, 0);
@@ -420,20 +445,26 @@ __global__ void __launch_bounds__(Bwd<kBwdStages, kDqWg>::kThreads, 1)
             const int h = hk * group + int(it / n_qt);
             const int64_t qt = j0 / kBwdQ + it % n_qt;
             const char* sdS = base + L::kdS + bf * 16384;
-            float dq[32];
             tma::mbar_wait(&ds_full[bf], uint32_t((it / 2) & 1));
-            wgmma::fence();
-            dq_tile_product(dq, sdS, sK);
-            if (lane == 0) tma::mbar_arrive(&ds_empty[bf]);
-            auto* sdQ = reinterpret_cast<float*>(base + L::kdQ + bf * 16384);
-            if (tid % 128 == 0) tma::bulk_wait_read_pending<1>();  // this buffer's reduction, two tiles back
-            tma::named_sync(2, 128);
-            stage_scaled_dq(sdQ, dq, dw, g, tq, scale);
-            wgmma::fence_proxy_async();
-            tma::named_sync(2, 128);
-            if (tid % 128 == 0) {
-                tma::reduce_add_f32(dq_acc + ((int64_t(b) * Hq + h) * n_qt_all + qt) * 4096, sdQ, 16384);
-                tma::bulk_commit();
+#pragma unroll
+            for (int hf = 0; hf < kH; ++hf) {
+                float dq[32];
+                wgmma::fence();
+                dq_tile_product(dq, sdS, sK + 16384 * hf);
+                if (hf == kH - 1 && lane == 0) tma::mbar_arrive(&ds_empty[bf]);
+                auto* sdQ = reinterpret_cast<float*>(base + L::kdQ + int((it * kH + hf) & 1) * 16384);
+                if (tid % 128 == 0)
+                    tma::bulk_wait_read_pending<1>();  // this buffer's reduction, two steps back
+                tma::named_sync(2, 128);
+                stage_scaled_dq(sdQ, dq, dw, g, tq, scale);
+                wgmma::fence_proxy_async();
+                tma::named_sync(2, 128);
+                if (tid % 128 == 0) {
+                    tma::reduce_add_f32(
+                        dq_acc + ((int64_t(b) * Hq + h) * n_qt_all + qt) * (64 * kDH) + 4096 * hf, sdQ,
+                        16384);
+                    tma::bulk_commit();
+                }
             }
         }
         if (tid % 128 == 0) tma::bulk_wait();
@@ -443,24 +474,26 @@ __global__ void __launch_bounds__(Bwd<kBwdStages, kDqWg>::kThreads, 1)
     tma::regs_alloc<L::kRegs>();
     const int cw = wg - 1, warp = (tid / 32) % 4, g = lane / 4, tq = lane % 4;
     const int64_t key[2] = {j0 + 64 * cw + 16 * warp + g, j0 + 64 * cw + 16 * warp + g + 8};
-    float dk_acc[32] = {}, dv_acc[32] = {}, s[32], dp[32];
+    float dk_acc[kH][32] = {}, dv_acc[kH][32] = {}, s[32], dp[32];
     tma::mbar_wait(bar_kv, 0);
     for (int64_t it = 0; it < n_iter; ++it) {
         const int st = int(it % kBwdStages);
         const int h = hk * group + int(it / n_qt);
         const int64_t qt = j0 / kBwdQ + it % n_qt, i0 = qt * kBwdQ;
-        const char* sQ = base + L::kQ + st * 8192;
-        const char* sdO = base + L::kdO + st * 8192;
+        const char* sQ = base + L::kQ + st * L::kQT;
+        const char* sdO = base + L::kdO + st * L::kQT;
         char* sdS = base + L::kdS + int(it & 1) * 16384;
         tma::mbar_wait(&full[st], uint32_t((it / kBwdStages) & 1));
         wgmma::fence();
 #pragma unroll
-        for (int ks = 0; ks < 4; ++ks) {
-            wgmma::m64n64k16_ss<false>(s, wgmma::sw128_desc(sK + 8192 * cw + 32 * ks),
-                                       wgmma::sw128_desc(sQ + 32 * ks), ks > 0);
-            wgmma::m64n64k16_ss<false>(dp, wgmma::sw128_desc(sV + 8192 * cw + 32 * ks),
-                                       wgmma::sw128_desc(sdO + 32 * ks), ks > 0);
-        }
+        for (int hf = 0; hf < kH; ++hf)
+#pragma unroll
+            for (int ks = 0; ks < 4; ++ks) {
+                wgmma::m64n64k16_ss<false>(s, wgmma::sw128_desc(sK + 16384 * hf + 8192 * cw + 32 * ks),
+                                           wgmma::sw128_desc(sQ + 8192 * hf + 32 * ks), hf > 0 || ks > 0);
+                wgmma::m64n64k16_ss<false>(dp, wgmma::sw128_desc(sV + 16384 * hf + 8192 * cw + 32 * ks),
+                                           wgmma::sw128_desc(sdO + 8192 * hf + 32 * ks), hf > 0 || ks > 0);
+            }
         wgmma::commit();
         wgmma::wait<0>();
         const float* r = rows + st * 128;
@@ -505,10 +538,14 @@ __global__ void __launch_bounds__(Bwd<kBwdStages, kDqWg>::kThreads, 1)
             }
         wgmma::fence();
 #pragma unroll
-        for (int ks = 0; ks < 4; ++ks) {
-            wgmma::m64n64k16_rs<true>(dv_acc, pa[ks], wgmma::sw128_desc(sdO + 2048 * ks), true);
-            wgmma::m64n64k16_rs<true>(dk_acc, da[ks], wgmma::sw128_desc(sQ + 2048 * ks), true);
-        }
+        for (int ks = 0; ks < 4; ++ks)
+#pragma unroll
+            for (int hf = 0; hf < kH; ++hf) {
+                wgmma::m64n64k16_rs<true>(dv_acc[hf], pa[ks], wgmma::sw128_desc(sdO + 8192 * hf + 2048 * ks),
+                                          true);
+                wgmma::m64n64k16_rs<true>(dk_acc[hf], da[ks], wgmma::sw128_desc(sQ + 8192 * hf + 2048 * ks),
+                                          true);
+            }
         wgmma::commit();
         wgmma::fence_proxy_async();  // this thread's dSᵀ, read next by the tensor cores
         if constexpr (kDqWg) {
@@ -516,9 +553,10 @@ __global__ void __launch_bounds__(Bwd<kBwdStages, kDqWg>::kThreads, 1)
             wgmma::wait<0>();
         } else {
             float dq[32];
-            float* acc_blk = dq_acc + ((int64_t(b) * Hq + h) * n_qt_all + qt) * 4096;
-            // scale·dQ from this warpgroup's accumulators onto the fp32 accumulator, through its buffer.
-            auto reduce_dq = [&] {
+            float* acc_blk = dq_acc + ((int64_t(b) * Hq + h) * n_qt_all + qt) * (64 * kDH);
+            // scale·dQ (half hf) from this warpgroup's accumulators onto the fp32 accumulator, through
+            // its buffer.
+            auto reduce_dq = [&](int hf) {
                 auto* sdQ = reinterpret_cast<float*>(base + L::kdQ + cw * 16384);
                 if (tid % 128 == 0) tma::bulk_wait_read();  // this buffer's previous reduction has read it
                 tma::named_sync(2 + cw, 128);
@@ -526,15 +564,18 @@ __global__ void __launch_bounds__(Bwd<kBwdStages, kDqWg>::kThreads, 1)
                 wgmma::fence_proxy_async();
                 tma::named_sync(2 + cw, 128);
                 if (tid % 128 == 0) {
-                    tma::reduce_add_f32(acc_blk, sdQ, 16384);
+                    tma::reduce_add_f32(acc_blk + 4096 * hf, sdQ, 16384);
                     tma::bulk_commit();
                 }
             };
             {
                 tma::named_sync(1, 256);  // both warpgroups' dSᵀ stored
                 if (int(it & 1) == cw) {  // this warpgroup's turn: the tile's dQ over all 128 keys
-                    dq_tile_product(dq, sdS, sK);
-                    reduce_dq();
+#pragma unroll
+                    for (int hf = 0; hf < kH; ++hf) {
+                        dq_tile_product(dq, sdS, sK + 16384 * hf);
+                        reduce_dq(hf);
+                    }
                 } else {
                     wgmma::wait<0>();
                 }
@@ -546,36 +587,40 @@ __global__ void __launch_bounds__(Bwd<kBwdStages, kDqWg>::kThreads, 1)
 #pragma unroll
     for (int rr = 0; rr < 2; ++rr) {
         if (key[rr] >= T) continue;
-        __nv_bfloat16* ok = dk ? dk + (int64_t(b) * T + key[rr]) * ld_k + int64_t(hk) * kDh : nullptr;
-        __nv_bfloat16* ov = dv ? dv + (int64_t(b) * T + key[rr]) * ld_v + int64_t(hk) * kDh : nullptr;
+        __nv_bfloat16* ok = dk ? dk + (int64_t(b) * T + key[rr]) * ld_k + int64_t(hk) * kDH : nullptr;
+        __nv_bfloat16* ov = dv ? dv + (int64_t(b) * T + key[rr]) * ld_v + int64_t(hk) * kDH : nullptr;
 #pragma unroll
-        for (int t = 0; t < 8; ++t) {
-            const float k0 = scale * dk_acc[4 * t + 2 * rr], k1 = scale * dk_acc[4 * t + 2 * rr + 1],
-                        v0 = dv_acc[4 * t + 2 * rr], v1 = dv_acc[4 * t + 2 * rr + 1];
-            if (ok)
-                accumulate ? add_bf16x2(ok + 8 * t + 2 * tq, k0, k1)
-                           : store_bf16x2(ok + 8 * t + 2 * tq, k0, k1);
-            if (ov)
-                accumulate ? add_bf16x2(ov + 8 * t + 2 * tq, v0, v1)
-                           : store_bf16x2(ov + 8 * t + 2 * tq, v0, v1);
-        }
+        for (int hf = 0; hf < kH; ++hf)
+#pragma unroll
+            for (int t = 0; t < 8; ++t) {
+                const int c = 64 * hf + 8 * t + 2 * tq;
+                const float k0 = scale * dk_acc[hf][4 * t + 2 * rr],
+                            k1 = scale * dk_acc[hf][4 * t + 2 * rr + 1], v0 = dv_acc[hf][4 * t + 2 * rr],
+                            v1 = dv_acc[hf][4 * t + 2 * rr + 1];
+                if (ok) accumulate ? add_bf16x2(ok + c, k0, k1) : store_bf16x2(ok + c, k0, k1);
+                if (ov) accumulate ? add_bf16x2(ov + c, v0, v1) : store_bf16x2(ov + c, v0, v1);
+            }
     }
 }
 
-// dq (rows of stride ld_q, head h at 64·h, 16-byte aligned) += the accumulator (= with accumulate
+// dq (rows of stride ld_q, head h at kDH·h, 16-byte aligned) += the accumulator (= with accumulate
 // false, dq not read), each value rounded once; 8 values a thread, 16-byte loads and stores (a pair a thread
-// took 41 µs at 16384 tokens × 12 heads on the H200).
+// took 41 µs at 16384 tokens × 12 heads on the H200). The accumulator's block of (batch, head, query
+// tile) holds its 64-column halves one after the other, each in dq_slot order.
+template <int kDH>
 __global__ void attention_dq_add_kernel(__nv_bfloat16* __restrict__ dq, const float* __restrict__ dq_acc,
                                         int64_t ld_q, int64_t T, int Hq, int64_t B, bool accumulate) {
-    const int64_t n_qt = (T + kBwdQ - 1) / kBwdQ, octs = B * T * Hq * 8;
+    constexpr int kOcts = kDH / 8;
+    const int64_t n_qt = (T + kBwdQ - 1) / kBwdQ, octs = B * T * Hq * kOcts;
     for (int64_t p = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; p < octs;
          p += int64_t(gridDim.x) * blockDim.x) {
-        const int c = int(p % 8) * 8;
-        const int64_t rest = p / 8, h = rest % Hq, bi = rest / Hq, i = bi % T, bb = bi / T;
-        const float* src = dq_acc + ((bb * Hq + h) * n_qt + i / kBwdQ) * 4096 + dq_slot(int(i % kBwdQ), c);
+        const int c = int(p % kOcts) * 8;
+        const int64_t rest = p / kOcts, h = rest % Hq, bi = rest / Hq, i = bi % T, bb = bi / T;
+        const float* src = dq_acc + ((bb * Hq + h) * n_qt + i / kBwdQ) * (64 * kDH) + 4096 * (c / 64) +
+                           dq_slot(int(i % kBwdQ), c % 64);
         const float4 x0 = *reinterpret_cast<const float4*>(src),
                      x1 = *reinterpret_cast<const float4*>(src + 4);
-        auto* dst = reinterpret_cast<uint4*>(dq + bi * ld_q + h * kDh + c);
+        auto* dst = reinterpret_cast<uint4*>(dq + bi * ld_q + h * kDH + c);
         const uint4 d = accumulate ? *dst : make_uint4(0, 0, 0, 0);
         const float add[8] = {x0.x, x0.y, x0.z, x0.w, x1.x, x1.y, x1.z, x1.w};
         uint32_t w[4] = {d.x, d.y, d.z, d.w};
@@ -603,8 +648,7 @@ bool attention_forward_wgmma_takes(int64_t head_dim, bool alibi, float scale, in
 bool attention_backward_wgmma_takes(int64_t head_dim, bool alibi, float scale, int64_t q_offset,
                                     int64_t window, const void* q, int64_t ld_q, const void* k, int64_t ld_k,
                                     const void* v, int64_t ld_v) {
-    return head_dim == kDh &&
-           attention_forward_wgmma_takes(head_dim, alibi, scale, q_offset, window, q, ld_q, k, ld_k, v, ld_v);
+    return attention_forward_wgmma_takes(head_dim, alibi, scale, q_offset, window, q, ld_q, k, ld_k, v, ld_v);
 }
 
 namespace {
@@ -695,42 +739,43 @@ void attention_forward_wgmma(uint16_t* out, float* lse, const uint16_t* q, int64
     MSLM_CHECK(err == cudaSuccess, "attention_forward_wgmma: launch: {}", cudaGetErrorString(err));
 }
 
-size_t attention_backward_wgmma_scratch(int64_t B, int64_t T, int64_t Hq) {
-    return size_t(B * Hq * ((T + kBwdQ - 1) / kBwdQ) * 4096);
+size_t attention_backward_wgmma_scratch(int64_t B, int64_t T, int64_t Hq, int64_t head_dim) {
+    return size_t(B * Hq * ((T + kBwdQ - 1) / kBwdQ) * 64 * head_dim);
 }
 
 void attention_backward_wgmma(uint16_t* dq, uint16_t* dk, uint16_t* dv, const uint16_t* dout,
                               const float* lse, const float* delta, const uint16_t* q, int64_t ld_q,
                               const uint16_t* k, int64_t ld_k, const uint16_t* v, int64_t ld_v, int64_t B,
-                              int64_t T, int64_t Hq, int64_t Hkv, float scale, bool accumulate,
-                              float* scratch, void* stream) {
+                              int64_t T, int64_t Hq, int64_t Hkv, int64_t head_dim, float scale,
+                              bool accumulate, float* scratch, void* stream) {
     MSLM_CHECK(Hkv > 0 && Hq % Hkv == 0, "attention_backward_wgmma: {} query heads over {} KV heads", Hq,
                Hkv);
+    MSLM_CHECK(head_dim == 64 || head_dim == 128, "attention_backward_wgmma: head_dim {}", head_dim);
     const int64_t n_kb = (T + kBwdKeys - 1) / kBwdKeys;
     MSLM_CHECK(Hkv <= 65535 && n_kb <= 65535 && B <= 65535 && T <= (int64_t(1) << 30),
                "attention_backward_wgmma: grid ({}, {}, {}) too large", Hkv, n_kb, B);
     auto st = static_cast<cudaStream_t>(stream);
-    const size_t acc = attention_backward_wgmma_scratch(B, T, Hq);
+    const size_t acc = attention_backward_wgmma_scratch(B, T, Hq, head_dim);
     cudaError_t err = cudaMemsetAsync(scratch, 0, acc * sizeof(float), st);
     MSLM_CHECK(err == cudaSuccess, "attention_backward_wgmma: cudaMemsetAsync: {}", cudaGetErrorString(err));
-    const int64_t ld_o = Hq * kDh;
-    const CUtensorMap tq = head_rows_map(q, Hq, T, B, ld_q, kBwdQ),
-                      tdo = head_rows_map(dout, Hq, T, B, ld_o, kBwdQ),
-                      tk = head_rows_map(k, Hkv, T, B, ld_k, kBwdKeys),
-                      tv = head_rows_map(v, Hkv, T, B, ld_v, kBwdKeys);
+    const int64_t ld_o = Hq * head_dim;
+    const CUtensorMap tq = head_rows_map(q, Hq, T, B, ld_q, kBwdQ, head_dim),
+                      tdo = head_rows_map(dout, Hq, T, B, ld_o, kBwdQ, head_dim),
+                      tk = head_rows_map(k, Hkv, T, B, ld_k, kBwdKeys, head_dim),
+                      tv = head_rows_map(v, Hkv, T, B, ld_v, kBwdKeys, head_dim);
     auto bf = [](uint16_t* p) { return reinterpret_cast<__nv_bfloat16*>(p); };
     // Batch-major, as the forward (key-block-major measured 0.444 → 0.482 ms at T = 2048).
     const dim3 grid(static_cast<unsigned>(Hkv), static_cast<unsigned>(n_kb), static_cast<unsigned>(B));
-    auto go = [&](auto stages_c, auto dq_wg_c) {
-        constexpr int kS = decltype(stages_c)::value;
+    auto go = [&](auto stages_c, auto dq_wg_c, auto dh_c) {
+        constexpr int kS = decltype(stages_c)::value, kD = decltype(dh_c)::value;
         constexpr bool kW = decltype(dq_wg_c)::value;
-        using BL = Bwd<kS, kW>;
+        using BL = Bwd<kS, kW, kD>;
         const cudaError_t e =
-            cudaFuncSetAttribute(attention_backward_wgmma_kernel<kS, kW>,
+            cudaFuncSetAttribute(attention_backward_wgmma_kernel<kS, kW, kD>,
                                  cudaFuncAttributeMaxDynamicSharedMemorySize, int(BL::kSmem));
         MSLM_CHECK(e == cudaSuccess, "attention_backward_wgmma: cudaFuncSetAttribute: {}",
                    cudaGetErrorString(e));
-        attention_backward_wgmma_kernel<kS, kW><<<grid, BL::kThreads, BL::kSmem, st>>>(
+        attention_backward_wgmma_kernel<kS, kW, kD><<<grid, BL::kThreads, BL::kSmem, st>>>(
             tq, tk, tv, tdo, bf(dk), bf(dv), scratch, lse, delta, ld_k, ld_v, T, int(Hq), int(Hq / Hkv),
             scale, scale * 1.4426950408889634f, accumulate);
     };
@@ -738,20 +783,31 @@ void attention_backward_wgmma(uint16_t* dq, uint16_t* dk, uint16_t* dv, const ui
     const char* dq_wg = std::getenv("MSLM_ATTN_WGMMA_DQWG");     // 0: the consumers take dQ turns
     const bool two = stages && std::string_view(stages) == "2",
                wg4 = !(dq_wg && std::string_view(dq_wg) == "0");
-    if (two && wg4)
-        go(std::integral_constant<int, 2>{}, std::true_type{});
+    using S2 = std::integral_constant<int, 2>;
+    using S3 = std::integral_constant<int, 3>;
+    using D64 = std::integral_constant<int, 64>;
+    if (head_dim == 128)  // the consumers' dQ turns only (above)
+        two ? go(S2{}, std::false_type{}, std::integral_constant<int, 128>{})
+            : go(S3{}, std::false_type{}, std::integral_constant<int, 128>{});
+    else if (two && wg4)
+        go(S2{}, std::true_type{}, D64{});
     else if (two)
-        go(std::integral_constant<int, 2>{}, std::false_type{});
+        go(S2{}, std::false_type{}, D64{});
     else if (wg4)
-        go(std::integral_constant<int, 3>{}, std::true_type{});
+        go(S3{}, std::true_type{}, D64{});
     else
-        go(std::integral_constant<int, 3>{}, std::false_type{});
+        go(S3{}, std::false_type{}, D64{});
     err = cudaGetLastError();
     MSLM_CHECK(err == cudaSuccess, "attention_backward_wgmma: launch: {}", cudaGetErrorString(err));
     if (dq) {
-        const int64_t octs = B * T * Hq * 8;
+        const int64_t octs = B * T * Hq * (head_dim / 8);
         const int blocks = int(std::min<int64_t>((octs + 255) / 256, 132 * 16));
-        attention_dq_add_kernel<<<blocks, 256, 0, st>>>(bf(dq), scratch, ld_q, T, int(Hq), B, accumulate);
+        if (head_dim == 128)
+            attention_dq_add_kernel<128>
+                <<<blocks, 256, 0, st>>>(bf(dq), scratch, ld_q, T, int(Hq), B, accumulate);
+        else
+            attention_dq_add_kernel<64>
+                <<<blocks, 256, 0, st>>>(bf(dq), scratch, ld_q, T, int(Hq), B, accumulate);
         err = cudaGetLastError();
         MSLM_CHECK(err == cudaSuccess, "attention_backward_wgmma: dq launch: {}", cudaGetErrorString(err));
     }
