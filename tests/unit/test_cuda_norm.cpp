@@ -32,6 +32,7 @@
 #include "core/rng.h"
 #include "cuda_test_util.h"
 #include "ops/norm.h"
+#include "test_util.h"
 
 #ifdef MSLM_HAVE_CUDA
 #include <cuda_runtime.h>
@@ -596,6 +597,53 @@ TYPED_TEST(CudaGatedNorm, BackwardOverwriteIsAddToZeros) {
         EXPECT_EQ(got[1][0], got[0][0]) << "dx";
         EXPECT_EQ(got[1][1], got[0][1]) << "dz";
         EXPECT_EQ(got[1][2], got[0][2]) << "dw";
+    }
+#endif
+}
+
+// Two rows an iteration (MSLM_NORM_BWD_ROWS=2) is the one-row kernel's arithmetic in the same order:
+// the same bits for dx, dz and dw, accumulated or overwritten, on row counts odd and even against
+// the grid's 1024 blocks and groups of one and several.
+TYPED_TEST(CudaGatedNorm, TwoRowsAnIterationGiveOneRowsBits) {
+#ifdef MSLM_HAVE_CUDA
+    using T = TypeParam;
+    Rng rng(14);
+    const int64_t shapes[][3] = {{3001, 1536, 1}, {2048, 768, 1}, {1500, 1024, 4}, {37, 768, 1}};
+    for (const auto& shape : shapes) {
+        const int64_t N = shape[0], D = shape[1], G = shape[2];
+        SCOPED_TRACE(where(N, D, G, 0));
+        const auto x = random_values<T>(rng, N * D, -2.0, 2.0);
+        const auto z = random_values<T>(rng, N * D, -6.0, 6.0);
+        const auto w = random_values<T>(rng, D, -1.5, 1.5);
+        const auto dout = random_values<T>(rng, N * D, -1.0, 1.0);
+        const auto dx0 = random_values<T>(rng, N * D, -1.0, 1.0);
+        const auto dw0 = random_values<T>(rng, D, -1.0, 1.0);
+        std::vector<float> rstd(N * G);
+        for (float& r : rstd) r = float(rng.uniform(0.5, 2.0));
+        DeviceBuffer<T> d_x(x), d_z(z), d_w(w), d_dout(dout);
+        DeviceBuffer<float> d_rstd(rstd);
+        DeviceBytes workspace(ops::cuda::norm_backward_workspace_bytes(N, D));
+        for (int ow = 0; ow < 2; ++ow) {
+            const auto store = ow ? ops::cuda::GradStore::Overwrite : ops::cuda::GradStore::Add;
+            std::vector<T> got[2][5];  // [rows − 1][gated dx, dz, dw, plain dx, dw]
+            for (int rows = 1; rows <= 2; ++rows) {
+                const test::ScopedEnv force("MSLM_NORM_BWD_ROWS", std::to_string(rows));
+                DeviceBuffer<T> d_dx(dx0), d_dz(dx0), d_dw(dw0), p_dx(dx0), p_dw(dw0);
+                ops::cuda::gated_rmsnorm_backward(d_dx.get(), d_dz.get(), d_dw.get(), workspace.get(),
+                                                  d_dout.get(), d_x.get(), d_z.get(), d_w.get(), d_rstd.get(),
+                                                  N, D, G, nullptr, store);
+                got[rows - 1][0] = d_dx.download(), got[rows - 1][1] = d_dz.download();
+                got[rows - 1][2] = d_dw.download();
+                if (G == 1) {
+                    ops::cuda::rmsnorm_backward(p_dx.get(), p_dw.get(), workspace.get(), d_dout.get(),
+                                                d_x.get(), d_w.get(), d_rstd.get(), N, D);  // (accumulates)
+                    got[rows - 1][3] = p_dx.download(), got[rows - 1][4] = p_dw.download();
+                }
+            }
+            for (int i = 0; i < 5; ++i)
+                EXPECT_EQ(got[1][i], got[0][i]) << "output " << i << ", overwrite " << ow;
+            EXPECT_NE(got[0][0], dx0);
+        }
     }
 #endif
 }

@@ -11,7 +11,9 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <initializer_list>
+#include <string_view>
 
 #include "core/error.h"
 #include "ops/cuda/common.cuh"
@@ -159,41 +161,56 @@ __global__ void rms_forward_kernel(T* out, float* rstd, T* res, const T* x, cons
 
 // ---- RMSNorm and gated RMSNorm backward. dw_partial (gridDim.x, D) or null.
 
-// z and dz (gated) rows ld_z and ld_dz elements apart (D when dense).
-template <bool kGated, int V, typename T>
+// z and dz (gated) rows ld_z and ld_dz elements apart (D when dense). R rows at once (R ≤ 2): the
+// block takes rows n, n + gridDim.x, … in that order as before, R of them an iteration, and where a
+// pack a thread covers a group (the usual case) loads all R rows before their one block sum (a
+// float2 for two, summed component by component in the same tree as one float): the same
+// arithmetic in the same order, so the same bits, with R rows' loads in flight instead of one.
+template <bool kGated, int V, int R, typename T>
 __global__ void rms_backward_kernel(T* dx, T* dz, float* dw_partial, const T* dout, const T* x, const T* z,
                                     int64_t ld_z, int64_t ld_dz, const T* w, const float* rstd, int64_t N,
                                     int D, int G, bool overwrite) {
+    static_assert(R == 1 || R == 2, "one or two rows an iteration");
     // (D): this block's Σ_n dout·ĝ, when dw_partial, column k·Dg + p·V + e at (k·V + e)·packs + p so
     // that a warp's threads (consecutive p) add into consecutive words: with acc in column order the
     // stride of V words made every access an 8-way bank conflict (bf16), and the L1 the kernel's
     // busiest unit (74%, docs/PERFORMANCE.md).
     extern __shared__ float acc[];
     __shared__ float scratch[32];
+    __shared__ float2 scratch2[32];
     const int Dg = D / G, packs = Dg / V;
     const bool want_dw = dw_partial != nullptr, want_dxz = dx != nullptr || dz != nullptr;
     if (want_dw)
         for (int i = threadIdx.x; i < D; i += blockDim.x) acc[i] = 0.0f;
     __syncthreads();
-    for (int64_t n = blockIdx.x; n < N; n += gridDim.x) {
+    for (int64_t n0 = blockIdx.x; n0 < N; n0 += int64_t(R) * gridDim.x) {
+        int64_t nr[R];
+        bool valid[R];
+#pragma unroll
+        for (int m = 0; m < R; ++m) {
+            nr[m] = n0 + int64_t(m) * gridDim.x;
+            valid[m] = nr[m] < N;
+        }
         // z's and dz's row n start ld·n in: shifted so that the row-major index n·D + i reads them.
-        const T* zn = kGated ? z + n * (ld_z - D) : z;
-        T* dzn = dz ? dz + n * (ld_dz - D) : dz;
+        auto z_row = [&](int64_t n) { return kGated ? z + n * (ld_z - D) : z; };
+        auto dz_row = [&](int64_t n) { return dz ? dz + n * (ld_dz - D) : dz; };
         for (int k = 0; k < G; ++k) {
-            const int64_t row = n * D + int64_t(k) * Dg;
-            const float r = rstd[n * G + k];
-            // Pass two for pack p, from its dout h, x, z (gated) and weights: dw's share, dx and dz.
-            // sz: silu_rounded(z), the forward's gate (kGated). dxv, dzv: the old dx and dz (zeros when
-            // overwritten), already loaded when `loaded`, else loaded here.
-            auto finish = [&](int p, float(&h)[V], const float(&xv)[V], const float(&zv)[V],
-                              const float(&wv)[V], const float(&sz)[V], float c, float(&dxv)[V],
-                              float(&dzv)[V], bool loaded) {
+            // Every multiply-add below is written out (fmaf, __fmul_rn where a product must round
+            // before a sum): left to the compiler, the contraction into FMAs differed between the
+            // one- and two-row instantiations, and with it the bits of dz.
+            // Pass two for pack p of row `row` (z's and dz's rows zn, dzn), from its dout h, x, z
+            // (gated) and weights: dw's share, dx and dz. sz: silu_rounded(z), the forward's gate
+            // (kGated). dxv, dzv: the old dx and dz (zeros when overwritten), already loaded when
+            // `loaded`, else loaded here.
+            auto finish = [&](int64_t row, float r, const T* zn, T* dzn, int p, float(&h)[V],
+                              const float(&xv)[V], const float(&zv)[V], const float(&wv)[V],
+                              const float(&sz)[V], float c, float(&dxv)[V], float(&dzv)[V], bool loaded) {
                 const int64_t i = row + int64_t(p) * V;
                 if (want_dw) {  // column k·Dg + p·V + e of dw at acc[(k·V + e)·packs + p]
 #pragma unroll
                     for (int e = 0; e < V; ++e) {
                         const float g = kGated ? xv[e] * sz[e] : xv[e];
-                        acc[(k * V + e) * packs + p] += h[e] * g * r;
+                        acc[(k * V + e) * packs + p] = fmaf(h[e] * g, r, acc[(k * V + e) * packs + p]);
                     }
                 }
                 if (!want_dxz) return;
@@ -205,9 +222,10 @@ __global__ void rms_backward_kernel(T* dx, T* dz, float* dw_partial, const T* do
                         // gated-norm backward 1.13 → 1.01 ms with silu(z) taken once, below).
                         const SigmoidPair sp = sigmoid_pair_rounded<T>(zv[e]);
                         const float silu_z = sz[e];
-                        dg[e] = r * (h[e] * wv[e] - xv[e] * silu_z * c);
-                        h[e] = dg[e] * xv[e] * sp.s * (1.0f + zv[e] * sp.c);  // dz's term, reusing h
-                        dg[e] *= silu_z;                                         // dx's term
+                        dg[e] = r * fmaf(h[e], wv[e], -(xv[e] * silu_z * c));
+                        h[e] =
+                            __fmul_rn(dg[e] * xv[e] * sp.s, fmaf(zv[e], sp.c, 1.0f));  // dz's term, reusing h
+                        dg[e] = __fmul_rn(dg[e], silu_z);                              // dx's term
                     }
                     if (dzn) {  // (overwritten: added to zeros, the bits of a zeroed buffer's sum)
                         if (!overwrite && !loaded) load_f32<V>(dzv, dzn + i);
@@ -217,7 +235,7 @@ __global__ void rms_backward_kernel(T* dx, T* dz, float* dw_partial, const T* do
                     }
                 } else {
 #pragma unroll
-                    for (int e = 0; e < V; ++e) dg[e] = r * (h[e] * wv[e] - xv[e] * c);
+                    for (int e = 0; e < V; ++e) dg[e] = __fmul_rn(r, fmaf(h[e], wv[e], -(xv[e] * c)));
                 }
                 if (dx) {
                     if (!overwrite && !loaded) load_f32<V>(dxv, dx + i);
@@ -229,66 +247,93 @@ __global__ void rms_backward_kernel(T* dx, T* dz, float* dw_partial, const T* do
             if (packs <= int(blockDim.x)) {  // a pack a thread: its loads serve both passes
                 const int p = threadIdx.x;
                 const bool on = p < packs;
-                const int64_t i = row + int64_t(p) * V;
-                float h[V] = {}, xv[V] = {}, zv[V] = {}, wv[V] = {}, sz[V] = {}, dxv[V] = {}, dzv[V] = {};
-                if (on) {
-                    load_f32<V>(h, dout + i);
-                    load_f32<V>(xv, x + i);
-                    if constexpr (kGated) load_f32<V>(zv, zn + i);
-                    if (want_dxz) load_f32<V>(wv, w + k * Dg + p * V);
+                float h[R][V] = {}, xv[R][V] = {}, zv[R][V] = {}, wv[V] = {}, sz[R][V] = {}, dxv[R][V] = {},
+                      dzv[R][V] = {};
+#pragma unroll
+                for (int m = 0; m < R; ++m) {
+                    if (!on || !valid[m]) continue;
+                    const int64_t i = nr[m] * D + int64_t(k) * Dg + int64_t(p) * V;
+                    load_f32<V>(h[m], dout + i);
+                    load_f32<V>(xv[m], x + i);
+                    if constexpr (kGated) load_f32<V>(zv[m], z_row(nr[m]) + i);
+                    if (m == 0 && want_dxz) load_f32<V>(wv, w + k * Dg + p * V);
                     // The old gradients with the inputs, so that the row's one memory round trip
                     // comes before its block sum rather than a second one after it (H200: the 130m
                     // step's plain norm backward 1.219 → 1.111 ms).
                     if (!overwrite) {
-                        if (dx) load_f32<V>(dxv, dx + i);
-                        if (kGated && dzn) load_f32<V>(dzv, dzn + i);
+                        if (dx) load_f32<V>(dxv[m], dx + i);
+                        if (kGated && dz) load_f32<V>(dzv[m], dz_row(nr[m]) + i);
                     }
                 }
                 if constexpr (kGated) {
 #pragma unroll
-                    for (int e = 0; e < V; ++e) sz[e] = silu_rounded<T>(zv[e]);
+                    for (int m = 0; m < R; ++m)
+#pragma unroll
+                        for (int e = 0; e < V; ++e) sz[m][e] = silu_rounded<T>(zv[m][e]);
                 }
+                float r[R], c[R] = {};  // c: mean(h·ĝ) · rstd, folded as in the CPU reference
+#pragma unroll
+                for (int m = 0; m < R; ++m) r[m] = valid[m] ? rstd[nr[m] * G + k] : 0.0f;
+                if (want_dxz) {
+                    float sum[R] = {};
+#pragma unroll
+                    for (int m = 0; m < R; ++m)
+#pragma unroll
+                        for (int e = 0; e < V; ++e) {
+                            const float g = kGated ? xv[m][e] * sz[m][e] : xv[m][e];
+                            sum[m] = fmaf(h[m][e] * wv[e], g, sum[m]);
+                        }
+                    if constexpr (R == 1) {
+                        c[0] = block_sum(sum[0], scratch) * r[0] * r[0] / float(Dg);
+                    } else {
+                        const float2 t = block_sum(make_float2(sum[0], sum[1]), scratch2);
+                        c[0] = t.x * r[0] * r[0] / float(Dg);
+                        c[1] = t.y * r[1] * r[1] / float(Dg);
+                    }
+                }
+#pragma unroll
+                for (int m = 0; m < R; ++m)
+                    if (on && valid[m])
+                        finish(nr[m] * D + int64_t(k) * Dg, r[m], z_row(nr[m]), dz_row(nr[m]), p, h[m], xv[m],
+                               zv[m], wv, sz[m], c[m], dxv[m], dzv[m], true);
+                continue;
+            }
+#pragma unroll
+            for (int m = 0; m < R; ++m) {
+                if (!valid[m]) continue;
+                const int64_t row = nr[m] * D + int64_t(k) * Dg;
+                const float r = rstd[nr[m] * G + k];
+                const T* zn = z_row(nr[m]);
+                T* dzn = dz_row(nr[m]);
                 float c = 0.0f;  // mean(h·ĝ) · rstd, folded as in the CPU reference
                 if (want_dxz) {
                     float sum = 0.0f;
+                    for (int p = threadIdx.x; p < packs; p += blockDim.x) {
+                        const int64_t i = row + int64_t(p) * V;
+                        float h[V], g[V], wv[V];
+                        load_f32<V>(h, dout + i);
+                        rms_input<kGated ? RmsKind::kGated : RmsKind::kPlain, V>(g, static_cast<T*>(nullptr),
+                                                                                 x, zn, i);
+                        load_f32<V>(wv, w + k * Dg + p * V);
 #pragma unroll
-                    for (int e = 0; e < V; ++e) {
-                        const float g = kGated ? xv[e] * sz[e] : xv[e];
-                        sum += h[e] * wv[e] * g;
+                        for (int e = 0; e < V; ++e) sum = fmaf(h[e] * wv[e], g[e], sum);
                     }
                     c = block_sum(sum, scratch) * r * r / float(Dg);
                 }
-                if (on) finish(p, h, xv, zv, wv, sz, c, dxv, dzv, true);
-                continue;
-            }
-            float c = 0.0f;  // mean(h·ĝ) · rstd, folded as in the CPU reference
-            if (want_dxz) {
-                float sum = 0.0f;
                 for (int p = threadIdx.x; p < packs; p += blockDim.x) {
                     const int64_t i = row + int64_t(p) * V;
-                    float h[V], g[V], wv[V];
+                    float h[V], xv[V], zv[V] = {}, wv[V] = {}, sz[V] = {};
                     load_f32<V>(h, dout + i);
-                    rms_input<kGated ? RmsKind::kGated : RmsKind::kPlain, V>(g, static_cast<T*>(nullptr), x,
-                                                                             zn, i);
-                    load_f32<V>(wv, w + k * Dg + p * V);
+                    load_f32<V>(xv, x + i);
+                    if constexpr (kGated) {
+                        load_f32<V>(zv, zn + i);
 #pragma unroll
-                    for (int e = 0; e < V; ++e) sum += h[e] * wv[e] * g[e];
+                        for (int e = 0; e < V; ++e) sz[e] = silu_rounded<T>(zv[e]);
+                    }
+                    if (want_dxz) load_f32<V>(wv, w + k * Dg + p * V);
+                    float dxv[V] = {}, dzv[V] = {};
+                    finish(row, r, zn, dzn, p, h, xv, zv, wv, sz, c, dxv, dzv, false);
                 }
-                c = block_sum(sum, scratch) * r * r / float(Dg);
-            }
-            for (int p = threadIdx.x; p < packs; p += blockDim.x) {
-                const int64_t i = row + int64_t(p) * V;
-                float h[V], xv[V], zv[V] = {}, wv[V] = {}, sz[V] = {};
-                load_f32<V>(h, dout + i);
-                load_f32<V>(xv, x + i);
-                if constexpr (kGated) {
-                    load_f32<V>(zv, zn + i);
-#pragma unroll
-                    for (int e = 0; e < V; ++e) sz[e] = silu_rounded<T>(zv[e]);
-                }
-                if (want_dxz) load_f32<V>(wv, w + k * Dg + p * V);
-                float dxv[V] = {}, dzv[V] = {};
-                finish(p, h, xv, zv, wv, sz, c, dxv, dzv, false);
             }
         }
     }
@@ -481,15 +526,36 @@ void launch_rms_backward(const char* kernel, T* dx, T* dz, int64_t ld_dz, T* dw,
     auto dxd = reinterpret_cast<Dev*>(dx), dzd = reinterpret_cast<Dev*>(dz);
     auto g = reinterpret_cast<const Dev*>(dout), xd = reinterpret_cast<const Dev*>(x),
          zd = reinterpret_cast<const Dev*>(z), wd = reinterpret_cast<const Dev*>(w);
+    // Two rows an iteration where one block an SM is all the one-row kernel's registers allow (wide
+    // rows: the 1b preset's gated norm over 4096 channels, 512 threads a block): the block then has
+    // two rows' loads in flight instead of one (H200: 8.25 → 5.68 ms a 1b step). Elsewhere one row,
+    // whose smaller register count keeps more blocks resident (two rows measured 1.10 → 1.36 ms on
+    // the 130m step's gated norm). MSLM_NORM_BWD_ROWS=1 or 2 forces either (the same bits).
+    bool two = false;
     if (vec) {
-        allow_shared<T>(rms_backward_kernel<kGated, V, Dev>, shared, kernel);
-        rms_backward_kernel<kGated, V><<<unsigned(P), threads, shared, s>>>(
-            dxd, dzd, partial, g, xd, zd, ld_z, ld_dz, wd, rstd, N, int(D), int(G), overwrite);
-    } else {
-        allow_shared<T>(rms_backward_kernel<kGated, 1, Dev>, shared, kernel);
-        rms_backward_kernel<kGated, 1><<<unsigned(P), threads, shared, s>>>(
-            dxd, dzd, partial, g, xd, zd, ld_z, ld_dz, wd, rstd, N, int(D), int(G), overwrite);
+        allow_shared<T>(rms_backward_kernel<kGated, V, 1, Dev>, shared, kernel);
+        int blocks = 0;
+        check_cuda<T>(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+                          &blocks, rms_backward_kernel<kGated, V, 1, Dev>, threads, shared),
+                      "cudaOccupancyMaxActiveBlocksPerMultiprocessor", kernel);
+        two = blocks <= 1;
+        if (const char* env = std::getenv("MSLM_NORM_BWD_ROWS")) {
+            const std::string_view v(env);
+            MSLM_CHECK(v == "1" || v == "2", "MSLM_NORM_BWD_ROWS={}: expected 1 or 2", v);
+            two = v == "2";
+        }
     }
+    auto go = [&](auto kernel_fn) {
+        allow_shared<T>(kernel_fn, shared, kernel);
+        kernel_fn<<<unsigned(P), threads, shared, s>>>(dxd, dzd, partial, g, xd, zd, ld_z, ld_dz, wd, rstd, N,
+                                                       int(D), int(G), overwrite);
+    };
+    if (vec && two)
+        go(rms_backward_kernel<kGated, V, 2, Dev>);
+    else if (vec)
+        go(rms_backward_kernel<kGated, V, 1, Dev>);
+    else
+        go(rms_backward_kernel<kGated, 1, 1, Dev>);
     check_launch<T>(kernel);
     if (dw) launch_column_sum(dw, partial, P, D, s);
 }
