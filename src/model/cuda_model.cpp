@@ -19,6 +19,7 @@
 #include "core/dtype.h"
 #include "core/error.h"
 #include "lora/lora.h"
+#include "model/cuda_model_kernels.h"
 #include "model/hybrid_lm.h"
 #include "ops/cuda/adamw.h"
 #include "ops/cuda/attention.h"
@@ -36,14 +37,6 @@
 #include "train/optimizer.h"
 
 namespace mslm {
-
-namespace cuda_model_detail {
-// cuda_model_kernels.cu
-void accumulate_bf16(float* dst, const uint16_t* src, int64_t n, void* stream);
-void scale_f32(float* x, float s, int64_t n, void* stream);
-void gemm_bf16(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const uint16_t* A,
-               int64_t lda, const uint16_t* B, int64_t ldb, float beta, void* C, int64_t ldc, bool c_f32);
-}
 
 namespace {
 
@@ -242,7 +235,13 @@ struct CudaHybridLM::Impl {
     float* params = nullptr;  // (total) fp32 master values
     bf16* params_bf16 = nullptr;
     float* grads = nullptr;             // (total) fp32
-    bf16* staged = nullptr;             // (total) one backward's gradients
+    // One backward's bf16 gradients of the parameters that stage them (cuda_model_detail::StagedRange:
+    // all but the matrix weights, whose gradients go to `grads` directly), staged_total elements, and
+    // the device table of their ranges.
+    bf16* staged = nullptr;
+    int64_t staged_total = 0;
+    cuda_model_detail::StagedRange* staged_ranges = nullptr;
+    int n_staged_ranges = 0;
     kc::IndexStatus* status = nullptr;  // [0] embedding, [1] cross-entropy
     // Optimizer: state (total) fp32, decay mask (total), the norm, clip factor and its scratch.
     float *opt_m = nullptr, *opt_v = nullptr;
@@ -360,6 +359,35 @@ void wire(const ModelConfig& cfg, CudaHybridLM::Impl& m, const std::function<Cud
     }
 }
 
+// Whether each parameter of `specs` stages its gradient in bf16 (folded into the fp32 one after the
+// backward: norm weights, biases, the conv, A_log, D, dt_bias, the embedding) rather than having it
+// added in fp32 directly (the matrix weights, linear_backward_dW_f32): found by wiring a scratch
+// Impl whose fp32 gradient pointers name the parameters.
+std::vector<bool> staged_params(const ModelConfig& cfg, const std::vector<ParamSpec>& specs) {
+    CudaHybridLM::Impl probe;
+    std::vector<float> tag(specs.size());
+    std::map<std::string, size_t> index;
+    for (size_t i = 0; i < specs.size(); ++i) index[specs[i].name] = i;
+    wire(cfg, probe, [&](const std::string& name) {
+        auto it = index.find(name);
+        return it == index.end() ? CudaParam{} : CudaParam{nullptr, nullptr, &tag[it->second]};
+    });
+    std::vector<bool> staged(specs.size(), true);
+    auto matrix = [&](const CudaParam& p) {
+        if (p.g32) staged[static_cast<size_t>(p.g32 - tag.data())] = false;
+    };
+    for (const CudaHybridLM::Impl::Layer& L : probe.layers)
+        for (const CudaParam* p : {&L.in_w, &L.out_w, &L.x_w, &L.dtp_w, &L.qkv_w, &L.o_w, &L.up_w, &L.down_w})
+            matrix(*p);
+    if (!cfg.tie_embeddings) matrix(probe.lm_head);  // tied: the embedding's lookups stage
+    return staged;
+}
+
+// A parameter's slot in the staged buffer: 256-byte aligned, as the parameter layout.
+int64_t staged_slot(int64_t numel) {
+    return (numel + 127) / 128 * 128;
+}
+
 }  // namespace
 
 CudaHybridLM::CudaHybridLM(const ModelConfig& cfg) : cfg_(cfg), impl_(std::make_unique<Impl>()) {
@@ -374,18 +402,40 @@ CudaHybridLM::CudaHybridLM(const ModelConfig& cfg) : cfg_(cfg), impl_(std::make_
     malloc_into(reinterpret_cast<void**>(&m.params), sizeof(float) * total_);
     malloc_into(reinterpret_cast<void**>(&m.params_bf16), sizeof(bf16) * total_);
     malloc_into(reinterpret_cast<void**>(&m.grads), sizeof(float) * total_);
-    malloc_into(reinterpret_cast<void**>(&m.staged), sizeof(bf16) * total_);
     malloc_into(reinterpret_cast<void**>(&m.status), 2 * sizeof(kc::IndexStatus));
     zero(m.params, sizeof(float) * total_);
     zero(m.params_bf16, sizeof(bf16) * total_);
     zero(m.grads, sizeof(float) * total_);
 
-    std::map<std::string, size_t> offsets;
-    for (const ParamSpec& s : specs_) offsets[s.name] = s.offset;
+    // The staged buffer holds only the parameters that stage their gradients (staged_params), so a
+    // backward zeroes and folds only them, not every parameter, and the buffer is that much smaller
+    // (docs/PERFORMANCE.md has the time saved).
+    const std::vector<bool> staged = staged_params(cfg_, specs_);
+    std::vector<cuda_model_detail::StagedRange> ranges;
+    std::map<std::string, const ParamSpec*> by_name;
+    std::map<std::string, int64_t> slot;
+    for (size_t i = 0; i < specs_.size(); ++i) {
+        const ParamSpec& s = specs_[i];
+        by_name[s.name] = &s;
+        if (!staged[i]) continue;
+        slot[s.name] = m.staged_total;
+        ranges.push_back({static_cast<int64_t>(s.offset), m.staged_total, s.numel});
+        m.staged_total += staged_slot(s.numel);
+    }
+    malloc_into(reinterpret_cast<void**>(&m.staged), sizeof(bf16) * m.staged_total);
+    m.n_staged_ranges = static_cast<int>(ranges.size());
+    malloc_into(reinterpret_cast<void**>(&m.staged_ranges),
+                sizeof(cuda_model_detail::StagedRange) * ranges.size());
+    check(cudaMemcpy(m.staged_ranges, ranges.data(), sizeof(cuda_model_detail::StagedRange) * ranges.size(),
+                     cudaMemcpyHostToDevice),
+          "upload staged ranges");
     wire(cfg_, m, [&](const std::string& name) {
-        auto it = offsets.find(name);
-        if (it == offsets.end()) return CudaParam{};
-        return CudaParam{m.params_bf16 + it->second, m.staged + it->second, m.grads + it->second};
+        auto it = by_name.find(name);
+        if (it == by_name.end()) return CudaParam{};
+        const size_t off = it->second->offset;
+        auto st = slot.find(name);
+        return CudaParam{m.params_bf16 + off, st == slot.end() ? nullptr : m.staged + st->second,
+                         m.grads + off};
     });
 }
 
@@ -524,10 +574,10 @@ CudaHybridLM::~CudaHybridLM() {
     Impl& m = *impl_;
     for (void* p :
          {static_cast<void*>(m.params), static_cast<void*>(m.params_bf16), static_cast<void*>(m.grads),
-          static_cast<void*>(m.staged), static_cast<void*>(m.status), static_cast<void*>(m.act),
-          static_cast<void*>(m.opt_m), static_cast<void*>(m.opt_v), static_cast<void*>(m.decay_mask),
-          static_cast<void*>(m.norm), static_cast<void*>(m.clip_scale), static_cast<void*>(m.partials),
-          static_cast<void*>(m.base), static_cast<void*>(m.deq)})
+          static_cast<void*>(m.staged), static_cast<void*>(m.staged_ranges), static_cast<void*>(m.status),
+          static_cast<void*>(m.act), static_cast<void*>(m.opt_m), static_cast<void*>(m.opt_v),
+          static_cast<void*>(m.decay_mask), static_cast<void*>(m.norm), static_cast<void*>(m.clip_scale),
+          static_cast<void*>(m.partials), static_cast<void*>(m.base), static_cast<void*>(m.deq)})
         if (p) cudaFree(p);  // errors at teardown are not actionable
     for (void* p : m.q4) cudaFree(p);
 }
@@ -713,7 +763,10 @@ size_t CudaHybridLM::memory_bytes() const {
     const Impl& m = *impl_;
     const auto n = static_cast<size_t>(total_);
     const size_t optimizer = m.opt_m ? n * (2 * sizeof(float) + 1) : 0;
-    const size_t staged = m.staged ? n * sizeof(bf16) : 0;
+    const size_t staged =
+        m.staged ? static_cast<size_t>(m.staged_total) * sizeof(bf16) +
+                       static_cast<size_t>(m.n_staged_ranges) * sizeof(cuda_model_detail::StagedRange)
+                 : 0;
     return n * (2 * sizeof(float) + sizeof(bf16)) + staged + act_bytes_ + 2 * sizeof(kc::IndexStatus) + optimizer +
            m.base_bytes + m.q4_bytes + m.deq_bytes;
 }
@@ -909,7 +962,15 @@ CudaTrainingMemory CudaHybridLM::training_memory(const ModelConfig& cfg, int64_t
     if (plan.lora_r <= 0) {
         const auto n = static_cast<size_t>(bp.total());
         mem.params = n * (sizeof(float) + sizeof(bf16)) + status;
-        mem.grads = n * (sizeof(float) + sizeof(bf16));
+        const std::vector<bool> staged = staged_params(cfg, bp.specs());
+        size_t staged_n = 0, ranges = 0;  // the staged buffer and its table, as the constructor allocates
+        for (size_t i = 0; i < staged.size(); ++i)
+            if (staged[i]) {
+                staged_n += static_cast<size_t>(staged_slot(bp.specs()[i].numel));
+                ++ranges;
+            }
+        mem.grads =
+            n * sizeof(float) + staged_n * sizeof(bf16) + ranges * sizeof(cuda_model_detail::StagedRange);
         mem.optimizer = n * (2 * sizeof(float) + 1);
     } else {
         LoraConfig lc;
@@ -1448,7 +1509,7 @@ void CudaHybridLM::backward() {
     const Ctx c{cfg_, m, B_, T_, N};
     StageTimer& t = m.timer;
     t.mark("host", KernelFamily::Other);  // the loss's download and the caller, between forward and backward
-    if (m.staged) zero(m.staged, sizeof(bf16) * total_);
+    if (m.staged) zero(m.staged, sizeof(bf16) * static_cast<size_t>(m.staged_total));
     zero(m.g_res, sizeof(bf16) * N * D);
     t.mark("head+loss bwd", KernelFamily::Elementwise);
 
@@ -1486,7 +1547,8 @@ void CudaHybridLM::backward() {
                     check(cudaMemsetAsync(m.g_res + n * D, 0, sizeof(bf16) * D), "zero padding rows");
         kc::embedding_backward(m.embed.g, m.ws, m.g_res, m.ids, N, V, D, &m.status[0]);
         t.mark("embed bwd+grads", KernelFamily::EmbedLoss);
-        cuda_model_detail::accumulate_bf16(m.grads, m.staged, total_, nullptr);
+        cuda_model_detail::accumulate_staged(m.grads, m.staged, m.staged_ranges, m.n_staged_ranges,
+                                             m.staged_total, nullptr);
         t.mark("embed bwd+grads", KernelFamily::Elementwise);
     }
     check(cudaDeviceSynchronize(), "backward");

@@ -72,7 +72,8 @@ class QloraBase;
 }
 
 // Device bytes of a training run, by category (each one allocation): fp32 master values + their
-// bf16 copy; fp32 gradients + the bf16 staging copy; AdamW m, v and the decay mask; the activation
+// bf16 copy; fp32 gradients + the bf16 staging of the parameters that stage theirs (all but the
+// matrix weights); AdamW m, v and the decay mask; the activation
 // plan of one (B, T) step. With LoRA, params, grads and optimizer are the adapter's, and base holds
 // the frozen base: bf16 values, plus the 4-bit blocks and the dequantization scratch with QLoRA.
 // (params also counts the two index status words.)

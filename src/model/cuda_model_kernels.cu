@@ -1,6 +1,6 @@
-// The kernels CudaHybridLM needs of its own (model/cuda_model.h): adding the bf16 staged gradients
-// of a backward into the fp32 gradients, scaling the fp32 gradients (gradient accumulation), and the
-// strided, scaled, accumulating products of the LoRA modules (gemm_bf16), which ops/cuda/linear.h's
+// The kernels CudaHybridLM needs of its own (model/cuda_model_kernels.h): adding the bf16 staged
+// gradients of a backward into the fp32 gradients, scaling the fp32 gradients (gradient accumulation), and
+// the strided, scaled, accumulating products of the LoRA modules (gemm_bf16), which ops/cuda/linear.h's
 // nn.Linear shapes do not cover.
 #include <cublasLt.h>
 #include <cuda_bf16.h>
@@ -10,18 +10,12 @@
 #include <mutex>
 
 #include "core/error.h"
+#include "model/cuda_model_kernels.h"
 #include "ops/cuda/common.cuh"
 
 namespace mslm::cuda_model_detail {
 
 namespace {
-
-__global__ void accumulate_bf16_kernel(float* __restrict__ dst, const __nv_bfloat16* __restrict__ src,
-                                       int64_t n) {
-    for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
-         i += int64_t(gridDim.x) * blockDim.x)
-        dst[i] += ops::cuda::detail::to_f32(src[i]);
-}
 
 __global__ void scale_f32_kernel(float* __restrict__ x, float s, int64_t n) {
     for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
@@ -29,16 +23,44 @@ __global__ void scale_f32_kernel(float* __restrict__ x, float s, int64_t n) {
         x[i] = __fmul_rn(x[i], s);  // one fp32 rounding, as the CPU trainer's g *= s
 }
 
+// grads[r.grad + j] += staged[r.staged + j] for each range r (j < r.n): a thread per staged element,
+// its range found by binary search over the ranges (sorted by r.staged, kept in shared memory); the
+// alignment gaps between ranges are skipped.
+__global__ void accumulate_staged_kernel(float* __restrict__ grads, const __nv_bfloat16* __restrict__ staged,
+                                         const StagedRange* __restrict__ ranges, int n_ranges,
+                                         int64_t total) {
+    extern __shared__ StagedRange table[];
+    for (int i = threadIdx.x; i < n_ranges; i += blockDim.x) table[i] = ranges[i];
+    __syncthreads();
+    for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total;
+         i += int64_t(gridDim.x) * blockDim.x) {
+        int lo = 0, hi = n_ranges - 1;  // the last range starting at or before i
+        while (lo < hi) {
+            const int mid = (lo + hi + 1) / 2;
+            if (table[mid].staged <= i)
+                lo = mid;
+            else
+                hi = mid - 1;
+        }
+        const int64_t j = i - table[lo].staged;
+        if (j >= 0 && j < table[lo].n) grads[table[lo].grad + j] += ops::cuda::detail::to_f32(staged[i]);
+    }
+}
+
 }  // namespace
 
-// dst (n) += src (n), src bf16 bits, in fp32.
-void accumulate_bf16(float* dst, const uint16_t* src, int64_t n, void* stream) {
+// The staged ranges (device table of n_ranges, sorted by their staged offsets) onto the fp32
+// gradients, each element once.
+void accumulate_staged(float* grads, const uint16_t* staged, const StagedRange* ranges, int n_ranges,
+                       int64_t staged_total, void* stream) {
     using namespace ops::cuda::detail;
-    if (n <= 0) return;
-    const char* kernel = "accumulate_bf16";
-    accumulate_bf16_kernel<<<grid_size<uint16_t>(n, kernel), kThreads, 0,
-                             static_cast<cudaStream_t>(stream)>>>(
-        dst, reinterpret_cast<const __nv_bfloat16*>(src), n);
+    if (n_ranges <= 0 || staged_total <= 0) return;
+    const char* kernel = "accumulate_staged";
+    const size_t smem = sizeof(StagedRange) * size_t(n_ranges);
+    MSLM_CHECK(smem <= 48 * 1024, "{}: {} ranges are too many for shared memory", kernel, n_ranges);
+    accumulate_staged_kernel<<<grid_size<uint16_t>(staged_total, kernel), kThreads, smem,
+                               static_cast<cudaStream_t>(stream)>>>(
+        grads, reinterpret_cast<const __nv_bfloat16*>(staged), ranges, n_ranges, staged_total);
     check_launch<uint16_t>(kernel);
 }
 

@@ -100,8 +100,15 @@ StepCosts training_step_costs(const ModelConfig& cfg, int64_t B_, int64_t T_, bo
     k[KF::EmbedLoss].bytes += 2.0 * kAct * N * V + 8.0 * N;  // CE backward: logits, dlogits, lse, targets
     k[KF::EmbedLoss].bytes += kAct * N * D + 4.0 * N + 2.0 * kAct * std::min(N, V) * D;  // scatter
     k[KF::Norm].bytes += norm_bytes(N, D, stats);                                        // final norm
-    k[KF::Elementwise].bytes += kAct * P + kAct * N * D;  // zero the staged grads, g_res
-    k[KF::Elementwise].bytes += (kAct + 8.0) * P;         // fold staged into fp32
+    // The parameters whose gradients stage in bf16: all but the matrix weights (the projections,
+    // the LM head), whose gradients the GEMMs add in fp32; a tied head's matrix is the embedding,
+    // whose lookups stage.
+    double matrices = 0;
+    for_each_projection(
+        cfg, [&](int64_t i, int64_t o) { matrices += static_cast<double>(i) * static_cast<double>(o); });
+    const double S = P - matrices + (cfg.tie_embeddings ? V * D : 0.0);
+    k[KF::Elementwise].bytes += kAct * S + kAct * N * D;  // zero the staged grads, g_res
+    k[KF::Elementwise].bytes += (kAct + 8.0) * S;         // fold staged into fp32
 
     // A residual add: with RMSNorm inside the next norm, which reads the stream and the sublayer's
     // output and writes the sum beside its output (2 more (N, D) passes); with LayerNorm a copy and an

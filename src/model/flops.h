@@ -38,7 +38,8 @@
 //              (forward reads the up projection, writes F; backward reads dF and it, read-writes
 //              its gradient), RoPE in place on q, k (and dq, dk), the column copies of z / dt, the
 //              backward's zeroing of its gradient buffers, and the fold of the bf16-staged
-//              gradients into the fp32 ones (2 + 8 bytes per parameter);
+//              gradients into the fp32 ones (2 + 8 bytes per staged parameter: all but the
+//              matrix weights);
 //   embed+CE   lookup (ids, rows, output), cross-entropy forward (logits in, loss and lse out) and
 //              backward (logits in, dlogits out), the embedding's scatter (dout, ids, read-write
 //              of at most one row per token);

@@ -178,8 +178,11 @@ void compare_with_cpu(const ModelConfig& cfg, int64_t B, int64_t T, uint64_t see
     gpu.backward();
     EXPECT_NEAR(loss, cpu_loss, 2e-2 * std::abs(cpu_loss)) << "loss";
     EXPECT_GT(gpu.memory_bytes(), gpu.activation_bytes());
-    // info's plan (host arithmetic) is the plan the model allocated.
-    EXPECT_EQ(CudaHybridLM::training_memory(cfg, B, T).activations, gpu.activation_bytes());
+    // info's plan (host arithmetic) is the plan the model allocated: the activations, and all of it
+    // but the optimizer state (not uploaded here), the staged gradients' buffer and table included.
+    const CudaTrainingMemory plan = CudaHybridLM::training_memory(cfg, B, T);
+    EXPECT_EQ(plan.activations, gpu.activation_bytes());
+    EXPECT_EQ(plan.total() - plan.optimizer, gpu.memory_bytes());
     EXPECT_GT(gpu.activation_bytes(), static_cast<size_t>(N * cfg.d_model * (cfg.n_layers + 1) * 2));
 
     std::vector<float> grads;
