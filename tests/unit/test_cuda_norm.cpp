@@ -564,6 +564,38 @@ TYPED_TEST(CudaGatedNorm, BackwardAccumulates) {
 #endif
 }
 
+#ifdef MSLM_HAVE_CUDA
+// Random gated-norm backward inputs of (N, D) in G groups, on the host and the device: x, z (|z| ≤ 6),
+// w, dout, a starting gradient for dx / dz, one for dw, and rstd in [0.5, 2] — drawn in that order.
+template <typename T>
+struct GatedBackwardInputs {
+    std::vector<T> x, z, w, dout, grad0, dw0;
+    std::vector<float> rstd;
+    DeviceBuffer<T> d_x, d_z, d_w, d_dout;
+    DeviceBuffer<float> d_rstd;
+    DeviceBytes workspace;
+    GatedBackwardInputs(Rng& rng, int64_t N, int64_t D, int64_t G)
+        : x(random_values<T>(rng, N * D, -2.0, 2.0)),
+          z(random_values<T>(rng, N * D, -6.0, 6.0)),
+          w(random_values<T>(rng, D, -1.5, 1.5)),
+          dout(random_values<T>(rng, N * D, -1.0, 1.0)),
+          grad0(random_values<T>(rng, N * D, -1.0, 1.0)),
+          dw0(random_values<T>(rng, D, -1.0, 1.0)),
+          rstd(uniform_rstd(rng, N * G)),
+          d_x(x),
+          d_z(z),
+          d_w(w),
+          d_dout(dout),
+          d_rstd(rstd),
+          workspace(ops::cuda::norm_backward_workspace_bytes(N, D)) {}
+    static std::vector<float> uniform_rstd(Rng& rng, int64_t n) {
+        std::vector<float> r(static_cast<size_t>(n));
+        for (float& v : r) v = float(rng.uniform(0.5, 2.0));
+        return r;
+    }
+};
+#endif
+
 // GradStore::Overwrite: dx and dz written over whatever the buffers hold, bit for bit what the
 // default += gives on zeroed buffers; dw still adds.
 TYPED_TEST(CudaGatedNorm, BackwardOverwriteIsAddToZeros) {
@@ -573,24 +605,14 @@ TYPED_TEST(CudaGatedNorm, BackwardOverwriteIsAddToZeros) {
     for (const auto& shape : kGatedShapes) {
         const int64_t N = shape[0], D = shape[1], G = shape[2];
         SCOPED_TRACE(where(N, D, G, 0));
-        const auto x = random_values<T>(rng, N * D, -2.0, 2.0);
-        const auto z = random_values<T>(rng, N * D, -6.0, 6.0);
-        const auto w = random_values<T>(rng, D, -1.5, 1.5);
-        const auto dout = random_values<T>(rng, N * D, -1.0, 1.0);
-        const auto junk = random_values<T>(rng, N * D, -1.0, 1.0);
-        const auto dw0 = random_values<T>(rng, D, -1.0, 1.0);
-        std::vector<float> rstd(N * G);
-        for (float& r : rstd) r = float(rng.uniform(0.5, 2.0));
-        DeviceBuffer<T> d_x(x), d_z(z), d_w(w), d_dout(dout);
-        DeviceBuffer<float> d_rstd(rstd);
-        DeviceBytes workspace(ops::cuda::norm_backward_workspace_bytes(N, D));
-        std::vector<T> got[2][3];  // [overwrite][dx, dz, dw]
+        const GatedBackwardInputs<T> in(rng, N, D, G);  // grad0: junk for the overwritten buffers
+        std::vector<T> got[2][3];                       // [overwrite][dx, dz, dw]
         for (int ow = 0; ow < 2; ++ow) {
-            DeviceBuffer<T> d_dx(ow ? junk : std::vector<T>(N * D)), d_dz(ow ? junk : std::vector<T>(N * D)),
-                d_dw(dw0);
+            DeviceBuffer<T> d_dx(ow ? in.grad0 : std::vector<T>(N * D)),
+                d_dz(ow ? in.grad0 : std::vector<T>(N * D)), d_dw(in.dw0);
             ops::cuda::gated_rmsnorm_backward(
-                d_dx.get(), d_dz.get(), d_dw.get(), workspace.get(), d_dout.get(), d_x.get(), d_z.get(),
-                d_w.get(), d_rstd.get(), N, D, G, nullptr,
+                d_dx.get(), d_dz.get(), d_dw.get(), in.workspace.get(), in.d_dout.get(), in.d_x.get(),
+                in.d_z.get(), in.d_w.get(), in.d_rstd.get(), N, D, G, nullptr,
                 ow ? ops::cuda::GradStore::Overwrite : ops::cuda::GradStore::Add);
             got[ow][0] = d_dx.download(), got[ow][1] = d_dz.download(), got[ow][2] = d_dw.download();
         }
@@ -612,31 +634,23 @@ TYPED_TEST(CudaGatedNorm, TwoRowsAnIterationGiveOneRowsBits) {
     for (const auto& shape : shapes) {
         const int64_t N = shape[0], D = shape[1], G = shape[2];
         SCOPED_TRACE(where(N, D, G, 0));
-        const auto x = random_values<T>(rng, N * D, -2.0, 2.0);
-        const auto z = random_values<T>(rng, N * D, -6.0, 6.0);
-        const auto w = random_values<T>(rng, D, -1.5, 1.5);
-        const auto dout = random_values<T>(rng, N * D, -1.0, 1.0);
-        const auto dx0 = random_values<T>(rng, N * D, -1.0, 1.0);
-        const auto dw0 = random_values<T>(rng, D, -1.0, 1.0);
-        std::vector<float> rstd(N * G);
-        for (float& r : rstd) r = float(rng.uniform(0.5, 2.0));
-        DeviceBuffer<T> d_x(x), d_z(z), d_w(w), d_dout(dout);
-        DeviceBuffer<float> d_rstd(rstd);
-        DeviceBytes workspace(ops::cuda::norm_backward_workspace_bytes(N, D));
+        const GatedBackwardInputs<T> in(rng, N, D, G);
+        const std::vector<T>& dx0 = in.grad0;
         for (int ow = 0; ow < 2; ++ow) {
             const auto store = ow ? ops::cuda::GradStore::Overwrite : ops::cuda::GradStore::Add;
             std::vector<T> got[2][5];  // [rows − 1][gated dx, dz, dw, plain dx, dw]
             for (int rows = 1; rows <= 2; ++rows) {
                 const test::ScopedEnv force("MSLM_NORM_BWD_ROWS", std::to_string(rows));
-                DeviceBuffer<T> d_dx(dx0), d_dz(dx0), d_dw(dw0), p_dx(dx0), p_dw(dw0);
-                ops::cuda::gated_rmsnorm_backward(d_dx.get(), d_dz.get(), d_dw.get(), workspace.get(),
-                                                  d_dout.get(), d_x.get(), d_z.get(), d_w.get(), d_rstd.get(),
-                                                  N, D, G, nullptr, store);
+                DeviceBuffer<T> d_dx(dx0), d_dz(dx0), d_dw(in.dw0), p_dx(dx0), p_dw(in.dw0);
+                ops::cuda::gated_rmsnorm_backward(d_dx.get(), d_dz.get(), d_dw.get(), in.workspace.get(),
+                                                  in.d_dout.get(), in.d_x.get(), in.d_z.get(), in.d_w.get(),
+                                                  in.d_rstd.get(), N, D, G, nullptr, store);
                 got[rows - 1][0] = d_dx.download(), got[rows - 1][1] = d_dz.download();
                 got[rows - 1][2] = d_dw.download();
                 if (G == 1) {
-                    ops::cuda::rmsnorm_backward(p_dx.get(), p_dw.get(), workspace.get(), d_dout.get(),
-                                                d_x.get(), d_w.get(), d_rstd.get(), N, D);  // (accumulates)
+                    ops::cuda::rmsnorm_backward(p_dx.get(), p_dw.get(), in.workspace.get(), in.d_dout.get(),
+                                                in.d_x.get(), in.d_w.get(), in.d_rstd.get(), N,
+                                                D);  // (accumulates)
                     got[rows - 1][3] = p_dx.download(), got[rows - 1][4] = p_dw.download();
                 }
             }
