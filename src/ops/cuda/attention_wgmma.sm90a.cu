@@ -435,8 +435,7 @@ __global__ void __launch_bounds__(Bwd<kBwdStages, kDqWg, kDH>::kThreads, 1)
     if (kDqWg && wg == 3) {
         // The dQ warpgroup: per tile, once both consumers stored dSᵀ, dQ = dS·K over all 128 keys (both
         // operands MN-major from shared memory), the dSᵀ buffer handed back, scale·dQ through one of
-        // two staging buffers onto the fp32 accumulator by one bulk reduction; with two halves, a
-        // half at a time, the staging buffers taken in turn over the (tile, half) steps.
+        // two staging buffers onto the fp32 accumulator by one bulk reduction (head dim 64 only: Bwd).
         tma::regs_dealloc<L::kDqRegs>();
         const int dw = (tid / 32) % 4, g = lane / 4, tq = lane % 4;
         tma::mbar_wait(bar_kv, 0);
@@ -445,26 +444,20 @@ __global__ void __launch_bounds__(Bwd<kBwdStages, kDqWg, kDH>::kThreads, 1)
             const int h = hk * group + int(it / n_qt);
             const int64_t qt = j0 / kBwdQ + it % n_qt;
             const char* sdS = base + L::kdS + bf * 16384;
+            float dq[32];
             tma::mbar_wait(&ds_full[bf], uint32_t((it / 2) & 1));
-#pragma unroll
-            for (int hf = 0; hf < kH; ++hf) {
-                float dq[32];
-                wgmma::fence();
-                dq_tile_product(dq, sdS, sK + 16384 * hf);
-                if (hf == kH - 1 && lane == 0) tma::mbar_arrive(&ds_empty[bf]);
-                auto* sdQ = reinterpret_cast<float*>(base + L::kdQ + int((it * kH + hf) & 1) * 16384);
-                if (tid % 128 == 0)
-                    tma::bulk_wait_read_pending<1>();  // this buffer's reduction, two steps back
-                tma::named_sync(2, 128);
-                stage_scaled_dq(sdQ, dq, dw, g, tq, scale);
-                wgmma::fence_proxy_async();
-                tma::named_sync(2, 128);
-                if (tid % 128 == 0) {
-                    tma::reduce_add_f32(
-                        dq_acc + ((int64_t(b) * Hq + h) * n_qt_all + qt) * (64 * kDH) + 4096 * hf, sdQ,
-                        16384);
-                    tma::bulk_commit();
-                }
+            wgmma::fence();
+            dq_tile_product(dq, sdS, sK);
+            if (lane == 0) tma::mbar_arrive(&ds_empty[bf]);
+            auto* sdQ = reinterpret_cast<float*>(base + L::kdQ + bf * 16384);
+            if (tid % 128 == 0) tma::bulk_wait_read_pending<1>();  // this buffer's reduction, two tiles back
+            tma::named_sync(2, 128);
+            stage_scaled_dq(sdQ, dq, dw, g, tq, scale);
+            wgmma::fence_proxy_async();
+            tma::named_sync(2, 128);
+            if (tid % 128 == 0) {
+                tma::reduce_add_f32(dq_acc + ((int64_t(b) * Hq + h) * n_qt_all + qt) * 4096, sdQ, 16384);
+                tma::bulk_commit();
             }
         }
         if (tid % 128 == 0) tma::bulk_wait();
