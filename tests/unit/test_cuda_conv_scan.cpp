@@ -210,6 +210,12 @@ void expect_forward_matches_cpu(const ConvCase& c, Rng& rng) {
     if (c.silu) {
         EXPECT_TRUE(all_close(dpre.download(), pre, d.scale_pre, 16 * kU)) << "pre";
     }
+    // Without the pre-activation output (the training step's call; bf16 rows 16-byte aligned take the
+    // tiled kernel there): the same outputs, bit for bit.
+    DeviceBuffer<T> dout2(n);
+    ops::cuda::conv1d_causal_forward(dout2.get(), static_cast<T*>(nullptr), dx.get(), c.ld_x, dw.get(),
+                                     c.bias ? dbias.get() : nullptr, c.B, c.T, c.C, c.K, c.silu);
+    EXPECT_TRUE(all_equal(dout2.download(), dout.download())) << "out without pre";
 }
 
 template <typename T>
@@ -409,10 +415,10 @@ struct ScopedConvFast : test::ScopedEnv {
 
 #endif  // MSLM_HAVE_CUDA
 
-// The fast kernels run the one-element kernels' fma chains (MSLM_CONV_FAST=0 selects those): out,
-// pre and dx are the same numbers (the forward's taps before the sequence start are fma with zeros
-// instead of skipped, which can only flip the sign of a zero). dw and dbias are summed in another
-// order (checked against the CPU above) but give the same bits on every call.
+// The fast kernels (run and tiled) run the one-element kernels' fma chains (MSLM_CONV_FAST=0 selects
+// those): out, pre and dx are the same numbers (the forward's taps before the sequence start are fma with
+// zeros instead of skipped, which can only flip the sign of a zero). dw and dbias are summed in another order
+// (checked against the CPU above) but give the same bits on every call.
 TYPED_TEST(CudaConv1d, FastKernelsMatchTheOneElementKernels) {
 #ifdef MSLM_HAVE_CUDA
     using T = TypeParam;
@@ -429,16 +435,20 @@ TYPED_TEST(CudaConv1d, FastKernelsMatchTheOneElementKernels) {
         const size_t ws_bytes = ops::cuda::conv1d_causal_backward_workspace_bytes(c.B, c.T, c.C, c.K);
         DeviceBuffer<float> ws(ws_bytes / sizeof(float));
         struct Result {
-            std::vector<T> out, pre, dx, dw, dbias;
+            std::vector<T> out, pre, dx, dw, dbias, out_alone;
         };
         auto run = [&] {
-            DeviceBuffer<T> out(n), pre(n), g_x(dx0, c.offset), g_w(c.C * c.K), g_b(c.C);
+            DeviceBuffer<T> out(n), pre(n), g_x(dx0, c.offset), g_w(c.C * c.K), g_b(c.C), out_alone(n);
             ops::cuda::conv1d_causal_forward(out.get(), pre.get(), x.get(), c.ld_x, w.get(), bias_p, c.B, c.T,
                                              c.C, c.K, c.silu);
+            // Without pre: the training step's call (the tiled kernel for aligned bf16 rows).
+            ops::cuda::conv1d_causal_forward(out_alone.get(), static_cast<T*>(nullptr), x.get(), c.ld_x,
+                                             w.get(), bias_p, c.B, c.T, c.C, c.K, c.silu);
             ops::cuda::conv1d_causal_backward(g_x.get(), g_w.get(), g_b.get(), g_out.get(), x.get(), c.ld_x,
                                               w.get(), bias_p, c.B, c.T, c.C, c.K, c.silu, ws.get(),
                                               ws_bytes);
-            return Result{out.download(), pre.download(), g_x.download(), g_w.download(), g_b.download()};
+            return Result{out.download(), pre.download(), g_x.download(),
+                          g_w.download(), g_b.download(), out_alone.download()};
         };
         Result old;
         {
@@ -448,6 +458,7 @@ TYPED_TEST(CudaConv1d, FastKernelsMatchTheOneElementKernels) {
         ScopedConvFast fast("1");
         const Result got = run(), again = run();
         EXPECT_TRUE(all_equal(got.out, old.out)) << "out";
+        EXPECT_TRUE(all_equal(got.out_alone, old.out)) << "out without pre";
         if (c.silu) {
             EXPECT_TRUE(all_equal(got.pre, old.pre)) << "pre";
         }
