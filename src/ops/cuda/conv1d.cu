@@ -19,6 +19,9 @@
 //   few KB and waited on each; then thread (channel, run of 32 tokens) walks its run from shared
 //   memory as the run kernel does, so dx gets the same bits, into a shared dx tile that the block
 //   stores by 16-byte rows. dw and dbias: the 4 runs added in order into the same partials.
+// - tiled forward (bf16 with 16-byte aligned x and out rows, no history rows and no pre-activation
+//   output — the training step's call; MSLM_CONV_FWD_TILE=0 takes the run kernel): the same staging
+//   of x, the same walk, out through a shared tile (H200: 59.8 → 43.9 µs at the 130m shape).
 // One-element kernels:
 // - forward: one thread per output (b, t, c); K taps from L1/L2.
 // - backward: one thread per (sequence chunk of kChunk rows, channel) walks its rows in order with
