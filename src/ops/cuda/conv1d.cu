@@ -471,6 +471,43 @@ __global__ void __launch_bounds__(kFastThreads, min_blocks(K))
 // kFastChunk; thread (channel tid % 64, run tid / 64).
 constexpr int kTileCh = 64, kTileRuns = 4, kTileRun = int(kFastChunk) / kTileRuns;
 
+// The tiled kernels' pieces (thread tid of kTileRuns · kTileCh; tiles of kTileCh bf16 channels a
+// row, 8 pieces of 16 bytes).
+// rows rows of src (row stride ld) from token t_first on, channels c0 .. c0 + kTileCh − 1, into the
+// shared tile by cp.async: rows outside [0, Tn) and channels past C as zeros (a valid `fallback`
+// address is passed for those copies).
+__device__ __forceinline__ void stage_tile_rows(__nv_bfloat16 (*tile)[kTileCh], const __nv_bfloat16* src,
+                                                int64_t ld, int64_t t_first, int rows, int64_t Tn, int64_t c0,
+                                                int64_t C, const __nv_bfloat16* fallback, int tid) {
+    for (int p = tid; p < rows * 8; p += kTileRuns * kTileCh) {
+        const int row = p / 8, piece = p % 8;
+        const int64_t t = t_first + row, c = c0 + piece * 8;
+        const bool ok = t >= 0 && t < Tn && c < C;
+        cp_async_16_zfill(&tile[row][piece * 8], ok ? src + t * ld + c : fallback, ok);
+    }
+}
+// The shared tile's rows 0 .. kFastChunk − 1 to dst (row stride ld) from token t0 on, 16 bytes a
+// piece, rows before Tn and pieces before C only.
+__device__ __forceinline__ void store_tile_rows(__nv_bfloat16* dst, int64_t ld,
+                                                const __nv_bfloat16 (*tile)[kTileCh], int64_t t0, int64_t Tn,
+                                                int64_t c0, int64_t C, int tid) {
+    for (int p = tid; p < int(kFastChunk) * 8; p += kTileRuns * kTileCh) {
+        const int row = p / 8, piece = p % 8;
+        const int64_t t = t0 + row, c = c0 + piece * 8;
+        if (t < Tn && c < C)
+            *reinterpret_cast<uint4*>(dst + t * ld + c) =
+                *reinterpret_cast<const uint4*>(&tile[row][piece * 8]);
+    }
+}
+// Channel c's taps and bias in fp32 (zeros for an inactive thread).
+template <int K>
+__device__ __forceinline__ void tile_taps(float (&wk)[K], float& b_c, const __nv_bfloat16* w,
+                                          const __nv_bfloat16* bias, int64_t c, bool active) {
+#pragma unroll
+    for (int k = 0; k < K; ++k) wk[k] = active ? to_f32(w[c * K + k]) : 0.0f;
+    b_c = bias && active ? to_f32(bias[c]) : 0.0f;
+}
+
 template <int K>
 struct ConvTile {
     // x rows t0 − (K − 1) .. t1 + K − 2 (the window before the first token and the walk past the
@@ -500,36 +537,15 @@ __global__ void __launch_bounds__(kTileRuns* kTileCh)
     const int tid = threadIdx.x;
     // Every copy first: 8 pieces of 16 bytes a row; rows outside the sequence and channels past C
     // are zeros (so g = 0 there, as in the run kernel).
-    const __nv_bfloat16* xb = x + b * Tn * ld_x;
-    for (int p = tid; p < L::kXRows * 8; p += kTileRuns * kTileCh) {
-        const int row = p / 8, piece = p % 8;
-        const int64_t t = t0 - (K - 1) + row, c = c0 + piece * 8;
-        const bool ok = t >= 0 && t < Tn && c < C;
-        cp_async_16_zfill(&xs[row][piece * 8], ok ? xb + t * ld_x + c : x, ok);
-    }
-    const __nv_bfloat16* gb = dout + b * Tn * C;
-    for (int p = tid; p < L::kGRows * 8; p += kTileRuns * kTileCh) {
-        const int row = p / 8, piece = p % 8;
-        const int64_t t = t0 + row, c = c0 + piece * 8;
-        const bool ok = t < Tn && c < C;
-        cp_async_16_zfill(&gs[row][piece * 8], ok ? gb + t * C + c : dout, ok);
-    }
+    stage_tile_rows(xs, x + b * Tn * ld_x, ld_x, t0 - (K - 1), L::kXRows, Tn, c0, C, x, tid);
+    stage_tile_rows(gs, dout + b * Tn * C, C, t0, L::kGRows, Tn, c0, C, dout, tid);
     __nv_bfloat16* dxb = dx ? dx + b * Tn * ld_x : nullptr;
-    if (dxb && !dx_overwrite)
-        for (int p = tid; p < int(kFastChunk) * 8; p += kTileRuns * kTileCh) {
-            const int row = p / 8, piece = p % 8;
-            const int64_t t = t0 + row, c = c0 + piece * 8;
-            const bool ok = t < Tn && c < C;
-            cp_async_16_zfill(&dxs[row][piece * 8], ok ? dxb + t * ld_x + c : dx, ok);
-        }
+    if (dxb && !dx_overwrite) stage_tile_rows(dxs, dxb, ld_x, t0, int(kFastChunk), Tn, c0, C, dx, tid);
     cp_async_commit();
     const int cl = tid % kTileCh, r0 = (tid / kTileCh) * kTileRun;
     const int64_t c = c0 + cl;
-    const bool active = c < C;
-    float wk[K], b_c = 0.0f;
-#pragma unroll
-    for (int k = 0; k < K; ++k) wk[k] = active ? to_f32(w[c * K + k]) : 0.0f;
-    if (bias && active) b_c = to_f32(bias[c]);
+    float wk[K], b_c;
+    tile_taps<K>(wk, b_c, w, bias, c, c < C);
     cp_async_wait<0>();
     __syncthreads();
 
@@ -574,14 +590,7 @@ __global__ void __launch_bounds__(kTileRuns* kTileCh)
         }
     }
     __syncthreads();  // the walk done: dxs complete, xs free for the sums
-    if (dxb)
-        for (int p = tid; p < int(kFastChunk) * 8; p += kTileRuns * kTileCh) {
-            const int row = p / 8, piece = p % 8;
-            const int64_t t = t0 + row, c = c0 + piece * 8;
-            if (t < Tn && c < C)
-                *reinterpret_cast<uint4*>(dxb + t * ld_x + c) =
-                    *reinterpret_cast<const uint4*>(&dxs[row][piece * 8]);
-        }
+    if (dxb) store_tile_rows(dxb, ld_x, dxs, t0, Tn, c0, C, tid);
     if (!part) return;  // uniform over the grid
 #pragma unroll
     for (int k = 0; k < K; ++k) red[r0 / kTileRun][k][cl] = dw_acc[k];
@@ -626,21 +635,11 @@ __global__ void __launch_bounds__(kTileRuns* kTileCh)
     const int64_t j = blockIdx.x, b = j / chunks, t0 = (j - b * chunks) * kFastChunk,
                   c0 = int64_t(blockIdx.y) * kTileCh;
     const int tid = threadIdx.x;
-    const __nv_bfloat16* xb = x + b * Tn * ld_x;
-    for (int p = tid; p < L::kXRows * 8; p += kTileRuns * kTileCh) {
-        const int row = p / 8, piece = p % 8;
-        const int64_t t = t0 - (K - 1) + row, c = c0 + piece * 8;
-        const bool ok = t >= 0 && t < Tn && c < C;
-        cp_async_16_zfill(&xs[row][piece * 8], ok ? xb + t * ld_x + c : x, ok);
-    }
+    stage_tile_rows(xs, x + b * Tn * ld_x, ld_x, t0 - (K - 1), L::kXRows, Tn, c0, C, x, tid);
     cp_async_commit();
     const int cl = tid % kTileCh, r0 = (tid / kTileCh) * kTileRun;
-    const int64_t c = c0 + cl;
-    const bool active = c < C;
-    float wk[K], b_c = 0.0f;
-#pragma unroll
-    for (int k = 0; k < K; ++k) wk[k] = active ? to_f32(w[c * K + k]) : 0.0f;
-    if (bias && active) b_c = to_f32(bias[c]);
+    float wk[K], b_c;
+    tile_taps<K>(wk, b_c, w, bias, c0 + cl, c0 + cl < C);
     cp_async_wait<0>();
     __syncthreads();
     float win[K];
@@ -659,13 +658,7 @@ __global__ void __launch_bounds__(kTileRuns* kTileCh)
         os[r0 + s][cl] = from_f32<__nv_bfloat16>(acc);
     }
     __syncthreads();
-    __nv_bfloat16* ob = out + b * Tn * C;
-    for (int p = tid; p < int(kFastChunk) * 8; p += kTileRuns * kTileCh) {
-        const int row = p / 8, piece = p % 8;
-        const int64_t t = t0 + row, c8 = c0 + piece * 8;
-        if (t < Tn && c8 < C)
-            *reinterpret_cast<uint4*>(ob + t * C + c8) = *reinterpret_cast<const uint4*>(&os[row][piece * 8]);
-    }
+    store_tile_rows(out + b * Tn * C, C, os, t0, Tn, c0, C, tid);
 }
 
 // dw[c, k] += Σ_j part[j, k, c] and dbias[c] += Σ_j part[j, K, c]: thread (column, slice s) adds
