@@ -114,13 +114,13 @@ __device__ __forceinline__ SigmoidPair sigmoid_pair_fast(float x) {
     const float big = __fdividef(1.0f, 1.0f + t), small = t * big;
     return x >= 0.0f ? SigmoidPair{big, small} : SigmoidPair{small, big};
 }
+// Whether a function whose result is rounded to D takes the fast (MUFU) form: every D but fp32,
+// whose results keep the accurate one (the *_rounded functions here).
+template <typename D>
+constexpr bool kFastForResult = !std::is_same_v<D, float>;
 template <typename D>
 __device__ __forceinline__ SigmoidPair sigmoid_pair_rounded(float x) {
-    if constexpr (std::is_same_v<D, float>) {
-        return sigmoid_pair(x);
-    } else {
-        return sigmoid_pair_fast(x);
-    }
+    return kFastForResult<D> ? sigmoid_pair_fast(x) : sigmoid_pair(x);
 }
 
 // x·σ(x) as x / (1 + e^-x) on the fast exponential and reciprocal (MUFU, 5 instructions against
@@ -139,11 +139,7 @@ __device__ __forceinline__ float silu_fast(float x) {
 }
 template <typename D>
 __device__ __forceinline__ float silu_rounded(float x) {
-    if constexpr (std::is_same_v<D, float>) {
-        return silu(x);
-    } else {
-        return silu_fast(x);
-    }
+    return kFastForResult<D> ? silu_fast(x) : silu(x);
 }
 
 // silu'(x) = σ + x·σ·(1 − σ)
