@@ -591,6 +591,53 @@ TEST(CudaSsdBackward, RegisterMStepsGiveTheStagedKernelsBits) {
 #endif
 }
 
+// ⟨dY, C·S_inᵀ⟩, dcum's state term, comes from the dC kernel's blocks by default (their dY·S_in
+// product summed against C) and from the head kernel's Z steps with MSLM_SSD_Z_IN_DC=0 or without dC.
+// Both hold the reference's tolerance at every shape of both tables; without dC every other gradient
+// has the bits of MSLM_SSD_Z_IN_DC=0 with dC (the same kernels, the same sums).
+TEST(CudaSsdBackward, StateTermFromTheHeadKernelWithoutDc) {
+#ifdef MSLM_HAVE_CUDA
+    if (!cuda_available()) GTEST_SKIP() << "no CUDA GPU: " << cuda_device_summary();
+    using T = uint16_t;
+    ScopedTcSwitch tc{std::nullopt};
+    std::vector<Case> cases(std::begin(kCases), std::end(kCases));
+    cases.insert(cases.end(), std::begin(kTileCases), std::end(kTileCases));
+    uint64_t seed = 1200;
+    for (const Case& c : cases) {
+        {
+            const test::ScopedEnv z("MSLM_SSD_Z_IN_DC", std::string("0"));
+            check_backward<T>(c, seed);
+        }
+        SCOPED_TRACE(describe(c));
+        const Data<T> d = make_data<T>(c, seed);
+        DeviceData<T> dev(d);
+        Rng rng(seed * 17);
+        const std::vector<T> dy = random_values<T>(rng, c.B * c.T * c.H * c.P);
+        const std::vector<T> gx = random_values<T>(rng, d.x.size()), gdt = random_values<T>(rng, d.dt.size()),
+                             gbias = random_values<T>(rng, d.dt_bias.size()),
+                             gA = random_values<T>(rng, d.A_log.size()),
+                             gB = random_values<T>(rng, d.Bm.size()), gD = random_values<T>(rng, d.D.size());
+        DeviceBuffer<T> d_dy(dy);
+        std::vector<std::vector<T>> got[2];
+        for (int with_dc = 0; with_dc < 2; ++with_dc) {
+            const test::ScopedEnv z("MSLM_SSD_Z_IN_DC", std::string(with_dc ? "0" : "1"));
+            DeviceBuffer<T> a(gx), b(gdt), e(gbias), f(gA), g(gB), k(gD),
+                h(std::vector<T>(with_dc ? d.Cm.size() : 0));
+            const ops::SsdGrads<T> grads{or_null(a), or_null(b), or_null(e), or_null(f),
+                                         or_null(g), or_null(h), or_null(k)};
+            ops::cuda::ssd_backward(grads, d_dy.get(), dev.inputs(), or_null(dev.h0), nullptr, d.dims);
+            got[with_dc] = {a.download(), b.download(), e.download(),
+                            f.download(), g.download(), k.download()};
+        }
+        ++seed;
+        for (size_t i = 0; i < got[0].size(); ++i)
+            EXPECT_TRUE(same_bits(got[0][i], got[1][i])) << "gradient " << i << " without dC";
+    }
+#else
+    GTEST_SKIP() << "built without CUDA";
+#endif
+}
+
 // SsdGrads::overwrite: dx, ddt, dB and dC written over junk, bit for bit what the default += gives on
 // zeroed buffers (the tensor-core kernels skip the old values; the fp32 kernels add to a zeroed
 // buffer); the parameter gradients still add. Tensor cores and MSLM_SSD_TC=0, both tables' shapes.

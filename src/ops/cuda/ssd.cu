@@ -103,8 +103,18 @@ struct Workspace {
     // the tensor-core backward's slots (ssd_dcb_tc_kernel, ssd_backward_head_tc_kernel), nT = ⌈Q/64⌉:
     float* erow;    // (B, n_chunks, H, nT, Q)     row sums of E per s tile
     float* ecol;    // (B, n_chunks, H, nT, Q)     column sums of E per t tile
-    float* tok;     // (4, B, n_chunks, H, Q)      per-token ⟨x, dX̃⟩, q, ⟨dY, Z⟩, ⟨dY, x⟩
+    float* tok;     // (3 + ⌈N/64⌉, B, n_chunks, H, Q)  per-token sums, slots kTok* below
 };
+
+// The per-token sums' slots in Workspace::tok: ⟨x, dX̃⟩, q, ⟨dY, x⟩, then ⟨dY, Z⟩ (Z = C·S_inᵀ): in
+// slot kTokZ alone when the head kernel forms Z, or one partial per 64-column n tile from kTokZ on
+// when the dC kernel takes it from its own dY·S_in product (Σ_n C·(dY·S_in) = ⟨dY, C·S_inᵀ⟩).
+constexpr int kTokXdx = 0, kTokQ = 1, kTokDyX = 2, kTokZ = 3;
+
+// Tiles of the tensor-core kernels (64 rows or columns) covering n.
+__host__ __device__ inline int64_t mma_tiles(int64_t n) {
+    return (n + kMmaM - 1) / kMmaM;
+}
 
 size_t layout(const Plan& p, bool backward, char* base, Workspace* ws) {
     const int64_t bht = p.batch * p.H * p.seqlen;
@@ -129,7 +139,7 @@ size_t layout(const Plan& p, bool backward, char* base, Workspace* ws) {
         const int64_t bch_q = p.batch * p.n_chunks * p.H * p.Q, n_tiles = (p.Q + 63) / 64;
         w.erow = reinterpret_cast<float*>(take(bch_q * n_tiles, sizeof(float)));
         w.ecol = reinterpret_cast<float*>(take(bch_q * n_tiles, sizeof(float)));
-        w.tok = reinterpret_cast<float*>(take(4 * bch_q, sizeof(float)));
+        w.tok = reinterpret_cast<float*>(take((kTokZ + mma_tiles(p.N)) * bch_q, sizeof(float)));
     }
     if (ws) *ws = w;
     return at;
@@ -564,9 +574,6 @@ __global__ void ssd_output_kernel(Args<T> a, const float* CB, const float* state
 // operand value but two is a bf16 input and passes through exactly; the two rounded once to bf16 are the decayed score
 // M[t, s]·dt_s, formed in fp32 as in ssd_output_kernel, and the fp32 state S_in of C·S_inᵀ.
 
-__host__ __device__ inline int64_t mma_tiles(int64_t n) {
-    return (n + kMmaM - 1) / kMmaM;
-}
 static_assert(kMmaM == kMmaN, "C·Bᵀ tiles are square: tile (ti, si) with si > ti lies above the diagonal");
 
 // CB (Q, Q) = C·Bᵀ per (b, chunk, group); grid (B·n_chunks·G, mma_tiles(Q)²).
@@ -1532,7 +1539,9 @@ __device__ void finish_backward_head_tc(const Args<T>& a, const Chunk& ch, int64
 //   summed over the group's heads into dCB, and E = G ∘ C·Bᵀ (s < t), whose row and column sums
 //   (the dcum terms) go to per-tile slots erow / ecol;
 //   ssd_backward_head_tc_kernel, per (b, chunk, head) and s tile: dX̃ = diag(decay)·B·dSᵀ + Mᵀ·dY, dx,
-//   and the per-token sums ⟨x, dX̃⟩, q, ⟨dY, C·S_inᵀ⟩ and ⟨dY, x⟩ to `tok`;
+//   and the per-token sums ⟨x, dX̃⟩, q, ⟨dY, x⟩ and (without dC wanted) ⟨dY, C·S_inᵀ⟩ to `tok`;
+//   ssd_dbc_tc_kernel, per (b, chunk, group), row tile and n tile: dC and dB; its dC blocks also give
+//   ⟨dY, C·S_inᵀ⟩ by n tile from their dY·S_in product, one launch ahead of the head kernel;
 //   ssd_backward_finish_tc_kernel, per (b, chunk, head): dcum from the slots in a fixed order, then
 //   finish_backward_head_tc (ddt and the per-chunk parameter sums).
 // Every sum has one writer per output and a fixed order: deterministic.
@@ -1679,13 +1688,13 @@ __global__ void __launch_bounds__(kMmaThreads, 3)
 }
 
 // Per (b, chunk, head) and s tile (grid (B·n_chunks·H, mma_tiles(Q))), for each 64-wide p tile:
-//   Z = C_s·S_inᵀ (S_in split), the row sums ⟨dY_s, Z_s⟩;
+//   kZ: Z = C_s·S_inᵀ (S_in split), the row sums ⟨dY_s, Z_s⟩ (else ssd_dbc_tc_kernel gives them);
 //   acc = V = B_s·dSᵀ (dS split), the row sums q_s = decay_s·dt_s·⟨x_s, V_s⟩, acc *= decay_s;
 //   acc += Mᵀ·dY over the t tiles ≥ s's (M[t, s] = CB[t, s]·exp(cum_t − cum_s), s ≤ t < L, formed in
 //   fp32 from the fp64 difference and split): acc = dX̃;
 //   dx += dt_s·dX̃ + D·dY, and the row sums ⟨x, dX̃⟩, ⟨dY, x⟩.
-// The per-token sums, added over the p tiles in order, go to tok (4, B·n_chunks·H, Q): ⟨x, dX̃⟩, q,
-// ⟨dY, Z⟩, ⟨dY, x⟩.
+// The per-token sums, added over the p tiles in order, go to tok's slots (kTokXdx, kTokQ, kTokDyX,
+// and kTokZ with kZ).
 // The products of a p tile are one pipeline of 64-deep steps (the n tiles of Z, those of V, the t
 // tiles of Mᵀ·dY). A step's operands are both copied by cp.async: the bf16 one (C or B rows s, dY
 // rows t; double-buffered) and the fp32 source of the split one (the state tile, or the C·Bᵀ tile
@@ -1712,7 +1721,7 @@ struct HeadSmem {
     float dt_s[kSt];
 };
 
-template <typename T, bool kRegM = false>
+template <typename T, bool kRegM, bool kZ>
 __global__ void __launch_bounds__(kMmaThreads, 3)
     ssd_backward_head_tc_kernel(Args<T> a, const T* dy, const float* CB, const float* states,
                                 const float* dS_all, T* dx, float* tok) {
@@ -1746,7 +1755,7 @@ __global__ void __launch_bounds__(kMmaThreads, 3)
         sm.dt_s[r] = r < rows_s ? dtv[s0 + r] : 0.0f;
     }
     // (visible after the first step's barrier)
-    const int n_nt = int(mma_tiles(a.N)), n_z = n_nt, n_zv = 2 * n_nt;
+    const int n_nt = int(mma_tiles(a.N)), n_z = kZ ? n_nt : 0, n_zv = n_z + n_nt;
     const int n_it = n_zv + int(mma_tiles(L) - blockIdx.y);
 
     // Σ over this thread's 16 columns of f(j, odd), then over the quad: the warp's row sum.
@@ -1890,7 +1899,7 @@ __global__ void __launch_bounds__(kMmaThreads, 3)
             } else {
                 m_step_registers(acc, it - n_zv, sm.cum_t[buf], &sm.h[buf][0][0]);
             }
-            if (it == n_z - 1) {  // acc = Z
+            if (kZ && it == n_z - 1) {  // acc = Z
 #pragma unroll
                 for (int hf = 0; hf < 2; ++hf) {
                     const int sl = 16 * warp + grp + 8 * hf;
@@ -1953,19 +1962,21 @@ __global__ void __launch_bounds__(kMmaThreads, 3)
 #pragma unroll
     for (int hf = 0; hf < 2; ++hf) {
         const int sl = 16 * warp + grp + 8 * hf;
+        constexpr int kSlot[4] = {kTokXdx, kTokQ, kTokZ, kTokDyX};  // of tk[k]
         if (quad == 0 && sl < rows_s)
 #pragma unroll
-            for (int k = 0; k < 4; ++k) tok[k * n_tok + bch * a.Q + s0 + sl] = tk[k][hf];
+            for (int k = 0; k < 4; ++k)
+                if (kZ || k != 2) tok[kSlot[k] * n_tok + bch * a.Q + s0 + sl] = tk[k][hf];
     }
 }
 
 // Per (b, chunk, head) (grid B·n_chunks·H): dcum[t] = Σ_{si ≤ t's tile} erow − Σ_{ti ≥ t's tile} ecol
-// (in tile order), the per-token sums from tok, then finish_backward_head_tc. Dynamic shared memory:
-// head_tc_vec_bytes(Q).
+// (in tile order), the per-token sums from tok (⟨dY, Z⟩ the sum of z_slots slots from kTokZ, in
+// order), then finish_backward_head_tc. Dynamic shared memory: head_tc_vec_bytes(Q).
 template <typename T>
 __global__ void __launch_bounds__(kMmaThreads)
     ssd_backward_finish_tc_kernel(Args<T> a, const float* states, const float* dS_all, const float* erow,
-                                  const float* ecol, const float* tok, T* ddt, float* part) {
+                                  const float* ecol, const float* tok, int z_slots, T* ddt, float* part) {
     __shared__ float red[kMmaThreads];
     extern __shared__ float vecs[];
     const int64_t bch = blockIdx.x, h = bch % a.H, c = bch / a.H % a.n_chunks, b = bch / (a.H * a.n_chunks);
@@ -1986,10 +1997,12 @@ __global__ void __launch_bounds__(kMmaThreads)
         for (int64_t ti = tt; ti < nT_L; ++ti) e -= ecol[(bch * nT + ti) * a.Q + t];
         dcum[t] = e;
         const int64_t at = bch * a.Q + t;
-        xdx[t] = tok[at];
-        qsum[t] = tok[n_tok + at];
-        rsum[t] = tok[2 * n_tok + at];
-        dD_acc += tok[3 * n_tok + at];
+        xdx[t] = tok[kTokXdx * n_tok + at];
+        qsum[t] = tok[kTokQ * n_tok + at];
+        float z = 0.0f;
+        for (int k = 0; k < z_slots; ++k) z += tok[(kTokZ + k) * n_tok + at];
+        rsum[t] = z;
+        dD_acc += tok[kTokDyX * n_tok + at];
         cum[t] = a.cum[bh * a.seqlen + ch.t0 + t];
         dtv[t] = a.dtv[bh * a.seqlen + ch.t0 + t];
     }
@@ -2009,7 +2022,10 @@ __global__ void __launch_bounds__(kMmaThreads)
 //   the head steps, per head of the group and 64-wide p tile: hacc += Y_h·state_h (dC: dY, S_in;
 //   dB: x, dS), Y_h bf16 exact by ldmatrix, the state fp32 split per warp from its staged tile; after
 //   a head's last p tile, acc += w_h,r·hacc with w = exp(cum_r) (dC) or decay_r·dt_r (dB), as the
-//   loader kernel did.
+//   loader kernel did. With ztok, a dC block first takes Σ_n C[r, n]·hacc[r, n] over its n tile (C's
+//   tile staged once): that is ⟨dY_r, C_r·S_inᵀ⟩'s part from the tile, which the head kernel would
+//   otherwise form as Z = C·S_inᵀ in two extra steps a p tile; it goes to ztok's slot for the n tile
+//   (its warps' parts added in order), for the finish kernel to add in order.
 // Staged tiles are zero outside the operands (rows past L, columns past P or N). Dynamic shared
 // memory: sizeof(DbcSmem).
 struct DbcSmem {
@@ -2018,6 +2034,8 @@ struct DbcSmem {
     double cum_r[2][kSt];            // the head's cum at the tile's rows, and at the chunk's end
     double cum_last[2];
     float dt_r[2][kSt];
+    __nv_bfloat16 cz[kSt][kStLd];  // dC blocks with ztok: C rows r, the n tile
+    float zred[2][4][kSt];         // their warps' row sums of C ∘ (dY_h·S_in_h), by head parity
 };
 
 // acc (warp: 4 m16 × 2 n8 tiles, columns 16w ..) += A·B over one 64-deep step; A bf16 [m][k]
@@ -2080,8 +2098,8 @@ __device__ __forceinline__ void warp_mma_f32split_bf16(float (&acc)[4][2][4], co
 
 template <typename T>
 __global__ void __launch_bounds__(kMmaThreads, 3)
-    ssd_dbc_tc_kernel(Args<T> a, const T* dy, const float* dCB, const float* states, const float* dS_all, T* dC,
-                      T* dB) {
+    ssd_dbc_tc_kernel(Args<T> a, const T* dy, const float* dCB, const float* states, const float* dS_all,
+                      T* dC, T* dB, float* ztok) {
     static_assert(std::is_same_v<T, __nv_bfloat16>, "tensor-core kernels are bf16");
     extern __shared__ __align__(16) unsigned char dyn_smem[];
     DbcSmem& sm = *reinterpret_cast<DbcSmem*>(dyn_smem);
@@ -2144,6 +2162,12 @@ __global__ void __launch_bounds__(kMmaThreads, 3)
         cp_async_commit();
     };
 
+    const bool z_sums = is_dc && ztok != nullptr;
+    if (z_sums) {  // (committed with step 0's copies)
+        const bool vec_c = aligned16(a.Cm) && a.ld_C % 8 == 0 && a.N % 8 == 0;
+        stage_bf16_tile<kSt, kSt, kStLd, kMmaThreads>(
+            &sm.cz[0][0], a.Cm + (ch.row0 + r0) * a.ld_C + g * a.N + n0, a.ld_C, rows_r, cols_n, vec_c);
+    }
     float acc[4][2][4] = {}, hacc[4][2][4] = {};
     stage(0);
     for (int it = 0; it < n_it; ++it) {
@@ -2164,6 +2188,25 @@ __global__ void __launch_bounds__(kMmaThreads, 3)
         } else {
             warp_mma_bf16_f32split(hacc, &sm.h[buf][0][0], &sm.f[buf][0][0]);
             if ((it - n_dcb) % n_pc == n_pc - 1) {
+                if (z_sums) {  // the head's ⟨dY, C·S_inᵀ⟩ over this n tile: Σ_n C ∘ hacc, row by row
+                    const int hp = (it - n_dcb) / n_pc & 1;
+#pragma unroll
+                    for (int i = 0; i < 4; ++i)
+#pragma unroll
+                        for (int hf = 0; hf < 2; ++hf) {
+                            const int rl = 16 * i + grp + 8 * hf;
+                            float v = 0.0f;
+#pragma unroll
+                            for (int jn = 0; jn < 2; ++jn)
+#pragma unroll
+                                for (int odd = 0; odd < 2; ++odd)
+                                    v += __bfloat162float(sm.cz[rl][16 * warp + 8 * jn + 2 * quad + odd]) *
+                                         hacc[i][jn][2 * hf + odd];
+                            v += __shfl_xor_sync(0xffffffffu, v, 1);
+                            v += __shfl_xor_sync(0xffffffffu, v, 2);
+                            if (quad == 0) sm.zred[hp][warp][rl] = v;
+                        }
+                }
                 const double cum_last = sm.cum_last[buf];
 #pragma unroll
                 for (int i = 0; i < 4; ++i)
@@ -2185,6 +2228,15 @@ __global__ void __launch_bounds__(kMmaThreads, 3)
             }
         }
         __syncthreads();
+        // A head's row sums, its warps' parts added in order (the parity's next writer is two heads on,
+        // past the next step's barrier).
+        if (z_sums && it >= n_dcb && (it - n_dcb) % n_pc == n_pc - 1 && int(threadIdx.x) < rows_r) {
+            const int j = (it - n_dcb) / n_pc, hp = j & 1, r = threadIdx.x;
+            const int64_t bch = (b * a.n_chunks + c) * a.H + h_first + j;
+            const int64_t n_tok = a.batch * a.n_chunks * a.H * Q;
+            ztok[(blockIdx.y % nN) * n_tok + bch * Q + r0 + r] =
+                sm.zred[hp][0][r] + sm.zred[hp][1][r] + sm.zred[hp][2][r] + sm.zred[hp][3][r];
+        }
     }
     // The += a row at a time, its 4 old values loaded before any is stored.
     T* grad = is_dc ? dC : dB;
@@ -2552,6 +2604,13 @@ bool backward_head_reg() {
     return v == nullptr || std::string_view(v) != "0";
 }
 
+// ⟨dY, C·S_inᵀ⟩ from the dC kernel's blocks (ssd_dbc_tc_kernel's ztok) unless MSLM_SSD_Z_IN_DC is 0
+// (the head kernel's Z steps). Read at every call, for ablations.
+bool z_in_dc_enabled() {
+    const char* v = std::getenv("MSLM_SSD_Z_IN_DC");
+    return v == nullptr || std::string_view(v) != "0";
+}
+
 // C·Bᵀ of whole chunks as cuBLASLt's strided batched product (one call per group; every chunk's
 // rows are Q·ld apart when T is a multiple of Q) unless MSLM_SSD_CB_GEMM=0 (read at every call, for
 // ablations). bf16 products accumulate in fp32 either way and CB is fp32: only the order of the N
@@ -2693,8 +2752,26 @@ void backward_stages(const SsdGrads<S>& grads, const device_t<S>* dY, const Args
                                 sizeof(DcbSmem), s>>>(a, dY, ws.CB, ws.dCB, ws.erow, ws.ecol);
             check_launch<S>("ssd_dcb_tc");
             times.mark("dcb");
-            auto head = backward_head_reg() ? ssd_backward_head_tc_kernel<T, true>
-                                            : ssd_backward_head_tc_kernel<T, false>;
+            // dC's blocks give ⟨dY, C·S_inᵀ⟩ by n tile (unless MSLM_SSD_Z_IN_DC=0); without dC the head
+            // kernel forms it.
+            const int64_t n_tok = bch * p.Q;
+            const bool z_in_dc = dC != nullptr && z_in_dc_enabled();
+            if (dB || dC) {
+                check_cuda<S>(
+                    cudaFuncSetAttribute(ssd_dbc_tc_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         int(sizeof(DbcSmem))),
+                    "cudaFuncSetAttribute", "ssd_dbc_tc");
+                dim3 grid = tiled_grid(bcg, mma_tiles(p.Q) * mma_tiles(p.N), "ssd_dbc_tc");
+                grid.z = dB && dC ? 2 : 1;
+                ssd_dbc_tc_kernel<<<grid, kMmaThreads, sizeof(DbcSmem), s>>>(
+                    a, dY, ws.dCB, states, ws.dS, dC, dB, z_in_dc ? ws.tok + kTokZ * n_tok : nullptr);
+                check_launch<S>("ssd_dbc_tc");
+                times.mark("dC+dB");
+            }
+            auto head = backward_head_reg() ? (z_in_dc ? ssd_backward_head_tc_kernel<T, true, false>
+                                                       : ssd_backward_head_tc_kernel<T, true, true>)
+                                            : (z_in_dc ? ssd_backward_head_tc_kernel<T, false, false>
+                                                       : ssd_backward_head_tc_kernel<T, false, true>);
             check_cuda<S>(cudaFuncSetAttribute(head, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                                int(sizeof(HeadSmem))),
                           "cudaFuncSetAttribute", "ssd_backward_head_tc");
@@ -2703,20 +2780,10 @@ void backward_stages(const SsdGrads<S>& grads, const device_t<S>* dY, const Args
             check_launch<S>("ssd_backward_head_tc");
             times.mark("backward_head");
             ssd_backward_finish_tc_kernel<<<tiled_grid(bch, 1, "ssd_backward_finish_tc"), kMmaThreads,
-                                            head_tc_vec_bytes(p.Q), s>>>(a, states, ws.dS, ws.erow, ws.ecol,
-                                                                         ws.tok, ddt, ws.part);
+                                            head_tc_vec_bytes(p.Q), s>>>(
+                a, states, ws.dS, ws.erow, ws.ecol, ws.tok, z_in_dc ? int(mma_tiles(p.N)) : 1, ddt, ws.part);
             check_launch<S>("ssd_backward_finish_tc");
             times.mark("backward_finish");
-            if (dB || dC) {
-                check_cuda<S>(cudaFuncSetAttribute(ssd_dbc_tc_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                                   int(sizeof(DbcSmem))),
-                              "cudaFuncSetAttribute", "ssd_dbc_tc");
-                dim3 grid = tiled_grid(bcg, mma_tiles(p.Q) * mma_tiles(p.N), "ssd_dbc_tc");
-                grid.z = dB && dC ? 2 : 1;
-                ssd_dbc_tc_kernel<<<grid, kMmaThreads, sizeof(DbcSmem), s>>>(a, dY, ws.dCB, states, ws.dS, dC, dB);
-                check_launch<S>("ssd_dbc_tc");
-                times.mark("dC+dB");
-            }
             return;
         }
     }
