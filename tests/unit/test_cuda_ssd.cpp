@@ -591,11 +591,13 @@ TEST(CudaSsdBackward, RegisterMStepsGiveTheStagedKernelsBits) {
 #endif
 }
 
-// ⟨dY, C·S_inᵀ⟩, dcum's state term, comes from the dC kernel's blocks by default (their dY·S_in
-// product summed against C) and from the head kernel's Z steps with MSLM_SSD_Z_IN_DC=0 or without dC.
-// Both hold the reference's tolerance at every shape of both tables; without dC every other gradient
-// has the bits of MSLM_SSD_Z_IN_DC=0 with dC (the same kernels, the same sums).
-TEST(CudaSsdBackward, StateTermFromTheHeadKernelWithoutDc) {
+// dcum's state terms: ⟨dY, C·S_inᵀ⟩ comes from the dC kernel's blocks by default (their dY·S_in
+// product summed against C) and from the head kernel's Z steps with MSLM_SSD_Z_IN_DC=0 or without dC;
+// ⟨dS, S_in⟩ from the reverse state pass by default (where P·N is a multiple of its block) and from
+// the finish kernel with MSLM_SSD_DSS_IN_PASS=0. Every form holds the reference's tolerance at every
+// shape of both tables; without dC every other gradient has the bits of MSLM_SSD_Z_IN_DC=0 with dC
+// (the same kernels, the same sums).
+TEST(CudaSsdBackward, StateTermsInEveryForm) {
 #ifdef MSLM_HAVE_CUDA
     if (!cuda_available()) GTEST_SKIP() << "no CUDA GPU: " << cuda_device_summary();
     using T = uint16_t;
@@ -604,8 +606,9 @@ TEST(CudaSsdBackward, StateTermFromTheHeadKernelWithoutDc) {
     cases.insert(cases.end(), std::begin(kTileCases), std::end(kTileCases));
     uint64_t seed = 1200;
     for (const Case& c : cases) {
-        {
-            const test::ScopedEnv z("MSLM_SSD_Z_IN_DC", std::string("0"));
+        for (const char* var : {"MSLM_SSD_Z_IN_DC", "MSLM_SSD_DSS_IN_PASS"}) {
+            SCOPED_TRACE(std::string(var) + "=0");
+            const test::ScopedEnv off(var, std::string("0"));
             check_backward<T>(c, seed);
         }
         SCOPED_TRACE(describe(c));

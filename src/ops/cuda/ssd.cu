@@ -104,6 +104,7 @@ struct Workspace {
     float* erow;    // (B, n_chunks, H, nT, Q)     row sums of E per s tile
     float* ecol;    // (B, n_chunks, H, nT, Q)     column sums of E per t tile
     float* tok;     // (3 + ⌈N/64⌉, B, n_chunks, H, Q)  per-token sums, slots kTok* below
+    float* dss;  // (⌈P·N / kThreads⌉, B, n_chunks, H)  ⟨dS, S_in⟩ in parts (the reverse state pass)
 };
 
 // The per-token sums' slots in Workspace::tok: ⟨x, dX̃⟩, q, ⟨dY, x⟩, then ⟨dY, Z⟩ (Z = C·S_inᵀ): in
@@ -140,6 +141,8 @@ size_t layout(const Plan& p, bool backward, char* base, Workspace* ws) {
         w.erow = reinterpret_cast<float*>(take(bch_q * n_tiles, sizeof(float)));
         w.ecol = reinterpret_cast<float*>(take(bch_q * n_tiles, sizeof(float)));
         w.tok = reinterpret_cast<float*>(take((kTokZ + mma_tiles(p.N)) * bch_q, sizeof(float)));
+        w.dss = reinterpret_cast<float*>(
+            take((p.P * p.N + kThreads - 1) / kThreads * p.batch * p.n_chunks * p.H, sizeof(float)));
     }
     if (ws) *ws = w;
     return at;
@@ -456,6 +459,11 @@ __global__ void ssd_chunk_state_kernel(Args<T> a, const T* dy, float* out) {
 // states16 (forward, optional): each state written to `states` also rounded once to bf16 there, the
 // operand of the register-score output kernel's C·S_inᵀ; with it, store_f32 false leaves `states`
 // holding the chunks' own states (an inference forward, whose only reader is that kernel).
+// dot_with (backward, optional; needs P·N a multiple of blockDim.x, so every thread of a block holds
+// an element): the forward's chunk states S_in, laid out as `states`; each dS written is also
+// multiplied by its S_in and summed over the block (warp sums, then the warps in order), so that
+// dot_part[blockIdx.x · B·n_chunks·H + bch] = Σ over the block's elements of dS ∘ S_in: the finish
+// kernel's ⟨dS, S_in⟩ term in gridDim.x parts, without reading both states again.
 
 // Grid (⌈P·N / blockDim.x⌉, batch·H, strided by gridDim.y): a thread per (b, h, p, n) element, with
 // every chunk's decay of its (b, h) computed once per block into shared memory (n_chunks floats). The
@@ -463,8 +471,10 @@ __global__ void ssd_chunk_state_kernel(Args<T> a, const T* dy, float* out) {
 // the bandwidth (docs/PERFORMANCE.md).
 template <bool kReverse, typename T>
 __global__ void ssd_state_pass_kernel(Args<T> a, float* states, const float* h0, float* h_last,
-                                      __nv_bfloat16* states16, bool store_f32) {
+                                      __nv_bfloat16* states16, bool store_f32, const float* dot_with,
+                                      float* dot_part) {
     extern __shared__ float decay[];  // (n_chunks): exp of each chunk's total log decay
+    __shared__ float dot_red[kThreads / 32][8];
     pdl_wait();  // may be launched with programmatic dependent launch (launch_ops_pdl)
     pdl_trigger();
     // The loads of kBatch chunks are issued before their stores: the compiler cannot tell a store to
@@ -487,13 +497,14 @@ __global__ void ssd_state_pass_kernel(Args<T> a, float* states, const float* h0,
         const int64_t chunk_stride = a.H * PN;
         float S = h0 ? h0[e] : 0.0f;
         for (int64_t step0 = 0; step0 < a.n_chunks; step0 += kBatch) {
-            float own[kBatch];
+            float own[kBatch], with[kBatch], prod[kBatch] = {};
 #pragma unroll
             for (int i = 0; i < kBatch; ++i) {
                 const int64_t step = step0 + i;
                 if (step >= a.n_chunks) break;
                 const int64_t c = kReverse ? a.n_chunks - 1 - step : step;
                 own[i] = base[c * chunk_stride];
+                if (kReverse && dot_with) with[i] = dot_with[(base - states) + c * chunk_stride];
             }
 #pragma unroll
             for (int i = 0; i < kBatch; ++i) {
@@ -503,7 +514,26 @@ __global__ void ssd_state_pass_kernel(Args<T> a, float* states, const float* h0,
                 const int64_t at = c * chunk_stride;
                 if (store_f32) base[at] = S;
                 if (states16) states16[(base - states) + at] = __float2bfloat16_rn(S);
+                if (kReverse && dot_with) prod[i] = S * with[i];
                 S = decay[c] * S + own[i];
+            }
+            if (kReverse && dot_with) {
+                static_assert(kBatch == 8, "dot_red holds a batch's sums");
+                const int warp = threadIdx.x / 32, n_warps = blockDim.x / 32;
+#pragma unroll
+                for (int i = 0; i < kBatch; ++i) {
+                    const float v = warp_sum(prod[i]);
+                    if (threadIdx.x % 32 == 0) dot_red[warp][i] = v;
+                }
+                __syncthreads();
+                const int64_t step = step0 + threadIdx.x;
+                if (int(threadIdx.x) < kBatch && step < a.n_chunks) {
+                    float v = 0.0f;
+                    for (int w = 0; w < n_warps; ++w) v += dot_red[w][threadIdx.x];
+                    const int64_t c = kReverse ? a.n_chunks - 1 - step : step;
+                    dot_part[int64_t(blockIdx.x) * BH * a.n_chunks + (b * a.n_chunks + c) * a.H + h] = v;
+                }
+                __syncthreads();  // dot_red is rewritten by the next batch
             }
         }
         if (h_last) h_last[e] = S;
@@ -1445,24 +1475,29 @@ __global__ void __launch_bounds__(kMmaThreads, NT == 1 ? 4 : 3)
 // all threads, then warp 0 takes the reverse cumulative sum da_t = Σ_{t' ≥ t} dcum_t' by segments
 // (lane i owns ⌈L/32⌉ consecutive tokens: its segment's sum, a suffix scan over the lanes, then a
 // walk down its segment) and writes ddt and the per-chunk sums. A fixed order throughout
-// (deterministic); the sums are blocked rather than recursive, within the same n·u bound. cum and
-// dtv: the chunk's values (shared memory); red: kMmaThreads floats.
+// (deterministic); the sums are blocked rather than recursive, within the same n·u bound. dss:
+// ⟨dS, S_in⟩ of the chunk; cum and dtv: the chunk's values (shared memory); red: kMmaThreads floats.
 size_t head_tc_vec_bytes(int64_t Q) {
     return size_t(Q) * (4 * sizeof(float) + sizeof(double) + sizeof(float));
 }
 
-template <typename T>
-__device__ void finish_backward_head_tc(const Args<T>& a, const Chunk& ch, int64_t h, int64_t bch,
-                                        const float* S_in, const float* dS, float dD_acc, float* vecs,
-                                        const double* cum, const float* dtv, float* red, T* ddt, float* part) {
-    const int64_t L = ch.L;
-    float* dcum = vecs;
-    const float* xdx = vecs + a.Q;
-    const float* qsum = xdx + a.Q;
-    const float* rsum = qsum + a.Q;
-    // ⟨dS, S_in⟩: 16-byte loads, 4 in flight a thread, where the (P, N) slices allow.
+// A block's sum of v (blockDim.x a power of two, red blockDim.x floats), in a fixed tree; returns
+// synchronised, the same bits in every thread.
+__device__ float block_tree_sum(float v, float* red) {
+    __syncthreads();
+    red[threadIdx.x] = v;
+    __syncthreads();
+    for (int w = blockDim.x / 2; w > 0; w >>= 1) {
+        if (int(threadIdx.x) < w) red[threadIdx.x] += red[threadIdx.x + w];
+        __syncthreads();
+    }
+    return red[0];
+}
+
+// ⟨dS, S_in⟩ over a (P, N) state by the block: 16-byte loads, 4 in flight a thread, where the slices
+// allow.
+__device__ float state_dot(const float* S_in, const float* dS, int64_t PN, float* red) {
     float dss = 0.0f;
-    const int64_t PN = a.P * a.N;
     if (aligned16(S_in) && aligned16(dS) && PN % 4 == 0) {
         const float4* s4 = reinterpret_cast<const float4*>(S_in);
         const float4* d4 = reinterpret_cast<const float4*>(dS);
@@ -1474,17 +1509,19 @@ __device__ void finish_backward_head_tc(const Args<T>& a, const Chunk& ch, int64
     } else {
         for (int64_t e = threadIdx.x; e < PN; e += blockDim.x) dss += dS[e] * S_in[e];
     }
-    auto block_sum = [&](float v) {  // blockDim.x a power of two; returns synchronised
-        __syncthreads();
-        red[threadIdx.x] = v;
-        __syncthreads();
-        for (int w = blockDim.x / 2; w > 0; w >>= 1) {
-            if (int(threadIdx.x) < w) red[threadIdx.x] += red[threadIdx.x + w];
-            __syncthreads();
-        }
-        return red[0];
-    };
-    dss = block_sum(dss);
+    return block_tree_sum(dss, red);
+}
+
+template <typename T>
+__device__ void finish_backward_head_tc(const Args<T>& a, const Chunk& ch, int64_t h, int64_t bch, float dss,
+                                        float dD_acc, float* vecs, const double* cum, const float* dtv,
+                                        float* red, T* ddt, float* part) {
+    const int64_t L = ch.L;
+    float* dcum = vecs;
+    const float* xdx = vecs + a.Q;
+    const float* qsum = xdx + a.Q;
+    const float* rsum = qsum + a.Q;
+    auto block_sum = [&](float v) { return block_tree_sum(v, red); };
     const float dD_sum = block_sum(dD_acc);
     float q_part = 0.0f;
     for (int64_t t = threadIdx.x; t < L; t += blockDim.x) {
@@ -1976,7 +2013,8 @@ __global__ void __launch_bounds__(kMmaThreads, 3)
 template <typename T>
 __global__ void __launch_bounds__(kMmaThreads)
     ssd_backward_finish_tc_kernel(Args<T> a, const float* states, const float* dS_all, const float* erow,
-                                  const float* ecol, const float* tok, int z_slots, T* ddt, float* part) {
+                                  const float* ecol, const float* tok, int z_slots, const float* dot_part,
+                                  int n_dot_parts, T* ddt, float* part) {
     __shared__ float red[kMmaThreads];
     extern __shared__ float vecs[];
     const int64_t bch = blockIdx.x, h = bch % a.H, c = bch / a.H % a.n_chunks, b = bch / (a.H * a.n_chunks);
@@ -2006,8 +2044,15 @@ __global__ void __launch_bounds__(kMmaThreads)
         cum[t] = a.cum[bh * a.seqlen + ch.t0 + t];
         dtv[t] = a.dtv[bh * a.seqlen + ch.t0 + t];
     }
-    finish_backward_head_tc(a, ch, h, bch, states + bch * a.P * a.N, dS_all + bch * a.P * a.N, dD_acc, vecs, cum,
-                            dtv, red, ddt, part);
+    // ⟨dS, S_in⟩: the reverse state pass's parts added in order, or the states read here.
+    float dss = 0.0f;
+    if (dot_part) {
+        const int64_t n_bch = a.batch * a.n_chunks * a.H;
+        for (int k = 0; k < n_dot_parts; ++k) dss += dot_part[k * n_bch + bch];
+    } else {
+        dss = state_dot(states + bch * a.P * a.N, dS_all + bch * a.P * a.N, a.P * a.N, red);
+    }
+    finish_backward_head_tc(a, ch, h, bch, dss, dD_acc, vecs, cum, dtv, red, ddt, part);
 }
 
 // dC and dB per (b, chunk, group), as ssd_dbc_kernel, in one launch: grid (B·n_chunks·G,
@@ -2567,7 +2612,8 @@ void state_pass(const Args<device_t<S>>& a, const Workspace& ws, float* states, 
     if (h_last || bcn > 0) {
         check_cuda<S>(launch_ops_pdl(ssd_state_pass_kernel<false, T>, state_pass_grid<S>(a), kThreads,
                                      state_pass_smem(a), stream, a, states, h0, h_last, states16,
-                                     store_f32 || !states16),
+                                     store_f32 || !states16, static_cast<const float*>(nullptr),
+                                     static_cast<float*>(nullptr)),
                       "launch", "ssd_state_pass");
         check_launch<S>("ssd_state_pass");
         times.mark("state_pass");
@@ -2608,6 +2654,13 @@ bool backward_head_reg() {
 // (the head kernel's Z steps). Read at every call, for ablations.
 bool z_in_dc_enabled() {
     const char* v = std::getenv("MSLM_SSD_Z_IN_DC");
+    return v == nullptr || std::string_view(v) != "0";
+}
+
+// ⟨dS, S_in⟩ of the finish from the reverse state pass (its dot_with) unless MSLM_SSD_DSS_IN_PASS is 0
+// (the finish kernel reads both states). Read at every call, for ablations.
+bool dss_in_pass_enabled() {
+    const char* v = std::getenv("MSLM_SSD_DSS_IN_PASS");
     return v == nullptr || std::string_view(v) != "0";
 }
 
@@ -2740,8 +2793,12 @@ void backward_stages(const SsdGrads<S>& grads, const device_t<S>* dY, const Args
                 "launch", "ssd_chunk_state_grad_tc");
             check_launch<S>("ssd_chunk_state_grad_tc");
             times.mark("chunk_state_grad");
-            ssd_state_pass_kernel<true><<<state_pass_grid<S>(a), kThreads, state_pass_smem(a), s>>>(
-                a, ws.dS, nullptr, nullptr, nullptr, true);
+            // ⟨dS, S_in⟩ by the reverse pass where every thread of its blocks holds an element (unless
+            // MSLM_SSD_DSS_IN_PASS=0): the finish kernel then reads gridDim.x parts, not both states.
+            const dim3 pass_grid = state_pass_grid<S>(a);
+            const bool dss_in_pass = (p.P * p.N) % kThreads == 0 && dss_in_pass_enabled();
+            ssd_state_pass_kernel<true><<<pass_grid, kThreads, state_pass_smem(a), s>>>(
+                a, ws.dS, nullptr, nullptr, nullptr, true, dss_in_pass ? states : nullptr, ws.dss);
             check_launch<S>("ssd_state_pass_grad");
             times.mark("state_pass_grad");
             // dCB and the E slots (always: dcum needs E), the per-s-tile head, the finish; then dC, dB.
@@ -2781,7 +2838,8 @@ void backward_stages(const SsdGrads<S>& grads, const device_t<S>* dY, const Args
             times.mark("backward_head");
             ssd_backward_finish_tc_kernel<<<tiled_grid(bch, 1, "ssd_backward_finish_tc"), kMmaThreads,
                                             head_tc_vec_bytes(p.Q), s>>>(
-                a, states, ws.dS, ws.erow, ws.ecol, ws.tok, z_in_dc ? int(mma_tiles(p.N)) : 1, ddt, ws.part);
+                a, states, ws.dS, ws.erow, ws.ecol, ws.tok, z_in_dc ? int(mma_tiles(p.N)) : 1,
+                dss_in_pass ? ws.dss : nullptr, int(pass_grid.x), ddt, ws.part);
             check_launch<S>("ssd_backward_finish_tc");
             times.mark("backward_finish");
             return;
@@ -2793,7 +2851,7 @@ void backward_stages(const SsdGrads<S>& grads, const device_t<S>* dY, const Args
     check_launch<S>("ssd_chunk_state_grad");
     times.mark("chunk_state_grad");
     ssd_state_pass_kernel<true><<<state_pass_grid<S>(a), kThreads, state_pass_smem(a), s>>>(
-        a, ws.dS, nullptr, nullptr, nullptr, true);
+        a, ws.dS, nullptr, nullptr, nullptr, true, nullptr, nullptr);
     check_launch<S>("ssd_state_pass_grad");
     times.mark("state_pass_grad");
     ssd_backward_head_kernel<<<tiled_grid(bch, 1, "ssd_backward_head"), kTileThreads, vec_bytes, s>>>(
