@@ -564,13 +564,14 @@ TEST(CudaSsdOutput, RegisterScoresGiveTheStagedKernelsBits) {
 }
 
 // The backward head with its M steps in registers (the default, MSLM_SSD_BWD_REG=1) against the
-// staged kernel (=0): the same split values through the same products in the same order, so every
-// gradient has the same bits, at every shape of both tables (odd chunk lengths, P = 128's two p
-// tiles, short last t tiles).
+// staged kernel (=0), both on mma.sync: the same split values through the same products in the same
+// order, so every gradient has the same bits, at every shape of both tables (odd chunk lengths, P =
+// 128's two p tiles, short last t tiles).
 TEST(CudaSsdBackward, RegisterMStepsGiveTheStagedKernelsBits) {
 #ifdef MSLM_HAVE_CUDA
     if (!cuda_available()) GTEST_SKIP() << "no CUDA GPU: " << cuda_device_summary();
     using T = uint16_t;
+    const test::ScopedEnv mma_sync("MSLM_SSD_BWD_WGMMA", std::string("0"));
     expect_same_bits_under(
         "MSLM_SSD_BWD_REG", "0", "1", 1100,
         [](const Case& c, const Data<T>& d, DeviceData<T>& dev, uint64_t seed) {
@@ -594,7 +595,8 @@ TEST(CudaSsdBackward, RegisterMStepsGiveTheStagedKernelsBits) {
 // dcum's state terms: ⟨dY, C·S_inᵀ⟩ comes from the dC kernel's blocks by default (their dY·S_in
 // product summed against C) and from the head kernel's Z steps with MSLM_SSD_Z_IN_DC=0 or without dC;
 // ⟨dS, S_in⟩ from the reverse state pass by default (where P·N is a multiple of its block) and from
-// the finish kernel with MSLM_SSD_DSS_IN_PASS=0. Every form holds the reference's tolerance at every
+// the finish kernel with MSLM_SSD_DSS_IN_PASS=0; and the head kernel on warpgroup products (by default
+// on an H100/H200) or mma.sync (MSLM_SSD_BWD_WGMMA=0). Every form holds the reference's tolerance at every
 // shape of both tables; without dC every other gradient has the bits of MSLM_SSD_Z_IN_DC=0 with dC
 // (the same kernels, the same sums).
 TEST(CudaSsdBackward, StateTermsInEveryForm) {
@@ -606,7 +608,7 @@ TEST(CudaSsdBackward, StateTermsInEveryForm) {
     cases.insert(cases.end(), std::begin(kTileCases), std::end(kTileCases));
     uint64_t seed = 1200;
     for (const Case& c : cases) {
-        for (const char* var : {"MSLM_SSD_Z_IN_DC", "MSLM_SSD_DSS_IN_PASS"}) {
+        for (const char* var : {"MSLM_SSD_Z_IN_DC", "MSLM_SSD_DSS_IN_PASS", "MSLM_SSD_BWD_WGMMA"}) {
             SCOPED_TRACE(std::string(var) + "=0");
             const test::ScopedEnv off(var, std::string("0"));
             check_backward<T>(c, seed);

@@ -41,12 +41,15 @@
 #include "ops/cuda/linear.h"
 #include "ops/cuda/mma.cuh"
 #include "ops/cuda/ssd.h"
+#include "ops/cuda/ssd_common.cuh"
+#include "ops/cuda/wgmma_probe.h"
 
 namespace mslm::ops::cuda {
 
 namespace {
 
 using namespace detail;
+using namespace ssd_detail;
 
 // ---- shapes
 
@@ -107,16 +110,6 @@ struct Workspace {
     float* dss;  // (⌈P·N / kThreads⌉, B, n_chunks, H)  ⟨dS, S_in⟩ in parts (the reverse state pass)
 };
 
-// The per-token sums' slots in Workspace::tok: ⟨x, dX̃⟩, q, ⟨dY, x⟩, then ⟨dY, Z⟩ (Z = C·S_inᵀ): in
-// slot kTokZ alone when the head kernel forms Z, or one partial per 64-column n tile from kTokZ on
-// when the dC kernel takes it from its own dY·S_in product (Σ_n C·(dY·S_in) = ⟨dY, C·S_inᵀ⟩).
-constexpr int kTokXdx = 0, kTokQ = 1, kTokDyX = 2, kTokZ = 3;
-
-// Tiles of the tensor-core kernels (64 rows or columns) covering n.
-__host__ __device__ inline int64_t mma_tiles(int64_t n) {
-    return (n + kMmaM - 1) / kMmaM;
-}
-
 size_t layout(const Plan& p, bool backward, char* base, Workspace* ws) {
     const int64_t bht = p.batch * p.H * p.seqlen;
     const int64_t cb = p.batch * p.n_chunks * p.G * p.Q * p.Q;
@@ -175,26 +168,6 @@ private:
 
 // ---- the arguments every kernel reads, by value
 
-template <typename T>  // T: float or __nv_bfloat16
-struct Args {
-    const T* x;
-    int64_t ld_x;
-    const T* dt;
-    int64_t ld_dt;
-    const T* dt_bias;
-    const T* A_log;
-    const T* Bm;
-    int64_t ld_B;
-    const T* Cm;
-    int64_t ld_C;
-    const T* D;
-    float dt_min, dt_max;
-    int64_t batch, seqlen, H, P, G, N, Q, n_chunks, heads_per_group;
-    const float* dtv;   // (B, H, T)
-    const double* cum;  // (B, H, T)
-    bool overwrite;     // the backward's tensor-core kernels write dx, ddt, dB, dC (SsdGrads::overwrite)
-};
-
 template <typename S>
 Args<device_t<S>> make_args(const SsdInputs<S>& in, const Plan& p, const Workspace& ws) {
     using T = device_t<S>;
@@ -210,17 +183,6 @@ Args<device_t<S>> make_args(const SsdInputs<S>& in, const Plan& p, const Workspa
     return a;
 }
 
-// One chunk of one sequence: tokens [t0, t0 + L), flattened rows [row0, row0 + L).
-struct Chunk {
-    int64_t b, c, t0, L, row0;
-};
-
-template <typename T>
-__device__ __forceinline__ Chunk chunk_of(const Args<T>& a, int64_t b, int64_t c) {
-    const int64_t t0 = c * a.Q;
-    return {b, c, t0, min(a.Q, a.seqlen - t0), b * a.seqlen + t0};
-}
-
 // ---- scalar math, as ops/cpu/scalar_math.h
 
 __device__ __forceinline__ float softplus(float v) {
@@ -234,14 +196,6 @@ __device__ __forceinline__ float dt_grad(float v, float lo, float hi) {
     const float s = softplus(v);
     if (s < lo || s > hi) return 0.0f;
     return v > 20.0f ? 1.0f : sigmoid_pair(v).s;
-}
-
-// exp of a segment sum, the difference taken in fp64 (exact enough that only the fp32 steps round):
-// 2^(log2(e)·d) on the special-function unit, relative error about 2^-22 plus 2^-24·|d·log2(e)|
-// from the product (both far below the bf16 rounding of the scores they make); results below 2^-126
-// (d < −87) flush to 0.
-__device__ __forceinline__ float exp_diff(double hi, double lo) {
-    return fast_exp2(static_cast<float>(hi - lo) * 1.44269504f);
 }
 
 template <typename T>
@@ -637,19 +591,11 @@ __global__ void __launch_bounds__(kMmaThreads) ssd_cb_tc_kernel(Args<T> a, float
             }
 }
 
-// ---- warp-tiled products for the staged tensor-core kernels (output, backward).
-// Tiles: 64 × 64, 4 warps, warp w owning output rows 16w .. 16w + 15 and all 64 columns (8 n8
-// tiles), so a row's sum is one warp's (quad shuffles). Shared rows 72 bf16 = 144 bytes: ldmatrix
-// rows 16-byte aligned, and 8 rows at 144-byte pitch fall in distinct bank quads.
-constexpr int kSt = 64, kStLd = 72;
-// fp32 tiles (split by their readers): rows of 68 floats (272 bytes, 16-byte aligned); a warp's
-// column-pair loads (rows 2q + const, columns grp + const) then fall in 32 distinct banks.
-constexpr int kF32Ld = kSt + 4;
-static_assert(kSt == kMmaM, "tiles of the grids and slots are per mma_tiles(Q) tile");
-
 __device__ __forceinline__ bool aligned16(const void* p) {
     return reinterpret_cast<uintptr_t>(p) % 16 == 0;
 }
+
+// ---- warp-tiled products for the staged tensor-core kernels (output, backward).
 
 // acc[j] (8 n8 tiles) += A·B over one 64-deep k step: A from an [m][k] tile (a_km: [k][m]), B from
 // an [n][k] tile (b_kn: [k][n]). Split operands: the lo tile's products first, then hi (as block_mma_ex).
@@ -2657,6 +2603,16 @@ bool z_in_dc_enabled() {
     return v == nullptr || std::string_view(v) != "0";
 }
 
+// The backward head on Hopper's warpgroup products (ssd_wgmma.sm90a.cu) where the device has them and
+// the register-M, Z-in-dC form applies, unless MSLM_SSD_BWD_WGMMA is 0. Read at every call, for
+// ablations.
+#ifdef MSLM_HAVE_SM90A
+bool backward_head_wgmma_enabled() {
+    const char* v = std::getenv("MSLM_SSD_BWD_WGMMA");
+    return v == nullptr || std::string_view(v) != "0";
+}
+#endif
+
 // ⟨dS, S_in⟩ of the finish from the reverse state pass (its dot_with) unless MSLM_SSD_DSS_IN_PASS is 0
 // (the finish kernel reads both states). Read at every call, for ablations.
 bool dss_in_pass_enabled() {
@@ -2832,8 +2788,18 @@ void backward_stages(const SsdGrads<S>& grads, const device_t<S>* dY, const Args
             check_cuda<S>(cudaFuncSetAttribute(head, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                                int(sizeof(HeadSmem))),
                           "cudaFuncSetAttribute", "ssd_backward_head_tc");
-            head<<<tiled_grid(bch, mma_tiles(p.Q), "ssd_backward_head_tc"), kMmaThreads, sizeof(HeadSmem),
-                   s>>>(a, dY, ws.CB, states, ws.dS, dx, ws.tok);
+            const dim3 head_grid = tiled_grid(bch, mma_tiles(p.Q), "ssd_backward_head_tc");
+            bool head_done = false;
+#ifdef MSLM_HAVE_SM90A
+            if (z_in_dc && backward_head_reg() && backward_head_wgmma_enabled() && wgmma_available()) {
+                check_cuda<S>(launch_backward_head_wgmma(a, dY, ws.CB, ws.dS, dx, ws.tok, head_grid, s),
+                              "launch", "ssd_backward_head_wgmma");
+                head_done = true;
+            }
+#endif
+            if (!head_done)
+                head<<<head_grid, kMmaThreads, sizeof(HeadSmem), s>>>(a, dY, ws.CB, states, ws.dS, dx,
+                                                                      ws.tok);
             check_launch<S>("ssd_backward_head_tc");
             times.mark("backward_head");
             ssd_backward_finish_tc_kernel<<<tiled_grid(bch, 1, "ssd_backward_finish_tc"), kMmaThreads,
