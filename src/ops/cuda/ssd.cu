@@ -1034,6 +1034,19 @@ __global__ void __launch_bounds__(kMmaThreads, kMinBlocks)
     }
 }
 
+// A block's sum of v (blockDim.x a power of two, red blockDim.x floats), in a fixed tree; returns
+// synchronised, the same bits in every thread.
+__device__ float block_tree_sum(float v, float* red) {
+    __syncthreads();
+    red[threadIdx.x] = v;
+    __syncthreads();
+    for (int w = blockDim.x / 2; w > 0; w >>= 1) {
+        if (int(threadIdx.x) < w) red[threadIdx.x] += red[threadIdx.x + w];
+        __syncthreads();
+    }
+    return red[0];
+}
+
 // ---- backward, per (b, chunk, head), one block looping over the chunk's tiles (grid
 // B·n_chunks·H). With dM = dY·X̃ᵀ, E = dM ∘ M (s < t), V = B·dSᵀ, Z = C·S_inᵀ:
 //   dX̃     = Mᵀ·dY + diag(decay)·V
@@ -1062,16 +1075,7 @@ __device__ void finish_backward_head(const Args<T>& a, const Chunk& ch, int64_t 
     const double cum_last = cum[L - 1];
     float dss = 0.0f;
     for (int64_t e = threadIdx.x; e < a.P * a.N; e += blockDim.x) dss += dS[e] * S_in[e];
-    auto block_sum = [&](float v) {
-        __syncthreads();
-        red[threadIdx.x] = v;
-        __syncthreads();
-        for (int w = blockDim.x / 2; w > 0; w >>= 1) {
-            if (int(threadIdx.x) < w) red[threadIdx.x] += red[threadIdx.x + w];
-            __syncthreads();
-        }
-        return red[0];
-    };
+    auto block_sum = [&](float v) { return block_tree_sum(v, red); };
     dss = block_sum(dss);
     const float dD_sum = block_sum(dD_acc);
 
@@ -1427,19 +1431,6 @@ size_t head_tc_vec_bytes(int64_t Q) {
     return size_t(Q) * (4 * sizeof(float) + sizeof(double) + sizeof(float));
 }
 
-// A block's sum of v (blockDim.x a power of two, red blockDim.x floats), in a fixed tree; returns
-// synchronised, the same bits in every thread.
-__device__ float block_tree_sum(float v, float* red) {
-    __syncthreads();
-    red[threadIdx.x] = v;
-    __syncthreads();
-    for (int w = blockDim.x / 2; w > 0; w >>= 1) {
-        if (int(threadIdx.x) < w) red[threadIdx.x] += red[threadIdx.x + w];
-        __syncthreads();
-    }
-    return red[0];
-}
-
 // ⟨dS, S_in⟩ over a (P, N) state by the block: 16-byte loads, 4 in flight a thread, where the slices
 // allow.
 __device__ float state_dot(const float* S_in, const float* dS, int64_t PN, float* red) {
@@ -1741,35 +1732,16 @@ __global__ void __launch_bounds__(kMmaThreads, 3)
     const int n_nt = int(mma_tiles(a.N)), n_z = kZ ? n_nt : 0, n_zv = n_z + n_nt;
     const int n_it = n_zv + int(mma_tiles(L) - blockIdx.y);
 
-    // Σ over this thread's 16 columns of f(j, odd), then over the quad: the warp's row sum.
-    auto row_sum = [&](auto f) {
-        float v = 0.0f;
-#pragma unroll
-        for (int j = 0; j < 8; ++j)
-#pragma unroll
-            for (int odd = 0; odd < 2; ++odd) v += f(j, odd);
-        v += __shfl_xor_sync(0xffffffffu, v, 1);
-        v += __shfl_xor_sync(0xffffffffu, v, 2);
-        return v;
-    };
-    auto smem_f32 = [&](const __nv_bfloat16 (&tile)[kSt][kStLd], int r, int col) {
-        return __bfloat162float(tile[r][col]);
-    };
+    const HeadLanes ln;
+    auto acc_ref = [](float(&acc)[8][4]) { return [&acc](int j, int i) -> float& { return acc[j][i]; }; };
 
-    // kRegM: this thread's C·Bᵀ values for the M step of t tile j (counted from the s tile): fragment
-    // register r of 16-deep slice kk holds s row 16·warp + grp + 8·(r % 2) and t columns 16·kk + 2·quad
-    // + 8·(r / 2) (.x) and the next one (.y); zeros outside the chunk, as the staged copy has them.
+    // kRegM: this thread's C·Bᵀ values for the M step of t tile j (counted from the s tile), slice by
+    // slice in Mᵀ's A-fragment layout (head_load_cb_slice); zeros outside the chunk, as the staged copy
+    // has them.
     const int n_t = int(mma_tiles(L) - blockIdx.y), sl_lo = 16 * warp + grp;
     float2 cbv[4][4];
     auto load_cb_slice = [&](int j, int kk) {
-        const int64_t t0 = s0 + int64_t(j) * kSt;
-#pragma unroll
-        for (int r = 0; r < 4; ++r) {
-            const int64_t sv = s0 + sl_lo + 8 * (r % 2), t = t0 + 16 * kk + 2 * quad + 8 * (r / 2);
-            const float* src = cb + t * a.Q + sv;
-            cbv[kk][r].x = sv < L && t < L ? src[0] : 0.0f;
-            cbv[kk][r].y = sv < L && t + 1 < L ? src[a.Q] : 0.0f;
-        }
+        head_load_cb_slice(cbv[kk], cb, a.Q, L, s0, s0 + int64_t(j) * kSt, kk, sl_lo, quad);
     };
     auto load_cb = [&](int j) {
 #pragma unroll
@@ -1783,15 +1755,7 @@ __global__ void __launch_bounds__(kMmaThreads, 3)
 #pragma unroll
         for (int kk = 0; kk < 4; ++kk) {
             uint32_t ah[4], al[4];
-#pragma unroll
-            for (int r = 0; r < 4; ++r) {
-                const int sl = sl_lo + 8 * (r % 2), tl = 16 * kk + 2 * quad + 8 * (r / 2);
-                const int64_t sv = s0 + sl, t = t0 + tl;
-                const float v0 = t < L && sv <= t ? cbv[kk][r].x * exp_diff(cum_t[tl], sm.cum_s[sl]) : 0.0f;
-                const float v1 =
-                    t + 1 < L && sv <= t + 1 ? cbv[kk][r].y * exp_diff(cum_t[tl + 1], sm.cum_s[sl]) : 0.0f;
-                ah[r] = split_pair_hi(v0, v1, al[r]);
-            }
+            head_m_slice(ah, al, cbv[kk], L, s0, t0, kk, sl_lo, quad, cum_t, sm.cum_s);
             if (j + 1 < n_t) load_cb_slice(j + 1, kk);  // the next M step's values of this slice
             mma_split_a_slice(acc, ah, al, hb, 16 * kk);  // warp_mma_k64_split_a's order
         }
@@ -1885,72 +1849,23 @@ __global__ void __launch_bounds__(kMmaThreads, 3)
             if (kZ && it == n_z - 1) {  // acc = Z
 #pragma unroll
                 for (int hf = 0; hf < 2; ++hf) {
-                    const int sl = 16 * warp + grp + 8 * hf;
-                    tk[2][hf] += row_sum(
-                        [&](int j, int odd) { return smem_f32(sm.dys, sl, 8 * j + 2 * quad + odd) * acc[j][2 * hf + odd]; });
+                    const int sl = ln.row(hf);
+                    tk[2][hf] += head_row_sum([&](int j, int odd) {
+                        return tile_f32(sm.dys, sl, 8 * j + 2 * quad + odd) * acc[j][2 * hf + odd];
+                    });
 #pragma unroll
                     for (int j = 0; j < 8; ++j) acc[j][2 * hf] = acc[j][2 * hf + 1] = 0.0f;
                 }
             } else if (it == n_zv - 1) {  // acc = V
-                const double cum_last = cum[L - 1];
-#pragma unroll
-                for (int hf = 0; hf < 2; ++hf) {
-                    const int sl = 16 * warp + grp + 8 * hf;
-                    const float decay = sl < rows_s ? exp_diff(cum_last, sm.cum_s[sl]) : 0.0f;
-                    const float xv = row_sum(
-                        [&](int j, int odd) { return smem_f32(sm.xs, sl, 8 * j + 2 * quad + odd) * acc[j][2 * hf + odd]; });
-                    tk[1][hf] += decay * sm.dt_s[sl] * xv;
-#pragma unroll
-                    for (int j = 0; j < 8; ++j)
-#pragma unroll
-                        for (int odd = 0; odd < 2; ++odd) acc[j][2 * hf + odd] *= decay;
-                }
+                head_after_v(acc_ref(acc), tk[1], sm.xs, sm.cum_s, sm.dt_s, cum[L - 1], rows_s, ln);
             }
         }
-        // acc = dX̃. dx, a row (token s) at a time: its 16 old values loaded before any is stored.
-        const float Dh = a.D ? to_f32(a.D[h]) : 0.0f;
-#pragma unroll
-        for (int hf = 0; hf < 2; ++hf) {
-            const int sl = 16 * warp + grp + 8 * hf;
-            const bool in_s = sl < rows_s;
-            const float dts = sm.dt_s[sl];
-            T* dxrow = dx ? dx + (ch.row0 + s0 + sl) * a.ld_x + h * a.P + p0 : nullptr;
-            float old[8][2];
-#pragma unroll
-            for (int j = 0; j < 8; ++j)
-#pragma unroll
-                for (int odd = 0; odd < 2; ++odd) {
-                    const int pl = 8 * j + 2 * quad + odd;
-                    old[j][odd] = !a.overwrite && dxrow && in_s && pl < cols_p ? to_f32(dxrow[pl]) : 0.0f;
-                }
-#pragma unroll
-            for (int j = 0; j < 8; ++j)
-#pragma unroll
-                for (int odd = 0; odd < 2; ++odd) {
-                    const int pl = 8 * j + 2 * quad + odd;
-                    if (dxrow && in_s && pl < cols_p)
-                        dxrow[pl] = from_f32<T>(old[j][odd] + dts * acc[j][2 * hf + odd] +
-                                                Dh * smem_f32(sm.dys, sl, pl));
-                }
-            tk[0][hf] += row_sum(
-                [&](int j, int odd) { return smem_f32(sm.xs, sl, 8 * j + 2 * quad + odd) * acc[j][2 * hf + odd]; });
-            tk[3][hf] += row_sum([&](int j, int odd) {
-                const int pl = 8 * j + 2 * quad + odd;
-                return smem_f32(sm.dys, sl, pl) * smem_f32(sm.xs, sl, pl);
-            });
-        }
+        // acc = dX̃
+        head_dx(a, acc_ref(acc), dx ? dx + (ch.row0 + s0) * a.ld_x + h * a.P + p0 : nullptr,
+                a.D ? to_f32(a.D[h]) : 0.0f, sm.xs, sm.dys, sm.dt_s, rows_s, cols_p, tk[0], tk[3], ln);
         __syncthreads();  // xs, dys and the step buffers are restaged for the next p tile
     }
-    const int64_t n_tok = a.batch * a.n_chunks * a.H * a.Q;
-#pragma unroll
-    for (int hf = 0; hf < 2; ++hf) {
-        const int sl = 16 * warp + grp + 8 * hf;
-        constexpr int kSlot[4] = {kTokXdx, kTokQ, kTokZ, kTokDyX};  // of tk[k]
-        if (quad == 0 && sl < rows_s)
-#pragma unroll
-            for (int k = 0; k < 4; ++k)
-                if (kZ || k != 2) tok[kSlot[k] * n_tok + bch * a.Q + s0 + sl] = tk[k][hf];
-    }
+    head_store_tok(tok, a.batch * a.n_chunks * a.H * a.Q, bch * a.Q + s0, tk, kZ, rows_s, ln);
 }
 
 // Per (b, chunk, head) (grid B·n_chunks·H): dcum[t] = Σ_{si ≤ t's tile} erow − Σ_{ti ≥ t's tile} ecol

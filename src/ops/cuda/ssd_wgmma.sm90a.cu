@@ -94,35 +94,14 @@ __global__ void __launch_bounds__(128, 3)
     // (visible after the first step's barrier)
     const int n_v = int(mma_tiles(a.N)), n_t = int(mma_tiles(L) - blockIdx.y), n_it = n_v + n_t;
 
-    // Σ over this thread's 16 columns of f(j, odd), then over the quad: the warp's row sum.
-    auto row_sum = [&](auto f) {
-        float v = 0.0f;
-#pragma unroll
-        for (int j = 0; j < 8; ++j)
-#pragma unroll
-            for (int odd = 0; odd < 2; ++odd) v += f(j, odd);
-        v += __shfl_xor_sync(0xffffffffu, v, 1);
-        v += __shfl_xor_sync(0xffffffffu, v, 2);
-        return v;
-    };
-    auto smem_f32 = [&](const __nv_bfloat16(&tile)[kSt][kStLd], int r, int col) {
-        return __bfloat162float(tile[r][col]);
-    };
-
-    // This thread's C·Bᵀ values for the M step of t tile j (counted from the s tile), in the A
-    // fragment's layout (as the mma.sync kernel's kRegM): register r of slice kk holds s row
-    // 16·warp + grp + 8·(r % 2) and t columns 16·kk + 2·quad + 8·(r / 2) (.x) and the next (.y).
+    const HeadLanes ln;
+    auto acc_ref = [](float(&acc)[32]) { return [&acc](int j, int i) -> float& { return acc[4 * j + i]; }; };
+    // This thread's C·Bᵀ values for the M step of t tile j (counted from the s tile), slice by slice in
+    // Mᵀ's A-fragment layout, as the mma.sync kernel's kRegM.
     const int sl_lo = 16 * warp + grp;
     float2 cbv[4][4];
     auto load_cb_slice = [&](int j, int kk) {
-        const int64_t t0 = s0 + int64_t(j) * kSt;
-#pragma unroll
-        for (int r = 0; r < 4; ++r) {
-            const int64_t sv = s0 + sl_lo + 8 * (r % 2), t = t0 + 16 * kk + 2 * quad + 8 * (r / 2);
-            const float* src = cb + t * a.Q + sv;
-            cbv[kk][r].x = sv < L && t < L ? src[0] : 0.0f;
-            cbv[kk][r].y = sv < L && t + 1 < L ? src[a.Q] : 0.0f;
-        }
+        head_load_cb_slice(cbv[kk], cb, a.Q, L, s0, s0 + int64_t(j) * kSt, kk, sl_lo, quad);
     };
 
     float tk[4][2] = {};  // ⟨x, dX̃⟩, q, (unused), ⟨dY, x⟩ for rows 16w + grp + 8·hf
@@ -203,17 +182,7 @@ __global__ void __launch_bounds__(128, 3)
                 uint32_t ah[4][4], al[4][4];
 #pragma unroll
                 for (int kk = 0; kk < 4; ++kk) {
-#pragma unroll
-                    for (int r = 0; r < 4; ++r) {
-                        const int sl = sl_lo + 8 * (r % 2), tl = 16 * kk + 2 * quad + 8 * (r / 2);
-                        const int64_t sv = s0 + sl, t = t0 + tl;
-                        const float v0 =
-                            t < L && sv <= t ? cbv[kk][r].x * exp_diff(cum_t[tl], sm.cum_s[sl]) : 0.0f;
-                        const float v1 = t + 1 < L && sv <= t + 1
-                                             ? cbv[kk][r].y * exp_diff(cum_t[tl + 1], sm.cum_s[sl])
-                                             : 0.0f;
-                        ah[kk][r] = split_pair_hi(v0, v1, al[kk][r]);
-                    }
+                    head_m_slice(ah[kk], al[kk], cbv[kk], L, s0, t0, kk, sl_lo, quad, cum_t, sm.cum_s);
                     if (j + 1 < n_t) load_cb_slice(j + 1, kk);  // the next M step's values of this slice
                     wgmma::fence();
                     const uint64_t db = wgmma::sw128_desc(sm.h[buf] + 2048 * kk);
@@ -223,70 +192,15 @@ __global__ void __launch_bounds__(128, 3)
                 wgmma::commit();
                 wgmma::wait<0>();
             }
-            if (it == n_v - 1) {  // acc = V: the row sums q, then acc *= decay
-                const double cum_last = cum[L - 1];
-#pragma unroll
-                for (int hf = 0; hf < 2; ++hf) {
-                    const int sl = 16 * warp + grp + 8 * hf;
-                    const float decay = sl < rows_s ? exp_diff(cum_last, sm.cum_s[sl]) : 0.0f;
-                    const float xv = row_sum([&](int j, int odd) {
-                        return smem_f32(sm.xs, sl, 8 * j + 2 * quad + odd) * acc[4 * j + 2 * hf + odd];
-                    });
-                    tk[1][hf] += decay * sm.dt_s[sl] * xv;
-#pragma unroll
-                    for (int j = 0; j < 8; ++j)
-#pragma unroll
-                        for (int odd = 0; odd < 2; ++odd) acc[4 * j + 2 * hf + odd] *= decay;
-                }
-            }
+            if (it == n_v - 1)  // acc = V: the row sums q, then acc *= decay
+                head_after_v(acc_ref(acc), tk[1], sm.xs, sm.cum_s, sm.dt_s, cum[L - 1], rows_s, ln);
         }
-        // acc = dX̃. dx, a row (token s) at a time: its 16 old values loaded before any is stored.
-        const float Dh = a.D ? __bfloat162float(a.D[h]) : 0.0f;
-#pragma unroll
-        for (int hf = 0; hf < 2; ++hf) {
-            const int sl = 16 * warp + grp + 8 * hf;
-            const bool in_s = sl < rows_s;
-            const float dts = sm.dt_s[sl];
-            T* dxrow = dx ? dx + (ch.row0 + s0 + sl) * a.ld_x + h * a.P + p0 : nullptr;
-            float old[8][2];
-#pragma unroll
-            for (int j = 0; j < 8; ++j)
-#pragma unroll
-                for (int odd = 0; odd < 2; ++odd) {
-                    const int pl = 8 * j + 2 * quad + odd;
-                    old[j][odd] =
-                        !a.overwrite && dxrow && in_s && pl < cols_p ? __bfloat162float(dxrow[pl]) : 0.0f;
-                }
-#pragma unroll
-            for (int j = 0; j < 8; ++j)
-#pragma unroll
-                for (int odd = 0; odd < 2; ++odd) {
-                    const int pl = 8 * j + 2 * quad + odd;
-                    if (dxrow && in_s && pl < cols_p)
-                        dxrow[pl] = __float2bfloat16_rn(old[j][odd] + dts * acc[4 * j + 2 * hf + odd] +
-                                                        Dh * smem_f32(sm.dys, sl, pl));
-                }
-            tk[0][hf] += row_sum([&](int j, int odd) {
-                return smem_f32(sm.xs, sl, 8 * j + 2 * quad + odd) * acc[4 * j + 2 * hf + odd];
-            });
-            tk[3][hf] += row_sum([&](int j, int odd) {
-                const int pl = 8 * j + 2 * quad + odd;
-                return smem_f32(sm.dys, sl, pl) * smem_f32(sm.xs, sl, pl);
-            });
-        }
+        // acc = dX̃
+        head_dx(a, acc_ref(acc), dx ? dx + (ch.row0 + s0) * a.ld_x + h * a.P + p0 : nullptr,
+                a.D ? to_f32(a.D[h]) : 0.0f, sm.xs, sm.dys, sm.dt_s, rows_s, cols_p, tk[0], tk[3], ln);
         __syncthreads();  // xs, dys and the step buffers are restaged for the next p tile
     }
-    const int64_t n_tok = a.batch * a.n_chunks * a.H * a.Q;
-#pragma unroll
-    for (int hf = 0; hf < 2; ++hf) {
-        const int sl = 16 * warp + grp + 8 * hf;
-        float* at = tok + bch * a.Q + s0 + sl;
-        if (quad == 0 && sl < rows_s) {
-            at[kTokXdx * n_tok] = tk[0][hf];
-            at[kTokQ * n_tok] = tk[1][hf];
-            at[kTokDyX * n_tok] = tk[3][hf];
-        }
-    }
+    head_store_tok(tok, a.batch * a.n_chunks * a.H * a.Q, bch * a.Q + s0, tk, false, rows_s, ln);
 }
 
 }  // namespace
