@@ -2672,7 +2672,8 @@ void backward_stages(const SsdGrads<S>& grads, const device_t<S>* dY, const Args
                 a, ws.dS, nullptr, nullptr, nullptr, true, dss_in_pass ? states : nullptr, ws.dss);
             check_launch<S>("ssd_state_pass_grad");
             times.mark("state_pass_grad");
-            // dCB and the E slots (always: dcum needs E), the per-s-tile head, the finish; then dC, dB.
+            // dCB and the E slots (always: dcum needs E), then dC and dB, the per-s-tile head and the
+            // finish.
             check_cuda<S>(cudaFuncSetAttribute(ssd_dcb_tc_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                                int(sizeof(DcbSmem))),
                           "cudaFuncSetAttribute", "ssd_dcb_tc");
