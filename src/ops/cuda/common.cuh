@@ -80,7 +80,7 @@ __device__ __forceinline__ void store(T* p, const Pack<T, V>& pack) {
     *reinterpret_cast<Pack<T, V>*>(p) = pack;
 }
 
-inline bool aligned16(const void* p) {
+__host__ __device__ inline bool aligned16(const void* p) {
     return reinterpret_cast<uintptr_t>(p) % 16 == 0;
 }
 

@@ -484,7 +484,7 @@ __global__ void ssd_state_pass_kernel(Args<T> a, float* states, const float* h0,
                 if (int(threadIdx.x) < kBatch && step < a.n_chunks) {
                     float v = 0.0f;
                     for (int w = 0; w < n_warps; ++w) v += dot_red[w][threadIdx.x];
-                    const int64_t c = kReverse ? a.n_chunks - 1 - step : step;
+                    const int64_t c = a.n_chunks - 1 - step;
                     dot_part[int64_t(blockIdx.x) * BH * a.n_chunks + (b * a.n_chunks + c) * a.H + h] = v;
                 }
                 __syncthreads();  // dot_red is rewritten by the next batch
@@ -589,10 +589,6 @@ __global__ void __launch_bounds__(kMmaThreads) ssd_cb_tc_kernel(Args<T> a, float
                 const int64_t t = t0 + mma_row(i, r), s = s0 + mma_col(j, r);
                 if (t < ch.L && s < ch.L) out[t * a.Q + s] = acc.c[i][j][r];
             }
-}
-
-__device__ __forceinline__ bool aligned16(const void* p) {
-    return reinterpret_cast<uintptr_t>(p) % 16 == 0;
 }
 
 // ---- warp-tiled products for the staged tensor-core kernels (output, backward).
@@ -2697,13 +2693,6 @@ void backward_stages(const SsdGrads<S>& grads, const device_t<S>* dY, const Args
                 check_launch<S>("ssd_dbc_tc");
                 times.mark("dC+dB");
             }
-            auto head = backward_head_reg() ? (z_in_dc ? ssd_backward_head_tc_kernel<T, true, false>
-                                                       : ssd_backward_head_tc_kernel<T, true, true>)
-                                            : (z_in_dc ? ssd_backward_head_tc_kernel<T, false, false>
-                                                       : ssd_backward_head_tc_kernel<T, false, true>);
-            check_cuda<S>(cudaFuncSetAttribute(head, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                               int(sizeof(HeadSmem))),
-                          "cudaFuncSetAttribute", "ssd_backward_head_tc");
             const dim3 head_grid = tiled_grid(bch, mma_tiles(p.Q), "ssd_backward_head_tc");
             bool head_done = false;
 #ifdef MSLM_HAVE_SM90A
@@ -2713,9 +2702,17 @@ void backward_stages(const SsdGrads<S>& grads, const device_t<S>* dY, const Args
                 head_done = true;
             }
 #endif
-            if (!head_done)
+            if (!head_done) {
+                auto head = backward_head_reg() ? (z_in_dc ? ssd_backward_head_tc_kernel<T, true, false>
+                                                           : ssd_backward_head_tc_kernel<T, true, true>)
+                                                : (z_in_dc ? ssd_backward_head_tc_kernel<T, false, false>
+                                                           : ssd_backward_head_tc_kernel<T, false, true>);
+                check_cuda<S>(cudaFuncSetAttribute(head, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                   int(sizeof(HeadSmem))),
+                              "cudaFuncSetAttribute", "ssd_backward_head_tc");
                 head<<<head_grid, kMmaThreads, sizeof(HeadSmem), s>>>(a, dY, ws.CB, states, ws.dS, dx,
                                                                       ws.tok);
+            }
             check_launch<S>("ssd_backward_head_tc");
             times.mark("backward_head");
             ssd_backward_finish_tc_kernel<<<tiled_grid(bch, 1, "ssd_backward_finish_tc"), kMmaThreads,

@@ -20,10 +20,6 @@ namespace mslm::ops::cuda::ssd_detail {
 
 namespace {
 
-__device__ __forceinline__ bool aligned16_dev(const void* p) {
-    return reinterpret_cast<uintptr_t>(p) % 16 == 0;
-}
-
 // dst (64 × 64 bf16, 128-byte swizzled rows, 1024-byte aligned) = src[r·ld + c] for r < rows and c <
 // cols, else 0. vec: src and ld·2 bytes 16-byte aligned and cols a multiple of 8 or ≥ 64 (16-byte
 // cp.async pieces, wholly in or out); otherwise element by element. 128 threads.
@@ -82,10 +78,10 @@ __global__ void __launch_bounds__(128, 3)
     const T* xg = a.x + ch.row0 * a.ld_x + h * a.P;
     const T* dYg = dy + (ch.row0 * a.H + h) * a.P;  // row stride H·P
     const T* Bg = a.Bm + ch.row0 * a.ld_B + g * a.N;
-    const bool vec_x = aligned16_dev(a.x) && a.ld_x % 8 == 0 && a.P % 8 == 0;
-    const bool vec_y = aligned16_dev(dy) && a.P % 8 == 0;
-    const bool vec_b = aligned16_dev(a.Bm) && a.ld_B % 8 == 0 && a.N % 8 == 0;
-    const bool vec_st = aligned16_dev(dS_all) && a.N % 4 == 0;
+    const bool vec_x = aligned16(a.x) && a.ld_x % 8 == 0 && a.P % 8 == 0;
+    const bool vec_y = aligned16(dy) && a.P % 8 == 0;
+    const bool vec_b = aligned16(a.Bm) && a.ld_B % 8 == 0 && a.N % 8 == 0;
+    const bool vec_st = aligned16(dS_all) && a.N % 4 == 0;
     const int warp = threadIdx.x / 32, grp = threadIdx.x % 32 / 4, quad = threadIdx.x % 4;
     for (int r = threadIdx.x; r < kSt; r += 128) {
         sm.cum_s[r] = r < rows_s ? cum[s0 + r] : 0.0;
