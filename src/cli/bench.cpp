@@ -15,6 +15,7 @@
 #include "bench/onnx_reference.h"
 #include "bench/train_profile.h"
 #include "cli/commands.h"
+#include "cli/generation_options.h"
 #include "core/error.h"
 #include "core/thread_pool.h"
 #include "model/config.h"
@@ -52,6 +53,7 @@ void register_bench(CLI::App& app) {
                     "w8a16, nf4 or fp4 (bitsandbytes 4-bit, blocks of 64); on a GPU f32 means bf16")
         ->check(CLI::IsMember({"f32", "fp32", "bf16", "int8", "w8a8", "w8a16", "nf4", "fp4"}))
         ->default_str("f32");
+    add_state_dtype_flag(cmd);
     cmd->add_option("--batch", args->batch, "Training batch rows (default: CPU 1, GPU 8)")
         ->check(CLI::PositiveNumber);
     cmd->add_option(

@@ -26,9 +26,13 @@ struct GenerationFlags {
     std::string device = "cpu";                 // --device: cpu | cuda | cuda:N
 };
 
-// Adds --max-new-tokens, --temperature, ..., --num-beams, --stop, --sample, --set, --dtype and --device
-// to cmd.
+// Adds --max-new-tokens, --temperature, ..., --num-beams, --stop, --sample, --set, --dtype, --device and
+// --state-dtype to cmd.
 void add_generation_flags(CLI::App* cmd, GenerationFlags& flags);
+// Adds --state-dtype f32|bf16: the Mamba-2 SSM states the decoders keep, set for the whole process
+// (MSLM_DECODE_STATE, which the CPU and GPU decoders read when they are built). generate, chat and
+// bench take it.
+void add_state_dtype_flag(CLI::App* cmd);
 // Applies the flags that were given to cfg (through GenerationConfig::set), then validates.
 void apply_generation_flags(const GenerationFlags& flags, GenerationConfig& cfg);
 

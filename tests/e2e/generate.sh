@@ -21,6 +21,10 @@ check "bf16 inference weights" 0 "^[0-9 ]+$" -- "$bin" generate --model "$model"
     --max-new-tokens 8 --dtype bf16
 check "int8 inference weights, beam search" 0 "sequence 1" -- "$bin" generate --model "$model" \
     --prompt-ids "$romeo" --max-new-tokens 6 --num-beams 2 --num-return-sequences 2 --dtype int8
+check "bf16 SSM states" 0 "^[0-9 ]+$" -- "$bin" generate --model "$model" --prompt-ids "$romeo" \
+    --max-new-tokens 8 --state-dtype bf16
+check "an unknown --state-dtype is refused" 105 "state-dtype" -- "$bin" generate --model "$model" --prompt-ids 1 \
+    --state-dtype f16
 check "an unknown --dtype is refused" 105 "dtype" -- "$bin" generate --model "$model" --prompt-ids 1 --dtype fp8
 check "a bad value is refused" 1 "top_p" -- "$bin" generate --model "$model" --prompt-ids 1 --top-p 2
 check "a bad id is refused" 1 "not a token id" -- "$bin" generate --model "$model" --prompt-ids "1 x"

@@ -176,6 +176,10 @@ template <typename D>
 __global__ void conv_update_kernel(D* out, D* state, const int64_t* slots, const D* x, int64_t ld_x,
                                    const D* w, const D* bias, int64_t C, int K, bool silu_out,
                                    int64_t total) {
+    // Launched with programmatic dependent launch (launch_ops_pdl): x comes from the kernel before;
+    // the trigger lets the decode step's SSD update start reading its states while this runs.
+    pdl_wait();
+    pdl_trigger();
     const int64_t stride = int64_t(gridDim.x) * blockDim.x;
     for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += stride) {
         const int64_t row = i / C, c = i - row * C;
@@ -921,9 +925,12 @@ void conv1d_causal_update(T* out, T* state, const int64_t* slots, const T* x, in
     const int64_t total = k * C;
     if (total == 0) return;
     using D = device_t<T>;
-    conv_update_kernel<<<grid_size<T>(total, kernel), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(
-        reinterpret_cast<D*>(out), reinterpret_cast<D*>(state), slots, reinterpret_cast<const D*>(x), ld_x,
-        reinterpret_cast<const D*>(w), reinterpret_cast<const D*>(bias), C, int(K), silu, total);
+    check_cuda<T>(launch_ops_pdl(conv_update_kernel<D>, dim3(grid_size<T>(total, kernel)), dim3(kThreads), 0,
+                                 static_cast<cudaStream_t>(stream), reinterpret_cast<D*>(out),
+                                 reinterpret_cast<D*>(state), slots, reinterpret_cast<const D*>(x), ld_x,
+                                 reinterpret_cast<const D*>(w), reinterpret_cast<const D*>(bias), C, int(K),
+                                 silu, total),
+                  "launch", kernel);
     check_launch<T>(kernel);
 }
 
