@@ -2363,14 +2363,15 @@ __global__ void __launch_bounds__(kThreads, PB >= 8 ? 2 : 1)
 // as ssd_update_kernel<T, 8, HS> — so the same bits — but each warp's state rows go through a
 // kUpdStages-slot shared-memory ring by cp.async, the next items' rows in flight while one item is
 // advanced, and the grid is what stays resident (a warp loops over its items). Each lane reads back
-// only the bytes it copied, so the ring needs no barrier. At batch 64 on 130m the register form held
-// 14 warps an SM (127 registers; bf16 states 130, one block an SM) with nothing in flight between a
-// warp's items: 49% of the DRAM bandwidth (fp32), 12% (bf16) (Nsight Compute, H200).
+// only the bytes it copied, so the ring needs no barrier. An item's place, head constants and inputs
+// are loaded one item ahead, and its 8 row sums are reduced together (below). At batch 64 on 130m the
+// register form held 14 warps an SM with nothing in flight between a warp's items, and bf16 states
+// left it at 12% of the DRAM bandwidth (Nsight Compute, H200); streamed, that kernel is at 64% of the
+// L2's throughput and 54% of the SMs' issue rate, and 815 instructions an item are what is left.
 constexpr int kUpdPB = 8;
-constexpr int kUpdStages = 3;
 constexpr int kUpdLd = 128;  // ring row pitch (states): N ≤ 128, 4 a lane
 
-template <typename HS>
+template <typename HS, int kUpdStages>
 constexpr size_t update_stream_smem() {
     return size_t(kThreads / 32) * kUpdStages * kUpdPB * kUpdLd * sizeof(HS);
 }
@@ -2381,8 +2382,8 @@ __device__ __forceinline__ void cp_async_state4(__nv_bfloat16* smem, const __nv_
     cp_async_8(smem, gmem);
 }
 
-template <typename T, typename HS>
-__global__ void __launch_bounds__(kThreads, 2)
+template <typename T, typename HS, int kUpdStages>
+__global__ void __launch_bounds__(kThreads, 3)
     ssd_update_stream_kernel(Args<T> a, T* y, HS* h, const int64_t* slots, bool early) {
     extern __shared__ __align__(16) unsigned char smem_raw[];
     pdl_trigger();
@@ -2416,44 +2417,85 @@ __global__ void __launch_bounds__(kThreads, 2)
 #pragma unroll
         for (int s = 0; s < kUpdStages - 1; ++s) issue(w_first + s * n_warps, s);
     }
+    // Item w, one item ahead: its place and head constants (update_item), and its inputs from the
+    // kernel before — dt, lane j < 8's x (row p0 + j), the lane's 4 B and 4 C values — so that an item
+    // waits on no load of its own but its rows, and its index arithmetic is done once.
+    struct Inputs {
+        UpdateItem it{};
+        float dt = 0.0f, x = 0.0f, b[4] = {}, c[4] = {};
+    };
+    auto load_inputs = [&](int w) {
+        Inputs in;
+        if (w < total) {
+            in.it = update_item<T, kUpdPB>(a, w, p_blocks, slots);
+            const int i = in.it.i, hh = in.it.hh;
+            in.dt = to_f32(a.dt[i * a.ld_dt + hh]);
+            if (lane < in.it.np) in.x = to_f32(a.x[i * a.ld_x + hh * a.P + in.it.p0 + lane]);
+            if (active) {
+                const T* Bt = a.Bm + i * a.ld_B + in.it.g * a.N + 4 * lane;
+                const T* Ct = a.Cm + i * a.ld_C + in.it.g * a.N + 4 * lane;
+#pragma unroll
+                for (int q = 0; q < 4; ++q) {
+                    in.b[q] = to_f32(Bt[q]);
+                    in.c[q] = to_f32(Ct[q]);
+                }
+            }
+        }
+        return in;
+    };
+    Inputs cur = load_inputs(w_first);
     int slot = 0;
     for (int w = w_first; w < total; w += n_warps) {
         issue(w + (kUpdStages - 1) * n_warps, (slot + kUpdStages - 1) % kUpdStages);
-        const UpdateItem it = update_item<T, kUpdPB>(a, w, p_blocks, slots);
-        const int i = it.i, hh = it.hh, np = it.np;
-        const float dtv = dt_value(to_f32(a.dt[i * a.ld_dt + hh]) + it.bias, a.dt_min, a.dt_max);
+        const Inputs nxt = load_inputs(w + n_warps);
+        const UpdateItem& it = cur.it;
+        const float dtv = dt_value(cur.dt + it.bias, a.dt_min, a.dt_max);
         const float decay = expf(dtv * it.A);
         float xp[kUpdPB], acc[kUpdPB];
 #pragma unroll
         for (int j = 0; j < kUpdPB; ++j) {
-            xp[j] = j < np ? to_f32(a.x[i * a.ld_x + hh * a.P + it.p0 + j]) : 0.0f;
+            xp[j] = __shfl_sync(0xffffffffu, cur.x, j);  // 0 past the head's last row
             acc[j] = 0.0f;
         }
         if (active) {
-            const int n = 4 * lane;
-            const T* Bt = a.Bm + i * a.ld_B + it.g * a.N + n;
-            const T* Ct = a.Cm + i * a.ld_C + it.g * a.N + n;
-            const float b0 = to_f32(Bt[0]), b1 = to_f32(Bt[1]), b2 = to_f32(Bt[2]), b3 = to_f32(Bt[3]);
-            const float c0 = to_f32(Ct[0]), c1 = to_f32(Ct[1]), c2 = to_f32(Ct[2]), c3 = to_f32(Ct[3]);
-            HS* S = h + it.state + n;
+            HS* S = h + it.state + 4 * lane;
             const HS* src = ring + slot * kUpdPB * kUpdLd;
             cp_async_wait<kUpdStages - 1>();  // this item's rows (this lane's copies) have landed
 #pragma unroll
             for (int j = 0; j < kUpdPB; ++j) {
-                if (j >= np) break;
+                if (j >= it.np) break;
                 float4 st = load_state4(src + j * kUpdLd);
-                advance_state4(st, acc[j], decay, __fmul_rn(dtv, xp[j]), b0, b1, b2, b3, c0, c1, c2, c3);
+                advance_state4(st, acc[j], decay, __fmul_rn(dtv, xp[j]), cur.b[0], cur.b[1], cur.b[2],
+                               cur.b[3], cur.c[0], cur.c[1], cur.c[2], cur.c[3]);
                 store_state4(S + j * a.N, st);  // acc holds y's terms of the unrounded state
             }
         }
-        const float d = it.d;
+        // The 8 rows' sums over the warp by a reduce-scatter on the butterfly's pairs (xor 16, 8, 4,
+        // then 2, 1 on the one row left): each sum adds the same two values at every level as
+        // warp_sum's, so the same bits, with 9 shuffles instead of 40. Row (lane >> 2) & 7 ends in lanes
+        // 4r .. 4r + 3.
+        float u[4], t[2];
+        const bool b4 = lane & 16, b3 = lane & 8, b2 = lane & 4;
 #pragma unroll
-        for (int j = 0; j < kUpdPB; ++j) {
-            if (j >= np) break;
-            const float sum = warp_sum(acc[j]);
-            if (lane == 0) y[(i * a.H + hh) * a.P + it.p0 + j] = from_f32<T>(__fmaf_rn(d, xp[j], sum));
+        for (int q = 0; q < 4; ++q) {
+            const float keep = b4 ? acc[q + 4] : acc[q], send = b4 ? acc[q] : acc[q + 4];
+            u[q] = keep + __shfl_xor_sync(0xffffffffu, send, 16);
         }
+#pragma unroll
+        for (int q = 0; q < 2; ++q) {
+            const float keep = b3 ? u[q + 2] : u[q], send = b3 ? u[q] : u[q + 2];
+            t[q] = keep + __shfl_xor_sync(0xffffffffu, send, 8);
+        }
+        float sum = (b2 ? t[1] : t[0]) + __shfl_xor_sync(0xffffffffu, b2 ? t[0] : t[1], 4);
+        sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+        sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+        const int r = lane >> 2;
+        const float xr = __shfl_sync(0xffffffffu, cur.x, r);
+        if ((lane & 3) == 0 && r < it.np)
+            y[(it.i * a.H + it.hh) * a.P + it.p0 + r] = from_f32<T>(__fmaf_rn(it.d, xr, sum));
+        static_assert(kUpdPB == 8, "the reduce-scatter above takes 8 rows");
         slot = slot + 1 == kUpdStages ? 0 : slot + 1;
+        cur = nxt;
     }
     cp_async_wait<0>();  // no copy outlives the block (the ring's last slots may still be filling)
 }
@@ -2639,14 +2681,13 @@ bool backward_head_wgmma_enabled() {
 }
 #endif
 
-// The decode update's wide form streamed through shared memory (ssd_update_stream_kernel): by default
-// for bf16 states only (H200, 130m at batch 64: bf16 43 → 21 µs a layer, fp32 30.5 → 32: the fp32
-// stream sits at 73% of the L2's throughput either way); MSLM_SSD_UPDATE_STREAM=1 for both, 0 for
-// neither. Read at every call, for ablations.
-bool update_stream_enabled(bool bf16_state) {
+// The decode update's wide form streamed through shared memory (ssd_update_stream_kernel) unless
+// MSLM_SSD_UPDATE_STREAM is 0 (the register form). H200, 130m at batch 64: bf16 states 43 → 18.3 µs
+// a layer (89.2K → 95.1K tokens/s; 73.3K before the register form's 128-register bound), fp32 states
+// 30.5 → 31.8 µs in Nsight Compute but +1% tokens/s in the step. Read at every call, for ablations.
+bool update_stream_enabled() {
     const char* v = std::getenv("MSLM_SSD_UPDATE_STREAM");
-    if (v == nullptr) return bf16_state;
-    return std::string_view(v) != "0";
+    return v == nullptr || std::string_view(v) != "0";
 }
 
 // ⟨dS, S_in⟩ of the finish from the reverse state pass (its dot_with) unless MSLM_SSD_DSS_IN_PASS is 0
@@ -2951,13 +2992,16 @@ void launch_update(const A& a, D* y, HS* h, const int64_t* slots, const Plan& p,
     };
     cudaError_t err;
     if (wide >= 16 * int64_t(multiprocessors<S>(kernel)) && !trace && p.N % 4 == 0 && p.N <= kUpdLd &&
-        update_stream_enabled(std::is_same_v<HS, __nv_bfloat16>)) {
-        auto kernel_fn = ssd_update_stream_kernel<D, HS>;
-        constexpr size_t smem = update_stream_smem<HS>();
-        check_cuda<S>(cudaFuncSetAttribute(kernel_fn, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)),
-                      "cudaFuncSetAttribute", kernel);
-        err = launch_pdl(kernel_fn, grid_size<S>(kernel_fn, wide * 32, kernel, smem), dim3(kThreads), smem,
-                         st, a, y, h, slots, early);
+        update_stream_enabled()) {
+        auto go_stream = [&](auto kernel_fn, size_t smem) {
+            check_cuda<S>(
+                cudaFuncSetAttribute(kernel_fn, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)),
+                "cudaFuncSetAttribute", kernel);
+            return launch_pdl(kernel_fn, grid_size<S>(kernel_fn, wide * 32, kernel, smem), dim3(kThreads),
+                              smem, st, a, y, h, slots, early);
+        };
+        // 3 ring slots: 4 measured 3% slower (bf16 states, 130m batch 64, H200).
+        err = go_stream(ssd_update_stream_kernel<D, HS, 3>, update_stream_smem<HS, 3>());
     } else if (wide >= 16 * int64_t(multiprocessors<S>(kernel))) {
         err = trace ? go(ssd_update_kernel<D, 8, HS, true>, wide)
                     : go(ssd_update_kernel<D, 8, HS, false>, wide);
