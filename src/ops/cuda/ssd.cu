@@ -2237,13 +2237,13 @@ struct UpdateItem {
     float A, bias, d;
     int64_t state;  // offset of its first state row
 };
+// Item (row i, head hh, rows from PB · pb).
 template <typename T, int PB>
-__device__ __forceinline__ UpdateItem update_item(const Args<T>& a, int w, int p_blocks,
-                                                  const int64_t* slots) {
+__device__ __forceinline__ UpdateItem update_item_at(const Args<T>& a, int i, int hh, int pb,
+                                                     const int64_t* slots) {
     UpdateItem it;
-    const int H = int(a.H), P = int(a.P);
-    const int pb = w % p_blocks, ih = w / p_blocks;
-    it.hh = ih % H, it.i = ih / H, it.g = it.hh / int(a.heads_per_group);
+    const int P = int(a.P);
+    it.i = i, it.hh = hh, it.g = hh / int(a.heads_per_group);
     it.p0 = pb * PB;
     it.np = P - it.p0 < PB ? P - it.p0 : PB;
     it.A = head_A(a, it.hh);
@@ -2251,6 +2251,31 @@ __device__ __forceinline__ UpdateItem update_item(const Args<T>& a, int w, int p
     it.d = a.D ? to_f32(a.D[it.hh]) : 0.0f;
     it.state = ((slots[it.i] * a.H + it.hh) * a.P + it.p0) * a.N;
     return it;
+}
+// Item w = (i · H + hh) · p_blocks + pb.
+template <typename T, int PB>
+__device__ __forceinline__ UpdateItem update_item(const Args<T>& a, int w, int p_blocks,
+                                                  const int64_t* slots) {
+    const int ih = w / p_blocks;
+    return update_item_at<T, PB>(a, ih / int(a.H), ih % int(a.H), w % p_blocks, slots);
+}
+// A warp's item w as (i, hh, pb), stepped by the grid's warp count without dividing: the step is
+// split once into the same digits (each below its radix), so an add carries at most 1 a digit.
+struct ItemCursor {
+    int i, hh, pb;
+    __device__ __forceinline__ void advance(const ItemCursor& step, int H, int p_blocks) {
+        pb += step.pb;
+        const int c1 = pb >= p_blocks;
+        pb -= c1 ? p_blocks : 0;
+        hh += step.hh + c1;
+        const int c2 = hh >= H;
+        hh -= c2 ? H : 0;
+        i += step.i + c2;
+    }
+};
+__device__ __forceinline__ ItemCursor item_cursor(int w, int H, int p_blocks) {
+    const int ih = w / p_blocks;
+    return {ih / H, ih % H, w % p_blocks};
 }
 
 // HS: the state storage type (float, or __nv_bfloat16 with N % 4 == 0). kTrace: an instantiation of
@@ -2395,12 +2420,13 @@ __global__ void __launch_bounds__(kThreads, 3)
     const bool active = 4 * lane < N;
     HS* ring =
         reinterpret_cast<HS*>(smem_raw) + size_t(threadIdx.x / 32) * kUpdStages * kUpdPB * kUpdLd + 4 * lane;
-    // Item w's state rows into ring slot `slot`: one copy a row a lane; a commit group either way.
-    auto issue = [&](int w, int slot) {
-        if (w < total && active) {
-            const int pb = w % p_blocks, ih = w / p_blocks;
-            const int p0 = pb * kUpdPB, np = min(int(a.P) - p0, kUpdPB);
-            const HS* S = h + ((slots[ih / H] * a.H + ih % H) * a.P + p0) * a.N + 4 * lane;
+    // The item at cursor c's state rows into ring slot `slot`: one copy a row a lane; a commit group
+    // either way.
+    const int batch = int(a.batch);
+    auto issue = [&](const ItemCursor& c, int slot) {
+        if (c.i < batch && active) {
+            const int p0 = c.pb * kUpdPB, np = min(int(a.P) - p0, kUpdPB);
+            const HS* S = h + ((slots[c.i] * a.H + c.hh) * a.P + p0) * a.N + 4 * lane;
             HS* d = ring + slot * kUpdPB * kUpdLd;
 #pragma unroll
             for (int j = 0; j < kUpdPB; ++j)
@@ -2408,15 +2434,20 @@ __global__ void __launch_bounds__(kThreads, 3)
         }
         cp_async_commit();
     };
-    if (early) {
+    // Cursors: the next item to copy (kUpdStages − 1 ahead of the one advanced), the next to load
+    // inputs for (one ahead).
+    const ItemCursor step = item_cursor(n_warps, H, p_blocks);
+    ItemCursor copy_at = item_cursor(w_first, H, p_blocks), load_at = copy_at;
+    auto issue_first = [&] {
 #pragma unroll
-        for (int s = 0; s < kUpdStages - 1; ++s) issue(w_first + s * n_warps, s);
-    }
+        for (int s = 0; s < kUpdStages - 1; ++s) {
+            issue(copy_at, s);
+            copy_at.advance(step, H, p_blocks);
+        }
+    };
+    if (early) issue_first();
     pdl_wait();
-    if (!early) {
-#pragma unroll
-        for (int s = 0; s < kUpdStages - 1; ++s) issue(w_first + s * n_warps, s);
-    }
+    if (!early) issue_first();
     // Item w, one item ahead: its place and head constants (update_item), and its inputs from the
     // kernel before — dt, lane j < 8's x (row p0 + j), the lane's 4 B and 4 C values — so that an item
     // waits on no load of its own but its rows, and its index arithmetic is done once.
@@ -2424,10 +2455,10 @@ __global__ void __launch_bounds__(kThreads, 3)
         UpdateItem it{};
         float dt = 0.0f, x = 0.0f, b[4] = {}, c[4] = {};
     };
-    auto load_inputs = [&](int w) {
+    auto load_inputs = [&](const ItemCursor& c) {
         Inputs in;
-        if (w < total) {
-            in.it = update_item<T, kUpdPB>(a, w, p_blocks, slots);
+        if (c.i < batch) {
+            in.it = update_item_at<T, kUpdPB>(a, c.i, c.hh, c.pb, slots);
             const int i = in.it.i, hh = in.it.hh;
             in.dt = to_f32(a.dt[i * a.ld_dt + hh]);
             if (lane < in.it.np) in.x = to_f32(a.x[i * a.ld_x + hh * a.P + in.it.p0 + lane]);
@@ -2443,11 +2474,14 @@ __global__ void __launch_bounds__(kThreads, 3)
         }
         return in;
     };
-    Inputs cur = load_inputs(w_first);
+    Inputs cur = load_inputs(load_at);
+    load_at.advance(step, H, p_blocks);
     int slot = 0;
     for (int w = w_first; w < total; w += n_warps) {
-        issue(w + (kUpdStages - 1) * n_warps, (slot + kUpdStages - 1) % kUpdStages);
-        const Inputs nxt = load_inputs(w + n_warps);
+        issue(copy_at, (slot + kUpdStages - 1) % kUpdStages);
+        copy_at.advance(step, H, p_blocks);
+        const Inputs nxt = load_inputs(load_at);
+        load_at.advance(step, H, p_blocks);
         const UpdateItem& it = cur.it;
         const float dtv = dt_value(cur.dt + it.bias, a.dt_min, a.dt_max);
         const float decay = expf(dtv * it.A);
