@@ -2448,7 +2448,7 @@ __global__ void __launch_bounds__(kThreads, 3)
     if (early) issue_first();
     pdl_wait();
     if (!early) issue_first();
-    // Item w, one item ahead: its place and head constants (update_item), and its inputs from the
+    // Item w, one item ahead: its place and head constants (update_item_at), and its inputs from the
     // kernel before — dt, lane j < 8's x (row p0 + j), the lane's 4 B and 4 C values — so that an item
     // waits on no load of its own but its rows, and its index arithmetic is done once.
     struct Inputs {
