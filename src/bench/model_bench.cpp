@@ -19,6 +19,7 @@
 #include "model/cuda_model.h"
 #include "model/flops.h"
 #include "model/hybrid_lm.h"
+#include "model/inference.h"
 #include "model/info.h"
 #include "ops/packed_linear.h"
 #include "train/optimizer.h"
@@ -206,6 +207,13 @@ BenchReport run_bench(const ModelConfig& cfg_in, const std::string& model_name, 
 
     const bool prefill = wants(o, "prefill"), decode = wants(o, "decode");
     r.dtype = ops::weight_format_name(ops::parse_weight_format(o.dtype));
+    // The SSM states the decoder keeps (--state-dtype): bf16 where asked for and taken (Mamba-2 layers;
+    // the GPU's kernel needs d_state % 4 == 0, the CPU's cpu_bf16_ssm_state).
+    if (cfg.count(LayerKind::Mamba) > 0 && cfg.mamba.version == 2) {
+        const bool bf16 =
+            bf16_decode_state_requested() && (cuda ? cfg.mamba.d_state % 4 == 0 : cpu_bf16_ssm_state(cfg));
+        r.state_dtype = bf16 ? "bf16" : "f32";
+    }
     if (prefill || decode) model.pack_weights(ops::parse_weight_format(o.dtype));
     std::unique_ptr<CausalLM> lm;
     if (prefill || decode || (wants(o, "memory") && cuda)) lm = make_causal_lm(model, r.device);
@@ -317,7 +325,8 @@ std::string format_bench_markdown(const BenchReport& r) {
     std::string s = fmt::format("# mamba-slm bench: {} ({} parameters) on {} — {}\n", r.model,
                                 format_count(r.params), r.device, r.device_desc);
     if (!r.dtype.empty() && (r.prefill || !r.decode.empty()))
-        s += fmt::format("\nprefill and decode weights: {}\n", r.dtype);
+        s += fmt::format("\nprefill and decode weights: {}{}\n", r.dtype,
+                         r.state_dtype.empty() ? "" : "; Mamba-2 SSM states: " + r.state_dtype);
     if (r.train) {
         const TrainResult& t = *r.train;
         s += "\n## train (zero_grad + forward + backward + clip + AdamW; random tokens)\n\n";
@@ -357,6 +366,7 @@ nlohmann::json bench_report_json(const BenchReport& r) {
     using nlohmann::json;
     json j = {{"model", r.model},   {"device", r.device}, {"device_desc", r.device_desc},
               {"params", r.params}, {"dtype", r.dtype}};
+    if (!r.state_dtype.empty()) j["state_dtype"] = r.state_dtype;
     if (r.train) {
         const TrainResult& t = *r.train;
         j["train"] = {{"batch", t.batch},

@@ -65,6 +65,7 @@ struct BenchReport {
     std::string device;       // "cpu", "cuda:0"
     std::string device_desc;  // threads and kernels, or the GPU
     std::string dtype;        // the prefill and decode tables' weights
+    std::string state_dtype;  // the decoder's Mamba-2 SSM states, f32 or bf16 (none without Mamba-2 layers)
     int64_t params = 0;
     int64_t prompt = 0;  // the decode table's prompt length
     double peak_tflops = 0;

@@ -33,6 +33,12 @@ else
     echo "skip bench --json parse: python3 not found"
 fi
 check "bench only the asked tables" 0 "^[^#]*## decode" -- bash -c "\"$bin\" bench ${quick[*]} --tables decode 2>/dev/null | grep -v '^# ' | grep -v '^$' | grep -v '^prefill and decode weights:' | head -1"
+# bf16 states on the CPU take the AVX2 kernel (ops::ssd_update_bf16_state_supported); without it, f32.
+want_states=f32
+grep -q avx2 /proc/cpuinfo 2>/dev/null && want_states=bf16
+check "bench names the SSM states it decodes with" 0 "SSM states: $want_states\$" -- "$bin" bench "${quick[@]}" \
+    --tables decode --state-dtype bf16
+check "bench's default SSM states" 0 "SSM states: f32\$" -- "$bin" bench "${quick[@]}" --tables decode
 check "bench unknown table" 1 "unknown table \"speed\"" -- "$bin" bench --preset tiny --tables train,speed
 check "bench bad decode batch" 1 "--decode-batch: \"0\"" -- "$bin" bench --preset tiny --decode-batch 1,0
 check "bench needs a model" 106 "--preset, --model or --onnx is required" -- "$bin" bench
