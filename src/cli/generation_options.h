@@ -30,8 +30,8 @@ struct GenerationFlags {
 // --state-dtype to cmd.
 void add_generation_flags(CLI::App* cmd, GenerationFlags& flags);
 // Adds --state-dtype f32|bf16: the Mamba-2 SSM states the decoders keep, set for the whole process
-// (MSLM_DECODE_STATE, which the CPU and GPU decoders read when they are built). generate, chat and
-// bench take it.
+// (MSLM_DECODE_STATE, which the CPU and GPU decoders read when they are built). generate, chat,
+// bench and info take it.
 void add_state_dtype_flag(CLI::App* cmd);
 // Applies the flags that were given to cfg (through GenerationConfig::set), then validates.
 void apply_generation_flags(const GenerationFlags& flags, GenerationConfig& cfg);

@@ -1,13 +1,15 @@
+#include "model/info.h"
+
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
 #include "cli/commands.h"
+#include "cli/generation_options.h"
 #include "core/cuda_device.h"
 #include "core/thread_pool.h"
 #include "model/config.h"
 #include "model/cuda_inference.h"
 #include "model/cuda_model.h"
-#include "model/info.h"
 #include "model/model_io.h"
 #include "ops/packed_linear.h"
 
@@ -26,6 +28,7 @@ void register_info(CLI::App& app) {
     cmd->add_option("--batch", args->batch, "Batch size for the training memory estimate")->check(CLI::PositiveNumber);
     cmd->add_option("--seq-len", args->seq_len, "Sequence length for the estimates (default: the model's max_seq_len)")
         ->check(CLI::PositiveNumber);
+    add_state_dtype_flag(cmd);
     cmd->callback([args] {
         if (args->preset.empty() && args->model.empty()) throw CLI::RequiredError("--preset or --model");
         std::string format = "preset", quantization;

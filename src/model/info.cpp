@@ -124,7 +124,7 @@ std::string describe_model(const ModelConfig& cfg, int64_t batch, int64_t seq_le
     s += fmt::format("inference   weights {} (fp32) / {} (bf16); state per sequence at {} tokens {}{}\n",
                      format_bytes(m.weights_f32), format_bytes(m.weights_bf16), seq_len,
                      format_bytes(m.state_per_sequence),
-                     cpu_bf16_ssm_state(cfg) ? " (bf16 SSM states, MSLM_DECODE_STATE=bf16)" : "");
+                     cpu_bf16_ssm_state(cfg) ? " (bf16 SSM states, --state-dtype bf16)" : "");
     s += fmt::format("training    batch {} x {} tokens, fp32 CPU: weights+grads+AdamW {} + activations {} = {}\n", batch,
                      seq_len, format_bytes(m.train_params_grads_adam), format_bytes(m.train_activations),
                      format_bytes(m.train_params_grads_adam + m.train_activations));

@@ -7,6 +7,9 @@ source "$(dirname "$0")/lib/check.sh"
 check "help lists subcommands" 0 "info" -- "$bin" --help
 check "info --help" 0 "--preset" -- "$bin" info --help
 check "info tiny" 0 "parameters" -- "$bin" info --preset tiny
+if grep -q avx2 /proc/cpuinfo 2>/dev/null; then  # the CPU's bf16-state kernel needs AVX2
+    check "info plans bf16 SSM states" 0 "bf16 SSM states" -- "$bin" info --preset tiny --state-dtype bf16
+fi
 check "info 130m counts ~120M" 0 "parameters +1[0-9]{2}\.[0-9]M" -- "$bin" info --preset 130m --seq-len 1024
 fixtures="$(cd "$(dirname "$0")/../parity/fixtures" && pwd)"
 check "info on an HF Bamba dir" 0 "\(bamba\)" -- "$bin" info --model "$fixtures/hybrid"
