@@ -272,19 +272,23 @@ __device__ __forceinline__ void pdl_trigger() {
 #endif
 }
 
+// An ablation switch that is on unless the environment variable `name` is "0" (read at each call).
+inline bool env_switch_on(const char* name) {
+    const char* v = std::getenv(name);
+    return v == nullptr || std::string_view(v) != "0";
+}
+
 // Whether the decode step's kernels launch with programmatic dependent launch: yes unless
 // MSLM_DECODE_PDL=0 (read at each launch: a captured graph keeps what it captured).
 inline bool pdl_enabled() {
-    const char* env = std::getenv("MSLM_DECODE_PDL");
-    return !(env && std::string_view(env) == "0");
+    return env_switch_on("MSLM_DECODE_PDL");
 }
 
 // Whether the op kernels that begin with pdl_wait(); pdl_trigger(); (the forward kernels of a
 // prefill: norms, conv, SSD, SwiGLU, RoPE, attention) launch with programmatic dependent launch:
 // yes unless MSLM_OPS_PDL=0 (read at each launch).
 inline bool ops_pdl_enabled() {
-    const char* env = std::getenv("MSLM_OPS_PDL");
-    return !(env && std::string_view(env) == "0");
+    return env_switch_on("MSLM_OPS_PDL");
 }
 
 // Launches kernel on stream, with the programmatic-dependent-launch attribute when `pdl`: it may

@@ -705,8 +705,7 @@ void launch_backward(D* dx, float* part, const D* dout, const D* x, int64_t ld_x
 
 // The fast kernels unless MSLM_CONV_FAST=0 (read at every call, for ablations: bench_cuda_conv).
 bool use_fast_kernels() {
-    const char* v = std::getenv("MSLM_CONV_FAST");
-    return v == nullptr || std::string_view(v) != "0";
+    return env_switch_on("MSLM_CONV_FAST");
 }
 
 // Packs of V elements of D fit when every given pointer and every row stride is a multiple of the

@@ -256,8 +256,7 @@ cudaError_t launch_kind(void* out, const uint16_t* x, const uint16_t* W, int M, 
 }
 
 bool skinny_gemm_enabled() {
-    const char* v = std::getenv("MSLM_SKINNY_GEMM");
-    return v == nullptr || std::string_view(v) != "0";
+    return env_switch_on("MSLM_SKINNY_GEMM");
 }
 
 }  // namespace

@@ -2694,15 +2694,13 @@ int output_kernel_choice() {
 // The backward head's M steps (ssd_backward_head_tc_kernel): in registers unless MSLM_SSD_BWD_REG is 0
 // (staged through shared memory; the same bits). Read at every call, for ablations.
 bool backward_head_reg() {
-    const char* v = std::getenv("MSLM_SSD_BWD_REG");
-    return v == nullptr || std::string_view(v) != "0";
+    return env_switch_on("MSLM_SSD_BWD_REG");
 }
 
 // ⟨dY, C·S_inᵀ⟩ from the dC kernel's blocks (ssd_dbc_tc_kernel's ztok) unless MSLM_SSD_Z_IN_DC is 0
 // (the head kernel's Z steps). Read at every call, for ablations.
 bool z_in_dc_enabled() {
-    const char* v = std::getenv("MSLM_SSD_Z_IN_DC");
-    return v == nullptr || std::string_view(v) != "0";
+    return env_switch_on("MSLM_SSD_Z_IN_DC");
 }
 
 // The backward head on Hopper's warpgroup products (ssd_wgmma.sm90a.cu) where the device has them and
@@ -2710,8 +2708,7 @@ bool z_in_dc_enabled() {
 // ablations.
 #ifdef MSLM_HAVE_SM90A
 bool backward_head_wgmma_enabled() {
-    const char* v = std::getenv("MSLM_SSD_BWD_WGMMA");
-    return v == nullptr || std::string_view(v) != "0";
+    return env_switch_on("MSLM_SSD_BWD_WGMMA");
 }
 #endif
 
@@ -2720,15 +2717,13 @@ bool backward_head_wgmma_enabled() {
 // a layer (89.2K → 95.1K tokens/s; 73.3K before the register form's 128-register bound), fp32 states
 // 30.5 → 31.8 µs in Nsight Compute but +1% tokens/s in the step. Read at every call, for ablations.
 bool update_stream_enabled() {
-    const char* v = std::getenv("MSLM_SSD_UPDATE_STREAM");
-    return v == nullptr || std::string_view(v) != "0";
+    return env_switch_on("MSLM_SSD_UPDATE_STREAM");
 }
 
 // ⟨dS, S_in⟩ of the finish from the reverse state pass (its dot_with) unless MSLM_SSD_DSS_IN_PASS is 0
 // (the finish kernel reads both states). Read at every call, for ablations.
 bool dss_in_pass_enabled() {
-    const char* v = std::getenv("MSLM_SSD_DSS_IN_PASS");
-    return v == nullptr || std::string_view(v) != "0";
+    return env_switch_on("MSLM_SSD_DSS_IN_PASS");
 }
 
 // C·Bᵀ of whole chunks as cuBLASLt's strided batched product (one call per group; every chunk's
@@ -2737,8 +2732,7 @@ bool dss_in_pass_enabled() {
 // terms of each sum differs from ssd_cb_tc_kernel. The kernel computes only the tiles on and below
 // the diagonal; the product fills the whole Q × Q block, whose upper part no reader uses.
 bool use_cb_gemm() {
-    const char* v = std::getenv("MSLM_SSD_CB_GEMM");
-    return v == nullptr || std::string_view(v) != "0";
+    return env_switch_on("MSLM_SSD_CB_GEMM");
 }
 
 template <typename S>
@@ -3025,18 +3019,16 @@ void launch_update(const A& a, D* y, HS* h, const int64_t* slots, const Plan& p,
                           early, trace);
     };
     cudaError_t err;
-    if (wide >= 16 * int64_t(multiprocessors<S>(kernel)) && !trace && p.N % 4 == 0 && p.N <= kUpdLd &&
-        update_stream_enabled()) {
-        auto go_stream = [&](auto kernel_fn, size_t smem) {
-            check_cuda<S>(
-                cudaFuncSetAttribute(kernel_fn, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)),
-                "cudaFuncSetAttribute", kernel);
-            return launch_pdl(kernel_fn, grid_size<S>(kernel_fn, wide * 32, kernel, smem), dim3(kThreads),
-                              smem, st, a, y, h, slots, early);
-        };
+    const bool wide_form = wide >= 16 * int64_t(multiprocessors<S>(kernel));
+    if (wide_form && !trace && p.N % 4 == 0 && p.N <= kUpdLd && update_stream_enabled()) {
         // 3 ring slots: 4 measured 3% slower (bf16 states, 130m batch 64, H200).
-        err = go_stream(ssd_update_stream_kernel<D, HS, 3>, update_stream_smem<HS, 3>());
-    } else if (wide >= 16 * int64_t(multiprocessors<S>(kernel))) {
+        auto kernel_fn = ssd_update_stream_kernel<D, HS, 3>;
+        constexpr size_t smem = update_stream_smem<HS, 3>();
+        check_cuda<S>(cudaFuncSetAttribute(kernel_fn, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)),
+                      "cudaFuncSetAttribute", kernel);
+        err = launch_pdl(kernel_fn, grid_size<S>(kernel_fn, wide * 32, kernel, smem), dim3(kThreads), smem, st,
+                         a, y, h, slots, early);
+    } else if (wide_form) {
         err = trace ? go(ssd_update_kernel<D, 8, HS, true>, wide)
                     : go(ssd_update_kernel<D, 8, HS, false>, wide);
     } else {
