@@ -4,7 +4,9 @@
 // (skinny_gemm_preferred). Prints a markdown table of GPU µs a
 // call (`iters` calls captured in a CUDA graph and replayed, as the decoder replays its step) and the
 // weight stream's GB/s. The weights cycle over copies totalling ≥ 512 MiB, so every call reads them
-// from HBM, as a decode step (hundreds of MB of weights a token) does.
+// from HBM, as a decode step (hundreds of MB of weights a token) does. Built with the sm_90a kernels,
+// two more columns: ops::cuda::rows_gemm (wgmma and TMA, rows_gemm.h) as a plain product, and with its
+// RMSNorm prologue (what the decode step's norm kernel and product become); "-" where it refuses.
 //   bench_cuda_skinny_gemm [--shapes 768x3352,1536x768,768x4096,2048x768,768x1280,768x768]
 //                          [--rows 1,4,8,16,32,64] [--iters 200] [--peak-tbs 4.3]
 // A shape is I x O (row length x output columns).
@@ -20,6 +22,9 @@
 #include "cuda_bench_util.h"
 #include "ops/cuda/linear.h"
 #include "ops/cuda/skinny_gemm.h"
+#ifdef MSLM_HAVE_SM90A
+#include "ops/cuda/rows_gemm.h"
+#endif
 #endif
 
 using namespace mslm;
@@ -60,9 +65,9 @@ int main(int argc, char** argv) {
     std::printf("%s\n\n", cuda_device_summary().c_str());
     std::printf(
         "| I x O | M | splits | cuBLASLt µs | skinny µs | skinny GB/s | of %.1f TB/s | speed-up | "
-        "linear_forward |\n",
+        "linear_forward | rows_gemm µs | rows_gemm + norm µs |\n",
         peak_tbs);
-    std::printf("|---|---:|---:|---:|---:|---:|---:|---:|---|\n");
+    std::printf("|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|\n");
     cudaStream_t stream;
     check(cudaStreamCreate(&stream), "cudaStreamCreate");
     int sms = 0;
@@ -89,6 +94,9 @@ int main(int argc, char** argv) {
         for (auto& v : xh) v = encode<uint16_t>(rng.uniform(-1.0, 1.0));
         uint16_t* x = upload(xh, owned);
         uint16_t* out = upload(std::vector<uint16_t>(size_t(64 * O)), owned);
+        std::vector<uint16_t> nh(static_cast<size_t>(I));
+        for (auto& v : nh) v = encode<uint16_t>(rng.uniform(0.5, 1.5));
+        uint16_t* norm_w = upload(nh, owned);
         for (const std::string& r : bench_args::split_list(rows)) {
             const int64_t M = std::stoll(r);
             if (M < 1 || M > 64) {
@@ -116,10 +124,37 @@ int main(int argc, char** argv) {
             unsetenv("MSLM_SKINNY_GEMM");
             const double sk = 1e3 * time_graph_ms(sk_op, stream, 3, iters);
             const double gbs = 2.0 * double(w_elems) / (sk * 1e-6) / 1e9;
-            std::printf("| %lld x %lld | %lld | %d | %.2f | %.2f | %.0f | %.0f%% | %.2fx | %s |\n",
+            std::string rows_us[2] = {"-", "-"};
+#ifdef MSLM_HAVE_SM90A
+            for (int norm = 0; norm < 2; ++norm) {
+                ops::cuda::RowsGemm g;
+                g.x = x;
+                g.ld_x = I;
+                g.norm_w = norm ? norm_w : nullptr;
+                g.eps = 1e-5f;
+                g.out = out;
+                g.ld_out = O;
+                g.M = M;
+                g.I = I;
+                g.O = O;
+                g.w_constant = true;
+                g.W = W;
+                if (!ops::cuda::rows_gemm_takes(g)) continue;
+                auto rows_op = [&] {
+                    g.W = W + size_t(c) * w_elems;
+                    ops::cuda::rows_gemm(g, stream);
+                    c = (c + 1) % copies;
+                };
+                char buf[32];
+                std::snprintf(buf, sizeof buf, "%.2f", 1e3 * time_graph_ms(rows_op, stream, 3, iters));
+                rows_us[norm] = buf;
+            }
+#endif
+            std::printf("| %lld x %lld | %lld | %d | %.2f | %.2f | %.0f | %.0f%% | %.2fx | %s | %s | %s |\n",
                         static_cast<long long>(I), static_cast<long long>(O), static_cast<long long>(M),
                         ops::cuda::skinny_gemm_splits(I, O, sms), lt, sk, gbs, 100.0 * gbs / (peak_tbs * 1e3),
-                        lt / sk, ops::cuda::skinny_gemm_preferred(M, I, O) ? "skinny" : "cuBLASLt");
+                        lt / sk, ops::cuda::skinny_gemm_preferred(M, I, O) ? "skinny" : "cuBLASLt",
+                        rows_us[0].c_str(), rows_us[1].c_str());
         }
     }
     for (void* p : owned) cuda_free(p);

@@ -31,6 +31,7 @@
 #include "ops/cuda/linear.h"
 #include "ops/cuda/norm.h"
 #include "ops/cuda/quant_gemv.h"
+#include "ops/cuda/rows_gemm.h"
 #include "ops/cuda/selective_scan.h"
 #include "ops/cuda/ssd.h"
 #endif
@@ -228,6 +229,17 @@ struct CudaCausalLM::Impl {
     // The most rows a quantized product takes through quant_gemv's tiles, or 0: the measured
     // default (quant_gemv_rows); MSLM_QUANT_GEMV_MAX_ROWS overrides it.
     int64_t quant_gemv_max_rows = 0;
+    // Which bf16 decode products take ops::cuda::rows_gemm (wgmma and TMA) instead of cuBLASLt or the
+    // skinny kernel, and from how many rows: none by default. Measured on the H200 at batch 64 with
+    // bf16 states (docs/PERFORMANCE.md, "rows_gemm"): the residual products (out_proj, o_proj, the
+    // MLP's down) from 33 rows gave mamba2-130m +2–4%, 130m −0.1–+1.6%, 370m −0.5% and 1b −14% (each
+    // block stages as much x as W at 64 × 64 tiles); its RMSNorm prologue and store / SwiGLU epilogues
+    // in place of the norm kernel, cuBLASLt and the SwiGLU kernel were 3–7% slower on 130m.
+    // MSLM_ROWS_GEMM_EPI (a comma list of store, residual, swiglu), MSLM_ROWS_GEMM_MIN_ROWS (33) and
+    // MSLM_ROWS_GEMM_NORM=1 turn them on for measurements; MSLM_ROWS_GEMM=0 refuses every call.
+    int64_t rows_gemm_min_rows = 33;
+    bool rows_gemm_norm = false;
+    bool rows_gemm_epi[3] = {false, false, false};
     // The persistent batch-1 step (cuda_decode_step.h) where the model's layers allow it and
     // MSLM_DECODE_PERSISTENT=1 asks for it; `tables` holds its layer and stage tables, the attention
     // partials and the barrier (from the caching allocator, made in start()). Off by default since
@@ -639,6 +651,13 @@ CudaCausalLM::CudaCausalLM(const HybridLM<float>& model, int device)
     m.fused_max_rows = cfg_.d_model <= 1024 ? 2 : 1;
     if (const char* rows = std::getenv("MSLM_DECODE_FUSED_MAX_ROWS")) m.fused_max_rows = std::atoll(rows);
     if (const char* rows = std::getenv("MSLM_QUANT_GEMV_MAX_ROWS")) m.quant_gemv_max_rows = std::atoll(rows);
+    if (const char* rows = std::getenv("MSLM_ROWS_GEMM_MIN_ROWS")) m.rows_gemm_min_rows = std::atoll(rows);
+    if (const char* v = std::getenv("MSLM_ROWS_GEMM_NORM")) m.rows_gemm_norm = std::string_view(v) == "1";
+    if (const char* v = std::getenv("MSLM_ROWS_GEMM_EPI")) {
+        const std::string_view list(v);
+        const char* names[3] = {"store", "residual", "swiglu"};
+        for (int i = 0; i < 3; ++i) m.rows_gemm_epi[i] = list.find(names[i]) != std::string_view::npos;
+    }
     const char* persistent = std::getenv("MSLM_DECODE_PERSISTENT");
     m.persistent = m.fused && persistent && std::string(persistent) == "1";
     const char* trace = std::getenv("MSLM_DECODE_STEP_TRACE");
@@ -1015,6 +1034,8 @@ struct Run {
             a.q = nullptr;
         }
         a.conv_state = nullptr;
+        if (!q && a.norm == DecodeNorm::RMS && !a.x_out && rows_product(a, a.x, a.ld_x, a.norm_w))
+            return false;
         const bf16* x = a.x;
         if (a.norm == DecodeNorm::RMS || a.norm == DecodeNorm::Layer) {
             MSLM_CHECK(a.ld_x == a.I && a.I == w.D, "decode gemv: a norm prologue reads the residual stream");
@@ -1038,6 +1059,7 @@ struct Run {
             }
             a.W = expand(*q);
         }
+        if (!q && rows_product(a, x, a.I, nullptr)) return false;
         switch (a.epi) {
             case DecodeEpilogue::Store:
                 MSLM_CHECK(a.ld_out == a.O, "decode gemv: contiguous output expected");
@@ -1061,6 +1083,42 @@ struct Run {
                 break;
         }
         return false;
+    }
+
+    // The bf16 decode product a of rows x (row stride ld_x), RMS-normalised with norm_w first unless
+    // it is null, through ops::cuda::rows_gemm when it takes the call and the step has enough rows;
+    // returns whether it ran.
+    bool rows_product(const cuda_decoder_detail::DecodeGemv& a, const bf16* x, int64_t ld_x,
+                      const bf16* norm_w) const {
+#ifdef MSLM_HAVE_SM90A
+        using cuda_decoder_detail::DecodeEpilogue;
+        if (N < m.rows_gemm_min_rows || a.epi == DecodeEpilogue::F32 || (norm_w && !m.rows_gemm_norm))
+            return false;
+        const int epi = a.epi == DecodeEpilogue::Store ? 0 : a.epi == DecodeEpilogue::Residual ? 1 : 2;
+        if (!m.rows_gemm_epi[epi]) return false;
+        kc::RowsGemm g;
+        g.x = x;
+        g.ld_x = ld_x;
+        g.W = a.W;
+        g.bias = a.bias;
+        g.norm_w = norm_w;
+        g.eps = a.eps;
+        g.epi = a.epi == DecodeEpilogue::Store      ? kc::RowsEpilogue::Store
+                : a.epi == DecodeEpilogue::Residual ? kc::RowsEpilogue::Residual
+                                                    : kc::RowsEpilogue::SwiGLU;
+        g.out = a.out;
+        g.ld_out = a.ld_out;
+        g.M = N;
+        g.I = a.I;
+        g.O = a.O;
+        g.w_constant = true;  // a model's bf16 weights
+        if (!kc::rows_gemm_takes(g)) return false;
+        kc::rows_gemm(g, s);
+        return true;
+#else
+        (void)a, (void)x, (void)ld_x, (void)norm_w;
+        return false;
+#endif
     }
 
     // The decode product a on contiguous rows x (the prologue done) with quantized weights.

@@ -15,14 +15,15 @@
 #include "core/cuda_device.h"
 #include "core/error.h"
 #include "core/rng.h"
+#include "cuda_test_util.h"
+#include "decoder_test_util.h"
 #include "generate/lm.h"
+#include "inference_configs.h"
 #include "model/config.h"
 #include "model/cuda_decoder_kernels.h"
 #include "model/cuda_inference.h"
-#include "cuda_test_util.h"
 #include "model/hybrid_lm.h"
-#include "decoder_test_util.h"
-#include "inference_configs.h"
+#include "test_util.h"
 
 namespace mslm {
 namespace {
@@ -138,6 +139,12 @@ TEST_P(CudaDecoder, FollowsTheCpuDecoder) {
     follow_the_cpu(GetParam().make(), "1", "0", "0");
     follow_the_cpu(GetParam().make(), "1", "0", "1", "4");  // the fused attention's 4-warp blocks
     follow_the_cpu(GetParam().make(), "0");
+    {  // the 3-row steps' products through ops::cuda::rows_gemm, its norm prologue and every epilogue
+        test::ScopedEnv rows("MSLM_ROWS_GEMM_MIN_ROWS", std::string("3")),
+            norm("MSLM_ROWS_GEMM_NORM", std::string("1")),
+            epi("MSLM_ROWS_GEMM_EPI", std::string("store,residual,swiglu"));
+        follow_the_cpu(GetParam().make(), "1");
+    }
 }
 
 std::string case_name(const testing::TestParamInfo<Case>& info) {

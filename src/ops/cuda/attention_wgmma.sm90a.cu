@@ -13,6 +13,7 @@
 #include "ops/cuda/attention_wgmma.h"
 #include "ops/cuda/common.cuh"
 #include "ops/cuda/mma.cuh"
+#include "ops/cuda/tensor_map.h"
 #include "ops/cuda/tma.cuh"
 #include "ops/cuda/wgmma.cuh"
 #include "ops/cuda/wgmma_probe.h"
@@ -645,20 +646,6 @@ bool attention_backward_wgmma_takes(int64_t head_dim, bool alibi, float scale, i
 }
 
 namespace {
-
-// cuTensorMapEncodeTiled from the driver the runtime loaded (no link against libcuda).
-PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
-    static const auto fn = [] {
-        void* p = nullptr;
-        cudaDriverEntryPointQueryResult found{};
-        const cudaError_t err =
-            cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &p, 12000, cudaEnableDefault, &found);
-        MSLM_CHECK(err == cudaSuccess && p && found == cudaDriverEntryPointSuccess,
-                   "attention_wgmma: the driver has no cuTensorMapEncodeTiled ({})", cudaGetErrorString(err));
-        return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(p);
-    }();
-    return fn;
-}
 
 // The (dh, heads, T, B) view of rows of `heads` dh-element heads, row stride ld elements, boxes of 64
 // columns of one head's `rows` rows in the 128-byte swizzle; rows past T read as zeros.

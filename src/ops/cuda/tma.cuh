@@ -58,6 +58,16 @@ __device__ __forceinline__ void load_4d(void* smem, const void* tmap, uint64_t* 
         : "memory");
 }
 
+// The box of the 2-D tensor map at element coordinates (c0 innermost, c1) into smem, counted on bar.
+__device__ __forceinline__ void load_2d(void* smem, const void* tmap, uint64_t* bar, int c0, int c1) {
+    asm volatile(
+        "cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%2, "
+        "%3}], "
+        "[%4];\n" ::"r"(smem_addr(smem)),
+        "l"(reinterpret_cast<uint64_t>(tmap)), "r"(c0), "r"(c1), "r"(smem_addr(bar))
+        : "memory");
+}
+
 // Bulk reduction of `bytes` (a multiple of 16) of fp32 from shared memory onto global memory (+=),
 // asynchronous, in this thread's bulk group; both addresses 16-byte aligned.
 __device__ __forceinline__ void reduce_add_f32(float* gmem, const void* smem, uint32_t bytes) {
