@@ -322,6 +322,28 @@ cudaError_t launch_ops_pdl(void (*kernel)(Params...), dim3 grid, dim3 block, siz
                             std::forward<Args>(args)...);
 }
 
+// Launches kernel on stream as clusters of (1, cluster_y, 1) blocks (the split-K few-row products:
+// grid.y = cluster_y splits of K), with programmatic dependent launch unless MSLM_OPS_PDL=0.
+template <typename... Params, typename... Args>
+cudaError_t launch_ops_cluster_y(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem,
+                                 unsigned cluster_y, cudaStream_t stream, Args&&... args) {
+    cudaLaunchConfig_t config{};
+    config.gridDim = grid;
+    config.blockDim = block;
+    config.dynamicSmemBytes = smem;
+    config.stream = stream;
+    cudaLaunchAttribute attributes[2] = {};
+    attributes[0].id = cudaLaunchAttributeClusterDimension;
+    attributes[0].val.clusterDim.x = 1;
+    attributes[0].val.clusterDim.y = cluster_y;
+    attributes[0].val.clusterDim.z = 1;
+    attributes[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attributes[1].val.programmaticStreamSerializationAllowed = ops_pdl_enabled() ? 1 : 0;
+    config.attrs = attributes;
+    config.numAttrs = 2;
+    return cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...);
+}
+
 // Catches bad launch configurations at once; faults inside a kernel surface at the next
 // synchronising call.
 template <typename T>

@@ -280,21 +280,8 @@ cudaError_t launch(const RowsGemm& g, int splits, int k_steps, cudaStream_t stre
     const int64_t cols = kSwiGLU ? 32 : 64;
     const CUtensorMap tw = bf16_rows_map(g.W, kSwiGLU ? 2 * g.O : g.O, g.I, g.I, int(cols)),
                       tx = bf16_rows_map(g.x, g.M, g.I, g.ld_x, 64);
-    cudaLaunchConfig_t config{};
-    config.gridDim = dim3(unsigned((g.O + cols - 1) / cols), unsigned(splits));
-    config.blockDim = dim3(kThreads);
-    config.dynamicSmemBytes = smem;
-    config.stream = stream;
-    cudaLaunchAttribute attributes[2] = {};
-    attributes[0].id = cudaLaunchAttributeClusterDimension;
-    attributes[0].val.clusterDim.x = 1;
-    attributes[0].val.clusterDim.y = unsigned(splits);
-    attributes[0].val.clusterDim.z = 1;
-    attributes[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attributes[1].val.programmaticStreamSerializationAllowed = ops_pdl_enabled() ? 1 : 0;
-    config.attrs = attributes;
-    config.numAttrs = 2;
-    return cudaLaunchKernelEx(&config, kernel, tw, tx, g, k_steps);
+    return launch_ops_cluster_y(kernel, dim3(unsigned((g.O + cols - 1) / cols), unsigned(splits)),
+                                dim3(kThreads), smem, unsigned(splits), stream, tw, tx, g, k_steps);
 }
 
 template <bool kNorm, RowsEpilogue kEpi>

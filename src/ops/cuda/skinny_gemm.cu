@@ -215,22 +215,10 @@ cudaError_t launch(void* out, const uint16_t* x, const uint16_t* W, int M, int I
     const int smem = int(sizeof(SkinnySmem<MT>));
     cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
     if (err != cudaSuccess) return err;
-    cudaLaunchConfig_t config{};
-    config.gridDim = dim3(unsigned((O + kSkO - 1) / kSkO), unsigned(splits));
-    config.blockDim = dim3(kSkThreads);
-    config.dynamicSmemBytes = size_t(smem);
-    config.stream = stream;
-    cudaLaunchAttribute attributes[2] = {};
-    attributes[0].id = cudaLaunchAttributeClusterDimension;
-    attributes[0].val.clusterDim.x = 1;
-    attributes[0].val.clusterDim.y = unsigned(splits);
-    attributes[0].val.clusterDim.z = 1;
-    attributes[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attributes[1].val.programmaticStreamSerializationAllowed = ops_pdl_enabled() ? 1 : 0;
-    config.attrs = attributes;
-    config.numAttrs = 2;
-    return cudaLaunchKernelEx(&config, kernel, reinterpret_cast<const __nv_bfloat16*>(x),
-                              reinterpret_cast<const __nv_bfloat16*>(W), out, M, I, O, (I + kSkK - 1) / kSkK);
+    return launch_ops_cluster_y(
+        kernel, dim3(unsigned((O + kSkO - 1) / kSkO), unsigned(splits)), dim3(kSkThreads), size_t(smem),
+        unsigned(splits), stream, reinterpret_cast<const __nv_bfloat16*>(x),
+        reinterpret_cast<const __nv_bfloat16*>(W), out, M, I, O, (I + kSkK - 1) / kSkK);
 }
 
 template <SkinnyOut kOut, bool kEarlyW>
