@@ -14,6 +14,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <map>
 #include <set>
 #include <string_view>
@@ -220,6 +221,12 @@ struct CudaCausalLM::Impl {
     bool fused = true;  // decode_gemv for the step's products (MSLM_DECODE_FUSED=0: cuBLASLt + separate kernels)
     bool attn_fused =
         true;  // attention_decode_fused (MSLM_DECODE_ATTN_FUSED=0: RoPE + split + combine kernels)
+    // The most rows whose decode attention is the one fused kernel (more take RoPE + split +
+    // combine): every batch. Measured on the H200 (docs/PERFORMANCE.md, "the one-kernel decode
+    // attention at every batch"): 130m +12% at batch 16, +6% at 64, +8% at 128 against the former
+    // limit of 8 rows, and +8% at batch 64 with 2048-token prompts. MSLM_DECODE_ATTN_FUSED_MAX_ROWS
+    // sets a limit (measurements).
+    int64_t attn_fused_max_rows = std::numeric_limits<int64_t>::max();
     // The most rows a bf16 product takes through decode_gemv; more go through the norm kernel,
     // cuBLASLt and the epilogue kernel. Measured on the H200 (docs/PERFORMANCE.md, "Decode at batch
     // 3..64: cuBLASLt instead of the fused product"): from 3 rows the unfused path is faster on
@@ -648,6 +655,8 @@ CudaCausalLM::CudaCausalLM(const HybridLM<float>& model, int device)
     m.fused = !(fused && std::string(fused) == "0");
     const char* attn_fused = std::getenv("MSLM_DECODE_ATTN_FUSED");
     m.attn_fused = !(attn_fused && std::string(attn_fused) == "0");
+    if (const char* rows = std::getenv("MSLM_DECODE_ATTN_FUSED_MAX_ROWS"))
+        m.attn_fused_max_rows = std::atoll(rows);
     m.fused_max_rows = cfg_.d_model <= 1024 ? 2 : 1;
     if (const char* rows = std::getenv("MSLM_DECODE_FUSED_MAX_ROWS")) m.fused_max_rows = std::atoll(rows);
     if (const char* rows = std::getenv("MSLM_QUANT_GEMV_MAX_ROWS")) m.quant_gemv_max_rows = std::atoll(rows);
@@ -1190,11 +1199,12 @@ struct Run {
                 bf16* k = q + w.Hq * w.Dh;
                 bf16* v = k + w.KVW;
                 // RoPE (rotary_dim ≤ head_dim ≤ 128) fused with the KV append, and the attention:
-                // one kernel up to 8 rows, or (more rows, MSLM_DECODE_ATTN_FUSED=0) three. (H200, 130m:
-                // the one kernel +9% at batch 1 and 8, −6% at batch 64 with 2048-token contexts.)
+                // one kernel, or (MSLM_DECODE_ATTN_FUSED=0, or more rows than
+                // MSLM_DECODE_ATTN_FUSED_MAX_ROWS) three. (H200, 130m: the one kernel +9% at batch 1
+                // and 8; since 2026-12-01 also +6–12% at batch 16–128, with 16- and 2048-token prompts.)
                 const bool rope = cfg.attention.position == PositionKind::RoPE;
                 const kc::AttentionOptions opt = attention_options(cfg, 0);
-                if (m.attn_fused && N <= 8) {
+                if (m.attn_fused && N <= m.attn_fused_max_rows) {
                     cuda_decoder_detail::attention_decode_fused(
                         m.o, q, k, v, w.Wq, L.kc, L.vc, m.slots, m.pos, N, cache_len, w.Hq, w.Hkv, w.Dh,
                         rope ? cfg.attn_rotary_dim() : 0, cfg.attention.rope_theta, opt.scale, opt.window,
