@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -144,6 +145,57 @@ TEST_P(CudaDecoder, FollowsTheCpuDecoder) {
             norm("MSLM_ROWS_GEMM_NORM", std::string("1")),
             epi("MSLM_ROWS_GEMM_EPI", std::string("store,residual,swiglu"));
         follow_the_cpu(GetParam().make(), "1");
+    }
+}
+
+// Twenty slots at 1..12-token prompts, then batched steps over all of them and over 9 and 17: more
+// rows than the 8 the one-kernel decode attention took before it took every batch, every logit and
+// hidden row against the CPU — with that kernel (the default) and with RoPE + split + combine past 8
+// rows (MSLM_DECODE_ATTN_FUSED_MAX_ROWS=8). Cases with attention layers.
+void many_rows_follow_the_cpu(const ModelConfig& cfg, const char* fused_max_rows) {
+    SCOPED_TRACE(std::string("MSLM_DECODE_ATTN_FUSED_MAX_ROWS=") +
+                 (fused_max_rows ? fused_max_rows : "(unset)"));
+    auto model = random_model(cfg);
+    HybridCausalLM cpu(*model);
+    std::optional<test::ScopedEnv> limit;
+    if (fused_max_rows) limit.emplace("MSLM_DECODE_ATTN_FUSED_MAX_ROWS", std::string(fused_max_rows));
+    CudaCausalLM gpu(*model);
+    const int64_t V = cfg.vocab_size, D = cfg.d_model, slots = 20;
+    Rng rng(11);
+    cpu.start(slots, cfg.max_seq_len);
+    gpu.start(slots, cfg.max_seq_len);
+    for (int64_t s = 0; s < slots; ++s) {
+        const std::vector<int32_t> ids = random_ids(rng, 1 + s % 12, V);
+        std::vector<float> lc(V), lg(V);
+        cpu.prefill(s, ids, lc.data(), nullptr);
+        gpu.prefill(s, ids, lg.data(), nullptr);
+    }
+    auto both_step = [&](const std::vector<int64_t>& rows, const std::string& what) {
+        const auto k = static_cast<int64_t>(rows.size());
+        const std::vector<int32_t> toks = random_ids(rng, k, V);
+        std::vector<float> lc(k * V), lg(k * V), hc(k * D), hg(k * D);
+        cpu.step(rows, toks, lc.data(), hc.data());
+        gpu.step(rows, toks, lg.data(), hg.data());
+        expect_rows_close(lg, lc, V, what + " logits");
+        expect_rows_close(hg, hc, D, what + " hidden");
+    };
+    std::vector<int64_t> all(slots), nine, seventeen;
+    for (int64_t s = 0; s < slots; ++s) all[s] = s;
+    for (int64_t s = 0; s < 9; ++s) nine.push_back(slots - 1 - 2 * s);
+    for (int64_t s = 0; s < 17; ++s) seventeen.push_back((3 * s) % slots);
+    for (int t = 0; t < 3; ++t) both_step(all, "20 rows, step " + std::to_string(t));
+    both_step(nine, "9 rows");
+    both_step(seventeen, "17 rows");
+}
+
+TEST(CudaDecoderManyRows, AttentionPastEightRowsFollowsTheCpu) {
+    SKIP_WITHOUT_GPU();
+    for (const Case& c : decoder_cases()) {
+        const ModelConfig cfg = c.make();
+        if (cfg.count(LayerKind::Attention) == 0) continue;
+        SCOPED_TRACE(c.name);
+        many_rows_follow_the_cpu(cfg, nullptr);
+        many_rows_follow_the_cpu(cfg, "8");
     }
 }
 
