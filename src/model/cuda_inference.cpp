@@ -247,6 +247,9 @@ struct CudaCausalLM::Impl {
     int64_t rows_gemm_min_rows = 33;
     bool rows_gemm_norm = false;
     bool rows_gemm_epi[3] = {false, false, false};
+    // MSLM_ROWS_GEMM_CONV=1: Mamba-2's in_proj on rows_gemm runs the xBC conv in its epilogue (one
+    // conv_update kernel fewer a layer).
+    bool rows_gemm_conv = false;
     // The persistent batch-1 step (cuda_decode_step.h) where the model's layers allow it and
     // MSLM_DECODE_PERSISTENT=1 asks for it; `tables` holds its layer and stage tables, the attention
     // partials and the barrier (from the caching allocator, made in start()). Off by default since
@@ -662,6 +665,7 @@ CudaCausalLM::CudaCausalLM(const HybridLM<float>& model, int device)
     if (const char* rows = std::getenv("MSLM_QUANT_GEMV_MAX_ROWS")) m.quant_gemv_max_rows = std::atoll(rows);
     if (const char* rows = std::getenv("MSLM_ROWS_GEMM_MIN_ROWS")) m.rows_gemm_min_rows = std::atoll(rows);
     if (const char* v = std::getenv("MSLM_ROWS_GEMM_NORM")) m.rows_gemm_norm = std::string_view(v) == "1";
+    if (const char* v = std::getenv("MSLM_ROWS_GEMM_CONV")) m.rows_gemm_conv = std::string_view(v) == "1";
     if (const char* v = std::getenv("MSLM_ROWS_GEMM_EPI")) {
         const std::string_view list(v);
         const char* names[3] = {"store", "residual", "swiglu"};
@@ -1042,9 +1046,12 @@ struct Run {
             }
             a.q = nullptr;
         }
+        // rows_gemm runs the conv in its epilogue too (then gemv returns true, as the fused kernel).
+        const cuda_decoder_detail::DecodeGemv with_conv = a;
+        const bool conv_in_rows = rows_conv(a);
         a.conv_state = nullptr;
-        if (!q && a.norm == DecodeNorm::RMS && !a.x_out && rows_product(a, a.x, a.ld_x, a.norm_w))
-            return false;
+        if (!q && a.norm == DecodeNorm::RMS && !a.x_out && rows_product(with_conv, a.x, a.ld_x, a.norm_w))
+            return conv_in_rows;
         const bf16* x = a.x;
         if (a.norm == DecodeNorm::RMS || a.norm == DecodeNorm::Layer) {
             MSLM_CHECK(a.ld_x == a.I && a.I == w.D, "decode gemv: a norm prologue reads the residual stream");
@@ -1068,7 +1075,7 @@ struct Run {
             }
             a.W = expand(*q);
         }
-        if (!q && rows_product(a, x, a.I, nullptr)) return false;
+        if (!q && rows_product(with_conv, x, a.I, nullptr)) return conv_in_rows;
         switch (a.epi) {
             case DecodeEpilogue::Store:
                 MSLM_CHECK(a.ld_out == a.O, "decode gemv: contiguous output expected");
@@ -1094,9 +1101,13 @@ struct Run {
         return false;
     }
 
+    // Whether rows_product runs a's causal conv in rows_gemm's epilogue (when it takes a).
+    bool rows_conv(const cuda_decoder_detail::DecodeGemv& a) const {
+        return a.conv_state && a.epi == cuda_decoder_detail::DecodeEpilogue::Store && m.rows_gemm_conv;
+    }
     // The bf16 decode product a of rows x (row stride ld_x), RMS-normalised with norm_w first unless
-    // it is null, through ops::cuda::rows_gemm when it takes the call and the step has enough rows;
-    // returns whether it ran.
+    // it is null, through ops::cuda::rows_gemm when it takes the call and the step has enough rows
+    // (with a's causal conv in its epilogue under MSLM_ROWS_GEMM_CONV=1); returns whether it ran.
     bool rows_product(const cuda_decoder_detail::DecodeGemv& a, const bf16* x, int64_t ld_x,
                       const bf16* norm_w) const {
 #ifdef MSLM_HAVE_SM90A
@@ -1121,6 +1132,16 @@ struct Run {
         g.I = a.I;
         g.O = a.O;
         g.w_constant = true;  // a model's bf16 weights
+        if (rows_conv(a)) {
+            g.conv_state = a.conv_state;
+            g.conv_slots = a.conv_slots;
+            g.conv_w = a.conv_w;
+            g.conv_b = a.conv_b;
+            g.conv_out = a.conv_out;
+            g.conv_col0 = a.conv_col0;
+            g.conv_C = a.conv_C;
+            g.conv_K = a.conv_K;
+        }
         if (!kc::rows_gemm_takes(g)) return false;
         kc::rows_gemm(g, s);
         return true;

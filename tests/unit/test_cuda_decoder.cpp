@@ -140,10 +140,12 @@ TEST_P(CudaDecoder, FollowsTheCpuDecoder) {
     follow_the_cpu(GetParam().make(), "1", "0", "0");
     follow_the_cpu(GetParam().make(), "1", "0", "1", "4");  // the fused attention's 4-warp blocks
     follow_the_cpu(GetParam().make(), "0");
-    {  // the 3-row steps' products through ops::cuda::rows_gemm, its norm prologue and every epilogue
+    {  // the 3-row steps' products through ops::cuda::rows_gemm, its norm prologue, every epilogue and
+       // Mamba-2's conv in in_proj's
         test::ScopedEnv rows("MSLM_ROWS_GEMM_MIN_ROWS", std::string("3")),
             norm("MSLM_ROWS_GEMM_NORM", std::string("1")),
-            epi("MSLM_ROWS_GEMM_EPI", std::string("store,residual,swiglu"));
+            epi("MSLM_ROWS_GEMM_EPI", std::string("store,residual,swiglu")),
+            conv("MSLM_ROWS_GEMM_CONV", std::string("1"));
         follow_the_cpu(GetParam().make(), "1");
     }
 }

@@ -19,6 +19,7 @@
 #include "test_util.h"
 
 #if defined(MSLM_HAVE_CUDA) && defined(MSLM_HAVE_SM90A)
+#include "ops/cuda/conv1d.h"
 #include "ops/cuda/rows_gemm.h"
 #include "ops/cuda/wgmma_probe.h"
 #endif
@@ -210,6 +211,65 @@ TEST(CudaRowsGemm, MatchesTheReferenceForEveryEpilogueAndSplit) {
         {64, 8, 1, false, RowsEpilogue::Store, false},
     };
     for (const Case& c : cases) check_case(rng, c);
+#else
+    GTEST_SKIP() << "built without the sm_90a kernels";
+#endif
+}
+
+// The store epilogue with Mamba-2's conv (130m's in_proj at 40 rows: the conv over xBC, columns 1536 ..
+// 3327 of 3352; slots out of order): the outputs, the conv's outputs and every window bit for bit
+// those of the plain product followed by ops::cuda::conv1d_causal_update, with and without the norm.
+TEST(CudaRowsGemm, StoreWithConvIsTheProductThenTheConvUpdate) {
+#if defined(MSLM_HAVE_CUDA) && defined(MSLM_HAVE_SM90A)
+    if (const std::string why = no_hopper(); !why.empty()) GTEST_SKIP() << why;
+    Rng rng(43);
+    const int64_t M = 40, I = 768, O = 3352, col0 = 1536, C = 1792, K = 4, slots = 48;
+    const auto x = random_values<uint16_t>(rng, M * I), W = random_values<uint16_t>(rng, O * I);
+    const auto nw = random_values<uint16_t>(rng, I, 0.5, 1.5),
+               bias = random_values<uint16_t>(rng, O, -0.5, 0.5);
+    const auto state = random_values<uint16_t>(rng, slots * (K - 1) * C),
+               cw = random_values<uint16_t>(rng, C * K);
+    const auto cb = random_values<uint16_t>(rng, C, -0.5, 0.5);
+    std::vector<int64_t> slot_of(M);
+    for (int64_t r = 0; r < M; ++r) slot_of[r] = (7 * r + 3) % slots;
+    DeviceBuffer<uint16_t> x_d(x), W_d(W), nw_d(nw), b_d(bias), cw_d(cw), cb_d(cb);
+    DeviceBuffer<int64_t> slots_d(slot_of);
+    for (bool norm : {false, true}) {
+        SCOPED_TRACE(norm ? "norm" : "no norm");
+        DeviceBuffer<uint16_t> out_a(static_cast<size_t>(M * O)), out_b(static_cast<size_t>(M * O)),
+            conv_a(static_cast<size_t>(M * C)), conv_b(static_cast<size_t>(M * C)), state_a(state),
+            state_b(state);
+        ops::cuda::RowsGemm g;
+        g.x = x_d.get();
+        g.ld_x = I;
+        g.W = W_d.get();
+        g.bias = b_d.get();
+        g.norm_w = norm ? nw_d.get() : nullptr;
+        g.eps = 1e-5f;
+        g.ld_out = O;
+        g.M = M;
+        g.I = I;
+        g.O = O;
+        g.out = out_b.get();
+        ASSERT_TRUE(ops::cuda::rows_gemm_takes(g));
+        ops::cuda::rows_gemm(g, nullptr);
+        ops::cuda::conv1d_causal_update(conv_b.get(), state_b.get(), slots_d.get(), out_b.get() + col0, O,
+                                        cw_d.get(), cb_d.get(), M, C, K, true);
+        g.out = out_a.get();
+        g.conv_state = state_a.get();
+        g.conv_slots = slots_d.get();
+        g.conv_w = cw_d.get();
+        g.conv_b = cb_d.get();
+        g.conv_out = conv_a.get();
+        g.conv_col0 = col0;
+        g.conv_C = C;
+        g.conv_K = K;
+        ASSERT_TRUE(ops::cuda::rows_gemm_takes(g));
+        ops::cuda::rows_gemm(g, nullptr);
+        EXPECT_TRUE(out_a.download() == out_b.download()) << "the product's outputs";
+        EXPECT_TRUE(conv_a.download() == conv_b.download()) << "the conv's outputs";
+        EXPECT_TRUE(state_a.download() == state_b.download()) << "the windows";
+    }
 #else
     GTEST_SKIP() << "built without the sm_90a kernels";
 #endif

@@ -42,11 +42,22 @@ struct RowsGemm {
     // The caller's promise that no kernel still to finish writes W (a model's weights): its first
     // steps are copied before the kernel waits for its predecessor. No effect on values.
     bool w_constant = false;
+    // Optional, with the Store epilogue (Mamba-2's in_proj [z | xBC | dt]): outputs conv_col0 ..
+    // conv_col0 + conv_C − 1 of each row are also a causal conv's inputs, and the epilogue runs
+    // ops::cuda::conv1d_causal_update's arithmetic (SiLU) on each stored bf16 value — the same bits:
+    // window (conv_K − 1 earlier inputs of row r's slot conv_slots[r], distinct), weights (conv_C,
+    // conv_K), bias (or null), conv_out (M, conv_C), the value shifted into the window.
+    uint16_t* conv_state = nullptr;  // (slots, conv_K − 1, conv_C), or null: no conv
+    const int64_t* conv_slots = nullptr;
+    const uint16_t *conv_w = nullptr, *conv_b = nullptr;
+    uint16_t* conv_out = nullptr;
+    int64_t conv_col0 = 0, conv_C = 0, conv_K = 0;
 };
 
 // Whether rows_gemm takes the call: MSLM_ROWS_GEMM is not 0 (read at every call), a compute
 // capability 9.0 device with the sm_90a code, 1 ≤ M ≤ 64, I a positive multiple of 8 up to 8704 (8
-// slices of 17 steps), ld_x a multiple of 8 and ≥ I, ld_out ≥ O, x, W and norm_w 16-byte aligned.
+// slices of 17 steps), ld_x a multiple of 8 and ≥ I, ld_out ≥ O, x, W and norm_w 16-byte aligned; a
+// conv only with the Store epilogue, its columns inside O and 1 ≤ conv_K ≤ 16.
 bool rows_gemm_takes(const RowsGemm& g);
 // The split of I (the cluster size) on a device with `sms` multiprocessors: doubled from 1 while the
 // blocks do not fill the GPU once, every split keeps a 64-deep step and the cluster stays ≤ 4

@@ -246,6 +246,22 @@ __global__ void __launch_bounds__(kThreads, 1)
 #pragma unroll
             for (int i = 0; i < 4; ++i)
                 if (p.bias && i < n) v[i] += bf(p.bias[o + i]);
+            if (p.conv_state) {  // conv1d_causal_update's arithmetic on the stored values
+                const int K = int(p.conv_K);
+                const int64_t C = p.conv_C;
+                for (int i = 0; i < n; ++i) {
+                    const int64_t c = o + i - p.conv_col0;
+                    if (c < 0 || c >= C) continue;
+                    const uint16_t xv = to_bf(v[i]);
+                    uint16_t* win = p.conv_state + p.conv_slots[row] * (K - 1) * C + c;
+                    float acc = p.conv_b ? bf(p.conv_b[c]) : 0.0f;
+                    for (int k = 0; k + 1 < K; ++k) acc = fmaf(bf(p.conv_w[c * K + k]), bf(win[k * C]), acc);
+                    acc = fmaf(bf(p.conv_w[c * K + K - 1]), bf(xv), acc);
+                    p.conv_out[int64_t(row) * C + c] = to_bf(silu_rounded<__nv_bfloat16>(acc));
+                    for (int k = 0; k + 2 < K; ++k) win[k * C] = win[(k + 1) * C];
+                    if (K > 1) win[(K - 2) * C] = xv;
+                }
+            }
         } else {  // Residual: the product rounded first with a bias (the axpy path), once without
             uint16_t old[4] = {0, 0, 0, 0};
             if (vec && n == 4) {
@@ -336,7 +352,10 @@ bool rows_gemm_takes(const RowsGemm& g) {
     const bool shape = g.M >= 1 && g.M <= kRowsGemmMaxRows && g.I >= 8 && g.I % 8 == 0 && g.O >= 1 &&
                        g.I <= INT_MAX / 2 && g.O <= INT_MAX / 4 && g.ld_x >= g.I && g.ld_x % 8 == 0 &&
                        g.ld_out >= g.O && k_steps <= kMaxSplit * kMaxATiles;
-    return shape && g.x && g.W && g.out && aligned16(g.x) && aligned16(g.W) &&
+    const bool conv = !g.conv_state || (g.epi == RowsEpilogue::Store && g.conv_slots && g.conv_w &&
+                                        g.conv_out && g.conv_col0 >= 0 && g.conv_C >= 1 &&
+                                        g.conv_col0 + g.conv_C <= g.O && g.conv_K >= 1 && g.conv_K <= 16);
+    return shape && conv && g.x && g.W && g.out && aligned16(g.x) && aligned16(g.W) &&
            (!g.norm_w || aligned16(g.norm_w)) && wgmma_available();
 }
 
