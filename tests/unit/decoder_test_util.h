@@ -51,6 +51,20 @@ inline void expect_rows_close(const std::vector<float>& got, const std::vector<f
     }
 }
 
+// One step of the listed slots with random tokens on both decoders: every logit and hidden row of
+// the GPU within rel_tol of the CPU's.
+inline void expect_step_follows(CudaCausalLM& gpu, CausalLM& cpu, const ModelConfig& cfg, Rng& rng,
+                                const std::vector<int64_t>& slots, const std::string& what, double rel_tol) {
+    const int64_t V = cfg.vocab_size, D = cfg.d_model;
+    const auto k = static_cast<int64_t>(slots.size());
+    const std::vector<int32_t> toks = random_ids(rng, k, V);
+    std::vector<float> lc(k * V), lg(k * V), hc(k * D), hg(k * D);
+    cpu.step(slots, toks, lc.data(), hc.data());
+    gpu.step(slots, toks, lg.data(), hg.data());
+    expect_rows_close(lg, lc, V, what + " logits", rel_tol);
+    expect_rows_close(hg, hc, D, what + " hidden", rel_tol);
+}
+
 // Three slots at different positions: slot 0 prefilled in one call, slot 1 in three (each
 // continuing the conv windows, SSM states and KV rings), slot 2 with one token; then batch-1 steps
 // (the persistent step where the model allows it), batched steps over all of them and over a
@@ -74,13 +88,7 @@ inline void follow_the_cpu_script(CudaCausalLM& gpu, CausalLM& cpu, const ModelC
     both_prefill(1, random_ids(rng, 7, V), "slot 1 prefill c");
     both_prefill(2, random_ids(rng, 1, V), "slot 2 prefill");
     auto both_step = [&](const std::vector<int64_t>& slots, const std::string& what) {
-        const auto k = static_cast<int64_t>(slots.size());
-        const std::vector<int32_t> toks = random_ids(rng, k, V);
-        std::vector<float> lc(k * V), lg(k * V), hc(k * D), hg(k * D);
-        cpu.step(slots, toks, lc.data(), hc.data());
-        gpu.step(slots, toks, lg.data(), hg.data());
-        expect_rows_close(lg, lc, V, what + " logits", rel_tol);
-        expect_rows_close(hg, hc, D, what + " hidden", rel_tol);
+        expect_step_follows(gpu, cpu, cfg, rng, slots, what, rel_tol);
     };
     for (int t = 0; t < 5; ++t) both_step({0}, "slot 0 alone, step " + std::to_string(t));
     for (int t = 0; t < 3; ++t) both_step({1}, "slot 1 alone, step " + std::to_string(t));

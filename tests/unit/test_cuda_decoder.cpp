@@ -162,7 +162,7 @@ void many_rows_follow_the_cpu(const ModelConfig& cfg, const char* fused_max_rows
     std::optional<test::ScopedEnv> limit;
     if (fused_max_rows) limit.emplace("MSLM_DECODE_ATTN_FUSED_MAX_ROWS", std::string(fused_max_rows));
     CudaCausalLM gpu(*model);
-    const int64_t V = cfg.vocab_size, D = cfg.d_model, slots = 20;
+    const int64_t V = cfg.vocab_size, slots = 20;
     Rng rng(11);
     cpu.start(slots, cfg.max_seq_len);
     gpu.start(slots, cfg.max_seq_len);
@@ -173,13 +173,7 @@ void many_rows_follow_the_cpu(const ModelConfig& cfg, const char* fused_max_rows
         gpu.prefill(s, ids, lg.data(), nullptr);
     }
     auto both_step = [&](const std::vector<int64_t>& rows, const std::string& what) {
-        const auto k = static_cast<int64_t>(rows.size());
-        const std::vector<int32_t> toks = random_ids(rng, k, V);
-        std::vector<float> lc(k * V), lg(k * V), hc(k * D), hg(k * D);
-        cpu.step(rows, toks, lc.data(), hc.data());
-        gpu.step(rows, toks, lg.data(), hg.data());
-        expect_rows_close(lg, lc, V, what + " logits");
-        expect_rows_close(hg, hc, D, what + " hidden");
+        test::expect_step_follows(gpu, cpu, cfg, rng, rows, what, kRelTol);
     };
     std::vector<int64_t> all(slots), nine, seventeen;
     for (int64_t s = 0; s < slots; ++s) all[s] = s;

@@ -37,12 +37,6 @@ __device__ __forceinline__ void store_bf16x2(__nv_bfloat16* p, float x, float y)
     *reinterpret_cast<__nv_bfloat162*>(p) = __floats2bfloat162_rn(x, y);
 }
 
-// Dynamic shared memory rounded up to a 1024-byte boundary (the swizzled tiles' atoms).
-__device__ __forceinline__ char* smem_1024(unsigned char* raw) {
-    const auto base = static_cast<uint32_t>(__cvta_generic_to_shared(raw));
-    return reinterpret_cast<char*>(raw) + ((1024 - (base & 1023)) & 1023);
-}
-
 // The four 16-key steps' A fragments of a 64 × 64 accumulator tile (bf16): key block 2ks, 2ks + 1.
 __device__ __forceinline__ void to_a_fragments(uint32_t (&a)[4][4], const float (&x)[32]) {
 #pragma unroll
@@ -119,7 +113,7 @@ __global__ void __launch_bounds__(Fwd<kCWG, kStages, kDH>::kThreads, 1)
     using C = Fwd<kCWG, kStages, kDH>;
     constexpr int kTileBytes = C::kTileBytes, kH = C::kHalves;
     extern __shared__ unsigned char fwd_raw[];
-    char* sQ = smem_1024(fwd_raw);
+    char* sQ = reinterpret_cast<char*>(tma::smem_1024(fwd_raw));
     char* sK = sQ + C::kQBytes;
     char* sV = sK + kStages * kTileBytes;
     auto* bar_q = reinterpret_cast<uint64_t*>(sV + kStages * kTileBytes);
@@ -368,7 +362,7 @@ __global__ void __launch_bounds__(Bwd<kBwdStages, kDqWg, kDH>::kThreads, 1)
     using L = Bwd<kBwdStages, kDqWg, kDH>;
     constexpr int kH = L::kHalves;
     extern __shared__ unsigned char bwd_raw[];
-    char* base = smem_1024(bwd_raw);
+    char* base = reinterpret_cast<char*>(tma::smem_1024(bwd_raw));
     char* sK = base + L::kK;
     char* sV = base + L::kV;
     auto* rows = reinterpret_cast<float*>(base + L::kRows);  // [stage]: 64 lse·log2 e, then 64 D

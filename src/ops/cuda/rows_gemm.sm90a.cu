@@ -46,11 +46,6 @@ size_t smem_bytes(int a_tiles) {
     return size_t(a_tiles + ring_tiles(a_tiles)) * kTileBytes + kSmallBytes + 1024;
 }
 
-__device__ __forceinline__ unsigned char* smem_1024(unsigned char* raw) {
-    const auto base = static_cast<uint32_t>(__cvta_generic_to_shared(raw));
-    return raw + ((1024 - (base & 1023)) & 1023);
-}
-
 // Grid (column tiles, splits); cluster (1, splits). tw: W's map (boxes of 64 rows, or 32 for
 // SwiGLU's gate and up halves); tx: x's (M rows, boxes of 64: the rows past M read as zeros). Thread 0
 // issues the copies: x's slice onto one barrier, W's steps onto their slots' barriers, the first
@@ -60,7 +55,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     rows_gemm_kernel(const __grid_constant__ CUtensorMap tw, const __grid_constant__ CUtensorMap tx,
                      const RowsGemm p, int k_steps) {
     extern __shared__ unsigned char smem_raw[];
-    unsigned char* const xs = smem_1024(smem_raw);  // x's steps, the W ring, the small region
+    unsigned char* const xs = tma::smem_1024(smem_raw);  // x's steps, the W ring, the small region
     const cg::cluster_group cluster = cg::this_cluster();
     const int S = int(cluster.num_blocks()), rank = int(cluster.block_rank());
     const int ks0 = int(int64_t(k_steps) * rank / S), n_ks = int(int64_t(k_steps) * (rank + 1) / S) - ks0;
@@ -319,14 +314,6 @@ cudaError_t launch_epi(const RowsGemm& g, int splits, int k_steps, cudaStream_t 
     return cudaErrorInvalidValue;
 }
 
-int multiprocessors() {
-    int device = 0, n = 0;
-    if (cudaGetDevice(&device) != cudaSuccess ||
-        cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device) != cudaSuccess)
-        return 0;
-    return n;
-}
-
 }  // namespace
 
 int rows_gemm_splits(int64_t I, int64_t O, bool swiglu, int sms) {
@@ -363,7 +350,8 @@ void rows_gemm(const RowsGemm& g, void* stream) {
     MSLM_CHECK(rows_gemm_takes(g), "rows_gemm: the call (M, I, O) = ({}, {}, {}) is not supported", g.M, g.I,
                g.O);
     const int k_steps = int((g.I + kStep - 1) / kStep);
-    const int splits = rows_gemm_splits(g.I, g.O, g.epi == RowsEpilogue::SwiGLU, multiprocessors());
+    const int splits =
+        rows_gemm_splits(g.I, g.O, g.epi == RowsEpilogue::SwiGLU, multiprocessors<uint16_t>("rows_gemm"));
     MSLM_CHECK((k_steps + splits - 1) / splits <= kMaxATiles, "rows_gemm: I = {} does not fit", g.I);
     auto s = static_cast<cudaStream_t>(stream);
     const cudaError_t err =

@@ -14,6 +14,13 @@ __device__ __forceinline__ uint32_t smem_addr(const void* p) {
     return static_cast<uint32_t>(__cvta_generic_to_shared(p));
 }
 
+// Dynamic shared memory rounded up to a 1024-byte boundary (the 128-byte swizzle's atoms; allocate
+// 1024 bytes more than used).
+__device__ __forceinline__ unsigned char* smem_1024(unsigned char* raw) {
+    const auto base = static_cast<uint32_t>(__cvta_generic_to_shared(raw));
+    return raw + ((1024 - (base & 1023)) & 1023);
+}
+
 // Once, by one thread, before the block's barrier that publishes it: `count` arrivals a phase.
 __device__ __forceinline__ void mbar_init(uint64_t* bar, uint32_t count) {
     asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(smem_addr(bar)), "r"(count) : "memory");
