@@ -2400,16 +2400,36 @@ template <typename HS, int kUpdStages>
 constexpr size_t update_stream_smem() {
     return size_t(kThreads / 32) * kUpdStages * kUpdPB * kUpdLd * sizeof(HS);
 }
-__device__ __forceinline__ void cp_async_state4(float* smem, const float* gmem) {
-    cp_async_16(smem, gmem);
+// A lane's 4 states of a row into the ring (16 or 8 bytes), to a shared-memory address converted once
+// for the ring, not at every row's copy.
+__device__ __forceinline__ void cp_async_state4_at(uint32_t smem, const float* gmem) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(smem), "l"(gmem));
 }
-__device__ __forceinline__ void cp_async_state4(__nv_bfloat16* smem, const __nv_bfloat16* gmem) {
-    cp_async_8(smem, gmem);
+__device__ __forceinline__ void cp_async_state4_at(uint32_t smem, const __nv_bfloat16* gmem) {
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 8;\n" ::"r"(smem), "l"(gmem));
+}
+// Four consecutive values of B or C as fp32: one 8- or 16-byte load (vec: the four are aligned to
+// it), else four element loads.
+template <typename T>
+__device__ __forceinline__ void load4_f32(const T* p, bool vec, float* out) {
+    if (vec) {
+        if constexpr (std::is_same_v<T, float>) {
+            const float4 v = *reinterpret_cast<const float4*>(p);
+            out[0] = v.x, out[1] = v.y, out[2] = v.z, out[3] = v.w;
+        } else {
+            const uint2 v = *reinterpret_cast<const uint2*>(p);
+            out[0] = __uint_as_float(v.x << 16), out[1] = __uint_as_float(v.x & 0xffff0000u);
+            out[2] = __uint_as_float(v.y << 16), out[3] = __uint_as_float(v.y & 0xffff0000u);
+        }
+    } else {
+#pragma unroll
+        for (int q = 0; q < 4; ++q) out[q] = to_f32(p[q]);
+    }
 }
 
 template <typename T, typename HS, int kUpdStages>
 __global__ void __launch_bounds__(kThreads, 3)
-    ssd_update_stream_kernel(Args<T> a, T* y, HS* h, const int64_t* slots, bool early) {
+    ssd_update_stream_kernel(Args<T> a, T* y, HS* h, const int64_t* slots, bool early, bool vec_bc) {
     extern __shared__ __align__(16) unsigned char smem_raw[];
     pdl_trigger();
     const int lane = threadIdx.x % 32, N = int(a.N), H = int(a.H);
@@ -2420,6 +2440,7 @@ __global__ void __launch_bounds__(kThreads, 3)
     const bool active = 4 * lane < N;
     HS* ring =
         reinterpret_cast<HS*>(smem_raw) + size_t(threadIdx.x / 32) * kUpdStages * kUpdPB * kUpdLd + 4 * lane;
+    const auto ring_at = static_cast<uint32_t>(__cvta_generic_to_shared(ring));
     // The item at cursor c's state rows into ring slot `slot`: one copy a row a lane; a commit group
     // either way.
     const int batch = int(a.batch);
@@ -2427,10 +2448,15 @@ __global__ void __launch_bounds__(kThreads, 3)
         if (c.i < batch && active) {
             const int p0 = c.pb * kUpdPB, np = min(int(a.P) - p0, kUpdPB);
             const HS* S = h + ((slots[c.i] * a.H + c.hh) * a.P + p0) * a.N + 4 * lane;
-            HS* d = ring + slot * kUpdPB * kUpdLd;
+            const uint32_t d = ring_at + uint32_t(slot * kUpdPB * kUpdLd * sizeof(HS));
+            if (np == kUpdPB) {
 #pragma unroll
-            for (int j = 0; j < kUpdPB; ++j)
-                if (j < np) cp_async_state4(d + j * kUpdLd, S + j * N);
+                for (int j = 0; j < kUpdPB; ++j) cp_async_state4_at(d + j * kUpdLd * sizeof(HS), S + j * N);
+            } else {
+#pragma unroll
+                for (int j = 0; j < kUpdPB; ++j)
+                    if (j < np) cp_async_state4_at(d + j * kUpdLd * sizeof(HS), S + j * N);
+            }
         }
         cp_async_commit();
     };
@@ -2463,13 +2489,8 @@ __global__ void __launch_bounds__(kThreads, 3)
             in.dt = to_f32(a.dt[i * a.ld_dt + hh]);
             if (lane < in.it.np) in.x = to_f32(a.x[i * a.ld_x + hh * a.P + in.it.p0 + lane]);
             if (active) {
-                const T* Bt = a.Bm + i * a.ld_B + in.it.g * a.N + 4 * lane;
-                const T* Ct = a.Cm + i * a.ld_C + in.it.g * a.N + 4 * lane;
-#pragma unroll
-                for (int q = 0; q < 4; ++q) {
-                    in.b[q] = to_f32(Bt[q]);
-                    in.c[q] = to_f32(Ct[q]);
-                }
+                load4_f32(a.Bm + i * a.ld_B + in.it.g * a.N + 4 * lane, vec_bc, in.b);
+                load4_f32(a.Cm + i * a.ld_C + in.it.g * a.N + 4 * lane, vec_bc, in.c);
             }
         }
         return in;
@@ -3026,8 +3047,12 @@ void launch_update(const A& a, D* y, HS* h, const int64_t* slots, const Plan& p,
         constexpr size_t smem = update_stream_smem<HS, 3>();
         check_cuda<S>(cudaFuncSetAttribute(kernel_fn, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)),
                       "cudaFuncSetAttribute", kernel);
-        err = launch_pdl(kernel_fn, grid_size<S>(kernel_fn, wide * 32, kernel, smem), dim3(kThreads), smem, st,
-                         a, y, h, slots, early);
+        // B and C by whole 4-value loads where every lane's four are aligned to one.
+        const uintptr_t v = 4 * sizeof(D);
+        const bool vec_bc = (reinterpret_cast<uintptr_t>(a.Bm) % v | reinterpret_cast<uintptr_t>(a.Cm) % v |
+                             uintptr_t(a.ld_B % 4) | uintptr_t(a.ld_C % 4)) == 0;
+        err = launch_pdl(kernel_fn, grid_size<S>(kernel_fn, wide * 32, kernel, smem), dim3(kThreads), smem,
+                         st, a, y, h, slots, early, vec_bc);
     } else if (wide_form) {
         err = trace ? go(ssd_update_kernel<D, 8, HS, true>, wide)
                     : go(ssd_update_kernel<D, 8, HS, false>, wide);
