@@ -2408,19 +2408,13 @@ __device__ __forceinline__ void cp_async_state4_at(uint32_t smem, const float* g
 __device__ __forceinline__ void cp_async_state4_at(uint32_t smem, const __nv_bfloat16* gmem) {
     asm volatile("cp.async.ca.shared.global [%0], [%1], 8;\n" ::"r"(smem), "l"(gmem));
 }
-// Four consecutive values of B or C as fp32: one 8- or 16-byte load (vec: the four are aligned to
-// it), else four element loads.
+// Four consecutive values of B or C as fp32: one 8- or 16-byte load as a state's (vec: the four are
+// aligned to it), else four element loads.
 template <typename T>
 __device__ __forceinline__ void load4_f32(const T* p, bool vec, float* out) {
     if (vec) {
-        if constexpr (std::is_same_v<T, float>) {
-            const float4 v = *reinterpret_cast<const float4*>(p);
-            out[0] = v.x, out[1] = v.y, out[2] = v.z, out[3] = v.w;
-        } else {
-            const uint2 v = *reinterpret_cast<const uint2*>(p);
-            out[0] = __uint_as_float(v.x << 16), out[1] = __uint_as_float(v.x & 0xffff0000u);
-            out[2] = __uint_as_float(v.y << 16), out[3] = __uint_as_float(v.y & 0xffff0000u);
-        }
+        const float4 v = load_state4(p);
+        out[0] = v.x, out[1] = v.y, out[2] = v.z, out[3] = v.w;
     } else {
 #pragma unroll
         for (int q = 0; q < 4; ++q) out[q] = to_f32(p[q]);
