@@ -775,9 +775,11 @@ TEST(CudaSsdBf16State, StepIsTheF32StepWithTheStateRounded) {
 
 // The wide update's two forms (ssd_update_stream_kernel, and the register form under
 // MSLM_SSD_UPDATE_STREAM=0) advance the same states by the same arithmetic: y and every state bit
-// for bit, fp32 and bf16 states, over several steps. The shapes give each form its wide path on a GPU
-// of up to 144 SMs: 130m's heads at batch 24 (N = 128), and P = 90 (a head ends on a 2-row item) at
-// N = 64 with slots out of order and some never decoded.
+// for bit, fp32 and bf16 states, over several steps, with the streamed form's units of 1, 2 and 4
+// items (MSLM_SSD_UPDATE_RUN) and its own choice. The shapes give each form its wide path on a GPU
+// of up to 144 SMs: 130m's heads at batch 24 (N = 128), P = 90 (a head ends on a 2-row item) at
+// N = 64 with slots out of order and some never decoded, and P = 72 (9 items a head: a run of 4 cut
+// to 1) at N = 32.
 TEST(CudaSsdUpdate, StreamedIsTheRegisterForm) {
 #ifdef MSLM_HAVE_CUDA
     if (!cuda_available()) GTEST_SKIP() << "no CUDA GPU: " << cuda_device_summary();
@@ -785,45 +787,50 @@ TEST(CudaSsdUpdate, StreamedIsTheRegisterForm) {
     const Case cases[] = {
         {24, 3, 24, 64, 1, 128, 256, 0, true, true, true},
         {5, 2, 96, 90, 2, 64, 256, 0, true, false, true},
+        {6, 2, 48, 72, 2, 32, 256, 0, true, true, true},
     };
     uint64_t seed = 1500;
-    for (const Case& c : cases) {
-        SCOPED_TRACE(describe(c));
-        const Data<T> d = make_data<T>(c, seed++);
-        const int64_t HPN = c.H * c.P * c.N, HP = c.H * c.P, n_slots = c.B + 2;
-        std::vector<int64_t> slots(c.B);
-        for (int64_t i = 0; i < c.B; ++i) slots[i] = (5 * i + 3) % n_slots;  // distinct: gcd(5, n_slots) = 1
-        ASSERT_NE(n_slots % 5, 0);
-        Rng rng(seed * 19);
-        std::vector<float> h32(n_slots * HPN);
-        std::vector<T> h16(n_slots * HPN);
-        for (size_t i = 0; i < h32.size(); ++i) {
-            h16[i] = f32_to_bf16(static_cast<float>(rng.normal()));
-            h32[i] = bf16_to_f32(h16[i]) + static_cast<float>(rng.normal()) * 0x1p-12f;
-        }
-        DeviceBuffer<int64_t> d_slots(slots);
-        DeviceBuffer<float> s32[2] = {DeviceBuffer<float>(h32), DeviceBuffer<float>(h32)};
-        DeviceBuffer<T> s16[2] = {DeviceBuffer<T>(h16), DeviceBuffer<T>(h16)};
-        for (int64_t t = 0; t < c.T; ++t) {
-            const Data<T> step = token_rows(d, t);
-            DeviceData<T> dev(step);
-            std::vector<T> y32[2], y16[2];
-            for (int form = 0; form < 2; ++form) {
-                const test::ScopedEnv env("MSLM_SSD_UPDATE_STREAM", std::string(form ? "0" : "1"));
-                DeviceBuffer<T> a(std::vector<T>(c.B * HP)), b(std::vector<T>(c.B * HP));
-                ops::cuda::ssd_update(a.get(), s32[form].get(), d_slots.get(), dev.inputs(), step.dims,
-                                      nullptr, form == 0);
-                ops::cuda::ssd_update_bf16_state(b.get(), s16[form].get(), d_slots.get(), dev.inputs(),
-                                                 step.dims, nullptr, form == 1);
-                y32[form] = a.download();
-                y16[form] = b.download();
+    for (const Case& c : cases)
+        for (const char* run : {"", "1", "2", "4"}) {
+            SCOPED_TRACE(describe(c) + ", MSLM_SSD_UPDATE_RUN=" + run);
+            const test::ScopedEnv run_env("MSLM_SSD_UPDATE_RUN",
+                                          *run ? std::optional<std::string>(run) : std::nullopt);
+            const Data<T> d = make_data<T>(c, seed++);
+            const int64_t HPN = c.H * c.P * c.N, HP = c.H * c.P, n_slots = c.B + 2;
+            std::vector<int64_t> slots(c.B);
+            for (int64_t i = 0; i < c.B; ++i)
+                slots[i] = (5 * i + 3) % n_slots;  // distinct: gcd(5, n_slots) = 1
+            ASSERT_NE(n_slots % 5, 0);
+            Rng rng(seed * 19);
+            std::vector<float> h32(n_slots * HPN);
+            std::vector<T> h16(n_slots * HPN);
+            for (size_t i = 0; i < h32.size(); ++i) {
+                h16[i] = f32_to_bf16(static_cast<float>(rng.normal()));
+                h32[i] = bf16_to_f32(h16[i]) + static_cast<float>(rng.normal()) * 0x1p-12f;
             }
-            EXPECT_TRUE(same_bits(y32[0], y32[1])) << "y (fp32 states), step " << t;
-            EXPECT_TRUE(same_bits(y16[0], y16[1])) << "y (bf16 states), step " << t;
+            DeviceBuffer<int64_t> d_slots(slots);
+            DeviceBuffer<float> s32[2] = {DeviceBuffer<float>(h32), DeviceBuffer<float>(h32)};
+            DeviceBuffer<T> s16[2] = {DeviceBuffer<T>(h16), DeviceBuffer<T>(h16)};
+            for (int64_t t = 0; t < c.T; ++t) {
+                const Data<T> step = token_rows(d, t);
+                DeviceData<T> dev(step);
+                std::vector<T> y32[2], y16[2];
+                for (int form = 0; form < 2; ++form) {
+                    const test::ScopedEnv env("MSLM_SSD_UPDATE_STREAM", std::string(form ? "0" : "1"));
+                    DeviceBuffer<T> a(std::vector<T>(c.B * HP)), b(std::vector<T>(c.B * HP));
+                    ops::cuda::ssd_update(a.get(), s32[form].get(), d_slots.get(), dev.inputs(), step.dims,
+                                          nullptr, form == 0);
+                    ops::cuda::ssd_update_bf16_state(b.get(), s16[form].get(), d_slots.get(), dev.inputs(),
+                                                     step.dims, nullptr, form == 1);
+                    y32[form] = a.download();
+                    y16[form] = b.download();
+                }
+                EXPECT_TRUE(same_bits(y32[0], y32[1])) << "y (fp32 states), step " << t;
+                EXPECT_TRUE(same_bits(y16[0], y16[1])) << "y (bf16 states), step " << t;
+            }
+            EXPECT_TRUE(same_bits(s32[0].download(), s32[1].download())) << "fp32 states";
+            EXPECT_TRUE(same_bits(s16[0].download(), s16[1].download())) << "bf16 states";
         }
-        EXPECT_TRUE(same_bits(s32[0].download(), s32[1].download())) << "fp32 states";
-        EXPECT_TRUE(same_bits(s16[0].download(), s16[1].download())) << "bf16 states";
-    }
 #endif
 }
 

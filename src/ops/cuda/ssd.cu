@@ -32,6 +32,7 @@
 #include <climits>
 #include <cstdio>
 #include <cstdlib>
+#include <string>
 #include <string_view>
 #include <type_traits>
 
@@ -2421,129 +2422,158 @@ __device__ __forceinline__ void load4_f32(const T* p, bool vec, float* out) {
     }
 }
 
-template <typename T, typename HS, int kUpdStages>
+// A warp's unit of the streamed update: a run of up to `run` consecutive 8-row items of one (row i,
+// head hh), so that the head's inputs (dt and its decay, B and C, the constants, the state's place)
+// are loaded and computed once for the run's rows, not once every 8 rows. Unit u = (i · H + hh) · runs
+// + r covers items r · run .. of the head (runs = ⌈p_blocks / run⌉); it walks (i, hh, r) as an
+// ItemCursor whose last digit has radix runs.
+// kN: N where it is 128 (every preset), so that the rows' offsets are constants of the copies and
+// stores; else 0 (read from a).
+template <typename T, typename HS, int kUpdStages, int kN>
 __global__ void __launch_bounds__(kThreads, 3)
-    ssd_update_stream_kernel(Args<T> a, T* y, HS* h, const int64_t* slots, bool early, bool vec_bc) {
+    ssd_update_stream_kernel(Args<T> a, T* y, HS* h, const int64_t* slots, bool early, bool vec_bc, int run) {
     extern __shared__ __align__(16) unsigned char smem_raw[];
     pdl_trigger();
-    const int lane = threadIdx.x % 32, N = int(a.N), H = int(a.H);
-    const int p_blocks = (int(a.P) + kUpdPB - 1) / kUpdPB;
-    const int total = int(a.batch * a.H * p_blocks);
+    const int lane = threadIdx.x % 32, N = kN ? kN : int(a.N), H = int(a.H), P = int(a.P);
+    const int p_blocks = (P + kUpdPB - 1) / kUpdPB;
+    const int runs = (p_blocks + run - 1) / run;
+    const int total = int(a.batch * a.H * runs);
     const int n_warps = int(gridDim.x * blockDim.x / 32);
     const int w_first = int((blockIdx.x * blockDim.x + threadIdx.x) / 32);
     const bool active = 4 * lane < N;
     HS* ring =
         reinterpret_cast<HS*>(smem_raw) + size_t(threadIdx.x / 32) * kUpdStages * kUpdPB * kUpdLd + 4 * lane;
     const auto ring_at = static_cast<uint32_t>(__cvta_generic_to_shared(ring));
-    // The item at cursor c's state rows into ring slot `slot`: one copy a row a lane; a commit group
-    // either way.
     const int batch = int(a.batch);
-    auto issue = [&](const ItemCursor& c, int slot) {
-        if (c.i < batch && active) {
-            const int p0 = c.pb * kUpdPB, np = min(int(a.P) - p0, kUpdPB);
-            const HS* S = h + ((slots[c.i] * a.H + c.hh) * a.P + p0) * a.N + 4 * lane;
+    // The copy cursor: unit copy_at, its item copy_s, whose state rows (this lane's words) start at
+    // copy_src, copy_rows rows before the head's end; copy_items items in the unit. The unit's place
+    // is worked out once, when the cursor enters it.
+    const ItemCursor step = item_cursor(n_warps, H, runs);
+    ItemCursor copy_at = item_cursor(w_first, H, runs), load_at = copy_at;
+    int copy_s = 0, copy_rows = 0, copy_items = 0;
+    const HS* copy_src = h;
+    auto enter_unit = [&] {
+        if (copy_at.i >= batch) return;
+        const int p0 = copy_at.pb * run * kUpdPB;
+        copy_src = h + ((slots[copy_at.i] * a.H + copy_at.hh) * a.P + p0) * a.N + 4 * lane;
+        copy_rows = P - p0;
+        copy_items = min(run, p_blocks - copy_at.pb * run);
+    };
+    enter_unit();
+    // The next item's state rows into ring slot `slot`, one copy a row a lane; a commit group either way.
+    auto issue_next = [&](int slot) {
+        if (copy_at.i < batch && active) {
             const uint32_t d = ring_at + uint32_t(slot * kUpdPB * kUpdLd * sizeof(HS));
-            if (np == kUpdPB) {
+            if (copy_rows >= kUpdPB) {
 #pragma unroll
-                for (int j = 0; j < kUpdPB; ++j) cp_async_state4_at(d + j * kUpdLd * sizeof(HS), S + j * N);
+                for (int j = 0; j < kUpdPB; ++j)
+                    cp_async_state4_at(d + j * kUpdLd * sizeof(HS), copy_src + j * N);
             } else {
 #pragma unroll
                 for (int j = 0; j < kUpdPB; ++j)
-                    if (j < np) cp_async_state4_at(d + j * kUpdLd * sizeof(HS), S + j * N);
+                    if (j < copy_rows) cp_async_state4_at(d + j * kUpdLd * sizeof(HS), copy_src + j * N);
             }
         }
         cp_async_commit();
+        copy_src += kUpdPB * N;
+        copy_rows -= kUpdPB;
+        if (++copy_s == copy_items) {
+            copy_s = 0;
+            copy_at.advance(step, H, runs);
+            enter_unit();
+        }
     };
-    // Cursors: the next item to copy (kUpdStages − 1 ahead of the one advanced), the next to load
-    // inputs for (one ahead).
-    const ItemCursor step = item_cursor(n_warps, H, p_blocks);
-    ItemCursor copy_at = item_cursor(w_first, H, p_blocks), load_at = copy_at;
     auto issue_first = [&] {
 #pragma unroll
-        for (int s = 0; s < kUpdStages - 1; ++s) {
-            issue(copy_at, s);
-            copy_at.advance(step, H, p_blocks);
-        }
+        for (int s = 0; s < kUpdStages - 1; ++s) issue_next(s);
     };
     if (early) issue_first();
     pdl_wait();
     if (!early) issue_first();
-    // Item w, one item ahead: its place and head constants (update_item_at), and its inputs from the
-    // kernel before — dt, lane j < 8's x (row p0 + j), the lane's 4 B and 4 C values — so that an item
-    // waits on no load of its own but its rows, and its index arithmetic is done once.
+    // Unit c's inputs, one unit ahead: its place and head constants (update_item_at, at its first
+    // item), and from the kernel before — dt, lane l's x (row p0 + l of the run's rows), the lane's 4
+    // B and 4 C values — so that an item waits on no load of its own but its rows.
     struct Inputs {
-        UpdateItem it{};
-        float dt = 0.0f, x = 0.0f, b[4] = {}, c[4] = {};
+        int64_t state = 0;   // the unit's first state row
+        int y0 = 0, p0 = 0;  // its first y element, its first row
+        float A = 0.0f, bias = 0.0f, d = 0.0f, dt = 0.0f, x = 0.0f, b[4] = {}, c[4] = {};
     };
     auto load_inputs = [&](const ItemCursor& c) {
         Inputs in;
         if (c.i < batch) {
-            in.it = update_item_at<T, kUpdPB>(a, c.i, c.hh, c.pb, slots);
-            const int i = in.it.i, hh = in.it.hh;
+            const UpdateItem it = update_item_at<T, kUpdPB>(a, c.i, c.hh, c.pb * run, slots);
+            const int i = it.i, hh = it.hh;
+            in.state = it.state;
+            in.p0 = it.p0;
+            in.y0 = (i * H + hh) * P + it.p0;
+            in.A = it.A, in.bias = it.bias, in.d = it.d;
             in.dt = to_f32(a.dt[i * a.ld_dt + hh]);
-            if (lane < in.it.np) in.x = to_f32(a.x[i * a.ld_x + hh * a.P + in.it.p0 + lane]);
+            if (lane < run * kUpdPB && it.p0 + lane < P)
+                in.x = to_f32(a.x[i * a.ld_x + hh * a.P + it.p0 + lane]);
             if (active) {
-                load4_f32(a.Bm + i * a.ld_B + in.it.g * a.N + 4 * lane, vec_bc, in.b);
-                load4_f32(a.Cm + i * a.ld_C + in.it.g * a.N + 4 * lane, vec_bc, in.c);
+                load4_f32(a.Bm + i * a.ld_B + it.g * a.N + 4 * lane, vec_bc, in.b);
+                load4_f32(a.Cm + i * a.ld_C + it.g * a.N + 4 * lane, vec_bc, in.c);
             }
         }
         return in;
     };
     Inputs cur = load_inputs(load_at);
-    load_at.advance(step, H, p_blocks);
+    load_at.advance(step, H, runs);
     int slot = 0;
-    for (int w = w_first; w < total; w += n_warps) {
-        issue(copy_at, (slot + kUpdStages - 1) % kUpdStages);
-        copy_at.advance(step, H, p_blocks);
+    for (int u = w_first; u < total; u += n_warps) {
         const Inputs nxt = load_inputs(load_at);
-        load_at.advance(step, H, p_blocks);
-        const UpdateItem& it = cur.it;
-        const float dtv = dt_value(cur.dt + it.bias, a.dt_min, a.dt_max);
-        const float decay = expf(dtv * it.A);
-        float xp[kUpdPB], acc[kUpdPB];
-#pragma unroll
-        for (int j = 0; j < kUpdPB; ++j) {
-            xp[j] = __shfl_sync(0xffffffffu, cur.x, j);  // 0 past the head's last row
-            acc[j] = 0.0f;
-        }
-        if (active) {
-            HS* S = h + it.state + 4 * lane;
-            const HS* src = ring + slot * kUpdPB * kUpdLd;
-            cp_async_wait<kUpdStages - 1>();  // this item's rows (this lane's copies) have landed
+        load_at.advance(step, H, runs);
+        const float dtv = dt_value(cur.dt + cur.bias, a.dt_min, a.dt_max);
+        const float decay = expf(dtv * cur.A);
+        const int items = min(run, p_blocks - cur.p0 / kUpdPB);
+        for (int s = 0; s < items; ++s) {
+            issue_next((slot + kUpdStages - 1) % kUpdStages);
+            const int np = min(P - cur.p0 - s * kUpdPB, kUpdPB);
+            float xp[kUpdPB], acc[kUpdPB];
 #pragma unroll
             for (int j = 0; j < kUpdPB; ++j) {
-                if (j >= it.np) break;
-                float4 st = load_state4(src + j * kUpdLd);
-                advance_state4(st, acc[j], decay, __fmul_rn(dtv, xp[j]), cur.b[0], cur.b[1], cur.b[2],
-                               cur.b[3], cur.c[0], cur.c[1], cur.c[2], cur.c[3]);
-                store_state4(S + j * a.N, st);  // acc holds y's terms of the unrounded state
+                xp[j] = __shfl_sync(0xffffffffu, cur.x, s * kUpdPB + j);  // 0 past the head's last row
+                acc[j] = 0.0f;
             }
-        }
-        // The 8 rows' sums over the warp by a reduce-scatter on the butterfly's pairs (xor 16, 8, 4,
-        // then 2, 1 on the one row left): each sum adds the same two values at every level as
-        // warp_sum's, so the same bits, with 9 shuffles instead of 40. Row (lane >> 2) & 7 ends in lanes
-        // 4r .. 4r + 3.
-        float u[4], t[2];
-        const bool b4 = lane & 16, b3 = lane & 8, b2 = lane & 4;
+            if (active) {
+                HS* S = h + cur.state + s * kUpdPB * N + 4 * lane;
+                const HS* src = ring + slot * kUpdPB * kUpdLd;
+                cp_async_wait<kUpdStages - 1>();  // this item's rows (this lane's copies) have landed
 #pragma unroll
-        for (int q = 0; q < 4; ++q) {
-            const float keep = b4 ? acc[q + 4] : acc[q], send = b4 ? acc[q] : acc[q + 4];
-            u[q] = keep + __shfl_xor_sync(0xffffffffu, send, 16);
-        }
+                for (int j = 0; j < kUpdPB; ++j) {
+                    if (j >= np) break;
+                    float4 st = load_state4(src + j * kUpdLd);
+                    advance_state4(st, acc[j], decay, __fmul_rn(dtv, xp[j]), cur.b[0], cur.b[1], cur.b[2],
+                                   cur.b[3], cur.c[0], cur.c[1], cur.c[2], cur.c[3]);
+                    store_state4(S + j * N, st);  // acc holds y's terms of the unrounded state
+                }
+            }
+            // The 8 rows' sums over the warp by a reduce-scatter on the butterfly's pairs (xor 16, 8,
+            // 4, then 2, 1 on the one row left): each sum adds the same two values at every level as
+            // warp_sum's, so the same bits, with 9 shuffles instead of 40. Row (lane >> 2) & 7 ends in
+            // lanes 4r .. 4r + 3.
+            float u4[4], t[2];
+            const bool b4 = lane & 16, b3 = lane & 8, b2 = lane & 4;
 #pragma unroll
-        for (int q = 0; q < 2; ++q) {
-            const float keep = b3 ? u[q + 2] : u[q], send = b3 ? u[q] : u[q + 2];
-            t[q] = keep + __shfl_xor_sync(0xffffffffu, send, 8);
+            for (int q = 0; q < 4; ++q) {
+                const float keep = b4 ? acc[q + 4] : acc[q], send = b4 ? acc[q] : acc[q + 4];
+                u4[q] = keep + __shfl_xor_sync(0xffffffffu, send, 16);
+            }
+#pragma unroll
+            for (int q = 0; q < 2; ++q) {
+                const float keep = b3 ? u4[q + 2] : u4[q], send = b3 ? u4[q] : u4[q + 2];
+                t[q] = keep + __shfl_xor_sync(0xffffffffu, send, 8);
+            }
+            float sum = (b2 ? t[1] : t[0]) + __shfl_xor_sync(0xffffffffu, b2 ? t[0] : t[1], 4);
+            sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+            sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+            const int r = lane >> 2;
+            const float xr = __shfl_sync(0xffffffffu, cur.x, s * kUpdPB + r);
+            if ((lane & 3) == 0 && r < np)
+                y[cur.y0 + s * kUpdPB + r] = from_f32<T>(__fmaf_rn(cur.d, xr, sum));
+            static_assert(kUpdPB == 8, "the reduce-scatter above takes 8 rows");
+            slot = slot + 1 == kUpdStages ? 0 : slot + 1;
         }
-        float sum = (b2 ? t[1] : t[0]) + __shfl_xor_sync(0xffffffffu, b2 ? t[0] : t[1], 4);
-        sum += __shfl_xor_sync(0xffffffffu, sum, 2);
-        sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-        const int r = lane >> 2;
-        const float xr = __shfl_sync(0xffffffffu, cur.x, r);
-        if ((lane & 3) == 0 && r < it.np)
-            y[(it.i * a.H + it.hh) * a.P + it.p0 + r] = from_f32<T>(__fmaf_rn(it.d, xr, sum));
-        static_assert(kUpdPB == 8, "the reduce-scatter above takes 8 rows");
-        slot = slot + 1 == kUpdStages ? 0 : slot + 1;
         cur = nxt;
     }
     cp_async_wait<0>();  // no copy outlives the block (the ring's last slots may still be filling)
@@ -2733,6 +2763,26 @@ bool backward_head_wgmma_enabled() {
 // 30.5 → 31.8 µs in Nsight Compute but +1% tokens/s in the step. Read at every call, for ablations.
 bool update_stream_enabled() {
     return env_switch_on("MSLM_SSD_UPDATE_STREAM");
+}
+
+// The streamed update's items a warp's unit (ssd_update_stream_kernel): 1, 2 or 4 consecutive 8-row
+// items of one (row, head), whose inputs and head constants a warp then loads and computes once. The
+// largest that does not lengthen the busiest warp's list of items (warps: those resident at once),
+// or MSLM_SSD_UPDATE_RUN (1, 2 or 4; read at every call, for ablations).
+int update_run(int64_t heads, int64_t p_blocks, int64_t warps) {
+    if (const char* env = std::getenv("MSLM_SSD_UPDATE_RUN")) {
+        const std::string v(env);
+        MSLM_CHECK(v == "1" || v == "2" || v == "4", "MSLM_SSD_UPDATE_RUN={}: expected 1, 2 or 4", v);
+        return std::stoi(v);
+    }
+    auto busiest = [&](int64_t run) {
+        const int64_t units = heads * ((p_blocks + run - 1) / run);
+        return (units + warps - 1) / warps * run;
+    };
+    int run = 1;
+    for (int r : {2, 4})
+        if (busiest(r) <= busiest(1)) run = r;
+    return run;
 }
 
 // ⟨dS, S_in⟩ of the finish from the reverse state pass (its dot_with) unless MSLM_SSD_DSS_IN_PASS is 0
@@ -3037,7 +3087,8 @@ void launch_update(const A& a, D* y, HS* h, const int64_t* slots, const Plan& p,
     const bool wide_form = wide >= 16 * int64_t(multiprocessors<S>(kernel));
     if (wide_form && !trace && p.N % 4 == 0 && p.N <= kUpdLd && update_stream_enabled()) {
         // 3 ring slots: 4 measured 3% slower (bf16 states, 130m batch 64, H200).
-        auto kernel_fn = ssd_update_stream_kernel<D, HS, 3>;
+        auto kernel_fn =
+            p.N == 128 ? ssd_update_stream_kernel<D, HS, 3, 128> : ssd_update_stream_kernel<D, HS, 3, 0>;
         constexpr size_t smem = update_stream_smem<HS, 3>();
         check_cuda<S>(cudaFuncSetAttribute(kernel_fn, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)),
                       "cudaFuncSetAttribute", kernel);
@@ -3045,8 +3096,14 @@ void launch_update(const A& a, D* y, HS* h, const int64_t* slots, const Plan& p,
         const uintptr_t v = 4 * sizeof(D);
         const bool vec_bc = (reinterpret_cast<uintptr_t>(a.Bm) % v | reinterpret_cast<uintptr_t>(a.Cm) % v |
                              uintptr_t(a.ld_B % 4) | uintptr_t(a.ld_C % 4)) == 0;
-        err = launch_pdl(kernel_fn, grid_size<S>(kernel_fn, wide * 32, kernel, smem), dim3(kThreads), smem,
-                         st, a, y, h, slots, early, vec_bc);
+        // Items a unit (update_run): as many as keep the busiest warp's item count.
+        const int64_t warps = int64_t(multiprocessors<S>(kernel)) *
+                              resident_blocks<S>(kernel_fn, kThreads, smem, kernel) * (kThreads / 32);
+        const int64_t p_blocks = (p.P + kUpdPB - 1) / kUpdPB;
+        const int run = update_run(p.batch * p.H, p_blocks, warps);
+        const int64_t units = p.batch * p.H * ((p_blocks + run - 1) / run);
+        err = launch_pdl(kernel_fn, grid_size<S>(kernel_fn, units * 32, kernel, smem), dim3(kThreads), smem,
+                         st, a, y, h, slots, early, vec_bc, run);
     } else if (wide_form) {
         err = trace ? go(ssd_update_kernel<D, 8, HS, true>, wide)
                     : go(ssd_update_kernel<D, 8, HS, false>, wide);
