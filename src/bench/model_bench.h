@@ -4,9 +4,9 @@
 //            MFU against a stated peak;
 //   prefill  one prompt of T tokens through the decoder (CausalLM::prefill): tokens/s;
 //   decode   k slots after a short prompt, greedy: each step feeds every slot the token picked
-//            from its last logits (CausalLM::step_greedy, as generate() runs greedy decoding
-//            without logits processors; on a GPU the pick is made there): aggregate tokens/s for
-//            each k;
+//            from its last logits, kGreedyChunk steps a call (CausalLM::step_greedy_n, as
+//            generate() runs greedy decoding without logits processors; on a GPU the pick is made
+//            there and the steps run as one device-side loop): aggregate tokens/s for each k;
 //   memory   parameters, gradients, optimizer state, activations and inference state as planned
 //            (model/info.h on the CPU, CudaHybridLM::training_memory and CudaCausalLM::plan on the
 //            GPU) beside what the built objects hold, and the process's (CPU) or device's (GPU)

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <deque>
 #include <numeric>
 #include <optional>
 
@@ -150,19 +151,28 @@ GenerationResult run_greedy_or_sample(CausalLM& lm, const std::vector<std::vecto
     std::vector<int64_t> slots;
     std::vector<int32_t> tokens;
     // Greedy without logits processors needs only each row's pick: the model makes it
-    // (CausalLM::step_greedy; on a GPU, on the device) and the logits stay where they are.
+    // (CausalLM::step_greedy; on a GPU, on the device) and the logits stay where they are. It takes
+    // up to kGreedyChunk steps at once (CausalLM::step_greedy_n: on a GPU one device-side loop),
+    // stopping early at an EOS token; the picks wait in `queued` and are taken a step at a time as
+    // below. A sequence that stops on the host (a stop string, max_time, the hook) with picks still
+    // queued was stepped past its end: its slot no longer matches its tokens (`overshot`).
     const bool picks_only = !sample && chain.names().empty();
-    std::vector<GreedyPick> picks(static_cast<size_t>(n_seq)), stepped_picks;
-    bool picked = false;  // picks hold the rows of the last step (else: the logits)
+    std::vector<GreedyPick> stepped_picks;
+    std::vector<std::deque<GreedyPick>> queued(static_cast<size_t>(n_seq));
+    bool overshot = false;
+    bool picked = false;  // queued holds the rows of the last steps (else: the logits)
     while (true) {
         slots.clear();
         tokens.clear();
+        bool more = false;  // the active sequences have picks queued: no step this time
         for (int64_t s = 0; s < n_seq; ++s) {
             Live& q = live[s];
             if (!q.active) continue;
             GreedyPick pick;
+            auto& mine = queued[static_cast<size_t>(s)];
             if (picked) {
-                pick = picks[static_cast<size_t>(s)];
+                pick = mine.front();
+                mine.pop_front();
             } else {
                 std::span<float> row(logits.data() + s * V, static_cast<size_t>(V));
                 chain.apply(row, q.ids, q.prompt_len);
@@ -180,23 +190,42 @@ GenerationResult run_greedy_or_sample(CausalLM& lm, const std::vector<std::vecto
             const StopReason why = q.stop.update(tok, delta);
             if (hooks.on_token && !hooks.on_token(s, tok, delta)) {
                 res.interrupted = true;
+                overshot = overshot || !mine.empty();
                 break;
             }
             if (why != StopReason::None) {
                 out.stop_reason = why;
                 q.active = false;
+                overshot = overshot || !mine.empty();
+                mine.clear();
+                continue;
+            }
+            if (!mine.empty()) {
+                more = true;
                 continue;
             }
             slots.push_back(s);
             tokens.push_back(tok);
         }
-        if (slots.empty() || res.interrupted) break;
+        if (res.interrupted) break;
+        if (more) continue;
+        if (slots.empty()) break;
         const auto k = static_cast<int64_t>(slots.size());
         if (picks_only) {
-            stepped_picks.resize(static_cast<size_t>(k));
-            lm.step_greedy(slots, tokens, stepped_picks.data());
-            for (int64_t i = 0; i < k; ++i)
-                picks[static_cast<size_t>(slots[i])] = stepped_picks[static_cast<size_t>(i)];
+            // As many steps as every listed sequence may still take (max_new_tokens), one a call with
+            // max_time (its clock is read a token at a time).
+            int64_t n = cfg.max_time ? 1 : kGreedyChunk;
+            for (int64_t s : slots) {
+                const StoppingCriteria& st = live[static_cast<size_t>(s)].stop;
+                n = std::min(n, std::max<int64_t>(1, st.max_new_tokens() - st.generated()));
+            }
+            stepped_picks.resize(static_cast<size_t>(n * k));
+            const int64_t ran = lm.step_greedy_n(slots, tokens, n, cfg.eos_token_id, stepped_picks.data());
+            for (int64_t j = 0; j < ran; ++j)
+                for (int64_t i = 0; i < k; ++i)
+                    queued[static_cast<size_t>(slots[i])].push_back(
+                        stepped_picks[static_cast<size_t>(j * k + i)]);
+            res.generated_tokens += (ran - 1) * k;
             picked = true;
         } else {
             stepped.resize(static_cast<size_t>(k * V));
@@ -207,7 +236,7 @@ GenerationResult run_greedy_or_sample(CausalLM& lm, const std::vector<std::vecto
         res.generated_tokens += k;
     }
     res.decode_seconds = seconds_since(t1);
-    if (cache) {  // slot 0 was fed the prompt and every generated token but the last
+    if (cache && !overshot) {  // slot 0 was fed the prompt and every generated token but the last
         cache->tokens.assign(live[0].ids.begin(), live[0].ids.end() - (res.sequences[0].tokens.empty() ? 0 : 1));
         cache->capacity = capacity;
         cache->valid = true;

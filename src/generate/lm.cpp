@@ -1,6 +1,7 @@
 #include "generate/lm.h"
 
 #include <algorithm>
+#include <vector>
 
 #include "core/error.h"
 #include "generate/processors.h"
@@ -23,6 +24,23 @@ void CausalLM::step_greedy(std::span<const int64_t> slots, std::span<const int32
     for (size_t i = 0; i < slots.size(); ++i)
         picks[i] = greedy_pick(std::span<const float>(greedy_logits_.data() + i * static_cast<size_t>(V),
                                                       static_cast<size_t>(V)));
+}
+
+int64_t CausalLM::step_greedy_n(std::span<const int64_t> slots, std::span<const int32_t> tokens, int64_t n,
+                                std::span<const int32_t> stop_ids, GreedyPick* picks) {
+    const size_t k = slots.size();
+    std::vector<int32_t> fed(tokens.begin(), tokens.end());
+    for (int64_t j = 0; j < n; ++j) {
+        GreedyPick* row = picks + static_cast<size_t>(j) * k;
+        step_greedy(slots, fed, row);
+        bool stop = false;
+        for (size_t i = 0; i < k; ++i) {
+            fed[i] = row[i].token;
+            stop = stop || std::find(stop_ids.begin(), stop_ids.end(), row[i].token) != stop_ids.end();
+        }
+        if (stop) return j + 1;
+    }
+    return n;
 }
 
 void HybridCausalLM::start(int64_t slots, int64_t max_len) {

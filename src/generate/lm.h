@@ -40,6 +40,13 @@ public:
     // (CudaCausalLM: the logits' download was half the batch-64 step on an H200).
     virtual void step_greedy(std::span<const int64_t> slots, std::span<const int32_t> tokens,
                              GreedyPick* picks);
+    // Up to n greedy steps in a row: step 0 feeds `tokens`, each later step the picks of the step
+    // before, as n calls of step_greedy would. It stops after the first step in which any row picked
+    // one of stop_ids (that step included). Writes each step's picks at picks[j · k] (k = the slots)
+    // and returns the steps run (≥ 1 for n ≥ 1). This default calls step_greedy; a GPU decoder runs
+    // the steps as one device-side loop (no host round trip between them).
+    virtual int64_t step_greedy_n(std::span<const int64_t> slots, std::span<const int32_t> tokens, int64_t n,
+                                  std::span<const int32_t> stop_ids, GreedyPick* picks);
     // Slot i takes what slot src[i] held (src.size() == slots; repeats allowed).
     virtual void reorder(std::span<const int64_t> src) = 0;
     virtual void copy(int64_t src_slot, int64_t dst_slot) = 0;

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cfloat>
+#include <climits>
 #include <cstdint>
 #include <cstdlib>
 #include <string>
@@ -673,6 +674,44 @@ __global__ void __launch_bounds__(kPickThreads)
 }
 
 }  // namespace
+
+namespace {
+
+// greedy_loop_tail: one block; the stop test of every row before thread 0 sets the condition.
+__global__ void greedy_loop_tail_kernel(int k, const double* __restrict__ log_prob,
+                                        const float* __restrict__ logit, const int32_t* __restrict__ token,
+                                        int32_t* __restrict__ ids, int64_t* __restrict__ pos,
+                                        LoopPick* __restrict__ out, int32_t* ctl,
+                                        cudaGraphConditionalHandle handle) {
+    __shared__ int stop;
+    if (threadIdx.x == 0) stop = 0;
+    __syncthreads();
+    const int iter = ctl[0], most = ctl[1], n_stop = ctl[2];
+    for (int i = threadIdx.x; i < k; i += blockDim.x) {
+        const int32_t t = token[i];
+        out[int64_t(iter) * k + i] = LoopPick{log_prob[i], logit[i], t};
+        ids[i] = t;
+        pos[i] += 1;
+        for (int s = 0; s < n_stop; ++s)
+            if (ctl[3 + s] == t) stop = 1;
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        ctl[0] = iter + 1;
+        cudaGraphSetConditional(handle, iter + 1 < most && !stop ? 1u : 0u);
+    }
+}
+
+}  // namespace
+
+void greedy_loop_tail(int64_t k, const double* log_prob, const float* logit, const int32_t* token,
+                      int32_t* ids, int64_t* pos, LoopPick* out, int32_t* ctl, unsigned long long handle,
+                      void* stream) {
+    MSLM_CHECK(k >= 1 && k <= INT_MAX, "greedy_loop_tail: {} rows", k);
+    greedy_loop_tail_kernel<<<1, 256, 0, static_cast<cudaStream_t>(stream)>>>(
+        int(k), log_prob, logit, token, ids, pos, out, ctl, static_cast<cudaGraphConditionalHandle>(handle));
+    check("greedy_loop_tail");
+}
 
 int64_t greedy_pick_splits(int64_t V) {
     return std::max<int64_t>(1, (V + kPickThreads * kPickPer - 1) / (kPickThreads * kPickPer));

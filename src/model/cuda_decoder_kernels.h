@@ -133,6 +133,21 @@ int64_t greedy_pick_splits(int64_t V);
 void greedy_pick(const float* logits, int64_t k, int64_t V, GreedyPart* part, unsigned* done,
                  double* log_prob, float* logit, int32_t* token, void* stream);
 
+// The end of one iteration of a device-side greedy loop (CudaCausalLM::step_greedy_n: a CUDA graph
+// whose while node runs the step, greedy_pick and this): the pick of row i (log_prob, logit, token,
+// as greedy_pick wrote them) to out[iter · k + i], its token to ids[i] (the next step's input), pos[i]
+// one further; then iter + 1, and the loop's condition (handle) set to continue while iter < max and
+// no row picked one of the stop ids. ctl: [iter, max, n_stop, stop ids …] (int32, in GPU memory).
+struct LoopPick {
+    double log_prob;
+    float logit;
+    int32_t token;
+};
+constexpr int64_t kLoopMaxStops = 16;
+void greedy_loop_tail(int64_t k, const double* log_prob, const float* logit, const int32_t* token,
+                      int32_t* ids, int64_t* pos, LoopPick* out, int32_t* ctl, unsigned long long handle,
+                      void* stream);
+
 // Diagnostics (MSLM_DECODE_GEMV_TRACE=1, read at each launch; bench_cuda_decode --trace): each
 // decode_gemv launch (and each fused decode attention's and SSD update's) takes the next of kGemvTraceSlots
 // slots (in launch order since the last decode_gemv_trace_reset(true); a captured graph keeps its slots), and

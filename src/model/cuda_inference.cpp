@@ -311,10 +311,21 @@ struct CudaCausalLM::Impl {
     }
     std::map<int64_t, cudaGraphExec_t> graph;
     std::set<int64_t> warmed;
+    // step_greedy_n's device loop: per row count, a graph of one while node over the step's body;
+    // its control block (greedy_loop_tail's ctl) and picks (kLoopChunk × slots) on the device and
+    // their pinned host copies. loop: whether to use it (MSLM_DECODE_LOOP=0: step_greedy's loop).
+    std::map<int64_t, cudaGraphExec_t> loop_graph;
+    int32_t* loop_ctl = nullptr;
+    cuda_decoder_detail::LoopPick* loop_out = nullptr;
+    int32_t* host_loop_ctl = nullptr;
+    cuda_decoder_detail::LoopPick* host_loop_out = nullptr;
+    bool loop = true;
 
     void drop_graphs() {
         for (auto& [k, g] : graph) cudaGraphExecDestroy(g);
+        for (auto& [k, g] : loop_graph) cudaGraphExecDestroy(g);
         graph.clear();
+        loop_graph.clear();
         warmed.clear();
     }
     void release() {
@@ -400,6 +411,8 @@ void carve_scratch(Carver& cv, Impl& m, const ModelConfig& cfg, int64_t rows, in
     cv.take(m.picks, std::max<int64_t>(slots, 1) * kPickBytes);
     cv.take(m.pick_part, std::max<int64_t>(slots, 1) * cuda_decoder_detail::greedy_pick_splits(w.V));
     cv.take(m.pick_done, std::max<int64_t>(slots, 1));
+    cv.take(m.loop_ctl, 3 + cuda_decoder_detail::kLoopMaxStops);
+    cv.take(m.loop_out, CudaCausalLM::kLoopChunk * std::max<int64_t>(slots, 1));
     size_t ws = 0;
     if (cfg.count(LayerKind::Mamba) && cfg.mamba.version == 2)
         ws = kc::ssd_forward_workspace_bytes(
@@ -671,6 +684,8 @@ CudaCausalLM::CudaCausalLM(const HybridLM<float>& model, int device)
         const char* names[3] = {"store", "residual", "swiglu"};
         for (int i = 0; i < 3; ++i) m.rows_gemm_epi[i] = list.find(names[i]) != std::string_view::npos;
     }
+    const char* loop = std::getenv("MSLM_DECODE_LOOP");
+    m.loop = !(loop && std::string(loop) == "0");
     const char* persistent = std::getenv("MSLM_DECODE_PERSISTENT");
     m.persistent = m.fused && persistent && std::string(persistent) == "1";
     const char* trace = std::getenv("MSLM_DECODE_STEP_TRACE");
@@ -862,13 +877,19 @@ void CudaCausalLM::start(int64_t slots, int64_t max_len) {
     const size_t logits_at = staging_bytes(S, m.rows);
     const size_t hidden_at = logits_at + sizeof(float) * static_cast<size_t>(S * cfg_.vocab_size);
     const size_t picks_at = (hidden_at + sizeof(bf16) * static_cast<size_t>(m.rows * cfg_.d_model) + 15) / 16 * 16;
-    m.host_bytes = picks_at + static_cast<size_t>(S * kPickBytes);
+    // [… | loop control (int32, 16-byte rounded) | loop picks (kLoopChunk, S)]
+    const size_t ctl_at = (picks_at + static_cast<size_t>(S * kPickBytes) + 15) / 16 * 16;
+    const size_t loop_out_at =
+        ctl_at + (sizeof(int32_t) * (3 + cuda_decoder_detail::kLoopMaxStops) + 15) / 16 * 16;
+    m.host_bytes = loop_out_at + sizeof(cuda_decoder_detail::LoopPick) * static_cast<size_t>(kLoopChunk * S);
     void* host = nullptr;
     check(cudaMallocHost(&host, m.host_bytes), "cudaMallocHost");
     m.host = static_cast<char*>(host);
     m.host_logits = reinterpret_cast<float*>(m.host + logits_at);
     m.host_hidden = reinterpret_cast<bf16*>(m.host + hidden_at);
     m.host_picks = m.host + picks_at;
+    m.host_loop_ctl = reinterpret_cast<int32_t*>(m.host + ctl_at);
+    m.host_loop_out = reinterpret_cast<cuda_decoder_detail::LoopPick*>(m.host + loop_out_at);
     // The persistent step stages bf16 weights; a quantized model steps with the per-op kernels.
     if (m.persistent && m.quant.empty() && persistent_step_fits(cfg_, m))
         prepare_persistent_step(cfg_, m, cache_len_);
@@ -1549,7 +1570,8 @@ void CudaCausalLM::step_greedy(std::span<const int64_t> slots, std::span<const i
     }
 }
 
-int64_t CudaCausalLM::enqueue_step(std::span<const int64_t> slots, std::span<const int32_t> tokens) {
+int64_t CudaCausalLM::upload_step(std::span<const int64_t> slots, std::span<const int32_t> tokens,
+                                  int64_t steps) {
     MSLM_CHECK(slots.size() == tokens.size(), "step: {} slots but {} tokens", slots.size(), tokens.size());
     Impl& m = *impl_;
     const auto k = static_cast<int64_t>(slots.size());
@@ -1561,7 +1583,8 @@ int64_t CudaCausalLM::enqueue_step(std::span<const int64_t> slots, std::span<con
     for (int64_t i = 0; i < k; ++i) {
         check_slot(slots[i], "step");
         for (int64_t j = 0; j < i; ++j) MSLM_CHECK(slots[j] != slots[i], "step: slot {} listed twice", slots[i]);
-        MSLM_CHECK(pos_[slots[i]] < max_len_, "step: slot {} is full ({} tokens)", slots[i], max_len_);
+        MSLM_CHECK(pos_[slots[i]] + steps <= max_len_, "step: slot {} is full ({} tokens)", slots[i],
+                   max_len_);
         host_slots[i] = slots[i];
         host_pos[i] = pos_[slots[i]];
         host_ids[i] = tokens[i];
@@ -1570,6 +1593,12 @@ int64_t CudaCausalLM::enqueue_step(std::span<const int64_t> slots, std::span<con
     check(cudaMemcpyAsync(m.slots, host_slots, 2 * sizeof(int64_t) * slots_ + sizeof(int32_t) * k,
                           cudaMemcpyHostToDevice, m.stream),
           "upload step");
+    return k;
+}
+
+int64_t CudaCausalLM::enqueue_step(std::span<const int64_t> slots, std::span<const int32_t> tokens) {
+    Impl& m = *impl_;
+    const int64_t k = upload_step(slots, tokens, 1);
     if (k == 1 && m.tables) {
         cuda_decoder_detail::persistent_step(m.pstep, m.stream);
         if (m.trace) {
@@ -1606,6 +1635,121 @@ int64_t CudaCausalLM::enqueue_step(std::span<const int64_t> slots, std::span<con
         check(cudaGraphLaunch(exec, m.stream), "cudaGraphLaunch");
     }
     return k;
+}
+
+void* CudaCausalLM::loop_graph(int64_t k) {
+    Impl& m = *impl_;
+    if (auto it = m.loop_graph.find(k); it != m.loop_graph.end()) return it->second;
+    // The graph: one while node (its condition 1 at each launch, so the body runs at least once)
+    // whose body is the step, the pick and greedy_loop_tail, captured from the stream.
+    cudaGraph_t graph = nullptr;
+    check(cudaGraphCreate(&graph, 0), "cudaGraphCreate");
+    cudaGraphConditionalHandle handle{};
+    cudaGraphNodeParams params{};
+    cudaGraphNode_t node = nullptr;
+    cudaError_t err = cudaGraphConditionalHandleCreate(&handle, graph, 1, cudaGraphCondAssignDefault);
+    if (err == cudaSuccess) {
+        params.type = cudaGraphNodeTypeConditional;
+        params.conditional.handle = handle;
+        params.conditional.type = cudaGraphCondTypeWhile;
+        params.conditional.size = 1;
+        err = cudaGraphAddNode(&node, graph, nullptr, nullptr, 0, &params);
+    }
+    if (err == cudaSuccess)
+        err = cudaStreamBeginCaptureToGraph(m.stream, params.conditional.phGraph_out[0], nullptr, nullptr, 0,
+                                            cudaStreamCaptureModeThreadLocal);
+    if (err != cudaSuccess) {  // a device or driver without conditional nodes: the host loop
+        cudaGetLastError();
+        cudaGraphDestroy(graph);
+        m.loop = false;
+        return nullptr;
+    }
+    auto* lp = reinterpret_cast<double*>(m.picks);
+    auto* logit = reinterpret_cast<float*>(lp + k);
+    auto* token = reinterpret_cast<int32_t*>(logit + k);
+    try {
+        run_step(k);
+        cuda_decoder_detail::greedy_pick(m.logits, k, cfg_.vocab_size, m.pick_part, m.pick_done, lp, logit,
+                                         token, m.stream);
+        cuda_decoder_detail::greedy_loop_tail(k, lp, logit, token, m.ids, m.pos, m.loop_out, m.loop_ctl,
+                                              static_cast<unsigned long long>(handle), m.stream);
+    } catch (...) {
+        cudaGraph_t body = nullptr;
+        cudaStreamEndCapture(m.stream, &body);
+        cudaGraphDestroy(graph);
+        throw;
+    }
+    cudaGraph_t body = nullptr;
+    err = cudaStreamEndCapture(m.stream, &body);
+    cudaGraphExec_t exec = nullptr;
+    if (err == cudaSuccess) err = cudaGraphInstantiate(&exec, graph, 0);
+    cudaGraphDestroy(graph);
+    if (err != cudaSuccess) {  // e.g. a kernel the body cannot hold: the host loop
+        cudaGetLastError();
+        m.loop = false;
+        return nullptr;
+    }
+    m.loop_graph.emplace(k, exec);
+    return exec;
+}
+
+int64_t CudaCausalLM::step_greedy_n(std::span<const int64_t> slots, std::span<const int32_t> tokens,
+                                    int64_t n, std::span<const int32_t> stop_ids, GreedyPick* picks) {
+    Impl& m = *impl_;
+    const auto k = static_cast<int64_t>(slots.size());
+    if (n <= 0 || k == 0) return 0;
+    const auto n_stop = static_cast<int64_t>(stop_ids.size());
+    if (!m.loop || !m.graphs || m.tables || n_stop > cuda_decoder_detail::kLoopMaxStops)
+        return CausalLM::step_greedy_n(slots, tokens, n, stop_ids, picks);
+    int64_t done = 0;
+    std::vector<int32_t> fed(tokens.begin(), tokens.end());
+    auto stopped = [&](const GreedyPick* row) {
+        for (int64_t i = 0; i < k; ++i)
+            if (std::find(stop_ids.begin(), stop_ids.end(), row[i].token) != stop_ids.end()) return true;
+        return false;
+    };
+    // The step's first run at a row count is eager and the second captured (enqueue_step): cuBLASLt
+    // chooses its algorithms and workspace outside any capture. Those steps go through step_greedy.
+    while (done < n && !m.graph.count(k)) {
+        step_greedy(slots, fed, picks + done * k);
+        for (int64_t i = 0; i < k; ++i) fed[i] = picks[done * k + i].token;
+        if (stopped(picks + done++ * k)) return done;
+    }
+    while (done < n) {
+        const int64_t chunk = std::min(n - done, kLoopChunk);
+        upload_step(slots, fed, chunk);
+        void* exec = loop_graph(k);
+        if (!exec) return done + CausalLM::step_greedy_n(slots, fed, n - done, stop_ids, picks + done * k);
+        int32_t* ctl = m.host_loop_ctl;
+        ctl[0] = 0;
+        ctl[1] = static_cast<int32_t>(chunk);
+        ctl[2] = static_cast<int32_t>(n_stop);
+        std::copy(stop_ids.begin(), stop_ids.end(), ctl + 3);
+        const size_t ctl_bytes = sizeof(int32_t) * static_cast<size_t>(3 + n_stop);
+        check(cudaMemcpyAsync(m.loop_ctl, ctl, ctl_bytes, cudaMemcpyHostToDevice, m.stream), "upload loop");
+        check(cudaGraphLaunch(static_cast<cudaGraphExec_t>(exec), m.stream), "cudaGraphLaunch");
+        check(cudaMemcpyAsync(ctl, m.loop_ctl, sizeof(int32_t), cudaMemcpyDeviceToHost, m.stream),
+              "download loop");
+        check(cudaMemcpyAsync(m.host_loop_out, m.loop_out,
+                              sizeof(cuda_decoder_detail::LoopPick) * static_cast<size_t>(chunk * k),
+                              cudaMemcpyDeviceToHost, m.stream),
+              "download loop picks");
+        check(cudaStreamSynchronize(m.stream), "decode loop");
+        const int64_t ran = ctl[0];
+        MSLM_CHECK(ran >= 1 && ran <= chunk, "decode loop: {} steps of {}", ran, chunk);
+        for (int64_t j = 0; j < ran; ++j)
+            for (int64_t i = 0; i < k; ++i) {
+                const cuda_decoder_detail::LoopPick& p = m.host_loop_out[j * k + i];
+                picks[(done + j) * k + i] = GreedyPick{p.token, p.logit, p.log_prob};
+            }
+        for (int64_t i = 0; i < k; ++i) {
+            pos_[slots[i]] += ran;
+            fed[i] = picks[(done + ran - 1) * k + i].token;
+        }
+        done += ran;
+        if (ran < chunk || stopped(picks + (done - 1) * k)) break;
+    }
+    return done;
 }
 
 void CudaCausalLM::reorder(std::span<const int64_t> src) {

@@ -68,6 +68,14 @@ public:
     // bytes a row come back instead of V floats.
     void step_greedy(std::span<const int64_t> slots, std::span<const int32_t> tokens,
                      GreedyPick* picks) override;
+    // The steps as one CUDA graph whose while node loops over the step, the pick and the loop's
+    // bookkeeping on the device (greedy_loop_tail), kLoopChunk steps a launch at most: no upload,
+    // download or launch between steps. The same kernels as step_greedy's, so the same picks bit for
+    // bit. Falls back to CausalLM's loop without graphs (MSLM_CUDA_GRAPHS=0), with more than
+    // kLoopMaxStops stop ids, or where the device loop is off (MSLM_DECODE_LOOP=0).
+    int64_t step_greedy_n(std::span<const int64_t> slots, std::span<const int32_t> tokens, int64_t n,
+                          std::span<const int32_t> stop_ids, GreedyPick* picks) override;
+    static constexpr int64_t kLoopChunk = 64;
     void reorder(std::span<const int64_t> src) override;
     void copy(int64_t src_slot, int64_t dst_slot) override;
     void clear(int64_t slot) override;
@@ -87,6 +95,11 @@ private:
     // Checks and uploads the step's slots, positions and tokens and queues its kernels (graph,
     // persistent step or eager); returns k. The caller downloads and advances the positions.
     int64_t enqueue_step(std::span<const int64_t> slots, std::span<const int32_t> tokens);
+    // enqueue_step's checks (room for `steps` more tokens in every slot) and upload; returns k.
+    int64_t upload_step(std::span<const int64_t> slots, std::span<const int32_t> tokens, int64_t steps);
+    // step_greedy_n's graph for k rows (built at its first use), or null where the device cannot
+    // run it (the decoder then loops on the host).
+    void* loop_graph(int64_t k);
     // The first logit_rows logits rows and hidden_rows final-norm rows into the caller's arrays (each
     // when non-null); waits for the stream.
     void download(int64_t logit_rows, float* logits, int64_t hidden_rows, float* hidden);

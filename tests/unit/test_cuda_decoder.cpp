@@ -631,6 +631,78 @@ TEST(CudaDecoderGreedy, DevicePicksEqualTheHostsOverTheLogits) {
     EXPECT_EQ(a.position(2), b.position(2));
 }
 
+// step_greedy_n's device loop (a CUDA graph's while node over the step, the pick and its bookkeeping)
+// against step_greedy called once a step on a second decoder fed the same tokens: every pick bit for
+// bit over 150 steps (three launches of at most kLoopChunk), with three slots and with one; a stop id
+// (a token the plain decoder picked at some step) ends the loop after that step; the decoders
+// then take the same next step (positions and states advanced alike). Also without graphs
+// (MSLM_CUDA_GRAPHS=0: the host loop) and with the loop off (MSLM_DECODE_LOOP=0).
+void loop_follows_step_greedy(const ModelConfig& cfg, const char* env, const char* value) {
+    SCOPED_TRACE(std::string(env ? env : "(defaults)") + "=" + (value ? value : ""));
+    auto model = random_model(cfg);
+    const int64_t V = cfg.vocab_size;
+    std::optional<test::ScopedEnv> e;
+    if (env) e.emplace(env, std::string(value));
+    CudaCausalLM a(*model), b(*model);
+    std::vector<float> l(V);
+    for (CudaCausalLM* g : {&a, &b}) {
+        g->start(3, cfg.max_seq_len);
+        g->prefill(0, std::vector<int32_t>{1, 2, 3}, l.data(), nullptr);
+        g->prefill(1, std::vector<int32_t>{5}, l.data(), nullptr);
+        g->prefill(2, std::vector<int32_t>{4, 7}, l.data(), nullptr);
+    }
+    for (const std::vector<int64_t>& slots : {std::vector<int64_t>{0, 2, 1}, std::vector<int64_t>{1}}) {
+        const auto k = static_cast<int64_t>(slots.size());
+        std::vector<int32_t> toks(k);
+        for (int64_t i = 0; i < k; ++i) toks[i] = static_cast<int32_t>((7 * i + 3) % V);
+        const int64_t n = k == 3 ? 150 : 20;
+        std::vector<GreedyPick> want(n * k), got(n * k);
+        std::vector<int32_t> fed = toks;
+        for (int64_t j = 0; j < n; ++j) {
+            a.step_greedy(slots, fed, want.data() + j * k);
+            for (int64_t i = 0; i < k; ++i) fed[i] = want[j * k + i].token;
+        }
+        // A stop id: the token row k − 1 picked at step n / 2 (the loop ends at its first pick by any row).
+        const int32_t stop = want[(n / 2) * k + k - 1].token;
+        int64_t first = n;
+        for (int64_t j = 0; j < n && first == n; ++j)
+            for (int64_t i = 0; i < k; ++i)
+                if (want[j * k + i].token == stop) first = j;
+        const int64_t ran = b.step_greedy_n(slots, toks, n, std::vector<int32_t>{stop}, got.data());
+        ASSERT_EQ(ran, first + 1) << k << " rows";
+        // The rest of the steps without the stop id.
+        std::vector<int32_t> next(k);
+        for (int64_t i = 0; i < k; ++i) next[i] = got[(ran - 1) * k + i].token;
+        ASSERT_EQ(b.step_greedy_n(slots, next, n - ran, {}, got.data() + ran * k), n - ran);
+        for (int64_t j = 0; j < n; ++j)
+            for (int64_t i = 0; i < k; ++i) {
+                const GreedyPick &w = want[j * k + i], &g = got[j * k + i];
+                ASSERT_EQ(g.token, w.token) << "step " << j << " row " << i;
+                ASSERT_EQ(g.logit, w.logit) << "step " << j << " row " << i;
+                ASSERT_EQ(g.log_prob, w.log_prob) << "step " << j << " row " << i;
+            }
+        for (int64_t s : slots) ASSERT_EQ(a.position(s), b.position(s)) << "slot " << s;
+        std::vector<GreedyPick> wa(k), wb(k);
+        for (int64_t i = 0; i < k; ++i) fed[i] = want[(n - 1) * k + i].token;
+        a.step_greedy(slots, fed, wa.data());
+        b.step_greedy(slots, fed, wb.data());
+        for (int64_t i = 0; i < k; ++i)
+            EXPECT_EQ(wa[i].log_prob, wb[i].log_prob) << "the step after, row " << i;
+    }
+}
+
+TEST(CudaDecoderLoop, StepsEqualStepGreedy) {
+    SKIP_WITHOUT_GPU();
+    ModelConfig cfg = mamba2_rope_partial();
+    cfg.max_seq_len = 400;
+    loop_follows_step_greedy(cfg, nullptr, nullptr);
+    loop_follows_step_greedy(cfg, "MSLM_CUDA_GRAPHS", "0");
+    loop_follows_step_greedy(cfg, "MSLM_DECODE_LOOP", "0");
+    ModelConfig wide = mamba2_attention_wide();
+    wide.max_seq_len = 400;
+    loop_follows_step_greedy(wide, nullptr, nullptr);
+}
+
 // The pick kernel on rows made to hurt: ties within and across its column splits (the first index
 // wins, as std::max_element), every logit −inf but one (splits of only −inf), all −inf (index 0,
 // log-softmax NaN as on the host), a maximum in the last column.

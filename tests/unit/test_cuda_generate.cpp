@@ -14,6 +14,7 @@
 #include "generate/generate.h"
 #include "model/cuda_inference.h"
 #include "model/model_io.h"
+#include "test_util.h"
 
 namespace mslm {
 namespace {
@@ -152,6 +153,51 @@ TEST_P(CudaGenerate, GreedyGenerateEqualsCpu) {
         EXPECT_GE(want.sequences[i].tokens.size(), static_cast<size_t>(kNewTokens));
         EXPECT_EQ(got.sequences[i].tokens, want.sequences[i].tokens) << name << " sequence " << i;
     }
+}
+
+// generate()'s greedy decoding through the decoder's device-side loop (step_greedy_n, up to
+// kGreedyChunk steps a call): on the trained fixture, two prompts, an EOS id that one sequence
+// picks part-way (the loop stops after that step; the other sequence goes on alone), 60 new
+// tokens (two calls and more). The tokens, scores and stop reasons equal generate() with one step
+// a call (MSLM_DECODE_LOOP=0: the same kernels, so the same bits), and over the first 16 tokens
+// the CPU's.
+TEST(CudaGenerateLoop, DeviceLoopEqualsStepByStep) {
+    SKIP_WITHOUT_GPU();
+    auto model = load_model<float>(fixture("trained"));
+    const int64_t V = model->config().vocab_size;
+    const std::vector<int32_t> a = prompt_for(V),
+                               b = {static_cast<int32_t>(3 % V), static_cast<int32_t>(11 % V)};
+    GenerationConfig cfg;
+    cfg.max_new_tokens = 60;
+    std::vector<GenerationResult> runs;
+    for (const char* loop : {"0", "1"}) {
+        const test::ScopedEnv env("MSLM_DECODE_LOOP", std::string(loop));
+        auto gpu = make_causal_lm(*model, "cuda");
+        if (runs.empty()) {  // the EOS id: what sequence 0 picks at its 10th step without one
+            const GenerationResult free = generate(*gpu, {a, b}, cfg);
+            ASSERT_GE(free.sequences[0].tokens.size(), 12u);
+            cfg.eos_token_id = {free.sequences[0].tokens[10]};
+        }
+        runs.push_back(generate(*gpu, {a, b}, cfg));
+    }
+    const GenerationResult &step = runs[0], &loop = runs[1];
+    ASSERT_EQ(loop.sequences.size(), step.sequences.size());
+    for (size_t i = 0; i < step.sequences.size(); ++i) {
+        EXPECT_EQ(loop.sequences[i].tokens, step.sequences[i].tokens) << "sequence " << i;
+        EXPECT_EQ(loop.sequences[i].token_scores, step.sequences[i].token_scores) << "sequence " << i;
+        EXPECT_EQ(loop.sequences[i].score, step.sequences[i].score) << "sequence " << i;
+        EXPECT_EQ(loop.sequences[i].stop_reason, step.sequences[i].stop_reason) << "sequence " << i;
+    }
+    EXPECT_LE(step.sequences[0].tokens.size(), 11u);  // stopped at the EOS id
+    HybridCausalLM cpu(*model);
+    GenerationConfig short_cfg = cfg;
+    short_cfg.max_new_tokens = kNewTokens;
+    const GenerationResult want = generate(cpu, {a, b}, short_cfg);
+    auto gpu = make_causal_lm(*model, "cuda");
+    const GenerationResult got = generate(*gpu, {a, b}, short_cfg);
+    for (size_t i = 0; i < want.sequences.size(); ++i)
+        EXPECT_EQ(got.sequences[i].tokens, want.sequences[i].tokens)
+            << "sequence " << i << " against the CPU";
 }
 
 INSTANTIATE_TEST_SUITE_P(CudaGenerateFixtures, CudaGenerate,
