@@ -7,9 +7,10 @@
 //                     [--dtype bf16]
 // --dtype: the decoder's weights, bf16 or a packed format (nf4, fp4, int8, w8a16: the GPU copies the
 // packed codes); "bytes/token" and "limit tok/s" count bf16 weights whatever the format.
-// --logits: greedy (the default) steps as greedy generate() does (CausalLM::step_greedy: the pick
-// made on the GPU, 16 bytes a row back); 1 brings every step's fp32 logits back (sampling, beam
-// search, logits processors); 0 neither (the step alone).
+// --logits: greedy (the default) steps one call a step (CausalLM::step_greedy: the pick made on the
+// GPU, 16 bytes a row back, a host round trip a step — generate() and `mamba-slm bench` now take up
+// to 32 steps a call as one device-side loop, CausalLM::step_greedy_n); 1 brings every step's fp32
+// logits back (sampling, beam search, logits processors); 0 neither (the step alone).
 // --profile-step N wraps decode step N of each measured round (and the second prefill) in
 // cudaProfilerStart/Stop, so `ncu --profile-from-start off` times exactly those kernels.
 // "bytes/token" is what one batch-1 step must read at least: every bf16 weight once, plus each
