@@ -28,6 +28,11 @@ void CausalLM::step_greedy(std::span<const int64_t> slots, std::span<const int32
 
 int64_t CausalLM::step_greedy_n(std::span<const int64_t> slots, std::span<const int32_t> tokens, int64_t n,
                                 std::span<const int32_t> stop_ids, GreedyPick* picks) {
+    return step_greedy_loop(slots, tokens, std::min<int64_t>(n, 1), stop_ids, picks);
+}
+
+int64_t CausalLM::step_greedy_loop(std::span<const int64_t> slots, std::span<const int32_t> tokens, int64_t n,
+                                   std::span<const int32_t> stop_ids, GreedyPick* picks) {
     const size_t k = slots.size();
     std::vector<int32_t> fed(tokens.begin(), tokens.end());
     for (int64_t j = 0; j < n; ++j) {

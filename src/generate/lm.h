@@ -40,11 +40,12 @@ public:
     // (CudaCausalLM: the logits' download was half the batch-64 step on an H200).
     virtual void step_greedy(std::span<const int64_t> slots, std::span<const int32_t> tokens,
                              GreedyPick* picks);
-    // Up to n greedy steps in a row: step 0 feeds `tokens`, each later step the picks of the step
-    // before, as n calls of step_greedy would. It stops after the first step in which any row picked
-    // one of stop_ids (that step included). Writes each step's picks at picks[j · k] (k = the slots)
-    // and returns the steps run (≥ 1 for n ≥ 1). This default calls step_greedy; a GPU decoder runs
-    // the steps as one device-side loop (no host round trip between them).
+    // Between 1 and n greedy steps in a row (n ≥ 1): step 0 feeds `tokens`, each later step the picks
+    // of the step before, as calls of step_greedy would, ending early after a step in which any row
+    // picked one of stop_ids. Writes step j's picks at picks[j · k] (k = the slots) and returns the
+    // steps run. This default takes one step: a decoder that loops on the host gains nothing from
+    // more, and a caller's host-side stop would find its slots stepped past the end. A GPU decoder
+    // runs all n as one device-side loop (no host round trip between them).
     virtual int64_t step_greedy_n(std::span<const int64_t> slots, std::span<const int32_t> tokens, int64_t n,
                                   std::span<const int32_t> stop_ids, GreedyPick* picks);
     // Slot i takes what slot src[i] held (src.size() == slots; repeats allowed).
@@ -53,6 +54,12 @@ public:
     // `slot` back to the empty sequence, the other slots untouched: a new prompt in a started
     // model without start()'s reallocation (a server's free slot, chat's /reset, a benchmark).
     virtual void clear(int64_t slot) = 0;
+
+protected:
+    // n steps of step_greedy (the host's loop), ending after one that picks a stop id; returns the
+    // steps run.
+    int64_t step_greedy_loop(std::span<const int64_t> slots, std::span<const int32_t> tokens, int64_t n,
+                             std::span<const int32_t> stop_ids, GreedyPick* picks);
 
 private:
     std::vector<float> greedy_logits_;  // step_greedy's (k, V) scratch

@@ -1700,7 +1700,7 @@ int64_t CudaCausalLM::step_greedy_n(std::span<const int64_t> slots, std::span<co
     if (n <= 0 || k == 0) return 0;
     const auto n_stop = static_cast<int64_t>(stop_ids.size());
     if (!m.loop || !m.graphs || m.tables || n_stop > cuda_decoder_detail::kLoopMaxStops)
-        return CausalLM::step_greedy_n(slots, tokens, n, stop_ids, picks);
+        return step_greedy_loop(slots, tokens, n, stop_ids, picks);
     int64_t done = 0;
     std::vector<int32_t> fed(tokens.begin(), tokens.end());
     auto stopped = [&](const GreedyPick* row) {
@@ -1719,7 +1719,7 @@ int64_t CudaCausalLM::step_greedy_n(std::span<const int64_t> slots, std::span<co
         const int64_t chunk = std::min(n - done, kLoopChunk);
         upload_step(slots, fed, chunk);
         void* exec = loop_graph(k);
-        if (!exec) return done + CausalLM::step_greedy_n(slots, fed, n - done, stop_ids, picks + done * k);
+        if (!exec) return done + step_greedy_loop(slots, fed, n - done, stop_ids, picks + done * k);
         int32_t* ctl = m.host_loop_ctl;
         ctl[0] = 0;
         ctl[1] = static_cast<int32_t>(chunk);

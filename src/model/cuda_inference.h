@@ -71,8 +71,8 @@ public:
     // The steps as one CUDA graph whose while node loops over the step, the pick and the loop's
     // bookkeeping on the device (greedy_loop_tail), kLoopChunk steps a launch at most: no upload,
     // download or launch between steps. The same kernels as step_greedy's, so the same picks bit for
-    // bit. Falls back to CausalLM's loop without graphs (MSLM_CUDA_GRAPHS=0), with more than
-    // kLoopMaxStops stop ids, or where the device loop is off (MSLM_DECODE_LOOP=0).
+    // bit. Loops over step_greedy on the host instead without graphs (MSLM_CUDA_GRAPHS=0), with more
+    // than kLoopMaxStops stop ids, or where the device loop is off (MSLM_DECODE_LOOP=0).
     int64_t step_greedy_n(std::span<const int64_t> slots, std::span<const int32_t> tokens, int64_t n,
                           std::span<const int32_t> stop_ids, GreedyPick* picks) override;
     static constexpr int64_t kLoopChunk = 64;
