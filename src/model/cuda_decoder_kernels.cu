@@ -684,7 +684,9 @@ __global__ void greedy_loop_tail_kernel(int k, const double* __restrict__ log_pr
                                         LoopPick* __restrict__ out, int32_t* ctl,
                                         cudaGraphConditionalHandle handle) {
     __shared__ int stop;
+    pdl_trigger();
     if (threadIdx.x == 0) stop = 0;
+    pdl_wait();  // launched with programmatic dependent launch after the pick
     __syncthreads();
     const int iter = ctl[0], most = ctl[1], n_stop = ctl[2];
     for (int i = threadIdx.x; i < k; i += blockDim.x) {
@@ -708,9 +710,8 @@ void greedy_loop_tail(int64_t k, const double* log_prob, const float* logit, con
                       int32_t* ids, int64_t* pos, LoopPick* out, int32_t* ctl, unsigned long long handle,
                       void* stream) {
     MSLM_CHECK(k >= 1 && k <= INT_MAX, "greedy_loop_tail: {} rows", k);
-    greedy_loop_tail_kernel<<<1, 256, 0, static_cast<cudaStream_t>(stream)>>>(
-        int(k), log_prob, logit, token, ids, pos, out, ctl, static_cast<cudaGraphConditionalHandle>(handle));
-    check("greedy_loop_tail");
+    launch(greedy_loop_tail_kernel, dim3(1), dim3(256), 0, stream, "greedy_loop_tail", int(k), log_prob,
+           logit, token, ids, pos, out, ctl, static_cast<cudaGraphConditionalHandle>(handle));
 }
 
 int64_t greedy_pick_splits(int64_t V) {
